@@ -1,0 +1,99 @@
+"""GetGlobalMetrics latency over 10 and 50 region processes (~100 series each).
+
+Each region node is its own process with 10 metrics x 10 label sets; the coordinator is
+another process; the client here asks for every metric (grouped by metric) with p50,
+p90 and p99 and the per-region breakdown off.
+
+    python bench/federation.py [--regions 10 50] [--queries 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+import common  # noqa: F401
+import numpy as np
+
+from nethical_grpc import client
+from nethical_grpc.cli.processes import Child, spawn
+
+METRICS = 10
+LABEL_SETS = 10
+VALUES_PER_SERIES = 2_000
+
+
+async def load_region(port: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    batches = [
+        client.encode_ingest_request(
+            f"metric_{m}", rng.lognormal(1.0, 1.5, size=VALUES_PER_SERIES), {"shard": str(k)})
+        for m in range(METRICS) for k in range(LABEL_SETS)
+    ]
+    async with client.insecure_channel(f"127.0.0.1:{port}") as ch:
+        await client.ingest(ch, batches)
+
+
+async def run(n_regions: int, queries: int, workdir: Path) -> dict[str, object]:
+    children: list[Child] = []
+    try:
+        names = [f"region-{i:02d}" for i in range(n_regions)]
+        for name in names:
+            children.append(spawn(name, ["region", "--region-id", name, "--port", "0",
+                                         "--log-level", "WARNING"], workdir))
+        ports = [c.port(120) for c in children]
+        await asyncio.gather(*(load_region(p, i) for i, p in enumerate(ports)))
+        specs = [f"--region={n}=127.0.0.1:{p}" for n, p in zip(names, ports, strict=True)]
+        coord = spawn(f"coordinator-{n_regions}", ["coordinator", "--port", "0",
+                                                   "--log-level", "WARNING", *specs], workdir)
+        children.append(coord)
+        target = f"127.0.0.1:{coord.port(60)}"
+        opts = client.QueryOptions(quantiles=(0.5, 0.9, 0.99), region_timeout_s=5.0)
+        latencies = []
+        async with client.insecure_channel(target) as ch:
+            # wait for every region's health to be known, then warm up
+            deadline = time.monotonic() + 60
+            while True:
+                resp = await client.global_metrics(ch, opts, timeout=10)
+                if resp.coverage.complete or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+            assert resp.coverage.complete, resp.coverage
+            for _ in range(20):
+                await client.global_metrics(ch, opts, timeout=10)
+            for _ in range(queries):
+                t0 = time.perf_counter()
+                resp = await client.global_metrics(ch, opts, timeout=10)
+                latencies.append((time.perf_counter() - t0) * 1e3)
+                assert resp.coverage.complete
+        lat = np.array(latencies)
+        return {
+            "regions": n_regions,
+            "series_per_region": METRICS * LABEL_SETS,
+            "results_per_query": len(resp.results),
+            "queries": queries,
+            "p50_ms": round(float(np.percentile(lat, 50)), 2),
+            "p99_ms": round(float(np.percentile(lat, 99)), 2),
+            "mean_ms": round(float(lat.mean()), 2),
+        }
+    finally:
+        for c in reversed(children):
+            c.stop()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--regions", type=int, nargs="+", default=[10, 50])
+    parser.add_argument("--queries", type=int, default=300)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-federation-"))
+    results = [await run(n, args.queries, workdir) for n in args.regions]
+    common.emit("federation", {"runs": results,
+                               "targets_p99_ms": {"10": 10, "50": 30}})
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,265 @@
+"""Fan-out to every region in parallel, merge the summaries exactly, report coverage."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+
+from nethical_grpc import convert
+from nethical_grpc.errors import FieldViolation, InvalidArgument, MeshError
+from nethical_grpc.series import GroupSummary, Labels, SummaryQuery
+from nethical_grpc.summary import Summary
+from coordinator.instances import Health, InstanceRegistry, RegionInstance
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUANTILES = (0.5, 0.9, 0.99)
+DEFAULT_REGION_TIMEOUT_S = 2.0
+MAX_REGION_TIMEOUT_S = 60.0
+
+
+class Missing(enum.Enum):
+    UNHEALTHY = "unhealthy"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    UNAVAILABLE = "unavailable"
+    ERROR = "error"
+    INVALID_RESPONSE = "invalid_response"
+
+
+@dataclass(frozen=True, slots=True)
+class MissingPart:
+    region_id: str
+    instance_id: str
+    reason: Missing
+    message: str
+
+
+@dataclass(slots=True)
+class Coverage:
+    regions_requested: list[str]
+    regions_answered: list[str] = field(default_factory=list)
+    missing: list[MissingPart] = field(default_factory=list)
+    instances_queried: int = 0
+    instances_answered: int = 0
+    oldest_data_as_of_ns: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing and len(self.regions_answered) == len(self.regions_requested)
+
+
+@dataclass(slots=True)
+class GlobalQuery:
+    query: SummaryQuery
+    quantiles: tuple[float, ...] = DEFAULT_QUANTILES
+    regions: tuple[str, ...] = ()
+    region_weights: Mapping[str, float] = field(default_factory=dict)
+    include_breakdown: bool = False
+    region_timeout_s: float = DEFAULT_REGION_TIMEOUT_S
+
+
+@dataclass(slots=True)
+class GroupResult:
+    metric: str
+    labels: Labels
+    summary: Summary
+    per_region: dict[str, Summary]
+    weighted_mean: float | None
+
+
+@dataclass(slots=True)
+class GlobalResult:
+    groups: list[GroupResult]
+    coverage: Coverage
+    computed_at_ns: int
+
+
+@dataclass(slots=True)
+class _Answer:
+    instance: RegionInstance
+    groups: list[GroupSummary]
+    data_as_of_ns: int
+
+
+def check_region_timeout(timeout_s: float) -> None:
+    if not (0 < timeout_s <= MAX_REGION_TIMEOUT_S):
+        raise InvalidArgument.single(
+            "region_timeout", f"must be in (0, {MAX_REGION_TIMEOUT_S:g}] seconds"
+        )
+
+
+class Federation:
+    """Global queries over the registry's regions."""
+
+    def __init__(self, registry: InstanceRegistry) -> None:
+        self.registry = registry
+        self._rr = itertools.count()
+
+    def validate(self, q: GlobalQuery) -> None:
+        known = set(self.registry.region_ids)
+        violations = [
+            FieldViolation(f"regions[{i}]", f"unknown region {r!r}")
+            for i, r in enumerate(q.regions)
+            if r not in known
+        ]
+        for region, weight in sorted(q.region_weights.items()):
+            if region not in known:
+                violations.append(
+                    FieldViolation(f"region_weights[{region!r}]", f"unknown region {region!r}")
+                )
+            elif not math.isfinite(weight) or weight < 0:
+                violations.append(
+                    FieldViolation(f"region_weights[{region!r}]", "must be finite and >= 0")
+                )
+        if violations:
+            raise InvalidArgument(
+                message="; ".join(f"{v.field}: {v.description}" for v in violations[:3]),
+                field_violations=violations,
+                metadata={"known_regions": ",".join(sorted(known))},
+            )
+
+    async def global_metrics(self, q: GlobalQuery) -> GlobalResult:
+        self.validate(q)
+        check_region_timeout(q.region_timeout_s)
+        regions = list(q.regions) if q.regions else self.registry.region_ids
+        coverage = Coverage(regions_requested=regions)
+        request = convert.summary_query_to_proto(q.query)
+        answers = await asyncio.gather(
+            *(self._query_region(r, request, q.region_timeout_s, coverage) for r in regions)
+        )
+        per_region: dict[str, list[_Answer]] = {}
+        for region, region_answers in zip(regions, answers, strict=True):
+            if region_answers:
+                per_region[region] = region_answers
+                coverage.regions_answered.append(region)
+        as_of = [a.data_as_of_ns for rs in per_region.values() for a in rs if a.data_as_of_ns]
+        coverage.oldest_data_as_of_ns = min(as_of, default=0)
+        return GlobalResult(
+            groups=_merge(per_region, q.region_weights, q.include_breakdown),
+            coverage=coverage,
+            computed_at_ns=time.time_ns(),
+        )
+
+    async def _query_region(
+        self, region: str, request: object, timeout_s: float, coverage: Coverage
+    ) -> list[_Answer]:
+        instances = self.registry.instances(region)
+        usable = [i for i in instances if i.health in (Health.SERVING, Health.UNKNOWN)]
+        for inst in instances:
+            if inst not in usable:
+                coverage.missing.append(
+                    MissingPart(region, inst.name, Missing.UNHEALTHY, f"instance is {inst.health.value}")
+                )
+        if not usable:
+            coverage.instances_queried += len(instances)
+            return []
+        shared = [i for i in usable if i.region_scope]
+        if shared:
+            # each of these holds the whole region: ask one, fail over on UNAVAILABLE
+            start = next(self._rr) % len(shared)
+            order = shared[start:] + shared[:start]
+            coverage.instances_queried += 1
+            deadline = time.monotonic() + timeout_s
+            last: MissingPart | None = None
+            for inst in order:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                answer = await self._call(inst, request, remaining)
+                if isinstance(answer, _Answer):
+                    coverage.instances_answered += 1
+                    # the instances listed as unhealthy are replicas: nothing is missing
+                    coverage.missing = [
+                        m for m in coverage.missing if not (m.region_id == region)
+                    ]
+                    return [answer]
+                last = answer
+                if answer.reason is not Missing.UNAVAILABLE:
+                    break
+            if last is not None:
+                coverage.missing.append(last)
+            return []
+        # instances hold disjoint data: every one of them must answer
+        coverage.instances_queried += len(instances)
+        results = await asyncio.gather(*(self._call(i, request, timeout_s) for i in usable))
+        answered: list[_Answer] = []
+        for res in results:
+            if isinstance(res, _Answer):
+                answered.append(res)
+            else:
+                coverage.missing.append(res)
+        coverage.instances_answered += len(answered)
+        return answered
+
+    async def _call(self, inst: RegionInstance, request: object, timeout_s: float) -> _Answer | MissingPart:
+        try:
+            response = await inst.stub.GetSummaries(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as err:
+            code = err.code()
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                reason = Missing.DEADLINE_EXCEEDED
+            elif code == grpc.StatusCode.UNAVAILABLE:
+                reason = Missing.UNAVAILABLE
+            else:
+                reason = Missing.ERROR
+            return MissingPart(inst.region_id, inst.name, reason, f"{code.name}: {err.details()}")
+        inst.learn(response.instance_id, response.scope)
+        try:
+            groups = [
+                convert.group_summary_from_proto(s, f"series[{i}]")
+                for i, s in enumerate(response.series)
+            ]
+        except MeshError as exc:
+            log.warning("invalid summaries from %s: %s", inst.endpoint, exc)
+            return MissingPart(inst.region_id, inst.name, Missing.INVALID_RESPONSE, str(exc))
+        as_of = convert.timestamp_to_ns(response.data_as_of) if response.HasField("data_as_of") else 0
+        return _Answer(inst, groups, as_of)
+
+
+def _merge(
+    per_region: Mapping[str, Sequence[_Answer]],
+    weights: Mapping[str, float],
+    include_breakdown: bool,
+) -> list[GroupResult]:
+    by_group: dict[tuple[str, Labels], dict[str, Summary]] = {}
+    for region, answers in per_region.items():
+        for answer in answers:
+            for g in answer.groups:
+                regions = by_group.setdefault((g.metric, g.labels), {})
+                current = regions.get(region)
+                if current is None:
+                    regions[region] = g.summary
+                else:
+                    current.merge_from(g.summary)
+    results: list[GroupResult] = []
+    for (metric, labels) in sorted(by_group):
+        regions = by_group[(metric, labels)]
+        total = Summary.merge_all(regions[r] for r in sorted(regions))
+        results.append(
+            GroupResult(
+                metric=metric,
+                labels=labels,
+                summary=total,
+                per_region=dict(sorted(regions.items())) if include_breakdown else {},
+                weighted_mean=_weighted_mean(regions, weights),
+            )
+        )
+    return results
+
+
+def _weighted_mean(regions: Mapping[str, Summary], weights: Mapping[str, float]) -> float | None:
+    if not weights:
+        return None
+    pairs = [(weights.get(r, 0.0), s.mean) for r, s in regions.items() if s.count > 0]
+    total_weight = sum(w for w, _ in pairs)
+    if total_weight <= 0:
+        return None
+    return math.fsum(w * m for w, m in pairs) / total_weight

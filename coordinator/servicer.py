@@ -1,0 +1,162 @@
+"""CoordinatorService: parse and validate, call the federation, build responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from nethical_grpc import convert
+from nethical_grpc.errors import rpc_errors
+from nethical_grpc.summary import Summary
+from nethical_grpc.v1 import coordinator_pb2, coordinator_pb2_grpc
+from nethical_grpc.validation import check_quantiles
+from coordinator.federation import (
+    DEFAULT_QUANTILES,
+    DEFAULT_REGION_TIMEOUT_S,
+    Coverage,
+    Federation,
+    GlobalQuery,
+    Missing,
+    check_region_timeout,
+)
+from coordinator.instances import Health
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_MISSING = {
+    Missing.UNHEALTHY: coordinator_pb2.MISSING_REASON_UNHEALTHY,
+    Missing.DEADLINE_EXCEEDED: coordinator_pb2.MISSING_REASON_DEADLINE_EXCEEDED,
+    Missing.UNAVAILABLE: coordinator_pb2.MISSING_REASON_UNAVAILABLE,
+    Missing.ERROR: coordinator_pb2.MISSING_REASON_ERROR,
+    Missing.INVALID_RESPONSE: coordinator_pb2.MISSING_REASON_INVALID_RESPONSE,
+}
+
+_HEALTH = {
+    Health.UNKNOWN: coordinator_pb2.INSTANCE_HEALTH_UNSPECIFIED,
+    Health.SERVING: coordinator_pb2.INSTANCE_HEALTH_SERVING,
+    Health.NOT_SERVING: coordinator_pb2.INSTANCE_HEALTH_NOT_SERVING,
+    Health.UNREACHABLE: coordinator_pb2.INSTANCE_HEALTH_UNREACHABLE,
+}
+
+# leave the caller's own deadline some room for the merge and the reply
+_DEADLINE_MARGIN_S = 0.05
+
+
+class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
+    def __init__(self, federation: Federation) -> None:
+        self.federation = federation
+
+    @rpc_errors
+    async def GetGlobalMetrics(  # noqa: N802 (gRPC method name)
+        self, request: coordinator_pb2.GetGlobalMetricsRequest, context: Context
+    ) -> coordinator_pb2.GetGlobalMetricsResponse:
+        query = convert.summary_query_from_proto(request)
+        quantiles = tuple(request.quantiles) or DEFAULT_QUANTILES
+        check_quantiles("quantiles", quantiles)
+        timeout_s = (
+            convert.duration_to_ns(request.region_timeout) / 1e9
+            if request.HasField("region_timeout")
+            else DEFAULT_REGION_TIMEOUT_S
+        )
+        check_region_timeout(timeout_s)
+        remaining = context.time_remaining()
+        if remaining is not None:
+            # answer within the caller's own deadline, leaving room for the merge
+            timeout_s = max(0.001, min(timeout_s, remaining - _DEADLINE_MARGIN_S))
+        result = await self.federation.global_metrics(
+            GlobalQuery(
+                query=query,
+                quantiles=quantiles,
+                regions=tuple(request.regions),
+                region_weights=dict(request.region_weights),
+                include_breakdown=request.include_region_breakdown,
+                region_timeout_s=timeout_s,
+            )
+        )
+        response = coordinator_pb2.GetGlobalMetricsResponse(
+            coverage=_coverage_to_proto(result.coverage, result.computed_at_ns),
+            computed_at=convert.ns_to_timestamp(result.computed_at_ns),
+        )
+        for group in result.groups:
+            item = response.results.add(
+                metric=group.metric,
+                labels=dict(group.labels),
+                statistics=_statistics(group.summary, quantiles),
+                regions=[
+                    coordinator_pb2.RegionStatistics(
+                        region_id=r, statistics=_statistics(s, quantiles)
+                    )
+                    for r, s in group.per_region.items()
+                ],
+            )
+            if group.weighted_mean is not None:
+                item.weighted_mean = group.weighted_mean
+            if request.include_summary:
+                item.summary.CopyFrom(convert.summary_to_proto(group.summary))
+        return response
+
+    @rpc_errors
+    async def ListRegions(  # noqa: N802
+        self, request: coordinator_pb2.ListRegionsRequest, context: Context
+    ) -> coordinator_pb2.ListRegionsResponse:
+        registry = self.federation.registry
+        response = coordinator_pb2.ListRegionsResponse()
+        for region_id in registry.region_ids:
+            instances = registry.instances(region_id)
+            response.regions.add(
+                region_id=region_id,
+                healthy=any(i.health is Health.SERVING for i in instances),
+                instances=[
+                    coordinator_pb2.InstanceInfo(
+                        instance_id=i.name,
+                        endpoint=i.endpoint,
+                        health=_HEALTH[i.health],
+                        health_changed_at=convert.ns_to_timestamp(i.health_changed_ns),
+                    )
+                    for i in instances
+                ],
+            )
+        return response
+
+
+def _statistics(s: Summary, quantiles: tuple[float, ...]) -> coordinator_pb2.SeriesStatistics:
+    if s.count == 0:
+        return coordinator_pb2.SeriesStatistics()
+    estimates = s.quantiles(quantiles)
+    return coordinator_pb2.SeriesStatistics(
+        count=s.count,
+        sum=s.total,
+        mean=s.mean,
+        min=s.min,
+        max=s.max,
+        stddev=s.stddev,
+        quantiles=[
+            coordinator_pb2.QuantileValue(quantile=q, value=float(v))
+            for q, v in zip(quantiles, estimates, strict=True)
+        ],
+        relative_error=s.relative_error,
+    )
+
+
+def _coverage_to_proto(c: Coverage, now_ns: int) -> coordinator_pb2.Coverage:
+    msg = coordinator_pb2.Coverage(
+        regions_requested=c.regions_requested,
+        regions_answered=c.regions_answered,
+        missing=[
+            coordinator_pb2.MissingRegion(
+                region_id=m.region_id,
+                instance_id=m.instance_id,
+                reason=_MISSING[m.reason],
+                message=m.message,
+            )
+            for m in c.missing
+        ],
+        instances_queried=c.instances_queried,
+        instances_answered=c.instances_answered,
+        complete=c.complete,
+    )
+    if c.oldest_data_as_of_ns:
+        msg.oldest_data_as_of.CopyFrom(convert.ns_to_timestamp(c.oldest_data_as_of_ns))
+        msg.max_staleness.CopyFrom(convert.ns_to_duration(max(0, now_ns - c.oldest_data_as_of_ns)))
+    return msg

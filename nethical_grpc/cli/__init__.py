@@ -1,0 +1,1 @@
+"""The ``nethical-mesh`` command line."""

@@ -1,0 +1,145 @@
+"""Python client SDK: columnar ingest, summaries, global queries, health.
+
+``encode_ingest_request`` writes the packed ``values`` field straight from a NumPy
+buffer: building the same message through the protobuf API costs ~35-55 ns per value,
+the direct encoding copies memory once. The bytes are a valid ``IngestRequest`` that
+any protobuf parser reads.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from nethical_grpc.convert import ns_to_duration, ns_to_timestamp
+from nethical_grpc.grpc_options import channel_options
+from nethical_grpc.v1 import coordinator_pb2, coordinator_pb2_grpc, region_node_pb2
+
+_VALUES_TAG = bytes([(3 << 3) | 2])
+_TIMESTAMPS_TAG = bytes([(4 << 3) | 2])
+INGEST_METHOD = "/nethical_grpc.v1.RegionNodeService/Ingest"
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def encode_ingest_request(
+    metric: str,
+    values: np.ndarray,
+    labels: Mapping[str, str] | None = None,
+    timestamps_unix_nano: np.ndarray | None = None,
+    time_ns: int | None = None,
+) -> bytes:
+    """Serialise one IngestRequest with its columns copied straight from NumPy."""
+    head = region_node_pb2.IngestRequest(metric=metric, labels=dict(labels or {}))
+    if time_ns is not None:
+        head.time.CopyFrom(ns_to_timestamp(time_ns))
+    parts = [head.SerializeToString()]
+    data = np.ascontiguousarray(values, dtype="<f8").tobytes()
+    if data:
+        parts += [_VALUES_TAG, _varint(len(data)), data]
+    if timestamps_unix_nano is not None and timestamps_unix_nano.size:
+        ts = np.ascontiguousarray(timestamps_unix_nano, dtype="<i8").tobytes()
+        parts += [_TIMESTAMPS_TAG, _varint(len(ts)), ts]
+    return b"".join(parts)
+
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+def insecure_channel(target: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(target, options=channel_options())
+
+
+async def ingest(
+    channel: grpc.aio.Channel,
+    encoded_batches: AsyncIterable[bytes] | Iterable[bytes],
+    timeout: float | None = 60.0,
+) -> region_node_pb2.IngestResponse:
+    """Stream pre-encoded batches (see :func:`encode_ingest_request`) over one Ingest call."""
+    call = channel.stream_unary(
+        INGEST_METHOD,
+        request_serializer=_identity,
+        response_deserializer=region_node_pb2.IngestResponse.FromString,
+    )
+    response: region_node_pb2.IngestResponse = await call(encoded_batches, timeout=timeout)
+    return response
+
+
+@dataclass(frozen=True, slots=True)
+class QueryOptions:
+    metrics: Sequence[str] = ()
+    quantiles: Sequence[float] = ()
+    regions: Sequence[str] = ()
+    region_weights: Mapping[str, float] | None = None
+    label_filter: Mapping[str, str] | None = None
+    group_by_labels: Sequence[str] = ()
+    start_ns: int | None = None
+    end_ns: int | None = None
+    include_region_breakdown: bool = False
+    include_summary: bool = False
+    region_timeout_s: float | None = None
+
+
+def global_metrics_request(opts: QueryOptions) -> coordinator_pb2.GetGlobalMetricsRequest:
+    req = coordinator_pb2.GetGlobalMetricsRequest(
+        metrics=list(opts.metrics),
+        quantiles=list(opts.quantiles),
+        regions=list(opts.regions),
+        region_weights=dict(opts.region_weights or {}),
+        label_filter=dict(opts.label_filter or {}),
+        group_by_labels=list(opts.group_by_labels),
+        include_region_breakdown=opts.include_region_breakdown,
+        include_summary=opts.include_summary,
+    )
+    if opts.start_ns is not None:
+        req.start_time.CopyFrom(ns_to_timestamp(opts.start_ns))
+    if opts.end_ns is not None:
+        req.end_time.CopyFrom(ns_to_timestamp(opts.end_ns))
+    if opts.region_timeout_s is not None:
+        req.region_timeout.CopyFrom(ns_to_duration(int(opts.region_timeout_s * 1e9)))
+    return req
+
+
+async def global_metrics(
+    channel: grpc.aio.Channel, opts: QueryOptions, timeout: float = 10.0
+) -> coordinator_pb2.GetGlobalMetricsResponse:
+    stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+    response: coordinator_pb2.GetGlobalMetricsResponse = await stub.GetGlobalMetrics(
+        global_metrics_request(opts), timeout=timeout
+    )
+    return response
+
+
+async def check_health(channel: grpc.aio.Channel, service: str = "", timeout: float = 5.0) -> int:
+    """One ``grpc.health.v1.Health/Check``; returns the status enum value."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    response = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+    return int(response.status)
+
+
+async def watch_health(
+    channel: grpc.aio.Channel, service: str = ""
+) -> AsyncIterator[int]:
+    stub = health_pb2_grpc.HealthStub(channel)
+    async for update in stub.Watch(health_pb2.HealthCheckRequest(service=service)):
+        yield int(update.status)
+
+
+def eprint(*args: object) -> None:
+    print(*args, file=sys.stderr, flush=True)

@@ -1,0 +1,251 @@
+"""The one place where protobuf messages and domain objects meet.
+
+``*_to_proto`` builds messages from domain objects; ``*_from_proto`` parses and
+validates, raising :class:`~nethical_grpc.errors.InvalidArgument` with field paths.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from nethical_grpc.errors import FieldViolation, InvalidArgument
+from nethical_grpc.series import GroupSummary, IngestBatch, SeriesKey, SummaryQuery, freeze_labels
+from nethical_grpc.summary import Buckets, ExponentialHistogram, Moments, Summary
+from nethical_grpc.v1 import coordinator_pb2, region_node_pb2, summary_pb2
+from nethical_grpc.validation import (
+    check_names,
+    check_time_range,
+    first_out_of_range,
+    MAX_ABS_VALUE,
+    label_violations,
+    name_violation,
+)
+
+NANOS = 1_000_000_000
+
+
+# -- time ---------------------------------------------------------------------------
+
+
+def timestamp_to_ns(ts: timestamp_pb2.Timestamp) -> int:
+    return int(ts.seconds) * NANOS + int(ts.nanos)
+
+
+def ns_to_timestamp(ns: int) -> timestamp_pb2.Timestamp:
+    seconds, nanos = divmod(int(ns), NANOS)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
+
+
+def optional_timestamp_ns(message: object, field: str) -> int | None:
+    """Nanoseconds of a Timestamp field, or None when unset."""
+    if not message.HasField(field):  # type: ignore[attr-defined]
+        return None
+    ts: timestamp_pb2.Timestamp = getattr(message, field)
+    if not (0 <= ts.nanos < NANOS):
+        raise InvalidArgument.single(field, "nanos must be in [0, 1e9)")
+    return timestamp_to_ns(ts)
+
+
+def duration_to_ns(d: duration_pb2.Duration) -> int:
+    return int(d.seconds) * NANOS + int(d.nanos)
+
+
+def ns_to_duration(ns: int) -> duration_pb2.Duration:
+    seconds, nanos = divmod(int(ns), NANOS)
+    return duration_pb2.Duration(seconds=seconds, nanos=nanos)
+
+
+# -- summaries ----------------------------------------------------------------------
+
+
+def moments_to_proto(m: Moments) -> summary_pb2.Moments:
+    if m.count == 0:
+        return summary_pb2.Moments()
+    return summary_pb2.Moments(
+        count=m.count, sum=m.total, min=m.min, max=m.max, mean=m.mean, m2=m.m2
+    )
+
+
+def moments_from_proto(msg: summary_pb2.Moments, field: str = "moments") -> Moments:
+    if msg.count == 0:
+        if any(v != 0.0 for v in (msg.sum, msg.min, msg.max, msg.mean, msg.m2)):
+            raise InvalidArgument.single(field, "an empty summary must have zero moments")
+        return Moments()
+    values = (msg.sum, msg.min, msg.max, msg.mean, msg.m2)
+    if not all(math.isfinite(v) for v in values):
+        raise InvalidArgument.single(field, "moments must be finite")
+    m = Moments(
+        count=int(msg.count), sum=msg.sum, compensation=0.0, min=msg.min, max=msg.max,
+        mean=msg.mean, m2=msg.m2,
+    )
+    try:
+        m.validate()
+    except ValueError as exc:
+        raise InvalidArgument.single(field, str(exc)) from None
+    return m
+
+
+def _buckets_to_proto(b: Buckets) -> summary_pb2.ExponentialHistogram.Buckets:
+    t = b.trimmed()
+    if t.counts.size == 0:
+        return summary_pb2.ExponentialHistogram.Buckets()
+    return summary_pb2.ExponentialHistogram.Buckets(offset=t.offset, bucket_counts=t.counts)
+
+
+def _buckets_from_proto(msg: summary_pb2.ExponentialHistogram.Buckets) -> Buckets:
+    return Buckets(offset=int(msg.offset), counts=np.asarray(msg.bucket_counts, dtype=np.uint64))
+
+
+def histogram_to_proto(h: ExponentialHistogram) -> summary_pb2.ExponentialHistogram:
+    return summary_pb2.ExponentialHistogram(
+        scale=h.scale,
+        zero_count=h.zero_count,
+        zero_threshold=h.zero_threshold,
+        positive=_buckets_to_proto(h.positive),
+        negative=_buckets_to_proto(h.negative),
+        max_buckets=h.max_buckets,
+    )
+
+
+def histogram_from_proto(
+    msg: summary_pb2.ExponentialHistogram, field: str = "histogram"
+) -> ExponentialHistogram:
+    try:
+        return ExponentialHistogram.from_parts(
+            scale=int(msg.scale),
+            zero_count=int(msg.zero_count),
+            positive=_buckets_from_proto(msg.positive),
+            negative=_buckets_from_proto(msg.negative),
+            zero_threshold=msg.zero_threshold,
+            max_buckets=int(msg.max_buckets),
+        )
+    except ValueError as exc:
+        raise InvalidArgument.single(field, str(exc)) from None
+
+
+def summary_to_proto(s: Summary) -> summary_pb2.Summary:
+    return summary_pb2.Summary(
+        moments=moments_to_proto(s.moments), histogram=histogram_to_proto(s.histogram)
+    )
+
+
+def summary_from_proto(msg: summary_pb2.Summary, field: str = "summary") -> Summary:
+    moments = moments_from_proto(msg.moments, f"{field}.moments")
+    histogram = histogram_from_proto(msg.histogram, f"{field}.histogram")
+    s = Summary(moments=moments, histogram=histogram)
+    if moments.count != histogram.count:
+        raise InvalidArgument.single(
+            field,
+            f"moments count {moments.count} differs from histogram count {histogram.count}",
+        )
+    return s
+
+
+# -- region node requests -------------------------------------------------------------
+
+
+def ingest_batch_from_proto(req: region_node_pb2.IngestRequest, now_ns: int) -> IngestBatch:
+    """Validate one Ingest message and turn it into a batch (columnar, no per-value loop)."""
+    violations: list[FieldViolation] = []
+    bad_name = name_violation("metric", req.metric)
+    if bad_name is not None:
+        violations.append(bad_name)
+    violations.extend(label_violations("labels", req.labels))
+    values = np.asarray(req.values, dtype=np.float64)
+    bad_index = first_out_of_range(values)
+    if bad_index is not None:
+        violations.append(
+            FieldViolation(
+                f"values[{bad_index}]",
+                f"{values[bad_index]!r} is not a finite number of magnitude <= {MAX_ABS_VALUE:g}",
+            )
+        )
+    timestamps: np.ndarray | None = None
+    if len(req.timestamps_unix_nano):
+        timestamps = np.asarray(req.timestamps_unix_nano, dtype=np.int64)
+        if timestamps.size != values.size:
+            violations.append(
+                FieldViolation(
+                    "timestamps_unix_nano",
+                    f"has {timestamps.size} entries for {values.size} values",
+                )
+            )
+        if req.HasField("time"):
+            violations.append(
+                FieldViolation("time", "set either time or timestamps_unix_nano, not both")
+            )
+    time_ns = now_ns
+    if req.HasField("time"):
+        if not (0 <= req.time.nanos < NANOS):
+            violations.append(FieldViolation("time.nanos", "must be in [0, 1e9)"))
+        else:
+            time_ns = timestamp_to_ns(req.time)
+    if violations:
+        raise InvalidArgument(
+            message="Ingest batch rejected: " + "; ".join(
+                f"{v.field}: {v.description}" for v in violations[:3]
+            ),
+            field_violations=violations,
+        )
+    key = SeriesKey(req.metric, freeze_labels(req.labels))
+    return IngestBatch(key=key, values=values, timestamps_ns=timestamps, time_ns=time_ns)
+
+
+def summary_query_from_proto(
+    req: region_node_pb2.GetSummariesRequest | coordinator_pb2.GetGlobalMetricsRequest,
+) -> SummaryQuery:
+    start_ns = optional_timestamp_ns(req, "start_time")
+    end_ns = optional_timestamp_ns(req, "end_time")
+    check_time_range(start_ns, end_ns)
+    check_names("metrics", req.metrics)
+    check_names("group_by_labels", req.group_by_labels)
+    bad_filter = label_violations("label_filter", req.label_filter)
+    if bad_filter:
+        raise InvalidArgument(message="label_filter: invalid labels", field_violations=bad_filter)
+    return SummaryQuery(
+        start_ns=start_ns,
+        end_ns=end_ns,
+        metrics=frozenset(req.metrics),
+        label_filter=freeze_labels(req.label_filter),
+        group_by=tuple(sorted(set(req.group_by_labels))),
+    )
+
+
+def summary_query_to_proto(q: SummaryQuery) -> region_node_pb2.GetSummariesRequest:
+    msg = region_node_pb2.GetSummariesRequest(
+        metrics=sorted(q.metrics),
+        label_filter=dict(q.label_filter),
+        group_by_labels=list(q.group_by),
+    )
+    if q.start_ns is not None:
+        msg.start_time.CopyFrom(ns_to_timestamp(q.start_ns))
+    if q.end_ns is not None:
+        msg.end_time.CopyFrom(ns_to_timestamp(q.end_ns))
+    return msg
+
+
+def group_summary_to_proto(g: GroupSummary) -> summary_pb2.SeriesSummary:
+    return summary_pb2.SeriesSummary(
+        metric=g.metric,
+        labels=dict(g.labels),
+        summary=summary_to_proto(g.summary),
+        start_time=ns_to_timestamp(g.start_ns),
+        end_time=ns_to_timestamp(g.end_ns),
+    )
+
+
+def group_summary_from_proto(msg: summary_pb2.SeriesSummary, field: str) -> GroupSummary:
+    bad = name_violation(f"{field}.metric", msg.metric)
+    if bad is not None:
+        raise InvalidArgument(message=bad.description, field_violations=(bad,))
+    return GroupSummary(
+        metric=msg.metric,
+        labels=freeze_labels(msg.labels),
+        summary=summary_from_proto(msg.summary, f"{field}.summary"),
+        start_ns=timestamp_to_ns(msg.start_time),
+        end_ns=timestamp_to_ns(msg.end_time),
+        data_as_of_ns=0,
+    )

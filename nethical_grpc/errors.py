@@ -1,0 +1,223 @@
+"""Domain errors and their mapping to canonical gRPC statuses with rich details.
+
+Domain code raises :class:`MeshError` subclasses; servicers let :func:`rpc_errors` turn
+them into a ``google.rpc.Status`` with ``BadRequest`` / ``ErrorInfo`` details. Any other
+exception becomes a bare INTERNAL status: tracebacks never cross the wire.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NoReturn, ParamSpec, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+log = logging.getLogger(__name__)
+
+ERROR_DOMAIN = "nethical-mesh"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One bad field: a path like ``values[17]`` and what is wrong with it."""
+
+    field: str
+    description: str
+
+
+@dataclass
+class MeshError(Exception):
+    """Base of the errors that map to a status code."""
+
+    message: str
+    reason: str = "ERROR"
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __str__(self) -> str:
+        return self.message
+
+    def violations(self) -> Sequence[FieldViolation]:
+        return ()
+
+
+@dataclass
+class InvalidArgument(MeshError):
+    """Bad input; carries the field violations."""
+
+    field_violations: Sequence[FieldViolation] = ()
+    reason: str = "INVALID_ARGUMENT"
+    code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT
+
+    def violations(self) -> Sequence[FieldViolation]:
+        return self.field_violations
+
+    @classmethod
+    def single(cls, field_path: str, description: str, **kwargs: Any) -> InvalidArgument:
+        return cls(
+            message=f"{field_path}: {description}",
+            field_violations=(FieldViolation(field_path, description),),
+            **kwargs,
+        )
+
+
+@dataclass
+class ResourceExhausted(MeshError):
+    """A bound was hit (cardinality, size)."""
+
+    field_violations: Sequence[FieldViolation] = ()
+    reason: str = "RESOURCE_EXHAUSTED"
+    code: grpc.StatusCode = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def violations(self) -> Sequence[FieldViolation]:
+        return self.field_violations
+
+
+@dataclass
+class Unavailable(MeshError):
+    """A dependency (region, store) cannot be reached."""
+
+    reason: str = "UNAVAILABLE"
+    code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def to_status(error: MeshError) -> grpc.Status:
+    """Build the ``grpc.Status`` (with details) for a domain error."""
+    details = []
+    violations = error.violations()
+    if violations:
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in violations
+            ]
+        )
+        details.append(_pack(bad_request))
+    details.append(
+        _pack(
+            error_details_pb2.ErrorInfo(
+                reason=error.reason, domain=ERROR_DOMAIN, metadata=dict(error.metadata)
+            )
+        )
+    )
+    status = status_pb2.Status(
+        code=error.code.value[0], message=error.message, details=details
+    )
+    return rpc_status.to_status(status)
+
+
+def internal_status() -> grpc.Status:
+    return rpc_status.to_status(
+        status_pb2.Status(code=code_pb2.INTERNAL, message="internal error; see the server log")
+    )
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> NoReturn:
+    if isinstance(exc, MeshError):
+        await context.abort_with_status(to_status(exc))
+    log.exception("unhandled error in RPC handler", exc_info=exc)
+    await context.abort_with_status(internal_status())
+    raise AssertionError("unreachable")  # abort_with_status always raises
+
+
+def rpc_errors(
+    handler: Callable[P, Awaitable[R]],
+) -> Callable[P, Awaitable[R]]:
+    """Wrap an async unary-response servicer method: map errors to statuses.
+
+    The servicer context must be the handler's last positional argument.
+    """
+
+    @functools.wraps(handler)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await handler(*args, **kwargs)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            context: grpc.aio.ServicerContext[Any, Any] = args[-1]  # type: ignore[assignment]
+            await _abort(context, exc)
+
+    return wrapper
+
+
+def rpc_stream_errors(
+    handler: Callable[P, AsyncIterator[R]],
+) -> Callable[P, AsyncIterator[R]]:
+    """Like :func:`rpc_errors`, for server-streaming handlers."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> AsyncIterator[R]:
+        try:
+            async for item in handler(*args, **kwargs):
+                yield item
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            context: grpc.aio.ServicerContext[Any, Any] = args[-1]  # type: ignore[assignment]
+            await _abort(context, exc)
+
+    return wrapper
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorDetails:
+    """The details a client reads back from a failed call."""
+
+    code: grpc.StatusCode
+    message: str
+    field_violations: tuple[FieldViolation, ...]
+    reason: str | None
+    metadata: Mapping[str, str]
+
+
+def details_from_error(err: grpc.RpcError) -> ErrorDetails:
+    """Client side: decode a failed call's rich status."""
+    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    message = err.details() if hasattr(err, "details") else str(err)
+    violations: list[FieldViolation] = []
+    reason: str | None = None
+    metadata: dict[str, str] = {}
+    status = rpc_status.from_call(err) if isinstance(err, grpc.Call) else None
+    if status is None and isinstance(err, grpc.aio.AioRpcError):
+        status = _status_from_aio(err)
+    if status is not None:
+        for detail in status.details:
+            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad_request = error_details_pb2.BadRequest()
+                detail.Unpack(bad_request)
+                violations.extend(
+                    FieldViolation(v.field, v.description) for v in bad_request.field_violations
+                )
+            elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason = info.reason
+                metadata = dict(info.metadata)
+    return ErrorDetails(code, message or "", tuple(violations), reason, metadata)
+
+
+def _status_from_aio(err: grpc.aio.AioRpcError) -> status_pb2.Status | None:
+    for key, value in err.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            status = status_pb2.Status()
+            status.ParseFromString(value)
+            return status
+    return None

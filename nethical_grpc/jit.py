@@ -1,0 +1,69 @@
+"""Optional Numba JIT support.
+
+Whether JIT compilation is used is decided exactly once, at import time:
+
+* numba must be importable, and
+* the environment variable ``NETHICAL_DISABLE_JIT`` must not be ``1``, ``true`` or ``yes``
+  (case-insensitive).
+
+Modules that have a compiled and a pure-NumPy implementation of a kernel call
+:func:`is_jit_available` once at import and bind the implementation they will use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
+
+__all__ = ["DISABLE_ENV_VAR", "is_jit_available", "jit_unavailable_reason", "maybe_njit"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DISABLE_ENV_VAR: Final = "NETHICAL_DISABLE_JIT"
+_TRUTHY: Final = frozenset({"1", "true", "yes"})
+
+
+def _probe() -> tuple[Any, str | None]:
+    """Return ``(numba_module_or_None, reason_if_unavailable)``."""
+    raw = os.environ.get(DISABLE_ENV_VAR, "")
+    if raw.strip().lower() in _TRUTHY:
+        return None, f"disabled by {DISABLE_ENV_VAR}={raw.strip()}"
+    try:
+        import numba
+    except ImportError:
+        return None, "numba not installed"
+    except Exception as exc:  # a broken install (e.g. llvmlite mismatch) must not be fatal
+        return None, f"numba import failed: {type(exc).__name__}: {exc}"
+    return numba, None
+
+
+_NUMBA, _REASON = _probe()
+
+
+def is_jit_available() -> bool:
+    """True when numba imported successfully and JIT was not disabled by the environment."""
+    return _NUMBA is not None
+
+
+def jit_unavailable_reason() -> str | None:
+    """Why JIT is not in use, or ``None`` when it is available."""
+    return _REASON
+
+
+def _identity(fn: F) -> F:
+    return fn
+
+
+def maybe_njit(**options: Any) -> Callable[[F], F]:
+    """Decorator factory: ``numba.njit(nogil=True, cache=True, **options)`` or the identity.
+
+    When JIT is unavailable the decorated function stays a plain Python function, so it is
+    still callable (slowly) and the pure-Python semantics are identical.
+    """
+    if _NUMBA is None:
+        return _identity
+    merged: dict[str, Any] = {"nogil": True, "cache": True}
+    merged.update(options)
+    decorator: Callable[[F], F] = _NUMBA.njit(**merged)
+    return decorator

@@ -1,0 +1,57 @@
+"""Domain types for series: keys, ingest batches, summary queries and results."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from nethical_grpc.summary import Summary
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def freeze_labels(labels: Mapping[str, str]) -> Labels:
+    return tuple(sorted(labels.items()))
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesKey:
+    """A series: a metric and its label values."""
+
+    metric: str
+    labels: Labels
+
+
+@dataclass(slots=True)
+class IngestBatch:
+    """A validated batch of one series: values and either one time or one per value."""
+
+    key: SeriesKey
+    values: np.ndarray
+    timestamps_ns: np.ndarray | None
+    time_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryQuery:
+    """Which series and time range to summarise, grouped how."""
+
+    start_ns: int | None = None
+    end_ns: int | None = None
+    metrics: frozenset[str] = frozenset()
+    label_filter: Labels = ()
+    group_by: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class GroupSummary:
+    """The merged summary of one metric and label group over a time range."""
+
+    metric: str
+    labels: Labels
+    summary: Summary
+    start_ns: int
+    end_ns: int
+    data_as_of_ns: int

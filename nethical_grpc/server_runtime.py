@@ -1,0 +1,119 @@
+"""What every mesh server shares: health, reflection, limits, and a graceful drain.
+
+A server built here answers ``grpc.health.v1.Health`` truthfully (SERVING once started,
+NOT_SERVING as soon as a drain begins) and exposes server reflection so grpcurl works
+without .proto files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES, server_options
+
+log = logging.getLogger(__name__)
+
+Registrar = Callable[[grpc.aio.Server], None]
+
+
+@dataclass
+class MeshServer:
+    """A started grpc.aio server with its health servicer and bound port."""
+
+    server: grpc.aio.Server
+    health: HealthServicer
+    port: int
+    service_names: Sequence[str]
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    _draining: bool = False
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)
+
+    async def drain(self, announce_s: float = 1.0, grace_s: float = 5.0) -> None:
+        """NOT_SERVING first (so balancers move away), then stop accepting, then finish."""
+        if self._draining:
+            return
+        self._draining = True
+        log.info("draining: health NOT_SERVING, stopping in %.1fs", announce_s)
+        await self.set_serving(False)
+        if announce_s > 0:
+            await asyncio.sleep(announce_s)
+        await self.server.stop(grace_s)
+        for hook in self.on_stop:
+            await hook()
+        log.info("stopped")
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+
+async def start_server(
+    registrars: Sequence[Registrar],
+    service_full_names: Sequence[str],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    reflection_enabled: bool = True,
+    max_concurrent_rpcs: int | None = 1000,
+) -> MeshServer:
+    """Create, bind (port 0 picks a free port) and start a server with health + reflection."""
+    server = grpc.aio.server(
+        options=server_options(max_message_bytes), maximum_concurrent_rpcs=max_concurrent_rpcs
+    )
+    for register in registrars:
+        register(server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    names = [*service_full_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+    if reflection_enabled:
+        reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
+    bound = server.add_insecure_port(f"{_bracket(host)}:{port}")
+    if bound == 0:
+        raise OSError(f"could not bind {host}:{port}")
+    await server.start()
+    mesh = MeshServer(server=server, health=health, port=bound, service_names=service_full_names)
+    await mesh.set_serving(True)
+    return mesh
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+async def serve_until_signalled(
+    mesh: MeshServer, announce_s: float = 1.0, grace_s: float = 5.0
+) -> None:
+    """Run until SIGTERM/SIGINT, then drain. For the CLI's foreground servers."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.ensure_future(mesh.wait())
+    stopper = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if stopper in done:
+        await mesh.drain(announce_s, grace_s)
+    waiter.cancel()
+    stopper.cancel()

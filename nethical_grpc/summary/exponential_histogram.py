@@ -1,0 +1,625 @@
+"""OpenTelemetry-style base-2 exponential histogram.
+
+At scale ``s`` the base is ``2 ** (2 ** -s)`` and bucket index ``i`` covers
+``(base ** i, base ** (i + 1)]``; negative values are bucketed by ``|v|`` and values with
+``|v| <= zero_threshold`` are counted in ``zero_count``.  Reducing the scale by ``k`` maps
+index ``i`` to ``i >> k`` (floor shift), which is lossless with respect to merging.
+
+Merge semantics
+---------------
+* The merged scale is the largest scale ``<= min(scales)`` at which both the positive and the
+  negative buckets of the union fit in ``max_buckets``; it is therefore independent of the
+  order of merges and updates (given equal ``max_buckets`` and ``zero_threshold``), and
+  ``merge`` is exactly commutative and associative in that case.
+* ``max_buckets`` of the result is the **max** of the operands' (keeps the resolution of the
+  better-provisioned side).  When operands have different ``max_buckets``, associativity can
+  fail in the scale of the result (an intermediate merge may be forced coarser than needed).
+* ``zero_threshold`` of the result is the max of the operands'.  Buckets lying entirely below
+  the new threshold (index ``< index(threshold)`` at the merged scale) are moved into
+  ``zero_count``.  With differing thresholds, merge order can change which buckets move.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Final, TypeGuard
+
+import numpy as np
+import numpy.typing as npt
+
+from nethical_grpc.summary import _kernels
+
+__all__ = [
+    "DEFAULT_MAX_BUCKETS",
+    "DEFAULT_SCALE",
+    "MAX_SCALE",
+    "MIN_MAX_BUCKETS",
+    "MIN_SCALE",
+    "Buckets",
+    "ExponentialHistogram",
+    "bucket_index",
+    "bucket_lower_boundary",
+    "index_limits",
+    "relative_error_at",
+]
+
+DEFAULT_SCALE: Final = 6
+DEFAULT_MAX_BUCKETS: Final = 2048
+MIN_SCALE: Final = -10
+MAX_SCALE: Final = 20
+#: At MIN_SCALE all finite doubles (subnormals included) span 3 indices per sign, so any
+#: ``max_buckets >= 3`` can always be satisfied by downscaling; 4 is the enforced minimum.
+MIN_MAX_BUCKETS: Final = 4
+
+_INT32_MIN: Final = -(2**31)
+_INT32_MAX: Final = 2**31 - 1
+_COUNT_LIMIT: Final = 2**63 - 1
+_DBL_MAX: Final = float(np.finfo(np.float64).max)
+_DBL_TRUE_MIN: Final = 5e-324
+
+CountArray = npt.NDArray[np.uint64]
+FloatArray = npt.NDArray[np.float64]
+
+
+def _is_int(value: object) -> TypeGuard[numbers.Integral]:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _empty_counts() -> CountArray:
+    return np.zeros(0, dtype=np.uint64)
+
+
+def relative_error_at(scale: int) -> float:
+    """``(base - 1) / (base + 1)`` for ``base = 2 ** (2 ** -scale)``, computed without overflow."""
+    return math.tanh(math.log(2.0) * math.ldexp(1.0, -scale) / 2.0)
+
+
+def bucket_index(value: float, scale: int) -> int:
+    """Bucket index of ``|value|`` at ``scale`` (``value`` finite and non-zero)."""
+    v = float(value)
+    if v == 0.0 or not math.isfinite(v):
+        raise ValueError(f"bucket_index needs a finite non-zero value, got {value!r}")
+    r = _kernels.bucketize_numpy(np.array([abs(v)]), int(scale), 0.0)
+    return int(r.positive[0])
+
+
+def bucket_lower_boundary(index: int | npt.NDArray[np.int64], scale: int) -> FloatArray:
+    """``base ** index`` (lower, exclusive boundary), as float64 (may under/overflow to 0/inf)."""
+    idx = np.asarray(index, dtype=np.int64)
+    out: FloatArray
+    with np.errstate(over="ignore", under="ignore"):
+        if scale > 0:
+            whole = idx >> scale
+            frac = (idx & ((1 << scale) - 1)).astype(np.float64) * math.ldexp(1.0, -scale)
+            out = np.ldexp(np.exp2(frac), whole)
+        else:
+            out = np.ldexp(np.ones(idx.shape), idx << -scale)
+    return out
+
+
+@functools.cache
+def index_limits(scale: int) -> tuple[int, int]:
+    """``(lowest, highest)`` index that a finite non-zero double can have at ``scale``."""
+    r = _kernels.bucketize_numpy(np.array([_DBL_TRUE_MIN, _DBL_MAX]), int(scale), 0.0)
+    return int(r.positive[0]), int(r.positive[1])
+
+
+# ------------------------------------------------------------------------------------------------
+# Buckets
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Buckets:
+    """Dense bucket counts: ``counts[k]`` is the count of bucket index ``offset + k``.
+
+    Leading/trailing zero counts are allowed but :meth:`trimmed` removes them (the
+    histogram keeps its own buckets trimmed).  Equality compares trimmed contents.
+    """
+
+    offset: int = 0
+    counts: CountArray = field(default_factory=_empty_counts)
+
+    @property
+    def total(self) -> int:
+        """Sum of all counts."""
+        return int(self.counts.sum(dtype=np.uint64)) if self.counts.size else 0
+
+    def index_range(self) -> tuple[int, int] | None:
+        """``(first, last)`` index with a non-zero count, or ``None`` when empty."""
+        c = self.counts
+        n = c.shape[0]
+        if n == 0:
+            return None
+        if c[0] != 0 and c[n - 1] != 0:
+            return self.offset, self.offset + n - 1
+        nz = np.flatnonzero(c)
+        if nz.size == 0:
+            return None
+        return self.offset + int(nz[0]), self.offset + int(nz[-1])
+
+    def trimmed(self) -> Buckets:
+        """A copy without leading/trailing zeros (``Buckets(0, [])`` when empty)."""
+        rng = self.index_range()
+        if rng is None:
+            return Buckets()
+        lo, hi = rng
+        start = lo - self.offset
+        counts = np.array(self.counts[start : start + hi - lo + 1], dtype=np.uint64)
+        return Buckets(lo, counts)
+
+    def indices(self) -> npt.NDArray[np.int64]:
+        """Bucket index of every element of ``counts``."""
+        return np.arange(self.offset, self.offset + self.counts.shape[0], dtype=np.int64)
+
+    def copy(self) -> Buckets:
+        return Buckets(int(self.offset), np.array(self.counts, dtype=np.uint64))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Buckets):
+            return NotImplemented
+        a, b = self.trimmed(), other.trimmed()
+        return a.offset == b.offset and np.array_equal(a.counts, b.counts)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Buckets(offset={self.offset}, counts={self.counts.tolist()!r})"
+
+
+def _own(b: Buckets) -> Buckets:
+    """Trimmed, writable, C-contiguous uint64 buckets; returns ``b`` itself when already so."""
+    c = b.counts
+    n = c.shape[0] if isinstance(c, np.ndarray) and c.ndim == 1 else -1
+    if (
+        n >= 0
+        and c.dtype == np.uint64
+        and c.flags.c_contiguous
+        and c.flags.writeable
+        and isinstance(b.offset, int)
+        and (n == 0 or (c[0] != 0 and c[n - 1] != 0))
+    ):
+        return b
+    return Buckets(int(b.offset), np.asarray(b.counts)).trimmed()
+
+
+def _shift(b: Buckets, k: int) -> Buckets:
+    """Downscale trimmed buckets by ``k`` (index ``i -> i >> k``, counts summed); new object."""
+    n = b.counts.shape[0]
+    if n == 0:
+        return Buckets()
+    if k == 0:
+        return Buckets(b.offset, b.counts.copy())
+    new_idx = (b.offset + np.arange(n, dtype=np.int64)) >> k
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(new_idx)) + 1))
+    return Buckets(int(new_idx[0]), np.add.reduceat(b.counts, starts))
+
+
+def _shift_in_place_ok(b: Buckets, k: int) -> Buckets:
+    return b if k == 0 else _shift(b, k)
+
+
+def _span_after(rng: tuple[int, int] | None, k: int) -> int:
+    if rng is None:
+        return 0
+    return (rng[1] >> k) - (rng[0] >> k) + 1
+
+
+def _union(a: tuple[int, int] | None, b: tuple[int, int] | None) -> tuple[int, int] | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a[0], b[0]), max(a[1], b[1])
+
+
+def _fit_shift(ranges: Sequence[tuple[int, int] | None], max_buckets: int, scale: int) -> int:
+    """Smallest ``k >= 0`` such that every range fits in ``max_buckets`` at ``scale - k``."""
+    k = 0
+    while any(_span_after(r, k) > max_buckets for r in ranges):
+        k += 1
+        if scale - k < MIN_SCALE:
+            raise ValueError(
+                f"cannot fit the data in {max_buckets} buckets even at MIN_SCALE={MIN_SCALE}"
+            )
+    return k
+
+
+def _sum_buckets(parts: Sequence[Buckets]) -> Buckets:
+    """Elementwise sum of trimmed buckets at the same scale (always a fresh array)."""
+    live = [p for p in parts if p.counts.shape[0]]
+    if not live:
+        return Buckets()
+    lo = min(p.offset for p in live)
+    hi = max(p.offset + p.counts.shape[0] - 1 for p in live)
+    out = np.zeros(hi - lo + 1, dtype=np.uint64)
+    for p in live:
+        start = p.offset - lo
+        out[start : start + p.counts.shape[0]] += p.counts
+    return Buckets(lo, out)
+
+
+def _drop_below(b: Buckets, limit: int) -> tuple[Buckets, int]:
+    """Remove buckets with index ``< limit``; return the rest and the removed count."""
+    n = b.counts.shape[0]
+    if n == 0 or b.offset >= limit:
+        return b, 0
+    cut = min(limit - b.offset, n)
+    moved = int(b.counts[:cut].sum(dtype=np.uint64))
+    rest = Buckets(b.offset + cut, b.counts[cut:])
+    return rest.trimmed(), moved
+
+
+def _grow(b: Buckets, lo: int, hi: int) -> Buckets:
+    """Buckets covering at least ``[lo, hi]`` (``b`` itself when it already does)."""
+    n = b.counts.shape[0]
+    if n == 0:
+        return Buckets(lo, np.zeros(hi - lo + 1, dtype=np.uint64))
+    cur_hi = b.offset + n - 1
+    if lo >= b.offset and hi <= cur_hi:
+        return b
+    new_lo = min(lo, b.offset)
+    new_hi = max(hi, cur_hi)
+    out = np.zeros(new_hi - new_lo + 1, dtype=np.uint64)
+    start = b.offset - new_lo
+    out[start : start + n] = b.counts
+    return Buckets(new_lo, out)
+
+
+def _add_spill(b: Buckets, idx: npt.NDArray[np.int64], lo: int, hi: int, k: int) -> Buckets:
+    if idx.shape[0] == 0:
+        return b
+    b = _grow(b, lo >> k, hi >> k)
+    _kernels.accumulate(idx, k, b.offset, b.counts)
+    return b
+
+
+def _as_vector(values: npt.ArrayLike) -> FloatArray:
+    arr = np.ascontiguousarray(values, dtype=np.float64)
+    return arr.reshape(-1) if arr.ndim != 1 else arr
+
+
+def _check_finite(arr: FloatArray) -> tuple[float, float]:
+    """``(min, max)`` of ``arr``; ``ValueError`` naming the first NaN/inf if there is one."""
+    bounds = _kernels.minmax(arr)
+    bad = _kernels.first_nonfinite(arr, bounds)
+    if bad >= 0:
+        raise ValueError(f"values[{bad}] = {arr[bad]!r} is not finite; batch rejected")
+    return bounds
+
+
+# ------------------------------------------------------------------------------------------------
+# Histogram
+# ------------------------------------------------------------------------------------------------
+
+
+class ExponentialHistogram:
+    """Mergeable base-2 exponential histogram with automatic downscaling.
+
+    Attributes are public for serialisation; after assigning them directly call
+    :meth:`validate`.  Relative error of any quantile estimate (for values outside the zero
+    bucket) is at most :attr:`relative_error`.
+    """
+
+    __slots__ = ("max_buckets", "negative", "positive", "scale", "zero_count", "zero_threshold")
+
+    scale: int
+    max_buckets: int
+    zero_threshold: float
+    zero_count: int
+    positive: Buckets
+    negative: Buckets
+
+    def __init__(
+        self,
+        scale: int = DEFAULT_SCALE,
+        max_buckets: int = DEFAULT_MAX_BUCKETS,
+        zero_threshold: float = 0.0,
+    ) -> None:
+        _check_params(scale, max_buckets, zero_threshold)
+        self.scale = int(scale)
+        self.max_buckets = int(max_buckets)
+        self.zero_threshold = float(zero_threshold)
+        self.zero_count = 0
+        self.positive = Buckets()
+        self.negative = Buckets()
+
+    @classmethod
+    def from_parts(
+        cls,
+        *,
+        scale: int,
+        zero_count: int,
+        positive: Buckets,
+        negative: Buckets,
+        zero_threshold: float = 0.0,
+        max_buckets: int = DEFAULT_MAX_BUCKETS,
+    ) -> ExponentialHistogram:
+        """Build from decoded fields; validates (``ValueError``) and normalises the buckets."""
+        h = cls.__new__(cls)
+        h.scale = scale
+        h.max_buckets = max_buckets
+        h.zero_threshold = zero_threshold
+        h.zero_count = zero_count
+        h.positive = positive
+        h.negative = negative
+        h.validate()
+        h.scale = int(scale)
+        h.max_buckets = int(max_buckets)
+        h.zero_threshold = float(zero_threshold)
+        h.zero_count = int(zero_count)
+        h.positive = Buckets(int(positive.offset), np.asarray(positive.counts)).trimmed()
+        h.negative = Buckets(int(negative.offset), np.asarray(negative.counts)).trimmed()
+        return h
+
+    @classmethod
+    def from_values(
+        cls,
+        values: npt.ArrayLike,
+        scale: int = DEFAULT_SCALE,
+        max_buckets: int = DEFAULT_MAX_BUCKETS,
+        zero_threshold: float = 0.0,
+    ) -> ExponentialHistogram:
+        h = cls(scale, max_buckets, zero_threshold)
+        h.update(values)
+        return h
+
+    @classmethod
+    def merge_all(cls, items: Iterable[ExponentialHistogram]) -> ExponentialHistogram:
+        """Merge any number of histograms (empty iterable: a default empty histogram)."""
+        it = iter(items)
+        first = next(it, None)
+        if first is None:
+            return cls()
+        out = first.copy()
+        for h in it:
+            out.merge_from(h)
+        return out
+
+    def copy(self) -> ExponentialHistogram:
+        h = ExponentialHistogram.__new__(ExponentialHistogram)
+        h.scale = self.scale
+        h.max_buckets = self.max_buckets
+        h.zero_threshold = self.zero_threshold
+        h.zero_count = self.zero_count
+        h.positive = self.positive.copy()
+        h.negative = self.negative.copy()
+        return h
+
+    # ---------------------------------------------------------------- properties
+
+    @property
+    def count(self) -> int:
+        return int(self.zero_count) + self.positive.total + self.negative.total
+
+    @property
+    def relative_error(self) -> float:
+        """``(base - 1) / (base + 1)``: max relative error of a bucket's representative value."""
+        return relative_error_at(self.scale)
+
+    @property
+    def base(self) -> float:
+        """``2 ** (2 ** -scale)`` (``inf`` when it overflows, at scale -10)."""
+        with np.errstate(over="ignore"):
+            return float(np.exp2(np.float64(math.ldexp(1.0, -self.scale))))
+
+    # ---------------------------------------------------------------- updating
+
+    def update(self, values: npt.ArrayLike) -> None:
+        """Add a batch of values; any NaN/inf rejects the whole batch (``ValueError``)."""
+        arr = _as_vector(values)
+        if arr.shape[0] == 0:
+            return
+        self._update_finite(arr, _check_finite(arr))
+
+    def _update_finite(self, arr: FloatArray, bounds: tuple[float, float] | None = None) -> None:
+        """Add a batch already known to be finite (``bounds``: its precomputed min/max)."""
+        if arr.shape[0] == 0:
+            return
+        pos = _own(self.positive)
+        neg = _own(self.negative)
+        self.positive, self.negative = pos, neg
+        r = _kernels.count_in_range(
+            arr,
+            self.scale,
+            self.zero_threshold,
+            pos.counts,
+            pos.offset,
+            neg.counts,
+            neg.offset,
+            bounds,
+        )
+        self.zero_count += r.zero_count
+        has_pos = r.positive.shape[0] > 0
+        has_neg = r.negative.shape[0] > 0
+        if not (has_pos or has_neg):
+            return
+        prange = _union(pos.index_range(), (r.pos_min, r.pos_max) if has_pos else None)
+        nrange = _union(neg.index_range(), (r.neg_min, r.neg_max) if has_neg else None)
+        k = _fit_shift((prange, nrange), self.max_buckets, self.scale)
+        if k:
+            pos = _shift(pos, k)
+            neg = _shift(neg, k)
+            self.scale -= k
+        self.positive = _add_spill(pos, r.positive, r.pos_min, r.pos_max, k)
+        self.negative = _add_spill(neg, r.negative, r.neg_min, r.neg_max, k)
+
+    def downscale(self, k: int) -> None:
+        """Reduce the scale by ``k`` in place (bucket ``i`` becomes ``i >> k``)."""
+        if not _is_int(k) or int(k) < 0:
+            raise ValueError(f"downscale step must be a non-negative integer, got {k!r}")
+        step = int(k)
+        if self.scale - step < MIN_SCALE:
+            raise ValueError(f"cannot downscale from {self.scale} by {step}: below {MIN_SCALE}")
+        if step == 0:
+            return
+        self.positive = _shift(_own(self.positive), step)
+        self.negative = _shift(_own(self.negative), step)
+        self.scale -= step
+
+    # ---------------------------------------------------------------- merging
+
+    def merge(self, other: ExponentialHistogram) -> ExponentialHistogram:
+        """A new histogram for the union of both (see module docstring for the rules)."""
+        out = self.copy()
+        out.merge_from(other)
+        return out
+
+    def merge_from(self, other: ExponentialHistogram) -> None:
+        """Merge ``other`` into ``self`` (``other`` is not modified)."""
+        if not isinstance(other, ExponentialHistogram):
+            raise TypeError(f"cannot merge ExponentialHistogram with {type(other).__name__}")
+        scale = min(self.scale, other.scale)
+        threshold = max(self.zero_threshold, other.zero_threshold)
+        max_buckets = max(self.max_buckets, other.max_buckets)
+        zero_count = int(self.zero_count) + int(other.zero_count)
+        pos = [
+            _shift_in_place_ok(_own(self.positive), self.scale - scale),
+            _shift_in_place_ok(_own(other.positive), other.scale - scale),
+        ]
+        neg = [
+            _shift_in_place_ok(_own(self.negative), self.scale - scale),
+            _shift_in_place_ok(_own(other.negative), other.scale - scale),
+        ]
+        if threshold > 0.0:
+            limit = bucket_index(threshold, scale)
+            for parts in (pos, neg):
+                for i, part in enumerate(parts):
+                    parts[i], moved = _drop_below(part, limit)
+                    zero_count += moved
+        prange = _union(pos[0].index_range(), pos[1].index_range())
+        nrange = _union(neg[0].index_range(), neg[1].index_range())
+        k = _fit_shift((prange, nrange), max_buckets, scale)
+        new_pos = _sum_buckets([_shift_in_place_ok(p, k) for p in pos])
+        new_neg = _sum_buckets([_shift_in_place_ok(p, k) for p in neg])
+        self.scale = scale - k
+        self.max_buckets = max_buckets
+        self.zero_threshold = threshold
+        self.zero_count = zero_count
+        self.positive = new_pos
+        self.negative = new_neg
+
+    # ---------------------------------------------------------------- queries
+
+    def quantile(self, q: float) -> float:
+        """Estimate of the order statistic of rank ``floor(q * (count - 1))``; NaN if empty."""
+        return float(self.quantiles(np.array([q], dtype=np.float64))[0])
+
+    def quantiles(self, qs: Sequence[float] | npt.NDArray[np.floating]) -> FloatArray:
+        """Vectorised :meth:`quantile` (same rank definition as ``np.quantile(method="lower")``).
+
+        The estimate for a bucket ``(L, U]`` is ``2LU / (L + U)`` (negated for negative
+        buckets), whose relative error is at most :attr:`relative_error`; the zero bucket
+        yields 0.0.
+        """
+        q = np.asarray(qs, dtype=np.float64).reshape(-1)
+        if not bool(np.all((q >= 0.0) & (q <= 1.0))):
+            raise ValueError(f"quantiles must be in [0, 1], got {q.tolist()!r}")
+        n = self.count
+        if n == 0:
+            return np.full(q.shape, np.nan)
+        pos = _own(self.positive)
+        neg = _own(self.negative)
+        n_neg = neg.counts.shape[0]
+        ranks = np.floor((n - 1) * q).astype(np.uint64)
+        cum = np.cumsum(
+            np.concatenate(
+                (neg.counts[::-1], np.array([self.zero_count], dtype=np.uint64), pos.counts)
+            )
+        )
+        where = np.searchsorted(cum, ranks, side="right")
+        out = np.zeros(q.shape, dtype=np.float64)
+        factor = 1.0 + self.relative_error  # 2LU/(L+U) == L * 2*base/(1+base) == L*(1+err)
+        is_neg = where < n_neg
+        if bool(is_neg.any()):
+            idx = neg.offset + (n_neg - 1 - where[is_neg]).astype(np.int64)
+            out[is_neg] = -(bucket_lower_boundary(idx, self.scale) * factor)
+        is_pos = where > n_neg
+        if bool(is_pos.any()):
+            idx = pos.offset + (where[is_pos] - n_neg - 1).astype(np.int64)
+            out[is_pos] = bucket_lower_boundary(idx, self.scale) * factor
+        return out
+
+    # ---------------------------------------------------------------- validation
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` if the fields do not form a usable histogram."""
+        _check_params(self.scale, self.max_buckets, self.zero_threshold)
+        if not _is_int(self.zero_count) or int(self.zero_count) < 0:
+            raise ValueError(f"zero_count must be a non-negative integer, got {self.zero_count!r}")
+        total = float(int(self.zero_count))
+        lo_lim, hi_lim = index_limits(int(self.scale))
+        for name, b in (("positive", self.positive), ("negative", self.negative)):
+            if not isinstance(b, Buckets):
+                raise ValueError(f"{name} must be Buckets, got {type(b).__name__}")
+            if not _is_int(b.offset):
+                raise ValueError(f"{name}.offset must be an integer, got {b.offset!r}")
+            c = b.counts
+            if not isinstance(c, np.ndarray) or c.ndim != 1:
+                raise ValueError(f"{name}.counts must be a 1-D numpy array")
+            if c.dtype.kind not in "ui":
+                raise ValueError(f"{name}.counts must have an integer dtype, got {c.dtype}")
+            if c.dtype.kind == "i" and c.size and int(c.min()) < 0:
+                raise ValueError(f"{name}.counts must be non-negative")
+            offset = int(b.offset)
+            if c.size and not (offset >= _INT32_MIN and offset + c.shape[0] - 1 <= _INT32_MAX):
+                raise ValueError(f"{name} bucket indices overflow int32")
+            nz = np.flatnonzero(c)
+            if nz.size == 0:
+                continue
+            first, last = offset + int(nz[0]), offset + int(nz[-1])
+            if last - first + 1 > int(self.max_buckets):
+                raise ValueError(
+                    f"{name} bucket span {last - first + 1} exceeds max_buckets {self.max_buckets}"
+                )
+            if first < lo_lim or last > hi_lim:
+                raise ValueError(
+                    f"{name} bucket indices [{first}, {last}] outside the range of finite "
+                    f"values at scale {self.scale}: [{lo_lim}, {hi_lim}]"
+                )
+            total += float(c.sum(dtype=np.float64))
+        if total > _COUNT_LIMIT:
+            raise ValueError("total count overflows int64")
+
+    # ---------------------------------------------------------------- dunder
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ExponentialHistogram):
+            return NotImplemented
+        return (
+            self.scale == other.scale
+            and self.zero_count == other.zero_count
+            and self.zero_threshold == other.zero_threshold
+            and self.positive == other.positive
+            and self.negative == other.negative
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"ExponentialHistogram(scale={self.scale}, count={self.count}, "
+            f"zero_count={self.zero_count}, zero_threshold={self.zero_threshold}, "
+            f"positive={self.positive!r}, negative={self.negative!r}, "
+            f"max_buckets={self.max_buckets})"
+        )
+
+
+def _check_params(scale: object, max_buckets: object, zero_threshold: object) -> None:
+    if not _is_int(scale) or not (MIN_SCALE <= int(scale) <= MAX_SCALE):
+        raise ValueError(f"scale must be an integer in [{MIN_SCALE}, {MAX_SCALE}], got {scale!r}")
+    if not _is_int(max_buckets) or int(max_buckets) < MIN_MAX_BUCKETS:
+        raise ValueError(
+            f"max_buckets must be an integer >= {MIN_MAX_BUCKETS}, got {max_buckets!r}"
+        )
+    if (
+        not isinstance(zero_threshold, numbers.Real)
+        or isinstance(zero_threshold, bool)
+        or not math.isfinite(float(zero_threshold))
+        or float(zero_threshold) < 0.0
+    ):
+        raise ValueError(f"zero_threshold must be a finite float >= 0, got {zero_threshold!r}")

@@ -1,0 +1,208 @@
+"""Mergeable streaming moments: count, compensated sum, min, max, mean and M2.
+
+Merging uses Chan et al.'s parallel update for ``mean``/``m2`` and Knuth's TwoSum for the
+sum, so merging is exact for ``count``/``min``/``max`` and numerically stable for the rest.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from nethical_grpc.summary import _kernels
+
+__all__ = ["Moments"]
+
+#: Relative slack allowed by :meth:`Moments.validate` for rounding in derived fields.
+_VALIDATE_RTOL = 1e-9
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+@dataclass(slots=True)
+class Moments:
+    """Moments of a multiset of finite float64 values.
+
+    ``sum + compensation`` is the compensated total (``sum`` alone is its correctly rounded
+    leading part); ``m2`` is the sum of squared deviations from ``mean``.  An empty
+    ``Moments()`` is the identity of :meth:`merge`.
+    """
+
+    count: int = 0
+    sum: float = 0.0
+    compensation: float = 0.0
+    min: float = math.inf
+    max: float = -math.inf
+    mean: float = 0.0
+    m2: float = 0.0
+
+    # ---------------------------------------------------------------- construction
+
+    @classmethod
+    def from_values(cls, values: npt.ArrayLike) -> Moments:
+        """Moments of ``values`` (flattened to float64; must be finite, checked by the caller)."""
+        t = _kernels.batch_moments(values)
+        return cls(t.n, t.sum, t.compensation, t.min, t.max, t.mean, t.m2)
+
+    @classmethod
+    def merge_all(cls, items: Iterable[Moments]) -> Moments:
+        """Merge any number of moments (empty iterable gives ``Moments()``)."""
+        out = cls()
+        for item in items:
+            out._merge_in_place(item)
+        return out
+
+    def copy(self) -> Moments:
+        return Moments(
+            self.count, self.sum, self.compensation, self.min, self.max, self.mean, self.m2
+        )
+
+    # ---------------------------------------------------------------- merging
+
+    def merge(self, other: Moments) -> Moments:
+        """A new ``Moments`` for the union of both multisets.
+
+        Commutative bit-for-bit (operands are put in a canonical order first); associative up
+        to rounding in ``mean``/``m2``/``compensation``.
+        """
+        out = self.copy()
+        out._merge_in_place(other)
+        return out
+
+    def update(self, values: npt.ArrayLike) -> None:
+        """Merge a batch of (finite) values in place."""
+        self._merge_in_place(Moments.from_values(values))
+
+    def _key(self) -> tuple[int, float, float, float, float, float, float]:
+        return (self.count, self.mean, self.m2, self.sum, self.compensation, self.min, self.max)
+
+    def _merge_in_place(self, other: Moments) -> None:
+        if not isinstance(other, Moments):
+            raise TypeError(f"cannot merge Moments with {type(other).__name__}")
+        if other.count == 0:
+            return
+        if self.count == 0:
+            self._assign(other)
+            return
+        # Canonical order: larger count first (keeps Chan's correction term small) and makes
+        # the result independent of argument order.
+        a, b = (self, other) if self._key() >= other._key() else (other, self)
+        n = a.count + b.count
+        t, e = _kernels.two_sum(a.sum, b.sum)
+        comp = (a.compensation + b.compensation) + e
+        total, comp = _kernels.two_sum(t, comp)
+        lo = min(a.min, b.min)
+        hi = max(a.max, b.max)
+        delta = b.mean - a.mean
+        frac = b.count / n
+        mean = a.mean + delta * frac
+        mean = lo if mean < lo else hi if mean > hi else mean
+        m2 = (a.m2 + b.m2) + delta * delta * (a.count * frac)
+        self.count = n
+        self.sum = total
+        self.compensation = comp
+        self.min = lo
+        self.max = hi
+        self.mean = mean
+        self.m2 = m2
+
+    def _assign(self, other: Moments) -> None:
+        self.count = other.count
+        self.sum = other.sum
+        self.compensation = other.compensation
+        self.min = other.min
+        self.max = other.max
+        self.mean = other.mean
+        self.m2 = other.m2
+
+    # ---------------------------------------------------------------- derived values
+
+    @property
+    def total(self) -> float:
+        """Compensated sum of all values (0.0 when empty)."""
+        return self.sum + self.compensation
+
+    @property
+    def variance(self) -> float:
+        """Population variance ``m2 / count``; NaN when empty."""
+        if self.count == 0:
+            return math.nan
+        return self.m2 / self.count
+
+    @property
+    def stddev(self) -> float:
+        """Population standard deviation; NaN when empty."""
+        return math.sqrt(self.variance)
+
+    # ---------------------------------------------------------------- validation
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` if the fields cannot describe any multiset of finite values.
+
+        Meant for summaries received over the wire; tolerances allow for rounding only.
+        """
+        if not _is_int(self.count):
+            raise ValueError(f"count must be an integer, got {type(self.count).__name__}")
+        fields = {
+            "sum": self.sum,
+            "compensation": self.compensation,
+            "min": self.min,
+            "max": self.max,
+            "mean": self.mean,
+            "m2": self.m2,
+        }
+        for name, value in fields.items():
+            if not _is_real(value):
+                raise ValueError(f"{name} must be a real number, got {type(value).__name__}")
+        count = int(self.count)
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        if count == 0:
+            empty = Moments()
+            for name, value in fields.items():
+                expected = getattr(empty, name)
+                if float(value) != expected:
+                    raise ValueError(
+                        f"empty moments (count == 0) must have {name} == {expected}, got {value}"
+                    )
+            return
+        for name, value in fields.items():
+            if not math.isfinite(float(value)):
+                raise ValueError(f"{name} must be finite when count > 0, got {value}")
+        lo, hi = float(self.min), float(self.max)
+        mean, m2 = float(self.mean), float(self.m2)
+        if lo > hi:
+            raise ValueError(f"min ({lo}) > max ({hi})")
+        if m2 < 0.0:
+            raise ValueError(f"m2 must be >= 0, got {m2}")
+        mag = max(abs(lo), abs(hi))
+        tol = _VALIDATE_RTOL * mag
+        if not (lo - tol <= mean <= hi + tol):
+            raise ValueError(f"mean ({mean}) outside [min, max] = [{lo}, {hi}]")
+        if count == 1 and lo != hi:
+            raise ValueError(f"a single value cannot have min ({lo}) != max ({hi})")
+        # Popoviciu: variance <= (max - min)^2 / 4.
+        with np.errstate(over="ignore"):
+            spread = float(np.float64(hi) - np.float64(lo))
+            bound = count * (spread * spread / 4.0)
+            slack = count * (_VALIDATE_RTOL * mag) ** 2
+        if m2 > bound * (1.0 + _VALIDATE_RTOL) + slack:
+            raise ValueError(f"m2 ({m2}) exceeds count * (max - min)^2 / 4 = {bound}")
+        total = float(self.sum) + float(self.compensation)
+        if math.isfinite(total):
+            t_tol = count * tol
+            if not (count * lo - t_tol <= total <= count * hi + t_tol):
+                raise ValueError(
+                    f"sum ({total}) outside [count*min, count*max] = [{count * lo}, {count * hi}]"
+                )

@@ -1,0 +1,87 @@
+"""Input rules shared by every server: names, labels, time ranges, quantiles."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from nethical_grpc.errors import FieldViolation, InvalidArgument
+
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:\-]{0,127}$")
+MAX_LABELS = 16
+MAX_LABEL_VALUE_LEN = 256
+
+
+def name_violation(field_path: str, name: str) -> FieldViolation | None:
+    """Metric names and label keys: 1-128 chars, ``[A-Za-z_][A-Za-z0-9_.:-]*``."""
+    if not name:
+        return FieldViolation(field_path, "must not be empty")
+    if not NAME_RE.match(name):
+        shown = name if len(name) <= 64 else name[:64] + "..."
+        return FieldViolation(
+            field_path,
+            f"{shown!r} is not a valid name: 1-128 characters, starting with a letter or '_', "
+            "then letters, digits, '_', '.', ':' or '-'",
+        )
+    return None
+
+
+def label_violations(field_path: str, labels: Mapping[str, str]) -> list[FieldViolation]:
+    out: list[FieldViolation] = []
+    if len(labels) > MAX_LABELS:
+        out.append(FieldViolation(field_path, f"at most {MAX_LABELS} labels, got {len(labels)}"))
+        return out
+    for key in sorted(labels):
+        bad = name_violation(f"{field_path}[{key[:64]!r}]", key)
+        if bad is not None:
+            out.append(bad)
+        value = labels[key]
+        if len(value) > MAX_LABEL_VALUE_LEN:
+            out.append(
+                FieldViolation(
+                    f"{field_path}[{key[:64]!r}]",
+                    f"label value longer than {MAX_LABEL_VALUE_LEN} characters",
+                )
+            )
+    return out
+
+
+# Larger magnitudes could overflow a window's sum or M2 to infinity.
+MAX_ABS_VALUE = 1e100
+
+
+def first_out_of_range(values: np.ndarray) -> int | None:
+    """Index of the first NaN, infinity or |value| > MAX_ABS_VALUE, or None (vectorised)."""
+    ok = np.abs(values) <= MAX_ABS_VALUE  # False for NaN too
+    if ok.all():
+        return None
+    return int(np.argmin(ok))
+
+
+def check_time_range(start_ns: int | None, end_ns: int | None) -> None:
+    if start_ns is not None and end_ns is not None and start_ns >= end_ns:
+        raise InvalidArgument.single(
+            "end_time", "must be after start_time (the time range is empty or inverted)"
+        )
+
+
+def check_quantiles(field_path: str, quantiles: Sequence[float]) -> None:
+    violations = [
+        FieldViolation(f"{field_path}[{i}]", f"{q!r} is not in [0, 1]")
+        for i, q in enumerate(quantiles)
+        if not (0.0 <= q <= 1.0)  # also rejects NaN
+    ]
+    if violations:
+        raise InvalidArgument(
+            message=f"{field_path}: quantiles must be in [0, 1]", field_violations=violations
+        )
+
+
+def check_names(field_path: str, names: Iterable[str]) -> None:
+    violations = [
+        v for i, n in enumerate(names) if (v := name_violation(f"{field_path}[{i}]", n)) is not None
+    ]
+    if violations:
+        raise InvalidArgument(message=f"{field_path}: invalid names", field_violations=violations)

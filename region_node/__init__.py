@@ -1,0 +1,1 @@
+"""The region node: ingests observations, keeps them in-region, answers with summaries."""

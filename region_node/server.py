@@ -1,0 +1,53 @@
+"""Build and run a region node server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
+from nethical_grpc.server_runtime import MeshServer, start_server
+from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
+from region_node.node import NodeIdentity, RegionNode
+from region_node.servicer import RegionNodeServicer
+from region_node.windows import WindowConfig
+
+SERVICE_NAME = region_node_pb2.DESCRIPTOR.services_by_name["RegionNodeService"].full_name
+
+
+@dataclass(frozen=True, slots=True)
+class RegionServerConfig:
+    region_id: str
+    instance_id: str = ""
+    host: str = "127.0.0.1"
+    port: int = 0
+    windows: WindowConfig = WindowConfig()
+    region_scope: bool = False
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    reflection: bool = True
+    eviction_interval_s: float = 5.0
+
+
+async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, RegionNode]:
+    """Start a region node; returns the running server and its node (for in-process use)."""
+    identity = NodeIdentity(
+        region_id=config.region_id,
+        instance_id=config.instance_id or f"{config.region_id}-{config.port or 'auto'}",
+        region_scope=config.region_scope,
+    )
+    node = RegionNode(identity, config.windows)
+    servicer = RegionNodeServicer(node)
+    mesh = await start_server(
+        [lambda s: region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(servicer, s)],
+        [SERVICE_NAME],
+        host=config.host,
+        port=config.port,
+        max_message_bytes=config.max_message_bytes,
+        reflection_enabled=config.reflection,
+    )
+    if not config.instance_id:
+        # the bound port names an auto instance when none was given
+        node.identity = NodeIdentity(identity.region_id, f"{identity.region_id}-{mesh.port}",
+                                     identity.region_scope)
+    node.start_background(config.eviction_interval_s)
+    mesh.on_stop.append(node.stop_background)
+    return mesh, node

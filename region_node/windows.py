@@ -1,0 +1,217 @@
+"""Tumbling, epoch-aligned windows of per-series summaries, with retention and caps.
+
+Everything here is synchronous and runs on the server's event loop thread; batches
+are applied atomically (validated and cardinality-checked before any state changes).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nethical_grpc.errors import FieldViolation, InvalidArgument, ResourceExhausted
+from nethical_grpc.series import GroupSummary, IngestBatch, Labels, SeriesKey, SummaryQuery
+from nethical_grpc.summary import DEFAULT_MAX_BUCKETS, DEFAULT_SCALE, Summary
+
+NANOS = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class WindowConfig:
+    window_ns: int = 10 * NANOS
+    retention_ns: int = 24 * 3600 * NANOS
+    histogram_scale: int = DEFAULT_SCALE
+    max_buckets: int = DEFAULT_MAX_BUCKETS
+    max_label_sets_per_metric: int = 1000
+    max_series: int = 100_000
+    max_future_ns: int = 5 * 60 * NANOS
+
+    def __post_init__(self) -> None:
+        if self.window_ns <= 0:
+            raise ValueError("window must be positive")
+        if self.retention_ns < self.window_ns:
+            raise ValueError("retention must be at least one window")
+
+
+@dataclass(slots=True)
+class _Series:
+    windows: dict[int, Summary] = field(default_factory=dict)
+    last_time_ns: int = 0
+
+
+class WindowStore:
+    """Per-series tumbling windows held in memory."""
+
+    def __init__(
+        self, config: WindowConfig | None = None, clock: Callable[[], int] = time.time_ns
+    ) -> None:
+        self.config = config or WindowConfig()
+        self._clock = clock
+        self._series: dict[SeriesKey, _Series] = {}
+        self._label_sets: dict[str, int] = {}
+        self.accepted_values = 0
+
+    # -- ingest ---------------------------------------------------------------------
+
+    def check_times(self, batch: IngestBatch, now_ns: int) -> None:
+        """Reject observations outside retention or too far in the future."""
+        cfg = self.config
+        oldest = self._window_start(now_ns) - cfg.retention_ns + cfg.window_ns
+        newest = now_ns + cfg.max_future_ns
+        if batch.timestamps_ns is None:
+            lo = hi = batch.time_ns
+            path = "time"
+        else:
+            if batch.timestamps_ns.size == 0:
+                return
+            lo, hi = int(batch.timestamps_ns.min()), int(batch.timestamps_ns.max())
+            path = "timestamps_unix_nano"
+        if lo < oldest:
+            raise InvalidArgument.single(path, "observation is older than the node's retention")
+        if hi > newest:
+            raise InvalidArgument.single(path, "observation is too far in the future")
+
+    def check_capacity(self, keys: Iterable[SeriesKey]) -> None:
+        """Raise RESOURCE_EXHAUSTED if these series would pass a cap; changes nothing."""
+        new_per_metric: dict[str, int] = {}
+        new_total = 0
+        for key in set(keys):
+            if key in self._series:
+                continue
+            new_total += 1
+            new_per_metric[key.metric] = new_per_metric.get(key.metric, 0) + 1
+        cap = self.config.max_label_sets_per_metric
+        for metric, n in new_per_metric.items():
+            if self._label_sets.get(metric, 0) + n > cap:
+                raise ResourceExhausted(
+                    message=f"metric {metric!r} has reached its cap of {cap} label sets",
+                    reason="LABEL_CARDINALITY_EXCEEDED",
+                    metadata={"metric": metric, "limit": str(cap)},
+                    field_violations=(
+                        FieldViolation("labels", f"too many label sets for metric {metric!r}"),
+                    ),
+                )
+        if len(self._series) + new_total > self.config.max_series:
+            raise ResourceExhausted(
+                message=f"the node holds its maximum of {self.config.max_series} series",
+                reason="SERIES_LIMIT_EXCEEDED",
+                metadata={"limit": str(self.config.max_series)},
+            )
+
+    def apply(self, batch: IngestBatch) -> None:
+        """Apply a batch that passed validation, time and capacity checks."""
+        if batch.values.size == 0:
+            return
+        series = self._series.get(batch.key)
+        if series is None:
+            series = _Series()
+            self._series[batch.key] = series
+            self._label_sets[batch.key.metric] = self._label_sets.get(batch.key.metric, 0) + 1
+        window_ns = self.config.window_ns
+        if batch.timestamps_ns is None:
+            self._window(series, batch.time_ns // window_ns).update(batch.values)
+            newest = batch.time_ns
+        else:
+            ids = batch.timestamps_ns // window_ns
+            first, last = int(ids.min()), int(ids.max())
+            if first == last:
+                self._window(series, first).update(batch.values)
+            else:
+                order = np.argsort(ids, kind="stable")
+                sorted_ids = ids[order]
+                bounds = np.flatnonzero(np.diff(sorted_ids)) + 1
+                starts = np.concatenate(([0], bounds))
+                ends = np.concatenate((bounds, [sorted_ids.size]))
+                for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+                    self._window(series, int(sorted_ids[s])).update(batch.values[order[s:e]])
+            newest = int(batch.timestamps_ns.max())
+        series.last_time_ns = max(series.last_time_ns, newest)
+        self.accepted_values += int(batch.values.size)
+
+    def _window(self, series: _Series, window_id: int) -> Summary:
+        summary = series.windows.get(window_id)
+        if summary is None:
+            summary = Summary(
+                scale=self.config.histogram_scale, max_buckets=self.config.max_buckets
+            )
+            series.windows[window_id] = summary
+        return summary
+
+    # -- queries --------------------------------------------------------------------
+
+    def _window_start(self, t_ns: int) -> int:
+        return (t_ns // self.config.window_ns) * self.config.window_ns
+
+    def summaries(self, query: SummaryQuery) -> list[GroupSummary]:
+        """Merge the windows overlapping [start, end) per metric and label group."""
+        window_ns = self.config.window_ns
+        first_id = None if query.start_ns is None else query.start_ns // window_ns
+        # a window [w*W, (w+1)*W) overlaps [start, end) when w*W < end
+        last_id = None if query.end_ns is None else (query.end_ns - 1) // window_ns
+        wanted = dict(query.label_filter)
+        groups: dict[tuple[str, Labels], GroupSummary] = {}
+        for key, series in self._series.items():
+            if query.metrics and key.metric not in query.metrics:
+                continue
+            if wanted:
+                labels = dict(key.labels)
+                if any(labels.get(k) != v for k, v in wanted.items()):
+                    continue
+            ids = [
+                w
+                for w in series.windows
+                if (first_id is None or w >= first_id) and (last_id is None or w <= last_id)
+            ]
+            if not ids:
+                continue
+            group_labels = tuple((k, v) for k, v in key.labels if k in query.group_by)
+            gkey = (key.metric, group_labels)
+            merged = Summary.merge_all(series.windows[w] for w in ids)
+            lo, hi = min(ids) * window_ns, (max(ids) + 1) * window_ns
+            group = groups.get(gkey)
+            if group is None:
+                groups[gkey] = GroupSummary(
+                    key.metric, group_labels, merged, lo, hi, series.last_time_ns
+                )
+            else:
+                group.summary.merge_from(merged)
+                group.start_ns = min(group.start_ns, lo)
+                group.end_ns = max(group.end_ns, hi)
+                group.data_as_of_ns = max(group.data_as_of_ns, series.last_time_ns)
+        return [groups[k] for k in sorted(groups)]
+
+    # -- retention ------------------------------------------------------------------
+
+    def evict_expired(self, now_ns: int | None = None) -> int:
+        """Drop windows past retention and series left empty; return windows dropped."""
+        now = self._clock() if now_ns is None else now_ns
+        cutoff_id = (self._window_start(now) - self.config.retention_ns) // self.config.window_ns
+        dropped = 0
+        for key in list(self._series):
+            series = self._series[key]
+            old = [w for w in series.windows if w <= cutoff_id]
+            for w in old:
+                del series.windows[w]
+            dropped += len(old)
+            if not series.windows:
+                del self._series[key]
+                self._label_sets[key.metric] -= 1
+                if self._label_sets[key.metric] == 0:
+                    del self._label_sets[key.metric]
+        return dropped
+
+    # -- introspection --------------------------------------------------------------
+
+    @property
+    def series_count(self) -> int:
+        return len(self._series)
+
+    @property
+    def window_count(self) -> int:
+        return sum(len(s.windows) for s in self._series.values())
+
+    def metrics(self) -> Sequence[str]:
+        return sorted({k.metric for k in self._series})

@@ -1,0 +1,190 @@
+"""End to end with real processes: the CLI's servers, kills, restarts, the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import psutil
+import pytest
+
+from nethical_grpc import client
+from nethical_grpc.cli.processes import Child, mesh_command, spawn
+
+pytestmark = pytest.mark.e2e
+
+REGIONS = ["us-east-1", "eu-west-1", "ap-south-1"]
+
+
+def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(mesh_command(*args), capture_output=True, text=True, timeout=timeout)
+
+
+def query_json(port: int, *extra: str) -> dict:  # type: ignore[type-arg]
+    out = run_cli("query", "--target", f"127.0.0.1:{port}", "--json", *extra)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def wait_health(port: int, want_rc: int = 0, timeout_s: float = 15) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if run_cli("health", f"127.0.0.1:{port}", "--timeout", "1").returncode == want_rc:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"health of {port} never gave rc {want_rc}")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[dict[str, object]]:
+    children: list[Child] = []
+    try:
+        ports = {}
+        for r in REGIONS:
+            c = spawn(r, ["region", "--region-id", r, "--port", "0", "--instance-id", r], tmp_path)
+            children.append(c)
+        for c in children:
+            ports[c.name] = c.port()
+        specs = [f"--region={r}=127.0.0.1:{ports[r]}" for r in REGIONS]
+        coord = spawn("coordinator", ["coordinator", "--port", "0", *specs], tmp_path)
+        children.append(coord)
+        ports["coordinator"] = coord.port()
+        wait_health(ports["coordinator"])
+        yield {"ports": ports, "children": {c.name: c for c in children}, "dir": tmp_path}
+    finally:
+        for c in children:
+            c.stop()
+
+
+async def _ingest(port: int, values: np.ndarray) -> None:
+    async with client.insecure_channel(f"127.0.0.1:{port}") as ch:
+        await client.ingest(ch, [client.encode_ingest_request("latency_ms", values)])
+
+
+async def test_kill_and_restart_a_region(cluster: dict) -> None:  # type: ignore[type-arg]
+    ports: dict[str, int] = cluster["ports"]  # type: ignore[assignment]
+    children: dict[str, Child] = cluster["children"]  # type: ignore[assignment]
+    rng = np.random.default_rng(0)
+    data = {r: rng.lognormal(size=10_000) for r in REGIONS}
+    for r in REGIONS:
+        await _ingest(ports[r], data[r])
+    full = query_json(ports["coordinator"])
+    assert full["coverage"]["complete"] is True
+    assert int(full["results"][0]["statistics"]["count"]) == 30_000
+
+    children["eu-west-1"].signal(signal.SIGKILL)
+    children["eu-west-1"].proc.wait(5)
+    started = time.monotonic()
+    partial = query_json(ports["coordinator"], "--region-timeout", "1s")
+    assert time.monotonic() - started < 5  # includes the CLI's own start-up
+    assert partial["coverage"].get("complete", False) is False
+    assert [m["regionId"] for m in partial["coverage"]["missing"]] == ["eu-west-1"]
+    assert int(partial["results"][0]["statistics"]["count"]) == 20_000
+
+    # restart on the same port: coverage comes back in full
+    again = spawn("eu-west-1b", ["region", "--region-id", "eu-west-1", "--port",
+                                 str(ports["eu-west-1"]), "--instance-id", "eu-west-1"],
+                  cluster["dir"])  # type: ignore[arg-type]
+    try:
+        again.port()
+        deadline = time.monotonic() + 15
+        while True:
+            resp = query_json(ports["coordinator"])
+            if resp["coverage"].get("complete"):
+                break
+            assert time.monotonic() < deadline, resp["coverage"]
+            time.sleep(0.2)
+        assert sorted(resp["coverage"]["regionsAnswered"]) == sorted(REGIONS)
+    finally:
+        again.stop()
+
+
+def test_cli_table_and_regions(cluster: dict) -> None:  # type: ignore[type-arg]
+    ports: dict[str, int] = cluster["ports"]  # type: ignore[assignment]
+    import asyncio
+
+    asyncio.run(_ingest(ports["us-east-1"], np.arange(1.0, 1001.0)))
+    out = run_cli("query", "--target", f"127.0.0.1:{ports['coordinator']}", "--breakdown")
+    assert out.returncode == 0, out.stderr
+    assert "latency_ms" in out.stdout and "p99" in out.stdout
+    assert "coverage: 3/3 regions" in out.stdout
+    regions = run_cli("regions", "--target", f"127.0.0.1:{ports['coordinator']}")
+    assert regions.returncode == 0
+    assert regions.stdout.count("serving") == 3
+    bad = run_cli("query", "--target", f"127.0.0.1:{ports['coordinator']}", "--quantile", "2")
+    assert bad.returncode == 1
+    assert "INVALID_ARGUMENT" in bad.stderr and "quantiles[0]" in bad.stderr
+
+
+def test_sigterm_drains_not_serving_first(cluster: dict) -> None:  # type: ignore[type-arg]
+    ports: dict[str, int] = cluster["ports"]  # type: ignore[assignment]
+    children: dict[str, Child] = cluster["children"]  # type: ignore[assignment]
+    node = children["ap-south-1"]
+    with grpc.insecure_channel(f"127.0.0.1:{ports['ap-south-1']}") as ch:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stream = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(), timeout=10)
+        first = next(stream)
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        node.signal(signal.SIGTERM)
+        second = next(stream)
+        assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert node.proc.wait(15) == 0
+
+
+def _orphans(marker: str) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if marker in cmd and p.pid != os.getpid():
+            found.append(p)
+    return found
+
+
+def test_demo_runs_and_stops_by_itself() -> None:
+    out = subprocess.run(
+        mesh_command("demo", "--duration", "4", "--rate", "30000", "--refresh", "1"),
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "final (complete; every batch acknowledged)" in out.stdout
+    assert "regions covered: 3/3" in out.stdout
+    final = out.stdout.split("final (")[1]
+    errors = [float(e) for e in re.findall(r"(\d+\.\d+)%", final)]
+    bound = errors[0]  # the header states the bound first
+    assert errors[1:] and all(e <= bound + 1e-9 for e in errors[1:])
+    workdir = re.search(r"logs in (\S+)\)", out.stdout)
+    assert workdir is not None
+    assert _orphans(workdir.group(1)) == []
+
+
+def test_demo_stops_cleanly_on_ctrl_c() -> None:
+    proc = subprocess.Popen(
+        mesh_command("demo", "--duration", "120", "--rate", "20000"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout is not None
+    line = ""
+    deadline = time.monotonic() + 60
+    while "mesh up" not in line:
+        line = proc.stdout.readline()
+        assert time.monotonic() < deadline and line
+    workdir = re.search(r"logs in (\S+)\)", line)
+    assert workdir is not None
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert "final (interrupted" in stdout
+    time.sleep(0.5)
+    assert _orphans(workdir.group(1)) == []
+
+

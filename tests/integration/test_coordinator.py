@@ -1,0 +1,251 @@
+"""Coordinator over real gRPC: fan-out, exact merge, coverage, failover, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import numpy as np
+import pytest
+from meshutil import Mesh, add_coordinator, add_region, wait_for
+
+from coordinator.instances import Health
+from nethical_grpc import client, convert
+from nethical_grpc.errors import details_from_error
+from nethical_grpc.server_runtime import start_server
+from nethical_grpc.v1 import coordinator_pb2, coordinator_pb2_grpc, region_node_pb2
+from nethical_grpc.v1 import region_node_pb2_grpc, summary_pb2
+
+
+async def query(mesh: Mesh, timeout: float = 10.0, **kwargs: object
+                ) -> coordinator_pb2.GetGlobalMetricsResponse:
+    return await client.global_metrics(
+        mesh.coordinator_channel(), client.QueryOptions(**kwargs), timeout=timeout)
+
+
+def within_bound(estimate: float, exact: float, rel: float) -> bool:
+    return abs(estimate - exact) <= rel * abs(exact) * (1 + 1e-9) + 1e-300
+
+
+async def three_regions(mesh: Mesh) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    data = {}
+    for i, region in enumerate(["us-east-1", "eu-west-1", "ap-south-1"]):
+        await add_region(mesh, region)
+        data[region] = rng.lognormal(mean=i, sigma=1.0 + i * 0.5, size=20_000)
+        await mesh.ingest(region, "latency_ms", data[region])
+    await add_coordinator(mesh)
+    return data
+
+
+async def test_global_metrics_merge_exactly(mesh: Mesh) -> None:
+    data = await three_regions(mesh)
+    pooled = np.concatenate(list(data.values()))
+    resp = await query(mesh, quantiles=[0.5, 0.9, 0.99, 0.999], include_region_breakdown=True)
+    [result] = resp.results
+    s = result.statistics
+    assert s.count == pooled.size
+    assert s.sum == pytest.approx(pooled.sum(), rel=1e-12)
+    assert s.mean == pytest.approx(pooled.mean(), rel=1e-12)
+    assert s.stddev == pytest.approx(pooled.std(), rel=1e-9)
+    assert (s.min, s.max) == (pooled.min(), pooled.max())
+    for qv in s.quantiles:
+        assert within_bound(qv.value, np.quantile(pooled, qv.quantile, method="lower"),
+                            s.relative_error)
+    assert {r.region_id: r.statistics.count for r in result.regions} == {
+        k: v.size for k, v in data.items()}
+    cov = resp.coverage
+    assert cov.complete and sorted(cov.regions_answered) == sorted(data)
+    assert (cov.instances_queried, cov.instances_answered) == (3, 3)
+    assert cov.max_staleness.ToTimedelta().total_seconds() < 60
+
+
+async def test_weighted_mean_and_region_filter(mesh: Mesh) -> None:
+    data = await three_regions(mesh)
+    resp = await query(mesh, region_weights={"us-east-1": 3.0, "eu-west-1": 1.0})
+    [r] = resp.results
+    expected = (3 * data["us-east-1"].mean() + data["eu-west-1"].mean()) / 4
+    assert r.weighted_mean == pytest.approx(expected, rel=1e-12)
+    only = await query(mesh, regions=["eu-west-1"])
+    assert only.results[0].statistics.count == data["eu-west-1"].size
+    assert list(only.coverage.regions_requested) == ["eu-west-1"]
+    assert not only.results[0].HasField("weighted_mean")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"regions": ["us-east-1", "mars-1"]}, "regions[1]"),
+        ({"quantiles": [0.5, 1.5]}, "quantiles[1]"),
+        ({"quantiles": [float("nan")]}, "quantiles[0]"),
+        ({"region_weights": {"us-east-1": -1.0}}, "region_weights['us-east-1']"),
+        ({"region_weights": {"nowhere": 1.0}}, "region_weights['nowhere']"),
+        ({"start_ns": 2_000_000_000, "end_ns": 1_000_000_000}, "end_time"),
+        ({"region_timeout_s": 0.0}, "region_timeout"),
+        ({"metrics": ["bad metric"]}, "metrics[0]"),
+    ],
+)
+async def test_bad_global_queries(mesh: Mesh, kwargs: dict[str, object], field: str) -> None:
+    await three_regions(mesh)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await query(mesh, **kwargs)
+    details = details_from_error(info.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in [v.field for v in details.field_violations]
+
+
+async def test_down_region_gives_partial_answer_fast(mesh: Mesh) -> None:
+    data = await three_regions(mesh)
+    server, _ = mesh.regions["eu-west-1"][0]
+    await server.server.stop(0)
+    started = time.monotonic()
+    resp = await query(mesh, region_timeout_s=1.0)
+    assert time.monotonic() - started < 1.5
+    assert not resp.coverage.complete
+    assert [m.region_id for m in resp.coverage.missing] == ["eu-west-1"]
+    assert resp.results[0].statistics.count == data["us-east-1"].size + data["ap-south-1"].size
+
+
+async def test_unhealthy_instance_is_not_asked_and_named(mesh: Mesh) -> None:
+    await three_regions(mesh)
+    server, _ = mesh.regions["ap-south-1"][0]
+    await server.set_serving(False)
+    assert mesh.federation is not None
+    inst = mesh.federation.registry.instances("ap-south-1")[0]
+    await wait_for(lambda: inst.health is Health.NOT_SERVING)
+    resp = await query(mesh)
+    [missing] = resp.coverage.missing
+    assert missing.region_id == "ap-south-1"
+    assert missing.reason == coordinator_pb2.MISSING_REASON_UNHEALTHY
+    await server.set_serving(True)
+    await wait_for(lambda: inst.health is Health.SERVING)
+    assert (await query(mesh)).coverage.complete
+
+
+async def test_disjoint_instances_are_all_queried(mesh: Mesh) -> None:
+    await add_region(mesh, "r1", instances=2)
+    await mesh.ingest("r1", "m", np.ones(10), instance=0)
+    await mesh.ingest("r1", "m", np.ones(5), instance=1)
+    await add_coordinator(mesh)
+    resp = await query(mesh)
+    assert resp.results[0].statistics.count == 15
+    assert (resp.coverage.instances_queried, resp.coverage.instances_answered) == (2, 2)
+    await mesh.regions["r1"][1][0].server.stop(0)
+    resp = await query(mesh, region_timeout_s=1.0)
+    # one instance's data is never presented as the region's
+    assert resp.results[0].statistics.count == 10
+    assert not resp.coverage.complete
+    assert list(resp.coverage.regions_answered) == ["r1"]
+    [missing] = resp.coverage.missing
+    assert missing.instance_id == "r1-1"
+
+
+async def test_region_scope_replicas_fail_over_on_unavailable(mesh: Mesh) -> None:
+    await add_region(mesh, "r1", instances=2, region_scope=True)
+    for i in range(2):  # replicas fed the same stream
+        await mesh.ingest("r1", "m", np.arange(1.0, 101.0), instance=i)
+    fed = await add_coordinator(mesh)
+    insts = fed.registry.instances("r1")
+    await wait_for(lambda: all(i.region_scope for i in insts))
+    for _ in range(4):  # each query asks exactly one replica
+        resp = await query(mesh)
+        assert resp.results[0].statistics.count == 100
+        assert resp.coverage.instances_queried == 1 and resp.coverage.complete
+    # stop both servers' first replica; keep the health view stale so the call itself fails
+    await mesh.regions["r1"][0][0].server.stop(0)
+    for _ in range(4):
+        for inst in insts:
+            inst.health = Health.SERVING
+        resp = await query(mesh)
+        assert resp.results[0].statistics.count == 100
+        assert resp.coverage.complete
+
+
+async def test_malformed_sketch_from_a_region_is_reported_not_merged(mesh: Mesh) -> None:
+    await three_regions(mesh)
+
+    class BrokenRegion(region_node_pb2_grpc.RegionNodeServiceServicer):
+        async def GetSummaries(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+            bad = summary_pb2.Summary(
+                moments=summary_pb2.Moments(count=5, sum=5, min=1, max=1, mean=1),
+                histogram=summary_pb2.ExponentialHistogram(scale=99, max_buckets=160),
+            )
+            return region_node_pb2.GetSummariesResponse(
+                series=[summary_pb2.SeriesSummary(metric="latency_ms", summary=bad)],
+                region_id="evil-1")
+
+    broken = await start_server(
+        [lambda s: region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(BrokenRegion(), s)],
+        ["nethical_grpc.v1.RegionNodeService"])
+    try:
+        assert mesh.federation is not None
+        mesh.federation.registry.add("evil-1", broken.address)
+        mesh.federation.registry.start()
+        resp = await query(mesh)
+        missing = {m.region_id: m.reason for m in resp.coverage.missing}
+        assert missing == {"evil-1": coordinator_pb2.MISSING_REASON_INVALID_RESPONSE}
+        assert len(resp.coverage.regions_answered) == 3
+    finally:
+        await broken.drain(0, 0)
+
+
+async def test_list_regions_reports_health(mesh: Mesh) -> None:
+    await three_regions(mesh)
+    stub = coordinator_pb2_grpc.CoordinatorServiceStub(mesh.coordinator_channel())
+    resp = await stub.ListRegions(coordinator_pb2.ListRegionsRequest(), timeout=5)
+    assert [r.region_id for r in resp.regions] == ["ap-south-1", "eu-west-1", "us-east-1"]
+    assert all(r.healthy for r in resp.regions)
+    assert {r.instances[0].instance_id for r in resp.regions} == {
+        "us-east-1-0", "eu-west-1-0", "ap-south-1-0"}
+    await mesh.regions["us-east-1"][0][0].server.stop(0)
+    assert mesh.federation is not None
+    inst = mesh.federation.registry.instances("us-east-1")[0]
+    await wait_for(lambda: inst.health is Health.UNREACHABLE)
+    resp = await stub.ListRegions(coordinator_pb2.ListRegionsRequest(), timeout=5)
+    us = next(r for r in resp.regions if r.region_id == "us-east-1")
+    assert not us.healthy
+    assert us.instances[0].health == coordinator_pb2.INSTANCE_HEALTH_UNREACHABLE
+
+
+async def test_accuracy_50_regions_heavy_tailed(mesh: Mesh) -> None:
+    """Every global quantile is within the sketch bound of the pooled exact quantile,
+    where per-region means would be far off."""
+    rng = np.random.default_rng(50)
+    latency, delta = [], []
+    for i in range(50):
+        region = f"region-{i:02d}"
+        await add_region(mesh, region)
+        lat = rng.lognormal(mean=rng.uniform(0, 3), sigma=0.5 + 2.5 * i / 49, size=4000)
+        d = rng.standard_normal(4000) * rng.lognormal(0, 1.5, size=4000)
+        d[rng.random(4000) < 0.2] = 0.0
+        latency.append(lat)
+        delta.append(d)
+        await mesh.ingest(region, "latency_ms", lat)
+        await mesh.ingest(region, "score_delta", d)
+    await add_coordinator(mesh)
+    qs = [0.001, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 0.999]
+    resp = await query(mesh, quantiles=qs, timeout=30)
+    assert resp.coverage.complete and len(resp.coverage.regions_answered) == 50
+    by_metric = {r.metric: r.statistics for r in resp.results}
+    for metric, parts in (("latency_ms", latency), ("score_delta", delta)):
+        pooled = np.concatenate(parts)
+        stats = by_metric[metric]
+        assert stats.count == pooled.size
+        for qv in stats.quantiles:
+            exact = float(np.quantile(pooled, qv.quantile, method="lower"))
+            assert within_bound(qv.value, exact, stats.relative_error), (metric, qv, exact)
+    # what a naive aggregator does: percentiles of the regions' means
+    pooled = np.concatenate(latency)
+    naive = np.percentile([p.mean() for p in latency], 50)
+    assert abs(naive - np.quantile(pooled, 0.5)) / np.quantile(pooled, 0.5) > 0.3
+
+
+async def test_deadline_of_the_caller_bounds_the_fan_out(mesh: Mesh) -> None:
+    await three_regions(mesh)
+    started = time.monotonic()
+    resp = await query(mesh, timeout=0.5)
+    assert time.monotonic() - started < 0.5
+    assert resp.coverage.complete
+
+

@@ -1,0 +1,83 @@
+"""Test helpers: real servers on 127.0.0.1 port 0, in-process (grpc.aio)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+from coordinator.federation import Federation
+from coordinator.server import CoordinatorConfig, start_coordinator
+from nethical_grpc import client
+from nethical_grpc.server_runtime import MeshServer
+from region_node.node import RegionNode
+from region_node.server import RegionServerConfig, start_region_server
+from region_node.windows import WindowConfig
+
+
+@dataclass
+class Mesh:
+    """Region servers and (optionally) a coordinator, all real, all on loopback."""
+
+    regions: dict[str, list[tuple[MeshServer, RegionNode]]] = field(default_factory=dict)
+    coordinator: MeshServer | None = None
+    federation: Federation | None = None
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        ch = client.insecure_channel(address)
+        self.channels.append(ch)
+        return ch
+
+    def coordinator_channel(self) -> grpc.aio.Channel:
+        assert self.coordinator is not None
+        return self.channel(self.coordinator.address)
+
+    async def ingest(self, region: str, metric: str, values: np.ndarray,
+                     labels: Mapping[str, str] | None = None, instance: int = 0) -> None:
+        server, _ = self.regions[region][instance]
+        ch = self.channel(server.address)
+        await client.ingest(ch, [client.encode_ingest_request(metric, values, labels)])
+
+
+StartRegion = Callable[..., Awaitable[tuple[MeshServer, RegionNode]]]
+
+
+async def mesh_fixture() -> AsyncIterator[Mesh]:
+    m = Mesh()
+    yield m
+    for ch in m.channels:
+        await ch.close()
+    if m.coordinator is not None:
+        await m.coordinator.drain(announce_s=0, grace_s=0)
+    for servers in m.regions.values():
+        for server, _ in servers:
+            await server.drain(announce_s=0, grace_s=0)
+
+
+async def add_region(m: Mesh, region_id: str, instances: int = 1, region_scope: bool = False,
+                     windows: WindowConfig | None = None) -> list[tuple[MeshServer, RegionNode]]:
+    started = []
+    for i in range(instances):
+        started.append(await start_region_server(RegionServerConfig(
+            region_id=region_id, instance_id=f"{region_id}-{i}", region_scope=region_scope,
+            windows=windows or WindowConfig())))
+    m.regions.setdefault(region_id, []).extend(started)
+    return started
+
+
+async def add_coordinator(m: Mesh, regions: Sequence[str] | None = None) -> Federation:
+    spec = {r: [s.address for s, _ in m.regions[r]] for r in (regions or m.regions)}
+    m.coordinator, m.federation = await start_coordinator(CoordinatorConfig(regions=spec))
+    assert await m.federation.registry.wait_ready(10.0)
+    return m.federation
+
+
+async def wait_for(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)

@@ -1,0 +1,68 @@
+"""Proto round trips preserve every summary; malformed sketches are rejected clearly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from nethical_grpc import convert
+from nethical_grpc.errors import InvalidArgument
+from nethical_grpc.summary import Summary
+from nethical_grpc.v1 import summary_pb2
+
+# the node accepts magnitudes up to 1e100 (MAX_ABS_VALUE), so moments cannot overflow
+finite = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e100, max_value=1e100)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    values=hnp.arrays(np.float64, st.integers(0, 400), elements=finite),
+    scale=st.integers(-4, 10),
+    max_buckets=st.integers(8, 512),
+)
+def test_summary_round_trip(values: np.ndarray, scale: int, max_buckets: int) -> None:
+    s = Summary.from_values(values, scale=scale, max_buckets=max_buckets)
+    wire = convert.summary_to_proto(s).SerializeToString()
+    back = convert.summary_from_proto(summary_pb2.Summary.FromString(wire))
+    assert back.histogram == s.histogram
+    assert back.count == s.count
+    if s.count:
+        assert (back.min, back.max, back.mean, back.moments.m2) == (
+            s.min, s.max, s.mean, s.moments.m2)
+        assert back.total == s.total
+        qs = [0.0, 0.1, 0.5, 0.9, 1.0]
+        np.testing.assert_array_equal(back.quantiles(qs), s.quantiles(qs))
+
+
+def _valid() -> summary_pb2.Summary:
+    return convert.summary_to_proto(Summary.from_values(np.array([1.0, 2.0, 3.0])))
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda m: setattr(m.histogram, "scale", 99),
+        lambda m: setattr(m.histogram, "max_buckets", 0),
+        lambda m: setattr(m.moments, "count", 4),  # disagrees with the histogram
+        lambda m: setattr(m.moments, "min", float("nan")),
+        lambda m: setattr(m.moments, "m2", -1.0),
+        lambda m: (setattr(m.moments, "min", 5.0), setattr(m.moments, "max", 1.0)),
+        lambda m: setattr(m.histogram, "zero_threshold", -1.0),
+        lambda m: m.histogram.positive.bucket_counts.extend([1] * 5000),  # span > max_buckets
+    ],
+)
+def test_malformed_summaries_are_invalid_argument(mutate) -> None:  # type: ignore[no-untyped-def]
+    msg = _valid()
+    mutate(msg)
+    with pytest.raises(InvalidArgument) as info:
+        convert.summary_from_proto(msg)
+    assert info.value.violations()[0].field.startswith("summary")
+
+
+def test_empty_summary_round_trips() -> None:
+    back = convert.summary_from_proto(convert.summary_to_proto(Summary.from_values(np.empty(0))))
+    assert back.count == 0
+    assert np.isnan(back.quantile(0.5))
