@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -23,16 +24,14 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    from nethical_grpc.jit import is_jit_available
-
     import grpc
     import numpy
 
+    from nethical_grpc.jit import is_jit_available
+
     mem_gib = None
-    try:
+    with contextlib.suppress(ValueError, OSError):
         mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError):
-        pass
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),

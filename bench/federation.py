@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import common  # noqa: F401
+import common
 import numpy as np
 
 from nethical_grpc import client
@@ -30,8 +30,10 @@ async def load_region(port: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     batches = [
         client.encode_ingest_request(
-            f"metric_{m}", rng.lognormal(1.0, 1.5, size=VALUES_PER_SERIES), {"shard": str(k)})
-        for m in range(METRICS) for k in range(LABEL_SETS)
+            f"metric_{m}", rng.lognormal(1.0, 1.5, size=VALUES_PER_SERIES), {"shard": str(k)}
+        )
+        for m in range(METRICS)
+        for k in range(LABEL_SETS)
     ]
     async with client.insecure_channel(f"127.0.0.1:{port}") as ch:
         await client.ingest(ch, batches)
@@ -42,13 +44,21 @@ async def run(n_regions: int, queries: int, workdir: Path) -> dict[str, object]:
     try:
         names = [f"region-{i:02d}" for i in range(n_regions)]
         for name in names:
-            children.append(spawn(name, ["region", "--region-id", name, "--port", "0",
-                                         "--log-level", "WARNING"], workdir))
+            children.append(
+                spawn(
+                    name,
+                    ["region", "--region-id", name, "--port", "0", "--log-level", "WARNING"],
+                    workdir,
+                )
+            )
         ports = [c.port(120) for c in children]
         await asyncio.gather(*(load_region(p, i) for i, p in enumerate(ports)))
         specs = [f"--region={n}=127.0.0.1:{p}" for n, p in zip(names, ports, strict=True)]
-        coord = spawn(f"coordinator-{n_regions}", ["coordinator", "--port", "0",
-                                                   "--log-level", "WARNING", *specs], workdir)
+        coord = spawn(
+            f"coordinator-{n_regions}",
+            ["coordinator", "--port", "0", "--log-level", "WARNING", *specs],
+            workdir,
+        )
         children.append(coord)
         target = f"127.0.0.1:{coord.port(60)}"
         opts = client.QueryOptions(quantiles=(0.5, 0.9, 0.99), region_timeout_s=5.0)
@@ -91,8 +101,7 @@ async def main() -> None:
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-federation-"))
     results = [await run(n, args.queries, workdir) for n in args.regions]
-    common.emit("federation", {"runs": results,
-                               "targets_p99_ms": {"10": 10, "50": 30}})
+    common.emit("federation", {"runs": results, "targets_p99_ms": {"10": 10, "50": 30}})
 
 
 if __name__ == "__main__":

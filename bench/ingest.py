@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import common  # noqa: F401  (sets sys.path)
+import common
 import numpy as np
 
 from nethical_grpc import client
@@ -63,8 +63,9 @@ async def measure(target: str, batches: list[bytes], seconds: float, streams: in
 
 def start_sink(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     port_file = workdir / "sink.port"
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "sink.py"),
-                             "--port-file", str(port_file)])
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "sink.py"), "--port-file", str(port_file)]
+    )
     deadline = time.monotonic() + 30
     while not port_file.exists() or not port_file.read_text():
         if time.monotonic() > deadline or proc.poll() is not None:
@@ -81,8 +82,9 @@ async def main() -> None:
     args = parser.parse_args()
     batches = make_batches(64)
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    node: Child = spawn("node", ["region", "--region-id", "bench", "--port", "0",
-                                 "--log-level", "WARNING"], workdir)
+    node: Child = spawn(
+        "node", ["region", "--region-id", "bench", "--port", "0", "--log-level", "WARNING"], workdir
+    )
     sink, sink_port = start_sink(workdir)
     try:
         node_target = f"127.0.0.1:{node.port()}"
@@ -97,18 +99,21 @@ async def main() -> None:
         sink.wait(10)
     node_rate = statistics.median(node_rates)
     sink_rate = statistics.median(sink_rates)
-    common.emit("ingest", {
-        "batch_values": BATCH,
-        "streams": args.streams,
-        "seconds_per_round": args.seconds,
-        "rounds": args.rounds,
-        "node_obs_per_s": round(node_rate),
-        "bare_transport_obs_per_s": round(sink_rate),
-        "node_over_bare": round(node_rate / sink_rate, 3),
-        "node_obs_per_s_rounds": [round(r) for r in node_rates],
-        "bare_obs_per_s_rounds": [round(r) for r in sink_rates],
-        "target_obs_per_s": 20_000_000,
-    })
+    common.emit(
+        "ingest",
+        {
+            "batch_values": BATCH,
+            "streams": args.streams,
+            "seconds_per_round": args.seconds,
+            "rounds": args.rounds,
+            "node_obs_per_s": round(node_rate),
+            "bare_transport_obs_per_s": round(sink_rate),
+            "node_over_bare": round(node_rate / sink_rate, 3),
+            "node_obs_per_s_rounds": [round(r) for r in node_rates],
+            "bare_obs_per_s_rounds": [round(r) for r in sink_rates],
+            "target_obs_per_s": 20_000_000,
+        },
+    )
 
 
 if __name__ == "__main__":

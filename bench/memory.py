@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import common  # noqa: F401
+import common
 import numpy as np
 import psutil
 
@@ -31,13 +31,27 @@ async def main() -> None:
     parser.add_argument("--values-per-window", type=int, default=200)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-memory-"))
-    node = spawn("node", ["region", "--region-id", "mem", "--port", "0", "--log-level",
-                          "WARNING", "--max-label-sets", str(args.series),
-                          "--max-series", str(args.series)], workdir)
+    node = spawn(
+        "node",
+        [
+            "region",
+            "--region-id",
+            "mem",
+            "--port",
+            "0",
+            "--log-level",
+            "WARNING",
+            "--max-label-sets",
+            str(args.series),
+            "--max-series",
+            str(args.series),
+        ],
+        workdir,
+    )
     try:
         port = node.port()
         proc = psutil.Process(node.pid)
-        time.sleep(0.5)
+        await asyncio.sleep(0.5)
         rss_idle = proc.memory_info().rss
         rng = np.random.default_rng(0)
         now = time.time_ns()
@@ -49,27 +63,33 @@ async def main() -> None:
         def batches() -> list[bytes]:
             return [
                 client.encode_ingest_request(
-                    f"metric_{s % 100}", 10 ** rng.uniform(0, 4, size=per_series),
-                    {"series": str(s // 100)}, timestamps_unix_nano=ts)
+                    f"metric_{s % 100}",
+                    10 ** rng.uniform(0, 4, size=per_series),
+                    {"series": str(s // 100)},
+                    timestamps_unix_nano=ts,
+                )
                 for s in range(args.series)
             ]
 
         async with client.insecure_channel(f"127.0.0.1:{port}") as ch:
             chunk = batches()
             resp = await client.ingest(ch, chunk, timeout=600)
-        time.sleep(0.5)
+        await asyncio.sleep(0.5)
         rss = proc.memory_info().rss
-        common.emit("memory", {
-            "series": args.series,
-            "windows_per_series": args.windows,
-            "values_per_window": args.values_per_window,
-            "values_ingested": int(resp.accepted_values),
-            "value_range": "log-uniform [1, 1e4]",
-            "rss_idle_mb": round(rss_idle / 2**20, 1),
-            "rss_loaded_mb": round(rss / 2**20, 1),
-            "bytes_per_window": round((rss - rss_idle) / (args.series * args.windows)),
-            "target_rss_mb": 512,
-        })
+        common.emit(
+            "memory",
+            {
+                "series": args.series,
+                "windows_per_series": args.windows,
+                "values_per_window": args.values_per_window,
+                "values_ingested": int(resp.accepted_values),
+                "value_range": "log-uniform [1, 1e4]",
+                "rss_idle_mb": round(rss_idle / 2**20, 1),
+                "rss_loaded_mb": round(rss / 2**20, 1),
+                "bytes_per_window": round((rss - rss_idle) / (args.series * args.windows)),
+                "target_rss_mb": 512,
+            },
+        )
     finally:
         node.stop()
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from nethical_grpc.server_runtime import serve_until_signalled, start_server  # noqa: E402
-from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc  # noqa: E402
+from nethical_grpc.server_runtime import serve_until_signalled, start_server
+from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
 
 
 class Sink(region_node_pb2_grpc.RegionNodeServiceServicer):
@@ -33,7 +33,8 @@ async def main() -> None:
     sink = Sink()
     mesh = await start_server(
         [lambda s: region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(sink, s)],
-        ["nethical_grpc.v1.RegionNodeService"])
+        ["nethical_grpc.v1.RegionNodeService"],
+    )
     args.port_file.write_text(str(mesh.port))
     await serve_until_signalled(mesh, 0, 1)
 

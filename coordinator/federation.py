@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from coordinator.instances import Health, InstanceRegistry, RegionInstance
 from nethical_grpc import convert
 from nethical_grpc.errors import FieldViolation, InvalidArgument, MeshError
 from nethical_grpc.series import GroupSummary, Labels, SummaryQuery
 from nethical_grpc.summary import Summary
-from coordinator.instances import Health, InstanceRegistry, RegionInstance
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,9 @@ class Federation:
         for inst in instances:
             if inst not in usable:
                 coverage.missing.append(
-                    MissingPart(region, inst.name, Missing.UNHEALTHY, f"instance is {inst.health.value}")
+                    MissingPart(
+                        region, inst.name, Missing.UNHEALTHY, f"instance is {inst.health.value}"
+                    )
                 )
         if not usable:
             coverage.instances_queried += len(instances)
@@ -177,9 +179,7 @@ class Federation:
                 if isinstance(answer, _Answer):
                     coverage.instances_answered += 1
                     # the instances listed as unhealthy are replicas: nothing is missing
-                    coverage.missing = [
-                        m for m in coverage.missing if not (m.region_id == region)
-                    ]
+                    coverage.missing = [m for m in coverage.missing if m.region_id != region]
                     return [answer]
                 last = answer
                 if answer.reason is not Missing.UNAVAILABLE:
@@ -199,7 +199,9 @@ class Federation:
         coverage.instances_answered += len(answered)
         return answered
 
-    async def _call(self, inst: RegionInstance, request: object, timeout_s: float) -> _Answer | MissingPart:
+    async def _call(
+        self, inst: RegionInstance, request: object, timeout_s: float
+    ) -> _Answer | MissingPart:
         try:
             response = await inst.stub.GetSummaries(request, timeout=timeout_s)
         except grpc.aio.AioRpcError as err:
@@ -220,7 +222,9 @@ class Federation:
         except MeshError as exc:
             log.warning("invalid summaries from %s: %s", inst.endpoint, exc)
             return MissingPart(inst.region_id, inst.name, Missing.INVALID_RESPONSE, str(exc))
-        as_of = convert.timestamp_to_ns(response.data_as_of) if response.HasField("data_as_of") else 0
+        as_of = (
+            convert.timestamp_to_ns(response.data_as_of) if response.HasField("data_as_of") else 0
+        )
         return _Answer(inst, groups, as_of)
 
 
@@ -240,7 +244,7 @@ def _merge(
                 else:
                     current.merge_from(g.summary)
     results: list[GroupResult] = []
-    for (metric, labels) in sorted(by_group):
+    for metric, labels in sorted(by_group):
         regions = by_group[(metric, labels)]
         total = Summary.merge_all(regions[r] for r in sorted(regions))
         results.append(

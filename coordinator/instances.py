@@ -53,8 +53,9 @@ class RegionInstance:
 
     def set_health(self, health: Health) -> None:
         if health is not self.health:
-            log.info("%s/%s: %s -> %s", self.region_id, self.endpoint, self.health.value,
-                     health.value)
+            log.info(
+                "%s/%s: %s -> %s", self.region_id, self.endpoint, self.health.value, health.value
+            )
             self.health = health
             self.health_changed_ns = time.time_ns()
             self.changed.set()
@@ -135,7 +136,7 @@ class InstanceRegistry:
                 with contextlib.suppress(asyncio.CancelledError):
                     await inst._watcher
                 inst._watcher = None
-            await inst.channel.close()
+            await inst.channel.close(None)
 
     async def _watch(self, inst: RegionInstance) -> None:
         health_stub = health_pb2_grpc.HealthStub(inst.channel)
@@ -171,6 +172,10 @@ class InstanceRegistry:
         except grpc.RpcError:
             return
         if info.region_id and info.region_id != inst.region_id:
-            log.warning("%s says it serves region %r, configured as %r", inst.endpoint,
-                        info.region_id, inst.region_id)
+            log.warning(
+                "%s says it serves region %r, configured as %r",
+                inst.endpoint,
+                info.region_id,
+                inst.region_id,
+            )
         inst.learn(info.instance_id, info.scope)

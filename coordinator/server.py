@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
-from nethical_grpc.server_runtime import MeshServer, start_server
-from nethical_grpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 from coordinator.federation import Federation
 from coordinator.instances import InstanceRegistry
 from coordinator.servicer import CoordinatorServicer
+from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
+from nethical_grpc.server_runtime import MeshServer, start_server
+from nethical_grpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["CoordinatorService"].full_name
 

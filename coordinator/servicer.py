@@ -6,11 +6,6 @@ from typing import Any
 
 import grpc
 
-from nethical_grpc import convert
-from nethical_grpc.errors import rpc_errors
-from nethical_grpc.summary import Summary
-from nethical_grpc.v1 import coordinator_pb2, coordinator_pb2_grpc
-from nethical_grpc.validation import check_quantiles
 from coordinator.federation import (
     DEFAULT_QUANTILES,
     DEFAULT_REGION_TIMEOUT_S,
@@ -21,6 +16,11 @@ from coordinator.federation import (
     check_region_timeout,
 )
 from coordinator.instances import Health
+from nethical_grpc import convert
+from nethical_grpc.errors import rpc_errors
+from nethical_grpc.summary import Summary
+from nethical_grpc.v1 import coordinator_pb2, coordinator_pb2_grpc
+from nethical_grpc.validation import check_quantiles
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

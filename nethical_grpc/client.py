@@ -8,7 +8,6 @@ any protobuf parser reads.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -19,22 +18,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nethical_grpc.convert import ns_to_duration, ns_to_timestamp
 from nethical_grpc.grpc_options import channel_options
 from nethical_grpc.v1 import coordinator_pb2, coordinator_pb2_grpc, region_node_pb2
+from nethical_grpc.wire import packed_field
 
-_VALUES_TAG = bytes([(3 << 3) | 2])
-_TIMESTAMPS_TAG = bytes([(4 << 3) | 2])
 INGEST_METHOD = "/nethical_grpc.v1.RegionNodeService/Ingest"
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def encode_ingest_request(
@@ -49,12 +35,11 @@ def encode_ingest_request(
     if time_ns is not None:
         head.time.CopyFrom(ns_to_timestamp(time_ns))
     parts = [head.SerializeToString()]
-    data = np.ascontiguousarray(values, dtype="<f8").tobytes()
-    if data:
-        parts += [_VALUES_TAG, _varint(len(data)), data]
+    if values.size:
+        parts.append(packed_field(3, np.ascontiguousarray(values, dtype="<f8").tobytes()))
     if timestamps_unix_nano is not None and timestamps_unix_nano.size:
         ts = np.ascontiguousarray(timestamps_unix_nano, dtype="<i8").tobytes()
-        parts += [_TIMESTAMPS_TAG, _varint(len(ts)), ts]
+        parts.append(packed_field(4, ts))
     return b"".join(parts)
 
 
@@ -77,7 +62,10 @@ async def ingest(
         request_serializer=_identity,
         response_deserializer=region_node_pb2.IngestResponse.FromString,
     )
-    response: region_node_pb2.IngestResponse = await call(encoded_batches, timeout=timeout)
+    response: region_node_pb2.IngestResponse = await call(
+        encoded_batches,  # type: ignore[arg-type]  # grpc.aio takes async iterables too
+        timeout=timeout,
+    )
     return response
 
 
@@ -133,13 +121,7 @@ async def check_health(channel: grpc.aio.Channel, service: str = "", timeout: fl
     return int(response.status)
 
 
-async def watch_health(
-    channel: grpc.aio.Channel, service: str = ""
-) -> AsyncIterator[int]:
+async def watch_health(channel: grpc.aio.Channel, service: str = "") -> AsyncIterator[int]:
     stub = health_pb2_grpc.HealthStub(channel)
     async for update in stub.Watch(health_pb2.HealthCheckRequest(service=service)):
         yield int(update.status)
-
-
-def eprint(*args: object) -> None:
-    print(*args, file=sys.stderr, flush=True)

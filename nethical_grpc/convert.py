@@ -16,13 +16,14 @@ from nethical_grpc.series import GroupSummary, IngestBatch, SeriesKey, SummaryQu
 from nethical_grpc.summary import Buckets, ExponentialHistogram, Moments, Summary
 from nethical_grpc.v1 import coordinator_pb2, region_node_pb2, summary_pb2
 from nethical_grpc.validation import (
+    MAX_ABS_VALUE,
     check_names,
     check_time_range,
     first_out_of_range,
-    MAX_ABS_VALUE,
     label_violations,
     name_violation,
 )
+from nethical_grpc.wire import packed_uint64
 
 NANOS = 1_000_000_000
 
@@ -78,8 +79,13 @@ def moments_from_proto(msg: summary_pb2.Moments, field: str = "moments") -> Mome
     if not all(math.isfinite(v) for v in values):
         raise InvalidArgument.single(field, "moments must be finite")
     m = Moments(
-        count=int(msg.count), sum=msg.sum, compensation=0.0, min=msg.min, max=msg.max,
-        mean=msg.mean, m2=msg.m2,
+        count=int(msg.count),
+        sum=msg.sum,
+        compensation=0.0,
+        min=msg.min,
+        max=msg.max,
+        mean=msg.mean,
+        m2=msg.m2,
     )
     try:
         m.validate()
@@ -88,11 +94,12 @@ def moments_from_proto(msg: summary_pb2.Moments, field: str = "moments") -> Mome
     return m
 
 
-def _buckets_to_proto(b: Buckets) -> summary_pb2.ExponentialHistogram.Buckets:
+def _write_buckets(target: summary_pb2.ExponentialHistogram.Buckets, b: Buckets) -> None:
     t = b.trimmed()
-    if t.counts.size == 0:
-        return summary_pb2.ExponentialHistogram.Buckets()
-    return summary_pb2.ExponentialHistogram.Buckets(offset=t.offset, bucket_counts=t.counts)
+    if t.counts.size:
+        target.offset = t.offset
+        # bucket_counts (field 2) parsed from bytes encoded in one pass
+        target.MergeFromString(packed_uint64(2, t.counts))
 
 
 def _buckets_from_proto(msg: summary_pb2.ExponentialHistogram.Buckets) -> Buckets:
@@ -100,14 +107,15 @@ def _buckets_from_proto(msg: summary_pb2.ExponentialHistogram.Buckets) -> Bucket
 
 
 def histogram_to_proto(h: ExponentialHistogram) -> summary_pb2.ExponentialHistogram:
-    return summary_pb2.ExponentialHistogram(
+    msg = summary_pb2.ExponentialHistogram(
         scale=h.scale,
         zero_count=h.zero_count,
         zero_threshold=h.zero_threshold,
-        positive=_buckets_to_proto(h.positive),
-        negative=_buckets_to_proto(h.negative),
         max_buckets=h.max_buckets,
     )
+    _write_buckets(msg.positive, h.positive)
+    _write_buckets(msg.negative, h.negative)
+    return msg
 
 
 def histogram_from_proto(
@@ -185,9 +193,8 @@ def ingest_batch_from_proto(req: region_node_pb2.IngestRequest, now_ns: int) -> 
             time_ns = timestamp_to_ns(req.time)
     if violations:
         raise InvalidArgument(
-            message="Ingest batch rejected: " + "; ".join(
-                f"{v.field}: {v.description}" for v in violations[:3]
-            ),
+            message="Ingest batch rejected: "
+            + "; ".join(f"{v.field}: {v.description}" for v in violations[:3]),
             field_violations=violations,
         )
     key = SeriesKey(req.metric, freeze_labels(req.labels))

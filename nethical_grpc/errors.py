@@ -101,7 +101,9 @@ def to_status(error: MeshError) -> grpc.Status:
     if violations:
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
                 for v in violations
             ]
         )
@@ -113,9 +115,7 @@ def to_status(error: MeshError) -> grpc.Status:
             )
         )
     )
-    status = status_pb2.Status(
-        code=error.code.value[0], message=error.message, details=details
-    )
+    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
     return rpc_status.to_status(status)
 
 
@@ -131,9 +131,13 @@ R = TypeVar("R")
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> NoReturn:
     if isinstance(exc, MeshError):
-        await context.abort_with_status(to_status(exc))
+        await context.abort_with_status(  # type: ignore[attr-defined]
+            to_status(exc)
+        )
     log.exception("unhandled error in RPC handler", exc_info=exc)
-    await context.abort_with_status(internal_status())
+    await context.abort_with_status(  # type: ignore[attr-defined]
+        internal_status()
+    )
     raise AssertionError("unreachable")  # abort_with_status always raises
 
 
@@ -215,7 +219,8 @@ def details_from_error(err: grpc.RpcError) -> ErrorDetails:
 
 
 def _status_from_aio(err: grpc.aio.AioRpcError) -> status_pb2.Status | None:
-    for key, value in err.trailing_metadata() or ():
+    metadata: Any = err.trailing_metadata() or ()
+    for key, value in metadata:
         if key == "grpc-status-details-bin" and isinstance(value, bytes):
             status = status_pb2.Status()
             status.ParseFromString(value)

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES, server_options
+from nethical_grpc.health import NOT_SERVING, SERVING, HealthService
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class MeshServer:
     """A started grpc.aio server with its health servicer and bound port."""
 
     server: grpc.aio.Server
-    health: HealthServicer
+    health: HealthService
     port: int
     service_names: Sequence[str]
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -42,13 +42,8 @@ class MeshServer:
         return f"127.0.0.1:{self.port}"
 
     async def set_serving(self, serving: bool) -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
         for name in ("", *self.service_names):
-            await self.health.set(name, status)
+            self.health.set(name, SERVING if serving else NOT_SERVING)
 
     async def drain(self, announce_s: float = 1.0, grace_s: float = 5.0) -> None:
         """NOT_SERVING first (so balancers move away), then stop accepting, then finish."""
@@ -59,6 +54,7 @@ class MeshServer:
         await self.set_serving(False)
         if announce_s > 0:
             await asyncio.sleep(announce_s)
+        self.health.close()  # ends Watch streams so they do not hold the stop
         await self.server.stop(grace_s)
         for hook in self.on_stop:
             await hook()
@@ -83,7 +79,7 @@ async def start_server(
     )
     for register in registrars:
         register(server)
-    health = HealthServicer()
+    health = HealthService()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     names = [*service_full_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
     if reflection_enabled:

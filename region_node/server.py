@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
 from nethical_grpc.server_runtime import MeshServer, start_server
@@ -20,7 +20,7 @@ class RegionServerConfig:
     instance_id: str = ""
     host: str = "127.0.0.1"
     port: int = 0
-    windows: WindowConfig = WindowConfig()
+    windows: WindowConfig = field(default_factory=WindowConfig)
     region_scope: bool = False
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     reflection: bool = True
@@ -46,8 +46,9 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
     )
     if not config.instance_id:
         # the bound port names an auto instance when none was given
-        node.identity = NodeIdentity(identity.region_id, f"{identity.region_id}-{mesh.port}",
-                                     identity.region_scope)
+        node.identity = NodeIdentity(
+            identity.region_id, f"{identity.region_id}-{mesh.port}", identity.region_scope
+        )
     node.start_background(config.eviction_interval_s)
     mesh.on_stop.append(node.stop_background)
     return mesh, node

@@ -80,7 +80,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         )
 
 
-def _scope(node: RegionNode) -> region_node_pb2.DataScope.ValueType:
+def _scope(node: RegionNode) -> region_node_pb2.DataScope:
     if node.identity.region_scope:
         return region_node_pb2.DATA_SCOPE_REGION
     return region_node_pb2.DATA_SCOPE_INSTANCE

@@ -17,6 +17,7 @@ from nethical_grpc.series import GroupSummary, IngestBatch, Labels, SeriesKey, S
 from nethical_grpc.summary import DEFAULT_MAX_BUCKETS, DEFAULT_SCALE, Summary
 
 NANOS = 1_000_000_000
+_MAX_CACHED_ANSWERS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,9 @@ class WindowStore:
         self._series: dict[SeriesKey, _Series] = {}
         self._label_sets: dict[str, int] = {}
         self.accepted_values = 0
+        # bumped by every change; answers are cached per query until it moves
+        self.version = 0
+        self._answers: dict[SummaryQuery, tuple[int, list[GroupSummary]]] = {}
 
     # -- ingest ---------------------------------------------------------------------
 
@@ -130,6 +134,7 @@ class WindowStore:
             newest = int(batch.timestamps_ns.max())
         series.last_time_ns = max(series.last_time_ns, newest)
         self.accepted_values += int(batch.values.size)
+        self.version += 1
 
     def _window(self, series: _Series, window_id: int) -> Summary:
         summary = series.windows.get(window_id)
@@ -146,7 +151,21 @@ class WindowStore:
         return (t_ns // self.config.window_ns) * self.config.window_ns
 
     def summaries(self, query: SummaryQuery) -> list[GroupSummary]:
-        """Merge the windows overlapping [start, end) per metric and label group."""
+        """Merge the windows overlapping [start, end) per metric and label group.
+
+        The answer is shared with later identical queries until the store changes:
+        callers must not modify it.
+        """
+        cached = self._answers.get(query)
+        if cached is not None and cached[0] == self.version:
+            return cached[1]
+        answer = self._compute(query)
+        if len(self._answers) >= _MAX_CACHED_ANSWERS:
+            self._answers.clear()
+        self._answers[query] = (self.version, answer)
+        return answer
+
+    def _compute(self, query: SummaryQuery) -> list[GroupSummary]:
         window_ns = self.config.window_ns
         first_id = None if query.start_ns is None else query.start_ns // window_ns
         # a window [w*W, (w+1)*W) overlaps [start, end) when w*W < end
@@ -196,6 +215,8 @@ class WindowStore:
             for w in old:
                 del series.windows[w]
             dropped += len(old)
+            if old:
+                self.version += 1
             if not series.windows:
                 del self._series[key]
                 self._label_sets[key.metric] -= 1

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
+
 from coordinator.federation import Federation
 from coordinator.server import CoordinatorConfig, start_coordinator
 from nethical_grpc import client
@@ -35,8 +36,14 @@ class Mesh:
         assert self.coordinator is not None
         return self.channel(self.coordinator.address)
 
-    async def ingest(self, region: str, metric: str, values: np.ndarray,
-                     labels: Mapping[str, str] | None = None, instance: int = 0) -> None:
+    async def ingest(
+        self,
+        region: str,
+        metric: str,
+        values: np.ndarray,
+        labels: Mapping[str, str] | None = None,
+        instance: int = 0,
+    ) -> None:
         server, _ = self.regions[region][instance]
         ch = self.channel(server.address)
         await client.ingest(ch, [client.encode_ingest_request(metric, values, labels)])
@@ -57,13 +64,25 @@ async def mesh_fixture() -> AsyncIterator[Mesh]:
             await server.drain(announce_s=0, grace_s=0)
 
 
-async def add_region(m: Mesh, region_id: str, instances: int = 1, region_scope: bool = False,
-                     windows: WindowConfig | None = None) -> list[tuple[MeshServer, RegionNode]]:
+async def add_region(
+    m: Mesh,
+    region_id: str,
+    instances: int = 1,
+    region_scope: bool = False,
+    windows: WindowConfig | None = None,
+) -> list[tuple[MeshServer, RegionNode]]:
     started = []
     for i in range(instances):
-        started.append(await start_region_server(RegionServerConfig(
-            region_id=region_id, instance_id=f"{region_id}-{i}", region_scope=region_scope,
-            windows=windows or WindowConfig())))
+        started.append(
+            await start_region_server(
+                RegionServerConfig(
+                    region_id=region_id,
+                    instance_id=f"{region_id}-{i}",
+                    region_scope=region_scope,
+                    windows=windows or WindowConfig(),
+                )
+            )
+        )
     m.regions.setdefault(region_id, []).extend(started)
     return started
 

@@ -16,10 +16,12 @@ from nethical_grpc.cli.table import fmt_number, render
 from nethical_grpc.errors import details_from_error
 from nethical_grpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 
-_REASONS = {v: k.removeprefix("MISSING_REASON_").lower()
-            for k, v in coordinator_pb2.MissingReason.items()}
-_HEALTH = {v: k.removeprefix("INSTANCE_HEALTH_").lower()
-           for k, v in coordinator_pb2.InstanceHealth.items()}
+_REASONS = {
+    v: k.removeprefix("MISSING_REASON_").lower() for k, v in coordinator_pb2.MissingReason.items()
+}
+_HEALTH = {
+    v: k.removeprefix("INSTANCE_HEALTH_").lower() for k, v in coordinator_pb2.InstanceHealth.items()
+}
 
 
 def report_rpc_error(err: grpc.RpcError) -> int:
@@ -36,8 +38,16 @@ def results_table(response: coordinator_pb2.GetGlobalMetricsResponse) -> str:
         quantiles = [q.quantile for q in r.statistics.quantiles]
         if quantiles:
             break
-    headers = ["metric", "labels", "count", "mean", "stddev", "min", "max",
-               *(f"p{q * 100:g}" for q in quantiles)]
+    headers = [
+        "metric",
+        "labels",
+        "count",
+        "mean",
+        "stddev",
+        "min",
+        "max",
+        *(f"p{q * 100:g}" for q in quantiles),
+    ]
     rows = []
     for r in response.results:
         rows.extend(_rows(r.metric, dict(r.labels), r.statistics, "", len(quantiles)))
@@ -46,26 +56,38 @@ def results_table(response: coordinator_pb2.GetGlobalMetricsResponse) -> str:
     return render(headers, rows)
 
 
-def _rows(name: str, labels: dict[str, str], s: coordinator_pb2.SeriesStatistics, _: str,
-          nq: int) -> list[list[str]]:
+def _rows(
+    name: str, labels: dict[str, str], s: coordinator_pb2.SeriesStatistics, _: str, nq: int
+) -> list[list[str]]:
     qs = [fmt_number(q.value) for q in s.quantiles] or ["-"] * nq
-    return [[
-        name, ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-",
-        f"{s.count:,}", fmt_number(s.mean), fmt_number(s.stddev), fmt_number(s.min),
-        fmt_number(s.max), *qs,
-    ]]
+    return [
+        [
+            name,
+            ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-",
+            f"{s.count:,}",
+            fmt_number(s.mean),
+            fmt_number(s.stddev),
+            fmt_number(s.min),
+            fmt_number(s.max),
+            *qs,
+        ]
+    ]
 
 
 def coverage_line(c: coordinator_pb2.Coverage) -> str:
-    text = (f"coverage: {len(c.regions_answered)}/{len(c.regions_requested)} regions "
-            f"({c.instances_answered}/{c.instances_queried} instances)")
+    text = (
+        f"coverage: {len(c.regions_answered)}/{len(c.regions_requested)} regions "
+        f"({c.instances_answered}/{c.instances_queried} instances)"
+    )
     if c.complete:
         text += ", complete"
     for m in c.missing:
         where = m.region_id + (f"/{m.instance_id}" if m.instance_id else "")
         text += f"\n  missing {where}: {_REASONS.get(m.reason, '?')} ({m.message})"
     if c.HasField("max_staleness"):
-        text += f"\n  newest data is at most {c.max_staleness.ToTimedelta().total_seconds():.1f}s old"
+        text += (
+            f"\n  newest data is at most {c.max_staleness.ToTimedelta().total_seconds():.1f}s old"
+        )
     return text
 
 
@@ -102,15 +124,19 @@ async def run_regions(args: argparse.Namespace) -> int:
     async with client.insecure_channel(args.target) as channel:
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
         try:
-            response = await stub.ListRegions(coordinator_pb2.ListRegionsRequest(),
-                                              timeout=args.timeout)
+            response = await stub.ListRegions(
+                coordinator_pb2.ListRegionsRequest(), timeout=args.timeout
+            )
         except grpc.RpcError as err:
             return report_rpc_error(err)
     if args.json:
         print(json_format.MessageToJson(response))
         return 0
-    rows = [[r.region_id, i.instance_id, i.endpoint, _HEALTH.get(i.health, "?")]
-            for r in response.regions for i in r.instances]
+    rows = [
+        [r.region_id, i.instance_id, i.endpoint, _HEALTH.get(i.health, "?")]
+        for r in response.regions
+        for i in r.instances
+    ]
     print(render(["region", "instance", "endpoint", "health"], rows))
     return 0
 
@@ -121,9 +147,8 @@ async def run_health(args: argparse.Namespace) -> int:
             status = await client.check_health(channel, args.service, timeout=args.timeout)
         except grpc.RpcError as err:
             d = details_from_error(err)
-            print(json.dumps({"status": "UNREACHABLE", "code": d.code.name,
-                              "message": d.message}))
+            print(json.dumps({"status": "UNREACHABLE", "code": d.code.name, "message": d.message}))
             return 1
-    name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)  # type: ignore[arg-type]
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
     print(json.dumps({"status": name}))
     return 0 if status == health_pb2.HealthCheckResponse.SERVING else 1

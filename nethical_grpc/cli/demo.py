@@ -23,8 +23,18 @@ from nethical_grpc.cli.processes import Child, spawn
 from nethical_grpc.cli.table import fmt_number, render
 from nethical_grpc.v1 import coordinator_pb2
 
-REGION_NAMES = ["us-east-1", "eu-west-1", "ap-south-1", "us-west-2", "eu-central-1",
-                "ap-northeast-1", "sa-east-1", "ca-central-1", "af-south-1", "me-south-1"]
+REGION_NAMES = [
+    "us-east-1",
+    "eu-west-1",
+    "ap-south-1",
+    "us-west-2",
+    "eu-central-1",
+    "ap-northeast-1",
+    "sa-east-1",
+    "ca-central-1",
+    "af-south-1",
+    "me-south-1",
+]
 QUANTILES = (0.5, 0.9, 0.99)
 METRICS = ("latency_ms", "risk_score", "score_delta")
 TICK_S = 0.05
@@ -37,8 +47,9 @@ def region_names(n: int) -> list[str]:
 def generate(metric: str, region_index: int, n: int, rng: np.random.Generator) -> np.ndarray:
     """Synthetic heavy-tailed traffic; each region has its own spread."""
     if metric == "latency_ms":
-        return rng.lognormal(mean=np.log(40.0 * (region_index + 1)), sigma=0.5 + 0.35 * region_index,
-                             size=n)
+        return rng.lognormal(
+            mean=np.log(40.0 * (region_index + 1)), sigma=0.5 + 0.35 * region_index, size=n
+        )
     if metric == "risk_score":
         return rng.beta(2.0, 5.0 + 2.0 * region_index, size=n)
     # score_delta: zeros, negatives and a heavy tail on both sides
@@ -63,8 +74,9 @@ class Sent:
         return parts[0] if parts else np.empty(0)
 
 
-async def _traffic(region_index: int, rate: int, stop: asyncio.Event, sent: Sent,
-                   seed: int) -> AsyncIterator[bytes]:
+async def _traffic(
+    region_index: int, rate: int, stop: asyncio.Event, sent: Sent, seed: int
+) -> AsyncIterator[bytes]:
     rng = np.random.default_rng(seed + region_index)
     per_tick = max(1, int(rate * TICK_S / len(METRICS)))
     next_tick = time.monotonic()
@@ -127,8 +139,11 @@ async def run_demo(args: argparse.Namespace) -> int:
         coord = spawn("coordinator", ["coordinator", "--port", "0", *specs], workdir)
         children.append(coord)
         coord_port = await coord.aport()
-        print(f"mesh up: {len(names)} region nodes + coordinator on 127.0.0.1:{coord_port} "
-              f"(logs in {workdir})", flush=True)
+        print(
+            f"mesh up: {len(names)} region nodes + coordinator on 127.0.0.1:{coord_port} "
+            f"(logs in {workdir})",
+            flush=True,
+        )
         print(f"try: nethical-mesh query --target 127.0.0.1:{coord_port}", flush=True)
 
         sent = Sent()
@@ -136,10 +151,17 @@ async def run_demo(args: argparse.Namespace) -> int:
         streams = []
         for i, port in enumerate(ports):
             channel = client.insecure_channel(f"127.0.0.1:{port}")
-            streams.append((channel, asyncio.ensure_future(client.ingest(
-                channel, _traffic(i, args.rate, stop, sent, args.seed), timeout=None))))
-        opts = client.QueryOptions(quantiles=QUANTILES, start_ns=started_ns,
-                                   metrics=list(METRICS))
+            streams.append(
+                (
+                    channel,
+                    asyncio.ensure_future(
+                        client.ingest(
+                            channel, _traffic(i, args.rate, stop, sent, args.seed), timeout=None
+                        )
+                    ),
+                )
+            )
+        opts = client.QueryOptions(quantiles=QUANTILES, start_ns=started_ns, metrics=list(METRICS))
         deadline = time.monotonic() + args.duration
         async with client.insecure_channel(f"127.0.0.1:{coord_port}") as coord_channel:
             while not stop.is_set() and time.monotonic() < deadline:
@@ -149,8 +171,10 @@ async def run_demo(args: argparse.Namespace) -> int:
                 elapsed = args.duration - max(0.0, deadline - time.monotonic())
                 if tty:
                     print("\x1b[H\x1b[2J", end="")
-                print(f"\nNethical mesh demo - {elapsed:4.1f}s of {args.duration:g}s, "
-                      f"live (counts lag by batches in flight)")
+                print(
+                    f"\nNethical mesh demo - {elapsed:4.1f}s of {args.duration:g}s, "
+                    f"live (counts lag by batches in flight)"
+                )
                 print(_table(response, sent))
                 print(_coverage(response.coverage), flush=True)
             interrupted = stop.is_set()
@@ -160,11 +184,13 @@ async def run_demo(args: argparse.Namespace) -> int:
                     await task
                 except grpc.RpcError as err:
                     print(f"ingest stream ended: {err.code().name}", file=sys.stderr)
-                await channel.close()
+                await channel.close(None)
             response = await client.global_metrics(coord_channel, opts, timeout=5.0)
         bound = max((r.statistics.relative_error for r in response.results), default=0.0)
-        print(f"\nfinal ({'interrupted' if interrupted else 'complete'}; every batch acknowledged) "
-              f"- sketch relative-error bound {bound * 100:.2f}%")
+        print(
+            f"\nfinal ({'interrupted' if interrupted else 'complete'}; every batch acknowledged) "
+            f"- sketch relative-error bound {bound * 100:.2f}%"
+        )
         print(_table(response, sent))
         print(_coverage(response.coverage), flush=True)
         return 0

@@ -8,7 +8,8 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 from pathlib import Path
 
 from nethical_grpc.cli.args import parse_duration_ns, parse_pair, parse_weight
@@ -26,10 +27,18 @@ def _server_args(p: argparse.ArgumentParser, default_port: int) -> None:
     p.add_argument("--port-file", type=Path, help="write the bound port here once serving")
     p.add_argument("--max-message-bytes", type=int, default=8 * 1024 * 1024)
     p.add_argument("--no-reflection", action="store_true", help="turn server reflection off")
-    p.add_argument("--drain-announce", type=parse_duration_ns, default=1_000_000_000,
-                   help="how long health says NOT_SERVING before the server stops (1s)")
-    p.add_argument("--drain-grace", type=parse_duration_ns, default=5_000_000_000,
-                   help="how long in-flight calls get to finish (5s)")
+    p.add_argument(
+        "--drain-announce",
+        type=parse_duration_ns,
+        default=1_000_000_000,
+        help="how long health says NOT_SERVING before the server stops (1s)",
+    )
+    p.add_argument(
+        "--drain-grace",
+        type=parse_duration_ns,
+        default=5_000_000_000,
+        help="how long in-flight calls get to finish (5s)",
+    )
     _common(p)
 
 
@@ -42,40 +51,74 @@ def build_parser() -> argparse.ArgumentParser:
     region = sub.add_parser("region", help="run a region node")
     region.add_argument("--region-id", required=True)
     region.add_argument("--instance-id", default="", help="default: REGION-PORT")
-    region.add_argument("--window", type=parse_duration_ns, default=10_000_000_000,
-                        help="tumbling window width (10s)")
-    region.add_argument("--retention", type=parse_duration_ns, default=86_400_000_000_000,
-                        help="how long windows are kept (24h)")
+    region.add_argument(
+        "--window",
+        type=parse_duration_ns,
+        default=10_000_000_000,
+        help="tumbling window width (10s)",
+    )
+    region.add_argument(
+        "--retention",
+        type=parse_duration_ns,
+        default=86_400_000_000_000,
+        help="how long windows are kept (24h)",
+    )
     region.add_argument("--histogram-scale", type=int, default=6)
     region.add_argument("--max-buckets", type=int, default=2048)
-    region.add_argument("--max-label-sets", type=int, default=1000,
-                        help="label sets per metric before RESOURCE_EXHAUSTED (1000)")
+    region.add_argument(
+        "--max-label-sets",
+        type=int,
+        default=1000,
+        help="label sets per metric before RESOURCE_EXHAUSTED (1000)",
+    )
     region.add_argument("--max-series", type=int, default=100_000)
-    region.add_argument("--region-scope", action="store_true",
-                        help="this instance's data is the whole region's (shared store or a "
-                        "replica fed the full stream): the coordinator asks one instance")
+    region.add_argument(
+        "--region-scope",
+        action="store_true",
+        help="this instance's data is the whole region's (shared store or a "
+        "replica fed the full stream): the coordinator asks one instance",
+    )
     _server_args(region, 50051)
 
     coord = sub.add_parser("coordinator", help="run the coordinator")
-    coord.add_argument("--region", action="append", default=[], metavar="REGION=HOST:PORT[,..]",
-                       help="a region and its instances; repeat for each region")
+    coord.add_argument(
+        "--region",
+        action="append",
+        default=[],
+        metavar="REGION=HOST:PORT[,..]",
+        help="a region and its instances; repeat for each region",
+    )
     _server_args(coord, 50050)
 
     query = sub.add_parser("query", help="global metrics from a coordinator")
     query.add_argument("--target", default="127.0.0.1:50050")
     query.add_argument("--metric", action="append", default=[], help="repeat; default all")
-    query.add_argument("--quantile", action="append", type=float, default=[],
-                       help="repeat; default 0.5 0.9 0.99")
+    query.add_argument(
+        "--quantile", action="append", type=float, default=[], help="repeat; default 0.5 0.9 0.99"
+    )
     query.add_argument("--region", action="append", default=[], help="only these regions")
-    query.add_argument("--weight", action="append", type=parse_weight, default=[],
-                       metavar="REGION=W", help="weights for a weighted mean of region means")
-    query.add_argument("--label", action="append", type=parse_pair, default=[],
-                       metavar="KEY=VALUE", help="only series with this label")
+    query.add_argument(
+        "--weight",
+        action="append",
+        type=parse_weight,
+        default=[],
+        metavar="REGION=W",
+        help="weights for a weighted mean of region means",
+    )
+    query.add_argument(
+        "--label",
+        action="append",
+        type=parse_pair,
+        default=[],
+        metavar="KEY=VALUE",
+        help="only series with this label",
+    )
     query.add_argument("--group-by", action="append", default=[], help="keep a label apart")
     query.add_argument("--since", type=parse_duration_ns, help="only the last DURATION")
     query.add_argument("--breakdown", action="store_true", help="per-region figures too")
-    query.add_argument("--region-timeout", type=parse_duration_ns,
-                       help="deadline of each region call (2s)")
+    query.add_argument(
+        "--region-timeout", type=parse_duration_ns, help="deadline of each region call (2s)"
+    )
     query.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
     query.add_argument("--json", action="store_true", help="print the response as JSON")
     _common(query)
@@ -95,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="an all-in-one mesh on loopback with live metrics")
     demo.add_argument("--regions", type=int, default=3)
     demo.add_argument("--duration", type=float, default=30.0, help="seconds (30)")
-    demo.add_argument("--rate", type=int, default=200_000,
-                      help="observations per second per region (200000)")
+    demo.add_argument(
+        "--rate", type=int, default=200_000, help="observations per second per region (200000)"
+    )
     demo.add_argument("--refresh", type=float, default=1.0, help="seconds between tables")
     demo.add_argument("--seed", type=int, default=7)
     _common(demo)
@@ -133,10 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise AssertionError(args.command)
 
 
-def _run(coro: object) -> int:
+def _run(coro: Coroutine[Any, Any, int]) -> int:
     with contextlib.suppress(KeyboardInterrupt):
-        result = asyncio.run(coro)  # type: ignore[arg-type]
-        return int(result or 0)
+        return asyncio.run(coro)
     return 130
 
 

@@ -52,9 +52,13 @@ class Child:
                 if text:
                     return int(text)
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}"
+                )
             time.sleep(0.02)
-        raise TimeoutError(f"{self.name} did not report its port within {timeout_s}s:\n{self.tail()}")
+        raise TimeoutError(
+            f"{self.name} did not report its port within {timeout_s}s:\n{self.tail()}"
+        )
 
     async def aport(self, timeout_s: float = 30.0) -> int:
         return await asyncio.to_thread(self.port, timeout_s)
@@ -80,7 +84,9 @@ class Child:
             return self.proc.wait()
 
 
-def spawn(name: str, args: Sequence[str], workdir: Path, env: dict[str, str] | None = None) -> Child:
+def spawn(
+    name: str, args: Sequence[str], workdir: Path, env: dict[str, str] | None = None
+) -> Child:
     """Start ``nethical-mesh ARGS --port-file ...`` logging to a file in ``workdir``."""
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"{name}.log"
@@ -94,7 +100,7 @@ def spawn(name: str, args: Sequence[str], workdir: Path, env: dict[str, str] | N
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         env=full_env,
-        preexec_fn=_die_with_parent,  # noqa: PLW1509
+        preexec_fn=_die_with_parent,
     )
     log_file.close()
     return Child(name, proc, log_path, port_file)

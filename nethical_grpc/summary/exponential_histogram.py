@@ -199,7 +199,8 @@ def _shift(b: Buckets, k: int) -> Buckets:
     return Buckets(int(new_idx[0]), np.add.reduceat(b.counts, starts))
 
 
-def _shift_in_place_ok(b: Buckets, k: int) -> Buckets:
+def _maybe_shift(b: Buckets, k: int) -> Buckets:
+    """``_shift(b, k)``, or ``b`` itself (no copy) when ``k == 0``."""
     return b if k == 0 else _shift(b, k)
 
 
@@ -478,12 +479,12 @@ class ExponentialHistogram:
         max_buckets = max(self.max_buckets, other.max_buckets)
         zero_count = int(self.zero_count) + int(other.zero_count)
         pos = [
-            _shift_in_place_ok(_own(self.positive), self.scale - scale),
-            _shift_in_place_ok(_own(other.positive), other.scale - scale),
+            _maybe_shift(_own(self.positive), self.scale - scale),
+            _maybe_shift(_own(other.positive), other.scale - scale),
         ]
         neg = [
-            _shift_in_place_ok(_own(self.negative), self.scale - scale),
-            _shift_in_place_ok(_own(other.negative), other.scale - scale),
+            _maybe_shift(_own(self.negative), self.scale - scale),
+            _maybe_shift(_own(other.negative), other.scale - scale),
         ]
         if threshold > 0.0:
             limit = bucket_index(threshold, scale)
@@ -494,8 +495,8 @@ class ExponentialHistogram:
         prange = _union(pos[0].index_range(), pos[1].index_range())
         nrange = _union(neg[0].index_range(), neg[1].index_range())
         k = _fit_shift((prange, nrange), max_buckets, scale)
-        new_pos = _sum_buckets([_shift_in_place_ok(p, k) for p in pos])
-        new_neg = _sum_buckets([_shift_in_place_ok(p, k) for p in neg])
+        new_pos = _sum_buckets([_maybe_shift(p, k) for p in pos])
+        new_neg = _sum_buckets([_maybe_shift(p, k) for p in neg])
         self.scale = scale - k
         self.max_buckets = max_buckets
         self.zero_threshold = threshold

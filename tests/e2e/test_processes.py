@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -90,9 +91,19 @@ async def test_kill_and_restart_a_region(cluster: dict) -> None:  # type: ignore
     assert int(partial["results"][0]["statistics"]["count"]) == 20_000
 
     # restart on the same port: coverage comes back in full
-    again = spawn("eu-west-1b", ["region", "--region-id", "eu-west-1", "--port",
-                                 str(ports["eu-west-1"]), "--instance-id", "eu-west-1"],
-                  cluster["dir"])  # type: ignore[arg-type]
+    again = spawn(
+        "eu-west-1b",
+        [
+            "region",
+            "--region-id",
+            "eu-west-1",
+            "--port",
+            str(ports["eu-west-1"]),
+            "--instance-id",
+            "eu-west-1",
+        ],
+        cluster["dir"],
+    )  # type: ignore[arg-type]
     try:
         again.port()
         deadline = time.monotonic() + 15
@@ -101,7 +112,7 @@ async def test_kill_and_restart_a_region(cluster: dict) -> None:  # type: ignore
             if resp["coverage"].get("complete"):
                 break
             assert time.monotonic() < deadline, resp["coverage"]
-            time.sleep(0.2)
+            await asyncio.sleep(0.2)
         assert sorted(resp["coverage"]["regionsAnswered"]) == sorted(REGIONS)
     finally:
         again.stop()
@@ -109,8 +120,6 @@ async def test_kill_and_restart_a_region(cluster: dict) -> None:  # type: ignore
 
 def test_cli_table_and_regions(cluster: dict) -> None:  # type: ignore[type-arg]
     ports: dict[str, int] = cluster["ports"]  # type: ignore[assignment]
-    import asyncio
-
     asyncio.run(_ingest(ports["us-east-1"], np.arange(1.0, 1001.0)))
     out = run_cli("query", "--target", f"127.0.0.1:{ports['coordinator']}", "--breakdown")
     assert out.returncode == 0, out.stderr
@@ -152,7 +161,9 @@ def _orphans(marker: str) -> list[psutil.Process]:
 def test_demo_runs_and_stops_by_itself() -> None:
     out = subprocess.run(
         mesh_command("demo", "--duration", "4", "--rate", "30000", "--refresh", "1"),
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "final (complete; every batch acknowledged)" in out.stdout
@@ -169,7 +180,9 @@ def test_demo_runs_and_stops_by_itself() -> None:
 def test_demo_stops_cleanly_on_ctrl_c() -> None:
     proc = subprocess.Popen(
         mesh_command("demo", "--duration", "120", "--rate", "20000"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     line = ""
@@ -186,5 +199,3 @@ def test_demo_stops_cleanly_on_ctrl_c() -> None:
     assert "final (interrupted" in stdout
     time.sleep(0.5)
     assert _orphans(workdir.group(1)) == []
-
-

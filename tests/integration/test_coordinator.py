@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import grpc
@@ -11,17 +10,24 @@ import pytest
 from meshutil import Mesh, add_coordinator, add_region, wait_for
 
 from coordinator.instances import Health
-from nethical_grpc import client, convert
+from nethical_grpc import client
 from nethical_grpc.errors import details_from_error
 from nethical_grpc.server_runtime import start_server
-from nethical_grpc.v1 import coordinator_pb2, coordinator_pb2_grpc, region_node_pb2
-from nethical_grpc.v1 import region_node_pb2_grpc, summary_pb2
+from nethical_grpc.v1 import (
+    coordinator_pb2,
+    coordinator_pb2_grpc,
+    region_node_pb2,
+    region_node_pb2_grpc,
+    summary_pb2,
+)
 
 
-async def query(mesh: Mesh, timeout: float = 10.0, **kwargs: object
-                ) -> coordinator_pb2.GetGlobalMetricsResponse:
+async def query(
+    mesh: Mesh, timeout: float = 10.0, **kwargs: object
+) -> coordinator_pb2.GetGlobalMetricsResponse:
     return await client.global_metrics(
-        mesh.coordinator_channel(), client.QueryOptions(**kwargs), timeout=timeout)
+        mesh.coordinator_channel(), client.QueryOptions(**kwargs), timeout=timeout
+    )
 
 
 def within_bound(estimate: float, exact: float, rel: float) -> bool:
@@ -51,10 +57,12 @@ async def test_global_metrics_merge_exactly(mesh: Mesh) -> None:
     assert s.stddev == pytest.approx(pooled.std(), rel=1e-9)
     assert (s.min, s.max) == (pooled.min(), pooled.max())
     for qv in s.quantiles:
-        assert within_bound(qv.value, np.quantile(pooled, qv.quantile, method="lower"),
-                            s.relative_error)
+        assert within_bound(
+            qv.value, np.quantile(pooled, qv.quantile, method="lower"), s.relative_error
+        )
     assert {r.region_id: r.statistics.count for r in result.regions} == {
-        k: v.size for k, v in data.items()}
+        k: v.size for k, v in data.items()
+    }
     cov = resp.coverage
     assert cov.complete and sorted(cov.regions_answered) == sorted(data)
     assert (cov.instances_queried, cov.instances_answered) == (3, 3)
@@ -173,11 +181,13 @@ async def test_malformed_sketch_from_a_region_is_reported_not_merged(mesh: Mesh)
             )
             return region_node_pb2.GetSummariesResponse(
                 series=[summary_pb2.SeriesSummary(metric="latency_ms", summary=bad)],
-                region_id="evil-1")
+                region_id="evil-1",
+            )
 
     broken = await start_server(
         [lambda s: region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(BrokenRegion(), s)],
-        ["nethical_grpc.v1.RegionNodeService"])
+        ["nethical_grpc.v1.RegionNodeService"],
+    )
     try:
         assert mesh.federation is not None
         mesh.federation.registry.add("evil-1", broken.address)
@@ -197,7 +207,10 @@ async def test_list_regions_reports_health(mesh: Mesh) -> None:
     assert [r.region_id for r in resp.regions] == ["ap-south-1", "eu-west-1", "us-east-1"]
     assert all(r.healthy for r in resp.regions)
     assert {r.instances[0].instance_id for r in resp.regions} == {
-        "us-east-1-0", "eu-west-1-0", "ap-south-1-0"}
+        "us-east-1-0",
+        "eu-west-1-0",
+        "ap-south-1-0",
+    }
     await mesh.regions["us-east-1"][0][0].server.stop(0)
     assert mesh.federation is not None
     inst = mesh.federation.registry.instances("us-east-1")[0]
@@ -247,5 +260,3 @@ async def test_deadline_of_the_caller_bounds_the_fan_out(mesh: Mesh) -> None:
     resp = await query(mesh, timeout=0.5)
     assert time.monotonic() - started < 0.5
     assert resp.coverage.complete
-
-

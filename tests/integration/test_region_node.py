@@ -65,7 +65,10 @@ async def test_group_by_and_label_filter(mesh: Mesh) -> None:
     filtered = await summaries(mesh, label_filter={"decision": "BLOCK"})
     assert [(s.metric, s.summary.moments.count) for s in filtered.series] == [("risk", 4)]
     everything = await summaries(mesh)
-    assert {s.metric: s.summary.moments.count for s in everything.series} == {"other": 7, "risk": 14}
+    assert {s.metric: s.summary.moments.count for s in everything.series} == {
+        "other": 7,
+        "risk": 14,
+    }
 
 
 async def test_time_range_selects_windows(mesh: Mesh) -> None:
@@ -73,12 +76,16 @@ async def test_time_range_selects_windows(mesh: Mesh) -> None:
     now = time.time_ns()
     old = now - 120 * NANOS
     ch = mesh.channel(mesh.regions["r1"][0][0].address)
-    await client.ingest(ch, [
-        client.encode_ingest_request("m", np.ones(3), time_ns=old),
-        client.encode_ingest_request("m", np.ones(5), time_ns=now),
-        client.encode_ingest_request(
-            "m", np.ones(2), timestamps_unix_nano=np.array([old, now], dtype=np.int64)),
-    ])
+    await client.ingest(
+        ch,
+        [
+            client.encode_ingest_request("m", np.ones(3), time_ns=old),
+            client.encode_ingest_request("m", np.ones(5), time_ns=now),
+            client.encode_ingest_request(
+                "m", np.ones(2), timestamps_unix_nano=np.array([old, now], dtype=np.int64)
+            ),
+        ],
+    )
     recent = await summaries(mesh, start_time=convert.ns_to_timestamp(now - 30 * NANOS))
     assert recent.series[0].summary.moments.count == 6
     older = await summaries(mesh, end_time=convert.ns_to_timestamp(now - 60 * NANOS))
@@ -103,9 +110,12 @@ async def _rejected(mesh: Mesh, batches: list[bytes]) -> grpc.aio.AioRpcError:
         (client.encode_ingest_request("", np.ones(2)), "metric"),
         (client.encode_ingest_request("9bad name", np.ones(2)), "metric"),
         (client.encode_ingest_request("m", np.ones(2), {"bad key": "x"}), "labels['bad key']"),
-        (client.encode_ingest_request(
-            "m", np.ones(3), timestamps_unix_nano=np.array([1, 2], dtype=np.int64)),
-         "timestamps_unix_nano"),
+        (
+            client.encode_ingest_request(
+                "m", np.ones(3), timestamps_unix_nano=np.array([1, 2], dtype=np.int64)
+            ),
+            "timestamps_unix_nano",
+        ),
         (client.encode_ingest_request("m", np.ones(2), time_ns=1), "time"),
     ],
 )
@@ -152,14 +162,20 @@ async def test_oversized_message_is_refused_and_node_keeps_serving(mesh: Mesh) -
 @pytest.mark.parametrize(
     ("request_kwargs", "field"),
     [
-        ({"start_time": convert.ns_to_timestamp(2 * NANOS),
-          "end_time": convert.ns_to_timestamp(NANOS)}, "end_time"),
+        (
+            {
+                "start_time": convert.ns_to_timestamp(2 * NANOS),
+                "end_time": convert.ns_to_timestamp(NANOS),
+            },
+            "end_time",
+        ),
         ({"metrics": ["ok", "not ok"]}, "metrics[1]"),
         ({"group_by_labels": [""]}, "group_by_labels[0]"),
     ],
 )
-async def test_bad_summary_queries(mesh: Mesh, request_kwargs: dict[str, object],
-                                   field: str) -> None:
+async def test_bad_summary_queries(
+    mesh: Mesh, request_kwargs: dict[str, object], field: str
+) -> None:
     await add_region(mesh, "r1")
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await summaries(mesh, **request_kwargs)
@@ -183,8 +199,10 @@ async def test_health_is_truthful_and_drain_flips_it(mesh: Mesh) -> None:
     [(server, _)] = await add_region(mesh, "r1")
     ch = mesh.channel(server.address)
     assert await client.check_health(ch) == health_pb2.HealthCheckResponse.SERVING
-    assert await client.check_health(
-        ch, "nethical_grpc.v1.RegionNodeService") == health_pb2.HealthCheckResponse.SERVING
+    assert (
+        await client.check_health(ch, "nethical_grpc.v1.RegionNodeService")
+        == health_pb2.HealthCheckResponse.SERVING
+    )
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await client.check_health(ch, "no.such.Service")
     assert info.value.code() == grpc.StatusCode.NOT_FOUND

@@ -31,7 +31,11 @@ def test_summary_round_trip(values: np.ndarray, scale: int, max_buckets: int) ->
     assert back.count == s.count
     if s.count:
         assert (back.min, back.max, back.mean, back.moments.m2) == (
-            s.min, s.max, s.mean, s.moments.m2)
+            s.min,
+            s.max,
+            s.mean,
+            s.moments.m2,
+        )
         assert back.total == s.total
         qs = [0.0, 0.1, 0.5, 0.9, 1.0]
         np.testing.assert_array_equal(back.quantiles(qs), s.quantiles(qs))

@@ -104,6 +104,8 @@ def test_group_by_merges_other_labels() -> None:
     ingest(store, batch("m", np.full(4, 3.0), now, (("d", "BLOCK"), ("t", "x"))), now)
     groups = store.summaries(SummaryQuery(group_by=("d",)))
     assert [(g.labels, g.summary.count) for g in groups] == [
-        ((("d", "ALLOW"),), 5), ((("d", "BLOCK"),), 4)]
+        ((("d", "ALLOW"),), 5),
+        ((("d", "BLOCK"),), 4),
+    ]
     filtered = store.summaries(SummaryQuery(label_filter=(("t", "x"),)))
     assert filtered[0].summary.count == 7

@@ -1,0 +1,70 @@
+"""``grpc.health.v1.Health`` for grpc.aio servers, with streams that end on shutdown.
+
+Check answers the current status (NOT_FOUND for an unknown service). Watch sends the
+current status, then every change; when the server stops, :meth:`close` sends the final
+status and ends each Watch stream, so long-lived watchers (the coordinator keeps one per
+instance) do not hold the server's shutdown for its whole grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+Status = int  # grpc.health.v1.HealthCheckResponse.ServingStatus
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+
+
+class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+    def __init__(self) -> None:
+        self._status: dict[str, Status] = {"": SERVING}
+        self._changed = asyncio.Event()
+        self._closed = False
+
+    def status(self, service: str = "") -> Status | None:
+        return self._status.get(service)
+
+    def set(self, service: str, status: Status) -> None:
+        if self._closed:
+            return
+        self._status[service] = status
+        self._notify()
+
+    def close(self) -> None:
+        """Every service NOT_SERVING for good, and every Watch stream ends."""
+        for service in self._status:
+            self._status[service] = NOT_SERVING
+        self._closed = True
+        self._notify()
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def Check(  # noqa: N802 (gRPC method name)
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> health_pb2.HealthCheckResponse:
+        status = self._status.get(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(  # noqa: N802
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        last: Status | None = None
+        while True:
+            changed = self._changed
+            status = self._status.get(request.service, SERVICE_UNKNOWN)
+            if status != last:
+                await context.write(health_pb2.HealthCheckResponse(status=status))
+                last = status
+            if self._closed:
+                return
+            await changed.wait()

@@ -1,0 +1,75 @@
+"""Protobuf wire encoding of packed varint columns, straight from NumPy.
+
+Building ``repeated uint64`` fields through the protobuf API converts every element
+(~50 ns each); histogram buckets are hundreds to thousands of counts per summary. These
+helpers write the packed field's bytes in one pass, and the message parses them with
+``MergeFromString`` (C speed). Both paths give identical messages; a test checks it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from nethical_grpc.jit import is_jit_available, maybe_njit
+
+U64 = npt.NDArray[np.uint64]
+
+
+@maybe_njit()
+def _varints_numba(values: U64) -> npt.NDArray[np.uint8]:  # pragma: no cover (compiled)
+    out = np.empty(values.size * 10, dtype=np.uint8)
+    pos = 0
+    for i in range(values.size):
+        v = values[i]
+        while v >= 0x80:
+            out[pos] = (v & 0x7F) | 0x80
+            v >>= 7
+            pos += 1
+        out[pos] = v
+        pos += 1
+    return out[:pos]
+
+
+def _varints_numpy(values: U64) -> npt.NDArray[np.uint8]:
+    v = values.astype(np.uint64, copy=False)
+    nbytes = np.ones(v.size, dtype=np.int64)
+    for k in range(1, 10):
+        more = v >= np.uint64(1 << (7 * k))
+        if not more.any():
+            break
+        nbytes += more
+    ends = np.cumsum(nbytes)
+    starts = ends - nbytes
+    out = np.empty(int(ends[-1]) if v.size else 0, dtype=np.uint8)
+    for j in range(int(nbytes.max()) if v.size else 0):
+        has = nbytes > j
+        cont = (nbytes > j + 1).astype(np.uint8) << np.uint8(7)
+        byte = ((v >> np.uint64(7 * j)) & np.uint64(0x7F)).astype(np.uint8) | cont
+        out[starts[has] + j] = byte[has]
+    return out
+
+
+encode_varints = _varints_numba if is_jit_available() else _varints_numpy
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def packed_field(field_number: int, payload: bytes) -> bytes:
+    """A length-delimited field: tag, length, payload."""
+    return varint((field_number << 3) | 2) + varint(len(payload)) + payload
+
+
+def packed_uint64(field_number: int, values: U64) -> bytes:
+    if values.size == 0:
+        return b""
+    return packed_field(
+        field_number, encode_varints(np.ascontiguousarray(values, np.uint64)).tobytes()
+    )

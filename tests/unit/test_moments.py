@@ -1,0 +1,193 @@
+"""Unit tests for nethical_grpc.summary.moments.Moments."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from nethical_grpc.summary import Moments
+from nethical_grpc.summary import _kernels as kernels
+
+EPS = np.finfo(np.float64).eps
+
+
+def _datasets() -> list[tuple[str, np.ndarray]]:
+    rng = np.random.default_rng(20240611)
+    return [
+        ("normal", rng.normal(3.0, 2.0, 5_000)),
+        ("lognormal_heavy", rng.lognormal(0.0, 3.0, 4_097)),
+        ("signed_lognormal", rng.lognormal(0.0, 2.0, 3_001) * rng.choice([-1.0, 1.0], 3_001)),
+        ("large_offset", 1e9 + rng.normal(0.0, 1e-3, 2_000)),
+        ("tiny", rng.normal(0.0, 1e-200, 1_000)),
+        ("single", np.array([42.5])),
+        ("two", np.array([-1.0, 1.0])),
+        ("constant", np.full(1_003, 0.1)),
+        ("with_zeros", np.concatenate([np.zeros(50), rng.normal(0.0, 1.0, 77)])),
+        ("odd_length_tail", rng.normal(0.0, 1.0, 37)),
+    ]
+
+
+DATASETS = _datasets()
+
+
+def _check_against_numpy(m: Moments, x: np.ndarray) -> None:
+    assert m.count == x.size
+    assert m.min == x.min()
+    assert m.max == x.max()
+    scale = float(np.sum(np.abs(x)))
+    assert abs(m.total - math.fsum(x.tolist())) <= 1e-13 * scale + 1e-300
+    mag = float(np.max(np.abs(x)))
+    assert m.mean == pytest.approx(float(np.mean(x)), rel=1e-12, abs=1e-13 * mag)
+    var = float(np.var(x))
+    assert m.variance == pytest.approx(var, rel=1e-9, abs=1e-12 * mag * mag)
+    assert m.stddev == pytest.approx(math.sqrt(var), rel=1e-9, abs=1e-6 * mag)
+    m.validate()
+
+
+@pytest.mark.parametrize(("name", "x"), DATASETS, ids=[d[0] for d in DATASETS])
+def test_from_values_matches_numpy(name: str, x: np.ndarray) -> None:
+    _check_against_numpy(Moments.from_values(x), x)
+
+
+@pytest.mark.parametrize(
+    "impl", [kernels.batch_moments_numpy, kernels.batch_moments_numba], ids=["numpy", "numba"]
+)
+@pytest.mark.parametrize(("name", "x"), DATASETS, ids=[d[0] for d in DATASETS])
+def test_both_kernels_match_numpy(impl: object, name: str, x: np.ndarray) -> None:
+    t = impl(x)  # type: ignore[operator]
+    _check_against_numpy(Moments(*t), x)
+
+
+def test_constant_data_has_zero_variance_and_exact_mean() -> None:
+    x = np.full(999, 0.1)
+    m = Moments.from_values(x)
+    assert m.mean == 0.1
+    assert m.m2 == 0.0
+    assert m.min == m.max == 0.1
+
+
+def test_compensated_sum_kernel_is_exact_under_cancellation() -> None:
+    x = np.array([1e100, 1.0, -1e100, 3.0, 1e-20])
+    t = kernels.batch_moments_numba(x)
+    assert t.sum + t.compensation == 4.0
+    assert t.sum == 4.0
+
+
+def test_merge_sum_is_compensated() -> None:
+    parts = [Moments.from_values(np.array([v])) for v in (1e100, 1.0, -1e100, 2.0)]
+    merged = Moments.merge_all(parts)
+    assert merged.total == 3.0
+    assert merged.count == 4
+
+
+@pytest.mark.parametrize(("name", "x"), DATASETS, ids=[d[0] for d in DATASETS])
+def test_merge_of_splits_equals_whole(name: str, x: np.ndarray) -> None:
+    rng = np.random.default_rng(7)
+    whole = Moments.from_values(x)
+    for n_parts in (2, 3, 17):
+        cuts = np.sort(rng.integers(0, x.size + 1, n_parts - 1))
+        parts = [Moments.from_values(p) for p in np.split(x, cuts)]
+        merged = Moments.merge_all(parts)
+        assert merged.count == whole.count
+        assert merged.min == whole.min
+        assert merged.max == whole.max
+        mag = float(np.max(np.abs(x)))
+        assert merged.total == pytest.approx(whole.total, rel=1e-13, abs=1e-13 * mag * x.size)
+        assert merged.mean == pytest.approx(whole.mean, rel=1e-12, abs=1e-13 * mag)
+        assert merged.m2 == pytest.approx(whole.m2, rel=1e-9, abs=1e-12 * mag * mag * x.size)
+        merged.validate()
+
+
+def test_merge_returns_new_object_and_is_commutative() -> None:
+    rng = np.random.default_rng(3)
+    a = Moments.from_values(rng.normal(0, 1, 100))
+    b = Moments.from_values(rng.normal(5, 3, 37))
+    a0, b0 = a.copy(), b.copy()
+    ab = a.merge(b)
+    ba = b.merge(a)
+    assert ab == ba  # bit-for-bit (canonical operand order)
+    assert a == a0
+    assert b == b0
+    assert ab is not a
+    assert ab is not b
+
+
+def test_empty_is_identity() -> None:
+    m = Moments.from_values(np.array([1.0, 2.0, 4.0]))
+    assert m.merge(Moments()) == m
+    assert Moments().merge(m) == m
+    assert Moments().merge(Moments()) == Moments()
+    assert Moments.from_values(np.array([])) == Moments()
+    assert Moments.merge_all([]) == Moments()
+    before = m.copy()
+    m.update(np.array([]))
+    assert m == before
+
+
+def test_empty_derived_values() -> None:
+    m = Moments()
+    assert m.count == 0
+    assert m.total == 0.0
+    assert math.isnan(m.variance)
+    assert math.isnan(m.stddev)
+    m.validate()
+
+
+def test_update_equals_merge() -> None:
+    rng = np.random.default_rng(11)
+    x, y = rng.normal(0, 1, 500), rng.normal(2, 1, 300)
+    m = Moments.from_values(x)
+    m.update(y)
+    assert m == Moments.from_values(x).merge(Moments.from_values(y))
+    assert m.count == 800
+
+
+def test_self_merge() -> None:
+    m = Moments.from_values(np.array([1.0, 3.0]))
+    mm = m.merge(m)
+    assert mm.count == 4
+    assert mm.mean == 2.0
+    assert mm.m2 == 4.0
+    assert mm.total == 8.0
+
+
+GOOD = Moments.from_values(np.array([1.0, 2.0, 3.0, 10.0]))
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (replace(GOOD, count=-1), "count"),
+        (replace(GOOD, count=2.0), "count"),  # type: ignore[arg-type]
+        (replace(GOOD, count=True), "count"),
+        (replace(GOOD, m2=-1.0), "m2"),
+        (replace(GOOD, min=20.0), r"min .* > max"),
+        (replace(GOOD, mean=math.nan), "mean"),
+        (replace(GOOD, sum=math.inf), "sum"),
+        (replace(GOOD, compensation=math.nan), "compensation"),
+        (replace(GOOD, mean=11.0), "mean"),
+        (replace(GOOD, mean=-5.0), "mean"),
+        (replace(GOOD, m2=1e6), "m2"),
+        (replace(GOOD, sum=1e6), "sum"),
+        (replace(GOOD, sum="4"), "sum"),  # type: ignore[arg-type]
+        (Moments(count=0, min=1.0), "empty"),
+        (Moments(count=0, max=1.0), "empty"),
+        (Moments(count=0, mean=1.0), "empty"),
+        (Moments(count=0, m2=1.0), "empty"),
+        (Moments(count=0, sum=1.0), "empty"),
+        (Moments(count=1, sum=1.0, min=1.0, max=2.0, mean=1.0), "single value"),
+    ],
+)
+def test_validate_rejects(bad: Moments, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        bad.validate()
+
+
+def test_validate_accepts_good() -> None:
+    GOOD.validate()
+    Moments().validate()
+    Moments.from_values(np.array([-1e150, 1e150])).validate()
+    Moments.from_values(np.array([5e-324])).validate()
