@@ -78,6 +78,8 @@ def moments_from_proto(msg: summary_pb2.Moments, field: str = "moments") -> Mome
     values = (msg.sum, msg.min, msg.max, msg.mean, msg.m2)
     if not all(math.isfinite(v) for v in values):
         raise InvalidArgument.single(field, "moments must be finite")
+    if max(abs(msg.min), abs(msg.max)) > MAX_ABS_VALUE:
+        raise InvalidArgument.single(field, f"min and max must be within +-{MAX_ABS_VALUE:g}")
     m = Moments(
         count=int(msg.count),
         sum=msg.sum,
@@ -89,7 +91,7 @@ def moments_from_proto(msg: summary_pb2.Moments, field: str = "moments") -> Mome
     )
     try:
         m.validate()
-    except ValueError as exc:
+    except (ValueError, ArithmeticError) as exc:
         raise InvalidArgument.single(field, str(exc)) from None
     return m
 

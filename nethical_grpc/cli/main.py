@@ -9,8 +9,8 @@ import logging
 import os
 import sys
 from collections.abc import Coroutine, Sequence
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from nethical_grpc.cli.args import parse_duration_ns, parse_pair, parse_weight
 
