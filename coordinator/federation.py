@@ -233,27 +233,30 @@ def _merge(
     weights: Mapping[str, float],
     include_breakdown: bool,
 ) -> list[GroupResult]:
-    by_group: dict[tuple[str, Labels], dict[str, Summary]] = {}
+    # group -> region -> the summaries its instances sent
+    by_group: dict[tuple[str, Labels], dict[str, list[Summary]]] = {}
     for region, answers in per_region.items():
         for answer in answers:
             for g in answer.groups:
-                regions = by_group.setdefault((g.metric, g.labels), {})
-                current = regions.get(region)
-                if current is None:
-                    regions[region] = g.summary
-                else:
-                    current.merge_from(g.summary)
+                by_group.setdefault((g.metric, g.labels), {}).setdefault(region, []).append(
+                    g.summary
+                )
     results: list[GroupResult] = []
     for metric, labels in sorted(by_group):
         regions = by_group[(metric, labels)]
-        total = Summary.merge_all(regions[r] for r in sorted(regions))
+        everything = [s for r in sorted(regions) for s in regions[r]]
+        per_region_summary = (
+            {r: Summary.merge_all(regions[r]) for r in sorted(regions)}
+            if include_breakdown or weights
+            else {}
+        )
         results.append(
             GroupResult(
                 metric=metric,
                 labels=labels,
-                summary=total,
-                per_region=dict(sorted(regions.items())) if include_breakdown else {},
-                weighted_mean=_weighted_mean(regions, weights),
+                summary=Summary.merge_all(everything),
+                per_region=per_region_summary if include_breakdown else {},
+                weighted_mean=_weighted_mean(per_region_summary, weights),
             )
         )
     return results

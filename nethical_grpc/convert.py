@@ -105,6 +105,8 @@ def _write_buckets(target: summary_pb2.ExponentialHistogram.Buckets, b: Buckets)
 
 
 def _buckets_from_proto(msg: summary_pb2.ExponentialHistogram.Buckets) -> Buckets:
+    if not len(msg.bucket_counts):
+        return Buckets()
     return Buckets(offset=int(msg.offset), counts=np.asarray(msg.bucket_counts, dtype=np.uint64))
 
 

@@ -10,15 +10,21 @@ import grpc
 from nethical_grpc import __version__, convert
 from nethical_grpc.components import components
 from nethical_grpc.errors import MeshError, rpc_errors
+from nethical_grpc.series import SummaryQuery
 from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
 from region_node.node import RegionNode
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+_MAX_CACHED_RESPONSES = 64
+
+
 class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
     def __init__(self, node: RegionNode) -> None:
         self.node = node
+        # identical queries between two changes of the store get the same response
+        self._responses: dict[SummaryQuery, tuple[int, region_node_pb2.GetSummariesResponse]] = {}
 
     @rpc_errors
     async def Ingest(  # noqa: N802 (gRPC method name)
@@ -47,6 +53,10 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         self, request: region_node_pb2.GetSummariesRequest, context: Context
     ) -> region_node_pb2.GetSummariesResponse:
         query = convert.summary_query_from_proto(request)
+        version = self.node.store.version
+        cached = self._responses.get(query)
+        if cached is not None and cached[0] == version:
+            return cached[1]
         groups = self.node.summaries(query)
         ident = self.node.identity
         response = region_node_pb2.GetSummariesResponse(
@@ -58,6 +68,9 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         as_of = max((g.data_as_of_ns for g in groups), default=0)
         if as_of:
             response.data_as_of.CopyFrom(convert.ns_to_timestamp(as_of))
+        if len(self._responses) >= _MAX_CACHED_RESPONSES:
+            self._responses.clear()
+        self._responses[query] = (version, response)
         return response
 
     @rpc_errors

@@ -17,7 +17,6 @@ from nethical_grpc.series import GroupSummary, IngestBatch, Labels, SeriesKey, S
 from nethical_grpc.summary import DEFAULT_MAX_BUCKETS, DEFAULT_SCALE, Summary
 
 NANOS = 1_000_000_000
-_MAX_CACHED_ANSWERS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +53,8 @@ class WindowStore:
         self._series: dict[SeriesKey, _Series] = {}
         self._label_sets: dict[str, int] = {}
         self.accepted_values = 0
-        # bumped by every change; answers are cached per query until it moves
+        # bumped by every change, so callers can cache answers until it moves
         self.version = 0
-        self._answers: dict[SummaryQuery, tuple[int, list[GroupSummary]]] = {}
 
     # -- ingest ---------------------------------------------------------------------
 
@@ -151,27 +149,14 @@ class WindowStore:
         return (t_ns // self.config.window_ns) * self.config.window_ns
 
     def summaries(self, query: SummaryQuery) -> list[GroupSummary]:
-        """Merge the windows overlapping [start, end) per metric and label group.
-
-        The answer is shared with later identical queries until the store changes:
-        callers must not modify it.
-        """
-        cached = self._answers.get(query)
-        if cached is not None and cached[0] == self.version:
-            return cached[1]
-        answer = self._compute(query)
-        if len(self._answers) >= _MAX_CACHED_ANSWERS:
-            self._answers.clear()
-        self._answers[query] = (self.version, answer)
-        return answer
-
-    def _compute(self, query: SummaryQuery) -> list[GroupSummary]:
+        """Merge the windows overlapping [start, end) per metric and label group."""
         window_ns = self.config.window_ns
         first_id = None if query.start_ns is None else query.start_ns // window_ns
         # a window [w*W, (w+1)*W) overlaps [start, end) when w*W < end
         last_id = None if query.end_ns is None else (query.end_ns - 1) // window_ns
         wanted = dict(query.label_filter)
-        groups: dict[tuple[str, Labels], GroupSummary] = {}
+        # per group: the windows to merge, the window id range, the newest observation
+        parts: dict[tuple[str, Labels], tuple[list[Summary], list[int]]] = {}
         for key, series in self._series.items():
             if query.metrics and key.metric not in query.metrics:
                 continue
@@ -187,20 +172,22 @@ class WindowStore:
             if not ids:
                 continue
             group_labels = tuple((k, v) for k, v in key.labels if k in query.group_by)
-            gkey = (key.metric, group_labels)
-            merged = Summary.merge_all(series.windows[w] for w in ids)
-            lo, hi = min(ids) * window_ns, (max(ids) + 1) * window_ns
-            group = groups.get(gkey)
-            if group is None:
-                groups[gkey] = GroupSummary(
-                    key.metric, group_labels, merged, lo, hi, series.last_time_ns
+            summaries, bounds = parts.setdefault((key.metric, group_labels), ([], []))
+            summaries.extend(series.windows[w] for w in ids)
+            bounds.extend((min(ids), max(ids), series.last_time_ns))
+        out = []
+        for (metric, labels), (summaries, bounds) in sorted(parts.items()):
+            out.append(
+                GroupSummary(
+                    metric=metric,
+                    labels=labels,
+                    summary=Summary.merge_all(summaries),
+                    start_ns=min(bounds[0::3]) * window_ns,
+                    end_ns=(max(bounds[1::3]) + 1) * window_ns,
+                    data_as_of_ns=max(bounds[2::3]),
                 )
-            else:
-                group.summary.merge_from(merged)
-                group.start_ns = min(group.start_ns, lo)
-                group.end_ns = max(group.end_ns, hi)
-                group.data_as_of_ns = max(group.data_as_of_ns, series.last_time_ns)
-        return [groups[k] for k in sorted(groups)]
+            )
+        return out
 
     # -- retention ------------------------------------------------------------------
 

@@ -66,6 +66,8 @@ FloatArray = npt.NDArray[np.float64]
 
 
 def _is_int(value: object) -> TypeGuard[numbers.Integral]:
+    if type(value) is int:  # the common case, without the ABC check
+        return True
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
@@ -101,6 +103,7 @@ def bucket_lower_boundary(index: int | npt.NDArray[np.int64], scale: int) -> Flo
     return out
 
 
+@functools.cache
 @functools.cache
 def index_limits(scale: int) -> tuple[int, int]:
     """``(lowest, highest)`` index that a finite non-zero double can have at ``scale``."""
@@ -171,6 +174,43 @@ class Buckets:
         return f"Buckets(offset={self.offset}, counts={self.counts.tolist()!r})"
 
 
+def _checked_side(
+    name: str, b: object, max_buckets: int, lo_lim: int, hi_lim: int
+) -> tuple[Buckets, int]:
+    """Validate one side's buckets; return them trimmed (uint64) with their total."""
+    if not isinstance(b, Buckets):
+        raise ValueError(f"{name} must be Buckets, got {type(b).__name__}")
+    if not _is_int(b.offset):
+        raise ValueError(f"{name}.offset must be an integer, got {b.offset!r}")
+    c = b.counts
+    if not isinstance(c, np.ndarray) or c.ndim != 1:
+        raise ValueError(f"{name}.counts must be a 1-D numpy array")
+    if c.dtype.kind not in "ui":
+        raise ValueError(f"{name}.counts must have an integer dtype, got {c.dtype}")
+    if c.shape[0] == 0:
+        return Buckets(), 0
+    if c.dtype.kind == "i" and int(c.min()) < 0:
+        raise ValueError(f"{name}.counts must be non-negative")
+    offset = int(b.offset)
+    if not (offset >= _INT32_MIN and offset + c.shape[0] - 1 <= _INT32_MAX):
+        raise ValueError(f"{name} bucket indices overflow int32")
+    nz = np.flatnonzero(c)
+    if nz.shape[0] == 0:
+        return Buckets(), 0
+    first, last = offset + int(nz[0]), offset + int(nz[-1])
+    if last - first + 1 > max_buckets:
+        raise ValueError(f"{name} bucket span {last - first + 1} exceeds max_buckets {max_buckets}")
+    if first < lo_lim or last > hi_lim:
+        raise ValueError(
+            f"{name} bucket indices [{first}, {last}] outside the range of finite values: "
+            f"[{lo_lim}, {hi_lim}]"
+        )
+    if float(c.sum(dtype=np.float64)) > _COUNT_LIMIT:
+        raise ValueError("total count overflows int64")
+    kept = c[int(nz[0]) : int(nz[-1]) + 1].astype(np.uint64, copy=False)
+    return Buckets(first, kept), int(kept.sum(dtype=np.uint64))
+
+
 def _own(b: Buckets) -> Buckets:
     """Trimmed, writable, C-contiguous uint64 buckets; returns ``b`` itself when already so."""
     c = b.counts
@@ -216,6 +256,13 @@ def _union(a: tuple[int, int] | None, b: tuple[int, int] | None) -> tuple[int, i
     if b is None:
         return a
     return min(a[0], b[0]), max(a[1], b[1])
+
+
+def _union_all(ranges: Iterable[tuple[int, int] | None]) -> tuple[int, int] | None:
+    out: tuple[int, int] | None = None
+    for r in ranges:
+        out = _union(out, r)
+    return out
 
 
 def _fit_shift(ranges: Sequence[tuple[int, int] | None], max_buckets: int, scale: int) -> int:
@@ -340,21 +387,26 @@ class ExponentialHistogram:
         zero_threshold: float = 0.0,
         max_buckets: int = DEFAULT_MAX_BUCKETS,
     ) -> ExponentialHistogram:
-        """Build from decoded fields; validates (``ValueError``) and normalises the buckets."""
+        """Build from decoded fields; validates (``ValueError``) and normalises the buckets.
+
+        Checks what :meth:`validate` checks, in one lean pass per side: this is the path
+        every summary received over the wire takes.
+        """
+        _check_params(scale, max_buckets, zero_threshold)
+        if not _is_int(zero_count) or int(zero_count) < 0:
+            raise ValueError(f"zero_count must be a non-negative integer, got {zero_count!r}")
+        lo_lim, hi_lim = index_limits(int(scale))
+        pos, pos_total = _checked_side("positive", positive, int(max_buckets), lo_lim, hi_lim)
+        neg, neg_total = _checked_side("negative", negative, int(max_buckets), lo_lim, hi_lim)
+        if int(zero_count) + pos_total + neg_total > _COUNT_LIMIT:
+            raise ValueError("total count overflows int64")
         h = cls.__new__(cls)
-        h.scale = scale
-        h.max_buckets = max_buckets
-        h.zero_threshold = zero_threshold
-        h.zero_count = zero_count
-        h.positive = positive
-        h.negative = negative
-        h.validate()
         h.scale = int(scale)
         h.max_buckets = int(max_buckets)
         h.zero_threshold = float(zero_threshold)
         h.zero_count = int(zero_count)
-        h.positive = Buckets(int(positive.offset), np.asarray(positive.counts)).trimmed()
-        h.negative = Buckets(int(negative.offset), np.asarray(negative.counts)).trimmed()
+        h.positive = pos
+        h.negative = neg
         return h
 
     @classmethod
@@ -371,14 +423,17 @@ class ExponentialHistogram:
 
     @classmethod
     def merge_all(cls, items: Iterable[ExponentialHistogram]) -> ExponentialHistogram:
-        """Merge any number of histograms (empty iterable: a default empty histogram)."""
-        it = iter(items)
-        first = next(it, None)
-        if first is None:
+        """Merge any number of histograms in one pass (empty iterable: an empty histogram).
+
+        Equivalent to folding :meth:`merge_from`, but each bucket array is added once into a
+        single output, so merging many summaries costs one array operation per summary.
+        """
+        hs = list(items)
+        if not hs:
             return cls()
-        out = first.copy()
-        for h in it:
-            out.merge_from(h)
+        out = hs[0].copy()
+        if len(hs) > 1:
+            out._merge_many(hs)
         return out
 
     def copy(self) -> ExponentialHistogram:
@@ -472,28 +527,27 @@ class ExponentialHistogram:
 
     def merge_from(self, other: ExponentialHistogram) -> None:
         """Merge ``other`` into ``self`` (``other`` is not modified)."""
-        if not isinstance(other, ExponentialHistogram):
-            raise TypeError(f"cannot merge ExponentialHistogram with {type(other).__name__}")
-        scale = min(self.scale, other.scale)
-        threshold = max(self.zero_threshold, other.zero_threshold)
-        max_buckets = max(self.max_buckets, other.max_buckets)
-        zero_count = int(self.zero_count) + int(other.zero_count)
-        pos = [
-            _maybe_shift(_own(self.positive), self.scale - scale),
-            _maybe_shift(_own(other.positive), other.scale - scale),
-        ]
-        neg = [
-            _maybe_shift(_own(self.negative), self.scale - scale),
-            _maybe_shift(_own(other.negative), other.scale - scale),
-        ]
+        self._merge_many([self, other])
+
+    def _merge_many(self, hs: Sequence[ExponentialHistogram]) -> None:
+        """Set ``self`` to the merge of ``hs`` (which may include ``self``; none is modified)."""
+        for h in hs:
+            if not isinstance(h, ExponentialHistogram):
+                raise TypeError(f"cannot merge ExponentialHistogram with {type(h).__name__}")
+        scale = min(h.scale for h in hs)
+        threshold = max(h.zero_threshold for h in hs)
+        max_buckets = max(h.max_buckets for h in hs)
+        zero_count = sum(int(h.zero_count) for h in hs)
+        pos = [_maybe_shift(_own(h.positive), h.scale - scale) for h in hs]
+        neg = [_maybe_shift(_own(h.negative), h.scale - scale) for h in hs]
         if threshold > 0.0:
             limit = bucket_index(threshold, scale)
             for parts in (pos, neg):
                 for i, part in enumerate(parts):
                     parts[i], moved = _drop_below(part, limit)
                     zero_count += moved
-        prange = _union(pos[0].index_range(), pos[1].index_range())
-        nrange = _union(neg[0].index_range(), neg[1].index_range())
+        prange = _union_all(p.index_range() for p in pos)
+        nrange = _union_all(p.index_range() for p in neg)
         k = _fit_shift((prange, nrange), max_buckets, scale)
         new_pos = _sum_buckets([_maybe_shift(p, k) for p in pos])
         new_neg = _sum_buckets([_maybe_shift(p, k) for p in neg])

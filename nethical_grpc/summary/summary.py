@@ -69,15 +69,16 @@ class Summary:
 
     @classmethod
     def merge_all(cls, items: Iterable[Summary]) -> Summary:
-        """Merge any number of summaries (empty iterable: an empty default summary)."""
-        it = iter(items)
-        first = next(it, None)
-        if first is None:
+        """Merge any number of summaries in one pass (empty iterable: an empty summary)."""
+        parts = list(items)
+        if not parts:
             return cls()
-        out = first.copy()
-        for s in it:
-            out.merge_from(s)
-        return out
+        if len(parts) == 1:
+            return parts[0].copy()
+        return cls(
+            Moments.merge_all(p.moments for p in parts),
+            ExponentialHistogram.merge_all(p.histogram for p in parts),
+        )
 
     def copy(self) -> Summary:
         return Summary(self.moments.copy(), self.histogram.copy())
