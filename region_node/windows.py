@@ -161,8 +161,8 @@ class WindowStore:
             if query.metrics and key.metric not in query.metrics:
                 continue
             if wanted:
-                labels = dict(key.labels)
-                if any(labels.get(k) != v for k, v in wanted.items()):
+                have = dict(key.labels)
+                if any(have.get(k) != v for k, v in wanted.items()):
                     continue
             ids = [
                 w
@@ -176,11 +176,11 @@ class WindowStore:
             summaries.extend(series.windows[w] for w in ids)
             bounds.extend((min(ids), max(ids), series.last_time_ns))
         out = []
-        for (metric, labels), (summaries, bounds) in sorted(parts.items()):
+        for (metric, group), (summaries, bounds) in sorted(parts.items(), key=lambda kv: kv[0]):
             out.append(
                 GroupSummary(
                     metric=metric,
-                    labels=labels,
+                    labels=group,
                     summary=Summary.merge_all(summaries),
                     start_ns=min(bounds[0::3]) * window_ns,
                     end_ns=(max(bounds[1::3]) + 1) * window_ns,
