@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
 from nethical_grpc.server_runtime import MeshServer, start_server
+from nethical_grpc.summary import _kernels
 from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
 from region_node.node import NodeIdentity, RegionNode
 from region_node.servicer import RegionNodeServicer
@@ -34,6 +35,7 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
         instance_id=config.instance_id or f"{config.region_id}-{config.port or 'auto'}",
         region_scope=config.region_scope,
     )
+    _kernels.warmup()  # compile (or load cached) JIT kernels before the first batch
     node = RegionNode(identity, config.windows)
     servicer = RegionNodeServicer(node)
     mesh = await start_server(

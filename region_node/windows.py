@@ -137,6 +137,11 @@ class WindowStore:
     def _window(self, series: _Series, window_id: int) -> Summary:
         summary = series.windows.get(window_id)
         if summary is None:
+            if series.windows:
+                # the newest window so far is most likely closed now: shrink its sketch
+                newest = max(series.windows)
+                if newest < window_id:
+                    series.windows[newest].compact()
             summary = Summary(
                 scale=self.config.histogram_scale, max_buckets=self.config.max_buckets
             )

@@ -211,6 +211,18 @@ def _checked_side(
     return Buckets(first, kept), int(kept.sum(dtype=np.uint64))
 
 
+def _narrowed(b: Buckets) -> Buckets:
+    """``b`` with counts in the narrowest unsigned dtype that holds them."""
+    c = b.counts
+    if c.shape[0] == 0:
+        return b
+    top = int(c.max())
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if top <= np.iinfo(dtype).max:
+            return Buckets(b.offset, c.astype(dtype))
+    return b
+
+
 def _own(b: Buckets) -> Buckets:
     """Trimmed, writable, C-contiguous uint64 buckets; returns ``b`` itself when already so."""
     c = b.counts
@@ -516,6 +528,15 @@ class ExponentialHistogram:
         self.positive = _shift(_own(self.positive), step)
         self.negative = _shift(_own(self.negative), step)
         self.scale -= step
+
+    def compact(self) -> None:
+        """Keep counts in the narrowest dtype that holds them (uint8 for most windows).
+
+        For histograms that are no longer updated, such as closed windows. Every
+        operation widens the counts back to uint64 first, so results are unchanged.
+        """
+        self.positive = _narrowed(self.positive)
+        self.negative = _narrowed(self.negative)
 
     # ---------------------------------------------------------------- merging
 

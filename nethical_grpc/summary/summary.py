@@ -80,6 +80,10 @@ class Summary:
             ExponentialHistogram.merge_all(p.histogram for p in parts),
         )
 
+    def compact(self) -> None:
+        """Shrink the sketch's memory once it is no longer updated (see the histogram's)."""
+        self.histogram.compact()
+
     def copy(self) -> Summary:
         return Summary(self.moments.copy(), self.histogram.copy())
 

@@ -109,3 +109,25 @@ def test_group_by_merges_other_labels() -> None:
     ]
     filtered = store.summaries(SummaryQuery(label_filter=(("t", "x"),)))
     assert filtered[0].summary.count == 7
+
+
+def test_closed_windows_are_compacted_without_changing_answers() -> None:
+    now = 1_000 * S
+    store = WindowStore(WindowConfig(window_ns=10 * S), clock=Clock(now))
+    rng = np.random.default_rng(5)
+    data = [10 ** rng.uniform(0, 4, size=300) for _ in range(3)]
+    for k, values in enumerate(data):
+        ingest(store, batch("m", values, now - (2 - k) * 10 * S), now)
+    [g] = store.summaries(SummaryQuery())
+    pooled = np.concatenate(data)
+    assert g.summary.count == pooled.size
+    for q in (0.1, 0.5, 0.99):
+        exact = np.quantile(pooled, q, method="lower")
+        assert abs(g.summary.quantile(q) - exact) <= g.summary.relative_error * exact * 1.000001
+    series = store._series[SeriesKey("m", ())]
+    dtypes = [series.windows[w].histogram.positive.counts.dtype for w in sorted(series.windows)]
+    assert dtypes[:2] == [np.uint8, np.uint8]  # closed windows shrank
+    assert dtypes[2] == np.uint64  # the current one did not
+    # late data for a closed window still lands (and widens it again)
+    ingest(store, batch("m", np.full(400, 7.0), now - 20 * S), now)
+    assert store.summaries(SummaryQuery())[0].summary.count == pooled.size + 400
