@@ -194,10 +194,15 @@ def _checked_side(
     offset = int(b.offset)
     if not (offset >= _INT32_MIN and offset + c.shape[0] - 1 <= _INT32_MAX):
         raise ValueError(f"{name} bucket indices overflow int32")
-    nz = np.flatnonzero(c)
-    if nz.shape[0] == 0:
-        return Buckets(), 0
-    first, last = offset + int(nz[0]), offset + int(nz[-1])
+    n = c.shape[0]
+    if c[0] != 0 and c[n - 1] != 0:  # already trimmed, as senders write them
+        lead, trail = 0, n - 1
+    else:
+        nz = np.flatnonzero(c)
+        if nz.shape[0] == 0:
+            return Buckets(), 0
+        lead, trail = int(nz[0]), int(nz[-1])
+    first, last = offset + lead, offset + trail
     if last - first + 1 > max_buckets:
         raise ValueError(f"{name} bucket span {last - first + 1} exceeds max_buckets {max_buckets}")
     if first < lo_lim or last > hi_lim:
@@ -205,10 +210,13 @@ def _checked_side(
             f"{name} bucket indices [{first}, {last}] outside the range of finite values: "
             f"[{lo_lim}, {hi_lim}]"
         )
-    if float(c.sum(dtype=np.float64)) > _COUNT_LIMIT:
+    approx_total = float(c.sum(dtype=np.float64))
+    if approx_total > _COUNT_LIMIT:
         raise ValueError("total count overflows int64")
-    kept = c[int(nz[0]) : int(nz[-1]) + 1].astype(np.uint64, copy=False)
-    return Buckets(first, kept), int(kept.sum(dtype=np.uint64))
+    kept = c[lead : trail + 1].astype(np.uint64, copy=False)
+    # a float sum of integers is exact below 2**53
+    total = int(approx_total) if approx_total < 2.0**53 else int(kept.sum(dtype=np.uint64))
+    return Buckets(first, kept), total
 
 
 def _narrowed(b: Buckets) -> Buckets:
@@ -692,6 +700,8 @@ def _check_params(scale: object, max_buckets: object, zero_threshold: object) ->
         raise ValueError(
             f"max_buckets must be an integer >= {MIN_MAX_BUCKETS}, got {max_buckets!r}"
         )
+    if type(zero_threshold) is float and 0.0 <= zero_threshold < math.inf:
+        return
     if (
         not isinstance(zero_threshold, numbers.Real)
         or isinstance(zero_threshold, bool)
