@@ -2,7 +2,9 @@
 
 Each region node is its own process with 10 metrics x 10 label sets; the coordinator is
 another process; the client here asks for every metric (grouped by metric) with p50,
-p90 and p99 and the per-region breakdown off.
+p90 and p99 and the per-region breakdown off. In the same run, the client also times a
+bare parallel fan-out of health Checks straight to the same region processes: the cost
+of N unary calls on this machine, with no coordinator and no summaries.
 
     python bench/federation.py [--regions 10 50] [--queries 300]
 """
@@ -37,6 +39,22 @@ async def load_region(port: int, seed: int) -> None:
     ]
     async with client.insecure_channel(f"127.0.0.1:{port}") as ch:
         await client.ingest(ch, batches)
+
+
+async def bare_fanout(ports: list[int], rounds: int) -> np.ndarray:
+    channels = [client.insecure_channel(f"127.0.0.1:{p}") for p in ports]
+    try:
+        for _ in range(20):
+            await asyncio.gather(*(client.check_health(ch) for ch in channels))
+        out = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            await asyncio.gather(*(client.check_health(ch) for ch in channels))
+            out.append((time.perf_counter() - t0) * 1e3)
+        return np.array(out)
+    finally:
+        for ch in channels:
+            await ch.close(None)
 
 
 async def run(n_regions: int, queries: int, workdir: Path) -> dict[str, object]:
@@ -79,6 +97,9 @@ async def run(n_regions: int, queries: int, workdir: Path) -> dict[str, object]:
                 resp = await client.global_metrics(ch, opts, timeout=10)
                 latencies.append((time.perf_counter() - t0) * 1e3)
                 assert resp.coverage.complete
+        # the floor in the same run: a bare parallel fan-out of grpc.health.v1 Check from
+        # this client straight to the same region processes (no coordinator, no summaries)
+        bare = await bare_fanout(ports, queries)
         lat = np.array(latencies)
         return {
             "regions": n_regions,
@@ -88,6 +109,8 @@ async def run(n_regions: int, queries: int, workdir: Path) -> dict[str, object]:
             "p50_ms": round(float(np.percentile(lat, 50)), 2),
             "p99_ms": round(float(np.percentile(lat, 99)), 2),
             "mean_ms": round(float(lat.mean()), 2),
+            "bare_health_fanout_p50_ms": round(float(np.percentile(bare, 50)), 2),
+            "bare_health_fanout_p99_ms": round(float(np.percentile(bare, 99)), 2),
         }
     finally:
         for c in reversed(children):
