@@ -174,6 +174,27 @@ class Buckets:
         return f"Buckets(offset={self.offset}, counts={self.counts.tolist()!r})"
 
 
+def _checked_parts(
+    scale: object,
+    max_buckets: object,
+    zero_threshold: object,
+    zero_count: object,
+    positive: object,
+    negative: object,
+) -> tuple[Buckets, Buckets]:
+    """Validate a histogram's fields (``ValueError``); return both sides trimmed, uint64."""
+    _check_params(scale, max_buckets, zero_threshold)
+    if not _is_int(zero_count) or int(zero_count) < 0:
+        raise ValueError(f"zero_count must be a non-negative integer, got {zero_count!r}")
+    lo_lim, hi_lim = index_limits(int(scale))  # type: ignore[call-overload]
+    limit = int(max_buckets)  # type: ignore[call-overload]
+    pos, pos_total = _checked_side("positive", positive, limit, lo_lim, hi_lim)
+    neg, neg_total = _checked_side("negative", negative, limit, lo_lim, hi_lim)
+    if int(zero_count) + pos_total + neg_total > _COUNT_LIMIT:
+        raise ValueError("total count overflows int64")
+    return pos, neg
+
+
 def _checked_side(
     name: str, b: object, max_buckets: int, lo_lim: int, hi_lim: int
 ) -> tuple[Buckets, int]:
@@ -412,14 +433,9 @@ class ExponentialHistogram:
         Checks what :meth:`validate` checks, in one lean pass per side: this is the path
         every summary received over the wire takes.
         """
-        _check_params(scale, max_buckets, zero_threshold)
-        if not _is_int(zero_count) or int(zero_count) < 0:
-            raise ValueError(f"zero_count must be a non-negative integer, got {zero_count!r}")
-        lo_lim, hi_lim = index_limits(int(scale))
-        pos, pos_total = _checked_side("positive", positive, int(max_buckets), lo_lim, hi_lim)
-        neg, neg_total = _checked_side("negative", negative, int(max_buckets), lo_lim, hi_lim)
-        if int(zero_count) + pos_total + neg_total > _COUNT_LIMIT:
-            raise ValueError("total count overflows int64")
+        pos, neg = _checked_parts(
+            scale, max_buckets, zero_threshold, zero_count, positive, negative
+        )
         h = cls.__new__(cls)
         h.scale = int(scale)
         h.max_buckets = int(max_buckets)
@@ -632,42 +648,14 @@ class ExponentialHistogram:
 
     def validate(self) -> None:
         """Raise ``ValueError`` if the fields do not form a usable histogram."""
-        _check_params(self.scale, self.max_buckets, self.zero_threshold)
-        if not _is_int(self.zero_count) or int(self.zero_count) < 0:
-            raise ValueError(f"zero_count must be a non-negative integer, got {self.zero_count!r}")
-        total = float(int(self.zero_count))
-        lo_lim, hi_lim = index_limits(int(self.scale))
-        for name, b in (("positive", self.positive), ("negative", self.negative)):
-            if not isinstance(b, Buckets):
-                raise ValueError(f"{name} must be Buckets, got {type(b).__name__}")
-            if not _is_int(b.offset):
-                raise ValueError(f"{name}.offset must be an integer, got {b.offset!r}")
-            c = b.counts
-            if not isinstance(c, np.ndarray) or c.ndim != 1:
-                raise ValueError(f"{name}.counts must be a 1-D numpy array")
-            if c.dtype.kind not in "ui":
-                raise ValueError(f"{name}.counts must have an integer dtype, got {c.dtype}")
-            if c.dtype.kind == "i" and c.size and int(c.min()) < 0:
-                raise ValueError(f"{name}.counts must be non-negative")
-            offset = int(b.offset)
-            if c.size and not (offset >= _INT32_MIN and offset + c.shape[0] - 1 <= _INT32_MAX):
-                raise ValueError(f"{name} bucket indices overflow int32")
-            nz = np.flatnonzero(c)
-            if nz.size == 0:
-                continue
-            first, last = offset + int(nz[0]), offset + int(nz[-1])
-            if last - first + 1 > int(self.max_buckets):
-                raise ValueError(
-                    f"{name} bucket span {last - first + 1} exceeds max_buckets {self.max_buckets}"
-                )
-            if first < lo_lim or last > hi_lim:
-                raise ValueError(
-                    f"{name} bucket indices [{first}, {last}] outside the range of finite "
-                    f"values at scale {self.scale}: [{lo_lim}, {hi_lim}]"
-                )
-            total += float(c.sum(dtype=np.float64))
-        if total > _COUNT_LIMIT:
-            raise ValueError("total count overflows int64")
+        _checked_parts(
+            self.scale,
+            self.max_buckets,
+            self.zero_threshold,
+            self.zero_count,
+            self.positive,
+            self.negative,
+        )
 
     # ---------------------------------------------------------------- dunder
 
