@@ -11,7 +11,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from typing import Any, NoReturn, ParamSpec, Self, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -33,34 +33,23 @@ class FieldViolation:
 
 @dataclass
 class MeshError(Exception):
-    """Base of the errors that map to a status code."""
+    """Base of the errors that map to a status code, with optional field violations."""
 
     message: str
     reason: str = "ERROR"
     metadata: Mapping[str, str] = field(default_factory=dict)
-
+    field_violations: Sequence[FieldViolation] = ()
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
     def __str__(self) -> str:
         return self.message
 
     def violations(self) -> Sequence[FieldViolation]:
-        return ()
-
-
-@dataclass
-class InvalidArgument(MeshError):
-    """Bad input; carries the field violations."""
-
-    field_violations: Sequence[FieldViolation] = ()
-    reason: str = "INVALID_ARGUMENT"
-    code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT
-
-    def violations(self) -> Sequence[FieldViolation]:
         return self.field_violations
 
     @classmethod
-    def single(cls, field_path: str, description: str, **kwargs: Any) -> InvalidArgument:
+    def single(cls, field_path: str, description: str, **kwargs: Any) -> Self:
+        """An error about one field."""
         return cls(
             message=f"{field_path}: {description}",
             field_violations=(FieldViolation(field_path, description),),
@@ -69,15 +58,19 @@ class InvalidArgument(MeshError):
 
 
 @dataclass
+class InvalidArgument(MeshError):
+    """Bad input."""
+
+    reason: str = "INVALID_ARGUMENT"
+    code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT
+
+
+@dataclass
 class ResourceExhausted(MeshError):
     """A bound was hit (cardinality, size)."""
 
-    field_violations: Sequence[FieldViolation] = ()
     reason: str = "RESOURCE_EXHAUSTED"
     code: grpc.StatusCode = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-    def violations(self) -> Sequence[FieldViolation]:
-        return self.field_violations
 
 
 @dataclass
