@@ -1,0 +1,665 @@
+"""Client-side load balancer: pools of usable instances, routing, ejection, statistics.
+
+Every membership change (add/remove, health flip, ejection and its end) rebuilds the
+affected pools under the lock, so a pick is a dictionary lookup plus the strategy's
+O(1) step. The lock is a ``threading.Lock`` held only for bookkeeping (never across a
+call), so sync callers on many threads and asyncio tasks on one loop can share a
+balancer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
+
+import grpc
+
+from nethical_grpc.balancing.health_watch import HealthWatcher
+from nethical_grpc.balancing.instance import ChannelFactory, HealthState, Instance
+from nethical_grpc.balancing.retry import (
+    NoAvailableInstanceError,
+    RetryPolicy,
+    RetryState,
+    is_backend_fault,
+    reset_attempt_deadline,
+    set_attempt_deadline,
+)
+from nethical_grpc.balancing.strategies import LoadBalancingStrategy, Picker, make_picker
+
+T = TypeVar("T")
+
+_DEADLINE_SLACK_S = 0.005
+
+
+class InstanceListener(Protocol):
+    """Told about membership changes (the health watcher starts/stops its streams)."""
+
+    def instance_added(self, inst: Instance) -> None: ...
+
+    def instance_removed(self, inst: Instance) -> None: ...
+
+
+class _Expiry:
+    """Timer callback that cancels the attempt's task and remembers it did."""
+
+    __slots__ = ("fired", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.fired = False
+
+    def __call__(self) -> None:
+        self.fired = True
+        self.task.cancel()
+
+
+def _bound_by(awaitable: Awaitable[Any], deadline: float) -> bool:
+    """A gRPC call whose own deadline is no later than ``deadline`` needs no timer."""
+    if not isinstance(awaitable, grpc.aio.Call):
+        return False
+    own = awaitable.time_remaining()
+    return own is not None and own <= deadline - time.monotonic() + _DEADLINE_SLACK_S
+
+
+async def _with_deadline(
+    loop: asyncio.AbstractEventLoop, awaitable: Awaitable[T], deadline: float
+) -> T:
+    """Await with a cut-off at ``deadline`` (time.monotonic); TimeoutError when hit.
+
+    ``asyncio.timeout_at`` with one timer handle and nothing else: the attempt path is
+    hot. A gRPC call already carrying a deadline no later than ours (a call that passed
+    :func:`remaining_timeout` to the stub) skips this: gRPC enforces it (see _bound_by).
+    """
+    task = asyncio.current_task()
+    if task is None:  # not inside a task (unusual): nothing to cancel
+        return await awaitable
+    expiry = _Expiry(task)
+    handle = loop.call_at(loop.time() + (deadline - time.monotonic()), expiry)
+    try:
+        return await awaitable
+    except asyncio.CancelledError:
+        if expiry.fired and task.uncancel() == 0:
+            raise TimeoutError("attempt deadline exceeded") from None
+        raise
+    finally:
+        handle.cancel()
+
+
+class _Pool:
+    __slots__ = ("members", "picker")
+
+    def __init__(self, picker: Picker) -> None:
+        self.members: list[Instance] = []
+        self.picker = picker
+
+    def reset(self, members: list[Instance]) -> None:
+        self.members = members
+        self.picker.reset(members)
+
+
+class LoadBalancer:
+    """Picks instances for calls and runs calls with retries, ejection and statistics.
+
+    Outlier ejection never takes the last instances away: when every healthy instance
+    is ejected, the one due back soonest is used (and counted as a panic pick).
+
+    Deadlines: ``timeout`` bounds the whole call (attempts and backoff), and each
+    attempt's deadline (the earlier of ``attempt_timeout`` and what is left) is handed to
+    the call as :func:`remaining_timeout`, for gRPC's own ``timeout=``. Async attempts
+    are also cut off by the balancer (a timer that cancels the attempt) unless the call
+    returns a gRPC call already bound by that deadline, or ``enforce_deadlines=False``.
+
+    ``region_id`` on a pick: REGION_AWARE routes to that region, else to the nearest
+    region with a usable instance (the configured ``proximity`` order for that region,
+    then measured EWMA latency); the other strategies restrict the pick to that region
+    when it has a usable instance and use every instance otherwise. Without a
+    ``region_id`` every strategy picks among all usable instances (REGION_AWARE rotates).
+    """
+
+    def __init__(
+        self,
+        strategy: LoadBalancingStrategy = LoadBalancingStrategy.ROUND_ROBIN,
+        max_retries: int = 2,
+        proximity: Mapping[str, Sequence[str]] | None = None,
+        *,
+        retry_policy: RetryPolicy | None = None,
+        ewma_alpha: float = 0.2,
+        ejection_threshold: int = 3,
+        ejection_base_s: float = 1.0,
+        ejection_max_s: float = 30.0,
+        latency_refresh_s: float = 1.0,
+        enforce_deadlines: bool = True,
+        channel_factory: ChannelFactory | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        seed: int | None = None,
+    ) -> None:
+        if not 0.0 < ewma_alpha <= 1.0:
+            raise ValueError("ewma_alpha must be in (0, 1]")
+        if ejection_threshold < 1:
+            raise ValueError("ejection_threshold must be >= 1")
+        self.strategy = strategy
+        self.retry_policy = retry_policy or RetryPolicy(max_retries=max_retries)
+        self.proximity: dict[str, tuple[str, ...]] = {
+            r: tuple(order) for r, order in (proximity or {}).items()
+        }
+        self.ewma_alpha = ewma_alpha
+        self.ejection_threshold = ejection_threshold
+        self.ejection_base_s = ejection_base_s
+        self.ejection_max_s = ejection_max_s
+        self.latency_refresh_s = latency_refresh_s
+        self.enforce_deadlines = enforce_deadlines
+        self.channel_factory = channel_factory
+        self._clock = clock
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._instances: dict[str, Instance] = {}
+        self._all = self._new_pool()
+        self._regions: dict[str, _Pool] = {}
+        self._track_load = strategy is LoadBalancingStrategy.LEAST_CONNECTIONS
+        self._region_aware = strategy is LoadBalancingStrategy.REGION_AWARE
+        # home region -> (pool routed to, valid until); cleared on every pool change
+        self._fallback: dict[str, tuple[_Pool | None, float]] = {}
+        self._ejected: set[Instance] = set()
+        self._next_return = math.inf
+        self._listeners: list[InstanceListener] = []
+        self._watcher: HealthWatcher | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+        self._calls = 0
+        self._call_failures = 0
+        self._retries = 0
+        self._panic_picks = 0
+
+    def _new_pool(self) -> _Pool:
+        return _Pool(make_picker(self.strategy, self._rng))
+
+    # -- membership ------------------------------------------------------------------
+
+    def add_instance(
+        self, instance_id: str, region_id: str, endpoint: str, weight: int = 1
+    ) -> Instance:
+        """Add an instance; the same id again updates it in place (no duplicate)."""
+        if weight < 1:
+            raise ValueError("weight must be >= 1")
+        old_channel: grpc.aio.Channel | None = None
+        with self._lock:
+            inst = self._instances.get(instance_id)
+            created = inst is None
+            if inst is None:
+                inst = Instance(
+                    instance_id, region_id, endpoint, weight, channel_factory=self.channel_factory
+                )
+                self._instances[instance_id] = inst
+                moved_from = None
+            else:
+                moved_from = inst.region_id if inst.region_id != region_id else None
+                if inst.endpoint != endpoint:
+                    old_channel = inst.take_channel()
+                    inst.health = HealthState.UNKNOWN
+                inst.endpoint, inst.region_id, inst.weight = endpoint, region_id, weight
+            self._rebuild(region_id, moved_from)
+            listeners = list(self._listeners)
+        if old_channel is not None or created:
+            for listener in listeners:
+                if not created:
+                    listener.instance_removed(inst)
+                listener.instance_added(inst)
+        if old_channel is not None:
+            self._close_later(old_channel)
+        return inst
+
+    def remove_instance(self, instance_id: str) -> bool:
+        with self._lock:
+            inst = self._instances.pop(instance_id, None)
+            if inst is None:
+                return False
+            self._ejected.discard(inst)
+            self._rebuild(inst.region_id)
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener.instance_removed(inst)
+        channel = inst.take_channel()
+        if channel is not None:
+            self._close_later(channel)
+        return True
+
+    def instances(self) -> list[Instance]:
+        with self._lock:
+            return list(self._instances.values())
+
+    def instance(self, instance_id: str) -> Instance | None:
+        return self._instances.get(instance_id)
+
+    def add_listener(self, listener: InstanceListener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: InstanceListener) -> None:
+        with self._lock, contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    def set_health(self, instance: str | Instance, health: HealthState) -> None:
+        """Record a health report; takes effect for the very next pick."""
+        with self._lock:
+            inst = self._resolve(instance)
+            if inst is None or inst.health is health:
+                return
+            was = inst.available
+            inst.health = health
+            if inst.available != was:
+                self._rebuild(inst.region_id)
+
+    def _resolve(self, instance: str | Instance) -> Instance | None:
+        if isinstance(instance, Instance):
+            return instance if self._instances.get(instance.instance_id) is instance else None
+        return self._instances.get(instance)
+
+    def _rebuild(self, region_id: str, also: str | None = None) -> None:
+        """Recompute the global pool and the named regions' pools (lock held)."""
+        usable = [i for i in self._instances.values() if i.available]
+        self._all.reset(usable)
+        for rid in (region_id, also):
+            if rid is None:
+                continue
+            pool = self._regions.get(rid)
+            if pool is None:
+                pool = self._regions[rid] = self._new_pool()
+            pool.reset([i for i in usable if i.region_id == rid])
+            if not pool.members and not any(i.region_id == rid for i in self._instances.values()):
+                del self._regions[rid]
+        self._fallback.clear()
+
+    # -- picking ---------------------------------------------------------------------
+
+    def get_instance(
+        self, region_id: str | None = None, exclude: Iterable[str | Instance] = ()
+    ) -> Instance | None:
+        """A usable instance by the strategy, or None when there is none.
+
+        ``exclude`` (instance ids or instances) is skipped when another usable instance
+        exists; retries pass the instances already tried.
+        """
+        with self._lock:
+            if self._ejected and self._next_return <= self._clock():
+                self._return_ejected()
+            if exclude:
+                excluded = {e.instance_id if isinstance(e, Instance) else e for e in exclude}
+                return self._pick_excluding(region_id, excluded) or self._panic(region_id)
+            if region_id is None:
+                pool = self._all
+            else:
+                region = self._regions.get(region_id)
+                if region is not None and region.members:
+                    pool = region
+                elif self._region_aware:
+                    routed = self._route(region_id)
+                    if routed is None:
+                        return self._panic(region_id)
+                    pool = routed
+                else:
+                    pool = self._all
+            if not pool.members:
+                return self._panic(region_id)
+            return pool.picker.pick()
+
+    def _panic(self, region_id: str | None) -> Instance | None:
+        """Nothing usable: rather than fail every call, use the healthy ejected instance
+        (preferring ``region_id``) that is due back soonest (Envoy's "panic" routing).
+        """
+        ejected = [i for i in self._ejected if i.health.usable]
+        if not ejected:
+            return None
+        home = [i for i in ejected if i.region_id == region_id]
+        self._panic_picks += 1
+        return min(home or ejected, key=lambda i: (i.ejected_until or 0.0, i.instance_id))
+
+    def _route(self, region_id: str) -> _Pool | None:
+        """The pool of the nearest region with usable instances (cached per change)."""
+        cached = self._fallback.get(region_id)
+        if cached is not None and (cached[1] == math.inf or cached[1] > self._clock()):
+            return cached[0]
+        order, by_latency = self._order(region_id)
+        pool = next((self._regions[r] for r in order if self._regions[r].members), None)
+        valid_until = self._clock() + self.latency_refresh_s if by_latency else math.inf
+        self._fallback[region_id] = (pool, valid_until)
+        return pool
+
+    def _order(self, region_id: str) -> tuple[list[str], bool]:
+        """Regions after ``region_id``: configured proximity, then by EWMA latency.
+
+        Returns the order and whether it depended on latency (so must be refreshed).
+        """
+        configured = [r for r in self.proximity.get(region_id, ()) if r in self._regions]
+        for r in configured:
+            if self._regions[r].members:
+                return configured, False
+        seen = {region_id, *configured}
+        rest = [r for r in self._regions if r not in seen]
+        rest.sort(key=self._region_latency_key)
+        return configured + rest, True
+
+    def _region_latency_key(self, region_id: str) -> tuple[bool, float, str]:
+        measured = [
+            m.ewma_latency_ms
+            for m in self._regions[region_id].members
+            if m.ewma_latency_ms is not None
+        ]
+        if not measured:
+            return (True, math.inf, region_id)  # unmeasured regions last, by name
+        return (False, min(measured), region_id)
+
+    def region_order(self, region_id: str) -> list[str]:
+        """Where REGION_AWARE sends callers of ``region_id``: home first, then fallbacks."""
+        with self._lock:
+            order, _ = self._order(region_id)
+            return [region_id, *order]
+
+    def _pick_excluding(self, region_id: str | None, excluded: set[str]) -> Instance | None:
+        """Slow path (retries): a usable instance not in ``excluded`` if one exists."""
+
+        def allowed(pool: _Pool) -> list[Instance]:
+            return [m for m in pool.members if m.instance_id not in excluded]
+
+        pools: list[_Pool] = []
+        if region_id is not None and region_id in self._regions:
+            pools.append(self._regions[region_id])
+        if self._region_aware and region_id is not None:
+            order, _ = self._order(region_id)
+            pools.extend(self._regions[r] for r in order)
+        pools.append(self._all)
+        for pool in pools:
+            candidates = allowed(pool)
+            if candidates:
+                return pool.picker.pick_among(candidates)
+        return None
+
+    # -- ejection --------------------------------------------------------------------
+
+    def _eject(self, inst: Instance) -> None:
+        interval = min(self.ejection_base_s * 2.0**inst.ejections, self.ejection_max_s)
+        inst.ejections += 1
+        inst.consecutive_failures = 0
+        inst.ejected_until = self._clock() + interval
+        self._ejected.add(inst)
+        self._next_return = min(self._next_return, inst.ejected_until)
+        self._rebuild(inst.region_id)
+
+    def _return_ejected(self) -> None:
+        now = self._clock()
+        back = [i for i in self._ejected if i.ejected_until is not None and i.ejected_until <= now]
+        for inst in back:
+            inst.ejected_until = None
+            self._ejected.discard(inst)
+        self._next_return = min(
+            (i.ejected_until for i in self._ejected if i.ejected_until is not None),
+            default=math.inf,
+        )
+        for region_id in {i.region_id for i in back}:
+            self._rebuild(region_id)
+
+    # -- accounting ------------------------------------------------------------------
+
+    def begin(self, inst: Instance) -> None:
+        """A call to ``inst`` starts (for callers doing their own calls)."""
+        with self._lock:
+            inst.requests += 1
+            old = inst.in_flight
+            inst.in_flight = old + 1
+            if self._track_load and inst.available:
+                self._load_changed(inst, old, old + 1)
+
+    def _load_changed(self, inst: Instance, old: int, new: int) -> None:
+        self._all.picker.load_changed(inst, old, new)
+        region = self._regions.get(inst.region_id)
+        if region is not None:
+            region.picker.load_changed(inst, old, new)
+
+    def _end(self, inst: Instance) -> None:
+        old = inst.in_flight
+        inst.in_flight = old - 1
+        if self._track_load and inst.available:
+            self._load_changed(inst, old, old - 1)
+
+    def record_success(self, inst: Instance, latency_s: float) -> None:
+        with self._lock:
+            self._end(inst)
+            ms = latency_s * 1000.0
+            prev = inst.ewma_latency_ms
+            inst.ewma_latency_ms = ms if prev is None else prev + self.ewma_alpha * (ms - prev)
+            inst.consecutive_failures = 0
+            inst.ejections = 0
+
+    def record_failure(self, inst: Instance, error: BaseException | None = None) -> None:
+        """A failed call; backend faults (not caller errors) count towards ejection."""
+        with self._lock:
+            self._end(inst)
+            inst.failures += 1
+            if error is not None and not is_backend_fault(error):
+                return
+            inst.consecutive_failures += 1
+            if (
+                inst.consecutive_failures >= self.ejection_threshold
+                and not inst.ejected
+                and self._instances.get(inst.instance_id) is inst
+            ):
+                self._eject(inst)
+
+    def record_cancelled(self, inst: Instance) -> None:
+        with self._lock:
+            self._end(inst)
+
+    # -- calls -----------------------------------------------------------------------
+
+    def _next_instance(self, region_id: str | None, state: RetryState) -> Instance:
+        inst = self.get_instance(region_id, state.tried) if state.tried else None
+        if inst is None:
+            inst = self.get_instance(region_id)
+        if inst is None:
+            raise NoAvailableInstanceError(
+                f"no usable instance (region {region_id!r})" if region_id else "no usable instance"
+            )
+        return inst
+
+    def execute_request(
+        self,
+        call: Callable[[Instance], T],
+        region_id: str | None = None,
+        timeout: float | None = None,
+        *,
+        attempt_timeout: float | None = None,
+        idempotent: bool = True,
+    ) -> T:
+        """Run ``call(instance)`` with retries (sync callers; backoff sleeps the thread).
+
+        The attempt's deadline is available to ``call`` as ``remaining_timeout()``.
+        """
+        state = RetryState(self.retry_policy, self._rng, timeout, idempotent)
+        with self._lock:
+            self._calls += 1
+        while True:
+            inst = self._next_instance(region_id, state)
+            state.attempts += 1
+            token = set_attempt_deadline(state.attempt_deadline(attempt_timeout))
+            self.begin(inst)
+            started = time.perf_counter()
+            try:
+                result = call(inst)
+            except Exception as err:
+                self.record_failure(inst, err)
+                delay = state.retry_delay(err)
+                if delay is None:
+                    self._count_failed_call()
+                    raise
+                self._count_retry(state, inst)
+                time.sleep(delay)
+                continue
+            except BaseException:
+                self.record_cancelled(inst)
+                raise
+            finally:
+                reset_attempt_deadline(token)
+            self.record_success(inst, time.perf_counter() - started)
+            return result
+
+    async def execute_request_async(
+        self,
+        call: Callable[[Instance], Awaitable[T]],
+        region_id: str | None = None,
+        timeout: float | None = None,
+        *,
+        attempt_timeout: float | None = None,
+        idempotent: bool = True,
+    ) -> T:
+        """``await call(instance)`` with retries; each attempt is cut off at its deadline."""
+        state = RetryState(self.retry_policy, self._rng, timeout, idempotent)
+        with self._lock:
+            self._calls += 1
+        loop = asyncio.get_running_loop()
+        while True:
+            inst = self._next_instance(region_id, state)
+            state.attempts += 1
+            deadline = state.attempt_deadline(attempt_timeout)
+            token = set_attempt_deadline(deadline)
+            self.begin(inst)
+            started = time.perf_counter()
+            try:
+                pending = call(inst)
+                if deadline is None or not self.enforce_deadlines or _bound_by(pending, deadline):
+                    result = await pending
+                else:
+                    result = await _with_deadline(loop, pending, deadline)
+            except Exception as err:
+                self.record_failure(inst, err)
+                delay = state.retry_delay(err)
+                if delay is None:
+                    self._count_failed_call()
+                    raise
+                self._count_retry(state, inst)
+                await asyncio.sleep(delay)
+                continue
+            except BaseException:
+                self.record_cancelled(inst)
+                raise
+            finally:
+                reset_attempt_deadline(token)
+            self.record_success(inst, time.perf_counter() - started)
+            return result
+
+    def _count_failed_call(self) -> None:
+        with self._lock:
+            self._call_failures += 1
+
+    def _count_retry(self, state: RetryState, inst: Instance) -> None:
+        state.tried.add(inst.instance_id)
+        with self._lock:
+            self._retries += 1
+
+    # -- health watching and lifecycle -----------------------------------------------
+
+    def attach_health_watcher(
+        self,
+        service: str = "",
+        backoff_initial_s: float = 0.05,
+        backoff_max_s: float = 2.0,
+    ) -> HealthWatcher:
+        """Watch every instance's ``grpc.health.v1.Health`` (started by :meth:`start`)."""
+        if self._watcher is None:
+            self._watcher = HealthWatcher(self, service, backoff_initial_s, backoff_max_s)
+        return self._watcher
+
+    @property
+    def health_watcher(self) -> HealthWatcher | None:
+        return self._watcher
+
+    async def start(self) -> None:
+        if self._watcher is not None:
+            self._watcher.start()
+
+    async def close(self) -> None:
+        """Stop health watching and close every instance's channel."""
+        if self._watcher is not None:
+            await self._watcher.close()
+        for inst in self.instances():
+            channel = inst.take_channel()
+            if channel is not None:
+                await channel.close(None)
+        while self._closing:
+            await asyncio.gather(*list(self._closing), return_exceptions=True)
+
+    async def __aenter__(self) -> LoadBalancer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _close_later(self, channel: grpc.aio.Channel) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop: nothing to schedule on; the channel is dropped
+        task = loop.create_task(channel.close(None))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    # -- statistics ------------------------------------------------------------------
+
+    def get_statistics(self) -> dict[str, Any]:
+        """Per instance and total: requests, failures, error_rate, ewma_latency_ms, ..."""
+        with self._lock:
+            now = self._clock()
+            per: dict[str, dict[str, Any]] = {}
+            for inst in self._instances.values():
+                per[inst.instance_id] = {
+                    "region_id": inst.region_id,
+                    "endpoint": inst.endpoint,
+                    "weight": inst.weight,
+                    "requests": inst.requests,
+                    "failures": inst.failures,
+                    "error_rate": inst.error_rate,
+                    "ewma_latency_ms": inst.ewma_latency_ms,
+                    "in_flight": inst.in_flight,
+                    "health": inst.health.value,
+                    "available": inst.available,
+                    "ejected": inst.ejected,
+                    "ejected_for_s": (
+                        max(inst.ejected_until - now, 0.0)
+                        if inst.ejected_until is not None
+                        else 0.0
+                    ),
+                    "consecutive_failures": inst.consecutive_failures,
+                }
+            requests = sum(s["requests"] for s in per.values())
+            failures = sum(s["failures"] for s in per.values())
+            latencies = [s["ewma_latency_ms"] for s in per.values() if s["requests"]]
+            measured = [x for x in latencies if x is not None]
+            total = {
+                "requests": requests,
+                "failures": failures,
+                "error_rate": failures / requests if requests else 0.0,
+                "ewma_latency_ms": self._weighted_latency(per) if measured else None,
+                "in_flight": sum(s["in_flight"] for s in per.values()),
+                "calls": self._calls,
+                "failed_calls": self._call_failures,
+                "retries": self._retries,
+                "instances": len(per),
+                "available_instances": len(self._all.members),
+                "ejected_instances": len(self._ejected),
+                "panic_picks": self._panic_picks,
+            }
+            return {"strategy": self.strategy.value, "instances": per, "total": total}
+
+    @staticmethod
+    def _weighted_latency(per: Mapping[str, Mapping[str, Any]]) -> float:
+        """Request-weighted mean of the instances' EWMA latencies."""
+        num = den = 0.0
+        for s in per.values():
+            if s["ewma_latency_ms"] is not None and s["requests"]:
+                num += s["ewma_latency_ms"] * s["requests"]
+                den += s["requests"]
+        return num / den if den else 0.0

@@ -1,0 +1,84 @@
+"""One backend as the balancer sees it: identity, health, ejection state and counters."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from nethical_grpc.grpc_options import channel_options
+
+ChannelFactory = Callable[[str], grpc.aio.Channel]
+
+
+class HealthState(enum.Enum):
+    """Health as reported by ``grpc.health.v1.Health/Watch`` (or set by the caller).
+
+    ``UNKNOWN`` (nothing reported yet, or no health watching) counts as usable: an
+    instance added without a watcher is picked; a watcher flips it within one update.
+    """
+
+    UNKNOWN = "unknown"
+    SERVING = "serving"
+    NOT_SERVING = "not_serving"
+    UNREACHABLE = "unreachable"
+
+    @property
+    def usable(self) -> bool:
+        return self is HealthState.SERVING or self is HealthState.UNKNOWN
+
+
+@dataclass(eq=False, slots=True)
+class Instance:
+    """A backend endpoint. Counters are updated by the balancer under its lock."""
+
+    instance_id: str
+    region_id: str
+    endpoint: str
+    weight: int = 1
+    health: HealthState = HealthState.UNKNOWN
+    requests: int = 0
+    failures: int = 0
+    in_flight: int = 0
+    ewma_latency_ms: float | None = None
+    consecutive_failures: int = 0
+    ejections: int = 0  # consecutive ejections; sets the next ejection's length
+    ejected_until: float | None = None
+    channel_factory: ChannelFactory | None = field(default=None, repr=False)
+    _channel: grpc.aio.Channel | None = field(default=None, repr=False)
+
+    @property
+    def ejected(self) -> bool:
+        return self.ejected_until is not None
+
+    @property
+    def available(self) -> bool:
+        """Eligible for picks: healthy and not ejected."""
+        return self.ejected_until is None and self.health.usable
+
+    @property
+    def error_rate(self) -> float:
+        return self.failures / self.requests if self.requests else 0.0
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """This instance's grpc.aio channel, created on first use (inside an event loop)."""
+        if self._channel is None:
+            factory = self.channel_factory or default_channel
+            self._channel = factory(self.endpoint)
+        return self._channel
+
+    @property
+    def has_channel(self) -> bool:
+        return self._channel is not None
+
+    def take_channel(self) -> grpc.aio.Channel | None:
+        """Detach the channel (for closing); the next access creates a fresh one."""
+        channel, self._channel = self._channel, None
+        return channel
+
+
+def default_channel(endpoint: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(endpoint, options=channel_options())

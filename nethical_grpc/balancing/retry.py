@@ -1,0 +1,175 @@
+"""Which failures are retried, how long to wait, and the deadlines of one logical call.
+
+Only ``UNAVAILABLE`` is retried (the backend could not take the call), plus connection
+failures that happened before the call was sent. Caller errors (``INVALID_ARGUMENT``
+and every other code) are never retried. A non-idempotent call is retried only when it
+provably never left the client.
+
+The per-attempt deadline is published through :func:`remaining_timeout` so a call can
+hand it to gRPC (``stub.Method(req, timeout=remaining_timeout())``); async attempts are
+also cut off by the balancer itself.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import random
+import time
+from dataclasses import dataclass
+
+import grpc
+
+_ATTEMPT_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "nethical_balancing_attempt_deadline", default=None
+)
+
+# Codes that say the backend is at fault (count towards outlier ejection), as opposed
+# to the caller (INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, ...).
+_BACKEND_FAULT_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+# What gRPC core says when no connection could be made (the call was never sent).
+_NOT_SENT_MARKERS = (
+    "failed to connect",
+    "connection refused",
+    "connections to all backends failing",
+    "no connection established",
+    "dns resolution failed",
+)
+
+
+class NotSentError(ConnectionError):
+    """Raise from a call when it failed before anything was sent (always retryable)."""
+
+
+class NoAvailableInstanceError(RuntimeError):
+    """No healthy, non-ejected instance to send the call to."""
+
+
+def status_code(error: BaseException) -> grpc.StatusCode | None:
+    """The gRPC status code of an error, or None for a non-gRPC error."""
+    if not isinstance(error, grpc.RpcError):
+        return None
+    code = getattr(error, "code", None)
+    if not callable(code):
+        return None
+    value = code()
+    return value if isinstance(value, grpc.StatusCode) else None
+
+
+def failed_before_send(error: BaseException) -> bool:
+    """True when the call provably never reached a backend (refused connection, ...)."""
+    if isinstance(error, ConnectionRefusedError | NotSentError):
+        return True
+    if status_code(error) is not grpc.StatusCode.UNAVAILABLE:
+        return False
+    details = getattr(error, "details", None)
+    text = str(details() if callable(details) else "") or ""
+    debug = getattr(error, "debug_error_string", None)
+    if callable(debug):
+        text += " " + str(debug() or "")
+    text = text.lower()
+    return any(marker in text for marker in _NOT_SENT_MARKERS)
+
+
+def is_retryable(error: BaseException, idempotent: bool = True) -> bool:
+    """UNAVAILABLE, or a connection failure before sending; never caller errors."""
+    if failed_before_send(error):
+        return True
+    if not idempotent:
+        return False
+    return status_code(error) is grpc.StatusCode.UNAVAILABLE
+
+
+def is_backend_fault(error: BaseException) -> bool:
+    """Whether a failure counts against the instance (for outlier ejection)."""
+    if isinstance(error, ConnectionError | TimeoutError):
+        return True
+    return status_code(error) in _BACKEND_FAULT_CODES
+
+
+def remaining_timeout(default: float | None = None) -> float | None:
+    """Seconds left in the current attempt (inside a balanced call), else ``default``."""
+    deadline = _ATTEMPT_DEADLINE.get()
+    if deadline is None:
+        return default
+    return max(deadline - time.monotonic(), 0.0)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries after the first attempt, jittered exponential backoff and deadlines.
+
+    The wait before retry ``n`` (0-based) is ``min(max, initial * multiplier**n)``
+    scaled by a uniform factor in ``[1 - jitter, 1]``.
+    """
+
+    max_retries: int = 2
+    backoff_initial_s: float = 0.01
+    backoff_max_s: float = 1.0
+    backoff_multiplier: float = 2.0
+    jitter: float = 0.5
+    attempt_timeout_s: float | None = None
+    total_timeout_s: float | None = None
+
+    def backoff_s(self, retry: int, rng: random.Random) -> float:
+        base = min(self.backoff_max_s, self.backoff_initial_s * self.backoff_multiplier**retry)
+        return base * (1.0 - self.jitter * rng.random())
+
+
+class RetryState:
+    """The bookkeeping of one logical call across its attempts."""
+
+    __slots__ = ("_deadline", "_idempotent", "_policy", "_rng", "attempts", "tried")
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        rng: random.Random,
+        timeout: float | None,
+        idempotent: bool,
+    ) -> None:
+        self._policy = policy
+        self._rng = rng
+        self._idempotent = idempotent
+        total = timeout if timeout is not None else policy.total_timeout_s
+        self._deadline = None if total is None else time.monotonic() + total
+        self.attempts = 0
+        self.tried: set[str] = set()
+
+    def attempt_deadline(self, attempt_timeout: float | None) -> float | None:
+        """Absolute deadline of the next attempt (the earlier of per-attempt and total)."""
+        per = attempt_timeout if attempt_timeout is not None else self._policy.attempt_timeout_s
+        if per is None:
+            return self._deadline
+        end = time.monotonic() + per
+        return end if self._deadline is None else min(end, self._deadline)
+
+    def expired(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+    def retry_delay(self, error: BaseException) -> float | None:
+        """Seconds to wait before retrying after ``error``, or None to give up."""
+        if self.attempts > self._policy.max_retries:
+            return None
+        if not is_retryable(error, self._idempotent):
+            return None
+        delay = self._policy.backoff_s(self.attempts - 1, self._rng)
+        if self._deadline is not None and time.monotonic() + delay >= self._deadline:
+            return None
+        return delay
+
+
+def set_attempt_deadline(deadline: float | None) -> contextvars.Token[float | None]:
+    return _ATTEMPT_DEADLINE.set(deadline)
+
+
+def reset_attempt_deadline(token: contextvars.Token[float | None]) -> None:
+    _ATTEMPT_DEADLINE.reset(token)
