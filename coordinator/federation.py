@@ -18,6 +18,7 @@ from nethical_grpc import convert
 from nethical_grpc.errors import FieldViolation, InvalidArgument, MeshError
 from nethical_grpc.series import GroupSummary, Labels, SummaryQuery
 from nethical_grpc.summary import Summary
+from nethical_grpc.validation import MAX_NAMES, check_count
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,8 @@ class Federation:
         self._rr = itertools.count()
 
     def validate(self, q: GlobalQuery) -> None:
+        check_count("regions", q.regions, MAX_NAMES)
+        check_count("region_weights", q.region_weights, MAX_NAMES)
         known = set(self.registry.region_ids)
         violations = [
             FieldViolation(f"regions[{i}]", f"unknown region {r!r}")

@@ -17,6 +17,7 @@ from nethical_grpc.summary import Buckets, ExponentialHistogram, Moments, Summar
 from nethical_grpc.v1 import coordinator_pb2, region_node_pb2, summary_pb2
 from nethical_grpc.validation import (
     MAX_ABS_VALUE,
+    MAX_LABELS,
     check_names,
     check_time_range,
     first_out_of_range,
@@ -212,7 +213,7 @@ def summary_query_from_proto(
     end_ns = optional_timestamp_ns(req, "end_time")
     check_time_range(start_ns, end_ns)
     check_names("metrics", req.metrics)
-    check_names("group_by_labels", req.group_by_labels)
+    check_names("group_by_labels", req.group_by_labels, MAX_LABELS)
     bad_filter = label_violations("label_filter", req.label_filter)
     if bad_filter:
         raise InvalidArgument(message="label_filter: invalid labels", field_violations=bad_filter)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence, Sized
 
 import numpy as np
 
@@ -67,7 +67,18 @@ def check_time_range(start_ns: int | None, end_ns: int | None) -> None:
         )
 
 
+MAX_QUANTILES = 64
+MAX_NAMES = 1000
+
+
+def check_count(field_path: str, items: Sized, limit: int) -> None:
+    """Bound a repeated field, so one request cannot ask for unbounded work."""
+    if len(items) > limit:
+        raise InvalidArgument.single(field_path, f"at most {limit} entries, got {len(items)}")
+
+
 def check_quantiles(field_path: str, quantiles: Sequence[float]) -> None:
+    check_count(field_path, quantiles, MAX_QUANTILES)
     violations = [
         FieldViolation(f"{field_path}[{i}]", f"{q!r} is not in [0, 1]")
         for i, q in enumerate(quantiles)
@@ -79,7 +90,8 @@ def check_quantiles(field_path: str, quantiles: Sequence[float]) -> None:
         )
 
 
-def check_names(field_path: str, names: Iterable[str]) -> None:
+def check_names(field_path: str, names: Collection[str], limit: int = MAX_NAMES) -> None:
+    check_count(field_path, names, limit)
     violations = [
         v for i, n in enumerate(names) if (v := name_violation(f"{field_path}[{i}]", n)) is not None
     ]

@@ -92,6 +92,8 @@ async def test_weighted_mean_and_region_filter(mesh: Mesh) -> None:
         ({"start_ns": 2_000_000_000, "end_ns": 1_000_000_000}, "end_time"),
         ({"region_timeout_s": 0.0}, "region_timeout"),
         ({"metrics": ["bad metric"]}, "metrics[0]"),
+        ({"quantiles": [0.5] * 65}, "quantiles"),
+        ({"group_by_labels": [f"l{i}" for i in range(17)]}, "group_by_labels"),
     ],
 )
 async def test_bad_global_queries(mesh: Mesh, kwargs: dict[str, object], field: str) -> None:
