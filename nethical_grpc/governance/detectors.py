@@ -1,0 +1,1310 @@
+"""Deterministic rule-based detectors for AI agents' actions.
+
+An :class:`Action` (agent id, action text, action type, stated intent, context map) is
+scanned by a fixed set of rules, grouped into six detectors, one per
+:class:`ViolationType`.  :func:`detect` runs them all and returns the findings as
+:class:`Violation` objects, sorted by severity (descending), then type, then rule name.
+
+Design
+------
+* Every regular expression is compiled once, at import.  Patterns either start with a
+  literal keyword or are anchored by a look-behind, and every repetition that can span
+  text is bounded, so scanning the largest accepted action (64 KiB) stays linear-ish.
+* Each rule contributes at most one finding per action (the first field and the first
+  match win), so ``len(detect(action)) <= MAX_FINDINGS``.
+* Messages never echo matched text: a finding names the rule, what it saw and the field
+  (``action_text``, ``stated_intent`` or ``context``), never the secret, card number or
+  personal data itself.
+* Severity uses the 1..5 scale of :class:`Severity` (``severity / 5`` feeds the noisy-OR
+  risk kernel); confidence is the rule's estimated precision, a probability in ``[0, 1]``.
+
+Text views
+----------
+Rules look at one of three views of each field:
+
+* ``raw``: the text as given (credentials, shell commands, exfiltration, personal data);
+* ``sql``: SQL comments (``/* ... */`` and ``-- ...``) replaced by a space and runs of
+  whitespace collapsed to one space, so ``DROP/**/TABLE`` or ``DELETE\\n  FROM`` match
+  (destructive statements, PII column selection);
+* ``prose``: Unicode NFKC-normalised (full-width letters folded), zero-width characters
+  removed and whitespace collapsed (prompt injection).
+
+All keyword patterns are case-insensitive, except token formats whose case is part of the
+format (AWS key ids, private-key armour, GitHub/Google tokens).
+
+Rule table
+----------
+``RULES`` holds every rule; ``rule_table()`` lists ``(name, type, severity, confidence,
+description)``.  Summary (S = severity, C = confidence):
+
+=====================================  ====================  ==  ====  =====================
+rule                                   type                  S   C     fields
+=====================================  ====================  ==  ====  =====================
+personal_data.ssn                      PERSONAL_DATA         3   0.90  text
+personal_data.credit_card              PERSONAL_DATA         3   0.85  text
+personal_data.sql_sensitive_cols       PERSONAL_DATA         3   0.80  text
+personal_data.harvest_contacts         PERSONAL_DATA         3   0.80  text
+personal_data.bulk_contact_export      PERSONAL_DATA         2   0.70  text
+personal_data.bulk_contacts            PERSONAL_DATA         2   0.60  text
+personal_data.select_all_people        PERSONAL_DATA         2   0.60  text
+destructive_database.drop_database     DESTRUCTIVE_DATABASE  5   0.95  text
+destructive_database.drop_object       DESTRUCTIVE_DATABASE  4   0.95  text
+destructive_database.truncate          DESTRUCTIVE_DATABASE  4   0.90  text
+destructive_database.delete_no_where   DESTRUCTIVE_DATABASE  4   0.90  text
+destructive_database.tautology_where   DESTRUCTIVE_DATABASE  4   0.85  text
+destructive_database.update_no_where   DESTRUCTIVE_DATABASE  4   0.85  text
+destructive_database.nosql_wipe        DESTRUCTIVE_DATABASE  4   0.85  text
+destructive_database.alter_drop        DESTRUCTIVE_DATABASE  3   0.85  text
+credentials.private_key                CREDENTIALS           4   0.95  text, intent, context
+credentials.aws_access_key             CREDENTIALS           4   0.90  text, intent, context
+credentials.vendor_token               CREDENTIALS           3   0.90  text, intent, context
+credentials.bearer_token               CREDENTIALS           3   0.85  text, intent, context
+credentials.api_key_assignment         CREDENTIALS           3   0.80  text, intent, context
+credentials.url_credentials            CREDENTIALS           3   0.80  text, intent, context
+credentials.password_assignment        CREDENTIALS           3   0.75  text, intent, context
+command_injection.reverse_shell        COMMAND_INJECTION     5   0.95  text
+command_injection.rm_rf_root           COMMAND_INJECTION     5   0.90  text
+command_injection.fork_bomb            COMMAND_INJECTION     4   0.95  text
+command_injection.curl_pipe_shell      COMMAND_INJECTION     4   0.90  text
+command_injection.sensitive_file       COMMAND_INJECTION     3   0.85  text
+command_injection.chained_danger       COMMAND_INJECTION     3   0.80  text
+command_injection.substitution         COMMAND_INJECTION     3   0.80  text
+command_injection.pipe_to_shell        COMMAND_INJECTION     3   0.75  text
+prompt_injection.ignore_instr          PROMPT_INJECTION      3   0.90  text, intent, context
+prompt_injection.jailbreak             PROMPT_INJECTION      3   0.85  text, intent, context
+prompt_injection.system_prompt         PROMPT_INJECTION      3   0.85  text, intent, context
+prompt_injection.fake_system_tag       PROMPT_INJECTION      3   0.80  text, intent, context
+prompt_injection.role_override         PROMPT_INJECTION      3   0.75  text, intent, context
+prompt_injection.roleplay              PROMPT_INJECTION      2   0.70  text, intent, context
+data_exfiltration.encoded_dump         DATA_EXFILTRATION     4   0.90  text
+data_exfiltration.upload_external      DATA_EXFILTRATION     3   0.80  text
+data_exfiltration.drop_site            DATA_EXFILTRATION     3   0.80  text
+data_exfiltration.sql_outfile          DATA_EXFILTRATION     3   0.80  text
+data_exfiltration.remote_copy          DATA_EXFILTRATION     3   0.75  text
+data_exfiltration.bulk_external        DATA_EXFILTRATION     3   0.70  text
+intent.mismatch                        (see below)           3   0.80  intent vs text
+=====================================  ====================  ==  ====  =====================
+
+Stated intent vs action
+-----------------------
+An action *claims to be read-only* when its ``action_type`` is one of
+:data:`READ_ONLY_ACTION_TYPES`, or its ``stated_intent`` contains a read verb (read, view,
+summarise, list, inspect, report, analyse, ...) and no write verb (delete, drop, update,
+upload, send, export, deploy, ...).  When such an action has findings of a side-effect
+type (:data:`SIDE_EFFECT_TYPES`: destructive database, command injection, exfiltration):
+
+1. each of those findings' confidence is raised to ``c + (1 - c) * INTENT_MISMATCH_BOOST``
+   (``0.5``: half of the remaining doubt), and
+2. one extra ``intent.mismatch`` finding is added, with the type of the most severe
+   side-effect finding, severity HIGH and confidence ``0.80``.
+
+Host classification (exfiltration)
+----------------------------------
+A destination host is *internal* when it is an IP address that is private, loopback or
+link-local, a single-label name (``db``, ``localhost``), a name under an internal suffix
+(``.internal``, ``.local``, ``.localdomain``, ``.lan``, ``.corp``, ``.intranet``,
+``.svc``, ``.home.arpa``), or listed (exactly or as a parent domain) in the action's
+``context["allowed_hosts"]`` (comma- or whitespace-separated).  Any other host is external.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from enum import IntEnum, StrEnum
+from types import MappingProxyType
+from typing import Final, Literal
+
+__all__ = [
+    "DETECTORS",
+    "INTENT_MISMATCH_BOOST",
+    "MAX_FINDINGS",
+    "READ_ONLY_ACTION_TYPES",
+    "RULES",
+    "SIDE_EFFECT_TYPES",
+    "Action",
+    "Detector",
+    "Rule",
+    "Severity",
+    "Violation",
+    "ViolationType",
+    "detect",
+    "is_internal_host",
+    "luhn_valid",
+    "read_only_claim",
+    "rule_table",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Domain types
+# --------------------------------------------------------------------------------------------
+
+
+class Severity(IntEnum):
+    """Severity of a finding, on the 1..5 scale used by the risk kernel."""
+
+    LOW = 1
+    MEDIUM = 2
+    HIGH = 3
+    CRITICAL = 4
+    EMERGENCY = 5
+
+
+class ViolationType(StrEnum):
+    """Category of a finding."""
+
+    PERSONAL_DATA = "PERSONAL_DATA"
+    DESTRUCTIVE_DATABASE = "DESTRUCTIVE_DATABASE"
+    CREDENTIALS = "CREDENTIALS"
+    COMMAND_INJECTION = "COMMAND_INJECTION"
+    PROMPT_INJECTION = "PROMPT_INJECTION"
+    DATA_EXFILTRATION = "DATA_EXFILTRATION"
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One finding: its type, severity, confidence in ``[0, 1]``, a redacted message and
+    the name of the rule (``detector``) that produced it."""
+
+    type: ViolationType
+    severity: Severity
+    confidence: float
+    message: str
+    detector: str
+
+    def __post_init__(self) -> None:
+        c = float(self.confidence)
+        if not 0.0 <= c <= 1.0:  # also rejects NaN
+            raise ValueError(f"confidence must be in [0, 1], got {self.confidence!r}")
+        object.__setattr__(self, "confidence", c)
+        object.__setattr__(self, "type", ViolationType(self.type))
+        object.__setattr__(self, "severity", Severity(self.severity))
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """An agent's proposed action.  ``context`` is copied into a read-only mapping."""
+
+    agent_id: str
+    action_text: str
+    action_type: str
+    stated_intent: str = ""
+    context: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "context", MappingProxyType(dict(self.context)))
+
+
+# --------------------------------------------------------------------------------------------
+# Text views
+# --------------------------------------------------------------------------------------------
+
+View = Literal["raw", "sql", "prose"]
+FieldName = Literal["action_text", "stated_intent", "context"]
+
+_TEXT_ONLY: Final[tuple[FieldName, ...]] = ("action_text",)
+_ALL_FIELDS: Final[tuple[FieldName, ...]] = ("action_text", "stated_intent", "context")
+
+_WS_RE: Final = re.compile(r"\s+")
+_NON_DIGIT_RE: Final = re.compile(r"\D")
+_HOST_SPLIT_RE: Final = re.compile(r"[,\s]+")
+_SQL_LINE_COMMENT_RE: Final = re.compile(r"--[^\n]*")
+_ZERO_WIDTH_RE: Final = re.compile("[\u00ad\u180e\u200b-\u200f\u2060-\u2064\ufeff]")
+
+
+def _strip_block_comments(text: str) -> str:
+    """Replace ``/* ... */`` blocks by a space in one linear pass (an unterminated block
+    runs to the end of the text)."""
+    if "/*" not in text:
+        return text
+    out: list[str] = []
+    pos = 0
+    while True:
+        start = text.find("/*", pos)
+        if start < 0:
+            out.append(text[pos:])
+            break
+        out.append(text[pos:start])
+        out.append(" ")
+        end = text.find("*/", start + 2)
+        if end < 0:
+            break
+        pos = end + 2
+    return "".join(out)
+
+
+def _sql_view(text: str) -> str:
+    text = _strip_block_comments(text)
+    text = _SQL_LINE_COMMENT_RE.sub(" ", text)
+    return _WS_RE.sub(" ", text).strip()
+
+
+def _prose_view(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text)
+    text = _ZERO_WIDTH_RE.sub("", text)
+    return _WS_RE.sub(" ", text).strip()
+
+
+class _ActionView:
+    """The fields of one action and their (lazily computed, cached) views."""
+
+    __slots__ = ("_cache", "action", "allowed_hosts")
+
+    def __init__(self, action: Action) -> None:
+        self.action = action
+        self._cache: dict[tuple[FieldName, View], str] = {}
+        raw = action.context.get("allowed_hosts", "")
+        self.allowed_hosts: tuple[str, ...] = tuple(
+            h.strip().lower().rstrip(".") for h in _HOST_SPLIT_RE.split(raw) if h.strip()
+        )
+
+    def _raw(self, name: FieldName) -> str:
+        if name == "action_text":
+            return self.action.action_text
+        if name == "stated_intent":
+            return self.action.stated_intent
+        return "\n".join(self.action.context[k] for k in sorted(self.action.context))
+
+    def text(self, name: FieldName, view: View) -> str:
+        key = (name, view)
+        cached = self._cache.get(key)
+        if cached is None:
+            raw = self._raw(name)
+            if view == "raw":
+                cached = raw
+            elif view == "sql":
+                cached = _sql_view(raw)
+            else:
+                cached = _prose_view(raw)
+            self._cache[key] = cached
+        return cached
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers: Luhn, hosts
+# --------------------------------------------------------------------------------------------
+
+
+def luhn_valid(digits: str) -> bool:
+    """The Luhn (mod 10) check of a string of decimal digits (``False`` if any non-digit
+    or if empty)."""
+    if not digits or not digits.isascii() or not digits.isdigit():
+        return False
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2 == 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+#: Issuer prefixes accepted for card numbers (Visa, Mastercard, Amex, Discover, JCB,
+#: Diners, UnionPay), with the allowed lengths; a Luhn-valid number outside them is ignored.
+_CARD_PREFIX_RE: Final = re.compile(
+    r"4\d{12}(?:\d{3}){0,2}"  # Visa 13/16/19
+    r"|5[1-5]\d{14}|2(?:2[2-9]|[3-6]\d|7[01])\d{13}|2720\d{12}"  # Mastercard 16
+    r"|3[47]\d{13}"  # Amex 15
+    r"|6(?:011|5\d\d)\d{12,15}"  # Discover 16-19
+    r"|35(?:2[89]|[3-8]\d)\d{12,15}"  # JCB 16-19
+    r"|3(?:0[0-5]|[68]\d)\d{11,16}"  # Diners 14-19
+    r"|62\d{14,17}"  # UnionPay 16-19
+)
+
+
+def _is_card_number(candidate: str) -> bool:
+    digits = candidate.replace(" ", "").replace("-", "")
+    return (
+        13 <= len(digits) <= 19
+        and _CARD_PREFIX_RE.fullmatch(digits) is not None
+        and luhn_valid(digits)
+    )
+
+
+_INTERNAL_SUFFIXES: Final = (
+    ".internal",
+    ".local",
+    ".localdomain",
+    ".lan",
+    ".corp",
+    ".intranet",
+    ".svc",
+    ".home.arpa",
+)
+
+
+def is_internal_host(host: str, allowed: Iterable[str] = ()) -> bool:
+    """Whether ``host`` is internal (see the module docstring's host classification)."""
+    h = host.strip().strip("[]").lower().rstrip(".")
+    if not h:
+        return True
+    try:
+        ip = ipaddress.ip_address(h)
+    except ValueError:
+        pass
+    else:
+        return ip.is_private or ip.is_loopback or ip.is_link_local
+    if "." not in h or h.endswith(_INTERNAL_SUFFIXES):
+        return True
+    return any(h == a or h.endswith("." + a) for a in allowed)
+
+
+_URL_HOST_RE: Final = re.compile(
+    r"(?<![a-z0-9+.-])[a-z][a-z0-9+.-]{0,15}://(?:[^\s/@?#]{0,256}@)?"
+    r"(\[[0-9a-f:.]{2,45}\]|[a-z0-9_.-]{1,253})",
+    re.IGNORECASE,
+)
+_EMAIL_RE: Final = re.compile(
+    r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]{1,64}@"
+    r"([A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24})(?![A-Za-z0-9-])"
+)
+_PHONE_RE: Final = re.compile(
+    r"(?<![\d+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{3}\)|\d{3})[ .-]?\d{3}[ .-]?\d{4}(?!\d)"
+)
+
+
+def _external_hosts(text: str, allowed: tuple[str, ...], *, emails: bool) -> bool:
+    """Whether ``text`` names an external destination (a URL host, or with ``emails`` an
+    e-mail domain)."""
+    for m in _URL_HOST_RE.finditer(text):
+        if not is_internal_host(m.group(1), allowed):
+            return True
+    if emails:
+        for m in _EMAIL_RE.finditer(text):
+            if not is_internal_host(m.group(1), allowed):
+                return True
+    return False
+
+
+# --------------------------------------------------------------------------------------------
+# Rules
+# --------------------------------------------------------------------------------------------
+
+_I: Final = re.IGNORECASE
+
+#: ``(match, view) -> bool``: extra check of a regex match (e.g. Luhn, placeholder values).
+MatchCheck = Callable[["re.Match[str]", _ActionView], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One detection rule: any of ``patterns`` matching (and passing ``check``) in any of
+    ``fields`` (in the given ``view``) is a finding with this type, severity and
+    confidence.  ``min_distinct`` > 1 instead counts distinct matches over the field
+    (bulk rules)."""
+
+    name: str
+    type: ViolationType
+    severity: Severity
+    confidence: float
+    description: str
+    patterns: tuple[re.Pattern[str], ...]
+    view: View = "raw"
+    fields: tuple[FieldName, ...] = _TEXT_ONLY
+    check: MatchCheck | None = None
+    min_distinct: int = 1
+
+    def matches(self, av: _ActionView, name: FieldName) -> bool:
+        text = av.text(name, self.view)
+        if not text:
+            return False
+        if self.min_distinct > 1:
+            seen: set[str] = set()
+            for pattern in self.patterns:
+                for m in pattern.finditer(text):
+                    if self.check is None or self.check(m, av):
+                        token = m.group(0)
+                        seen.add(token.lower() if "@" in token else _NON_DIGIT_RE.sub("", token))
+                        if len(seen) >= self.min_distinct:
+                            return True
+            return False
+        for pattern in self.patterns:
+            for m in pattern.finditer(text):
+                if self.check is None or self.check(m, av):
+                    return True
+        return False
+
+    def first_field(self, av: _ActionView) -> FieldName | None:
+        """The first field (in ``fields`` order) where this rule fires, or ``None``."""
+        for name in self.fields:
+            if self.matches(av, name):
+                return name
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Detector:
+    """A named group of rules, all of one violation type."""
+
+    name: str
+    type: ViolationType
+    rules: tuple[Rule, ...]
+
+    def detect(self, action: Action) -> list[Violation]:
+        """The findings of this detector alone (unsorted, no intent adjustment)."""
+        return list(_run(self, _ActionView(action)))
+
+
+def _run(detector: Detector, av: _ActionView) -> Iterator[Violation]:
+    for rule in detector.rules:
+        where = rule.first_field(av)
+        if where is not None:
+            yield Violation(
+                type=rule.type,
+                severity=rule.severity,
+                confidence=rule.confidence,
+                message=f"{rule.description} (in {where}; matched value redacted)",
+                detector=rule.name,
+            )
+
+
+def _c(pattern: str, flags: int = _I) -> re.Pattern[str]:
+    return re.compile(pattern, flags)
+
+
+def _card_check(m: re.Match[str], _av: _ActionView) -> bool:
+    return _is_card_number(m.group(0))
+
+
+_PLACEHOLDER_RE: Final = re.compile(
+    r"(?:\*+|x{3,}|\.{3,}|<[^>]*>?|\$\{?\w*\}?|\{\{.*|%\(?\w*\)?s?|redacted|changeme|"
+    r"placeholder|none|null|example|your[_-]?\w*|dummy|\?+|str|string|bytes|int|optional|"
+    r"secretstr|required|true|false|hidden|masked|env|environ\w*)",
+    re.IGNORECASE,
+)
+
+
+def _secret_value_check(m: re.Match[str], _av: _ActionView) -> bool:
+    """Accept a ``key=value`` match unless the value is an obvious placeholder."""
+    value = m.group("value")
+    return _PLACEHOLDER_RE.fullmatch(value) is None
+
+
+def _external_text_check(m: re.Match[str], av: _ActionView) -> bool:
+    """The action text names an external URL host."""
+    return _external_hosts(av.action.action_text, av.allowed_hosts, emails=False)
+
+
+def _external_dest_check(m: re.Match[str], av: _ActionView) -> bool:
+    """The action text names an external URL host or e-mail domain."""
+    return _external_hosts(av.action.action_text, av.allowed_hosts, emails=True)
+
+
+def _remote_host_check(m: re.Match[str], av: _ActionView) -> bool:
+    return not is_internal_host(m.group("host"), av.allowed_hosts)
+
+
+def _where_free_check(m: re.Match[str], _av: _ActionView) -> bool:
+    """The statement after the match (up to ``;``) has no WHERE clause."""
+    rest = m.string[m.end() :]
+    stmt_end = rest.find(";")
+    stmt = rest if stmt_end < 0 else rest[:stmt_end]
+    return _WHERE_RE.search(stmt) is None
+
+
+_WHERE_RE: Final = re.compile(r"\bwhere\b", _I)
+
+_IDENT: Final = r"(?:[\w$]+|`[^`]{1,128}`|\"[^\"]{1,128}\"|\[[^\]]{1,128}\])"
+_QUAL_IDENT: Final = rf"{_IDENT}(?:\.{_IDENT}){{0,2}}"
+_PII_COLUMNS: Final = (
+    r"ssn|social_security\w*|sin_number|national_id\w*|tax_id\w*|tin|password\w*|passwd|"
+    r"pass_hash|pwd\w*|dob|date_of_birth|birth_?date|credit_card\w*|card_number|card_no|"
+    r"cc_number|cvv2?|cvc|passport\w*|drivers?_licen[cs]e\w*|bank_account\w*|iban|"
+    r"routing_number|medical_record\w*|diagnosis"
+)
+_SEL_ITEM: Final = r"[\w.`\"\[\]$]{1,200}(?:\s+as\s+[\w`\"]{1,64})?"
+_PEOPLE_TABLES: Final = (
+    r"users?|customers?|clients?|employees?|staff|patients?|members?|accounts?|people|"
+    r"persons?|contacts?|profiles?|students?|subscribers?|user_accounts?|app_users?"
+)
+_SHELL: Final = r"(?:/(?:usr/)?bin/)?(?:ba|z|k|da|c|tc|fi)?sh"
+_DANGER_CMD: Final = (
+    r"(?:sudo\s+)?(?:rm\s+-[a-z]*r|mkfs(?:\.\w+)?\b|dd\s+if=|shred\b|wipefs\b|"
+    r"shutdown\b|reboot\b|halt\b|poweroff\b|init\s+0\b|kill\s+-9\s+-?1\b|killall\b|"
+    r"chmod\s+(?:-r\s+)?[0-7]?777\b|chown\s+-r\b|userdel\b|passwd\b|crontab\s+-r\b|"
+    r"iptables\s+-f\b|history\s+-c\b|:\(\)\s*\{)"
+)
+_READ_WORDS: Final = (
+    r"read|reads|reading|view|viewing|summari[sz]e|summari[sz]ing|summary|list|listing|"
+    r"check|checking|inspect|inspecting|look\s+up|lookup|report|reporting|analy[sz]e|"
+    r"analy[sz]ing|analysis|query|querying|fetch|fetching|get|show|count|audit|auditing|"
+    r"review|reviewing|monitor|monitoring|search|searching|describe|explain|understand|"
+    r"investigate|diagnose|preview|browse|display|retrieve|print|verify|test\s+read"
+)
+_WRITE_WORDS: Final = (
+    r"delete|deleting|drop|dropping|remove|removing|clean\s*up|cleanup|purge|truncate|"
+    r"wipe|reset|migrate|migration|update|updating|modify|modifying|write|writing|"
+    r"deploy|deploying|upload|uploading|send|sending|export|exporting|transfer|backup|"
+    r"back\s+up|sync|copy|copying|move|install|create|insert|alter|fix|patch|restore|"
+    r"rotate|revoke|kill|terminate|shutdown|restart|execute|run|archive|share|publish|"
+    r"email|post|push|replace|overwrite|destroy|format|disable"
+)
+
+_PERSONAL = ViolationType.PERSONAL_DATA
+_DB = ViolationType.DESTRUCTIVE_DATABASE
+_CRED = ViolationType.CREDENTIALS
+_CMD = ViolationType.COMMAND_INJECTION
+_PI = ViolationType.PROMPT_INJECTION
+_EXFIL = ViolationType.DATA_EXFILTRATION
+
+_PERSONAL_RULES: Final = (
+    Rule(
+        "personal_data.ssn",
+        _PERSONAL,
+        Severity.HIGH,
+        0.90,
+        "US social security number",
+        (
+            _c(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])"),
+            _c(
+                r"\b(?:ssn|social\s+security(?:\s+(?:number|no\.?|#))?)\b\D{0,20}"
+                r"\d{3}[ -]?\d{2}[ -]?\d{4}(?!\d)"
+            ),
+        ),
+    ),
+    Rule(
+        "personal_data.credit_card",
+        _PERSONAL,
+        Severity.HIGH,
+        0.85,
+        "payment card number (issuer prefix and Luhn check valid)",
+        (_c(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d])"),),
+        check=_card_check,
+    ),
+    Rule(
+        "personal_data.sql_sensitive_cols",
+        _PERSONAL,
+        Severity.HIGH,
+        0.80,
+        "SQL query selecting sensitive personal-data columns",
+        (
+            _c(
+                rf"\bselect\s+(?:distinct\s+)?(?:{_SEL_ITEM}\s*,\s*){{0,40}}"
+                rf"(?:[\w`\"\[\]$]{{1,64}}\.)?[`\"\[]?(?:{_PII_COLUMNS})[`\"\]]?"
+                rf"(?:\s+as\s+[\w`\"]{{1,64}})?\s*(?:,\s*{_SEL_ITEM}\s*){{0,40}}\bfrom\s"
+            ),
+        ),
+        view="sql",
+    ),
+    Rule(
+        "personal_data.harvest_contacts",
+        _PERSONAL,
+        Severity.HIGH,
+        0.80,
+        "harvesting of e-mail addresses or phone numbers",
+        (
+            _c(
+                r"\b(?:scrap(?:e|es|ed|ing)|harvest(?:s|ed|ing)?|crawl(?:s|ed|ing)?|"
+                r"mine|mining)\b[^\n.]{0,60}?\b(?:e-?mails?|e-?mail\s+addresses|"
+                r"phone\s+numbers|mobile\s+numbers|contact\s+(?:details|info\w*))\b"
+            ),
+        ),
+    ),
+    Rule(
+        "personal_data.bulk_contact_export",
+        _PERSONAL,
+        Severity.MEDIUM,
+        0.70,
+        "bulk collection of personal contact data",
+        (
+            _c(
+                r"\b(?:collect|extract|export|dump|gather|compile|download|copy|list)"
+                r"(?:s|ed|ing)?\b[^\n.]{0,40}?\b(?:all|every|each|bulk|mass|entire)\b"
+                r"[^\n.]{0,40}?\b(?:e-?mails?|e-?mail\s+addresses|phone\s+numbers|"
+                r"home\s+addresses|contact\s+(?:details|info\w*)|social\s+security)\b"
+            ),
+        ),
+    ),
+    Rule(
+        "personal_data.bulk_contacts",
+        _PERSONAL,
+        Severity.MEDIUM,
+        0.60,
+        "five or more distinct e-mail addresses / phone numbers in one action",
+        (_EMAIL_RE, _PHONE_RE),
+        min_distinct=5,
+    ),
+    Rule(
+        "personal_data.select_all_people",
+        _PERSONAL,
+        Severity.MEDIUM,
+        0.60,
+        "unfiltered SELECT * from a table of people",
+        (
+            _c(
+                rf"\bselect\s+\*\s+from\s+(?:{_IDENT}\.)?[`\"\[]?(?:{_PEOPLE_TABLES})"
+                r"[`\"\]]?(?=\s*(?:;|$|\)|order\b|union\b))"
+            ),
+        ),
+        view="sql",
+    ),
+)
+
+_DB_RULES: Final = (
+    Rule(
+        "destructive_database.drop_database",
+        _DB,
+        Severity.EMERGENCY,
+        0.95,
+        "DROP DATABASE / SCHEMA statement",
+        (_c(r"\bdrop\s+(?:database|schema)\b"),),
+        view="sql",
+    ),
+    Rule(
+        "destructive_database.drop_object",
+        _DB,
+        Severity.CRITICAL,
+        0.95,
+        "DROP TABLE / VIEW / INDEX / USER statement",
+        (
+            _c(
+                r"\bdrop\s+(?:(?:temporary|materialized|foreign)\s+)?"
+                r"(?:table|view|index|user|role|collection|keyspace|tablespace|trigger|"
+                r"function|procedure|sequence)\b(?!\s+privileges?\b)"
+            ),
+        ),
+        view="sql",
+    ),
+    Rule(
+        "destructive_database.truncate",
+        _DB,
+        Severity.CRITICAL,
+        0.90,
+        "TRUNCATE statement",
+        (
+            _c(r"\btruncate\s+table\b"),
+            _c(rf"(?:^|;)\s*truncate\s+{_QUAL_IDENT}\s*(?:;|$|cascade\b|restart\b)"),
+        ),
+        view="sql",
+    ),
+    Rule(
+        "destructive_database.delete_no_where",
+        _DB,
+        Severity.CRITICAL,
+        0.90,
+        "DELETE without a WHERE clause",
+        (_c(rf"\bdelete\s+from\s+{_QUAL_IDENT}(?=\s*(?:;|$|\)|returning\b|limit\b|order\b))"),),
+        view="sql",
+        check=_where_free_check,
+    ),
+    Rule(
+        "destructive_database.tautology_where",
+        _DB,
+        Severity.CRITICAL,
+        0.85,
+        "DELETE / UPDATE with an always-true WHERE clause",
+        (
+            _c(
+                r"\b(?:delete|update)\b[^;]{0,2000}?\bwhere\s+(?:1\s*=\s*1|0\s*=\s*0|true|"
+                r"1|'(\w{0,16})'\s*=\s*'\1'|\w+\s+is\s+not\s+null\s+or\s+\w+\s+is\s+null)"
+                r"\s*(?:;|$|\)|returning\b|limit\b)"
+            ),
+        ),
+        view="sql",
+    ),
+    Rule(
+        "destructive_database.update_no_where",
+        _DB,
+        Severity.CRITICAL,
+        0.85,
+        "UPDATE without a WHERE clause",
+        (_c(rf"\bupdate\s+{_QUAL_IDENT}\s+set\s+{_QUAL_IDENT}\s*="),),
+        view="sql",
+        check=_where_free_check,
+    ),
+    Rule(
+        "destructive_database.nosql_wipe",
+        _DB,
+        Severity.CRITICAL,
+        0.85,
+        "document-store collection drop or unfiltered delete",
+        (
+            _c(r"\bdb\.[\w$]+\.drop\(\s*\)"),
+            _c(r"\bdb\.dropDatabase\(\s*\)"),
+            _c(r"\.(?:deleteMany|remove)\(\s*\{\s*\}\s*\)"),
+            _c(r"\bFLUSH(?:ALL|DB)\b", 0),
+        ),
+    ),
+    Rule(
+        "destructive_database.alter_drop",
+        _DB,
+        Severity.HIGH,
+        0.85,
+        "ALTER TABLE ... DROP (column / constraint / partition)",
+        (_c(rf"\balter\s+table\s+(?:if\s+exists\s+)?(?:only\s+)?{_QUAL_IDENT}\s+drop\b"),),
+        view="sql",
+    ),
+)
+
+_CRED_RULES: Final = (
+    Rule(
+        "credentials.private_key",
+        _CRED,
+        Severity.CRITICAL,
+        0.95,
+        "private key block",
+        (_c(r"-----BEGIN (?:[A-Z0-9]{1,16} ){0,3}PRIVATE KEY(?: BLOCK)?-----", 0),),
+        fields=_ALL_FIELDS,
+    ),
+    Rule(
+        "credentials.aws_access_key",
+        _CRED,
+        Severity.CRITICAL,
+        0.90,
+        "AWS access key id",
+        (
+            _c(
+                r"(?<![A-Z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}(?![A-Z0-9])",
+                0,
+            ),
+        ),
+        fields=_ALL_FIELDS,
+    ),
+    Rule(
+        "credentials.vendor_token",
+        _CRED,
+        Severity.HIGH,
+        0.90,
+        "vendor API token (GitHub, Slack, Stripe, Google, OpenAI-style, JWT)",
+        (
+            _c(r"(?<![A-Za-z0-9_])gh[pousr]_[A-Za-z0-9]{36,255}", 0),
+            _c(r"(?<![A-Za-z0-9_])github_pat_[A-Za-z0-9_]{40,255}", 0),
+            _c(r"(?<![A-Za-z0-9_-])xox[abposr]-[A-Za-z0-9-]{10,250}", 0),
+            _c(r"(?<![A-Za-z0-9_])[sr]k_(?:live|test)_[A-Za-z0-9]{16,247}", 0),
+            _c(r"(?<![A-Za-z0-9_])AIza[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-])", 0),
+            _c(r"(?<![A-Za-z0-9_-])sk-(?:proj-|ant-)?[A-Za-z0-9_-]{32,200}", 0),
+            _c(
+                r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{8,2000}\.eyJ[A-Za-z0-9_-]{8,4000}\.[A-Za-z0-9_-]{8,1000}",
+                0,
+            ),
+        ),
+        fields=_ALL_FIELDS,
+    ),
+    Rule(
+        "credentials.bearer_token",
+        _CRED,
+        Severity.HIGH,
+        0.85,
+        "bearer token",
+        (_c(r"\bbearer\s+[A-Za-z0-9._~+/-]{20,4096}=*"),),
+        fields=_ALL_FIELDS,
+    ),
+    Rule(
+        "credentials.api_key_assignment",
+        _CRED,
+        Severity.HIGH,
+        0.80,
+        "API key / secret / token assignment",
+        (
+            _c(
+                r"\b(?:[a-z0-9]{1,32}[_-]){0,4}(?:api[_-]?key|apikey|secret[_-]?key|secret|"
+                r"access[_-]?token|auth[_-]?token|client[_-]?secret|private[_-]?key|"
+                r"secret[_-]?access[_-]?key)[\"']?\s*[:=]\s*[\"']?"
+                r"(?P<value>[A-Za-z0-9_\-.+/=]{16,4096})"
+            ),
+        ),
+        fields=_ALL_FIELDS,
+        check=_secret_value_check,
+    ),
+    Rule(
+        "credentials.url_credentials",
+        _CRED,
+        Severity.HIGH,
+        0.80,
+        "password embedded in a URL",
+        (
+            _c(
+                r"(?<![a-z0-9+.-])[a-z][a-z0-9+.-]{0,15}://[^\s:/@]{1,128}:"
+                r"(?P<value>[^\s:/@]{1,256})@[a-z0-9_.\[\]-]{1,253}"
+            ),
+        ),
+        fields=_ALL_FIELDS,
+        check=_secret_value_check,
+    ),
+    Rule(
+        "credentials.password_assignment",
+        _CRED,
+        Severity.HIGH,
+        0.75,
+        "password assignment",
+        (
+            _c(
+                r"\b(?:[a-z0-9]{1,32}[_-]){0,4}(?:password|passwd|passphrase|pwd|pass)"
+                r"[\"']?\s*[:=]\s*[\"']?(?P<value>[^\s\"',;&()]{4,256})(?![^\s\"',;&)])"
+            ),
+            _c(r"(?:^|\s)--password[= ](?P<value>[^\s\"',;&()-][^\s\"',;&()]{3,255})"),
+            _c(
+                r"\b(?:mysql|mysqladmin|mysqldump)\b[^\n]{0,200}?\s-p"
+                r"(?P<value>[^\s\"',;&()-][^\s\"',;&()]{3,255})"
+            ),
+        ),
+        fields=_ALL_FIELDS,
+        check=_secret_value_check,
+    ),
+)
+
+_CMD_RULES: Final = (
+    Rule(
+        "command_injection.reverse_shell",
+        _CMD,
+        Severity.EMERGENCY,
+        0.95,
+        "reverse shell",
+        (
+            _c(r"\b(?:nc|ncat|netcat)\b[^\n;|&]{0,120}\s-[a-z]*[ec]\s*(?:/|\w)"),
+            _c(r"/dev/(?:tcp|udp)/[\w.-]{1,253}/\d{1,5}"),
+            _c(r"\bsocat\b[^\n]{0,200}\bexec:"),
+            _c(r"\bmkfifo\b[^\n]{0,200}\b(?:nc|ncat|netcat|telnet)\b"),
+            _c(r"\bsocket\.socket\b[^\n]{0,400}?(?:dup2|subprocess|pty\.spawn)"),
+        ),
+    ),
+    Rule(
+        "command_injection.rm_rf_root",
+        _CMD,
+        Severity.EMERGENCY,
+        0.90,
+        "recursive forced removal of /, ~, $HOME or *",
+        (
+            _c(
+                r"\brm\s+(?:-[a-z]*r[a-z]*f[a-z]*|-[a-z]*f[a-z]*r[a-z]*|(?:-[rf]\s+){2}|"
+                r"(?:--recursive\s+--force|--force\s+--recursive)\s+)\s*"
+                r"(?:--no-preserve-root\s+)?(?:/\*?|~/?\*?|\*|\$HOME/?\*?|\$\{HOME\}/?)"
+                r"(?=\s|$|;|&|\|)"
+            ),
+        ),
+    ),
+    Rule(
+        "command_injection.fork_bomb",
+        _CMD,
+        Severity.CRITICAL,
+        0.95,
+        "shell fork bomb",
+        (_c(r":\(\)\s*\{\s*:\s*\|\s*:\s*&\s*\}\s*;\s*:"),),
+    ),
+    Rule(
+        "command_injection.curl_pipe_shell",
+        _CMD,
+        Severity.CRITICAL,
+        0.90,
+        "remote script piped into a shell",
+        (
+            _c(rf"\b(?:curl|wget|fetch)\b[^|\n]{{0,400}}\|\s*(?:sudo\s+)?{_SHELL}\b"),
+            _c(rf"\b{_SHELL}\s+-c\s+[\"']?\$\(\s*(?:curl|wget)\b"),
+            _c(rf"\b{_SHELL}\s+<\(\s*(?:curl|wget)\b"),
+            _c(
+                r"\b(?:iex|invoke-expression)\b[^\n]{0,200}\b(?:downloadstring|iwr|invoke-webrequest)\b"
+            ),
+        ),
+    ),
+    Rule(
+        "command_injection.sensitive_file",
+        _CMD,
+        Severity.HIGH,
+        0.85,
+        "access to a system credential file",
+        (
+            _c(r"/etc/(?:passwd|shadow|gshadow|sudoers|master\.passwd)\b"),
+            _c(r"(?:~|\$HOME|/home/[\w.-]{1,64}|/root)/\.ssh/(?:id_\w{1,16}|authorized_keys)\b"),
+            _c(r"/proc/self/environ\b"),
+            _c(r"(?:~|\$HOME|/home/[\w.-]{1,64}|/root)/\.aws/credentials\b"),
+        ),
+    ),
+    Rule(
+        "command_injection.chained_danger",
+        _CMD,
+        Severity.HIGH,
+        0.80,
+        "dangerous command chained after another (; && || | or newline)",
+        (_c(rf"(?:;|&&|\|\||\|)\s*{_DANGER_CMD}"),),
+    ),
+    Rule(
+        "command_injection.substitution",
+        _CMD,
+        Severity.HIGH,
+        0.80,
+        "command substitution running a dangerous command",
+        (
+            _c(
+                r"\$\(\s*(?:sudo\s+)?(?:curl|wget|nc|ncat|bash|sh|zsh|python[0-9.]{0,4}|"
+                r"perl|ruby|php|rm|whoami|id|uname|base64|env|printenv|cat\s+/etc/|"
+                r"cat\s+~|chmod|chown|dd|mkfs)\b"
+            ),
+            _c(
+                r"`\s*(?:sudo\s+)?(?:whoami|id|uname\s+-a|printenv|env|base64\s|nc\s|"
+                r"cat\s+/etc/|rm\s+-[a-z]*r|curl\s[^`\n]{0,200}\|)"
+            ),
+        ),
+    ),
+    Rule(
+        "command_injection.pipe_to_shell",
+        _CMD,
+        Severity.HIGH,
+        0.75,
+        "output piped into a shell or interpreter",
+        (
+            _c(
+                rf"\|\s*(?:sudo\s+)?(?:{_SHELL}|python[0-9.]{{0,4}}|perl|ruby|php|node)"
+                r"(?=\s*(?:$|[;&|)\n]|-(?:\s|$)|-c\b|-e\b|-s\b|-i\b))"
+            ),
+        ),
+    ),
+)
+
+_PROSE: Final[View] = "prose"
+
+_PI_RULES: Final = (
+    Rule(
+        "prompt_injection.ignore_instr",
+        _PI,
+        Severity.HIGH,
+        0.90,
+        "instruction to ignore previous / system instructions",
+        (
+            _c(
+                r"\b(?:ignore|disregard|forget|override|bypass|skip|discard|abandon)\s+"
+                r"(?:(?:all|any|every|the|your|my|of|these|those|everything|earlier|that)\s+){0,3}"
+                r"(?:previous|prior|preceding|above|earlier|original|initial|system|safety|"
+                r"developer|existing|current|old)\s+(?:\w+\s+)?"
+                r"(?:instructions?|prompts?|rules|guidelines|directives|constraints|policies|"
+                r"messages?|commands|orders|programming|guardrails)\b"
+            ),
+            _c(
+                r"\b(?:ignore|disregard|forget)\s+(?:all|everything)\s+(?:(?:you\s+(?:were|have\s+been)"
+                r"\s+told)|(?:that\s+)?(?:came\s+)?before)\b"
+            ),
+        ),
+        view=_PROSE,
+        fields=_ALL_FIELDS,
+    ),
+    Rule(
+        "prompt_injection.jailbreak",
+        _PI,
+        Severity.HIGH,
+        0.85,
+        "jailbreak phrasing",
+        (
+            _c(
+                r"\b(?:jailbreak(?:s|ed|ing)?|jailbroken|dan\s+mode|developer\s+mode\s+"
+                r"(?:enabled|on|activated)|do\s+anything\s+now|no\s+(?:ethical|moral|safety)\s+"
+                r"(?:guidelines|constraints|restrictions|limits|filters)|"
+                r"(?:respond|answer|reply|act|operate|behave|talk|speak|output|write)\w{0,3}\s+"
+                r"(?:\w+\s+){0,2}(?:without|free\s+(?:of|from))\s+(?:any\s+)?"
+                r"(?:restrictions|filters|limitations|"
+                r"censorship|guardrails|content\s+polic(?:y|ies))|"
+                r"(?:bypass|disable|turn\s+off)\s+(?:the\s+|your\s+)?(?:safety|content|moderation)"
+                r"\s+(?:filters?|polic(?:y|ies)|guardrails|checks))\b"
+            ),
+        ),
+        view=_PROSE,
+        fields=_ALL_FIELDS,
+    ),
+    Rule(
+        "prompt_injection.system_prompt",
+        _PI,
+        Severity.HIGH,
+        0.85,
+        "attempt to reveal the system prompt",
+        (
+            _c(
+                r"\b(?:reveal|show|print|display|output|repeat|leak|dump|tell\s+me|what\s+(?:is|are)|"
+                r"give\s+me|recite|echo|copy)\s+(?:\w+\s+){0,3}(?:system|hidden|initial|original|"
+                r"developer|secret|internal)\s+(?:prompt|instructions|message|rules)\b"
+            ),
+        ),
+        view=_PROSE,
+        fields=_ALL_FIELDS,
+    ),
+    Rule(
+        "prompt_injection.fake_system_tag",
+        _PI,
+        Severity.HIGH,
+        0.80,
+        "forged system / role marker",
+        (
+            _c(r"\[\s*/?\s*(?:system|inst|sys)\s*\]"),
+            _c(r"<\s*/?\s*(?:system|sys)\s*>"),
+            _c(r"<<\s*/?\s*sys\s*>>"),
+            _c(r"<\|\s*(?:im_start|im_end|system|endoftext)\s*\|>"),
+            _c(r"(?<!#)#{2,16}\s*(?:system|new\s+instructions)\s*(?::|#|$)"),
+            _c(r"(?:^|\n|\s)(?:system|assistant)\s*:\s*(?:you|new|ignore|override)\b"),
+        ),
+        view=_PROSE,
+        fields=_ALL_FIELDS,
+    ),
+    Rule(
+        "prompt_injection.role_override",
+        _PI,
+        Severity.HIGH,
+        0.75,
+        "attempt to override the agent's role",
+        (
+            _c(
+                r"\byou\s+are\s+now\s+(?!(?:a\s+|an\s+)?(?:member|subscriber|subscribed|logged|"
+                r"signed|registered|connected|enrolled|ready|able|eligible|verified|set\b|"
+                r"all\s+set|in\s+the\s+queue|on\s+the\s+list)\b)"
+                r"(?:an?\s+|in\s+|my\s+|the\s+|dan\b|free\b|unrestricted|unfiltered|jailbroken|"
+                r"no\s+longer|acting|going\s+to|allowed|permitted|evil|root|admin)"
+            ),
+            _c(
+                r"\byou\s+are\s+no\s+longer\s+(?:bound|restricted|limited|an?\s+(?:ai|assistant))\b"
+            ),
+            _c(r"\bfrom\s+now\s+on,?\s+you\s+(?:are|will|must|shall|can)\b"),
+            _c(
+                r"\b(?:act|behave|respond)\s+as\s+(?:if\s+you\s+(?:are|were)\s+)?(?:an?\s+)?"
+                r"(?:unrestricted|unfiltered|uncensored|jailbroken|evil|rogue|dan)\b"
+            ),
+            _c(
+                r"\bpretend\s+(?:that\s+)?you\s+(?:are|have)\s+(?:no|not|an?\s+(?:unrestricted|evil))\b"
+            ),
+            _c(r"\bnew\s+(?:system\s+)?(?:instructions|persona|role)\s*:"),
+        ),
+        view=_PROSE,
+        fields=_ALL_FIELDS,
+    ),
+    Rule(
+        "prompt_injection.roleplay",
+        _PI,
+        Severity.MEDIUM,
+        0.70,
+        "role-play framing used to bypass rules",
+        (
+            _c(
+                r"\b(?:let'?s\s+play\s+a\s+game\s+(?:where|in\s+which)|role-?play\s+as\s+an?\s+"
+                r"(?:ai|assistant|model|chatbot)\s+(?:that|who|with(?:out)?)|stay\s+in\s+character"
+                r"\s+(?:no\s+matter|whatever|even)|in\s+this\s+(?:hypothetical|fictional)\s+"
+                r"(?:world|scenario|story)\s*,?\s+(?:you|there\s+are\s+no|rules)|"
+                r"as\s+an?\s+ai\s+(?:without|with\s+no)\s+(?:rules|restrictions|limits))"
+            ),
+        ),
+        view=_PROSE,
+        fields=_ALL_FIELDS,
+    ),
+)
+
+_EXFIL_RULES: Final = (
+    Rule(
+        "data_exfiltration.encoded_dump",
+        _EXFIL,
+        Severity.CRITICAL,
+        0.90,
+        "database dump or encoded data piped to a network client",
+        (
+            _c(
+                r"\b(?:mysqldump|pg_dump(?:all)?|mongodump|mongoexport|sqlite3\s+\S{1,256}\s+\.dump|"
+                r"base64|xxd|openssl\s+enc|gpg\s+-c|tar\s+-?c\w*|zip\s+-r)\b[^\n]{0,400}?\|\s*"
+                r"(?:sudo\s+)?(?:curl|wget|nc|ncat|netcat|ssh|socat|telnet|openssl\s+s_client)\b"
+            ),
+            _c(
+                r"\b(?:curl|wget)\b[^\n]{0,300}(?:-d|--data(?:-binary|-raw|-urlencode)?)[\s=]*"
+                r"[\"']?\$\(\s*(?:base64|cat|mysqldump|pg_dump|tar|gzip|env|printenv)\b"
+            ),
+        ),
+    ),
+    Rule(
+        "data_exfiltration.upload_external",
+        _EXFIL,
+        Severity.HIGH,
+        0.80,
+        "file upload to an external host",
+        (
+            _c(
+                r"\b(?:curl|wget|http|https|invoke-webrequest|invoke-restmethod|iwr|irm)\b"
+                r"[^\n]{0,400}?(?:\s-d\s*@|\s--data(?:-binary|-raw|-urlencode)?[\s=]*@|"
+                r"\s-F\s*[\"']?[\w-]{1,64}=@|\s-T\s|\s--upload-file\b|\s--post-file\b|\s-infile\b)"
+            ),
+            _c(r"\brequests\.(?:post|put)\([^)]{0,400}?(?:files\s*=|data\s*=\s*open\()"),
+        ),
+        check=_external_text_check,
+    ),
+    Rule(
+        "data_exfiltration.drop_site",
+        _EXFIL,
+        Severity.HIGH,
+        0.80,
+        "known paste / file-drop / tunnelling site",
+        (
+            _c(
+                r"\b(?:pastebin\.com|paste\.ee|hastebin\.com|ghostbin\.\w+|transfer\.sh|"
+                r"file\.io|0x0\.st|anonfiles\.com|webhook\.site|requestbin\.\w+|"
+                r"(?<![\w-])[\w-]{1,63}\.ngrok(?:-free)?\.(?:io|app)|interactsh\.\w+|burpcollaborator\.net|"
+                r"pipedream\.net)\b"
+            ),
+        ),
+    ),
+    Rule(
+        "data_exfiltration.sql_outfile",
+        _EXFIL,
+        Severity.HIGH,
+        0.80,
+        "SQL writing query results to a file or program",
+        (
+            _c(r"\binto\s+(?:outfile|dumpfile)\b"),
+            _c(r"\bcopy\s+[^;]{1,400}?\bto\s+program\b"),
+        ),
+        view="sql",
+    ),
+    Rule(
+        "data_exfiltration.remote_copy",
+        _EXFIL,
+        Severity.HIGH,
+        0.75,
+        "scp / rsync / sftp to an external remote host",
+        (
+            _c(
+                r"\b(?:scp|rsync|sftp)\b[^\n;|&]{0,300}?\s(?:[\w.-]{1,64}@)?"
+                r"(?P<host>[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63}){0,8}|\[[0-9a-f:.]{2,45}\]):"
+                r"(?!//)[^\s;|&]{0,1024}\s*(?:$|[;|&\n])"
+            ),
+        ),
+        check=_remote_host_check,
+    ),
+    Rule(
+        "data_exfiltration.bulk_external",
+        _EXFIL,
+        Severity.HIGH,
+        0.70,
+        "bulk export of data to an external destination",
+        (
+            _c(
+                r"\b(?:export|dump|send|upload|post|e-?mail|forward|transfer|copy|sync|share|"
+                r"push|leak)\w{0,4}\b[^\n]{0,120}?\b(?:all|entire|full|whole|complete|every)\b"
+                r"[^\n]{0,80}?\b(?:database|db|tables?|records|rows|customers?|users?|data|"
+                r"dataset|logs|emails|files|contacts|accounts)\b"
+            ),
+        ),
+        check=_external_dest_check,
+    ),
+)
+
+#: All detectors, in a fixed order.
+DETECTORS: Final[tuple[Detector, ...]] = (
+    Detector("personal_data", _PERSONAL, _PERSONAL_RULES),
+    Detector("destructive_database", _DB, _DB_RULES),
+    Detector("credentials", _CRED, _CRED_RULES),
+    Detector("command_injection", _CMD, _CMD_RULES),
+    Detector("prompt_injection", _PI, _PI_RULES),
+    Detector("data_exfiltration", _EXFIL, _EXFIL_RULES),
+)
+
+#: Every rule, in detector order.
+RULES: Final[tuple[Rule, ...]] = tuple(r for d in DETECTORS for r in d.rules)
+
+#: Upper bound on ``len(detect(action))``: one finding per rule, plus ``intent.mismatch``.
+MAX_FINDINGS: Final = len(RULES) + 1
+
+
+def rule_table() -> list[tuple[str, ViolationType, Severity, float, str]]:
+    """``(name, type, severity, confidence, description)`` of every rule, in order."""
+    return [(r.name, r.type, r.severity, r.confidence, r.description) for r in RULES]
+
+
+# --------------------------------------------------------------------------------------------
+# Stated intent vs action
+# --------------------------------------------------------------------------------------------
+
+#: Violation types that mean the action changes or ships data (contradicting read-only).
+SIDE_EFFECT_TYPES: Final = frozenset(
+    {ViolationType.DESTRUCTIVE_DATABASE, ViolationType.COMMAND_INJECTION, _EXFIL}
+)
+#: ``action_type`` values (case-insensitive) that declare a read-only action.
+READ_ONLY_ACTION_TYPES: Final = frozenset(
+    {
+        "read",
+        "query",
+        "view",
+        "search",
+        "summarize",
+        "summarise",
+        "report",
+        "list",
+        "get",
+        "fetch",
+        "inspect",
+        "analyze",
+        "analyse",
+        "read_only",
+        "readonly",
+    }
+)
+#: Share of the remaining doubt ``1 - c`` removed from side-effect findings on a mismatch.
+INTENT_MISMATCH_BOOST: Final = 0.5
+_MISMATCH_SEVERITY: Final = Severity.HIGH
+_MISMATCH_CONFIDENCE: Final = 0.80
+
+_READ_INTENT_RE: Final = _c(rf"\b(?:{_READ_WORDS})\b")
+_WRITE_INTENT_RE: Final = _c(rf"\b(?:{_WRITE_WORDS})\b")
+
+
+def read_only_claim(action: Action) -> str | None:
+    """How the action declares itself read-only (``"action type 'read'"`` or
+    ``"stated intent 'summarize'"``), or ``None`` when it does not."""
+    kind = action.action_type.strip().lower()
+    if kind in READ_ONLY_ACTION_TYPES:
+        return f"action type {kind!r}"
+    intent = _prose_view(action.stated_intent)
+    if not intent or _WRITE_INTENT_RE.search(intent) is not None:
+        return None
+    m = _READ_INTENT_RE.search(intent)
+    if m is None:
+        return None
+    word = _WS_RE.sub(" ", m.group(0).lower())
+    return f"stated intent {word!r}"
+
+
+def _apply_intent(action: Action, found: list[Violation]) -> list[Violation]:
+    side = [v for v in found if v.type in SIDE_EFFECT_TYPES]
+    if not side:
+        return found
+    claim = read_only_claim(action)
+    if claim is None:
+        return found
+    out = [
+        replace(v, confidence=min(1.0, v.confidence + (1.0 - v.confidence) * INTENT_MISMATCH_BOOST))
+        if v.type in SIDE_EFFECT_TYPES
+        else v
+        for v in found
+    ]
+    worst = min(side, key=lambda v: (-v.severity, v.type.value, v.detector))
+    out.append(
+        Violation(
+            type=worst.type,
+            severity=_MISMATCH_SEVERITY,
+            confidence=_MISMATCH_CONFIDENCE,
+            message=(
+                f"{claim} declares a read-only action, but the action has "
+                f"{worst.type.value} findings"
+            ),
+            detector="intent.mismatch",
+        )
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+
+def _sort_key(v: Violation) -> tuple[int, str, str, float, str]:
+    return (-int(v.severity), v.type.value, v.detector, -v.confidence, v.message)
+
+
+def detect(action: Action) -> list[Violation]:
+    """Run every detector on ``action``.
+
+    Returns at most :data:`MAX_FINDINGS` findings, one per firing rule (plus
+    ``intent.mismatch``, see the module docstring), sorted by severity (descending), then
+    type, then rule name.  Deterministic: the same action always gives the same list.
+    Does not validate the action (see :func:`nethical_grpc.governance.decision.validate_action`).
+    """
+    av = _ActionView(action)
+    found = [v for d in DETECTORS for v in _run(d, av)]
+    found = _apply_intent(action, found)
+    found.sort(key=_sort_key)
+    return found
