@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, ParamSpec, Self, TypeVar
 
@@ -71,14 +71,6 @@ class ResourceExhausted(MeshError):
 
     reason: str = "RESOURCE_EXHAUSTED"
     code: grpc.StatusCode = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
-@dataclass
-class Unavailable(MeshError):
-    """A dependency (region, store) cannot be reached."""
-
-    reason: str = "UNAVAILABLE"
-    code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
 
 
 def _pack(message: Any) -> any_pb2.Any:
@@ -146,25 +138,6 @@ def rpc_errors(
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await handler(*args, **kwargs)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            context: grpc.aio.ServicerContext[Any, Any] = args[-1]  # type: ignore[assignment]
-            await _abort(context, exc)
-
-    return wrapper
-
-
-def rpc_stream_errors(
-    handler: Callable[P, AsyncIterator[R]],
-) -> Callable[P, AsyncIterator[R]]:
-    """Like :func:`rpc_errors`, for server-streaming handlers."""
-
-    @functools.wraps(handler)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> AsyncIterator[R]:
-        try:
-            async for item in handler(*args, **kwargs):
-                yield item
         except grpc.aio.AbortError:
             raise
         except Exception as exc:

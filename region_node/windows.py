@@ -7,7 +7,7 @@ are applied atomically (validated and cardinality-checked before any state chang
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,7 +52,6 @@ class WindowStore:
         self._clock = clock
         self._series: dict[SeriesKey, _Series] = {}
         self._label_sets: dict[str, int] = {}
-        self.accepted_values = 0
         # bumped by every change, so callers can cache answers until it moves
         self.version = 0
 
@@ -131,7 +130,6 @@ class WindowStore:
                     self._window(series, int(sorted_ids[s])).update(batch.values[order[s:e]])
             newest = int(batch.timestamps_ns.max())
         series.last_time_ns = max(series.last_time_ns, newest)
-        self.accepted_values += int(batch.values.size)
         self.version += 1
 
     def _window(self, series: _Series, window_id: int) -> Summary:
@@ -225,6 +223,3 @@ class WindowStore:
     @property
     def window_count(self) -> int:
         return sum(len(s.windows) for s in self._series.values())
-
-    def metrics(self) -> Sequence[str]:
-        return sorted({k.metric for k in self._series})
