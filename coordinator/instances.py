@@ -11,15 +11,14 @@ import asyncio
 import contextlib
 import enum
 import logging
-import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nethical_grpc.grpc_options import channel_options
+from nethical_grpc.health import Watched, follow_health
 from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -66,6 +65,13 @@ class RegionInstance:
             self.instance_id = instance_id
         if scope:
             self.region_scope = scope == region_node_pb2.DATA_SCOPE_REGION
+
+
+_HEALTH = {
+    Watched.SERVING: Health.SERVING,
+    Watched.NOT_SERVING: Health.NOT_SERVING,
+    Watched.UNREACHABLE: Health.UNREACHABLE,
+}
 
 
 def parse_region_spec(spec: str) -> tuple[str, list[str]]:
@@ -139,32 +145,12 @@ class InstanceRegistry:
             await inst.channel.close(None)
 
     async def _watch(self, inst: RegionInstance) -> None:
-        health_stub = health_pb2_grpc.HealthStub(inst.channel)
-        delay = self._backoff[0]
-        while True:
-            try:
-                call = health_stub.Watch(health_pb2.HealthCheckRequest(service=REGION_SERVICE))
-                async for update in call:
-                    delay = self._backoff[0]
-                    if update.status == health_pb2.HealthCheckResponse.SERVING:
-                        if not inst.instance_id:
-                            await self._learn(inst)
-                        inst.set_health(Health.SERVING)
-                    else:
-                        inst.set_health(Health.NOT_SERVING)
-                # the server ended the stream (shutting down)
-                inst.set_health(Health.UNREACHABLE)
-            except asyncio.CancelledError:
-                raise
-            except grpc.RpcError as err:
-                code = err.code() if isinstance(err, grpc.aio.AioRpcError) else None
-                if code == grpc.StatusCode.UNIMPLEMENTED:
-                    log.warning("%s has no health service; assuming SERVING", inst.endpoint)
-                    inst.set_health(Health.SERVING)
-                    return
-                inst.set_health(Health.UNREACHABLE)
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, self._backoff[1])
+        async def report(state: Watched) -> None:
+            if state is Watched.SERVING and not inst.instance_id:
+                await self._learn(inst)
+            inst.set_health(_HEALTH[state])
+
+        await follow_health(inst.channel, REGION_SERVICE, report, *self._backoff)
 
     async def _learn(self, inst: RegionInstance) -> None:
         try:

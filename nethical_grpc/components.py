@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 
@@ -12,13 +13,19 @@ log = logging.getLogger("nethical_grpc.components")
 _reported = False
 
 
-def components() -> dict[str, str]:
-    """Map each optional part to the implementation in use (and why, if a fallback)."""
+@functools.cache
+def _components() -> dict[str, str]:
+    """Probed once per process: what is installed does not change while it runs."""
     out: dict[str, str] = {}
     out["jit"] = "numba" if is_jit_available() else f"numpy ({jit_unavailable_reason()})"
     if importlib.util.find_spec("torch") is None:
         out["gpu"] = "unavailable (torch not installed)"
     return out
+
+
+def components() -> dict[str, str]:
+    """Map each optional part to the implementation in use (and why, if a fallback)."""
+    return dict(_components())
 
 
 def report_once() -> dict[str, str]:

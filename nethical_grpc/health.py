@@ -1,4 +1,4 @@
-"""``grpc.health.v1.Health`` for grpc.aio servers, with streams that end on shutdown.
+"""``grpc.health.v1.Health``: the grpc.aio servicer, and the client that follows it.
 
 Check answers the current status (NOT_FOUND for an unknown service). Watch sends the
 current status, then every change; when the server stops, :meth:`close` sends the final
@@ -9,10 +9,16 @@ instance) do not hold the server's shutdown for its whole grace period.
 from __future__ import annotations
 
 import asyncio
+import enum
+import logging
+import random
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 Status = int  # grpc.health.v1.HealthCheckResponse.ServingStatus
 
@@ -68,3 +74,47 @@ class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
             if self._closed:
                 return
             await changed.wait()
+
+
+class Watched(enum.Enum):
+    """What a client following a server's health has just learned."""
+
+    SERVING = "serving"
+    NOT_SERVING = "not_serving"
+    UNREACHABLE = "unreachable"
+
+
+async def follow_health(
+    channel: grpc.aio.Channel,
+    service: str,
+    report: Callable[[Watched], Awaitable[None]],
+    backoff_initial_s: float = 0.05,
+    backoff_max_s: float = 2.0,
+    rng: random.Random | None = None,
+) -> None:
+    """Keep a ``Health/Watch`` stream open on ``channel`` and report every change.
+
+    Each update is reported the moment it arrives; a broken stream, or one the server
+    ended (it is stopping), is reported UNREACHABLE at once and reopened with jittered
+    exponential backoff. A server without the health service (UNIMPLEMENTED) is taken
+    as SERVING and no longer watched. Runs until cancelled.
+    """
+    uniform = (rng or random.Random()).uniform
+    stub = health_pb2_grpc.HealthStub(channel)
+    request = health_pb2.HealthCheckRequest(service=service)
+    delay = backoff_initial_s
+    while True:
+        try:
+            async for update in stub.Watch(request):
+                delay = backoff_initial_s
+                await report(Watched.SERVING if update.status == SERVING else Watched.NOT_SERVING)
+            await report(Watched.UNREACHABLE)
+        except grpc.RpcError as err:
+            code = err.code() if isinstance(err, grpc.aio.AioRpcError) else None
+            if code == grpc.StatusCode.UNIMPLEMENTED:
+                log.warning("%s has no health service; assuming SERVING", channel)
+                await report(Watched.SERVING)
+                return
+            await report(Watched.UNREACHABLE)
+        await asyncio.sleep(delay * uniform(0.5, 1.5))
+        delay = min(delay * 2.0, backoff_max_s)

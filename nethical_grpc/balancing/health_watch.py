@@ -14,17 +14,19 @@ import logging
 import random
 from typing import TYPE_CHECKING
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from nethical_grpc.balancing.instance import HealthState, Instance
+from nethical_grpc.health import Watched, follow_health
 
 if TYPE_CHECKING:
     from nethical_grpc.balancing.balancer import LoadBalancer
 
 log = logging.getLogger(__name__)
 
-_SERVING = health_pb2.HealthCheckResponse.SERVING
+_STATE = {
+    Watched.SERVING: HealthState.SERVING,
+    Watched.NOT_SERVING: HealthState.NOT_SERVING,
+    Watched.UNREACHABLE: HealthState.UNREACHABLE,
+}
 
 
 class HealthWatcher:
@@ -97,24 +99,7 @@ class HealthWatcher:
         self._lb.set_health(inst, health)
 
     async def _watch(self, inst: Instance) -> None:
-        delay = self._backoff[0]
-        request = health_pb2.HealthCheckRequest(service=self.service)
-        while True:
-            try:
-                stub = health_pb2_grpc.HealthStub(inst.channel)
-                async for update in stub.Watch(request):
-                    delay = self._backoff[0]
-                    serving = update.status == _SERVING
-                    self._report(inst, HealthState.SERVING if serving else HealthState.NOT_SERVING)
-                self._report(inst, HealthState.UNREACHABLE)  # the server ended the stream
-            except asyncio.CancelledError:
-                raise
-            except grpc.RpcError as err:
-                code = err.code() if isinstance(err, grpc.aio.AioRpcError) else None
-                if code is grpc.StatusCode.UNIMPLEMENTED:
-                    log.warning("%s has no health service; assuming SERVING", inst.endpoint)
-                    self._report(inst, HealthState.SERVING)
-                    return
-                self._report(inst, HealthState.UNREACHABLE)
-            await asyncio.sleep(delay * self._rng.uniform(0.5, 1.5))
-            delay = min(delay * 2.0, self._backoff[1])
+        async def report(state: Watched) -> None:
+            self._report(inst, _STATE[state])
+
+        await follow_health(inst.channel, self.service, report, *self._backoff, rng=self._rng)
