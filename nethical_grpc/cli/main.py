@@ -39,7 +39,23 @@ def _server_args(p: argparse.ArgumentParser, default_port: int) -> None:
         default=5_000_000_000,
         help="how long in-flight calls get to finish (5s)",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=_env_int("NETHICAL_METRICS_PORT"),
+        help="serve Prometheus metrics on this port (off by default)",
+    )
+    p.add_argument(
+        "--otlp-endpoint",
+        default=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        help="export traces and metrics over OTLP/gRPC to this endpoint (off by default)",
+    )
     _common(p)
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +93,39 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="this instance's data is the whole region's (shared store or a "
         "replica fed the full stream): the coordinator asks one instance",
+    )
+    region.add_argument(
+        "--cache-url",
+        default=os.environ.get("NETHICAL_CACHE_URL", "memory://"),
+        help="redis://HOST:PORT/DB or memory:// (env NETHICAL_CACHE_URL)",
+    )
+    region.add_argument(
+        "--timeseries-url",
+        default=os.environ.get("NETHICAL_TIMESERIES_URL", "memory://"),
+        help="postgresql://..., sqlite:///PATH or memory:// (env NETHICAL_TIMESERIES_URL)",
+    )
+    region.add_argument(
+        "--audit-url",
+        default=os.environ.get("NETHICAL_AUDIT_URL", "memory://"),
+        help="http(s)://HOST:9200, sqlite:///PATH or memory:// (env NETHICAL_AUDIT_URL)",
+    )
+    region.add_argument(
+        "--flush-interval",
+        type=parse_duration_ns,
+        default=10_000_000_000,
+        help="how often window summaries are written to the time-series store (10s)",
+    )
+    region.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="TorchScript risk model (default: the bundled model)",
+    )
+    region.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda or cuda:N for the risk model"
+    )
+    region.add_argument(
+        "--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="model precision"
     )
     _server_args(region, 50051)
 
