@@ -111,12 +111,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import re._constants as _sre_constants
+import re._parser as _sre_parser
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import IntEnum, StrEnum
 from types import MappingProxyType
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 __all__ = [
     "DETECTORS",
@@ -252,11 +254,12 @@ def _prose_view(text: str) -> str:
 class _ActionView:
     """The fields of one action and their (lazily computed, cached) views."""
 
-    __slots__ = ("_cache", "action", "allowed_hosts")
+    __slots__ = ("_cache", "_candidates", "action", "allowed_hosts")
 
     def __init__(self, action: Action) -> None:
         self.action = action
         self._cache: dict[tuple[FieldName, View], str] = {}
+        self._candidates: dict[FieldName, frozenset[str]] | None = None
         raw = action.context.get("allowed_hosts", "")
         self.allowed_hosts: tuple[str, ...] = tuple(
             h.strip().lower().rstrip(".") for h in _HOST_SPLIT_RE.split(raw) if h.strip()
@@ -268,6 +271,13 @@ class _ActionView:
         if name == "stated_intent":
             return self.action.stated_intent
         return "\n".join(self.action.context[k] for k in sorted(self.action.context))
+
+    def may_fire(self, rule: Rule, name: FieldName) -> bool:
+        """False only when no pattern of ``rule`` can match ``name`` (see :class:`_Prefilter`)."""
+        if self._candidates is None:
+            self._candidates = _PREFILTER.candidates(self)
+        found = self._candidates.get(name)
+        return found is not None and rule.name in found
 
     def text(self, name: FieldName, view: View) -> str:
         key = (name, view)
@@ -433,7 +443,7 @@ class Rule:
     def first_field(self, av: _ActionView) -> FieldName | None:
         """The first field (in ``fields`` order) where this rule fires, or ``None``."""
         for name in self.fields:
-            if self.matches(av, name):
+            if av.may_fire(self, name) and self.matches(av, name):
                 return name
         return None
 
@@ -1197,6 +1207,108 @@ RULES: Final[tuple[Rule, ...]] = tuple(r for d in DETECTORS for r in d.rules)
 
 #: Upper bound on ``len(detect(action))``: one finding per rule, plus ``intent.mismatch``.
 MAX_FINDINGS: Final = len(RULES) + 1
+
+_MIN_LITERAL: Final = 3
+
+
+class _Prefilter:
+    """Literal keywords that must appear for a rule to fire: a cheap test before the regexes.
+
+    For each pattern, :meth:`required_literals` walks its parse tree and finds a set of
+    strings (at least :data:`_MIN_LITERAL` characters) one of which every match must
+    contain: a run of literal characters in the top-level sequence, a group, a repeat taken
+    at least once, or the union over the branches of an alternation.  A rule can fire on a
+    text only if, for one of its patterns, one of those strings occurs in the text.  Texts
+    and literals are compared case-folded (``str.casefold``), which can only widen what
+    counts as present, never narrow it, so the test has no false negatives; rules with a
+    pattern that has no such literal (digit formats, bare punctuation) are always checked.
+    A benign text then costs one casefold and a few hundred substring tests in C instead of
+    some eighty regex scans.
+    """
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        literals: dict[str, frozenset[str] | None] = {}
+        for rule in rules:
+            found: set[str] = set()
+            for pattern in rule.patterns:
+                lits = self.required_literals(pattern)
+                if lits is None:
+                    literals[rule.name] = None
+                    break
+                found |= lits
+            else:
+                literals[rule.name] = frozenset(found)
+        # per (field, view): the rules that look there, and the literals they need
+        self._plan: dict[tuple[FieldName, View], tuple[tuple[str, frozenset[str] | None], ...]]
+        self._plan = {}
+        for rule in rules:
+            for name in rule.fields:
+                key = (name, rule.view)
+                self._plan[key] = (*self._plan.get(key, ()), (rule.name, literals[rule.name]))
+        self._words = {
+            key: tuple(sorted({lit for _, lits in entries if lits for lit in lits}))
+            for key, entries in self._plan.items()
+        }
+
+    def candidates(self, av: _ActionView) -> dict[FieldName, frozenset[str]]:
+        """Per field, the names of the rules that may fire there (see the class docstring)."""
+        out: dict[FieldName, set[str]] = {}
+        for key, entries in self._plan.items():
+            text = av.text(*key)
+            if not text:
+                continue
+            folded = text.casefold()
+            present = {w for w in self._words[key] if w in folded}
+            out.setdefault(key[0], set()).update(
+                name for name, lits in entries if lits is None or not lits.isdisjoint(present)
+            )
+        return {k: frozenset(v) for k, v in out.items()}
+
+    @classmethod
+    def required_literals(cls, pattern: re.Pattern[str]) -> frozenset[str] | None:
+        tree = _sre_parser.parse(pattern.pattern, pattern.flags)
+        found = cls._sequence(list(tree))
+        return None if found is None else frozenset(s.casefold() for s in found)
+
+    @classmethod
+    def _sequence(cls, items: list[tuple[Any, Any]]) -> set[str] | None:
+        candidates: list[set[str]] = []
+        run: list[str] = []
+        for op, arg in items:
+            if op is _sre_constants.LITERAL:
+                run.append(chr(arg))
+                continue
+            if run:
+                candidates.append({"".join(run)})
+                run = []
+            inner = cls._node(op, arg)
+            if inner is not None:
+                candidates.append(inner)
+        if run:
+            candidates.append({"".join(run)})
+        usable = [c for c in candidates if min(map(len, c)) >= _MIN_LITERAL]
+        if not usable:
+            return None
+        return max(usable, key=lambda c: (min(map(len, c)), -len(c)))
+
+    @classmethod
+    def _node(cls, op: Any, arg: Any) -> set[str] | None:
+        if op is _sre_constants.SUBPATTERN:
+            return cls._sequence(list(arg[3]))
+        if op is _sre_constants.BRANCH:
+            union: set[str] = set()
+            for branch in arg[1]:
+                inner = cls._sequence(list(branch))
+                if inner is None:
+                    return None
+                union |= inner
+            return union
+        if op in (_sre_constants.MAX_REPEAT, _sre_constants.MIN_REPEAT) and arg[0] >= 1:
+            return cls._sequence(list(arg[2]))
+        return None
+
+
+_PREFILTER: Final = _Prefilter(RULES)
 
 
 def rule_table() -> list[tuple[str, ViolationType, Severity, float, str]]:

@@ -24,10 +24,11 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from nethical_grpc.v1 import governance_pb2 as nethical__grpc_dot_v1_dot_governance__pb2
 from nethical_grpc.v1 import summary_pb2 as nethical__grpc_dot_v1_dot_summary__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"nethical_grpc/v1/region_node.proto\x12\x10nethical_grpc.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1enethical_grpc/v1/summary.proto\"\xe3\x01\n\rIngestRequest\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12;\n\x06labels\x18\x02 \x03(\x0b\x32+.nethical_grpc.v1.IngestRequest.LabelsEntry\x12\x0e\n\x06values\x18\x03 \x03(\x01\x12\x1c\n\x14timestamps_unix_nano\x18\x04 \x03(\x10\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"C\n\x0eIngestResponse\x12\x18\n\x10\x61\x63\x63\x65pted_batches\x18\x01 \x01(\x04\x12\x17\n\x0f\x61\x63\x63\x65pted_values\x18\x02 \x01(\x04\"\x9f\x02\n\x13GetSummariesRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07metrics\x18\x03 \x03(\t\x12L\n\x0clabel_filter\x18\x04 \x03(\x0b\x32\x36.nethical_grpc.v1.GetSummariesRequest.LabelFilterEntry\x12\x17\n\x0fgroup_by_labels\x18\x05 \x03(\t\x1a\x32\n\x10LabelFilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcb\x01\n\x14GetSummariesResponse\x12/\n\x06series\x18\x01 \x03(\x0b\x32\x1f.nethical_grpc.v1.SeriesSummary\x12\x11\n\tregion_id\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12*\n\x05scope\x18\x04 \x01(\x0e\x32\x1b.nethical_grpc.v1.DataScope\x12.\n\ndata_as_of\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x14\n\x12GetNodeInfoRequest\"\x96\x03\n\x13GetNodeInfoResponse\x12\x11\n\tregion_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12*\n\x05scope\x18\x03 \x01(\x0e\x32\x1b.nethical_grpc.v1.DataScope\x12)\n\x06window\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tretention\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cseries_count\x18\x06 \x01(\x04\x12\x14\n\x0cwindow_count\x18\x07 \x01(\x04\x12\x17\n\x0fhistogram_scale\x18\x08 \x01(\x11\x12\x0f\n\x07version\x18\t \x01(\t\x12I\n\ncomponents\x18\n \x03(\x0b\x32\x35.nethical_grpc.v1.GetNodeInfoResponse.ComponentsEntry\x1a\x31\n\x0f\x43omponentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*W\n\tDataScope\x12\x1a\n\x16\x44\x41TA_SCOPE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x44\x41TA_SCOPE_INSTANCE\x10\x01\x12\x15\n\x11\x44\x41TA_SCOPE_REGION\x10\x02\x32\x9d\x02\n\x11RegionNodeService\x12M\n\x06Ingest\x12\x1f.nethical_grpc.v1.IngestRequest\x1a .nethical_grpc.v1.IngestResponse(\x01\x12]\n\x0cGetSummaries\x12%.nethical_grpc.v1.GetSummariesRequest\x1a&.nethical_grpc.v1.GetSummariesResponse\x12Z\n\x0bGetNodeInfo\x12$.nethical_grpc.v1.GetNodeInfoRequest\x1a%.nethical_grpc.v1.GetNodeInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"nethical_grpc/v1/region_node.proto\x12\x10nethical_grpc.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!nethical_grpc/v1/governance.proto\x1a\x1enethical_grpc/v1/summary.proto\"\xe3\x01\n\rIngestRequest\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12;\n\x06labels\x18\x02 \x03(\x0b\x32+.nethical_grpc.v1.IngestRequest.LabelsEntry\x12\x0e\n\x06values\x18\x03 \x03(\x01\x12\x1c\n\x14timestamps_unix_nano\x18\x04 \x03(\x10\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"C\n\x0eIngestResponse\x12\x18\n\x10\x61\x63\x63\x65pted_batches\x18\x01 \x01(\x04\x12\x17\n\x0f\x61\x63\x63\x65pted_values\x18\x02 \x01(\x04\"\x9f\x02\n\x13GetSummariesRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07metrics\x18\x03 \x03(\t\x12L\n\x0clabel_filter\x18\x04 \x03(\x0b\x32\x36.nethical_grpc.v1.GetSummariesRequest.LabelFilterEntry\x12\x17\n\x0fgroup_by_labels\x18\x05 \x03(\t\x1a\x32\n\x10LabelFilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcb\x01\n\x14GetSummariesResponse\x12/\n\x06series\x18\x01 \x03(\x0b\x32\x1f.nethical_grpc.v1.SeriesSummary\x12\x11\n\tregion_id\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12*\n\x05scope\x18\x04 \x01(\x0e\x32\x1b.nethical_grpc.v1.DataScope\x12.\n\ndata_as_of\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x14\n\x12GetNodeInfoRequest\"\xc5\x03\n\x13GetNodeInfoResponse\x12\x11\n\tregion_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12*\n\x05scope\x18\x03 \x01(\x0e\x32\x1b.nethical_grpc.v1.DataScope\x12)\n\x06window\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tretention\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cseries_count\x18\x06 \x01(\x04\x12\x14\n\x0cwindow_count\x18\x07 \x01(\x04\x12\x17\n\x0fhistogram_scale\x18\x08 \x01(\x11\x12\x0f\n\x07version\x18\t \x01(\t\x12I\n\ncomponents\x18\n \x03(\x0b\x32\x35.nethical_grpc.v1.GetNodeInfoResponse.ComponentsEntry\x12-\n\x06stores\x18\x0b \x03(\x0b\x32\x1d.nethical_grpc.v1.StoreStatus\x1a\x31\n\x0f\x43omponentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\x0bStoreStatus\x12\r\n\x05store\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x11\n\trequested\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"@\n\x0f\x45valuateRequest\x12-\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\x1d.nethical_grpc.v1.AgentAction\"J\n\x10\x45valuateResponse\x12\x36\n\nevaluation\x18\x01 \x01(\x0b\x32\".nethical_grpc.v1.ActionEvaluation\"F\n\x15\x45valuateStreamRequest\x12-\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\x1d.nethical_grpc.v1.AgentAction\"\x8c\x01\n\x16\x45valuateStreamResponse\x12\x38\n\nevaluation\x18\x01 \x01(\x0b\x32\".nethical_grpc.v1.ActionEvaluationH\x00\x12.\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1d.nethical_grpc.v1.ActionErrorH\x00\x42\x08\n\x06result\"1\n\x0cScoreRequest\x12\x10\n\x08\x66\x65\x61tures\x18\x01 \x03(\x01\x12\x0f\n\x07\x63olumns\x18\x02 \x01(\r\"a\n\rScoreResponse\x12\x15\n\rprobabilities\x18\x01 \x03(\x01\x12\r\n\x05model\x18\x02 \x01(\t\x12*\n\x07latency\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\")\n\x15GetRiskProfileRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"\xd1\x02\n\x16GetRiskProfileResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65valuations\x18\x02 \x01(\x04\x12\x11\n\tmean_risk\x18\x03 \x01(\x01\x12\x10\n\x08max_risk\x18\x04 \x01(\x01\x12U\n\x0f\x64\x65\x63ision_counts\x18\x05 \x03(\x0b\x32<.nethical_grpc.v1.GetRiskProfileResponse.DecisionCountsEntry\x12.\n\x06recent\x18\x06 \x03(\x0b\x32\x1e.nethical_grpc.v1.ProfileEntry\x12-\n\tlast_seen\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x35\n\x13\x44\x65\x63isionCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xa4\x01\n\x13QueryMetricsRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x05 \x01(\r\"\xe7\x01\n\x0cMetricRecord\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0e\n\x06metric\x18\x03 \x01(\t\x12\r\n\x05value\x18\x04 \x01(\x01\x12\x11\n\tregion_id\x18\x05 \x01(\t\x12:\n\x06labels\x18\x06 \x03(\x0b\x32*.nethical_grpc.v1.MetricRecord.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"G\n\x14QueryMetricsResponse\x12/\n\x07records\x18\x01 \x03(\x0b\x32\x1e.nethical_grpc.v1.MetricRecord\"\xf8\x01\n\x17\x41ggregateMetricsRequest\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x32\n\x0b\x61ggregation\x18\x02 \x01(\x0e\x32\x1d.nethical_grpc.v1.Aggregation\x12)\n\x06\x62ucket\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61gent_id\x18\x06 \x01(\t\"\\\n\x0cMetricBucket\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05value\x18\x02 \x01(\x01\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\"K\n\x18\x41ggregateMetricsResponse\x12/\n\x07\x62uckets\x18\x01 \x03(\x0b\x32\x1e.nethical_grpc.v1.MetricBucket\"\x8c\x02\n\x12SearchAuditRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12,\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0e\x32\x1a.nethical_grpc.v1.Decision\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\x08min_risk\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x11\n\tpage_size\x18\x07 \x01(\r\x12\x12\n\npage_token\x18\x08 \x01(\tB\x0b\n\t_min_risk\"\xff\x01\n\x0b\x41uditRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x13\n\x0b\x61\x63tion_type\x18\x04 \x01(\t\x12\x13\n\x0b\x61\x63tion_text\x18\x05 \x01(\t\x12\x15\n\rstated_intent\x18\x06 \x01(\t\x12,\n\x08\x64\x65\x63ision\x18\x07 \x01(\x0e\x32\x1a.nethical_grpc.v1.Decision\x12\x12\n\nrisk_score\x18\x08 \x01(\x01\x12\x11\n\tregion_id\x18\t \x01(\t\x12\x12\n\nrequest_id\x18\n \x01(\t\"^\n\x13SearchAuditResponse\x12.\n\x07records\x18\x01 \x03(\x0b\x32\x1d.nethical_grpc.v1.AuditRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*W\n\tDataScope\x12\x1a\n\x16\x44\x41TA_SCOPE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x44\x41TA_SCOPE_INSTANCE\x10\x01\x12\x15\n\x11\x44\x41TA_SCOPE_REGION\x10\x02*\x95\x01\n\x0b\x41ggregation\x12\x1b\n\x17\x41GGREGATION_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41GGREGATION_AVG\x10\x01\x12\x13\n\x0f\x41GGREGATION_SUM\x10\x02\x12\x13\n\x0f\x41GGREGATION_MIN\x10\x03\x12\x13\n\x0f\x41GGREGATION_MAX\x10\x04\x12\x15\n\x11\x41GGREGATION_COUNT\x10\x05\x32\xae\x07\n\x11RegionNodeService\x12M\n\x06Ingest\x12\x1f.nethical_grpc.v1.IngestRequest\x1a .nethical_grpc.v1.IngestResponse(\x01\x12]\n\x0cGetSummaries\x12%.nethical_grpc.v1.GetSummariesRequest\x1a&.nethical_grpc.v1.GetSummariesResponse\x12Z\n\x0bGetNodeInfo\x12$.nethical_grpc.v1.GetNodeInfoRequest\x1a%.nethical_grpc.v1.GetNodeInfoResponse\x12Q\n\x08\x45valuate\x12!.nethical_grpc.v1.EvaluateRequest\x1a\".nethical_grpc.v1.EvaluateResponse\x12g\n\x0e\x45valuateStream\x12\'.nethical_grpc.v1.EvaluateStreamRequest\x1a(.nethical_grpc.v1.EvaluateStreamResponse(\x01\x30\x01\x12H\n\x05Score\x12\x1e.nethical_grpc.v1.ScoreRequest\x1a\x1f.nethical_grpc.v1.ScoreResponse\x12\x63\n\x0eGetRiskProfile\x12\'.nethical_grpc.v1.GetRiskProfileRequest\x1a(.nethical_grpc.v1.GetRiskProfileResponse\x12]\n\x0cQueryMetrics\x12%.nethical_grpc.v1.QueryMetricsRequest\x1a&.nethical_grpc.v1.QueryMetricsResponse\x12i\n\x10\x41ggregateMetrics\x12).nethical_grpc.v1.AggregateMetricsRequest\x1a*.nethical_grpc.v1.AggregateMetricsResponse\x12Z\n\x0bSearchAudit\x12$.nethical_grpc.v1.SearchAuditRequest\x1a%.nethical_grpc.v1.SearchAuditResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,26 +41,72 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSUMMARIESREQUEST_LABELFILTERENTRY']._serialized_options = b'8\001'
   _globals['_GETNODEINFORESPONSE_COMPONENTSENTRY']._loaded_options = None
   _globals['_GETNODEINFORESPONSE_COMPONENTSENTRY']._serialized_options = b'8\001'
-  _globals['_DATASCOPE']._serialized_start=1379
-  _globals['_DATASCOPE']._serialized_end=1466
-  _globals['_INGESTREQUEST']._serialized_start=154
-  _globals['_INGESTREQUEST']._serialized_end=381
-  _globals['_INGESTREQUEST_LABELSENTRY']._serialized_start=336
-  _globals['_INGESTREQUEST_LABELSENTRY']._serialized_end=381
-  _globals['_INGESTRESPONSE']._serialized_start=383
-  _globals['_INGESTRESPONSE']._serialized_end=450
-  _globals['_GETSUMMARIESREQUEST']._serialized_start=453
-  _globals['_GETSUMMARIESREQUEST']._serialized_end=740
-  _globals['_GETSUMMARIESREQUEST_LABELFILTERENTRY']._serialized_start=690
-  _globals['_GETSUMMARIESREQUEST_LABELFILTERENTRY']._serialized_end=740
-  _globals['_GETSUMMARIESRESPONSE']._serialized_start=743
-  _globals['_GETSUMMARIESRESPONSE']._serialized_end=946
-  _globals['_GETNODEINFOREQUEST']._serialized_start=948
-  _globals['_GETNODEINFOREQUEST']._serialized_end=968
-  _globals['_GETNODEINFORESPONSE']._serialized_start=971
-  _globals['_GETNODEINFORESPONSE']._serialized_end=1377
-  _globals['_GETNODEINFORESPONSE_COMPONENTSENTRY']._serialized_start=1328
-  _globals['_GETNODEINFORESPONSE_COMPONENTSENTRY']._serialized_end=1377
-  _globals['_REGIONNODESERVICE']._serialized_start=1469
-  _globals['_REGIONNODESERVICE']._serialized_end=1754
+  _globals['_GETRISKPROFILERESPONSE_DECISIONCOUNTSENTRY']._loaded_options = None
+  _globals['_GETRISKPROFILERESPONSE_DECISIONCOUNTSENTRY']._serialized_options = b'8\001'
+  _globals['_METRICRECORD_LABELSENTRY']._loaded_options = None
+  _globals['_METRICRECORD_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_DATASCOPE']._serialized_start=3954
+  _globals['_DATASCOPE']._serialized_end=4041
+  _globals['_AGGREGATION']._serialized_start=4044
+  _globals['_AGGREGATION']._serialized_end=4193
+  _globals['_INGESTREQUEST']._serialized_start=189
+  _globals['_INGESTREQUEST']._serialized_end=416
+  _globals['_INGESTREQUEST_LABELSENTRY']._serialized_start=371
+  _globals['_INGESTREQUEST_LABELSENTRY']._serialized_end=416
+  _globals['_INGESTRESPONSE']._serialized_start=418
+  _globals['_INGESTRESPONSE']._serialized_end=485
+  _globals['_GETSUMMARIESREQUEST']._serialized_start=488
+  _globals['_GETSUMMARIESREQUEST']._serialized_end=775
+  _globals['_GETSUMMARIESREQUEST_LABELFILTERENTRY']._serialized_start=725
+  _globals['_GETSUMMARIESREQUEST_LABELFILTERENTRY']._serialized_end=775
+  _globals['_GETSUMMARIESRESPONSE']._serialized_start=778
+  _globals['_GETSUMMARIESRESPONSE']._serialized_end=981
+  _globals['_GETNODEINFOREQUEST']._serialized_start=983
+  _globals['_GETNODEINFOREQUEST']._serialized_end=1003
+  _globals['_GETNODEINFORESPONSE']._serialized_start=1006
+  _globals['_GETNODEINFORESPONSE']._serialized_end=1459
+  _globals['_GETNODEINFORESPONSE_COMPONENTSENTRY']._serialized_start=1410
+  _globals['_GETNODEINFORESPONSE_COMPONENTSENTRY']._serialized_end=1459
+  _globals['_STORESTATUS']._serialized_start=1461
+  _globals['_STORESTATUS']._serialized_end=1541
+  _globals['_EVALUATEREQUEST']._serialized_start=1543
+  _globals['_EVALUATEREQUEST']._serialized_end=1607
+  _globals['_EVALUATERESPONSE']._serialized_start=1609
+  _globals['_EVALUATERESPONSE']._serialized_end=1683
+  _globals['_EVALUATESTREAMREQUEST']._serialized_start=1685
+  _globals['_EVALUATESTREAMREQUEST']._serialized_end=1755
+  _globals['_EVALUATESTREAMRESPONSE']._serialized_start=1758
+  _globals['_EVALUATESTREAMRESPONSE']._serialized_end=1898
+  _globals['_SCOREREQUEST']._serialized_start=1900
+  _globals['_SCOREREQUEST']._serialized_end=1949
+  _globals['_SCORERESPONSE']._serialized_start=1951
+  _globals['_SCORERESPONSE']._serialized_end=2048
+  _globals['_GETRISKPROFILEREQUEST']._serialized_start=2050
+  _globals['_GETRISKPROFILEREQUEST']._serialized_end=2091
+  _globals['_GETRISKPROFILERESPONSE']._serialized_start=2094
+  _globals['_GETRISKPROFILERESPONSE']._serialized_end=2431
+  _globals['_GETRISKPROFILERESPONSE_DECISIONCOUNTSENTRY']._serialized_start=2378
+  _globals['_GETRISKPROFILERESPONSE_DECISIONCOUNTSENTRY']._serialized_end=2431
+  _globals['_QUERYMETRICSREQUEST']._serialized_start=2434
+  _globals['_QUERYMETRICSREQUEST']._serialized_end=2598
+  _globals['_METRICRECORD']._serialized_start=2601
+  _globals['_METRICRECORD']._serialized_end=2832
+  _globals['_METRICRECORD_LABELSENTRY']._serialized_start=371
+  _globals['_METRICRECORD_LABELSENTRY']._serialized_end=416
+  _globals['_QUERYMETRICSRESPONSE']._serialized_start=2834
+  _globals['_QUERYMETRICSRESPONSE']._serialized_end=2905
+  _globals['_AGGREGATEMETRICSREQUEST']._serialized_start=2908
+  _globals['_AGGREGATEMETRICSREQUEST']._serialized_end=3156
+  _globals['_METRICBUCKET']._serialized_start=3158
+  _globals['_METRICBUCKET']._serialized_end=3250
+  _globals['_AGGREGATEMETRICSRESPONSE']._serialized_start=3252
+  _globals['_AGGREGATEMETRICSRESPONSE']._serialized_end=3327
+  _globals['_SEARCHAUDITREQUEST']._serialized_start=3330
+  _globals['_SEARCHAUDITREQUEST']._serialized_end=3598
+  _globals['_AUDITRECORD']._serialized_start=3601
+  _globals['_AUDITRECORD']._serialized_end=3856
+  _globals['_SEARCHAUDITRESPONSE']._serialized_start=3858
+  _globals['_SEARCHAUDITRESPONSE']._serialized_end=3952
+  _globals['_REGIONNODESERVICE']._serialized_start=4196
+  _globals['_REGIONNODESERVICE']._serialized_end=5138
 # @@protoc_insertion_point(module_scope)

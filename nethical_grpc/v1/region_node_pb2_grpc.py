@@ -51,6 +51,41 @@ class RegionNodeServiceStub:
                 request_serializer=nethical__grpc_dot_v1_dot_region__node__pb2.GetNodeInfoRequest.SerializeToString,
                 response_deserializer=nethical__grpc_dot_v1_dot_region__node__pb2.GetNodeInfoResponse.FromString,
                 _registered_method=True)
+        self.Evaluate = channel.unary_unary(
+                '/nethical_grpc.v1.RegionNodeService/Evaluate',
+                request_serializer=nethical__grpc_dot_v1_dot_region__node__pb2.EvaluateRequest.SerializeToString,
+                response_deserializer=nethical__grpc_dot_v1_dot_region__node__pb2.EvaluateResponse.FromString,
+                _registered_method=True)
+        self.EvaluateStream = channel.stream_stream(
+                '/nethical_grpc.v1.RegionNodeService/EvaluateStream',
+                request_serializer=nethical__grpc_dot_v1_dot_region__node__pb2.EvaluateStreamRequest.SerializeToString,
+                response_deserializer=nethical__grpc_dot_v1_dot_region__node__pb2.EvaluateStreamResponse.FromString,
+                _registered_method=True)
+        self.Score = channel.unary_unary(
+                '/nethical_grpc.v1.RegionNodeService/Score',
+                request_serializer=nethical__grpc_dot_v1_dot_region__node__pb2.ScoreRequest.SerializeToString,
+                response_deserializer=nethical__grpc_dot_v1_dot_region__node__pb2.ScoreResponse.FromString,
+                _registered_method=True)
+        self.GetRiskProfile = channel.unary_unary(
+                '/nethical_grpc.v1.RegionNodeService/GetRiskProfile',
+                request_serializer=nethical__grpc_dot_v1_dot_region__node__pb2.GetRiskProfileRequest.SerializeToString,
+                response_deserializer=nethical__grpc_dot_v1_dot_region__node__pb2.GetRiskProfileResponse.FromString,
+                _registered_method=True)
+        self.QueryMetrics = channel.unary_unary(
+                '/nethical_grpc.v1.RegionNodeService/QueryMetrics',
+                request_serializer=nethical__grpc_dot_v1_dot_region__node__pb2.QueryMetricsRequest.SerializeToString,
+                response_deserializer=nethical__grpc_dot_v1_dot_region__node__pb2.QueryMetricsResponse.FromString,
+                _registered_method=True)
+        self.AggregateMetrics = channel.unary_unary(
+                '/nethical_grpc.v1.RegionNodeService/AggregateMetrics',
+                request_serializer=nethical__grpc_dot_v1_dot_region__node__pb2.AggregateMetricsRequest.SerializeToString,
+                response_deserializer=nethical__grpc_dot_v1_dot_region__node__pb2.AggregateMetricsResponse.FromString,
+                _registered_method=True)
+        self.SearchAudit = channel.unary_unary(
+                '/nethical_grpc.v1.RegionNodeService/SearchAudit',
+                request_serializer=nethical__grpc_dot_v1_dot_region__node__pb2.SearchAuditRequest.SerializeToString,
+                response_deserializer=nethical__grpc_dot_v1_dot_region__node__pb2.SearchAuditResponse.FromString,
+                _registered_method=True)
 
 
 class RegionNodeServiceServicer:
@@ -83,6 +118,57 @@ class RegionNodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Evaluate(self, request, context):
+        """Evaluates one agent action: rule detectors, the JIT risk kernel and the risk
+        model. The decision feeds the node's windows (risk_score, latency_ms).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EvaluateStream(self, request_iterator, context):
+        """Evaluates a stream of actions; answers come back in request order. A bad action
+        gets an ActionError in its answer and the stream goes on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Score(self, request, context):
+        """Scores feature rows that the caller built, on the node's risk model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRiskProfile(self, request, context):
+        """In-region only: an agent's recent decisions and mean risk.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QueryMetrics(self, request, context):
+        """In-region only: raw metric rows of the region's time-series store.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AggregateMetrics(self, request, context):
+        """In-region only: metric rows aggregated per time bucket.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchAudit(self, request, context):
+        """In-region only: full-text search over the region's audit log.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegionNodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -100,6 +186,41 @@ def add_RegionNodeServiceServicer_to_server(servicer, server):
                     servicer.GetNodeInfo,
                     request_deserializer=nethical__grpc_dot_v1_dot_region__node__pb2.GetNodeInfoRequest.FromString,
                     response_serializer=nethical__grpc_dot_v1_dot_region__node__pb2.GetNodeInfoResponse.SerializeToString,
+            ),
+            'Evaluate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Evaluate,
+                    request_deserializer=nethical__grpc_dot_v1_dot_region__node__pb2.EvaluateRequest.FromString,
+                    response_serializer=nethical__grpc_dot_v1_dot_region__node__pb2.EvaluateResponse.SerializeToString,
+            ),
+            'EvaluateStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.EvaluateStream,
+                    request_deserializer=nethical__grpc_dot_v1_dot_region__node__pb2.EvaluateStreamRequest.FromString,
+                    response_serializer=nethical__grpc_dot_v1_dot_region__node__pb2.EvaluateStreamResponse.SerializeToString,
+            ),
+            'Score': grpc.unary_unary_rpc_method_handler(
+                    servicer.Score,
+                    request_deserializer=nethical__grpc_dot_v1_dot_region__node__pb2.ScoreRequest.FromString,
+                    response_serializer=nethical__grpc_dot_v1_dot_region__node__pb2.ScoreResponse.SerializeToString,
+            ),
+            'GetRiskProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRiskProfile,
+                    request_deserializer=nethical__grpc_dot_v1_dot_region__node__pb2.GetRiskProfileRequest.FromString,
+                    response_serializer=nethical__grpc_dot_v1_dot_region__node__pb2.GetRiskProfileResponse.SerializeToString,
+            ),
+            'QueryMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryMetrics,
+                    request_deserializer=nethical__grpc_dot_v1_dot_region__node__pb2.QueryMetricsRequest.FromString,
+                    response_serializer=nethical__grpc_dot_v1_dot_region__node__pb2.QueryMetricsResponse.SerializeToString,
+            ),
+            'AggregateMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.AggregateMetrics,
+                    request_deserializer=nethical__grpc_dot_v1_dot_region__node__pb2.AggregateMetricsRequest.FromString,
+                    response_serializer=nethical__grpc_dot_v1_dot_region__node__pb2.AggregateMetricsResponse.SerializeToString,
+            ),
+            'SearchAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchAudit,
+                    request_deserializer=nethical__grpc_dot_v1_dot_region__node__pb2.SearchAuditRequest.FromString,
+                    response_serializer=nethical__grpc_dot_v1_dot_region__node__pb2.SearchAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -185,6 +306,195 @@ class RegionNodeService:
             '/nethical_grpc.v1.RegionNodeService/GetNodeInfo',
             nethical__grpc_dot_v1_dot_region__node__pb2.GetNodeInfoRequest.SerializeToString,
             nethical__grpc_dot_v1_dot_region__node__pb2.GetNodeInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Evaluate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nethical_grpc.v1.RegionNodeService/Evaluate',
+            nethical__grpc_dot_v1_dot_region__node__pb2.EvaluateRequest.SerializeToString,
+            nethical__grpc_dot_v1_dot_region__node__pb2.EvaluateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluateStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/nethical_grpc.v1.RegionNodeService/EvaluateStream',
+            nethical__grpc_dot_v1_dot_region__node__pb2.EvaluateStreamRequest.SerializeToString,
+            nethical__grpc_dot_v1_dot_region__node__pb2.EvaluateStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Score(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nethical_grpc.v1.RegionNodeService/Score',
+            nethical__grpc_dot_v1_dot_region__node__pb2.ScoreRequest.SerializeToString,
+            nethical__grpc_dot_v1_dot_region__node__pb2.ScoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRiskProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nethical_grpc.v1.RegionNodeService/GetRiskProfile',
+            nethical__grpc_dot_v1_dot_region__node__pb2.GetRiskProfileRequest.SerializeToString,
+            nethical__grpc_dot_v1_dot_region__node__pb2.GetRiskProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nethical_grpc.v1.RegionNodeService/QueryMetrics',
+            nethical__grpc_dot_v1_dot_region__node__pb2.QueryMetricsRequest.SerializeToString,
+            nethical__grpc_dot_v1_dot_region__node__pb2.QueryMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AggregateMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nethical_grpc.v1.RegionNodeService/AggregateMetrics',
+            nethical__grpc_dot_v1_dot_region__node__pb2.AggregateMetricsRequest.SerializeToString,
+            nethical__grpc_dot_v1_dot_region__node__pb2.AggregateMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nethical_grpc.v1.RegionNodeService/SearchAudit',
+            nethical__grpc_dot_v1_dot_region__node__pb2.SearchAuditRequest.SerializeToString,
+            nethical__grpc_dot_v1_dot_region__node__pb2.SearchAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,
