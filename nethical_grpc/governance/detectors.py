@@ -109,10 +109,9 @@ link-local, a single-label name (``db``, ``localhost``), a name under an interna
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 import re
-import re._constants as _sre_constants
-import re._parser as _sre_parser
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -1209,6 +1208,9 @@ RULES: Final[tuple[Rule, ...]] = tuple(r for d in DETECTORS for r in d.rules)
 MAX_FINDINGS: Final = len(RULES) + 1
 
 _MIN_LITERAL: Final = 3
+# the standard library's regex parser (no public name; stable since 3.11)
+_sre_parser: Any = importlib.import_module("re._parser")
+_sre_constants: Any = importlib.import_module("re._constants")
 
 
 class _Prefilter:
