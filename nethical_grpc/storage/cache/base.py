@@ -1,0 +1,212 @@
+"""What every cache backend shares: the async API, statistics, argument checks and errors."""
+
+from __future__ import annotations
+
+import abc
+import enum
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Final, Self
+
+__all__ = [
+    "DEFAULT_TTL_S",
+    "MISSING",
+    "Cache",
+    "CacheStats",
+    "CacheUnavailableError",
+    "Missing",
+    "check_amount",
+    "check_key",
+    "check_keys",
+    "check_ttl",
+    "region_namespace",
+]
+
+DEFAULT_TTL_S: Final = 300.0
+"""The TTL ``set`` uses when none is given (the guide's ``default_ttl=300``)."""
+
+
+class Missing(enum.Enum):
+    """Type of :data:`MISSING`; falsy, so ``if not cache.get(k, MISSING)`` still reads well."""
+
+    MISSING = enum.auto()
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Final = Missing.MISSING
+"""Pass as ``default`` to :meth:`Cache.get` to tell a miss from a stored ``None``."""
+
+
+class CacheUnavailableError(ConnectionError):
+    """The cache server could not be reached or did not answer in time.
+
+    The message never contains a password. A plain :class:`RedisCache` raises it; the
+    failover cache catches it and answers from memory instead.
+    """
+
+
+def region_namespace(region: str) -> str:
+    """The key namespace for one region's cache: ``"nethical:{region}:"``.
+
+    ``ValueError`` when ``region`` is empty or contains whitespace.
+    """
+    if not region or any(c.isspace() for c in region):
+        raise ValueError(f"region must be non-empty with no whitespace, got {region!r}")
+    return f"nethical:{region}:"
+
+
+def check_key(key: object) -> str:
+    """``key`` if it is a non-empty ``str``; ``ValueError`` otherwise."""
+    if type(key) is not str or not key:
+        raise ValueError(f"cache key must be a non-empty str, got {key!r}")
+    return key
+
+
+def check_keys(keys: Iterable[str]) -> list[str]:
+    """``keys`` as a list without duplicates (first occurrence kept), each checked by
+    :func:`check_key`; ``ValueError`` for a bare ``str`` (a common slip for ``[key]``)."""
+    if isinstance(keys, str | bytes):
+        raise ValueError("keys must be an iterable of str, not a single string")
+    return list(dict.fromkeys(check_key(k) for k in keys))
+
+
+def check_amount(amount: object) -> int:
+    """``amount`` if it is an int (not bool) in the signed 64-bit range; ``ValueError``
+    otherwise."""
+    if type(amount) is not int or not -(2**63) <= amount < 2**63:
+        raise ValueError(f"increment amount must be a 64-bit int, got {amount!r}")
+    return amount
+
+
+def check_ttl(ttl: object, name: str = "ttl") -> float:
+    """``ttl`` in seconds as a float: 0 means no expiry; ``ValueError`` if negative or not a
+    finite number."""
+    if type(ttl) not in (int, float):
+        raise ValueError(f"{name} must be a number of seconds, got {ttl!r}")
+    value = float(ttl)  # type: ignore[arg-type]
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {ttl!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """A snapshot of one cache's counters.
+
+    ``type`` is the backend answering now (``"redis"`` or ``"memory"``); ``hits`` and
+    ``misses`` count keys looked up by ``get``/``get_multiple``; ``hit_rate`` is
+    ``100 * hits / (hits + misses)`` in percent (0 before any lookup); ``errors`` counts
+    failed server operations (each one answered from memory by the failover cache);
+    ``fallbacks`` and ``recoveries`` count switches to memory and back to Redis;
+    ``pending_writes`` is how many keys written during an outage still wait to be written
+    back; ``size`` is the number of entries in this cache's namespace (memory: held
+    entries, expired ones purged first); ``last_error`` is the latest server error, if any.
+    """
+
+    type: str
+    hits: int
+    misses: int
+    hit_rate: float
+    errors: int
+    size: int
+    evictions: int = 0
+    fallbacks: int = 0
+    recoveries: int = 0
+    pending_writes: int = 0
+    last_error: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def hit_rate(hits: int, misses: int) -> float:
+    """Hits as a percentage of lookups (0.0 before any lookup)."""
+    total = hits + misses
+    return 100.0 * hits / total if total else 0.0
+
+
+class Cache(abc.ABC):
+    """A key/value cache with per-entry TTL, asyncio API.
+
+    Keys are non-empty ``str``; values are str, int, float, bool, None, bytes, or lists and
+    dicts of JSON types, and come back with the type they were stored with (see
+    :mod:`~nethical_grpc.storage.cache.codec`). ``ttl`` is in seconds (fractions allowed):
+    ``None`` means the cache's ``default_ttl``, ``0`` means no expiry, negative raises
+    ``ValueError``. Every key lives under the cache's namespace, and :meth:`clear` removes
+    only that namespace.
+    """
+
+    namespace: str
+    default_ttl: float
+
+    @property
+    @abc.abstractmethod
+    def backend(self) -> str:
+        """The backend answering now: ``"redis"`` or ``"memory"``."""
+
+    @abc.abstractmethod
+    async def get(self, key: str, default: Any = None) -> Any:
+        """The value stored at ``key``, or ``default`` when absent or expired.
+
+        Pass ``default=MISSING`` to tell a miss from a stored ``None``.
+        """
+
+    @abc.abstractmethod
+    async def set(self, key: str, value: Any, ttl: float | None = None) -> None:
+        """Store ``value`` at ``key`` for ``ttl`` seconds (replacing any value and TTL)."""
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> bool:
+        """Remove ``key``; True when it was present."""
+
+    @abc.abstractmethod
+    async def exists(self, key: str) -> bool:
+        """Whether ``key`` holds an unexpired value (does not count as a hit or miss)."""
+
+    @abc.abstractmethod
+    async def increment(self, key: str, amount: int = 1) -> int:
+        """Atomically add ``amount`` to the integer at ``key`` and return the new value.
+
+        A missing key counts from 0 and is created with no expiry; an existing key keeps
+        its TTL. ``ValueError`` when the stored value is not an int, or when ``amount`` or
+        the result is outside the signed 64-bit range.
+        """
+
+    @abc.abstractmethod
+    async def get_multiple(self, keys: Iterable[str]) -> dict[str, Any]:
+        """The stored values of ``keys`` (one server round trip); missing keys are absent."""
+
+    @abc.abstractmethod
+    async def set_multiple(self, mapping: Mapping[str, Any], ttl: float | None = None) -> None:
+        """Store every item of ``mapping`` with the same ``ttl`` (one server round trip).
+
+        Every value is encoded before anything is written, so a bad value writes nothing.
+        """
+
+    @abc.abstractmethod
+    async def clear(self) -> int:
+        """Remove every entry in this cache's namespace; returns how many were removed."""
+
+    @abc.abstractmethod
+    async def stats(self) -> CacheStats:
+        """Counters and size now (see :class:`CacheStats`)."""
+
+    async def get_stats(self) -> dict[str, Any]:
+        """:meth:`stats` as a dict (the guide's ``get_stats()``; ``hit_rate`` in percent)."""
+        return (await self.stats()).as_dict()
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections and background tasks; the cache must not be used after."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

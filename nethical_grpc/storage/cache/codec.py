@@ -1,0 +1,147 @@
+"""Tagged byte encoding of cache values: types survive the round trip, no pickle.
+
+Every value is stored as bytes whose first byte says its type:
+
+=============  ================================================================
+``int``        plain decimal ASCII (``b"-42"``), so Redis ``INCRBY`` works on it
+``str``        ``b"s"`` + UTF-8
+``bytes``      ``b"b"`` + the bytes
+``float``      ``b"f"`` + ``repr`` (``inf``, ``-inf`` and ``nan`` included)
+``bool``       ``b"T"`` / ``b"F"``
+``None``       ``b"N"``
+list / dict    ``b"j"`` + compact JSON
+=============  ================================================================
+
+An integer is the only encoding that starts with a digit or ``-``, so the tags never
+collide with it. Lists and dicts may nest str, int, float, bool, None, list and dict (with
+``str`` keys) to any depth; anything else (tuples, sets, bytes inside a container,
+non-``str`` keys, subclasses such as enums) raises ``ValueError`` at write time rather than
+coming back as a different type. Decoding never executes code: it only parses.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+__all__ = [
+    "container_from_json",
+    "container_to_json",
+    "decode_value",
+    "encode_value",
+]
+
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
+
+_JSON_SCALARS: Final = (str, int, float, bool, type(None))
+_INT_START: Final = frozenset(b"-0123456789")
+_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=True).encode
+_LOADS = json.JSONDecoder().decode
+
+
+def _check_container(value: list[Any] | dict[str, Any]) -> None:
+    """Raise ``ValueError`` unless every nested item is JSON-exact (see the module doc)."""
+    stack: list[tuple[object, str]] = [(value, "value")]
+    while stack:
+        item, path = stack.pop()
+        kind = type(item)
+        if kind is list:
+            assert isinstance(item, list)
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(item))
+        elif kind is dict:
+            assert isinstance(item, dict)
+            for k, v in item.items():
+                if type(k) is not str:
+                    raise ValueError(
+                        f"cache value: dict keys must be str, {path} has key {k!r} "
+                        f"of type {type(k).__name__}"
+                    )
+                stack.append((v, f"{path}[{k!r}]"))
+        elif kind not in _JSON_SCALARS:
+            raise ValueError(
+                f"cache value: {path} is a {kind.__name__}; containers may hold only "
+                "str, int, float, bool, None, list and dict"
+            )
+
+
+def _encode_str(value: str) -> bytes:
+    try:
+        return b"s" + value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"cache value: string is not valid Unicode ({err.reason})") from None
+
+
+def container_to_json(value: list[Any] | dict[str, Any]) -> str:
+    """The compact JSON text of a list or dict; ``ValueError`` unless it round-trips
+    exactly (see the module doc)."""
+    _check_container(value)
+    try:
+        text: str = _DUMPS(value)
+        text.encode("utf-8")  # refuse lone surrogates here, not at the server
+    except (RecursionError, UnicodeEncodeError) as err:
+        raise ValueError(f"cache value: cannot encode container ({err})") from None
+    return text
+
+
+def container_from_json(text: str) -> Any:
+    """The list or dict that :func:`container_to_json` wrote as ``text``."""
+    return _LOADS(text)
+
+
+def _encode_container(value: Any) -> bytes:
+    return b"j" + container_to_json(value).encode("utf-8")
+
+
+_ENCODERS: Final[dict[type, Any]] = {
+    int: lambda v: str(v).encode("ascii"),
+    str: _encode_str,
+    bytes: lambda v: b"b" + v,
+    float: lambda v: b"f" + repr(v).encode("ascii"),
+    bool: lambda v: b"T" if v else b"F",
+    type(None): lambda v: b"N",
+    list: _encode_container,
+    dict: _encode_container,
+}
+
+
+def encode_value(value: Any) -> bytes:
+    """The tagged bytes for ``value``.
+
+    ``ValueError`` for a type the cache cannot store exactly (see the module doc).
+    """
+    encoder = _ENCODERS.get(type(value))
+    if encoder is None:
+        raise ValueError(
+            f"cache value: cannot store a {type(value).__name__}; use str, int, float, bool, "
+            "None, bytes, list or dict"
+        )
+    data: bytes = encoder(value)
+    return data
+
+
+def decode_value(data: bytes) -> Any:
+    """The value ``data`` encodes; ``ValueError`` when it was not written by this codec."""
+    if not data:
+        raise ValueError("cache entry is empty: not written by this cache")
+    tag = data[0]
+    try:
+        if tag in _INT_START:
+            return int(data)
+        if tag == 0x73:  # s
+            return data[1:].decode("utf-8")
+        if tag == 0x62:  # b
+            return data[1:]
+        if tag == 0x66:  # f
+            return float(data[1:])
+        if tag == 0x6A:  # j
+            return _LOADS(data[1:].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"cache entry is corrupt: {err}") from None
+    if data == b"T":
+        return True
+    if data == b"F":
+        return False
+    if data == b"N":
+        return None
+    raise ValueError(f"cache entry {data[:16]!r} was not written by this cache")

@@ -1,0 +1,100 @@
+"""Open the region cache from a URL and report which backend it landed on."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from nethical_grpc.storage.backend import BackendChoice, redact_url, url_scheme
+from nethical_grpc.storage.cache.base import DEFAULT_TTL_S, Cache, CacheUnavailableError
+from nethical_grpc.storage.cache.memory import DEFAULT_MAX_ENTRIES, MemoryCache
+
+__all__ = ["REDIS_SCHEMES", "open_cache"]
+
+REDIS_SCHEMES = frozenset({"redis", "rediss"})
+
+
+async def open_cache(
+    url: str,
+    namespace: str,
+    *,
+    default_ttl: float = DEFAULT_TTL_S,
+    max_entries: int = DEFAULT_MAX_ENTRIES,
+    max_connections: int = 50,
+    socket_timeout: float = 1.0,
+    connect_timeout: float = 1.0,
+    probe_initial: float = 0.2,
+    probe_max: float = 10.0,
+    **redis_options: Any,
+) -> tuple[Cache, BackendChoice]:
+    """The cache for ``url`` and how it was opened.
+
+    * ``memory://`` (optionally ``memory://?max_entries=N``): a :class:`MemoryCache`.
+    * ``redis://[[user]:password@]host[:port][/db]`` or ``rediss://…``: a
+      :class:`~nethical_grpc.storage.cache.failover.FailoverCache` over Redis, pinged once
+      here. When Redis does not answer, the cache starts in memory mode and the choice says
+      why (``redis: unreachable (connection refused) → memory``); it keeps probing and
+      moves to Redis once it answers (``FailoverCache.choice()`` tells the current state).
+
+    ``namespace`` prefixes every key (see
+    :func:`~nethical_grpc.storage.cache.base.region_namespace`); ``default_ttl`` is the TTL
+    in seconds when ``set`` gets none; ``max_entries`` bounds the memory cache or tier;
+    timeouts and probe waits are seconds. ``redis_options`` go to
+    :meth:`RedisCache.from_url` (e.g. ``connection_class``). ``ValueError`` for an unknown
+    scheme or a malformed URL or option (passwords are never echoed).
+    """
+    scheme = url_scheme(url)
+    requested = redact_url(url)
+    if not namespace or type(namespace) is not str:
+        raise ValueError("cache namespace must be a non-empty str")
+    if scheme == "memory":
+        max_entries = _memory_max_entries(url, max_entries)
+        cache = MemoryCache(namespace, max_entries=max_entries, default_ttl=default_ttl)
+        return cache, BackendChoice("cache", requested, "memory")
+    if scheme not in REDIS_SCHEMES:
+        raise ValueError(
+            f"cache URL scheme must be redis, rediss or memory, got {scheme!r} in {requested!r}"
+        )
+    try:
+        from nethical_grpc.storage.cache.failover import FailoverCache
+        from nethical_grpc.storage.cache.redis_cache import RedisCache
+    except ImportError as err:  # redis-py is the optional extra "redis"
+        raise ValueError(
+            f"cache URL {requested!r} needs redis-py: pip install 'nethical-mesh[redis]' ({err})"
+        ) from None
+    primary = RedisCache.from_url(
+        url,
+        namespace=namespace,
+        default_ttl=default_ttl,
+        max_connections=max_connections,
+        socket_timeout=socket_timeout,
+        connect_timeout=connect_timeout,
+        **redis_options,
+    )
+    failover = FailoverCache(
+        primary,
+        max_entries=max_entries,
+        probe_initial=probe_initial,
+        probe_max=probe_max,
+        requested=requested,
+    )
+    try:
+        await primary.ping()
+    except CacheUnavailableError:
+        failover.fall_back(primary.last_error)
+    return failover, failover.choice()
+
+
+def _memory_max_entries(url: str, default: int) -> int:
+    query = dict(parse_qsl(urlsplit(url).query))
+    unknown = set(query) - {"max_entries"}
+    if unknown:
+        raise ValueError(f"memory:// cache options are max_entries only, got {sorted(unknown)}")
+    if "max_entries" not in query:
+        return default
+    try:
+        return int(query["max_entries"])
+    except ValueError:
+        raise ValueError(
+            f"memory:// max_entries must be an integer, got {query['max_entries']!r}"
+        ) from None
