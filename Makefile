@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+TORCH_VERSION ?= 2.13.0
 
 .PHONY: demo test lint protos bench clean
 
@@ -14,8 +15,11 @@ $(VENV)/.core: pyproject.toml
 	$(PIP) install --quiet -e '.[jit]'
 	touch $@
 
+# torch first, pinned: a bare `torch` requirement with nothing installed pulls a multi-GB
+# CUDA build; with 2.13.0 in place the `gpu` extra (torch>=2.3) installs nothing more.
 $(VENV)/.dev: $(VENV)/.core
-	$(PIP) install --quiet -e '.[jit,dev]'
+	$(PIP) install --quiet 'torch==$(TORCH_VERSION)'
+	$(PIP) install --quiet -e '.[all,dev]'
 	touch $@
 
 demo: $(VENV)/.core

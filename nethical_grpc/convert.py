@@ -7,14 +7,19 @@ validates, raising :class:`~nethical_grpc.errors.InvalidArgument` with field pat
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from nethical_grpc.errors import FieldViolation, InvalidArgument
+from nethical_grpc.errors import FieldViolation, InvalidArgument, MeshError
+from nethical_grpc.governance.decision import MAX_ACTION_TEXT_BYTES, Decision
+from nethical_grpc.governance.detectors import Action
+from nethical_grpc.governance.profiles import Profile
+from nethical_grpc.governance.requests import EvaluationRequest, Outcome
 from nethical_grpc.series import GroupSummary, IngestBatch, SeriesKey, SummaryQuery, freeze_labels
 from nethical_grpc.summary import Buckets, ExponentialHistogram, Moments, Summary
-from nethical_grpc.v1 import coordinator_pb2, region_node_pb2, summary_pb2
+from nethical_grpc.v1 import coordinator_pb2, governance_pb2, region_node_pb2, summary_pb2
 from nethical_grpc.validation import (
     MAX_ABS_VALUE,
     MAX_LABELS,
@@ -261,3 +266,191 @@ def group_summary_from_proto(msg: summary_pb2.SeriesSummary, field: str) -> Grou
         end_ns=timestamp_to_ns(msg.end_time),
         data_as_of_ns=0,
     )
+
+
+# -- governance -------------------------------------------------------------------------
+
+MAX_AGENT_ID_CHARS = 256
+MAX_REQUEST_ID_CHARS = 128
+MAX_CONTEXT_ENTRIES = 64
+MAX_CONTEXT_KEY_CHARS = 256
+_ACTION_TYPE_RE = re.compile(r"^[a-z0-9_.\-]{0,64}$")
+
+_DECISION_TO_PROTO: dict[Decision, governance_pb2.Decision] = {
+    Decision.ALLOW: governance_pb2.DECISION_ALLOW,
+    Decision.RESTRICT: governance_pb2.DECISION_RESTRICT,
+    Decision.BLOCK: governance_pb2.DECISION_BLOCK,
+    Decision.TERMINATE: governance_pb2.DECISION_TERMINATE,
+}
+_DECISION_FROM_PROTO: dict[int, Decision] = {int(v): k for k, v in _DECISION_TO_PROTO.items()}
+
+
+def decision_to_proto(decision: Decision | str) -> governance_pb2.Decision:
+    return _DECISION_TO_PROTO[Decision(decision)]
+
+
+def decision_from_proto(value: int, field: str) -> Decision | None:
+    """None for DECISION_UNSPECIFIED (no filter); INVALID_ARGUMENT for unknown values."""
+    if value == governance_pb2.DECISION_UNSPECIFIED:
+        return None
+    found = _DECISION_FROM_PROTO.get(value)
+    if found is None:
+        raise InvalidArgument.single(field, f"unknown decision value {value}")
+    return found
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def action_from_proto(msg: governance_pb2.AgentAction, field: str = "action") -> EvaluationRequest:
+    """Validate an AgentAction; every problem is reported as a field violation at once."""
+    bad: list[FieldViolation] = []
+    agent = msg.agent_id
+    if not agent.strip():
+        bad.append(FieldViolation(f"{field}.agent_id", "must not be empty"))
+    elif len(agent) > MAX_AGENT_ID_CHARS:
+        bad.append(FieldViolation(f"{field}.agent_id", f"at most {MAX_AGENT_ID_CHARS} characters"))
+    text = msg.action_text
+    if not text.strip():
+        bad.append(FieldViolation(f"{field}.action_text", "must not be empty"))
+    elif (n := _utf8_len(text)) > MAX_ACTION_TEXT_BYTES:
+        bad.append(
+            FieldViolation(
+                f"{field}.action_text",
+                f"{n} bytes, more than the {MAX_ACTION_TEXT_BYTES}-byte limit",
+            )
+        )
+    action_type = msg.action_type.lower()
+    if not _ACTION_TYPE_RE.match(action_type):
+        bad.append(
+            FieldViolation(
+                f"{field}.action_type", "at most 64 characters of letters, digits, '_', '.', '-'"
+            )
+        )
+    if (n := _utf8_len(msg.stated_intent)) > MAX_ACTION_TEXT_BYTES:
+        bad.append(
+            FieldViolation(
+                f"{field}.stated_intent",
+                f"{n} bytes, more than the {MAX_ACTION_TEXT_BYTES}-byte limit",
+            )
+        )
+    context = dict(msg.context)
+    if len(context) > MAX_CONTEXT_ENTRIES:
+        bad.append(FieldViolation(f"{field}.context", f"at most {MAX_CONTEXT_ENTRIES} entries"))
+    elif any(len(k) > MAX_CONTEXT_KEY_CHARS or not k for k in context):
+        bad.append(
+            FieldViolation(
+                f"{field}.context", f"keys must be 1 to {MAX_CONTEXT_KEY_CHARS} characters"
+            )
+        )
+    elif (n := sum(_utf8_len(v) for v in context.values())) > MAX_ACTION_TEXT_BYTES:
+        bad.append(
+            FieldViolation(
+                f"{field}.context",
+                f"values total {n} bytes, more than the {MAX_ACTION_TEXT_BYTES}-byte limit",
+            )
+        )
+    if len(msg.request_id) > MAX_REQUEST_ID_CHARS:
+        bad.append(
+            FieldViolation(f"{field}.request_id", f"at most {MAX_REQUEST_ID_CHARS} characters")
+        )
+    if bad:
+        raise InvalidArgument(message=f"{field}: invalid action", field_violations=bad)
+    action = Action(
+        agent_id=agent,
+        action_text=text,
+        action_type=action_type,
+        stated_intent=msg.stated_intent,
+        context=context,
+    )
+    return EvaluationRequest(action=action, request_id=msg.request_id, action_type=action_type)
+
+
+def outcome_to_proto(
+    outcome: Outcome, region_id: str, instance_id: str
+) -> governance_pb2.ActionEvaluation:
+    ev = outcome.evaluation
+    return governance_pb2.ActionEvaluation(
+        request_id=outcome.request.request_id,
+        decision=decision_to_proto(ev.decision),
+        risk_score=ev.risk_score,
+        confidence=ev.confidence,
+        violations=[
+            governance_pb2.Violation(
+                type=v.type.value.lower(),
+                severity=int(v.severity),  # type: ignore[arg-type]
+                confidence=v.confidence,
+                message=v.message,
+                rule_id=v.detector,
+            )
+            for v in ev.violations
+        ],
+        rule_risk=ev.rule_risk,
+        model_probability=outcome.model_probability,
+        latency=ns_to_duration(outcome.latency_ns),
+        region_id=region_id,
+        instance_id=instance_id,
+    )
+
+
+def action_error_to_proto(request_id: str, error: MeshError) -> governance_pb2.ActionError:
+    return governance_pb2.ActionError(
+        request_id=request_id,
+        code=error.code.value[0],
+        message=error.message,
+        field_errors=[
+            governance_pb2.FieldError(field=v.field, description=v.description)
+            for v in error.violations()
+        ],
+    )
+
+
+MAX_SCORE_VALUES = 4 * 1024 * 1024
+
+
+def score_rows_from_proto(req: region_node_pb2.ScoreRequest, width: int) -> np.ndarray:
+    """Feature rows as a (rows, columns) float32 array; INVALID_ARGUMENT when malformed."""
+    if req.columns != width:
+        raise InvalidArgument.single(
+            "columns", f"the model takes rows of {width} features, got columns={req.columns}"
+        )
+    values = np.asarray(req.features, dtype=np.float64)
+    if values.size == 0:
+        raise InvalidArgument.single("features", "must not be empty")
+    if values.size > MAX_SCORE_VALUES:
+        raise InvalidArgument.single("features", f"at most {MAX_SCORE_VALUES} values")
+    if values.size % width:
+        raise InvalidArgument.single(
+            "features", f"{values.size} values do not make whole rows of {width}"
+        )
+    bad = first_out_of_range(values)
+    if bad is not None:
+        raise InvalidArgument.single(f"features[{bad}]", "must be finite")
+    return values.reshape(-1, width).astype(np.float32)
+
+
+def profile_to_proto(profile: Profile) -> region_node_pb2.GetRiskProfileResponse:
+    response = region_node_pb2.GetRiskProfileResponse(
+        agent_id=profile.agent_id,
+        evaluations=profile.evaluations,
+        mean_risk=profile.mean_risk,
+        max_risk=profile.max_risk,
+        decision_counts={
+            governance_pb2.Decision.Name(decision_to_proto(d)): n
+            for d, n in profile.decision_counts.items()
+        },
+        recent=[
+            governance_pb2.ProfileEntry(
+                time=ns_to_timestamp(e.time_ns),
+                decision=decision_to_proto(e.decision),
+                risk_score=e.risk_score,
+                request_id=e.request_id,
+                action_type=e.action_type,
+            )
+            for e in reversed(profile.recent)
+        ],
+    )
+    if profile.last_seen_ns:
+        response.last_seen.CopyFrom(ns_to_timestamp(profile.last_seen_ns))
+    return response

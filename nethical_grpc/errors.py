@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, ParamSpec, Self, TypeVar
 
@@ -71,6 +71,22 @@ class ResourceExhausted(MeshError):
 
     reason: str = "RESOURCE_EXHAUSTED"
     code: grpc.StatusCode = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@dataclass
+class NotFound(MeshError):
+    """What was asked for does not exist here."""
+
+    reason: str = "NOT_FOUND"
+    code: grpc.StatusCode = grpc.StatusCode.NOT_FOUND
+
+
+@dataclass
+class Unavailable(MeshError):
+    """This server cannot do it now (a part is missing or down)."""
+
+    reason: str = "UNAVAILABLE"
+    code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
 
 
 def _pack(message: Any) -> any_pb2.Any:
@@ -138,6 +154,25 @@ def rpc_errors(
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await handler(*args, **kwargs)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            context: grpc.aio.ServicerContext[Any, Any] = args[-1]  # type: ignore[assignment]
+            await _abort(context, exc)
+
+    return wrapper
+
+
+def rpc_stream_errors(
+    handler: Callable[P, AsyncIterator[R]],
+) -> Callable[P, AsyncIterator[R]]:
+    """:func:`rpc_errors` for servicer methods that stream their responses."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> AsyncIterator[R]:
+        try:
+            async for item in handler(*args, **kwargs):
+                yield item
         except grpc.aio.AbortError:
             raise
         except Exception as exc:

@@ -13,6 +13,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -20,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES, server_options
 from nethical_grpc.health import NOT_SERVING, SERVING, HealthService
+from nethical_grpc.telemetry import server_interceptors
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +74,16 @@ async def start_server(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     reflection_enabled: bool = True,
     max_concurrent_rpcs: int | None = 1000,
+    interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] | None = None,
 ) -> MeshServer:
-    """Create, bind (port 0 picks a free port) and start a server with health + reflection."""
+    """Create, bind (port 0 picks a free port) and start a server with health + reflection.
+
+    ``interceptors`` default to the active telemetry's (none when telemetry is off).
+    """
     server = grpc.aio.server(
-        options=server_options(max_message_bytes), maximum_concurrent_rpcs=max_concurrent_rpcs
+        options=server_options(max_message_bytes),
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
+        interceptors=list(interceptors) if interceptors is not None else server_interceptors(),
     )
     for register in registrars:
         register(server)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from nethical_grpc.series import GroupSummary, IngestBatch, SummaryQuery
@@ -44,6 +44,12 @@ class RegionNode:
         self.store.check_times(batch, self.clock())
         self.store.check_capacity((batch.key,))
         self.store.apply(batch)
+
+    def record_internal(self, batches: Sequence[IngestBatch]) -> None:
+        """Apply observations the node made itself (already valid), all or none."""
+        self.store.check_capacity(b.key for b in batches)
+        for batch in batches:
+            self.store.apply(batch)
 
     def summaries(self, query: SummaryQuery) -> list[GroupSummary]:
         return self.store.summaries(query)

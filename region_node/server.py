@@ -8,6 +8,8 @@ from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
 from nethical_grpc.server_runtime import MeshServer, start_server
 from nethical_grpc.summary import _kernels
 from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
+from region_node.evaluation import Evaluator
+from region_node.model import ModelConfig, NodeModel
 from region_node.node import NodeIdentity, RegionNode
 from region_node.servicer import RegionNodeServicer
 from region_node.windows import WindowConfig
@@ -26,6 +28,8 @@ class RegionServerConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     reflection: bool = True
     eviction_interval_s: float = 5.0
+    # None: the node does not evaluate actions (Evaluate, Score answer UNAVAILABLE)
+    model: ModelConfig | None = field(default_factory=ModelConfig)
 
 
 async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, RegionNode]:
@@ -37,7 +41,9 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
     )
     _kernels.warmup()  # compile (or load cached) JIT kernels before the first batch
     node = RegionNode(identity, config.windows)
-    servicer = RegionNodeServicer(node)
+    model = NodeModel.load(config.model) if config.model is not None else None
+    evaluator = Evaluator(model, node) if model is not None else None
+    servicer = RegionNodeServicer(node, evaluator)
     mesh = await start_server(
         [lambda s: region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(servicer, s)],
         [SERVICE_NAME],
@@ -53,4 +59,6 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
         )
     node.start_background(config.eviction_interval_s)
     mesh.on_stop.append(node.stop_background)
+    if model is not None:
+        mesh.on_stop.append(model.close)
     return mesh, node

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
-from nethical_grpc import __version__, convert
+from nethical_grpc import __version__, convert, telemetry
 from nethical_grpc.components import components
-from nethical_grpc.errors import MeshError, rpc_errors
+from nethical_grpc.errors import (
+    InvalidArgument,
+    MeshError,
+    NotFound,
+    Unavailable,
+    rpc_errors,
+    rpc_stream_errors,
+)
+from nethical_grpc.governance.requests import EvaluationRequest, Outcome
 from nethical_grpc.series import SummaryQuery
-from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
+from nethical_grpc.streams import read_chunks
+from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
+from region_node.evaluation import Evaluator
 from region_node.node import RegionNode
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -21,8 +32,9 @@ _MAX_CACHED_RESPONSES = 64
 
 
 class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
-    def __init__(self, node: RegionNode) -> None:
+    def __init__(self, node: RegionNode, evaluator: Evaluator | None = None) -> None:
         self.node = node
+        self.evaluator = evaluator
         # identical queries between two changes of the store get the same response
         self._responses: dict[SummaryQuery, tuple[int, region_node_pb2.GetSummariesResponse]] = {}
 
@@ -32,20 +44,23 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
     ) -> region_node_pb2.IngestResponse:
         batches = 0
         values = 0
-        async for request in request_iterator:
-            try:
-                batch = convert.ingest_batch_from_proto(request, self.node.clock())
-                self.node.ingest(batch)
-            except MeshError as exc:
-                exc.metadata = {
-                    **exc.metadata,
-                    "message_index": str(batches),
-                    "applied_batches": str(batches),
-                    "applied_values": str(values),
-                }
-                raise
-            batches += 1
-            values += int(batch.values.size)
+        try:
+            async for request in request_iterator:
+                try:
+                    batch = convert.ingest_batch_from_proto(request, self.node.clock())
+                    self.node.ingest(batch)
+                except MeshError as exc:
+                    exc.metadata = {
+                        **exc.metadata,
+                        "message_index": str(batches),
+                        "applied_batches": str(batches),
+                        "applied_values": str(values),
+                    }
+                    raise
+                batches += 1
+                values += int(batch.values.size)
+        finally:
+            telemetry.get_recorder().record_ingest(batches, values)
         return region_node_pb2.IngestResponse(accepted_batches=batches, accepted_values=values)
 
     @rpc_errors
@@ -89,8 +104,100 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
             window_count=self.node.store.window_count,
             histogram_scale=cfg.histogram_scale,
             version=__version__,
-            components=components(),
+            components=self._components(),
         )
+
+    def _components(self) -> dict[str, str]:
+        found = components()
+        found["model"] = (
+            self.evaluator.model.describe() if self.evaluator is not None else "disabled"
+        )
+        return found
+
+    # -- governance -------------------------------------------------------------------
+
+    def _evaluator(self) -> Evaluator:
+        if self.evaluator is None:
+            raise Unavailable(
+                message="this node does not evaluate actions (no model loaded)",
+                reason="EVALUATION_DISABLED",
+            )
+        return self.evaluator
+
+    def _evaluation_to_proto(self, outcome: Outcome) -> governance_pb2.ActionEvaluation:
+        ident = self.node.identity
+        return convert.outcome_to_proto(outcome, ident.region_id, ident.instance_id)
+
+    @rpc_errors
+    async def Evaluate(  # noqa: N802
+        self, request: region_node_pb2.EvaluateRequest, context: Context
+    ) -> region_node_pb2.EvaluateResponse:
+        evaluator = self._evaluator()
+        parsed = convert.action_from_proto(request.action)
+        outcome = await evaluator.evaluate(parsed)
+        return region_node_pb2.EvaluateResponse(evaluation=self._evaluation_to_proto(outcome))
+
+    @rpc_stream_errors
+    async def EvaluateStream(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[region_node_pb2.EvaluateStreamRequest],
+        context: Context,
+    ) -> AsyncIterator[region_node_pb2.EvaluateStreamResponse]:
+        evaluator = self._evaluator()
+        async for chunk in read_chunks(request_iterator, _STREAM_CHUNK):
+            answers: list[region_node_pb2.EvaluateStreamResponse | None] = [None] * len(chunk)
+            accepted: list[tuple[int, EvaluationRequest]] = []
+            for i, message in enumerate(chunk):
+                try:
+                    accepted.append((i, convert.action_from_proto(message.action)))
+                except MeshError as exc:
+                    answers[i] = region_node_pb2.EvaluateStreamResponse(
+                        error=convert.action_error_to_proto(message.action.request_id, exc)
+                    )
+            if accepted:
+                outcomes = await evaluator.evaluate_many([r for _, r in accepted])
+                for (i, _), outcome in zip(accepted, outcomes, strict=True):
+                    answers[i] = region_node_pb2.EvaluateStreamResponse(
+                        evaluation=self._evaluation_to_proto(outcome)
+                    )
+            for answer in answers:
+                if answer is not None:
+                    yield answer
+
+    @rpc_errors
+    async def Score(  # noqa: N802
+        self, request: region_node_pb2.ScoreRequest, context: Context
+    ) -> region_node_pb2.ScoreResponse:
+        evaluator = self._evaluator()
+        started = time.perf_counter_ns()
+        rows = convert.score_rows_from_proto(request, evaluator.model.feature_width)
+        probabilities = await evaluator.model.probabilities(rows)
+        return region_node_pb2.ScoreResponse(
+            probabilities=probabilities.tolist(),
+            model=evaluator.model.describe(),
+            latency=convert.ns_to_duration(time.perf_counter_ns() - started),
+        )
+
+    @rpc_errors
+    async def GetRiskProfile(  # noqa: N802
+        self, request: region_node_pb2.GetRiskProfileRequest, context: Context
+    ) -> region_node_pb2.GetRiskProfileResponse:
+        evaluator = self._evaluator()
+        agent = request.agent_id
+        if not agent.strip() or len(agent) > convert.MAX_AGENT_ID_CHARS:
+            raise InvalidArgument.single(
+                "agent_id", f"must be 1 to {convert.MAX_AGENT_ID_CHARS} characters"
+            )
+        profile = await evaluator.profile(agent)
+        if profile is None:
+            raise NotFound(
+                message=f"no evaluations of agent {agent!r} on this node",
+                reason="AGENT_NOT_FOUND",
+            )
+        return convert.profile_to_proto(profile)
+
+
+_STREAM_CHUNK = 256
 
 
 def _scope(node: RegionNode) -> region_node_pb2.DataScope:

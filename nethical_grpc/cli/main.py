@@ -127,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     region.add_argument(
         "--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="model precision"
     )
+    region.add_argument(
+        "--inference-threads",
+        type=int,
+        default=1,
+        help="CPU threads for the model (1); match the pod's CPU quota",
+    )
     _server_args(region, 50051)
 
     coord = sub.add_parser("coordinator", help="run the coordinator")

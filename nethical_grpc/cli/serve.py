@@ -5,11 +5,39 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 from nethical_grpc.components import report_once
 from nethical_grpc.server_runtime import MeshServer, serve_until_signalled
 
 log = logging.getLogger("nethical_mesh")
+
+
+def _start_telemetry(args: argparse.Namespace, service: str, region: str | None) -> Any:
+    """Turn telemetry on when --metrics-port or --otlp-endpoint asks for it (else None)."""
+    if args.metrics_port is None and not args.otlp_endpoint:
+        return None
+    from nethical_grpc.telemetry.setup import configure_telemetry
+
+    handle = configure_telemetry(
+        service,
+        metrics_port=args.metrics_port,
+        otlp_endpoint=args.otlp_endpoint,
+        resource_attributes={"nethical.region": region} if region else None,
+        install_global=True,
+    )
+    if handle.metrics_port is not None:
+        log.info("Prometheus metrics on port %d", handle.metrics_port)
+    return handle
+
+
+async def _serve(mesh: MeshServer, args: argparse.Namespace, telemetry_handle: Any) -> int:
+    try:
+        await serve_until_signalled(mesh, args.drain_announce / 1e9, args.drain_grace / 1e9)
+    finally:
+        if telemetry_handle is not None:
+            telemetry_handle.shutdown()
+    return 0
 
 
 def _announce(mesh: MeshServer, role: str, port_file: Path | None, host: str) -> None:
@@ -21,6 +49,8 @@ def _announce(mesh: MeshServer, role: str, port_file: Path | None, host: str) ->
 
 
 async def run_region(args: argparse.Namespace) -> int:
+    from nethical_grpc.inference.errors import ModelLoadError
+    from region_node.model import ModelConfig
     from region_node.server import RegionServerConfig, start_region_server
     from region_node.windows import WindowConfig
 
@@ -34,24 +64,35 @@ async def run_region(args: argparse.Namespace) -> int:
             max_label_sets_per_metric=args.max_label_sets,
             max_series=args.max_series,
         )
+        model = ModelConfig(
+            model_path=args.model,
+            device=args.device,
+            precision=args.precision,
+            num_threads=args.inference_threads,
+        )
     except ValueError as exc:
         log.error("bad configuration: %s", exc)
         return 2
-    mesh, _node = await start_region_server(
-        RegionServerConfig(
-            region_id=args.region_id,
-            instance_id=args.instance_id,
-            host=args.host,
-            port=args.port,
-            windows=windows,
-            region_scope=args.region_scope,
-            max_message_bytes=args.max_message_bytes,
-            reflection=not args.no_reflection,
+    tel = _start_telemetry(args, "nethical-region-node", args.region_id)
+    try:
+        mesh, _node = await start_region_server(
+            RegionServerConfig(
+                region_id=args.region_id,
+                instance_id=args.instance_id,
+                host=args.host,
+                port=args.port,
+                windows=windows,
+                region_scope=args.region_scope,
+                max_message_bytes=args.max_message_bytes,
+                reflection=not args.no_reflection,
+                model=model,
+            )
         )
-    )
+    except (ModelLoadError, ValueError) as exc:
+        log.error("cannot start the region node: %s", exc)
+        return 2
     _announce(mesh, f"region node {args.region_id}", args.port_file, args.host)
-    await serve_until_signalled(mesh, args.drain_announce / 1e9, args.drain_grace / 1e9)
-    return 0
+    return await _serve(mesh, args, tel)
 
 
 async def run_coordinator(args: argparse.Namespace) -> int:
@@ -70,15 +111,19 @@ async def run_coordinator(args: argparse.Namespace) -> int:
     if not regions:
         log.error("give at least one --region REGION=HOST:PORT")
         return 2
-    mesh, _fed = await start_coordinator(
-        CoordinatorConfig(
-            regions=regions,
-            host=args.host,
-            port=args.port,
-            max_message_bytes=args.max_message_bytes,
-            reflection=not args.no_reflection,
+    tel = _start_telemetry(args, "nethical-coordinator", None)
+    try:
+        mesh, _fed = await start_coordinator(
+            CoordinatorConfig(
+                regions=regions,
+                host=args.host,
+                port=args.port,
+                max_message_bytes=args.max_message_bytes,
+                reflection=not args.no_reflection,
+            )
         )
-    )
+    except ValueError as exc:
+        log.error("bad configuration: %s", exc)
+        return 2
     _announce(mesh, "coordinator", args.port_file, args.host)
-    await serve_until_signalled(mesh, args.drain_announce / 1e9, args.drain_grace / 1e9)
-    return 0
+    return await _serve(mesh, args, tel)

@@ -253,12 +253,13 @@ def _prose_view(text: str) -> str:
 class _ActionView:
     """The fields of one action and their (lazily computed, cached) views."""
 
-    __slots__ = ("_cache", "_candidates", "action", "allowed_hosts")
+    __slots__ = ("_cache", "_candidates", "_union", "action", "allowed_hosts")
 
     def __init__(self, action: Action) -> None:
         self.action = action
         self._cache: dict[tuple[FieldName, View], str] = {}
         self._candidates: dict[FieldName, frozenset[str]] | None = None
+        self._union: frozenset[str] | None = None
         raw = action.context.get("allowed_hosts", "")
         self.allowed_hosts: tuple[str, ...] = tuple(
             h.strip().lower().rstrip(".") for h in _HOST_SPLIT_RE.split(raw) if h.strip()
@@ -270,6 +271,14 @@ class _ActionView:
         if name == "stated_intent":
             return self.action.stated_intent
         return "\n".join(self.action.context[k] for k in sorted(self.action.context))
+
+    def may_fire_anywhere(self, rule: Rule) -> bool:
+        """False only when ``rule`` can fire in none of the fields (see :class:`_Prefilter`)."""
+        if self._union is None:
+            if self._candidates is None:
+                self._candidates = _PREFILTER.candidates(self)
+            self._union = frozenset().union(*self._candidates.values())
+        return rule.name in self._union
 
     def may_fire(self, rule: Rule, name: FieldName) -> bool:
         """False only when no pattern of ``rule`` can match ``name`` (see :class:`_Prefilter`)."""
@@ -462,6 +471,8 @@ class Detector:
 
 def _run(detector: Detector, av: _ActionView) -> Iterator[Violation]:
     for rule in detector.rules:
+        if not av.may_fire_anywhere(rule):
+            continue
         where = rule.first_field(av)
         if where is not None:
             yield Violation(

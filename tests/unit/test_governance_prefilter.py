@@ -16,6 +16,7 @@ from nethical_grpc.governance.detectors import RULES, Action, detect
 def _detect_without_prefilter(action: Action, monkeypatch: pytest.MonkeyPatch) -> list[object]:
     with monkeypatch.context() as m:
         m.setattr(detectors._ActionView, "may_fire", lambda self, rule, name: True)
+        m.setattr(detectors._ActionView, "may_fire_anywhere", lambda self, rule: True)
         return list(detect(action))
 
 
@@ -65,5 +66,6 @@ def test_prefilter_keeps_every_finding_on_mixed_fragments(parts: list[str]) -> N
     action = Action("agent", text, "command", stated_intent=text[::-1])
     with pytest.MonkeyPatch.context() as m:
         m.setattr(detectors._ActionView, "may_fire", lambda self, rule, name: True)
+        m.setattr(detectors._ActionView, "may_fire_anywhere", lambda self, rule: True)
         expected = list(detect(action))
     assert detect(action) == expected

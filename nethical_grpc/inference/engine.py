@@ -1,0 +1,567 @@
+"""Batched model inference: PyTorch on CUDA or CPU, with a NumPy fallback.
+
+:class:`InferenceEngine` scores feature rows (:mod:`nethical_grpc.inference.features`) with
+a model whose contract is:
+
+* input: an ``(n, FEATURE_WIDTH)`` batch, ``float32`` (or ``int64`` token ids for a model
+  that only accepts integers, e.g. one starting with an embedding);
+* output: probabilities of harm in ``[0, 1]``, shape ``(n,)`` or ``(n, 1)``; a tuple or
+  list output is allowed, its first element is used.
+
+Backends, chosen at construction:
+
+* ``torch``: a TorchScript file (the shipped default ``default_model/model.pt`` or
+  ``model_path``), on ``cuda:N`` when a GPU is usable and ``device="auto"``, else on the CPU;
+  every call runs under :func:`torch.inference_mode`, and under :func:`torch.autocast` for
+  ``precision="fp16"``/``"bf16"`` (the weights stay fp32, autocast runs the matrix products
+  in the reduced type; inputs are given as fp32 and outputs read back as fp32).
+* ``numpy``: when torch is not installed, disabled (``NETHICAL_DISABLE_TORCH=1``) or
+  ``backend="numpy"``: the default MLP (``default_model/weights.npz``, or an ``.npz``
+  ``model_path``) in NumPy, fp32 only, CPU only.  Same outputs as the TorchScript default
+  model within ``1e-5``.
+
+Construction loads the model and makes a probe call with a ``(2, FEATURE_WIDTH)`` zero
+batch (float32, then int64 if float32 fails); any failure is a :class:`ModelLoadError`
+whose message says what is wrong (the region node refuses to start with it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any, Final, Literal, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from nethical_grpc.inference.devices import get_device_info
+from nethical_grpc.inference.errors import (
+    InferenceError,
+    ModelLoadError,
+    UnsupportedPrecisionError,
+)
+from nethical_grpc.inference.features import FEATURE_VERSION, FEATURE_WIDTH
+from nethical_grpc.inference.numpy_model import NumpyMLP
+from nethical_grpc.inference.torch_support import quiet_torchscript, torch_or_reason, torch_version
+
+__all__ = [
+    "DEFAULT_MODEL_DIR",
+    "DEFAULT_TORCHSCRIPT",
+    "DEFAULT_WEIGHTS",
+    "MODEL_META_FILE",
+    "PRECISIONS",
+    "InferenceEngine",
+]
+
+Float64Array = npt.NDArray[np.float64]
+Precision = Literal["fp32", "fp16", "bf16"]
+
+#: Directory of the shipped default model.
+DEFAULT_MODEL_DIR: Final = Path(__file__).resolve().parent / "default_model"
+#: The default model as TorchScript (torch backend).
+DEFAULT_TORCHSCRIPT: Final = DEFAULT_MODEL_DIR / "model.pt"
+#: The default model's weights (NumPy backend).
+DEFAULT_WEIGHTS: Final = DEFAULT_MODEL_DIR / "weights.npz"
+#: Optional JSON inside a TorchScript file (``_extra_files``): ``feature_version`` and
+#: ``feature_width`` the model was trained for; checked when present.
+MODEL_META_FILE: Final = "nethical_meta.json"
+#: Accepted precisions.
+PRECISIONS: Final = ("fp32", "fp16", "bf16")
+_BACKENDS: Final = ("auto", "torch", "numpy")
+_PROBE_ROWS: Final = 2
+_GIB: Final = float(2**30)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _process_rss_bytes() -> tuple[int, str]:
+    """Current resident set size from ``/proc/self/statm``, else the peak from getrusage."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE"), "current"
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (peak if sys.platform == "darwin" else peak * 1024), "peak"
+
+
+class InferenceEngine:
+    """Scores batches of feature rows with the default or a given model.
+
+    Parameters
+    ----------
+    model_path:
+        ``None`` for the shipped default model, else a TorchScript file (torch backend) or
+        an ``.npz`` MLP weights file (NumPy backend) honouring the contract in the module
+        docstring.
+    device:
+        ``"auto"`` (``cuda:0`` when a GPU is usable, else ``"cpu"``), ``"cpu"``, ``"cuda"``
+        or ``"cuda:N"``.  ``ValueError`` for anything else, for CUDA when no GPU is usable
+        (with the reason) and for an index past the last GPU.
+    precision:
+        ``"fp32"``, ``"fp16"`` or ``"bf16"``.  ``ValueError`` for another string;
+        :class:`UnsupportedPrecisionError` when the device or backend cannot run it (bf16 on
+        a GPU without bf16, any reduced precision on the NumPy backend, or an autocast
+        probe that fails).
+    backend:
+        ``"auto"`` (torch when usable, else NumPy), ``"torch"`` (:class:`ModelLoadError`
+        when torch is unavailable) or ``"numpy"``.
+    num_threads:
+        ``None`` leaves torch's intra-op thread count alone; an int ``>= 1`` calls
+        ``torch.set_num_threads`` (process-wide) before loading.  Worth setting on a CPU
+        host whose cores are shared or limited by a container quota (torch sizes its pool
+        from the host's cores); see ``bench/gpu.py``.  Ignored by the NumPy backend.
+        ``ValueError`` for anything else.
+
+    Raises :class:`ModelLoadError` when the model cannot be loaded or fails the probe.
+
+    Attributes: ``backend`` ("torch" or "numpy"), ``device`` ("cpu" or "cuda:N"),
+    ``precision``, ``model_path`` (resolved path), ``input_width``, ``input_kind``
+    ("float" or "int"), ``fallback_reason`` (why the NumPy backend is used, else None).
+    Instances are safe to call from several threads.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        device: str = "auto",
+        precision: str = "fp32",
+        *,
+        backend: str = "auto",
+        num_threads: int | None = None,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(_BACKENDS)}; got {backend!r}")
+        if not isinstance(device, str):
+            raise ValueError(f"device must be a string, got {device!r}")
+        if num_threads is not None and (
+            isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
+        ):
+            raise ValueError(f"num_threads must be None or an int >= 1, got {num_threads!r}")
+        self.precision = cast(Precision, precision)
+        self.input_width = FEATURE_WIDTH
+        self.input_kind: Literal["float", "int"] = "float"
+        self._torch: Any = None
+        self._model: Any = None
+        self._mlp: NumpyMLP | None = None
+        self._autocast_dtype: Any = None
+        torch, reason = (
+            (None, "numpy backend requested") if backend == "numpy" else torch_or_reason()
+        )
+        if backend == "torch" and torch is None:
+            raise ModelLoadError(f"backend 'torch' was requested but {reason}")
+        if torch is not None:
+            self.backend: Literal["torch", "numpy"] = "torch"
+            self.fallback_reason: str | None = None
+            self._torch = torch
+            if num_threads is not None:
+                torch.set_num_threads(num_threads)
+            self.device = self._resolve_torch_device(device)
+            self.model_path = Path(model_path) if model_path is not None else DEFAULT_TORCHSCRIPT
+            self._load_torchscript()
+            self._setup_precision()
+        else:
+            self.backend = "numpy"
+            self.fallback_reason = reason
+            self.device = self._resolve_numpy_device(device)
+            self.model_path = Path(model_path) if model_path is not None else DEFAULT_WEIGHTS
+            self._load_numpy()
+
+    # ------------------------------------------------------------------ construction
+
+    def _resolve_torch_device(self, device: str) -> str:
+        torch = self._torch
+        if device == "auto":
+            return "cuda:0" if torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            return "cpu"
+        if device == "cuda" or device.startswith("cuda:"):
+            index_text = device.partition(":")[2] or "0"
+            if not index_text.isdigit():
+                raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N'; got {device!r}")
+            info = get_device_info(int(index_text))  # ValueError for a bad index
+            if info["backend"] != "cuda":
+                raise ValueError(
+                    f"device {device!r} requested but no GPU is usable: {info['reason']}"
+                )
+            return str(info["device"])
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {device!r}")
+
+    def _resolve_numpy_device(self, device: str) -> str:
+        if device in ("auto", "cpu"):
+            if self.precision != "fp32":
+                raise UnsupportedPrecisionError(
+                    f"precision {self.precision} is not supported by the NumPy fallback "
+                    f"({self.fallback_reason}); it runs fp32 only"
+                )
+            return "cpu"
+        raise ValueError(
+            f"device {device!r} needs torch ({self.fallback_reason}); the NumPy fallback "
+            "runs on the CPU only"
+        )
+
+    def _load_numpy(self) -> None:
+        path = self.model_path
+        if path.suffix != ".npz":
+            raise ModelLoadError(
+                f"cannot load {path}: TorchScript models need torch ({self.fallback_reason}); "
+                "without torch only .npz MLP weights files can be loaded"
+            )
+        mlp = NumpyMLP.load(path)
+        if mlp.input_width != FEATURE_WIDTH:
+            raise ModelLoadError(
+                f"{path} takes {mlp.input_width} input columns; the feature contract has "
+                f"{FEATURE_WIDTH}"
+            )
+        self._check_version(mlp.feature_version)
+        self._mlp = mlp
+        self._probe(np.zeros((_PROBE_ROWS, FEATURE_WIDTH), dtype=np.float32))
+
+    def _check_version(self, version: str) -> None:
+        if version and version != FEATURE_VERSION:
+            raise ModelLoadError(
+                f"{self.model_path} was trained for features {version!r}, this code computes "
+                f"{FEATURE_VERSION!r}: retrain it (scripts/train_default_model.py)"
+            )
+
+    def _load_torchscript(self) -> None:
+        torch = self._torch
+        path = self.model_path
+        if not path.is_file():
+            raise ModelLoadError(f"model file {path} does not exist or is not a file")
+        extra = {MODEL_META_FILE: ""}
+        try:
+            with quiet_torchscript():
+                model = torch.jit.load(str(path), map_location=self.device, _extra_files=extra)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"cannot load {path} as a TorchScript model: {_first_line(exc)}"
+            ) from exc
+        model.eval()
+        self._model = model
+        if extra[MODEL_META_FILE]:
+            self._check_meta(extra[MODEL_META_FILE])
+        zeros = np.zeros((_PROBE_ROWS, FEATURE_WIDTH), dtype=np.float32)
+        try:
+            self._probe(zeros)
+        except ModelLoadError as float_error:
+            cause = float_error.__cause__
+            if not (isinstance(cause, InferenceError) and cause.__cause__ is not None):
+                raise  # the model ran but answered wrongly: no point retrying with int64
+            self.input_kind = "int"
+            try:
+                self._probe(zeros.astype(np.int64))
+            except ModelLoadError as int_error:
+                raise ModelLoadError(
+                    f"{path} does not honour the input contract: the probe call with a "
+                    f"({_PROBE_ROWS}, {FEATURE_WIDTH}) zero batch failed as float32 "
+                    f"({cause}) and as int64 ({int_error.__cause__})"
+                ) from int_error
+
+    def _check_meta(self, raw: str | bytes) -> None:
+        try:
+            meta = json.loads(raw)
+            version = str(meta.get("feature_version", ""))
+            width = int(meta.get("feature_width", FEATURE_WIDTH))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ModelLoadError(
+                f"{self.model_path}: unreadable {MODEL_META_FILE}: {_first_line(exc)}"
+            ) from exc
+        if width != FEATURE_WIDTH:
+            raise ModelLoadError(
+                f"{self.model_path} was trained for {width} input columns; the feature "
+                f"contract has {FEATURE_WIDTH}"
+            )
+        self._check_version(version)
+
+    def _probe(self, x: npt.NDArray[Any]) -> None:
+        """One call on ``x``; :class:`ModelLoadError` unless it answers ``(2,)`` probabilities.
+
+        The error's ``__cause__`` is the :class:`InferenceError` from :meth:`_run` when the
+        call failed (whose own ``__cause__`` is the model's exception, if it raised).
+        """
+        try:
+            out = self._run(x)
+        except InferenceError as exc:
+            raise ModelLoadError(
+                f"{self.model_path}: the probe call with a {x.shape} {x.dtype} zero batch "
+                f"failed: {exc}"
+            ) from exc
+        if not bool(np.all((out >= 0.0) & (out <= 1.0))):
+            raise ModelLoadError(
+                f"{self.model_path}: the probe call returned {out.tolist()}, not probabilities "
+                "in [0, 1] (does the model end with a sigmoid?)"
+            )
+
+    def _setup_precision(self) -> None:
+        torch = self._torch
+        if self.precision == "fp32":
+            return
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        device_type = self.device.split(":", 1)[0]
+        if not torch.amp.is_autocast_available(device_type):
+            raise UnsupportedPrecisionError(
+                f"precision {self.precision}: torch {torch_version(torch)} has no autocast "
+                f"for {device_type}"
+            )
+        if device_type == "cuda" and dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            raise UnsupportedPrecisionError(f"precision bf16 is not supported on {self.device}")
+        self._autocast_dtype = dtype
+        kind = np.float32 if self.input_kind == "float" else np.int64
+        try:
+            self._probe(np.zeros((_PROBE_ROWS, FEATURE_WIDTH), dtype=kind))
+        except ModelLoadError as exc:
+            raise UnsupportedPrecisionError(
+                f"precision {self.precision} does not run on {self.device} with torch "
+                f"{torch_version(torch)}: {exc.args[0]}"
+            ) from exc
+
+    # ------------------------------------------------------------------ inference
+
+    def validate_input(self, x: npt.ArrayLike) -> npt.NDArray[Any]:
+        """Check a batch and convert it to the dtype the model takes.
+
+        Returns a C-contiguous, writable ``float32`` array (``int64`` for an integer-input
+        model) of shape ``(n, input_width)``.  Raises ``ValueError`` with a clear message
+        for: something that is not a rectangular numeric array, ``ndim != 2``, a width other
+        than ``input_width``, a bool/complex/object/string dtype, a non-finite value (or
+        one too large for float32), floats given to an integer-input model, or integers
+        outside int64.
+        """
+        try:
+            arr = np.asarray(x)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"input is not a rectangular numeric array: {exc}") from exc
+        if arr.ndim != 2:
+            raise ValueError(
+                f"expected a 2-D batch of shape (n, {self.input_width}), got shape "
+                f"{arr.shape}; use predict() for a single row"
+            )
+        if arr.shape[1] != self.input_width:
+            raise ValueError(
+                f"expected {self.input_width} columns per row, got {arr.shape[1]} "
+                f"(shape {arr.shape})"
+            )
+        kind = arr.dtype.kind
+        if kind not in "fiu":
+            raise ValueError(
+                f"dtype {arr.dtype} is not supported; pass float features (or integer ids "
+                "for an integer-input model)"
+            )
+        if self.input_kind == "int":
+            if kind == "f":
+                raise ValueError(
+                    f"this model takes integer inputs (int64 ids), got dtype {arr.dtype}"
+                )
+            if arr.dtype == np.uint64 and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+                raise ValueError("integer inputs must fit in int64")
+            out = np.ascontiguousarray(arr, dtype=np.int64)
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):
+                out = np.ascontiguousarray(arr, dtype=np.float32)
+            if not np.isfinite(out).all():
+                row, col = (int(v) for v in np.argwhere(~np.isfinite(out))[0])
+                raise ValueError(
+                    f"non-finite input at row {row}, column {col} ({arr[row, col].item()!r}; NaN, "
+                    "inf and values beyond float32 range are rejected)"
+                )
+        if not out.flags.writeable:
+            out = out.copy()
+        return out
+
+    def predict_batch(self, x: npt.ArrayLike) -> Float64Array:
+        """Probabilities of harm for each row of ``x``: shape ``(n,)``, ``float64``.
+
+        ``x`` is validated by :meth:`validate_input` (``ValueError`` on bad input).  An
+        empty batch returns an empty array without calling the model.  Raises
+        :class:`InferenceError` if the model itself fails or returns a wrong shape or
+        non-finite values.
+        """
+        arr = self.validate_input(x)
+        if arr.shape[0] == 0:
+            return np.zeros(0, dtype=np.float64)
+        return self._run(arr)
+
+    def predict(self, row: npt.ArrayLike) -> float:
+        """Probability of harm for one row of ``input_width`` values (``ValueError`` if the
+        row is not 1-D; otherwise as :meth:`predict_batch`)."""
+        arr = np.asarray(row)
+        if arr.ndim != 1:
+            raise ValueError(
+                f"expected one row of shape ({self.input_width},), got shape {arr.shape}; "
+                "use predict_batch() for a batch"
+            )
+        return float(self.predict_batch(arr[None, :])[0])
+
+    def _run(self, arr: npt.NDArray[Any]) -> Float64Array:
+        n = int(arr.shape[0])
+        if self._mlp is not None:
+            return self._mlp.predict(arr)
+        torch = self._torch
+        autocast: Any = contextlib.nullcontext()
+        if self._autocast_dtype is not None:
+            autocast = torch.autocast(self.device.split(":", 1)[0], dtype=self._autocast_dtype)
+        try:
+            with torch.inference_mode(), autocast:
+                out = self._model(torch.from_numpy(arr).to(self.device))
+                if isinstance(out, tuple | list):
+                    if not out:
+                        raise InferenceError("the model returned an empty tuple")
+                    out = out[0]
+                if not isinstance(out, torch.Tensor):
+                    raise InferenceError(f"the model returned {type(out).__name__}, not a tensor")
+                shape = tuple(out.shape)
+                if shape not in ((n,), (n, 1)):
+                    raise InferenceError(
+                        f"the model returned shape {shape} for {n} rows; expected ({n},) or "
+                        f"({n}, 1)"
+                    )
+                probs: Float64Array = np.asarray(out.reshape(n).float().cpu(), dtype=np.float64)
+        except InferenceError:
+            raise
+        except Exception as exc:
+            raise InferenceError(f"the model failed on a batch of {n}: {_first_line(exc)}") from exc
+        if not np.isfinite(probs).all():
+            raise InferenceError(f"the model returned non-finite values for a batch of {n}")
+        return probs
+
+    # ------------------------------------------------------------------ reporting
+
+    def benchmark_throughput(
+        self, batch_size: int = 32, iterations: int = 100, warmup: int = 10
+    ) -> dict[str, Any]:
+        """Time ``iterations`` :meth:`predict_batch` calls on one random batch.
+
+        Each call is timed separately (``time.perf_counter``; on CUDA the device is
+        synchronised before starting the clock and after each call, and every call copies
+        its results back to the host anyway), after ``warmup`` untimed calls.  The input is
+        uniform in ``[0, 1)`` (zeros and ones for an integer-input model), seeded, so runs
+        are comparable.
+
+        Returns ``batch_size``, ``iterations``, ``warmup``, ``backend``, ``device``,
+        ``precision``, ``throughput_samples_per_sec`` (``batch_size * iterations /`` total
+        timed seconds), ``latency_ms`` (mean per call), ``latency_p50_ms``,
+        ``latency_p90_ms``, ``latency_p99_ms``, ``latency_min_ms``, ``latency_max_ms``.
+        Raises ``ValueError`` unless ``batch_size >= 1``, ``iterations >= 1`` and
+        ``warmup >= 0`` are ints.
+        """
+        for name, value, low in (
+            ("batch_size", batch_size, 1),
+            ("iterations", iterations, 1),
+            ("warmup", warmup, 0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        rng = np.random.default_rng(0)
+        shape = (batch_size, self.input_width)
+        x: npt.NDArray[Any] = (
+            rng.integers(0, 2, size=shape, dtype=np.int64)
+            if self.input_kind == "int"
+            else rng.random(shape, dtype=np.float32)
+        )
+        sync = self._sync
+        for _ in range(warmup):
+            self.predict_batch(x)
+        sync()
+        times = np.empty(iterations, dtype=np.float64)
+        for i in range(iterations):
+            t0 = time.perf_counter()
+            self.predict_batch(x)
+            sync()
+            times[i] = time.perf_counter() - t0
+        ms = times * 1e3
+        total = float(times.sum())
+        return {
+            "batch_size": batch_size,
+            "iterations": iterations,
+            "warmup": warmup,
+            "backend": self.backend,
+            "device": self.device,
+            "precision": self.precision,
+            "throughput_samples_per_sec": batch_size * iterations / total
+            if total > 0
+            else math.inf,
+            "latency_ms": float(ms.mean()),
+            "latency_p50_ms": float(np.percentile(ms, 50)),
+            "latency_p90_ms": float(np.percentile(ms, 90)),
+            "latency_p99_ms": float(np.percentile(ms, 99)),
+            "latency_min_ms": float(ms.min()),
+            "latency_max_ms": float(ms.max()),
+        }
+
+    def _sync(self) -> None:
+        """Wait for queued CUDA work (no-op on the CPU and the NumPy backend)."""
+        if self.backend == "torch" and self.device.startswith("cuda"):
+            self._torch.cuda.synchronize(self.device)
+
+    def memory_usage(self) -> dict[str, Any]:
+        """Memory in use.
+
+        On CUDA: ``device``, ``allocated_gb``, ``reserved_gb``, ``max_allocated_gb`` (torch's
+        caching allocator, GiB) and ``total_gb`` (the device's memory).  On the CPU:
+        ``device`` ("cpu"), ``rss_bytes`` and ``rss_gb`` of this process and ``rss_kind``
+        ("current", or "peak" where the current value cannot be read).  Both include
+        ``model_bytes`` (parameter and buffer bytes of the model).
+        """
+        if self.backend == "torch" and self.device.startswith("cuda"):
+            cuda = self._torch.cuda
+            return {
+                "device": self.device,
+                "allocated_gb": cuda.memory_allocated(self.device) / _GIB,
+                "reserved_gb": cuda.memory_reserved(self.device) / _GIB,
+                "max_allocated_gb": cuda.max_memory_allocated(self.device) / _GIB,
+                "total_gb": cuda.get_device_properties(self.device).total_memory / _GIB,
+                "model_bytes": self.model_bytes(),
+            }
+        rss, kind = _process_rss_bytes()
+        return {
+            "device": "cpu",
+            "rss_bytes": rss,
+            "rss_gb": rss / _GIB,
+            "rss_kind": kind,
+            "model_bytes": self.model_bytes(),
+        }
+
+    #: The guide's name for :meth:`memory_usage`.
+    get_memory_usage = memory_usage
+
+    def model_bytes(self) -> int:
+        """Bytes held by the model's parameters and buffers."""
+        if self._mlp is not None:
+            return self._mlp.nbytes
+        tensors = [*self._model.parameters(), *self._model.buffers()]
+        return int(sum(t.numel() * t.element_size() for t in tensors))
+
+    def describe(self) -> str:
+        """One line for the components report, e.g. ``"torch 2.13.0 cpu fp32"``,
+        ``"torch 2.13.0 cuda:0 (NVIDIA H200) bf16"`` or ``"numpy (torch not installed)"``."""
+        if self.backend == "numpy":
+            return f"numpy ({self.fallback_reason})"
+        where = self.device
+        if where.startswith("cuda"):
+            where = f"{where} ({self._torch.cuda.get_device_name(self.device)})"
+        return f"torch {torch_version(self._torch)} {where} {self.precision}"
+
+    def info(self) -> dict[str, Any]:
+        """``backend``, ``device``, ``precision``, ``model_path``, ``default_model``,
+        ``input_width``, ``input_kind``, ``fallback_reason`` and ``describe``."""
+        return {
+            "backend": self.backend,
+            "device": self.device,
+            "precision": self.precision,
+            "model_path": str(self.model_path),
+            "default_model": self.model_path in (DEFAULT_TORCHSCRIPT, DEFAULT_WEIGHTS),
+            "input_width": self.input_width,
+            "input_kind": self.input_kind,
+            "fallback_reason": self.fallback_reason,
+            "describe": self.describe(),
+        }

@@ -1,0 +1,258 @@
+"""The model's input contract: one ``float32`` row of width :data:`FEATURE_WIDTH` per action.
+
+:func:`action_features` turns a batch of actions (action text + stated intent) into an
+``(n, FEATURE_WIDTH)`` ``float32`` matrix.  Column layout (version :data:`FEATURE_VERSION`):
+
+=====================  ======  =============================================================
+columns                width   content
+=====================  ======  =============================================================
+``[0, 512)``           512     hashed character 3-grams of the lower-cased action text
+``[512, 576)``         64      hashed character 3-grams of the lower-cased stated intent
+``[576, 590)``         14      numeric features of the raw text, in :data:`NUMERIC_FEATURES`
+=====================  ======  =============================================================
+
+N-gram blocks come from :func:`nethical_grpc.jit_optimizations.extract_ngram_features_batch`
+(32-bit FNV-1a of each window of 3 code points, bucket ``h % dim``; Numba or NumPy, the
+same counts on both paths).  Each block is transformed as ``log1p(count)`` and then scaled
+to unit L2 norm per row (an all-zero block, e.g. an empty intent or a text shorter than 3
+characters, stays zero).  Lower-casing uses :meth:`str.lower`.
+
+Numeric features (all in ``[0, 1]``; "chars" are Unicode code points of the raw text; a
+count feature is ``min(log1p(count) / log1p(64), 1)``; fractions are of the text length
+and ``0`` for an empty text):
+
+======  ======================  =========================================================
+index   name                    definition
+======  ======================  =========================================================
+0       ``log_length``          ``min(log1p(len(text)) / log1p(65536), 1)``
+1       ``frac_upper``          fraction of ASCII ``A``-``Z``
+2       ``frac_digit``          fraction of ASCII ``0``-``9``
+3       ``frac_space``          fraction of space, tab, CR, LF
+4       ``frac_punct``          fraction of other printable ASCII (not alphanumeric/space)
+5       ``frac_non_ascii``      fraction of code points above 127
+6       ``shell_meta``          count of shell metacharacters ``; | & $ ` < >``
+7       ``slashes``             count of ``/``
+8       ``quotes``              count of ``'`` and ``"``
+9       ``has_url``             1 if ``://`` occurs, else 0
+10      ``has_dotted_numbers``  1 if at least 3 "digit ``.`` digit" windows occur (IPv4-like)
+11      ``intent_log_length``   ``min(log1p(len(intent)) / log1p(65536), 1)``
+12      ``intent_empty``        1 if the intent is empty or only whitespace
+13      ``intent_overlap``      cosine similarity of the text's and the intent's 3-gram
+                                counts, both folded to 64 buckets (0 if either is empty)
+======  ======================  =========================================================
+
+Everything is vectorised over the batch: per item, only :meth:`str.lower`, ``len`` and
+:meth:`str.isspace` run in Python (and, for batches of at most 8 actions, one call of the
+single-text n-gram kernel, which gives the same counts as the parallel batch kernel);
+per-character work is NumPy / Numba over the batch's concatenated code points.  The output
+is deterministic: the same texts give bit-identical rows, in any batch and in any process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from nethical_grpc.jit_optimizations import (
+    extract_ngram_features_batch,
+    extract_ngram_features_jit,
+)
+
+__all__ = [
+    "FEATURE_VERSION",
+    "FEATURE_WIDTH",
+    "INTENT_NGRAM_DIM",
+    "NGRAM_N",
+    "NUMERIC_FEATURES",
+    "NUMERIC_OFFSET",
+    "TEXT_NGRAM_DIM",
+    "action_features",
+]
+
+Float32Array = npt.NDArray[np.float32]
+Int64Array = npt.NDArray[np.int64]
+
+#: Version of the column layout; a model trained on another version must not be loaded.
+FEATURE_VERSION: Final = "ngram3-512-64-num14-v1"
+#: Characters per n-gram.
+NGRAM_N: Final = 3
+#: Hash buckets of the action-text block.
+TEXT_NGRAM_DIM: Final = 512
+#: Hash buckets of the stated-intent block (divides :data:`TEXT_NGRAM_DIM`).
+INTENT_NGRAM_DIM: Final = 64
+#: Names of the numeric columns, in order (see the module docstring).
+NUMERIC_FEATURES: Final = (
+    "log_length",
+    "frac_upper",
+    "frac_digit",
+    "frac_space",
+    "frac_punct",
+    "frac_non_ascii",
+    "shell_meta",
+    "slashes",
+    "quotes",
+    "has_url",
+    "has_dotted_numbers",
+    "intent_log_length",
+    "intent_empty",
+    "intent_overlap",
+)
+#: First numeric column.
+NUMERIC_OFFSET: Final = TEXT_NGRAM_DIM + INTENT_NGRAM_DIM
+#: Width ``D`` of one feature row.
+FEATURE_WIDTH: Final = NUMERIC_OFFSET + len(NUMERIC_FEATURES)
+
+#: Batches up to this size are hashed text by text (see :func:`_log_ngrams`).
+_SERIAL_MAX_ROWS: Final = 8
+_LOG_LEN_SCALE: Final = float(np.log1p(65536.0))
+_LOG_COUNT_SCALE: Final = float(np.log1p(64.0))
+# Character classes of code points 0..127 as bit flags; index 128 stands for "above 127".
+# The bit order is the column order used by _numeric (upper, digit, space, punct, non-ASCII,
+# shell meta, slash, quote).
+_UPPER, _DIGIT, _SPACE, _PUNCT, _NON_ASCII, _META, _SLASH, _QUOTE = (1 << i for i in range(8))
+_COLON: Final = ord(":")
+_SLASH_CP: Final = ord("/")
+_DOT: Final = ord(".")
+
+
+def _class_table() -> npt.NDArray[np.uint8]:
+    table = np.zeros(129, dtype=np.uint8)
+    for cp in range(128):
+        c = chr(cp)
+        if "A" <= c <= "Z":
+            table[cp] |= _UPPER
+        elif "0" <= c <= "9":
+            table[cp] |= _DIGIT
+        elif c in " \t\r\n":
+            table[cp] |= _SPACE
+        elif 33 <= cp <= 126 and not "a" <= c <= "z":
+            table[cp] |= _PUNCT
+        if c in ";|&$`<>":
+            table[cp] |= _META
+        if c == "/":
+            table[cp] |= _SLASH
+        if c in "'\"":
+            table[cp] |= _QUOTE
+    table[128] = _NON_ASCII
+    return table
+
+
+_CLASSES: Final = _class_table()
+
+
+def _check_texts(values: Sequence[str], name: str) -> list[str]:
+    if isinstance(values, str | bytes):
+        raise ValueError(f"{name} must be a sequence of str, not a single {type(values).__name__}")
+    items = list(values)
+    if not all(isinstance(v, str) for v in items):
+        bad = next(i for i, v in enumerate(items) if not isinstance(v, str))
+        raise ValueError(f"{name}[{bad}] must be a str, got {type(items[bad]).__name__}")
+    return items
+
+
+def _code_points(texts: list[str]) -> tuple[Int64Array, Int64Array]:
+    """Concatenated code points of ``texts`` and each text's length."""
+    joined = "".join(texts)
+    raw = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+    return raw.astype(np.int64), lengths
+
+
+def _log_ngrams(texts: list[str], dim: int) -> tuple[Float32Array, Float32Array]:
+    """``(raw counts, log1p counts scaled to unit L2 norm per row)``.
+
+    Up to :data:`_SERIAL_MAX_ROWS` texts are hashed one by one with the single-text kernel
+    (same counts), so a single request does not wake the parallel kernel's thread pool,
+    whose start-up dominates for one short text and stalls when cores are busy.
+    """
+    if len(texts) <= _SERIAL_MAX_ROWS:
+        counts = np.empty((len(texts), dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            counts[i] = extract_ngram_features_jit(text, n=NGRAM_N, dim=dim)
+    else:
+        counts = extract_ngram_features_batch(texts, n=NGRAM_N, dim=dim)
+    logs = np.log1p(counts)
+    norms = np.sqrt(np.add.reduce(logs * logs, axis=1))
+    np.divide(logs, norms[:, None], out=logs, where=norms[:, None] > 0.0)
+    return counts, logs
+
+
+def _numeric(
+    texts: list[str], intents: list[str], text_counts: Float32Array, intent_counts: Float32Array
+) -> Float32Array:
+    """The :data:`NUMERIC_FEATURES` columns, from prefix sums of per-character flags.
+
+    Column ``k < 8`` of ``flags`` is character class ``1 << k`` (by the table), column 8
+    marks a ``://`` window and column 9 a "digit ``.`` digit" window starting at that
+    position; a row's count is the difference of the prefix sums at its ends (windows: at
+    its last start that still fits, ``end - 3``), so nothing leaks between rows.
+    """
+    n = len(texts)
+    cps, lengths = _code_points(texts)
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    total = int(cps.shape[0])
+    cls = _CLASSES[np.minimum(cps, 128)]
+    flags = np.zeros((total, 10), dtype=np.uint8)
+    flags[:, :8] = np.unpackbits(cls[:, None], axis=1, bitorder="little")
+    m = max(total - 2, 0)
+    digit = flags[:, 1]
+    flags[:m, 8] = (cps[:m] == _COLON) & (cps[1 : m + 1] == _SLASH_CP) & (cps[2:] == _SLASH_CP)
+    flags[:m, 9] = digit[:m] & (cps[1 : m + 1] == _DOT) & digit[2:]
+    prefix = np.zeros((total + 1, 10), dtype=np.int64)
+    np.cumsum(flags, axis=0, dtype=np.int64, out=prefix[1:])
+    chars = (prefix[ends, :8] - prefix[starts, :8]).astype(np.float64)
+    last = np.maximum(ends - 2, starts)
+    windows = prefix[last, 8:] - prefix[starts, 8:]
+
+    out = np.zeros((n, len(NUMERIC_FEATURES)), dtype=np.float64)
+    out[:, 0] = np.log1p(lengths) / _LOG_LEN_SCALE
+    out[:, 1:6] = chars[:, 0:5] / np.maximum(lengths, 1)[:, None]  # upper .. non-ASCII
+    out[:, 6:9] = np.log1p(chars[:, 5:8]) / _LOG_COUNT_SCALE  # meta, slashes, quotes
+    out[:, 9] = windows[:, 0] > 0
+    out[:, 10] = windows[:, 1] >= 3
+    intent_lengths = np.fromiter((len(t) for t in intents), dtype=np.int64, count=n)
+    out[:, 11] = np.log1p(intent_lengths) / _LOG_LEN_SCALE
+    out[:, 12] = np.fromiter((not t or t.isspace() for t in intents), dtype=np.bool_, count=n)
+
+    folded = text_counts.reshape(n, TEXT_NGRAM_DIM // INTENT_NGRAM_DIM, INTENT_NGRAM_DIM)
+    a = folded.sum(axis=1, dtype=np.float64)
+    b = intent_counts.astype(np.float64)
+    denom = np.sqrt(np.add.reduce(a * a, axis=1) * np.add.reduce(b * b, axis=1))
+    dots = np.add.reduce(a * b, axis=1)
+    np.divide(dots, denom, out=out[:, 13], where=denom > 0.0)
+
+    np.clip(out, 0.0, 1.0, out=out)
+    return out.astype(np.float32)
+
+
+def action_features(texts: Sequence[str], intents: Sequence[str]) -> Float32Array:
+    """Feature rows for a batch of actions: ``(len(texts), FEATURE_WIDTH)`` ``float32``.
+
+    ``texts[i]`` is the action text and ``intents[i]`` its stated intent (``""`` when there
+    is none).  Layout and definitions are in the module docstring; every value is finite and
+    in ``[0, 1]``.  An empty batch gives a ``(0, FEATURE_WIDTH)`` array.
+
+    Raises ``ValueError`` when either argument is a single string instead of a sequence,
+    holds a non-``str`` item, or the two lengths differ.
+    """
+    text_list = _check_texts(texts, "texts")
+    intent_list = _check_texts(intents, "intents")
+    if len(text_list) != len(intent_list):
+        raise ValueError(
+            f"texts and intents must have the same length, got {len(text_list)} "
+            f"and {len(intent_list)}"
+        )
+    n = len(text_list)
+    out = np.empty((n, FEATURE_WIDTH), dtype=np.float32)
+    if n == 0:
+        return out
+    text_counts, text_block = _log_ngrams([t.lower() for t in text_list], TEXT_NGRAM_DIM)
+    intent_counts, intent_block = _log_ngrams([t.lower() for t in intent_list], INTENT_NGRAM_DIM)
+    out[:, :TEXT_NGRAM_DIM] = text_block
+    out[:, TEXT_NGRAM_DIM:NUMERIC_OFFSET] = intent_block
+    out[:, NUMERIC_OFFSET:] = _numeric(text_list, intent_list, text_counts, intent_counts)
+    return out

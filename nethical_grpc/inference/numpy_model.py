@@ -1,0 +1,113 @@
+"""The default MLP evaluated in NumPy, for hosts without torch.
+
+Weights file format (``.npz``, written by ``scripts/train_default_model.py``):
+
+* ``w0, b0, w1, b1, ..., w{k}, b{k}``: the layers of a ``torch.nn.Linear`` stack, weights in
+  torch's ``(out_features, in_features)`` layout, ``float32``;
+* ``feature_version`` (0-d str array) and ``feature_width`` (0-d int array): the input
+  contract the weights were trained for (:mod:`nethical_grpc.inference.features`).
+
+The network is ``Linear -> ReLU -> ... -> Linear -> sigmoid``: ReLU after every layer but
+the last, whose single output is the logit of the probability of harm.  Computation is in
+``float32`` (like the TorchScript model on CPU), so both paths agree to about ``1e-6``.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from nethical_grpc.inference.errors import ModelLoadError
+
+__all__ = ["NumpyMLP"]
+
+Float32Array = npt.NDArray[np.float32]
+_MAX_LAYERS: Final = 16
+
+
+class NumpyMLP:
+    """A ReLU MLP with a sigmoid output, loaded from an ``.npz`` weights file.
+
+    Attributes: ``input_width`` (columns of an input row), ``feature_version`` (``""`` when
+    the file does not say), ``layer_sizes`` (``(in, hidden..., 1)``), ``nbytes`` (parameter
+    bytes).
+    """
+
+    def __init__(self, weights: list[Float32Array], biases: list[Float32Array], version: str):
+        self._weights_t = [np.ascontiguousarray(w.T) for w in weights]
+        self._biases = biases
+        self.feature_version = version
+        self.input_width = int(weights[0].shape[1])
+        self.layer_sizes = (self.input_width, *(int(w.shape[0]) for w in weights))
+        self.nbytes = sum(int(w.nbytes) for w in weights) + sum(int(b.nbytes) for b in biases)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> NumpyMLP:
+        """Read and check a weights file.
+
+        Raises :class:`ModelLoadError` when the file is missing, is not an ``.npz`` archive,
+        lacks ``w0``/``b0``, has layers whose shapes do not chain, a last layer with more
+        than one output, or non-finite values.
+        """
+        p = Path(path)
+        try:
+            with np.load(p, allow_pickle=False) as data:
+                arrays = {k: np.asarray(data[k]) for k in data.files}
+        except FileNotFoundError as exc:
+            raise ModelLoadError(f"model weights file {p} does not exist") from exc
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+            raise ModelLoadError(f"{p} is not a readable .npz weights file: {exc}") from exc
+        if not isinstance(arrays, dict) or "w0" not in arrays:
+            raise ModelLoadError(f"{p} is not an MLP weights file (no 'w0' array)")
+        weights: list[Float32Array] = []
+        biases: list[Float32Array] = []
+        for i in range(_MAX_LAYERS):
+            if f"w{i}" not in arrays:
+                break
+            if f"b{i}" not in arrays:
+                raise ModelLoadError(f"{p}: layer {i} has weights 'w{i}' but no bias 'b{i}'")
+            w = arrays[f"w{i}"].astype(np.float32)
+            b = arrays[f"b{i}"].astype(np.float32)
+            if w.ndim != 2 or b.shape != (w.shape[0],):
+                raise ModelLoadError(
+                    f"{p}: layer {i} has weight shape {w.shape} and bias shape {b.shape}; "
+                    "expected (out, in) and (out,)"
+                )
+            if weights and w.shape[1] != weights[-1].shape[0]:
+                raise ModelLoadError(
+                    f"{p}: layer {i} takes {w.shape[1]} inputs but layer {i - 1} gives "
+                    f"{weights[-1].shape[0]}"
+                )
+            if not (np.isfinite(w).all() and np.isfinite(b).all()):
+                raise ModelLoadError(f"{p}: layer {i} holds non-finite values")
+            weights.append(w)
+            biases.append(b)
+        if weights[-1].shape[0] != 1:
+            raise ModelLoadError(
+                f"{p}: the last layer has {weights[-1].shape[0]} outputs; expected 1 (a logit)"
+            )
+        version = str(arrays["feature_version"]) if "feature_version" in arrays else ""
+        return cls(weights, biases, version)
+
+    def predict(self, x: Float32Array) -> npt.NDArray[np.float64]:
+        """Probabilities of harm for a validated ``(n, input_width)`` ``float32`` batch.
+
+        Returns shape ``(n,)`` ``float64`` values in ``[0, 1]``.  The caller validates ``x``
+        (see :meth:`nethical_grpc.inference.engine.InferenceEngine.predict_batch`).
+        """
+        h = x
+        last = len(self._weights_t) - 1
+        for i, (w, b) in enumerate(zip(self._weights_t, self._biases, strict=True)):
+            h = h @ w
+            h += b
+            if i < last:
+                np.maximum(h, 0.0, out=h)
+        z = h[:, 0].astype(np.float64)
+        # Numerically stable logistic: 0.5 * (1 + tanh(z / 2)).
+        out: npt.NDArray[np.float64] = 0.5 * (1.0 + np.tanh(0.5 * z))
+        return out

@@ -1,0 +1,58 @@
+"""Reading a gRPC request stream in chunks, so a server can batch what has arrived."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+_END = object()
+
+
+async def read_chunks(source: AsyncIterator[T], max_chunk: int) -> AsyncIterator[list[T]]:
+    """Yield lists of items from ``source``: each holds the next item and whatever else has
+    already arrived (at most ``max_chunk``), so a busy stream is processed in batches and a
+    quiet one item by item, never waiting for more to come.
+
+    Errors of ``source`` are raised here; leaving the loop early stops reading ``source``.
+    """
+    if max_chunk < 1:
+        raise ValueError("max_chunk must be at least 1")
+    queue: asyncio.Queue[object] = asyncio.Queue(maxsize=max_chunk * 4)
+    failure: list[BaseException] = []
+
+    async def pump() -> None:
+        try:
+            async for item in source:
+                await queue.put(item)
+        except Exception as exc:  # handed to the consumer
+            failure.append(exc)
+        finally:
+            await queue.put(_END)
+
+    reader = asyncio.ensure_future(pump())
+    try:
+        while True:
+            first = await queue.get()
+            if first is _END:
+                break
+            chunk: list[T] = [first]  # type: ignore[list-item]
+            ended = False
+            while len(chunk) < max_chunk and not queue.empty():
+                item = queue.get_nowait()
+                if item is _END:
+                    ended = True
+                    break
+                chunk.append(item)  # type: ignore[arg-type]
+            yield chunk
+            if ended:
+                break
+        if failure:
+            raise failure[0]
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader

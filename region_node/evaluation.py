@@ -1,0 +1,163 @@
+"""Evaluating agent actions on a region node: rules, risk kernel, model, windows, profiles.
+
+One pipeline serves the unary ``Evaluate``, the streamed ``EvaluateStream`` and the gateway:
+
+1. features of the actions' text (one vectorised call for a batch);
+2. the model's probability of harm, through the node's micro-batcher, so concurrent callers
+   share one model call;
+3. :func:`~nethical_grpc.governance.decision.evaluate_action`: detectors, the JIT risk
+   kernel, blending with the model probability, thresholds;
+4. the node's windows get ``risk_score`` and ``latency_ms`` observations labelled with the
+   decision and the action type (so global metrics count decisions per action type with no
+   extra work), and the agent's profile is updated.
+
+Nothing here knows gRPC; the servicer converts messages and maps errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Final, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from nethical_grpc.errors import MeshError
+from nethical_grpc.governance.decision import (
+    DEFAULT_MODEL_WEIGHT,
+    Thresholds,
+    evaluate_action,
+)
+from nethical_grpc.governance.detectors import Action
+from nethical_grpc.governance.profiles import Profile, ProfileBook
+from nethical_grpc.governance.requests import EvaluationRequest, Outcome
+from nethical_grpc.series import IngestBatch, SeriesKey
+
+log = logging.getLogger(__name__)
+
+#: Metrics every evaluation feeds, labelled ``decision`` and ``action_type``.
+RISK_METRIC: Final = "risk_score"
+LATENCY_METRIC: Final = "latency_ms"
+#: Distinct action types a node keeps apart in its metrics; later ones count as "other".
+MAX_ACTION_TYPES: Final = 64
+OTHER_ACTION_TYPE: Final = "other"
+UNSPECIFIED_ACTION_TYPE: Final = "unspecified"
+
+
+class RiskModel(Protocol):
+    """What the evaluator needs of the node's model (see ``region_node.model``)."""
+
+    @property
+    def feature_width(self) -> int: ...
+
+    def describe(self) -> str: ...
+
+    def features(self, actions: Sequence[Action]) -> npt.NDArray[np.float32]:
+        """One row of ``feature_width`` float32 features per action."""
+        ...
+
+    async def probabilities(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        """Probability of harm per row (micro-batched with other callers)."""
+        ...
+
+
+class WindowSink(Protocol):
+    """The node's windows, as far as evaluations feed them."""
+
+    def record_internal(self, batches: Sequence[IngestBatch]) -> None: ...
+
+
+class ActionTypes:
+    """Bounded set of action types kept apart in metrics (label cardinality stays bounded)."""
+
+    def __init__(self, limit: int = MAX_ACTION_TYPES) -> None:
+        self._limit = limit
+        self._known: set[str] = set()
+
+    def label(self, action_type: str) -> str:
+        name = action_type or UNSPECIFIED_ACTION_TYPE
+        if name in self._known:
+            return name
+        if len(self._known) < self._limit:
+            self._known.add(name)
+            return name
+        return OTHER_ACTION_TYPE
+
+
+class Evaluator:
+    """Evaluates actions for one node; safe to share between concurrent RPCs (one loop)."""
+
+    def __init__(
+        self,
+        model: RiskModel,
+        windows: WindowSink,
+        profiles: ProfileBook | None = None,
+        thresholds: Thresholds | None = None,
+        model_weight: float = DEFAULT_MODEL_WEIGHT,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.model = model
+        self.windows = windows
+        self.profiles = profiles if profiles is not None else ProfileBook()
+        self.thresholds = thresholds or Thresholds()
+        self.model_weight = model_weight
+        self.clock = clock
+        self.action_types = ActionTypes()
+        self.evaluated = 0
+
+    async def evaluate(self, request: EvaluationRequest) -> Outcome:
+        """One action (the model call is shared with concurrent callers)."""
+        return (await self.evaluate_many([request]))[0]
+
+    async def evaluate_many(self, requests: Sequence[EvaluationRequest]) -> list[Outcome]:
+        """A batch of actions: one feature call, one model call, one window update."""
+        if not requests:
+            return []
+        started = time.perf_counter_ns()
+        rows = self.model.features([r.action for r in requests])
+        probabilities = await self.model.probabilities(rows)
+        now = self.clock()
+        outcomes = []
+        for request, p in zip(requests, probabilities.tolist(), strict=True):
+            evaluation = evaluate_action(
+                request.action,
+                model_probability=p,
+                thresholds=self.thresholds,
+                model_weight=self.model_weight,
+            )
+            outcomes.append(
+                Outcome(
+                    request=request,
+                    evaluation=evaluation,
+                    model_probability=p,
+                    latency_ns=time.perf_counter_ns() - started,
+                    time_ns=now,
+                )
+            )
+        self._record(outcomes, now)
+        self.evaluated += len(outcomes)
+        return outcomes
+
+    async def profile(self, agent_id: str) -> Profile | None:
+        """The agent's profile as this node knows it, or None."""
+        return self.profiles.get(agent_id)
+
+    def _record(self, outcomes: Sequence[Outcome], now_ns: int) -> None:
+        groups: dict[tuple[str, str], list[Outcome]] = {}
+        for o in outcomes:
+            key = (o.evaluation.decision.value, self.action_types.label(o.request.action_type))
+            groups.setdefault(key, []).append(o)
+        batches = []
+        for (decision, action_type), members in groups.items():
+            labels = (("action_type", action_type), ("decision", decision))
+            risk = np.fromiter((o.evaluation.risk_score for o in members), np.float64)
+            latency = np.fromiter((o.latency_ns / 1e6 for o in members), np.float64)
+            batches.append(IngestBatch(SeriesKey(RISK_METRIC, labels), risk, None, now_ns))
+            batches.append(IngestBatch(SeriesKey(LATENCY_METRIC, labels), latency, None, now_ns))
+        try:
+            self.windows.record_internal(batches)
+        except MeshError as exc:  # a full node still answers; its metrics miss these
+            log.warning("evaluation metrics not recorded: %s", exc)
+        self.profiles.update(outcomes)
