@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -18,6 +20,9 @@ from nethical_grpc.governance.detectors import Action
 from nethical_grpc.governance.profiles import Profile
 from nethical_grpc.governance.requests import EvaluationRequest, Outcome
 from nethical_grpc.series import GroupSummary, IngestBatch, SeriesKey, SummaryQuery, freeze_labels
+from nethical_grpc.storage.audit import AuditFilter, SearchPage, SearchQuery
+from nethical_grpc.storage.backend import BackendChoice
+from nethical_grpc.storage.timeseries import AggregateRow, MetricRecord
 from nethical_grpc.summary import Buckets, ExponentialHistogram, Moments, Summary
 from nethical_grpc.v1 import coordinator_pb2, governance_pb2, region_node_pb2, summary_pb2
 from nethical_grpc.validation import (
@@ -454,3 +459,183 @@ def profile_to_proto(profile: Profile) -> region_node_pb2.GetRiskProfileResponse
     if profile.last_seen_ns:
         response.last_seen.CopyFrom(ns_to_timestamp(profile.last_seen_ns))
     return response
+
+
+# -- in-region stores -------------------------------------------------------------------
+
+_AGGREGATIONS = {
+    region_node_pb2.AGGREGATION_AVG: "avg",
+    region_node_pb2.AGGREGATION_SUM: "sum",
+    region_node_pb2.AGGREGATION_MIN: "min",
+    region_node_pb2.AGGREGATION_MAX: "max",
+    region_node_pb2.AGGREGATION_COUNT: "count",
+}
+MAX_QUERY_LIMIT = 10_000
+DEFAULT_QUERY_LIMIT = 1_000
+DEFAULT_AUDIT_PAGE = 50
+MAX_AUDIT_PAGE = 1_000
+
+
+def ns_to_datetime(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns // NANOS, tz=UTC) + timedelta(microseconds=ns % NANOS // 1000)
+
+
+def datetime_to_timestamp(dt: datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(dt)
+    return ts
+
+
+def _optional_time(msg: object, field: str) -> datetime | None:
+    ns = optional_timestamp_ns(msg, field)
+    return None if ns is None else ns_to_datetime(ns)
+
+
+def _checked_range(msg: object) -> tuple[datetime | None, datetime | None]:
+    start, end = _optional_time(msg, "start_time"), _optional_time(msg, "end_time")
+    if start is not None and end is not None and start >= end:
+        raise InvalidArgument.single("end_time", "must be after start_time")
+    return start, end
+
+
+def _short_name(field: str, value: str, limit: int = 256) -> str | None:
+    if len(value) > limit:
+        raise InvalidArgument.single(field, f"at most {limit} characters")
+    return value or None
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsQuery:
+    agent_id: str | None
+    metric: str | None
+    start: datetime | None
+    end: datetime | None
+    limit: int
+
+
+def metrics_query_from_proto(req: region_node_pb2.QueryMetricsRequest) -> MetricsQuery:
+    if req.limit > MAX_QUERY_LIMIT:
+        raise InvalidArgument.single("limit", f"at most {MAX_QUERY_LIMIT}")
+    start, end = _checked_range(req)
+    return MetricsQuery(
+        agent_id=_short_name("agent_id", req.agent_id),
+        metric=_short_name("metric", req.metric),
+        start=start,
+        end=end,
+        limit=req.limit or DEFAULT_QUERY_LIMIT,
+    )
+
+
+def metric_record_to_proto(r: MetricRecord) -> region_node_pb2.MetricRecord:
+    labels = {str(k): str(v) for k, v in (r.metadata or {}).items()}
+    return region_node_pb2.MetricRecord(
+        time=datetime_to_timestamp(r.timestamp),
+        agent_id=r.agent_id,
+        metric=r.metric_name,
+        value=r.metric_value,
+        region_id=r.region_id,
+        labels=labels,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateQuery:
+    metric: str
+    aggregation: str
+    bucket: timedelta
+    start: datetime
+    end: datetime
+    agent_id: str | None
+
+
+def aggregate_query_from_proto(req: region_node_pb2.AggregateMetricsRequest) -> AggregateQuery:
+    bad: list[FieldViolation] = []
+    if not req.metric:
+        bad.append(FieldViolation("metric", "must not be empty"))
+    aggregation = _AGGREGATIONS.get(req.aggregation)
+    if aggregation is None:
+        bad.append(FieldViolation("aggregation", "one of AVG, SUM, MIN, MAX, COUNT"))
+    bucket_ns = duration_to_ns(req.bucket) if req.HasField("bucket") else 0
+    if bucket_ns <= 0:
+        bad.append(FieldViolation("bucket", "must be longer than zero"))
+    for name in ("start_time", "end_time"):
+        if not req.HasField(name):
+            bad.append(FieldViolation(name, "required"))
+    if bad:
+        raise InvalidArgument(message="invalid aggregation request", field_violations=bad)
+    start, end = _checked_range(req)
+    assert start is not None and end is not None and aggregation is not None
+    return AggregateQuery(
+        metric=req.metric,
+        aggregation=aggregation,
+        bucket=timedelta(microseconds=bucket_ns / 1000),
+        start=start,
+        end=end,
+        agent_id=_short_name("agent_id", req.agent_id),
+    )
+
+
+def aggregate_rows_to_proto(rows: list[AggregateRow]) -> region_node_pb2.AggregateMetricsResponse:
+    return region_node_pb2.AggregateMetricsResponse(
+        buckets=[
+            region_node_pb2.MetricBucket(
+                start_time=datetime_to_timestamp(r.bucket_start), value=r.value, count=r.count
+            )
+            for r in rows
+        ]
+    )
+
+
+def audit_query_from_proto(req: region_node_pb2.SearchAuditRequest) -> SearchQuery:
+    if req.page_size > MAX_AUDIT_PAGE:
+        raise InvalidArgument.single("page_size", f"at most {MAX_AUDIT_PAGE}")
+    start, end = _checked_range(req)
+    decision = decision_from_proto(req.decision, "decision")
+    min_risk = req.min_risk if req.HasField("min_risk") else None
+    if min_risk is not None and not 0.0 <= min_risk <= 1.0:
+        raise InvalidArgument.single("min_risk", "must be in [0, 1]")
+    try:
+        flt = AuditFilter(
+            text=req.query or None,
+            agent_id=_short_name("agent_id", req.agent_id),
+            decision=decision,
+            start_time=start,
+            end_time=end,
+            min_risk_score=min_risk,
+        )
+        return SearchQuery(
+            filter=flt,
+            page_size=req.page_size or DEFAULT_AUDIT_PAGE,
+            page_token=req.page_token or None,
+        )
+    except ValueError as exc:
+        raise InvalidArgument.single("query", str(exc)) from None
+
+
+def audit_page_to_proto(page: SearchPage) -> region_node_pb2.SearchAuditResponse:
+    return region_node_pb2.SearchAuditResponse(
+        records=[
+            region_node_pb2.AuditRecord(
+                id=r.action_id,
+                time=datetime_to_timestamp(r.timestamp),
+                agent_id=r.agent_id,
+                action_type=r.action_type,
+                action_text=r.action_text,
+                stated_intent=r.stated_intent,
+                decision=decision_to_proto(r.decision),
+                risk_score=r.risk_score,
+                region_id=r.region_id,
+            )
+            for r in page.records
+        ],
+        next_page_token=page.next_page_token or "",
+    )
+
+
+def store_status_to_proto(choice: BackendChoice) -> region_node_pb2.StoreStatus:
+    return region_node_pb2.StoreStatus(
+        store=choice.store,
+        backend=choice.backend,
+        requested=choice.requested,
+        reason=choice.reason,
+    )

@@ -75,10 +75,12 @@ async def start_server(
     reflection_enabled: bool = True,
     max_concurrent_rpcs: int | None = 1000,
     interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] | None = None,
+    serving: bool = True,
 ) -> MeshServer:
     """Create, bind (port 0 picks a free port) and start a server with health + reflection.
 
     ``interceptors`` default to the active telemetry's (none when telemetry is off).
+    ``serving=False`` starts with health NOT_SERVING (until the caller is ready).
     """
     server = grpc.aio.server(
         options=server_options(max_message_bytes),
@@ -97,7 +99,7 @@ async def start_server(
         raise OSError(f"could not bind {host}:{port}")
     await server.start()
     mesh = MeshServer(server=server, health=health, port=bound, service_names=service_full_names)
-    await mesh.set_serving(True)
+    await mesh.set_serving(serving)
     return mesh
 
 

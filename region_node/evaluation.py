@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Protocol
 
 import numpy as np
@@ -97,8 +97,12 @@ class Evaluator:
         thresholds: Thresholds | None = None,
         model_weight: float = DEFAULT_MODEL_WEIGHT,
         clock: Callable[[], int] = time.time_ns,
+        sink: Callable[[Sequence[Outcome]], None] | None = None,
+        profile_source: Callable[[str], Awaitable[Profile | None]] | None = None,
     ) -> None:
         self.model = model
+        self.sink = sink
+        self.profile_source = profile_source
         self.windows = windows
         self.profiles = profiles if profiles is not None else ProfileBook()
         self.thresholds = thresholds or Thresholds()
@@ -141,8 +145,11 @@ class Evaluator:
         return outcomes
 
     async def profile(self, agent_id: str) -> Profile | None:
-        """The agent's profile as this node knows it, or None."""
-        return self.profiles.get(agent_id)
+        """The agent's profile: this node's, else the region cache's (another instance's)."""
+        found = self.profiles.get(agent_id)
+        if found is None and self.profile_source is not None:
+            found = await self.profile_source(agent_id)
+        return found
 
     def _record(self, outcomes: Sequence[Outcome], now_ns: int) -> None:
         groups: dict[tuple[str, str], list[Outcome]] = {}
@@ -161,3 +168,5 @@ class Evaluator:
         except MeshError as exc:  # a full node still answers; its metrics miss these
             log.warning("evaluation metrics not recorded: %s", exc)
         self.profiles.update(outcomes)
+        if self.sink is not None:
+            self.sink(outcomes)

@@ -9,10 +9,32 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from nethical_grpc.series import GroupSummary, IngestBatch, SummaryQuery
+from nethical_grpc.series import GroupSummary, IngestBatch, Labels, SummaryQuery
+from nethical_grpc.summary import Summary
 from region_node.windows import WindowConfig, WindowStore
 
 log = logging.getLogger(__name__)
+
+
+def merge_groups(parts: Sequence[Sequence[GroupSummary]]) -> list[GroupSummary]:
+    """Merge group summaries of the same metric and labels from several sources."""
+    merged: dict[tuple[str, Labels], list[GroupSummary]] = {}
+    for groups in parts:
+        for g in groups:
+            merged.setdefault((g.metric, g.labels), []).append(g)
+    out = []
+    for (metric, labels), items in sorted(merged.items(), key=lambda kv: kv[0]):
+        out.append(
+            GroupSummary(
+                metric=metric,
+                labels=labels,
+                summary=Summary.merge_all(g.summary for g in items),
+                start_ns=min(g.start_ns for g in items),
+                end_ns=max(g.end_ns for g in items),
+                data_as_of_ns=max(g.data_as_of_ns for g in items),
+            )
+        )
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +58,10 @@ class RegionNode:
         self.identity = identity
         self.clock = clock
         self.store = WindowStore(windows, clock=clock)
+        # the region's other instances' flushed windows, when this node answers for the
+        # whole region from a shared store (see region_node.persistence)
+        self._peers: WindowStore | None = None
+        self._peers_loaded = 0
         self._evictor: asyncio.Task[None] | None = None
         self.data_as_of_ns = 0
 
@@ -45,6 +71,20 @@ class RegionNode:
         self.store.check_capacity((batch.key,))
         self.store.apply(batch)
 
+    @property
+    def version(self) -> tuple[int, int]:
+        """Changes whenever an answer could: own windows, or a fresh load of the peers'."""
+        return (self.store.version, self._peers_loaded)
+
+    @property
+    def peers(self) -> WindowStore | None:
+        return self._peers
+
+    @peers.setter
+    def peers(self, store: WindowStore | None) -> None:
+        self._peers = store
+        self._peers_loaded += 1
+
     def record_internal(self, batches: Sequence[IngestBatch]) -> None:
         """Apply observations the node made itself (already valid), all or none."""
         self.store.check_capacity(b.key for b in batches)
@@ -52,7 +92,10 @@ class RegionNode:
             self.store.apply(batch)
 
     def summaries(self, query: SummaryQuery) -> list[GroupSummary]:
-        return self.store.summaries(query)
+        own = self.store.summaries(query)
+        if self.peers is None:
+            return own
+        return merge_groups([own, self.peers.summaries(query)])
 
     async def run_eviction(self, interval_s: float) -> None:
         while True:

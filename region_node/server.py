@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
+from nethical_grpc.governance.profiles import ProfileBook
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
 from nethical_grpc.server_runtime import MeshServer, start_server
 from nethical_grpc.summary import _kernels
@@ -11,8 +13,12 @@ from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
 from region_node.evaluation import Evaluator
 from region_node.model import ModelConfig, NodeModel
 from region_node.node import NodeIdentity, RegionNode
+from region_node.persistence import Persister
 from region_node.servicer import RegionNodeServicer
+from region_node.stores import NodeStores, StoreConfig
 from region_node.windows import WindowConfig
+
+log = logging.getLogger(__name__)
 
 SERVICE_NAME = region_node_pb2.DESCRIPTOR.services_by_name["RegionNodeService"].full_name
 
@@ -30,6 +36,7 @@ class RegionServerConfig:
     eviction_interval_s: float = 5.0
     # None: the node does not evaluate actions (Evaluate, Score answer UNAVAILABLE)
     model: ModelConfig | None = field(default_factory=ModelConfig)
+    stores: StoreConfig = field(default_factory=StoreConfig)
 
 
 async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, RegionNode]:
@@ -42,23 +49,49 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
     _kernels.warmup()  # compile (or load cached) JIT kernels before the first batch
     node = RegionNode(identity, config.windows)
     model = NodeModel.load(config.model) if config.model is not None else None
-    evaluator = Evaluator(model, node) if model is not None else None
-    servicer = RegionNodeServicer(node, evaluator)
-    mesh = await start_server(
-        [lambda s: region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(servicer, s)],
-        [SERVICE_NAME],
-        host=config.host,
-        port=config.port,
-        max_message_bytes=config.max_message_bytes,
-        reflection_enabled=config.reflection,
-    )
+    stores = await NodeStores.open(config.stores, config.region_id)
+    try:
+        profiles = ProfileBook()
+        persister = Persister(node, stores, profiles, config.stores.flush_interval_s)
+        evaluator = (
+            Evaluator(
+                model,
+                node,
+                profiles=profiles,
+                sink=persister.enqueue,
+                profile_source=persister.load_profile,
+            )
+            if model is not None
+            else None
+        )
+        servicer = RegionNodeServicer(node, evaluator, stores)
+        mesh = await start_server(
+            [lambda s: region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(servicer, s)],
+            [SERVICE_NAME],
+            host=config.host,
+            port=config.port,
+            max_message_bytes=config.max_message_bytes,
+            reflection_enabled=config.reflection,
+            serving=False,  # until persisted windows are back
+        )
+    except BaseException:
+        await stores.close()
+        raise
     if not config.instance_id:
         # the bound port names an auto instance when none was given
         node.identity = NodeIdentity(
             identity.region_id, f"{identity.region_id}-{mesh.port}", identity.region_scope
         )
+    try:
+        await persister.start()
+    except Exception as exc:  # a store that fails now is retried by the loop
+        log.warning("restoring persisted windows failed: %s", exc)
     node.start_background(config.eviction_interval_s)
+    # stop order: background work, then the last writes, then the stores
     mesh.on_stop.append(node.stop_background)
     if model is not None:
         mesh.on_stop.append(model.close)
+    mesh.on_stop.append(persister.stop)
+    mesh.on_stop.append(stores.close)
+    await mesh.set_serving(True)
     return mesh, node

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 import grpc
 
@@ -24,6 +24,7 @@ from nethical_grpc.streams import read_chunks
 from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
 from region_node.evaluation import Evaluator
 from region_node.node import RegionNode
+from region_node.stores import NodeStores
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -32,11 +33,19 @@ _MAX_CACHED_RESPONSES = 64
 
 
 class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
-    def __init__(self, node: RegionNode, evaluator: Evaluator | None = None) -> None:
+    def __init__(
+        self,
+        node: RegionNode,
+        evaluator: Evaluator | None = None,
+        stores: NodeStores | None = None,
+    ) -> None:
         self.node = node
         self.evaluator = evaluator
+        self.stores = stores
         # identical queries between two changes of the store get the same response
-        self._responses: dict[SummaryQuery, tuple[int, region_node_pb2.GetSummariesResponse]] = {}
+        self._responses: dict[
+            SummaryQuery, tuple[tuple[int, int], region_node_pb2.GetSummariesResponse]
+        ] = {}
 
     @rpc_errors
     async def Ingest(  # noqa: N802 (gRPC method name)
@@ -68,7 +77,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         self, request: region_node_pb2.GetSummariesRequest, context: Context
     ) -> region_node_pb2.GetSummariesResponse:
         query = convert.summary_query_from_proto(request)
-        version = self.node.store.version
+        version = self.node.version
         cached = self._responses.get(query)
         if cached is not None and cached[0] == version:
             return cached[1]
@@ -105,6 +114,9 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
             histogram_scale=cfg.histogram_scale,
             version=__version__,
             components=self._components(),
+            stores=[convert.store_status_to_proto(c) for c in self._stores().choices()]
+            if self.stores is not None
+            else [],
         )
 
     def _components(self) -> dict[str, str]:
@@ -195,6 +207,67 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
                 reason="AGENT_NOT_FOUND",
             )
         return convert.profile_to_proto(profile)
+
+    # -- in-region stores (raw data: never called by the coordinator) -----------------
+
+    def _stores(self) -> NodeStores:
+        if self.stores is None:
+            raise Unavailable(message="this node has no stores", reason="STORES_DISABLED")
+        return self.stores
+
+    @rpc_errors
+    async def QueryMetrics(  # noqa: N802
+        self, request: region_node_pb2.QueryMetricsRequest, context: Context
+    ) -> region_node_pb2.QueryMetricsResponse:
+        q = convert.metrics_query_from_proto(request)
+        rows = await store_call(
+            self._stores().timeseries.query_metrics(
+                agent_id=q.agent_id,
+                metric_name=q.metric,
+                start_time=q.start,
+                end_time=q.end,
+                limit=q.limit,
+            )
+        )
+        return region_node_pb2.QueryMetricsResponse(
+            records=[convert.metric_record_to_proto(r) for r in rows]
+        )
+
+    @rpc_errors
+    async def AggregateMetrics(  # noqa: N802
+        self, request: region_node_pb2.AggregateMetricsRequest, context: Context
+    ) -> region_node_pb2.AggregateMetricsResponse:
+        q = convert.aggregate_query_from_proto(request)
+        rows = await store_call(
+            self._stores().timeseries.aggregate_metrics(
+                q.metric,
+                aggregation=q.aggregation,
+                time_bucket=q.bucket,
+                start_time=q.start,
+                end_time=q.end,
+                agent_id=q.agent_id,
+            )
+        )
+        return convert.aggregate_rows_to_proto(rows)
+
+    @rpc_errors
+    async def SearchAudit(  # noqa: N802
+        self, request: region_node_pb2.SearchAuditRequest, context: Context
+    ) -> region_node_pb2.SearchAuditResponse:
+        query = convert.audit_query_from_proto(request)
+        page = await store_call(self._stores().audit.search(query), field="page_token")
+        return convert.audit_page_to_proto(page)
+
+
+T = TypeVar("T")
+
+
+async def store_call(call: Awaitable[T], field: str = "request") -> T:
+    """Await a store call; its ValueError (bad input it found) is INVALID_ARGUMENT."""
+    try:
+        return await call
+    except ValueError as exc:
+        raise InvalidArgument.single(field, str(exc)) from None
 
 
 _STREAM_CHUNK = 256

@@ -54,6 +54,8 @@ class WindowStore:
         self._label_sets: dict[str, int] = {}
         # bumped by every change, so callers can cache answers until it moves
         self.version = 0
+        # windows changed since the last take_dirty(), for flushing to a store
+        self._dirty: set[tuple[SeriesKey, int]] = set()
 
     # -- ingest ---------------------------------------------------------------------
 
@@ -113,13 +115,16 @@ class WindowStore:
             self._label_sets[batch.key.metric] = self._label_sets.get(batch.key.metric, 0) + 1
         window_ns = self.config.window_ns
         if batch.timestamps_ns is None:
-            self._window(series, batch.time_ns // window_ns).update(batch.values)
+            window_id = batch.time_ns // window_ns
+            self._window(series, window_id).update(batch.values)
+            self._dirty.add((batch.key, window_id))
             newest = batch.time_ns
         else:
             ids = batch.timestamps_ns // window_ns
             first, last = int(ids.min()), int(ids.max())
             if first == last:
                 self._window(series, first).update(batch.values)
+                self._dirty.add((batch.key, first))
             else:
                 order = np.argsort(ids, kind="stable")
                 sorted_ids = ids[order]
@@ -127,7 +132,9 @@ class WindowStore:
                 starts = np.concatenate(([0], bounds))
                 ends = np.concatenate((bounds, [sorted_ids.size]))
                 for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-                    self._window(series, int(sorted_ids[s])).update(batch.values[order[s:e]])
+                    window_id = int(sorted_ids[s])
+                    self._window(series, window_id).update(batch.values[order[s:e]])
+                    self._dirty.add((batch.key, window_id))
             newest = int(batch.timestamps_ns.max())
         series.last_time_ns = max(series.last_time_ns, newest)
         self.version += 1
@@ -145,6 +152,37 @@ class WindowStore:
             )
             series.windows[window_id] = summary
         return summary
+
+    # -- persistence ----------------------------------------------------------------
+
+    def take_dirty(self) -> list[tuple[SeriesKey, int, Summary, int]]:
+        """Windows changed since the last call: (series, window id, summary, newest time).
+
+        The summaries are the live objects; serialise them before the next ingest."""
+        out = []
+        for key, window_id in self._dirty:
+            series = self._series.get(key)
+            if series is not None and window_id in series.windows:
+                out.append((key, window_id, series.windows[window_id], series.last_time_ns))
+        self._dirty.clear()
+        return out
+
+    def restore(self, key: SeriesKey, window_id: int, summary: Summary, newest_ns: int) -> None:
+        """Merge a persisted window in (restart, or another instance's data).
+
+        Not subject to the caps: what was persisted was admitted once already."""
+        series = self._series.get(key)
+        if series is None:
+            series = _Series()
+            self._series[key] = series
+            self._label_sets[key.metric] = self._label_sets.get(key.metric, 0) + 1
+        held = series.windows.get(window_id)
+        if held is None:
+            series.windows[window_id] = summary
+        else:
+            held.merge_from(summary)
+        series.last_time_ns = max(series.last_time_ns, newest_ns)
+        self.version += 1
 
     # -- queries --------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from nethical_grpc import client
 from nethical_grpc.server_runtime import MeshServer
 from region_node.node import RegionNode
 from region_node.server import RegionServerConfig, start_region_server
+from region_node.stores import StoreConfig
 from region_node.windows import WindowConfig
 
 
@@ -70,9 +71,11 @@ async def add_region(
     instances: int = 1,
     region_scope: bool = False,
     windows: WindowConfig | None = None,
+    stores: StoreConfig | None = None,
+    first_instance: int = 0,
 ) -> list[tuple[MeshServer, RegionNode]]:
     started = []
-    for i in range(instances):
+    for i in range(first_instance, first_instance + instances):
         started.append(
             await start_region_server(
                 RegionServerConfig(
@@ -80,6 +83,7 @@ async def add_region(
                     instance_id=f"{region_id}-{i}",
                     region_scope=region_scope,
                     windows=windows or WindowConfig(),
+                    stores=stores or StoreConfig(),
                 )
             )
         )

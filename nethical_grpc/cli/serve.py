@@ -52,6 +52,7 @@ async def run_region(args: argparse.Namespace) -> int:
     from nethical_grpc.inference.errors import ModelLoadError
     from region_node.model import ModelConfig
     from region_node.server import RegionServerConfig, start_region_server
+    from region_node.stores import StoreConfig
     from region_node.windows import WindowConfig
 
     report_once()
@@ -70,6 +71,12 @@ async def run_region(args: argparse.Namespace) -> int:
             precision=args.precision,
             num_threads=args.inference_threads,
         )
+        stores = StoreConfig(
+            cache_url=args.cache_url,
+            timeseries_url=args.timeseries_url,
+            audit_url=args.audit_url,
+            flush_interval_s=args.flush_interval / 1e9,
+        )
     except ValueError as exc:
         log.error("bad configuration: %s", exc)
         return 2
@@ -86,6 +93,7 @@ async def run_region(args: argparse.Namespace) -> int:
                 max_message_bytes=args.max_message_bytes,
                 reflection=not args.no_reflection,
                 model=model,
+                stores=stores,
             )
         )
     except (ModelLoadError, ValueError) as exc:

@@ -321,7 +321,7 @@ class SearchAuditRequest(_message.Message):
     def __init__(self, query: _Optional[str] = ..., agent_id: _Optional[str] = ..., decision: _Optional[_Union[_governance_pb2.Decision, str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., min_risk: _Optional[float] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class AuditRecord(_message.Message):
-    __slots__ = ("id", "time", "agent_id", "action_type", "action_text", "stated_intent", "decision", "risk_score", "region_id", "request_id")
+    __slots__ = ("id", "time", "agent_id", "action_type", "action_text", "stated_intent", "decision", "risk_score", "region_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -331,7 +331,6 @@ class AuditRecord(_message.Message):
     DECISION_FIELD_NUMBER: _ClassVar[int]
     RISK_SCORE_FIELD_NUMBER: _ClassVar[int]
     REGION_ID_FIELD_NUMBER: _ClassVar[int]
-    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     time: _timestamp_pb2.Timestamp
     agent_id: str
@@ -341,8 +340,7 @@ class AuditRecord(_message.Message):
     decision: _governance_pb2.Decision
     risk_score: float
     region_id: str
-    request_id: str
-    def __init__(self, id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_id: _Optional[str] = ..., action_type: _Optional[str] = ..., action_text: _Optional[str] = ..., stated_intent: _Optional[str] = ..., decision: _Optional[_Union[_governance_pb2.Decision, str]] = ..., risk_score: _Optional[float] = ..., region_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., agent_id: _Optional[str] = ..., action_type: _Optional[str] = ..., action_text: _Optional[str] = ..., stated_intent: _Optional[str] = ..., decision: _Optional[_Union[_governance_pb2.Decision, str]] = ..., risk_score: _Optional[float] = ..., region_id: _Optional[str] = ...) -> None: ...
 
 class SearchAuditResponse(_message.Message):
     __slots__ = ("records", "next_page_token")

@@ -246,4 +246,15 @@ async def test_reflection_lists_and_describes_services(mesh: Mesh) -> None:
     services, methods = await asyncio.to_thread(reflect)
     assert "nethical_grpc.v1.RegionNodeService" in services
     assert "grpc.health.v1.Health" in services
-    assert set(methods) == {"Ingest", "GetSummaries", "GetNodeInfo"}
+    assert set(methods) == {
+        "Ingest",
+        "GetSummaries",
+        "GetNodeInfo",
+        "Evaluate",
+        "EvaluateStream",
+        "Score",
+        "GetRiskProfile",
+        "QueryMetrics",
+        "AggregateMetrics",
+        "SearchAudit",
+    }

@@ -1,0 +1,142 @@
+"""Per-region audit-search store: full-text search, filters, cursor paging and statistics
+over audit records, on Elasticsearch or on embedded SQLite FTS5.
+
+Usage (asyncio; every method is a coroutine, blocking work runs on worker threads)::
+
+    store, choice = await open_audit_store(url, region_id="us-east-1")
+    print(choice.describe())                    # e.g. "memory" or "elasticsearch"
+    await store.index_audit_log(AuditRecord(agent_id="a1", decision="BLOCK",
+                                            risk_score=0.85, action_text="SELECT * FROM users",
+                                            stated_intent="Access sensitive data"))
+    page = await store.search_audit_logs("sensitive data", decision="BLOCK", page_size=100)
+    more = await store.search_audit_logs("sensitive data", decision="BLOCK",
+                                         page_size=100, page_token=page.next_page_token)
+    stats = await store.get_audit_log_statistics(start_time=week_ago)
+    await store.close()
+
+Names follow the product guide (``index_audit_log``, ``search_audit_logs``,
+``get_audit_log_statistics``, ``min_risk_score``); results are typed
+(:class:`SearchPage`, :class:`AuditStatistics`) rather than raw Elasticsearch responses.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from nethical_grpc.storage.audit.elasticsearch_store import ElasticsearchAuditStore
+from nethical_grpc.storage.audit.model import (
+    DECISIONS,
+    MAX_PAGE_SIZE,
+    MAX_QUERY_TERMS,
+    MAX_QUERY_TEXT_CHARS,
+    MAX_TEXT_BYTES,
+    MAX_VIOLATIONS,
+    AuditFilter,
+    AuditHit,
+    AuditRecord,
+    AuditStatistics,
+    AuditViolation,
+    Decision,
+    IndexResult,
+    SearchOrder,
+    SearchPage,
+    SearchQuery,
+    check_region_id,
+    query_terms,
+)
+from nethical_grpc.storage.audit.sqlite_fts import SqliteFtsAuditStore
+from nethical_grpc.storage.audit.store import AuditStore, AuditStoreError, PageTokenExpiredError
+from nethical_grpc.storage.backend import BackendChoice, redact_url, url_scheme
+
+__all__ = [
+    "DECISIONS",
+    "MAX_PAGE_SIZE",
+    "MAX_QUERY_TERMS",
+    "MAX_QUERY_TEXT_CHARS",
+    "MAX_TEXT_BYTES",
+    "MAX_VIOLATIONS",
+    "AuditFilter",
+    "AuditHit",
+    "AuditRecord",
+    "AuditStatistics",
+    "AuditStore",
+    "AuditStoreError",
+    "AuditViolation",
+    "Decision",
+    "ElasticsearchAuditStore",
+    "IndexResult",
+    "PageTokenExpiredError",
+    "SearchOrder",
+    "SearchPage",
+    "SearchQuery",
+    "SqliteFtsAuditStore",
+    "open_audit_store",
+    "query_terms",
+    "sqlite_path",
+]
+
+_STORE: Final = "audit"
+
+
+def sqlite_path(url: str) -> str:
+    """The file path of a ``sqlite://`` URL: ``sqlite:///var/lib/a.db`` → ``/var/lib/a.db``
+    (absolute), ``sqlite://data/a.db`` → ``data/a.db`` (relative).  ``ValueError`` when
+    there is no path or it has a query string."""
+    rest = url.split("://", 1)[1] if "://" in url else ""
+    if not rest or rest == "/":
+        raise ValueError(f"sqlite URL needs a file path, e.g. sqlite:///var/lib/audit.db: {url!r}")
+    if "?" in rest:
+        raise ValueError(f"sqlite URL must not have a query string: {url!r}")
+    return rest
+
+
+async def open_audit_store(
+    url: str,
+    region_id: str,
+    *,
+    index_prefix: str = "nethical",
+    retention_days: int = 90,
+    connect_timeout_s: float = 5.0,
+    pit_keep_alive: str = "2m",
+) -> tuple[AuditStore, BackendChoice]:
+    """Open the region's audit store named by ``url`` and say which backend it got.
+
+    * ``http://HOST:9200`` / ``https://…`` (several comma-separated): Elasticsearch
+      (:class:`ElasticsearchAuditStore`; ``index_prefix``, ``retention_days`` and
+      ``pit_keep_alive`` apply).  When it is unreachable or its setup fails, a private
+      in-memory SQLite FTS5 store is used instead and the choice's ``reason`` says why.
+    * ``sqlite:///path/to/file.db``: SQLite FTS5 in that file (created if missing).
+    * ``memory://``: SQLite FTS5 in memory, private to this process.
+
+    ``ValueError`` for an unknown scheme or a malformed URL or region id;
+    ``AuditStoreError`` when a SQLite file cannot be opened.
+    """
+    check_region_id("region_id", region_id, allow_empty=False)
+    scheme = url_scheme(url)
+    shown = redact_url(url)
+    if scheme == "memory":
+        store: AuditStore = await SqliteFtsAuditStore.open(region_id, None)
+        return store, BackendChoice(_STORE, shown, store.backend)
+    if scheme == "sqlite":
+        store = await SqliteFtsAuditStore.open(region_id, sqlite_path(url))
+        return store, BackendChoice(_STORE, shown, store.backend)
+    if scheme in ("http", "https"):
+        hosts = [h.strip() for h in url.split(",") if h.strip()]
+        try:
+            store = await ElasticsearchAuditStore.open(
+                region_id,
+                hosts,
+                index_prefix=index_prefix,
+                retention_days=retention_days,
+                connect_timeout_s=connect_timeout_s,
+                pit_keep_alive=pit_keep_alive,
+            )
+        except AuditStoreError as exc:
+            fallback = await SqliteFtsAuditStore.open(region_id, None)
+            reason = f"unavailable ({exc})".replace(url, shown)
+            return fallback, BackendChoice(_STORE, shown, fallback.backend, reason)
+        return store, BackendChoice(_STORE, shown, store.backend)
+    raise ValueError(
+        f"unsupported audit store URL scheme {scheme!r} in {shown!r}: use http(s)://HOST:PORT "
+        "(Elasticsearch), sqlite:///PATH or memory://"
+    )

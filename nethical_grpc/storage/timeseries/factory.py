@@ -1,0 +1,141 @@
+"""Open the region's time-series store from a URL, falling back to embedded SQLite.
+
+=========================================  ==========================================
+URL                                        store
+=========================================  ==========================================
+``postgresql://user@host:5432/db``         PostgreSQL (TimescaleDB when available),
+``postgresql://…?schema=NAME``             tables in schema NAME (default ``nethical``)
+``sqlite:///var/lib/nethical/ts.db``       SQLite file (WAL); everything after
+                                           ``sqlite://`` is the path
+``memory://``                              SQLite in memory (lost on exit)
+=========================================  ==========================================
+
+A PostgreSQL server that cannot be reached (refused, timed out, bad credentials, missing
+database) or a missing psycopg gives an in-memory SQLite store instead, with the reason in
+the returned :class:`~nethical_grpc.storage.backend.BackendChoice`, unless
+``fallback=False``. Any other error (e.g. no privilege to create the schema) is raised.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from nethical_grpc.storage.backend import BackendChoice, redact_url, url_scheme
+from nethical_grpc.storage.timeseries.base import TimeSeriesStore, check_retention
+from nethical_grpc.storage.timeseries.model import check_name
+from nethical_grpc.storage.timeseries.sqlite import SQLiteTimeSeriesStore
+
+__all__ = ["DEFAULT_RETENTION", "open_timeseries", "sqlite_path"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RETENTION = timedelta(days=30)
+STORE = "timeseries"
+MEMORY_BACKEND = "sqlite (memory)"
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file path of a ``sqlite://`` URL (``None`` for ``sqlite:///:memory:``).
+
+    ``sqlite:///var/ts.db`` is ``/var/ts.db``; ``sqlite://ts.db`` is ``ts.db`` (relative to
+    the working directory). ``ValueError`` for an empty path or a query string.
+    """
+    rest = url.partition("://")[2]
+    if not rest:
+        raise ValueError("timeseries URL: sqlite:// needs a path, e.g. sqlite:///var/ts.db")
+    if "?" in rest or "#" in rest:
+        raise ValueError("timeseries URL: sqlite:// URLs take no query or fragment")
+    if rest in ("/:memory:", ":memory:"):
+        return None
+    return rest
+
+
+def _connect_failure_reason(exc: BaseException) -> str:
+    """A short, secret-free reason for a failed connection, e.g.
+    ``unreachable (connection refused)`` or ``authentication failed``."""
+    text = str(exc).lower()
+    for needle, reason in (
+        ("connection refused", "unreachable (connection refused)"),
+        ("timeout", "unreachable (timed out)"),
+        ("timed out", "unreachable (timed out)"),
+        ("could not translate host name", "unreachable (unknown host)"),
+        ("name or service not known", "unreachable (unknown host)"),
+        ("no route to host", "unreachable (no route to host)"),
+        ("network is unreachable", "unreachable (network unreachable)"),
+        ("no such file or directory", "unreachable (no server socket)"),
+        ("authentication failed", "authentication failed"),
+        ("does not exist", "database or role does not exist"),
+    ):
+        if needle in text:
+            return reason
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"unavailable ({first[:120]})"
+
+
+async def open_timeseries(
+    url: str,
+    region_id: str,
+    *,
+    retention: timedelta | None = DEFAULT_RETENTION,
+    schema: str | None = None,
+    fallback: bool = True,
+    connect_timeout: float = 5.0,
+    pool_min_size: int = 1,
+    pool_max_size: int = 4,
+) -> tuple[TimeSeriesStore, BackendChoice]:
+    """Open the time-series store of ``region_id`` named by ``url``.
+
+    Returns the store and what was chosen (``BackendChoice.store == "timeseries"``;
+    ``backend`` is ``"postgresql (partitioned)"``, ``"postgresql (timescaledb)"``,
+    ``"sqlite"`` or ``"sqlite (memory)"``). ``retention`` applies to
+    :meth:`TimeSeriesStore.apply_retention` (``None``: keep forever); ``schema`` overrides
+    a PostgreSQL URL's ``?schema=``.
+
+    ``ValueError`` for an unknown scheme, a bad region id, schema or retention.
+    """
+    scheme = url_scheme(url)
+    requested = redact_url(url)
+    check_name("region_id", region_id)
+    check_retention(retention)
+    if scheme == "memory":
+        store = await SQLiteTimeSeriesStore.open(None, region_id=region_id, retention=retention)
+        return store, BackendChoice(STORE, requested, MEMORY_BACKEND)
+    if scheme == "sqlite":
+        path = sqlite_path(url)
+        store = await SQLiteTimeSeriesStore.open(path, region_id=region_id, retention=retention)
+        return store, BackendChoice(STORE, requested, "sqlite" if path else MEMORY_BACKEND)
+    if scheme not in ("postgresql", "postgres"):
+        raise ValueError(
+            f"timeseries URL: unsupported scheme {scheme!r} "
+            "(use postgresql://…, sqlite:///PATH or memory://)"
+        )
+    try:
+        import psycopg
+
+        from nethical_grpc.storage.timeseries.postgres import PostgresTimeSeriesStore
+    except ImportError as exc:
+        if not fallback:
+            raise
+        reason = f"psycopg not installed ({exc.name})"
+    else:
+        try:
+            pg = await PostgresTimeSeriesStore.open(
+                url,
+                region_id=region_id,
+                retention=retention,
+                schema=schema,
+                min_size=pool_min_size,
+                max_size=pool_max_size,
+                connect_timeout=connect_timeout,
+            )
+        except psycopg.OperationalError as exc:
+            if not fallback:
+                raise
+            reason = _connect_failure_reason(exc)
+        else:
+            return pg, BackendChoice(STORE, requested, f"postgresql ({pg.layout})")
+    choice = BackendChoice(STORE, requested, MEMORY_BACKEND, reason)
+    log.warning("time-series store: %s", choice.describe())
+    store = await SQLiteTimeSeriesStore.open(None, region_id=region_id, retention=retention)
+    return store, choice

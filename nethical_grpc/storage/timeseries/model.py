@@ -1,0 +1,543 @@
+"""Records of the time-series store and the validation every backend shares.
+
+Everything a caller passes is checked here, before any backend sees it, so both backends
+accept and refuse exactly the same input and a refused batch writes nothing. Every refusal
+is a ``ValueError`` whose message starts with the offending field.
+
+Times are timezone-aware datetimes (any zone; stored and returned in UTC, to the
+microsecond). Naive datetimes are refused: they are usually local times mistaken for UTC.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "EPOCH",
+    "MAX_BATCH_DAYS",
+    "MAX_JSON_BYTES",
+    "MAX_LABELS_BYTES",
+    "MAX_NAME_LEN",
+    "MAX_PAYLOAD_BYTES",
+    "MAX_QUERY_LIMIT",
+    "MAX_SHORT_LEN",
+    "MAX_WRITE_TIME",
+    "MIN_WRITE_TIME",
+    "US_PER_DAY",
+    "AggregateRow",
+    "AuditRecord",
+    "EventRecord",
+    "JSONValue",
+    "MetricColumns",
+    "MetricPoint",
+    "MetricRecord",
+    "WindowSummaryRow",
+    "canonical_labels",
+    "check_limit",
+    "check_name",
+    "check_ns",
+    "check_optional_name",
+    "check_range",
+    "check_text",
+    "check_uuid",
+    "check_value",
+    "check_window_rows",
+    "check_write_times",
+    "datetime_from_us",
+    "dump_json",
+    "load_json_text",
+    "metric_columns",
+    "parse_labels",
+    "series_columns",
+    "to_us",
+]
+
+JSONValue: TypeAlias = Any
+"""A JSON-serialisable value: dict, list, str, int, finite float, bool or None."""
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+US_PER_DAY = 86_400_000_000
+
+MAX_NAME_LEN = 256
+"""Longest region id, agent id, metric name, event type, action id, instance id…"""
+MAX_SHORT_LEN = 64
+"""Longest severity or decision."""
+MAX_JSON_BYTES = 64 * 1024
+"""Largest serialised metadata, event data or violation list (UTF-8 bytes)."""
+MAX_LABELS_BYTES = 8 * 1024
+"""Largest canonical label set of a window summary (UTF-8 bytes of its JSON)."""
+MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
+"""Largest serialised window summary."""
+MAX_QUERY_LIMIT = 100_000
+"""Most rows one query may return."""
+MAX_BATCH_DAYS = 64
+"""Most distinct UTC days one write may touch (each day is a partition on PostgreSQL)."""
+
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+_ONE_US = timedelta(microseconds=1)
+MIN_WRITE_TIME = datetime(1900, 1, 1, tzinfo=UTC)
+"""Earliest time a row may carry."""
+MAX_WRITE_TIME = datetime(9999, 12, 31, tzinfo=UTC)
+"""Rows must be before this (a day partition's upper bound must still be a datetime)."""
+_MIN_WRITE_US = (MIN_WRITE_TIME - EPOCH) // _ONE_US
+_MAX_WRITE_US = (MAX_WRITE_TIME - EPOCH) // _ONE_US
+
+
+# --------------------------------------------------------------------------- records
+#
+# Rows that come and go in bulk are named tuples: immutable, unpackable and several times
+# cheaper to build than frozen dataclasses (a query returns up to 100,000 of them).
+
+
+class MetricPoint(NamedTuple):
+    """One metric observation to insert. ``region_id=None`` means the store's region;
+    ``timestamp=None`` means now."""
+
+    agent_id: str
+    metric_name: str
+    metric_value: float
+    timestamp: datetime | None = None
+    region_id: str | None = None
+    metadata: Mapping[str, JSONValue] | None = None
+
+
+class MetricRecord(NamedTuple):
+    """One stored metric observation, as queries return it (``timestamp`` in UTC)."""
+
+    region_id: str
+    agent_id: str
+    metric_name: str
+    metric_value: float
+    timestamp: datetime
+    metadata: dict[str, JSONValue] | None = None
+
+
+class AggregateRow(NamedTuple):
+    """One time bucket of :meth:`aggregate_metrics`: ``(bucket_start, value, count)``.
+
+    ``bucket_start`` is the bucket's start in UTC (buckets are aligned to the Unix epoch),
+    ``value`` the requested aggregate, ``count`` the number of observations in the bucket
+    (the field shadows ``tuple.count``, which has no use on a row).
+    """
+
+    bucket_start: datetime
+    value: float
+    count: int  # type: ignore[assignment]
+
+
+class EventRecord(NamedTuple):
+    """One stored event."""
+
+    event_id: str
+    region_id: str
+    event_type: str
+    agent_id: str
+    severity: str
+    data: dict[str, JSONValue] | None
+    timestamp: datetime
+
+
+class AuditRecord(NamedTuple):
+    """One stored audit-log entry."""
+
+    audit_id: str
+    region_id: str
+    action_id: str
+    agent_id: str
+    decision: str
+    violations: list[JSONValue]
+    metadata: dict[str, JSONValue] | None
+    timestamp: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSummaryRow:
+    """A region node's serialised summary of one series over one window.
+
+    The key is (``region_id``, ``instance_id``, ``metric``, ``labels``,
+    ``window_start_ns``); labels are compared as sets of pairs (their order does not
+    matter). ``payload`` is opaque to the store; ``count`` is the number of observations it
+    summarises (for listings that should not decode payloads). Times are Unix nanoseconds.
+    """
+
+    region_id: str
+    instance_id: str
+    metric: str
+    labels: Mapping[str, str]
+    window_start_ns: int
+    window_ns: int
+    payload: bytes
+    count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MetricColumns:
+    """A validated batch of metric observations in columns (what backends write).
+
+    ``ts_us`` holds Unix microseconds (int64), ``values`` float64; the string columns and
+    ``metadata`` (serialised JSON or None) have one entry per row.
+    """
+
+    region_ids: list[str]
+    agent_ids: list[str]
+    metric_names: list[str]
+    values: npt.NDArray[np.float64]
+    ts_us: npt.NDArray[np.int64]
+    metadata: list[str | None]
+
+    def __len__(self) -> int:
+        return int(self.values.shape[0])
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_text(
+    field_name: str, value: object, *, max_len: int = MAX_NAME_LEN, allow_empty: bool = False
+) -> str:
+    """``value`` if it is a string of at most ``max_len`` characters with no NUL
+    (PostgreSQL cannot store one), non-empty unless ``allow_empty``; else ``ValueError``."""
+    if not isinstance(value, str):
+        raise ValueError(f"{field_name}: must be a string, got {type(value).__name__}")
+    if not value and not allow_empty:
+        raise ValueError(f"{field_name}: must not be empty")
+    if len(value) > max_len:
+        raise ValueError(f"{field_name}: longer than {max_len} characters ({len(value)})")
+    if "\x00" in value:
+        raise ValueError(f"{field_name}: must not contain NUL characters")
+    return value
+
+
+def check_name(field_name: str, value: object) -> str:
+    """A non-empty identifier-like string (ids, names, types) of at most 256 characters."""
+    return check_text(field_name, value)
+
+
+def check_optional_name(field_name: str, value: object) -> str | None:
+    """Like :func:`check_name`, but ``None`` (no filter) passes through."""
+    return None if value is None else check_text(field_name, value, allow_empty=True)
+
+
+def to_us(field_name: str, value: object) -> int:
+    """Unix microseconds of a timezone-aware datetime (exact; sub-µs digits are dropped).
+
+    ``ValueError`` for naive datetimes and anything that is not a datetime.
+    """
+    if not isinstance(value, datetime):
+        raise ValueError(
+            f"{field_name}: must be a timezone-aware datetime, got {type(value).__name__}"
+        )
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(
+            f"{field_name}: naive datetime; pass a timezone-aware one, "
+            "e.g. datetime.now(timezone.utc)"
+        )
+    return (value - EPOCH) // _ONE_US
+
+
+def datetime_from_us(us: int) -> datetime:
+    """The UTC datetime of ``us`` Unix microseconds."""
+    return EPOCH + timedelta(microseconds=us)
+
+
+def check_range(start: datetime | None, end: datetime | None) -> tuple[int | None, int | None]:
+    """``(start_us, end_us)`` of a half-open range ``[start, end)``; either may be open.
+
+    ``ValueError`` when ``start`` is after ``end`` (an equal pair is an empty range). Bounds
+    are clamped to the writable range (no row lies outside it), so a bound like
+    ``datetime.max`` never overflows later arithmetic.
+    """
+    start_us = None if start is None else to_us("start_time", start)
+    end_us = None if end is None else to_us("end_time", end)
+    if start_us is not None and end_us is not None and start_us > end_us:
+        raise ValueError("end_time: before start_time (inverted time range)")
+    if start_us is not None:
+        start_us = min(max(start_us, _MIN_WRITE_US), _MAX_WRITE_US)
+    if end_us is not None:
+        end_us = min(max(end_us, _MIN_WRITE_US), _MAX_WRITE_US)
+    return start_us, end_us
+
+
+def check_limit(limit: object) -> int:
+    """``limit`` if it is an int in ``[1, MAX_QUERY_LIMIT]``; else ``ValueError``."""
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise ValueError(f"limit: must be an integer, got {type(limit).__name__}")
+    if not 1 <= limit <= MAX_QUERY_LIMIT:
+        raise ValueError(f"limit: must be between 1 and {MAX_QUERY_LIMIT}, got {limit}")
+    return limit
+
+
+def check_value(field_name: str, value: object) -> float:
+    """``value`` as a finite float (ints accepted, bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
+        raise ValueError(f"{field_name}: must be a number, got {type(value).__name__}")
+    out = float(value)
+    if not math.isfinite(out):
+        raise ValueError(f"{field_name}: must be finite, got {out}")
+    return out
+
+
+def _check_json_strings(field_name: str, value: JSONValue, depth: int = 0) -> None:
+    if depth > 32:
+        raise ValueError(f"{field_name}: nested deeper than 32 levels")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"{field_name}: must not contain NUL characters")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{field_name}: object keys must be strings")
+            if "\x00" in key:
+                raise ValueError(f"{field_name}: must not contain NUL characters")
+            _check_json_strings(field_name, item, depth + 1)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_json_strings(field_name, item, depth + 1)
+
+
+def dump_json(field_name: str, value: JSONValue, *, kind: type = dict) -> str:
+    """Serialise ``value`` (a ``kind``: dict or list) to compact JSON with sorted keys.
+
+    ``ValueError`` for values JSON cannot hold (NaN, infinity, sets, objects…), NUL
+    characters (PostgreSQL refuses them) and more than ``MAX_JSON_BYTES`` of output.
+    """
+    expected = Mapping if kind is dict else (list, tuple)
+    if not isinstance(value, expected):
+        raise ValueError(
+            f"{field_name}: must be a {'mapping' if kind is dict else 'list'}, "
+            f"got {type(value).__name__}"
+        )
+    _check_json_strings(field_name, value)
+    try:
+        text = json.dumps(
+            dict(value) if kind is dict else list(value),
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+            allow_nan=False,
+        )
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{field_name}: not JSON-serialisable ({exc})") from None
+    if len(text.encode()) > MAX_JSON_BYTES:
+        raise ValueError(f"{field_name}: larger than {MAX_JSON_BYTES} bytes as JSON")
+    return text
+
+
+def check_uuid(field_name: str, value: object) -> str:
+    """The canonical (lower-case, hyphenated) text of a UUID given as text or ``UUID``."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if not isinstance(value, str) or len(value) > 64:
+        raise ValueError(f"{field_name}: must be a UUID")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise ValueError(f"{field_name}: {value[:64]!r} is not a UUID") from None
+
+
+def check_write_times(ts_us: npt.NDArray[np.int64], where: str = "timestamp") -> None:
+    """``ValueError`` unless every time to be written lies in ``[MIN_WRITE_TIME,
+    MAX_WRITE_TIME)`` and the batch spans at most ``MAX_BATCH_DAYS`` distinct UTC days.
+
+    ``where`` names the field; a ``{}`` in it is replaced by the first bad row's index.
+    """
+    if ts_us.size == 0:
+        return
+    bad_mask = (ts_us < _MIN_WRITE_US) | (ts_us >= _MAX_WRITE_US)
+    if bad_mask.any():
+        i = int(np.argmax(bad_mask))
+        raise ValueError(
+            f"{where.format(i)}: {datetime_from_us(int(ts_us[i])).isoformat()} is outside "
+            f"[{MIN_WRITE_TIME.isoformat()}, {MAX_WRITE_TIME.isoformat()})"
+        )
+    days = np.unique(ts_us // US_PER_DAY)
+    if days.size > MAX_BATCH_DAYS:
+        raise ValueError(
+            f"{where.format('*')}: the batch spans {days.size} UTC days; at most {MAX_BATCH_DAYS} "
+            "per write (split it)"
+        )
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def canonical_labels(field_name: str, labels: object) -> str:
+    """The canonical JSON text of a label set: keys sorted, compact, UTF-8.
+
+    Two dicts with the same pairs give the same text, whatever their order. ``ValueError``
+    for non-string keys or values, NUL characters, or more than ``MAX_LABELS_BYTES``.
+    """
+    if not isinstance(labels, Mapping):
+        raise ValueError(f"{field_name}: must be a mapping of strings to strings")
+    for key, value in labels.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ValueError(f"{field_name}: keys and values must be strings")
+        if "\x00" in key or "\x00" in value:
+            raise ValueError(f"{field_name}: must not contain NUL characters")
+    text = json.dumps(dict(labels), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    if len(text.encode()) > MAX_LABELS_BYTES:
+        raise ValueError(f"{field_name}: larger than {MAX_LABELS_BYTES} bytes as JSON")
+    return text
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """The label dict of a canonical label text."""
+    out: dict[str, str] = json.loads(text)
+    return out
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def metric_columns(
+    points: Sequence[MetricPoint], default_region: str, now_us: int
+) -> MetricColumns:
+    """Validate every point, then return the batch in columns.
+
+    Nothing is returned (``ValueError`` instead) if any point is bad: the message names its
+    index, e.g. ``points[17].metric_value: must be finite, got nan``.
+    """
+    n = len(points)
+    region_ids: list[str] = [default_region] * n
+    agent_ids: list[str] = [""] * n
+    names: list[str] = [""] * n
+    metadata: list[str | None] = [None] * n
+    values: list[float] = [0.0] * n
+    stamps: list[int] = [now_us] * n
+    for i, p in enumerate(points):
+        if not isinstance(p, MetricPoint):
+            raise ValueError(f"points[{i}]: must be a MetricPoint, got {type(p).__name__}")
+        # The common case is checked inline (this loop is the row API's hot path); anything
+        # unusual goes through the full checks, which raise the precise error.
+        try:
+            if p.region_id is not None:
+                region_ids[i] = check_name("region_id", p.region_id)
+            agent = p.agent_id
+            if type(agent) is not str or len(agent) > MAX_NAME_LEN or "\x00" in agent:
+                agent = check_text("agent_id", agent, allow_empty=True)
+            agent_ids[i] = agent
+            name = p.metric_name
+            if type(name) is not str or not 0 < len(name) <= MAX_NAME_LEN or "\x00" in name:
+                name = check_name("metric_name", name)
+            names[i] = name
+            value = p.metric_value
+            if type(value) is not float or not math.isfinite(value):
+                value = check_value("metric_value", value)
+            values[i] = value
+            ts = p.timestamp
+            if ts is not None:
+                if type(ts) is datetime and ts.utcoffset() is not None:
+                    stamps[i] = (ts - EPOCH) // _ONE_US
+                else:
+                    stamps[i] = to_us("timestamp", ts)
+            if p.metadata is not None:
+                metadata[i] = dump_json("metadata", p.metadata)
+        except ValueError as exc:
+            raise ValueError(f"points[{i}].{exc}") from None
+    ts_us = np.array(stamps, dtype=np.int64)
+    check_write_times(ts_us, "points[{}].timestamp")
+    return MetricColumns(
+        region_ids, agent_ids, names, np.array(values, dtype=np.float64), ts_us, metadata
+    )
+
+
+def series_columns(
+    *,
+    region_id: str,
+    agent_id: str,
+    metric_name: str,
+    values: object,
+    timestamps_ns: object,
+    metadata: str | None,
+) -> MetricColumns:
+    """Validate one series' values (float array) and Unix-ns timestamps (int array or one
+    int for all), vectorised, and return it in columns (timestamps floored to µs)."""
+    vals = np.ascontiguousarray(np.asarray(values, dtype=np.float64))
+    if vals.ndim != 1:
+        raise ValueError("values: must be one-dimensional")
+    finite = np.isfinite(vals)
+    if not finite.all():
+        bad = int(np.argmin(finite))
+        raise ValueError(f"values[{bad}]: must be finite, got {vals[bad]}")
+    ts_arr = np.asarray(timestamps_ns)
+    if ts_arr.ndim == 0:
+        ts_arr = np.full(vals.shape, ts_arr)
+    if ts_arr.shape != vals.shape:
+        raise ValueError(
+            f"timestamps_ns: {ts_arr.size} timestamps for {vals.size} values (must match)"
+        )
+    if ts_arr.size and not np.issubdtype(ts_arr.dtype, np.integer):
+        raise ValueError("timestamps_ns: must be integers (Unix nanoseconds)")
+    ts_ns = ts_arr.astype(np.int64, copy=False)
+    ts_us = np.floor_divide(ts_ns, 1000)
+    check_write_times(ts_us, "timestamps_ns[{}]")
+    n = int(vals.size)
+    return MetricColumns(
+        [region_id] * n, [agent_id] * n, [metric_name] * n, vals, ts_us, [metadata] * n
+    )
+
+
+def check_window_rows(rows: Sequence[WindowSummaryRow]) -> list[tuple[WindowSummaryRow, str]]:
+    """Validate every row; return ``(row, canonical label text)`` pairs, a later duplicate
+    of a key replacing the earlier one (so one upsert never touches a key twice).
+    """
+    keyed: dict[tuple[str, str, str, str, int], tuple[WindowSummaryRow, str]] = {}
+    for i, row in enumerate(rows):
+        where = f"rows[{i}]"
+        if not isinstance(row, WindowSummaryRow):
+            raise ValueError(f"{where}: must be a WindowSummaryRow, got {type(row).__name__}")
+        check_name(f"{where}.region_id", row.region_id)
+        check_name(f"{where}.instance_id", row.instance_id)
+        check_name(f"{where}.metric", row.metric)
+        labels = canonical_labels(f"{where}.labels", row.labels)
+        check_ns(f"{where}.window_start_ns", row.window_start_ns)
+        check_ns(f"{where}.window_ns", row.window_ns)
+        check_ns(f"{where}.count", row.count)
+        if row.window_ns <= 0:
+            raise ValueError(f"{where}.window_ns: must be positive, got {row.window_ns}")
+        if row.count < 0:
+            raise ValueError(f"{where}.count: must not be negative, got {row.count}")
+        if not isinstance(row.payload, bytes | bytearray | memoryview):
+            raise ValueError(f"{where}.payload: must be bytes, got {type(row.payload).__name__}")
+        payload = bytes(row.payload)
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            raise ValueError(f"{where}.payload: larger than {MAX_PAYLOAD_BYTES} bytes")
+        key = (row.region_id, row.instance_id, row.metric, labels, row.window_start_ns)
+        keyed[key] = (
+            WindowSummaryRow(
+                row.region_id,
+                row.instance_id,
+                row.metric,
+                dict(row.labels),
+                row.window_start_ns,
+                row.window_ns,
+                payload,
+                row.count,
+            ),
+            labels,
+        )
+    return list(keyed.values())
+
+
+def check_ns(field_name: str, value: object) -> int:
+    """``value`` if it is a 64-bit integer; else ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{field_name}: must be an integer, got {type(value).__name__}")
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise ValueError(f"{field_name}: out of the 64-bit range")
+    return value
+
+
+def load_json_text(text: str | None) -> Any:
+    """The value of stored JSON text (``None`` stays ``None``)."""
+    return None if text is None else json.loads(text)

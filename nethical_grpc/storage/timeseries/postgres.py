@@ -1,0 +1,552 @@
+"""The production time-series store: PostgreSQL through psycopg 3's async connection pool.
+
+Tables live in one schema (``?schema=NAME`` in the URL, default ``nethical``); see
+:mod:`.postgres_schema` for the TimescaleDB and native-partitioning layouts. Raw metrics are
+written with binary ``COPY`` (timestamps and JSON go straight from integers and text, with
+no per-row datetime or JSON objects); the per-minute rollup is merged in the same
+transaction with one ``INSERT … ON CONFLICT`` over arrays. Events and audit rows use
+``ON CONFLICT DO NOTHING``, so a retried write is not a duplicate.
+
+Every session runs with ``TimeZone=UTC`` and ``jit=off`` (JIT compilation costs more than
+these short queries take). Text ordering uses ``COLLATE "C"`` (byte order), the order
+SQLite uses, so both backends list rows identically.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from datetime import UTC, datetime, timedelta
+from typing import Any, Self
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import numpy as np
+import psycopg
+from psycopg import sql
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
+from psycopg_pool import AsyncConnectionPool
+
+from nethical_grpc.storage.timeseries.base import (
+    AuditRow,
+    BucketTotals,
+    EventRow,
+    TimeSeriesStore,
+    check_retention,
+)
+from nethical_grpc.storage.timeseries.model import (
+    EPOCH,
+    US_PER_DAY,
+    AuditRecord,
+    EventRecord,
+    MetricColumns,
+    MetricRecord,
+    WindowSummaryRow,
+    check_name,
+    datetime_from_us,
+    parse_labels,
+)
+from nethical_grpc.storage.timeseries.postgres_schema import (
+    create_partitions,
+    drop_partitions_before,
+    ensure_schema,
+)
+from nethical_grpc.storage.timeseries.rollup import AggregatePlan, RollupRows, TimeRange
+
+__all__ = ["DEFAULT_SCHEMA", "PostgresTimeSeriesStore", "check_schema", "split_schema"]
+
+DEFAULT_SCHEMA = "nethical"
+DAYS_AHEAD = 2
+"""Day partitions kept ready beyond today (native layout)."""
+
+_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01, the origin of binary timestamps
+_INT8 = struct.Struct(">q")
+
+Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+
+
+def split_schema(url: str) -> tuple[str, str]:
+    """``(url without the schema parameter, schema)`` of a ``postgresql://`` URL.
+
+    ``ValueError`` when the schema is not a plain lower-case identifier (1-63 characters
+    of ``a-z``, digits and ``_``, not starting with a digit).
+    """
+    parts = urlsplit(url)
+    schema = DEFAULT_SCHEMA
+    rest = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key == "schema":
+            schema = value
+        else:
+            rest.append((key, value))
+    return urlunsplit(parts._replace(query=urlencode(rest))), check_schema(schema)
+
+
+def check_schema(schema: str) -> str:
+    """``schema`` if it is a plain lower-case identifier; else ``ValueError``."""
+    if not _SCHEMA_RE.match(schema):
+        raise ValueError(
+            f"schema: {schema[:64]!r} must be 1-63 characters of a-z, 0-9 and '_', "
+            "not starting with a digit"
+        )
+    return schema
+
+
+class _MicrosTimestamptzDumper(Dumper):
+    """Binary ``timestamptz`` from integer Unix microseconds (COPY only, by type oid)."""
+
+    format = Format.BINARY
+    oid = psycopg.postgres.types["timestamptz"].oid
+
+    def dump(self, obj: Any) -> bytes:
+        return _INT8.pack(obj - _PG_EPOCH_US)
+
+
+class _JsonbTextDumper(Dumper):
+    """Binary ``jsonb`` from already-serialised JSON text (COPY only, by type oid)."""
+
+    format = Format.BINARY
+    oid = psycopg.postgres.types["jsonb"].oid
+
+    def dump(self, obj: Any) -> bytes:
+        return b"\x01" + str(obj).encode()
+
+
+async def _configure(conn: Conn) -> None:
+    await conn.execute("SET TIME ZONE 'UTC'")
+    await conn.execute("SET jit = off")
+
+
+def _us(value: datetime) -> int:
+    return (value - EPOCH) // timedelta(microseconds=1)
+
+
+def _range_sql(column: str, rng: TimeRange, tag: str, params: dict[str, Any]) -> sql.Composable:
+    start, end = rng
+    parts: list[sql.Composable] = [sql.SQL("TRUE")]
+    if start is not None:
+        params[f"{tag}_lo"] = datetime_from_us(start)
+        parts.append(
+            sql.SQL("{} >= {}").format(sql.Identifier(column), sql.Placeholder(f"{tag}_lo"))
+        )
+    if end is not None:
+        params[f"{tag}_hi"] = datetime_from_us(end)
+        parts.append(
+            sql.SQL("{} < {}").format(sql.Identifier(column), sql.Placeholder(f"{tag}_hi"))
+        )
+    return sql.SQL(" AND ").join(parts)
+
+
+def _equal_filters(params: dict[str, Any], **filters: str | None) -> list[sql.Composable]:
+    out: list[sql.Composable] = []
+    for column, value in filters.items():
+        if value is not None:
+            params[column] = value
+            out.append(sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder(column)))
+    return out
+
+
+class PostgresTimeSeriesStore(TimeSeriesStore):
+    """:class:`TimeSeriesStore` on PostgreSQL; open with :meth:`open`."""
+
+    backend = "postgresql"
+
+    def __init__(
+        self,
+        region_id: str,
+        retention: timedelta | None,
+        pool: AsyncConnectionPool[Conn],
+        schema: str,
+        timescaledb: bool,
+        partition_days: set[int],
+    ) -> None:
+        super().__init__(region_id, retention)
+        self.schema = schema
+        self.timescaledb = timescaledb
+        self._pool: AsyncConnectionPool[Conn] | None = pool
+        self._partition_days = partition_days
+
+    @property
+    def layout(self) -> str:
+        """``"timescaledb"`` (hypertables) or ``"partitioned"`` (native day partitions)."""
+        return "timescaledb" if self.timescaledb else "partitioned"
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        region_id: str,
+        retention: timedelta | None = None,
+        schema: str | None = None,
+        min_size: int = 1,
+        max_size: int = 4,
+        connect_timeout: float = 5.0,
+    ) -> Self:
+        """Connect, create the schema and tables if needed, and open the pool.
+
+        ``schema`` overrides the URL's ``?schema=``. Connection problems raise
+        ``psycopg.OperationalError`` (the factory turns them into a fallback).
+        """
+        check_name("region_id", region_id)
+        check_retention(retention)
+        conninfo, url_schema = split_schema(url)
+        schema = url_schema if schema is None else check_schema(schema)
+        timeout = max(1, round(connect_timeout))
+        probe: Conn = await psycopg.AsyncConnection.connect(
+            conninfo, autocommit=True, connect_timeout=timeout
+        )
+        try:
+            state = await ensure_schema(probe, schema, retention)
+            days = state.partition_days
+            if not state.timescaledb:
+                today = _us(datetime.now(UTC)) // US_PER_DAY
+                wanted = set(range(today - 1, today + DAYS_AHEAD + 1))
+                if not wanted <= days:
+                    days = await create_partitions(probe, schema, wanted)
+        finally:
+            await probe.close()
+        pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+            conninfo,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs={"autocommit": True, "connect_timeout": timeout},
+            configure=_configure,
+            check=AsyncConnectionPool.check_connection,
+            name=f"nethical-timeseries-{schema}",
+            open=False,
+        )
+        try:
+            await pool.open(wait=True, timeout=connect_timeout)
+            return cls(region_id, retention, pool, schema, state.timescaledb, days)
+        except BaseException:
+            await pool.close()
+            raise
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _pool_or_raise(self) -> AsyncConnectionPool[Conn]:
+        if self._pool is None:
+            raise RuntimeError("the time-series store is closed")
+        return self._pool
+
+    def _table(self, name: str) -> sql.Identifier:
+        return sql.Identifier(self.schema, name)
+
+    async def _ensure_days(self, days: set[int]) -> None:
+        """Make sure the day partitions of ``days`` exist (native layout)."""
+        if self.timescaledb or days <= self._partition_days:
+            return
+        async with self._pool_or_raise().connection() as conn:
+            self._partition_days = await create_partitions(
+                conn, self.schema, days | self._partition_days
+            )
+
+    async def _with_partitions(self, days: set[int], write: Any) -> None:
+        """Run ``write()`` after making sure ``days`` have partitions; if another node
+        dropped one meanwhile (no partition for a row), re-check them and retry once."""
+        await self._ensure_days(days)
+        try:
+            await write()
+        except psycopg.errors.CheckViolation:
+            if self.timescaledb:
+                raise
+            self._partition_days = set()
+            await self._ensure_days(days)
+            await write()
+
+    # ------------------------------------------------------------------ metrics
+
+    async def _write_metrics(self, cols: MetricColumns, rollup: RollupRows) -> None:
+        days = set(np.unique(cols.ts_us // US_PER_DAY).tolist())
+
+        async def write() -> None:
+            await self._copy_metrics(cols, rollup)
+
+        await self._with_partitions(days, write)
+
+    async def _copy_metrics(self, cols: MetricColumns, rollup: RollupRows) -> None:
+        copy_sql = sql.SQL(
+            "COPY {} (region_id, ts, metric_name, agent_id, metric_value, metadata) "
+            "FROM STDIN (FORMAT BINARY)"
+        ).format(self._table("metrics"))
+        upsert = sql.SQL(
+            "INSERT INTO {rollup} AS r "
+            "(region_id, metric_name, minute, n, sum_value, min_value, max_value) "
+            "SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::int8[], "
+            "%s::float8[], %s::float8[], %s::float8[]) "
+            "ON CONFLICT (region_id, metric_name, minute) DO UPDATE SET "
+            "n = r.n + excluded.n, sum_value = r.sum_value + excluded.sum_value, "
+            "min_value = least(r.min_value, excluded.min_value), "
+            "max_value = greatest(r.max_value, excluded.max_value)"
+        ).format(rollup=self._table("metric_rollup"))
+        rows = zip(
+            cols.region_ids,
+            cols.ts_us.tolist(),
+            cols.metric_names,
+            cols.agent_ids,
+            cols.values.tolist(),
+            cols.metadata,
+            strict=True,
+        )
+        async with self._pool_or_raise().connection() as conn, conn.transaction():
+            cur = conn.cursor()
+            cur.adapters.register_dumper(None, _MicrosTimestamptzDumper)
+            cur.adapters.register_dumper(None, _JsonbTextDumper)
+            async with cur.copy(copy_sql) as copy:
+                copy.set_types(["text", "timestamptz", "text", "text", "float8", "jsonb"])
+                for row in rows:
+                    await copy.write_row(row)
+            await cur.execute(
+                upsert,
+                (
+                    rollup.region_ids,
+                    rollup.metric_names,
+                    [datetime_from_us(m) for m in rollup.minute_us],
+                    rollup.counts,
+                    rollup.sums,
+                    rollup.mins,
+                    rollup.maxs,
+                ),
+            )
+
+    async def _fetch(self, query: sql.Composed, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        async with self._pool_or_raise().connection() as conn:
+            # Binary results: timestamps, floats and bytea decode without text parsing.
+            cur = conn.cursor(binary=True)
+            await cur.execute(query, params)
+            return await cur.fetchall()
+
+    async def _select_metrics(
+        self,
+        region_id: str,
+        agent_id: str | None,
+        metric_name: str | None,
+        start_us: int | None,
+        end_us: int | None,
+        limit: int,
+    ) -> list[MetricRecord]:
+        params: dict[str, Any] = {"limit": limit}
+        where = _equal_filters(
+            params, region_id=region_id, agent_id=agent_id, metric_name=metric_name
+        )
+        where.append(_range_sql("ts", (start_us, end_us), "t", params))
+        query = sql.SQL(
+            "SELECT region_id, agent_id, metric_name, metric_value, ts, metadata FROM {} "
+            'WHERE {} ORDER BY ts, metric_name COLLATE "C", agent_id COLLATE "C", '
+            "metric_value LIMIT %(limit)s"
+        ).format(self._table("metrics"), sql.SQL(" AND ").join(where))
+        return [MetricRecord(*row) for row in await self._fetch(query, params)]
+
+    async def _aggregate(self, plan: AggregatePlan) -> list[BucketTotals]:
+        params: dict[str, Any] = {
+            "w": timedelta(microseconds=plan.bucket_us),
+            "origin": EPOCH,
+            "region": plan.region_id,
+            "metric": plan.metric_name,
+        }
+        parts: list[sql.Composable] = []
+        if plan.rollup is not None:
+            parts.append(
+                sql.SQL(
+                    "SELECT date_bin(%(w)s, minute, %(origin)s) AS b, sum_value AS s, n, "
+                    "min_value AS lo, max_value AS hi FROM {} "
+                    "WHERE region_id = %(region)s AND metric_name = %(metric)s AND {}"
+                ).format(
+                    self._table("metric_rollup"), _range_sql("minute", plan.rollup, "r", params)
+                )
+            )
+        if plan.raw:
+            ranges = sql.SQL(" OR ").join(
+                sql.SQL("({})").format(_range_sql("ts", rng, f"raw{i}", params))
+                for i, rng in enumerate(plan.raw)
+            )
+            agent: sql.Composable = sql.SQL("")
+            if plan.agent_id is not None:
+                params["agent"] = plan.agent_id
+                agent = sql.SQL(" AND agent_id = %(agent)s")
+            parts.append(
+                sql.SQL(
+                    "SELECT date_bin(%(w)s, ts, %(origin)s) AS b, sum(metric_value) AS s, "
+                    "count(*) AS n, min(metric_value) AS lo, max(metric_value) AS hi FROM {} "
+                    "WHERE region_id = %(region)s AND metric_name = %(metric)s{} AND ({}) "
+                    "GROUP BY 1"
+                ).format(self._table("metrics"), agent, ranges)
+            )
+        query = sql.SQL(
+            "SELECT b, sum(s), sum(n)::bigint, min(lo), max(hi) FROM ({}) AS q "
+            "GROUP BY b ORDER BY b"
+        ).format(sql.SQL(" UNION ALL ").join(parts))
+        return [
+            (_us(b), float(s), int(n), float(lo), float(hi))
+            for b, s, n, lo, hi in await self._fetch(query, params)
+        ]
+
+    # ------------------------------------------------------------------ events, audit
+
+    async def _execute(self, query: sql.Composed, params: tuple[Any, ...]) -> int:
+        async with self._pool_or_raise().connection() as conn:
+            cur = await conn.execute(query, params)
+            return cur.rowcount
+
+    async def _write_event(self, row: EventRow) -> None:
+        region, event_id, ts_us, event_type, agent, severity, data = row
+        query = sql.SQL(
+            "INSERT INTO {} (region_id, event_id, ts, event_type, agent_id, severity, data) "
+            "VALUES (%s, %s::uuid, %s, %s, %s, %s, %s::jsonb) ON CONFLICT DO NOTHING"
+        ).format(self._table("events"))
+        params = (region, event_id, datetime_from_us(ts_us), event_type, agent, severity, data)
+
+        async def write() -> None:
+            await self._execute(query, params)
+
+        await self._with_partitions({ts_us // US_PER_DAY}, write)
+
+    async def _write_audit(self, row: AuditRow) -> None:
+        region, audit_id, ts_us, action, agent, decision, violations, metadata = row
+        query = sql.SQL(
+            "INSERT INTO {} (region_id, audit_id, ts, action_id, agent_id, decision, "
+            "violations, metadata) VALUES (%s, %s::uuid, %s, %s, %s, %s, %s::jsonb, %s::jsonb) "
+            "ON CONFLICT DO NOTHING"
+        ).format(self._table("audit_logs"))
+        params = (
+            region,
+            audit_id,
+            datetime_from_us(ts_us),
+            action,
+            agent,
+            decision,
+            violations,
+            metadata,
+        )
+
+        async def write() -> None:
+            await self._execute(query, params)
+
+        await self._with_partitions({ts_us // US_PER_DAY}, write)
+
+    async def _select_events(
+        self,
+        region_id: str,
+        event_type: str | None,
+        agent_id: str | None,
+        severity: str | None,
+        start_us: int | None,
+        end_us: int | None,
+        limit: int,
+    ) -> list[EventRecord]:
+        params: dict[str, Any] = {"limit": limit}
+        where = _equal_filters(
+            params,
+            region_id=region_id,
+            event_type=event_type,
+            agent_id=agent_id,
+            severity=severity,
+        )
+        where.append(_range_sql("ts", (start_us, end_us), "t", params))
+        query = sql.SQL(
+            "SELECT event_id::text, region_id, event_type, agent_id, severity, data, ts "
+            "FROM {} WHERE {} ORDER BY ts, event_id LIMIT %(limit)s"
+        ).format(self._table("events"), sql.SQL(" AND ").join(where))
+        return [EventRecord(*row) for row in await self._fetch(query, params)]
+
+    async def _select_audits(
+        self,
+        region_id: str,
+        action_id: str | None,
+        agent_id: str | None,
+        decision: str | None,
+        start_us: int | None,
+        end_us: int | None,
+        limit: int,
+    ) -> list[AuditRecord]:
+        params: dict[str, Any] = {"limit": limit}
+        where = _equal_filters(
+            params,
+            region_id=region_id,
+            action_id=action_id,
+            agent_id=agent_id,
+            decision=decision,
+        )
+        where.append(_range_sql("ts", (start_us, end_us), "t", params))
+        query = sql.SQL(
+            "SELECT audit_id::text, region_id, action_id, agent_id, decision, violations, "
+            "metadata, ts FROM {} WHERE {} ORDER BY ts, audit_id LIMIT %(limit)s"
+        ).format(self._table("audit_logs"), sql.SQL(" AND ").join(where))
+        return [AuditRecord(*row) for row in await self._fetch(query, params)]
+
+    # ------------------------------------------------------------------ window summaries
+
+    async def _upsert_windows(self, rows: list[tuple[WindowSummaryRow, str]]) -> None:
+        query = sql.SQL(
+            "INSERT INTO {} (region_id, instance_id, metric, labels, window_start_ns, "
+            "window_ns, count, payload) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (region_id, instance_id, metric, labels, window_start_ns) "
+            "DO UPDATE SET window_ns = excluded.window_ns, count = excluded.count, "
+            "payload = excluded.payload, updated_at = now()"
+        ).format(self._table("window_summaries"))
+        params = [
+            (
+                r.region_id,
+                r.instance_id,
+                r.metric,
+                labels,
+                r.window_start_ns,
+                r.window_ns,
+                r.count,
+                r.payload,
+            )
+            for r, labels in rows
+        ]
+        async with self._pool_or_raise().connection() as conn, conn.transaction():
+            await conn.cursor().executemany(query, params)
+
+    async def _load_windows(
+        self, region_id: str, since_ns: int | None, instance_id: str | None
+    ) -> list[WindowSummaryRow]:
+        params: dict[str, Any] = {"region": region_id}
+        where: list[sql.Composable] = [sql.SQL("region_id = %(region)s")]
+        if since_ns is not None:
+            params["since"] = since_ns
+            where.append(sql.SQL("window_start_ns >= %(since)s"))
+        if instance_id is not None:
+            params["instance"] = instance_id
+            where.append(sql.SQL("instance_id = %(instance)s"))
+        query = sql.SQL(
+            "SELECT region_id, instance_id, metric, labels, window_start_ns, window_ns, "
+            "payload, count FROM {} WHERE {} ORDER BY window_start_ns, "
+            'instance_id COLLATE "C", metric COLLATE "C", labels COLLATE "C"'
+        ).format(self._table("window_summaries"), sql.SQL(" AND ").join(where))
+        return [
+            WindowSummaryRow(r[0], r[1], r[2], parse_labels(r[3]), r[4], r[5], bytes(r[6]), r[7])
+            for r in await self._fetch(query, params)
+        ]
+
+    async def _delete_windows(self, region_id: str, before_ns: int) -> int:
+        return await self._execute(
+            sql.SQL("DELETE FROM {} WHERE region_id = %s AND window_start_ns < %s").format(
+                self._table("window_summaries")
+            ),
+            (region_id, before_ns),
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def _apply_retention(self, cutoff_us: int | None, now_us: int) -> None:
+        async with self._pool_or_raise().connection() as conn:
+            if cutoff_us is not None:
+                remaining = await drop_partitions_before(
+                    conn, self.schema, cutoff_us // US_PER_DAY, self.timescaledb
+                )
+                self._partition_days = remaining
+            if not self.timescaledb:
+                today = now_us // US_PER_DAY
+                ahead = set(range(today, today + DAYS_AHEAD + 1))
+                if not ahead <= self._partition_days:
+                    self._partition_days = await create_partitions(conn, self.schema, ahead)
+
+    async def _close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()

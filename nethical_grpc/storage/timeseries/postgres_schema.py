@@ -1,0 +1,321 @@
+"""Tables of the PostgreSQL time-series store: creation, time partitions, retention.
+
+Two layouts, chosen when the schema is first created and kept afterwards (a store opening
+an existing schema follows what is there):
+
+* **TimescaleDB** (the ``timescaledb`` extension is available and can be created):
+  ``metrics``, ``metric_rollup``, ``events`` and ``audit_logs`` are hypertables with
+  one-day chunks and a retention policy (``add_retention_policy``); retention drops chunks
+  with ``drop_chunks``.
+* **Native partitioning** otherwise: the same four tables are ``PARTITION BY RANGE`` on
+  their time column with one partition per UTC day (``<table>_pYYYYMMDD``), created ahead
+  for the coming days and on demand for any day a write touches; retention drops whole
+  partitions.
+
+Buckets use ``date_bin`` with the Unix epoch as origin in both layouts (TimescaleDB's
+``time_bucket`` aligns weeks to 2000-01-03, which would differ from SQLite).
+
+Every DDL statement runs in a transaction holding a transaction-level advisory lock derived
+from the schema name, so nodes starting at once never race on ``CREATE``. Keys of
+partitioned tables include the time column (PostgreSQL requires it): an event or audit row
+is unique per (region, id, time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from datetime import date, timedelta
+
+import psycopg
+from psycopg import sql
+
+from nethical_grpc.storage.timeseries.model import US_PER_DAY, datetime_from_us
+
+__all__ = [
+    "PARTITIONED_TABLES",
+    "SchemaState",
+    "create_partitions",
+    "drop_partitions_before",
+    "ensure_schema",
+    "lock_key",
+]
+
+log = logging.getLogger(__name__)
+
+PARTITIONED_TABLES: tuple[tuple[str, str], ...] = (
+    ("metrics", "ts"),
+    ("metric_rollup", "minute"),
+    ("events", "ts"),
+    ("audit_logs", "ts"),
+)
+"""(table, time column) of every time-partitioned table."""
+
+_EPOCH_DATE = date(1970, 1, 1)
+_PARTITION_RE = re.compile(r"^metrics_p(\d{4})(\d{2})(\d{2})$")
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS {schema}.metrics (
+    region_id text NOT NULL,
+    ts timestamptz NOT NULL,
+    metric_name text NOT NULL,
+    agent_id text NOT NULL,
+    metric_value double precision NOT NULL,
+    metadata jsonb
+){partition_ts};
+CREATE INDEX IF NOT EXISTS metrics_metric_ts ON {schema}.metrics (region_id, metric_name, ts);
+CREATE INDEX IF NOT EXISTS metrics_agent_ts ON {schema}.metrics (region_id, agent_id, ts);
+CREATE TABLE IF NOT EXISTS {schema}.metric_rollup (
+    region_id text NOT NULL,
+    metric_name text NOT NULL,
+    minute timestamptz NOT NULL,
+    n bigint NOT NULL,
+    sum_value double precision NOT NULL,
+    min_value double precision NOT NULL,
+    max_value double precision NOT NULL,
+    PRIMARY KEY (region_id, metric_name, minute)
+){partition_minute};
+CREATE TABLE IF NOT EXISTS {schema}.events (
+    region_id text NOT NULL,
+    event_id uuid NOT NULL,
+    ts timestamptz NOT NULL,
+    event_type text NOT NULL,
+    agent_id text NOT NULL,
+    severity text NOT NULL,
+    data jsonb,
+    PRIMARY KEY (region_id, event_id, ts)
+){partition_ts};
+CREATE INDEX IF NOT EXISTS events_ts ON {schema}.events (region_id, ts);
+CREATE TABLE IF NOT EXISTS {schema}.audit_logs (
+    region_id text NOT NULL,
+    audit_id uuid NOT NULL,
+    ts timestamptz NOT NULL,
+    action_id text NOT NULL,
+    agent_id text NOT NULL,
+    decision text NOT NULL,
+    violations jsonb NOT NULL,
+    metadata jsonb,
+    PRIMARY KEY (region_id, audit_id, ts)
+){partition_ts};
+CREATE INDEX IF NOT EXISTS audit_logs_ts ON {schema}.audit_logs (region_id, ts);
+CREATE TABLE IF NOT EXISTS {schema}.window_summaries (
+    region_id text NOT NULL,
+    instance_id text NOT NULL,
+    metric text NOT NULL,
+    labels text NOT NULL,
+    window_start_ns bigint NOT NULL,
+    window_ns bigint NOT NULL,
+    count bigint NOT NULL,
+    payload bytea NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (region_id, instance_id, metric, labels, window_start_ns)
+);
+CREATE INDEX IF NOT EXISTS window_summaries_start
+    ON {schema}.window_summaries (region_id, window_start_ns)
+"""
+
+
+class SchemaState:
+    """What :func:`ensure_schema` found or made: the layout and the existing day partitions
+    (Unix day numbers; always empty with TimescaleDB, which makes its own chunks)."""
+
+    def __init__(self, timescaledb: bool, partition_days: set[int]) -> None:
+        self.timescaledb = timescaledb
+        self.partition_days = partition_days
+
+
+def lock_key(schema: str) -> int:
+    """The advisory-lock key (signed 64-bit) guarding DDL of ``schema``."""
+    digest = hashlib.blake2b(f"nethical.timeseries:{schema}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _qualified(schema: str, table: str) -> sql.Identifier:
+    return sql.Identifier(schema, table)
+
+
+async def _lock(conn: psycopg.AsyncConnection[tuple[object, ...]], schema: str) -> None:
+    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(schema),))
+
+
+async def _metrics_kind(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], schema: str
+) -> str | None:
+    """``relkind`` of ``schema.metrics``: 'p' partitioned, 'r' plain (a hypertable), None."""
+    cur = await conn.execute(
+        "SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = 'metrics'",
+        (schema,),
+    )
+    row = await cur.fetchone()
+    return None if row is None else str(row[0])
+
+
+async def _try_timescaledb(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> bool:
+    """Whether TimescaleDB is usable, creating the extension if it is available.
+
+    ``CREATE EXTENSION`` can fail even when the extension is listed (not preloaded, no
+    privilege); that is caught inside a savepoint and means "no".
+    """
+    cur = await conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
+    if await cur.fetchone() is None:
+        return False
+    try:
+        async with conn.transaction():  # a savepoint: a failure leaves the outer tx usable
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    except psycopg.Error as exc:
+        log.warning(
+            "timescaledb is available but cannot be created (%s); using native partitioning",
+            str(exc).strip().splitlines()[0],
+        )
+        return False
+    cur = await conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")
+    return await cur.fetchone() is not None
+
+
+async def ensure_schema(
+    conn: psycopg.AsyncConnection[tuple[object, ...]],
+    schema: str,
+    retention: timedelta | None,
+) -> SchemaState:
+    """Create the schema and its tables if missing (idempotent, safe concurrently).
+
+    ``conn`` must be in autocommit mode; the work happens in one transaction under the
+    schema's advisory lock.
+    """
+    async with conn.transaction():
+        await _lock(conn, schema)
+        await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        kind = await _metrics_kind(conn, schema)
+        timescaledb = kind == "r" if kind is not None else await _try_timescaledb(conn)
+        fragments = {
+            "schema": sql.Identifier(schema),
+            "partition_ts": sql.SQL("" if timescaledb else " PARTITION BY RANGE (ts)"),
+            "partition_minute": sql.SQL("" if timescaledb else " PARTITION BY RANGE (minute)"),
+        }
+        for statement in _TABLES.split(";"):
+            await conn.execute(sql.SQL(statement.strip()).format(**fragments))
+        if timescaledb:
+            await _make_hypertables(conn, schema, retention)
+            return SchemaState(True, set())
+        days = await _partition_days(conn, schema)
+    return SchemaState(False, days)
+
+
+async def _make_hypertables(
+    conn: psycopg.AsyncConnection[tuple[object, ...]],
+    schema: str,
+    retention: timedelta | None,
+) -> None:
+    """Turn the four time tables into hypertables (one-day chunks) with a retention policy.
+
+    ``create_hypertable``/``add_retention_policy`` take ``if_not_exists`` so a second node
+    (or a restart) is a no-op. The default (ts DESC) index is skipped: every query filters on
+    region first, which the table's own indexes lead with. Written against TimescaleDB 2.x
+    (the classic ``create_hypertable`` signature, still accepted by 2.13+); not exercised
+    by the tests here, whose server has no TimescaleDB.
+    """
+    for table, column in PARTITIONED_TABLES:
+        relation = _qualified(schema, table).as_string(conn)
+        await conn.execute(
+            "SELECT create_hypertable(%s::regclass, %s::name, chunk_time_interval => "
+            "interval '1 day', create_default_indexes => FALSE, if_not_exists => TRUE)",
+            (relation, column),
+        )
+        if retention is not None:
+            await conn.execute(
+                "SELECT add_retention_policy(%s::regclass, drop_after => %s::interval, "
+                "if_not_exists => TRUE)",
+                (relation, retention),
+            )
+
+
+async def _partition_days(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], schema: str
+) -> set[int]:
+    """Unix day numbers that have a ``metrics`` partition (the four tables get theirs
+    together, in one transaction)."""
+    cur = await conn.execute(
+        "SELECT c.relname FROM pg_inherits i "
+        "JOIN pg_class c ON c.oid = i.inhrelid "
+        "JOIN pg_class p ON p.oid = i.inhparent "
+        "JOIN pg_namespace n ON n.oid = p.relnamespace "
+        "WHERE n.nspname = %s AND p.relname = 'metrics'",
+        (schema,),
+    )
+    days: set[int] = set()
+    for (name,) in await cur.fetchall():
+        match = _PARTITION_RE.match(str(name))
+        if match is None:
+            continue
+        y, m, d = (int(g) for g in match.groups())
+        days.add((date(y, m, d) - _EPOCH_DATE).days)
+    return days
+
+
+def _day_suffix(day: int) -> str:
+    d = datetime_from_us(day * US_PER_DAY)
+    return f"{d.year:04d}{d.month:02d}{d.day:02d}"
+
+
+def _day_literal(day: int) -> sql.Literal:
+    d = datetime_from_us(day * US_PER_DAY)
+    return sql.Literal(f"{d.year:04d}-{d.month:02d}-{d.day:02d} 00:00:00+00")
+
+
+async def create_partitions(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], schema: str, days: set[int]
+) -> set[int]:
+    """Create the day partitions of ``days`` for the four tables (missing ones only).
+
+    Returns every day that has partitions afterwards. Native layout only.
+    """
+    async with conn.transaction():
+        await _lock(conn, schema)
+        existing = await _partition_days(conn, schema)
+        for day in sorted(days - existing):
+            for table, _ in PARTITIONED_TABLES:
+                await conn.execute(
+                    sql.SQL(
+                        "CREATE TABLE IF NOT EXISTS {part} PARTITION OF {parent} "
+                        "FOR VALUES FROM ({lo}) TO ({hi})"
+                    ).format(
+                        part=_qualified(schema, f"{table}_p{_day_suffix(day)}"),
+                        parent=_qualified(schema, table),
+                        lo=_day_literal(day),
+                        hi=_day_literal(day + 1),
+                    )
+                )
+        return existing | days
+
+
+async def drop_partitions_before(
+    conn: psycopg.AsyncConnection[tuple[object, ...]],
+    schema: str,
+    cutoff_day: int,
+    timescaledb: bool,
+) -> set[int]:
+    """Drop all data of the days before ``cutoff_day`` (whole partitions or chunks).
+
+    Returns the days whose partitions remain (native layout; empty with TimescaleDB).
+    """
+    async with conn.transaction():
+        await _lock(conn, schema)
+        if timescaledb:
+            cutoff = datetime_from_us(cutoff_day * US_PER_DAY)
+            for table, _ in PARTITIONED_TABLES:
+                await conn.execute(
+                    "SELECT drop_chunks(%s::regclass, older_than => %s)",
+                    (_qualified(schema, table).as_string(conn), cutoff),
+                )
+            return set()
+        existing = await _partition_days(conn, schema)
+        for day in sorted(d for d in existing if d < cutoff_day):
+            for table, _ in PARTITIONED_TABLES:
+                await conn.execute(
+                    sql.SQL("DROP TABLE IF EXISTS {}").format(
+                        _qualified(schema, f"{table}_p{_day_suffix(day)}")
+                    )
+                )
+        return {d for d in existing if d >= cutoff_day}

@@ -1,0 +1,482 @@
+"""The embedded time-series store: SQLite, in a file (WAL mode) or in memory.
+
+One dedicated thread owns the connection and runs every statement, so coroutines never
+block the event loop and never touch SQLite concurrently. Times are stored as integer Unix
+microseconds, which makes epoch-aligned bucketing exact integer arithmetic, identical to
+PostgreSQL's ``date_bin``. Batches are written with ``executemany`` in one transaction.
+
+Several processes may share a file (WAL, a 5 s busy timeout); an in-memory store belongs to
+the process that opened it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any, Self, TypeVar
+
+from nethical_grpc.storage.timeseries.base import (
+    AuditRow,
+    BucketTotals,
+    EventRow,
+    TimeSeriesStore,
+)
+from nethical_grpc.storage.timeseries.model import (
+    AuditRecord,
+    EventRecord,
+    MetricColumns,
+    MetricRecord,
+    WindowSummaryRow,
+    datetime_from_us,
+    load_json_text,
+    parse_labels,
+)
+from nethical_grpc.storage.timeseries.rollup import AggregatePlan, RollupRows, TimeRange
+
+__all__ = ["SQLiteTimeSeriesStore"]
+
+T = TypeVar("T")
+
+CACHE_KIB = 64 * 1024
+"""Page cache of a file store, KiB."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS metrics (
+    region_id TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    metric_name TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    metric_value REAL NOT NULL,
+    metadata TEXT
+);
+CREATE INDEX IF NOT EXISTS metrics_metric_ts ON metrics (region_id, metric_name, ts);
+CREATE INDEX IF NOT EXISTS metrics_agent_ts ON metrics (region_id, agent_id, ts);
+CREATE TABLE IF NOT EXISTS metric_rollup (
+    region_id TEXT NOT NULL,
+    metric_name TEXT NOT NULL,
+    minute INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    sum_value REAL NOT NULL,
+    min_value REAL NOT NULL,
+    max_value REAL NOT NULL,
+    PRIMARY KEY (region_id, metric_name, minute)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    region_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    event_type TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    data TEXT,
+    PRIMARY KEY (region_id, event_id, ts)
+);
+CREATE INDEX IF NOT EXISTS events_ts ON events (region_id, ts);
+CREATE TABLE IF NOT EXISTS audit_logs (
+    region_id TEXT NOT NULL,
+    audit_id TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    action_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    violations TEXT NOT NULL,
+    metadata TEXT,
+    PRIMARY KEY (region_id, audit_id, ts)
+);
+CREATE INDEX IF NOT EXISTS audit_logs_ts ON audit_logs (region_id, ts);
+CREATE TABLE IF NOT EXISTS window_summaries (
+    region_id TEXT NOT NULL,
+    instance_id TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    window_start_ns INTEGER NOT NULL,
+    window_ns INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    PRIMARY KEY (region_id, instance_id, metric, labels, window_start_ns)
+);
+CREATE INDEX IF NOT EXISTS window_summaries_start
+    ON window_summaries (region_id, window_start_ns);
+"""
+
+_ROLLUP_UPSERT = """
+INSERT INTO metric_rollup
+    (region_id, metric_name, minute, n, sum_value, min_value, max_value)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (region_id, metric_name, minute) DO UPDATE SET
+    n = n + excluded.n,
+    sum_value = sum_value + excluded.sum_value,
+    min_value = min(min_value, excluded.min_value),
+    max_value = max(max_value, excluded.max_value)
+"""
+
+
+def _bucket_sql(column: str) -> str:
+    """Epoch-aligned bucket start of an integer µs column for width ``:w`` (floored)."""
+    return f"({column} - ((({column} % :w) + :w) % :w))"
+
+
+def _range_sql(column: str, rng: TimeRange, tag: str, params: dict[str, Any]) -> str:
+    start, end = rng
+    parts = ["1"]
+    if start is not None:
+        params[f"{tag}_lo"] = start
+        parts.append(f"{column} >= :{tag}_lo")
+    if end is not None:
+        params[f"{tag}_hi"] = end
+        parts.append(f"{column} < :{tag}_hi")
+    return " AND ".join(parts)
+
+
+class SQLiteTimeSeriesStore(TimeSeriesStore):
+    """:class:`TimeSeriesStore` on SQLite; open with :meth:`open`."""
+
+    backend = "sqlite"
+
+    def __init__(self, region_id: str, retention: timedelta | None, path: str | None) -> None:
+        super().__init__(region_id, retention)
+        self.path = path
+        self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="nethical-ts-sqlite"
+        )
+        self._conn: sqlite3.Connection | None = None
+
+    @classmethod
+    async def open(
+        cls, path: str | None, *, region_id: str, retention: timedelta | None = None
+    ) -> Self:
+        """Open (creating tables if needed) the file at ``path``, or memory when None."""
+        store = cls(region_id, retention, path)
+        try:
+            await store._run(store._connect)
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    @property
+    def in_memory(self) -> bool:
+        return self.path is None
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise RuntimeError("the time-series store is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("the time-series store is closed")
+        return self._conn
+
+    def _connect(self) -> None:
+        conn = sqlite3.connect(self.path or ":memory:", isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout = 5000")
+            if self.path is not None:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+                # 64 MiB of page cache (the default is 2 MiB): index inserts and per-agent
+                # reads touch pages all over a large file; this is a bound, not an allocation.
+                conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+            with _transaction(conn):
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    # ------------------------------------------------------------------ metrics
+
+    async def _write_metrics(self, cols: MetricColumns, rollup: RollupRows) -> None:
+        await self._run(self._write_metrics_sync, cols, rollup)
+
+    def _write_metrics_sync(self, cols: MetricColumns, rollup: RollupRows) -> None:
+        conn = self._db()
+        rows = zip(
+            cols.region_ids,
+            cols.ts_us.tolist(),
+            cols.metric_names,
+            cols.agent_ids,
+            cols.values.tolist(),
+            cols.metadata,
+            strict=True,
+        )
+        with _transaction(conn):
+            conn.executemany(
+                "INSERT INTO metrics (region_id, ts, metric_name, agent_id, metric_value, "
+                "metadata) VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            conn.executemany(_ROLLUP_UPSERT, rollup.rows())
+
+    async def _select_metrics(
+        self,
+        region_id: str,
+        agent_id: str | None,
+        metric_name: str | None,
+        start_us: int | None,
+        end_us: int | None,
+        limit: int,
+    ) -> list[MetricRecord]:
+        params: dict[str, Any] = {"region": region_id, "limit": limit}
+        where = ["region_id = :region"]
+        if agent_id is not None:
+            params["agent"] = agent_id
+            where.append("agent_id = :agent")
+        if metric_name is not None:
+            params["metric"] = metric_name
+            where.append("metric_name = :metric")
+        where.append(_range_sql("ts", (start_us, end_us), "t", params))
+        query = (
+            "SELECT region_id, agent_id, metric_name, metric_value, ts, metadata FROM metrics "
+            f"WHERE {' AND '.join(where)} "
+            "ORDER BY ts, metric_name, agent_id, metric_value LIMIT :limit"
+        )
+        rows = await self._run(self._fetch, query, params)
+        return [
+            MetricRecord(r[0], r[1], r[2], r[3], datetime_from_us(r[4]), load_json_text(r[5]))
+            for r in rows
+        ]
+
+    def _fetch(self, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        return self._db().execute(query, params).fetchall()
+
+    async def _aggregate(self, plan: AggregatePlan) -> list[BucketTotals]:
+        params: dict[str, Any] = {
+            "w": plan.bucket_us,
+            "region": plan.region_id,
+            "metric": plan.metric_name,
+        }
+        parts = []
+        if plan.rollup is not None:
+            parts.append(
+                f"SELECT {_bucket_sql('minute')} AS b, sum_value AS s, n, "
+                "min_value AS lo, max_value AS hi FROM metric_rollup "
+                "WHERE region_id = :region AND metric_name = :metric AND "
+                + _range_sql("minute", plan.rollup, "r", params)
+            )
+        if plan.raw:
+            ranges = " OR ".join(
+                f"({_range_sql('ts', rng, f'raw{i}', params)})" for i, rng in enumerate(plan.raw)
+            )
+            agent = ""
+            if plan.agent_id is not None:
+                params["agent"] = plan.agent_id
+                agent = " AND agent_id = :agent"
+            parts.append(
+                f"SELECT {_bucket_sql('ts')} AS b, sum(metric_value) AS s, count(*) AS n, "
+                "min(metric_value) AS lo, max(metric_value) AS hi FROM metrics "
+                f"WHERE region_id = :region AND metric_name = :metric{agent} AND ({ranges}) "
+                "GROUP BY 1"
+            )
+        query = (
+            "SELECT b, sum(s), sum(n), min(lo), max(hi) FROM ("
+            + " UNION ALL ".join(parts)
+            + ") GROUP BY b ORDER BY b"
+        )
+        rows = await self._run(self._fetch, query, params)
+        return [(int(b), float(s), int(n), float(lo), float(hi)) for b, s, n, lo, hi in rows]
+
+    # ------------------------------------------------------------------ events, audit
+
+    async def _write_event(self, row: EventRow) -> None:
+        await self._run(
+            self._execute_in_tx,
+            "INSERT INTO events (region_id, event_id, ts, event_type, agent_id, severity, "
+            "data) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            row,
+        )
+
+    async def _write_audit(self, row: AuditRow) -> None:
+        await self._run(
+            self._execute_in_tx,
+            "INSERT INTO audit_logs (region_id, audit_id, ts, action_id, agent_id, decision, "
+            "violations, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            row,
+        )
+
+    def _execute_in_tx(self, query: str, params: tuple[Any, ...]) -> int:
+        conn = self._db()
+        with _transaction(conn):
+            return conn.execute(query, params).rowcount
+
+    async def _select_events(
+        self,
+        region_id: str,
+        event_type: str | None,
+        agent_id: str | None,
+        severity: str | None,
+        start_us: int | None,
+        end_us: int | None,
+        limit: int,
+    ) -> list[EventRecord]:
+        params: dict[str, Any] = {"region": region_id, "limit": limit}
+        where = ["region_id = :region"]
+        for column, value in (
+            ("event_type", event_type),
+            ("agent_id", agent_id),
+            ("severity", severity),
+        ):
+            if value is not None:
+                params[column] = value
+                where.append(f"{column} = :{column}")
+        where.append(_range_sql("ts", (start_us, end_us), "t", params))
+        query = (
+            "SELECT event_id, region_id, event_type, agent_id, severity, data, ts FROM events "
+            f"WHERE {' AND '.join(where)} ORDER BY ts, event_id LIMIT :limit"
+        )
+        rows = await self._run(self._fetch, query, params)
+        return [
+            EventRecord(r[0], r[1], r[2], r[3], r[4], load_json_text(r[5]), datetime_from_us(r[6]))
+            for r in rows
+        ]
+
+    async def _select_audits(
+        self,
+        region_id: str,
+        action_id: str | None,
+        agent_id: str | None,
+        decision: str | None,
+        start_us: int | None,
+        end_us: int | None,
+        limit: int,
+    ) -> list[AuditRecord]:
+        params: dict[str, Any] = {"region": region_id, "limit": limit}
+        where = ["region_id = :region"]
+        for column, value in (
+            ("action_id", action_id),
+            ("agent_id", agent_id),
+            ("decision", decision),
+        ):
+            if value is not None:
+                params[column] = value
+                where.append(f"{column} = :{column}")
+        where.append(_range_sql("ts", (start_us, end_us), "t", params))
+        query = (
+            "SELECT audit_id, region_id, action_id, agent_id, decision, violations, metadata, "
+            f"ts FROM audit_logs WHERE {' AND '.join(where)} ORDER BY ts, audit_id LIMIT :limit"
+        )
+        rows = await self._run(self._fetch, query, params)
+        return [
+            AuditRecord(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                load_json_text(r[5]),
+                load_json_text(r[6]),
+                datetime_from_us(r[7]),
+            )
+            for r in rows
+        ]
+
+    # ------------------------------------------------------------------ window summaries
+
+    async def _upsert_windows(self, rows: list[tuple[WindowSummaryRow, str]]) -> None:
+        await self._run(self._upsert_windows_sync, rows)
+
+    def _upsert_windows_sync(self, rows: list[tuple[WindowSummaryRow, str]]) -> None:
+        conn = self._db()
+        with _transaction(conn):
+            conn.executemany(
+                "INSERT INTO window_summaries (region_id, instance_id, metric, labels, "
+                "window_start_ns, window_ns, count, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (region_id, instance_id, metric, labels, window_start_ns) "
+                "DO UPDATE SET window_ns = excluded.window_ns, count = excluded.count, "
+                "payload = excluded.payload",
+                [
+                    (
+                        r.region_id,
+                        r.instance_id,
+                        r.metric,
+                        labels,
+                        r.window_start_ns,
+                        r.window_ns,
+                        r.count,
+                        r.payload,
+                    )
+                    for r, labels in rows
+                ],
+            )
+
+    async def _load_windows(
+        self, region_id: str, since_ns: int | None, instance_id: str | None
+    ) -> list[WindowSummaryRow]:
+        params: dict[str, Any] = {"region": region_id}
+        where = ["region_id = :region"]
+        if since_ns is not None:
+            params["since"] = since_ns
+            where.append("window_start_ns >= :since")
+        if instance_id is not None:
+            params["instance"] = instance_id
+            where.append("instance_id = :instance")
+        query = (
+            "SELECT region_id, instance_id, metric, labels, window_start_ns, window_ns, "
+            f"payload, count FROM window_summaries WHERE {' AND '.join(where)} "
+            "ORDER BY window_start_ns, instance_id, metric, labels"
+        )
+        rows = await self._run(self._fetch, query, params)
+        return [
+            WindowSummaryRow(r[0], r[1], r[2], parse_labels(r[3]), r[4], r[5], bytes(r[6]), r[7])
+            for r in rows
+        ]
+
+    async def _delete_windows(self, region_id: str, before_ns: int) -> int:
+        return await self._run(
+            self._execute_in_tx,
+            "DELETE FROM window_summaries WHERE region_id = ? AND window_start_ns < ?",
+            (region_id, before_ns),
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def _apply_retention(self, cutoff_us: int | None, now_us: int) -> None:
+        if cutoff_us is not None:
+            await self._run(self._delete_before, cutoff_us)
+
+    def _delete_before(self, cutoff_us: int) -> None:
+        conn = self._db()
+        with _transaction(conn):
+            for table, column in (
+                ("metrics", "ts"),
+                ("metric_rollup", "minute"),
+                ("events", "ts"),
+                ("audit_logs", "ts"),
+            ):
+                conn.execute(f"DELETE FROM {table} WHERE {column} < ?", (cutoff_us,))
+
+    async def _close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(executor, self._close_sync)
+        executor.shutdown(wait=False)
+
+    def _close_sync(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

@@ -1,0 +1,286 @@
+"""What a region node writes to its stores, and reads back.
+
+* **Window summaries** are flushed to the time-series store every ``flush_interval``: each
+  window changed since the last flush is upserted (idempotent, keyed by region, instance,
+  series and window start). On start the node restores its own windows, so a restart keeps
+  its aggregates; what a kill can cost is what changed since the last flush, at most one
+  flush interval of data.
+* **Region scope over a shared store**: when the node answers for the whole region
+  (``--region-scope``) and its time-series store is a server the region's instances share
+  (PostgreSQL), it also loads the other instances' flushed windows on every flush and
+  merges them into its answers. Their data is then at most one flush interval stale
+  (plus the other instance's own flush delay).
+* **Evaluations**: each one becomes a ``risk_score`` row for its agent in the time-series
+  store and a record in the audit store, written in batches a fraction of a second later
+  (off the request path); agents' profiles are written through to the cache, so another
+  instance of the region can answer ``GetRiskProfile`` for them.
+
+Store failures never fail a request: the write is kept and retried on the next round (up
+to a bound, past which the oldest is dropped and counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Final
+
+from nethical_grpc import convert
+from nethical_grpc.governance.profiles import Profile, ProfileBook
+from nethical_grpc.governance.requests import Outcome
+from nethical_grpc.series import SeriesKey, freeze_labels
+from nethical_grpc.storage.audit import AuditRecord, AuditViolation
+from nethical_grpc.storage.timeseries import MetricPoint, WindowSummaryRow
+from nethical_grpc.v1 import summary_pb2
+from region_node.node import RegionNode
+from region_node.stores import NodeStores
+from region_node.windows import WindowStore
+
+log = logging.getLogger(__name__)
+
+WRITE_INTERVAL_S: Final = 0.25
+MAX_PENDING: Final = 200_000
+PROFILE_TTL_S: Final = 7 * 24 * 3600.0
+PROFILE_PREFIX: Final = "profile:"
+_WRITE_BATCH: Final = 5_000
+
+
+def _utc(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC)
+
+
+class Persister:
+    """Background writer and reader of one node's stores (see the module docstring)."""
+
+    def __init__(
+        self,
+        node: RegionNode,
+        stores: NodeStores,
+        profiles: ProfileBook,
+        flush_interval_s: float,
+    ) -> None:
+        self.node = node
+        self.stores = stores
+        self.profiles = profiles
+        self.flush_interval_s = flush_interval_s
+        self._pending: deque[Outcome] = deque()
+        self.dropped = 0
+        self.flushed_windows = 0
+        self.last_flush_ns = 0
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._retry_windows: list[WindowSummaryRow] = []
+
+    # -- evaluations --------------------------------------------------------------
+
+    def enqueue(self, outcomes: Sequence[Outcome]) -> None:
+        """Queue outcomes for the stores (called on the request path: O(1) per outcome)."""
+        self._pending.extend(outcomes)
+        excess = len(self._pending) - MAX_PENDING
+        if excess > 0:
+            for _ in range(excess):
+                self._pending.popleft()
+            self.dropped += excess
+            log.warning("store writes fall behind: dropped %d evaluations' records", excess)
+
+    async def _write_outcomes(self) -> None:
+        while self._pending:
+            batch = [self._pending.popleft() for _ in range(min(_WRITE_BATCH, len(self._pending)))]
+            try:
+                await self.stores.timeseries.insert_metrics([self._point(o) for o in batch])
+                await self.stores.audit.index_audit_logs([self._audit(o) for o in batch])
+            except Exception as exc:
+                self._pending.extendleft(reversed(batch))
+                log.warning("writing evaluations failed (will retry): %s", exc)
+                return
+
+    def _point(self, o: Outcome) -> MetricPoint:
+        return MetricPoint(
+            agent_id=o.request.action.agent_id,
+            metric_name="risk_score",
+            metric_value=o.evaluation.risk_score,
+            timestamp=_utc(o.time_ns),
+            metadata={
+                "decision": o.evaluation.decision.value,
+                "action_type": o.request.action_type or "unspecified",
+            },
+        )
+
+    def _audit(self, o: Outcome) -> AuditRecord:
+        ev = o.evaluation
+        return AuditRecord(
+            agent_id=o.request.action.agent_id,
+            decision=ev.decision,
+            risk_score=ev.risk_score,
+            action_text=o.request.action.action_text,
+            stated_intent=o.request.action.stated_intent,
+            action_type=o.request.action_type,
+            violations=tuple(
+                AuditViolation(v.type.value.lower(), int(v.severity), v.confidence, v.message)
+                for v in ev.violations[:32]
+            ),
+            timestamp=_utc(o.time_ns),
+        )
+
+    # -- profiles -----------------------------------------------------------------
+
+    async def _write_profiles(self) -> None:
+        changed = self.profiles.take_changed()
+        if not changed:
+            return
+        try:
+            await self.stores.cache.set_multiple(
+                {PROFILE_PREFIX + p.agent_id: p.to_dict() for p in changed}, ttl=PROFILE_TTL_S
+            )
+        except Exception as exc:
+            self.profiles.changed.update(p.agent_id for p in changed)
+            log.warning("writing risk profiles to the cache failed (will retry): %s", exc)
+
+    async def load_profile(self, agent_id: str) -> Profile | None:
+        """A profile from the cache (written by this or another instance), or None."""
+        try:
+            data = await self.stores.cache.get(PROFILE_PREFIX + agent_id)
+        except Exception as exc:
+            log.warning("reading a risk profile from the cache failed: %s", exc)
+            return None
+        if not isinstance(data, dict):
+            return None
+        try:
+            return Profile.from_dict(data, recent=self.profiles.recent)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("ignoring a malformed cached profile: %s", exc)
+            return None
+
+    # -- windows ------------------------------------------------------------------
+
+    def _window_rows(self) -> list[WindowSummaryRow]:
+        ident = self.node.identity
+        window_ns = self.node.store.config.window_ns
+        return [
+            WindowSummaryRow(
+                region_id=ident.region_id,
+                instance_id=ident.instance_id,
+                metric=key.metric,
+                labels=dict(key.labels),
+                window_start_ns=window_id * window_ns,
+                window_ns=window_ns,
+                payload=convert.summary_to_proto(summary).SerializeToString(),
+                count=summary.count,
+            )
+            for key, window_id, summary, _ in self.node.store.take_dirty()
+        ]
+
+    async def flush_windows(self) -> int:
+        """Upsert every window changed since the last flush; returns how many."""
+        rows = self._retry_windows + self._window_rows()
+        self._retry_windows = []
+        if not rows:
+            return 0
+        try:
+            await self.stores.timeseries.upsert_window_summaries(rows)
+        except Exception as exc:
+            # newer versions of the same windows replace these on the next flush
+            self._retry_windows = rows
+            log.warning("flushing %d windows failed (will retry): %s", len(rows), exc)
+            return 0
+        self.flushed_windows += len(rows)
+        self.last_flush_ns = time.time_ns()
+        return len(rows)
+
+    def _install(self, target: WindowStore, rows: Sequence[WindowSummaryRow], now_ns: int) -> int:
+        installed = 0
+        for row in rows:
+            try:
+                summary = convert.summary_from_proto(summary_pb2.Summary.FromString(row.payload))
+            except Exception as exc:
+                log.warning("skipping an unreadable stored window: %s", exc)
+                continue
+            key = SeriesKey(row.metric, freeze_labels(row.labels))
+            newest = min(row.window_start_ns + row.window_ns - 1, now_ns)
+            target.restore(key, row.window_start_ns // row.window_ns, summary, newest)
+            installed += 1
+        return installed
+
+    def _since_ns(self, now_ns: int) -> int:
+        return now_ns - self.node.store.config.retention_ns
+
+    async def restore(self) -> int:
+        """Load this instance's own flushed windows into the node (at start)."""
+        now = time.time_ns()
+        ident = self.node.identity
+        rows = await self.stores.timeseries.load_window_summaries(
+            ident.region_id, since_ns=self._since_ns(now), instance_id=ident.instance_id
+        )
+        own = [r for r in rows if r.window_ns == self.node.store.config.window_ns]
+        restored = self._install(self.node.store, own, now)
+        if restored:
+            log.info("restored %d windows flushed before the last stop", restored)
+        return restored
+
+    async def refresh_peers(self) -> None:
+        """Region scope on a shared store: the other instances' windows, freshly loaded."""
+        now = time.time_ns()
+        ident = self.node.identity
+        rows = await self.stores.timeseries.load_window_summaries(
+            ident.region_id, since_ns=self._since_ns(now)
+        )
+        others = [
+            r
+            for r in rows
+            if r.instance_id != ident.instance_id
+            and r.window_ns == self.node.store.config.window_ns
+        ]
+        peers = WindowStore(self.node.store.config, clock=self.node.clock)
+        self._install(peers, others, now)
+        self.node.peers = peers
+
+    @property
+    def answers_for_region(self) -> bool:
+        return self.node.identity.region_scope and self.stores.shared_timeseries
+
+    # -- loop ---------------------------------------------------------------------
+
+    async def round(self, windows: bool) -> None:
+        async with self._lock:
+            await self._write_outcomes()
+            await self._write_profiles()
+            if windows:
+                await self.flush_windows()
+                if self.answers_for_region:
+                    try:
+                        await self.refresh_peers()
+                    except Exception as exc:
+                        log.warning("loading the region's other instances failed: %s", exc)
+
+    async def run(self) -> None:
+        next_flush = time.monotonic() + self.flush_interval_s
+        while True:
+            await asyncio.sleep(WRITE_INTERVAL_S)
+            due = time.monotonic() >= next_flush
+            if due:
+                next_flush = time.monotonic() + self.flush_interval_s
+            try:
+                await self.round(windows=due)
+            except Exception:
+                log.exception("store round failed")
+
+    async def start(self) -> None:
+        await self.restore()
+        if self.answers_for_region:
+            await self.refresh_peers()
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self.run())
+
+    async def stop(self) -> None:
+        """Stop the loop and write everything still pending (a clean stop loses nothing)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.round(windows=True)

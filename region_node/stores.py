@@ -1,0 +1,84 @@
+"""The region node's three stores, opened by URL, with which backend each one got and why."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from nethical_grpc.storage.audit import AuditStore, open_audit_store
+from nethical_grpc.storage.backend import BackendChoice
+from nethical_grpc.storage.cache import Cache, FailoverCache, open_cache, region_namespace
+from nethical_grpc.storage.timeseries import TimeSeriesStore, open_timeseries
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Store URLs (``memory://`` is the embedded default of each) and the flush interval.
+
+    ``timeseries_schema`` overrides a PostgreSQL URL's ``?schema=`` (tests isolate by it).
+    """
+
+    cache_url: str = "memory://"
+    timeseries_url: str = "memory://"
+    audit_url: str = "memory://"
+    flush_interval_s: float = 10.0
+    timeseries_schema: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.05 <= self.flush_interval_s <= 3600:
+            raise ValueError("flush interval must be between 50 ms and 1 h")
+
+
+@dataclass(slots=True)
+class NodeStores:
+    cache: Cache
+    timeseries: TimeSeriesStore
+    audit: AuditStore
+    _cache_choice: BackendChoice
+    timeseries_choice: BackendChoice
+    audit_choice: BackendChoice
+
+    @classmethod
+    async def open(cls, config: StoreConfig, region_id: str) -> NodeStores:
+        """Open all three; an unreachable server falls back to the embedded default."""
+        cache, cache_choice = await open_cache(config.cache_url, region_namespace(region_id))
+        try:
+            ts, ts_choice = await open_timeseries(
+                config.timeseries_url, region_id, schema=config.timeseries_schema
+            )
+            try:
+                audit, audit_choice = await open_audit_store(config.audit_url, region_id)
+            except BaseException:
+                await ts.close()
+                raise
+        except BaseException:
+            await cache.close()
+            raise
+        stores = cls(cache, ts, audit, cache_choice, ts_choice, audit_choice)
+        for choice in stores.choices():
+            log.info("%s: %s", choice.store, choice.describe())
+        return stores
+
+    @property
+    def cache_choice(self) -> BackendChoice:
+        """Current, not only at startup: the cache moves between Redis and memory."""
+        if isinstance(self.cache, FailoverCache):
+            return self.cache.choice()
+        return self._cache_choice
+
+    def choices(self) -> list[BackendChoice]:
+        return [self.cache_choice, self.timeseries_choice, self.audit_choice]
+
+    @property
+    def shared_timeseries(self) -> bool:
+        """True when the time-series store is a server other instances can reach too."""
+        return self.timeseries_choice.backend.startswith("postgresql")
+
+    async def close(self) -> None:
+        for close in (self.audit.close, self.timeseries.close, self.cache.close):
+            try:
+                await close()
+            except Exception:  # closing the others matters more than one failure
+                log.exception("closing a store failed")

@@ -1,0 +1,280 @@
+"""A region node on its stores: status, in-region queries, persistence, region scope.
+
+PostgreSQL and Redis are the real servers on this machine (one schema / namespace per
+test, removed afterwards); under ``CI`` a missing server fails these tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import psycopg
+import pytest
+import redis
+from google.protobuf import duration_pb2
+from meshutil import Mesh, add_region
+
+from nethical_grpc import convert
+from nethical_grpc.errors import details_from_error
+from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
+from region_node.stores import StoreConfig
+
+PG_URL = os.environ.get("NETHICAL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("NETHICAL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _require(name: str, check: object) -> None:
+    try:
+        check()  # type: ignore[operator]
+    except Exception as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is required under CI: {exc}")
+        pytest.skip(f"{name} not available: {exc}")
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    _require("PostgreSQL", lambda: psycopg.connect(PG_URL, connect_timeout=3).close())
+    schema = f"node_test_{os.getpid()}_{secrets.token_hex(4)}"
+    yield schema
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def redis_region() -> Iterator[str]:
+    """A region id of its own: the cache namespace is derived from it."""
+    r = redis.Redis.from_url(REDIS_URL, socket_timeout=3)
+    _require("Redis", r.ping)
+    region = f"rs-{secrets.token_hex(4)}"
+    yield region
+    for key in r.scan_iter(match=f"nethical:{region}:*"):
+        r.delete(key)
+    r.close()
+
+
+def stub(mesh: Mesh, region: str, instance: int = 0) -> region_node_pb2_grpc.RegionNodeServiceStub:
+    server, _ = mesh.regions[region][instance]
+    return region_node_pb2_grpc.RegionNodeServiceStub(mesh.channel(server.address))
+
+
+def action(
+    text: str, agent: str = "agent-1", action_type: str = "query"
+) -> governance_pb2.AgentAction:
+    return governance_pb2.AgentAction(agent_id=agent, action_text=text, action_type=action_type)
+
+
+async def evaluate(
+    s: region_node_pb2_grpc.RegionNodeServiceStub, a: governance_pb2.AgentAction
+) -> governance_pb2.ActionEvaluation:
+    return (await s.Evaluate(region_node_pb2.EvaluateRequest(action=a), timeout=10)).evaluation
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 15.0) -> None:
+    """Poll ``check`` until it holds (stores are written in the background)."""
+    for _ in range(int(timeout_s / 0.05)):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"condition not met in time ({check.__name__})")
+
+
+async def count_of(s: region_node_pb2_grpc.RegionNodeServiceStub, metric: str) -> int:
+    resp = await s.GetSummaries(region_node_pb2.GetSummariesRequest(metrics=[metric]), timeout=5)
+    return sum(x.summary.moments.count for x in resp.series)
+
+
+async def test_node_info_says_which_backend_each_store_uses_and_why(mesh: Mesh) -> None:
+    # nothing listens on port 1: the cache falls back to memory and says so
+    cfg = StoreConfig(cache_url="redis://127.0.0.1:1/0")
+    await add_region(mesh, "r1", stores=cfg)
+    info = await stub(mesh, "r1").GetNodeInfo(region_node_pb2.GetNodeInfoRequest(), timeout=5)
+    stores = {s.store: s for s in info.stores}
+    assert set(stores) == {"cache", "timeseries", "audit"}
+    assert stores["cache"].backend == "memory"
+    assert "unreachable" in stores["cache"].reason
+    assert stores["cache"].requested == "redis://127.0.0.1:1/0"
+    assert stores["timeseries"].backend.startswith("sqlite")
+    assert stores["timeseries"].reason == ""
+    assert stores["audit"].backend in ("memory", "sqlite")
+
+
+async def test_evaluations_reach_the_in_region_stores(mesh: Mesh) -> None:
+    await add_region(mesh, "r1", stores=StoreConfig(flush_interval_s=0.2))
+    _, node = mesh.regions["r1"][0]
+    s = stub(mesh, "r1")
+    start = convert.ns_to_timestamp(time.time_ns() - 60 * 10**9)
+    for _ in range(3):
+        await evaluate(s, action("SELECT title FROM books WHERE id = 42", agent="alice"))
+    await evaluate(s, action("DROP TABLE customers;", agent="mallory", action_type="command"))
+
+    async def rows() -> list[region_node_pb2.MetricRecord]:
+        resp = await s.QueryMetrics(
+            region_node_pb2.QueryMetricsRequest(agent_id="alice", metric="risk_score"), timeout=5
+        )
+        return list(resp.records)
+
+    async def three_rows() -> bool:
+        return len(await rows()) >= 3
+
+    await eventually(three_rows)
+    found = await rows()
+    assert len(found) == 3
+    assert {r.agent_id for r in found} == {"alice"}
+    assert all(r.labels["decision"] == "ALLOW" for r in found)
+
+    agg = await s.AggregateMetrics(
+        region_node_pb2.AggregateMetricsRequest(
+            metric="risk_score",
+            aggregation=region_node_pb2.AGGREGATION_COUNT,
+            bucket=duration_pb2.Duration(seconds=3600),
+            start_time=start,
+            end_time=convert.ns_to_timestamp(time.time_ns() + 60 * 10**9),
+        ),
+        timeout=5,
+    )
+    assert sum(b.count for b in agg.buckets) == 4
+
+    hits = await s.SearchAudit(region_node_pb2.SearchAuditRequest(query="customers"), timeout=5)
+    assert [r.agent_id for r in hits.records] == ["mallory"]
+    assert hits.records[0].decision in (
+        governance_pb2.DECISION_BLOCK,
+        governance_pb2.DECISION_TERMINATE,
+    )
+    allowed = await s.SearchAudit(
+        region_node_pb2.SearchAuditRequest(decision=governance_pb2.DECISION_ALLOW), timeout=5
+    )
+    assert len(allowed.records) == 3 and not allowed.next_page_token
+    assert node.identity.region_id == "r1"
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (region_node_pb2.AggregateMetricsRequest(metric="risk_score"), "aggregation"),
+        (
+            region_node_pb2.AggregateMetricsRequest(
+                metric="risk_score",
+                aggregation=region_node_pb2.AGGREGATION_AVG,
+                bucket=duration_pb2.Duration(seconds=0),
+                start_time=convert.ns_to_timestamp(0),
+                end_time=convert.ns_to_timestamp(10**12),
+            ),
+            "bucket",
+        ),
+        (
+            region_node_pb2.QueryMetricsRequest(
+                start_time=convert.ns_to_timestamp(2 * 10**12),
+                end_time=convert.ns_to_timestamp(10**12),
+            ),
+            "end_time",
+        ),
+        (region_node_pb2.SearchAuditRequest(min_risk=1.5), "min_risk"),
+        (region_node_pb2.SearchAuditRequest(page_token="not-a-token"), "page_token"),
+        (region_node_pb2.QueryMetricsRequest(agent_id="x' OR '1'='1", limit=20_000), "limit"),
+    ],
+)
+async def test_bad_in_region_queries_get_invalid_argument(
+    mesh: Mesh, request_: object, field: str
+) -> None:
+    await add_region(mesh, "r1")
+    s = stub(mesh, "r1")
+    method = {
+        "AggregateMetricsRequest": s.AggregateMetrics,
+        "QueryMetricsRequest": s.QueryMetrics,
+        "SearchAuditRequest": s.SearchAudit,
+    }[type(request_).__name__]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await method(request_, timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    fields = [v.field for v in details_from_error(err.value).field_violations]
+    assert field in fields
+
+
+async def test_sql_looking_filters_are_just_data(mesh: Mesh) -> None:
+    await add_region(mesh, "r1", stores=StoreConfig(flush_interval_s=0.2))
+    s = stub(mesh, "r1")
+    await evaluate(s, action("SELECT 1", agent="bob"))
+    resp = await s.QueryMetrics(
+        region_node_pb2.QueryMetricsRequest(agent_id="bob' OR '1'='1"), timeout=5
+    )
+    assert list(resp.records) == []
+
+
+async def test_a_restarted_node_keeps_its_flushed_windows(mesh: Mesh, tmp_path: Path) -> None:
+    cfg = StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}", flush_interval_s=0.2)
+    values = np.random.default_rng(4).lognormal(size=2_000)
+    ((server, _node),) = await add_region(mesh, "r1", stores=cfg)
+    await mesh.ingest("r1", "api_latency_ms", values, {"route": "/a"})
+    before = await stub(mesh, "r1").GetSummaries(
+        region_node_pb2.GetSummariesRequest(metrics=["api_latency_ms"]), timeout=5
+    )
+    await server.drain(announce_s=0, grace_s=0)  # a clean stop flushes what is left
+    mesh.regions.pop("r1")
+    await add_region(mesh, "r1", stores=cfg)
+    after = await stub(mesh, "r1").GetSummaries(
+        region_node_pb2.GetSummariesRequest(metrics=["api_latency_ms"]), timeout=5
+    )
+    a = convert.summary_from_proto(before.series[0].summary)
+    b = convert.summary_from_proto(after.series[0].summary)
+    assert b.count == a.count == values.size
+    assert b.total == a.total and b.min == a.min and b.max == a.max
+    assert b.quantile(0.99) == a.quantile(0.99)
+
+
+async def test_any_instance_answers_for_the_region_from_a_shared_store(
+    pg_schema: str, mesh: Mesh
+) -> None:
+    cfg = StoreConfig(timeseries_url=f"{PG_URL}?schema={pg_schema}", flush_interval_s=0.2)
+    await add_region(mesh, "eu", instances=2, region_scope=True, stores=cfg)
+    a, b = stub(mesh, "eu", 0), stub(mesh, "eu", 1)
+    await mesh.ingest("eu", "api_latency_ms", np.arange(1.0, 101.0), instance=0)
+    await mesh.ingest("eu", "api_latency_ms", np.arange(101.0, 131.0), instance=1)
+    info = await b.GetNodeInfo(region_node_pb2.GetNodeInfoRequest(), timeout=5)
+    assert info.scope == region_node_pb2.DATA_SCOPE_REGION
+    # within about one flush interval each instance also holds the other's windows
+    counts: dict[str, int] = {}
+
+    async def both_complete() -> bool:
+        counts["a"] = await count_of(a, "api_latency_ms")
+        counts["b"] = await count_of(b, "api_latency_ms")
+        return counts["a"] == counts["b"] == 130
+
+    await eventually(both_complete)
+    assert counts == {"a": 130, "b": 130}
+
+
+async def test_risk_profiles_reach_other_instances_through_redis(
+    mesh: Mesh, redis_region: str
+) -> None:
+    cfg = StoreConfig(cache_url=REDIS_URL, flush_interval_s=0.2)
+    await add_region(mesh, redis_region, instances=2, stores=cfg)
+    a, b = stub(mesh, redis_region, 0), stub(mesh, redis_region, 1)
+    await evaluate(a, action("DROP TABLE users;", agent="carol", action_type="command"))
+    await evaluate(a, action("SELECT 1", agent="carol"))
+
+    found: list[region_node_pb2.GetRiskProfileResponse] = []
+
+    async def profile_arrived() -> bool:
+        try:
+            found.append(
+                await b.GetRiskProfile(
+                    region_node_pb2.GetRiskProfileRequest(agent_id="carol"), timeout=5
+                )
+            )
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            return False
+        return True
+
+    await eventually(profile_arrived)
+    assert found[0].evaluations == 2
+    assert sum(found[0].decision_counts.values()) == 2
