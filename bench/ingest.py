@@ -1,5 +1,7 @@
 """Observations/s one region node accepts over gRPC (client streaming, 10k-value batches),
-beside a bare sink with the same transport and parsing but no aggregation.
+beside a bare sink with the same transport and parsing but no aggregation, and beside the
+same node with its write-ahead log on (every batch logged, fsync before each stream's
+acknowledgement; windows flushed to a SQLite file every 10 s, checkpointing the log).
 
 Both servers are separate processes; the client runs here, on the same machine.
 Rounds alternate node/sink so both see the same machine conditions.
@@ -85,19 +87,40 @@ async def main() -> None:
     node: Child = spawn(
         "node", ["region", "--region-id", "bench", "--port", "0", "--log-level", "WARNING"], workdir
     )
+    durable: Child = spawn(
+        "durable",
+        [
+            "region",
+            "--region-id",
+            "bench",
+            "--port",
+            "0",
+            "--log-level",
+            "WARNING",
+            "--wal-dir",
+            str(workdir / "wal"),
+            "--timeseries-url",
+            f"sqlite:///{workdir / 'ts.db'}",
+        ],
+        workdir,
+    )
     sink, sink_port = start_sink(workdir)
     try:
         node_target = f"127.0.0.1:{node.port()}"
+        wal_target = f"127.0.0.1:{durable.port()}"
         sink_target = f"127.0.0.1:{sink_port}"
-        node_rates, sink_rates = [], []
+        node_rates, wal_rates, sink_rates = [], [], []
         for _ in range(args.rounds):
             node_rates.append(await measure(node_target, batches, args.seconds, args.streams))
+            wal_rates.append(await measure(wal_target, batches, args.seconds, args.streams))
             sink_rates.append(await measure(sink_target, batches, args.seconds, args.streams))
     finally:
         node.stop()
+        durable.stop()
         sink.terminate()
         sink.wait(10)
     node_rate = statistics.median(node_rates)
+    wal_rate = statistics.median(wal_rates)
     sink_rate = statistics.median(sink_rates)
     common.emit(
         "ingest",
@@ -109,6 +132,9 @@ async def main() -> None:
             "node_obs_per_s": round(node_rate),
             "bare_transport_obs_per_s": round(sink_rate),
             "node_over_bare": round(node_rate / sink_rate, 3),
+            "node_with_wal_obs_per_s": round(wal_rate),
+            "wal_over_node": round(wal_rate / node_rate, 3),
+            "node_with_wal_obs_per_s_rounds": [round(r) for r in wal_rates],
             "node_obs_per_s_rounds": [round(r) for r in node_rates],
             "bare_obs_per_s_rounds": [round(r) for r in sink_rates],
             "target_obs_per_s": 20_000_000,

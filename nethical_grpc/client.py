@@ -29,9 +29,14 @@ def encode_ingest_request(
     labels: Mapping[str, str] | None = None,
     timestamps_unix_nano: np.ndarray | None = None,
     time_ns: int | None = None,
+    batch_id: str = "",
 ) -> bytes:
-    """Serialise one IngestRequest with its columns copied straight from NumPy."""
-    head = region_node_pb2.IngestRequest(metric=metric, labels=dict(labels or {}))
+    """Serialise one IngestRequest with its columns copied straight from NumPy.
+
+    ``batch_id`` makes a retry of the batch exactly-once (the node skips ids it applied)."""
+    head = region_node_pb2.IngestRequest(
+        metric=metric, labels=dict(labels or {}), batch_id=batch_id
+    )
     if time_ns is not None:
         head.time.CopyFrom(ns_to_timestamp(time_ns))
     parts = [head.SerializeToString()]

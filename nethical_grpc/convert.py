@@ -170,6 +170,9 @@ def summary_from_proto(msg: summary_pb2.Summary, field: str = "summary") -> Summ
 # -- region node requests -------------------------------------------------------------
 
 
+MAX_BATCH_ID_CHARS = 128
+
+
 def ingest_batch_from_proto(req: region_node_pb2.IngestRequest, now_ns: int) -> IngestBatch:
     """Validate one Ingest message and turn it into a batch (columnar, no per-value loop)."""
     violations: list[FieldViolation] = []
@@ -177,6 +180,8 @@ def ingest_batch_from_proto(req: region_node_pb2.IngestRequest, now_ns: int) -> 
     if bad_name is not None:
         violations.append(bad_name)
     violations.extend(label_violations("labels", req.labels))
+    if len(req.batch_id) > MAX_BATCH_ID_CHARS:
+        violations.append(FieldViolation("batch_id", f"at most {MAX_BATCH_ID_CHARS} characters"))
     values = np.asarray(req.values, dtype=np.float64)
     bad_index = first_out_of_range(values)
     if bad_index is not None:
@@ -213,7 +218,9 @@ def ingest_batch_from_proto(req: region_node_pb2.IngestRequest, now_ns: int) -> 
             field_violations=violations,
         )
     key = SeriesKey(req.metric, freeze_labels(req.labels))
-    return IngestBatch(key=key, values=values, timestamps_ns=timestamps, time_ns=time_ns)
+    return IngestBatch(
+        key=key, values=values, timestamps_ns=timestamps, time_ns=time_ns, batch_id=req.batch_id
+    )
 
 
 def summary_query_from_proto(

@@ -32,6 +32,7 @@ class IngestBatch:
     values: np.ndarray
     timestamps_ns: np.ndarray | None
     time_ns: int
+    batch_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from nethical_grpc import convert
 from nethical_grpc.series import GroupSummary, IngestBatch, Labels, SummaryQuery
 from nethical_grpc.summary import Summary
+from nethical_grpc.v1 import region_node_pb2
+from region_node.wal import BatchIds, WriteAheadLog
 from region_node.windows import WindowConfig, WindowStore
 
 log = logging.getLogger(__name__)
@@ -61,15 +64,50 @@ class RegionNode:
         # the region's other instances' flushed windows, when this node answers for the
         # whole region from a shared store (see region_node.persistence)
         self._peers: WindowStore | None = None
+        self.wal: WriteAheadLog | None = None
+        self.batch_ids = BatchIds()
         self._peers_loaded = 0
         self._evictor: asyncio.Task[None] | None = None
         self.data_as_of_ns = 0
 
-    def ingest(self, batch: IngestBatch) -> None:
-        """Check and apply one batch atomically (raises before any change)."""
+    def ingest(self, batch: IngestBatch, raw: bytes | None = None) -> bool:
+        """Check and apply one batch atomically (raises before any change).
+
+        Returns False, changing nothing, when the batch's id was applied before (a retry).
+        With a write-ahead log, ``raw`` (the IngestRequest bytes) is logged before the
+        batch is applied; :meth:`sync` makes it durable.
+        """
+        if batch.batch_id and batch.batch_id in self.batch_ids:
+            return False
         self.store.check_times(batch, self.clock())
         self.store.check_capacity((batch.key,))
+        if self.wal is not None:
+            self.wal.append(raw if raw is not None else b"", batch.time_ns)
         self.store.apply(batch)
+        if batch.batch_id:
+            self.batch_ids.add(batch.batch_id)
+        return True
+
+    async def sync(self) -> None:
+        """Make every ingested batch durable (no-op without a write-ahead log)."""
+        if self.wal is not None:
+            await asyncio.to_thread(self.wal.sync)
+
+    def attach_wal(self, wal: WriteAheadLog) -> int:
+        """Replay ``wal`` into the windows and log from now on; returns batches replayed."""
+        replayed = 0
+        for time_ns, payload in wal.replay():
+            request = region_node_pb2.IngestRequest.FromString(payload)
+            batch = convert.ingest_batch_from_proto(request, time_ns)
+            if batch.batch_id and batch.batch_id in wal.batch_ids:
+                continue
+            self.store.apply(batch)
+            if batch.batch_id:
+                wal.batch_ids.add(batch.batch_id)
+            replayed += 1
+        self.wal = wal
+        self.batch_ids = wal.batch_ids
+        return replayed
 
     @property
     def version(self) -> tuple[int, int]:

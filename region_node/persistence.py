@@ -175,21 +175,32 @@ class Persister:
             for key, window_id, summary, _ in self.node.store.take_dirty()
         ]
 
+    @property
+    def durable_store(self) -> bool:
+        """Flushed windows survive a restart (not an in-memory SQLite)."""
+        return "memory" not in self.stores.timeseries_choice.backend
+
     async def flush_windows(self) -> int:
-        """Upsert every window changed since the last flush; returns how many."""
+        """Upsert every window changed since the last flush; returns how many.
+
+        With a write-ahead log and a durable store, the log is rotated first and, once the
+        flush succeeded, checkpointed: the closed segments are then in the store."""
+        wal = self.node.wal if self.durable_store else None
+        closed = wal.rotate() if wal is not None else None
         rows = self._retry_windows + self._window_rows()
         self._retry_windows = []
-        if not rows:
-            return 0
-        try:
-            await self.stores.timeseries.upsert_window_summaries(rows)
-        except Exception as exc:
-            # newer versions of the same windows replace these on the next flush
-            self._retry_windows = rows
-            log.warning("flushing %d windows failed (will retry): %s", len(rows), exc)
-            return 0
-        self.flushed_windows += len(rows)
+        if rows:
+            try:
+                await self.stores.timeseries.upsert_window_summaries(rows)
+            except Exception as exc:
+                # newer versions of the same windows replace these on the next flush
+                self._retry_windows = rows
+                log.warning("flushing %d windows failed (will retry): %s", len(rows), exc)
+                return 0
+            self.flushed_windows += len(rows)
         self.last_flush_ns = time.time_ns()
+        if wal is not None and closed is not None:
+            await asyncio.to_thread(wal.checkpoint, closed)
         return len(rows)
 
     def _install(self, target: WindowStore, rows: Sequence[WindowSummaryRow], now_ns: int) -> int:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from nethical_grpc.governance.profiles import ProfileBook
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
@@ -16,6 +18,7 @@ from region_node.node import NodeIdentity, RegionNode
 from region_node.persistence import Persister
 from region_node.servicer import RegionNodeServicer
 from region_node.stores import NodeStores, StoreConfig
+from region_node.wal import WriteAheadLog
 from region_node.windows import WindowConfig
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,8 @@ class RegionServerConfig:
     # None: the node does not evaluate actions (Evaluate, Score answer UNAVAILABLE)
     model: ModelConfig | None = field(default_factory=ModelConfig)
     stores: StoreConfig = field(default_factory=StoreConfig)
+    # write-ahead log directory: acknowledged batches survive a kill (None: no log)
+    wal_dir: Path | None = None
 
 
 async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, RegionNode]:
@@ -86,6 +91,10 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
         await persister.start()
     except Exception as exc:  # a store that fails now is retried by the loop
         log.warning("restoring persisted windows failed: %s", exc)
+    if config.wal_dir is not None:
+        wal = WriteAheadLog(config.wal_dir)
+        replayed = node.attach_wal(wal)
+        log.info("write-ahead log %s: replayed %d batches", config.wal_dir, replayed)
     node.start_background(config.eviction_interval_s)
     # stop order: background work, then the last writes, then the stores
     mesh.on_stop.append(node.stop_background)
@@ -93,5 +102,14 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
         mesh.on_stop.append(model.close)
     mesh.on_stop.append(persister.stop)
     mesh.on_stop.append(stores.close)
+    if node.wal is not None:
+        mesh.on_stop.append(_closer(node.wal))
     await mesh.set_serving(True)
     return mesh, node
+
+
+def _closer(wal: WriteAheadLog) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        wal.close()
+
+    return close

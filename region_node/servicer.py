@@ -53,24 +53,34 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
     ) -> region_node_pb2.IngestResponse:
         batches = 0
         values = 0
+        duplicates = 0
+        logged = self.node.wal is not None
         try:
             async for request in request_iterator:
                 try:
                     batch = convert.ingest_batch_from_proto(request, self.node.clock())
-                    self.node.ingest(batch)
+                    raw = request.SerializeToString() if logged else None
+                    applied = self.node.ingest(batch, raw)
                 except MeshError as exc:
                     exc.metadata = {
                         **exc.metadata,
-                        "message_index": str(batches),
+                        "message_index": str(batches + duplicates),
                         "applied_batches": str(batches),
                         "applied_values": str(values),
                     }
+                    await self.node.sync()  # what the error acknowledges is durable
                     raise
-                batches += 1
-                values += int(batch.values.size)
+                if applied:
+                    batches += 1
+                    values += int(batch.values.size)
+                else:
+                    duplicates += 1
+            await self.node.sync()  # durable before the acknowledgement
         finally:
             telemetry.get_recorder().record_ingest(batches, values)
-        return region_node_pb2.IngestResponse(accepted_batches=batches, accepted_values=values)
+        return region_node_pb2.IngestResponse(
+            accepted_batches=batches, accepted_values=values, duplicate_batches=duplicates
+        )
 
     @rpc_errors
     async def GetSummaries(  # noqa: N802

@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="how often window summaries are written to the time-series store (10s)",
     )
     region.add_argument(
+        "--wal-dir",
+        type=Path,
+        default=None,
+        help="write-ahead log directory: acknowledged batches survive a kill (off by default)",
+    )
+    region.add_argument(
         "--model",
         type=Path,
         default=None,

@@ -94,6 +94,7 @@ async def run_region(args: argparse.Namespace) -> int:
                 reflection=not args.no_reflection,
                 model=model,
                 stores=stores,
+                wal_dir=args.wal_dir,
             )
         )
     except (ModelLoadError, ValueError) as exc:

@@ -38,7 +38,7 @@ AGGREGATION_MAX: Aggregation
 AGGREGATION_COUNT: Aggregation
 
 class IngestRequest(_message.Message):
-    __slots__ = ("metric", "labels", "values", "timestamps_unix_nano", "time")
+    __slots__ = ("metric", "labels", "values", "timestamps_unix_nano", "time", "batch_id")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -51,20 +51,24 @@ class IngestRequest(_message.Message):
     VALUES_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMPS_UNIX_NANO_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     metric: str
     labels: _containers.ScalarMap[str, str]
     values: _containers.RepeatedScalarFieldContainer[float]
     timestamps_unix_nano: _containers.RepeatedScalarFieldContainer[int]
     time: _timestamp_pb2.Timestamp
-    def __init__(self, metric: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., values: _Optional[_Iterable[float]] = ..., timestamps_unix_nano: _Optional[_Iterable[int]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    batch_id: str
+    def __init__(self, metric: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., values: _Optional[_Iterable[float]] = ..., timestamps_unix_nano: _Optional[_Iterable[int]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., batch_id: _Optional[str] = ...) -> None: ...
 
 class IngestResponse(_message.Message):
-    __slots__ = ("accepted_batches", "accepted_values")
+    __slots__ = ("accepted_batches", "accepted_values", "duplicate_batches")
     ACCEPTED_BATCHES_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_VALUES_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_BATCHES_FIELD_NUMBER: _ClassVar[int]
     accepted_batches: int
     accepted_values: int
-    def __init__(self, accepted_batches: _Optional[int] = ..., accepted_values: _Optional[int] = ...) -> None: ...
+    duplicate_batches: int
+    def __init__(self, accepted_batches: _Optional[int] = ..., accepted_values: _Optional[int] = ..., duplicate_batches: _Optional[int] = ...) -> None: ...
 
 class GetSummariesRequest(_message.Message):
     __slots__ = ("start_time", "end_time", "metrics", "label_filter", "group_by_labels")

@@ -1,0 +1,200 @@
+"""Write-ahead log of ingested batches: an acknowledged batch survives a kill.
+
+Layout: a directory of segment files ``wal-<n>.log`` and a ``checkpoint`` file.
+
+* Each accepted Ingest message is appended as one record ``[u32 length][u32 crc32][u64
+  receive time ns][IngestRequest bytes]`` *before* it is applied to the windows. Records are
+  buffered; :meth:`WriteAheadLog.sync` flushes and ``fsync``\\ s, and the node calls it
+  before it acknowledges anything (the end of an Ingest stream, or the error that reports
+  how many of the stream's messages were applied).
+* A checkpoint makes old segments unnecessary: the node rotates to a new segment, flushes
+  every window changed so far to its time-series store, and then records "segments up to
+  N are in the store" in ``checkpoint`` (written to a temporary file, fsynced and renamed)
+  together with the batch ids seen recently, and deletes those segments. A crash anywhere
+  in between is safe: segments are deleted only after the checkpoint that covers them is
+  durable, and on start segments the checkpoint covers are skipped.
+* On start, :meth:`WriteAheadLog.replay` yields the records of the segments after the
+  checkpoint in order; a torn record at the end of the last segment (a kill mid-write)
+  ends the replay of that segment.
+
+Batch ids (``IngestRequest.batch_id``) make retries exactly-once: the node remembers the
+ids it applied (bounded), across restarts through the log and the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO, Final
+
+log = logging.getLogger(__name__)
+
+_HEADER: Final = struct.Struct("<IIQ")
+_SEGMENT_PREFIX: Final = "wal-"
+_SEGMENT_SUFFIX: Final = ".log"
+MAX_RECORD_BYTES: Final = 256 * 1024 * 1024
+DEFAULT_REMEMBERED_BATCHES: Final = 1_000_000
+
+
+class BatchIds:
+    """The most recent ``limit`` batch ids applied, oldest forgotten first."""
+
+    def __init__(self, limit: int = DEFAULT_REMEMBERED_BATCHES) -> None:
+        self.limit = limit
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, batch_id: object) -> bool:
+        return batch_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, batch_id: str) -> None:
+        self._ids[batch_id] = None
+        if len(self._ids) > self.limit:
+            self._ids.popitem(last=False)
+
+    def recent(self) -> list[str]:
+        return list(self._ids)
+
+
+def _segment_number(path: Path) -> int | None:
+    name = path.name
+    if not (name.startswith(_SEGMENT_PREFIX) and name.endswith(_SEGMENT_SUFFIX)):
+        return None
+    digits = name[len(_SEGMENT_PREFIX) : -len(_SEGMENT_SUFFIX)]
+    return int(digits) if digits.isdigit() else None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class WriteAheadLog:
+    """One node's log (see the module docstring). Not thread-safe: one event loop."""
+
+    def __init__(self, directory: Path, remembered_batches: int = DEFAULT_REMEMBERED_BATCHES):
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.batch_ids = BatchIds(remembered_batches)
+        self._checkpointed = -1
+        self._load_checkpoint()
+        existing = self._segments()
+        self._current = max([n for n, _ in existing] + [self._checkpointed]) + 1
+        self._file: BinaryIO | None = None
+        self.appended = 0
+        self.synced = 0
+
+    # -- files --------------------------------------------------------------------
+
+    def _segments(self) -> list[tuple[int, Path]]:
+        found = []
+        for path in self.directory.iterdir():
+            n = _segment_number(path)
+            if n is not None:
+                found.append((n, path))
+        return sorted(found)
+
+    def _segment_path(self, n: int) -> Path:
+        return self.directory / f"{_SEGMENT_PREFIX}{n:012d}{_SEGMENT_SUFFIX}"
+
+    def _load_checkpoint(self) -> None:
+        path = self.directory / "checkpoint"
+        if not path.exists():
+            return
+        data = json.loads(path.read_text())
+        self._checkpointed = int(data["segment"])
+        for batch_id in data.get("batch_ids", []):
+            self.batch_ids.add(str(batch_id))
+
+    def _open_current(self) -> BinaryIO:
+        if self._file is None:
+            self._file = open(self._segment_path(self._current), "ab")  # noqa: SIM115
+            _fsync_dir(self.directory)
+        return self._file
+
+    # -- records ------------------------------------------------------------------
+
+    def replay(self) -> Iterator[tuple[int, bytes]]:
+        """(receive time ns, IngestRequest bytes) of every record after the checkpoint."""
+        for n, path in self._segments():
+            if n <= self._checkpointed:
+                continue
+            yield from self._read_segment(path)
+
+    def _read_segment(self, path: Path) -> Iterator[tuple[int, bytes]]:
+        data = path.read_bytes()
+        pos = 0
+        while pos + _HEADER.size <= len(data):
+            length, crc, time_ns = _HEADER.unpack_from(data, pos)
+            start = pos + _HEADER.size
+            payload = data[start : start + length]
+            if length > MAX_RECORD_BYTES or len(payload) < length or zlib.crc32(payload) != crc:
+                log.warning("WAL %s: torn or corrupt record at byte %d; replay stops", path, pos)
+                return
+            yield time_ns, payload
+            pos = start + length
+        if pos != len(data):
+            log.warning("WAL %s: %d trailing bytes of a torn record", path, len(data) - pos)
+
+    def append(self, payload: bytes, time_ns: int) -> None:
+        """Buffer one record (durable after the next :meth:`sync`)."""
+        f = self._open_current()
+        f.write(_HEADER.pack(len(payload), zlib.crc32(payload), time_ns))
+        f.write(payload)
+        self.appended += 1
+
+    def sync(self) -> None:
+        """Make every appended record durable (flush + fsync)."""
+        target = self.appended
+        f = self._file
+        if f is not None and self.synced < target:
+            f.flush()  # BufferedWriter serialises this with concurrent appends
+            os.fsync(f.fileno())
+            self.synced = max(self.synced, target)
+
+    # -- checkpoints --------------------------------------------------------------
+
+    def rotate(self) -> int:
+        """Start a new segment; returns the number of the last closed one."""
+        self.sync()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        closed = self._current
+        self._current += 1
+        return closed
+
+    def checkpoint(self, upto: int, batch_ids: Iterable[str] | None = None) -> int:
+        """Segments ``<= upto`` are in the store: record it durably, then delete them."""
+        ids = list(batch_ids if batch_ids is not None else self.batch_ids.recent())
+        tmp = self.directory / "checkpoint.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"segment": upto, "batch_ids": ids}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self.directory / "checkpoint")
+        _fsync_dir(self.directory)
+        self._checkpointed = upto
+        removed = 0
+        for n, path in self._segments():
+            if n <= upto:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def close(self) -> None:
+        self.sync()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
