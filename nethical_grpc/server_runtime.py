@@ -17,8 +17,8 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
+from nethical_grpc import reflection
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES, server_options
 from nethical_grpc.health import NOT_SERVING, SERVING, HealthService
 from nethical_grpc.telemetry import server_interceptors

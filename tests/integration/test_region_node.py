@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 import numpy as np
@@ -258,3 +259,26 @@ async def test_reflection_lists_and_describes_services(mesh: Mesh) -> None:
         "AggregateMetrics",
         "SearchAudit",
     }
+
+
+async def test_reflection_resolves_method_and_field_names(mesh: Mesh) -> None:
+    """What ``grpcurl describe Service.Method`` asks: the file holding a method's service."""
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    [(server, _)] = await add_region(mesh, "r1")
+    stub = reflection_pb2_grpc.ServerReflectionStub(mesh.channel(server.address))
+
+    async def file_of(symbol: str) -> reflection_pb2.ServerReflectionResponse:
+        async def one() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
+            yield reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)
+
+        (answer,) = [r async for r in stub.ServerReflectionInfo(one(), timeout=5)]
+        return answer
+
+    method = await file_of("nethical_grpc.v1.RegionNodeService.Evaluate")
+    assert method.WhichOneof("message_response") == "file_descriptor_response"
+    field = await file_of("nethical_grpc.v1.IngestRequest.batch_id")
+    assert field.WhichOneof("message_response") == "file_descriptor_response"
+    missing = await file_of("nethical_grpc.v1.NoSuchService.Method")
+    assert missing.WhichOneof("message_response") == "error_response"
+    assert missing.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
