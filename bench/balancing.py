@@ -1,20 +1,22 @@
 """What client-side balancing costs: per-pick decision time for every strategy, and the
-overhead the balancer adds to a real unary call.
+overhead the balancer adds to real unary calls.
 
 Picks: 150 instances over 50 regions (3 each, weights 1-3), median over repeats of many
-picks (the figure includes the Python loop). Calls: ``GetNodeInfo`` of a real region
-node started in-process, called directly through its stub and through
+picks (the figure includes the Python loop). Calls: ``Evaluate`` (rules, JIT kernel and
+the risk model; the issue's figure) and the much cheaper ``GetNodeInfo`` of a real
+region node started in-process, each called directly through its stub and through
 ``LoadBalancer.execute_request_async`` over the same channel, interleaved call by call
 (order rotated) in the same run. ``bookkeeping`` is the balancer's own cost around a
 call that does nothing.
 
-    python bench/balancing.py [--picks 50000] [--repeats 7] [--calls 3000] [--rounds 5]
+    python bench/balancing.py [--picks 50000] [--repeats 7] [--calls 3000] [--rounds 5] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -31,7 +33,7 @@ from nethical_grpc.balancing import (
     remaining_timeout,
 )
 from nethical_grpc.grpc_options import channel_options
-from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
+from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
 from region_node.server import RegionServerConfig, start_region_server
 
 REGIONS = 50
@@ -119,12 +121,27 @@ async def bookkeeping_cost(n: int, rounds: int) -> dict[str, float]:
     }
 
 
-async def call_overhead(n: int) -> dict[str, Any]:
+EVALUATE_REQUEST = region_node_pb2.EvaluateRequest(
+    action=governance_pb2.AgentAction(
+        agent_id="bench-agent",
+        action_text="SELECT title FROM books WHERE id = 42",
+        action_type="query",
+        stated_intent="look something up",
+    )
+)
+
+
+async def call_overhead(n: int, rpc: str) -> dict[str, Any]:
     """Direct and balanced calls interleaved call by call, so drift hits all alike."""
     server, _node = await start_region_server(RegionServerConfig(region_id="bench"))
     channel = grpc.aio.insecure_channel(server.address, options=channel_options())
     stub = region_node_pb2_grpc.RegionNodeServiceStub(channel)
-    request = region_node_pb2.GetNodeInfoRequest()
+    method: Callable[..., Awaitable[Any]]
+    request: Any
+    if rpc == "Evaluate":
+        method, request = stub.Evaluate, EVALUATE_REQUEST
+    else:
+        method, request = stub.GetNodeInfo, region_node_pb2.GetNodeInfoRequest()
     balancers = {}
     for name, enforce in (("enforced", True), ("grpc_only", False)):
         lb = LoadBalancer(
@@ -136,10 +153,10 @@ async def call_overhead(n: int) -> dict[str, Any]:
         balancers[name] = lb
 
     def via_stub(inst: Instance) -> Awaitable[Any]:
-        return stub.GetNodeInfo(request, timeout=remaining_timeout())  # type: ignore[no-any-return]
+        return method(request, timeout=remaining_timeout())
 
     variants: dict[str, Callable[[], Awaitable[Any]]] = {
-        "direct": lambda: stub.GetNodeInfo(request, timeout=5.0),
+        "direct": lambda: method(request, timeout=5.0),
         "balanced": lambda: balancers["enforced"].execute_request_async(via_stub, timeout=5.0),
         "balanced_grpc_deadline_only": lambda: balancers["grpc_only"].execute_request_async(
             via_stub, timeout=5.0
@@ -165,7 +182,7 @@ async def call_overhead(n: int) -> dict[str, Any]:
         server.health.close()
         await server.server.stop(0)
     out: dict[str, Any] = {
-        "server": "region node GetNodeInfo, in-process grpc.aio server on 127.0.0.1",
+        "server": f"region node {rpc}, in-process grpc.aio server on 127.0.0.1",
         "calls_per_variant": n,
     }
     mean_direct = statistics.fmean(samples["direct"]) * 1e6
@@ -188,7 +205,11 @@ async def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="a tiny run")
     args = parser.parse_args()
+    if args.quick:
+        args.picks, args.repeats, args.calls, args.rounds = 5_000, 3, 300, 2
+    load_before = os.getloadavg()[0]
     picks = pick_costs(args.picks, args.repeats)
     worst = max(v for figures in picks.values() for v in figures.values())
     common.emit(
@@ -202,8 +223,11 @@ async def main() -> None:
             "worst_pick_us": worst,
             "target_pick_us": 2.0,
             "bookkeeping": await bookkeeping_cost(20_000, args.rounds),
-            "unary_call": await call_overhead(args.calls),
+            "evaluate_call": await call_overhead(args.calls, "Evaluate"),
+            "unary_call": await call_overhead(args.calls, "GetNodeInfo"),
             "target_overhead_pct": 5.0,
+            # other work on this machine inflates every figure; this says how much there was
+            "load_avg_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         },
     )
 

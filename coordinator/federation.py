@@ -155,6 +155,11 @@ class Federation:
         self, region: str, request: object, timeout_s: float, coverage: Coverage
     ) -> list[_Answer]:
         instances = self.registry.instances(region)
+        if not instances:  # e.g. a DNS name that has not resolved to anything yet
+            coverage.missing.append(
+                MissingPart(region, "", Missing.UNHEALTHY, "no instance of the region is known")
+            )
+            return []
         usable = [i for i in instances if i.health in (Health.SERVING, Health.UNKNOWN)]
         for inst in instances:
             if inst not in usable:

@@ -1,64 +1,102 @@
-"""Region node instances as the coordinator sees them: a channel, a stub and live health.
+"""Region node instances as the coordinator sees them, held by one LoadBalancer.
 
-Each instance has one channel and one ``grpc.health.v1.Health/Watch`` stream; a health
-change takes effect the moment the stream delivers it. A broken stream marks the
-instance UNREACHABLE at once and reconnects with jittered backoff.
+The balancer owns every instance: its channel, its health (one
+``grpc.health.v1.Health/Watch`` stream per instance, applied the moment an update
+arrives) and the routing figures. This registry adds what the federation needs on top:
+the configured regions, which id each node reports and whether it holds the whole
+region's data. Instances come from static endpoints or from ``dns:///NAME:PORT``
+targets re-resolved on an interval (see :mod:`nethical_grpc.balancing.discovery`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import enum
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 import grpc
 
-from nethical_grpc.grpc_options import channel_options
-from nethical_grpc.health import Watched, follow_health
+from nethical_grpc.balancing import (
+    DnsDiscovery,
+    HealthState,
+    Instance,
+    LoadBalancer,
+    LoadBalancingStrategy,
+    Resolver,
+    parse_target,
+)
+from nethical_grpc.balancing.discovery import DEFAULT_RESOLVE_INTERVAL_S
 from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 REGION_SERVICE = region_node_pb2.DESCRIPTOR.services_by_name["RegionNodeService"].full_name
 
+# The coordinator's health names are the balancer's (UNKNOWN, SERVING, NOT_SERVING,
+# UNREACHABLE); one enum, one place that holds health.
+Health = HealthState
 
-class Health(enum.Enum):
-    UNKNOWN = "unknown"
-    SERVING = "serving"
-    NOT_SERVING = "not_serving"
-    UNREACHABLE = "unreachable"
+_IDENTITY_TIMEOUT_S = 2.0
 
 
-@dataclass(eq=False)
 class RegionInstance:
-    region_id: str
-    endpoint: str
-    channel: grpc.aio.Channel
-    stub: region_node_pb2_grpc.RegionNodeServiceStub
-    health: Health = Health.UNKNOWN
-    health_changed_ns: int = field(default_factory=time.time_ns)
-    instance_id: str = ""
-    region_scope: bool = False
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    _watcher: asyncio.Task[None] | None = None
+    """A view of one balancer instance plus what its node told the coordinator."""
+
+    __slots__ = ("_lb", "_stub", "_stub_channel", "inst", "instance_id", "region_scope")
+
+    def __init__(self, balancer: LoadBalancer, inst: Instance) -> None:
+        self._lb = balancer
+        self.inst = inst
+        self.instance_id = ""  # as the node reports it
+        self.region_scope = False
+        self._stub: region_node_pb2_grpc.RegionNodeServiceStub | None = None
+        self._stub_channel: grpc.aio.Channel | None = None
+
+    @property
+    def region_id(self) -> str:
+        return self.inst.region_id
+
+    @property
+    def endpoint(self) -> str:
+        return self.inst.endpoint
 
     @property
     def name(self) -> str:
-        return self.instance_id or self.endpoint
+        return self.instance_id or self.inst.endpoint
 
-    def set_health(self, health: Health) -> None:
-        if health is not self.health:
-            log.info(
-                "%s/%s: %s -> %s", self.region_id, self.endpoint, self.health.value, health.value
-            )
-            self.health = health
-            self.health_changed_ns = time.time_ns()
-            self.changed.set()
-            self.changed = asyncio.Event()
+    @property
+    def health(self) -> HealthState:
+        return self.inst.health
+
+    @health.setter
+    def health(self, health: HealthState) -> None:
+        self._lb.set_health(self.inst, health)
+
+    @property
+    def health_changed_ns(self) -> int:
+        return self.inst.health_changed_ns
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        return self.inst.channel
+
+    @channel.setter
+    def channel(self, channel: grpc.aio.Channel) -> None:
+        """Swap in another channel (e.g. with interceptors) before the registry starts."""
+        self.inst.replace_channel(channel)
+
+    @property
+    def stub(self) -> region_node_pb2_grpc.RegionNodeServiceStub:
+        channel = self.inst.channel
+        if self._stub is None or self._stub_channel is not channel:
+            self._stub = region_node_pb2_grpc.RegionNodeServiceStub(channel)
+            self._stub_channel = channel
+        return self._stub
+
+    @stub.setter
+    def stub(self, stub: region_node_pb2_grpc.RegionNodeServiceStub) -> None:
+        self._stub = stub
+        self._stub_channel = self.inst.channel
 
     def learn(self, instance_id: str, scope: int) -> None:
         if instance_id:
@@ -67,94 +105,140 @@ class RegionInstance:
             self.region_scope = scope == region_node_pb2.DATA_SCOPE_REGION
 
 
-_HEALTH = {
-    Watched.SERVING: Health.SERVING,
-    Watched.NOT_SERVING: Health.NOT_SERVING,
-    Watched.UNREACHABLE: Health.UNREACHABLE,
-}
-
-
 def parse_region_spec(spec: str) -> tuple[str, list[str]]:
-    """``us-east-1=127.0.0.1:50051,127.0.0.1:50052`` → (region, endpoints)."""
+    """``us-east-1=127.0.0.1:50051,dns:///nodes:50051@2`` → (region, targets).
+
+    Each target is checked (see :func:`nethical_grpc.balancing.parse_target`); raises
+    ValueError naming the bad part.
+    """
     region, sep, rest = spec.partition("=")
-    endpoints = [e.strip() for e in rest.split(",") if e.strip()]
-    if not sep or not region.strip() or not endpoints:
-        raise ValueError(f"expected REGION=HOST:PORT[,HOST:PORT...], got {spec!r}")
-    return region.strip(), endpoints
+    targets = [e.strip() for e in rest.split(",") if e.strip()]
+    if not sep or not region.strip() or not targets:
+        raise ValueError(f"expected REGION=TARGET[,TARGET...], got {spec!r}")
+    for target in targets:
+        parse_target(target)
+    return region.strip(), targets
+
+
+def default_balancer() -> LoadBalancer:
+    return LoadBalancer(strategy=LoadBalancingStrategy.REGION_AWARE)
 
 
 class InstanceRegistry:
-    """All instances, grouped by region, with their health watchers."""
+    """All instances, by region, on one LoadBalancer with one health stream each.
+
+    ``regions`` maps a region to its targets: ``HOST:PORT[@W]`` or
+    ``dns:///NAME:PORT[@W]``. Pass ``balancer`` to choose the strategy, retry policy,
+    ejection and channel factory (default: region aware, 2 retries).
+    """
 
     def __init__(
         self,
         regions: Mapping[str, Sequence[str]],
         backoff_initial_s: float = 0.05,
         backoff_max_s: float = 2.0,
+        *,
+        balancer: LoadBalancer | None = None,
+        resolve_interval_s: float = DEFAULT_RESOLVE_INTERVAL_S,
+        resolver: Resolver | None = None,
     ) -> None:
-        self._regions: dict[str, list[RegionInstance]] = {}
-        self._backoff = (backoff_initial_s, backoff_max_s)
-        for region_id, endpoints in regions.items():
-            for endpoint in endpoints:
-                self.add(region_id, endpoint)
-
-    def add(self, region_id: str, endpoint: str) -> RegionInstance:
-        existing = self._regions.setdefault(region_id, [])
-        for inst in existing:
-            if inst.endpoint == endpoint:
-                return inst
-        channel = grpc.aio.insecure_channel(endpoint, options=channel_options())
-        inst = RegionInstance(
-            region_id, endpoint, channel, region_node_pb2_grpc.RegionNodeServiceStub(channel)
+        self.balancer = balancer if balancer is not None else default_balancer()
+        self.discovery = DnsDiscovery(self.balancer, resolve_interval_s, resolver)
+        self._views: dict[str, RegionInstance] = {}
+        self._configured: set[str] = set()
+        self.balancer.add_listener(self)
+        for inst in self.balancer.instances():
+            self.instance_added(inst)
+        self.balancer.attach_health_watcher(
+            REGION_SERVICE, backoff_initial_s, backoff_max_s, on_serving=self._learn
         )
-        existing.append(inst)
-        return inst
+        for region_id, targets in regions.items():
+            for target in targets:
+                self.add_target(region_id, target)
+
+    # -- membership (the balancer tells us) ------------------------------------------
+
+    def instance_added(self, inst: Instance) -> None:
+        self._views[inst.instance_id] = RegionInstance(self.balancer, inst)
+
+    def instance_removed(self, inst: Instance) -> None:
+        view = self._views.get(inst.instance_id)
+        if view is not None and view.inst is inst:
+            del self._views[inst.instance_id]
+
+    def add(self, region_id: str, endpoint: str, weight: int = 1) -> RegionInstance:
+        """A static instance (id = its endpoint); adding it again returns the same one."""
+        self._configured.add(region_id)
+        inst = self.balancer.add_instance(endpoint, region_id, endpoint, weight)
+        return self._views[inst.instance_id]
+
+    def add_target(self, region_id: str, text: str) -> None:
+        """``HOST:PORT[@W]`` (added now) or ``dns:///NAME:PORT[@W]`` (on each resolve)."""
+        target = parse_target(text)
+        self._configured.add(region_id)
+        if target.dns:
+            self.discovery.add_target(region_id, target)
+        else:
+            self.add(region_id, target.endpoint, target.weight)
+
+    def remove(self, endpoint: str) -> bool:
+        return self.balancer.remove_instance(endpoint)
+
+    def view(self, inst: Instance) -> RegionInstance | None:
+        return self._views.get(inst.instance_id)
 
     @property
     def region_ids(self) -> list[str]:
-        return sorted(self._regions)
+        """Configured regions and the regions of every known instance, sorted."""
+        return sorted(self._configured | {v.region_id for v in self._views.values()})
+
+    def has_region(self, region_id: str) -> bool:
+        return region_id in self._configured or any(
+            v.region_id == region_id for v in self._views.values()
+        )
 
     def instances(self, region_id: str) -> list[RegionInstance]:
-        return list(self._regions.get(region_id, ()))
+        found = [v for v in self._views.values() if v.region_id == region_id]
+        found.sort(key=lambda v: v.endpoint)
+        return found
 
     def all_instances(self) -> Iterable[RegionInstance]:
-        for insts in self._regions.values():
-            yield from insts
+        return list(self._views.values())
+
+    # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
-        for inst in self.all_instances():
-            if inst._watcher is None:
-                inst._watcher = asyncio.get_running_loop().create_task(self._watch(inst))
+        """Start the health streams and DNS re-resolution (inside the event loop)."""
+        watcher = self.balancer.health_watcher
+        if watcher is not None:
+            watcher.start()
+        self.discovery.start()
+
+    async def resolve_now(self) -> None:
+        """Resolve every DNS target once, now (the coordinator does it before serving)."""
+        await self.discovery.refresh()
 
     async def wait_ready(self, timeout_s: float) -> bool:
         """Wait until every instance has reported a health status (or time out)."""
         deadline = time.monotonic() + timeout_s
-        while any(i.health is Health.UNKNOWN for i in self.all_instances()):
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.01)
-        return True
+        watcher = self.balancer.health_watcher
+        if watcher is None:
+            return True
+        return await watcher.wait_ready(max(0.0, deadline - time.monotonic()))
 
     async def close(self) -> None:
-        for inst in self.all_instances():
-            if inst._watcher is not None:
-                inst._watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await inst._watcher
-                inst._watcher = None
-            await inst.channel.close(None)
+        await self.discovery.close()
+        await self.balancer.close()
 
-    async def _watch(self, inst: RegionInstance) -> None:
-        async def report(state: Watched) -> None:
-            if state is Watched.SERVING and not inst.instance_id:
-                await self._learn(inst)
-            inst.set_health(_HEALTH[state])
-
-        await follow_health(inst.channel, REGION_SERVICE, report, *self._backoff)
-
-    async def _learn(self, inst: RegionInstance) -> None:
+    async def _learn(self, inst: Instance) -> None:
+        """Ask a node that just turned SERVING who it is (before it gets traffic)."""
+        view = self._views.get(inst.instance_id)
+        if view is None:
+            return
         try:
-            info = await inst.stub.GetNodeInfo(region_node_pb2.GetNodeInfoRequest(), timeout=2.0)
+            info = await view.stub.GetNodeInfo(
+                region_node_pb2.GetNodeInfoRequest(), timeout=_IDENTITY_TIMEOUT_S
+            )
         except grpc.RpcError:
             return
         if info.region_id and info.region_id != inst.region_id:
@@ -164,4 +248,4 @@ class InstanceRegistry:
                 info.region_id,
                 inst.region_id,
             )
-        inst.learn(info.instance_id, info.scope)
+        view.learn(info.instance_id, info.scope)

@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from coordinator.federation import Federation
+from coordinator.gateway import Gateway
+from coordinator.gateway_config import GatewayConfig
 from coordinator.instances import InstanceRegistry
 from coordinator.servicer import CoordinatorServicer
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
@@ -17,25 +19,45 @@ SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["CoordinatorService"]
 
 @dataclass(frozen=True, slots=True)
 class CoordinatorConfig:
+    """``regions`` maps a region to its targets: ``HOST:PORT[@W]`` or
+    ``dns:///NAME:PORT[@W]`` (see :func:`nethical_grpc.balancing.parse_target`)."""
+
     regions: Mapping[str, Sequence[str]] = field(default_factory=dict)
     host: str = "127.0.0.1"
     port: int = 0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     reflection: bool = True
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
 
 
 async def start_coordinator(config: CoordinatorConfig) -> tuple[MeshServer, Federation]:
-    registry = InstanceRegistry(config.regions)
+    """Start the coordinator: instances (static and resolved once), health streams,
+    the federation and the gateway. Raises ValueError for a bad target or local region.
+    """
+    gw = config.gateway
+    registry = InstanceRegistry(
+        config.regions,
+        balancer=gw.balancer(),
+        resolve_interval_s=gw.resolve_interval_s,
+        resolver=gw.resolver,
+    )
+    if gw.local_region and not registry.has_region(gw.local_region):
+        raise ValueError(f"local region {gw.local_region!r} is not one of the --region's")
+    await registry.resolve_now()  # DNS targets have their instances before serving
     registry.start()
     federation = Federation(registry)
-    servicer = CoordinatorServicer(federation)
-    mesh = await start_server(
-        [lambda s: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, s)],
-        [SERVICE_NAME],
-        host=config.host,
-        port=config.port,
-        max_message_bytes=config.max_message_bytes,
-        reflection_enabled=config.reflection,
-    )
+    servicer = CoordinatorServicer(federation, Gateway(registry, gw.gateway_settings()))
+    try:
+        mesh = await start_server(
+            [lambda s: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, s)],
+            [SERVICE_NAME],
+            host=config.host,
+            port=config.port,
+            max_message_bytes=config.max_message_bytes,
+            reflection_enabled=config.reflection,
+        )
+    except BaseException:
+        await registry.close()
+        raise
     mesh.on_stop.append(registry.close)
     return mesh, federation

@@ -1,7 +1,9 @@
-"""CoordinatorService: parse and validate, call the federation, build responses."""
+"""CoordinatorService: parse and validate, call the federation or the gateway, build
+responses."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -15,9 +17,11 @@ from coordinator.federation import (
     Missing,
     check_region_timeout,
 )
-from coordinator.instances import Health
+from coordinator.gateway import Gateway, UpstreamError
+from coordinator.instances import Health, RegionInstance
 from nethical_grpc import convert
-from nethical_grpc.errors import rpc_errors
+from nethical_grpc.balancing import LoadBalancingStrategy
+from nethical_grpc.errors import rpc_errors, rpc_stream_errors
 from nethical_grpc.summary import Summary
 from nethical_grpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 from nethical_grpc.validation import check_quantiles
@@ -39,13 +43,29 @@ _HEALTH = {
     Health.UNREACHABLE: coordinator_pb2.INSTANCE_HEALTH_UNREACHABLE,
 }
 
+_STRATEGY = {
+    LoadBalancingStrategy.ROUND_ROBIN: coordinator_pb2.BALANCING_STRATEGY_ROUND_ROBIN,
+    LoadBalancingStrategy.LEAST_CONNECTIONS: coordinator_pb2.BALANCING_STRATEGY_LEAST_CONNECTIONS,
+    LoadBalancingStrategy.WEIGHTED_ROUND_ROBIN: (
+        coordinator_pb2.BALANCING_STRATEGY_WEIGHTED_ROUND_ROBIN
+    ),
+    LoadBalancingStrategy.RANDOM: coordinator_pb2.BALANCING_STRATEGY_RANDOM,
+    LoadBalancingStrategy.REGION_AWARE: coordinator_pb2.BALANCING_STRATEGY_REGION_AWARE,
+}
+
 # leave the caller's own deadline some room for the merge and the reply
 _DEADLINE_MARGIN_S = 0.05
 
 
+async def _pass_through(context: Context, err: UpstreamError) -> None:
+    """Abort with a node's status as it was: code, message and rich details."""
+    await context.abort(err.code(), err.details(), trailing_metadata=err.trailing_metadata())
+
+
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
-    def __init__(self, federation: Federation) -> None:
+    def __init__(self, federation: Federation, gateway: Gateway | None = None) -> None:
         self.federation = federation
+        self.gateway = gateway if gateway is not None else Gateway(federation.registry)
 
     @rpc_errors
     async def GetGlobalMetrics(  # noqa: N802 (gRPC method name)
@@ -101,23 +121,71 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self, request: coordinator_pb2.ListRegionsRequest, context: Context
     ) -> coordinator_pb2.ListRegionsResponse:
         registry = self.federation.registry
-        response = coordinator_pb2.ListRegionsResponse()
+        balancer = registry.balancer
+        stats = balancer.get_statistics()["instances"]
+        response = coordinator_pb2.ListRegionsResponse(
+            strategy=_STRATEGY[balancer.strategy],
+            local_region=self.gateway.settings.local_region,
+        )
         for region_id in registry.region_ids:
             instances = registry.instances(region_id)
             response.regions.add(
                 region_id=region_id,
                 healthy=any(i.health is Health.SERVING for i in instances),
-                instances=[
-                    coordinator_pb2.InstanceInfo(
-                        instance_id=i.name,
-                        endpoint=i.endpoint,
-                        health=_HEALTH[i.health],
-                        health_changed_at=convert.ns_to_timestamp(i.health_changed_ns),
-                    )
-                    for i in instances
-                ],
+                instances=[_instance_info(i, stats.get(i.inst.instance_id)) for i in instances],
             )
         return response
+
+    @rpc_errors
+    async def Evaluate(  # noqa: N802
+        self, request: coordinator_pb2.CoordinatorServiceEvaluateRequest, context: Context
+    ) -> coordinator_pb2.CoordinatorServiceEvaluateResponse:
+        timeout_s = self.gateway.timeout_for(context.time_remaining())
+        try:
+            return await self.gateway.evaluate(request, timeout_s)
+        except UpstreamError as err:
+            await _pass_through(context, err)
+            raise AssertionError("unreachable") from None  # abort raises
+
+    @rpc_stream_errors
+    async def EvaluateStream(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[coordinator_pb2.CoordinatorServiceEvaluateStreamRequest],
+        context: Context,
+    ) -> AsyncIterator[coordinator_pb2.CoordinatorServiceEvaluateStreamResponse]:
+        try:
+            async for answer in self.gateway.evaluate_stream(
+                request_iterator, context.time_remaining()
+            ):
+                yield answer
+        except UpstreamError as err:
+            await _pass_through(context, err)
+
+
+def _instance_info(
+    inst: RegionInstance, stats: dict[str, Any] | None
+) -> coordinator_pb2.InstanceInfo:
+    info = coordinator_pb2.InstanceInfo(
+        instance_id=inst.name,
+        endpoint=inst.endpoint,
+        health=_HEALTH[inst.health],
+        health_changed_at=convert.ns_to_timestamp(inst.health_changed_ns),
+        resolved_from=inst.inst.resolved_from,
+    )
+    if stats is None:
+        return info
+    info.requests = stats["requests"]
+    info.failures = stats["failures"]
+    info.error_rate = stats["error_rate"]
+    info.in_flight = max(0, stats["in_flight"])
+    info.ejected = stats["ejected"]
+    info.weight = stats["weight"]
+    info.routable = stats["available"]
+    if stats["ewma_latency_ms"] is not None:
+        info.ewma_latency.CopyFrom(convert.ns_to_duration(round(stats["ewma_latency_ms"] * 1e6)))
+    if stats["ejected"]:
+        info.ejected_for.CopyFrom(convert.ns_to_duration(round(stats["ejected_for_s"] * 1e9)))
+    return info
 
 
 def _statistics(s: Summary, quantiles: tuple[float, ...]) -> coordinator_pb2.SeriesStatistics:

@@ -12,9 +12,22 @@ outlier ejection, retries on UNAVAILABLE only, and per-instance statistics::
     reply = await lb.execute_request_async(
         lambda inst: Stub(inst.channel).GetNodeInfo(req, timeout=remaining_timeout()),
         region_id="us-east-1", timeout=2.0)
+
+Instances can also follow DNS (a headless Service), re-resolved on an interval::
+
+    discovery = DnsDiscovery(lb, interval_s=10.0)
+    discovery.add_target("us-east-1", parse_target("dns:///nodes.ns.svc:50051"))
+    discovery.start()
 """
 
 from nethical_grpc.balancing.balancer import LoadBalancer
+from nethical_grpc.balancing.discovery import (
+    DnsDiscovery,
+    Resolver,
+    Target,
+    getaddrinfo_resolver,
+    parse_target,
+)
 from nethical_grpc.balancing.health_watch import HealthWatcher
 from nethical_grpc.balancing.instance import HealthState, Instance
 from nethical_grpc.balancing.retry import (
@@ -29,6 +42,7 @@ from nethical_grpc.balancing.retry import (
 from nethical_grpc.balancing.strategies import LoadBalancingStrategy
 
 __all__ = [
+    "DnsDiscovery",
     "HealthState",
     "HealthWatcher",
     "Instance",
@@ -36,9 +50,13 @@ __all__ = [
     "LoadBalancingStrategy",
     "NoAvailableInstanceError",
     "NotSentError",
+    "Resolver",
     "RetryPolicy",
+    "Target",
     "failed_before_send",
+    "getaddrinfo_resolver",
     "is_backend_fault",
     "is_retryable",
+    "parse_target",
     "remaining_timeout",
 ]

@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from nethical_grpc.balancing.health_watch import HealthWatcher
+from nethical_grpc.balancing.health_watch import HealthWatcher, ServingHook
 from nethical_grpc.balancing.instance import ChannelFactory, HealthState, Instance
 from nethical_grpc.balancing.retry import (
     NoAvailableInstanceError,
@@ -201,6 +201,7 @@ class LoadBalancer:
                 if inst.endpoint != endpoint:
                     old_channel = inst.take_channel()
                     inst.health = HealthState.UNKNOWN
+                    inst.health_changed_ns = time.time_ns()
                 inst.endpoint, inst.region_id, inst.weight = endpoint, region_id, weight
             self._rebuild(region_id, moved_from)
             listeners = list(self._listeners)
@@ -251,6 +252,7 @@ class LoadBalancer:
                 return
             was = inst.available
             inst.health = health
+            inst.health_changed_ns = time.time_ns()
             if inst.available != was:
                 self._rebuild(inst.region_id)
 
@@ -425,12 +427,15 @@ class LoadBalancer:
         if self._track_load and inst.available:
             self._load_changed(inst, old, old - 1)
 
-    def record_success(self, inst: Instance, latency_s: float) -> None:
+    def record_success(self, inst: Instance, latency_s: float | None) -> None:
+        """A call to ``inst`` succeeded; ``None`` latency (e.g. a long stream) leaves the
+        EWMA alone."""
         with self._lock:
             self._end(inst)
-            ms = latency_s * 1000.0
-            prev = inst.ewma_latency_ms
-            inst.ewma_latency_ms = ms if prev is None else prev + self.ewma_alpha * (ms - prev)
+            if latency_s is not None:
+                ms = latency_s * 1000.0
+                prev = inst.ewma_latency_ms
+                inst.ewma_latency_ms = ms if prev is None else prev + self.ewma_alpha * (ms - prev)
             inst.consecutive_failures = 0
             inst.ejections = 0
 
@@ -473,12 +478,15 @@ class LoadBalancer:
         *,
         attempt_timeout: float | None = None,
         idempotent: bool = True,
+        retry_if: Callable[[BaseException], bool] | None = None,
     ) -> T:
         """Run ``call(instance)`` with retries (sync callers; backoff sleeps the thread).
 
         The attempt's deadline is available to ``call`` as ``remaining_timeout()``.
+        ``retry_if`` replaces the default classification (:func:`is_retryable` with
+        ``idempotent``); retries stay bounded by the policy and the deadline.
         """
-        state = RetryState(self.retry_policy, self._rng, timeout, idempotent)
+        state = RetryState(self.retry_policy, self._rng, timeout, idempotent, retry_if)
         with self._lock:
             self._calls += 1
         while True:
@@ -514,9 +522,13 @@ class LoadBalancer:
         *,
         attempt_timeout: float | None = None,
         idempotent: bool = True,
+        retry_if: Callable[[BaseException], bool] | None = None,
     ) -> T:
-        """``await call(instance)`` with retries; each attempt is cut off at its deadline."""
-        state = RetryState(self.retry_policy, self._rng, timeout, idempotent)
+        """``await call(instance)`` with retries; each attempt is cut off at its deadline.
+
+        ``retry_if`` as for :meth:`execute_request`.
+        """
+        state = RetryState(self.retry_policy, self._rng, timeout, idempotent, retry_if)
         with self._lock:
             self._calls += 1
         loop = asyncio.get_running_loop()
@@ -566,10 +578,18 @@ class LoadBalancer:
         service: str = "",
         backoff_initial_s: float = 0.05,
         backoff_max_s: float = 2.0,
+        on_serving: ServingHook | None = None,
     ) -> HealthWatcher:
-        """Watch every instance's ``grpc.health.v1.Health`` (started by :meth:`start`)."""
+        """Watch every instance's ``grpc.health.v1.Health`` (started by :meth:`start`).
+
+        ``on_serving(instance)`` is awaited each time an instance turns SERVING, before
+        it becomes routable (e.g. to ask the node who it is); its errors are logged.
+        A second call returns the watcher already attached, unchanged.
+        """
         if self._watcher is None:
-            self._watcher = HealthWatcher(self, service, backoff_initial_s, backoff_max_s)
+            self._watcher = HealthWatcher(
+                self, service, backoff_initial_s, backoff_max_s, on_serving=on_serving
+            )
         return self._watcher
 
     @property
@@ -633,6 +653,8 @@ class LoadBalancer:
                         else 0.0
                     ),
                     "consecutive_failures": inst.consecutive_failures,
+                    "health_changed_ns": inst.health_changed_ns,
+                    "resolved_from": inst.resolved_from,
                 }
             requests = sum(s["requests"] for s in per.values())
             failures = sum(s["failures"] for s in per.values())
@@ -652,7 +674,14 @@ class LoadBalancer:
                 "ejected_instances": len(self._ejected),
                 "panic_picks": self._panic_picks,
             }
-            return {"strategy": self.strategy.value, "instances": per, "total": total}
+            # the product guide's flat names, too
+            return {
+                "strategy": self.strategy.value,
+                "total_requests": requests,
+                "error_rate": total["error_rate"],
+                "instances": per,
+                "total": total,
+            }
 
     @staticmethod
     def _weighted_latency(per: Mapping[str, Mapping[str, Any]]) -> float:

@@ -4,6 +4,9 @@ Each update takes effect the moment it arrives: SERVING makes the instance usabl
 anything else (NOT_SERVING, SERVICE_UNKNOWN), a failed stream or a stream the server
 ended makes it unusable at once. Broken streams reconnect with jittered exponential
 backoff; a server without the health service (UNIMPLEMENTED) is assumed SERVING.
+
+An optional ``on_serving`` hook is awaited when an instance turns SERVING, before the
+balancer routes to it (the coordinator asks the node who it is there).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from nethical_grpc.balancing.instance import HealthState, Instance
@@ -21,6 +25,8 @@ if TYPE_CHECKING:
     from nethical_grpc.balancing.balancer import LoadBalancer
 
 log = logging.getLogger(__name__)
+
+ServingHook = Callable[[Instance], Awaitable[None]]
 
 _STATE = {
     Watched.SERVING: HealthState.SERVING,
@@ -39,9 +45,11 @@ class HealthWatcher:
         backoff_initial_s: float = 0.05,
         backoff_max_s: float = 2.0,
         rng: random.Random | None = None,
+        on_serving: ServingHook | None = None,
     ) -> None:
         self._lb = balancer
         self.service = service
+        self._on_serving = on_serving
         self._backoff = (backoff_initial_s, backoff_max_s)
         self._rng = rng or random.Random()
         self._tasks: dict[Instance, asyncio.Task[None]] = {}
@@ -100,6 +108,16 @@ class HealthWatcher:
 
     async def _watch(self, inst: Instance) -> None:
         async def report(state: Watched) -> None:
-            self._report(inst, _STATE[state])
+            health = _STATE[state]
+            if (
+                health is HealthState.SERVING
+                and inst.health is not HealthState.SERVING
+                and self._on_serving is not None
+            ):
+                try:
+                    await self._on_serving(inst)
+                except Exception:  # the hook is advisory: the instance still serves
+                    log.exception("on_serving hook failed for %s", inst.instance_id)
+            self._report(inst, health)
 
         await follow_health(inst.channel, self.service, report, *self._backoff, rng=self._rng)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -46,6 +47,8 @@ class Instance:
     consecutive_failures: int = 0
     ejections: int = 0  # consecutive ejections; sets the next ejection's length
     ejected_until: float | None = None
+    health_changed_ns: int = field(default_factory=time.time_ns)  # wall clock
+    resolved_from: str = ""  # the dns:/// target it came from; "" for a static instance
     channel_factory: ChannelFactory | None = field(default=None, repr=False)
     _channel: grpc.aio.Channel | None = field(default=None, repr=False)
 
@@ -73,6 +76,14 @@ class Instance:
     @property
     def has_channel(self) -> bool:
         return self._channel is not None
+
+    def replace_channel(self, channel: grpc.aio.Channel) -> grpc.aio.Channel | None:
+        """Use ``channel`` from now on (e.g. one with interceptors); returns the old one.
+
+        Call before health watching starts: a running Watch stream stays on the old one.
+        """
+        old, self._channel = self._channel, channel
+        return old
 
     def take_channel(self) -> grpc.aio.Channel | None:
         """Detach the channel (for closing); the next access creates a fresh one."""

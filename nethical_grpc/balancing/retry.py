@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextvars
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -127,7 +128,7 @@ class RetryPolicy:
 class RetryState:
     """The bookkeeping of one logical call across its attempts."""
 
-    __slots__ = ("_deadline", "_idempotent", "_policy", "_rng", "attempts", "tried")
+    __slots__ = ("_deadline", "_idempotent", "_policy", "_retry_if", "_rng", "attempts", "tried")
 
     def __init__(
         self,
@@ -135,10 +136,12 @@ class RetryState:
         rng: random.Random,
         timeout: float | None,
         idempotent: bool,
+        retry_if: Callable[[BaseException], bool] | None = None,
     ) -> None:
         self._policy = policy
         self._rng = rng
         self._idempotent = idempotent
+        self._retry_if = retry_if
         total = timeout if timeout is not None else policy.total_timeout_s
         self._deadline = None if total is None else time.monotonic() + total
         self.attempts = 0
@@ -159,7 +162,12 @@ class RetryState:
         """Seconds to wait before retrying after ``error``, or None to give up."""
         if self.attempts > self._policy.max_retries:
             return None
-        if not is_retryable(error, self._idempotent):
+        retryable = (
+            self._retry_if(error)
+            if self._retry_if is not None
+            else is_retryable(error, self._idempotent)
+        )
+        if not retryable:
             return None
         delay = self._policy.backoff_s(self.attempts - 1, self._rng)
         if self._deadline is not None and time.monotonic() + delay >= self._deadline:

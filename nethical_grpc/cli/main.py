@@ -146,9 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--region",
         action="append",
         default=[],
-        metavar="REGION=HOST:PORT[,..]",
-        help="a region and its instances; repeat for each region",
+        metavar="REGION=TARGET[,..]",
+        help="a region and its instances, HOST:PORT[@WEIGHT] or dns:///NAME:PORT[@WEIGHT] "
+        "(re-resolved); repeat for each region",
     )
+    from coordinator.gateway_config import add_arguments as add_gateway_arguments
+
+    add_gateway_arguments(coord)
     _server_args(coord, 50050)
 
     query = sub.add_parser("query", help="global metrics from a coordinator")

@@ -105,6 +105,7 @@ async def run_region(args: argparse.Namespace) -> int:
 
 
 async def run_coordinator(args: argparse.Namespace) -> int:
+    from coordinator import gateway_config
     from coordinator.instances import parse_region_spec
     from coordinator.server import CoordinatorConfig, start_coordinator
 
@@ -129,6 +130,7 @@ async def run_coordinator(args: argparse.Namespace) -> int:
                 port=args.port,
                 max_message_bytes=args.max_message_bytes,
                 reflection=not args.no_reflection,
+                gateway=gateway_config.from_arguments(args),
             )
         )
     except ValueError as exc:

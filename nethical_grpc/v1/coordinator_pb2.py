@@ -24,10 +24,11 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from nethical_grpc.v1 import governance_pb2 as nethical__grpc_dot_v1_dot_governance__pb2
 from nethical_grpc.v1 import summary_pb2 as nethical__grpc_dot_v1_dot_summary__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"nethical_grpc/v1/coordinator.proto\x12\x10nethical_grpc.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1enethical_grpc/v1/summary.proto\"\xc5\x04\n\x17GetGlobalMetricsRequest\x12\x0f\n\x07metrics\x18\x01 \x03(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tquantiles\x18\x04 \x03(\x01\x12\x0f\n\x07regions\x18\x05 \x03(\t\x12 \n\x18include_region_breakdown\x18\x06 \x01(\x08\x12T\n\x0eregion_weights\x18\x07 \x03(\x0b\x32<.nethical_grpc.v1.GetGlobalMetricsRequest.RegionWeightsEntry\x12P\n\x0clabel_filter\x18\x08 \x03(\x0b\x32:.nethical_grpc.v1.GetGlobalMetricsRequest.LabelFilterEntry\x12\x17\n\x0fgroup_by_labels\x18\t \x03(\t\x12\x31\n\x0eregion_timeout\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0finclude_summary\x18\x0b \x01(\x08\x1a\x34\n\x12RegionWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x32\n\x10LabelFilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"0\n\rQuantileValue\x12\x10\n\x08quantile\x18\x01 \x01(\x01\x12\r\n\x05value\x18\x02 \x01(\x01\"\xb2\x01\n\x10SeriesStatistics\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x0b\n\x03sum\x18\x02 \x01(\x01\x12\x0c\n\x04mean\x18\x03 \x01(\x01\x12\x0b\n\x03min\x18\x04 \x01(\x01\x12\x0b\n\x03max\x18\x05 \x01(\x01\x12\x0e\n\x06stddev\x18\x06 \x01(\x01\x12\x32\n\tquantiles\x18\x07 \x03(\x0b\x32\x1f.nethical_grpc.v1.QuantileValue\x12\x16\n\x0erelative_error\x18\x08 \x01(\x01\"]\n\x10RegionStatistics\x12\x11\n\tregion_id\x18\x01 \x01(\t\x12\x36\n\nstatistics\x18\x02 \x01(\x0b\x32\".nethical_grpc.v1.SeriesStatistics\"\xd0\x02\n\x0cMetricResult\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12:\n\x06labels\x18\x02 \x03(\x0b\x32*.nethical_grpc.v1.MetricResult.LabelsEntry\x12\x36\n\nstatistics\x18\x03 \x01(\x0b\x32\".nethical_grpc.v1.SeriesStatistics\x12\x1a\n\rweighted_mean\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x33\n\x07regions\x18\x05 \x03(\x0b\x32\".nethical_grpc.v1.RegionStatistics\x12*\n\x07summary\x18\x06 \x01(\x0b\x32\x19.nethical_grpc.v1.Summary\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x10\n\x0e_weighted_mean\"y\n\rMissingRegion\x12\x11\n\tregion_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12/\n\x06reason\x18\x03 \x01(\x0e\x32\x1f.nethical_grpc.v1.MissingReason\x12\x0f\n\x07message\x18\x04 \x01(\t\"\xa3\x02\n\x08\x43overage\x12\x19\n\x11regions_requested\x18\x01 \x03(\t\x12\x18\n\x10regions_answered\x18\x02 \x03(\t\x12\x30\n\x07missing\x18\x03 \x03(\x0b\x32\x1f.nethical_grpc.v1.MissingRegion\x12\x19\n\x11instances_queried\x18\x04 \x01(\r\x12\x1a\n\x12instances_answered\x18\x05 \x01(\r\x12\x10\n\x08\x63omplete\x18\x06 \x01(\x08\x12\x35\n\x11oldest_data_as_of\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\rmax_staleness\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xaa\x01\n\x18GetGlobalMetricsResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.nethical_grpc.v1.MetricResult\x12,\n\x08\x63overage\x18\x02 \x01(\x0b\x32\x1a.nethical_grpc.v1.Coverage\x12/\n\x0b\x63omputed_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x14\n\x12ListRegionsRequest\"\x9e\x01\n\x0cInstanceInfo\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x30\n\x06health\x18\x03 \x01(\x0e\x32 .nethical_grpc.v1.InstanceHealth\x12\x35\n\x11health_changed_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"c\n\nRegionInfo\x12\x11\n\tregion_id\x18\x01 \x01(\t\x12\x31\n\tinstances\x18\x02 \x03(\x0b\x32\x1e.nethical_grpc.v1.InstanceInfo\x12\x0f\n\x07healthy\x18\x03 \x01(\x08\"D\n\x13ListRegionsResponse\x12-\n\x07regions\x18\x01 \x03(\x0b\x32\x1c.nethical_grpc.v1.RegionInfo*\xd2\x01\n\rMissingReason\x12\x1e\n\x1aMISSING_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18MISSING_REASON_UNHEALTHY\x10\x01\x12$\n MISSING_REASON_DEADLINE_EXCEEDED\x10\x02\x12\x1e\n\x1aMISSING_REASON_UNAVAILABLE\x10\x03\x12\x18\n\x14MISSING_REASON_ERROR\x10\x04\x12#\n\x1fMISSING_REASON_INVALID_RESPONSE\x10\x05*\x90\x01\n\x0eInstanceHealth\x12\x1f\n\x1bINSTANCE_HEALTH_UNSPECIFIED\x10\x00\x12\x1b\n\x17INSTANCE_HEALTH_SERVING\x10\x01\x12\x1f\n\x1bINSTANCE_HEALTH_NOT_SERVING\x10\x02\x12\x1f\n\x1bINSTANCE_HEALTH_UNREACHABLE\x10\x03\x32\xdb\x01\n\x12\x43oordinatorService\x12i\n\x10GetGlobalMetrics\x12).nethical_grpc.v1.GetGlobalMetricsRequest\x1a*.nethical_grpc.v1.GetGlobalMetricsResponse\x12Z\n\x0bListRegions\x12$.nethical_grpc.v1.ListRegionsRequest\x1a%.nethical_grpc.v1.ListRegionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"nethical_grpc/v1/coordinator.proto\x12\x10nethical_grpc.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!nethical_grpc/v1/governance.proto\x1a\x1enethical_grpc/v1/summary.proto\"\xc5\x04\n\x17GetGlobalMetricsRequest\x12\x0f\n\x07metrics\x18\x01 \x03(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tquantiles\x18\x04 \x03(\x01\x12\x0f\n\x07regions\x18\x05 \x03(\t\x12 \n\x18include_region_breakdown\x18\x06 \x01(\x08\x12T\n\x0eregion_weights\x18\x07 \x03(\x0b\x32<.nethical_grpc.v1.GetGlobalMetricsRequest.RegionWeightsEntry\x12P\n\x0clabel_filter\x18\x08 \x03(\x0b\x32:.nethical_grpc.v1.GetGlobalMetricsRequest.LabelFilterEntry\x12\x17\n\x0fgroup_by_labels\x18\t \x03(\t\x12\x31\n\x0eregion_timeout\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0finclude_summary\x18\x0b \x01(\x08\x1a\x34\n\x12RegionWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x32\n\x10LabelFilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"0\n\rQuantileValue\x12\x10\n\x08quantile\x18\x01 \x01(\x01\x12\r\n\x05value\x18\x02 \x01(\x01\"\xb2\x01\n\x10SeriesStatistics\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x0b\n\x03sum\x18\x02 \x01(\x01\x12\x0c\n\x04mean\x18\x03 \x01(\x01\x12\x0b\n\x03min\x18\x04 \x01(\x01\x12\x0b\n\x03max\x18\x05 \x01(\x01\x12\x0e\n\x06stddev\x18\x06 \x01(\x01\x12\x32\n\tquantiles\x18\x07 \x03(\x0b\x32\x1f.nethical_grpc.v1.QuantileValue\x12\x16\n\x0erelative_error\x18\x08 \x01(\x01\"]\n\x10RegionStatistics\x12\x11\n\tregion_id\x18\x01 \x01(\t\x12\x36\n\nstatistics\x18\x02 \x01(\x0b\x32\".nethical_grpc.v1.SeriesStatistics\"\xd0\x02\n\x0cMetricResult\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12:\n\x06labels\x18\x02 \x03(\x0b\x32*.nethical_grpc.v1.MetricResult.LabelsEntry\x12\x36\n\nstatistics\x18\x03 \x01(\x0b\x32\".nethical_grpc.v1.SeriesStatistics\x12\x1a\n\rweighted_mean\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x33\n\x07regions\x18\x05 \x03(\x0b\x32\".nethical_grpc.v1.RegionStatistics\x12*\n\x07summary\x18\x06 \x01(\x0b\x32\x19.nethical_grpc.v1.Summary\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x10\n\x0e_weighted_mean\"y\n\rMissingRegion\x12\x11\n\tregion_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12/\n\x06reason\x18\x03 \x01(\x0e\x32\x1f.nethical_grpc.v1.MissingReason\x12\x0f\n\x07message\x18\x04 \x01(\t\"\xa3\x02\n\x08\x43overage\x12\x19\n\x11regions_requested\x18\x01 \x03(\t\x12\x18\n\x10regions_answered\x18\x02 \x03(\t\x12\x30\n\x07missing\x18\x03 \x03(\x0b\x32\x1f.nethical_grpc.v1.MissingRegion\x12\x19\n\x11instances_queried\x18\x04 \x01(\r\x12\x1a\n\x12instances_answered\x18\x05 \x01(\r\x12\x10\n\x08\x63omplete\x18\x06 \x01(\x08\x12\x35\n\x11oldest_data_as_of\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\rmax_staleness\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xaa\x01\n\x18GetGlobalMetricsResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.nethical_grpc.v1.MetricResult\x12,\n\x08\x63overage\x18\x02 \x01(\x0b\x32\x1a.nethical_grpc.v1.Coverage\x12/\n\x0b\x63omputed_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x14\n\x12ListRegionsRequest\"\x94\x03\n\x0cInstanceInfo\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x30\n\x06health\x18\x03 \x01(\x0e\x32 .nethical_grpc.v1.InstanceHealth\x12\x35\n\x11health_changed_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08requests\x18\x05 \x01(\x04\x12\x10\n\x08\x66\x61ilures\x18\x06 \x01(\x04\x12\x12\n\nerror_rate\x18\x07 \x01(\x01\x12/\n\x0c\x65wma_latency\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tin_flight\x18\t \x01(\r\x12\x0f\n\x07\x65jected\x18\n \x01(\x08\x12.\n\x0b\x65jected_for\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06weight\x18\x0c \x01(\r\x12\x10\n\x08routable\x18\r \x01(\x08\x12\x15\n\rresolved_from\x18\x0e \x01(\t\"c\n\nRegionInfo\x12\x11\n\tregion_id\x18\x01 \x01(\t\x12\x31\n\tinstances\x18\x02 \x03(\x0b\x32\x1e.nethical_grpc.v1.InstanceInfo\x12\x0f\n\x07healthy\x18\x03 \x01(\x08\"\x91\x01\n\x13ListRegionsResponse\x12-\n\x07regions\x18\x01 \x03(\x0b\x32\x1c.nethical_grpc.v1.RegionInfo\x12\x35\n\x08strategy\x18\x02 \x01(\x0e\x32#.nethical_grpc.v1.BalancingStrategy\x12\x14\n\x0clocal_region\x18\x03 \x01(\t\"e\n!CoordinatorServiceEvaluateRequest\x12-\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\x1d.nethical_grpc.v1.AgentAction\x12\x11\n\tregion_id\x18\x02 \x01(\t\"\x80\x01\n\"CoordinatorServiceEvaluateResponse\x12\x36\n\nevaluation\x18\x01 \x01(\x0b\x32\".nethical_grpc.v1.ActionEvaluation\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\r\"k\n\'CoordinatorServiceEvaluateStreamRequest\x12-\n\x06\x61\x63tion\x18\x01 \x01(\x0b\x32\x1d.nethical_grpc.v1.AgentAction\x12\x11\n\tregion_id\x18\x02 \x01(\t\"\x9e\x01\n(CoordinatorServiceEvaluateStreamResponse\x12\x38\n\nevaluation\x18\x01 \x01(\x0b\x32\".nethical_grpc.v1.ActionEvaluationH\x00\x12.\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1d.nethical_grpc.v1.ActionErrorH\x00\x42\x08\n\x06result*\xd2\x01\n\rMissingReason\x12\x1e\n\x1aMISSING_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18MISSING_REASON_UNHEALTHY\x10\x01\x12$\n MISSING_REASON_DEADLINE_EXCEEDED\x10\x02\x12\x1e\n\x1aMISSING_REASON_UNAVAILABLE\x10\x03\x12\x18\n\x14MISSING_REASON_ERROR\x10\x04\x12#\n\x1fMISSING_REASON_INVALID_RESPONSE\x10\x05*\x90\x01\n\x0eInstanceHealth\x12\x1f\n\x1bINSTANCE_HEALTH_UNSPECIFIED\x10\x00\x12\x1b\n\x17INSTANCE_HEALTH_SERVING\x10\x01\x12\x1f\n\x1bINSTANCE_HEALTH_NOT_SERVING\x10\x02\x12\x1f\n\x1bINSTANCE_HEALTH_UNREACHABLE\x10\x03*\xf6\x01\n\x11\x42\x61lancingStrategy\x12\"\n\x1e\x42\x41LANCING_STRATEGY_UNSPECIFIED\x10\x00\x12\"\n\x1e\x42\x41LANCING_STRATEGY_ROUND_ROBIN\x10\x01\x12(\n$BALANCING_STRATEGY_LEAST_CONNECTIONS\x10\x02\x12+\n\'BALANCING_STRATEGY_WEIGHTED_ROUND_ROBIN\x10\x03\x12\x1d\n\x19\x42\x41LANCING_STRATEGY_RANDOM\x10\x04\x12#\n\x1f\x42\x41LANCING_STRATEGY_REGION_AWARE\x10\x05\x32\xe0\x03\n\x12\x43oordinatorService\x12i\n\x10GetGlobalMetrics\x12).nethical_grpc.v1.GetGlobalMetricsRequest\x1a*.nethical_grpc.v1.GetGlobalMetricsResponse\x12Z\n\x0bListRegions\x12$.nethical_grpc.v1.ListRegionsRequest\x1a%.nethical_grpc.v1.ListRegionsResponse\x12u\n\x08\x45valuate\x12\x33.nethical_grpc.v1.CoordinatorServiceEvaluateRequest\x1a\x34.nethical_grpc.v1.CoordinatorServiceEvaluateResponse\x12\x8b\x01\n\x0e\x45valuateStream\x12\x39.nethical_grpc.v1.CoordinatorServiceEvaluateStreamRequest\x1a:.nethical_grpc.v1.CoordinatorServiceEvaluateStreamResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,40 +41,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETGLOBALMETRICSREQUEST_LABELFILTERENTRY']._serialized_options = b'8\001'
   _globals['_METRICRESULT_LABELSENTRY']._loaded_options = None
   _globals['_METRICRESULT_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_MISSINGREASON']._serialized_start=2347
-  _globals['_MISSINGREASON']._serialized_end=2557
-  _globals['_INSTANCEHEALTH']._serialized_start=2560
-  _globals['_INSTANCEHEALTH']._serialized_end=2704
-  _globals['_GETGLOBALMETRICSREQUEST']._serialized_start=154
-  _globals['_GETGLOBALMETRICSREQUEST']._serialized_end=735
-  _globals['_GETGLOBALMETRICSREQUEST_REGIONWEIGHTSENTRY']._serialized_start=631
-  _globals['_GETGLOBALMETRICSREQUEST_REGIONWEIGHTSENTRY']._serialized_end=683
-  _globals['_GETGLOBALMETRICSREQUEST_LABELFILTERENTRY']._serialized_start=685
-  _globals['_GETGLOBALMETRICSREQUEST_LABELFILTERENTRY']._serialized_end=735
-  _globals['_QUANTILEVALUE']._serialized_start=737
-  _globals['_QUANTILEVALUE']._serialized_end=785
-  _globals['_SERIESSTATISTICS']._serialized_start=788
-  _globals['_SERIESSTATISTICS']._serialized_end=966
-  _globals['_REGIONSTATISTICS']._serialized_start=968
-  _globals['_REGIONSTATISTICS']._serialized_end=1061
-  _globals['_METRICRESULT']._serialized_start=1064
-  _globals['_METRICRESULT']._serialized_end=1400
-  _globals['_METRICRESULT_LABELSENTRY']._serialized_start=1337
-  _globals['_METRICRESULT_LABELSENTRY']._serialized_end=1382
-  _globals['_MISSINGREGION']._serialized_start=1402
-  _globals['_MISSINGREGION']._serialized_end=1523
-  _globals['_COVERAGE']._serialized_start=1526
-  _globals['_COVERAGE']._serialized_end=1817
-  _globals['_GETGLOBALMETRICSRESPONSE']._serialized_start=1820
-  _globals['_GETGLOBALMETRICSRESPONSE']._serialized_end=1990
-  _globals['_LISTREGIONSREQUEST']._serialized_start=1992
-  _globals['_LISTREGIONSREQUEST']._serialized_end=2012
-  _globals['_INSTANCEINFO']._serialized_start=2015
-  _globals['_INSTANCEINFO']._serialized_end=2173
-  _globals['_REGIONINFO']._serialized_start=2175
-  _globals['_REGIONINFO']._serialized_end=2274
-  _globals['_LISTREGIONSRESPONSE']._serialized_start=2276
-  _globals['_LISTREGIONSRESPONSE']._serialized_end=2344
-  _globals['_COORDINATORSERVICE']._serialized_start=2707
-  _globals['_COORDINATORSERVICE']._serialized_end=2926
+  _globals['_MISSINGREASON']._serialized_start=3210
+  _globals['_MISSINGREASON']._serialized_end=3420
+  _globals['_INSTANCEHEALTH']._serialized_start=3423
+  _globals['_INSTANCEHEALTH']._serialized_end=3567
+  _globals['_BALANCINGSTRATEGY']._serialized_start=3570
+  _globals['_BALANCINGSTRATEGY']._serialized_end=3816
+  _globals['_GETGLOBALMETRICSREQUEST']._serialized_start=189
+  _globals['_GETGLOBALMETRICSREQUEST']._serialized_end=770
+  _globals['_GETGLOBALMETRICSREQUEST_REGIONWEIGHTSENTRY']._serialized_start=666
+  _globals['_GETGLOBALMETRICSREQUEST_REGIONWEIGHTSENTRY']._serialized_end=718
+  _globals['_GETGLOBALMETRICSREQUEST_LABELFILTERENTRY']._serialized_start=720
+  _globals['_GETGLOBALMETRICSREQUEST_LABELFILTERENTRY']._serialized_end=770
+  _globals['_QUANTILEVALUE']._serialized_start=772
+  _globals['_QUANTILEVALUE']._serialized_end=820
+  _globals['_SERIESSTATISTICS']._serialized_start=823
+  _globals['_SERIESSTATISTICS']._serialized_end=1001
+  _globals['_REGIONSTATISTICS']._serialized_start=1003
+  _globals['_REGIONSTATISTICS']._serialized_end=1096
+  _globals['_METRICRESULT']._serialized_start=1099
+  _globals['_METRICRESULT']._serialized_end=1435
+  _globals['_METRICRESULT_LABELSENTRY']._serialized_start=1372
+  _globals['_METRICRESULT_LABELSENTRY']._serialized_end=1417
+  _globals['_MISSINGREGION']._serialized_start=1437
+  _globals['_MISSINGREGION']._serialized_end=1558
+  _globals['_COVERAGE']._serialized_start=1561
+  _globals['_COVERAGE']._serialized_end=1852
+  _globals['_GETGLOBALMETRICSRESPONSE']._serialized_start=1855
+  _globals['_GETGLOBALMETRICSRESPONSE']._serialized_end=2025
+  _globals['_LISTREGIONSREQUEST']._serialized_start=2027
+  _globals['_LISTREGIONSREQUEST']._serialized_end=2047
+  _globals['_INSTANCEINFO']._serialized_start=2050
+  _globals['_INSTANCEINFO']._serialized_end=2454
+  _globals['_REGIONINFO']._serialized_start=2456
+  _globals['_REGIONINFO']._serialized_end=2555
+  _globals['_LISTREGIONSRESPONSE']._serialized_start=2558
+  _globals['_LISTREGIONSRESPONSE']._serialized_end=2703
+  _globals['_COORDINATORSERVICEEVALUATEREQUEST']._serialized_start=2705
+  _globals['_COORDINATORSERVICEEVALUATEREQUEST']._serialized_end=2806
+  _globals['_COORDINATORSERVICEEVALUATERESPONSE']._serialized_start=2809
+  _globals['_COORDINATORSERVICEEVALUATERESPONSE']._serialized_end=2937
+  _globals['_COORDINATORSERVICEEVALUATESTREAMREQUEST']._serialized_start=2939
+  _globals['_COORDINATORSERVICEEVALUATESTREAMREQUEST']._serialized_end=3046
+  _globals['_COORDINATORSERVICEEVALUATESTREAMRESPONSE']._serialized_start=3049
+  _globals['_COORDINATORSERVICEEVALUATESTREAMRESPONSE']._serialized_end=3207
+  _globals['_COORDINATORSERVICE']._serialized_start=3819
+  _globals['_COORDINATORSERVICE']._serialized_end=4299
 # @@protoc_insertion_point(module_scope)

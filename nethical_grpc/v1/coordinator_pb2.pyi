@@ -2,6 +2,7 @@ import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from nethical_grpc.v1 import governance_pb2 as _governance_pb2
 from nethical_grpc.v1 import summary_pb2 as _summary_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -27,6 +28,15 @@ class InstanceHealth(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INSTANCE_HEALTH_SERVING: _ClassVar[InstanceHealth]
     INSTANCE_HEALTH_NOT_SERVING: _ClassVar[InstanceHealth]
     INSTANCE_HEALTH_UNREACHABLE: _ClassVar[InstanceHealth]
+
+class BalancingStrategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BALANCING_STRATEGY_UNSPECIFIED: _ClassVar[BalancingStrategy]
+    BALANCING_STRATEGY_ROUND_ROBIN: _ClassVar[BalancingStrategy]
+    BALANCING_STRATEGY_LEAST_CONNECTIONS: _ClassVar[BalancingStrategy]
+    BALANCING_STRATEGY_WEIGHTED_ROUND_ROBIN: _ClassVar[BalancingStrategy]
+    BALANCING_STRATEGY_RANDOM: _ClassVar[BalancingStrategy]
+    BALANCING_STRATEGY_REGION_AWARE: _ClassVar[BalancingStrategy]
 MISSING_REASON_UNSPECIFIED: MissingReason
 MISSING_REASON_UNHEALTHY: MissingReason
 MISSING_REASON_DEADLINE_EXCEEDED: MissingReason
@@ -37,6 +47,12 @@ INSTANCE_HEALTH_UNSPECIFIED: InstanceHealth
 INSTANCE_HEALTH_SERVING: InstanceHealth
 INSTANCE_HEALTH_NOT_SERVING: InstanceHealth
 INSTANCE_HEALTH_UNREACHABLE: InstanceHealth
+BALANCING_STRATEGY_UNSPECIFIED: BalancingStrategy
+BALANCING_STRATEGY_ROUND_ROBIN: BalancingStrategy
+BALANCING_STRATEGY_LEAST_CONNECTIONS: BalancingStrategy
+BALANCING_STRATEGY_WEIGHTED_ROUND_ROBIN: BalancingStrategy
+BALANCING_STRATEGY_RANDOM: BalancingStrategy
+BALANCING_STRATEGY_REGION_AWARE: BalancingStrategy
 
 class GetGlobalMetricsRequest(_message.Message):
     __slots__ = ("metrics", "start_time", "end_time", "quantiles", "regions", "include_region_breakdown", "region_weights", "label_filter", "group_by_labels", "region_timeout", "include_summary")
@@ -184,16 +200,36 @@ class ListRegionsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InstanceInfo(_message.Message):
-    __slots__ = ("instance_id", "endpoint", "health", "health_changed_at")
+    __slots__ = ("instance_id", "endpoint", "health", "health_changed_at", "requests", "failures", "error_rate", "ewma_latency", "in_flight", "ejected", "ejected_for", "weight", "routable", "resolved_from")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
     HEALTH_CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    EWMA_LATENCY_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    EJECTED_FIELD_NUMBER: _ClassVar[int]
+    EJECTED_FOR_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    ROUTABLE_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_FROM_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     endpoint: str
     health: InstanceHealth
     health_changed_at: _timestamp_pb2.Timestamp
-    def __init__(self, instance_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., health: _Optional[_Union[InstanceHealth, str]] = ..., health_changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    requests: int
+    failures: int
+    error_rate: float
+    ewma_latency: _duration_pb2.Duration
+    in_flight: int
+    ejected: bool
+    ejected_for: _duration_pb2.Duration
+    weight: int
+    routable: bool
+    resolved_from: str
+    def __init__(self, instance_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., health: _Optional[_Union[InstanceHealth, str]] = ..., health_changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., requests: _Optional[int] = ..., failures: _Optional[int] = ..., error_rate: _Optional[float] = ..., ewma_latency: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., in_flight: _Optional[int] = ..., ejected: _Optional[bool] = ..., ejected_for: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., weight: _Optional[int] = ..., routable: _Optional[bool] = ..., resolved_from: _Optional[str] = ...) -> None: ...
 
 class RegionInfo(_message.Message):
     __slots__ = ("region_id", "instances", "healthy")
@@ -206,7 +242,45 @@ class RegionInfo(_message.Message):
     def __init__(self, region_id: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[InstanceInfo, _Mapping]]] = ..., healthy: _Optional[bool] = ...) -> None: ...
 
 class ListRegionsResponse(_message.Message):
-    __slots__ = ("regions",)
+    __slots__ = ("regions", "strategy", "local_region")
     REGIONS_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_REGION_FIELD_NUMBER: _ClassVar[int]
     regions: _containers.RepeatedCompositeFieldContainer[RegionInfo]
-    def __init__(self, regions: _Optional[_Iterable[_Union[RegionInfo, _Mapping]]] = ...) -> None: ...
+    strategy: BalancingStrategy
+    local_region: str
+    def __init__(self, regions: _Optional[_Iterable[_Union[RegionInfo, _Mapping]]] = ..., strategy: _Optional[_Union[BalancingStrategy, str]] = ..., local_region: _Optional[str] = ...) -> None: ...
+
+class CoordinatorServiceEvaluateRequest(_message.Message):
+    __slots__ = ("action", "region_id")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REGION_ID_FIELD_NUMBER: _ClassVar[int]
+    action: _governance_pb2.AgentAction
+    region_id: str
+    def __init__(self, action: _Optional[_Union[_governance_pb2.AgentAction, _Mapping]] = ..., region_id: _Optional[str] = ...) -> None: ...
+
+class CoordinatorServiceEvaluateResponse(_message.Message):
+    __slots__ = ("evaluation", "endpoint", "attempts")
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    evaluation: _governance_pb2.ActionEvaluation
+    endpoint: str
+    attempts: int
+    def __init__(self, evaluation: _Optional[_Union[_governance_pb2.ActionEvaluation, _Mapping]] = ..., endpoint: _Optional[str] = ..., attempts: _Optional[int] = ...) -> None: ...
+
+class CoordinatorServiceEvaluateStreamRequest(_message.Message):
+    __slots__ = ("action", "region_id")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REGION_ID_FIELD_NUMBER: _ClassVar[int]
+    action: _governance_pb2.AgentAction
+    region_id: str
+    def __init__(self, action: _Optional[_Union[_governance_pb2.AgentAction, _Mapping]] = ..., region_id: _Optional[str] = ...) -> None: ...
+
+class CoordinatorServiceEvaluateStreamResponse(_message.Message):
+    __slots__ = ("evaluation", "error")
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    evaluation: _governance_pb2.ActionEvaluation
+    error: _governance_pb2.ActionError
+    def __init__(self, evaluation: _Optional[_Union[_governance_pb2.ActionEvaluation, _Mapping]] = ..., error: _Optional[_Union[_governance_pb2.ActionError, _Mapping]] = ...) -> None: ...

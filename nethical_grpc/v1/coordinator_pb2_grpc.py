@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class CoordinatorServiceStub:
-    """The federation: pulls summaries from every region and merges them.
+    """The federation: pulls summaries from every region and merges them. Also a gateway
+    that routes governance calls to region nodes through its client-side balancer.
     """
 
     def __init__(self, channel):
@@ -45,10 +46,21 @@ class CoordinatorServiceStub:
                 request_serializer=nethical__grpc_dot_v1_dot_coordinator__pb2.ListRegionsRequest.SerializeToString,
                 response_deserializer=nethical__grpc_dot_v1_dot_coordinator__pb2.ListRegionsResponse.FromString,
                 _registered_method=True)
+        self.Evaluate = channel.unary_unary(
+                '/nethical_grpc.v1.CoordinatorService/Evaluate',
+                request_serializer=nethical__grpc_dot_v1_dot_coordinator__pb2.CoordinatorServiceEvaluateRequest.SerializeToString,
+                response_deserializer=nethical__grpc_dot_v1_dot_coordinator__pb2.CoordinatorServiceEvaluateResponse.FromString,
+                _registered_method=True)
+        self.EvaluateStream = channel.stream_stream(
+                '/nethical_grpc.v1.CoordinatorService/EvaluateStream',
+                request_serializer=nethical__grpc_dot_v1_dot_coordinator__pb2.CoordinatorServiceEvaluateStreamRequest.SerializeToString,
+                response_deserializer=nethical__grpc_dot_v1_dot_coordinator__pb2.CoordinatorServiceEvaluateStreamResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
-    """The federation: pulls summaries from every region and merges them.
+    """The federation: pulls summaries from every region and merges them. Also a gateway
+    that routes governance calls to region nodes through its client-side balancer.
     """
 
     def GetGlobalMetrics(self, request, context):
@@ -59,7 +71,31 @@ class CoordinatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListRegions(self, request, context):
-        """The regions and instances the coordinator knows, with their health.
+        """The regions and instances the coordinator knows, with their health and the
+        balancer's figures for each instance.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Evaluate(self, request, context):
+        """Evaluates one action on a region node picked by the configured strategy. The
+        answer names the region and instance that served it. A call is retried on
+        another instance only when it never reached a node, or the node refused it with
+        UNAVAILABLE without evaluating (unless the coordinator runs with
+        --evaluate-retry=connection-lost, which also retries calls whose connection broke
+        while the node had them). A node's INVALID_ARGUMENT passes through unchanged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EvaluateStream(self, request_iterator, context):
+        """Evaluates a stream of actions on one region node, answers in request order. If
+        that node fails mid-stream, the actions it has not answered move to another node
+        when that is safe (none of them was sent, or --evaluate-retry=connection-lost);
+        otherwise the stream ends with UNAVAILABLE whose ErrorInfo metadata says how many
+        actions were answered ("answered") and how many are in doubt ("in_doubt").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -78,6 +114,16 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     request_deserializer=nethical__grpc_dot_v1_dot_coordinator__pb2.ListRegionsRequest.FromString,
                     response_serializer=nethical__grpc_dot_v1_dot_coordinator__pb2.ListRegionsResponse.SerializeToString,
             ),
+            'Evaluate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Evaluate,
+                    request_deserializer=nethical__grpc_dot_v1_dot_coordinator__pb2.CoordinatorServiceEvaluateRequest.FromString,
+                    response_serializer=nethical__grpc_dot_v1_dot_coordinator__pb2.CoordinatorServiceEvaluateResponse.SerializeToString,
+            ),
+            'EvaluateStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.EvaluateStream,
+                    request_deserializer=nethical__grpc_dot_v1_dot_coordinator__pb2.CoordinatorServiceEvaluateStreamRequest.FromString,
+                    response_serializer=nethical__grpc_dot_v1_dot_coordinator__pb2.CoordinatorServiceEvaluateStreamResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'nethical_grpc.v1.CoordinatorService', rpc_method_handlers)
@@ -87,7 +133,8 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class CoordinatorService:
-    """The federation: pulls summaries from every region and merges them.
+    """The federation: pulls summaries from every region and merges them. Also a gateway
+    that routes governance calls to region nodes through its client-side balancer.
     """
 
     @staticmethod
@@ -134,6 +181,60 @@ class CoordinatorService:
             '/nethical_grpc.v1.CoordinatorService/ListRegions',
             nethical__grpc_dot_v1_dot_coordinator__pb2.ListRegionsRequest.SerializeToString,
             nethical__grpc_dot_v1_dot_coordinator__pb2.ListRegionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Evaluate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nethical_grpc.v1.CoordinatorService/Evaluate',
+            nethical__grpc_dot_v1_dot_coordinator__pb2.CoordinatorServiceEvaluateRequest.SerializeToString,
+            nethical__grpc_dot_v1_dot_coordinator__pb2.CoordinatorServiceEvaluateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluateStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/nethical_grpc.v1.CoordinatorService/EvaluateStream',
+            nethical__grpc_dot_v1_dot_coordinator__pb2.CoordinatorServiceEvaluateStreamRequest.SerializeToString,
+            nethical__grpc_dot_v1_dot_coordinator__pb2.CoordinatorServiceEvaluateStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,239 @@
+"""EvaluateStream through the gateway: one upstream stream per client stream.
+
+The client's stream goes to one instance, picked when the first action arrives (its
+``region_id`` picks the region). Answers come back in request order, so the relay
+keeps the actions sent upstream and not yet answered in a queue; each answer settles
+the oldest.
+
+When the instance fails mid-stream (UNAVAILABLE), the unanswered actions move to
+another instance, in order, and the stream goes on — but only when that is safe:
+
+* nothing is in doubt (every action sent was answered; the rest was never sent), or
+  the connection was never made, or the node itself refused with UNAVAILABLE;
+* or the coordinator runs with ``EvaluateRetry.CONNECTION_LOST``: actions the broken
+  node had may have been evaluated and recorded there, and are evaluated again.
+
+Otherwise the stream ends with UNAVAILABLE, ``ErrorInfo.reason`` STREAM_INTERRUPTED
+and metadata ``answered`` (actions answered on this stream), ``in_doubt`` (sent, not
+answered) and ``endpoint``. At most ``max_retries`` (the balancer's retry policy)
+failovers in a row (with no answer in between) happen per stream. Other upstream
+errors reach the caller unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import random
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import TYPE_CHECKING
+
+import grpc
+
+from coordinator.gateway import (
+    EvaluateRetry,
+    StreamRequest,
+    StreamResponse,
+    UpstreamError,
+    node_refused,
+)
+from nethical_grpc.balancing import Instance, failed_before_send
+from nethical_grpc.balancing.retry import status_code
+from nethical_grpc.errors import MeshError, Unavailable
+
+if TYPE_CHECKING:
+    from coordinator.gateway import Gateway
+
+INBOX_SIZE = 64  # client actions read ahead of the upstream
+
+StreamCall = grpc.aio.StreamStreamCall[StreamRequest, StreamResponse]
+
+# what a write to a call that is already over raises
+_CALL_OVER = (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError)
+
+
+class _Interrupted(Exception):
+    """The upstream stream ended (or broke) before every action was answered."""
+
+    def __init__(self, error: grpc.aio.AioRpcError | None) -> None:
+        super().__init__(error.details() if error is not None else "upstream ended early")
+        self.error = error
+
+
+class StreamRelay:
+    """One client stream relayed to region nodes; see the module docstring."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        requests: AsyncIterator[StreamRequest],
+        time_remaining: float | None,
+    ) -> None:
+        self._gw = gateway
+        self._lb = gateway.balancer
+        self._requests = requests
+        self._deadline = None if time_remaining is None else time.monotonic() + time_remaining
+        self._inbox: asyncio.Queue[StreamRequest | None] = asyncio.Queue(INBOX_SIZE)
+        self._carry: collections.deque[StreamRequest] = collections.deque()  # not yet sent
+        self._pending: collections.deque[StreamRequest] = collections.deque()  # sent, unanswered
+        self._client_done = False
+        self._rng = random.Random()
+        self.answered = 0
+        self.failovers = 0  # in all
+        self._streak = 0  # failovers since the last answer
+
+    async def _read_client(self) -> None:
+        try:
+            async for message in self._requests:
+                await self._inbox.put(message)
+        finally:
+            await self._inbox.put(None)
+
+    async def _write(self, call: StreamCall) -> None:
+        """Send the carried actions, then the client's, then half-close upstream.
+
+        An action counts as sent (pending) from the moment it is handed to the call; a
+        write the call refuses (it is already over) puts it back among the unsent.
+        """
+        while self._carry:
+            message = self._carry.popleft()
+            if not await self._send(call, message):
+                return
+        while not self._client_done:
+            received = await self._inbox.get()
+            if received is None:
+                self._client_done = True
+                break
+            if not await self._send(call, received):
+                return
+        with contextlib.suppress(*_CALL_OVER):
+            await call.done_writing()
+
+    async def _send(self, call: StreamCall, message: StreamRequest) -> bool:
+        self._pending.append(message)
+        try:
+            await call.write(message)
+        except _CALL_OVER:  # refused: never sent; the reading side gets the status
+            self._pending.pop()
+            self._carry.appendleft(message)
+            return False
+        return True
+
+    def _timeout(self) -> float | None:
+        if self._deadline is None:
+            return None
+        return max(0.0, self._deadline - time.monotonic())
+
+    def _pick(self, region: str | None, tried: set[str]) -> Instance:
+        inst = self._lb.get_instance(region, tried) if tried else None
+        if inst is None:
+            inst = self._lb.get_instance(region)
+        if inst is None:
+            where = f" (region {region!r})" if region else ""
+            raise Unavailable(
+                message=f"no usable instance{where}",
+                reason="NO_HEALTHY_INSTANCE",
+                metadata={"region_id": region or "", "answered": str(self.answered)},
+            )
+        return inst
+
+    async def run(self) -> AsyncIterator[StreamResponse]:
+        reader = asyncio.ensure_future(self._read_client())
+        try:
+            first = await self._inbox.get()
+            if first is None:
+                self._client_done = True
+                return
+            region = self._gw.region_for(first.region_id)
+            first.ClearField("region_id")
+            self._carry.append(first)
+            tried: set[str] = set()
+            while True:
+                inst = self._pick(region, tried)
+                try:
+                    async with contextlib.aclosing(self._relay(inst)) as answers:
+                        async for answer in answers:
+                            yield answer
+                    return
+                except _Interrupted as stop:
+                    tried.add(inst.instance_id)
+                    await self._fail_over_or_raise(inst, stop.error)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    async def _relay(self, inst: Instance) -> AsyncGenerator[StreamResponse, None]:
+        """Relay to ``inst`` until the stream ends; raises _Interrupted on a failure."""
+        call: StreamCall = self._gw.methods(inst).stream(None, timeout=self._timeout())
+        self._lb.begin(inst)
+        writer = asyncio.ensure_future(self._write(call))
+        settled = False
+        try:
+            try:
+                async for answer in call:
+                    if not self._pending:
+                        raise MeshError(
+                            message=f"{inst.endpoint} answered more actions than it was sent",
+                            reason="UPSTREAM_PROTOCOL_ERROR",
+                            code=grpc.StatusCode.INTERNAL,
+                        )
+                    self._pending.popleft()
+                    self.answered += 1
+                    self._streak = 0
+                    yield answer
+            except grpc.aio.AioRpcError as err:
+                settled = True
+                self._lb.record_failure(inst, err)
+                if status_code(err) is grpc.StatusCode.UNAVAILABLE:
+                    raise _Interrupted(err) from None
+                raise UpstreamError(err, {"answered": str(self.answered)}) from None
+            # a clean end: the client half-closed and every action it sent was answered
+            # (the writer may still be finishing its half-close)
+            if not (self._client_done and not self._pending and not self._carry):
+                settled = True
+                self._lb.record_failure(inst, ConnectionError("upstream stream ended early"))
+                raise _Interrupted(None)
+            settled = True
+            self._lb.record_success(inst, None)
+        finally:
+            if not writer.done():
+                writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+            if not settled:  # the client went away (or we did): stop the upstream too
+                call.cancel()
+                self._lb.record_cancelled(inst)
+
+    async def _fail_over_or_raise(self, inst: Instance, error: grpc.aio.AioRpcError | None) -> None:
+        never_reached = error is not None and (failed_before_send(error) or node_refused(error))
+        in_doubt = 0 if never_reached else len(self._pending)
+        safe = in_doubt == 0 or self._gw.settings.evaluate_retry is EvaluateRetry.CONNECTION_LOST
+        policy = self._lb.retry_policy
+        timeout = self._timeout()
+        if safe and self._streak < policy.max_retries and (timeout is None or timeout > 0):
+            self.failovers += 1
+            self._streak += 1
+            self._pending.extend(self._carry)
+            self._carry, self._pending = self._pending, collections.deque()
+            await asyncio.sleep(policy.backoff_s(self._streak - 1, self._rng))
+            return
+        detail = error.details() if error is not None else "the stream ended early"
+        raise Unavailable(
+            message=(
+                f"the stream to {inst.endpoint} broke ({detail}) after {self.answered} "
+                f"answer(s); {in_doubt} action(s) sent there are unanswered and were not "
+                "sent elsewhere"
+                if not safe
+                else f"the stream to {inst.endpoint} broke ({detail}) after {self.answered} "
+                f"answer(s) and {self.failovers} failover(s)"
+            ),
+            reason="STREAM_INTERRUPTED",
+            metadata={
+                "answered": str(self.answered),
+                "in_doubt": str(in_doubt),
+                "endpoint": inst.endpoint,
+            },
+        )

@@ -1,0 +1,188 @@
+"""The coordinator as a gateway over real region nodes: routing, health, errors, figures."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import grpc
+import pytest
+from meshutil import Mesh, add_region, wait_for
+
+from coordinator.gateway_config import GatewayConfig
+from coordinator.instances import Health
+from coordinator.server import CoordinatorConfig, start_coordinator
+from nethical_grpc.errors import details_from_error
+from nethical_grpc.v1 import (
+    coordinator_pb2,
+    coordinator_pb2_grpc,
+    governance_pb2,
+    region_node_pb2,
+    region_node_pb2_grpc,
+)
+
+BENIGN = "SELECT title FROM books WHERE id = 42"
+
+
+def action(request_id: str = "", agent: str = "agent-1") -> governance_pb2.AgentAction:
+    return governance_pb2.AgentAction(
+        agent_id=agent, action_text=BENIGN, action_type="query", request_id=request_id
+    )
+
+
+async def start_gateway(mesh: Mesh, **settings: Any) -> coordinator_pb2_grpc.CoordinatorServiceStub:
+    spec = {r: [s.address for s, _ in servers] for r, servers in mesh.regions.items()}
+    mesh.coordinator, mesh.federation = await start_coordinator(
+        CoordinatorConfig(regions=spec, gateway=GatewayConfig(**settings))
+    )
+    assert await mesh.federation.registry.wait_ready(10.0)
+    return coordinator_pb2_grpc.CoordinatorServiceStub(mesh.coordinator_channel())
+
+
+async def evaluate(
+    stub: coordinator_pb2_grpc.CoordinatorServiceStub, region_id: str = "", request_id: str = ""
+) -> coordinator_pb2.CoordinatorServiceEvaluateResponse:
+    return await stub.Evaluate(
+        coordinator_pb2.CoordinatorServiceEvaluateRequest(
+            action=action(request_id), region_id=region_id
+        ),
+        timeout=10,
+    )
+
+
+async def served_by(stub: coordinator_pb2_grpc.CoordinatorServiceStub, n: int, **kw: str) -> Any:
+    return collections.Counter(
+        [(await evaluate(stub, **kw)).evaluation.instance_id for _ in range(n)]
+    )
+
+
+async def evaluations_recorded(mesh: Mesh, region: str, instance: int) -> int:
+    """How many evaluations the node itself counted (its risk_score metric)."""
+    server, _ = mesh.regions[region][instance]
+    node = region_node_pb2_grpc.RegionNodeServiceStub(mesh.channel(server.address))
+    resp = await node.GetSummaries(
+        region_node_pb2.GetSummariesRequest(metrics=["risk_score"]), timeout=5
+    )
+    return sum(s.summary.moments.count for s in resp.series)
+
+
+def view(mesh: Mesh, region: str, instance: int) -> Any:
+    assert mesh.federation is not None
+    server, _ = mesh.regions[region][instance]
+    [found] = [
+        v
+        for v in mesh.federation.registry.instances(region)
+        if v.endpoint.endswith(f":{server.port}")
+    ]
+    return found
+
+
+async def test_evaluate_is_spread_and_names_who_served(mesh: Mesh) -> None:
+    await add_region(mesh, "r1", instances=3)
+    stub = await start_gateway(mesh, strategy="round_robin")
+    answers = [await evaluate(stub, request_id=f"req-{i}") for i in range(30)]
+    assert [a.evaluation.request_id for a in answers] == [f"req-{i}" for i in range(30)]
+    assert all(a.evaluation.region_id == "r1" and a.attempts == 1 for a in answers)
+    counts = collections.Counter(a.evaluation.instance_id for a in answers)
+    assert counts == {"r1-0": 10, "r1-1": 10, "r1-2": 10}
+    ports = {a.evaluation.instance_id: a.endpoint for a in answers}
+    for i, (server, _) in enumerate(mesh.regions["r1"]):
+        assert ports[f"r1-{i}"] == server.address
+        assert await evaluations_recorded(mesh, "r1", i) == 10
+
+
+async def test_not_serving_instance_gets_no_new_requests(mesh: Mesh) -> None:
+    await add_region(mesh, "r1", instances=3)
+    stub = await start_gateway(mesh, strategy="least_connections")
+    assert set(await served_by(stub, 12)) == {"r1-0", "r1-1", "r1-2"}
+    server, _ = mesh.regions["r1"][1]
+    before = await evaluations_recorded(mesh, "r1", 1)
+    await server.set_serving(False)
+    inst = view(mesh, "r1", 1)
+    await wait_for(lambda: inst.health is Health.NOT_SERVING)  # the Watch update arrived
+    counts = await served_by(stub, 40)
+    assert "r1-1" not in counts and sum(counts.values()) == 40
+    assert await evaluations_recorded(mesh, "r1", 1) == before
+    regions = await stub.ListRegions(coordinator_pb2.ListRegionsRequest(), timeout=5)
+    [info] = [i for i in regions.regions[0].instances if i.instance_id == "r1-1"]
+    assert info.health == coordinator_pb2.INSTANCE_HEALTH_NOT_SERVING and not info.routable
+    await server.set_serving(True)
+    await wait_for(lambda: inst.health is Health.SERVING)
+    assert "r1-1" in await served_by(stub, 30)
+
+
+async def test_node_invalid_argument_passes_through_unchanged(mesh: Mesh) -> None:
+    await add_region(mesh, "r1", instances=2)
+    stub = await start_gateway(mesh, strategy="round_robin")
+    bad = governance_pb2.AgentAction(agent_id="", action_text="", request_id="x" * 500)
+    with pytest.raises(grpc.aio.AioRpcError) as via_gateway:
+        await stub.Evaluate(
+            coordinator_pb2.CoordinatorServiceEvaluateRequest(action=bad), timeout=5
+        )
+    server, _ = mesh.regions["r1"][0]
+    node = region_node_pb2_grpc.RegionNodeServiceStub(mesh.channel(server.address))
+    with pytest.raises(grpc.aio.AioRpcError) as direct:
+        await node.Evaluate(region_node_pb2.EvaluateRequest(action=bad), timeout=5)
+    got, want = details_from_error(via_gateway.value), details_from_error(direct.value)
+    assert got.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert (got.message, got.field_violations, got.reason) == (
+        want.message,
+        want.field_violations,
+        want.reason,
+    )
+    assert len(got.field_violations) >= 2  # every problem at once, as the node said
+    assert mesh.federation is not None
+    total = mesh.federation.registry.balancer.get_statistics()["total"]
+    assert (total["requests"], total["retries"], total["failed_calls"]) == (1, 0, 1)
+    assert total["ejected_instances"] == 0
+
+
+async def test_unknown_region_is_invalid_argument(mesh: Mesh) -> None:
+    await add_region(mesh, "r1")
+    stub = await start_gateway(mesh)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await evaluate(stub, region_id="nowhere-1")
+    details = details_from_error(info.value)
+    assert details.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in details.field_violations] == ["region_id"]
+    assert details.metadata["known_regions"] == "r1"
+
+
+async def test_region_aware_follows_the_configured_order(mesh: Mesh) -> None:
+    for region in ("eu-west-1", "us-east-1", "us-east-2"):
+        await add_region(mesh, region)
+    stub = await start_gateway(
+        mesh,
+        strategy="region_aware",
+        local_region="us-east-1",
+        proximity={"us-east-1": ["us-east-2", "eu-west-1"]},
+    )
+    assert set(await served_by(stub, 6)) == {"us-east-1-0"}  # no region: the local one
+    assert set(await served_by(stub, 6, region_id="eu-west-1")) == {"eu-west-1-0"}
+    order = []
+    for region in ("us-east-1", "us-east-2"):
+        server, _ = mesh.regions[region][0]
+        await server.set_serving(False)
+        inst = view(mesh, region, 0)
+        await wait_for(lambda inst=inst: inst.health is Health.NOT_SERVING)
+        order.append(set(await served_by(stub, 6, region_id="us-east-1")))
+    assert order == [{"us-east-2-0"}, {"eu-west-1-0"}]
+    regions = await stub.ListRegions(coordinator_pb2.ListRegionsRequest(), timeout=5)
+    assert regions.strategy == coordinator_pb2.BALANCING_STRATEGY_REGION_AWARE
+    assert regions.local_region == "us-east-1"
+
+
+async def test_list_regions_shows_the_balancer_figures(mesh: Mesh) -> None:
+    await add_region(mesh, "r1", instances=2)
+    stub = await start_gateway(mesh, strategy="round_robin")
+    await served_by(stub, 10)
+    resp = await stub.ListRegions(coordinator_pb2.ListRegionsRequest(), timeout=5)
+    assert resp.strategy == coordinator_pb2.BALANCING_STRATEGY_ROUND_ROBIN
+    [region] = resp.regions
+    assert region.healthy
+    for info in region.instances:
+        assert info.health == coordinator_pb2.INSTANCE_HEALTH_SERVING and info.routable
+        assert (info.requests, info.failures, info.error_rate, info.in_flight) == (5, 0, 0.0, 0)
+        assert info.HasField("ewma_latency") and info.ewma_latency.ToNanoseconds() > 0
+        assert not info.ejected and not info.HasField("ejected_for")
+        assert info.weight == 1 and info.resolved_from == ""

@@ -1,0 +1,137 @@
+"""EvaluateStream through the gateway: order, inline errors, failover, interruption."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from meshutil import Mesh, add_region, wait_for
+from test_gateway import start_gateway
+from test_gateway_failover import Rig
+
+from coordinator.instances import Health
+from nethical_grpc.errors import details_from_error
+from nethical_grpc.v1 import coordinator_pb2, governance_pb2
+
+Req = coordinator_pb2.CoordinatorServiceEvaluateStreamRequest
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    r = Rig()
+    yield r
+    await r.close()
+
+
+def stream_request(i: int, region: str = "", valid: bool = True) -> Any:
+    return Req(
+        action=governance_pb2.AgentAction(
+            agent_id="agent-1" if valid else "",
+            action_text=f"SELECT {i} FROM t",
+            action_type="query",
+            request_id=f"req-{i}",
+        ),
+        region_id=region,
+    )
+
+
+async def test_stream_answers_in_order_with_inline_errors(mesh: Mesh) -> None:
+    await add_region(mesh, "r1", instances=2)
+    await add_region(mesh, "r2", instances=1)
+    stub = await start_gateway(mesh, strategy="round_robin")
+    requests = [stream_request(i, "r2" if i == 0 else "", valid=i % 7 != 3) for i in range(40)]
+    answers = [a async for a in stub.EvaluateStream(iter(requests), timeout=20)]
+    assert [
+        a.evaluation.request_id if a.HasField("evaluation") else a.error.request_id for a in answers
+    ] == [f"req-{i}" for i in range(40)]
+    errors = [i for i, a in enumerate(answers) if a.HasField("error")]
+    assert errors == [i for i in range(40) if i % 7 == 3]
+    assert all(answers[i].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] for i in errors)
+    assert all(answers[i].error.field_errors for i in errors)
+    served = {a.evaluation.instance_id for a in answers if a.HasField("evaluation")}
+    assert served == {"r2-0"}  # one upstream stream, in the first message's region
+
+
+async def test_stream_moves_when_nothing_is_in_doubt(mesh: Mesh) -> None:
+    await add_region(mesh, "r1", instances=2)
+    stub = await start_gateway(mesh, strategy="round_robin")
+    call = stub.EvaluateStream(timeout=20)
+    first = []
+    for i in range(5):
+        await call.write(stream_request(i))
+        first.append(await call.read())
+    [serving] = {a.evaluation.instance_id for a in first}
+    index = int(serving.rsplit("-", 1)[1])
+    server = mesh.regions["r1"][index][0]
+    await server.server.stop(0)  # every action sent was answered
+    assert mesh.federation is not None
+    [gone] = [v for v in mesh.federation.registry.instances("r1") if v.endpoint == server.address]
+    await wait_for(lambda: gone.health is Health.UNREACHABLE)  # the break is known
+    rest = []
+    for i in range(5, 10):
+        await call.write(stream_request(i))
+        rest.append(await call.read())
+    await call.done_writing()
+    assert await call.read() is grpc.aio.EOF
+    assert [a.evaluation.request_id for a in first + rest] == [f"req-{i}" for i in range(10)]
+    [other] = {a.evaluation.instance_id for a in rest}
+    assert other != serving
+
+
+async def test_stream_with_actions_in_doubt_ends_and_counts_them(rig: Rig) -> None:
+    a = await rig.node("a", "ra")
+    b = await rig.node("b", "rb")
+    a.stream_answer_limit = 3
+    stub = await rig.gateway(strategy="round_robin", evaluate_retry="not-sent")
+    call = stub.EvaluateStream(timeout=20)
+    for i in range(5):
+        await call.write(stream_request(i, "ra"))
+    answers = [await call.read() for _ in range(3)]
+    await wait_for(lambda: len(a.stream_seen) == 4)  # holds the 4th; the 5th is sent
+    await rig.kill("a")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call.read()
+    details = details_from_error(info.value)
+    assert details.code is grpc.StatusCode.UNAVAILABLE
+    assert details.reason == "STREAM_INTERRUPTED"
+    assert (details.metadata["answered"], details.metadata["in_doubt"]) == ("3", "2")
+    assert [x.evaluation.request_id for x in answers] == ["req-0", "req-1", "req-2"]
+    assert b.stream_seen == []
+
+
+async def test_stream_resends_in_doubt_actions_with_connection_lost_policy(rig: Rig) -> None:
+    a = await rig.node("a", "ra")
+    b = await rig.node("b", "rb")
+    a.stream_answer_limit = 3
+    stub = await rig.gateway(strategy="round_robin", evaluate_retry="connection-lost")
+    call = stub.EvaluateStream(timeout=20)
+    for i in range(5):
+        await call.write(stream_request(i, "ra"))
+    answers = [await call.read() for _ in range(3)]
+    await wait_for(lambda: len(a.stream_seen) == 4)  # holds the 4th; the 5th is sent
+    await rig.kill("a")
+    for i in range(5, 8):
+        await call.write(stream_request(i))
+    await call.done_writing()
+    while (answer := await call.read()) is not grpc.aio.EOF:
+        answers.append(answer)
+    assert [x.evaluation.request_id for x in answers] == [f"req-{i}" for i in range(8)]
+    assert [x.evaluation.instance_id for x in answers] == ["a"] * 3 + ["b"] * 5
+    assert b.stream_seen == [f"req-{i}" for i in range(3, 8)]
+
+
+async def test_client_cancel_ends_the_upstream_stream(rig: Rig) -> None:
+    a = await rig.node("a")
+    stub = await rig.gateway(strategy="round_robin")
+    call = stub.EvaluateStream(timeout=20)
+    await call.write(stream_request(0))
+    await call.read()
+    stats = rig.registry.balancer.get_statistics()
+    assert stats["total"]["in_flight"] == 1  # the open stream
+    call.cancel()
+    await wait_for(lambda: rig.registry.balancer.get_statistics()["total"]["in_flight"] == 0)
+    assert a.stream_seen == ["req-0"]
+    await asyncio.sleep(0)
