@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from coordinator.instances import Health, InstanceRegistry, RegionInstance
-from nethical_grpc import convert
+from nethical_grpc import convert, telemetry
 from nethical_grpc.errors import FieldViolation, InvalidArgument, MeshError
 from nethical_grpc.series import GroupSummary, Labels, SummaryQuery
 from nethical_grpc.summary import Summary
@@ -145,6 +145,11 @@ class Federation:
                 coverage.regions_answered.append(region)
         as_of = [a.data_as_of_ns for rs in per_region.values() for a in rs if a.data_as_of_ns]
         coverage.oldest_data_as_of_ns = min(as_of, default=0)
+        recorder = telemetry.get_recorder()
+        recorder.record_coverage(len(coverage.regions_requested), len(coverage.regions_answered))
+        recorder.record_coverage(
+            coverage.instances_queried, coverage.instances_answered, level="instance"
+        )
         return GlobalResult(
             groups=_merge(per_region, q.region_weights, q.include_breakdown),
             coverage=coverage,

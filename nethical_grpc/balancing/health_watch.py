@@ -18,6 +18,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from nethical_grpc import telemetry
 from nethical_grpc.balancing.instance import HealthState, Instance
 from nethical_grpc.health import Watched, follow_health
 
@@ -104,6 +105,9 @@ class HealthWatcher:
         self.updates += 1
         if inst.health is not health:
             log.info("%s (%s): %s -> %s", inst.instance_id, inst.endpoint, inst.health, health)
+            telemetry.get_recorder().record_health_transition(
+                inst.region_id, inst.endpoint, health.value
+            )
         self._lb.set_health(inst, health)
 
     async def _watch(self, inst: Instance) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from nethical_grpc import telemetry
 from nethical_grpc.grpc_options import channel_options
 
 ChannelFactory = Callable[[str], grpc.aio.Channel]
@@ -92,4 +93,8 @@ class Instance:
 
 
 def default_channel(endpoint: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(endpoint, options=channel_options())
+    """A channel to one instance; traced and measured when telemetry is on."""
+    interceptors = telemetry.client_interceptors(endpoint)
+    return grpc.aio.insecure_channel(
+        endpoint, options=channel_options(), interceptors=interceptors or None
+    )

@@ -1,0 +1,81 @@
+"""`--metrics-port` on real processes: a scrape shows the mesh's own metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nethical_grpc import client
+from nethical_grpc.cli.processes import spawn
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return resp.read().decode()
+
+
+def sample(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_region_and_coordinator_export_their_metrics(tmp_path: Path) -> None:
+    region_metrics, coord_metrics = free_port(), free_port()
+    region = spawn(
+        "region",
+        ["region", "--region-id", "tel", "--port", "0", "--metrics-port", str(region_metrics)],
+        tmp_path,
+    )
+    try:
+        port = await region.aport()
+        coord = spawn(
+            "coordinator",
+            [
+                "coordinator",
+                "--port",
+                "0",
+                "--region",
+                f"tel=127.0.0.1:{port}",
+                "--metrics-port",
+                str(coord_metrics),
+            ],
+            tmp_path,
+        )
+        try:
+            cport = await coord.aport()
+            async with client.insecure_channel(f"127.0.0.1:{port}") as ch:
+                batch = client.encode_ingest_request("m", np.arange(100.0))
+                await client.ingest(ch, [batch, batch])
+            async with client.insecure_channel(f"127.0.0.1:{cport}") as ch:
+                for _ in range(50):
+                    result = await client.global_metrics(ch, client.QueryOptions(metrics=["m"]))
+                    if result.coverage.regions_answered:
+                        break
+                    await asyncio.sleep(0.1)
+            text = await asyncio.to_thread(scrape, region_metrics)
+            assert sample(text, "nethical_ingest_observations_total") == 200
+            assert sample(text, "nethical_ingest_batches_total") == 2
+            assert 'rpc_method="Ingest"' in text
+            ctext = await asyncio.to_thread(scrape, coord_metrics)
+            assert 'rpc_method="GetGlobalMetrics"' in ctext
+            assert sample(ctext, "nethical_fanout_answered_total") >= 1
+        finally:
+            coord.stop()
+    finally:
+        region.stop()
