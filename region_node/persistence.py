@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -68,19 +69,22 @@ class Persister:
         self.stores = stores
         self.profiles = profiles
         self.flush_interval_s = flush_interval_s
-        self._pending: deque[Outcome] = deque()
+        # (audit record id, outcome): the id is fixed here, so a retried write of the
+        # same outcome is recognised by the audit store and not stored twice
+        self._pending: deque[tuple[str, Outcome]] = deque()
         self.dropped = 0
         self.flushed_windows = 0
         self.last_flush_ns = 0
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._retry_windows: list[WindowSummaryRow] = []
+        self._retry: tuple[list[tuple[str, Outcome]], bool] | None = None
 
     # -- evaluations --------------------------------------------------------------
 
     def enqueue(self, outcomes: Sequence[Outcome]) -> None:
         """Queue outcomes for the stores (called on the request path: O(1) per outcome)."""
-        self._pending.extend(outcomes)
+        self._pending.extend((uuid.uuid4().hex, o) for o in outcomes)
         excess = len(self._pending) - MAX_PENDING
         if excess > 0:
             for _ in range(excess):
@@ -89,15 +93,26 @@ class Persister:
             log.warning("store writes fall behind: dropped %d evaluations' records", excess)
 
     async def _write_outcomes(self) -> None:
-        while self._pending:
-            batch = [self._pending.popleft() for _ in range(min(_WRITE_BATCH, len(self._pending)))]
+        while True:
+            if self._retry is not None:
+                batch, points_done = self._retry
+            elif self._pending:
+                n = min(_WRITE_BATCH, len(self._pending))
+                batch, points_done = [self._pending.popleft() for _ in range(n)], False
+            else:
+                return
             try:
-                await self.stores.timeseries.insert_metrics([self._point(o) for o in batch])
-                await self.stores.audit.index_audit_logs([self._audit(o) for o in batch])
+                if not points_done:
+                    await self.stores.timeseries.insert_metrics([self._point(o) for _, o in batch])
+                    points_done = True
+                await self.stores.audit.index_audit_logs([self._audit(i, o) for i, o in batch])
             except Exception as exc:
-                self._pending.extendleft(reversed(batch))
+                # retried as it is: metric rows already written are not written again, and
+                # audit records keep their ids, so the store drops what it already has
+                self._retry = (batch, points_done)
                 log.warning("writing evaluations failed (will retry): %s", exc)
                 return
+            self._retry = None
 
     def _point(self, o: Outcome) -> MetricPoint:
         return MetricPoint(
@@ -111,9 +126,10 @@ class Persister:
             },
         )
 
-    def _audit(self, o: Outcome) -> AuditRecord:
+    def _audit(self, audit_id: str, o: Outcome) -> AuditRecord:
         ev = o.evaluation
         return AuditRecord(
+            action_id=audit_id,
             agent_id=o.request.action.agent_id,
             decision=ev.decision,
             risk_score=ev.risk_score,

@@ -38,6 +38,7 @@ from nethical_grpc.storage.audit import (
     MAX_TEXT_BYTES,
     AuditRecord,
     AuditStore,
+    AuditStoreError,
     AuditViolation,
     Decision,
     ElasticsearchAuditStore,
@@ -665,6 +666,8 @@ async def test_factory_rejects_unknown_urls() -> None:
             await open_audit_store(url, REGION)
     with pytest.raises(ValueError):
         await open_audit_store("memory://", "bad region!")
+    with pytest.raises(AuditStoreError, match="cannot open"):  # a bad path is not a fallback
+        await open_audit_store("sqlite:///nonexistent-dir/audit.db", REGION)
 
 
 async def test_unreachable_elasticsearch_falls_back_to_memory() -> None:

@@ -21,9 +21,8 @@ Names follow the product guide (``index_audit_log``, ``search_audit_logs``,
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
-from nethical_grpc.storage.audit.elasticsearch_store import ElasticsearchAuditStore
 from nethical_grpc.storage.audit.model import (
     DECISIONS,
     MAX_PAGE_SIZE,
@@ -47,6 +46,9 @@ from nethical_grpc.storage.audit.model import (
 from nethical_grpc.storage.audit.sqlite_fts import SqliteFtsAuditStore
 from nethical_grpc.storage.audit.store import AuditStore, AuditStoreError, PageTokenExpiredError
 from nethical_grpc.storage.backend import BackendChoice, redact_url, url_scheme
+
+if TYPE_CHECKING:
+    from nethical_grpc.storage.audit.elasticsearch_store import ElasticsearchAuditStore
 
 __all__ = [
     "DECISIONS",
@@ -78,6 +80,15 @@ __all__ = [
 _STORE: Final = "audit"
 
 
+def __getattr__(name: str) -> Any:
+    # The Elasticsearch client is an optional extra: import it only when asked for.
+    if name == "ElasticsearchAuditStore":
+        from nethical_grpc.storage.audit.elasticsearch_store import ElasticsearchAuditStore
+
+        return ElasticsearchAuditStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def sqlite_path(url: str) -> str:
     """The file path of a ``sqlite://`` URL: ``sqlite:///var/lib/a.db`` → ``/var/lib/a.db``
     (absolute), ``sqlite://data/a.db`` → ``data/a.db`` (relative).  ``ValueError`` when
@@ -103,8 +114,9 @@ async def open_audit_store(
 
     * ``http://HOST:9200`` / ``https://…`` (several comma-separated): Elasticsearch
       (:class:`ElasticsearchAuditStore`; ``index_prefix``, ``retention_days`` and
-      ``pit_keep_alive`` apply).  When it is unreachable or its setup fails, a private
-      in-memory SQLite FTS5 store is used instead and the choice's ``reason`` says why.
+      ``pit_keep_alive`` apply).  When it is unreachable, its setup fails or the
+      ``elasticsearch`` client (an optional extra) is not installed, a private in-memory
+      SQLite FTS5 store is used instead and the choice's ``reason`` says why.
     * ``sqlite:///path/to/file.db``: SQLite FTS5 in that file (created if missing).
     * ``memory://``: SQLite FTS5 in memory, private to this process.
 
@@ -122,6 +134,12 @@ async def open_audit_store(
         return store, BackendChoice(_STORE, shown, store.backend)
     if scheme in ("http", "https"):
         hosts = [h.strip() for h in url.split(",") if h.strip()]
+        try:
+            from nethical_grpc.storage.audit.elasticsearch_store import ElasticsearchAuditStore
+        except ImportError as exc:
+            fallback = await SqliteFtsAuditStore.open(region_id, None)
+            reason = f"client not installed ({exc.name or exc}: pip install elasticsearch)"
+            return fallback, BackendChoice(_STORE, shown, fallback.backend, reason)
         try:
             store = await ElasticsearchAuditStore.open(
                 region_id,

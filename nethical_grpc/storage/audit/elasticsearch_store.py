@@ -10,7 +10,8 @@ Layout (created by :meth:`ElasticsearchAuditStore.open`, idempotently)
   ``date_nanos`` ``@timestamp``, ``double`` risk) and an ``audit_text`` analyzer on
   ``stated_intent`` and ``action_text``: split on anything but letters/digits
   (``[^\\p{L}\\p{N}]+``), lowercase, ASCII-fold, which is the tokenisation of the SQLite
-  backend (``unicode61 remove_diacritics 2``).
+  backend (``unicode61 remove_diacritics 2``), then cut tokens to 256 characters (so
+  terms longer than that match on their first 256 characters here, exactly in SQLite).
 * Data stream ``{prefix}-audit-{region}`` (lower-cased): one per region, shared by every
   node of the region (``region_scope``).
 
@@ -109,13 +110,18 @@ _MAPPINGS: Final[dict[str, Any]] = {
     },
 }
 
+#: Longest token kept whole: Lucene rejects a document with a term over 32,766 bytes
+#: (a base64 blob in an action would), so longer runs are cut to their first 256 chars.
+MAX_TOKEN_CHARS: Final = 256
+
 _ANALYSIS: Final[dict[str, Any]] = {
     "tokenizer": {"audit_words": {"type": "pattern", "pattern": "[^\\p{L}\\p{N}]+"}},
+    "filter": {"audit_truncate": {"type": "truncate", "length": MAX_TOKEN_CHARS}},
     "analyzer": {
         "audit_text": {
             "type": "custom",
             "tokenizer": "audit_words",
-            "filter": ["lowercase", "asciifolding"],
+            "filter": ["lowercase", "asciifolding", "audit_truncate"],
         }
     },
 }
@@ -505,17 +511,6 @@ class ElasticsearchAuditStore(AuditStore):
             avg_risk_score=None if avg is None or total == 0 else float(avg),
             decision_counts=counts,
         )
-
-    async def delete_all(self) -> None:
-        """Delete this region's data stream (its records).  For tests and teardown; the
-        shared policy and template are left in place."""
-        self._check_open()
-
-        def delete() -> None:
-            with contextlib.suppress(NotFoundError):
-                self.client.indices.delete_data_stream(name=self.data_stream)
-
-        await self._run(delete)
 
     async def _close(self) -> None:
         await asyncio.to_thread(self._executor.shutdown, wait=True)

@@ -9,30 +9,37 @@ Schema (``PRAGMA user_version = 1``)
   :data:`~nethical_grpc.storage.audit.model.DECISIONS`), ``risk_score``, ``doc_len``.
 * ``audit_agents`` / ``audit_regions``: id ↔ small integer code.
 * ``audit_documents``: the texts and JSON violations, keyed by ``seq``.
-* ``audit_fts``: an external-content FTS5 table over ``stated_intent`` and
-  ``action_text`` (``content='audit_documents'``, rowid = ``seq``), tokenizer
-  ``unicode61 remove_diacritics 2`` (splits on anything but letters/digits, ignores case
-  and diacritics).
-* ``audit_term_counts``: ``(term, seq, tf)`` for each term that occurs twice or more in a
-  record (for BM25 term frequencies; most terms occur once).
+* ``audit_fts``: a contentless FTS5 table (rowid = ``seq``) over ``stated_intent``,
+  ``action_text`` and ``tags``, tokenizer ``unicode61 remove_diacritics 2`` (splits on
+  anything but letters/digits, ignores case and diacritics).  ``tags`` holds internal
+  tokens for the agent (``a<code>``), region (``g<code>``), decision (``d<code>``) and
+  risk decile (``k0``..``k9``) so that selective filters become doclist intersections.
+* ``audit_terms``: document frequency per term; ``audit_term_counts``: ``(term, seq, tf)``
+  for each term that occurs twice or more in a record (most occur once).  Both use the
+  tokens of :func:`~nethical_grpc.storage.audit.model.text_tokens` and feed BM25.
 
 How a search runs
 -----------------
-User text never reaches FTS5 syntax: :func:`fts5_match_expression` quotes every term of
-:func:`~nethical_grpc.storage.audit.model.query_terms` as an FTS5 string joined by spaces
-(implicit AND over both columns), so ``"``, ``AND(``, ``*``, ``NEAR`` or ``col:`` in user
-input are separators or plain words.  FTS5 returns the matching rowids (C speed); the
-filter columns of every record are mirrored in memory as NumPy arrays indexed by ``seq``
-(about 27 bytes per record; loaded at open, then topped up from the table before each
-read), so filters, BM25 scoring, ordering, keyset paging and statistics are vectorised.
-A search costs O(matching records) at roughly 0.1 µs each, not FTS5's ``bm25()`` at
-several µs each, and a page past 10,000 hits costs what page 1 does (no ``OFFSET``).
+The filter columns of every record are mirrored in memory as NumPy arrays indexed by
+``seq`` (about 27 bytes per record; loaded at open, topped up from the table before each
+read), so non-text conditions, BM25 scoring, ordering, keyset paging and statistics are
+vectorised.  With text, the conditions are evaluated on the mirror first; then one FTS5
+query returns the rowids (as ``group_concat`` text, parsed by a compiled kernel) that
+contain every term, lie in the seq range of the passing records, and carry the tags of
+the conditions that pass at most half of the records.  User text never reaches FTS5
+syntax: :func:`fts5_match_expression` quotes every term of
+:func:`~nethical_grpc.storage.audit.model.query_terms` as an FTS5 string inside a
+``{stated_intent action_text}`` column filter, so ``"``, ``AND(``, ``*``, ``NEAR`` or
+``col:`` in user input are separators or plain words and can never match ``tags``.
+
+Cost: O(rowids FTS5 returns) at roughly 0.15 µs each (FTS5's own ``bm25()`` costs
+several µs per row), plus about 1 ms per condition per million records.  A page past
+10,000 hits costs what page 1 does: paging is keyset on the sort key, never ``OFFSET``.
 
 Ranking (``SearchOrder.RELEVANCE``) is Okapi BM25 over the record's two texts taken as one
 field: ``sum_t idf(t) * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len / avg_len))`` with
-``k1 = 1.2``, ``b = 0.75`` and Lucene's ``idf = ln(1 + (N - n + 0.5) / (n + 0.5))``;
-``N``, ``n``, lengths and term frequencies come from
-:func:`~nethical_grpc.storage.audit.model.text_tokens`.  Ties: timestamp descending, then
+``k1 = 1.2``, ``b = 0.75`` and Lucene's ``idf = ln(1 + (N - n + 0.5) / (n + 0.5))``
+(``N`` records, ``n`` of them with the term).  Ties: timestamp descending, then
 ``action_id`` descending.  Records added between two pages change ``N`` and ``n``, so
 under concurrent writes a hit near a page boundary may move; on a quiet store paging is
 exact.
