@@ -13,7 +13,20 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["ingest", "federation", "memory"]
+BENCHES = [
+    "ingest",
+    "federation",
+    "memory",
+    "evaluate",
+    "jit",
+    "gpu",
+    "balancing",
+    "failover",
+    "cache",
+    "timeseries",
+    "audit",
+    "telemetry",
+]
 
 
 def load(name: str) -> dict:  # type: ignore[type-arg]

@@ -133,11 +133,22 @@ async def run_regions(args: argparse.Namespace) -> int:
         print(json_format.MessageToJson(response))
         return 0
     rows = [
-        [r.region_id, i.instance_id, i.endpoint, _HEALTH.get(i.health, "?")]
+        [
+            r.region_id,
+            i.instance_id,
+            i.endpoint,
+            _HEALTH.get(i.health, "?"),
+            f"{i.requests:,}",
+            f"{i.error_rate * 100:.1f}",
+            f"{i.ewma_latency.ToNanoseconds() / 1e6:.2f}" if i.HasField("ewma_latency") else "-",
+            str(i.in_flight),
+            "yes" if i.ejected else "",
+        ]
         for r in response.regions
         for i in r.instances
     ]
-    print(render(["region", "instance", "endpoint", "health"], rows))
+    headers = ["region", "instance", "endpoint", "health", "requests", "err%", "ewma ms"]
+    print(render([*headers, "in-flight", "ejected"], rows))
     return 0
 
 
