@@ -16,6 +16,7 @@ import grpc
 from coordinator.instances import Health, InstanceRegistry, RegionInstance
 from nethical_grpc import convert, telemetry
 from nethical_grpc.errors import FieldViolation, InvalidArgument, MeshError
+from nethical_grpc.privacy import MergedError, ReleaseInfo, merged_error
 from nethical_grpc.series import GroupSummary, Labels, SummaryQuery
 from nethical_grpc.summary import Summary
 from nethical_grpc.validation import MAX_NAMES, check_count
@@ -74,6 +75,14 @@ class GroupResult:
     summary: Summary
     per_region: dict[str, Summary]
     weighted_mean: float | None
+    # regions whose summaries of this group were noised, with how (differential privacy)
+    noised: dict[str, ReleaseInfo] = field(default_factory=dict)
+
+    def privacy(self) -> MergedError | None:
+        """The noise in the merged figures, when any region's summary was noised."""
+        if not self.noised:
+            return None
+        return merged_error(self.noised.values(), self.summary.count, self.summary.mean)
 
 
 @dataclass(slots=True)
@@ -88,6 +97,7 @@ class _Answer:
     instance: RegionInstance
     groups: list[GroupSummary]
     data_as_of_ns: int
+    privacy: ReleaseInfo | None = None
 
 
 def check_region_timeout(timeout_s: float) -> None:
@@ -232,13 +242,18 @@ class Federation:
                 convert.group_summary_from_proto(s, f"series[{i}]")
                 for i, s in enumerate(response.series)
             ]
+            privacy = (
+                convert.privacy_info_from_proto(response.privacy, "privacy")
+                if response.HasField("privacy")
+                else None
+            )
         except MeshError as exc:
             log.warning("invalid summaries from %s: %s", inst.endpoint, exc)
             return MissingPart(inst.region_id, inst.name, Missing.INVALID_RESPONSE, str(exc))
         as_of = (
             convert.timestamp_to_ns(response.data_as_of) if response.HasField("data_as_of") else 0
         )
-        return _Answer(inst, groups, as_of)
+        return _Answer(inst, groups, as_of, privacy)
 
 
 def _merge(
@@ -248,12 +263,15 @@ def _merge(
 ) -> list[GroupResult]:
     # group -> region -> the summaries its instances sent
     by_group: dict[tuple[str, Labels], dict[str, list[Summary]]] = {}
+    noised: dict[tuple[str, Labels], dict[str, ReleaseInfo]] = {}
     for region, answers in per_region.items():
         for answer in answers:
             for g in answer.groups:
                 by_group.setdefault((g.metric, g.labels), {}).setdefault(region, []).append(
                     g.summary
                 )
+                if answer.privacy is not None:
+                    noised.setdefault((g.metric, g.labels), {})[region] = answer.privacy
     results: list[GroupResult] = []
     for metric, labels in sorted(by_group):
         regions = by_group[(metric, labels)]
@@ -270,6 +288,7 @@ def _merge(
                 summary=Summary.merge_all(everything),
                 per_region=per_region_summary if include_breakdown else {},
                 weighted_mean=_weighted_mean(per_region_summary, weights),
+                noised=noised.get((metric, labels), {}),
             )
         )
     return results

@@ -112,6 +112,18 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             )
             if group.weighted_mean is not None:
                 item.weighted_mean = group.weighted_mean
+            noise = group.privacy()
+            if noise is not None:
+                item.privacy.CopyFrom(
+                    coordinator_pb2.MetricPrivacy(
+                        noised=True,
+                        noised_regions=sorted(group.noised),
+                        count_error=convert.noise_error_to_proto(noise.count_error),
+                        sum_error=convert.noise_error_to_proto(noise.sum_error),
+                        mean_error=noise.mean_error,
+                        max_epsilon=max(i.epsilon for i in group.noised.values()),
+                    )
+                )
             if request.include_summary:
                 item.summary.CopyFrom(convert.summary_to_proto(group.summary))
         return response

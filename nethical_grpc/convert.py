@@ -19,6 +19,7 @@ from nethical_grpc.governance.decision import MAX_ACTION_TEXT_BYTES, Decision
 from nethical_grpc.governance.detectors import Action
 from nethical_grpc.governance.profiles import Profile
 from nethical_grpc.governance.requests import EvaluationRequest, Outcome
+from nethical_grpc.privacy import NoiseError, ReleaseInfo
 from nethical_grpc.series import GroupSummary, IngestBatch, SeriesKey, SummaryQuery, freeze_labels
 from nethical_grpc.storage.audit import AuditFilter, SearchPage, SearchQuery
 from nethical_grpc.storage.backend import BackendChoice
@@ -256,13 +257,14 @@ def summary_query_to_proto(q: SummaryQuery) -> region_node_pb2.GetSummariesReque
     return msg
 
 
-def group_summary_to_proto(g: GroupSummary) -> summary_pb2.SeriesSummary:
+def group_summary_to_proto(g: GroupSummary, mean_error: float = 0.0) -> summary_pb2.SeriesSummary:
     return summary_pb2.SeriesSummary(
         metric=g.metric,
         labels=dict(g.labels),
         summary=summary_to_proto(g.summary),
         start_time=ns_to_timestamp(g.start_ns),
         end_time=ns_to_timestamp(g.end_ns),
+        mean_error=mean_error,
     )
 
 
@@ -645,4 +647,60 @@ def store_status_to_proto(choice: BackendChoice) -> region_node_pb2.StoreStatus:
         backend=choice.backend,
         requested=choice.requested,
         reason=choice.reason,
+    )
+
+
+# -- privacy ----------------------------------------------------------------------------
+
+_MECHANISMS = {
+    "laplace": summary_pb2.NOISE_MECHANISM_LAPLACE,
+    "geometric": summary_pb2.NOISE_MECHANISM_GEOMETRIC,
+}
+
+
+def noise_error_to_proto(e: NoiseError) -> summary_pb2.NoiseError:
+    return summary_pb2.NoiseError(stddev=e.stddev, expected_abs=e.expected_abs)
+
+
+def _noise_error_from_proto(msg: summary_pb2.NoiseError, field: str) -> NoiseError:
+    if not (math.isfinite(msg.stddev) and math.isfinite(msg.expected_abs)):
+        raise InvalidArgument.single(field, "must be finite")
+    if msg.stddev < 0 or msg.expected_abs < 0:
+        raise InvalidArgument.single(field, "must not be negative")
+    return NoiseError(msg.stddev, msg.expected_abs)
+
+
+def privacy_info_to_proto(info: ReleaseInfo) -> summary_pb2.PrivacyInfo:
+    return summary_pb2.PrivacyInfo(
+        noised=info.noised,
+        epsilon=info.epsilon,
+        delta=info.delta,
+        mechanism=_MECHANISMS.get(info.mechanism, summary_pb2.NOISE_MECHANISM_UNSPECIFIED),
+        count_error=noise_error_to_proto(info.count_error),
+        sum_error=noise_error_to_proto(info.sum_error),
+        bucket_error=noise_error_to_proto(info.bucket_error),
+        min_count=info.min_count,
+        lower_bound=info.lower_bound,
+        upper_bound=info.upper_bound,
+    )
+
+
+def privacy_info_from_proto(msg: summary_pb2.PrivacyInfo, field: str) -> ReleaseInfo | None:
+    """None when the summaries were not noised."""
+    if not msg.noised:
+        return None
+    mechanism = {v: k for k, v in _MECHANISMS.items()}.get(msg.mechanism)
+    if mechanism is None:
+        raise InvalidArgument.single(f"{field}.mechanism", "unknown noise mechanism")
+    return ReleaseInfo(
+        noised=True,
+        epsilon=msg.epsilon,
+        delta=msg.delta,
+        mechanism=mechanism,
+        count_error=_noise_error_from_proto(msg.count_error, f"{field}.count_error"),
+        sum_error=_noise_error_from_proto(msg.sum_error, f"{field}.sum_error"),
+        bucket_error=_noise_error_from_proto(msg.bucket_error, f"{field}.bucket_error"),
+        min_count=msg.min_count,
+        lower_bound=msg.lower_bound,
+        upper_bound=msg.upper_bound,
     )

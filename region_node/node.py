@@ -7,9 +7,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from nethical_grpc import convert
+from nethical_grpc.privacy import PrivacyConfig, PrivateReleaser, clip_to_bound
 from nethical_grpc.series import GroupSummary, IngestBatch, Labels, SummaryQuery
 from nethical_grpc.summary import Summary
 from nethical_grpc.v1 import region_node_pb2
@@ -65,6 +66,8 @@ class RegionNode:
         # whole region from a shared store (see region_node.persistence)
         self._peers: WindowStore | None = None
         self.wal: WriteAheadLog | None = None
+        self.privacy: PrivacyConfig | None = None
+        self.privacy_releaser: PrivateReleaser | None = None
         self.batch_ids = BatchIds()
         self._peers_loaded = 0
         self._evictor: asyncio.Task[None] | None = None
@@ -83,10 +86,16 @@ class RegionNode:
         self.store.check_capacity((batch.key,))
         if self.wal is not None:
             self.wal.append(raw if raw is not None else b"", batch.time_ns)
-        self.store.apply(batch)
+        self.store.apply(self._bounded(batch))
         if batch.batch_id:
             self.batch_ids.add(batch.batch_id)
         return True
+
+    def _bounded(self, batch: IngestBatch) -> IngestBatch:
+        """With differential privacy, values are clipped to its public bound on the way in."""
+        if self.privacy is None:
+            return batch
+        return replace(batch, values=clip_to_bound(batch.values, self.privacy))
 
     async def sync(self) -> None:
         """Make every ingested batch durable (no-op without a write-ahead log)."""
@@ -101,7 +110,7 @@ class RegionNode:
             batch = convert.ingest_batch_from_proto(request, time_ns)
             if batch.batch_id and batch.batch_id in wal.batch_ids:
                 continue
-            self.store.apply(batch)
+            self.store.apply(self._bounded(batch))
             if batch.batch_id:
                 wal.batch_ids.add(batch.batch_id)
             replayed += 1
@@ -127,7 +136,7 @@ class RegionNode:
         """Apply observations the node made itself (already valid), all or none."""
         self.store.check_capacity(b.key for b in batches)
         for batch in batches:
-            self.store.apply(batch)
+            self.store.apply(self._bounded(batch))
 
     def summaries(self, query: SummaryQuery) -> list[GroupSummary]:
         own = self.store.summaries(query)
@@ -141,6 +150,11 @@ class RegionNode:
             dropped = self.store.evict_expired()
             if dropped:
                 log.debug("dropped %d windows past retention", dropped)
+            if self.privacy_releaser is not None:
+                cfg = self.store.config
+                now = self.clock()
+                oldest = (now // cfg.window_ns * cfg.window_ns - cfg.retention_ns) // cfg.window_ns
+                self.privacy_releaser.forget_windows_before(oldest + 1)
 
     def start_background(self, interval_s: float = 5.0) -> None:
         if self._evictor is None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from nethical_grpc.governance.profiles import ProfileBook
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
+from nethical_grpc.privacy import PrivacyConfig, PrivateReleaser
 from nethical_grpc.server_runtime import MeshServer, start_server
 from nethical_grpc.summary import _kernels
 from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
@@ -42,6 +43,8 @@ class RegionServerConfig:
     stores: StoreConfig = field(default_factory=StoreConfig)
     # write-ahead log directory: acknowledged batches survive a kill (None: no log)
     wal_dir: Path | None = None
+    # differential privacy for the summaries that leave the region (None: exact)
+    privacy: PrivacyConfig | None = None
 
 
 async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, RegionNode]:
@@ -69,7 +72,12 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
             if model is not None
             else None
         )
-        servicer = RegionNodeServicer(node, evaluator, stores)
+        releaser = None
+        if config.privacy is not None:
+            node.privacy = config.privacy
+            releaser = PrivateReleaser(config.privacy, window_ns=config.windows.window_ns)
+            node.privacy_releaser = releaser
+        servicer = RegionNodeServicer(node, evaluator, stores, releaser)
         mesh = await start_server(
             [lambda s: region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(servicer, s)],
             [SERVICE_NAME],

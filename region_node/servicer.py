@@ -19,6 +19,7 @@ from nethical_grpc.errors import (
     rpc_stream_errors,
 )
 from nethical_grpc.governance.requests import EvaluationRequest, Outcome
+from nethical_grpc.privacy import PrivateReleaser
 from nethical_grpc.series import SummaryQuery
 from nethical_grpc.streams import read_chunks
 from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
@@ -38,10 +39,13 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         node: RegionNode,
         evaluator: Evaluator | None = None,
         stores: NodeStores | None = None,
+        privacy: PrivateReleaser | None = None,
     ) -> None:
         self.node = node
         self.evaluator = evaluator
         self.stores = stores
+        # differential privacy for what leaves the region (None: exact summaries)
+        self.privacy = privacy
         # identical queries between two changes of the store get the same response
         self._responses: dict[
             SummaryQuery, tuple[tuple[int, int], region_node_pb2.GetSummariesResponse]
@@ -92,13 +96,25 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         if cached is not None and cached[0] == version:
             return cached[1]
         groups = self.node.summaries(query)
+        mean_errors: list[float] = [0.0] * len(groups)
+        release = None
+        if self.privacy is not None:
+            # noised before it leaves; a spent budget is RESOURCE_EXHAUSTED
+            release = self.privacy.release(query, groups, version)
+            groups = [r.group for r in release.groups]
+            mean_errors = [r.mean_error for r in release.groups]
         ident = self.node.identity
         response = region_node_pb2.GetSummariesResponse(
-            series=[convert.group_summary_to_proto(g) for g in groups],
+            series=[
+                convert.group_summary_to_proto(g, mean_error=e)
+                for g, e in zip(groups, mean_errors, strict=True)
+            ],
             region_id=ident.region_id,
             instance_id=ident.instance_id,
             scope=_scope(self.node),
         )
+        if release is not None:
+            response.privacy.CopyFrom(convert.privacy_info_to_proto(release.info))
         as_of = max((g.data_as_of_ns for g in groups), default=0)
         if as_of:
             response.data_as_of.CopyFrom(convert.ns_to_timestamp(as_of))

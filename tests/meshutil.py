@@ -12,6 +12,7 @@ import numpy as np
 from coordinator.federation import Federation
 from coordinator.server import CoordinatorConfig, start_coordinator
 from nethical_grpc import client
+from nethical_grpc.privacy import PrivacyConfig
 from nethical_grpc.server_runtime import MeshServer
 from region_node.node import RegionNode
 from region_node.server import RegionServerConfig, start_region_server
@@ -73,6 +74,7 @@ async def add_region(
     windows: WindowConfig | None = None,
     stores: StoreConfig | None = None,
     first_instance: int = 0,
+    privacy: PrivacyConfig | None = None,
 ) -> list[tuple[MeshServer, RegionNode]]:
     started = []
     for i in range(first_instance, first_instance + instances):
@@ -84,6 +86,7 @@ async def add_region(
                     region_scope=region_scope,
                     windows=windows or WindowConfig(),
                     stores=stores or StoreConfig(),
+                    privacy=privacy,
                 )
             )
         )

@@ -116,6 +116,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="how often window summaries are written to the time-series store (10s)",
     )
     region.add_argument(
+        "--dp-epsilon",
+        type=float,
+        default=None,
+        help="differential privacy for summaries leaving the region: epsilon per release "
+        "(off by default; needs --dp-value-bound)",
+    )
+    region.add_argument(
+        "--dp-window-budget", type=float, default=None, help="epsilon per window (10x --dp-epsilon)"
+    )
+    region.add_argument(
+        "--dp-value-bound", type=float, default=None, help="public bound B: values clipped to ±B"
+    )
+    region.add_argument(
+        "--dp-min-count",
+        type=int,
+        default=50,
+        help="groups with a smaller noisy count are left out",
+    )
+    region.add_argument("--dp-mechanism", choices=("laplace", "geometric"), default="laplace")
+    region.add_argument(
+        "--dp-nonnegative", action="store_true", help="values are in [0, B] rather than [-B, B]"
+    )
+    region.add_argument(
         "--wal-dir",
         type=Path,
         default=None,

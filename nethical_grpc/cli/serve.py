@@ -50,6 +50,7 @@ def _announce(mesh: MeshServer, role: str, port_file: Path | None, host: str) ->
 
 async def run_region(args: argparse.Namespace) -> int:
     from nethical_grpc.inference.errors import ModelLoadError
+    from nethical_grpc.privacy import PrivacyConfig
     from region_node.model import ModelConfig
     from region_node.server import RegionServerConfig, start_region_server
     from region_node.stores import StoreConfig
@@ -71,6 +72,18 @@ async def run_region(args: argparse.Namespace) -> int:
             precision=args.precision,
             num_threads=args.inference_threads,
         )
+        privacy = None
+        if args.dp_epsilon is not None:
+            if args.dp_value_bound is None:
+                raise ValueError("--dp-epsilon needs --dp-value-bound (the public bound B)")
+            privacy = PrivacyConfig(
+                epsilon_per_release=args.dp_epsilon,
+                window_budget=args.dp_window_budget or 10 * args.dp_epsilon,
+                value_bound=args.dp_value_bound,
+                min_count=args.dp_min_count,
+                mechanism=args.dp_mechanism,
+                nonnegative=args.dp_nonnegative,
+            )
         stores = StoreConfig(
             cache_url=args.cache_url,
             timeseries_url=args.timeseries_url,
@@ -95,6 +108,7 @@ async def run_region(args: argparse.Namespace) -> int:
                 model=model,
                 stores=stores,
                 wal_dir=args.wal_dir,
+                privacy=privacy,
             )
         )
     except (ModelLoadError, ValueError) as exc:

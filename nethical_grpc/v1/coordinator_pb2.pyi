@@ -131,7 +131,7 @@ class RegionStatistics(_message.Message):
     def __init__(self, region_id: _Optional[str] = ..., statistics: _Optional[_Union[SeriesStatistics, _Mapping]] = ...) -> None: ...
 
 class MetricResult(_message.Message):
-    __slots__ = ("metric", "labels", "statistics", "weighted_mean", "regions", "summary")
+    __slots__ = ("metric", "labels", "statistics", "weighted_mean", "regions", "summary", "privacy")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -145,13 +145,31 @@ class MetricResult(_message.Message):
     WEIGHTED_MEAN_FIELD_NUMBER: _ClassVar[int]
     REGIONS_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
     metric: str
     labels: _containers.ScalarMap[str, str]
     statistics: SeriesStatistics
     weighted_mean: float
     regions: _containers.RepeatedCompositeFieldContainer[RegionStatistics]
     summary: _summary_pb2.Summary
-    def __init__(self, metric: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., statistics: _Optional[_Union[SeriesStatistics, _Mapping]] = ..., weighted_mean: _Optional[float] = ..., regions: _Optional[_Iterable[_Union[RegionStatistics, _Mapping]]] = ..., summary: _Optional[_Union[_summary_pb2.Summary, _Mapping]] = ...) -> None: ...
+    privacy: MetricPrivacy
+    def __init__(self, metric: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., statistics: _Optional[_Union[SeriesStatistics, _Mapping]] = ..., weighted_mean: _Optional[float] = ..., regions: _Optional[_Iterable[_Union[RegionStatistics, _Mapping]]] = ..., summary: _Optional[_Union[_summary_pb2.Summary, _Mapping]] = ..., privacy: _Optional[_Union[MetricPrivacy, _Mapping]] = ...) -> None: ...
+
+class MetricPrivacy(_message.Message):
+    __slots__ = ("noised", "noised_regions", "count_error", "sum_error", "mean_error", "max_epsilon")
+    NOISED_FIELD_NUMBER: _ClassVar[int]
+    NOISED_REGIONS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_ERROR_FIELD_NUMBER: _ClassVar[int]
+    SUM_ERROR_FIELD_NUMBER: _ClassVar[int]
+    MEAN_ERROR_FIELD_NUMBER: _ClassVar[int]
+    MAX_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    noised: bool
+    noised_regions: _containers.RepeatedScalarFieldContainer[str]
+    count_error: _summary_pb2.NoiseError
+    sum_error: _summary_pb2.NoiseError
+    mean_error: float
+    max_epsilon: float
+    def __init__(self, noised: _Optional[bool] = ..., noised_regions: _Optional[_Iterable[str]] = ..., count_error: _Optional[_Union[_summary_pb2.NoiseError, _Mapping]] = ..., sum_error: _Optional[_Union[_summary_pb2.NoiseError, _Mapping]] = ..., mean_error: _Optional[float] = ..., max_epsilon: _Optional[float] = ...) -> None: ...
 
 class MissingRegion(_message.Message):
     __slots__ = ("region_id", "instance_id", "reason", "message")

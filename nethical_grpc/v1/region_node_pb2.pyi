@@ -92,18 +92,20 @@ class GetSummariesRequest(_message.Message):
     def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Iterable[str]] = ..., label_filter: _Optional[_Mapping[str, str]] = ..., group_by_labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetSummariesResponse(_message.Message):
-    __slots__ = ("series", "region_id", "instance_id", "scope", "data_as_of")
+    __slots__ = ("series", "region_id", "instance_id", "scope", "data_as_of", "privacy")
     SERIES_FIELD_NUMBER: _ClassVar[int]
     REGION_ID_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     DATA_AS_OF_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
     series: _containers.RepeatedCompositeFieldContainer[_summary_pb2.SeriesSummary]
     region_id: str
     instance_id: str
     scope: DataScope
     data_as_of: _timestamp_pb2.Timestamp
-    def __init__(self, series: _Optional[_Iterable[_Union[_summary_pb2.SeriesSummary, _Mapping]]] = ..., region_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., scope: _Optional[_Union[DataScope, str]] = ..., data_as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    privacy: _summary_pb2.PrivacyInfo
+    def __init__(self, series: _Optional[_Iterable[_Union[_summary_pb2.SeriesSummary, _Mapping]]] = ..., region_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., scope: _Optional[_Union[DataScope, str]] = ..., data_as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., privacy: _Optional[_Union[_summary_pb2.PrivacyInfo, _Mapping]] = ...) -> None: ...
 
 class GetNodeInfoRequest(_message.Message):
     __slots__ = ()

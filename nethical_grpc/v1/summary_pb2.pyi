@@ -2,12 +2,22 @@ import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class NoiseMechanism(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NOISE_MECHANISM_UNSPECIFIED: _ClassVar[NoiseMechanism]
+    NOISE_MECHANISM_LAPLACE: _ClassVar[NoiseMechanism]
+    NOISE_MECHANISM_GEOMETRIC: _ClassVar[NoiseMechanism]
+NOISE_MECHANISM_UNSPECIFIED: NoiseMechanism
+NOISE_MECHANISM_LAPLACE: NoiseMechanism
+NOISE_MECHANISM_GEOMETRIC: NoiseMechanism
 
 class Moments(_message.Message):
     __slots__ = ("count", "sum", "min", "max", "mean", "m2")
@@ -57,7 +67,7 @@ class Summary(_message.Message):
     def __init__(self, moments: _Optional[_Union[Moments, _Mapping]] = ..., histogram: _Optional[_Union[ExponentialHistogram, _Mapping]] = ...) -> None: ...
 
 class SeriesSummary(_message.Message):
-    __slots__ = ("metric", "labels", "summary", "start_time", "end_time")
+    __slots__ = ("metric", "labels", "summary", "start_time", "end_time", "mean_error")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -70,9 +80,43 @@ class SeriesSummary(_message.Message):
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
+    MEAN_ERROR_FIELD_NUMBER: _ClassVar[int]
     metric: str
     labels: _containers.ScalarMap[str, str]
     summary: Summary
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
-    def __init__(self, metric: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., summary: _Optional[_Union[Summary, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    mean_error: float
+    def __init__(self, metric: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., summary: _Optional[_Union[Summary, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., mean_error: _Optional[float] = ...) -> None: ...
+
+class NoiseError(_message.Message):
+    __slots__ = ("stddev", "expected_abs")
+    STDDEV_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_ABS_FIELD_NUMBER: _ClassVar[int]
+    stddev: float
+    expected_abs: float
+    def __init__(self, stddev: _Optional[float] = ..., expected_abs: _Optional[float] = ...) -> None: ...
+
+class PrivacyInfo(_message.Message):
+    __slots__ = ("noised", "epsilon", "delta", "mechanism", "count_error", "sum_error", "bucket_error", "min_count", "lower_bound", "upper_bound")
+    NOISED_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    MECHANISM_FIELD_NUMBER: _ClassVar[int]
+    COUNT_ERROR_FIELD_NUMBER: _ClassVar[int]
+    SUM_ERROR_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_ERROR_FIELD_NUMBER: _ClassVar[int]
+    MIN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LOWER_BOUND_FIELD_NUMBER: _ClassVar[int]
+    UPPER_BOUND_FIELD_NUMBER: _ClassVar[int]
+    noised: bool
+    epsilon: float
+    delta: float
+    mechanism: NoiseMechanism
+    count_error: NoiseError
+    sum_error: NoiseError
+    bucket_error: NoiseError
+    min_count: int
+    lower_bound: float
+    upper_bound: float
+    def __init__(self, noised: _Optional[bool] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., mechanism: _Optional[_Union[NoiseMechanism, str]] = ..., count_error: _Optional[_Union[NoiseError, _Mapping]] = ..., sum_error: _Optional[_Union[NoiseError, _Mapping]] = ..., bucket_error: _Optional[_Union[NoiseError, _Mapping]] = ..., min_count: _Optional[int] = ..., lower_bound: _Optional[float] = ..., upper_bound: _Optional[float] = ...) -> None: ...

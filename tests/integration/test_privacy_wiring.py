@@ -1,0 +1,72 @@
+"""Differential privacy on a real region node and coordinator."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+from meshutil import Mesh, add_coordinator, add_region
+
+from nethical_grpc import client, convert
+from nethical_grpc.errors import details_from_error
+from nethical_grpc.privacy import PrivacyConfig
+from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc, summary_pb2
+
+DP = PrivacyConfig(
+    epsilon_per_release=1.0, window_budget=3.0, value_bound=100.0, min_count=5, nonnegative=True
+)
+
+
+def stub(mesh: Mesh, region: str) -> region_node_pb2_grpc.RegionNodeServiceStub:
+    server, _ = mesh.regions[region][0]
+    return region_node_pb2_grpc.RegionNodeServiceStub(mesh.channel(server.address))
+
+
+async def test_noised_summaries_withhold_extremes_and_spend_a_budget(mesh: Mesh) -> None:
+    await add_region(mesh, "dp", privacy=DP)
+    values = np.concatenate([np.random.default_rng(3).uniform(10, 90, 9_990), [1e6] * 10])
+    await mesh.ingest("dp", "score", values)
+    s = stub(mesh, "dp")
+    req = region_node_pb2.GetSummariesRequest(metrics=["score"])
+    first = await s.GetSummaries(req, timeout=5)
+    assert first.privacy.noised
+    assert first.privacy.mechanism == summary_pb2.NOISE_MECHANISM_LAPLACE
+    assert first.privacy.count_error.expected_abs > 0
+    summary = convert.summary_from_proto(first.series[0].summary)
+    # extremes are the public bounds, never the data's own (1e6 was clipped to the bound)
+    assert (summary.min, summary.max) == (0.0, 100.0)
+    assert abs(summary.count - values.size) < 60
+    assert abs(summary.mean - np.clip(values, 0, 100).mean()) < 1.0
+    assert first.series[0].mean_error > 0
+    # the same question at the same data gets the same noise and costs nothing more
+    again = await s.GetSummaries(req, timeout=5)
+    assert again.SerializeToString() == first.SerializeToString()
+    # each new answer over the same window spends from its budget until it is gone
+    refused = None
+    for i in range(5):
+        await mesh.ingest("dp", "score", np.array([50.0 + i]))
+        try:
+            await s.GetSummaries(req, timeout=5)
+        except grpc.aio.AioRpcError as err:
+            refused = err
+            break
+    assert refused is not None and refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert details_from_error(refused).reason == "PRIVACY_BUDGET_EXHAUSTED"
+
+
+async def test_coordinator_reports_which_regions_were_noised_and_the_error(mesh: Mesh) -> None:
+    await add_region(mesh, "dp", privacy=DP)
+    await add_region(mesh, "exact")
+    await mesh.ingest("dp", "score", np.random.default_rng(1).uniform(0, 100, 5_000))
+    await mesh.ingest("exact", "score", np.random.default_rng(2).uniform(0, 100, 5_000))
+    await add_coordinator(mesh)
+    result = await client.global_metrics(
+        mesh.coordinator_channel(), client.QueryOptions(metrics=["score"])
+    )
+    (item,) = result.results
+    assert item.privacy.noised
+    assert list(item.privacy.noised_regions) == ["dp"]
+    assert item.privacy.count_error.expected_abs > 0
+    assert item.privacy.mean_error > 0
+    assert item.privacy.max_epsilon == pytest.approx(1.0)
+    assert abs(item.statistics.count - 10_000) < 60
