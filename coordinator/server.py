@@ -11,6 +11,7 @@ from coordinator.gateway_config import GatewayConfig
 from coordinator.instances import InstanceRegistry
 from coordinator.servicer import CoordinatorServicer
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
+from nethical_grpc.security.config import ServerSecurity
 from nethical_grpc.server_runtime import MeshServer, start_server
 from nethical_grpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 
@@ -28,6 +29,7 @@ class CoordinatorConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     reflection: bool = True
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    security: ServerSecurity = field(default_factory=ServerSecurity)
 
 
 async def start_coordinator(config: CoordinatorConfig) -> tuple[MeshServer, Federation]:
@@ -55,6 +57,7 @@ async def start_coordinator(config: CoordinatorConfig) -> tuple[MeshServer, Fede
             port=config.port,
             max_message_bytes=config.max_message_bytes,
             reflection_enabled=config.reflection,
+            security=config.security,
         )
     except BaseException:
         await registry.close()

@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nethical_grpc import reflection
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES, server_options
 from nethical_grpc.health import NOT_SERVING, SERVING, HealthService
+from nethical_grpc.security.config import ServerSecurity
 from nethical_grpc.telemetry import server_interceptors
 
 log = logging.getLogger(__name__)
@@ -76,16 +77,23 @@ async def start_server(
     max_concurrent_rpcs: int | None = 1000,
     interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] | None = None,
     serving: bool = True,
+    security: ServerSecurity | None = None,
 ) -> MeshServer:
     """Create, bind (port 0 picks a free port) and start a server with health + reflection.
 
     ``interceptors`` default to the active telemetry's (none when telemetry is off).
     ``serving=False`` starts with health NOT_SERVING (until the caller is ready).
+    ``security``: TLS (or mutual TLS) and bearer-token roles; default plaintext, no
+    tokens (logged as such). Telemetry runs before the token check, so refused calls are
+    traced and counted too.
     """
+    security = security or ServerSecurity()
+    chain = list(interceptors) if interceptors is not None else server_interceptors()
+    chain.extend(security.interceptors())
     server = grpc.aio.server(
         options=server_options(max_message_bytes),
         maximum_concurrent_rpcs=max_concurrent_rpcs,
-        interceptors=list(interceptors) if interceptors is not None else server_interceptors(),
+        interceptors=chain,
     )
     for register in registrars:
         register(server)
@@ -94,9 +102,10 @@ async def start_server(
     names = [*service_full_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
     if reflection_enabled:
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
-    bound = server.add_insecure_port(f"{_bracket(host)}:{port}")
+    bound = security.add_port(server, f"{_bracket(host)}:{port}")
     if bound == 0:
         raise OSError(f"could not bind {host}:{port}")
+    security.log(f"{', '.join(service_full_names)} on {host}:{bound}", log)
     await server.start()
     mesh = MeshServer(server=server, health=health, port=bound, service_names=service_full_names)
     await mesh.set_serving(serving)

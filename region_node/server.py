@@ -10,6 +10,7 @@ from pathlib import Path
 from nethical_grpc.governance.profiles import ProfileBook
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
 from nethical_grpc.privacy import PrivacyConfig, PrivateReleaser
+from nethical_grpc.security.config import ServerSecurity
 from nethical_grpc.server_runtime import MeshServer, start_server
 from nethical_grpc.summary import _kernels
 from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
@@ -45,6 +46,7 @@ class RegionServerConfig:
     wal_dir: Path | None = None
     # differential privacy for the summaries that leave the region (None: exact)
     privacy: PrivacyConfig | None = None
+    security: ServerSecurity = field(default_factory=ServerSecurity)
 
 
 async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, RegionNode]:
@@ -86,6 +88,7 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
             max_message_bytes=config.max_message_bytes,
             reflection_enabled=config.reflection,
             serving=False,  # until persisted windows are back
+            security=config.security,
         )
     except BaseException:
         await stores.close()

@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2
 from nethical_grpc import client
 from nethical_grpc.cli.table import fmt_number, render
 from nethical_grpc.errors import details_from_error
+from nethical_grpc.security.config import client_security_from_args
 from nethical_grpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 _REASONS = {
@@ -103,7 +104,7 @@ async def run_query(args: argparse.Namespace) -> int:
         include_region_breakdown=args.breakdown,
         region_timeout_s=args.region_timeout / 1e9 if args.region_timeout else None,
     )
-    async with client.insecure_channel(args.target) as channel:
+    async with _channel(args) as channel:
         try:
             response = await client.global_metrics(channel, opts, timeout=args.timeout)
         except grpc.RpcError as err:
@@ -120,8 +121,13 @@ async def run_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _channel(args: argparse.Namespace) -> grpc.aio.Channel:
+    """A channel with the TLS and token the flags (or environment) ask for."""
+    return client_security_from_args(args).channel(args.target)
+
+
 async def run_regions(args: argparse.Namespace) -> int:
-    async with client.insecure_channel(args.target) as channel:
+    async with _channel(args) as channel:
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
         try:
             response = await stub.ListRegions(
@@ -153,7 +159,7 @@ async def run_regions(args: argparse.Namespace) -> int:
 
 
 async def run_health(args: argparse.Namespace) -> int:
-    async with client.insecure_channel(args.target) as channel:
+    async with _channel(args) as channel:
         try:
             status = await client.check_health(channel, args.service, timeout=args.timeout)
         except grpc.RpcError as err:

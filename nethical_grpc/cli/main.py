@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nethical_grpc.cli.args import parse_duration_ns, parse_pair, parse_weight
+from nethical_grpc.security.flags import add_client_arguments, add_server_arguments
 
 log = logging.getLogger("nethical_mesh")
 
@@ -50,6 +51,7 @@ def _server_args(p: argparse.ArgumentParser, default_port: int) -> None:
         default=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
         help="export traces and metrics over OTLP/gRPC to this endpoint (off by default)",
     )
+    add_server_arguments(p)
     _common(p)
 
 
@@ -177,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_gateway_arguments(coord)
     _server_args(coord, 50050)
+    add_client_arguments(coord, prefix="region-")
 
     query = sub.add_parser("query", help="global metrics from a coordinator")
     query.add_argument("--target", default="127.0.0.1:50050")
@@ -209,18 +212,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     query.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
     query.add_argument("--json", action="store_true", help="print the response as JSON")
+    add_client_arguments(query)
     _common(query)
 
     regions = sub.add_parser("regions", help="regions and instance health from a coordinator")
     regions.add_argument("--target", default="127.0.0.1:50050")
     regions.add_argument("--timeout", type=float, default=5.0)
     regions.add_argument("--json", action="store_true")
+    add_client_arguments(regions)
     _common(regions)
 
     health = sub.add_parser("health", help="grpc.health.v1 Check: exit 0 only when SERVING")
     health.add_argument("target", help="HOST:PORT")
     health.add_argument("--service", default="", help="service name ('' = the server)")
     health.add_argument("--timeout", type=float, default=3.0)
+    add_client_arguments(health)
     _common(health)
 
     demo = sub.add_parser("demo", help="an all-in-one mesh on loopback with live metrics")

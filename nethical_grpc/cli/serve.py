@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
+from nethical_grpc import telemetry
 from nethical_grpc.components import report_once
+from nethical_grpc.security.config import client_security_from_args, server_security_from_args
 from nethical_grpc.server_runtime import MeshServer, serve_until_signalled
 
 log = logging.getLogger("nethical_mesh")
@@ -84,13 +87,14 @@ async def run_region(args: argparse.Namespace) -> int:
                 mechanism=args.dp_mechanism,
                 nonnegative=args.dp_nonnegative,
             )
+        security = server_security_from_args(args)
         stores = StoreConfig(
             cache_url=args.cache_url,
             timeseries_url=args.timeseries_url,
             audit_url=args.audit_url,
             flush_interval_s=args.flush_interval / 1e9,
         )
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         log.error("bad configuration: %s", exc)
         return 2
     tel = _start_telemetry(args, "nethical-region-node", args.region_id)
@@ -109,6 +113,7 @@ async def run_region(args: argparse.Namespace) -> int:
                 stores=stores,
                 wal_dir=args.wal_dir,
                 privacy=privacy,
+                security=security,
             )
         )
     except (ModelLoadError, ValueError) as exc:
@@ -135,6 +140,20 @@ async def run_coordinator(args: argparse.Namespace) -> int:
     if not regions:
         log.error("give at least one --region REGION=HOST:PORT")
         return 2
+    try:
+        security = server_security_from_args(args)
+        upstream = client_security_from_args(args, "region-", fallback_tls=security.tls)
+        gateway = gateway_config.from_arguments(args)
+    except (ValueError, OSError) as exc:
+        log.error("bad configuration: %s", exc)
+        return 2
+    upstream.log("coordinator -> region nodes", log)
+    if upstream.tls is not None or upstream.token is not None:
+        # mTLS and the coordinator's token on every call to a region node
+        gateway = dataclasses.replace(
+            gateway,
+            channel_factory=upstream.channel_factory(interceptors=telemetry.client_interceptors),
+        )
     tel = _start_telemetry(args, "nethical-coordinator", None)
     try:
         mesh, _fed = await start_coordinator(
@@ -144,7 +163,8 @@ async def run_coordinator(args: argparse.Namespace) -> int:
                 port=args.port,
                 max_message_bytes=args.max_message_bytes,
                 reflection=not args.no_reflection,
-                gateway=gateway_config.from_arguments(args),
+                gateway=gateway,
+                security=security,
             )
         )
     except ValueError as exc:

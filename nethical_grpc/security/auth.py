@@ -1,0 +1,225 @@
+"""Bearer-token authentication and role checks, as a ``grpc.aio`` server interceptor.
+
+Every call to a method outside the public services (health, reflection) must carry
+``authorization: Bearer <token>`` metadata. The interceptor resolves the token to a
+principal (:class:`~nethical_grpc.security.tokens.TokenStore`) and checks the method
+against the :class:`~nethical_grpc.security.roles.AccessPolicy`:
+
+==========================================  =================  ==================
+situation                                   status             ErrorInfo reason
+==========================================  =================  ==================
+no ``authorization`` metadata               UNAUTHENTICATED    TOKEN_MISSING
+not ``Bearer <token>``, or given twice      UNAUTHENTICATED    TOKEN_MALFORMED
+a token no one holds                        UNAUTHENTICATED    TOKEN_UNKNOWN
+a known token whose roles may not call it   PERMISSION_DENIED  ROLE_NOT_ALLOWED
+==========================================  =================  ==================
+
+A refused call is answered by a stand-in handler of the same arity that aborts at
+once: the service's handler never runs, the request is neither read (streams) nor
+parsed (unary requests arrive as raw bytes), nothing changes. The status carries a
+``google.rpc.Status`` with an ``ErrorInfo`` (domain ``nethical-mesh``) like every mesh
+error. Neither the status, the logs nor the ErrorInfo ever contain the presented
+token; only the principal's name and roles (not secret) appear.
+
+Put this interceptor after the telemetry interceptor so refused calls are still traced
+and counted (a span records the method and status code, never metadata).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from nethical_grpc.errors import MeshError, to_status
+from nethical_grpc.security.roles import DEFAULT_POLICY, AccessPolicy
+from nethical_grpc.security.tokens import Principal, TokenStore
+
+if TYPE_CHECKING:
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    Context = grpc.aio.ServicerContext[Any, Any]
+else:
+    _ServerInterceptor = grpc.aio.ServerInterceptor
+    Handler = grpc.RpcMethodHandler
+    Context = grpc.aio.ServicerContext
+
+log = logging.getLogger(__name__)
+
+AUTHORIZATION = "authorization"
+REDACTED = "<redacted>"
+_SENSITIVE_KEYS = frozenset({AUTHORIZATION, "proxy-authorization", "cookie", "x-api-key"})
+
+_MAX_CACHED_REFUSALS = 4096
+
+TOKEN_MISSING = "TOKEN_MISSING"
+TOKEN_MALFORMED = "TOKEN_MALFORMED"
+TOKEN_UNKNOWN = "TOKEN_UNKNOWN"
+ROLE_NOT_ALLOWED = "ROLE_NOT_ALLOWED"
+
+
+class Unauthenticated(MeshError):
+    """No usable credentials: missing, malformed or unknown token."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message=message, reason=reason, code=grpc.StatusCode.UNAUTHENTICATED)
+
+
+class PermissionDenied(MeshError):
+    """Known credentials whose roles may not call the method."""
+
+    def __init__(self, message: str, metadata: dict[str, str]) -> None:
+        super().__init__(
+            message=message,
+            reason=ROLE_NOT_ALLOWED,
+            metadata=metadata,
+            code=grpc.StatusCode.PERMISSION_DENIED,
+        )
+
+
+def redact_metadata(
+    metadata: Iterable[tuple[str, str | bytes]] | None,
+) -> list[tuple[str, str | bytes]]:
+    """A copy of ``metadata`` safe to log: credential headers' values replaced by
+    ``<redacted>``, binary (``-bin``) values by their length."""
+    out: list[tuple[str, str | bytes]] = []
+    for key, value in metadata or ():
+        lowered = key.lower()
+        if lowered in _SENSITIVE_KEYS:
+            out.append((key, REDACTED))
+        elif lowered.endswith("-bin"):
+            out.append((key, f"<{len(value)} bytes>"))
+        else:
+            out.append((key, value))
+    return out
+
+
+def bearer_token_of(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+    """The token in ``authorization: Bearer <token>`` metadata.
+
+    Raises :class:`Unauthenticated` (TOKEN_MISSING or TOKEN_MALFORMED); the message
+    never includes what was sent.
+    """
+    values = [v for k, v in (metadata or ()) if k.lower() == AUTHORIZATION]
+    if not values:
+        raise Unauthenticated(
+            "missing credentials: send metadata 'authorization: Bearer TOKEN'", TOKEN_MISSING
+        )
+    if len(values) > 1:
+        raise Unauthenticated("more than one authorization metadata entry", TOKEN_MALFORMED)
+    value = values[0]
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    scheme, _, token = text.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthenticated(
+            "malformed authorization metadata: expected 'Bearer TOKEN'", TOKEN_MALFORMED
+        )
+    return token
+
+
+class BearerAuthInterceptor(_ServerInterceptor):
+    """Authenticates bearer tokens and enforces ``policy`` on every call (see module doc).
+
+    ``tokens`` is consulted on each call, so a :class:`~nethical_grpc.security.tokens.
+    TokenFile` that reloads takes effect for the next call. ``denied`` counts refusals
+    by reason (for tests and metrics). Refusals are logged at INFO, at most one line
+    per reason every ``log_interval_s`` seconds (the next line says how many were
+    skipped), so a flood of bad calls cannot flood the log.
+    """
+
+    def __init__(
+        self,
+        tokens: TokenStore,
+        policy: AccessPolicy = DEFAULT_POLICY,
+        log_interval_s: float = 10.0,
+    ) -> None:
+        self.tokens = tokens
+        self.policy = policy
+        self.denied: dict[str, int] = {}
+        self._log_interval_s = log_interval_s
+        self._last_log: dict[str, float] = {}  # reason -> monotonic time of its last line
+        self._unlogged: dict[str, int] = {}
+        # stand-ins by (method, reason, message, arity); bounded by methods x principals
+        self._refusals: dict[tuple[str, str, str, bool, bool], Handler] = {}
+
+    def check(
+        self, method: str, metadata: Iterable[tuple[str, str | bytes]] | None
+    ) -> Principal | None:
+        """The caller's principal (None for a public method).
+
+        Raises :class:`Unauthenticated` or :class:`PermissionDenied`.
+        """
+        if self.policy.is_public(method):
+            return None
+        token = bearer_token_of(metadata)
+        principal = self.tokens.authenticate(token)
+        if principal is None:
+            raise Unauthenticated("unknown bearer token", TOKEN_UNKNOWN)
+        if not self.policy.allows(method, principal.roles):
+            roles = principal.roles_text()
+            raise PermissionDenied(
+                f"{principal.name!r} (roles: {roles}) may not call {method}",
+                {"method": method, "principal": principal.name, "roles": roles},
+            )
+        return principal
+
+    async def intercept_service(  # type: ignore[override]
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None  # no such method: UNIMPLEMENTED, as without the interceptor
+        method = handler_call_details.method
+        try:
+            self.check(method, handler_call_details.invocation_metadata)
+        except MeshError as exc:
+            self.denied[exc.reason] = self.denied.get(exc.reason, 0) + 1
+            self._log_refusal(method, exc)
+            return self._refusal(handler, method, exc)
+        return handler
+
+    def _refusal(self, like: Handler, method: str, exc: MeshError) -> Handler:
+        key = (method, exc.reason, exc.message, like.request_streaming, like.response_streaming)
+        found = self._refusals.get(key)
+        if found is None:
+            if len(self._refusals) >= _MAX_CACHED_REFUSALS:
+                self._refusals.clear()
+            found = self._refusals[key] = refusing_handler(like, to_status(exc))
+        return found
+
+    def _log_refusal(self, method: str, exc: MeshError) -> None:
+        """One INFO line per reason per ``log_interval_s``, counting the ones skipped."""
+        now = time.monotonic()
+        last = self._last_log.get(exc.reason)
+        if last is not None and now - last < self._log_interval_s:
+            self._unlogged[exc.reason] = self._unlogged.get(exc.reason, 0) + 1
+            return
+        self._last_log[exc.reason] = now
+        skipped = self._unlogged.pop(exc.reason, 0)
+        more = f"; {skipped} more {exc.reason} since the last line" if skipped else ""
+        log.info("refused %s: %s (%s)%s", method, exc.reason, exc.message, more)
+
+
+def refusing_handler(like: Handler, status: grpc.Status) -> Handler:
+    """A handler with ``like``'s arity that aborts with ``status`` before reading anything.
+
+    Requests are not deserialised (the stand-in takes raw bytes) and request streams are
+    never read.
+    """
+
+    async def refuse(_request: Any, context: Context) -> None:
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    if like.request_streaming and like.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse)
+    if like.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(refuse)
+    if like.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(refuse)
+    return grpc.unary_unary_rpc_method_handler(refuse)

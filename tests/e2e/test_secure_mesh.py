@@ -1,0 +1,135 @@
+"""A mesh of real processes with mutual TLS and bearer-token roles, driven by the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nethical_grpc.cli.processes import spawn
+from nethical_grpc.security.devcerts import DevCA, openssl_available
+from nethical_grpc.security.roles import Role
+from nethical_grpc.security.tokens import generate_token, token_line
+
+pytestmark = pytest.mark.e2e
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nethical_grpc.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> dict[str, Path]:
+    if not openssl_available():
+        if os.environ.get("CI"):
+            pytest.fail("openssl is required under CI")
+        pytest.skip("openssl not available")
+    ca = DevCA.create(tmp_path / "pki")
+    region = ca.issue(tmp_path / "pki", "region")
+    coord = ca.issue(tmp_path / "pki", "coordinator")
+    user = ca.issue(tmp_path / "pki", "user")
+    return {
+        "ca": ca.cert_file,
+        "region_cert": region.cert_file,
+        "region_key": region.key_file,
+        "coord_cert": coord.cert_file,
+        "coord_key": coord.key_file,
+        "user_cert": user.cert_file,
+        "user_key": user.key_file,
+    }
+
+
+async def test_mtls_and_roles_end_to_end(tmp_path: Path, pki: dict[str, Path]) -> None:
+    client_token, coord_token, operator_token = generate_token(), generate_token(), generate_token()
+    region_tokens = tmp_path / "region-tokens"
+    region_tokens.write_text(
+        "\n".join(
+            [
+                token_line(Role.CLIENT, "app", client_token),
+                token_line(Role.COORDINATOR, "coordinator", coord_token),
+                token_line(Role.OPERATOR, "ops", operator_token),
+            ]
+        )
+        + "\n"
+    )
+    coord_tokens = tmp_path / "coord-tokens"
+    coord_tokens.write_text(token_line(Role.CLIENT, "app", client_token) + "\n")
+    (tmp_path / "coord.token").write_text(coord_token.value)
+    (tmp_path / "client.token").write_text(client_token.value)
+    tls = ["--tls-ca", str(pki["ca"]), "--tls-require-client-cert"]
+    region = spawn(
+        "region",
+        [
+            "region", "--region-id", "sec", "--port", "0",
+            "--tls-cert", str(pki["region_cert"]), "--tls-key", str(pki["region_key"]), *tls,
+            "--auth-tokens-file", str(region_tokens),
+        ],
+        tmp_path,
+    )  # fmt: skip
+    try:
+        rport = await region.aport()
+        coord = spawn(
+            "coordinator",
+            [
+                "coordinator", "--port", "0", "--region", f"sec=localhost:{rport}",
+                "--tls-cert", str(pki["coord_cert"]), "--tls-key", str(pki["coord_key"]), *tls,
+                "--auth-tokens-file", str(coord_tokens),
+                "--region-token-file", str(tmp_path / "coord.token"),
+            ],
+            tmp_path,
+        )  # fmt: skip
+        try:
+            cport = await coord.aport()
+            user = [
+                "--tls-ca", str(pki["ca"]), "--tls-cert", str(pki["user_cert"]),
+                "--tls-key", str(pki["user_key"]),
+            ]  # fmt: skip
+            # health needs no token, but still TLS with a client certificate
+            ok = cli("health", f"localhost:{rport}", *user)
+            assert ok.returncode == 0, ok.stdout + ok.stderr
+            plain = cli("health", f"localhost:{rport}", "--timeout", "2")
+            assert plain.returncode != 0
+            # a client token reaches the coordinator, which reaches the region with its own
+            ingest_ok = await _ingest(rport, pki, client_token.value)
+            assert ingest_ok
+            query = cli(
+                "query", "--target", f"localhost:{cport}", "--json", *user,
+                "--token-file", str(tmp_path / "client.token"),
+            )  # fmt: skip
+            assert query.returncode == 0, query.stdout + query.stderr
+            answer = json.loads(query.stdout)
+            assert answer["coverage"]["regionsAnswered"] == ["sec"]
+            # no token: UNAUTHENTICATED, and nothing else happens
+            denied = cli("query", "--target", f"localhost:{cport}", "--json", *user)
+            assert denied.returncode != 0
+            assert "UNAUTHENTICATED" in denied.stdout + denied.stderr
+            assert client_token.value not in denied.stdout + denied.stderr
+        finally:
+            coord.stop()
+            logs = coord.log_path.read_text()
+            assert client_token.value not in logs and coord_token.value not in logs
+    finally:
+        region.stop()
+
+
+async def _ingest(port: int, pki: dict[str, Path], token: str) -> bool:
+    from nethical_grpc import client
+    from nethical_grpc.security.channels import mesh_channel
+    from nethical_grpc.security.tls import TlsConfig
+    from nethical_grpc.security.tokens import BearerToken
+
+    tls = TlsConfig(pki["user_cert"], pki["user_key"], pki["ca"])
+    async with mesh_channel(f"localhost:{port}", tls, BearerToken(token)) as ch:
+        resp = await client.ingest(ch, [client.encode_ingest_request("m", np.arange(10.0))])
+    return resp.accepted_values == 10
