@@ -450,7 +450,7 @@ async def test_refusals_are_logged_at_most_once_per_interval(
         for _ in range(3):
             assert await call(ch, path, m, bearer(WRONG)) is not None
         assert await call(ch, path, m) is not None  # another reason: its own line
-        lines = [r.getMessage() for r in caplog.records]
+        lines = [r.getMessage() for r in caplog.records if r.name == "nethical_grpc.security.auth"]
         assert len(lines) == 2
         assert "TOKEN_UNKNOWN" in lines[0]
         assert "TOKEN_MISSING" in lines[1]
