@@ -30,22 +30,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
+from nethical_grpc import interceptor_types
 from nethical_grpc.errors import MeshError, to_status
 from nethical_grpc.security.roles import DEFAULT_POLICY, AccessPolicy
 from nethical_grpc.security.tokens import Principal, TokenStore
 
-if TYPE_CHECKING:
-    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
-    Handler = grpc.RpcMethodHandler[Any, Any]
-    Context = grpc.aio.ServicerContext[Any, Any]
-else:
-    _ServerInterceptor = grpc.aio.ServerInterceptor
-    Handler = grpc.RpcMethodHandler
-    Context = grpc.aio.ServicerContext
+_ServerInterceptor = interceptor_types.ServerInterceptor
+Handler = interceptor_types.Handler
+Context = interceptor_types.Context
 
 log = logging.getLogger(__name__)
 

@@ -13,26 +13,19 @@ token object's repr stays ``<redacted>``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import grpc
 
+from nethical_grpc import interceptor_types
 from nethical_grpc.security.auth import AUTHORIZATION
 from nethical_grpc.security.tokens import BearerToken
 
-if TYPE_CHECKING:
-    _UnaryUnary = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
-    _UnaryStream = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
-    _StreamUnary = grpc.aio.StreamUnaryClientInterceptor[Any, Any]
-    _StreamStream = grpc.aio.StreamStreamClientInterceptor[Any, Any]
-else:
-    _UnaryUnary = grpc.aio.UnaryUnaryClientInterceptor
-    _UnaryStream = grpc.aio.UnaryStreamClientInterceptor
-    _StreamUnary = grpc.aio.StreamUnaryClientInterceptor
-    _StreamStream = grpc.aio.StreamStreamClientInterceptor
-
-Continuation = Callable[..., Any]
+_UnaryUnary = interceptor_types.UnaryUnaryClient
+_UnaryStream = interceptor_types.UnaryStreamClient
+_StreamUnary = interceptor_types.StreamUnaryClient
+_StreamStream = interceptor_types.StreamStreamClient
+Continuation = interceptor_types.Continuation
 
 
 class BearerTokenPlugin(grpc.AuthMetadataPlugin):

@@ -20,15 +20,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import grpc
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Tracer
 from opentelemetry.util.types import AttributeValue
 
+from nethical_grpc import interceptor_types
 from nethical_grpc.telemetry.instruments import ATTR_PEER_REGION, RpcInstruments
 from nethical_grpc.telemetry.propagation import inject_metadata
 from nethical_grpc.telemetry.rpc_attributes import (
@@ -39,18 +40,11 @@ from nethical_grpc.telemetry.rpc_attributes import (
     method_info,
 )
 
-if TYPE_CHECKING:
-    _UnaryUnary = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
-    _UnaryStream = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
-    _StreamUnary = grpc.aio.StreamUnaryClientInterceptor[Any, Any]
-    _StreamStream = grpc.aio.StreamStreamClientInterceptor[Any, Any]
-else:
-    _UnaryUnary = grpc.aio.UnaryUnaryClientInterceptor
-    _UnaryStream = grpc.aio.UnaryStreamClientInterceptor
-    _StreamUnary = grpc.aio.StreamUnaryClientInterceptor
-    _StreamStream = grpc.aio.StreamStreamClientInterceptor
-
-Continuation = Callable[..., Any]
+_UnaryUnary = interceptor_types.UnaryUnaryClient
+_UnaryStream = interceptor_types.UnaryStreamClient
+_StreamUnary = interceptor_types.StreamUnaryClient
+_StreamStream = interceptor_types.StreamStreamClient
+Continuation = interceptor_types.Continuation
 
 
 @dataclass(slots=True)

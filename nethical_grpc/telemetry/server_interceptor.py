@@ -20,7 +20,7 @@ import contextvars
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 from opentelemetry import context as otel_context
@@ -28,6 +28,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context as OtelContext
 from opentelemetry.trace import Span, SpanKind, Tracer
 
+from nethical_grpc import interceptor_types
 from nethical_grpc.telemetry.instruments import RpcInstruments
 from nethical_grpc.telemetry.propagation import extract_context
 from nethical_grpc.telemetry.rpc_attributes import (
@@ -37,14 +38,9 @@ from nethical_grpc.telemetry.rpc_attributes import (
     method_info,
 )
 
-if TYPE_CHECKING:
-    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
-    Handler = grpc.RpcMethodHandler[Any, Any]
-    Context = grpc.aio.ServicerContext[Any, Any]
-else:
-    _ServerInterceptor = grpc.aio.ServerInterceptor
-    Handler = grpc.RpcMethodHandler
-    Context = grpc.aio.ServicerContext
+_ServerInterceptor = interceptor_types.ServerInterceptor
+Handler = interceptor_types.Handler
+Context = interceptor_types.Context
 
 Behavior = Callable[..., Any]
 Token = contextvars.Token[OtelContext]
