@@ -27,6 +27,7 @@ class CoordinatorConfig:
     host: str = "127.0.0.1"
     port: int = 0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_concurrent_rpcs: int = 1000
     reflection: bool = True
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     security: ServerSecurity = field(default_factory=ServerSecurity)
@@ -56,6 +57,7 @@ async def start_coordinator(config: CoordinatorConfig) -> tuple[MeshServer, Fede
             host=config.host,
             port=config.port,
             max_message_bytes=config.max_message_bytes,
+            max_concurrent_rpcs=config.max_concurrent_rpcs,
             reflection_enabled=config.reflection,
             security=config.security,
         )

@@ -52,6 +52,11 @@ def ns_to_timestamp(ns: int) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
 
 
+# the range google.protobuf.Timestamp defines: 0001-01-01 to 9999-12-31
+MIN_TIMESTAMP_SECONDS = -62_135_596_800
+MAX_TIMESTAMP_SECONDS = 253_402_300_799
+
+
 def optional_timestamp_ns(message: object, field: str) -> int | None:
     """Nanoseconds of a Timestamp field, or None when unset."""
     if not message.HasField(field):  # type: ignore[attr-defined]
@@ -59,6 +64,8 @@ def optional_timestamp_ns(message: object, field: str) -> int | None:
     ts: timestamp_pb2.Timestamp = getattr(message, field)
     if not (0 <= ts.nanos < NANOS):
         raise InvalidArgument.single(field, "nanos must be in [0, 1e9)")
+    if not (MIN_TIMESTAMP_SECONDS <= ts.seconds <= MAX_TIMESTAMP_SECONDS):
+        raise InvalidArgument.single(field, "must be between years 0001 and 9999")
     return timestamp_to_ns(ts)
 
 
@@ -289,6 +296,7 @@ MAX_REQUEST_ID_CHARS = 128
 MAX_CONTEXT_ENTRIES = 64
 MAX_CONTEXT_KEY_CHARS = 256
 _ACTION_TYPE_RE = re.compile(r"^[a-z0-9_.\-]{0,64}$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 _DECISION_TO_PROTO: dict[Decision, governance_pb2.Decision] = {
     Decision.ALLOW: governance_pb2.DECISION_ALLOW,
@@ -323,6 +331,8 @@ def action_from_proto(msg: governance_pb2.AgentAction, field: str = "action") ->
     agent = msg.agent_id
     if not agent.strip():
         bad.append(FieldViolation(f"{field}.agent_id", "must not be empty"))
+    elif _CONTROL_RE.search(agent):
+        bad.append(FieldViolation(f"{field}.agent_id", "must not contain control characters"))
     elif len(agent) > MAX_AGENT_ID_CHARS:
         bad.append(FieldViolation(f"{field}.agent_id", f"at most {MAX_AGENT_ID_CHARS} characters"))
     text = msg.action_text
@@ -365,6 +375,8 @@ def action_from_proto(msg: governance_pb2.AgentAction, field: str = "action") ->
                 f"values total {n} bytes, more than the {MAX_ACTION_TEXT_BYTES}-byte limit",
             )
         )
+    if _CONTROL_RE.search(msg.request_id):
+        bad.append(FieldViolation(f"{field}.request_id", "must not contain control characters"))
     if len(msg.request_id) > MAX_REQUEST_ID_CHARS:
         bad.append(
             FieldViolation(f"{field}.request_id", f"at most {MAX_REQUEST_ID_CHARS} characters")
@@ -557,6 +569,9 @@ class AggregateQuery:
     agent_id: str | None
 
 
+MAX_BUCKET_NS = 366 * 86_400 * NANOS
+
+
 def aggregate_query_from_proto(req: region_node_pb2.AggregateMetricsRequest) -> AggregateQuery:
     bad: list[FieldViolation] = []
     if not req.metric:
@@ -567,6 +582,8 @@ def aggregate_query_from_proto(req: region_node_pb2.AggregateMetricsRequest) -> 
     bucket_ns = duration_to_ns(req.bucket) if req.HasField("bucket") else 0
     if bucket_ns <= 0:
         bad.append(FieldViolation("bucket", "must be longer than zero"))
+    elif bucket_ns > MAX_BUCKET_NS:
+        bad.append(FieldViolation("bucket", "at most 366 days"))
     for name in ("start_time", "end_time"):
         if not req.HasField(name):
             bad.append(FieldViolation(name, "required"))

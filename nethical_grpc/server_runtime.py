@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nethical_grpc import reflection
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES, server_options
 from nethical_grpc.health import NOT_SERVING, SERVING, HealthService
+from nethical_grpc.request_parsing import RequestParsingInterceptor
 from nethical_grpc.security.config import ServerSecurity
 from nethical_grpc.telemetry import server_interceptors
 
@@ -90,6 +91,7 @@ async def start_server(
     security = security or ServerSecurity()
     chain = list(interceptors) if interceptors is not None else server_interceptors()
     chain.extend(security.interceptors())
+    chain.append(RequestParsingInterceptor())  # innermost: undecodable requests are INVALID
     server = grpc.aio.server(
         options=server_options(max_message_bytes),
         maximum_concurrent_rpcs=max_concurrent_rpcs,

@@ -106,6 +106,13 @@ class Persister:
                     await self.stores.timeseries.insert_metrics([self._point(o) for _, o in batch])
                     points_done = True
                 await self.stores.audit.index_audit_logs([self._audit(i, o) for i, o in batch])
+            except ValueError as exc:
+                # the store refuses this data for good: retrying would block every later
+                # write, so the batch is dropped and counted
+                self._retry = None
+                self.dropped += len(batch)
+                log.error("store refused %d evaluations' records, dropped: %s", len(batch), exc)
+                continue
             except Exception as exc:
                 # retried as it is: metric rows already written are not written again, and
                 # audit records keep their ids, so the store drops what it already has

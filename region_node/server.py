@@ -37,6 +37,7 @@ class RegionServerConfig:
     windows: WindowConfig = field(default_factory=WindowConfig)
     region_scope: bool = False
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_concurrent_rpcs: int = 1000
     reflection: bool = True
     eviction_interval_s: float = 5.0
     # None: the node does not evaluate actions (Evaluate, Score answer UNAVAILABLE)
@@ -86,6 +87,7 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
             host=config.host,
             port=config.port,
             max_message_bytes=config.max_message_bytes,
+            max_concurrent_rpcs=config.max_concurrent_rpcs,
             reflection_enabled=config.reflection,
             serving=False,  # until persisted windows are back
             security=config.security,

@@ -27,6 +27,12 @@ def _server_args(p: argparse.ArgumentParser, default_port: int) -> None:
     p.add_argument("--port", type=int, default=default_port, help="port; 0 picks a free one")
     p.add_argument("--port-file", type=Path, help="write the bound port here once serving")
     p.add_argument("--max-message-bytes", type=int, default=8 * 1024 * 1024)
+    p.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=1000,
+        help="calls in progress at once; more get RESOURCE_EXHAUSTED (1000)",
+    )
     p.add_argument("--no-reflection", action="store_true", help="turn server reflection off")
     p.add_argument(
         "--drain-announce",

@@ -1,0 +1,115 @@
+"""Requests that do not parse get INVALID_ARGUMENT, not UNKNOWN or INTERNAL.
+
+grpc deserialises a request before any handler runs, and a ``DecodeError`` there reaches
+the client as UNKNOWN (unary, with the Python exception's class name in the message) or
+INTERNAL (streams). This interceptor takes the parsing over: the handler it installs
+receives raw bytes, parses them with the method's own deserialiser, and answers a message
+that does not parse with INVALID_ARGUMENT and a ``BadRequest`` naming the request,
+before the servicer sees anything. It is the innermost interceptor, so telemetry and
+authentication still see every call.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from nethical_grpc import interceptor_types
+from nethical_grpc.errors import InvalidArgument, to_status
+
+Handler = interceptor_types.Handler
+Context = interceptor_types.Context
+
+
+async def _reject(context: Context, what: str) -> None:
+    error = InvalidArgument.single(what, "is not a valid message of the method's request type")
+    await context.abort_with_status(to_status(error))  # type: ignore[attr-defined]
+
+
+def _parse_one(parse: Callable[[bytes], Any]) -> Callable[[bytes, Context], Any]:
+    async def parse_or_reject(raw: bytes, context: Context) -> Any:
+        try:
+            return parse(raw)
+        except (DecodeError, ValueError):
+            await _reject(context, "request")
+
+    return parse_or_reject
+
+
+def _parse_stream(
+    parse: Callable[[bytes], Any], raw: AsyncIterator[bytes], context: Context
+) -> AsyncIterator[Any]:
+    async def messages() -> AsyncIterator[Any]:
+        index = 0
+        async for item in raw:
+            try:
+                yield parse(item)
+            except (DecodeError, ValueError):
+                await _reject(context, f"request[{index}]")
+            index += 1
+
+    return messages()
+
+
+async def _respond(result: Any) -> AsyncIterator[Any]:
+    """Responses of a streaming handler, async generator or ``context.write`` style."""
+    if inspect.isasyncgen(result):
+        async for item in result:
+            yield item
+    elif inspect.isawaitable(result):
+        await result
+
+
+class RequestParsingInterceptor(interceptor_types.ServerInterceptor):
+    """See the module docstring."""
+
+    async def intercept_service(  # type: ignore[override]
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler: Handler | None = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse = handler.request_deserializer
+        parsed = _parse_one(parse)
+        out = handler.response_serializer
+        if handler.unary_unary is not None:
+            behavior: Any = handler.unary_unary
+
+            async def unary_unary(raw: bytes, context: Context) -> Any:
+                request = await parsed(raw, context)
+                return await behavior(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, None, out)
+        if handler.unary_stream is not None:
+            stream_behavior: Any = handler.unary_stream
+
+            async def unary_stream(raw: bytes, context: Context) -> AsyncIterator[Any]:
+                request = await parsed(raw, context)
+                async for item in _respond(stream_behavior(request, context)):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, None, out)
+        if handler.stream_unary is not None:
+            collect: Any = handler.stream_unary
+
+            async def stream_unary(raw: AsyncIterator[bytes], context: Context) -> Any:
+                return await collect(_parse_stream(parse, raw, context), context)
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary, None, out)
+        if handler.stream_stream is not None:
+            both: Any = handler.stream_stream
+
+            async def stream_stream(
+                raw: AsyncIterator[bytes], context: Context
+            ) -> AsyncIterator[Any]:
+                async for item in _respond(both(_parse_stream(parse, raw, context), context)):
+                    yield item
+
+            return grpc.stream_stream_rpc_method_handler(stream_stream, None, out)
+        return handler
