@@ -70,8 +70,10 @@ class Instance:
     def channel(self) -> grpc.aio.Channel:
         """This instance's grpc.aio channel, created on first use (inside an event loop)."""
         if self._channel is None:
-            factory = self.channel_factory or default_channel
-            self._channel = factory(self.endpoint)
+            if self.channel_factory is not None:
+                self._channel = self.channel_factory(self.endpoint)
+            else:
+                self._channel = default_channel(self.endpoint, self.region_id)
         return self._channel
 
     @property
@@ -92,9 +94,9 @@ class Instance:
         return channel
 
 
-def default_channel(endpoint: str) -> grpc.aio.Channel:
+def default_channel(endpoint: str, region_id: str | None = None) -> grpc.aio.Channel:
     """A channel to one instance; traced and measured when telemetry is on."""
-    interceptors = telemetry.client_interceptors(endpoint)
+    interceptors = telemetry.client_interceptors(endpoint, region_id)
     return grpc.aio.insecure_channel(
         endpoint, options=channel_options(), interceptors=interceptors or None
     )
