@@ -65,7 +65,16 @@ async def run(n_regions: int, queries: int, workdir: Path) -> dict[str, object]:
             children.append(
                 spawn(
                     name,
-                    ["region", "--region-id", name, "--port", "0", "--log-level", "WARNING"],
+                    [
+                        "region",
+                        "--region-id",
+                        name,
+                        "--port",
+                        "0",
+                        "--log-level",
+                        "WARNING",
+                        "--no-evaluate",
+                    ],
                     workdir,
                 )
             )

@@ -153,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="write-ahead log directory: acknowledged batches survive a kill (off by default)",
     )
     region.add_argument(
+        "--no-evaluate",
+        action="store_true",
+        help="do not load a model: Evaluate and Score answer UNAVAILABLE (ingest-only nodes)",
+    )
+    region.add_argument(
         "--model",
         type=Path,
         default=None,
@@ -257,6 +262,10 @@ def _setup_logging(level: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("region", "coordinator"):
+        from nethical_grpc.cli.processes import die_with_parent
+
+        die_with_parent()
     _setup_logging(args.log_level)
     if args.command == "region":
         from nethical_grpc.cli.serve import run_region

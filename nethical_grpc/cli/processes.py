@@ -22,10 +22,22 @@ from typing import IO
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+#: A child started by :func:`spawn` finds its parent's pid here and asks the kernel for
+#: SIGTERM when that parent dies (set by the child itself at start: a ``preexec_fn`` is
+#: not safe in a parent that runs threads, as every gRPC process does).
+PARENT_PID_ENV = "NETHICAL_PARENT_PID"
+
+
+def die_with_parent() -> None:
+    """In a child of :func:`spawn`: SIGTERM when the parent dies (Linux; else nothing)."""
+    expected = os.environ.get(PARENT_PID_ENV)
+    if not expected:
+        return
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if str(os.getppid()) != expected:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def mesh_command(*args: str) -> list[str]:
@@ -93,14 +105,13 @@ def spawn(
     port_file = workdir / f"{name}.port"
     port_file.unlink(missing_ok=True)
     log_file: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 (owned by the child)
-    full_env = {**os.environ, **(env or {})}
+    full_env = {**os.environ, **(env or {}), PARENT_PID_ENV: str(os.getpid())}
     proc = subprocess.Popen(
         [*mesh_command(*args), "--port-file", str(port_file)],
         stdout=log_file,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         env=full_env,
-        preexec_fn=_die_with_parent,
     )
     log_file.close()
     return Child(name, proc, log_path, port_file)

@@ -110,7 +110,7 @@ async def run_region(args: argparse.Namespace) -> int:
                 max_message_bytes=args.max_message_bytes,
                 max_concurrent_rpcs=args.max_concurrent_rpcs,
                 reflection=not args.no_reflection,
-                model=model,
+                model=None if args.no_evaluate else model,
                 stores=stores,
                 wal_dir=args.wal_dir,
                 privacy=privacy,

@@ -72,7 +72,10 @@ class MicroBatcher:
     ``None`` creates a one-thread pool owned (and shut down) by the batcher.  ``validate``:
     called on each submitted ``(k, width)`` array before it is queued; whatever it raises
     goes to that caller; if it returns an array, that array is queued instead (so
-    ``InferenceEngine.validate_input`` both checks and converts).
+    ``InferenceEngine.validate_input`` both checks and converts).  ``inline=True`` runs
+    ``fn`` on the event loop itself, for a model that answers a batch faster than a hop to
+    a worker thread costs (a small model on a CPU: ~0.05-0.2 ms a call against ~0.3 ms a
+    hop, measured here); rows that arrive while a batch runs still form the next batch.
 
     Attributes: ``stats`` (:class:`BatchStats`), ``max_batch``, ``max_delay_s``.
     """
@@ -85,6 +88,7 @@ class MicroBatcher:
         executor: Executor | None = None,
         *,
         validate: Validator | None = None,
+        inline: bool = False,
     ) -> None:
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be an int >= 1, got {max_batch!r}")
@@ -98,6 +102,9 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.max_delay_s = delay
         self._validate = validate
+        if inline and executor is not None:
+            raise ValueError("inline batches run on the event loop: give no executor")
+        self._inline = inline
         self._own_executor = executor is None
         self._executor: Executor = executor or ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="microbatch"
@@ -234,7 +241,10 @@ class MicroBatcher:
         self.stats.max_batch_seen = max(self.stats.max_batch_seen, n)
         try:
             try:
-                raw = await loop.run_in_executor(self._executor, self._fn, stacked)
+                if self._inline:
+                    raw = self._fn(stacked)
+                else:
+                    raw = await loop.run_in_executor(self._executor, self._fn, stacked)
             except asyncio.CancelledError:
                 stopped = RuntimeError("the micro-batcher was stopped while running a batch")
                 for e in batch:

@@ -180,3 +180,27 @@ def test_parameters_are_checked() -> None:
         MicroBatcher(Recorder(), max_delay_s=-1)
     with pytest.raises(ValueError, match="max_delay_s"):
         MicroBatcher(Recorder(), max_delay_s=float("nan"))
+
+
+async def test_inline_batches_run_on_the_loop_and_still_batch_concurrent_rows() -> None:
+    calls: list[tuple[int, str]] = []
+
+    def fn(rows: np.ndarray) -> np.ndarray:
+        calls.append((rows.shape[0], threading.current_thread().name))
+        return rows[:, 0] * 2.0
+
+    batcher = MicroBatcher(fn, max_batch=64, max_delay_s=0.0, inline=True)
+    try:
+        rows = [np.array([float(i), 0.0]) for i in range(500)]
+        results = await asyncio.gather(*(batcher.submit(r) for r in rows))
+    finally:
+        await batcher.close()
+    assert results == [2.0 * i for i in range(500)]
+    assert len(calls) < 500  # concurrent rows shared calls
+    assert max(n for n, _ in calls) <= 64
+    assert {name for _, name in calls} == {threading.current_thread().name}
+
+
+def test_inline_with_an_executor_is_refused() -> None:
+    with ThreadPoolExecutor(1) as pool, pytest.raises(ValueError, match="inline"):
+        MicroBatcher(lambda r: r[:, 0], executor=pool, inline=True)
