@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from nethical_grpc.governance.detectors import Action
+from nethical_grpc.inference.devices import is_gpu_available
 from nethical_grpc.inference.engine import InferenceEngine
 from nethical_grpc.inference.features import action_features
 from nethical_grpc.inference.microbatch import MicroBatcher
@@ -35,6 +36,9 @@ class ModelConfig:
     max_delay_s: float = 0.0
     # CPU threads for the model; one thread measured faster than torch's default here
     num_threads: int | None = 1
+    # "auto": PyTorch on a GPU; on a CPU the bundled model runs in NumPy (same outputs
+    # within 5e-8, and measured faster per Evaluate here), a --model file in PyTorch
+    backend: str = "auto"
 
 
 class NodeModel:
@@ -49,11 +53,20 @@ class NodeModel:
     @classmethod
     def load(cls, config: ModelConfig) -> NodeModel:
         """Load the engine (raises ``ModelLoadError`` with a clear message on a bad model)."""
+        backend = config.backend
+        if (
+            backend == "auto"
+            and config.model_path is None
+            and config.precision == "fp32"
+            and (config.device == "cpu" or (config.device == "auto" and not is_gpu_available()))
+        ):
+            backend = "numpy"
         engine = InferenceEngine(
             model_path=config.model_path,
             device=config.device,
             precision=config.precision,
             num_threads=config.num_threads,
+            backend=backend,
         )
         return cls(engine, config.max_batch, config.max_delay_s)
 

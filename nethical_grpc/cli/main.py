@@ -170,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="model precision"
     )
     region.add_argument(
+        "--model-backend",
+        choices=("auto", "torch", "numpy"),
+        default="auto",
+        help="auto: PyTorch on a GPU or for --model; the bundled model in NumPy on a CPU",
+    )
+    region.add_argument(
         "--inference-threads",
         type=int,
         default=1,

@@ -74,6 +74,7 @@ async def run_region(args: argparse.Namespace) -> int:
             device=args.device,
             precision=args.precision,
             num_threads=args.inference_threads,
+            backend=args.model_backend,
         )
         privacy = None
         if args.dp_epsilon is not None:
