@@ -41,6 +41,7 @@ async def main() -> None:
             "0",
             "--log-level",
             "WARNING",
+            "--no-evaluate",  # windows only: no model, no PyTorch in the process
             "--max-label-sets",
             str(args.series),
             "--max-series",

@@ -208,7 +208,11 @@ class Persister:
 
         With a write-ahead log and a durable store, the log is rotated first and, once the
         flush succeeded, checkpointed: the closed segments are then in the store."""
-        wal = self.node.wal if self.durable_store else None
+        if not self.durable_store:
+            # an in-memory store would only hold a second copy of every window
+            self.node.store.take_dirty()
+            return 0
+        wal = self.node.wal
         closed = wal.rotate() if wal is not None else None
         rows = self._retry_windows + self._window_rows()
         self._retry_windows = []
@@ -245,6 +249,8 @@ class Persister:
 
     async def restore(self) -> int:
         """Load this instance's own flushed windows into the node (at start)."""
+        if not self.durable_store:
+            return 0
         now = time.time_ns()
         ident = self.node.identity
         rows = await self.stores.timeseries.load_window_summaries(
