@@ -62,11 +62,12 @@ async def loop(kind: Kind, stop: asyncio.Event, op: Callable[[int], Awaitable[in
         i += 1
         t0 = time.perf_counter()
         try:
-            kind.units += await op(i)
+            done = await op(i)  # awaited first: `+= await` would read `units` stale
         except Exception:
             kind.errors += 1
             await asyncio.sleep(0.05)
             continue
+        kind.units += done
         kind.latencies.append((time.perf_counter() - t0) * 1e3)
 
 
