@@ -121,6 +121,19 @@ def _bucket_sql(column: str) -> str:
     return f"({column} - ((({column} % :w) + :w) % :w))"
 
 
+def _filters(
+    params: dict[str, Any], time_range: tuple[int | None, int | None], **equal: str | None
+) -> list[str]:
+    """WHERE terms: the region (``:region``), each given equality filter, the time range."""
+    where = ["region_id = :region"]
+    for column, value in equal.items():
+        if value is not None:
+            params[column] = value
+            where.append(f"{column} = :{column}")
+    where.append(_range_sql("ts", time_range, "t", params))
+    return where
+
+
 def _range_sql(column: str, rng: TimeRange, tag: str, params: dict[str, Any]) -> str:
     start, end = rng
     parts = ["1"]
@@ -321,16 +334,9 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
         limit: int,
     ) -> list[EventRecord]:
         params: dict[str, Any] = {"region": region_id, "limit": limit}
-        where = ["region_id = :region"]
-        for column, value in (
-            ("event_type", event_type),
-            ("agent_id", agent_id),
-            ("severity", severity),
-        ):
-            if value is not None:
-                params[column] = value
-                where.append(f"{column} = :{column}")
-        where.append(_range_sql("ts", (start_us, end_us), "t", params))
+        where = _filters(
+            params, (start_us, end_us), event_type=event_type, agent_id=agent_id, severity=severity
+        )
         query = (
             "SELECT event_id, region_id, event_type, agent_id, severity, data, ts FROM events "
             f"WHERE {' AND '.join(where)} ORDER BY ts, event_id LIMIT :limit"
@@ -352,16 +358,9 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
         limit: int,
     ) -> list[AuditRecord]:
         params: dict[str, Any] = {"region": region_id, "limit": limit}
-        where = ["region_id = :region"]
-        for column, value in (
-            ("action_id", action_id),
-            ("agent_id", agent_id),
-            ("decision", decision),
-        ):
-            if value is not None:
-                params[column] = value
-                where.append(f"{column} = :{column}")
-        where.append(_range_sql("ts", (start_us, end_us), "t", params))
+        where = _filters(
+            params, (start_us, end_us), action_id=action_id, agent_id=agent_id, decision=decision
+        )
         query = (
             "SELECT audit_id, region_id, action_id, agent_id, decision, violations, metadata, "
             f"ts FROM audit_logs WHERE {' AND '.join(where)} ORDER BY ts, audit_id LIMIT :limit"
