@@ -1,10 +1,14 @@
 """GetGlobalMetrics latency over 10 and 50 region processes (~100 series each).
 
-Each region node is its own process with 10 metrics x 10 label sets; the coordinator is
-another process; the client here asks for every metric (grouped by metric) with p50,
-p90 and p99 and the per-region breakdown off. In the same run, the client also times a
-bare parallel fan-out of health Checks straight to the same region processes: the cost
-of N unary calls on this machine, with no coordinator and no summaries.
+Each region node is its own process with 10 metrics x 10 label sets. Two coordinator
+processes serve the same regions, one per summary transport: ``stream`` (the default,
+one long-lived StreamSummaries stream per instance) and ``unary`` (a GetSummaries call
+per region per query, what the coordinator uses while telemetry is on). The client asks
+for every metric (grouped by metric) with p50, p90 and p99 and the per-region breakdown
+off, alternating between the two coordinators query by query, so both are measured in
+the same conditions. In the same run, the client also times a bare parallel fan-out of
+health Checks straight to the same region processes: the cost of N unary calls on this
+machine, with no coordinator and no summaries.
 
     python bench/federation.py [--regions 10 50] [--queries 300]
 """
@@ -24,8 +28,13 @@ from nethical_grpc import client
 from nethical_grpc.cli.processes import Child, spawn
 
 METRICS = 10
+TRANSPORTS = ("stream", "unary")
 LABEL_SETS = 10
 VALUES_PER_SERIES = 2_000
+
+
+def pct(x: np.ndarray, q: float) -> float:
+    return round(float(np.percentile(x, q)), 2)
 
 
 async def load_region(port: int, seed: int) -> None:
@@ -81,45 +90,68 @@ async def run(n_regions: int, queries: int, workdir: Path) -> dict[str, object]:
         ports = [c.port(120) for c in children]
         await asyncio.gather(*(load_region(p, i) for i, p in enumerate(ports)))
         specs = [f"--region={n}=127.0.0.1:{p}" for n, p in zip(names, ports, strict=True)]
-        coord = spawn(
-            f"coordinator-{n_regions}",
-            ["coordinator", "--port", "0", "--log-level", "WARNING", *specs],
-            workdir,
-        )
-        children.append(coord)
-        target = f"127.0.0.1:{coord.port(60)}"
+        targets = {}
+        for transport in TRANSPORTS:
+            coord = spawn(
+                f"coordinator-{n_regions}-{transport}",
+                [
+                    "coordinator",
+                    "--port",
+                    "0",
+                    "--log-level",
+                    "WARNING",
+                    "--summary-transport",
+                    transport,
+                    *specs,
+                ],
+                workdir,
+            )
+            children.append(coord)
+            targets[transport] = f"127.0.0.1:{coord.port(60)}"
         opts = client.QueryOptions(quantiles=(0.5, 0.9, 0.99), region_timeout_s=5.0)
-        latencies = []
-        async with client.insecure_channel(target) as ch:
-            # wait for every region's health to be known, then warm up
-            deadline = time.monotonic() + 60
-            while True:
-                resp = await client.global_metrics(ch, opts, timeout=10)
-                if resp.coverage.complete or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.2)
-            assert resp.coverage.complete, resp.coverage
-            for _ in range(20):
-                await client.global_metrics(ch, opts, timeout=10)
+        latencies: dict[str, list[float]] = {t: [] for t in TRANSPORTS}
+        channels = {t: client.insecure_channel(target) for t, target in targets.items()}
+        try:
+            for ch in channels.values():
+                # wait for every region's health to be known, then warm up
+                deadline = time.monotonic() + 60
+                while True:
+                    resp = await client.global_metrics(ch, opts, timeout=10)
+                    if resp.coverage.complete or time.monotonic() > deadline:
+                        break
+                    await asyncio.sleep(0.2)
+                assert resp.coverage.complete, resp.coverage
+                for _ in range(20):
+                    await client.global_metrics(ch, opts, timeout=10)
             for _ in range(queries):
-                t0 = time.perf_counter()
-                resp = await client.global_metrics(ch, opts, timeout=10)
-                latencies.append((time.perf_counter() - t0) * 1e3)
-                assert resp.coverage.complete
+                for transport, ch in channels.items():
+                    t0 = time.perf_counter()
+                    resp = await client.global_metrics(ch, opts, timeout=10)
+                    latencies[transport].append((time.perf_counter() - t0) * 1e3)
+                    assert resp.coverage.complete
+        finally:
+            for ch in channels.values():
+                await ch.close(None)
         # the floor in the same run: a bare parallel fan-out of grpc.health.v1 Check from
         # this client straight to the same region processes (no coordinator, no summaries)
         bare = await bare_fanout(ports, queries)
-        lat = np.array(latencies)
+        stream = np.array(latencies["stream"])
+        unary = np.array(latencies["unary"])
         return {
             "regions": n_regions,
             "series_per_region": METRICS * LABEL_SETS,
             "results_per_query": len(resp.results),
             "queries": queries,
-            "p50_ms": round(float(np.percentile(lat, 50)), 2),
-            "p99_ms": round(float(np.percentile(lat, 99)), 2),
-            "mean_ms": round(float(lat.mean()), 2),
-            "bare_health_fanout_p50_ms": round(float(np.percentile(bare, 50)), 2),
-            "bare_health_fanout_p99_ms": round(float(np.percentile(bare, 99)), 2),
+            "p50_ms": pct(stream, 50),
+            "p99_ms": pct(stream, 99),
+            "mean_ms": round(float(stream.mean()), 2),
+            "unary_transport": {
+                "p50_ms": pct(unary, 50),
+                "p99_ms": pct(unary, 99),
+                "mean_ms": round(float(unary.mean()), 2),
+            },
+            "bare_health_fanout_p50_ms": pct(bare, 50),
+            "bare_health_fanout_p99_ms": pct(bare, 99),
         }
     finally:
         for c in reversed(children):

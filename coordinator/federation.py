@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 import grpc
 
 from coordinator.instances import Health, InstanceRegistry, RegionInstance
+from coordinator.summary_stream import SummaryCallError
 from nethical_grpc import convert, telemetry
 from nethical_grpc.errors import FieldViolation, InvalidArgument, MeshError
 from nethical_grpc.privacy import MergedError, ReleaseInfo, merged_error
 from nethical_grpc.series import GroupSummary, Labels, SummaryQuery
 from nethical_grpc.summary import Summary
+from nethical_grpc.v1 import region_node_pb2
 from nethical_grpc.validation import MAX_NAMES, check_count
 
 log = logging.getLogger(__name__)
@@ -107,12 +109,32 @@ def check_region_timeout(timeout_s: float) -> None:
         )
 
 
+class SummaryTransport(enum.Enum):
+    """How the coordinator asks region nodes for summaries."""
+
+    #: ``stream`` unless telemetry is on, then ``unary`` (one span and one RPC metric
+    #: per region query, with the node's server span under it)
+    AUTO = "auto"
+    #: one long-lived ``StreamSummaries`` stream per instance (cheapest)
+    STREAM = "stream"
+    #: one ``GetSummaries`` call per region query
+    UNARY = "unary"
+
+
 class Federation:
     """Global queries over the registry's regions."""
 
-    def __init__(self, registry: InstanceRegistry) -> None:
+    def __init__(
+        self, registry: InstanceRegistry, transport: SummaryTransport = SummaryTransport.AUTO
+    ) -> None:
         self.registry = registry
+        self.transport = transport
         self._rr = itertools.count()
+
+    def _streamed(self) -> bool:
+        if self.transport is SummaryTransport.AUTO:
+            return telemetry.active_telemetry() is None
+        return self.transport is SummaryTransport.STREAM
 
     def validate(self, q: GlobalQuery) -> None:
         check_count("regions", q.regions, MAX_NAMES)
@@ -145,8 +167,12 @@ class Federation:
         regions = list(q.regions) if q.regions else self.registry.region_ids
         coverage = Coverage(regions_requested=regions)
         request = convert.summary_query_to_proto(q.query)
+        streamed = self._streamed()
         answers = await asyncio.gather(
-            *(self._query_region(r, request, q.region_timeout_s, coverage) for r in regions)
+            *(
+                self._query_region(r, request, q.region_timeout_s, coverage, streamed)
+                for r in regions
+            )
         )
         per_region: dict[str, list[_Answer]] = {}
         for region, region_answers in zip(regions, answers, strict=True):
@@ -167,7 +193,12 @@ class Federation:
         )
 
     async def _query_region(
-        self, region: str, request: object, timeout_s: float, coverage: Coverage
+        self,
+        region: str,
+        request: region_node_pb2.GetSummariesRequest,
+        timeout_s: float,
+        coverage: Coverage,
+        streamed: bool,
     ) -> list[_Answer]:
         instances = self.registry.instances(region)
         if not instances:  # e.g. a DNS name that has not resolved to anything yet
@@ -198,7 +229,7 @@ class Federation:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                answer = await self._call(inst, request, remaining)
+                answer = await self._call(inst, request, remaining, streamed)
                 if isinstance(answer, _Answer):
                     coverage.instances_answered += 1
                     # the instances listed as unhealthy are replicas: nothing is missing
@@ -212,7 +243,9 @@ class Federation:
             return []
         # instances hold disjoint data: every one of them must answer
         coverage.instances_queried += len(instances)
-        results = await asyncio.gather(*(self._call(i, request, timeout_s) for i in usable))
+        results = await asyncio.gather(
+            *(self._call(i, request, timeout_s, streamed) for i in usable)
+        )
         answered: list[_Answer] = []
         for res in results:
             if isinstance(res, _Answer):
@@ -223,19 +256,21 @@ class Federation:
         return answered
 
     async def _call(
-        self, inst: RegionInstance, request: object, timeout_s: float
+        self,
+        inst: RegionInstance,
+        request: region_node_pb2.GetSummariesRequest,
+        timeout_s: float,
+        streamed: bool,
     ) -> _Answer | MissingPart:
         try:
-            response = await inst.stub.GetSummaries(request, timeout=timeout_s)
-        except grpc.aio.AioRpcError as err:
-            code = err.code()
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                reason = Missing.DEADLINE_EXCEEDED
-            elif code == grpc.StatusCode.UNAVAILABLE:
-                reason = Missing.UNAVAILABLE
+            if streamed:
+                response = await inst.summary_stream.query(request, timeout_s)
             else:
-                reason = Missing.ERROR
-            return MissingPart(inst.region_id, inst.name, reason, f"{code.name}: {err.details()}")
+                response = await inst.stub.GetSummaries(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as err:
+            return _missing(inst, err.code(), err.details() or "")
+        except SummaryCallError as err:
+            return _missing(inst, err.code, err.details)
         inst.learn(response.instance_id, response.scope)
         try:
             groups = [
@@ -254,6 +289,16 @@ class Federation:
             convert.timestamp_to_ns(response.data_as_of) if response.HasField("data_as_of") else 0
         )
         return _Answer(inst, groups, as_of, privacy)
+
+
+def _missing(inst: RegionInstance, code: grpc.StatusCode, details: str) -> MissingPart:
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        reason = Missing.DEADLINE_EXCEEDED
+    elif code == grpc.StatusCode.UNAVAILABLE:
+        reason = Missing.UNAVAILABLE
+    else:
+        reason = Missing.ERROR
+    return MissingPart(inst.region_id, inst.name, reason, f"{code.name}: {details}")
 
 
 def _merge(

@@ -10,12 +10,14 @@ targets re-resolved on an interval (see :mod:`nethical_grpc.balancing.discovery`
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 
 import grpc
 
+from coordinator.summary_stream import SummaryStream
 from nethical_grpc.balancing import (
     DnsDiscovery,
     HealthState,
@@ -42,7 +44,15 @@ _IDENTITY_TIMEOUT_S = 2.0
 class RegionInstance:
     """A view of one balancer instance plus what its node told the coordinator."""
 
-    __slots__ = ("_lb", "_stub", "_stub_channel", "inst", "instance_id", "region_scope")
+    __slots__ = (
+        "_lb",
+        "_stub",
+        "_stub_channel",
+        "inst",
+        "instance_id",
+        "region_scope",
+        "summary_stream",
+    )
 
     def __init__(self, balancer: LoadBalancer, inst: Instance) -> None:
         self._lb = balancer
@@ -51,6 +61,8 @@ class RegionInstance:
         self.region_scope = False
         self._stub: region_node_pb2_grpc.RegionNodeServiceStub | None = None
         self._stub_channel: grpc.aio.Channel | None = None
+        # summary queries over one long-lived stream (see coordinator.summary_stream)
+        self.summary_stream = SummaryStream(lambda: self.stub)
 
     @property
     def region_id(self) -> str:
@@ -146,6 +158,7 @@ class InstanceRegistry:
         self.discovery = DnsDiscovery(self.balancer, resolve_interval_s, resolver)
         self._views: dict[str, RegionInstance] = {}
         self._configured: set[str] = set()
+        self._closing: set[asyncio.Future[None]] = set()
         self.balancer.add_listener(self)
         for inst in self.balancer.instances():
             self.instance_added(inst)
@@ -165,6 +178,10 @@ class InstanceRegistry:
         view = self._views.get(inst.instance_id)
         if view is not None and view.inst is inst:
             del self._views[inst.instance_id]
+            if view.summary_stream.is_open:  # only then is there a loop and a call
+                closing = asyncio.ensure_future(view.summary_stream.close())
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
 
     def add(self, region_id: str, endpoint: str, weight: int = 1) -> RegionInstance:
         """A static instance (id = its endpoint); adding it again returns the same one."""
@@ -228,6 +245,10 @@ class InstanceRegistry:
 
     async def close(self) -> None:
         await self.discovery.close()
+        for view in list(self._views.values()):
+            await view.summary_stream.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
         await self.balancer.close()
 
     async def _learn(self, inst: Instance) -> None:

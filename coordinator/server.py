@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from coordinator.federation import Federation
+from coordinator.federation import Federation, SummaryTransport
 from coordinator.gateway import Gateway
 from coordinator.gateway_config import GatewayConfig
 from coordinator.instances import InstanceRegistry
@@ -31,6 +31,7 @@ class CoordinatorConfig:
     reflection: bool = True
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     security: ServerSecurity = field(default_factory=ServerSecurity)
+    summary_transport: SummaryTransport = SummaryTransport.AUTO
 
 
 async def start_coordinator(config: CoordinatorConfig) -> tuple[MeshServer, Federation]:
@@ -48,7 +49,7 @@ async def start_coordinator(config: CoordinatorConfig) -> tuple[MeshServer, Fede
         raise ValueError(f"local region {gw.local_region!r} is not one of the --region's")
     await registry.resolve_now()  # DNS targets have their instances before serving
     registry.start()
-    federation = Federation(registry)
+    federation = Federation(registry, config.summary_transport)
     servicer = CoordinatorServicer(federation, Gateway(registry, gw.gateway_settings()))
     try:
         mesh = await start_server(

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import grpc
 import numpy as np
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from nethical_grpc.errors import FieldViolation, InvalidArgument, MeshError
 from nethical_grpc.governance.decision import MAX_ACTION_TEXT_BYTES, Decision
-from nethical_grpc.governance.detectors import Action
+from nethical_grpc.governance.detectors import Action, ViolationType
 from nethical_grpc.governance.profiles import Profile
 from nethical_grpc.governance.requests import EvaluationRequest, Outcome
 from nethical_grpc.privacy import NoiseError, ReleaseInfo
@@ -25,6 +27,7 @@ from nethical_grpc.storage.audit import AuditFilter, SearchPage, SearchQuery
 from nethical_grpc.storage.backend import BackendChoice
 from nethical_grpc.storage.timeseries import AggregateRow, MetricRecord
 from nethical_grpc.summary import Buckets, ExponentialHistogram, Moments, Summary
+from nethical_grpc.summary.moments import check_consistent
 from nethical_grpc.v1 import coordinator_pb2, governance_pb2, region_node_pb2, summary_pb2
 from nethical_grpc.validation import (
     MAX_ABS_VALUE,
@@ -99,8 +102,13 @@ def moments_from_proto(msg: summary_pb2.Moments, field: str = "moments") -> Mome
         raise InvalidArgument.single(field, "moments must be finite")
     if max(abs(msg.min), abs(msg.max)) > MAX_ABS_VALUE:
         raise InvalidArgument.single(field, f"min and max must be within +-{MAX_ABS_VALUE:g}")
-    m = Moments(
-        count=int(msg.count),
+    count = int(msg.count)
+    try:
+        check_consistent(count, msg.sum, msg.min, msg.max, msg.mean, msg.m2)
+    except (ValueError, ArithmeticError) as exc:
+        raise InvalidArgument.single(field, str(exc)) from None
+    return Moments(
+        count=count,
         sum=msg.sum,
         compensation=0.0,
         min=msg.min,
@@ -108,11 +116,6 @@ def moments_from_proto(msg: summary_pb2.Moments, field: str = "moments") -> Mome
         mean=msg.mean,
         m2=msg.m2,
     )
-    try:
-        m.validate()
-    except (ValueError, ArithmeticError) as exc:
-        raise InvalidArgument.single(field, str(exc)) from None
-    return m
 
 
 def _write_buckets(target: summary_pb2.ExponentialHistogram.Buckets, b: Buckets) -> None:
@@ -325,8 +328,66 @@ def _utf8_len(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
+#: Most actions one EvaluateStream message may carry (``EvaluateStreamRequest.actions``).
+MAX_STREAM_BATCH_ACTIONS = 4096
+
+# A text of at most this many characters is within MAX_ACTION_TEXT_BYTES whatever it holds
+# (UTF-8 takes at most 4 bytes a code point), so only longer ones are encoded to measure.
+_SURELY_SHORT_CHARS = MAX_ACTION_TEXT_BYTES // 4
+
+
 def action_from_proto(msg: governance_pb2.AgentAction, field: str = "action") -> EvaluationRequest:
     """Validate an AgentAction; every problem is reported as a field violation at once."""
+    return _plain_action(msg) or _checked_action(msg, field)
+
+
+def batch_actions_from_proto(
+    msgs: Sequence[governance_pb2.AgentAction], field: str = "actions"
+) -> list[EvaluationRequest | governance_pb2.ActionError]:
+    """Each action of a batch validated: its request, or the ActionError that answers it
+    (field paths ``actions[i].action_text``); a bad action never affects the others."""
+    out: list[EvaluationRequest | governance_pb2.ActionError] = []
+    append = out.append
+    for i, msg in enumerate(msgs):
+        plain = _plain_action(msg)
+        if plain is not None:
+            append(plain)
+            continue
+        try:
+            append(_checked_action(msg, f"{field}[{i}]"))
+        except MeshError as exc:
+            append(action_error_to_proto(msg.request_id, exc))
+    return out
+
+
+def _plain_action(msg: governance_pb2.AgentAction) -> EvaluationRequest | None:
+    """The request for the common action that plainly passes every check of
+    :func:`_checked_action` (short texts, no context); None: let it decide."""
+    if len(msg.context):
+        return None
+    agent = msg.agent_id
+    text = msg.action_text
+    intent = msg.stated_intent
+    request_id = msg.request_id
+    action_type = msg.action_type.lower()
+    if (
+        len(agent) <= MAX_AGENT_ID_CHARS
+        and agent.strip()
+        and len(text) <= _SURELY_SHORT_CHARS
+        and text.strip()
+        and len(intent) <= _SURELY_SHORT_CHARS
+        and len(request_id) <= MAX_REQUEST_ID_CHARS
+        and _ACTION_TYPE_RE.match(action_type)
+        and not _CONTROL_RE.search(agent)
+        and not _CONTROL_RE.search(request_id)
+    ):
+        return EvaluationRequest(
+            Action(agent, text, action_type, intent, {}), request_id, action_type
+        )
+    return None
+
+
+def _checked_action(msg: governance_pb2.AgentAction, field: str) -> EvaluationRequest:
     bad: list[FieldViolation] = []
     agent = msg.agent_id
     if not agent.strip():
@@ -393,30 +454,98 @@ def action_from_proto(msg: governance_pb2.AgentAction, field: str = "action") ->
     return EvaluationRequest(action=action, request_id=msg.request_id, action_type=action_type)
 
 
-def outcome_to_proto(
-    outcome: Outcome, region_id: str, instance_id: str
-) -> governance_pb2.ActionEvaluation:
+_VIOLATION_TYPE_NAMES: dict[ViolationType, str] = {t: t.value.lower() for t in ViolationType}
+
+
+def _fill_evaluation(
+    m: governance_pb2.ActionEvaluation, outcome: Outcome, region_id: str, instance_id: str
+) -> None:
+    """Write ``outcome`` into an empty ActionEvaluation in place (no copies of
+    sub-messages; unset fields stay at their defaults, as the constructor leaves them)."""
     ev = outcome.evaluation
-    return governance_pb2.ActionEvaluation(
-        request_id=outcome.request.request_id,
-        decision=decision_to_proto(ev.decision),
-        risk_score=ev.risk_score,
-        confidence=ev.confidence,
-        violations=[
-            governance_pb2.Violation(
-                type=v.type.value.lower(),
-                severity=int(v.severity),  # type: ignore[arg-type]
+    m.request_id = outcome.request.request_id
+    m.decision = _DECISION_TO_PROTO[ev.decision]
+    m.risk_score = ev.risk_score
+    m.confidence = ev.confidence
+    if ev.violations:
+        add = m.violations.add
+        for v in ev.violations:
+            add(
+                type=_VIOLATION_TYPE_NAMES[v.type],
+                severity=int(v.severity),
                 confidence=v.confidence,
                 message=v.message,
                 rule_id=v.detector,
             )
-            for v in ev.violations
-        ],
-        rule_risk=ev.rule_risk,
-        model_probability=outcome.model_probability,
-        latency=ns_to_duration(outcome.latency_ns),
-        region_id=region_id,
-        instance_id=instance_id,
+    m.rule_risk = ev.rule_risk
+    m.model_probability = outcome.model_probability
+    latency = m.latency
+    latency.seconds, latency.nanos = divmod(outcome.latency_ns, NANOS)
+    m.region_id = region_id
+    m.instance_id = instance_id
+
+
+def outcome_to_proto(
+    outcome: Outcome, region_id: str, instance_id: str
+) -> governance_pb2.ActionEvaluation:
+    m = governance_pb2.ActionEvaluation()
+    _fill_evaluation(m, outcome, region_id, instance_id)
+    return m
+
+
+def stream_evaluation_to_proto(
+    outcome: Outcome, region_id: str, instance_id: str
+) -> region_node_pb2.EvaluateStreamResponse:
+    """The answer to a one-action EvaluateStream message that was evaluated."""
+    answer = region_node_pb2.EvaluateStreamResponse()
+    _fill_evaluation(answer.evaluation, outcome, region_id, instance_id)
+    return answer
+
+
+def stream_results_to_proto(
+    results: Sequence[Outcome | governance_pb2.ActionError], region_id: str, instance_id: str
+) -> region_node_pb2.EvaluateStreamResponse:
+    """The answer to a batch message of an EvaluateStream: one ActionResult per action,
+    in the batch's order (an evaluation, or the action's ActionError)."""
+    answer = region_node_pb2.EvaluateStreamResponse()
+    add = answer.results.add
+    for item in results:
+        if isinstance(item, Outcome):
+            _fill_evaluation(add().evaluation, item, region_id, instance_id)
+        else:
+            add(error=item)
+    return answer
+
+
+def stream_message_error_to_proto(error: MeshError) -> region_node_pb2.EvaluateStreamResponse:
+    """The answer to a malformed EvaluateStream message (none of it was evaluated)."""
+    return region_node_pb2.EvaluateStreamResponse(error=action_error_to_proto("", error))
+
+
+def stream_message_problem(message: region_node_pb2.EvaluateStreamRequest) -> MeshError | None:
+    """Why an EvaluateStream message is malformed (None: it is one action or a batch)."""
+    n = len(message.actions)
+    has_one = message.HasField("action")
+    if has_one and n:
+        return _malformed(
+            "actions", "set either action (one action) or actions (a batch), not both"
+        )
+    if not has_one and not n:
+        return _malformed(
+            "action",
+            f"set action (one action) or actions (a batch of 1 to {MAX_STREAM_BATCH_ACTIONS})",
+        )
+    if n > MAX_STREAM_BATCH_ACTIONS:
+        return _malformed(
+            "actions", f"at most {MAX_STREAM_BATCH_ACTIONS} actions in one message, got {n}"
+        )
+    return None
+
+
+def _malformed(field: str, description: str) -> InvalidArgument:
+    return InvalidArgument(
+        message=f"malformed stream message: {field}: {description}",
+        field_violations=(FieldViolation(field, description),),
     )
 
 
@@ -430,6 +559,25 @@ def action_error_to_proto(request_id: str, error: MeshError) -> governance_pb2.A
             for v in error.violations()
         ],
     )
+
+
+def summary_query_error_to_proto(error: MeshError) -> region_node_pb2.SummaryQueryError:
+    return region_node_pb2.SummaryQueryError(
+        code=error.code.value[0],
+        message=error.message,
+        field_errors=[
+            governance_pb2.FieldError(field=v.field, description=v.description)
+            for v in error.violations()
+        ],
+    )
+
+
+_STATUS_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def status_code(value: int) -> grpc.StatusCode:
+    """The status code of a ``google.rpc.Code`` number (UNKNOWN for one out of range)."""
+    return _STATUS_BY_VALUE.get(value, grpc.StatusCode.UNKNOWN)
 
 
 MAX_SCORE_VALUES = 4 * 1024 * 1024

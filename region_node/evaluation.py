@@ -27,6 +27,7 @@ import numpy.typing as npt
 from nethical_grpc.errors import MeshError
 from nethical_grpc.governance.decision import (
     DEFAULT_MODEL_WEIGHT,
+    Evaluation,
     Thresholds,
     evaluate_action,
 )
@@ -116,31 +117,26 @@ class Evaluator:
         return (await self.evaluate_many([request]))[0]
 
     async def evaluate_many(self, requests: Sequence[EvaluationRequest]) -> list[Outcome]:
-        """A batch of actions: one feature call, one model call, one window update."""
+        """A batch of actions: one feature call, one model call, one batch evaluation, one
+        window update.
+
+        Every outcome of the batch carries the batch's latency: its answer is ready when
+        the batch is, not before.
+        """
         if not requests:
             return []
         started = time.perf_counter_ns()
-        rows = self.model.features([r.action for r in requests])
-        probabilities = await self.model.probabilities(rows)
+        actions = [r.action for r in requests]
+        rows = self.model.features(actions)
+        probabilities: list[float] = (await self.model.probabilities(rows)).tolist()
+        evaluations = _evaluate_actions(actions, probabilities, self.thresholds, self.model_weight)
         now = self.clock()
-        outcomes = []
-        for request, p in zip(requests, probabilities.tolist(), strict=True):
-            evaluation = evaluate_action(
-                request.action,
-                model_probability=p,
-                thresholds=self.thresholds,
-                model_weight=self.model_weight,
-            )
-            outcomes.append(
-                Outcome(
-                    request=request,
-                    evaluation=evaluation,
-                    model_probability=p,
-                    latency_ns=time.perf_counter_ns() - started,
-                    time_ns=now,
-                )
-            )
-        self._record(outcomes, now)
+        latency_ns = time.perf_counter_ns() - started
+        outcomes = [
+            Outcome(request, evaluation, p, latency_ns, now)
+            for request, evaluation, p in zip(requests, evaluations, probabilities, strict=True)
+        ]
+        self._record(outcomes, now, latency_ns / 1e6)
         self.evaluated += len(outcomes)
         return outcomes
 
@@ -151,18 +147,32 @@ class Evaluator:
             found = await self.profile_source(agent_id)
         return found
 
-    def _record(self, outcomes: Sequence[Outcome], now_ns: int) -> None:
-        groups: dict[tuple[str, str], list[Outcome]] = {}
+    def _record(self, outcomes: Sequence[Outcome], now_ns: int, latency_ms: float) -> None:
+        # risk scores per (decision, action type label); the batch shares one latency
+        groups: dict[tuple[str, str], list[float]] = {}
+        labels: dict[str, str] = {}
+        label = self.action_types.label
         for o in outcomes:
-            key = (o.evaluation.decision.value, self.action_types.label(o.request.action_type))
-            groups.setdefault(key, []).append(o)
+            ev = o.evaluation
+            action_type = o.request.action_type
+            found = labels.get(action_type)
+            if found is None:
+                found = labels[action_type] = label(action_type)
+            key = (ev.decision, found)
+            risks = groups.get(key)
+            if risks is None:
+                groups[key] = [ev.risk_score]
+            else:
+                risks.append(ev.risk_score)
         batches = []
-        for (decision, action_type), members in groups.items():
-            labels = (("action_type", action_type), ("decision", decision))
-            risk = np.fromiter((o.evaluation.risk_score for o in members), np.float64)
-            latency = np.fromiter((o.latency_ns / 1e6 for o in members), np.float64)
-            batches.append(IngestBatch(SeriesKey(RISK_METRIC, labels), risk, None, now_ns))
-            batches.append(IngestBatch(SeriesKey(LATENCY_METRIC, labels), latency, None, now_ns))
+        for (decision, action_type), risks in groups.items():
+            labels_key = (("action_type", action_type), ("decision", str(decision)))
+            risk = np.array(risks, np.float64)
+            latency = np.full(risk.size, latency_ms, np.float64)
+            batches.append(IngestBatch(SeriesKey(RISK_METRIC, labels_key), risk, None, now_ns))
+            batches.append(
+                IngestBatch(SeriesKey(LATENCY_METRIC, labels_key), latency, None, now_ns)
+            )
         try:
             self.windows.record_internal(batches)
         except MeshError as exc:  # a full node still answers; its metrics miss these
@@ -170,3 +180,16 @@ class Evaluator:
         self.profiles.update(outcomes)
         if self.sink is not None:
             self.sink(outcomes)
+
+
+def _evaluate_actions(
+    actions: Sequence[Action],
+    model_probabilities: Sequence[float],
+    thresholds: Thresholds,
+    model_weight: float,
+) -> list[Evaluation]:
+    """Evaluations of ``actions`` in order, as :func:`evaluate_action` gives them."""
+    return [
+        evaluate_action(a, model_probability=p, thresholds=thresholds, model_weight=model_weight)
+        for a, p in zip(actions, model_probabilities, strict=True)
+    ]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -90,6 +91,31 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
     async def GetSummaries(  # noqa: N802
         self, request: region_node_pb2.GetSummariesRequest, context: Context
     ) -> region_node_pb2.GetSummariesResponse:
+        return self._summaries_response(request)
+
+    @rpc_stream_errors
+    async def StreamSummaries(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[region_node_pb2.StreamSummariesRequest],
+        context: Context,
+    ) -> AsyncIterator[region_node_pb2.StreamSummariesResponse]:
+        async for message in request_iterator:
+            try:
+                summaries = self._summaries_response(message.query)
+            except MeshError as exc:
+                yield region_node_pb2.StreamSummariesResponse(
+                    query_id=message.query_id, error=convert.summary_query_error_to_proto(exc)
+                )
+                continue
+            answer = region_node_pb2.StreamSummariesResponse(query_id=message.query_id)
+            # the cached response is shared: copy it in rather than alias it
+            answer.summaries.CopyFrom(summaries)
+            yield answer
+
+    def _summaries_response(
+        self, request: region_node_pb2.GetSummariesRequest
+    ) -> region_node_pb2.GetSummariesResponse:
+        """What GetSummaries answers (``MeshError`` for a query it rejects)."""
         query = convert.summary_query_from_proto(request)
         version = self.node.version
         cached = self._responses.get(query)
@@ -182,25 +208,76 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         context: Context,
     ) -> AsyncIterator[region_node_pb2.EvaluateStreamResponse]:
         evaluator = self._evaluator()
-        async for chunk in read_chunks(request_iterator, _STREAM_CHUNK):
-            answers: list[region_node_pb2.EvaluateStreamResponse | None] = [None] * len(chunk)
-            accepted: list[tuple[int, EvaluationRequest]] = []
-            for i, message in enumerate(chunk):
-                try:
-                    accepted.append((i, convert.action_from_proto(message.action)))
-                except MeshError as exc:
-                    answers[i] = region_node_pb2.EvaluateStreamResponse(
-                        error=convert.action_error_to_proto(message.action.request_id, exc)
-                    )
-            if accepted:
-                outcomes = await evaluator.evaluate_many([r for _, r in accepted])
-                for (i, _), outcome in zip(accepted, outcomes, strict=True):
-                    answers[i] = region_node_pb2.EvaluateStreamResponse(
-                        evaluation=self._evaluation_to_proto(outcome)
-                    )
+        read_ahead = _ReadAhead(_STREAM_READ_AHEAD_ACTIONS)
+        async for chunk in read_chunks(read_ahead.read(request_iterator), _STREAM_CHUNK):
+            # messages that arrived together are evaluated together (one evaluate_many
+            # call per group of up to _STREAM_GROUP_ACTIONS actions); answers keep the
+            # order of the messages
+            group: list[region_node_pb2.EvaluateStreamRequest] = []
+            size = 0
+            for message in chunk:
+                n = _weight(message)
+                if group and size + n > _STREAM_GROUP_ACTIONS:
+                    answers = await self._answer_stream_group(evaluator, group)
+                    read_ahead.release(size)
+                    for answer in answers:
+                        yield answer
+                    group, size = [], 0
+                group.append(message)
+                size += n
+            answers = await self._answer_stream_group(evaluator, group)
+            read_ahead.release(size)
             for answer in answers:
-                if answer is not None:
-                    yield answer
+                yield answer
+
+    async def _answer_stream_group(
+        self, evaluator: Evaluator, messages: Sequence[region_node_pb2.EvaluateStreamRequest]
+    ) -> list[region_node_pb2.EvaluateStreamResponse]:
+        """One answer per EvaluateStream message, in order; every valid action of the
+        messages goes through one ``evaluate_many`` call."""
+        # per message: its answer when known before evaluating (a malformed message, a
+        # bad single action), None for a single action to evaluate, or a batch's parsed
+        # actions and action errors
+        plans: list[
+            region_node_pb2.EvaluateStreamResponse
+            | list[EvaluationRequest | governance_pb2.ActionError]
+            | None
+        ] = []
+        accepted: list[EvaluationRequest] = []
+        for message in messages:
+            problem = convert.stream_message_problem(message)
+            if problem is not None:
+                plans.append(convert.stream_message_error_to_proto(problem))
+            elif message.HasField("action"):
+                try:
+                    accepted.append(convert.action_from_proto(message.action))
+                except MeshError as exc:
+                    plans.append(
+                        region_node_pb2.EvaluateStreamResponse(
+                            error=convert.action_error_to_proto(message.action.request_id, exc)
+                        )
+                    )
+                else:
+                    plans.append(None)
+            else:
+                batch = convert.batch_actions_from_proto(message.actions)
+                accepted.extend(r for r in batch if isinstance(r, EvaluationRequest))
+                plans.append(batch)
+        outcomes = iter(await evaluator.evaluate_many(accepted) if accepted else ())
+        ident = self.node.identity
+        region_id, instance_id = ident.region_id, ident.instance_id
+        answers = []
+        for plan in plans:
+            if plan is None:
+                answers.append(
+                    convert.stream_evaluation_to_proto(next(outcomes), region_id, instance_id)
+                )
+            elif isinstance(plan, list):
+                results = [next(outcomes) if isinstance(r, EvaluationRequest) else r for r in plan]
+                answers.append(convert.stream_results_to_proto(results, region_id, instance_id))
+            else:
+                answers.append(plan)
+        return answers
 
     @rpc_errors
     async def Score(  # noqa: N802
@@ -297,6 +374,41 @@ async def store_call(call: Awaitable[T], field: str = "request") -> T:
 
 
 _STREAM_CHUNK = 256
+# at most this many actions go to one evaluate_many call (a batch message is never split)
+_STREAM_GROUP_ACTIONS = convert.MAX_STREAM_BATCH_ACTIONS
+# actions an EvaluateStream reads ahead of its answers
+_STREAM_READ_AHEAD_ACTIONS = 4 * convert.MAX_STREAM_BATCH_ACTIONS
+
+
+class _ReadAhead:
+    """Bounds the actions an EvaluateStream has read but not yet answered: a message may
+    carry thousands, so read_chunks' bound on messages alone would not bound memory."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.pending = 0
+        self._room = asyncio.Event()
+
+    async def read(
+        self, source: AsyncIterator[region_node_pb2.EvaluateStreamRequest]
+    ) -> AsyncIterator[region_node_pb2.EvaluateStreamRequest]:
+        async for message in source:
+            n = _weight(message)
+            # room for one message whatever its size (the message size limit bounds it)
+            while self.pending and self.pending + n > self.limit:
+                self._room.clear()
+                await self._room.wait()
+            self.pending += n
+            yield message
+
+    def release(self, n: int) -> None:
+        self.pending -= n
+        self._room.set()
+
+
+def _weight(message: region_node_pb2.EvaluateStreamRequest) -> int:
+    """The actions a stream message counts for (one for a message with no batch)."""
+    return len(message.actions) or 1
 
 
 def _scope(node: RegionNode) -> region_node_pb2.DataScope:

@@ -195,6 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
     from coordinator.gateway_config import add_arguments as add_gateway_arguments
 
     add_gateway_arguments(coord)
+    coord.add_argument(
+        "--summary-transport",
+        choices=("auto", "stream", "unary"),
+        default="auto",
+        help="how global queries reach region nodes: one long-lived StreamSummaries stream "
+        "per instance (stream), a GetSummaries call per query (unary), or stream unless "
+        "telemetry is on (auto, the default: with telemetry each region query is its own "
+        "traced call)",
+    )
     _server_args(coord, 50050)
     add_client_arguments(coord, prefix="region-")
 

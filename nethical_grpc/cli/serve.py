@@ -127,6 +127,7 @@ async def run_region(args: argparse.Namespace) -> int:
 
 async def run_coordinator(args: argparse.Namespace) -> int:
     from coordinator import gateway_config
+    from coordinator.federation import SummaryTransport
     from coordinator.instances import parse_region_spec
     from coordinator.server import CoordinatorConfig, start_coordinator
 
@@ -168,6 +169,7 @@ async def run_coordinator(args: argparse.Namespace) -> int:
                 reflection=not args.no_reflection,
                 gateway=gateway,
                 security=security,
+                summary_transport=SummaryTransport(args.summary_transport),
             )
         )
     except ValueError as exc:

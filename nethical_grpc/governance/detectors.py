@@ -112,6 +112,7 @@ from __future__ import annotations
 import importlib
 import ipaddress
 import re
+import string
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -251,18 +252,26 @@ def _prose_view(text: str) -> str:
 
 
 class _ActionView:
-    """The fields of one action and their (lazily computed, cached) views."""
+    """The fields of one action, their (lazily computed, cached) views, and the prefilter's
+    verdict per field (:class:`_Prefilter`).
 
-    __slots__ = ("_cache", "_candidates", "_union", "action", "allowed_hosts")
+    :meth:`may_fire_anywhere` and :meth:`may_fire` answer the prefilter's question rule by
+    rule.  :func:`detect` asks the same question in bulk (:meth:`_Prefilter.findings`),
+    unless either method has been replaced (the tests replace both by ``lambda ...: True``
+    to run every rule unfiltered): then it asks them rule by rule, as :func:`_run` does.
+    """
+
+    __slots__ = ("_cache", "_masks", "action", "allowed_hosts")
 
     def __init__(self, action: Action) -> None:
         self.action = action
         self._cache: dict[tuple[FieldName, View], str] = {}
-        self._candidates: dict[FieldName, frozenset[str]] | None = None
-        self._union: frozenset[str] | None = None
+        self._masks: dict[FieldName, int] = {}
         raw = action.context.get("allowed_hosts", "")
-        self.allowed_hosts: tuple[str, ...] = tuple(
-            h.strip().lower().rstrip(".") for h in _HOST_SPLIT_RE.split(raw) if h.strip()
+        self.allowed_hosts: tuple[str, ...] = (
+            ()
+            if raw == ""
+            else tuple(h.strip().lower().rstrip(".") for h in _HOST_SPLIT_RE.split(raw) if h.strip())
         )
 
     def _raw(self, name: FieldName) -> str:
@@ -270,22 +279,23 @@ class _ActionView:
             return self.action.action_text
         if name == "stated_intent":
             return self.action.stated_intent
-        return "\n".join(self.action.context[k] for k in sorted(self.action.context))
+        context = self.action.context
+        return "\n".join(context[k] for k in sorted(context)) if context else ""
+
+    def field_mask(self, name: FieldName) -> int:
+        """The prefilter's bit mask of the patterns that may match field ``name``."""
+        mask = self._masks.get(name)
+        if mask is None:
+            mask = self._masks[name] = _PREFILTER.field_mask(self, name)
+        return mask
 
     def may_fire_anywhere(self, rule: Rule) -> bool:
         """False only when ``rule`` can fire in none of the fields (see :class:`_Prefilter`)."""
-        if self._union is None:
-            if self._candidates is None:
-                self._candidates = _PREFILTER.candidates(self)
-            self._union = frozenset().union(*self._candidates.values())
-        return rule.name in self._union
+        return any(self.may_fire(rule, name) for name in rule.fields)
 
     def may_fire(self, rule: Rule, name: FieldName) -> bool:
         """False only when no pattern of ``rule`` can match ``name`` (see :class:`_Prefilter`)."""
-        if self._candidates is None:
-            self._candidates = _PREFILTER.candidates(self)
-        found = self._candidates.get(name)
-        return found is not None and rule.name in found
+        return _PREFILTER.kept(self, rule, name)
 
     def text(self, name: FieldName, view: View) -> str:
         key = (name, view)
@@ -300,6 +310,10 @@ class _ActionView:
                 cached = _prose_view(raw)
             self._cache[key] = cached
         return cached
+
+
+_MAY_FIRE: Final = _ActionView.may_fire
+_MAY_FIRE_ANYWHERE: Final = _ActionView.may_fire_anywhere
 
 
 # --------------------------------------------------------------------------------------------
@@ -430,21 +444,28 @@ class Rule:
 
     def matches(self, av: _ActionView, name: FieldName) -> bool:
         text = av.text(name, self.view)
-        if not text:
-            return False
+        return bool(text) and self.fires(self.patterns, text, av)
+
+    def fires(self, patterns: Sequence[re.Pattern[str]], text: str, av: _ActionView) -> bool:
+        """Whether ``patterns`` (this rule's, or those of them the prefilter kept) make the
+        rule fire on ``text``, a non-empty view of one field of ``av``."""
+        check = self.check
         if self.min_distinct > 1:
             seen: set[str] = set()
-            for pattern in self.patterns:
+            for pattern in patterns:
                 for m in pattern.finditer(text):
-                    if self.check is None or self.check(m, av):
+                    if check is None or check(m, av):
                         token = m.group(0)
                         seen.add(token.lower() if "@" in token else _NON_DIGIT_RE.sub("", token))
                         if len(seen) >= self.min_distinct:
                             return True
             return False
-        for pattern in self.patterns:
+        if check is None:
+            # the first match of finditer is the match of search
+            return any(pattern.search(text) is not None for pattern in patterns)
+        for pattern in patterns:
             for m in pattern.finditer(text):
-                if self.check is None or self.check(m, av):
+                if check(m, av):
                     return True
         return False
 
@@ -466,22 +487,39 @@ class Detector:
 
     def detect(self, action: Action) -> list[Violation]:
         """The findings of this detector alone (unsorted, no intent adjustment)."""
-        return list(_run(self, _ActionView(action)))
+        return _findings(_ActionView(action), self)
+
+
+def _finding(rule: Rule, where: FieldName) -> Violation:
+    return Violation(
+        type=rule.type,
+        severity=rule.severity,
+        confidence=rule.confidence,
+        message=f"{rule.description} (in {where}; matched value redacted)",
+        detector=rule.name,
+    )
 
 
 def _run(detector: Detector, av: _ActionView) -> Iterator[Violation]:
+    """The findings of ``detector``, asking the prefilter rule by rule."""
     for rule in detector.rules:
         if not av.may_fire_anywhere(rule):
             continue
         where = rule.first_field(av)
         if where is not None:
-            yield Violation(
-                type=rule.type,
-                severity=rule.severity,
-                confidence=rule.confidence,
-                message=f"{rule.description} (in {where}; matched value redacted)",
-                detector=rule.name,
-            )
+            yield _finding(rule, where)
+
+
+def _findings(av: _ActionView, detector: Detector | None = None) -> list[Violation]:
+    """The findings of ``detector`` (default: of all detectors, in detector order).
+
+    Asks the prefilter in bulk (:meth:`_Prefilter.findings`), unless a prefilter method of
+    :class:`_ActionView` has been replaced: then rule by rule (:func:`_run`).  Both give
+    the same list."""
+    if _ActionView.may_fire is _MAY_FIRE and _ActionView.may_fire_anywhere is _MAY_FIRE_ANYWHERE:
+        return _PREFILTER.findings(av, detector)
+    detectors = DETECTORS if detector is None else (detector,)
+    return [v for d in detectors for v in _run(d, av)]
 
 
 def _c(pattern: str, flags: int = _I) -> re.Pattern[str]:
@@ -1218,107 +1256,404 @@ RULES: Final[tuple[Rule, ...]] = tuple(r for d in DETECTORS for r in d.rules)
 #: Upper bound on ``len(detect(action))``: one finding per rule, plus ``intent.mismatch``.
 MAX_FINDINGS: Final = len(RULES) + 1
 
-_MIN_LITERAL: Final = 3
-# the standard library's regex parser (no public name; stable since 3.11)
+# the standard library's regex parser and its case-insensitivity table (no public names;
+# stable since 3.11)
 _sre_parser: Any = importlib.import_module("re._parser")
 _sre_constants: Any = importlib.import_module("re._constants")
+_sre_casefix: Any = importlib.import_module("re._casefix")
+
+
+def _fold_table() -> dict[int, str | None]:
+    """``str.translate`` table completing ``str.lower`` into a fold that a case-insensitive
+    match never separates (see :class:`_Prefilter`)."""
+    # characters that re.IGNORECASE treats as equal beyond their lowercase (``s`` and
+    # ``ſ``, ``i`` and ``ı``, ``σ`` and ``ς``, ...): one representative per class
+    rep = {c: c for c in _sre_casefix._EXTRA_CASES}
+    for _ in range(len(rep)):  # merge the classes to a fixed point
+        for c, others in _sre_casefix._EXTRA_CASES.items():
+            rep[c] = min([rep[c], *(rep[o] for o in others)])
+    table: dict[int, str | None] = {c: chr(r) for c, r in rep.items() if c != r}
+    table[0x307] = None  # "İ".lower() is "i" + U+0307; re.IGNORECASE matches "İ" as "i"
+    return table
+
+
+_FOLD_TABLE: Final = _fold_table()
+
+
+def _fold(text: str) -> str:
+    """``text`` lower-cased and case-folded so that, character by character, two
+    characters that a case-insensitive regex treats as equal get the same fold."""
+    if text.isascii():
+        return text.lower()
+    return text.lower().translate(_FOLD_TABLE)
+
+
+#: Largest finite set of strings the literal analysis tracks for one regex node.
+_EXACT_LIMIT: Final = 64
+_DIGITS: Final = frozenset("0123456789")
+
+
+def _alternation(words: Iterable[str]) -> str:
+    """A regex matching, at a position, the longest of ``words`` that starts there (a trie
+    of alternations, so the engine compares one character per branch)."""
+    root: dict[str, Any] = {}
+    for word in words:
+        node = root
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def emit(node: dict[str, Any]) -> str:
+        branches = [re.escape(ch) + emit(child) for ch, child in sorted(node.items()) if ch]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        return f"(?:{body})?" if "" in node else body
+
+    return emit(root)
+
+
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """The patterns of one rule on one field, as bits of the prefilter's masks."""
+
+    rule: Rule
+    name: FieldName
+    key: tuple[FieldName, View]  # the view the rule scans
+    mask: int  # the first-requirement bits of these patterns
+    rule_mask: int  # the first-requirement bits of the rule's patterns on all its fields
+    # (first-requirement bit, bits of the other requirements, pattern), in pattern order
+    slots: tuple[tuple[int, int, re.Pattern[str]], ...]
+    finding: Violation  # what the rule reports when it fires on this field
+
+
+# a field's screen: the requirement bits always met, and per scan (text to scan: "raw" or
+# a view, finder of the literals that start at each position, literal -> bits it meets)
+_Scan = tuple[View, Callable[[str], list[str]], dict[str, int]]
+_Screen = tuple[int, tuple[_Scan, ...]]
+#: Most requirements checked per pattern (the most selective ones).
+_MAX_REQUIREMENTS: Final = 4
+#: One-character strings too frequent in text to be worth a requirement beyond the first.
+_FREQUENT: Final = frozenset(string.ascii_lowercase + string.digits + " .,-'/_()\"")
 
 
 class _Prefilter:
-    """Literal keywords that must appear for a rule to fire: a cheap test before the regexes.
+    """Literal keywords that must appear for a pattern to match: a cheap test before the
+    regexes.
 
-    For each pattern, :meth:`required_literals` walks its parse tree and finds a set of
-    strings (at least :data:`_MIN_LITERAL` characters) one of which every match must
-    contain: a run of literal characters in the top-level sequence, a group, a repeat taken
-    at least once, or the union over the branches of an alternation.  A rule can fire on a
-    text only if, for one of its patterns, one of those strings occurs in the text.  Texts
-    and literals are compared case-folded (``str.casefold``), which can only widen what
-    counts as present, never narrow it, so the test has no false negatives; rules with a
-    pattern that has no such literal (digit formats, bare punctuation) are always checked.
-    A benign text then costs one casefold and a few hundred substring tests in C instead of
-    some eighty regex scans.
+    For each pattern, :meth:`requirements` walks its parse tree and finds sets of strings
+    such that every match contains one string of each set: a run of the top-level
+    sequence whose items match a small finite set of strings (literal characters, small
+    character classes, short bounded repeats, zero-width assertions, alternations of
+    such runs; joined as a cross product), the requirements of a group or of a repeat
+    taken at least once, or the union over the branches of an alternation of each
+    branch's best set (a run just before an alternation is distributed into its
+    branches, undoing the parser's common-prefix factoring).  Sets are ranked by their
+    shortest string, then by size; :meth:`required_literals` is the best one.  A pattern
+    with no such set that needs a decimal digit (``\\d``) requires one of ``0``-``9`` in
+    ASCII text; a pattern with neither is always run.  A rule can fire on a field only
+    through a pattern whose (up to :data:`_MAX_REQUIREMENTS`) requirements all hold
+    there, and only those patterns are run.
+
+    Texts and literals are compared folded (:func:`_fold`: ``str.lower`` plus the
+    equivalences of ``re.IGNORECASE`` beyond lowercase, so ``ſ``, ``ı``, ``İ`` and the
+    Kelvin sign fold like ``s``, ``i``, ``i`` and ``k``), which can only widen what counts
+    as present, never narrow it, so the test has no false negatives.  Literals of the
+    ``sql`` and ``prose`` views are looked for in the raw field when that is sound (they
+    contain no whitespace, and for ``prose`` the field is ASCII, whose ``prose`` view is the
+    raw text with whitespace collapsed): a view only drops comments and folds whitespace,
+    so a literal without whitespace present in the view is present in the raw text.
+
+    Per field and per kind of text (ASCII or not), all the literals looked for in one text
+    form one trie-shaped regex, found in a single pass (a look-ahead at every position,
+    reporting the longest literal that starts there; a literal meets the requirements of
+    every literal it contains).  Each requirement of each (rule, field, pattern) is one
+    bit of a mask, the first (best) ones in rule order, then field order, then pattern
+    order; :meth:`findings` walks the set first-requirement bits rule by rule.  A benign
+    text then costs one fold and one regex pass per field, instead of some eighty regex
+    scans.
     """
 
     def __init__(self, rules: Sequence[Rule]) -> None:
-        literals: dict[str, frozenset[str] | None] = {}
+        per_pattern = {p: self.requirements(p) for rule in rules for p in rule.patterns}
+        # first requirements take the low bits, in order; the others follow
+        n_first = sum(len(rule.fields) * len(rule.patterns) for rule in rules)
+        entries: dict[FieldName, list[tuple[View, int, frozenset[str] | None]]] = {
+            name: [] for name in _ALL_FIELDS
+        }
+        groups: list[_Group] = []
+        first_bit = 0
+        other_bit = n_first
         for rule in rules:
-            found: set[str] = set()
-            for pattern in rule.patterns:
-                lits = self.required_literals(pattern)
-                if lits is None:
-                    literals[rule.name] = None
-                    break
-                found |= lits
-            else:
-                literals[rule.name] = frozenset(found)
-        # per (field, view): the rules that look there, and the literals they need
-        self._plan: dict[tuple[FieldName, View], tuple[tuple[str, frozenset[str] | None], ...]]
-        self._plan = {}
-        for rule in rules:
+            rule_first = first_bit
+            specs: list[tuple[FieldName, int, tuple[tuple[int, int, re.Pattern[str]], ...]]]
+            specs = []
             for name in rule.fields:
-                key = (name, rule.view)
-                self._plan[key] = (*self._plan.get(key, ()), (rule.name, literals[rule.name]))
-        self._words = {
-            key: tuple(sorted({lit for _, lits in entries if lits for lit in lits}))
-            for key, entries in self._plan.items()
+                slots: list[tuple[int, int, re.Pattern[str]]] = []
+                for pattern in rule.patterns:
+                    needs = per_pattern[pattern]
+                    first = 1 << first_bit
+                    first_bit += 1
+                    entries[name].append((rule.view, first, needs[0] if needs else None))
+                    others = 0
+                    for need in needs[1:]:
+                        entries[name].append((rule.view, 1 << other_bit, need))
+                        others |= 1 << other_bit
+                        other_bit += 1
+                    slots.append((first, others, pattern))
+                specs.append((name, _or_all(b for b, _, _ in slots), tuple(slots)))
+            rule_mask = (1 << first_bit) - (1 << rule_first)
+            for name, mask, group_slots in specs:
+                group = _Group(
+                    rule,
+                    name,
+                    (name, rule.view),
+                    mask,
+                    rule_mask,
+                    group_slots,
+                    _finding(rule, name),
+                )
+                groups.extend(group for _ in group_slots)
+        self._first_mask: int = (1 << n_first) - 1
+        self._group_at: tuple[_Group, ...] = tuple(groups)
+        self._groups: dict[tuple[str, FieldName], _Group] = {
+            (g.rule.name, g.name): g for g in groups
+        }
+        self._detector_mask: dict[str, int] = {}
+        for g in groups:
+            key = g.rule.type.value
+            self._detector_mask[key] = self._detector_mask.get(key, 0) | g.mask
+        self._screens: dict[tuple[FieldName, bool], _Screen] = {
+            (name, ascii_): self._screen(entries[name], ascii_)
+            for name in _ALL_FIELDS
+            for ascii_ in (True, False)
         }
 
-    def candidates(self, av: _ActionView) -> dict[FieldName, frozenset[str]]:
-        """Per field, the names of the rules that may fire there (see the class docstring)."""
-        out: dict[FieldName, set[str]] = {}
-        for key, entries in self._plan.items():
-            text = av.text(*key)
-            if not text:
+    @staticmethod
+    def _screen(entries: list[tuple[View, int, frozenset[str] | None]], ascii_: bool) -> _Screen:
+        always = 0
+        wanted: dict[View, dict[str, int]] = {}
+        for view, bit, need in entries:
+            if need is None or (need is _DIGITS and not ascii_):
+                always |= bit
                 continue
-            folded = text.casefold()
-            present = {w for w in self._words[key] if w in folded}
-            out.setdefault(key[0], set()).update(
-                name for name, lits in entries if lits is None or not lits.isdisjoint(present)
-            )
-        return {k: frozenset(v) for k, v in out.items()}
+            # where to look: the raw text when sound (see the class docstring), else the view
+            spaced = any(ch.isspace() for lit in need for ch in lit)
+            if need is _DIGITS or view == "raw" or (not spaced and (view == "sql" or ascii_)):
+                where: View = "raw"
+            else:
+                where = view
+            table = wanted.setdefault(where, {})
+            for lit in need:
+                table[lit] = table.get(lit, 0) | bit
+        scans: list[_Scan] = []
+        for where, table in wanted.items():
+            closed = {
+                lit: _or_all(bits for other, bits in table.items() if other in lit)
+                for lit in table
+            }
+            finder = re.compile(f"(?=({_alternation(table)}))").findall
+            scans.append((where, finder, closed))
+        return always, tuple(scans)
+
+    def field_mask(self, av: _ActionView, name: FieldName) -> int:
+        """The requirement bits met by field ``name`` of ``av``."""
+        raw = av.text(name, "raw")
+        if not raw:
+            return 0
+        ascii_ = raw.isascii()
+        always, scans = self._screens[name, ascii_]
+        mask = always
+        folded = raw.lower() if ascii_ else _fold(raw)
+        for where, finder, bits in scans:
+            text = folded if where == "raw" else _fold(av.text(name, where))
+            for lit in finder(text):
+                mask |= bits[lit]
+        return mask
+
+    def kept(self, av: _ActionView, rule: Rule, name: FieldName) -> bool:
+        """Whether some pattern of ``rule`` meets its requirements on field ``name``."""
+        group = self._groups.get((rule.name, name))
+        if group is None:
+            return False
+        met = av.field_mask(name)
+        return any(met & first and met & others == others for first, others, _ in group.slots)
+
+    def findings(self, av: _ActionView, detector: Detector | None = None) -> list[Violation]:
+        """The findings of ``detector`` (default: all detectors), in rule order, each rule
+        reported for the first of its fields where one of its kept patterns fires."""
+        met = av.field_mask("action_text") | av.field_mask("stated_intent")
+        met |= av.field_mask("context")
+        todo = met & self._first_mask
+        if detector is not None:
+            todo &= self._detector_mask.get(detector.type.value, 0)
+        found: list[Violation] = []
+        group_at = self._group_at
+        while todo:
+            group = group_at[(todo & -todo).bit_length() - 1]
+            firsts = todo & group.mask
+            todo &= ~group.mask
+            patterns = [
+                p for first, others, p in group.slots if firsts & first and met & others == others
+            ]
+            if not patterns:
+                continue
+            text = av.text(*group.key)
+            if text and group.rule.fires(patterns, text, av):
+                found.append(group.finding)
+                todo &= ~group.rule_mask
+        return found
+
+    @classmethod
+    def requirements(cls, pattern: re.Pattern[str]) -> tuple[frozenset[str], ...]:
+        """Sets of folded literals, every match of ``pattern`` containing one of each: the
+        best :data:`_MAX_REQUIREMENTS` of them, best first (see the class docstring);
+        ``(_DIGITS,)`` when there are none but a match needs a decimal digit; ``()`` when
+        nothing is known."""
+        tree = list(_sre_parser.parse(pattern.pattern, pattern.flags))
+        found: list[frozenset[str]] = []
+        for c in sorted(cls._sequence(tree, {""}), key=_rank, reverse=True):
+            folded = frozenset(_fold(s) for s in c)
+            if folded not in found:
+                found.append(folded)
+        if found:
+            # after the best set, skip sets with a frequent one-character string (a letter,
+            # a digit, common punctuation): finding them costs more than they save
+            rest = [c for c in found[1:] if not any(s in _FREQUENT for s in c)]
+            return (found[0], *rest[: _MAX_REQUIREMENTS - 1])
+        return (_DIGITS,) if cls._needs_digit(tree) else ()
 
     @classmethod
     def required_literals(cls, pattern: re.Pattern[str]) -> frozenset[str] | None:
+        """The best set of :meth:`requirements` (``None`` when there is none)."""
         tree = _sre_parser.parse(pattern.pattern, pattern.flags)
-        found = cls._sequence(list(tree))
-        return None if found is None else frozenset(s.casefold() for s in found)
+        found = _best(cls._sequence(list(tree), {""}))
+        return None if found is None else frozenset(_fold(s) for s in found)
 
     @classmethod
-    def _sequence(cls, items: list[tuple[Any, Any]]) -> set[str] | None:
+    def _sequence(cls, items: list[tuple[Any, Any]], prefix: set[str]) -> list[set[str]]:
+        """Required sets of a sequence of nodes that follows a run matching ``prefix``."""
         candidates: list[set[str]] = []
-        run: list[str] = []
+        run = set(prefix)
         for op, arg in items:
-            if op is _sre_constants.LITERAL:
-                run.append(chr(arg))
+            exact = cls._exact(op, arg)
+            if exact is not None:
+                if len(run) * len(exact) <= _EXACT_LIMIT:
+                    run = {a + b for a in run for b in exact}
+                else:
+                    candidates.append(run)
+                    run = exact
                 continue
-            if run:
-                candidates.append({"".join(run)})
-                run = []
-            inner = cls._node(op, arg)
-            if inner is not None:
-                candidates.append(inner)
-        if run:
-            candidates.append({"".join(run)})
-        usable = [c for c in candidates if min(map(len, c)) >= _MIN_LITERAL]
-        if not usable:
-            return None
-        return max(usable, key=lambda c: (min(map(len, c)), -len(c)))
+            candidates.append(run)
+            candidates.extend(cls._node(op, arg, run))
+            run = {""}
+        candidates.append(run)
+        # a string containing another of its set adds nothing: drop it
+        return [
+            {s for s in c if not any(t in s and t != s for t in c)} for c in candidates if "" not in c
+        ]
 
     @classmethod
-    def _node(cls, op: Any, arg: Any) -> set[str] | None:
+    def _node(cls, op: Any, arg: Any, prefix: set[str]) -> list[set[str]]:
         if op is _sre_constants.SUBPATTERN:
-            return cls._sequence(list(arg[3]))
+            return cls._sequence(list(arg[3]), prefix)
         if op is _sre_constants.BRANCH:
             union: set[str] = set()
             for branch in arg[1]:
-                inner = cls._sequence(list(branch))
+                inner = _best(cls._sequence(list(branch), prefix))
+                if inner is None:
+                    return []
+                union |= inner
+            return [union]
+        if op in (_sre_constants.MAX_REPEAT, _sre_constants.MIN_REPEAT) and arg[0] >= 1:
+            return cls._sequence(list(arg[2]), prefix)
+        return []
+
+    @classmethod
+    def _exact(cls, op: Any, arg: Any) -> set[str] | None:
+        """The strings a node matches, when they are few (at most :data:`_EXACT_LIMIT`)."""
+        c = _sre_constants
+        if op is c.LITERAL:
+            return {chr(arg)}
+        if op is c.AT or op is c.ASSERT or op is c.ASSERT_NOT:
+            return {""}  # zero-width
+        if op is c.IN:
+            chars: set[str] = set()
+            for kind, value in arg:
+                if kind is c.LITERAL:
+                    chars.add(chr(value))
+                elif kind is c.RANGE and value[1] - value[0] < 16:
+                    chars.update(map(chr, range(value[0], value[1] + 1)))
+                else:  # NEGATE, CATEGORY, wide ranges
+                    return None
+            return chars or None
+        if op is c.SUBPATTERN:
+            return cls._exact_sequence(list(arg[3]))
+        if op is c.BRANCH:
+            union: set[str] = set()
+            for branch in arg[1]:
+                inner = cls._exact_sequence(list(branch))
                 if inner is None:
                     return None
                 union |= inner
-            return union
-        if op in (_sre_constants.MAX_REPEAT, _sre_constants.MIN_REPEAT) and arg[0] >= 1:
-            return cls._sequence(list(arg[2]))
+            return union if len(union) <= _EXACT_LIMIT else None
+        if op in (c.MAX_REPEAT, c.MIN_REPEAT) and arg[1] <= 4:
+            lo, hi, body = arg
+            inner = cls._exact_sequence(list(body))
+            if inner is None:
+                return None
+            out: set[str] = set()
+            power = {""}
+            for k in range(hi + 1):
+                if k >= lo:
+                    out |= power
+                if k < hi:
+                    power = {a + b for a in power for b in inner}
+                    if len(power) > _EXACT_LIMIT:
+                        return None
+            return out if len(out) <= _EXACT_LIMIT else None
         return None
+
+    @classmethod
+    def _exact_sequence(cls, items: list[tuple[Any, Any]]) -> set[str] | None:
+        out = {""}
+        for op, arg in items:
+            exact = cls._exact(op, arg)
+            if exact is None or len(out) * len(exact) > _EXACT_LIMIT:
+                return None
+            out = {a + b for a in out for b in exact}
+        return out
+
+    @classmethod
+    def _needs_digit(cls, items: list[tuple[Any, Any]]) -> bool:
+        """Whether every match of the sequence contains a ``\\d`` character."""
+        c = _sre_constants
+        for op, arg in items:
+            if op is c.IN and arg and all(k is c.CATEGORY and v is c.CATEGORY_DIGIT for k, v in arg):
+                return True
+            if op is c.SUBPATTERN and cls._needs_digit(list(arg[3])):
+                return True
+            if op is c.BRANCH and all(cls._needs_digit(list(b)) for b in arg[1]):
+                return True
+            if op in (c.MAX_REPEAT, c.MIN_REPEAT) and arg[0] >= 1 and cls._needs_digit(list(arg[2])):
+                return True
+        return False
+
+
+def _rank(strings: set[str]) -> tuple[int, int]:
+    """How selective a required set is: longer shortest string first, then fewer strings."""
+    return min(map(len, strings)), -len(strings)
+
+
+def _best(candidates: list[set[str]]) -> set[str] | None:
+    return max(candidates, key=_rank) if candidates else None
+
+
+def _or_all(values: Iterable[int]) -> int:
+    out = 0
+    for v in values:
+        out |= v
+    return out
 
 
 _PREFILTER: Final = _Prefilter(RULES)
@@ -1428,8 +1763,7 @@ def detect(action: Action) -> list[Violation]:
     type, then rule name.  Deterministic: the same action always gives the same list.
     Does not validate the action (see :func:`nethical_grpc.governance.decision.validate_action`).
     """
-    av = _ActionView(action)
-    found = [v for d in DETECTORS for v in _run(d, av)]
-    found = _apply_intent(action, found)
-    found.sort(key=_sort_key)
+    found = _apply_intent(action, _findings(_ActionView(action)))
+    if len(found) > 1:
+        found.sort(key=_sort_key)
     return found

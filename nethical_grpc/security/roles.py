@@ -8,6 +8,7 @@ method                            coordinator  operator  client
 ================================  ===========  ========  ======
 RegionNodeService/Ingest                                 yes
 RegionNodeService/GetSummaries    yes          yes
+RegionNodeService/StreamSummaries yes          yes
 RegionNodeService/GetNodeInfo     yes          yes       yes
 RegionNodeService/Evaluate        yes                    yes
 RegionNodeService/EvaluateStream  yes                    yes
@@ -98,6 +99,7 @@ _C, _O, _L = Role.COORDINATOR, Role.OPERATOR, Role.CLIENT
 _REGION_ROLES: dict[str, frozenset[Role]] = {
     "Ingest": frozenset({_L}),
     "GetSummaries": frozenset({_C, _O}),
+    "StreamSummaries": frozenset({_C, _O}),
     "GetNodeInfo": frozenset({_C, _O, _L}),
     "Evaluate": frozenset({_C, _L}),
     "EvaluateStream": frozenset({_C, _L}),

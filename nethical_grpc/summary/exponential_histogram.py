@@ -104,7 +104,6 @@ def bucket_lower_boundary(index: int | npt.NDArray[np.int64], scale: int) -> Flo
 
 
 @functools.cache
-@functools.cache
 def index_limits(scale: int) -> tuple[int, int]:
     """``(lowest, highest)`` index that a finite non-zero double can have at ``scale``."""
     r = _kernels.bucketize_numpy(np.array([_DBL_TRUE_MIN, _DBL_MAX]), int(scale), 0.0)

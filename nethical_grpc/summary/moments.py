@@ -204,29 +204,41 @@ class Moments:
         for name, value in fields.items():
             if not math.isfinite(float(value)):
                 raise ValueError(f"{name} must be finite when count > 0, got {value}")
-        lo, hi = float(self.min), float(self.max)
-        mean, m2 = float(self.mean), float(self.m2)
-        if lo > hi:
-            raise ValueError(f"min ({lo}) > max ({hi})")
-        if m2 < 0.0:
-            raise ValueError(f"m2 must be >= 0, got {m2}")
-        mag = max(abs(lo), abs(hi))
-        tol = _VALIDATE_RTOL * mag
-        if not (lo - tol <= mean <= hi + tol):
-            raise ValueError(f"mean ({mean}) outside [min, max] = [{lo}, {hi}]")
-        if count == 1 and lo != hi:
-            raise ValueError(f"a single value cannot have min ({lo}) != max ({hi})")
-        # Popoviciu: variance <= (max - min)^2 / 4.
-        # plain float arithmetic: overflow gives inf, never an exception
-        spread = hi - lo
-        bound = count * (spread * spread / 4.0)
-        slack = count * ((_VALIDATE_RTOL * mag) * (_VALIDATE_RTOL * mag))
-        if m2 > bound * (1.0 + _VALIDATE_RTOL) + slack:
-            raise ValueError(f"m2 ({m2}) exceeds count * (max - min)^2 / 4 = {bound}")
-        total = float(self.sum) + float(self.compensation)
-        if math.isfinite(total):
-            t_tol = count * tol
-            if not (count * lo - t_tol <= total <= count * hi + t_tol):
-                raise ValueError(
-                    f"sum ({total}) outside [count*min, count*max] = [{count * lo}, {count * hi}]"
-                )
+        check_consistent(
+            count,
+            float(self.sum) + float(self.compensation),
+            float(self.min),
+            float(self.max),
+            float(self.mean),
+            float(self.m2),
+        )
+
+
+def check_consistent(
+    count: int, total: float, lo: float, hi: float, mean: float, m2: float
+) -> None:
+    """The numeric checks of :meth:`Moments.validate` for ``count > 0`` and finite floats
+    (``total`` is the compensated sum); ``ValueError`` names the inconsistency."""
+    if lo > hi:
+        raise ValueError(f"min ({lo}) > max ({hi})")
+    if m2 < 0.0:
+        raise ValueError(f"m2 must be >= 0, got {m2}")
+    mag = max(abs(lo), abs(hi))
+    tol = _VALIDATE_RTOL * mag
+    if not (lo - tol <= mean <= hi + tol):
+        raise ValueError(f"mean ({mean}) outside [min, max] = [{lo}, {hi}]")
+    if count == 1 and lo != hi:
+        raise ValueError(f"a single value cannot have min ({lo}) != max ({hi})")
+    # Popoviciu: variance <= (max - min)^2 / 4.
+    # plain float arithmetic: overflow gives inf, never an exception
+    spread = hi - lo
+    bound = count * (spread * spread / 4.0)
+    slack = count * ((_VALIDATE_RTOL * mag) * (_VALIDATE_RTOL * mag))
+    if m2 > bound * (1.0 + _VALIDATE_RTOL) + slack:
+        raise ValueError(f"m2 ({m2}) exceeds count * (max - min)^2 / 4 = {bound}")
+    if math.isfinite(total):
+        t_tol = count * tol
+        if not (count * lo - t_tol <= total <= count * hi + t_tol):
+            raise ValueError(
+                f"sum ({total}) outside [count*min, count*max] = [{count * lo}, {count * hi}]"
+            )

@@ -107,6 +107,34 @@ class GetSummariesResponse(_message.Message):
     privacy: _summary_pb2.PrivacyInfo
     def __init__(self, series: _Optional[_Iterable[_Union[_summary_pb2.SeriesSummary, _Mapping]]] = ..., region_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., scope: _Optional[_Union[DataScope, str]] = ..., data_as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., privacy: _Optional[_Union[_summary_pb2.PrivacyInfo, _Mapping]] = ...) -> None: ...
 
+class StreamSummariesRequest(_message.Message):
+    __slots__ = ("query_id", "query")
+    QUERY_ID_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    query_id: int
+    query: GetSummariesRequest
+    def __init__(self, query_id: _Optional[int] = ..., query: _Optional[_Union[GetSummariesRequest, _Mapping]] = ...) -> None: ...
+
+class StreamSummariesResponse(_message.Message):
+    __slots__ = ("query_id", "summaries", "error")
+    QUERY_ID_FIELD_NUMBER: _ClassVar[int]
+    SUMMARIES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    query_id: int
+    summaries: GetSummariesResponse
+    error: SummaryQueryError
+    def __init__(self, query_id: _Optional[int] = ..., summaries: _Optional[_Union[GetSummariesResponse, _Mapping]] = ..., error: _Optional[_Union[SummaryQueryError, _Mapping]] = ...) -> None: ...
+
+class SummaryQueryError(_message.Message):
+    __slots__ = ("code", "message", "field_errors")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    FIELD_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    field_errors: _containers.RepeatedCompositeFieldContainer[_governance_pb2.FieldError]
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., field_errors: _Optional[_Iterable[_Union[_governance_pb2.FieldError, _Mapping]]] = ...) -> None: ...
+
 class GetNodeInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -169,12 +197,24 @@ class EvaluateResponse(_message.Message):
     def __init__(self, evaluation: _Optional[_Union[_governance_pb2.ActionEvaluation, _Mapping]] = ...) -> None: ...
 
 class EvaluateStreamRequest(_message.Message):
-    __slots__ = ("action",)
+    __slots__ = ("action", "actions")
     ACTION_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
     action: _governance_pb2.AgentAction
-    def __init__(self, action: _Optional[_Union[_governance_pb2.AgentAction, _Mapping]] = ...) -> None: ...
+    actions: _containers.RepeatedCompositeFieldContainer[_governance_pb2.AgentAction]
+    def __init__(self, action: _Optional[_Union[_governance_pb2.AgentAction, _Mapping]] = ..., actions: _Optional[_Iterable[_Union[_governance_pb2.AgentAction, _Mapping]]] = ...) -> None: ...
 
 class EvaluateStreamResponse(_message.Message):
+    __slots__ = ("evaluation", "error", "results")
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    evaluation: _governance_pb2.ActionEvaluation
+    error: _governance_pb2.ActionError
+    results: _containers.RepeatedCompositeFieldContainer[ActionResult]
+    def __init__(self, evaluation: _Optional[_Union[_governance_pb2.ActionEvaluation, _Mapping]] = ..., error: _Optional[_Union[_governance_pb2.ActionError, _Mapping]] = ..., results: _Optional[_Iterable[_Union[ActionResult, _Mapping]]] = ...) -> None: ...
+
+class ActionResult(_message.Message):
     __slots__ = ("evaluation", "error")
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]

@@ -46,6 +46,11 @@ class RegionNodeServiceStub:
                 request_serializer=nethical__grpc_dot_v1_dot_region__node__pb2.GetSummariesRequest.SerializeToString,
                 response_deserializer=nethical__grpc_dot_v1_dot_region__node__pb2.GetSummariesResponse.FromString,
                 _registered_method=True)
+        self.StreamSummaries = channel.stream_stream(
+                '/nethical_grpc.v1.RegionNodeService/StreamSummaries',
+                request_serializer=nethical__grpc_dot_v1_dot_region__node__pb2.StreamSummariesRequest.SerializeToString,
+                response_deserializer=nethical__grpc_dot_v1_dot_region__node__pb2.StreamSummariesResponse.FromString,
+                _registered_method=True)
         self.GetNodeInfo = channel.unary_unary(
                 '/nethical_grpc.v1.RegionNodeService/GetNodeInfo',
                 request_serializer=nethical__grpc_dot_v1_dot_region__node__pb2.GetNodeInfoRequest.SerializeToString,
@@ -112,6 +117,15 @@ class RegionNodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamSummaries(self, request_iterator, context):
+        """The same queries over one long-lived stream: the coordinator's fan-out path, one
+        message each way per query instead of a call. Each answer echoes its query's id;
+        a query the node rejects gets a SummaryQueryError and the stream goes on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetNodeInfo(self, request, context):
         """Who this node is and how it keeps its data.
         """
@@ -128,8 +142,9 @@ class RegionNodeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def EvaluateStream(self, request_iterator, context):
-        """Evaluates a stream of actions; answers come back in request order. A bad action
-        gets an ActionError in its answer and the stream goes on.
+        """Evaluates a stream of actions; answers come back in request order. A message
+        carries one action or a batch of them (one answer message per request message).
+        A bad action gets an ActionError in its answer and the stream goes on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -182,6 +197,11 @@ def add_RegionNodeServiceServicer_to_server(servicer, server):
                     servicer.GetSummaries,
                     request_deserializer=nethical__grpc_dot_v1_dot_region__node__pb2.GetSummariesRequest.FromString,
                     response_serializer=nethical__grpc_dot_v1_dot_region__node__pb2.GetSummariesResponse.SerializeToString,
+            ),
+            'StreamSummaries': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamSummaries,
+                    request_deserializer=nethical__grpc_dot_v1_dot_region__node__pb2.StreamSummariesRequest.FromString,
+                    response_serializer=nethical__grpc_dot_v1_dot_region__node__pb2.StreamSummariesResponse.SerializeToString,
             ),
             'GetNodeInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetNodeInfo,
@@ -280,6 +300,33 @@ class RegionNodeService:
             '/nethical_grpc.v1.RegionNodeService/GetSummaries',
             nethical__grpc_dot_v1_dot_region__node__pb2.GetSummariesRequest.SerializeToString,
             nethical__grpc_dot_v1_dot_region__node__pb2.GetSummariesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamSummaries(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/nethical_grpc.v1.RegionNodeService/StreamSummaries',
+            nethical__grpc_dot_v1_dot_region__node__pb2.StreamSummariesRequest.SerializeToString,
+            nethical__grpc_dot_v1_dot_region__node__pb2.StreamSummariesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -67,7 +67,7 @@ STRING_MARKERS = (MARK, AGENT, SECRET, PASSWORD, TEXT, INTENT, CONTEXT_KEY, CONT
 RAW_VALUES = (123456.789123, 654321.987654, 31337.000271828)
 
 # what the coordinator calls on a region node, and this test walks
-WALKED_NODE_RPCS = {"GetSummaries", "GetNodeInfo", "Evaluate", "EvaluateStream"}
+WALKED_NODE_RPCS = {"GetSummaries", "StreamSummaries", "GetNodeInfo", "Evaluate", "EvaluateStream"}
 
 FORBIDDEN_FIELDS = re.compile(
     r"^(agent_id|action_text|stated_intent|context|values|timestamps_unix_nano"
@@ -258,6 +258,18 @@ async def node_answers(mesh: Mesh, region: str) -> list[Message]:
     out: list[Message] = []
     for request in summary_requests():
         out.append(await node.GetSummaries(request, timeout=5))
+    # the same queries over the coordinator's stream, plus one the node rejects
+    streamed = [
+        region_node_pb2.StreamSummariesRequest(query_id=i + 1, query=request)
+        for i, request in enumerate(summary_requests())
+    ]
+    bad = region_node_pb2.GetSummariesRequest(metrics=[f"bad name {MARK}"])
+    streamed.append(region_node_pb2.StreamSummariesRequest(query_id=999, query=bad))
+    answers = [a async for a in node.StreamSummaries(iter(streamed), timeout=10)]
+    assert [a.WhichOneof("result") for a in answers] == ["summaries"] * (len(streamed) - 1) + [
+        "error"
+    ]
+    out.extend(answers)
     out.append(await node.GetNodeInfo(region_node_pb2.GetNodeInfoRequest(), timeout=5))
     health = health_pb2_grpc.HealthStub(mesh.channel(mesh.regions[region][0][0].address))
     out.append(await health.Check(health_pb2.HealthCheckRequest(), timeout=5))

@@ -22,6 +22,7 @@ C, OP, L = Role.COORDINATOR, Role.OPERATOR, Role.CLIENT
 DOCUMENTED = {
     "/nethical_grpc.v1.RegionNodeService/Ingest": {L},
     "/nethical_grpc.v1.RegionNodeService/GetSummaries": {C, OP},
+    "/nethical_grpc.v1.RegionNodeService/StreamSummaries": {C, OP},
     "/nethical_grpc.v1.RegionNodeService/GetNodeInfo": {C, OP, L},
     "/nethical_grpc.v1.RegionNodeService/Evaluate": {C, L},
     "/nethical_grpc.v1.RegionNodeService/EvaluateStream": {C, L},

@@ -1,0 +1,188 @@
+"""Summary queries to one region node instance over one long-lived stream.
+
+A unary ``GetSummaries`` per region per global query costs a whole call on both sides
+(measured here: ~260 µs of the node's CPU and ~140 µs of the coordinator's per call).
+``StreamSummaries`` carries the same queries as messages of one bidirectional stream
+per instance (~110 µs each side), so a fan-out to many regions costs less than half as
+much. Concurrent global queries share the stream: each query gets an id, its answer
+is matched by that id, and each waits under its own deadline.
+
+The stream opens on first use. When it breaks (the node went away, the connection
+dropped), every query waiting on it fails as UNAVAILABLE, which the federation treats
+like a failed call (failover, coverage), and the next query opens a new stream. A node
+that does not implement ``StreamSummaries`` is asked with unary calls from then on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from nethical_grpc import convert
+from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+StubSource = Callable[[], region_node_pb2_grpc.RegionNodeServiceStub]
+Pending = dict[int, "asyncio.Future[region_node_pb2.GetSummariesResponse]"]
+
+
+class SummaryCallError(Exception):
+    """A summary query that got no answer: the status it failed with, and why."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+class SummaryStream:
+    """``GetSummaries`` semantics over one ``StreamSummaries`` call, opened lazily."""
+
+    def __init__(self, stub: StubSource) -> None:
+        self._stub = stub
+        self._call: Any = None  # grpc.aio.StreamStreamCall while open
+        self._reader: asyncio.Task[None] | None = None
+        # the open call's unanswered queries (each call has its own)
+        self._pending: Pending = {}
+        self._ids = itertools.count(1)
+        self._write_lock = asyncio.Lock()
+        self.unary_only = False
+        self.opened = 0  # streams opened so far (a reopen follows each break)
+
+    @property
+    def is_open(self) -> bool:
+        return self._call is not None
+
+    async def query(
+        self, request: region_node_pb2.GetSummariesRequest, timeout_s: float
+    ) -> region_node_pb2.GetSummariesResponse:
+        """The node's answer to ``request`` within ``timeout_s`` (``SummaryCallError``)."""
+        if self.unary_only:
+            return await self._unary(request, timeout_s)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        try:
+            return await self._streamed(request, timeout_s)
+        except SummaryCallError as err:
+            if err.code is not grpc.StatusCode.UNIMPLEMENTED:
+                raise
+        # an older node: no stream method
+        self.unary_only = True
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise SummaryCallError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+        return await self._unary(request, remaining)
+
+    async def close(self) -> None:
+        call, reader, pending = self._call, self._reader, self._pending
+        self._call = self._reader = None
+        self._pending = {}
+        if call is not None:
+            call.cancel()
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        _fail(pending, grpc.StatusCode.UNAVAILABLE, "summary stream closed")
+
+    # -- internals ------------------------------------------------------------------
+
+    async def _unary(
+        self, request: region_node_pb2.GetSummariesRequest, timeout_s: float
+    ) -> region_node_pb2.GetSummariesResponse:
+        try:
+            response: region_node_pb2.GetSummariesResponse = await self._stub().GetSummaries(
+                request, timeout=timeout_s
+            )
+        except grpc.aio.AioRpcError as err:
+            raise SummaryCallError(err.code(), err.details() or "") from None
+        return response
+
+    async def _streamed(
+        self, request: region_node_pb2.GetSummariesRequest, timeout_s: float
+    ) -> region_node_pb2.GetSummariesResponse:
+        loop = asyncio.get_running_loop()
+        call = self._open()
+        pending = self._pending
+        query_id = next(self._ids)
+        answer: asyncio.Future[region_node_pb2.GetSummariesResponse] = loop.create_future()
+        pending[query_id] = answer
+        expiry = loop.call_later(timeout_s, _expire, pending, query_id, timeout_s)
+        try:
+            message = region_node_pb2.StreamSummariesRequest(query_id=query_id, query=request)
+            try:
+                async with self._write_lock:
+                    await call.write(message)
+            except Exception as exc:  # the stream broke under us; its reader tells why
+                reader = self._reader
+                if reader is not None and self._call is call and not answer.done():
+                    await asyncio.wait([reader], timeout=0.05)
+                if not answer.done():
+                    self._broken(call, pending, grpc.StatusCode.UNAVAILABLE, f"stream: {exc}")
+            return await answer
+        finally:
+            expiry.cancel()
+            pending.pop(query_id, None)
+
+    def _open(self) -> Any:
+        if self._call is None:
+            self._call = self._stub().StreamSummaries()
+            self._pending = {}
+            self._reader = asyncio.ensure_future(self._read(self._call, self._pending))
+            self.opened += 1
+        return self._call
+
+    async def _read(self, call: Any, pending: Pending) -> None:
+        code, details = grpc.StatusCode.UNAVAILABLE, "summary stream ended"
+        try:
+            async for message in call:
+                future = pending.pop(message.query_id, None)
+                if future is None or future.done():
+                    continue  # a query that gave up waiting
+                if message.HasField("error"):
+                    err = message.error
+                    future.set_exception(
+                        SummaryCallError(convert.status_code(err.code), err.message)
+                    )
+                else:
+                    future.set_result(message.summaries)
+        except grpc.aio.AioRpcError as err:
+            code, details = err.code(), err.details() or ""
+            if code is grpc.StatusCode.CANCELLED:
+                code = grpc.StatusCode.UNAVAILABLE
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # anything else ends this stream, not the coordinator
+            log.warning("summary stream failed: %s", exc)
+            details = f"summary stream failed: {exc}"
+        self._broken(call, pending, code, details)
+
+    def _broken(self, call: Any, pending: Pending, code: grpc.StatusCode, details: str) -> None:
+        if self._call is call:
+            self._call = None
+            self._reader = None
+            self._pending = {}
+            call.cancel()
+        _fail(pending, code, details)
+
+
+def _fail(pending: Pending, code: grpc.StatusCode, details: str) -> None:
+    for future in list(pending.values()):
+        if not future.done():
+            future.set_exception(SummaryCallError(code, details))
+    pending.clear()
+
+
+def _expire(pending: Pending, query_id: int, timeout_s: float) -> None:
+    future = pending.pop(query_id, None)
+    if future is not None and not future.done():
+        future.set_exception(
+            SummaryCallError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {timeout_s:g} s")
+        )
