@@ -461,6 +461,60 @@ def test_get_summaries_fuzz(
     assert_serving(servers)
 
 
+@settings(FUZZ, max_examples=40)
+@given(
+    metrics=st.lists(any_name, max_size=5) | st.just(["m"] * 2000),
+    label_filter=labels_strategy,
+    group_by=st.lists(any_name, max_size=5),
+    start=st.none() | any_timestamp(),
+    end=st.none() | any_timestamp(),
+    query_id=st.integers(min_value=0, max_value=2**64 - 1),
+)
+def test_stream_summaries_fuzz(
+    servers: Servers,
+    metrics: list[str],
+    label_filter: dict[str, str],
+    group_by: list[str],
+    start: timestamp_pb2.Timestamp | None,
+    end: timestamp_pb2.Timestamp | None,
+    query_id: int,
+) -> None:
+    """The streamed query answers what the unary call answers: the same summaries, or an
+    error with the same code; the stream goes on to answer a plain query after it."""
+    before = snapshot(servers)
+    req = region_node_pb2.GetSummariesRequest(
+        metrics=metrics, label_filter=label_filter, group_by_labels=group_by
+    )
+    if start is not None:
+        req.start_time.CopyFrom(start)
+    if end is not None:
+        req.end_time.CopyFrom(end)
+    unary = attempt(lambda: servers.node.GetSummaries(req, timeout=CALL_TIMEOUT_S))
+    messages = [
+        region_node_pb2.StreamSummariesRequest(query_id=query_id, query=req),
+        region_node_pb2.StreamSummariesRequest(query_id=query_id ^ 1),
+    ]
+    out = attempt(
+        lambda: list(servers.node.StreamSummaries(iter(messages), timeout=CALL_TIMEOUT_S))
+    )
+    assert_clear(out, "StreamSummaries")
+    if out.code is grpc.StatusCode.OK:
+        first, second = out.response
+        assert (first.query_id, second.query_id) == (query_id, query_id ^ 1)
+        assert second.WhichOneof("result") == "summaries"
+        if unary.code is grpc.StatusCode.OK:
+            assert first.WhichOneof("result") == "summaries"
+            assert first.summaries.SerializeToString() == unary.response.SerializeToString()
+        else:
+            assert first.WhichOneof("result") == "error"
+            assert first.error.code == unary.code.value[0]
+            assert first.error.message
+    else:  # only a message past the size limit ends the stream
+        assert out.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert snapshot(servers) == before
+    assert_serving(servers)
+
+
 @settings(FUZZ, max_examples=60)
 @given(action=actions())
 def test_evaluate_fuzz(servers: Servers, action: governance_pb2.AgentAction) -> None:
@@ -948,8 +1002,8 @@ NODE_METHODS = [
 COORDINATOR_METHODS = [
     m.name for m in coordinator_pb2.DESCRIPTOR.services_by_name["CoordinatorService"].methods
 ]
-STREAMING_REQUESTS = {"Ingest", "EvaluateStream"}
-STREAMING_RESPONSES = {"EvaluateStream"}
+STREAMING_REQUESTS = {"Ingest", "EvaluateStream", "StreamSummaries"}
+STREAMING_RESPONSES = {"EvaluateStream", "StreamSummaries"}
 
 
 def raw_call(channel: grpc.Channel, path: str, payload: bytes, streaming: tuple[bool, bool]) -> Any:
@@ -994,6 +1048,7 @@ def test_every_rpc_is_fuzzed() -> None:
     fuzzed = {
         "Ingest",
         "GetSummaries",
+        "StreamSummaries",
         "GetNodeInfo",  # no fields: raw bytes and snapshots only
         "Evaluate",
         "EvaluateStream",

@@ -250,6 +250,7 @@ async def test_reflection_lists_and_describes_services(mesh: Mesh) -> None:
     assert set(methods) == {
         "Ingest",
         "GetSummaries",
+        "StreamSummaries",
         "GetNodeInfo",
         "Evaluate",
         "EvaluateStream",
