@@ -5,8 +5,9 @@ One pipeline serves the unary ``Evaluate``, the streamed ``EvaluateStream`` and 
 1. features of the actions' text (one vectorised call for a batch);
 2. the model's probability of harm, through the node's micro-batcher, so concurrent callers
    share one model call;
-3. :func:`~nethical_grpc.governance.decision.evaluate_action`: detectors, the JIT risk
-   kernel, blending with the model probability, thresholds;
+3. :func:`~nethical_grpc.governance.decision.evaluate_actions` (one call for the batch,
+   the same as :func:`~nethical_grpc.governance.decision.evaluate_action` per action):
+   detectors, the JIT risk kernel, blending with the model probability, thresholds;
 4. the node's windows get ``risk_score`` and ``latency_ms`` observations labelled with the
    decision and the action type (so global metrics count decisions per action type with no
    extra work), and the agent's profile is updated.
@@ -27,9 +28,8 @@ import numpy.typing as npt
 from nethical_grpc.errors import MeshError
 from nethical_grpc.governance.decision import (
     DEFAULT_MODEL_WEIGHT,
-    Evaluation,
     Thresholds,
-    evaluate_action,
+    evaluate_actions,
 )
 from nethical_grpc.governance.detectors import Action
 from nethical_grpc.governance.profiles import Profile, ProfileBook
@@ -129,7 +129,7 @@ class Evaluator:
         actions = [r.action for r in requests]
         rows = self.model.features(actions)
         probabilities: list[float] = (await self.model.probabilities(rows)).tolist()
-        evaluations = _evaluate_actions(actions, probabilities, self.thresholds, self.model_weight)
+        evaluations = evaluate_actions(actions, probabilities, self.thresholds, self.model_weight)
         now = self.clock()
         latency_ns = time.perf_counter_ns() - started
         outcomes = [
@@ -180,16 +180,3 @@ class Evaluator:
         self.profiles.update(outcomes)
         if self.sink is not None:
             self.sink(outcomes)
-
-
-def _evaluate_actions(
-    actions: Sequence[Action],
-    model_probabilities: Sequence[float],
-    thresholds: Thresholds,
-    model_weight: float,
-) -> list[Evaluation]:
-    """Evaluations of ``actions`` in order, as :func:`evaluate_action` gives them."""
-    return [
-        evaluate_action(a, model_probability=p, thresholds=thresholds, model_weight=model_weight)
-        for a, p in zip(actions, model_probabilities, strict=True)
-    ]

@@ -21,6 +21,7 @@ from nethical_grpc.inference.devices import is_gpu_available
 from nethical_grpc.inference.engine import InferenceEngine
 from nethical_grpc.inference.features import action_features
 from nethical_grpc.inference.microbatch import MicroBatcher
+from nethical_grpc.inference.threads import limit_threads
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +35,8 @@ class ModelConfig:
     # 0: a batch goes as soon as the model is free; rows that arrive meanwhile wait for
     # the next one, so batches grow with load without delaying a lone request
     max_delay_s: float = 0.0
-    # CPU threads for the model; one thread measured faster than torch's default here
+    # CPU threads for the model and the numeric libraries under it (BLAS, Numba, torch);
+    # one thread measured faster than their defaults here (see nethical_grpc.inference.threads)
     num_threads: int | None = 1
     # "auto": PyTorch on a GPU; on a CPU the bundled model runs in NumPy (same outputs
     # within 5e-8, and measured faster per Evaluate here), a --model file in PyTorch
@@ -68,6 +70,9 @@ class NodeModel:
             num_threads=config.num_threads,
             backend=backend,
         )
+        if config.num_threads is not None:
+            # BLAS and Numba too, not only torch: idle pools fight for a small host's cores
+            limit_threads(config.num_threads)
         return cls(engine, config.max_batch, config.max_delay_s)
 
     @property

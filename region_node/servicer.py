@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -405,7 +405,7 @@ class _ReadAhead:
 
     async def read(
         self, source: AsyncIterator[region_node_pb2.EvaluateStreamRequest]
-    ) -> AsyncIterator[region_node_pb2.EvaluateStreamRequest]:
+    ) -> AsyncGenerator[region_node_pb2.EvaluateStreamRequest, None]:
         async for message in source:
             n = _weight(message)
             # room for one message whatever its size (the message size limit bounds it)

@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--inference-threads",
         type=int,
         default=1,
-        help="CPU threads for the model (1); match the pod's CPU quota",
+        help="CPU threads for the model and the BLAS, Numba and torch pools under it (1); "
+        "match the pod's CPU quota",
     )
     _server_args(region, 50051)
 

@@ -11,6 +11,10 @@ Pipeline of :func:`evaluate_action`:
 4. :func:`blend` with the model probability, when one is given.
 5. :func:`decide` against :class:`Thresholds`.
 
+:func:`evaluate_actions` does the same for a batch of actions, with the same results
+(bit-identical floats) as :func:`evaluate_action` on each; it resolves and checks the
+arguments shared by the batch (thresholds, model weight) once.
+
 Confidence of an :class:`Evaluation`
 ------------------------------------
 * With findings: the highest finding confidence (how sure the strongest evidence is).
@@ -25,7 +29,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
 
 from nethical_grpc.governance.detectors import Action, Severity, Violation, detect
 from nethical_grpc.jit_optimizations import calculate_risk_score_jit
@@ -39,6 +46,7 @@ __all__ = [
     "blend",
     "decide",
     "evaluate_action",
+    "evaluate_actions",
     "rule_risk",
     "validate_action",
 ]
@@ -93,6 +101,9 @@ class Thresholds:
             )
 
 
+_DEFAULT_THRESHOLDS: Final = Thresholds()
+
+
 @dataclass(frozen=True, slots=True)
 class Evaluation:
     """Result of :func:`evaluate_action`.
@@ -110,6 +121,8 @@ class Evaluation:
 
 
 def _probability(value: float, name: str) -> float:
+    if type(value) is float and value == value:  # fast path: a float, not NaN
+        return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{name} must be a number, got {value!r}")
     f = float(value)
@@ -118,16 +131,31 @@ def _probability(value: float, name: str) -> float:
     return f
 
 
+#: Kernel results by (severity, confidence) sequence (see :func:`rule_risk`); emptied
+#: when it reaches :data:`_RISK_CACHE_SIZE` entries.
+_RISK_CACHE: dict[tuple[tuple[float, float], ...], float] = {}
+_RISK_CACHE_SIZE: Final = 4096
+
+
 def rule_risk(violations: Sequence[Violation]) -> float:
     """Noisy-OR risk of ``violations`` via ``calculate_risk_score_jit`` (``0.0`` if none).
 
     Monotone: adding a finding, or raising a severity or confidence, never lowers it.
+    The kernel is deterministic, so its result is memoised per sequence of (severity,
+    confidence) pairs: few distinct sequences occur, and a repeat costs no kernel call.
     """
     if not violations:
         return 0.0
-    sev = [float(v.severity) for v in violations]
-    conf = [v.confidence for v in violations]
-    return min(1.0, max(0.0, calculate_risk_score_jit(sev, conf)))
+    key = tuple([(float(v.severity), v.confidence) for v in violations])
+    risk = _RISK_CACHE.get(key)
+    if risk is None:
+        sev = [s for s, _ in key]
+        conf = [c for _, c in key]
+        risk = min(1.0, max(0.0, calculate_risk_score_jit(sev, conf)))
+        if len(_RISK_CACHE) >= _RISK_CACHE_SIZE:
+            _RISK_CACHE.clear()
+        _RISK_CACHE[key] = risk
+    return risk
 
 
 def blend(
@@ -143,11 +171,21 @@ def blend(
     ``ValueError`` for NaN / non-numeric inputs or ``model_weight`` outside ``[0, 1]``.
     """
     r = min(1.0, max(0.0, _probability(rule_risk, "rule_risk")))
+    w = _weight(model_weight)
+    if model_probability is None:
+        return r
+    return _blend_checked(r, model_probability, w)
+
+
+def _weight(model_weight: float) -> float:
     w = _probability(model_weight, "model_weight")
     if not 0.0 <= w <= 1.0:
         raise ValueError(f"model_weight must be in [0, 1], got {model_weight!r}")
-    if model_probability is None:
-        return r
+    return w
+
+
+def _blend_checked(r: float, model_probability: float, w: float) -> float:
+    """:func:`blend` for ``r`` in ``[0, 1]``, a checked weight ``w`` and a probability."""
     p = min(1.0, max(0.0, _probability(model_probability, "model_probability")))
     return min(1.0, max(0.0, (1.0 - w) * r + w * p))
 
@@ -162,10 +200,15 @@ def decide(
     ``risk >= restrict``; else ALLOW.  ``ValueError`` if ``risk`` is NaN or outside
     ``[0, 1]``.
     """
-    t = Thresholds() if thresholds is None else thresholds
+    t = _DEFAULT_THRESHOLDS if thresholds is None else thresholds
     r = _probability(risk, "risk")
     if not 0.0 <= r <= 1.0:
         raise ValueError(f"risk must be in [0, 1], got {risk!r}")
+    return _decide_checked(r, violations, t)
+
+
+def _decide_checked(r: float, violations: Sequence[Violation], t: Thresholds) -> Decision:
+    """:func:`decide` for a risk ``r`` known to be in ``[0, 1]``."""
     if any(
         v.severity == Severity.EMERGENCY and v.confidence >= t.emergency_confidence
         for v in violations
@@ -181,6 +224,8 @@ def decide(
 
 
 def _utf8_len(text: str) -> int:
+    if text.isascii():  # one byte per character (and isascii is O(1))
+        return len(text)
     return len(text.encode("utf-8", "surrogatepass"))
 
 
@@ -236,16 +281,73 @@ def evaluate_action(
     (:func:`blend`).
     """
     validate_action(action)
-    t = Thresholds() if thresholds is None else thresholds
+    t = _DEFAULT_THRESHOLDS if thresholds is None else thresholds
     violations = tuple(detect(action))
     base = rule_risk(violations)
-    risk = blend(base, model_probability, model_weight)
-    decision = decide(risk, violations, t)
-    confidence = max(v.confidence for v in violations) if violations else 1.0 - risk
+    # blend (base is already in [0, 1]); decide needs no range check of its result
+    w = _weight(model_weight)
+    risk = base if model_probability is None else _blend_checked(base, model_probability, w)
+    return _evaluation(violations, base, risk, t)
+
+
+def _evaluation(
+    violations: tuple[Violation, ...], base: float, risk: float, t: Thresholds
+) -> Evaluation:
     return Evaluation(
-        decision=decision,
-        risk_score=risk,
-        confidence=confidence,
-        violations=violations,
-        rule_risk=base,
+        _decide_checked(risk, violations, t),
+        risk,
+        max([v.confidence for v in violations]) if violations else 1.0 - risk,
+        violations,
+        base,
     )
+
+
+def evaluate_actions(
+    actions: Sequence[Action],
+    model_probabilities: Sequence[float | None] | npt.NDArray[Any] | None,
+    thresholds: Thresholds | None = None,
+    model_weight: float = DEFAULT_MODEL_WEIGHT,
+) -> list[Evaluation]:
+    """:func:`evaluate_action` for a batch: element ``i`` of the result equals
+    ``evaluate_action(actions[i], model_probabilities[i], thresholds, model_weight)``
+    (``None`` for every action when ``model_probabilities`` is ``None``), same floats.
+
+    ``model_probabilities`` is a sequence (an element may be ``None``: no probability for
+    that action) or a 1-D array (read with ``tolist()``, so ``float32`` values are widened
+    exactly) of the same length as ``actions``.  Raises ``ValueError``, naming the index,
+    for the first invalid action (as :func:`validate_action`) or invalid probability (as
+    :func:`blend`), and for a length mismatch or (in a non-empty batch) an invalid
+    ``model_weight``.
+    """
+    n = len(actions)
+    probabilities: Sequence[float | None]
+    if model_probabilities is None:
+        probabilities = [None] * n
+    else:
+        if isinstance(model_probabilities, np.ndarray):
+            if model_probabilities.ndim != 1:
+                raise ValueError(
+                    f"model_probabilities must be 1-D, got shape {model_probabilities.shape}"
+                )
+            probabilities = model_probabilities.tolist()
+        else:
+            probabilities = model_probabilities
+        if len(probabilities) != n:
+            raise ValueError(f"got {len(probabilities)} model probabilities for {n} actions")
+    if n == 0:
+        return []
+    t = _DEFAULT_THRESHOLDS if thresholds is None else thresholds
+    w = _weight(model_weight)
+    out: list[Evaluation] = []
+    for i in range(n):
+        action = actions[i]
+        p = probabilities[i]
+        try:
+            validate_action(action)
+            violations = tuple(detect(action))
+            base = rule_risk(violations) if violations else 0.0
+            risk = base if p is None else _blend_checked(base, p, w)
+        except ValueError as exc:
+            raise ValueError(f"actions[{i}]: {exc}") from exc
+        out.append(_evaluation(violations, base, risk, t))
+    return out

@@ -118,7 +118,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import IntEnum, StrEnum
 from types import MappingProxyType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 __all__ = [
     "DETECTORS",
@@ -239,16 +239,27 @@ def _strip_block_comments(text: str) -> str:
     return "".join(out)
 
 
+def _collapse_ws(text: str) -> str:
+    """Runs of whitespace replaced by one space, ends stripped.  Fast path: a printable
+    text (every whitespace character but the space is unprintable) without two spaces in
+    a row has no run to replace."""
+    if "  " not in text and text.isprintable():
+        return text.strip()
+    return _WS_RE.sub(" ", text).strip()
+
+
 def _sql_view(text: str) -> str:
     text = _strip_block_comments(text)
-    text = _SQL_LINE_COMMENT_RE.sub(" ", text)
-    return _WS_RE.sub(" ", text).strip()
+    if "--" in text:
+        text = _SQL_LINE_COMMENT_RE.sub(" ", text)
+    return _collapse_ws(text)
 
 
 def _prose_view(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text)
-    text = _ZERO_WIDTH_RE.sub("", text)
-    return _WS_RE.sub(" ", text).strip()
+    if not text.isascii():  # ASCII is NFKC-stable and has no zero-width character
+        text = unicodedata.normalize("NFKC", text)
+        text = _ZERO_WIDTH_RE.sub("", text)
+    return _collapse_ws(text)
 
 
 class _ActionView:
@@ -261,32 +272,36 @@ class _ActionView:
     to run every rule unfiltered): then it asks them rule by rule, as :func:`_run` does.
     """
 
-    __slots__ = ("_cache", "_masks", "action", "allowed_hosts")
+    __slots__ = ("action", "allowed_hosts", "folded", "masks", "views")
 
     def __init__(self, action: Action) -> None:
         self.action = action
-        self._cache: dict[tuple[FieldName, View], str] = {}
-        self._masks: dict[FieldName, int] = {}
-        raw = action.context.get("allowed_hosts", "")
+        context = action.context
+        #: the views computed so far, by (field, view); the raw ones from the start
+        self.views: dict[tuple[FieldName, View], str] = {
+            ("action_text", "raw"): action.action_text,
+            ("stated_intent", "raw"): action.stated_intent,
+            ("context", "raw"): "\n".join(context[k] for k in sorted(context)) if context else "",
+        }
+        #: per field, the prefilter's mask (see :meth:`field_mask`)
+        self.masks: dict[FieldName, int] = {}
+        #: per field, the folded raw text and whether the raw text is ASCII (set by the
+        #: prefilter with the field's mask)
+        self.folded: dict[FieldName, tuple[str, bool]] = {}
+        raw = context.get("allowed_hosts", "")
         self.allowed_hosts: tuple[str, ...] = (
             ()
             if raw == ""
-            else tuple(h.strip().lower().rstrip(".") for h in _HOST_SPLIT_RE.split(raw) if h.strip())
+            else tuple(
+                h.strip().lower().rstrip(".") for h in _HOST_SPLIT_RE.split(raw) if h.strip()
+            )
         )
-
-    def _raw(self, name: FieldName) -> str:
-        if name == "action_text":
-            return self.action.action_text
-        if name == "stated_intent":
-            return self.action.stated_intent
-        context = self.action.context
-        return "\n".join(context[k] for k in sorted(context)) if context else ""
 
     def field_mask(self, name: FieldName) -> int:
         """The prefilter's bit mask of the patterns that may match field ``name``."""
-        mask = self._masks.get(name)
+        mask = self.masks.get(name)
         if mask is None:
-            mask = self._masks[name] = _PREFILTER.field_mask(self, name)
+            mask = self.masks[name] = _PREFILTER.field_mask(self, name)
         return mask
 
     def may_fire_anywhere(self, rule: Rule) -> bool:
@@ -299,16 +314,10 @@ class _ActionView:
 
     def text(self, name: FieldName, view: View) -> str:
         key = (name, view)
-        cached = self._cache.get(key)
-        if cached is None:
-            raw = self._raw(name)
-            if view == "raw":
-                cached = raw
-            elif view == "sql":
-                cached = _sql_view(raw)
-            else:
-                cached = _prose_view(raw)
-            self._cache[key] = cached
+        cached = self.views.get(key)
+        if cached is None:  # raw texts are there from the start
+            raw = self.views[name, "raw"]
+            cached = self.views[key] = _sql_view(raw) if view == "sql" else _prose_view(raw)
         return cached
 
 
@@ -404,10 +413,12 @@ _PHONE_RE: Final = re.compile(
 def _external_hosts(text: str, allowed: tuple[str, ...], *, emails: bool) -> bool:
     """Whether ``text`` names an external destination (a URL host, or with ``emails`` an
     e-mail domain)."""
-    for m in _URL_HOST_RE.finditer(text):
-        if not is_internal_host(m.group(1), allowed):
-            return True
-    if emails:
+    # a URL needs "://" and an e-mail address "@": skip the scans without them
+    if "://" in text:
+        for m in _URL_HOST_RE.finditer(text):
+            if not is_internal_host(m.group(1), allowed):
+                return True
+    if emails and "@" in text:
         for m in _EMAIL_RE.finditer(text):
             if not is_internal_host(m.group(1), allowed):
                 return True
@@ -444,9 +455,9 @@ class Rule:
 
     def matches(self, av: _ActionView, name: FieldName) -> bool:
         text = av.text(name, self.view)
-        return bool(text) and self.fires(self.patterns, text, av)
+        return bool(text) and self._fires(self.patterns, text, av)
 
-    def fires(self, patterns: Sequence[re.Pattern[str]], text: str, av: _ActionView) -> bool:
+    def _fires(self, patterns: Sequence[re.Pattern[str]], text: str, av: _ActionView) -> bool:
         """Whether ``patterns`` (this rule's, or those of them the prefilter kept) make the
         rule fire on ``text``, a non-empty view of one field of ``av``."""
         check = self.check
@@ -514,9 +525,14 @@ def _findings(av: _ActionView, detector: Detector | None = None) -> list[Violati
     """The findings of ``detector`` (default: of all detectors, in detector order).
 
     Asks the prefilter in bulk (:meth:`_Prefilter.findings`), unless a prefilter method of
-    :class:`_ActionView` has been replaced: then rule by rule (:func:`_run`).  Both give
-    the same list."""
-    if _ActionView.may_fire is _MAY_FIRE and _ActionView.may_fire_anywhere is _MAY_FIRE_ANYWHERE:
+    :class:`_ActionView` has been replaced or ``detector`` has rules other than those of
+    :data:`RULES` in their order: then rule by rule (:func:`_run`).  Both give the same
+    list."""
+    if (
+        _ActionView.may_fire is _MAY_FIRE
+        and _ActionView.may_fire_anywhere is _MAY_FIRE_ANYWHERE
+        and (detector is None or _PREFILTER.rules_mask(detector.rules) is not None)
+    ):
         return _PREFILTER.findings(av, detector)
     detectors = DETECTORS if detector is None else (detector,)
     return [v for d in detectors for v in _run(d, av)]
@@ -1290,7 +1306,27 @@ def _fold(text: str) -> str:
 
 #: Largest finite set of strings the literal analysis tracks for one regex node.
 _EXACT_LIMIT: Final = 64
-_DIGITS: Final = frozenset("0123456789")
+_DIGIT_CHARS: Final = "0123456789"
+_DIGITS: Final = frozenset(_DIGIT_CHARS)
+#: Word characters of folded ASCII text (``\w`` there), and its letters.
+_WORD_CHARS: Final = frozenset(string.ascii_lowercase + _DIGIT_CHARS + "_")
+_LETTERS: Final = frozenset(string.ascii_lowercase)
+#: Characters frequent in text: letters, digits, whitespace, common punctuation.
+_COMMON: Final = frozenset(string.ascii_letters + string.digits + string.whitespace + ".,-'/_()\"")
+#: Most required sets checked per pattern (the most selective ones).
+_MAX_REQUIREMENTS: Final = 4
+
+
+class _Need(NamedTuple):
+    """A required set of a pattern: every match contains one of ``literals`` (folded).
+    With ``word_start``, that occurrence starts a word: it follows a word break in the
+    pattern and every literal starts with a word character."""
+
+    literals: frozenset[str]
+    word_start: bool
+
+
+_DIGIT_NEED: Final = _Need(_DIGITS, False)
 
 
 def _alternation(words: Iterable[str]) -> str:
@@ -1313,260 +1349,471 @@ def _alternation(words: Iterable[str]) -> str:
     return emit(root)
 
 
+def _ascii_key(literal: str, word_start: bool) -> tuple[Literal["words", "chars"], str]:
+    """Which scan of folded ASCII text looks for ``literal`` (see :class:`_Prefilter`), and
+    what it looks for: the literal, or for ``"chars"`` its suffix from its first character
+    that is not a letter, if it has one."""
+    if word_start:
+        return "words", literal
+    for k, ch in enumerate(literal):
+        if ch not in _LETTERS:
+            return "chars", literal[k:]
+    return "chars", literal
+
+
+# one pattern of a rule on one field: its bit, the further required sets (each the folded
+# literal, or a regex of the folded literals, one of which must occur), the pattern
+_Slot = tuple[int, tuple[str | re.Pattern[str], ...], re.Pattern[str]]
+
+
 @dataclass(frozen=True, slots=True)
 class _Group:
     """The patterns of one rule on one field, as bits of the prefilter's masks."""
 
     rule: Rule
     name: FieldName
-    key: tuple[FieldName, View]  # the view the rule scans
-    mask: int  # the first-requirement bits of these patterns
-    rule_mask: int  # the first-requirement bits of the rule's patterns on all its fields
-    # (first-requirement bit, bits of the other requirements, pattern), in pattern order
-    slots: tuple[tuple[int, int, re.Pattern[str]], ...]
+    view: View  # the rule's view
+    key: tuple[FieldName, View]  # (name, view)
+    simple: bool  # the rule has no check and no min_distinct
+    mask: int  # the bits of these patterns
+    rule_mask: int  # the bits of the rule's patterns on all its fields
+    slots: tuple[_Slot, ...]  # in pattern order
+    plain: bool  # no slot has further sets
     finding: Violation  # what the rule reports when it fires on this field
 
 
-# a field's screen: the requirement bits always met, and per scan (text to scan: "raw" or
-# a view, finder of the literals that start at each position, literal -> bits it meets)
-_Scan = tuple[View, Callable[[str], list[str]], dict[str, int]]
+# one scan of a field: the text it reads ("raw" or a view), the string put before that
+# text, the finder of the literals found (a list), literal -> bits it sets
+_Scan = tuple[View, str, Callable[[str], list[str]], dict[str, int]]
+# a field's screen: the bits always set, and the scans
 _Screen = tuple[int, tuple[_Scan, ...]]
-#: Most requirements checked per pattern (the most selective ones).
-_MAX_REQUIREMENTS: Final = 4
-#: One-character strings too frequent in text to be worth a requirement beyond the first.
-_FREQUENT: Final = frozenset(string.ascii_lowercase + string.digits + " .,-'/_()\"")
 
 
 class _Prefilter:
     """Literal keywords that must appear for a pattern to match: a cheap test before the
-    regexes.
+    regexes.  It only skips work: :func:`detect` gives the same findings without it.
 
-    For each pattern, :meth:`requirements` walks its parse tree and finds sets of strings
-    such that every match contains one string of each set: a run of the top-level
-    sequence whose items match a small finite set of strings (literal characters, small
-    character classes, short bounded repeats, zero-width assertions, alternations of
-    such runs; joined as a cross product), the requirements of a group or of a repeat
-    taken at least once, or the union over the branches of an alternation of each
-    branch's best set (a run just before an alternation is distributed into its
-    branches, undoing the parser's common-prefix factoring).  Sets are ranked by their
-    shortest string, then by size; :meth:`required_literals` is the best one.  A pattern
-    with no such set that needs a decimal digit (``\\d``) requires one of ``0``-``9`` in
-    ASCII text; a pattern with neither is always run.  A rule can fire on a field only
-    through a pattern whose (up to :data:`_MAX_REQUIREMENTS`) requirements all hold
-    there, and only those patterns are run.
+    Requirements.  For each pattern, :meth:`requirements` walks its parse tree and finds
+    sets of strings such that every match contains one string of each set: a run of the
+    top-level sequence whose items match a small finite set of strings (literal
+    characters, small character classes, short bounded repeats, zero-width assertions,
+    alternations of such runs; joined as a cross product), the sets of a group or of a
+    repeat taken at least once, or the union over the branches of an alternation of each
+    branch's best set (a run just before an alternation is distributed into its branches,
+    undoing the parser's common-prefix factoring).  A set whose strings start with a word
+    character and follow a word break in the pattern (``\\b``, ``^``, a non-word
+    character, ``\\s``, a look-behind excluding word characters) *starts words*.  Sets
+    are ranked by :func:`_rank` (longer and rarer strings first, then fewer strings);
+    :meth:`required_literals` is the best one, and the first set used is the best one
+    that the ASCII scans find without stopping at letters (:func:`_scans_letters`), when
+    there is one.  A pattern with no set that needs a decimal digit requires one of
+    ``0``-``9`` in ASCII text; a pattern with neither is always run.  A rule can fire on a
+    field only through a pattern whose (up to :data:`_MAX_REQUIREMENTS`) sets all occur
+    there and, in an ASCII field, with at least :meth:`min_digits` digits (``\\d`` is
+    ``[0-9]`` in ASCII text); only those patterns are run.
 
-    Texts and literals are compared folded (:func:`_fold`: ``str.lower`` plus the
-    equivalences of ``re.IGNORECASE`` beyond lowercase, so ``ſ``, ``ı``, ``İ`` and the
+    Soundness.  Texts and literals are compared folded (:func:`_fold`: ``str.lower`` plus
+    the equivalences of ``re.IGNORECASE`` beyond lowercase, so ``ſ``, ``ı``, ``İ`` and the
     Kelvin sign fold like ``s``, ``i``, ``i`` and ``k``), which can only widen what counts
     as present, never narrow it, so the test has no false negatives.  Literals of the
     ``sql`` and ``prose`` views are looked for in the raw field when that is sound (they
-    contain no whitespace, and for ``prose`` the field is ASCII, whose ``prose`` view is the
-    raw text with whitespace collapsed): a view only drops comments and folds whitespace,
-    so a literal without whitespace present in the view is present in the raw text.
+    contain no whitespace, and for ``prose`` the field is ASCII, whose ``prose`` view is
+    the raw text with whitespace collapsed): a view only drops comments and folds
+    whitespace, so a literal without whitespace present in the view is present in the raw
+    text, a word start there is one in the raw text, and a view has no more digits.
 
-    Per field and per kind of text (ASCII or not), all the literals looked for in one text
-    form one trie-shaped regex, found in a single pass (a look-ahead at every position,
-    reporting the longest literal that starts there; a literal meets the requirements of
-    every literal it contains).  Each requirement of each (rule, field, pattern) is one
-    bit of a mask, the first (best) ones in rule order, then field order, then pattern
-    order; :meth:`findings` walks the set first-requirement bits rule by rule.  A benign
-    text then costs one fold and one regex pass per field, instead of some eighty regex
-    scans.
+    Scans.  Each (rule, field, pattern) is one bit of a mask, in rule order, then field
+    order, then pattern order.  A field's scans set the bits of the patterns whose first
+    set has a literal they find (a literal found counts for every literal it contains),
+    with trie-shaped regexes that report the longest literal starting where they look.
+    In an ASCII field they read the folded raw text twice: literals that start words at
+    each word start (after a non-word character, a space being put before the text);
+    the others at each character that starts one of them (a character class lets the
+    regex engine skip all other characters), a literal with a letter first being looked
+    for from its first other character on when it has one (a weaker but sound test; the
+    whole set is checked again later).  In a non-ASCII field every literal is looked for
+    at every position.  Then the bits of patterns needing more digits than the field has
+    are cleared, and :meth:`findings` walks the set bits rule by rule, checks the further
+    sets of those patterns with substring tests on the folded raw field (skipped, so
+    taken as met, for the ``prose`` view of a non-ASCII field), and runs the patterns
+    left.  A benign text then costs a fold and a few regex passes per field, instead of
+    some eighty regex scans.
     """
 
     def __init__(self, rules: Sequence[Rule]) -> None:
-        per_pattern = {p: self.requirements(p) for rule in rules for p in rule.patterns}
-        # first requirements take the low bits, in order; the others follow
-        n_first = sum(len(rule.fields) * len(rule.patterns) for rule in rules)
-        entries: dict[FieldName, list[tuple[View, int, frozenset[str] | None]]] = {
+        entries: dict[FieldName, list[tuple[View, int, _Need | None]]] = {
             name: [] for name in _ALL_FIELDS
         }
         groups: list[_Group] = []
-        first_bit = 0
-        other_bit = n_first
+        # per field: fewest digits -> bits of the patterns that need them
+        limits: dict[FieldName, dict[int, int]] = {name: {} for name in _ALL_FIELDS}
+        analysis = {
+            p: (self._requirements(tree), self._digits(tree))
+            for rule in rules
+            for p in rule.patterns
+            for tree in [_parse(p)]
+        }
+        bit = 0
         for rule in rules:
-            rule_first = first_bit
-            specs: list[tuple[FieldName, int, tuple[tuple[int, int, re.Pattern[str]], ...]]]
-            specs = []
+            rule_first = bit
+            specs: list[tuple[FieldName, tuple[_Slot, ...]]] = []
             for name in rule.fields:
-                slots: list[tuple[int, int, re.Pattern[str]]] = []
+                slots: list[_Slot] = []
                 for pattern in rule.patterns:
-                    needs = per_pattern[pattern]
-                    first = 1 << first_bit
-                    first_bit += 1
-                    entries[name].append((rule.view, first, needs[0] if needs else None))
-                    others = 0
-                    for need in needs[1:]:
-                        entries[name].append((rule.view, 1 << other_bit, need))
-                        others |= 1 << other_bit
-                        other_bit += 1
-                    slots.append((first, others, pattern))
-                specs.append((name, _or_all(b for b, _, _ in slots), tuple(slots)))
-            rule_mask = (1 << first_bit) - (1 << rule_first)
-            for name, mask, group_slots in specs:
+                    needs, digits = analysis[pattern]
+                    first = needs[0] if needs else None
+                    entries[name].append((rule.view, 1 << bit, first))
+                    # the first set again when its scan looks for weaker suffixes, then the
+                    # further sets, all looked for in the folded raw field: keep those that
+                    # can be (see the class docstring)
+                    weak = first is not None and any(
+                        _ascii_key(lit, first.word_start)[1] != lit for lit in first.literals
+                    )
+                    checks = ([first] if weak and first is not None else []) + list(needs[1:])
+                    further = tuple(
+                        _needle(need.literals)
+                        for need in sorted(checks, key=lambda n: len(n.literals))  # cheap first
+                        if rule.view == "raw"
+                        or not any(ch.isspace() for s in need.literals for ch in s)
+                    )
+                    slots.append((1 << bit, further, pattern))
+                    if digits:
+                        limits[name][digits] = limits[name].get(digits, 0) | 1 << bit
+                    bit += 1
+                specs.append((name, tuple(slots)))
+            rule_mask = (1 << bit) - (1 << rule_first)
+            for name, group_slots in specs:
                 group = _Group(
-                    rule,
-                    name,
-                    (name, rule.view),
-                    mask,
-                    rule_mask,
-                    group_slots,
-                    _finding(rule, name),
+                    rule=rule,
+                    name=name,
+                    view=rule.view,
+                    key=(name, rule.view),
+                    simple=rule.check is None and rule.min_distinct <= 1,
+                    mask=_or_all(s[0] for s in group_slots),
+                    rule_mask=rule_mask,
+                    slots=group_slots,
+                    plain=not any(s[1] for s in group_slots),
+                    finding=_finding(rule, name),
                 )
                 groups.extend(group for _ in group_slots)
-        self._first_mask: int = (1 << n_first) - 1
         self._group_at: tuple[_Group, ...] = tuple(groups)
         self._groups: dict[tuple[str, FieldName], _Group] = {
             (g.rule.name, g.name): g for g in groups
         }
-        self._detector_mask: dict[str, int] = {}
-        for g in groups:
-            key = g.rule.type.value
-            self._detector_mask[key] = self._detector_mask.get(key, 0) | g.mask
+        # by rule identity: the rule and the bits of its patterns on all its fields
+        self._rule_masks: dict[int, tuple[Rule, int]] = {
+            id(g.rule): (g.rule, g.rule_mask) for g in groups
+        }
         self._screens: dict[tuple[FieldName, bool], _Screen] = {
             (name, ascii_): self._screen(entries[name], ascii_)
             for name in _ALL_FIELDS
             for ascii_ in (True, False)
         }
+        self._digit_limits: dict[FieldName, tuple[tuple[int, int], ...]] = {
+            name: tuple(sorted(limits[name].items())) for name in _ALL_FIELDS
+        }
+        self._digit_bits: dict[FieldName, int] = {
+            name: _or_all(limits[name].values()) for name in _ALL_FIELDS
+        }
 
     @staticmethod
-    def _screen(entries: list[tuple[View, int, frozenset[str] | None]], ascii_: bool) -> _Screen:
+    def _screen(entries: list[tuple[View, int, _Need | None]], ascii_: bool) -> _Screen:
         always = 0
-        wanted: dict[View, dict[str, int]] = {}
+        # per text looked at: per scan kind, looked-for string -> bits
+        wanted: dict[View, dict[str, dict[str, int]]] = {}
         for view, bit, need in entries:
-            if need is None or (need is _DIGITS and not ascii_):
+            if need is None or (need is _DIGIT_NEED and not ascii_):
                 always |= bit
                 continue
             # where to look: the raw text when sound (see the class docstring), else the view
-            spaced = any(ch.isspace() for lit in need for ch in lit)
-            if need is _DIGITS or view == "raw" or (not spaced and (view == "sql" or ascii_)):
-                where: View = "raw"
-            else:
-                where = view
-            table = wanted.setdefault(where, {})
-            for lit in need:
-                table[lit] = table.get(lit, 0) | bit
+            spaced = any(ch.isspace() for lit in need.literals for ch in lit)
+            raw_ok = view == "raw" or (not spaced and (view == "sql" or ascii_))
+            where: View = "raw" if need is _DIGIT_NEED or raw_ok else view
+            tables = wanted.setdefault(where, {})
+            for lit in need.literals:
+                kind, key = _ascii_key(lit, need.word_start) if ascii_ else ("every", lit)
+                table = tables.setdefault(kind, {})
+                table[key] = table.get(key, 0) | bit
         scans: list[_Scan] = []
-        for where, table in wanted.items():
-            closed = {
-                lit: _or_all(bits for other, bits in table.items() if other in lit)
-                for lit in table
-            }
-            finder = re.compile(f"(?=({_alternation(table)}))").findall
-            scans.append((where, finder, closed))
+        for where, tables in wanted.items():
+            every = [(key, bits) for table in tables.values() for key, bits in table.items()]
+            for kind, table in sorted(tables.items()):
+                # a string found counts for every looked-for string it contains
+                closed = {key: _or_all(b for other, b in every if other in key) for key in table}
+                trie = _alternation(table)
+                if kind == "words":  # at each word start: after a non-word character
+                    prefix, regex = " ", f"[^a-z0-9_](?=({trie}))"
+                elif kind == "chars":  # at each character that starts one
+                    first = "".join(sorted({re.escape(key[0]) for key in table}))
+                    prefix, regex = "", f"[{first}](?<=(?=({trie}))[{first}])"
+                else:  # at every position
+                    prefix, regex = "", f"(?=({trie}))"
+                scans.append((where, prefix, re.compile(regex).findall, closed))
         return always, tuple(scans)
 
     def field_mask(self, av: _ActionView, name: FieldName) -> int:
-        """The requirement bits met by field ``name`` of ``av``."""
+        """The bits of the patterns whose best required set occurs in field ``name``;
+        records the folded raw field in ``av.folded``."""
         raw = av.text(name, "raw")
         if not raw:
+            av.folded[name] = (raw, True)
             return 0
         ascii_ = raw.isascii()
         always, scans = self._screens[name, ascii_]
         mask = always
         folded = raw.lower() if ascii_ else _fold(raw)
-        for where, finder, bits in scans:
+        av.folded[name] = (folded, ascii_)
+        for where, prefix, finder, bits in scans:
             text = folded if where == "raw" else _fold(av.text(name, where))
-            for lit in finder(text):
-                mask |= bits[lit]
+            for found in finder(prefix + text if prefix else text):
+                mask |= bits[found]
+        if ascii_ and mask & self._digit_bits[name]:
+            # drop the patterns that need more digits than the field has
+            digits = sum(map(folded.count, _DIGIT_CHARS))
+            for fewest, bits_ in self._digit_limits[name]:
+                if digits < fewest:
+                    mask &= ~bits_
         return mask
 
+    @staticmethod
+    def _kept(group: _Group, bits: int, av: _ActionView) -> list[re.Pattern[str]]:
+        """The patterns of ``group`` among ``bits`` (some of ``group.mask``) whose further
+        required sets occur."""
+        if group.plain:
+            if bits == group.mask:
+                return list(group.rule.patterns)
+            return [s[2] for s in group.slots if bits & s[0]]
+        folded, ascii_ = av.folded[group.name]
+        sets_ok = ascii_ or group.view != "prose"
+        kept: list[re.Pattern[str]] = []
+        for bit, further, pattern in group.slots:
+            if not bits & bit:
+                continue
+            if sets_ok:
+                for need in further:
+                    if (need not in folded) if isinstance(need, str) else not need.search(folded):
+                        break
+                else:
+                    kept.append(pattern)
+                continue
+            kept.append(pattern)
+        return kept
+
     def kept(self, av: _ActionView, rule: Rule, name: FieldName) -> bool:
-        """Whether some pattern of ``rule`` meets its requirements on field ``name``."""
+        """Whether some pattern of ``rule`` passes the prefilter on field ``name``."""
         group = self._groups.get((rule.name, name))
         if group is None:
             return False
-        met = av.field_mask(name)
-        return any(met & first and met & others == others for first, others, _ in group.slots)
+        bits = av.field_mask(name) & group.mask
+        return bits != 0 and bool(self._kept(group, bits, av))
 
     def findings(self, av: _ActionView, detector: Detector | None = None) -> list[Violation]:
         """The findings of ``detector`` (default: all detectors), in rule order, each rule
         reported for the first of its fields where one of its kept patterns fires."""
-        met = av.field_mask("action_text") | av.field_mask("stated_intent")
-        met |= av.field_mask("context")
-        todo = met & self._first_mask
+        masks = av.masks
+        todo = 0
+        for name in _ALL_FIELDS:
+            mask = masks.get(name)
+            if mask is None:
+                mask = masks[name] = self.field_mask(av, name)
+            todo |= mask
         if detector is not None:
-            todo &= self._detector_mask.get(detector.type.value, 0)
+            todo &= self.rules_mask(detector.rules) or 0
         found: list[Violation] = []
         group_at = self._group_at
+        views = av.views
         while todo:
             group = group_at[(todo & -todo).bit_length() - 1]
-            firsts = todo & group.mask
+            bits = todo & group.mask
             todo &= ~group.mask
-            patterns = [
-                p for first, others, p in group.slots if firsts & first and met & others == others
-            ]
-            if not patterns:
+            patterns: Sequence[re.Pattern[str]]
+            if not group.plain:
+                patterns = self._kept(group, bits, av)
+                if not patterns:
+                    continue
+            elif bits == group.mask:
+                patterns = group.rule.patterns
+            else:
+                patterns = [s[2] for s in group.slots if bits & s[0]]
+            text = views.get(group.key)
+            if text is None:
+                text = av.text(*group.key)
+            if not text:
                 continue
-            text = av.text(*group.key)
-            if text and group.rule.fires(patterns, text, av):
-                found.append(group.finding)
-                todo &= ~group.rule_mask
+            if group.simple:  # Rule._fires without a check: the first match decides
+                for pattern in patterns:
+                    if pattern.search(text) is not None:
+                        break
+                else:
+                    continue
+            elif not group.rule._fires(patterns, text, av):
+                continue
+            found.append(group.finding)
+            todo &= ~group.rule_mask
         return found
 
+    def rules_mask(self, rules: Iterable[Rule]) -> int | None:
+        """The bits of ``rules``' patterns, or ``None`` unless they are rules of this
+        prefilter, in its order (as :meth:`findings` reports them)."""
+        mask = 0
+        for rule in rules:
+            known = self._rule_masks.get(id(rule))
+            if known is None or known[0] is not rule or known[1] <= mask:
+                return None
+            mask |= known[1]
+        return mask
+
     @classmethod
-    def requirements(cls, pattern: re.Pattern[str]) -> tuple[frozenset[str], ...]:
-        """Sets of folded literals, every match of ``pattern`` containing one of each: the
-        best :data:`_MAX_REQUIREMENTS` of them, best first (see the class docstring);
-        ``(_DIGITS,)`` when there are none but a match needs a decimal digit; ``()`` when
-        nothing is known."""
-        tree = list(_sre_parser.parse(pattern.pattern, pattern.flags))
-        found: list[frozenset[str]] = []
-        for c in sorted(cls._sequence(tree, {""}), key=_rank, reverse=True):
-            folded = frozenset(_fold(s) for s in c)
-            if folded not in found:
-                found.append(folded)
-        if found:
-            # after the best set, skip sets with a frequent one-character string (a letter,
-            # a digit, common punctuation): finding them costs more than they save
-            rest = [c for c in found[1:] if not any(s in _FREQUENT for s in c)]
-            return (found[0], *rest[: _MAX_REQUIREMENTS - 1])
-        return (_DIGITS,) if cls._needs_digit(tree) else ()
+    def requirements(cls, pattern: re.Pattern[str]) -> tuple[_Need, ...]:
+        """Required sets of ``pattern``, every match containing one literal of each: the
+        best :data:`_MAX_REQUIREMENTS` of them, best first (see the class docstring); the
+        digit set ``0``-``9`` when there are none but a match needs a decimal digit
+        (``\\d``); ``()`` when nothing is known."""
+        return cls._requirements(_parse(pattern))
+
+    @classmethod
+    def _requirements(cls, tree: list[tuple[Any, Any]]) -> tuple[_Need, ...]:
+        found: dict[frozenset[str], bool] = {}  # in rank order; word start if ever known
+        for strings, at_word in sorted(
+            cls._sequence(tree, {""}, False), key=lambda c: _rank(c[0]), reverse=True
+        ):
+            literals = frozenset(_fold(s) for s in strings)
+            found[literals] = found.get(literals, False) or at_word
+        if not found:
+            return (_DIGIT_NEED,) if cls._digits(tree) else ()
+        needs = [
+            _Need(lits, at_word and all(s[0] in _WORD_CHARS for s in lits))
+            for lits, at_word in found.items()
+        ]
+        # first, when there is one, a set whose ASCII scan skips letters (see _ascii_key)
+        needs.sort(key=_scans_letters)
+        # after the best set, skip sets with a frequent one-character string (a letter, a
+        # digit, common punctuation): finding them costs more than they save
+        rest = [n for n in needs[1:] if not any(s in _COMMON for s in n.literals)]
+        return (needs[0], *rest[: _MAX_REQUIREMENTS - 1])
 
     @classmethod
     def required_literals(cls, pattern: re.Pattern[str]) -> frozenset[str] | None:
-        """The best set of :meth:`requirements` (``None`` when there is none)."""
-        tree = _sre_parser.parse(pattern.pattern, pattern.flags)
-        found = _best(cls._sequence(list(tree), {""}))
-        return None if found is None else frozenset(_fold(s) for s in found)
+        """The literals of the best-ranked required set (:func:`_rank`; ``None`` when there
+        is none)."""
+        found = _best(cls._sequence(_parse(pattern), {""}, False))
+        return None if found is None else frozenset(_fold(s) for s in found[0])
 
     @classmethod
-    def _sequence(cls, items: list[tuple[Any, Any]], prefix: set[str]) -> list[set[str]]:
-        """Required sets of a sequence of nodes that follows a run matching ``prefix``."""
-        candidates: list[set[str]] = []
-        run = set(prefix)
+    def _sequence(
+        cls, items: list[tuple[Any, Any]], prefix: set[str], at_word: bool
+    ) -> list[tuple[set[str], bool]]:
+        """Required sets of a sequence of nodes that follows a run matching ``prefix``,
+        each with whether its strings start at a word break (after a non-word character,
+        at ``\\b`` or at the start; ``at_word`` tells it for ``prefix``)."""
+        candidates: list[tuple[set[str], bool]] = []
+        run, run_at_word = set(prefix), at_word
+        # whether every match so far ends at a word break
+        end_break = all((not _is_word(s[-1])) if s else at_word for s in run)
         for op, arg in items:
             exact = cls._exact(op, arg)
+            after = cls._break_after(op, arg, end_break)
             if exact is not None:
                 if len(run) * len(exact) <= _EXACT_LIMIT:
                     run = {a + b for a in run for b in exact}
                 else:
-                    candidates.append(run)
-                    run = exact
+                    candidates.append((run, run_at_word))
+                    run, run_at_word = exact, end_break
+                end_break = after
+                if run == {""}:  # nothing consumed yet: the run starts here
+                    run_at_word = end_break
                 continue
-            candidates.append(run)
-            candidates.extend(cls._node(op, arg, run))
-            run = {""}
-        candidates.append(run)
-        # a string containing another of its set adds nothing: drop it
+            candidates.append((run, run_at_word))
+            candidates.extend(cls._node(op, arg, run, run_at_word))
+            run, run_at_word, end_break = {""}, after, after
+        candidates.append((run, run_at_word))
+        # a string containing another of its set adds nothing: drop it (for a set at a
+        # word break, only one that starts with another, which is at the break too)
         return [
-            {s for s in c if not any(t in s and t != s for t in c)} for c in candidates if "" not in c
+            (
+                {
+                    s
+                    for s in strings
+                    if not any(t != s and (s.startswith(t) if at else t in s) for t in strings)
+                },
+                at,
+            )
+            for strings, at in candidates
+            if "" not in strings
         ]
 
+    @staticmethod
+    def _word_break(op: Any, arg: Any) -> bool:
+        """Whether the zero-width node holds only at a word break: ``\\b``, ``^``, ``\\A``,
+        or a look-behind excluding every ASCII word character."""
+        c = _sre_constants
+        if op is c.AT:
+            return arg in (c.AT_BOUNDARY, c.AT_BEGINNING, c.AT_BEGINNING_STRING)
+        if op is not c.ASSERT_NOT or arg[0] != -1 or len(arg[1]) != 1:
+            return False
+        kind, members = next(iter(arg[1]))
+        if kind is not c.IN:
+            return False
+        covered: set[str] = set()
+        for k, v in members:
+            if k is c.CATEGORY and v is c.CATEGORY_WORD:
+                return True
+            if k is c.LITERAL:
+                covered.add(chr(v))
+            elif k is c.RANGE:
+                covered.update(map(chr, range(v[0], v[1] + 1)))
+        return covered >= set(string.ascii_letters + string.digits + "_")
+
     @classmethod
-    def _node(cls, op: Any, arg: Any, prefix: set[str]) -> list[set[str]]:
+    def _break_after(cls, op: Any, arg: Any, before: bool) -> bool:
+        """Whether every match of the node ends at a word break, given whether it starts at
+        one (``False``: not known)."""
+        c = _sre_constants
+        if cls._word_break(op, arg):
+            return True
+        if op is c.AT or op is c.ASSERT or op is c.ASSERT_NOT:  # zero-width
+            return before
+        if op is c.LITERAL:
+            return not _is_word(chr(arg))
+        if op is c.IN:
+            return bool(arg) and all(
+                (k is c.CATEGORY and v in (c.CATEGORY_SPACE, c.CATEGORY_NOT_WORD))
+                or (k is c.LITERAL and not _is_word(chr(v)))
+                for k, v in arg
+            )
+        if op is c.SUBPATTERN:
+            return cls._break_after_all(list(arg[3]), before)
+        if op is c.BRANCH:
+            return all(cls._break_after_all(list(b), before) for b in arg[1])
+        if op in (c.MAX_REPEAT, c.MIN_REPEAT):
+            # each repetition ends at a break whatever its start, and none means no move
+            return cls._break_after_all(list(arg[2]), False) and (arg[0] >= 1 or before)
+        return False
+
+    @classmethod
+    def _break_after_all(cls, items: list[tuple[Any, Any]], before: bool) -> bool:
+        for op, arg in items:
+            before = cls._break_after(op, arg, before)
+        return before
+
+    @classmethod
+    def _node(
+        cls, op: Any, arg: Any, prefix: set[str], at_word: bool
+    ) -> list[tuple[set[str], bool]]:
         if op is _sre_constants.SUBPATTERN:
-            return cls._sequence(list(arg[3]), prefix)
+            return cls._sequence(list(arg[3]), prefix, at_word)
         if op is _sre_constants.BRANCH:
             union: set[str] = set()
+            all_at_word = True
             for branch in arg[1]:
-                inner = _best(cls._sequence(list(branch), prefix))
+                inner = _best(cls._sequence(list(branch), prefix, at_word))
                 if inner is None:
                     return []
-                union |= inner
-            return [union]
+                union |= inner[0]
+                all_at_word = all_at_word and inner[1]
+            return [(union, all_at_word)]
         if op in (_sre_constants.MAX_REPEAT, _sre_constants.MIN_REPEAT) and arg[0] >= 1:
-            return cls._sequence(list(arg[2]), prefix)
+            return cls._sequence(list(arg[2]), prefix, at_word)
         return []
 
     @classmethod
@@ -1625,28 +1872,68 @@ class _Prefilter:
         return out
 
     @classmethod
-    def _needs_digit(cls, items: list[tuple[Any, Any]]) -> bool:
-        """Whether every match of the sequence contains a ``\\d`` character."""
+    def min_digits(cls, pattern: re.Pattern[str]) -> int:
+        """The fewest ``\\d`` characters (decimal digits) a match of ``pattern`` contains."""
+        return cls._digits(_parse(pattern))
+
+    @classmethod
+    def _digits(cls, items: list[tuple[Any, Any]]) -> int:
         c = _sre_constants
+        total = 0
         for op, arg in items:
-            if op is c.IN and arg and all(k is c.CATEGORY and v is c.CATEGORY_DIGIT for k, v in arg):
-                return True
-            if op is c.SUBPATTERN and cls._needs_digit(list(arg[3])):
-                return True
-            if op is c.BRANCH and all(cls._needs_digit(list(b)) for b in arg[1]):
-                return True
-            if op in (c.MAX_REPEAT, c.MIN_REPEAT) and arg[0] >= 1 and cls._needs_digit(list(arg[2])):
-                return True
-        return False
+            if op is c.LITERAL:
+                total += chr(arg) in _DIGITS
+            elif op is c.IN:
+                total += bool(arg) and all(
+                    (k is c.CATEGORY and v is c.CATEGORY_DIGIT)
+                    or (k is c.LITERAL and chr(v) in _DIGITS)
+                    or (k is c.RANGE and 48 <= v[0] <= v[1] <= 57)
+                    for k, v in arg
+                )
+            elif op is c.SUBPATTERN:
+                total += cls._digits(list(arg[3]))
+            elif op is c.BRANCH:
+                total += min(cls._digits(list(b)) for b in arg[1])
+            elif op in (c.MAX_REPEAT, c.MIN_REPEAT):
+                total += arg[0] * cls._digits(list(arg[2]))
+        return total
+
+
+def _parse(pattern: re.Pattern[str]) -> list[tuple[Any, Any]]:
+    """The top-level sequence of ``pattern``'s parse tree."""
+    return list(_sre_parser.parse(pattern.pattern, pattern.flags))
 
 
 def _rank(strings: set[str]) -> tuple[int, int]:
-    """How selective a required set is: longer shortest string first, then fewer strings."""
-    return min(map(len, strings)), -len(strings)
+    """How selective a required set is (higher is better): by its least selective string,
+    then by fewer strings.  A string's score is its length, plus 1 when it has a character
+    that is rarer in text (not a letter, digit, whitespace or common punctuation)."""
+    return min(len(s) + any(ch not in _COMMON for ch in s) for s in strings), -len(strings)
 
 
-def _best(candidates: list[set[str]]) -> set[str] | None:
-    return max(candidates, key=_rank) if candidates else None
+def _scans_letters(need: _Need) -> bool:
+    """Whether the ASCII scans look for ``need`` at letters not starting a word (a slower
+    scan): it does not start words and has a literal of letters only."""
+    return not need.word_start and any(
+        _ascii_key(lit, False)[1][0] in _LETTERS for lit in need.literals
+    )
+
+
+def _is_word(ch: str) -> bool:
+    """Whether ``ch`` is a word character (``\\w``)."""
+    return ch.isalnum() or ch == "_"
+
+
+def _best(candidates: list[tuple[set[str], bool]]) -> tuple[set[str], bool] | None:
+    return max(candidates, key=lambda c: _rank(c[0])) if candidates else None
+
+
+def _needle(literals: frozenset[str]) -> str | re.Pattern[str]:
+    """What finds one of ``literals`` in a folded text: the literal itself when it is
+    alone (for ``in``), else a regex of them."""
+    if len(literals) == 1:
+        return next(iter(literals))
+    return re.compile(_alternation(literals))
 
 
 def _or_all(values: Iterable[int]) -> int:
@@ -1718,6 +2005,8 @@ def read_only_claim(action: Action) -> str | None:
 
 
 def _apply_intent(action: Action, found: list[Violation]) -> list[Violation]:
+    if not found:
+        return found
     side = [v for v in found if v.type in SIDE_EFFECT_TYPES]
     if not side:
         return found

@@ -20,7 +20,13 @@ from nethical_grpc.governance.decision import (
     rule_risk,
     validate_action,
 )
-from nethical_grpc.governance.detectors import Action, Severity, Violation, ViolationType
+from nethical_grpc.governance.detectors import (
+    Action,
+    Severity,
+    Violation,
+    ViolationType,
+    detect,
+)
 from nethical_grpc.jit_optimizations import calculate_risk_score_jit
 
 HYP = settings(deadline=None, max_examples=150)
@@ -393,3 +399,69 @@ def test_evaluate_on_attack_fragments(parts: list[str], p: float | None) -> None
     assert 0.0 <= ev.risk_score <= 1.0
     if ev.violations:
         assert ev.confidence == max(v.confidence for v in ev.violations)
+
+
+# --------------------------------------------------------------------------------------------
+# The fast paths give what the plain definitions give
+# --------------------------------------------------------------------------------------------
+
+
+def _evaluate_by_the_book(
+    action: Action, p: float | None, t: Thresholds | None, w: float
+) -> Evaluation:
+    # the pipeline of the module docstring, spelled out with the public functions
+    validate_action(action)
+    violations = tuple(detect(action))
+    base = rule_risk(violations)
+    risk = blend(base, p, w)
+    return Evaluation(
+        decision=decide(risk, violations, t),
+        risk_score=risk,
+        confidence=max(v.confidence for v in violations) if violations else 1.0 - risk,
+        violations=violations,
+        rule_risk=base,
+    )
+
+
+@HYP
+@given(
+    parts=st.lists(
+        st.sampled_from(
+            ["DROP TABLE t; ", "rm -rf / ", "| sh ", "password=abcd1234 ", "hello ", "ls "]
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    p=st.none() | st.floats(-1.0, 2.0) | st.integers(0, 1),
+    w=st.floats(0.0, 1.0),
+    t=st.sampled_from([None, Thresholds(), Thresholds(0.1, 0.4, 0.5)]),
+)
+def test_evaluate_action_equals_the_documented_pipeline(
+    parts: list[str], p: float | None, w: float, t: Thresholds | None
+) -> None:
+    action = _act("".join(parts), intent="summarize")
+    assert evaluate_action(action, p, t, w) == _evaluate_by_the_book(action, p, t, w)
+
+
+@HYP
+@given(st.text(max_size=50) | st.text(alphabet="aé€😀\ud800", max_size=10))
+def test_utf8_length_fast_path(text: str) -> None:
+    assert dec._utf8_len(text) == len(text.encode("utf-8", "surrogatepass"))
+
+
+def test_probability_fast_path_keeps_the_checks() -> None:
+    assert math.copysign(1.0, dec._probability(-0.0, "x")) == -1.0
+    assert dec._probability(0.25, "x") == 0.25
+    assert dec._probability(1, "x") == 1.0
+    with pytest.raises(ValueError, match="must not be NaN"):
+        dec._probability(float("nan"), "x")
+    with pytest.raises(ValueError, match="must be a number"):
+        dec._probability(True, "x")
+    with pytest.raises(ValueError, match="must be a number"):
+        dec._probability("0.5", "x")  # type: ignore[arg-type]
+
+
+def test_evaluate_action_default_thresholds_are_the_defaults() -> None:
+    action = _act("DROP TABLE t")
+    assert evaluate_action(action, 0.5) == evaluate_action(action, 0.5, Thresholds())
+    assert decide(0.5, [], None) is decide(0.5, [], Thresholds())
