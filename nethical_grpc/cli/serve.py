@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import logging
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,11 @@ def _start_telemetry(args: argparse.Namespace, service: str, region: str | None)
 
 
 async def _serve(mesh: MeshServer, args: argparse.Namespace, telemetry_handle: Any) -> int:
+    # what start-up built (modules, stubs, models, restored windows) lives as long as the
+    # process: out of the collector's sight, full collections stop walking it (measured
+    # on a 10-region federation: global-query p99 10.0 -> 8.6 ms, p50 unchanged)
+    gc.collect()
+    gc.freeze()
     try:
         await serve_until_signalled(mesh, args.drain_announce / 1e9, args.drain_grace / 1e9)
     finally:
