@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 import uuid
@@ -72,6 +73,10 @@ class Persister:
         # (audit record id, outcome): the id is fixed here, so a retried write of the
         # same outcome is recognised by the audit store and not stored twice
         self._pending: deque[tuple[str, Outcome]] = deque()
+        # record ids: 80 random bits per process start, then a counter (32 hex digits, as
+        # a uuid4's hex; unique across restarts, without a urandom call per evaluation)
+        self._id_prefix = uuid.uuid4().hex[:20]
+        self._ids = itertools.count()
         self.dropped = 0
         self.flushed_windows = 0
         self.last_flush_ns = 0
@@ -84,7 +89,8 @@ class Persister:
 
     def enqueue(self, outcomes: Sequence[Outcome]) -> None:
         """Queue outcomes for the stores (called on the request path: O(1) per outcome)."""
-        self._pending.extend((uuid.uuid4().hex, o) for o in outcomes)
+        ids = self._ids
+        self._pending.extend((f"{self._id_prefix}{next(ids):012x}", o) for o in outcomes)
         excess = len(self._pending) - MAX_PENDING
         if excess > 0:
             for _ in range(excess):

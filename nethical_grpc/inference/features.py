@@ -56,6 +56,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from nethical_grpc.jit import is_jit_available, maybe_njit
 from nethical_grpc.jit_optimizations import (
     extract_ngram_features_batch,
     extract_ngram_features_jit,
@@ -180,20 +181,17 @@ def _log_ngrams(texts: list[str], dim: int) -> tuple[Float32Array, Float32Array]
     return counts, logs
 
 
-def _numeric(
-    texts: list[str], intents: list[str], text_counts: Float32Array, intent_counts: Float32Array
-) -> Float32Array:
-    """The :data:`NUMERIC_FEATURES` columns, from prefix sums of per-character flags.
+def _char_counts_numpy(
+    cps: Int64Array, starts: Int64Array, ends: Int64Array
+) -> tuple[npt.NDArray[np.float64], Int64Array]:
+    """Per row: the count of each character class ``1 << k`` (``k < 8``, by the table) and
+    of ``://`` and "digit ``.`` digit" windows that start and end inside the row.
 
-    Column ``k < 8`` of ``flags`` is character class ``1 << k`` (by the table), column 8
-    marks a ``://`` window and column 9 a "digit ``.`` digit" window starting at that
-    position; a row's count is the difference of the prefix sums at its ends (windows: at
-    its last start that still fits, ``end - 3``), so nothing leaks between rows.
+    From prefix sums of per-character flags (columns 8 and 9 mark a window starting at
+    that position); a row's count is the difference of the prefix sums at its ends
+    (windows: at its last start that still fits, ``end - 3``), so nothing leaks between
+    rows.
     """
-    n = len(texts)
-    cps, lengths = _code_points(texts)
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
     total = int(cps.shape[0])
     cls = _CLASSES[np.minimum(cps, 128)]
     flags = np.zeros((total, 10), dtype=np.uint8)
@@ -206,7 +204,50 @@ def _numeric(
     np.cumsum(flags, axis=0, dtype=np.int64, out=prefix[1:])
     chars = (prefix[ends, :8] - prefix[starts, :8]).astype(np.float64)
     last = np.maximum(ends - 2, starts)
-    windows = prefix[last, 8:] - prefix[starts, 8:]
+    return chars, prefix[last, 8:] - prefix[starts, 8:]
+
+
+@maybe_njit()
+def _char_counts_numba(
+    cps: Int64Array, starts: Int64Array, ends: Int64Array
+) -> tuple[npt.NDArray[np.float64], Int64Array]:  # pragma: no cover (compiled)
+    """:func:`_char_counts_numpy` in one pass over the characters (same counts)."""
+    n = starts.shape[0]
+    chars = np.zeros((n, 8), dtype=np.float64)
+    windows = np.zeros((n, 2), dtype=np.int64)
+    for r in range(n):
+        end = ends[r]
+        for i in range(starts[r], end):
+            c = cps[i]
+            cls = _CLASSES[c if c < 128 else 128]
+            for k in range(8):
+                if (cls >> k) & 1:
+                    chars[r, k] += 1.0
+            if i + 2 < end:
+                nxt, after = cps[i + 1], cps[i + 2]
+                if c == _COLON and nxt == _SLASH_CP and after == _SLASH_CP:
+                    windows[r, 0] += 1
+                if (
+                    (cls >> 1) & 1
+                    and nxt == _DOT
+                    and (_CLASSES[after if after < 128 else 128] >> 1) & 1
+                ):
+                    windows[r, 1] += 1
+    return chars, windows
+
+
+_char_counts = _char_counts_numba if is_jit_available() else _char_counts_numpy
+
+
+def _numeric(
+    texts: list[str], intents: list[str], text_counts: Float32Array, intent_counts: Float32Array
+) -> Float32Array:
+    """The :data:`NUMERIC_FEATURES` columns (character classes and windows per row from
+    :func:`_char_counts`, the rest from lengths and the n-gram counts)."""
+    n = len(texts)
+    cps, lengths = _code_points(texts)
+    ends = np.cumsum(lengths)
+    chars, windows = _char_counts(cps, ends - lengths, ends)
 
     out = np.zeros((n, len(NUMERIC_FEATURES)), dtype=np.float64)
     out[:, 0] = np.log1p(lengths) / _LOG_LEN_SCALE

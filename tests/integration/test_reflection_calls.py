@@ -60,19 +60,29 @@ class ReflectionClient:
         """``grpcurl ADDR describe MESSAGE``."""
         return self._pool.FindMessageTypeByName(name)
 
-    def invoke(self, method: str, *requests_json: str, timeout: float = 10.0) -> dict[str, Any]:
-        """``grpcurl -d @ ADDR SERVICE/METHOD`` for a unary or client-streaming method.
-
-        Raises grpc.RpcError as the call fails; ValueError for a streaming-response method.
+    def invoke(self, method: str, *requests_json: str, timeout: float = 10.0) -> Any:
+        """``grpcurl -d @ ADDR SERVICE/METHOD``: the answer as a dict (a list of dicts for
+        a bidirectional stream). Raises grpc.RpcError as the call fails; ValueError for a
+        server-streaming method with a single request (not needed here).
         """
         service_name, method_name = method.split("/")
         m = self.describe_service(service_name).FindMethodByName(method_name)
-        if m.server_streaming:
+        if m.server_streaming and not m.client_streaming:
             raise ValueError(f"{method} streams its answers; not needed here")
         request_cls = GetMessageClass(m.input_type)
         response_cls = GetMessageClass(m.output_type)
         requests = [json_format.Parse(text, request_cls()) for text in requests_json]
         path = f"/{method}"
+        if m.server_streaming:
+            bidi = self._channel.stream_stream(
+                path,
+                request_serializer=request_cls.SerializeToString,
+                response_deserializer=response_cls.FromString,
+            )
+            return [
+                json_format.MessageToDict(a, preserving_proto_field_name=True)
+                for a in bidi(iter(requests), timeout=timeout)
+            ]
         if m.client_streaming:
             stream_call = self._channel.stream_unary(
                 path,
@@ -108,6 +118,12 @@ def grpcurl_session(region_address: str, coordinator_address: str) -> dict[str, 
                 f"{REGION_SERVICE}/Evaluate",
                 '{"action": {"agent_id": "agent-7", "action_text": "DROP TABLE users;",'
                 ' "action_type": "command", "request_id": "dbg-1"}}',
+            ),
+            "evaluate_batch": region.invoke(
+                f"{REGION_SERVICE}/EvaluateStream",
+                '{"actions": [{"agent_id": "agent-7", "action_text": "list files in the'
+                ' workspace", "request_id": "b-1"}, {"agent_id": "agent-7", "action_text":'
+                ' "rm -rf / --no-preserve-root", "request_id": "b-2"}]}',
             ),
             "evaluate_gateway": coordinator.invoke(
                 f"{COORDINATOR_SERVICE}/Evaluate",
@@ -173,6 +189,11 @@ async def test_readme_grpcurl_session_over_reflection(mesh: Mesh) -> None:
     assert blocked["decision"] in ("DECISION_BLOCK", "DECISION_TERMINATE")
     assert "destructive_database" in {v["type"] for v in blocked["violations"]}
     assert blocked["latency"].endswith("s")  # a Duration, printed the proto3 JSON way
+    [batch] = out["evaluate_batch"]
+    allowed, refused = (r["evaluation"] for r in batch["results"])
+    assert (allowed["request_id"], refused["request_id"]) == ("b-1", "b-2")
+    assert allowed["decision"] == "DECISION_ALLOW"
+    assert refused["decision"] in ("DECISION_BLOCK", "DECISION_TERMINATE")
     gateway = out["evaluate_gateway"]
     assert gateway["evaluation"]["decision"] == "DECISION_ALLOW"
     assert gateway["evaluation"]["region_id"] == "us-east-1"

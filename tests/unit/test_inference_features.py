@@ -135,3 +135,40 @@ def test_windows_do_not_span_neighbouring_texts() -> None:
 def test_bad_input_raises_value_error(texts: object, intents: object, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         action_features(texts, intents)  # type: ignore[arg-type]
+
+
+# -- character counts: the compiled kernel and the NumPy path agree -------------------
+
+_CHARS = st.text(
+    alphabet=st.sampled_from([*"ab:/.019 ;|'\"Zé€\t", "\U0001f600"]), max_size=40
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(texts=st.lists(_CHARS, min_size=1, max_size=8))
+def test_char_counts_kernel_matches_the_numpy_path(texts: list[str]) -> None:
+    from nethical_grpc.inference import features
+
+    cps, lengths = features._code_points(texts)
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    chars_k, windows_k = features._char_counts_numba(cps, starts, ends)
+    chars_n, windows_n = features._char_counts_numpy(cps, starts, ends)
+    np.testing.assert_array_equal(chars_k, chars_n)
+    np.testing.assert_array_equal(windows_k, windows_n)
+    # and against a plain count, row by row
+    for i, text in enumerate(texts):
+        assert windows_n[i, 0] == sum(text[j : j + 3] == "://" for j in range(len(text)))
+        assert chars_n[i, 1] == sum(c.isascii() and c.isdigit() for c in text)
+
+
+def test_char_counts_windows_stay_inside_their_row() -> None:
+    from nethical_grpc.inference import features
+
+    texts = ["ab:", "//x", "1.", "2", "", "3.4"]  # windows only across row boundaries...
+    cps, lengths = features._code_points(texts)
+    ends = np.cumsum(lengths)
+    for fn in (features._char_counts_numba, features._char_counts_numpy):
+        _, windows = fn(cps, ends - lengths, ends)
+        assert windows[:, 0].tolist() == [0, 0, 0, 0, 0, 0]
+        assert windows[:, 1].tolist() == [0, 0, 0, 0, 0, 1]  # ...except "3.4" itself
