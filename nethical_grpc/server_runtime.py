@@ -39,6 +39,9 @@ class MeshServer:
     port: int
     service_names: Sequence[str]
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # run when the server stops accepting calls: end long-lived streams that would
+    # otherwise hold the stop for the whole grace period
+    on_drain: list[Callable[[], None]] = field(default_factory=list)
     _draining: bool = False
 
     @property
@@ -59,6 +62,8 @@ class MeshServer:
         if announce_s > 0:
             await asyncio.sleep(announce_s)
         self.health.close()  # ends Watch streams so they do not hold the stop
+        for end_streams in self.on_drain:
+            end_streams()
         await self.server.stop(grace_s)
         for hook in self.on_stop:
             await hook()

@@ -110,6 +110,7 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
         log.info("write-ahead log %s: replayed %d batches", config.wal_dir, replayed)
     node.start_background(config.eviction_interval_s)
     # stop order: background work, then the last writes, then the stores
+    mesh.on_drain.append(servicer.end_streams)
     mesh.on_stop.append(node.stop_background)
     if model is not None:
         mesh.on_stop.append(model.close)

@@ -67,6 +67,18 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         self.privacy = privacy
         # identical queries between two changes of the store get the same response
         self._responses: dict[SummaryQuery, _CachedSummaries] = {}
+        # the running StreamSummaries calls: a coordinator keeps one open per node
+        self._summary_streams: set[asyncio.Task[Any]] = set()
+        self._ending_streams = False
+
+    def end_streams(self) -> None:
+        """End the open StreamSummaries calls (with OK): the node is draining, and a
+        coordinator's long-lived stream would otherwise hold the stop for the whole grace
+        period. The coordinator stopped sending queries when the node went NOT_SERVING;
+        a query still waiting fails over as UNAVAILABLE."""
+        self._ending_streams = True
+        for task in list(self._summary_streams):
+            task.cancel()
 
     @rpc_errors
     async def Ingest(  # noqa: N802 (gRPC method name)
@@ -114,6 +126,22 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         self,
         request_iterator: AsyncIterator[region_node_pb2.StreamSummariesRequest],
         context: Context,
+    ) -> AsyncIterator[region_node_pb2.StreamSummariesResponse]:
+        task = asyncio.current_task()
+        if task is not None:
+            self._summary_streams.add(task)
+        try:
+            async for answer in self._stream_summaries(request_iterator):
+                yield answer
+        except asyncio.CancelledError:
+            if not self._ending_streams:
+                raise
+            # ended by end_streams(): finish with OK, so the server's stop need not wait
+        finally:
+            self._summary_streams.discard(task)
+
+    async def _stream_summaries(
+        self, request_iterator: AsyncIterator[region_node_pb2.StreamSummariesRequest]
     ) -> AsyncIterator[region_node_pb2.StreamSummariesResponse]:
         async for message in request_iterator:
             try:

@@ -428,6 +428,23 @@ def test_ingest_stream_applies_exactly_the_batches_before_a_rejection(
     assert_serving(servers)
 
 
+def summaries_request(
+    metrics: list[str],
+    label_filter: dict[str, str],
+    group_by: list[str],
+    start: timestamp_pb2.Timestamp | None,
+    end: timestamp_pb2.Timestamp | None,
+) -> region_node_pb2.GetSummariesRequest:
+    req = region_node_pb2.GetSummariesRequest(
+        metrics=metrics, label_filter=label_filter, group_by_labels=group_by
+    )
+    if start is not None:
+        req.start_time.CopyFrom(start)
+    if end is not None:
+        req.end_time.CopyFrom(end)
+    return req
+
+
 @settings(FUZZ, max_examples=80)
 @given(
     metrics=st.lists(any_name, max_size=5) | st.just(["m"] * 2000),
@@ -445,13 +462,7 @@ def test_get_summaries_fuzz(
     end: timestamp_pb2.Timestamp | None,
 ) -> None:
     before = snapshot(servers)
-    req = region_node_pb2.GetSummariesRequest(
-        metrics=metrics, label_filter=label_filter, group_by_labels=group_by
-    )
-    if start is not None:
-        req.start_time.CopyFrom(start)
-    if end is not None:
-        req.end_time.CopyFrom(end)
+    req = summaries_request(metrics, label_filter, group_by, start, end)
     out = attempt(lambda: servers.node.GetSummaries(req, timeout=CALL_TIMEOUT_S))
     assert_clear(out, "GetSummaries")
     both_valid = start is not None and end is not None and 0 <= start.nanos < NANOS > end.nanos >= 0
@@ -482,13 +493,7 @@ def test_stream_summaries_fuzz(
     """The streamed query answers what the unary call answers: the same summaries, or an
     error with the same code; the stream goes on to answer a plain query after it."""
     before = snapshot(servers)
-    req = region_node_pb2.GetSummariesRequest(
-        metrics=metrics, label_filter=label_filter, group_by_labels=group_by
-    )
-    if start is not None:
-        req.start_time.CopyFrom(start)
-    if end is not None:
-        req.end_time.CopyFrom(end)
+    req = summaries_request(metrics, label_filter, group_by, start, end)
     unary = attempt(lambda: servers.node.GetSummaries(req, timeout=CALL_TIMEOUT_S))
     messages = [
         region_node_pb2.StreamSummariesRequest(query_id=query_id, query=req),

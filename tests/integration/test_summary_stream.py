@@ -185,3 +185,29 @@ async def test_both_transports_give_the_coordinator_the_same_answer(mesh: Mesh) 
     # the coordinator's own answer over gRPC is complete as well
     resp = await client.global_metrics(mesh.coordinator_channel(), client.QueryOptions())
     assert resp.coverage.complete
+
+
+async def test_a_draining_node_ends_the_stream_instead_of_waiting_out_the_grace(
+    mesh: Mesh,
+) -> None:
+    """The coordinator's stream is long-lived: the node ends it when it drains, so the stop
+    does not wait for the whole grace period, and the coordinator sees the stream end."""
+    [(server, _)] = await add_region(mesh, "us-east-1")
+    stream = stream_to(mesh, server.address)
+    try:
+        await stream.query(Request(), 5.0)
+        assert stream.is_open
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await server.drain(announce_s=0, grace_s=30.0)
+        assert loop.time() - started < 10.0  # not the 30 s grace
+        for _ in range(100):
+            if not stream.is_open:
+                break
+            await asyncio.sleep(0.02)
+        assert not stream.is_open
+        with pytest.raises(SummaryCallError) as err:
+            await stream.query(Request(), 2.0)
+        assert err.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    finally:
+        await stream.close()
