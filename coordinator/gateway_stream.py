@@ -86,7 +86,13 @@ class StreamRelay:
 
     async def _read_client(self) -> None:
         try:
+            first = True
             async for message in self._requests:
+                if not first:
+                    # only the first message names the region (run() reads and clears
+                    # it); relayed as is, the field would land on the node's field 2
+                    message.ClearField("region_id")
+                first = False
                 await self._inbox.put(message)
         finally:
             await self._inbox.put(None)
