@@ -50,6 +50,7 @@ WRONG = "definitely-wrong-token-4c7a1e9b2f"
 ALLOWED: dict[str, set[Role]] = {
     "RegionNodeService/Ingest": {Role.CLIENT},
     "RegionNodeService/GetSummaries": {Role.COORDINATOR, Role.OPERATOR},
+    "RegionNodeService/StreamSummaries": {Role.COORDINATOR, Role.OPERATOR},
     "RegionNodeService/GetNodeInfo": {Role.COORDINATOR, Role.OPERATOR, Role.CLIENT},
     "RegionNodeService/Evaluate": {Role.COORDINATOR, Role.CLIENT},
     "RegionNodeService/EvaluateStream": {Role.COORDINATOR, Role.CLIENT},

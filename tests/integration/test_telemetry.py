@@ -38,7 +38,7 @@ from opentelemetry.trace import SpanContext, SpanKind, StatusCode, TraceFlags
 from prometheus_client.parser import text_string_to_metric_families
 
 import nethical_grpc.telemetry as telemetry
-from coordinator.federation import Federation
+from coordinator.federation import Federation, SummaryTransport
 from coordinator.instances import REGION_SERVICE, InstanceRegistry
 from coordinator.servicer import CoordinatorServicer
 from nethical_grpc import client
@@ -529,7 +529,9 @@ async def test_global_query_is_one_trace_across_coordinator_and_regions(rig: Rig
     registry.start()
     try:
         assert await registry.wait_ready(10.0)
-        servicer = CoordinatorServicer(Federation(registry))
+        # telemetry is wired here but not activated process-wide, so say what "auto"
+        # picks when it is: a unary call per region query, each its own span
+        servicer = CoordinatorServicer(Federation(registry, SummaryTransport.UNARY))
         coordinator = await rig.serve(
             lambda s: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, s)
         )

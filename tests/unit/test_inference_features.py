@@ -139,9 +139,7 @@ def test_bad_input_raises_value_error(texts: object, intents: object, match: str
 
 # -- character counts: the compiled kernel and the NumPy path agree -------------------
 
-_CHARS = st.text(
-    alphabet=st.sampled_from([*"ab:/.019 ;|'\"Zé€\t", "\U0001f600"]), max_size=40
-)
+_CHARS = st.text(alphabet=st.sampled_from([*"ab:/.019 ;|'\"Zé€\t", "\U0001f600"]), max_size=40)
 
 
 @settings(max_examples=200, deadline=None)
