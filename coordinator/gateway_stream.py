@@ -14,8 +14,12 @@ another instance, in order, and the stream goes on — but only when that is saf
   node had may have been evaluated and recorded there, and are evaluated again.
 
 Otherwise the stream ends with UNAVAILABLE, ``ErrorInfo.reason`` STREAM_INTERRUPTED
-and metadata ``answered`` (actions answered on this stream), ``in_doubt`` (sent, not
-answered) and ``endpoint``. At most ``max_retries`` (the balancer's retry policy)
+and metadata ``answered`` (messages answered on this stream), ``in_doubt`` (sent, not
+answered) and ``endpoint``.
+
+A message is relayed whole: one action, or a batch (``actions``) that the node answers
+with one message of ``results``; the counts above are of messages, so a batch is sent,
+answered or in doubt as one. At most ``max_retries`` (the balancer's retry policy)
 failovers in a row (with no answer in between) happen per stream. Other upstream
 errors reach the caller unchanged.
 """

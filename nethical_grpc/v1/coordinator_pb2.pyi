@@ -288,17 +288,21 @@ class CoordinatorServiceEvaluateResponse(_message.Message):
     def __init__(self, evaluation: _Optional[_Union[_governance_pb2.ActionEvaluation, _Mapping]] = ..., endpoint: _Optional[str] = ..., attempts: _Optional[int] = ...) -> None: ...
 
 class CoordinatorServiceEvaluateStreamRequest(_message.Message):
-    __slots__ = ("action", "region_id")
+    __slots__ = ("action", "region_id", "actions")
     ACTION_FIELD_NUMBER: _ClassVar[int]
     REGION_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
     action: _governance_pb2.AgentAction
     region_id: str
-    def __init__(self, action: _Optional[_Union[_governance_pb2.AgentAction, _Mapping]] = ..., region_id: _Optional[str] = ...) -> None: ...
+    actions: _containers.RepeatedCompositeFieldContainer[_governance_pb2.AgentAction]
+    def __init__(self, action: _Optional[_Union[_governance_pb2.AgentAction, _Mapping]] = ..., region_id: _Optional[str] = ..., actions: _Optional[_Iterable[_Union[_governance_pb2.AgentAction, _Mapping]]] = ...) -> None: ...
 
 class CoordinatorServiceEvaluateStreamResponse(_message.Message):
-    __slots__ = ("evaluation", "error")
+    __slots__ = ("evaluation", "error", "results")
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
     evaluation: _governance_pb2.ActionEvaluation
     error: _governance_pb2.ActionError
-    def __init__(self, evaluation: _Optional[_Union[_governance_pb2.ActionEvaluation, _Mapping]] = ..., error: _Optional[_Union[_governance_pb2.ActionError, _Mapping]] = ...) -> None: ...
+    results: _containers.RepeatedCompositeFieldContainer[_governance_pb2.ActionResult]
+    def __init__(self, evaluation: _Optional[_Union[_governance_pb2.ActionEvaluation, _Mapping]] = ..., error: _Optional[_Union[_governance_pb2.ActionError, _Mapping]] = ..., results: _Optional[_Iterable[_Union[_governance_pb2.ActionResult, _Mapping]]] = ...) -> None: ...

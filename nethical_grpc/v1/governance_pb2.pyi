@@ -120,6 +120,14 @@ class ActionError(_message.Message):
     field_errors: _containers.RepeatedCompositeFieldContainer[FieldError]
     def __init__(self, request_id: _Optional[str] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., field_errors: _Optional[_Iterable[_Union[FieldError, _Mapping]]] = ...) -> None: ...
 
+class ActionResult(_message.Message):
+    __slots__ = ("evaluation", "error")
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    evaluation: ActionEvaluation
+    error: ActionError
+    def __init__(self, evaluation: _Optional[_Union[ActionEvaluation, _Mapping]] = ..., error: _Optional[_Union[ActionError, _Mapping]] = ...) -> None: ...
+
 class ProfileEntry(_message.Message):
     __slots__ = ("time", "decision", "risk_score", "request_id", "action_type")
     TIME_FIELD_NUMBER: _ClassVar[int]

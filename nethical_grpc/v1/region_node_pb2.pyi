@@ -211,16 +211,8 @@ class EvaluateStreamResponse(_message.Message):
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     evaluation: _governance_pb2.ActionEvaluation
     error: _governance_pb2.ActionError
-    results: _containers.RepeatedCompositeFieldContainer[ActionResult]
-    def __init__(self, evaluation: _Optional[_Union[_governance_pb2.ActionEvaluation, _Mapping]] = ..., error: _Optional[_Union[_governance_pb2.ActionError, _Mapping]] = ..., results: _Optional[_Iterable[_Union[ActionResult, _Mapping]]] = ...) -> None: ...
-
-class ActionResult(_message.Message):
-    __slots__ = ("evaluation", "error")
-    EVALUATION_FIELD_NUMBER: _ClassVar[int]
-    ERROR_FIELD_NUMBER: _ClassVar[int]
-    evaluation: _governance_pb2.ActionEvaluation
-    error: _governance_pb2.ActionError
-    def __init__(self, evaluation: _Optional[_Union[_governance_pb2.ActionEvaluation, _Mapping]] = ..., error: _Optional[_Union[_governance_pb2.ActionError, _Mapping]] = ...) -> None: ...
+    results: _containers.RepeatedCompositeFieldContainer[_governance_pb2.ActionResult]
+    def __init__(self, evaluation: _Optional[_Union[_governance_pb2.ActionEvaluation, _Mapping]] = ..., error: _Optional[_Union[_governance_pb2.ActionError, _Mapping]] = ..., results: _Optional[_Iterable[_Union[_governance_pb2.ActionResult, _Mapping]]] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
     __slots__ = ("features", "columns")

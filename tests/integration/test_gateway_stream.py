@@ -55,6 +55,44 @@ async def test_stream_answers_in_order_with_inline_errors(mesh: Mesh) -> None:
     assert served == {"r2-0"}  # one upstream stream, in the first message's region
 
 
+async def test_batches_pass_through_the_gateway_in_order(mesh: Mesh) -> None:
+    """A message with ``actions`` goes to the node as one batch and comes back as one
+    answer whose ``results`` follow it; single actions and a malformed message (both
+    fields set) on the same stream keep their places."""
+    await add_region(mesh, "r1", instances=1)
+    await add_region(mesh, "r2", instances=1)
+    stub = await start_gateway(mesh, strategy="round_robin")
+    batch = [stream_request(i).action for i in range(10)]
+    batch[4].agent_id = ""  # one bad action in the batch
+    both = stream_request(99)
+    both.actions.append(stream_request(100).action)
+    requests = [
+        Req(actions=batch[:6], region_id="r2"),
+        stream_request(50),
+        both,
+        Req(actions=batch[6:], region_id="r1"),  # region_id after the first: ignored
+    ]
+    answers = [a async for a in stub.EvaluateStream(iter(requests), timeout=20)]
+    assert len(answers) == 4
+    first, single, malformed, last = answers
+    assert [r.WhichOneof("result") for r in first.results] == ["evaluation"] * 4 + [
+        "error",
+        "evaluation",
+    ]
+    assert first.results[4].error.request_id == "req-4"
+    assert first.results[4].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert [r.evaluation.request_id for r in last.results] == [f"req-{i}" for i in range(6, 10)]
+    assert single.evaluation.request_id == "req-50"
+    assert malformed.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    served = {
+        r.evaluation.instance_id
+        for a in (first, last)
+        for r in a.results
+        if r.evaluation.instance_id
+    }
+    assert served == {"r2-0"}  # the whole stream went to the first message's region
+
+
 async def test_stream_moves_when_nothing_is_in_doubt(mesh: Mesh) -> None:
     await add_region(mesh, "r1", instances=2)
     stub = await start_gateway(mesh, strategy="round_robin")
