@@ -6,7 +6,10 @@ gateway, and global queries (p50/p90/p99 of every metric, with the per-region br
 Reported per kind: operations, operations/s, p50/p99 latency and errors; and every
 server's RSS after the warm-up and at the end (the target: growth at most 10%).
 
-    python bench/soak.py [--minutes 10] [--warmup 60]
+The regions keep their time series and audit log in SQLite files by default
+(``--stores memory`` keeps them in RAM, where they grow with every evaluation).
+
+    python bench/soak.py [--minutes 10] [--warmup 60] [--stores sqlite|memory]
 """
 
 from __future__ import annotations
@@ -146,16 +149,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=60.0)
+    parser.add_argument(
+        "--stores",
+        choices=("sqlite", "memory"),
+        default="sqlite",
+        help="the regions' time-series and audit stores: SQLite files (sqlite, as a "
+        "production node without servers) or memory://, which keeps every evaluation's "
+        "record in RAM without a bound",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         children: dict[str, Child] = {}
         try:
             for r in REGIONS:
+                stores = (
+                    [f"--timeseries-url=sqlite:///{work / r}-ts.db",
+                     f"--audit-url=sqlite:///{work / r}-audit.db"]
+                    if args.stores == "sqlite"
+                    else ["--timeseries-url=memory://", "--audit-url=memory://"]
+                )  # fmt: skip
                 children[r] = spawn(
                     r,
                     ["region", "--region-id", r, "--instance-id", f"{r}-0", "--port", "0",
-                     "--log-level", "WARNING"],
+                     "--log-level", "WARNING", *stores],
                     work,
                 )  # fmt: skip
             specs = [f"--region={r}=127.0.0.1:{children[r].port()}" for r in REGIONS]
@@ -168,7 +185,7 @@ def main() -> None:
         finally:
             for c in children.values():
                 c.stop()
-    common.emit("soak", results)
+    common.emit("soak", {"stores": args.stores, **results})
 
 
 if __name__ == "__main__":
