@@ -149,7 +149,7 @@ class SummaryStream:
                 if message.HasField("error"):
                     err = message.error
                     future.set_exception(
-                        SummaryCallError(convert.status_code(err.code), err.message)
+                        SummaryCallError(convert.status_code_from_number(err.code), err.message)
                     )
                 else:
                     future.set_result(message.summaries)

@@ -331,14 +331,10 @@ def _utf8_len(text: str) -> int:
 #: Most actions one EvaluateStream message may carry (``EvaluateStreamRequest.actions``).
 MAX_STREAM_BATCH_ACTIONS = 4096
 
-# A text of at most this many characters is within MAX_ACTION_TEXT_BYTES whatever it holds
-# (UTF-8 takes at most 4 bytes a code point), so only longer ones are encoded to measure.
-_SURELY_SHORT_CHARS = MAX_ACTION_TEXT_BYTES // 4
-
 
 def action_from_proto(msg: governance_pb2.AgentAction, field: str = "action") -> EvaluationRequest:
     """Validate an AgentAction; every problem is reported as a field violation at once."""
-    return _plain_action(msg) or _checked_action(msg, field)
+    return _checked_action(msg, field)
 
 
 def batch_actions_from_proto(
@@ -349,42 +345,11 @@ def batch_actions_from_proto(
     out: list[EvaluationRequest | governance_pb2.ActionError] = []
     append = out.append
     for i, msg in enumerate(msgs):
-        plain = _plain_action(msg)
-        if plain is not None:
-            append(plain)
-            continue
         try:
             append(_checked_action(msg, f"{field}[{i}]"))
         except MeshError as exc:
             append(action_error_to_proto(msg.request_id, exc))
     return out
-
-
-def _plain_action(msg: governance_pb2.AgentAction) -> EvaluationRequest | None:
-    """The request for the common action that plainly passes every check of
-    :func:`_checked_action` (short texts, no context); None: let it decide."""
-    if len(msg.context):
-        return None
-    agent = msg.agent_id
-    text = msg.action_text
-    intent = msg.stated_intent
-    request_id = msg.request_id
-    action_type = msg.action_type.lower()
-    if (
-        len(agent) <= MAX_AGENT_ID_CHARS
-        and agent.strip()
-        and len(text) <= _SURELY_SHORT_CHARS
-        and text.strip()
-        and len(intent) <= _SURELY_SHORT_CHARS
-        and len(request_id) <= MAX_REQUEST_ID_CHARS
-        and _ACTION_TYPE_RE.match(action_type)
-        and not _CONTROL_RE.search(agent)
-        and not _CONTROL_RE.search(request_id)
-    ):
-        return EvaluationRequest(
-            Action(agent, text, action_type, intent, {}), request_id, action_type
-        )
-    return None
 
 
 def _checked_action(msg: governance_pb2.AgentAction, field: str) -> EvaluationRequest:
@@ -575,7 +540,7 @@ def summary_query_error_to_proto(error: MeshError) -> region_node_pb2.SummaryQue
 _STATUS_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 
 
-def status_code(value: int) -> grpc.StatusCode:
+def status_code_from_number(value: int) -> grpc.StatusCode:
     """The status code of a ``google.rpc.Code`` number (UNKNOWN for one out of range)."""
     return _STATUS_BY_VALUE.get(value, grpc.StatusCode.UNKNOWN)
 

@@ -1,11 +1,12 @@
-"""Reading a gRPC request stream in chunks, so a server can batch what has arrived."""
+"""Reading a gRPC request stream: in chunks, so a server can batch what has arrived, and
+under a bound on what it has read but not yet answered."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -56,3 +57,32 @@ async def read_chunks(source: AsyncIterator[T], max_chunk: int) -> AsyncIterator
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader
+
+
+class ReadAhead(Generic[T]):
+    """Bounds the weight of the items a stream has read but not yet answered (e.g. the
+    actions of batch messages: a bound on messages alone would not bound memory).
+
+    :meth:`read` passes items through, waiting while one more would pass ``limit``; one
+    item always passes when nothing is pending, whatever its weight. The consumer calls
+    :meth:`release` with the weight it has answered.
+    """
+
+    def __init__(self, limit: int, weight: Callable[[T], int]) -> None:
+        self.limit = limit
+        self.pending = 0
+        self._weight = weight
+        self._room = asyncio.Event()
+
+    async def read(self, source: AsyncIterator[T]) -> AsyncGenerator[T, None]:
+        async for item in source:
+            n = self._weight(item)
+            while self.pending and self.pending + n > self.limit:
+                self._room.clear()
+                await self._room.wait()
+            self.pending += n
+            yield item
+
+    def release(self, n: int) -> None:
+        self.pending -= n
+        self._room.set()

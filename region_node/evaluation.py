@@ -150,23 +150,13 @@ class Evaluator:
     def _record(self, outcomes: Sequence[Outcome], now_ns: int, latency_ms: float) -> None:
         # risk scores per (decision, action type label); the batch shares one latency
         groups: dict[tuple[str, str], list[float]] = {}
-        labels: dict[str, str] = {}
         label = self.action_types.label
         for o in outcomes:
-            ev = o.evaluation
-            action_type = o.request.action_type
-            found = labels.get(action_type)
-            if found is None:
-                found = labels[action_type] = label(action_type)
-            key = (ev.decision, found)
-            risks = groups.get(key)
-            if risks is None:
-                groups[key] = [ev.risk_score]
-            else:
-                risks.append(ev.risk_score)
+            key = (o.evaluation.decision.value, label(o.request.action_type))
+            groups.setdefault(key, []).append(o.evaluation.risk_score)
         batches = []
         for (decision, action_type), risks in groups.items():
-            labels_key = (("action_type", action_type), ("decision", str(decision)))
+            labels_key = (("action_type", action_type), ("decision", decision))
             risk = np.array(risks, np.float64)
             latency = np.full(risk.size, latency_ms, np.float64)
             batches.append(IngestBatch(SeriesKey(RISK_METRIC, labels_key), risk, None, now_ns))

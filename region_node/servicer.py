@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -22,7 +22,7 @@ from nethical_grpc.errors import (
 from nethical_grpc.governance.requests import EvaluationRequest, Outcome
 from nethical_grpc.privacy import PrivateReleaser
 from nethical_grpc.series import SummaryQuery
-from nethical_grpc.streams import read_chunks
+from nethical_grpc.streams import ReadAhead, read_chunks
 from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
 from region_node.evaluation import Evaluator
 from region_node.node import RegionNode
@@ -250,7 +250,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         context: Context,
     ) -> AsyncIterator[region_node_pb2.EvaluateStreamResponse]:
         evaluator = self._evaluator()
-        read_ahead = _ReadAhead(_STREAM_READ_AHEAD_ACTIONS)
+        read_ahead = ReadAhead(_STREAM_READ_AHEAD_ACTIONS, stream_weight)
         async for chunk in read_chunks(read_ahead.read(request_iterator), _STREAM_CHUNK):
             # messages that arrived together are evaluated together (one evaluate_many
             # call per group of up to _STREAM_GROUP_ACTIONS actions); answers keep the
@@ -258,7 +258,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
             group: list[region_node_pb2.EvaluateStreamRequest] = []
             size = 0
             for message in chunk:
-                n = _weight(message)
+                n = stream_weight(message)
                 if group and size + n > _STREAM_GROUP_ACTIONS:
                     answers = await self._answer_stream_group(evaluator, group)
                     read_ahead.release(size)
@@ -422,33 +422,7 @@ _STREAM_GROUP_ACTIONS = convert.MAX_STREAM_BATCH_ACTIONS
 _STREAM_READ_AHEAD_ACTIONS = 4 * convert.MAX_STREAM_BATCH_ACTIONS
 
 
-class _ReadAhead:
-    """Bounds the actions an EvaluateStream has read but not yet answered: a message may
-    carry thousands, so read_chunks' bound on messages alone would not bound memory."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.pending = 0
-        self._room = asyncio.Event()
-
-    async def read(
-        self, source: AsyncIterator[region_node_pb2.EvaluateStreamRequest]
-    ) -> AsyncGenerator[region_node_pb2.EvaluateStreamRequest, None]:
-        async for message in source:
-            n = _weight(message)
-            # room for one message whatever its size (the message size limit bounds it)
-            while self.pending and self.pending + n > self.limit:
-                self._room.clear()
-                await self._room.wait()
-            self.pending += n
-            yield message
-
-    def release(self, n: int) -> None:
-        self.pending -= n
-        self._room.set()
-
-
-def _weight(message: region_node_pb2.EvaluateStreamRequest) -> int:
+def stream_weight(message: region_node_pb2.EvaluateStreamRequest) -> int:
     """The actions a stream message counts for (one for a message with no batch)."""
     return len(message.actions) or 1
 

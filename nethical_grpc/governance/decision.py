@@ -282,17 +282,15 @@ def evaluate_action(
     """
     validate_action(action)
     t = _DEFAULT_THRESHOLDS if thresholds is None else thresholds
+    return _scored(action, model_probability, _weight(model_weight), t)
+
+
+def _scored(action: Action, p: float | None, w: float, t: Thresholds) -> Evaluation:
+    """Detect, score, blend and decide for a validated action and a checked weight."""
     violations = tuple(detect(action))
     base = rule_risk(violations)
     # blend (base is already in [0, 1]); decide needs no range check of its result
-    w = _weight(model_weight)
-    risk = base if model_probability is None else _blend_checked(base, model_probability, w)
-    return _evaluation(violations, base, risk, t)
-
-
-def _evaluation(
-    violations: tuple[Violation, ...], base: float, risk: float, t: Thresholds
-) -> Evaluation:
+    risk = base if p is None else _blend_checked(base, p, w)
     return Evaluation(
         _decide_checked(risk, violations, t),
         risk,
@@ -341,13 +339,9 @@ def evaluate_actions(
     out: list[Evaluation] = []
     for i in range(n):
         action = actions[i]
-        p = probabilities[i]
         try:
             validate_action(action)
-            violations = tuple(detect(action))
-            base = rule_risk(violations) if violations else 0.0
-            risk = base if p is None else _blend_checked(base, p, w)
+            out.append(_scored(action, probabilities[i], w, t))
         except ValueError as exc:
             raise ValueError(f"actions[{i}]: {exc}") from exc
-        out.append(_evaluation(violations, base, risk, t))
     return out

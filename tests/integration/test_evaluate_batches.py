@@ -10,8 +10,9 @@ import pytest
 from meshutil import Mesh, add_region
 from test_evaluate import BENIGN, HARMFUL, action, counts_by_decision, evaluate, stub
 
+from nethical_grpc.streams import ReadAhead
 from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
-from region_node.servicer import _ReadAhead
+from region_node.servicer import stream_weight
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 MAX_BATCH = 4096
@@ -234,7 +235,7 @@ async def test_read_ahead_stops_at_its_bound_and_resumes_as_answers_go_out() -> 
         for n in sizes:
             yield batch([BENIGN] * n)
 
-    read_ahead = _ReadAhead(8)
+    read_ahead = ReadAhead(8, stream_weight)
     reader = read_ahead.read(source())
     got = [len((await anext(reader)).actions) for _ in range(3)]  # 3 + 4 + 1 = 8
     assert got == [3, 4, 1] and read_ahead.pending == 8
@@ -251,6 +252,6 @@ async def test_read_ahead_stops_at_its_bound_and_resumes_as_answers_go_out() -> 
     assert len((await anext(reader)).actions) == 2
     await reader.aclose()
     # a message larger than the bound still goes through when nothing is pending
-    big = _ReadAhead(2).read(source())
+    big = ReadAhead(2, stream_weight).read(source())
     assert len((await anext(big)).actions) == 3
     await big.aclose()
