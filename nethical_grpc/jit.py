@@ -16,7 +16,14 @@ import os
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
-__all__ = ["DISABLE_ENV_VAR", "is_jit_available", "jit_unavailable_reason", "maybe_njit"]
+__all__ = [
+    "DISABLE_ENV_VAR",
+    "bits_float",
+    "float_bits",
+    "is_jit_available",
+    "jit_unavailable_reason",
+    "maybe_njit",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -67,3 +74,51 @@ def maybe_njit(**options: Any) -> Callable[[F], F]:
     merged.update(options)
     decorator: Callable[[F], F] = _NUMBA.njit(**merged)
     return decorator
+
+
+def _bits_helpers() -> tuple[Callable[[float], int], Callable[[int], float]]:
+    """``(float_bits, bits_float)``: reinterpret a float64 as int64 and back.
+
+    Compiled kernels need the bit patterns to build powers of two without a branch; under
+    Numba these are LLVM bitcasts (free, and they vectorise), otherwise ``struct`` does it.
+    """
+    if _NUMBA is None:
+        import struct
+
+        pack_d, unpack_q = struct.Struct("<d").pack, struct.Struct("<q").unpack
+        pack_q, unpack_d = struct.Struct("<q").pack, struct.Struct("<d").unpack
+
+        def float_bits_py(x: float) -> int:
+            bits: int = unpack_q(pack_d(x))[0]
+            return bits
+
+        def bits_float_py(i: int) -> float:
+            value: float = unpack_d(pack_q(i))[0]
+            return value
+
+        return float_bits_py, bits_float_py
+
+    from llvmlite import ir
+    from numba import types
+    from numba.extending import intrinsic
+
+    @intrinsic  # type: ignore[misc]
+    def float_bits_nb(typingctx: Any, x: Any) -> Any:
+        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            return builder.bitcast(args[0], ir.IntType(64))
+
+        return types.int64(types.float64), codegen
+
+    @intrinsic  # type: ignore[misc]
+    def bits_float_nb(typingctx: Any, i: Any) -> Any:
+        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            return builder.bitcast(args[0], ir.DoubleType())
+
+        return types.float64(types.int64), codegen
+
+    return float_bits_nb, bits_float_nb
+
+
+#: ``float_bits(x)`` is the int64 whose bits are float64 ``x``; ``bits_float`` the inverse.
+#: For use inside :func:`maybe_njit` kernels (without Numba they are plain functions).
+float_bits, bits_float = _bits_helpers()

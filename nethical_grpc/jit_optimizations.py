@@ -41,7 +41,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from nethical_grpc.jit import is_jit_available, maybe_njit
+from nethical_grpc.jit import bits_float, float_bits, is_jit_available, maybe_njit
 
 __all__ = [
     "BACKEND",
@@ -427,12 +427,52 @@ def calculate_risk_score_jit(severities: npt.ArrayLike, confidences: npt.ArrayLi
 # --------------------------------------------------------------------------------------------
 
 
+#: ``2**f = e**(f ln 2)`` for ``f`` in ``[-0.5, 0.5]``: Taylor coefficients to degree 13 (the
+#: remainder is below 1e-17, so the result is within a few ulp of ``np.exp2``).
+_EXP2_COEFFS: Final = tuple(math.log(2.0) ** k / math.factorial(k) for k in range(14))
+_C0, _C1, _C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11, _C12, _C13 = _EXP2_COEFFS
+#: Adding ``1.5 * 2**52`` rounds a float of magnitude < 2**51 to an integer held in the low
+#: mantissa bits, so ``round(x)`` comes out as both a float and (bit difference) an int64.
+_ROUNDER: Final = 6755399441055744.0
+
+
 @maybe_njit()
 def _decay_kernel(scores: FloatArray, ages: FloatArray, half_life: float) -> FloatArray:
+    # Numba has no vector exp2 (no SVML), so exp2 is built from branch-free arithmetic that
+    # the compiler vectorises: x = k + f with k = round(x), 2**f by polynomial, and 2**k
+    # by writing k into a float's exponent bits.  That covers normal results
+    # (-1022 <= x <= 1023); anything else (NaN, overflow, subnormal) is redone by np.exp2.
     n = scores.shape[0]
     out = np.empty(n, dtype=np.float64)
+    rounder_bits = float_bits(_ROUNDER)
+    outside = 0
     for i in range(n):
-        out[i] = scores[i] * np.exp2(-(ages[i] / half_life))
+        x = -(ages[i] / half_life)
+        outside += not ((x >= -1022.0) & (x <= 1023.0))
+        xc = x if x > -1022.0 else -1022.0
+        xc = xc if xc < 1023.0 else 1023.0
+        t = xc + _ROUNDER
+        f = xc - (t - _ROUNDER)
+        p = _C13 * f + _C12
+        p = p * f + _C11
+        p = p * f + _C10
+        p = p * f + _C9
+        p = p * f + _C8
+        p = p * f + _C7
+        p = p * f + _C6
+        p = p * f + _C5
+        p = p * f + _C4
+        p = p * f + _C3
+        p = p * f + _C2
+        p = p * f + _C1
+        p = p * f + _C0
+        k = float_bits(t) - rounder_bits
+        out[i] = scores[i] * (p * bits_float((k + 1023) << 52))
+    if outside:
+        for i in range(n):
+            x = -(ages[i] / half_life)
+            if not ((x >= -1022.0) & (x <= 1023.0)):
+                out[i] = scores[i] * np.exp2(x)
     return out
 
 
@@ -444,8 +484,9 @@ def _temporal_decay_numba(scores: FloatArray, ages: FloatArray, half_life: float
 def _temporal_decay_numpy(scores: FloatArray, ages: FloatArray, half_life: float) -> FloatArray:
     e = np.divide(ages, half_life)
     np.negative(e, out=e)
-    np.exp2(e, out=e)
-    e *= scores
+    with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN are results here
+        np.exp2(e, out=e)
+        e *= scores
     return e
 
 

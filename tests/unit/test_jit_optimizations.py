@@ -193,6 +193,25 @@ def test_decay_parity_random(s: np.ndarray, half_life: float) -> None:
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=0.0)
 
 
+def test_decay_parity_across_the_exponent_range() -> None:
+    # normal results take the polynomial path; overflow, subnormal, NaN and inf ages take
+    # np.exp2; integer exponents (whole half-lives) must come out exact on both
+    exponents = np.concatenate(
+        [
+            np.linspace(-1100.0, 1100.0, 20_001),
+            np.arange(-1074.0, 1024.0),
+            [-1022.0, -1022.5, 1023.0, 1023.5, -0.5, 0.5, -0.0, np.nan, np.inf, -np.inf],
+        ]
+    )
+    ages = -exponents * 3.0
+    scores = np.resize(np.array([1.0, -2.5, 0.0, 7.0, np.nan]), ages.shape[0])
+    a, b = both("calculate_temporal_decay_jit", scores, ages, 3.0)
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=0.0)
+    whole = np.arange(-1074.0, 1024.0)
+    out = jo.calculate_temporal_decay_jit(np.ones_like(whole), -whole, 1.0)
+    assert out.tolist() == np.exp2(whole).tolist()
+
+
 def test_decay_values() -> None:
     h = 86_400.0
     out = jo.calculate_temporal_decay_jit([8.0, 8.0, 8.0, -2.0], [0.0, h, 2 * h, h], h)
