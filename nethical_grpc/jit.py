@@ -99,17 +99,18 @@ def _bits_helpers() -> tuple[Callable[[float], int], Callable[[int], float]]:
         return float_bits_py, bits_float_py
 
     from llvmlite import ir
-    from numba import types
-    from numba.extending import intrinsic
+    from numba import extending, types
 
-    @intrinsic  # type: ignore[misc]
+    intrinsic: Callable[[Callable[..., Any]], Any] = extending.intrinsic
+
+    @intrinsic
     def float_bits_nb(typingctx: Any, x: Any) -> Any:
         def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
             return builder.bitcast(args[0], ir.IntType(64))
 
         return types.int64(types.float64), codegen
 
-    @intrinsic  # type: ignore[misc]
+    @intrinsic
     def bits_float_nb(typingctx: Any, i: Any) -> Any:
         def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
             return builder.bitcast(args[0], ir.DoubleType())
