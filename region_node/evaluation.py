@@ -12,13 +12,20 @@ One pipeline serves the unary ``Evaluate``, the streamed ``EvaluateStream`` and 
    decision and the action type (so global metrics count decisions per action type with no
    extra work), and the agent's profile is updated.
 
+Single actions (unary ``Evaluate``) are coalesced: the calls that arrive while the node is
+busy, or in the same turn of the event loop, are evaluated as one batch, so steps 1-4 cost
+once per batch instead of once per call (a lone call is not delayed: it starts on the next
+turn of the loop).  Each outcome's latency runs from its own arrival to its batch's end.
+
 Nothing here knows gRPC; the servicer converts messages and maps errors.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Protocol
 
@@ -44,6 +51,14 @@ LATENCY_METRIC: Final = "latency_ms"
 #: Distinct action types a node keeps apart in its metrics; later ones count as "other".
 MAX_ACTION_TYPES: Final = 64
 OTHER_ACTION_TYPE: Final = "other"
+#: Most single actions one coalesced batch takes (the rest wait for the next batch).
+MAX_COALESCED: Final = 256
+#: A gRPC call takes several turns of the event loop to reach the evaluator, so a batch
+#: waits for the loop to turn this many times without a new call (each idle turn costs
+#: a few µs, so a lone call waits well under a millisecond) ...
+COALESCE_QUIET_TURNS: Final = 16
+#: ... but never longer than this, however busy the loop is.
+COALESCE_MAX_WAIT_NS: Final = 3_000_000
 UNSPECIFIED_ACTION_TYPE: Final = "unspecified"
 
 
@@ -59,8 +74,11 @@ class RiskModel(Protocol):
         """One row of ``feature_width`` float32 features per action."""
         ...
 
-    async def probabilities(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-        """Probability of harm per row (micro-batched with other callers)."""
+    async def probabilities(
+        self, rows: npt.NDArray[np.float32], *, batched: bool = False
+    ) -> npt.NDArray[np.float64]:
+        """Probability of harm per row (micro-batched with other callers unless the rows
+        are ``batched`` already)."""
         ...
 
 
@@ -111,10 +129,62 @@ class Evaluator:
         self.clock = clock
         self.action_types = ActionTypes()
         self.evaluated = 0
+        # single actions waiting for the next coalesced batch: (request, arrival, future)
+        self._waiting: deque[tuple[EvaluationRequest, int, asyncio.Future[Outcome]]] = deque()
+        self._coalescer: asyncio.Task[None] | None = None
+        self.coalesced_batches = 0
 
     async def evaluate(self, request: EvaluationRequest) -> Outcome:
-        """One action (the model call is shared with concurrent callers)."""
-        return (await self.evaluate_many([request]))[0]
+        """One action, evaluated in a batch with the single actions arriving meanwhile."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+        self._waiting.append((request, time.perf_counter_ns(), future))
+        if self._coalescer is None:
+            self._coalescer = loop.create_task(self._coalesce(), name="evaluate-coalescer")
+        return await future
+
+    async def _coalesce(self) -> None:
+        waiting = self._waiting
+        batch: list[tuple[EvaluationRequest, int, asyncio.Future[Outcome]]] = []
+        try:
+            while waiting:
+                # let calls already on their way through the loop join this batch: yield
+                # until the loop has turned COALESCE_QUIET_TURNS times with no new call,
+                # or for at most COALESCE_MAX_WAIT_NS
+                quiet, deadline = 0, time.perf_counter_ns() + COALESCE_MAX_WAIT_NS
+                while quiet < COALESCE_QUIET_TURNS and len(waiting) < MAX_COALESCED:
+                    n = len(waiting)
+                    await asyncio.sleep(0)
+                    quiet = quiet + 1 if len(waiting) == n else 0
+                    if time.perf_counter_ns() >= deadline:
+                        break
+                batch = []
+                while waiting and len(batch) < MAX_COALESCED:
+                    item = waiting.popleft()
+                    if not item[2].cancelled():  # its caller went away: not evaluated
+                        batch.append(item)
+                if not batch:
+                    continue
+                self.coalesced_batches += 1
+                try:
+                    outcomes = await self._evaluate(
+                        [r for r, _, _ in batch], [t for _, t, _ in batch]
+                    )
+                except Exception as exc:  # the batch's callers get the error, and only they
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, _, future), outcome in zip(batch, outcomes, strict=True):
+                    if not future.done():
+                        future.set_result(outcome)
+        finally:
+            self._coalescer = None
+            # cancelled (the loop is closing): nobody is left to answer these callers
+            for _, _, future in (*batch, *waiting):
+                if not future.done():
+                    future.cancel()
+            waiting.clear()
 
     async def evaluate_many(self, requests: Sequence[EvaluationRequest]) -> list[Outcome]:
         """A batch of actions: one feature call, one model call, one batch evaluation, one
@@ -125,18 +195,24 @@ class Evaluator:
         """
         if not requests:
             return []
-        started = time.perf_counter_ns()
+        return await self._evaluate(requests, [time.perf_counter_ns()] * len(requests))
+
+    async def _evaluate(
+        self, requests: Sequence[EvaluationRequest], arrived_ns: Sequence[int]
+    ) -> list[Outcome]:
         actions = [r.action for r in requests]
         rows = self.model.features(actions)
-        probabilities: list[float] = (await self.model.probabilities(rows)).tolist()
+        probabilities: list[float] = (await self.model.probabilities(rows, batched=True)).tolist()
         evaluations = evaluate_actions(actions, probabilities, self.thresholds, self.model_weight)
         now = self.clock()
-        latency_ns = time.perf_counter_ns() - started
+        done = time.perf_counter_ns()
         outcomes = [
-            Outcome(request, evaluation, p, latency_ns, now)
-            for request, evaluation, p in zip(requests, evaluations, probabilities, strict=True)
+            Outcome(request, evaluation, p, done - arrived, now)
+            for request, evaluation, p, arrived in zip(
+                requests, evaluations, probabilities, arrived_ns, strict=True
+            )
         ]
-        self._record(outcomes, now, latency_ns / 1e6)
+        self._record(outcomes, now)
         self.evaluated += len(outcomes)
         return outcomes
 
@@ -147,18 +223,22 @@ class Evaluator:
             found = await self.profile_source(agent_id)
         return found
 
-    def _record(self, outcomes: Sequence[Outcome], now_ns: int, latency_ms: float) -> None:
-        # risk scores per (decision, action type label); the batch shares one latency
-        groups: dict[tuple[str, str], list[float]] = {}
+    def _record(self, outcomes: Sequence[Outcome], now_ns: int) -> None:
+        # risk scores and latencies per (decision, action type label)
+        groups: dict[tuple[str, str], tuple[list[float], list[int]]] = {}
         label = self.action_types.label
         for o in outcomes:
             key = (o.evaluation.decision.value, label(o.request.action_type))
-            groups.setdefault(key, []).append(o.evaluation.risk_score)
+            found = groups.get(key)
+            if found is None:
+                found = groups[key] = ([], [])
+            found[0].append(o.evaluation.risk_score)
+            found[1].append(o.latency_ns)
         batches = []
-        for (decision, action_type), risks in groups.items():
+        for (decision, action_type), (risks, latencies_ns) in groups.items():
             labels_key = (("action_type", action_type), ("decision", decision))
             risk = np.array(risks, np.float64)
-            latency = np.full(risk.size, latency_ms, np.float64)
+            latency = np.array(latencies_ns, np.float64) / 1e6
             batches.append(IngestBatch(SeriesKey(RISK_METRIC, labels_key), risk, None, now_ns))
             batches.append(
                 IngestBatch(SeriesKey(LATENCY_METRIC, labels_key), latency, None, now_ns)

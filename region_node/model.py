@@ -97,7 +97,18 @@ class NodeModel:
             )
         return self._batcher
 
-    async def probabilities(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    async def probabilities(
+        self, rows: npt.NDArray[np.float32], *, batched: bool = False
+    ) -> npt.NDArray[np.float64]:
+        """Probability of harm per row.
+
+        Rows go through the micro-batcher, so concurrent callers share a model call.
+        ``batched=True`` says the caller already stacked concurrent work (the evaluator
+        coalesces concurrent calls): on a CPU, where the model runs on the event loop
+        anyway, the rows then go straight to the engine, without the batcher's hops.
+        """
+        if batched and self.engine.device == "cpu":
+            return self.engine.predict_batch(rows)  # validates the rows
         if rows.shape[0] > self._max_batch:
             # a large batch is a batch already: straight to a worker thread
             self.engine.validate_input(rows)

@@ -12,8 +12,9 @@
   (plus the other instance's own flush delay).
 * **Evaluations**: each one becomes a ``risk_score`` row for its agent in the time-series
   store and a record in the audit store, written in batches a fraction of a second later
-  (off the request path); agents' profiles are written through to the cache, so another
-  instance of the region can answer ``GetRiskProfile`` for them.
+  (off the request path); agents' profiles are written to the cache every
+  ``PROFILE_INTERVAL_S`` (and on stop), so another instance of the region can answer
+  ``GetRiskProfile`` for them.
 
 Store failures never fail a request: the write is kept and retried on the next round (up
 to a bound, past which the oldest is dropped and counted).
@@ -46,6 +47,9 @@ from region_node.windows import WindowStore
 log = logging.getLogger(__name__)
 
 WRITE_INTERVAL_S: Final = 0.25
+#: Changed profiles go to the cache this often (a busy node changes every agent's profile
+#: each round; writing them every round cost more CPU than the evaluations' records).
+PROFILE_INTERVAL_S: Final = 1.0
 MAX_PENDING: Final = 200_000
 PROFILE_TTL_S: Final = 7 * 24 * 3600.0
 PROFILE_PREFIX: Final = "profile:"
@@ -291,10 +295,11 @@ class Persister:
 
     # -- loop ---------------------------------------------------------------------
 
-    async def round(self, windows: bool) -> None:
+    async def round(self, windows: bool, profiles: bool = True) -> None:
         async with self._lock:
             await self._write_outcomes()
-            await self._write_profiles()
+            if profiles:
+                await self._write_profiles()
             if windows:
                 await self.flush_windows()
                 if self.answers_for_region:
@@ -305,13 +310,17 @@ class Persister:
 
     async def run(self) -> None:
         next_flush = time.monotonic() + self.flush_interval_s
+        next_profiles = time.monotonic() + PROFILE_INTERVAL_S
         while True:
             await asyncio.sleep(WRITE_INTERVAL_S)
-            due = time.monotonic() >= next_flush
+            now = time.monotonic()
+            due, profiles_due = now >= next_flush, now >= next_profiles
             if due:
-                next_flush = time.monotonic() + self.flush_interval_s
+                next_flush = now + self.flush_interval_s
+            if profiles_due:
+                next_profiles = now + PROFILE_INTERVAL_S
             try:
-                await self.round(windows=due)
+                await self.round(windows=due, profiles=profiles_due)
             except Exception:
                 log.exception("store round failed")
 

@@ -41,11 +41,13 @@ index   name                    definition
                                 counts, both folded to 64 buckets (0 if either is empty)
 ======  ======================  =========================================================
 
-Everything is vectorised over the batch: per item, only :meth:`str.lower`, ``len`` and
-:meth:`str.isspace` run in Python (and, for batches of at most 8 actions, one call of the
-single-text n-gram kernel, which gives the same counts as the parallel batch kernel);
-per-character work is NumPy / Numba over the batch's concatenated code points.  The output
-is deterministic: the same texts give bit-identical rows, in any batch and in any process.
+With Numba, one compiled pass computes every column of every row (:func:`_features_kernel`);
+per item, only :meth:`str.lower`, ``len`` and :meth:`str.isspace` run in Python.  Without
+Numba the same columns come from NumPy over the batch's concatenated code points
+(:func:`_features_numpy`).  The two paths count the same n-grams and characters with the
+same formulas; only the rounding of sums may differ (a parity test holds them within
+``1e-5``).  On either path the output is deterministic: the same texts give bit-identical
+rows, in any batch and in any process.
 """
 
 from __future__ import annotations
@@ -57,10 +59,7 @@ import numpy as np
 import numpy.typing as npt
 
 from nethical_grpc.jit import is_jit_available, maybe_njit
-from nethical_grpc.jit_optimizations import (
-    extract_ngram_features_batch,
-    extract_ngram_features_jit,
-)
+from nethical_grpc.jit_optimizations import _ngram_row, extract_ngram_features_batch
 
 __all__ = [
     "FEATURE_VERSION",
@@ -107,7 +106,6 @@ NUMERIC_OFFSET: Final = TEXT_NGRAM_DIM + INTENT_NGRAM_DIM
 FEATURE_WIDTH: Final = NUMERIC_OFFSET + len(NUMERIC_FEATURES)
 
 #: Batches up to this size are hashed text by text (see :func:`_log_ngrams`).
-_SERIAL_MAX_ROWS: Final = 8
 _LOG_LEN_SCALE: Final = float(np.log1p(65536.0))
 _LOG_COUNT_SCALE: Final = float(np.log1p(64.0))
 # Character classes of code points 0..127 as bit flags; index 128 stands for "above 127".
@@ -163,18 +161,8 @@ def _code_points(texts: list[str]) -> tuple[Int64Array, Int64Array]:
 
 
 def _log_ngrams(texts: list[str], dim: int) -> tuple[Float32Array, Float32Array]:
-    """``(raw counts, log1p counts scaled to unit L2 norm per row)``.
-
-    Up to :data:`_SERIAL_MAX_ROWS` texts are hashed one by one with the single-text kernel
-    (same counts), so a single request does not wake the parallel kernel's thread pool,
-    whose start-up dominates for one short text and stalls when cores are busy.
-    """
-    if len(texts) <= _SERIAL_MAX_ROWS:
-        counts = np.empty((len(texts), dim), dtype=np.float32)
-        for i, text in enumerate(texts):
-            counts[i] = extract_ngram_features_jit(text, n=NGRAM_N, dim=dim)
-    else:
-        counts = extract_ngram_features_batch(texts, n=NGRAM_N, dim=dim)
+    """``(raw counts, log1p counts scaled to unit L2 norm per row)``."""
+    counts = extract_ngram_features_batch(texts, n=NGRAM_N, dim=dim)
     logs = np.log1p(counts)
     norms = np.sqrt(np.add.reduce(logs * logs, axis=1))
     np.divide(logs, norms[:, None], out=logs, where=norms[:, None] > 0.0)
@@ -236,7 +224,104 @@ def _char_counts_numba(
     return chars, windows
 
 
+@maybe_njit()
+def _unit_log_block(counts: Float32Array, row: Float32Array, offset: int) -> None:
+    """``row[offset:offset + len(counts)] = log1p(counts)`` scaled to unit L2 norm (zeros
+    stay zero)."""
+    dim = counts.shape[0]
+    total = 0.0
+    for j in range(dim):
+        v = np.log1p(counts[j])
+        row[offset + j] = v
+        total += float(v) * float(v)
+    if total > 0.0:
+        scale = 1.0 / np.sqrt(total)
+        for j in range(dim):
+            row[offset + j] = row[offset + j] * scale
+
+
+@maybe_njit()
+def _features_kernel(
+    cps: Int64Array, ends: Int64Array, intent_blank: npt.NDArray[np.bool_], out: Float32Array
+) -> None:  # pragma: no cover (compiled)
+    """Every column of every row in one pass (the compiled path of :func:`action_features`).
+
+    ``cps`` holds, concatenated, the ``n`` raw texts, then the ``n`` lower-cased texts, the
+    ``n`` lower-cased intents and the ``n`` raw intents; ``ends`` (``4n``) where each ends.
+    """
+    n = intent_blank.shape[0]
+    starts = np.empty(4 * n, dtype=np.int64)
+    starts[0] = 0
+    starts[1:] = ends[:-1]
+    chars, windows = _char_counts_numba(cps, starts[:n], ends[:n])
+    text_counts = np.zeros(TEXT_NGRAM_DIM, dtype=np.float32)
+    intent_counts = np.zeros(INTENT_NGRAM_DIM, dtype=np.float32)
+    folds = TEXT_NGRAM_DIM // INTENT_NGRAM_DIM
+    for r in range(n):
+        row = out[r]
+        text_counts[:] = 0.0
+        _ngram_row(cps[starts[n + r] : ends[n + r]], NGRAM_N, TEXT_NGRAM_DIM, text_counts)
+        intent_counts[:] = 0.0
+        _ngram_row(
+            cps[starts[2 * n + r] : ends[2 * n + r]], NGRAM_N, INTENT_NGRAM_DIM, intent_counts
+        )
+        _unit_log_block(text_counts, row, 0)
+        _unit_log_block(intent_counts, row, TEXT_NGRAM_DIM)
+
+        length = ends[r] - starts[r]
+        intent_length = ends[3 * n + r] - starts[3 * n + r]
+        num = np.zeros(14, dtype=np.float64)
+        num[0] = np.log1p(float(length)) / _LOG_LEN_SCALE
+        per_char = 1.0 / max(length, 1)
+        for k in range(5):  # upper .. non-ASCII
+            num[1 + k] = chars[r, k] * per_char
+        for k in range(3):  # meta, slashes, quotes
+            num[6 + k] = np.log1p(chars[r, 5 + k]) / _LOG_COUNT_SCALE
+        num[9] = 1.0 if windows[r, 0] > 0 else 0.0
+        num[10] = 1.0 if windows[r, 1] >= 3 else 0.0
+        num[11] = np.log1p(float(intent_length)) / _LOG_LEN_SCALE
+        num[12] = 1.0 if intent_blank[r] else 0.0
+        aa = 0.0
+        ab = 0.0
+        bb = 0.0
+        for j in range(INTENT_NGRAM_DIM):
+            a = 0.0
+            for f in range(folds):
+                a += float(text_counts[f * INTENT_NGRAM_DIM + j])
+            b = float(intent_counts[j])
+            aa += a * a
+            ab += a * b
+            bb += b * b
+        denom = np.sqrt(aa * bb)
+        num[13] = ab / denom if denom > 0.0 else 0.0
+        for k in range(14):
+            row[NUMERIC_OFFSET + k] = min(max(num[k], 0.0), 1.0)
+
+
+def _features_compiled(texts: list[str], intents: list[str]) -> Float32Array:
+    n = len(texts)
+    parts = [*texts, *(t.lower() for t in texts), *(t.lower() for t in intents), *intents]
+    raw = np.frombuffer("".join(parts).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    ends = np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=4 * n))
+    blank = np.fromiter((not t or t.isspace() for t in intents), dtype=np.bool_, count=n)
+    out = np.empty((n, FEATURE_WIDTH), dtype=np.float32)
+    _features_kernel(raw.astype(np.int64), ends, blank, out)
+    return out
+
+
+def _features_numpy(texts: list[str], intents: list[str]) -> Float32Array:
+    n = len(texts)
+    out = np.empty((n, FEATURE_WIDTH), dtype=np.float32)
+    text_counts, text_block = _log_ngrams([t.lower() for t in texts], TEXT_NGRAM_DIM)
+    intent_counts, intent_block = _log_ngrams([t.lower() for t in intents], INTENT_NGRAM_DIM)
+    out[:, :TEXT_NGRAM_DIM] = text_block
+    out[:, TEXT_NGRAM_DIM:NUMERIC_OFFSET] = intent_block
+    out[:, NUMERIC_OFFSET:] = _numeric(texts, intents, text_counts, intent_counts)
+    return out
+
+
 _char_counts = _char_counts_numba if is_jit_available() else _char_counts_numpy
+_features = _features_compiled if is_jit_available() else _features_numpy
 
 
 def _numeric(
@@ -287,13 +372,6 @@ def action_features(texts: Sequence[str], intents: Sequence[str]) -> Float32Arra
             f"texts and intents must have the same length, got {len(text_list)} "
             f"and {len(intent_list)}"
         )
-    n = len(text_list)
-    out = np.empty((n, FEATURE_WIDTH), dtype=np.float32)
-    if n == 0:
-        return out
-    text_counts, text_block = _log_ngrams([t.lower() for t in text_list], TEXT_NGRAM_DIM)
-    intent_counts, intent_block = _log_ngrams([t.lower() for t in intent_list], INTENT_NGRAM_DIM)
-    out[:, :TEXT_NGRAM_DIM] = text_block
-    out[:, TEXT_NGRAM_DIM:NUMERIC_OFFSET] = intent_block
-    out[:, NUMERIC_OFFSET:] = _numeric(text_list, intent_list, text_counts, intent_counts)
-    return out
+    if not text_list:
+        return np.empty((0, FEATURE_WIDTH), dtype=np.float32)
+    return _features(text_list, intent_list)

@@ -170,3 +170,32 @@ def test_char_counts_windows_stay_inside_their_row() -> None:
         _, windows = fn(cps, ends - lengths, ends)
         assert windows[:, 0].tolist() == [0, 0, 0, 0, 0, 0]
         assert windows[:, 1].tolist() == [0, 0, 0, 0, 0, 1]  # ...except "3.4" itself
+
+
+# -- whole rows: the fused compiled kernel and the NumPy path agree -----------------------
+
+# İ and ẞ change length when lower-cased; the n-gram blocks hash the lower-cased text
+# while the numeric features count the raw one
+_ROW_CHARS = st.text(
+    alphabet=st.sampled_from([*"abcAB:/.019 ;|&$`<>'\"Zé€\t\nİẞ", "\U0001f600"]), max_size=60
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pairs=st.lists(st.tuples(_ROW_CHARS, _ROW_CHARS | st.sampled_from(["", "  \t"])), max_size=9)
+)
+def test_compiled_rows_match_the_numpy_path(pairs: list[tuple[str, str]]) -> None:
+    from nethical_grpc.inference import features
+
+    texts = [t for t, _ in pairs]
+    intents = [s for _, s in pairs]
+    compiled = features._features_compiled(texts, intents) if pairs else None
+    reference = features._features_numpy(texts, intents)
+    if compiled is None:
+        assert reference.shape == (0, FEATURE_WIDTH)
+        return
+    assert compiled.dtype == np.float32 and compiled.shape == reference.shape
+    # the same counts and formulas; only float rounding of the sums may differ
+    np.testing.assert_allclose(compiled, reference, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(compiled == 0.0, reference == 0.0)

@@ -83,3 +83,33 @@ def test_values_that_would_not_round_trip_are_refused(value: Any) -> None:
 def test_foreign_or_corrupt_bytes_are_refused_on_decode(data: bytes) -> None:
     with pytest.raises(ValueError):
         decode_value(data)
+
+
+class _Tag(enum.Enum):
+    A = "a"
+
+
+# containers that may hold what the codec refuses somewhere deep inside
+MIXED = st.recursive(
+    JSON_SCALARS | st.tuples(st.integers()) | st.sampled_from([_Tag.A, b"x", frozenset()]),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=6) | st.integers(), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(st.lists(MIXED, max_size=4) | st.dictionaries(st.text(max_size=6), MIXED, max_size=4))
+def test_the_fast_check_refuses_exactly_what_the_named_check_refuses(value: Any) -> None:
+    # a container is encoded after a quick walk; only a refused one is walked again to
+    # name the offending item, so the two walks must agree on every value
+    from nethical_grpc.storage.cache.codec import _is_exact, _problem
+
+    problem = _problem(value)
+    assert _is_exact(value) is (problem is None)
+    if problem is not None:
+        assert problem.startswith("cache value: ") and "value" in problem[13:]
+        with pytest.raises(ValueError) as refused:
+            encode_value(value)
+        assert str(refused.value) == problem

@@ -40,8 +40,39 @@ _DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=T
 _LOADS = json.JSONDecoder().decode
 
 
+def _is_exact(value: list[Any] | dict[str, Any]) -> bool:
+    """True when every nested item is JSON-exact (see the module doc)."""
+    stack: list[object] = [value]
+    pop, extend = stack.pop, stack.extend
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is list:
+            assert isinstance(item, list)
+            extend(item)
+        elif kind is dict:
+            assert isinstance(item, dict)
+            for k in item:
+                if type(k) is not str:
+                    return False
+            extend(item.values())
+        elif kind not in _JSON_SCALARS:
+            return False
+    return True
+
+
 def _check_container(value: list[Any] | dict[str, Any]) -> None:
-    """Raise ``ValueError`` unless every nested item is JSON-exact (see the module doc)."""
+    """Raise ``ValueError`` unless every nested item is JSON-exact (see the module doc).
+
+    The common case, a valid value, is a walk without paths (:func:`_is_exact`); only a
+    refused value is walked again (:func:`_problem`) to name the offending item.
+    """
+    if not _is_exact(value):
+        raise ValueError(_problem(value) or "cache value: not JSON-exact")
+
+
+def _problem(value: list[Any] | dict[str, Any]) -> str | None:
+    """What makes ``value`` not JSON-exact, naming the item by its path; None if nothing."""
     stack: list[tuple[object, str]] = [(value, "value")]
     while stack:
         item, path = stack.pop()
@@ -53,16 +84,17 @@ def _check_container(value: list[Any] | dict[str, Any]) -> None:
             assert isinstance(item, dict)
             for k, v in item.items():
                 if type(k) is not str:
-                    raise ValueError(
+                    return (
                         f"cache value: dict keys must be str, {path} has key {k!r} "
                         f"of type {type(k).__name__}"
                     )
                 stack.append((v, f"{path}[{k!r}]"))
         elif kind not in _JSON_SCALARS:
-            raise ValueError(
+            return (
                 f"cache value: {path} is a {kind.__name__}; containers may hold only "
                 "str, int, float, bool, None, list and dict"
             )
+    return None
 
 
 def _encode_str(value: str) -> bytes:
