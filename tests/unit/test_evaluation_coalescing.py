@@ -1,0 +1,134 @@
+"""Concurrent single evaluations are coalesced into batches, each caller gets its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from nethical_grpc.governance.detectors import Action
+from nethical_grpc.governance.requests import EvaluationRequest
+from nethical_grpc.series import SummaryQuery
+from region_node.evaluation import MAX_COALESCED, RISK_METRIC, Evaluator
+from region_node.model import ModelConfig, NodeModel
+from region_node.node import NodeIdentity, RegionNode
+
+BENIGN = "SELECT title FROM books WHERE id = 42"
+HARMFUL = "DROP TABLE users; rm -rf / --no-preserve-root"
+
+
+def request(text: str, i: int) -> EvaluationRequest:
+    return EvaluationRequest(
+        Action(f"agent-{i % 7}", text, "query", "look it up"), f"req-{i}", "query"
+    )
+
+
+@pytest.fixture
+def node() -> RegionNode:
+    return RegionNode(NodeIdentity("r1", "r1-a"))
+
+
+@pytest.fixture
+def model() -> NodeModel:
+    return NodeModel.load(ModelConfig(device="cpu"))
+
+
+def evaluated_count(node: RegionNode) -> int:
+    groups = node.summaries(SummaryQuery(metrics=frozenset({RISK_METRIC})))
+    return sum(g.summary.moments.count for g in groups)
+
+
+async def test_concurrent_calls_share_batches_and_get_their_own_answers(
+    node: RegionNode, model: NodeModel
+) -> None:
+    evaluator = Evaluator(model, node)
+    texts = [HARMFUL if i % 4 == 0 else f"{BENIGN} -- call {i}" for i in range(300)]
+    requests = [request(t, i) for i, t in enumerate(texts)]
+    outcomes = await asyncio.gather(*(evaluator.evaluate(r) for r in requests))
+
+    # fewer batches than calls, and none larger than the bound
+    assert evaluator.coalesced_batches < len(requests)
+    assert evaluator.coalesced_batches >= -(-len(requests) // MAX_COALESCED)
+    # every caller got the outcome of its own request, the same as evaluating it alone
+    # (up to the rounding of the model's matrix products, which depends on the batch size)
+    single = Evaluator(model, RegionNode(NodeIdentity("r2", "r2-a")))
+    alone = [(await single.evaluate_many([r]))[0] for r in requests]
+    for req, got, ref in zip(requests, outcomes, alone, strict=True):
+        assert got.request is req
+        assert got.evaluation.decision == ref.evaluation.decision
+        assert got.evaluation.violations == ref.evaluation.violations
+        assert got.model_probability == pytest.approx(ref.model_probability, abs=1e-6)
+        assert got.evaluation.risk_score == pytest.approx(ref.evaluation.risk_score, abs=1e-6)
+        assert got.latency_ns > 0
+    assert {o.evaluation.decision for o in outcomes[::4]} != {
+        o.evaluation.decision for o in outcomes[1::4]
+    }
+    # and the windows counted each evaluation once
+    assert evaluated_count(node) == len(requests) == evaluator.evaluated
+
+
+async def test_a_caller_that_goes_away_is_not_evaluated(node: RegionNode, model: NodeModel) -> None:
+    evaluator = Evaluator(model, node)
+    tasks = [asyncio.ensure_future(evaluator.evaluate(request(BENIGN, i))) for i in range(5)]
+    await asyncio.sleep(0)  # every call is waiting for the batch
+    tasks[2].cancel()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(done[2], asyncio.CancelledError)
+    assert [o.request.request_id for o in done if not isinstance(o, BaseException)] == [
+        "req-0",
+        "req-1",
+        "req-3",
+        "req-4",
+    ]
+    assert evaluator.evaluated == 4 == evaluated_count(node)
+
+
+class FailsOnMarker:
+    """The evaluator's model protocol over the real model, failing any batch holding a
+    marked text (the way a broken model file fails a call)."""
+
+    def __init__(self, inner: NodeModel) -> None:
+        self.inner = inner
+
+    @property
+    def feature_width(self) -> int:
+        return self.inner.feature_width
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+    def features(self, actions: Sequence[Action]) -> npt.NDArray[np.float32]:
+        if any("MARKER" in a.action_text for a in actions):
+            raise RuntimeError("the model failed on this batch")
+        return self.inner.features(actions)
+
+    async def probabilities(
+        self, rows: npt.NDArray[np.float32], *, batched: bool = False
+    ) -> npt.NDArray[np.float64]:
+        return await self.inner.probabilities(rows, batched=batched)
+
+
+async def test_a_failed_batch_fails_its_callers_only(node: RegionNode, model: NodeModel) -> None:
+    evaluator = Evaluator(FailsOnMarker(model), node)
+    first = await asyncio.gather(
+        evaluator.evaluate(request("MARKER " + BENIGN, 0)),
+        evaluator.evaluate(request(BENIGN, 1)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, RuntimeError) for r in first)  # they shared the batch
+    assert evaluator.evaluated == 0 == evaluated_count(node)
+    # the evaluator goes on: later calls are answered
+    later = await asyncio.gather(*(evaluator.evaluate(request(BENIGN, i)) for i in range(3)))
+    assert [o.request.request_id for o in later] == ["req-0", "req-1", "req-2"]
+    assert evaluator.evaluated == 3 == evaluated_count(node)
+
+
+async def test_a_lone_call_is_answered_promptly(node: RegionNode, model: NodeModel) -> None:
+    evaluator = Evaluator(model, node)
+    # a hang bound, not a timing figure: the coalescer must not wait for company forever
+    outcome = await asyncio.wait_for(evaluator.evaluate(request(BENIGN, 0)), timeout=5)
+    assert outcome.request.request_id == "req-0"
+    assert evaluator.coalesced_batches == 1
