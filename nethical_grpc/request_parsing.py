@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -25,19 +25,10 @@ Handler = interceptor_types.Handler
 Context = interceptor_types.Context
 
 
-async def _reject(context: Context, what: str) -> None:
+async def _reject(context: Context, what: str) -> NoReturn:
     error = InvalidArgument.single(what, "is not a valid message of the method's request type")
     await context.abort_with_status(to_status(error))  # type: ignore[attr-defined]
-
-
-def _parse_one(parse: Callable[[bytes], Any]) -> Callable[[bytes, Context], Any]:
-    async def parse_or_reject(raw: bytes, context: Context) -> Any:
-        try:
-            return parse(raw)
-        except (DecodeError, ValueError):
-            await _reject(context, "request")
-
-    return parse_or_reject
+    raise AssertionError("abort_with_status returned")  # it raises, ending the call
 
 
 def _parse_stream(
@@ -67,6 +58,11 @@ async def _respond(result: Any) -> AsyncIterator[Any]:
 class RequestParsingInterceptor(interceptor_types.ServerInterceptor):
     """See the module docstring."""
 
+    def __init__(self) -> None:
+        # the wrapping handler of each servicer handler, built once (a servicer's handler
+        # for a method is the same object on every call)
+        self._wrapped: dict[int, tuple[Handler, Handler]] = {}
+
     async def intercept_service(  # type: ignore[override]
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Any],
@@ -75,41 +71,55 @@ class RequestParsingInterceptor(interceptor_types.ServerInterceptor):
         handler: Handler | None = await continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None:
             return handler
-        parse = handler.request_deserializer
-        parsed = _parse_one(parse)
-        out = handler.response_serializer
-        if handler.unary_unary is not None:
-            behavior: Any = handler.unary_unary
+        known = self._wrapped.get(id(handler))
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = _wrap(handler)
+        self._wrapped[id(handler)] = (handler, wrapped)
+        return wrapped
 
-            async def unary_unary(raw: bytes, context: Context) -> Any:
-                request = await parsed(raw, context)
-                return await behavior(request, context)
 
-            return grpc.unary_unary_rpc_method_handler(unary_unary, None, out)
-        if handler.unary_stream is not None:
-            stream_behavior: Any = handler.unary_stream
+def _wrap(handler: Handler) -> Handler:
+    """``handler`` taking raw bytes and parsing them itself (see the module docstring)."""
+    parse = handler.request_deserializer
+    assert parse is not None
+    out = handler.response_serializer
+    if handler.unary_unary is not None:
+        behavior: Any = handler.unary_unary
 
-            async def unary_stream(raw: bytes, context: Context) -> AsyncIterator[Any]:
-                request = await parsed(raw, context)
-                async for item in _respond(stream_behavior(request, context)):
-                    yield item
+        async def unary_unary(raw: bytes, context: Context) -> Any:
+            try:
+                request = parse(raw)
+            except (DecodeError, ValueError):
+                await _reject(context, "request")
+            return await behavior(request, context)
 
-            return grpc.unary_stream_rpc_method_handler(unary_stream, None, out)
-        if handler.stream_unary is not None:
-            collect: Any = handler.stream_unary
+        return grpc.unary_unary_rpc_method_handler(unary_unary, None, out)
+    if handler.unary_stream is not None:
+        stream_behavior: Any = handler.unary_stream
 
-            async def stream_unary(raw: AsyncIterator[bytes], context: Context) -> Any:
-                return await collect(_parse_stream(parse, raw, context), context)
+        async def unary_stream(raw: bytes, context: Context) -> AsyncIterator[Any]:
+            try:
+                request = parse(raw)
+            except (DecodeError, ValueError):
+                await _reject(context, "request")
+            async for item in _respond(stream_behavior(request, context)):
+                yield item
 
-            return grpc.stream_unary_rpc_method_handler(stream_unary, None, out)
-        if handler.stream_stream is not None:
-            both: Any = handler.stream_stream
+        return grpc.unary_stream_rpc_method_handler(unary_stream, None, out)
+    if handler.stream_unary is not None:
+        collect: Any = handler.stream_unary
 
-            async def stream_stream(
-                raw: AsyncIterator[bytes], context: Context
-            ) -> AsyncIterator[Any]:
-                async for item in _respond(both(_parse_stream(parse, raw, context), context)):
-                    yield item
+        async def stream_unary(raw: AsyncIterator[bytes], context: Context) -> Any:
+            return await collect(_parse_stream(parse, raw, context), context)
 
-            return grpc.stream_stream_rpc_method_handler(stream_stream, None, out)
-        return handler
+        return grpc.stream_unary_rpc_method_handler(stream_unary, None, out)
+    if handler.stream_stream is not None:
+        both: Any = handler.stream_stream
+
+        async def stream_stream(raw: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
+            async for item in _respond(both(_parse_stream(parse, raw, context), context)):
+                yield item
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, None, out)
+    return handler
