@@ -147,6 +147,8 @@ class Persister:
         ev = o.evaluation
         return AuditRecord(
             action_id=audit_id,
+            # the store's region (it fills an empty one in, by building the record again)
+            region_id=self.node.identity.region_id,
             agent_id=o.request.action.agent_id,
             decision=ev.decision,
             risk_score=ev.risk_score,
