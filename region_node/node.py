@@ -8,16 +8,28 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
 
 from nethical_grpc import convert
 from nethical_grpc.privacy import PrivacyConfig, PrivateReleaser, clip_to_bound
-from nethical_grpc.series import GroupSummary, IngestBatch, Labels, SummaryQuery
+from nethical_grpc.series import GroupSummary, IngestBatch, Labels, SeriesKey, SummaryQuery
 from nethical_grpc.summary import Summary
 from nethical_grpc.v1 import region_node_pb2
 from region_node.wal import BatchIds, WriteAheadLog
 from region_node.windows import WindowConfig, WindowStore
 
 log = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float64]
+
+#: The node's own observations (evaluations' metrics) reach the windows in bulk, at the
+#: latest this long after the first waiting one, or once this many values wait (and
+#: always before the windows are read).
+INTERNAL_DELAY_S: Final = 0.05
+INTERNAL_PENDING_VALUES: Final = 8192
 
 
 def merge_groups(parts: Sequence[Sequence[GroupSummary]]) -> list[GroupSummary]:
@@ -72,6 +84,11 @@ class RegionNode:
         self._peers_loaded = 0
         self._evictor: asyncio.Task[None] | None = None
         self.data_as_of_ns = 0
+        # the node's own observations (evaluations) not yet in the windows: per series and
+        # window, the value arrays and the newest time (see record_internal)
+        self._pending: dict[tuple[SeriesKey, int], tuple[list[FloatArray], int]] = {}
+        self._pending_values = 0
+        self._pending_timer: asyncio.TimerHandle | None = None
 
     def ingest(self, batch: IngestBatch, raw: bytes | None = None) -> bool:
         """Check and apply one batch atomically (raises before any change).
@@ -127,6 +144,7 @@ class RegionNode:
     @property
     def version(self) -> tuple[int, int]:
         """Changes whenever an answer could: own windows, or a fresh load of the peers'."""
+        self.apply_pending()
         return (self.store.version, self._peers_loaded)
 
     @property
@@ -139,12 +157,51 @@ class RegionNode:
         self._peers_loaded += 1
 
     def record_internal(self, batches: Sequence[IngestBatch]) -> None:
-        """Apply observations the node made itself (already valid), all or none."""
+        """Record observations the node made itself (already valid, no per-value times),
+        all or none (capacity is checked here).
+
+        They reach the windows in bulk: one update per series and window for many small
+        batches, applied before anything reads the windows (:meth:`summaries`,
+        :attr:`version`, :meth:`apply_pending`), once ``INTERNAL_PENDING_VALUES`` wait, and
+        at most ``INTERNAL_DELAY_S`` after the first of them.
+        """
         self.store.check_capacity(b.key for b in batches)
+        window_ns = self.store.config.window_ns
+        pending = self._pending
         for batch in batches:
-            self.store.apply(self._bounded(batch))
+            slot = (batch.key, batch.time_ns // window_ns)
+            found = pending.get(slot)
+            if found is None:
+                pending[slot] = ([batch.values], batch.time_ns)
+            else:
+                found[0].append(batch.values)
+                if batch.time_ns > found[1]:
+                    pending[slot] = (found[0], batch.time_ns)
+            self._pending_values += batch.values.size
+        if self._pending_values >= INTERNAL_PENDING_VALUES:
+            self.apply_pending()
+        elif pending and self._pending_timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop to wait on: apply now
+                self.apply_pending()
+            else:
+                self._pending_timer = loop.call_later(INTERNAL_DELAY_S, self.apply_pending)
+
+    def apply_pending(self) -> None:
+        """Put the recorded internal observations into the windows (see record_internal)."""
+        if self._pending_timer is not None:
+            self._pending_timer.cancel()
+            self._pending_timer = None
+        if not self._pending:
+            return
+        pending, self._pending, self._pending_values = self._pending, {}, 0
+        for (key, _), (parts, newest_ns) in pending.items():
+            values = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            self.store.apply(self._bounded(IngestBatch(key, values, None, newest_ns)))
 
     def summaries(self, query: SummaryQuery) -> list[GroupSummary]:
+        self.apply_pending()
         own = self.store.summaries(query)
         if self.peers is None:
             return own
@@ -153,6 +210,7 @@ class RegionNode:
     async def run_eviction(self, interval_s: float) -> None:
         while True:
             await asyncio.sleep(interval_s)
+            self.apply_pending()
             dropped = self.store.evict_expired()
             if dropped:
                 log.debug("dropped %d windows past retention", dropped)
@@ -172,3 +230,4 @@ class RegionNode:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._evictor
             self._evictor = None
+        self.apply_pending()  # nothing waits on a timer of a loop that is going away

@@ -220,6 +220,7 @@ class Persister:
 
         With a write-ahead log and a durable store, the log is rotated first and, once the
         flush succeeded, checkpointed: the closed segments are then in the store."""
+        self.node.apply_pending()
         if not self.durable_store:
             # an in-memory store would only hold a second copy of every window
             self.node.store.take_dirty()

@@ -197,6 +197,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
     ) -> region_node_pb2.GetNodeInfoResponse:
         cfg = self.node.store.config
         ident = self.node.identity
+        self.node.apply_pending()
         return region_node_pb2.GetNodeInfoResponse(
             region_id=ident.region_id,
             instance_id=ident.instance_id,
