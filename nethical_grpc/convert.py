@@ -325,7 +325,18 @@ def decision_from_proto(value: int, field: str) -> Decision | None:
 
 
 def _utf8_len(text: str) -> int:
+    if text.isascii():
+        return len(text)
     return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _utf8_over(text: str, limit: int) -> int | None:
+    """The UTF-8 length of ``text`` when it is over ``limit`` bytes, else None (a text of
+    at most ``limit // 4`` characters is never over: no character takes more than 4)."""
+    if len(text) <= limit // 4:
+        return None
+    n = _utf8_len(text)
+    return n if n > limit else None
 
 
 #: Most actions one EvaluateStream message may carry (``EvaluateStreamRequest.actions``).
@@ -364,7 +375,7 @@ def _checked_action(msg: governance_pb2.AgentAction, field: str) -> EvaluationRe
     text = msg.action_text
     if not text.strip():
         bad.append(FieldViolation(f"{field}.action_text", "must not be empty"))
-    elif (n := _utf8_len(text)) > MAX_ACTION_TEXT_BYTES:
+    elif (n := _utf8_over(text, MAX_ACTION_TEXT_BYTES)) is not None:
         bad.append(
             FieldViolation(
                 f"{field}.action_text",
@@ -378,14 +389,15 @@ def _checked_action(msg: governance_pb2.AgentAction, field: str) -> EvaluationRe
                 f"{field}.action_type", "at most 64 characters of letters, digits, '_', '.', '-'"
             )
         )
-    if (n := _utf8_len(msg.stated_intent)) > MAX_ACTION_TEXT_BYTES:
+    intent = msg.stated_intent
+    if (n := _utf8_over(intent, MAX_ACTION_TEXT_BYTES)) is not None:
         bad.append(
             FieldViolation(
                 f"{field}.stated_intent",
                 f"{n} bytes, more than the {MAX_ACTION_TEXT_BYTES}-byte limit",
             )
         )
-    context = dict(msg.context)
+    context = dict(msg.context) if msg.context else {}
     if len(context) > MAX_CONTEXT_ENTRIES:
         bad.append(FieldViolation(f"{field}.context", f"at most {MAX_CONTEXT_ENTRIES} entries"))
     elif any(len(k) > MAX_CONTEXT_KEY_CHARS or not k for k in context):
@@ -401,9 +413,10 @@ def _checked_action(msg: governance_pb2.AgentAction, field: str) -> EvaluationRe
                 f"values total {n} bytes, more than the {MAX_ACTION_TEXT_BYTES}-byte limit",
             )
         )
-    if _CONTROL_RE.search(msg.request_id):
+    request_id = msg.request_id
+    if request_id and _CONTROL_RE.search(request_id):
         bad.append(FieldViolation(f"{field}.request_id", "must not contain control characters"))
-    if len(msg.request_id) > MAX_REQUEST_ID_CHARS:
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
         bad.append(
             FieldViolation(f"{field}.request_id", f"at most {MAX_REQUEST_ID_CHARS} characters")
         )
@@ -413,10 +426,10 @@ def _checked_action(msg: governance_pb2.AgentAction, field: str) -> EvaluationRe
         agent_id=agent,
         action_text=text,
         action_type=action_type,
-        stated_intent=msg.stated_intent,
+        stated_intent=intent,
         context=context,
     )
-    return EvaluationRequest(action=action, request_id=msg.request_id, action_type=action_type)
+    return EvaluationRequest(action=action, request_id=request_id, action_type=action_type)
 
 
 _VIOLATION_TYPE_NAMES: dict[ViolationType, str] = {t: t.value.lower() for t in ViolationType}

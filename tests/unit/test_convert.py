@@ -70,3 +70,33 @@ def test_empty_summary_round_trips() -> None:
     back = convert.summary_from_proto(convert.summary_to_proto(Summary.from_values(np.empty(0))))
     assert back.count == 0
     assert np.isnan(back.quantile(0.5))
+
+
+# -- action text limits: counted in UTF-8 bytes, whatever the characters -------------------
+
+_WIDE = st.sampled_from(["a", "é", "€", "\U0001f600", "\udc80"])  # 1 to 4 bytes, a lone surrogate
+
+
+@settings(max_examples=200, deadline=None)
+@given(parts=st.lists(st.tuples(_WIDE, st.integers(1, 40)), max_size=6), limit=st.integers(0, 300))
+def test_utf8_limit_check_agrees_with_the_encoded_length(
+    parts: list[tuple[str, int]], limit: int
+) -> None:
+    text = "".join(ch * k for ch, k in parts)
+    n = len(text.encode("utf-8", "surrogatepass"))
+    assert convert._utf8_over(text, limit) == (n if n > limit else None)
+
+
+def test_an_action_text_over_the_byte_limit_is_refused_and_one_at_it_accepted() -> None:
+    from nethical_grpc.governance import MAX_ACTION_TEXT_BYTES
+    from nethical_grpc.v1 import governance_pb2
+
+    def act(text: str) -> governance_pb2.AgentAction:
+        return governance_pb2.AgentAction(agent_id="a", action_text=text, stated_intent=text)
+
+    at_limit = "é" * (MAX_ACTION_TEXT_BYTES // 2)  # 2 bytes each: exactly at the limit
+    assert convert.action_from_proto(act(at_limit)).action.action_text == at_limit
+    with pytest.raises(InvalidArgument) as refused:
+        convert.action_from_proto(act(at_limit + "é"))
+    fields = {v.field for v in refused.value.field_violations}
+    assert fields == {"action.action_text", "action.stated_intent"}
