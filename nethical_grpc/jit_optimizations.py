@@ -429,8 +429,8 @@ def calculate_risk_score_jit(severities: npt.ArrayLike, confidences: npt.ArrayLi
 
 #: ``2**f = e**(f ln 2)`` for ``f`` in ``[-0.5, 0.5]``: Taylor coefficients to degree 13 (the
 #: remainder is below 1e-17, so the result is within a few ulp of ``np.exp2``).
-_EXP2_COEFFS: Final = tuple(math.log(2.0) ** k / math.factorial(k) for k in range(14))
-_C0, _C1, _C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11, _C12, _C13 = _EXP2_COEFFS
+#: Highest degree first, for Horner's rule.
+_EXP2_HORNER: Final = tuple(math.log(2.0) ** k / math.factorial(k) for k in range(13, -1, -1))
 #: Adding ``1.5 * 2**52`` rounds a float of magnitude < 2**51 to an integer held in the low
 #: mantissa bits, so ``round(x)`` comes out as both a float and (bit difference) an int64.
 _ROUNDER: Final = 6755399441055744.0
@@ -453,19 +453,9 @@ def _decay_kernel(scores: FloatArray, ages: FloatArray, half_life: float) -> Flo
         xc = xc if xc < 1023.0 else 1023.0
         t = xc + _ROUNDER
         f = xc - (t - _ROUNDER)
-        p = _C13 * f + _C12
-        p = p * f + _C11
-        p = p * f + _C10
-        p = p * f + _C9
-        p = p * f + _C8
-        p = p * f + _C7
-        p = p * f + _C6
-        p = p * f + _C5
-        p = p * f + _C4
-        p = p * f + _C3
-        p = p * f + _C2
-        p = p * f + _C1
-        p = p * f + _C0
+        p = 0.0
+        for c in _EXP2_HORNER:  # a constant tuple: the compiler unrolls it
+            p = p * f + c
         k = float_bits(t) - rounder_bits
         out[i] = scores[i] * (p * bits_float((k + 1023) << 52))
     if outside:
