@@ -24,6 +24,9 @@ from nethical_grpc.errors import InvalidArgument, to_status
 Handler = interceptor_types.Handler
 Context = interceptor_types.Context
 
+#: Wrapped handlers remembered (far more than a server's methods).
+_MAX_WRAPPED = 1024
+
 
 async def _reject(context: Context, what: str) -> NoReturn:
     error = InvalidArgument.single(what, "is not a valid message of the method's request type")
@@ -75,6 +78,8 @@ class RequestParsingInterceptor(interceptor_types.ServerInterceptor):
         if known is not None and known[0] is handler:
             return known[1]
         wrapped = _wrap(handler)
+        if len(self._wrapped) >= _MAX_WRAPPED:  # handlers made per call: keep no history
+            self._wrapped.clear()
         self._wrapped[id(handler)] = (handler, wrapped)
         return wrapped
 

@@ -13,9 +13,10 @@ One pipeline serves the unary ``Evaluate``, the streamed ``EvaluateStream`` and 
    extra work), and the agent's profile is updated.
 
 Single actions (unary ``Evaluate``) are coalesced: the calls that arrive while the node is
-busy, or in the same turn of the event loop, are evaluated as one batch, so steps 1-4 cost
-once per batch instead of once per call (a lone call is not delayed: it starts on the next
-turn of the loop).  Each outcome's latency runs from its own arrival to its batch's end.
+busy, or within a few turns of the event loop, are evaluated as one batch, so steps 1-4
+cost once per batch instead of once per call (a lone call waits only for a few idle turns
+of the loop; no call waits more than ``COALESCE_MAX_WAIT_NS``).  Each outcome's latency
+runs from its own arrival to its batch's end.
 
 Nothing here knows gRPC; the servicer converts messages and maps errors.
 """
@@ -51,6 +52,7 @@ LATENCY_METRIC: Final = "latency_ms"
 #: Distinct action types a node keeps apart in its metrics; later ones count as "other".
 MAX_ACTION_TYPES: Final = 64
 OTHER_ACTION_TYPE: Final = "other"
+UNSPECIFIED_ACTION_TYPE: Final = "unspecified"
 #: Most single actions one coalesced batch takes (the rest wait for the next batch).
 MAX_COALESCED: Final = 256
 #: A gRPC call takes several turns of the event loop to reach the evaluator, so a batch
@@ -59,7 +61,6 @@ MAX_COALESCED: Final = 256
 COALESCE_QUIET_TURNS: Final = 16
 #: ... but never longer than this, however busy the loop is.
 COALESCE_MAX_WAIT_NS: Final = 3_000_000
-UNSPECIFIED_ACTION_TYPE: Final = "unspecified"
 
 
 class RiskModel(Protocol):

@@ -105,7 +105,6 @@ NUMERIC_OFFSET: Final = TEXT_NGRAM_DIM + INTENT_NGRAM_DIM
 #: Width ``D`` of one feature row.
 FEATURE_WIDTH: Final = NUMERIC_OFFSET + len(NUMERIC_FEATURES)
 
-#: Batches up to this size are hashed text by text (see :func:`_log_ngrams`).
 _LOG_LEN_SCALE: Final = float(np.log1p(65536.0))
 _LOG_COUNT_SCALE: Final = float(np.log1p(64.0))
 # Character classes of code points 0..127 as bit flags; index 128 stands for "above 127".
@@ -257,6 +256,7 @@ def _features_kernel(
     text_counts = np.zeros(TEXT_NGRAM_DIM, dtype=np.float32)
     intent_counts = np.zeros(INTENT_NGRAM_DIM, dtype=np.float32)
     folds = TEXT_NGRAM_DIM // INTENT_NGRAM_DIM
+    num = np.empty(14, dtype=np.float64)
     for r in range(n):
         row = out[r]
         text_counts[:] = 0.0
@@ -270,7 +270,6 @@ def _features_kernel(
 
         length = ends[r] - starts[r]
         intent_length = ends[3 * n + r] - starts[3 * n + r]
-        num = np.zeros(14, dtype=np.float64)
         num[0] = np.log1p(float(length)) / _LOG_LEN_SCALE
         per_char = 1.0 / max(length, 1)
         for k in range(5):  # upper .. non-ASCII
