@@ -14,9 +14,9 @@ One pipeline serves the unary ``Evaluate``, the streamed ``EvaluateStream`` and 
 
 Single actions (unary ``Evaluate``) are coalesced: the calls that arrive while the node is
 busy, or within a few turns of the event loop, are evaluated as one batch, so steps 1-4
-cost once per batch instead of once per call (a lone call waits only for a few idle turns
-of the loop; no call waits more than ``COALESCE_MAX_WAIT_NS``).  Each outcome's latency
-runs from its own arrival to its batch's end.
+cost once per batch instead of once per call.  Lone calls under light load wait for one or
+two idle turns of the loop, and no call waits more than ``COALESCE_MAX_WAIT_NS``.  Each
+outcome's latency runs from its own arrival to its batch's end.
 
 Nothing here knows gRPC; the servicer converts messages and maps errors.
 """
@@ -56,9 +56,11 @@ UNSPECIFIED_ACTION_TYPE: Final = "unspecified"
 #: Most single actions one coalesced batch takes (the rest wait for the next batch).
 MAX_COALESCED: Final = 256
 #: A gRPC call takes several turns of the event loop to reach the evaluator, so a batch
-#: waits for the loop to turn this many times without a new call (each idle turn costs
-#: a few µs, so a lone call waits well under a millisecond) ...
+#: waits for the loop to turn up to this many times without a new call.  After a batch of
+#: one call the wait halves (down to COALESCE_MIN_TURNS), after a larger batch it is back
+#: to the full count: lone calls under light load hardly wait, busy nodes batch ...
 COALESCE_QUIET_TURNS: Final = 16
+COALESCE_MIN_TURNS: Final = 1
 #: ... but never longer than this, however busy the loop is.
 COALESCE_MAX_WAIT_NS: Final = 3_000_000
 
@@ -133,6 +135,7 @@ class Evaluator:
         # single actions waiting for the next coalesced batch: (request, arrival, future)
         self._waiting: deque[tuple[EvaluationRequest, int, asyncio.Future[Outcome]]] = deque()
         self._coalescer: asyncio.Task[None] | None = None
+        self._quiet_turns = COALESCE_QUIET_TURNS
         self.coalesced_batches = 0
 
     async def evaluate(self, request: EvaluationRequest) -> Outcome:
@@ -150,10 +153,10 @@ class Evaluator:
         try:
             while waiting:
                 # let calls already on their way through the loop join this batch: yield
-                # until the loop has turned COALESCE_QUIET_TURNS times with no new call,
-                # or for at most COALESCE_MAX_WAIT_NS
+                # until the loop has turned _quiet_turns times with no new call, or for at
+                # most COALESCE_MAX_WAIT_NS
                 quiet, deadline = 0, time.perf_counter_ns() + COALESCE_MAX_WAIT_NS
-                while quiet < COALESCE_QUIET_TURNS and len(waiting) < MAX_COALESCED:
+                while quiet < self._quiet_turns and len(waiting) < MAX_COALESCED:
                     n = len(waiting)
                     await asyncio.sleep(0)
                     quiet = quiet + 1 if len(waiting) == n else 0
@@ -167,6 +170,11 @@ class Evaluator:
                 if not batch:
                     continue
                 self.coalesced_batches += 1
+                self._quiet_turns = (
+                    max(COALESCE_MIN_TURNS, self._quiet_turns // 2)
+                    if len(batch) == 1
+                    else COALESCE_QUIET_TURNS
+                )
                 try:
                     outcomes = await self._evaluate(
                         [r for r, _, _ in batch], [t for _, t, _ in batch]

@@ -132,3 +132,17 @@ async def test_a_lone_call_is_answered_promptly(node: RegionNode, model: NodeMod
     outcome = await asyncio.wait_for(evaluator.evaluate(request(BENIGN, 0)), timeout=5)
     assert outcome.request.request_id == "req-0"
     assert evaluator.coalesced_batches == 1
+
+
+async def test_the_wait_for_company_shrinks_for_lone_calls_and_returns_under_load(
+    node: RegionNode, model: NodeModel
+) -> None:
+    from region_node.evaluation import COALESCE_MIN_TURNS, COALESCE_QUIET_TURNS
+
+    evaluator = Evaluator(model, node)
+    for i in range(8):  # one call at a time: every batch holds one call
+        await evaluator.evaluate(request(BENIGN, i))
+    assert evaluator._quiet_turns == COALESCE_MIN_TURNS
+    await asyncio.gather(*(evaluator.evaluate(request(BENIGN, i)) for i in range(20)))
+    assert evaluator._quiet_turns == COALESCE_QUIET_TURNS  # a batch of several: full wait
+    assert evaluator.evaluated == 28 == evaluated_count(node)
