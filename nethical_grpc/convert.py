@@ -37,6 +37,7 @@ from nethical_grpc.validation import (
     first_out_of_range,
     label_violations,
     name_violation,
+    utf8_length,
 )
 from nethical_grpc.wire import packed_uint64
 
@@ -324,18 +325,12 @@ def decision_from_proto(value: int, field: str) -> Decision | None:
     return found
 
 
-def _utf8_len(text: str) -> int:
-    if text.isascii():
-        return len(text)
-    return len(text.encode("utf-8", "surrogatepass"))
-
-
 def _utf8_over(text: str, limit: int) -> int | None:
     """The UTF-8 length of ``text`` when it is over ``limit`` bytes, else None (a text of
     at most ``limit // 4`` characters is never over: no character takes more than 4)."""
     if len(text) <= limit // 4:
         return None
-    n = _utf8_len(text)
+    n = utf8_length(text)
     return n if n > limit else None
 
 
@@ -406,7 +401,7 @@ def _checked_action(msg: governance_pb2.AgentAction, field: str) -> EvaluationRe
                 f"{field}.context", f"keys must be 1 to {MAX_CONTEXT_KEY_CHARS} characters"
             )
         )
-    elif (n := sum(_utf8_len(v) for v in context.values())) > MAX_ACTION_TEXT_BYTES:
+    elif (n := sum(utf8_length(v) for v in context.values())) > MAX_ACTION_TEXT_BYTES:
         bad.append(
             FieldViolation(
                 f"{field}.context",

@@ -14,6 +14,13 @@ MAX_LABELS = 16
 MAX_LABEL_VALUE_LEN = 256
 
 
+def utf8_length(text: str) -> int:
+    """Bytes of ``text`` in UTF-8 (lone surrogates count as 3), without encoding ASCII."""
+    if text.isascii():  # one byte per character (and isascii is O(1))
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
 def name_violation(field_path: str, name: str) -> FieldViolation | None:
     """Metric names and label keys: 1-128 chars, ``[A-Za-z_][A-Za-z0-9_.:-]*``."""
     if not name:

@@ -36,6 +36,7 @@ import numpy.typing as npt
 
 from nethical_grpc.governance.detectors import Action, Severity, Violation, detect
 from nethical_grpc.jit_optimizations import calculate_risk_score_jit
+from nethical_grpc.validation import utf8_length
 
 __all__ = [
     "DEFAULT_MODEL_WEIGHT",
@@ -223,12 +224,6 @@ def _decide_checked(r: float, violations: Sequence[Violation], t: Thresholds) ->
     return Decision.ALLOW
 
 
-def _utf8_len(text: str) -> int:
-    if text.isascii():  # one byte per character (and isascii is O(1))
-        return len(text)
-    return len(text.encode("utf-8", "surrogatepass"))
-
-
 def validate_action(action: Action) -> None:
     """Raise ``ValueError`` (with a clear message) unless ``action`` is acceptable.
 
@@ -243,7 +238,7 @@ def validate_action(action: Action) -> None:
         raise ValueError("agent_id must be a non-empty string")
     if not isinstance(action.action_text, str) or not action.action_text.strip():
         raise ValueError("action_text must be a non-empty string")
-    size = _utf8_len(action.action_text)
+    size = utf8_length(action.action_text)
     if size > MAX_ACTION_TEXT_BYTES:
         raise ValueError(
             f"action_text is {size} bytes, more than the {MAX_ACTION_TEXT_BYTES}-byte limit"
@@ -252,7 +247,7 @@ def validate_action(action: Action) -> None:
         raise ValueError("action_type must be a string")
     if not isinstance(action.stated_intent, str):
         raise ValueError("stated_intent must be a string")
-    size = _utf8_len(action.stated_intent)
+    size = utf8_length(action.stated_intent)
     if size > MAX_ACTION_TEXT_BYTES:
         raise ValueError(
             f"stated_intent is {size} bytes, more than the {MAX_ACTION_TEXT_BYTES}-byte limit"
@@ -261,7 +256,7 @@ def validate_action(action: Action) -> None:
     for key, value in action.context.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise ValueError("context keys and values must be strings")
-        total += _utf8_len(value)
+        total += utf8_length(value)
     if total > MAX_ACTION_TEXT_BYTES:
         raise ValueError(
             f"context values total {total} bytes, more than the {MAX_ACTION_TEXT_BYTES}-byte limit"

@@ -446,7 +446,9 @@ def test_evaluate_action_equals_the_documented_pipeline(
 @HYP
 @given(st.text(max_size=50) | st.text(alphabet="aé€😀\ud800", max_size=10))
 def test_utf8_length_fast_path(text: str) -> None:
-    assert dec._utf8_len(text) == len(text.encode("utf-8", "surrogatepass"))
+    from nethical_grpc.validation import utf8_length
+
+    assert utf8_length(text) == len(text.encode("utf-8", "surrogatepass"))
 
 
 def test_probability_fast_path_keeps_the_checks() -> None:

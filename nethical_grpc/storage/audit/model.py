@@ -44,6 +44,7 @@ from typing import Any, Final
 
 from nethical_grpc.governance.decision import Decision, Evaluation
 from nethical_grpc.governance.detectors import Action
+from nethical_grpc.validation import utf8_length
 
 __all__ = [
     "DECISIONS",
@@ -115,10 +116,6 @@ class SearchOrder(StrEnum):
 
     RELEVANCE = "relevance"
     NEWEST = "newest"
-
-
-def _utf8_len(text: str) -> int:
-    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _check_str(name: str, value: object) -> str:
@@ -247,7 +244,7 @@ class AuditViolation:
             self, "confidence", _check_probability("violation confidence", self.confidence)
         )
         message = _check_str("violation message", self.message)
-        if _utf8_len(message) > MAX_VIOLATION_MESSAGE_BYTES:
+        if utf8_length(message) > MAX_VIOLATION_MESSAGE_BYTES:
             raise ValueError(
                 f"violation message is longer than {MAX_VIOLATION_MESSAGE_BYTES} UTF-8 bytes"
             )
@@ -319,9 +316,9 @@ class AuditRecord:
             object.__setattr__(self, "risk_score", _check_probability("risk_score", risk))
         for name in ("action_text", "stated_intent"):
             text = _check_str(name, getattr(self, name))
-            if len(text) * 4 > MAX_TEXT_BYTES and _utf8_len(text) > MAX_TEXT_BYTES:
+            if len(text) * 4 > MAX_TEXT_BYTES and (size := utf8_length(text)) > MAX_TEXT_BYTES:
                 raise ValueError(
-                    f"{name} is {_utf8_len(text)} bytes, more than the {MAX_TEXT_BYTES}-byte limit"
+                    f"{name} is {size} bytes, more than the {MAX_TEXT_BYTES}-byte limit"
                 )
         action_type = _check_str("action_type", self.action_type)
         if len(action_type) > 128 or _CONTROL_RE.search(action_type):
