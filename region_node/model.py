@@ -56,6 +56,7 @@ class NodeModel:
     def load(cls, config: ModelConfig) -> NodeModel:
         """Load the engine (raises ``ModelLoadError`` with a clear message on a bad model)."""
         backend = config.backend
+        reason = "requested with --model-backend numpy"
         if (
             backend == "auto"
             and config.model_path is None
@@ -63,12 +64,14 @@ class NodeModel:
             and (config.device == "cpu" or (config.device == "auto" and not is_gpu_available()))
         ):
             backend = "numpy"
+            reason = "the bundled model on a CPU runs in NumPy; --model-backend torch for PyTorch"
         engine = InferenceEngine(
             model_path=config.model_path,
             device=config.device,
             precision=config.precision,
             num_threads=config.num_threads,
             backend=backend,
+            numpy_reason=reason,
         )
         if config.num_threads is not None:
             # BLAS and Numba too, not only torch: idle pools fight for a small host's cores

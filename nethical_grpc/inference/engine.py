@@ -113,6 +113,9 @@ class InferenceEngine:
     backend:
         ``"auto"`` (torch when usable, else NumPy), ``"torch"`` (:class:`ModelLoadError`
         when torch is unavailable) or ``"numpy"``.
+    numpy_reason:
+        why the NumPy backend is used when ``backend="numpy"``, for :meth:`describe` (a
+        caller that chose it itself says why; default ``"numpy backend requested"``).
     num_threads:
         ``None`` leaves torch's intra-op thread count alone; an int ``>= 1`` calls
         ``torch.set_num_threads`` (process-wide) before loading.  Worth setting on a CPU
@@ -136,6 +139,7 @@ class InferenceEngine:
         *,
         backend: str = "auto",
         num_threads: int | None = None,
+        numpy_reason: str = "numpy backend requested",
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
@@ -154,9 +158,7 @@ class InferenceEngine:
         self._model: Any = None
         self._mlp: NumpyMLP | None = None
         self._autocast_dtype: Any = None
-        torch, reason = (
-            (None, "numpy backend requested") if backend == "numpy" else torch_or_reason()
-        )
+        torch, reason = (None, numpy_reason) if backend == "numpy" else torch_or_reason()
         if backend == "torch" and torch is None:
             raise ModelLoadError(f"backend 'torch' was requested but {reason}")
         if torch is not None:
