@@ -319,7 +319,6 @@ def _features_numpy(texts: list[str], intents: list[str]) -> Float32Array:
     return out
 
 
-_char_counts = _char_counts_numba if is_jit_available() else _char_counts_numpy
 _features = _features_compiled if is_jit_available() else _features_numpy
 
 
@@ -327,11 +326,11 @@ def _numeric(
     texts: list[str], intents: list[str], text_counts: Float32Array, intent_counts: Float32Array
 ) -> Float32Array:
     """The :data:`NUMERIC_FEATURES` columns (character classes and windows per row from
-    :func:`_char_counts`, the rest from lengths and the n-gram counts)."""
+    :func:`_char_counts_numpy`, the rest from lengths and the n-gram counts)."""
     n = len(texts)
     cps, lengths = _code_points(texts)
     ends = np.cumsum(lengths)
-    chars, windows = _char_counts(cps, ends - lengths, ends)
+    chars, windows = _char_counts_numpy(cps, ends - lengths, ends)
 
     out = np.zeros((n, len(NUMERIC_FEATURES)), dtype=np.float64)
     out[:, 0] = np.log1p(lengths) / _LOG_LEN_SCALE
