@@ -27,6 +27,7 @@ from nethical_grpc.storage.audit import AuditFilter, SearchPage, SearchQuery
 from nethical_grpc.storage.backend import BackendChoice
 from nethical_grpc.storage.timeseries import AggregateRow, MetricRecord
 from nethical_grpc.summary import Buckets, ExponentialHistogram, Moments, Summary
+from nethical_grpc.summary.exponential_histogram import CountArray
 from nethical_grpc.summary.moments import check_consistent
 from nethical_grpc.v1 import coordinator_pb2, governance_pb2, region_node_pb2, summary_pb2
 from nethical_grpc.validation import (
@@ -42,6 +43,9 @@ from nethical_grpc.validation import (
 from nethical_grpc.wire import packed_uint64
 
 NANOS = 1_000_000_000
+
+_NO_COUNTS: CountArray = np.zeros(0, dtype=np.uint64)
+_NO_COUNTS.flags.writeable = False
 
 
 # -- time ---------------------------------------------------------------------------
@@ -94,29 +98,22 @@ def moments_to_proto(m: Moments) -> summary_pb2.Moments:
 
 
 def moments_from_proto(msg: summary_pb2.Moments, field: str = "moments") -> Moments:
-    if msg.count == 0:
-        if any(v != 0.0 for v in (msg.sum, msg.min, msg.max, msg.mean, msg.m2)):
+    count = msg.count
+    total, lo, hi, mean, m2 = msg.sum, msg.min, msg.max, msg.mean, msg.m2
+    if count == 0:
+        if total != 0.0 or lo != 0.0 or hi != 0.0 or mean != 0.0 or m2 != 0.0:
             raise InvalidArgument.single(field, "an empty summary must have zero moments")
         return Moments()
-    values = (msg.sum, msg.min, msg.max, msg.mean, msg.m2)
-    if not all(math.isfinite(v) for v in values):
+    isfinite = math.isfinite
+    if not (isfinite(total) and isfinite(lo) and isfinite(hi) and isfinite(mean) and isfinite(m2)):
         raise InvalidArgument.single(field, "moments must be finite")
-    if max(abs(msg.min), abs(msg.max)) > MAX_ABS_VALUE:
+    if max(abs(lo), abs(hi)) > MAX_ABS_VALUE:
         raise InvalidArgument.single(field, f"min and max must be within +-{MAX_ABS_VALUE:g}")
-    count = int(msg.count)
     try:
-        check_consistent(count, msg.sum, msg.min, msg.max, msg.mean, msg.m2)
+        check_consistent(count, total, lo, hi, mean, m2)
     except (ValueError, ArithmeticError) as exc:
         raise InvalidArgument.single(field, str(exc)) from None
-    return Moments(
-        count=count,
-        sum=msg.sum,
-        compensation=0.0,
-        min=msg.min,
-        max=msg.max,
-        mean=msg.mean,
-        m2=msg.m2,
-    )
+    return Moments(count, total, 0.0, lo, hi, mean, m2)
 
 
 def _write_buckets(target: summary_pb2.ExponentialHistogram.Buckets, b: Buckets) -> None:
@@ -127,10 +124,9 @@ def _write_buckets(target: summary_pb2.ExponentialHistogram.Buckets, b: Buckets)
         target.MergeFromString(packed_uint64(2, t.counts))
 
 
-def _buckets_from_proto(msg: summary_pb2.ExponentialHistogram.Buckets) -> Buckets:
-    if not len(msg.bucket_counts):
-        return Buckets()
-    return Buckets(offset=int(msg.offset), counts=np.asarray(msg.bucket_counts, dtype=np.uint64))
+def _wire_side(msg: summary_pb2.ExponentialHistogram.Buckets) -> tuple[int, CountArray]:
+    counts = msg.bucket_counts
+    return msg.offset, (np.asarray(counts, dtype=np.uint64) if len(counts) else _NO_COUNTS)
 
 
 def histogram_to_proto(h: ExponentialHistogram) -> summary_pb2.ExponentialHistogram:
@@ -148,14 +144,21 @@ def histogram_to_proto(h: ExponentialHistogram) -> summary_pb2.ExponentialHistog
 def histogram_from_proto(
     msg: summary_pb2.ExponentialHistogram, field: str = "histogram"
 ) -> ExponentialHistogram:
+    return _histogram_and_count(msg, field)[0]
+
+
+def _histogram_and_count(
+    msg: summary_pb2.ExponentialHistogram, field: str
+) -> tuple[ExponentialHistogram, int]:
+    """The histogram a message holds (validated) and its total count."""
     try:
-        return ExponentialHistogram.from_parts(
-            scale=int(msg.scale),
-            zero_count=int(msg.zero_count),
-            positive=_buckets_from_proto(msg.positive),
-            negative=_buckets_from_proto(msg.negative),
-            zero_threshold=msg.zero_threshold,
-            max_buckets=int(msg.max_buckets),
+        return ExponentialHistogram.from_wire(
+            msg.scale,
+            msg.max_buckets,
+            msg.zero_threshold,
+            msg.zero_count,
+            _wire_side(msg.positive),
+            _wire_side(msg.negative),
         )
     except ValueError as exc:
         raise InvalidArgument.single(field, str(exc)) from None
@@ -168,15 +171,13 @@ def summary_to_proto(s: Summary) -> summary_pb2.Summary:
 
 
 def summary_from_proto(msg: summary_pb2.Summary, field: str = "summary") -> Summary:
-    moments = moments_from_proto(msg.moments, f"{field}.moments")
-    histogram = histogram_from_proto(msg.histogram, f"{field}.histogram")
-    s = Summary(moments=moments, histogram=histogram)
-    if moments.count != histogram.count:
+    moments = moments_from_proto(msg.moments, field + ".moments")
+    histogram, count = _histogram_and_count(msg.histogram, field + ".histogram")
+    if moments.count != count:
         raise InvalidArgument.single(
-            field,
-            f"moments count {moments.count} differs from histogram count {histogram.count}",
+            field, f"moments count {moments.count} differs from histogram count {count}"
         )
-    return s
+    return Summary(moments, histogram)
 
 
 # -- region node requests -------------------------------------------------------------

@@ -7,6 +7,9 @@ receives raw bytes, parses them with the method's own deserialiser, and answers 
 that does not parse with INVALID_ARGUMENT and a ``BadRequest`` naming the request,
 before the servicer sees anything. It is the innermost interceptor, so telemetry and
 authentication still see every call.
+
+A handler may also answer with ``bytes``: an answer it encoded itself (say, one it
+keeps encoded for many callers), which goes out as it is.
 """
 
 from __future__ import annotations
@@ -84,11 +87,24 @@ class RequestParsingInterceptor(interceptor_types.ServerInterceptor):
         return wrapped
 
 
+def _encoded_or(
+    serialize: Callable[[Any], bytes] | None,
+) -> Callable[[Any], bytes] | None:
+    """``serialize``, except that ``bytes`` (an answer already encoded) pass unchanged."""
+    if serialize is None:
+        return None
+
+    def out(answer: Any) -> bytes:
+        return answer if type(answer) is bytes else serialize(answer)
+
+    return out
+
+
 def _wrap(handler: Handler) -> Handler:
     """``handler`` taking raw bytes and parsing them itself (see the module docstring)."""
     parse = handler.request_deserializer
     assert parse is not None
-    out = handler.response_serializer
+    out = _encoded_or(handler.response_serializer)
     if handler.unary_unary is not None:
         behavior: Any = handler.unary_unary
 

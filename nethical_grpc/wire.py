@@ -67,6 +67,12 @@ def packed_field(field_number: int, payload: bytes) -> bytes:
     return varint((field_number << 3) | 2) + varint(len(payload)) + payload
 
 
+def varint_field(field_number: int, value: int) -> bytes:
+    """A varint field (``uint64``, ``int64`` >= 0, ``bool``, enum): tag, value; nothing for 0,
+    which proto3 leaves out."""
+    return varint(field_number << 3) + varint(value) if value else b""
+
+
 def packed_uint64(field_number: int, values: U64) -> bytes:
     if values.size == 0:
         return b""

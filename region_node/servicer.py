@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from nethical_grpc import __version__, convert, telemetry
+from nethical_grpc import __version__, convert, telemetry, wire
 from nethical_grpc.components import components
 from nethical_grpc.errors import (
     InvalidArgument,
@@ -32,24 +32,37 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 _MAX_CACHED_RESPONSES = 64
+_STREAMED = region_node_pb2.StreamSummariesResponse.DESCRIPTOR.fields_by_name
+_STREAMED_QUERY_ID_FIELD = _STREAMED["query_id"].number
+_STREAMED_SUMMARIES_FIELD = _STREAMED["summaries"].number
+#: A StreamSummaries answer: a message, or one already encoded (see the request-parsing
+#: interceptor, which sends bytes as they are)
+StreamAnswer = region_node_pb2.StreamSummariesResponse | bytes
 
 
 class _CachedSummaries:
     """A GetSummaries answer, valid while the node's data version stays the same."""
 
-    __slots__ = ("_wire", "response", "version")
+    __slots__ = ("_streamed", "response", "version")
 
     def __init__(
         self, version: tuple[int, int], response: region_node_pb2.GetSummariesResponse
     ) -> None:
         self.version = version
         self.response = response
-        self._wire: bytes | None = None
+        self._streamed: bytes | None = None
 
-    def wire(self) -> bytes:
-        if self._wire is None:
-            self._wire = self.response.SerializeToString()
-        return self._wire
+    def stream_answer(self, query_id: int) -> bytes:
+        """The ``StreamSummariesResponse`` answering query ``query_id`` with this, encoded.
+
+        The summaries are encoded once; each answer is the query id's field before them
+        (building a message instead costs a parse of the summaries and a serialisation).
+        """
+        if self._streamed is None:
+            self._streamed = wire.packed_field(
+                _STREAMED_SUMMARIES_FIELD, self.response.SerializeToString()
+            )
+        return wire.varint_field(_STREAMED_QUERY_ID_FIELD, query_id) + self._streamed
 
 
 class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
@@ -126,7 +139,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         self,
         request_iterator: AsyncIterator[region_node_pb2.StreamSummariesRequest],
         context: Context,
-    ) -> AsyncIterator[region_node_pb2.StreamSummariesResponse]:
+    ) -> AsyncIterator[StreamAnswer]:
         task = asyncio.current_task()
         if task is not None:
             self._summary_streams.add(task)
@@ -142,7 +155,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
 
     async def _stream_summaries(
         self, request_iterator: AsyncIterator[region_node_pb2.StreamSummariesRequest]
-    ) -> AsyncIterator[region_node_pb2.StreamSummariesResponse]:
+    ) -> AsyncIterator[StreamAnswer]:
         async for message in request_iterator:
             try:
                 summaries = self._summaries(message.query)
@@ -151,10 +164,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
                     query_id=message.query_id, error=convert.summary_query_error_to_proto(exc)
                 )
                 continue
-            answer = region_node_pb2.StreamSummariesResponse(query_id=message.query_id)
-            # the cached response is shared: parsing its bytes costs half of a CopyFrom
-            answer.summaries.MergeFromString(summaries.wire())
-            yield answer
+            yield summaries.stream_answer(message.query_id)
 
     def _summaries(self, request: region_node_pb2.GetSummariesRequest) -> _CachedSummaries:
         """What GetSummaries answers (``MeshError`` for a query it rejects)."""

@@ -207,14 +207,26 @@ def _checked_side(
         raise ValueError(f"{name}.counts must be a 1-D numpy array")
     if c.dtype.kind not in "ui":
         raise ValueError(f"{name}.counts must have an integer dtype, got {c.dtype}")
-    if c.shape[0] == 0:
-        return Buckets(), 0
-    if c.dtype.kind == "i" and int(c.min()) < 0:
+    if c.dtype.kind == "i" and c.shape[0] and int(c.min()) < 0:
         raise ValueError(f"{name}.counts must be non-negative")
-    offset = int(b.offset)
-    if not (offset >= _INT32_MIN and offset + c.shape[0] - 1 <= _INT32_MAX):
-        raise ValueError(f"{name} bucket indices overflow int32")
+    return _checked_counts(name, int(b.offset), c, max_buckets, lo_lim, hi_lim)
+
+
+def _checked_counts(
+    name: str,
+    offset: int,
+    c: npt.NDArray[np.unsignedinteger] | npt.NDArray[np.signedinteger],
+    max_buckets: int,
+    lo_lim: int,
+    hi_lim: int,
+) -> tuple[Buckets, int]:
+    """:func:`_checked_side` once the types are known: an ``int`` offset and 1-D counts of
+    an integer dtype with no negative count."""
     n = c.shape[0]
+    if n == 0:
+        return Buckets(), 0
+    if not (offset >= _INT32_MIN and offset + n - 1 <= _INT32_MAX):
+        raise ValueError(f"{name} bucket indices overflow int32")
     if c[0] != 0 and c[n - 1] != 0:  # already trimmed, as senders write them
         lead, trail = 0, n - 1
     else:
@@ -298,13 +310,6 @@ def _union(a: tuple[int, int] | None, b: tuple[int, int] | None) -> tuple[int, i
     return min(a[0], b[0]), max(a[1], b[1])
 
 
-def _union_all(ranges: Iterable[tuple[int, int] | None]) -> tuple[int, int] | None:
-    out: tuple[int, int] | None = None
-    for r in ranges:
-        out = _union(out, r)
-    return out
-
-
 def _fit_shift(ranges: Sequence[tuple[int, int] | None], max_buckets: int, scale: int) -> int:
     """Smallest ``k >= 0`` such that every range fits in ``max_buckets`` at ``scale - k``."""
     k = 0
@@ -317,17 +322,35 @@ def _fit_shift(ranges: Sequence[tuple[int, int] | None], max_buckets: int, scale
     return k
 
 
-def _sum_buckets(parts: Sequence[Buckets]) -> Buckets:
-    """Elementwise sum of trimmed buckets at the same scale (always a fresh array)."""
-    live = [p for p in parts if p.counts.shape[0]]
-    if not live:
+def _trimmed_span(parts: Sequence[Buckets]) -> tuple[int, int] | None:
+    """The union of the index ranges of trimmed buckets (``None`` when all are empty)."""
+    lo = hi = 0
+    found = False
+    for p in parts:
+        n = p.counts.shape[0]
+        if n:
+            first = p.offset
+            last = first + n - 1
+            if not found:
+                lo, hi, found = first, last, True
+            else:
+                lo = first if first < lo else lo
+                hi = last if last > hi else hi
+    return (lo, hi) if found else None
+
+
+def _sum_buckets(parts: Sequence[Buckets], span: tuple[int, int] | None, k: int) -> Buckets:
+    """Elementwise sum of trimmed buckets at the same scale (always a fresh array), given
+    the union of their index ranges before a downscale by ``k``."""
+    if span is None:
         return Buckets()
-    lo = min(p.offset for p in live)
-    hi = max(p.offset + p.counts.shape[0] - 1 for p in live)
-    out = np.zeros(hi - lo + 1, dtype=np.uint64)
-    for p in live:
-        start = p.offset - lo
-        out[start : start + p.counts.shape[0]] += p.counts
+    lo = span[0] >> k
+    out = np.zeros((span[1] >> k) - lo + 1, dtype=np.uint64)
+    for p in parts:
+        n = p.counts.shape[0]
+        if n:
+            start = p.offset - lo
+            out[start : start + n] += p.counts
     return Buckets(lo, out)
 
 
@@ -443,6 +466,44 @@ class ExponentialHistogram:
         h.positive = pos
         h.negative = neg
         return h
+
+    @classmethod
+    def from_wire(
+        cls,
+        scale: int,
+        max_buckets: int,
+        zero_threshold: float,
+        zero_count: int,
+        positive: tuple[int, CountArray],
+        negative: tuple[int, CountArray],
+    ) -> tuple[ExponentialHistogram, int]:
+        """:meth:`from_parts` for fields of the wire's types, and the total count.
+
+        ``scale``, ``max_buckets`` and ``zero_count`` are ``int`` (``zero_count`` >= 0),
+        ``zero_threshold`` a ``float``, and each side an ``(offset, counts)`` pair of an
+        ``int`` and 1-D ``uint64`` counts: what a decoded message holds, so the type
+        checks of :meth:`from_parts` are left out; every value check is made.
+        """
+        if not (
+            MIN_SCALE <= scale <= MAX_SCALE
+            and max_buckets >= MIN_MAX_BUCKETS
+            and 0.0 <= zero_threshold < math.inf
+        ):
+            _check_params(scale, max_buckets, zero_threshold)
+        lo_lim, hi_lim = index_limits(scale)
+        pos, pos_total = _checked_counts("positive", *positive, max_buckets, lo_lim, hi_lim)
+        neg, neg_total = _checked_counts("negative", *negative, max_buckets, lo_lim, hi_lim)
+        total = zero_count + pos_total + neg_total
+        if total > _COUNT_LIMIT:
+            raise ValueError("total count overflows int64")
+        h = cls.__new__(cls)
+        h.scale = scale
+        h.max_buckets = max_buckets
+        h.zero_threshold = zero_threshold
+        h.zero_count = zero_count
+        h.positive = pos
+        h.negative = neg
+        return h, total
 
     @classmethod
     def from_values(
@@ -578,10 +639,10 @@ class ExponentialHistogram:
         for h in hs:
             if not isinstance(h, ExponentialHistogram):
                 raise TypeError(f"cannot merge ExponentialHistogram with {type(h).__name__}")
-        scale = min(h.scale for h in hs)
-        threshold = max(h.zero_threshold for h in hs)
-        max_buckets = max(h.max_buckets for h in hs)
-        zero_count = sum(int(h.zero_count) for h in hs)
+        scale = min([h.scale for h in hs])
+        threshold = max([h.zero_threshold for h in hs])
+        max_buckets = max([h.max_buckets for h in hs])
+        zero_count = sum([int(h.zero_count) for h in hs])
         pos = [_maybe_shift(_own(h.positive), h.scale - scale) for h in hs]
         neg = [_maybe_shift(_own(h.negative), h.scale - scale) for h in hs]
         if threshold > 0.0:
@@ -590,11 +651,12 @@ class ExponentialHistogram:
                 for i, part in enumerate(parts):
                     parts[i], moved = _drop_below(part, limit)
                     zero_count += moved
-        prange = _union_all(p.index_range() for p in pos)
-        nrange = _union_all(p.index_range() for p in neg)
+        # every part is trimmed now, so its range is its first and last index
+        prange = _trimmed_span(pos)
+        nrange = _trimmed_span(neg)
         k = _fit_shift((prange, nrange), max_buckets, scale)
-        new_pos = _sum_buckets([_maybe_shift(p, k) for p in pos])
-        new_neg = _sum_buckets([_maybe_shift(p, k) for p in neg])
+        new_pos = _sum_buckets([_maybe_shift(p, k) for p in pos] if k else pos, prange, k)
+        new_neg = _sum_buckets([_maybe_shift(p, k) for p in neg] if k else neg, nrange, k)
         self.scale = scale - k
         self.max_buckets = max_buckets
         self.zero_threshold = threshold
@@ -616,31 +678,31 @@ class ExponentialHistogram:
         yields 0.0.
         """
         q = np.asarray(qs, dtype=np.float64).reshape(-1)
-        if not bool(np.all((q >= 0.0) & (q <= 1.0))):
+        if not all([0.0 <= v <= 1.0 for v in q.tolist()]):
             raise ValueError(f"quantiles must be in [0, 1], got {q.tolist()!r}")
-        n = self.count
-        if n == 0:
-            return np.full(q.shape, np.nan)
         pos = _own(self.positive)
         neg = _own(self.negative)
-        n_neg = neg.counts.shape[0]
+        # cumulative counts of each side, negatives from the bucket nearest zero outwards
+        cum_pos = np.cumsum(pos.counts)
+        cum_neg = np.cumsum(neg.counts[::-1])
+        neg_total = int(cum_neg[-1]) if cum_neg.shape[0] else 0
+        below_pos = neg_total + int(self.zero_count)
+        n = below_pos + (int(cum_pos[-1]) if cum_pos.shape[0] else 0)
+        if n == 0:
+            return np.full(q.shape, np.nan)
         ranks = np.floor((n - 1) * q).astype(np.uint64)
-        cum = np.cumsum(
-            np.concatenate(
-                (neg.counts[::-1], np.array([self.zero_count], dtype=np.uint64), pos.counts)
-            )
-        )
-        where = np.searchsorted(cum, ranks, side="right")
         out = np.zeros(q.shape, dtype=np.float64)
         factor = 1.0 + self.relative_error  # 2LU/(L+U) == L * 2*base/(1+base) == L*(1+err)
-        is_neg = where < n_neg
-        if bool(is_neg.any()):
-            idx = neg.offset + (n_neg - 1 - where[is_neg]).astype(np.int64)
-            out[is_neg] = -(bucket_lower_boundary(idx, self.scale) * factor)
-        is_pos = where > n_neg
-        if bool(is_pos.any()):
-            idx = pos.offset + (where[is_pos] - n_neg - 1).astype(np.int64)
-            out[is_pos] = bucket_lower_boundary(idx, self.scale) * factor
+        in_neg = ranks < neg_total
+        if bool(in_neg.any()):
+            nearest = np.searchsorted(cum_neg, ranks[in_neg], side="right")
+            idx = neg.offset + (neg.counts.shape[0] - 1 - nearest).astype(np.int64)
+            out[in_neg] = -(bucket_lower_boundary(idx, self.scale) * factor)
+        in_pos = ranks >= below_pos
+        if bool(in_pos.any()):
+            found = np.searchsorted(cum_pos, ranks[in_pos] - np.uint64(below_pos), side="right")
+            idx = pos.offset + found.astype(np.int64)
+            out[in_pos] = bucket_lower_boundary(idx, self.scale) * factor
         return out
 
     # ---------------------------------------------------------------- validation
