@@ -300,7 +300,7 @@ MAX_AGENT_ID_CHARS = 256
 MAX_REQUEST_ID_CHARS = 128
 MAX_CONTEXT_ENTRIES = 64
 MAX_CONTEXT_KEY_CHARS = 256
-_ACTION_TYPE_RE = re.compile(r"^[a-z0-9_.\-]{0,64}$")
+_ACTION_TYPE_RE = re.compile(r"[a-z0-9_.\-]{0,64}")  # whole types: fullmatch
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 _DECISION_TO_PROTO: dict[Decision, governance_pb2.Decision] = {
@@ -379,7 +379,7 @@ def _checked_action(msg: governance_pb2.AgentAction, field: str) -> EvaluationRe
             )
         )
     action_type = msg.action_type.lower()
-    if not _ACTION_TYPE_RE.match(action_type):
+    if not _ACTION_TYPE_RE.fullmatch(action_type):
         bad.append(
             FieldViolation(
                 f"{field}.action_type", "at most 64 characters of letters, digits, '_', '.', '-'"

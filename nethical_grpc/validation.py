@@ -9,7 +9,7 @@ import numpy as np
 
 from nethical_grpc.errors import FieldViolation, InvalidArgument
 
-NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:\-]{0,127}$")
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:\-]{0,127}")  # whole names: fullmatch
 MAX_LABELS = 16
 MAX_LABEL_VALUE_LEN = 256
 
@@ -25,7 +25,7 @@ def name_violation(field_path: str, name: str) -> FieldViolation | None:
     """Metric names and label keys: 1-128 chars, ``[A-Za-z_][A-Za-z0-9_.:-]*``."""
     if not name:
         return FieldViolation(field_path, "must not be empty")
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         shown = name if len(name) <= 64 else name[:64] + "..."
         return FieldViolation(
             field_path,

@@ -383,7 +383,7 @@ def test_ingest_fuzz(servers: Servers, req: region_node_pb2.IngestRequest) -> No
     if out.code is grpc.StatusCode.OK:
         values = np.asarray(req.values, dtype=np.float64)
         # nothing that breaks the documented rules got in
-        assert NAME_RE.match(req.metric)
+        assert NAME_RE.fullmatch(req.metric)
         assert bool(np.all(np.abs(values) <= MAX_ABS_VALUE))
         assert out.response.accepted_batches == 1
         assert out.response.accepted_values == values.size

@@ -100,3 +100,43 @@ def test_an_action_text_over_the_byte_limit_is_refused_and_one_at_it_accepted() 
         convert.action_from_proto(act(at_limit + "é"))
     fields = {v.field for v in refused.value.field_violations}
     assert fields == {"action.action_text", "action.stated_intent"}
+
+
+@pytest.mark.parametrize("name", ["latency\n", "latency\nrisk", "\nlatency", "a" * 129])
+def test_a_metric_or_label_name_must_be_the_whole_text(name: str) -> None:
+    """A trailing newline once passed the name rule (``$`` also matches before it)."""
+    from nethical_grpc.v1 import region_node_pb2
+
+    for req in (
+        region_node_pb2.IngestRequest(metric=name, values=[1.0]),
+        region_node_pb2.IngestRequest(metric="latency", labels={name: "v"}, values=[1.0]),
+    ):
+        with pytest.raises(InvalidArgument) as err:
+            convert.ingest_batch_from_proto(req, 0)
+        assert "is not a valid name" in err.value.field_violations[0].description
+    ok = convert.ingest_batch_from_proto(
+        region_node_pb2.IngestRequest(metric="latency", labels={"a" * 128: "v"}, values=[1.0]), 0
+    )
+    assert ok.key.metric == "latency"
+
+
+def test_an_action_type_must_be_the_whole_text() -> None:
+    from nethical_grpc.v1 import governance_pb2
+
+    with pytest.raises(InvalidArgument) as err:
+        convert.action_from_proto(
+            governance_pb2.AgentAction(agent_id="a", action_text="t", action_type="query\n")
+        )
+    assert err.value.field_violations[0].field == "action.action_type"
+    assert convert.action_from_proto(
+        governance_pb2.AgentAction(agent_id="a", action_text="t", action_type="query")
+    )
+
+
+@pytest.mark.parametrize("schema", ["metrics\n", "1metrics", "Metrics", ""])
+def test_a_postgres_schema_must_be_a_whole_plain_identifier(schema: str) -> None:
+    from nethical_grpc.storage.timeseries.postgres import check_schema
+
+    with pytest.raises(ValueError, match="schema"):
+        check_schema(schema)
+    assert check_schema("metrics_2") == "metrics_2"

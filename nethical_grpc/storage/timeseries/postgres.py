@@ -59,7 +59,7 @@ DEFAULT_SCHEMA = "nethical"
 DAYS_AHEAD = 2
 """Day partitions kept ready beyond today (native layout)."""
 
-_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")  # whole names: fullmatch
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01, the origin of binary timestamps
 _INT8 = struct.Struct(">q")
 
@@ -85,7 +85,7 @@ def split_schema(url: str) -> tuple[str, str]:
 
 def check_schema(schema: str) -> str:
     """``schema`` if it is a plain lower-case identifier; else ``ValueError``."""
-    if not _SCHEMA_RE.match(schema):
+    if not _SCHEMA_RE.fullmatch(schema):
         raise ValueError(
             f"schema: {schema[:64]!r} must be 1-63 characters of a-z, 0-9 and '_', "
             "not starting with a digit"
