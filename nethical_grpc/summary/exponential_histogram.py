@@ -684,15 +684,18 @@ class ExponentialHistogram:
         neg = _own(self.negative)
         # cumulative counts of each side, negatives from the bucket nearest zero outwards
         cum_pos = np.cumsum(pos.counts)
-        cum_neg = np.cumsum(neg.counts[::-1])
+        cum_neg = np.cumsum(neg.counts[::-1]) if neg.counts.shape[0] else cum_pos[:0]
         neg_total = int(cum_neg[-1]) if cum_neg.shape[0] else 0
         below_pos = neg_total + int(self.zero_count)
         n = below_pos + (int(cum_pos[-1]) if cum_pos.shape[0] else 0)
         if n == 0:
             return np.full(q.shape, np.nan)
         ranks = np.floor((n - 1) * q).astype(np.uint64)
-        out = np.zeros(q.shape, dtype=np.float64)
         factor = 1.0 + self.relative_error  # 2LU/(L+U) == L * 2*base/(1+base) == L*(1+err)
+        if below_pos == 0:  # only positive values: every rank falls in a positive bucket
+            found = np.searchsorted(cum_pos, ranks, side="right")
+            return bucket_lower_boundary(pos.offset + found.astype(np.int64), self.scale) * factor
+        out = np.zeros(q.shape, dtype=np.float64)
         in_neg = ranks < neg_total
         if bool(in_neg.any()):
             nearest = np.searchsorted(cum_neg, ranks[in_neg], side="right")

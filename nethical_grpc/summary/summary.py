@@ -126,7 +126,8 @@ class Summary:
         est = self.histogram.quantiles(qs)
         if self.moments.count == 0:
             return est
-        return np.clip(est, self.moments.min, self.moments.max)
+        # np.maximum/np.minimum: the same as np.clip, without its wrapper's cost
+        return np.minimum(np.maximum(est, self.moments.min), self.moments.max)
 
     @property
     def count(self) -> int:
