@@ -16,7 +16,7 @@ import grpc
 from coordinator.instances import Health, InstanceRegistry, RegionInstance
 from coordinator.summary_stream import SummaryCallError
 from nethical_grpc import convert, telemetry
-from nethical_grpc.errors import FieldViolation, InvalidArgument, MeshError
+from nethical_grpc.errors import FieldViolation, InvalidArgument
 from nethical_grpc.privacy import MergedError, ReleaseInfo, merged_error
 from nethical_grpc.series import GroupSummary, Labels, SummaryQuery
 from nethical_grpc.summary import Summary
@@ -264,31 +264,22 @@ class Federation:
     ) -> _Answer | MissingPart:
         try:
             if streamed:
-                response = await inst.summary_stream.query(request, timeout_s)
+                answer = convert.summaries_answer_from_bytes(
+                    await inst.summary_stream.query(request, timeout_s)
+                )
             else:
-                response = await inst.stub.GetSummaries(request, timeout=timeout_s)
+                answer = convert.summaries_answer_from_proto(
+                    await inst.stub.GetSummaries(request, timeout=timeout_s)
+                )
         except grpc.aio.AioRpcError as err:
             return _missing(inst, err.code(), err.details() or "")
         except SummaryCallError as err:
             return _missing(inst, err.code, err.details)
-        inst.learn(response.instance_id, response.scope)
-        try:
-            groups = [
-                convert.group_summary_from_proto(s, f"series[{i}]")
-                for i, s in enumerate(response.series)
-            ]
-            privacy = (
-                convert.privacy_info_from_proto(response.privacy, "privacy")
-                if response.HasField("privacy")
-                else None
-            )
-        except MeshError as exc:
-            log.warning("invalid summaries from %s: %s", inst.endpoint, exc)
-            return MissingPart(inst.region_id, inst.name, Missing.INVALID_RESPONSE, str(exc))
-        as_of = (
-            convert.timestamp_to_ns(response.data_as_of) if response.HasField("data_as_of") else 0
-        )
-        return _Answer(inst, groups, as_of, privacy)
+        inst.learn(answer.instance_id, answer.scope)
+        if answer.invalid is not None:
+            log.warning("invalid summaries from %s: %s", inst.endpoint, answer.invalid)
+            return MissingPart(inst.region_id, inst.name, Missing.INVALID_RESPONSE, answer.invalid)
+        return _Answer(inst, answer.groups, answer.data_as_of_ns, answer.privacy)
 
 
 def _missing(inst: RegionInstance, code: grpc.StatusCode, details: str) -> MissingPart:

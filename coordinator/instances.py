@@ -62,7 +62,7 @@ class RegionInstance:
         self._stub: region_node_pb2_grpc.RegionNodeServiceStub | None = None
         self._stub_channel: grpc.aio.Channel | None = None
         # summary queries over one long-lived stream (see coordinator.summary_stream)
-        self.summary_stream = SummaryStream(lambda: self.stub)
+        self.summary_stream = SummaryStream(lambda: self.inst.channel)
 
     @property
     def region_id(self) -> str:

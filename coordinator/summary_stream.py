@@ -11,6 +11,10 @@ The stream opens on first use. When it breaks (the node went away, the connectio
 dropped), every query waiting on it fails as UNAVAILABLE, which the federation treats
 like a failed call (failover, coverage), and the next query opens a new stream. A node
 that does not implement ``StreamSummaries`` is asked with unary calls from then on.
+
+Answers stay encoded: the stream reads only each answer's query id and hands over the
+``GetSummariesResponse`` bytes, which :func:`nethical_grpc.convert.summaries_answer_from_bytes`
+reads in one compiled pass instead of building a message tree first.
 """
 
 from __future__ import annotations
@@ -24,13 +28,19 @@ from typing import Any
 
 import grpc
 
-from nethical_grpc import convert
+from nethical_grpc import convert, wire
 from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-StubSource = Callable[[], region_node_pb2_grpc.RegionNodeServiceStub]
-Pending = dict[int, "asyncio.Future[region_node_pb2.GetSummariesResponse]"]
+ChannelSource = Callable[[], grpc.aio.Channel]
+Pending = dict[int, "asyncio.Future[bytes]"]
+
+_METHOD = "/nethical_grpc.v1.RegionNodeService/StreamSummaries"
+_ANSWER = region_node_pb2.StreamSummariesResponse.DESCRIPTOR.fields_by_name
+_QUERY_ID = _ANSWER["query_id"].number
+_SUMMARIES = _ANSWER["summaries"].number
+_ERROR = _ANSWER["error"].number
 
 
 class SummaryCallError(Exception):
@@ -43,10 +53,13 @@ class SummaryCallError(Exception):
 
 
 class SummaryStream:
-    """``GetSummaries`` semantics over one ``StreamSummaries`` call, opened lazily."""
+    """``GetSummaries`` semantics over one ``StreamSummaries`` call, opened lazily.
 
-    def __init__(self, stub: StubSource) -> None:
-        self._stub = stub
+    ``channel`` gives the channel to the node (the current one, should it be replaced).
+    """
+
+    def __init__(self, channel: ChannelSource) -> None:
+        self._channel = channel
         self._call: Any = None  # grpc.aio.StreamStreamCall while open
         self._reader: asyncio.Task[None] | None = None
         # the open call's unanswered queries (each call has its own)
@@ -60,10 +73,9 @@ class SummaryStream:
     def is_open(self) -> bool:
         return self._call is not None
 
-    async def query(
-        self, request: region_node_pb2.GetSummariesRequest, timeout_s: float
-    ) -> region_node_pb2.GetSummariesResponse:
-        """The node's answer to ``request`` within ``timeout_s`` (``SummaryCallError``)."""
+    async def query(self, request: region_node_pb2.GetSummariesRequest, timeout_s: float) -> bytes:
+        """The node's answer to ``request``, an encoded ``GetSummariesResponse``, within
+        ``timeout_s`` (``SummaryCallError``)."""
         if self.unary_only:
             return await self._unary(request, timeout_s)
         loop = asyncio.get_running_loop()
@@ -94,25 +106,24 @@ class SummaryStream:
 
     # -- internals ------------------------------------------------------------------
 
-    async def _unary(
-        self, request: region_node_pb2.GetSummariesRequest, timeout_s: float
-    ) -> region_node_pb2.GetSummariesResponse:
+    async def _unary(self, request: region_node_pb2.GetSummariesRequest, timeout_s: float) -> bytes:
+        stub = region_node_pb2_grpc.RegionNodeServiceStub(self._channel())
         try:
-            response: region_node_pb2.GetSummariesResponse = await self._stub().GetSummaries(
+            response: region_node_pb2.GetSummariesResponse = await stub.GetSummaries(
                 request, timeout=timeout_s
             )
         except grpc.aio.AioRpcError as err:
             raise SummaryCallError(err.code(), err.details() or "") from None
-        return response
+        return response.SerializeToString()
 
     async def _streamed(
         self, request: region_node_pb2.GetSummariesRequest, timeout_s: float
-    ) -> region_node_pb2.GetSummariesResponse:
+    ) -> bytes:
         loop = asyncio.get_running_loop()
         call = self._open()
         pending = self._pending
         query_id = next(self._ids)
-        answer: asyncio.Future[region_node_pb2.GetSummariesResponse] = loop.create_future()
+        answer: asyncio.Future[bytes] = loop.create_future()
         pending[query_id] = answer
         expiry = loop.call_later(timeout_s, _expire, pending, query_id, timeout_s)
         try:
@@ -133,7 +144,14 @@ class SummaryStream:
 
     def _open(self) -> Any:
         if self._call is None:
-            self._call = self._stub().StreamSummaries()
+            # answers arrive as bytes (no response deserializer): see _read; queries are
+            # written one by one, so the call starts without a request iterator
+            method = self._channel().stream_stream(
+                _METHOD,
+                request_serializer=region_node_pb2.StreamSummariesRequest.SerializeToString,
+                response_deserializer=None,
+            )
+            self._call = method()  # type: ignore[call-arg]
             self._pending = {}
             self._reader = asyncio.ensure_future(self._read(self._call, self._pending))
             self.opened += 1
@@ -142,17 +160,18 @@ class SummaryStream:
     async def _read(self, call: Any, pending: Pending) -> None:
         code, details = grpc.StatusCode.UNAVAILABLE, "summary stream ended"
         try:
-            async for message in call:
-                future = pending.pop(message.query_id, None)
+            async for raw in call:
+                query_id, error, summaries = _open_answer(raw)
+                future = pending.pop(query_id, None)
                 if future is None or future.done():
                     continue  # a query that gave up waiting
-                if message.HasField("error"):
-                    err = message.error
+                if error is not None:
+                    err = region_node_pb2.SummaryQueryError.FromString(error)
                     future.set_exception(
                         SummaryCallError(convert.status_code_from_number(err.code), err.message)
                     )
                 else:
-                    future.set_result(message.summaries)
+                    future.set_result(summaries)
         except grpc.aio.AioRpcError as err:
             code, details = err.code(), err.details() or ""
             if code is grpc.StatusCode.CANCELLED:
@@ -171,6 +190,29 @@ class SummaryStream:
             self._pending = {}
             call.cancel()
         _fail(pending, code, details)
+
+
+def _open_answer(raw: bytes) -> tuple[int, bytes | None, bytes]:
+    """``(query_id, error, summaries)`` of an encoded ``StreamSummariesResponse``: the
+    ``SummaryQueryError`` when it is one, else the ``GetSummariesResponse``, both encoded.
+
+    Reads the envelope's own fields only, as protobuf would: occurrences of the same
+    message field merge (their bytes concatenate), the last ``result`` member set wins,
+    fields of another wire type or number are skipped. ``ValueError`` if it does not
+    parse.
+    """
+    query_id = 0
+    member = 0
+    payload = b""
+    for number, value in wire.top_level_fields(raw):
+        if number == _QUERY_ID and isinstance(value, int):
+            query_id = value
+        elif number in (_SUMMARIES, _ERROR) and isinstance(value, bytes):
+            payload = payload + value if member == number else value
+            member = number
+    if member == _ERROR:
+        return query_id, payload, b""
+    return query_id, None, payload
 
 
 def _fail(pending: Pending, code: grpc.StatusCode, details: str) -> None:

@@ -79,3 +79,39 @@ def packed_uint64(field_number: int, values: U64) -> bytes:
     return packed_field(
         field_number, encode_varints(np.ascontiguousarray(values, np.uint64)).tobytes()
     )
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, pos
+        shift += 7
+
+
+def top_level_fields(data: bytes) -> list[tuple[int, int | bytes]]:
+    """The top-level fields of an encoded message, in order: ``(number, value)`` with
+    varints as ``int`` and length-delimited values as ``bytes``; ``ValueError`` for any
+    other wire type or bytes that do not parse."""
+    out: list[tuple[int, int | bytes]] = []
+    pos = 0
+    while pos < len(data):
+        key, pos = _read_varint(data, pos)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            value, pos = _read_varint(data, pos)
+            out.append((number, value))
+        elif wire_type == 2:
+            n, pos = _read_varint(data, pos)
+            if n > len(data) - pos:
+                raise ValueError("truncated length-delimited field")
+            out.append((number, data[pos : pos + n]))
+            pos += n
+        else:
+            raise ValueError(f"wire type {wire_type} at the top level")
+    return out

@@ -62,6 +62,7 @@ _DBL_MAX: Final = float(np.finfo(np.float64).max)
 _DBL_TRUE_MIN: Final = 5e-324
 
 CountArray = npt.NDArray[np.uint64]
+AnyCounts = npt.NDArray[np.unsignedinteger] | npt.NDArray[np.signedinteger]
 FloatArray = npt.NDArray[np.float64]
 
 
@@ -209,31 +210,47 @@ def _checked_side(
         raise ValueError(f"{name}.counts must have an integer dtype, got {c.dtype}")
     if c.dtype.kind == "i" and c.shape[0] and int(c.min()) < 0:
         raise ValueError(f"{name}.counts must be non-negative")
-    return _checked_counts(name, int(b.offset), c, max_buckets, lo_lim, hi_lim)
+    return _checked_side_counts(name, _counted(int(b.offset), c), max_buckets, lo_lim, hi_lim)
 
 
-def _checked_counts(
+#: One side as decoded: offset, counts, then where its first and last non-zero counts
+#: are (``-1, -1`` when none is) and the exact sum of its counts.
+CountedSide = tuple[int, "AnyCounts", int, int, int]
+
+
+def _counted(offset: int, c: AnyCounts) -> CountedSide:
+    """``offset`` and ``c`` (non-negative integer counts) with their first and last
+    non-zero positions and their exact total."""
+    n = c.shape[0]
+    if n == 0:
+        return offset, c, -1, -1, 0
+    if c[0] != 0 and c[n - 1] != 0:  # already trimmed, as senders write them
+        lead, trail = 0, n - 1
+    else:
+        nz = np.flatnonzero(c)
+        lead, trail = (int(nz[0]), int(nz[-1])) if nz.shape[0] else (-1, -1)
+    approx = float(c.sum(dtype=np.float64))
+    # a float sum of integers is exact below 2**53; above, Python's integers are
+    total = int(approx) if approx < 2.0**53 else sum(c.tolist())
+    return offset, c, lead, trail, total
+
+
+def _checked_side_counts(
     name: str,
-    offset: int,
-    c: npt.NDArray[np.unsignedinteger] | npt.NDArray[np.signedinteger],
+    side: CountedSide,
     max_buckets: int,
     lo_lim: int,
     hi_lim: int,
 ) -> tuple[Buckets, int]:
-    """:func:`_checked_side` once the types are known: an ``int`` offset and 1-D counts of
-    an integer dtype with no negative count."""
+    """The checks of one side: its buckets trimmed (uint64) and their total."""
+    offset, c, lead, trail, total = side
     n = c.shape[0]
     if n == 0:
         return Buckets(), 0
     if not (offset >= _INT32_MIN and offset + n - 1 <= _INT32_MAX):
         raise ValueError(f"{name} bucket indices overflow int32")
-    if c[0] != 0 and c[n - 1] != 0:  # already trimmed, as senders write them
-        lead, trail = 0, n - 1
-    else:
-        nz = np.flatnonzero(c)
-        if nz.shape[0] == 0:
-            return Buckets(), 0
-        lead, trail = int(nz[0]), int(nz[-1])
+    if lead < 0:
+        return Buckets(), 0
     first, last = offset + lead, offset + trail
     if last - first + 1 > max_buckets:
         raise ValueError(f"{name} bucket span {last - first + 1} exceeds max_buckets {max_buckets}")
@@ -242,13 +259,9 @@ def _checked_counts(
             f"{name} bucket indices [{first}, {last}] outside the range of finite values: "
             f"[{lo_lim}, {hi_lim}]"
         )
-    approx_total = float(c.sum(dtype=np.float64))
-    if approx_total > _COUNT_LIMIT:
+    if total > _COUNT_LIMIT:
         raise ValueError("total count overflows int64")
-    kept = c[lead : trail + 1].astype(np.uint64, copy=False)
-    # a float sum of integers is exact below 2**53
-    total = int(approx_total) if approx_total < 2.0**53 else int(kept.sum(dtype=np.uint64))
-    return Buckets(first, kept), total
+    return Buckets(first, c[lead : trail + 1].astype(np.uint64, copy=False)), total
 
 
 def _narrowed(b: Buckets) -> Buckets:
@@ -484,6 +497,27 @@ class ExponentialHistogram:
         ``int`` and 1-D ``uint64`` counts: what a decoded message holds, so the type
         checks of :meth:`from_parts` are left out; every value check is made.
         """
+        return cls.from_counted(
+            scale,
+            max_buckets,
+            zero_threshold,
+            zero_count,
+            _counted(*positive),
+            _counted(*negative),
+        )
+
+    @classmethod
+    def from_counted(
+        cls,
+        scale: int,
+        max_buckets: int,
+        zero_threshold: float,
+        zero_count: int,
+        positive: CountedSide,
+        negative: CountedSide,
+    ) -> tuple[ExponentialHistogram, int]:
+        """:meth:`from_wire` for sides whose non-zero range and total a decoder found
+        already (see :data:`CountedSide`)."""
         if not (
             MIN_SCALE <= scale <= MAX_SCALE
             and max_buckets >= MIN_MAX_BUCKETS
@@ -491,8 +525,8 @@ class ExponentialHistogram:
         ):
             _check_params(scale, max_buckets, zero_threshold)
         lo_lim, hi_lim = index_limits(scale)
-        pos, pos_total = _checked_counts("positive", *positive, max_buckets, lo_lim, hi_lim)
-        neg, neg_total = _checked_counts("negative", *negative, max_buckets, lo_lim, hi_lim)
+        pos, pos_total = _checked_side_counts("positive", positive, max_buckets, lo_lim, hi_lim)
+        neg, neg_total = _checked_side_counts("negative", negative, max_buckets, lo_lim, hi_lim)
         total = zero_count + pos_total + neg_total
         if total > _COUNT_LIMIT:
             raise ValueError("total count overflows int64")

@@ -21,8 +21,12 @@ Request = region_node_pb2.GetSummariesRequest
 
 
 def stream_to(mesh: Mesh, address: str) -> SummaryStream:
-    stub = region_node_pb2_grpc.RegionNodeServiceStub(mesh.channel(address))
-    return SummaryStream(lambda: stub)
+    channel = mesh.channel(address)
+    return SummaryStream(lambda: channel)
+
+
+def parsed(answer: bytes) -> region_node_pb2.GetSummariesResponse:
+    return region_node_pb2.GetSummariesResponse.FromString(answer)
 
 
 async def test_concurrent_queries_share_one_stream_and_get_their_own_answers(
@@ -35,17 +39,18 @@ async def test_concurrent_queries_share_one_stream_and_get_their_own_answers(
         await mesh.ingest("us-east-1", metric, rng.lognormal(size=n))
     stream = stream_to(mesh, server.address)
     try:
-        answers = await asyncio.gather(
+        encoded = await asyncio.gather(
             *(stream.query(Request(metrics=[m]), 5.0) for m in sizes for _ in range(3))
         )
         expected = [m for m in sizes for _ in range(3)]
+        answers = [parsed(a) for a in encoded]
         assert [a.series[0].metric for a in answers] == expected
         assert [a.series[0].summary.moments.count for a in answers] == [sizes[m] for m in expected]
         # what the unary call answers, byte for byte
         unary = await region_node_pb2_grpc.RegionNodeServiceStub(
             mesh.channel(server.address)
         ).GetSummaries(Request(metrics=["metric_3"]), timeout=5)
-        assert answers[9].SerializeToString() == unary.SerializeToString()
+        assert encoded[9] == unary.SerializeToString()
         assert stream.opened == 1 and not stream.unary_only
     finally:
         await stream.close()
@@ -60,7 +65,7 @@ async def test_a_rejected_query_fails_alone_and_the_stream_goes_on(mesh: Mesh) -
             await stream.query(Request(metrics=["not a metric name"]), 5.0)
         assert err.value.code is grpc.StatusCode.INVALID_ARGUMENT
         assert "metrics" in err.value.details
-        answer = await stream.query(Request(), 5.0)
+        answer = parsed(await stream.query(Request(), 5.0))
         assert answer.series[0].summary.moments.count == 100
         assert stream.opened == 1
     finally:
@@ -152,8 +157,8 @@ async def test_a_node_without_the_stream_is_asked_with_unary_calls(mesh: Mesh) -
     stream = stream_to(mesh, server.address)  # type: ignore[attr-defined]
     try:
         before = _OlderNode.calls
-        first = await stream.query(Request(), 5.0)
-        second = await stream.query(Request(), 5.0)
+        first = parsed(await stream.query(Request(), 5.0))
+        second = parsed(await stream.query(Request(), 5.0))
         assert (first.region_id, second.instance_id) == ("old-1", "old-1-a")
         assert stream.unary_only
         assert _OlderNode.calls - before == 2

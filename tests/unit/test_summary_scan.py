@@ -1,0 +1,304 @@
+"""The compiled scan of a node's answer against protobuf's parse of the same bytes.
+
+``convert.summaries_answer_from_bytes`` reads an encoded ``GetSummariesResponse`` with
+:mod:`nethical_grpc.summary_scan` and falls back to protobuf for encodings the scan
+leaves alone. Whatever the bytes, it must give what the protobuf path gives: the same
+summaries, or the same refusal with the same message.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coordinator.summary_stream import _open_answer
+from nethical_grpc import convert, summary_scan, wire
+from nethical_grpc.jit import is_jit_available
+from nethical_grpc.summary import Summary
+from nethical_grpc.v1 import region_node_pb2, summary_pb2
+
+Response = region_node_pb2.GetSummariesResponse
+
+needs_jit = pytest.mark.skipif(not is_jit_available(), reason="the scan is compiled")
+
+
+def same_answer(a: convert.SummariesAnswer, b: convert.SummariesAnswer) -> None:
+    assert (a.instance_id, a.scope, a.data_as_of_ns, a.invalid) == (
+        b.instance_id,
+        b.scope,
+        b.data_as_of_ns,
+        b.invalid,
+    )
+    assert a.privacy == b.privacy
+    assert len(a.groups) == len(b.groups)
+    for x, y in zip(a.groups, b.groups, strict=True):
+        assert (x.metric, x.labels, x.start_ns, x.end_ns) == (
+            y.metric,
+            y.labels,
+            y.start_ns,
+            y.end_ns,
+        )
+        assert x.summary.moments == y.summary.moments
+        assert x.summary.histogram == y.summary.histogram
+        assert x.summary.histogram.scale == y.summary.histogram.scale
+
+
+def both_ways(data: bytes) -> convert.SummariesAnswer:
+    """The answer through the scan (when it takes the bytes), checked against protobuf."""
+    try:
+        parsed = Response.FromString(data)
+    except Exception:
+        parsed = None
+    answer = convert.summaries_answer_from_bytes(data)
+    if parsed is None:
+        assert answer.invalid is not None and not answer.groups
+    else:
+        same_answer(answer, convert._answer_from_message(parsed))
+    return answer
+
+
+# -- answers with valid and broken summaries ------------------------------------------
+
+values = st.lists(
+    st.one_of(
+        st.floats(-1e6, 1e6, allow_nan=False),
+        st.floats(1e-300, 1e300).map(lambda v: v * (-1) ** int(v * 7 % 2)),
+        st.just(0.0),
+    ),
+    max_size=60,
+)
+
+BREAKS: dict[str, Callable[[summary_pb2.Summary], None]] = {
+    "none": lambda s: None,
+    "count": lambda s: setattr(s.moments, "count", s.moments.count + 1),
+    "nan_sum": lambda s: setattr(s.moments, "sum", math.nan),
+    "negative_m2": lambda s: setattr(s.moments, "m2", -1.0),
+    "min_over_max": lambda s: (setattr(s.moments, "min", 5.0), setattr(s.moments, "max", 1.0)),
+    "scale": lambda s: setattr(s.histogram, "scale", 21),
+    "max_buckets": lambda s: setattr(s.histogram, "max_buckets", 3),
+    "threshold": lambda s: setattr(s.histogram, "zero_threshold", -1.0),
+    "narrow": lambda s: setattr(s.histogram, "max_buckets", 4),
+    "zero_edges": lambda s: (
+        s.histogram.positive.bucket_counts.insert(0, 0),
+        s.histogram.positive.bucket_counts.append(0),
+        setattr(s.histogram.positive, "offset", s.histogram.positive.offset - 1),
+    ),
+    "int32_edge": lambda s: setattr(s.histogram.negative, "offset", 2**31 - 1),
+    "huge_count": lambda s: s.histogram.positive.bucket_counts.append(2**64 - 1),
+    "zero_count": lambda s: setattr(s.histogram, "zero_count", s.histogram.zero_count + 3),
+}
+
+
+@st.composite
+def answers(draw: st.DrawFn) -> Response:
+    series = []
+    for _ in range(draw(st.integers(0, 4))):
+        summary = Summary.from_values(
+            np.array(draw(values), dtype=np.float64),
+            scale=draw(st.integers(-2, 8)),
+            max_buckets=draw(st.sampled_from([8, 64, 2048])),
+            zero_threshold=draw(st.sampled_from([0.0, 1e-3])),
+        )
+        msg = convert.summary_to_proto(summary)
+        BREAKS[draw(st.sampled_from(sorted(BREAKS)))](msg)
+        series.append(
+            summary_pb2.SeriesSummary(
+                metric=draw(st.sampled_from(["latency_ms", "risk.score", "", "bad name", "é"])),
+                labels=draw(
+                    st.dictionaries(
+                        st.sampled_from(["region", "shard", "ünï"]), st.text(max_size=5), max_size=3
+                    )
+                ),
+                summary=msg,
+                start_time=convert.ns_to_timestamp(draw(st.integers(0, 2**62))),
+                end_time=convert.ns_to_timestamp(draw(st.integers(0, 2**62))),
+                mean_error=draw(st.sampled_from([0.0, 0.25])),
+            )
+        )
+    msg = Response(
+        series=series,
+        region_id=draw(st.sampled_from(["", "eu-west-1"])),
+        instance_id=draw(st.sampled_from(["", "node-a"])),
+        scope=draw(st.sampled_from([0, 1, 2, 7])),
+    )
+    if draw(st.booleans()):
+        msg.data_as_of.CopyFrom(convert.ns_to_timestamp(draw(st.integers(0, 2**62))))
+    if draw(st.booleans()):
+        msg.privacy.CopyFrom(
+            summary_pb2.PrivacyInfo(
+                noised=True,
+                epsilon=draw(st.sampled_from([0.5, -1.0])),
+                mechanism=summary_pb2.NOISE_MECHANISM_LAPLACE,
+                count_error=summary_pb2.NoiseError(stddev=1.0, expected_abs=0.8),
+                sum_error=summary_pb2.NoiseError(stddev=1.0, expected_abs=0.8),
+                bucket_error=summary_pb2.NoiseError(stddev=1.0, expected_abs=0.8),
+                upper_bound=10.0,
+            )
+        )
+    return msg
+
+
+@needs_jit
+@settings(max_examples=300, deadline=None)
+@given(msg=answers())
+def test_the_scan_gives_what_protobuf_gives(msg: Response) -> None:
+    data = msg.SerializeToString()
+    assert summary_scan.scan(data) is not None  # what protobuf writes, the scan reads
+    both_ways(data)
+    same_answer(convert.summaries_answer_from_proto(msg), convert._answer_from_message(msg))
+
+
+@needs_jit
+def test_a_total_count_at_the_int64_limit_is_kept_and_one_past_it_refused() -> None:
+    for total, refused in ((2**63 - 1, False), (2**63, True)):
+        summary = summary_pb2.Summary(
+            moments=summary_pb2.Moments(count=total, sum=float(total), min=1.0, max=1.0, mean=1.0),
+            histogram=summary_pb2.ExponentialHistogram(
+                scale=0,
+                max_buckets=160,
+                positive=summary_pb2.ExponentialHistogram.Buckets(
+                    offset=-1, bucket_counts=[total - 5, 5]
+                ),
+            ),
+        )
+        answer = both_ways(
+            Response(
+                series=[summary_pb2.SeriesSummary(metric="m", summary=summary)]
+            ).SerializeToString()
+        )
+        assert (answer.invalid is not None) is refused
+        if refused:
+            assert "overflows int64" in answer.invalid  # type: ignore[operator]
+        else:
+            assert answer.groups[0].summary.count == total
+
+
+# -- encodings the scan leaves to protobuf, and bytes that do not parse ---------------
+
+
+def one_series(**histogram: object) -> Response:
+    summary = convert.summary_to_proto(Summary.from_values(np.array([1.0, 2.0, 4.0, -3.0])))
+    for name, value in histogram.items():
+        setattr(summary.histogram, name, value)
+    return Response(series=[summary_pb2.SeriesSummary(metric="m", summary=summary)])
+
+
+def tag(number: int, wire_type: int) -> bytes:
+    return wire.varint(number << 3 | wire_type)
+
+
+@needs_jit
+def test_unknown_fields_are_skipped_at_every_level() -> None:
+    msg = one_series()
+    unknown = (
+        tag(99, 0) + wire.varint(7) + tag(98, 2) + wire.varint(2) + b"xy" + tag(97, 5) + b"abcd"
+    )
+    msg.series[0].summary.histogram.positive.MergeFromString(unknown)
+    msg.series[0].summary.moments.MergeFromString(unknown)
+    msg.series[0].MergeFromString(unknown)
+    msg.MergeFromString(unknown)
+    data = msg.SerializeToString()
+    assert summary_scan.scan(data) is not None
+    answer = both_ways(data)
+    assert answer.invalid is None and answer.groups[0].summary.count == 4
+
+
+def series_bytes(summary: bytes) -> bytes:
+    return wire.packed_field(1, wire.packed_field(1, b"m") + summary)
+
+
+@needs_jit
+def test_unpacked_bucket_counts_go_through_protobuf() -> None:
+    """Parsers must accept a repeated number written one field per element."""
+    msg = one_series()
+    histogram = msg.series[0].summary.histogram
+    pos = histogram.positive
+    counts = list(pos.bucket_counts)
+    buckets = tag(1, 0) + wire.varint((pos.offset << 1) ^ (pos.offset >> 31))
+    buckets += b"".join(tag(2, 0) + wire.varint(c) for c in counts)
+    histogram.ClearField("positive")
+    summary = summary_pb2.Summary(moments=msg.series[0].summary.moments)
+    histogram_bytes = histogram.SerializeToString() + wire.packed_field(4, buckets)
+    data = series_bytes(
+        wire.packed_field(3, summary.SerializeToString() + wire.packed_field(2, histogram_bytes))
+    )
+    assert Response.FromString(data).series[0].summary.histogram.positive.bucket_counts == counts
+    assert summary_scan.scan(data) is None
+    answer = both_ways(data)
+    assert answer.invalid is None and answer.groups[0].summary.count == 4
+
+
+@needs_jit
+def test_a_message_field_written_twice_goes_through_protobuf() -> None:
+    """Protobuf merges the occurrences: here moments in one, the histogram in the other."""
+    summary = one_series().series[0].summary
+    first = summary_pb2.Summary(moments=summary.moments).SerializeToString()
+    second = summary_pb2.Summary(histogram=summary.histogram).SerializeToString()
+    data = series_bytes(wire.packed_field(3, first) + wire.packed_field(3, second))
+    assert summary_scan.scan(data) is None
+    answer = both_ways(data)
+    assert answer.invalid is None and answer.groups[0].summary.count == 4
+
+
+@needs_jit
+@given(msg=answers(), cut=st.integers(1, 300), at=st.integers(0, 10**6), flip=st.integers(1, 255))
+@settings(max_examples=500, deadline=None)
+def test_damaged_bytes_give_the_protobuf_verdict(
+    msg: Response, cut: int, at: int, flip: int
+) -> None:
+    data = bytearray(msg.SerializeToString())
+    both_ways(bytes(data[: max(0, len(data) - cut)]))
+    if data:
+        data[at % len(data)] ^= flip
+        both_ways(bytes(data))
+
+
+def test_without_numba_the_answer_comes_from_protobuf(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(summary_scan, "is_jit_available", lambda: False)
+    data = one_series().SerializeToString()
+    assert summary_scan.scan(data) is None
+    answer = convert.summaries_answer_from_bytes(data)
+    assert answer.invalid is None and answer.groups[0].summary.count == 4
+
+
+# -- the stream's envelope -------------------------------------------------------------
+
+
+@given(
+    query_id=st.integers(0, 2**64 - 1),
+    parts=st.lists(st.sampled_from(["summaries", "error", "unknown"]), max_size=4),
+)
+@settings(max_examples=200, deadline=None)
+def test_the_envelope_reads_as_protobuf_reads_it(query_id: int, parts: list[str]) -> None:
+    """Occurrences merge, the last oneof member wins, unknown fields are skipped."""
+    data = region_node_pb2.StreamSummariesResponse(query_id=query_id).SerializeToString()
+    for i, part in enumerate(parts):
+        if part == "summaries":
+            body = Response(region_id=f"r{i}", series=[summary_pb2.SeriesSummary(metric=f"m{i}")])
+            data += wire.packed_field(2, body.SerializeToString())
+        elif part == "error":
+            err = region_node_pb2.SummaryQueryError(code=3 + i, message=f"bad {i}")
+            data += wire.packed_field(3, err.SerializeToString())
+        else:
+            data += tag(50, 0) + wire.varint(i)
+    expected = region_node_pb2.StreamSummariesResponse.FromString(data)
+    got_id, error, summaries = _open_answer(data)
+    assert got_id == expected.query_id
+    if expected.WhichOneof("result") == "error":
+        assert error is not None
+        assert region_node_pb2.SummaryQueryError.FromString(error) == expected.error
+    else:
+        assert error is None
+        assert Response.FromString(summaries) == expected.summaries
+
+
+def test_an_envelope_that_does_not_parse_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        _open_answer(tag(2, 2) + wire.varint(10) + b"short")
+    with pytest.raises(ValueError):
+        _open_answer(tag(1, 1) + b"12345678")
