@@ -475,12 +475,12 @@ def _scan(
     head = np.zeros(_HEAD_COLUMNS, np.int64)
     head[PRIVACY_START] = -1
     head[PRIVACY_END] = -1
-    # room for what ``buf`` can hold: a series or a label pair takes >= 2 bytes, a count
-    # >= 1; series and pairs grow on demand
     ints = np.zeros((16, _INT_COLUMNS), np.int64)
     uints = np.zeros((16, _UINT_COLUMNS), np.uint64)
     floats = np.zeros((16, _FLOAT_COLUMNS), np.float64)
-    labels = np.empty((max(16, end // 2), 4), np.int64)  # each pair's row is written whole
+    # a count takes >= 1 byte, so ``end`` counts are room for all; label pairs (>= 2 bytes
+    # each) are few, and their rows grow before each series to what its bytes can hold
+    labels = np.empty((64, 4), np.int64)  # each pair's row is written whole
     counts = np.empty(end, np.uint64)
     n_series = 0
     n_labels = 0
@@ -536,6 +536,11 @@ def _scan(
                 floats2 = np.zeros((grown, _FLOAT_COLUMNS), np.float64)
                 floats2[:n_series] = floats[:n_series]
                 floats = floats2
+            room = stop - start
+            if n_labels + room // 2 > labels.shape[0]:
+                labels2 = np.empty((max(2 * labels.shape[0], n_labels + room // 2), 4), np.int64)
+                labels2[:n_labels] = labels[:n_labels]
+                labels = labels2
             status, n_labels, n_counts = _series(
                 buf,
                 start,
