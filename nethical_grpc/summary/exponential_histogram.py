@@ -276,17 +276,23 @@ def _narrowed(b: Buckets) -> Buckets:
     return b
 
 
+_U64: Final = np.dtype(np.uint64)
+
+
 def _own(b: Buckets) -> Buckets:
     """Trimmed, writable, C-contiguous uint64 buckets; returns ``b`` itself when already so."""
     c = b.counts
-    n = c.shape[0] if isinstance(c, np.ndarray) and c.ndim == 1 else -1
+    n = c.shape[0] if type(c) is np.ndarray and c.ndim == 1 else -1
+    if n == 0 and c.dtype == _U64:
+        return b  # nothing to write into: an update replaces an empty array
     if (
-        n >= 0
-        and c.dtype == np.uint64
+        n > 0
+        and c.dtype == _U64
         and c.flags.c_contiguous
         and c.flags.writeable
-        and isinstance(b.offset, int)
-        and (n == 0 or (c[0] != 0 and c[n - 1] != 0))
+        and type(b.offset) is int
+        and c[0] != 0
+        and c[n - 1] != 0
     ):
         return b
     return Buckets(int(b.offset), np.asarray(b.counts)).trimmed()
