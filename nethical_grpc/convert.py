@@ -29,7 +29,7 @@ from nethical_grpc.storage.audit import AuditFilter, SearchPage, SearchQuery
 from nethical_grpc.storage.backend import BackendChoice
 from nethical_grpc.storage.timeseries import AggregateRow, MetricRecord
 from nethical_grpc.summary import Buckets, ExponentialHistogram, Moments, Summary
-from nethical_grpc.summary.exponential_histogram import CountArray
+from nethical_grpc.summary.exponential_histogram import CountArray, CountedSide, counted_side
 from nethical_grpc.summary.moments import check_consistent
 from nethical_grpc.v1 import coordinator_pb2, governance_pb2, region_node_pb2, summary_pb2
 from nethical_grpc.validation import (
@@ -132,9 +132,11 @@ def _write_buckets(target: summary_pb2.ExponentialHistogram.Buckets, b: Buckets)
         target.MergeFromString(packed_uint64(2, t.counts))
 
 
-def _wire_side(msg: summary_pb2.ExponentialHistogram.Buckets) -> tuple[int, CountArray]:
+def _wire_side(msg: summary_pb2.ExponentialHistogram.Buckets) -> CountedSide:
     counts = msg.bucket_counts
-    return msg.offset, (np.asarray(counts, dtype=np.uint64) if len(counts) else _NO_COUNTS)
+    return counted_side(
+        msg.offset, np.asarray(counts, dtype=np.uint64) if len(counts) else _NO_COUNTS
+    )
 
 
 def histogram_to_proto(h: ExponentialHistogram) -> summary_pb2.ExponentialHistogram:
@@ -175,12 +177,13 @@ def _checked_histogram(
     max_buckets: int,
     zero_threshold: float,
     zero_count: int,
-    positive: tuple[int, CountArray],
-    negative: tuple[int, CountArray],
+    positive: CountedSide,
+    negative: CountedSide,
     field: str,
 ) -> tuple[ExponentialHistogram, int]:
+    """The histogram of decoded fields (validated) and its total count."""
     try:
-        return ExponentialHistogram.from_wire(
+        return ExponentialHistogram.from_counted(
             scale, max_buckets, zero_threshold, zero_count, positive, negative
         )
     except ValueError as exc:
@@ -433,29 +436,27 @@ def _scanned_groups(data: bytes, scanned: summary_scan.ScannedSummaries) -> list
             count, f[sc.SUM], f[sc.MIN], f[sc.MAX], f[sc.MEAN], f[sc.M2], field + ".summary.moments"
         )
         pos, neg = row[sc.POS_FIRST], row[sc.NEG_FIRST]
-        try:
-            histogram, total = ExponentialHistogram.from_counted(
-                row[sc.SCALE],
-                row[sc.MAX_BUCKETS],
-                f[sc.ZERO_THRESHOLD],
-                zero_count,
-                (
-                    row[sc.POS_OFFSET],
-                    counts[pos : pos + row[sc.POS_LEN]],
-                    row[sc.POS_LEAD],
-                    row[sc.POS_TRAIL],
-                    pos_total,
-                ),
-                (
-                    row[sc.NEG_OFFSET],
-                    counts[neg : neg + row[sc.NEG_LEN]],
-                    row[sc.NEG_LEAD],
-                    row[sc.NEG_TRAIL],
-                    neg_total,
-                ),
-            )
-        except ValueError as exc:
-            raise InvalidArgument.single(field + ".summary.histogram", str(exc)) from None
+        histogram, total = _checked_histogram(
+            row[sc.SCALE],
+            row[sc.MAX_BUCKETS],
+            f[sc.ZERO_THRESHOLD],
+            zero_count,
+            (
+                row[sc.POS_OFFSET],
+                counts[pos : pos + row[sc.POS_LEN]],
+                row[sc.POS_LEAD],
+                row[sc.POS_TRAIL],
+                pos_total,
+            ),
+            (
+                row[sc.NEG_OFFSET],
+                counts[neg : neg + row[sc.NEG_LEN]],
+                row[sc.NEG_LEAD],
+                row[sc.NEG_TRAIL],
+                neg_total,
+            ),
+            field + ".summary.histogram",
+        )
         out.append(
             GroupSummary(
                 metric=metric,

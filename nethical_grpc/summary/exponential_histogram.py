@@ -43,6 +43,7 @@ __all__ = [
     "ExponentialHistogram",
     "bucket_index",
     "bucket_lower_boundary",
+    "counted_side",
     "index_limits",
     "relative_error_at",
 ]
@@ -210,7 +211,7 @@ def _checked_side(
         raise ValueError(f"{name}.counts must have an integer dtype, got {c.dtype}")
     if c.dtype.kind == "i" and c.shape[0] and int(c.min()) < 0:
         raise ValueError(f"{name}.counts must be non-negative")
-    return _checked_side_counts(name, _counted(int(b.offset), c), max_buckets, lo_lim, hi_lim)
+    return _checked_side_counts(name, counted_side(int(b.offset), c), max_buckets, lo_lim, hi_lim)
 
 
 #: One side as decoded: offset, counts, then where its first and last non-zero counts
@@ -218,7 +219,7 @@ def _checked_side(
 CountedSide = tuple[int, "AnyCounts", int, int, int]
 
 
-def _counted(offset: int, c: AnyCounts) -> CountedSide:
+def counted_side(offset: int, c: AnyCounts) -> CountedSide:
     """``offset`` and ``c`` (non-negative integer counts) with their first and last
     non-zero positions and their exact total."""
     n = c.shape[0]
@@ -487,32 +488,6 @@ class ExponentialHistogram:
         return h
 
     @classmethod
-    def from_wire(
-        cls,
-        scale: int,
-        max_buckets: int,
-        zero_threshold: float,
-        zero_count: int,
-        positive: tuple[int, CountArray],
-        negative: tuple[int, CountArray],
-    ) -> tuple[ExponentialHistogram, int]:
-        """:meth:`from_parts` for fields of the wire's types, and the total count.
-
-        ``scale``, ``max_buckets`` and ``zero_count`` are ``int`` (``zero_count`` >= 0),
-        ``zero_threshold`` a ``float``, and each side an ``(offset, counts)`` pair of an
-        ``int`` and 1-D ``uint64`` counts: what a decoded message holds, so the type
-        checks of :meth:`from_parts` are left out; every value check is made.
-        """
-        return cls.from_counted(
-            scale,
-            max_buckets,
-            zero_threshold,
-            zero_count,
-            _counted(*positive),
-            _counted(*negative),
-        )
-
-    @classmethod
     def from_counted(
         cls,
         scale: int,
@@ -522,8 +497,13 @@ class ExponentialHistogram:
         positive: CountedSide,
         negative: CountedSide,
     ) -> tuple[ExponentialHistogram, int]:
-        """:meth:`from_wire` for sides whose non-zero range and total a decoder found
-        already (see :data:`CountedSide`)."""
+        """:meth:`from_parts` for a decoder: every value check, none of the type checks.
+
+        ``scale``, ``max_buckets`` and ``zero_count`` are ``int`` (``zero_count`` >= 0),
+        ``zero_threshold`` a ``float``, and each side a :data:`CountedSide` (see
+        :func:`counted_side`): what a decoded message holds. Returns the histogram and
+        its total count.
+        """
         if not (
             MIN_SCALE <= scale <= MAX_SCALE
             and max_buckets >= MIN_MAX_BUCKETS
