@@ -130,13 +130,13 @@ def _varint(buf: Buf, pos: int, end: int) -> tuple[int, int]:  # pragma: no cove
 
 
 @maybe_njit(cache=True)
-def _key(buf: Buf, pos: int, end: int) -> tuple[int, int]:  # pragma: no cover
-    """A field's key and the position after it; position -1 if malformed (protobuf
-    refuses field number 0 and keys beyond 32 bits)."""
+def _key(buf: Buf, pos: int, end: int) -> tuple[int, int, int]:  # pragma: no cover
+    """A field's (number, wire type, position after its key); position -1 if malformed
+    (protobuf also refuses field number 0 and keys beyond 32 bits)."""
     key, pos = _varint(buf, pos, end)
     if pos >= 0 and (key >> 3 == 0 or key > 0xFFFFFFFF or key < 0):
-        return 0, -1
-    return key, pos
+        return 0, 0, -1
+    return key >> 3, key & 7, pos
 
 
 @maybe_njit(cache=True)
@@ -184,11 +184,9 @@ def _timestamp(buf: Buf, pos: int, end: int) -> tuple[int, int, int]:  # pragma:
     nanos = 0
     seen = 0
     while pos < end:
-        key, pos = _key(buf, pos, end)
+        field, wire, pos = _key(buf, pos, end)
         if pos < 0:
             return _MALFORMED, 0, 0
-        field = key >> 3
-        wire = key & 7
         if field == 1 or field == 2:
             if wire != _VARINT or seen & (1 << field):
                 return _UNSUPPORTED, 0, 0
@@ -221,11 +219,9 @@ def _buckets(
     limit = np.uint64(_COUNT_LIMIT)
     seen = 0
     while pos < end:
-        key, pos = _key(buf, pos, end)
+        field, wire, pos = _key(buf, pos, end)
         if pos < 0:
             return _MALFORMED, n_counts, total
-        field = key >> 3
-        wire = key & 7
         if field == 1:
             if wire != _VARINT or seen & 2:
                 return _UNSUPPORTED, n_counts, total
@@ -304,11 +300,9 @@ def _series(
     ints[NEG_TRAIL] = -1
     seen = 0
     while pos < end:
-        key, pos = _key(buf, pos, end)
+        field, wire, pos = _key(buf, pos, end)
         if pos < 0:
             return _MALFORMED, n_labels, n_counts
-        field = key >> 3
-        wire = key & 7
         if field == 2:  # a label pair (map entry); repeated
             if wire != _LEN:
                 return _UNSUPPORTED, n_labels, n_counts
@@ -324,12 +318,11 @@ def _series(
             entry_seen = 0
             p = start
             while p < stop:
-                k2, p = _key(buf, p, stop)
+                f2, w2, p = _key(buf, p, stop)
                 if p < 0:
                     return _MALFORMED, n_labels, n_counts
-                f2 = k2 >> 3
                 if f2 == 1 or f2 == 2:
-                    if (k2 & 7) != _LEN or entry_seen & (1 << f2):
+                    if w2 != _LEN or entry_seen & (1 << f2):
                         return _UNSUPPORTED, n_labels, n_counts
                     entry_seen |= 1 << f2
                     s2, e2 = _len_field(buf, p, stop)
@@ -339,7 +332,7 @@ def _series(
                     labels[n_labels, 2 * (f2 - 1) + 1] = e2
                     p = e2
                 else:
-                    p = _skip(buf, p, stop, k2 & 7)
+                    p = _skip(buf, p, stop, w2)
                     if p < 0:
                         return (_MALFORMED if p == -1 else _UNSUPPORTED), n_labels, n_counts
             n_labels += 1
@@ -378,16 +371,15 @@ def _series(
             summary_seen = 0
             p = start
             while p < stop:
-                k2, p = _key(buf, p, stop)
+                f2, w2, p = _key(buf, p, stop)
                 if p < 0:
                     return _MALFORMED, n_labels, n_counts
-                f2 = k2 >> 3
                 if f2 != 1 and f2 != 2:
-                    p = _skip(buf, p, stop, k2 & 7)
+                    p = _skip(buf, p, stop, w2)
                     if p < 0:
                         return (_MALFORMED if p == -1 else _UNSUPPORTED), n_labels, n_counts
                     continue
-                if (k2 & 7) != _LEN or summary_seen & (1 << f2):
+                if w2 != _LEN or summary_seen & (1 << f2):
                     return _UNSUPPORTED, n_labels, n_counts
                 summary_seen |= 1 << f2
                 s2, e2 = _len_field(buf, p, stop)
@@ -397,11 +389,9 @@ def _series(
                 inner_seen = 0
                 q = s2
                 while q < e2:
-                    k3, q = _key(buf, q, e2)
+                    f3, w3, q = _key(buf, q, e2)
                     if q < 0:
                         return _MALFORMED, n_labels, n_counts
-                    f3 = k3 >> 3
-                    w3 = k3 & 7
                     if f3 < 1 or f3 > 6:
                         q = _skip(buf, q, e2, w3)
                         if q < 0:
@@ -489,12 +479,10 @@ def _scan(
     pos = 0
     status = _OK
     while pos < end:
-        key, pos = _key(buf, pos, end)
+        field, wire, pos = _key(buf, pos, end)
         if pos < 0:
             status = _MALFORMED
             break
-        field = key >> 3
-        wire = key & 7
         if field < 1 or field > 6:
             pos = _skip(buf, pos, end, wire)
             if pos < 0:
