@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 ChannelSource = Callable[[], grpc.aio.Channel]
 Pending = dict[int, "asyncio.Future[bytes]"]
 
-_METHOD = "/nethical_grpc.v1.RegionNodeService/StreamSummaries"
+_SERVICE = region_node_pb2.DESCRIPTOR.services_by_name["RegionNodeService"]
+_METHOD = f"/{_SERVICE.full_name}/{_SERVICE.methods_by_name['StreamSummaries'].name}"
 _ANSWER = region_node_pb2.StreamSummariesResponse.DESCRIPTOR.fields_by_name
 _QUERY_ID = _ANSWER["query_id"].number
 _SUMMARIES = _ANSWER["summaries"].number
