@@ -10,6 +10,7 @@ from coordinator.gateway import Gateway
 from coordinator.gateway_config import GatewayConfig
 from coordinator.instances import InstanceRegistry
 from coordinator.servicer import CoordinatorServicer
+from nethical_grpc import summary_scan
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
 from nethical_grpc.security.config import ServerSecurity
 from nethical_grpc.server_runtime import MeshServer, start_server
@@ -47,6 +48,7 @@ async def start_coordinator(config: CoordinatorConfig) -> tuple[MeshServer, Fede
     )
     if gw.local_region and not registry.has_region(gw.local_region):
         raise ValueError(f"local region {gw.local_region!r} is not one of the --region's")
+    summary_scan.warmup()  # the compiled reader of region answers, before any query
     await registry.resolve_now()  # DNS targets have their instances before serving
     registry.start()
     federation = Federation(registry, config.summary_transport)

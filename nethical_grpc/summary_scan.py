@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from nethical_grpc.jit import bits_float, is_jit_available, maybe_njit
 
-__all__ = ["ScannedSummaries", "scan"]
+__all__ = ["ScannedSummaries", "scan", "warmup"]
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -582,3 +582,9 @@ def scan(data: bytes) -> ScannedSummaries | None:
         labels[:n_labels],
         counts[:n_counts],
     )
+
+
+def warmup() -> None:
+    """Compile the scan (or load it from Numba's cache) before the first answer arrives:
+    compiling takes seconds, longer than a global query's deadline."""
+    scan(b"")
