@@ -38,6 +38,8 @@ REGION_NAMES = [
 QUANTILES = (0.5, 0.9, 0.99)
 METRICS = ("latency_ms", "risk_score", "score_delta")
 TICK_S = 0.05
+#: how long a region node or the coordinator may take to start and announce its port
+START_TIMEOUT_S = 120.0
 
 
 def region_names(n: int) -> list[str]:
@@ -136,11 +138,12 @@ async def run_demo(args: argparse.Namespace) -> int:
         names = region_names(args.regions)
         for name in names:
             children.append(spawn(name, ["region", "--region-id", name, "--port", "0"], workdir))
-        ports = [await c.aport() for c in children]
+        # the first start on a machine compiles the JIT kernels (seconds; cached after)
+        ports = [await c.aport(START_TIMEOUT_S) for c in children]
         specs = [f"--region={n}=127.0.0.1:{p}" for n, p in zip(names, ports, strict=True)]
         coord = spawn("coordinator", ["coordinator", "--port", "0", *specs], workdir)
         children.append(coord)
-        coord_port = await coord.aport()
+        coord_port = await coord.aport(START_TIMEOUT_S)
         print(
             f"mesh up: {len(names)} region nodes + coordinator on 127.0.0.1:{coord_port} "
             f"(logs in {workdir})",
