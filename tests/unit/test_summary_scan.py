@@ -302,3 +302,22 @@ def test_an_envelope_that_does_not_parse_is_an_error() -> None:
         _open_answer(tag(2, 2) + wire.varint(10) + b"short")
     with pytest.raises(ValueError):
         _open_answer(tag(1, 1) + b"12345678")
+
+
+@needs_jit
+def test_an_answer_of_many_labelled_series_reads_whole() -> None:
+    """Past the scan's first row and label capacity: every series and pair is kept."""
+    rng = np.random.default_rng(7)
+    series = [
+        summary_pb2.SeriesSummary(
+            metric=f"metric_{i % 7}",
+            labels={"shard": str(i), "zone": f"z{i % 3}", "host": f"h{i}"},
+            summary=convert.summary_to_proto(Summary.from_values(rng.lognormal(size=50))),
+        )
+        for i in range(300)
+    ]
+    data = Response(series=series, instance_id="node-a").SerializeToString()
+    assert summary_scan.scan(data) is not None
+    answer = both_ways(data)
+    assert len(answer.groups) == 300 and answer.invalid is None
+    assert answer.groups[299].labels == (("host", "h299"), ("shard", "299"), ("zone", "z2"))
