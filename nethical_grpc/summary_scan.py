@@ -207,10 +207,11 @@ def _timestamp(buf: Buf, pos: int, end: int) -> tuple[int, int, int]:  # pragma:
 
 @maybe_njit(cache=True)
 def _buckets(
-    buf: Buf, pos: int, end: int, counts: U64, n_counts: int, side: I64
+    buf: Buf, pos: int, end: int, counts: U64, n_counts: int, row: I64, base: int, ends: int
 ) -> tuple[int, int, np.uint64]:  # pragma: no cover
-    """(status, counts used after it, total) of one Buckets message; ``side`` gets its
-    offset, first count's index, count of counts, first and last non-zero position."""
+    """(status, counts used after it, total) of one Buckets message. The series ``row``
+    gets its offset, first count's index and count of counts from column ``base`` on,
+    and its first and last non-zero position from column ``ends`` on."""
     offset = 0
     first = n_counts
     lead = -1
@@ -260,11 +261,11 @@ def _buckets(
             pos = _skip(buf, pos, end, wire)
             if pos < 0:
                 return (_MALFORMED if pos == -1 else _UNSUPPORTED), n_counts, total
-    side[0] = offset
-    side[1] = first
-    side[2] = n_counts - first
-    side[3] = lead
-    side[4] = trail
+    row[base] = offset
+    row[base + 1] = first
+    row[base + 2] = n_counts - first
+    row[ends] = lead
+    row[ends + 1] = trail
     return _OK, n_counts, total
 
 
@@ -429,17 +430,20 @@ def _series(
                         if s3 < 0:
                             return _MALFORMED, n_labels, n_counts
                         q = e3
-                        side = np.empty(5, np.int64)
-                        status, n_counts, total = _buckets(buf, s3, e3, counts, n_counts, side)
+                        positive = f3 == 4
+                        status, n_counts, total = _buckets(
+                            buf,
+                            s3,
+                            e3,
+                            counts,
+                            n_counts,
+                            ints,
+                            POS_OFFSET if positive else NEG_OFFSET,
+                            POS_LEAD if positive else NEG_LEAD,
+                        )
                         if status != _OK:
                             return status, n_labels, n_counts
-                        base = POS_OFFSET if f3 == 4 else NEG_OFFSET
-                        ints[base] = side[0]
-                        ints[base + 1] = side[1]
-                        ints[base + 2] = side[2]
-                        ints[POS_LEAD if f3 == 4 else NEG_LEAD] = side[3]
-                        ints[POS_TRAIL if f3 == 4 else NEG_TRAIL] = side[4]
-                        uints[POS_TOTAL if f3 == 4 else NEG_TOTAL] = total
+                        uints[POS_TOTAL if positive else NEG_TOTAL] = total
                     else:  # 1 scale (sint32), 2 zero_count, 6 max_buckets (uint32)
                         if w3 != _VARINT:
                             return _UNSUPPORTED, n_labels, n_counts

@@ -4,6 +4,9 @@ Building ``repeated uint64`` fields through the protobuf API converts every elem
 (~50 ns each); histogram buckets are hundreds to thousands of counts per summary. These
 helpers write the packed field's bytes in one pass, and the message parses them with
 ``MergeFromString`` (C speed). Both paths give identical messages; a test checks it.
+
+:func:`top_level_fields` reads the other way, for a small envelope whose inner message
+should stay encoded (the coordinator's summary stream).
 """
 
 from __future__ import annotations

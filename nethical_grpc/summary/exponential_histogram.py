@@ -216,7 +216,7 @@ def _checked_side(
 
 #: One side as decoded: offset, counts, then where its first and last non-zero counts
 #: are (``-1, -1`` when none is) and the exact sum of its counts.
-CountedSide = tuple[int, "AnyCounts", int, int, int]
+CountedSide = tuple[int, AnyCounts, int, int, int]
 
 
 def counted_side(offset: int, c: AnyCounts) -> CountedSide:
