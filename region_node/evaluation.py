@@ -14,9 +14,13 @@ One pipeline serves the unary ``Evaluate``, the streamed ``EvaluateStream`` and 
 
 Single actions (unary ``Evaluate``) are coalesced: the calls that arrive while the node is
 busy, or within a few turns of the event loop, are evaluated as one batch, so steps 1-4
-cost once per batch instead of once per call.  Lone calls under light load wait for one or
-two idle turns of the loop, and no call waits more than ``COALESCE_MAX_WAIT_NS``.  Each
-outcome's latency runs from its own arrival to its batch's end.
+cost once per batch instead of once per call.  A batch also waits for as many calls as the
+batch before it took: concurrent callers whose answers just went out send their next calls
+in the following moments, and without that wait a busy node evaluated batches of about two
+calls (with it, about eight, at 16 concurrent callers).  Lone calls under light load wait
+for one or two idle turns of the loop, and no call waits more than
+``COALESCE_MAX_WAIT_NS``; a batch cut short by that bound lowers the next batch's wait.
+Each outcome's latency runs from its own arrival to its batch's end.
 
 Nothing here knows gRPC; the servicer converts messages and maps errors.
 """
@@ -121,6 +125,7 @@ class Evaluator:
         clock: Callable[[], int] = time.time_ns,
         sink: Callable[[Sequence[Outcome]], None] | None = None,
         profile_source: Callable[[str], Awaitable[Profile | None]] | None = None,
+        coalesce_max_wait_ns: int = COALESCE_MAX_WAIT_NS,
     ) -> None:
         self.model = model
         self.sink = sink
@@ -136,6 +141,9 @@ class Evaluator:
         self._waiting: deque[tuple[EvaluationRequest, int, asyncio.Future[Outcome]]] = deque()
         self._coalescer: asyncio.Task[None] | None = None
         self._quiet_turns = COALESCE_QUIET_TURNS
+        # calls the last batch took: the next batch waits for as many (within the bound)
+        self._expected = 1
+        self._max_wait_ns = coalesce_max_wait_ns
         self.coalesced_batches = 0
 
     async def evaluate(self, request: EvaluationRequest) -> Outcome:
@@ -153,15 +161,19 @@ class Evaluator:
         try:
             while waiting:
                 # let calls already on their way through the loop join this batch: yield
-                # until the loop has turned _quiet_turns times with no new call, or for at
-                # most COALESCE_MAX_WAIT_NS
-                quiet, deadline = 0, time.perf_counter_ns() + COALESCE_MAX_WAIT_NS
-                while quiet < self._quiet_turns and len(waiting) < MAX_COALESCED:
+                # until the loop has turned _quiet_turns times with no new call and as many
+                # calls wait as the last batch took, or for at most _max_wait_ns
+                quiet, deadline = 0, time.perf_counter_ns() + self._max_wait_ns
+                expected = self._expected
+                while len(waiting) < MAX_COALESCED and (
+                    quiet < self._quiet_turns or len(waiting) < expected
+                ):
                     n = len(waiting)
                     await asyncio.sleep(0)
                     quiet = quiet + 1 if len(waiting) == n else 0
                     if time.perf_counter_ns() >= deadline:
                         break
+                self._expected = min(len(waiting), MAX_COALESCED)
                 batch = []
                 while waiting and len(batch) < MAX_COALESCED:
                     item = waiting.popleft()

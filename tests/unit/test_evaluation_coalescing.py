@@ -146,3 +146,48 @@ async def test_the_wait_for_company_shrinks_for_lone_calls_and_returns_under_loa
     await asyncio.gather(*(evaluator.evaluate(request(BENIGN, i)) for i in range(20)))
     assert evaluator._quiet_turns == COALESCE_QUIET_TURNS  # a batch of several: full wait
     assert evaluator.evaluated == 28 == evaluated_count(node)
+
+
+async def _arrive_spaced(evaluator: Evaluator, n: int, turns: int) -> list[object]:
+    """``n`` calls, each ``turns`` loop turns after the one before (the way callers whose
+    answers just went out send their next calls): their outcomes, in order."""
+    tasks = []
+    for i in range(n):
+        tasks.append(asyncio.ensure_future(evaluator.evaluate(request(BENIGN, i))))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+    return list(await asyncio.gather(*tasks))
+
+
+async def test_a_batch_waits_for_as_many_calls_as_the_last_one_took(
+    node: RegionNode, model: NodeModel
+) -> None:
+    from region_node.evaluation import COALESCE_QUIET_TURNS
+
+    # a bound far off, so only the expected company ends the wait here
+    evaluator = Evaluator(model, node, coalesce_max_wait_ns=60_000_000_000)
+    await asyncio.gather(*(evaluator.evaluate(request(BENIGN, i)) for i in range(6)))
+    assert evaluator.coalesced_batches == 1
+    # six calls spaced by more quiet turns than a batch waits for: the quiet-turn rule
+    # alone would evaluate them one by one; waiting for six makes them one batch
+    outcomes = await _arrive_spaced(evaluator, 6, COALESCE_QUIET_TURNS + 4)
+    assert evaluator.coalesced_batches == 2
+    assert [o.request.request_id for o in outcomes] == [f"req-{i}" for i in range(6)]
+    assert evaluator.evaluated == 12 == evaluated_count(node)
+
+
+async def test_a_batch_cut_short_by_the_bound_lowers_the_next_wait(
+    node: RegionNode, model: NodeModel
+) -> None:
+    evaluator = Evaluator(model, node, coalesce_max_wait_ns=20_000_000)
+    await asyncio.gather(*(evaluator.evaluate(request(BENIGN, i)) for i in range(8)))
+    assert evaluator._expected == 8
+    # the callers went away but one: it waits for company at most the bound (a hang
+    # bound here, not a timing figure), and the next batch expects one call
+    lone = await asyncio.wait_for(evaluator.evaluate(request(BENIGN, 99)), timeout=5)
+    assert lone.request.request_id == "req-99"
+    assert evaluator._expected == 1
+    assert evaluator.coalesced_batches == 2
+    # so spaced single calls are no longer held for each other
+    await _arrive_spaced(evaluator, 3, 40)
+    assert evaluator.coalesced_batches == 5
