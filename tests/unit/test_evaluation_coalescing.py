@@ -10,7 +10,7 @@ import numpy.typing as npt
 import pytest
 
 from nethical_grpc.governance.detectors import Action
-from nethical_grpc.governance.requests import EvaluationRequest
+from nethical_grpc.governance.requests import EvaluationRequest, Outcome
 from nethical_grpc.series import SummaryQuery
 from region_node.evaluation import MAX_COALESCED, RISK_METRIC, Evaluator
 from region_node.model import ModelConfig, NodeModel
@@ -148,7 +148,7 @@ async def test_the_wait_for_company_shrinks_for_lone_calls_and_returns_under_loa
     assert evaluator.evaluated == 28 == evaluated_count(node)
 
 
-async def _arrive_spaced(evaluator: Evaluator, n: int, turns: int) -> list[object]:
+async def _arrive_spaced(evaluator: Evaluator, n: int, turns: int) -> list[Outcome]:
     """``n`` calls, each ``turns`` loop turns after the one before (the way callers whose
     answers just went out send their next calls): their outcomes, in order."""
     tasks = []
