@@ -39,6 +39,7 @@ from nethical_grpc.governance.requests import Outcome
 from nethical_grpc.series import SeriesKey, freeze_labels
 from nethical_grpc.storage.audit import AuditRecord, AuditViolation
 from nethical_grpc.storage.timeseries import MetricPoint, WindowSummaryRow
+from nethical_grpc.storage.timeseries.model import JSONValue
 from nethical_grpc.v1 import summary_pb2
 from region_node.node import RegionNode
 from region_node.stores import NodeStores
@@ -54,6 +55,8 @@ MAX_PENDING: Final = 200_000
 PROFILE_TTL_S: Final = 7 * 24 * 3600.0
 PROFILE_PREFIX: Final = "profile:"
 _WRITE_BATCH: Final = 5_000
+#: Distinct (decision, action type) metadata mappings kept for reuse.
+_METADATA_KINDS: Final = 1_024
 
 
 def _utc(ns: int) -> datetime:
@@ -88,6 +91,9 @@ class Persister:
         self._lock = asyncio.Lock()
         self._retry_windows: list[WindowSummaryRow] = []
         self._retry: tuple[list[tuple[str, Outcome]], bool] | None = None
+        # one metadata mapping per (decision, action type), shared by the metric rows (the
+        # store serialises each distinct mapping once per batch); never changed once made
+        self._metadata: dict[tuple[str, str], dict[str, JSONValue]] = {}
 
     # -- evaluations --------------------------------------------------------------
 
@@ -132,15 +138,18 @@ class Persister:
             self._retry = None
 
     def _point(self, o: Outcome) -> MetricPoint:
+        key = (o.evaluation.decision.value, o.request.action_type or "unspecified")
+        metadata = self._metadata.get(key)
+        if metadata is None:
+            if len(self._metadata) >= _METADATA_KINDS:
+                self._metadata.clear()
+            metadata = self._metadata[key] = {"decision": key[0], "action_type": key[1]}
         return MetricPoint(
             agent_id=o.request.action.agent_id,
             metric_name="risk_score",
             metric_value=o.evaluation.risk_score,
             timestamp=_utc(o.time_ns),
-            metadata={
-                "decision": o.evaluation.decision.value,
-                "action_type": o.request.action_type or "unspecified",
-            },
+            metadata=metadata,
         )
 
     def _audit(self, audit_id: str, o: Outcome) -> AuditRecord:

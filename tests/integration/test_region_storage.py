@@ -129,6 +129,24 @@ async def test_evaluations_reach_the_in_region_stores(mesh: Mesh) -> None:
     assert len(found) == 3
     assert {r.agent_id for r in found} == {"alice"}
     assert all(r.labels["decision"] == "ALLOW" for r in found)
+    assert all(r.labels["action_type"] == "query" for r in found)
+
+    # rows of another decision and action type carry their own labels
+    async def mallory_rows() -> list[region_node_pb2.MetricRecord]:
+        resp = await s.QueryMetrics(
+            region_node_pb2.QueryMetricsRequest(agent_id="mallory", metric="risk_score"),
+            timeout=5,
+        )
+        return list(resp.records)
+
+    async def mallory_row() -> bool:
+        return len(await mallory_rows()) >= 1
+
+    await eventually(mallory_row)
+    assert [dict(r.labels) for r in await mallory_rows()] in (
+        [{"decision": "BLOCK", "action_type": "command"}],
+        [{"decision": "TERMINATE", "action_type": "command"}],
+    )
 
     agg = await s.AggregateMetrics(
         region_node_pb2.AggregateMetricsRequest(

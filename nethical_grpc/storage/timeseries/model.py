@@ -414,6 +414,9 @@ def metric_columns(
     metadata: list[str | None] = [None] * n
     values: list[float] = [0.0] * n
     stamps: list[int] = [now_us] * n
+    # points often share one metadata mapping (a batch of one series, or of a few label
+    # sets): each distinct mapping object is checked and serialised once per batch
+    dumped: dict[int, tuple[Mapping[str, JSONValue], str]] = {}
     for i, p in enumerate(points):
         if not isinstance(p, MetricPoint):
             raise ValueError(f"points[{i}]: must be a MetricPoint, got {type(p).__name__}")
@@ -440,8 +443,13 @@ def metric_columns(
                     stamps[i] = (ts - EPOCH) // _ONE_US
                 else:
                     stamps[i] = to_us("timestamp", ts)
-            if p.metadata is not None:
-                metadata[i] = dump_json("metadata", p.metadata)
+            meta = p.metadata
+            if meta is not None:
+                known = dumped.get(id(meta))
+                if known is None:
+                    # the mapping is held in `dumped`, so its id is not reused meanwhile
+                    known = dumped[id(meta)] = (meta, dump_json("metadata", meta))
+                metadata[i] = known[1]
         except ValueError as exc:
             raise ValueError(f"points[{i}].{exc}") from None
     ts_us = np.array(stamps, dtype=np.int64)
