@@ -156,17 +156,8 @@ def fts5_match_expression(terms: Sequence[str], tags: Sequence[Sequence[str]] = 
     return " AND ".join(parts)
 
 
-#: The FTS5 rows of the records with ``seq`` in ``[?1, ?2]``, from their stored columns:
-#: texts, and the tags ``a<agent> g<region> d<decision> k<risk decile>`` (the decile is
-#: ``min(int(risk * 10), 9)``: SQLite's CAST truncates as Python's ``int`` does).
-_FTS_FROM_BATCH: Final = (
-    "INSERT INTO audit_fts (rowid, stated_intent, action_text, tags) "
-    "SELECT d.seq, d.stated_intent, d.action_text, "
-    "'a' || r.agent_code || ' g' || r.region_code || ' d' || r.decision || ' k' || "
-    "min(CAST(r.risk_score * 10 AS INTEGER), 9) "
-    "FROM audit_documents AS d JOIN audit_records AS r ON r.seq = d.seq "
-    "WHERE d.seq BETWEEN ?1 AND ?2 ORDER BY d.seq"
-)
+def _risk_bucket(risk: float) -> int:
+    return min(int(risk * 10), 9)
 
 
 # ---------------------------------------------------------------------- connections
@@ -735,7 +726,7 @@ class SqliteFtsAuditStore(AuditStore):
                 agents = self._codes(conn, "a", {r.agent_id for r in fresh}, new_codes)
                 regions = self._codes(conn, "r", {r.region_id for r in fresh}, new_codes)
                 (top,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_records").fetchone()
-                record_rows, document_rows, term_rows = [], [], []
+                record_rows, document_rows, fts_rows, term_rows = [], [], [], []
                 doc_freq: Counter[str] = Counter()
                 for seq, r in enumerate(fresh, start=top + 1):
                     intent, text = r.stated_intent, r.action_text
@@ -759,16 +750,19 @@ class SqliteFtsAuditStore(AuditStore):
                         )
                     )
                     document_rows.append((seq, intent, text, r.action_type, _violations_json(r)))
+                    tags = f"a{agent} g{region} d{decision} k{_risk_bucket(r.risk_score)}"
+                    fts_rows.append((seq, intent, text, tags))
                 conn.executemany(
                     "INSERT INTO audit_records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", record_rows
                 )
                 conn.executemany(
                     "INSERT INTO audit_documents VALUES (?, ?, ?, ?, ?)", document_rows
                 )
-                # the full-text rows of the whole batch in one statement: FTS5 tokenises
-                # without the GIL for the batch at once, where a row at a time handed the
-                # GIL back and forth with the event loop's thread once per record
-                conn.execute(_FTS_FROM_BATCH, (top + 1, top + len(fresh)))
+                conn.executemany(
+                    "INSERT INTO audit_fts (rowid, stated_intent, action_text, tags) "
+                    "VALUES (?, ?, ?, ?)",
+                    fts_rows,
+                )
                 conn.executemany(
                     "INSERT INTO audit_terms VALUES (?, ?) "
                     "ON CONFLICT (term) DO UPDATE SET df = df + excluded.df",
