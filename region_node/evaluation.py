@@ -17,9 +17,10 @@ busy, or within a few turns of the event loop, are evaluated as one batch, so st
 cost once per batch instead of once per call.  A batch also waits for as many calls as the
 batch before it took: concurrent callers whose answers just went out send their next calls
 in the following moments, and without that wait a busy node evaluated batches of about two
-calls (with it, about eight, at 16 concurrent callers).  Lone calls under light load wait
-for one or two idle turns of the loop, and no call waits more than
-``COALESCE_MAX_WAIT_NS``; a batch cut short by that bound lowers the next batch's wait.
+calls (with it, about eight, at 16 concurrent callers).  That wait sleeps until a call
+arrives (the loop is not turned meanwhile).  Lone calls under light load wait for one or
+two idle turns of the loop, and no call waits more than ``COALESCE_MAX_WAIT_NS``; a batch
+cut short by that bound lowers the next batch's wait.
 Each outcome's latency runs from its own arrival to its batch's end.
 
 Nothing here knows gRPC; the servicer converts messages and maps errors.
@@ -112,6 +113,11 @@ class ActionTypes:
         return OTHER_ACTION_TYPE
 
 
+def _resolve(arrival: asyncio.Future[None]) -> None:
+    if not arrival.done():
+        arrival.set_result(None)
+
+
 class Evaluator:
     """Evaluates actions for one node; safe to share between concurrent RPCs (one loop)."""
 
@@ -144,6 +150,8 @@ class Evaluator:
         # calls the last batch took: the next batch waits for as many (within the bound)
         self._expected = 1
         self._max_wait_ns = coalesce_max_wait_ns
+        # while the coalescer sleeps until the next call: resolved by that call's arrival
+        self._arrival: asyncio.Future[None] | None = None
         self.coalesced_batches = 0
 
     async def evaluate(self, request: EvaluationRequest) -> Outcome:
@@ -153,7 +161,25 @@ class Evaluator:
         self._waiting.append((request, time.perf_counter_ns(), future))
         if self._coalescer is None:
             self._coalescer = loop.create_task(self._coalesce(), name="evaluate-coalescer")
+        elif self._arrival is not None:
+            _resolve(self._arrival)
         return await future
+
+    async def _await_company(self, expected: int, deadline_ns: int) -> None:
+        """Sleep until ``expected`` calls wait or the clock passes ``deadline_ns``
+        (``perf_counter_ns``), waking at each arrival: no turning of the loop meanwhile."""
+        loop = asyncio.get_running_loop()
+        while len(self._waiting) < expected:
+            remaining_ns = deadline_ns - time.perf_counter_ns()
+            if remaining_ns <= 0:
+                return
+            arrival = self._arrival = loop.create_future()
+            timer = loop.call_later(remaining_ns / 1e9, _resolve, arrival)
+            try:
+                await arrival
+            finally:
+                timer.cancel()
+                self._arrival = None
 
     async def _coalesce(self) -> None:
         waiting = self._waiting
@@ -161,18 +187,16 @@ class Evaluator:
         try:
             while waiting:
                 # let calls already on their way through the loop join this batch: yield
-                # until the loop has turned _quiet_turns times with no new call and as many
-                # calls wait as the last batch took, or for at most _max_wait_ns
+                # until the loop has turned _quiet_turns times with no new call, then sleep
+                # until as many calls wait as the last batch took; for at most _max_wait_ns
                 quiet, deadline = 0, time.perf_counter_ns() + self._max_wait_ns
-                expected = self._expected
-                while len(waiting) < MAX_COALESCED and (
-                    quiet < self._quiet_turns or len(waiting) < expected
-                ):
+                while quiet < self._quiet_turns and len(waiting) < MAX_COALESCED:
                     n = len(waiting)
                     await asyncio.sleep(0)
                     quiet = quiet + 1 if len(waiting) == n else 0
                     if time.perf_counter_ns() >= deadline:
                         break
+                await self._await_company(min(self._expected, MAX_COALESCED), deadline)
                 self._expected = min(len(waiting), MAX_COALESCED)
                 batch = []
                 while waiting and len(batch) < MAX_COALESCED:
