@@ -191,3 +191,24 @@ async def test_a_batch_cut_short_by_the_bound_lowers_the_next_wait(
     # so spaced single calls are no longer held for each other
     await _arrive_spaced(evaluator, 3, 40)
     assert evaluator.coalesced_batches == 5
+
+
+async def test_the_wait_for_expected_calls_wakes_at_each_arrival(
+    node: RegionNode, model: NodeModel
+) -> None:
+    # the bound is a minute away: only arrivals can end this wait within the hang bound
+    evaluator = Evaluator(model, node, coalesce_max_wait_ns=60_000_000_000)
+    await asyncio.gather(*(evaluator.evaluate(request(BENIGN, i)) for i in range(4)))
+    assert evaluator._expected == 4
+
+    async def calls_apart_in_time() -> list[Outcome]:
+        tasks = []
+        for i in range(4):
+            tasks.append(asyncio.ensure_future(evaluator.evaluate(request(BENIGN, 10 + i))))
+            await asyncio.sleep(0.01)  # real time between arrivals, not loop turns
+        return list(await asyncio.gather(*tasks))
+
+    outcomes = await asyncio.wait_for(calls_apart_in_time(), timeout=5)
+    assert [o.request.request_id for o in outcomes] == [f"req-{10 + i}" for i in range(4)]
+    assert evaluator.coalesced_batches == 2
+    assert evaluator._arrival is None  # nothing left waiting on an arrival
