@@ -148,15 +148,30 @@ async def test_the_wait_for_company_shrinks_for_lone_calls_and_returns_under_loa
     assert evaluator.evaluated == 28 == evaluated_count(node)
 
 
-async def _arrive_spaced(evaluator: Evaluator, n: int, turns: int) -> list[Outcome]:
-    """``n`` calls, each ``turns`` loop turns after the one before (the way callers whose
-    answers just went out send their next calls): their outcomes, in order."""
+async def _arrive_spaced(
+    evaluator: Evaluator, n: int, *, turns: int = 0, seconds: float = 0.0, first: int = 0
+) -> list[Outcome]:
+    """``n`` calls, each ``turns`` loop turns (or ``seconds``) after the one before, the way
+    callers whose answers just went out send their next calls: their outcomes, in order."""
     tasks = []
-    for i in range(n):
+    for i in range(first, first + n):
         tasks.append(asyncio.ensure_future(evaluator.evaluate(request(BENIGN, i))))
         for _ in range(turns):
             await asyncio.sleep(0)
+        if seconds:
+            await asyncio.sleep(seconds)
     return list(await asyncio.gather(*tasks))
+
+
+async def _after_a_batch_of(
+    n: int, node: RegionNode, model: NodeModel, max_wait_ns: int
+) -> Evaluator:
+    """An evaluator whose last batch took ``n`` concurrent calls."""
+    evaluator = Evaluator(model, node, coalesce_max_wait_ns=max_wait_ns)
+    await asyncio.gather(*(evaluator.evaluate(request(BENIGN, i)) for i in range(n)))
+    assert evaluator.coalesced_batches == 1
+    assert evaluator._expected == n
+    return evaluator
 
 
 async def test_a_batch_waits_for_as_many_calls_as_the_last_one_took(
@@ -165,12 +180,10 @@ async def test_a_batch_waits_for_as_many_calls_as_the_last_one_took(
     from region_node.evaluation import COALESCE_QUIET_TURNS
 
     # a bound far off, so only the expected company ends the wait here
-    evaluator = Evaluator(model, node, coalesce_max_wait_ns=60_000_000_000)
-    await asyncio.gather(*(evaluator.evaluate(request(BENIGN, i)) for i in range(6)))
-    assert evaluator.coalesced_batches == 1
+    evaluator = await _after_a_batch_of(6, node, model, max_wait_ns=60_000_000_000)
     # six calls spaced by more quiet turns than a batch waits for: the quiet-turn rule
     # alone would evaluate them one by one; waiting for six makes them one batch
-    outcomes = await _arrive_spaced(evaluator, 6, COALESCE_QUIET_TURNS + 4)
+    outcomes = await _arrive_spaced(evaluator, 6, turns=COALESCE_QUIET_TURNS + 4)
     assert evaluator.coalesced_batches == 2
     assert [o.request.request_id for o in outcomes] == [f"req-{i}" for i in range(6)]
     assert evaluator.evaluated == 12 == evaluated_count(node)
@@ -179,9 +192,7 @@ async def test_a_batch_waits_for_as_many_calls_as_the_last_one_took(
 async def test_a_batch_cut_short_by_the_bound_lowers_the_next_wait(
     node: RegionNode, model: NodeModel
 ) -> None:
-    evaluator = Evaluator(model, node, coalesce_max_wait_ns=20_000_000)
-    await asyncio.gather(*(evaluator.evaluate(request(BENIGN, i)) for i in range(8)))
-    assert evaluator._expected == 8
+    evaluator = await _after_a_batch_of(8, node, model, max_wait_ns=20_000_000)
     # the callers went away but one: it waits for company at most the bound (a hang
     # bound here, not a timing figure), and the next batch expects one call
     lone = await asyncio.wait_for(evaluator.evaluate(request(BENIGN, 99)), timeout=5)
@@ -189,7 +200,7 @@ async def test_a_batch_cut_short_by_the_bound_lowers_the_next_wait(
     assert evaluator._expected == 1
     assert evaluator.coalesced_batches == 2
     # so spaced single calls are no longer held for each other
-    await _arrive_spaced(evaluator, 3, 40)
+    await _arrive_spaced(evaluator, 3, turns=40)
     assert evaluator.coalesced_batches == 5
 
 
@@ -197,18 +208,10 @@ async def test_the_wait_for_expected_calls_wakes_at_each_arrival(
     node: RegionNode, model: NodeModel
 ) -> None:
     # the bound is a minute away: only arrivals can end this wait within the hang bound
-    evaluator = Evaluator(model, node, coalesce_max_wait_ns=60_000_000_000)
-    await asyncio.gather(*(evaluator.evaluate(request(BENIGN, i)) for i in range(4)))
-    assert evaluator._expected == 4
-
-    async def calls_apart_in_time() -> list[Outcome]:
-        tasks = []
-        for i in range(4):
-            tasks.append(asyncio.ensure_future(evaluator.evaluate(request(BENIGN, 10 + i))))
-            await asyncio.sleep(0.01)  # real time between arrivals, not loop turns
-        return list(await asyncio.gather(*tasks))
-
-    outcomes = await asyncio.wait_for(calls_apart_in_time(), timeout=5)
+    evaluator = await _after_a_batch_of(4, node, model, max_wait_ns=60_000_000_000)
+    # real time between arrivals, not loop turns
+    spaced = _arrive_spaced(evaluator, 4, seconds=0.01, first=10)
+    outcomes = await asyncio.wait_for(spaced, timeout=5)
     assert [o.request.request_id for o in outcomes] == [f"req-{10 + i}" for i in range(4)]
     assert evaluator.coalesced_batches == 2
     assert evaluator._arrival is None  # nothing left waiting on an arrival
