@@ -134,6 +134,16 @@ def connection_lost(error: BaseException) -> bool:
     )
 
 
+def stream_broken(error: BaseException) -> bool:
+    """A relayed stream ended by its transport rather than by the node: UNAVAILABLE, or
+    INTERNAL that carries no status from the node (what gRPC gives a call whose write
+    met a connection being torn down)."""
+    code = status_code(error)
+    return code is grpc.StatusCode.UNAVAILABLE or (
+        code is grpc.StatusCode.INTERNAL and not has_node_status(error)
+    )
+
+
 def evaluate_retryable(error: BaseException, policy: EvaluateRetry) -> bool:
     """Whether an Evaluate that failed with ``error`` may be sent to another instance."""
     if failed_before_send(error) or node_refused(error):

@@ -5,8 +5,9 @@ The client's stream goes to one instance, picked when the first action arrives (
 keeps the actions sent upstream and not yet answered in a queue; each answer settles
 the oldest.
 
-When the instance fails mid-stream (UNAVAILABLE), the unanswered actions move to
-another instance, in order, and the stream goes on — but only when that is safe:
+When the instance fails mid-stream (UNAVAILABLE, or an INTERNAL the node did not write:
+gRPC's own, as when a write meets a connection being torn down), the unanswered actions
+move to another instance, in order, and the stream goes on — but only when that is safe:
 
 * nothing is in doubt (every action sent was answered; the rest was never sent), or
   the connection was never made, or the node itself refused with UNAVAILABLE;
@@ -42,9 +43,9 @@ from coordinator.gateway import (
     StreamResponse,
     UpstreamError,
     node_refused,
+    stream_broken,
 )
 from nethical_grpc.balancing import Instance, failed_before_send
-from nethical_grpc.balancing.retry import status_code
 from nethical_grpc.errors import MeshError, Unavailable
 
 if TYPE_CHECKING:
@@ -197,7 +198,7 @@ class StreamRelay:
             except grpc.aio.AioRpcError as err:
                 settled = True
                 self._lb.record_failure(inst, err)
-                if status_code(err) is grpc.StatusCode.UNAVAILABLE:
+                if stream_broken(err):
                     raise _Interrupted(err) from None
                 raise UpstreamError(err, {"answered": str(self.answered)}) from None
             # a clean end: the client half-closed and every action it sent was answered

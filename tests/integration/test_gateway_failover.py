@@ -44,6 +44,8 @@ class ScriptedNode(region_node_pb2_grpc.RegionNodeServiceServicer):  # type: ign
         self.hold: asyncio.Event | None = None
         self.stream_seen: list[str] = []
         self.stream_answer_limit: int | None = None  # then hold the stream
+        # past the limit, end the stream with this bare status (no google.rpc.Status)
+        self.stream_abort: grpc.StatusCode | None = None
 
     def _evaluation(self, request_id: str) -> governance_pb2.ActionEvaluation:
         return governance_pb2.ActionEvaluation(
@@ -81,6 +83,8 @@ class ScriptedNode(region_node_pb2_grpc.RegionNodeServiceServicer):  # type: ign
             self.stream_seen.append(message.action.request_id)
             limit = self.stream_answer_limit
             if limit is not None and len(self.stream_seen) > limit:
+                if self.stream_abort is not None:
+                    await context.abort(self.stream_abort, "the stream broke")
                 await asyncio.Event().wait()  # hold until the server dies
             yield region_node_pb2.EvaluateStreamResponse(
                 evaluation=self._evaluation(message.action.request_id)

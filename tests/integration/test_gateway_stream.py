@@ -161,6 +161,24 @@ async def test_stream_resends_in_doubt_actions_with_connection_lost_policy(rig: 
     assert b.stream_seen == [f"req-{i}" for i in range(3, 8)]
 
 
+async def test_a_stream_that_grpc_itself_ends_fails_over_as_a_broken_one(rig: Rig) -> None:
+    # an INTERNAL with no status from the node is gRPC's own (a write that met a
+    # connection being torn down ends the call so): the stream goes on elsewhere
+    a = await rig.node("a", "ra")
+    b = await rig.node("b", "rb")
+    a.stream_answer_limit = 3
+    a.stream_abort = grpc.StatusCode.INTERNAL
+    stub = await rig.gateway(strategy="round_robin", evaluate_retry="connection-lost")
+    call = stub.EvaluateStream(timeout=20)
+    for i in range(5):
+        await call.write(stream_request(i, "ra"))
+    await call.done_writing()
+    answers = [answer async for answer in call]
+    assert [x.evaluation.request_id for x in answers] == [f"req-{i}" for i in range(5)]
+    assert [x.evaluation.instance_id for x in answers] == ["a"] * 3 + ["b"] * 2
+    assert b.stream_seen[0] == "req-3"
+
+
 async def test_client_cancel_ends_the_upstream_stream(rig: Rig) -> None:
     a = await rig.node("a")
     stub = await rig.gateway(strategy="round_robin")
