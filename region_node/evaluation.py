@@ -20,8 +20,8 @@ in the following moments, and without that wait a busy node evaluated batches of
 calls (with it, about eight, at 16 concurrent callers).  That wait sleeps until a call
 arrives (the loop is not turned meanwhile).  Lone calls under light load wait for one or
 two idle turns of the loop, and no call waits more than ``COALESCE_MAX_WAIT_NS``; a batch
-cut short by that bound lowers the next batch's wait.
-Each outcome's latency runs from its own arrival to its batch's end.
+cut short by that bound lowers the next batch's wait.  Each outcome's latency runs from
+its own arrival to its batch's end.
 
 Nothing here knows gRPC; the servicer converts messages and maps errors.
 """
