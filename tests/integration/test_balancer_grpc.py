@@ -176,11 +176,11 @@ async def test_stopped_server_with_health_watch_loses_no_call(cluster: Cluster) 
     async with lb:
         assert lb.health_watcher is not None and await lb.health_watcher.wait_ready(5.0)
         await call_many(lb, 9)
-        # a graceful stop, as servers of the mesh stop: calls it already has are answered,
-        # later ones are refused (UNAVAILABLE, retried elsewhere). With no grace at all a
-        # call it was answering ends CANCELLED, which is never retried: it may have been
-        # applied, and the balancer cannot tell
-        stop = asyncio.ensure_future(cluster.servers[2].server.stop(0.5))
+        # the mesh's own stop: NOT_SERVING first, which the health watch turns into no new
+        # calls, then a graceful stop. A bare stop, even with a grace period, cancels the
+        # calls gRPC has taken in but not yet handed to the server: they end CANCELLED,
+        # which is never retried (the balancer cannot tell them from calls in progress)
+        stop = asyncio.ensure_future(cluster.servers[2].drain(announce_s=0.5, grace_s=0.5))
         ids = await call_many(lb, 60)  # in flight while the server goes away
         await stop
         ids += await call_many(lb, 30)
