@@ -115,35 +115,28 @@ async def test_evaluations_reach_the_in_region_stores(mesh: Mesh) -> None:
         await evaluate(s, action("SELECT title FROM books WHERE id = 42", agent="alice"))
     await evaluate(s, action("DROP TABLE customers;", agent="mallory", action_type="command"))
 
-    async def rows() -> list[region_node_pb2.MetricRecord]:
+    async def rows(agent: str) -> list[region_node_pb2.MetricRecord]:
         resp = await s.QueryMetrics(
-            region_node_pb2.QueryMetricsRequest(agent_id="alice", metric="risk_score"), timeout=5
+            region_node_pb2.QueryMetricsRequest(agent_id=agent, metric="risk_score"), timeout=5
         )
         return list(resp.records)
 
-    async def three_rows() -> bool:
-        return len(await rows()) >= 3
+    def at_least(agent: str, n: int) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return len(await rows(agent)) >= n
 
-    await eventually(three_rows)
-    found = await rows()
+        return check
+
+    await eventually(at_least("alice", 3))
+    found = await rows("alice")
     assert len(found) == 3
     assert {r.agent_id for r in found} == {"alice"}
     assert all(r.labels["decision"] == "ALLOW" for r in found)
     assert all(r.labels["action_type"] == "query" for r in found)
 
     # rows of another decision and action type carry their own labels
-    async def mallory_rows() -> list[region_node_pb2.MetricRecord]:
-        resp = await s.QueryMetrics(
-            region_node_pb2.QueryMetricsRequest(agent_id="mallory", metric="risk_score"),
-            timeout=5,
-        )
-        return list(resp.records)
-
-    async def mallory_row() -> bool:
-        return len(await mallory_rows()) >= 1
-
-    await eventually(mallory_row)
-    assert [dict(r.labels) for r in await mallory_rows()] in (
+    await eventually(at_least("mallory", 1))
+    assert [dict(r.labels) for r in await rows("mallory")] in (
         [{"decision": "BLOCK", "action_type": "command"}],
         [{"decision": "TERMINATE", "action_type": "command"}],
     )
