@@ -4,7 +4,9 @@ the NumPy fallback, feature extraction, and the micro-batcher's effect, in one r
 For each backend/precision (torch fp32, fp16, bf16 on CUDA when a GPU is usable, else on
 the CPU; then the NumPy fallback) and each batch size, :meth:`InferenceEngine.
 benchmark_throughput` times separate ``predict_batch`` calls (on CUDA synchronised, results
-copied back to the host) after a warm-up: samples/s and latency p50/p99 in ms per call,
+copied back to the host) after a warm-up, with the batch in an ordinary NumPy array
+(``points``) and, on CUDA, also in page-locked memory from ``engine.input_buffer``
+(``points_pinned_input``, copied by DMA): samples/s and latency p50/p99 in ms per call,
 plus the process CPU time per call (all threads: on a shared machine it is steadier than
 wall time, and it shows threads that spin).
 The number of timed calls per point is chosen from a first timing so that each point lasts
@@ -59,13 +61,17 @@ MIN_ITERATIONS = 10
 MAX_ITERATIONS = 2000
 
 
-def point(engine: InferenceEngine, batch: int, seconds: float) -> dict[str, Any]:
+def point(
+    engine: InferenceEngine, batch: int, seconds: float, pinned: bool = False
+) -> dict[str, Any]:
     """One batch size: pick the call count from a first timing, then measure."""
-    probe = engine.benchmark_throughput(batch_size=batch, iterations=3, warmup=2)
+    probe = engine.benchmark_throughput(batch_size=batch, iterations=3, warmup=2, pinned=pinned)
     per_call = max(probe["latency_p50_ms"] / 1e3, 1e-6)
     iterations = int(min(MAX_ITERATIONS, max(MIN_ITERATIONS, seconds / per_call)))
     c0 = time.process_time()
-    r = engine.benchmark_throughput(batch_size=batch, iterations=iterations, warmup=3)
+    r = engine.benchmark_throughput(
+        batch_size=batch, iterations=iterations, warmup=3, pinned=pinned
+    )
     cpu_ms = (time.process_time() - c0) / (iterations + 3) * 1e3
     return {
         "batch": batch,
@@ -79,11 +85,15 @@ def point(engine: InferenceEngine, batch: int, seconds: float) -> dict[str, Any]
 
 
 def sweep(engine: InferenceEngine, batches: tuple[int, ...], seconds: float) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "describe": engine.describe(),
         "points": [point(engine, b, seconds) for b in batches],
-        "memory": {k: v for k, v in engine.memory_usage().items() if k != "rss_kind"},
     }
+    if engine.device.startswith("cuda"):
+        # the same batches from page-locked host memory (engine.input_buffer): DMA copies
+        out["points_pinned_input"] = [point(engine, b, seconds, pinned=True) for b in batches]
+    out["memory"] = {k: v for k, v in engine.memory_usage().items() if k != "rss_kind"}
+    return out
 
 
 def feature_timings(batches: tuple[int, ...], seconds: float) -> list[dict[str, Any]]:

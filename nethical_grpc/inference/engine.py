@@ -20,6 +20,17 @@ Backends, chosen at construction:
   ``model_path``) in NumPy, fp32 only, CPU only.  Same outputs as the TorchScript default
   model within ``1e-5``.
 
+On CUDA the input's finiteness is checked on the device, in the same call (the host pass
+over a large batch cost as much as its copy to the device); an array in page-locked
+("pinned") memory, such as one from :meth:`InferenceEngine.input_buffer`, is copied
+asynchronously by DMA instead of through the driver's staging buffers.  A CUDA error
+leaves the device unusable for the rest of the process (a device-side assert, e.g. an
+embedding id out of range): the failing call raises :class:`InferenceError` and the engine
+moves to the CPU, reloading the model there, so the node keeps scoring.
+
+An integer-input model's ids are checked on the host against its vocabulary: ``vocab_size``
+in the model's metadata, else the size of its embedding table when it has exactly one.
+
 Construction loads the model and makes a probe call with a ``(2, FEATURE_WIDTH)`` zero
 batch (float32, then int64 if float32 fails); any failure is a :class:`ModelLoadError`
 whose message says what is wrong (the region node refuses to start with it).
@@ -29,10 +40,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import resource
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Final, Literal, cast
@@ -76,6 +89,9 @@ PRECISIONS: Final = ("fp32", "fp16", "bf16")
 _BACKENDS: Final = ("auto", "torch", "numpy")
 _PROBE_ROWS: Final = 2
 _GIB: Final = float(2**30)
+_EMBEDDING_MODULES: Final = ("Embedding", "EmbeddingBag")
+
+log = logging.getLogger(__name__)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -127,7 +143,9 @@ class InferenceEngine:
 
     Attributes: ``backend`` ("torch" or "numpy"), ``device`` ("cpu" or "cuda:N"),
     ``precision``, ``model_path`` (resolved path), ``input_width``, ``input_kind``
-    ("float" or "int"), ``fallback_reason`` (why the NumPy backend is used, else None).
+    ("float" or "int"), ``id_limit`` (an integer-input model's vocabulary size, when known),
+    ``fallback_reason`` (why the NumPy backend is used, else None), ``device_lost`` (why
+    the engine left its CUDA device for the CPU, else None).
     Instances are safe to call from several threads.
     """
 
@@ -154,6 +172,9 @@ class InferenceEngine:
         self.precision = cast(Precision, precision)
         self.input_width = FEATURE_WIDTH
         self.input_kind: Literal["float", "int"] = "float"
+        self.id_limit: int | None = None
+        self.device_lost: str | None = None
+        self._move_lock = threading.Lock()
         self._torch: Any = None
         self._model: Any = None
         self._mlp: NumpyMLP | None = None
@@ -260,6 +281,7 @@ class InferenceEngine:
             if not (isinstance(cause, InferenceError) and cause.__cause__ is not None):
                 raise  # the model ran but answered wrongly: no point retrying with int64
             self.input_kind = "int"
+            self.id_limit = self._vocab_size(extra[MODEL_META_FILE])
             try:
                 self._probe(zeros.astype(np.int64))
             except ModelLoadError as int_error:
@@ -268,6 +290,24 @@ class InferenceEngine:
                     f"({_PROBE_ROWS}, {FEATURE_WIDTH}) zero batch failed as float32 "
                     f"({cause}) and as int64 ({int_error.__cause__})"
                 ) from int_error
+
+    def _vocab_size(self, raw_meta: str | bytes) -> int | None:
+        """How many ids an integer-input model takes: ``vocab_size`` in its metadata, else
+        the rows of its only embedding table (``None`` with none or several)."""
+        if raw_meta:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                size = json.loads(raw_meta).get("vocab_size")
+                if isinstance(size, int) and not isinstance(size, bool) and size >= 1:
+                    return size
+        tables = [
+            m
+            for _, m in self._model.named_modules()
+            if getattr(m, "original_name", type(m).__name__) in _EMBEDDING_MODULES
+        ]
+        if len(tables) != 1:
+            return None
+        weight = getattr(tables[0], "weight", None)
+        return int(weight.shape[0]) if weight is not None and weight.dim() == 2 else None
 
     def _check_meta(self, raw: str | bytes) -> None:
         try:
@@ -336,9 +376,16 @@ class InferenceEngine:
         model) of shape ``(n, input_width)``.  Raises ``ValueError`` with a clear message
         for: something that is not a rectangular numeric array, ``ndim != 2``, a width other
         than ``input_width``, a bool/complex/object/string dtype, a non-finite value (or
-        one too large for float32), floats given to an integer-input model, or integers
-        outside int64.
+        one too large for float32), floats given to an integer-input model, integers
+        outside int64, or ids outside ``[0, id_limit)`` when the model's vocabulary is
+        known.
         """
+        out, given = self._coerce(x)
+        self._check_values(out, given)
+        return out
+
+    def _coerce(self, x: npt.ArrayLike) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+        """The shape and dtype half of :meth:`validate_input`: ``(converted, as given)``."""
         try:
             arr = np.asarray(x)
         except (ValueError, TypeError) as exc:
@@ -370,28 +417,67 @@ class InferenceEngine:
         else:
             with np.errstate(over="ignore", invalid="ignore"):
                 out = np.ascontiguousarray(arr, dtype=np.float32)
-            if not np.isfinite(out).all():
-                row, col = (int(v) for v in np.argwhere(~np.isfinite(out))[0])
-                raise ValueError(
-                    f"non-finite input at row {row}, column {col} ({arr[row, col].item()!r}; NaN, "
-                    "inf and values beyond float32 range are rejected)"
-                )
         if not out.flags.writeable:
             out = out.copy()
-        return out
+        return out, arr
+
+    def _check_values(self, out: npt.NDArray[Any], given: npt.NDArray[Any]) -> None:
+        """The value half of :meth:`validate_input`, on the host."""
+        if self.input_kind == "float":
+            if not np.isfinite(out).all():
+                self._refuse_non_finite(out, given)
+            return
+        limit = self.id_limit
+        if limit is not None and out.size and (int(out.min()) < 0 or int(out.max()) >= limit):
+            row, col = (int(v) for v in np.argwhere((out < 0) | (out >= limit))[0])
+            raise ValueError(
+                f"id {int(out[row, col])} at row {row}, column {col} is outside this model's "
+                f"vocabulary [0, {limit})"
+            )
+
+    @staticmethod
+    def _refuse_non_finite(out: npt.NDArray[Any], given: npt.NDArray[Any]) -> None:
+        row, col = (int(v) for v in np.argwhere(~np.isfinite(out))[0])
+        raise ValueError(
+            f"non-finite input at row {row}, column {col} ({given[row, col].item()!r}; NaN, "
+            "inf and values beyond float32 range are rejected)"
+        )
+
+    def input_buffer(self, rows: int) -> npt.NDArray[Any]:
+        """An uninitialised ``(rows, input_width)`` array of the dtype the model takes, to
+        fill and pass to :meth:`predict_batch`.
+
+        On CUDA it lies in page-locked host memory, which the call copies to the device by
+        DMA (measured several times faster than from ordinary memory for large batches,
+        ``bench/gpu.py``); elsewhere it is an ordinary array.  The buffer may be refilled
+        once the call that used it has returned.
+        """
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+            raise ValueError(f"rows must be an int >= 0, got {rows!r}")
+        dtype = np.float32 if self.input_kind == "float" else np.int64
+        shape = (rows, self.input_width)
+        if not self._on_cuda():
+            return np.empty(shape, dtype=dtype)
+        torch = self._torch
+        tdtype = torch.float32 if self.input_kind == "float" else torch.int64
+        buf: npt.NDArray[Any] = torch.empty(shape, dtype=tdtype, pin_memory=True).numpy()
+        return buf
 
     def predict_batch(self, x: npt.ArrayLike) -> Float64Array:
         """Probabilities of harm for each row of ``x``: shape ``(n,)``, ``float64``.
 
-        ``x`` is validated by :meth:`validate_input` (``ValueError`` on bad input).  An
-        empty batch returns an empty array without calling the model.  Raises
-        :class:`InferenceError` if the model itself fails or returns a wrong shape or
-        non-finite values.
+        ``x`` is validated as by :meth:`validate_input` (``ValueError`` on bad input; on
+        CUDA the finiteness check runs on the device).  An empty batch returns an empty
+        array without calling the model.  Raises :class:`InferenceError` if the model
+        itself fails or returns a wrong shape or non-finite values.
         """
-        arr = self.validate_input(x)
-        if arr.shape[0] == 0:
+        out, given = self._coerce(x)
+        on_device = self._on_cuda() and self.input_kind == "float"
+        if not on_device:
+            self._check_values(out, given)
+        if out.shape[0] == 0:
             return np.zeros(0, dtype=np.float64)
-        return self._run(arr)
+        return self._run(out, given if on_device else None)
 
     def predict(self, row: npt.ArrayLike) -> float:
         """Probability of harm for one row of ``input_width`` values (``ValueError`` if the
@@ -404,17 +490,28 @@ class InferenceEngine:
             )
         return float(self.predict_batch(arr[None, :])[0])
 
-    def _run(self, arr: npt.NDArray[Any]) -> Float64Array:
+    def _on_cuda(self) -> bool:
+        return self.backend == "torch" and self.device.startswith("cuda")
+
+    def _run(
+        self, arr: npt.NDArray[Any], check_finite: npt.NDArray[Any] | None = None
+    ) -> Float64Array:
+        """One model call on validated rows.  ``check_finite`` (the rows as given) asks for
+        the finiteness check on the device, fused into the read-back of the results."""
         n = int(arr.shape[0])
         if self._mlp is not None:
             return self._mlp.predict(arr)
         torch = self._torch
+        device = self.device
         autocast: Any = contextlib.nullcontext()
         if self._autocast_dtype is not None:
-            autocast = torch.autocast(self.device.split(":", 1)[0], dtype=self._autocast_dtype)
+            autocast = torch.autocast(device.split(":", 1)[0], dtype=self._autocast_dtype)
         try:
             with torch.inference_mode(), autocast:
-                out = self._model(torch.from_numpy(arr).to(self.device))
+                x = torch.from_numpy(arr)
+                if device != "cpu":
+                    x = x.to(device, non_blocking=bool(x.is_pinned()))
+                out = self._model(x)
                 if isinstance(out, tuple | list):
                     if not out:
                         raise InferenceError("the model returned an empty tuple")
@@ -427,19 +524,67 @@ class InferenceEngine:
                         f"the model returned shape {shape} for {n} rows; expected ({n},) or "
                         f"({n}, 1)"
                     )
-                probs: Float64Array = np.asarray(out.reshape(n).float().cpu(), dtype=np.float64)
+                result = out.reshape(n).float()
+                if check_finite is not None:
+                    finite = torch.isfinite(x).all().reshape(1).float()
+                    # a model may answer on another device than its input's (e.g. the CPU)
+                    result = torch.cat((result, finite.to(result.device)))
+                probs: Float64Array = np.asarray(result.cpu(), dtype=np.float64)
         except InferenceError:
             raise
         except Exception as exc:
+            if device != "cpu" and self._is_device_failure(exc):
+                self._move_to_cpu(exc)
+                raise InferenceError(
+                    f"the model failed on a batch of {n} on {device}: {_first_line(exc)}; a "
+                    "CUDA error leaves the device unusable for this process, so the engine "
+                    "now runs on the CPU"
+                ) from exc
             raise InferenceError(f"the model failed on a batch of {n}: {_first_line(exc)}") from exc
+        if check_finite is not None:
+            if probs[n] != 1.0:
+                self._refuse_non_finite(arr, check_finite)
+            probs = probs[:n]
         if not np.isfinite(probs).all():
             raise InferenceError(f"the model returned non-finite values for a batch of {n}")
         return probs
 
+    def _is_device_failure(self, exc: BaseException) -> bool:
+        accelerator_error = getattr(self._torch, "AcceleratorError", None)
+        if isinstance(accelerator_error, type) and isinstance(exc, accelerator_error):
+            return True
+        return "CUDA error" in str(exc)
+
+    def _move_to_cpu(self, exc: BaseException) -> None:
+        """Reload the model on the CPU after a CUDA error (once, whichever thread met it)."""
+        with self._move_lock:
+            if self.device == "cpu":
+                return
+            lost = self.device
+            with quiet_torchscript():
+                model = self._torch.jit.load(str(self.model_path), map_location="cpu")
+            model.eval()
+            self._model = model
+            self._autocast_dtype = None
+            self.precision = "fp32"
+            self.device_lost = f"{lost}: {_first_line(exc)}"
+            self.device = "cpu"
+        log.error(
+            "inference engine: CUDA error on %s (%s); the device is unusable for this process, "
+            "the model now runs on the CPU in fp32",
+            lost,
+            _first_line(exc),
+        )
+
     # ------------------------------------------------------------------ reporting
 
     def benchmark_throughput(
-        self, batch_size: int = 32, iterations: int = 100, warmup: int = 10
+        self,
+        batch_size: int = 32,
+        iterations: int = 100,
+        warmup: int = 10,
+        *,
+        pinned: bool = False,
     ) -> dict[str, Any]:
         """Time ``iterations`` :meth:`predict_batch` calls on one random batch.
 
@@ -447,12 +592,14 @@ class InferenceEngine:
         synchronised before starting the clock and after each call, and every call copies
         its results back to the host anyway), after ``warmup`` untimed calls.  The input is
         uniform in ``[0, 1)`` (zeros and ones for an integer-input model), seeded, so runs
-        are comparable.
+        are comparable.  ``pinned=True`` holds it in an :meth:`input_buffer` (page-locked
+        memory on CUDA) instead of an ordinary array; the result says which (``pinned``).
 
         Returns ``batch_size``, ``iterations``, ``warmup``, ``backend``, ``device``,
-        ``precision``, ``throughput_samples_per_sec`` (``batch_size * iterations /`` total
-        timed seconds), ``latency_ms`` (mean per call), ``latency_p50_ms``,
-        ``latency_p90_ms``, ``latency_p99_ms``, ``latency_min_ms``, ``latency_max_ms``.
+        ``precision``, ``pinned``, ``throughput_samples_per_sec`` (``batch_size *
+        iterations /`` total timed seconds), ``latency_ms`` (mean per call),
+        ``latency_p50_ms``, ``latency_p90_ms``, ``latency_p99_ms``, ``latency_min_ms``,
+        ``latency_max_ms``.
         Raises ``ValueError`` unless ``batch_size >= 1``, ``iterations >= 1`` and
         ``warmup >= 0`` are ints.
         """
@@ -470,6 +617,10 @@ class InferenceEngine:
             if self.input_kind == "int"
             else rng.random(shape, dtype=np.float32)
         )
+        if pinned:
+            buffer = self.input_buffer(batch_size)
+            buffer[...] = x
+            x = buffer
         sync = self._sync
         for _ in range(warmup):
             self.predict_batch(x)
@@ -489,6 +640,7 @@ class InferenceEngine:
             "backend": self.backend,
             "device": self.device,
             "precision": self.precision,
+            "pinned": bool(pinned and self._on_cuda()),
             "throughput_samples_per_sec": batch_size * iterations / total
             if total > 0
             else math.inf,
@@ -502,7 +654,7 @@ class InferenceEngine:
 
     def _sync(self) -> None:
         """Wait for queued CUDA work (no-op on the CPU and the NumPy backend)."""
-        if self.backend == "torch" and self.device.startswith("cuda"):
+        if self._on_cuda():
             self._torch.cuda.synchronize(self.device)
 
     def memory_usage(self) -> dict[str, Any]:
@@ -551,11 +703,13 @@ class InferenceEngine:
         where = self.device
         if where.startswith("cuda"):
             where = f"{where} ({self._torch.cuda.get_device_name(self.device)})"
-        return f"torch {torch_version(self._torch)} {where} {self.precision}"
+        lost = f" (moved from {self.device_lost})" if self.device_lost else ""
+        return f"torch {torch_version(self._torch)} {where} {self.precision}{lost}"
 
     def info(self) -> dict[str, Any]:
         """``backend``, ``device``, ``precision``, ``model_path``, ``default_model``,
-        ``input_width``, ``input_kind``, ``fallback_reason`` and ``describe``."""
+        ``input_width``, ``input_kind``, ``id_limit``, ``fallback_reason``, ``device_lost``
+        and ``describe``."""
         return {
             "backend": self.backend,
             "device": self.device,
@@ -564,6 +718,8 @@ class InferenceEngine:
             "default_model": self.model_path in (DEFAULT_TORCHSCRIPT, DEFAULT_WEIGHTS),
             "input_width": self.input_width,
             "input_kind": self.input_kind,
+            "id_limit": self.id_limit,
             "fallback_reason": self.fallback_reason,
+            "device_lost": self.device_lost,
             "describe": self.describe(),
         }

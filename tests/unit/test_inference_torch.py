@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -55,6 +57,19 @@ class Embedder(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         return torch.sigmoid(self.out(self.emb(ids).mean(dim=1)))
+
+
+class TwoTables(nn.Module):
+    """Two embedding tables over the same ids: no single vocabulary to check against."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Embedding(16, 4)
+        self.b = nn.Embedding(32, 4)
+        self.out = nn.Linear(4, 1)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return torch.sigmoid(self.out((self.a(ids) + self.b(ids)).mean(dim=1)))
 
 
 class Pair(nn.Module):
@@ -169,8 +184,122 @@ def test_integer_input_model(tmp_path: Path) -> None:
     assert engine.benchmark_throughput(batch_size=4, iterations=2, warmup=1)["batch_size"] == 4
     with pytest.raises(ValueError, match="takes integer inputs"):
         engine.predict_batch(ids.astype(np.float32))
+    assert engine.id_limit == 16  # its one embedding table's rows
+    outside = np.zeros((2, FEATURE_WIDTH), np.int64)
+    outside[1, 7] = 16
+    with pytest.raises(ValueError, match=r"id 16 at row 1, column 7 is outside .* \[0, 16\)"):
+        engine.predict_batch(outside)
+    outside[1, 7] = -1
+    with pytest.raises(ValueError, match=r"id -1 at row 1, column 7"):
+        engine.validate_input(outside)
+
+
+def test_vocabulary_from_metadata_wins(tmp_path: Path) -> None:
+    meta = {"feature_version": FEATURE_VERSION, "feature_width": FEATURE_WIDTH, "vocab_size": 8}
+    path = save(Embedder().eval(), tmp_path / "emb8.pt", {"nethical_meta.json": json.dumps(meta)})
+    engine = InferenceEngine(model_path=path, device="cpu")
+    assert engine.id_limit == 8
+    assert engine.predict_batch(np.full((1, FEATURE_WIDTH), 7, np.int64)).shape == (1,)
+    with pytest.raises(ValueError, match=r"id 8 at row 0, column 0 is outside .* \[0, 8\)"):
+        engine.predict_batch(np.full((1, FEATURE_WIDTH), 8, np.int64))
+
+
+def test_model_with_two_tables_has_no_known_vocabulary(tmp_path: Path) -> None:
+    engine = InferenceEngine(model_path=save(TwoTables().eval(), tmp_path / "two.pt"), device="cpu")
+    assert engine.input_kind == "int" and engine.id_limit is None
     with pytest.raises(InferenceError, match="the model failed on a batch of 1"):
         engine.predict_batch(np.full((1, FEATURE_WIDTH), 99, np.int64))  # index out of range
+    assert engine.device == "cpu" and engine.device_lost is None  # a CPU error loses nothing
+
+
+def test_input_buffer_has_the_models_shape_and_dtype(
+    engine: InferenceEngine, batch: np.ndarray, tmp_path: Path
+) -> None:
+    buffer = engine.input_buffer(batch.shape[0])
+    assert buffer.shape == batch.shape and buffer.dtype == np.float32
+    buffer[...] = batch
+    np.testing.assert_array_equal(engine.predict_batch(buffer), engine.predict_batch(batch))
+    ids = InferenceEngine(model_path=save(Embedder(), tmp_path / "e.pt"), device="cpu")
+    assert ids.input_buffer(3).dtype == np.int64
+    assert engine.input_buffer(0).shape == (0, FEATURE_WIDTH)
+    for bad in (-1, 2.0, True):
+        with pytest.raises(ValueError, match="rows must be an int >= 0"):
+            engine.input_buffer(bad)  # type: ignore[arg-type]
+    timing = engine.benchmark_throughput(batch_size=4, iterations=2, warmup=0, pinned=True)
+    assert timing["pinned"] is False  # page-locked memory is a CUDA matter
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+def test_cuda_checks_finiteness_on_the_device_with_the_hosts_message(batch: np.ndarray) -> None:
+    gpu = InferenceEngine(device="cuda")
+    cpu = InferenceEngine(device="cpu")
+    np.testing.assert_allclose(gpu.predict_batch(batch), cpu.predict_batch(batch), atol=1e-5)
+    bad = batch.copy()
+    bad[3, 11] = np.nan
+    for x in (bad, bad.astype(np.float64) * 1e39):  # NaN; beyond float32 range
+        with pytest.raises(ValueError) as on_gpu:
+            gpu.predict_batch(x)
+        with pytest.raises(ValueError) as on_cpu:
+            cpu.predict_batch(x)
+        assert str(on_gpu.value) == str(on_cpu.value)
+        assert "non-finite input at row" in str(on_gpu.value)
+    np.testing.assert_allclose(gpu.predict_batch(batch), cpu.predict_batch(batch), atol=1e-5)
+
+
+@needs_cuda
+def test_cuda_pinned_and_ordinary_inputs_agree(batch: np.ndarray) -> None:
+    gpu = InferenceEngine(device="cuda")
+    buffer = gpu.input_buffer(batch.shape[0])
+    assert torch.from_numpy(buffer).is_pinned()
+    buffer[...] = batch
+    first = gpu.predict_batch(buffer)
+    np.testing.assert_array_equal(first, gpu.predict_batch(batch))
+    buffer[...] = batch[::-1]  # refilled once the call returned: the next call sees new rows
+    np.testing.assert_array_equal(gpu.predict_batch(buffer), first[::-1])
+    assert gpu.benchmark_throughput(batch_size=8, iterations=2, warmup=1, pinned=True)["pinned"]
+
+
+_CUDA_FAILOVER = """
+import sys
+import numpy as np
+from nethical_grpc.inference import FEATURE_WIDTH, InferenceEngine, InferenceError
+engine = InferenceEngine(model_path=sys.argv[1], device="cuda")
+assert engine.device == "cuda:0" and engine.id_limit is None
+ok = np.ones((2, FEATURE_WIDTH), np.int64)
+before = engine.predict_batch(ok)
+try:
+    engine.predict_batch(np.full((1, FEATURE_WIDTH), 99, np.int64))
+except InferenceError as exc:
+    print("ERROR", exc)
+else:
+    raise SystemExit("an out-of-range id on CUDA did not fail")
+after = engine.predict_batch(ok)
+np.testing.assert_allclose(after, before, atol=1e-5)
+print("DEVICE", engine.device, engine.precision)
+print("DESCRIBE", engine.describe())
+"""
+
+
+@needs_cuda
+def test_a_cuda_error_moves_the_engine_to_the_cpu(tmp_path: Path) -> None:
+    # a device-side assert poisons CUDA for the whole process: run it in its own
+    path = save(TwoTables().eval(), tmp_path / "two.pt")
+    done = subprocess.run(
+        [sys.executable, "-c", _CUDA_FAILOVER, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(
+        r"ERROR the model failed on a batch of 1 on cuda:0: .*now runs on the CPU", done.stdout
+    )
+    assert "DEVICE cpu fp32" in done.stdout
+    assert "(moved from cuda:0:" in done.stdout
 
 
 def test_tuple_output_model_uses_first_element(tmp_path: Path) -> None:
