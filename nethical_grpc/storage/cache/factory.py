@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -10,6 +11,8 @@ from nethical_grpc.storage.cache.base import DEFAULT_TTL_S, Cache, CacheUnavaila
 from nethical_grpc.storage.cache.memory import DEFAULT_MAX_ENTRIES, MemoryCache
 
 __all__ = ["REDIS_SCHEMES", "open_cache"]
+
+log = logging.getLogger(__name__)
 
 REDIS_SCHEMES = frozenset({"redis", "rediss"})
 
@@ -35,6 +38,8 @@ async def open_cache(
       here. When Redis does not answer, the cache starts in memory mode and the choice says
       why (``redis: unreachable (connection refused) → memory``); it keeps probing and
       moves to Redis once it answers (``FailoverCache.choice()`` tells the current state).
+      Without redis-py (the ``redis`` extra) it is a :class:`MemoryCache`, and the choice
+      and a warning say so.
 
     ``namespace`` prefixes every key (see
     :func:`~nethical_grpc.storage.cache.base.region_namespace`); ``default_ttl`` is the TTL
@@ -58,10 +63,16 @@ async def open_cache(
     try:
         from nethical_grpc.storage.cache.failover import FailoverCache
         from nethical_grpc.storage.cache.redis_cache import RedisCache
-    except ImportError as err:  # redis-py is the optional extra "redis"
-        raise ValueError(
-            f"cache URL {requested!r} needs redis-py: pip install 'nethical-mesh[redis]' ({err})"
-        ) from None
+    except ImportError:  # redis-py is the optional extra "redis"
+        choice = BackendChoice(
+            "cache",
+            requested,
+            "memory",
+            "redis-py not installed (pip install 'nethical-mesh[redis]')",
+        )
+        log.warning("cache: %s", choice.describe())
+        cache = MemoryCache(namespace, max_entries=max_entries, default_ttl=default_ttl)
+        return cache, choice
     primary = RedisCache.from_url(
         url,
         namespace=namespace,

@@ -36,7 +36,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from nethical_grpc.storage.backend import BackendChoice
 from nethical_grpc.storage.cache.base import (
@@ -46,7 +46,9 @@ from nethical_grpc.storage.cache.base import (
     hit_rate,
 )
 from nethical_grpc.storage.cache.memory import DEFAULT_MAX_ENTRIES, MemoryCache
-from nethical_grpc.storage.cache.redis_cache import RedisCache
+
+if TYPE_CHECKING:  # redis is an extra: imported only where a Redis URL is given
+    from nethical_grpc.storage.cache.redis_cache import RedisCache
 
 __all__ = ["WRITE_BACK_BATCH", "FailoverCache"]
 
