@@ -12,6 +12,7 @@ starts; every answer is checked to be an evaluation.
 
     python bench/evaluate.py [--seconds 4] [--rounds 3] [--concurrency 16]
                              [--stream-actions 50000] [--stream-batch 512]
+                             [--node-arg=--device=cpu ...]
 """
 
 from __future__ import annotations
@@ -203,20 +204,36 @@ def main() -> None:
         default=512,
         help="actions per message of the batched stream (1 to 4096)",
     )
+    parser.add_argument(
+        "--node-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an extra argument for the region node, e.g. --node-arg=--device=cpu (repeatable)",
+    )
     args = parser.parse_args()
     if not 1 <= args.stream_batch <= 4096:
         parser.error("--stream-batch must be 1 to 4096")
     with tempfile.TemporaryDirectory() as tmp:
         child = spawn(
             "region",
-            ["region", "--region-id", "bench", "--port", "0", "--log-level", "WARNING"],
+            [
+                "region",
+                "--region-id",
+                "bench",
+                "--port",
+                "0",
+                "--log-level",
+                "WARNING",
+                *args.node_arg,
+            ],
             Path(tmp),
         )
         try:
             results = asyncio.run(run(args, child.port()))
         finally:
             child.stop()
-    common.emit("evaluate", results)
+    common.emit("evaluate", {"node_args": args.node_arg, **results})
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import numpy as np
 import numpy.typing as npt
 
 from nethical_grpc.governance.detectors import Action
-from nethical_grpc.inference.devices import is_gpu_available
 from nethical_grpc.inference.engine import InferenceEngine
 from nethical_grpc.inference.features import action_features
 from nethical_grpc.inference.microbatch import MicroBatcher
@@ -38,8 +37,9 @@ class ModelConfig:
     # CPU threads for the model and the numeric libraries under it (BLAS, Numba, torch);
     # one thread measured faster than their defaults here (see nethical_grpc.inference.threads)
     num_threads: int | None = 1
-    # "auto": PyTorch on a GPU; on a CPU the bundled model runs in NumPy (same outputs
-    # within 5e-8, and measured faster per Evaluate here), a --model file in PyTorch
+    # "auto": the bundled fp32 model runs in NumPy (same outputs within 5e-8, measured
+    # faster per Evaluate on a CPU and on a GPU host) unless a CUDA device is named; a
+    # --model file, or fp16/bf16, runs in PyTorch (on a GPU when one is usable)
     backend: str = "auto"
 
 
@@ -61,10 +61,16 @@ class NodeModel:
             backend == "auto"
             and config.model_path is None
             and config.precision == "fp32"
-            and (config.device == "cpu" or (config.device == "auto" and not is_gpu_available()))
+            and config.device in ("auto", "cpu")
         ):
+            # measured (bench/evaluate.py --node-arg=--device=...): the bundled model is too
+            # small for a GPU to pay; a node on an H200 host served 1.5-1.7x the Evaluate
+            # calls with it in NumPy than on CUDA
             backend = "numpy"
-            reason = "the bundled model on a CPU runs in NumPy; --model-backend torch for PyTorch"
+            reason = (
+                "the bundled model runs in NumPy, faster per Evaluate than PyTorch on a CPU "
+                "or a GPU; --device cuda or --model-backend torch for PyTorch"
+            )
         engine = InferenceEngine(
             model_path=config.model_path,
             device=config.device,
