@@ -15,6 +15,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+#: ``nethical-mesh`` arguments of a quiet region node on a free port, for benchmarks.
+BENCH_REGION = ("region", "--region-id", "bench", "--port", "0", "--log-level", "WARNING")
+
+
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or "unknown"
     try:

@@ -215,20 +215,7 @@ def main() -> None:
     if not 1 <= args.stream_batch <= 4096:
         parser.error("--stream-batch must be 1 to 4096")
     with tempfile.TemporaryDirectory() as tmp:
-        child = spawn(
-            "region",
-            [
-                "region",
-                "--region-id",
-                "bench",
-                "--port",
-                "0",
-                "--log-level",
-                "WARNING",
-                *args.node_arg,
-            ],
-            Path(tmp),
-        )
+        child = spawn("region", [*common.BENCH_REGION, *args.node_arg], Path(tmp))
         try:
             results = asyncio.run(run(args, child.port()))
         finally:

@@ -84,19 +84,11 @@ async def main() -> None:
     args = parser.parse_args()
     batches = make_batches(64)
     workdir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    node: Child = spawn(
-        "node", ["region", "--region-id", "bench", "--port", "0", "--log-level", "WARNING"], workdir
-    )
+    node: Child = spawn("node", list(common.BENCH_REGION), workdir)
     durable: Child = spawn(
         "durable",
         [
-            "region",
-            "--region-id",
-            "bench",
-            "--port",
-            "0",
-            "--log-level",
-            "WARNING",
+            *common.BENCH_REGION,
             "--wal-dir",
             str(workdir / "wal"),
             "--timeseries-url",
