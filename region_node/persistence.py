@@ -12,9 +12,10 @@
   (plus the other instance's own flush delay).
 * **Evaluations**: each one becomes a ``risk_score`` row for its agent in the time-series
   store and a record in the audit store, written in batches a fraction of a second later
-  (off the request path); agents' profiles are written to the cache every
+  (off the request path); agents' profiles are written to a shared (Redis) cache every
   ``PROFILE_INTERVAL_S`` (and on stop), so another instance of the region can answer
-  ``GetRiskProfile`` for them.
+  ``GetRiskProfile`` for them (not to a ``memory://`` cache, which no other instance
+  sees).
 
 Store failures never fail a request: the write is kept and retried on the next round (up
 to a bound, past which the oldest is dropped and counted).
@@ -175,7 +176,8 @@ class Persister:
 
     async def _write_profiles(self) -> None:
         changed = self.profiles.take_changed()
-        if not changed:
+        if not changed or not self.stores.shared_cache:
+            # a memory:// cache is this process's alone, and the book already holds them
             return
         try:
             await self.stores.cache.set_multiple(

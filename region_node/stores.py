@@ -72,6 +72,12 @@ class NodeStores:
         return [self.cache_choice, self.timeseries_choice, self.audit_choice]
 
     @property
+    def shared_cache(self) -> bool:
+        """True when other instances can reach the cache (Redis, even while it is down);
+        a ``memory://`` cache lives and dies with this process."""
+        return isinstance(self.cache, FailoverCache)
+
+    @property
     def shared_timeseries(self) -> bool:
         """True when the time-series store is a server other instances can reach too."""
         return self.timeseries_choice.backend.startswith("postgresql")
