@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from nethical_grpc.governance.detectors import Action
 from nethical_grpc.inference.engine import InferenceEngine
+from nethical_grpc.inference.errors import ModelLoadError
 from nethical_grpc.inference.features import action_features
 from nethical_grpc.inference.microbatch import MicroBatcher
 from nethical_grpc.inference.threads import limit_threads
@@ -79,6 +80,13 @@ class NodeModel:
             backend=backend,
             numpy_reason=reason,
         )
+        if engine.input_kind != "float":
+            raise ModelLoadError(
+                f"{engine.model_path} takes integer ids, but a region node scores the float "
+                "features it computes from each action (hashed character n-grams and numeric "
+                "features, nethical_grpc.inference.features); such a model can be used "
+                "through InferenceEngine directly"
+            )
         if config.num_threads is not None:
             # BLAS and Numba too, not only torch: idle pools fight for a small host's cores
             limit_threads(config.num_threads)

@@ -561,8 +561,19 @@ class InferenceEngine:
             if self.device == "cpu":
                 return
             lost = self.device
-            with quiet_torchscript():
-                model = self._torch.jit.load(str(self.model_path), map_location="cpu")
+            try:
+                with quiet_torchscript():
+                    model = self._torch.jit.load(str(self.model_path), map_location="cpu")
+            except Exception as reload_error:  # the file changed or went away since start
+                log.error(
+                    "inference engine: CUDA error on %s (%s), and reloading %s on the CPU "
+                    "failed (%s); calls will keep failing",
+                    lost,
+                    _first_line(exc),
+                    self.model_path,
+                    _first_line(reload_error),
+                )
+                return
             model.eval()
             self._model = model
             self._autocast_dtype = None

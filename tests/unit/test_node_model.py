@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import pytest
 
+from nethical_grpc.inference.errors import ModelLoadError
 from nethical_grpc.inference.torch_support import torch_or_reason
 from region_node.model import ModelConfig, NodeModel
 
@@ -31,3 +35,24 @@ def test_pytorch_where_asked_for_or_where_numpy_cannot_run() -> None:
         ModelConfig(precision="bf16"),  # the NumPy path runs fp32 only
     ):
         assert NodeModel.load(config).engine.backend == "torch", config
+
+
+def test_a_model_that_takes_integer_ids_is_refused_with_the_reason(tmp_path: Path) -> None:
+    torch, reason = torch_or_reason()
+    if torch is None:
+        pytest.skip(f"torch is not usable: {reason}")
+
+    class Ids(torch.nn.Module):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(8, 2)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:  # type: ignore[name-defined]
+            return torch.sigmoid(self.emb(ids).mean(dim=(1, 2)))
+
+    path = tmp_path / "ids.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.* is deprecated
+        torch.jit.save(torch.jit.script(Ids()), str(path))
+    with pytest.raises(ModelLoadError, match=r"ids\.pt takes integer ids, but a region node"):
+        NodeModel.load(ModelConfig(model_path=path, device="cpu"))
