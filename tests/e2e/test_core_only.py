@@ -68,14 +68,10 @@ def test_the_marker_hides_every_extra(core_only_env: dict[str, str]) -> None:
         capture_output=True,
         text=True,
         timeout=60,
-        env={**_base_env(), **core_only_env},
+        env={**os.environ, **core_only_env},
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "hidden"
-
-
-def _base_env() -> dict[str, str]:
-    return dict(os.environ)
 
 
 def test_demo_runs_on_the_core_alone(core_only_env: dict[str, str]) -> None:
@@ -84,7 +80,7 @@ def test_demo_runs_on_the_core_alone(core_only_env: dict[str, str]) -> None:
         capture_output=True,
         text=True,
         timeout=120,
-        env={**_base_env(), **core_only_env},
+        env={**os.environ, **core_only_env},
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "final (complete; every batch acknowledged)" in out.stdout
