@@ -19,6 +19,12 @@ count (``cpu_threads``), to show whether ``InferenceEngine(num_threads=...)`` he
 Feature extraction (:func:`action_features`) is timed at a few batch sizes, since the
 region node pays it before every model call.
 
+Where a call's time goes (``call_breakdown``, fp32, batches 128, 1,024 and 8,192): each
+part of a ``predict_batch`` call timed alone (median): the host's finiteness pass, the
+copy of an ordinary array to the device, on CUDA also filling page-locked memory and
+copying from it, the finiteness check on the device, the bundled model on an input
+already on the device, and reading the answers back.
+
 Micro-batcher effect: ``N`` single-row requests (distinct rows) answered (a) one by one
 with ``engine.predict(row)`` in a loop and (b) as ``N`` concurrent ``MicroBatcher.submit``
 coroutines (``max_batch`` 256, ``max_delay_s`` 2 ms, ``fn = engine.predict_batch``):
@@ -45,6 +51,7 @@ import common
 import numpy as np
 
 from nethical_grpc.inference import (
+    DEFAULT_TORCHSCRIPT,
     FEATURE_WIDTH,
     PRECISIONS,
     InferenceEngine,
@@ -53,9 +60,14 @@ from nethical_grpc.inference import (
     action_features,
     get_device_info,
 )
-from nethical_grpc.inference.torch_support import torch_or_reason, torch_version
+from nethical_grpc.inference.torch_support import (
+    quiet_torchscript,
+    torch_or_reason,
+    torch_version,
+)
 
 BATCHES = (1, 32, 128, 1024, 8192)
+BREAKDOWN_BATCHES = (128, 1024, 8192)
 QUICK_BATCHES = (1, 32, 1024)
 MIN_ITERATIONS = 10
 MAX_ITERATIONS = 2000
@@ -94,6 +106,75 @@ def sweep(engine: InferenceEngine, batches: tuple[int, ...], seconds: float) -> 
         out["points_pinned_input"] = [point(engine, b, seconds, pinned=True) for b in batches]
     out["memory"] = {k: v for k, v in engine.memory_usage().items() if k != "rss_kind"}
     return out
+
+
+def _median_ms(fn: Any, sync: Any, seconds: float) -> float:
+    """Median wall time of ``fn`` in ms (``sync`` after each call), about ``seconds`` long."""
+    for _ in range(3):
+        fn()
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    once = time.perf_counter() - t0
+    samples = []
+    for _ in range(int(min(400, max(10, seconds / max(once, 1e-6))))):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        samples.append(time.perf_counter() - t0)
+    return round(statistics.median(samples) * 1e3, 4)
+
+
+def call_breakdown(torch: Any, device: str, seconds: float, pinned: bool) -> list[dict[str, Any]]:
+    """Where a predict_batch call's time goes, part by part, on ``device`` (fp32).
+
+    Each part is timed alone: the host's finiteness pass, the copy to the device from an
+    ordinary array, filling page-locked memory and the copy from it (``pinned``), the
+    finiteness check on the device, the bundled model on an input already there, and
+    reading the answers back.
+    """
+    with quiet_torchscript():
+        model = torch.jit.load(str(DEFAULT_TORCHSCRIPT), map_location=device).eval()
+
+    def sync() -> None:
+        if device != "cpu":
+            torch.cuda.synchronize(device)
+
+    rows = []
+    for batch in BREAKDOWN_BATCHES:
+        x = np.random.default_rng(0).random((batch, FEATURE_WIDTH), dtype=np.float32)
+        on_device = torch.from_numpy(x).to(device)
+        with torch.inference_mode():
+            answers = model(on_device)
+        row: dict[str, Any] = {
+            "batch": batch,
+            "host_finiteness_ms": _median_ms(lambda x=x: np.isfinite(x).all(), sync, seconds),
+            "copy_from_array_ms": _median_ms(
+                lambda x=x: torch.from_numpy(x).to(device), sync, seconds
+            ),
+        }
+        if pinned:
+            buffer = torch.empty((batch, FEATURE_WIDTH), dtype=torch.float32, pin_memory=True)
+            view = buffer.numpy()
+            row["fill_page_locked_ms"] = _median_ms(
+                lambda v=view, x=x: np.copyto(v, x), sync, seconds
+            )
+            row["copy_from_page_locked_ms"] = _median_ms(
+                lambda b=buffer: b.to(device, non_blocking=True), sync, seconds
+            )
+        row["device_finiteness_ms"] = _median_ms(
+            lambda d=on_device: bool(torch.isfinite(d).all()), sync, seconds
+        )
+
+        def run_model(d: Any = on_device) -> None:
+            with torch.inference_mode():
+                model(d)
+
+        row["model_ms"] = _median_ms(run_model, sync, seconds)
+        row["read_back_ms"] = _median_ms(lambda a=answers: a.float().cpu(), sync, seconds)
+        rows.append(row)
+    return rows
 
 
 def feature_timings(batches: tuple[int, ...], seconds: float) -> list[dict[str, Any]]:
@@ -227,6 +308,9 @@ def main() -> None:
                 default = engine
     if default is not None and default.device == "cpu":
         results["cpu_threads"] = cpu_threads(default, torch, seconds)
+    if default is not None:
+        on_cuda = default.device.startswith("cuda")
+        results["call_breakdown"] = call_breakdown(torch, default.device, seconds / 4, on_cuda)
     numpy_engine = InferenceEngine(backend="numpy")
     results["engines"]["numpy"] = sweep(numpy_engine, batches, seconds)
     results["microbatch"] = [microbatch_effect(default or numpy_engine, requests)]
