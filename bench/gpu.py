@@ -108,30 +108,43 @@ def sweep(engine: InferenceEngine, batches: tuple[int, ...], seconds: float) -> 
     return out
 
 
-def _median_ms(fn: Any, sync: Any, seconds: float) -> float:
-    """Median wall time of ``fn`` in ms (``sync`` after each call), about ``seconds`` long."""
-    for _ in range(3):
-        fn()
+def _no_sync() -> None:
+    pass
+
+
+def timed_calls(
+    fn: Any, seconds: float, *, sync: Any = _no_sync, fewest: int = 10, most: int = 400
+) -> tuple[list[float], float]:
+    """Call ``fn`` (``sync`` after each call) for about ``seconds``, after a warm-up: the
+    wall time of each call in seconds, and the process CPU seconds per call."""
+    fn()
     sync()
     t0 = time.perf_counter()
     fn()
     sync()
     once = time.perf_counter() - t0
+    reps = int(min(most, max(fewest, seconds / max(once, 1e-6))))
     samples = []
-    for _ in range(int(min(400, max(10, seconds / max(once, 1e-6))))):
+    c0 = time.process_time()
+    for _ in range(reps):
         t0 = time.perf_counter()
         fn()
         sync()
         samples.append(time.perf_counter() - t0)
+    return samples, (time.process_time() - c0) / reps
+
+
+def _median_ms(fn: Any, sync: Any, seconds: float) -> float:
+    samples, _ = timed_calls(fn, seconds, sync=sync)
     return round(statistics.median(samples) * 1e3, 4)
 
 
-def call_breakdown(torch: Any, device: str, seconds: float, pinned: bool) -> list[dict[str, Any]]:
+def call_breakdown(torch: Any, device: str, seconds: float) -> list[dict[str, Any]]:
     """Where a predict_batch call's time goes, part by part, on ``device`` (fp32).
 
     Each part is timed alone: the host's finiteness pass, the copy to the device from an
-    ordinary array, filling page-locked memory and the copy from it (``pinned``), the
-    finiteness check on the device, the bundled model on an input already there, and
+    ordinary array, and on CUDA filling page-locked memory, the copy from it and the
+    finiteness check on the device; then the bundled model on an input already there, and
     reading the answers back.
     """
     with quiet_torchscript():
@@ -154,7 +167,7 @@ def call_breakdown(torch: Any, device: str, seconds: float, pinned: bool) -> lis
                 lambda x=x: torch.from_numpy(x).to(device), sync, seconds
             ),
         }
-        if pinned:
+        if device != "cpu":
             buffer = torch.empty((batch, FEATURE_WIDTH), dtype=torch.float32, pin_memory=True)
             view = buffer.numpy()
             row["fill_page_locked_ms"] = _median_ms(
@@ -163,7 +176,7 @@ def call_breakdown(torch: Any, device: str, seconds: float, pinned: bool) -> lis
             row["copy_from_page_locked_ms"] = _median_ms(
                 lambda b=buffer: b.to(device, non_blocking=True), sync, seconds
             )
-        if device != "cpu":  # on the CPU the engine checks on the host
+            # on the CPU the engine checks finiteness on the host
             row["device_finiteness_ms"] = _median_ms(
                 lambda d=on_device: bool(torch.isfinite(d).all()), sync, seconds
             )
@@ -190,25 +203,17 @@ def feature_timings(batches: tuple[int, ...], seconds: float) -> list[dict[str, 
         texts = [templates[i % 4].format(i=i) for i in range(batch)]
         intents = ["routine maintenance"] * batch
         action_features(texts, intents)
-        t0 = time.perf_counter()
-        action_features(texts, intents)
-        once = time.perf_counter() - t0
-        reps = int(min(500, max(3, seconds / max(once, 1e-6))))
-        samples = []
-        c0 = time.process_time()
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            action_features(texts, intents)
-            samples.append(time.perf_counter() - t0)
-        cpu_ms = (time.process_time() - c0) / reps * 1e3
+        samples, cpu_s = timed_calls(
+            lambda t=texts, n=intents: action_features(t, n), seconds, fewest=3, most=500
+        )
         p50 = statistics.median(samples)
         out.append(
             {
                 "batch": batch,
-                "reps": reps,
+                "reps": len(samples),
                 "p50_ms": round(p50 * 1e3, 4),
                 "rows_per_s": round(batch / p50, 1),
-                "cpu_ms_per_call": round(cpu_ms, 4),
+                "cpu_ms_per_call": round(cpu_s * 1e3, 4),
             }
         )
     return out
@@ -310,8 +315,7 @@ def main() -> None:
     if default is not None and default.device == "cpu":
         results["cpu_threads"] = cpu_threads(default, torch, seconds)
     if default is not None:
-        on_cuda = default.device.startswith("cuda")
-        results["call_breakdown"] = call_breakdown(torch, default.device, seconds / 4, on_cuda)
+        results["call_breakdown"] = call_breakdown(torch, default.device, seconds / 4)
     numpy_engine = InferenceEngine(backend="numpy")
     results["engines"]["numpy"] = sweep(numpy_engine, batches, seconds)
     results["microbatch"] = [microbatch_effect(default or numpy_engine, requests)]

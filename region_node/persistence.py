@@ -175,9 +175,12 @@ class Persister:
     # -- profiles -----------------------------------------------------------------
 
     async def _write_profiles(self) -> None:
-        changed = self.profiles.take_changed()
-        if not changed or not self.stores.shared_cache:
+        if not self.stores.shared_cache:
             # a memory:// cache is this process's alone, and the book already holds them
+            self.profiles.changed.clear()
+            return
+        changed = self.profiles.take_changed()
+        if not changed:
             return
         try:
             await self.stores.cache.set_multiple(
