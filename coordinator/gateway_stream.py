@@ -88,6 +88,9 @@ class StreamRelay:
         self.answered = 0
         self.failovers = 0  # in all
         self._streak = 0  # failovers since the last answer
+        # what ended the client's stream early (a message that did not parse): raised once
+        # every message before it is answered
+        self._client_error: MeshError | None = None
 
     async def _read_client(self) -> None:
         try:
@@ -99,8 +102,14 @@ class StreamRelay:
                     message.ClearField("region_id")
                 first = False
                 await self._inbox.put(message)
+        except MeshError as exc:
+            self._client_error = exc
         finally:
             await self._inbox.put(None)
+
+    def _raise_client_error(self) -> None:
+        if self._client_error is not None:
+            raise self._client_error
 
     async def _write(self, call: StreamCall) -> None:
         """Send the carried actions, then the client's, then half-close upstream.
@@ -156,6 +165,7 @@ class StreamRelay:
             first = await self._inbox.get()
             if first is None:
                 self._client_done = True
+                self._raise_client_error()
                 return
             region = self._gw.region_for(first.region_id)
             first.ClearField("region_id")
@@ -167,6 +177,7 @@ class StreamRelay:
                     async with contextlib.aclosing(self._relay(inst)) as answers:
                         async for answer in answers:
                             yield answer
+                    self._raise_client_error()
                     return
                 except _Interrupted as stop:
                     tried.add(inst.instance_id)

@@ -8,6 +8,13 @@ that does not parse with INVALID_ARGUMENT and a ``BadRequest`` naming the reques
 before the servicer sees anything. It is the innermost interceptor, so telemetry and
 authentication still see every call.
 
+In a request stream, a message that does not parse raises :class:`UnparsableRequest`
+(an ``InvalidArgument``) from the handler's request iterator, so the handler ends the call
+from its own task, like any other error of its input: what it answered before stands, and
+a handler that reports progress with an error (Ingest's applied counts) does so. The call
+is never aborted from a task that reads ahead of the handler: gRPC refuses a second
+operation on a call whose answer is being written, and such a call never got a status.
+
 A handler may also answer with ``bytes``: an answer it encoded itself (say, one it
 keeps encoded for many callers), which goes out as it is.
 """
@@ -31,25 +38,30 @@ Context = interceptor_types.Context
 _MAX_WRAPPED = 1024
 
 
-async def _reject(context: Context, what: str) -> NoReturn:
-    error = InvalidArgument.single(what, "is not a valid message of the method's request type")
+class UnparsableRequest(InvalidArgument):
+    """A request message that is not a valid message of the method's request type."""
+
+    @classmethod
+    def at(cls, what: str) -> UnparsableRequest:
+        return cls.single(what, "is not a valid message of the method's request type")
+
+
+async def _reject(context: Context, error: InvalidArgument) -> NoReturn:
     await context.abort_with_status(to_status(error))  # type: ignore[attr-defined]
     raise AssertionError("abort_with_status returned")  # it raises, ending the call
 
 
-def _parse_stream(
-    parse: Callable[[bytes], Any], raw: AsyncIterator[bytes], context: Context
+async def _parse_stream(
+    parse: Callable[[bytes], Any], raw: AsyncIterator[bytes]
 ) -> AsyncIterator[Any]:
-    async def messages() -> AsyncIterator[Any]:
-        index = 0
-        async for item in raw:
-            try:
-                yield parse(item)
-            except (DecodeError, ValueError):
-                await _reject(context, f"request[{index}]")
-            index += 1
-
-    return messages()
+    index = 0
+    async for item in raw:
+        try:
+            message = parse(item)
+        except (DecodeError, ValueError):
+            raise UnparsableRequest.at(f"request[{index}]") from None
+        yield message
+        index += 1
 
 
 async def _respond(result: Any) -> AsyncIterator[Any]:
@@ -112,7 +124,7 @@ def _wrap(handler: Handler) -> Handler:
             try:
                 request = parse(raw)
             except (DecodeError, ValueError):
-                await _reject(context, "request")
+                await _reject(context, UnparsableRequest.at("request"))
             return await behavior(request, context)
 
         return grpc.unary_unary_rpc_method_handler(unary_unary, None, out)
@@ -123,7 +135,7 @@ def _wrap(handler: Handler) -> Handler:
             try:
                 request = parse(raw)
             except (DecodeError, ValueError):
-                await _reject(context, "request")
+                await _reject(context, UnparsableRequest.at("request"))
             async for item in _respond(stream_behavior(request, context)):
                 yield item
 
@@ -132,15 +144,21 @@ def _wrap(handler: Handler) -> Handler:
         collect: Any = handler.stream_unary
 
         async def stream_unary(raw: AsyncIterator[bytes], context: Context) -> Any:
-            return await collect(_parse_stream(parse, raw, context), context)
+            try:
+                return await collect(_parse_stream(parse, raw), context)
+            except UnparsableRequest as error:  # a handler that let it through
+                await _reject(context, error)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, None, out)
     if handler.stream_stream is not None:
         both: Any = handler.stream_stream
 
         async def stream_stream(raw: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
-            async for item in _respond(both(_parse_stream(parse, raw, context), context)):
-                yield item
+            try:
+                async for item in _respond(both(_parse_stream(parse, raw), context)):
+                    yield item
+            except UnparsableRequest as error:  # a handler that let it through
+                await _reject(context, error)
 
         return grpc.stream_stream_rpc_method_handler(stream_stream, None, out)
     return handler

@@ -102,25 +102,25 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         duplicates = 0
         logged = self.node.wal is not None
         try:
-            async for request in request_iterator:
-                try:
+            try:
+                # a message rejected here, or one that did not parse (the iterator raises)
+                async for request in request_iterator:
                     batch = convert.ingest_batch_from_proto(request, self.node.clock())
                     raw = request.SerializeToString() if logged else None
-                    applied = self.node.ingest(batch, raw)
-                except MeshError as exc:
-                    exc.metadata = {
-                        **exc.metadata,
-                        "message_index": str(batches + duplicates),
-                        "applied_batches": str(batches),
-                        "applied_values": str(values),
-                    }
-                    await self.node.sync()  # what the error acknowledges is durable
-                    raise
-                if applied:
-                    batches += 1
-                    values += int(batch.values.size)
-                else:
-                    duplicates += 1
+                    if self.node.ingest(batch, raw):
+                        batches += 1
+                        values += int(batch.values.size)
+                    else:
+                        duplicates += 1
+            except MeshError as exc:
+                exc.metadata = {
+                    **exc.metadata,
+                    "message_index": str(batches + duplicates),
+                    "applied_batches": str(batches),
+                    "applied_values": str(values),
+                }
+                await self.node.sync()  # what the error acknowledges is durable
+                raise
             await self.node.sync()  # durable before the acknowledgement
         finally:
             telemetry.get_recorder().record_ingest(batches, values)
