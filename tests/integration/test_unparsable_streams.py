@@ -7,6 +7,8 @@ would produce: a string field that is not UTF-8.
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import numpy as np
 import pytest
@@ -32,6 +34,17 @@ def action(i: int) -> governance_pb2.AgentAction:
     )
 
 
+async def until_error(answers: Any) -> tuple[list[bytes], grpc.aio.AioRpcError]:
+    """The raw answers of a call, and the error that ended it (it must end with one)."""
+    got: list[bytes] = []
+    try:
+        async for raw in answers:
+            got.append(raw)
+    except grpc.aio.AioRpcError as err:
+        return got, err
+    raise AssertionError(f"the call ended with OK after {len(got)} answers")
+
+
 def assert_unparsable(err: grpc.aio.AioRpcError, index: int) -> None:
     details = details_from_error(err)
     assert details.code == grpc.StatusCode.INVALID_ARGUMENT, (details.code, details.message)
@@ -51,11 +64,9 @@ async def test_region_evaluate_stream(mesh: Mesh, good_before: int) -> None:
         region_node_pb2.EvaluateStreamRequest(action=action(i)).SerializeToString()
         for i in range(good_before)
     ]
-    answers: list[region_node_pb2.EvaluateStreamResponse] = []
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for raw in call(iter([*payloads, NOT_UTF8_ACTION]), timeout=CALL_TIMEOUT_S):
-            answers.append(region_node_pb2.EvaluateStreamResponse.FromString(raw))
-    assert_unparsable(caught.value, good_before)
+    raws, err = await until_error(call(iter([*payloads, NOT_UTF8_ACTION]), timeout=CALL_TIMEOUT_S))
+    assert_unparsable(err, good_before)
+    answers = [region_node_pb2.EvaluateStreamResponse.FromString(r) for r in raws]
     assert [a.evaluation.request_id for a in answers] == [f"r{i}" for i in range(good_before)]
 
 
@@ -86,11 +97,9 @@ async def test_region_stream_summaries(mesh: Mesh) -> None:
     )
     good = region_node_pb2.StreamSummariesRequest(query_id=7).SerializeToString()
     bad = b"\x12\x03\x1a\x01\xff"  # query.metrics[0] = b"\xff"
-    answers = []
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for raw in call(iter([good, bad]), timeout=CALL_TIMEOUT_S):
-            answers.append(region_node_pb2.StreamSummariesResponse.FromString(raw))
-    assert_unparsable(caught.value, 1)
+    raws, err = await until_error(call(iter([good, bad]), timeout=CALL_TIMEOUT_S))
+    assert_unparsable(err, 1)
+    answers = [region_node_pb2.StreamSummariesResponse.FromString(r) for r in raws]
     assert [a.query_id for a in answers] == [7]
 
 
@@ -109,9 +118,7 @@ async def test_gateway_evaluate_stream(mesh: Mesh, good_before: int) -> None:
         ).SerializeToString()
         for i in range(good_before)
     ]
-    answers = []
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for raw in call(iter([*payloads, NOT_UTF8_ACTION]), timeout=CALL_TIMEOUT_S):
-            answers.append(coordinator_pb2.CoordinatorServiceEvaluateStreamResponse.FromString(raw))
-    assert_unparsable(caught.value, good_before)
+    raws, err = await until_error(call(iter([*payloads, NOT_UTF8_ACTION]), timeout=CALL_TIMEOUT_S))
+    assert_unparsable(err, good_before)
+    answers = [coordinator_pb2.CoordinatorServiceEvaluateStreamResponse.FromString(r) for r in raws]
     assert [a.evaluation.request_id for a in answers] == [f"r{i}" for i in range(good_before)]
