@@ -11,6 +11,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 import grpc
 import numpy as np
@@ -733,6 +734,9 @@ def status_code_from_number(value: int) -> grpc.StatusCode:
 MAX_SCORE_VALUES = 4 * 1024 * 1024
 
 
+_FLOAT32_MAX: Final = float(np.finfo(np.float32).max)
+
+
 def score_rows_from_proto(req: region_node_pb2.ScoreRequest, width: int) -> np.ndarray:
     """Feature rows as a (rows, columns) float32 array; INVALID_ARGUMENT when malformed."""
     if req.columns != width:
@@ -751,6 +755,13 @@ def score_rows_from_proto(req: region_node_pb2.ScoreRequest, width: int) -> np.n
     bad = first_out_of_range(values)
     if bad is not None:
         raise InvalidArgument.single(f"features[{bad}]", "must be finite")
+    beyond = np.abs(values) > _FLOAT32_MAX
+    if beyond.any():  # the model takes float32: such a value would become infinite
+        i = int(np.argmax(beyond))
+        raise InvalidArgument.single(
+            f"features[{i}]",
+            f"{values[i]!r} is beyond the float32 range the model takes (|x| <= {_FLOAT32_MAX:g})",
+        )
     return values.reshape(-1, width).astype(np.float32)
 
 

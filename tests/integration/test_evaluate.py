@@ -197,6 +197,9 @@ async def test_score_matches_the_models_probability_in_evaluate(mesh: Mesh) -> N
         ([0.0] * 10, 10, "columns"),  # wrong width
         ([math.nan] + [0.0] * (FEATURE_WIDTH - 1), FEATURE_WIDTH, "features[0]"),
         ([0.0] * (FEATURE_WIDTH - 1) + [math.inf], FEATURE_WIDTH, f"features[{FEATURE_WIDTH - 1}]"),
+        # finite as doubles, infinite as the model's float32
+        ([0.0, 1e50] + [0.0] * (FEATURE_WIDTH - 2), FEATURE_WIDTH, "features[1]"),
+        ([-3.5e38] * FEATURE_WIDTH, FEATURE_WIDTH, "features[0]"),
     ],
 )
 async def test_score_rejects_malformed_rows(
