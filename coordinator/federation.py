@@ -334,7 +334,9 @@ def _weighted_mean(regions: Mapping[str, Summary], weights: Mapping[str, float])
     if not weights:
         return None
     pairs = [(weights.get(r, 0.0), s.mean) for r, s in regions.items() if s.count > 0]
-    total_weight = sum(w for w, _ in pairs)
-    if total_weight <= 0:
+    top = max((w for w, _ in pairs), default=0.0)
+    if top <= 0:
         return None
-    return math.fsum(w * m for w, m in pairs) / total_weight
+    # weights relative to the largest: any finite weights (1e308 each, say) sum finitely
+    relative = [(w / top, m) for w, m in pairs]
+    return math.fsum(w * m for w, m in relative) / math.fsum(w for w, _ in relative)

@@ -75,6 +75,9 @@ async def test_weighted_mean_and_region_filter(mesh: Mesh) -> None:
     [r] = resp.results
     expected = (3 * data["us-east-1"].mean() + data["eu-west-1"].mean()) / 4
     assert r.weighted_mean == pytest.approx(expected, rel=1e-12)
+    # weights whose sum is beyond a double: only their ratio matters
+    huge = await query(mesh, region_weights={"us-east-1": 1.5e308, "eu-west-1": 0.5e308})
+    assert huge.results[0].weighted_mean == pytest.approx(expected, rel=1e-12)
     only = await query(mesh, regions=["eu-west-1"])
     assert only.results[0].statistics.count == data["eu-west-1"].size
     assert list(only.coverage.regions_requested) == ["eu-west-1"]
