@@ -29,6 +29,7 @@ from nethical_grpc.series import GroupSummary, IngestBatch, SeriesKey, SummaryQu
 from nethical_grpc.storage.audit import AuditFilter, SearchPage, SearchQuery
 from nethical_grpc.storage.backend import BackendChoice
 from nethical_grpc.storage.timeseries import AggregateRow, MetricRecord
+from nethical_grpc.storage.timeseries.model import check_text
 from nethical_grpc.summary import Buckets, ExponentialHistogram, Moments, Summary
 from nethical_grpc.summary.exponential_histogram import CountArray, CountedSide, counted_side
 from nethical_grpc.summary.moments import check_consistent
@@ -828,10 +829,16 @@ def _checked_range(msg: object) -> tuple[datetime | None, datetime | None]:
     return start, end
 
 
-def _short_name(field: str, value: str, limit: int = 256) -> str | None:
-    if len(value) > limit:
-        raise InvalidArgument.single(field, f"at most {limit} characters")
-    return value or None
+def _short_name(field: str, value: str) -> str | None:
+    """``value`` (``None`` when empty) if the stores take it as a name: at most 256
+    characters, no NUL; else INVALID_ARGUMENT naming ``field``."""
+    if not value:
+        return None
+    try:
+        check_text(field, value)
+    except ValueError as exc:
+        raise InvalidArgument.single(field, str(exc).removeprefix(f"{field}: ")) from None
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -891,6 +898,8 @@ def aggregate_query_from_proto(req: region_node_pb2.AggregateMetricsRequest) -> 
     bucket_ns = duration_to_ns(req.bucket) if req.HasField("bucket") else 0
     if bucket_ns <= 0:
         bad.append(FieldViolation("bucket", "must be longer than zero"))
+    elif bucket_ns < 1000:
+        bad.append(FieldViolation("bucket", "at least 1 µs (the stores' resolution)"))
     elif bucket_ns > MAX_BUCKET_NS:
         bad.append(FieldViolation("bucket", "at most 366 days"))
     for name in ("start_time", "end_time"):
@@ -900,8 +909,10 @@ def aggregate_query_from_proto(req: region_node_pb2.AggregateMetricsRequest) -> 
         raise InvalidArgument(message="invalid aggregation request", field_violations=bad)
     start, end = _checked_range(req)
     assert start is not None and end is not None and aggregation is not None
+    metric = _short_name("metric", req.metric)
+    assert metric is not None  # not empty: checked above
     return AggregateQuery(
-        metric=req.metric,
+        metric=metric,
         aggregation=aggregation,
         bucket=timedelta(microseconds=bucket_ns / 1000),
         start=start,

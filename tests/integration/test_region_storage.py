@@ -190,6 +190,29 @@ async def test_evaluations_reach_the_in_region_stores(mesh: Mesh) -> None:
         (region_node_pb2.SearchAuditRequest(min_risk=1.5), "min_risk"),
         (region_node_pb2.SearchAuditRequest(page_token="not-a-token"), "page_token"),
         (region_node_pb2.QueryMetricsRequest(agent_id="x' OR '1'='1", limit=20_000), "limit"),
+        # what the stores refuse is refused at the boundary, naming the field
+        (region_node_pb2.QueryMetricsRequest(agent_id="a\x00b"), "agent_id"),
+        (region_node_pb2.QueryMetricsRequest(metric="m" * 257), "metric"),
+        (
+            region_node_pb2.AggregateMetricsRequest(
+                metric="m" * 10_000,
+                aggregation=region_node_pb2.AGGREGATION_AVG,
+                bucket=duration_pb2.Duration(seconds=60),
+                start_time=convert.ns_to_timestamp(0),
+                end_time=convert.ns_to_timestamp(10**12),
+            ),
+            "metric",
+        ),
+        (
+            region_node_pb2.AggregateMetricsRequest(
+                metric="risk_score",
+                aggregation=region_node_pb2.AGGREGATION_AVG,
+                bucket=duration_pb2.Duration(nanos=1),  # below the stores' microsecond
+                start_time=convert.ns_to_timestamp(0),
+                end_time=convert.ns_to_timestamp(10**12),
+            ),
+            "bucket",
+        ),
     ],
 )
 async def test_bad_in_region_queries_get_invalid_argument(
