@@ -11,7 +11,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn, ParamSpec, Self, TypeVar
+from typing import Any, Final, NoReturn, ParamSpec, Self, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
@@ -95,28 +95,68 @@ def _pack(message: Any) -> any_pb2.Any:
     return packed
 
 
+#: Bounds on what a status carries. Message and details travel in the trailers, which a
+#: gRPC client refuses past 8 KiB by default (some calls already past 8 KiB, every call
+#: past 16 KiB), and then the caller gets RESOURCE_EXHAUSTED with no details at all. So
+#: echoed input is clipped (a 1 MiB bad name stays a bad name) and the violations listed
+#: stop at a budget; ErrorInfo says how many were left out.
+MAX_MESSAGE_BYTES: Final = 512
+MAX_FIELD_BYTES: Final = 256
+MAX_DESCRIPTION_BYTES: Final = 384
+MAX_METADATA_VALUE_BYTES: Final = 256
+MAX_VIOLATION_BYTES: Final = 3072
+OMITTED_VIOLATIONS_KEY: Final = "omitted_field_violations"
+
+
+def clip(text: str, max_bytes: int) -> str:
+    """``text`` if its UTF-8 form fits ``max_bytes``, else its longest prefix that fits
+    with a closing "…" (never a split character)."""
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= max_bytes:
+        return text
+    cut = data[: max(0, max_bytes - 3)].decode("utf-8", "ignore")  # "…" is 3 bytes
+    return f"{cut}…"
+
+
+def _bounded_violations(
+    violations: Sequence[FieldViolation],
+) -> tuple[list[error_details_pb2.BadRequest.FieldViolation], int]:
+    """The violations that fit the budget, clipped, and how many were left out."""
+    out: list[error_details_pb2.BadRequest.FieldViolation] = []
+    used = 0
+    for i, v in enumerate(violations):
+        field_path = clip(v.field, MAX_FIELD_BYTES)
+        description = clip(v.description, MAX_DESCRIPTION_BYTES)
+        size = len(field_path.encode()) + len(description.encode()) + 8  # with the framing
+        if out and used + size > MAX_VIOLATION_BYTES:
+            return out, len(violations) - i
+        out.append(
+            error_details_pb2.BadRequest.FieldViolation(field=field_path, description=description)
+        )
+        used += size
+    return out, 0
+
+
 def to_status(error: MeshError) -> grpc.Status:
-    """Build the ``grpc.Status`` (with details) for a domain error."""
+    """Build the ``grpc.Status`` (with details) for a domain error, within the bounds
+    above."""
     details = []
+    metadata = {
+        clip(k, MAX_FIELD_BYTES): clip(v, MAX_METADATA_VALUE_BYTES)
+        for k, v in error.metadata.items()
+    }
     violations = error.violations()
     if violations:
-        bad_request = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field, description=v.description
-                )
-                for v in violations
-            ]
-        )
-        details.append(_pack(bad_request))
+        listed, omitted = _bounded_violations(violations)
+        details.append(_pack(error_details_pb2.BadRequest(field_violations=listed)))
+        if omitted:
+            metadata[OMITTED_VIOLATIONS_KEY] = str(omitted)
     details.append(
-        _pack(
-            error_details_pb2.ErrorInfo(
-                reason=error.reason, domain=ERROR_DOMAIN, metadata=dict(error.metadata)
-            )
-        )
+        _pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata))
     )
-    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
+    status = status_pb2.Status(
+        code=error.code.value[0], message=clip(error.message, MAX_MESSAGE_BYTES), details=details
+    )
     return rpc_status.to_status(status)
 
 

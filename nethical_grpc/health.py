@@ -18,6 +18,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from nethical_grpc.errors import MAX_MESSAGE_BYTES, clip
+
 log = logging.getLogger(__name__)
 
 Status = int  # grpc.health.v1.HealthCheckResponse.ServingStatus
@@ -58,7 +60,10 @@ class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
     ) -> health_pb2.HealthCheckResponse:
         status = self._status.get(request.service)
         if status is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"unknown service {clip(repr(request.service), MAX_MESSAGE_BYTES)}",
+            )
         return health_pb2.HealthCheckResponse(status=status)
 
     async def Watch(  # noqa: N802

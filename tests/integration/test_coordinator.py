@@ -87,6 +87,31 @@ async def test_weighted_mean_and_region_filter(mesh: Mesh) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
+        ({"metrics": ["1"] * 200}, "metrics[0]"),  # 200 violations: some left out
+        ({"regions": ["x" * 20_000]}, "regions[0]"),
+        ({"region_weights": {"w" * 20_000: 1.0}}, "region_weights['www"),
+    ],
+)
+async def test_large_bad_input_keeps_its_details(mesh: Mesh, kwargs: dict, field: str) -> None:
+    """Bad input that the error echoes is clipped, and many violations are cut to a
+    budget, so the client gets INVALID_ARGUMENT with details, not a status its gRPC
+    library refused for the size of its trailers."""
+    await add_region(mesh, "us-east-1")
+    await add_coordinator(mesh)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await query(mesh, **kwargs)
+    details = details_from_error(err.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT, details.message
+    assert details.field_violations[0].field.startswith(field)
+    if "metrics" in kwargs:
+        listed = len(details.field_violations)
+        assert 0 < listed < 200
+        assert int(details.metadata["omitted_field_violations"]) == 200 - listed
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
         ({"regions": ["us-east-1", "mars-1"]}, "regions[1]"),
         ({"quantiles": [0.5, 1.5]}, "quantiles[1]"),
         ({"quantiles": [float("nan")]}, "quantiles[0]"),

@@ -207,6 +207,11 @@ async def test_health_is_truthful_and_drain_flips_it(mesh: Mesh) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await client.check_health(ch, "no.such.Service")
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    # a huge unknown name: still NOT_FOUND (the echo is clipped), not a refused trailer
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await client.check_health(ch, "x" * (1 << 20))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert info.value.details().startswith("unknown service 'xxx")
 
     seen: list[int] = []
 
