@@ -152,7 +152,9 @@ def to_status(error: MeshError) -> grpc.Status:
         if omitted:
             metadata[OMITTED_VIOLATIONS_KEY] = str(omitted)
     details.append(
-        _pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata))
+        _pack(
+            error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata)
+        )
     )
     status = status_pb2.Status(
         code=error.code.value[0], message=clip(error.message, MAX_MESSAGE_BYTES), details=details

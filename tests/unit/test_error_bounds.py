@@ -22,7 +22,7 @@ CLIENT_METADATA_SOFT_LIMIT = 8 * 1024
 
 
 def decoded(status: grpc.Status) -> status_pb2.Status:
-    [(key, value)] = [m for m in status.trailing_metadata if m[0] == "grpc-status-details-bin"]
+    [(_key, value)] = [m for m in status.trailing_metadata if m[0] == "grpc-status-details-bin"]
     return status_pb2.Status.FromString(value)
 
 
