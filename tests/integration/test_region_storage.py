@@ -166,20 +166,24 @@ async def test_evaluations_reach_the_in_region_stores(mesh: Mesh) -> None:
     assert node.identity.region_id == "r1"
 
 
+def aggregate_request(
+    metric: str = "risk_score", bucket: duration_pb2.Duration | None = None
+) -> region_node_pb2.AggregateMetricsRequest:
+    """An AggregateMetrics request that is valid but for what the caller changes."""
+    return region_node_pb2.AggregateMetricsRequest(
+        metric=metric,
+        aggregation=region_node_pb2.AGGREGATION_AVG,
+        bucket=bucket or duration_pb2.Duration(seconds=60),
+        start_time=convert.ns_to_timestamp(0),
+        end_time=convert.ns_to_timestamp(10**12),
+    )
+
+
 @pytest.mark.parametrize(
     ("request_", "field"),
     [
         (region_node_pb2.AggregateMetricsRequest(metric="risk_score"), "aggregation"),
-        (
-            region_node_pb2.AggregateMetricsRequest(
-                metric="risk_score",
-                aggregation=region_node_pb2.AGGREGATION_AVG,
-                bucket=duration_pb2.Duration(seconds=0),
-                start_time=convert.ns_to_timestamp(0),
-                end_time=convert.ns_to_timestamp(10**12),
-            ),
-            "bucket",
-        ),
+        (aggregate_request(bucket=duration_pb2.Duration(seconds=0)), "bucket"),
         (
             region_node_pb2.QueryMetricsRequest(
                 start_time=convert.ns_to_timestamp(2 * 10**12),
@@ -193,26 +197,9 @@ async def test_evaluations_reach_the_in_region_stores(mesh: Mesh) -> None:
         # what the stores refuse is refused at the boundary, naming the field
         (region_node_pb2.QueryMetricsRequest(agent_id="a\x00b"), "agent_id"),
         (region_node_pb2.QueryMetricsRequest(metric="m" * 257), "metric"),
-        (
-            region_node_pb2.AggregateMetricsRequest(
-                metric="m" * 10_000,
-                aggregation=region_node_pb2.AGGREGATION_AVG,
-                bucket=duration_pb2.Duration(seconds=60),
-                start_time=convert.ns_to_timestamp(0),
-                end_time=convert.ns_to_timestamp(10**12),
-            ),
-            "metric",
-        ),
-        (
-            region_node_pb2.AggregateMetricsRequest(
-                metric="risk_score",
-                aggregation=region_node_pb2.AGGREGATION_AVG,
-                bucket=duration_pb2.Duration(nanos=1),  # below the stores' microsecond
-                start_time=convert.ns_to_timestamp(0),
-                end_time=convert.ns_to_timestamp(10**12),
-            ),
-            "bucket",
-        ),
+        (aggregate_request(metric="m" * 10_000), "metric"),
+        # below the stores' microsecond
+        (aggregate_request(bucket=duration_pb2.Duration(nanos=1)), "bucket"),
     ],
 )
 async def test_bad_in_region_queries_get_invalid_argument(
