@@ -109,9 +109,15 @@ async def start_server(
     names = [*service_full_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
     if reflection_enabled:
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
-    bound = security.add_port(server, f"{_bracket(host)}:{port}")
+    try:
+        bound = security.add_port(server, f"{_bracket(host)}:{port}")
+    except RuntimeError:  # grpc's "Failed to bind to address ..."
+        bound = 0
     if bound == 0:
-        raise OSError(f"could not bind {host}:{port}")
+        raise OSError(
+            f"cannot listen on {host}:{port} (the port is in use, or {host} is not an "
+            "address of this machine)"
+        )
     security.log(f"{', '.join(service_full_names)} on {host}:{bound}", log)
     await server.start()
     mesh = MeshServer(server=server, health=health, port=bound, service_names=service_full_names)

@@ -14,7 +14,7 @@ import numpy as np
 
 from nethical_grpc.errors import FieldViolation, InvalidArgument, ResourceExhausted
 from nethical_grpc.series import GroupSummary, IngestBatch, Labels, SeriesKey, SummaryQuery
-from nethical_grpc.summary import DEFAULT_MAX_BUCKETS, DEFAULT_SCALE, Summary
+from nethical_grpc.summary import DEFAULT_MAX_BUCKETS, DEFAULT_SCALE, ExponentialHistogram, Summary
 
 NANOS = 1_000_000_000
 
@@ -34,6 +34,13 @@ class WindowConfig:
             raise ValueError("window must be positive")
         if self.retention_ns < self.window_ns:
             raise ValueError("retention must be at least one window")
+        # the sketch's own checks (scale range, bucket bound), at start-up rather than
+        # on every ingest
+        ExponentialHistogram(self.histogram_scale, self.max_buckets)
+        if self.max_label_sets_per_metric < 1:
+            raise ValueError("max label sets per metric must be at least 1")
+        if self.max_series < 1:
+            raise ValueError("max series must be at least 1")
 
 
 @dataclass(slots=True)

@@ -1,4 +1,4 @@
-"""Argument parsing helpers: durations, key=value pairs."""
+"""Argument parsing helpers: durations, key=value pairs, ports, log levels."""
 
 from __future__ import annotations
 
@@ -41,3 +41,26 @@ def parse_weight(text: str) -> tuple[str, float]:
         return key, float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"weight must be a number: {text!r}") from None
+
+
+def parse_port(text: str) -> int:
+    """A TCP port, 0 to 65535 (0: any free port)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be in 0..65535, got {port}")
+    return port
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def parse_log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"unknown log level {text!r} (one of {', '.join(LOG_LEVELS)})"
+        )
+    return level

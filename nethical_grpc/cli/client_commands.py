@@ -122,8 +122,13 @@ async def run_query(args: argparse.Namespace) -> int:
 
 
 def _channel(args: argparse.Namespace) -> grpc.aio.Channel:
-    """A channel with the TLS and token the flags (or environment) ask for."""
-    return client_security_from_args(args).channel(args.target)
+    """A channel with the TLS and token the flags (or environment) ask for; a file that
+    cannot be read or used ends the command with one line and exit status 2."""
+    try:
+        return client_security_from_args(args).channel(args.target)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 async def run_regions(args: argparse.Namespace) -> int:
@@ -164,7 +169,9 @@ async def run_health(args: argparse.Namespace) -> int:
             status = await client.check_health(channel, args.service, timeout=args.timeout)
         except grpc.RpcError as err:
             d = details_from_error(err)
-            print(json.dumps({"status": "UNREACHABLE", "code": d.code.name, "message": d.message}))
+            # the server answered that it does not know the service, or was not reached
+            label = "SERVICE_UNKNOWN" if d.code == grpc.StatusCode.NOT_FOUND else "UNREACHABLE"
+            print(json.dumps({"status": label, "code": d.code.name, "message": d.message}))
             return 1
     name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
     print(json.dumps({"status": name}))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import shutil
 import signal
 import sys
 import tempfile
@@ -62,18 +63,30 @@ def generate(metric: str, region_index: int, n: int, rng: np.random.Generator) -
 
 @dataclass
 class Sent:
-    """Every value the demo sent, per metric, so exact quantiles can be shown."""
+    """Every value the demo sent, per region and metric, so exact quantiles can be shown."""
 
-    chunks: dict[str, list[np.ndarray]] = field(default_factory=lambda: {m: [] for m in METRICS})
+    chunks: dict[tuple[int, str], list[np.ndarray]] = field(default_factory=dict)
 
-    def add(self, metric: str, values: np.ndarray) -> None:
-        self.chunks[metric].append(values)
+    def add(self, region_index: int, metric: str, values: np.ndarray) -> None:
+        self.chunks.setdefault((region_index, metric), []).append(values)
 
-    def pooled(self, metric: str) -> np.ndarray:
-        parts = self.chunks[metric]
+    def sent(self, region_index: int, metric: str) -> np.ndarray:
+        parts = self.chunks.get((region_index, metric), [])
         if len(parts) > 1:
-            self.chunks[metric] = parts = [np.concatenate(parts)]
+            self.chunks[(region_index, metric)] = parts = [np.concatenate(parts)]
         return parts[0] if parts else np.empty(0)
+
+    def total(self, metric: str) -> int:
+        return sum(
+            sum(p.size for p in parts) for (_, m), parts in self.chunks.items() if m == metric
+        )
+
+    def applied(self, metric: str, counts: dict[int, int]) -> np.ndarray:
+        """The values of ``metric`` the mesh holds when region ``i`` has applied
+        ``counts[i]`` of them: the first ones it was sent, as a region applies the
+        batches of its stream in order and each one whole."""
+        parts = [self.sent(i, metric)[:n] for i, n in sorted(counts.items())]
+        return np.concatenate(parts) if parts else np.empty(0)
 
 
 async def _traffic(
@@ -85,7 +98,7 @@ async def _traffic(
     while not stop.is_set():
         for metric in METRICS:
             values = generate(metric, region_index, per_tick, rng)
-            sent.add(metric, values)
+            sent.add(region_index, metric, values)
             yield client.encode_ingest_request(metric, values, {"source": "demo"})
         next_tick += TICK_S
         delay = next_tick - time.monotonic()
@@ -94,25 +107,44 @@ async def _traffic(
                 await asyncio.wait_for(stop.wait(), delay)
 
 
-def _table(response: coordinator_pb2.GetGlobalMetricsResponse, sent: Sent) -> str:
+def _table(response: coordinator_pb2.GetGlobalMetricsResponse, sent: Sent, names: list[str]) -> str:
+    """The mesh's figures beside the exact ones of the same data: the values each region
+    had applied when it answered (its count in the per-region breakdown)."""
     headers = ["metric", "count (sent)", "mean"]
     for q in QUANTILES:
         headers += [f"p{q * 100:g} mesh", "exact", "err"]
     headers.append("bound")
+    index = {name: i for i, name in enumerate(names)}
     rows = []
     for r in response.results:
-        if r.metric not in sent.chunks:
+        if r.metric not in METRICS:
             continue
-        pooled = sent.pooled(r.metric)
-        exact = np.quantile(pooled, QUANTILES, method="lower") if pooled.size else [np.nan] * 3
+        counts = {index[g.region_id]: g.statistics.count for g in r.regions if g.region_id in index}
+        held = sent.applied(r.metric, counts)
+        exact = np.quantile(held, QUANTILES, method="lower") if held.size else [np.nan] * 3
         s = r.statistics
-        row = [r.metric, f"{s.count:,} ({pooled.size:,})", fmt_number(s.mean)]
+        row = [r.metric, f"{s.count:,} ({sent.total(r.metric):,})", fmt_number(s.mean)]
         for qv, ex in zip(s.quantiles, exact, strict=True):
             err = abs(qv.value - ex) / abs(ex) if ex else abs(qv.value)
             row += [fmt_number(qv.value), fmt_number(float(ex)), f"{err * 100:.2f}%"]
         row.append(f"{s.relative_error * 100:.2f}%")
         rows.append(row)
     return render(headers, rows)
+
+
+def _command_path() -> str:
+    """How to run ``nethical-mesh`` from here: its name when the shell finds this one,
+    else its path (say, ``.venv/bin/nethical-mesh`` after ``make demo``)."""
+    beside = Path(sys.executable).with_name("nethical-mesh")
+    if not beside.exists():
+        return "nethical-mesh"
+    on_path = shutil.which("nethical-mesh")
+    if on_path is not None and Path(on_path).resolve() == beside.resolve():
+        return "nethical-mesh"
+    try:
+        return str(beside.relative_to(Path.cwd()))
+    except ValueError:
+        return str(beside)
 
 
 def _coverage(c: coordinator_pb2.Coverage) -> str:
@@ -149,7 +181,7 @@ async def run_demo(args: argparse.Namespace) -> int:
             f"(logs in {workdir})",
             flush=True,
         )
-        print(f"try: nethical-mesh query --target 127.0.0.1:{coord_port}", flush=True)
+        print(f"try: {_command_path()} query --target 127.0.0.1:{coord_port}", flush=True)
 
         sent = Sent()
         started_ns = time.time_ns() - 1
@@ -166,7 +198,13 @@ async def run_demo(args: argparse.Namespace) -> int:
                     ),
                 )
             )
-        opts = client.QueryOptions(quantiles=QUANTILES, start_ns=started_ns, metrics=list(METRICS))
+        # the per-region counts say which of the values sent each region had applied
+        opts = client.QueryOptions(
+            quantiles=QUANTILES,
+            start_ns=started_ns,
+            metrics=list(METRICS),
+            include_region_breakdown=True,
+        )
         deadline = time.monotonic() + args.duration
         async with client.insecure_channel(f"127.0.0.1:{coord_port}") as coord_channel:
             while not stop.is_set() and time.monotonic() < deadline:
@@ -178,9 +216,9 @@ async def run_demo(args: argparse.Namespace) -> int:
                     print("\x1b[H\x1b[2J", end="")
                 print(
                     f"\nNethical mesh demo - {elapsed:4.1f}s of {args.duration:g}s, "
-                    f"live (counts lag by batches in flight)"
+                    "live (count: applied so far; exact: of the same values)"
                 )
-                print(_table(response, sent))
+                print(_table(response, sent, names))
                 print(_coverage(response.coverage), flush=True)
             interrupted = stop.is_set()
             stop.set()
@@ -195,7 +233,7 @@ async def run_demo(args: argparse.Namespace) -> int:
             f"\nfinal ({'interrupted' if interrupted else 'complete'}; every batch acknowledged)"
             " - err: relative error against the exact quantile; bound: the sketch's guarantee"
         )
-        print(_table(response, sent))
+        print(_table(response, sent, names))
         print(_coverage(response.coverage), flush=True)
         return 0
     finally:

@@ -12,19 +12,30 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from nethical_grpc.cli.args import parse_duration_ns, parse_pair, parse_weight
+from nethical_grpc.cli.args import (
+    parse_duration_ns,
+    parse_log_level,
+    parse_pair,
+    parse_port,
+    parse_weight,
+)
 from nethical_grpc.security.flags import add_client_arguments, add_server_arguments
 
 log = logging.getLogger("nethical_mesh")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--log-level", default=os.environ.get("NETHICAL_LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--log-level",
+        type=parse_log_level,
+        default=os.environ.get("NETHICAL_LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING, ERROR or CRITICAL (env NETHICAL_LOG_LEVEL; INFO)",
+    )
 
 
 def _server_args(p: argparse.ArgumentParser, default_port: int) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=default_port, help="port; 0 picks a free one")
+    p.add_argument("--port", type=parse_port, default=default_port, help="port; 0 picks a free one")
     p.add_argument("--port-file", type=Path, help="write the bound port here once serving")
     p.add_argument("--max-message-bytes", type=int, default=8 * 1024 * 1024)
     p.add_argument(
@@ -48,9 +59,10 @@ def _server_args(p: argparse.ArgumentParser, default_port: int) -> None:
     )
     p.add_argument(
         "--metrics-port",
-        type=int,
-        default=_env_int("NETHICAL_METRICS_PORT"),
-        help="serve Prometheus metrics on this port (off by default)",
+        type=parse_port,
+        # a string default goes through parse_port too: a bad value is a usage error
+        default=os.environ.get("NETHICAL_METRICS_PORT") or None,
+        help="serve Prometheus metrics on this port (env NETHICAL_METRICS_PORT; off by default)",
     )
     p.add_argument(
         "--otlp-endpoint",
@@ -59,11 +71,6 @@ def _server_args(p: argparse.ArgumentParser, default_port: int) -> None:
     )
     add_server_arguments(p)
     _common(p)
-
-
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name)
-    return int(value) if value else None
 
 
 def build_parser() -> argparse.ArgumentParser:

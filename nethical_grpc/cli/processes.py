@@ -112,6 +112,9 @@ def spawn(
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         env=full_env,
+        # its own session: a Ctrl-C at the terminal reaches the parent, which stops its
+        # children itself (in order, after its last query), not the children first
+        start_new_session=True,
     )
     log_file.close()
     return Child(name, proc, log_path, port_file)

@@ -52,13 +52,19 @@ async def _serve(mesh: MeshServer, args: argparse.Namespace, telemetry_handle: A
     try:
         await serve_until_signalled(mesh, args.drain_announce / 1e9, args.drain_grace / 1e9)
     finally:
-        if telemetry_handle is not None:
-            telemetry_handle.shutdown()
+        _stop_telemetry(telemetry_handle)
     return 0
 
 
-def _announce(mesh: MeshServer, role: str, port_file: Path | None, host: str) -> None:
-    log.info("%s serving on %s:%d (health + reflection on)", role, host, mesh.port)
+def _stop_telemetry(handle: Any) -> None:
+    if handle is not None:
+        handle.shutdown()
+
+
+def _announce(mesh: MeshServer, role: str, args: argparse.Namespace) -> None:
+    extras = "health" if args.no_reflection else "health + reflection"
+    log.info("%s serving on %s:%d (%s on)", role, args.host, mesh.port, extras)
+    port_file: Path | None = args.port_file
     if port_file is not None:
         tmp = port_file.with_suffix(port_file.suffix + ".tmp")
         tmp.write_text(str(mesh.port))
@@ -112,7 +118,11 @@ async def run_region(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         log.error("bad configuration: %s", exc)
         return 2
-    tel = _start_telemetry(args, "nethical-region-node", args.region_id)
+    try:
+        tel = _start_telemetry(args, "nethical-region-node", args.region_id)
+    except (ValueError, OSError) as exc:
+        log.error("cannot serve metrics: %s", exc)
+        return 2
     try:
         mesh, _node = await start_region_server(
             RegionServerConfig(
@@ -132,10 +142,11 @@ async def run_region(args: argparse.Namespace) -> int:
                 security=security,
             )
         )
-    except (ModelLoadError, ValueError) as exc:
+    except (ModelLoadError, ValueError, OSError) as exc:
         log.error("cannot start the region node: %s", exc)
+        _stop_telemetry(tel)
         return 2
-    _announce(mesh, f"region node {args.region_id}", args.port_file, args.host)
+    _announce(mesh, f"region node {args.region_id}", args)
     return await _serve(mesh, args, tel)
 
 
@@ -171,7 +182,11 @@ async def run_coordinator(args: argparse.Namespace) -> int:
             gateway,
             channel_factory=upstream.channel_factory(interceptors=telemetry.client_interceptors),
         )
-    tel = _start_telemetry(args, "nethical-coordinator", None)
+    try:
+        tel = _start_telemetry(args, "nethical-coordinator", None)
+    except (ValueError, OSError) as exc:
+        log.error("cannot serve metrics: %s", exc)
+        return 2
     try:
         mesh, _fed = await start_coordinator(
             CoordinatorConfig(
@@ -186,8 +201,9 @@ async def run_coordinator(args: argparse.Namespace) -> int:
                 summary_transport=SummaryTransport(args.summary_transport),
             )
         )
-    except ValueError as exc:
-        log.error("bad configuration: %s", exc)
+    except (ValueError, OSError) as exc:
+        log.error("cannot start the coordinator: %s", exc)
+        _stop_telemetry(tel)
         return 2
-    _announce(mesh, "coordinator", args.port_file, args.host)
+    _announce(mesh, "coordinator", args)
     return await _serve(mesh, args, tel)

@@ -158,6 +158,9 @@ def _orphans(marker: str) -> list[psutil.Process]:
     return found
 
 
+METRIC_ROWS = ("latency", "risk", "score")
+
+
 def test_demo_runs_and_stops_by_itself() -> None:
     out = subprocess.run(
         mesh_command("demo", "--duration", "4", "--rate", "30000", "--refresh", "1"),
@@ -171,7 +174,10 @@ def test_demo_runs_and_stops_by_itself() -> None:
     final = out.stdout.split("final (")[1]
     rows = [line for line in final.splitlines() if line.startswith(("latency", "risk", "score"))]
     assert len(rows) == 3
-    for row in rows:
+    # every table, the live ones too, compares the mesh with the same values: within bound
+    every = [line for line in out.stdout.splitlines() if line.startswith(METRIC_ROWS)]
+    assert len(every) > 3
+    for row in every:
         *errors, bound = [float(e) for e in re.findall(r"(\d+\.\d+)%", row)]
         assert len(errors) == 3
         assert all(e <= bound + 1e-9 for e in errors), row
@@ -181,11 +187,14 @@ def test_demo_runs_and_stops_by_itself() -> None:
 
 
 def test_demo_stops_cleanly_on_ctrl_c() -> None:
+    """As at a terminal: SIGINT to the demo's whole process group. The demo still makes
+    its final query with every region up, then stops them."""
     proc = subprocess.Popen(
         mesh_command("demo", "--duration", "120", "--rate", "20000"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # a process group of its own, like a terminal's job
     )
     assert proc.stdout is not None
     line = ""
@@ -196,9 +205,10 @@ def test_demo_stops_cleanly_on_ctrl_c() -> None:
     workdir = re.search(r"logs in (\S+)\)", line)
     assert workdir is not None
     time.sleep(2)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
     stdout, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert "final (interrupted" in stdout
+    assert "regions covered: 3/3" in stdout.split("final (")[1]
     time.sleep(0.5)
     assert _orphans(workdir.group(1)) == []

@@ -1,0 +1,128 @@
+"""A user's mistakes on the command line get one clear line and an exit status, never a
+Python traceback: real `nethical-mesh` processes, as an operator runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nethical_grpc.cli.processes import Child, mesh_command, spawn
+
+pytestmark = pytest.mark.e2e
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        mesh_command(*args),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def assert_clear_failure(out: subprocess.CompletedProcess[str], *expected: str) -> None:
+    """Exit status 2, no traceback, and the expected words on stderr."""
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+    for text in expected:
+        assert text in out.stderr, out.stderr[-2000:]
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port some other program listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("role", ["region", "coordinator"])
+def test_a_port_in_use(role: str, taken_port: int) -> None:
+    extra = (
+        ["--region-id", "r1", "--no-evaluate"]
+        if role == "region"
+        else ["--region", "r1=127.0.0.1:1"]
+    )
+    out = run(role, *extra, "--port", str(taken_port))
+    assert_clear_failure(out, f"cannot listen on 127.0.0.1:{taken_port}")
+
+
+@pytest.mark.parametrize("port", ["70000", "-5", "http"])
+def test_a_port_out_of_range(port: str) -> None:
+    out = run("region", "--region-id", "r1", "--port", port)
+    assert_clear_failure(out, "--port")
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "words"),
+    [
+        ("--histogram-scale", "99", "scale"),
+        ("--histogram-scale", "-20", "scale"),
+        ("--max-buckets", "0", "max_buckets"),
+        ("--max-series", "0", "max series"),
+    ],
+)
+def test_sketch_settings_are_checked_at_start(flag: str, value: str, words: str) -> None:
+    """Before, such a node started and then answered every Ingest with INTERNAL."""
+    out = run("region", "--region-id", "r1", "--port", "0", "--no-evaluate", flag, value)
+    assert_clear_failure(out, "bad configuration", words)
+
+
+def test_a_metrics_port_in_use(taken_port: int) -> None:
+    out = run(
+        "region", "--region-id", "r1", "--port", "0", "--no-evaluate",
+        "--metrics-port", str(taken_port),
+    )  # fmt: skip
+    assert_clear_failure(out, "cannot serve metrics")
+
+
+def test_a_bad_metrics_port_in_the_environment() -> None:
+    out = run("region", "--region-id", "r1", "--port", "0", env={"NETHICAL_METRICS_PORT": "abc"})
+    assert_clear_failure(out, "--metrics-port", "not a port number")
+    # other commands do not read it
+    assert run("--help", env={"NETHICAL_METRICS_PORT": "abc"}).returncode == 0
+
+
+@pytest.mark.parametrize("command", ["region", "query", "health"])
+def test_an_unknown_log_level(command: str) -> None:
+    extra = {"region": ["--region-id", "r1"], "query": [], "health": ["127.0.0.1:1"]}[command]
+    out = run(command, *extra, "--log-level", "LOUD")
+    assert_clear_failure(out, "unknown log level 'LOUD'")
+
+
+def test_client_credentials_that_cannot_be_used(tmp_path: Path) -> None:
+    missing = run("query", "--target", "127.0.0.1:1", "--token-file", str(tmp_path / "nope"))
+    assert_clear_failure(missing, "error:", "nope")
+    short = tmp_path / "short.token"
+    short.write_text("abcde")
+    assert_clear_failure(run("regions", "--token-file", str(short)), "error:", "16 to 4096")
+    no_ca = run("health", "127.0.0.1:1", "--tls-ca", str(tmp_path / "ca.crt"))
+    assert_clear_failure(no_ca, "error:", "ca.crt")
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[tuple[Child, int]]:
+    child = spawn("r1", ["region", "--region-id", "r1", "--port", "0", "--no-reflection"], tmp_path)
+    try:
+        yield child, child.port(120)
+    finally:
+        child.stop()
+
+
+def test_health_of_an_unknown_service_and_the_start_up_line(node: tuple[Child, int]) -> None:
+    child, port = node
+    out = run("health", f"127.0.0.1:{port}", "--service", "no.such.Service")
+    assert out.returncode == 1
+    assert json.loads(out.stdout)["status"] == "SERVICE_UNKNOWN"  # reached, service unknown
+    unreachable = run("health", "127.0.0.1:1", "--timeout", "2")
+    assert json.loads(unreachable.stdout)["status"] == "UNREACHABLE"
+    log = child.log_path.read_text()
+    assert "(health on)" in log and "reflection on" not in log
