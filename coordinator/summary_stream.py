@@ -9,7 +9,9 @@ is matched by that id, and each waits under its own deadline.
 
 The stream opens on first use. When it breaks (the node went away, the connection
 dropped), every query waiting on it fails as UNAVAILABLE, which the federation treats
-like a failed call (failover, coverage), and the next query opens a new stream. A node
+like a failed call (failover, coverage), and the next query opens a new stream. A query
+whose write finds the stream already over (before its reader noticed) never reached the
+node, so it is asked once more on a new stream, within its deadline. A node
 that does not implement ``StreamSummaries`` is asked with unary calls from then on.
 
 Answers stay encoded: the stream reads only each answer's query id and hands over the
@@ -53,6 +55,10 @@ class SummaryCallError(Exception):
         self.details = details
 
 
+class _NotSent(SummaryCallError):
+    """The stream had ended before the query could be written: it never reached the node."""
+
+
 class SummaryStream:
     """``GetSummaries`` semantics over one ``StreamSummaries`` call, opened lazily.
 
@@ -82,16 +88,18 @@ class SummaryStream:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         try:
-            return await self._streamed(request, timeout_s)
+            try:
+                return await self._streamed(request, timeout_s)
+            except _NotSent:
+                # the stream ended (and its reader had not said so yet) before the query
+                # left: it is safe to ask once more, on a fresh stream
+                return await self._streamed(request, _remaining(deadline, loop))
         except SummaryCallError as err:
             if err.code is not grpc.StatusCode.UNIMPLEMENTED:
                 raise
         # an older node: no stream method
         self.unary_only = True
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            raise SummaryCallError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
-        return await self._unary(request, remaining)
+        return await self._unary(request, _remaining(deadline, loop))
 
     async def close(self) -> None:
         call, reader, pending = self._call, self._reader, self._pending
@@ -138,10 +146,20 @@ class SummaryStream:
                     await asyncio.wait([reader], timeout=0.05)
                 if not answer.done():
                     self._broken(call, pending, grpc.StatusCode.UNAVAILABLE, f"stream: {exc}")
+                try:
+                    await answer  # failed by now: by the reader, _broken or the expiry
+                except SummaryCallError as err:
+                    if err.code is grpc.StatusCode.UNAVAILABLE:
+                        raise _NotSent(err.code, err.details) from None
+                    raise
             return await answer
         finally:
             expiry.cancel()
             pending.pop(query_id, None)
+            if answer.done() and not answer.cancelled():
+                # failed while this caller was elsewhere (a write, or cancelled by its own
+                # deadline): retrieved here, so asyncio logs no "never retrieved" error
+                answer.exception()
 
     def _open(self) -> Any:
         if self._call is None:
@@ -214,6 +232,13 @@ def _open_answer(raw: bytes) -> tuple[int, bytes | None, bytes]:
     if member == _ERROR:
         return query_id, payload, b""
     return query_id, None, payload
+
+
+def _remaining(deadline: float, loop: asyncio.AbstractEventLoop) -> float:
+    remaining = deadline - loop.time()
+    if remaining <= 0:
+        raise SummaryCallError(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+    return remaining
 
 
 def _fail(pending: Pending, code: grpc.StatusCode, details: str) -> None:

@@ -103,6 +103,23 @@ async def test_a_node_that_goes_away_fails_waiting_queries_then_the_stream_reope
         await stream.close()
 
 
+async def test_a_query_on_a_stream_that_just_ended_is_asked_on_a_new_one(mesh: Mesh) -> None:
+    """The stream is over, but its reader has not run since: the query's write fails, it
+    never reached the node, and the query is asked again on a fresh stream."""
+    [(server, _)] = await add_region(mesh, "us-east-1")
+    await mesh.ingest("us-east-1", "m", np.arange(1.0, 11.0))
+    stream = stream_to(mesh, server.address)
+    try:
+        await stream.query(Request(), 5.0)
+        assert stream.is_open and stream.opened == 1
+        stream._call.cancel()  # ended under the stream; no turn of the loop since
+        answer = parsed(await stream.query(Request(), 5.0))
+        assert [s.summary.moments.count for s in answer.series] == [10]
+        assert stream.opened == 2
+    finally:
+        await stream.close()
+
+
 class _SilentNode(region_node_pb2_grpc.RegionNodeServiceServicer):
     """Reads summary queries and never answers them."""
 
