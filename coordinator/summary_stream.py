@@ -26,6 +26,7 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -59,26 +60,51 @@ class _NotSent(SummaryCallError):
     """The stream had ended before the query could be written: it never reached the node."""
 
 
+@dataclass(eq=False)
+class _Call:
+    """One open ``StreamSummaries`` call: its queries, its writer and its reader."""
+
+    call: Any  # grpc.aio.StreamStreamCall
+    # queries asked on this call and not yet answered, sent or not (query id -> answer)
+    pending: Pending = field(default_factory=dict)
+    # queries waiting for the writer, in order
+    outbox: asyncio.Queue[tuple[region_node_pb2.StreamSummariesRequest, asyncio.Future[bytes]]] = (
+        field(default_factory=asyncio.Queue)
+    )
+    reader: asyncio.Task[None] | None = None
+    writer: asyncio.Task[None] | None = None
+
+    def fail_unsent(self, details: str) -> None:
+        """The queries still in the outbox never reached the node: ``_NotSent``."""
+        while not self.outbox.empty():
+            _, answer = self.outbox.get_nowait()
+            if not answer.done():
+                answer.set_exception(_NotSent(grpc.StatusCode.UNAVAILABLE, details))
+
+
 class SummaryStream:
     """``GetSummaries`` semantics over one ``StreamSummaries`` call, opened lazily.
 
     ``channel`` gives the channel to the node (the current one, should it be replaced).
+
+    A query never waits for its own write: it puts its message in the call's outbox and
+    waits for its answer under its deadline, while one writer task per call sends the
+    messages in order. So a call whose writes stall (a channel still connecting to an
+    address that accepts TCP and never speaks HTTP/2, a node that stopped reading) holds
+    no query past its deadline, and a query whose deadline passed before its turn is not
+    sent at all.
     """
 
     def __init__(self, channel: ChannelSource) -> None:
         self._channel = channel
-        self._call: Any = None  # grpc.aio.StreamStreamCall while open
-        self._reader: asyncio.Task[None] | None = None
-        # the open call's unanswered queries (each call has its own)
-        self._pending: Pending = {}
+        self._current: _Call | None = None
         self._ids = itertools.count(1)
-        self._write_lock = asyncio.Lock()
         self.unary_only = False
         self.opened = 0  # streams opened so far (a reopen follows each break)
 
     @property
     def is_open(self) -> bool:
-        return self._call is not None
+        return self._current is not None
 
     async def query(self, request: region_node_pb2.GetSummariesRequest, timeout_s: float) -> bytes:
         """The node's answer to ``request``, an encoded ``GetSummariesResponse``, within
@@ -102,16 +128,18 @@ class SummaryStream:
         return await self._unary(request, _remaining(deadline, loop))
 
     async def close(self) -> None:
-        call, reader, pending = self._call, self._reader, self._pending
-        self._call = self._reader = None
-        self._pending = {}
-        if call is not None:
-            call.cancel()
-        if reader is not None:
-            reader.cancel()
+        current, self._current = self._current, None
+        if current is None:
+            return
+        current.call.cancel()
+        tasks = [t for t in (current.reader, current.writer) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await reader
-        _fail(pending, grpc.StatusCode.UNAVAILABLE, "summary stream closed")
+                await task
+        current.fail_unsent("summary stream closed")
+        _fail(current.pending, grpc.StatusCode.UNAVAILABLE, "summary stream closed")
 
     # -- internals ------------------------------------------------------------------
 
@@ -129,40 +157,26 @@ class SummaryStream:
         self, request: region_node_pb2.GetSummariesRequest, timeout_s: float
     ) -> bytes:
         loop = asyncio.get_running_loop()
-        call = self._open()
-        pending = self._pending
+        current = self._open()
+        pending = current.pending
         query_id = next(self._ids)
         answer: asyncio.Future[bytes] = loop.create_future()
         pending[query_id] = answer
         expiry = loop.call_later(timeout_s, _expire, pending, query_id, timeout_s)
         try:
             message = region_node_pb2.StreamSummariesRequest(query_id=query_id, query=request)
-            try:
-                async with self._write_lock:
-                    await call.write(message)
-            except Exception as exc:  # the stream broke under us; its reader tells why
-                reader = self._reader
-                if reader is not None and self._call is call and not answer.done():
-                    await asyncio.wait([reader], timeout=0.05)
-                if not answer.done():
-                    self._broken(call, pending, grpc.StatusCode.UNAVAILABLE, f"stream: {exc}")
-                try:
-                    await answer  # failed by now: by the reader, _broken or the expiry
-                except SummaryCallError as err:
-                    if err.code is grpc.StatusCode.UNAVAILABLE:
-                        raise _NotSent(err.code, err.details) from None
-                    raise
+            current.outbox.put_nowait((message, answer))
             return await answer
         finally:
             expiry.cancel()
             pending.pop(query_id, None)
             if answer.done() and not answer.cancelled():
-                # failed while this caller was elsewhere (a write, or cancelled by its own
-                # deadline): retrieved here, so asyncio logs no "never retrieved" error
+                # failed while its caller was away (cancelled by its own deadline, say):
+                # retrieved here, so asyncio logs no "never retrieved" error
                 answer.exception()
 
-    def _open(self) -> Any:
-        if self._call is None:
+    def _open(self) -> _Call:
+        if self._current is None:
             # answers arrive as bytes (no response deserializer): see _read; queries are
             # written one by one, so the call starts without a request iterator
             method = self._channel().stream_stream(
@@ -170,16 +184,36 @@ class SummaryStream:
                 request_serializer=region_node_pb2.StreamSummariesRequest.SerializeToString,
                 response_deserializer=None,
             )
-            self._call = method()  # type: ignore[call-arg]
-            self._pending = {}
-            self._reader = asyncio.ensure_future(self._read(self._call, self._pending))
+            current = _Call(method())  # type: ignore[call-arg]
+            current.reader = asyncio.ensure_future(self._read(current))
+            current.writer = asyncio.ensure_future(self._write(current))
+            self._current = current
             self.opened += 1
-        return self._call
+        return self._current
 
-    async def _read(self, call: Any, pending: Pending) -> None:
+    async def _write(self, current: _Call) -> None:
+        while True:
+            message, answer = await current.outbox.get()
+            if answer.done():
+                continue  # its deadline passed before its turn: not sent
+            try:
+                await current.call.write(message)
+            except Exception as exc:  # the call is over: this query never reached the node
+                if self._current is current:
+                    self._current = None  # queries from now on open a new call
+                answer.set_exception(_NotSent(grpc.StatusCode.UNAVAILABLE, f"stream: {exc}"))
+                current.fail_unsent(f"stream: {exc}")
+                reader = current.reader
+                if reader is not None and not reader.done():
+                    await asyncio.wait([reader], timeout=0.05)  # it tells the sent ones why
+                self._broken(current, grpc.StatusCode.UNAVAILABLE, f"stream: {exc}")
+                return
+
+    async def _read(self, current: _Call) -> None:
         code, details = grpc.StatusCode.UNAVAILABLE, "summary stream ended"
+        pending = current.pending
         try:
-            async for raw in call:
+            async for raw in current.call:
                 query_id, error, summaries = _open_answer(raw)
                 future = pending.pop(query_id, None)
                 if future is None or future.done():
@@ -200,15 +234,19 @@ class SummaryStream:
         except Exception as exc:  # anything else ends this stream, not the coordinator
             log.warning("summary stream failed: %s", exc)
             details = f"summary stream failed: {exc}"
-        self._broken(call, pending, code, details)
+        self._broken(current, code, details)
 
-    def _broken(self, call: Any, pending: Pending, code: grpc.StatusCode, details: str) -> None:
-        if self._call is call:
-            self._call = None
-            self._reader = None
-            self._pending = {}
-            call.cancel()
-        _fail(pending, code, details)
+    def _broken(self, current: _Call, code: grpc.StatusCode, details: str) -> None:
+        """``current`` is over: the next query opens a new call; what was sent fails with
+        ``code``, what was not is ``_NotSent`` (asked again on the new call)."""
+        if self._current is current:
+            self._current = None
+        current.call.cancel()
+        writer = current.writer
+        if writer is not None and writer is not asyncio.current_task():
+            writer.cancel()
+        current.fail_unsent(details)
+        _fail(current.pending, code, details)
 
 
 def _open_answer(raw: bytes) -> tuple[int, bytes | None, bytes]:

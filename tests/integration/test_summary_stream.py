@@ -11,6 +11,7 @@ import pytest
 from meshutil import Mesh, add_coordinator, add_region
 
 from coordinator.federation import GlobalQuery, SummaryTransport
+from coordinator.server import CoordinatorConfig, start_coordinator
 from coordinator.summary_stream import SummaryCallError, SummaryStream
 from nethical_grpc import client, convert
 from nethical_grpc.series import SummaryQuery
@@ -112,12 +113,73 @@ async def test_a_query_on_a_stream_that_just_ended_is_asked_on_a_new_one(mesh: M
     try:
         await stream.query(Request(), 5.0)
         assert stream.is_open and stream.opened == 1
-        stream._call.cancel()  # ended under the stream; no turn of the loop since
+        assert stream._current is not None
+        stream._current.call.cancel()  # ended under the stream; no turn of the loop since
         answer = parsed(await stream.query(Request(), 5.0))
         assert [s.summary.moments.count for s in answer.series] == [10]
         assert stream.opened == 2
     finally:
         await stream.close()
+
+
+@pytest.fixture
+async def blackhole() -> AsyncIterator[str]:
+    """An address that accepts TCP connections and never says a word (so a channel to it
+    stays connecting until gRPC's connect timeout, about 20 s)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    yield f"127.0.0.1:{port}"
+    for writer in held:
+        writer.close()
+    server.close()
+
+
+async def test_a_query_to_an_address_that_never_speaks_ends_at_its_deadline(
+    mesh: Mesh, blackhole: str
+) -> None:
+    """Its message cannot be written while the channel connects: the query still ends
+    at its own deadline, and so does the next one."""
+    stream = stream_to(mesh, blackhole)
+    loop = asyncio.get_running_loop()
+    try:
+        for _ in range(2):
+            t0 = loop.time()
+            with pytest.raises(SummaryCallError) as err:
+                await stream.query(Request(), 0.3)
+            assert err.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+            assert loop.time() - t0 < 5.0  # a hang bound: before, ~20 s
+    finally:
+        await stream.close()
+
+
+async def test_a_global_query_with_a_silent_region_answers_partially_in_time(
+    mesh: Mesh, blackhole: str
+) -> None:
+    await add_region(mesh, "us-east-1")
+    await mesh.ingest("us-east-1", "m", np.arange(1.0, 101.0))
+    mesh.coordinator, mesh.federation = await start_coordinator(
+        CoordinatorConfig(
+            regions={
+                "us-east-1": [s.address for s, _ in mesh.regions["us-east-1"]],
+                "silent": [blackhole],
+            }
+        )
+    )
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    response = await client.global_metrics(
+        mesh.coordinator_channel(), client.QueryOptions(region_timeout_s=0.3), timeout=10
+    )
+    assert loop.time() - t0 < 5.0  # a hang bound: before, ~20 s
+    assert list(response.coverage.regions_answered) == ["us-east-1"]
+    [missing] = response.coverage.missing
+    assert missing.region_id == "silent"
+    assert [r.statistics.count for r in response.results] == [100]
 
 
 class _SilentNode(region_node_pb2_grpc.RegionNodeServiceServicer):
