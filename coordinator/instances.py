@@ -184,7 +184,18 @@ class InstanceRegistry:
                 closing.add_done_callback(self._closing.discard)
 
     def add(self, region_id: str, endpoint: str, weight: int = 1) -> RegionInstance:
-        """A static instance (id = its endpoint); adding it again returns the same one."""
+        """A static instance (id = its endpoint); adding it again returns the same one.
+
+        ``ValueError`` when the endpoint is already a static instance of another region:
+        a node serves one region, and the balancer would move it, leaving the first
+        region without it for good.
+        """
+        known = self._views.get(endpoint)
+        if known is not None and known.region_id != region_id:
+            raise ValueError(
+                f"{endpoint} is listed in region {known.region_id!r} and in region "
+                f"{region_id!r}; a region node serves one region"
+            )
         self._configured.add(region_id)
         inst = self.balancer.add_instance(endpoint, region_id, endpoint, weight)
         return self._views[inst.instance_id]

@@ -10,6 +10,7 @@ import pytest
 from meshutil import Mesh, add_coordinator, add_region, wait_for
 
 from coordinator.instances import Health
+from coordinator.server import CoordinatorConfig, start_coordinator
 from nethical_grpc import client
 from nethical_grpc.errors import details_from_error
 from nethical_grpc.server_runtime import start_server
@@ -290,3 +291,22 @@ async def test_deadline_of_the_caller_bounds_the_fan_out(mesh: Mesh) -> None:
     resp = await query(mesh, timeout=0.5)
     assert time.monotonic() - started < 0.5
     assert resp.coverage.complete
+
+
+async def test_an_instance_listed_in_two_regions_is_refused() -> None:
+    """A node serves one region: the same address under two regions is a configuration
+    mistake, refused at start rather than leaving one region empty for good."""
+    with pytest.raises(
+        ValueError, match=r"127\.0\.0\.1:1 is listed in region 'a' and in region 'b'"
+    ):
+        await start_coordinator(
+            CoordinatorConfig(regions={"a": ["127.0.0.1:1"], "b": ["127.0.0.1:2", "127.0.0.1:1"]})
+        )
+    # the same address twice in one region is one instance
+    server, federation = await start_coordinator(
+        CoordinatorConfig(regions={"a": ["127.0.0.1:1", "127.0.0.1:1"]})
+    )
+    try:
+        assert [i.endpoint for i in federation.registry.all_instances()] == ["127.0.0.1:1"]
+    finally:
+        await server.drain(announce_s=0, grace_s=0)
