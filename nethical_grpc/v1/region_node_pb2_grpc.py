@@ -102,8 +102,10 @@ class RegionNodeServiceServicer:
         """Streams columnar batches of observations. Each message is one batch of one
         series and is applied atomically: a rejected message changes nothing, and the
         stream ends with INVALID_ARGUMENT (or RESOURCE_EXHAUSTED) whose ErrorInfo
-        metadata tells how many earlier messages were applied. With a write-ahead log
-        (--wal-dir), what the response or the error acknowledges is durable first.
+        metadata tells how many earlier messages were applied. Messages after the
+        rejected one are read (for up to a second) and dropped, never applied, so a
+        client still sending gets that error. With a write-ahead log (--wal-dir), what
+        the response or the error acknowledges is durable first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
