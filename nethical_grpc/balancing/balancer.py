@@ -475,7 +475,7 @@ class LoadBalancer:
 
     def execute_request(
         self,
-        call: Callable[[Instance], T],
+        request_func: Callable[[Instance], T],
         region_id: str | None = None,
         timeout: float | None = None,
         *,
@@ -483,9 +483,9 @@ class LoadBalancer:
         idempotent: bool = True,
         retry_if: Callable[[BaseException], bool] | None = None,
     ) -> T:
-        """Run ``call(instance)`` with retries (sync callers; backoff sleeps the thread).
+        """Run ``request_func(instance)`` with retries (sync callers; backoff sleeps the thread).
 
-        The attempt's deadline is available to ``call`` as ``remaining_timeout()``.
+        The attempt's deadline is available to ``request_func`` as ``remaining_timeout()``.
         ``retry_if`` replaces the default classification (:func:`is_retryable` with
         ``idempotent``); retries stay bounded by the policy and the deadline.
         """
@@ -499,7 +499,7 @@ class LoadBalancer:
             self.begin(inst)
             started = time.perf_counter()
             try:
-                result = call(inst)
+                result = request_func(inst)
             except Exception as err:
                 self.record_failure(inst, err)
                 delay = state.retry_delay(err)
@@ -519,7 +519,7 @@ class LoadBalancer:
 
     async def execute_request_async(
         self,
-        call: Callable[[Instance], Awaitable[T]],
+        request_func: Callable[[Instance], Awaitable[T]],
         region_id: str | None = None,
         timeout: float | None = None,
         *,
@@ -527,7 +527,7 @@ class LoadBalancer:
         idempotent: bool = True,
         retry_if: Callable[[BaseException], bool] | None = None,
     ) -> T:
-        """``await call(instance)`` with retries; each attempt is cut off at its deadline.
+        """``await request_func(instance)`` with retries; each attempt is cut off at its deadline.
 
         ``retry_if`` as for :meth:`execute_request`.
         """
@@ -543,7 +543,7 @@ class LoadBalancer:
             self.begin(inst)
             started = time.perf_counter()
             try:
-                pending = call(inst)
+                pending = request_func(inst)
                 if deadline is None or not self.enforce_deadlines or _bound_by(pending, deadline):
                     result = await pending
                 else:

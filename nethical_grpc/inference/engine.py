@@ -673,9 +673,11 @@ class InferenceEngine:
 
         On CUDA: ``device``, ``allocated_gb``, ``reserved_gb``, ``max_allocated_gb`` (torch's
         caching allocator, GiB) and ``total_gb`` (the device's memory).  On the CPU:
-        ``device`` ("cpu"), ``rss_bytes`` and ``rss_gb`` of this process and ``rss_kind``
-        ("current", or "peak" where the current value cannot be read).  Both include
-        ``model_bytes`` (parameter and buffer bytes of the model).
+        ``device`` ("cpu"), ``rss_bytes`` and ``rss_gb`` of this process, ``rss_kind``
+        ("current", or "peak" where the current value cannot be read) and
+        ``allocated_gb``, the memory the engine itself holds (its model's, GiB), so
+        ``memory["allocated_gb"]`` answers on any device.  Both include ``model_bytes``
+        (parameter and buffer bytes of the model).
         """
         if self.backend == "torch" and self.device.startswith("cuda"):
             cuda = self._torch.cuda
@@ -688,12 +690,14 @@ class InferenceEngine:
                 "model_bytes": self.model_bytes(),
             }
         rss, kind = _process_rss_bytes()
+        held = self.model_bytes()
         return {
             "device": "cpu",
+            "allocated_gb": held / _GIB,
             "rss_bytes": rss,
             "rss_gb": rss / _GIB,
             "rss_kind": kind,
-            "model_bytes": self.model_bytes(),
+            "model_bytes": held,
         }
 
     #: The guide's name for :meth:`memory_usage`.

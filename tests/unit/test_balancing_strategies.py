@@ -383,6 +383,22 @@ def failing_on(bad: set[str], error: BaseException, visits: list[str]) -> object
     return call
 
 
+async def test_the_guides_keywords_work() -> None:
+    """As the guide calls it: ``execute_request(request_func=..., region_id=...)``."""
+    lb = balancer(S.ROUND_ROBIN, n=3)
+
+    def governance_request(inst: Instance) -> str:
+        return inst.region_id
+
+    async def governance_request_async(inst: Instance) -> str:
+        return inst.instance_id
+
+    region = lb.instances()[0].region_id
+    assert lb.execute_request(request_func=governance_request, region_id=region) == region
+    picked = await lb.execute_request_async(request_func=governance_request_async)
+    assert picked in {i.instance_id for i in lb.instances()}
+
+
 def test_retry_goes_to_a_different_instance() -> None:
     lb = balancer(S.ROUND_ROBIN, n=3)
     visits: list[str] = []

@@ -72,6 +72,8 @@ def test_numpy_backend_describes_itself(numpy_engine: InferenceEngine) -> None:
     assert mem["device"] == "cpu"
     assert mem["rss_bytes"] > 0
     assert mem["model_bytes"] == numpy_engine.model_bytes() > 100_000
+    # the guide reads memory["allocated_gb"] on any device: here, the model's own memory
+    assert numpy_engine.get_memory_usage()["allocated_gb"] == mem["model_bytes"] / 2**30
 
 
 def test_disabled_torch_falls_back_to_numpy(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -121,7 +121,7 @@ class TimeSeriesStore(ABC):
         metadata: Mapping[str, JSONValue] | None = None,
     ) -> None:
         """Store one observation (``timestamp`` defaults to now). ``ValueError`` for bad
-        input: empty metric name, non-finite value, naive timestamp, oversized strings."""
+        input: empty metric name, non-finite value, oversized strings (a naive timestamp is UTC)."""
         await self.insert_metrics(
             [MetricPoint(agent_id, metric_name, metric_value, timestamp, region_id, metadata)]
         )
@@ -192,8 +192,8 @@ class TimeSeriesStore(ABC):
         """Observations matching every given filter, oldest first, at most ``limit``.
 
         The range is ``[start_time, end_time)``. Ties in time are ordered by metric name,
-        agent id and value (byte order). ``ValueError`` for an inverted range, naive
-        times, a ``limit`` outside 1..100,000 or oversized filter strings.
+        agent id and value (byte order); naive times are UTC. ``ValueError`` for an
+        inverted range, a ``limit`` outside 1..100,000 or oversized filter strings.
         """
         agent = check_optional_name("agent_id", agent_id)
         name = check_optional_name("metric_name", metric_name)
@@ -215,8 +215,8 @@ class TimeSeriesStore(ABC):
 
         ``aggregation`` is avg, sum, min, max or count (``value`` of count is the count as
         a float). Buckets are aligned to the Unix epoch (see :mod:`.buckets`); the range is
-        ``[start_time, end_time)``. ``ValueError`` for an unknown aggregation, a width
-        ≤ 0, an inverted range or naive times.
+        ``[start_time, end_time)`` (naive times are UTC). ``ValueError`` for an unknown
+        aggregation, a width ≤ 0 or an inverted range.
         """
         name = check_name("metric_name", metric_name)
         agg = check_aggregation(aggregation)

@@ -4,8 +4,8 @@ Everything a caller passes is checked here, before any backend sees it, so both 
 accept and refuse exactly the same input and a refused batch writes nothing. Every refusal
 is a ``ValueError`` whose message starts with the offending field.
 
-Times are timezone-aware datetimes (any zone; stored and returned in UTC, to the
-microsecond). Naive datetimes are refused: they are usually local times mistaken for UTC.
+Times are datetimes (any zone; stored and returned in UTC, to the microsecond). A naive
+datetime is taken as UTC, as ``datetime.utcnow()`` gives it and as the audit store does.
 """
 
 from __future__ import annotations
@@ -229,19 +229,15 @@ def check_optional_name(field_name: str, value: object) -> str | None:
 
 
 def to_us(field_name: str, value: object) -> int:
-    """Unix microseconds of a timezone-aware datetime (exact; sub-µs digits are dropped).
+    """Unix microseconds of a datetime (exact; sub-µs digits are dropped). A naive one is
+    taken as UTC (``datetime.utcnow()``), as the audit store does.
 
-    ``ValueError`` for naive datetimes and anything that is not a datetime.
+    ``ValueError`` for anything that is not a datetime.
     """
     if not isinstance(value, datetime):
-        raise ValueError(
-            f"{field_name}: must be a timezone-aware datetime, got {type(value).__name__}"
-        )
+        raise ValueError(f"{field_name}: must be a datetime, got {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(
-            f"{field_name}: naive datetime; pass a timezone-aware one, "
-            "e.g. datetime.now(timezone.utc)"
-        )
+        value = value.replace(tzinfo=UTC)
     return (value - EPOCH) // _ONE_US
 
 
