@@ -30,11 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import math
-import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import numpy as np
@@ -43,7 +42,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from meshutil import Mesh, add_coordinator, add_region
+from meshutil import LoopThread, Mesh, add_coordinator, add_region
 
 from coordinator.server import CoordinatorConfig, start_coordinator
 from nethical_grpc import client, convert
@@ -63,8 +62,6 @@ from nethical_grpc.v1 import (
 from nethical_grpc.validation import MAX_ABS_VALUE, NAME_RE
 from region_node.server import RegionServerConfig, start_region_server
 from region_node.stores import StoreConfig
-
-T = TypeVar("T")
 
 REGION = "fz"
 CALL_TIMEOUT_S = 20.0
@@ -89,23 +86,6 @@ FUZZ = settings(
 
 
 # -- servers on a loop of their own ------------------------------------------------
-
-
-class LoopThread:
-    """An asyncio loop running in a daemon thread; ``run`` waits for a coroutine."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="fuzz")
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout_s: float = 120.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 @dataclass
