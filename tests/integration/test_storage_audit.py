@@ -390,6 +390,59 @@ async def test_retried_index_is_not_a_duplicate(store: AuditStore) -> None:
     assert page.total == 0
 
 
+async def test_the_guides_calls(store: AuditStore) -> None:
+    """index_audit_log with the guide's fields, search with its ``size``, statistics read
+    by key, as the guide writes them (naive UTC datetimes included)."""
+    stored = await store.index_audit_log(
+        action_id="act_123",
+        agent_id="agent_123",
+        decision="BLOCK",
+        action_data={
+            "stated_intent": "Access sensitive data",
+            "actual_action": "SELECT * FROM users",
+            "action_type": "database_query",
+        },
+        violations=[
+            {"type": "privacy", "severity": 4, "confidence": 0.9, "message": "Unauthorized PII"}
+        ],
+        region_id=REGION,
+        risk_score=0.85,
+    )
+    assert stored is True
+    await store.refresh()
+    week_ago = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=7)
+    page = await store.search_audit_logs(
+        query="sensitive data",
+        agent_id="agent_123",
+        decision="BLOCK",
+        start_time=week_ago,
+        region_id=REGION,
+        min_risk_score=0.7,
+        size=100,
+    )
+    [hit] = page.hits
+    record = hit.record
+    assert (record.action_id, record.action_text, record.action_type) == (
+        "act_123",
+        "SELECT * FROM users",
+        "database_query",
+    )
+    assert [(v.type, v.severity) for v in record.violations] == [("privacy", 4)]
+    stats = await store.get_audit_log_statistics(start_time=week_ago, region_id=REGION)
+    assert (stats["total_actions"], stats["unique_agents"]) == (1, 1)
+    assert stats["avg_risk_score"] == pytest.approx(0.85)
+    with pytest.raises(KeyError):
+        stats["nope"]
+    with pytest.raises(ValueError, match="action_data has unknown keys"):
+        await store.index_audit_log(
+            agent_id="a", decision="ALLOW", risk_score=0.1, action_data={"text": "x"}
+        )
+    with pytest.raises(ValueError, match="violations\\[0\\] needs type"):
+        await store.index_audit_log(
+            agent_id="a", decision="ALLOW", risk_score=0.1, violations=[{"kind": "x"}]
+        )
+
+
 async def test_generated_ids_are_unique_and_kept() -> None:
     a = AuditRecord(agent_id="x", decision="ALLOW", risk_score=0, action_text="t")
     b = AuditRecord(agent_id="x", decision="ALLOW", risk_score=0, action_text="t")

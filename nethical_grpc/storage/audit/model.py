@@ -36,7 +36,7 @@ from __future__ import annotations
 import re
 import unicodedata
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -69,6 +69,7 @@ __all__ = [
     "fold_token",
     "parse_decision",
     "query_terms",
+    "record_from_fields",
     "text_tokens",
     "to_utc_us",
 ]
@@ -503,6 +504,54 @@ class SearchPage:
         return tuple(h.record for h in self.hits)
 
 
+def record_from_fields(
+    *,
+    action_id: str | None,
+    agent_id: str | None,
+    decision: Decision | str | None,
+    action_data: Mapping[str, str],
+    violations: Iterable[Mapping[str, Any] | AuditViolation],
+    region_id: str,
+    risk_score: float | None,
+    timestamp: datetime | None,
+) -> AuditRecord:
+    """An :class:`AuditRecord` from the guide's ``index_audit_log`` fields (``action_data``
+    holds ``actual_action``, ``stated_intent`` and ``action_type``; each violation is an
+    :class:`AuditViolation` or a dict of its fields). ``ValueError`` for a missing or bad
+    field."""
+    if agent_id is None or decision is None or risk_score is None:
+        raise ValueError("agent_id, decision and risk_score are required")
+    unknown = set(action_data) - {"actual_action", "stated_intent", "action_type"}
+    if unknown:
+        raise ValueError(
+            f"action_data has unknown keys {sorted(unknown)}; it takes actual_action, "
+            "stated_intent and action_type"
+        )
+    found: list[AuditViolation] = []
+    for i, v in enumerate(violations):
+        if isinstance(v, AuditViolation):
+            found.append(v)
+            continue
+        try:
+            found.append(AuditViolation(**v))
+        except TypeError:
+            raise ValueError(
+                f"violations[{i}] needs type, severity, confidence and message, got {sorted(v)}"
+            ) from None
+    return AuditRecord(
+        agent_id=agent_id,
+        decision=decision,  # type: ignore[arg-type]  # validated and converted
+        risk_score=risk_score,
+        action_text=action_data.get("actual_action", ""),
+        stated_intent=action_data.get("stated_intent", ""),
+        action_type=action_data.get("action_type", ""),
+        violations=tuple(found),
+        region_id=region_id,
+        timestamp=timestamp if timestamp is not None else _now(),
+        action_id=action_id if action_id is not None else _new_action_id(),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class AuditStatistics:
     """Aggregates over the records a filter covers.
@@ -515,6 +564,12 @@ class AuditStatistics:
     unique_agents: int
     avg_risk_score: float | None
     decision_counts: Mapping[str, int]
+
+    def __getitem__(self, name: str) -> Any:
+        """``stats["total_actions"]``, as the guide reads it (the same as the attribute)."""
+        if name not in AuditStatistics.__dataclass_fields__:
+            raise KeyError(name)
+        return getattr(self, name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,17 +13,18 @@ raises :class:`PageTokenExpiredError` (a ``ValueError``: ask again from the firs
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from nethical_grpc.storage.audit.model import (
     DEFAULT_PAGE_SIZE,
     AuditFilter,
     AuditRecord,
     AuditStatistics,
+    AuditViolation,
     Decision,
     IndexResult,
     SearchOrder,
@@ -31,6 +32,7 @@ from nethical_grpc.storage.audit.model import (
     SearchQuery,
     check_region_id,
     dedupe_records,
+    record_from_fields,
 )
 
 __all__ = ["AuditStore", "AuditStoreError", "PageTokenExpiredError"]
@@ -62,9 +64,41 @@ class AuditStore(ABC):
 
     # ------------------------------------------------------------------ public API
 
-    async def index_audit_log(self, record: AuditRecord) -> bool:
+    async def index_audit_log(
+        self,
+        record: AuditRecord | None = None,
+        /,
+        *,
+        action_id: str | None = None,
+        agent_id: str | None = None,
+        decision: Decision | str | None = None,
+        action_data: Mapping[str, str] | None = None,
+        violations: Iterable[Mapping[str, Any] | AuditViolation] = (),
+        region_id: str = "",
+        risk_score: float | None = None,
+        timestamp: datetime | None = None,
+    ) -> bool:
         """Store one record; ``True`` if stored, ``False`` if its ``action_id`` already was
-        (a retry).  ``ValueError`` for a record of another region."""
+        (a retry).  ``ValueError`` for a record of another region.
+
+        Either an :class:`AuditRecord`, or the guide's fields: ``action_id`` (a fresh one
+        when omitted), ``agent_id``, ``decision``, ``risk_score``, ``action_data`` with
+        ``actual_action`` (the action's text), ``stated_intent`` and ``action_type``,
+        ``violations`` as dicts of ``type``, ``severity``, ``confidence`` and ``message``,
+        ``region_id`` and ``timestamp`` (now when omitted)."""
+        if record is None:
+            record = record_from_fields(
+                action_id=action_id,
+                agent_id=agent_id,
+                decision=decision,
+                action_data=action_data or {},
+                violations=violations,
+                region_id=region_id,
+                risk_score=risk_score,
+                timestamp=timestamp,
+            )
+        elif any(v is not None for v in (action_id, agent_id, decision, action_data, risk_score)):
+            raise ValueError("give either a record or its fields, not both")
         result = await self.index_audit_logs([record])
         return result.indexed == 1
 
@@ -107,10 +141,14 @@ class AuditStore(ABC):
         page_size: int = DEFAULT_PAGE_SIZE,
         page_token: str | None = None,
         order: SearchOrder | str | None = None,
+        size: int | None = None,
     ) -> SearchPage:
         """Full-text search with filters, one page at a time (see :class:`AuditFilter`,
         :class:`SearchQuery`).  Pass ``next_page_token`` back with the same filter to get
-        the next page; paging is by cursor, so page 200 costs about what page 1 does."""
+        the next page; paging is by cursor, so page 200 costs about what page 1 does.
+        ``size`` is the guide's name for ``page_size``."""
+        if size is not None:
+            page_size = size
         flt = AuditFilter(
             text=query,
             agent_id=agent_id,
