@@ -96,30 +96,45 @@ async def follow_health(
     backoff_initial_s: float = 0.05,
     backoff_max_s: float = 2.0,
     rng: random.Random | None = None,
+    name: str = "",
 ) -> None:
     """Keep a ``Health/Watch`` stream open on ``channel`` and report every change.
 
     Each update is reported the moment it arrives; a broken stream, or one the server
     ended (it is stopping), is reported UNREACHABLE at once and reopened with jittered
     exponential backoff. A server without the health service (UNIMPLEMENTED) is taken
-    as SERVING and no longer watched. Runs until cancelled.
+    as SERVING and no longer watched. Why a stream failed (a name that does not resolve,
+    a refused connection) is logged with ``name`` when it differs from the last failure,
+    so an address that never works says why once, not on every retry. Runs until
+    cancelled.
     """
     uniform = (rng or random.Random()).uniform
     stub = health_pb2_grpc.HealthStub(channel)
     request = health_pb2.HealthCheckRequest(service=service)
     delay = backoff_initial_s
+    last_failure = ""
     while True:
         try:
             async for update in stub.Watch(request):
                 delay = backoff_initial_s
+                last_failure = ""
                 await report(Watched.SERVING if update.status == SERVING else Watched.NOT_SERVING)
             await report(Watched.UNREACHABLE)
         except grpc.RpcError as err:
             code = err.code() if isinstance(err, grpc.aio.AioRpcError) else None
             if code == grpc.StatusCode.UNIMPLEMENTED:
-                log.warning("%s has no health service; assuming SERVING", channel)
+                log.warning("%s has no health service; assuming SERVING", name or channel)
                 await report(Watched.SERVING)
                 return
+            failure = f"{code.name if code else 'ERROR'}: {_details(err)}"
+            if failure != last_failure:
+                log.warning("health of %s: %s", name or channel, failure)
+                last_failure = failure
             await report(Watched.UNREACHABLE)
         await asyncio.sleep(delay * uniform(0.5, 1.5))
         delay = min(delay * 2.0, backoff_max_s)
+
+
+def _details(err: grpc.RpcError) -> str:
+    details = err.details() if isinstance(err, grpc.aio.AioRpcError) else str(err)
+    return clip(details or "no details", MAX_MESSAGE_BYTES)

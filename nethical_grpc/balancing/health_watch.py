@@ -124,4 +124,11 @@ class HealthWatcher:
                     log.exception("on_serving hook failed for %s", inst.instance_id)
             self._report(inst, health)
 
-        await follow_health(inst.channel, self.service, report, *self._backoff, rng=self._rng)
+        await follow_health(
+            inst.channel,
+            self.service,
+            report,
+            *self._backoff,
+            rng=self._rng,
+            name=f"{inst.instance_id} ({inst.endpoint})",
+        )

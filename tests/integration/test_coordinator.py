@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
@@ -308,5 +309,27 @@ async def test_an_instance_listed_in_two_regions_is_refused() -> None:
     )
     try:
         assert [i.endpoint for i in federation.registry.all_instances()] == ["127.0.0.1:1"]
+    finally:
+        await server.drain(announce_s=0, grace_s=0)
+
+
+async def test_an_address_that_never_works_says_why_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A host name that does not resolve: the coordinator logs the reason when it first
+    sees it, not on every retry of the health stream."""
+    caplog.set_level("WARNING", logger="nethical_grpc.health")
+    server, federation = await start_coordinator(
+        CoordinatorConfig(regions={"a": ["no-such-host.invalid:50051"]})
+    )
+    try:
+        [inst] = federation.registry.all_instances()
+
+        def said() -> list[str]:
+            return [r.getMessage() for r in caplog.records if "no-such-host" in r.getMessage()]
+
+        await wait_for(lambda: inst.health is Health.UNREACHABLE and bool(said()), 10.0)
+        await asyncio.sleep(1.0)  # several retries of the stream (backoff from 50 ms)
+        [message] = said()
+        assert message.startswith("health of no-such-host.invalid:50051")
+        assert "UNAVAILABLE" in message
     finally:
         await server.drain(announce_s=0, grace_s=0)
