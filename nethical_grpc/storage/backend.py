@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from typing import Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 __all__ = ["BackendChoice", "redact_url", "url_scheme"]
 
@@ -19,22 +20,40 @@ def url_scheme(url: str) -> str:
     return scheme.lower()
 
 
+#: Query parameters whose values are secrets (compared lower-cased, ``-`` as ``_``):
+#: ``redis://h/0?password=…``, ``postgresql://h/db?user=u&password=…``,
+#: ``https://h:9200?api_key=…``, libpq's ``sslpassword``, tokens of any kind.
+_SECRET_PARAMS: Final = ("password", "passwd", "pwd", "secret", "token", "api_key", "apikey")
+
+
+def _secret_param(name: str) -> bool:
+    key = name.lower().replace("-", "_")
+    return any(word in key for word in _SECRET_PARAMS)
+
+
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (safe for logs, errors and RPCs)."""
+    """``url`` with any password replaced by ``***``, in the user part or in the query
+    string (safe for logs, errors and RPCs)."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable url>"
-    if parts.password is None:
+    netloc, query = parts.netloc, parts.query
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{user}:***@{host}"
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(_secret_param(k) for k, _ in pairs):
+            query = urlencode([(k, "***" if _secret_param(k) else v) for k, v in pairs], safe="*")
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,37 @@
+"""Store URLs are shown (logs, errors, GetNodeInfo) with every secret replaced."""
+
+from __future__ import annotations
+
+import pytest
+
+from nethical_grpc.storage.backend import redact_url
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:s3cret@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("postgresql://app:s3cret@db/metrics?schema=x", "postgresql://app:***@db/metrics?schema=x"),
+        ("redis://127.0.0.1:1/0?password=Q5ecretPW", "redis://127.0.0.1:1/0?password=***"),
+        (
+            "postgresql://db/metrics?user=u&password=p%40ss&schema=s",
+            "postgresql://db/metrics?user=u&password=***&schema=s",
+        ),
+        ("https://es:9200?api_key=abc123", "https://es:9200?api_key=***"),
+        ("https://es:9200?API-KEY=abc", "https://es:9200?API-KEY=***"),
+        (
+            "postgresql://db/x?sslpassword=k&sslmode=require",
+            "postgresql://db/x?sslpassword=***&sslmode=require",
+        ),
+        ("http://es:9200?auth_token=t", "http://es:9200?auth_token=***"),
+        # nothing secret: unchanged, byte for byte
+        ("sqlite:///var/lib/nethical/ts.db", "sqlite:///var/lib/nethical/ts.db"),
+        ("redis://cache:6379/0?socket_timeout=1", "redis://cache:6379/0?socket_timeout=1"),
+        ("memory://", "memory://"),
+    ],
+)
+def test_secrets_are_hidden(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    for secret in ("s3cret", "Q5ecretPW", "p%40ss", "abc123", "abc", "=k&", "=t"):
+        if secret in url and secret not in shown:
+            assert secret not in redact_url(url)
