@@ -285,7 +285,12 @@ def _setup_logging(level: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()
+    except ValueError as exc:  # a default read from the environment that does not parse
+        print(f"nethical-mesh: error: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     if args.command in ("region", "coordinator"):
         from nethical_grpc.cli.processes import die_with_parent
 

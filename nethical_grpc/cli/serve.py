@@ -29,6 +29,9 @@ def _start_telemetry(args: argparse.Namespace, service: str, region: str | None)
     handle = configure_telemetry(
         service,
         metrics_port=args.metrics_port,
+        # the same address as the gRPC server: a node bound to loopback keeps its
+        # metrics on loopback too
+        metrics_host=args.host,
         otlp_endpoint=args.otlp_endpoint,
         resource_attributes={"nethical.region": region} if region else None,
         install_global=True,

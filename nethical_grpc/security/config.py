@@ -27,6 +27,8 @@ from nethical_grpc.security.roles import DEFAULT_POLICY, AccessPolicy
 from nethical_grpc.security.tls import TlsConfig, log_transport_security, server_credentials
 from nethical_grpc.security.tokens import BearerToken, TokenStore, client_token, server_tokens
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
 else:
@@ -110,6 +112,12 @@ def server_security_from_args(
             ca_file=args.tls_ca,
             require_client_cert=bool(args.tls_require_client_cert),
         )
+        if args.tls_ca and not args.tls_require_client_cert:
+            log.warning(
+                "--tls-ca is set without --tls-require-client-cert: this server does not "
+                "check client certificates (the CA serves only as the coordinator's default "
+                "for verifying region nodes)"
+            )
     tokens = server_tokens(args.auth_tokens_file, env)
     return ServerSecurity(tls, tokens, policy)
 

@@ -81,7 +81,8 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         "--tls-ca",
         type=Path,
         default=env.get(ENV_TLS_CA) or None,
-        help=f"PEM CA that client certificates must chain to (env {ENV_TLS_CA})",
+        help="PEM CA that client certificates must chain to, checked with "
+        f"--tls-require-client-cert (env {ENV_TLS_CA})",
     )
     group.add_argument(
         "--tls-require-client-cert",

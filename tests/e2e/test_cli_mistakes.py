@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from nethical_grpc.cli.processes import Child, mesh_command, spawn
@@ -89,6 +91,31 @@ def test_a_bad_metrics_port_in_the_environment() -> None:
     assert_clear_failure(out, "--metrics-port", "not a port number")
     # other commands do not read it
     assert run("--help", env={"NETHICAL_METRICS_PORT": "abc"}).returncode == 0
+
+
+def test_a_bad_tls_switch_in_the_environment() -> None:
+    out = run("region", "--region-id", "r1", env={"NETHICAL_TLS_REQUIRE_CLIENT_CERT": "maybe"})
+    assert_clear_failure(out, "NETHICAL_TLS_REQUIRE_CLIENT_CERT")
+
+
+def test_metrics_listen_on_the_servers_own_address(tmp_path: Path) -> None:
+    """A node bound to loopback keeps its (unauthenticated) metrics on loopback."""
+    child = spawn(
+        "m", ["region", "--region-id", "r1", "--port", "0", "--metrics-port", "0"], tmp_path
+    )
+    try:
+        child.port(120)
+        said = re.search(r"Prometheus metrics on port (\d+)", child.log_path.read_text())
+        assert said is not None
+        port = int(said.group(1))
+        listening = [
+            c.laddr.ip
+            for c in psutil.Process(child.pid).net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+        ]
+        assert listening == ["127.0.0.1"]
+    finally:
+        child.stop()
 
 
 @pytest.mark.parametrize("command", ["region", "query", "health"])

@@ -127,3 +127,33 @@ def test_plain_client_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     client = client_security_from_args(args, env={"NETHICAL_TOKEN": TOKEN})
     assert client.tls == TlsConfig()  # TLS with the system roots
     assert client.token == BearerToken(TOKEN)
+
+
+def test_a_ca_without_required_client_certificates_is_warned_about(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server does not check client certificates then: the operator is told."""
+    parser = _parser(monkeypatch, {})
+    with caplog.at_level(logging.WARNING):
+        server_security_from_args(
+            parser.parse_args(["--tls-cert", "/s.crt", "--tls-key", "/s.key", "--tls-ca", "/c"]),
+            env={},
+        )
+    assert "does not check client certificates" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        server_security_from_args(
+            parser.parse_args(
+                [
+                    "--tls-cert",
+                    "/s.crt",
+                    "--tls-key",
+                    "/s.key",
+                    "--tls-ca",
+                    "/c",
+                    "--tls-require-client-cert",
+                ]
+            ),  # fmt: skip
+            env={},
+        )
+    assert "does not check client certificates" not in caplog.text
