@@ -153,7 +153,7 @@ def test_a_ca_without_required_client_certificates_is_warned_about(
                     "/c",
                     "--tls-require-client-cert",
                 ]
-            ),  # fmt: skip
+            ),
             env={},
         )
     assert "does not check client certificates" not in caplog.text
