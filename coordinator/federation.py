@@ -283,6 +283,12 @@ class Federation:
 
 
 def _missing(inst: RegionInstance, code: grpc.StatusCode, details: str) -> MissingPart:
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        # about the coordinator's own token or certificate: its log has the node's words
+        log.warning(
+            "%s refused the coordinator's credentials: %s: %s", inst.name, code.name, details
+        )
+        details = "the node refused the coordinator's credentials"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         reason = Missing.DEADLINE_EXCEEDED
     elif code == grpc.StatusCode.UNAVAILABLE:

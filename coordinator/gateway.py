@@ -32,7 +32,7 @@ import enum
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import grpc
 
@@ -44,7 +44,7 @@ from nethical_grpc.balancing import (
     remaining_timeout,
 )
 from nethical_grpc.balancing.retry import status_code
-from nethical_grpc.errors import InvalidArgument, MeshError, Unavailable
+from nethical_grpc.errors import InvalidArgument, MeshError, Unavailable, to_status
 from nethical_grpc.v1 import coordinator_pb2
 
 log = logging.getLogger(__name__)
@@ -87,22 +87,52 @@ class DeadlineExceeded(MeshError):
     code: grpc.StatusCode = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+#: A node's answers about the caller's credentials: on a call the coordinator makes, they
+#: are about the coordinator's own token or certificate, not the client's.
+_CREDENTIAL_CODES: Final = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+_CREDENTIALS_REFUSED: Final = MeshError(
+    message="a region node refused the coordinator's own credentials; see the coordinator's log",
+    reason="UPSTREAM_CREDENTIALS_REFUSED",
+    code=grpc.StatusCode.INTERNAL,
+)
+
+
 class UpstreamError(Exception):
-    """A region node's error status, to hand to the caller unchanged."""
+    """A region node's error status, to hand to the caller unchanged, except a refusal of
+    the coordinator's own credentials: the caller gets INTERNAL
+    (``UPSTREAM_CREDENTIALS_REFUSED``) without the node's words (which would blame the
+    caller's token, or name the coordinator's principal), and the coordinator's log gets
+    them."""
 
     def __init__(self, error: grpc.aio.AioRpcError, extra: dict[str, str] | None = None) -> None:
         super().__init__(error.details())
         self.error = error
         self.extra = extra or {}
+        self.credentials_refused = error.code() in _CREDENTIAL_CODES
+        if self.credentials_refused:
+            log.warning(
+                "a region node refused the coordinator's credentials: %s: %s (check "
+                "--region-token-file and the region TLS settings)",
+                error.code().name,
+                error.details(),
+            )
 
     def code(self) -> grpc.StatusCode:
-        return self.error.code()
+        return _CREDENTIALS_REFUSED.code if self.credentials_refused else self.error.code()
 
     def details(self) -> str:
+        if self.credentials_refused:
+            return _CREDENTIALS_REFUSED.message
         return self.error.details() or ""
 
     def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
         """The node's rich status (``grpc-status-details-bin``), nothing else."""
+        if self.credentials_refused:
+            return tuple(
+                (key, value)
+                for key, value in to_status(_CREDENTIALS_REFUSED).trailing_metadata
+                if isinstance(value, bytes)
+            )
         details = _status_details(self.error)
         return () if details is None else ((_STATUS_DETAILS_KEY, details),)
 
