@@ -216,8 +216,9 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
             scope=_scope(self.node),
             window=convert.ns_to_duration(cfg.window_ns),
             retention=convert.ns_to_duration(cfg.retention_ns),
-            series_count=self.node.store.series_count,
-            window_count=self.node.store.window_count,
+            # exact counts would reveal the groups the privacy noise hides: not reported
+            series_count=self.node.store.series_count if self.privacy is None else 0,
+            window_count=self.node.store.window_count if self.privacy is None else 0,
             histogram_scale=cfg.histogram_scale,
             version=__version__,
             components=self._components(),

@@ -70,3 +70,15 @@ async def test_coordinator_reports_which_regions_were_noised_and_the_error(mesh:
     assert item.privacy.mean_error > 0
     assert item.privacy.max_epsilon == pytest.approx(1.0)
     assert abs(item.statistics.count - 10_000) < 60
+
+
+async def test_node_info_does_not_count_series_when_noised(mesh: Mesh) -> None:
+    """An exact series count would tell that a group the noise suppresses exists."""
+    await add_region(mesh, "dp", privacy=DP)
+    await add_region(mesh, "plain")
+    for region in ("dp", "plain"):
+        await mesh.ingest(region, "score", np.array([1.0]), {"agent": "only-one"})
+    noised = await stub(mesh, "dp").GetNodeInfo(region_node_pb2.GetNodeInfoRequest(), timeout=5)
+    plain = await stub(mesh, "plain").GetNodeInfo(region_node_pb2.GetNodeInfoRequest(), timeout=5)
+    assert (noised.series_count, noised.window_count) == (0, 0)
+    assert (plain.series_count, plain.window_count) == (1, 1)
