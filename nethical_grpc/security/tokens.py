@@ -254,10 +254,22 @@ class TokenFile(TokenStore):
         self.path = Path(path)
         self.check_interval_s = check_interval_s
         self._stamp = _stamp(self.path)
-        super().__init__(parse_token_lines(self.path.read_text("utf-8"), str(self.path)))
+        super().__init__(parse_token_lines(_read(self.path), str(self.path)))
         self._next_check = time.monotonic() + check_interval_s
         self._lock = threading.Lock()
-        log.info("loaded %d tokens from %s", len(self), self.path)
+        if len(self):
+            log.info("loaded %d tokens from %s", len(self), self.path)
+        else:
+            log.warning(
+                "tokens file %s holds no token: every call that needs one is refused", self.path
+            )
+        if self.path.stat().st_mode & 0o002:
+            log.warning(
+                "tokens file %s can be changed by any local user (mode %o): anyone could add "
+                "a token with any role; make it writable by its owner only",
+                self.path,
+                self.path.stat().st_mode & 0o777,
+            )
 
     def __repr__(self) -> str:
         return f"TokenFile({str(self.path)!r}, {len(self)} tokens)"
@@ -284,7 +296,7 @@ class TokenFile(TokenStore):
             if stamp == self._stamp:
                 return False
             try:
-                entries = parse_token_lines(self.path.read_text("utf-8"), str(self.path))
+                entries = parse_token_lines(_read(self.path), str(self.path))
             except (OSError, ValueError, UnicodeDecodeError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) else str(exc)
                 if isinstance(exc, UnicodeDecodeError):
@@ -300,6 +312,11 @@ class TokenFile(TokenStore):
             self._stamp = stamp
             log.info("reloaded %d tokens from %s", len(self), self.path)
             return True
+
+
+def _read(path: Path) -> str:
+    """The file's text; a UTF-8 byte-order mark (some editors write one) is dropped."""
+    return path.read_text("utf-8-sig")
 
 
 def _stamp(path: Path) -> tuple[int, int, int, int]:

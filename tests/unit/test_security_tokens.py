@@ -224,3 +224,28 @@ def test_client_token_sources(tmp_path: Path) -> None:
     path.write_text("")
     with pytest.raises(ValueError, match="token file"):
         client_token(path, {})
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    path.write_bytes(b"\xef\xbb\xbf" + f"client app {hash_token(TOKEN_A)}\n".encode())
+    assert TokenFile(path).authenticate(TOKEN_A) is not None
+
+
+def test_files_that_deserve_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("# nobody yet\n")
+    shared = tmp_path / "shared"
+    shared.write_text(f"operator ops {hash_token(TOKEN_A)}\n")
+    shared.chmod(0o666)
+    own = tmp_path / "own"
+    own.write_text(f"operator ops {hash_token(TOKEN_A)}\n")
+    own.chmod(0o600)
+    with caplog.at_level(logging.WARNING, logger="nethical_grpc.security.tokens"):
+        TokenFile(empty)
+        TokenFile(shared)
+        TokenFile(own)
+    said = [r.getMessage() for r in caplog.records]
+    assert any("holds no token" in m and str(empty) in m for m in said)
+    assert any("any local user" in m and str(shared) in m for m in said)
+    assert not any(str(own) in m for m in said)
