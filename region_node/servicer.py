@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, Final, TypeVar
@@ -179,8 +180,14 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         mean_errors: list[float] = [0.0] * len(groups)
         release = None
         if self.privacy is not None:
-            # noised before it leaves; a spent budget is RESOURCE_EXHAUSTED
-            release = self.privacy.release(query, groups, version)
+            # noised before it leaves; a spent budget is RESOURCE_EXHAUSTED. A filtered
+            # query is charged as its metrics' windows, whether the filter matches or not
+            unfiltered = (
+                self.node.summaries(dataclasses.replace(query, label_filter=(), group_by=()))
+                if query.label_filter and self.privacy.granularity == "metric"
+                else None
+            )
+            release = self.privacy.release(query, groups, version, charged_as=unfiltered)
             groups = [r.group for r in release.groups]
             mean_errors = [r.mean_error for r in release.groups]
         ident = self.node.identity

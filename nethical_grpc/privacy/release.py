@@ -387,6 +387,7 @@ class PrivateReleaser:
         groups: Sequence[GroupSummary],
         data_version: Hashable,
         covered: Sequence[Iterable[BudgetKey]] | None = None,
+        charged_as: Sequence[GroupSummary] | None = None,
     ) -> PrivateRelease:
         """Noise ``groups`` (the true answer to ``query`` at ``data_version``) for release.
 
@@ -395,6 +396,12 @@ class PrivateReleaser:
         covered window is charged ``epsilon_per_release`` (each once, however many groups
         cover it), then each group is noised; groups whose noisy count is below
         ``min_count`` are dropped.
+
+        ``charged_as`` (metric granularity): the answer to the query without its label
+        filter. Its windows are charged instead of the groups', so what is charged, and
+        whether a spent budget refuses the query, does not depend on whether a filtered
+        group exists (a filter matching nothing would otherwise cost nothing, and
+        "refused" against "empty" would tell that the group exists).
 
         Raises:
             PrivacyBudgetExhausted: some covered window lacks the budget; nothing charged.
@@ -405,7 +412,12 @@ class PrivateReleaser:
         if hit is not None and hit[0] == data_version:
             self._cache.move_to_end(qkey)
             return replace(hit[1], epsilon_spent=0.0, from_cache=True)
-        keys = self._keys(groups, covered)
+        if charged_as is not None:
+            if self.granularity != "metric":
+                raise ValueError("charged_as needs metric granularity")
+            keys = self._keys(charged_as, None) | self._keys(groups, None)
+        else:
+            keys = self._keys(groups, covered)
         eps = float(self.config.epsilon_per_release)
         if keys:
             self.accountant.charge(keys, eps)

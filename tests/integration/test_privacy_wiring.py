@@ -82,3 +82,23 @@ async def test_node_info_does_not_count_series_when_noised(mesh: Mesh) -> None:
     plain = await stub(mesh, "plain").GetNodeInfo(region_node_pb2.GetNodeInfoRequest(), timeout=5)
     assert (noised.series_count, noised.window_count) == (0, 0)
     assert (plain.series_count, plain.window_count) == (1, 1)
+
+
+async def test_whether_a_filtered_group_exists_does_not_change_the_charge(mesh: Mesh) -> None:
+    """Once a metric's windows have spent their budget, a filter for a group that exists
+    and one for a group that does not are refused alike; before, the second was answered
+    (empty, at no cost), which told that the first exists."""
+    await add_region(mesh, "dp", privacy=DP)  # 3 releases per window
+    await mesh.ingest("dp", "lat", np.full(50, 10.0), {"agent": "common"})
+    await mesh.ingest("dp", "lat", np.array([1.0, 2.0]), {"agent": "rare"})
+    s = stub(mesh, "dp")
+    filtered = region_node_pb2.GetSummariesRequest(metrics=["lat"], label_filter={"agent": "x"})
+    # a filter matching nothing is charged too: three of them spend the budget
+    for i in range(3):
+        filtered.label_filter["agent"] = f"nobody-{i}"
+        assert len((await s.GetSummaries(filtered, timeout=5)).series) == 0
+    for agent in ("rare", "never-seen", "common"):
+        filtered.label_filter["agent"] = agent
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.GetSummaries(filtered, timeout=5)
+        assert details_from_error(err.value).reason == "PRIVACY_BUDGET_EXHAUSTED", agent
