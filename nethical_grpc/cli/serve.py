@@ -77,6 +77,7 @@ def _announce(mesh: MeshServer, role: str, args: argparse.Namespace) -> None:
 async def run_region(args: argparse.Namespace) -> int:
     from nethical_grpc.inference.errors import ModelLoadError
     from nethical_grpc.privacy import PrivacyConfig
+    from nethical_grpc.storage.audit import AuditStoreError
     from region_node.model import ModelConfig
     from region_node.server import RegionServerConfig, start_region_server
     from region_node.stores import StoreConfig
@@ -145,7 +146,7 @@ async def run_region(args: argparse.Namespace) -> int:
                 security=security,
             )
         )
-    except (ModelLoadError, ValueError, OSError) as exc:
+    except (ModelLoadError, ValueError, OSError, AuditStoreError) as exc:
         log.error("cannot start the region node: %s", exc)
         _stop_telemetry(tel)
         return 2

@@ -78,6 +78,22 @@ def test_sketch_settings_are_checked_at_start(flag: str, value: str, words: str)
     assert_clear_failure(out, "bad configuration", words)
 
 
+@pytest.mark.parametrize("store", ["timeseries", "audit"])
+@pytest.mark.parametrize("problem", ["missing directory", "not a database", "a directory"])
+def test_sqlite_stores_that_cannot_open(tmp_path: Path, store: str, problem: str) -> None:
+    path = tmp_path / "no-such-dir" / "db.sqlite"
+    if problem == "not a database":
+        path = tmp_path / "db.sqlite"
+        path.write_bytes(b"\x13\x37" * 4096)
+    elif problem == "a directory":
+        path = tmp_path
+    out = run(
+        "region", "--region-id", "r1", "--port", "0", "--no-evaluate",
+        f"--{store}-url", f"sqlite:///{path}",
+    )  # fmt: skip
+    assert_clear_failure(out, "cannot start the region node", str(path))
+
+
 def test_a_metrics_port_in_use(taken_port: int) -> None:
     out = run(
         "region", "--region-id", "r1", "--port", "0", "--no-evaluate",

@@ -92,6 +92,7 @@ from nethical_grpc.storage.audit.model import (
 )
 from nethical_grpc.storage.audit.paging import PageCursor, decode_page_token, encode_page_token
 from nethical_grpc.storage.audit.store import AuditStore, AuditStoreError
+from nethical_grpc.storage.sqlite_tx import rollback_quietly
 
 __all__ = ["BM25_B", "BM25_K1", "SqliteFtsAuditStore", "fts5_match_expression"]
 
@@ -205,7 +206,7 @@ def _create_schema(conn: sqlite3.Connection) -> None:
         conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        rollback_quietly(conn)
         raise
 
 
@@ -661,10 +662,11 @@ class SqliteFtsAuditStore(AuditStore):
                 raise
             return conn
 
+        where = path if path is not None else "(in memory)"
         try:
             writer_conn = await asyncio.to_thread(open_writer)
         except sqlite3.Error as exc:
-            raise AuditStoreError(f"cannot open the SQLite audit store: {exc}") from exc
+            raise AuditStoreError(f"cannot open the SQLite audit store {where}: {exc}") from exc
         writer = _ConnectionPool([writer_conn], "audit-sqlite-w")
         readers = None
         if path is not None:
@@ -674,7 +676,7 @@ class SqliteFtsAuditStore(AuditStore):
                 )
             except sqlite3.Error as exc:
                 await asyncio.to_thread(writer.close)
-                raise AuditStoreError(f"cannot open the SQLite audit store: {exc}") from exc
+                raise AuditStoreError(f"cannot open the SQLite audit store {where}: {exc}") from exc
             readers = _ConnectionPool(conns, "audit-sqlite-r")
         store = cls(region_id, path, writer, readers)
         try:
@@ -772,7 +774,7 @@ class SqliteFtsAuditStore(AuditStore):
                     conn.executemany("INSERT INTO audit_term_counts VALUES (?, ?, ?)", term_rows)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback_quietly(conn)
             raise
         self._writer_codes.update(new_codes)
         return len(fresh)

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, Self, TypeVar
 
+from nethical_grpc.storage.sqlite_tx import rollback_quietly
 from nethical_grpc.storage.timeseries.base import (
     AuditRow,
     BucketTotals,
@@ -167,6 +168,9 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
         store = cls(region_id, retention, path)
         try:
             await store._run(store._connect)
+        except sqlite3.Error as exc:  # unwritable directory, not a database, locked, full
+            await store.close()
+            raise OSError(f"cannot open the SQLite time-series store {path}: {exc}") from None
         except BaseException:
             await store.close()
             raise
@@ -476,6 +480,6 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        conn.execute("ROLLBACK")
+        rollback_quietly(conn)
         raise
     conn.execute("COMMIT")
