@@ -14,13 +14,14 @@ def test_the_first_error_is_the_one_raised() -> None:
     conn = sqlite3.connect(":memory:", isolation_level=None)
     conn.execute("CREATE TABLE t (x)")
 
-    def full_disk() -> None:
-        conn.execute("ROLLBACK")  # SQLite has ended the transaction itself, as on a full disk
-        raise sqlite3.OperationalError("database or disk is full")
+    def write() -> None:
+        with _transaction(conn):
+            conn.execute("INSERT INTO t VALUES (1)")
+            conn.execute("ROLLBACK")  # SQLite ended the transaction itself, as on a full disk
+            raise sqlite3.OperationalError("database or disk is full")
 
-    with pytest.raises(sqlite3.OperationalError, match="disk is full"), _transaction(conn):
-        conn.execute("INSERT INTO t VALUES (1)")
-        full_disk()
+    with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+        write()
     assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
 
 
