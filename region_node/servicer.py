@@ -24,6 +24,7 @@ from nethical_grpc.errors import (
 from nethical_grpc.governance.requests import EvaluationRequest, Outcome
 from nethical_grpc.privacy import PrivateReleaser
 from nethical_grpc.series import SummaryQuery
+from nethical_grpc.storage.audit import AuditStoreError
 from nethical_grpc.streams import ReadAhead, read_chunks
 from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
 from region_node.evaluation import Evaluator
@@ -448,11 +449,14 @@ async def _drain(requests: AsyncIterator[object]) -> None:
 
 
 async def store_call(call: Awaitable[T], field: str = "request") -> T:
-    """Await a store call; its ValueError (bad input it found) is INVALID_ARGUMENT."""
+    """Await a store call; its ValueError (bad input it found) is INVALID_ARGUMENT, a
+    store that cannot be reached (or fails) UNAVAILABLE, never INTERNAL."""
     try:
         return await call
     except ValueError as exc:
         raise InvalidArgument.single(field, str(exc)) from None
+    except (ConnectionError, AuditStoreError) as exc:
+        raise Unavailable(message=str(exc), reason="STORE_UNAVAILABLE") from None
 
 
 _STREAM_CHUNK = 256

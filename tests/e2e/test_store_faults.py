@@ -527,6 +527,15 @@ async def test_postgresql_cut_off_and_restored_during_ingest(
                 verdict = await node.stub.Evaluate(evaluate_request("pg-cut-agent"), timeout=10)
                 assert verdict.evaluation.decision != governance_pb2.DECISION_UNSPECIFIED
             assert await total_count(node.stub, metric) == 3_000
+            # an in-region read of the unreachable store: UNAVAILABLE, promptly (it was
+            # INTERNAL after the pool's 30 s wait, or a hang on a silent connection)
+            t0 = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await node.stub.QueryMetrics(
+                    region_node_pb2.QueryMetricsRequest(agent_id="pg-cut-agent"), timeout=30
+                )
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value.details()
+            assert time.monotonic() - t0 < 15  # a hang bound
             await asyncio.sleep(8 * WRITE_TICK_S)  # several flush rounds, all failing
             assert await pg_scalar(windows_sql, metric) == 1_000
             assert await pg_scalar(rows_sql, "pg-cut-agent") == 0

@@ -58,7 +58,19 @@ from nethical_grpc.storage.timeseries.model import (
 from nethical_grpc.storage.timeseries.rollup import AggregatePlan, RollupRows, plan_aggregate
 from nethical_grpc.storage.timeseries.rollup import rollup_rows as build_rollup
 
-__all__ = ["AuditRow", "BucketTotals", "EventRow", "TimeSeriesStore", "check_retention"]
+__all__ = [
+    "AuditRow",
+    "BucketTotals",
+    "EventRow",
+    "TimeSeriesStore",
+    "TimeSeriesUnavailableError",
+    "check_retention",
+]
+
+
+class TimeSeriesUnavailableError(ConnectionError):
+    """The store's server did not answer a read in time (down, unreachable, saturated)."""
+
 
 THREAD_VALIDATION_ROWS = 2_000
 """Row batches larger than this are validated in a worker thread."""

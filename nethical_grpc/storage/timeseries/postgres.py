@@ -14,10 +14,11 @@ SQLite uses, so both backends list rows identically.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import struct
 from datetime import UTC, datetime, timedelta
-from typing import Any, Self
+from typing import Any, Final, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
@@ -25,13 +26,14 @@ import psycopg
 from psycopg import sql
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from nethical_grpc.storage.timeseries.base import (
     AuditRow,
     BucketTotals,
     EventRow,
     TimeSeriesStore,
+    TimeSeriesUnavailableError,
     check_retention,
 )
 from nethical_grpc.storage.timeseries.model import (
@@ -91,6 +93,10 @@ def check_schema(schema: str) -> str:
             "not starting with a digit"
         )
     return schema
+
+
+#: The longest an in-region read waits for PostgreSQL (a connection, then the answer).
+READ_TIMEOUT_S: Final = 5.0
 
 
 class _MicrosTimestamptzDumper(Dumper):
@@ -312,11 +318,22 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
             )
 
     async def _fetch(self, query: sql.Composed, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        async with self._pool_or_raise().connection() as conn:
-            # Binary results: timestamps, floats and bytea decode without text parsing.
-            cur = conn.cursor(binary=True)
-            await cur.execute(query, params)
-            return await cur.fetchall()
+        """One read; ``TimeSeriesUnavailableError`` when PostgreSQL cannot be reached or
+        does not answer within :data:`READ_TIMEOUT_S` (the pool would otherwise wait 30 s
+        for a connection, and a connection whose peer went silent waits for TCP)."""
+        pool = self._pool_or_raise()
+        try:
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                async with pool.connection(timeout=READ_TIMEOUT_S) as conn:
+                    # Binary results: timestamps, floats and bytea decode without text parsing.
+                    cur = conn.cursor(binary=True)
+                    await cur.execute(query, params)
+                    return await cur.fetchall()
+        except (TimeoutError, PoolTimeout, psycopg.OperationalError) as exc:
+            why = str(exc).splitlines()[0] if str(exc) else "no answer"
+            raise TimeSeriesUnavailableError(
+                f"PostgreSQL did not answer within {READ_TIMEOUT_S:g} s: {why}"
+            ) from None
 
     async def _select_metrics(
         self,
