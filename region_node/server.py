@@ -14,7 +14,7 @@ from nethical_grpc.security.config import ServerSecurity
 from nethical_grpc.server_runtime import MeshServer, start_server
 from nethical_grpc.summary import _kernels
 from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
-from region_node.evaluation import Evaluator
+from region_node.evaluation import Evaluator, warm_up
 from region_node.model import ModelConfig, NodeModel
 from region_node.node import NodeIdentity, RegionNode
 from region_node.persistence import Persister
@@ -60,6 +60,8 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
     _kernels.warmup()  # compile (or load cached) JIT kernels before the first batch
     node = RegionNode(identity, config.windows)
     model = NodeModel.load(config.model) if config.model is not None else None
+    if model is not None:
+        warm_up(model)  # the evaluation's kernels, before the first call
     stores = await NodeStores.open(config.stores, config.region_id)
     try:
         profiles = ProfileBook()
