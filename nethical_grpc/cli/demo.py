@@ -20,7 +20,7 @@ import grpc
 import numpy as np
 
 from nethical_grpc import client
-from nethical_grpc.cli.processes import Child, spawn
+from nethical_grpc.cli.processes import START_TIMEOUT_S, Child, spawn
 from nethical_grpc.cli.table import fmt_number, render
 from nethical_grpc.v1 import coordinator_pb2
 
@@ -39,8 +39,6 @@ REGION_NAMES = [
 QUANTILES = (0.5, 0.9, 0.99)
 METRICS = ("latency_ms", "risk_score", "score_delta")
 TICK_S = 0.05
-#: how long a region node or the coordinator may take to start and announce its port
-START_TIMEOUT_S = 120.0
 
 
 def region_names(n: int) -> list[str]:

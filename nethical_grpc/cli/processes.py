@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Final
 
 _PR_SET_PDEATHSIG = 1
 
@@ -44,6 +44,11 @@ def mesh_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "nethical_grpc.cli.main", *args]
 
 
+#: How long a child may take to start: the first start on a machine compiles the JIT
+#: kernels (a region node ~15 s on a slow 2-core machine, more when several start at once).
+START_TIMEOUT_S: Final = 120.0
+
+
 @dataclass
 class Child:
     name: str
@@ -55,8 +60,9 @@ class Child:
     def pid(self) -> int:
         return self.proc.pid
 
-    def port(self, timeout_s: float = 30.0) -> int:
-        """Wait for the child to write its bound port."""
+    def port(self, timeout_s: float = START_TIMEOUT_S) -> int:
+        """Wait for the child to write its bound port (it fails at once if the child
+        exits; the bound only stops a child that hangs)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.port_file.exists():
@@ -72,7 +78,7 @@ class Child:
             f"{self.name} did not report its port within {timeout_s}s:\n{self.tail()}"
         )
 
-    async def aport(self, timeout_s: float = 30.0) -> int:
+    async def aport(self, timeout_s: float = START_TIMEOUT_S) -> int:
         return await asyncio.to_thread(self.port, timeout_s)
 
     def tail(self, lines: int = 20) -> str:
