@@ -64,6 +64,7 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
         warm_up(model)  # the evaluation's kernels, before the first call
     stores = await NodeStores.open(config.stores, config.region_id)
     try:
+        _check_wal_store(config, stores)
         profiles = ProfileBook()
         persister = Persister(node, stores, profiles, config.stores.flush_interval_s)
         evaluator = (
@@ -129,3 +130,20 @@ def _closer(wal: WriteAheadLog) -> Callable[[], Awaitable[None]]:
         wal.close()
 
     return close
+
+
+def _check_wal_store(config: RegionServerConfig, stores: NodeStores) -> None:
+    """Refuse to start when the write-ahead log says windows were flushed to the
+    time-series store and that store fell back: the node would serve the log's tail
+    without the flushed windows (an undercount), and refuse the clients' re-sends of
+    those batches as duplicates. Started again once the store answers, it is whole."""
+    if config.wal_dir is None or not stores.timeseries_choice.fallback:
+        return
+    checkpoint = WriteAheadLog.peek_checkpointed(config.wal_dir)
+    if checkpoint:
+        choice = stores.timeseries_choice
+        raise OSError(
+            f"the write-ahead log in {config.wal_dir} has batches already flushed to the "
+            f"time-series store {choice.requested}, which is {choice.reason}: starting now "
+            "would serve only the log's tail; start again once the store answers"
+        )

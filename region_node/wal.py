@@ -108,6 +108,12 @@ class WriteAheadLog:
     def _segment_path(self, n: int) -> Path:
         return self.directory / f"{_SEGMENT_PREFIX}{n:012d}{_SEGMENT_SUFFIX}"
 
+    @staticmethod
+    def peek_checkpointed(directory: Path) -> bool:
+        """Whether the log in ``directory`` has a checkpoint (some logged batches are in
+        the time-series store), without opening it."""
+        return (Path(directory) / "checkpoint").exists()
+
     def _load_checkpoint(self) -> None:
         path = self.directory / "checkpoint"
         if not path.exists():

@@ -553,3 +553,52 @@ async def test_postgresql_cut_off_and_restored_during_ingest(
             assert status.backend.startswith("postgresql")
     finally:
         await proxy.close()
+
+
+async def test_a_logged_node_does_not_start_on_a_fallback_store(
+    pg_schema: str, tmp_path: Path
+) -> None:
+    """With --wal-dir, batches flushed to PostgreSQL are checkpointed out of the log. A
+    restart while PostgreSQL is unreachable would serve only the log's tail (and refuse
+    re-sends of the flushed batches as duplicates): the node refuses to start instead,
+    with one line, and starts whole once PostgreSQL answers."""
+    proxy = CuttableProxy(PG_HOST, PG_PORT)
+    await proxy.start()
+    metric = "wal_pg"
+    url = f"postgresql://postgres@127.0.0.1:{proxy.port}/test?schema={pg_schema}"
+    wal = tmp_path / "wal"
+    flags = ["--timeseries-url", url, "--flush-interval", FLUSH, "--wal-dir", str(wal)]
+    flags += ["--instance-id", "wal-pg-0"]  # the windows it flushed are its own
+    windows_sql = (
+        f'SELECT COALESCE(SUM(count), 0) FROM "{pg_schema}".window_summaries WHERE metric = %s'
+    )
+    try:
+        async with region("wal-pg", tmp_path, *flags, region_id="wal-pg") as node:
+            batches = [
+                client.encode_ingest_request(metric, np.ones(10), batch_id=f"b{i}")
+                for i in range(20)
+            ]
+            await client.ingest(node.channel, batches)
+
+            async def flushed() -> bool:
+                return await pg_scalar(windows_sql, metric) == 200 and (wal / "checkpoint").exists()
+
+            await eventually(flushed, "the windows flushed and checkpointed")
+            node.child.signal(signal.SIGKILL)
+            node.child.proc.wait(10)
+        proxy.cut()
+        refused = launch(
+            "wal-pg-2", ["region", "--region-id", "wal-pg", "--port", "0", *flags], tmp_path
+        )
+        try:
+            assert refused.proc.wait(120) == 2
+        finally:
+            refused.stop()
+        said = refused.log_path.read_text()
+        assert "cannot start the region node" in said and "write-ahead log" in said
+        assert "Traceback" not in said
+        proxy.restore()
+        async with region("wal-pg-3", tmp_path, *flags, region_id="wal-pg") as again:
+            assert await total_count(again.stub, metric) == 200
+    finally:
+        await proxy.close()
