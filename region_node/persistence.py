@@ -58,6 +58,8 @@ PROFILE_PREFIX: Final = "profile:"
 _WRITE_BATCH: Final = 5_000
 #: Distinct (decision, action type) metadata mappings kept for reuse.
 _METADATA_KINDS: Final = 1_024
+#: The longest a stopping node waits for its stores to take what is still pending.
+STOP_WRITE_LIMIT_S: Final = 5.0
 
 
 def _utc(ns: int) -> datetime:
@@ -123,6 +125,11 @@ class Persister:
                     await self.stores.timeseries.insert_metrics([self._point(o) for _, o in batch])
                     points_done = True
                 await self.stores.audit.index_audit_logs([self._audit(i, o) for i, o in batch])
+            except asyncio.CancelledError:
+                # a stop cut the write short (the loop's task, or the stop's own bound):
+                # the batch is kept for the next round, not lost with the task
+                self._retry = (batch, points_done)
+                raise
             except ValueError as exc:
                 # the store refuses this data for good: retrying would block every later
                 # write, so the batch is dropped and counted
@@ -349,10 +356,30 @@ class Persister:
             self._task = asyncio.get_running_loop().create_task(self.run())
 
     async def stop(self) -> None:
-        """Stop the loop and write everything still pending (a clean stop loses nothing)."""
+        """Stop the loop and write everything still pending: a clean stop loses nothing
+        while the stores answer. A store that does not answer within
+        :data:`STOP_WRITE_LIMIT_S` (down: each write would wait for its connection pool)
+        does not hold the stop past it; what was left unwritten is logged with its size
+        (with ``--wal-dir`` the windows' batches stay in the log for the next start)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self.round(windows=True)
+        try:
+            async with asyncio.timeout(STOP_WRITE_LIMIT_S):
+                await self.round(windows=True)
+        except TimeoutError:
+            pass
+        unwritten = len(self._pending) + (len(self._retry[0]) if self._retry else 0)
+        windows = len(self._retry_windows)
+        if self.durable_store:
+            windows += len(self.node.store.take_dirty())
+        if unwritten or windows:
+            log.error(
+                "stopping with %d evaluations' records and %d windows not written: the "
+                "stores did not take them within %g s",
+                unwritten,
+                windows,
+                STOP_WRITE_LIMIT_S,
+            )

@@ -602,3 +602,29 @@ async def test_a_logged_node_does_not_start_on_a_fallback_store(
             assert await total_count(again.stub, metric) == 200
     finally:
         await proxy.close()
+
+
+async def test_a_stop_while_postgresql_is_cut_is_bounded_and_says_what_it_lost(
+    pg_schema: str, tmp_path: Path
+) -> None:
+    """SIGTERM while the store does not answer: the node stops within its drain and the
+    stores' bound (it took 61-72 s, two pool waits in a row), and logs what it could not
+    write (it said nothing)."""
+    proxy = CuttableProxy(PG_HOST, PG_PORT)
+    await proxy.start()
+    url = f"postgresql://postgres@127.0.0.1:{proxy.port}/test?schema={pg_schema}"
+    try:
+        async with region("stop-pg", tmp_path, "--timeseries-url", url) as node:
+            proxy.cut()
+            for _ in range(20):
+                await node.stub.Evaluate(evaluate_request("stop-agent"), timeout=10)
+            t0 = time.monotonic()
+            node.child.signal(signal.SIGTERM)
+            code = await asyncio.to_thread(node.child.proc.wait, 60)
+            took = time.monotonic() - t0
+        assert code == 0
+        assert took < 20  # 1 s announce + 5 s grace + 5 s for the stores, and some slack
+        said = node.child.log_path.read_text()
+        assert "stopping with" in said and "not written" in said
+    finally:
+        await proxy.close()
