@@ -74,12 +74,15 @@ class _Call:
     reader: asyncio.Task[None] | None = None
     writer: asyncio.Task[None] | None = None
 
-    def fail_unsent(self, details: str) -> None:
-        """The queries still in the outbox never reached the node: ``_NotSent``."""
+    def fail_unsent(self, details: str, *, retry: bool = True) -> None:
+        """The queries still in the outbox never reached the node: ``_NotSent`` (asked
+        again on a new call), or with ``retry=False`` (the stream was closed on purpose)
+        a plain UNAVAILABLE."""
+        kind = _NotSent if retry else SummaryCallError
         while not self.outbox.empty():
             _, answer = self.outbox.get_nowait()
             if not answer.done():
-                answer.set_exception(_NotSent(grpc.StatusCode.UNAVAILABLE, details))
+                answer.set_exception(kind(grpc.StatusCode.UNAVAILABLE, details))
 
 
 class SummaryStream:
@@ -138,7 +141,7 @@ class SummaryStream:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        current.fail_unsent("summary stream closed")
+        current.fail_unsent("summary stream closed", retry=False)
         _fail(current.pending, grpc.StatusCode.UNAVAILABLE, "summary stream closed")
 
     # -- internals ------------------------------------------------------------------
