@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from coordinator.instances import Health, InstanceRegistry, RegionInstance
+from coordinator.instances import (
+    Health,
+    InstanceRegistry,
+    RegionInstance,
+    warn_credentials_refused,
+)
 from coordinator.summary_stream import SummaryCallError
 from nethical_grpc import convert, telemetry
 from nethical_grpc.errors import FieldViolation, InvalidArgument
@@ -285,9 +290,7 @@ class Federation:
 def _missing(inst: RegionInstance, code: grpc.StatusCode, details: str) -> MissingPart:
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
         # about the coordinator's own token or certificate: its log has the node's words
-        log.warning(
-            "%s refused the coordinator's credentials: %s: %s", inst.name, code.name, details
-        )
+        warn_credentials_refused(inst.name, code, details)
         details = "the node refused the coordinator's credentials"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         reason = Missing.DEADLINE_EXCEEDED

@@ -36,7 +36,7 @@ from typing import Any, Final
 
 import grpc
 
-from coordinator.instances import InstanceRegistry
+from coordinator.instances import InstanceRegistry, warn_credentials_refused
 from nethical_grpc.balancing import (
     Instance,
     NoAvailableInstanceError,
@@ -110,12 +110,7 @@ class UpstreamError(Exception):
         self.extra = extra or {}
         self.credentials_refused = error.code() in _CREDENTIAL_CODES
         if self.credentials_refused:
-            log.warning(
-                "a region node refused the coordinator's credentials: %s: %s (check "
-                "--region-token-file and the region TLS settings)",
-                error.code().name,
-                error.details(),
-            )
+            warn_credentials_refused("a region node", error.code(), error.details() or "")
 
     def code(self) -> grpc.StatusCode:
         return _CREDENTIALS_REFUSED.code if self.credentials_refused else self.error.code()

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Final
 
 import grpc
 
@@ -281,3 +282,27 @@ class InstanceRegistry:
                 inst.region_id,
             )
         view.learn(info.instance_id, info.scope)
+
+
+#: How often the coordinator repeats that region nodes refuse its credentials.
+CREDENTIALS_LOG_INTERVAL_S: Final = 10.0
+_credentials_logged: dict[str, float] = {}
+
+
+def warn_credentials_refused(where: str, code: grpc.StatusCode, details: str) -> None:
+    """Log that a region node refused the coordinator's own token or certificate: the
+    first time for each node, then at most every :data:`CREDENTIALS_LOG_INTERVAL_S`."""
+    now = time.monotonic()
+    last = _credentials_logged.get(where)
+    if last is not None and now - last < CREDENTIALS_LOG_INTERVAL_S:
+        return
+    if len(_credentials_logged) >= 1024:
+        _credentials_logged.clear()
+    _credentials_logged[where] = now
+    log.warning(
+        "%s refused the coordinator's credentials: %s: %s (check --region-token-file and "
+        "the region TLS settings)",
+        where,
+        code.name,
+        details,
+    )
