@@ -291,14 +291,16 @@ _credentials_logged: dict[str, float] = {}
 
 def warn_credentials_refused(where: str, code: grpc.StatusCode, details: str) -> None:
     """Log that a region node refused the coordinator's own token or certificate: the
-    first time for each node, then at most every :data:`CREDENTIALS_LOG_INTERVAL_S`."""
+    first time for each node and status, then at most every
+    :data:`CREDENTIALS_LOG_INTERVAL_S`."""
     now = time.monotonic()
-    last = _credentials_logged.get(where)
+    key = f"{where} {code.name}"
+    last = _credentials_logged.get(key)
     if last is not None and now - last < CREDENTIALS_LOG_INTERVAL_S:
         return
     if len(_credentials_logged) >= 1024:
         _credentials_logged.clear()
-    _credentials_logged[where] = now
+    _credentials_logged[key] = now
     log.warning(
         "%s refused the coordinator's credentials: %s: %s (check --region-token-file and "
         "the region TLS settings)",
