@@ -10,6 +10,7 @@ import grpc
 import pytest
 from test_security_auth import TOKENS, WRONG, store
 
+from coordinator import instances
 from coordinator.gateway_config import GatewayConfig
 from coordinator.server import CoordinatorConfig, start_coordinator
 from nethical_grpc import client
@@ -42,10 +43,13 @@ async def coordinator(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Mes
 
 
 async def test_the_client_is_not_blamed(
-    coordinator: tuple[MeshServer, str], caplog: pytest.LogCaptureFixture
+    coordinator: tuple[MeshServer, str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     server, token = coordinator
     caplog.set_level(logging.WARNING)
+    monkeypatch.setattr(instances, "_credentials_logged", {})  # not limited by other tests
     async with client.insecure_channel(server.address) as ch:
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(ch)
         action = governance_pb2.AgentAction(agent_id="a", action_text="list files")
