@@ -984,6 +984,7 @@ def store_status_to_proto(choice: BackendChoice) -> region_node_pb2.StoreStatus:
         backend=choice.backend,
         requested=choice.requested,
         reason=choice.reason,
+        problem=choice.problem,
     )
 
 

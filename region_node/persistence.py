@@ -124,7 +124,9 @@ class Persister:
                 if not points_done:
                     await self.stores.timeseries.insert_metrics([self._point(o) for _, o in batch])
                     points_done = True
+                    self.stores.write_succeeded("timeseries")
                 await self.stores.audit.index_audit_logs([self._audit(i, o) for i, o in batch])
+                self.stores.write_succeeded("audit")
             except asyncio.CancelledError:
                 # a stop cut the write short (the loop's task, or the stop's own bound):
                 # the batch is kept for the next round, not lost with the task
@@ -140,6 +142,7 @@ class Persister:
             except Exception as exc:
                 # retried as it is: metric rows already written are not written again, and
                 # audit records keep their ids, so the store drops what it already has
+                self.stores.write_failed("audit" if points_done else "timeseries", exc)
                 self._retry = (batch, points_done)
                 log.warning("writing evaluations failed (will retry): %s", exc)
                 return
@@ -255,10 +258,12 @@ class Persister:
                 await self.stores.timeseries.upsert_window_summaries(rows)
             except Exception as exc:
                 # newer versions of the same windows replace these on the next flush
+                self.stores.write_failed("timeseries", exc)
                 self._retry_windows = rows
                 log.warning("flushing %d windows failed (will retry): %s", len(rows), exc)
                 return 0
             self.flushed_windows += len(rows)
+            self.stores.write_succeeded("timeseries")
         self.last_flush_ns = time.time_ns()
         if wal is not None and closed is not None:
             await asyncio.to_thread(wal.checkpoint, closed)

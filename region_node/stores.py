@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from nethical_grpc.storage.audit import AuditStore, open_audit_store
 from nethical_grpc.storage.backend import BackendChoice
@@ -39,6 +39,8 @@ class NodeStores:
     _cache_choice: BackendChoice
     timeseries_choice: BackendChoice
     audit_choice: BackendChoice
+    #: why the last write to the store failed, while writes fail (set by the persister)
+    problems: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     async def open(cls, config: StoreConfig, region_id: str) -> NodeStores:
@@ -69,7 +71,17 @@ class NodeStores:
         return self._cache_choice
 
     def choices(self) -> list[BackendChoice]:
-        return [self.cache_choice, self.timeseries_choice, self.audit_choice]
+        """Each store's backend, with the problem its writes have now, if any."""
+        return [
+            replace(c, problem=self.problems[c.store]) if self.problems.get(c.store) else c
+            for c in (self.cache_choice, self.timeseries_choice, self.audit_choice)
+        ]
+
+    def write_failed(self, store: str, exc: BaseException) -> None:
+        self.problems[store] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+    def write_succeeded(self, store: str) -> None:
+        self.problems.pop(store, None)
 
     @property
     def shared_cache(self) -> bool:

@@ -63,13 +63,15 @@ class BackendChoice:
     ``store`` names the store (``"cache"``, ``"timeseries"``, ``"audit"``), ``requested``
     the configured URL with secrets redacted, ``backend`` what is in use (``"redis"``,
     ``"memory"``, ``"postgresql"``, ``"sqlite"``, ``"elasticsearch"``…), and ``reason`` why
-    it differs from what was requested (empty when it does not).
+    it differs from what was requested (empty when it does not). ``problem``: why the
+    last write to the backend in use failed, while it fails (empty otherwise).
     """
 
     store: str
     requested: str
     backend: str
     reason: str = ""
+    problem: str = ""
 
     @property
     def fallback(self) -> bool:

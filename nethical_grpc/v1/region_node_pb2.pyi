@@ -173,16 +173,18 @@ class GetNodeInfoResponse(_message.Message):
     def __init__(self, region_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., scope: _Optional[_Union[DataScope, str]] = ..., window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retention: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., series_count: _Optional[int] = ..., window_count: _Optional[int] = ..., histogram_scale: _Optional[int] = ..., version: _Optional[str] = ..., components: _Optional[_Mapping[str, str]] = ..., stores: _Optional[_Iterable[_Union[StoreStatus, _Mapping]]] = ...) -> None: ...
 
 class StoreStatus(_message.Message):
-    __slots__ = ("store", "backend", "requested", "reason")
+    __slots__ = ("store", "backend", "requested", "reason", "problem")
     STORE_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
     store: str
     backend: str
     requested: str
     reason: str
-    def __init__(self, store: _Optional[str] = ..., backend: _Optional[str] = ..., requested: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    problem: str
+    def __init__(self, store: _Optional[str] = ..., backend: _Optional[str] = ..., requested: _Optional[str] = ..., reason: _Optional[str] = ..., problem: _Optional[str] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
     __slots__ = ("action",)

@@ -536,6 +536,12 @@ async def test_postgresql_cut_off_and_restored_during_ingest(
                 )
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value.details()
             assert time.monotonic() - t0 < 15  # a hang bound
+
+            async def problem_reported() -> bool:
+                return bool((await store_status(node.stub, "timeseries")).problem)
+
+            # GetNodeInfo says the store in use fails now (it kept saying nothing)
+            await eventually(problem_reported, "the store's problem in GetNodeInfo", 60)
             await asyncio.sleep(8 * WRITE_TICK_S)  # several flush rounds, all failing
             assert await pg_scalar(windows_sql, metric) == 1_000
             assert await pg_scalar(rows_sql, "pg-cut-agent") == 0
@@ -551,6 +557,7 @@ async def test_postgresql_cut_off_and_restored_during_ingest(
             await eventually(caught_up, "the flushes catch up after the cut", 90)
             status = await store_status(node.stub, "timeseries")
             assert status.backend.startswith("postgresql")
+            assert status.problem == ""  # cleared by the writes that succeeded
     finally:
         await proxy.close()
 
