@@ -147,6 +147,13 @@ class RegionNode:
         self.apply_pending()
         return (self.store.version, self._peers_loaded)
 
+    def version_for(self, query: SummaryQuery) -> tuple[object, int]:
+        """:attr:`version` for the answers to ``query``: it changes when the data of the
+        query's metrics does (or the peers'), not when another metric's does, so a
+        cached answer (and a noised one, which would cost budget again) lasts longer."""
+        self.apply_pending()
+        return (self.store.version_of(query.metrics), self._peers_loaded)
+
     @property
     def peers(self) -> WindowStore | None:
         return self._peers

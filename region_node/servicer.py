@@ -49,7 +49,7 @@ class _CachedSummaries:
     __slots__ = ("_streamed", "response", "version")
 
     def __init__(
-        self, version: tuple[int, int], response: region_node_pb2.GetSummariesResponse
+        self, version: tuple[object, int], response: region_node_pb2.GetSummariesResponse
     ) -> None:
         self.version = version
         self.response = response
@@ -173,7 +173,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
     def _summaries(self, request: region_node_pb2.GetSummariesRequest) -> _CachedSummaries:
         """What GetSummaries answers (``MeshError`` for a query it rejects)."""
         query = convert.summary_query_from_proto(request)
-        version = self.node.version
+        version = self.node.version_for(query)
         cached = self._responses.get(query)
         if cached is not None and cached.version == version:
             return cached

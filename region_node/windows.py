@@ -59,8 +59,10 @@ class WindowStore:
         self._clock = clock
         self._series: dict[SeriesKey, _Series] = {}
         self._label_sets: dict[str, int] = {}
-        # bumped by every change, so callers can cache answers until it moves
+        # bumped by every change, so callers can cache answers until it moves; and per
+        # metric, so an answer about some metrics lasts while those stay the same
         self.version = 0
+        self._metric_versions: dict[str, int] = {}
         # windows changed since the last take_dirty(), for flushing to a store
         self._dirty: set[tuple[SeriesKey, int]] = set()
 
@@ -144,7 +146,18 @@ class WindowStore:
                     self._dirty.add((batch.key, window_id))
             newest = int(batch.timestamps_ns.max())
         series.last_time_ns = max(series.last_time_ns, newest)
+        self._changed(batch.key.metric)
+
+    def _changed(self, metric: str) -> None:
         self.version += 1
+        self._metric_versions[metric] = self._metric_versions.get(metric, 0) + 1
+
+    def version_of(self, metrics: frozenset[str]) -> int | tuple[int, ...]:
+        """What changes whenever the data of ``metrics`` does (all metrics: empty)."""
+        if not metrics:
+            return self.version
+        found = self._metric_versions
+        return tuple(found.get(m, 0) for m in sorted(metrics))
 
     def _window(self, series: _Series, window_id: int) -> Summary:
         summary = series.windows.get(window_id)
@@ -189,7 +202,7 @@ class WindowStore:
         else:
             held.merge_from(summary)
         series.last_time_ns = max(series.last_time_ns, newest_ns)
-        self.version += 1
+        self._changed(key.metric)
 
     # -- queries --------------------------------------------------------------------
 
@@ -251,7 +264,7 @@ class WindowStore:
                 del series.windows[w]
             dropped += len(old)
             if old:
-                self.version += 1
+                self._changed(key.metric)
             if not series.windows:
                 del self._series[key]
                 self._label_sets[key.metric] -= 1

@@ -102,3 +102,22 @@ async def test_whether_a_filtered_group_exists_does_not_change_the_charge(mesh: 
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await s.GetSummaries(filtered, timeout=5)
         assert details_from_error(err.value).reason == "PRIVACY_BUDGET_EXHAUSTED", agent
+
+
+async def test_traffic_on_other_metrics_does_not_renoise_an_answer(mesh: Mesh) -> None:
+    """A repeated query is answered from its cache while its own metrics are unchanged:
+    evaluations or ingest into other metrics no longer buy fresh noise (and spend the
+    budget) each time."""
+    await add_region(mesh, "dp", privacy=DP)  # 3 releases per window
+    await mesh.ingest("dp", "lat", np.full(100, 10.0))
+    s = stub(mesh, "dp")
+    req = region_node_pb2.GetSummariesRequest(metrics=["lat"])
+    first = await s.GetSummaries(req, timeout=5)
+    for i in range(5):  # more than the budget allows, were each one charged
+        await mesh.ingest("dp", "other", np.array([float(i)]))
+        again = await s.GetSummaries(req, timeout=5)
+        assert again.SerializeToString() == first.SerializeToString()
+    # a change to the query's own metric is a new answer, charged
+    await mesh.ingest("dp", "lat", np.array([11.0]))
+    changed = await s.GetSummaries(req, timeout=5)
+    assert changed.SerializeToString() != first.SerializeToString()
