@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from coordinator.instances import (
+    CREDENTIAL_CODES,
     Health,
     InstanceRegistry,
     RegionInstance,
@@ -288,7 +289,7 @@ class Federation:
 
 
 def _missing(inst: RegionInstance, code: grpc.StatusCode, details: str) -> MissingPart:
-    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+    if code in CREDENTIAL_CODES:
         # about the coordinator's own token or certificate: its log has the node's words
         warn_credentials_refused(inst.name, code, details)
         details = "the node refused the coordinator's credentials"

@@ -36,7 +36,7 @@ from typing import Any, Final
 
 import grpc
 
-from coordinator.instances import InstanceRegistry, warn_credentials_refused
+from coordinator.instances import CREDENTIAL_CODES, InstanceRegistry, warn_credentials_refused
 from nethical_grpc.balancing import (
     Instance,
     NoAvailableInstanceError,
@@ -87,9 +87,6 @@ class DeadlineExceeded(MeshError):
     code: grpc.StatusCode = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-#: A node's answers about the caller's credentials: on a call the coordinator makes, they
-#: are about the coordinator's own token or certificate, not the client's.
-_CREDENTIAL_CODES: Final = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 _CREDENTIALS_REFUSED: Final = MeshError(
     message="a region node refused the coordinator's own credentials; see the coordinator's log",
     reason="UPSTREAM_CREDENTIALS_REFUSED",
@@ -108,7 +105,7 @@ class UpstreamError(Exception):
         super().__init__(error.details())
         self.error = error
         self.extra = extra or {}
-        self.credentials_refused = error.code() in _CREDENTIAL_CODES
+        self.credentials_refused = error.code() in CREDENTIAL_CODES
         if self.credentials_refused:
             warn_credentials_refused("a region node", error.code(), error.details() or "")
 

@@ -284,6 +284,9 @@ class InstanceRegistry:
         view.learn(info.instance_id, info.scope)
 
 
+#: A node's answers about the caller's credentials: on a call the coordinator makes, they
+#: are about the coordinator's own token or certificate, not its caller's.
+CREDENTIAL_CODES: Final = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 #: How often the coordinator repeats that region nodes refuse its credentials.
 CREDENTIALS_LOG_INTERVAL_S: Final = 10.0
 _credentials_logged: dict[str, float] = {}

@@ -89,6 +89,13 @@ class Unavailable(MeshError):
     code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its type's name when it has none): short
+    enough for a status, a store's reported problem or a log line."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def _pack(message: Any) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)

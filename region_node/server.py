@@ -139,8 +139,7 @@ def _check_wal_store(config: RegionServerConfig, stores: NodeStores) -> None:
     those batches as duplicates. Started again once the store answers, it is whole."""
     if config.wal_dir is None or not stores.timeseries_choice.fallback:
         return
-    checkpoint = WriteAheadLog.peek_checkpointed(config.wal_dir)
-    if checkpoint:
+    if WriteAheadLog.peek_checkpointed(config.wal_dir):
         choice = stores.timeseries_choice
         raise OSError(
             f"the write-ahead log in {config.wal_dir} has batches already flushed to the "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 
+from nethical_grpc.errors import first_line
 from nethical_grpc.storage.audit import AuditStore, open_audit_store
 from nethical_grpc.storage.backend import BackendChoice
 from nethical_grpc.storage.cache import Cache, FailoverCache, open_cache, region_namespace
@@ -78,7 +79,7 @@ class NodeStores:
         ]
 
     def write_failed(self, store: str, exc: BaseException) -> None:
-        self.problems[store] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        self.problems[store] = first_line(exc)
 
     def write_succeeded(self, store: str) -> None:
         self.problems.pop(store, None)

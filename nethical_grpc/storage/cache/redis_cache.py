@@ -26,6 +26,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from nethical_grpc.errors import first_line
 from nethical_grpc.storage.backend import redact_url
 from nethical_grpc.storage.cache.base import (
     DEFAULT_TTL_S,
@@ -83,8 +84,7 @@ def describe_error(err: BaseException, secret: str | None = None) -> str:
     elif isinstance(err, redis_errors.BusyLoadingError):
         reason = "unavailable (loading dataset)"
     else:
-        first = text.splitlines()[0] if text else type(err).__name__
-        reason = f"unreachable ({first[:160]})"
+        reason = f"unreachable ({first_line(err)[:160]})"
     if secret:
         reason = reason.replace(secret, "***")
     return reason

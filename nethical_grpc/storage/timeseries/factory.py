@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+from nethical_grpc.errors import first_line
 from nethical_grpc.storage.backend import BackendChoice, redact_url, url_scheme
 from nethical_grpc.storage.timeseries.base import TimeSeriesStore, check_retention
 from nethical_grpc.storage.timeseries.model import check_name
@@ -69,8 +70,7 @@ def _connect_failure_reason(exc: BaseException) -> str:
     ):
         if needle in text:
             return reason
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"unavailable ({first[:120]})"
+    return f"unavailable ({first_line(exc)[:120]})"
 
 
 async def open_timeseries(

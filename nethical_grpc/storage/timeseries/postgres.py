@@ -28,6 +28,7 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from nethical_grpc.errors import first_line
 from nethical_grpc.storage.timeseries.base import (
     AuditRow,
     BucketTotals,
@@ -330,9 +331,8 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
                     await cur.execute(query, params)
                     return await cur.fetchall()
         except (TimeoutError, PoolTimeout, psycopg.OperationalError) as exc:
-            why = str(exc).splitlines()[0] if str(exc) else "no answer"
             raise TimeSeriesUnavailableError(
-                f"PostgreSQL did not answer within {READ_TIMEOUT_S:g} s: {why}"
+                f"PostgreSQL did not answer within {READ_TIMEOUT_S:g} s: {first_line(exc)}"
             ) from None
 
     async def _select_metrics(
