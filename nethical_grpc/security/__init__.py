@@ -10,6 +10,8 @@ parser stays cheap):
 * :mod:`.client_auth` — attaching a token to calls (interceptors, call credentials);
 * :mod:`.tls` — :class:`~.tls.TlsConfig`, reloading server credentials, channel
   credentials, :func:`~.tls.log_transport_security`;
+* :mod:`.cert_dates` — a certificate's validity dates and the warning when it has expired,
+  is not valid yet or expires soon;
 * :mod:`.channels` — :func:`~.channels.mesh_channel` and the balancer's channel factory;
 * :mod:`.flags` — CLI flags and environment names (no heavy imports);
 * :mod:`.config` — :class:`~.config.ServerSecurity` / :class:`~.config.ClientSecurity`

@@ -15,6 +15,10 @@ its call ends UNAVAILABLE.
 Channels read their files when created (:func:`channel_credentials`); a channel made
 after a rotation uses the new client certificate.
 
+Whenever the files are loaded, a certificate or CA that has expired, is not valid yet
+or expires soon is logged as a warning naming the file (:mod:`.cert_dates`): an expired
+server certificate otherwise shows only in each client's failed handshake.
+
 Plaintext stays available for local use; :func:`log_transport_security` says which one a
 server or client runs, loudly for plaintext.
 """
@@ -32,6 +36,7 @@ from typing import cast
 
 import grpc
 
+from nethical_grpc.security.cert_dates import validity_problem
 from nethical_grpc.security.flags import (
     ENV_TLS_CA,
     ENV_TLS_CERT,
@@ -166,17 +171,35 @@ class LoadedCertificates:
 
 
 def load_certificates(tls: TlsConfig) -> LoadedCertificates:
-    """Read and check ``tls``'s files. Raises ValueError naming the bad file."""
+    """Read and check ``tls``'s files. Raises ValueError naming the bad file; logs a
+    warning for a certificate (or CA) that has expired, is not valid yet or expires
+    soon (:func:`~nethical_grpc.security.cert_dates.validity_problem`)."""
     if tls.cert_file is None or tls.key_file is None:
         raise ValueError("TLS needs a certificate and key (--tls-cert, --tls-key)")
     cert = _read(tls.cert_file, "certificate")
     key = _read(tls.key_file, "key")
     _check_pair(tls.cert_file, tls.key_file)
+    warn_certificate_dates(cert, tls.cert_file, "certificate")
     ca = None
     if tls.ca_file is not None:
-        ca = _read(tls.ca_file, "CA")
-        _check_ca(tls.ca_file)
+        ca = _read_ca(tls.ca_file)
     return LoadedCertificates(cert, key, ca)
+
+
+def _read_ca(ca_file: Path) -> bytes:
+    ca = _read(ca_file, "CA")
+    _check_ca(ca_file)
+    warn_certificate_dates(ca, ca_file, "CA")
+    return ca
+
+
+def warn_certificate_dates(pem: bytes, path: Path, what: str) -> str | None:
+    """Log (WARNING) and return what is wrong with the dates of the first certificate
+    in ``pem``, read from ``path``; ``None`` when nothing is."""
+    problem = validity_problem(pem)
+    if problem is not None:
+        log.warning("TLS %s %s %s", what, path, problem)
+    return problem
 
 
 class CertificateReloader:
@@ -251,9 +274,7 @@ def channel_credentials(tls: TlsConfig) -> grpc.ChannelCredentials:
     Raises ValueError for an unreadable or non-PEM file, or a key that does not match
     its certificate.
     """
-    ca = _read(tls.ca_file, "CA") if tls.ca_file is not None else None
-    if tls.ca_file is not None:
-        _check_ca(tls.ca_file)
+    ca = _read_ca(tls.ca_file) if tls.ca_file is not None else None
     if tls.cert_file is None or tls.key_file is None:
         return grpc.ssl_channel_credentials(root_certificates=ca)
     loaded = load_certificates(TlsConfig(tls.cert_file, tls.key_file))
