@@ -52,7 +52,9 @@ async def start_coordinator(config: CoordinatorConfig) -> tuple[MeshServer, Fede
     await registry.resolve_now()  # DNS targets have their instances before serving
     registry.start()
     federation = Federation(registry, config.summary_transport)
-    servicer = CoordinatorServicer(federation, Gateway(registry, gw.gateway_settings()))
+    servicer = CoordinatorServicer(
+        federation, Gateway(registry, gw.gateway_settings()), config.max_message_bytes
+    )
     try:
         mesh = await start_server(
             [lambda s: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, s)],

@@ -21,7 +21,8 @@ from coordinator.gateway import Gateway, UpstreamError
 from coordinator.instances import Health, RegionInstance
 from nethical_grpc import convert
 from nethical_grpc.balancing import LoadBalancingStrategy
-from nethical_grpc.errors import rpc_errors, rpc_stream_errors
+from nethical_grpc.errors import ResourceExhausted, rpc_errors, rpc_stream_errors
+from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
 from nethical_grpc.summary import Summary
 from nethical_grpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 from nethical_grpc.validation import check_quantiles
@@ -63,9 +64,16 @@ async def _pass_through(context: Context, err: UpstreamError) -> None:
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
-    def __init__(self, federation: Federation, gateway: Gateway | None = None) -> None:
+    def __init__(
+        self,
+        federation: Federation,
+        gateway: Gateway | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
         self.federation = federation
         self.gateway = gateway if gateway is not None else Gateway(federation.registry)
+        # the server's send limit: a larger answer is refused with a reason, not cut off
+        self.max_message_bytes = max_message_bytes
 
     @rpc_errors
     async def GetGlobalMetrics(  # noqa: N802 (gRPC method name)
@@ -126,6 +134,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 )
             if request.include_summary:
                 item.summary.CopyFrom(convert.summary_to_proto(group.summary))
+        _check_answer_size(response, self.max_message_bytes)
         return response
 
     @rpc_errors
@@ -198,6 +207,22 @@ def _instance_info(
     if stats["ejected"]:
         info.ejected_for.CopyFrom(convert.ns_to_duration(round(stats["ejected_for_s"] * 1e9)))
     return info
+
+
+def _check_answer_size(response: coordinator_pb2.GetGlobalMetricsResponse, limit: int) -> None:
+    size = response.ByteSize()
+    if size <= limit:
+        return
+    raise ResourceExhausted(
+        message=(
+            f"the answer holds {len(response.results)} results, {size:,} bytes encoded, over "
+            f"this coordinator's {limit:,}-byte message limit; narrow the query (fewer "
+            "metrics, a label filter, fewer group_by labels), leave out include_summary or "
+            "include_region_breakdown, or raise --max-message-bytes"
+        ),
+        reason="ANSWER_TOO_LARGE",
+        metadata={"answer_bytes": str(size), "max_message_bytes": str(limit)},
+    )
 
 
 def _statistics(s: Summary, quantiles: tuple[float, ...]) -> coordinator_pb2.SeriesStatistics:

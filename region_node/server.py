@@ -83,7 +83,9 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
             node.privacy = config.privacy
             releaser = PrivateReleaser(config.privacy, window_ns=config.windows.window_ns)
             node.privacy_releaser = releaser
-        servicer = RegionNodeServicer(node, evaluator, stores, releaser)
+        servicer = RegionNodeServicer(
+            node, evaluator, stores, releaser, max_message_bytes=config.max_message_bytes
+        )
         mesh = await start_server(
             [lambda s: region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(servicer, s)],
             [SERVICE_NAME],

@@ -17,11 +17,13 @@ from nethical_grpc.errors import (
     InvalidArgument,
     MeshError,
     NotFound,
+    ResourceExhausted,
     Unavailable,
     rpc_errors,
     rpc_stream_errors,
 )
 from nethical_grpc.governance.requests import EvaluationRequest, Outcome
+from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
 from nethical_grpc.privacy import PrivateReleaser
 from nethical_grpc.series import SummaryQuery
 from nethical_grpc.storage.audit import AuditStoreError
@@ -35,6 +37,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 _MAX_CACHED_RESPONSES = 64
+#: What a StreamSummariesResponse adds around the summaries: the query id and the
+#: summaries field's key and length (17 bytes at most), rounded up.
+_STREAM_FRAMING_BYTES = 64
 _STREAMED = region_node_pb2.StreamSummariesResponse.DESCRIPTOR.fields_by_name
 _STREAMED_QUERY_ID_FIELD = _STREAMED["query_id"].number
 _STREAMED_SUMMARIES_FIELD = _STREAMED["summaries"].number
@@ -46,14 +51,32 @@ StreamAnswer = region_node_pb2.StreamSummariesResponse | bytes
 class _CachedSummaries:
     """A GetSummaries answer, valid while the node's data version stays the same."""
 
-    __slots__ = ("_streamed", "response", "version")
+    __slots__ = ("_streamed", "response", "size", "version")
 
     def __init__(
         self, version: tuple[object, int], response: region_node_pb2.GetSummariesResponse
     ) -> None:
         self.version = version
         self.response = response
+        self.size = response.ByteSize()
         self._streamed: bytes | None = None
+
+    def check_size(self, limit: int) -> None:
+        """Raise ResourceExhausted (``ANSWER_TOO_LARGE``) when this answer, with the
+        stream's framing, would not fit in a message of ``limit`` bytes: gRPC would fail
+        the call, and on StreamSummaries the whole stream with every query on it."""
+        if self.size + _STREAM_FRAMING_BYTES <= limit:
+            return
+        raise ResourceExhausted(
+            message=(
+                f"the answer holds {len(self.response.series)} series, {self.size:,} bytes "
+                f"encoded, over this node's {limit:,}-byte message limit; narrow the query "
+                "(fewer metrics, a label filter, fewer group_by labels) or raise "
+                "--max-message-bytes on the node and on its callers"
+            ),
+            reason="ANSWER_TOO_LARGE",
+            metadata={"answer_bytes": str(self.size), "max_message_bytes": str(limit)},
+        )
 
     def stream_answer(self, query_id: int) -> bytes:
         """The ``StreamSummariesResponse`` answering query ``query_id`` with this, encoded.
@@ -75,8 +98,11 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         evaluator: Evaluator | None = None,
         stores: NodeStores | None = None,
         privacy: PrivateReleaser | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.node = node
+        # the server's send limit: a summaries answer over it is refused on its own
+        self.max_message_bytes = max_message_bytes
         self.evaluator = evaluator
         self.stores = stores
         # differential privacy for what leaves the region (None: exact summaries)
@@ -176,6 +202,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         version = self.node.version_for(query)
         cached = self._responses.get(query)
         if cached is not None and cached.version == version:
+            cached.check_size(self.max_message_bytes)
             return cached
         groups = self.node.summaries(query)
         mean_errors: list[float] = [0.0] * len(groups)
@@ -209,6 +236,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         if len(self._responses) >= _MAX_CACHED_RESPONSES:
             self._responses.clear()
         entry = self._responses[query] = _CachedSummaries(version, response)
+        entry.check_size(self.max_message_bytes)
         return entry
 
     @rpc_errors

@@ -14,6 +14,7 @@ import numpy as np
 from coordinator.federation import Federation
 from coordinator.server import CoordinatorConfig, start_coordinator
 from nethical_grpc import client
+from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
 from nethical_grpc.privacy import PrivacyConfig
 from nethical_grpc.server_runtime import MeshServer
 from region_node.node import RegionNode
@@ -77,6 +78,7 @@ async def add_region(
     stores: StoreConfig | None = None,
     first_instance: int = 0,
     privacy: PrivacyConfig | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> list[tuple[MeshServer, RegionNode]]:
     started = []
     for i in range(first_instance, first_instance + instances):
@@ -89,6 +91,7 @@ async def add_region(
                     windows=windows or WindowConfig(),
                     stores=stores or StoreConfig(),
                     privacy=privacy,
+                    max_message_bytes=max_message_bytes,
                 )
             )
         )
@@ -96,9 +99,15 @@ async def add_region(
     return started
 
 
-async def add_coordinator(m: Mesh, regions: Sequence[str] | None = None) -> Federation:
+async def add_coordinator(
+    m: Mesh,
+    regions: Sequence[str] | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> Federation:
     spec = {r: [s.address for s, _ in m.regions[r]] for r in (regions or m.regions)}
-    m.coordinator, m.federation = await start_coordinator(CoordinatorConfig(regions=spec))
+    m.coordinator, m.federation = await start_coordinator(
+        CoordinatorConfig(regions=spec, max_message_bytes=max_message_bytes)
+    )
     assert await m.federation.registry.wait_ready(10.0)
     return m.federation
 
