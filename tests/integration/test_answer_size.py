@@ -108,9 +108,7 @@ async def test_the_coordinator_refuses_an_answer_over_its_own_limit(mesh: Mesh) 
     await _fill(mesh, "us-east-1")
     await add_coordinator(mesh, max_message_bytes=LIMIT)
     ch = mesh.coordinator_channel()
-    wide = client.QueryOptions(
-        metrics=("wide",), group_by_labels=("shard",), include_summary=True
-    )
+    wide = client.QueryOptions(metrics=("wide",), group_by_labels=("shard",), include_summary=True)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.global_metrics(ch, wide, timeout=10)
     found = details_from_error(err.value)
