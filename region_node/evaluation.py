@@ -68,6 +68,10 @@ COALESCE_QUIET_TURNS: Final = 16
 COALESCE_MIN_TURNS: Final = 1
 #: ... but never longer than this, however busy the loop is.
 COALESCE_MAX_WAIT_NS: Final = 3_000_000
+#: A large batch (a stream's) is evaluated this many actions at a time, turning the loop
+#: between chunks: other calls are served meanwhile, and a stream whose caller went away
+#: stops there, before anything of its batch is recorded.
+EVALUATE_CHUNK: Final = 256
 
 
 class RiskModel(Protocol):
@@ -266,7 +270,20 @@ class Evaluator:
         actions = [r.action for r in requests]
         rows = self.model.features(actions)
         probabilities: list[float] = (await self.model.probabilities(rows, batched=True)).tolist()
-        evaluations = evaluate_actions(actions, probabilities, self.thresholds, self.model_weight)
+        evaluations = evaluate_actions(
+            actions[:EVALUATE_CHUNK],
+            probabilities[:EVALUATE_CHUNK],
+            self.thresholds,
+            self.model_weight,
+        )
+        for start in range(EVALUATE_CHUNK, len(actions), EVALUATE_CHUNK):
+            # other calls get their turn, and a caller that went away (deadline, cancel)
+            # stops the batch here: nothing of it is recorded
+            await asyncio.sleep(0)
+            end = start + EVALUATE_CHUNK
+            evaluations += evaluate_actions(
+                actions[start:end], probabilities[start:end], self.thresholds, self.model_weight
+            )
         now = self.clock()
         done = time.perf_counter_ns()
         outcomes = [
