@@ -123,11 +123,20 @@ class Summary:
         return float(self.quantiles(np.array([q], dtype=np.float64))[0])
 
     def quantiles(self, qs: Sequence[float] | npt.NDArray[np.floating]) -> FloatArray:
+        """The histogram's estimates, kept within ``[min, max]``; the lowest and highest
+        ranks (``q = 0`` and ``q = 1``, and any ``q`` whose rank is one of them) are the
+        exact minimum and maximum, which the moments hold."""
         est = self.histogram.quantiles(qs)
-        if self.moments.count == 0:
+        n = self.moments.count
+        if n == 0:
             return est
+        lo, hi = self.moments.min, self.moments.max
         # np.maximum/np.minimum: the same as np.clip, without its wrapper's cost
-        return np.minimum(np.maximum(est, self.moments.min), self.moments.max)
+        est = np.minimum(np.maximum(est, lo), hi)
+        ranks = np.floor((n - 1) * np.asarray(qs, dtype=np.float64).reshape(-1))
+        est[ranks <= 0] = lo
+        est[ranks >= n - 1] = hi
+        return est
 
     @property
     def count(self) -> int:

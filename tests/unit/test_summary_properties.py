@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -65,9 +66,11 @@ def _assert_moments_close(a: Moments, b: Moments, x: np.ndarray) -> None:
     )  # subnormal rounding
 
 
-def _assert_quantiles_within_bound(est: np.ndarray, x: np.ndarray, rel_err: float) -> None:
-    true = np.quantile(x, QS, method="lower")
-    for q, e, t in zip(QS.tolist(), est.tolist(), true.tolist(), strict=True):
+def _assert_quantiles_within_bound(
+    est: np.ndarray, x: np.ndarray, rel_err: float, qs: Sequence[float] | np.ndarray = QS
+) -> None:
+    true = np.quantile(x, qs, method="lower")
+    for q, e, t in zip(list(qs), est.tolist(), true.tolist(), strict=True):
         if t == 0.0:
             assert e == 0.0, (q, e, t)
         else:
@@ -118,6 +121,25 @@ def test_merged_quantiles_within_relative_error(parts: list[np.ndarray]) -> None
     _assert_quantiles_within_bound(merged.histogram.quantiles(QS), pooled, rel)
     assert merged.quantiles(QS).min() >= pooled.min()
     assert merged.quantiles(QS).max() <= pooled.max()
+
+
+@SETTINGS
+@given(parts=st.lists(datasets, min_size=1, max_size=6), q=st.floats(0.0, 1.0))
+def test_lowest_and_highest_ranks_are_the_exact_min_and_max(
+    parts: list[np.ndarray], q: float
+) -> None:
+    merged = Summary.merge_all(Summary.from_values(p) for p in parts)
+    pooled = np.sort(np.concatenate(parts))
+    if pooled.size == 0:
+        return
+    lowest, highest, at_q = merged.quantiles([0.0, 1.0, q])
+    assert lowest == pooled[0] and highest == pooled[-1]
+    # np.quantile(method="lower") picks rank floor(q * (n - 1)): exact at either end
+    rank = int(np.floor(q * (pooled.size - 1)))
+    if rank in (0, pooled.size - 1):
+        assert at_q == pooled[rank]
+    else:
+        _assert_quantiles_within_bound(np.array([at_q]), pooled, merged.relative_error, [q])
 
 
 @SETTINGS
