@@ -83,7 +83,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         quantiles = tuple(request.quantiles) or DEFAULT_QUANTILES
         check_quantiles("quantiles", quantiles)
         timeout_s = (
-            convert.duration_to_ns(request.region_timeout) / 1e9
+            convert.checked_duration_ns(request.region_timeout, "region_timeout") / 1e9
             if request.HasField("region_timeout")
             else DEFAULT_REGION_TIMEOUT_S
         )

@@ -86,8 +86,29 @@ def duration_to_ns(d: duration_pb2.Duration) -> int:
     return int(d.seconds) * NANOS + int(d.nanos)
 
 
+# the range google.protobuf.Duration defines: about +-10,000 years
+MAX_DURATION_SECONDS = 315_576_000_000
+
+
+def checked_duration_ns(d: duration_pb2.Duration, field: str) -> int:
+    """Nanoseconds of a Duration from a request; InvalidArgument naming ``field`` unless
+    it is a valid Duration (nanos within +-999,999,999 and of the seconds' sign, seconds
+    within the type's range), as every other language's runtime requires."""
+    seconds, nanos = int(d.seconds), int(d.nanos)
+    if not -NANOS < nanos < NANOS:
+        raise InvalidArgument.single(field, "nanos must be within +-999,999,999")
+    if (seconds > 0 and nanos < 0) or (seconds < 0 and nanos > 0):
+        raise InvalidArgument.single(field, "seconds and nanos must have the same sign")
+    if abs(seconds) > MAX_DURATION_SECONDS:
+        raise InvalidArgument.single(field, "seconds out of the Duration range")
+    return seconds * NANOS + nanos
+
+
 def ns_to_duration(ns: int) -> duration_pb2.Duration:
-    seconds, nanos = divmod(int(ns), NANOS)
+    """A valid Duration: nanos carry the sign of the seconds (-1.5 s is -1 s, -5e8 ns)."""
+    seconds, nanos = divmod(abs(int(ns)), NANOS)
+    if ns < 0:
+        seconds, nanos = -seconds, -nanos
     return duration_pb2.Duration(seconds=seconds, nanos=nanos)
 
 
@@ -888,6 +909,16 @@ class AggregateQuery:
 MAX_BUCKET_NS = 366 * 86_400 * NANOS
 
 
+def _bucket_problem(bucket_ns: int, bad: list[FieldViolation]) -> None:
+    """Add to ``bad`` what is wrong with an aggregation bucket of ``bucket_ns``."""
+    if bucket_ns <= 0:
+        bad.append(FieldViolation("bucket", "must be longer than zero"))
+    elif bucket_ns < 1000:
+        bad.append(FieldViolation("bucket", "at least 1 µs (the stores' resolution)"))
+    elif bucket_ns > MAX_BUCKET_NS:
+        bad.append(FieldViolation("bucket", "at most 366 days"))
+
+
 def aggregate_query_from_proto(req: region_node_pb2.AggregateMetricsRequest) -> AggregateQuery:
     bad: list[FieldViolation] = []
     if not req.metric:
@@ -895,13 +926,14 @@ def aggregate_query_from_proto(req: region_node_pb2.AggregateMetricsRequest) -> 
     aggregation = _AGGREGATIONS.get(req.aggregation)
     if aggregation is None:
         bad.append(FieldViolation("aggregation", "one of AVG, SUM, MIN, MAX, COUNT"))
-    bucket_ns = duration_to_ns(req.bucket) if req.HasField("bucket") else 0
-    if bucket_ns <= 0:
-        bad.append(FieldViolation("bucket", "must be longer than zero"))
-    elif bucket_ns < 1000:
-        bad.append(FieldViolation("bucket", "at least 1 µs (the stores' resolution)"))
-    elif bucket_ns > MAX_BUCKET_NS:
-        bad.append(FieldViolation("bucket", "at most 366 days"))
+    bucket_ns = 0
+    try:
+        if req.HasField("bucket"):
+            bucket_ns = checked_duration_ns(req.bucket, "bucket")
+    except InvalidArgument as exc:
+        bad.extend(exc.violations())
+    else:
+        _bucket_problem(bucket_ns, bad)
     for name in ("start_time", "end_time"):
         if not req.HasField(name):
             bad.append(FieldViolation(name, "required"))

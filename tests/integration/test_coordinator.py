@@ -8,6 +8,7 @@ import time
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import duration_pb2
 from meshutil import Mesh, add_coordinator, add_region, wait_for
 
 from coordinator.instances import Health
@@ -133,6 +134,26 @@ async def test_bad_global_queries(mesh: Mesh, kwargs: dict[str, object], field: 
     details = details_from_error(info.value)
     assert details.code == grpc.StatusCode.INVALID_ARGUMENT
     assert field in [v.field for v in details.field_violations]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"), [(1, -5), (-1, 5), (0, 1_500_000_000), (0, -1_000_000_000)]
+)
+async def test_an_invalid_duration_is_refused_naming_the_field(
+    mesh: Mesh, seconds: int, nanos: int
+) -> None:
+    """Durations other runtimes would refuse to build (nanos of the other sign than the
+    seconds, or a whole second or more) are refused, as invalid Timestamps are."""
+    await add_region(mesh, "us-east-1")
+    await add_coordinator(mesh)
+    request = client.global_metrics_request(client.QueryOptions())
+    request.region_timeout.CopyFrom(duration_pb2.Duration(seconds=seconds, nanos=nanos))
+    stub = coordinator_pb2_grpc.CoordinatorServiceStub(mesh.coordinator_channel())
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.GetGlobalMetrics(request, timeout=5)
+    details = details_from_error(info.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in details.field_violations] == ["region_timeout"]
 
 
 async def test_down_region_gives_partial_answer_fast(mesh: Mesh) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from google.protobuf import duration_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -11,7 +12,7 @@ from hypothesis.extra import numpy as hnp
 from nethical_grpc import convert
 from nethical_grpc.errors import InvalidArgument
 from nethical_grpc.summary import Summary
-from nethical_grpc.v1 import summary_pb2
+from nethical_grpc.v1 import region_node_pb2, summary_pb2
 
 # the node accepts magnitudes up to 1e100 (MAX_ABS_VALUE), so moments cannot overflow
 finite = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e100, max_value=1e100)
@@ -140,3 +141,44 @@ def test_a_postgres_schema_must_be_a_whole_plain_identifier(schema: str) -> None
     with pytest.raises(ValueError, match="schema"):
         check_schema(schema)
     assert check_schema("metrics_2") == "metrics_2"
+
+
+@given(ns=st.integers(-(10**18), 10**18))
+def test_durations_round_trip_and_are_valid(ns: int) -> None:
+    d = convert.ns_to_duration(ns)
+    # the Duration rules: |nanos| < 1e9, nanos of the seconds' sign
+    assert -(10**9) < d.nanos < 10**9
+    assert d.seconds * d.nanos >= 0
+    assert convert.checked_duration_ns(d, "f") == ns == convert.duration_to_ns(d)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos", "says"),
+    [
+        (1, -5, "same sign"),
+        (-1, 5, "same sign"),
+        (0, 10**9, "999,999,999"),
+        (0, -(10**9), "999,999,999"),
+        (315_576_000_001, 0, "range"),
+    ],
+)
+def test_invalid_durations_are_refused(seconds: int, nanos: int, says: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        convert.checked_duration_ns(duration_pb2.Duration(seconds=seconds, nanos=nanos), "bucket")
+    [violation] = err.value.violations()
+    assert violation.field == "bucket" and says in violation.description
+
+
+def test_an_aggregation_bucket_that_is_no_valid_duration_is_refused() -> None:
+    req = region_node_pb2.AggregateMetricsRequest(
+        metric="risk_score",
+        aggregation=region_node_pb2.AGGREGATION_AVG,
+        bucket=duration_pb2.Duration(seconds=1, nanos=-1),
+    )
+    req.start_time.FromSeconds(1_700_000_000)
+    req.end_time.FromSeconds(1_700_003_600)
+    with pytest.raises(InvalidArgument) as err:
+        convert.aggregate_query_from_proto(req)
+    assert [v.field for v in err.value.violations()] == ["bucket"]
+    req.bucket.nanos = 0  # one second: accepted
+    assert convert.aggregate_query_from_proto(req).bucket.total_seconds() == 1.0
