@@ -27,7 +27,7 @@ from nethical_grpc.privacy import MergedError, ReleaseInfo, merged_error
 from nethical_grpc.series import GroupSummary, Labels, SummaryQuery
 from nethical_grpc.summary import Summary
 from nethical_grpc.v1 import region_node_pb2
-from nethical_grpc.validation import MAX_NAMES, check_count
+from nethical_grpc.validation import MAX_NAMES, check_count, keyed_path, quoted
 
 log = logging.getLogger(__name__)
 
@@ -147,18 +147,20 @@ class Federation:
         check_count("region_weights", q.region_weights, MAX_NAMES)
         known = set(self.registry.region_ids)
         violations = [
-            FieldViolation(f"regions[{i}]", f"unknown region {r!r}")
+            FieldViolation(f"regions[{i}]", f"unknown region {quoted(r)}")
             for i, r in enumerate(q.regions)
             if r not in known
         ]
         for region, weight in sorted(q.region_weights.items()):
             if region not in known:
                 violations.append(
-                    FieldViolation(f"region_weights[{region!r}]", f"unknown region {region!r}")
+                    FieldViolation(
+                        keyed_path("region_weights", region), f"unknown region {quoted(region)}"
+                    )
                 )
             elif not math.isfinite(weight) or weight < 0:
                 violations.append(
-                    FieldViolation(f"region_weights[{region!r}]", "must be finite and >= 0")
+                    FieldViolation(keyed_path("region_weights", region), "must be finite and >= 0")
                 )
         if violations:
             raise InvalidArgument(

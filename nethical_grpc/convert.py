@@ -257,7 +257,8 @@ def ingest_batch_from_proto(req: region_node_pb2.IngestRequest, now_ns: int) -> 
         violations.append(
             FieldViolation(
                 f"values[{bad_index}]",
-                f"{values[bad_index]!r} is not a finite number of magnitude <= {MAX_ABS_VALUE:g}",
+                f"{float(values[bad_index])!r} is not a finite number of magnitude "
+                f"<= {MAX_ABS_VALUE:g}",
             )
         )
     timestamps: np.ndarray | None = None
@@ -782,7 +783,8 @@ def score_rows_from_proto(req: region_node_pb2.ScoreRequest, width: int) -> np.n
         i = int(np.argmax(beyond))
         raise InvalidArgument.single(
             f"features[{i}]",
-            f"{values[i]!r} is beyond the float32 range the model takes (|x| <= {_FLOAT32_MAX:g})",
+            f"{float(values[i])!r} is beyond the float32 range the model takes "
+            f"(|x| <= {_FLOAT32_MAX:g})",
         )
     return values.reshape(-1, width).astype(np.float32)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Collection, Mapping, Sequence, Sized
 
@@ -26,13 +27,29 @@ def name_violation(field_path: str, name: str) -> FieldViolation | None:
     if not name:
         return FieldViolation(field_path, "must not be empty")
     if not NAME_RE.fullmatch(name):
-        shown = name if len(name) <= 64 else name[:64] + "..."
         return FieldViolation(
             field_path,
-            f"{shown!r} is not a valid name: 1-128 characters, starting with a letter or '_', "
+            f"{quoted(name)} is not a valid name: 1-128 characters, starting with a letter or '_', "
             "then letters, digits, '_', '.', ':' or '-'",
         )
     return None
+
+
+#: The characters of a map key a field path shows (longer keys are cut, marked "…").
+MAX_KEY_SHOWN = 64
+
+
+def quoted(text: str) -> str:
+    """``text`` in double quotes with JSON escapes, cut to :data:`MAX_KEY_SHOWN`
+    characters (marked "…" when cut): how field paths and messages show a name from the
+    request, the same to a reader in any language."""
+    shown = text if len(text) <= MAX_KEY_SHOWN else text[:MAX_KEY_SHOWN] + "…"
+    return json.dumps(shown, ensure_ascii=False)
+
+
+def keyed_path(field_path: str, key: str) -> str:
+    """The field path of a map entry: ``labels["shard"]``."""
+    return f"{field_path}[{quoted(key)}]"
 
 
 def label_violations(field_path: str, labels: Mapping[str, str]) -> list[FieldViolation]:
@@ -41,14 +58,14 @@ def label_violations(field_path: str, labels: Mapping[str, str]) -> list[FieldVi
         out.append(FieldViolation(field_path, f"at most {MAX_LABELS} labels, got {len(labels)}"))
         return out
     for key in sorted(labels):
-        bad = name_violation(f"{field_path}[{key[:64]!r}]", key)
+        bad = name_violation(keyed_path(field_path, key), key)
         if bad is not None:
             out.append(bad)
         value = labels[key]
         if len(value) > MAX_LABEL_VALUE_LEN:
             out.append(
                 FieldViolation(
-                    f"{field_path}[{key[:64]!r}]",
+                    keyed_path(field_path, key),
                     f"label value longer than {MAX_LABEL_VALUE_LEN} characters",
                 )
             )

@@ -92,7 +92,7 @@ async def test_weighted_mean_and_region_filter(mesh: Mesh) -> None:
     [
         ({"metrics": ["1"] * 200}, "metrics[0]"),  # 200 violations: some left out
         ({"regions": ["x" * 20_000]}, "regions[0]"),
-        ({"region_weights": {"w" * 20_000: 1.0}}, "region_weights['www"),
+        ({"region_weights": {"w" * 20_000: 1.0}}, 'region_weights["www'),
     ],
 )
 async def test_large_bad_input_keeps_its_details(mesh: Mesh, kwargs: dict, field: str) -> None:
@@ -118,8 +118,8 @@ async def test_large_bad_input_keeps_its_details(mesh: Mesh, kwargs: dict, field
         ({"regions": ["us-east-1", "mars-1"]}, "regions[1]"),
         ({"quantiles": [0.5, 1.5]}, "quantiles[1]"),
         ({"quantiles": [float("nan")]}, "quantiles[0]"),
-        ({"region_weights": {"us-east-1": -1.0}}, "region_weights['us-east-1']"),
-        ({"region_weights": {"nowhere": 1.0}}, "region_weights['nowhere']"),
+        ({"region_weights": {"us-east-1": -1.0}}, 'region_weights["us-east-1"]'),
+        ({"region_weights": {"nowhere": 1.0}}, 'region_weights["nowhere"]'),
         ({"start_ns": 2_000_000_000, "end_ns": 1_000_000_000}, "end_time"),
         ({"region_timeout_s": 0.0}, "region_timeout"),
         ({"metrics": ["bad metric"]}, "metrics[0]"),
