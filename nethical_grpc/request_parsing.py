@@ -29,6 +29,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from nethical_grpc import interceptor_types
+from nethical_grpc.call_limit import CallGate
 from nethical_grpc.errors import InvalidArgument, to_status
 
 Handler = interceptor_types.Handler
@@ -76,10 +77,12 @@ async def _respond(result: Any) -> AsyncIterator[Any]:
 class RequestParsingInterceptor(interceptor_types.ServerInterceptor):
     """See the module docstring."""
 
-    def __init__(self) -> None:
+    def __init__(self, gate: CallGate | None = None) -> None:
         # the wrapping handler of each servicer handler, built once (a servicer's handler
         # for a method is the same object on every call)
         self._wrapped: dict[int, tuple[Handler, Handler]] = {}
+        # the server's bound on concurrent calls, kept in the same wrapper
+        self.gate = gate
 
     async def intercept_service(  # type: ignore[override]
         self,
@@ -92,7 +95,10 @@ class RequestParsingInterceptor(interceptor_types.ServerInterceptor):
         known = self._wrapped.get(id(handler))
         if known is not None and known[0] is handler:
             return known[1]
-        wrapped = _wrap(handler)
+        gate = self.gate
+        wrapped = _wrap(
+            handler, gate if gate is not None and gate.covers(handler_call_details.method) else None
+        )
         if len(self._wrapped) >= _MAX_WRAPPED:  # handlers made per call: keep no history
             self._wrapped.clear()
         self._wrapped[id(handler)] = (handler, wrapped)
@@ -112,8 +118,31 @@ def _encoded_or(
     return out
 
 
-def _wrap(handler: Handler) -> Handler:
-    """``handler`` taking raw bytes and parsing them itself (see the module docstring)."""
+def _wrap(handler: Handler, gate: CallGate | None = None) -> Handler:
+    """``handler`` taking raw bytes and parsing them itself (see the module docstring),
+    its calls counted by ``gate`` when given."""
+    parsing = _parsing(handler)
+    if gate is None or parsing is handler:
+        return parsing
+    if parsing.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            gate.coroutine(parsing.unary_unary), None, parsing.response_serializer
+        )
+    if parsing.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            gate.generator(parsing.unary_stream), None, parsing.response_serializer
+        )
+    if parsing.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(
+            gate.coroutine(parsing.stream_unary), None, parsing.response_serializer
+        )
+    assert parsing.stream_stream is not None
+    return grpc.stream_stream_rpc_method_handler(
+        gate.generator(parsing.stream_stream), None, parsing.response_serializer
+    )
+
+
+def _parsing(handler: Handler) -> Handler:
     parse = handler.request_deserializer
     assert parse is not None
     out = _encoded_or(handler.response_serializer)

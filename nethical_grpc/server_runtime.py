@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nethical_grpc import reflection
+from nethical_grpc.call_limit import CallGate, grpc_limit
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES, server_options
 from nethical_grpc.health import NOT_SERVING, SERVING, HealthService
 from nethical_grpc.request_parsing import RequestParsingInterceptor
@@ -96,10 +97,13 @@ async def start_server(
     security = security or ServerSecurity()
     chain = list(interceptors) if interceptors is not None else server_interceptors()
     chain.extend(security.interceptors())
-    chain.append(RequestParsingInterceptor())  # innermost: undecodable requests are INVALID
+    # innermost: undecodable requests are INVALID_ARGUMENT, and calls over the limit are
+    # refused, health and reflection excepted (gRPC's own limit is a backstop above it)
+    gate = CallGate(max_concurrent_rpcs) if max_concurrent_rpcs is not None else None
+    chain.append(RequestParsingInterceptor(gate))
     server = grpc.aio.server(
         options=server_options(max_message_bytes),
-        maximum_concurrent_rpcs=max_concurrent_rpcs,
+        maximum_concurrent_rpcs=grpc_limit(max_concurrent_rpcs),
         interceptors=chain,
     )
     for register in registrars:

@@ -54,6 +54,17 @@ def parse_port(text: str) -> int:
     return port
 
 
+def parse_positive_int(text: str) -> int:
+    """A whole number of at least 1 (a size or a count limit)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 

@@ -17,6 +17,7 @@ from nethical_grpc.cli.args import (
     parse_log_level,
     parse_pair,
     parse_port,
+    parse_positive_int,
     parse_weight,
 )
 from nethical_grpc.security.flags import add_client_arguments, add_server_arguments
@@ -37,12 +38,18 @@ def _server_args(p: argparse.ArgumentParser, default_port: int) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=parse_port, default=default_port, help="port; 0 picks a free one")
     p.add_argument("--port-file", type=Path, help="write the bound port here once serving")
-    p.add_argument("--max-message-bytes", type=int, default=8 * 1024 * 1024)
+    p.add_argument(
+        "--max-message-bytes",
+        type=parse_positive_int,
+        default=8 * 1024 * 1024,
+        help="largest message received or sent; a larger answer is refused (8388608)",
+    )
     p.add_argument(
         "--max-concurrent-rpcs",
-        type=int,
+        type=parse_positive_int,
         default=1000,
-        help="calls in progress at once; more get RESOURCE_EXHAUSTED (1000)",
+        help="calls in progress at once; more get RESOURCE_EXHAUSTED; health checks and "
+        "reflection are not counted (1000)",
     )
     p.add_argument("--no-reflection", action="store_true", help="turn server reflection off")
     p.add_argument(

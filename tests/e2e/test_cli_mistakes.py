@@ -63,6 +63,13 @@ def test_a_port_out_of_range(port: str) -> None:
     assert_clear_failure(out, "--port")
 
 
+@pytest.mark.parametrize("flag", ["--max-concurrent-rpcs", "--max-message-bytes"])
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
+def test_a_limit_that_is_no_positive_number(flag: str, value: str) -> None:
+    out = run("region", "--region-id", "r1", "--port", "0", f"{flag}={value}")
+    assert_clear_failure(out, flag)
+
+
 @pytest.mark.parametrize(
     ("flag", "value", "words"),
     [

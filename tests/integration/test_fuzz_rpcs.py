@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -1186,47 +1186,73 @@ def test_requests_over_the_message_size_limit_are_refused_and_change_nothing(
     assert out.code is grpc.StatusCode.INVALID_ARGUMENT  # past the 64 KiB action limit
 
 
-async def _hold_watches(address: str, limit: int) -> tuple[int, grpc.StatusCode, int]:
-    """Open ``limit`` Health/Watch streams (each holds one RPC slot) on one channel; then
-    poll a unary call until the server refuses it; release them and call again.
+async def _hold_streams(
+    address: str, limit: int, stream_method: str, unary_method: str
+) -> tuple[grpc.StatusCode, str | None, int, grpc.StatusCode]:
+    """Open ``limit`` calls of ``stream_method`` (a stream the server holds open while
+    the client sends nothing) on one channel; poll ``unary_method`` (an empty request)
+    until the server refuses it; check health then; release the streams and call again.
 
-    Returns (watches that got their first answer, the refused call's code, the code
-    number of a call after the release)."""
+    Returns (the refused call's code, its ErrorInfo reason, the health status number at
+    the limit, the code of the call after the release)."""
     async with client.insecure_channel(address) as ch:
         health = health_pb2_grpc.HealthStub(ch)
-        watches = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(limit)]
-        first = await asyncio.gather(
-            *(w.read() for w in watches), return_exceptions=True
-        )  # a refused Watch raises here
-        held = sum(1 for f in first if isinstance(f, health_pb2.HealthCheckResponse))
-        refused = grpc.StatusCode.OK
-        for _ in range(200):
+        release = asyncio.Event()
+
+        async def nothing() -> AsyncIterator[bytes]:
+            await release.wait()
+            return
+            yield b""  # an async generator that sends nothing
+
+        opener = ch.stream_stream(stream_method, request_serializer=None)
+        unary = ch.unary_unary(unary_method, request_serializer=None)
+        streams = [opener(nothing()) for _ in range(limit)]
+        refused, reason = grpc.StatusCode.OK, None
+        for _ in range(500):
             try:
-                await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                await unary(b"", timeout=5)
             except grpc.aio.AioRpcError as err:
-                refused = err.code()
+                found = details_from_error(err)
+                refused, reason = found.code, found.reason
                 break
             await asyncio.sleep(0.02)
-        for w in watches:
-            w.cancel()
-        after = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
-        return held, refused, int(after.status)
+        at_limit = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        release.set()
+        for call in streams:
+            call.cancel()
+        after = grpc.StatusCode.OK
+        try:
+            await unary(b"", timeout=5)
+        except grpc.aio.AioRpcError as err:
+            after = err.code()
+        return refused, reason, int(at_limit.status), after
 
 
 @pytest.mark.parametrize("which", ["node", "coordinator"])
 def test_more_concurrent_rpcs_than_the_limit_get_resource_exhausted(
     servers: Servers, which: str
 ) -> None:
-    """Both servers run with ``maximum_concurrent_rpcs`` 1000 (server_runtime's default;
-    RegionServerConfig, CoordinatorConfig and the CLI do not expose it): the 1001st
-    concurrent RPC is refused at once with RESOURCE_EXHAUSTED instead of queueing, and
-    the server serves again as soon as the slots free up."""
+    """Both servers run with a limit of 1000 concurrent calls (server_runtime's default):
+    the 1001st call of a mesh service is refused at once with RESOURCE_EXHAUSTED
+    (``TOO_MANY_CALLS``) instead of queueing, a health Check still answers SERVING at the
+    limit (probes must not fail on a busy server), and the server serves again as soon
+    as the slots free up."""
     address = servers.node_address if which == "node" else servers.coordinator_address
-    held, refused, after = servers.loop.run(_hold_watches(address, 1000))
+    service = "RegionNodeService" if which == "node" else "CoordinatorService"
+    stream = "StreamSummaries" if which == "node" else "EvaluateStream"
+    unary = "GetNodeInfo" if which == "node" else "ListRegions"
+    refused, reason, at_limit, after = servers.loop.run(
+        _hold_streams(
+            address,
+            1000,
+            f"/nethical_grpc.v1.{service}/{stream}",
+            f"/nethical_grpc.v1.{service}/{unary}",
+        )
+    )
     assert refused is grpc.StatusCode.RESOURCE_EXHAUSTED
-    # other streams (the coordinator's own health watch on the node) hold slots too
-    assert 990 <= held <= 1000
-    assert after == health_pb2.HealthCheckResponse.SERVING
+    assert reason == "TOO_MANY_CALLS"
+    assert at_limit == health_pb2.HealthCheckResponse.SERVING
+    assert after is grpc.StatusCode.OK
     assert_serving(servers)
 
 
