@@ -31,4 +31,7 @@ def channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 2_000),
         ("grpc.enable_retries", 0),
+        # a name whose address changed (a replaced pod) is resolved again within a second
+        # of its connection failing, not gRPC's default 30 s
+        ("grpc.dns_min_time_between_resolutions_ms", 1000),
     ]

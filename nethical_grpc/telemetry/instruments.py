@@ -135,7 +135,9 @@ class MeterRecorder(Recorder):
                 "region, instance and status must be non-empty, got "
                 f"{region!r}, {instance!r}, {status!r}"
             )
-        self._transitions.add(1, {"region": region, "instance": instance, "status": status})
+        # "node_instance", not "instance": Prometheus sets "instance" to the scraped
+        # target (the coordinator) and renames a metric's own to "exported_instance"
+        self._transitions.add(1, {"region": region, "node_instance": instance, "status": status})
 
     def record_coverage(self, queried: int, answered: int, level: CoverageLevel = "region") -> None:
         """Raises ``ValueError`` unless ``0 <= answered <= queried`` and ``level`` is known.

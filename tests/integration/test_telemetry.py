@@ -623,7 +623,7 @@ async def test_prometheus_endpoint_serves_rpc_and_mesh_metrics(prom: Rig) -> Non
             found,
             "nethical_health_transitions_total",
             region="eu-west-1",
-            instance="10.0.0.7:50051",
+            node_instance="10.0.0.7:50051",
             status="not_serving",
         )
         == 1
@@ -871,7 +871,19 @@ async def test_dashboard_queries_only_exported_metrics(prom: Rig) -> None:
     assert len(exprs) >= 6
     await exercise(prom)
     assert prom.tel.metrics_port is not None
-    exported = {name for name, _ in samples(await asyncio.to_thread(scrape, prom.tel.metrics_port))}
+    scraped = samples(await asyncio.to_thread(scrape, prom.tel.metrics_port))
+    exported = {name for name, _ in scraped}
+    # Prometheus owns "instance" and "job" (the scraped target): a metric's own would be
+    # renamed exported_*, and a panel grouping by it would show the coordinator instead
+    for name, labels in scraped:
+        assert not {"instance", "job"} & {k for k, _ in labels}, name
+    # every label a panel groups by is on the metrics it groups
+    for expr in exprs:
+        names = promql_metric_names(expr)
+        present = {k for n, ls in scraped if n in names for k, _ in ls}
+        for group in re.findall(r"\bby\s*\(([^)]*)\)", expr):
+            for label in (x.strip() for x in group.split(",")):
+                assert label in present, f"{label!r} is on none of {sorted(names)}"
     used: set[str] = set()
     for expr in exprs:
         names = promql_metric_names(expr)

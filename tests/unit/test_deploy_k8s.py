@@ -23,6 +23,7 @@ import yaml
 
 from coordinator.instances import parse_region_spec
 from coordinator.server import SERVICE_NAME as COORDINATOR_SERVICE
+from nethical_grpc.grpc_options import channel_options
 from nethical_grpc.cli.main import build_parser
 from region_node.server import SERVICE_NAME as REGION_SERVICE
 
@@ -472,3 +473,63 @@ def test_quantities() -> None:
     assert _quantity("500m") == 0.5
     assert _quantity("1Gi") == 2**30
     assert _quantity(2) == 2.0
+
+
+# bench/memory.py: 10,000 series x 6 windows (values spanning four decades) took 402 MB
+# against 222 MB idle, about 3 KB a window; an idle node, under 256 MiB
+WINDOW_BYTES = 3 * 1024
+IDLE_BYTES = 256 * 2**20
+
+
+def test_region_memory_limit_holds_every_window_the_node_may_keep(rendered: list[Obj]) -> None:
+    """A node keeps one window per --window per live series for --retention: with the
+    defaults (24h, 100,000 series) no pod limit would do, and the kubelet would kill the
+    pod after hours of steady traffic."""
+    for sts in _of(rendered, "StatefulSet"):
+        args = _parsed_args(rendered, sts)
+        windows = args.retention // args.window
+        need = IDLE_BYTES + args.max_series * windows * WINDOW_BYTES
+        limit = _quantity(_container(sts)["resources"]["limits"]["memory"])
+        assert need <= limit, (sts["metadata"]["name"], need / 2**30, limit / 2**30)
+
+
+def test_a_rollout_waits_for_the_coordinator_to_reach_a_replaced_pod(
+    rendered: list[Obj],
+) -> None:
+    """The coordinator re-resolves a failing node name within about a second (channel
+    option); a replaced pod stays ready a while before the next pod of its region drains."""
+    assert ("grpc.dns_min_time_between_resolutions_ms", 1000) in channel_options()
+    for sts in _of(rendered, "StatefulSet"):
+        assert sts["spec"]["minReadySeconds"] >= 5
+
+
+def _secret_file(workload: Obj, path: str) -> tuple[str, str]:
+    """(Secret name, key) of the file at ``path`` in the workload's container."""
+    pod = workload["spec"]["template"]["spec"]
+    mounts = [m for m in _container(workload)["volumeMounts"] if path.startswith(m["mountPath"])]
+    assert len(mounts) == 1, f"{path} is not on one mounted volume"
+    (mount,) = mounts
+    assert mount.get("readOnly") is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    secret = volume["secret"]
+    (item,) = [i for i in secret["items"] if path == f"{mount['mountPath']}/{i['path']}"]
+    # the process (uid 10001, group fsGroup) reads it: owner or group read permission
+    mode = secret.get("defaultMode", 0o644)
+    assert mode & 0o440, oct(mode)
+    return secret["secretName"], item["key"]
+
+
+def test_every_server_checks_bearer_tokens_from_a_secret(rendered: list[Obj]) -> None:
+    for workload in _workloads(rendered):
+        env = _env(rendered, workload)
+        name, key = _secret_file(workload, env["NETHICAL_AUTH_TOKENS_FILE"])
+        assert (name, key) == ("nethical-tokens", "tokens")
+    coordinator = _one(rendered, "Deployment", "coordinator")
+    env = _env(rendered, coordinator)
+    name, key = _secret_file(coordinator, env["NETHICAL_REGION_TOKEN_FILE"])
+    assert (name, key) == ("nethical-region-token", "token")
+    # and what reads them: the servers' flags and the coordinator's upstream settings
+    with patch.dict(os.environ, env):
+        args = _parsed_args(rendered, coordinator)
+    assert str(args.auth_tokens_file) == env["NETHICAL_AUTH_TOKENS_FILE"]
+    assert str(args.region_token_file) == env["NETHICAL_REGION_TOKEN_FILE"]
