@@ -23,8 +23,8 @@ import yaml
 
 from coordinator.instances import parse_region_spec
 from coordinator.server import SERVICE_NAME as COORDINATOR_SERVICE
-from nethical_grpc.grpc_options import channel_options
 from nethical_grpc.cli.main import build_parser
+from nethical_grpc.grpc_options import channel_options
 from region_node.server import SERVICE_NAME as REGION_SERVICE
 
 ROOT = Path(__file__).resolve().parents[2]
