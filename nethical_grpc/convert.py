@@ -24,6 +24,7 @@ from nethical_grpc.governance.decision import MAX_ACTION_TEXT_BYTES, Decision
 from nethical_grpc.governance.detectors import Action, ViolationType
 from nethical_grpc.governance.profiles import Profile
 from nethical_grpc.governance.requests import EvaluationRequest, Outcome
+from nethical_grpc.model_info import ModelSummary
 from nethical_grpc.privacy import NoiseError, ReleaseInfo
 from nethical_grpc.series import GroupSummary, IngestBatch, SeriesKey, SummaryQuery, freeze_labels
 from nethical_grpc.storage.audit import AuditFilter, SearchPage, SearchQuery
@@ -1019,6 +1020,15 @@ def store_status_to_proto(choice: BackendChoice) -> region_node_pb2.StoreStatus:
         requested=choice.requested,
         reason=choice.reason,
         problem=choice.problem,
+    )
+
+
+def model_summary_to_proto(summary: ModelSummary) -> region_node_pb2.ModelInfo:
+    return region_node_pb2.ModelInfo(
+        name=summary.name,
+        feature_width=summary.feature_width,
+        feature_version=summary.feature_version,
+        engine=summary.engine,
     )
 
 

@@ -1,38 +1,132 @@
-"""Server reflection that also resolves method names (``grpcurl describe Service.Method``).
+"""Server reflection, as grpcurl and other tools use it, in both protocol versions and
+with the contract's comments.
 
-With the upb protobuf backend, ``DescriptorPool.FindFileContainingSymbol`` does not find
-a method's full name (grpc/grpc#34743), so ``describe pkg.Service.Method`` fails with
-"Symbol not found" against a stock Python server. When a symbol is not found, this
-servicer answers with the file of its parent (the service that holds the method, the
-message that holds a field), which is what the reflection protocol asks for.
+* **Both versions.** grpcio-reflection serves ``grpc.reflection.v1alpha`` only; clients
+  that speak only ``grpc.reflection.v1`` (the stable name) got UNIMPLEMENTED. The two
+  protocols are the same messages under another package, so the same servicer answers
+  ``grpc.reflection.v1.ServerReflection`` too, and its descriptor is added to the pool
+  (made from the v1alpha one, renamed) so that it describes itself like any service.
+* **Comments.** Descriptors built from the generated stubs carry no source info, so
+  ``grpcurl describe`` showed no documentation. The mesh's own files are served from
+  ``nethical_grpc/v1/descriptors.binpb`` (written by ``scripts/gen_protos.py`` with
+  ``--include_source_info``, checked for drift like the stubs), comments included.
+* **Method names.** With the upb protobuf backend, ``FindFileContainingSymbol`` does not
+  find a method's full name (grpc/grpc#34743), so ``describe pkg.Service.Method`` failed
+  with "Symbol not found". When a symbol is not found, the file of its parent (the
+  service that holds the method, the message that holds a field) is the answer, which is
+  what the protocol asks for.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from importlib import resources
+from typing import Any, Final
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-SERVICE_NAME = reflection.SERVICE_NAME
+#: The v1alpha service (what grpcio-reflection names SERVICE_NAME).
+SERVICE_NAME: Final = reflection.SERVICE_NAME
+V1_SERVICE_NAME: Final = "grpc.reflection.v1.ServerReflection"
+_V1_FILE: Final = "grpc/reflection/v1/reflection.proto"
+_METHOD: Final = "ServerReflectionInfo"
+
+
+def _documented_files() -> dict[str, bytes]:
+    """The mesh's FileDescriptorProtos with source info, encoded, by file name."""
+    data = resources.files("nethical_grpc.v1").joinpath("descriptors.binpb").read_bytes()
+    found = descriptor_pb2.FileDescriptorSet.FromString(data)
+    return {f.name: f.SerializeToString() for f in found.file}
+
+
+def _add_v1_descriptor(pool: descriptor_pool.DescriptorPool) -> None:
+    """Put ``grpc/reflection/v1/reflection.proto`` in ``pool``: the v1alpha file under
+    the v1 package (the protocols differ only in that)."""
+    try:
+        pool.FindFileByName(_V1_FILE)
+        return
+    except KeyError:
+        pass
+    alpha = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(alpha)
+    v1 = descriptor_pb2.FileDescriptorProto()
+    v1.CopyFrom(alpha)
+    v1.name = _V1_FILE
+    v1.package = "grpc.reflection.v1"
+    v1.ClearField("options")
+    for message in v1.message_type:
+        for field in message.field:
+            if field.type_name.startswith(".grpc.reflection.v1alpha."):
+                field.type_name = field.type_name.replace(".v1alpha.", ".v1.", 1)
+    for service in v1.service:
+        for method in service.method:
+            method.input_type = method.input_type.replace(".v1alpha.", ".v1.", 1)
+            method.output_type = method.output_type.replace(".v1alpha.", ".v1.", 1)
+    pool.AddSerializedFile(v1.SerializeToString())
 
 
 class _ReflectionServicer(reflection.aio.ReflectionServicer):  # type: ignore[misc,name-defined]
+    def __init__(self, service_names: list[str], documented: dict[str, bytes]) -> None:
+        super().__init__(service_names)
+        self._documented = documented
+
+    def _file_by_filename(self, request: Any, filename: str) -> Any:
+        try:
+            descriptor = self._pool.FindFileByName(filename)
+        except KeyError:
+            return super()._file_by_filename(request, filename)  # its not-found answer
+        return self._files_response(descriptor, request)
+
     def _file_containing_symbol(self, request: Any, fully_qualified_name: str) -> Any:
-        response = super()._file_containing_symbol(request, fully_qualified_name)
-        if response.HasField("error_response") and "." in fully_qualified_name:
-            parent = fully_qualified_name.rsplit(".", 1)[0]
-            found = super()._file_containing_symbol(request, parent)
-            if not found.HasField("error_response"):
-                return found
-        return response
+        for name in (fully_qualified_name, fully_qualified_name.rsplit(".", 1)[0]):
+            try:
+                descriptor = self._pool.FindFileContainingSymbol(name)
+            except KeyError:
+                continue
+            return self._files_response(descriptor, request)
+        return super()._file_containing_symbol(request, fully_qualified_name)
+
+    def _files_response(self, descriptor: Any, request: Any) -> Any:
+        """The file and every file it imports, the mesh's own with their comments."""
+        files: dict[str, Any] = {}
+        todo = [descriptor]
+        while todo:
+            d = todo.pop()
+            if d.name not in files:
+                files[d.name] = d
+                todo.extend(d.dependencies)
+        encoded = []
+        for name, d in files.items():
+            known = self._documented.get(name)
+            if known is None:
+                proto = descriptor_pb2.FileDescriptorProto()
+                d.CopyToProto(proto)
+                known = proto.SerializeToString()
+            encoded.append(known)
+        return reflection_pb2.ServerReflectionResponse(
+            file_descriptor_response=reflection_pb2.FileDescriptorResponse(
+                file_descriptor_proto=encoded
+            ),
+            original_request=request,
+        )
 
 
 def enable_server_reflection(service_names: list[str], server: grpc.aio.Server) -> None:
-    """Add the reflection service (listing ``service_names``) to a ``grpc.aio`` server."""
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-        _ReflectionServicer(service_names), server
+    """Add server reflection (v1alpha and v1, listing ``service_names`` and both
+    reflection services) to a ``grpc.aio`` server."""
+    _add_v1_descriptor(descriptor_pool.Default())
+    names = sorted({*service_names, SERVICE_NAME, V1_SERVICE_NAME})
+    servicer = _ReflectionServicer(names, _documented_files())
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    v1 = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(V1_SERVICE_NAME, {_METHOD: v1}),)
     )
 
 
-__all__ = ["SERVICE_NAME", "enable_server_reflection", "reflection_pb2"]
+__all__ = ["SERVICE_NAME", "V1_SERVICE_NAME", "enable_server_reflection", "reflection_pb2"]

@@ -47,6 +47,7 @@ from nethical_grpc.governance.decision import (
 from nethical_grpc.governance.detectors import Action
 from nethical_grpc.governance.profiles import Profile, ProfileBook
 from nethical_grpc.governance.requests import EvaluationRequest, Outcome
+from nethical_grpc.model_info import ModelSummary
 from nethical_grpc.series import IngestBatch, SeriesKey
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,10 @@ class RiskModel(Protocol):
     def feature_width(self) -> int: ...
 
     def describe(self) -> str: ...
+
+    def summary(self) -> ModelSummary:
+        """Which model, the rows it takes and its engine (for GetNodeInfo)."""
+        ...
 
     def features(self, actions: Sequence[Action]) -> npt.NDArray[np.float32]:
         """One row of ``feature_width`` float32 features per action."""

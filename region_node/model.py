@@ -19,9 +19,13 @@ import numpy.typing as npt
 from nethical_grpc.governance.detectors import Action
 from nethical_grpc.inference.engine import InferenceEngine
 from nethical_grpc.inference.errors import ModelLoadError
-from nethical_grpc.inference.features import action_features
+from nethical_grpc.inference.features import FEATURE_VERSION, action_features
 from nethical_grpc.inference.microbatch import MicroBatcher
 from nethical_grpc.inference.threads import limit_threads
+from nethical_grpc.model_info import ModelSummary
+
+#: How GetNodeInfo names the bundled model.
+DEFAULT_MODEL_NAME = "default-mlp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +102,17 @@ class NodeModel:
 
     def describe(self) -> str:
         return self.engine.describe()
+
+    def summary(self) -> ModelSummary:
+        """What GetNodeInfo says of the model: which one, the rows it takes, its engine."""
+        info = self.engine.info()
+        return ModelSummary(
+            name=DEFAULT_MODEL_NAME if info["default_model"] else self.engine.model_path.name,
+            feature_width=self.feature_width,
+            # the node feeds every model the features it computes itself
+            feature_version=FEATURE_VERSION,
+            engine=self.describe(),
+        )
 
     def features(self, actions: Sequence[Action]) -> npt.NDArray[np.float32]:
         return action_features([a.action_text for a in actions], [a.stated_intent for a in actions])

@@ -261,6 +261,9 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
             stores=[convert.store_status_to_proto(c) for c in self._stores().choices()]
             if self.stores is not None
             else [],
+            model=convert.model_summary_to_proto(self.evaluator.model.summary())
+            if self.evaluator is not None
+            else None,
         )
 
     def _components(self) -> dict[str, str]:

@@ -82,9 +82,18 @@ class WindowStore:
             lo, hi = int(batch.timestamps_ns.min()), int(batch.timestamps_ns.max())
             path = "timestamps_unix_nano"
         if lo < oldest:
-            raise InvalidArgument.single(path, "observation is older than the node's retention")
+            raise InvalidArgument.single(
+                path,
+                f"observation is older than the node's retention of "
+                f"{cfg.retention_ns / NANOS:g} s (the oldest accepted: Unix "
+                f"{oldest / NANOS:.3f})",
+            )
         if hi > newest:
-            raise InvalidArgument.single(path, "observation is too far in the future")
+            raise InvalidArgument.single(
+                path,
+                f"observation is more than {cfg.max_future_ns / NANOS:g} s ahead of the "
+                "node's clock",
+            )
 
     def check_capacity(self, keys: Iterable[SeriesKey]) -> None:
         """Raise RESOURCE_EXHAUSTED if these series would pass a cap; changes nothing."""

@@ -2,8 +2,10 @@
 
 Usage: python scripts/gen_protos.py [--out DIR]
 
-Writes nethical_grpc/v1/*_pb2.py, *_pb2_grpc.py and *_pb2.pyi. The drift test runs
-this into a temporary directory and compares with the committed files.
+Writes nethical_grpc/v1/*_pb2.py, *_pb2_grpc.py and *_pb2.pyi, and
+nethical_grpc/v1/descriptors.binpb: the files' descriptors with their comments (source
+info), which server reflection serves so that grpcurl's ``describe`` shows them. The
+drift test runs this into a temporary directory and compares with the committed files.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
+DESCRIPTORS = Path("nethical_grpc") / "v1" / "descriptors.binpb"
 
 
 def proto_files() -> list[Path]:
@@ -24,7 +27,7 @@ def proto_files() -> list[Path]:
 def generate(out_dir: Path) -> None:
     from grpc_tools import protoc
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / DESCRIPTORS).parent.mkdir(parents=True, exist_ok=True)
     well_known = str(resources.files("grpc_tools") / "_proto")
     args = [
         "grpc_tools.protoc",
@@ -33,6 +36,8 @@ def generate(out_dir: Path) -> None:
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
         f"--grpc_python_out={out_dir}",
+        f"--descriptor_set_out={out_dir / DESCRIPTORS}",
+        "--include_source_info",
         *(str(p.relative_to(PROTO_ROOT)) for p in proto_files()),
     ]
     if protoc.main(args) != 0:

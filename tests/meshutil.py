@@ -17,6 +17,7 @@ from nethical_grpc import client
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
 from nethical_grpc.privacy import PrivacyConfig
 from nethical_grpc.server_runtime import MeshServer
+from region_node.model import ModelConfig
 from region_node.node import RegionNode
 from region_node.server import RegionServerConfig, start_region_server
 from region_node.stores import StoreConfig
@@ -79,6 +80,7 @@ async def add_region(
     first_instance: int = 0,
     privacy: PrivacyConfig | None = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    evaluate: bool = True,
 ) -> list[tuple[MeshServer, RegionNode]]:
     started = []
     for i in range(first_instance, first_instance + instances):
@@ -92,6 +94,7 @@ async def add_region(
                     stores=stores or StoreConfig(),
                     privacy=privacy,
                     max_message_bytes=max_message_bytes,
+                    model=ModelConfig() if evaluate else None,
                 )
             )
         )

@@ -24,7 +24,7 @@ def test_generated_stubs_match_protos(tmp_path: Path) -> None:
     committed = ROOT / "nethical_grpc" / "v1"
     names = sorted(p.name for p in fresh.iterdir() if p.is_file())
     assert names == sorted(
-        p.name for p in committed.iterdir() if p.is_file() and p.suffix in (".py", ".pyi")
+        p.name for p in committed.iterdir() if p.is_file() and p.suffix in (".py", ".pyi", ".binpb")
     )
     _, mismatch, errors = filecmp.cmpfiles(fresh, committed, names, shallow=False)
     assert mismatch == [] and errors == [], f"regenerate with scripts/gen_protos.py: {mismatch}"

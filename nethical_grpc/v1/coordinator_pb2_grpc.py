@@ -64,7 +64,11 @@ class CoordinatorServiceServicer:
     """
 
     def GetGlobalMetrics(self, request, context):
-        """Global metrics over a time range, with coverage.
+        """Global metrics over a time range, with coverage. An answer larger than the
+        coordinator's message limit (--max-message-bytes, 8 MiB by default) is refused
+        with RESOURCE_EXHAUSTED (ErrorInfo reason ANSWER_TOO_LARGE); a region whose own
+        answer is too large is reported missing. Clients in most languages accept 4 MiB by
+        default: raise their limit for wide queries or include_summary.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -140,7 +140,7 @@ class GetNodeInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetNodeInfoResponse(_message.Message):
-    __slots__ = ("region_id", "instance_id", "scope", "window", "retention", "series_count", "window_count", "histogram_scale", "version", "components", "stores")
+    __slots__ = ("region_id", "instance_id", "scope", "window", "retention", "series_count", "window_count", "histogram_scale", "version", "components", "stores", "model")
     class ComponentsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +159,7 @@ class GetNodeInfoResponse(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     COMPONENTS_FIELD_NUMBER: _ClassVar[int]
     STORES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     region_id: str
     instance_id: str
     scope: DataScope
@@ -170,7 +171,20 @@ class GetNodeInfoResponse(_message.Message):
     version: str
     components: _containers.ScalarMap[str, str]
     stores: _containers.RepeatedCompositeFieldContainer[StoreStatus]
-    def __init__(self, region_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., scope: _Optional[_Union[DataScope, str]] = ..., window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retention: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., series_count: _Optional[int] = ..., window_count: _Optional[int] = ..., histogram_scale: _Optional[int] = ..., version: _Optional[str] = ..., components: _Optional[_Mapping[str, str]] = ..., stores: _Optional[_Iterable[_Union[StoreStatus, _Mapping]]] = ...) -> None: ...
+    model: ModelInfo
+    def __init__(self, region_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., scope: _Optional[_Union[DataScope, str]] = ..., window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retention: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., series_count: _Optional[int] = ..., window_count: _Optional[int] = ..., histogram_scale: _Optional[int] = ..., version: _Optional[str] = ..., components: _Optional[_Mapping[str, str]] = ..., stores: _Optional[_Iterable[_Union[StoreStatus, _Mapping]]] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ...) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "feature_width", "feature_version", "engine")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    feature_width: int
+    feature_version: str
+    engine: str
+    def __init__(self, name: _Optional[str] = ..., feature_width: _Optional[int] = ..., feature_version: _Optional[str] = ..., engine: _Optional[str] = ...) -> None: ...
 
 class StoreStatus(_message.Message):
     __slots__ = ("store", "backend", "requested", "reason", "problem")

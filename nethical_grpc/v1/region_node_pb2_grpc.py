@@ -113,7 +113,10 @@ class RegionNodeServiceServicer:
 
     def GetSummaries(self, request, context):
         """Summaries of the series in a time range, merged across windows and grouped by
-        metric and the requested labels.
+        metric and the requested labels. An answer larger than the node's message limit
+        (--max-message-bytes, 8 MiB by default) is refused with RESOURCE_EXHAUSTED
+        (ErrorInfo reason ANSWER_TOO_LARGE): narrow the metrics, filter or group_by.
+        Clients in most languages accept 4 MiB by default; raise their limit to match.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -122,7 +125,8 @@ class RegionNodeServiceServicer:
     def StreamSummaries(self, request_iterator, context):
         """The same queries over one long-lived stream: the coordinator's fan-out path, one
         message each way per query instead of a call. Each answer echoes its query's id;
-        a query the node rejects gets a SummaryQueryError and the stream goes on.
+        a query the node rejects (or whose answer is over the message limit) gets a
+        SummaryQueryError and the stream goes on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

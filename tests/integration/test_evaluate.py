@@ -12,7 +12,7 @@ from meshutil import Mesh, add_region
 
 from nethical_grpc.errors import details_from_error
 from nethical_grpc.governance.detectors import Action
-from nethical_grpc.inference.features import FEATURE_WIDTH, action_features
+from nethical_grpc.inference.features import FEATURE_VERSION, FEATURE_WIDTH, action_features
 from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
 
 BENIGN = "SELECT title FROM books WHERE id = 42"
@@ -187,6 +187,29 @@ async def test_score_matches_the_models_probability_in_evaluate(mesh: Mesh) -> N
     for text, p in zip(texts, resp.probabilities, strict=True):
         ev = await evaluate(s, action(text))
         assert ev.model_probability == pytest.approx(p, abs=1e-6)
+
+
+async def test_node_info_says_which_model_scores_and_the_rows_it_takes(mesh: Mesh) -> None:
+    await add_region(mesh, "r1")
+    s = stub(mesh)
+    info = (await s.GetNodeInfo(region_node_pb2.GetNodeInfoRequest(), timeout=5)).model
+    assert info.name == "default-mlp"
+    assert info.feature_version == FEATURE_VERSION
+    assert info.engine == info.engine.strip() and info.engine
+    # a client that knows only GetNodeInfo can build a Score request of the right width
+    rows = action_features([BENIGN], ["look something up"])
+    assert rows.shape[1] == info.feature_width
+    resp = await s.Score(
+        region_node_pb2.ScoreRequest(features=rows.ravel().tolist(), columns=info.feature_width),
+        timeout=10,
+    )
+    assert len(resp.probabilities) == 1
+    assert resp.model == info.engine
+    # a node that does not evaluate reports no model
+    [(plain, _)] = await add_region(mesh, "r2", evaluate=False)
+    bare = region_node_pb2_grpc.RegionNodeServiceStub(mesh.channel(plain.address))
+    answer = await bare.GetNodeInfo(region_node_pb2.GetNodeInfoRequest(), timeout=5)
+    assert not answer.HasField("model")
 
 
 @pytest.mark.parametrize(

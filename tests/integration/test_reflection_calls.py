@@ -29,6 +29,7 @@ REGION_SERVICE = "nethical_grpc.v1.RegionNodeService"
 COORDINATOR_SERVICE = "nethical_grpc.v1.CoordinatorService"
 HEALTH = "grpc.health.v1.Health"
 REFLECTION = "grpc.reflection.v1alpha.ServerReflection"
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 INGEST_STREAM = [
     '{"metric": "api_latency_ms", "labels": {"route": "/checkout"}, "values": [12.5, 40, 310]}',
@@ -156,8 +157,8 @@ async def test_readme_grpcurl_session_over_reflection(mesh: Mesh) -> None:
     assert mesh.coordinator is not None
     out = await asyncio.to_thread(grpcurl_session, region.address, mesh.coordinator.address)
 
-    assert out["list_region"] == [HEALTH, REFLECTION, REGION_SERVICE]
-    assert out["list_coordinator"] == [HEALTH, REFLECTION, COORDINATOR_SERVICE]
+    assert out["list_region"] == [HEALTH, REFLECTION_V1, REFLECTION, REGION_SERVICE]
+    assert out["list_coordinator"] == [HEALTH, REFLECTION_V1, REFLECTION, COORDINATOR_SERVICE]
 
     service: ServiceDescriptor = out["region_service"]
     methods = {m.name: m for m in service.methods}

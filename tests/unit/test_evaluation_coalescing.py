@@ -11,6 +11,7 @@ import pytest
 
 from nethical_grpc.governance.detectors import Action
 from nethical_grpc.governance.requests import EvaluationRequest, Outcome
+from nethical_grpc.model_info import ModelSummary
 from nethical_grpc.series import SummaryQuery
 from region_node.evaluation import MAX_COALESCED, RISK_METRIC, Evaluator
 from region_node.model import ModelConfig, NodeModel
@@ -99,6 +100,9 @@ class FailsOnMarker:
 
     def describe(self) -> str:
         return self.inner.describe()
+
+    def summary(self) -> ModelSummary:
+        return self.inner.summary()
 
     def features(self, actions: Sequence[Action]) -> npt.NDArray[np.float32]:
         if any("MARKER" in a.action_text for a in actions):
