@@ -197,6 +197,7 @@ def _instance_info(
         return info
     info.requests = stats["requests"]
     info.failures = stats["failures"]
+    info.rejected = stats["rejected"]
     info.error_rate = stats["error_rate"]
     info.in_flight = max(0, stats["in_flight"])
     info.ejected = stats["ejected"]

@@ -443,12 +443,15 @@ class LoadBalancer:
             inst.ejections = 0
 
     def record_failure(self, inst: Instance, error: BaseException | None = None) -> None:
-        """A failed call; backend faults (not caller errors) count towards ejection."""
+        """A failed call: a backend fault counts as a failure (and towards ejection); a
+        caller's error (``error`` not a backend fault) as ``rejected``, which says
+        nothing of the instance."""
         with self._lock:
             self._end(inst)
-            inst.failures += 1
             if error is not None and not is_backend_fault(error):
+                inst.rejected += 1
                 return
+            inst.failures += 1
             inst.consecutive_failures += 1
             if (
                 inst.consecutive_failures >= self.ejection_threshold
@@ -644,6 +647,7 @@ class LoadBalancer:
                     "weight": inst.weight,
                     "requests": inst.requests,
                     "failures": inst.failures,
+                    "rejected": inst.rejected,
                     "error_rate": inst.error_rate,
                     "ewma_latency_ms": inst.ewma_latency_ms,
                     "in_flight": inst.in_flight,
@@ -661,11 +665,13 @@ class LoadBalancer:
                 }
             requests = sum(s["requests"] for s in per.values())
             failures = sum(s["failures"] for s in per.values())
+            rejected = sum(s["rejected"] for s in per.values())
             latencies = [s["ewma_latency_ms"] for s in per.values() if s["requests"]]
             measured = [x for x in latencies if x is not None]
             total = {
                 "requests": requests,
                 "failures": failures,
+                "rejected": rejected,
                 "error_rate": failures / requests if requests else 0.0,
                 "ewma_latency_ms": self._weighted_latency(per) if measured else None,
                 "in_flight": sum(s["in_flight"] for s in per.values()),

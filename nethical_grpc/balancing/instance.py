@@ -42,7 +42,10 @@ class Instance:
     weight: int = 1
     health: HealthState = HealthState.UNKNOWN
     requests: int = 0
+    # calls that failed through the node's fault (unreachable, UNAVAILABLE, INTERNAL...)
     failures: int = 0
+    # calls the node refused as the caller's mistake (INVALID_ARGUMENT, ...): not its fault
+    rejected: int = 0
     in_flight: int = 0
     ewma_latency_ms: float | None = None
     consecutive_failures: int = 0

@@ -218,7 +218,7 @@ class ListRegionsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InstanceInfo(_message.Message):
-    __slots__ = ("instance_id", "endpoint", "health", "health_changed_at", "requests", "failures", "error_rate", "ewma_latency", "in_flight", "ejected", "ejected_for", "weight", "routable", "resolved_from")
+    __slots__ = ("instance_id", "endpoint", "health", "health_changed_at", "requests", "failures", "error_rate", "ewma_latency", "in_flight", "ejected", "ejected_for", "weight", "routable", "resolved_from", "rejected")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
@@ -233,6 +233,7 @@ class InstanceInfo(_message.Message):
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     ROUTABLE_FIELD_NUMBER: _ClassVar[int]
     RESOLVED_FROM_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     endpoint: str
     health: InstanceHealth
@@ -247,7 +248,8 @@ class InstanceInfo(_message.Message):
     weight: int
     routable: bool
     resolved_from: str
-    def __init__(self, instance_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., health: _Optional[_Union[InstanceHealth, str]] = ..., health_changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., requests: _Optional[int] = ..., failures: _Optional[int] = ..., error_rate: _Optional[float] = ..., ewma_latency: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., in_flight: _Optional[int] = ..., ejected: _Optional[bool] = ..., ejected_for: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., weight: _Optional[int] = ..., routable: _Optional[bool] = ..., resolved_from: _Optional[str] = ...) -> None: ...
+    rejected: int
+    def __init__(self, instance_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., health: _Optional[_Union[InstanceHealth, str]] = ..., health_changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., requests: _Optional[int] = ..., failures: _Optional[int] = ..., error_rate: _Optional[float] = ..., ewma_latency: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., in_flight: _Optional[int] = ..., ejected: _Optional[bool] = ..., ejected_for: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., weight: _Optional[int] = ..., routable: _Optional[bool] = ..., resolved_from: _Optional[str] = ..., rejected: _Optional[int] = ...) -> None: ...
 
 class RegionInfo(_message.Message):
     __slots__ = ("region_id", "instances", "healthy")

@@ -342,7 +342,9 @@ def test_caller_errors_do_not_eject() -> None:
         lb.begin(inst)
         lb.record_failure(inst, INVALID)
     assert not inst.ejected
-    assert inst.failures == 10
+    # the caller's mistakes say nothing of the instance: not failures, not its error rate
+    assert (inst.failures, inst.rejected, inst.error_rate) == (0, 10, 0.0)
+    assert lb.get_statistics()["instances"]["i0"]["rejected"] == 10
 
 
 # -- retries ---------------------------------------------------------------------------
