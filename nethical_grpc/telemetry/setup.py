@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Collection, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -47,6 +49,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.trace import NoOpTracer, Tracer
 
 from nethical_grpc import __version__
+from nethical_grpc.storage.backend import redact_url
 from nethical_grpc.telemetry import state
 from nethical_grpc.telemetry.client_call import TracedCall
 from nethical_grpc.telemetry.client_interceptor import ClientTelemetry
@@ -67,6 +70,10 @@ INSTRUMENTATION_NAME = "nethical_grpc.telemetry"
 RESOURCE_LABEL_PREFIX = "nethical."
 """Resource attributes with this prefix (e.g. ``nethical.region``) also become labels on
 every Prometheus series (``nethical_region``)."""
+
+#: How long one export to the collector may take, retries included; flushing at
+#: shutdown is bounded by it too.
+EXPORT_TIMEOUT_S = 2
 
 _global_lock = threading.Lock()
 _global_installed = False
@@ -180,10 +187,12 @@ class Telemetry:
             self._http_server.shutdown()
             self._http_server.server_close()
             self._http_server = None
+        # exporters give up after EXPORT_TIMEOUT_S (a collector that is down must not
+        # hold a draining process past its grace period)
         if self.tracer_provider is not None:
             self.tracer_provider.shutdown()
         if self.meter_provider is not None:
-            self.meter_provider.shutdown()
+            self.meter_provider.shutdown(timeout_millis=EXPORT_TIMEOUT_S * 1000)
 
 
 def configure_telemetry(
@@ -222,7 +231,7 @@ def configure_telemetry(
         raise ValueError("otlp_endpoint must be non-empty when given")
     if not otlp_export_interval_s > 0:
         raise ValueError(f"otlp_export_interval_s must be > 0, got {otlp_export_interval_s}")
-    endpoint = _with_scheme(otlp_endpoint.strip()) if otlp_endpoint else None
+    endpoint = checked_otlp_endpoint(otlp_endpoint) if otlp_endpoint else None
 
     tracing = bool(endpoint or console or span_exporters)
     metering = bool(metrics_port is not None or endpoint or console or metric_readers)
@@ -293,13 +302,77 @@ def configure_telemetry(
         tracing,
         metering,
         bound_port,
-        endpoint,
+        redact_url(endpoint) if endpoint else None,
     )
+    if endpoint:
+        quiet_exporter_logs()
     return telemetry
 
 
-def _with_scheme(endpoint: str) -> str:
-    return endpoint if "://" in endpoint else f"http://{endpoint}"
+def checked_otlp_endpoint(endpoint: str) -> str:
+    """``endpoint`` with a scheme (plain ``host:port`` is ``http://``); ValueError unless
+    it is an http(s) URL with a host and a valid port."""
+    text = endpoint.strip()
+    url = text if "://" in text else f"http://{text}"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError for a port out of range or not a number
+    except ValueError as exc:
+        raise ValueError(f"bad OTLP endpoint {redact_url(url)!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or " " in url:
+        raise ValueError(
+            f"bad OTLP endpoint {redact_url(url)!r}: give http(s)://HOST:PORT or HOST:PORT"
+        )
+    if port is None and parts.scheme == "http" and "://" not in text:
+        raise ValueError(f"bad OTLP endpoint {redact_url(url)!r}: give its port")
+    return url
+
+
+#: OpenTelemetry's exporters log every failed export (a collector that is down: one
+#: line every few seconds, for ever); at most one line per message and logger passes in
+#: this many seconds, saying how many were held back.
+EXPORTER_LOG_INTERVAL_S = 60.0
+
+
+class _OncePerInterval(logging.Filter):
+    def __init__(self, interval_s: float) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._last: dict[tuple[str, str], float] = {}
+        self._held: dict[tuple[str, str], int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            self._held[key] = self._held.get(key, 0) + 1
+            return False
+        self._last[key] = now
+        held = self._held.pop(key, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} more like it in the last {self.interval_s:g} s)"
+        return True
+
+
+_quieted = False
+
+
+def quiet_exporter_logs(interval_s: float = EXPORTER_LOG_INTERVAL_S) -> None:
+    """Rate-limit the OTLP exporters' log lines (see :data:`EXPORTER_LOG_INTERVAL_S`)."""
+    global _quieted
+    if _quieted:
+        return
+    _quieted = True
+    gate = _OncePerInterval(interval_s)
+    # a logger's filters see only its own records, not its children's: the filter goes
+    # on every exporter and SDK logger there is (their modules are imported by now)
+    names = [n for n in logging.Logger.manager.loggerDict if n.startswith(_NOISY_LOGGERS)]
+    for name in {*names, *_NOISY_LOGGERS}:
+        logging.getLogger(name).addFilter(gate)
+
+
+_NOISY_LOGGERS: Final = ("opentelemetry.exporter", "opentelemetry.sdk")
 
 
 def _tracer_provider(
@@ -314,7 +387,12 @@ def _tracer_provider(
     if endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+        provider.add_span_processor(
+            BatchSpanProcessor(
+                OTLPSpanExporter(endpoint=endpoint, timeout=EXPORT_TIMEOUT_S),
+                export_timeout_millis=EXPORT_TIMEOUT_S * 1000,
+            )
+        )
     if console:
         provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
     return provider
@@ -324,15 +402,26 @@ def _otlp_metric_reader(endpoint: str, interval_s: float) -> MetricReader:
     from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
     return PeriodicExportingMetricReader(
-        OTLPMetricExporter(endpoint=endpoint), export_interval_millis=interval_s * 1000
+        OTLPMetricExporter(endpoint=endpoint, timeout=EXPORT_TIMEOUT_S),
+        export_interval_millis=interval_s * 1000,
+        export_timeout_millis=EXPORT_TIMEOUT_S * 1000,
     )
 
 
 def _prometheus_reader() -> tuple[MetricReader, Any]:
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
-    from prometheus_client import CollectorRegistry
+    from prometheus_client import (
+        CollectorRegistry,
+        GCCollector,
+        PlatformCollector,
+        ProcessCollector,
+    )
 
     registry = CollectorRegistry(auto_describe=True)
+    # the process itself (RSS, CPU, open files) and the interpreter, as any exporter has
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
     reader = PrometheusMetricReader(
         scope_info_enabled=False,
         resource_attribute_filter=lambda key: key.startswith(RESOURCE_LABEL_PREFIX),
