@@ -44,9 +44,12 @@ def redact_url(url: str) -> str:
         host = parts.hostname or ""
         if ":" in host:
             host = f"[{host}]"
-        netloc = f"{user}:***@{host}"
-        if parts.port is not None:
-            netloc += f":{parts.port}"
+        # the text after the host as written: a port that does not parse stays visible
+        # (and raises nothing here), the password never does
+        hostport = parts.netloc.rpartition("@")[2]
+        after_host = hostport.rpartition("]")[2] if hostport.startswith("[") else hostport
+        port = after_host.partition(":")[2]
+        netloc = f"{user}:***@{host}" + (f":{port}" if port else "")
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         if any(_secret_param(k) for k, _ in pairs):

@@ -63,6 +63,15 @@ def test_a_port_out_of_range(port: str) -> None:
     assert_clear_failure(out, "--port")
 
 
+def test_a_bad_otlp_endpoint() -> None:
+    out = run(
+        "region", "--region-id", "r1", "--port", "0", "--no-evaluate",
+        "--otlp-endpoint", "http://otel:S3cr3t@collector:notaport",
+    )  # fmt: skip
+    assert_clear_failure(out, "bad OTLP endpoint")
+    assert "S3cr3t" not in out.stderr + out.stdout
+
+
 @pytest.mark.parametrize("flag", ["--max-concurrent-rpcs", "--max-message-bytes"])
 @pytest.mark.parametrize("value", ["0", "-3", "many"])
 def test_a_limit_that_is_no_positive_number(flag: str, value: str) -> None:

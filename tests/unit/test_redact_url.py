@@ -35,3 +35,16 @@ def test_secrets_are_hidden(url: str, shown: str) -> None:
     for secret in ("s3cret", "Q5ecretPW", "p%40ss", "abc123", "abc", "=k&", "=t"):
         if secret in url and secret not in shown:
             assert secret not in redact_url(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://otel:S3cr3t@collector:notaport", "http://otel:***@collector:notaport"),
+        ("postgresql://u:pw@host:99999/db", "postgresql://u:***@host:99999/db"),
+    ],
+)
+def test_a_port_that_does_not_parse_raises_nothing_and_hides_the_password(
+    url: str, expected: str
+) -> None:
+    assert redact_url(url) == expected
