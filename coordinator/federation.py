@@ -118,8 +118,8 @@ def check_region_timeout(timeout_s: float) -> None:
 class SummaryTransport(enum.Enum):
     """How the coordinator asks region nodes for summaries."""
 
-    #: ``stream`` unless telemetry is on, then ``unary`` (one span and one RPC metric
-    #: per region query, with the node's server span under it)
+    #: ``stream`` unless traces are on, then ``unary`` (one span per region query, with
+    #: the node's server span under it)
     AUTO = "auto"
     #: one long-lived ``StreamSummaries`` stream per instance (cheapest)
     STREAM = "stream"
@@ -139,7 +139,10 @@ class Federation:
 
     def _streamed(self) -> bool:
         if self.transport is SummaryTransport.AUTO:
-            return telemetry.active_telemetry() is None
+            # traces want a span per region call; metrics alone are recorded per query
+            # on either transport (record_region_query)
+            active = telemetry.active_telemetry()
+            return active is None or not active.tracing
         return self.transport is SummaryTransport.STREAM
 
     def validate(self, q: GlobalQuery) -> None:
@@ -264,6 +267,21 @@ class Federation:
         return answered
 
     async def _call(
+        self,
+        inst: RegionInstance,
+        request: region_node_pb2.GetSummariesRequest,
+        timeout_s: float,
+        streamed: bool,
+    ) -> _Answer | MissingPart:
+        started = time.perf_counter()
+        found = await self._ask(inst, request, timeout_s, streamed)
+        outcome = "ok" if isinstance(found, _Answer) else found.reason.value
+        telemetry.get_recorder().record_region_query(
+            inst.region_id, time.perf_counter() - started, outcome
+        )
+        return found
+
+    async def _ask(
         self,
         inst: RegionInstance,
         request: region_node_pb2.GetSummariesRequest,

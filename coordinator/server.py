@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from coordinator.federation import Federation, SummaryTransport
 from coordinator.gateway import Gateway
 from coordinator.gateway_config import GatewayConfig
-from coordinator.instances import InstanceRegistry
+from coordinator.instances import Health, InstanceRegistry
 from coordinator.servicer import CoordinatorServicer
-from nethical_grpc import summary_scan
+from nethical_grpc import summary_scan, telemetry
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
 from nethical_grpc.security.config import ServerSecurity
 from nethical_grpc.server_runtime import MeshServer, start_server
@@ -52,6 +52,12 @@ async def start_coordinator(config: CoordinatorConfig) -> tuple[MeshServer, Fede
     await registry.resolve_now()  # DNS targets have their instances before serving
     registry.start()
     federation = Federation(registry, config.summary_transport)
+    # each instance's health, read at every scrape (alerts on an instance that stays down)
+    telemetry.get_recorder().observe_instances(
+        lambda: [
+            (v.region_id, v.endpoint, v.health is Health.SERVING) for v in registry.all_instances()
+        ]
+    )
     servicer = CoordinatorServicer(
         federation, Gateway(registry, gw.gateway_settings()), config.max_message_bytes
     )

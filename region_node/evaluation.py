@@ -38,6 +38,7 @@ from typing import Final, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from nethical_grpc import telemetry
 from nethical_grpc.errors import MeshError
 from nethical_grpc.governance.decision import (
     DEFAULT_MODEL_WEIGHT,
@@ -320,6 +321,12 @@ class Evaluator:
             found[0].append(o.evaluation.risk_score)
             found[1].append(o.latency_ns)
         batches = []
+        recorder = telemetry.get_recorder()
+        if recorder.enabled:
+            decisions: dict[str, int] = {}
+            for (decision, _), (risks, _) in groups.items():
+                decisions[decision] = decisions.get(decision, 0) + len(risks)
+            recorder.record_evaluations(decisions)
         for (decision, action_type), (risks, latencies_ns) in groups.items():
             labels_key = (("action_type", action_type), ("decision", decision))
             risk = np.array(risks, np.float64)

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Final
 
-from nethical_grpc import convert
+from nethical_grpc import convert, telemetry
 from nethical_grpc.governance.profiles import Profile, ProfileBook
 from nethical_grpc.governance.requests import Outcome
 from nethical_grpc.series import SeriesKey, freeze_labels
@@ -109,6 +109,7 @@ class Persister:
             for _ in range(excess):
                 self._pending.popleft()
             self.dropped += excess
+            telemetry.get_recorder().record_dropped_records(excess)
             log.warning("store writes fall behind: dropped %d evaluations' records", excess)
 
     async def _write_outcomes(self) -> None:
@@ -137,6 +138,7 @@ class Persister:
                 # write, so the batch is dropped and counted
                 self._retry = None
                 self.dropped += len(batch)
+                telemetry.get_recorder().record_dropped_records(len(batch))
                 log.error("store refused %d evaluations' records, dropped: %s", len(batch), exc)
                 continue
             except Exception as exc:

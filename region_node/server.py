@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nethical_grpc import telemetry
 from nethical_grpc.governance.profiles import ProfileBook
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
 from nethical_grpc.privacy import PrivacyConfig, PrivateReleaser
@@ -63,6 +64,10 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
     if model is not None:
         warm_up(model)  # the evaluation's kernels, before the first call
     stores = await NodeStores.open(config.stores, config.region_id)
+    # each store's state, read at every scrape: a failing store or a fallback is alertable
+    telemetry.get_recorder().observe_stores(
+        lambda: [(c.store, c.backend, not c.problem, bool(c.reason)) for c in stores.choices()]
+    )
     try:
         _check_wal_store(config, stores)
         profiles = ProfileBook()

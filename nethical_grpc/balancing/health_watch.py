@@ -104,7 +104,15 @@ class HealthWatcher:
     def _report(self, inst: Instance, health: HealthState) -> None:
         self.updates += 1
         if inst.health is not health:
-            log.info("%s (%s): %s -> %s", inst.instance_id, inst.endpoint, inst.health, health)
+            named = f" ({inst.instance_id})" if inst.instance_id != inst.endpoint else ""
+            log.info(
+                "%s %s%s: %s -> %s",
+                inst.region_id,
+                inst.endpoint,
+                named,
+                inst.health.value,
+                health.value,
+            )
             telemetry.get_recorder().record_health_transition(
                 inst.region_id, inst.endpoint, health.value
             )

@@ -6,16 +6,18 @@ Prometheus names are listed in :data:`PROMETHEUS_METRICS` (the Grafana dashboard
 only those).
 
 Metric attributes (Prometheus labels) are bounded by construction: RPC method and
-status code, peer region (one per configured region), health status, fan-out level.
+status code, peer region and region (one per configured region), instance address (one
+per configured or resolved instance), health status, fan-out level and outcome,
+decision (four), store and backend (three stores).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
-from opentelemetry.metrics import Meter
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
-from nethical_grpc.telemetry.recorder import CoverageLevel, Recorder
+from nethical_grpc.telemetry.recorder import CoverageLevel, InstanceStates, Recorder, StoreStates
 
 RPC_SERVER_DURATION = "rpc.server.duration"
 RPC_CLIENT_DURATION = "rpc.client.duration"
@@ -25,6 +27,12 @@ HEALTH_TRANSITIONS = "nethical.health.transitions"
 FANOUT_QUERIED = "nethical.fanout.queried"
 FANOUT_ANSWERED = "nethical.fanout.answered"
 FANOUT_COVERAGE = "nethical.fanout.coverage"
+FANOUT_REGION_DURATION = "nethical.fanout.region.duration"
+EVALUATIONS = "nethical.evaluations"
+STORE_RECORDS_DROPPED = "nethical.store.records_dropped"
+INSTANCE_UP = "nethical.instance.up"
+STORE_UP = "nethical.store.up"
+STORE_FALLBACK = "nethical.store.fallback"
 
 PROMETHEUS_METRICS: Mapping[str, str] = {
     RPC_SERVER_DURATION: "rpc_server_duration_seconds",
@@ -35,6 +43,12 @@ PROMETHEUS_METRICS: Mapping[str, str] = {
     FANOUT_QUERIED: "nethical_fanout_queried_total",
     FANOUT_ANSWERED: "nethical_fanout_answered_total",
     FANOUT_COVERAGE: "nethical_fanout_coverage",
+    FANOUT_REGION_DURATION: "nethical_fanout_region_duration_seconds",
+    EVALUATIONS: "nethical_evaluations_total",
+    STORE_RECORDS_DROPPED: "nethical_store_records_dropped_total",
+    INSTANCE_UP: "nethical_instance_up",
+    STORE_UP: "nethical_store_up",
+    STORE_FALLBACK: "nethical_store_fallback",
 }
 """OpenTelemetry instrument name → Prometheus family name (histograms add
 ``_bucket``/``_count``/``_sum``)."""
@@ -118,6 +132,26 @@ class MeterRecorder(Recorder):
             explicit_bucket_boundaries_advisory=COVERAGE_BUCKETS,
         )
         self._level_attrs = {level: {"level": level} for level in _LEVELS}
+        self._region_duration = meter.create_histogram(
+            FANOUT_REGION_DURATION,
+            unit="s",
+            description="Duration of each region's summary query in global queries, by "
+            "region and outcome (either transport)",
+            explicit_bucket_boundaries_advisory=RPC_DURATION_BUCKETS_S,
+        )
+        self._evaluations = meter.create_counter(
+            EVALUATIONS, unit="{evaluation}", description="Actions evaluated, by decision"
+        )
+        self._dropped = meter.create_counter(
+            STORE_RECORDS_DROPPED,
+            unit="{record}",
+            description="Evaluation records a node dropped instead of storing (stores "
+            "refused them, or writes fell too far behind)",
+        )
+        self._meter = meter
+        # observable gauges are made on the first observe_* call (one callback each)
+        self._instances: InstanceStates | None = None
+        self._stores: StoreStates | None = None
 
     def record_ingest(self, batches: int, values: int) -> None:
         """Raises ``ValueError`` for a negative count."""
@@ -154,3 +188,70 @@ class MeterRecorder(Recorder):
         self._answered.add(answered, attrs)
         if queried:
             self._coverage.record(answered / queried, attrs)
+
+    def record_region_query(self, region: str, seconds: float, outcome: str) -> None:
+        self._region_duration.record(seconds, {"region": region, "outcome": outcome})
+
+    def record_evaluations(self, decisions: Mapping[str, int]) -> None:
+        for decision, n in decisions.items():
+            if n:
+                self._evaluations.add(n, {"decision": decision})
+
+    def record_dropped_records(self, records: int) -> None:
+        if records < 0:
+            raise ValueError(f"records must be >= 0, got {records}")
+        if records:
+            self._dropped.add(records)
+
+    def observe_instances(self, states: InstanceStates) -> None:
+        first = self._instances is None
+        self._instances = states
+        if first:
+            self._meter.create_observable_gauge(
+                INSTANCE_UP,
+                callbacks=[self._observe_instances],
+                unit="1",
+                description="1 while a region node instance is SERVING to the coordinator",
+            )
+
+    def _observe_instances(self, _options: CallbackOptions) -> Iterable[Observation]:
+        states = self._instances
+        if states is None:
+            return []
+        return [
+            Observation(1 if up else 0, {"region": region, "node_instance": name})
+            for region, name, up in states()
+        ]
+
+    def observe_stores(self, states: StoreStates) -> None:
+        first = self._stores is None
+        self._stores = states
+        if first:
+            self._meter.create_observable_gauge(
+                STORE_UP,
+                callbacks=[self._observe_store_up],
+                unit="1",
+                description="1 while the node's last write to the store succeeded (or none "
+                "failed yet)",
+            )
+            self._meter.create_observable_gauge(
+                STORE_FALLBACK,
+                callbacks=[self._observe_store_fallback],
+                unit="1",
+                description="1 when the store runs on a fallback, not the backend asked for",
+            )
+
+    def _store_states(self) -> list[tuple[str, str, bool, bool]]:
+        return list(self._stores()) if self._stores is not None else []
+
+    def _observe_store_up(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(1 if up else 0, {"store": store, "backend": backend})
+            for store, backend, up, _ in self._store_states()
+        ]
+
+    def _observe_store_fallback(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(1 if fallback else 0, {"store": store, "backend": backend})
+            for store, backend, _, fallback in self._store_states()
+        ]

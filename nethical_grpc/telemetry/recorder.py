@@ -8,9 +8,15 @@ the instrumented code costs a global lookup and an empty call.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
 CoverageLevel = Literal["region", "instance"]
+#: (region, instance name, up) for every instance the coordinator knows
+InstanceStates = Callable[[], Iterable[tuple[str, str, bool]]]
+#: (store, backend in use, up: its last write did not fail, fallback: not the backend
+#: asked for) for every store of a node
+StoreStates = Callable[[], Iterable[tuple[str, str, bool, bool]]]
 
 
 class Recorder:
@@ -30,6 +36,23 @@ class Recorder:
 
     def record_coverage(self, queried: int, answered: int, level: CoverageLevel = "region") -> None:
         """Record one fan-out: ``answered`` of ``queried`` regions (or instances) replied."""
+
+    def record_region_query(self, region: str, seconds: float, outcome: str) -> None:
+        """One summary query of the fan-out to ``region`` (either transport) took
+        ``seconds`` and ended ``outcome`` ("ok", "deadline_exceeded", "unavailable",
+        "error", "invalid_response")."""
+
+    def record_evaluations(self, decisions: Mapping[str, int]) -> None:
+        """Count evaluations by decision name (e.g. ``{"ALLOW": 7, "BLOCK": 1}``)."""
+
+    def record_dropped_records(self, records: int) -> None:
+        """Count evaluation records a node dropped instead of storing them."""
+
+    def observe_instances(self, states: InstanceStates) -> None:
+        """Export whether each instance is up (health SERVING), read at each scrape."""
+
+    def observe_stores(self, states: StoreStates) -> None:
+        """Export whether each store works and whether it is a fallback, at each scrape."""
 
 
 NOOP = Recorder()

@@ -53,6 +53,11 @@ class ActiveTelemetry(Protocol):
     @property
     def recorder(self) -> Recorder: ...
 
+    @property
+    def tracing(self) -> bool:
+        """Whether spans are exported."""
+        ...
+
     def server_interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]: ...
 
     def client_interceptors(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from nethical_grpc import client
 from nethical_grpc.cli.processes import spawn
@@ -32,6 +33,22 @@ def sample(text: str, name: str) -> float:
     for line in text.splitlines():
         if line.startswith(name) and not line.startswith("#"):
             total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def labelled(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples called ``name`` whose labels include ``labels``; a label given
+    as ``prefix*`` matches values starting with the prefix."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name != name:
+                continue
+            if all(
+                s.labels.get(k, "").startswith(v[:-1]) if v.endswith("*") else s.labels.get(k) == v
+                for k, v in labels.items()
+            ):
+                total += s.value
     return total
 
 
@@ -75,6 +92,25 @@ async def test_region_and_coordinator_export_their_metrics(tmp_path: Path) -> No
             ctext = await asyncio.to_thread(scrape, coord_metrics)
             assert 'rpc_method="GetGlobalMetrics"' in ctext
             assert sample(ctext, "nethical_fanout_answered_total") >= 1
+            # metrics alone keep the summary stream (no unary GetSummaries calls), and each
+            # region's query is measured on it
+            assert 'rpc_method="GetSummaries"' not in ctext
+            query = "nethical_fanout_region_duration_seconds_count"
+            assert labelled(ctext, query, outcome="ok", region="tel") >= 1
+            # the states read at each scrape: the instance up, the node's stores up
+            up = {"region": "tel", "node_instance": "127.0.0.1:*"}
+            assert labelled(ctext, "nethical_instance_up", **up) == 1
+            assert labelled(text, "nethical_store_up", store="cache", backend="memory") == 1
+            assert sample(ctext, "process_resident_memory_bytes") > 0
+            # the region goes away: the coordinator's gauge says so at the next scrape
+            region.stop()
+            for _ in range(100):
+                ctext = await asyncio.to_thread(scrape, coord_metrics)
+                if labelled(ctext, "nethical_instance_up", **up) == 0:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                pytest.fail("nethical_instance_up stayed 1 after the region stopped")
         finally:
             coord.stop()
     finally:

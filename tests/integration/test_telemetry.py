@@ -596,6 +596,15 @@ async def exercise(r: Rig) -> None:
     rec.record_health_transition("eu-west-1", "10.0.0.7:50051", "not_serving")
     rec.record_coverage(queried=3, answered=2)
     rec.record_coverage(queried=4, answered=4, level="instance")
+    rec.record_region_query("us-east-1", 0.003, "ok")
+    rec.record_region_query("eu-west-1", 2.0, "deadline_exceeded")
+    rec.record_evaluations({"ALLOW": 3, "BLOCK": 1, "RESTRICT": 0})
+    rec.record_dropped_records(2)
+    up = {"10.0.0.7:50051": True, "10.0.0.8:50051": False}
+    rec.observe_instances(lambda: [("eu-west-1", name, ok) for name, ok in up.items()])
+    rec.observe_stores(
+        lambda: [("timeseries", "sqlite (memory)", True, True), ("audit", "sqlite", False, False)]
+    )
 
 
 async def test_prometheus_endpoint_serves_rpc_and_mesh_metrics(prom: Rig) -> None:
@@ -638,6 +647,22 @@ async def test_prometheus_endpoint_serves_rpc_and_mesh_metrics(prom: Rig) -> Non
     assert pick(found, "nethical_fanout_coverage_bucket", level="instance", le="1.0") == 1
     bounds = {dict(ls)["le"] for n, ls in found if n == "nethical_fanout_coverage_bucket"}
     assert bounds == {"0.0", "0.25", "0.5", "0.75", "0.9", "0.99", "1.0", "+Inf"}
+    # each region's query of the fan-out, by outcome
+    query = "nethical_fanout_region_duration_seconds"
+    assert pick(found, f"{query}_count", region="us-east-1", outcome="ok") == 1
+    assert pick(found, f"{query}_bucket", region="us-east-1", outcome="ok", le="0.005") == 1
+    assert pick(found, f"{query}_count", region="eu-west-1", outcome="deadline_exceeded") == 1
+    # decisions, dropped records; the states read at the scrape
+    assert pick(found, "nethical_evaluations_total", decision="ALLOW") == 3
+    assert pick(found, "nethical_evaluations_total", decision="BLOCK") == 1
+    assert pick(found, "nethical_evaluations_total", decision="RESTRICT") == 0
+    assert pick(found, "nethical_store_records_dropped_total") == 2
+    assert pick(found, "nethical_instance_up", node_instance="10.0.0.7:50051") == 1
+    assert pick(found, "nethical_instance_up", node_instance="10.0.0.8:50051") == 0
+    assert pick(found, "nethical_store_up", store="timeseries") == 1
+    assert pick(found, "nethical_store_up", store="audit", backend="sqlite") == 0
+    assert pick(found, "nethical_store_fallback", store="timeseries") == 1
+    assert pick(found, "nethical_store_fallback", store="audit") == 0
 
 
 async def test_recorder_rejects_impossible_counts(rig: Rig) -> None:
@@ -877,10 +902,11 @@ async def test_dashboard_queries_only_exported_metrics(prom: Rig) -> None:
     # renamed exported_*, and a panel grouping by it would show the coordinator instead
     for name, labels in scraped:
         assert not {"instance", "job"} & {k for k, _ in labels}, name
-    # every label a panel groups by is on the metrics it groups
+    # every label a panel groups by is on the metrics it groups, or is one Prometheus
+    # adds to every series of a target (job, instance: the scraped process)
     for expr in exprs:
         names = promql_metric_names(expr)
-        present = {k for n, ls in scraped if n in names for k, _ in ls}
+        present = {k for n, ls in scraped if n in names for k, _ in ls} | {"job", "instance"}
         for group in re.findall(r"\bby\s*\(([^)]*)\)", expr):
             for label in (x.strip() for x in group.split(",")):
                 assert label in present, f"{label!r} is on none of {sorted(names)}"
