@@ -82,7 +82,8 @@ class NodeStores:
         self.problems[store] = first_line(exc)
 
     def write_succeeded(self, store: str) -> None:
-        self.problems.pop(store, None)
+        if self.problems.pop(store, None) is not None:
+            log.info("%s store: writes succeed again", store)
 
     @property
     def shared_cache(self) -> bool:

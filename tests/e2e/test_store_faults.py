@@ -518,6 +518,7 @@ async def test_postgresql_cut_off_and_restored_during_ingest(
             await eventually(first_phase_flushed, "the first phase's windows in the schema")
 
             proxy.cut()
+            cut_at = time.monotonic()
             ack = await client.ingest(
                 node.channel,
                 [client.encode_ingest_request(metric, np.ones(500)) for _ in range(4)],
@@ -542,6 +543,9 @@ async def test_postgresql_cut_off_and_restored_during_ingest(
 
             # GetNodeInfo says the store in use fails now (it kept saying nothing)
             await eventually(problem_reported, "the store's problem in GetNodeInfo", 60)
+            # within a few seconds of the first write after the cut (a write waited 30 s
+            # for a pooled connection before)
+            assert time.monotonic() - cut_at < 20
             await asyncio.sleep(8 * WRITE_TICK_S)  # several flush rounds, all failing
             assert await pg_scalar(windows_sql, metric) == 1_000
             assert await pg_scalar(rows_sql, "pg-cut-agent") == 0

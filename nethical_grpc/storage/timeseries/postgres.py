@@ -98,6 +98,8 @@ def check_schema(schema: str) -> str:
 
 #: The longest an in-region read waits for PostgreSQL (a connection, then the answer).
 READ_TIMEOUT_S: Final = 5.0
+#: How long any call waits for a pooled connection (psycopg_pool's default is 30 s).
+CONNECTION_WAIT_S: Final = 5.0
 
 
 class _MicrosTimestamptzDumper(Dumper):
@@ -223,6 +225,9 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
             check=AsyncConnectionPool.check_connection,
             name=f"nethical-timeseries-{schema}",
             open=False,
+            # how long a call waits for a connection: a server that went away fails a
+            # write in seconds (and the node says so), not after psycopg's 30 s
+            timeout=CONNECTION_WAIT_S,
         )
         try:
             await pool.open(wait=True, timeout=connect_timeout)
