@@ -43,6 +43,8 @@ class MeshServer:
     # run when the server stops accepting calls: end long-lived streams that would
     # otherwise hold the stop for the whole grace period
     on_drain: list[Callable[[], None]] = field(default_factory=list)
+    # the bound on concurrent calls (it also counts the calls in progress)
+    gate: CallGate | None = None
     _draining: bool = False
 
     @property
@@ -53,19 +55,43 @@ class MeshServer:
         for name in ("", *self.service_names):
             self.health.set(name, SERVING if serving else NOT_SERVING)
 
-    async def drain(self, announce_s: float = 1.0, grace_s: float = 5.0) -> None:
-        """NOT_SERVING first (so balancers move away), then stop accepting, then finish."""
+    async def drain(
+        self,
+        announce_s: float = 1.0,
+        grace_s: float = 5.0,
+        hurry: asyncio.Event | None = None,
+    ) -> None:
+        """NOT_SERVING first (so balancers move away), then stop accepting, then finish.
+
+        ``hurry`` set (a second signal) cuts the announcement and the grace short: calls
+        still running are cancelled at once.
+        """
         if self._draining:
             return
         self._draining = True
         log.info("draining: health NOT_SERVING, stopping in %.1fs", announce_s)
         await self.set_serving(False)
         if announce_s > 0:
-            await asyncio.sleep(announce_s)
+            await _sleep_unless(hurry, announce_s)
         self.health.close()  # ends Watch streams so they do not hold the stop
         for end_streams in self.on_drain:
             end_streams()
-        await self.server.stop(grace_s)
+        if hurry is not None and hurry.is_set():
+            grace_s = 0.0
+        if self.gate is not None and self.gate.active:
+            log.info(
+                "stopping: %d calls in progress get up to %.1fs to finish",
+                self.gate.active,
+                grace_s,
+            )
+        stopping = asyncio.ensure_future(self.server.stop(grace_s))
+        if hurry is not None and grace_s > 0:
+            hurried = asyncio.ensure_future(hurry.wait())
+            await asyncio.wait({stopping, hurried}, return_when=asyncio.FIRST_COMPLETED)
+            if not stopping.done():
+                await self.server.stop(0)  # a second stop shortens the first one's grace
+            hurried.cancel()
+        await stopping
         for hook in self.on_stop:
             await hook()
         log.info("stopped")
@@ -124,9 +150,20 @@ async def start_server(
         )
     security.log(f"{', '.join(service_full_names)} on {host}:{bound}", log)
     await server.start()
-    mesh = MeshServer(server=server, health=health, port=bound, service_names=service_full_names)
+    mesh = MeshServer(
+        server=server, health=health, port=bound, service_names=service_full_names, gate=gate
+    )
     await mesh.set_serving(serving)
     return mesh
+
+
+async def _sleep_unless(event: asyncio.Event | None, seconds: float) -> None:
+    """Sleep ``seconds``, or less if ``event`` is set meanwhile."""
+    if event is None:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
 
 
 def _bracket(host: str) -> str:
@@ -136,16 +173,29 @@ def _bracket(host: str) -> str:
 async def serve_until_signalled(
     mesh: MeshServer, announce_s: float = 1.0, grace_s: float = 5.0
 ) -> None:
-    """Run until SIGTERM/SIGINT, then drain. For the CLI's foreground servers."""
+    """Run until SIGTERM/SIGINT, then drain. For the CLI's foreground servers.
+
+    A second signal while draining stops at once: calls still running are cancelled.
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    hurry = asyncio.Event()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not stop.is_set():
+            stop.set()
+            return
+        if not hurry.is_set():
+            log.warning("%s again: stopping now, cancelling the calls still running", sig.name)
+            hurry.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
     waiter = asyncio.ensure_future(mesh.wait())
     stopper = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
     if stopper in done:
-        await mesh.drain(announce_s, grace_s)
+        await mesh.drain(announce_s, grace_s, hurry)
     waiter.cancel()
     stopper.cancel()

@@ -149,6 +149,46 @@ def test_sigterm_drains_not_serving_first(cluster: dict) -> None:  # type: ignor
     assert node.proc.wait(15) == 0
 
 
+async def test_a_second_signal_stops_at_once(tmp_path: Path) -> None:
+    """The first SIGTERM drains (a long announcement and grace here); a second one cuts
+    it short: the open stream is cancelled and the process exits in moments."""
+    node = spawn(
+        "r-hurry",
+        [
+            "region", "--region-id", "r-hurry", "--port", "0", "--no-evaluate",
+            "--drain-announce", "30s", "--drain-grace", "30s",
+        ],
+        tmp_path,
+    )  # fmt: skip
+    try:
+        port = await node.aport()
+        release = asyncio.Event()
+
+        async def held() -> object:
+            async def batches():  # type: ignore[no-untyped-def]
+                yield client.encode_ingest_request("held", np.ones(3))
+                await release.wait()
+
+            async with client.insecure_channel(f"127.0.0.1:{port}") as ch:
+                return await client.ingest(ch, batches(), timeout=120)
+
+        stream = asyncio.ensure_future(held())
+        await asyncio.sleep(0.5)
+        node.signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        node.signal(signal.SIGTERM)
+        rc = await asyncio.to_thread(node.proc.wait, 20)
+        assert time.monotonic() - started < 10  # not the 60 s the first signal allowed
+        assert rc == 0
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stream
+        assert "SIGTERM again: stopping now" in node.log_path.read_text()
+    finally:
+        release.set()
+        node.stop()
+
+
 def _orphans(marker: str) -> list[psutil.Process]:
     found = []
     for p in psutil.process_iter(["cmdline"]):
