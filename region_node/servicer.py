@@ -103,6 +103,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         self.node = node
         # the server's send limit: a summaries answer over it is refused on its own
         self.max_message_bytes = max_message_bytes
+        self.started_ns = time.time_ns()
         self.evaluator = evaluator
         self.stores = stores
         # differential privacy for what leaves the region (None: exact summaries)
@@ -264,6 +265,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
             model=convert.model_summary_to_proto(self.evaluator.model.summary())
             if self.evaluator is not None
             else None,
+            started_at=convert.ns_to_timestamp(self.started_ns),
         )
 
     def _components(self) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 
 import grpc
 import numpy as np
@@ -192,7 +193,10 @@ async def test_score_matches_the_models_probability_in_evaluate(mesh: Mesh) -> N
 async def test_node_info_says_which_model_scores_and_the_rows_it_takes(mesh: Mesh) -> None:
     await add_region(mesh, "r1")
     s = stub(mesh)
-    info = (await s.GetNodeInfo(region_node_pb2.GetNodeInfoRequest(), timeout=5)).model
+    answer = await s.GetNodeInfo(region_node_pb2.GetNodeInfoRequest(), timeout=5)
+    info = answer.model
+    # when it started: a moment ago
+    assert 0 <= time.time() - answer.started_at.ToSeconds() < 120
     assert info.name == "default-mlp"
     assert info.feature_version == FEATURE_VERSION
     assert info.engine == info.engine.strip() and info.engine
