@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -283,15 +284,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class LogFormatter(logging.Formatter):
+    """One line per record (a library's multi-line message is joined with " | "; a
+    traceback, when one is logged, follows on its own lines), stamped in UTC, ISO 8601:
+    ``2026-11-29T10:11:12.345Z INFO name: message``."""
+
+    converter = staticmethod(time.gmtime)
+
+    def __init__(self) -> None:
+        super().__init__(
+            "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s",
+            datefmt="%Y-%m-%dT%H:%M:%S",
+        )
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        if "\n" in record.message:
+            parts = (p.strip() for p in record.message.splitlines())
+            record.message = " | ".join(p for p in parts if p)
+        return super().formatMessage(record)
+
+
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogFormatter())
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+    if level.upper() == "DEBUG":
+        # gRPC's own debug lines (one per call's event loop lookup) drown the mesh's
+        logging.getLogger("grpc").setLevel(logging.INFO)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the event loop runs (e.g. during imports)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         parser = build_parser()
     except ValueError as exc:  # a default read from the environment that does not parse

@@ -176,7 +176,6 @@ class BearerAuthInterceptor(_ServerInterceptor):
             self.check(method, handler_call_details.invocation_metadata)
         except MeshError as exc:
             self.denied[exc.reason] = self.denied.get(exc.reason, 0) + 1
-            self._log_refusal(method, exc)
             return self._refusal(handler, method, exc)
         return handler
 
@@ -186,11 +185,16 @@ class BearerAuthInterceptor(_ServerInterceptor):
         if found is None:
             if len(self._refusals) >= _MAX_CACHED_REFUSALS:
                 self._refusals.clear()
-            found = self._refusals[key] = refusing_handler(like, to_status(exc))
+            found = self._refusals[key] = refusing_handler(
+                like,
+                to_status(exc),
+                lambda context: self._log_refusal(method, exc, context.peer()),
+            )
         return found
 
-    def _log_refusal(self, method: str, exc: MeshError) -> None:
-        """One INFO line per reason per ``log_interval_s``, counting the ones skipped."""
+    def _log_refusal(self, method: str, exc: MeshError, peer: str = "") -> None:
+        """One INFO line per reason per ``log_interval_s``, counting the ones skipped;
+        the line names the caller's address (``peer``: gRPC's ``ipv4:ADDR:PORT``)."""
         now = time.monotonic()
         last = self._last_log.get(exc.reason)
         if last is not None and now - last < self._log_interval_s:
@@ -199,17 +203,23 @@ class BearerAuthInterceptor(_ServerInterceptor):
         self._last_log[exc.reason] = now
         skipped = self._unlogged.pop(exc.reason, 0)
         more = f"; {skipped} more {exc.reason} since the last line" if skipped else ""
-        log.info("refused %s: %s (%s)%s", method, exc.reason, exc.message, more)
+        who = f" from {peer}" if peer else ""
+        log.info("refused %s%s: %s (%s)%s", method, who, exc.reason, exc.message, more)
 
 
-def refusing_handler(like: Handler, status: grpc.Status) -> Handler:
-    """A handler with ``like``'s arity that aborts with ``status`` before reading anything.
+def refusing_handler(
+    like: Handler, status: grpc.Status, on_refuse: Callable[[Context], None] | None = None
+) -> Handler:
+    """A handler with ``like``'s arity that aborts with ``status`` before reading anything
+    (after calling ``on_refuse`` with the call's context, e.g. to log who was refused).
 
     Requests are not deserialised (the stand-in takes raw bytes) and request streams are
     never read.
     """
 
     async def refuse(_request: Any, context: Context) -> None:
+        if on_refuse is not None:
+            on_refuse(context)
         await context.abort(status.code, status.details, status.trailing_metadata)
 
     if like.request_streaming and like.response_streaming:

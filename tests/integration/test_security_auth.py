@@ -455,6 +455,8 @@ async def test_refusals_are_logged_at_most_once_per_interval(
         assert len(lines) == 2
         assert "TOKEN_UNKNOWN" in lines[0]
         assert "TOKEN_MISSING" in lines[1]
+        # each names the caller's address, so an operator knows whom to look at
+        assert all(" from ipv4:127.0.0.1:" in line for line in lines), lines
         s.auth._log_interval_s = 0.0
         assert await call(ch, path, m, bearer(WRONG)) is not None
         assert "2 more TOKEN_UNKNOWN" in caplog.records[-1].getMessage()
