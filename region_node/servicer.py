@@ -112,15 +112,22 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         self._responses: dict[SummaryQuery, _CachedSummaries] = {}
         # the running StreamSummaries calls: a coordinator keeps one open per node
         self._summary_streams: set[asyncio.Task[Any]] = set()
+        # the running Ingest calls
+        self._ingest_streams: set[asyncio.Task[Any]] = set()
         self._ending_streams = False
 
     def end_streams(self) -> None:
-        """End the open StreamSummaries calls (with OK): the node is draining, and a
-        coordinator's long-lived stream would otherwise hold the stop for the whole grace
-        period. The coordinator stopped sending queries when the node went NOT_SERVING;
-        a query still waiting fails over as UNAVAILABLE."""
+        """The node is draining; long-lived streams would otherwise hold the stop for
+        the whole grace period, then be cut with no word of what they applied.
+
+        * StreamSummaries calls end with OK. The coordinator stopped sending queries
+          when the node went NOT_SERVING; a query still waiting fails over as UNAVAILABLE.
+        * Ingest calls end after the message being applied with UNAVAILABLE (ErrorInfo
+          reason ``NODE_DRAINING``, with ``applied_batches`` and ``applied_values`` as for
+          a rejected message): the client sends the rest to another node.
+        """
         self._ending_streams = True
-        for task in list(self._summary_streams):
+        for task in [*self._summary_streams, *self._ingest_streams]:
             task.cancel()
 
     @rpc_errors
@@ -131,6 +138,9 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         values = 0
         duplicates = 0
         logged = self.node.wal is not None
+        task = asyncio.current_task()
+        if task is not None:
+            self._ingest_streams.add(task)
         try:
             try:
                 # a message rejected here, or one that did not parse (the iterator raises)
@@ -152,8 +162,27 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
                 await self.node.sync()  # what the error acknowledges is durable
                 await _drain(request_iterator)
                 raise
+            except asyncio.CancelledError:
+                if not self._ending_streams:
+                    raise
+                # ended by end_streams(): say what was applied, so nothing is sent twice
+                await self.node.sync()
+                await _drain(request_iterator)
+                raise Unavailable(
+                    message=(
+                        "the node is stopping; the stream's first applied_batches messages "
+                        "were applied, send the rest to another node"
+                    ),
+                    reason="NODE_DRAINING",
+                    metadata={
+                        "message_index": str(batches + duplicates),
+                        "applied_batches": str(batches),
+                        "applied_values": str(values),
+                    },
+                ) from None
             await self.node.sync()  # durable before the acknowledgement
         finally:
+            self._ingest_streams.discard(task)
             telemetry.get_recorder().record_ingest(batches, values)
         return region_node_pb2.IngestResponse(
             accepted_batches=batches, accepted_values=values, duplicate_batches=duplicates

@@ -104,8 +104,10 @@ class RegionNodeServiceServicer:
         stream ends with INVALID_ARGUMENT (or RESOURCE_EXHAUSTED) whose ErrorInfo
         metadata tells how many earlier messages were applied. Messages after the
         rejected one are read (for up to a second) and dropped, never applied, so a
-        client still sending gets that error. With a write-ahead log (--wal-dir), what
-        the response or the error acknowledges is durable first.
+        client still sending gets that error. A node that stops (SIGTERM) ends an open
+        stream the same way, with UNAVAILABLE and ErrorInfo reason NODE_DRAINING: send
+        the messages after applied_batches to another node. With a write-ahead log
+        (--wal-dir), what the response or the error acknowledges is durable first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

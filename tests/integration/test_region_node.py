@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -291,3 +292,36 @@ async def test_reflection_resolves_method_and_field_names(mesh: Mesh) -> None:
     missing = await file_of("nethical_grpc.v1.NoSuchService.Method")
     assert missing.WhichOneof("message_response") == "error_response"
     assert missing.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+
+
+async def test_a_draining_node_ends_open_ingest_streams_saying_what_they_applied(
+    mesh: Mesh,
+) -> None:
+    """A stream still open when the node drains is ended after the announcement with
+    UNAVAILABLE (NODE_DRAINING) and the counts applied, instead of being cut at the end
+    of the grace period with no word of what it applied."""
+    [(server, _)] = await add_region(mesh, "r1")
+    sent = asyncio.Event()
+    never = asyncio.Event()
+
+    async def batches() -> AsyncIterator[bytes]:
+        for i in range(3):
+            yield client.encode_ingest_request("drained", np.ones(10), batch_id=f"b{i}")
+        sent.set()
+        await never.wait()
+
+    call = asyncio.ensure_future(client.ingest(mesh.channel(server.address), batches(), 60))
+    await sent.wait()
+    for _ in range(200):  # the three messages applied
+        if await total_count(mesh) == 30:
+            break
+        await asyncio.sleep(0.01)
+    started = asyncio.get_running_loop().time()
+    await server.drain(announce_s=0.2, grace_s=20)
+    assert asyncio.get_running_loop().time() - started < 5  # not the 20 s grace
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call
+    found = details_from_error(err.value)
+    assert found.code is grpc.StatusCode.UNAVAILABLE
+    assert found.reason == "NODE_DRAINING"
+    assert (found.metadata["applied_batches"], found.metadata["applied_values"]) == ("3", "30")
