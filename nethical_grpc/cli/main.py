@@ -154,10 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     region.add_argument(
         "--dp-min-count",
         type=int,
-        default=50,
-        help="groups with a smaller noisy count are left out",
+        default=None,
+        help="groups with a smaller noisy count are left out (50)",
     )
-    region.add_argument("--dp-mechanism", choices=("laplace", "geometric"), default="laplace")
+    region.add_argument(
+        "--dp-mechanism", choices=("laplace", "geometric"), default=None, help="(laplace)"
+    )
     region.add_argument(
         "--dp-nonnegative", action="store_true", help="values are in [0, B] rather than [-B, B]"
     )

@@ -7,12 +7,15 @@ import dataclasses
 import gc
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nethical_grpc import telemetry
 from nethical_grpc.components import report_once
 from nethical_grpc.security.config import client_security_from_args, server_security_from_args
 from nethical_grpc.server_runtime import MeshServer, serve_until_signalled
+
+if TYPE_CHECKING:
+    from nethical_grpc.privacy import PrivacyConfig
 
 log = logging.getLogger("nethical_mesh")
 
@@ -39,6 +42,66 @@ def _start_telemetry(args: argparse.Namespace, service: str, region: str | None)
     if handle.metrics_port is not None:
         log.info("Prometheus metrics on port %d", handle.metrics_port)
     return handle
+
+
+def _privacy_config(args: argparse.Namespace) -> PrivacyConfig | None:
+    """The --dp-* flags as a checked configuration (None: privacy off); ValueError for a
+    combination that would not protect what the operator meant to protect."""
+    from nethical_grpc.privacy import (
+        MAX_PRESENCE_DELTA,
+        min_count_for_delta,
+        presence_delta,
+    )
+    from nethical_grpc.privacy import PrivacyConfig as Config
+
+    given = [
+        flag
+        for flag, value in (
+            ("--dp-window-budget", args.dp_window_budget),
+            ("--dp-value-bound", args.dp_value_bound),
+            ("--dp-min-count", args.dp_min_count),
+            ("--dp-mechanism", args.dp_mechanism),
+        )
+        if value is not None
+    ] + (["--dp-nonnegative"] if args.dp_nonnegative else [])
+    if args.dp_epsilon is None:
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} without --dp-epsilon: differential privacy would be "
+                "off and exact summaries would leave the region"
+            )
+        return None
+    if args.dp_value_bound is None:
+        raise ValueError("--dp-epsilon needs --dp-value-bound (the public bound B)")
+    eps = args.dp_epsilon
+    config = Config(
+        epsilon_per_release=eps,
+        window_budget=10 * eps if args.dp_window_budget is None else args.dp_window_budget,
+        value_bound=args.dp_value_bound,
+        min_count=50 if args.dp_min_count is None else args.dp_min_count,
+        mechanism=args.dp_mechanism or "laplace",
+        nonnegative=args.dp_nonnegative,
+    )
+    delta = presence_delta(config)
+    if delta > MAX_PRESENCE_DELTA:
+        raise ValueError(
+            f"--dp-min-count {config.min_count} at epsilon {eps:g}: a group that one "
+            f"observation creates would be released with probability {delta:.3g} (more "
+            f"than {MAX_PRESENCE_DELTA:g}); use --dp-min-count "
+            f"{min_count_for_delta(config)} or more"
+        )
+    log.info(
+        "differential privacy on: epsilon %g per release, %g per window, values in "
+        "[%g, %g], groups under a noisy count of %d left out (delta %.2g per release), %s",
+        eps,
+        config.window_budget,
+        config.lower_bound,
+        config.upper_bound,
+        config.min_count,
+        delta,
+        config.mechanism,
+    )
+    return config
 
 
 async def _serve(mesh: MeshServer, args: argparse.Namespace, telemetry_handle: Any) -> int:
@@ -76,7 +139,6 @@ def _announce(mesh: MeshServer, role: str, args: argparse.Namespace) -> None:
 
 async def run_region(args: argparse.Namespace) -> int:
     from nethical_grpc.inference.errors import ModelLoadError
-    from nethical_grpc.privacy import PrivacyConfig
     from nethical_grpc.storage.audit import AuditStoreError
     from region_node.model import ModelConfig
     from region_node.server import RegionServerConfig, start_region_server
@@ -100,18 +162,7 @@ async def run_region(args: argparse.Namespace) -> int:
             num_threads=args.inference_threads,
             backend=args.model_backend,
         )
-        privacy = None
-        if args.dp_epsilon is not None:
-            if args.dp_value_bound is None:
-                raise ValueError("--dp-epsilon needs --dp-value-bound (the public bound B)")
-            privacy = PrivacyConfig(
-                epsilon_per_release=args.dp_epsilon,
-                window_budget=args.dp_window_budget or 10 * args.dp_epsilon,
-                value_bound=args.dp_value_bound,
-                min_count=args.dp_min_count,
-                mechanism=args.dp_mechanism,
-                nonnegative=args.dp_nonnegative,
-            )
+        privacy = _privacy_config(args)
         security = server_security_from_args(args)
         stores = StoreConfig(
             cache_url=args.cache_url,

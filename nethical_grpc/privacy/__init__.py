@@ -99,6 +99,7 @@ from nethical_grpc.privacy.mechanisms import (
     secure_generator,
 )
 from nethical_grpc.privacy.release import (
+    MAX_PRESENCE_DELTA,
     Granularity,
     MergedError,
     PrivateRelease,
@@ -107,12 +108,14 @@ from nethical_grpc.privacy.release import (
     ReleaseInfo,
     clip_to_bound,
     merged_error,
+    min_count_for_delta,
     noise_cells,
     noise_summary,
     presence_delta,
 )
 
 __all__ = [
+    "MAX_PRESENCE_DELTA",
     "MECHANISMS",
     "BucketGrid",
     "BudgetKey",
@@ -135,6 +138,7 @@ __all__ = [
     "laplace_noise",
     "mean_error",
     "merged_error",
+    "min_count_for_delta",
     "noise_cells",
     "noise_summary",
     "presence_delta",

@@ -19,6 +19,9 @@ __all__ = ["MECHANISMS", "Mechanism", "PrivacyConfig"]
 Mechanism = Literal["laplace", "geometric"]
 MECHANISMS: Final[tuple[str, ...]] = ("laplace", "geometric")
 
+#: Smallest epsilon of any part of a release (count, sum, histogram): noise of scale
+#: 1 / epsilon beyond 1e6 counts overflows the integer samplers long before it is useful.
+MIN_EPSILON_PART: Final = 1e-6
 #: Smallest positive normal double: the released zero bucket's width must stay above it.
 _MIN_NORMAL: Final = 2.2250738585072014e-308
 
@@ -95,6 +98,13 @@ class PrivacyConfig:
         if self.mechanism not in MECHANISMS:
             raise ValueError(f"mechanism must be one of {MECHANISMS}, got {self.mechanism!r}")
         self._check_split()
+        for name, part in zip(("count", "sum", "histogram"), self.epsilon_split, strict=True):
+            if eps * float(part) < MIN_EPSILON_PART:
+                raise ValueError(
+                    f"epsilon for the {name} ({eps * float(part):g}) is below "
+                    f"{MIN_EPSILON_PART:g}: its noise would be too large to represent "
+                    "(and to be of any use)"
+                )
         if not isinstance(self.nonnegative, bool):
             raise ValueError(f"nonnegative must be a bool, got {self.nonnegative!r}")
         self._check_grid(bound)
@@ -154,3 +164,9 @@ class PrivacyConfig:
     @property
     def upper_bound(self) -> float:
         return float(self.value_bound)
+
+    @property
+    def zero_below(self) -> float:
+        """Magnitudes below this (``value_bound * 2^-histogram_octaves``) are released in
+        the zero bucket, and set to 0 at ingest."""
+        return math.ldexp(float(self.value_bound), -int(self.histogram_octaves))

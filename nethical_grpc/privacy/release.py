@@ -61,13 +61,37 @@ _DEFAULT_CACHE_SIZE: Final = 256
 
 
 def clip_to_bound(values: npt.ArrayLike, config: PrivacyConfig) -> FloatArray:
-    """``values`` clipped to ``[lower_bound, upper_bound]`` (new float64 array).
+    """``values`` clipped to ``[lower_bound, upper_bound]``, and magnitudes below the
+    released grid's resolution (``config.zero_below``) set to 0 (new float64 array).
 
     Call it on ingest while privacy is on so that the value-bound assumption holds; the
-    in-region summaries then describe clipped values too.
+    in-region summaries then describe clipped values too. The second step keeps a window's
+    histogram on the grid's range: one tiny value (1e-300, say) would otherwise make it
+    span a thousand octaves and downscale, moving every bucket, so that one observation
+    changed the released buckets far beyond the mechanism's sensitivity of 1.
     """
-    arr = np.asarray(values, dtype=np.float64)
-    return np.clip(arr, config.lower_bound, config.upper_bound)
+    arr = np.clip(np.asarray(values, dtype=np.float64), config.lower_bound, config.upper_bound)
+    arr[np.abs(arr) < config.zero_below] = 0.0
+    return arr
+
+
+#: The largest presence delta (see :func:`presence_delta`) the CLI accepts for one release.
+MAX_PRESENCE_DELTA: Final = 1e-5
+
+
+def min_count_for_delta(config: PrivacyConfig, delta: float = MAX_PRESENCE_DELTA) -> int:
+    """The smallest ``min_count`` whose :func:`presence_delta` is at most ``delta`` under
+    ``config``'s mechanism and epsilon (the delta falls as the min count grows)."""
+    lo, hi = 1, 1
+    while presence_delta(replace(config, min_count=hi)) > delta:
+        lo, hi = hi, hi * 2
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if presence_delta(replace(config, min_count=mid)) > delta:
+            lo = mid + 1
+        else:
+            hi = mid
+    return hi
 
 
 def presence_delta(config: PrivacyConfig) -> float:
@@ -79,6 +103,8 @@ def presence_delta(config: PrivacyConfig) -> float:
     releases of a window the deltas add up.
     """
     t = int(config.min_count)
+    if t <= 0:
+        return 1.0  # every group is released, an empty one included
     eps = config.epsilon_count
     if config.mechanism == "geometric":
         # released iff 1 + K >= t, K two-sided geometric: P(K >= m) = a^m / (1 + a), m >= 1

@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from nethical_grpc.cli.processes import Child, mesh_command, spawn
+from nethical_grpc.privacy import PrivacyConfig, min_count_for_delta
 
 pytestmark = pytest.mark.e2e
 
@@ -61,6 +62,28 @@ def test_a_port_in_use(role: str, taken_port: int) -> None:
 def test_a_port_out_of_range(port: str) -> None:
     out = run("region", "--region-id", "r1", "--port", port)
     assert_clear_failure(out, "--port")
+
+
+# the smallest min count that keeps the presence delta at epsilon 0.1 within the cap
+NEEDED = min_count_for_delta(PrivacyConfig(0.1, 1.0, 100.0, min_count=50))
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--dp-value-bound", "100"], "--dp-value-bound without --dp-epsilon"),
+        (["--dp-min-count", "100", "--dp-nonnegative"], "without --dp-epsilon"),
+        (["--dp-epsilon", "1", "--dp-value-bound", "100", "--dp-window-budget", "0"], "budget"),
+        (["--dp-epsilon", "0.1", "--dp-value-bound", "100"], f"use --dp-min-count {NEEDED} or"),
+        (["--dp-epsilon", "1", "--dp-value-bound", "100", "--dp-min-count", "0"], "probability 1"),
+        (["--dp-epsilon", "1e-19", "--dp-value-bound", "100"], "too large to represent"),
+    ],
+)
+def test_privacy_flags_that_would_not_protect(flags: list[str], words: str) -> None:
+    """Each of these used to start: with privacy silently off, a budget of 10x epsilon for
+    0, a presence delta near 0.15 or 1, or samplers that overflowed."""
+    out = run("region", "--region-id", "r1", "--port", "0", "--no-evaluate", *flags)
+    assert_clear_failure(out, "bad configuration", words)
 
 
 def test_a_bad_otlp_endpoint() -> None:
@@ -185,3 +208,19 @@ def test_health_of_an_unknown_service_and_the_start_up_line(node: tuple[Child, i
     assert json.loads(unreachable.stdout)["status"] == "UNREACHABLE"
     log = child.log_path.read_text()
     assert "(health on)" in log and "reflection on" not in log
+
+
+def test_a_privacy_configuration_that_starts_is_announced(tmp_path: Path) -> None:
+    node = spawn(
+        "dp-node",
+        ["region", "--region-id", "r1", "--port", "0", "--no-evaluate",
+         "--dp-epsilon", "1", "--dp-value-bound", "100", "--dp-nonnegative"],
+        tmp_path,
+    )  # fmt: skip
+    try:
+        node.port()
+        said = node.log_path.read_text()
+    finally:
+        node.stop()
+    assert "differential privacy on: epsilon 1 per release, 10 per window" in said
+    assert "values in [0, 100]" in said and "under a noisy count of 50" in said

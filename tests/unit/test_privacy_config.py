@@ -5,9 +5,18 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 
-from nethical_grpc.privacy import BucketGrid, PrivacyConfig, presence_delta
+from nethical_grpc.privacy import (
+    MAX_PRESENCE_DELTA,
+    BucketGrid,
+    PrivacyConfig,
+    clip_to_bound,
+    min_count_for_delta,
+    presence_delta,
+)
+from nethical_grpc.summary import Summary
 
 
 def make(**overrides: Any) -> PrivacyConfig:
@@ -78,3 +87,47 @@ def test_presence_delta_shrinks_with_min_count() -> None:
     geo = presence_delta(make(min_count=50, mechanism="geometric"))
     a = math.exp(-0.25)
     assert geo == pytest.approx(a**49 / (1 + a))
+
+
+def test_min_count_zero_releases_every_group() -> None:
+    assert presence_delta(make(min_count=0)) == 1.0
+    assert presence_delta(make(min_count=0, mechanism="geometric")) == 1.0
+
+
+@pytest.mark.parametrize("mechanism", ["laplace", "geometric"])
+@pytest.mark.parametrize("eps", [0.05, 0.5, 4.0])
+def test_min_count_for_delta_is_the_smallest_that_meets_it(mechanism: str, eps: float) -> None:
+    cfg = make(epsilon_per_release=eps, window_budget=10 * eps, mechanism=mechanism)
+    t = min_count_for_delta(cfg)
+    assert presence_delta(make(**{**_fields(cfg), "min_count": t})) <= MAX_PRESENCE_DELTA
+    assert presence_delta(make(**{**_fields(cfg), "min_count": t - 1})) > MAX_PRESENCE_DELTA
+
+
+def _fields(cfg: PrivacyConfig) -> dict[str, Any]:
+    return {
+        "epsilon_per_release": cfg.epsilon_per_release,
+        "window_budget": cfg.window_budget,
+        "mechanism": cfg.mechanism,
+    }
+
+
+@pytest.mark.parametrize("eps", [1e-19, 1e-7])
+def test_an_epsilon_too_small_to_sample_is_refused(eps: float) -> None:
+    """Noise of scale 1e19 overflowed the integer samplers: the geometric one then
+    released exact counts."""
+    with pytest.raises(ValueError, match="too large to represent"):
+        make(epsilon_per_release=eps, window_budget=eps)
+
+
+def test_tiny_values_are_set_to_zero_at_ingest_so_the_histogram_keeps_its_range() -> None:
+    cfg = make(value_bound=100.0, nonnegative=True)
+    values = np.array([1e-300, 5e-324, cfg.zero_below / 2, cfg.zero_below, 50.0, 150.0])
+    clipped = clip_to_bound(values, cfg)
+    assert clipped.tolist() == [0.0, 0.0, 0.0, cfg.zero_below, 50.0, 100.0]
+    base = np.linspace(1.0, 100.0, 500)
+    without = Summary.from_values(clip_to_bound(base, cfg))
+    with_tiny = Summary.from_values(clip_to_bound(np.append(base, 1e-300), cfg))
+    # one tiny observation no longer rescales the window's histogram (it used to drop it
+    # from scale 6 to scale 1, moving every bucket)
+    assert with_tiny.histogram.scale == without.histogram.scale
+    assert with_tiny.histogram.zero_count == without.histogram.zero_count + 1
