@@ -25,7 +25,7 @@ from nethical_grpc.errors import (
 from nethical_grpc.governance.requests import EvaluationRequest, Outcome
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
 from nethical_grpc.privacy import PrivateReleaser
-from nethical_grpc.series import SummaryQuery
+from nethical_grpc.series import GroupSummary, SummaryQuery
 from nethical_grpc.storage.audit import AuditStoreError
 from nethical_grpc.streams import ReadAhead, read_chunks
 from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
@@ -246,7 +246,12 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
                 else None
             )
             release = self.privacy.release(query, groups, version, charged_as=unfiltered)
-            groups = [r.group for r in release.groups]
+            groups = _public_times(
+                [r.group for r in release.groups],
+                unfiltered
+                if unfiltered is not None
+                else self.node.summaries(dataclasses.replace(query, label_filter=(), group_by=())),
+            )
             mean_errors = [r.mean_error for r in release.groups]
         ident = self.node.identity
         response = region_node_pb2.GetSummariesResponse(
@@ -493,6 +498,21 @@ T = TypeVar("T")
 #: How long a rejected Ingest stream keeps reading (and dropping) what the client still
 #: sends before it answers with the error.
 INGEST_DRAIN_S: Final = 1.0
+
+
+def _public_times(
+    groups: Sequence[GroupSummary], per_metric: Sequence[GroupSummary]
+) -> list[GroupSummary]:
+    """Released groups with only public times: each group's range is its metric's (the
+    windows where the metric has data, public by the privacy model), and no "data as of"
+    time. A group's own range, or its newest observation's time, would tell whether one
+    more observation fell in a later window."""
+    ranges = {g.metric: (g.start_ns, g.end_ns) for g in per_metric}
+    out = []
+    for g in groups:
+        start, end = ranges.get(g.metric, (g.start_ns, g.end_ns))
+        out.append(dataclasses.replace(g, start_ns=start, end_ns=end, data_as_of_ns=0))
+    return out
 
 
 async def _drain(requests: AsyncIterator[object]) -> None:

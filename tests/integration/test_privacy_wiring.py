@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -121,3 +123,45 @@ async def test_traffic_on_other_metrics_does_not_renoise_an_answer(mesh: Mesh) -
     await mesh.ingest("dp", "lat", np.array([11.0]))
     changed = await s.GetSummaries(req, timeout=5)
     assert changed.SerializeToString() != first.SerializeToString()
+
+
+async def test_noised_groups_carry_only_the_metrics_public_times(mesh: Mesh) -> None:
+    """A group's own time range, or its newest observation's time, would tell whether one
+    more observation fell in a later window: under privacy every group of a metric has
+    the metric's range, and no data-as-of time leaves the region."""
+    [(server, node)] = await add_region(mesh, "dp", privacy=DP)
+    window = node.store.config.window_ns
+    now = time.time_ns()
+    base = (now // window - 5) * window
+    ch = mesh.channel(server.address)
+    rng = np.random.default_rng(4)
+    batches = [
+        # "early": all in the first window; "late": spread over four windows
+        client.encode_ingest_request(
+            "score", rng.uniform(0, 100, 400), {"who": "early"},
+            timestamps_unix_nano=np.full(400, base + 1, np.int64),
+        ),
+        client.encode_ingest_request(
+            "score", rng.uniform(0, 100, 400), {"who": "late"},
+            timestamps_unix_nano=base + (np.arange(400) % 4) * window + 1,
+        ),
+    ]  # fmt: skip
+    await client.ingest(ch, batches)
+    s = stub(mesh, "dp")
+    answer = await s.GetSummaries(
+        region_node_pb2.GetSummariesRequest(metrics=["score"], group_by_labels=["who"]),
+        timeout=5,
+    )
+    assert [dict(g.labels)["who"] for g in answer.series] == ["early", "late"]
+    ranges = {(g.start_time.ToNanoseconds(), g.end_time.ToNanoseconds()) for g in answer.series}
+    assert ranges == {(base, base + 4 * window)}  # the metric's windows, for both groups
+    assert not answer.HasField("data_as_of")
+    # the exact node, for contrast, tells the groups' own ranges
+    [(plain, _)] = await add_region(mesh, "exact")
+    await client.ingest(mesh.channel(plain.address), batches)
+    exact = await stub(mesh, "exact").GetSummaries(
+        region_node_pb2.GetSummariesRequest(metrics=["score"], group_by_labels=["who"]),
+        timeout=5,
+    )
+    assert exact.series[0].end_time.ToNanoseconds() == base + window
+    assert exact.HasField("data_as_of")
