@@ -204,11 +204,19 @@ def batch_moments_numpy(
     d = x - m
     dsum = float(np.add.reduce(d))
     m2 = max(float(np.dot(d, d)) - dsum * dsum / n, 0.0)
-    mean = _clamp(m + dsum / n, lo, hi)
     p = n * m
     comp = ((p - s) + _two_prod_error(float(n), m, p)) + dsum
     total, comp = two_sum(s, comp)
+    if float(np.add.reduce(np.abs(x))) > _CANCELLATION * abs(total):
+        # values cancel: the pairwise sums above lose what the compiled kernel's TwoSum
+        # keeps (1e100, 1, -1e100, 3 summed to 5.25); sum exactly instead
+        total, comp = math.fsum(x.tolist()), 0.0
+    mean = _clamp((total + comp) / n, lo, hi)
     return MomentsTuple(n, total, comp, lo, hi, mean, m2)
+
+
+#: ``sum |x|`` over ``|sum x|`` beyond which the NumPy path sums exactly (cancellation).
+_CANCELLATION: Final = 4.0
 
 
 #: Independent accumulator lanes.  The inner ``for j in range(_LANES)`` loops have no
@@ -274,8 +282,9 @@ def _moments_kernel(x: FloatArray, lo: float, hi: float) -> tuple[float, float, 
         dsum += dl[j]
         qsum += ql[j]
     m2 = max(qsum - dsum * dsum / n, 0.0)
-    mean = min(max(m + dsum / n, lo), hi)
-    return total, comp, mean, m2
+    # the mean is the compensated total over n: adding dsum / n (uncompensated) only
+    # brought its rounding error back where values cancel (1e100, 1, -1e100, 3: 1.5)
+    return total, comp, m, m2
 
 
 def batch_moments_numba(

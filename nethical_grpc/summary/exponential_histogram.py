@@ -105,6 +105,20 @@ def bucket_lower_boundary(index: int | npt.NDArray[np.int64], scale: int) -> Flo
     return out
 
 
+def _estimates(index: npt.NDArray[np.int64], scale: int, factor: float) -> FloatArray:
+    """The magnitude each bucket ``(L, U]`` of ``index`` stands for in a quantile,
+    ``L * factor`` (``2LU / (L + U)``), kept inside the bucket: among subnormal numbers
+    that product rounds onto the coarse grid, to ``L`` itself or below, outside the
+    bucket and its error bound."""
+    lower = bucket_lower_boundary(index, scale)
+    est = lower * factor
+    coarse = est <= lower
+    if bool(coarse.any()):
+        upper = bucket_lower_boundary(index[coarse] + 1, scale)
+        est[coarse] = np.minimum(np.nextafter(lower[coarse], np.inf), upper)
+    return est
+
+
 @functools.cache
 def index_limits(scale: int) -> tuple[int, int]:
     """``(lowest, highest)`` index that a finite non-zero double can have at ``scale``."""
@@ -714,18 +728,18 @@ class ExponentialHistogram:
         factor = 1.0 + self.relative_error  # 2LU/(L+U) == L * 2*base/(1+base) == L*(1+err)
         if below_pos == 0:  # only positive values: every rank falls in a positive bucket
             found = np.searchsorted(cum_pos, ranks, side="right")
-            return bucket_lower_boundary(pos.offset + found.astype(np.int64), self.scale) * factor
+            return _estimates(pos.offset + found.astype(np.int64), self.scale, factor)
         out = np.zeros(q.shape, dtype=np.float64)
         in_neg = ranks < neg_total
         if bool(in_neg.any()):
             nearest = np.searchsorted(cum_neg, ranks[in_neg], side="right")
             idx = neg.offset + (neg.counts.shape[0] - 1 - nearest).astype(np.int64)
-            out[in_neg] = -(bucket_lower_boundary(idx, self.scale) * factor)
+            out[in_neg] = -_estimates(idx, self.scale, factor)
         in_pos = ranks >= below_pos
         if bool(in_pos.any()):
             found = np.searchsorted(cum_pos, ranks[in_pos] - np.uint64(below_pos), side="right")
             idx = pos.offset + found.astype(np.int64)
-            out[in_pos] = bucket_lower_boundary(idx, self.scale) * factor
+            out[in_pos] = _estimates(idx, self.scale, factor)
         return out
 
     # ---------------------------------------------------------------- validation

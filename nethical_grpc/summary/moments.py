@@ -79,12 +79,14 @@ class Moments:
         means = np.array([m.mean for m in parts], dtype=np.float64)
         lo = min(m.min for m in parts)
         hi = max(m.max for m in parts)
-        mean = float(np.dot(counts, means) / n)
+        total = math.fsum([*(m.sum for m in parts), *(m.compensation for m in parts)])
+        comp = math.fsum([*(m.sum for m in parts), *(m.compensation for m in parts), -total])
+        # the mean of the exact total (a count-weighted mean of the parts' means loses
+        # everything where the parts' values cancel)
+        mean = (total + comp) / n
         mean = lo if mean < lo else hi if mean > hi else mean
         dev = means - mean
         m2 = math.fsum(m.m2 for m in parts) + float(np.dot(counts, dev * dev))
-        total = math.fsum([*(m.sum for m in parts), *(m.compensation for m in parts)])
-        comp = math.fsum([*(m.sum for m in parts), *(m.compensation for m in parts), -total])
         return cls(n, total, comp, lo, hi, mean, m2)
 
     def copy(self) -> Moments:
@@ -130,7 +132,9 @@ class Moments:
         hi = max(a.max, b.max)
         delta = b.mean - a.mean
         frac = b.count / n
-        mean = a.mean + delta * frac
+        # the mean of the exact total, not Chan's a.mean + delta * frac (which loses it
+        # where the parts' values cancel); delta still corrects m2
+        mean = (total + comp) / n
         mean = lo if mean < lo else hi if mean > hi else mean
         m2 = (a.m2 + b.m2) + delta * delta * (a.count * frac)
         self.count = n

@@ -191,3 +191,36 @@ def test_validate_accepts_good() -> None:
     Moments().validate()
     Moments.from_values(np.array([-1e150, 1e150])).validate()
     Moments.from_values(np.array([5e-324])).validate()
+
+
+CANCELLING = [
+    [1e100, 1.0, -1e100, 3.0],
+    [1e16, 1.0, -1e16],
+    [1e16, -1e16, *([1.0] * 1000)],
+]
+
+
+@pytest.mark.parametrize("values", CANCELLING)
+@pytest.mark.parametrize(
+    "kernel", [kernels.batch_moments_numpy, kernels.batch_moments_numba], ids=["numpy", "numba"]
+)
+def test_values_that_cancel_keep_an_exact_sum_and_mean(values: list[float], kernel) -> None:  # type: ignore[no-untyped-def]
+    """Both paths give the compensated total and the mean of it (the NumPy path summed
+    1e100, 1, -1e100, 3 to 5.25; both gave a mean of 1.5 for a sum of 4)."""
+    t = kernel(np.array(values))
+    exact = math.fsum(values)
+    assert t.sum + t.compensation == exact
+    assert t.mean == pytest.approx(exact / len(values), rel=1e-15)
+
+
+@pytest.mark.parametrize("values", CANCELLING)
+def test_merges_of_parts_that_cancel_keep_the_exact_mean(values: list[float]) -> None:
+    exact = math.fsum(values) / len(values)
+    parts = [Moments.from_values(np.array([v])) for v in values]
+    for merged in (
+        Moments.merge_all(parts),
+        parts[0].merge(Moments.merge_all(parts[1:])),
+        Moments.merge_all(parts[:2]).merge(Moments.merge_all(parts[2:])),
+    ):
+        assert merged.total == math.fsum(values)
+        assert merged.mean == pytest.approx(exact, rel=1e-15)

@@ -254,3 +254,23 @@ def test_compact_changes_nothing_observable(values: list[float]) -> None:
     assert both == s.merge(s)
     compacted.update(arr)
     assert compacted == s.merge(s)
+
+
+@SETTINGS
+@given(
+    values=st.lists(
+        st.floats(min_value=5e-324, max_value=1e-305) | st.sampled_from([1.0, 0.0, 1e-300]),
+        min_size=1,
+        max_size=60,
+    ),
+    scale=scales,
+)
+def test_quantiles_of_subnormal_values_stay_within_the_bound(
+    values: list[float], scale: int
+) -> None:
+    """Among subnormal numbers ``L * (1 + err)`` rounds onto the coarse grid, to ``L`` or
+    below, outside its bucket: estimates are kept inside their buckets."""
+    x = np.array(values)
+    s = Summary.from_values(x, scale=scale)
+    _assert_quantiles_within_bound(s.histogram.quantiles(QS), x, s.relative_error)
+    _assert_quantiles_within_bound(s.quantiles(QS), x, s.relative_error)
