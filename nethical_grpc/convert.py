@@ -32,6 +32,7 @@ from nethical_grpc.storage.backend import BackendChoice
 from nethical_grpc.storage.timeseries import AggregateRow, MetricRecord
 from nethical_grpc.storage.timeseries.model import check_text
 from nethical_grpc.summary import Buckets, ExponentialHistogram, Moments, Summary
+from nethical_grpc.summary._kernels import two_sum
 from nethical_grpc.summary.exponential_histogram import CountArray, CountedSide, counted_side
 from nethical_grpc.summary.moments import check_consistent
 from nethical_grpc.v1 import coordinator_pb2, governance_pb2, region_node_pb2, summary_pb2
@@ -119,33 +120,60 @@ def ns_to_duration(ns: int) -> duration_pb2.Duration:
 def moments_to_proto(m: Moments) -> summary_pb2.Moments:
     if m.count == 0:
         return summary_pb2.Moments()
+    total, compensation = two_sum(m.sum, m.compensation)
     return summary_pb2.Moments(
-        count=m.count, sum=m.total, min=m.min, max=m.max, mean=m.mean, m2=m.m2
+        count=m.count,
+        sum=total,
+        min=m.min,
+        max=m.max,
+        mean=m.mean,
+        m2=m.m2,
+        sum_compensation=compensation,
     )
 
 
 def moments_from_proto(msg: summary_pb2.Moments, field: str = "moments") -> Moments:
-    return _checked_moments(msg.count, msg.sum, msg.min, msg.max, msg.mean, msg.m2, field)
+    return _checked_moments(
+        msg.count, msg.sum, msg.min, msg.max, msg.mean, msg.m2, field, msg.sum_compensation
+    )
 
 
 def _checked_moments(
-    count: int, total: float, lo: float, hi: float, mean: float, m2: float, field: str
+    count: int,
+    total: float,
+    lo: float,
+    hi: float,
+    mean: float,
+    m2: float,
+    field: str,
+    compensation: float = 0.0,
 ) -> Moments:
     """Moments from a message's field values (validated)."""
     if count == 0:
-        if total != 0.0 or lo != 0.0 or hi != 0.0 or mean != 0.0 or m2 != 0.0:
+        if (
+            total != 0.0
+            or lo != 0.0
+            or hi != 0.0
+            or mean != 0.0
+            or m2 != 0.0
+            or compensation != 0.0
+        ):
             raise InvalidArgument.single(field, "an empty summary must have zero moments")
         return Moments()
     isfinite = math.isfinite
     if not (isfinite(total) and isfinite(lo) and isfinite(hi) and isfinite(mean) and isfinite(m2)):
         raise InvalidArgument.single(field, "moments must be finite")
+    if compensation and not abs(compensation) <= math.ulp(total):
+        raise InvalidArgument.single(
+            field, "sum_compensation must be finite and at most one unit in the last place of sum"
+        )
     if max(abs(lo), abs(hi)) > MAX_ABS_VALUE:
         raise InvalidArgument.single(field, f"min and max must be within +-{MAX_ABS_VALUE:g}")
     try:
         check_consistent(count, total, lo, hi, mean, m2)
     except (ValueError, ArithmeticError) as exc:
         raise InvalidArgument.single(field, str(exc)) from None
-    return Moments(count, total, 0.0, lo, hi, mean, m2)
+    return Moments(count, total, compensation, lo, hi, mean, m2)
 
 
 def _write_buckets(target: summary_pb2.ExponentialHistogram.Buckets, b: Buckets) -> None:
@@ -458,7 +486,14 @@ def _scanned_groups(data: bytes, scanned: summary_scan.ScannedSummaries) -> list
             for k0, k1, v0, v1 in pairs[first : first + row[sc.LABELS_COUNT]]
         }
         moments = _checked_moments(
-            count, f[sc.SUM], f[sc.MIN], f[sc.MAX], f[sc.MEAN], f[sc.M2], field + ".summary.moments"
+            count,
+            f[sc.SUM],
+            f[sc.MIN],
+            f[sc.MAX],
+            f[sc.MEAN],
+            f[sc.M2],
+            field + ".summary.moments",
+            f[sc.SUM_COMPENSATION],
         )
         pos, neg = row[sc.POS_FIRST], row[sc.NEG_FIRST]
         histogram, total = _checked_histogram(

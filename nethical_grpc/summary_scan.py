@@ -73,7 +73,8 @@ MEAN: Final = 3
 M2: Final = 4
 ZERO_THRESHOLD: Final = 5
 MEAN_ERROR: Final = 6
-_FLOAT_COLUMNS: Final = 7
+SUM_COMPENSATION: Final = 7
+_FLOAT_COLUMNS: Final = 8
 # -- the answer's own fields (int64) ------------------------------------------------
 REGION_START: Final = 0
 REGION_END: Final = 1
@@ -393,7 +394,7 @@ def _series(
                     f3, w3, q = _key(buf, q, e2)
                     if q < 0:
                         return _MALFORMED, n_labels, n_counts
-                    if f3 < 1 or f3 > 6:
+                    if f3 < 1 or f3 > (7 if f2 == 1 else 6):
                         q = _skip(buf, q, e2, w3)
                         if q < 0:
                             return (_MALFORMED if q == -1 else _UNSUPPORTED), n_labels, n_counts
@@ -401,7 +402,7 @@ def _series(
                     if inner_seen & (1 << f3):
                         return _UNSUPPORTED, n_labels, n_counts
                     inner_seen |= 1 << f3
-                    if f2 == 1:  # Moments: 1 count, 2..6 doubles
+                    if f2 == 1:  # Moments: 1 count, 2..7 doubles
                         if f3 == 1:
                             if w3 != _VARINT:
                                 return _UNSUPPORTED, n_labels, n_counts
@@ -414,7 +415,8 @@ def _series(
                                 return _UNSUPPORTED, n_labels, n_counts
                             if q + 8 > e2:
                                 return _MALFORMED, n_labels, n_counts
-                            floats[f3 - 2] = _fixed64(buf, q)  # SUM .. M2
+                            # SUM .. M2, then SUM_COMPENSATION
+                            floats[SUM_COMPENSATION if f3 == 7 else f3 - 2] = _fixed64(buf, q)
                             q += 8
                     elif f3 == 3:  # Histogram.zero_threshold
                         if w3 != _I64:

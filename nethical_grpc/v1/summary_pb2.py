@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enethical_grpc/v1/summary.proto\x12\x10nethical_grpc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"Y\n\x07Moments\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x0b\n\x03sum\x18\x02 \x01(\x01\x12\x0b\n\x03min\x18\x03 \x01(\x01\x12\x0b\n\x03max\x18\x04 \x01(\x01\x12\x0c\n\x04mean\x18\x05 \x01(\x01\x12\n\n\x02m2\x18\x06 \x01(\x01\"\x9c\x02\n\x14\x45xponentialHistogram\x12\r\n\x05scale\x18\x01 \x01(\x11\x12\x12\n\nzero_count\x18\x02 \x01(\x04\x12\x16\n\x0ezero_threshold\x18\x03 \x01(\x01\x12@\n\x08positive\x18\x04 \x01(\x0b\x32..nethical_grpc.v1.ExponentialHistogram.Buckets\x12@\n\x08negative\x18\x05 \x01(\x0b\x32..nethical_grpc.v1.ExponentialHistogram.Buckets\x12\x13\n\x0bmax_buckets\x18\x06 \x01(\r\x1a\x30\n\x07\x42uckets\x12\x0e\n\x06offset\x18\x01 \x01(\x11\x12\x15\n\rbucket_counts\x18\x02 \x03(\x04\"p\n\x07Summary\x12*\n\x07moments\x18\x01 \x01(\x0b\x32\x19.nethical_grpc.v1.Moments\x12\x39\n\thistogram\x18\x02 \x01(\x0b\x32&.nethical_grpc.v1.ExponentialHistogram\"\xa9\x02\n\rSeriesSummary\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12;\n\x06labels\x18\x02 \x03(\x0b\x32+.nethical_grpc.v1.SeriesSummary.LabelsEntry\x12*\n\x07summary\x18\x03 \x01(\x0b\x32\x19.nethical_grpc.v1.Summary\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmean_error\x18\x06 \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\nNoiseError\x12\x0e\n\x06stddev\x18\x01 \x01(\x01\x12\x14\n\x0c\x65xpected_abs\x18\x02 \x01(\x01\"\xc7\x02\n\x0bPrivacyInfo\x12\x0e\n\x06noised\x18\x01 \x01(\x08\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\x12\x33\n\tmechanism\x18\x04 \x01(\x0e\x32 .nethical_grpc.v1.NoiseMechanism\x12\x31\n\x0b\x63ount_error\x18\x05 \x01(\x0b\x32\x1c.nethical_grpc.v1.NoiseError\x12/\n\tsum_error\x18\x06 \x01(\x0b\x32\x1c.nethical_grpc.v1.NoiseError\x12\x32\n\x0c\x62ucket_error\x18\x07 \x01(\x0b\x32\x1c.nethical_grpc.v1.NoiseError\x12\x11\n\tmin_count\x18\x08 \x01(\x04\x12\x13\n\x0blower_bound\x18\t \x01(\x01\x12\x13\n\x0bupper_bound\x18\n \x01(\x01*m\n\x0eNoiseMechanism\x12\x1f\n\x1bNOISE_MECHANISM_UNSPECIFIED\x10\x00\x12\x1b\n\x17NOISE_MECHANISM_LAPLACE\x10\x01\x12\x1d\n\x19NOISE_MECHANISM_GEOMETRIC\x10\x02\x42\x9b\x01\n\x13io.nethical.mesh.v1B\x0cSummaryProtoP\x01Z3nethical.io/mesh/gen/go/nethical_grpc/v1;nethicalv1\xa2\x02\x03NMX\xaa\x02\x10Nethical.Mesh.V1\xca\x02\x10Nethical\\Mesh\\V1\xea\x02\x12Nethical::Mesh::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enethical_grpc/v1/summary.proto\x12\x10nethical_grpc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"s\n\x07Moments\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x0b\n\x03sum\x18\x02 \x01(\x01\x12\x0b\n\x03min\x18\x03 \x01(\x01\x12\x0b\n\x03max\x18\x04 \x01(\x01\x12\x0c\n\x04mean\x18\x05 \x01(\x01\x12\n\n\x02m2\x18\x06 \x01(\x01\x12\x18\n\x10sum_compensation\x18\x07 \x01(\x01\"\x9c\x02\n\x14\x45xponentialHistogram\x12\r\n\x05scale\x18\x01 \x01(\x11\x12\x12\n\nzero_count\x18\x02 \x01(\x04\x12\x16\n\x0ezero_threshold\x18\x03 \x01(\x01\x12@\n\x08positive\x18\x04 \x01(\x0b\x32..nethical_grpc.v1.ExponentialHistogram.Buckets\x12@\n\x08negative\x18\x05 \x01(\x0b\x32..nethical_grpc.v1.ExponentialHistogram.Buckets\x12\x13\n\x0bmax_buckets\x18\x06 \x01(\r\x1a\x30\n\x07\x42uckets\x12\x0e\n\x06offset\x18\x01 \x01(\x11\x12\x15\n\rbucket_counts\x18\x02 \x03(\x04\"p\n\x07Summary\x12*\n\x07moments\x18\x01 \x01(\x0b\x32\x19.nethical_grpc.v1.Moments\x12\x39\n\thistogram\x18\x02 \x01(\x0b\x32&.nethical_grpc.v1.ExponentialHistogram\"\xa9\x02\n\rSeriesSummary\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12;\n\x06labels\x18\x02 \x03(\x0b\x32+.nethical_grpc.v1.SeriesSummary.LabelsEntry\x12*\n\x07summary\x18\x03 \x01(\x0b\x32\x19.nethical_grpc.v1.Summary\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nmean_error\x18\x06 \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\nNoiseError\x12\x0e\n\x06stddev\x18\x01 \x01(\x01\x12\x14\n\x0c\x65xpected_abs\x18\x02 \x01(\x01\"\xc7\x02\n\x0bPrivacyInfo\x12\x0e\n\x06noised\x18\x01 \x01(\x08\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\x12\x33\n\tmechanism\x18\x04 \x01(\x0e\x32 .nethical_grpc.v1.NoiseMechanism\x12\x31\n\x0b\x63ount_error\x18\x05 \x01(\x0b\x32\x1c.nethical_grpc.v1.NoiseError\x12/\n\tsum_error\x18\x06 \x01(\x0b\x32\x1c.nethical_grpc.v1.NoiseError\x12\x32\n\x0c\x62ucket_error\x18\x07 \x01(\x0b\x32\x1c.nethical_grpc.v1.NoiseError\x12\x11\n\tmin_count\x18\x08 \x01(\x04\x12\x13\n\x0blower_bound\x18\t \x01(\x01\x12\x13\n\x0bupper_bound\x18\n \x01(\x01*m\n\x0eNoiseMechanism\x12\x1f\n\x1bNOISE_MECHANISM_UNSPECIFIED\x10\x00\x12\x1b\n\x17NOISE_MECHANISM_LAPLACE\x10\x01\x12\x1d\n\x19NOISE_MECHANISM_GEOMETRIC\x10\x02\x42\x9b\x01\n\x13io.nethical.mesh.v1B\x0cSummaryProtoP\x01Z3nethical.io/mesh/gen/go/nethical_grpc/v1;nethicalv1\xa2\x02\x03NMX\xaa\x02\x10Nethical.Mesh.V1\xca\x02\x10Nethical\\Mesh\\V1\xea\x02\x12Nethical::Mesh::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,22 +35,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\023io.nethical.mesh.v1B\014SummaryProtoP\001Z3nethical.io/mesh/gen/go/nethical_grpc/v1;nethicalv1\242\002\003NMX\252\002\020Nethical.Mesh.V1\312\002\020Nethical\\Mesh\\V1\352\002\022Nethical::Mesh::V1'
   _globals['_SERIESSUMMARY_LABELSENTRY']._loaded_options = None
   _globals['_SERIESSUMMARY_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_NOISEMECHANISM']._serialized_start=1259
-  _globals['_NOISEMECHANISM']._serialized_end=1368
+  _globals['_NOISEMECHANISM']._serialized_start=1285
+  _globals['_NOISEMECHANISM']._serialized_end=1394
   _globals['_MOMENTS']._serialized_start=85
-  _globals['_MOMENTS']._serialized_end=174
-  _globals['_EXPONENTIALHISTOGRAM']._serialized_start=177
-  _globals['_EXPONENTIALHISTOGRAM']._serialized_end=461
-  _globals['_EXPONENTIALHISTOGRAM_BUCKETS']._serialized_start=413
-  _globals['_EXPONENTIALHISTOGRAM_BUCKETS']._serialized_end=461
-  _globals['_SUMMARY']._serialized_start=463
-  _globals['_SUMMARY']._serialized_end=575
-  _globals['_SERIESSUMMARY']._serialized_start=578
-  _globals['_SERIESSUMMARY']._serialized_end=875
-  _globals['_SERIESSUMMARY_LABELSENTRY']._serialized_start=830
-  _globals['_SERIESSUMMARY_LABELSENTRY']._serialized_end=875
-  _globals['_NOISEERROR']._serialized_start=877
-  _globals['_NOISEERROR']._serialized_end=927
-  _globals['_PRIVACYINFO']._serialized_start=930
-  _globals['_PRIVACYINFO']._serialized_end=1257
+  _globals['_MOMENTS']._serialized_end=200
+  _globals['_EXPONENTIALHISTOGRAM']._serialized_start=203
+  _globals['_EXPONENTIALHISTOGRAM']._serialized_end=487
+  _globals['_EXPONENTIALHISTOGRAM_BUCKETS']._serialized_start=439
+  _globals['_EXPONENTIALHISTOGRAM_BUCKETS']._serialized_end=487
+  _globals['_SUMMARY']._serialized_start=489
+  _globals['_SUMMARY']._serialized_end=601
+  _globals['_SERIESSUMMARY']._serialized_start=604
+  _globals['_SERIESSUMMARY']._serialized_end=901
+  _globals['_SERIESSUMMARY_LABELSENTRY']._serialized_start=856
+  _globals['_SERIESSUMMARY_LABELSENTRY']._serialized_end=901
+  _globals['_NOISEERROR']._serialized_start=903
+  _globals['_NOISEERROR']._serialized_end=953
+  _globals['_PRIVACYINFO']._serialized_start=956
+  _globals['_PRIVACYINFO']._serialized_end=1283
 # @@protoc_insertion_point(module_scope)

@@ -20,20 +20,22 @@ NOISE_MECHANISM_LAPLACE: NoiseMechanism
 NOISE_MECHANISM_GEOMETRIC: NoiseMechanism
 
 class Moments(_message.Message):
-    __slots__ = ("count", "sum", "min", "max", "mean", "m2")
+    __slots__ = ("count", "sum", "min", "max", "mean", "m2", "sum_compensation")
     COUNT_FIELD_NUMBER: _ClassVar[int]
     SUM_FIELD_NUMBER: _ClassVar[int]
     MIN_FIELD_NUMBER: _ClassVar[int]
     MAX_FIELD_NUMBER: _ClassVar[int]
     MEAN_FIELD_NUMBER: _ClassVar[int]
     M2_FIELD_NUMBER: _ClassVar[int]
+    SUM_COMPENSATION_FIELD_NUMBER: _ClassVar[int]
     count: int
     sum: float
     min: float
     max: float
     mean: float
     m2: float
-    def __init__(self, count: _Optional[int] = ..., sum: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., mean: _Optional[float] = ..., m2: _Optional[float] = ...) -> None: ...
+    sum_compensation: float
+    def __init__(self, count: _Optional[int] = ..., sum: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., mean: _Optional[float] = ..., m2: _Optional[float] = ..., sum_compensation: _Optional[float] = ...) -> None: ...
 
 class ExponentialHistogram(_message.Message):
     __slots__ = ("scale", "zero_count", "zero_threshold", "positive", "negative", "max_buckets")

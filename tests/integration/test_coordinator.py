@@ -11,6 +11,7 @@ import pytest
 from google.protobuf import duration_pb2
 from meshutil import Mesh, add_coordinator, add_region, wait_for
 
+from coordinator.federation import SummaryTransport
 from coordinator.instances import Health
 from coordinator.server import CoordinatorConfig, start_coordinator
 from nethical_grpc import client
@@ -354,3 +355,29 @@ async def test_an_address_that_never_works_says_why_once(caplog: pytest.LogCaptu
         assert "UNAVAILABLE" in message
     finally:
         await server.drain(announce_s=0, grace_s=0)
+
+
+@pytest.mark.parametrize("transport", [SummaryTransport.STREAM, SummaryTransport.UNARY])
+async def test_totals_that_cancel_across_regions_stay_exact(
+    mesh: Mesh, transport: SummaryTransport
+) -> None:
+    """Each region's sum travels with its compensation (what rounding it to one double
+    left out): 1e16 + 1 in one region and -1e16 in another add up to 1, not 0."""
+    await add_region(mesh, "a")
+    await add_region(mesh, "b")
+    await mesh.ingest("a", "m", np.array([1e16, 1.0]))
+    await mesh.ingest("b", "m", np.array([-1e16]))
+    spec = {r: [s.address for s, _ in mesh.regions[r]] for r in ("a", "b")}
+    server, federation = await start_coordinator(
+        CoordinatorConfig(regions=spec, summary_transport=transport)
+    )
+    try:
+        assert await federation.registry.wait_ready(10.0)
+        resp = await client.global_metrics(
+            mesh.channel(server.address), client.QueryOptions(metrics=("m",)), timeout=10
+        )
+    finally:
+        await server.drain(announce_s=0, grace_s=0)
+    stats = resp.results[0].statistics
+    assert (stats.count, stats.sum) == (3, 1.0)
+    assert stats.mean == pytest.approx(1 / 3, rel=1e-15)
