@@ -83,14 +83,16 @@ class GroupResult:
     summary: Summary
     per_region: dict[str, Summary]
     weighted_mean: float | None
-    # regions whose summaries of this group were noised, with how (differential privacy)
-    noised: dict[str, ReleaseInfo] = field(default_factory=dict)
+    # regions whose summaries of this group were noised, with how: one release per
+    # answering instance (a region of disjoint instances merges one noisy summary each)
+    noised: dict[str, list[ReleaseInfo]] = field(default_factory=dict)
 
     def privacy(self) -> MergedError | None:
         """The noise in the merged figures, when any region's summary was noised."""
         if not self.noised:
             return None
-        return merged_error(self.noised.values(), self.summary.count, self.summary.mean)
+        releases = [info for infos in self.noised.values() for info in infos]
+        return merged_error(releases, self.summary.count, self.summary.mean)
 
 
 @dataclass(slots=True)
@@ -329,7 +331,7 @@ def _merge(
 ) -> list[GroupResult]:
     # group -> region -> the summaries its instances sent
     by_group: dict[tuple[str, Labels], dict[str, list[Summary]]] = {}
-    noised: dict[tuple[str, Labels], dict[str, ReleaseInfo]] = {}
+    noised: dict[tuple[str, Labels], dict[str, list[ReleaseInfo]]] = {}
     for region, answers in per_region.items():
         for answer in answers:
             for g in answer.groups:
@@ -337,7 +339,8 @@ def _merge(
                     g.summary
                 )
                 if answer.privacy is not None:
-                    noised.setdefault((g.metric, g.labels), {})[region] = answer.privacy
+                    releases = noised.setdefault((g.metric, g.labels), {})
+                    releases.setdefault(region, []).append(answer.privacy)
     results: list[GroupResult] = []
     for metric, labels in sorted(by_group):
         regions = by_group[(metric, labels)]

@@ -129,7 +129,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                         count_error=convert.noise_error_to_proto(noise.count_error),
                         sum_error=convert.noise_error_to_proto(noise.sum_error),
                         mean_error=noise.mean_error,
-                        max_epsilon=max(i.epsilon for i in group.noised.values()),
+                        max_epsilon=max(i.epsilon for r in group.noised.values() for i in r),
                     )
                 )
             if request.include_summary:

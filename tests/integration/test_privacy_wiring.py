@@ -165,3 +165,24 @@ async def test_noised_groups_carry_only_the_metrics_public_times(mesh: Mesh) -> 
     )
     assert exact.series[0].end_time.ToNanoseconds() == base + window
     assert exact.HasField("data_as_of")
+
+
+async def test_error_bars_count_one_noisy_summary_per_answering_instance(mesh: Mesh) -> None:
+    """A region of two disjoint instances merges two noisy summaries: its count's noise
+    has twice the variance of a one-instance region's (it was reported as one)."""
+    await add_region(mesh, "one", privacy=DP)
+    await add_region(mesh, "two", instances=2, privacy=DP)
+    rng = np.random.default_rng(5)
+    await mesh.ingest("one", "score", rng.uniform(0, 100, 4_000))
+    for instance in (0, 1):
+        await mesh.ingest("two", "score", rng.uniform(0, 100, 2_000), instance=instance)
+    await add_coordinator(mesh)
+    ch = mesh.coordinator_channel()
+    found = []
+    for region in ("one", "two"):
+        opts = client.QueryOptions(metrics=["score"], regions=[region])
+        found.append((await client.global_metrics(ch, opts)).results[0].privacy)
+    single, double = found
+    assert list(double.noised_regions) == ["two"]
+    ratio = double.count_error.stddev / single.count_error.stddev
+    assert ratio == pytest.approx(2**0.5, rel=1e-9)
