@@ -19,6 +19,7 @@ from region_node.evaluation import Evaluator, warm_up
 from region_node.model import ModelConfig, NodeModel
 from region_node.node import NodeIdentity, RegionNode
 from region_node.persistence import Persister
+from region_node.privacy_accounts import AccountsFile
 from region_node.servicer import RegionNodeServicer
 from region_node.stores import NodeStores, StoreConfig
 from region_node.wal import WriteAheadLog
@@ -87,6 +88,7 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
         if config.privacy is not None:
             node.privacy = config.privacy
             releaser = PrivateReleaser(config.privacy, window_ns=config.windows.window_ns)
+            _keep_accounts(releaser, config.wal_dir)
             node.privacy_releaser = releaser
         servicer = RegionNodeServicer(
             node, evaluator, stores, releaser, max_message_bytes=config.max_message_bytes
@@ -130,6 +132,22 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
         mesh.on_stop.append(_closer(node.wal))
     await mesh.set_serving(True)
     return mesh, node
+
+
+def _keep_accounts(releaser: PrivateReleaser, wal_dir: Path | None) -> None:
+    """Budgets spent before a restart stay spent: with a write-ahead log directory they
+    are read back now and saved after every charge (see region_node.privacy_accounts)."""
+    if wal_dir is None:
+        log.warning(
+            "privacy budgets are kept in memory only: a restart starts them afresh while "
+            "the windows come back; give --wal-dir to keep them"
+        )
+        return
+    accounts = AccountsFile(wal_dir)
+    read = accounts.load(releaser.accountant)
+    log.info("privacy accounts %s: %d read", accounts.path, read)
+    accountant = releaser.accountant
+    releaser.on_charge = lambda: accounts.save(accountant)
 
 
 def _closer(wal: WriteAheadLog) -> Callable[[], Awaitable[None]]:

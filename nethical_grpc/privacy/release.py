@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Final, Literal
 
@@ -368,6 +368,9 @@ class PrivateReleaser:
         self.granularity: Granularity = granularity
         self.accountant = accountant or PrivacyAccountant(config.window_budget)
         self.accountant.window_budget = float(config.window_budget)
+        #: called after each release that charged the accounts, before it is returned
+        #: (e.g. to save them: see region_node.privacy_accounts)
+        self.on_charge: Callable[[], None] | None = None
         self.grid = BucketGrid.from_config(config)
         self.info = ReleaseInfo.from_config(config)
         #: releases that saw a true min/max beyond the value bound (in-region figure only)
@@ -447,6 +450,8 @@ class PrivateReleaser:
         eps = float(self.config.epsilon_per_release)
         if keys:
             self.accountant.charge(keys, eps)
+            if self.on_charge is not None:
+                self.on_charge()
         released = []
         for group in groups:
             self._check_bound(group)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -13,6 +14,8 @@ from nethical_grpc import client, convert
 from nethical_grpc.errors import details_from_error
 from nethical_grpc.privacy import PrivacyConfig
 from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc, summary_pb2
+from region_node.privacy_accounts import ACCOUNTS_FILE
+from region_node.server import RegionServerConfig, start_region_server
 
 DP = PrivacyConfig(
     epsilon_per_release=1.0, window_budget=3.0, value_bound=100.0, min_count=5, nonnegative=True
@@ -186,3 +189,43 @@ async def test_error_bars_count_one_noisy_summary_per_answering_instance(mesh: M
     assert list(double.noised_regions) == ["two"]
     ratio = double.count_error.stddev / single.count_error.stddev
     assert ratio == pytest.approx(2**0.5, rel=1e-9)
+
+
+async def test_spent_budgets_outlive_a_restart(tmp_path: Path) -> None:
+    """The windows come back from the write-ahead log, and so does what their releases
+    spent: a restart no longer refills every window's budget."""
+    config = RegionServerConfig(region_id="dp", privacy=DP, wal_dir=tmp_path, model=None)
+    server, _ = await start_region_server(config)
+    try:
+        ch = client.insecure_channel(server.address)
+        s = region_node_pb2_grpc.RegionNodeServiceStub(ch)
+        req = region_node_pb2.GetSummariesRequest(metrics=["score"])
+        reasons = []
+        for i in range(4):  # new data each time: a fresh release, charged
+            await client.ingest(ch, [client.encode_ingest_request("score", np.full(50, i + 1.0))])
+            try:
+                await s.GetSummaries(req, timeout=5)
+                reasons.append("OK")
+            except grpc.aio.AioRpcError as err:
+                reasons.append(details_from_error(err).reason or "")
+        # window budget 3, epsilon 1 a release
+        assert reasons == ["OK", "OK", "OK", "PRIVACY_BUDGET_EXHAUSTED"]
+        await ch.close()
+    finally:
+        await server.drain(announce_s=0, grace_s=0)
+    assert (tmp_path / ACCOUNTS_FILE).exists()
+    again, _ = await start_region_server(config)
+    try:
+        ch = client.insecure_channel(again.address)
+        s = region_node_pb2_grpc.RegionNodeServiceStub(ch)
+        await client.ingest(ch, [client.encode_ingest_request("score", np.full(50, 99.0))])
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.GetSummaries(req, timeout=5)
+        assert details_from_error(err.value).reason == "PRIVACY_BUDGET_EXHAUSTED"
+        await ch.close()
+    finally:
+        await again.drain(announce_s=0, grace_s=0)
+    # accounts that do not parse stop the start, rather than starting afresh
+    (tmp_path / ACCOUNTS_FILE).write_text("{not json")
+    with pytest.raises(ValueError, match="privacy accounts"):
+        await start_region_server(config)
