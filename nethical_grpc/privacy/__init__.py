@@ -63,12 +63,14 @@ Assumptions and limits
 ----------------------
 * ``|x| <= B`` for every observation (``0 <= x <= B`` with ``nonnegative``). Values past it
   void the sum's guarantee; the histogram stays private (they fold into the top cell).
-  :func:`release.clip_to_bound` clips at ingest, the recommended wiring; the releaser
-  counts releases that saw a true min/max outside the bound (``bound_violations``, logged
-  in-region only).
+  :func:`release.clip_to_bound` clips at ingest, the recommended wiring; a group whose
+  true min/max lies outside the bound (windows restored from data written without
+  privacy) is left out of the release, counted in ``bound_violations`` and logged
+  in-region.
 * Which (metric, window) pairs and which label groups hold data is treated as public
   (group presence is protected only by the suppression delta).
-* Budgets live in memory (snapshot/restore to persist them). Instances that share a region
+* Budgets live in memory (snapshot/restore to persist them; a region node saves them
+  beside its write-ahead log, see ``region_node.privacy_accounts``). Instances that share a region
   store each keep their own accountant, so ``n`` such instances allow ``n`` times the
   budget unless the accounts are shared.
 * Noise comes from ``os.urandom`` unless a seeded generator is passed (tests). Noisy sums

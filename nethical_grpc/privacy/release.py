@@ -454,7 +454,8 @@ class PrivateReleaser:
                 self.on_charge()
         released = []
         for group in groups:
-            self._check_bound(group)
+            if not self._within_bound(group):
+                continue
             noised = noise_summary(group.summary, self.config, self._rng, self.grid)
             if noised is None:
                 continue
@@ -470,17 +471,22 @@ class PrivateReleaser:
             self._cache.popitem(last=False)
         return result
 
-    def _check_bound(self, group: GroupSummary) -> None:
+    def _within_bound(self, group: GroupSummary) -> bool:
+        """Whether the group's values keep to the value bound; one that does not (a window
+        restored from data written without privacy, say) is left out of the release: its
+        sum and mean would tell a single value beyond the bound."""
         s = group.summary
         if s.count and (s.min < self.config.lower_bound or s.max > self.config.upper_bound):
             self.bound_violations += 1
             log.warning(
-                "metric %r has values outside the privacy value bound [%g, %g]: the sum's "
-                "guarantee does not hold for it (clip at ingest)",
+                "metric %r has values outside the privacy value bound [%g, %g] (windows "
+                "not clipped at ingest): left out of the release",
                 group.metric,
                 self.config.lower_bound,
                 self.config.upper_bound,
             )
+            return False
+        return True
 
     def forget_windows_before(self, window_id: int) -> int:
         """Drop budget accounts of evicted windows (id ``< window_id``); returns how many."""

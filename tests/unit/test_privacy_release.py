@@ -256,8 +256,10 @@ def test_clip_to_bound_and_bound_violations_are_counted() -> None:
     cfg = make(value_bound=1.0, nonnegative=True)
     assert clip_to_bound([-2.0, 0.5, 3.0], cfg).tolist() == [0.0, 0.5, 1.0]
     rel = PrivateReleaser(cfg, window_ns=W, rng=np.random.default_rng(0))
-    rel.release(SummaryQuery(), [group(Summary.from_values([0.2, 5.0] * 50))], 1)
+    out = rel.release(SummaryQuery(), [group(Summary.from_values([0.2, 5.0] * 50))], 1)
     assert rel.bound_violations == 1
+    # its sum and mean would tell the value beyond the bound: the group is left out
+    assert out.groups == ()
     rel.release(SummaryQuery(metrics=frozenset({"x"})), [group(Summary.from_values([0.2]))], 1)
     assert rel.bound_violations == 1
 
