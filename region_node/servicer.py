@@ -240,18 +240,18 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         if self.privacy is not None:
             # noised before it leaves; a spent budget is RESOURCE_EXHAUSTED. A filtered
             # query is charged as its metrics' windows, whether the filter matches or not
+            per_metric = self.node.summaries(
+                dataclasses.replace(query, label_filter=(), group_by=())
+            )
             unfiltered = (
-                self.node.summaries(dataclasses.replace(query, label_filter=(), group_by=()))
-                if query.label_filter and self.privacy.granularity == "metric"
-                else None
+                per_metric if query.label_filter and self.privacy.granularity == "metric" else None
             )
-            release = self.privacy.release(query, groups, version, charged_as=unfiltered)
-            groups = _public_times(
-                [r.group for r in release.groups],
-                unfiltered
-                if unfiltered is not None
-                else self.node.summaries(dataclasses.replace(query, label_filter=(), group_by=())),
+            # the query as the windows holding data bound it (public): a range reaching
+            # further into empty windows is the same release, not a fresh one to pay for
+            release = self.privacy.release(
+                _data_range(query, per_metric), groups, version, charged_as=unfiltered
             )
+            groups = _public_times([r.group for r in release.groups], per_metric)
             mean_errors = [r.mean_error for r in release.groups]
         ident = self.node.identity
         response = region_node_pb2.GetSummariesResponse(
@@ -498,6 +498,15 @@ T = TypeVar("T")
 #: How long a rejected Ingest stream keeps reading (and dropping) what the client still
 #: sends before it answers with the error.
 INGEST_DRAIN_S: Final = 1.0
+
+
+def _data_range(query: SummaryQuery, per_metric: Sequence[GroupSummary]) -> SummaryQuery:
+    """``query`` with its time range cut to the windows where its metrics hold data."""
+    if not per_metric:
+        return query
+    start = min(g.start_ns for g in per_metric)
+    end = max(g.end_ns for g in per_metric)
+    return dataclasses.replace(query, start_ns=start, end_ns=end)
 
 
 def _public_times(

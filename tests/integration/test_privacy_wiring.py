@@ -229,3 +229,21 @@ async def test_spent_budgets_outlive_a_restart(tmp_path: Path) -> None:
     (tmp_path / ACCOUNTS_FILE).write_text("{not json")
     with pytest.raises(ValueError, match="privacy accounts"):
         await start_region_server(config)
+
+
+async def test_a_range_reaching_into_empty_windows_is_the_same_release(mesh: Mesh) -> None:
+    """A dashboard asking for "the last N minutes" moves its start every tick; while the
+    data stays the same, the answer does too, and costs nothing more (each new start
+    used to be a fresh release, and spent the window's budget in a few ticks)."""
+    await add_region(mesh, "dp", privacy=DP)
+    await mesh.ingest("dp", "score", np.random.default_rng(6).uniform(0, 100, 2_000))
+    s = stub(mesh, "dp")
+    now = time.time_ns()
+    answers = []
+    for minutes in range(10, 70, 10):  # six starts, all before the data; budget: 3
+        req = region_node_pb2.GetSummariesRequest(metrics=["score"])
+        req.start_time.FromNanoseconds(now - minutes * 60 * 10**9)
+        answers.append(await s.GetSummaries(req, timeout=5))
+    counts = {a.series[0].summary.moments.count for a in answers}
+    assert len(counts) == 1  # the same noise every time
+    assert all(a.privacy.epsilon == answers[0].privacy.epsilon for a in answers)
