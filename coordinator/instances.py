@@ -53,6 +53,7 @@ class RegionInstance:
         "instance_id",
         "region_scope",
         "summary_stream",
+        "version",
     )
 
     def __init__(self, balancer: LoadBalancer, inst: Instance) -> None:
@@ -60,6 +61,7 @@ class RegionInstance:
         self.inst = inst
         self.instance_id = ""  # as the node reports it
         self.region_scope = False
+        self.version = ""  # the node's software version, learned when it turned SERVING
         self._stub: region_node_pb2_grpc.RegionNodeServiceStub | None = None
         self._stub_channel: grpc.aio.Channel | None = None
         # summary queries over one long-lived stream (see coordinator.summary_stream)
@@ -282,6 +284,7 @@ class InstanceRegistry:
                 inst.region_id,
             )
         view.learn(info.instance_id, info.scope)
+        view.version = info.version
 
 
 #: A node's answers about the caller's credentials: on a call the coordinator makes, they

@@ -192,6 +192,8 @@ def _instance_info(
         health=_HEALTH[inst.health],
         health_changed_at=convert.ns_to_timestamp(inst.health_changed_ns),
         resolved_from=inst.inst.resolved_from,
+        version=inst.version,
+        region_scope=inst.region_scope,
     )
     if stats is None:
         return info

@@ -218,7 +218,7 @@ class ListRegionsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InstanceInfo(_message.Message):
-    __slots__ = ("instance_id", "endpoint", "health", "health_changed_at", "requests", "failures", "error_rate", "ewma_latency", "in_flight", "ejected", "ejected_for", "weight", "routable", "resolved_from", "rejected")
+    __slots__ = ("instance_id", "endpoint", "health", "health_changed_at", "requests", "failures", "error_rate", "ewma_latency", "in_flight", "ejected", "ejected_for", "weight", "routable", "resolved_from", "rejected", "version", "region_scope")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     HEALTH_FIELD_NUMBER: _ClassVar[int]
@@ -234,6 +234,8 @@ class InstanceInfo(_message.Message):
     ROUTABLE_FIELD_NUMBER: _ClassVar[int]
     RESOLVED_FROM_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REGION_SCOPE_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     endpoint: str
     health: InstanceHealth
@@ -249,7 +251,9 @@ class InstanceInfo(_message.Message):
     routable: bool
     resolved_from: str
     rejected: int
-    def __init__(self, instance_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., health: _Optional[_Union[InstanceHealth, str]] = ..., health_changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., requests: _Optional[int] = ..., failures: _Optional[int] = ..., error_rate: _Optional[float] = ..., ewma_latency: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., in_flight: _Optional[int] = ..., ejected: _Optional[bool] = ..., ejected_for: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., weight: _Optional[int] = ..., routable: _Optional[bool] = ..., resolved_from: _Optional[str] = ..., rejected: _Optional[int] = ...) -> None: ...
+    version: str
+    region_scope: bool
+    def __init__(self, instance_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., health: _Optional[_Union[InstanceHealth, str]] = ..., health_changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., requests: _Optional[int] = ..., failures: _Optional[int] = ..., error_rate: _Optional[float] = ..., ewma_latency: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., in_flight: _Optional[int] = ..., ejected: _Optional[bool] = ..., ejected_for: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., weight: _Optional[int] = ..., routable: _Optional[bool] = ..., resolved_from: _Optional[str] = ..., rejected: _Optional[int] = ..., version: _Optional[str] = ..., region_scope: _Optional[bool] = ...) -> None: ...
 
 class RegionInfo(_message.Message):
     __slots__ = ("region_id", "instances", "healthy")

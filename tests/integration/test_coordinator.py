@@ -14,7 +14,7 @@ from meshutil import Mesh, add_coordinator, add_region, wait_for
 from coordinator.federation import SummaryTransport
 from coordinator.instances import Health
 from coordinator.server import CoordinatorConfig, start_coordinator
-from nethical_grpc import client
+from nethical_grpc import __version__, client
 from nethical_grpc.errors import details_from_error
 from nethical_grpc.server_runtime import start_server
 from nethical_grpc.v1 import (
@@ -265,6 +265,9 @@ async def test_list_regions_reports_health(mesh: Mesh) -> None:
         "eu-west-1-0",
         "ap-south-1-0",
     }
+    # what each node said of itself when it turned SERVING
+    assert {i.version for r in resp.regions for i in r.instances} == {__version__}
+    assert not any(i.region_scope for r in resp.regions for i in r.instances)
     await mesh.regions["us-east-1"][0][0].server.stop(0)
     assert mesh.federation is not None
     inst = mesh.federation.registry.instances("us-east-1")[0]
