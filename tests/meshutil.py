@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+import pytest
 
 from coordinator.federation import Federation
 from coordinator.server import CoordinatorConfig, start_coordinator
@@ -113,6 +115,17 @@ async def add_coordinator(
     )
     assert await m.federation.registry.wait_ready(10.0)
     return m.federation
+
+
+def require_openssl() -> None:
+    """Skip the test without the openssl command (which makes test certificates); under
+    CI its absence is a failure."""
+    from nethical_grpc.security.devcerts import openssl_available
+
+    if not openssl_available():
+        if os.environ.get("CI"):
+            pytest.fail("the openssl command is required to make test certificates")
+        pytest.skip("openssl is not installed")
 
 
 async def wait_for(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:

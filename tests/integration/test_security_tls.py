@@ -21,13 +21,14 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from meshutil import require_openssl
 
 from nethical_grpc.errors import details_from_error
 from nethical_grpc.health import HealthService
 from nethical_grpc.security.auth import ROLE_NOT_ALLOWED
 from nethical_grpc.security.channels import channel_factory, mesh_channel
 from nethical_grpc.security.config import ServerSecurity
-from nethical_grpc.security.devcerts import DevCA, IssuedCert, openssl_available
+from nethical_grpc.security.devcerts import DevCA, IssuedCert
 from nethical_grpc.security.roles import Role
 from nethical_grpc.security.tls import TlsConfig
 from nethical_grpc.security.tokens import BearerToken, TokenStore
@@ -49,10 +50,7 @@ class Pki:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    if not openssl_available():
-        if os.environ.get("CI"):
-            pytest.fail("the openssl command is required to make test certificates")
-        pytest.skip("openssl is not installed")
+    require_openssl()
     root = tmp_path_factory.mktemp("pki")
     ca = DevCA.create(root / "ca", "mesh-ca")
     other = DevCA.create(root / "other", "other-ca")

@@ -6,20 +6,20 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 import pytest
+from meshutil import require_openssl
 
 from nethical_grpc.security.cert_dates import (
     EXPIRY_WARNING_DAYS,
     certificate_validity,
     validity_problem,
 )
-from nethical_grpc.security.devcerts import DevCA, IssuedCert, openssl_available
+from nethical_grpc.security.devcerts import DevCA, IssuedCert
 from nethical_grpc.security.tls import (
     TlsConfig,
     channel_credentials,
@@ -30,10 +30,7 @@ from nethical_grpc.security.tls import (
 
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory: pytest.TempPathFactory) -> DevCA:
-    if not openssl_available():
-        if os.environ.get("CI"):
-            pytest.fail("the openssl command is required to make test certificates")
-        pytest.skip("openssl is not installed")
+    require_openssl()
     return DevCA.create(tmp_path_factory.mktemp("ca"), days=400)
 
 
@@ -123,8 +120,7 @@ def test_loading_warns_about_a_certificate_that_expires_soon(
 
 
 def test_a_ca_that_expires_soon_is_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    if not openssl_available():
-        pytest.skip("openssl is not installed")
+    require_openssl()
     short_ca = DevCA.create(tmp_path / "short", days=3)
     with caplog.at_level(logging.WARNING, logger="nethical_grpc.security.tls"):
         creds = channel_credentials(TlsConfig(None, None, short_ca.cert_file))

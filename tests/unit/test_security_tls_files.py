@@ -9,8 +9,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from meshutil import require_openssl
 
-from nethical_grpc.security.devcerts import DevCA, IssuedCert, openssl_available
+from nethical_grpc.security.devcerts import DevCA, IssuedCert
 from nethical_grpc.security.tls import (
     CertificateReloader,
     TlsConfig,
@@ -26,10 +27,7 @@ from nethical_grpc.security.tls import (
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[DevCA, Path]:
-    if not openssl_available():
-        if os.environ.get("CI"):
-            pytest.fail("the openssl command is required to make test certificates")
-        pytest.skip("openssl is not installed")
+    require_openssl()
     root = tmp_path_factory.mktemp("pki")
     return DevCA.create(root / "ca"), root
 
