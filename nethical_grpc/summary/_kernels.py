@@ -124,7 +124,7 @@ def two_sum(a: float, b: float) -> tuple[float, float]:
     return s, e
 
 
-def _two_prod_error(a: float, b: float, p: float) -> float:
+def two_prod_error(a: float, b: float, p: float) -> float:
     """Exact error ``a*b - p`` of ``p = fl(a*b)`` (Dekker/Veltkamp), 0.0 where it would overflow."""
     if not math.isfinite(p) or abs(a) > 1e290 or abs(b) > 1e290:
         return 0.0
@@ -136,6 +136,22 @@ def _two_prod_error(a: float, b: float, p: float) -> float:
     b_hi = t - (t - b)
     b_lo = b - b_hi
     return ((a_hi * b_hi - p) + a_hi * b_lo + a_lo * b_hi) + a_lo * b_lo
+
+
+def two_prod_error_array(
+    a: npt.NDArray[np.float64], b: npt.NDArray[np.float64], p: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    """:func:`two_prod_error` element-wise, for operands whose products cannot overflow
+    (magnitudes up to about 1e150, as means of values within 1e100 and counts are)."""
+    split = 134217729.0
+    t = split * a
+    a_hi = t - (t - a)
+    a_lo = a - a_hi
+    t = split * b
+    b_hi = t - (t - b)
+    b_lo = b - b_hi
+    out: npt.NDArray[np.float64] = ((a_hi * b_hi - p) + a_hi * b_lo + a_lo * b_hi) + a_lo * b_lo
+    return out
 
 
 def _clamp(x: float, lo: float, hi: float) -> float:
@@ -205,7 +221,7 @@ def batch_moments_numpy(
     dsum = float(np.add.reduce(d))
     m2 = max(float(np.dot(d, d)) - dsum * dsum / n, 0.0)
     p = n * m
-    comp = ((p - s) + _two_prod_error(float(n), m, p)) + dsum
+    comp = ((p - s) + two_prod_error(float(n), m, p)) + dsum
     total, comp = two_sum(s, comp)
     if float(np.add.reduce(np.abs(x))) > _CANCELLATION * abs(total):
         # values cancel: the pairwise sums above lose what the compiled kernel's TwoSum

@@ -76,7 +76,6 @@ class Moments:
             return out
         n = sum(m.count for m in parts)
         counts = np.array([m.count for m in parts], dtype=np.float64)
-        means = np.array([m.mean for m in parts], dtype=np.float64)
         lo = min(m.min for m in parts)
         hi = max(m.max for m in parts)
         total = math.fsum([*(m.sum for m in parts), *(m.compensation for m in parts)])
@@ -85,7 +84,11 @@ class Moments:
         # everything where the parts' values cancel)
         mean = (total + comp) / n
         mean = lo if mean < lo else hi if mean > hi else mean
-        dev = means - mean
+        # each part's deviation from the pooled mean, both means as double-doubles: with
+        # means rounded to one double, parts of values near 1e9 +- 1e-3 lost 7 digits
+        his, los = _mean_parts_arrays(parts, counts)
+        pooled_hi, pooled_lo = _mean_parts(total, comp, n)
+        dev = _dd_difference(his, los, pooled_hi, pooled_lo)
         m2 = math.fsum(m.m2 for m in parts) + float(np.dot(counts, dev * dev))
         return cls(n, total, comp, lo, hi, mean, m2)
 
@@ -130,7 +133,11 @@ class Moments:
         total, comp = _kernels.two_sum(t, comp)
         lo = min(a.min, b.min)
         hi = max(a.max, b.max)
-        delta = b.mean - a.mean
+        # the means' difference from double-double means (see merge_all)
+        a_hi, a_lo = _mean_parts(a.sum, a.compensation, a.count)
+        b_hi, b_lo = _mean_parts(b.sum, b.compensation, b.count)
+        d, d_err = _kernels.two_sum(b_hi, -a_hi)
+        delta = d + (d_err + (b_lo - a_lo))
         frac = b.count / n
         # the mean of the exact total, not Chan's a.mean + delta * frac (which loses it
         # where the parts' values cancel); delta still corrects m2
@@ -216,6 +223,39 @@ class Moments:
             float(self.mean),
             float(self.m2),
         )
+
+
+def _mean_parts(total: float, compensation: float, count: int) -> tuple[float, float]:
+    """``(hi, lo)``: the mean ``(total + compensation) / count`` as a double-double (the
+    rounded quotient and what its rounding left out)."""
+    n = float(count)
+    t = total + compensation
+    hi = t / n
+    p = hi * n
+    residual = ((total - p) - _kernels.two_prod_error(hi, n, p)) + compensation
+    return hi, residual / n
+
+
+def _mean_parts_arrays(
+    parts: list[Moments], counts: npt.NDArray[np.float64]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    totals = np.array([m.sum for m in parts], dtype=np.float64)
+    comps = np.array([m.compensation for m in parts], dtype=np.float64)
+    hi = (totals + comps) / counts
+    p = hi * counts
+    # Dekker's product error (means are within 1e100: no product overflows)
+    err = _kernels.two_prod_error_array(hi, counts, p)
+    return hi, (((totals - p) - err) + comps) / counts
+
+
+def _dd_difference(
+    his: npt.NDArray[np.float64], los: npt.NDArray[np.float64], hi: float, lo: float
+) -> npt.NDArray[np.float64]:
+    """``(his + los) - (hi + lo)`` to about double-double accuracy, element-wise."""
+    s = his - hi
+    bp = s - his
+    err = (his - (s - bp)) + (-hi - bp)
+    return s + (err + (los - lo))
 
 
 def check_consistent(

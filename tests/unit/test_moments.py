@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -224,3 +225,24 @@ def test_merges_of_parts_that_cancel_keep_the_exact_mean(values: list[float]) ->
     ):
         assert merged.total == math.fsum(values)
         assert merged.mean == pytest.approx(exact, rel=1e-15)
+
+
+@pytest.mark.parametrize(("base", "spread"), [(1e9, 1e-3), (1e15, 0.5), (-1e12, 3e-4)])
+@pytest.mark.parametrize("parts", [2, 10, 50])
+def test_merged_spread_keeps_its_digits_however_the_data_is_split(
+    base: float, spread: float, parts: int
+) -> None:
+    """Means rounded to one double made Chan's update lose ~7 digits of the standard
+    deviation of values near 1e9 +- 1e-3 (8e-3 of it near 1e15 +- 0.5) once the data was
+    merged from parts; the merges now take the means' difference as double-doubles."""
+    rng = np.random.default_rng(parts)
+    x = base + np.where(rng.random(2_000) < 0.5, -spread, spread)
+    n = len(x)
+    total = sum(Fraction(v) for v in x.tolist())
+    exact = math.sqrt(float(sum((Fraction(v) - total / n) ** 2 for v in x.tolist()) / n))
+    pieces = [Moments.from_values(p) for p in np.array_split(x, parts)]
+    folded = pieces[0]
+    for piece in pieces[1:]:
+        folded = folded.merge(piece)
+    for merged in (Moments.merge_all(pieces), folded):
+        assert merged.stddev == pytest.approx(exact, rel=1e-14)
