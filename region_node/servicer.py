@@ -170,8 +170,9 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
                 await _drain(request_iterator)
                 raise Unavailable(
                     message=(
-                        "the node is stopping; the stream's first applied_batches messages "
-                        "were applied, send the rest to another node"
+                        "the node is stopping; the stream's messages before message_index "
+                        "were taken (applied, or known duplicates): send the rest to "
+                        "another node"
                     ),
                     reason="NODE_DRAINING",
                     metadata={
