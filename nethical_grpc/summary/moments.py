@@ -75,7 +75,6 @@ class Moments:
                 out._merge_in_place(item)
             return out
         n = sum(m.count for m in parts)
-        counts = np.array([m.count for m in parts], dtype=np.float64)
         lo = min(m.min for m in parts)
         hi = max(m.max for m in parts)
         total = math.fsum([*(m.sum for m in parts), *(m.compensation for m in parts)])
@@ -86,10 +85,20 @@ class Moments:
         mean = lo if mean < lo else hi if mean > hi else mean
         # each part's deviation from the pooled mean, both means as double-doubles: with
         # means rounded to one double, parts of values near 1e9 +- 1e-3 lost 7 digits
-        his, los = _mean_parts_arrays(parts, counts)
         pooled_hi, pooled_lo = _mean_parts(total, comp, n)
-        dev = _dd_difference(his, los, pooled_hi, pooled_lo)
-        m2 = math.fsum(m.m2 for m in parts) + float(np.dot(counts, dev * dev))
+        if len(parts) <= _SCALAR_PARTS:  # a global query's few regions: no array set-up
+            spread = 0.0
+            for m in parts:
+                d = _dd_difference_scalar(
+                    *_mean_parts(m.sum, m.compensation, m.count), pooled_hi, pooled_lo
+                )
+                spread += m.count * d * d
+        else:  # a series' many windows
+            counts = np.array([m.count for m in parts], dtype=np.float64)
+            his, los = _mean_parts_arrays(parts, counts)
+            dev = _dd_difference(his, los, pooled_hi, pooled_lo)
+            spread = float(np.dot(counts, dev * dev))
+        m2 = math.fsum(m.m2 for m in parts) + spread
         return cls(n, total, comp, lo, hi, mean, m2)
 
     def copy(self) -> Moments:
@@ -134,10 +143,10 @@ class Moments:
         lo = min(a.min, b.min)
         hi = max(a.max, b.max)
         # the means' difference from double-double means (see merge_all)
-        a_hi, a_lo = _mean_parts(a.sum, a.compensation, a.count)
-        b_hi, b_lo = _mean_parts(b.sum, b.compensation, b.count)
-        d, d_err = _kernels.two_sum(b_hi, -a_hi)
-        delta = d + (d_err + (b_lo - a_lo))
+        delta = _dd_difference_scalar(
+            *_mean_parts(b.sum, b.compensation, b.count),
+            *_mean_parts(a.sum, a.compensation, a.count),
+        )
         frac = b.count / n
         # the mean of the exact total, not Chan's a.mean + delta * frac (which loses it
         # where the parts' values cancel); delta still corrects m2
@@ -246,6 +255,17 @@ def _mean_parts_arrays(
     # Dekker's product error (means are within 1e100: no product overflows)
     err = _kernels.two_prod_error_array(hi, counts, p)
     return hi, (((totals - p) - err) + comps) / counts
+
+
+#: Up to this many parts, :meth:`Moments.merge_all` takes the deviations one by one
+#: (cheaper than setting up arrays: 10 parts measured 14 us against 29 us).
+_SCALAR_PARTS = 32
+
+
+def _dd_difference_scalar(a_hi: float, a_lo: float, b_hi: float, b_lo: float) -> float:
+    """``(a_hi + a_lo) - (b_hi + b_lo)`` to about double-double accuracy."""
+    s, err = _kernels.two_sum(a_hi, -b_hi)
+    return s + (err + (a_lo - b_lo))
 
 
 def _dd_difference(
