@@ -42,6 +42,7 @@ from nethical_grpc import telemetry
 from nethical_grpc.errors import MeshError
 from nethical_grpc.governance.decision import (
     DEFAULT_MODEL_WEIGHT,
+    Evaluation,
     Thresholds,
     evaluate_actions,
 )
@@ -276,16 +277,12 @@ class Evaluator:
         actions = [r.action for r in requests]
         rows = self.model.features(actions)
         probabilities: list[float] = (await self.model.probabilities(rows, batched=True)).tolist()
-        evaluations = evaluate_actions(
-            actions[:EVALUATE_CHUNK],
-            probabilities[:EVALUATE_CHUNK],
-            self.thresholds,
-            self.model_weight,
-        )
-        for start in range(EVALUATE_CHUNK, len(actions), EVALUATE_CHUNK):
-            # other calls get their turn, and a caller that went away (deadline, cancel)
-            # stops the batch here: nothing of it is recorded
-            await asyncio.sleep(0)
+        evaluations: list[Evaluation] = []
+        for start in range(0, len(actions), EVALUATE_CHUNK):
+            if start:
+                # other calls get their turn, and a caller that went away (deadline,
+                # cancel) stops the batch here: nothing of it is recorded
+                await asyncio.sleep(0)
             end = start + EVALUATE_CHUNK
             evaluations += evaluate_actions(
                 actions[start:end], probabilities[start:end], self.thresholds, self.model_weight

@@ -108,9 +108,13 @@ class Persister:
         if excess > 0:
             for _ in range(excess):
                 self._pending.popleft()
-            self.dropped += excess
-            telemetry.get_recorder().record_dropped_records(excess)
+            self._count_dropped(excess)
             log.warning("store writes fall behind: dropped %d evaluations' records", excess)
+
+    def _count_dropped(self, records: int) -> None:
+        """Evaluation records dropped instead of stored: here and in the metrics."""
+        self.dropped += records
+        telemetry.get_recorder().record_dropped_records(records)
 
     async def _write_outcomes(self) -> None:
         while True:
@@ -137,8 +141,7 @@ class Persister:
                 # the store refuses this data for good: retrying would block every later
                 # write, so the batch is dropped and counted
                 self._retry = None
-                self.dropped += len(batch)
-                telemetry.get_recorder().record_dropped_records(len(batch))
+                self._count_dropped(len(batch))
                 log.error("store refused %d evaluations' records, dropped: %s", len(batch), exc)
                 continue
             except Exception as exc:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -128,6 +128,17 @@ def two_prod_error(a: float, b: float, p: float) -> float:
     """Exact error ``a*b - p`` of ``p = fl(a*b)`` (Dekker/Veltkamp), 0.0 where it would overflow."""
     if not math.isfinite(p) or abs(a) > 1e290 or abs(b) > 1e290:
         return 0.0
+    return float(dekker_error(a, b, p))
+
+
+#: A float, or a float64 array: the error-free arithmetic here is the same element-wise.
+FloatOrArray = Any
+
+
+def dekker_error(a: FloatOrArray, b: FloatOrArray, p: FloatOrArray) -> FloatOrArray:
+    """The Dekker/Veltkamp error ``a*b - p`` of ``p = fl(a*b)``, for floats or element-wise
+    for arrays, where no product overflows (:func:`two_prod_error` guards scalars; means
+    of values within 1e100 times counts never do)."""
     split = 134217729.0  # 2**27 + 1
     t = split * a
     a_hi = t - (t - a)
@@ -136,22 +147,6 @@ def two_prod_error(a: float, b: float, p: float) -> float:
     b_hi = t - (t - b)
     b_lo = b - b_hi
     return ((a_hi * b_hi - p) + a_hi * b_lo + a_lo * b_hi) + a_lo * b_lo
-
-
-def two_prod_error_array(
-    a: npt.NDArray[np.float64], b: npt.NDArray[np.float64], p: npt.NDArray[np.float64]
-) -> npt.NDArray[np.float64]:
-    """:func:`two_prod_error` element-wise, for operands whose products cannot overflow
-    (magnitudes up to about 1e150, as means of values within 1e100 and counts are)."""
-    split = 134217729.0
-    t = split * a
-    a_hi = t - (t - a)
-    a_lo = a - a_hi
-    t = split * b
-    b_hi = t - (t - b)
-    b_lo = b - b_hi
-    out: npt.NDArray[np.float64] = ((a_hi * b_hi - p) + a_hi * b_lo + a_lo * b_hi) + a_lo * b_lo
-    return out
 
 
 def _clamp(x: float, lo: float, hi: float) -> float:

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from nethical_grpc.summary import _kernels
+from nethical_grpc.summary._kernels import FloatOrArray
 
 __all__ = ["Moments"]
 
@@ -85,18 +86,19 @@ class Moments:
         mean = lo if mean < lo else hi if mean > hi else mean
         # each part's deviation from the pooled mean, both means as double-doubles: with
         # means rounded to one double, parts of values near 1e9 +- 1e-3 lost 7 digits
-        pooled_hi, pooled_lo = _mean_parts(total, comp, n)
+        pooled_hi, pooled_lo = _mean_parts(total, comp, float(n))
         if len(parts) <= _SCALAR_PARTS:  # a global query's few regions: no array set-up
             spread = 0.0
             for m in parts:
-                d = _dd_difference_scalar(
-                    *_mean_parts(m.sum, m.compensation, m.count), pooled_hi, pooled_lo
+                d = _dd_difference(
+                    *_mean_parts(m.sum, m.compensation, float(m.count)), pooled_hi, pooled_lo
                 )
                 spread += m.count * d * d
         else:  # a series' many windows
             counts = np.array([m.count for m in parts], dtype=np.float64)
-            his, los = _mean_parts_arrays(parts, counts)
-            dev = _dd_difference(his, los, pooled_hi, pooled_lo)
+            totals = np.array([m.sum for m in parts], dtype=np.float64)
+            comps = np.array([m.compensation for m in parts], dtype=np.float64)
+            dev = _dd_difference(*_mean_parts(totals, comps, counts), pooled_hi, pooled_lo)
             spread = float(np.dot(counts, dev * dev))
         m2 = math.fsum(m.m2 for m in parts) + spread
         return cls(n, total, comp, lo, hi, mean, m2)
@@ -143,9 +145,9 @@ class Moments:
         lo = min(a.min, b.min)
         hi = max(a.max, b.max)
         # the means' difference from double-double means (see merge_all)
-        delta = _dd_difference_scalar(
-            *_mean_parts(b.sum, b.compensation, b.count),
-            *_mean_parts(a.sum, a.compensation, a.count),
+        delta = _dd_difference(
+            *_mean_parts(b.sum, b.compensation, float(b.count)),
+            *_mean_parts(a.sum, a.compensation, float(a.count)),
         )
         frac = b.count / n
         # the mean of the exact total, not Chan's a.mean + delta * frac (which loses it
@@ -234,27 +236,14 @@ class Moments:
         )
 
 
-def _mean_parts(total: float, compensation: float, count: int) -> tuple[float, float]:
-    """``(hi, lo)``: the mean ``(total + compensation) / count`` as a double-double (the
-    rounded quotient and what its rounding left out)."""
-    n = float(count)
-    t = total + compensation
-    hi = t / n
+def _mean_parts(
+    total: FloatOrArray, compensation: FloatOrArray, n: FloatOrArray
+) -> tuple[FloatOrArray, FloatOrArray]:
+    """``(hi, lo)``: the mean ``(total + compensation) / n`` as a double-double (the
+    rounded quotient and what its rounding left out); floats, or arrays element-wise."""
+    hi = (total + compensation) / n
     p = hi * n
-    residual = ((total - p) - _kernels.two_prod_error(hi, n, p)) + compensation
-    return hi, residual / n
-
-
-def _mean_parts_arrays(
-    parts: list[Moments], counts: npt.NDArray[np.float64]
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    totals = np.array([m.sum for m in parts], dtype=np.float64)
-    comps = np.array([m.compensation for m in parts], dtype=np.float64)
-    hi = (totals + comps) / counts
-    p = hi * counts
-    # Dekker's product error (means are within 1e100: no product overflows)
-    err = _kernels.two_prod_error_array(hi, counts, p)
-    return hi, (((totals - p) - err) + comps) / counts
+    return hi, (((total - p) - _kernels.dekker_error(hi, n, p)) + compensation) / n
 
 
 #: Up to this many parts, :meth:`Moments.merge_all` takes the deviations one by one
@@ -262,20 +251,13 @@ def _mean_parts_arrays(
 _SCALAR_PARTS = 32
 
 
-def _dd_difference_scalar(a_hi: float, a_lo: float, b_hi: float, b_lo: float) -> float:
-    """``(a_hi + a_lo) - (b_hi + b_lo)`` to about double-double accuracy."""
+def _dd_difference(
+    a_hi: FloatOrArray, a_lo: FloatOrArray, b_hi: FloatOrArray, b_lo: FloatOrArray
+) -> FloatOrArray:
+    """``(a_hi + a_lo) - (b_hi + b_lo)`` to about double-double accuracy (floats, or
+    arrays element-wise)."""
     s, err = _kernels.two_sum(a_hi, -b_hi)
     return s + (err + (a_lo - b_lo))
-
-
-def _dd_difference(
-    his: npt.NDArray[np.float64], los: npt.NDArray[np.float64], hi: float, lo: float
-) -> npt.NDArray[np.float64]:
-    """``(his + los) - (hi + lo)`` to about double-double accuracy, element-wise."""
-    s = his - hi
-    bp = s - his
-    err = (his - (s - bp)) + (-hi - bp)
-    return s + (err + (los - lo))
 
 
 def check_consistent(

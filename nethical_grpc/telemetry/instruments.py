@@ -13,9 +13,10 @@ decision (four), store and backend (three stores).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import functools
+from collections.abc import Callable, Iterable, Mapping
 
-from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.metrics import Meter, Observation
 
 from nethical_grpc.telemetry.recorder import CoverageLevel, InstanceStates, Recorder, StoreStates
 
@@ -207,51 +208,44 @@ class MeterRecorder(Recorder):
         first = self._instances is None
         self._instances = states
         if first:
-            self._meter.create_observable_gauge(
+            self._gauge(
                 INSTANCE_UP,
-                callbacks=[self._observe_instances],
-                unit="1",
-                description="1 while a region node instance is SERVING to the coordinator",
+                "1 while a region node instance is SERVING to the coordinator",
+                self._instance_flags,
             )
-
-    def _observe_instances(self, _options: CallbackOptions) -> Iterable[Observation]:
-        states = self._instances
-        if states is None:
-            return []
-        return [
-            Observation(1 if up else 0, {"region": region, "node_instance": name})
-            for region, name, up in states()
-        ]
 
     def observe_stores(self, states: StoreStates) -> None:
         first = self._stores is None
         self._stores = states
         if first:
-            self._meter.create_observable_gauge(
+            self._gauge(
                 STORE_UP,
-                callbacks=[self._observe_store_up],
-                unit="1",
-                description="1 while the node's last write to the store succeeded (or none "
-                "failed yet)",
+                "1 while the node's last write to the store succeeded (or none failed yet)",
+                functools.partial(self._store_flags, 2),
             )
-            self._meter.create_observable_gauge(
+            self._gauge(
                 STORE_FALLBACK,
-                callbacks=[self._observe_store_fallback],
-                unit="1",
-                description="1 when the store runs on a fallback, not the backend asked for",
+                "1 when the store runs on a fallback, not the backend asked for",
+                functools.partial(self._store_flags, 3),
             )
 
-    def _store_states(self) -> list[tuple[str, str, bool, bool]]:
-        return list(self._stores()) if self._stores is not None else []
+    def _gauge(
+        self, name: str, description: str, read: Callable[[], Iterable[Observation]]
+    ) -> None:
+        """A gauge of 0/1 values, ``read`` at each export (scrape)."""
+        self._meter.create_observable_gauge(
+            name, callbacks=[lambda _options: read()], unit="1", description=description
+        )
 
-    def _observe_store_up(self, _options: CallbackOptions) -> Iterable[Observation]:
+    def _instance_flags(self) -> list[Observation]:
+        rows = self._instances() if self._instances is not None else ()
         return [
-            Observation(1 if up else 0, {"store": store, "backend": backend})
-            for store, backend, up, _ in self._store_states()
+            Observation(int(up), {"region": region, "node_instance": name})
+            for region, name, up in rows
         ]
 
-    def _observe_store_fallback(self, _options: CallbackOptions) -> Iterable[Observation]:
-        return [
-            Observation(1 if fallback else 0, {"store": store, "backend": backend})
-            for store, backend, _, fallback in self._store_states()
-        ]
+    def _store_flags(self, column: int) -> list[Observation]:
+        """One observation per store of column ``column`` of its state (2: up,
+        3: fallback)."""
+        rows = self._stores() if self._stores is not None else ()
+        return [Observation(int(row[column]), {"store": row[0], "backend": row[1]}) for row in rows]
