@@ -230,7 +230,11 @@ def _unit_log_block(counts: Float32Array, row: Float32Array, offset: int) -> Non
     dim = counts.shape[0]
     total = 0.0
     for j in range(dim):
-        v = np.log1p(counts[j])
+        c = counts[j]
+        if c == 0.0:  # most buckets: log1p(0) is 0, and stays 0 when scaled
+            row[offset + j] = 0.0
+            continue
+        v = np.log1p(c)
         row[offset + j] = v
         total += float(v) * float(v)
     if total > 0.0:
