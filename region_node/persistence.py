@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from typing import Final
 
 from nethical_grpc import convert, telemetry
+from nethical_grpc.governance.detectors import Violation
 from nethical_grpc.governance.profiles import Profile, ProfileBook
 from nethical_grpc.governance.requests import Outcome
 from nethical_grpc.series import SeriesKey, freeze_labels
@@ -60,6 +61,10 @@ _WRITE_BATCH: Final = 5_000
 _METADATA_KINDS: Final = 1_024
 #: The longest a stopping node waits for its stores to take what is still pending.
 STOP_WRITE_LIMIT_S: Final = 5.0
+
+
+#: Distinct findings whose stored form is kept for reuse (detectors report a few dozen).
+_KNOWN_FINDINGS: Final = 4_096
 
 
 def _utc(ns: int) -> datetime:
@@ -97,6 +102,10 @@ class Persister:
         # one metadata mapping per (decision, action type), shared by the metric rows (the
         # store serialises each distinct mapping once per batch); never changed once made
         self._metadata: dict[tuple[str, str], dict[str, JSONValue]] = {}
+        # the outcomes of one batch share their time: its datetime is made once
+        self._last_time: tuple[int, datetime] = (0, _utc(0))
+        # each finding's stored form, made (and checked) once: rules report fixed findings
+        self._findings: dict[Violation, AuditViolation] = {}
 
     # -- evaluations --------------------------------------------------------------
 
@@ -164,7 +173,7 @@ class Persister:
             agent_id=o.request.action.agent_id,
             metric_name="risk_score",
             metric_value=o.evaluation.risk_score,
-            timestamp=_utc(o.time_ns),
+            timestamp=self._time(o.time_ns),
             metadata=metadata,
         )
 
@@ -180,12 +189,26 @@ class Persister:
             action_text=o.request.action.action_text,
             stated_intent=o.request.action.stated_intent,
             action_type=o.request.action_type,
-            violations=tuple(
-                AuditViolation(v.type.value.lower(), int(v.severity), v.confidence, v.message)
-                for v in ev.violations[:32]
-            ),
-            timestamp=_utc(o.time_ns),
+            violations=tuple(map(self._finding, ev.violations[:32])),
+            timestamp=self._time(o.time_ns),
         )
+
+    def _time(self, ns: int) -> datetime:
+        last_ns, last = self._last_time
+        if ns != last_ns:
+            last = _utc(ns)
+            self._last_time = (ns, last)
+        return last
+
+    def _finding(self, v: Violation) -> AuditViolation:
+        stored = self._findings.get(v)
+        if stored is None:
+            if len(self._findings) >= _KNOWN_FINDINGS:
+                self._findings.clear()
+            stored = self._findings[v] = AuditViolation(
+                v.type.value.lower(), int(v.severity), v.confidence, v.message
+            )
+        return stored
 
     # -- profiles -----------------------------------------------------------------
 
