@@ -37,6 +37,7 @@ from nethical_grpc.summary.exponential_histogram import CountArray, CountedSide,
 from nethical_grpc.summary.moments import check_consistent
 from nethical_grpc.v1 import coordinator_pb2, governance_pb2, region_node_pb2, summary_pb2
 from nethical_grpc.validation import (
+    CONTROL_RE,
     MAX_ABS_VALUE,
     MAX_LABELS,
     NAME_RE,
@@ -537,7 +538,6 @@ MAX_REQUEST_ID_CHARS = 128
 MAX_CONTEXT_ENTRIES = 64
 MAX_CONTEXT_KEY_CHARS = 256
 _ACTION_TYPE_RE = re.compile(r"[a-z0-9_.\-]{0,64}")  # whole types: fullmatch
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 _DECISION_TO_PROTO: dict[Decision, governance_pb2.Decision] = {
     Decision.ALLOW: governance_pb2.DECISION_ALLOW,
@@ -600,7 +600,7 @@ def _checked_action(msg: governance_pb2.AgentAction, field: str) -> EvaluationRe
     agent = msg.agent_id
     if not agent.strip():
         bad.append(FieldViolation(f"{field}.agent_id", "must not be empty"))
-    elif _CONTROL_RE.search(agent):
+    elif CONTROL_RE.search(agent):
         bad.append(FieldViolation(f"{field}.agent_id", "must not contain control characters"))
     elif len(agent) > MAX_AGENT_ID_CHARS:
         bad.append(FieldViolation(f"{field}.agent_id", f"at most {MAX_AGENT_ID_CHARS} characters"))
@@ -646,7 +646,7 @@ def _checked_action(msg: governance_pb2.AgentAction, field: str) -> EvaluationRe
             )
         )
     request_id = msg.request_id
-    if request_id and _CONTROL_RE.search(request_id):
+    if request_id and CONTROL_RE.search(request_id):
         bad.append(FieldViolation(f"{field}.request_id", "must not contain control characters"))
     if len(request_id) > MAX_REQUEST_ID_CHARS:
         bad.append(

@@ -9,10 +9,13 @@ from collections.abc import Collection, Mapping, Sequence, Sized
 import numpy as np
 
 from nethical_grpc.errors import FieldViolation, InvalidArgument
+from nethical_grpc.storage.timeseries.model import MAX_LABELS_BYTES, labels_text
 
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:\-]{0,127}")  # whole names: fullmatch
 MAX_LABELS = 16
 MAX_LABEL_VALUE_LEN = 256
+#: C0 control characters and DEL: never in a name, an id or a label value.
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def utf8_length(text: str) -> int:
@@ -57,16 +60,36 @@ def label_violations(field_path: str, labels: Mapping[str, str]) -> list[FieldVi
     if len(labels) > MAX_LABELS:
         out.append(FieldViolation(field_path, f"at most {MAX_LABELS} labels, got {len(labels)}"))
         return out
+    chars = 0
     for key in sorted(labels):
         bad = name_violation(keyed_path(field_path, key), key)
         if bad is not None:
             out.append(bad)
         value = labels[key]
+        chars += len(key) + len(value)
         if len(value) > MAX_LABEL_VALUE_LEN:
             out.append(
                 FieldViolation(
                     keyed_path(field_path, key),
                     f"label value longer than {MAX_LABEL_VALUE_LEN} characters",
+                )
+            )
+        elif CONTROL_RE.search(value):
+            out.append(
+                FieldViolation(
+                    keyed_path(field_path, key), "label value must not contain control characters"
+                )
+            )
+    # the stores keep a label set as JSON of at most MAX_LABELS_BYTES (UTF-8): without
+    # control characters a character takes at most 4 bytes there (an escaped quote or
+    # backslash 2), a label 6 more (quotes, colon, comma), so a short set always fits
+    if not out and 4 * chars + 6 * len(labels) + 2 > MAX_LABELS_BYTES:
+        size = len(labels_text(labels).encode("utf-8", "surrogatepass"))
+        if size > MAX_LABELS_BYTES:
+            out.append(
+                FieldViolation(
+                    field_path,
+                    f"labels take {size} bytes as JSON (UTF-8), more than {MAX_LABELS_BYTES}",
                 )
             )
     return out

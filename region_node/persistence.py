@@ -41,7 +41,7 @@ from nethical_grpc.governance.requests import Outcome
 from nethical_grpc.series import SeriesKey, freeze_labels
 from nethical_grpc.storage.audit import AuditRecord, AuditViolation
 from nethical_grpc.storage.timeseries import MetricPoint, WindowSummaryRow
-from nethical_grpc.storage.timeseries.model import JSONValue
+from nethical_grpc.storage.timeseries.model import JSONValue, check_window_rows
 from nethical_grpc.v1 import summary_pb2
 from region_node.node import RegionNode
 from region_node.stores import NodeStores
@@ -121,7 +121,8 @@ class Persister:
             log.warning("store writes fall behind: dropped %d evaluations' records", excess)
 
     def _count_dropped(self, records: int) -> None:
-        """Evaluation records dropped instead of stored: here and in the metrics."""
+        """Records (evaluations', windows) dropped instead of stored: here and in the
+        metrics."""
         self.dropped += records
         telemetry.get_recorder().record_dropped_records(records)
 
@@ -283,7 +284,13 @@ class Persister:
         self._retry_windows = []
         if rows:
             try:
-                await self.stores.timeseries.upsert_window_summaries(rows)
+                try:
+                    await self.stores.timeseries.upsert_window_summaries(rows)
+                except ValueError:
+                    # the store refuses some rows for good (labels it cannot keep, from an
+                    # older version's log): the others must not wait behind them forever
+                    rows = self._storable_windows(rows)
+                    await self.stores.timeseries.upsert_window_summaries(rows)
             except Exception as exc:
                 # newer versions of the same windows replace these on the next flush
                 self.stores.write_failed("timeseries", exc)
@@ -296,6 +303,19 @@ class Persister:
         if wal is not None and closed is not None:
             await asyncio.to_thread(wal.checkpoint, closed)
         return len(rows)
+
+    def _storable_windows(self, rows: list[WindowSummaryRow]) -> list[WindowSummaryRow]:
+        """``rows`` without those the store refuses (each logged, and counted as dropped)."""
+        kept = []
+        for row in rows:
+            try:
+                check_window_rows([row])
+            except ValueError as exc:
+                self._count_dropped(1)
+                log.error("store refused window %s %s, dropped: %s", row.metric, row.labels, exc)
+            else:
+                kept.append(row)
+        return kept
 
     def _install(self, target: WindowStore, rows: Sequence[WindowSummaryRow], now_ns: int) -> int:
         installed = 0

@@ -146,8 +146,8 @@ class MeterRecorder(Recorder):
         self._dropped = meter.create_counter(
             STORE_RECORDS_DROPPED,
             unit="{record}",
-            description="Evaluation records a node dropped instead of storing (stores "
-            "refused them, or writes fell too far behind)",
+            description="Records a node dropped instead of storing (evaluations' records "
+            "or window summaries the stores refused, or writes fell too far behind)",
         )
         self._meter = meter
         # observable gauges are made on the first observe_* call (one callback each)

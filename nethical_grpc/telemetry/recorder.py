@@ -46,7 +46,8 @@ class Recorder:
         """Count evaluations by decision name (e.g. ``{"ALLOW": 7, "BLOCK": 1}``)."""
 
     def record_dropped_records(self, records: int) -> None:
-        """Count evaluation records a node dropped instead of storing them."""
+        """Count records (evaluations', window summaries) a node dropped instead of
+        storing them."""
 
     def observe_instances(self, states: InstanceStates) -> None:
         """Export whether each instance is up (health SERVING), read at each scrape."""

@@ -78,3 +78,38 @@ async def test_a_client_that_never_stops_gets_the_error_after_the_bound(
     assert loop.time() - t0 >= 0.3
     assert details_from_error(err).code == grpc.StatusCode.INVALID_ARGUMENT
     assert await counts(mesh, server.address) == {}
+
+
+@pytest.mark.parametrize(
+    ("labels", "field", "says"),
+    [
+        ({"a": "x\x00y"}, 'labels["a"]', "control characters"),
+        ({"a": "tab\there"}, 'labels["a"]', "control characters"),
+        # 16 labels of 256 two-byte characters: 8,327 bytes as JSON, more than stores keep
+        ({f"k{i}": "é" * 256 for i in range(16)}, "labels", "8327 bytes as JSON"),
+    ],
+)
+async def test_labels_the_stores_cannot_keep_are_refused_at_ingest(
+    mesh: Mesh, labels: dict[str, str], field: str, says: str
+) -> None:
+    """Such labels were accepted, then refused by the store at every flush, and every
+    window flushed with them was lost with them."""
+    [(server, _)] = await add_region(mesh, "r1")
+    batches = [GOOD, client.encode_ingest_request("bad", np.array([1.0]), labels)]
+    err = await rejected(asyncio.ensure_future(client.ingest(mesh.channel(server.address), batches)))
+    details = details_from_error(err)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    [violation] = details.field_violations
+    assert violation.field == field and says in violation.description
+    assert await counts(mesh, server.address) == {"kept": 2}
+
+
+async def test_labels_just_within_the_stores_limit_are_kept(mesh: Mesh) -> None:
+    [(server, _)] = await add_region(mesh, "r1")
+    labels = {f"k{i:02d}": "é" * 240 for i in range(16)}  # 7,825 bytes as JSON
+    reply = await client.ingest(
+        mesh.channel(server.address),
+        [client.encode_ingest_request("wide", np.array([1.0]), labels)],
+    )
+    assert reply.accepted_values == 1
+    assert await counts(mesh, server.address) == {"wide": 1}

@@ -367,6 +367,12 @@ def check_write_times(ts_us: npt.NDArray[np.int64], where: str = "timestamp") ->
 # --------------------------------------------------------------------------- labels
 
 
+def labels_text(labels: Mapping[str, str]) -> str:
+    """A label set as the stores keep it: JSON, keys sorted, compact, not ASCII-escaped
+    (no checks: see :func:`canonical_labels`)."""
+    return json.dumps(dict(labels), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_labels(field_name: str, labels: object) -> str:
     """The canonical JSON text of a label set: keys sorted, compact, UTF-8.
 
@@ -380,7 +386,7 @@ def canonical_labels(field_name: str, labels: object) -> str:
             raise ValueError(f"{field_name}: keys and values must be strings")
         if "\x00" in key or "\x00" in value:
             raise ValueError(f"{field_name}: must not contain NUL characters")
-    text = json.dumps(dict(labels), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = labels_text(labels)
     if len(text.encode()) > MAX_LABELS_BYTES:
         raise ValueError(f"{field_name}: larger than {MAX_LABELS_BYTES} bytes as JSON")
     return text
