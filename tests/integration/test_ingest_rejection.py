@@ -96,7 +96,9 @@ async def test_labels_the_stores_cannot_keep_are_refused_at_ingest(
     window flushed with them was lost with them."""
     [(server, _)] = await add_region(mesh, "r1")
     batches = [GOOD, client.encode_ingest_request("bad", np.array([1.0]), labels)]
-    err = await rejected(asyncio.ensure_future(client.ingest(mesh.channel(server.address), batches)))
+    err = await rejected(
+        asyncio.ensure_future(client.ingest(mesh.channel(server.address), batches))
+    )
     details = details_from_error(err)
     assert details.code == grpc.StatusCode.INVALID_ARGUMENT
     [violation] = details.field_violations

@@ -41,4 +41,3 @@ async def test_rows_the_store_refuses_are_dropped_and_the_rest_written(tmp_path:
         assert sorted(r.metric for r in stored) == ["good", "later"]
     finally:
         await stores.close()
-
