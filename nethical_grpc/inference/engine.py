@@ -500,7 +500,7 @@ class InferenceEngine:
         the finiteness check on the device, fused into the read-back of the results."""
         n = int(arr.shape[0])
         if self._mlp is not None:
-            return self._mlp.predict(arr)
+            return _finite_answers(self._mlp.predict(arr), n)
         torch = self._torch
         device = self.device
         autocast: Any = contextlib.nullcontext()
@@ -545,9 +545,7 @@ class InferenceEngine:
             if probs[n] != 1.0:
                 self._refuse_non_finite(arr, check_finite)
             probs = probs[:n]
-        if not np.isfinite(probs).all():
-            raise InferenceError(f"the model returned non-finite values for a batch of {n}")
-        return probs
+        return _finite_answers(probs, n)
 
     def _is_device_failure(self, exc: BaseException) -> bool:
         accelerator_error = getattr(self._torch, "AcceleratorError", None)
@@ -738,3 +736,9 @@ class InferenceEngine:
             "device_lost": self.device_lost,
             "describe": self.describe(),
         }
+
+
+def _finite_answers(probs: Float64Array, n: int) -> Float64Array:
+    if not np.isfinite(probs).all():
+        raise InferenceError(f"the model returned non-finite values for a batch of {n}")
+    return probs

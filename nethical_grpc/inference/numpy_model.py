@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +45,17 @@ class NumpyMLP:
         self.input_width = int(weights[0].shape[1])
         self.layer_sizes = (self.input_width, *(int(w.shape[0]) for w in weights))
         self.nbytes = sum(int(w.nbytes) for w in weights) + sum(int(b.nbytes) for b in biases)
+
+    def _logits(self, x: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.floating[Any]]:
+        """The last layer's output per row, in the dtype of ``x``."""
+        h = x
+        last = len(self._weights_t) - 1
+        for i, (w, b) in enumerate(zip(self._weights_t, self._biases, strict=True)):
+            h = h @ w.astype(x.dtype, copy=False)
+            h += b
+            if i < last:
+                np.maximum(h, 0.0, out=h)
+        return h[:, 0]
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> NumpyMLP:
@@ -98,16 +109,15 @@ class NumpyMLP:
         """Probabilities of harm for a validated ``(n, input_width)`` ``float32`` batch.
 
         Returns shape ``(n,)`` ``float64`` values in ``[0, 1]``.  The caller validates ``x``
-        (see :meth:`nethical_grpc.inference.engine.InferenceEngine.predict_batch`).
+        (see :meth:`nethical_grpc.inference.engine.InferenceEngine.predict_batch`).  The
+        layers run in ``float32``; rows of huge finite values, on which that overflows
+        (3e38 everywhere: inf - inf in a layer, a NaN logit), run again in ``float64``.
         """
-        h = x
-        last = len(self._weights_t) - 1
-        for i, (w, b) in enumerate(zip(self._weights_t, self._biases, strict=True)):
-            h = h @ w
-            h += b
-            if i < last:
-                np.maximum(h, 0.0, out=h)
-        z = h[:, 0].astype(np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):  # such rows are done again
+            z = self._logits(x).astype(np.float64)
+        overflowed = ~np.isfinite(z)
+        if overflowed.any():
+            z[overflowed] = self._logits(x[overflowed].astype(np.float64))
         # Numerically stable logistic: 0.5 * (1 + tanh(z / 2)).
         out: npt.NDArray[np.float64] = 0.5 * (1.0 + np.tanh(0.5 * z))
         return out

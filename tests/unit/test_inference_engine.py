@@ -181,6 +181,22 @@ def test_non_finite_value_is_located(numpy_engine: InferenceEngine) -> None:
         numpy_engine.predict_batch(x)
 
 
+def test_huge_finite_rows_get_probabilities_not_nan(
+    numpy_engine: InferenceEngine, batch: np.ndarray
+) -> None:
+    """float32 layers overflow on such rows (inf - inf: a NaN logit); they run again in
+    float64, and the other rows of the batch keep their float32 answers."""
+    huge = np.array([3e38, -3e38, 1e30, -1e30], np.float32)[:, None] * np.ones(FEATURE_WIDTH)
+    mixed = huge.copy()
+    mixed[:, ::2] *= -1
+    rows = np.vstack([batch[:2], huge, mixed]).astype(np.float32)
+    probs = numpy_engine.predict_batch(rows)
+    assert np.isfinite(probs).all() and ((probs >= 0) & (probs <= 1)).all()
+    # (to float32 rounding: BLAS sums in an order that depends on the batch's size)
+    alone = numpy_engine.predict_batch(batch[:2].astype(np.float32))
+    assert probs[:2] == pytest.approx(alone, rel=1e-6)
+
+
 def test_predict_row_and_empty_batch(numpy_engine: InferenceEngine, batch: np.ndarray) -> None:
     assert numpy_engine.predict_batch(np.zeros((0, FEATURE_WIDTH))).shape == (0,)
     probs = numpy_engine.predict_batch(batch)
