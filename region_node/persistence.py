@@ -30,9 +30,9 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, Literal
 
 from nethical_grpc import convert, telemetry
 from nethical_grpc.governance.detectors import Violation
@@ -71,6 +71,29 @@ def _utc(ns: int) -> datetime:
     return datetime.fromtimestamp(ns / 1e9, tz=UTC)
 
 
+class _RecordQueue:
+    """Evaluations waiting for one store, and the batch whose write failed (retried first).
+
+    The time-series and audit stores have a queue each, so an outage of one holds back
+    only its own records."""
+
+    def __init__(self, store: Literal["timeseries", "audit"]) -> None:
+        self.store: Final = store
+        self.pending: deque[tuple[str, Outcome]] = deque()
+        self.retry: list[tuple[str, Outcome]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.pending) + (len(self.retry) if self.retry is not None else 0)
+
+    def next_batch(self) -> list[tuple[str, Outcome]] | None:
+        if self.retry is not None:
+            return self.retry
+        if not self.pending:
+            return None
+        pending = self.pending
+        return [pending.popleft() for _ in range(min(_WRITE_BATCH, len(pending)))]
+
+
 class Persister:
     """Background writer and reader of one node's stores (see the module docstring)."""
 
@@ -85,9 +108,10 @@ class Persister:
         self.stores = stores
         self.profiles = profiles
         self.flush_interval_s = flush_interval_s
-        # (audit record id, outcome): the id is fixed here, so a retried write of the
-        # same outcome is recognised by the audit store and not stored twice
-        self._pending: deque[tuple[str, Outcome]] = deque()
+        # per store, (audit record id, outcome): the id is fixed here, so a retried write
+        # of the same outcome is recognised by the audit store and not stored twice
+        self._points = _RecordQueue("timeseries")
+        self._audits = _RecordQueue("audit")
         # record ids: 80 random bits per process start, then a counter (32 hex digits, as
         # a uuid4's hex; unique across restarts, without a urandom call per evaluation)
         self._id_prefix = uuid.uuid4().hex[:20]
@@ -98,7 +122,9 @@ class Persister:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._retry_windows: list[WindowSummaryRow] = []
-        self._retry: tuple[list[tuple[str, Outcome]], bool] | None = None
+        # this instance's flushed windows are back in the node: until then no window is
+        # flushed (a flush would replace the stored windows with what came since the start)
+        self.restored = not self.durable_store
         # one metadata mapping per (decision, action type), shared by the metric rows (the
         # store serialises each distinct mapping once per batch); never changed once made
         self._metadata: dict[tuple[str, str], dict[str, JSONValue]] = {}
@@ -112,13 +138,17 @@ class Persister:
     def enqueue(self, outcomes: Sequence[Outcome]) -> None:
         """Queue outcomes for the stores (called on the request path: O(1) per outcome)."""
         ids = self._ids
-        self._pending.extend((f"{self._id_prefix}{next(ids):012x}", o) for o in outcomes)
-        excess = len(self._pending) - MAX_PENDING
-        if excess > 0:
-            for _ in range(excess):
-                self._pending.popleft()
-            self._count_dropped(excess)
-            log.warning("store writes fall behind: dropped %d evaluations' records", excess)
+        records = [(f"{self._id_prefix}{next(ids):012x}", o) for o in outcomes]
+        for queue in (self._points, self._audits):
+            queue.pending.extend(records)
+            excess = len(queue.pending) - MAX_PENDING
+            if excess > 0:
+                for _ in range(excess):
+                    queue.pending.popleft()
+                self._count_dropped(excess)
+                log.warning(
+                    "%s writes fall behind: dropped %d evaluations' records", queue.store, excess
+                )
 
     def _count_dropped(self, records: int) -> None:
         """Records (evaluations', windows) dropped instead of stored: here and in the
@@ -127,41 +157,51 @@ class Persister:
         telemetry.get_recorder().record_dropped_records(records)
 
     async def _write_outcomes(self) -> None:
-        while True:
-            if self._retry is not None:
-                batch, points_done = self._retry
-            elif self._pending:
-                n = min(_WRITE_BATCH, len(self._pending))
-                batch, points_done = [self._pending.popleft() for _ in range(n)], False
-            else:
-                return
+        await self._write_queue(
+            self._points,
+            lambda batch: self.stores.timeseries.insert_metrics([self._point(o) for _, o in batch]),
+        )
+        await self._write_queue(
+            self._audits,
+            lambda batch: self.stores.audit.index_audit_logs([self._audit(i, o) for i, o in batch]),
+        )
+
+    async def _write_queue(
+        self,
+        queue: _RecordQueue,
+        write: Callable[[list[tuple[str, Outcome]]], Awaitable[object]],
+    ) -> None:
+        while (batch := queue.next_batch()) is not None:
             try:
-                if not points_done:
-                    await self.stores.timeseries.insert_metrics([self._point(o) for _, o in batch])
-                    points_done = True
-                    self.stores.write_succeeded("timeseries")
-                await self.stores.audit.index_audit_logs([self._audit(i, o) for i, o in batch])
-                self.stores.write_succeeded("audit")
+                await write(batch)
             except asyncio.CancelledError:
                 # a stop cut the write short (the loop's task, or the stop's own bound):
                 # the batch is kept for the next round, not lost with the task
-                self._retry = (batch, points_done)
+                queue.retry = batch
                 raise
             except ValueError as exc:
                 # the store refuses this data for good: retrying would block every later
                 # write, so the batch is dropped and counted
-                self._retry = None
+                queue.retry = None
                 self._count_dropped(len(batch))
-                log.error("store refused %d evaluations' records, dropped: %s", len(batch), exc)
+                log.error(
+                    "%s store refused %d evaluations' records, dropped: %s",
+                    queue.store,
+                    len(batch),
+                    exc,
+                )
                 continue
             except Exception as exc:
-                # retried as it is: metric rows already written are not written again, and
-                # audit records keep their ids, so the store drops what it already has
-                self.stores.write_failed("audit" if points_done else "timeseries", exc)
-                self._retry = (batch, points_done)
-                log.warning("writing evaluations failed (will retry): %s", exc)
+                # retried as it is next round (audit records keep their ids, so the store
+                # drops what it already has)
+                self.stores.write_failed(queue.store, exc)
+                queue.retry = batch
+                log.warning(
+                    "writing evaluations to the %s store failed (will retry): %s", queue.store, exc
+                )
                 return
-            self._retry = None
+            queue.retry = None
+            self.stores.write_succeeded(queue.store)
 
     def _point(self, o: Outcome) -> MetricPoint:
         key = (o.evaluation.decision.value, o.request.action_type or "unspecified")
@@ -278,6 +318,13 @@ class Persister:
             # an in-memory store would only hold a second copy of every window
             self.node.store.take_dirty()
             return 0
+        if not self.restored:
+            try:
+                await self._restore_once()
+            except Exception as exc:
+                self.stores.write_failed("timeseries", exc)
+                log.warning("restoring flushed windows failed (windows wait): %s", exc)
+                return 0
         wal = self.node.wal
         closed = wal.rotate() if wal is not None else None
         rows = self._retry_windows + self._window_rows()
@@ -402,11 +449,23 @@ class Persister:
                 log.exception("store round failed")
 
     async def start(self) -> None:
-        await self.restore()
-        if self.answers_for_region:
-            await self.refresh_peers()
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self.run())
+        """Restore this instance's windows (and the region's other instances'), then start
+        the loop. A store that fails now is retried by the loop: evaluations' records are
+        written meanwhile, windows once the restore succeeded."""
+        try:
+            await self._restore_once()
+            if self.answers_for_region:
+                await self.refresh_peers()
+        finally:
+            if self._task is None:
+                self._task = asyncio.get_running_loop().create_task(self.run())
+
+    async def _restore_once(self) -> bool:
+        """Restore unless done; whether the node holds its flushed windows now."""
+        if not self.restored:
+            await self.restore()
+            self.restored = True
+        return self.restored
 
     async def stop(self) -> None:
         """Stop the loop and write everything still pending: a clean stop loses nothing
@@ -424,7 +483,7 @@ class Persister:
                 await self.round(windows=True)
         except TimeoutError:
             pass
-        unwritten = len(self._pending) + (len(self._retry[0]) if self._retry else 0)
+        unwritten = max(len(self._points), len(self._audits))
         windows = len(self._retry_windows)
         if self.durable_store:
             windows += len(self.node.store.take_dirty())

@@ -114,8 +114,8 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
         )
     try:
         await persister.start()
-    except Exception as exc:  # a store that fails now is retried by the loop
-        log.warning("restoring persisted windows failed: %s", exc)
+    except Exception as exc:  # the loop retries it; windows are flushed once it succeeds
+        log.warning("restoring persisted windows failed (retried in the background): %s", exc)
     if config.wal_dir is not None:
         wal = WriteAheadLog(config.wal_dir)
         replayed = node.attach_wal(wal)

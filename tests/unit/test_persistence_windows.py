@@ -1,12 +1,18 @@
-"""Flushing windows to the time-series store when the store refuses some of them."""
+"""What the node writes to its stores when a store fails or refuses some of it."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from nethical_grpc.governance.decision import evaluate_action
+from nethical_grpc.governance.detectors import Action
 from nethical_grpc.governance.profiles import ProfileBook
+from nethical_grpc.governance.requests import EvaluationRequest, Outcome
 from nethical_grpc.series import IngestBatch, SeriesKey
 from nethical_grpc.storage.timeseries import WindowSummaryRow
 from region_node.node import NodeIdentity, RegionNode
@@ -24,7 +30,7 @@ async def test_rows_the_store_refuses_are_dropped_and_the_rest_written(tmp_path:
     try:
         node = RegionNode(NodeIdentity("r1", "r1-a"))
         persister = Persister(node, stores, ProfileBook(), 1.0)
-        now = 1_700_000_000_000_000_000
+        now = time.time_ns()
         node.record_internal(
             [IngestBatch(SeriesKey("good", (("k", "v"),)), np.array([1.0, 2.0]), None, now)]
         )
@@ -41,3 +47,92 @@ async def test_rows_the_store_refuses_are_dropped_and_the_rest_written(tmp_path:
         assert sorted(r.metric for r in stored) == ["good", "later"]
     finally:
         await stores.close()
+
+
+class _FailingOnce:
+    """A store method that raises ``times`` times (a store down for a while), then works."""
+
+    def __init__(self, method: Callable[..., Awaitable[object]], times: int) -> None:
+        self.method, self.left = method, times
+
+    async def __call__(self, *args: object, **kwargs: object) -> object:
+        if self.left:
+            self.left -= 1
+            raise ConnectionError("store unreachable")
+        return await self.method(*args, **kwargs)
+
+
+async def _count(stores: NodeStores) -> int:
+    rows = await stores.timeseries.load_window_summaries("r1")
+    return sum(r.count for r in rows)
+
+
+async def test_a_failed_restore_is_retried_and_holds_window_flushes_until_it_succeeds(
+    tmp_path: Path,
+) -> None:
+    """The node started while its store failed: evaluations' records are written as
+    usual, windows only once the windows flushed before the restart are back in the
+    node (a flush before that would replace them with what came after the start)."""
+    config = StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}")
+    now = time.time_ns()
+    key = SeriesKey("m", ())
+    stores = await NodeStores.open(config, "r1")
+    try:
+        before = RegionNode(NodeIdentity("r1", "r1-a"))
+        before.record_internal([IngestBatch(key, np.arange(5.0), None, now)])
+        assert await Persister(before, stores, ProfileBook(), 1.0).flush_windows() == 1
+    finally:
+        await stores.close()
+
+    stores = await NodeStores.open(config, "r1")
+    try:
+        node = RegionNode(NodeIdentity("r1", "r1-a"))
+        persister = Persister(node, stores, ProfileBook(), 60.0)
+        load = stores.timeseries.load_window_summaries
+        stores.timeseries.load_window_summaries = _FailingOnce(load, 2)  # type: ignore[method-assign]
+        with pytest.raises(ConnectionError):
+            await persister.start()
+        try:
+            assert not persister.restored
+            node.record_internal([IngestBatch(key, np.arange(3.0), None, now)])
+            persister.enqueue([_outcome("agent-7")])
+            await persister.round(windows=True)  # the restore fails again: no window flushed
+            assert await _count(stores) == 5
+            assert stores.problems["timeseries"] == "store unreachable"  # GetNodeInfo says so
+            assert len(await stores.timeseries.query_metrics(agent_id="agent-7")) == 1
+            await persister.round(windows=True)  # restored, merged, flushed
+            assert persister.restored
+            assert await _count(stores) == 8
+        finally:
+            await persister.stop()
+    finally:
+        await stores.close()
+
+
+async def test_an_outage_of_one_store_holds_back_only_its_own_records(tmp_path: Path) -> None:
+    stores = await NodeStores.open(
+        StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}"), "r1"
+    )
+    try:
+        persister = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, ProfileBook(), 1.0)
+        insert = stores.timeseries.insert_metrics
+        stores.timeseries.insert_metrics = _FailingOnce(insert, 1)  # type: ignore[method-assign]
+        persister.enqueue([_outcome("agent-1"), _outcome("agent-2")])
+        await persister.round(windows=False)
+        # the audit store took its records while the time-series store was down ...
+        stats = await stores.audit.get_audit_log_statistics()
+        assert stats.total_actions == 2
+        assert await stores.timeseries.query_metrics(agent_id="agent-1") == []
+        # ... and the metric rows follow once it is back, each once
+        await persister.round(windows=False)
+        assert len(await stores.timeseries.query_metrics(agent_id="agent-1")) == 1
+        assert (await stores.audit.get_audit_log_statistics()).total_actions == 2
+        assert persister.dropped == 0
+    finally:
+        await stores.close()
+
+
+def _outcome(agent: str) -> Outcome:
+    action = Action(agent_id=agent, action_text="SELECT 1", action_type="query")
+    request = EvaluationRequest(action=action, request_id="", action_type="query")
+    return Outcome(request, evaluate_action(action, 0.1), 0.1, 1_000, time.time_ns())
