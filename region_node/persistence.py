@@ -17,6 +17,10 @@
   ``GetRiskProfile`` for them (not to a ``memory://`` cache, which no other instance
   sees).
 
+* **Retention**: at the start and every ``RETENTION_INTERVAL_S`` the time-series store's
+  own retention is applied (``--retention`` only bounds the windows a node holds in
+  memory; older windows live in the store until this cutoff).
+
 Store failures never fail a request: the write is kept and retried on the next round (up
 to a bound, past which the oldest is dropped and counted).
 """
@@ -59,6 +63,9 @@ PROFILE_PREFIX: Final = "profile:"
 _WRITE_BATCH: Final = 5_000
 #: Distinct (decision, action type) metadata mappings kept for reuse.
 _METADATA_KINDS: Final = 1_024
+#: How often the time-series store's retention is applied (first at the loop's start):
+#: rows older than the store's retention go, and window summaries with them.
+RETENTION_INTERVAL_S: Final = 3600.0
 #: The longest a stopping node waits for its stores to take what is still pending.
 STOP_WRITE_LIMIT_S: Final = 5.0
 
@@ -419,6 +426,22 @@ class Persister:
 
     # -- loop ---------------------------------------------------------------------
 
+    async def apply_retention(self) -> None:
+        """Drop the time-series store's rows past its retention, and this region's window
+        summaries that start before the same cutoff (failures are logged, and retried at
+        the next interval)."""
+        try:
+            cutoff = await self.stores.timeseries.apply_retention()
+            if cutoff is not None and self.durable_store:
+                cutoff_ns = int(cutoff.timestamp()) * 1_000_000_000
+                deleted = await self.stores.timeseries.delete_window_summaries_before(
+                    self.node.identity.region_id, cutoff_ns
+                )
+                if deleted:
+                    log.info("deleted %d stored windows past the store's retention", deleted)
+        except Exception as exc:
+            log.warning("applying the time-series store's retention failed: %s", exc)
+
     async def round(self, windows: bool, profiles: bool = True) -> None:
         async with self._lock:
             await self._write_outcomes()
@@ -435,9 +458,13 @@ class Persister:
     async def run(self) -> None:
         next_flush = time.monotonic() + self.flush_interval_s
         next_profiles = time.monotonic() + PROFILE_INTERVAL_S
+        next_retention = time.monotonic()
         while True:
             await asyncio.sleep(WRITE_INTERVAL_S)
             now = time.monotonic()
+            if now >= next_retention:
+                next_retention = now + RETENTION_INTERVAL_S
+                await self.apply_retention()
             due, profiles_due = now >= next_flush, now >= next_profiles
             if due:
                 next_flush = now + self.flush_interval_s

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from nethical_grpc.governance.detectors import Action
 from nethical_grpc.governance.profiles import ProfileBook
 from nethical_grpc.governance.requests import EvaluationRequest, Outcome
 from nethical_grpc.series import IngestBatch, SeriesKey
-from nethical_grpc.storage.timeseries import WindowSummaryRow
+from nethical_grpc.storage.timeseries import MetricPoint, WindowSummaryRow
 from region_node.node import NodeIdentity, RegionNode
 from region_node.persistence import Persister
 from region_node.stores import NodeStores, StoreConfig
@@ -136,3 +138,42 @@ def _outcome(agent: str) -> Outcome:
     action = Action(agent_id=agent, action_text="SELECT 1", action_type="query")
     request = EvaluationRequest(action=action, request_id="", action_type="query")
     return Outcome(request, evaluate_action(action, 0.1), 0.1, 1_000, time.time_ns())
+
+
+async def test_the_stores_retention_is_applied_to_rows_and_stored_windows(tmp_path: Path) -> None:
+    """Rows and stored windows older than the time-series store's retention (30 days by
+    default) go at the loop's start; newer ones stay."""
+    stores = await NodeStores.open(
+        StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}"), "r1"
+    )
+    try:
+        now = datetime.now(UTC)
+        old, recent = now - timedelta(days=45), now - timedelta(days=2)
+        await stores.timeseries.insert_metrics(
+            [MetricPoint("a", "risk_score", 0.5, t) for t in (old, recent)]
+        )
+        window_ns = 60 * 10**9
+        rows = [
+            WindowSummaryRow("r1", "r1-a", "m", {}, int(t.timestamp()) * 10**9, window_ns, b"", 1)
+            for t in (old, recent)
+        ]
+        await stores.timeseries.upsert_window_summaries(rows)
+        persister = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, ProfileBook(), 60.0)
+        await persister.start()  # the loop applies the retention on its first turn
+        try:
+
+            async def pruned() -> bool:
+                return len(await stores.timeseries.query_metrics(agent_id="a")) == 1
+
+            for _ in range(100):
+                if await pruned():
+                    break
+                await asyncio.sleep(0.05)
+            [kept] = await stores.timeseries.query_metrics(agent_id="a")
+            assert kept.timestamp > now - timedelta(days=3)
+            windows = await stores.timeseries.load_window_summaries("r1")
+            assert [w.window_start_ns for w in windows] == [rows[1].window_start_ns]
+        finally:
+            await persister.stop()
+    finally:
+        await stores.close()
