@@ -121,10 +121,14 @@ class RegionNode:
         if self.wal is not None:
             await asyncio.to_thread(self.wal.sync)
 
-    def attach_wal(self, wal: WriteAheadLog) -> int:
-        """Replay ``wal`` into the windows and log from now on; returns batches replayed."""
+    def attach_wal(self, wal: WriteAheadLog, stored_through: int = -1) -> int:
+        """Replay ``wal`` into the windows and log from now on; returns batches replayed.
+
+        Segments up to ``stored_through`` are in the windows restored from the store
+        already (a flush committed, and the node stopped before its checkpoint): their
+        batches only count as seen, for retries."""
         replayed = 0
-        for time_ns, payload in wal.replay():
+        for segment, time_ns, payload in wal.replay_segments():
             try:
                 request = region_node_pb2.IngestRequest.FromString(payload)
                 batch = convert.ingest_batch_from_proto(request, time_ns)
@@ -133,10 +137,11 @@ class RegionNode:
                 continue
             if batch.batch_id and batch.batch_id in wal.batch_ids:
                 continue
-            self.store.apply(self._bounded(batch))
+            if segment > stored_through:
+                self.store.apply(self._bounded(batch))
+                replayed += 1
             if batch.batch_id:
                 wal.batch_ids.add(batch.batch_id)
-            replayed += 1
         self.wal = wal
         self.batch_ids = wal.batch_ids
         return replayed

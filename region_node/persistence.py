@@ -63,6 +63,12 @@ PROFILE_PREFIX: Final = "profile:"
 _WRITE_BATCH: Final = 5_000
 #: Distinct (decision, action type) metadata mappings kept for reuse.
 _METADATA_KINDS: Final = 1_024
+#: The row a flush writes with its windows, in the same transaction, when the node keeps
+#: a write-ahead log: "this log's segments up to ``count`` are in the store" (labels: the
+#: log's id). Its name is no metric's (a space), and it starts where no window does, past
+#: any retention cutoff.
+WAL_MARK_METRIC: Final = "wal checkpoint"
+_WAL_MARK_START_NS: Final = 2**62
 #: How often the time-series store's retention is applied (first at the loop's start):
 #: rows older than the store's retention go, and window summaries with them.
 RETENTION_INTERVAL_S: Final = 3600.0
@@ -129,6 +135,10 @@ class Persister:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._retry_windows: list[WindowSummaryRow] = []
+        # the node's write-ahead log's id (set before start when it keeps one), and the
+        # segments the store holds, from its mark (read by restore)
+        self.wal_id: str | None = None
+        self.stored_wal_segment = -1
         # this instance's flushed windows are back in the node: until then no window is
         # flushed (a flush would replace the stored windows with what came since the start)
         self.restored = not self.durable_store
@@ -336,15 +346,17 @@ class Persister:
         closed = wal.rotate() if wal is not None else None
         rows = self._retry_windows + self._window_rows()
         self._retry_windows = []
+        # with a log, the mark of the segments these windows hold, in the same transaction
+        marks = [self._wal_mark(wal.id, closed)] if wal is not None and closed is not None else []
         if rows:
             try:
                 try:
-                    await self.stores.timeseries.upsert_window_summaries(rows)
+                    await self.stores.timeseries.upsert_window_summaries(rows + marks)
                 except ValueError:
                     # the store refuses some rows for good (labels it cannot keep, from an
                     # older version's log): the others must not wait behind them forever
                     rows = self._storable_windows(rows)
-                    await self.stores.timeseries.upsert_window_summaries(rows)
+                    await self.stores.timeseries.upsert_window_summaries(rows + marks)
             except Exception as exc:
                 # newer versions of the same windows replace these on the next flush
                 self.stores.write_failed("timeseries", exc)
@@ -357,6 +369,19 @@ class Persister:
         if wal is not None and closed is not None:
             await asyncio.to_thread(wal.checkpoint, closed)
         return len(rows)
+
+    def _wal_mark(self, wal_id: str, segment: int) -> WindowSummaryRow:
+        ident = self.node.identity
+        return WindowSummaryRow(
+            ident.region_id,
+            ident.instance_id,
+            WAL_MARK_METRIC,
+            {"wal": wal_id},
+            _WAL_MARK_START_NS,
+            1,
+            b"",
+            segment,
+        )
 
     def _storable_windows(self, rows: list[WindowSummaryRow]) -> list[WindowSummaryRow]:
         """``rows`` without those the store refuses (each logged, and counted as dropped)."""
@@ -397,7 +422,13 @@ class Persister:
         rows = await self.stores.timeseries.load_window_summaries(
             ident.region_id, since_ns=self._since_ns(now), instance_id=ident.instance_id
         )
-        own = [r for r in rows if r.window_ns == self.node.store.config.window_ns]
+        own = []
+        for r in rows:
+            if r.metric == WAL_MARK_METRIC:
+                if self.wal_id is not None and r.labels.get("wal") == self.wal_id:
+                    self.stored_wal_segment = max(self.stored_wal_segment, r.count)
+            elif r.window_ns == self.node.store.config.window_ns:
+                own.append(r)
         restored = self._install(self.node.store, own, now)
         if restored:
             log.info("restored %d windows flushed before the last stop", restored)
@@ -415,6 +446,7 @@ class Persister:
             for r in rows
             if r.instance_id != ident.instance_id
             and r.window_ns == self.node.store.config.window_ns
+            and r.metric != WAL_MARK_METRIC
         ]
         peers = WindowStore(self.node.store.config, clock=self.node.clock)
         self._install(peers, others, now)

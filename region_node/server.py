@@ -112,13 +112,16 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
         node.identity = NodeIdentity(
             identity.region_id, f"{identity.region_id}-{mesh.port}", identity.region_scope
         )
+    wal = WriteAheadLog(config.wal_dir) if config.wal_dir is not None else None
+    persister.wal_id = wal.id if wal is not None else None
     try:
         await persister.start()
     except Exception as exc:  # the loop retries it; windows are flushed once it succeeds
         log.warning("restoring persisted windows failed (retried in the background): %s", exc)
-    if config.wal_dir is not None:
-        wal = WriteAheadLog(config.wal_dir)
-        replayed = node.attach_wal(wal)
+    if wal is not None:
+        # segments the store's windows hold already (their flush committed, the
+        # checkpoint did not happen) are not applied again
+        replayed = node.attach_wal(wal, persister.stored_wal_segment)
         log.info("write-ahead log %s: replayed %d batches", config.wal_dir, replayed)
     node.start_background(config.eviction_interval_s)
     # stop order: background work, then the last writes, then the stores

@@ -10,9 +10,12 @@ Layout: a directory of segment files ``wal-<n>.log`` and a ``checkpoint`` file.
 * A checkpoint makes old segments unnecessary: the node rotates to a new segment, flushes
   every window changed so far to its time-series store, and then records "segments up to
   N are in the store" in ``checkpoint`` (written to a temporary file, fsynced and renamed)
-  together with the batch ids seen recently, and deletes those segments. A crash anywhere
-  in between is safe: segments are deleted only after the checkpoint that covers them is
-  durable, and on start segments the checkpoint covers are skipped.
+  together with the batch ids seen recently, and deletes those segments. The flush also
+  writes "segments up to N" with this log's id (``wal-id``) to the store, in the same
+  transaction as the windows, so a kill between the flush and the checkpoint does not
+  count those segments twice: on start the node replays only segments after both marks
+  (earlier ones give their batch ids only). Segments are deleted only after the
+  checkpoint that covers them is durable.
 * On start, :meth:`WriteAheadLog.replay` yields the records of the segments after the
   checkpoint in order; a torn record at the end of the last segment (a kill mid-write)
   ends the replay of that segment.
@@ -27,6 +30,7 @@ import json
 import logging
 import os
 import struct
+import uuid
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -87,6 +91,8 @@ class WriteAheadLog:
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.batch_ids = BatchIds(remembered_batches)
+        #: this log's identity: segment numbers mean something only within one log
+        self.id = self._log_id()
         self._checkpointed = -1
         self._load_checkpoint()
         existing = self._segments()
@@ -114,6 +120,20 @@ class WriteAheadLog:
         the time-series store), without opening it."""
         return (Path(directory) / "checkpoint").exists()
 
+    def _log_id(self) -> str:
+        path = self.directory / "wal-id"
+        if path.exists():
+            return path.read_text().strip()
+        made = uuid.uuid4().hex
+        tmp = self.directory / "wal-id.tmp"
+        with open(tmp, "w") as f:
+            f.write(made)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+        _fsync_dir(self.directory)
+        return made
+
     def _load_checkpoint(self) -> None:
         path = self.directory / "checkpoint"
         if not path.exists():
@@ -133,10 +153,17 @@ class WriteAheadLog:
 
     def replay(self) -> Iterator[tuple[int, bytes]]:
         """(receive time ns, IngestRequest bytes) of every record after the checkpoint."""
+        for _, time_ns, payload in self.replay_segments():
+            yield time_ns, payload
+
+    def replay_segments(self) -> Iterator[tuple[int, int, bytes]]:
+        """(segment, receive time ns, IngestRequest bytes) of every record after the
+        checkpoint."""
         for n, path in self._segments():
             if n <= self._checkpointed:
                 continue
-            yield from self._read_segment(path)
+            for time_ns, payload in self._read_segment(path):
+                yield n, time_ns, payload
 
     def _read_segment(self, path: Path) -> Iterator[tuple[int, bytes]]:
         data = path.read_bytes()

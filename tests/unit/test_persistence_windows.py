@@ -11,15 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nethical_grpc import client, convert
 from nethical_grpc.governance.decision import evaluate_action
 from nethical_grpc.governance.detectors import Action
 from nethical_grpc.governance.profiles import ProfileBook
 from nethical_grpc.governance.requests import EvaluationRequest, Outcome
-from nethical_grpc.series import IngestBatch, SeriesKey
+from nethical_grpc.series import IngestBatch, SeriesKey, SummaryQuery
 from nethical_grpc.storage.timeseries import MetricPoint, WindowSummaryRow
+from nethical_grpc.v1 import region_node_pb2
 from region_node.node import NodeIdentity, RegionNode
-from region_node.persistence import Persister
+from region_node.persistence import WAL_MARK_METRIC, Persister
 from region_node.stores import NodeStores, StoreConfig
+from region_node.wal import WriteAheadLog
 
 
 async def test_rows_the_store_refuses_are_dropped_and_the_rest_written(tmp_path: Path) -> None:
@@ -66,7 +69,7 @@ class _FailingOnce:
 
 async def _count(stores: NodeStores) -> int:
     rows = await stores.timeseries.load_window_summaries("r1")
-    return sum(r.count for r in rows)
+    return sum(r.count for r in rows if r.metric != WAL_MARK_METRIC)
 
 
 async def test_a_failed_restore_is_retried_and_holds_window_flushes_until_it_succeeds(
@@ -175,5 +178,67 @@ async def test_the_stores_retention_is_applied_to_rows_and_stored_windows(tmp_pa
             assert [w.window_start_ns for w in windows] == [rows[1].window_start_ns]
         finally:
             await persister.stop()
+    finally:
+        await stores.close()
+
+
+def _logged_batch(batch_id: str, values: np.ndarray) -> tuple[IngestBatch, bytes]:
+    raw = client.encode_ingest_request("lat", values, batch_id=batch_id)
+    request = region_node_pb2.IngestRequest.FromString(raw)
+    return convert.ingest_batch_from_proto(request, time.time_ns()), raw
+
+
+async def _start_logged_node(
+    tmp_path: Path, stores: NodeStores
+) -> tuple[RegionNode, Persister, WriteAheadLog]:
+    """A node with a log, started as the server starts one: restore, then replay."""
+    node = RegionNode(NodeIdentity("r1", "r1-a"))
+    wal = WriteAheadLog(tmp_path / "wal")
+    persister = Persister(node, stores, ProfileBook(), 60.0)
+    persister.wal_id = wal.id
+    await persister.restore()
+    persister.restored = True
+    node.attach_wal(wal, persister.stored_wal_segment)
+    return node, persister, wal
+
+
+async def test_a_kill_between_a_flush_and_its_checkpoint_counts_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    """The flush committed (windows hold b2), the node died before its log's checkpoint:
+    on restart b2 is in the restored windows and in the log after the checkpoint. It was
+    counted twice (200 values for 150), and the double count was flushed for good."""
+    config = StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}")
+    stores = await NodeStores.open(config, "r1")
+    try:
+        node, persister, wal = await _start_logged_node(tmp_path, stores)
+        batch, raw = _logged_batch("b1", np.arange(100.0))
+        node.ingest(batch, raw)
+        await persister.flush_windows()  # flushed and checkpointed
+        batch, raw = _logged_batch("b2", np.arange(50.0))
+        node.ingest(batch, raw)
+        await node.sync()
+
+        def killed(*_: object) -> None:
+            raise SystemExit("killed before the checkpoint")
+
+        wal.checkpoint = killed  # type: ignore[method-assign]
+        with pytest.raises(SystemExit):
+            await persister.flush_windows()
+        assert await _count(stores) == 150  # the flush did commit
+        wal.close()
+    finally:
+        await stores.close()
+
+    stores = await NodeStores.open(config, "r1")
+    try:
+        node, persister, wal = await _start_logged_node(tmp_path, stores)
+        [summary] = node.store.summaries(SummaryQuery(metrics=frozenset({"lat"})))
+        assert summary.summary.count == 150
+        batch, raw = _logged_batch("b2", np.arange(50.0))
+        assert not node.ingest(batch, raw)  # a retry of b2 is still known
+        await persister.flush_windows()
+        assert await _count(stores) == 150
+        wal.close()
     finally:
         await stores.close()
