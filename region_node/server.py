@@ -65,6 +65,13 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
     if model is not None:
         warm_up(model)  # the evaluation's kernels, before the first call
     stores = await NodeStores.open(config.stores, config.region_id)
+    if not config.instance_id and stores.shared_timeseries:
+        log.warning(
+            "no --instance-id on a shared time-series store: this node is %s-<port>, and "
+            "another node of the region on the same port (another host) would overwrite "
+            "its flushed windows; give each instance its own id",
+            config.region_id,
+        )
     # each store's state, read at every scrape: a failing store or a fallback is alertable
     telemetry.get_recorder().observe_stores(
         lambda: [(c.store, c.backend, not c.problem, bool(c.reason)) for c in stores.choices()]

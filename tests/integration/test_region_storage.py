@@ -24,6 +24,7 @@ from meshutil import Mesh, add_region
 from nethical_grpc import convert
 from nethical_grpc.errors import details_from_error
 from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
+from region_node.server import RegionServerConfig, start_region_server
 from region_node.stores import StoreConfig
 
 PG_URL = os.environ.get("NETHICAL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -299,3 +300,26 @@ async def test_risk_profiles_reach_other_instances_through_redis(
     await eventually(profile_arrived)
     assert found[0].evaluations == 2
     assert sum(found[0].decision_counts.values()) == 2
+
+
+async def test_a_node_without_an_instance_id_on_a_shared_store_says_to_give_one(
+    pg_schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its id is REGION-PORT: two hosts of the region on the same port would overwrite
+    each other's flushed windows with no other sign."""
+    stores = StoreConfig(timeseries_url=f"{PG_URL}?schema={pg_schema}")
+    server, _ = await start_region_server(
+        RegionServerConfig(region_id="r1", model=None, stores=stores)
+    )
+    try:
+        assert "no --instance-id on a shared time-series store" in caplog.text
+    finally:
+        await server.drain(announce_s=0, grace_s=0)
+    caplog.clear()
+    server, _ = await start_region_server(
+        RegionServerConfig(region_id="r1", instance_id="r1-a", model=None, stores=stores)
+    )
+    try:
+        assert "--instance-id" not in caplog.text
+    finally:
+        await server.drain(announce_s=0, grace_s=0)
