@@ -695,12 +695,13 @@ def _fill_evaluation(
     m.instance_id = instance_id
 
 
-def outcome_to_proto(
+def evaluate_response_to_proto(
     outcome: Outcome, region_id: str, instance_id: str
-) -> governance_pb2.ActionEvaluation:
-    m = governance_pb2.ActionEvaluation()
-    _fill_evaluation(m, outcome, region_id, instance_id)
-    return m
+) -> region_node_pb2.EvaluateResponse:
+    """The answer to a unary Evaluate (filled in place: no copy of the evaluation)."""
+    answer = region_node_pb2.EvaluateResponse()
+    _fill_evaluation(answer.evaluation, outcome, region_id, instance_id)
+    return answer
 
 
 def stream_evaluation_to_proto(

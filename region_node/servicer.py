@@ -22,7 +22,7 @@ from nethical_grpc.errors import (
     rpc_errors,
     rpc_stream_errors,
 )
-from nethical_grpc.governance.requests import EvaluationRequest, Outcome
+from nethical_grpc.governance.requests import EvaluationRequest
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
 from nethical_grpc.privacy import PrivateReleaser
 from nethical_grpc.series import GroupSummary, SummaryQuery
@@ -320,10 +320,6 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
             )
         return self.evaluator
 
-    def _evaluation_to_proto(self, outcome: Outcome) -> governance_pb2.ActionEvaluation:
-        ident = self.node.identity
-        return convert.outcome_to_proto(outcome, ident.region_id, ident.instance_id)
-
     @rpc_errors
     async def Evaluate(  # noqa: N802
         self, request: region_node_pb2.EvaluateRequest, context: Context
@@ -331,7 +327,8 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         evaluator = self._evaluator()
         parsed = convert.action_from_proto(request.action)
         outcome = await evaluator.evaluate(parsed)
-        return region_node_pb2.EvaluateResponse(evaluation=self._evaluation_to_proto(outcome))
+        ident = self.node.identity
+        return convert.evaluate_response_to_proto(outcome, ident.region_id, ident.instance_id)
 
     @rpc_stream_errors
     async def EvaluateStream(  # noqa: N802
