@@ -237,7 +237,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
             return cached
         groups = self.node.summaries(query)
         mean_errors: list[float] = [0.0] * len(groups)
-        release = None
+        release = pending = None
         if self.privacy is not None:
             # noised before it leaves; a spent budget is RESOURCE_EXHAUSTED. A filtered
             # query is charged as its metrics' windows, whether the filter matches or not
@@ -249,9 +249,10 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
             )
             # the query as the windows holding data bound it (public): a range reaching
             # further into empty windows is the same release, not a fresh one to pay for
-            release = self.privacy.release(
+            pending = self.privacy.prepare(
                 _data_range(query, per_metric), groups, version, charged_as=unfiltered
             )
+            release = pending.release
             groups = _public_times([r.group for r in release.groups], per_metric)
             mean_errors = [r.mean_error for r in release.groups]
         ident = self.node.identity
@@ -269,9 +270,15 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         as_of = max((g.data_as_of_ns for g in groups), default=0)
         if as_of:
             response.data_as_of.CopyFrom(convert.ns_to_timestamp(as_of))
+        entry = _CachedSummaries(version, response)
+        if pending is not None and self.privacy is not None:
+            # charged only when sent: an answer refused as too large spends no budget
+            # (the releaser keeps its noise, so asking again is refused again)
+            entry.check_size(self.max_message_bytes)
+            self.privacy.commit(pending)
         if len(self._responses) >= _MAX_CACHED_RESPONSES:
             self._responses.clear()
-        entry = self._responses[query] = _CachedSummaries(version, response)
+        self._responses[query] = entry
         entry.check_size(self.max_message_bytes)
         return entry
 

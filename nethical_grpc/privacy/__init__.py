@@ -57,7 +57,9 @@ metric charges the metric's windows, which over-charges label-disjoint queries b
 nothing beyond what a :class:`~nethical_grpc.series.GroupSummary` carries.
 :class:`PrivateReleaser` caches each answer per (query normalised to window ids, data
 version): asking the same thing again returns the same noise and spends nothing, so
-repeating a query cannot average the noise away.
+repeating a query cannot average the noise away. A release is noised first and charged
+only when the caller sends it (``prepare``, then ``commit``): an answer refused as too
+large spends nothing, and is kept, uncharged, so that asking again gets the same noise.
 
 Assumptions and limits
 ----------------------
@@ -104,6 +106,7 @@ from nethical_grpc.privacy.release import (
     MAX_PRESENCE_DELTA,
     Granularity,
     MergedError,
+    PendingRelease,
     PrivateRelease,
     PrivateReleaser,
     ReleasedGroup,
@@ -125,6 +128,7 @@ __all__ = [
     "Mechanism",
     "MergedError",
     "NoiseError",
+    "PendingRelease",
     "PrivacyAccountant",
     "PrivacyBudgetExhausted",
     "PrivacyConfig",

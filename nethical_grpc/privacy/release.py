@@ -19,7 +19,7 @@ from typing import Final, Literal
 import numpy as np
 import numpy.typing as npt
 
-from nethical_grpc.privacy.budget import BudgetKey, PrivacyAccountant
+from nethical_grpc.privacy.budget import BudgetKey, PrivacyAccountant, PrivacyBudgetExhausted
 from nethical_grpc.privacy.config import PrivacyConfig
 from nethical_grpc.privacy.grid import BucketGrid
 from nethical_grpc.privacy.mechanisms import (
@@ -37,6 +37,7 @@ from nethical_grpc.summary import ExponentialHistogram, Moments, Summary
 __all__ = [
     "Granularity",
     "MergedError",
+    "PendingRelease",
     "PrivateRelease",
     "PrivateReleaser",
     "ReleaseInfo",
@@ -187,6 +188,23 @@ class PrivateRelease:
     from_cache: bool = False
 
 
+_QueryKey = tuple[frozenset[str], Labels, tuple[str, ...], int | None, int | None]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRelease:
+    """A release noised by :meth:`PrivateReleaser.prepare`, charged by ``commit``.
+
+    ``release`` is the answer as ``commit`` returns it; ``keys`` the budget units it
+    will charge (none for an answer from the cache, ``release.from_cache``).
+    """
+
+    query_key: _QueryKey
+    data_version: Hashable
+    keys: frozenset[BudgetKey]
+    release: PrivateRelease
+
+
 @dataclass(frozen=True, slots=True)
 class MergedError:
     """Noise in a merge of several releases (e.g. one group over the regions that answered)."""
@@ -325,8 +343,6 @@ def noise_summary(
 # Releasing a query's groups
 # ------------------------------------------------------------------------------------------------
 
-_QueryKey = tuple[frozenset[str], Labels, tuple[str, ...], int | None, int | None]
-
 
 class PrivateReleaser:
     """Releases a query's group summaries under a privacy budget, with an answer cache.
@@ -378,6 +394,9 @@ class PrivateReleaser:
         self._rng = rng
         self._cache_size = cache_size
         self._cache: OrderedDict[_QueryKey, tuple[Hashable, PrivateRelease]] = OrderedDict()
+        # prepared, never committed (refused by the caller): kept so that asking again
+        # gets the same noise
+        self._uncharged: OrderedDict[_QueryKey, PendingRelease] = OrderedDict()
 
     # ---------------------------------------------------------------- budget units
 
@@ -424,7 +443,8 @@ class PrivateReleaser:
         ``data_version`` returns the cached release and charges nothing. Otherwise every
         covered window is charged ``epsilon_per_release`` (each once, however many groups
         cover it), then each group is noised; groups whose noisy count is below
-        ``min_count`` are dropped.
+        ``min_count`` are dropped. :meth:`prepare` then :meth:`commit`, with nothing in
+        between.
 
         ``charged_as`` (metric granularity): the answer to the query without its label
         filter. Its windows are charged instead of the groups', so what is charged, and
@@ -436,11 +456,31 @@ class PrivateReleaser:
             PrivacyBudgetExhausted: some covered window lacks the budget; nothing charged.
             ValueError: ``covered`` is missing or mismatched under series granularity.
         """
+        return self.commit(self.prepare(query, groups, data_version, covered, charged_as))
+
+    def prepare(
+        self,
+        query: SummaryQuery,
+        groups: Sequence[GroupSummary],
+        data_version: Hashable,
+        covered: Sequence[Iterable[BudgetKey]] | None = None,
+        charged_as: Sequence[GroupSummary] | None = None,
+    ) -> PendingRelease:
+        """The release :meth:`release` would return, noised but not charged yet: the
+        caller may still refuse to send it (too large, say), and then nothing is spent.
+        :meth:`commit` charges it and makes it the cached answer.
+
+        A prepared release that is not committed is kept (by query and data version, like
+        a committed one): preparing the same query again gives the same noise, so asking
+        again and again cannot average it away. Same arguments and errors as
+        :meth:`release` (a spent budget is refused here, before any noise is drawn).
+        """
         qkey = self._query_key(query)
         hit = self._cache.get(qkey)
         if hit is not None and hit[0] == data_version:
             self._cache.move_to_end(qkey)
-            return replace(hit[1], epsilon_spent=0.0, from_cache=True)
+            cached = replace(hit[1], epsilon_spent=0.0, from_cache=True)
+            return PendingRelease(qkey, data_version, frozenset(), cached)
         if charged_as is not None:
             if self.granularity != "metric":
                 raise ValueError("charged_as needs metric granularity")
@@ -448,10 +488,13 @@ class PrivateReleaser:
         else:
             keys = self._keys(groups, covered)
         eps = float(self.config.epsilon_per_release)
-        if keys:
-            self.accountant.charge(keys, eps)
-            if self.on_charge is not None:
-                self.on_charge()
+        short = self.accountant.shortfalls(keys, eps)
+        if short:
+            raise PrivacyBudgetExhausted.for_windows(short, eps, self.accountant.window_budget)
+        kept = self._uncharged.get(qkey)
+        if kept is not None and kept.data_version == data_version and kept.keys == keys:
+            self._uncharged.move_to_end(qkey)
+            return kept
         released = []
         for group in groups:
             if not self._within_bound(group):
@@ -465,11 +508,33 @@ class PrivateReleaser:
             err = mean_error(noised.count, noised.mean, self.info.count_error, self.info.sum_error)
             released.append(ReleasedGroup(out, err))
         result = PrivateRelease(tuple(released), self.info, eps if keys else 0.0)
-        self._cache[qkey] = (data_version, result)
-        self._cache.move_to_end(qkey)
+        pending = PendingRelease(qkey, data_version, frozenset(keys), result)
+        self._uncharged[qkey] = pending
+        self._uncharged.move_to_end(qkey)
+        while len(self._uncharged) > self._cache_size:
+            self._uncharged.popitem(last=False)
+        return pending
+
+    def commit(self, pending: PendingRelease) -> PrivateRelease:
+        """Charge a prepared release's windows and cache it; returns the release.
+
+        Raises:
+            PrivacyBudgetExhausted: some covered window lacks the budget (it was spent
+                since :meth:`prepare`); nothing charged.
+        """
+        if pending.release.from_cache:
+            return pending.release
+        if pending.keys:
+            self.accountant.charge(pending.keys, float(self.config.epsilon_per_release))
+            if self.on_charge is not None:
+                self.on_charge()
+        if self._uncharged.get(pending.query_key) is pending:
+            del self._uncharged[pending.query_key]
+        self._cache[pending.query_key] = (pending.data_version, pending.release)
+        self._cache.move_to_end(pending.query_key)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return result
+        return pending.release
 
     def _within_bound(self, group: GroupSummary) -> bool:
         """Whether the group's values keep to the value bound; one that does not (a window
@@ -495,3 +560,4 @@ class PrivateReleaser:
     def clear_cache(self) -> None:
         """Forget cached answers (they are re-noised and charged when asked again)."""
         self._cache.clear()
+        self._uncharged.clear()

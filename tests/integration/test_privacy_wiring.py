@@ -247,3 +247,69 @@ async def test_a_range_reaching_into_empty_windows_is_the_same_release(mesh: Mes
     counts = {a.series[0].summary.moments.count for a in answers}
     assert len(counts) == 1  # the same noise every time
     assert all(a.privacy.epsilon == answers[0].privacy.epsilon for a in answers)
+
+
+TIGHT_DP = PrivacyConfig(
+    epsilon_per_release=1.0, window_budget=1.5, value_bound=100.0, min_count=5, nonnegative=True
+)
+SMALL_LIMIT = 64 * 1024
+SHARDS = 900
+
+
+async def _tight_node(mesh: Mesh) -> region_node_pb2_grpc.RegionNodeServiceStub:
+    """A noised node with a 64 KiB message limit and 900 series of ``lat`` (one per
+    shard): grouped by shard its answer is over the limit, ungrouped ~1 KB."""
+    [(server, _)] = await add_region(mesh, "dp", privacy=TIGHT_DP, max_message_bytes=SMALL_LIMIT)
+    rng = np.random.default_rng(5)
+    batches = [
+        client.encode_ingest_request("lat", rng.uniform(1, 90, 40), {"shard": str(k)})
+        for k in range(SHARDS)
+    ]
+    await client.ingest(mesh.channel(server.address), batches)
+    return stub(mesh, "dp")
+
+
+def _assert_too_large(err: grpc.aio.AioRpcError) -> None:
+    found = details_from_error(err)
+    assert found.code is grpc.StatusCode.RESOURCE_EXHAUSTED, found.message
+    assert found.reason == "ANSWER_TOO_LARGE", found.message
+
+
+async def test_an_answer_refused_as_too_large_spends_no_budget(mesh: Mesh) -> None:
+    """The budget allows one release per window: the refused wide answer must not take
+    it, so the narrower query the refusal suggests is answered."""
+    s = await _tight_node(mesh)
+    wide = region_node_pb2.GetSummariesRequest(metrics=["lat"], group_by_labels=["shard"])
+    for _ in range(2):  # asked again: refused the same way, not for a spent budget
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.GetSummaries(wide, timeout=5)
+        _assert_too_large(err.value)
+    answer = await s.GetSummaries(region_node_pb2.GetSummariesRequest(metrics=["lat"]), timeout=5)
+    assert answer.privacy.noised
+    assert abs(answer.series[0].summary.moments.count - 40 * SHARDS) < 60
+    # that one did spend it: another release over the same windows is refused
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await s.GetSummaries(
+            region_node_pb2.GetSummariesRequest(metrics=["lat"], group_by_labels=["zone"]),
+            timeout=5,
+        )
+    assert details_from_error(err.value).reason == "PRIVACY_BUDGET_EXHAUSTED"
+
+
+async def test_a_streamed_answer_refused_as_too_large_spends_no_budget(mesh: Mesh) -> None:
+    s = await _tight_node(mesh)
+    queries = [
+        region_node_pb2.StreamSummariesRequest(
+            query_id=1,
+            query=region_node_pb2.GetSummariesRequest(metrics=["lat"], group_by_labels=["shard"]),
+        ),
+        region_node_pb2.StreamSummariesRequest(
+            query_id=2, query=region_node_pb2.GetSummariesRequest(metrics=["lat"])
+        ),
+    ]
+    answers = [a async for a in s.StreamSummaries(iter(queries), timeout=5)]
+    assert [a.query_id for a in answers] == [1, 2]
+    assert answers[0].error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert "message limit" in answers[0].error.message
+    assert not answers[1].HasField("error")
+    assert abs(answers[1].summaries.series[0].summary.moments.count - 40 * SHARDS) < 60

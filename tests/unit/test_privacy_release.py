@@ -290,6 +290,30 @@ def test_repeated_query_returns_the_same_answer_and_spends_nothing(
     assert rel.accountant.spent(key) == pytest.approx(2.0)
 
 
+def test_a_prepared_release_spends_nothing_until_committed(true_summary: Summary) -> None:
+    """A caller may refuse a prepared release (too large to send): nothing is spent, and
+    preparing it again gives the same noise, so refusals cannot average it away."""
+    rel = PrivateReleaser(make(), window_ns=W, rng=np.random.default_rng(4))
+    q = SummaryQuery(metrics=frozenset({"risk"}))
+    key = (SeriesKey("risk", ()), 101)
+    pending = rel.prepare(q, [group(true_summary)], data_version=1)
+    assert rel.accountant.spent(key) == 0.0
+    again = rel.prepare(q, [group(true_summary)], data_version=1)
+    assert again.release.groups == pending.release.groups
+    assert rel.accountant.spent(key) == 0.0
+    sent = rel.commit(again)
+    assert sent.epsilon_spent == 1.0 and not sent.from_cache
+    assert rel.accountant.spent(key) == pytest.approx(1.0)
+    cached = rel.release(q, [group(true_summary)], data_version=1)
+    assert cached.from_cache and cached.groups == sent.groups
+    assert rel.accountant.spent(key) == pytest.approx(1.0)
+    # a spent budget is refused by prepare, before any noise is drawn
+    tight = PrivateReleaser(make(window_budget=1.0), window_ns=W, rng=np.random.default_rng(4))
+    tight.release(q, [group(true_summary)], data_version=1)
+    with pytest.raises(PrivacyBudgetExhausted):
+        tight.prepare(q, [group(true_summary)], data_version=2)
+
+
 def test_releaser_refuses_when_a_covered_window_is_spent_and_keeps_others(
     true_summary: Summary,
 ) -> None:
