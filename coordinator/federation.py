@@ -151,11 +151,20 @@ class Federation:
         check_count("regions", q.regions, MAX_NAMES)
         check_count("region_weights", q.region_weights, MAX_NAMES)
         known = set(self.registry.region_ids)
-        violations = [
-            FieldViolation(f"regions[{i}]", f"unknown region {quoted(r)}")
-            for i, r in enumerate(q.regions)
-            if r not in known
-        ]
+        violations: list[FieldViolation] = []
+        first: dict[str, int] = {}  # each region's first index in q.regions
+        for i, r in enumerate(q.regions):
+            if r not in known:
+                violations.append(FieldViolation(f"regions[{i}]", f"unknown region {quoted(r)}"))
+            elif r in first:
+                # asked twice, it would be queried and merged twice
+                violations.append(
+                    FieldViolation(
+                        f"regions[{i}]", f"{quoted(r)} is a duplicate of regions[{first[r]}]"
+                    )
+                )
+            else:
+                first[r] = i
         for region, weight in sorted(q.region_weights.items()):
             if region not in known:
                 violations.append(

@@ -137,6 +137,19 @@ async def test_bad_global_queries(mesh: Mesh, kwargs: dict[str, object], field: 
     assert field in [v.field for v in details.field_violations]
 
 
+async def test_a_region_asked_twice_is_refused(mesh: Mesh) -> None:
+    """A repeated region would be queried, counted and merged once per mention."""
+    await three_regions(mesh)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await query(mesh, regions=["us-east-1", "us-east-1", "eu-west-1", "us-east-1"])
+    details = details_from_error(info.value)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [(v.field, v.description) for v in details.field_violations] == [
+        ("regions[1]", '"us-east-1" is a duplicate of regions[0]'),
+        ("regions[3]", '"us-east-1" is a duplicate of regions[0]'),
+    ]
+
+
 @pytest.mark.parametrize(
     ("seconds", "nanos"), [(1, -5), (-1, 5), (0, 1_500_000_000), (0, -1_000_000_000)]
 )
