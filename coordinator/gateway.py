@@ -46,6 +46,7 @@ from nethical_grpc.balancing import (
 from nethical_grpc.balancing.retry import status_code
 from nethical_grpc.errors import InvalidArgument, MeshError, Unavailable, to_status
 from nethical_grpc.v1 import coordinator_pb2
+from nethical_grpc.validation import quoted
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ class Gateway:
             if not self.registry.has_region(region_id):
                 raise InvalidArgument.single(
                     "region_id",
-                    f"unknown region {region_id!r}",
+                    f"unknown region {quoted(region_id)}",
                     metadata={"known_regions": ",".join(self.registry.region_ids)},
                 )
             return region_id

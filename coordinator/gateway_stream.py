@@ -47,6 +47,7 @@ from coordinator.gateway import (
 )
 from nethical_grpc.balancing import Instance, failed_before_send
 from nethical_grpc.errors import MeshError, Unavailable
+from nethical_grpc.validation import quoted
 
 if TYPE_CHECKING:
     from coordinator.gateway import Gateway
@@ -151,7 +152,7 @@ class StreamRelay:
         if inst is None:
             inst = self._lb.get_instance(region)
         if inst is None:
-            where = f" (region {region!r})" if region else ""
+            where = f" (region {quoted(region)})" if region else ""
             raise Unavailable(
                 message=f"no usable instance{where}",
                 reason="NO_HEALTHY_INSTANCE",

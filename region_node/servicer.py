@@ -29,6 +29,7 @@ from nethical_grpc.series import GroupSummary, SummaryQuery
 from nethical_grpc.storage.audit import AuditStoreError
 from nethical_grpc.streams import ReadAhead, read_chunks
 from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
+from nethical_grpc.validation import CONTROL_RE, quoted
 from region_node.evaluation import Evaluator
 from region_node.node import RegionNode
 from region_node.stores import NodeStores
@@ -439,10 +440,12 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
             raise InvalidArgument.single(
                 "agent_id", f"must be 1 to {convert.MAX_AGENT_ID_CHARS} characters"
             )
+        if CONTROL_RE.search(agent):  # as Evaluate refuses it: no such agent can exist
+            raise InvalidArgument.single("agent_id", "must not contain control characters")
         profile = await evaluator.profile(agent)
         if profile is None:
             raise NotFound(
-                message=f"no evaluations of agent {agent!r} on this node",
+                message=f"no evaluations of agent {quoted(agent)} on this node",
                 reason="AGENT_NOT_FOUND",
             )
         return convert.profile_to_proto(profile)

@@ -15,6 +15,7 @@ import numpy as np
 from nethical_grpc.errors import FieldViolation, InvalidArgument, ResourceExhausted
 from nethical_grpc.series import GroupSummary, IngestBatch, Labels, SeriesKey, SummaryQuery
 from nethical_grpc.summary import DEFAULT_MAX_BUCKETS, DEFAULT_SCALE, ExponentialHistogram, Summary
+from nethical_grpc.validation import quoted
 
 NANOS = 1_000_000_000
 
@@ -108,11 +109,13 @@ class WindowStore:
         for metric, n in new_per_metric.items():
             if self._label_sets.get(metric, 0) + n > cap:
                 raise ResourceExhausted(
-                    message=f"metric {metric!r} has reached its cap of {cap} label sets",
+                    message=f"metric {quoted(metric)} has reached its cap of {cap} label sets",
                     reason="LABEL_CARDINALITY_EXCEEDED",
                     metadata={"metric": metric, "limit": str(cap)},
                     field_violations=(
-                        FieldViolation("labels", f"too many label sets for metric {metric!r}"),
+                        FieldViolation(
+                            "labels", f"too many label sets for metric {quoted(metric)}"
+                        ),
                     ),
                 )
         if len(self._series) + new_total > self.config.max_series:

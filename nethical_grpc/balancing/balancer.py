@@ -31,6 +31,7 @@ from nethical_grpc.balancing.retry import (
     set_attempt_deadline,
 )
 from nethical_grpc.balancing.strategies import LoadBalancingStrategy, Picker, make_picker
+from nethical_grpc.validation import quoted
 
 T = TypeVar("T")
 
@@ -472,7 +473,9 @@ class LoadBalancer:
             inst = self.get_instance(region_id)
         if inst is None:
             raise NoAvailableInstanceError(
-                f"no usable instance (region {region_id!r})" if region_id else "no usable instance"
+                f"no usable instance (region {quoted(region_id)})"
+                if region_id
+                else "no usable instance"
             )
         return inst
 

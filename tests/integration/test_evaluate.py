@@ -264,6 +264,28 @@ async def test_risk_profile_tracks_an_agents_decisions(mesh: Mesh) -> None:
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def test_risk_profile_refuses_agent_ids_evaluate_refuses_and_quotes_others(
+    mesh: Mesh,
+) -> None:
+    """An agent id with control characters can never have been evaluated: INVALID_ARGUMENT
+    on agent_id, as Evaluate answers. An unknown agent is named JSON-quoted, the same to
+    a reader in any language, not as a Python repr."""
+    await add_region(mesh, "r1")
+    s = stub(mesh)
+    for agent in ("a\x00b", "tab\there", "del\x7f"):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.GetRiskProfile(region_node_pb2.GetRiskProfileRequest(agent_id=agent))
+        details = details_from_error(err.value)
+        assert details.code is grpc.StatusCode.INVALID_ARGUMENT
+        assert [(v.field, v.description) for v in details.field_violations] == [
+            ("agent_id", "must not contain control characters")
+        ]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await s.GetRiskProfile(region_node_pb2.GetRiskProfileRequest(agent_id="a'\"\\b"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert err.value.details() == 'no evaluations of agent "a\'\\"\\\\b" on this node'
+
+
 def test_features_of_an_action_are_what_the_node_scores() -> None:
     a = Action("x", HARMFUL, "command", "look something up")
     rows = action_features([a.action_text], [a.stated_intent])

@@ -146,6 +146,11 @@ async def test_unknown_region_is_invalid_argument(mesh: Mesh) -> None:
     assert details.code is grpc.StatusCode.INVALID_ARGUMENT
     assert [v.field for v in details.field_violations] == ["region_id"]
     assert details.metadata["known_regions"] == "r1"
+    # the region is shown JSON-quoted, not as a Python repr
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await evaluate(stub, region_id="it's\x01")
+    details = details_from_error(info.value)
+    assert details.field_violations[0].description == 'unknown region "it\'s\\u0001"'
 
 
 async def test_region_aware_follows_the_configured_order(mesh: Mesh) -> None:
