@@ -1,7 +1,9 @@
 """EvaluateStream through the gateway: one upstream stream per client stream.
 
 The client's stream goes to one instance, picked when the first action arrives (its
-``region_id`` picks the region). Answers come back in request order, so the relay
+``region_id`` picks the region; a later message may repeat it or leave it empty, and one
+that names another region ends the stream with INVALID_ARGUMENT, as a message that does
+not parse does). Answers come back in request order, so the relay
 keeps the actions sent upstream and not yet answered in a queue; each answer settles
 the oldest.
 
@@ -46,7 +48,7 @@ from coordinator.gateway import (
     stream_broken,
 )
 from nethical_grpc.balancing import Instance, failed_before_send
-from nethical_grpc.errors import MeshError, Unavailable
+from nethical_grpc.errors import InvalidArgument, MeshError, Unavailable
 from nethical_grpc.validation import quoted
 
 if TYPE_CHECKING:
@@ -66,6 +68,21 @@ class _Interrupted(Exception):
     def __init__(self, error: grpc.aio.AioRpcError | None) -> None:
         super().__init__(error.details() if error is not None else "upstream ended early")
         self.error = error
+
+
+def _other_region(index: int, asked: str, region: str) -> InvalidArgument:
+    """A later message naming a region the stream is not in: the stream ends with it (as
+    with a message that does not parse), after the answers to the messages before it."""
+    problem = (
+        f"{quoted(asked)} differs from the stream's region {quoted(region)}"
+        if region
+        else f"{quoted(asked)}, but the stream has no region (its first message named none)"
+    )
+    return InvalidArgument.single(
+        f"request[{index}].region_id",
+        f"{problem}: the first message picks the region of the whole stream; leave "
+        "region_id empty on later messages, or repeat it",
+    )
 
 
 class StreamRelay:
@@ -95,13 +112,18 @@ class StreamRelay:
 
     async def _read_client(self) -> None:
         try:
-            first = True
+            index = 0
+            region = ""  # the stream's: the first message's, else the local one
             async for message in self._requests:
-                if not first:
+                if index == 0:
+                    region = message.region_id or self._gw.settings.local_region
+                else:
+                    if message.region_id and message.region_id != region:
+                        raise _other_region(index, message.region_id, region)
                     # only the first message names the region (run() reads and clears
                     # it); relayed as is, the field would land on the node's field 2
                     message.ClearField("region_id")
-                first = False
+                index += 1
                 await self._inbox.put(message)
         except MeshError as exc:
             self._client_error = exc

@@ -38,6 +38,17 @@ def stream_request(i: int, region: str = "", valid: bool = True) -> Any:
     )
 
 
+async def until_error(answers: Any) -> tuple[list[Any], grpc.aio.AioRpcError]:
+    """The answers of a call, and the error that ended it (it must end with one)."""
+    got: list[Any] = []
+    try:
+        async for answer in answers:
+            got.append(answer)
+    except grpc.aio.AioRpcError as err:
+        return got, err
+    raise AssertionError(f"the call ended with OK after {len(got)} answers")
+
+
 async def test_stream_answers_in_order_with_inline_errors(mesh: Mesh) -> None:
     await add_region(mesh, "r1", instances=2)
     await add_region(mesh, "r2", instances=1)
@@ -55,6 +66,35 @@ async def test_stream_answers_in_order_with_inline_errors(mesh: Mesh) -> None:
     assert served == {"r2-0"}  # one upstream stream, in the first message's region
 
 
+async def test_a_later_message_naming_another_region_ends_the_stream(mesh: Mesh) -> None:
+    """Only the first message picks the region; later ones may repeat it or leave it
+    empty. One that names another region (known or not) is not relayed to the stream's
+    region as if it were meant there: the stream ends with INVALID_ARGUMENT naming it,
+    after the answers to the messages before it."""
+    await add_region(mesh, "r1")
+    await add_region(mesh, "r2")
+    stub = await start_gateway(mesh, strategy="round_robin")
+    for other in ("r2", "nowhere-1"):
+        requests = [stream_request(0, "r1"), stream_request(1, "r1"), stream_request(2)]
+        requests.append(stream_request(3, other))
+        requests.append(stream_request(4, "r1"))
+        answers, err = await until_error(stub.EvaluateStream(iter(requests), timeout=20))
+        assert [a.evaluation.request_id for a in answers] == ["req-0", "req-1", "req-2"]
+        assert {a.evaluation.instance_id for a in answers} == {"r1-0"}
+        details = details_from_error(err)
+        assert details.code is grpc.StatusCode.INVALID_ARGUMENT, details.message
+        [violation] = details.field_violations
+        assert violation.field == "request[3].region_id"
+        assert violation.description.startswith(f'"{other}" differs from the stream\'s region "r1"')
+    # a stream without a region: any region named later is another one
+    requests = [stream_request(0), stream_request(1, "r1")]
+    answers, err = await until_error(stub.EvaluateStream(iter(requests), timeout=20))
+    assert [a.evaluation.request_id for a in answers] == ["req-0"]
+    [violation] = details_from_error(err).field_violations
+    assert violation.field == "request[1].region_id"
+    assert "the stream has no region" in violation.description
+
+
 async def test_batches_pass_through_the_gateway_in_order(mesh: Mesh) -> None:
     """A message with ``actions`` goes to the node as one batch and comes back as one
     answer whose ``results`` follow it; single actions and a malformed message (both
@@ -70,7 +110,7 @@ async def test_batches_pass_through_the_gateway_in_order(mesh: Mesh) -> None:
         Req(actions=batch[:6], region_id="r2"),
         stream_request(50),
         both,
-        Req(actions=batch[6:], region_id="r1"),  # region_id after the first: ignored
+        Req(actions=batch[6:], region_id="r2"),  # the stream's region again: fine
     ]
     answers = [a async for a in stub.EvaluateStream(iter(requests), timeout=20)]
     assert len(answers) == 4
