@@ -300,11 +300,20 @@ class Evaluator:
         return outcomes
 
     async def profile(self, agent_id: str) -> Profile | None:
-        """The agent's profile: this node's, else the region cache's (another instance's)."""
-        found = self.profiles.get(agent_id)
-        if found is None and self.profile_source is not None:
-            found = await self.profile_source(agent_id)
-        return found
+        """The agent's profile: this node's, else the region cache's (another instance's,
+        or this one's before a restart). A profile made here and not yet merged with the
+        cached one (the agent's first evaluations since the start) is answered merged with
+        it: the cache holds the evaluations before, this node those since."""
+        profiles = self.profiles
+        found = profiles.get(agent_id)
+        if self.profile_source is None or (found is not None and not profiles.unmerged(agent_id)):
+            return found
+        cached = await self.profile_source(agent_id)
+        # the book may have changed meanwhile (evaluations, a write that merged it)
+        found = profiles.get(agent_id)
+        if found is None or cached is None:
+            return found if found is not None else cached
+        return cached.merge(found, profiles.recent) if profiles.unmerged(agent_id) else found
 
     def _record(self, outcomes: Sequence[Outcome], now_ns: int) -> None:
         # risk scores and latencies per (decision, action type label)

@@ -13,9 +13,21 @@
 * **Evaluations**: each one becomes a ``risk_score`` row for its agent in the time-series
   store and a record in the audit store, written in batches a fraction of a second later
   (off the request path); agents' profiles are written to a shared (Redis) cache every
-  ``PROFILE_INTERVAL_S`` (and on stop), so another instance of the region can answer
-  ``GetRiskProfile`` for them (not to a ``memory://`` cache, which no other instance
-  sees).
+  ``PROFILE_INTERVAL_S`` (and on stop), so another instance of the region, or this one
+  after a restart, can answer ``GetRiskProfile`` for them (not to a ``memory://`` cache,
+  which no other instance sees).
+* **Profiles are merged, not replaced**: the node keeps, per agent, the evaluations it
+  added since its last write (a delta); each write reads the cached profiles of those
+  agents (one ``MGET``), merges the deltas in (:meth:`Profile.merge`: counts add, max of
+  max, newest recent entries) and writes the results (one pipelined ``SET``), which
+  become the node's own profiles (plus what it added meanwhile). So a restarted node
+  counts on from the cached profile, and the instances sharing a region's cache add up
+  their evaluations. Limits: the read-modify-write is not atomic, so two instances that
+  write the same agent within the same round trip can still lose one's delta (last
+  writer wins for that round only); a write whose outcome is unknown (a timeout after it
+  was sent) is retried and may count its evaluations twice; and while Redis is down the
+  cache answers from this process's memory, whose profiles replace Redis's once it is
+  back (the outage's write-back overwrites, it does not merge).
 
 * **Retention**: at the start and every ``RETENTION_INTERVAL_S`` the time-series store's
   own retention is applied (``--retention`` only bounds the windows a node holds in
@@ -120,6 +132,9 @@ class Persister:
         self.node = node
         self.stores = stores
         self.profiles = profiles
+        if stores.shared_cache:
+            # written by merging each agent's delta into the cached profile
+            profiles.track_deltas()
         self.flush_interval_s = flush_interval_s
         # per store, (audit record id, outcome): the id is fixed here, so a retried write
         # of the same outcome is recognised by the audit store and not stored twice
@@ -273,26 +288,41 @@ class Persister:
     async def _write_profiles(self) -> None:
         if not self.stores.shared_cache:
             # a memory:// cache is this process's alone, and the book already holds them
-            self.profiles.changed.clear()
             return
-        changed = self.profiles.take_changed()
-        if not changed:
+        deltas = self.profiles.take_deltas()
+        if not deltas:
             return
+        cache = self.stores.cache
         try:
-            await self.stores.cache.set_multiple(
-                {PROFILE_PREFIX + p.agent_id: p.to_dict() for p in changed}, ttl=PROFILE_TTL_S
+            cached = await cache.get_multiple([PROFILE_PREFIX + a for a in deltas])
+            merged = {
+                agent: self._cached_profile(agent, cached.get(PROFILE_PREFIX + agent)).merge(
+                    delta, self.profiles.recent
+                )
+                for agent, delta in deltas.items()
+            }
+            await cache.set_multiple(
+                {PROFILE_PREFIX + a: p.to_dict() for a, p in merged.items()}, ttl=PROFILE_TTL_S
             )
-        except Exception as exc:
-            self.profiles.changed.update(p.agent_id for p in changed)
+        except BaseException as exc:
+            # kept for the next round (a stop that cut the write short: for the stop's own)
+            dropped = self.profiles.return_deltas(deltas)
+            if dropped:
+                log.error("risk profile writes fall behind: dropped %d agents' deltas", dropped)
+            if not isinstance(exc, Exception):
+                raise
             log.warning("writing risk profiles to the cache failed (will retry): %s", exc)
+            return
+        self.profiles.install_merged(merged)
 
-    async def load_profile(self, agent_id: str) -> Profile | None:
-        """A profile from the cache (written by this or another instance), or None."""
-        try:
-            data = await self.stores.cache.get(PROFILE_PREFIX + agent_id)
-        except Exception as exc:
-            log.warning("reading a risk profile from the cache failed: %s", exc)
-            return None
+    def _cached_profile(self, agent_id: str, data: object) -> Profile:
+        """The cached profile ``data`` of the agent, or an empty one (none, or malformed)."""
+        profile = self._profile_from(data)
+        if profile is None or profile.agent_id != agent_id:
+            return Profile(agent_id, recent=deque(maxlen=self.profiles.recent))
+        return profile
+
+    def _profile_from(self, data: object) -> Profile | None:
         if not isinstance(data, dict):
             return None
         try:
@@ -300,6 +330,17 @@ class Persister:
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("ignoring a malformed cached profile: %s", exc)
             return None
+
+    async def load_profile(self, agent_id: str) -> Profile | None:
+        """A profile from the cache (written by this or another instance), or None."""
+        if not self.stores.shared_cache:
+            return None  # profiles are never written to a memory:// cache
+        try:
+            data = await self.stores.cache.get(PROFILE_PREFIX + agent_id)
+        except Exception as exc:
+            log.warning("reading a risk profile from the cache failed: %s", exc)
+            return None
+        return self._profile_from(data)
 
     # -- windows ------------------------------------------------------------------
 

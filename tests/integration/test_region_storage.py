@@ -23,6 +23,7 @@ from meshutil import Mesh, add_region
 
 from nethical_grpc import convert
 from nethical_grpc.errors import details_from_error
+from nethical_grpc.storage.cache import decode_value
 from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
 from region_node.server import RegionServerConfig, start_region_server
 from region_node.stores import StoreConfig
@@ -323,3 +324,79 @@ async def test_a_node_without_an_instance_id_on_a_shared_store_says_to_give_one(
         assert "--instance-id" not in caplog.text
     finally:
         await server.drain(announce_s=0, grace_s=0)
+
+
+def cached_evaluations(region: str, agent: str) -> int | None:
+    """The evaluations of the agent's profile in Redis (None: no profile there)."""
+    r = redis.Redis.from_url(REDIS_URL, socket_timeout=3)
+    try:
+        data = r.get(f"nethical:{region}:profile:{agent}")
+    finally:
+        r.close()
+    if data is None:
+        return None
+    value = decode_value(data)
+    assert isinstance(value, dict)
+    return int(value["evaluations"])
+
+
+async def profile_evaluations(s: region_node_pb2_grpc.RegionNodeServiceStub, agent: str) -> int:
+    request = region_node_pb2.GetRiskProfileRequest(agent_id=agent)
+    return (await s.GetRiskProfile(request, timeout=5)).evaluations
+
+
+def counts(
+    s: region_node_pb2_grpc.RegionNodeServiceStub, region: str, agent: str, n: int
+) -> Callable[[], Awaitable[bool]]:
+    """A check: the node says ``n`` evaluations of the agent, and so does Redis."""
+
+    async def node_and_redis_say_n() -> bool:
+        in_redis = await asyncio.to_thread(cached_evaluations, region, agent)
+        return await profile_evaluations(s, agent) == n and in_redis == n
+
+    return node_and_redis_say_n
+
+
+async def test_a_restarted_node_counts_on_from_the_profiles_in_redis(
+    mesh: Mesh, redis_region: str
+) -> None:
+    cfg = StoreConfig(cache_url=REDIS_URL, flush_interval_s=0.2)
+    [(first, _)] = await add_region(mesh, redis_region, stores=cfg)
+    s = stub(mesh, redis_region, 0)
+    for _ in range(20):
+        await evaluate(s, action("SELECT 1", agent="agent-x"))
+    await first.drain(announce_s=0, grace_s=1)  # its stop writes what is pending
+    assert cached_evaluations(redis_region, "agent-x") == 20
+
+    await add_region(mesh, redis_region, stores=cfg)  # the same instance, started again
+    again = stub(mesh, redis_region, 1)
+    assert await profile_evaluations(again, "agent-x") == 20  # from the cache
+    await evaluate(again, action("SELECT 2", agent="agent-x"))
+    # before the next write: the cache's 20 and this node's 1
+    assert await profile_evaluations(again, "agent-x") == 21
+    await eventually(counts(again, redis_region, "agent-x", 21))
+    # the write did not make it count twice
+    await asyncio.sleep(2.5)
+    assert await profile_evaluations(again, "agent-x") == 21
+    assert cached_evaluations(redis_region, "agent-x") == 21
+
+
+async def test_instances_sharing_redis_add_up_their_evaluations_of_an_agent(
+    mesh: Mesh, redis_region: str
+) -> None:
+    cfg = StoreConfig(cache_url=REDIS_URL, flush_interval_s=0.2)
+    await add_region(mesh, redis_region, instances=2, stores=cfg)
+    a, b = stub(mesh, redis_region, 0), stub(mesh, redis_region, 1)
+    for _ in range(10):
+        await evaluate(a, action("SELECT 1", agent="agent-y"))
+    await eventually(counts(a, redis_region, "agent-y", 10))
+    # (one after the other: two instances writing the same agent in the same moment can
+    # still race, see region_node.persistence)
+    for _ in range(10):
+        await evaluate(b, action("SELECT 1", agent="agent-y"))
+    await eventually(counts(b, redis_region, "agent-y", 20))
+    # a node sees the others' evaluations of an agent at its next write of that agent
+    await evaluate(a, action("SELECT 1", agent="agent-y"))
+    await eventually(counts(a, redis_region, "agent-y", 21))
+    await evaluate(b, action("SELECT 1", agent="agent-y"))
+    await eventually(counts(b, redis_region, "agent-y", 22))

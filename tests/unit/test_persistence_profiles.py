@@ -1,19 +1,31 @@
-"""Which caches the node writes agents' risk profiles to."""
+"""Which caches the node writes agents' risk profiles to, and how (merged, not replaced)."""
 
 from __future__ import annotations
 
-from collections import deque
+from collections.abc import Mapping
+from typing import Any
 
 import pytest
 
+from nethical_grpc.governance.decision import Decision, Evaluation
+from nethical_grpc.governance.detectors import Action
 from nethical_grpc.governance.profiles import Profile, ProfileBook
+from nethical_grpc.governance.requests import EvaluationRequest, Outcome
 from region_node.node import NodeIdentity, RegionNode
 from region_node.persistence import PROFILE_PREFIX, Persister
 from region_node.stores import NodeStores, StoreConfig
 
+#: nothing listens on port 9 (discard) on loopback: the cache starts in memory mode, and is
+#: still a shared cache (its journal goes to Redis once it answers)
+DOWN_REDIS = "redis://127.0.0.1:9/0"
 
-def _profile(agent: str) -> Profile:
-    return Profile(agent, evaluations=2, risk_sum=0.9, max_risk=0.7, recent=deque(maxlen=4))
+
+def outcomes(agent: str, n: int, risk: float = 0.45, start_ns: int = 1_000) -> list[Outcome]:
+    request = EvaluationRequest(Action(agent, "SELECT 1", "query"), "req", "query")
+    return [
+        Outcome(request, Evaluation(Decision.ALLOW, risk, 0.9), 0.5, 1_000, start_ns + i)
+        for i in range(n)
+    ]
 
 
 async def test_profiles_stay_out_of_a_memory_cache() -> None:
@@ -22,30 +34,106 @@ async def test_profiles_stay_out_of_a_memory_cache() -> None:
         assert not stores.shared_cache
         book = ProfileBook()
         persister = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, book, 1.0)
-        book.put(_profile("carol"))
-        book.changed.add("carol")
+        book.update(outcomes("carol", 2))
         await persister.round(windows=False, profiles=True)
-        # no other instance sees a memory:// cache: nothing to write, nothing left to do
+        # no other instance sees a memory:// cache: nothing to write, no deltas kept
         assert await stores.cache.get(PROFILE_PREFIX + "carol") is None
-        assert book.changed == set()
-        assert book.get("carol") is not None  # the node itself still answers for carol
+        assert book.deltas is None
+        found = book.get("carol")
+        assert found is not None and found.evaluations == 2  # the node still answers
+        assert await persister.load_profile("carol") is None
     finally:
         await stores.close()
 
 
 async def test_a_redis_url_is_a_shared_cache_even_while_redis_is_down() -> None:
     pytest.importorskip("redis")  # without redis-py a redis:// URL is a memory cache
-    # port 9 (discard) on loopback: nothing listens, so the cache starts in memory mode
-    stores = await NodeStores.open(StoreConfig(cache_url="redis://127.0.0.1:9/0"), "r1")
+    stores = await NodeStores.open(StoreConfig(cache_url=DOWN_REDIS), "r1")
     try:
         assert stores.cache_choice.backend == "memory" and stores.cache_choice.fallback
-        assert stores.shared_cache  # its journal goes to Redis once it answers
+        assert stores.shared_cache
         book = ProfileBook()
         persister = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, book, 1.0)
-        book.put(_profile("dave"))
-        book.changed.add("dave")
+        book.update(outcomes("dave", 2))
         await persister.round(windows=False, profiles=True)
         cached = await stores.cache.get(PROFILE_PREFIX + "dave")
         assert isinstance(cached, dict) and cached["evaluations"] == 2
+    finally:
+        await stores.close()
+
+
+async def test_a_write_merges_the_nodes_evaluations_into_the_cached_profile() -> None:
+    pytest.importorskip("redis")
+    stores = await NodeStores.open(StoreConfig(cache_url=DOWN_REDIS), "r1")
+    try:
+        # written before this node started (by another instance, or before a restart)
+        before = ProfileBook()
+        before.update(outcomes("erin", 20, risk=0.9))
+        earlier = before.get("erin")
+        assert earlier is not None
+        await stores.cache.set(PROFILE_PREFIX + "erin", earlier.to_dict())
+        book = ProfileBook()
+        persister = Persister(RegionNode(NodeIdentity("r1", "r1-b")), stores, book, 1.0)
+        book.update(outcomes("erin", 1, risk=0.1, start_ns=5_000))
+        await persister.round(windows=False, profiles=True)
+        cached = await stores.cache.get(PROFILE_PREFIX + "erin")
+        assert isinstance(cached, dict)
+        assert cached["evaluations"] == 21 and cached["max_risk"] == 0.9
+        assert cached["decision_counts"] == {"ALLOW": 21}
+        assert cached["recent"][-1][0] == 5_000 and len(cached["recent"]) == book.recent
+        local = book.get("erin")
+        assert local is not None and local.evaluations == 21  # the node counts on from 21
+        assert not book.unmerged("erin")
+        # nothing new: nothing written again (a second round would count twice)
+        await persister.round(windows=False, profiles=True)
+        again = await stores.cache.get(PROFILE_PREFIX + "erin")
+        assert isinstance(again, dict) and again["evaluations"] == 21
+    finally:
+        await stores.close()
+
+
+async def test_a_failed_write_keeps_the_deltas_for_the_next_round(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("redis")
+    stores = await NodeStores.open(StoreConfig(cache_url=DOWN_REDIS), "r1")
+    try:
+        book = ProfileBook()
+        persister = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, book, 1.0)
+        book.update(outcomes("frank", 3))
+        real = stores.cache.set_multiple
+
+        async def refuse(mapping: Mapping[str, Any], ttl: float | None = None) -> None:
+            raise ConnectionError("down")
+
+        monkeypatch.setattr(stores.cache, "set_multiple", refuse)
+        await persister.round(windows=False, profiles=True)
+        assert await stores.cache.get(PROFILE_PREFIX + "frank") is None
+        book.update(outcomes("frank", 2, start_ns=9_000))
+        monkeypatch.setattr(stores.cache, "set_multiple", real)
+        await persister.round(windows=False, profiles=True)
+        cached = await stores.cache.get(PROFILE_PREFIX + "frank")
+        assert isinstance(cached, dict) and cached["evaluations"] == 5
+        local = book.get("frank")
+        assert local is not None and local.evaluations == 5
+    finally:
+        await stores.close()
+
+
+async def test_a_malformed_cached_profile_is_replaced_by_the_nodes() -> None:
+    pytest.importorskip("redis")
+    stores = await NodeStores.open(StoreConfig(cache_url=DOWN_REDIS), "r1")
+    try:
+        await stores.cache.set(PROFILE_PREFIX + "gina", {"agent_id": "gina", "junk": 1})
+        other = Profile("someone-else", evaluations=9).to_dict()
+        await stores.cache.set(PROFILE_PREFIX + "hal", other)
+        book = ProfileBook()
+        persister = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, book, 1.0)
+        book.update(outcomes("gina", 2) + outcomes("hal", 1))
+        await persister.round(windows=False, profiles=True)
+        for agent, n in (("gina", 2), ("hal", 1)):
+            cached = await stores.cache.get(PROFILE_PREFIX + agent)
+            assert isinstance(cached, dict)
+            assert cached["agent_id"] == agent and cached["evaluations"] == n
     finally:
         await stores.close()
