@@ -209,8 +209,9 @@ async def test_largest_batches_are_accepted_past_the_read_ahead_bound(mesh: Mesh
 async def test_a_batch_whose_caller_went_away_records_nothing(mesh: Mesh) -> None:
     """The deadline passes while the node works on a full batch (scoring it, or between
     its chunks): it stops there, so no verdict nobody received is counted in the windows,
-    the audit trail or the agent's profile; a retry counts once.  The deadline is 35% of the time the same
-    batch took just before (tens of milliseconds, depending on the machine)."""
+    the audit trail or the agent's profile; a retry counts once.  The deadline is 35% of
+    the time the same batch took just before (tens of milliseconds, depending on the
+    machine)."""
     await add_region(mesh, "r1")
     s = stub(mesh)
     await stream(s, [batch(texts(4), prefix="warm")])  # kernels and model warm
