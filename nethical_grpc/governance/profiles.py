@@ -116,6 +116,20 @@ class Profile:
 _ENTRY_ORDER: Final = attrgetter("time_ns", "request_id", "decision", "risk_score", "action_type")
 
 
+def _add(profile: Profile, entry: ProfileEntry) -> None:
+    """Count one evaluation in ``profile``."""
+    risk = entry.risk_score
+    profile.evaluations += 1
+    profile.risk_sum += risk
+    if risk > profile.max_risk:
+        profile.max_risk = risk
+    counts = profile.decision_counts
+    counts[entry.decision] = counts.get(entry.decision, 0) + 1
+    profile.recent.append(entry)
+    if entry.time_ns > profile.last_seen_ns:
+        profile.last_seen_ns = entry.time_ns
+
+
 class ProfileBook:
     """The node's profiles, least recently seen evicted first past ``max_agents``.
 
@@ -165,31 +179,19 @@ class ProfileBook:
             else:
                 profiles.move_to_end(agent)
             ev = o.evaluation
-            decision = ev.decision.value
-            risk = ev.risk_score
             entry = ProfileEntry(
-                o.time_ns, decision, risk, o.request.request_id, o.request.action_type
+                o.time_ns,
+                ev.decision.value,
+                ev.risk_score,
+                o.request.request_id,
+                o.request.action_type,
             )
-            profile.evaluations += 1
-            profile.risk_sum += risk
-            if risk > profile.max_risk:
-                profile.max_risk = risk
-            profile.decision_counts[decision] = profile.decision_counts.get(decision, 0) + 1
-            profile.recent.append(entry)
-            if o.time_ns > profile.last_seen_ns:
-                profile.last_seen_ns = o.time_ns
+            _add(profile, entry)
             if deltas is not None:
                 delta = deltas.get(agent)
                 if delta is None:
                     delta = deltas[agent] = Profile(agent, recent=deque(maxlen=self.recent))
-                delta.evaluations += 1
-                delta.risk_sum += risk
-                if risk > delta.max_risk:
-                    delta.max_risk = risk
-                delta.decision_counts[decision] = delta.decision_counts.get(decision, 0) + 1
-                delta.recent.append(entry)
-                if o.time_ns > delta.last_seen_ns:
-                    delta.last_seen_ns = o.time_ns
+                _add(delta, entry)
         if len(profiles) > self.max_agents:
             self._trim()
 
