@@ -34,6 +34,7 @@ import numpy as np
 import psycopg
 import pytest
 import redis.asyncio as aioredis
+from tcpproxy import CuttableProxy
 from test_faults import launch
 
 from nethical_grpc import client, convert
@@ -403,69 +404,6 @@ async def test_a_killed_node_keeps_every_window_flushed_before_the_kill(tmp_path
 
 
 # -- (c) PostgreSQL cut off and restored (through a proxy) --------------------------
-
-
-class CuttableProxy:
-    """A TCP proxy from a free local port to ``target``; :meth:`cut` aborts every
-    connection and refuses new ones until :meth:`restore`."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.cut_off = False
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._live: set[asyncio.StreamWriter] = set()
-        self.connections = 0
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.cut_off:
-            writer.transport.abort()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self.connections += 1
-        self._live.update((writer, up_writer))
-        pipes = [
-            asyncio.ensure_future(self._pipe(reader, up_writer)),
-            asyncio.ensure_future(self._pipe(up_reader, writer)),
-        ]
-        try:
-            await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in pipes:
-                task.cancel()
-            for w in (writer, up_writer):
-                self._live.discard(w)
-                w.transport.abort()
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, OSError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-
-    def cut(self) -> None:
-        self.cut_off = True
-        for w in list(self._live):
-            w.transport.abort()
-        self._live.clear()
-
-    def restore(self) -> None:
-        self.cut_off = False
-
-    async def close(self) -> None:
-        self.cut()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
 
 
 @pytest.fixture

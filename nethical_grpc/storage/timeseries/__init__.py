@@ -7,7 +7,11 @@ product guide (``insert_metric``, ``query_metrics``, ``aggregate_metrics``,
 so that a restart, or another instance of the region, finds its aggregates.
 """
 
-from nethical_grpc.storage.timeseries.base import TimeSeriesStore
+from nethical_grpc.storage.timeseries.base import (
+    TimeSeriesSchemaError,
+    TimeSeriesStore,
+    TimeSeriesUnavailableError,
+)
 from nethical_grpc.storage.timeseries.buckets import AGGREGATIONS
 from nethical_grpc.storage.timeseries.factory import DEFAULT_RETENTION, open_timeseries
 from nethical_grpc.storage.timeseries.model import (
@@ -27,7 +31,9 @@ __all__ = [
     "EventRecord",
     "MetricPoint",
     "MetricRecord",
+    "TimeSeriesSchemaError",
     "TimeSeriesStore",
+    "TimeSeriesUnavailableError",
     "WindowSummaryRow",
     "open_timeseries",
 ]

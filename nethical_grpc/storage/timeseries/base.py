@@ -62,6 +62,7 @@ __all__ = [
     "AuditRow",
     "BucketTotals",
     "EventRow",
+    "TimeSeriesSchemaError",
     "TimeSeriesStore",
     "TimeSeriesUnavailableError",
     "check_retention",
@@ -69,7 +70,15 @@ __all__ = [
 
 
 class TimeSeriesUnavailableError(ConnectionError):
-    """The store's server did not answer a read in time (down, unreachable, saturated)."""
+    """The store's server did not answer a read or a write in time (down, unreachable,
+    hung, saturated)."""
+
+
+class TimeSeriesSchemaError(ValueError):
+    """The store's database holds a table of ours by name that is not ours (another
+    application's, or a layout this version cannot use). Raised when the store opens,
+    with one line naming the table and what is wrong; like a bad URL, it is the
+    configuration that must change (another schema or file), so a ``ValueError``."""
 
 
 THREAD_VALIDATION_ROWS = 2_000

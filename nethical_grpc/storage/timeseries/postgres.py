@@ -10,13 +10,28 @@ transaction with one ``INSERT … ON CONFLICT`` over arrays. Events and audit ro
 Every session runs with ``TimeZone=UTC`` and ``jit=off`` (JIT compilation costs more than
 these short queries take). Text ordering uses ``COLLATE "C"`` (byte order), the order
 SQLite uses, so both backends list rows identically.
+
+Every use of a connection is bounded (:data:`READ_TIMEOUT_S` for a read,
+:data:`WRITE_TIMEOUT_S` for a write, :data:`SCHEMA_TIMEOUT_S` for the schema set-up at
+open): past it the connection's socket is shut down, so the call fails at once with
+:class:`TimeSeriesUnavailableError` (``psycopg.OperationalError`` at open) and the pool
+discards the connection. A server that is gone but whose TCP connection stays open (a hung
+host, a stalled proxy or partition) would otherwise hold the call until TCP gives up,
+about 15 minutes. Sessions also carry ``statement_timeout`` and
+``idle_in_transaction_session_timeout`` of :data:`WRITE_TIMEOUT_S`, so the server ends
+what a client gave up on (and frees its locks), and TCP keepalives
+(:data:`KEEPALIVES`, unless the URL sets them) notice a dead peer of an idle connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
+import socket
 import struct
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -25,6 +40,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 from psycopg.adapt import Dumper
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import Format
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -98,8 +114,25 @@ def check_schema(schema: str) -> str:
 
 #: The longest an in-region read waits for PostgreSQL (a connection, then the answer).
 READ_TIMEOUT_S: Final = 5.0
+#: The longest one write waits for PostgreSQL (a connection, then the whole batch and its
+#: commit). A batch of a million metric rows, the most one call takes, writes in about 3 s
+#: on a local server; the persister writes 5,000 rows at a time.
+WRITE_TIMEOUT_S: Final = 30.0
+#: The longest :meth:`PostgresTimeSeriesStore.open` waits for the schema set-up (which
+#: waits for other nodes setting up the same schema).
+SCHEMA_TIMEOUT_S: Final = 60.0
 #: How long any call waits for a pooled connection (psycopg_pool's default is 30 s).
 CONNECTION_WAIT_S: Final = 5.0
+#: The longest the pool's check of an idle connection (one empty query) may take.
+CHECK_TIMEOUT_S: Final = 2.0
+#: TCP keepalives of every connection, unless the URL sets its own: a peer that died
+#: while the connection was idle is noticed after about a minute, not two hours.
+KEEPALIVES: Final = {
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+}
 
 
 class _MicrosTimestamptzDumper(Dumper):
@@ -125,6 +158,43 @@ class _JsonbTextDumper(Dumper):
 async def _configure(conn: Conn) -> None:
     await conn.execute("SET TIME ZONE 'UTC'")
     await conn.execute("SET jit = off")
+    bound_ms = round(WRITE_TIMEOUT_S * 1000)
+    await conn.execute(f"SET statement_timeout = {bound_ms}")
+    await conn.execute(f"SET idle_in_transaction_session_timeout = {bound_ms}")
+
+
+def _hang_up(conn: Conn) -> None:
+    """Shut down ``conn``'s socket: whatever waits on it fails at once with
+    ``OperationalError`` and the connection is broken (a pool discards it). Cancelling the
+    waiting task instead would have psycopg send the server a cancel request and wait for
+    the answer, up to 10 s more from a server that does not answer."""
+    with contextlib.suppress(OSError, psycopg.Error):
+        fd = conn.pgconn.socket
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+@contextlib.contextmanager
+def _deadline(conn: Conn, seconds: float) -> Iterator[None]:
+    """Hang ``conn`` up if the block is still running after ``seconds``."""
+    handle = asyncio.get_running_loop().call_later(seconds, _hang_up, conn)
+    try:
+        yield
+    finally:
+        handle.cancel()
+
+
+async def _check(conn: Conn) -> None:
+    """The pool's check of an idle connection before it is handed out, bounded by
+    :data:`CHECK_TIMEOUT_S` (psycopg's own check waits as long as TCP does)."""
+    with _deadline(conn, CHECK_TIMEOUT_S):
+        await AsyncConnectionPool.check_connection(conn)
+
+
+def _with_keepalives(conninfo: str) -> dict[str, Any]:
+    """The :data:`KEEPALIVES` that ``conninfo`` does not set itself."""
+    given = conninfo_to_dict(conninfo)
+    return {k: v for k, v in KEEPALIVES.items() if k not in given}
 
 
 def _us(value: datetime) -> int:
@@ -175,6 +245,10 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
         self.timescaledb = timescaledb
         self._pool: AsyncConnectionPool[Conn] | None = pool
         self._partition_days = partition_days
+        self.read_timeout_s = READ_TIMEOUT_S
+        """Bound of each read (:data:`READ_TIMEOUT_S`)."""
+        self.write_timeout_s = WRITE_TIMEOUT_S
+        """Bound of each write (:data:`WRITE_TIMEOUT_S`)."""
 
     @property
     def layout(self) -> str:
@@ -203,26 +277,30 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
         conninfo, url_schema = split_schema(url)
         schema = url_schema if schema is None else check_schema(schema)
         timeout = max(1, round(connect_timeout))
+        keepalives = _with_keepalives(conninfo)
         probe: Conn = await psycopg.AsyncConnection.connect(
-            conninfo, autocommit=True, connect_timeout=timeout
+            conninfo, autocommit=True, connect_timeout=timeout, **keepalives
         )
         try:
-            state = await ensure_schema(probe, schema, retention)
-            days = state.partition_days
-            if not state.timescaledb:
-                today = _us(datetime.now(UTC)) // US_PER_DAY
-                wanted = set(range(today - 1, today + DAYS_AHEAD + 1))
-                if not wanted <= days:
-                    days = await create_partitions(probe, schema, wanted)
+            # a server that stops answering fails the open (OperationalError: the factory
+            # falls back) instead of holding the node's start for as long as TCP waits
+            with _deadline(probe, SCHEMA_TIMEOUT_S):
+                state = await ensure_schema(probe, schema, retention)
+                days = state.partition_days
+                if not state.timescaledb:
+                    today = _us(datetime.now(UTC)) // US_PER_DAY
+                    wanted = set(range(today - 1, today + DAYS_AHEAD + 1))
+                    if not wanted <= days:
+                        days = await create_partitions(probe, schema, wanted)
         finally:
             await probe.close()
         pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             conninfo,
             min_size=min_size,
             max_size=max_size,
-            kwargs={"autocommit": True, "connect_timeout": timeout},
+            kwargs={"autocommit": True, "connect_timeout": timeout, **keepalives},
             configure=_configure,
-            check=AsyncConnectionPool.check_connection,
+            check=_check,
             name=f"nethical-timeseries-{schema}",
             open=False,
             # how long a call waits for a connection: a server that went away fails a
@@ -246,11 +324,34 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
     def _table(self, name: str) -> sql.Identifier:
         return sql.Identifier(self.schema, name)
 
+    @contextlib.asynccontextmanager
+    async def _connection(self, seconds: float, what: str) -> AsyncIterator[Conn]:
+        """A pooled connection for one read or write that must be done within ``seconds``,
+        the wait for the connection included; ``TimeSeriesUnavailableError`` when it is
+        not, or when PostgreSQL cannot be reached. Past ``seconds`` the connection is hung
+        up (see :func:`_hang_up`), so the pool replaces it rather than reuse it."""
+        pool = self._pool_or_raise()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        try:
+            # the backstop for the wait for a connection (itself bounded); the hang-up
+            # below is what ends a call waiting on a silent server
+            async with asyncio.timeout(seconds + CHECK_TIMEOUT_S):
+                async with pool.connection(timeout=min(seconds, CONNECTION_WAIT_S)) as conn:
+                    with _deadline(conn, max(0.0, deadline - loop.time())):
+                        yield conn
+        except (TimeoutError, PoolTimeout, psycopg.OperationalError) as exc:
+            if isinstance(exc, TimeoutError) or loop.time() >= deadline:
+                why = f"within {seconds:g} s"
+            else:  # no connection in time, refused, broken
+                why = f"({first_line(exc)})"
+            raise TimeSeriesUnavailableError(f"PostgreSQL did not answer a {what} {why}") from None
+
     async def _ensure_days(self, days: set[int]) -> None:
         """Make sure the day partitions of ``days`` exist (native layout)."""
         if self.timescaledb or days <= self._partition_days:
             return
-        async with self._pool_or_raise().connection() as conn:
+        async with self._connection(self.write_timeout_s, "write") as conn:
             self._partition_days = await create_partitions(
                 conn, self.schema, days | self._partition_days
             )
@@ -302,7 +403,7 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
             cols.metadata,
             strict=True,
         )
-        async with self._pool_or_raise().connection() as conn, conn.transaction():
+        async with self._connection(self.write_timeout_s, "write") as conn, conn.transaction():
             cur = conn.cursor()
             cur.adapters.register_dumper(None, _MicrosTimestamptzDumper)
             cur.adapters.register_dumper(None, _JsonbTextDumper)
@@ -327,18 +428,11 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
         """One read; ``TimeSeriesUnavailableError`` when PostgreSQL cannot be reached or
         does not answer within :data:`READ_TIMEOUT_S` (the pool would otherwise wait 30 s
         for a connection, and a connection whose peer went silent waits for TCP)."""
-        pool = self._pool_or_raise()
-        try:
-            async with asyncio.timeout(READ_TIMEOUT_S):
-                async with pool.connection(timeout=READ_TIMEOUT_S) as conn:
-                    # Binary results: timestamps, floats and bytea decode without text parsing.
-                    cur = conn.cursor(binary=True)
-                    await cur.execute(query, params)
-                    return await cur.fetchall()
-        except (TimeoutError, PoolTimeout, psycopg.OperationalError) as exc:
-            raise TimeSeriesUnavailableError(
-                f"PostgreSQL did not answer within {READ_TIMEOUT_S:g} s: {first_line(exc)}"
-            ) from None
+        async with self._connection(self.read_timeout_s, "read") as conn:
+            # Binary results: timestamps, floats and bytea decode without text parsing.
+            cur = conn.cursor(binary=True)
+            await cur.execute(query, params)
+            return await cur.fetchall()
 
     async def _select_metrics(
         self,
@@ -408,7 +502,7 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
     # ------------------------------------------------------------------ events, audit
 
     async def _execute(self, query: sql.Composed, params: tuple[Any, ...]) -> int:
-        async with self._pool_or_raise().connection() as conn:
+        async with self._connection(self.write_timeout_s, "write") as conn:
             cur = await conn.execute(query, params)
             return cur.rowcount
 
@@ -521,7 +615,7 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
             )
             for r, labels in rows
         ]
-        async with self._pool_or_raise().connection() as conn, conn.transaction():
+        async with self._connection(self.write_timeout_s, "write") as conn, conn.transaction():
             await conn.cursor().executemany(query, params)
 
     async def _load_windows(
@@ -556,7 +650,7 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
     # ------------------------------------------------------------------ lifecycle
 
     async def _apply_retention(self, cutoff_us: int | None, now_us: int) -> None:
-        async with self._pool_or_raise().connection() as conn:
+        async with self._connection(self.write_timeout_s, "write") as conn:
             if cutoff_us is not None:
                 remaining = await drop_partitions_before(
                     conn, self.schema, cutoff_us // US_PER_DAY, self.timescaledb
