@@ -1,11 +1,13 @@
-"""A transaction's end on an SQLite connection, shared by the SQLite stores."""
+"""A transaction's end, and a check of existing tables, on an SQLite connection, shared by
+the SQLite stores."""
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections.abc import Iterable, Mapping
 
-__all__ = ["rollback_quietly"]
+__all__ = ["missing_columns", "rollback_quietly"]
 
 
 def rollback_quietly(conn: sqlite3.Connection) -> None:
@@ -17,3 +19,23 @@ def rollback_quietly(conn: sqlite3.Connection) -> None:
     """
     with contextlib.suppress(sqlite3.Error):
         conn.execute("ROLLBACK")
+
+
+def missing_columns(
+    conn: sqlite3.Connection, expected: Mapping[str, Iterable[str]]
+) -> tuple[str, str] | None:
+    """``(table, why)`` for the first table of ``expected`` (name → its columns) that
+    exists in ``conn``'s database but is not that table: not a table, or lacking one of
+    the columns; ``None`` when every one that exists has them all. Reads only."""
+    for table, columns in expected.items():
+        row = conn.execute("SELECT type FROM sqlite_master WHERE name = ?", (table,)).fetchone()
+        if row is None:
+            continue
+        if row[0] != "table":
+            return table, f"not a table but a {row[0]}"
+        have = {r[1] for r in conn.execute("SELECT * FROM pragma_table_info(?)", (table,))}
+        missing = sorted(set(columns) - have)
+        if missing:
+            what = "column" if len(missing) == 1 else "columns"
+            return table, f"no {what} {', '.join(missing)}"
+    return None

@@ -59,6 +59,7 @@ from the table.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import queue
@@ -92,7 +93,7 @@ from nethical_grpc.storage.audit.model import (
 )
 from nethical_grpc.storage.audit.paging import PageCursor, decode_page_token, encode_page_token
 from nethical_grpc.storage.audit.store import AuditStore, AuditStoreError
-from nethical_grpc.storage.sqlite_tx import rollback_quietly
+from nethical_grpc.storage.sqlite_tx import missing_columns, rollback_quietly
 
 __all__ = ["BM25_B", "BM25_K1", "SqliteFtsAuditStore", "fts5_match_expression"]
 
@@ -193,14 +194,47 @@ def _set_wal(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
     conn.execute("PRAGMA wal_autocheckpoint = 10000")
 
 
+def _schema_columns() -> dict[str, list[str]]:
+    """Table → its columns, as :data:`_SCHEMA` makes them (in a scratch database)."""
+    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {
+            name: [r[1] for r in conn.execute("SELECT * FROM pragma_table_info(?)", (name,))]
+            for name in names
+            if name.startswith("audit_") and not name.startswith("audit_fts_")
+        }
+
+
+_COLUMNS: Final = _schema_columns()
+
+
+def _check_version(conn: sqlite3.Connection) -> None:
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version not in (0, _SCHEMA_VERSION):
+        raise AuditStoreError(
+            f"audit database has schema version {version}; this build uses {_SCHEMA_VERSION}"
+        )
+
+
+def _check_file(conn: sqlite3.Connection, where: str) -> None:
+    """Refuse, before anything is written, a file this store cannot use: another schema
+    version, or a table of ours by name that is another application's."""
+    _check_version(conn)
+    problem = missing_columns(conn, _COLUMNS)
+    if problem is not None:
+        table, why = problem
+        raise AuditStoreError(
+            f"table {table} in {where} exists but is not a Nethical mesh audit table ({why}); "
+            "use another file"
+        )
+
+
 def _create_schema(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version not in (0, _SCHEMA_VERSION):
-            raise AuditStoreError(
-                f"audit database has schema version {version}; this build uses {_SCHEMA_VERSION}"
-            )
+        _check_version(conn)
         for statement in _SCHEMA:
             conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
@@ -651,9 +685,12 @@ class SqliteFtsAuditStore(AuditStore):
             raise ValueError("read_threads must be in 1..16")
         file_path = path if path is not None else ":memory:"
 
+        where = path if path is not None else "(in memory)"
+
         def open_writer() -> sqlite3.Connection:
             conn = _connect(file_path, busy_timeout_ms)
             try:
+                _check_file(conn, where)  # before WAL: a file we refuse stays as it was
                 if path is not None:
                     _set_wal(conn, busy_timeout_ms)
                 _create_schema(conn)
@@ -662,7 +699,6 @@ class SqliteFtsAuditStore(AuditStore):
                 raise
             return conn
 
-        where = path if path is not None else "(in memory)"
         try:
             writer_conn = await asyncio.to_thread(open_writer)
         except sqlite3.Error as exc:

@@ -19,6 +19,11 @@ Every DDL statement runs in a transaction holding a transaction-level advisory l
 from the schema name, so nodes starting at once never race on ``CREATE``. Keys of
 partitioned tables include the time column (PostgreSQL requires it): an event or audit row
 is unique per (region, id, time).
+
+Tables that exist already are checked before anything is created: one that lacks a column
+of ours, or a time table that is neither partitioned nor a hypertable, belongs to another
+application (or layout) and :class:`TimeSeriesSchemaError` names it, with nothing changed.
+Columns added since the first version (:data:`ADDED_COLUMNS`) are added to an older table.
 """
 
 from __future__ import annotations
@@ -31,9 +36,11 @@ from datetime import date, timedelta
 import psycopg
 from psycopg import sql
 
+from nethical_grpc.storage.timeseries.base import TimeSeriesSchemaError
 from nethical_grpc.storage.timeseries.model import US_PER_DAY, datetime_from_us
 
 __all__ = [
+    "ADDED_COLUMNS",
     "PARTITIONED_TABLES",
     "SchemaState",
     "create_partitions",
@@ -115,6 +122,28 @@ CREATE INDEX IF NOT EXISTS window_summaries_start
     ON {schema}.window_summaries (region_id, window_start_ns)
 """
 
+ADDED_COLUMNS: dict[tuple[str, str], str] = {
+    ("window_summaries", "count"): "bigint NOT NULL DEFAULT 0",
+    ("window_summaries", "updated_at"): "timestamptz NOT NULL DEFAULT now()",
+}
+"""(table, column) → definition of the columns an older table of ours may lack; they are
+added when the schema is set up (``count`` 0 on older rows: unknown, as in
+:class:`~nethical_grpc.storage.timeseries.model.WindowSummaryRow`'s default)."""
+
+
+def _declared_columns() -> dict[str, frozenset[str]]:
+    """Table → the columns :data:`_TABLES` gives it."""
+    out: dict[str, frozenset[str]] = {}
+    for match in re.finditer(
+        r"CREATE TABLE IF NOT EXISTS \{schema\}\.(\w+) \((.*?)\n\)", _TABLES, re.S
+    ):
+        lines = [line.strip() for line in match[2].strip().splitlines()]
+        out[match[1]] = frozenset(ln.split()[0] for ln in lines if not ln.startswith("PRIMARY"))
+    return out
+
+
+_COLUMNS = _declared_columns()
+
 
 class SchemaState:
     """What :func:`ensure_schema` found or made: the layout and the existing day partitions
@@ -139,17 +168,89 @@ async def _lock(conn: psycopg.AsyncConnection[tuple[object, ...]], schema: str) 
     await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(schema),))
 
 
-async def _metrics_kind(
-    conn: psycopg.AsyncConnection[tuple[object, ...]], schema: str
-) -> str | None:
-    """``relkind`` of ``schema.metrics``: 'p' partitioned, 'r' plain (a hypertable), None."""
-    cur = await conn.execute(
-        "SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = 'metrics'",
-        (schema,),
+def _not_ours(schema: str, table: str, why: str) -> TimeSeriesSchemaError:
+    return TimeSeriesSchemaError(
+        f"table {table} in schema {schema} exists but is not a Nethical mesh table ({why}); "
+        "use another schema (?schema=NAME in the URL)"
     )
-    row = await cur.fetchone()
-    return None if row is None else str(row[0])
+
+
+async def _existing_tables(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], schema: str
+) -> dict[str, tuple[str, set[str]]]:
+    """Our table names that exist in ``schema``: name → (``relkind``, its columns)."""
+    cur = await conn.execute(
+        "SELECT c.relname, c.relkind, a.attname FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 "
+        "AND NOT a.attisdropped WHERE n.nspname = %s AND c.relname = ANY(%s)",
+        (schema, list(_COLUMNS)),
+    )
+    found: dict[str, tuple[str, set[str]]] = {}
+    for name, kind, column in await cur.fetchall():
+        _, columns = found.setdefault(str(name), (str(kind), set()))
+        if column is not None:
+            columns.add(str(column))
+    return found
+
+
+async def _is_hypertable(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], schema: str, table: str
+) -> bool:
+    cur = await conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")
+    if await cur.fetchone() is None:
+        return False
+    cur = await conn.execute(
+        "SELECT 1 FROM timescaledb_information.hypertables "
+        "WHERE hypertable_schema = %s AND hypertable_name = %s",
+        (schema, table),
+    )
+    return await cur.fetchone() is not None
+
+
+async def _check_existing(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], schema: str
+) -> bool | None:
+    """Check the tables of ours that exist already, and add :data:`ADDED_COLUMNS` they
+    lack. Returns the layout they have (True: TimescaleDB, False: partitioned, None: no
+    time table yet). :class:`TimeSeriesSchemaError`, with nothing changed, for a table
+    that is not ours."""
+    existing = await _existing_tables(conn, schema)
+    time_tables = {table for table, _ in PARTITIONED_TABLES}
+    layouts: set[bool] = set()
+    for table, (kind, columns) in sorted(existing.items()):
+        missing = sorted(c for c in _COLUMNS[table] - columns if (table, c) not in ADDED_COLUMNS)
+        if kind not in ("r", "p"):
+            raise _not_ours(schema, table, f"not a table: relkind {kind!r}")
+        if missing:
+            what = "column" if len(missing) == 1 else "columns"
+            raise _not_ours(schema, table, f"no {what} {', '.join(missing)}")
+        if table not in time_tables:
+            continue
+        if kind == "p":
+            layouts.add(False)
+        elif await _is_hypertable(conn, schema, table):
+            layouts.add(True)
+        else:
+            raise _not_ours(
+                schema, table, "a plain table: neither partitioned by day nor a hypertable"
+            )
+    if len(layouts) > 1:
+        raise TimeSeriesSchemaError(
+            f"the tables in schema {schema} mix TimescaleDB hypertables and partitioned "
+            "tables; use another schema (?schema=NAME in the URL)"
+        )
+    for (table, column), definition in ADDED_COLUMNS.items():
+        if table in existing and column not in existing[table][1]:
+            log.warning(
+                "adding column %s to %s.%s (made by an older version)", column, schema, table
+            )
+            await conn.execute(
+                sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+                    _qualified(schema, table), sql.Identifier(column), sql.SQL(definition)
+                )
+            )
+    return layouts.pop() if layouts else None
 
 
 async def _try_timescaledb(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> bool:
@@ -182,13 +283,14 @@ async def ensure_schema(
     """Create the schema and its tables if missing (idempotent, safe concurrently).
 
     ``conn`` must be in autocommit mode; the work happens in one transaction under the
-    schema's advisory lock.
+    schema's advisory lock. :class:`TimeSeriesSchemaError` when a table of that name
+    exists but is not ours (the transaction is rolled back: nothing changes).
     """
     async with conn.transaction():
         await _lock(conn, schema)
         await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-        kind = await _metrics_kind(conn, schema)
-        timescaledb = kind == "r" if kind is not None else await _try_timescaledb(conn)
+        layout = await _check_existing(conn, schema)
+        timescaledb = layout if layout is not None else await _try_timescaledb(conn)
         fragments = {
             "schema": sql.Identifier(schema),
             "partition_ts": sql.SQL("" if timescaledb else " PARTITION BY RANGE (ts)"),

@@ -6,7 +6,10 @@ microseconds, which makes epoch-aligned bucketing exact integer arithmetic, iden
 PostgreSQL's ``date_bin``. Batches are written with ``executemany`` in one transaction.
 
 Several processes may share a file (WAL, a 5 s busy timeout); an in-memory store belongs to
-the process that opened it.
+the process that opened it. A file holding a table of ours by name that is not ours (a
+missing column) is refused before anything is written to it
+(:class:`~nethical_grpc.storage.timeseries.base.TimeSeriesSchemaError`); columns added
+since the first version are added to an older table.
 """
 
 from __future__ import annotations
@@ -16,15 +19,16 @@ import functools
 import sqlite3
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import timedelta
 from typing import Any, Self, TypeVar
 
-from nethical_grpc.storage.sqlite_tx import rollback_quietly
+from nethical_grpc.storage.sqlite_tx import missing_columns, rollback_quietly
 from nethical_grpc.storage.timeseries.base import (
     AuditRow,
     BucketTotals,
     EventRow,
+    TimeSeriesSchemaError,
     TimeSeriesStore,
 )
 from nethical_grpc.storage.timeseries.model import (
@@ -104,6 +108,30 @@ CREATE TABLE IF NOT EXISTS window_summaries (
 CREATE INDEX IF NOT EXISTS window_summaries_start
     ON window_summaries (region_id, window_start_ns);
 """
+
+_ADDED_COLUMNS: dict[tuple[str, str], str] = {
+    ("window_summaries", "count"): "INTEGER NOT NULL DEFAULT 0",
+}
+"""(table, column) → definition of the columns an older table of ours may lack (as in
+:data:`~nethical_grpc.storage.timeseries.postgres_schema.ADDED_COLUMNS`)."""
+
+
+def _schema_columns() -> dict[str, list[str]]:
+    """Table → the columns :data:`_SCHEMA` gives it, less :data:`_ADDED_COLUMNS`."""
+    with closing(sqlite3.connect(":memory:")) as conn:
+        conn.executescript(_SCHEMA)
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {
+            name: [
+                r[1]
+                for r in conn.execute("SELECT * FROM pragma_table_info(?)", (name,))
+                if (name, r[1]) not in _ADDED_COLUMNS
+            ]
+            for name in names
+        }
+
+
+_COLUMNS = _schema_columns()
 
 _ROLLUP_UPSERT = """
 INSERT INTO metric_rollup
@@ -197,6 +225,14 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
         conn = sqlite3.connect(self.path or ":memory:", isolation_level=None)
         try:
             conn.execute("PRAGMA busy_timeout = 5000")
+            # before WAL and the tables: a file we refuse stays as it was
+            problem = missing_columns(conn, _COLUMNS)
+            if problem is not None:
+                table, why = problem
+                raise TimeSeriesSchemaError(
+                    f"table {table} in {self.path} exists but is not a Nethical mesh table "
+                    f"({why}); use another file"
+                )
             if self.path is not None:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
@@ -204,6 +240,10 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
                 # reads touch pages all over a large file; this is a bound, not an allocation.
                 conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             with _transaction(conn):
+                for (table, column), definition in _ADDED_COLUMNS.items():
+                    have = conn.execute("SELECT * FROM pragma_table_info(?)", (table,)).fetchall()
+                    if have and column not in {r[1] for r in have}:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
