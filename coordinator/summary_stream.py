@@ -8,11 +8,14 @@ much. Concurrent global queries share the stream: each query gets an id, its ans
 is matched by that id, and each waits under its own deadline.
 
 The stream opens on first use. When it breaks (the node went away, the connection
-dropped), every query waiting on it fails as UNAVAILABLE, which the federation treats
-like a failed call (failover, coverage), and the next query opens a new stream. A query
-whose write finds the stream already over (before its reader noticed) never reached the
-node, so it is asked once more on a new stream, within its deadline. A node
-that does not implement ``StreamSummaries`` is asked with unary calls from then on.
+dropped, a write on the dead connection made grpc.aio end the call with INTERNAL), every
+query waiting on it fails as UNAVAILABLE, whatever status the stream ended with (but
+UNIMPLEMENTED and refused credentials, which concern every query alike): the federation
+treats that like a failed call (failover, coverage), and the next query opens a new
+stream. A query whose write finds the stream already over (before its reader noticed)
+never reached the node, so it is asked once more on a new stream, within its deadline.
+A node that does not implement ``StreamSummaries`` is asked with unary calls from then
+on.
 
 Answers stay encoded: the stream reads only each answer's query id and hands over the
 ``GetSummariesResponse`` bytes, which :func:`nethical_grpc.convert.summaries_answer_from_bytes`
@@ -229,9 +232,7 @@ class SummaryStream:
                 else:
                     future.set_result(summaries)
         except grpc.aio.AioRpcError as err:
-            code, details = err.code(), err.details() or ""
-            if code is grpc.StatusCode.CANCELLED:
-                code = grpc.StatusCode.UNAVAILABLE
+            code, details = _stream_failure(err.code(), err.details() or "")
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # anything else ends this stream, not the coordinator
@@ -273,6 +274,33 @@ def _open_answer(raw: bytes) -> tuple[int, bytes | None, bytes]:
     if member == _ERROR:
         return query_id, payload, b""
     return query_id, None, payload
+
+
+#: Statuses of the stream itself that say something about every query on it, so the
+#: queries keep them: UNIMPLEMENTED (an older node: ask with unary calls) and the node's
+#: refusal of the coordinator's credentials (logged as such by the federation).
+_KEPT_STREAM_CODES = frozenset(
+    {
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+    }
+)
+
+
+def _stream_failure(code: grpc.StatusCode, details: str) -> tuple[grpc.StatusCode, str]:
+    """What the queries waiting on a stream that ended with ``code`` fail with.
+
+    A query's own error arrives as an answer (``SummaryQueryError``), never as the
+    stream's status. A status of the stream is about the stream: the node went away, the
+    connection dropped, or a write on the broken connection made grpc.aio end the call
+    with INTERNAL ("Internal error from Core"). Those queries never got an answer from
+    this node, and another replica may give one, so they fail as UNAVAILABLE (which the
+    federation fails over on), with the stream's own status in the details.
+    """
+    if code in _KEPT_STREAM_CODES:
+        return code, details
+    return grpc.StatusCode.UNAVAILABLE, f"summary stream ended: {code.name}: {details}"
 
 
 def _remaining(deadline: float, loop: asyncio.AbstractEventLoop) -> float:

@@ -1,0 +1,104 @@
+"""Federation over replicas that each hold the whole region (``--region-scope``): a broken
+replica is failed over, and two replicas' answers are never merged.
+
+Real servers on loopback; the faulty replica is a small servicer that behaves as the
+fault does (its stream ends with INTERNAL, the status grpc.aio gives a call whose write
+failed on a dead connection).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import numpy as np
+import pytest
+from meshutil import Mesh, add_coordinator, add_region
+
+from coordinator.federation import GlobalQuery
+from coordinator.instances import REGION_SERVICE
+from coordinator.summary_stream import SummaryCallError, SummaryStream
+from nethical_grpc.series import SummaryQuery
+from nethical_grpc.server_runtime import MeshServer, start_server
+from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
+
+Request = region_node_pb2.GetSummariesRequest
+Context = grpc.aio.ServicerContext[object, object]
+
+
+class _BreakingReplica(region_node_pb2_grpc.RegionNodeServiceServicer):
+    """A region-scope replica whose summary stream ends with INTERNAL once a query is on
+    it (what a node killed mid-query looks like from the coordinator's side)."""
+
+    def __init__(self, region_id: str) -> None:
+        self.region_id = region_id
+        self.queries = 0
+
+    async def GetNodeInfo(  # noqa: N802
+        self, request: region_node_pb2.GetNodeInfoRequest, context: Context
+    ) -> region_node_pb2.GetNodeInfoResponse:
+        return region_node_pb2.GetNodeInfoResponse(
+            region_id=self.region_id,
+            instance_id=f"{self.region_id}-broken",
+            scope=region_node_pb2.DATA_SCOPE_REGION,
+        )
+
+    async def StreamSummaries(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[region_node_pb2.StreamSummariesRequest],
+        context: Context,
+    ) -> AsyncIterator[region_node_pb2.StreamSummariesResponse]:
+        async for _ in request_iterator:
+            self.queries += 1
+            await context.abort(grpc.StatusCode.INTERNAL, "Internal error from Core")
+        if False:  # pragma: no cover (an async generator that yields nothing)
+            yield region_node_pb2.StreamSummariesResponse()
+
+
+async def _serve(servicer: region_node_pb2_grpc.RegionNodeServiceServicer) -> MeshServer:
+    return await start_server(
+        [lambda s: region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(servicer, s)],
+        [REGION_SERVICE],
+    )
+
+
+@pytest.fixture
+async def breaking(mesh: Mesh) -> AsyncIterator[tuple[MeshServer, _BreakingReplica]]:
+    replica = _BreakingReplica("eu")
+    server = await _serve(replica)
+    yield server, replica
+    await server.drain(0, 0)
+
+
+async def test_a_stream_that_ends_with_internal_fails_its_queries_as_unavailable(
+    mesh: Mesh, breaking: tuple[MeshServer, _BreakingReplica]
+) -> None:
+    server, _ = breaking
+    channel = mesh.channel(server.address)
+    stream = SummaryStream(lambda: channel)
+    try:
+        with pytest.raises(SummaryCallError) as err:
+            await stream.query(Request(), 5.0)
+        # the stream's own status, not an answer to the query: another replica may answer
+        assert err.value.code is grpc.StatusCode.UNAVAILABLE
+        assert "INTERNAL" in err.value.details
+    finally:
+        await stream.close()
+
+
+async def test_a_replica_whose_stream_breaks_is_failed_over(
+    mesh: Mesh, breaking: tuple[MeshServer, _BreakingReplica]
+) -> None:
+    server, replica = breaking
+    await add_region(mesh, "eu", region_scope=True, evaluate=False)
+    await mesh.ingest("eu", "m", np.array([5.0, 5.0, 5.0]))
+    mesh.regions["eu"].insert(0, (server, None))  # type: ignore[arg-type]
+    federation = await add_coordinator(mesh)
+    assert all(i.region_scope for i in federation.registry.instances("eu"))
+    for _ in range(4):  # round robin: the broken replica is asked first every other time
+        result = await federation.global_metrics(GlobalQuery(SummaryQuery()))
+        assert result.coverage.regions_answered == ["eu"], result.coverage.missing
+        assert result.coverage.missing == []
+        assert [g.summary.count for g in result.groups] == [3]
+    assert replica.queries >= 1  # it was asked, and its failure failed over
+    mesh.regions["eu"].pop(0)  # drained by the fixture
