@@ -108,6 +108,8 @@ class _Answer:
     groups: list[GroupSummary]
     data_as_of_ns: int
     privacy: ReleaseInfo | None = None
+    # the node says its summaries cover the whole region (a --region-scope replica)
+    region_scope: bool = False
 
 
 def check_region_timeout(timeout_s: float) -> None:
@@ -244,7 +246,6 @@ class Federation:
             # each of these holds the whole region: ask one, fail over on UNAVAILABLE
             start = next(self._rr) % len(shared)
             order = shared[start:] + shared[:start]
-            coverage.instances_queried += 1
             deadline = time.monotonic() + timeout_s
             last: MissingPart | None = None
             for inst in order:
@@ -253,29 +254,47 @@ class Federation:
                     break
                 answer = await self._call(inst, request, remaining, streamed)
                 if isinstance(answer, _Answer):
-                    coverage.instances_answered += 1
-                    # the instances listed as unhealthy are replicas: nothing is missing
-                    coverage.missing = [m for m in coverage.missing if m.region_id != region]
-                    return [answer]
+                    return self._whole_region(region, answer, coverage)
                 last = answer
                 if answer.reason is not Missing.UNAVAILABLE:
                     break
+            coverage.instances_queried += 1
             if last is not None:
                 coverage.missing.append(last)
             return []
-        # instances hold disjoint data: every one of them must answer
-        coverage.instances_queried += len(instances)
-        results = await asyncio.gather(
-            *(self._call(i, request, timeout_s, streamed) for i in usable)
-        )
+        # instances hold disjoint data (as far as the coordinator knows): every one of
+        # them must answer
+        calls = [asyncio.ensure_future(self._call(i, request, timeout_s, streamed)) for i in usable]
         answered: list[_Answer] = []
-        for res in results:
-            if isinstance(res, _Answer):
-                answered.append(res)
-            else:
-                coverage.missing.append(res)
+        failed: list[MissingPart] = []
+        try:
+            for next_done in asyncio.as_completed(calls):
+                res = await next_done
+                if not isinstance(res, _Answer):
+                    failed.append(res)
+                elif res.region_scope:
+                    # it holds the whole region (its scope was not known yet, e.g. right
+                    # after the coordinator started): the other instances are replicas,
+                    # and merging their answers would count the region again
+                    return self._whole_region(region, res, coverage)
+                else:
+                    answered.append(res)
+        finally:
+            for call in calls:
+                call.cancel()
+        coverage.instances_queried += len(instances)
+        coverage.missing.extend(failed)
         coverage.instances_answered += len(answered)
         return answered
+
+    @staticmethod
+    def _whole_region(region: str, answer: _Answer, coverage: Coverage) -> list[_Answer]:
+        """``answer`` is the region's, from one replica: one instance queried and answered,
+        and the replicas listed as unhealthy are missing nothing."""
+        coverage.instances_queried += 1
+        coverage.instances_answered += 1
+        coverage.missing = [m for m in coverage.missing if m.region_id != region]
+        return [answer]
 
     async def _call(
         self,
@@ -316,7 +335,13 @@ class Federation:
         if answer.invalid is not None:
             log.warning("invalid summaries from %s: %s", inst.endpoint, answer.invalid)
             return MissingPart(inst.region_id, inst.name, Missing.INVALID_RESPONSE, answer.invalid)
-        return _Answer(inst, answer.groups, answer.data_as_of_ns, answer.privacy)
+        return _Answer(
+            inst,
+            answer.groups,
+            answer.data_as_of_ns,
+            answer.privacy,
+            region_scope=answer.scope == region_node_pb2.DATA_SCOPE_REGION,
+        )
 
 
 def _missing(inst: RegionInstance, code: grpc.StatusCode, details: str) -> MissingPart:

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from meshutil import Mesh, add_coordinator, add_region
 
-from coordinator.federation import GlobalQuery
-from coordinator.instances import REGION_SERVICE
+from coordinator.federation import Federation, GlobalQuery
+from coordinator.instances import REGION_SERVICE, InstanceRegistry
 from coordinator.summary_stream import SummaryCallError, SummaryStream
 from nethical_grpc.series import SummaryQuery
 from nethical_grpc.server_runtime import MeshServer, start_server
@@ -102,3 +102,26 @@ async def test_a_replica_whose_stream_breaks_is_failed_over(
         assert [g.summary.count for g in result.groups] == [3]
     assert replica.queries >= 1  # it was asked, and its failure failed over
     mesh.regions["eu"].pop(0)  # drained by the fixture
+
+
+async def test_replicas_not_yet_known_as_region_scope_are_not_counted_twice(mesh: Mesh) -> None:
+    """Right after the coordinator starts, before health and identity arrive: the replicas
+    look like instances of disjoint data, and both are asked; their answers say they hold
+    the whole region, so one of them is the region's answer."""
+    await add_region(mesh, "eu", instances=2, region_scope=True, evaluate=False)
+    for i in range(2):  # the same region data on both (a shared store, as far as asked)
+        await mesh.ingest("eu", "m", np.array([10.0, 20.0, 30.0]), instance=i)
+    registry = InstanceRegistry({"eu": [s.address for s, _ in mesh.regions["eu"]]})
+    try:  # no health watching started: health stays UNKNOWN, scope unknown
+        federation = Federation(registry)
+        assert not any(i.region_scope for i in registry.instances("eu"))
+        first = await federation.global_metrics(GlobalQuery(SummaryQuery()))
+        assert [g.summary.count for g in first.groups] == [3]
+        assert first.coverage.regions_answered == ["eu"] and first.coverage.complete
+        assert (first.coverage.instances_queried, first.coverage.instances_answered) == (1, 1)
+        # learned from the answer: the next query asks one replica
+        assert any(i.region_scope for i in registry.instances("eu"))
+        second = await federation.global_metrics(GlobalQuery(SummaryQuery()))
+        assert [g.summary.count for g in second.groups] == [3]
+    finally:
+        await registry.close()
