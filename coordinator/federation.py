@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_QUANTILES = (0.5, 0.9, 0.99)
 DEFAULT_REGION_TIMEOUT_S = 2.0
+#: A region of replicas (each holds the whole region): the share of the region timeout
+#: a try gets before the next replica is asked as well (see Federation._ask_one_replica)
+HEDGE_FRACTION = 0.5
 MAX_REGION_TIMEOUT_S = 60.0
 
 
@@ -50,6 +53,8 @@ class MissingPart:
     instance_id: str
     reason: Missing
     message: str
+    # the status the instance's call ended with, when it ended with one
+    code: grpc.StatusCode | None = None
 
 
 @dataclass(slots=True)
@@ -243,25 +248,9 @@ class Federation:
             return []
         shared = [i for i in usable if i.region_scope]
         if shared:
-            # each of these holds the whole region: ask one, fail over on UNAVAILABLE
-            start = next(self._rr) % len(shared)
-            order = shared[start:] + shared[:start]
-            deadline = time.monotonic() + timeout_s
-            last: MissingPart | None = None
-            for inst in order:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                answer = await self._call(inst, request, remaining, streamed)
-                if isinstance(answer, _Answer):
-                    return self._whole_region(region, answer, coverage)
-                last = answer
-                if answer.reason is not Missing.UNAVAILABLE:
-                    break
-            coverage.instances_queried += 1
-            if last is not None:
-                coverage.missing.append(last)
-            return []
+            return await self._ask_one_replica(
+                region, shared, request, timeout_s, coverage, streamed
+            )
         # instances hold disjoint data (as far as the coordinator knows): every one of
         # them must answer
         calls = [asyncio.ensure_future(self._call(i, request, timeout_s, streamed)) for i in usable]
@@ -286,6 +275,116 @@ class Federation:
         coverage.missing.extend(failed)
         coverage.instances_answered += len(answered)
         return answered
+
+    async def _ask_one_replica(
+        self,
+        region: str,
+        replicas: list[RegionInstance],
+        request: region_node_pb2.GetSummariesRequest,
+        timeout_s: float,
+        coverage: Coverage,
+        streamed: bool,
+    ) -> list[_Answer]:
+        """The region's answer from one of ``replicas`` (each holds the whole region).
+
+        Round robin over the replicas the balancer has not ejected (ejected ones last).
+        A try that fails UNAVAILABLE is followed by the next replica at once; a try still
+        unanswered after ``HEDGE_FRACTION`` of the region timeout (a hung node) is
+        followed by the next replica too, and the first answer wins: the other try is
+        cancelled, never merged. Each try is reported to the balancer; one cancelled past
+        its bound counts as a timeout (a failure), so a hung replica is ejected after
+        the balancer's ``ejection_threshold`` of them and no longer asked first.
+        """
+        loop = asyncio.get_running_loop()
+        balancer = self.registry.balancer
+        start = next(self._rr) % len(replicas)
+        rotated = replicas[start:] + replicas[:start]
+        available = [i for i in rotated if balancer.is_available(i.inst)]
+        waiting = available + [i for i in rotated if i not in available]
+        waiting.reverse()  # popped from the end
+        deadline = loop.time() + timeout_s
+        # a try's own bound: the next replica is asked after it (the try goes on)
+        per_try_s = timeout_s * HEDGE_FRACTION if len(replicas) > 1 else timeout_s
+        tries: dict[asyncio.Task[_Answer | MissingPart], RegionInstance] = {}
+
+        def ask_next() -> float:
+            inst = waiting.pop()
+            tries[
+                asyncio.ensure_future(
+                    self._try(inst, request, deadline - loop.time(), streamed, per_try_s)
+                )
+            ] = inst
+            return loop.time() + per_try_s
+
+        last: MissingPart | None = None
+        hedge_at = ask_next()
+        try:
+            while tries:
+                wake = min(hedge_at, deadline) if waiting else deadline
+                done, _ = await asyncio.wait(
+                    tries, timeout=max(0.0, wake - loop.time()), return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    del tries[task]
+                    found = task.result()
+                    if isinstance(found, _Answer):
+                        return self._whole_region(region, found, coverage)
+                    last = found
+                    if found.reason is not Missing.UNAVAILABLE:
+                        waiting.clear()  # the node's answer, not its absence: no more tries
+                if loop.time() >= deadline:
+                    break
+                if waiting and (not tries or loop.time() >= hedge_at):
+                    hedge_at = ask_next()
+        finally:
+            for task in tries:
+                task.cancel()
+            if tries:
+                await asyncio.wait(tries)  # reported to the balancer as they end
+        coverage.instances_queried += 1
+        if tries:  # still running at the region deadline
+            last = MissingPart(
+                region,
+                next(iter(tries.values())).name,
+                Missing.DEADLINE_EXCEEDED,
+                f"DEADLINE_EXCEEDED: no answer within {timeout_s:g} s",
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            )
+        if last is not None:
+            coverage.missing.append(last)
+        return []
+
+    async def _try(
+        self,
+        inst: RegionInstance,
+        request: region_node_pb2.GetSummariesRequest,
+        timeout_s: float,
+        streamed: bool,
+        bound_s: float,
+    ) -> _Answer | MissingPart:
+        """One try at ``inst``, reported to the balancer (``bound_s``: the try's own
+        bound; cancelled past it, the try counts as a timeout)."""
+        balancer = self.registry.balancer
+        started = time.monotonic()
+        balancer.begin(inst.inst)
+        try:
+            found = await self._call(inst, request, timeout_s, streamed)
+        except asyncio.CancelledError:
+            if time.monotonic() - started >= bound_s:
+                balancer.record_failure(inst.inst, TimeoutError("no answer within its bound"))
+            else:
+                balancer.record_cancelled(inst.inst)
+            raise
+        except BaseException:
+            balancer.record_cancelled(inst.inst)
+            raise
+        if isinstance(found, _Answer):
+            balancer.record_success(inst.inst, time.monotonic() - started)
+        elif found.code is not None:
+            balancer.record_failure(inst.inst, _TryFailed(found.code))
+        else:  # an answer the coordinator refused: the node's fault
+            balancer.record_failure(inst.inst)
+        return found
 
     @staticmethod
     def _whole_region(region: str, answer: _Answer, coverage: Coverage) -> list[_Answer]:
@@ -355,7 +454,18 @@ def _missing(inst: RegionInstance, code: grpc.StatusCode, details: str) -> Missi
         reason = Missing.UNAVAILABLE
     else:
         reason = Missing.ERROR
-    return MissingPart(inst.region_id, inst.name, reason, f"{code.name}: {details}")
+    return MissingPart(inst.region_id, inst.name, reason, f"{code.name}: {details}", code)
+
+
+class _TryFailed(grpc.RpcError):
+    """A failed try as the balancer classifies failures (by status code)."""
+
+    def __init__(self, code: grpc.StatusCode) -> None:
+        super().__init__(code.name)
+        self._code = code
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
 
 
 def _merge(

@@ -313,6 +313,15 @@ class LoadBalancer:
                 return self._panic(region_id)
             return pool.picker.pick()
 
+    def is_available(self, inst: Instance) -> bool:
+        """Whether ``inst`` is usable now (healthy, not ejected): for callers that choose
+        among instances themselves and report with :meth:`begin` and ``record_*``. An
+        ejection whose time is up ends here, as on a pick."""
+        with self._lock:
+            if self._ejected and self._next_return <= self._clock():
+                self._return_ejected()
+            return inst.available
+
     def _panic(self, region_id: str | None) -> Instance | None:
         """Nothing usable: rather than fail every call, use the healthy ejected instance
         (preferring ``region_id``) that is due back soonest (Envoy's "panic" routing).

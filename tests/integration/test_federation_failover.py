@@ -8,6 +8,7 @@ failed on a dead connection).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -17,6 +18,7 @@ from meshutil import Mesh, add_coordinator, add_region
 
 from coordinator.federation import Federation, GlobalQuery
 from coordinator.instances import REGION_SERVICE, InstanceRegistry
+from coordinator.server import CoordinatorConfig, start_coordinator
 from coordinator.summary_stream import SummaryCallError, SummaryStream
 from nethical_grpc.series import SummaryQuery
 from nethical_grpc.server_runtime import MeshServer, start_server
@@ -125,3 +127,57 @@ async def test_replicas_not_yet_known_as_region_scope_are_not_counted_twice(mesh
         assert [g.summary.count for g in second.groups] == [3]
     finally:
         await registry.close()
+
+
+class _HungReplica(_BreakingReplica):
+    """A region-scope replica that takes summary queries and never answers (a node that
+    stopped running: its health stream stays open and says SERVING)."""
+
+    async def StreamSummaries(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[region_node_pb2.StreamSummariesRequest],
+        context: Context,
+    ) -> AsyncIterator[region_node_pb2.StreamSummariesResponse]:
+        async for _ in request_iterator:
+            self.queries += 1
+        if False:  # pragma: no cover (an async generator that yields nothing)
+            yield region_node_pb2.StreamSummariesResponse()
+
+
+async def test_a_hung_replica_is_hedged_and_then_ejected(mesh: Mesh) -> None:
+    """The try at a replica that does not answer gets half the region timeout; then the
+    other replica is asked and its answer wins. The timeouts are reported to the balancer,
+    which ejects the hung replica, so it is not asked first any more."""
+    hung = _HungReplica("eu")
+    server = await _serve(hung)
+    try:
+        await add_region(mesh, "eu", region_scope=True, evaluate=False)
+        await mesh.ingest("eu", "m", np.array([5.0, 5.0, 5.0]))
+        spec = {"eu": [server.address, mesh.regions["eu"][0][0].address]}
+        mesh.coordinator, mesh.federation = await start_coordinator(CoordinatorConfig(spec))
+        federation = mesh.federation
+        assert await federation.registry.wait_ready(10.0)
+        assert all(i.region_scope for i in federation.registry.instances("eu"))
+        loop = asyncio.get_running_loop()
+        region_timeout_s = 2.0
+        took = []
+        for _ in range(8):
+            t0 = loop.time()
+            result = await federation.global_metrics(
+                GlobalQuery(SummaryQuery(), region_timeout_s=region_timeout_s)
+            )
+            took.append(loop.time() - t0)
+            assert result.coverage.complete, result.coverage.missing
+            assert [g.summary.count for g in result.groups] == [3]  # one answer, not two
+        assert hung.queries >= 1
+        # every query answered before the region timeout (before: every other one missed
+        # the region after the whole 2 s), the hedged ones at about half of it
+        assert max(took) < 0.9 * region_timeout_s, took
+        stats = federation.registry.balancer.get_statistics()["instances"][server.address]
+        assert stats["failures"] >= 3 and stats["in_flight"] == 0, stats
+        assert stats["ejected"]  # asked last from now on
+        t0 = loop.time()
+        await federation.global_metrics(GlobalQuery(SummaryQuery()))
+        assert loop.time() - t0 < 0.25 * region_timeout_s  # not hedged: asked the other
+    finally:
+        await server.drain(0, 0)
