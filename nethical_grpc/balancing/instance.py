@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from nethical_grpc import telemetry
-from nethical_grpc.grpc_options import channel_options
+from nethical_grpc.grpc_options import node_channel_options
 
 ChannelFactory = Callable[[str], grpc.aio.Channel]
 
@@ -98,8 +98,9 @@ class Instance:
 
 
 def default_channel(endpoint: str, region_id: str | None = None) -> grpc.aio.Channel:
-    """A channel to one instance; traced and measured when telemetry is on."""
+    """A channel to one instance; traced and measured when telemetry is on. A hung
+    instance is noticed by keepalive within ~15 s (``node_channel_options``)."""
     interceptors = telemetry.client_interceptors(endpoint, region_id)
     return grpc.aio.insecure_channel(
-        endpoint, options=channel_options(), interceptors=interceptors or None
+        endpoint, options=node_channel_options(), interceptors=interceptors or None
     )
