@@ -36,6 +36,9 @@ DEFAULT_REGION_TIMEOUT_S = 2.0
 #: A region of replicas (each holds the whole region): the share of the region timeout
 #: a try gets before the next replica is asked as well (see Federation._ask_one_replica)
 HEDGE_FRACTION = 0.5
+#: During a drain: how long before the server's stop a query stops waiting for regions
+#: (time to merge and send the partial answer)
+STOP_MARGIN_S = 0.1
 MAX_REGION_TIMEOUT_S = 60.0
 
 
@@ -145,6 +148,16 @@ class Federation:
         self.registry = registry
         self.transport = transport
         self._rr = itertools.count()
+        # the coordinator is draining: queries answer (partially) before this moment
+        self._stop_at: float | None = None
+        self._stopping = asyncio.Event()
+
+    def stop_by(self, deadline: float) -> None:
+        """The server cancels the calls still running at ``deadline`` (time.monotonic):
+        queries in flight stop waiting for regions a little before it and answer with the
+        regions that did answer (the others missing, DEADLINE_EXCEEDED)."""
+        self._stop_at = deadline if self._stop_at is None else min(self._stop_at, deadline)
+        self._stopping.set()
 
     def _streamed(self) -> bool:
         if self.transport is SummaryTransport.AUTO:
@@ -197,11 +210,15 @@ class Federation:
         coverage = Coverage(regions_requested=regions)
         request = convert.summary_query_to_proto(q.query)
         streamed = self._streamed()
-        answers = await asyncio.gather(
-            *(
-                self._query_region(r, request, q.region_timeout_s, coverage, streamed)
+        answers = await self._until_stop(
+            regions,
+            [
+                asyncio.ensure_future(
+                    self._query_region(r, request, q.region_timeout_s, coverage, streamed)
+                )
                 for r in regions
-            )
+            ],
+            coverage,
         )
         per_region: dict[str, list[_Answer]] = {}
         for region, region_answers in zip(regions, answers, strict=True):
@@ -220,6 +237,49 @@ class Federation:
             coverage=coverage,
             computed_at_ns=time.time_ns(),
         )
+
+    async def _until_stop(
+        self,
+        regions: list[str],
+        tasks: list[asyncio.Task[list[_Answer]]],
+        coverage: Coverage,
+    ) -> list[list[_Answer]]:
+        """Every region's answers; during a drain, what answered before the stop (the
+        regions still waiting then are cancelled and reported missing)."""
+        pending: set[asyncio.Task[list[_Answer]]] = set(tasks)
+        try:
+            while pending and self._stop_at is None:
+                stopping = asyncio.ensure_future(self._stopping.wait())
+                try:
+                    await asyncio.wait({*pending, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopping.cancel()
+                pending = {t for t in pending if not t.done()}
+            if pending and self._stop_at is not None:
+                left = self._stop_at - STOP_MARGIN_S - time.monotonic()
+                if left > 0:
+                    _, pending = await asyncio.wait(pending, timeout=left)
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        answers: list[list[_Answer]] = []
+        for region, task in zip(regions, tasks, strict=True):
+            if task.cancelled():
+                coverage.missing.append(
+                    MissingPart(
+                        region,
+                        "",
+                        Missing.DEADLINE_EXCEEDED,
+                        "the coordinator is stopping: no answer before its drain ended",
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                    )
+                )
+                answers.append([])
+            else:
+                answers.append(task.result())
+        return answers
 
     async def _query_region(
         self,

@@ -76,4 +76,10 @@ async def start_coordinator(config: CoordinatorConfig) -> tuple[MeshServer, Fede
         await registry.close()
         raise
     mesh.on_stop.append(registry.close)
+
+    def finish_before_stop() -> None:
+        if mesh.stop_deadline is not None:
+            federation.stop_by(mesh.stop_deadline)
+
+    mesh.on_drain.append(finish_before_stop)
     return mesh, federation

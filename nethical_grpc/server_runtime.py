@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,8 @@ class MeshServer:
     on_drain: list[Callable[[], None]] = field(default_factory=list)
     # the bound on concurrent calls (it also counts the calls in progress)
     gate: CallGate | None = None
+    # when a drain cancels the calls still running (time.monotonic), set before on_drain
+    stop_deadline: float | None = None
     _draining: bool = False
 
     @property
@@ -74,10 +77,11 @@ class MeshServer:
         if announce_s > 0:
             await _sleep_unless(hurry, announce_s)
         self.health.close()  # ends Watch streams so they do not hold the stop
-        for end_streams in self.on_drain:
-            end_streams()
         if hurry is not None and hurry.is_set():
             grace_s = 0.0
+        self.stop_deadline = time.monotonic() + grace_s
+        for end_streams in self.on_drain:
+            end_streams()
         if self.gate is not None and self.gate.active:
             log.info(
                 "stopping: %d calls in progress get up to %.1fs to finish",

@@ -14,12 +14,13 @@ from collections.abc import AsyncIterator
 import grpc
 import numpy as np
 import pytest
-from meshutil import Mesh, add_coordinator, add_region
+from meshutil import Mesh, add_coordinator, add_region, wait_for
 
 from coordinator.federation import Federation, GlobalQuery
 from coordinator.instances import REGION_SERVICE, InstanceRegistry
 from coordinator.server import CoordinatorConfig, start_coordinator
 from coordinator.summary_stream import SummaryCallError, SummaryStream
+from nethical_grpc import client
 from nethical_grpc.series import SummaryQuery
 from nethical_grpc.server_runtime import MeshServer, start_server
 from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
@@ -179,5 +180,38 @@ async def test_a_hung_replica_is_hedged_and_then_ejected(mesh: Mesh) -> None:
         t0 = loop.time()
         await federation.global_metrics(GlobalQuery(SummaryQuery()))
         assert loop.time() - t0 < 0.25 * region_timeout_s  # not hedged: asked the other
+    finally:
+        await server.drain(0, 0)
+
+
+async def test_a_query_in_flight_when_the_coordinator_drains_answers_partially(
+    mesh: Mesh,
+) -> None:
+    """Its region timeout (8 s) outlasts the drain's grace (1 s): it stops waiting for the
+    hung region just before the server's stop and answers with the region that answered
+    (before: the stop cancelled it, UNAVAILABLE "Cancelling all calls")."""
+    hung = _HungReplica("hung")
+    server = await _serve(hung)
+    try:
+        await add_region(mesh, "us", evaluate=False)
+        await mesh.ingest("us", "m", np.array([1.0, 2.0, 3.0]))
+        spec = {"us": [mesh.regions["us"][0][0].address], "hung": [server.address]}
+        mesh.coordinator, mesh.federation = await start_coordinator(CoordinatorConfig(spec))
+        assert await mesh.federation.registry.wait_ready(10.0)
+        channel = mesh.coordinator_channel()
+        query = asyncio.ensure_future(
+            client.global_metrics(
+                channel, client.QueryOptions(region_timeout_s=8.0, include_region_breakdown=True)
+            )
+        )
+        await wait_for(lambda: hung.queries > 0)  # the query waits for the hung region
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await mesh.coordinator.drain(announce_s=0, grace_s=1.0)
+        response = await query
+        assert loop.time() - t0 < 5.0
+        assert list(response.coverage.regions_answered) == ["us"]
+        assert [m.region_id for m in response.coverage.missing] == ["hung"]
+        assert [r.statistics.count for r in response.results] == [3]
     finally:
         await server.drain(0, 0)
