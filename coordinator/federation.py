@@ -313,6 +313,7 @@ class Federation:
             )
         # instances hold disjoint data (as far as the coordinator knows): every one of
         # them must answer
+        coverage.instances_queried += len(instances)
         calls = [asyncio.ensure_future(self._call(i, request, timeout_s, streamed)) for i in usable]
         answered: list[_Answer] = []
         failed: list[MissingPart] = []
@@ -325,13 +326,12 @@ class Federation:
                     # it holds the whole region (its scope was not known yet, e.g. right
                     # after the coordinator started): the other instances are replicas,
                     # and merging their answers would count the region again
-                    return self._whole_region(region, res, coverage)
+                    return self._whole_region(region, res, coverage, counted=len(instances))
                 else:
                     answered.append(res)
         finally:
             for call in calls:
                 call.cancel()
-        coverage.instances_queried += len(instances)
         coverage.missing.extend(failed)
         coverage.instances_answered += len(answered)
         return answered
@@ -377,6 +377,7 @@ class Federation:
             return loop.time() + per_try_s
 
         last: MissingPart | None = None
+        coverage.instances_queried += 1
         hedge_at = ask_next()
         try:
             while tries:
@@ -388,7 +389,7 @@ class Federation:
                     del tries[task]
                     found = task.result()
                     if isinstance(found, _Answer):
-                        return self._whole_region(region, found, coverage)
+                        return self._whole_region(region, found, coverage, counted=1)
                     last = found
                     if found.reason is not Missing.UNAVAILABLE:
                         waiting.clear()  # the node's answer, not its absence: no more tries
@@ -401,7 +402,6 @@ class Federation:
                 task.cancel()
             if tries:
                 await asyncio.wait(tries)  # reported to the balancer as they end
-        coverage.instances_queried += 1
         if tries:  # still running at the region deadline
             last = MissingPart(
                 region,
@@ -447,10 +447,13 @@ class Federation:
         return found
 
     @staticmethod
-    def _whole_region(region: str, answer: _Answer, coverage: Coverage) -> list[_Answer]:
-        """``answer`` is the region's, from one replica: one instance queried and answered,
-        and the replicas listed as unhealthy are missing nothing."""
-        coverage.instances_queried += 1
+    def _whole_region(
+        region: str, answer: _Answer, coverage: Coverage, counted: int
+    ) -> list[_Answer]:
+        """``answer`` is the region's, from one replica: one instance queried (``counted``
+        were counted when asked) and answered, and the replicas listed as unhealthy are
+        missing nothing."""
+        coverage.instances_queried += 1 - counted
         coverage.instances_answered += 1
         coverage.missing = [m for m in coverage.missing if m.region_id != region]
         return [answer]

@@ -212,6 +212,10 @@ async def test_a_query_in_flight_when_the_coordinator_drains_answers_partially(
         assert loop.time() - t0 < 5.0
         assert list(response.coverage.regions_answered) == ["us"]
         assert [m.region_id for m in response.coverage.missing] == ["hung"]
+        assert (response.coverage.instances_queried, response.coverage.instances_answered) == (
+            2,
+            1,
+        )
         assert [r.statistics.count for r in response.results] == [3]
     finally:
         await server.drain(0, 0)
