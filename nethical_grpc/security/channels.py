@@ -20,7 +20,11 @@ from typing import Any
 
 import grpc
 
-from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES, channel_options
+from nethical_grpc.grpc_options import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    channel_options,
+    node_channel_options,
+)
 from nethical_grpc.security.client_auth import bearer_call_credentials, bearer_interceptors
 from nethical_grpc.security.tls import TlsConfig, channel_credentials, tls_channel_options
 from nethical_grpc.security.tokens import BearerToken
@@ -35,6 +39,7 @@ def mesh_channel(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     options: Sequence[tuple[str, Any]] = (),
     call_credentials: bool = False,
+    to_node: bool = False,
 ) -> grpc.aio.Channel:
     """A grpc.aio channel to ``target`` with the mesh's options, ``tls`` and ``token``.
 
@@ -42,9 +47,11 @@ def mesh_channel(
     token interceptors come after them. ``call_credentials`` (TLS only) sends the token
     as call credentials instead. Raises ValueError when a TLS file cannot be read or
     its key does not match its certificate, or ``call_credentials`` is asked for on
-    plaintext.
+    plaintext. ``to_node``: a coordinator's channel to a region node, with its shorter
+    keepalive (:func:`~nethical_grpc.grpc_options.node_channel_options`).
     """
-    opts: list[tuple[str, Any]] = [*channel_options(max_message_bytes), *options]
+    base = node_channel_options if to_node else channel_options
+    opts: list[tuple[str, Any]] = [*base(max_message_bytes), *options]
     chain = list(interceptors)
     if token is not None and not call_credentials:
         chain.extend(bearer_interceptors(token))
@@ -65,14 +72,20 @@ def channel_factory(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     interceptors: Callable[[str], Sequence[grpc.aio.ClientInterceptor]] | None = None,
 ) -> Callable[[str], grpc.aio.Channel]:
-    """``endpoint -> channel`` for the balancer; each channel reads the TLS files anew,
+    """``endpoint -> channel`` to region nodes, for the balancer (with the nodes'
+    keepalive: a hung node is seen in seconds); each channel reads the TLS files anew,
     so a channel made after a certificate rotation presents the new client certificate.
     ``interceptors(endpoint)`` supplies per-channel interceptors (e.g. telemetry)."""
 
     def make(endpoint: str) -> grpc.aio.Channel:
         extra = interceptors(endpoint) if interceptors is not None else ()
         return mesh_channel(
-            endpoint, tls, token, interceptors=extra, max_message_bytes=max_message_bytes
+            endpoint,
+            tls,
+            token,
+            interceptors=extra,
+            max_message_bytes=max_message_bytes,
+            to_node=True,
         )
 
     return make

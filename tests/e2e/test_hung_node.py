@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.gateway_config import GatewayConfig
 from coordinator.instances import Health
 from coordinator.server import CoordinatorConfig, start_coordinator
 from nethical_grpc.cli.processes import Child, spawn
 from nethical_grpc.grpc_options import NODE_KEEPALIVE_TIME_MS, NODE_KEEPALIVE_TIMEOUT_MS
+from nethical_grpc.security.channels import channel_factory
 
 pytestmark = pytest.mark.e2e
 
@@ -35,10 +37,16 @@ def node(tmp_path: Path) -> Iterator[Child]:
         child.stop()
 
 
-async def test_a_stopped_node_is_unreachable_within_one_keepalive_round(node: Child) -> None:
+@pytest.mark.parametrize("channels", ["balancer", "security"])
+async def test_a_stopped_node_is_unreachable_within_one_keepalive_round(
+    node: Child, channels: str
+) -> None:
+    """``security``: the channels a coordinator with mTLS or a token makes (plaintext
+    here; the same options)."""
     port = await node.aport()
+    gateway = GatewayConfig(channel_factory=channel_factory() if channels == "security" else None)
     mesh, federation = await start_coordinator(
-        CoordinatorConfig(regions={"hung": [f"127.0.0.1:{port}"]})
+        CoordinatorConfig(regions={"hung": [f"127.0.0.1:{port}"]}, gateway=gateway)
     )
     try:
         [inst] = federation.registry.instances("hung")
