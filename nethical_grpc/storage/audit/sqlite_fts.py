@@ -60,6 +60,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
 import json
 import math
 import queue
@@ -765,12 +767,13 @@ class SqliteFtsAuditStore(AuditStore):
                 regions = self._codes(conn, "r", {r.region_id for r in fresh}, new_codes)
                 (top,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_records").fetchone()
                 record_rows, document_rows, fts_rows, term_rows = [], [], [], []
-                doc_freq: Counter[str] = Counter()
+                # each record's distinct terms, counted once for the whole batch
+                distinct_terms: list[set[str]] = []
                 for seq, r in enumerate(fresh, start=top + 1):
                     intent, text = r.stated_intent, r.action_text
                     tokens = text_tokens(f"{intent} {text}")
                     distinct = set(tokens)
-                    doc_freq.update(distinct)
+                    distinct_terms.append(distinct)
                     if len(distinct) != len(tokens):
                         term_rows += [(t, seq, c) for t, c in Counter(tokens).items() if c > 1]
                     agent, region = agents[r.agent_id], regions[r.region_id]
@@ -787,7 +790,9 @@ class SqliteFtsAuditStore(AuditStore):
                             len(tokens),
                         )
                     )
-                    document_rows.append((seq, intent, text, r.action_type, _violations_json(r)))
+                    document_rows.append(
+                        (seq, intent, text, r.action_type, _violations_json(r.violations))
+                    )
                     tags = f"a{agent} g{region} d{decision} k{_risk_bucket(r.risk_score)}"
                     fts_rows.append((seq, intent, text, tags))
                 conn.executemany(
@@ -801,6 +806,7 @@ class SqliteFtsAuditStore(AuditStore):
                     "VALUES (?, ?, ?, ?)",
                     fts_rows,
                 )
+                doc_freq = Counter(itertools.chain.from_iterable(distinct_terms))
                 conn.executemany(
                     "INSERT INTO audit_terms VALUES (?, ?) "
                     "ON CONFLICT (term) DO UPDATE SET df = df + excluded.df",
@@ -874,7 +880,9 @@ class SqliteFtsAuditStore(AuditStore):
         await asyncio.to_thread(self._writer.close)
 
 
-def _violations_json(record: AuditRecord) -> str:
-    if not record.violations:
+@functools.lru_cache(maxsize=4096)
+def _violations_json(violations: tuple[AuditViolation, ...]) -> str:
+    """A record's findings as stored (cached: evaluations report few distinct sets)."""
+    if not violations:
         return "[]"
-    return json.dumps([v.to_dict() for v in record.violations], separators=(",", ":"))
+    return json.dumps([v.to_dict() for v in violations], separators=(",", ":"))
