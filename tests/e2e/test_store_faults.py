@@ -34,6 +34,7 @@ import numpy as np
 import psycopg
 import pytest
 import redis.asyncio as aioredis
+from pgutil import PG_URL, fresh_schema
 from tcpproxy import CuttableProxy
 from test_faults import launch
 
@@ -44,7 +45,6 @@ from region_node.persistence import WRITE_INTERVAL_S
 
 pytestmark = pytest.mark.e2e
 
-PG_URL = os.environ.get("NETHICAL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 FAR_FUTURE_S = 10**11
 FLUSH = "200ms"
@@ -408,14 +408,8 @@ async def test_a_killed_node_keeps_every_window_flushed_before_the_kill(tmp_path
 
 @pytest.fixture
 def pg_schema() -> Iterator[str]:
-    try:
-        psycopg.connect(PG_URL, connect_timeout=3).close()
-    except psycopg.OperationalError as exc:
-        _unavailable("PostgreSQL", exc)
-    schema = f"store_faults_{os.getpid()}_{secrets.token_hex(4)}"
-    yield schema
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    with fresh_schema("store_faults") as schema:
+        yield schema
 
 
 async def pg_scalar(query: str, *params: object) -> int:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import psycopg
 import pytest
 import redis
 from google.protobuf import duration_pb2
 from meshutil import Mesh, add_region
+from pgutil import PG_URL, fresh_schema, require
 
 from nethical_grpc import convert
 from nethical_grpc.errors import details_from_error
@@ -28,33 +28,20 @@ from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_gr
 from region_node.server import RegionServerConfig, start_region_server
 from region_node.stores import StoreConfig
 
-PG_URL = os.environ.get("NETHICAL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("NETHICAL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def _require(name: str, check: object) -> None:
-    try:
-        check()  # type: ignore[operator]
-    except Exception as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is required under CI: {exc}")
-        pytest.skip(f"{name} not available: {exc}")
 
 
 @pytest.fixture
 def pg_schema() -> Iterator[str]:
-    _require("PostgreSQL", lambda: psycopg.connect(PG_URL, connect_timeout=3).close())
-    schema = f"node_test_{os.getpid()}_{secrets.token_hex(4)}"
-    yield schema
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    with fresh_schema("node_test") as schema:
+        yield schema
 
 
 @pytest.fixture
 def redis_region() -> Iterator[str]:
     """A region id of its own: the cache namespace is derived from it."""
     r = redis.Redis.from_url(REDIS_URL, socket_timeout=3)
-    _require("Redis", r.ping)
+    require("Redis", r.ping)
     region = f"rs-{secrets.token_hex(4)}"
     yield region
     for key in r.scan_iter(match=f"nethical:{region}:*"):

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
-import secrets
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -19,28 +17,18 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from pgutil import PG_URL, fresh_schema
 
 from nethical_grpc.cli.processes import mesh_command
 from nethical_grpc.storage.audit import AuditStoreError, open_audit_store
 from nethical_grpc.storage.timeseries import WindowSummaryRow, open_timeseries
 from nethical_grpc.storage.timeseries.base import TimeSeriesSchemaError
 
-PG_URL = os.environ.get("NETHICAL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
 
 @pytest.fixture
 def pg_schema() -> Iterator[str]:
-    """A fresh schema name (created by the test), dropped afterwards."""
-    try:
-        psycopg.connect(PG_URL, connect_timeout=3).close()
-    except psycopg.OperationalError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is required under CI: {exc}")
-        pytest.skip(f"PostgreSQL not available: {exc}")
-    schema = f"ts_foreign_{os.getpid()}_{secrets.token_hex(4)}"
-    yield schema
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    with fresh_schema("ts_foreign") as schema:
+        yield schema
 
 
 def _pg(*statements: str) -> list[tuple[object, ...]]:

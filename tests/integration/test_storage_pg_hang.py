@@ -12,8 +12,6 @@ connection. Without PostgreSQL these tests skip, or fail when ``CI`` is set.
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -22,13 +20,13 @@ from datetime import UTC, datetime
 import numpy as np
 import psycopg
 import pytest
+from pgutil import PG_URL, fresh_schema
 from tcpproxy import CuttableProxy
 
 from nethical_grpc.storage.timeseries import MetricPoint, WindowSummaryRow
 from nethical_grpc.storage.timeseries.base import TimeSeriesUnavailableError
 from nethical_grpc.storage.timeseries.postgres import PostgresTimeSeriesStore
 
-PG_URL = os.environ.get("NETHICAL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 BOUND_S = 2.0
 SLACK_S = 1.5  # the event loop, the pool's bookkeeping; nothing near psycopg's 10 s cancel
@@ -36,16 +34,8 @@ SLACK_S = 1.5  # the event loop, the pool's bookkeeping; nothing near psycopg's 
 
 @pytest.fixture
 def pg_schema() -> Iterator[str]:
-    try:
-        psycopg.connect(PG_URL, connect_timeout=3).close()
-    except psycopg.OperationalError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is required under CI: {exc}")
-        pytest.skip(f"PostgreSQL not available: {exc}")
-    schema = f"ts_hang_{os.getpid()}_{secrets.token_hex(4)}"
-    yield schema
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    with fresh_schema("ts_hang") as schema:
+        yield schema
 
 
 @pytest.fixture

@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import os
-import secrets
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +24,7 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pgutil import PG_URL, fresh_schema
 
 from nethical_grpc.storage.timeseries import (
     AggregateRow,
@@ -38,51 +37,20 @@ from nethical_grpc.storage.timeseries.buckets import US_PER_MINUTE, parse_bucket
 from nethical_grpc.storage.timeseries.model import MAX_JSON_BYTES, MAX_NAME_LEN, metric_columns
 from nethical_grpc.storage.timeseries.rollup import plan_aggregate, rollup_rows
 
-PG_URL = os.environ.get("NETHICAL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 BASE = datetime(2026, 3, 1, tzinfo=UTC)  # a Sunday; not a multiple of 7 minutes since 1970
 US = 1_000_000
 
 
-def _pg_problem() -> str | None:
-    try:
-        with psycopg.connect(PG_URL, connect_timeout=3):
-            return None
-    except psycopg.OperationalError as exc:
-        return str(exc).strip().splitlines()[0]
-
-
-def _require_pg() -> None:
-    problem = _pg_problem()
-    if problem is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"PostgreSQL is required under CI: {problem}")
-    pytest.skip(f"PostgreSQL not available: {problem}")
-
-
-def _drop_schema(schema: str) -> None:
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
-def _new_schema_name() -> str:
-    return f"ts_test_{os.getpid()}_{secrets.token_hex(4)}"
-
-
 @pytest.fixture(scope="module")
 def pg_schema() -> Iterator[str]:
-    _require_pg()
-    schema = _new_schema_name()
-    yield schema
-    _drop_schema(schema)
+    with fresh_schema("ts_test") as schema:
+        yield schema
 
 
 @pytest.fixture
 def fresh_pg_schema() -> Iterator[str]:
-    _require_pg()
-    schema = _new_schema_name()
-    yield schema
-    _drop_schema(schema)
+    with fresh_schema("ts_test") as schema:
+        yield schema
 
 
 def _pg_url(schema: str) -> str:

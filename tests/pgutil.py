@@ -1,0 +1,40 @@
+"""The PostgreSQL server the tests use, and schemas of their own on it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Callable, Iterator
+
+import psycopg
+import pytest
+
+PG_URL = os.environ.get("NETHICAL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def require(name: str, check: Callable[[], object]) -> None:
+    """Skip the test when ``check`` fails, except under CI, where a missing service fails."""
+    try:
+        check()
+    except Exception as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is required under CI: {exc}")
+        pytest.skip(f"{name} not available: {exc}")
+
+
+def require_postgres() -> None:
+    require("PostgreSQL", lambda: psycopg.connect(PG_URL, connect_timeout=3).close())
+
+
+@contextlib.contextmanager
+def fresh_schema(prefix: str) -> Iterator[str]:
+    """A schema name of the test's own (``PREFIX_PID_RANDOM``; whoever uses it creates
+    it), dropped with everything in it afterwards."""
+    require_postgres()
+    schema = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
+    try:
+        yield schema
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
