@@ -209,9 +209,13 @@ async def test_largest_batches_are_accepted_past_the_read_ahead_bound(mesh: Mesh
 async def test_a_batch_whose_caller_went_away_records_nothing(mesh: Mesh) -> None:
     """The deadline passes while the node works on a full batch (scoring it, or between
     its chunks): it stops there, so no verdict nobody received is counted in the windows,
-    the audit trail or the agent's profile; a retry counts once.  The deadline is 35% of
-    the time the same batch took just before (tens of milliseconds, depending on the
-    machine)."""
+    the audit trail or the agent's profile; a retry counts once.
+
+    The deadline is a fraction of the time the same batch took just before (tens of
+    milliseconds, depending on the machine). On a busy machine that batch may have been
+    slow and this one quick: a batch recorded whole while its answer missed the deadline
+    is in doubt, as any call can be, and a shorter deadline is tried (never a part of a
+    batch recorded)."""
     await add_region(mesh, "r1")
     s = stub(mesh)
     await stream(s, [batch(texts(4), prefix="warm")])  # kernels and model warm
@@ -221,15 +225,26 @@ async def test_a_batch_whose_caller_went_away_records_nothing(mesh: Mesh) -> Non
     took = loop.time() - started
     before = total(await counts_by_decision(s))
     assert before == 4 + MAX_BATCH
-    message = batch(texts(MAX_BATCH), agent="a-gone")
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        async for _ in s.EvaluateStream(iter([message]), timeout=0.35 * took):
-            pass
-    assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-    await asyncio.sleep(max(0.5, 2 * took))  # whatever the node would still do, it has done
-    assert total(await counts_by_decision(s)) == before
+    for fraction in (0.35, 0.2, 0.1, 0.05):
+        agent = f"a-gone-{fraction}"
+        message = batch(texts(MAX_BATCH), agent=agent)
+        code = grpc.StatusCode.OK
+        try:
+            async for _ in s.EvaluateStream(iter([message]), timeout=fraction * took):
+                pass
+        except grpc.aio.AioRpcError as err:
+            code = err.code()
+        assert code in (grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED)
+        await asyncio.sleep(max(0.5, 2 * took))  # whatever the node would still do, is done
+        after = total(await counts_by_decision(s))
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED and after == before:
+            break
+        assert after == before + MAX_BATCH  # answered, or in doubt: recorded whole
+        before = after
+    else:
+        pytest.fail(f"no deadline of {took:.3f} s x 0.05-0.35 passed before the batch ended")
     with pytest.raises(grpc.aio.AioRpcError) as missing:
-        await s.GetRiskProfile(region_node_pb2.GetRiskProfileRequest(agent_id="a-gone"))
+        await s.GetRiskProfile(region_node_pb2.GetRiskProfileRequest(agent_id=agent))
     assert missing.value.code() is grpc.StatusCode.NOT_FOUND
     # the retry, with time enough, is counted once
     answers = await stream(s, [message])
