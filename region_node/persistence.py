@@ -289,10 +289,21 @@ class Persister:
         if not self.stores.shared_cache:
             # a memory:// cache is this process's alone, and the book already holds them
             return
+        cache = self.stores.cache
+        if self.stores.cache_choice.fallback:
+            # Redis is away: merged into the memory copy, a profile would be written back
+            # over what Redis holds (other instances' evaluations, this node's older ones)
+            # when it returns; the deltas wait for Redis instead (bounded)
+            dropped = self.profiles.return_deltas(self.profiles.take_deltas())
+            if dropped:
+                log.error("risk profile writes fall behind: dropped %d agents' deltas", dropped)
+            return
         deltas = self.profiles.take_deltas()
         if not deltas:
             return
-        cache = self.stores.cache
+        # a failover cache's Redis itself: an outage starting now fails this write (the
+        # deltas are kept), rather than merging into the memory stand-in
+        cache = getattr(cache, "primary", cache)
         try:
             cached = await cache.get_multiple([PROFILE_PREFIX + a for a in deltas])
             merged = {

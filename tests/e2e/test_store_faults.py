@@ -34,7 +34,7 @@ import numpy as np
 import psycopg
 import pytest
 import redis.asyncio as aioredis
-from pgutil import PG_URL, fresh_schema
+from services import PG_URL, fresh_schema
 from tcpproxy import CuttableProxy
 from test_faults import launch
 

@@ -7,8 +7,6 @@ test, removed afterwards); under ``CI`` a missing server fails these tests.
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -19,7 +17,7 @@ import pytest
 import redis
 from google.protobuf import duration_pb2
 from meshutil import Mesh, add_region
-from pgutil import PG_URL, fresh_schema, require
+from services import PG_URL, REDIS_URL, fresh_redis_region, fresh_schema
 
 from nethical_grpc import convert
 from nethical_grpc.errors import details_from_error
@@ -27,8 +25,6 @@ from nethical_grpc.storage.cache import decode_value
 from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
 from region_node.server import RegionServerConfig, start_region_server
 from region_node.stores import StoreConfig
-
-REDIS_URL = os.environ.get("NETHICAL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture
@@ -39,14 +35,8 @@ def pg_schema() -> Iterator[str]:
 
 @pytest.fixture
 def redis_region() -> Iterator[str]:
-    """A region id of its own: the cache namespace is derived from it."""
-    r = redis.Redis.from_url(REDIS_URL, socket_timeout=3)
-    require("Redis", r.ping)
-    region = f"rs-{secrets.token_hex(4)}"
-    yield region
-    for key in r.scan_iter(match=f"nethical:{region}:*"):
-        r.delete(key)
-    r.close()
+    with fresh_redis_region() as region:
+        yield region
 
 
 def stub(mesh: Mesh, region: str, instance: int = 0) -> region_node_pb2_grpc.RegionNodeServiceStub:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from pgutil import PG_URL, fresh_schema
+from services import PG_URL, fresh_schema
 
 from nethical_grpc.cli.processes import mesh_command
 from nethical_grpc.storage.audit import AuditStoreError, open_audit_store

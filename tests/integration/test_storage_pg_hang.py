@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import numpy as np
 import psycopg
 import pytest
-from pgutil import PG_URL, fresh_schema
+from services import PG_URL, fresh_schema
 from tcpproxy import CuttableProxy
 
 from nethical_grpc.storage.timeseries import MetricPoint, WindowSummaryRow

@@ -24,7 +24,7 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pgutil import PG_URL, fresh_schema
+from services import PG_URL, fresh_schema
 
 from nethical_grpc.storage.timeseries import (
     AggregateRow,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
+from services import REDIS_URL, fresh_redis_region
+from tcpproxy import CuttableProxy
 
 from nethical_grpc.governance.decision import Decision, Evaluation
 from nethical_grpc.governance.detectors import Action
@@ -18,6 +21,12 @@ from region_node.stores import NodeStores, StoreConfig
 #: nothing listens on port 9 (discard) on loopback: the cache starts in memory mode, and is
 #: still a shared cache (its journal goes to Redis once it answers)
 DOWN_REDIS = "redis://127.0.0.1:9/0"
+
+
+@pytest.fixture
+def redis_region() -> Iterator[str]:
+    with fresh_redis_region() as region:
+        yield region
 
 
 def outcomes(agent: str, n: int, risk: float = 0.45, start_ns: int = 1_000) -> list[Outcome]:
@@ -46,7 +55,10 @@ async def test_profiles_stay_out_of_a_memory_cache() -> None:
         await stores.close()
 
 
-async def test_a_redis_url_is_a_shared_cache_even_while_redis_is_down() -> None:
+async def test_while_redis_is_down_profile_deltas_wait_for_it() -> None:
+    """A redis:// cache is shared even while Redis is down, but what the node adds is not
+    merged into the memory copy: written back over Redis when it returns, that copy would
+    replace what Redis holds. The deltas are kept (bounded) for Redis instead."""
     pytest.importorskip("redis")  # without redis-py a redis:// URL is a memory cache
     stores = await NodeStores.open(StoreConfig(cache_url=DOWN_REDIS), "r1")
     try:
@@ -56,15 +68,19 @@ async def test_a_redis_url_is_a_shared_cache_even_while_redis_is_down() -> None:
         persister = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, book, 1.0)
         book.update(outcomes("dave", 2))
         await persister.round(windows=False, profiles=True)
-        cached = await stores.cache.get(PROFILE_PREFIX + "dave")
-        assert isinstance(cached, dict) and cached["evaluations"] == 2
+        assert await stores.cache.get(PROFILE_PREFIX + "dave") is None
+        assert book.deltas is not None and book.deltas["dave"].evaluations == 2
+        found = book.get("dave")
+        assert found is not None and found.evaluations == 2  # the node still answers
     finally:
         await stores.close()
 
 
-async def test_a_write_merges_the_nodes_evaluations_into_the_cached_profile() -> None:
+async def test_a_write_merges_the_nodes_evaluations_into_the_cached_profile(
+    redis_region: str,
+) -> None:
     pytest.importorskip("redis")
-    stores = await NodeStores.open(StoreConfig(cache_url=DOWN_REDIS), "r1")
+    stores = await NodeStores.open(StoreConfig(cache_url=REDIS_URL), redis_region)
     try:
         # written before this node started (by another instance, or before a restart)
         before = ProfileBook()
@@ -93,24 +109,25 @@ async def test_a_write_merges_the_nodes_evaluations_into_the_cached_profile() ->
 
 
 async def test_a_failed_write_keeps_the_deltas_for_the_next_round(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, redis_region: str
 ) -> None:
     pytest.importorskip("redis")
-    stores = await NodeStores.open(StoreConfig(cache_url=DOWN_REDIS), "r1")
+    stores = await NodeStores.open(StoreConfig(cache_url=REDIS_URL), redis_region)
     try:
         book = ProfileBook()
         persister = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, book, 1.0)
         book.update(outcomes("frank", 3))
-        real = stores.cache.set_multiple
+        redis_cache = stores.cache.primary  # type: ignore[attr-defined]  # a failover cache
+        real = redis_cache.set_multiple
 
         async def refuse(mapping: Mapping[str, Any], ttl: float | None = None) -> None:
             raise ConnectionError("down")
 
-        monkeypatch.setattr(stores.cache, "set_multiple", refuse)
+        monkeypatch.setattr(redis_cache, "set_multiple", refuse)
         await persister.round(windows=False, profiles=True)
         assert await stores.cache.get(PROFILE_PREFIX + "frank") is None
         book.update(outcomes("frank", 2, start_ns=9_000))
-        monkeypatch.setattr(stores.cache, "set_multiple", real)
+        monkeypatch.setattr(redis_cache, "set_multiple", real)
         await persister.round(windows=False, profiles=True)
         cached = await stores.cache.get(PROFILE_PREFIX + "frank")
         assert isinstance(cached, dict) and cached["evaluations"] == 5
@@ -120,9 +137,9 @@ async def test_a_failed_write_keeps_the_deltas_for_the_next_round(
         await stores.close()
 
 
-async def test_a_malformed_cached_profile_is_replaced_by_the_nodes() -> None:
+async def test_a_malformed_cached_profile_is_replaced_by_the_nodes(redis_region: str) -> None:
     pytest.importorskip("redis")
-    stores = await NodeStores.open(StoreConfig(cache_url=DOWN_REDIS), "r1")
+    stores = await NodeStores.open(StoreConfig(cache_url=REDIS_URL), redis_region)
     try:
         await stores.cache.set(PROFILE_PREFIX + "gina", {"agent_id": "gina", "junk": 1})
         other = Profile("someone-else", evaluations=9).to_dict()
@@ -137,3 +154,46 @@ async def test_a_malformed_cached_profile_is_replaced_by_the_nodes() -> None:
             assert cached["agent_id"] == agent and cached["evaluations"] == n
     finally:
         await stores.close()
+
+
+async def test_deltas_kept_through_a_redis_outage_are_merged_when_it_returns(
+    redis_region: str,
+) -> None:
+    """Another instance wrote the agent's profile while this node's Redis was away: the
+    node's own evaluations of that time are added to it, not written over it."""
+    proxy = CuttableProxy("127.0.0.1", int(REDIS_URL.rsplit(":", 1)[1].split("/")[0]))
+    await proxy.start()
+    stores = await NodeStores.open(
+        StoreConfig(cache_url=f"redis://127.0.0.1:{proxy.port}/0"), redis_region
+    )
+    direct = await NodeStores.open(StoreConfig(cache_url=REDIS_URL), redis_region)
+    try:
+        book = ProfileBook()
+        persister = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, book, 1.0)
+        book.update(outcomes("ivy", 20))
+        await persister.round(windows=False, profiles=True)
+        proxy.cut()
+        book.update(outcomes("ivy", 1, start_ns=50_000))
+        for _ in range(3):  # the round that meets the outage, and rounds during it
+            await persister.round(windows=False, profiles=True)
+        # meanwhile another instance of the region, which reaches Redis, adds 5
+        other = await direct.cache.get(PROFILE_PREFIX + "ivy")
+        assert isinstance(other, dict) and other["evaluations"] == 20
+        other["evaluations"] = 25
+        await direct.cache.set(PROFILE_PREFIX + "ivy", other)
+        proxy.restore()
+        for _ in range(200):
+            if not stores.cache_choice.fallback:
+                break
+            await asyncio.sleep(0.05)
+        assert not stores.cache_choice.fallback
+        await persister.round(windows=False, profiles=True)
+        cached = await direct.cache.get(PROFILE_PREFIX + "ivy")
+        assert isinstance(cached, dict) and cached["evaluations"] == 26
+        await asyncio.sleep(1.0)  # nothing written back over it afterwards
+        cached = await direct.cache.get(PROFILE_PREFIX + "ivy")
+        assert isinstance(cached, dict) and cached["evaluations"] == 26
+    finally:
+        await direct.close()
+        await stores.close()
+        await proxy.close()

@@ -1,4 +1,4 @@
-"""The PostgreSQL server the tests use, and schemas of their own on it."""
+"""The PostgreSQL and Redis servers the tests use, and namespaces of their own on them."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 PG_URL = os.environ.get("NETHICAL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("NETHICAL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def require(name: str, check: Callable[[], object]) -> None:
@@ -38,3 +39,22 @@ def fresh_schema(prefix: str) -> Iterator[str]:
     finally:
         with psycopg.connect(PG_URL, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@contextlib.contextmanager
+def fresh_redis_region() -> Iterator[str]:
+    """A region id of the test's own (a node's cache namespace is derived from it); its
+    keys are deleted afterwards."""
+    import redis
+
+    r = redis.Redis.from_url(REDIS_URL, socket_timeout=3)
+    try:
+        require("Redis", r.ping)
+        region = f"rs-{secrets.token_hex(4)}"
+        try:
+            yield region
+        finally:
+            for key in r.scan_iter(match=f"nethical:{region}:*"):
+                r.delete(key)
+    finally:
+        r.close()
