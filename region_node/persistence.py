@@ -289,7 +289,6 @@ class Persister:
         if not self.stores.shared_cache:
             # a memory:// cache is this process's alone, and the book already holds them
             return
-        cache = self.stores.cache
         if self.stores.cache_choice.fallback:
             # Redis is away: merged into the memory copy, a profile would be written back
             # over what Redis holds (other instances' evaluations, this node's older ones)
@@ -301,20 +300,20 @@ class Persister:
         deltas = self.profiles.take_deltas()
         if not deltas:
             return
-        # a failover cache's Redis itself: an outage starting now fails this write (the
-        # deltas are kept), rather than merging into the memory stand-in
-        cache = getattr(cache, "primary", cache)
+        # on Redis itself: an outage starting now fails this write (the deltas are kept,
+        # and the cache turns to memory mode), rather than merging into the stand-in
+        on_redis = self.stores.cache.on_primary
+        keys = [PROFILE_PREFIX + a for a in deltas]
         try:
-            cached = await cache.get_multiple([PROFILE_PREFIX + a for a in deltas])
+            cached = await on_redis(lambda cache: cache.get_multiple(keys))
             merged = {
                 agent: self._cached_profile(agent, cached.get(PROFILE_PREFIX + agent)).merge(
                     delta, self.profiles.recent
                 )
                 for agent, delta in deltas.items()
             }
-            await cache.set_multiple(
-                {PROFILE_PREFIX + a: p.to_dict() for a, p in merged.items()}, ttl=PROFILE_TTL_S
-            )
+            rows = {PROFILE_PREFIX + a: p.to_dict() for a, p in merged.items()}
+            await on_redis(lambda cache: cache.set_multiple(rows, ttl=PROFILE_TTL_S))
         except BaseException as exc:
             # kept for the next round (a stop that cut the write short: for the stop's own)
             dropped = self.profiles.return_deltas(deltas)

@@ -155,3 +155,15 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
+
+
+async def until_error(answers: Any) -> tuple[list[Any], grpc.aio.AioRpcError]:
+    """The answers of a streaming call, and the error that ended it (it must end with
+    one)."""
+    got: list[Any] = []
+    try:
+        async for answer in answers:
+            got.append(answer)
+    except grpc.aio.AioRpcError as err:
+        return got, err
+    raise AssertionError(f"the call ended with OK after {len(got)} answers")

@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
-from meshutil import Mesh, add_region, wait_for
+from meshutil import Mesh, add_region, until_error, wait_for
 from test_gateway import start_gateway
 from test_gateway_failover import Rig
 
@@ -36,17 +36,6 @@ def stream_request(i: int, region: str = "", valid: bool = True) -> Any:
         ),
         region_id=region,
     )
-
-
-async def until_error(answers: Any) -> tuple[list[Any], grpc.aio.AioRpcError]:
-    """The answers of a call, and the error that ended it (it must end with one)."""
-    got: list[Any] = []
-    try:
-        async for answer in answers:
-            got.append(answer)
-    except grpc.aio.AioRpcError as err:
-        return got, err
-    raise AssertionError(f"the call ended with OK after {len(got)} answers")
 
 
 async def test_stream_answers_in_order_with_inline_errors(mesh: Mesh) -> None:

@@ -7,12 +7,10 @@ would produce: a string field that is not UTF-8.
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc
 import numpy as np
 import pytest
-from meshutil import Mesh, add_region
+from meshutil import Mesh, add_region, until_error
 from test_gateway import start_gateway
 
 from nethical_grpc import client
@@ -32,17 +30,6 @@ def action(i: int) -> governance_pb2.AgentAction:
         action_type="query",
         request_id=f"r{i}",
     )
-
-
-async def until_error(answers: Any) -> tuple[list[bytes], grpc.aio.AioRpcError]:
-    """The raw answers of a call, and the error that ended it (it must end with one)."""
-    got: list[bytes] = []
-    try:
-        async for raw in answers:
-            got.append(raw)
-    except grpc.aio.AioRpcError as err:
-        return got, err
-    raise AssertionError(f"the call ended with OK after {len(got)} answers")
 
 
 def assert_unparsable(err: grpc.aio.AioRpcError, index: int) -> None:

@@ -176,6 +176,8 @@ async def test_deltas_kept_through_a_redis_outage_are_merged_when_it_returns(
         book.update(outcomes("ivy", 1, start_ns=50_000))
         for _ in range(3):  # the round that meets the outage, and rounds during it
             await persister.round(windows=False, profiles=True)
+        # the failed merge told the cache: it reports memory mode, as operators see it
+        assert stores.cache_choice.fallback
         # meanwhile another instance of the region, which reaches Redis, adds 5
         other = await direct.cache.get(PROFILE_PREFIX + "ivy")
         assert isinstance(other, dict) and other["evaluations"] == 20

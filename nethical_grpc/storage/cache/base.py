@@ -5,9 +5,11 @@ from __future__ import annotations
 import abc
 import enum
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeVar
+
+T = TypeVar("T")
 
 __all__ = [
     "DEFAULT_TTL_S",
@@ -200,6 +202,14 @@ class Cache(abc.ABC):
     async def get_stats(self) -> dict[str, Any]:
         """:meth:`stats` as a dict (the guide's ``get_stats()``; ``hit_rate`` in percent)."""
         return (await self.stats()).as_dict()
+
+    async def on_primary(self, call: Callable[[Cache], Awaitable[T]]) -> T:
+        """``call(cache)`` on the backend that shares data with other processes, never on
+        a stand-in kept while it is away (the failover cache's memory tier, whose writes
+        are written back over Redis when it returns): for read-merge-write updates that
+        must not overwrite what others wrote meanwhile. ``CacheUnavailableError`` while
+        that backend is away. A plain cache is its own primary."""
+        return await call(self)
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -35,8 +35,8 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from nethical_grpc.storage.backend import BackendChoice
 from nethical_grpc.storage.cache.base import (
@@ -49,6 +49,8 @@ from nethical_grpc.storage.cache.memory import DEFAULT_MAX_ENTRIES, MemoryCache
 
 if TYPE_CHECKING:  # redis is an extra: imported only where a Redis URL is given
     from nethical_grpc.storage.cache.redis_cache import RedisCache
+
+T = TypeVar("T")
 
 __all__ = ["WRITE_BACK_BATCH", "FailoverCache"]
 
@@ -148,6 +150,17 @@ class FailoverCache(Cache):
         """Return once calls go to Redis again (at once when they already do)."""
         if not self._healthy:
             await self._recovered.wait()
+
+    async def on_primary(self, call: Callable[[Cache], Awaitable[T]]) -> T:
+        """``call`` on Redis itself (see :meth:`Cache.on_primary`): refused while in memory
+        mode, and a failure switches to memory mode as any call's does."""
+        if not self._healthy:
+            raise CacheUnavailableError(f"redis {self._reason}; not asked (memory mode)")
+        try:
+            return await call(self.primary)
+        except CacheUnavailableError as err:
+            self._failed(err)
+            raise
 
     def _failed(self, err: CacheUnavailableError) -> None:
         self.fall_back(self.primary.last_error or str(err))
