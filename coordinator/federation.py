@@ -441,7 +441,7 @@ class Federation:
         if isinstance(found, _Answer):
             balancer.record_success(inst.inst, time.monotonic() - started)
         elif found.code is not None:
-            balancer.record_failure(inst.inst, _TryFailed(found.code))
+            balancer.record_failure(inst.inst, found.code)
         else:  # an answer the coordinator refused: the node's fault
             balancer.record_failure(inst.inst)
         return found
@@ -518,17 +518,6 @@ def _missing(inst: RegionInstance, code: grpc.StatusCode, details: str) -> Missi
     else:
         reason = Missing.ERROR
     return MissingPart(inst.region_id, inst.name, reason, f"{code.name}: {details}", code)
-
-
-class _TryFailed(grpc.RpcError):
-    """A failed try as the balancer classifies failures (by status code)."""
-
-    def __init__(self, code: grpc.StatusCode) -> None:
-        super().__init__(code.name)
-        self._code = code
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
 
 
 def _merge(

@@ -595,15 +595,23 @@ def batch_actions_from_proto(
     return out
 
 
+def agent_id_violation(field_path: str, agent: str) -> FieldViolation | None:
+    """Why ``agent`` is not an agent id (None: it is one): not blank, no control
+    characters, at most :data:`MAX_AGENT_ID_CHARS` characters."""
+    if not agent.strip():
+        return FieldViolation(field_path, "must not be empty")
+    if CONTROL_RE.search(agent):
+        return FieldViolation(field_path, "must not contain control characters")
+    if len(agent) > MAX_AGENT_ID_CHARS:
+        return FieldViolation(field_path, f"at most {MAX_AGENT_ID_CHARS} characters")
+    return None
+
+
 def _checked_action(msg: governance_pb2.AgentAction, field: str) -> EvaluationRequest:
     bad: list[FieldViolation] = []
     agent = msg.agent_id
-    if not agent.strip():
-        bad.append(FieldViolation(f"{field}.agent_id", "must not be empty"))
-    elif CONTROL_RE.search(agent):
-        bad.append(FieldViolation(f"{field}.agent_id", "must not contain control characters"))
-    elif len(agent) > MAX_AGENT_ID_CHARS:
-        bad.append(FieldViolation(f"{field}.agent_id", f"at most {MAX_AGENT_ID_CHARS} characters"))
+    if (agent_bad := agent_id_violation(f"{field}.agent_id", agent)) is not None:
+        bad.append(agent_bad)
     text = msg.action_text
     if not text.strip():
         bad.append(FieldViolation(f"{field}.action_text", "must not be empty"))

@@ -25,10 +25,10 @@
   their evaluations. Limits: the read-modify-write is not atomic, so two instances that
   write the same agent within the same round trip can still lose one's delta (last
   writer wins for that round only); a write whose outcome is unknown (a timeout after it
-  was sent) is retried and may count its evaluations twice; and while Redis is down the
-  cache answers from this process's memory, whose profiles replace Redis's once it is
-  back (the outage's write-back overwrites, it does not merge).
-
+  was sent) is retried and may count its evaluations twice. While Redis is away the
+  deltas wait (bounded) and are merged once it is back: merges read and write Redis
+  itself (``Cache.on_primary``), never the cache's memory stand-in, whose write-back
+  would overwrite.
 * **Retention**: at the start and every ``RETENTION_INTERVAL_S`` the time-series store's
   own retention is applied (``--retention`` only bounds the windows a node holds in
   memory; older windows live in the store until this cutoff).
@@ -289,15 +289,13 @@ class Persister:
         if not self.stores.shared_cache:
             # a memory:// cache is this process's alone, and the book already holds them
             return
+        deltas = self.profiles.take_deltas()
         if self.stores.cache_choice.fallback:
             # Redis is away: merged into the memory copy, a profile would be written back
             # over what Redis holds (other instances' evaluations, this node's older ones)
             # when it returns; the deltas wait for Redis instead (bounded)
-            dropped = self.profiles.return_deltas(self.profiles.take_deltas())
-            if dropped:
-                log.error("risk profile writes fall behind: dropped %d agents' deltas", dropped)
+            self._keep_deltas(deltas)
             return
-        deltas = self.profiles.take_deltas()
         if not deltas:
             return
         # on Redis itself: an outage starting now fails this write (the deltas are kept,
@@ -316,14 +314,18 @@ class Persister:
             await on_redis(lambda cache: cache.set_multiple(rows, ttl=PROFILE_TTL_S))
         except BaseException as exc:
             # kept for the next round (a stop that cut the write short: for the stop's own)
-            dropped = self.profiles.return_deltas(deltas)
-            if dropped:
-                log.error("risk profile writes fall behind: dropped %d agents' deltas", dropped)
+            self._keep_deltas(deltas)
             if not isinstance(exc, Exception):
                 raise
             log.warning("writing risk profiles to the cache failed (will retry): %s", exc)
             return
         self.profiles.install_merged(merged)
+
+    def _keep_deltas(self, deltas: dict[str, Profile]) -> None:
+        """Back into the book for the next write (bounded: the oldest go past it)."""
+        dropped = self.profiles.return_deltas(deltas)
+        if dropped:
+            log.error("risk profile writes fall behind: dropped %d agents' deltas", dropped)
 
     def _cached_profile(self, agent_id: str, data: object) -> Profile:
         """The cached profile ``data`` of the agent, or an empty one (none, or malformed)."""
@@ -388,7 +390,8 @@ class Persister:
             return 0
         if not self.restored:
             try:
-                await self._restore_once()
+                await self.restore()
+                self.restored = True
             except Exception as exc:
                 self.stores.write_failed("timeseries", exc)
                 log.warning("restoring flushed windows failed (windows wait): %s", exc)
@@ -563,19 +566,13 @@ class Persister:
         the loop. A store that fails now is retried by the loop: evaluations' records are
         written meanwhile, windows once the restore succeeded."""
         try:
-            await self._restore_once()
+            await self.restore()
+            self.restored = True
             if self.answers_for_region:
                 await self.refresh_peers()
         finally:
             if self._task is None:
                 self._task = asyncio.get_running_loop().create_task(self.run())
-
-    async def _restore_once(self) -> bool:
-        """Restore unless done; whether the node holds its flushed windows now."""
-        if not self.restored:
-            await self.restore()
-            self.restored = True
-        return self.restored
 
     async def stop(self) -> None:
         """Stop the loop and write everything still pending: a clean stop loses nothing

@@ -29,7 +29,7 @@ from nethical_grpc.series import GroupSummary, SummaryQuery
 from nethical_grpc.storage.audit import AuditStoreError
 from nethical_grpc.streams import ReadAhead, read_chunks
 from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
-from nethical_grpc.validation import CONTROL_RE, quoted
+from nethical_grpc.validation import quoted
 from region_node.evaluation import Evaluator
 from region_node.node import RegionNode
 from region_node.stores import NodeStores
@@ -436,12 +436,9 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
     ) -> region_node_pb2.GetRiskProfileResponse:
         evaluator = self._evaluator()
         agent = request.agent_id
-        if not agent.strip() or len(agent) > convert.MAX_AGENT_ID_CHARS:
-            raise InvalidArgument.single(
-                "agent_id", f"must be 1 to {convert.MAX_AGENT_ID_CHARS} characters"
-            )
-        if CONTROL_RE.search(agent):  # as Evaluate refuses it: no such agent can exist
-            raise InvalidArgument.single("agent_id", "must not contain control characters")
+        # as Evaluate refuses it: no such agent can have a profile
+        if (bad := convert.agent_id_violation("agent_id", agent)) is not None:
+            raise InvalidArgument.single(bad.field, bad.description)
         profile = await evaluator.profile(agent)
         if profile is None:
             raise NotFound(

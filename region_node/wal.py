@@ -84,6 +84,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_durably(path: Path, text: str) -> None:
+    """``path`` holds ``text`` after a crash, or its old content: written to a temporary
+    file, fsynced, renamed over it, and the directory fsynced."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    _fsync_dir(path.parent)
+
+
 class WriteAheadLog:
     """One node's log (see the module docstring). Not thread-safe: one event loop."""
 
@@ -125,13 +137,7 @@ class WriteAheadLog:
         if path.exists():
             return path.read_text().strip()
         made = uuid.uuid4().hex
-        tmp = self.directory / "wal-id.tmp"
-        with open(tmp, "w") as f:
-            f.write(made)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-        _fsync_dir(self.directory)
+        _write_durably(path, made)
         return made
 
     def _load_checkpoint(self) -> None:
@@ -211,13 +217,9 @@ class WriteAheadLog:
     def checkpoint(self, upto: int, batch_ids: Iterable[str] | None = None) -> int:
         """Segments ``<= upto`` are in the store: record it durably, then delete them."""
         ids = list(batch_ids if batch_ids is not None else self.batch_ids.recent())
-        tmp = self.directory / "checkpoint.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"segment": upto, "batch_ids": ids}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.directory / "checkpoint")
-        _fsync_dir(self.directory)
+        _write_durably(
+            self.directory / "checkpoint", json.dumps({"segment": upto, "batch_ids": ids})
+        )
         self._checkpointed = upto
         removed = 0
         for n, path in self._segments():

@@ -452,10 +452,12 @@ class LoadBalancer:
             inst.consecutive_failures = 0
             inst.ejections = 0
 
-    def record_failure(self, inst: Instance, error: BaseException | None = None) -> None:
+    def record_failure(
+        self, inst: Instance, error: BaseException | grpc.StatusCode | None = None
+    ) -> None:
         """A failed call: a backend fault counts as a failure (and towards ejection); a
-        caller's error (``error`` not a backend fault) as ``rejected``, which says
-        nothing of the instance."""
+        caller's error (``error``, or the status the call ended with, not a backend
+        fault) as ``rejected``, which says nothing of the instance."""
         with self._lock:
             self._end(inst)
             if error is not None and not is_backend_fault(error):

@@ -89,8 +89,11 @@ def is_retryable(error: BaseException, idempotent: bool = True) -> bool:
     return status_code(error) is grpc.StatusCode.UNAVAILABLE
 
 
-def is_backend_fault(error: BaseException) -> bool:
-    """Whether a failure counts against the instance (for outlier ejection)."""
+def is_backend_fault(error: BaseException | grpc.StatusCode) -> bool:
+    """Whether a failure (an error, or the status code a call ended with) counts against
+    the instance (for outlier ejection)."""
+    if isinstance(error, grpc.StatusCode):
+        return error in _BACKEND_FAULT_CODES
     if isinstance(error, ConnectionError | TimeoutError):
         return True
     return status_code(error) in _BACKEND_FAULT_CODES

@@ -7,7 +7,7 @@ import contextlib
 import sqlite3
 from collections.abc import Iterable, Mapping
 
-__all__ = ["missing_columns", "rollback_quietly"]
+__all__ = ["missing_columns", "rollback_quietly", "schema_columns"]
 
 
 def rollback_quietly(conn: sqlite3.Connection) -> None:
@@ -39,3 +39,19 @@ def missing_columns(
             what = "column" if len(missing) == 1 else "columns"
             return table, f"no {what} {', '.join(missing)}"
     return None
+
+
+def schema_columns(schema: str | Iterable[str]) -> dict[str, list[str]]:
+    """Table → its columns, as ``schema`` (a script, or statements) makes them, run in a
+    scratch in-memory database: what :func:`missing_columns` expects of a store's file."""
+    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+        if isinstance(schema, str):
+            conn.executescript(schema)
+        else:
+            for statement in schema:
+                conn.execute(statement)
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {
+            name: [r[1] for r in conn.execute("SELECT * FROM pragma_table_info(?)", (name,))]
+            for name in names
+        }

@@ -59,7 +59,6 @@ from the table.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import itertools
 import json
@@ -95,7 +94,7 @@ from nethical_grpc.storage.audit.model import (
 )
 from nethical_grpc.storage.audit.paging import PageCursor, decode_page_token, encode_page_token
 from nethical_grpc.storage.audit.store import AuditStore, AuditStoreError
-from nethical_grpc.storage.sqlite_tx import missing_columns, rollback_quietly
+from nethical_grpc.storage.sqlite_tx import missing_columns, rollback_quietly, schema_columns
 
 __all__ = ["BM25_B", "BM25_K1", "SqliteFtsAuditStore", "fts5_match_expression"]
 
@@ -196,20 +195,15 @@ def _set_wal(conn: sqlite3.Connection, busy_timeout_ms: int) -> None:
     conn.execute("PRAGMA wal_autocheckpoint = 10000")
 
 
+@functools.cache
 def _schema_columns() -> dict[str, list[str]]:
-    """Table → its columns, as :data:`_SCHEMA` makes them (in a scratch database)."""
-    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
-        for statement in _SCHEMA:
-            conn.execute(statement)
-        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        return {
-            name: [r[1] for r in conn.execute("SELECT * FROM pragma_table_info(?)", (name,))]
-            for name in names
-            if name.startswith("audit_") and not name.startswith("audit_fts_")
-        }
-
-
-_COLUMNS: Final = _schema_columns()
+    """Table → its columns, as :data:`_SCHEMA` makes them (the FTS index's own tables
+    left out)."""
+    return {
+        table: columns
+        for table, columns in schema_columns(_SCHEMA).items()
+        if table.startswith("audit_") and not table.startswith("audit_fts_")
+    }
 
 
 def _check_version(conn: sqlite3.Connection) -> None:
@@ -224,7 +218,7 @@ def _check_file(conn: sqlite3.Connection, where: str) -> None:
     """Refuse, before anything is written, a file this store cannot use: another schema
     version, or a table of ours by name that is another application's."""
     _check_version(conn)
-    problem = missing_columns(conn, _COLUMNS)
+    problem = missing_columns(conn, _schema_columns())
     if problem is not None:
         table, why = problem
         raise AuditStoreError(

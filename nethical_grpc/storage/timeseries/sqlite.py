@@ -19,11 +19,11 @@ import functools
 import sqlite3
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, Self, TypeVar
 
-from nethical_grpc.storage.sqlite_tx import missing_columns, rollback_quietly
+from nethical_grpc.storage.sqlite_tx import missing_columns, rollback_quietly, schema_columns
 from nethical_grpc.storage.timeseries.base import (
     AuditRow,
     BucketTotals,
@@ -116,22 +116,14 @@ _ADDED_COLUMNS: dict[tuple[str, str], str] = {
 :data:`~nethical_grpc.storage.timeseries.postgres_schema.ADDED_COLUMNS`)."""
 
 
+@functools.cache
 def _schema_columns() -> dict[str, list[str]]:
     """Table → the columns :data:`_SCHEMA` gives it, less :data:`_ADDED_COLUMNS`."""
-    with closing(sqlite3.connect(":memory:")) as conn:
-        conn.executescript(_SCHEMA)
-        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        return {
-            name: [
-                r[1]
-                for r in conn.execute("SELECT * FROM pragma_table_info(?)", (name,))
-                if (name, r[1]) not in _ADDED_COLUMNS
-            ]
-            for name in names
-        }
+    return {
+        table: [c for c in columns if (table, c) not in _ADDED_COLUMNS]
+        for table, columns in schema_columns(_SCHEMA).items()
+    }
 
-
-_COLUMNS = _schema_columns()
 
 _ROLLUP_UPSERT = """
 INSERT INTO metric_rollup
@@ -226,7 +218,7 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
         try:
             conn.execute("PRAGMA busy_timeout = 5000")
             # before WAL and the tables: a file we refuse stays as it was
-            problem = missing_columns(conn, _COLUMNS)
+            problem = missing_columns(conn, _schema_columns())
             if problem is not None:
                 table, why = problem
                 raise TimeSeriesSchemaError(
