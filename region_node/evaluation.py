@@ -33,6 +33,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 import numpy as np
@@ -46,7 +47,8 @@ from nethical_grpc.governance.decision import (
     Thresholds,
     evaluate_actions,
 )
-from nethical_grpc.governance.detectors import Action
+from nethical_grpc.governance.detect_pool import DetectionPool
+from nethical_grpc.governance.detectors import Action, Violation
 from nethical_grpc.governance.profiles import Profile, ProfileBook
 from nethical_grpc.governance.requests import EvaluationRequest, Outcome
 from nethical_grpc.model_info import ModelSummary
@@ -142,6 +144,36 @@ class ActionTypes:
         return OTHER_ACTION_TYPE
 
 
+@dataclass(frozen=True, slots=True)
+class PendingBatch:
+    """A batch begun with :meth:`Evaluator.begin`: its requests, when it began
+    (``perf_counter_ns``) and its findings on their way from the detection workers
+    (``None``: detected when the batch is finished)."""
+
+    requests: Sequence[EvaluationRequest]
+    began_ns: int
+    detections: asyncio.Future[list[list[Violation]] | None] | None
+
+    def cancel(self) -> None:
+        """Drop the workers' answer (the batch will not be finished)."""
+        if self.detections is not None:
+            self.detections.cancel()
+
+
+async def _findings_of(
+    batches: Sequence[PendingBatch],
+) -> list[Sequence[Violation] | None] | None:
+    """The batches' findings from the workers, per request (``None`` where a batch is
+    detected here: not sent, or the workers failed); ``None`` if none was sent."""
+    if all(b.detections is None for b in batches):
+        return None
+    out: list[Sequence[Violation] | None] = []
+    for b in batches:
+        found = await b.detections if b.detections is not None else None
+        out.extend(found if found is not None else [None] * len(b.requests))
+    return out
+
+
 def _resolve(arrival: asyncio.Future[None]) -> None:
     if not arrival.done():
         arrival.set_result(None)
@@ -161,8 +193,11 @@ class Evaluator:
         sink: Callable[[Sequence[Outcome]], None] | None = None,
         profile_source: Callable[[str], Awaitable[Profile | None]] | None = None,
         coalesce_max_wait_ns: int = COALESCE_MAX_WAIT_NS,
+        detection_pool: DetectionPool | None = None,
     ) -> None:
         self.model = model
+        #: worker processes detecting the findings of large batches (None: in process)
+        self.detection_pool = detection_pool
         self.sink = sink
         self.profile_source = profile_source
         self.windows = windows
@@ -269,14 +304,46 @@ class Evaluator:
         """
         if not requests:
             return []
-        return await self._evaluate(requests, [time.perf_counter_ns()] * len(requests))
+        return await self.finish([self.begin(requests)])
+
+    def begin(
+        self, requests: Sequence[EvaluationRequest], *, in_workers: bool = True
+    ) -> PendingBatch:
+        """Start on a batch that :meth:`finish` will evaluate: a large one goes to the
+        node's rule-detection workers now (when it has them, and unless ``in_workers`` is
+        false), so they detect it while the caller does other work (parses the next
+        messages, finishes the previous batch)."""
+        pool = self.detection_pool
+        detections = (
+            pool.submit([r.action for r in requests]) if pool is not None and in_workers else None
+        )
+        return PendingBatch(requests, time.perf_counter_ns(), detections)
+
+    async def finish(self, batches: Sequence[PendingBatch]) -> list[Outcome]:
+        """Evaluate batches begun with :meth:`begin`, in order, as one batch: one feature
+        call, one model call, one window update.  Each outcome's latency runs from its
+        batch's :meth:`begin`."""
+        requests = [r for b in batches for r in b.requests]
+        if not requests:
+            return []
+        arrived = [b.began_ns for b in batches for _ in b.requests]
+        try:
+            return await self._evaluate(requests, arrived, batches)
+        finally:
+            for b in batches:  # a caller that went away: the workers' answers are dropped
+                b.cancel()
 
     async def _evaluate(
-        self, requests: Sequence[EvaluationRequest], arrived_ns: Sequence[int]
+        self,
+        requests: Sequence[EvaluationRequest],
+        arrived_ns: Sequence[int],
+        batches: Sequence[PendingBatch] = (),
     ) -> list[Outcome]:
         actions = [r.action for r in requests]
         rows = self.model.features(actions)
         probabilities: list[float] = (await self.model.probabilities(rows, batched=True)).tolist()
+        # the workers' findings (they detected while the model ran), if any went to them
+        findings = await _findings_of(batches)
         evaluations: list[Evaluation] = []
         for start in range(0, len(actions), EVALUATE_CHUNK):
             if start:
@@ -285,7 +352,11 @@ class Evaluator:
                 await asyncio.sleep(0)
             end = start + EVALUATE_CHUNK
             evaluations += evaluate_actions(
-                actions[start:end], probabilities[start:end], self.thresholds, self.model_weight
+                actions[start:end],
+                probabilities[start:end],
+                self.thresholds,
+                self.model_weight,
+                None if findings is None else findings[start:end],
             )
         now = self.clock()
         done = time.perf_counter_ns()

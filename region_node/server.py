@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nethical_grpc import telemetry
+from nethical_grpc.governance.detect_pool import DetectionPool, default_workers
 from nethical_grpc.governance.profiles import ProfileBook
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
 from nethical_grpc.privacy import PrivacyConfig, PrivateReleaser
@@ -44,6 +45,9 @@ class RegionServerConfig:
     eviction_interval_s: float = 5.0
     # None: the node does not evaluate actions (Evaluate, Score answer UNAVAILABLE)
     model: ModelConfig | None = field(default_factory=ModelConfig)
+    # worker processes detecting the findings of large evaluation batches (None: one when
+    # the node may use two cores or more, see governance.detect_pool; 0: in process)
+    detect_workers: int | None = None
     stores: StoreConfig = field(default_factory=StoreConfig)
     # write-ahead log directory: acknowledged batches survive a kill (None: no log)
     wal_dir: Path | None = None
@@ -80,6 +84,8 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
         _check_wal_store(config, stores)
         profiles = ProfileBook()
         persister = Persister(node, stores, profiles, config.stores.flush_interval_s)
+        workers = default_workers() if config.detect_workers is None else config.detect_workers
+        pool = DetectionPool(workers) if model is not None and workers > 0 else None
         evaluator = (
             Evaluator(
                 model,
@@ -87,6 +93,7 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
                 profiles=profiles,
                 sink=persister.enqueue,
                 profile_source=persister.load_profile,
+                detection_pool=pool,
             )
             if model is not None
             else None
@@ -136,6 +143,8 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
     mesh.on_stop.append(node.stop_background)
     if model is not None:
         mesh.on_stop.append(model.close)
+    if pool is not None:
+        mesh.on_stop.append(pool.close)
     mesh.on_stop.append(persister.stop)
     mesh.on_stop.append(stores.close)
     if node.wal is not None:

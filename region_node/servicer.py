@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, Final, TypeVar
 
@@ -30,7 +31,7 @@ from nethical_grpc.storage.audit import AuditStoreError
 from nethical_grpc.streams import ReadAhead, read_chunks
 from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
 from nethical_grpc.validation import quoted
-from region_node.evaluation import Evaluator
+from region_node.evaluation import Evaluator, PendingBatch
 from region_node.node import RegionNode
 from region_node.stores import NodeStores
 
@@ -316,6 +317,9 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         found["model"] = (
             self.evaluator.model.describe() if self.evaluator is not None else "disabled"
         )
+        if self.evaluator is not None:
+            pool = self.evaluator.detection_pool
+            found["detection"] = pool.describe() if pool is not None else "in process"
         return found
 
     # -- governance -------------------------------------------------------------------
@@ -346,32 +350,46 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
     ) -> AsyncIterator[region_node_pb2.EvaluateStreamResponse]:
         evaluator = self._evaluator()
         read_ahead = ReadAhead(_STREAM_READ_AHEAD_ACTIONS, stream_weight)
-        async for chunk in read_chunks(read_ahead.read(request_iterator), _STREAM_CHUNK):
-            # messages that arrived together are evaluated together (one evaluate_many
-            # call per group of up to _STREAM_GROUP_ACTIONS actions); answers keep the
-            # order of the messages
-            group: list[region_node_pb2.EvaluateStreamRequest] = []
-            size = 0
-            for message in chunk:
-                n = stream_weight(message)
-                if group and size + n > _STREAM_GROUP_ACTIONS:
-                    answers = await self._answer_stream_group(evaluator, group)
-                    read_ahead.release(size)
-                    for answer in answers:
+        # groups begun (parsed, their detection started in the node's workers) and not
+        # yet finished: the next group is begun before the one before it is finished, so
+        # the workers detect while this loop answers
+        in_flight: deque[_StreamGroup] = deque()
+        try:
+            async for chunk in read_chunks(read_ahead.read(request_iterator), _STREAM_CHUNK):
+                # messages that arrived together are evaluated together, in groups of up to
+                # _STREAM_GROUP_ACTIONS actions; answers keep the order of the messages, and
+                # nothing stays begun across chunks (no waiting on the caller's next message)
+                group: list[region_node_pb2.EvaluateStreamRequest] = []
+                size = 0
+                for message in chunk:
+                    n = stream_weight(message)
+                    if group and size + n > _STREAM_GROUP_ACTIONS:
+                        in_flight.append(self._begin_stream_group(evaluator, group, size))
+                        group, size = [], 0
+                        if len(in_flight) > 1:
+                            for answer in await self._finish_first(evaluator, in_flight):
+                                yield answer
+                            read_ahead.release(in_flight.popleft().size)
+                    group.append(message)
+                    size += n
+                in_flight.append(self._begin_stream_group(evaluator, group, size))
+                while in_flight:
+                    for answer in await self._finish_first(evaluator, in_flight):
                         yield answer
-                    group, size = [], 0
-                group.append(message)
-                size += n
-            answers = await self._answer_stream_group(evaluator, group)
-            read_ahead.release(size)
-            for answer in answers:
-                yield answer
+                    read_ahead.release(in_flight.popleft().size)
+        finally:
+            for begun in in_flight:  # the stream ended early: the workers' answers are dropped
+                for batch in begun.batches:
+                    batch.cancel()
 
-    async def _answer_stream_group(
-        self, evaluator: Evaluator, messages: Sequence[region_node_pb2.EvaluateStreamRequest]
-    ) -> list[region_node_pb2.EvaluateStreamResponse]:
-        """One answer per EvaluateStream message, in order; every valid action of the
-        messages goes through one ``evaluate_many`` call."""
+    def _begin_stream_group(
+        self,
+        evaluator: Evaluator,
+        messages: Sequence[region_node_pb2.EvaluateStreamRequest],
+        size: int,
+    ) -> _StreamGroup:
+        """Parse a group of EvaluateStream messages and begin evaluating its valid actions
+        (a batch message's as soon as it is parsed)."""
         # per message: its answer when known before evaluating (a malformed message, a
         # bad single action), None for a single action to evaluate, or a batch's parsed
         # actions and action errors
@@ -380,14 +398,15 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
             | list[EvaluationRequest | governance_pb2.ActionError]
             | None
         ] = []
-        accepted: list[EvaluationRequest] = []
+        batches: list[PendingBatch] = []
+        singles: list[EvaluationRequest] = []  # single actions not yet begun
         for message in messages:
             problem = convert.stream_message_problem(message)
             if problem is not None:
                 plans.append(convert.stream_message_error_to_proto(problem))
             elif message.HasField("action"):
                 try:
-                    accepted.append(convert.action_from_proto(message.action))
+                    singles.append(convert.action_from_proto(message.action))
                 except MeshError as exc:
                     plans.append(
                         region_node_pb2.EvaluateStreamResponse(
@@ -398,13 +417,30 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
                     plans.append(None)
             else:
                 batch = convert.batch_actions_from_proto(message.actions)
-                accepted.extend(r for r in batch if isinstance(r, EvaluationRequest))
+                if singles:  # begun in message order, so outcomes come back in it
+                    batches.append(evaluator.begin(singles, in_workers=False))
+                    singles = []
+                batches.append(
+                    evaluator.begin([r for r in batch if isinstance(r, EvaluationRequest)])
+                )
                 plans.append(batch)
-        outcomes = iter(await evaluator.evaluate_many(accepted) if accepted else ())
+        if singles:
+            # one action a message: the messages cost more than the detection, and a
+            # worker's round trip would only delay the answers
+            batches.append(evaluator.begin(singles, in_workers=False))
+        return _StreamGroup(plans, batches, size)
+
+    async def _finish_first(
+        self, evaluator: Evaluator, in_flight: deque[_StreamGroup]
+    ) -> list[region_node_pb2.EvaluateStreamResponse]:
+        """One answer per message of the first begun group, in order; all of its valid
+        actions are evaluated as one batch (:meth:`Evaluator.finish`)."""
+        group = in_flight[0]
+        outcomes = iter(await evaluator.finish(group.batches))
         ident = self.node.identity
         region_id, instance_id = ident.region_id, ident.instance_id
         answers = []
-        for plan in plans:
+        for plan in group.plans:
             if plan is None:
                 answers.append(
                     convert.stream_evaluation_to_proto(next(outcomes), region_id, instance_id)
@@ -557,9 +593,23 @@ async def store_call(call: Awaitable[T], field: str = "request") -> T:
 
 _STREAM_CHUNK = 256
 # at most this many actions go to one evaluate_many call (a batch message is never split)
-_STREAM_GROUP_ACTIONS = convert.MAX_STREAM_BATCH_ACTIONS
+_STREAM_GROUP_ACTIONS = 1024
 # actions an EvaluateStream reads ahead of its answers
 _STREAM_READ_AHEAD_ACTIONS = 4 * convert.MAX_STREAM_BATCH_ACTIONS
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _StreamGroup:
+    """EvaluateStream messages parsed and begun: per message its plan (see
+    ``_begin_stream_group``), the batches begun, and the actions the group counts for."""
+
+    plans: list[
+        region_node_pb2.EvaluateStreamResponse
+        | list[EvaluationRequest | governance_pb2.ActionError]
+        | None
+    ]
+    batches: list[PendingBatch]
+    size: int
 
 
 def stream_weight(message: region_node_pb2.EvaluateStreamRequest) -> int:

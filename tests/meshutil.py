@@ -83,6 +83,7 @@ async def add_region(
     privacy: PrivacyConfig | None = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     evaluate: bool = True,
+    detect_workers: int | None = None,
 ) -> list[tuple[MeshServer, RegionNode]]:
     started = []
     for i in range(first_instance, first_instance + instances):
@@ -97,6 +98,7 @@ async def add_region(
                     privacy=privacy,
                     max_message_bytes=max_message_bytes,
                     model=ModelConfig() if evaluate else None,
+                    detect_workers=detect_workers,
                 )
             )
         )

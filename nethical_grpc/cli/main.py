@@ -200,6 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPU threads for the model and the BLAS, Numba and torch pools under it (1); "
         "match the pod's CPU quota",
     )
+    region.add_argument(
+        "--detect-workers",
+        type=int,
+        default=None,
+        help="worker processes running the rule detectors on large evaluation batches, "
+        "beside the event loop (default: 1 when the node may use two cores or more, else "
+        "0: in process)",
+    )
     _server_args(region, 50051)
 
     coord = sub.add_parser("coordinator", help="run the coordinator")

@@ -155,6 +155,8 @@ async def run_region(args: argparse.Namespace) -> int:
             max_label_sets_per_metric=args.max_label_sets,
             max_series=args.max_series,
         )
+        if args.detect_workers is not None and args.detect_workers < 0:
+            raise ValueError(f"--detect-workers must be 0 or more, got {args.detect_workers}")
         model = ModelConfig(
             model_path=args.model,
             device=args.device,
@@ -191,6 +193,7 @@ async def run_region(args: argparse.Namespace) -> int:
                 max_concurrent_rpcs=args.max_concurrent_rpcs,
                 reflection=not args.no_reflection,
                 model=None if args.no_evaluate else model,
+                detect_workers=args.detect_workers,
                 stores=stores,
                 wal_dir=args.wal_dir,
                 privacy=privacy,

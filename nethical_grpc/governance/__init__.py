@@ -8,17 +8,9 @@
 
 from __future__ import annotations
 
-from nethical_grpc.governance.decision import (
-    MAX_ACTION_TEXT_BYTES,
-    Decision,
-    Evaluation,
-    Thresholds,
-    blend,
-    decide,
-    evaluate_action,
-    rule_risk,
-    validate_action,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from nethical_grpc.governance.detectors import (
     MAX_FINDINGS,
     RULES,
@@ -28,6 +20,42 @@ from nethical_grpc.governance.detectors import (
     ViolationType,
     detect,
 )
+
+if TYPE_CHECKING:
+    from nethical_grpc.governance.decision import (
+        MAX_ACTION_TEXT_BYTES,
+        Decision,
+        Evaluation,
+        Thresholds,
+        blend,
+        decide,
+        evaluate_action,
+        rule_risk,
+        validate_action,
+    )
+
+# imported when first used: the decision module brings NumPy and the JIT kernels, which
+# the rule-detection workers (governance.detect_pool) do not need
+_DECISION_NAMES = frozenset(
+    {
+        "MAX_ACTION_TEXT_BYTES",
+        "Decision",
+        "Evaluation",
+        "Thresholds",
+        "blend",
+        "decide",
+        "evaluate_action",
+        "rule_risk",
+        "validate_action",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DECISION_NAMES:
+        return getattr(importlib.import_module("nethical_grpc.governance.decision"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "MAX_ACTION_TEXT_BYTES",

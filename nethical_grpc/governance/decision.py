@@ -280,9 +280,16 @@ def evaluate_action(
     return _scored(action, model_probability, _weight(model_weight), t)
 
 
-def _scored(action: Action, p: float | None, w: float, t: Thresholds) -> Evaluation:
-    """Detect, score, blend and decide for a validated action and a checked weight."""
-    violations = tuple(detect(action))
+def _scored(
+    action: Action,
+    p: float | None,
+    w: float,
+    t: Thresholds,
+    found: Sequence[Violation] | None = None,
+) -> Evaluation:
+    """Detect (unless ``found`` holds :func:`detect`'s answer already), score, blend and
+    decide for a validated action and a checked weight."""
+    violations = tuple(detect(action) if found is None else found)
     base = rule_risk(violations)
     # blend (base is already in [0, 1]); decide needs no range check of its result
     risk = base if p is None else _blend_checked(base, p, w)
@@ -300,6 +307,7 @@ def evaluate_actions(
     model_probabilities: Sequence[float | None] | npt.NDArray[Any] | None,
     thresholds: Thresholds | None = None,
     model_weight: float = DEFAULT_MODEL_WEIGHT,
+    findings: Sequence[Sequence[Violation] | None] | None = None,
 ) -> list[Evaluation]:
     """:func:`evaluate_action` for a batch: element ``i`` of the result equals
     ``evaluate_action(actions[i], model_probabilities[i], thresholds, model_weight)``
@@ -327,6 +335,8 @@ def evaluate_actions(
             probabilities = model_probabilities
         if len(probabilities) != n:
             raise ValueError(f"got {len(probabilities)} model probabilities for {n} actions")
+    if findings is not None and len(findings) != n:
+        raise ValueError(f"got {len(findings)} lists of findings for {n} actions")
     if n == 0:
         return []
     t = _DEFAULT_THRESHOLDS if thresholds is None else thresholds
@@ -336,7 +346,9 @@ def evaluate_actions(
         action = actions[i]
         try:
             validate_action(action)
-            out.append(_scored(action, probabilities[i], w, t))
+            out.append(
+                _scored(action, probabilities[i], w, t, None if findings is None else findings[i])
+            )
         except ValueError as exc:
             raise ValueError(f"actions[{i}]: {exc}") from exc
     return out

@@ -122,6 +122,7 @@ from typing import Any, Final, Literal, NamedTuple
 
 __all__ = [
     "DETECTORS",
+    "FINDINGS",
     "INTENT_MISMATCH_BOOST",
     "MAX_FINDINGS",
     "READ_ONLY_ACTION_TYPES",
@@ -133,7 +134,9 @@ __all__ = [
     "Severity",
     "Violation",
     "ViolationType",
+    "decode_findings",
     "detect",
+    "detect_encoded",
     "is_internal_host",
     "luhn_valid",
     "read_only_claim",
@@ -2004,14 +2007,17 @@ def read_only_claim(action: Action) -> str | None:
     return f"stated intent {word!r}"
 
 
-def _apply_intent(action: Action, found: list[Violation]) -> list[Violation]:
-    if not found:
+def _side_effects(found: Sequence[Violation]) -> bool:
+    return any(v.type in SIDE_EFFECT_TYPES for v in found)
+
+
+def _apply_claim(found: list[Violation], claim: str | None) -> list[Violation]:
+    """The rules' findings adjusted for the action's read-only ``claim`` (None: the action
+    makes none, or ``found`` has no side-effect finding): see the module docstring."""
+    if claim is None or not found:
         return found
     side = [v for v in found if v.type in SIDE_EFFECT_TYPES]
     if not side:
-        return found
-    claim = read_only_claim(action)
-    if claim is None:
         return found
     out = [
         replace(v, confidence=min(1.0, v.confidence + (1.0 - v.confidence) * INTENT_MISMATCH_BOOST))
@@ -2052,7 +2058,33 @@ def detect(action: Action) -> list[Violation]:
     type, then rule name.  Deterministic: the same action always gives the same list.
     Does not validate the action (see :func:`nethical_grpc.governance.decision.validate_action`).
     """
-    found = _apply_intent(action, _findings(_ActionView(action)))
+    return decode_findings(*detect_encoded(action))
+
+
+#: Every finding a rule can report (one per rule and field), in rule order: the same in
+#: every process running this code, so a finding travels between processes as its index.
+FINDINGS: Final[tuple[Violation, ...]] = tuple(
+    _finding(rule, name) for rule in RULES for name in rule.fields
+)
+_FINDING_INDEX: Final[dict[Violation, int]] = {v: i for i, v in enumerate(FINDINGS)}
+
+#: What :func:`detect_encoded` gives: indexes into :data:`FINDINGS` and a read-only claim.
+EncodedFindings = tuple[tuple[int, ...], str | None]
+
+
+def detect_encoded(action: Action) -> EncodedFindings:
+    """:func:`detect`'s answer in a compact form for another process: the indexes in
+    :data:`FINDINGS` of the rules' findings, and the action's read-only claim when it
+    changes them (:func:`read_only_claim`; else ``None``).  :func:`decode_findings` turns
+    it into exactly :func:`detect`'s list."""
+    found = _findings(_ActionView(action))
+    claim = read_only_claim(action) if _side_effects(found) else None
+    return tuple([_FINDING_INDEX[v] for v in found]), claim
+
+
+def decode_findings(indexes: Sequence[int], claim: str | None) -> list[Violation]:
+    """The findings that :func:`detect_encoded` encoded (sorted, intent applied)."""
+    found = _apply_claim([FINDINGS[i] for i in indexes], claim)
     if len(found) > 1:
         found.sort(key=_sort_key)
     return found

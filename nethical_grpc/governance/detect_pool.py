@@ -1,0 +1,258 @@
+"""Rule detection in worker processes, beside the event loop of a region node.
+
+The detectors are regular expressions run by Python code: a node evaluating a stream of
+actions spends about half of its time in them, holding the interpreter lock, so a second
+core would sit idle while the event loop does everything.  A :class:`DetectionPool` runs
+:func:`~nethical_grpc.governance.detectors.detect` in worker processes (``spawn``ed, so
+they share nothing with the node's gRPC threads) for large batches, while the node parses
+the next messages, runs the model and answers the previous batch.
+
+* Same answers: a worker sends back each action's findings encoded
+  (:func:`~nethical_grpc.governance.detectors.detect_encoded`: indexes into the fixed table
+  of findings and the action's read-only claim), decoded here into exactly the list
+  ``detect`` gives in process.
+* Only batches of at least ``min_actions`` actions go to the workers: for a few actions
+  the two process hops cost more than detecting them here.  A batch goes in slices of
+  :data:`SLICE_ACTIONS`, so several workers share it.
+* Never in the way: the workers start with the first large batch, in the background;
+  until they have answered a first call (imports, compiled patterns), and whenever they
+  fail (a worker killed), batches are detected in process, as without a pool.  A broken
+  pool is replaced at most every :data:`RESTART_INTERVAL_S` seconds.  Workers die with
+  the node (Linux ``PR_SET_PDEATHSIG``) and stop when it closes the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Sequence
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Final
+
+from nethical_grpc.governance.detectors import (
+    Action,
+    EncodedFindings,
+    Violation,
+    decode_findings,
+    detect_encoded,
+)
+
+log = logging.getLogger(__name__)
+
+#: Fewest actions of a batch that go to the workers (smaller ones are detected here).
+MIN_POOL_ACTIONS: Final = 64
+#: Actions per call to a worker: a large batch is shared out in slices of this size.
+SLICE_ACTIONS: Final = 512
+#: Least time between two starts of the workers after a failure.
+RESTART_INTERVAL_S: Final = 10.0
+
+# what a worker gets per action: the fields the detectors read
+_Row = tuple[str, str, str, tuple[tuple[str, str], ...]]
+_PR_SET_PDEATHSIG: Final = 1
+
+
+def usable_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> float:
+    """The cores this process may use: its CPU affinity, capped by its cgroup's CPU quota
+    (a container's CPU limit: cgroup v2 ``cpu.max``, or v1 ``cpu.cfs_quota_us``)."""
+    try:
+        cores: float = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    quota = period = None
+    with contextlib.suppress(OSError, ValueError):
+        text = (cgroup / "cpu.max").read_text().split()
+        if text and text[0] != "max":
+            quota, period = int(text[0]), int(text[1])
+    if quota is None:
+        with contextlib.suppress(OSError, ValueError):
+            quota = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+            period = int((cgroup / "cpu" / "cpu.cfs_period_us").read_text())
+    if quota is not None and period and quota > 0:
+        cores = min(cores, quota / period)
+    return cores
+
+
+def default_workers() -> int:
+    """One worker when the node may use two cores or more (:func:`usable_cores`), else
+    none: with one core a worker would only take turns with the event loop."""
+    return 1 if usable_cores() >= 2 else 0
+
+
+def _start_worker(parent_pid: int) -> None:
+    """In a worker: SIGTERM when the node dies (Linux; else nothing), and ignore Ctrl-C
+    (the node stops its workers itself)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent_pid:  # the node died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _detect_rows(rows: Sequence[_Row]) -> list[EncodedFindings]:
+    """In a worker: each action's findings, encoded."""
+    return [
+        detect_encoded(Action("", text, kind, intent, dict(context)))
+        for text, kind, intent, context in rows
+    ]
+
+
+def _row(action: Action) -> _Row:
+    context = action.context
+    return (
+        action.action_text,
+        action.action_type,
+        action.stated_intent,
+        tuple(context.items()) if context else (),
+    )
+
+
+class DetectionPool:
+    """Worker processes that detect findings for large batches (see the module docstring).
+
+    Used from one event loop; :meth:`submit` never blocks it.
+    """
+
+    def __init__(self, workers: int, min_actions: int = MIN_POOL_ACTIONS) -> None:
+        if workers < 1:
+            raise ValueError(f"a detection pool needs at least one worker, got {workers}")
+        self.workers = workers
+        self.min_actions = max(1, min_actions)
+        self._executor: concurrent.futures.ProcessPoolExecutor | None = None
+        self._ready = False
+        self._failed_at: float | None = None
+        self._closed = False
+        #: batches detected by the workers, and those detected here instead (not ready,
+        #: failed) although large enough
+        self.pooled_batches = 0
+        self.inline_batches = 0
+
+    @property
+    def ready(self) -> bool:
+        """Whether the workers run and have answered their first call."""
+        return self._ready and self._executor is not None
+
+    def describe(self) -> str:
+        """For GetNodeInfo: the workers and their state."""
+        state = (
+            "closed"
+            if self._closed
+            else "ready"
+            if self.ready
+            else "starting"
+            if self._executor is not None
+            else "failed, detecting in process"
+            if self._failed_at is not None
+            else "not started (starts with the first large batch)"
+        )
+        return (
+            f"{self.workers} worker process(es) for batches of {self.min_actions}+ "
+            f"actions: {state}; batches detected there {self.pooled_batches}, "
+            f"here {self.inline_batches}"
+        )
+
+    def start(self) -> None:
+        """Start the workers in the background (nothing if they run or are starting)."""
+        if self._executor is not None or self._closed:
+            return
+        self._ready = False
+        executor = self._executor = concurrent.futures.ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(os.getpid(),),
+        )
+        # a first call to each worker: its imports and compiled patterns, off the loop
+        warm = [executor.submit(_detect_rows, []) for _ in range(self.workers)]
+        countdown = [len(warm)]
+
+        def arrived(future: concurrent.futures.Future[list[EncodedFindings]]) -> None:
+            if future.cancelled() or future.exception() is not None:
+                return  # a failure shows at the first batch
+            countdown[0] -= 1
+            if countdown[0] == 0 and self._executor is executor:
+                self._ready = True
+                log.info("rule detection runs in %d worker process(es)", self.workers)
+
+        for future in warm:
+            future.add_done_callback(arrived)
+
+    def submit(
+        self, actions: Sequence[Action]
+    ) -> asyncio.Future[list[list[Violation]] | None] | None:
+        """Start detecting ``actions`` in the workers: a future of their findings (each
+        list as :func:`detect` gives it), resolved to ``None`` if the workers failed; or
+        ``None`` now when this batch is to be detected here (too small, workers not ready)."""
+        if len(actions) < self.min_actions or self._closed:
+            return None
+        if self._executor is None and (
+            self._failed_at is None or time.monotonic() - self._failed_at >= RESTART_INTERVAL_S
+        ):
+            self.start()
+        executor = self._executor
+        if executor is None or not self._ready:
+            self.inline_batches += 1
+            return None
+        rows = [_row(a) for a in actions]
+        try:
+            parts = [
+                asyncio.wrap_future(executor.submit(_detect_rows, rows[i : i + SLICE_ACTIONS]))
+                for i in range(0, len(rows), SLICE_ACTIONS)
+            ]
+        except (BrokenProcessPool, RuntimeError) as exc:  # RuntimeError: shut down
+            self._failed(executor, exc)
+            self.inline_batches += 1
+            return None
+        self.pooled_batches += 1
+        return asyncio.ensure_future(self._collect(executor, parts))
+
+    async def _collect(
+        self,
+        executor: concurrent.futures.ProcessPoolExecutor,
+        parts: list[asyncio.Future[list[EncodedFindings]]],
+    ) -> list[list[Violation]] | None:
+        try:
+            answers = await asyncio.gather(*parts)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # the caller went away
+                for part in parts:
+                    part.cancel()
+                raise
+            return None  # the pool was shut down under this batch
+        except BrokenProcessPool as exc:
+            self._failed(executor, exc)
+            return None
+        except Exception:  # a bug in a worker: detecting here raises it where it belongs
+            log.exception("rule detection in a worker failed; detecting in process")
+            return None
+        return [
+            [] if not encoded[0] else decode_findings(*encoded)
+            for answer in answers
+            for encoded in answer
+        ]
+
+    def _failed(self, executor: concurrent.futures.ProcessPoolExecutor, exc: BaseException) -> None:
+        if self._executor is not executor:
+            return  # reported already
+        log.warning(
+            "rule detection workers failed (%s): detecting in process, restarting them in %.0f s",
+            type(exc).__name__,
+            RESTART_INTERVAL_S,
+        )
+        self._executor, self._ready, self._failed_at = None, False, time.monotonic()
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    async def close(self) -> None:
+        """Stop the workers (waiting for them to exit, off the event loop)."""
+        self._closed = True
+        executor, self._executor, self._ready = self._executor, None, False
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
