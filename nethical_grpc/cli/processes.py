@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -19,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
 
-_PR_SET_PDEATHSIG = 1
-
+from nethical_grpc.parent_death import exit_with_parent
 
 #: A child started by :func:`spawn` finds its parent's pid here and asks the kernel for
 #: SIGTERM when that parent dies (set by the child itself at start: a ``preexec_fn`` is
@@ -31,13 +29,8 @@ PARENT_PID_ENV = "NETHICAL_PARENT_PID"
 def die_with_parent() -> None:
     """In a child of :func:`spawn`: SIGTERM when the parent dies (Linux; else nothing)."""
     expected = os.environ.get(PARENT_PID_ENV)
-    if not expected:
-        return
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if str(os.getppid()) != expected:  # the parent died before the request took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+    if expected and expected.isdigit():
+        exit_with_parent(int(expected))
 
 
 def mesh_command(*args: str) -> list[str]:

@@ -34,26 +34,13 @@ if TYPE_CHECKING:
         validate_action,
     )
 
-# imported when first used: the decision module brings NumPy and the JIT kernels, which
-# the rule-detection workers (governance.detect_pool) do not need
-_DECISION_NAMES = frozenset(
-    {
-        "MAX_ACTION_TEXT_BYTES",
-        "Decision",
-        "Evaluation",
-        "Thresholds",
-        "blend",
-        "decide",
-        "evaluate_action",
-        "rule_risk",
-        "validate_action",
-    }
-)
-
 
 def __getattr__(name: str) -> Any:
-    if name in _DECISION_NAMES:
-        return getattr(importlib.import_module("nethical_grpc.governance.decision"), name)
+    # the decision module's names are imported when first used: it brings NumPy and the
+    # JIT kernels, which the rule-detection workers (governance.detect_pool) do not need
+    decision = importlib.import_module("nethical_grpc.governance.decision")
+    if name in decision.__all__:
+        return getattr(decision, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import ctypes
 import logging
 import multiprocessing
 import os
@@ -44,6 +43,7 @@ from nethical_grpc.governance.detectors import (
     decode_findings,
     detect_encoded,
 )
+from nethical_grpc.parent_death import exit_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,6 @@ RESTART_INTERVAL_S: Final = 10.0
 
 # what a worker gets per action: the fields the detectors read
 _Row = tuple[str, str, str, tuple[tuple[str, str], ...]]
-_PR_SET_PDEATHSIG: Final = 1
 
 
 def usable_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> float:
@@ -87,13 +86,10 @@ def default_workers() -> int:
 
 
 def _start_worker(parent_pid: int) -> None:
-    """In a worker: SIGTERM when the node dies (Linux; else nothing), and ignore Ctrl-C
-    (the node stops its workers itself)."""
+    """In a worker: SIGTERM when the node dies, and ignore Ctrl-C (the node stops its
+    workers itself)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent_pid:  # the node died before the request took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+    exit_with_parent(parent_pid)
 
 
 def _detect_rows(rows: Sequence[_Row]) -> list[EncodedFindings]:

@@ -252,3 +252,56 @@ def test_demo_stops_cleanly_on_ctrl_c() -> None:
     assert "regions covered: 3/3" in stdout.split("final (")[1]
     time.sleep(0.5)
     assert _orphans(workdir.group(1)) == []
+
+
+async def _start_detection_workers(port: int) -> None:
+    """Stream large batches until the node's detection workers have taken one."""
+    from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
+
+    batch = region_node_pb2.EvaluateStreamRequest(
+        actions=[
+            governance_pb2.AgentAction(agent_id="a", action_text=f"DROP TABLE t{i}")
+            for i in range(200)
+        ]
+    )
+    async with client.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = region_node_pb2_grpc.RegionNodeServiceStub(ch)
+        deadline = time.monotonic() + 90
+        while True:
+            answers = [a async for a in stub.EvaluateStream(iter([batch]), timeout=30)]
+            assert len(answers[0].results) == 200
+            info = await stub.GetNodeInfo(region_node_pb2.GetNodeInfoRequest(), timeout=10)
+            if "batches detected there 0," not in info.components["detection"]:
+                break
+            assert time.monotonic() < deadline, info.components["detection"]
+            await asyncio.sleep(0.2)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+async def test_detection_workers_go_with_their_node(tmp_path: Path, sig: int) -> None:
+    node = spawn(
+        "r-workers",
+        ["region", "--region-id", "r-workers", "--port", "0", "--detect-workers", "1"],
+        tmp_path,
+    )
+    try:
+        port = await node.aport()
+        await _start_detection_workers(port)
+        workers = [
+            p
+            for p in psutil.Process(node.pid).children()
+            if "multiprocessing" in " ".join(p.cmdline())
+        ]
+        assert workers, "no detection worker under the node"
+        node.signal(sig)
+        await asyncio.to_thread(node.proc.wait, 30)
+        _, alive = psutil.wait_procs(workers, timeout=15)
+        assert alive == []
+    finally:
+        node.stop()
+
+
+def test_a_negative_worker_count_is_refused() -> None:
+    out = run_cli("region", "--region-id", "r", "--port", "0", "--detect-workers", "-1")
+    assert out.returncode == 2
+    assert "--detect-workers must be 0 or more" in out.stderr
