@@ -16,9 +16,11 @@ the next messages, runs the model and answers the previous batch.
   :data:`SLICE_ACTIONS`, so several workers share it.
 * Never in the way: the workers start with the first large batch, in the background;
   until they have answered a first call (imports, compiled patterns), and whenever they
-  fail (a worker killed), batches are detected in process, as without a pool.  A broken
-  pool is replaced at most every :data:`RESTART_INTERVAL_S` seconds.  Workers die with
-  the node (Linux ``PR_SET_PDEATHSIG``) and stop when it closes the pool.
+  fail (a worker killed, or hung: no answer within :data:`ANSWER_TIMEOUT_S` plus
+  :data:`ANSWER_TIMEOUT_PER_ACTION_S` per action, and then killed), batches are detected
+  in process, as without a pool.  A broken pool is replaced at most every
+  :data:`RESTART_INTERVAL_S` seconds.  Workers die with the node (Linux
+  ``PR_SET_PDEATHSIG``) and stop when it closes the pool (killed if they do not).
 """
 
 from __future__ import annotations
@@ -53,6 +55,13 @@ MIN_POOL_ACTIONS: Final = 64
 SLICE_ACTIONS: Final = 512
 #: Least time between two starts of the workers after a failure.
 RESTART_INTERVAL_S: Final = 10.0
+#: How long a batch waits for the workers' answer: this plus so much per action (far
+#: more than detection takes: ~12 µs an action here). A worker past it is taken for hung
+#: (stopped, stuck): the workers are killed and the batch is detected in process.
+ANSWER_TIMEOUT_S: Final = 2.0
+ANSWER_TIMEOUT_PER_ACTION_S: Final = 0.002
+#: How long closing waits for the workers to exit before killing them.
+CLOSE_TIMEOUT_S: Final = 5.0
 
 # what a worker gets per action: the fields the detectors read
 _Row = tuple[str, str, str, tuple[tuple[str, str], ...]]
@@ -207,15 +216,20 @@ class DetectionPool:
             self.inline_batches += 1
             return None
         self.pooled_batches += 1
-        return asyncio.ensure_future(self._collect(executor, parts))
+        timeout_s = ANSWER_TIMEOUT_S + ANSWER_TIMEOUT_PER_ACTION_S * len(rows)
+        return asyncio.ensure_future(self._collect(executor, parts, timeout_s))
 
     async def _collect(
         self,
         executor: concurrent.futures.ProcessPoolExecutor,
         parts: list[asyncio.Future[list[EncodedFindings]]],
+        timeout_s: float,
     ) -> list[list[Violation]] | None:
         try:
-            answers = await asyncio.gather(*parts)
+            answers = await asyncio.wait_for(asyncio.gather(*parts), timeout_s)
+        except TimeoutError as exc:
+            self._failed(executor, exc)
+            return None
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():  # the caller went away
@@ -244,11 +258,39 @@ class DetectionPool:
             RESTART_INTERVAL_S,
         )
         self._executor, self._ready, self._failed_at = None, False, time.monotonic()
+        # a hung worker would never take the executor's request to stop: killed
+        processes = _processes(executor)
         executor.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            with contextlib.suppress(Exception):
+                process.kill()
 
     async def close(self) -> None:
-        """Stop the workers (waiting for them to exit, off the event loop)."""
+        """Stop the workers: they are asked to exit and, past :data:`CLOSE_TIMEOUT_S`
+        (a hung one), killed; waited for off the event loop."""
         self._closed = True
         executor, self._executor, self._ready = self._executor, None, False
         if executor is not None:
-            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+            processes = _processes(executor)
+            executor.shutdown(wait=False, cancel_futures=True)
+            await asyncio.to_thread(_reap, processes, CLOSE_TIMEOUT_S)
+
+
+def _processes(
+    executor: concurrent.futures.ProcessPoolExecutor,
+) -> list[multiprocessing.process.BaseProcess]:
+    """The executor's worker processes (it keeps them in ``_processes``; none if that
+    ever changes, and then a hung worker is left to its parent-death signal)."""
+    found = getattr(executor, "_processes", None) or {}
+    return list(found.values())
+
+
+def _reap(processes: Sequence[multiprocessing.process.BaseProcess], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            log.warning("rule detection worker %s did not exit: killed", process.pid)
+            process.kill()
+            process.join(1.0)

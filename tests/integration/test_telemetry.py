@@ -142,6 +142,19 @@ def by_kind(spans: Iterable[ReadableSpan], name: str, kind: SpanKind) -> list[Re
     return [s for s in spans if s.name == name and s.kind is kind]
 
 
+def both_finished(rig: Rig, name: str) -> bool:
+    """Whether the CLIENT and the SERVER span called ``name`` have both ended."""
+    spans = rig.finished()
+    return all(len(by_kind(spans, name, kind)) == 1 for kind in (SpanKind.CLIENT, SpanKind.SERVER))
+
+
+async def finished_pair(rig: Rig, name: str) -> tuple[ReadableSpan, ReadableSpan]:
+    """The CLIENT and SERVER span called ``name`` once both have ended: a server span
+    ends after its answer is sent, so the caller can be back before it is finished."""
+    await wait_for(lambda: both_finished(rig, name))
+    return pair(rig.finished(), name)
+
+
 def pair(spans: Sequence[ReadableSpan], name: str) -> tuple[ReadableSpan, ReadableSpan]:
     """The one CLIENT and the one SERVER span called ``name``."""
     [c] = by_kind(spans, name, SpanKind.CLIENT)
@@ -203,7 +216,7 @@ async def test_unary_call_gives_client_and_server_span_in_one_trace(rig: Rig) ->
     info = await stub.GetNodeInfo(region_node_pb2.GetNodeInfoRequest(), timeout=5)
     assert info.region_id == "us-east-1"
 
-    c, s = pair(rig.finished(), f"{RNS}/GetNodeInfo")
+    c, s = await finished_pair(rig, f"{RNS}/GetNodeInfo")
     assert_parent(s, c)
     assert s.parent is not None and s.parent.is_remote
     assert c.parent is None
@@ -227,7 +240,7 @@ async def test_failing_call_records_its_status_code(rig: Rig) -> None:
         await stub.GetSummaries(bad_range_request(), timeout=5)
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
 
-    c, s = pair(rig.finished(), f"{RNS}/GetSummaries")
+    c, s = await finished_pair(rig, f"{RNS}/GetSummaries")
     assert_parent(s, c)
     code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert dict(c.attributes or {})["rpc.grpc.status_code"] == code
@@ -259,7 +272,7 @@ async def test_unimplemented_method_of_a_generated_base_is_recorded(rig: Rig) ->
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.GetNodeInfo(region_node_pb2.GetNodeInfoRequest(), timeout=5)
     assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED
-    c, s = pair(rig.finished(), f"{RNS}/GetNodeInfo")
+    c, s = await finished_pair(rig, f"{RNS}/GetNodeInfo")
     assert_parent(s, c)
     assert dict(s.attributes or {})["rpc.grpc.status_code"] == 12
     assert s.status.status_code is StatusCode.ERROR
@@ -280,6 +293,8 @@ async def test_traced_call_without_interceptors_joins_the_trace(rig: Rig) -> Non
         with c:
             pass
 
+    await wait_for(lambda: both_finished(rig, f"{RNS}/GetNodeInfo"))
+    await wait_for(lambda: both_finished(rig, f"{RNS}/GetSummaries"))
     spans = rig.finished()
     ok_c, ok_s = pair(spans, f"{RNS}/GetNodeInfo")
     bad_c, bad_s = pair(spans, f"{RNS}/GetSummaries")
@@ -386,8 +401,7 @@ async def test_every_arity_is_traced_over_the_whole_handler(rig: Rig, method: st
     assert responses
     name = f"test.Echo/{method}"
     # streaming calls end their client span from the call's done callback
-    await wait_for(lambda: len(by_kind(rig.finished(), name, SpanKind.CLIENT)) == 1)
-    c, s = pair(rig.finished(), name)
+    c, s = await finished_pair(rig, name)
     assert_parent(s, c)
     assert dict(s.attributes or {})["rpc.grpc.status_code"] == 0
     assert dict(c.attributes or {})["rpc.grpc.status_code"] == 0
@@ -412,8 +426,7 @@ async def test_every_arity_records_failures(
         await echo_call(rig.channel(address), method, payload)
     assert err.value.code() is code
     name = f"test.Echo/{method}"
-    await wait_for(lambda: len(by_kind(rig.finished(), name, SpanKind.CLIENT)) == 1)
-    c, s = pair(rig.finished(), name)
+    c, s = await finished_pair(rig, name)
     assert_parent(s, c)
     assert dict(s.attributes or {})["rpc.grpc.status_code"] == code.value[0]
     assert dict(c.attributes or {})["rpc.grpc.status_code"] == code.value[0]
@@ -442,8 +455,7 @@ async def test_deadline_exceeded_is_recorded_on_both_sides(rig: Rig) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await rig.channel(address).unary_unary("/test.Slow/Wait", None, None)(b"", timeout=0.05)
     assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-    await wait_for(lambda: len(by_kind(rig.finished(), "test.Slow/Wait", SpanKind.SERVER)) == 1)
-    c, s = pair(rig.finished(), "test.Slow/Wait")
+    c, s = await finished_pair(rig, "test.Slow/Wait")
     assert dict(c.attributes or {})["rpc.grpc.status_code"] == 4
     assert dict(s.attributes or {})["rpc.grpc.status_code"] in (1, 4)  # CANCELLED or DEADLINE
     release.set()
@@ -469,6 +481,8 @@ async def test_nested_call_is_a_child_of_the_server_span(rig: Rig) -> None:
         await rig.channel(outer).unary_unary("/test.Relay/Ask", None, None)(b"", timeout=5)
         == b"ap-south-1"
     )
+    await wait_for(lambda: both_finished(rig, "test.Relay/Ask"))
+    await wait_for(lambda: both_finished(rig, f"{RNS}/GetNodeInfo"))
     spans = rig.finished()
     outer_c, outer_s = pair(spans, "test.Relay/Ask")
     inner_c, inner_s = pair(spans, f"{RNS}/GetNodeInfo")
@@ -541,6 +555,9 @@ async def test_global_query_is_one_trace_across_coordinator_and_regions(rig: Rig
     finally:
         await registry.close()
     assert sorted(response.coverage.regions_answered) == regions
+    await wait_for(
+        lambda: both_finished(rig, "nethical_grpc.v1.CoordinatorService/GetGlobalMetrics")
+    )
     spans = rig.finished()
     assert global_query_trace_problems(spans, regions) == []
     caller, root = pair(spans, "nethical_grpc.v1.CoordinatorService/GetGlobalMetrics")

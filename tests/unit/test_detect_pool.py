@@ -4,6 +4,7 @@ falls back to in-process detection (never loses a batch) when its workers fail."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -143,6 +144,46 @@ async def test_a_killed_worker_means_in_process_detection_then_a_restart(
         await asyncio.sleep(0.05)
     assert await future == [detect(a) for a in actions]
     assert [p.pid for p in workers()] != [p.pid for p in before]
+
+
+async def test_a_hung_worker_is_killed_and_the_batch_detected_in_process(
+    pool: DetectionPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(detect_pool, "ANSWER_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(detect_pool, "ANSWER_TIMEOUT_PER_ACTION_S", 0.0)
+    actions = corpus()[:200]
+    pool.submit(actions)
+    await wait_ready(pool)
+    (worker,) = workers()
+    os.kill(worker.pid or 0, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        future = pool.submit(actions)
+        assert future is not None
+        assert await future is None  # not a hang: the caller detects in process
+        assert time.monotonic() - started < 5
+        worker.join(10)
+        assert worker.exitcode == -signal.SIGKILL
+        assert "failed" in pool.describe()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid or 0, signal.SIGCONT)
+
+
+async def test_closing_kills_a_worker_that_does_not_exit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(detect_pool, "CLOSE_TIMEOUT_S", 0.5)
+    pool = DetectionPool(1)
+    pool.submit(corpus()[:100])
+    await wait_ready(pool)
+    (worker,) = workers()
+    os.kill(worker.pid or 0, signal.SIGSTOP)
+    started = time.monotonic()
+    await pool.close()
+    assert time.monotonic() - started < 5
+    assert not worker.is_alive()
+    assert workers() == []
 
 
 async def test_closing_stops_the_workers_and_later_batches_stay_in_process() -> None:
