@@ -11,11 +11,11 @@ from typing import Final
 _PR_SET_PDEATHSIG: Final = 1
 
 
-def exit_with_parent(parent_pid: int) -> None:
-    """In a child of ``parent_pid``: SIGTERM when that parent dies (Linux
+def exit_with_parent(parent_pid: int, sig: int = signal.SIGTERM) -> None:
+    """In a child of ``parent_pid``: signal ``sig`` when that parent dies (Linux
     ``PR_SET_PDEATHSIG``; elsewhere nothing), and now if it has died already."""
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(_PR_SET_PDEATHSIG, sig)
     if os.getppid() != parent_pid:  # the parent died before the request took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), sig)

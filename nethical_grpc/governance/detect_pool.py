@@ -30,13 +30,14 @@ import concurrent.futures
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from nethical_grpc.governance.detectors import (
     Action,
@@ -55,11 +56,17 @@ MIN_POOL_ACTIONS: Final = 64
 SLICE_ACTIONS: Final = 512
 #: Least time between two starts of the workers after a failure.
 RESTART_INTERVAL_S: Final = 10.0
-#: How long a batch waits for the workers' answer: this plus so much per action (far
-#: more than detection takes: ~12 µs an action here). A worker past it is taken for hung
-#: (stopped, stuck): the workers are killed and the batch is detected in process.
+#: How long a batch waits for the workers' answer: this, plus so much per action and per
+#: character of the work queued in the pool when it was sent, its own included (far more
+#: than detection takes: ~12 µs a typical action here, ~15 ms one of 64 KiB). A worker
+#: past it is taken for hung (stopped, stuck): the workers are killed and the batch is
+#: detected in process.
 ANSWER_TIMEOUT_S: Final = 2.0
 ANSWER_TIMEOUT_PER_ACTION_S: Final = 0.002
+ANSWER_TIMEOUT_PER_CHAR_S: Final = 2e-6
+#: How long new workers may take to answer their first call (imports, compiled
+#: patterns: well under a second here) before they are taken for failed.
+START_TIMEOUT_S: Final = 30.0
 #: How long closing waits for the workers to exit before killing them.
 CLOSE_TIMEOUT_S: Final = 5.0
 
@@ -95,10 +102,11 @@ def default_workers() -> int:
 
 
 def _start_worker(parent_pid: int) -> None:
-    """In a worker: SIGTERM when the node dies, and ignore Ctrl-C (the node stops its
+    """In a worker: killed when the node dies, and deaf to Ctrl-C (the node stops its
     workers itself)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    exit_with_parent(parent_pid)
+    # SIGKILL: a worker holds nothing to clean up, and a stopped one would hold SIGTERM
+    exit_with_parent(parent_pid, signal.SIGKILL)
 
 
 def _detect_rows(rows: Sequence[_Row]) -> list[EncodedFindings]:
@@ -119,6 +127,18 @@ def _row(action: Action) -> _Row:
     )
 
 
+def _chars(row: _Row) -> int:
+    text, _kind, intent, context = row
+    return len(text) + len(intent) + (sum(len(v) for _, v in context) if context else 0)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a worker call's error as seen (it is handled where the batch is collected,
+    or the batch was dropped): no "exception was never retrieved" in the log."""
+    if not future.cancelled():
+        future.exception()
+
+
 class DetectionPool:
     """Worker processes that detect findings for large batches (see the module docstring).
 
@@ -134,6 +154,12 @@ class DetectionPool:
         self._ready = False
         self._failed_at: float | None = None
         self._closed = False
+        # the workers' first calls, and when they were made (see START_TIMEOUT_S)
+        self._warm: list[concurrent.futures.Future[list[EncodedFindings]]] = []
+        self._started_at = 0.0
+        # work sent to the workers and not yet answered (for the answer timeout)
+        self._backlog_actions = 0
+        self._backlog_chars = 0
         #: batches detected by the workers, and those detected here instead (not ready,
         #: failed) although large enough
         self.pooled_batches = 0
@@ -174,13 +200,15 @@ class DetectionPool:
             initializer=_start_worker,
             initargs=(os.getpid(),),
         )
-        # a first call to each worker: its imports and compiled patterns, off the loop
-        warm = [executor.submit(_detect_rows, []) for _ in range(self.workers)]
+        # a first call to each worker: its imports and compiled patterns, off the loop; a
+        # failure or a hang here is found by _check_start, on the loop
+        warm = self._warm = [executor.submit(_detect_rows, []) for _ in range(self.workers)]
+        self._started_at = time.monotonic()
         countdown = [len(warm)]
 
         def arrived(future: concurrent.futures.Future[list[EncodedFindings]]) -> None:
             if future.cancelled() or future.exception() is not None:
-                return  # a failure shows at the first batch
+                return
             countdown[0] -= 1
             if countdown[0] == 0 and self._executor is executor:
                 self._ready = True
@@ -188,6 +216,17 @@ class DetectionPool:
 
         for future in warm:
             future.add_done_callback(arrived)
+
+    def _check_start(self, executor: concurrent.futures.ProcessPoolExecutor) -> None:
+        """Workers still starting: failed if a first call failed, or none answered within
+        :data:`START_TIMEOUT_S` (a worker killed or stopped while it started)."""
+        for future in self._warm:
+            if future.done() and (future.cancelled() or future.exception() is not None):
+                exc = future.exception() if not future.cancelled() else None
+                self._failed(executor, exc or RuntimeError("first call cancelled"))
+                return
+        if time.monotonic() - self._started_at > START_TIMEOUT_S:
+            self._failed(executor, TimeoutError("no answer to the first call"))
 
     def submit(
         self, actions: Sequence[Action]
@@ -202,22 +241,46 @@ class DetectionPool:
         ):
             self.start()
         executor = self._executor
+        if executor is not None and not self._ready:
+            self._check_start(executor)
         if executor is None or not self._ready:
             self.inline_batches += 1
             return None
         rows = [_row(a) for a in actions]
+        parts = []
         try:
-            parts = [
-                asyncio.wrap_future(executor.submit(_detect_rows, rows[i : i + SLICE_ACTIONS]))
-                for i in range(0, len(rows), SLICE_ACTIONS)
-            ]
+            for i in range(0, len(rows), SLICE_ACTIONS):
+                part = rows[i : i + SLICE_ACTIONS]
+                future = asyncio.wrap_future(executor.submit(_detect_rows, part))
+                future.add_done_callback(_retrieve)
+                future.add_done_callback(self._answered(len(part), sum(map(_chars, part))))
+                parts.append(future)
         except (BrokenProcessPool, RuntimeError) as exc:  # RuntimeError: shut down
+            for future in parts:
+                future.cancel()
             self._failed(executor, exc)
             self.inline_batches += 1
             return None
         self.pooled_batches += 1
-        timeout_s = ANSWER_TIMEOUT_S + ANSWER_TIMEOUT_PER_ACTION_S * len(rows)
+        # the time the workers may take: for all the work queued before this batch too
+        timeout_s = (
+            ANSWER_TIMEOUT_S
+            + ANSWER_TIMEOUT_PER_ACTION_S * self._backlog_actions
+            + ANSWER_TIMEOUT_PER_CHAR_S * self._backlog_chars
+        )
         return asyncio.ensure_future(self._collect(executor, parts, timeout_s))
+
+    def _answered(self, actions: int, chars: int) -> Callable[[asyncio.Future[Any]], None]:
+        """Count a slice in the backlog until its future is done (answered, failed or
+        dropped)."""
+        self._backlog_actions += actions
+        self._backlog_chars += chars
+
+        def done(_: asyncio.Future[Any]) -> None:
+            self._backlog_actions -= actions
+            self._backlog_chars -= chars
+
+        return done
 
     async def _collect(
         self,
@@ -226,23 +289,28 @@ class DetectionPool:
         timeout_s: float,
     ) -> list[list[Violation]] | None:
         try:
-            answers = await asyncio.wait_for(asyncio.gather(*parts), timeout_s)
-        except TimeoutError as exc:
-            self._failed(executor, exc)
+            _done, pending = await asyncio.wait(parts, timeout=timeout_s)
+        except asyncio.CancelledError:  # the caller went away: the answers are dropped
+            for part in parts:
+                part.cancel()
+            raise
+        if pending:
+            for part in pending:
+                part.cancel()
+            self._failed(executor, TimeoutError(f"no answer in {timeout_s:.1f} s"))
             return None
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():  # the caller went away
-                for part in parts:
-                    part.cancel()
-                raise
-            return None  # the pool was shut down under this batch
-        except BrokenProcessPool as exc:
-            self._failed(executor, exc)
-            return None
-        except Exception:  # a bug in a worker: detecting here raises it where it belongs
-            log.exception("rule detection in a worker failed; detecting in process")
-            return None
+        answers = []
+        for part in parts:
+            if part.cancelled():
+                return None  # the pool was shut down under this batch
+            exc = part.exception()
+            if isinstance(exc, BrokenProcessPool):
+                self._failed(executor, exc)
+                return None
+            if exc is not None:  # a bug in a worker: detecting here raises it where it belongs
+                log.error("rule detection in a worker failed (%r); detecting in process", exc)
+                return None
+            answers.append(part.result())
         return [
             [] if not encoded[0] else decode_findings(*encoded)
             for answer in answers
@@ -286,11 +354,18 @@ def _processes(
 
 
 def _reap(processes: Sequence[multiprocessing.process.BaseProcess], timeout_s: float) -> None:
+    """Wait up to ``timeout_s`` for the processes to end, then kill those that did not.
+    Their sentinels tell (not ``join``: the executor's own thread reaps them too)."""
+    waiting: dict[object, multiprocessing.process.BaseProcess] = {}
+    for process in processes:
+        with contextlib.suppress(ValueError):  # a closed process object: ended
+            waiting[process.sentinel] = process
     deadline = time.monotonic() + timeout_s
-    for process in processes:
-        process.join(max(0.0, deadline - time.monotonic()))
-    for process in processes:
-        if process.is_alive():
-            log.warning("rule detection worker %s did not exit: killed", process.pid)
+    while waiting and (left := deadline - time.monotonic()) > 0:
+        sentinels = [fd for fd in waiting if isinstance(fd, int)]
+        for ended in multiprocessing.connection.wait(sentinels, left):
+            waiting.pop(ended, None)
+    for process in waiting.values():
+        log.warning("rule detection worker %s did not exit: killed", process.pid)
+        with contextlib.suppress(Exception):
             process.kill()
-            process.join(1.0)
