@@ -194,8 +194,12 @@ class Evaluator:
         profile_source: Callable[[str], Awaitable[Profile | None]] | None = None,
         coalesce_max_wait_ns: int = COALESCE_MAX_WAIT_NS,
         detection_pool: DetectionPool | None = None,
+        admission: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.model = model
+        #: awaited before each batch is evaluated: the node's stores make the evaluations
+        #: wait while their records fall behind (see Persister.room)
+        self.admission = admission
         #: worker processes detecting the findings of large batches (None: in process)
         self.detection_pool = detection_pool
         self.sink = sink
@@ -339,6 +343,8 @@ class Evaluator:
         arrived_ns: Sequence[int],
         batches: Sequence[PendingBatch] = (),
     ) -> list[Outcome]:
+        if self.admission is not None:
+            await self.admission()
         actions = [r.action for r in requests]
         rows = self.model.features(actions)
         probabilities: list[float] = (await self.model.probabilities(rows, batched=True)).tolist()

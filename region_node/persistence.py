@@ -34,7 +34,8 @@
   memory; older windows live in the store until this cutoff).
 
 Store failures never fail a request: the write is kept and retried on the next round (up
-to a bound, past which the oldest is dropped and counted).
+to a bound, past which the oldest is dropped and counted). Stores that answer but fall
+behind a sustained load hold new evaluations back instead (:meth:`Persister.room`).
 """
 
 from __future__ import annotations
@@ -70,6 +71,15 @@ WRITE_INTERVAL_S: Final = 0.25
 #: each round; writing them every round cost more CPU than the evaluations' records).
 PROFILE_INTERVAL_S: Final = 1.0
 MAX_PENDING: Final = 200_000
+#: Records waiting for a store past which new evaluations wait for the stores (while
+#: they answer, only slower than the node evaluates: a sustained stream), until no more
+#: than BACKLOG_LOW wait, for at most BACKLOG_WAIT_S a batch. Without it a node under
+#: sustained load filled its queues to MAX_PENDING and then dropped records.
+BACKLOG_HIGH: Final = 150_000
+BACKLOG_LOW: Final = 100_000
+BACKLOG_WAIT_S: Final = 5.0
+#: "writes fall behind" is logged at most this often (with the records dropped since).
+_DROP_LOG_INTERVAL_S: Final = 10.0
 PROFILE_TTL_S: Final = 7 * 24 * 3600.0
 PROFILE_PREFIX: Final = "profile:"
 _WRITE_BATCH: Final = 5_000
@@ -164,6 +174,12 @@ class Persister:
         self._last_time: tuple[int, datetime] = (0, _utc(0))
         # each finding's stored form, made (and checked) once: rules report fixed findings
         self._findings: dict[Violation, AuditViolation] = {}
+        # set after each write of records (evaluations waiting for room look again)
+        self._written = asyncio.Event()
+        self.backlog_waits = 0
+        # per store: records dropped since the last "fall behind" warning, and its time
+        self._unlogged_drops: dict[str, int] = {}
+        self._drop_logged_at: dict[str, float] = {}
 
     # -- evaluations --------------------------------------------------------------
 
@@ -178,9 +194,46 @@ class Persister:
                 for _ in range(excess):
                     queue.pending.popleft()
                 self._count_dropped(excess)
-                log.warning(
-                    "%s writes fall behind: dropped %d evaluations' records", queue.store, excess
-                )
+                self._log_drops(queue.store, excess)
+
+    def _log_drops(self, store: str, records: int) -> None:
+        dropped = self._unlogged_drops.get(store, 0) + records
+        now = time.monotonic()
+        if now - self._drop_logged_at.get(store, -_DROP_LOG_INTERVAL_S) < _DROP_LOG_INTERVAL_S:
+            self._unlogged_drops[store] = dropped
+            return
+        self._unlogged_drops[store], self._drop_logged_at[store] = 0, now
+        log.warning(
+            "%s writes fall behind: dropped %d evaluations' records (logged at most every %.0f s)",
+            store,
+            dropped,
+            _DROP_LOG_INTERVAL_S,
+        )
+
+    def backlog(self) -> int:
+        """Evaluations whose records wait for a store (the longer of the two queues)."""
+        return max(len(self._points), len(self._audits))
+
+    async def room(self) -> None:
+        """Wait while the stores fall behind: past :data:`BACKLOG_HIGH` waiting records,
+        until no more than :data:`BACKLOG_LOW` wait or :data:`BACKLOG_WAIT_S` has passed.
+        Only while both stores' last writes succeeded: an outage does not stop evaluations
+        (its records wait, bounded, as the module docstring says)."""
+        if self.backlog() < BACKLOG_HIGH or not self._stores_keep_up():
+            return
+        self.backlog_waits += 1
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BACKLOG_WAIT_S
+        while self.backlog() > BACKLOG_LOW and self._stores_keep_up():
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            self._written.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._written.wait(), left)
+
+    def _stores_keep_up(self) -> bool:
+        return self._task is not None and self._points.retry is None and self._audits.retry is None
 
     def _count_dropped(self, records: int) -> None:
         """Records (evaluations', windows) dropped instead of stored: here and in the
@@ -228,12 +281,14 @@ class Persister:
                 # drops what it already has)
                 self.stores.write_failed(queue.store, exc)
                 queue.retry = batch
+                self._written.set()  # evaluations waiting for room stop waiting
                 log.warning(
                     "writing evaluations to the %s store failed (will retry): %s", queue.store, exc
                 )
                 return
             queue.retry = None
             self.stores.write_succeeded(queue.store)
+            self._written.set()
 
     def _point(self, o: Outcome) -> MetricPoint:
         key = (o.evaluation.decision.value, o.request.action_type or "unspecified")

@@ -94,6 +94,7 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
                 sink=persister.enqueue,
                 profile_source=persister.load_profile,
                 detection_pool=pool,
+                admission=persister.room,
             )
             if model is not None
             else None

@@ -1,0 +1,111 @@
+"""Evaluations wait for stores that fall behind (a sustained stream), instead of their
+records being dropped; never while a store fails, and never for long."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from nethical_grpc.governance.decision import Decision, Evaluation
+from nethical_grpc.governance.detectors import Action
+from nethical_grpc.governance.profiles import ProfileBook
+from nethical_grpc.governance.requests import EvaluationRequest, Outcome
+from nethical_grpc.storage.audit import AuditFilter, SearchQuery
+from region_node import persistence
+from region_node.node import NodeIdentity, RegionNode
+from region_node.persistence import Persister
+from region_node.stores import NodeStores, StoreConfig
+
+
+def outcomes(n: int, start_ns: int) -> list[Outcome]:
+    request = EvaluationRequest(Action("agent-1", "SELECT 1", "query"), "req", "query")
+    evaluation = Evaluation(Decision.ALLOW, 0.1, 0.9)
+    return [Outcome(request, evaluation, 0.5, 1_000, start_ns + i) for i in range(n)]
+
+
+@pytest.fixture
+async def stores() -> AsyncIterator[NodeStores]:
+    s = await NodeStores.open(StoreConfig(), "r1")
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+def small_marks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(persistence, "BACKLOG_HIGH", 300)
+    monkeypatch.setattr(persistence, "BACKLOG_LOW", 100)
+
+
+async def audited(stores: NodeStores) -> int:
+    page = await stores.audit.search(SearchQuery(AuditFilter(agent_id="agent-1"), page_size=1))
+    return page.total
+
+
+@pytest.mark.usefixtures("small_marks")
+async def test_past_the_mark_evaluations_wait_until_the_stores_catch_up(
+    stores: NodeStores,
+) -> None:
+    p = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, ProfileBook(), 60.0)
+    await p.start()
+    try:
+        p.enqueue(outcomes(200, 1_000))
+        await p.room()  # under the mark: no wait
+        assert p.backlog_waits == 0
+        p.enqueue(outcomes(200, 2_000))
+        assert p.backlog() >= 300
+        started = time.monotonic()
+        await p.room()
+        assert p.backlog_waits == 1
+        assert p.backlog() <= 100  # the loop wrote (it writes every 0.25 s)
+        assert time.monotonic() - started < persistence.BACKLOG_WAIT_S
+        assert p.dropped == 0
+    finally:
+        await p.stop()
+    assert await audited(stores) == 400  # every record stored, none dropped
+
+
+@pytest.mark.usefixtures("small_marks")
+async def test_no_wait_without_the_write_loop(stores: NodeStores) -> None:
+    p = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, ProfileBook(), 60.0)
+    p.enqueue(outcomes(400, 1_000))  # the loop is not running: nobody would write
+    await asyncio.wait_for(p.room(), 1.0)
+    assert p.backlog() == 400 and p.backlog_waits == 0
+
+
+@pytest.mark.usefixtures("small_marks")
+async def test_a_failing_store_does_not_hold_evaluations(stores: NodeStores) -> None:
+    p = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, ProfileBook(), 60.0)
+    await p.start()
+    try:
+        await stores.audit.close()  # its writes fail from now on
+        p.enqueue(outcomes(400, 1_000))
+        deadline = time.monotonic() + 10
+        while p._audits.retry is None:  # the loop's next round finds the failure
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        started = time.monotonic()
+        await p.room()
+        assert time.monotonic() - started < 0.5
+        assert p.backlog() >= 300
+    finally:
+        await p.stop()
+
+
+async def test_the_wait_is_bounded(stores: NodeStores, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(persistence, "BACKLOG_HIGH", 300)
+    monkeypatch.setattr(persistence, "BACKLOG_LOW", -1)  # never reached
+    monkeypatch.setattr(persistence, "BACKLOG_WAIT_S", 0.6)
+    p = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, ProfileBook(), 60.0)
+    await p.start()
+    try:
+        p.enqueue(outcomes(400, 1_000))
+        started = time.monotonic()
+        await p.room()
+        assert 0.5 <= time.monotonic() - started < 2.0
+    finally:
+        await p.stop()
