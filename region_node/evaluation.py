@@ -23,6 +23,12 @@ two idle turns of the loop, and no call waits more than ``COALESCE_MAX_WAIT_NS``
 cut short by that bound lowers the next batch's wait.  Each outcome's latency runs from
 its own arrival to its batch's end.
 
+A stream's batches go through :meth:`Evaluator.begin` (a large batch's rule detection
+starts in the node's worker processes, :mod:`nethical_grpc.governance.detect_pool`) and
+:meth:`Evaluator.finish` (features and model while the workers detect, then the rest), so
+the servicer can begin the next batch before finishing one.  Every batch first waits for
+the node's ``admission`` (the stores' backpressure, ``Persister.room``).
+
 Nothing here knows gRPC; the servicer converts messages and maps errors.
 """
 
