@@ -176,6 +176,7 @@ class Persister:
         self._findings: dict[Violation, AuditViolation] = {}
         # set after each write of records (evaluations waiting for room look again)
         self._written = asyncio.Event()
+        self.stopped = False
         self.backlog_waits = 0
         # per store: records dropped since the last "fall behind" warning, and its time
         self._unlogged_drops: dict[str, int] = {}
@@ -184,7 +185,15 @@ class Persister:
     # -- evaluations --------------------------------------------------------------
 
     def enqueue(self, outcomes: Sequence[Outcome]) -> None:
-        """Queue outcomes for the stores (called on the request path: O(1) per outcome)."""
+        """Queue outcomes for the stores (called on the request path: O(1) per outcome).
+        After :meth:`stop` nothing writes them: they are counted as dropped."""
+        if self.stopped:
+            self._count_dropped(len(outcomes))
+            log.warning(
+                "%d evaluations finished after the stores were closed: records not written",
+                len(outcomes),
+            )
+            return
         ids = self._ids
         records = [(f"{self._id_prefix}{next(ids):012x}", o) for o in outcomes]
         for queue in (self._points, self._audits):
@@ -215,16 +224,18 @@ class Persister:
         return max(len(self._points), len(self._audits))
 
     async def room(self) -> None:
-        """Wait while the stores fall behind: past :data:`BACKLOG_HIGH` waiting records,
-        until no more than :data:`BACKLOG_LOW` wait or :data:`BACKLOG_WAIT_S` has passed.
-        Only while both stores' last writes succeeded: an outage does not stop evaluations
-        (its records wait, bounded, as the module docstring says)."""
-        if self.backlog() < BACKLOG_HIGH or not self._stores_keep_up():
+        """Wait while a store falls behind: past :data:`BACKLOG_HIGH` records waiting for
+        a store whose last write succeeded, until no more than :data:`BACKLOG_LOW` wait
+        for any such store, or :data:`BACKLOG_WAIT_S` has passed. A store in an outage
+        does not hold evaluations (its records wait, bounded, as the module docstring
+        says), but the other store still does: unthrottled, the event loop starved its
+        writer thread of the interpreter lock, and that store fell behind for good."""
+        if self._task is None or not self._behind(BACKLOG_HIGH):
             return
         self.backlog_waits += 1
         loop = asyncio.get_running_loop()
         deadline = loop.time() + BACKLOG_WAIT_S
-        while self.backlog() > BACKLOG_LOW and self._stores_keep_up():
+        while self._task is not None and self._behind(BACKLOG_LOW):
             left = deadline - loop.time()
             if left <= 0:
                 return
@@ -232,8 +243,9 @@ class Persister:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._written.wait(), left)
 
-    def _stores_keep_up(self) -> bool:
-        return self._task is not None and self._points.retry is None and self._audits.retry is None
+    def _behind(self, mark: int) -> bool:
+        """Whether more than ``mark`` records wait for a store whose last write succeeded."""
+        return any(len(q) > mark for q in (self._points, self._audits) if q.retry is None)
 
     def _count_dropped(self, records: int) -> None:
         """Records (evaluations', windows) dropped instead of stored: here and in the
@@ -242,13 +254,20 @@ class Persister:
         telemetry.get_recorder().record_dropped_records(records)
 
     async def _write_outcomes(self) -> None:
-        await self._write_queue(
-            self._points,
-            lambda batch: self.stores.timeseries.insert_metrics([self._point(o) for _, o in batch]),
-        )
-        await self._write_queue(
-            self._audits,
-            lambda batch: self.stores.audit.index_audit_logs([self._audit(i, o) for i, o in batch]),
+        # side by side: a store that fails or hangs holds back only its own records
+        await asyncio.gather(
+            self._write_queue(
+                self._points,
+                lambda batch: self.stores.timeseries.insert_metrics(
+                    [self._point(o) for _, o in batch]
+                ),
+            ),
+            self._write_queue(
+                self._audits,
+                lambda batch: self.stores.audit.index_audit_logs(
+                    [self._audit(i, o) for i, o in batch]
+                ),
+            ),
         )
 
     async def _write_queue(
@@ -256,7 +275,11 @@ class Persister:
         queue: _RecordQueue,
         write: Callable[[list[tuple[str, Outcome]]], Awaitable[object]],
     ) -> None:
-        while (batch := queue.next_batch()) is not None:
+        # what waits now, not what comes meanwhile: under a sustained load the loop would
+        # never end, and a round would never come back to retry the other store
+        budget = len(queue)
+        while budget > 0 and (batch := queue.next_batch()) is not None:
+            budget -= len(batch)
             try:
                 await write(batch)
             except asyncio.CancelledError:
@@ -640,11 +663,19 @@ class Persister:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self._written.set()  # evaluations waiting for room: no loop writes any more
         try:
             async with asyncio.timeout(STOP_WRITE_LIMIT_S):
                 await self.round(windows=True)
         except TimeoutError:
             pass
+        self.stopped = True  # records of later evaluations are counted as dropped
+        for store, dropped in self._unlogged_drops.items():
+            if dropped:
+                log.warning(
+                    "%s writes fell behind: dropped %d evaluations' records", store, dropped
+                )
+        self._unlogged_drops.clear()
         unwritten = max(len(self._points), len(self._audits))
         windows = len(self._retry_windows)
         if self.durable_store:

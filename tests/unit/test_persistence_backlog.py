@@ -78,20 +78,28 @@ async def test_no_wait_without_the_write_loop(stores: NodeStores) -> None:
 
 
 @pytest.mark.usefixtures("small_marks")
-async def test_a_failing_store_does_not_hold_evaluations(stores: NodeStores) -> None:
+async def test_a_failing_store_does_not_hold_evaluations_but_the_other_does(
+    stores: NodeStores,
+) -> None:
     p = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, ProfileBook(), 60.0)
     await p.start()
     try:
         await stores.audit.close()  # its writes fail from now on
         p.enqueue(outcomes(400, 1_000))
         deadline = time.monotonic() + 10
-        while p._audits.retry is None:  # the loop's next round finds the failure
+        while p._audits.retry is None or len(p._points):  # a round: one fails, one writes
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
         started = time.monotonic()
+        await p.room()  # 400 wait for the failing store: no wait
+        assert time.monotonic() - started < 0.2
+        assert p.backlog_waits == 0 and p.backlog() >= 400
+        # the store that answers still holds evaluations back when it falls behind
+        p.enqueue(outcomes(400, 2_000))
         await p.room()
-        assert time.monotonic() - started < 0.5
-        assert p.backlog() >= 300
+        assert p.backlog_waits == 1
+        assert len(p._points) <= 100  # it waited for the time-series store's write
+        assert p.backlog() >= 800  # the audit store's records still wait (bounded)
     finally:
         await p.stop()
 
@@ -109,3 +117,36 @@ async def test_the_wait_is_bounded(stores: NodeStores, monkeypatch: pytest.Monke
         assert 0.5 <= time.monotonic() - started < 2.0
     finally:
         await p.stop()
+
+
+async def test_a_round_writes_what_waited_at_its_start_not_what_keeps_coming(
+    stores: NodeStores,
+) -> None:
+    """Under a sustained load a round ends (and comes back to retry a failed store)."""
+    p = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, ProfileBook(), 60.0)
+    p.enqueue(outcomes(12_000, 1_000))
+    calls = 0
+
+    async def write_while_more_come(batch: list[tuple[str, Outcome]]) -> None:
+        nonlocal calls
+        calls += 1
+        p.enqueue(outcomes(5_000, 100_000 * calls))  # as many as the store takes
+        await stores.timeseries.insert_metrics([p._point(o) for _, o in batch])
+
+    await asyncio.wait_for(p._write_queue(p._points, write_while_more_come), 30)
+    # batches of 5,000 until the 12,000 that waited are written (three), then it ends
+    assert calls == 3
+    assert len(p._points) == 12_000 + 3 * 5_000 - 3 * 5_000  # the rest: the next round
+
+
+async def test_evaluations_after_the_stop_are_counted_not_lost_silently(
+    stores: NodeStores, caplog: pytest.LogCaptureFixture
+) -> None:
+    p = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, ProfileBook(), 60.0)
+    await p.start()
+    p.enqueue(outcomes(10, 1_000))
+    await p.stop()
+    assert await audited(stores) == 10  # the stop wrote what was pending
+    p.enqueue(outcomes(7, 2_000))  # a batch that finished after the stop
+    assert p.dropped == 7 and p.backlog() == 0
+    assert "records not written" in caplog.text
