@@ -624,7 +624,9 @@ class Persister:
         next_profiles = time.monotonic() + PROFILE_INTERVAL_S
         next_retention = time.monotonic()
         while True:
-            await asyncio.sleep(WRITE_INTERVAL_S)
+            # at once while more than a batch waits for a store that answers (a round
+            # writes only what waited at its start), else after the interval
+            await asyncio.sleep(0 if self._behind(_WRITE_BATCH) else WRITE_INTERVAL_S)
             now = time.monotonic()
             if now >= next_retention:
                 next_retention = now + RETENTION_INTERVAL_S
