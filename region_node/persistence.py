@@ -205,13 +205,16 @@ class Persister:
                 self._count_dropped(excess)
                 self._log_drops(queue.store, excess)
 
-    def _log_drops(self, store: str, records: int) -> None:
+    def _log_drops(self, store: str, records: int, *, now: bool = False) -> None:
+        """Warn of ``records`` dropped for ``store``, with those not yet told: at most every
+        :data:`_DROP_LOG_INTERVAL_S` (``now``: at once, if any)."""
         dropped = self._unlogged_drops.get(store, 0) + records
-        now = time.monotonic()
-        if now - self._drop_logged_at.get(store, -_DROP_LOG_INTERVAL_S) < _DROP_LOG_INTERVAL_S:
+        at = time.monotonic()
+        recent = at - self._drop_logged_at.get(store, -_DROP_LOG_INTERVAL_S)
+        if not dropped or (recent < _DROP_LOG_INTERVAL_S and not now):
             self._unlogged_drops[store] = dropped
             return
-        self._unlogged_drops[store], self._drop_logged_at[store] = 0, now
+        self._unlogged_drops[store], self._drop_logged_at[store] = 0, at
         log.warning(
             "%s writes fall behind: dropped %d evaluations' records (logged at most every %.0f s)",
             store,
@@ -672,13 +675,9 @@ class Persister:
         except TimeoutError:
             pass
         self.stopped = True  # records of later evaluations are counted as dropped
-        for store, dropped in self._unlogged_drops.items():
-            if dropped:
-                log.warning(
-                    "%s writes fell behind: dropped %d evaluations' records", store, dropped
-                )
-        self._unlogged_drops.clear()
-        unwritten = max(len(self._points), len(self._audits))
+        for store in list(self._unlogged_drops):  # drops not told yet
+            self._log_drops(store, 0, now=True)
+        unwritten = self.backlog()
         windows = len(self._retry_windows)
         if self.durable_store:
             windows += len(self.node.store.take_dirty())

@@ -367,14 +367,14 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
                         in_flight.append(self._begin_stream_group(evaluator, group, size))
                         group, size = [], 0
                         if len(in_flight) > 1:
-                            for answer in await self._finish_first(evaluator, in_flight):
+                            for answer in await self._finish_stream_group(evaluator, in_flight[0]):
                                 yield answer
                             read_ahead.release(in_flight.popleft().size)
                     group.append(message)
                     size += n
                 in_flight.append(self._begin_stream_group(evaluator, group, size))
                 while in_flight:
-                    for answer in await self._finish_first(evaluator, in_flight):
+                    for answer in await self._finish_stream_group(evaluator, in_flight[0]):
                         yield answer
                     read_ahead.release(in_flight.popleft().size)
         finally:
@@ -430,12 +430,11 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
             batches.append(evaluator.begin(singles, in_workers=False))
         return _StreamGroup(plans, batches, size)
 
-    async def _finish_first(
-        self, evaluator: Evaluator, in_flight: deque[_StreamGroup]
+    async def _finish_stream_group(
+        self, evaluator: Evaluator, group: _StreamGroup
     ) -> list[region_node_pb2.EvaluateStreamResponse]:
-        """One answer per message of the first begun group, in order; all of its valid
-        actions are evaluated as one batch (:meth:`Evaluator.finish`)."""
-        group = in_flight[0]
+        """One answer per message of a begun group, in order; all of its valid actions
+        are evaluated as one batch (:meth:`Evaluator.finish`)."""
         outcomes = iter(await evaluator.finish(group.batches))
         ident = self.node.identity
         region_id, instance_id = ident.region_id, ident.instance_id

@@ -172,22 +172,22 @@ class DetectionPool:
 
     def describe(self) -> str:
         """For GetNodeInfo: the workers and their state."""
-        state = (
-            "closed"
-            if self._closed
-            else "ready"
-            if self.ready
-            else "starting"
-            if self._executor is not None
-            else "failed, detecting in process"
-            if self._failed_at is not None
-            else "not started (starts with the first large batch)"
-        )
         return (
             f"{self.workers} worker process(es) for batches of {self.min_actions}+ "
-            f"actions: {state}; batches detected there {self.pooled_batches}, "
+            f"actions: {self._state()}; batches detected there {self.pooled_batches}, "
             f"here {self.inline_batches}"
         )
+
+    def _state(self) -> str:
+        if self._closed:
+            return "closed"
+        if self.ready:
+            return "ready"
+        if self._executor is not None:
+            return "starting"
+        if self._failed_at is not None:
+            return "failed, detecting in process"
+        return "not started (starts with the first large batch)"
 
     def start(self) -> None:
         """Start the workers in the background (nothing if they run or are starting)."""
@@ -200,32 +200,24 @@ class DetectionPool:
             initializer=_start_worker,
             initargs=(os.getpid(),),
         )
-        # a first call to each worker: its imports and compiled patterns, off the loop; a
-        # failure or a hang here is found by _check_start, on the loop
-        warm = self._warm = [executor.submit(_detect_rows, []) for _ in range(self.workers)]
+        # a first call to each worker: its imports and compiled patterns, off the loop;
+        # their answers (or a failure, or a hang) are looked at by _check_start
+        self._warm = [executor.submit(_detect_rows, []) for _ in range(self.workers)]
         self._started_at = time.monotonic()
-        countdown = [len(warm)]
-
-        def arrived(future: concurrent.futures.Future[list[EncodedFindings]]) -> None:
-            if future.cancelled() or future.exception() is not None:
-                return
-            countdown[0] -= 1
-            if countdown[0] == 0 and self._executor is executor:
-                self._ready = True
-                log.info("rule detection runs in %d worker process(es)", self.workers)
-
-        for future in warm:
-            future.add_done_callback(arrived)
 
     def _check_start(self, executor: concurrent.futures.ProcessPoolExecutor) -> None:
-        """Workers still starting: failed if a first call failed, or none answered within
-        :data:`START_TIMEOUT_S` (a worker killed or stopped while it started)."""
+        """Workers still starting: ready once every first call is answered; failed if one
+        failed, or not all answered within :data:`START_TIMEOUT_S` (a worker killed or
+        stopped while it started)."""
         for future in self._warm:
             if future.done() and (future.cancelled() or future.exception() is not None):
                 exc = future.exception() if not future.cancelled() else None
                 self._failed(executor, exc or RuntimeError("first call cancelled"))
                 return
-        if time.monotonic() - self._started_at > START_TIMEOUT_S:
+        if all(future.done() for future in self._warm):
+            self._ready = True
+            log.info("rule detection runs in %d worker process(es)", self.workers)
+        elif time.monotonic() - self._started_at > START_TIMEOUT_S:
             self._failed(executor, TimeoutError("no answer to the first call"))
 
     def submit(

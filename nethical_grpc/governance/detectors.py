@@ -2058,7 +2058,21 @@ def detect(action: Action) -> list[Violation]:
     type, then rule name.  Deterministic: the same action always gives the same list.
     Does not validate the action (see :func:`nethical_grpc.governance.decision.validate_action`).
     """
-    return decode_findings(*detect_encoded(action))
+    return _settled(*_rules_and_claim(action))
+
+
+def _rules_and_claim(action: Action) -> tuple[list[Violation], str | None]:
+    """The rules' findings, and the action's read-only claim when it changes them."""
+    found = _findings(_ActionView(action))
+    return found, read_only_claim(action) if _side_effects(found) else None
+
+
+def _settled(found: list[Violation], claim: str | None) -> list[Violation]:
+    """The rules' findings as :func:`detect` answers them: intent applied, sorted."""
+    found = _apply_claim(found, claim)
+    if len(found) > 1:
+        found.sort(key=_sort_key)
+    return found
 
 
 #: Every finding a rule can report (one per rule and field), in rule order: the same in
@@ -2077,14 +2091,10 @@ def detect_encoded(action: Action) -> EncodedFindings:
     :data:`FINDINGS` of the rules' findings, and the action's read-only claim when it
     changes them (:func:`read_only_claim`; else ``None``).  :func:`decode_findings` turns
     it into exactly :func:`detect`'s list."""
-    found = _findings(_ActionView(action))
-    claim = read_only_claim(action) if _side_effects(found) else None
+    found, claim = _rules_and_claim(action)
     return tuple([_FINDING_INDEX[v] for v in found]), claim
 
 
 def decode_findings(indexes: Sequence[int], claim: str | None) -> list[Violation]:
     """The findings that :func:`detect_encoded` encoded (sorted, intent applied)."""
-    found = _apply_claim([FINDINGS[i] for i in indexes], claim)
-    if len(found) > 1:
-        found.sort(key=_sort_key)
-    return found
+    return _settled([FINDINGS[i] for i in indexes], claim)

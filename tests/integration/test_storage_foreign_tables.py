@@ -91,6 +91,18 @@ async def test_another_applications_events_table_is_refused(pg_schema: str) -> N
     assert _tables(pg_schema) == ["events"]
 
 
+async def _flush_one_and_load(url: str) -> list[WindowSummaryRow]:
+    """Open the store at ``url``, flush one window ("new", count 7), load them all back."""
+    store, _ = await open_timeseries(url, "r1")
+    try:
+        await store.upsert_window_summaries(
+            [WindowSummaryRow("r1", "i0", "new", {}, 2000, 10, b"\x02", 7)]
+        )
+        return await store.load_window_summaries("r1")
+    finally:
+        await store.close()
+
+
 async def test_an_older_window_summaries_table_gains_count(pg_schema: str) -> None:
     """A window_summaries table without ``count`` (and ``updated_at``): the columns are
     added (``count`` 0 on the rows already there) and flushes work."""
@@ -103,14 +115,7 @@ async def test_an_older_window_summaries_table_gains_count(pg_schema: str) -> No
         f"INSERT INTO {pg_schema}.window_summaries VALUES "
         "('r1', 'i0', 'old', '{}', 1000, 10, '\\x01')",
     )
-    store, _ = await open_timeseries(_url(pg_schema), "r1")
-    try:
-        await store.upsert_window_summaries(
-            [WindowSummaryRow("r1", "i0", "new", {}, 2000, 10, b"\x02", 7)]
-        )
-        rows = await store.load_window_summaries("r1")
-    finally:
-        await store.close()
+    rows = await _flush_one_and_load(_url(pg_schema))
     assert [(r.metric, r.count, r.payload) for r in rows] == [
         ("old", 0, b"\x01"),
         ("new", 7, b"\x02"),
@@ -173,14 +178,7 @@ async def test_sqlite_older_window_summaries_gains_count(tmp_path: Path) -> None
             "INSERT INTO window_summaries VALUES ('r1', 'i0', 'old', '{}', 1000, 10, x'01')"
         )
         conn.commit()
-    store, _ = await open_timeseries(f"sqlite://{path}", "r1")
-    try:
-        await store.upsert_window_summaries(
-            [WindowSummaryRow("r1", "i0", "new", {}, 2000, 10, b"\x02", 7)]
-        )
-        rows = await store.load_window_summaries("r1")
-    finally:
-        await store.close()
+    rows = await _flush_one_and_load(f"sqlite://{path}")
     assert [(r.metric, r.count) for r in rows] == [("old", 0), ("new", 7)]
 
 

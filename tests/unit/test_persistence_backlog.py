@@ -35,6 +35,10 @@ async def stores() -> AsyncIterator[NodeStores]:
         await s.close()
 
 
+def persister(stores: NodeStores) -> Persister:
+    return Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, ProfileBook(), 60.0)
+
+
 @pytest.fixture
 def small_marks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(persistence, "BACKLOG_HIGH", 300)
@@ -50,7 +54,7 @@ async def audited(stores: NodeStores) -> int:
 async def test_past_the_mark_evaluations_wait_until_the_stores_catch_up(
     stores: NodeStores,
 ) -> None:
-    p = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, ProfileBook(), 60.0)
+    p = persister(stores)
     await p.start()
     try:
         p.enqueue(outcomes(200, 1_000))
@@ -71,7 +75,7 @@ async def test_past_the_mark_evaluations_wait_until_the_stores_catch_up(
 
 @pytest.mark.usefixtures("small_marks")
 async def test_no_wait_without_the_write_loop(stores: NodeStores) -> None:
-    p = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, ProfileBook(), 60.0)
+    p = persister(stores)
     p.enqueue(outcomes(400, 1_000))  # the loop is not running: nobody would write
     await asyncio.wait_for(p.room(), 1.0)
     assert p.backlog() == 400 and p.backlog_waits == 0
@@ -81,7 +85,7 @@ async def test_no_wait_without_the_write_loop(stores: NodeStores) -> None:
 async def test_a_failing_store_does_not_hold_evaluations_but_the_other_does(
     stores: NodeStores,
 ) -> None:
-    p = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, ProfileBook(), 60.0)
+    p = persister(stores)
     await p.start()
     try:
         await stores.audit.close()  # its writes fail from now on
@@ -108,7 +112,7 @@ async def test_the_wait_is_bounded(stores: NodeStores, monkeypatch: pytest.Monke
     monkeypatch.setattr(persistence, "BACKLOG_HIGH", 300)
     monkeypatch.setattr(persistence, "BACKLOG_LOW", -1)  # never reached
     monkeypatch.setattr(persistence, "BACKLOG_WAIT_S", 0.6)
-    p = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, ProfileBook(), 60.0)
+    p = persister(stores)
     await p.start()
     try:
         p.enqueue(outcomes(400, 1_000))
@@ -123,7 +127,7 @@ async def test_a_round_writes_what_waited_at_its_start_not_what_keeps_coming(
     stores: NodeStores,
 ) -> None:
     """Under a sustained load a round ends (and comes back to retry a failed store)."""
-    p = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, ProfileBook(), 60.0)
+    p = persister(stores)
     p.enqueue(outcomes(12_000, 1_000))
     calls = 0
 
@@ -142,7 +146,7 @@ async def test_a_round_writes_what_waited_at_its_start_not_what_keeps_coming(
 async def test_evaluations_after_the_stop_are_counted_not_lost_silently(
     stores: NodeStores, caplog: pytest.LogCaptureFixture
 ) -> None:
-    p = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, ProfileBook(), 60.0)
+    p = persister(stores)
     await p.start()
     p.enqueue(outcomes(10, 1_000))
     await p.stop()
