@@ -151,7 +151,6 @@ class DetectionPool:
         self.workers = workers
         self.min_actions = max(1, min_actions)
         self._executor: concurrent.futures.ProcessPoolExecutor | None = None
-        self._ready = False
         self._failed_at: float | None = None
         self._closed = False
         # the workers' first calls, and when they were made (see START_TIMEOUT_S)
@@ -168,7 +167,9 @@ class DetectionPool:
     @property
     def ready(self) -> bool:
         """Whether the workers run and have answered their first call."""
-        return self._ready and self._executor is not None
+        return self._executor is not None and all(
+            f.done() and not f.cancelled() and f.exception() is None for f in self._warm
+        )
 
     def describe(self) -> str:
         """For GetNodeInfo: the workers and their state."""
@@ -193,7 +194,7 @@ class DetectionPool:
         """Start the workers in the background (nothing if they run or are starting)."""
         if self._executor is not None or self._closed:
             return
-        self._ready = False
+        log.info("starting %d rule-detection worker process(es)", self.workers)
         executor = self._executor = concurrent.futures.ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),
@@ -206,18 +207,14 @@ class DetectionPool:
         self._started_at = time.monotonic()
 
     def _check_start(self, executor: concurrent.futures.ProcessPoolExecutor) -> None:
-        """Workers still starting: ready once every first call is answered; failed if one
-        failed, or not all answered within :data:`START_TIMEOUT_S` (a worker killed or
-        stopped while it started)."""
+        """Workers not ready yet: failed if a first call failed, or not all answered
+        within :data:`START_TIMEOUT_S` (a worker killed or stopped while it started)."""
         for future in self._warm:
             if future.done() and (future.cancelled() or future.exception() is not None):
                 exc = future.exception() if not future.cancelled() else None
                 self._failed(executor, exc or RuntimeError("first call cancelled"))
                 return
-        if all(future.done() for future in self._warm):
-            self._ready = True
-            log.info("rule detection runs in %d worker process(es)", self.workers)
-        elif time.monotonic() - self._started_at > START_TIMEOUT_S:
+        if time.monotonic() - self._started_at > START_TIMEOUT_S:
             self._failed(executor, TimeoutError("no answer to the first call"))
 
     def submit(
@@ -233,9 +230,11 @@ class DetectionPool:
         ):
             self.start()
         executor = self._executor
-        if executor is not None and not self._ready:
+        if executor is not None and not self.ready:
             self._check_start(executor)
-        if executor is None or not self._ready:
+            self.inline_batches += 1
+            return None
+        if executor is None:
             self.inline_batches += 1
             return None
         rows = [_row(a) for a in actions]
@@ -317,7 +316,7 @@ class DetectionPool:
             type(exc).__name__,
             RESTART_INTERVAL_S,
         )
-        self._executor, self._ready, self._failed_at = None, False, time.monotonic()
+        self._executor, self._failed_at = None, time.monotonic()
         # a hung worker would never take the executor's request to stop: killed
         processes = _processes(executor)
         executor.shutdown(wait=False, cancel_futures=True)
@@ -329,7 +328,7 @@ class DetectionPool:
         """Stop the workers: they are asked to exit and, past :data:`CLOSE_TIMEOUT_S`
         (a hung one), killed; waited for off the event loop."""
         self._closed = True
-        executor, self._executor, self._ready = self._executor, None, False
+        executor, self._executor = self._executor, None
         if executor is not None:
             processes = _processes(executor)
             executor.shutdown(wait=False, cancel_futures=True)
