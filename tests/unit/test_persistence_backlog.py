@@ -4,6 +4,7 @@ records being dropped; never while a store fails, and never for long."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 
@@ -154,3 +155,31 @@ async def test_evaluations_after_the_stop_are_counted_not_lost_silently(
     p.enqueue(outcomes(7, 2_000))  # a batch that finished after the stop
     assert p.dropped == 7 and p.backlog() == 0
     assert "records not written" in caplog.text
+
+
+async def test_records_are_made_off_the_event_loop_and_all_stored(
+    stores: NodeStores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a batch's rows (a few µs per evaluation) would hold the loop that answers requests
+    loop_thread = threading.get_ident()
+    made_on: set[int] = set()
+    point, audit = Persister._point, Persister._audit
+
+    def spy_point(self: Persister, o: Outcome) -> object:
+        made_on.add(threading.get_ident())
+        return point(self, o)
+
+    def spy_audit(self: Persister, audit_id: str, o: Outcome) -> object:
+        made_on.add(threading.get_ident())
+        return audit(self, audit_id, o)
+
+    monkeypatch.setattr(Persister, "_point", spy_point)
+    monkeypatch.setattr(Persister, "_audit", spy_audit)
+    p = persister(stores)
+    p.enqueue(outcomes(300, 1_000))
+    await p.round(windows=False)
+    assert made_on and loop_thread not in made_on
+    assert p.backlog() == 0
+    assert await audited(stores) == 300
+    rows = await stores.timeseries.query_metrics("agent-1", "risk_score", limit=1000)
+    assert len(rows) == 300
