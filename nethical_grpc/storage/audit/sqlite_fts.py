@@ -159,8 +159,33 @@ def fts5_match_expression(terms: Sequence[str], tags: Sequence[Sequence[str]] = 
     return " AND ".join(parts)
 
 
-def _risk_bucket(risk: float) -> int:
-    return min(int(risk * 10), 9)
+#: Token statistics of recent record texts, by text: its length in tokens, its distinct
+#: terms, and the terms that occur more than once with their counts. Agents repeat their
+#: actions, and a repeated text then costs the writer one lookup instead of a tokenisation
+#: and two counts (on the thread whose interpreter time the node's event loop waits for).
+#: Only texts up to _TEXT_STATS_MAX_CHARS are kept; emptied at _TEXT_STATS_SIZE entries.
+_TEXT_STATS: dict[str, tuple[int, frozenset[str], tuple[tuple[str, int], ...]]] = {}
+_TEXT_STATS_SIZE: Final = 8192
+_TEXT_STATS_MAX_CHARS: Final = 512
+
+
+def _text_stats(text: str) -> tuple[int, frozenset[str], tuple[tuple[str, int], ...]]:
+    """``(number of tokens, distinct terms, (term, count) of each repeated term)`` of
+    :func:`~nethical_grpc.storage.audit.model.text_tokens` of ``text``."""
+    stats = _TEXT_STATS.get(text)
+    if stats is not None:
+        return stats
+    tokens = text_tokens(text)
+    distinct = frozenset(tokens)
+    repeated: tuple[tuple[str, int], ...] = ()
+    if len(distinct) != len(tokens):
+        repeated = tuple((t, c) for t, c in Counter(tokens).items() if c > 1)
+    stats = (len(tokens), distinct, repeated)
+    if len(text) <= _TEXT_STATS_MAX_CHARS:
+        if len(_TEXT_STATS) >= _TEXT_STATS_SIZE:
+            _TEXT_STATS.clear()
+        _TEXT_STATS[text] = stats
+    return stats
 
 
 # ---------------------------------------------------------------------- connections
@@ -762,14 +787,13 @@ class SqliteFtsAuditStore(AuditStore):
                 (top,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_records").fetchone()
                 record_rows, document_rows, fts_rows, term_rows = [], [], [], []
                 # each record's distinct terms, counted once for the whole batch
-                distinct_terms: list[set[str]] = []
+                distinct_terms: list[frozenset[str]] = []
                 for seq, r in enumerate(fresh, start=top + 1):
                     intent, text = r.stated_intent, r.action_text
-                    tokens = text_tokens(f"{intent} {text}")
-                    distinct = set(tokens)
+                    doc_len, distinct, repeated = _text_stats(f"{intent} {text}")
                     distinct_terms.append(distinct)
-                    if len(distinct) != len(tokens):
-                        term_rows += [(t, seq, c) for t, c in Counter(tokens).items() if c > 1]
+                    if repeated:
+                        term_rows += [(t, seq, c) for t, c in repeated]
                     agent, region = agents[r.agent_id], regions[r.region_id]
                     decision = _DECISION_CODE[r.decision]
                     record_rows.append(
@@ -781,13 +805,14 @@ class SqliteFtsAuditStore(AuditStore):
                             region,
                             decision,
                             r.risk_score,
-                            len(tokens),
+                            doc_len,
                         )
                     )
                     document_rows.append(
                         (seq, intent, text, r.action_type, _violations_json(r.violations))
                     )
-                    tags = f"a{agent} g{region} d{decision} k{_risk_bucket(r.risk_score)}"
+                    bucket = min(int(r.risk_score * 10), 9)  # the risk decile's tag
+                    tags = f"a{agent} g{region} d{decision} k{bucket}"
                     fts_rows.append((seq, intent, text, tags))
                 conn.executemany(
                     "INSERT INTO audit_records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", record_rows
