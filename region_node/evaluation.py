@@ -26,8 +26,10 @@ its own arrival to its batch's end.
 A stream's batches go through :meth:`Evaluator.begin` (a large batch's rule detection
 starts in the node's worker processes, :mod:`nethical_grpc.governance.detect_pool`) and
 :meth:`Evaluator.finish` (features and model while the workers detect, then the rest), so
-the servicer can begin the next batch before finishing one.  Every batch first waits for
-the node's ``admission`` (the stores' backpressure, ``Persister.room``).
+the servicer can begin the next batch before finishing one.  Those batches (bulk work)
+first wait for the node's ``admission`` (the stores' backpressure, ``Persister.room``);
+coalesced unary calls do not: a caller waiting on one verdict is never held behind a bulk
+stream's records (their own records still queue, bounded, for the stores).
 
 Nothing here knows gRPC; the servicer converts messages and maps errors.
 """
@@ -203,8 +205,9 @@ class Evaluator:
         admission: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.model = model
-        #: awaited before each batch is evaluated: the node's stores make the evaluations
-        #: wait while their records fall behind (see Persister.room)
+        #: awaited before each begun batch (a stream's, evaluate_many's) is evaluated: the
+        #: node's stores make bulk work wait while their records fall behind (see
+        #: Persister.room); coalesced unary calls do not wait
         self.admission = admission
         #: worker processes detecting the findings of large batches (None: in process)
         self.detection_pool = detection_pool
@@ -287,7 +290,7 @@ class Evaluator:
                 )
                 try:
                     outcomes = await self._evaluate(
-                        [r for r, _, _ in batch], [t for _, t, _ in batch]
+                        [r for r, _, _ in batch], [t for _, t, _ in batch], admit=False
                     )
                 except Exception as exc:  # the batch's callers get the error, and only they
                     for _, _, future in batch:
@@ -348,8 +351,10 @@ class Evaluator:
         requests: Sequence[EvaluationRequest],
         arrived_ns: Sequence[int],
         batches: Sequence[PendingBatch] = (),
+        *,
+        admit: bool = True,
     ) -> list[Outcome]:
-        if self.admission is not None:
+        if admit and self.admission is not None:
             await self.admission()
         actions = [r.action for r in requests]
         rows = self.model.features(actions)

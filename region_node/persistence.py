@@ -232,7 +232,9 @@ class Persister:
         for any such store, or :data:`BACKLOG_WAIT_S` has passed. A store in an outage
         does not hold evaluations (its records wait, bounded, as the module docstring
         says), but the other store still does: unthrottled, the event loop starved its
-        writer thread of the interpreter lock, and that store fell behind for good."""
+        writer thread of the interpreter lock, and that store fell behind for good.
+        Streams wait here; unary Evaluate calls do not (the evaluator's choice), so their
+        records may take the backlog past the mark, up to :data:`MAX_PENDING`."""
         if self._task is None or not self._behind(BACKLOG_HIGH):
             return
         self.backlog_waits += 1

@@ -219,3 +219,27 @@ async def test_the_wait_for_expected_calls_wakes_at_each_arrival(
     assert [o.request.request_id for o in outcomes] == [f"req-{10 + i}" for i in range(4)]
     assert evaluator.coalesced_batches == 2
     assert evaluator._arrival is None  # nothing left waiting on an arrival
+
+
+async def test_unary_calls_do_not_wait_for_the_stores_but_bulk_batches_do(
+    node: RegionNode, model: NodeModel
+) -> None:
+    # the stores fall behind: admission holds every caller that asks until it is opened
+    opened = asyncio.Event()
+    asked = 0
+
+    async def admission() -> None:
+        nonlocal asked
+        asked += 1
+        await opened.wait()
+
+    evaluator = Evaluator(model, node, admission=admission)
+    bulk = asyncio.ensure_future(evaluator.evaluate_many([request(BENIGN, i) for i in range(8)]))
+    unary = await asyncio.wait_for(
+        asyncio.gather(*(evaluator.evaluate(request(HARMFUL, i)) for i in range(5))), 5.0
+    )
+    assert [o.request.request_id for o in unary] == [f"req-{i}" for i in range(5)]
+    assert asked == 1 and not bulk.done()  # only the bulk batch asked, and it still waits
+    opened.set()
+    assert len(await asyncio.wait_for(bulk, 5.0)) == 8
+    assert evaluated_count(node) == 13
