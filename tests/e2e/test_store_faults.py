@@ -48,7 +48,8 @@ pytestmark = pytest.mark.e2e
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 FAR_FUTURE_S = 10**11
 FLUSH = "200ms"
-WRITE_TICK_S = WRITE_INTERVAL_S  # the persister's tick: window flushes happen on these
+# window flushes happen on the persister's ticks, once --flush-interval has passed
+FLUSH_PERIOD_S = max(0.2, WRITE_INTERVAL_S)
 Stub = region_node_pb2_grpc.RegionNodeServiceStub
 
 
@@ -332,13 +333,13 @@ async def test_a_killed_node_keeps_every_window_flushed_before_the_kill(tmp_path
     is paced (a batch every 10 ms, each send time logged) and the node is SIGKILLed in
     the middle of it.
 
-    Window summaries are upserted on the node's write ticks (every
-    ``max(--flush-interval, 0.25 s)``, the persister's tick) and a flush the kill
-    interrupts is rolled back, so the restarted node may miss what was applied after
-    the last committed flush: at most two tick periods' worth of what was sent before
-    the kill. So: phase-1 count <= restarted count <= sent, the restarted count is at
-    least the last count seen committed in the file before the kill, and sent minus
-    restarted is at most what was sent in the last 2 x 0.25 s before the kill.
+    Window summaries are upserted every ``max(--flush-interval, the persister's tick)``
+    (0.2 s here) and a flush the kill interrupts is rolled back, so the restarted node
+    may miss what was applied after the last committed flush: at most two flush periods'
+    worth of what was sent before the kill. So: phase-1 count <= restarted count <= sent,
+    the restarted count is at least the last count seen committed in the file before the
+    kill, and sent minus restarted is at most what was sent in the last two flush
+    periods before the kill.
     """
     db = tmp_path / "ts.db"
     metric = "kill_ingest"
@@ -357,7 +358,7 @@ async def test_a_killed_node_keeps_every_window_flushed_before_the_kill(tmp_path
         ack = await client.ingest(node.channel, phase1)
         phase1_count = int(ack.accepted_values)
         assert phase1_count == 5_000
-        await asyncio.sleep(2 * WRITE_TICK_S)
+        await asyncio.sleep(2 * FLUSH_PERIOD_S)
 
         async def phase1_committed() -> bool:
             return flushed_count(db, metric) == phase1_count
@@ -393,10 +394,10 @@ async def test_a_killed_node_keeps_every_window_flushed_before_the_kill(tmp_path
     async with region("sf-kill-again", tmp_path, *flags, region_id="sf-kill") as again:
         restarted = await total_count(again.stub, metric)
     lost = total_sent - restarted
-    budget = total_sent - sent.before(killed_at - 2 * WRITE_TICK_S)
+    budget = total_sent - sent.before(killed_at - 2 * FLUSH_PERIOD_S)
     print(
         f"phase1={phase1_count} sent={total_sent} last_committed_seen={last_seen} "
-        f"restarted={restarted} lost={lost} sent_in_last_2_ticks={budget}"
+        f"restarted={restarted} lost={lost} sent_in_last_2_flush_periods={budget}"
     )
     assert phase1_count <= last_seen <= restarted <= total_sent
     assert total_sent > phase1_count  # the kill did land mid-stream
@@ -478,7 +479,7 @@ async def test_postgresql_cut_off_and_restored_during_ingest(
             # within a few seconds of the first write after the cut (a write waited 30 s
             # for a pooled connection before)
             assert time.monotonic() - cut_at < 20
-            await asyncio.sleep(8 * WRITE_TICK_S)  # several flush rounds, all failing
+            await asyncio.sleep(8 * FLUSH_PERIOD_S)  # several flush rounds, all failing
             assert await pg_scalar(windows_sql, metric) == 1_000
             assert await pg_scalar(rows_sql, "pg-cut-agent") == 0
             assert await total_count(node.stub, metric) == 3_000

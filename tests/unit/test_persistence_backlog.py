@@ -66,7 +66,7 @@ async def test_past_the_mark_evaluations_wait_until_the_stores_catch_up(
         started = time.monotonic()
         await p.room()
         assert p.backlog_waits == 1
-        assert p.backlog() <= 100  # the loop wrote (it writes every 0.25 s)
+        assert p.backlog() <= 100  # the loop wrote (it writes every WRITE_INTERVAL_S)
         assert time.monotonic() - started < persistence.BACKLOG_WAIT_S
         assert p.dropped == 0
     finally:
