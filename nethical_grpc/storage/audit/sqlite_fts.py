@@ -159,33 +159,8 @@ def fts5_match_expression(terms: Sequence[str], tags: Sequence[Sequence[str]] = 
     return " AND ".join(parts)
 
 
-#: Token statistics of recent record texts, by text: its length in tokens, its distinct
-#: terms, and the terms that occur more than once with their counts. Agents repeat their
-#: actions, and a repeated text then costs the writer one lookup instead of a tokenisation
-#: and two counts (on the thread whose interpreter time the node's event loop waits for).
-#: Only texts up to _TEXT_STATS_MAX_CHARS are kept; emptied at _TEXT_STATS_SIZE entries.
-_TEXT_STATS: dict[str, tuple[int, frozenset[str], tuple[tuple[str, int], ...]]] = {}
-_TEXT_STATS_SIZE: Final = 8192
-_TEXT_STATS_MAX_CHARS: Final = 512
-
-
-def _text_stats(text: str) -> tuple[int, frozenset[str], tuple[tuple[str, int], ...]]:
-    """``(number of tokens, distinct terms, (term, count) of each repeated term)`` of
-    :func:`~nethical_grpc.storage.audit.model.text_tokens` of ``text``."""
-    stats = _TEXT_STATS.get(text)
-    if stats is not None:
-        return stats
-    tokens = text_tokens(text)
-    distinct = frozenset(tokens)
-    repeated: tuple[tuple[str, int], ...] = ()
-    if len(distinct) != len(tokens):
-        repeated = tuple((t, c) for t, c in Counter(tokens).items() if c > 1)
-    stats = (len(tokens), distinct, repeated)
-    if len(text) <= _TEXT_STATS_MAX_CHARS:
-        if len(_TEXT_STATS) >= _TEXT_STATS_SIZE:
-            _TEXT_STATS.clear()
-        _TEXT_STATS[text] = stats
-    return stats
+def _risk_bucket(risk: float) -> int:
+    return min(int(risk * 10), 9)
 
 
 # ---------------------------------------------------------------------- connections
@@ -787,13 +762,14 @@ class SqliteFtsAuditStore(AuditStore):
                 (top,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_records").fetchone()
                 record_rows, document_rows, fts_rows, term_rows = [], [], [], []
                 # each record's distinct terms, counted once for the whole batch
-                distinct_terms: list[frozenset[str]] = []
+                distinct_terms: list[set[str]] = []
                 for seq, r in enumerate(fresh, start=top + 1):
                     intent, text = r.stated_intent, r.action_text
-                    doc_len, distinct, repeated = _text_stats(f"{intent} {text}")
+                    tokens = text_tokens(f"{intent} {text}")
+                    distinct = set(tokens)
                     distinct_terms.append(distinct)
-                    if repeated:
-                        term_rows += [(t, seq, c) for t, c in repeated]
+                    if len(distinct) != len(tokens):
+                        term_rows += [(t, seq, c) for t, c in Counter(tokens).items() if c > 1]
                     agent, region = agents[r.agent_id], regions[r.region_id]
                     decision = _DECISION_CODE[r.decision]
                     record_rows.append(
@@ -805,14 +781,13 @@ class SqliteFtsAuditStore(AuditStore):
                             region,
                             decision,
                             r.risk_score,
-                            doc_len,
+                            len(tokens),
                         )
                     )
                     document_rows.append(
                         (seq, intent, text, r.action_type, _violations_json(r.violations))
                     )
-                    bucket = min(int(r.risk_score * 10), 9)  # the risk decile's tag
-                    tags = f"a{agent} g{region} d{decision} k{bucket}"
+                    tags = f"a{agent} g{region} d{decision} k{_risk_bucket(r.risk_score)}"
                     fts_rows.append((seq, intent, text, tags))
                 conn.executemany(
                     "INSERT INTO audit_records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", record_rows
