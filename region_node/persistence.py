@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 #: The store rounds' tick. Short, so that each round's burst of record writing is small:
 #: the writer threads take the interpreter (and, on two cores, a core) from the event loop
 #: while they index, and every unary call in flight was late together at each 0.25 s
-#: round (Evaluate p99 17-20 ms against 12.5-17 ms at 0.05 s, in alternated runs).
+#: round (Evaluate p99 16-20 ms against 12.5-17.5 ms at 0.05 s, in alternated runs).
 WRITE_INTERVAL_S: Final = 0.05
 #: Changed profiles go to the cache this often (a busy node changes every agent's profile
 #: each round; writing them every round cost more CPU than the evaluations' records).
