@@ -52,6 +52,7 @@ from datetime import UTC, datetime
 from typing import Final, Literal
 
 from nethical_grpc import convert, telemetry
+from nethical_grpc.event_wait import wait_until
 from nethical_grpc.governance.detectors import Violation
 from nethical_grpc.governance.profiles import Profile, ProfileBook
 from nethical_grpc.governance.requests import Outcome
@@ -242,15 +243,11 @@ class Persister:
         if self._task is None or not self._behind(BACKLOG_HIGH):
             return
         self.backlog_waits += 1
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + BACKLOG_WAIT_S
-        while self._task is not None and self._behind(BACKLOG_LOW):
-            left = deadline - loop.time()
-            if left <= 0:
-                return
-            self._written.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._written.wait(), left)
+        await wait_until(
+            lambda: self._task is None or not self._behind(BACKLOG_LOW),
+            self._written,
+            asyncio.get_running_loop().time() + BACKLOG_WAIT_S,
+        )
 
     def _behind(self, mark: int) -> bool:
         """Whether more than ``mark`` records wait for a store whose last write succeeded."""

@@ -230,11 +230,9 @@ class DetectionPool:
         ):
             self.start()
         executor = self._executor
-        if executor is not None and not self.ready:
-            self._check_start(executor)
-            self.inline_batches += 1
-            return None
-        if executor is None:
+        if executor is None or not self.ready:
+            if executor is not None:
+                self._check_start(executor)
             self.inline_batches += 1
             return None
         rows = [_row(a) for a in actions]

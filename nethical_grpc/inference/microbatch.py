@@ -23,7 +23,6 @@ loop of its first submit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -32,6 +31,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from nethical_grpc.event_wait import wait_until
 
 __all__ = ["BatchStats", "MicroBatcher"]
 
@@ -200,14 +201,11 @@ class MicroBatcher:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
-                deadline = self._queue[0].queued_at + self.max_delay_s
-                while self._queued_rows < self.max_batch and not self._closing:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0.0:
-                        break
-                    self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), remaining)
+                await wait_until(
+                    lambda: self._queued_rows >= self.max_batch or self._closing,
+                    self._wake,
+                    self._queue[0].queued_at + self.max_delay_s,
+                )
                 batch = self._take()
                 if batch:
                     await self._execute(batch, loop)
