@@ -6,7 +6,8 @@ import logging
 from dataclasses import dataclass, field, replace
 
 from nethical_grpc.errors import first_line
-from nethical_grpc.storage.audit import AuditStore, open_audit_store
+from nethical_grpc.storage.audit import DEFAULT_MEMORY_MAX_RECORDS, AuditStore, open_audit_store
+from nethical_grpc.storage.audit.sqlite_fts import check_max_records
 from nethical_grpc.storage.backend import BackendChoice
 from nethical_grpc.storage.cache import Cache, FailoverCache, open_cache, region_namespace
 from nethical_grpc.storage.timeseries import TimeSeriesStore, open_timeseries
@@ -19,6 +20,9 @@ class StoreConfig:
     """Store URLs (``memory://`` is the embedded default of each) and the flush interval.
 
     ``timeseries_schema`` overrides a PostgreSQL URL's ``?schema=`` (tests isolate by it).
+    ``memory_records`` bounds the stores held in this process's memory (``memory://``, or
+    the stand-in for a server that could not be used): the audit store keeps the newest
+    that many records, the time-series store that many rows per table; ``None``: no bound.
     """
 
     cache_url: str = "memory://"
@@ -26,10 +30,12 @@ class StoreConfig:
     audit_url: str = "memory://"
     flush_interval_s: float = 10.0
     timeseries_schema: str | None = None
+    memory_records: int | None = DEFAULT_MEMORY_MAX_RECORDS
 
     def __post_init__(self) -> None:
         if not 0.05 <= self.flush_interval_s <= 3600:
             raise ValueError("flush interval must be between 50 ms and 1 h")
+        check_max_records(self.memory_records)
 
 
 @dataclass(slots=True)
@@ -49,10 +55,15 @@ class NodeStores:
         cache, cache_choice = await open_cache(config.cache_url, region_namespace(region_id))
         try:
             ts, ts_choice = await open_timeseries(
-                config.timeseries_url, region_id, schema=config.timeseries_schema
+                config.timeseries_url,
+                region_id,
+                schema=config.timeseries_schema,
+                memory_max_rows=config.memory_records,
             )
             try:
-                audit, audit_choice = await open_audit_store(config.audit_url, region_id)
+                audit, audit_choice = await open_audit_store(
+                    config.audit_url, region_id, memory_max_records=config.memory_records
+                )
             except BaseException:
                 await ts.close()
                 raise

@@ -133,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="http(s)://HOST:9200, sqlite:///PATH or memory:// (env NETHICAL_AUDIT_URL)",
     )
     region.add_argument(
+        "--memory-store-records",
+        type=int,
+        default=int(os.environ.get("NETHICAL_MEMORY_STORE_RECORDS", "500000")),
+        help="records an in-memory store keeps, the newest (audit records; time-series rows "
+        "per table); 0: no bound (env NETHICAL_MEMORY_STORE_RECORDS, default 500000)",
+    )
+    region.add_argument(
         "--flush-interval",
         type=parse_duration_ns,
         default=10_000_000_000,

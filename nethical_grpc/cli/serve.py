@@ -157,6 +157,11 @@ async def run_region(args: argparse.Namespace) -> int:
         )
         if args.detect_workers is not None and args.detect_workers < 0:
             raise ValueError(f"--detect-workers must be 0 or more, got {args.detect_workers}")
+        if args.memory_store_records < 0:
+            raise ValueError(
+                f"--memory-store-records must be 0 (no bound) or more, got "
+                f"{args.memory_store_records}"
+            )
         model = ModelConfig(
             model_path=args.model,
             device=args.device,
@@ -171,6 +176,7 @@ async def run_region(args: argparse.Namespace) -> int:
             timeseries_url=args.timeseries_url,
             audit_url=args.audit_url,
             flush_interval_s=args.flush_interval / 1e9,
+            memory_records=args.memory_store_records or None,
         )
     except (ValueError, OSError) as exc:
         log.error("bad configuration: %s", exc)

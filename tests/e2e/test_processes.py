@@ -305,3 +305,9 @@ def test_a_negative_worker_count_is_refused() -> None:
     out = run_cli("region", "--region-id", "r", "--port", "0", "--detect-workers", "-1")
     assert out.returncode == 2
     assert "--detect-workers must be 0 or more" in out.stderr
+
+
+def test_a_negative_memory_store_bound_is_refused() -> None:
+    out = run_cli("region", "--region-id", "r", "--port", "0", "--memory-store-records", "-5")
+    assert out.returncode == 2
+    assert "--memory-store-records must be 0 (no bound) or more, got -5" in out.stderr

@@ -145,6 +145,28 @@ async def test_evaluations_reach_the_in_region_stores(mesh: Mesh) -> None:
     assert node.identity.region_id == "r1"
 
 
+async def test_a_node_on_memory_stores_keeps_only_its_newest_records(mesh: Mesh) -> None:
+    await add_region(mesh, "r1", stores=StoreConfig(flush_interval_s=0.2, memory_records=20))
+    s = stub(mesh, "r1")
+    for i in range(50):  # one at a time: the stores take them in this order
+        await evaluate(s, action(f"list files in folder f{i}", agent="alice"))
+
+    async def texts() -> list[str]:
+        page = await s.SearchAudit(region_node_pb2.SearchAuditRequest(page_size=100), timeout=5)
+        return [r.action_text for r in page.records]
+
+    async def all_written() -> bool:
+        return "list files in folder f49" in await texts()
+
+    await eventually(all_written)
+    assert sorted(await texts()) == sorted(f"list files in folder f{i}" for i in range(30, 50))
+    rows = await s.QueryMetrics(
+        region_node_pb2.QueryMetricsRequest(agent_id="alice", metric="risk_score", limit=100),
+        timeout=5,
+    )
+    assert len(rows.records) == 20  # the time-series store keeps 20 rows of its table too
+
+
 def aggregate_request(
     metric: str = "risk_score", bucket: duration_pb2.Duration | None = None
 ) -> region_node_pb2.AggregateMetricsRequest:

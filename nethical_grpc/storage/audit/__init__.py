@@ -43,7 +43,7 @@ from nethical_grpc.storage.audit.model import (
     check_region_id,
     query_terms,
 )
-from nethical_grpc.storage.audit.sqlite_fts import SqliteFtsAuditStore
+from nethical_grpc.storage.audit.sqlite_fts import SqliteFtsAuditStore, check_max_records
 from nethical_grpc.storage.audit.store import AuditStore, AuditStoreError, PageTokenExpiredError
 from nethical_grpc.storage.backend import BackendChoice, redact_url, url_scheme
 
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DECISIONS",
+    "DEFAULT_MEMORY_MAX_RECORDS",
     "MAX_PAGE_SIZE",
     "MAX_QUERY_TERMS",
     "MAX_QUERY_TEXT_CHARS",
@@ -78,6 +79,8 @@ __all__ = [
 ]
 
 _STORE: Final = "audit"
+#: Records an in-memory audit store keeps by default (the newest; see open_audit_store).
+DEFAULT_MEMORY_MAX_RECORDS: Final = 500_000
 
 
 def __getattr__(name: str) -> Any:
@@ -109,6 +112,7 @@ async def open_audit_store(
     retention_days: int = 90,
     connect_timeout_s: float = 5.0,
     pit_keep_alive: str = "2m",
+    memory_max_records: int | None = DEFAULT_MEMORY_MAX_RECORDS,
 ) -> tuple[AuditStore, BackendChoice]:
     """Open the region's audit store named by ``url`` and say which backend it got.
 
@@ -120,14 +124,24 @@ async def open_audit_store(
     * ``sqlite:///path/to/file.db``: SQLite FTS5 in that file (created if missing).
     * ``memory://``: SQLite FTS5 in memory, private to this process.
 
+    An in-memory store (``memory://``, or the stand-in for an Elasticsearch it could not
+    use) keeps the newest ``memory_max_records`` records, dropping the oldest past them
+    (``None``: no bound; a long-running node would then grow until it runs out of memory).
+    A SQLite file and Elasticsearch are not bounded by it.
+
     ``ValueError`` for an unknown scheme or a malformed URL or region id;
     ``AuditStoreError`` when a SQLite file cannot be opened.
     """
     check_region_id("region_id", region_id, allow_empty=False)
+    check_max_records(memory_max_records)
     scheme = url_scheme(url)
     shown = redact_url(url)
+
+    async def in_memory() -> SqliteFtsAuditStore:
+        return await SqliteFtsAuditStore.open(region_id, None, max_records=memory_max_records)
+
     if scheme == "memory":
-        store: AuditStore = await SqliteFtsAuditStore.open(region_id, None)
+        store: AuditStore = await in_memory()
         return store, BackendChoice(_STORE, shown, store.backend)
     if scheme == "sqlite":
         store = await SqliteFtsAuditStore.open(region_id, sqlite_path(url))
@@ -137,7 +151,7 @@ async def open_audit_store(
         try:
             from nethical_grpc.storage.audit.elasticsearch_store import ElasticsearchAuditStore
         except ImportError as exc:
-            fallback = await SqliteFtsAuditStore.open(region_id, None)
+            fallback = await in_memory()
             reason = f"client not installed ({exc.name or exc}: pip install elasticsearch)"
             return fallback, BackendChoice(_STORE, shown, fallback.backend, reason)
         try:
@@ -150,7 +164,7 @@ async def open_audit_store(
                 pit_keep_alive=pit_keep_alive,
             )
         except AuditStoreError as exc:
-            fallback = await SqliteFtsAuditStore.open(region_id, None)
+            fallback = await in_memory()
             reason = f"unavailable ({exc})".replace(url, shown)
             return fallback, BackendChoice(_STORE, shown, fallback.backend, reason)
         return store, BackendChoice(_STORE, shown, store.backend)

@@ -62,6 +62,7 @@ import asyncio
 import functools
 import itertools
 import json
+import logging
 import math
 import queue
 import sqlite3
@@ -99,6 +100,8 @@ from nethical_grpc.storage.sqlite_tx import missing_columns, rollback_quietly, s
 __all__ = ["BM25_B", "BM25_K1", "SqliteFtsAuditStore", "fts5_match_expression"]
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -275,9 +278,12 @@ class _ConnectionPool:
 
 @dataclass(frozen=True, slots=True)
 class _View:
-    """Mirror arrays as of one read snapshot: rows ``1..n`` are valid (row 0 unused)."""
+    """Mirror arrays as of one read snapshot: the records are seqs ``base + 1 .. n``, at
+    index ``seq - base`` of every array (index 0 unused); ``base`` is 0 until the oldest
+    records are dropped (:meth:`SqliteFtsAuditStore.open`'s ``max_records``)."""
 
     n: int
+    base: int
     ts: IntArray
     decision: npt.NDArray[np.int8]
     risk: FloatArray
@@ -291,16 +297,18 @@ class _View:
 
 
 class _Mirror:
-    """In-memory copy of ``audit_records``' filter columns, indexed by ``seq``.
+    """In-memory copy of ``audit_records``' filter columns, indexed by ``seq - base``.
 
-    Append-only like the table.  :meth:`view` tops it up inside the caller's read
-    transaction and returns arrays valid for that snapshot; arrays are replaced (never
-    changed below ``n``) when they grow, so a view stays valid while others append.
+    Appended to like the table, and cut at the front when the table's oldest records are
+    dropped.  :meth:`view` tops it up (and cuts it) inside the caller's read transaction
+    and returns arrays valid for that snapshot; arrays are replaced (never changed below
+    ``n``) when they grow or are cut, so a view stays valid while others append.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._n = 0
+        self._n = 0  # newest seq mirrored
+        self._base = 0  # seqs up to this one are gone (dropped from the table)
         cap = _INITIAL_CAPACITY
         self._ts = np.zeros(cap, np.int64)
         self._decision = np.zeros(cap, np.int8)
@@ -313,17 +321,37 @@ class _Mirror:
         self._agent_names: list[str] = [""]
         self._region_names: list[str] = [""]
 
+    _ARRAYS: Final = ("_ts", "_decision", "_risk", "_agent", "_region", "_doc_len")
+
     def _grow(self, needed: int) -> None:
+        """Room for index ``needed`` (seq ``base + needed``)."""
         cap = len(self._ts)
         if needed < cap:
             return
         while cap <= needed:
             cap *= 2
-        for name in ("_ts", "_decision", "_risk", "_agent", "_region", "_doc_len"):
+        live = self._n - self._base
+        for name in self._ARRAYS:
             old = getattr(self, name)
             new = np.zeros(cap, old.dtype)
-            new[: self._n + 1] = old[: self._n + 1]
+            new[: live + 1] = old[: live + 1]
             setattr(self, name, new)
+
+    def _cut(self, first: int) -> None:
+        """Forget the seqs below ``first``, the oldest the table still holds (new arrays:
+        views taken before keep theirs)."""
+        if first > self._n:  # none of the mirrored records is left
+            self._base = self._n = first - 1
+            return
+        drop = first - 1 - self._base
+        live = self._n - self._base
+        cap = max(_INITIAL_CAPACITY, 2 * (live - drop + 1))
+        for name in self._ARRAYS:
+            old = getattr(self, name)
+            new = np.zeros(cap, old.dtype)
+            new[1 : live - drop + 1] = old[drop + 1 : live + 1]
+            setattr(self, name, new)
+        self._base = first - 1
 
     @staticmethod
     def _sync_names(
@@ -340,8 +368,13 @@ class _Mirror:
 
     def view(self, conn: sqlite3.Connection) -> _View:
         """The mirror as of ``conn``'s current read transaction."""
-        (top,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_records").fetchone()
+        first, top = conn.execute(
+            "SELECT (SELECT MIN(seq) FROM audit_records), (SELECT MAX(seq) FROM audit_records)"
+        ).fetchone()
+        top = top or 0
         with self._lock:
+            if first is not None and first > self._base + 1:
+                self._cut(first)
             if top > self._n:
                 self._sync_names(
                     conn, "audit_agents", "agent_id", self._agent_codes, self._agent_names
@@ -349,7 +382,7 @@ class _Mirror:
                 self._sync_names(
                     conn, "audit_regions", "region_id", self._region_codes, self._region_names
                 )
-                self._grow(top)
+                self._grow(top - self._base)
                 cur = conn.execute(
                     "SELECT seq, ts_us, decision, risk_score, agent_code, region_code, doc_len "
                     "FROM audit_records WHERE seq > ? AND seq <= ? ORDER BY seq",
@@ -361,17 +394,19 @@ class _Mirror:
                     expected = np.arange(self._n + 1, self._n + 1 + len(rows))
                     if not np.array_equal(seqs, expected):
                         raise AuditStoreError("audit_records.seq has gaps: not an audit store")
+                    at = seqs - self._base
                     # ts_us needs all 64 bits: take it again from the rows, not the floats.
-                    self._ts[seqs] = np.fromiter((r[1] for r in rows), np.int64, len(rows))
-                    self._decision[seqs] = arr[:, 2]
-                    self._risk[seqs] = arr[:, 3]
-                    self._agent[seqs] = arr[:, 4]
-                    self._region[seqs] = arr[:, 5]
-                    self._doc_len[seqs] = arr[:, 6]
+                    self._ts[at] = np.fromiter((r[1] for r in rows), np.int64, len(rows))
+                    self._decision[at] = arr[:, 2]
+                    self._risk[at] = arr[:, 3]
+                    self._agent[at] = arr[:, 4]
+                    self._region[at] = arr[:, 5]
+                    self._doc_len[at] = arr[:, 6]
                     self._n += len(rows)
             n = min(top, self._n)
             return _View(
-                n=n,
+                n=max(n, self._base),
+                base=self._base,
                 ts=self._ts,
                 decision=self._decision,
                 risk=self._risk,
@@ -418,12 +453,12 @@ _TAG_SELECTIVITY: Final = 0.5
 
 
 def _filter_mask(view: _View, flt: AuditFilter) -> tuple[BoolArray | None, list[list[str]]]:
-    """Which of records ``1..n`` pass ``flt``'s non-text conditions (index 0 is seq 1;
-    ``None`` when there are no such conditions), and the tag groups worth adding to a
+    """Which of the view's records pass ``flt``'s non-text conditions (index 0 is seq
+    ``base + 1``; ``None`` when there are no such conditions), and the tag groups worth adding to a
     full-text query (selective conditions only: FTS5 then intersects doclists instead of
     returning rows that the mask would drop).  Vectorised over every record: about a
     millisecond per condition per million records."""
-    n = view.n
+    n = view.n - view.base
     mask: BoolArray | None = None
     tags: list[list[str]] = []
 
@@ -464,26 +499,28 @@ def _candidates(conn: sqlite3.Connection, view: _View, flt: AuditFilter) -> IntA
     records mostly arrive in time order) and intersects with the tags of selective
     conditions, and the mask makes the result exact."""
     mask, tags = _filter_mask(view, flt)
-    passing = None if mask is None else np.flatnonzero(mask).astype(np.int64) + 1
+    first = view.base + 1
+    passing = None if mask is None else np.flatnonzero(mask).astype(np.int64) + first
     if not flt.terms:
         if passing is None:
-            return np.arange(1, view.n + 1, dtype=np.int64)
+            return np.arange(first, view.n + 1, dtype=np.int64)
         return passing
     if passing is not None and passing.size == 0:
         return passing
-    lo, hi = (1, view.n) if passing is None else (int(passing[0]), int(passing[-1]))
+    lo, hi = (first, view.n) if passing is None else (int(passing[0]), int(passing[-1]))
     matches = _fts_rowids(conn, flt.terms, tags, lo, hi)
     if mask is None or matches.size == 0:
         return matches
-    return matches[mask[matches - 1]]
+    return matches[mask[matches - first]]
 
 
 def _bm25(
     conn: sqlite3.Connection, view: _View, terms: Sequence[str], cand: IntArray
 ) -> FloatArray:
     """BM25 scores of the candidate records (see the module docstring)."""
-    n_docs = view.n
+    n_docs = view.n - view.base
     avg_len = float(view.doc_len[1 : n_docs + 1].sum(dtype=np.int64)) / n_docs
+    at = cand - view.base  # the candidates' index in the view's arrays
     score = np.zeros(cand.size, np.float64)
     for term in dict.fromkeys(fold_token(t) for t in terms):
         row = conn.execute("SELECT df FROM audit_terms WHERE term = ?", (term,)).fetchone()
@@ -498,7 +535,8 @@ def _bm25(
         if tf_seqs.size > 1 and not bool(np.all(tf_seqs[1:] > tf_seqs[:-1])):
             order = np.argsort(tf_seqs, kind="stable")
             tf_seqs, tf_values = tf_seqs[order], tf_values[order]
-        bm25_add(score, cand, view.doc_len, avg_len, idf, tf_seqs, tf_values, BM25_K1, BM25_B)
+        tf_at = tf_seqs - view.base
+        bm25_add(score, at, view.doc_len, avg_len, idf, tf_at, tf_values, BM25_K1, BM25_B)
     return score
 
 
@@ -648,6 +686,7 @@ class SqliteFtsAuditStore(AuditStore):
         path: str | None,
         writer: _ConnectionPool,
         readers: _ConnectionPool | None,
+        max_records: int | None = None,
     ) -> None:
         super().__init__(region_id)
         self.path = path
@@ -655,6 +694,18 @@ class SqliteFtsAuditStore(AuditStore):
         self._readers = readers if readers is not None else writer
         self._mirror = _Mirror()
         self._writer_codes: dict[tuple[str, str], int] = {}
+        self._max_records = check_max_records(max_records)
+        self._dropped = 0
+
+    @property
+    def max_records(self) -> int | None:
+        """Most records kept (the oldest are dropped past it); ``None``: no bound."""
+        return self._max_records
+
+    @property
+    def records_dropped(self) -> int:
+        """Records this store dropped for its ``max_records`` since it was opened."""
+        return self._dropped
 
     @property
     def backend(self) -> str:
@@ -669,12 +720,18 @@ class SqliteFtsAuditStore(AuditStore):
         *,
         read_threads: int = 2,
         busy_timeout_ms: int = 10_000,
+        max_records: int | None = None,
     ) -> SqliteFtsAuditStore:
         """Open (creating if needed) the store at ``path``, or a private in-memory one
         when ``path`` is ``None``, and load the column mirror (about 1-2 s per million
         records).  ``AuditStoreError`` when the file cannot be opened, has an unknown
-        schema version, or this SQLite lacks FTS5."""
+        schema version, or this SQLite lacks FTS5.
+
+        ``max_records`` bounds the records kept: a write that takes the store past it
+        drops the oldest records (in commit order) in the same transaction, so the store
+        holds the newest ``max_records`` (``None``: no bound; see :func:`_drop_oldest`)."""
         check_region_id("region_id", region_id, allow_empty=False)
+        check_max_records(max_records)
         if path is not None and (not path or path == ":memory:"):
             raise ValueError("path must name a database file (None for memory)")
         if not 1 <= read_threads <= 16:
@@ -710,7 +767,7 @@ class SqliteFtsAuditStore(AuditStore):
                 await asyncio.to_thread(writer.close)
                 raise AuditStoreError(f"cannot open the SQLite audit store {where}: {exc}") from exc
             readers = _ConnectionPool(conns, "audit-sqlite-r")
-        store = cls(region_id, path, writer, readers)
+        store = cls(region_id, path, writer, readers, max_records)
         try:
             await store._readers.run(lambda conn: _read(conn, lambda: store._mirror.view(conn)))
         except BaseException:
@@ -808,11 +865,23 @@ class SqliteFtsAuditStore(AuditStore):
                 )
                 if term_rows:
                     conn.executemany("INSERT INTO audit_term_counts VALUES (?, ?, ?)", term_rows)
+            dropped = 0
+            if fresh and self._max_records is not None:
+                dropped = _drop_oldest(conn, self._max_records)
             conn.execute("COMMIT")
         except BaseException:
             rollback_quietly(conn)
             raise
         self._writer_codes.update(new_codes)
+        if dropped:
+            if not self._dropped:
+                log.info(
+                    "audit store (%s) holds its limit of %d records: the oldest are dropped "
+                    "from now on",
+                    self.backend,
+                    self._max_records,
+                )
+            self._dropped += dropped
         return len(fresh)
 
     # ------------------------------------------------------------------ reads
@@ -844,7 +913,8 @@ class SqliteFtsAuditStore(AuditStore):
         score = None
         if query.effective_order is SearchOrder.RELEVANCE:
             score = _bm25(conn, view, flt.terms, cand)
-        keys = _page_keys(conn, cand, score, view.ts[cand], position, query.page_size + 1)
+        ts = view.ts[cand - view.base]
+        keys = _page_keys(conn, cand, score, ts, position, query.page_size + 1)
         more = len(keys) > query.page_size
         keys = keys[: query.page_size]
         records = _fetch_records(conn, view, [seq for seq, _ in keys]) if keys else {}
@@ -858,13 +928,13 @@ class SqliteFtsAuditStore(AuditStore):
 
     def _statistics_sync(self, conn: sqlite3.Connection, flt: AuditFilter) -> AuditStatistics:
         view = self._mirror.view(conn)
-        cand = _candidates(conn, view, flt)
-        decisions = np.bincount(view.decision[cand], minlength=len(DECISIONS))
-        agents = np.count_nonzero(np.bincount(view.agent[cand])) if cand.size else 0
+        at = _candidates(conn, view, flt) - view.base
+        decisions = np.bincount(view.decision[at], minlength=len(DECISIONS))
+        agents = np.count_nonzero(np.bincount(view.agent[at])) if at.size else 0
         return AuditStatistics(
-            total_actions=int(cand.size),
+            total_actions=int(at.size),
             unique_agents=int(agents),
-            avg_risk_score=float(view.risk[cand].mean()) if cand.size else None,
+            avg_risk_score=float(view.risk[at].mean()) if at.size else None,
             decision_counts={d.value: int(c) for d, c in zip(DECISIONS, decisions, strict=True)},
         )
 
@@ -872,6 +942,61 @@ class SqliteFtsAuditStore(AuditStore):
         if self._readers is not self._writer:
             await asyncio.to_thread(self._readers.close)
         await asyncio.to_thread(self._writer.close)
+
+
+def check_max_records(max_records: object) -> int | None:
+    """``max_records`` if it is ``None`` or a positive int (``ValueError`` otherwise)."""
+    if max_records is None:
+        return None
+    if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
+        raise ValueError(f"max_records must be a positive integer or None, got {max_records!r}")
+    return max_records
+
+
+def _drop_oldest(conn: sqlite3.Connection, keep: int) -> int:
+    """Delete the oldest records (lowest seqs) past the newest ``keep``, from every table
+    that holds them, inside the caller's write transaction; the number deleted.
+
+    Seqs are contiguous, so the records are one range at the front.  The full-text index
+    is contentless: each record leaves it by an FTS5 ``'delete'`` given the values it was
+    indexed with (its texts, and tags remade from its row), and its terms' document
+    frequencies go down by one.  Agent and region codes stay (a few bytes per name)."""
+    first, top = conn.execute(
+        "SELECT (SELECT MIN(seq) FROM audit_records), (SELECT MAX(seq) FROM audit_records)"
+    ).fetchone()
+    if first is None or top - first + 1 <= keep:
+        return 0
+    last = top - keep  # drop seqs first..last
+    rows = conn.execute(
+        "SELECT r.seq, r.agent_code, r.region_code, r.decision, r.risk_score, "
+        "d.stated_intent, d.action_text FROM audit_records AS r "
+        "JOIN audit_documents AS d ON d.seq = r.seq WHERE r.seq BETWEEN ? AND ?",
+        (first, last),
+    ).fetchall()
+    fts_rows, repeated = [], []
+    doc_freq: Counter[str] = Counter()
+    for seq, agent, region, decision, risk, intent, text in rows:
+        tokens = text_tokens(f"{intent} {text}")
+        distinct = set(tokens)
+        doc_freq.update(distinct)
+        if len(distinct) != len(tokens):
+            repeated += [(t, seq) for t, c in Counter(tokens).items() if c > 1]
+        tags = f"a{agent} g{region} d{decision} k{_risk_bucket(risk)}"
+        fts_rows.append((seq, intent, text, tags))
+    conn.executemany(
+        "INSERT INTO audit_fts (audit_fts, rowid, stated_intent, action_text, tags) "
+        "VALUES ('delete', ?, ?, ?, ?)",
+        fts_rows,
+    )
+    conn.executemany(
+        "UPDATE audit_terms SET df = df - ? WHERE term = ?", [(c, t) for t, c in doc_freq.items()]
+    )
+    conn.executemany("DELETE FROM audit_terms WHERE term = ? AND df <= 0", [(t,) for t in doc_freq])
+    if repeated:
+        conn.executemany("DELETE FROM audit_term_counts WHERE term = ? AND seq = ?", repeated)
+    conn.execute("DELETE FROM audit_documents WHERE seq BETWEEN ? AND ?", (first, last))
+    conn.execute("DELETE FROM audit_records WHERE seq BETWEEN ? AND ?", (first, last))
+    return len(rows)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -10,6 +10,13 @@ the process that opened it. A file holding a table of ours by name that is not o
 missing column) is refused before anything is written to it
 (:class:`~nethical_grpc.storage.timeseries.base.TimeSeriesSchemaError`); columns added
 since the first version are added to an older table.
+
+Row cap: ``open(..., max_rows=N)`` keeps at most N rows in each of ``metrics``,
+``events``, ``audit_logs`` and ``window_summaries``; a write that takes a table past N
+deletes that table's oldest rows (the earliest inserted: lowest rowid), in the write's own
+transaction. It is what bounds an in-memory store, whose only other bound is the time
+retention (see :func:`~nethical_grpc.storage.timeseries.factory.open_timeseries`).
+``metric_rollup`` is not capped, so whole-minute aggregates still cover every point written.
 """
 
 from __future__ import annotations
@@ -43,12 +50,15 @@ from nethical_grpc.storage.timeseries.model import (
 )
 from nethical_grpc.storage.timeseries.rollup import AggregatePlan, RollupRows, TimeRange
 
-__all__ = ["SQLiteTimeSeriesStore"]
+__all__ = ["CAPPED_TABLES", "SQLiteTimeSeriesStore", "check_max_rows"]
 
 T = TypeVar("T")
 
 CACHE_KIB = 64 * 1024
 """Page cache of a file store, KiB."""
+
+CAPPED_TABLES = ("metrics", "events", "audit_logs", "window_summaries")
+"""The tables ``max_rows`` bounds (ordinary rowid tables; ``metric_rollup`` is not one)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS metrics (
@@ -137,6 +147,24 @@ ON CONFLICT (region_id, metric_name, minute) DO UPDATE SET
 """
 
 
+def check_max_rows(name: str, value: object) -> int | None:
+    """``value`` if it is None (no cap) or an int of at least 1; ``ValueError`` naming
+    ``name`` otherwise (a bool is refused, though it is an int)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name}: must be an int or None, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name}: must be at least 1 (or None for no cap), got {value}")
+    return value
+
+
+def _max_rowid(conn: sqlite3.Connection, table: str) -> int:
+    """The table's largest rowid, 0 when empty (one b-tree seek)."""
+    value = conn.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0]
+    return 0 if value is None else int(value)
+
+
 def _bucket_sql(column: str) -> str:
     """Epoch-aligned bucket start of an integer µs column for width ``:w`` (floored)."""
     return f"({column} - ((({column} % :w) + :w) % :w))"
@@ -168,13 +196,44 @@ def _range_sql(column: str, rng: TimeRange, tag: str, params: dict[str, Any]) ->
 
 
 class SQLiteTimeSeriesStore(TimeSeriesStore):
-    """:class:`TimeSeriesStore` on SQLite; open with :meth:`open`."""
+    """:class:`TimeSeriesStore` on SQLite; open with :meth:`open`.
+
+    With ``max_rows`` (an int ≥ 1) each of :data:`CAPPED_TABLES` keeps at most that many
+    rows: a write that takes a table past it deletes the table's oldest rows (lowest rowid,
+    i.e. the earliest inserted) in the same transaction, so the table ends at exactly
+    ``max_rows``. A window summary re-flushed in place (an upsert of an existing key) adds
+    no row and keeps its place. ``metric_rollup`` is not capped: ``aggregate_metrics`` with
+    whole-minute buckets and no agent filter reads the rollup and counts every point ever
+    written (within retention), while raw reads (``query_metrics``, an agent filter, a
+    width that is not whole minutes, the partial minutes at a range's edges) see only the
+    rows kept. :attr:`rows_dropped` counts the rows the cap deleted. ``None`` (the
+    default): no cap, the time retention is the only bound.
+
+    The cap is meant for in-memory stores (the factory gives it to nothing else). An
+    in-memory store counts each table's rows itself, on its connection thread, without a
+    ``COUNT(*)`` per write; a file may be shared by several processes, so a capped file
+    store counts the table inside each write's transaction (``COUNT(*)``, correct whoever
+    else writes, and affordable at the sizes a cap is for). A file that already holds more
+    rows than the cap is trimmed by its next write to that table, not at open.
+    """
 
     backend = "sqlite"
 
-    def __init__(self, region_id: str, retention: timedelta | None, path: str | None) -> None:
+    def __init__(
+        self,
+        region_id: str,
+        retention: timedelta | None,
+        path: str | None,
+        *,
+        max_rows: int | None = None,
+    ) -> None:
+        cap = check_max_rows("max_rows", max_rows)  # before the thread is started
         super().__init__(region_id, retention)
         self.path = path
+        self._max_rows = cap
+        self._rows: dict[str, int] = dict.fromkeys(CAPPED_TABLES, 0)
+        """Rows per capped table (in-memory store with a cap); connection thread only."""
+        self._rows_dropped = 0
         self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="nethical-ts-sqlite"
         )
@@ -182,10 +241,19 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
 
     @classmethod
     async def open(
-        cls, path: str | None, *, region_id: str, retention: timedelta | None = None
+        cls,
+        path: str | None,
+        *,
+        region_id: str,
+        retention: timedelta | None = None,
+        max_rows: int | None = None,
     ) -> Self:
-        """Open (creating tables if needed) the file at ``path``, or memory when None."""
-        store = cls(region_id, retention, path)
+        """Open (creating tables if needed) the file at ``path``, or memory when None.
+
+        ``max_rows``: at most this many rows in each of :data:`CAPPED_TABLES` (the oldest
+        go), or ``None`` for no cap; ``ValueError`` unless None or an int ≥ 1.
+        """
+        store = cls(region_id, retention, path, max_rows=max_rows)
         try:
             await store._run(store._connect)
         except sqlite3.Error as exc:  # unwritable directory, not a database, locked, full
@@ -199,6 +267,16 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
     @property
     def in_memory(self) -> bool:
         return self.path is None
+
+    @property
+    def max_rows(self) -> int | None:
+        """Most rows kept in each of :data:`CAPPED_TABLES`; ``None``: no cap."""
+        return self._max_rows
+
+    @property
+    def rows_dropped(self) -> int:
+        """Rows the cap has deleted since open, all tables together (0 without a cap)."""
+        return self._rows_dropped
 
     # ------------------------------------------------------------------ plumbing
 
@@ -239,10 +317,52 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
+            if self._max_rows is not None and self.path is None:
+                for table in CAPPED_TABLES:  # 0 in a new database; counted all the same
+                    self._rows[table] = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
         except BaseException:
             conn.close()
             raise
         self._conn = conn
+
+    # ------------------------------------------------------------------ row cap
+
+    def _trim(self, conn: sqlite3.Connection, table: str, added: int) -> tuple[str, int, int]:
+        """Within a write's transaction, after it added ``added`` rows to ``table``: delete
+        the table's oldest rows past the cap. Returns ``(table, rows now, rows deleted)``
+        for :meth:`_count` once the transaction has committed (a rollback leaves the
+        counts as they were). Only called when the store has a cap."""
+        cap = self._max_rows
+        assert cap is not None
+        if self.path is None:
+            count = self._rows[table] + added
+        elif added > 0:
+            count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        else:
+            return table, 0, 0  # a file store keeps no count: nothing to record
+        excess = count - cap
+        if excess <= 0 or added <= 0:
+            return table, count, 0
+        # Rowids grow with insertion (a new row gets the largest rowid + 1, deleting the
+        # oldest never removes the largest), so the first ``excess`` rowids are the oldest
+        # rows. Finding the boundary and deleting ``rowid <= boundary`` measured ~15%
+        # cheaper than ``rowid IN (SELECT … LIMIT excess)`` (5,000 of 505,000 rows).
+        (boundary,) = conn.execute(
+            f"SELECT rowid FROM {table} ORDER BY rowid LIMIT 1 OFFSET ?", (excess - 1,)
+        ).fetchone()
+        deleted = conn.execute(f"DELETE FROM {table} WHERE rowid <= ?", (boundary,)).rowcount
+        return table, count - deleted, deleted
+
+    def _count(self, trimmed: tuple[str, int, int]) -> None:
+        """Record what :meth:`_trim` did, after the commit."""
+        table, count, deleted = trimmed
+        self._rows[table] = count
+        self._rows_dropped += deleted
+
+    def _forget_rows(self, table: str, deleted: int) -> None:
+        """Rows deleted otherwise (retention), after the commit."""
+        if self._max_rows is not None and self.path is None:
+            self._rows[table] -= deleted
 
     # ------------------------------------------------------------------ metrics
 
@@ -260,6 +380,7 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
             cols.metadata,
             strict=True,
         )
+        trimmed = None
         with _transaction(conn):
             conn.executemany(
                 "INSERT INTO metrics (region_id, ts, metric_name, agent_id, metric_value, "
@@ -267,6 +388,10 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
                 rows,
             )
             conn.executemany(_ROLLUP_UPSERT, rollup.rows())
+            if self._max_rows is not None:
+                trimmed = self._trim(conn, "metrics", len(cols))
+        if trimmed is not None:
+            self._count(trimmed)
 
     async def _select_metrics(
         self,
@@ -340,7 +465,8 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
 
     async def _write_event(self, row: EventRow) -> None:
         await self._run(
-            self._execute_in_tx,
+            self._insert_capped,
+            "events",
             "INSERT INTO events (region_id, event_id, ts, event_type, agent_id, severity, "
             "data) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             row,
@@ -348,16 +474,23 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
 
     async def _write_audit(self, row: AuditRow) -> None:
         await self._run(
-            self._execute_in_tx,
+            self._insert_capped,
+            "audit_logs",
             "INSERT INTO audit_logs (region_id, audit_id, ts, action_id, agent_id, decision, "
             "violations, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             row,
         )
 
-    def _execute_in_tx(self, query: str, params: tuple[Any, ...]) -> int:
+    def _insert_capped(self, table: str, query: str, params: tuple[Any, ...]) -> None:
+        """One ``INSERT … ON CONFLICT DO NOTHING`` into ``table``, trimmed to the cap."""
         conn = self._db()
+        trimmed = None
         with _transaction(conn):
-            return conn.execute(query, params).rowcount
+            added = conn.execute(query, params).rowcount  # 0 for a retry's duplicate
+            if self._max_rows is not None:
+                trimmed = self._trim(conn, table, added)
+        if trimmed is not None:
+            self._count(trimmed)
 
     async def _select_events(
         self,
@@ -423,7 +556,13 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
 
     def _upsert_windows_sync(self, rows: list[tuple[WindowSummaryRow, str]]) -> None:
         conn = self._db()
+        trimmed = None
         with _transaction(conn):
+            # The upsert's rowcount counts updated rows too. A row it inserts gets the
+            # largest rowid + 1 (SQLite's rule until rowid 2**63 - 1, centuries away at any
+            # write rate) and an update keeps its row's rowid, so the largest rowid moves by
+            # exactly the number of rows inserted: two b-tree seeks, no COUNT(*).
+            before = _max_rowid(conn, "window_summaries") if self._max_rows is not None else 0
             conn.executemany(
                 "INSERT INTO window_summaries (region_id, instance_id, metric, labels, "
                 "window_start_ns, window_ns, count, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -444,6 +583,11 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
                     for r, labels in rows
                 ],
             )
+            if self._max_rows is not None:
+                added = _max_rowid(conn, "window_summaries") - before
+                trimmed = self._trim(conn, "window_summaries", added)
+        if trimmed is not None:
+            self._count(trimmed)
 
     async def _load_windows(
         self, region_id: str, since_ns: int | None, instance_id: str | None
@@ -468,11 +612,17 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
         ]
 
     async def _delete_windows(self, region_id: str, before_ns: int) -> int:
-        return await self._run(
-            self._execute_in_tx,
-            "DELETE FROM window_summaries WHERE region_id = ? AND window_start_ns < ?",
-            (region_id, before_ns),
-        )
+        return await self._run(self._delete_windows_sync, region_id, before_ns)
+
+    def _delete_windows_sync(self, region_id: str, before_ns: int) -> int:
+        conn = self._db()
+        with _transaction(conn):
+            deleted: int = conn.execute(
+                "DELETE FROM window_summaries WHERE region_id = ? AND window_start_ns < ?",
+                (region_id, before_ns),
+            ).rowcount
+        self._forget_rows("window_summaries", deleted)
+        return deleted
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -482,6 +632,7 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
 
     def _delete_before(self, cutoff_us: int) -> None:
         conn = self._db()
+        deleted: dict[str, int] = {}
         with _transaction(conn):
             for table, column in (
                 ("metrics", "ts"),
@@ -489,7 +640,11 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
                 ("events", "ts"),
                 ("audit_logs", "ts"),
             ):
-                conn.execute(f"DELETE FROM {table} WHERE {column} < ?", (cutoff_us,))
+                deleted[table] = conn.execute(
+                    f"DELETE FROM {table} WHERE {column} < ?", (cutoff_us,)
+                ).rowcount
+        for table in ("metrics", "events", "audit_logs"):
+            self._forget_rows(table, deleted[table])
 
     async def _close(self) -> None:
         executor, self._executor = self._executor, None

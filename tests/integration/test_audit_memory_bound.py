@@ -1,0 +1,189 @@
+"""The SQLite audit store's ``max_records``: past it the oldest records are dropped, and the
+store then answers exactly as a store that only ever held the newest ``max_records``.
+
+The in-memory store (``memory://``, the region node's default) is bounded by default, so a
+long-running node does not grow until it runs out of memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_storage_audit import (
+    QUERIES,
+    REGION,
+    all_pages,
+    dataset,
+    oracle_ids,
+    page_ids,
+)
+
+from nethical_grpc.storage.audit import (
+    DEFAULT_MEMORY_MAX_RECORDS,
+    AuditRecord,
+    SqliteFtsAuditStore,
+    open_audit_store,
+)
+
+Opener = Callable[..., Awaitable[SqliteFtsAuditStore]]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
+    """Opens stores of the parametrised kind, each file store in its own file."""
+    opened: list[SqliteFtsAuditStore] = []
+
+    async def open_one(max_records: int | None = None) -> SqliteFtsAuditStore:
+        path = None if request.param == "memory" else str(tmp_path / f"a{len(opened)}.db")
+        store = await SqliteFtsAuditStore.open(REGION, path, max_records=max_records)
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        await store.close()
+
+
+async def load_in_batches(
+    store: SqliteFtsAuditStore, records: Sequence[AuditRecord], size: int
+) -> None:
+    for i in range(0, len(records), size):
+        result = await store.index_audit_logs(records[i : i + size])
+        assert result.indexed == len(records[i : i + size])
+
+
+async def answers(store: SqliteFtsAuditStore) -> list[object]:
+    """Everything a caller can see: newest-first ids per query, relevance order with its
+    scores, filtered searches and statistics."""
+    out: list[object] = []
+    for text in [None, *QUERIES]:
+        out.append(page_ids(await all_pages(store, text, page_size=7, order="newest")))
+    for text in QUERIES:
+        pages = await all_pages(store, text, page_size=9, order="relevance")
+        out.append([(h.record.action_id, h.score) for p in pages for h in p.hits])
+    out.append(page_ids(await all_pages(store, "report", agent_id="agent-3", page_size=50)))
+    out.append(page_ids(await all_pages(store, decision="block", min_risk_score=0.4)))
+    out.append(await store.get_audit_log_statistics())
+    out.append(await store.get_audit_log_statistics(agent_id="agent-2"))
+    return out
+
+
+async def test_a_bounded_store_answers_as_one_that_holds_only_the_newest(
+    open_store: Opener,
+) -> None:
+    records = dataset(240)
+    bounded = await open_store(max_records=100)
+    await load_in_batches(bounded, records, 37)
+    fresh = await open_store()
+    await load_in_batches(fresh, records[-100:], 100)
+
+    assert bounded.records_dropped == 140 and bounded.max_records == 100
+    got, expected = await answers(bounded), await answers(fresh)
+    assert got == expected  # ids, BM25 scores (same df, N, lengths), statistics
+    assert got[0] == oracle_ids(records[-100:])
+    assert (await bounded.get_audit_log_statistics()).total_actions == 100
+
+
+async def test_a_batch_larger_than_the_bound_keeps_its_newest(open_store: Opener) -> None:
+    records = dataset(120)
+    store = await open_store(max_records=25)
+    await load_in_batches(store, records, 120)
+    assert page_ids(await all_pages(store, page_size=10)) == oracle_ids(records[-25:])
+    assert page_ids(await all_pages(store, "report", page_size=3, order="newest")) == oracle_ids(
+        records[-25:], "report"
+    )
+    assert store.records_dropped == 95
+
+
+async def test_ids_are_deduplicated_among_the_records_kept(open_store: Opener) -> None:
+    records = dataset(30)
+    store = await open_store(max_records=10)
+    await load_in_batches(store, records, 30)
+    again = await store.index_audit_logs(records[-10:])
+    assert (again.indexed, again.duplicates) == (0, 10)
+    # a dropped record is no longer known: sent again, it is the newest record
+    back = await store.index_audit_logs([records[0]])
+    assert (back.indexed, back.duplicates) == (1, 0)
+    assert page_ids(await all_pages(store, page_size=20)) == oracle_ids([*records[-9:], records[0]])
+
+
+async def test_a_reader_sharing_the_file_sees_the_oldest_go(tmp_path: Path) -> None:
+    path = str(tmp_path / "shared.db")
+    writer = await SqliteFtsAuditStore.open(REGION, path, max_records=40)
+    reader = await SqliteFtsAuditStore.open(REGION, path)
+    try:
+        records = dataset(160)
+        start = 0
+        for end in (30, 70, 160):  # the reader's mirror is cut at each step, then emptied
+            await load_in_batches(writer, records[start:end], 30)
+            start = end
+            kept = records[max(0, end - 40) : end]
+            assert page_ids(await all_pages(reader, page_size=16)) == oracle_ids(kept)
+            assert page_ids(await all_pages(reader, "ticket 7", order="newest")) == oracle_ids(
+                kept, "ticket 7"
+            )
+            stats = await reader.get_audit_log_statistics()
+            assert stats.total_actions == len(kept)
+    finally:
+        await writer.close()
+        await reader.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    bound=st.integers(min_value=1, max_value=30),
+    sizes=st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=6),
+)
+def test_after_any_writes_the_newest_records_remain(bound: int, sizes: list[int]) -> None:
+    records = dataset(sum(sizes))
+
+    async def check() -> None:
+        store = await SqliteFtsAuditStore.open(REGION, max_records=bound)
+        try:
+            written = 0
+            for size in sizes:
+                await store.index_audit_logs(records[written : written + size])
+                written += size
+                kept = records[max(0, written - bound) : written]
+                assert page_ids(await all_pages(store, page_size=50)) == oracle_ids(kept)
+                assert page_ids(
+                    await all_pages(store, "report", page_size=50, order="newest")
+                ) == oracle_ids(kept, "report")
+                assert store.records_dropped == written - len(kept)
+        finally:
+            await store.close()
+
+    asyncio.run(check())
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 1.5, "10"])
+async def test_a_bad_bound_is_refused(bad: object) -> None:
+    with pytest.raises(ValueError, match="max_records"):
+        await SqliteFtsAuditStore.open(REGION, max_records=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_records"):
+        await open_audit_store("memory://", REGION, memory_max_records=bad)  # type: ignore[arg-type]
+
+
+async def test_the_factory_bounds_in_memory_stores_only(tmp_path: Path) -> None:
+    memory, _ = await open_audit_store("memory://", REGION)
+    unbounded, _ = await open_audit_store("memory://", REGION, memory_max_records=None)
+    file, _ = await open_audit_store(f"sqlite://{tmp_path / 'a.db'}", REGION)
+    # nothing listens on the discard port: the in-memory stand-in is bounded too
+    standin, choice = await open_audit_store(
+        "http://127.0.0.1:9", REGION, connect_timeout_s=1.0, memory_max_records=7
+    )
+    try:
+        assert isinstance(memory, SqliteFtsAuditStore)
+        assert memory.max_records == DEFAULT_MEMORY_MAX_RECORDS
+        assert isinstance(unbounded, SqliteFtsAuditStore) and unbounded.max_records is None
+        assert isinstance(file, SqliteFtsAuditStore) and file.max_records is None
+        assert choice.fallback and isinstance(standin, SqliteFtsAuditStore)
+        assert standin.max_records == 7
+    finally:
+        for s in (memory, unbounded, file, standin):
+            await s.close()
