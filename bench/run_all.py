@@ -17,6 +17,7 @@ BENCHES = [
     "ingest",
     "federation",
     "memory",
+    "store_memory",
     "evaluate",
     "jit",
     "gpu",
@@ -55,6 +56,14 @@ def table() -> str:
         f"| region node RSS, {mem['series']:,} series × {mem['windows_per_series']} windows, "
         f"values over four decades | {mem['rss_loaded_mb']} MB (idle {mem['rss_idle_mb']} MB) "
         f"| ≤ 512 MB |"
+    )
+    sm = load("store_memory")
+    bounded, unbounded = sm["bounded"], sm["unbounded"]
+    rows.append(
+        f"| region node RSS after {sm['evaluations']:,} evaluations on `memory://` stores | "
+        f"{bounded['checkpoints'][-1]['rss_mib']} MiB keeping the newest "
+        f"{bounded['memory_store_records']:,} (no bound: "
+        f"{unbounded['checkpoints'][-1]['rss_mib']} MiB) | bounded |"
     )
     m = ing["machine"]
     rows.append("")

@@ -9,8 +9,8 @@ index sees new terms as real traffic does), and its RSS is read after each check
 once the stores have taken everything sent (the newest action's record is found by a
 SearchAudit; on the bounded node the record just past the bound must be gone).
 
-    python bench/store_memory.py [--evaluations 1500000] [--bound 500000]
-                                 [--checkpoints 6]
+    python bench/store_memory.py [--evaluations 1200000] [--bound 100000]
+                                 [--checkpoints 12]
 """
 
 from __future__ import annotations
@@ -123,9 +123,9 @@ async def run_node(bound: int, evaluations: int, checkpoints: int) -> dict[str, 
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--evaluations", type=int, default=1_500_000)
-    parser.add_argument("--bound", type=int, default=500_000)
-    parser.add_argument("--checkpoints", type=int, default=6)
+    parser.add_argument("--evaluations", type=int, default=1_200_000)
+    parser.add_argument("--bound", type=int, default=100_000)
+    parser.add_argument("--checkpoints", type=int, default=12)
     args = parser.parse_args()
     bounded = await run_node(args.bound, args.evaluations, args.checkpoints)
     unbounded = await run_node(0, args.evaluations, args.checkpoints)

@@ -135,9 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     region.add_argument(
         "--memory-store-records",
         type=int,
-        default=int(os.environ.get("NETHICAL_MEMORY_STORE_RECORDS", "500000")),
+        # a string: argparse converts it, so a bad value is a usage error, not a traceback
+        default=os.environ.get("NETHICAL_MEMORY_STORE_RECORDS", "100000"),
         help="records an in-memory store keeps, the newest (audit records; time-series rows "
-        "per table); 0: no bound (env NETHICAL_MEMORY_STORE_RECORDS, default 500000)",
+        "per table); 0: no bound (env NETHICAL_MEMORY_STORE_RECORDS, default 100000)",
     )
     region.add_argument(
         "--flush-interval",

@@ -307,7 +307,13 @@ def test_a_negative_worker_count_is_refused() -> None:
     assert "--detect-workers must be 0 or more" in out.stderr
 
 
-def test_a_negative_memory_store_bound_is_refused() -> None:
+def test_a_bad_memory_store_bound_is_refused() -> None:
     out = run_cli("region", "--region-id", "r", "--port", "0", "--memory-store-records", "-5")
     assert out.returncode == 2
     assert "--memory-store-records must be 0 (no bound) or more, got -5" in out.stderr
+    env = {**os.environ, "NETHICAL_MEMORY_STORE_RECORDS": "lots"}
+    cmd = mesh_command("region", "--region-id", "r", "--port", "0")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, env=env)
+    assert out.returncode == 2
+    assert "--memory-store-records: invalid int value: 'lots'" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -298,7 +298,6 @@ async def test_max_rows_of_one() -> None:
 
 
 async def test_factory_caps_memory_stores_only(tmp_path: Path) -> None:
-    assert DEFAULT_MEMORY_MAX_ROWS == 500_000
     opened = [
         await open_timeseries("memory://", REGION),
         await open_timeseries("sqlite:///:memory:", REGION),

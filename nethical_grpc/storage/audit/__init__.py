@@ -80,7 +80,7 @@ __all__ = [
 
 _STORE: Final = "audit"
 #: Records an in-memory audit store keeps by default (the newest; see open_audit_store).
-DEFAULT_MEMORY_MAX_RECORDS: Final = 500_000
+DEFAULT_MEMORY_MAX_RECORDS: Final = 100_000
 
 
 def __getattr__(name: str) -> Any:
