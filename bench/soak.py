@@ -154,8 +154,8 @@ def main() -> None:
         choices=("sqlite", "memory"),
         default="sqlite",
         help="the regions' time-series and audit stores: SQLite files (sqlite, as a "
-        "production node without servers) or memory://, which keeps every evaluation's "
-        "record in RAM without a bound",
+        "production node without servers) or memory://, which keeps the newest "
+        "--memory-store-records evaluations' records in RAM (100,000 by default)",
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
