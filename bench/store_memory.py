@@ -72,21 +72,7 @@ async def until_stored(stub: region_node_pb2_grpc.RegionNodeServiceStub, i: int)
 
 async def run_node(bound: int, evaluations: int, checkpoints: int) -> dict[str, object]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-store-memory-"))
-    node = spawn(
-        "node",
-        [
-            "region",
-            "--region-id",
-            "mem",
-            "--port",
-            "0",
-            "--log-level",
-            "WARNING",
-            "--memory-store-records",
-            str(bound),
-        ],
-        workdir,
-    )
+    node = spawn("node", [*common.BENCH_REGION, "--memory-store-records", str(bound)], workdir)
     points: list[dict[str, object]] = []
     try:
         port = node.port()

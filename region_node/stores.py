@@ -7,8 +7,7 @@ from dataclasses import dataclass, field, replace
 
 from nethical_grpc.errors import first_line
 from nethical_grpc.storage.audit import DEFAULT_MEMORY_MAX_RECORDS, AuditStore, open_audit_store
-from nethical_grpc.storage.audit.sqlite_fts import check_max_records
-from nethical_grpc.storage.backend import BackendChoice
+from nethical_grpc.storage.backend import BackendChoice, check_row_bound
 from nethical_grpc.storage.cache import Cache, FailoverCache, open_cache, region_namespace
 from nethical_grpc.storage.timeseries import TimeSeriesStore, open_timeseries
 
@@ -35,7 +34,7 @@ class StoreConfig:
     def __post_init__(self) -> None:
         if not 0.05 <= self.flush_interval_s <= 3600:
             raise ValueError("flush interval must be between 50 ms and 1 h")
-        check_max_records(self.memory_records)
+        check_row_bound("memory_records", self.memory_records)
 
 
 @dataclass(slots=True)

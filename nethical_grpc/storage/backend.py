@@ -6,7 +6,20 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["BackendChoice", "redact_url", "url_scheme"]
+__all__ = ["BackendChoice", "check_row_bound", "redact_url", "url_scheme"]
+
+
+def check_row_bound(name: str, value: object) -> int | None:
+    """``value`` if it is None (no bound) or an int of at least 1: how many records or rows
+    an in-memory store keeps; ``ValueError`` naming ``name`` otherwise (a bool is refused,
+    though it is an int)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name}: must be an int or None, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name}: must be at least 1 (or None for no cap), got {value}")
+    return value
 
 
 def url_scheme(url: str) -> str:

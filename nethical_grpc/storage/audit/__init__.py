@@ -43,9 +43,9 @@ from nethical_grpc.storage.audit.model import (
     check_region_id,
     query_terms,
 )
-from nethical_grpc.storage.audit.sqlite_fts import SqliteFtsAuditStore, check_max_records
+from nethical_grpc.storage.audit.sqlite_fts import SqliteFtsAuditStore
 from nethical_grpc.storage.audit.store import AuditStore, AuditStoreError, PageTokenExpiredError
-from nethical_grpc.storage.backend import BackendChoice, redact_url, url_scheme
+from nethical_grpc.storage.backend import BackendChoice, check_row_bound, redact_url, url_scheme
 
 if TYPE_CHECKING:
     from nethical_grpc.storage.audit.elasticsearch_store import ElasticsearchAuditStore
@@ -133,7 +133,7 @@ async def open_audit_store(
     ``AuditStoreError`` when a SQLite file cannot be opened.
     """
     check_region_id("region_id", region_id, allow_empty=False)
-    check_max_records(memory_max_records)
+    check_row_bound("memory_max_records", memory_max_records)
     scheme = url_scheme(url)
     shown = redact_url(url)
 

@@ -95,6 +95,7 @@ from nethical_grpc.storage.audit.model import (
 )
 from nethical_grpc.storage.audit.paging import PageCursor, decode_page_token, encode_page_token
 from nethical_grpc.storage.audit.store import AuditStore, AuditStoreError
+from nethical_grpc.storage.backend import check_row_bound
 from nethical_grpc.storage.sqlite_tx import missing_columns, rollback_quietly, schema_columns
 
 __all__ = ["BM25_B", "BM25_K1", "SqliteFtsAuditStore", "fts5_match_expression"]
@@ -694,7 +695,7 @@ class SqliteFtsAuditStore(AuditStore):
         self._readers = readers if readers is not None else writer
         self._mirror = _Mirror()
         self._writer_codes: dict[tuple[str, str], int] = {}
-        self._max_records = check_max_records(max_records)
+        self._max_records = check_row_bound("max_records", max_records)
         self._dropped = 0
 
     @property
@@ -731,7 +732,7 @@ class SqliteFtsAuditStore(AuditStore):
         drops the oldest records (in commit order) in the same transaction, so the store
         holds the newest ``max_records`` (``None``: no bound; see :func:`_drop_oldest`)."""
         check_region_id("region_id", region_id, allow_empty=False)
-        check_max_records(max_records)
+        check_row_bound("max_records", max_records)
         if path is not None and (not path or path == ":memory:"):
             raise ValueError("path must name a database file (None for memory)")
         if not 1 <= read_threads <= 16:
@@ -942,15 +943,6 @@ class SqliteFtsAuditStore(AuditStore):
         if self._readers is not self._writer:
             await asyncio.to_thread(self._readers.close)
         await asyncio.to_thread(self._writer.close)
-
-
-def check_max_records(max_records: object) -> int | None:
-    """``max_records`` if it is ``None`` or a positive int (``ValueError`` otherwise)."""
-    if max_records is None:
-        return None
-    if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
-        raise ValueError(f"max_records must be a positive integer or None, got {max_records!r}")
-    return max_records
 
 
 def _drop_oldest(conn: sqlite3.Connection, keep: int) -> int:

@@ -31,10 +31,10 @@ import logging
 from datetime import timedelta
 
 from nethical_grpc.errors import first_line
-from nethical_grpc.storage.backend import BackendChoice, redact_url, url_scheme
+from nethical_grpc.storage.backend import BackendChoice, check_row_bound, redact_url, url_scheme
 from nethical_grpc.storage.timeseries.base import TimeSeriesStore, check_retention
 from nethical_grpc.storage.timeseries.model import check_name
-from nethical_grpc.storage.timeseries.sqlite import SQLiteTimeSeriesStore, check_max_rows
+from nethical_grpc.storage.timeseries.sqlite import SQLiteTimeSeriesStore
 
 __all__ = ["DEFAULT_MEMORY_MAX_ROWS", "DEFAULT_RETENTION", "open_timeseries", "sqlite_path"]
 
@@ -115,7 +115,7 @@ async def open_timeseries(
     requested = redact_url(url)
     check_name("region_id", region_id)
     check_retention(retention)
-    memory_cap = check_max_rows("memory_max_rows", memory_max_rows)
+    memory_cap = check_row_bound("memory_max_rows", memory_max_rows)
     if scheme == "memory":
         store = await SQLiteTimeSeriesStore.open(
             None, region_id=region_id, retention=retention, max_rows=memory_cap

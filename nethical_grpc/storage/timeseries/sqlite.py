@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, Self, TypeVar
 
+from nethical_grpc.storage.backend import check_row_bound
 from nethical_grpc.storage.sqlite_tx import missing_columns, rollback_quietly, schema_columns
 from nethical_grpc.storage.timeseries.base import (
     AuditRow,
@@ -50,7 +51,7 @@ from nethical_grpc.storage.timeseries.model import (
 )
 from nethical_grpc.storage.timeseries.rollup import AggregatePlan, RollupRows, TimeRange
 
-__all__ = ["CAPPED_TABLES", "SQLiteTimeSeriesStore", "check_max_rows"]
+__all__ = ["CAPPED_TABLES", "SQLiteTimeSeriesStore"]
 
 T = TypeVar("T")
 
@@ -147,18 +148,6 @@ ON CONFLICT (region_id, metric_name, minute) DO UPDATE SET
 """
 
 
-def check_max_rows(name: str, value: object) -> int | None:
-    """``value`` if it is None (no cap) or an int of at least 1; ``ValueError`` naming
-    ``name`` otherwise (a bool is refused, though it is an int)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name}: must be an int or None, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name}: must be at least 1 (or None for no cap), got {value}")
-    return value
-
-
 def _max_rowid(conn: sqlite3.Connection, table: str) -> int:
     """The table's largest rowid, 0 when empty (one b-tree seek)."""
     value = conn.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0]
@@ -227,7 +216,7 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
         *,
         max_rows: int | None = None,
     ) -> None:
-        cap = check_max_rows("max_rows", max_rows)  # before the thread is started
+        cap = check_row_bound("max_rows", max_rows)  # before the thread is started
         super().__init__(region_id, retention)
         self.path = path
         self._max_rows = cap
