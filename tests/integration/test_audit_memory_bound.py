@@ -8,7 +8,9 @@ long-running node does not grow until it runs out of memory.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -187,3 +189,35 @@ async def test_the_factory_bounds_in_memory_stores_only(tmp_path: Path) -> None:
     finally:
         for s in (memory, unbounded, file, standin):
             await s.close()
+
+
+async def test_dropped_records_leave_the_index_and_the_term_counts(tmp_path: Path) -> None:
+    # every other record repeats a word: its count is kept apart (audit_term_counts)
+    records = [
+        replace(r, action_text=f"{r.action_text} again and again") if i % 2 else r
+        for i, r in enumerate(dataset(240))
+    ]
+    bounded = await SqliteFtsAuditStore.open(REGION, str(tmp_path / "b.db"), max_records=60)
+    fresh = await SqliteFtsAuditStore.open(REGION, str(tmp_path / "f.db"))
+    try:
+        await load_in_batches(bounded, records, 41)
+        await load_in_batches(fresh, records[-60:], 60)
+    finally:
+        await bounded.close()
+        await fresh.close()
+
+    def tables(name: str) -> tuple[object, ...]:
+        with sqlite3.connect(tmp_path / name) as conn:
+            conn.execute("INSERT INTO audit_fts (audit_fts, rank) VALUES ('integrity-check', 1)")
+            matches = [
+                conn.execute(
+                    "SELECT count(*) FROM audit_fts WHERE audit_fts MATCH ?", (term,)
+                ).fetchone()[0]
+                for term in ("ticket", "report", "cafe", "d0", "a3")
+            ]
+            terms = conn.execute("SELECT term, df FROM audit_terms ORDER BY term").fetchall()
+            repeats = sorted(conn.execute("SELECT term, tf FROM audit_term_counts").fetchall())
+            assert repeats  # the test covers them
+            return matches, terms, repeats
+
+    assert tables("b.db") == tables("f.db")
