@@ -80,6 +80,7 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
     telemetry.get_recorder().observe_stores(
         lambda: [(c.store, c.backend, not c.problem, bool(c.reason)) for c in stores.choices()]
     )
+    telemetry.get_recorder().observe_store_evictions(stores.evictions)
     try:
         _check_wal_store(config, stores)
         profiles = ProfileBook()

@@ -88,6 +88,14 @@ class NodeStores:
             for c in (self.cache_choice, self.timeseries_choice, self.audit_choice)
         ]
 
+    def evictions(self) -> list[tuple[str, str, int]]:
+        """(store, backend, records dropped for the in-memory bound since the start) of
+        the time-series and audit stores (0 for a store without a bound)."""
+        return [
+            ("timeseries", self.timeseries_choice.backend, self.timeseries.rows_dropped),
+            ("audit", self.audit_choice.backend, self.audit.records_dropped),
+        ]
+
     def write_failed(self, store: str, exc: BaseException) -> None:
         self.problems[store] = first_line(exc)
 

@@ -18,7 +18,13 @@ from collections.abc import Callable, Iterable, Mapping
 
 from opentelemetry.metrics import Meter, Observation
 
-from nethical_grpc.telemetry.recorder import CoverageLevel, InstanceStates, Recorder, StoreStates
+from nethical_grpc.telemetry.recorder import (
+    CoverageLevel,
+    InstanceStates,
+    Recorder,
+    StoreEvictions,
+    StoreStates,
+)
 
 RPC_SERVER_DURATION = "rpc.server.duration"
 RPC_CLIENT_DURATION = "rpc.client.duration"
@@ -31,6 +37,7 @@ FANOUT_COVERAGE = "nethical.fanout.coverage"
 FANOUT_REGION_DURATION = "nethical.fanout.region.duration"
 EVALUATIONS = "nethical.evaluations"
 STORE_RECORDS_DROPPED = "nethical.store.records_dropped"
+STORE_RECORDS_EVICTED = "nethical.store.records_evicted"
 INSTANCE_UP = "nethical.instance.up"
 STORE_UP = "nethical.store.up"
 STORE_FALLBACK = "nethical.store.fallback"
@@ -47,6 +54,7 @@ PROMETHEUS_METRICS: Mapping[str, str] = {
     FANOUT_REGION_DURATION: "nethical_fanout_region_duration_seconds",
     EVALUATIONS: "nethical_evaluations_total",
     STORE_RECORDS_DROPPED: "nethical_store_records_dropped_total",
+    STORE_RECORDS_EVICTED: "nethical_store_records_evicted_total",
     INSTANCE_UP: "nethical_instance_up",
     STORE_UP: "nethical_store_up",
     STORE_FALLBACK: "nethical_store_fallback",
@@ -153,6 +161,7 @@ class MeterRecorder(Recorder):
         # observable gauges are made on the first observe_* call (one callback each)
         self._instances: InstanceStates | None = None
         self._stores: StoreStates | None = None
+        self._evictions: StoreEvictions | None = None
 
     def record_ingest(self, batches: int, values: int) -> None:
         """Raises ``ValueError`` for a negative count."""
@@ -228,6 +237,22 @@ class MeterRecorder(Recorder):
                 "1 when the store runs on a fallback, not the backend asked for",
                 functools.partial(self._store_flags, 3),
             )
+
+    def observe_store_evictions(self, evictions: StoreEvictions) -> None:
+        first = self._evictions is None
+        self._evictions = evictions
+        if first:
+            self._meter.create_observable_counter(
+                STORE_RECORDS_EVICTED,
+                callbacks=[lambda _options: self._store_evictions()],
+                unit="{record}",
+                description="Records a store dropped, oldest first, to stay within its "
+                "in-memory bound (--memory-store-records)",
+            )
+
+    def _store_evictions(self) -> list[Observation]:
+        rows = self._evictions() if self._evictions is not None else ()
+        return [Observation(n, {"store": store, "backend": backend}) for store, backend, n in rows]
 
     def _gauge(
         self, name: str, description: str, read: Callable[[], Iterable[Observation]]

@@ -17,6 +17,8 @@ InstanceStates = Callable[[], Iterable[tuple[str, str, bool]]]
 #: (store, backend in use, up: its last write did not fail, fallback: not the backend
 #: asked for) for every store of a node
 StoreStates = Callable[[], Iterable[tuple[str, str, bool, bool]]]
+#: (store, backend in use, records it dropped for its in-memory bound since the start)
+StoreEvictions = Callable[[], Iterable[tuple[str, str, int]]]
 
 
 class Recorder:
@@ -54,6 +56,10 @@ class Recorder:
 
     def observe_stores(self, states: StoreStates) -> None:
         """Export whether each store works and whether it is a fallback, at each scrape."""
+
+    def observe_store_evictions(self, evictions: StoreEvictions) -> None:
+        """Export, at each scrape, how many records each store dropped to stay within its
+        in-memory bound (a counter: the oldest records went, newer ones were kept)."""
 
 
 NOOP = Recorder()

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nethical_grpc import client
 from nethical_grpc.cli.processes import spawn
+from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
 
 pytestmark = pytest.mark.e2e
 
@@ -113,5 +114,31 @@ async def test_region_and_coordinator_export_their_metrics(tmp_path: Path) -> No
                 pytest.fail("nethical_instance_up stayed 1 after the region stopped")
         finally:
             coord.stop()
+    finally:
+        region.stop()
+
+
+async def test_a_node_counts_the_records_its_memory_stores_drop(tmp_path: Path) -> None:
+    metrics = free_port()
+    args = ["region", "--region-id", "tel", "--port", "0", "--metrics-port", str(metrics)]
+    region = spawn("region", [*args, "--memory-store-records", "5"], tmp_path)
+    try:
+        port = await region.aport()
+        async with client.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = region_node_pb2_grpc.RegionNodeServiceStub(ch)
+            for i in range(12):
+                action = governance_pb2.AgentAction(agent_id="a", action_text=f"list files {i}")
+                await stub.Evaluate(region_node_pb2.EvaluateRequest(action=action), timeout=10)
+        evicted = "nethical_store_records_evicted_total"
+        for _ in range(100):  # the stores write in the background
+            text = await asyncio.to_thread(scrape, metrics)
+            if labelled(text, evicted, store="audit") == 7:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail(f"{evicted} never reached 7 for the audit store:\n{text}")
+        assert labelled(text, evicted, store="audit", backend="memory") == 7
+        # one metric row per evaluation (window summaries may add rows of their own)
+        assert labelled(text, evicted, store="timeseries", backend="sqlite (memory)") >= 7
     finally:
         region.stop()

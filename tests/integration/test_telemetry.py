@@ -622,6 +622,9 @@ async def exercise(r: Rig) -> None:
     rec.observe_stores(
         lambda: [("timeseries", "sqlite (memory)", True, True), ("audit", "sqlite", False, False)]
     )
+    rec.observe_store_evictions(
+        lambda: [("timeseries", "sqlite (memory)", 0), ("audit", "memory", 5)]
+    )
 
 
 async def test_prometheus_endpoint_serves_rpc_and_mesh_metrics(prom: Rig) -> None:
@@ -680,6 +683,8 @@ async def test_prometheus_endpoint_serves_rpc_and_mesh_metrics(prom: Rig) -> Non
     assert pick(found, "nethical_store_up", store="audit", backend="sqlite") == 0
     assert pick(found, "nethical_store_fallback", store="timeseries") == 1
     assert pick(found, "nethical_store_fallback", store="audit") == 0
+    assert pick(found, "nethical_store_records_evicted_total", store="audit", backend="memory") == 5
+    assert pick(found, "nethical_store_records_evicted_total", store="timeseries") == 0
 
 
 async def test_recorder_rejects_impossible_counts(rig: Rig) -> None:

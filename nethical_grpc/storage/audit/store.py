@@ -62,6 +62,12 @@ class AuditStore(ABC):
         self.region_id = check_region_id("region_id", region_id, allow_empty=False)
         self._closed = False
 
+    @property
+    def records_dropped(self) -> int:
+        """Records dropped to stay within an in-memory bound since the store was opened
+        (0: a store without one)."""
+        return 0
+
     # ------------------------------------------------------------------ public API
 
     async def index_audit_log(

@@ -128,6 +128,12 @@ class TimeSeriesStore(ABC):
 
     backend: str = "abstract"
 
+    @property
+    def rows_dropped(self) -> int:
+        """Rows dropped to stay within an in-memory bound since the store was opened (0:
+        a store without one)."""
+        return 0
+
     def __init__(self, region_id: str, retention: timedelta | None) -> None:
         self.region_id = check_name("region_id", region_id)
         self.retention = check_retention(retention)
