@@ -107,6 +107,15 @@ STOP_WRITE_LIMIT_S: Final = 5.0
 _KNOWN_FINDINGS: Final = 4_096
 
 
+async def _wait_for(event: asyncio.Event, timeout_s: float) -> None:
+    """Until ``event`` is set or ``timeout_s`` has passed (at once when it is not positive)."""
+    if event.is_set() or timeout_s <= 0:
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
+
+
 def _utc(ns: int) -> datetime:
     return datetime.fromtimestamp(ns / 1e9, tz=UTC)
 
@@ -181,6 +190,8 @@ class Persister:
         self._findings: dict[Violation, AuditViolation] = {}
         # set after each write of records (evaluations waiting for room look again)
         self._written = asyncio.Event()
+        # set when records are queued: an idle loop sleeps until then (or its next task)
+        self._arrived = asyncio.Event()
         self.stopped = False
         self.backlog_waits = 0
         # per store: records dropped since the last "fall behind" warning, and its time
@@ -201,6 +212,7 @@ class Persister:
             return
         ids = self._ids
         records = [(f"{self._id_prefix}{next(ids):012x}", o) for o in outcomes]
+        self._arrived.set()
         for queue in (self._points, self._audits):
             queue.pending.extend(records)
             excess = len(queue.pending) - MAX_PENDING
@@ -633,9 +645,19 @@ class Persister:
         next_profiles = time.monotonic() + PROFILE_INTERVAL_S
         next_retention = time.monotonic()
         while True:
-            # at once while more than a batch waits for a store that answers (a round
-            # writes only what waited at its start), else after the interval
-            await asyncio.sleep(0 if self._behind(_WRITE_BATCH) else WRITE_INTERVAL_S)
+            if self._behind(_WRITE_BATCH):
+                # at once while more than a batch waits for a store that answers (a round
+                # writes only what waited at its start)
+                await asyncio.sleep(0)
+            else:
+                if not self.backlog():
+                    # idle: no tick until records arrive or a flush, a profile write or
+                    # the retention is due (an idle node woke 20 times a second)
+                    due = min(next_flush, next_profiles, next_retention) - time.monotonic()
+                    await _wait_for(self._arrived, due)
+                    self._arrived.clear()
+                # records gather for a round's worth before they are written
+                await asyncio.sleep(WRITE_INTERVAL_S)
             now = time.monotonic()
             if now >= next_retention:
                 next_retention = now + RETENTION_INTERVAL_S

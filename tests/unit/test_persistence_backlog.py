@@ -183,3 +183,32 @@ async def test_records_are_made_off_the_event_loop_and_all_stored(
     assert await audited(stores) == 300
     rows = await stores.timeseries.query_metrics("agent-1", "risk_score", limit=1000)
     assert len(rows) == 300
+
+
+async def test_an_idle_loop_sleeps_until_records_arrive(
+    stores: NodeStores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = persister(stores)
+    rounds = 0
+    write_round = p.round
+
+    async def counted(windows: bool, profiles: bool = True) -> None:
+        nonlocal rounds
+        rounds += 1
+        await write_round(windows, profiles)
+
+    monkeypatch.setattr(p, "round", counted)
+    await p.start()
+    try:
+        await asyncio.sleep(0.1)  # the first round (retention is due at the start)
+        before = rounds
+        await asyncio.sleep(0.5)  # ten write intervals, nothing queued, profiles due in 1 s
+        assert rounds == before
+        p.enqueue(outcomes(3, 1_000))
+        started = time.monotonic()
+        while await audited(stores) < 3:  # written a write interval or so later
+            assert time.monotonic() - started < 2.0
+            await asyncio.sleep(0.01)
+        assert rounds > before
+    finally:
+        await p.stop()
