@@ -107,15 +107,6 @@ STOP_WRITE_LIMIT_S: Final = 5.0
 _KNOWN_FINDINGS: Final = 4_096
 
 
-async def _wait_for(event: asyncio.Event, timeout_s: float) -> None:
-    """Until ``event`` is set or ``timeout_s`` has passed (at once when it is not positive)."""
-    if event.is_set() or timeout_s <= 0:
-        return
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout_s):
-            await event.wait()
-
-
 def _utc(ns: int) -> datetime:
     return datetime.fromtimestamp(ns / 1e9, tz=UTC)
 
@@ -654,7 +645,8 @@ class Persister:
                     # idle: no tick until records arrive or a flush, a profile write or
                     # the retention is due (an idle node woke 20 times a second)
                     due = min(next_flush, next_profiles, next_retention) - time.monotonic()
-                    await _wait_for(self._arrived, due)
+                    loop = asyncio.get_running_loop()
+                    await wait_until(self._arrived.is_set, self._arrived, loop.time() + due)
                     self._arrived.clear()
                 # records gather for a round's worth before they are written
                 await asyncio.sleep(WRITE_INTERVAL_S)

@@ -22,6 +22,7 @@ from nethical_grpc.cli.args import (
     parse_weight,
 )
 from nethical_grpc.security.flags import add_client_arguments, add_server_arguments
+from nethical_grpc.storage.backend import DEFAULT_MEMORY_BOUND
 
 log = logging.getLogger("nethical_mesh")
 
@@ -136,9 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory-store-records",
         type=int,
         # a string: argparse converts it, so a bad value is a usage error, not a traceback
-        default=os.environ.get("NETHICAL_MEMORY_STORE_RECORDS", "100000"),
+        default=os.environ.get("NETHICAL_MEMORY_STORE_RECORDS", str(DEFAULT_MEMORY_BOUND)),
         help="records an in-memory store keeps, the newest (audit records; time-series rows "
-        "per table); 0: no bound (env NETHICAL_MEMORY_STORE_RECORDS, default 100000)",
+        f"per table); 0: no bound (env NETHICAL_MEMORY_STORE_RECORDS, default "
+        f"{DEFAULT_MEMORY_BOUND})",
     )
     region.add_argument(
         "--flush-interval",

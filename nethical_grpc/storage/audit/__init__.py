@@ -45,7 +45,13 @@ from nethical_grpc.storage.audit.model import (
 )
 from nethical_grpc.storage.audit.sqlite_fts import SqliteFtsAuditStore
 from nethical_grpc.storage.audit.store import AuditStore, AuditStoreError, PageTokenExpiredError
-from nethical_grpc.storage.backend import BackendChoice, check_row_bound, redact_url, url_scheme
+from nethical_grpc.storage.backend import (
+    DEFAULT_MEMORY_BOUND,
+    BackendChoice,
+    check_row_bound,
+    redact_url,
+    url_scheme,
+)
 
 if TYPE_CHECKING:
     from nethical_grpc.storage.audit.elasticsearch_store import ElasticsearchAuditStore
@@ -80,7 +86,7 @@ __all__ = [
 
 _STORE: Final = "audit"
 #: Records an in-memory audit store keeps by default (the newest; see open_audit_store).
-DEFAULT_MEMORY_MAX_RECORDS: Final = 100_000
+DEFAULT_MEMORY_MAX_RECORDS: Final = DEFAULT_MEMORY_BOUND
 
 
 def __getattr__(name: str) -> Any:

@@ -167,6 +167,29 @@ def _risk_bucket(risk: float) -> int:
     return min(int(risk * 10), 9)
 
 
+def _tags(agent: int, region: int, decision: int, risk: float) -> str:
+    """A record's internal tag tokens in the ``tags`` column (see the module docstring)."""
+    return f"a{agent} g{region} d{decision} k{_risk_bucket(risk)}"
+
+
+def _terms(intent: str, text: str) -> tuple[int, set[str], list[tuple[str, int]]]:
+    """A record's ranking terms: its length in tokens, its distinct terms, and the terms
+    it holds more than once with their counts (kept in ``audit_term_counts``)."""
+    tokens = text_tokens(f"{intent} {text}")
+    distinct = set(tokens)
+    if len(distinct) == len(tokens):
+        return len(tokens), distinct, []
+    return len(tokens), distinct, [(t, c) for t, c in Counter(tokens).items() if c > 1]
+
+
+def _seq_range(conn: sqlite3.Connection) -> tuple[int, int]:
+    """The oldest and the newest seq the table holds; ``(0, 0)`` when it is empty."""
+    first, top = conn.execute(
+        "SELECT (SELECT MIN(seq) FROM audit_records), (SELECT MAX(seq) FROM audit_records)"
+    ).fetchone()
+    return first or 0, top or 0
+
+
 # ---------------------------------------------------------------------- connections
 
 
@@ -324,6 +347,17 @@ class _Mirror:
 
     _ARRAYS: Final = ("_ts", "_decision", "_risk", "_agent", "_region", "_doc_len")
 
+    def _reallocate(self, cap: int, drop: int = 0) -> None:
+        """New arrays of ``cap`` entries holding the mirrored records but the ``drop``
+        oldest (views taken before keep the old arrays)."""
+        live = self._n - self._base
+        for name in self._ARRAYS:
+            old = getattr(self, name)
+            new = np.zeros(cap, old.dtype)
+            new[1 : live - drop + 1] = old[drop + 1 : live + 1]
+            setattr(self, name, new)
+        self._base += drop
+
     def _grow(self, needed: int) -> None:
         """Room for index ``needed`` (seq ``base + needed``)."""
         cap = len(self._ts)
@@ -331,28 +365,15 @@ class _Mirror:
             return
         while cap <= needed:
             cap *= 2
-        live = self._n - self._base
-        for name in self._ARRAYS:
-            old = getattr(self, name)
-            new = np.zeros(cap, old.dtype)
-            new[: live + 1] = old[: live + 1]
-            setattr(self, name, new)
+        self._reallocate(cap)
 
     def _cut(self, first: int) -> None:
-        """Forget the seqs below ``first``, the oldest the table still holds (new arrays:
-        views taken before keep theirs)."""
+        """Forget the seqs below ``first``, the oldest the table still holds."""
         if first > self._n:  # none of the mirrored records is left
             self._base = self._n = first - 1
             return
-        drop = first - 1 - self._base
-        live = self._n - self._base
-        cap = max(_INITIAL_CAPACITY, 2 * (live - drop + 1))
-        for name in self._ARRAYS:
-            old = getattr(self, name)
-            new = np.zeros(cap, old.dtype)
-            new[1 : live - drop + 1] = old[drop + 1 : live + 1]
-            setattr(self, name, new)
-        self._base = first - 1
+        live = self._n - first + 1
+        self._reallocate(max(_INITIAL_CAPACITY, 2 * (live + 1)), first - 1 - self._base)
 
     @staticmethod
     def _sync_names(
@@ -369,12 +390,9 @@ class _Mirror:
 
     def view(self, conn: sqlite3.Connection) -> _View:
         """The mirror as of ``conn``'s current read transaction."""
-        first, top = conn.execute(
-            "SELECT (SELECT MIN(seq) FROM audit_records), (SELECT MAX(seq) FROM audit_records)"
-        ).fetchone()
-        top = top or 0
+        first, top = _seq_range(conn)
         with self._lock:
-            if first is not None and first > self._base + 1:
+            if first > self._base + 1:
                 self._cut(first)
             if top > self._n:
                 self._sync_names(
@@ -695,7 +713,7 @@ class SqliteFtsAuditStore(AuditStore):
         self._readers = readers if readers is not None else writer
         self._mirror = _Mirror()
         self._writer_codes: dict[tuple[str, str], int] = {}
-        self._max_records = check_row_bound("max_records", max_records)
+        self._max_records = max_records  # checked by open
         self._dropped = 0
 
     @property
@@ -817,17 +835,16 @@ class SqliteFtsAuditStore(AuditStore):
             if fresh:
                 agents = self._codes(conn, "a", {r.agent_id for r in fresh}, new_codes)
                 regions = self._codes(conn, "r", {r.region_id for r in fresh}, new_codes)
-                (top,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_records").fetchone()
+                top = _seq_range(conn)[1]
                 record_rows, document_rows, fts_rows, term_rows = [], [], [], []
                 # each record's distinct terms, counted once for the whole batch
                 distinct_terms: list[set[str]] = []
                 for seq, r in enumerate(fresh, start=top + 1):
                     intent, text = r.stated_intent, r.action_text
-                    tokens = text_tokens(f"{intent} {text}")
-                    distinct = set(tokens)
+                    doc_len, distinct, repeated = _terms(intent, text)
                     distinct_terms.append(distinct)
-                    if len(distinct) != len(tokens):
-                        term_rows += [(t, seq, c) for t, c in Counter(tokens).items() if c > 1]
+                    if repeated:
+                        term_rows += [(t, seq, c) for t, c in repeated]
                     agent, region = agents[r.agent_id], regions[r.region_id]
                     decision = _DECISION_CODE[r.decision]
                     record_rows.append(
@@ -839,14 +856,15 @@ class SqliteFtsAuditStore(AuditStore):
                             region,
                             decision,
                             r.risk_score,
-                            len(tokens),
+                            doc_len,
                         )
                     )
                     document_rows.append(
                         (seq, intent, text, r.action_type, _violations_json(r.violations))
                     )
-                    tags = f"a{agent} g{region} d{decision} k{_risk_bucket(r.risk_score)}"
-                    fts_rows.append((seq, intent, text, tags))
+                    fts_rows.append(
+                        (seq, intent, text, _tags(agent, region, decision, r.risk_score))
+                    )
                 conn.executemany(
                     "INSERT INTO audit_records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", record_rows
                 )
@@ -953,10 +971,8 @@ def _drop_oldest(conn: sqlite3.Connection, keep: int) -> int:
     is contentless: each record leaves it by an FTS5 ``'delete'`` given the values it was
     indexed with (its texts, and tags remade from its row), and its terms' document
     frequencies go down by one.  Agent and region codes stay (a few bytes per name)."""
-    first, top = conn.execute(
-        "SELECT (SELECT MIN(seq) FROM audit_records), (SELECT MAX(seq) FROM audit_records)"
-    ).fetchone()
-    if first is None or top - first + 1 <= keep:
+    first, top = _seq_range(conn)
+    if not top or top - first + 1 <= keep:
         return 0
     last = top - keep  # drop seqs first..last
     rows = conn.execute(
@@ -968,13 +984,10 @@ def _drop_oldest(conn: sqlite3.Connection, keep: int) -> int:
     fts_rows, repeated = [], []
     doc_freq: Counter[str] = Counter()
     for seq, agent, region, decision, risk, intent, text in rows:
-        tokens = text_tokens(f"{intent} {text}")
-        distinct = set(tokens)
+        _, distinct, counted = _terms(intent, text)
         doc_freq.update(distinct)
-        if len(distinct) != len(tokens):
-            repeated += [(t, seq) for t, c in Counter(tokens).items() if c > 1]
-        tags = f"a{agent} g{region} d{decision} k{_risk_bucket(risk)}"
-        fts_rows.append((seq, intent, text, tags))
+        repeated += [(t, seq) for t, _ in counted]
+        fts_rows.append((seq, intent, text, _tags(agent, region, decision, risk)))
     conn.executemany(
         "INSERT INTO audit_fts (audit_fts, rowid, stated_intent, action_text, tags) "
         "VALUES ('delete', ?, ?, ?, ?)",

@@ -31,7 +31,13 @@ import logging
 from datetime import timedelta
 
 from nethical_grpc.errors import first_line
-from nethical_grpc.storage.backend import BackendChoice, check_row_bound, redact_url, url_scheme
+from nethical_grpc.storage.backend import (
+    DEFAULT_MEMORY_BOUND,
+    BackendChoice,
+    check_row_bound,
+    redact_url,
+    url_scheme,
+)
 from nethical_grpc.storage.timeseries.base import TimeSeriesStore, check_retention
 from nethical_grpc.storage.timeseries.model import check_name
 from nethical_grpc.storage.timeseries.sqlite import SQLiteTimeSeriesStore
@@ -41,7 +47,7 @@ __all__ = ["DEFAULT_MEMORY_MAX_ROWS", "DEFAULT_RETENTION", "open_timeseries", "s
 log = logging.getLogger(__name__)
 
 DEFAULT_RETENTION = timedelta(days=30)
-DEFAULT_MEMORY_MAX_ROWS = 100_000
+DEFAULT_MEMORY_MAX_ROWS = DEFAULT_MEMORY_BOUND
 """Rows an in-memory store keeps per table (a node's metric rows took about 0.24 KiB each:
 116 MiB for 500,000 rows of 50 agents with shared metadata); each other table has the
 same cap."""

@@ -342,6 +342,18 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
         deleted = conn.execute(f"DELETE FROM {table} WHERE rowid <= ?", (boundary,)).rowcount
         return table, count - deleted, deleted
 
+    def _capped_write(self, table: str, write: Callable[[sqlite3.Connection], int]) -> None:
+        """Run ``write`` (it answers the rows it added to ``table``) in one transaction,
+        with ``table`` trimmed to the cap in the same transaction when there is one."""
+        conn = self._db()
+        trimmed = None
+        with _transaction(conn):
+            added = write(conn)
+            if self._max_rows is not None:
+                trimmed = self._trim(conn, table, added)
+        if trimmed is not None:
+            self._count(trimmed)
+
     def _count(self, trimmed: tuple[str, int, int]) -> None:
         """Record what :meth:`_trim` did, after the commit."""
         table, count, deleted = trimmed
@@ -359,7 +371,6 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
         await self._run(self._write_metrics_sync, cols, rollup)
 
     def _write_metrics_sync(self, cols: MetricColumns, rollup: RollupRows) -> None:
-        conn = self._db()
         rows = zip(
             cols.region_ids,
             cols.ts_us.tolist(),
@@ -369,18 +380,17 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
             cols.metadata,
             strict=True,
         )
-        trimmed = None
-        with _transaction(conn):
+
+        def write(conn: sqlite3.Connection) -> int:
             conn.executemany(
                 "INSERT INTO metrics (region_id, ts, metric_name, agent_id, metric_value, "
                 "metadata) VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
             )
             conn.executemany(_ROLLUP_UPSERT, rollup.rows())
-            if self._max_rows is not None:
-                trimmed = self._trim(conn, "metrics", len(cols))
-        if trimmed is not None:
-            self._count(trimmed)
+            return len(cols)
+
+        self._capped_write("metrics", write)
 
     async def _select_metrics(
         self,
@@ -472,14 +482,8 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
 
     def _insert_capped(self, table: str, query: str, params: tuple[Any, ...]) -> None:
         """One ``INSERT … ON CONFLICT DO NOTHING`` into ``table``, trimmed to the cap."""
-        conn = self._db()
-        trimmed = None
-        with _transaction(conn):
-            added = conn.execute(query, params).rowcount  # 0 for a retry's duplicate
-            if self._max_rows is not None:
-                trimmed = self._trim(conn, table, added)
-        if trimmed is not None:
-            self._count(trimmed)
+        # rowcount is 0 for a retry's duplicate
+        self._capped_write(table, lambda conn: int(conn.execute(query, params).rowcount))
 
     async def _select_events(
         self,
@@ -544,14 +548,14 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
         await self._run(self._upsert_windows_sync, rows)
 
     def _upsert_windows_sync(self, rows: list[tuple[WindowSummaryRow, str]]) -> None:
-        conn = self._db()
-        trimmed = None
-        with _transaction(conn):
+        capped = self._max_rows is not None
+
+        def write(conn: sqlite3.Connection) -> int:
             # The upsert's rowcount counts updated rows too. A row it inserts gets the
             # largest rowid + 1 (SQLite's rule until rowid 2**63 - 1, centuries away at any
             # write rate) and an update keeps its row's rowid, so the largest rowid moves by
             # exactly the number of rows inserted: two b-tree seeks, no COUNT(*).
-            before = _max_rowid(conn, "window_summaries") if self._max_rows is not None else 0
+            before = _max_rowid(conn, "window_summaries") if capped else 0
             conn.executemany(
                 "INSERT INTO window_summaries (region_id, instance_id, metric, labels, "
                 "window_start_ns, window_ns, count, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -572,11 +576,9 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
                     for r, labels in rows
                 ],
             )
-            if self._max_rows is not None:
-                added = _max_rowid(conn, "window_summaries") - before
-                trimmed = self._trim(conn, "window_summaries", added)
-        if trimmed is not None:
-            self._count(trimmed)
+            return _max_rowid(conn, "window_summaries") - before if capped else 0
+
+        self._capped_write("window_summaries", write)
 
     async def _load_windows(
         self, region_id: str, since_ns: int | None, instance_id: str | None
