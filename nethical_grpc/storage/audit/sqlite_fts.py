@@ -96,7 +96,12 @@ from nethical_grpc.storage.audit.model import (
 from nethical_grpc.storage.audit.paging import PageCursor, decode_page_token, encode_page_token
 from nethical_grpc.storage.audit.store import AuditStore, AuditStoreError
 from nethical_grpc.storage.backend import check_row_bound
-from nethical_grpc.storage.sqlite_tx import missing_columns, rollback_quietly, schema_columns
+from nethical_grpc.storage.sqlite_tx import (
+    execute_rows,
+    missing_columns,
+    rollback_quietly,
+    schema_columns,
+)
 
 __all__ = ["BM25_B", "BM25_K1", "SqliteFtsAuditStore", "fts5_match_expression"]
 
@@ -114,6 +119,18 @@ _SCHEMA_VERSION: Final = 1
 _DECISION_CODE: Final = {d: i for i, d in enumerate(DECISIONS)}
 _ID_CHUNK: Final = 500
 _INITIAL_CAPACITY: Final = 1024
+
+_RECORD_ROW: Final = "(?, ?, ?, ?, ?, ?, ?, ?)"
+_DOCUMENT_ROW: Final = "(?, ?, ?, ?, ?)"
+#: Rows of the full-text index: added as ``(NULL, rowid, texts, tags)``, removed as
+#: ``('delete', rowid, texts, tags)`` (a contentless table is told the values it indexed).
+_FTS_INSERT: Final = (
+    "INSERT INTO audit_fts (audit_fts, rowid, stated_intent, action_text, tags) VALUES {rows}"
+)
+#: Adds to terms' document frequencies (new terms start at the count; negative: removed).
+_DF_UPSERT: Final = (
+    "INSERT INTO audit_terms VALUES {rows} ON CONFLICT (term) DO UPDATE SET df = df + excluded.df"
+)
 
 _SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS audit_agents (
@@ -865,25 +882,18 @@ class SqliteFtsAuditStore(AuditStore):
                     fts_rows.append(
                         (seq, intent, text, _tags(agent, region, decision, r.risk_score))
                     )
-                conn.executemany(
-                    "INSERT INTO audit_records VALUES (?, ?, ?, ?, ?, ?, ?, ?)", record_rows
+                execute_rows(
+                    conn, "INSERT INTO audit_records VALUES {rows}", _RECORD_ROW, record_rows
                 )
-                conn.executemany(
-                    "INSERT INTO audit_documents VALUES (?, ?, ?, ?, ?)", document_rows
+                execute_rows(
+                    conn, "INSERT INTO audit_documents VALUES {rows}", _DOCUMENT_ROW, document_rows
                 )
-                conn.executemany(
-                    "INSERT INTO audit_fts (rowid, stated_intent, action_text, tags) "
-                    "VALUES (?, ?, ?, ?)",
-                    fts_rows,
-                )
+                execute_rows(conn, _FTS_INSERT, "(NULL, ?, ?, ?, ?)", fts_rows)
                 doc_freq = Counter(itertools.chain.from_iterable(distinct_terms))
-                conn.executemany(
-                    "INSERT INTO audit_terms VALUES (?, ?) "
-                    "ON CONFLICT (term) DO UPDATE SET df = df + excluded.df",
-                    doc_freq.items(),
+                execute_rows(conn, _DF_UPSERT, "(?, ?)", list(doc_freq.items()))
+                execute_rows(
+                    conn, "INSERT INTO audit_term_counts VALUES {rows}", "(?, ?, ?)", term_rows
                 )
-                if term_rows:
-                    conn.executemany("INSERT INTO audit_term_counts VALUES (?, ?, ?)", term_rows)
             dropped = 0
             if fresh and self._max_records is not None:
                 dropped = _drop_oldest(conn, self._max_records)
@@ -988,17 +998,21 @@ def _drop_oldest(conn: sqlite3.Connection, keep: int) -> int:
         doc_freq.update(distinct)
         repeated += [(t, seq) for t, _ in counted]
         fts_rows.append((seq, intent, text, _tags(agent, region, decision, risk)))
-    conn.executemany(
-        "INSERT INTO audit_fts (audit_fts, rowid, stated_intent, action_text, tags) "
-        "VALUES ('delete', ?, ?, ?, ?)",
-        fts_rows,
+    execute_rows(conn, _FTS_INSERT, "('delete', ?, ?, ?, ?)", fts_rows)
+    # the terms' document frequencies go down by the same upsert that raises them
+    execute_rows(conn, _DF_UPSERT, "(?, ?)", [(t, -c) for t, c in doc_freq.items()])
+    execute_rows(
+        conn,
+        "DELETE FROM audit_terms WHERE term IN (VALUES {rows}) AND df <= 0",
+        "(?)",
+        [(t,) for t in doc_freq],
     )
-    conn.executemany(
-        "UPDATE audit_terms SET df = df - ? WHERE term = ?", [(c, t) for t, c in doc_freq.items()]
+    execute_rows(
+        conn,
+        "DELETE FROM audit_term_counts WHERE (term, seq) IN (VALUES {rows})",
+        "(?, ?)",
+        repeated,
     )
-    conn.executemany("DELETE FROM audit_terms WHERE term = ? AND df <= 0", [(t,) for t in doc_freq])
-    if repeated:
-        conn.executemany("DELETE FROM audit_term_counts WHERE term = ? AND seq = ?", repeated)
     conn.execute("DELETE FROM audit_documents WHERE seq BETWEEN ? AND ?", (first, last))
     conn.execute("DELETE FROM audit_records WHERE seq BETWEEN ? AND ?", (first, last))
     return len(rows)

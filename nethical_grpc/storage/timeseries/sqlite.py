@@ -3,7 +3,9 @@
 One dedicated thread owns the connection and runs every statement, so coroutines never
 block the event loop and never touch SQLite concurrently. Times are stored as integer Unix
 microseconds, which makes epoch-aligned bucketing exact integer arithmetic, identical to
-PostgreSQL's ``date_bin``. Batches are written with ``executemany`` in one transaction.
+PostgreSQL's ``date_bin``. A batch is written in one transaction, by multi-row statements
+(:func:`~nethical_grpc.storage.sqlite_tx.execute_rows`: the writer thread takes the
+interpreter lock once per chunk of rows, not once per row).
 
 Several processes may share a file (WAL, a 5 s busy timeout); an in-memory store belongs to
 the process that opened it. A file holding a table of ours by name that is not ours (a
@@ -31,7 +33,12 @@ from datetime import timedelta
 from typing import Any, Self, TypeVar
 
 from nethical_grpc.storage.backend import check_row_bound
-from nethical_grpc.storage.sqlite_tx import missing_columns, rollback_quietly, schema_columns
+from nethical_grpc.storage.sqlite_tx import (
+    execute_rows,
+    missing_columns,
+    rollback_quietly,
+    schema_columns,
+)
 from nethical_grpc.storage.timeseries.base import (
     AuditRow,
     BucketTotals,
@@ -139,7 +146,7 @@ def _schema_columns() -> dict[str, list[str]]:
 _ROLLUP_UPSERT = """
 INSERT INTO metric_rollup
     (region_id, metric_name, minute, n, sum_value, min_value, max_value)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+VALUES {rows}
 ON CONFLICT (region_id, metric_name, minute) DO UPDATE SET
     n = n + excluded.n,
     sum_value = sum_value + excluded.sum_value,
@@ -371,23 +378,27 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
         await self._run(self._write_metrics_sync, cols, rollup)
 
     def _write_metrics_sync(self, cols: MetricColumns, rollup: RollupRows) -> None:
-        rows = zip(
-            cols.region_ids,
-            cols.ts_us.tolist(),
-            cols.metric_names,
-            cols.agent_ids,
-            cols.values.tolist(),
-            cols.metadata,
-            strict=True,
+        rows = list(
+            zip(
+                cols.region_ids,
+                cols.ts_us.tolist(),
+                cols.metric_names,
+                cols.agent_ids,
+                cols.values.tolist(),
+                cols.metadata,
+                strict=True,
+            )
         )
 
         def write(conn: sqlite3.Connection) -> int:
-            conn.executemany(
+            execute_rows(
+                conn,
                 "INSERT INTO metrics (region_id, ts, metric_name, agent_id, metric_value, "
-                "metadata) VALUES (?, ?, ?, ?, ?, ?)",
+                "metadata) VALUES {rows}",
+                "(?, ?, ?, ?, ?, ?)",
                 rows,
             )
-            conn.executemany(_ROLLUP_UPSERT, rollup.rows())
+            execute_rows(conn, _ROLLUP_UPSERT, "(?, ?, ?, ?, ?, ?, ?)", rollup.rows())
             return len(cols)
 
         self._capped_write("metrics", write)
@@ -556,12 +567,14 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
             # write rate) and an update keeps its row's rowid, so the largest rowid moves by
             # exactly the number of rows inserted: two b-tree seeks, no COUNT(*).
             before = _max_rowid(conn, "window_summaries") if capped else 0
-            conn.executemany(
+            execute_rows(
+                conn,
                 "INSERT INTO window_summaries (region_id, instance_id, metric, labels, "
-                "window_start_ns, window_ns, count, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "window_start_ns, window_ns, count, payload) VALUES {rows} "
                 "ON CONFLICT (region_id, instance_id, metric, labels, window_start_ns) "
                 "DO UPDATE SET window_ns = excluded.window_ns, count = excluded.count, "
                 "payload = excluded.payload",
+                "(?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         r.region_id,
