@@ -30,6 +30,7 @@ from nethical_grpc.storage.audit import (
     AuditRecord,
     SqliteFtsAuditStore,
     open_audit_store,
+    sqlite_fts,
 )
 
 Opener = Callable[..., Awaitable[SqliteFtsAuditStore]]
@@ -214,7 +215,7 @@ async def test_dropped_records_leave_the_index_and_the_term_counts(tmp_path: Pat
                 conn.execute(
                     "SELECT count(*) FROM audit_fts WHERE audit_fts MATCH ?", (term,)
                 ).fetchone()[0]
-                for term in ("ticket", "report", "cafe", "d0")
+                for term in ("ticket", "report", "cafe", "d0", *(f"k{b}" for b in range(10)))
             ]
             # agent tags by agent name: the two stores number their agents differently
             agents = []
@@ -230,3 +231,15 @@ async def test_dropped_records_leave_the_index_and_the_term_counts(tmp_path: Pat
             return matches, sorted(agents), terms, repeats
 
     assert tables("b.db") == tables("f.db")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(0.0, 1.0))
+def test_the_risk_bucket_is_the_same_in_sql_and_in_python(risk: float) -> None:
+    # a drop tells FTS5 the tags it indexed, the risk decile computed in SQL: a different
+    # decile would leave the record's tags in the index
+    with sqlite3.connect(":memory:") as conn:
+        (bucket,) = conn.execute(
+            f"SELECT {sqlite_fts._RISK_BUCKET_SQL} FROM (SELECT ? AS risk_score) AS r", (risk,)
+        ).fetchone()
+    assert bucket == sqlite_fts._risk_bucket(risk)

@@ -181,12 +181,18 @@ def fts5_match_expression(terms: Sequence[str], tags: Sequence[Sequence[str]] = 
 
 
 def _risk_bucket(risk: float) -> int:
+    """The risk decile of a record's tags (``risk`` in [0, 1])."""
     return min(int(risk * 10), 9)
 
 
-def _tags(agent: int, region: int, decision: int, risk: float) -> str:
+#: :func:`_risk_bucket` in SQL, of ``audit_records.risk_score`` (the same double product,
+#: truncated the same way: a drop must tell FTS5 exactly the tags it indexed).
+_RISK_BUCKET_SQL: Final = "min(CAST(r.risk_score * 10 AS INTEGER), 9)"
+
+
+def _tags(agent: int, region: int, decision: int, bucket: int) -> str:
     """A record's internal tag tokens in the ``tags`` column (see the module docstring)."""
-    return f"a{agent} g{region} d{decision} k{_risk_bucket(risk)}"
+    return f"a{agent} g{region} d{decision} k{bucket}"
 
 
 def _terms(intent: str, text: str) -> tuple[int, set[str], list[tuple[str, int]]]:
@@ -880,7 +886,12 @@ class SqliteFtsAuditStore(AuditStore):
                         (seq, intent, text, r.action_type, _violations_json(r.violations))
                     )
                     fts_rows.append(
-                        (seq, intent, text, _tags(agent, region, decision, r.risk_score))
+                        (
+                            seq,
+                            intent,
+                            text,
+                            _tags(agent, region, decision, _risk_bucket(r.risk_score)),
+                        )
                     )
                 execute_rows(
                     conn, "INSERT INTO audit_records VALUES {rows}", _RECORD_ROW, record_rows
@@ -985,19 +996,22 @@ def _drop_oldest(conn: sqlite3.Connection, keep: int) -> int:
     if not top or top - first + 1 <= keep:
         return 0
     last = top - keep  # drop seqs first..last
-    rows = conn.execute(
-        "SELECT r.seq, r.agent_code, r.region_code, r.decision, r.risk_score, "
-        "d.stated_intent, d.action_text FROM audit_records AS r "
+    # one row holding them all, as JSON (integers and texts: exact): fetching a row per
+    # record would ask for the interpreter lock once per record (see execute_rows)
+    (found,) = conn.execute(
+        "SELECT json_group_array(json_array(r.seq, r.agent_code, r.region_code, r.decision, "
+        f"{_RISK_BUCKET_SQL}, d.stated_intent, d.action_text)) FROM audit_records AS r "
         "JOIN audit_documents AS d ON d.seq = r.seq WHERE r.seq BETWEEN ? AND ?",
         (first, last),
-    ).fetchall()
+    ).fetchone()
+    rows = json.loads(found)
     fts_rows, repeated = [], []
     doc_freq: Counter[str] = Counter()
-    for seq, agent, region, decision, risk, intent, text in rows:
+    for seq, agent, region, decision, bucket, intent, text in rows:
         _, distinct, counted = _terms(intent, text)
         doc_freq.update(distinct)
         repeated += [(t, seq) for t, _ in counted]
-        fts_rows.append((seq, intent, text, _tags(agent, region, decision, risk)))
+        fts_rows.append((seq, intent, text, _tags(agent, region, decision, bucket)))
     execute_rows(conn, _FTS_INSERT, "('delete', ?, ?, ?, ?)", fts_rows)
     # the terms' document frequencies go down by the same upsert that raises them
     execute_rows(conn, _DF_UPSERT, "(?, ?)", [(t, -c) for t, c in doc_freq.items()])
