@@ -31,7 +31,8 @@
   would overwrite.
 * **Retention**: at the start and every ``RETENTION_INTERVAL_S`` the time-series store's
   own retention is applied (``--retention`` only bounds the windows a node holds in
-  memory; older windows live in the store until this cutoff).
+  memory; older windows live in the store until this cutoff), and the audit store's
+  (``--audit-retention-days``; Elasticsearch applies its own, by its lifecycle policy).
 
 Store failures never fail a request: the write is kept and retried on the next round (up
 to a bound, past which the oldest is dropped and counted). Stores that answer but fall
@@ -603,9 +604,15 @@ class Persister:
     # -- loop ---------------------------------------------------------------------
 
     async def apply_retention(self) -> None:
-        """Drop the time-series store's rows past its retention, and this region's window
-        summaries that start before the same cutoff (failures are logged, and retried at
-        the next interval)."""
+        """Drop the time-series store's rows past its retention, this region's window
+        summaries that start before the same cutoff, and the audit store's records past
+        its own (failures are logged, and retried at the next interval)."""
+        try:
+            deleted = await self.stores.audit.apply_retention()
+            if deleted:
+                log.info("deleted %d audit records past the store's retention", deleted)
+        except Exception as exc:
+            log.warning("applying the audit store's retention failed: %s", exc)
         try:
             cutoff = await self.stores.timeseries.apply_retention()
             if cutoff is not None and self.durable_store:

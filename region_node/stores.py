@@ -6,7 +6,13 @@ import logging
 from dataclasses import dataclass, field, replace
 
 from nethical_grpc.errors import first_line
-from nethical_grpc.storage.audit import DEFAULT_MEMORY_MAX_RECORDS, AuditStore, open_audit_store
+from nethical_grpc.storage.audit import (
+    DEFAULT_MEMORY_MAX_RECORDS,
+    DEFAULT_RETENTION_DAYS,
+    AuditStore,
+    check_retention_days,
+    open_audit_store,
+)
 from nethical_grpc.storage.backend import BackendChoice, check_row_bound
 from nethical_grpc.storage.cache import Cache, FailoverCache, open_cache, region_namespace
 from nethical_grpc.storage.timeseries import TimeSeriesStore, open_timeseries
@@ -22,6 +28,7 @@ class StoreConfig:
     ``memory_records`` bounds the stores held in this process's memory (``memory://``, or
     the stand-in for a server that could not be used): the audit store keeps the newest
     that many records, the time-series store that many rows per table; ``None``: no bound.
+    ``audit_retention_days``: how long the audit store keeps records (every backend).
     """
 
     cache_url: str = "memory://"
@@ -30,11 +37,13 @@ class StoreConfig:
     flush_interval_s: float = 10.0
     timeseries_schema: str | None = None
     memory_records: int | None = DEFAULT_MEMORY_MAX_RECORDS
+    audit_retention_days: int = DEFAULT_RETENTION_DAYS
 
     def __post_init__(self) -> None:
         if not 0.05 <= self.flush_interval_s <= 3600:
             raise ValueError("flush interval must be between 50 ms and 1 h")
         check_row_bound("memory_records", self.memory_records)
+        check_retention_days(self.audit_retention_days)
 
 
 @dataclass(slots=True)
@@ -61,7 +70,10 @@ class NodeStores:
             )
             try:
                 audit, audit_choice = await open_audit_store(
-                    config.audit_url, region_id, memory_max_records=config.memory_records
+                    config.audit_url,
+                    region_id,
+                    memory_max_records=config.memory_records,
+                    retention_days=config.audit_retention_days,
                 )
             except BaseException:
                 await ts.close()

@@ -22,7 +22,7 @@ from nethical_grpc.cli.args import (
     parse_weight,
 )
 from nethical_grpc.security.flags import add_client_arguments, add_server_arguments
-from nethical_grpc.storage.backend import DEFAULT_MEMORY_BOUND
+from nethical_grpc.storage.backend import DEFAULT_AUDIT_RETENTION_DAYS, DEFAULT_MEMORY_BOUND
 
 log = logging.getLogger("nethical_mesh")
 
@@ -141,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="records an in-memory store keeps, the newest (audit records; time-series rows "
         f"per table); 0: no bound (env NETHICAL_MEMORY_STORE_RECORDS, default "
         f"{DEFAULT_MEMORY_BOUND})",
+    )
+    region.add_argument(
+        "--audit-retention-days",
+        type=int,
+        default=os.environ.get("NETHICAL_AUDIT_RETENTION_DAYS", str(DEFAULT_AUDIT_RETENTION_DAYS)),
+        help="days the audit store keeps records, 1 to 36500: a SQLite or in-memory store "
+        "deletes older ones hourly, Elasticsearch by its lifecycle policy (env "
+        f"NETHICAL_AUDIT_RETENTION_DAYS, default {DEFAULT_AUDIT_RETENTION_DAYS})",
     )
     region.add_argument(
         "--flush-interval",

@@ -177,6 +177,7 @@ async def run_region(args: argparse.Namespace) -> int:
             audit_url=args.audit_url,
             flush_interval_s=args.flush_interval / 1e9,
             memory_records=args.memory_store_records or None,
+            audit_retention_days=args.audit_retention_days,
         )
     except (ValueError, OSError) as exc:
         log.error("bad configuration: %s", exc)

@@ -6,11 +6,22 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["DEFAULT_MEMORY_BOUND", "BackendChoice", "check_row_bound", "redact_url", "url_scheme"]
+__all__ = [
+    "DEFAULT_AUDIT_RETENTION_DAYS",
+    "DEFAULT_MEMORY_BOUND",
+    "BackendChoice",
+    "check_retention_days",
+    "check_row_bound",
+    "redact_url",
+    "url_scheme",
+]
 
 #: Records (audit) or rows per table (time series) an in-memory store keeps by default:
 #: the newest; a node levelled off near 500 MiB of RSS with it (bench/store_memory.py).
 DEFAULT_MEMORY_BOUND: Final = 100_000
+#: Days an audit record is kept by default (Elasticsearch's index lifecycle policy, the
+#: SQLite store's retention).
+DEFAULT_AUDIT_RETENTION_DAYS: Final = 90
 
 
 def check_row_bound(name: str, value: object) -> int | None:
@@ -23,6 +34,13 @@ def check_row_bound(name: str, value: object) -> int | None:
         raise ValueError(f"{name}: must be an int or None, got {type(value).__name__}")
     if value < 1:
         raise ValueError(f"{name}: must be at least 1 (or None for no cap), got {value}")
+    return value
+
+
+def check_retention_days(value: object) -> int:
+    """``value`` if it is a whole number of days in 1..36500 (``ValueError`` otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 36_500:
+        raise ValueError(f"retention_days must be a whole number in 1..36500, got {value!r}")
     return value
 
 

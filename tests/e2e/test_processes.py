@@ -317,3 +317,14 @@ def test_a_bad_memory_store_bound_is_refused() -> None:
     assert out.returncode == 2
     assert "--memory-store-records: invalid int value: 'lots'" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("days", ["0", "36501", "ninety"])
+def test_a_bad_audit_retention_is_refused(days: str) -> None:
+    out = run_cli("region", "--region-id", "r", "--port", "0", "--audit-retention-days", days)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    if days.isdigit():
+        assert f"retention_days must be a whole number in 1..36500, got {days}" in out.stderr
+    else:
+        assert "--audit-retention-days: invalid int value: 'ninety'" in out.stderr

@@ -76,6 +76,31 @@ async def answers(store: SqliteFtsAuditStore) -> list[object]:
     return out
 
 
+def index_tables(path: Path) -> tuple[object, ...]:
+    """What a store file's full-text index and ranking tables hold, comparable between two
+    files (after FTS5's own integrity check)."""
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO audit_fts (audit_fts, rank) VALUES ('integrity-check', 1)")
+        matches = [
+            conn.execute(
+                "SELECT count(*) FROM audit_fts WHERE audit_fts MATCH ?", (term,)
+            ).fetchone()[0]
+            for term in ("ticket", "report", "cafe", "d0", *(f"k{b}" for b in range(10)))
+        ]
+        # agent tags by agent name: the two stores number their agents differently
+        agents = []
+        for code, agent in conn.execute("SELECT code, agent_id FROM audit_agents"):
+            (n,) = conn.execute(
+                "SELECT count(*) FROM audit_fts WHERE audit_fts MATCH ?", (f"a{code}",)
+            ).fetchone()
+            if n:  # an agent whose records were all dropped keeps its code
+                agents.append((agent, n))
+        terms = conn.execute("SELECT term, df FROM audit_terms ORDER BY term").fetchall()
+        repeats = sorted(conn.execute("SELECT term, tf FROM audit_term_counts").fetchall())
+        assert repeats  # the test covers them
+        return matches, sorted(agents), terms, repeats
+
+
 async def test_a_bounded_store_answers_as_one_that_holds_only_the_newest(
     open_store: Opener,
 ) -> None:
@@ -208,29 +233,7 @@ async def test_dropped_records_leave_the_index_and_the_term_counts(tmp_path: Pat
         await bounded.close()
         await fresh.close()
 
-    def tables(name: str) -> tuple[object, ...]:
-        with sqlite3.connect(tmp_path / name) as conn:
-            conn.execute("INSERT INTO audit_fts (audit_fts, rank) VALUES ('integrity-check', 1)")
-            matches = [
-                conn.execute(
-                    "SELECT count(*) FROM audit_fts WHERE audit_fts MATCH ?", (term,)
-                ).fetchone()[0]
-                for term in ("ticket", "report", "cafe", "d0", *(f"k{b}" for b in range(10)))
-            ]
-            # agent tags by agent name: the two stores number their agents differently
-            agents = []
-            for code, agent in conn.execute("SELECT code, agent_id FROM audit_agents"):
-                (n,) = conn.execute(
-                    "SELECT count(*) FROM audit_fts WHERE audit_fts MATCH ?", (f"a{code}",)
-                ).fetchone()
-                if n:  # an agent whose records were all dropped keeps its code
-                    agents.append((agent, n))
-            terms = conn.execute("SELECT term, df FROM audit_terms ORDER BY term").fetchall()
-            repeats = sorted(conn.execute("SELECT term, tf FROM audit_term_counts").fetchall())
-            assert repeats  # the test covers them
-            return matches, sorted(agents), terms, repeats
-
-    assert tables("b.db") == tables("f.db")
+    assert index_tables(tmp_path / "b.db") == index_tables(tmp_path / "f.db")
 
 
 @settings(max_examples=300, deadline=None)

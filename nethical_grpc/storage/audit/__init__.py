@@ -44,10 +44,16 @@ from nethical_grpc.storage.audit.model import (
     query_terms,
 )
 from nethical_grpc.storage.audit.sqlite_fts import SqliteFtsAuditStore
-from nethical_grpc.storage.audit.store import AuditStore, AuditStoreError, PageTokenExpiredError
+from nethical_grpc.storage.audit.store import (
+    DEFAULT_RETENTION_DAYS,
+    AuditStore,
+    AuditStoreError,
+    PageTokenExpiredError,
+)
 from nethical_grpc.storage.backend import (
     DEFAULT_MEMORY_BOUND,
     BackendChoice,
+    check_retention_days,
     check_row_bound,
     redact_url,
     url_scheme,
@@ -59,6 +65,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DECISIONS",
     "DEFAULT_MEMORY_MAX_RECORDS",
+    "DEFAULT_RETENTION_DAYS",
     "MAX_PAGE_SIZE",
     "MAX_QUERY_TERMS",
     "MAX_QUERY_TEXT_CHARS",
@@ -79,6 +86,7 @@ __all__ = [
     "SearchPage",
     "SearchQuery",
     "SqliteFtsAuditStore",
+    "check_retention_days",
     "open_audit_store",
     "query_terms",
     "sqlite_path",
@@ -115,7 +123,7 @@ async def open_audit_store(
     region_id: str,
     *,
     index_prefix: str = "nethical",
-    retention_days: int = 90,
+    retention_days: int = DEFAULT_RETENTION_DAYS,
     connect_timeout_s: float = 5.0,
     pit_keep_alive: str = "2m",
     memory_max_records: int | None = DEFAULT_MEMORY_MAX_RECORDS,
@@ -123,11 +131,12 @@ async def open_audit_store(
     """Open the region's audit store named by ``url`` and say which backend it got.
 
     * ``http://HOST:9200`` / ``https://…`` (several comma-separated): Elasticsearch
-      (:class:`ElasticsearchAuditStore`; ``index_prefix``, ``retention_days`` and
-      ``pit_keep_alive`` apply).  When it is unreachable, its setup fails or the
-      ``elasticsearch`` client (an optional extra) is not installed, a private in-memory
-      SQLite FTS5 store is used instead and the choice's ``reason`` says why.
-    * ``sqlite:///path/to/file.db``: SQLite FTS5 in that file (created if missing).
+      (:class:`ElasticsearchAuditStore`; ``index_prefix``, ``retention_days`` (its index
+      lifecycle policy) and ``pit_keep_alive`` apply).  When it is unreachable, its setup
+      fails or the ``elasticsearch`` client (an optional extra) is not installed, a private
+      in-memory SQLite FTS5 store is used instead and the choice's ``reason`` says why.
+    * ``sqlite:///path/to/file.db``: SQLite FTS5 in that file (created if missing); its
+      records are kept ``retention_days`` (:meth:`SqliteFtsAuditStore.apply_retention`).
     * ``memory://``: SQLite FTS5 in memory, private to this process.
 
     An in-memory store (``memory://``, or the stand-in for an Elasticsearch it could not
@@ -140,17 +149,22 @@ async def open_audit_store(
     """
     check_region_id("region_id", region_id, allow_empty=False)
     check_row_bound("memory_max_records", memory_max_records)
+    check_retention_days(retention_days)
     scheme = url_scheme(url)
     shown = redact_url(url)
 
     async def in_memory() -> SqliteFtsAuditStore:
-        return await SqliteFtsAuditStore.open(region_id, None, max_records=memory_max_records)
+        return await SqliteFtsAuditStore.open(
+            region_id, None, max_records=memory_max_records, retention_days=retention_days
+        )
 
     if scheme == "memory":
         store: AuditStore = await in_memory()
         return store, BackendChoice(_STORE, shown, store.backend)
     if scheme == "sqlite":
-        store = await SqliteFtsAuditStore.open(region_id, sqlite_path(url))
+        store = await SqliteFtsAuditStore.open(
+            region_id, sqlite_path(url), retention_days=retention_days
+        )
         return store, BackendChoice(_STORE, shown, store.backend)
     if scheme in ("http", "https"):
         hosts = [h.strip() for h in url.split(",") if h.strip()]

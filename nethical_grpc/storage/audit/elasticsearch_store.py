@@ -74,8 +74,13 @@ from nethical_grpc.storage.audit.model import (
     datetime_from_us,
 )
 from nethical_grpc.storage.audit.paging import PageCursor, decode_page_token, encode_page_token
-from nethical_grpc.storage.audit.store import AuditStore, AuditStoreError, PageTokenExpiredError
-from nethical_grpc.storage.backend import redact_url
+from nethical_grpc.storage.audit.store import (
+    DEFAULT_RETENTION_DAYS,
+    AuditStore,
+    AuditStoreError,
+    PageTokenExpiredError,
+)
+from nethical_grpc.storage.backend import check_retention_days, redact_url
 
 __all__ = ["ElasticsearchAuditStore", "index_template", "lifecycle_policy"]
 
@@ -288,7 +293,7 @@ class ElasticsearchAuditStore(AuditStore):
         hosts: Sequence[str],
         *,
         index_prefix: str = "nethical",
-        retention_days: int = 90,
+        retention_days: int = DEFAULT_RETENTION_DAYS,
         rollover_max_age: str = "7d",
         rollover_max_primary_shard_size: str = "50gb",
         number_of_shards: int = 1,
@@ -312,8 +317,7 @@ class ElasticsearchAuditStore(AuditStore):
                 "index_prefix must be 1-64 characters from a-z, 0-9, '_', '.', '-', starting "
                 "with a letter or digit"
             )
-        if not 1 <= retention_days <= 36_500:
-            raise ValueError("retention_days must be in 1..36500")
+        check_retention_days(retention_days)
         if not hosts:
             raise ValueError("at least one Elasticsearch host URL is needed")
         for url in hosts:

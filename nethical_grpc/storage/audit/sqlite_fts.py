@@ -72,6 +72,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
 import numpy as np
@@ -92,10 +93,11 @@ from nethical_grpc.storage.audit.model import (
     datetime_from_us,
     fold_token,
     text_tokens,
+    to_utc_us,
 )
 from nethical_grpc.storage.audit.paging import PageCursor, decode_page_token, encode_page_token
 from nethical_grpc.storage.audit.store import AuditStore, AuditStoreError
-from nethical_grpc.storage.backend import check_row_bound
+from nethical_grpc.storage.backend import check_retention_days, check_row_bound
 from nethical_grpc.storage.sqlite_tx import (
     execute_rows,
     missing_columns,
@@ -118,6 +120,9 @@ BM25_B: Final = 0.75
 _SCHEMA_VERSION: Final = 1
 _DECISION_CODE: Final = {d: i for i, d in enumerate(DECISIONS)}
 _ID_CHUNK: Final = 500
+#: Most records one transaction of apply_retention deletes.
+_RETENTION_CHUNK: Final = 10_000
+_DAY_US: Final = 86_400_000_000
 _INITIAL_CAPACITY: Final = 1024
 
 _RECORD_ROW: Final = "(?, ?, ?, ?, ?, ?, ?, ?)"
@@ -729,8 +734,10 @@ class SqliteFtsAuditStore(AuditStore):
         writer: _ConnectionPool,
         readers: _ConnectionPool | None,
         max_records: int | None = None,
+        retention_days: int | None = None,
     ) -> None:
         super().__init__(region_id)
+        self._retention_days = retention_days  # checked by open
         self.path = path
         self._writer = writer
         self._readers = readers if readers is not None else writer
@@ -750,6 +757,11 @@ class SqliteFtsAuditStore(AuditStore):
         return self._dropped
 
     @property
+    def retention_days(self) -> int | None:
+        """Days :meth:`apply_retention` keeps records; ``None``: forever."""
+        return self._retention_days
+
+    @property
     def backend(self) -> str:
         """``"sqlite"`` for a file, ``"memory"`` for a private in-memory database."""
         return "sqlite" if self.path is not None else "memory"
@@ -763,6 +775,7 @@ class SqliteFtsAuditStore(AuditStore):
         read_threads: int = 2,
         busy_timeout_ms: int = 10_000,
         max_records: int | None = None,
+        retention_days: int | None = None,
     ) -> SqliteFtsAuditStore:
         """Open (creating if needed) the store at ``path``, or a private in-memory one
         when ``path`` is ``None``, and load the column mirror (about 1-2 s per million
@@ -771,9 +784,12 @@ class SqliteFtsAuditStore(AuditStore):
 
         ``max_records`` bounds the records kept: a write that takes the store past it
         drops the oldest records (in commit order) in the same transaction, so the store
-        holds the newest ``max_records`` (``None``: no bound; see :func:`_drop_oldest`)."""
+        holds the newest ``max_records`` (``None``: no bound; see :func:`_drop_oldest`).
+        ``retention_days``: what :meth:`apply_retention` keeps (``None``: every record)."""
         check_region_id("region_id", region_id, allow_empty=False)
         check_row_bound("max_records", max_records)
+        if retention_days is not None:
+            check_retention_days(retention_days)
         if path is not None and (not path or path == ":memory:"):
             raise ValueError("path must name a database file (None for memory)")
         if not 1 <= read_threads <= 16:
@@ -809,7 +825,7 @@ class SqliteFtsAuditStore(AuditStore):
                 await asyncio.to_thread(writer.close)
                 raise AuditStoreError(f"cannot open the SQLite audit store {where}: {exc}") from exc
             readers = _ConnectionPool(conns, "audit-sqlite-r")
-        store = cls(region_id, path, writer, readers, max_records)
+        store = cls(region_id, path, writer, readers, max_records, retention_days)
         try:
             await store._readers.run(lambda conn: _read(conn, lambda: store._mirror.view(conn)))
         except BaseException:
@@ -924,6 +940,28 @@ class SqliteFtsAuditStore(AuditStore):
             self._dropped += dropped
         return len(fresh)
 
+    async def apply_retention(self, now: datetime | None = None) -> int:
+        """Delete the records older than ``retention_days`` as of ``now`` (default: the
+        current time), from every table and the full-text index; the number deleted.
+
+        Records leave in the order they were stored (the oldest ``seq`` first), as a
+        bound drops them: the deletion stops at the first stored record still inside the
+        retention, so a record stored after a newer one (a backfill of old records) stays
+        until those stored before it are past the retention too.  Each transaction
+        deletes at most :data:`_RETENTION_CHUNK` records, so writes wait for one chunk,
+        not for the whole backlog of a store opened after a long pause."""
+        self._check_open()
+        if self._retention_days is None:
+            return 0
+        at = now if now is not None else datetime.now(UTC)
+        cutoff_us = to_utc_us(at, "now") - self._retention_days * _DAY_US
+        deleted = 0
+        while True:
+            chunk = await self._writer.run(lambda conn: _delete_expired(conn, cutoff_us))
+            deleted += chunk
+            if chunk < _RETENTION_CHUNK:
+                return deleted
+
     # ------------------------------------------------------------------ reads
 
     async def _search(self, query: SearchQuery) -> SearchPage:
@@ -984,6 +1022,27 @@ class SqliteFtsAuditStore(AuditStore):
         await asyncio.to_thread(self._writer.close)
 
 
+def _delete_expired(conn: sqlite3.Connection, cutoff_us: int) -> int:
+    """Delete, in one write transaction, the oldest records (by ``seq``) stored before
+    ``cutoff_us``, up to the first that is not, at most :data:`_RETENTION_CHUNK`."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        first, top = _seq_range(conn)
+        # the first kept: the oldest record inside the retention, or past the chunk
+        (kept,) = conn.execute(
+            "SELECT coalesce(min(seq), ?) FROM (SELECT seq FROM audit_records "
+            "WHERE seq >= ? AND ts_us >= ? ORDER BY seq LIMIT 1)",
+            (top + 1, first, cutoff_us),
+        ).fetchone()
+        last = min(kept - 1, first + _RETENTION_CHUNK - 1)
+        deleted = _drop_range(conn, first, last) if top and last >= first else 0
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback_quietly(conn)
+        raise
+    return deleted
+
+
 def _drop_oldest(conn: sqlite3.Connection, keep: int) -> int:
     """Delete the oldest records (lowest seqs) past the newest ``keep``, from every table
     that holds them, inside the caller's write transaction; the number deleted.
@@ -995,7 +1054,12 @@ def _drop_oldest(conn: sqlite3.Connection, keep: int) -> int:
     first, top = _seq_range(conn)
     if not top or top - first + 1 <= keep:
         return 0
-    last = top - keep  # drop seqs first..last
+    return _drop_range(conn, first, top - keep)
+
+
+def _drop_range(conn: sqlite3.Connection, first: int, last: int) -> int:
+    """Delete the records ``first..last`` (the oldest the table holds) from every table
+    that holds them, inside the caller's write transaction (see :func:`_drop_oldest`)."""
     # one row holding them all, as JSON (integers and texts: exact): fetching a row per
     # record would ask for the interpreter lock once per record (see execute_rows)
     (found,) = conn.execute(

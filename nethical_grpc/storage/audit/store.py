@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from nethical_grpc.storage.audit.model import (
     DEFAULT_PAGE_SIZE,
@@ -34,8 +34,13 @@ from nethical_grpc.storage.audit.model import (
     dedupe_records,
     record_from_fields,
 )
+from nethical_grpc.storage.backend import DEFAULT_AUDIT_RETENTION_DAYS
 
 __all__ = ["AuditStore", "AuditStoreError", "PageTokenExpiredError"]
+
+
+#: Days an audit record is kept by default.
+DEFAULT_RETENTION_DAYS: Final = DEFAULT_AUDIT_RETENTION_DAYS
 
 
 class AuditStoreError(RuntimeError):
@@ -210,6 +215,13 @@ class AuditStore(ABC):
         if not isinstance(flt, AuditFilter):
             raise ValueError("filter must be an AuditFilter")
         return await self._statistics(flt)
+
+    async def apply_retention(self, now: datetime | None = None) -> int:
+        """Delete the records past the store's retention, as of ``now`` (default: the
+        current time); the number deleted.  A no-op here and for Elasticsearch, whose
+        index lifecycle policy deletes them on the server."""
+        self._check_open()
+        return 0
 
     async def refresh(self) -> None:
         """Make every record indexed so far visible to searches (a no-op for SQLite, where
