@@ -18,17 +18,18 @@
   which no other instance sees).
 * **Profiles are merged, not replaced**: the node keeps, per agent, the evaluations it
   added since its last write (a delta); each write reads the cached profiles of those
-  agents (one ``MGET``), merges the deltas in (:meth:`Profile.merge`: counts add, max of
-  max, newest recent entries) and writes the results (one pipelined ``SET``), which
-  become the node's own profiles (plus what it added meanwhile). So a restarted node
-  counts on from the cached profile, and the instances sharing a region's cache add up
-  their evaluations. Limits: the read-modify-write is not atomic, so two instances that
-  write the same agent within the same round trip can still lose one's delta (last
-  writer wins for that round only); a write whose outcome is unknown (a timeout after it
-  was sent) is retried and may count its evaluations twice. While Redis is away the
-  deltas wait (bounded) and are merged once it is back: merges read and write Redis
-  itself (``Cache.on_primary``), never the cache's memory stand-in, whose write-back
-  would overwrite.
+  agents, merges the deltas in (:meth:`Profile.merge`: counts add, max of max, newest
+  recent entries) and writes the results, which become the node's own profiles (plus
+  what it added meanwhile). Each chunk of ``_PROFILE_CHUNK`` agents is one atomic
+  update (``Cache.update_multiple``: ``WATCH``, ``MGET``, ``MULTI``/``SET``/``EXEC``):
+  when another instance wrote one of them in between, Redis refuses it and the chunk is
+  merged again with what that instance wrote. So a restarted node counts on from the
+  cached profile, and the instances sharing a region's cache add up their evaluations,
+  also when they write the same agents at once. Limit: a write whose outcome is unknown
+  (a timeout after it was sent) is retried and may count its evaluations twice. While
+  Redis is away the deltas wait (bounded) and are merged once it is back: merges read
+  and write Redis itself (``Cache.on_primary``), never the cache's memory stand-in,
+  whose write-back would overwrite.
 * **Retention**: at the start and every ``RETENTION_INTERVAL_S`` the time-series store's
   own retention is applied (``--retention`` only bounds the windows a node holds in
   memory; older windows live in the store until this cutoff), and the audit store's
@@ -88,6 +89,8 @@ BACKLOG_WAIT_S: Final = 5.0
 _DROP_LOG_INTERVAL_S: Final = 10.0
 PROFILE_TTL_S: Final = 7 * 24 * 3600.0
 PROFILE_PREFIX: Final = "profile:"
+#: Agents whose profiles one atomic cache update merges (a conflict retries only these).
+_PROFILE_CHUNK: Final = 256
 _WRITE_BATCH: Final = 5_000
 #: Distinct (decision, action type) metadata mappings kept for reuse.
 _METADATA_KINDS: Final = 1_024
@@ -390,27 +393,45 @@ class Persister:
         if not deltas:
             return
         # on Redis itself: an outage starting now fails this write (the deltas are kept,
-        # and the cache turns to memory mode), rather than merging into the stand-in
-        on_redis = self.stores.cache.on_primary
-        keys = [PROFILE_PREFIX + a for a in deltas]
+        # and the cache turns to memory mode), rather than merging into the stand-in.
+        # Each chunk of agents is one atomic read-merge-write (update_multiple): another
+        # instance writing one of them meanwhile makes Redis refuse it, and it is merged
+        # again with what that instance wrote
+        agents = list(deltas)
+        done = 0
         try:
-            cached = await on_redis(lambda cache: cache.get_multiple(keys))
-            merged = {
-                agent: self._cached_profile(agent, cached.get(PROFILE_PREFIX + agent)).merge(
-                    delta, self.profiles.recent
-                )
-                for agent, delta in deltas.items()
-            }
-            rows = {PROFILE_PREFIX + a: p.to_dict() for a, p in merged.items()}
-            await on_redis(lambda cache: cache.set_multiple(rows, ttl=PROFILE_TTL_S))
+            for start in range(0, len(agents), _PROFILE_CHUNK):
+                chunk = {a: deltas[a] for a in agents[start : start + _PROFILE_CHUNK]}
+                merged = await self._merge_profiles(chunk)
+                done = start + len(chunk)
+                self.profiles.install_merged(merged)
         except BaseException as exc:
-            # kept for the next round (a stop that cut the write short: for the stop's own)
-            self._keep_deltas(deltas)
+            # what was not written is kept for the next round (a stop that cut the write
+            # short: for the stop's own)
+            self._keep_deltas({a: deltas[a] for a in agents[done:]})
             if not isinstance(exc, Exception):
                 raise
             log.warning("writing risk profiles to the cache failed (will retry): %s", exc)
-            return
-        self.profiles.install_merged(merged)
+
+    async def _merge_profiles(self, deltas: dict[str, Profile]) -> dict[str, Profile]:
+        """Merge ``deltas`` into the agents' cached profiles on Redis, atomically; the
+        merged profiles."""
+        recent = self.profiles.recent
+        merged: dict[str, Profile] = {}
+
+        def merge(cached: dict[str, object]) -> dict[str, object]:
+            # called again when another instance wrote one of the agents meanwhile
+            merged.clear()
+            for agent, delta in deltas.items():
+                found = cached.get(PROFILE_PREFIX + agent)
+                merged[agent] = self._cached_profile(agent, found).merge(delta, recent)
+            return {PROFILE_PREFIX + a: p.to_dict() for a, p in merged.items()}
+
+        keys = [PROFILE_PREFIX + a for a in deltas]
+        await self.stores.cache.on_primary(
+            lambda cache: cache.update_multiple(keys, merge, ttl=PROFILE_TTL_S)
+        )
+        return merged
 
     def _keep_deltas(self, deltas: dict[str, Profile]) -> None:
         """Back into the book for the next write (bounded: the oldest go past it)."""

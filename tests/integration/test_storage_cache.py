@@ -40,6 +40,8 @@ except ImportError:  # pragma: no cover - depends on the environment
 from nethical_grpc.storage.cache import (  # noqa: E402
     MISSING,
     Cache,
+    CacheConflictError,
+    CacheUnavailableError,
     FailoverCache,
     MemoryCache,
     RedisCache,
@@ -695,3 +697,68 @@ async def test_malformed_redis_url_is_a_value_error_without_the_password() -> No
     with pytest.raises(ValueError) as info:
         await open_cache("redis://:pw-1234@127.0.0.1:notaport/0", "ns:")
     assert "pw-1234" not in str(info.value)
+
+
+# -- atomic read-modify-write ---------------------------------------------------------------
+
+
+async def test_update_multiple_reads_then_writes_what_update_returns(cache: Cache) -> None:
+    await cache.set("a", 1)
+    seen: list[dict[str, Any]] = []
+
+    def update(found: dict[str, Any]) -> dict[str, Any]:
+        seen.append(dict(found))
+        return {k: found.get(k, 0) + 10 for k in ("a", "b")}
+
+    assert await cache.update_multiple(["a", "b", "c"], update, ttl=0) == {"a": 11, "b": 10}
+    assert seen == [{"a": 1}]  # missing keys absent, called once without contention
+    assert await cache.get_multiple(["a", "b", "c"]) == {"a": 11, "b": 10}
+    with pytest.raises(ValueError, match="keys it was not given"):
+        await cache.update_multiple(["a"], lambda found: {"a": 0, "z": 1})
+    assert await cache.get_multiple(["a", "z"]) == {"a": 11}  # nothing written
+
+
+async def test_a_key_written_meanwhile_makes_redis_merge_again(namespace: str) -> None:
+    if not _redis_is_up():
+        _unavailable("Redis is not reachable at 127.0.0.1:6379")
+    import redis
+
+    other = redis.Redis.from_url(SHARED_REDIS)
+    cache = RedisCache.from_url(SHARED_REDIS, namespace=namespace)
+    try:
+        await cache.set("n", 1, ttl=0)
+        calls: list[int] = []
+
+        def add_five(found: dict[str, Any]) -> dict[str, Any]:
+            calls.append(found["n"])
+            if len(calls) == 1:  # another instance adds 100 between our read and write
+                other.set(namespace + "n", b"101")
+            return {"n": found["n"] + 5}
+
+        assert await cache.update_multiple(["n"], add_five) == {"n": 106}
+        assert calls == [1, 101]  # refused once, merged again with the other's write
+        assert await cache.get("n") == 106
+        assert cache.conflicts == 1
+
+        def always_overtaken(found: dict[str, Any]) -> dict[str, Any]:
+            other.set(namespace + "n", b"7")
+            return {"n": -1}
+
+        with pytest.raises(CacheConflictError, match="nothing written"):
+            await cache.update_multiple(["n"], always_overtaken)
+        assert await cache.get("n") == 7  # the other writer's, never ours
+    finally:
+        await cache.clear()
+        await cache.close()
+        other.close()
+
+
+async def test_a_failover_cache_in_memory_mode_refuses_updates(namespace: str) -> None:
+    cache, choice = await open_cache("redis://127.0.0.1:9/0", namespace)
+    try:
+        assert choice.fallback
+        with pytest.raises(CacheUnavailableError):
+            await cache.update_multiple(["k"], lambda found: {"k": 1})
+        assert await cache.get("k") is None
+    finally:
+        await cache.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -118,16 +118,16 @@ async def test_a_failed_write_keeps_the_deltas_for_the_next_round(
         persister = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, book, 1.0)
         book.update(outcomes("frank", 3))
         redis_cache = stores.cache.primary  # type: ignore[attr-defined]  # a failover cache
-        real = redis_cache.set_multiple
+        real = redis_cache.update_multiple
 
-        async def refuse(mapping: Mapping[str, Any], ttl: float | None = None) -> None:
+        async def refuse(*args: object, **kwargs: object) -> dict[str, Any]:
             raise ConnectionError("down")
 
-        monkeypatch.setattr(redis_cache, "set_multiple", refuse)
+        monkeypatch.setattr(redis_cache, "update_multiple", refuse)
         await persister.round(windows=False, profiles=True)
         assert await stores.cache.get(PROFILE_PREFIX + "frank") is None
         book.update(outcomes("frank", 2, start_ns=9_000))
-        monkeypatch.setattr(redis_cache, "set_multiple", real)
+        monkeypatch.setattr(redis_cache, "update_multiple", real)
         await persister.round(windows=False, profiles=True)
         cached = await stores.cache.get(PROFILE_PREFIX + "frank")
         assert isinstance(cached, dict) and cached["evaluations"] == 5
@@ -199,3 +199,35 @@ async def test_deltas_kept_through_a_redis_outage_are_merged_when_it_returns(
         await direct.close()
         await stores.close()
         await proxy.close()
+
+
+async def test_instances_writing_the_same_agents_at_once_lose_no_evaluations(
+    redis_region: str,
+) -> None:
+    """Two instances of a region merge their deltas for the same agents in the same
+    moment (their reads both before either write): each merge is atomic, so the cached
+    profiles count every evaluation of both."""
+    pytest.importorskip("redis")
+    stores = [
+        await NodeStores.open(StoreConfig(cache_url=REDIS_URL), redis_region) for _ in range(2)
+    ]
+    try:
+        books = [ProfileBook(), ProfileBook()]
+        persisters = [
+            Persister(RegionNode(NodeIdentity("r1", f"r1-{i}")), s, b, 1.0)
+            for i, (s, b) in enumerate(zip(stores, books, strict=True))
+        ]
+        agents = [f"agent-{i}" for i in range(300)]  # more than one atomic chunk
+        for round_ in range(3):
+            for n, book in enumerate(books, start=1):
+                for agent in agents:
+                    book.update(outcomes(agent, n, start_ns=round_ * 1_000 + n * 100))
+            await asyncio.gather(*(p.round(windows=False, profiles=True) for p in persisters))
+        cached = await stores[0].cache.get_multiple([PROFILE_PREFIX + a for a in agents])
+        assert {a: cached[PROFILE_PREFIX + a]["evaluations"] for a in agents} == dict.fromkeys(
+            agents, 3 * (1 + 2)
+        )
+        assert all(b.deltas == {} for b in books)  # nothing left waiting
+    finally:
+        for s in stores:
+            await s.close()

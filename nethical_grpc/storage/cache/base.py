@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_TTL_S",
     "MISSING",
     "Cache",
+    "CacheConflictError",
     "CacheStats",
     "CacheUnavailableError",
     "Missing",
@@ -22,6 +23,7 @@ __all__ = [
     "check_key",
     "check_keys",
     "check_ttl",
+    "check_within",
     "region_namespace",
 ]
 
@@ -53,6 +55,11 @@ class CacheUnavailableError(ConnectionError):
     """
 
 
+class CacheConflictError(RuntimeError):
+    """An atomic :meth:`Cache.update_multiple` found its keys changed by another writer on
+    every attempt; nothing of it was written."""
+
+
 def region_namespace(region: str) -> str:
     """The key namespace for one region's cache: ``"nethical:{region}:"``.
 
@@ -76,6 +83,14 @@ def check_keys(keys: Iterable[str]) -> list[str]:
     if isinstance(keys, str | bytes):
         raise ValueError("keys must be an iterable of str, not a single string")
     return list(dict.fromkeys(check_key(k) for k in keys))
+
+
+def check_within(values: Mapping[str, Any], keys: Iterable[str]) -> None:
+    """``ValueError`` unless every key of ``values`` is one of ``keys`` (what an atomic
+    update read, and so the only keys it may write)."""
+    extra = set(values) - set(keys)
+    if extra:
+        raise ValueError(f"update returned keys it was not given: {sorted(extra)[:5]}")
 
 
 def check_amount(amount: object) -> int:
@@ -202,6 +217,26 @@ class Cache(abc.ABC):
     async def get_stats(self) -> dict[str, Any]:
         """:meth:`stats` as a dict (the guide's ``get_stats()``; ``hit_rate`` in percent)."""
         return (await self.stats()).as_dict()
+
+    async def update_multiple(
+        self,
+        keys: Iterable[str],
+        update: Callable[[dict[str, Any]], Mapping[str, Any]],
+        ttl: float | None = None,
+    ) -> dict[str, Any]:
+        """Read ``keys``, and store what ``update(found)`` returns (values for some of
+        ``keys``), with no other write to those keys in between; returns what it stored.
+
+        ``update`` gets the stored values of ``keys`` (missing keys absent) and may be
+        called more than once (after another writer changed a key): it must depend only on
+        what it is given. Here (a cache no other process shares, whose calls do not yield
+        to other tasks) it is a read and a write; :class:`RedisCache` watches the keys and
+        retries (``CacheConflictError`` when they change on every attempt)."""
+        wanted = check_keys(keys)
+        values = dict(update(await self.get_multiple(wanted)))
+        check_within(values, wanted)
+        await self.set_multiple(values, ttl)
+        return values
 
     async def on_primary(self, call: Callable[[Cache], Awaitable[T]]) -> T:
         """``call(cache)`` on the backend that shares data with other processes, never on

@@ -339,6 +339,17 @@ class FailoverCache(Cache):
         for key in mapping:
             self._journal_overwrite(key)
 
+    async def update_multiple(
+        self,
+        keys: Iterable[str],
+        update: Callable[[dict[str, Any]], Mapping[str, Any]],
+        ttl: float | None = None,
+    ) -> dict[str, Any]:
+        """Atomic on Redis only (:meth:`RedisCache.update_multiple`): in memory mode it
+        raises ``CacheUnavailableError`` instead of updating the stand-in, whose values
+        would be written back over what other instances wrote meanwhile."""
+        return await self.on_primary(lambda cache: cache.update_multiple(keys, update, ttl))
+
     async def clear(self) -> int:
         """Remove the namespace. In memory mode: empties the memory tier, returns how many
         entries it held, and clears the namespace in Redis on recovery."""

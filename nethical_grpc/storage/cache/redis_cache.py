@@ -31,12 +31,14 @@ from nethical_grpc.storage.backend import redact_url
 from nethical_grpc.storage.cache.base import (
     DEFAULT_TTL_S,
     Cache,
+    CacheConflictError,
     CacheStats,
     CacheUnavailableError,
     check_amount,
     check_key,
     check_keys,
     check_ttl,
+    check_within,
     hit_rate,
 )
 from nethical_grpc.storage.cache.codec import decode_value, encode_value
@@ -45,6 +47,9 @@ __all__ = ["UNAVAILABLE_ERRORS", "RedisCache", "describe_error", "glob_escape"]
 
 SCAN_BATCH: Final = 500
 """Keys asked per SCAN call and removed per UNLINK call by ``clear``."""
+
+UPDATE_ATTEMPTS: Final = 8
+"""Tries of one ``update_multiple`` whose keys other writers keep changing."""
 
 UNAVAILABLE_ERRORS: Final = (
     redis_errors.ConnectionError,  # includes AuthenticationError, BusyLoadingError
@@ -143,6 +148,8 @@ class RedisCache(Cache):
         self._hits = 0
         self._misses = 0
         self._errors = 0
+        #: update_multiple attempts that another writer's change made Redis refuse
+        self._conflicts = 0
         self.last_error = ""
 
     @classmethod
@@ -177,6 +184,12 @@ class RedisCache(Cache):
     @property
     def backend(self) -> str:
         return "redis"
+
+    @property
+    def conflicts(self) -> int:
+        """Attempts of :meth:`update_multiple` that Redis refused because another client
+        wrote a watched key (each was tried again)."""
+        return self._conflicts
 
     @property
     def pool(self) -> aioredis.ConnectionPool:
@@ -260,6 +273,56 @@ class RedisCache(Cache):
             for name, data in encoded:
                 pipe.execute_command("SET", name, data, *px)
             await self._run(pipe)
+
+    async def update_multiple(
+        self,
+        keys: Iterable[str],
+        update: Callable[[dict[str, Any]], Mapping[str, Any]],
+        ttl: float | None = None,
+    ) -> dict[str, Any]:
+        """An optimistic transaction: ``WATCH`` the keys, ``MGET`` them, and ``SET`` what
+        ``update`` returns in ``MULTI``/``EXEC``, which Redis refuses when another client
+        wrote one of the keys since the ``WATCH``: then again, up to
+        :data:`UPDATE_ATTEMPTS` times (see :meth:`Cache.update_multiple`)."""
+        wanted = check_keys(keys)
+        if not wanted:
+            return {}
+        px = self._px(ttl)
+        ns = self.namespace
+        names = [ns + k for k in wanted]
+        for _ in range(UPDATE_ATTEMPTS):
+            try:
+                async with asyncio.timeout(self.timeout), self._slots:
+                    async with self._client.pipeline(transaction=True) as pipe:
+                        await pipe.watch(*names)
+                        # immediate mode until multi(): the MGET answers now
+                        stored = cast(
+                            "list[bytes | None]", await pipe.execute_command("MGET", *names)
+                        )
+                        found = {
+                            k: decode_value(v)
+                            for k, v in zip(wanted, stored, strict=True)
+                            if v is not None
+                        }
+                        values = dict(update(found))
+                        check_within(values, wanted)
+                        encoded = [(ns + k, encode_value(v)) for k, v in values.items()]
+                        pipe.multi()  # type: ignore[no-untyped-call]
+                        for name, data in encoded:
+                            pipe.execute_command("SET", name, data, *px)
+                        await pipe.execute()
+            except redis_errors.WatchError:
+                self._conflicts += 1
+                continue
+            except UNAVAILABLE_ERRORS as err:
+                raise self._unavailable(err) from err
+            self._hits += len(found)
+            self._misses += len(wanted) - len(found)
+            return values
+        raise CacheConflictError(
+            f"{len(wanted)} keys were changed by other writers on each of {UPDATE_ATTEMPTS} "
+            "attempts; nothing written"
+        )
 
     async def _scan_namespace(self, unlink: bool) -> int:
         count = 0
