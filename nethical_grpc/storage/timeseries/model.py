@@ -198,6 +198,21 @@ class MetricColumns:
     def __len__(self) -> int:
         return int(self.values.shape[0])
 
+    def rows(self) -> list[tuple[str, int, str, str, float, str | None]]:
+        """The batch as rows ``(region_id, ts_us, metric_name, agent_id, value,
+        metadata)``, the column order of the backends' ``metrics`` tables."""
+        return list(
+            zip(
+                self.region_ids,
+                self.ts_us.tolist(),
+                self.metric_names,
+                self.agent_ids,
+                self.values.tolist(),
+                self.metadata,
+                strict=True,
+            )
+        )
+
 
 # --------------------------------------------------------------------------- checks
 

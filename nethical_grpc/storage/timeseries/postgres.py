@@ -394,15 +394,7 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
             "min_value = least(r.min_value, excluded.min_value), "
             "max_value = greatest(r.max_value, excluded.max_value)"
         ).format(rollup=self._table("metric_rollup"))
-        rows = zip(
-            cols.region_ids,
-            cols.ts_us.tolist(),
-            cols.metric_names,
-            cols.agent_ids,
-            cols.values.tolist(),
-            cols.metadata,
-            strict=True,
-        )
+        rows = cols.rows()
         async with self._connection(self.write_timeout_s, "write") as conn, conn.transaction():
             cur = conn.cursor()
             cur.adapters.register_dumper(None, _MicrosTimestamptzDumper)

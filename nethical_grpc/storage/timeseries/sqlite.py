@@ -378,17 +378,7 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
         await self._run(self._write_metrics_sync, cols, rollup)
 
     def _write_metrics_sync(self, cols: MetricColumns, rollup: RollupRows) -> None:
-        rows = list(
-            zip(
-                cols.region_ids,
-                cols.ts_us.tolist(),
-                cols.metric_names,
-                cols.agent_ids,
-                cols.values.tolist(),
-                cols.metadata,
-                strict=True,
-            )
-        )
+        rows = cols.rows()
 
         def write(conn: sqlite3.Connection) -> int:
             execute_rows(
