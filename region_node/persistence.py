@@ -33,7 +33,8 @@
 * **Retention**: at the start and every ``RETENTION_INTERVAL_S`` the time-series store's
   own retention is applied (``--retention`` only bounds the windows a node holds in
   memory; older windows live in the store until this cutoff), and the audit store's
-  (``--audit-retention-days``; Elasticsearch applies its own, by its lifecycle policy).
+  (``--audit-retention-days``; Elasticsearch applies its own, by its lifecycle policy),
+  :data:`AUDIT_RETENTION_STEP` records a round.
 
 Store failures never fail a request: the write is kept and retried on the next round (up
 to a bound, past which the oldest is dropped and counted). Stores that answer but fall
@@ -103,6 +104,11 @@ _WAL_MARK_START_NS: Final = 2**62
 #: How often the time-series store's retention is applied (first at the loop's start):
 #: rows older than the store's retention go, and window summaries with them.
 RETENTION_INTERVAL_S: Final = 3600.0
+#: Audit records past the retention one store round deletes at most (about 0.3-0.7 s of
+#: the writer thread at 30-70 µs a record); a larger backlog takes further rounds,
+#: AUDIT_RETENTION_CATCH_UP_S apart, so the evaluations' records are written in between.
+AUDIT_RETENTION_STEP: Final = 10_000
+AUDIT_RETENTION_CATCH_UP_S: Final = 1.0
 #: The longest a stopping node waits for its stores to take what is still pending.
 STOP_WRITE_LIMIT_S: Final = 5.0
 
@@ -624,16 +630,23 @@ class Persister:
 
     # -- loop ---------------------------------------------------------------------
 
-    async def apply_retention(self) -> None:
-        """Drop the time-series store's rows past its retention, this region's window
-        summaries that start before the same cutoff, and the audit store's records past
-        its own (failures are logged, and retried at the next interval)."""
+    async def apply_audit_retention(self) -> bool:
+        """Delete up to :data:`AUDIT_RETENTION_STEP` of the audit store's records past its
+        retention; whether more may be due (a failure is logged, and retried at the next
+        interval)."""
         try:
-            deleted = await self.stores.audit.apply_retention()
-            if deleted:
-                log.info("deleted %d audit records past the store's retention", deleted)
+            deleted = await self.stores.audit.apply_retention(limit=AUDIT_RETENTION_STEP)
         except Exception as exc:
             log.warning("applying the audit store's retention failed: %s", exc)
+            return False
+        if deleted:
+            log.info("deleted %d audit records past the store's retention", deleted)
+        return deleted >= AUDIT_RETENTION_STEP
+
+    async def apply_retention(self) -> None:
+        """Drop the time-series store's rows past its retention, and this region's window
+        summaries that start before the same cutoff (failures are logged, and retried at
+        the next interval)."""
         try:
             cutoff = await self.stores.timeseries.apply_retention()
             if cutoff is not None and self.durable_store:
@@ -662,7 +675,7 @@ class Persister:
     async def run(self) -> None:
         next_flush = time.monotonic() + self.flush_interval_s
         next_profiles = time.monotonic() + PROFILE_INTERVAL_S
-        next_retention = time.monotonic()
+        next_retention = next_audit_retention = time.monotonic()
         while True:
             if self._behind(_WRITE_BATCH):
                 # at once while more than a batch waits for a store that answers (a round
@@ -672,7 +685,10 @@ class Persister:
                 if not self.backlog():
                     # idle: no tick until records arrive or a flush, a profile write or
                     # the retention is due (an idle node woke 20 times a second)
-                    due = min(next_flush, next_profiles, next_retention) - time.monotonic()
+                    due = (
+                        min(next_flush, next_profiles, next_retention, next_audit_retention)
+                        - time.monotonic()
+                    )
                     loop = asyncio.get_running_loop()
                     await wait_until(self._arrived.is_set, self._arrived, loop.time() + due)
                     self._arrived.clear()
@@ -682,6 +698,13 @@ class Persister:
             if now >= next_retention:
                 next_retention = now + RETENTION_INTERVAL_S
                 await self.apply_retention()
+            if now >= next_audit_retention:
+                more = await self.apply_audit_retention()
+                # a backlog (a store opened after a long pause) goes a step per second,
+                # with the evaluations' records written in between
+                next_audit_retention = now + (
+                    AUDIT_RETENTION_CATCH_UP_S if more else RETENTION_INTERVAL_S
+                )
             due, profiles_due = now >= next_flush, now >= next_profiles
             if due:
                 next_flush = now + self.flush_interval_s

@@ -90,15 +90,35 @@ async def test_a_long_backlog_is_deleted_a_chunk_per_transaction(
         transactions = 0
         delete = sqlite_fts._delete_expired
 
-        def counted(conn: object, cutoff_us: int) -> int:
+        def counted(conn: object, cutoff_us: int, most: int) -> int:
             nonlocal transactions
             transactions += 1
-            return delete(conn, cutoff_us)  # type: ignore[arg-type]
+            return delete(conn, cutoff_us, most)  # type: ignore[arg-type]
 
         monkeypatch.setattr(sqlite_fts, "_delete_expired", counted)
         assert await store.apply_retention(NOW) == 30
         assert transactions == 5  # 7 + 7 + 7 + 7 + 2
         assert await ids(store) == {r.action_id for r in records[30:]}
+    finally:
+        await store.close()
+
+
+async def test_a_limit_deletes_the_oldest_first_and_leaves_the_rest_due(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_fts, "_RETENTION_CHUNK", 4)
+    records = aged(dataset(25), [timedelta(days=10)] * 23 + [timedelta(hours=1)] * 2)
+    store = await SqliteFtsAuditStore.open(REGION, str(tmp_path / "r.db"), retention_days=1)
+    try:
+        await store.index_audit_logs(records)
+        assert await store.apply_retention(NOW, limit=10) == 10  # chunks of 4, 4 and 2
+        assert await ids(store) == {r.action_id for r in records[10:]}
+        assert await store.apply_retention(NOW, limit=10) == 10
+        assert await store.apply_retention(NOW, limit=10) == 3  # less than the limit: done
+        assert await ids(store) == {r.action_id for r in records[23:]}
+        for bad in (0, -3, True, 2.5):
+            with pytest.raises(ValueError, match="limit must be"):
+                await store.apply_retention(NOW, limit=bad)  # type: ignore[arg-type]
     finally:
         await store.close()
 

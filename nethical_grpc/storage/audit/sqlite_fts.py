@@ -940,27 +940,35 @@ class SqliteFtsAuditStore(AuditStore):
             self._dropped += dropped
         return len(fresh)
 
-    async def apply_retention(self, now: datetime | None = None) -> int:
+    async def apply_retention(self, now: datetime | None = None, limit: int | None = None) -> int:
         """Delete the records older than ``retention_days`` as of ``now`` (default: the
-        current time), from every table and the full-text index; the number deleted.
+        current time), from every table and the full-text index, at most ``limit`` of them
+        (``None``: all); the number deleted.
 
         Records leave in the order they were stored (the oldest ``seq`` first), as a
         bound drops them: the deletion stops at the first stored record still inside the
         retention, so a record stored after a newer one (a backfill of old records) stays
         until those stored before it are past the retention too.  Each transaction
-        deletes at most :data:`_RETENTION_CHUNK` records, so writes wait for one chunk,
-        not for the whole backlog of a store opened after a long pause."""
+        deletes at most :data:`_RETENTION_CHUNK` records, so other writes wait for one
+        chunk at a time."""
         self._check_open()
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            raise ValueError(f"limit must be an int or None, got {type(limit).__name__}")
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
         if self._retention_days is None:
             return 0
         at = now if now is not None else datetime.now(UTC)
         cutoff_us = to_utc_us(at, "now") - self._retention_days * _DAY_US
         deleted = 0
-        while True:
-            chunk = await self._writer.run(lambda conn: _delete_expired(conn, cutoff_us))
+        while limit is None or deleted < limit:
+            most = _RETENTION_CHUNK if limit is None else min(_RETENTION_CHUNK, limit - deleted)
+            delete = functools.partial(_delete_expired, cutoff_us=cutoff_us, most=most)
+            chunk = await self._writer.run(delete)
             deleted += chunk
-            if chunk < _RETENTION_CHUNK:
-                return deleted
+            if chunk < most:
+                break
+        return deleted
 
     # ------------------------------------------------------------------ reads
 
@@ -1022,19 +1030,19 @@ class SqliteFtsAuditStore(AuditStore):
         await asyncio.to_thread(self._writer.close)
 
 
-def _delete_expired(conn: sqlite3.Connection, cutoff_us: int) -> int:
+def _delete_expired(conn: sqlite3.Connection, cutoff_us: int, most: int) -> int:
     """Delete, in one write transaction, the oldest records (by ``seq``) stored before
-    ``cutoff_us``, up to the first that is not, at most :data:`_RETENTION_CHUNK`."""
+    ``cutoff_us``, up to the first that is not, at most ``most``."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         first, top = _seq_range(conn)
-        # the first kept: the oldest record inside the retention, or past the chunk
+        # the first kept: the oldest record inside the retention, or past ``most``
         (kept,) = conn.execute(
             "SELECT coalesce(min(seq), ?) FROM (SELECT seq FROM audit_records "
             "WHERE seq >= ? AND ts_us >= ? ORDER BY seq LIMIT 1)",
             (top + 1, first, cutoff_us),
         ).fetchone()
-        last = min(kept - 1, first + _RETENTION_CHUNK - 1)
+        last = min(kept - 1, first + most - 1)
         deleted = _drop_range(conn, first, last) if top and last >= first else 0
         conn.execute("COMMIT")
     except BaseException:

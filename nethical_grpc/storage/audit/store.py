@@ -216,10 +216,11 @@ class AuditStore(ABC):
             raise ValueError("filter must be an AuditFilter")
         return await self._statistics(flt)
 
-    async def apply_retention(self, now: datetime | None = None) -> int:
+    async def apply_retention(self, now: datetime | None = None, limit: int | None = None) -> int:
         """Delete the records past the store's retention, as of ``now`` (default: the
-        current time); the number deleted.  A no-op here and for Elasticsearch, whose
-        index lifecycle policy deletes them on the server."""
+        current time), at most ``limit`` (``None``: all); the number deleted.  A no-op
+        here and for Elasticsearch, whose index lifecycle policy deletes them on the
+        server."""
         self._check_open()
         return 0
 
