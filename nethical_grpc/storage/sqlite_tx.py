@@ -1,5 +1,5 @@
-"""A transaction's end, a check of existing tables and multi-row statements on an SQLite
-connection, shared by the SQLite stores."""
+"""A write transaction and its end, a check of existing tables and multi-row statements on
+an SQLite connection, shared by the SQLite stores."""
 
 from __future__ import annotations
 
@@ -7,10 +7,16 @@ import contextlib
 import functools
 import itertools
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Final
 
-__all__ = ["execute_rows", "missing_columns", "rollback_quietly", "schema_columns"]
+__all__ = [
+    "execute_rows",
+    "missing_columns",
+    "rollback_quietly",
+    "schema_columns",
+    "write_transaction",
+]
 
 #: The most rows one statement of :func:`execute_rows` carries (a power of two).
 MAX_ROWS_PER_STATEMENT: Final = 256
@@ -25,6 +31,18 @@ def rollback_quietly(conn: sqlite3.Connection) -> None:
     """
     with contextlib.suppress(sqlite3.Error):
         conn.execute("ROLLBACK")
+
+
+@contextlib.contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any exception (the commit's too)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback_quietly(conn)
+        raise
 
 
 def missing_columns(

@@ -9,8 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nethical_grpc.storage.sqlite_tx import MAX_ROWS_PER_STATEMENT, execute_rows, rollback_quietly
-from nethical_grpc.storage.timeseries.sqlite import _transaction
+from nethical_grpc.storage.sqlite_tx import (
+    MAX_ROWS_PER_STATEMENT,
+    execute_rows,
+    rollback_quietly,
+    write_transaction,
+)
 
 
 def test_the_first_error_is_the_one_raised() -> None:
@@ -18,7 +22,7 @@ def test_the_first_error_is_the_one_raised() -> None:
     conn.execute("CREATE TABLE t (x)")
 
     def write() -> None:
-        with _transaction(conn):
+        with write_transaction(conn):
             conn.execute("INSERT INTO t VALUES (1)")
             conn.execute("ROLLBACK")  # SQLite ended the transaction itself, as on a full disk
             raise sqlite3.OperationalError("database or disk is full")

@@ -44,13 +44,9 @@ from nethical_grpc.storage.audit.model import (
     query_terms,
 )
 from nethical_grpc.storage.audit.sqlite_fts import SqliteFtsAuditStore
-from nethical_grpc.storage.audit.store import (
-    DEFAULT_RETENTION_DAYS,
-    AuditStore,
-    AuditStoreError,
-    PageTokenExpiredError,
-)
+from nethical_grpc.storage.audit.store import AuditStore, AuditStoreError, PageTokenExpiredError
 from nethical_grpc.storage.backend import (
+    DEFAULT_AUDIT_RETENTION_DAYS,
     DEFAULT_MEMORY_BOUND,
     BackendChoice,
     check_retention_days,
@@ -95,6 +91,8 @@ __all__ = [
 _STORE: Final = "audit"
 #: Records an in-memory audit store keeps by default (the newest; see open_audit_store).
 DEFAULT_MEMORY_MAX_RECORDS: Final = DEFAULT_MEMORY_BOUND
+#: Days an audit record is kept by default (every backend; see open_audit_store).
+DEFAULT_RETENTION_DAYS: Final = DEFAULT_AUDIT_RETENTION_DAYS
 
 
 def __getattr__(name: str) -> Any:

@@ -74,13 +74,12 @@ from nethical_grpc.storage.audit.model import (
     datetime_from_us,
 )
 from nethical_grpc.storage.audit.paging import PageCursor, decode_page_token, encode_page_token
-from nethical_grpc.storage.audit.store import (
-    DEFAULT_RETENTION_DAYS,
-    AuditStore,
-    AuditStoreError,
-    PageTokenExpiredError,
+from nethical_grpc.storage.audit.store import AuditStore, AuditStoreError, PageTokenExpiredError
+from nethical_grpc.storage.backend import (
+    DEFAULT_AUDIT_RETENTION_DAYS,
+    check_retention_days,
+    redact_url,
 )
-from nethical_grpc.storage.backend import check_retention_days, redact_url
 
 __all__ = ["ElasticsearchAuditStore", "index_template", "lifecycle_policy"]
 
@@ -293,7 +292,7 @@ class ElasticsearchAuditStore(AuditStore):
         hosts: Sequence[str],
         *,
         index_prefix: str = "nethical",
-        retention_days: int = DEFAULT_RETENTION_DAYS,
+        retention_days: int = DEFAULT_AUDIT_RETENTION_DAYS,
         rollover_max_age: str = "7d",
         rollover_max_primary_shard_size: str = "50gb",
         number_of_shards: int = 1,

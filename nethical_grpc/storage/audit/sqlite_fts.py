@@ -72,7 +72,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
 
 import numpy as np
@@ -103,6 +103,7 @@ from nethical_grpc.storage.sqlite_tx import (
     missing_columns,
     rollback_quietly,
     schema_columns,
+    write_transaction,
 )
 
 __all__ = ["BM25_B", "BM25_K1", "SqliteFtsAuditStore", "fts5_match_expression"]
@@ -122,7 +123,6 @@ _DECISION_CODE: Final = {d: i for i, d in enumerate(DECISIONS)}
 _ID_CHUNK: Final = 500
 #: Most records one transaction of apply_retention deletes.
 _RETENTION_CHUNK: Final = 10_000
-_DAY_US: Final = 86_400_000_000
 _INITIAL_CAPACITY: Final = 1024
 
 _RECORD_ROW: Final = "(?, ?, ?, ?, ?, ?, ?, ?)"
@@ -859,8 +859,7 @@ class SqliteFtsAuditStore(AuditStore):
 
     def _index_sync(self, conn: sqlite3.Connection, records: Sequence[AuditRecord]) -> int:
         new_codes: dict[tuple[str, str], int] = {}
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(conn):
             existing: set[str] = set()
             ids = [r.action_id for r in records]
             for i in range(0, len(ids), _ID_CHUNK):
@@ -924,10 +923,6 @@ class SqliteFtsAuditStore(AuditStore):
             dropped = 0
             if fresh and self._max_records is not None:
                 dropped = _drop_oldest(conn, self._max_records)
-            conn.execute("COMMIT")
-        except BaseException:
-            rollback_quietly(conn)
-            raise
         self._writer_codes.update(new_codes)
         if dropped:
             if not self._dropped:
@@ -959,7 +954,7 @@ class SqliteFtsAuditStore(AuditStore):
         if self._retention_days is None:
             return 0
         at = now if now is not None else datetime.now(UTC)
-        cutoff_us = to_utc_us(at, "now") - self._retention_days * _DAY_US
+        cutoff_us = to_utc_us(at - timedelta(days=self._retention_days), "now")
         deleted = 0
         while limit is None or deleted < limit:
             most = _RETENTION_CHUNK if limit is None else min(_RETENTION_CHUNK, limit - deleted)
@@ -1033,8 +1028,7 @@ class SqliteFtsAuditStore(AuditStore):
 def _delete_expired(conn: sqlite3.Connection, cutoff_us: int, most: int) -> int:
     """Delete, in one write transaction, the oldest records (by ``seq``) stored before
     ``cutoff_us``, up to the first that is not, at most ``most``."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with write_transaction(conn):
         first, top = _seq_range(conn)
         # the first kept: the oldest record inside the retention, or past ``most``
         (kept,) = conn.execute(
@@ -1043,12 +1037,7 @@ def _delete_expired(conn: sqlite3.Connection, cutoff_us: int, most: int) -> int:
             (top + 1, first, cutoff_us),
         ).fetchone()
         last = min(kept - 1, first + most - 1)
-        deleted = _drop_range(conn, first, last) if top and last >= first else 0
-        conn.execute("COMMIT")
-    except BaseException:
-        rollback_quietly(conn)
-        raise
-    return deleted
+        return _drop_range(conn, first, last) if top and last >= first else 0
 
 
 def _drop_oldest(conn: sqlite3.Connection, keep: int) -> int:

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar
 
 from nethical_grpc.storage.audit.model import (
     DEFAULT_PAGE_SIZE,
@@ -34,13 +34,8 @@ from nethical_grpc.storage.audit.model import (
     dedupe_records,
     record_from_fields,
 )
-from nethical_grpc.storage.backend import DEFAULT_AUDIT_RETENTION_DAYS
 
 __all__ = ["AuditStore", "AuditStoreError", "PageTokenExpiredError"]
-
-
-#: Days an audit record is kept by default.
-DEFAULT_RETENTION_DAYS: Final = DEFAULT_AUDIT_RETENTION_DAYS
 
 
 class AuditStoreError(RuntimeError):

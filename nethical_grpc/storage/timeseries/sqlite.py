@@ -26,9 +26,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, Self, TypeVar
 
@@ -36,8 +35,8 @@ from nethical_grpc.storage.backend import check_row_bound
 from nethical_grpc.storage.sqlite_tx import (
     execute_rows,
     missing_columns,
-    rollback_quietly,
     schema_columns,
+    write_transaction,
 )
 from nethical_grpc.storage.timeseries.base import (
     AuditRow,
@@ -305,7 +304,7 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
                 # 64 MiB of page cache (the default is 2 MiB): index inserts and per-agent
                 # reads touch pages all over a large file; this is a bound, not an allocation.
                 conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-            with _transaction(conn):
+            with write_transaction(conn):
                 for (table, column), definition in _ADDED_COLUMNS.items():
                     have = conn.execute("SELECT * FROM pragma_table_info(?)", (table,)).fetchall()
                     if have and column not in {r[1] for r in have}:
@@ -354,7 +353,7 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
         with ``table`` trimmed to the cap in the same transaction when there is one."""
         conn = self._db()
         trimmed = None
-        with _transaction(conn):
+        with write_transaction(conn):
             added = write(conn)
             if self._max_rows is not None:
                 trimmed = self._trim(conn, table, added)
@@ -610,7 +609,7 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
 
     def _delete_windows_sync(self, region_id: str, before_ns: int) -> int:
         conn = self._db()
-        with _transaction(conn):
+        with write_transaction(conn):
             deleted: int = conn.execute(
                 "DELETE FROM window_summaries WHERE region_id = ? AND window_start_ns < ?",
                 (region_id, before_ns),
@@ -627,7 +626,7 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
     def _delete_before(self, cutoff_us: int) -> None:
         conn = self._db()
         deleted: dict[str, int] = {}
-        with _transaction(conn):
+        with write_transaction(conn):
             for table, column in (
                 ("metrics", "ts"),
                 ("metric_rollup", "minute"),
@@ -652,15 +651,3 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
-
-
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any exception."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        rollback_quietly(conn)
-        raise
-    conn.execute("COMMIT")
