@@ -82,13 +82,19 @@ def schema_columns(schema: str | Iterable[str]) -> dict[str, list[str]]:
 
 
 def execute_rows(
-    conn: sqlite3.Connection, sql: str, group: str, rows: Sequence[Sequence[object]]
+    conn: sqlite3.Connection,
+    sql: str,
+    group: str,
+    rows: Sequence[Sequence[object]],
+    params: Sequence[object] = (),
 ) -> None:
     """Run ``sql`` for ``rows`` with a few multi-row statements, not one step per row.
 
     ``sql`` holds ``{rows}`` where the rows go, as ``group`` (one row's placeholders, e.g.
     ``(?, ?)``) repeated and comma-separated: ``INSERT INTO t VALUES {rows}``, ``DELETE
-    FROM t WHERE k IN (VALUES {rows})``. Rows go in chunks of :data:`MAX_ROWS_PER_STATEMENT`,
+    FROM t WHERE k IN (VALUES {rows})``. ``params`` fill the placeholders that follow
+    ``{rows}`` in ``sql``, the same in every statement (``… IN (VALUES {rows}) AND seq
+    BETWEEN ? AND ?``). Rows go in chunks of :data:`MAX_ROWS_PER_STATEMENT`,
     and the rest in power-of-two chunks (200 rows: 128 + 64 + 8), so a table needs at most
     nine statement shapes (the connection's statement cache keeps them prepared).
 
@@ -102,7 +108,8 @@ def execute_rows(
     if not rows:
         return
     width = group.count("?")
-    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // max(width, 1)
+    fixed = list(params)
+    limit = (conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - len(fixed)) // max(width, 1)
     chunk = MAX_ROWS_PER_STATEMENT
     while chunk > 1 and chunk > limit:
         chunk //= 2
@@ -111,7 +118,7 @@ def execute_rows(
         left = len(rows) - start
         size = chunk if left >= chunk else 1 << (left.bit_length() - 1)
         part = rows[start : start + size]
-        conn.execute(_statement(sql, group, size), list(itertools.chain.from_iterable(part)))
+        conn.execute(_statement(sql, group, size), [*itertools.chain.from_iterable(part), *fixed])
         start += size
 
 

@@ -246,3 +246,31 @@ def test_the_risk_bucket_is_the_same_in_sql_and_in_python(risk: float) -> None:
             f"SELECT {sqlite_fts._RISK_BUCKET_SQL} FROM (SELECT ? AS risk_score) AS r", (risk,)
         ).fetchone()
     assert bucket == sqlite_fts._risk_bucket(risk)
+
+
+async def test_a_drop_searches_its_tables_by_key_and_scans_none(tmp_path: Path) -> None:
+    # a drop's deletes must find the dropped rows through the tables' keys: a statement
+    # that scans a table costs a drop (one per write of a full store) the whole table
+    records = [
+        replace(r, action_text=f"{r.action_text} ref{i} again and again")
+        for i, r in enumerate(dataset(120))
+    ]
+    path = tmp_path / "b.db"
+    store = await SqliteFtsAuditStore.open(REGION, str(path), max_records=40)
+    try:
+        await load_in_batches(store, records[:40], 40)
+    finally:
+        await store.close()
+    with sqlite3.connect(path, isolation_level=None) as conn:
+        seen: list[str] = []
+        conn.set_trace_callback(seen.append)
+        conn.execute("BEGIN IMMEDIATE")
+        assert sqlite_fts._drop_range(conn, 1, 30) == 30
+        conn.execute("ROLLBACK")
+        conn.set_trace_callback(None)
+        deletes = [s for s in seen if s.lstrip().upper().startswith("DELETE")]
+        assert len(deletes) >= 4  # audit_terms, audit_term_counts, documents, records
+        for statement in deletes:
+            plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + statement)]
+            scans = [p for p in plan if p.startswith("SCAN") and "CONSTANT ROW" not in p]
+            assert not scans, (statement[:90], plan)

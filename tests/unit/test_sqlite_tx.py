@@ -120,3 +120,34 @@ def test_no_rows_runs_nothing() -> None:
     seen = _statements(conn)
     execute_rows(conn, "INSERT INTO t VALUES {rows}", "(?, ?, ?)", [])
     assert seen == []
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    keys=st.lists(st.text(max_size=4), max_size=300, unique=True),
+    bounds=st.tuples(st.integers(-6, 6), st.integers(-6, 6)),
+    variables=st.integers(3, 600),
+)
+def test_params_after_the_rows_are_bound_in_every_chunk(
+    keys: list[str], bounds: tuple[int, int], variables: int
+) -> None:
+    rows = [(k, n) for k in [*keys, "kept"] for n in range(-5, 6)]
+    expected, got = _table(), _table()
+    for conn in (expected, got):
+        conn.executemany("INSERT INTO t VALUES (?, ?, NULL)", [(f"{k}|{n}", n) for k, n in rows])
+    lo, hi = bounds
+    for k in keys:
+        expected.execute(
+            "DELETE FROM t WHERE k IN (SELECT ? || '|' || n FROM t) AND n BETWEEN ? AND ?",
+            (k, lo, hi),
+        )
+    got.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, variables)
+    execute_rows(
+        got,
+        "DELETE FROM t WHERE k IN (VALUES {rows}) AND n BETWEEN ? AND ?",
+        "(?)",
+        [(f"{k}|{n}",) for k in keys for n in range(-5, 6)],
+        (lo, hi),
+    )
+    query = "SELECT k, n FROM t ORDER BY k"
+    assert got.execute(query).fetchall() == expected.execute(query).fetchall()

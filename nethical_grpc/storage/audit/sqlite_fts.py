@@ -1066,12 +1066,13 @@ def _drop_range(conn: sqlite3.Connection, first: int, last: int) -> int:
         (first, last),
     ).fetchone()
     rows = json.loads(found)
-    fts_rows, repeated = [], []
+    fts_rows = []
+    repeated: set[str] = set()
     doc_freq: Counter[str] = Counter()
     for seq, agent, region, decision, bucket, intent, text in rows:
         _, distinct, counted = _terms(intent, text)
         doc_freq.update(distinct)
-        repeated += [(t, seq) for t, _ in counted]
+        repeated.update(t for t, _ in counted)
         fts_rows.append((seq, intent, text, _tags(agent, region, decision, bucket)))
     execute_rows(conn, _FTS_INSERT, "('delete', ?, ?, ?, ?)", fts_rows)
     # the terms' document frequencies go down by the same upsert that raises them
@@ -1082,11 +1083,14 @@ def _drop_range(conn: sqlite3.Connection, first: int, last: int) -> int:
         "(?)",
         [(t,) for t in doc_freq],
     )
+    # every row of the range's records, and no other: by term, then seq in the range (the
+    # primary key's order; a ``(term, seq) IN (VALUES …)`` list made SQLite scan the table)
     execute_rows(
         conn,
-        "DELETE FROM audit_term_counts WHERE (term, seq) IN (VALUES {rows})",
-        "(?, ?)",
-        repeated,
+        "DELETE FROM audit_term_counts WHERE term IN (VALUES {rows}) AND seq BETWEEN ? AND ?",
+        "(?)",
+        [(t,) for t in sorted(repeated)],
+        (first, last),
     )
     conn.execute("DELETE FROM audit_documents WHERE seq BETWEEN ? AND ?", (first, last))
     conn.execute("DELETE FROM audit_records WHERE seq BETWEEN ? AND ?", (first, last))
