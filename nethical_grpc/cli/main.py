@@ -21,7 +21,6 @@ from nethical_grpc.cli.args import (
     parse_positive_int,
     parse_weight,
 )
-from nethical_grpc.grpc_engine import choose_io_engine, installed_grpcio
 from nethical_grpc.security.flags import add_client_arguments, add_server_arguments
 from nethical_grpc.storage.backend import DEFAULT_AUDIT_RETENTION_DAYS, DEFAULT_MEMORY_BOUND
 
@@ -351,8 +350,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     try:
-        # before anything loads gRPC, which reads its experiments once (grpc_engine)
-        io_engine = choose_io_engine(os.environ, installed_grpcio())
         parser = build_parser()
     except ValueError as exc:  # a default read from the environment that does not parse
         print(f"nethical-mesh: error: {exc}", file=sys.stderr)
@@ -363,7 +360,6 @@ def _main(argv: Sequence[str] | None) -> int:
 
         die_with_parent()
     _setup_logging(args.log_level)
-    log.info("%s", io_engine)
     if args.command == "region":
         from nethical_grpc.cli.serve import run_region
 

@@ -328,39 +328,3 @@ def test_a_bad_audit_retention_is_refused(days: str) -> None:
         assert f"retention_days must be a whole number in 1..36500, got {days}" in out.stderr
     else:
         assert "--audit-retention-days: invalid int value: 'ninety'" in out.stderr
-
-
-@pytest.mark.parametrize(
-    ("engine", "said"),
-    [(None, "gRPC I/O: iomgr (GRPC_EXPERIMENTS="), ("event-engine", "grpcio's EventEngine")],
-)
-def test_a_node_serves_on_the_io_engine_it_names(
-    tmp_path: Path, engine: str | None, said: str
-) -> None:
-    env = {} if engine is None else {"NETHICAL_GRPC_IO_ENGINE": engine}
-    node = spawn(
-        "node",
-        ["region", "--region-id", "r", "--port", "0", "--no-evaluate", "--log-level", "INFO"],
-        tmp_path,
-        env=env,
-    )
-    try:
-        wait_health(node.port())
-        log = node.log_path.read_text()
-        assert said in log
-        assert "Unknown experiment" not in log
-    finally:
-        node.stop()
-
-
-def test_an_unknown_io_engine_is_refused() -> None:
-    out = subprocess.run(
-        mesh_command("region", "--region-id", "r", "--port", "0"),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "NETHICAL_GRPC_IO_ENGINE": "epoll"},
-    )
-    assert out.returncode == 2
-    assert "Traceback" not in out.stderr
-    assert "NETHICAL_GRPC_IO_ENGINE must be iomgr or event-engine, got 'epoll'" in out.stderr
