@@ -253,12 +253,12 @@ async def test_a_drop_searches_its_tables_by_key_and_scans_none(tmp_path: Path) 
     # that scans a table costs a drop (one per write of a full store) the whole table
     records = [
         replace(r, action_text=f"{r.action_text} ref{i} again and again")
-        for i, r in enumerate(dataset(120))
+        for i, r in enumerate(dataset(40))
     ]
     path = tmp_path / "b.db"
     store = await SqliteFtsAuditStore.open(REGION, str(path), max_records=40)
     try:
-        await load_in_batches(store, records[:40], 40)
+        await load_in_batches(store, records, 40)
     finally:
         await store.close()
     with sqlite3.connect(path, isolation_level=None) as conn:

@@ -18,6 +18,7 @@ import psutil
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from meshutil import wait_for
 from test_governance_detectors import POSITIVES
 
 from nethical_grpc.governance import detect_pool, detectors
@@ -107,17 +108,6 @@ async def wait_ready(pool: DetectionPool) -> None:
 
 def workers() -> list[multiprocessing.Process]:
     return [p for p in multiprocessing.active_children() if "resource_tracker" not in p.name]
-
-
-def no_workers(timeout_s: float = 5.0) -> bool:
-    """Whether ``workers()`` is empty within ``timeout_s``: it lists a child until its exit
-    status is collected, which the executor's own thread may be doing at that moment."""
-    deadline = time.monotonic() + timeout_s
-    while workers():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def gone(pid: int | None, timeout_s: float = 10.0) -> bool:
@@ -211,7 +201,9 @@ async def test_closing_kills_a_worker_that_does_not_exit(
     await pool.close()
     assert time.monotonic() - started < 5
     assert gone(worker.pid)
-    assert no_workers()  # and none started in its place
+    # and none started in its place (``active_children`` lists a child until its exit
+    # status is collected, which the executor's own thread may be doing at that moment)
+    await wait_for(lambda: not workers())
 
 
 async def test_a_worker_killed_while_starting_is_found_and_restarted(
