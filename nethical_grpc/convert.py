@@ -537,7 +537,10 @@ MAX_AGENT_ID_CHARS = 256
 MAX_REQUEST_ID_CHARS = 128
 MAX_CONTEXT_ENTRIES = 64
 MAX_CONTEXT_KEY_CHARS = 256
+_MAX_ACTION_TYPE_CHARS: Final = 64
 _ACTION_TYPE_RE = re.compile(r"[a-z0-9_.\-]{0,64}")  # whole types: fullmatch
+# action types joined by single spaces (see _screened_batch): fullmatch
+_ACTION_TYPES_JOINED_RE = re.compile(r"[a-z0-9_. \-]*")
 
 _DECISION_TO_PROTO: dict[Decision, governance_pb2.Decision] = {
     Decision.ALLOW: governance_pb2.DECISION_ALLOW,
@@ -585,6 +588,9 @@ def batch_actions_from_proto(
 ) -> list[EvaluationRequest | governance_pb2.ActionError]:
     """Each action of a batch validated: its request, or the ActionError that answers it
     (field paths ``actions[i].action_text``); a bad action never affects the others."""
+    screened = _screened_batch(msgs)
+    if screened is not None:
+        return screened
     out: list[EvaluationRequest | governance_pb2.ActionError] = []
     append = out.append
     for i, msg in enumerate(msgs):
@@ -593,6 +599,84 @@ def batch_actions_from_proto(
         except MeshError as exc:
             append(action_error_to_proto(msg.request_id, exc))
     return out
+
+
+def _screened_batch(
+    msgs: Sequence[governance_pb2.AgentAction],
+) -> list[EvaluationRequest | governance_pb2.ActionError] | None:
+    """Every action's request when the whole batch passes :func:`_checked_action`'s
+    checks, tested a column at a time (one regex search over the joined agent ids, one
+    over the request ids, one match of the joined action types); ``None`` when any
+    action may fail one, and each is checked on its own to say which (so a list of
+    requests only).
+
+    Joining keeps each check exact: a control character is in the joined text exactly
+    when it is in one of its parts, and the types, joined by single spaces, match the
+    type characters and spaces with one space fewer than the types exactly when no type
+    holds a space and every type holds only type characters."""
+    if not msgs:
+        return []
+    msgs = list(msgs)  # one wrapper per message: iterating the field makes new ones
+    agents = [m.agent_id for m in msgs]
+    texts = [m.action_text for m in msgs]
+    intents = [m.stated_intent for m in msgs]
+    request_ids = [m.request_id for m in msgs]
+    types = [m.action_type.lower() for m in msgs]
+    joined_types = " ".join(types)
+    if not (
+        all(map(str.strip, agents))
+        and all(map(str.strip, texts))
+        and max(map(len, agents)) <= MAX_AGENT_ID_CHARS
+        and max(map(len, request_ids)) <= MAX_REQUEST_ID_CHARS
+        and max(map(len, types)) <= _MAX_ACTION_TYPE_CHARS
+        and CONTROL_RE.search("".join(agents)) is None
+        and CONTROL_RE.search("".join(request_ids)) is None
+        and _ACTION_TYPES_JOINED_RE.fullmatch(joined_types) is not None
+        and joined_types.count(" ") == len(types) - 1
+        and _none_over(texts, MAX_ACTION_TEXT_BYTES)
+        and _none_over(intents, MAX_ACTION_TEXT_BYTES)
+    ):
+        return None
+    contexts = [dict(c) if c else {} for c in (m.context for m in msgs)]
+    if any(_context_violation(c, "") is not None for c in contexts if c):
+        return None
+    requests: list[EvaluationRequest | governance_pb2.ActionError] = [
+        EvaluationRequest(
+            action=Action(
+                agent_id=agent,
+                action_text=text,
+                action_type=action_type,
+                stated_intent=intent,
+                context=context,
+            ),
+            request_id=request_id,
+            action_type=action_type,
+        )
+        for agent, text, action_type, intent, context, request_id in zip(
+            agents, texts, types, intents, contexts, request_ids, strict=True
+        )
+    ]
+    return requests
+
+
+def _none_over(texts: list[str], limit: int) -> bool:
+    """Whether no text of ``texts`` is over ``limit`` bytes in UTF-8 (see _utf8_over)."""
+    if max(map(len, texts)) <= limit // 4:
+        return True
+    return not any(_utf8_over(t, limit) for t in texts)
+
+
+def _context_violation(context: dict[str, str], field: str) -> FieldViolation | None:
+    """Why an action's ``context`` (at ``field``) is refused; None when it is not."""
+    if len(context) > MAX_CONTEXT_ENTRIES:
+        return FieldViolation(field, f"at most {MAX_CONTEXT_ENTRIES} entries")
+    if any(len(k) > MAX_CONTEXT_KEY_CHARS or not k for k in context):
+        return FieldViolation(field, f"keys must be 1 to {MAX_CONTEXT_KEY_CHARS} characters")
+    if (n := sum(utf8_length(v) for v in context.values())) > MAX_ACTION_TEXT_BYTES:
+        return FieldViolation(
+            field, f"values total {n} bytes, more than the {MAX_ACTION_TEXT_BYTES}-byte limit"
+        )
+    return None
 
 
 def agent_id_violation(field_path: str, agent: str) -> FieldViolation | None:
@@ -638,21 +722,8 @@ def _checked_action(msg: governance_pb2.AgentAction, field: str) -> EvaluationRe
             )
         )
     context = dict(msg.context) if msg.context else {}
-    if len(context) > MAX_CONTEXT_ENTRIES:
-        bad.append(FieldViolation(f"{field}.context", f"at most {MAX_CONTEXT_ENTRIES} entries"))
-    elif any(len(k) > MAX_CONTEXT_KEY_CHARS or not k for k in context):
-        bad.append(
-            FieldViolation(
-                f"{field}.context", f"keys must be 1 to {MAX_CONTEXT_KEY_CHARS} characters"
-            )
-        )
-    elif (n := sum(utf8_length(v) for v in context.values())) > MAX_ACTION_TEXT_BYTES:
-        bad.append(
-            FieldViolation(
-                f"{field}.context",
-                f"values total {n} bytes, more than the {MAX_ACTION_TEXT_BYTES}-byte limit",
-            )
-        )
+    if context and (context_bad := _context_violation(context, f"{field}.context")) is not None:
+        bad.append(context_bad)
     request_id = msg.request_id
     if request_id and CONTROL_RE.search(request_id):
         bad.append(FieldViolation(f"{field}.request_id", "must not contain control characters"))

@@ -190,6 +190,9 @@ class Violation:
         object.__setattr__(self, "severity", Severity(self.severity))
 
 
+_NO_CONTEXT: Final[Mapping[str, str]] = MappingProxyType({})
+
+
 @dataclass(frozen=True, slots=True)
 class Action:
     """An agent's proposed action.  ``context`` is copied into a read-only mapping."""
@@ -201,7 +204,15 @@ class Action:
     context: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "context", MappingProxyType(dict(self.context)))
+        context = self.context
+        # no context (most actions): one shared read-only empty mapping
+        object.__setattr__(
+            self,
+            "context",
+            _NO_CONTEXT
+            if type(context) is dict and not context
+            else MappingProxyType(dict(context)),
+        )
 
 
 # --------------------------------------------------------------------------------------------

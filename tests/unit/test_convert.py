@@ -11,6 +11,7 @@ from hypothesis.extra import numpy as hnp
 
 from nethical_grpc import convert
 from nethical_grpc.errors import InvalidArgument
+from nethical_grpc.governance import MAX_ACTION_TEXT_BYTES
 from nethical_grpc.summary import Summary
 from nethical_grpc.v1 import region_node_pb2, summary_pb2
 
@@ -101,6 +102,136 @@ def test_an_action_text_over_the_byte_limit_is_refused_and_one_at_it_accepted() 
         convert.action_from_proto(act(at_limit + "é"))
     fields = {v.field for v in refused.value.field_violations}
     assert fields == {"action.action_text", "action.stated_intent"}
+
+
+# -- a batch of actions: checked a column at a time, answered as one action at a time ------
+
+# pieces that sit at every rule's edge: blanks, control characters, spaces and case in
+# types, characters whose lower case is ASCII (the Kelvin sign) or longer (dotted I)
+_PIECE = st.sampled_from(
+    ["a", "Q", " ", "\t", "\n", "\x7f", "\x00", "-", "_", ".", "é", "\u212a", "\u0130", "€"]
+)
+
+
+def _texts(max_pieces: int) -> st.SearchStrategy[str]:
+    return st.lists(
+        st.tuples(_PIECE, st.sampled_from([1, 1, 2, 64, 65, 129, 257, 4097, 8193])),
+        max_size=max_pieces,
+    ).map(lambda parts: "".join(ch * k for ch, k in parts))
+
+
+_VALID_ACTION = {
+    "agent_id": "agent-1",
+    "action_text": "list files",
+    "action_type": "query",
+    "stated_intent": "",
+    "request_id": "r1",
+    "context": {},
+}
+_EDGE_STRING = st.one_of(
+    st.sampled_from(["", " ", "a b", "Query", "a" * 64, "a" * 65, "agent-2"]), _texts(3)
+)
+_EDGE_CONTEXT = st.one_of(
+    st.dictionaries(st.one_of(st.sampled_from(["", "k"]), _texts(2)), _texts(2), max_size=3),
+    st.just({f"k{i}": "v" for i in range(65)}),
+)
+# a valid action, or one with a single field at an edge (valid or not): a bad field in
+# an otherwise valid batch is what the batch-wide checks must not miss
+_ACTION = st.one_of(
+    st.just(_VALID_ACTION),
+    st.tuples(
+        st.sampled_from(["agent_id", "action_text", "action_type", "stated_intent", "request_id"]),
+        _EDGE_STRING,
+    ).map(lambda fv: {**_VALID_ACTION, fv[0]: fv[1]}),
+    _EDGE_CONTEXT.map(lambda c: {**_VALID_ACTION, "context": c}),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(actions=st.lists(_ACTION, min_size=1, max_size=6))
+def test_a_batch_is_answered_as_each_of_its_actions_alone(actions: list[dict]) -> None:  # type: ignore[type-arg]
+    """The batch-wide checks never accept an action the per-action check refuses, and a
+    valid batch gives the same requests: whatever the batch holds, each answer is the one
+    its action alone gets (its request, or its error with the batch's field path)."""
+    from nethical_grpc.v1 import governance_pb2
+
+    msgs = [governance_pb2.AgentAction(**a) for a in actions]
+    got = convert.batch_actions_from_proto(
+        region_node_pb2.EvaluateStreamRequest(actions=msgs).actions
+    )
+    assert got == _each_alone(msgs)  # type: ignore[arg-type]
+
+
+def _each_alone(msgs: list[object]) -> list[object]:
+    from nethical_grpc.errors import MeshError
+
+    out: list[object] = []
+    for i, m in enumerate(msgs):
+        try:
+            out.append(convert.action_from_proto(m, f"actions[{i}]"))  # type: ignore[arg-type]
+        except MeshError as exc:
+            out.append(convert.action_error_to_proto(m.request_id, exc))  # type: ignore[attr-defined]
+    return out
+
+
+_OVER = "é" * (MAX_ACTION_TEXT_BYTES // 2 + 1)  # one character more than the byte limit
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("agent_id", ""),
+        ("agent_id", " "),
+        ("agent_id", "a\x00"),
+        ("agent_id", "a" * 257),
+        ("action_text", " \n"),
+        ("action_text", _OVER),
+        ("action_type", "a b"),
+        ("action_type", "a\nb"),
+        ("action_type", "Q" * 65),
+        ("action_type", "\u0130"),
+        ("stated_intent", _OVER),
+        ("request_id", "r\n"),
+        ("request_id", "r" * 129),
+        ("context", {f"k{i}": "v" for i in range(65)}),
+        ("context", {"": "v"}),
+        ("context", {"k": _OVER}),
+    ],
+)
+def test_one_bad_action_in_a_valid_batch_is_answered_alone(field: str, value: object) -> None:
+    from nethical_grpc.v1 import governance_pb2
+
+    good = governance_pb2.AgentAction(**_VALID_ACTION)  # type: ignore[arg-type]
+    bad = governance_pb2.AgentAction(**{**_VALID_ACTION, field: value})  # type: ignore[arg-type]
+    msgs = [good, bad, good]
+    got = convert.batch_actions_from_proto(msgs)
+    assert got == _each_alone(msgs)  # type: ignore[arg-type]
+    assert isinstance(got[1], governance_pb2.ActionError)
+    assert got[1].field_errors[0].field == f"actions[1].{field}"
+
+
+def test_a_valid_batch_takes_the_batch_wide_checks() -> None:
+    """The column checks accept a batch of valid actions (not just the per-action path)."""
+    from nethical_grpc.v1 import governance_pb2
+
+    msgs = [
+        governance_pb2.AgentAction(
+            agent_id=f"agent-{i}",
+            action_text="list files",
+            action_type="Query.Read",
+            request_id=f"r{i}",
+            context={"k": "v"} if i % 2 else {},
+        )
+        for i in range(5)
+    ]
+    screened = convert._screened_batch(msgs)
+    assert screened is not None
+    assert [r.action_type for r in screened] == ["query.read"] * 5
+    assert [dict(r.action.context) for r in screened] == [{}, {"k": "v"}] * 2 + [{}]
+    # one bad action anywhere: the batch goes to the per-action checks
+    bad = governance_pb2.AgentAction(agent_id="a\x00", action_text="t")
+    assert convert._screened_batch([*msgs, bad]) is None
+    assert convert._screened_batch([bad, *msgs]) is None
 
 
 @pytest.mark.parametrize("name", ["latency\n", "latency\nrisk", "\nlatency", "a" * 129])
