@@ -61,6 +61,12 @@ from nethical_grpc.governance.profiles import Profile, ProfileBook
 from nethical_grpc.governance.requests import Outcome
 from nethical_grpc.series import SeriesKey, freeze_labels
 from nethical_grpc.storage.audit import AuditRecord, AuditViolation
+from nethical_grpc.storage.audit.model import (
+    MAX_TIMESTAMP_US,
+    MAX_VIOLATIONS,
+    MIN_TIMESTAMP_US,
+    to_utc_us,
+)
 from nethical_grpc.storage.timeseries import MetricPoint, WindowSummaryRow
 from nethical_grpc.storage.timeseries.model import JSONValue, check_window_rows
 from nethical_grpc.v1 import summary_pb2
@@ -186,7 +192,7 @@ class Persister:
         # store serialises each distinct mapping once per batch); never changed once made
         self._metadata: dict[tuple[str, str], dict[str, JSONValue]] = {}
         # the outcomes of one batch share their time: its datetime is made once
-        self._last_time: tuple[int, datetime] = (0, _utc(0))
+        self._last_time: tuple[int, tuple[datetime, int]] = (0, (_utc(0), 0))
         # each finding's stored form, made (and checked) once: rules report fixed findings
         self._findings: dict[Violation, AuditViolation] = {}
         # set after each write of records (evaluations waiting for room look again)
@@ -352,24 +358,38 @@ class Persister:
 
     def _audit(self, audit_id: str, o: Outcome) -> AuditRecord:
         ev = o.evaluation
-        return AuditRecord(
+        action = o.request.action
+        timestamp, timestamp_us = self._time_us(o.time_ns)
+        # every value passes the record's checks: the action's were checked (as strictly)
+        # at the RPC boundary, the node's region when it started, the rest is the node's
+        return AuditRecord.from_checked(
             action_id=audit_id,
             # the store's region (it fills an empty one in, by building the record again)
             region_id=self.node.identity.region_id,
-            agent_id=o.request.action.agent_id,
+            agent_id=action.agent_id,
             decision=ev.decision,
             risk_score=ev.risk_score,
-            action_text=o.request.action.action_text,
-            stated_intent=o.request.action.stated_intent,
+            action_text=action.action_text,
+            stated_intent=action.stated_intent,
             action_type=o.request.action_type,
-            violations=tuple(map(self._finding, ev.violations[:32])),
-            timestamp=self._time(o.time_ns),
+            violations=tuple(map(self._finding, ev.violations[:MAX_VIOLATIONS])),
+            timestamp=timestamp,
+            timestamp_us=timestamp_us,
         )
 
     def _time(self, ns: int) -> datetime:
+        return self._time_us(ns)[0]
+
+    def _time_us(self, ns: int) -> tuple[datetime, int]:
+        """The aware UTC datetime of ``ns`` and its microseconds since the epoch (cached:
+        a batch's evaluations share one time)."""
         last_ns, last = self._last_time
         if ns != last_ns:
-            last = _utc(ns)
+            at = _utc(ns)
+            us = to_utc_us(at, "timestamp")
+            if not MIN_TIMESTAMP_US <= us < MAX_TIMESTAMP_US:  # as a record's check says
+                raise ValueError(f"timestamp {at.isoformat()} is outside the storable range")
+            last = (at, us)
             self._last_time = (ns, last)
         return last
 

@@ -376,6 +376,45 @@ class AuditRecord:
             action_id=action_id if action_id is not None else _new_action_id(),
         )
 
+    @classmethod
+    def from_checked(
+        cls,
+        *,
+        action_id: str,
+        agent_id: str,
+        decision: Decision,
+        risk_score: float,
+        action_text: str,
+        stated_intent: str,
+        action_type: str,
+        violations: tuple[AuditViolation, ...],
+        region_id: str,
+        timestamp: datetime,
+        timestamp_us: int,
+    ) -> AuditRecord:
+        """A record of values that pass every check of the constructor already, in the
+        form it normalises them to (``timestamp`` an aware UTC datetime, ``timestamp_us``
+        its microseconds since the epoch), built without running the checks again.
+
+        For records made of data checked where it came in: a region node's record of an
+        evaluation (the action checked at the RPC boundary by rules at least as strict,
+        the rest made by the node) costs about a fifth of a checked construction. Its
+        tests build each record both ways and compare them."""
+        record = object.__new__(cls)
+        put = object.__setattr__
+        put(record, "agent_id", agent_id)
+        put(record, "decision", decision)
+        put(record, "risk_score", risk_score)
+        put(record, "action_text", action_text)
+        put(record, "stated_intent", stated_intent)
+        put(record, "action_type", action_type)
+        put(record, "violations", violations)
+        put(record, "region_id", region_id)
+        put(record, "timestamp", timestamp)
+        put(record, "action_id", action_id)
+        put(record, "timestamp_us", timestamp_us)
+        return record
+
 
 @dataclass(frozen=True, slots=True)
 class AuditFilter:
