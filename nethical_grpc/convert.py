@@ -641,17 +641,7 @@ def _screened_batch(
     if any(_context_violation(c, "") is not None for c in contexts if c):
         return None
     requests: list[EvaluationRequest | governance_pb2.ActionError] = [
-        EvaluationRequest(
-            action=Action(
-                agent_id=agent,
-                action_text=text,
-                action_type=action_type,
-                stated_intent=intent,
-                context=context,
-            ),
-            request_id=request_id,
-            action_type=action_type,
-        )
+        _request(agent, text, action_type, intent, context, request_id)
         for agent, text, action_type, intent, context, request_id in zip(
             agents, texts, types, intents, contexts, request_ids, strict=True
         )
@@ -733,6 +723,13 @@ def _checked_action(msg: governance_pb2.AgentAction, field: str) -> EvaluationRe
         )
     if bad:
         raise InvalidArgument(message=f"{field}: invalid action", field_violations=bad)
+    return _request(agent, text, action_type, intent, context, request_id)
+
+
+def _request(
+    agent: str, text: str, action_type: str, intent: str, context: dict[str, str], request_id: str
+) -> EvaluationRequest:
+    """The request of a checked action (``action_type`` lower-cased)."""
     action = Action(
         agent_id=agent,
         action_text=text,
