@@ -360,8 +360,11 @@ class Persister:
         ev = o.evaluation
         action = o.request.action
         timestamp, timestamp_us = self._time_us(o.time_ns)
-        # every value passes the record's checks: the action's were checked (as strictly)
-        # at the RPC boundary, the node's region when it started, the rest is the node's
+        if not MIN_TIMESTAMP_US <= timestamp_us < MAX_TIMESTAMP_US:  # as a record's check
+            raise ValueError(f"timestamp {timestamp.isoformat()} is outside the storable range")
+        # every other value passes the record's checks: the action's were checked (as
+        # strictly) at the RPC boundary, the node's region when it started, the rest is
+        # the node's own
         return AuditRecord.from_checked(
             action_id=audit_id,
             # the store's region (it fills an empty one in, by building the record again)
@@ -386,10 +389,7 @@ class Persister:
         last_ns, last = self._last_time
         if ns != last_ns:
             at = _utc(ns)
-            us = to_utc_us(at, "timestamp")
-            if not MIN_TIMESTAMP_US <= us < MAX_TIMESTAMP_US:  # as a record's check says
-                raise ValueError(f"timestamp {at.isoformat()} is outside the storable range")
-            last = (at, us)
+            last = (at, to_utc_us(at, "timestamp"))
             self._last_time = (ns, last)
         return last
 
