@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -18,22 +17,13 @@ from nethical_grpc.storage.audit import AuditFilter, SearchQuery
 from region_node import persistence
 from region_node.node import NodeIdentity, RegionNode
 from region_node.persistence import Persister
-from region_node.stores import NodeStores, StoreConfig
+from region_node.stores import NodeStores
 
 
 def outcomes(n: int, start_ns: int) -> list[Outcome]:
     request = EvaluationRequest(Action("agent-1", "SELECT 1", "query"), "req", "query")
     evaluation = Evaluation(Decision.ALLOW, 0.1, 0.9)
     return [Outcome(request, evaluation, 0.5, 1_000, start_ns + i) for i in range(n)]
-
-
-@pytest.fixture
-async def stores() -> AsyncIterator[NodeStores]:
-    s = await NodeStores.open(StoreConfig(), "r1")
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 def persister(stores: NodeStores) -> Persister:

@@ -5,7 +5,6 @@ builds of the same values, or fail as that one would."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -21,7 +20,7 @@ from nethical_grpc.storage.audit.model import MAX_TIMESTAMP_US
 from nethical_grpc.v1 import governance_pb2
 from region_node.node import NodeIdentity, RegionNode
 from region_node.persistence import Persister
-from region_node.stores import NodeStores, StoreConfig
+from region_node.stores import NodeStores
 
 # texts that find nothing, one finding, and many (more than a record keeps)
 _TEXTS = [
@@ -34,19 +33,10 @@ _TEXTS = [
 ]
 
 
-@pytest.fixture
-async def stores() -> AsyncIterator[NodeStores]:
-    s = await NodeStores.open(StoreConfig(), "eu-west-1")
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
 def _outcomes(actions: list[governance_pb2.AgentAction], time_ns: int) -> list[Outcome]:
-    requests = [r for r in convert.batch_actions_from_proto(actions)]
-    assert all(isinstance(r, EvaluationRequest) for r in requests)
-    valid = [r for r in requests if isinstance(r, EvaluationRequest)]
+    parsed = convert.batch_actions_from_proto(actions)
+    valid = [r for r in parsed if isinstance(r, EvaluationRequest)]
+    assert len(valid) == len(parsed)  # every action is valid
     probabilities = [0.05 + 0.9 * i / max(1, len(valid)) for i in range(len(valid))]
     evaluations = evaluate_actions([r.action for r in valid], probabilities)
     return [
