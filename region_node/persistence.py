@@ -16,20 +16,8 @@
   ``PROFILE_INTERVAL_S`` (and on stop), so another instance of the region, or this one
   after a restart, can answer ``GetRiskProfile`` for them (not to a ``memory://`` cache,
   which no other instance sees).
-* **Profiles are merged, not replaced**: the node keeps, per agent, the evaluations it
-  added since its last write (a delta); each write reads the cached profiles of those
-  agents, merges the deltas in (:meth:`Profile.merge`: counts add, max of max, newest
-  recent entries) and writes the results, which become the node's own profiles (plus
-  what it added meanwhile). Each chunk of ``_PROFILE_CHUNK`` agents is one atomic
-  update (``Cache.update_multiple``: ``WATCH``, ``MGET``, ``MULTI``/``SET``/``EXEC``):
-  when another instance wrote one of them in between, Redis refuses it and the chunk is
-  merged again with what that instance wrote. So a restarted node counts on from the
-  cached profile, and the instances sharing a region's cache add up their evaluations,
-  also when they write the same agents at once. Limit: a write whose outcome is unknown
-  (a timeout after it was sent) is retried and may count its evaluations twice. While
-  Redis is away the deltas wait (bounded) and are merged once it is back: merges read
-  and write Redis itself (``Cache.on_primary``), never the cache's memory stand-in,
-  whose write-back would overwrite.
+* **Profiles** are merged into the cached ones, each evaluation counted once also when a
+  write's outcome is unknown: see :mod:`region_node.profile_writes`.
 * **Retention**: at the start and every ``RETENTION_INTERVAL_S`` the time-series store's
   own retention is applied (``--retention`` only bounds the windows a node holds in
   memory; older windows live in the store until this cutoff), and the audit store's
@@ -57,7 +45,7 @@ from typing import Final, Literal
 from nethical_grpc import convert, telemetry
 from nethical_grpc.event_wait import wait_until
 from nethical_grpc.governance.detectors import Violation
-from nethical_grpc.governance.profiles import Profile, ProfileBook
+from nethical_grpc.governance.profiles import ProfileBook
 from nethical_grpc.governance.requests import Outcome
 from nethical_grpc.series import SeriesKey, freeze_labels
 from nethical_grpc.storage.audit import AuditRecord, AuditViolation
@@ -71,6 +59,7 @@ from nethical_grpc.storage.timeseries import MetricPoint, WindowSummaryRow
 from nethical_grpc.storage.timeseries.model import JSONValue, check_window_rows
 from nethical_grpc.v1 import summary_pb2
 from region_node.node import RegionNode
+from region_node.profile_writes import ProfileWriter
 from region_node.stores import NodeStores
 from region_node.windows import WindowStore
 
@@ -94,10 +83,6 @@ BACKLOG_LOW: Final = 100_000
 BACKLOG_WAIT_S: Final = 5.0
 #: "writes fall behind" is logged at most this often (with the records dropped since).
 _DROP_LOG_INTERVAL_S: Final = 10.0
-PROFILE_TTL_S: Final = 7 * 24 * 3600.0
-PROFILE_PREFIX: Final = "profile:"
-#: Agents whose profiles one atomic cache update merges (a conflict retries only these).
-_PROFILE_CHUNK: Final = 256
 _WRITE_BATCH: Final = 5_000
 #: Distinct (decision, action type) metadata mappings kept for reuse.
 _METADATA_KINDS: Final = 1_024
@@ -163,9 +148,8 @@ class Persister:
         self.node = node
         self.stores = stores
         self.profiles = profiles
-        if stores.shared_cache:
-            # written by merging each agent's delta into the cached profile
-            profiles.track_deltas()
+        # agents' profiles: each delta merged into the cached profile
+        self.profile_writer = ProfileWriter(stores, profiles)
         self.flush_interval_s = flush_interval_s
         # per store, (audit record id, outcome): the id is fixed here, so a retried write
         # of the same outcome is recognised by the audit store and not stored twice
@@ -403,95 +387,6 @@ class Persister:
             )
         return stored
 
-    # -- profiles -----------------------------------------------------------------
-
-    async def _write_profiles(self) -> None:
-        if not self.stores.shared_cache:
-            # a memory:// cache is this process's alone, and the book already holds them
-            return
-        deltas = self.profiles.take_deltas()
-        if self.stores.cache_choice.fallback:
-            # Redis is away: merged into the memory copy, a profile would be written back
-            # over what Redis holds (other instances' evaluations, this node's older ones)
-            # when it returns; the deltas wait for Redis instead (bounded)
-            self._keep_deltas(deltas)
-            return
-        if not deltas:
-            return
-        # on Redis itself: an outage starting now fails this write (the deltas are kept,
-        # and the cache turns to memory mode), rather than merging into the stand-in.
-        # Each chunk of agents is one atomic read-merge-write (update_multiple): another
-        # instance writing one of them meanwhile makes Redis refuse it, and it is merged
-        # again with what that instance wrote
-        agents = list(deltas)
-        done = 0
-        try:
-            for start in range(0, len(agents), _PROFILE_CHUNK):
-                chunk = {a: deltas[a] for a in agents[start : start + _PROFILE_CHUNK]}
-                merged = await self._merge_profiles(chunk)
-                done = start + len(chunk)
-                self.profiles.install_merged(merged)
-        except BaseException as exc:
-            # what was not written is kept for the next round (a stop that cut the write
-            # short: for the stop's own)
-            self._keep_deltas({a: deltas[a] for a in agents[done:]})
-            if not isinstance(exc, Exception):
-                raise
-            log.warning("writing risk profiles to the cache failed (will retry): %s", exc)
-
-    async def _merge_profiles(self, deltas: dict[str, Profile]) -> dict[str, Profile]:
-        """Merge ``deltas`` into the agents' cached profiles on Redis, atomically; the
-        merged profiles."""
-        recent = self.profiles.recent
-        merged: dict[str, Profile] = {}
-
-        def merge(cached: dict[str, object]) -> dict[str, object]:
-            # called again when another instance wrote one of the agents meanwhile
-            merged.clear()
-            for agent, delta in deltas.items():
-                found = cached.get(PROFILE_PREFIX + agent)
-                merged[agent] = self._cached_profile(agent, found).merge(delta, recent)
-            return {PROFILE_PREFIX + a: p.to_dict() for a, p in merged.items()}
-
-        keys = [PROFILE_PREFIX + a for a in deltas]
-        await self.stores.cache.on_primary(
-            lambda cache: cache.update_multiple(keys, merge, ttl=PROFILE_TTL_S)
-        )
-        return merged
-
-    def _keep_deltas(self, deltas: dict[str, Profile]) -> None:
-        """Back into the book for the next write (bounded: the oldest go past it)."""
-        dropped = self.profiles.return_deltas(deltas)
-        if dropped:
-            log.error("risk profile writes fall behind: dropped %d agents' deltas", dropped)
-
-    def _cached_profile(self, agent_id: str, data: object) -> Profile:
-        """The cached profile ``data`` of the agent, or an empty one (none, or malformed)."""
-        profile = self._profile_from(data)
-        if profile is None or profile.agent_id != agent_id:
-            return Profile(agent_id, recent=deque(maxlen=self.profiles.recent))
-        return profile
-
-    def _profile_from(self, data: object) -> Profile | None:
-        if not isinstance(data, dict):
-            return None
-        try:
-            return Profile.from_dict(data, recent=self.profiles.recent)
-        except (KeyError, TypeError, ValueError) as exc:
-            log.warning("ignoring a malformed cached profile: %s", exc)
-            return None
-
-    async def load_profile(self, agent_id: str) -> Profile | None:
-        """A profile from the cache (written by this or another instance), or None."""
-        if not self.stores.shared_cache:
-            return None  # profiles are never written to a memory:// cache
-        try:
-            data = await self.stores.cache.get(PROFILE_PREFIX + agent_id)
-        except Exception as exc:
-            log.warning("reading a risk profile from the cache failed: %s", exc)
-            return None
-        return self._profile_from(data)
-
     # -- windows ------------------------------------------------------------------
 
     def _window_rows(self) -> list[WindowSummaryRow]:
@@ -683,7 +578,7 @@ class Persister:
         async with self._lock:
             await self._write_outcomes()
             if profiles:
-                await self._write_profiles()
+                await self.profile_writer.write()
             if windows:
                 await self.flush_windows()
                 if self.answers_for_region:

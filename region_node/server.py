@@ -93,7 +93,7 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
                 node,
                 profiles=profiles,
                 sink=persister.enqueue,
-                profile_source=persister.load_profile,
+                profile_source=persister.profile_writer.load,
                 detection_pool=pool,
                 admission=persister.room,
             )

@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+#: How long after a request whose answer is lost the proxy cuts its connections.
+LOSS_SETTLE_S = 0.2
+
 
 class CuttableProxy:
     """A TCP proxy from a free local port to ``target``.
@@ -13,7 +16,8 @@ class CuttableProxy:
     :meth:`cut` aborts every connection and refuses new ones until :meth:`restore`.
     :meth:`stall` keeps every connection open but forwards nothing, either way, and accepts
     new connections without connecting them onwards (a hung server: TCP answers, PostgreSQL
-    never does) until :meth:`resume`.
+    never does) until :meth:`resume`. :meth:`lose_replies_after` lets a request through and
+    loses its answer: the server acts on it, the client sees its connection break.
     """
 
     def __init__(self, host: str, port: int) -> None:
@@ -26,6 +30,8 @@ class CuttableProxy:
         self._flowing = asyncio.Event()
         self._flowing.set()
         self.connections = 0
+        self._lose_after: bytes | None = None
+        self._replies_lost = False
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -47,8 +53,8 @@ class CuttableProxy:
             self.connections += 1
             self._live.add(up_writer)
             pipes = [
-                asyncio.ensure_future(self._pipe(reader, up_writer)),
-                asyncio.ensure_future(self._pipe(up_reader, writer)),
+                asyncio.ensure_future(self._pipe(reader, up_writer, to_server=True)),
+                asyncio.ensure_future(self._pipe(up_reader, writer, to_server=False)),
             ]
             try:
                 await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
@@ -62,7 +68,9 @@ class CuttableProxy:
             writer.transport.abort()
             self._handlers.discard(task)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, to_server: bool
+    ) -> None:
         with contextlib.suppress(ConnectionError, OSError):
             while True:
                 await self._flowing.wait()  # stalled: nothing is read, so nothing moves
@@ -70,8 +78,17 @@ class CuttableProxy:
                 if not data:
                     return
                 await self._flowing.wait()
+                if self._replies_lost and not to_server:
+                    continue
                 writer.write(data)
                 await writer.drain()
+                marker = self._lose_after
+                if to_server and marker is not None and marker in data:
+                    # the server has the request; its answer (and any other) goes nowhere,
+                    # and once the server has surely read it, every connection breaks
+                    self._lose_after = None
+                    self._replies_lost = True
+                    asyncio.get_running_loop().call_later(LOSS_SETTLE_S, self.cut)
 
     def cut(self) -> None:
         self.cut_off = True
@@ -82,6 +99,12 @@ class CuttableProxy:
 
     def restore(self) -> None:
         self.cut_off = False
+        self._replies_lost = False
+
+    def lose_replies_after(self, marker: bytes) -> None:
+        """Forward the next request that contains ``marker``, then lose every answer and,
+        :data:`LOSS_SETTLE_S` later, cut (as :meth:`cut`) until :meth:`restore`."""
+        self._lose_after = marker
 
     def stall(self) -> None:
         self._flowing.clear()

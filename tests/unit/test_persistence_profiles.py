@@ -15,7 +15,14 @@ from nethical_grpc.governance.detectors import Action
 from nethical_grpc.governance.profiles import Profile, ProfileBook
 from nethical_grpc.governance.requests import EvaluationRequest, Outcome
 from region_node.node import NodeIdentity, RegionNode
-from region_node.persistence import PROFILE_PREFIX, Persister
+from region_node.persistence import Persister
+from region_node.profile_writes import (
+    MAX_IN_DOUBT,
+    MAX_WRITERS,
+    PROFILE_PREFIX,
+    WRITES_FIELD,
+    ProfileWriter,
+)
 from region_node.stores import NodeStores, StoreConfig
 
 #: nothing listens on port 9 (discard) on loopback: the cache starts in memory mode, and is
@@ -50,7 +57,7 @@ async def test_profiles_stay_out_of_a_memory_cache() -> None:
         assert book.deltas is None
         found = book.get("carol")
         assert found is not None and found.evaluations == 2  # the node still answers
-        assert await persister.load_profile("carol") is None
+        assert await persister.profile_writer.load("carol") is None
     finally:
         await stores.close()
 
@@ -231,3 +238,145 @@ async def test_instances_writing_the_same_agents_at_once_lose_no_evaluations(
     finally:
         for s in stores:
             await s.close()
+
+
+def redis_port() -> int:
+    return int(REDIS_URL.rsplit(":", 1)[1].split("/")[0])
+
+
+async def cached_profile(stores: NodeStores, agent: str) -> dict[str, Any]:
+    value = await stores.cache.get(PROFILE_PREFIX + agent)
+    assert isinstance(value, dict)
+    return value
+
+
+async def until_redis_is_back(stores: NodeStores) -> None:
+    for _ in range(200):
+        if not stores.cache_choice.fallback:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the cache did not find Redis again")
+
+
+@pytest.mark.parametrize(
+    ("lost_after", "applied"),
+    [
+        (b"EXEC", True),  # Redis ran the write; its answer was lost
+        (b"WATCH", False),  # the write broke off before it was sent
+    ],
+)
+async def test_a_write_whose_answer_was_lost_counts_its_evaluations_once(
+    redis_region: str, lost_after: bytes, applied: bool
+) -> None:
+    pytest.importorskip("redis")
+    proxy = CuttableProxy("127.0.0.1", redis_port())
+    await proxy.start()
+    stores = await NodeStores.open(
+        StoreConfig(cache_url=f"redis://127.0.0.1:{proxy.port}/0"), redis_region
+    )
+    direct = await NodeStores.open(StoreConfig(cache_url=REDIS_URL), redis_region)
+    try:
+        book = ProfileBook()
+        writer = ProfileWriter(stores, book)
+        book.update(outcomes("jo", 3))
+        await writer.write()
+        assert (await cached_profile(direct, "jo"))["evaluations"] == 3
+        proxy.lose_replies_after(lost_after)
+        book.update(outcomes("jo", 2, start_ns=10_000))
+        await writer.write()  # fails: the node cannot tell whether Redis applied it
+        assert stores.cache_choice.fallback
+        assert [len(kept) for kept in writer.in_doubt.values()] == [1]
+        assert (await cached_profile(direct, "jo"))["evaluations"] == (5 if applied else 3)
+        proxy.restore()
+        await until_redis_is_back(stores)
+        book.update(outcomes("jo", 1, start_ns=20_000))
+        await writer.write()
+        assert (await cached_profile(direct, "jo"))["evaluations"] == 6
+        local = book.get("jo")
+        assert local is not None and local.evaluations == 6
+        assert writer.in_doubt == {}
+        await writer.write()  # nothing new, nothing in doubt: nothing changes
+        assert (await cached_profile(direct, "jo"))["evaluations"] == 6
+    finally:
+        await direct.close()
+        await stores.close()
+        await proxy.close()
+
+
+async def test_other_writers_keep_a_writers_token_and_a_profile_keeps_the_latest(
+    redis_region: str,
+) -> None:
+    """Another instance writes the agent between this node's lost write and its next: the
+    token survives that write, so the lost one is still recognised; a profile keeps the
+    tokens of its latest MAX_WRITERS writers."""
+    pytest.importorskip("redis")
+    proxy = CuttableProxy("127.0.0.1", redis_port())
+    await proxy.start()
+    stores = await NodeStores.open(
+        StoreConfig(cache_url=f"redis://127.0.0.1:{proxy.port}/0"), redis_region
+    )
+    direct = await NodeStores.open(StoreConfig(cache_url=REDIS_URL), redis_region)
+    try:
+        book = ProfileBook()
+        writer = ProfileWriter(stores, book)
+        book.update(outcomes("kim", 3))
+        await writer.write()
+        proxy.lose_replies_after(b"EXEC")
+        book.update(outcomes("kim", 2, start_ns=10_000))
+        await writer.write()
+        assert (await cached_profile(direct, "kim"))["evaluations"] == 5
+        other_book = ProfileBook()
+        other = ProfileWriter(direct, other_book)
+        other_book.update(outcomes("kim", 4, start_ns=30_000))
+        await other.write()
+        tokens = (await cached_profile(direct, "kim"))[WRITES_FIELD]
+        assert set(tokens) == {writer.writer_id, other.writer_id}
+        proxy.restore()
+        await until_redis_is_back(stores)
+        book.update(outcomes("kim", 1, start_ns=40_000))
+        await writer.write()
+        assert (await cached_profile(direct, "kim"))["evaluations"] == 3 + 2 + 4 + 1
+
+        later = [ProfileWriter(direct, ProfileBook()) for _ in range(MAX_WRITERS + 2)]
+        for w in later:
+            w.profiles.update(outcomes("kim", 1, start_ns=50_000))
+            await w.write()
+        value = await cached_profile(direct, "kim")
+        assert value["evaluations"] == 10 + len(later)
+        assert set(value[WRITES_FIELD]) == {w.writer_id for w in later[-MAX_WRITERS:]}
+    finally:
+        await direct.close()
+        await stores.close()
+        await proxy.close()
+
+
+async def test_repeated_failed_writes_keep_every_evaluation_in_doubt_bounded(
+    monkeypatch: pytest.MonkeyPatch, redis_region: str
+) -> None:
+    pytest.importorskip("redis")
+    stores = await NodeStores.open(StoreConfig(cache_url=REDIS_URL), redis_region)
+    try:
+        book = ProfileBook()
+        writer = ProfileWriter(stores, book)
+        redis_cache = stores.cache.primary  # type: ignore[attr-defined]  # a failover cache
+        real = redis_cache.update_multiple
+
+        async def refuse(*args: object, **kwargs: object) -> dict[str, Any]:
+            raise ConnectionError("down")
+
+        monkeypatch.setattr(redis_cache, "update_multiple", refuse)
+        for i in range(MAX_IN_DOUBT + 3):
+            book.update(outcomes("lee", i + 1, start_ns=i * 1_000))
+            await writer.write()
+        kept = writer.in_doubt["lee"]
+        assert len(kept) == MAX_IN_DOUBT
+        assert sum(delta.evaluations for _, delta in kept) == sum(range(1, MAX_IN_DOUBT + 4))
+        assert [seq for seq, _ in kept] == sorted({seq for seq, _ in kept})
+        monkeypatch.setattr(redis_cache, "update_multiple", real)
+        await writer.write()
+        assert (await cached_profile(stores, "lee"))["evaluations"] == sum(
+            range(1, MAX_IN_DOUBT + 4)
+        )
+        assert writer.in_doubt == {}
+    finally:
+        await stores.close()
