@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -36,12 +37,53 @@ def redis_region() -> Iterator[str]:
         yield region
 
 
+@dataclass
+class ProxiedRedis:
+    """A node's stores reaching Redis through a proxy, and stores that reach it directly
+    (another instance's view, which the proxy's faults do not touch)."""
+
+    proxy: CuttableProxy
+    stores: NodeStores
+    direct: NodeStores
+
+
+@pytest.fixture
+async def proxied(redis_region: str) -> AsyncIterator[ProxiedRedis]:
+    pytest.importorskip("redis")
+    proxy = CuttableProxy("127.0.0.1", int(REDIS_URL.rsplit(":", 1)[1].split("/")[0]))
+    await proxy.start()
+    stores = await NodeStores.open(
+        StoreConfig(cache_url=f"redis://127.0.0.1:{proxy.port}/0"), redis_region
+    )
+    direct = await NodeStores.open(StoreConfig(cache_url=REDIS_URL), redis_region)
+    try:
+        yield ProxiedRedis(proxy, stores, direct)
+    finally:
+        await direct.close()
+        await stores.close()
+        await proxy.close()
+
+
 def outcomes(agent: str, n: int, risk: float = 0.45, start_ns: int = 1_000) -> list[Outcome]:
     request = EvaluationRequest(Action(agent, "SELECT 1", "query"), "req", "query")
     return [
         Outcome(request, Evaluation(Decision.ALLOW, risk, 0.9), 0.5, 1_000, start_ns + i)
         for i in range(n)
     ]
+
+
+async def cached_profile(stores: NodeStores, agent: str) -> dict[str, Any]:
+    value = await stores.cache.get(PROFILE_PREFIX + agent)
+    assert isinstance(value, dict)
+    return value
+
+
+async def until_redis_is_back(stores: NodeStores) -> None:
+    for _ in range(200):
+        if not stores.cache_choice.fallback:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the cache did not find Redis again")
 
 
 async def test_profiles_stay_out_of_a_memory_cache() -> None:
@@ -115,15 +157,18 @@ async def test_a_write_merges_the_nodes_evaluations_into_the_cached_profile(
         await stores.close()
 
 
-async def test_a_failed_write_keeps_the_deltas_for_the_next_round(
+async def test_failed_writes_keep_their_deltas_in_doubt_for_the_next_round(
     monkeypatch: pytest.MonkeyPatch, redis_region: str
 ) -> None:
+    """Writes that fail before reaching Redis: their deltas wait in doubt (at most
+    MAX_IN_DOUBT per agent, every evaluation kept), and the next write that gets through
+    merges them all in, once."""
     pytest.importorskip("redis")
     stores = await NodeStores.open(StoreConfig(cache_url=REDIS_URL), redis_region)
     try:
         book = ProfileBook()
         persister = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, book, 1.0)
-        book.update(outcomes("frank", 3))
+        writer = persister.profile_writer
         redis_cache = stores.cache.primary  # type: ignore[attr-defined]  # a failover cache
         real = redis_cache.update_multiple
 
@@ -131,15 +176,23 @@ async def test_a_failed_write_keeps_the_deltas_for_the_next_round(
             raise ConnectionError("down")
 
         monkeypatch.setattr(redis_cache, "update_multiple", refuse)
-        await persister.round(windows=False, profiles=True)
-        assert await stores.cache.get(PROFILE_PREFIX + "frank") is None
-        book.update(outcomes("frank", 2, start_ns=9_000))
+        added = 0
+        for i in range(MAX_IN_DOUBT + 3):
+            book.update(outcomes("frank", i + 1, start_ns=i * 1_000))
+            added += i + 1
+            await persister.round(windows=False, profiles=True)
+            assert await stores.cache.get(PROFILE_PREFIX + "frank") is None
+        kept = writer.in_doubt["frank"]
+        assert len(kept) == MAX_IN_DOUBT
+        assert sum(delta.evaluations for _, delta in kept) == added
+        assert [seq for seq, _ in kept] == sorted({seq for seq, _ in kept})
+        book.update(outcomes("frank", 2, start_ns=90_000))
         monkeypatch.setattr(redis_cache, "update_multiple", real)
         await persister.round(windows=False, profiles=True)
-        cached = await stores.cache.get(PROFILE_PREFIX + "frank")
-        assert isinstance(cached, dict) and cached["evaluations"] == 5
+        assert (await cached_profile(stores, "frank"))["evaluations"] == added + 2
         local = book.get("frank")
-        assert local is not None and local.evaluations == 5
+        assert local is not None and local.evaluations == added + 2
+        assert writer.in_doubt == {}
     finally:
         await stores.close()
 
@@ -164,48 +217,32 @@ async def test_a_malformed_cached_profile_is_replaced_by_the_nodes(redis_region:
 
 
 async def test_deltas_kept_through_a_redis_outage_are_merged_when_it_returns(
-    redis_region: str,
+    proxied: ProxiedRedis,
 ) -> None:
     """Another instance wrote the agent's profile while this node's Redis was away: the
     node's own evaluations of that time are added to it, not written over it."""
-    proxy = CuttableProxy("127.0.0.1", int(REDIS_URL.rsplit(":", 1)[1].split("/")[0]))
-    await proxy.start()
-    stores = await NodeStores.open(
-        StoreConfig(cache_url=f"redis://127.0.0.1:{proxy.port}/0"), redis_region
-    )
-    direct = await NodeStores.open(StoreConfig(cache_url=REDIS_URL), redis_region)
-    try:
-        book = ProfileBook()
-        persister = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, book, 1.0)
-        book.update(outcomes("ivy", 20))
+    stores, direct = proxied.stores, proxied.direct
+    book = ProfileBook()
+    persister = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, book, 1.0)
+    book.update(outcomes("ivy", 20))
+    await persister.round(windows=False, profiles=True)
+    proxied.proxy.cut()
+    book.update(outcomes("ivy", 1, start_ns=50_000))
+    for _ in range(3):  # the round that meets the outage, and rounds during it
         await persister.round(windows=False, profiles=True)
-        proxy.cut()
-        book.update(outcomes("ivy", 1, start_ns=50_000))
-        for _ in range(3):  # the round that meets the outage, and rounds during it
-            await persister.round(windows=False, profiles=True)
-        # the failed merge told the cache: it reports memory mode, as operators see it
-        assert stores.cache_choice.fallback
-        # meanwhile another instance of the region, which reaches Redis, adds 5
-        other = await direct.cache.get(PROFILE_PREFIX + "ivy")
-        assert isinstance(other, dict) and other["evaluations"] == 20
-        other["evaluations"] = 25
-        await direct.cache.set(PROFILE_PREFIX + "ivy", other)
-        proxy.restore()
-        for _ in range(200):
-            if not stores.cache_choice.fallback:
-                break
-            await asyncio.sleep(0.05)
-        assert not stores.cache_choice.fallback
-        await persister.round(windows=False, profiles=True)
-        cached = await direct.cache.get(PROFILE_PREFIX + "ivy")
-        assert isinstance(cached, dict) and cached["evaluations"] == 26
-        await asyncio.sleep(1.0)  # nothing written back over it afterwards
-        cached = await direct.cache.get(PROFILE_PREFIX + "ivy")
-        assert isinstance(cached, dict) and cached["evaluations"] == 26
-    finally:
-        await direct.close()
-        await stores.close()
-        await proxy.close()
+    # the failed merge told the cache: it reports memory mode, as operators see it
+    assert stores.cache_choice.fallback
+    # meanwhile another instance of the region, which reaches Redis, adds 5
+    other = await cached_profile(direct, "ivy")
+    assert other["evaluations"] == 20
+    other["evaluations"] = 25
+    await direct.cache.set(PROFILE_PREFIX + "ivy", other)
+    proxied.proxy.restore()
+    await until_redis_is_back(stores)
+    await persister.round(windows=False, profiles=True)
+    assert (await cached_profile(direct, "ivy"))["evaluations"] == 26
+    await asyncio.sleep(1.0)  # nothing written back over it afterwards
+    assert (await cached_profile(direct, "ivy"))["evaluations"] == 26
 
 
 async def test_instances_writing_the_same_agents_at_once_lose_no_evaluations(
@@ -240,24 +277,6 @@ async def test_instances_writing_the_same_agents_at_once_lose_no_evaluations(
             await s.close()
 
 
-def redis_port() -> int:
-    return int(REDIS_URL.rsplit(":", 1)[1].split("/")[0])
-
-
-async def cached_profile(stores: NodeStores, agent: str) -> dict[str, Any]:
-    value = await stores.cache.get(PROFILE_PREFIX + agent)
-    assert isinstance(value, dict)
-    return value
-
-
-async def until_redis_is_back(stores: NodeStores) -> None:
-    for _ in range(200):
-        if not stores.cache_choice.fallback:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the cache did not find Redis again")
-
-
 @pytest.mark.parametrize(
     ("lost_after", "applied"),
     [
@@ -266,117 +285,63 @@ async def until_redis_is_back(stores: NodeStores) -> None:
     ],
 )
 async def test_a_write_whose_answer_was_lost_counts_its_evaluations_once(
-    redis_region: str, lost_after: bytes, applied: bool
+    proxied: ProxiedRedis, lost_after: bytes, applied: bool
 ) -> None:
-    pytest.importorskip("redis")
-    proxy = CuttableProxy("127.0.0.1", redis_port())
-    await proxy.start()
-    stores = await NodeStores.open(
-        StoreConfig(cache_url=f"redis://127.0.0.1:{proxy.port}/0"), redis_region
-    )
-    direct = await NodeStores.open(StoreConfig(cache_url=REDIS_URL), redis_region)
-    try:
-        book = ProfileBook()
-        writer = ProfileWriter(stores, book)
-        book.update(outcomes("jo", 3))
-        await writer.write()
-        assert (await cached_profile(direct, "jo"))["evaluations"] == 3
-        proxy.lose_replies_after(lost_after)
-        book.update(outcomes("jo", 2, start_ns=10_000))
-        await writer.write()  # fails: the node cannot tell whether Redis applied it
-        assert stores.cache_choice.fallback
-        assert [len(kept) for kept in writer.in_doubt.values()] == [1]
-        assert (await cached_profile(direct, "jo"))["evaluations"] == (5 if applied else 3)
-        proxy.restore()
-        await until_redis_is_back(stores)
-        book.update(outcomes("jo", 1, start_ns=20_000))
-        await writer.write()
-        assert (await cached_profile(direct, "jo"))["evaluations"] == 6
-        local = book.get("jo")
-        assert local is not None and local.evaluations == 6
-        assert writer.in_doubt == {}
-        await writer.write()  # nothing new, nothing in doubt: nothing changes
-        assert (await cached_profile(direct, "jo"))["evaluations"] == 6
-    finally:
-        await direct.close()
-        await stores.close()
-        await proxy.close()
+    proxy, stores, direct = proxied.proxy, proxied.stores, proxied.direct
+    book = ProfileBook()
+    writer = ProfileWriter(stores, book)
+    book.update(outcomes("jo", 3))
+    await writer.write()
+    assert (await cached_profile(direct, "jo"))["evaluations"] == 3
+    proxy.lose_replies_after(lost_after)
+    book.update(outcomes("jo", 2, start_ns=10_000))
+    await writer.write()  # fails: the node cannot tell whether Redis applied it
+    assert stores.cache_choice.fallback
+    assert [len(kept) for kept in writer.in_doubt.values()] == [1]
+    assert (await cached_profile(direct, "jo"))["evaluations"] == (5 if applied else 3)
+    proxy.restore()
+    await until_redis_is_back(stores)
+    book.update(outcomes("jo", 1, start_ns=20_000))
+    await writer.write()
+    assert (await cached_profile(direct, "jo"))["evaluations"] == 6
+    local = book.get("jo")
+    assert local is not None and local.evaluations == 6
+    assert writer.in_doubt == {}
+    await writer.write()  # nothing new, nothing in doubt: nothing changes
+    assert (await cached_profile(direct, "jo"))["evaluations"] == 6
 
 
 async def test_other_writers_keep_a_writers_token_and_a_profile_keeps_the_latest(
-    redis_region: str,
+    proxied: ProxiedRedis,
 ) -> None:
     """Another instance writes the agent between this node's lost write and its next: the
     token survives that write, so the lost one is still recognised; a profile keeps the
     tokens of its latest MAX_WRITERS writers."""
-    pytest.importorskip("redis")
-    proxy = CuttableProxy("127.0.0.1", redis_port())
-    await proxy.start()
-    stores = await NodeStores.open(
-        StoreConfig(cache_url=f"redis://127.0.0.1:{proxy.port}/0"), redis_region
-    )
-    direct = await NodeStores.open(StoreConfig(cache_url=REDIS_URL), redis_region)
-    try:
-        book = ProfileBook()
-        writer = ProfileWriter(stores, book)
-        book.update(outcomes("kim", 3))
-        await writer.write()
-        proxy.lose_replies_after(b"EXEC")
-        book.update(outcomes("kim", 2, start_ns=10_000))
-        await writer.write()
-        assert (await cached_profile(direct, "kim"))["evaluations"] == 5
-        other_book = ProfileBook()
-        other = ProfileWriter(direct, other_book)
-        other_book.update(outcomes("kim", 4, start_ns=30_000))
-        await other.write()
-        tokens = (await cached_profile(direct, "kim"))[WRITES_FIELD]
-        assert set(tokens) == {writer.writer_id, other.writer_id}
-        proxy.restore()
-        await until_redis_is_back(stores)
-        book.update(outcomes("kim", 1, start_ns=40_000))
-        await writer.write()
-        assert (await cached_profile(direct, "kim"))["evaluations"] == 3 + 2 + 4 + 1
+    proxy, stores, direct = proxied.proxy, proxied.stores, proxied.direct
+    book = ProfileBook()
+    writer = ProfileWriter(stores, book)
+    book.update(outcomes("kim", 3))
+    await writer.write()
+    proxy.lose_replies_after(b"EXEC")
+    book.update(outcomes("kim", 2, start_ns=10_000))
+    await writer.write()
+    assert (await cached_profile(direct, "kim"))["evaluations"] == 5
+    other_book = ProfileBook()
+    other = ProfileWriter(direct, other_book)
+    other_book.update(outcomes("kim", 4, start_ns=30_000))
+    await other.write()
+    tokens = (await cached_profile(direct, "kim"))[WRITES_FIELD]
+    assert set(tokens) == {writer.writer_id, other.writer_id}
+    proxy.restore()
+    await until_redis_is_back(stores)
+    book.update(outcomes("kim", 1, start_ns=40_000))
+    await writer.write()
+    assert (await cached_profile(direct, "kim"))["evaluations"] == 3 + 2 + 4 + 1
 
-        later = [ProfileWriter(direct, ProfileBook()) for _ in range(MAX_WRITERS + 2)]
-        for w in later:
-            w.profiles.update(outcomes("kim", 1, start_ns=50_000))
-            await w.write()
-        value = await cached_profile(direct, "kim")
-        assert value["evaluations"] == 10 + len(later)
-        assert set(value[WRITES_FIELD]) == {w.writer_id for w in later[-MAX_WRITERS:]}
-    finally:
-        await direct.close()
-        await stores.close()
-        await proxy.close()
-
-
-async def test_repeated_failed_writes_keep_every_evaluation_in_doubt_bounded(
-    monkeypatch: pytest.MonkeyPatch, redis_region: str
-) -> None:
-    pytest.importorskip("redis")
-    stores = await NodeStores.open(StoreConfig(cache_url=REDIS_URL), redis_region)
-    try:
-        book = ProfileBook()
-        writer = ProfileWriter(stores, book)
-        redis_cache = stores.cache.primary  # type: ignore[attr-defined]  # a failover cache
-        real = redis_cache.update_multiple
-
-        async def refuse(*args: object, **kwargs: object) -> dict[str, Any]:
-            raise ConnectionError("down")
-
-        monkeypatch.setattr(redis_cache, "update_multiple", refuse)
-        for i in range(MAX_IN_DOUBT + 3):
-            book.update(outcomes("lee", i + 1, start_ns=i * 1_000))
-            await writer.write()
-        kept = writer.in_doubt["lee"]
-        assert len(kept) == MAX_IN_DOUBT
-        assert sum(delta.evaluations for _, delta in kept) == sum(range(1, MAX_IN_DOUBT + 4))
-        assert [seq for seq, _ in kept] == sorted({seq for seq, _ in kept})
-        monkeypatch.setattr(redis_cache, "update_multiple", real)
-        await writer.write()
-        assert (await cached_profile(stores, "lee"))["evaluations"] == sum(
-            range(1, MAX_IN_DOUBT + 4)
-        )
-        assert writer.in_doubt == {}
-    finally:
-        await stores.close()
+    later = [ProfileWriter(direct, ProfileBook()) for _ in range(MAX_WRITERS + 2)]
+    for w in later:
+        w.profiles.update(outcomes("kim", 1, start_ns=50_000))
+        await w.write()
+    value = await cached_profile(direct, "kim")
+    assert value["evaluations"] == 10 + len(later)
+    assert set(value[WRITES_FIELD]) == {w.writer_id for w in later[-MAX_WRITERS:]}
