@@ -465,10 +465,19 @@ def _answer_from_scan(data: bytes, scanned: summary_scan.ScannedSummaries) -> Su
     return SummariesAnswer(instance_id, head[sc.SCOPE], as_of, groups, privacy)
 
 
+def _scanned_side(counts: CountArray, offset: int, first: int, lead: int, trail: int) -> Buckets:
+    """One side of a series that :func:`summary_scan.values_valid` passed: its trimmed buckets (its
+    counts start at ``first`` in ``counts``; ``lead`` -1 when it has none)."""
+    if lead < 0:
+        return Buckets()
+    return Buckets(offset + lead, counts[first + lead : first + trail + 1])
+
+
 def _scanned_groups(data: bytes, scanned: summary_scan.ScannedSummaries) -> list[GroupSummary]:
     sc = summary_scan
     pairs = scanned.labels.tolist()
     counts = scanned.counts
+    valid = summary_scan.values_valid(scanned)
     out: list[GroupSummary] = []
     for i, (row, (count, zero_count, pos_total, neg_total), f) in enumerate(
         zip(
@@ -486,43 +495,71 @@ def _scanned_groups(data: bytes, scanned: summary_scan.ScannedSummaries) -> list
             data[k0:k1].decode(): data[v0:v1].decode()
             for k0, k1, v0, v1 in pairs[first : first + row[sc.LABELS_COUNT]]
         }
-        moments = _checked_moments(
-            count,
-            f[sc.SUM],
-            f[sc.MIN],
-            f[sc.MAX],
-            f[sc.MEAN],
-            f[sc.M2],
-            field + ".summary.moments",
-            f[sc.SUM_COMPENSATION],
-        )
         pos, neg = row[sc.POS_FIRST], row[sc.NEG_FIRST]
-        histogram, total = _checked_histogram(
-            row[sc.SCALE],
-            row[sc.MAX_BUCKETS],
-            f[sc.ZERO_THRESHOLD],
-            zero_count,
-            (
-                row[sc.POS_OFFSET],
-                counts[pos : pos + row[sc.POS_LEN]],
-                row[sc.POS_LEAD],
-                row[sc.POS_TRAIL],
-                pos_total,
-            ),
-            (
-                row[sc.NEG_OFFSET],
-                counts[neg : neg + row[sc.NEG_LEN]],
-                row[sc.NEG_LEAD],
-                row[sc.NEG_TRAIL],
-                neg_total,
-            ),
-            field + ".summary.histogram",
-        )
+        if valid:  # every value checked above, for all series at once
+            summary = Summary(
+                Moments(
+                    count,
+                    f[sc.SUM],
+                    f[sc.SUM_COMPENSATION],
+                    f[sc.MIN],
+                    f[sc.MAX],
+                    f[sc.MEAN],
+                    f[sc.M2],
+                )
+                if count
+                else Moments(),
+                ExponentialHistogram.from_checked(
+                    row[sc.SCALE],
+                    row[sc.MAX_BUCKETS],
+                    f[sc.ZERO_THRESHOLD],
+                    zero_count,
+                    _scanned_side(
+                        counts, row[sc.POS_OFFSET], pos, row[sc.POS_LEAD], row[sc.POS_TRAIL]
+                    ),
+                    _scanned_side(
+                        counts, row[sc.NEG_OFFSET], neg, row[sc.NEG_LEAD], row[sc.NEG_TRAIL]
+                    ),
+                ),
+            )
+        else:
+            moments = _checked_moments(
+                count,
+                f[sc.SUM],
+                f[sc.MIN],
+                f[sc.MAX],
+                f[sc.MEAN],
+                f[sc.M2],
+                field + ".summary.moments",
+                f[sc.SUM_COMPENSATION],
+            )
+            histogram, total = _checked_histogram(
+                row[sc.SCALE],
+                row[sc.MAX_BUCKETS],
+                f[sc.ZERO_THRESHOLD],
+                zero_count,
+                (
+                    row[sc.POS_OFFSET],
+                    counts[pos : pos + row[sc.POS_LEN]],
+                    row[sc.POS_LEAD],
+                    row[sc.POS_TRAIL],
+                    pos_total,
+                ),
+                (
+                    row[sc.NEG_OFFSET],
+                    counts[neg : neg + row[sc.NEG_LEN]],
+                    row[sc.NEG_LEAD],
+                    row[sc.NEG_TRAIL],
+                    neg_total,
+                ),
+                field + ".summary.histogram",
+            )
+            summary = _checked_summary(moments, histogram, total, field + ".summary")
         out.append(
             GroupSummary(
                 metric=metric,
                 labels=freeze_labels(labels),
-                summary=_checked_summary(moments, histogram, total, field + ".summary"),
+                summary=summary,
                 start_ns=row[sc.START_S] * NANOS + row[sc.START_NS],
                 end_ns=row[sc.END_S] * NANOS + row[sc.END_NS],
                 data_as_of_ns=0,

@@ -15,8 +15,12 @@ groups. Unknown fields are skipped, as protobuf does. For anything else it answe
 accept the same messages and give the same summaries (a property test holds them
 equal). Without Numba there is no scan: ``None`` again.
 
-The scan checks the encoding only; :mod:`nethical_grpc.convert` validates the values
-with the same rules as for a parsed message.
+The scan checks the encoding only. :func:`values_valid` then tells, in one compiled pass
+over the columns, whether every value passes the checks that
+:mod:`nethical_grpc.convert` applies to a parsed message (the same conditions, by the
+same float arithmetic; a count of 2**53 or more, or a histogram part over 2**62, is left
+to them): when it does, those per-series checks are skipped; when not, they run and name
+what they refuse. A property test holds the two to the same verdict.
 """
 
 from __future__ import annotations
@@ -28,8 +32,16 @@ import numpy as np
 import numpy.typing as npt
 
 from nethical_grpc.jit import bits_float, is_jit_available, maybe_njit
+from nethical_grpc.summary.exponential_histogram import (
+    MAX_SCALE,
+    MIN_MAX_BUCKETS,
+    MIN_SCALE,
+    index_limits,
+)
+from nethical_grpc.summary.moments import consistency_conditions
+from nethical_grpc.validation import MAX_ABS_VALUE
 
-__all__ = ["ScannedSummaries", "scan", "warmup"]
+__all__ = ["ScannedSummaries", "scan", "values_valid", "warmup"]
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -590,7 +602,114 @@ def scan(data: bytes) -> ScannedSummaries | None:
     )
 
 
+#: The moments' consistency conditions, compiled for :func:`_values_valid`.
+_consistency = maybe_njit(cache=True)(consistency_conditions)
+#: Counts below this convert to float64 exactly (as Python converts an int).
+_EXACT_COUNT: Final = np.uint64(2**53)
+#: Histogram parts whose sum cannot overflow uint64 (three of them stay below 2**64).
+_SAFE_PART: Final = np.uint64(2**62)
+_INT32_MIN: Final = -(2**31)
+_INT32_MAX: Final = 2**31 - 1
+#: Lowest and highest bucket index of a finite double, per scale from MIN_SCALE up.
+_INDEX_LIMITS: Final = np.array(
+    [index_limits(s) for s in range(MIN_SCALE, MAX_SCALE + 1)], dtype=np.int64
+)
+
+
+@maybe_njit(cache=True)
+def _side_total(
+    row: I64,
+    offset_at: int,
+    length_at: int,
+    lead_at: int,
+    max_buckets: int,
+    lo_lim: int,
+    hi_lim: int,
+    total: np.uint64,
+) -> tuple[bool, np.uint64]:  # pragma: no cover
+    """(whether one side of a histogram passes its checks, its total count); its offset,
+    length and lead are at ``offset_at``, ``length_at`` and ``lead_at`` of ``row`` (its
+    trail next to its lead)."""
+    offset, n = row[offset_at], row[length_at]
+    lead, trail = row[lead_at], row[lead_at + 1]
+    if n == 0:
+        return True, np.uint64(0)
+    if offset < _INT32_MIN or offset + n - 1 > _INT32_MAX:
+        return False, np.uint64(0)
+    if lead < 0:
+        return True, np.uint64(0)
+    first, last = offset + lead, offset + trail
+    if last - first + 1 > max_buckets or first < lo_lim or last > hi_lim or total > _SAFE_PART:
+        return False, np.uint64(0)
+    return True, total
+
+
+@maybe_njit(cache=True)
+def _values_valid(ints: I64, uints: U64, floats: F64, limits: I64) -> bool:  # pragma: no cover
+    for i in range(ints.shape[0]):
+        count = uints[i, COUNT]
+        total, lo, hi = floats[i, SUM], floats[i, MIN], floats[i, MAX]
+        mean, m2, comp = floats[i, MEAN], floats[i, M2], floats[i, SUM_COMPENSATION]
+        if count == np.uint64(0):
+            if total != 0.0 or lo != 0.0 or hi != 0.0 or mean != 0.0 or m2 != 0.0:
+                return False
+            if comp != 0.0:
+                return False
+        else:
+            if count >= _EXACT_COUNT:
+                return False
+            if not (
+                np.isfinite(total)
+                and np.isfinite(lo)
+                and np.isfinite(hi)
+                and np.isfinite(mean)
+                and np.isfinite(m2)
+            ):
+                return False
+            if comp != 0.0 and not abs(comp) <= np.spacing(abs(total)):  # math.ulp
+                return False
+            mag = max(abs(lo), abs(hi))
+            if mag > MAX_ABS_VALUE:
+                return False
+            ok, _ = _consistency(float(count), total, lo, hi, mean, m2, mag)
+            if not (ok[0] and ok[1] and ok[2] and ok[3] and ok[4] and ok[5]):
+                return False
+        row = ints[i]
+        scale, max_buckets = row[SCALE], row[MAX_BUCKETS]
+        zero_threshold = floats[i, ZERO_THRESHOLD]
+        if not (
+            MIN_SCALE <= scale <= MAX_SCALE
+            and max_buckets >= MIN_MAX_BUCKETS
+            and 0.0 <= zero_threshold < np.inf
+        ):
+            return False
+        zero = uints[i, ZERO_COUNT]
+        if zero > _SAFE_PART:
+            return False
+        lo_lim, hi_lim = limits[scale - MIN_SCALE, 0], limits[scale - MIN_SCALE, 1]
+        pos_ok, pos = _side_total(
+            row, POS_OFFSET, POS_LEN, POS_LEAD, max_buckets, lo_lim, hi_lim, uints[i, POS_TOTAL]
+        )
+        neg_ok, neg = _side_total(
+            row, NEG_OFFSET, NEG_LEN, NEG_LEAD, max_buckets, lo_lim, hi_lim, uints[i, NEG_TOTAL]
+        )
+        if not (pos_ok and neg_ok) or zero + pos + neg != count:
+            return False
+    return True
+
+
+def values_valid(scanned: ScannedSummaries) -> bool:
+    """Whether every series of ``scanned`` passes the value checks of
+    :mod:`nethical_grpc.convert` (moments, histogram, and their counts agreeing); False
+    whenever one of them would refuse a series (see the module docstring)."""
+    return bool(_values_valid(scanned.ints, scanned.uints, scanned.floats, _INDEX_LIMITS))
+
+
 def warmup() -> None:
     """Compile the scan (or load it from Numba's cache) before the first answer arrives:
     compiling takes seconds, longer than a global query's deadline."""
     scan(b"")
+    empty = np.zeros((1, _INT_COLUMNS), np.int64)
+    _values_valid(
+        empty, np.zeros((1, _UINT_COLUMNS), np.uint64), np.zeros((1, _FLOAT_COLUMNS)), _INDEX_LIMITS
+    )

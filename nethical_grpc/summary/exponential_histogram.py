@@ -530,14 +530,29 @@ class ExponentialHistogram:
         total = zero_count + pos_total + neg_total
         if total > _COUNT_LIMIT:
             raise ValueError("total count overflows int64")
+        return cls.from_checked(scale, max_buckets, zero_threshold, zero_count, pos, neg), total
+
+    @classmethod
+    def from_checked(
+        cls,
+        scale: int,
+        max_buckets: int,
+        zero_threshold: float,
+        zero_count: int,
+        positive: Buckets,
+        negative: Buckets,
+    ) -> ExponentialHistogram:
+        """A histogram of parts :meth:`from_counted` accepts (checked by the caller: see
+        :func:`nethical_grpc.summary_scan.values_valid`), each side trimmed uint64
+        buckets, built without checking them again."""
         h = cls.__new__(cls)
         h.scale = scale
         h.max_buckets = max_buckets
         h.zero_threshold = zero_threshold
         h.zero_count = zero_count
-        h.positive = pos
-        h.negative = neg
-        return h, total
+        h.positive = positive
+        h.negative = negative
+        return h
 
     @classmethod
     def from_values(

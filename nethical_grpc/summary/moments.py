@@ -10,6 +10,7 @@ import math
 import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -260,31 +261,55 @@ def _dd_difference(
     return s + (err + (a_lo - b_lo))
 
 
+def consistency_conditions(
+    count: FloatOrArray,
+    total: FloatOrArray,
+    lo: FloatOrArray,
+    hi: FloatOrArray,
+    mean: FloatOrArray,
+    m2: FloatOrArray,
+    mag: FloatOrArray,
+) -> tuple[tuple[Any, Any, Any, Any, Any, Any], FloatOrArray]:
+    """The conditions of :func:`check_consistent`, in its order, each true where it holds,
+    and the Popoviciu bound (``mag`` is ``max(abs(lo), abs(hi))``). Plain float
+    operations (overflow gives inf, never an exception), so the compiled copy that
+    :mod:`nethical_grpc.summary_scan` runs over many summaries decides as this does."""
+    tol = _VALIDATE_RTOL * mag
+    # Popoviciu: variance <= (max - min)^2 / 4
+    spread = hi - lo
+    bound = count * (spread * spread / 4.0)
+    slack = count * (tol * tol)
+    t_tol = count * tol
+    return (
+        lo <= hi,
+        m2 >= 0.0,
+        (lo - tol <= mean) & (mean <= hi + tol),
+        (count != 1) | (lo == hi),
+        m2 <= bound * (1.0 + _VALIDATE_RTOL) + slack,  # (m2 is finite)
+        (total != total)
+        | (abs(total) == math.inf)
+        | ((count * lo - t_tol <= total) & (total <= count * hi + t_tol)),
+    ), bound
+
+
 def check_consistent(
     count: int, total: float, lo: float, hi: float, mean: float, m2: float
 ) -> None:
     """The numeric checks of :meth:`Moments.validate` for ``count > 0`` and finite floats
     (``total`` is the compensated sum); ``ValueError`` names the inconsistency."""
-    if lo > hi:
+    ok, bound = consistency_conditions(count, total, lo, hi, mean, m2, max(abs(lo), abs(hi)))
+    ordered, m2_positive, mean_within, single, spread_bound, sum_within = ok
+    if not ordered:
         raise ValueError(f"min ({lo}) > max ({hi})")
-    if m2 < 0.0:
+    if not m2_positive:
         raise ValueError(f"m2 must be >= 0, got {m2}")
-    mag = max(abs(lo), abs(hi))
-    tol = _VALIDATE_RTOL * mag
-    if not (lo - tol <= mean <= hi + tol):
+    if not mean_within:
         raise ValueError(f"mean ({mean}) outside [min, max] = [{lo}, {hi}]")
-    if count == 1 and lo != hi:
+    if not single:
         raise ValueError(f"a single value cannot have min ({lo}) != max ({hi})")
-    # Popoviciu: variance <= (max - min)^2 / 4.
-    # plain float arithmetic: overflow gives inf, never an exception
-    spread = hi - lo
-    bound = count * (spread * spread / 4.0)
-    slack = count * ((_VALIDATE_RTOL * mag) * (_VALIDATE_RTOL * mag))
-    if m2 > bound * (1.0 + _VALIDATE_RTOL) + slack:
+    if not spread_bound:
         raise ValueError(f"m2 ({m2}) exceeds count * (max - min)^2 / 4 = {bound}")
-    if math.isfinite(total):
-        t_tol = count * tol
-        if not (count * lo - t_tol <= total <= count * hi + t_tol):
-            raise ValueError(
-                f"sum ({total}) outside [count*min, count*max] = [{count * lo}, {count * hi}]"
-            )
+    if not sum_within:
+        raise ValueError(
+            f"sum ({total}) outside [count*min, count*max] = [{count * lo}, {count * hi}]"
+        )

@@ -20,6 +20,7 @@ from coordinator.summary_stream import _open_answer
 from nethical_grpc import convert, summary_scan, wire
 from nethical_grpc.jit import is_jit_available
 from nethical_grpc.summary import Summary
+from nethical_grpc.summary.exponential_histogram import index_limits
 from nethical_grpc.v1 import region_node_pb2, summary_pb2
 
 Response = region_node_pb2.GetSummariesResponse
@@ -321,3 +322,170 @@ def test_an_answer_of_many_labelled_series_reads_whole() -> None:
     answer = both_ways(data)
     assert len(answer.groups) == 300 and answer.invalid is None
     assert answer.groups[299].labels == (("host", "h299"), ("shard", "299"), ("zone", "z2"))
+
+
+# -- the compiled value checks against the per-series checks -------------------------
+
+#: Changes that put one value of a valid summary at or just across the edge of a check.
+EDGES: dict[str, Callable[[summary_pb2.Summary, int], None]] = {
+    "mean_past_max": lambda s, k: setattr(
+        s.moments, "mean", s.moments.max + k * 1e-9 * max(abs(s.moments.min), abs(s.moments.max))
+    ),
+    "mean_past_min": lambda s, k: setattr(
+        s.moments, "mean", s.moments.min - k * 1e-9 * max(abs(s.moments.min), abs(s.moments.max))
+    ),
+    "m2_at_bound": lambda s, k: setattr(
+        s.moments,
+        "m2",
+        s.moments.count
+        * ((s.moments.max - s.moments.min) * (s.moments.max - s.moments.min) / 4)
+        * (1 + k * 1e-9),
+    ),
+    "sum_at_count_max": lambda s, k: setattr(
+        s.moments, "sum", s.moments.count * (s.moments.max + k * 5e-10 * magnitude(s.moments))
+    ),
+    "sum_at_count_min": lambda s, k: setattr(
+        s.moments, "sum", s.moments.count * (s.moments.min - k * 5e-10 * magnitude(s.moments))
+    ),
+    "compensation_ulps": lambda s, k: setattr(
+        s.moments, "sum_compensation", k * 0.5 * math.ulp(s.moments.sum)
+    ),
+    "single_spread": lambda s, k: single_value(s, k),
+    "min_over_max": lambda s, k: equal_values_min_moved(s.moments, k),
+    "huge_min": lambda s, k: setattr(s.moments, "min", -(10.0 ** (99 + k))),
+    "infinite_max": lambda s, k: setattr(s.moments, "max", math.inf * k if k else s.moments.max),
+    "empty_moments": lambda s, k: (
+        s.moments.Clear(),
+        setattr(s.moments, ["m2", "sum", "mean", "sum_compensation", "min"][k], 0.5),
+        s.histogram.ClearField("positive"),
+        s.histogram.ClearField("negative"),
+        setattr(s.histogram, "zero_count", 0),
+    ),
+    "zero_buckets_int32": lambda s, k: zero_buckets_near_int32(s.histogram, k),
+    "count_near_2_53": lambda s, k: (
+        setattr(s.moments, "count", 2**53 + k - 2),
+        s.histogram.Clear(),
+        setattr(s.histogram, "max_buckets", 160),
+        s.histogram.positive.bucket_counts.extend([2**53 + k - 2]),
+        setattr(s.moments, "min", 1.0),
+        setattr(s.moments, "max", 1.0),
+        setattr(s.moments, "mean", 1.0),
+        setattr(s.moments, "m2", 0.0),
+        setattr(s.moments, "sum", float(2**53 + k - 2)),
+        setattr(s.moments, "sum_compensation", 0.0),
+    ),
+    "span_at_max_buckets": lambda s, k: setattr(
+        s.histogram,
+        "max_buckets",
+        max(4, len(s.histogram.positive.bucket_counts) + k - 2),
+    ),
+    "index_at_limit": lambda s, k: at_index_limit(s.histogram, k),
+    "offset_int32": lambda s, k: setattr(s.histogram.negative, "offset", 2**31 - 1 - k),
+    "scale_edges": lambda s, k: setattr(s.histogram, "scale", [-11, -10, 20, 21][k % 4]),
+    "threshold_edges": lambda s, k: setattr(
+        s.histogram, "zero_threshold", [-0.0, -1e-300, math.inf, math.nan][k % 4]
+    ),
+    "zero_count_off": lambda s, k: setattr(
+        s.histogram, "zero_count", max(0, s.histogram.zero_count + k - 2)
+    ),
+}
+
+
+def magnitude(m: summary_pb2.Moments) -> float:
+    return max(abs(m.min), abs(m.max))
+
+
+def equal_values_min_moved(m: summary_pb2.Moments, k: int) -> None:
+    """Moments of ``count`` equal values, then the min moved below, to, or just above
+    the max (within the checks' tolerance of the mean)."""
+    v = m.max if m.max else 1.0
+    m.max = m.mean = v
+    m.sum = m.count * v
+    m.sum_compensation = m.m2 = 0.0
+    m.min = v + (k - 2) * 1e-12 * abs(v)
+
+
+def single_value(s: summary_pb2.Summary, k: int) -> None:
+    """One observation, with a max ``k`` steps above its min (a spread only when k > 0)."""
+    value = 1.5
+    top = value
+    for _ in range(k):
+        top = math.nextafter(top, math.inf)
+    s.moments.CopyFrom(summary_pb2.Moments(count=1, sum=value, min=value, max=top, mean=value))
+    s.histogram.ClearField("negative")
+    s.histogram.zero_count = 0
+    s.histogram.positive.CopyFrom(
+        summary_pb2.ExponentialHistogram.Buckets(offset=0, bucket_counts=[1])
+    )
+    s.histogram.scale = 0
+
+
+def zero_buckets_near_int32(h: summary_pb2.ExponentialHistogram, k: int) -> None:
+    """Negative buckets of zero counts only, ending below, at or past the int32 limit
+    (their observations move to the zero bucket)."""
+    h.zero_count += sum(h.negative.bucket_counts)
+    h.negative.ClearField("bucket_counts")
+    h.negative.bucket_counts.extend([0] * k)
+    h.negative.offset = 2**31 - 3
+
+
+def at_index_limit(h: summary_pb2.ExponentialHistogram, k: int) -> None:
+    """Move the positive buckets to the lowest or highest index of a finite double at the
+    histogram's scale, or one past it."""
+    lo_lim, hi_lim = index_limits(h.scale)
+    n = len(h.positive.bucket_counts)
+    h.positive.offset = [lo_lim, lo_lim - 1, hi_lim - n + 1, hi_lim - n + 2, 0][k]
+
+
+def per_series_verdict(msg: Response) -> bool:
+    """Whether the per-series checks accept every series."""
+    return convert._answer_from_message(msg).invalid is None
+
+
+@needs_jit
+@pytest.mark.parametrize("edge", sorted(EDGES))
+@pytest.mark.parametrize("k", range(5))
+@settings(max_examples=12, deadline=None)
+@given(data=values.filter(lambda v: len(v) >= 2), scale=st.integers(-2, 8))
+def test_the_compiled_value_checks_agree_with_the_per_series_checks(
+    edge: str, k: int, data: list[float], scale: int
+) -> None:
+    """At the edge of every value check, just inside and just past it: the compiled
+    checks pass an answer exactly when the per-series checks accept it (counts of 2**53
+    and more are left to them), and the answer is the same either way."""
+    summary = convert.summary_to_proto(
+        Summary.from_values(np.array(data, dtype=np.float64), scale=scale, max_buckets=64)
+    )
+    EDGES[edge](summary, k)
+    msg = Response(series=[summary_pb2.SeriesSummary(metric="m", summary=summary)])
+    scanned = summary_scan.scan(msg.SerializeToString())
+    assert scanned is not None
+    fast = summary_scan.values_valid(scanned)
+    if summary.moments.count >= 2**53:
+        assert not fast  # left to the per-series checks
+    else:
+        assert fast == per_series_verdict(msg)
+    both_ways(msg.SerializeToString())
+
+
+@needs_jit
+def test_every_summary_a_node_sends_passes_the_compiled_checks() -> None:
+    """The compiled checks are the usual path: real summaries (negatives, zeros, wide
+    spreads, one value, none) pass them, so their per-series checks are skipped."""
+    rng = np.random.default_rng(5)
+    parts = [
+        rng.lognormal(0.0, 2.0, 5_000),
+        -rng.lognormal(3.0, 1.0, 100),
+        np.zeros(7),
+        np.array([42.0]),
+        np.array([]),
+        rng.normal(0.0, 1e90, 50),
+    ]
+    series = [
+        summary_pb2.SeriesSummary(
+            metric=f"m{i}", summary=convert.summary_to_proto(Summary.from_values(v))
+        )
+        for i, v in enumerate([*parts, np.concatenate(parts)])
+    ]
+    scanned = summary_scan.scan(Response(series=series).SerializeToString())
+    assert scanned is not None and summary_scan.values_valid(scanned)
