@@ -76,7 +76,14 @@ async def test_a_client_that_never_stops_gets_the_error_after_the_bound(
     call = asyncio.ensure_future(client.ingest(mesh.channel(server.address), endless()))
     err = await asyncio.wait_for(rejected(call), 10)  # a hang bound
     assert loop.time() - t0 >= 0.3
-    assert details_from_error(err).code == grpc.StatusCode.INVALID_ARGUMENT
+    code = details_from_error(err).code
+    if code == grpc.StatusCode.INTERNAL:
+        # a write of this client met the finished call: grpc's client then reports its
+        # own failed send instead of the node's status (see servicer._drain), which a
+        # client that never stops writing cannot always avoid; never an error of the node
+        assert "SendMessageOperation" in (err.debug_error_string() or "")
+    else:
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert await counts(mesh, server.address) == {}
 
 
