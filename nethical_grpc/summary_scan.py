@@ -610,10 +610,16 @@ _EXACT_COUNT: Final = np.uint64(2**53)
 _SAFE_PART: Final = np.uint64(2**62)
 _INT32_MIN: Final = -(2**31)
 _INT32_MAX: Final = 2**31 - 1
-#: Lowest and highest bucket index of a finite double, per scale from MIN_SCALE up.
-_INDEX_LIMITS: Final = np.array(
-    [index_limits(s) for s in range(MIN_SCALE, MAX_SCALE + 1)], dtype=np.int64
-)
+#: Lowest and highest bucket index of a finite double, per scale from MIN_SCALE up, and
+#: which of them are known: each is filled the first time an answer has its scale
+#: (computing all of them took ~0.55 s, too long for start-up).
+_INDEX_LIMITS: Final = np.zeros((MAX_SCALE - MIN_SCALE + 1, 2), np.int64)
+_LIMITS_KNOWN: Final = np.zeros(MAX_SCALE - MIN_SCALE + 1, np.bool_)
+#: What :func:`_values_valid` answers: every value passes, one does not, or (this plus
+#: the scale's row) the limits of a scale are not known yet.
+_VALID: Final = 0
+_INVALID: Final = 1
+_NEEDS_LIMITS: Final = 2
 
 
 @maybe_njit(cache=True)
@@ -645,19 +651,21 @@ def _side_total(
 
 
 @maybe_njit(cache=True)
-def _values_valid(ints: I64, uints: U64, floats: F64, limits: I64) -> bool:  # pragma: no cover
+def _values_valid(
+    ints: I64, uints: U64, floats: F64, limits: I64, known: npt.NDArray[np.bool_]
+) -> int:  # pragma: no cover
     for i in range(ints.shape[0]):
         count = uints[i, COUNT]
         total, lo, hi = floats[i, SUM], floats[i, MIN], floats[i, MAX]
         mean, m2, comp = floats[i, MEAN], floats[i, M2], floats[i, SUM_COMPENSATION]
         if count == np.uint64(0):
             if total != 0.0 or lo != 0.0 or hi != 0.0 or mean != 0.0 or m2 != 0.0:
-                return False
+                return _INVALID
             if comp != 0.0:
-                return False
+                return _INVALID
         else:
             if count >= _EXACT_COUNT:
-                return False
+                return _INVALID
             if not (
                 np.isfinite(total)
                 and np.isfinite(lo)
@@ -665,15 +673,15 @@ def _values_valid(ints: I64, uints: U64, floats: F64, limits: I64) -> bool:  # p
                 and np.isfinite(mean)
                 and np.isfinite(m2)
             ):
-                return False
+                return _INVALID
             if comp != 0.0 and not abs(comp) <= np.spacing(abs(total)):  # math.ulp
-                return False
+                return _INVALID
             mag = max(abs(lo), abs(hi))
             if mag > MAX_ABS_VALUE:
-                return False
+                return _INVALID
             ok, _ = _consistency(float(count), total, lo, hi, mean, m2, mag)
             if not (ok[0] and ok[1] and ok[2] and ok[3] and ok[4] and ok[5]):
-                return False
+                return _INVALID
         row = ints[i]
         scale, max_buckets = row[SCALE], row[MAX_BUCKETS]
         zero_threshold = floats[i, ZERO_THRESHOLD]
@@ -682,10 +690,12 @@ def _values_valid(ints: I64, uints: U64, floats: F64, limits: I64) -> bool:  # p
             and max_buckets >= MIN_MAX_BUCKETS
             and 0.0 <= zero_threshold < np.inf
         ):
-            return False
+            return _INVALID
         zero = uints[i, ZERO_COUNT]
         if zero > _SAFE_PART:
-            return False
+            return _INVALID
+        if not known[scale - MIN_SCALE]:
+            return int(_NEEDS_LIMITS + scale - MIN_SCALE)
         lo_lim, hi_lim = limits[scale - MIN_SCALE, 0], limits[scale - MIN_SCALE, 1]
         pos_ok, pos = _side_total(
             row, POS_OFFSET, POS_LEN, POS_LEAD, max_buckets, lo_lim, hi_lim, uints[i, POS_TOTAL]
@@ -694,22 +704,36 @@ def _values_valid(ints: I64, uints: U64, floats: F64, limits: I64) -> bool:  # p
             row, NEG_OFFSET, NEG_LEN, NEG_LEAD, max_buckets, lo_lim, hi_lim, uints[i, NEG_TOTAL]
         )
         if not (pos_ok and neg_ok) or zero + pos + neg != count:
-            return False
-    return True
+            return _INVALID
+    return _VALID
 
 
 def values_valid(scanned: ScannedSummaries) -> bool:
     """Whether every series of ``scanned`` passes the value checks of
     :mod:`nethical_grpc.convert` (moments, histogram, and their counts agreeing); False
     whenever one of them would refuse a series (see the module docstring)."""
-    return bool(_values_valid(scanned.ints, scanned.uints, scanned.floats, _INDEX_LIMITS))
+    while True:
+        verdict = _values_valid(
+            scanned.ints, scanned.uints, scanned.floats, _INDEX_LIMITS, _LIMITS_KNOWN
+        )
+        if verdict < _NEEDS_LIMITS:
+            return bool(verdict == _VALID)
+        row = verdict - _NEEDS_LIMITS
+        _INDEX_LIMITS[row] = index_limits(row + MIN_SCALE)
+        _LIMITS_KNOWN[row] = True
 
 
 def warmup() -> None:
     """Compile the scan (or load it from Numba's cache) before the first answer arrives:
     compiling takes seconds, longer than a global query's deadline."""
     scan(b"")
-    empty = np.zeros((1, _INT_COLUMNS), np.int64)
-    _values_valid(
-        empty, np.zeros((1, _UINT_COLUMNS), np.uint64), np.zeros((1, _FLOAT_COLUMNS)), _INDEX_LIMITS
+    values_valid(  # one all-zero series (refused: max_buckets 0)
+        ScannedSummaries(
+            np.zeros(_HEAD_COLUMNS, np.int64),
+            np.zeros((1, _INT_COLUMNS), np.int64),
+            np.zeros((1, _UINT_COLUMNS), np.uint64),
+            np.zeros((1, _FLOAT_COLUMNS)),
+            np.zeros((0, 4), np.int64),
+            np.zeros(0, np.uint64),
+        )
     )

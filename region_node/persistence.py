@@ -49,12 +49,7 @@ from nethical_grpc.governance.profiles import ProfileBook
 from nethical_grpc.governance.requests import Outcome
 from nethical_grpc.series import SeriesKey, freeze_labels
 from nethical_grpc.storage.audit import AuditRecord, AuditViolation
-from nethical_grpc.storage.audit.model import (
-    MAX_TIMESTAMP_US,
-    MAX_VIOLATIONS,
-    MIN_TIMESTAMP_US,
-    to_utc_us,
-)
+from nethical_grpc.storage.audit.model import MAX_VIOLATIONS, check_storable, to_utc_us
 from nethical_grpc.storage.timeseries import MetricPoint, WindowSummaryRow
 from nethical_grpc.storage.timeseries.model import JSONValue, check_window_rows
 from nethical_grpc.v1 import summary_pb2
@@ -344,8 +339,7 @@ class Persister:
         ev = o.evaluation
         action = o.request.action
         timestamp, timestamp_us = self._time_us(o.time_ns)
-        if not MIN_TIMESTAMP_US <= timestamp_us < MAX_TIMESTAMP_US:  # as a record's check
-            raise ValueError(f"timestamp {timestamp.isoformat()} is outside the storable range")
+        check_storable(timestamp, timestamp_us)
         # every other value passes the record's checks: the action's were checked (as
         # strictly) at the RPC boundary, the node's region when it started, the rest is
         # the node's own

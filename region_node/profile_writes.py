@@ -84,6 +84,11 @@ def latest_writes(writes: Mapping[str, int], most: int = MAX_WRITERS) -> dict[st
     return dict(sorted(writes.items(), key=lambda kv: kv[1])[-most:])
 
 
+def _log_dropped(dropped: int) -> None:
+    if dropped:
+        log.error("risk profile writes fall behind: dropped %d agents' deltas", dropped)
+
+
 class ProfileWriter:
     """Writes one node's profile deltas to the region's cache (see the module docstring)."""
 
@@ -194,17 +199,14 @@ class ProfileWriter:
             if len(kept) > MAX_IN_DOUBT:
                 (_, older), (later_seq, later) = kept[0], kept[1]
                 kept[:2] = [(later_seq, older.merge(later, recent))]
-        dropped = len(self.in_doubt) - self.profiles.max_agents
-        if dropped > 0:
-            for agent in list(self.in_doubt)[:dropped]:
-                del self.in_doubt[agent]
-            log.error("risk profile writes fall behind: dropped %d agents' deltas", dropped)
+        dropped = max(len(self.in_doubt) - self.profiles.max_agents, 0)
+        for agent in list(self.in_doubt)[:dropped]:
+            del self.in_doubt[agent]
+        _log_dropped(dropped)
 
     def _keep(self, deltas: dict[str, Profile]) -> None:
         """Back into the book for the next write (bounded: the oldest go past it)."""
-        dropped = self.profiles.return_deltas(deltas)
-        if dropped:
-            log.error("risk profile writes fall behind: dropped %d agents' deltas", dropped)
+        _log_dropped(self.profiles.return_deltas(deltas))
 
     def _profile_from(self, data: object) -> Profile | None:
         if not isinstance(data, dict):

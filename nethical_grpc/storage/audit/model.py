@@ -224,6 +224,13 @@ def query_terms(text: str | None) -> tuple[str, ...]:
     return tuple(terms)
 
 
+def check_storable(timestamp: datetime, us: int) -> None:
+    """``ValueError`` unless a record's time (``us``: its microseconds since the epoch)
+    is in the storable range."""
+    if not MIN_TIMESTAMP_US <= us < MAX_TIMESTAMP_US:
+        raise ValueError(f"timestamp {timestamp.isoformat()} is outside 1970-01-01..2262-01-01 UTC")
+
+
 @dataclass(frozen=True, slots=True)
 class AuditViolation:
     """One finding kept with an audit record (type, severity 1-5, confidence, message)."""
@@ -337,8 +344,7 @@ class AuditRecord:
             check_region_id("region_id", self.region_id, allow_empty=True)
         ts = self.timestamp
         us = to_utc_us(ts, "timestamp")
-        if not MIN_TIMESTAMP_US <= us < MAX_TIMESTAMP_US:
-            raise ValueError(f"timestamp {ts.isoformat()} is outside 1970-01-01..2262-01-01 UTC")
+        check_storable(ts, us)
         if ts.tzinfo is not UTC:
             object.__setattr__(self, "timestamp", datetime_from_us(us))
         object.__setattr__(self, "timestamp_us", us)
