@@ -13,7 +13,13 @@ from hypothesis import strategies as st
 
 from nethical_grpc.jit import is_jit_available
 from nethical_grpc.storage.audit import _kernels as k
-from nethical_grpc.storage.audit.model import AuditFilter, SearchQuery, query_terms
+from nethical_grpc.storage.audit.model import (
+    AuditFilter,
+    SearchQuery,
+    fold_token,
+    query_terms,
+    text_tokens,
+)
 from nethical_grpc.storage.audit.paging import (
     PageCursor,
     decode_page_token,
@@ -102,6 +108,33 @@ def test_query_terms_are_alphanumeric_runs(text: str) -> None:
     assert len(set(terms)) == len(terms)
     expr = fts5_match_expression(terms)
     assert expr.count('"') == 2 * len(terms)  # one quoted string per term, nothing else
+
+
+@given(
+    text=st.one_of(
+        st.text(st.characters(max_codepoint=127), max_size=300),
+        st.text(st.sampled_from("aZ09_ -.\t\n\x00\x1c\x1f\x7f\"'*:()"), max_size=100),
+        st.text(max_size=100),
+    )
+)
+def test_text_tokens_are_the_lower_cased_alphanumeric_runs(text: str) -> None:
+    # ASCII text takes a byte-table path; it must cut exactly where the expression does
+    expected = [fold_token(t) for t in re.findall(r"[^\W_]+", text.lower())]
+    assert text_tokens(text) == expected
+    if len(dict.fromkeys(expected)) <= 32:
+        assert list(query_terms(text)) == list(dict.fromkeys(re.findall(r"[^\W_]+", text.lower())))
+
+
+def test_text_tokens_of_mixed_text() -> None:
+    assert text_tokens("DROP_TABLE users;--Café 42x\x00ÉTÉ") == [
+        "drop",
+        "table",
+        "users",
+        "cafe",
+        "42x",
+        "ete",
+    ]
+    assert text_tokens("") == [] and text_tokens("__ --") == []
 
 
 def test_query_terms_split_syntax() -> None:

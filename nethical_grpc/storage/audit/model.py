@@ -93,6 +93,14 @@ DECISIONS: Final[tuple[Decision, ...]] = tuple(Decision)
 _ID_RE: Final = re.compile(r"[A-Za-z0-9_.:@/+=-]{1,128}")
 _REGION_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _TERM_RE: Final = re.compile(r"[^\W_]+")
+#: For ASCII text, ``_TERM_RE`` over the lower-cased text as a byte table: letters
+#: lower-cased, digits kept, every other byte a space. ``bytes.translate`` with it and
+#: ``split()`` give the same tokens at about a quarter of the regular expression's cost
+#: (1.3 against 4.9 µs for a 75-character record, an ad-hoc timing): every audit record's
+#: text is tokenised on the index writer's thread, holding the interpreter lock.
+_ASCII_TERM_BYTES: Final = bytes(
+    ord(chr(c).lower()) if c < 128 and chr(c).isalnum() else ord(" ") for c in range(256)
+)
 _CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -196,11 +204,19 @@ def fold_token(token: str) -> str:
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
 
+def _terms_in_order(text: str) -> list[str]:
+    """The lower-cased runs of letters and digits of ``text``, in order, repeats kept."""
+    if text.isascii():
+        return text.encode("ascii").translate(_ASCII_TERM_BYTES).decode("ascii").split()
+    found: list[str] = _TERM_RE.findall(text.lower())
+    return found
+
+
 def text_tokens(text: str) -> list[str]:
     """The tokens of a record's text for ranking statistics (document length, term and
     document frequencies): lower-cased runs of letters and digits without diacritics, in
     order, repeats kept."""
-    tokens: list[str] = _TERM_RE.findall(text.lower())
+    tokens = _terms_in_order(text)
     if text.isascii():
         return tokens
     return [fold_token(t) for t in tokens]
@@ -218,7 +234,7 @@ def query_terms(text: str | None) -> tuple[str, ...]:
     _check_str("query", text)
     if len(text) > MAX_QUERY_TEXT_CHARS:
         raise ValueError(f"query is {len(text)} characters, more than {MAX_QUERY_TEXT_CHARS}")
-    terms = dict.fromkeys(_TERM_RE.findall(text.lower()))
+    terms = dict.fromkeys(_terms_in_order(text))
     if len(terms) > MAX_QUERY_TERMS:
         raise ValueError(f"query has {len(terms)} distinct terms, more than {MAX_QUERY_TERMS}")
     return tuple(terms)
