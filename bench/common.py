@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,53 @@ def machine() -> dict[str, Any]:
         "grpcio": grpc.__version__,
         "jit": "numba" if is_jit_available() else "numpy",
     }
+
+
+def _proc_stats() -> dict[int, tuple[int, float]]:
+    """Every process's parent and CPU seconds (user + system) from ``/proc``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, tuple[int, float]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = Path(entry.path, "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        fields = text.rsplit(")", 1)[1].split()  # the name may hold spaces and ")"
+        out[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def cpu_seconds(pids: Iterable[int]) -> float | None:
+    """CPU seconds (user + system) used so far by the processes ``pids`` and every live
+    process they started (a region node's rule-detection workers, say), from ``/proc``;
+    ``None`` where there is no ``/proc`` (not Linux). Differences of two readings give the
+    CPU a stretch of work cost them; a process that ends in between takes its part
+    with it."""
+    if not Path("/proc/self/stat").exists():
+        return None
+    stats = _proc_stats()
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in stats.items():
+        children.setdefault(parent, []).append(pid)
+    total, seen, todo = 0.0, set(), list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid in seen or pid not in stats:
+            continue
+        seen.add(pid)
+        total += stats[pid][1]
+        todo.extend(children.get(pid, ()))
+    return total
+
+
+def cpu_per(before: float | None, after: float | None, count: int, unit: float) -> float | None:
+    """``(after - before) / count`` in ``unit`` (1e6: µs), rounded; ``None`` without
+    readings or a count."""
+    if before is None or after is None or count <= 0:
+        return None
+    return round((after - before) / count * unit, 1)
 
 
 def emit(name: str, results: dict[str, Any]) -> None:

@@ -8,7 +8,9 @@ it streams the same number of actions through ``EvaluateStream`` twice: one acti
 message, and batches of ``--stream-batch`` actions per message (``actions``, answered by one
 message of ``results``); it reports actions per second of each (median of the rounds), and
 the best of the two against the stream target. Request messages are built before the clock
-starts; every answer is checked to be an evaluation.
+starts; every answer is checked to be an evaluation. Where ``/proc`` is there (Linux) it
+also reports the CPU each call or action costs the node (with the rule-detection workers
+it started) and this client, which share the machine's cores.
 
     python bench/evaluate.py [--seconds 4] [--rounds 3] [--concurrency 16]
                              [--stream-actions 50000] [--stream-batch 512]
@@ -133,10 +135,11 @@ async def sustained_rate(
     batch: list[governance_pb2.AgentAction],
     per_message: int,
     seconds: float,
-) -> float:
+) -> tuple[float, int]:
     """Actions per second through one EvaluateStream of ``per_message``-action messages
     sent for ``seconds``: long enough that the node's record queues fill and the stream
-    runs at what its stores keep (the bursts above fit in the queues)."""
+    runs at what its stores keep (the bursts above fit in the queues), and the actions
+    answered."""
     messages = stream_messages(batch, per_message)
     stop = time.perf_counter() + seconds
 
@@ -150,10 +153,40 @@ async def sustained_rate(
     answered = 0
     async for answer in stub.EvaluateStream(requests(), timeout=seconds + 600):
         answered += sum(r.WhichOneof("result") == "evaluation" for r in answer.results)
-    return answered / (time.perf_counter() - t0)
+    return answered / (time.perf_counter() - t0), answered
 
 
-async def run(args: argparse.Namespace, port: int) -> dict[str, object]:
+class CpuMeter:
+    """CPU per unit of work of the node (its process and the workers it started) and of
+    this client, over stretches of work: what each call or action costs the two cores
+    both share, which the rates alone do not tell."""
+
+    def __init__(self, node_pid: int) -> None:
+        self.node_pid = node_pid
+        self.node: list[float] = []
+        self.client: list[float] = []
+
+    def start(self) -> tuple[float | None, float]:
+        return common.cpu_seconds([self.node_pid]), time.process_time()
+
+    def stop(self, start: tuple[float | None, float], count: int) -> None:
+        """The stretch begun at ``start`` did ``count`` units of work."""
+        node = common.cpu_per(start[0], common.cpu_seconds([self.node_pid]), count, 1e6)
+        if node is not None:
+            self.node.append(node)
+        client_cpu = common.cpu_per(start[1], time.process_time(), count, 1e6)
+        if client_cpu is not None:
+            self.client.append(client_cpu)
+
+    def medians(self) -> dict[str, float | None]:
+        """Median µs of CPU per unit, node and client (None: not measured here)."""
+        return {
+            "node": round(float(np.median(self.node)), 1) if self.node else None,
+            "client": round(float(np.median(self.client)), 1) if self.client else None,
+        }
+
+
+async def run(args: argparse.Namespace, port: int, node_pid: int) -> dict[str, object]:
     pool = actions(4096)
     async with client.insecure_channel(f"127.0.0.1:{port}") as ch:
         stub = region_node_pb2_grpc.RegionNodeServiceStub(ch)
@@ -171,11 +204,16 @@ async def run(args: argparse.Namespace, port: int) -> dict[str, object]:
         await drive(ping, 0.5, args.concurrency)
         eval_rates, ping_rates = [], []
         eval_lat, ping_lat = [], []
+        eval_cpu, ping_cpu = CpuMeter(node_pid), CpuMeter(node_pid)
         for _ in range(args.rounds):
+            mark = ping_cpu.start()
             rate, lat = await drive(ping, args.seconds, args.concurrency)
+            ping_cpu.stop(mark, len(lat))
             ping_rates.append(rate)
             ping_lat.append(lat)
+            mark = eval_cpu.start()
             rate, lat = await drive(evaluate, args.seconds, args.concurrency)
+            eval_cpu.stop(mark, len(lat))
             eval_rates.append(rate)
             eval_lat.append(lat)
         e_lat, p_lat = np.concatenate(eval_lat), np.concatenate(ping_lat)
@@ -184,17 +222,20 @@ async def run(args: argparse.Namespace, port: int) -> dict[str, object]:
         await stream_rate(stub, actions(2000, seed=5))  # warm up both shapes
         await stream_rate(stub, actions(2000, seed=6), args.stream_batch)
         single_rates, batched_rates = [], []
+        batched_cpu, sustained_cpu = CpuMeter(node_pid), CpuMeter(node_pid)
         for r in range(args.rounds):
             streamed = actions(args.stream_actions, seed=9 + r)
             single_rates.append(await stream_rate(stub, streamed))
+            mark = batched_cpu.start()
             batched_rates.append(await stream_rate(stub, streamed, args.stream_batch))
-        sustained = (
-            await sustained_rate(
+            batched_cpu.stop(mark, len(streamed))
+        sustained = None
+        if args.sustained > 0:
+            mark = sustained_cpu.start()
+            sustained, answered = await sustained_rate(
                 stub, actions(args.stream_batch * 8, seed=99), args.stream_batch, args.sustained
             )
-            if args.sustained > 0
-            else None
-        )
+            sustained_cpu.stop(mark, answered)
     single = round(float(np.median(single_rates)))
     batched = round(float(np.median(batched_rates)))
     return {
@@ -206,6 +247,9 @@ async def run(args: argparse.Namespace, port: int) -> dict[str, object]:
             "target_evaluate_vs_ping": 0.70,
             "evaluate_latency_ms": {"p50": pct(e_lat, 50), "p99": pct(e_lat, 99)},
             "ping_latency_ms": {"p50": pct(p_lat, 50), "p99": pct(p_lat, 99)},
+            # median µs of CPU per call over the rounds: the node's process, and this
+            # client's (both on the same cores)
+            "cpu_us_per_call": {"evaluate": eval_cpu.medians(), "ping": ping_cpu.medians()},
             "rounds": args.rounds,
             "seconds_per_round": args.seconds,
         },
@@ -224,6 +268,13 @@ async def run(args: argparse.Namespace, port: int) -> dict[str, object]:
             # node waits for its stores (the rounds above are bursts the queues absorb)
             "sustained_seconds": args.sustained,
             "sustained_actions_per_s": None if sustained is None else round(sustained),
+            # median µs of CPU per action, the node's with its rule-detection workers and
+            # this client's: during the batched bursts (records the node writes after a
+            # burst are not in it) and over the sustained stream (they are)
+            "cpu_us_per_action": {
+                "batched": batched_cpu.medians(),
+                "sustained": sustained_cpu.medians(),
+            },
         },
     }
 
@@ -260,7 +311,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         child = spawn("region", [*common.BENCH_REGION, *args.node_arg], Path(tmp))
         try:
-            results = asyncio.run(run(args, child.port()))
+            results = asyncio.run(run(args, child.port(), child.pid))
         finally:
             child.stop()
     common.emit("evaluate", {"node_args": args.node_arg, **results})

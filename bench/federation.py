@@ -8,7 +8,8 @@ for every metric (grouped by metric) with p50, p90 and p99 and the per-region br
 off, alternating between the two coordinators query by query, so both are measured in
 the same conditions. In the same run, the client also times a bare parallel fan-out of
 health Checks straight to the same region processes: the cost of N unary calls on this
-machine, with no coordinator and no summaries.
+machine, with no coordinator and no summaries. Where ``/proc`` is there it also reports
+the CPU each global query costs the coordinator and the region processes (on Linux).
 
     python bench/federation.py [--regions 10 50] [--queries 300]
 """
@@ -90,7 +91,7 @@ async def run(n_regions: int, queries: int, workdir: Path) -> dict[str, object]:
         ports = [c.port(120) for c in children]
         await asyncio.gather(*(load_region(p, i) for i, p in enumerate(ports)))
         specs = [f"--region={n}=127.0.0.1:{p}" for n, p in zip(names, ports, strict=True)]
-        targets = {}
+        targets, coordinator_pids = {}, {}
         for transport in TRANSPORTS:
             coord = spawn(
                 f"coordinator-{n_regions}-{transport}",
@@ -108,6 +109,7 @@ async def run(n_regions: int, queries: int, workdir: Path) -> dict[str, object]:
             )
             children.append(coord)
             targets[transport] = f"127.0.0.1:{coord.port(60)}"
+            coordinator_pids[transport] = coord.pid
         opts = client.QueryOptions(quantiles=(0.5, 0.9, 0.99), region_timeout_s=5.0)
         latencies: dict[str, list[float]] = {t: [] for t in TRANSPORTS}
         channels = {t: client.insecure_channel(target) for t, target in targets.items()}
@@ -123,12 +125,22 @@ async def run(n_regions: int, queries: int, workdir: Path) -> dict[str, object]:
                 assert resp.coverage.complete, resp.coverage
                 for _ in range(20):
                     await client.global_metrics(ch, opts, timeout=10)
+            node_pids = [c.pid for c in children[:n_regions]]
+            cpu_before = {t: common.cpu_seconds([pid]) for t, pid in coordinator_pids.items()}
+            nodes_before = common.cpu_seconds(node_pids)
             for _ in range(queries):
                 for transport, ch in channels.items():
                     t0 = time.perf_counter()
                     resp = await client.global_metrics(ch, opts, timeout=10)
                     latencies[transport].append((time.perf_counter() - t0) * 1e3)
                     assert resp.coverage.complete
+            coordinator_cpu = {
+                t: common.cpu_per(cpu_before[t], common.cpu_seconds([pid]), queries, 1e3)
+                for t, pid in coordinator_pids.items()
+            }
+            nodes_cpu = common.cpu_per(
+                nodes_before, common.cpu_seconds(node_pids), queries * len(TRANSPORTS), 1e3
+            )
         finally:
             for ch in channels.values():
                 await ch.close(None)
@@ -145,10 +157,15 @@ async def run(n_regions: int, queries: int, workdir: Path) -> dict[str, object]:
             "p50_ms": pct(stream, 50),
             "p99_ms": pct(stream, 99),
             "mean_ms": round(float(stream.mean()), 2),
+            # ms of CPU per global query: the coordinator's process (each transport its
+            # own), and the region processes' together over both transports' queries
+            "coordinator_cpu_ms_per_query": coordinator_cpu["stream"],
+            "regions_cpu_ms_per_query": nodes_cpu,
             "unary_transport": {
                 "p50_ms": pct(unary, 50),
                 "p99_ms": pct(unary, 99),
                 "mean_ms": round(float(unary.mean()), 2),
+                "coordinator_cpu_ms_per_query": coordinator_cpu["unary"],
             },
             "bare_health_fanout_p50_ms": pct(bare, 50),
             "bare_health_fanout_p99_ms": pct(bare, 99),
