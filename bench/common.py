@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -48,49 +50,35 @@ def machine() -> dict[str, Any]:
     }
 
 
-def _proc_stats() -> dict[int, tuple[int, float]]:
-    """Every process's parent and CPU seconds (user + system) from ``/proc``."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out: dict[int, tuple[int, float]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = Path(entry.path, "stat").read_text()
-        except OSError:  # gone meanwhile
-            continue
-        fields = text.rsplit(")", 1)[1].split()  # the name may hold spaces and ")"
-        out[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
-    return out
-
-
-def cpu_seconds(pids: Iterable[int]) -> float | None:
+def cpu_seconds(pids: Iterable[int]) -> float:
     """CPU seconds (user + system) used so far by the processes ``pids`` and every live
-    process they started (a region node's rule-detection workers, say), from ``/proc``;
-    ``None`` where there is no ``/proc`` (not Linux). Differences of two readings give the
-    CPU a stretch of work cost them; a process that ends in between takes its part
-    with it."""
-    if not Path("/proc/self/stat").exists():
-        return None
-    stats = _proc_stats()
-    children: dict[int, list[int]] = {}
-    for pid, (parent, _) in stats.items():
-        children.setdefault(parent, []).append(pid)
-    total, seen, todo = 0.0, set(), list(pids)
-    while todo:
-        pid = todo.pop()
-        if pid in seen or pid not in stats:
+    process they started (a region node's rule-detection workers, say), each counted
+    once; a pid with no process counts nothing. Differences of two readings give the CPU
+    a stretch of work cost them; a process that ends in between takes its part with it."""
+    seen: set[int] = set()
+    total = 0.0
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            family = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
             continue
-        seen.add(pid)
-        total += stats[pid][1]
-        todo.extend(children.get(pid, ()))
+        for proc in family:
+            if proc.pid in seen:
+                continue
+            seen.add(proc.pid)
+            try:
+                times = proc.cpu_times()
+            except psutil.NoSuchProcess:  # ended meanwhile
+                continue
+            total += times.user + times.system
     return total
 
 
-def cpu_per(before: float | None, after: float | None, count: int, unit: float) -> float | None:
-    """``(after - before) / count`` in ``unit`` (1e6: µs), rounded; ``None`` without
-    readings or a count."""
-    if before is None or after is None or count <= 0:
+def cpu_per(before: float, after: float, count: int, unit: float) -> float | None:
+    """``(after - before) / count`` in ``unit`` (1e6: µs), rounded; ``None`` without a
+    count."""
+    if count <= 0:
         return None
     return round((after - before) / count * unit, 1)
 

@@ -8,9 +8,9 @@ it streams the same number of actions through ``EvaluateStream`` twice: one acti
 message, and batches of ``--stream-batch`` actions per message (``actions``, answered by one
 message of ``results``); it reports actions per second of each (median of the rounds), and
 the best of the two against the stream target. Request messages are built before the clock
-starts; every answer is checked to be an evaluation. Where ``/proc`` is there (Linux) it
-also reports the CPU each call or action costs the node (with the rule-detection workers
-it started) and this client, which share the machine's cores.
+starts; every answer is checked to be an evaluation. It also reports the CPU each call or
+action costs the node (with the rule-detection workers it started) and this client,
+which share the machine's cores.
 
     python bench/evaluate.py [--seconds 4] [--rounds 3] [--concurrency 16]
                              [--stream-actions 50000] [--stream-batch 512]
@@ -166,10 +166,10 @@ class CpuMeter:
         self.node: list[float] = []
         self.client: list[float] = []
 
-    def start(self) -> tuple[float | None, float]:
+    def start(self) -> tuple[float, float]:
         return common.cpu_seconds([self.node_pid]), time.process_time()
 
-    def stop(self, start: tuple[float | None, float], count: int) -> None:
+    def stop(self, start: tuple[float, float], count: int) -> None:
         """The stretch begun at ``start`` did ``count`` units of work."""
         node = common.cpu_per(start[0], common.cpu_seconds([self.node_pid]), count, 1e6)
         if node is not None:

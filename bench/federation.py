@@ -8,8 +8,8 @@ for every metric (grouped by metric) with p50, p90 and p99 and the per-region br
 off, alternating between the two coordinators query by query, so both are measured in
 the same conditions. In the same run, the client also times a bare parallel fan-out of
 health Checks straight to the same region processes: the cost of N unary calls on this
-machine, with no coordinator and no summaries. Where ``/proc`` is there it also reports
-the CPU each global query costs the coordinator and the region processes (on Linux).
+machine, with no coordinator and no summaries. It also reports the CPU each global query
+costs the coordinator and the region processes.
 
     python bench/federation.py [--regions 10 50] [--queries 300]
 """

@@ -659,9 +659,7 @@ def _values_valid(
         total, lo, hi = floats[i, SUM], floats[i, MIN], floats[i, MAX]
         mean, m2, comp = floats[i, MEAN], floats[i, M2], floats[i, SUM_COMPENSATION]
         if count == np.uint64(0):
-            if total != 0.0 or lo != 0.0 or hi != 0.0 or mean != 0.0 or m2 != 0.0:
-                return _INVALID
-            if comp != 0.0:
+            if total != 0.0 or lo != 0.0 or hi != 0.0 or mean != 0.0 or m2 != 0.0 or comp != 0.0:
                 return _INVALID
         else:
             if count >= _EXACT_COUNT:

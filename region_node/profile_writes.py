@@ -35,6 +35,7 @@ reading them back.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
@@ -200,7 +201,7 @@ class ProfileWriter:
                 (_, older), (later_seq, later) = kept[0], kept[1]
                 kept[:2] = [(later_seq, older.merge(later, recent))]
         dropped = max(len(self.in_doubt) - self.profiles.max_agents, 0)
-        for agent in list(self.in_doubt)[:dropped]:
+        for agent in list(itertools.islice(self.in_doubt, dropped)):  # the oldest
             del self.in_doubt[agent]
         _log_dropped(dropped)
 

@@ -1,4 +1,4 @@
-"""The CPU accounting the benchmarks report: a process's time and its children's, from /proc."""
+"""The CPU accounting the benchmarks report: a process's time and its children's."""
 
 from __future__ import annotations
 
@@ -6,15 +6,8 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-import pytest
 
 from bench import common
-
-pytestmark = pytest.mark.skipif(
-    not Path("/proc/self/stat").exists(), reason="CPU accounting reads /proc (Linux)"
-)
 
 #: A child that spends ``argv[1]`` seconds of CPU, says so, then waits to be killed.
 _BURNER = """
@@ -35,10 +28,9 @@ def burn(seconds: float) -> None:
 
 def test_a_process_cpu_grows_by_what_it_spends() -> None:
     before = common.cpu_seconds([os.getpid()])
-    assert before is not None and before > 0
+    assert before > 0
     burn(0.3)
     after = common.cpu_seconds([os.getpid()])
-    assert after is not None
     # clock ticks are 10 ms; the interpreter spent at least the 0.3 s it burned
     assert 0.25 <= after - before <= 5.0
 
@@ -53,20 +45,19 @@ def test_the_processes_a_process_started_count_with_it() -> None:
         assert child.stdout.readline().strip() == "done"
         alone = common.cpu_seconds([child.pid])
         with_children = common.cpu_seconds([os.getpid()])
-        assert alone is not None and with_children is not None and before is not None
         assert alone >= 0.5  # the child's own burn (its start-up adds to it)
         # ours grew by at least the child's time: it is counted under us while it lives
         assert with_children - before >= alone - 0.05
         # each process counts once even when named twice, or with its parent
         both = common.cpu_seconds([os.getpid(), child.pid, child.pid])
-        assert both is not None and both - with_children < 0.2
+        assert both - with_children < 0.2
     finally:
         child.kill()
         child.wait()
 
 
 def test_a_process_that_is_not_there_costs_nothing() -> None:
-    beyond = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # no process has it
+    beyond = 2**31 - 1  # past any system's largest pid: no process has it
     assert common.cpu_seconds([beyond]) == 0.0
     assert common.cpu_seconds([]) == 0.0
 
@@ -74,6 +65,4 @@ def test_a_process_that_is_not_there_costs_nothing() -> None:
 def test_cpu_per_unit() -> None:
     assert common.cpu_per(1.0, 2.0, 4, 1e3) == 250.0
     assert common.cpu_per(1.0, 1.0000004, 1, 1e6) == 0.4
-    assert common.cpu_per(None, 2.0, 4, 1e6) is None
-    assert common.cpu_per(1.0, None, 4, 1e6) is None
     assert common.cpu_per(1.0, 2.0, 0, 1e6) is None
