@@ -591,18 +591,22 @@ class Persister:
                 # writes only what waited at its start)
                 await asyncio.sleep(0)
             else:
+                arrived = True
                 if not self.backlog():
-                    # idle: no tick until records arrive or a flush, a profile write or
-                    # the retention is due (an idle node woke 20 times a second)
-                    due = (
-                        min(next_flush, next_profiles, next_retention, next_audit_retention)
-                        - time.monotonic()
-                    )
+                    # idle: no tick until records arrive, a flush or the retention is due,
+                    # or a profile write while deltas wait for one (an idle node woke 20
+                    # times a second, then twice a second to write no profiles)
+                    due = min(next_flush, next_retention, next_audit_retention)
+                    if self.profile_writer.pending():
+                        due = min(due, next_profiles)
                     loop = asyncio.get_running_loop()
-                    await wait_until(self._arrived.is_set, self._arrived, loop.time() + due)
+                    arrived = await wait_until(
+                        self._arrived.is_set, self._arrived, loop.time() + due - time.monotonic()
+                    )
                     self._arrived.clear()
-                # records gather for a round's worth before they are written
-                await asyncio.sleep(WRITE_INTERVAL_S)
+                if arrived:
+                    # records gather for a round's worth before they are written
+                    await asyncio.sleep(WRITE_INTERVAL_S)
             now = time.monotonic()
             if now >= next_retention:
                 next_retention = now + RETENTION_INTERVAL_S

@@ -110,6 +110,10 @@ class ProfileWriter:
         self._seq = max(self._seq + 1, time.time_ns())
         return self._seq
 
+    def pending(self) -> bool:
+        """Whether a :meth:`write` has deltas to send (new ones, or ones in doubt)."""
+        return self.stores.shared_cache and bool(self.profiles.deltas or self.in_doubt)
+
     async def write(self) -> None:
         """Merge the deltas (and those still in doubt) into the cached profiles."""
         if not self.stores.shared_cache:

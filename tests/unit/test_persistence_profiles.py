@@ -15,6 +15,7 @@ from nethical_grpc.governance.decision import Decision, Evaluation
 from nethical_grpc.governance.detectors import Action
 from nethical_grpc.governance.profiles import Profile, ProfileBook
 from nethical_grpc.governance.requests import EvaluationRequest, Outcome
+from region_node import persistence
 from region_node.node import NodeIdentity, RegionNode
 from region_node.persistence import Persister
 from region_node.profile_writes import (
@@ -345,3 +346,84 @@ async def test_other_writers_keep_a_writers_token_and_a_profile_keeps_the_latest
     value = await cached_profile(direct, "kim")
     assert value["evaluations"] == 10 + len(later)
     assert set(value[WRITES_FIELD]) == {w.writer_id for w in later[-MAX_WRITERS:]}
+
+
+class RoundCounter:
+    """Counts a persister's store rounds (and which of them wrote profiles)."""
+
+    def __init__(self, persister: Persister) -> None:
+        self.rounds = self.profile_rounds = 0
+        original = persister.round
+
+        async def counted(windows: bool, profiles: bool = True) -> None:
+            self.rounds += 1
+            self.profile_rounds += profiles
+            await original(windows, profiles)
+
+        persister.round = counted  # type: ignore[method-assign]
+
+
+async def test_an_idle_loop_sleeps_through_profile_writes_with_nothing_to_write(
+    redis_region: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no records and no deltas the store loop wakes only for flushes and retention:
+    not every PROFILE_INTERVAL_S (an idle node spent a wake-up a second on nothing)."""
+    pytest.importorskip("redis")
+    monkeypatch.setattr(persistence, "PROFILE_INTERVAL_S", 0.05)
+    stores = await NodeStores.open(StoreConfig(cache_url=REDIS_URL), redis_region)
+    book = ProfileBook()
+    p = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, book, 60.0)
+    counter = RoundCounter(p)
+    await p.start()
+    try:
+        await asyncio.sleep(0.5)  # ten profile intervals
+        # the first round may come from the retention's start; none after it
+        assert counter.rounds <= 1
+        assert not p.profile_writer.pending()
+        # an evaluation's records wake the loop; its delta is written within an interval
+        book.update(outcomes("erin", 3))
+        assert p.profile_writer.pending()
+        p.enqueue(outcomes("erin", 3))
+        for _ in range(100):
+            if not p.profile_writer.pending():
+                break
+            await asyncio.sleep(0.02)
+        assert not p.profile_writer.pending()
+        assert (await cached_profile(stores, "erin"))["evaluations"] == 3
+        rounds = counter.rounds
+        await asyncio.sleep(0.5)
+        assert counter.rounds == rounds  # idle again: asleep
+    finally:
+        await p.stop()
+        await stores.close()
+
+
+async def test_deltas_in_doubt_wake_the_idle_loop_until_they_are_written(
+    proxied: ProxiedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A profile write that failed leaves deltas in doubt and no records to wake the loop:
+    it still retries them every PROFILE_INTERVAL_S, and stops once they are written."""
+    monkeypatch.setattr(persistence, "PROFILE_INTERVAL_S", 0.05)
+    book = ProfileBook()
+    p = Persister(RegionNode(NodeIdentity("r1", "r1-a")), proxied.stores, book, 60.0)
+    counter = RoundCounter(p)
+    proxied.proxy.cut()
+    await p.start()
+    try:
+        book.update(outcomes("frank", 2))
+        p.enqueue(outcomes("frank", 2))
+        for _ in range(100):  # the write fails while the proxy is cut
+            if counter.profile_rounds >= 3:
+                break
+            await asyncio.sleep(0.02)
+        assert counter.profile_rounds >= 3 and p.profile_writer.pending()
+        proxied.proxy.restore()
+        await until_redis_is_back(proxied.stores)
+        for _ in range(200):
+            if not p.profile_writer.pending():
+                break
+            await asyncio.sleep(0.02)
+        assert not p.profile_writer.pending()
+        assert (await cached_profile(proxied.direct, "frank"))["evaluations"] == 2
+    finally:
+        await p.stop()
