@@ -27,6 +27,7 @@ BENCHES = [
     "timeseries",
     "audit",
     "telemetry",
+    "idle",
 ]
 
 
