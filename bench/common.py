@@ -75,6 +75,35 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     return total
 
 
+def thread_usage(pids: Iterable[int]) -> tuple[float, int]:
+    """CPU seconds and voluntary context switches (each a sleep: a wake-up once the
+    thread runs again) so far, summed over every thread of the processes ``pids`` (the
+    processes alone, not their children); a pid with no process counts nothing. Linux's
+    per-thread scheduler counts (nanoseconds) where ``/proc`` has them, else psutil's
+    (clock ticks, and the main thread's switches only)."""
+    cpu, switches = 0.0, 0
+    for pid in pids:
+        tasks = list(Path(f"/proc/{pid}/task").glob("*"))
+        if not tasks:
+            try:
+                proc = psutil.Process(pid)
+                times = proc.cpu_times()
+                cpu += times.user + times.system
+                switches += proc.num_ctx_switches().voluntary
+            except psutil.NoSuchProcess:
+                pass
+            continue
+        for task in tasks:
+            try:
+                ran_ns = int((task / "schedstat").read_text().split()[0])
+                status = (task / "status").read_text()
+            except OSError:  # the thread ended meanwhile
+                continue
+            cpu += ran_ns / 1e9
+            switches += int(status.split("\nvoluntary_ctxt_switches:")[1].split()[0])
+    return cpu, switches
+
+
 def cpu_per(before: float, after: float, count: int, unit: float) -> float | None:
     """``(after - before) / count`` in ``unit`` (1e6: µs), rounded; ``None`` without a
     count."""

@@ -18,39 +18,13 @@ import argparse
 import asyncio
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import common
 import federation
-import psutil
 
 from nethical_grpc import client
 from nethical_grpc.cli.processes import Child, spawn
-
-
-def usage(pids: Sequence[int]) -> tuple[float, int]:
-    """CPU seconds and voluntary context switches so far, summed over the threads of
-    ``pids`` (each process alone: a node's rule-detection workers start only with
-    evaluations). Linux's per-thread scheduler counts (nanoseconds) where there are
-    some, else psutil's (clock ticks; the main thread's switches only)."""
-    cpu, switches = 0.0, 0
-    for pid in pids:
-        tasks = list(Path(f"/proc/{pid}/task").glob("*"))
-        if not tasks:
-            proc = psutil.Process(pid)
-            times = proc.cpu_times()
-            cpu += times.user + times.system
-            switches += proc.num_ctx_switches().voluntary
-        for task in tasks:
-            try:
-                ran_ns = int((task / "schedstat").read_text().split()[0])
-                status = (task / "status").read_text()
-            except OSError:  # the thread ended meanwhile
-                continue
-            cpu += ran_ns / 1e9
-            switches += int(status.split("\nvoluntary_ctxt_switches:")[1].split()[0])
-    return cpu, switches
 
 
 def rates(
@@ -82,11 +56,13 @@ async def run(n_regions: int, settle_s: float, seconds: float, workdir: Path) ->
                 await asyncio.sleep(0.2)
         await asyncio.sleep(settle_s)
         node_pids = [c.pid for c in children[:n_regions]]
-        nodes_before, coordinator_before = usage(node_pids), usage([coordinator.pid])
+        nodes_before = common.thread_usage(node_pids)
+        coordinator_before = common.thread_usage([coordinator.pid])
         started = time.monotonic()
         await asyncio.sleep(seconds)
         elapsed = time.monotonic() - started
-        nodes_after, coordinator_after = usage(node_pids), usage([coordinator.pid])
+        nodes_after = common.thread_usage(node_pids)
+        coordinator_after = common.thread_usage([coordinator.pid])
         return {
             "regions": n_regions,
             "seconds": round(elapsed, 1),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 from bench import common
@@ -66,3 +67,41 @@ def test_cpu_per_unit() -> None:
     assert common.cpu_per(1.0, 2.0, 4, 1e3) == 250.0
     assert common.cpu_per(1.0, 1.0000004, 1, 1e6) == 0.4
     assert common.cpu_per(1.0, 2.0, 0, 1e6) is None
+
+
+def test_thread_usage_grows_by_the_cpu_spent() -> None:
+    cpu, switches = common.thread_usage([os.getpid()])
+    burn(0.3)
+    cpu_after, switches_after = common.thread_usage([os.getpid()])
+    assert 0.25 <= cpu_after - cpu <= 5.0
+    assert switches_after >= switches
+
+
+def test_thread_usage_sees_a_live_threads_sleeps() -> None:
+    done = threading.Event()
+    slept = threading.Event()
+
+    def sleeper() -> None:
+        for _ in range(40):
+            time.sleep(0.002)
+        slept.set()
+        done.wait(10)  # alive while we count
+
+    thread = threading.Thread(target=sleeper)
+    before = common.thread_usage([os.getpid()])[1]
+    thread.start()
+    try:
+        assert slept.wait(10)
+        after = common.thread_usage([os.getpid()])[1]
+    finally:
+        done.set()
+        thread.join()
+    if sys.platform == "linux":
+        assert after - before >= 40
+    else:  # psutil counts the main thread's switches only
+        assert after >= before
+
+
+def test_thread_usage_of_no_process_is_nothing() -> None:
+    assert common.thread_usage([2**31 - 1]) == (0.0, 0)
+    assert common.thread_usage([]) == (0.0, 0)
