@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import common
+import grpc
 import numpy as np
 
 from nethical_grpc import client
@@ -51,6 +52,32 @@ async def load_region(port: int, seed: int) -> None:
         await client.ingest(ch, batches)
 
 
+async def start_regions(
+    children: list[Child], n_regions: int, workdir: Path, *args: str
+) -> tuple[list[int], list[str]]:
+    """Start ``n_regions`` region node processes (``args`` added to each command line),
+    appended to ``children`` as they start (the caller stops them), and load each with
+    100 series; their ports, and the coordinator's ``--region`` arguments for them."""
+    names = [f"region-{i:02d}" for i in range(n_regions)]
+    for name in names:
+        children.append(spawn(name, ["region", "--region-id", name, "--port", "0", *args], workdir))
+    ports = [c.port(120) for c in children[-n_regions:]]
+    await asyncio.gather(*(load_region(p, i) for i, p in enumerate(ports)))
+    return ports, [f"--region={n}=127.0.0.1:{p}" for n, p in zip(names, ports, strict=True)]
+
+
+async def until_covered(ch: grpc.aio.Channel, opts: client.QueryOptions) -> None:
+    """Ask for global metrics until the answer covers every region (each region's health
+    known to the coordinator), for at most a minute."""
+    deadline = time.monotonic() + 60
+    while True:
+        resp = await client.global_metrics(ch, opts, timeout=10)
+        if resp.coverage.complete or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert resp.coverage.complete, resp.coverage
+
+
 async def bare_fanout(ports: list[int], rounds: int) -> np.ndarray:
     channels = [client.insecure_channel(f"127.0.0.1:{p}") for p in ports]
     try:
@@ -70,27 +97,9 @@ async def bare_fanout(ports: list[int], rounds: int) -> np.ndarray:
 async def run(n_regions: int, queries: int, workdir: Path) -> dict[str, object]:
     children: list[Child] = []
     try:
-        names = [f"region-{i:02d}" for i in range(n_regions)]
-        for name in names:
-            children.append(
-                spawn(
-                    name,
-                    [
-                        "region",
-                        "--region-id",
-                        name,
-                        "--port",
-                        "0",
-                        "--log-level",
-                        "WARNING",
-                        "--no-evaluate",
-                    ],
-                    workdir,
-                )
-            )
-        ports = [c.port(120) for c in children]
-        await asyncio.gather(*(load_region(p, i) for i, p in enumerate(ports)))
-        specs = [f"--region={n}=127.0.0.1:{p}" for n, p in zip(names, ports, strict=True)]
+        ports, specs = await start_regions(
+            children, n_regions, workdir, "--log-level", "WARNING", "--no-evaluate"
+        )
         targets, coordinator_pids = {}, {}
         for transport in TRANSPORTS:
             coord = spawn(
@@ -115,15 +124,8 @@ async def run(n_regions: int, queries: int, workdir: Path) -> dict[str, object]:
         channels = {t: client.insecure_channel(target) for t, target in targets.items()}
         try:
             for ch in channels.values():
-                # wait for every region's health to be known, then warm up
-                deadline = time.monotonic() + 60
-                while True:
-                    resp = await client.global_metrics(ch, opts, timeout=10)
-                    if resp.coverage.complete or time.monotonic() > deadline:
-                        break
-                    await asyncio.sleep(0.2)
-                assert resp.coverage.complete, resp.coverage
-                for _ in range(20):
+                await until_covered(ch, opts)
+                for _ in range(20):  # warm up
                     await client.global_metrics(ch, opts, timeout=10)
             node_pids = [c.pid for c in children[:n_regions]]
             cpu_before = {t: common.cpu_seconds([pid]) for t, pid in coordinator_pids.items()}

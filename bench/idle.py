@@ -40,20 +40,13 @@ def rates(
 async def run(n_regions: int, settle_s: float, seconds: float, workdir: Path) -> dict[str, object]:
     children: list[Child] = []
     try:
-        names = [f"region-{i:02d}" for i in range(n_regions)]
-        for name in names:
-            children.append(spawn(name, ["region", "--region-id", name, "--port", "0"], workdir))
-        ports = [c.port(120) for c in children]
-        await asyncio.gather(*(federation.load_region(p, i) for i, p in enumerate(ports)))
-        specs = [f"--region={n}=127.0.0.1:{p}" for n, p in zip(names, ports, strict=True)]
+        _, specs = await federation.start_regions(children, n_regions, workdir)
         coordinator = spawn("coordinator", ["coordinator", "--port", "0", *specs], workdir)
         children.append(coordinator)
         async with client.insecure_channel(f"127.0.0.1:{coordinator.port(60)}") as ch:
-            deadline = time.monotonic() + 60
-            opts = client.QueryOptions(quantiles=(0.5,), region_timeout_s=5.0)
-            while not (await client.global_metrics(ch, opts, timeout=10)).coverage.complete:
-                assert time.monotonic() < deadline, "the coordinator never covered every region"
-                await asyncio.sleep(0.2)
+            await federation.until_covered(
+                ch, client.QueryOptions(quantiles=(0.5,), region_timeout_s=5.0)
+            )
         await asyncio.sleep(settle_s)
         node_pids = [c.pid for c in children[:n_regions]]
         nodes_before = common.thread_usage(node_pids)

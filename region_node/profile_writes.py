@@ -116,8 +116,9 @@ class ProfileWriter:
 
     async def write(self) -> None:
         """Merge the deltas (and those still in doubt) into the cached profiles."""
-        if not self.stores.shared_cache:
-            # a memory:// cache is this process's alone, and the book already holds them
+        if not self.pending():
+            # nothing to send; or a memory:// cache, this process's alone, whose profiles
+            # the book already holds
             return
         deltas = self.profiles.take_deltas()
         if self.stores.cache_choice.fallback:
@@ -127,8 +128,6 @@ class ProfileWriter:
             self._keep(deltas)
             return
         agents = [*deltas, *(a for a in self.in_doubt if a not in deltas)]
-        if not agents:
-            return
         # on Redis itself: an outage starting now fails this write (the deltas are kept,
         # and the cache turns to memory mode), rather than merging into the stand-in
         done = 0
