@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,56 @@ def thread_usage(pids: Iterable[int]) -> tuple[float, int]:
             cpu += ran_ns / 1e9
             switches += int(status.split("\nvoluntary_ctxt_switches:")[1].split()[0])
     return cpu, switches
+
+
+def _cpu_by_process() -> dict[int, tuple[str, float]]:
+    """Every process's name and CPU seconds so far (kernel threads included)."""
+    out: dict[int, tuple[str, float]] = {}
+    for proc in psutil.process_iter(["name", "cpu_times"]):
+        times = proc.info["cpu_times"]
+        if times is not None:  # None: it ended, or we may not read it
+            out[proc.pid] = (proc.info["name"] or "?", times.user + times.system)
+    return out
+
+
+class OtherProcesses:
+    """The CPU that processes outside a benchmark spend while it measures.
+
+    On these shared two-core machines, services and the kernel's own threads wake
+    periodically and take a core for a few milliseconds (a latency figure's tail shows
+    them); a benchmark reports them beside its figures. Started with the measurement;
+    :meth:`report` reads them at its end, before the benchmark stops its processes. The
+    benchmark's own processes are this one and every process it started (the region
+    nodes, their workers), as they are at the end; a process that started or ended in
+    between is left out."""
+
+    def __init__(self) -> None:
+        self._start = _cpu_by_process()
+        self._began = time.monotonic()
+
+    def report(self, top: int = 5) -> dict[str, Any]:
+        """``cpu_ms_per_s`` of all of them together, and of the ``top`` busiest
+        (``name``, ``cpu_ms_per_s``), over the time since the start."""
+        end = _cpu_by_process()
+        seconds = max(time.monotonic() - self._began, 1e-9)
+        me = psutil.Process()
+        ours = {me.pid, *(p.pid for p in me.children(recursive=True))}
+        spent = sorted(
+            (
+                (end[pid][1] - self._start[pid][1], end[pid][0])
+                for pid in end.keys() & self._start.keys()
+                if pid not in ours
+            ),
+            reverse=True,
+        )
+        return {
+            "cpu_ms_per_s": round(sum(cpu for cpu, _ in spent) / seconds * 1e3, 1),
+            "busiest": [
+                {"name": name, "cpu_ms_per_s": round(cpu / seconds * 1e3, 1)}
+                for cpu, name in spent[:top]
+                if cpu > 0
+            ],
+        }
 
 
 def cpu_per(before: float, after: float, count: int, unit: float) -> float | None:

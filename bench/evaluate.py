@@ -10,7 +10,7 @@ message of ``results``); it reports actions per second of each (median of the ro
 the best of the two against the stream target. Request messages are built before the clock
 starts; every answer is checked to be an evaluation. It also reports the CPU each call or
 action costs the node (with the rule-detection workers it started) and this client,
-which share the machine's cores.
+which share the machine's cores, and what the machine's other processes spent meanwhile.
 
     python bench/evaluate.py [--seconds 4] [--rounds 3] [--concurrency 16]
                              [--stream-actions 50000] [--stream-batch 512]
@@ -188,6 +188,7 @@ class CpuMeter:
 
 async def run(args: argparse.Namespace, port: int, node_pid: int) -> dict[str, object]:
     pool = actions(4096)
+    others = common.OtherProcesses()
     async with client.insecure_channel(f"127.0.0.1:{port}") as ch:
         stub = region_node_pb2_grpc.RegionNodeServiceStub(ch)
         health = health_pb2_grpc.HealthStub(ch)
@@ -276,6 +277,8 @@ async def run(args: argparse.Namespace, port: int, node_pid: int) -> dict[str, o
                 "sustained": sustained_cpu.medians(),
             },
         },
+        # what the machine's other processes (services, kernel threads) spent meanwhile
+        "other_processes": others.report(),
     }
 
 

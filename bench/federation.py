@@ -9,7 +9,8 @@ off, alternating between the two coordinators query by query, so both are measur
 the same conditions. In the same run, the client also times a bare parallel fan-out of
 health Checks straight to the same region processes: the cost of N unary calls on this
 machine, with no coordinator and no summaries. It also reports the CPU each global query
-costs the coordinator and the region processes.
+costs the coordinator and the region processes, and what the machine's other processes
+(services, kernel threads) spent while the queries ran.
 
     python bench/federation.py [--regions 10 50] [--queries 300]
 """
@@ -130,6 +131,7 @@ async def run(n_regions: int, queries: int, workdir: Path) -> dict[str, object]:
             node_pids = [c.pid for c in children[:n_regions]]
             cpu_before = {t: common.cpu_seconds([pid]) for t, pid in coordinator_pids.items()}
             nodes_before = common.cpu_seconds(node_pids)
+            others = common.OtherProcesses()
             for _ in range(queries):
                 for transport, ch in channels.items():
                     t0 = time.perf_counter()
@@ -143,6 +145,7 @@ async def run(n_regions: int, queries: int, workdir: Path) -> dict[str, object]:
             nodes_cpu = common.cpu_per(
                 nodes_before, common.cpu_seconds(node_pids), queries * len(TRANSPORTS), 1e3
             )
+            background = others.report()
         finally:
             for ch in channels.values():
                 await ch.close(None)
@@ -171,6 +174,8 @@ async def run(n_regions: int, queries: int, workdir: Path) -> dict[str, object]:
             },
             "bare_health_fanout_p50_ms": pct(bare, 50),
             "bare_health_fanout_p99_ms": pct(bare, 99),
+            # what the machine's other processes spent meanwhile (services, kernel threads)
+            "other_processes": background,
         }
     finally:
         for c in reversed(children):

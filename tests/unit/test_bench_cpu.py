@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from bench import common
 
@@ -105,3 +107,89 @@ def test_thread_usage_sees_a_live_threads_sleeps() -> None:
 def test_thread_usage_of_no_process_is_nothing() -> None:
     assert common.thread_usage([2**31 - 1]) == (0.0, 0)
     assert common.thread_usage([]) == (0.0, 0)
+
+
+#: Waits until the file ``argv[1]`` exists, then spends ``argv[2]`` seconds of CPU, says
+#: so, and waits to be killed.
+_WAITING_BURNER = """
+import os, sys, time
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.01)
+stop = time.process_time() + float(sys.argv[2])
+while time.process_time() < stop:
+    pass
+print("done", flush=True)
+time.sleep(60)
+"""
+
+#: Starts ``_WAITING_BURNER`` as a process of its own (not a descendant of the test: its
+#: parent exits at once), and prints its pid.
+_DETACHED = """
+import subprocess, sys
+burner = subprocess.Popen(
+    [sys.executable, "-c", sys.argv[1], *sys.argv[2:4]],
+    stdin=subprocess.DEVNULL,
+    stdout=open(sys.argv[4], "w"),
+    stderr=subprocess.DEVNULL,  # the caller waits for its pipes to close
+    start_new_session=True,
+)
+print(burner.pid, flush=True)
+"""
+
+
+def _wait_for_done(path: Path, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.read_text().strip() == "done":
+            return
+        time.sleep(0.02)
+    raise AssertionError("the burner did not finish")
+
+
+def test_other_processes_see_a_burner_that_is_not_ours(tmp_path: Path) -> None:
+    go, out = tmp_path / "go", tmp_path / "burner.out"
+    out.write_text("")
+    starter = subprocess.run(
+        [sys.executable, "-c", _DETACHED, _WAITING_BURNER, str(go), "0.6", str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pid = int(starter.stdout)
+    try:
+        others = common.OtherProcesses()  # the burner is there, waiting
+        began = time.monotonic()
+        go.write_text("")
+        _wait_for_done(out)
+        report = others.report(top=3)
+        seconds = time.monotonic() - began
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    # the burner spent >= 0.6 s of CPU (clock ticks of 10 ms), as a rate over the
+    # measurement; the machine's services add theirs to the total
+    floor = 0.55 / seconds * 1e3
+    assert report["cpu_ms_per_s"] >= floor
+    assert report["busiest"][0]["cpu_ms_per_s"] >= floor
+    assert len(report["busiest"]) <= 3
+    rates = [b["cpu_ms_per_s"] for b in report["busiest"]]
+    assert rates == sorted(rates, reverse=True)
+
+
+def test_other_processes_leave_out_the_benchmarks_own() -> None:
+    others = common.OtherProcesses()
+    began = time.monotonic()
+    child = subprocess.Popen(
+        [sys.executable, "-c", _BURNER, "0.6"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "done"
+        burn(0.3)  # and this process's own
+        report = others.report()
+        seconds = time.monotonic() - began
+    finally:
+        child.kill()
+        child.wait()
+    # 0.9 s of ours over about a second is left out: what remains is the machine's
+    # services, a small fraction of that
+    assert report["cpu_ms_per_s"] < 0.3 / seconds * 1e3
