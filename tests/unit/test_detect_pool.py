@@ -106,6 +106,17 @@ async def wait_ready(pool: DetectionPool) -> None:
         await asyncio.sleep(0.05)
 
 
+class _ShiftedClock:
+    """Stands in for the ``time`` module in :mod:`detect_pool`: its monotonic clock,
+    ``shift_s`` ahead."""
+
+    def __init__(self) -> None:
+        self.shift_s = 0.0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.shift_s
+
+
 def workers() -> list[multiprocessing.Process]:
     return [p for p in multiprocessing.active_children() if "resource_tracker" not in p.name]
 
@@ -227,11 +238,17 @@ async def test_a_worker_killed_while_starting_is_found_and_restarted(
 async def test_workers_that_never_answer_their_first_call_are_taken_for_failed(
     pool: DetectionPool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(detect_pool, "START_TIMEOUT_S", 0.0)
+    # the pool's clock, moved past the bound between the two calls (a bound of zero
+    # instead failed the workers within the first call, now and then before the test
+    # saw them: a CI run failed on it)
+    clock = _ShiftedClock()
+    monkeypatch.setattr(detect_pool, "time", clock)
     actions = corpus()[:100]
     assert pool.submit(actions) is None  # starting
+    assert "starting" in pool.describe()
     (worker,) = workers()
-    assert pool.submit(actions) is None  # past the (zero) bound, not answered: failed
+    clock.shift_s = detect_pool.START_TIMEOUT_S + 1.0
+    assert pool.submit(actions) is None  # past the bound, not answered: failed
     assert "failed" in pool.describe()
     assert gone(worker.pid)
 
