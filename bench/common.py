@@ -155,6 +155,18 @@ class OtherProcesses:
         }
 
 
+def environment(items: Iterable[str]) -> dict[str, str]:
+    """``NAME=VALUE`` arguments as a mapping (a later name wins); ``ValueError`` for an
+    item without a name or an ``=``."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"expected NAME=VALUE, got {item!r}")
+        out[name] = value
+    return out
+
+
 def cpu_per(before: float, after: float, count: int, unit: float) -> float | None:
     """``(after - before) / count`` in ``unit`` (1e6: µs), rounded; ``None`` without a
     count."""

@@ -15,6 +15,7 @@ which share the machine's cores, and what the machine's other processes spent me
     python bench/evaluate.py [--seconds 4] [--rounds 3] [--concurrency 16]
                              [--stream-actions 50000] [--stream-batch 512]
                              [--sustained 30] [--node-arg=--device=cpu ...]
+                             [--node-env NAME=VALUE ...]
 """
 
 from __future__ import annotations
@@ -308,16 +309,28 @@ def main() -> None:
         metavar="ARG",
         help="an extra argument for the region node, e.g. --node-arg=--device=cpu (repeatable)",
     )
+    parser.add_argument(
+        "--node-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the region node (not this client), e.g. gRPC's "
+        "GRPC_EXPERIMENTS (repeatable)",
+    )
     args = parser.parse_args()
     if not 1 <= args.stream_batch <= 4096:
         parser.error("--stream-batch must be 1 to 4096")
+    try:
+        node_env = common.environment(args.node_env)
+    except ValueError as exc:
+        parser.error(f"--node-env: {exc}")
     with tempfile.TemporaryDirectory() as tmp:
-        child = spawn("region", [*common.BENCH_REGION, *args.node_arg], Path(tmp))
+        child = spawn("region", [*common.BENCH_REGION, *args.node_arg], Path(tmp), node_env)
         try:
             results = asyncio.run(run(args, child.port(), child.pid))
         finally:
             child.stop()
-    common.emit("evaluate", {"node_args": args.node_arg, **results})
+    common.emit("evaluate", {"node_args": args.node_arg, "node_env": node_env, **results})
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ machine, with no coordinator and no summaries. It also reports the CPU each glob
 costs the coordinator and the region processes, and what the machine's other processes
 (services, kernel threads) spent while the queries ran.
 
-    python bench/federation.py [--regions 10 50] [--queries 300]
+    python bench/federation.py [--regions 10 50] [--queries 300] [--mesh-env NAME=VALUE ...]
 """
 
 from __future__ import annotations
@@ -54,14 +54,20 @@ async def load_region(port: int, seed: int) -> None:
 
 
 async def start_regions(
-    children: list[Child], n_regions: int, workdir: Path, *args: str
+    children: list[Child],
+    n_regions: int,
+    workdir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
 ) -> tuple[list[int], list[str]]:
-    """Start ``n_regions`` region node processes (``args`` added to each command line),
-    appended to ``children`` as they start (the caller stops them), and load each with
-    100 series; their ports, and the coordinator's ``--region`` arguments for them."""
+    """Start ``n_regions`` region node processes (``args`` added to each command line,
+    ``env`` to each environment), appended to ``children`` as they start (the caller
+    stops them), and load each with 100 series; their ports, and the coordinator's
+    ``--region`` arguments for them."""
     names = [f"region-{i:02d}" for i in range(n_regions)]
     for name in names:
-        children.append(spawn(name, ["region", "--region-id", name, "--port", "0", *args], workdir))
+        command = ["region", "--region-id", name, "--port", "0", *args]
+        children.append(spawn(name, command, workdir, env))
     ports = [c.port(120) for c in children[-n_regions:]]
     await asyncio.gather(*(load_region(p, i) for i, p in enumerate(ports)))
     return ports, [f"--region={n}=127.0.0.1:{p}" for n, p in zip(names, ports, strict=True)]
@@ -95,11 +101,13 @@ async def bare_fanout(ports: list[int], rounds: int) -> np.ndarray:
             await ch.close(None)
 
 
-async def run(n_regions: int, queries: int, workdir: Path) -> dict[str, object]:
+async def run(
+    n_regions: int, queries: int, workdir: Path, mesh_env: dict[str, str]
+) -> dict[str, object]:
     children: list[Child] = []
     try:
         ports, specs = await start_regions(
-            children, n_regions, workdir, "--log-level", "WARNING", "--no-evaluate"
+            children, n_regions, workdir, "--log-level", "WARNING", "--no-evaluate", env=mesh_env
         )
         targets, coordinator_pids = {}, {}
         for transport in TRANSPORTS:
@@ -116,6 +124,7 @@ async def run(n_regions: int, queries: int, workdir: Path) -> dict[str, object]:
                     *specs,
                 ],
                 workdir,
+                mesh_env,
             )
             children.append(coord)
             targets[transport] = f"127.0.0.1:{coord.port(60)}"
@@ -186,10 +195,25 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--regions", type=int, nargs="+", default=[10, 50])
     parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument(
+        "--mesh-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the region and coordinator processes (not this "
+        "client), e.g. gRPC's GRPC_EXPERIMENTS (repeatable)",
+    )
     args = parser.parse_args()
+    try:
+        mesh_env = common.environment(args.mesh_env)
+    except ValueError as exc:
+        parser.error(f"--mesh-env: {exc}")
     workdir = Path(tempfile.mkdtemp(prefix="bench-federation-"))
-    results = [await run(n, args.queries, workdir) for n in args.regions]
-    common.emit("federation", {"runs": results, "targets_p99_ms": {"10": 10, "50": 30}})
+    results = [await run(n, args.queries, workdir, mesh_env) for n in args.regions]
+    common.emit(
+        "federation",
+        {"mesh_env": mesh_env, "runs": results, "targets_p99_ms": {"10": 10, "50": 30}},
+    )
 
 
 if __name__ == "__main__":

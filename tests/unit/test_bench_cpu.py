@@ -1,4 +1,5 @@
-"""The CPU accounting the benchmarks report: a process's time and its children's."""
+"""What the benchmarks share: the CPU they report (a process's time and its children's,
+other processes'), and their environment arguments."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from bench import common
 
@@ -193,3 +196,11 @@ def test_other_processes_leave_out_the_benchmarks_own() -> None:
     # 0.9 s of ours over about a second is left out: what remains is the machine's
     # services, a small fraction of that
     assert report["cpu_ms_per_s"] < 0.3 / seconds * 1e3
+
+
+def test_environment_arguments() -> None:
+    assert common.environment([]) == {}
+    assert common.environment(["A=1", "B=x=y", "C=", "A=2"]) == {"A": "2", "B": "x=y", "C": ""}
+    for bad in ("A", "=1", ""):
+        with pytest.raises(ValueError, match="expected NAME=VALUE"):
+            common.environment([bad])
