@@ -51,6 +51,15 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _family(pid: int) -> list[psutil.Process]:
+    """The process ``pid`` and every live process it started (none if it is gone)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
 def cpu_seconds(pids: Iterable[int]) -> float:
     """CPU seconds (user + system) used so far by the processes ``pids`` and every live
     process they started (a region node's rule-detection workers, say), each counted
@@ -59,12 +68,7 @@ def cpu_seconds(pids: Iterable[int]) -> float:
     seen: set[int] = set()
     total = 0.0
     for pid in pids:
-        try:
-            root = psutil.Process(pid)
-            family = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            continue
-        for proc in family:
+        for proc in _family(pid):
             if proc.pid in seen:
                 continue
             seen.add(proc.pid)
@@ -135,8 +139,7 @@ class OtherProcesses:
         (``name``, ``cpu_ms_per_s``), over the time since the start."""
         end = _cpu_by_process()
         seconds = max(time.monotonic() - self._began, 1e-9)
-        me = psutil.Process()
-        ours = {me.pid, *(p.pid for p in me.children(recursive=True))}
+        ours = {p.pid for p in _family(os.getpid())}
         spent = sorted(
             (
                 (end[pid][1] - self._start[pid][1], end[pid][0])

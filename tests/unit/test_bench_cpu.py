@@ -15,9 +15,12 @@ import pytest
 
 from bench import common
 
-#: A child that spends ``argv[1]`` seconds of CPU, says so, then waits to be killed.
+#: A child that spends ``argv[1]`` seconds of CPU (once the file ``argv[2]`` exists, when
+#: named), says so, then waits to be killed.
 _BURNER = """
-import sys, time
+import os, sys, time
+while len(sys.argv) > 2 and not os.path.exists(sys.argv[2]):
+    time.sleep(0.01)
 stop = time.process_time() + float(sys.argv[1])
 while time.process_time() < stop:
     pass
@@ -112,20 +115,7 @@ def test_thread_usage_of_no_process_is_nothing() -> None:
     assert common.thread_usage([]) == (0.0, 0)
 
 
-#: Waits until the file ``argv[1]`` exists, then spends ``argv[2]`` seconds of CPU, says
-#: so, and waits to be killed.
-_WAITING_BURNER = """
-import os, sys, time
-while not os.path.exists(sys.argv[1]):
-    time.sleep(0.01)
-stop = time.process_time() + float(sys.argv[2])
-while time.process_time() < stop:
-    pass
-print("done", flush=True)
-time.sleep(60)
-"""
-
-#: Starts ``_WAITING_BURNER`` as a process of its own (not a descendant of the test: its
+#: Starts ``_BURNER`` (arguments 2 and 3) as a process of its own (not a descendant of the test: its
 #: parent exits at once), and prints its pid.
 _DETACHED = """
 import subprocess, sys
@@ -153,7 +143,7 @@ def test_other_processes_see_a_burner_that_is_not_ours(tmp_path: Path) -> None:
     go, out = tmp_path / "go", tmp_path / "burner.out"
     out.write_text("")
     starter = subprocess.run(
-        [sys.executable, "-c", _DETACHED, _WAITING_BURNER, str(go), "0.6", str(out)],
+        [sys.executable, "-c", _DETACHED, _BURNER, "0.6", str(go), str(out)],
         capture_output=True,
         text=True,
         check=True,
