@@ -62,6 +62,7 @@ __all__ = [
     "count_in_range_numpy",
     "first_nonfinite",
     "minmax",
+    "quantile_estimates_numba",
     "scale_tables",
     "two_sum",
     "warmup",
@@ -808,6 +809,158 @@ def count_in_range_numba(
     return SpillResult(pos, neg, int(n_zero), pmin, pmax, nmin, nmax)
 
 
+# --------------------------------------------------------------------------------------------
+# Quantiles of a histogram (the coordinator's statistics, every global query)
+# --------------------------------------------------------------------------------------------
+
+#: Largest scale whose ``exp2`` octave table :func:`quantile_estimates_numba` uses (8 KiB);
+#: finer histograms take the NumPy path.
+QUANTILE_TABLE_MAX_SCALE: Final = 10
+
+
+@functools.cache
+def exp2_table(scale: int) -> FloatArray:
+    """``exp2(j / 2**scale)`` for ``j`` in ``[0, 2**scale)``, computed by ``np.exp2`` as
+    :func:`~nethical_grpc.summary.exponential_histogram.bucket_lower_boundary` computes it
+    element by element (``math.exp2`` differs in the last bit for some ``j``); a 1-element
+    dummy for scales ``<= 0``."""
+    if scale <= 0:
+        return _ONE_TABLE
+    table = np.exp2(np.arange(1 << scale, dtype=np.float64) * math.ldexp(1.0, -scale))
+    table.setflags(write=False)
+    return table
+
+
+_ONE_TABLE: Final = np.ones(1, dtype=np.float64)
+_ONE_TABLE.setflags(write=False)
+_ONE_COUNT: Final = np.ones(1, dtype=np.uint64)
+_ONE_COUNT.setflags(write=False)
+
+
+@maybe_njit()
+def _lower_boundary(index: int, scale: int, table: FloatArray) -> float:  # pragma: no cover
+    if scale > 0:
+        return math.ldexp(table[index & ((1 << scale) - 1)], index >> scale)
+    return math.ldexp(1.0, index << -scale)
+
+
+@maybe_njit()
+def _estimate(
+    index: int, scale: int, table: FloatArray, factor: float
+) -> float:  # pragma: no cover
+    # as exponential_histogram._estimates: L * factor, kept inside the bucket (L, U]
+    lower = _lower_boundary(index, scale, table)
+    est = lower * factor
+    if est <= lower:
+        est = min(np.nextafter(lower, np.inf), _lower_boundary(index + 1, scale, table))
+    return est
+
+
+@maybe_njit()
+def _first_above(cum: CountArray, rank: np.uint64) -> int:  # pragma: no cover
+    # np.searchsorted(cum, rank, side="right"): the first position whose total exceeds rank
+    lo = 0
+    hi = cum.shape[0]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if cum[mid] <= rank:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@maybe_njit()
+def _quantile_kernel(
+    qs: FloatArray,
+    pos: CountArray,
+    pos_offset: int,
+    neg: CountArray,
+    neg_offset: int,
+    zero_count: np.uint64,
+    scale: int,
+    table: FloatArray,
+    factor: float,
+    count: int,
+    lo: float,
+    hi: float,
+) -> FloatArray:  # pragma: no cover
+    out = np.empty(qs.shape[0], dtype=np.float64)
+    cum_pos = np.cumsum(pos)
+    n_neg = neg.shape[0]
+    cum_neg = np.empty(n_neg, dtype=np.uint64)  # from the bucket nearest zero outwards
+    acc = np.uint64(0)
+    for j in range(n_neg):
+        acc += neg[n_neg - 1 - j]
+        cum_neg[j] = acc
+    neg_total = acc
+    below_pos = neg_total + zero_count
+    pos_total = cum_pos[-1] if cum_pos.shape[0] else np.uint64(0)
+    n = below_pos + pos_total
+    last = float(count - 1)
+    for i in range(qs.shape[0]):
+        if n == 0:
+            out[i] = np.nan
+        else:
+            rank = np.uint64(math.floor(float(n - np.uint64(1)) * qs[i]))
+            if rank < neg_total:
+                j = _first_above(cum_neg, rank)
+                out[i] = -_estimate(neg_offset + (n_neg - 1 - j), scale, table, factor)
+            elif rank < below_pos:
+                out[i] = 0.0
+            else:
+                j = _first_above(cum_pos, rank - below_pos)
+                out[i] = _estimate(pos_offset + j, scale, table, factor)
+        if count > 0:  # as Summary.quantiles: inside [lo, hi], the end ranks exact
+            v = out[i]
+            if not math.isnan(v):
+                v = max(v, lo)
+                v = min(v, hi)
+            r = math.floor(last * qs[i])
+            if r <= 0:
+                v = lo
+            if r >= last:
+                v = hi
+            out[i] = v
+    return out
+
+
+def quantile_estimates_numba(
+    qs: FloatArray,
+    positive: tuple[int, CountArray],
+    negative: tuple[int, CountArray],
+    zero_count: int,
+    scale: int,
+    factor: float,
+    clamp: tuple[int, float, float] = (0, 0.0, 0.0),
+) -> FloatArray | None:
+    """A histogram's quantile estimates in one compiled pass, as
+    :meth:`~nethical_grpc.summary.exponential_histogram.ExponentialHistogram.quantiles`
+    computes them (each side ``(offset, counts)``; ``factor`` ``1 + relative error``).
+    ``clamp`` ``(count, min, max)`` with ``count > 0`` also applies what
+    :meth:`~nethical_grpc.summary.Summary.quantiles` does with the moments: each estimate
+    kept inside ``[min, max]``, the lowest and highest ranks of ``count`` exactly ``min``
+    and ``max``. ``None`` for scales above :data:`QUANTILE_TABLE_MAX_SCALE`."""
+    if scale > QUANTILE_TABLE_MAX_SCALE:
+        return None
+    count, lo, hi = clamp
+    out: FloatArray = _quantile_kernel(
+        qs,
+        np.ascontiguousarray(positive[1], dtype=np.uint64),
+        positive[0],
+        np.ascontiguousarray(negative[1], dtype=np.uint64),
+        negative[0],
+        np.uint64(zero_count),
+        scale,
+        exp2_table(scale),
+        factor,
+        count,
+        lo,
+        hi,
+    )
+    return out
+
+
 def warmup() -> None:
     """Compile (or load from Numba's on-disk cache) every kernel specialisation used at runtime.
 
@@ -829,6 +982,10 @@ def warmup() -> None:
             r = count_in_range_numba(x, scale, 0.0, counts, 0, counts, 0)
             lo, hi = r.pos_min >> 1, r.pos_max >> 1
             accumulate_numba(r.positive, 1, lo, np.zeros(hi - lo + 1, dtype=np.uint64))
+    qs = np.array([0.5, 0.99])
+    for counts in (np.ones(3, dtype=np.uint64), _ONE_COUNT):  # writable and read-only counts
+        for scale in (6, 0):
+            quantile_estimates_numba(qs, (1, counts), (-2, counts), 1, scale, 1.01, (7, -1.0, 9.0))
 
 
 # --------------------------------------------------------------------------------------------

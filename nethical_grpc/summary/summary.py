@@ -126,17 +126,8 @@ class Summary:
         """The histogram's estimates, kept within ``[min, max]``; the lowest and highest
         ranks (``q = 0`` and ``q = 1``, and any ``q`` whose rank is one of them) are the
         exact minimum and maximum, which the moments hold."""
-        est = self.histogram.quantiles(qs)
-        n = self.moments.count
-        if n == 0:
-            return est
-        lo, hi = self.moments.min, self.moments.max
-        # np.maximum/np.minimum: the same as np.clip, without its wrapper's cost
-        est = np.minimum(np.maximum(est, lo), hi)
-        ranks = np.floor((n - 1) * np.asarray(qs, dtype=np.float64).reshape(-1))
-        est[ranks <= 0] = lo
-        est[ranks >= n - 1] = hi
-        return est
+        m = self.moments
+        return self.histogram.clamped_quantiles(qs, (m.count, m.min, m.max))
 
     @property
     def count(self) -> int:

@@ -20,6 +20,7 @@ from hypothesis.extra import numpy as hnp
 from nethical_grpc import jit
 from nethical_grpc.summary import ExponentialHistogram, Summary
 from nethical_grpc.summary import _kernels as kernels
+from nethical_grpc.summary.exponential_histogram import _clamped
 
 DBL_MAX = float(np.finfo(np.float64).max)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -297,3 +298,75 @@ def test_warmup_and_read_only_input() -> None:
     a = Summary.from_values(x)
     b = Summary.from_values(x.copy())
     assert a == b
+
+
+def _quantile_paths(
+    h: ExponentialHistogram, qs: np.ndarray, clamp: tuple[int, float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The compiled (or, without JIT, loop) estimates and the NumPy ones, for one histogram."""
+    looped = kernels.quantile_estimates_numba(
+        qs,
+        (h.positive.offset, h.positive.counts),
+        (h.negative.offset, h.negative.counts),
+        h.zero_count,
+        h.scale,
+        1.0 + h.relative_error,
+        clamp,
+    )
+    assert looped is not None
+    return looped, _clamped(h._quantiles_numpy(qs), qs, clamp)
+
+
+QS = np.array([0.0, 1e-9, 0.01, 0.25, 0.5, 0.9, 0.99, 0.999, 1.0 - 1e-12, 1.0])
+
+
+@pytest.mark.parametrize("scale", [s for s in SCALES if s <= kernels.QUANTILE_TABLE_MAX_SCALE])
+@pytest.mark.parametrize("name", SPECIAL_IDS)
+def test_quantile_estimates_parity(name: str, scale: int) -> None:
+    x = SPECIAL[name]
+    h = ExponentialHistogram.from_values(x, scale=scale)
+    s = Summary(Summary.from_values(x).moments, h)
+    m = s.moments
+    for clamp in ((0, 0.0, 0.0), (m.count, m.min, m.max)):
+        looped, vectorised = _quantile_paths(h, QS, clamp)
+        np.testing.assert_array_equal(looped, vectorised)
+    # what users call takes the same figures, whichever path is live
+    np.testing.assert_array_equal(
+        s.quantiles(QS), _quantile_paths(h, QS, (m.count, m.min, m.max))[1]
+    )
+    if x.size == 0:
+        assert np.isnan(s.quantiles(QS)).all()
+
+
+@PSETTINGS
+@given(
+    x=finite_floats,
+    scale=st.integers(-4, kernels.QUANTILE_TABLE_MAX_SCALE),
+    qs=hnp.arrays(np.float64, st.integers(1, 12), elements=st.floats(0.0, 1.0)),
+    untrimmed=st.booleans(),
+)
+def test_quantile_estimates_parity_hypothesis(
+    x: np.ndarray, scale: int, qs: np.ndarray, untrimmed: bool
+) -> None:
+    s = Summary.from_values(x, scale=scale)
+    h = s.histogram
+    if untrimmed and h.positive.counts.size:  # zero buckets at both ends, narrower counts
+        counts = np.concatenate(([0, 0], h.positive.counts, [0])).astype(np.uint32)
+        h.positive = type(h.positive)(h.positive.offset - 2, counts)
+    m = s.moments
+    for clamp in ((0, 0.0, 0.0), (m.count, m.min, m.max)):
+        looped, vectorised = _quantile_paths(h, qs, clamp)
+        np.testing.assert_array_equal(looped, vectorised)
+    np.testing.assert_array_equal(
+        s.quantiles(qs), _quantile_paths(h, qs, (m.count, m.min, m.max))[1]
+    )
+
+
+def test_quantile_estimates_leave_fine_scales_to_numpy() -> None:
+    h = ExponentialHistogram.from_values(SPECIAL["lognormal"], scale=13)
+    found = kernels.quantile_estimates_numba(
+        QS, (h.positive.offset, h.positive.counts), (0, h.negative.counts), 0, 13, 1.0
+    )
+    assert found is None  # no 2**13-entry table: the NumPy path answers
+    exact = np.quantile(SPECIAL["lognormal"], QS, method="lower")
+    np.testing.assert_allclose(h.quantiles(QS), exact, rtol=h.relative_error)
