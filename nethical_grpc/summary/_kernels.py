@@ -61,6 +61,7 @@ __all__ = [
     "count_in_range_numba",
     "count_in_range_numpy",
     "first_nonfinite",
+    "merge_buckets_numba",
     "minmax",
     "quantile_estimates_numba",
     "scale_tables",
@@ -810,6 +811,107 @@ def count_in_range_numba(
 
 
 # --------------------------------------------------------------------------------------------
+# Merging histograms' buckets (the coordinator's merge, every global query)
+# --------------------------------------------------------------------------------------------
+
+#: Columns of the parts table of :func:`merge_buckets_numba`.
+PART_START, PART_LEN, PART_OFFSET, PART_SHIFT, PART_SIDE = range(5)
+
+
+@maybe_njit()
+def _merge_kernel(
+    counts: CountArray, parts: IndexArray, max_buckets: int, max_shift: int
+) -> tuple[int, int, CountArray, int, CountArray]:  # pragma: no cover
+    n = parts.shape[0]
+    first = np.full(n, -1, dtype=np.int64)
+    last = np.full(n, -1, dtype=np.int64)
+    lo = np.zeros(2, dtype=np.int64)
+    hi = np.zeros(2, dtype=np.int64)
+    found = np.zeros(2, dtype=np.bool_)
+    for i in range(n):  # each part's first and last non-zero bucket, each side's range
+        start = parts[i, 0]
+        length = parts[i, 1]
+        j0 = 0
+        while j0 < length and counts[start + j0] == 0:
+            j0 += 1
+        if j0 == length:
+            continue
+        j1 = length - 1
+        while counts[start + j1] == 0:
+            j1 -= 1
+        first[i] = j0
+        last[i] = j1
+        a = (parts[i, 2] + j0) >> parts[i, 3]
+        b = (parts[i, 2] + j1) >> parts[i, 3]
+        side = parts[i, 4]
+        if not found[side]:
+            lo[side] = a
+            hi[side] = b
+            found[side] = True
+        else:
+            lo[side] = min(lo[side], a)
+            hi[side] = max(hi[side], b)
+    k = 0  # the smallest further downscale that fits both sides in max_buckets
+    while (found[0] and (hi[0] >> k) - (lo[0] >> k) + 1 > max_buckets) or (
+        found[1] and (hi[1] >> k) - (lo[1] >> k) + 1 > max_buckets
+    ):
+        k += 1
+        if k > max_shift:
+            return -1, 0, counts[:0], 0, counts[:0]
+    base_pos = lo[0] >> k
+    base_neg = lo[1] >> k
+    pos = np.zeros((hi[0] >> k) - base_pos + 1 if found[0] else 0, dtype=np.uint64)
+    neg = np.zeros((hi[1] >> k) - base_neg + 1 if found[1] else 0, dtype=np.uint64)
+    for i in range(n):
+        if first[i] < 0:
+            continue
+        start = parts[i, 0]
+        offset = parts[i, 2]
+        shift = parts[i, 3] + k
+        out = pos if parts[i, 4] == 0 else neg
+        base = base_pos if parts[i, 4] == 0 else base_neg
+        if shift == 0:  # the usual case, one slice onto another (a loop LLVM vectorises)
+            src = counts[start + first[i] : start + last[i] + 1]
+            dst = out[offset + first[i] - base : offset + last[i] + 1 - base]
+            for j in range(src.shape[0]):
+                dst[j] += src[j]
+        else:
+            for j in range(first[i], last[i] + 1):
+                out[((offset + j) >> shift) - base] += counts[start + j]
+    return k, base_pos, pos, base_neg, neg
+
+
+def merge_buckets_numba(
+    sides: list[tuple[int, int, CountArray, int]], max_buckets: int, max_shift: int
+) -> tuple[int, int, CountArray, int, CountArray] | None:
+    """The buckets of merged histograms in one compiled pass: ``sides`` holds every part's
+    ``(side, offset, counts, shift)`` (side 0 positive, 1 negative; ``shift`` what brings
+    its scale down to the merged one; counts need not be trimmed). Each part's indices
+    move down by ``shift`` and, when the merged sides would need more than ``max_buckets``
+    buckets, by the same further ``k`` for both, the smallest that fits. Returns ``(k,
+    positive offset, positive counts, negative offset, negative counts)``, fresh and
+    trimmed arrays, or ``None`` when ``k`` would pass ``max_shift``."""
+    arrays = []
+    table: list[int] = []
+    start = 0
+    for side, offset, counts, shift in sides:
+        n = counts.shape[0]
+        if n:
+            arrays.append(counts)
+            table += (start, n, offset, shift, side)
+            start += n
+    cat = np.concatenate(arrays, dtype=np.uint64) if arrays else _NO_COUNTS
+    parts = np.array(table, dtype=np.int64).reshape(-1, 5)
+    k, base_pos, pos, base_neg, neg = _merge_kernel(cat, parts, max_buckets, max_shift)
+    if k < 0:
+        return None
+    return int(k), int(base_pos), pos, int(base_neg), neg
+
+
+_NO_COUNTS: Final = np.zeros(0, dtype=np.uint64)
+
+
+# --------------------------------------------------------------------------------------------
 # Quantiles of a histogram (the coordinator's statistics, every global query)
 # --------------------------------------------------------------------------------------------
 
@@ -982,6 +1084,7 @@ def warmup() -> None:
             r = count_in_range_numba(x, scale, 0.0, counts, 0, counts, 0)
             lo, hi = r.pos_min >> 1, r.pos_max >> 1
             accumulate_numba(r.positive, 1, lo, np.zeros(hi - lo + 1, dtype=np.uint64))
+    merge_buckets_numba([(0, 3, np.ones(2, dtype=np.uint64), 1), (1, -4, _ONE_COUNT, 0)], 4, 8)
     qs = np.array([0.5, 0.99])
     for counts in (np.ones(3, dtype=np.uint64), _ONE_COUNT):  # writable and read-only counts
         for scale in (6, 0):

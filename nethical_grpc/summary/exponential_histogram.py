@@ -574,11 +574,10 @@ class ExponentialHistogram:
         single output, so merging many summaries costs one array operation per summary.
         """
         hs = list(items)
-        if not hs:
-            return cls()
-        out = hs[0].copy()
-        if len(hs) > 1:
-            out._merge_many(hs)
+        if len(hs) < 2:
+            return hs[0].copy() if hs else cls()
+        out = cls.__new__(cls)  # every field is set by the merge
+        out._merge_many(hs)
         return out
 
     def copy(self) -> ExponentialHistogram:
@@ -692,6 +691,38 @@ class ExponentialHistogram:
         threshold = max([h.zero_threshold for h in hs])
         max_buckets = max([h.max_buckets for h in hs])
         zero_count = sum([int(h.zero_count) for h in hs])
+        if threshold == 0.0 and _kernels.BACKEND == "numba":
+            merged = _kernels.merge_buckets_numba(
+                [
+                    (side, b.offset, b.counts, h.scale - scale)
+                    for h in hs
+                    for side, b in ((0, h.positive), (1, h.negative))
+                ],
+                max_buckets,
+                scale - MIN_SCALE,
+            )
+            if merged is None:
+                raise ValueError(
+                    f"cannot fit the data in {max_buckets} buckets even at MIN_SCALE={MIN_SCALE}"
+                )
+            k, pos_offset, pos_counts, neg_offset, neg_counts = merged
+            self.scale = scale - k
+            self.max_buckets = max_buckets
+            self.zero_threshold = threshold
+            self.zero_count = zero_count
+            self.positive = Buckets(pos_offset, pos_counts) if pos_counts.size else Buckets()
+            self.negative = Buckets(neg_offset, neg_counts) if neg_counts.size else Buckets()
+            return
+        self._merge_many_numpy(hs, scale, threshold, max_buckets, zero_count)
+
+    def _merge_many_numpy(
+        self,
+        hs: Sequence[ExponentialHistogram],
+        scale: int,
+        threshold: float,
+        max_buckets: int,
+        zero_count: int,
+    ) -> None:
         pos = [_maybe_shift(_own(h.positive), h.scale - scale) for h in hs]
         neg = [_maybe_shift(_own(h.negative), h.scale - scale) for h in hs]
         if threshold > 0.0:

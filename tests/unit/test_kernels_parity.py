@@ -370,3 +370,67 @@ def test_quantile_estimates_leave_fine_scales_to_numpy() -> None:
     assert found is None  # no 2**13-entry table: the NumPy path answers
     exact = np.quantile(SPECIAL["lognormal"], QS, method="lower")
     np.testing.assert_allclose(h.quantiles(QS), exact, rtol=h.relative_error)
+
+
+def _numpy_merge(hs: list[ExponentialHistogram]) -> ExponentialHistogram:
+    out = ExponentialHistogram.__new__(ExponentialHistogram)
+    out._merge_many_numpy(
+        hs,
+        min(h.scale for h in hs),
+        max(h.zero_threshold for h in hs),
+        max(h.max_buckets for h in hs),
+        sum(int(h.zero_count) for h in hs),
+    )
+    return out
+
+
+@PSETTINGS
+@given(
+    parts=st.lists(
+        st.tuples(finite_floats, st.sampled_from([-2, 0, 3, 6]), st.sampled_from([4, 40, 2048])),
+        min_size=1,
+        max_size=6,
+    ),
+    untrimmed=st.booleans(),
+)
+def test_histogram_merge_parity_hypothesis(
+    parts: list[tuple[np.ndarray, int, int]], untrimmed: bool
+) -> None:
+    hs = [ExponentialHistogram.from_values(x, scale=s, max_buckets=m) for x, s, m in parts]
+    if untrimmed:  # zero buckets at both ends and narrower counts, as stored windows have
+        for h in hs:
+            if h.negative.counts.size:
+                counts = np.concatenate(([0], h.negative.counts, [0, 0])).astype(np.uint16)
+                h.negative = type(h.negative)(h.negative.offset - 1, counts)
+    merged = _numpy_merge(hs)  # trimmed, as the kernel's
+    assert ExponentialHistogram.merge_all(hs) == merged
+    assert merged.count == sum(h.count for h in hs)
+    merged.validate()
+    sides = [
+        (side, b.offset, b.counts, h.scale - min(h.scale for h in hs))
+        for h in hs
+        for side, b in ((0, h.positive), (1, h.negative))
+    ]
+    found = kernels.merge_buckets_numba(sides, merged.max_buckets, 40)
+    assert found is not None
+    k, pos_offset, pos, neg_offset, neg = found
+    assert min(h.scale for h in hs) - k == merged.scale
+    assert (pos_offset, neg_offset if neg.size else 0) == (
+        merged.positive.offset,
+        merged.negative.offset,
+    )
+    np.testing.assert_array_equal(pos, merged.positive.counts)
+    np.testing.assert_array_equal(neg, merged.negative.counts)
+
+
+def test_histogram_merge_downscales_to_fit_and_stops_at_its_limit() -> None:
+    # the widest data there is, in 4 buckets: merged at the lowest scales, as NumPy does
+    a = ExponentialHistogram.from_values(np.array([5e-324, 1e300]), max_buckets=4)
+    b = ExponentialHistogram.from_values(np.array([-1e-300, -DBL_MAX, 2.0]), max_buckets=4)
+    merged = ExponentialHistogram.merge_all([a, b])
+    assert merged == _numpy_merge([a, b])
+    assert merged.scale < 0 and merged.count == 5
+    # a downscale past what the caller allows is refused, not clipped
+    wide = np.ones(9, dtype=np.uint64)
+    assert kernels.merge_buckets_numba([(0, -3, wide, 0)], 4, 2) is not None
+    assert kernels.merge_buckets_numba([(0, -3, wide, 0)], 4, 1) is None
