@@ -26,7 +26,14 @@ from nethical_grpc.governance.profiles import Profile
 from nethical_grpc.governance.requests import EvaluationRequest, Outcome
 from nethical_grpc.model_info import ModelSummary
 from nethical_grpc.privacy import NoiseError, ReleaseInfo
-from nethical_grpc.series import GroupSummary, IngestBatch, SeriesKey, SummaryQuery, freeze_labels
+from nethical_grpc.series import (
+    GroupSummary,
+    IngestBatch,
+    Labels,
+    SeriesKey,
+    SummaryQuery,
+    freeze_labels,
+)
 from nethical_grpc.storage.audit import AuditFilter, SearchPage, SearchQuery
 from nethical_grpc.storage.backend import BackendChoice
 from nethical_grpc.storage.timeseries import AggregateRow, MetricRecord
@@ -465,19 +472,96 @@ def _answer_from_scan(data: bytes, scanned: summary_scan.ScannedSummaries) -> Su
     return SummariesAnswer(instance_id, head[sc.SCOPE], as_of, groups, privacy)
 
 
-def _scanned_side(counts: CountArray, offset: int, first: int, lead: int, trail: int) -> Buckets:
-    """One side of a series that :func:`summary_scan.values_valid` passed: its trimmed buckets (its
-    counts start at ``first`` in ``counts``; ``lead`` -1 when it has none)."""
-    if lead < 0:
-        return Buckets()
-    return Buckets(offset + lead, counts[first + lead : first + trail + 1])
+#: Metric names already checked, by their encoded bytes: a coordinator reads the same few
+#: names in every answer (cleared when it grows past its bound).
+_CHECKED_METRICS: dict[bytes, str] = {}
+_CHECKED_METRICS_BOUND: Final = 4096
+_NO_LABELS: Labels = ()
+
+
+def _checked_metric(raw: bytes, field: str) -> str:
+    metric = _CHECKED_METRICS.get(raw)
+    if metric is None:
+        metric = raw.decode()
+        _check_metric(metric, field)
+        if len(_CHECKED_METRICS) >= _CHECKED_METRICS_BOUND:
+            _CHECKED_METRICS.clear()
+        _CHECKED_METRICS[raw] = metric
+    return metric
 
 
 def _scanned_groups(data: bytes, scanned: summary_scan.ScannedSummaries) -> list[GroupSummary]:
+    if summary_scan.values_valid(scanned):
+        return _valid_scanned_groups(data, scanned)
+    return _checked_scanned_groups(data, scanned)
+
+
+def _valid_scanned_groups(
+    data: bytes, scanned: summary_scan.ScannedSummaries
+) -> list[GroupSummary]:
+    """The series of an answer whose every value passed :func:`summary_scan.values_valid`
+    (only the metric names and labels are left to check), built straight from the
+    columns: a global query builds about a hundred of them."""
+    # the rows unpacked in summary_scan's column order (METRIC_START .. NEG_TRAIL, SUM ..
+    # SUM_COMPENSATION); a property test holds this path equal to protobuf's
+    pairs = scanned.labels.tolist()
+    counts = scanned.counts
+    out: list[GroupSummary] = []
+    for i, (row, (count, zero_count, _pt, _nt), f) in enumerate(
+        zip(scanned.ints.tolist(), scanned.uints.tolist(), scanned.floats.tolist(), strict=True)
+    ):
+        (m0, m1, first, n_pairs, scale, max_buckets, pos_offset, pos, _pl, neg_offset, neg) = row[
+            :11
+        ]
+        start_s, start_ns, end_s, end_ns, pos_lead, pos_trail, neg_lead, neg_trail = row[12:]
+        total, lo, hi, mean, m2, zero_threshold, _me, compensation = f
+        metric = _checked_metric(data[m0:m1], f"series[{i}]")
+        labels = (
+            freeze_labels(
+                {
+                    data[k0:k1].decode(): data[v0:v1].decode()
+                    for k0, k1, v0, v1 in pairs[first : first + n_pairs]
+                }
+            )
+            if n_pairs
+            else _NO_LABELS
+        )
+        summary = Summary(
+            Moments(count, total, compensation, lo, hi, mean, m2) if count else Moments(),
+            ExponentialHistogram.from_checked(
+                scale,
+                max_buckets,
+                zero_threshold,
+                zero_count,
+                Buckets(pos_offset + pos_lead, counts[pos + pos_lead : pos + pos_trail + 1])
+                if pos_lead >= 0
+                else Buckets(0, _NO_COUNTS),
+                Buckets(neg_offset + neg_lead, counts[neg + neg_lead : neg + neg_trail + 1])
+                if neg_lead >= 0
+                else Buckets(0, _NO_COUNTS),
+            ),
+        )
+        out.append(
+            GroupSummary(
+                metric=metric,
+                labels=labels,
+                summary=summary,
+                start_ns=start_s * NANOS + start_ns,
+                end_ns=end_s * NANOS + end_ns,
+                data_as_of_ns=0,
+            )
+        )
+    return out
+
+
+def _checked_scanned_groups(
+    data: bytes, scanned: summary_scan.ScannedSummaries
+) -> list[GroupSummary]:
+    """The series of an answer with a value :func:`summary_scan.values_valid` did not
+    pass, each checked as a parsed message's would be (which names what is refused)."""
     sc = summary_scan
     pairs = scanned.labels.tolist()
     counts = scanned.counts
-    valid = summary_scan.values_valid(scanned)
     out: list[GroupSummary] = []
     for i, (row, (count, zero_count, pos_total, neg_total), f) in enumerate(
         zip(
@@ -496,65 +580,38 @@ def _scanned_groups(data: bytes, scanned: summary_scan.ScannedSummaries) -> list
             for k0, k1, v0, v1 in pairs[first : first + row[sc.LABELS_COUNT]]
         }
         pos, neg = row[sc.POS_FIRST], row[sc.NEG_FIRST]
-        if valid:  # every value checked above, for all series at once
-            summary = Summary(
-                Moments(
-                    count,
-                    f[sc.SUM],
-                    f[sc.SUM_COMPENSATION],
-                    f[sc.MIN],
-                    f[sc.MAX],
-                    f[sc.MEAN],
-                    f[sc.M2],
-                )
-                if count
-                else Moments(),
-                ExponentialHistogram.from_checked(
-                    row[sc.SCALE],
-                    row[sc.MAX_BUCKETS],
-                    f[sc.ZERO_THRESHOLD],
-                    zero_count,
-                    _scanned_side(
-                        counts, row[sc.POS_OFFSET], pos, row[sc.POS_LEAD], row[sc.POS_TRAIL]
-                    ),
-                    _scanned_side(
-                        counts, row[sc.NEG_OFFSET], neg, row[sc.NEG_LEAD], row[sc.NEG_TRAIL]
-                    ),
-                ),
-            )
-        else:
-            moments = _checked_moments(
-                count,
-                f[sc.SUM],
-                f[sc.MIN],
-                f[sc.MAX],
-                f[sc.MEAN],
-                f[sc.M2],
-                field + ".summary.moments",
-                f[sc.SUM_COMPENSATION],
-            )
-            histogram, total = _checked_histogram(
-                row[sc.SCALE],
-                row[sc.MAX_BUCKETS],
-                f[sc.ZERO_THRESHOLD],
-                zero_count,
-                (
-                    row[sc.POS_OFFSET],
-                    counts[pos : pos + row[sc.POS_LEN]],
-                    row[sc.POS_LEAD],
-                    row[sc.POS_TRAIL],
-                    pos_total,
-                ),
-                (
-                    row[sc.NEG_OFFSET],
-                    counts[neg : neg + row[sc.NEG_LEN]],
-                    row[sc.NEG_LEAD],
-                    row[sc.NEG_TRAIL],
-                    neg_total,
-                ),
-                field + ".summary.histogram",
-            )
-            summary = _checked_summary(moments, histogram, total, field + ".summary")
+        moments = _checked_moments(
+            count,
+            f[sc.SUM],
+            f[sc.MIN],
+            f[sc.MAX],
+            f[sc.MEAN],
+            f[sc.M2],
+            field + ".summary.moments",
+            f[sc.SUM_COMPENSATION],
+        )
+        histogram, total = _checked_histogram(
+            row[sc.SCALE],
+            row[sc.MAX_BUCKETS],
+            f[sc.ZERO_THRESHOLD],
+            zero_count,
+            (
+                row[sc.POS_OFFSET],
+                counts[pos : pos + row[sc.POS_LEN]],
+                row[sc.POS_LEAD],
+                row[sc.POS_TRAIL],
+                pos_total,
+            ),
+            (
+                row[sc.NEG_OFFSET],
+                counts[neg : neg + row[sc.NEG_LEN]],
+                row[sc.NEG_LEAD],
+                row[sc.NEG_TRAIL],
+                neg_total,
+            ),
+            field + ".summary.histogram",
+        )
+        summary = _checked_summary(moments, histogram, total, field + ".summary")
         out.append(
             GroupSummary(
                 metric=metric,
