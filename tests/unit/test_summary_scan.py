@@ -489,3 +489,28 @@ def test_every_summary_a_node_sends_passes_the_compiled_checks() -> None:
     ]
     scanned = summary_scan.scan(Response(series=series).SerializeToString())
     assert scanned is not None and summary_scan.values_valid(scanned)
+
+
+@needs_jit
+def test_metric_names_are_checked_every_time_and_remembered_within_a_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(convert, "_CHECKED_METRICS", {})
+    monkeypatch.setattr(convert, "_CHECKED_METRICS_BOUND", 3)
+    summary = convert.summary_to_proto(Summary.from_values(np.array([1.0, 2.0])))
+
+    def answer(*metrics: str) -> convert.SummariesAnswer:
+        series = [summary_pb2.SeriesSummary(metric=m, summary=summary) for m in metrics]
+        return convert.summaries_answer_from_bytes(Response(series=series).SerializeToString())
+
+    for _ in range(2):  # a refused name is refused again, never remembered
+        refused = answer("latency_ms", "bad name")
+        assert (
+            refused.groups == []
+            and refused.invalid
+            and '"bad name" is not a valid name' in refused.invalid
+        )
+    assert convert._CHECKED_METRICS == {b"latency_ms": "latency_ms"}
+    names = [f"m{i}" for i in range(5)]
+    assert [g.metric for g in answer(*names).groups] == names
+    assert 0 < len(convert._CHECKED_METRICS) <= 3  # cleared when full, not grown
