@@ -252,24 +252,42 @@ def _buckets(
             if pos < 0 or n < 0 or n > end - pos:
                 return _MALFORMED, n_counts, total
             stop = pos + n
-            while pos < stop:
+            begin = n_counts
+            while pos < stop:  # decode first: a loop with nothing else in it
                 b = buf[pos]
                 if b < 0x80:  # most counts fit in one byte
-                    value = np.uint64(b)
+                    counts[n_counts] = np.uint64(b)
                     pos += 1
                 else:
                     v, pos = _varint(buf, pos, stop)
                     if pos < 0:
                         return _MALFORMED, n_counts, total
-                    value = np.uint64(v)
-                counts[n_counts] = value
-                if value != 0:
-                    if lead < 0:
-                        lead = n_counts - first
-                    trail = n_counts - first
-                    # saturates just past the limit: only "too large" matters then
-                    total = limit + np.uint64(1) if value > limit - total else total + value
+                    counts[n_counts] = np.uint64(v)
                 n_counts += 1
+            # then the first and last non-zero count and the total, in passes that
+            # vectorise (the total's plain sum cannot wrap while every count and their
+            # number stay below 2**31; otherwise it saturates just past the limit: only
+            # "too large" matters then)
+            j = begin
+            while j < n_counts and counts[j] == 0:
+                j += 1
+            if j < n_counts:
+                lead = j - first
+                j = n_counts - 1
+                while counts[j] == 0:
+                    j -= 1
+                trail = j - first
+                top = np.uint64(0)
+                plain = np.uint64(0)
+                for j in range(begin, n_counts):
+                    top = max(top, counts[j])
+                    plain += counts[j]
+                if top < np.uint64(2**31) and n_counts - begin < 2**31:
+                    total = plain
+                else:
+                    for j in range(begin, n_counts):
+                        value = counts[j]
+                        total = limit + np.uint64(1) if value > limit - total else total + value
         else:
             pos = _skip(buf, pos, end, wire)
             if pos < 0:
