@@ -317,6 +317,16 @@ def _quantile_paths(
     return looped, _clamped(h._quantiles_numpy(qs), qs, clamp)
 
 
+def _same_quantiles_both_ways(s: Summary, qs: np.ndarray) -> None:
+    """Both paths agree, without and with the moments' clamp, and what users call
+    (``Summary.quantiles``, whichever path is live) gives the same figures."""
+    m = s.moments
+    for clamp in ((0, 0.0, 0.0), (m.count, m.min, m.max)):
+        looped, vectorised = _quantile_paths(s.histogram, qs, clamp)
+        np.testing.assert_array_equal(looped, vectorised)
+    np.testing.assert_array_equal(s.quantiles(qs), vectorised)
+
+
 QS = np.array([0.0, 1e-9, 0.01, 0.25, 0.5, 0.9, 0.99, 0.999, 1.0 - 1e-12, 1.0])
 
 
@@ -326,14 +336,7 @@ def test_quantile_estimates_parity(name: str, scale: int) -> None:
     x = SPECIAL[name]
     h = ExponentialHistogram.from_values(x, scale=scale)
     s = Summary(Summary.from_values(x).moments, h)
-    m = s.moments
-    for clamp in ((0, 0.0, 0.0), (m.count, m.min, m.max)):
-        looped, vectorised = _quantile_paths(h, QS, clamp)
-        np.testing.assert_array_equal(looped, vectorised)
-    # what users call takes the same figures, whichever path is live
-    np.testing.assert_array_equal(
-        s.quantiles(QS), _quantile_paths(h, QS, (m.count, m.min, m.max))[1]
-    )
+    _same_quantiles_both_ways(s, QS)
     if x.size == 0:
         assert np.isnan(s.quantiles(QS)).all()
 
@@ -353,13 +356,7 @@ def test_quantile_estimates_parity_hypothesis(
     if untrimmed and h.positive.counts.size:  # zero buckets at both ends, narrower counts
         counts = np.concatenate(([0, 0], h.positive.counts, [0])).astype(np.uint32)
         h.positive = type(h.positive)(h.positive.offset - 2, counts)
-    m = s.moments
-    for clamp in ((0, 0.0, 0.0), (m.count, m.min, m.max)):
-        looped, vectorised = _quantile_paths(h, qs, clamp)
-        np.testing.assert_array_equal(looped, vectorised)
-    np.testing.assert_array_equal(
-        s.quantiles(qs), _quantile_paths(h, qs, (m.count, m.min, m.max))[1]
-    )
+    _same_quantiles_both_ways(s, qs)
 
 
 def test_quantile_estimates_leave_fine_scales_to_numpy() -> None:
