@@ -8,7 +8,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -314,11 +314,19 @@ class Federation:
         # instances hold disjoint data (as far as the coordinator knows): every one of
         # them must answer
         coverage.instances_queried += len(instances)
-        calls = [asyncio.ensure_future(self._call(i, request, timeout_s, streamed)) for i in usable]
         answered: list[_Answer] = []
         failed: list[MissingPart] = []
+        calls: list[asyncio.Future[_Answer | MissingPart]] = []
+        results: Iterable[Awaitable[_Answer | MissingPart]]
+        if len(usable) == 1:  # the usual region: its one instance asked in this task
+            results = [self._call(usable[0], request, timeout_s, streamed)]
+        else:
+            calls = [
+                asyncio.ensure_future(self._call(i, request, timeout_s, streamed)) for i in usable
+            ]
+            results = asyncio.as_completed(calls)
         try:
-            for next_done in asyncio.as_completed(calls):
+            for next_done in results:
                 res = await next_done
                 if not isinstance(res, _Answer):
                     failed.append(res)
