@@ -150,14 +150,17 @@ class Federation:
         self._rr = itertools.count()
         # the coordinator is draining: queries answer (partially) before this moment
         self._stop_at: float | None = None
-        self._stopping = asyncio.Event()
+        # one future per query waiting for its regions, resolved early by stop_by
+        self._stop_waiters: set[asyncio.Future[None]] = set()
 
     def stop_by(self, deadline: float) -> None:
         """The server cancels the calls still running at ``deadline`` (time.monotonic):
         queries in flight stop waiting for regions a little before it and answer with the
         regions that did answer (the others missing, DEADLINE_EXCEEDED)."""
         self._stop_at = deadline if self._stop_at is None else min(self._stop_at, deadline)
-        self._stopping.set()
+        for waiter in self._stop_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _streamed(self) -> bool:
         if self.transport is SummaryTransport.AUTO:
@@ -248,12 +251,27 @@ class Federation:
         regions still waiting then are cancelled and reported missing)."""
         pending: set[asyncio.Task[list[_Answer]]] = set(tasks)
         try:
-            while pending and self._stop_at is None:
-                stopping = asyncio.ensure_future(self._stopping.wait())
+            if pending and self._stop_at is None:
+                # one future, resolved by the last region's end or by stop_by: waiting
+                # costs a callback per region, not a wait over the rest at each answer
+                wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                unanswered = len(pending)
+
+                def one_done(_: object) -> None:
+                    nonlocal unanswered
+                    unanswered -= 1
+                    if unanswered == 0 and not wake.done():
+                        wake.set_result(None)
+
+                for task in pending:
+                    task.add_done_callback(one_done)
+                self._stop_waiters.add(wake)
                 try:
-                    await asyncio.wait({*pending, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                    await wake
                 finally:
-                    stopping.cancel()
+                    self._stop_waiters.discard(wake)
+                    for task in pending:
+                        task.remove_done_callback(one_done)
                 pending = {t for t in pending if not t.done()}
             if pending and self._stop_at is not None:
                 left = self._stop_at - STOP_MARGIN_S - time.monotonic()
