@@ -14,6 +14,7 @@ from nethical_grpc import summary_scan, telemetry
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
 from nethical_grpc.security.config import ServerSecurity
 from nethical_grpc.server_runtime import MeshServer, start_server
+from nethical_grpc.summary import _kernels
 from nethical_grpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["CoordinatorService"].full_name
@@ -49,6 +50,7 @@ async def start_coordinator(config: CoordinatorConfig) -> tuple[MeshServer, Fede
     if gw.local_region and not registry.has_region(gw.local_region):
         raise ValueError(f"local region {gw.local_region!r} is not one of the --region's")
     summary_scan.warmup()  # the compiled reader of region answers, before any query
+    _kernels.warmup_merge()  # and the compiled merge and quantiles
     await registry.resolve_now()  # DNS targets have their instances before serving
     registry.start()
     federation = Federation(registry, config.summary_transport)

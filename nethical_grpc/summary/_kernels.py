@@ -67,6 +67,7 @@ __all__ = [
     "scale_tables",
     "two_sum",
     "warmup",
+    "warmup_merge",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -1084,11 +1085,21 @@ def warmup() -> None:
             r = count_in_range_numba(x, scale, 0.0, counts, 0, counts, 0)
             lo, hi = r.pos_min >> 1, r.pos_max >> 1
             accumulate_numba(r.positive, 1, lo, np.zeros(hi - lo + 1, dtype=np.uint64))
+    warmup_merge()
+
+
+def warmup_merge() -> None:
+    """:func:`warmup` for what a coordinator runs on every global query: the merge of
+    histograms and their quantiles (a node warms these too, with the rest)."""
+    if not is_jit_available():
+        return
     merge_buckets_numba([(0, 3, np.ones(2, dtype=np.uint64), 1), (1, -4, _ONE_COUNT, 0)], 4, 8)
     qs = np.array([0.5, 0.99])
-    for counts in (np.ones(3, dtype=np.uint64), _ONE_COUNT):  # writable and read-only counts
-        for scale in (6, 0):
-            quantile_estimates_numba(qs, (1, counts), (-2, counts), 1, scale, 1.01, (7, -1.0, 9.0))
+    # each side's counts writable or read-only (a coordinator's empty sides share one
+    # read-only array), in every combination
+    for pos in (np.ones(3, dtype=np.uint64), _ONE_COUNT):
+        for neg in (np.ones(3, dtype=np.uint64), _ONE_COUNT):
+            quantile_estimates_numba(qs, (1, pos), (-2, neg), 1, 6, 1.01, (7, -1.0, 9.0))
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ Python loops, so these tests still check that the loop formulation matches NumPy
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -431,3 +432,27 @@ def test_histogram_merge_downscales_to_fit_and_stops_at_its_limit() -> None:
     wide = np.ones(9, dtype=np.uint64)
     assert kernels.merge_buckets_numba([(0, -3, wide, 0)], 4, 2) is not None
     assert kernels.merge_buckets_numba([(0, -3, wide, 0)], 4, 1) is None
+
+
+@pytest.mark.skipif(not jit.is_jit_available(), reason="compiled kernels only")
+def test_the_coordinators_warmup_compiles_what_its_queries_run() -> None:
+    kernels.warmup_merge()
+    compiled = (
+        len(kernels._merge_kernel.signatures),  # type: ignore[attr-defined]
+        len(kernels._quantile_kernel.signatures),  # type: ignore[attr-defined]
+    )
+    parts = [Summary.from_values(SPECIAL[n]) for n in ("signed_lognormal", "normal", "one")]
+    merged = Summary.merge_all(parts)
+    merged.quantiles([0.5, 0.9, 0.99])
+    # either side's counts read-only or not (a coordinator's empty sides share one
+    # read-only array; others are views of its writable scan)
+    for pos_frozen, neg_frozen in itertools.product([False, True], repeat=2):
+        h = ExponentialHistogram.from_values(SPECIAL["signed_lognormal"])
+        h.positive.counts.setflags(write=not pos_frozen)
+        h.negative.counts.setflags(write=not neg_frozen)
+        h.quantiles(np.array([0.25]))
+        h.clamped_quantiles(np.array([0.25]), (h.count, -1.0, 1.0))
+    assert (
+        len(kernels._merge_kernel.signatures),  # type: ignore[attr-defined]
+        len(kernels._quantile_kernel.signatures),  # type: ignore[attr-defined]
+    ) == compiled  # nothing left to compile at the first query
