@@ -472,6 +472,14 @@ def _answer_from_scan(data: bytes, scanned: summary_scan.ScannedSummaries) -> Su
     return SummariesAnswer(instance_id, head[sc.SCOPE], as_of, groups, privacy)
 
 
+def _scanned_side(counts: CountArray, offset: int, first: int, lead: int, trail: int) -> Buckets:
+    """One side of a series that :func:`summary_scan.values_valid` passed: its trimmed buckets (its
+    counts start at ``first`` in ``counts``; ``lead`` -1 when it has none)."""
+    if lead < 0:
+        return Buckets(0, _NO_COUNTS)
+    return Buckets(offset + lead, counts[first + lead : first + trail + 1])
+
+
 #: Metric names already checked, by their encoded bytes: a coordinator reads the same few
 #: names in every answer (cleared when it grows past its bound).
 _CHECKED_METRICS: dict[bytes, str] = {}
@@ -533,12 +541,8 @@ def _valid_scanned_groups(
                 max_buckets,
                 zero_threshold,
                 zero_count,
-                Buckets(pos_offset + pos_lead, counts[pos + pos_lead : pos + pos_trail + 1])
-                if pos_lead >= 0
-                else Buckets(0, _NO_COUNTS),
-                Buckets(neg_offset + neg_lead, counts[neg + neg_lead : neg + neg_trail + 1])
-                if neg_lead >= 0
-                else Buckets(0, _NO_COUNTS),
+                _scanned_side(counts, pos_offset, pos, pos_lead, pos_trail),
+                _scanned_side(counts, neg_offset, neg, neg_lead, neg_trail),
             ),
         )
         out.append(

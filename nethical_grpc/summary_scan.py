@@ -252,7 +252,6 @@ def _buckets(
             if pos < 0 or n < 0 or n > end - pos:
                 return _MALFORMED, n_counts, total
             stop = pos + n
-            begin = n_counts
             while pos < stop:  # decode first: a loop with nothing else in it
                 b = buf[pos]
                 if b < 0x80:  # most counts fit in one byte
@@ -268,7 +267,7 @@ def _buckets(
             # vectorise (the total's plain sum cannot wrap while every count and their
             # number stay below 2**31; otherwise it saturates just past the limit: only
             # "too large" matters then)
-            j = begin
+            j = first  # (the side's counts, one packed field: protobuf's if split)
             while j < n_counts and counts[j] == 0:
                 j += 1
             if j < n_counts:
@@ -279,13 +278,13 @@ def _buckets(
                 trail = j - first
                 top = np.uint64(0)
                 plain = np.uint64(0)
-                for j in range(begin, n_counts):
+                for j in range(first, n_counts):
                     top = max(top, counts[j])
                     plain += counts[j]
-                if top < np.uint64(2**31) and n_counts - begin < 2**31:
+                if top < np.uint64(2**31) and n_counts - first < 2**31:
                     total = plain
                 else:
-                    for j in range(begin, n_counts):
+                    for j in range(first, n_counts):
                         value = counts[j]
                         total = limit + np.uint64(1) if value > limit - total else total + value
         else:

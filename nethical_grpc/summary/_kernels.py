@@ -816,7 +816,11 @@ def count_in_range_numba(
 # --------------------------------------------------------------------------------------------
 
 #: Columns of the parts table of :func:`merge_buckets_numba`.
-PART_START, PART_LEN, PART_OFFSET, PART_SHIFT, PART_SIDE = range(5)
+PART_START: Final = 0
+PART_LEN: Final = 1
+PART_OFFSET: Final = 2
+PART_SHIFT: Final = 3
+PART_SIDE: Final = 4
 
 
 @maybe_njit()
@@ -830,8 +834,8 @@ def _merge_kernel(
     hi = np.zeros(2, dtype=np.int64)
     found = np.zeros(2, dtype=np.bool_)
     for i in range(n):  # each part's first and last non-zero bucket, each side's range
-        start = parts[i, 0]
-        length = parts[i, 1]
+        start = parts[i, PART_START]
+        length = parts[i, PART_LEN]
         j0 = 0
         while j0 < length and counts[start + j0] == 0:
             j0 += 1
@@ -842,9 +846,9 @@ def _merge_kernel(
             j1 -= 1
         first[i] = j0
         last[i] = j1
-        a = (parts[i, 2] + j0) >> parts[i, 3]
-        b = (parts[i, 2] + j1) >> parts[i, 3]
-        side = parts[i, 4]
+        a = (parts[i, PART_OFFSET] + j0) >> parts[i, PART_SHIFT]
+        b = (parts[i, PART_OFFSET] + j1) >> parts[i, PART_SHIFT]
+        side = parts[i, PART_SIDE]
         if not found[side]:
             lo[side] = a
             hi[side] = b
@@ -866,11 +870,11 @@ def _merge_kernel(
     for i in range(n):
         if first[i] < 0:
             continue
-        start = parts[i, 0]
-        offset = parts[i, 2]
-        shift = parts[i, 3] + k
-        out = pos if parts[i, 4] == 0 else neg
-        base = base_pos if parts[i, 4] == 0 else base_neg
+        start = parts[i, PART_START]
+        offset = parts[i, PART_OFFSET]
+        shift = parts[i, PART_SHIFT] + k
+        out = pos if parts[i, PART_SIDE] == 0 else neg
+        base = base_pos if parts[i, PART_SIDE] == 0 else base_neg
         if shift == 0:  # the usual case, one slice onto another (a loop LLVM vectorises)
             src = counts[start + first[i] : start + last[i] + 1]
             dst = out[offset + first[i] - base : offset + last[i] + 1 - base]
@@ -960,20 +964,6 @@ def _estimate(
 
 
 @maybe_njit()
-def _first_above(cum: CountArray, rank: np.uint64) -> int:  # pragma: no cover
-    # np.searchsorted(cum, rank, side="right"): the first position whose total exceeds rank
-    lo = 0
-    hi = cum.shape[0]
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if cum[mid] <= rank:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
-@maybe_njit()
 def _quantile_kernel(
     qs: FloatArray,
     pos: CountArray,
@@ -991,12 +981,8 @@ def _quantile_kernel(
     out = np.empty(qs.shape[0], dtype=np.float64)
     cum_pos = np.cumsum(pos)
     n_neg = neg.shape[0]
-    cum_neg = np.empty(n_neg, dtype=np.uint64)  # from the bucket nearest zero outwards
-    acc = np.uint64(0)
-    for j in range(n_neg):
-        acc += neg[n_neg - 1 - j]
-        cum_neg[j] = acc
-    neg_total = acc
+    cum_neg = np.cumsum(neg[::-1])  # from the bucket nearest zero outwards
+    neg_total = cum_neg[-1] if n_neg else np.uint64(0)
     below_pos = neg_total + zero_count
     pos_total = cum_pos[-1] if cum_pos.shape[0] else np.uint64(0)
     n = below_pos + pos_total
@@ -1007,12 +993,12 @@ def _quantile_kernel(
         else:
             rank = np.uint64(math.floor(float(n - np.uint64(1)) * qs[i]))
             if rank < neg_total:
-                j = _first_above(cum_neg, rank)
+                j = int(np.searchsorted(cum_neg, rank, side="right"))
                 out[i] = -_estimate(neg_offset + (n_neg - 1 - j), scale, table, factor)
             elif rank < below_pos:
                 out[i] = 0.0
             else:
-                j = _first_above(cum_pos, rank - below_pos)
+                j = int(np.searchsorted(cum_pos, rank - below_pos, side="right"))
                 out[i] = _estimate(pos_offset + j, scale, table, factor)
         if count > 0:  # as Summary.quantiles: inside [lo, hi], the end ranks exact
             v = out[i]

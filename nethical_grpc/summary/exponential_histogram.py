@@ -350,10 +350,12 @@ def _fit_shift(ranges: Sequence[tuple[int, int] | None], max_buckets: int, scale
     while any(_span_after(r, k) > max_buckets for r in ranges):
         k += 1
         if scale - k < MIN_SCALE:
-            raise ValueError(
-                f"cannot fit the data in {max_buckets} buckets even at MIN_SCALE={MIN_SCALE}"
-            )
+            raise _unfit(max_buckets)
     return k
+
+
+def _unfit(max_buckets: int) -> ValueError:
+    return ValueError(f"cannot fit the data in {max_buckets} buckets even at MIN_SCALE={MIN_SCALE}")
 
 
 def _trimmed_span(parts: Sequence[Buckets]) -> tuple[int, int] | None:
@@ -682,8 +684,10 @@ class ExponentialHistogram:
         """Merge ``other`` into ``self`` (``other`` is not modified)."""
         self._merge_many([self, other])
 
-    def _merge_many(self, hs: Sequence[ExponentialHistogram]) -> None:
-        """Set ``self`` to the merge of ``hs`` (which may include ``self``; none is modified)."""
+    def _merge_many(self, hs: Sequence[ExponentialHistogram], compiled: bool = True) -> None:
+        """Set ``self`` to the merge of ``hs`` (which may include ``self``; none is modified):
+        in one compiled pass with Numba (``compiled``) when no part has a zero threshold,
+        else with NumPy; both give the same buckets."""
         for h in hs:
             if not isinstance(h, ExponentialHistogram):
                 raise TypeError(f"cannot merge ExponentialHistogram with {type(h).__name__}")
@@ -691,52 +695,11 @@ class ExponentialHistogram:
         threshold = max([h.zero_threshold for h in hs])
         max_buckets = max([h.max_buckets for h in hs])
         zero_count = sum([int(h.zero_count) for h in hs])
-        if threshold == 0.0 and _kernels.BACKEND == "numba":
-            merged = _kernels.merge_buckets_numba(
-                [
-                    (side, b.offset, b.counts, h.scale - scale)
-                    for h in hs
-                    for side, b in ((0, h.positive), (1, h.negative))
-                ],
-                max_buckets,
-                scale - MIN_SCALE,
-            )
-            if merged is None:
-                raise ValueError(
-                    f"cannot fit the data in {max_buckets} buckets even at MIN_SCALE={MIN_SCALE}"
-                )
-            k, pos_offset, pos_counts, neg_offset, neg_counts = merged
-            self.scale = scale - k
-            self.max_buckets = max_buckets
-            self.zero_threshold = threshold
-            self.zero_count = zero_count
-            self.positive = Buckets(pos_offset, pos_counts) if pos_counts.size else Buckets()
-            self.negative = Buckets(neg_offset, neg_counts) if neg_counts.size else Buckets()
-            return
-        self._merge_many_numpy(hs, scale, threshold, max_buckets, zero_count)
-
-    def _merge_many_numpy(
-        self,
-        hs: Sequence[ExponentialHistogram],
-        scale: int,
-        threshold: float,
-        max_buckets: int,
-        zero_count: int,
-    ) -> None:
-        pos = [_maybe_shift(_own(h.positive), h.scale - scale) for h in hs]
-        neg = [_maybe_shift(_own(h.negative), h.scale - scale) for h in hs]
-        if threshold > 0.0:
-            limit = bucket_index(threshold, scale)
-            for parts in (pos, neg):
-                for i, part in enumerate(parts):
-                    parts[i], moved = _drop_below(part, limit)
-                    zero_count += moved
-        # every part is trimmed now, so its range is its first and last index
-        prange = _trimmed_span(pos)
-        nrange = _trimmed_span(neg)
-        k = _fit_shift((prange, nrange), max_buckets, scale)
-        new_pos = _sum_buckets([_maybe_shift(p, k) for p in pos] if k else pos, prange, k)
-        new_neg = _sum_buckets([_maybe_shift(p, k) for p in neg] if k else neg, nrange, k)
+        if compiled and threshold == 0.0 and _kernels.BACKEND == "numba":
+            k, new_pos, new_neg = _merged_sides_compiled(hs, scale, max_buckets)
+        else:
+            k, new_pos, new_neg, moved = _merged_sides_numpy(hs, scale, threshold, max_buckets)
+            zero_count += moved
         self.scale = scale - k
         self.max_buckets = max_buckets
         self.zero_threshold = threshold
@@ -862,6 +825,53 @@ def _clamped(est: FloatArray, q: FloatArray, clamp: tuple[int, float, float]) ->
     est[ranks <= 0] = lo
     est[ranks >= n - 1] = hi
     return est
+
+
+def _merged_sides_compiled(
+    hs: Sequence[ExponentialHistogram], scale: int, max_buckets: int
+) -> tuple[int, Buckets, Buckets]:
+    """The further downscale ``k`` and both merged sides, from the compiled kernel (no
+    zero thresholds)."""
+    merged = _kernels.merge_buckets_numba(
+        [
+            (side, b.offset, b.counts, h.scale - scale)
+            for h in hs
+            for side, b in ((0, h.positive), (1, h.negative))
+        ],
+        max_buckets,
+        scale - MIN_SCALE,
+    )
+    if merged is None:
+        raise _unfit(max_buckets)
+    k, pos_offset, pos, neg_offset, neg = merged
+    return (
+        k,
+        Buckets(pos_offset, pos) if pos.size else Buckets(),
+        Buckets(neg_offset, neg) if neg.size else Buckets(),
+    )
+
+
+def _merged_sides_numpy(
+    hs: Sequence[ExponentialHistogram], scale: int, threshold: float, max_buckets: int
+) -> tuple[int, Buckets, Buckets, int]:
+    """:func:`_merged_sides_compiled` with NumPy, and what the zero ``threshold`` moved
+    into the zero bucket."""
+    pos = [_maybe_shift(_own(h.positive), h.scale - scale) for h in hs]
+    neg = [_maybe_shift(_own(h.negative), h.scale - scale) for h in hs]
+    moved_total = 0
+    if threshold > 0.0:
+        limit = bucket_index(threshold, scale)
+        for parts in (pos, neg):
+            for i, part in enumerate(parts):
+                parts[i], moved = _drop_below(part, limit)
+                moved_total += moved
+    # every part is trimmed now, so its range is its first and last index
+    prange = _trimmed_span(pos)
+    nrange = _trimmed_span(neg)
+    k = _fit_shift((prange, nrange), max_buckets, scale)
+    new_pos = _sum_buckets([_maybe_shift(p, k) for p in pos] if k else pos, prange, k)
+    new_neg = _sum_buckets([_maybe_shift(p, k) for p in neg] if k else neg, nrange, k)
+    return k, new_pos, new_neg, moved_total
 
 
 def _check_params(scale: object, max_buckets: object, zero_threshold: object) -> None:

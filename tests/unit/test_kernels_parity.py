@@ -372,13 +372,7 @@ def test_quantile_estimates_leave_fine_scales_to_numpy() -> None:
 
 def _numpy_merge(hs: list[ExponentialHistogram]) -> ExponentialHistogram:
     out = ExponentialHistogram.__new__(ExponentialHistogram)
-    out._merge_many_numpy(
-        hs,
-        min(h.scale for h in hs),
-        max(h.zero_threshold for h in hs),
-        max(h.max_buckets for h in hs),
-        sum(int(h.zero_count) for h in hs),
-    )
+    out._merge_many(hs, compiled=False)
     return out
 
 
