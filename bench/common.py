@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -168,6 +169,29 @@ def environment(items: Iterable[str]) -> dict[str, str]:
             raise ValueError(f"expected NAME=VALUE, got {item!r}")
         out[name] = value
     return out
+
+
+def add_environment_option(parser: argparse.ArgumentParser, flag: str, processes: str) -> None:
+    """A repeatable ``flag NAME=VALUE`` option: an environment variable for ``processes``
+    (not the benchmark's client); a malformed item is a usage error. Read it with
+    :func:`environment`."""
+    parser.add_argument(
+        flag,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        type=_environment_item,
+        help=f"an environment variable for {processes} (not this client), e.g. gRPC's "
+        "GRPC_EXPERIMENTS (repeatable)",
+    )
+
+
+def _environment_item(item: str) -> str:
+    try:
+        environment([item])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return item
 
 
 def cpu_per(before: float, after: float, count: int, unit: float) -> float | None:

@@ -309,21 +309,11 @@ def main() -> None:
         metavar="ARG",
         help="an extra argument for the region node, e.g. --node-arg=--device=cpu (repeatable)",
     )
-    parser.add_argument(
-        "--node-env",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="an environment variable for the region node (not this client), e.g. gRPC's "
-        "GRPC_EXPERIMENTS (repeatable)",
-    )
+    common.add_environment_option(parser, "--node-env", "the region node")
     args = parser.parse_args()
     if not 1 <= args.stream_batch <= 4096:
         parser.error("--stream-batch must be 1 to 4096")
-    try:
-        node_env = common.environment(args.node_env)
-    except ValueError as exc:
-        parser.error(f"--node-env: {exc}")
+    node_env = common.environment(args.node_env)
     with tempfile.TemporaryDirectory() as tmp:
         child = spawn("region", [*common.BENCH_REGION, *args.node_arg], Path(tmp), node_env)
         try:

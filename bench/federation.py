@@ -195,19 +195,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--regions", type=int, nargs="+", default=[10, 50])
     parser.add_argument("--queries", type=int, default=300)
-    parser.add_argument(
-        "--mesh-env",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="an environment variable for the region and coordinator processes (not this "
-        "client), e.g. gRPC's GRPC_EXPERIMENTS (repeatable)",
-    )
+    common.add_environment_option(parser, "--mesh-env", "the region and coordinator processes")
     args = parser.parse_args()
-    try:
-        mesh_env = common.environment(args.mesh_env)
-    except ValueError as exc:
-        parser.error(f"--mesh-env: {exc}")
+    mesh_env = common.environment(args.mesh_env)
     workdir = Path(tempfile.mkdtemp(prefix="bench-federation-"))
     results = [await run(n, args.queries, workdir, mesh_env) for n in args.regions]
     common.emit(

@@ -3,6 +3,7 @@ other processes'), and their environment arguments."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -194,3 +195,16 @@ def test_environment_arguments() -> None:
     for bad in ("A", "=1", ""):
         with pytest.raises(ValueError, match="expected NAME=VALUE"):
             common.environment([bad])
+
+
+def test_environment_option_refuses_a_malformed_item_as_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = argparse.ArgumentParser()
+    common.add_environment_option(parser, "--mesh-env", "the mesh's processes")
+    args = parser.parse_args(["--mesh-env", "A=1", "--mesh-env", "A=2", "--mesh-env", "B="])
+    assert common.environment(args.mesh_env) == {"A": "2", "B": ""}
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["--mesh-env", "A=1", "--mesh-env", "nothing"])
+    assert exit_.value.code == 2
+    assert "argument --mesh-env: expected NAME=VALUE, got 'nothing'" in capsys.readouterr().err
