@@ -213,11 +213,14 @@ class Federation:
         coverage = Coverage(regions_requested=regions)
         request = convert.summary_query_to_proto(q.query)
         streamed = self._streamed()
+        by_region = self.registry.by_region()
         answers = await self._until_stop(
             regions,
             [
                 asyncio.ensure_future(
-                    self._query_region(r, request, q.region_timeout_s, coverage, streamed)
+                    self._query_region(
+                        r, by_region.get(r, []), request, q.region_timeout_s, coverage, streamed
+                    )
                 )
                 for r in regions
             ],
@@ -302,12 +305,12 @@ class Federation:
     async def _query_region(
         self,
         region: str,
+        instances: list[RegionInstance],
         request: region_node_pb2.GetSummariesRequest,
         timeout_s: float,
         coverage: Coverage,
         streamed: bool,
     ) -> list[_Answer]:
-        instances = self.registry.instances(region)
         if not instances:  # e.g. a DNS name that has not resolved to anything yet
             coverage.missing.append(
                 MissingPart(region, "", Missing.UNHEALTHY, "no instance of the region is known")

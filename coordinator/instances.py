@@ -139,6 +139,10 @@ def default_balancer() -> LoadBalancer:
     return LoadBalancer(strategy=LoadBalancingStrategy.REGION_AWARE)
 
 
+def _endpoint(view: RegionInstance) -> str:
+    return view.endpoint
+
+
 class InstanceRegistry:
     """All instances, by region, on one LoadBalancer with one health stream each.
 
@@ -229,9 +233,24 @@ class InstanceRegistry:
         )
 
     def instances(self, region_id: str) -> list[RegionInstance]:
-        found = [v for v in self._views.values() if v.region_id == region_id]
-        found.sort(key=lambda v: v.endpoint)
-        return found
+        """The region's instances, sorted by endpoint."""
+        return self.by_region().get(region_id, [])
+
+    def by_region(self) -> dict[str, list[RegionInstance]]:
+        """Every known instance by region, each region's sorted by endpoint: one pass
+        over the instances (a global query asks for all regions at once; an instance's
+        region is read now, as the balancer may have moved it)."""
+        grouped: dict[str, list[RegionInstance]] = {}
+        for view in self._views.values():
+            found = grouped.get(view.region_id)
+            if found is None:
+                grouped[view.region_id] = [view]
+            else:
+                found.append(view)
+        for found in grouped.values():
+            if len(found) > 1:
+                found.sort(key=_endpoint)
+        return grouped
 
     def all_instances(self) -> Iterable[RegionInstance]:
         return list(self._views.values())

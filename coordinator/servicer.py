@@ -148,8 +148,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             strategy=_STRATEGY[balancer.strategy],
             local_region=self.gateway.settings.local_region,
         )
+        by_region = registry.by_region()
         for region_id in registry.region_ids:
-            instances = registry.instances(region_id)
+            instances = by_region.get(region_id, [])
             response.regions.add(
                 region_id=region_id,
                 healthy=any(i.health is Health.SERVING for i in instances),
