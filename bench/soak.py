@@ -7,7 +7,8 @@ Reported per kind: operations, operations/s, p50/p99 latency and errors; and eve
 server's RSS after the warm-up and at the end (the target: growth at most 10%).
 
 The regions keep their time series and audit log in SQLite files by default
-(``--stores memory`` keeps them in RAM, where they grow with every evaluation).
+(``--stores memory`` keeps them in RAM: a node's newest 100,000 evaluations' records,
+its ``--memory-store-records`` default).
 
     python bench/soak.py [--minutes 10] [--warmup 60] [--stores sqlite|memory]
 """
@@ -154,8 +155,8 @@ def main() -> None:
         choices=("sqlite", "memory"),
         default="sqlite",
         help="the regions' time-series and audit stores: SQLite files (sqlite, as a "
-        "production node without servers) or memory://, which keeps the newest "
-        "--memory-store-records evaluations' records in RAM (100,000 by default)",
+        "production node without servers) or memory://, which keeps a node's newest "
+        "100,000 evaluations' records in RAM (its --memory-store-records default)",
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
