@@ -4,13 +4,14 @@ Load, all at once from this process: Ingest streams into every region (one 1,000
 batch per stream message, a bounded rate), unary Evaluate through the coordinator's
 gateway, and global queries (p50/p90/p99 of every metric, with the per-region breakdown).
 Reported per kind: operations, operations/s, p50/p99 latency and errors; and every
-server's RSS after the warm-up and at the end (the target: growth at most 10%).
+server's RSS after the warm-up, every ``--rss-every`` seconds and at the end (the target:
+growth at most 10%), with what each grew in the run's second half: whether it levels off.
 
 The regions keep their time series and audit log in SQLite files by default
 (``--stores memory`` keeps them in RAM: a node's newest 100,000 evaluations' records,
 its ``--memory-store-records`` default).
 
-    python bench/soak.py [--minutes 10] [--warmup 60] [--stores sqlite|memory]
+    python bench/soak.py [--minutes 10] [--warmup 60] [--stores sqlite|memory] [--rss-every 60]
 """
 
 from __future__ import annotations
@@ -126,9 +127,18 @@ async def run(args: argparse.Namespace, children: dict[str, Child]) -> dict[str,
         k.units = 0
     rss_start = rss_mb(children)
     started = time.perf_counter()
-    await asyncio.sleep(args.minutes * 60)
+    end = started + args.minutes * 60
+    # every process's RSS every --rss-every seconds: whether memory levels off, not only
+    # how much it grew
+    samples: list[dict[str, object]] = [{"t_s": 0, "rss_mb": rss_start}]
+    while (left := end - time.perf_counter()) > 0:
+        await asyncio.sleep(min(args.rss_every, left))
+        samples.append({"t_s": round(time.perf_counter() - started), "rss_mb": rss_mb(children)})
     elapsed = time.perf_counter() - started
-    rss_end = rss_mb(children)
+    rss_end = samples[-1]["rss_mb"]
+    assert isinstance(rss_end, dict)
+    middle = samples[len(samples) // 2]["rss_mb"]
+    assert isinstance(middle, dict)
     stop.set()
     await asyncio.gather(*tasks)
     for ch in channels.values():
@@ -141,6 +151,9 @@ async def run(args: argparse.Namespace, children: dict[str, Child]) -> dict[str,
         "rss_mb_start": rss_start,
         "rss_mb_end": rss_end,
         "rss_growth_pct": growth,
+        # MB each process grew in the run's second half (from the middle sample on)
+        "rss_growth_mb_second_half": {n: round(rss_end[n] - middle[n], 1) for n in rss_start},
+        "rss_mb_samples": samples,
         "max_rss_growth_pct": max(growth.values()),
         "target_max_rss_growth_pct": 10.0,
     }
@@ -158,7 +171,15 @@ def main() -> None:
         "production node without servers) or memory://, which keeps a node's newest "
         "100,000 evaluations' records in RAM (its --memory-store-records default)",
     )
+    parser.add_argument(
+        "--rss-every",
+        type=float,
+        default=60.0,
+        help="seconds between samples of every process's RSS during the run",
+    )
     args = parser.parse_args()
+    if args.rss_every <= 0:
+        parser.error("--rss-every must be > 0")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         children: dict[str, Child] = {}
