@@ -4,8 +4,9 @@ Load, all at once from this process: Ingest streams into every region (one 1,000
 batch per stream message, a bounded rate), unary Evaluate through the coordinator's
 gateway, and global queries (p50/p90/p99 of every metric, with the per-region breakdown).
 Reported per kind: operations, operations/s, p50/p99 latency and errors; and every
-server's RSS after the warm-up, every ``--rss-every`` seconds and at the end (the target:
-growth at most 10%), with what each grew in the run's second half: whether it levels off.
+server's RSS after the warm-up, every ``--rss-every`` seconds (with the part no file backs)
+and at the end (the target: growth at most 10%), with what each grew in the run's second
+half: whether it levels off.
 
 The regions keep their time series and audit log in SQLite files by default
 (``--stores memory`` keeps them in RAM: a node's newest 100,000 evaluations' records,
@@ -76,10 +77,15 @@ async def loop(kind: Kind, stop: asyncio.Event, op: Callable[[int], Awaitable[in
         kind.latencies.append((time.perf_counter() - t0) * 1e3)
 
 
-def rss_mb(children: dict[str, Child]) -> dict[str, float]:
-    return {
-        n: round(psutil.Process(c.pid).memory_info().rss / 2**20, 1) for n, c in children.items()
-    }
+def memory_mb(children: dict[str, Child]) -> tuple[dict[str, float], dict[str, float]]:
+    """Each process's RSS, MiB, and the part of it that no file backs (heap, SQLite's
+    page caches); the rest is shared libraries and mapped store files."""
+    rss, anonymous = {}, {}
+    for n, c in children.items():
+        mem = psutil.Process(c.pid).memory_info()
+        rss[n] = round(mem.rss / 2**20, 1)
+        anonymous[n] = round((mem.rss - mem.shared) / 2**20, 1)
+    return rss, anonymous
 
 
 async def run(args: argparse.Namespace, children: dict[str, Child]) -> dict[str, object]:
@@ -125,20 +131,16 @@ async def run(args: argparse.Namespace, children: dict[str, Child]) -> dict[str,
         k.latencies.clear()
         k.errors = 0
         k.units = 0
-    rss_start = rss_mb(children)
     started = time.perf_counter()
     end = started + args.minutes * 60
-    # every process's RSS every --rss-every seconds: whether memory levels off, not only
+    # every process's memory every --rss-every seconds: whether it levels off, not only
     # how much it grew
-    samples: list[dict[str, object]] = [{"t_s": 0, "rss_mb": rss_start}]
+    samples: list[tuple[float, dict[str, float], dict[str, float]]] = [(0.0, *memory_mb(children))]
     while (left := end - time.perf_counter()) > 0:
         await asyncio.sleep(min(args.rss_every, left))
-        samples.append({"t_s": round(time.perf_counter() - started), "rss_mb": rss_mb(children)})
+        samples.append((time.perf_counter() - started, *memory_mb(children)))
     elapsed = time.perf_counter() - started
-    rss_end = samples[-1]["rss_mb"]
-    assert isinstance(rss_end, dict)
-    middle = samples[len(samples) // 2]["rss_mb"]
-    assert isinstance(middle, dict)
+    rss_start, rss_end, middle = samples[0][1], samples[-1][1], samples[len(samples) // 2][1]
     stop.set()
     await asyncio.gather(*tasks)
     for ch in channels.values():
@@ -153,7 +155,10 @@ async def run(args: argparse.Namespace, children: dict[str, Child]) -> dict[str,
         "rss_growth_pct": growth,
         # MB each process grew in the run's second half (from the middle sample on)
         "rss_growth_mb_second_half": {n: round(rss_end[n] - middle[n], 1) for n in rss_start},
-        "rss_mb_samples": samples,
+        "memory_samples": [
+            {"t_s": round(t), "rss_mb": rss, "anonymous_mb": anonymous}
+            for t, rss, anonymous in samples
+        ],
         "max_rss_growth_pct": max(growth.values()),
         "target_max_rss_growth_pct": 10.0,
     }
