@@ -13,6 +13,7 @@ The regions keep their time series and audit log in SQLite files by default
 its ``--memory-store-records`` default).
 
     python bench/soak.py [--minutes 10] [--warmup 60] [--stores sqlite|memory] [--rss-every 60]
+                         [--cache-mib N]
 """
 
 from __future__ import annotations
@@ -182,17 +183,27 @@ def main() -> None:
         default=60.0,
         help="seconds between samples of every process's RSS during the run",
     )
+    parser.add_argument(
+        "--cache-mib",
+        type=int,
+        default=0,
+        help="the SQLite stores' page cache per connection, MiB (their URLs' cache_mib; "
+        "0: the stores' default)",
+    )
     args = parser.parse_args()
     if args.rss_every <= 0:
         parser.error("--rss-every must be > 0")
+    if args.cache_mib < 0 or (args.cache_mib and args.stores != "sqlite"):
+        parser.error("--cache-mib must be >= 0, and is for --stores sqlite")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         children: dict[str, Child] = {}
         try:
             for r in REGIONS:
+                cache = f"?cache_mib={args.cache_mib}" if args.cache_mib else ""
                 stores = (
-                    [f"--timeseries-url=sqlite:///{work / r}-ts.db",
-                     f"--audit-url=sqlite:///{work / r}-audit.db"]
+                    [f"--timeseries-url=sqlite:///{work / r}-ts.db{cache}",
+                     f"--audit-url=sqlite:///{work / r}-audit.db{cache}"]
                     if args.stores == "sqlite"
                     else ["--timeseries-url=memory://", "--audit-url=memory://"]
                 )  # fmt: skip
@@ -212,7 +223,7 @@ def main() -> None:
         finally:
             for c in children.values():
                 c.stop()
-    common.emit("soak", {"stores": args.stores, **results})
+    common.emit("soak", {"stores": args.stores, "cache_mib": args.cache_mib or None, **results})
 
 
 if __name__ == "__main__":

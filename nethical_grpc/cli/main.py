@@ -126,12 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     region.add_argument(
         "--timeseries-url",
         default=os.environ.get("NETHICAL_TIMESERIES_URL", "memory://"),
-        help="postgresql://..., sqlite:///PATH or memory:// (env NETHICAL_TIMESERIES_URL)",
+        help="postgresql://..., sqlite:///PATH[?cache_mib=64] or memory:// "
+        "(env NETHICAL_TIMESERIES_URL)",
     )
     region.add_argument(
         "--audit-url",
         default=os.environ.get("NETHICAL_AUDIT_URL", "memory://"),
-        help="http(s)://HOST:9200, sqlite:///PATH or memory:// (env NETHICAL_AUDIT_URL)",
+        help="http(s)://HOST:9200, sqlite:///PATH[?cache_mib=64] or memory:// "
+        "(env NETHICAL_AUDIT_URL)",
     )
     region.add_argument(
         "--memory-store-records",

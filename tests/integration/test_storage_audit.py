@@ -713,10 +713,38 @@ async def test_factory_memory_and_sqlite(tmp_path: Path) -> None:
     await again.close()
 
 
+def _cache_kib(conn: sqlite3.Connection) -> int:
+    (size,) = conn.execute("PRAGMA cache_size").fetchone()
+    return -int(size)  # negative: KiB
+
+
+@pytest.mark.parametrize(("query", "mib"), [("", 64), ("?cache_mib=8", 8)])
+async def test_a_sqlite_url_sets_every_connections_page_cache(
+    tmp_path: Path, query: str, mib: int
+) -> None:
+    store, _ = await open_audit_store(f"sqlite://{tmp_path / 'a.db'}{query}", REGION)
+    assert isinstance(store, SqliteFtsAuditStore)
+    try:
+        assert await store._writer.run(_cache_kib) == mib * 1024
+        readers = store._readers._connections  # the writer's pool is another one
+        assert len(readers) == 2
+        assert [_cache_kib(c) for c in readers] == [mib * 1024] * 2
+        await load(store, dataset(5))  # and the store works with it
+        assert page_ids([await store.search_audit_logs(page_size=10)]) == oracle_ids(dataset(5))
+    finally:
+        await store.close()
+
+
 async def test_factory_rejects_unknown_urls() -> None:
     for url in ["redis://127.0.0.1:6379", "postgresql://x/y", "no-scheme", "sqlite://", ""]:
         with pytest.raises(ValueError):
             await open_audit_store(url, REGION)
+    with pytest.raises(ValueError, match="use memory://"):  # not a file named ":memory:"
+        await open_audit_store("sqlite:///:memory:", REGION)
+    with pytest.raises(ValueError, match="cache_mib must be"):
+        await open_audit_store("sqlite:///tmp/a.db?cache_mib=0", REGION)
+    with pytest.raises(ValueError, match="cache_mib must be"):
+        await SqliteFtsAuditStore.open(REGION, None, cache_mib=0)
     with pytest.raises(ValueError):
         await open_audit_store("memory://", "bad region!")
     with pytest.raises(AuditStoreError, match="cannot open"):  # a bad path is not a fallback

@@ -36,6 +36,7 @@ from nethical_grpc.storage.timeseries import (
 from nethical_grpc.storage.timeseries.buckets import US_PER_MINUTE, parse_bucket_us
 from nethical_grpc.storage.timeseries.model import MAX_JSON_BYTES, MAX_NAME_LEN, metric_columns
 from nethical_grpc.storage.timeseries.rollup import plan_aggregate, rollup_rows
+from nethical_grpc.storage.timeseries.sqlite import SQLiteTimeSeriesStore
 
 BASE = datetime(2026, 3, 1, tzinfo=UTC)  # a Sunday; not a multiple of 7 minutes since 1970
 US = 1_000_000
@@ -671,6 +672,22 @@ async def test_factory_refuses_bad_urls(tmp_path: Path) -> None:
         await open_timeseries("memory://", "r", retention=timedelta(hours=1))
     with pytest.raises(ValueError, match="needs a path"):
         await open_timeseries("sqlite://", "r")
+
+
+@pytest.mark.parametrize(("query", "mib"), [("", 64), ("?cache_mib=8", 8)])
+async def test_a_sqlite_url_sets_the_page_cache(tmp_path: Path, query: str, mib: int) -> None:
+    store, choice = await open_timeseries(f"sqlite://{tmp_path / 'ts.db'}{query}", "r")
+    assert isinstance(store, SQLiteTimeSeriesStore) and choice.backend == "sqlite"
+    try:
+        (size,) = await store._run(lambda: store._db().execute("PRAGMA cache_size").fetchone())
+        assert -size == mib * 1024  # negative: KiB
+        assert store.cache_mib == mib
+    finally:
+        await store.close()
+    with pytest.raises(ValueError, match="cache_mib must be"):
+        await open_timeseries(f"sqlite://{tmp_path / 'ts.db'}?cache_mib=abc", "r")
+    with pytest.raises(ValueError, match="cache_mib must be"):
+        await SQLiteTimeSeriesStore.open(None, region_id="r", cache_mib=0)
 
 
 async def test_sqlite_file_uses_wal(tmp_path: Path) -> None:

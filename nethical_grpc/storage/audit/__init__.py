@@ -54,6 +54,7 @@ from nethical_grpc.storage.backend import (
     redact_url,
     url_scheme,
 )
+from nethical_grpc.storage.sqlite_url import SqliteUrl, parse_sqlite_url
 
 if TYPE_CHECKING:
     from nethical_grpc.storage.audit.elasticsearch_store import ElasticsearchAuditStore
@@ -106,14 +107,19 @@ def __getattr__(name: str) -> Any:
 
 def sqlite_path(url: str) -> str:
     """The file path of a ``sqlite://`` URL: ``sqlite:///var/lib/a.db`` → ``/var/lib/a.db``
-    (absolute), ``sqlite://data/a.db`` → ``data/a.db`` (relative).  ``ValueError`` when
-    there is no path or it has a query string."""
-    rest = url.split("://", 1)[1] if "://" in url else ""
-    if not rest or rest == "/":
-        raise ValueError(f"sqlite URL needs a file path, e.g. sqlite:///var/lib/audit.db: {url!r}")
-    if "?" in rest:
-        raise ValueError(f"sqlite URL must not have a query string: {url!r}")
-    return rest
+    (absolute), ``sqlite://data/a.db`` → ``data/a.db`` (relative); see
+    :mod:`nethical_grpc.storage.sqlite_url` for its query parameter.  ``ValueError`` when
+    there is no path, it is ``:memory:`` (use ``memory://``), or the URL is malformed."""
+    path = _sqlite_file(url).path
+    assert path is not None
+    return path
+
+
+def _sqlite_file(url: str) -> SqliteUrl:
+    parsed = parse_sqlite_url(url, _STORE)
+    if parsed.path is None:
+        raise ValueError(f"audit URL: for an in-memory audit store use memory://, not {url!r}")
+    return parsed
 
 
 async def open_audit_store(
@@ -135,6 +141,7 @@ async def open_audit_store(
       in-memory SQLite FTS5 store is used instead and the choice's ``reason`` says why.
     * ``sqlite:///path/to/file.db``: SQLite FTS5 in that file (created if missing); its
       records are kept ``retention_days`` (:meth:`SqliteFtsAuditStore.apply_retention`).
+      ``?cache_mib=N``: the page cache each of its connections may fill (default 64).
     * ``memory://``: SQLite FTS5 in memory, private to this process.
 
     An in-memory store (``memory://``, or the stand-in for an Elasticsearch it could not
@@ -160,8 +167,9 @@ async def open_audit_store(
         store: AuditStore = await in_memory()
         return store, BackendChoice(_STORE, shown, store.backend)
     if scheme == "sqlite":
+        file = _sqlite_file(url)
         store = await SqliteFtsAuditStore.open(
-            region_id, sqlite_path(url), retention_days=retention_days
+            region_id, file.path, retention_days=retention_days, cache_mib=file.cache_mib
         )
         return store, BackendChoice(_STORE, shown, store.backend)
     if scheme in ("http", "https"):

@@ -105,6 +105,7 @@ from nethical_grpc.storage.sqlite_tx import (
     schema_columns,
     write_transaction,
 )
+from nethical_grpc.storage.sqlite_url import DEFAULT_CACHE_MIB, check_cache_mib
 
 __all__ = ["BM25_B", "BM25_K1", "SqliteFtsAuditStore", "fts5_match_expression"]
 
@@ -221,11 +222,11 @@ def _seq_range(conn: sqlite3.Connection) -> tuple[int, int]:
 # ---------------------------------------------------------------------- connections
 
 
-def _connect(path: str, busy_timeout_ms: int) -> sqlite3.Connection:
+def _connect(path: str, busy_timeout_ms: int, cache_mib: int) -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     conn.execute("PRAGMA temp_store = MEMORY")
-    conn.execute("PRAGMA cache_size = -65536")  # 64 MiB
+    conn.execute(f"PRAGMA cache_size = -{int(cache_mib) * 1024}")  # a bound (see sqlite_url)
     if path != ":memory:":
         conn.execute("PRAGMA mmap_size = 1073741824")
     return conn
@@ -776,6 +777,7 @@ class SqliteFtsAuditStore(AuditStore):
         busy_timeout_ms: int = 10_000,
         max_records: int | None = None,
         retention_days: int | None = None,
+        cache_mib: int = DEFAULT_CACHE_MIB,
     ) -> SqliteFtsAuditStore:
         """Open (creating if needed) the store at ``path``, or a private in-memory one
         when ``path`` is ``None``, and load the column mirror (about 1-2 s per million
@@ -785,7 +787,8 @@ class SqliteFtsAuditStore(AuditStore):
         ``max_records`` bounds the records kept: a write that takes the store past it
         drops the oldest records (in commit order) in the same transaction, so the store
         holds the newest ``max_records`` (``None``: no bound; see :func:`_drop_oldest`).
-        ``retention_days``: what :meth:`apply_retention` keeps (``None``: every record)."""
+        ``retention_days``: what :meth:`apply_retention` keeps (``None``: every record).
+        ``cache_mib``: the page cache each of its connections may fill."""
         check_region_id("region_id", region_id, allow_empty=False)
         check_row_bound("max_records", max_records)
         if retention_days is not None:
@@ -794,12 +797,13 @@ class SqliteFtsAuditStore(AuditStore):
             raise ValueError("path must name a database file (None for memory)")
         if not 1 <= read_threads <= 16:
             raise ValueError("read_threads must be in 1..16")
+        check_cache_mib(cache_mib)
         file_path = path if path is not None else ":memory:"
 
         where = path if path is not None else "(in memory)"
 
         def open_writer() -> sqlite3.Connection:
-            conn = _connect(file_path, busy_timeout_ms)
+            conn = _connect(file_path, busy_timeout_ms, cache_mib)
             try:
                 _check_file(conn, where)  # before WAL: a file we refuse stays as it was
                 if path is not None:
@@ -819,7 +823,9 @@ class SqliteFtsAuditStore(AuditStore):
         if path is not None:
             try:
                 conns = await asyncio.to_thread(
-                    lambda: [_connect(file_path, busy_timeout_ms) for _ in range(read_threads)]
+                    lambda: [
+                        _connect(file_path, busy_timeout_ms, cache_mib) for _ in range(read_threads)
+                    ]
                 )
             except sqlite3.Error as exc:
                 await asyncio.to_thread(writer.close)

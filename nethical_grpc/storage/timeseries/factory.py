@@ -7,6 +7,8 @@ URL                                        store
 ``postgresql://…?schema=NAME``             tables in schema NAME (default ``nethical``)
 ``sqlite:///var/lib/nethical/ts.db``       SQLite file (WAL); everything after
                                            ``sqlite://`` is the path
+``sqlite:///…?cache_mib=16``               the same, with a 16 MiB page cache
+                                           (default 64 MiB; see ``sqlite_url``)
 ``memory://``, ``sqlite:///:memory:``      SQLite in memory (lost on exit), keeping
                                            the newest ``memory_max_rows`` rows per
                                            table (default 100,000)
@@ -38,6 +40,7 @@ from nethical_grpc.storage.backend import (
     redact_url,
     url_scheme,
 )
+from nethical_grpc.storage.sqlite_url import parse_sqlite_url
 from nethical_grpc.storage.timeseries.base import TimeSeriesStore, check_retention
 from nethical_grpc.storage.timeseries.model import check_name
 from nethical_grpc.storage.timeseries.sqlite import SQLiteTimeSeriesStore
@@ -59,16 +62,10 @@ def sqlite_path(url: str) -> str | None:
     """The file path of a ``sqlite://`` URL (``None`` for ``sqlite:///:memory:``).
 
     ``sqlite:///var/ts.db`` is ``/var/ts.db``; ``sqlite://ts.db`` is ``ts.db`` (relative to
-    the working directory). ``ValueError`` for an empty path or a query string.
+    the working directory); see :mod:`nethical_grpc.storage.sqlite_url` for its query
+    parameter. ``ValueError`` for an empty path, a fragment or a bad parameter.
     """
-    rest = url.partition("://")[2]
-    if not rest:
-        raise ValueError("timeseries URL: sqlite:// needs a path, e.g. sqlite:///var/ts.db")
-    if "?" in rest or "#" in rest:
-        raise ValueError("timeseries URL: sqlite:// URLs take no query or fragment")
-    if rest in ("/:memory:", ":memory:"):
-        return None
-    return rest
+    return parse_sqlite_url(url, STORE).path
 
 
 def _connect_failure_reason(exc: BaseException) -> str:
@@ -128,12 +125,14 @@ async def open_timeseries(
         )
         return store, BackendChoice(STORE, requested, MEMORY_BACKEND)
     if scheme == "sqlite":
-        path = sqlite_path(url)
+        parsed = parse_sqlite_url(url, STORE)
+        path = parsed.path
         store = await SQLiteTimeSeriesStore.open(
             path,
             region_id=region_id,
             retention=retention,
             max_rows=memory_cap if path is None else None,
+            cache_mib=parsed.cache_mib,
         )
         return store, BackendChoice(STORE, requested, "sqlite" if path else MEMORY_BACKEND)
     if scheme not in ("postgresql", "postgres"):

@@ -38,6 +38,7 @@ from nethical_grpc.storage.sqlite_tx import (
     schema_columns,
     write_transaction,
 )
+from nethical_grpc.storage.sqlite_url import DEFAULT_CACHE_MIB, check_cache_mib
 from nethical_grpc.storage.timeseries.base import (
     AuditRow,
     BucketTotals,
@@ -61,8 +62,6 @@ __all__ = ["CAPPED_TABLES", "SQLiteTimeSeriesStore"]
 
 T = TypeVar("T")
 
-CACHE_KIB = 64 * 1024
-"""Page cache of a file store, KiB."""
 
 CAPPED_TABLES = ("metrics", "events", "audit_logs", "window_summaries")
 """The tables ``max_rows`` bounds (ordinary rowid tables; ``metric_rollup`` is not one)."""
@@ -221,10 +220,13 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
         path: str | None,
         *,
         max_rows: int | None = None,
+        cache_mib: int = DEFAULT_CACHE_MIB,
     ) -> None:
         cap = check_row_bound("max_rows", max_rows)  # before the thread is started
+        check_cache_mib(cache_mib)
         super().__init__(region_id, retention)
         self.path = path
+        self.cache_mib = cache_mib
         self._max_rows = cap
         self._rows: dict[str, int] = dict.fromkeys(CAPPED_TABLES, 0)
         """Rows per capped table (in-memory store with a cap); connection thread only."""
@@ -242,13 +244,15 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
         region_id: str,
         retention: timedelta | None = None,
         max_rows: int | None = None,
+        cache_mib: int = DEFAULT_CACHE_MIB,
     ) -> Self:
         """Open (creating tables if needed) the file at ``path``, or memory when None.
 
         ``max_rows``: at most this many rows in each of :data:`CAPPED_TABLES` (the oldest
         go), or ``None`` for no cap; ``ValueError`` unless None or an int ≥ 1.
+        ``cache_mib``: the page cache a file store's connection may fill.
         """
-        store = cls(region_id, retention, path, max_rows=max_rows)
+        store = cls(region_id, retention, path, max_rows=max_rows, cache_mib=cache_mib)
         try:
             await store._run(store._connect)
         except sqlite3.Error as exc:  # unwritable directory, not a database, locked, full
@@ -301,9 +305,8 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
             if self.path is not None:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
-                # 64 MiB of page cache (the default is 2 MiB): index inserts and per-agent
-                # reads touch pages all over a large file; this is a bound, not an allocation.
-                conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+                # a bound on the page cache, not an allocation (see sqlite_url)
+                conn.execute(f"PRAGMA cache_size = -{self.cache_mib * 1024}")
             with write_transaction(conn):
                 for (table, column), definition in _ADDED_COLUMNS.items():
                     have = conn.execute("SELECT * FROM pragma_table_info(?)", (table,)).fetchall()
