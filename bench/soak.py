@@ -199,8 +199,8 @@ def main() -> None:
         work = Path(tmp)
         children: dict[str, Child] = {}
         try:
+            cache = f"?cache_mib={args.cache_mib}" if args.cache_mib else ""
             for r in REGIONS:
-                cache = f"?cache_mib={args.cache_mib}" if args.cache_mib else ""
                 stores = (
                     [f"--timeseries-url=sqlite:///{work / r}-ts.db{cache}",
                      f"--audit-url=sqlite:///{work / r}-audit.db{cache}"]

@@ -12,6 +12,7 @@ __all__ = [
     "BackendChoice",
     "check_retention_days",
     "check_row_bound",
+    "check_whole_number",
     "redact_url",
     "url_scheme",
 ]
@@ -37,11 +38,18 @@ def check_row_bound(name: str, value: object) -> int | None:
     return value
 
 
+def check_whole_number(name: str, value: object, low: int, high: int) -> int:
+    """``value`` if it is an int in ``low..high`` (a bool is refused, though it is an int);
+    ``ValueError`` naming ``name`` otherwise: a store setting from a URL or the command
+    line."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name} must be a whole number in {low}..{high}, got {value!r}")
+    return value
+
+
 def check_retention_days(value: object) -> int:
     """``value`` if it is a whole number of days in 1..36500 (``ValueError`` otherwise)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 36_500:
-        raise ValueError(f"retention_days must be a whole number in 1..36500, got {value!r}")
-    return value
+    return check_whole_number("retention_days", value, 1, 36_500)
 
 
 def url_scheme(url: str) -> str:

@@ -18,7 +18,16 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import parse_qsl
 
-__all__ = ["DEFAULT_CACHE_MIB", "MAX_CACHE_MIB", "SqliteUrl", "check_cache_mib", "parse_sqlite_url"]
+from nethical_grpc.storage.backend import check_whole_number
+
+__all__ = [
+    "DEFAULT_CACHE_MIB",
+    "MAX_CACHE_MIB",
+    "SqliteUrl",
+    "cache_size_pragma",
+    "check_cache_mib",
+    "parse_sqlite_url",
+]
 
 #: Page cache per connection, MiB (SQLite's own default is 2 MiB): index inserts and
 #: per-agent reads touch pages all over a large file. A bound, not an allocation.
@@ -43,11 +52,12 @@ class SqliteUrl:
 def check_cache_mib(value: object) -> int:
     """``value`` if it is an int in 1..:data:`MAX_CACHE_MIB` (``ValueError`` otherwise; a
     bool is refused, though it is an int)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"cache_mib must be an int, got {type(value).__name__}")
-    if not 1 <= value <= MAX_CACHE_MIB:
-        raise ValueError(f"cache_mib must be in 1..{MAX_CACHE_MIB}, got {value}")
-    return value
+    return check_whole_number("cache_mib", value, 1, MAX_CACHE_MIB)
+
+
+def cache_size_pragma(cache_mib: int) -> str:
+    """The statement that bounds a connection's page cache at ``cache_mib`` MiB."""
+    return f"PRAGMA cache_size = -{cache_mib * 1024}"  # negative: KiB
 
 
 def parse_sqlite_url(url: str, store: str) -> SqliteUrl:
@@ -64,24 +74,22 @@ def parse_sqlite_url(url: str, store: str) -> SqliteUrl:
         raise ValueError(
             f"{store} URL: sqlite:// needs a path, e.g. sqlite:///var/lib/nethical/{store}.db"
         )
-    cache_mib = DEFAULT_CACHE_MIB
-    seen: set[str] = set()
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError:
         raise ValueError(f"{store} URL: malformed query string {query!r}") from None
+    cache_mib = DEFAULT_CACHE_MIB
     for key, value in pairs:
         if key != "cache_mib":
             raise ValueError(
                 f"{store} URL: unknown parameter {key!r} for sqlite:// (known: cache_mib)"
             )
-        if key in seen:
-            raise ValueError(f"{store} URL: {key} is given twice")
-        seen.add(key)
-        if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= MAX_CACHE_MIB:
-            raise ValueError(
-                f"{store} URL: cache_mib must be a whole number of MiB in 1..{MAX_CACHE_MIB}, "
-                f"got {value!r}"
+        try:
+            cache_mib = check_cache_mib(
+                int(value) if value.isascii() and value.isdigit() else value
             )
-        cache_mib = int(value)
+        except ValueError as exc:
+            raise ValueError(f"{store} URL: {exc}") from None
+    if len(pairs) > 1:
+        raise ValueError(f"{store} URL: cache_mib is given twice")
     return SqliteUrl(None if body in _MEMORY_PATHS else body, cache_mib)

@@ -105,7 +105,7 @@ from nethical_grpc.storage.sqlite_tx import (
     schema_columns,
     write_transaction,
 )
-from nethical_grpc.storage.sqlite_url import DEFAULT_CACHE_MIB, check_cache_mib
+from nethical_grpc.storage.sqlite_url import DEFAULT_CACHE_MIB, cache_size_pragma, check_cache_mib
 
 __all__ = ["BM25_B", "BM25_K1", "SqliteFtsAuditStore", "fts5_match_expression"]
 
@@ -226,7 +226,7 @@ def _connect(path: str, busy_timeout_ms: int, cache_mib: int) -> sqlite3.Connect
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     conn.execute("PRAGMA temp_store = MEMORY")
-    conn.execute(f"PRAGMA cache_size = -{int(cache_mib) * 1024}")  # a bound (see sqlite_url)
+    conn.execute(cache_size_pragma(cache_mib))
     if path != ":memory:":
         conn.execute("PRAGMA mmap_size = 1073741824")
     return conn

@@ -38,7 +38,7 @@ from nethical_grpc.storage.sqlite_tx import (
     schema_columns,
     write_transaction,
 )
-from nethical_grpc.storage.sqlite_url import DEFAULT_CACHE_MIB, check_cache_mib
+from nethical_grpc.storage.sqlite_url import DEFAULT_CACHE_MIB, cache_size_pragma, check_cache_mib
 from nethical_grpc.storage.timeseries.base import (
     AuditRow,
     BucketTotals,
@@ -305,8 +305,7 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
             if self.path is not None:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
-                # a bound on the page cache, not an allocation (see sqlite_url)
-                conn.execute(f"PRAGMA cache_size = -{self.cache_mib * 1024}")
+                conn.execute(cache_size_pragma(self.cache_mib))
             with write_transaction(conn):
                 for (table, column), definition in _ADDED_COLUMNS.items():
                     have = conn.execute("SELECT * FROM pragma_table_info(?)", (table,)).fetchall()
