@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -274,3 +275,77 @@ async def test_a_drop_searches_its_tables_by_key_and_scans_none(tmp_path: Path) 
             plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + statement)]
             scans = [p for p in plan if p.startswith("SCAN") and "CONSTANT ROW" not in p]
             assert not scans, (statement[:90], plan)
+
+
+async def mirror_view(store: SqliteFtsAuditStore) -> sqlite_fts._View:
+    """The store's column mirror as a search sees it (topped up and cut first)."""
+    return await store._readers.run(
+        lambda conn: sqlite_fts._read(conn, lambda: store._mirror.view(conn))
+    )
+
+
+def live_columns(view: sqlite_fts._View) -> tuple[list[int], ...]:
+    """The view's records' columns, oldest first (copied out)."""
+    live = slice(1, view.n - view.base + 1)
+    return tuple(
+        getattr(view, name)[live].tolist()
+        for name in ("ts", "decision", "risk", "agent", "region", "doc_len")
+    )
+
+
+async def test_a_full_store_moves_its_records_once_per_as_many_drops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a store at its bound drops records on every write: cutting them from the mirror
+    # must not copy the records that stay on every search, or each search after a write
+    # would cost a copy of the whole mirror
+    copied: list[int] = []
+    reallocate = sqlite_fts._Mirror._reallocate
+
+    def counting(self: sqlite_fts._Mirror, cap: int, drop: int = 0) -> None:
+        copied.append(self._n - self._base - drop)
+        reallocate(self, cap, drop)
+
+    monkeypatch.setattr(sqlite_fts._Mirror, "_reallocate", counting)
+    bound, batch, writes = 1000, 50, 200
+    records = dataset(batch * writes)
+    store = await SqliteFtsAuditStore.open(REGION, max_records=bound)
+    try:
+        for i in range(writes):
+            await store.index_audit_logs(records[i * batch : (i + 1) * batch])
+            view = await mirror_view(store)
+            assert view.n - view.base == min(bound, (i + 1) * batch)
+        assert store._mirror.capacity <= 2 * (bound + batch)
+        assert page_ids(await all_pages(store, page_size=100)) == oracle_ids(records[-bound:])
+    finally:
+        await store.close()
+    # every record is copied a bounded number of times on average (once per write and
+    # search, it would be 200,000 copies of 1,000 records)
+    assert sum(copied) <= 2 * batch * writes
+
+
+async def test_views_taken_before_a_cut_keep_their_records(tmp_path: Path) -> None:
+    # a search runs on a view while other readers cut and top up the mirror: the
+    # entries a view reads are never written again, whether some or all of its records
+    # were dropped since
+    path = str(tmp_path / "shared.db")
+    writer = await SqliteFtsAuditStore.open(REGION, path, max_records=40)
+    reader = await SqliteFtsAuditStore.open(REGION, path)
+    try:
+        records = dataset(250)
+        await writer.index_audit_logs(records[:40])
+        before = await mirror_view(reader)
+        columns = live_columns(before)
+        await writer.index_audit_logs(records[40:150])  # every mirrored record dropped
+        after = await mirror_view(reader)
+        assert live_columns(before) == columns
+        assert (after.base, after.n) == (110, 150)
+
+        await writer.index_audit_logs(records[150:160])  # 10 dropped: cut without a copy
+        some_dropped = await mirror_view(reader)
+        assert np.shares_memory(some_dropped.ts, after.ts)
+        assert live_columns(some_dropped)[0][:30] == live_columns(after)[0][10:]
+        assert page_ids(await all_pages(reader, page_size=50)) == oracle_ids(records[120:160])
+    finally:
+        await writer.close()
+        await reader.close()

@@ -354,14 +354,22 @@ class _Mirror:
 
     Appended to like the table, and cut at the front when the table's oldest records are
     dropped.  :meth:`view` tops it up (and cuts it) inside the caller's read transaction
-    and returns arrays valid for that snapshot; arrays are replaced (never changed below
-    ``n``) when they grow or are cut, so a view stays valid while others append.
+    and returns arrays valid for that snapshot: entries a view can read are never written
+    again (appends go past every view's ``n``; arrays are replaced when they grow, are
+    compacted or are emptied), so a view stays valid while others append.
+
+    A cut costs no copy: the dropped records stay at the front of the arrays as a dead
+    prefix of ``_dead`` entries (a view gets the arrays from past it, as numpy views), and
+    the live records move down only when the arrays are full (:meth:`_grow`) or mostly dead
+    (:meth:`_cut`).  A store that drops a few records on every write (``max_records``)
+    thus copies its live records once per that many records dropped, not on every search.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._n = 0  # newest seq mirrored
         self._base = 0  # seqs up to this one are gone (dropped from the table)
+        self._dead = 0  # array index of seq ``base + i`` is ``dead + i``
         cap = _INITIAL_CAPACITY
         self._ts = np.zeros(cap, np.int64)
         self._decision = np.zeros(cap, np.int8)
@@ -376,33 +384,47 @@ class _Mirror:
 
     _ARRAYS: Final = ("_ts", "_decision", "_risk", "_agent", "_region", "_doc_len")
 
+    @property
+    def capacity(self) -> int:
+        """Entries each array holds (dead prefix, live records and room to append)."""
+        return len(self._ts)
+
     def _reallocate(self, cap: int, drop: int = 0) -> None:
         """New arrays of ``cap`` entries holding the mirrored records but the ``drop``
-        oldest (views taken before keep the old arrays)."""
+        oldest, from index 1 (views taken before keep the old arrays)."""
         live = self._n - self._base
+        first = self._dead + drop + 1
         for name in self._ARRAYS:
             old = getattr(self, name)
             new = np.zeros(cap, old.dtype)
-            new[1 : live - drop + 1] = old[drop + 1 : live + 1]
+            new[1 : live - drop + 1] = old[first : self._dead + live + 1]
             setattr(self, name, new)
         self._base += drop
+        self._dead = 0
 
     def _grow(self, needed: int) -> None:
         """Room for index ``needed`` (seq ``base + needed``)."""
-        cap = len(self._ts)
-        if needed < cap:
+        cap = self.capacity
+        if self._dead + needed < cap:
             return
-        while cap <= needed:
-            cap *= 2
-        self._reallocate(cap)
+        # compacted, with room for as many records again as it holds: the next copy
+        # comes only after that many appends or drops
+        self._reallocate(max(cap, 2 * needed))
 
     def _cut(self, first: int) -> None:
         """Forget the seqs below ``first``, the oldest the table still holds."""
         if first > self._n:  # none of the mirrored records is left
+            self._reallocate(_INITIAL_CAPACITY, self._n - self._base)
             self._base = self._n = first - 1
             return
+        drop = first - 1 - self._base
         live = self._n - first + 1
-        self._reallocate(max(_INITIAL_CAPACITY, 2 * (live + 1)), first - 1 - self._base)
+        smaller = max(_INITIAL_CAPACITY, 2 * (live + 1))
+        if 2 * smaller <= self.capacity:  # mostly dead: give the memory back
+            self._reallocate(smaller, drop)
+        else:
+            self._dead += drop
+            self._base += drop
 
     @staticmethod
     def _sync_names(
@@ -442,7 +464,7 @@ class _Mirror:
                     expected = np.arange(self._n + 1, self._n + 1 + len(rows))
                     if not np.array_equal(seqs, expected):
                         raise AuditStoreError("audit_records.seq has gaps: not an audit store")
-                    at = seqs - self._base
+                    at = seqs - self._base + self._dead
                     # ts_us needs all 64 bits: take it again from the rows, not the floats.
                     self._ts[at] = np.fromiter((r[1] for r in rows), np.int64, len(rows))
                     self._decision[at] = arr[:, 2]
@@ -452,15 +474,16 @@ class _Mirror:
                     self._doc_len[at] = arr[:, 6]
                     self._n += len(rows)
             n = min(top, self._n)
+            dead = self._dead
             return _View(
                 n=max(n, self._base),
                 base=self._base,
-                ts=self._ts,
-                decision=self._decision,
-                risk=self._risk,
-                agent=self._agent,
-                region=self._region,
-                doc_len=self._doc_len,
+                ts=self._ts[dead:],
+                decision=self._decision[dead:],
+                risk=self._risk[dead:],
+                agent=self._agent[dead:],
+                region=self._region[dead:],
+                doc_len=self._doc_len[dead:],
                 # Shared, not copied: append-only, and a code newer than this snapshot
                 # matches none of its rows.
                 agent_codes=self._agent_codes,
