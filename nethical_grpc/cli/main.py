@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     region.add_argument(
         "--audit-url",
         default=os.environ.get("NETHICAL_AUDIT_URL", "memory://"),
-        help="http(s)://HOST:9200, sqlite:///PATH[?cache_mib=64] or memory:// "
+        help="http(s)://HOST:9200, sqlite:///PATH[?cache_mib=64&max_records=N] or memory:// "
         "(env NETHICAL_AUDIT_URL)",
     )
     region.add_argument(

@@ -319,6 +319,29 @@ def test_a_bad_memory_store_bound_is_refused() -> None:
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize(
+    ("flag", "url", "message"),
+    [
+        (
+            "--audit-url",
+            "a.db?max_records=0",
+            "audit URL: max_records must be a whole number in 1..1000000000000, got 0",
+        ),
+        (
+            "--timeseries-url",
+            "t.db?max_records=10",
+            "timeseries URL: unknown parameter 'max_records' for sqlite:// (known: cache_mib)",
+        ),
+    ],
+)
+def test_a_bad_record_bound_is_refused(flag: str, url: str, message: str, tmp_path: Path) -> None:
+    out = run_cli("region", "--region-id", "r", "--port", "0", flag, f"sqlite://{tmp_path}/{url}")
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not list(tmp_path.iterdir())  # refused before any file is made
+
+
 @pytest.mark.parametrize("days", ["0", "36501", "ninety"])
 def test_a_bad_audit_retention_is_refused(days: str) -> None:
     out = run_cli("region", "--region-id", "r", "--port", "0", "--audit-retention-days", days)

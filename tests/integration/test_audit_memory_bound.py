@@ -198,10 +198,15 @@ async def test_a_bad_bound_is_refused(bad: object) -> None:
         await open_audit_store("memory://", REGION, memory_max_records=bad)  # type: ignore[arg-type]
 
 
-async def test_the_factory_bounds_in_memory_stores_only(tmp_path: Path) -> None:
+async def test_the_factory_bounds_memory_by_default_and_files_by_their_url(
+    tmp_path: Path,
+) -> None:
     memory, _ = await open_audit_store("memory://", REGION)
     unbounded, _ = await open_audit_store("memory://", REGION, memory_max_records=None)
     file, _ = await open_audit_store(f"sqlite://{tmp_path / 'a.db'}", REGION)
+    bounded_file, _ = await open_audit_store(
+        f"sqlite://{tmp_path / 'b.db'}?max_records=25&cache_mib=4", REGION, memory_max_records=7
+    )
     # nothing listens on the discard port: the in-memory stand-in is bounded too
     standin, choice = await open_audit_store(
         "http://127.0.0.1:9", REGION, connect_timeout_s=1.0, memory_max_records=7
@@ -213,9 +218,27 @@ async def test_the_factory_bounds_in_memory_stores_only(tmp_path: Path) -> None:
         assert isinstance(file, SqliteFtsAuditStore) and file.max_records is None
         assert choice.fallback and isinstance(standin, SqliteFtsAuditStore)
         assert standin.max_records == 7
+        # the URL's bound, not the in-memory one, and it holds: the newest 25 stay
+        assert isinstance(bounded_file, SqliteFtsAuditStore) and bounded_file.max_records == 25
+        records = dataset(60)
+        await load_in_batches(bounded_file, records, 20)
+        assert page_ids(await all_pages(bounded_file, page_size=30)) == oracle_ids(records[-25:])
+        assert bounded_file.records_dropped == 35
     finally:
-        for s in (memory, unbounded, file, standin):
+        for s in (memory, unbounded, file, bounded_file, standin):
             await s.close()
+    # the bound is the file's to keep: a node restarted with it finds the same 25
+    again, _ = await open_audit_store(f"sqlite://{tmp_path / 'b.db'}?max_records=25", REGION)
+    try:
+        assert (await again.get_audit_log_statistics()).total_actions == 25
+    finally:
+        await again.close()
+
+
+async def test_the_factory_refuses_a_bad_record_bound(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="audit URL: max_records must be a whole number"):
+        await open_audit_store(f"sqlite://{tmp_path / 'a.db'}?max_records=0", REGION)
+    assert not (tmp_path / "a.db").exists()  # refused before the file is made
 
 
 async def test_dropped_records_leave_the_index_and_the_term_counts(tmp_path: Path) -> None:

@@ -106,3 +106,18 @@ async def test_a_backlog_goes_a_step_a_round_with_records_written_between(
         assert sorted(h.record.agent_id for h in page.hits) == ["busy"] * 3
     finally:
         await stores.close()
+
+
+async def test_a_node_keeps_the_record_bound_of_its_audit_url(tmp_path: Path) -> None:
+    # ?max_records=N bounds a node's audit file (and the memory its searches keep) by
+    # count, beside the retention in days
+    config = StoreConfig(audit_url=f"sqlite:///{tmp_path}/audit.db?max_records=5")
+    stores = await NodeStores.open(config, "r1")
+    try:
+        await stores.audit.index_audit_logs(
+            [record(f"agent-{i}", timedelta(minutes=10 - i)) for i in range(8)]
+        )
+        page = await stores.audit.search_audit_logs(page_size=10)
+        assert sorted(h.record.agent_id for h in page.hits) == [f"agent-{i}" for i in range(3, 8)]
+    finally:
+        await stores.close()

@@ -108,7 +108,7 @@ def __getattr__(name: str) -> Any:
 def sqlite_path(url: str) -> str:
     """The file path of a ``sqlite://`` URL: ``sqlite:///var/lib/a.db`` → ``/var/lib/a.db``
     (absolute), ``sqlite://data/a.db`` → ``data/a.db`` (relative); see
-    :mod:`nethical_grpc.storage.sqlite_url` for its query parameter.  ``ValueError`` when
+    :mod:`nethical_grpc.storage.sqlite_url` for its query parameters.  ``ValueError`` when
     there is no path, it is ``:memory:`` (use ``memory://``), or the URL is malformed."""
     path = _sqlite_file(url).path
     assert path is not None
@@ -116,7 +116,7 @@ def sqlite_path(url: str) -> str:
 
 
 def _sqlite_file(url: str) -> SqliteUrl:
-    parsed = parse_sqlite_url(url, _STORE)
+    parsed = parse_sqlite_url(url, _STORE, record_bound=True)
     if parsed.path is None:
         raise ValueError(f"audit URL: for an in-memory audit store use memory://, not {url!r}")
     return parsed
@@ -141,13 +141,16 @@ async def open_audit_store(
       in-memory SQLite FTS5 store is used instead and the choice's ``reason`` says why.
     * ``sqlite:///path/to/file.db``: SQLite FTS5 in that file (created if missing); its
       records are kept ``retention_days`` (:meth:`SqliteFtsAuditStore.apply_retention`).
-      ``?cache_mib=N``: the page cache each of its connections may fill (default 64).
+      ``?cache_mib=N``: the page cache each of its connections may fill (default 64);
+      ``?max_records=N``: it keeps the newest ``N`` records, dropping the oldest past them
+      (default: no bound but the retention; see :mod:`nethical_grpc.storage.sqlite_url`).
     * ``memory://``: SQLite FTS5 in memory, private to this process.
 
     An in-memory store (``memory://``, or the stand-in for an Elasticsearch it could not
     use) keeps the newest ``memory_max_records`` records, dropping the oldest past them
     (``None``: no bound; a long-running node would then grow until it runs out of memory).
-    A SQLite file and Elasticsearch are not bounded by it.
+    A SQLite file is bounded by its URL's ``max_records`` instead, and Elasticsearch by
+    its retention alone.
 
     ``ValueError`` for an unknown scheme or a malformed URL or region id;
     ``AuditStoreError`` when a SQLite file cannot be opened.
@@ -169,7 +172,11 @@ async def open_audit_store(
     if scheme == "sqlite":
         file = _sqlite_file(url)
         store = await SqliteFtsAuditStore.open(
-            region_id, file.path, retention_days=retention_days, cache_mib=file.cache_mib
+            region_id,
+            file.path,
+            max_records=file.max_records,
+            retention_days=retention_days,
+            cache_mib=file.cache_mib,
         )
         return store, BackendChoice(_STORE, shown, store.backend)
     if scheme in ("http", "https"):
