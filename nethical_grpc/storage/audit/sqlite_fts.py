@@ -362,7 +362,8 @@ class _Mirror:
     prefix of ``_dead`` entries (a view gets the arrays from past it, as numpy views), and
     the live records move down only when the arrays are full (:meth:`_grow`) or mostly dead
     (:meth:`_cut`).  A store that drops a few records on every write (``max_records``)
-    thus copies its live records once per that many records dropped, not on every search.
+    thus copies its live records once per as many drops as it holds records, not on every
+    search after a write.
     """
 
     def __init__(self) -> None:
