@@ -12,8 +12,11 @@ The regions keep their time series and audit log in SQLite files by default
 (``--stores memory`` keeps them in RAM: a node's newest 100,000 evaluations' records,
 its ``--memory-store-records`` default).
 
+``--audit-max-records N`` bounds each region's audit file by count
+(``sqlite:///PATH?max_records=N``), as an operator bounds a node's audit memory.
+
     python bench/soak.py [--minutes 10] [--warmup 60] [--stores sqlite|memory] [--rss-every 60]
-                         [--cache-mib N]
+                         [--cache-mib N] [--audit-max-records N]
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import urlencode
 
 import common
 import numpy as np
@@ -190,20 +194,35 @@ def main() -> None:
         help="the SQLite stores' page cache per connection, MiB (their URLs' cache_mib; "
         "0: the stores' default)",
     )
+    parser.add_argument(
+        "--audit-max-records",
+        type=int,
+        default=0,
+        help="the most records each region's SQLite audit file keeps (its URL's max_records; "
+        "0: no bound but the retention)",
+    )
     args = parser.parse_args()
     if args.rss_every <= 0:
         parser.error("--rss-every must be > 0")
-    if args.cache_mib < 0 or (args.cache_mib and args.stores != "sqlite"):
-        parser.error("--cache-mib must be >= 0, and is for --stores sqlite")
+    for flag, value in (
+        ("--cache-mib", args.cache_mib),
+        ("--audit-max-records", args.audit_max_records),
+    ):
+        if value < 0 or (value and args.stores != "sqlite"):
+            parser.error(f"{flag} must be >= 0, and is for --stores sqlite")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         children: dict[str, Child] = {}
         try:
-            cache = f"?cache_mib={args.cache_mib}" if args.cache_mib else ""
+            cache = {"cache_mib": args.cache_mib} if args.cache_mib else {}
+            bound = {"max_records": args.audit_max_records} if args.audit_max_records else {}
+            ts_query, audit_query = (
+                f"?{urlencode(q)}" if q else "" for q in (cache, {**cache, **bound})
+            )
             for r in REGIONS:
                 stores = (
-                    [f"--timeseries-url=sqlite:///{work / r}-ts.db{cache}",
-                     f"--audit-url=sqlite:///{work / r}-audit.db{cache}"]
+                    [f"--timeseries-url=sqlite:///{work / r}-ts.db{ts_query}",
+                     f"--audit-url=sqlite:///{work / r}-audit.db{audit_query}"]
                     if args.stores == "sqlite"
                     else ["--timeseries-url=memory://", "--audit-url=memory://"]
                 )  # fmt: skip
@@ -223,7 +242,15 @@ def main() -> None:
         finally:
             for c in children.values():
                 c.stop()
-    common.emit("soak", {"stores": args.stores, "cache_mib": args.cache_mib or None, **results})
+    common.emit(
+        "soak",
+        {
+            "stores": args.stores,
+            "cache_mib": args.cache_mib or None,
+            "audit_max_records": args.audit_max_records or None,
+            **results,
+        },
+    )
 
 
 if __name__ == "__main__":
