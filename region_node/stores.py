@@ -101,8 +101,9 @@ class NodeStores:
         ]
 
     def evictions(self) -> list[tuple[str, str, int]]:
-        """(store, backend, records dropped for the in-memory bound since the start) of
-        the time-series and audit stores (0 for a store without a bound)."""
+        """(store, backend, records dropped for its bound since the start) of the
+        time-series and audit stores: the in-memory bound, or a SQLite audit file's
+        ``max_records`` (0 for a store without a bound)."""
         return [
             ("timeseries", self.timeseries_choice.backend, self.timeseries.rows_dropped),
             ("audit", self.audit_choice.backend, self.audit.records_dropped),

@@ -247,7 +247,7 @@ class MeterRecorder(Recorder):
                 callbacks=[lambda _options: self._store_evictions()],
                 unit="{record}",
                 description="Records a store dropped, oldest first, to stay within its "
-                "in-memory bound (--memory-store-records)",
+                "bound (--memory-store-records, or a SQLite audit file's max_records)",
             )
 
     def _store_evictions(self) -> list[Observation]:

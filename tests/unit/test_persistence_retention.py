@@ -119,5 +119,7 @@ async def test_a_node_keeps_the_record_bound_of_its_audit_url(tmp_path: Path) ->
         )
         page = await stores.audit.search_audit_logs(page_size=10)
         assert sorted(h.record.agent_id for h in page.hits) == [f"agent-{i}" for i in range(3, 8)]
+        # counted where operators read evictions (nethical_store_records_evicted_total)
+        assert ("audit", "sqlite", 3) in stores.evictions()
     finally:
         await stores.close()
