@@ -141,26 +141,38 @@ async def test_ids_are_deduplicated_among_the_records_kept(open_store: Opener) -
     assert page_ids(await all_pages(store, page_size=20)) == oracle_ids([*records[-9:], records[0]])
 
 
-async def test_a_reader_sharing_the_file_sees_the_oldest_go(tmp_path: Path) -> None:
+@pytest.fixture
+async def shared_file(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[SqliteFtsAuditStore, SqliteFtsAuditStore]]:
+    """A writer bounded at 40 records and a reader (another store, as another process
+    would open it) on one file."""
     path = str(tmp_path / "shared.db")
     writer = await SqliteFtsAuditStore.open(REGION, path, max_records=40)
     reader = await SqliteFtsAuditStore.open(REGION, path)
     try:
-        records = dataset(160)
-        start = 0
-        for end in (30, 70, 160):  # the reader's mirror is cut at each step, then emptied
-            await load_in_batches(writer, records[start:end], 30)
-            start = end
-            kept = records[max(0, end - 40) : end]
-            assert page_ids(await all_pages(reader, page_size=16)) == oracle_ids(kept)
-            assert page_ids(await all_pages(reader, "ticket 7", order="newest")) == oracle_ids(
-                kept, "ticket 7"
-            )
-            stats = await reader.get_audit_log_statistics()
-            assert stats.total_actions == len(kept)
+        yield writer, reader
     finally:
         await writer.close()
         await reader.close()
+
+
+async def test_a_reader_sharing_the_file_sees_the_oldest_go(
+    shared_file: tuple[SqliteFtsAuditStore, SqliteFtsAuditStore],
+) -> None:
+    writer, reader = shared_file
+    records = dataset(160)
+    start = 0
+    for end in (30, 70, 160):  # the reader's mirror is cut at each step, then emptied
+        await load_in_batches(writer, records[start:end], 30)
+        start = end
+        kept = records[max(0, end - 40) : end]
+        assert page_ids(await all_pages(reader, page_size=16)) == oracle_ids(kept)
+        assert page_ids(await all_pages(reader, "ticket 7", order="newest")) == oracle_ids(
+            kept, "ticket 7"
+        )
+        stats = await reader.get_audit_log_statistics()
+        assert stats.total_actions == len(kept)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -347,28 +359,24 @@ async def test_a_full_store_moves_its_records_once_per_as_many_drops(
     assert sum(copied) <= 2 * batch * writes
 
 
-async def test_views_taken_before_a_cut_keep_their_records(tmp_path: Path) -> None:
+async def test_views_taken_before_a_cut_keep_their_records(
+    shared_file: tuple[SqliteFtsAuditStore, SqliteFtsAuditStore],
+) -> None:
     # a search runs on a view while other readers cut and top up the mirror: the
     # entries a view reads are never written again, whether some or all of its records
     # were dropped since
-    path = str(tmp_path / "shared.db")
-    writer = await SqliteFtsAuditStore.open(REGION, path, max_records=40)
-    reader = await SqliteFtsAuditStore.open(REGION, path)
-    try:
-        records = dataset(250)
-        await writer.index_audit_logs(records[:40])
-        before = await mirror_view(reader)
-        columns = live_columns(before)
-        await writer.index_audit_logs(records[40:150])  # every mirrored record dropped
-        after = await mirror_view(reader)
-        assert live_columns(before) == columns
-        assert (after.base, after.n) == (110, 150)
+    writer, reader = shared_file
+    records = dataset(250)
+    await writer.index_audit_logs(records[:40])
+    before = await mirror_view(reader)
+    columns = live_columns(before)
+    await writer.index_audit_logs(records[40:150])  # every mirrored record dropped
+    after = await mirror_view(reader)
+    assert live_columns(before) == columns
+    assert (after.base, after.n) == (110, 150)
 
-        await writer.index_audit_logs(records[150:160])  # 10 dropped: cut without a copy
-        some_dropped = await mirror_view(reader)
-        assert np.shares_memory(some_dropped.ts, after.ts)
-        assert live_columns(some_dropped)[0][:30] == live_columns(after)[0][10:]
-        assert page_ids(await all_pages(reader, page_size=50)) == oracle_ids(records[120:160])
-    finally:
-        await writer.close()
-        await reader.close()
+    await writer.index_audit_logs(records[150:160])  # 10 dropped: cut without a copy
+    some_dropped = await mirror_view(reader)
+    assert np.shares_memory(some_dropped.ts, after.ts)
+    assert live_columns(some_dropped)[0][:30] == live_columns(after)[0][10:]
+    assert page_ids(await all_pages(reader, page_size=50)) == oracle_ids(records[120:160])
