@@ -16,7 +16,7 @@ its ``--memory-store-records`` default).
 (``sqlite:///PATH?max_records=N``), as an operator bounds a node's audit memory.
 
     python bench/soak.py [--minutes 10] [--warmup 60] [--stores sqlite|memory] [--rss-every 60]
-                         [--cache-mib N] [--audit-max-records N]
+                         [--cache-mib N] [--audit-max-records N] [--node-arg=ARG ...]
 """
 
 from __future__ import annotations
@@ -201,6 +201,13 @@ def main() -> None:
         help="the most records each region's SQLite audit file keeps (its URL's max_records; "
         "0: no bound but the retention)",
     )
+    parser.add_argument(
+        "--node-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an extra argument for every region node, e.g. --node-arg=--retention=1h (repeatable)",
+    )
     args = parser.parse_args()
     if args.rss_every <= 0:
         parser.error("--rss-every must be > 0")
@@ -229,7 +236,7 @@ def main() -> None:
                 children[r] = spawn(
                     r,
                     ["region", "--region-id", r, "--instance-id", f"{r}-0", "--port", "0",
-                     "--log-level", "WARNING", *stores],
+                     "--log-level", "WARNING", *stores, *args.node_arg],
                     work,
                 )  # fmt: skip
             specs = [f"--region={r}=127.0.0.1:{children[r].port()}" for r in REGIONS]
@@ -248,6 +255,7 @@ def main() -> None:
             "stores": args.stores,
             "cache_mib": args.cache_mib or None,
             "audit_max_records": args.audit_max_records or None,
+            "node_args": args.node_arg,
             **results,
         },
     )
