@@ -223,9 +223,8 @@ def main() -> None:
         try:
             cache = {"cache_mib": args.cache_mib} if args.cache_mib else {}
             bound = {"max_records": args.audit_max_records} if args.audit_max_records else {}
-            ts_query, audit_query = (
-                f"?{urlencode(q)}" if q else "" for q in (cache, {**cache, **bound})
-            )
+            ts_query = f"?{urlencode(cache)}" if cache else ""
+            audit_query = f"?{urlencode(cache | bound)}" if cache or bound else ""
             for r in REGIONS:
                 stores = (
                     [f"--timeseries-url=sqlite:///{work / r}-ts.db{ts_query}",

@@ -18,6 +18,7 @@ is a private in-memory database. Query parameters:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import parse_qsl
@@ -31,6 +32,7 @@ __all__ = [
     "SqliteUrl",
     "cache_size_pragma",
     "check_cache_mib",
+    "check_max_records",
     "parse_sqlite_url",
 ]
 
@@ -63,6 +65,11 @@ def check_cache_mib(value: object) -> int:
     return check_whole_number("cache_mib", value, 1, MAX_CACHE_MIB)
 
 
+def check_max_records(value: object) -> int:
+    """``value`` if it is an int in 1..:data:`MAX_RECORDS` (``ValueError`` otherwise)."""
+    return check_whole_number("max_records", value, 1, MAX_RECORDS)
+
+
 def cache_size_pragma(cache_mib: int) -> str:
     """The statement that bounds a connection's page cache at ``cache_mib`` MiB."""
     return f"PRAGMA cache_size = -{cache_mib * 1024}"  # negative: KiB
@@ -87,9 +94,9 @@ def parse_sqlite_url(url: str, store: str, *, record_bound: bool = False) -> Sql
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError:
         raise ValueError(f"{store} URL: malformed query string {query!r}") from None
-    known = {"cache_mib": (1, MAX_CACHE_MIB)}
+    known: dict[str, Callable[[object], int]] = {"cache_mib": check_cache_mib}
     if record_bound:
-        known["max_records"] = (1, MAX_RECORDS)
+        known["max_records"] = check_max_records
     values: dict[str, int] = {}
     for key, value in pairs:
         if key not in known:
@@ -100,7 +107,7 @@ def parse_sqlite_url(url: str, store: str, *, record_bound: bool = False) -> Sql
             raise ValueError(f"{store} URL: {key} is given twice")
         number = int(value) if value.isascii() and value.isdigit() else value
         try:
-            values[key] = check_whole_number(key, number, *known[key])
+            values[key] = known[key](number)
         except ValueError as exc:
             raise ValueError(f"{store} URL: {exc}") from None
     return SqliteUrl(

@@ -86,7 +86,6 @@ __all__ = [
     "check_retention_days",
     "open_audit_store",
     "query_terms",
-    "sqlite_path",
 ]
 
 _STORE: Final = "audit"
@@ -105,17 +104,10 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def sqlite_path(url: str) -> str:
-    """The file path of a ``sqlite://`` URL: ``sqlite:///var/lib/a.db`` → ``/var/lib/a.db``
-    (absolute), ``sqlite://data/a.db`` → ``data/a.db`` (relative); see
-    :mod:`nethical_grpc.storage.sqlite_url` for its query parameters.  ``ValueError`` when
-    there is no path, it is ``:memory:`` (use ``memory://``), or the URL is malformed."""
-    path = _sqlite_file(url).path
-    assert path is not None
-    return path
-
-
 def _sqlite_file(url: str) -> SqliteUrl:
+    """The file of a ``sqlite://`` audit URL and its parameters (see
+    :mod:`nethical_grpc.storage.sqlite_url`); ``ValueError`` for ``:memory:`` (use
+    ``memory://``) or a malformed URL."""
     parsed = parse_sqlite_url(url, _STORE, record_bound=True)
     if parsed.path is None:
         raise ValueError(f"audit URL: for an in-memory audit store use memory://, not {url!r}")

@@ -45,7 +45,7 @@ from nethical_grpc.storage.timeseries.base import TimeSeriesStore, check_retenti
 from nethical_grpc.storage.timeseries.model import check_name
 from nethical_grpc.storage.timeseries.sqlite import SQLiteTimeSeriesStore
 
-__all__ = ["DEFAULT_MEMORY_MAX_ROWS", "DEFAULT_RETENTION", "open_timeseries", "sqlite_path"]
+__all__ = ["DEFAULT_MEMORY_MAX_ROWS", "DEFAULT_RETENTION", "open_timeseries"]
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +56,6 @@ DEFAULT_MEMORY_MAX_ROWS = DEFAULT_MEMORY_BOUND
 same cap."""
 STORE = "timeseries"
 MEMORY_BACKEND = "sqlite (memory)"
-
-
-def sqlite_path(url: str) -> str | None:
-    """The file path of a ``sqlite://`` URL (``None`` for ``sqlite:///:memory:``).
-
-    ``sqlite:///var/ts.db`` is ``/var/ts.db``; ``sqlite://ts.db`` is ``ts.db`` (relative to
-    the working directory); see :mod:`nethical_grpc.storage.sqlite_url` for its query
-    parameter. ``ValueError`` for an empty path, a fragment or a bad parameter.
-    """
-    return parse_sqlite_url(url, STORE).path
 
 
 def _connect_failure_reason(exc: BaseException) -> str:
