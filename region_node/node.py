@@ -30,6 +30,8 @@ FloatArray = npt.NDArray[np.float64]
 #: always before the windows are read).
 INTERNAL_DELAY_S: Final = 0.05
 INTERNAL_PENDING_VALUES: Final = 8192
+# windows merged into rollup windows between turns of the event loop (a few ms of work)
+ROLLUP_STEP: Final = 1000
 
 
 def merge_groups(parts: Sequence[Sequence[GroupSummary]]) -> list[GroupSummary]:
@@ -222,15 +224,33 @@ class RegionNode:
     async def run_eviction(self, interval_s: float) -> None:
         while True:
             await asyncio.sleep(interval_s)
-            self.apply_pending()
-            dropped = self.store.evict_expired()
-            if dropped:
-                log.debug("dropped %d windows past retention", dropped)
-            if self.privacy_releaser is not None:
-                cfg = self.store.config
-                now = self.clock()
-                oldest = (now // cfg.window_ns * cfg.window_ns - cfg.retention_ns) // cfg.window_ns
-                self.privacy_releaser.forget_windows_before(oldest + 1)
+            await self.maintain_windows()
+
+    async def maintain_windows(self) -> None:
+        """Roll windows past the rollup horizon up, drop those past retention, and forget
+        the privacy budgets of windows whose data is gone.
+
+        The rollup goes :data:`ROLLUP_STEP` windows at a time, letting the event loop
+        serve calls in between: at a rollup window's edge every series has one due, and
+        a restart restores a day of windows at full width."""
+        self.apply_pending()
+        now = self.clock()
+        merged = 0
+        while True:
+            step = self.store.roll_up(now, limit=ROLLUP_STEP)
+            merged += step
+            if step < ROLLUP_STEP:
+                break
+            await asyncio.sleep(0)
+        if merged:
+            log.debug("rolled %d windows up", merged)
+        dropped = self.store.evict_expired(now)
+        if dropped:
+            log.debug("dropped %d windows past retention", dropped)
+        if self.privacy_releaser is not None:
+            # a rollup window answers for all of its windows until it goes: their
+            # budgets stay until then
+            self.privacy_releaser.forget_windows_before(self.store.kept_from_id(now))
 
     def start_background(self, interval_s: float = 5.0) -> None:
         if self._evictor is None:

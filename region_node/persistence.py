@@ -530,6 +530,9 @@ class Persister:
             and r.metric != WAL_MARK_METRIC
         ]
         peers = WindowStore(self.node.store.config, clock=self.node.clock)
+        # nothing is ingested into the peers' windows: those past the rollup horizon go
+        # straight into rollup windows as they are installed
+        peers.roll_up()
         self._install(peers, others, now)
         self.node.peers = peers
 

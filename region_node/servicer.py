@@ -290,6 +290,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
     ) -> region_node_pb2.GetNodeInfoResponse:
         cfg = self.node.store.config
         ident = self.node.identity
+        rolled = cfg.rollup_factor > 0
         self.node.apply_pending()
         return region_node_pb2.GetNodeInfoResponse(
             region_id=ident.region_id,
@@ -310,6 +311,8 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
             if self.evaluator is not None
             else None,
             started_at=convert.ns_to_timestamp(self.started_ns),
+            rollup_after=convert.ns_to_duration(cfg.rollup_after_ns) if rolled else None,
+            rollup_window=convert.ns_to_duration(cfg.rollup_window_ns) if rolled else None,
         )
 
     def _components(self) -> dict[str, str]:

@@ -1,5 +1,11 @@
 """Tumbling, epoch-aligned windows of per-series summaries, with retention and caps.
 
+Windows older than ``rollup_after`` are merged into wider, epoch-aligned rollup windows
+(``rollup_window``, a multiple of the window), so a series costs a few hundred summaries
+a day instead of one per window; the node then refuses observations that old (they would
+land in a window already merged). A window is merged only once it is flushed (not dirty):
+the store keeps every window at full width, and a flush replaces a stored window whole.
+
 Everything here is synchronous and runs on the server's event loop thread; batches
 are applied atomically (validated and cardinality-checked before any state changes).
 """
@@ -29,12 +35,26 @@ class WindowConfig:
     max_label_sets_per_metric: int = 1000
     max_series: int = 100_000
     max_future_ns: int = 5 * 60 * NANOS
+    # windows older than this are merged into rollup windows (0: never)
+    rollup_after_ns: int = 3600 * NANOS
+    rollup_window_ns: int = 300 * NANOS
 
     def __post_init__(self) -> None:
         if self.window_ns <= 0:
             raise ValueError("window must be positive")
         if self.retention_ns < self.window_ns:
             raise ValueError("retention must be at least one window")
+        if self.rollup_after_ns < 0:
+            raise ValueError("--rollup-after must be 0 (never) or positive")
+        if self.rollup_after_ns:
+            if self.rollup_after_ns < self.window_ns:
+                raise ValueError("--rollup-after must be at least one window (or 0: never)")
+            if self.rollup_window_ns <= self.window_ns or self.rollup_window_ns % self.window_ns:
+                raise ValueError(
+                    f"the rollup window (--rollup-window, {self.rollup_window_ns / NANOS:g} s) "
+                    f"must be a multiple of the window (--window, {self.window_ns / NANOS:g} s) "
+                    "larger than it"
+                )
         # the sketch's own checks (scale range, bucket bound), at start-up rather than
         # on every ingest
         ExponentialHistogram(self.histogram_scale, self.max_buckets)
@@ -43,11 +63,23 @@ class WindowConfig:
         if self.max_series < 1:
             raise ValueError("max series must be at least 1")
 
+    @property
+    def rollup_factor(self) -> int:
+        """Windows per rollup window; 0 when windows are never rolled up."""
+        return self.rollup_window_ns // self.window_ns if self.rollup_after_ns else 0
+
 
 @dataclass(slots=True)
 class _Series:
+    # full-width windows by window id, and rollup windows by rollup id (the windows
+    # r * factor ... r * factor + factor - 1 merged)
     windows: dict[int, Summary] = field(default_factory=dict)
+    rollups: dict[int, Summary] = field(default_factory=dict)
     last_time_ns: int = 0
+    # the oldest id in ``windows`` and in ``rollups`` (None: none), so that passes skip
+    # the series with nothing due quickly
+    oldest: int | None = None
+    oldest_rollup: int | None = None
 
 
 class WindowStore:
@@ -66,13 +98,16 @@ class WindowStore:
         self._metric_versions: dict[str, int] = {}
         # windows changed since the last take_dirty(), for flushing to a store
         self._dirty: set[tuple[SeriesKey, int]] = set()
+        # every window id up to this one is past the rollup horizon: observations for
+        # them are refused, and restored ones go into rollup windows
+        self._rolled_through: int | None = None
 
     # -- ingest ---------------------------------------------------------------------
 
     def check_times(self, batch: IngestBatch, now_ns: int) -> None:
         """Reject observations outside retention or too far in the future."""
         cfg = self.config
-        oldest = self._window_start(now_ns) - cfg.retention_ns + cfg.window_ns
+        oldest = self.oldest_accepted_ns(now_ns)
         newest = now_ns + cfg.max_future_ns
         if batch.timestamps_ns is None:
             lo = hi = batch.time_ns
@@ -83,11 +118,18 @@ class WindowStore:
             lo, hi = int(batch.timestamps_ns.min()), int(batch.timestamps_ns.max())
             path = "timestamps_unix_nano"
         if lo < oldest:
+            if cfg.rollup_after_ns and cfg.rollup_after_ns < cfg.retention_ns:
+                horizon = (
+                    f"late-data horizon of {cfg.rollup_after_ns / NANOS:g} s (older windows "
+                    f"are rolled up into {cfg.rollup_window_ns / NANOS:g}-second ones; "
+                    "see --rollup-after)"
+                )
+            else:
+                horizon = f"retention of {cfg.retention_ns / NANOS:g} s"
             raise InvalidArgument.single(
                 path,
-                f"observation is older than the node's retention of "
-                f"{cfg.retention_ns / NANOS:g} s (the oldest accepted: Unix "
-                f"{oldest / NANOS:.3f})",
+                f"observation is older than the node's {horizon} (the oldest accepted: "
+                f"Unix {oldest / NANOS:.3f})",
             )
         if hi > newest:
             raise InvalidArgument.single(
@@ -95,6 +137,17 @@ class WindowStore:
                 f"observation is more than {cfg.max_future_ns / NANOS:g} s ahead of the "
                 "node's clock",
             )
+
+    def oldest_accepted_ns(self, now_ns: int) -> int:
+        """The start of the oldest window an observation may land in now."""
+        cfg = self.config
+        start = self._window_start(now_ns)
+        oldest = start - cfg.retention_ns + cfg.window_ns
+        if cfg.rollup_after_ns:
+            oldest = max(oldest, start - cfg.rollup_after_ns + cfg.window_ns)
+        if self._rolled_through is not None:
+            oldest = max(oldest, (self._rolled_through + 1) * cfg.window_ns)
+        return oldest
 
     def check_capacity(self, keys: Iterable[SeriesKey]) -> None:
         """Raise RESOURCE_EXHAUSTED if these series would pass a cap; changes nothing."""
@@ -183,6 +236,8 @@ class WindowStore:
                 scale=self.config.histogram_scale, max_buckets=self.config.max_buckets
             )
             series.windows[window_id] = summary
+            if series.oldest is None or window_id < series.oldest:
+                series.oldest = window_id
         return summary
 
     # -- persistence ----------------------------------------------------------------
@@ -202,17 +257,30 @@ class WindowStore:
     def restore(self, key: SeriesKey, window_id: int, summary: Summary, newest_ns: int) -> None:
         """Merge a persisted window in (restart, or another instance's data).
 
-        Not subject to the caps: what was persisted was admitted once already."""
+        A window past the rollup horizon goes into its rollup window, unless the same
+        window is held at full width (its newer data, not yet flushed). Not subject to the
+        caps: what was persisted was admitted once already."""
         series = self._series.get(key)
         if series is None:
             series = _Series()
             self._series[key] = series
             self._label_sets[key.metric] = self._label_sets.get(key.metric, 0) + 1
         held = series.windows.get(window_id)
-        if held is None:
-            series.windows[window_id] = summary
-        else:
+        if held is not None:
             held.merge_from(summary)
+        elif self._rolled_through is not None and window_id <= self._rolled_through:
+            rollup_id = window_id // self.config.rollup_factor
+            into = series.rollups.get(rollup_id)
+            if into is None:
+                series.rollups[rollup_id] = summary
+                if series.oldest_rollup is None or rollup_id < series.oldest_rollup:
+                    series.oldest_rollup = rollup_id
+            else:
+                into.merge_from(summary)
+        else:
+            series.windows[window_id] = summary
+            if series.oldest is None or window_id < series.oldest:
+                series.oldest = window_id
         series.last_time_ns = max(series.last_time_ns, newest_ns)
         self._changed(key.metric)
 
@@ -222,13 +290,16 @@ class WindowStore:
         return (t_ns // self.config.window_ns) * self.config.window_ns
 
     def summaries(self, query: SummaryQuery) -> list[GroupSummary]:
-        """Merge the windows overlapping [start, end) per metric and label group."""
+        """Merge the windows (and rollup windows) overlapping [start, end) per metric and
+        label group; each group's range is that of the windows it merged."""
         window_ns = self.config.window_ns
+        factor = self.config.rollup_factor
         first_id = None if query.start_ns is None else query.start_ns // window_ns
         # a window [w*W, (w+1)*W) overlaps [start, end) when w*W < end
         last_id = None if query.end_ns is None else (query.end_ns - 1) // window_ns
         wanted = dict(query.label_filter)
-        # per group: the windows to merge, the window id range, the newest observation
+        # per group: the windows to merge, and per series the first and last window id
+        # covered and the newest observation
         parts: dict[tuple[str, Labels], tuple[list[Summary], list[int]]] = {}
         for key, series in self._series.items():
             if query.metrics and key.metric not in query.metrics:
@@ -242,12 +313,21 @@ class WindowStore:
                 for w in series.windows
                 if (first_id is None or w >= first_id) and (last_id is None or w <= last_id)
             ]
-            if not ids:
+            rollup_ids = [
+                r
+                for r in series.rollups
+                if (first_id is None or (r + 1) * factor > first_id)
+                and (last_id is None or r * factor <= last_id)
+            ]
+            if not ids and not rollup_ids:
                 continue
+            lo = min(ids + [r * factor for r in rollup_ids])
+            hi = max(ids + [(r + 1) * factor - 1 for r in rollup_ids])
             group_labels = tuple((k, v) for k, v in key.labels if k in query.group_by)
             summaries, bounds = parts.setdefault((key.metric, group_labels), ([], []))
             summaries.extend(series.windows[w] for w in ids)
-            bounds.extend((min(ids), max(ids), series.last_time_ns))
+            summaries.extend(series.rollups[r] for r in rollup_ids)
+            bounds.extend((lo, hi, series.last_time_ns))
         out = []
         for (metric, group), (summaries, bounds) in sorted(parts.items(), key=lambda kv: kv[0]):
             out.append(
@@ -262,22 +342,91 @@ class WindowStore:
             )
         return out
 
-    # -- retention ------------------------------------------------------------------
+    # -- rollup and retention -------------------------------------------------------
+
+    def roll_up(self, now_ns: int | None = None, limit: int | None = None) -> int:
+        """Merge windows past the rollup horizon into their rollup windows; returns how
+        many windows were merged.
+
+        A rollup window is formed once every window in it is past the horizon, and a
+        window waits while it is dirty (not flushed to the store yet). With ``limit``, it
+        stops at the first series after merging that many (call again while it returns
+        ``limit`` or more), so a caller can let other work run in between."""
+        factor = self.config.rollup_factor
+        if not factor:
+            return 0
+        now = self._clock() if now_ns is None else now_ns
+        horizon_id = self.oldest_accepted_ns(now) // self.config.window_ns
+        # the newest rollup window whose windows are all older than the horizon
+        through = (horizon_id // factor) * factor - 1
+        if self._rolled_through is None or through > self._rolled_through:
+            self._rolled_through = through
+        merged = 0
+        dirty = self._dirty
+        for key, series in self._series.items():
+            if limit is not None and merged >= limit:
+                break
+            if series.oldest is None or series.oldest > through:
+                continue
+            due: dict[int, list[int]] = {}
+            for w in series.windows:
+                if w <= through:
+                    due.setdefault(w // factor, []).append(w)
+            before = merged
+            for rollup_id, ids in due.items():
+                if any((key, w) in dirty for w in ids):
+                    continue
+                parts = [series.windows.pop(w) for w in ids]
+                held = series.rollups.get(rollup_id)
+                if held is not None:
+                    parts.append(held)
+                summary = Summary.merge_all(parts)
+                summary.compact()
+                series.rollups[rollup_id] = summary
+                if series.oldest_rollup is None or rollup_id < series.oldest_rollup:
+                    series.oldest_rollup = rollup_id
+                merged += len(ids)
+            if merged != before:
+                series.oldest = min(series.windows, default=None)
+                self._changed(key.metric)
+        return merged
+
+    def kept_from_id(self, now_ns: int) -> int:
+        """The oldest window id whose data the node still holds (in a window or in a
+        rollup window, which is kept until all of it is past retention)."""
+        cfg = self.config
+        first = (self._window_start(now_ns) - cfg.retention_ns) // cfg.window_ns + 1
+        factor = cfg.rollup_factor
+        return (first // factor) * factor if factor else first
 
     def evict_expired(self, now_ns: int | None = None) -> int:
-        """Drop windows past retention and series left empty; return windows dropped."""
+        """Drop windows and rollup windows past retention, and series left empty; return
+        how many were dropped."""
         now = self._clock() if now_ns is None else now_ns
         cutoff_id = (self._window_start(now) - self.config.retention_ns) // self.config.window_ns
+        factor = self.config.rollup_factor
         dropped = 0
         for key in list(self._series):
             series = self._series[key]
-            old = [w for w in series.windows if w <= cutoff_id]
-            for w in old:
-                del series.windows[w]
-            dropped += len(old)
-            if old:
+            old = []
+            if series.oldest is not None and series.oldest <= cutoff_id:
+                old = [w for w in series.windows if w <= cutoff_id]
+                for w in old:
+                    del series.windows[w]
+                series.oldest = min(series.windows, default=None)
+            old_rollups = []
+            # a rollup window goes once all of it is past retention
+            if series.oldest_rollup is not None and (series.oldest_rollup + 1) * factor <= (
+                cutoff_id + 1
+            ):
+                old_rollups = [r for r in series.rollups if (r + 1) * factor <= cutoff_id + 1]
+                for r in old_rollups:
+                    del series.rollups[r]
+                series.oldest_rollup = min(series.rollups, default=None)
+            dropped += len(old) + len(old_rollups)
+            if old or old_rollups:
                 self._changed(key.metric)
-            if not series.windows:
+            if not series.windows and not series.rollups:
                 del self._series[key]
                 self._label_sets[key.metric] -= 1
                 if self._label_sets[key.metric] == 0:
@@ -292,4 +441,10 @@ class WindowStore:
 
     @property
     def window_count(self) -> int:
-        return sum(len(s.windows) for s in self._series.values())
+        """Windows held, rollup windows included."""
+        return sum(len(s.windows) + len(s.rollups) for s in self._series.values())
+
+    @property
+    def rollup_count(self) -> int:
+        """Rollup windows held."""
+        return sum(len(s.rollups) for s in self._series.values())

@@ -28,6 +28,16 @@ def parse_duration_ns(text: str) -> int:
     return int(value)
 
 
+def parse_duration_or_zero_ns(text: str) -> int:
+    """Like :func:`parse_duration_ns`, and '0' (or '0s', 'off') for "never" → 0."""
+    if text.strip().lower() == "off":
+        return 0
+    m = _DURATION.match(text)
+    if m and float(m.group(1)) == 0:
+        return 0
+    return parse_duration_ns(text)
+
+
 def parse_pair(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:

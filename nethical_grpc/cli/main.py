@@ -15,6 +15,7 @@ from typing import Any
 
 from nethical_grpc.cli.args import (
     parse_duration_ns,
+    parse_duration_or_zero_ns,
     parse_log_level,
     parse_pair,
     parse_port,
@@ -102,6 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_duration_ns,
         default=86_400_000_000_000,
         help="how long windows are kept (24h)",
+    )
+    region.add_argument(
+        "--rollup-after",
+        type=parse_duration_or_zero_ns,
+        default=3_600_000_000_000,
+        help="merge windows older than this into --rollup-window-wide ones, and refuse "
+        "observations older than it (1h; 0: keep every window at full width and accept "
+        "observations back to --retention)",
+    )
+    region.add_argument(
+        "--rollup-window",
+        type=parse_duration_ns,
+        default=300_000_000_000,
+        help="width of the rollup windows, a multiple of --window (5m)",
     )
     region.add_argument("--histogram-scale", type=int, default=6)
     region.add_argument("--max-buckets", type=int, default=2048)

@@ -150,6 +150,8 @@ async def run_region(args: argparse.Namespace) -> int:
         windows = WindowConfig(
             window_ns=args.window,
             retention_ns=args.retention,
+            rollup_after_ns=args.rollup_after,
+            rollup_window_ns=args.rollup_window,
             histogram_scale=args.histogram_scale,
             max_buckets=args.max_buckets,
             max_label_sets_per_metric=args.max_label_sets,

@@ -320,6 +320,25 @@ def test_a_bad_memory_store_bound_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--rollup-window", "7s"],
+            "the rollup window (--rollup-window, 7 s) must be a multiple of the window "
+            "(--window, 10 s) larger than it",
+        ),
+        (["--rollup-after", "5s"], "--rollup-after must be at least one window (or 0: never)"),
+        (["--rollup-after", "soon"], "not a duration: 'soon'"),
+    ],
+)
+def test_bad_rollup_settings_are_refused(flags: list[str], message: str) -> None:
+    out = run_cli("region", "--region-id", "r", "--port", "0", *flags)
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
     ("flag", "url", "message"),
     [
         (

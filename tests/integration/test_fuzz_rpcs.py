@@ -275,8 +275,9 @@ def _near_now_ns(offset_ns: int) -> int:
     return time.time_ns() + offset_ns
 
 
-# observation times near now (well inside the 24 h retention) or anywhere in int64
-near_now = st.integers(-3600 * NANOS, 400 * NANOS).map(_near_now_ns)
+# observation times near now (inside the 24 h retention, on both sides of the 1 h rollup
+# horizon and of the 5 minutes ahead accepted) or anywhere in int64
+near_now = st.integers(-7200 * NANOS, 400 * NANOS).map(_near_now_ns)
 times_ns = st.one_of(near_now, INT64, st.sampled_from([0, -1, 2**63 - 1, -(2**63)]))
 
 

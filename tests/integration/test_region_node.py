@@ -15,6 +15,7 @@ from meshutil import Mesh, add_region, wait_for
 from nethical_grpc import client, convert
 from nethical_grpc.errors import details_from_error
 from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
+from region_node.stores import StoreConfig
 from region_node.windows import WindowConfig
 
 NANOS = 1_000_000_000
@@ -94,6 +95,47 @@ async def test_time_range_selects_windows(mesh: Mesh) -> None:
     assert older.series[0].summary.moments.count == 4
     start = convert.timestamp_to_ns(older.series[0].start_time)
     assert start == (old // (10 * NANOS)) * 10 * NANOS
+
+
+async def test_old_windows_roll_up_keeping_every_value_and_refuse_late_data(mesh: Mesh) -> None:
+    # 1 s windows, merged in pairs once older than 1 s (flushed every 0.1 s)
+    windows = WindowConfig(window_ns=NANOS, rollup_after_ns=NANOS, rollup_window_ns=2 * NANOS)
+    [(_, node)] = await add_region(
+        mesh, "r1", windows=windows, stores=StoreConfig(flush_interval_s=0.1)
+    )
+    info = await stub(mesh).GetNodeInfo(region_node_pb2.GetNodeInfoRequest(), timeout=5)
+    assert convert.duration_to_ns(info.rollup_after) == NANOS
+    assert convert.duration_to_ns(info.rollup_window) == 2 * NANOS
+    first = time.time_ns()
+    ch = mesh.channel(mesh.regions["r1"][0][0].address)
+    await client.ingest(ch, [client.encode_ingest_request("m", np.arange(10.0), time_ns=first)])
+    await asyncio.sleep(1.1)
+    await mesh.ingest("r1", "m", np.arange(5.0))
+    deadline = time.monotonic() + 8
+    while node.store.rollup_count == 0:
+        assert time.monotonic() < deadline, "no window was rolled up"
+        await asyncio.sleep(0.2)
+        await node.maintain_windows()
+    assert await total_count(mesh) == 15
+    info = await stub(mesh).GetNodeInfo(region_node_pb2.GetNodeInfoRequest(), timeout=5)
+    assert info.window_count == node.store.window_count
+    # a range inside the first batch's window reaches its whole rollup window
+    older = await summaries(
+        mesh,
+        start_time=convert.ns_to_timestamp(first),
+        end_time=convert.ns_to_timestamp(first + 1),
+    )
+    [series] = older.series
+    start, end = (convert.timestamp_to_ns(t) for t in (series.start_time, series.end_time))
+    assert start <= first < end and end - start == 2 * NANOS
+    assert series.summary.moments.count >= 10
+    # the window is past the horizon now: a batch for it is refused whole, nothing lost
+    err = await _rejected(mesh, [client.encode_ingest_request("m", np.ones(3), time_ns=first)])
+    details = details_from_error(err)
+    assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+    [violation] = details.field_violations
+    assert violation.field == "time" and "late-data horizon of 1 s" in violation.description
+    assert await total_count(mesh) == 15
 
 
 async def _rejected(mesh: Mesh, batches: list[bytes]) -> grpc.aio.AioRpcError:

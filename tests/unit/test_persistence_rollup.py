@@ -1,0 +1,80 @@
+"""Rolled-up windows and the time-series store: the store keeps every window at full
+width, a restart gets them all back, and another instance's windows arrive rolled up."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from nethical_grpc.governance.profiles import ProfileBook
+from nethical_grpc.series import IngestBatch, SeriesKey, SummaryQuery
+from region_node.node import NodeIdentity, RegionNode
+from region_node.persistence import WAL_MARK_METRIC, Persister
+from region_node.stores import NodeStores, StoreConfig
+
+S = 1_000_000_000
+W = 10 * S
+
+
+class Clock:
+    def __init__(self, t: int) -> None:
+        self.t = t
+
+    def __call__(self) -> int:
+        return self.t
+
+
+def _count(node: RegionNode) -> int:
+    return sum(g.summary.count for g in node.summaries(SummaryQuery()))
+
+
+async def test_rolled_windows_stay_whole_in_the_store_and_come_back(tmp_path: Path) -> None:
+    stores = await NodeStores.open(
+        StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}"), "r1"
+    )
+    try:
+        # two hours ago, by the node's clock, a batch in each of 60 windows (10 minutes)
+        start = (time.time_ns() - 2 * 3600 * S) // (300 * S) * (300 * S)
+        clock = Clock(start)
+        node = RegionNode(NodeIdentity("r1", "r1-a"), clock=clock)
+        persister = Persister(node, stores, ProfileBook(), 1.0)
+        for k in range(60):
+            clock.t = start + k * W
+            batch = IngestBatch(SeriesKey("latency_ms", ()), np.full(4, k + 1.0), None, clock.t)
+            node.ingest(batch)
+        assert await persister.flush_windows() == 60
+        # an hour and a quarter on, the first two rollup windows are past the horizon
+        clock.t = start + 75 * 60 * S
+        await node.maintain_windows()
+        assert (node.store.rollup_count, node.store.window_count) == (2, 2)
+        assert _count(node) == 240
+        # the store still holds each window at full width, every value in it
+        rows = [
+            r
+            for r in await stores.timeseries.load_window_summaries("r1")
+            if r.metric != WAL_MARK_METRIC
+        ]
+        assert len(rows) == 60 and {r.window_ns for r in rows} == {W}
+        assert sum(r.count for r in rows) == 240
+        # nothing to flush: rolling up changed no window the store holds
+        assert await persister.flush_windows() == 0
+
+        # a restart gets every window back, then rolls them up again
+        again = RegionNode(NodeIdentity("r1", "r1-a"), clock=clock)
+        assert await Persister(again, stores, ProfileBook(), 1.0).restore() == 60
+        assert (again.store.window_count, _count(again)) == (60, 240)
+        await again.maintain_windows()
+        assert (again.store.window_count, _count(again)) == (2, 240)
+
+        # another instance of the region loads these windows as its peers' straight into
+        # rollup windows (nothing is ingested into them)
+        other = RegionNode(NodeIdentity("r1", "r1-b", region_scope=True), clock=clock)
+        other_persister = Persister(other, stores, ProfileBook(), 1.0)
+        await other_persister.refresh_peers()
+        assert other.peers is not None
+        assert (other.peers.rollup_count, other.peers.window_count) == (2, 2)
+        assert _count(other) == 240
+    finally:
+        await stores.close()
