@@ -77,9 +77,22 @@ class _Series:
     rollups: dict[int, Summary] = field(default_factory=dict)
     last_time_ns: int = 0
     # the oldest id in ``windows`` and in ``rollups`` (None: none), so that passes skip
-    # the series with nothing due quickly
+    # the series with nothing due quickly; and the newest window id
     oldest: int | None = None
     oldest_rollup: int | None = None
+    newest: int | None = None
+
+    def windows_removed(self) -> None:
+        """Bring ``oldest`` and ``newest`` up to date after windows were taken out."""
+        self.oldest = min(self.windows, default=None)
+        if self.newest not in self.windows:
+            self.newest = max(self.windows, default=None)
+
+    def window_added(self, window_id: int) -> None:
+        if self.oldest is None or window_id < self.oldest:
+            self.oldest = window_id
+        if self.newest is None or window_id > self.newest:
+            self.newest = window_id
 
 
 class WindowStore:
@@ -227,17 +240,15 @@ class WindowStore:
     def _window(self, series: _Series, window_id: int) -> Summary:
         summary = series.windows.get(window_id)
         if summary is None:
-            if series.windows:
+            newest = series.newest
+            if newest is not None and newest < window_id:
                 # the newest window so far is most likely closed now: shrink its sketch
-                newest = max(series.windows)
-                if newest < window_id:
-                    series.windows[newest].compact()
+                series.windows[newest].compact()
             summary = Summary(
                 scale=self.config.histogram_scale, max_buckets=self.config.max_buckets
             )
             series.windows[window_id] = summary
-            if series.oldest is None or window_id < series.oldest:
-                series.oldest = window_id
+            series.window_added(window_id)
         return summary
 
     # -- persistence ----------------------------------------------------------------
@@ -279,8 +290,7 @@ class WindowStore:
                 into.merge_from(summary)
         else:
             series.windows[window_id] = summary
-            if series.oldest is None or window_id < series.oldest:
-                series.oldest = window_id
+            series.window_added(window_id)
         series.last_time_ns = max(series.last_time_ns, newest_ns)
         self._changed(key.metric)
 
@@ -387,7 +397,7 @@ class WindowStore:
                     series.oldest_rollup = rollup_id
                 merged += len(ids)
             if merged != before:
-                series.oldest = min(series.windows, default=None)
+                series.windows_removed()
                 self._changed(key.metric)
         return merged
 
@@ -413,7 +423,7 @@ class WindowStore:
                 old = [w for w in series.windows if w <= cutoff_id]
                 for w in old:
                     del series.windows[w]
-                series.oldest = min(series.windows, default=None)
+                series.windows_removed()
             old_rollups = []
             # a rollup window goes once all of it is past retention
             if series.oldest_rollup is not None and (series.oldest_rollup + 1) * factor <= (
