@@ -72,7 +72,8 @@ def run_mode(args: argparse.Namespace) -> dict[str, object]:
         while True:
             step_began = time.perf_counter()
             merged = store.roll_up(now[0], limit=ROLLUP_STEP)
-            stalls.append(time.perf_counter() - step_began)
+            if merged:
+                stalls.append(time.perf_counter() - step_began)
             if merged < ROLLUP_STEP:
                 break
         store.evict_expired(now[0])
@@ -108,7 +109,10 @@ def run_mode(args: argparse.Namespace) -> dict[str, object]:
         "fill_s": round(fill_s, 1),
         "maintenance_pass_mean_ms": round(statistics.fmean(passes) * 1e3, 3),
         "maintenance_pass_max_ms": round(max(passes) * 1e3, 3),
-        "longest_rollup_step_ms": round(max(stalls) * 1e3, 3),
+        "rollup_steps": len(stalls),
+        "rollup_step_p50_ms": round(float(np.percentile(stalls, 50)) * 1e3, 3) if stalls else None,
+        "rollup_step_p99_ms": round(float(np.percentile(stalls, 99)) * 1e3, 3) if stalls else None,
+        "longest_rollup_step_ms": round(max(stalls) * 1e3, 3) if stalls else None,
         "query_whole_day_ms": whole_day,
         "query_last_5m_ms": last_5m,
     }

@@ -18,6 +18,7 @@ BENCHES = [
     "federation",
     "memory",
     "store_memory",
+    "rollup",
     "evaluate",
     "jit",
     "gpu",
@@ -65,6 +66,13 @@ def table() -> str:
         f"{bounded['checkpoints'][-1]['rss_mib']} MiB keeping the newest "
         f"{bounded['memory_store_records']:,} (no bound: "
         f"{unbounded['checkpoints'][-1]['rss_mib']} MiB) | bounded |"
+    )
+    ru = load("rollup")
+    rows.append(
+        f"| a day of 10 s windows, {ru['series']} series: memory with rollup on / off | "
+        f"{ru['on']['rss_growth_mb']} / {ru['off']['rss_growth_mb']} MB (×{ru['memory_ratio']}); "
+        f"whole-day query {ru['on']['query_whole_day_ms']} / {ru['off']['query_whole_day_ms']} ms "
+        f"| |"
     )
     m = ing["machine"]
     rows.append("")

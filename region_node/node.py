@@ -30,8 +30,8 @@ FloatArray = npt.NDArray[np.float64]
 #: always before the windows are read).
 INTERNAL_DELAY_S: Final = 0.05
 INTERNAL_PENDING_VALUES: Final = 8192
-# windows merged into rollup windows between turns of the event loop (a few ms of work)
-ROLLUP_STEP: Final = 1000
+# windows merged into rollup windows between turns of the event loop (about 25 us each)
+ROLLUP_STEP: Final = 300
 
 
 def merge_groups(parts: Sequence[Sequence[GroupSummary]]) -> list[GroupSummary]:

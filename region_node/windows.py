@@ -360,8 +360,8 @@ class WindowStore:
 
         A rollup window is formed once every window in it is past the horizon, and a
         window waits while it is dirty (not flushed to the store yet). With ``limit``, it
-        stops at the first series after merging that many (call again while it returns
-        ``limit`` or more), so a caller can let other work run in between."""
+        stops at the first rollup window after merging that many (call again while it
+        returns ``limit`` or more), so a caller can let other work run in between."""
         factor = self.config.rollup_factor
         if not factor:
             return 0
@@ -384,6 +384,8 @@ class WindowStore:
                     due.setdefault(w // factor, []).append(w)
             before = merged
             for rollup_id, ids in due.items():
+                if limit is not None and merged >= limit:
+                    break
                 if any((key, w) in dirty for w in ids):
                     continue
                 parts = [series.windows.pop(w) for w in ids]

@@ -269,6 +269,23 @@ def test_a_limited_rollup_stops_after_a_series_and_the_next_call_goes_on() -> No
     assert (store.window_count, store.rollup_count) == (5, 5)
 
 
+def test_a_limited_rollup_stops_within_a_series_with_many_due() -> None:
+    # a restart restores a series' windows at full width: many rollup windows due at once
+    store = WindowStore(config())
+    start = (T0 // R) * R
+    key = SeriesKey("m", ())
+    for k in range(60):
+        store.apply(IngestBatch(key, np.ones(2), None, start + k * W))
+    store.take_dirty()
+    now = start + 60 * W + AFTER
+    steps = []
+    while (step := store.roll_up(now, limit=10)) >= 10:
+        steps.append(step)
+    steps.append(step)
+    assert steps == [12, 12, 12, 12, 12, 0]
+    assert (store.rollup_count, whole(store).count) == (10, 120)
+
+
 @pytest.mark.parametrize(
     ("text", "ns"),
     [("0", 0), ("0s", 0), ("off", 0), ("OFF", 0), ("1h", 3_600 * S), ("90m", 5_400 * S)],
