@@ -46,7 +46,7 @@ class WindowConfig:
             raise ValueError("retention must be at least one window")
         if self.rollup_after_ns < 0:
             raise ValueError("--rollup-after must be 0 (never) or positive")
-        if self.rollup_after_ns:
+        if 0 < self.rollup_after_ns < self.retention_ns:  # in effect
             if self.rollup_after_ns < self.window_ns:
                 raise ValueError("--rollup-after must be at least one window (or 0: never)")
             if self.rollup_window_ns <= self.window_ns or self.rollup_window_ns % self.window_ns:
@@ -65,8 +65,11 @@ class WindowConfig:
 
     @property
     def rollup_factor(self) -> int:
-        """Windows per rollup window; 0 when windows are never rolled up."""
-        return self.rollup_window_ns // self.window_ns if self.rollup_after_ns else 0
+        """Windows per rollup window; 0 when windows are never rolled up (rollup off, or
+        the retention drops them first)."""
+        if not 0 < self.rollup_after_ns < self.retention_ns:
+            return 0
+        return self.rollup_window_ns // self.window_ns
 
 
 @dataclass(slots=True)
@@ -131,7 +134,7 @@ class WindowStore:
             lo, hi = int(batch.timestamps_ns.min()), int(batch.timestamps_ns.max())
             path = "timestamps_unix_nano"
         if lo < oldest:
-            if cfg.rollup_after_ns and cfg.rollup_after_ns < cfg.retention_ns:
+            if cfg.rollup_factor:
                 horizon = (
                     f"late-data horizon of {cfg.rollup_after_ns / NANOS:g} s (older windows "
                     f"are rolled up into {cfg.rollup_window_ns / NANOS:g}-second ones; "
@@ -156,7 +159,7 @@ class WindowStore:
         cfg = self.config
         start = self._window_start(now_ns)
         oldest = start - cfg.retention_ns + cfg.window_ns
-        if cfg.rollup_after_ns:
+        if cfg.rollup_factor:
             oldest = max(oldest, start - cfg.rollup_after_ns + cfg.window_ns)
         if self._rolled_through is not None:
             oldest = max(oldest, (self._rolled_through + 1) * cfg.window_ns)

@@ -192,6 +192,23 @@ def test_restored_windows_past_the_horizon_go_into_rollup_windows() -> None:
     assert (window_id, summary.count) == (start // W, 13)
 
 
+def test_rollup_is_off_where_the_retention_drops_windows_first() -> None:
+    short = config(retention_ns=AFTER)
+    assert short.rollup_factor == 0
+    # the window settings are not held against a rollup that never happens
+    assert config(retention_ns=AFTER, rollup_window_ns=65 * S).rollup_factor == 0
+    store = WindowStore(short)
+    start = (T0 // R) * R
+    fill(store, start, 12)
+    store.take_dirty()
+    assert store.roll_up(start + 12 * W + AFTER) == 0
+    # windows leave one by one at the retention, none kept longer in a rollup window
+    assert store.evict_expired(start + AFTER + W) == 2
+    assert (store.window_count, store.rollup_count) == (10, 0)
+    with pytest.raises(InvalidArgument, match="retention of 120 s"):
+        store.check_times(batch(start, np.ones(1)), start + AFTER + W)
+
+
 def test_rollup_off_keeps_every_window() -> None:
     store = WindowStore(config(rollup_after_ns=0))
     start = (T0 // R) * R
