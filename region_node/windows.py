@@ -64,6 +64,19 @@ class WindowConfig:
             raise ValueError("max series must be at least 1")
 
     @property
+    def most_windows_per_series(self) -> int:
+        """The most windows, rollup windows included, a series holds when its windows are
+        flushed in time and the node's maintenance pass runs at least once a window."""
+        window, retention = self.window_ns, self.retention_ns
+        if not self.rollup_factor:
+            return retention // window + 1
+        after, rollup = self.rollup_after_ns, self.rollup_window_ns
+        # full-width windows: the horizon's, those of the rollup window it is in, and
+        # one the pass has yet to see; rollup windows: those the retention spans beyond
+        # the horizon, one at each edge
+        return -(-after // window) + self.rollup_factor + 1 + -(-(retention - after) // rollup) + 1
+
+    @property
     def rollup_factor(self) -> int:
         """Windows per rollup window; 0 when windows are never rolled up (rollup off, or
         the retention drops them first)."""

@@ -26,6 +26,7 @@ from coordinator.server import SERVICE_NAME as COORDINATOR_SERVICE
 from nethical_grpc.cli.main import build_parser
 from nethical_grpc.grpc_options import channel_options
 from region_node.server import SERVICE_NAME as REGION_SERVICE
+from region_node.windows import WindowConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAY = ROOT / "deploy" / "k8s" / "overlays" / "three-regions"
@@ -482,12 +483,18 @@ IDLE_BYTES = 256 * 2**20
 
 
 def test_region_memory_limit_holds_every_window_the_node_may_keep(rendered: list[Obj]) -> None:
-    """A node keeps one window per --window per live series for --retention: with the
-    defaults (24h, 100,000 series) no pod limit would do, and the kubelet would kill the
-    pod after hours of steady traffic."""
+    """A node keeps one window per --window per live series up to --rollup-after, then
+    rollup windows for the rest of --retention: with the defaults (24h, 100,000 series)
+    no pod limit would do, and the kubelet would kill the pod after hours of steady
+    traffic."""
     for sts in _of(rendered, "StatefulSet"):
         args = _parsed_args(rendered, sts)
-        windows = args.retention // args.window
+        windows = WindowConfig(
+            window_ns=args.window,
+            retention_ns=args.retention,
+            rollup_after_ns=args.rollup_after,
+            rollup_window_ns=args.rollup_window,
+        ).most_windows_per_series
         need = IDLE_BYTES + args.max_series * windows * WINDOW_BYTES
         limit = _quantity(_container(sts)["resources"]["limits"]["memory"])
         assert need <= limit, (sts["metadata"]["name"], need / 2**30, limit / 2**30)

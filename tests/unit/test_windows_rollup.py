@@ -315,3 +315,32 @@ def test_the_rollup_flag_reads_zero_or_off_as_never(text: str, ns: int) -> None:
 def test_the_rollup_flag_refuses_what_is_not_a_duration(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="not a duration"):
         parse_duration_or_zero_ns(text)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"retention_ns": 3_600 * S + 25 * S},
+        {"rollup_after_ns": 125 * S},
+        {"rollup_after_ns": 0},
+        {"retention_ns": 600 * S, "rollup_window_ns": 120 * S},
+    ],
+)
+def test_a_series_never_holds_more_windows_than_the_config_says(kw: dict[str, int]) -> None:
+    """A series sending in every window, flushed and maintained after each, for longer
+    than the retention: its windows stay within most_windows_per_series, and reach it
+    within a few (the bound is what an operator sizes memory by)."""
+    cfg = config(**kw)
+    store = WindowStore(cfg)
+    start = (T0 // R) * R + 3 * S
+    most = 0
+    for k in range(cfg.retention_ns // W + 3 * R // W):
+        now = start + k * W
+        store.apply(batch(now, np.ones(1)))
+        store.take_dirty()
+        most = max(most, store.window_count)
+        store.roll_up(now)
+        store.evict_expired(now)
+    assert most <= cfg.most_windows_per_series
+    assert most >= cfg.most_windows_per_series - 3
