@@ -54,10 +54,6 @@ class SqliteUrl:
     cache_mib: int = DEFAULT_CACHE_MIB
     max_records: int | None = None
 
-    @property
-    def cache_kib(self) -> int:
-        return self.cache_mib * 1024
-
 
 def check_cache_mib(value: object) -> int:
     """``value`` if it is an int in 1..:data:`MAX_CACHE_MIB` (``ValueError`` otherwise; a

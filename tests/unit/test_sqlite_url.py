@@ -12,6 +12,7 @@ from nethical_grpc.storage.sqlite_url import (
     MAX_CACHE_MIB,
     MAX_RECORDS,
     SqliteUrl,
+    cache_size_pragma,
     check_cache_mib,
     parse_sqlite_url,
 )
@@ -34,10 +35,11 @@ def test_urls_give_their_path_and_cache(url: str, expected: SqliteUrl) -> None:
     assert parse_sqlite_url(url, "timeseries") == expected
 
 
-def test_the_default_cache_and_its_kib() -> None:
+def test_the_default_cache_and_its_pragma() -> None:
     parsed = parse_sqlite_url("sqlite:///a.db", "audit")
     assert parsed.cache_mib == DEFAULT_CACHE_MIB == 64
-    assert parsed.cache_kib == 64 * 1024
+    # negative: a size in KiB, not in pages
+    assert cache_size_pragma(parsed.cache_mib) == "PRAGMA cache_size = -65536"
 
 
 @pytest.mark.parametrize(
