@@ -81,6 +81,8 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
         lambda: [(c.store, c.backend, not c.problem, bool(c.reason)) for c in stores.choices()]
     )
     telemetry.get_recorder().observe_store_evictions(stores.evictions)
+    if config.privacy is None:  # as in GetNodeInfo: exact counts would tell the noised groups
+        telemetry.get_recorder().observe_windows(node.store.held)
     try:
         _check_wal_store(config, stores)
         profiles = ProfileBook()

@@ -476,3 +476,11 @@ class WindowStore:
     def rollup_count(self) -> int:
         """Rollup windows held."""
         return sum(len(s.rollups) for s in self._series.values())
+
+    def held(self) -> tuple[int, int, int]:
+        """(series, full-width windows, rollup windows) held, in one pass."""
+        windows = rollups = 0
+        for s in self._series.values():
+            windows += len(s.windows)
+            rollups += len(s.rollups)
+        return len(self._series), windows, rollups

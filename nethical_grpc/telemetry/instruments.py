@@ -24,6 +24,7 @@ from nethical_grpc.telemetry.recorder import (
     Recorder,
     StoreEvictions,
     StoreStates,
+    WindowCounts,
 )
 
 RPC_SERVER_DURATION = "rpc.server.duration"
@@ -41,6 +42,8 @@ STORE_RECORDS_EVICTED = "nethical.store.records_evicted"
 INSTANCE_UP = "nethical.instance.up"
 STORE_UP = "nethical.store.up"
 STORE_FALLBACK = "nethical.store.fallback"
+SERIES_HELD = "nethical.series.held"
+WINDOWS_HELD = "nethical.windows.held"
 
 PROMETHEUS_METRICS: Mapping[str, str] = {
     RPC_SERVER_DURATION: "rpc_server_duration_seconds",
@@ -58,6 +61,8 @@ PROMETHEUS_METRICS: Mapping[str, str] = {
     INSTANCE_UP: "nethical_instance_up",
     STORE_UP: "nethical_store_up",
     STORE_FALLBACK: "nethical_store_fallback",
+    SERIES_HELD: "nethical_series_held",
+    WINDOWS_HELD: "nethical_windows_held",
 }
 """OpenTelemetry instrument name → Prometheus family name (histograms add
 ``_bucket``/``_count``/``_sum``)."""
@@ -162,6 +167,7 @@ class MeterRecorder(Recorder):
         self._instances: InstanceStates | None = None
         self._stores: StoreStates | None = None
         self._evictions: StoreEvictions | None = None
+        self._windows: WindowCounts | None = None
 
     def record_ingest(self, batches: int, values: int) -> None:
         """Raises ``ValueError`` for a negative count."""
@@ -249,6 +255,32 @@ class MeterRecorder(Recorder):
                 description="Records a store dropped, oldest first, to stay within its "
                 "bound (--memory-store-records, or a SQLite audit file's max_records)",
             )
+
+    def observe_windows(self, counts: WindowCounts) -> None:
+        first = self._windows is None
+        self._windows = counts
+        if first:
+            self._meter.create_observable_gauge(
+                SERIES_HELD,
+                callbacks=[lambda _options: self._window_counts(series=True)],
+                unit="{series}",
+                description="Series the node holds windows of",
+            )
+            self._meter.create_observable_gauge(
+                WINDOWS_HELD,
+                callbacks=[lambda _options: self._window_counts(series=False)],
+                unit="{window}",
+                description="Windows the node holds in memory, by kind: full-width "
+                "(window) or merged past --rollup-after (rollup)",
+            )
+
+    def _window_counts(self, series: bool) -> list[Observation]:
+        if self._windows is None:
+            return []
+        n_series, windows, rollups = self._windows()
+        if series:
+            return [Observation(n_series)]
+        return [Observation(windows, {"kind": "window"}), Observation(rollups, {"kind": "rollup"})]
 
     def _store_evictions(self) -> list[Observation]:
         rows = self._evictions() if self._evictions is not None else ()

@@ -19,6 +19,8 @@ InstanceStates = Callable[[], Iterable[tuple[str, str, bool]]]
 StoreStates = Callable[[], Iterable[tuple[str, str, bool, bool]]]
 #: (store, backend in use, records it dropped for its in-memory bound since the start)
 StoreEvictions = Callable[[], Iterable[tuple[str, str, int]]]
+#: (series, full-width windows, rollup windows) a node holds in memory
+WindowCounts = Callable[[], tuple[int, int, int]]
 
 
 class Recorder:
@@ -60,6 +62,10 @@ class Recorder:
     def observe_store_evictions(self, evictions: StoreEvictions) -> None:
         """Export, at each scrape, how many records each store dropped to stay within its
         in-memory bound (a counter: the oldest records went, newer ones were kept)."""
+
+    def observe_windows(self, counts: WindowCounts) -> None:
+        """Export, at each scrape, the series and the windows (full-width and rollup) a
+        node holds in memory: what its memory grows with."""
 
 
 NOOP = Recorder()

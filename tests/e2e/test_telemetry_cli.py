@@ -140,5 +140,11 @@ async def test_a_node_counts_the_records_its_memory_stores_drop(tmp_path: Path) 
         assert labelled(text, evicted, store="audit", backend="memory") == 7
         # one metric row per evaluation (window summaries may add rows of their own)
         assert labelled(text, evicted, store="timeseries", backend="sqlite (memory)") >= 7
+        # the evaluations' own series (risk, latency, counts), each in a window or two of
+        # the last seconds: none old enough to be rolled up
+        series = labelled(text, "nethical_series_held")
+        assert series >= 2
+        assert series <= labelled(text, "nethical_windows_held", kind="window") <= 2 * series
+        assert labelled(text, "nethical_windows_held", kind="rollup") == 0
     finally:
         region.stop()

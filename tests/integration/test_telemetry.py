@@ -625,6 +625,7 @@ async def exercise(r: Rig) -> None:
     rec.observe_store_evictions(
         lambda: [("timeseries", "sqlite (memory)", 0), ("audit", "memory", 5)]
     )
+    rec.observe_windows(lambda: (3, 10, 4))
 
 
 async def test_prometheus_endpoint_serves_rpc_and_mesh_metrics(prom: Rig) -> None:
@@ -685,6 +686,9 @@ async def test_prometheus_endpoint_serves_rpc_and_mesh_metrics(prom: Rig) -> Non
     assert pick(found, "nethical_store_fallback", store="audit") == 0
     assert pick(found, "nethical_store_records_evicted_total", store="audit", backend="memory") == 5
     assert pick(found, "nethical_store_records_evicted_total", store="timeseries") == 0
+    assert pick(found, "nethical_series_held") == 3
+    assert pick(found, "nethical_windows_held", kind="window") == 10
+    assert pick(found, "nethical_windows_held", kind="rollup") == 4
 
 
 async def test_recorder_rejects_impossible_counts(rig: Rig) -> None:
