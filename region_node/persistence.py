@@ -510,6 +510,11 @@ class Persister:
                     self.stored_wal_segment = max(self.stored_wal_segment, r.count)
             elif r.window_ns == self.node.store.config.window_ns:
                 own.append(r)
+        if self.wal_id is None:
+            # no log will replay batches into these windows: those past the rollup horizon
+            # go straight into rollup windows (with a log they stay whole until flushed
+            # again, as a replayed batch may land in them)
+            self.node.store.roll_up()
         restored = self._install(self.node.store, own, now)
         if restored:
             log.info("restored %d windows flushed before the last stop", restored)

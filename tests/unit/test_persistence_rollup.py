@@ -61,12 +61,19 @@ async def test_rolled_windows_stay_whole_in_the_store_and_come_back(tmp_path: Pa
         # nothing to flush: rolling up changed no window the store holds
         assert await persister.flush_windows() == 0
 
-        # a restart gets every window back, then rolls them up again
+        # a restart gets every window back: with a write-ahead log at full width (a
+        # replayed batch may land in one), rolled up by the next pass
         again = RegionNode(NodeIdentity("r1", "r1-a"), clock=clock)
-        assert await Persister(again, stores, ProfileBook(), 1.0).restore() == 60
+        logged = Persister(again, stores, ProfileBook(), 1.0)
+        logged.wal_id = "a-log"
+        assert await logged.restore() == 60
         assert (again.store.window_count, _count(again)) == (60, 240)
         await again.maintain_windows()
         assert (again.store.window_count, _count(again)) == (2, 240)
+        # without a log, straight into rollup windows: no day of windows at full width
+        plain = RegionNode(NodeIdentity("r1", "r1-a"), clock=clock)
+        assert await Persister(plain, stores, ProfileBook(), 1.0).restore() == 60
+        assert (plain.store.window_count, plain.store.rollup_count, _count(plain)) == (2, 2, 240)
 
         # another instance of the region loads these windows as its peers' straight into
         # rollup windows (nothing is ingested into them)
