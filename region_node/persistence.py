@@ -163,6 +163,9 @@ class Persister:
         # the node's write-ahead log's id (set before start when it keeps one), and the
         # segments the store holds, from its mark (read by restore)
         self.wal_id: str | None = None
+        # whether no write-ahead log batch may still be replayed into the windows (see
+        # restore); the server sets it where it replays the log itself
+        self._log_replayed = False
         self.stored_wal_segment = -1
         # this instance's flushed windows are back in the node: until then no window is
         # flushed (a flush would replace the stored windows with what came since the start)
@@ -494,9 +497,18 @@ class Persister:
     def _since_ns(self, now_ns: int) -> int:
         return now_ns - self.node.store.config.retention_ns
 
-    async def restore(self) -> int:
-        """Load this instance's own flushed windows into the node (at start)."""
+    async def restore(self, replay: Callable[[int], object] | None = None) -> int:
+        """Load this instance's own flushed windows into the node (at start).
+
+        ``replay``, given the last log segment the store holds, replays the node's
+        write-ahead log: it runs before the windows are installed, so that those past the
+        rollup horizon can go straight into rollup windows (a batch replayed after them
+        would land in a window already merged; it lands in one held at full width, and
+        the stored part joins it there). Without a log, or once it was replayed, restoring
+        goes the same way."""
         if not self.durable_store:
+            if replay is not None:
+                self._replay(replay)
             return 0
         now = time.time_ns()
         ident = self.node.identity
@@ -510,15 +522,18 @@ class Persister:
                     self.stored_wal_segment = max(self.stored_wal_segment, r.count)
             elif r.window_ns == self.node.store.config.window_ns:
                 own.append(r)
-        if self.wal_id is None:
-            # no log will replay batches into these windows: those past the rollup horizon
-            # go straight into rollup windows (with a log they stay whole until flushed
-            # again, as a replayed batch may land in them)
-            self.node.store.roll_up()
+        if replay is not None:
+            self._replay(replay)
+        if self.log_replayed:
+            self.node.store.roll_up()  # sets the horizon: older windows go into rollups
         restored = self._install(self.node.store, own, now)
         if restored:
             log.info("restored %d windows flushed before the last stop", restored)
         return restored
+
+    def _replay(self, replay: Callable[[int], object]) -> None:
+        replay(self.stored_wal_segment)
+        self.log_replayed = True
 
     async def refresh_peers(self) -> None:
         """Region scope on a shared store: the other instances' windows, freshly loaded."""
@@ -636,12 +651,23 @@ class Persister:
             except Exception:
                 log.exception("store round failed")
 
-    async def start(self) -> None:
+    @property
+    def log_replayed(self) -> bool:
+        """No write-ahead log batch may land in the windows any more: there is no log, or
+        it was replayed."""
+        return self.wal_id is None or self._log_replayed
+
+    @log_replayed.setter
+    def log_replayed(self, done: bool) -> None:
+        self._log_replayed = done
+
+    async def start(self, replay: Callable[[int], object] | None = None) -> None:
         """Restore this instance's windows (and the region's other instances'), then start
-        the loop. A store that fails now is retried by the loop: evaluations' records are
-        written meanwhile, windows once the restore succeeded."""
+        the loop; ``replay`` as in :meth:`restore`. A store that fails now is retried by
+        the loop: evaluations' records are written meanwhile, windows once the restore
+        succeeded."""
         try:
-            await self.restore()
+            await self.restore(replay)
             self.restored = True
             if self.answers_for_region:
                 await self.refresh_peers()

@@ -132,15 +132,16 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
         )
     wal = WriteAheadLog(config.wal_dir) if config.wal_dir is not None else None
     persister.wal_id = wal.id if wal is not None else None
+    replay = _replayer(node, wal, config.wal_dir) if wal is not None else None
     try:
-        await persister.start()
+        # the log is replayed once the store said which segments it holds, before the
+        # stored windows are installed (see Persister.restore)
+        await persister.start(replay)
     except Exception as exc:  # the loop retries it; windows are flushed once it succeeds
         log.warning("restoring persisted windows failed (retried in the background): %s", exc)
-    if wal is not None:
-        # segments the store's windows hold already (their flush committed, the
-        # checkpoint did not happen) are not applied again
-        replayed = node.attach_wal(wal, persister.stored_wal_segment)
-        log.info("write-ahead log %s: replayed %d batches", config.wal_dir, replayed)
+    if replay is not None and node.wal is None:  # the store failed before the replay
+        replay(persister.stored_wal_segment)
+        persister.log_replayed = True
     node.start_background(config.eviction_interval_s)
     # stop order: background work, then the last writes, then the stores
     mesh.on_drain.append(servicer.end_streams)
@@ -155,6 +156,18 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
         mesh.on_stop.append(_closer(node.wal))
     await mesh.set_serving(True)
     return mesh, node
+
+
+def _replayer(node: RegionNode, wal: WriteAheadLog, wal_dir: Path | None) -> Callable[[int], None]:
+    """Replays ``wal`` into the node, given the last segment the store holds."""
+
+    def replay(stored_through: int) -> None:
+        # segments the store's windows hold already (their flush committed, the
+        # checkpoint did not happen) are not applied again
+        replayed = node.attach_wal(wal, stored_through)
+        log.info("write-ahead log %s: replayed %d batches", wal_dir, replayed)
+
+    return replay
 
 
 def _keep_accounts(releaser: PrivateReleaser, wal_dir: Path | None) -> None:

@@ -70,6 +70,26 @@ async def test_rolled_windows_stay_whole_in_the_store_and_come_back(tmp_path: Pa
         assert (again.store.window_count, _count(again)) == (60, 240)
         await again.maintain_windows()
         assert (again.store.window_count, _count(again)) == (2, 240)
+        # at start the log is replayed first, then the stored windows go straight into
+        # rollup windows, except one a replayed batch holds at full width: the stored
+        # part joins it there, so the next flush writes that window whole
+        started = RegionNode(NodeIdentity("r1", "r1-a"), clock=clock)
+        starting = Persister(started, stores, ProfileBook(), 1.0)
+        starting.wal_id = "a-log"
+        calls = []
+
+        def replay(stored_through: int) -> None:
+            calls.append((stored_through, started.store.window_count))
+            late = IngestBatch(SeriesKey("latency_ms", ()), np.full(2, 100.0), None, start)
+            started.store.apply(late)  # as attach_wal applies, with no time check
+
+        assert await starting.restore(replay) == 60
+        assert calls == [(-1, 0)]  # before any stored window was installed
+        assert (started.store.window_count, started.store.rollup_count) == (3, 2)
+        assert _count(started) == 242
+        [(_, window_id, whole, _)] = started.store.take_dirty()
+        assert (window_id, whole.count) == (start // W, 4 + 2)
+
         # without a log, straight into rollup windows: no day of windows at full width
         plain = RegionNode(NodeIdentity("r1", "r1-a"), clock=clock)
         assert await Persister(plain, stores, ProfileBook(), 1.0).restore() == 60
