@@ -38,7 +38,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Final, Literal
 
@@ -87,6 +87,8 @@ _METADATA_KINDS: Final = 1_024
 #: any retention cutoff.
 WAL_MARK_METRIC: Final = "wal checkpoint"
 _WAL_MARK_START_NS: Final = 2**62
+#: Stored windows are restored (and the peers' loaded) this much time at a time.
+RESTORE_SLICE_NS: Final = 600 * 1_000_000_000
 #: How often the time-series store's retention is applied (first at the loop's start):
 #: rows older than the store's retention go, and window summaries with them.
 RETENTION_INTERVAL_S: Final = 3600.0
@@ -512,21 +514,19 @@ class Persister:
             return 0
         now = time.time_ns()
         ident = self.node.identity
-        rows = await self.stores.timeseries.load_window_summaries(
-            ident.region_id, since_ns=self._since_ns(now), instance_id=ident.instance_id
+        marks = await self.stores.timeseries.load_window_summaries(
+            ident.region_id, since_ns=_WAL_MARK_START_NS, instance_id=ident.instance_id
         )
-        own = []
-        for r in rows:
-            if r.metric == WAL_MARK_METRIC:
-                if self.wal_id is not None and r.labels.get("wal") == self.wal_id:
-                    self.stored_wal_segment = max(self.stored_wal_segment, r.count)
-            elif r.window_ns == self.node.store.config.window_ns:
-                own.append(r)
+        for r in marks:
+            if r.metric == WAL_MARK_METRIC and r.labels.get("wal") == self.wal_id:
+                self.stored_wal_segment = max(self.stored_wal_segment, r.count)
         if replay is not None:
             self._replay(replay)
         if self.log_replayed:
             self.node.store.roll_up()  # sets the horizon: older windows go into rollups
-        restored = self._install(self.node.store, own, now)
+        restored = 0
+        async for rows in self._stored_windows(now, ident.instance_id):
+            restored += self._install(self.node.store, rows, now)
         if restored:
             log.info("restored %d windows flushed before the last stop", restored)
         return restored
@@ -539,22 +539,36 @@ class Persister:
         """Region scope on a shared store: the other instances' windows, freshly loaded."""
         now = time.time_ns()
         ident = self.node.identity
-        rows = await self.stores.timeseries.load_window_summaries(
-            ident.region_id, since_ns=self._since_ns(now)
-        )
-        others = [
-            r
-            for r in rows
-            if r.instance_id != ident.instance_id
-            and r.window_ns == self.node.store.config.window_ns
-            and r.metric != WAL_MARK_METRIC
-        ]
         peers = WindowStore(self.node.store.config, clock=self.node.clock)
         # nothing is ingested into the peers' windows: those past the rollup horizon go
         # straight into rollup windows as they are installed
         peers.roll_up()
-        self._install(peers, others, now)
+        async for rows in self._stored_windows(now, None):
+            self._install(peers, [r for r in rows if r.instance_id != ident.instance_id], now)
         self.node.peers = peers
+
+    async def _stored_windows(
+        self, now_ns: int, instance_id: str | None
+    ) -> AsyncIterator[list[WindowSummaryRow]]:
+        """The region's stored windows (of one instance, or all) within the node's
+        retention, :data:`RESTORE_SLICE_NS` of them at a time: a day's rows at once
+        would take far more memory than the (rolled-up) windows they become."""
+        cfg = self.node.store.config
+        start = self._since_ns(now_ns)
+        newest = now_ns + cfg.max_future_ns + cfg.window_ns
+        while start < _WAL_MARK_START_NS:
+            # the last slice runs up to the log marks (windows a clock ahead stamped)
+            until = start + RESTORE_SLICE_NS if start + RESTORE_SLICE_NS < newest else None
+            rows = await self.stores.timeseries.load_window_summaries(
+                self.node.identity.region_id,
+                since_ns=start,
+                instance_id=instance_id,
+                until_ns=_WAL_MARK_START_NS if until is None else until,
+            )
+            yield [r for r in rows if r.window_ns == cfg.window_ns]
+            if until is None:
+                return
+            start = until
 
     @property
     def answers_for_region(self) -> bool:

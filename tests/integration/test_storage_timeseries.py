@@ -346,6 +346,13 @@ async def test_window_summaries_upsert_load_delete(store: TimeSeriesStore) -> No
         "i2",
     ]
     assert len(await store.load_window_summaries(region, instance_id="i2")) == 1
+    # a slice of time: windows starting before until_ns, and with since_ns and an instance
+    assert [r.window_start_ns for r in await store.load_window_summaries(region, until_ns=w)] == [0]
+    sliced = await store.load_window_summaries(region, since_ns=w, instance_id="i1", until_ns=2 * w)
+    assert [(r.instance_id, r.window_start_ns) for r in sliced] == [("i1", w)]
+    assert await store.load_window_summaries(region, since_ns=w, until_ns=w) == []
+    with pytest.raises(ValueError, match="until_ns"):
+        await store.load_window_summaries(region, until_ns=2**63)
     # another region with the very same key is another row
     other = _region()
     await store.upsert_window_summaries(

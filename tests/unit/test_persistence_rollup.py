@@ -7,11 +7,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from nethical_grpc.governance.profiles import ProfileBook
 from nethical_grpc.series import IngestBatch, SeriesKey, SummaryQuery
+from nethical_grpc.storage.timeseries import WindowSummaryRow
 from region_node.node import NodeIdentity, RegionNode
-from region_node.persistence import WAL_MARK_METRIC, Persister
+from region_node.persistence import RESTORE_SLICE_NS, WAL_MARK_METRIC, Persister
 from region_node.stores import NodeStores, StoreConfig
 
 S = 1_000_000_000
@@ -103,5 +105,41 @@ async def test_rolled_windows_stay_whole_in_the_store_and_come_back(tmp_path: Pa
         assert other.peers is not None
         assert (other.peers.rollup_count, other.peers.window_count) == (2, 2)
         assert _count(other) == 240
+    finally:
+        await stores.close()
+
+
+async def test_a_restore_reads_the_store_a_slice_of_time_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A day of a node's windows is not read in one answer: that would hold every stored
+    row in memory at once, far more than the rolled-up windows they become."""
+    stores = await NodeStores.open(
+        StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}"), "r1"
+    )
+    try:
+        start = (time.time_ns() - 4 * 3600 * S) // (300 * S) * (300 * S)
+        clock = Clock(start)
+        node = RegionNode(NodeIdentity("r1", "r1-a"), clock=clock)
+        persister = Persister(node, stores, ProfileBook(), 1.0)
+        for k in range(36):  # a window every 5 minutes for 3 hours
+            clock.t = start + k * 300 * S
+            node.ingest(IngestBatch(SeriesKey("m", ()), np.ones(3), None, clock.t))
+        assert await persister.flush_windows() == 36
+
+        answers: list[int] = []
+        load = stores.timeseries.load_window_summaries
+
+        async def counted(*args: object, **kwargs: object) -> list[WindowSummaryRow]:
+            rows = await load(*args, **kwargs)  # type: ignore[arg-type]
+            answers.append(len(rows))
+            return rows
+
+        monkeypatch.setattr(stores.timeseries, "load_window_summaries", counted)
+        again = RegionNode(NodeIdentity("r1", "r1-a"), clock=Clock(time.time_ns()))
+        assert await Persister(again, stores, ProfileBook(), 1.0).restore() == 36
+        assert _count(again) == 36 * 3
+        assert max(answers) <= RESTORE_SLICE_NS // (300 * S)  # two windows a slice
+        assert sum(answers) == 36  # each row once (no log, so no marks)
     finally:
         await stores.close()

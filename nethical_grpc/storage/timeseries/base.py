@@ -390,15 +390,20 @@ class TimeSeriesStore(ABC):
         return len(checked)
 
     async def load_window_summaries(
-        self, region_id: str, since_ns: int | None = None, instance_id: str | None = None
+        self,
+        region_id: str,
+        since_ns: int | None = None,
+        instance_id: str | None = None,
+        until_ns: int | None = None,
     ) -> list[WindowSummaryRow]:
-        """A region's window summaries starting at or after ``since_ns`` (all when None),
-        of one instance or (``instance_id=None``) of every instance, ordered by window
-        start, instance, metric and labels."""
+        """A region's window summaries starting at or after ``since_ns`` and before
+        ``until_ns`` (no bound when None), of one instance or (``instance_id=None``) of
+        every instance, ordered by window start, instance, metric and labels."""
         region = check_name("region_id", region_id)
         since = None if since_ns is None else check_ns("since_ns", since_ns)
+        until = None if until_ns is None else check_ns("until_ns", until_ns)
         instance = None if instance_id is None else check_name("instance_id", instance_id)
-        return await self._load_windows(region, since, instance)
+        return await self._load_windows(region, since, instance, until)
 
     async def delete_window_summaries_before(self, region_id: str, before_ns: int) -> int:
         """Delete a region's windows starting before ``before_ns``; returns how many."""
@@ -496,7 +501,7 @@ class TimeSeriesStore(ABC):
 
     @abstractmethod
     async def _load_windows(
-        self, region_id: str, since_ns: int | None, instance_id: str | None
+        self, region_id: str, since_ns: int | None, instance_id: str | None, until_ns: int | None
     ) -> list[WindowSummaryRow]: ...
 
     @abstractmethod

@@ -611,13 +611,16 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
             await conn.cursor().executemany(query, params)
 
     async def _load_windows(
-        self, region_id: str, since_ns: int | None, instance_id: str | None
+        self, region_id: str, since_ns: int | None, instance_id: str | None, until_ns: int | None
     ) -> list[WindowSummaryRow]:
         params: dict[str, Any] = {"region": region_id}
         where: list[sql.Composable] = [sql.SQL("region_id = %(region)s")]
         if since_ns is not None:
             params["since"] = since_ns
             where.append(sql.SQL("window_start_ns >= %(since)s"))
+        if until_ns is not None:
+            params["until"] = until_ns
+            where.append(sql.SQL("window_start_ns < %(until)s"))
         if instance_id is not None:
             params["instance"] = instance_id
             where.append(sql.SQL("instance_id = %(instance)s"))

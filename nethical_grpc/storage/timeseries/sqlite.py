@@ -585,13 +585,16 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
         self._capped_write("window_summaries", write)
 
     async def _load_windows(
-        self, region_id: str, since_ns: int | None, instance_id: str | None
+        self, region_id: str, since_ns: int | None, instance_id: str | None, until_ns: int | None
     ) -> list[WindowSummaryRow]:
         params: dict[str, Any] = {"region": region_id}
         where = ["region_id = :region"]
         if since_ns is not None:
             params["since"] = since_ns
             where.append("window_start_ns >= :since")
+        if until_ns is not None:
+            params["until"] = until_ns
+            where.append("window_start_ns < :until")
         if instance_id is not None:
             params["instance"] = instance_id
             where.append("instance_id = :instance")
