@@ -19,6 +19,7 @@ BENCHES = [
     "memory",
     "store_memory",
     "rollup",
+    "restore",
     "evaluate",
     "jit",
     "gpu",

@@ -483,7 +483,7 @@ class Persister:
         return kept
 
     def _install(self, target: WindowStore, rows: Sequence[WindowSummaryRow], now_ns: int) -> int:
-        installed = 0
+        windows = []
         for row in rows:
             try:
                 summary = convert.summary_from_proto(summary_pb2.Summary.FromString(row.payload))
@@ -492,9 +492,9 @@ class Persister:
                 continue
             key = SeriesKey(row.metric, freeze_labels(row.labels))
             newest = min(row.window_start_ns + row.window_ns - 1, now_ns)
-            target.restore(key, row.window_start_ns // row.window_ns, summary, newest)
-            installed += 1
-        return installed
+            windows.append((key, row.window_start_ns // row.window_ns, summary, newest))
+        target.restore_many(windows)
+        return len(windows)
 
     def _since_ns(self, now_ns: int) -> int:
         return now_ns - self.node.store.config.retention_ns

@@ -282,33 +282,49 @@ class WindowStore:
         return out
 
     def restore(self, key: SeriesKey, window_id: int, summary: Summary, newest_ns: int) -> None:
-        """Merge a persisted window in (restart, or another instance's data).
+        """Merge a persisted window in (restart, or another instance's data): see
+        :meth:`restore_many`."""
+        self.restore_many([(key, window_id, summary, newest_ns)])
 
-        A window past the rollup horizon goes into its rollup window, unless the same
-        window is held at full width (its newer data, not yet flushed). Not subject to the
-        caps: what was persisted was admitted once already."""
-        series = self._series.get(key)
-        if series is None:
-            series = _Series()
-            self._series[key] = series
-            self._label_sets[key.metric] = self._label_sets.get(key.metric, 0) + 1
-        held = series.windows.get(window_id)
-        if held is not None:
-            held.merge_from(summary)
-        elif self._rolled_through is not None and window_id <= self._rolled_through:
-            rollup_id = window_id // self.config.rollup_factor
-            into = series.rollups.get(rollup_id)
-            if into is None:
-                series.rollups[rollup_id] = summary
-                if series.oldest_rollup is None or rollup_id < series.oldest_rollup:
-                    series.oldest_rollup = rollup_id
+    def restore_many(self, windows: Iterable[tuple[SeriesKey, int, Summary, int]]) -> None:
+        """Merge persisted windows in: (series, window id, summary, newest time) each.
+
+        A window past the rollup horizon goes into its rollup window (those bound for one
+        rollup window merge in one pass), unless the same window is held at full width
+        (its newer data, not yet flushed). Not subject to the caps: what was persisted was
+        admitted once already."""
+        through = self._rolled_through
+        factor = self.config.rollup_factor
+        into_rollups: dict[tuple[SeriesKey, int], list[Summary]] = {}
+        changed: set[str] = set()
+        for key, window_id, summary, newest_ns in windows:
+            series = self._series.get(key)
+            if series is None:
+                series = _Series()
+                self._series[key] = series
+                self._label_sets[key.metric] = self._label_sets.get(key.metric, 0) + 1
+            held = series.windows.get(window_id)
+            if held is not None:
+                held.merge_from(summary)
+            elif through is not None and window_id <= through:
+                into_rollups.setdefault((key, window_id // factor), []).append(summary)
             else:
-                into.merge_from(summary)
-        else:
-            series.windows[window_id] = summary
-            series.window_added(window_id)
-        series.last_time_ns = max(series.last_time_ns, newest_ns)
-        self._changed(key.metric)
+                series.windows[window_id] = summary
+                series.window_added(window_id)
+            series.last_time_ns = max(series.last_time_ns, newest_ns)
+            changed.add(key.metric)
+        for (key, rollup_id), parts in into_rollups.items():
+            series = self._series[key]
+            held = series.rollups.get(rollup_id)
+            if held is not None:
+                parts.append(held)
+            merged = parts[0] if len(parts) == 1 else Summary.merge_all(parts)
+            merged.compact()
+            series.rollups[rollup_id] = merged
+            if series.oldest_rollup is None or rollup_id < series.oldest_rollup:
+                series.oldest_rollup = rollup_id
+        for metric in changed:
+            self._changed(metric)
 
     # -- queries --------------------------------------------------------------------
 
