@@ -4,6 +4,7 @@ width, a restart gets them all back, and another instance's windows arrive rolle
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -32,114 +33,114 @@ def _count(node: RegionNode) -> int:
     return sum(g.summary.count for g in node.summaries(SummaryQuery()))
 
 
-async def test_rolled_windows_stay_whole_in_the_store_and_come_back(tmp_path: Path) -> None:
-    stores = await NodeStores.open(
+@pytest.fixture
+async def stores(tmp_path: Path) -> AsyncIterator[NodeStores]:
+    opened = await NodeStores.open(
         StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}"), "r1"
     )
-    try:
-        # two hours ago, by the node's clock, a batch in each of 60 windows (10 minutes)
-        start = (time.time_ns() - 2 * 3600 * S) // (300 * S) * (300 * S)
-        clock = Clock(start)
-        node = RegionNode(NodeIdentity("r1", "r1-a"), clock=clock)
-        persister = Persister(node, stores, ProfileBook(), 1.0)
-        for k in range(60):
-            clock.t = start + k * W
-            batch = IngestBatch(SeriesKey("latency_ms", ()), np.full(4, k + 1.0), None, clock.t)
-            node.ingest(batch)
-        assert await persister.flush_windows() == 60
-        # an hour and a quarter on, the first two rollup windows are past the horizon
-        clock.t = start + 75 * 60 * S
-        await node.maintain_windows()
-        assert (node.store.rollup_count, node.store.window_count) == (2, 2)
-        assert _count(node) == 240
-        # the store still holds each window at full width, every value in it
-        rows = [
-            r
-            for r in await stores.timeseries.load_window_summaries("r1")
-            if r.metric != WAL_MARK_METRIC
-        ]
-        assert len(rows) == 60 and {r.window_ns for r in rows} == {W}
-        assert sum(r.count for r in rows) == 240
-        # nothing to flush: rolling up changed no window the store holds
-        assert await persister.flush_windows() == 0
+    yield opened
+    await opened.close()
 
-        # a restart gets every window back: with a write-ahead log at full width (a
-        # replayed batch may land in one), rolled up by the next pass
-        again = RegionNode(NodeIdentity("r1", "r1-a"), clock=clock)
-        logged = Persister(again, stores, ProfileBook(), 1.0)
-        logged.wal_id = "a-log"
-        assert await logged.restore() == 60
-        assert (again.store.window_count, _count(again)) == (60, 240)
-        await again.maintain_windows()
-        assert (again.store.window_count, _count(again)) == (2, 240)
-        # at start the log is replayed first, then the stored windows go straight into
-        # rollup windows, except one a replayed batch holds at full width: the stored
-        # part joins it there, so the next flush writes that window whole
-        started = RegionNode(NodeIdentity("r1", "r1-a"), clock=clock)
-        starting = Persister(started, stores, ProfileBook(), 1.0)
-        starting.wal_id = "a-log"
-        calls = []
 
-        def replay(stored_through: int) -> None:
-            calls.append((stored_through, started.store.window_count))
-            late = IngestBatch(SeriesKey("latency_ms", ()), np.full(2, 100.0), None, start)
-            started.store.apply(late)  # as attach_wal applies, with no time check
+def _node_hours_back(stores: NodeStores, hours: int) -> tuple[RegionNode, Persister, Clock, int]:
+    """A node whose clock stands ``hours`` back, on a rollup window's edge: the node, its
+    persister, its clock and that time."""
+    start = (time.time_ns() - hours * 3600 * S) // (300 * S) * (300 * S)
+    clock = Clock(start)
+    node = RegionNode(NodeIdentity("r1", "r1-a"), clock=clock)
+    return node, Persister(node, stores, ProfileBook(), 1.0), clock, start
 
-        assert await starting.restore(replay) == 60
-        assert calls == [(-1, 0)]  # before any stored window was installed
-        assert (started.store.window_count, started.store.rollup_count) == (3, 2)
-        assert _count(started) == 242
-        [(_, window_id, whole, _)] = started.store.take_dirty()
-        assert (window_id, whole.count) == (start // W, 4 + 2)
 
-        # without a log, straight into rollup windows: no day of windows at full width
-        plain = RegionNode(NodeIdentity("r1", "r1-a"), clock=clock)
-        assert await Persister(plain, stores, ProfileBook(), 1.0).restore() == 60
-        assert (plain.store.window_count, plain.store.rollup_count, _count(plain)) == (2, 2, 240)
+async def test_rolled_windows_stay_whole_in_the_store_and_come_back(stores: NodeStores) -> None:
+    # two hours ago, by the node's clock, a batch in each of 60 windows (10 minutes)
+    node, persister, clock, start = _node_hours_back(stores, 2)
+    for k in range(60):
+        clock.t = start + k * W
+        batch = IngestBatch(SeriesKey("latency_ms", ()), np.full(4, k + 1.0), None, clock.t)
+        node.ingest(batch)
+    assert await persister.flush_windows() == 60
+    # an hour and a quarter on, the first two rollup windows are past the horizon
+    clock.t = start + 75 * 60 * S
+    await node.maintain_windows()
+    assert (node.store.rollup_count, node.store.window_count) == (2, 2)
+    assert _count(node) == 240
+    # the store still holds each window at full width, every value in it
+    rows = [
+        r
+        for r in await stores.timeseries.load_window_summaries("r1")
+        if r.metric != WAL_MARK_METRIC
+    ]
+    assert len(rows) == 60 and {r.window_ns for r in rows} == {W}
+    assert sum(r.count for r in rows) == 240
+    # nothing to flush: rolling up changed no window the store holds
+    assert await persister.flush_windows() == 0
 
-        # another instance of the region loads these windows as its peers' straight into
-        # rollup windows (nothing is ingested into them)
-        other = RegionNode(NodeIdentity("r1", "r1-b", region_scope=True), clock=clock)
-        other_persister = Persister(other, stores, ProfileBook(), 1.0)
-        await other_persister.refresh_peers()
-        assert other.peers is not None
-        assert (other.peers.rollup_count, other.peers.window_count) == (2, 2)
-        assert _count(other) == 240
-    finally:
-        await stores.close()
+    # a restart gets every window back: with a write-ahead log at full width (a
+    # replayed batch may land in one), rolled up by the next pass
+    again = RegionNode(NodeIdentity("r1", "r1-a"), clock=clock)
+    logged = Persister(again, stores, ProfileBook(), 1.0)
+    logged.wal_id = "a-log"
+    assert await logged.restore() == 60
+    assert (again.store.window_count, _count(again)) == (60, 240)
+    await again.maintain_windows()
+    assert (again.store.window_count, _count(again)) == (2, 240)
+    # at start the log is replayed first, then the stored windows go straight into
+    # rollup windows, except one a replayed batch holds at full width: the stored
+    # part joins it there, so the next flush writes that window whole
+    started = RegionNode(NodeIdentity("r1", "r1-a"), clock=clock)
+    starting = Persister(started, stores, ProfileBook(), 1.0)
+    starting.wal_id = "a-log"
+    calls = []
+
+    def replay(stored_through: int) -> None:
+        calls.append((stored_through, started.store.window_count))
+        late = IngestBatch(SeriesKey("latency_ms", ()), np.full(2, 100.0), None, start)
+        started.store.apply(late)  # as attach_wal applies, with no time check
+
+    assert await starting.restore(replay) == 60
+    assert calls == [(-1, 0)]  # before any stored window was installed
+    assert (started.store.window_count, started.store.rollup_count) == (3, 2)
+    assert _count(started) == 242
+    [(_, window_id, whole, _)] = started.store.take_dirty()
+    assert (window_id, whole.count) == (start // W, 4 + 2)
+
+    # without a log, straight into rollup windows: no day of windows at full width
+    plain = RegionNode(NodeIdentity("r1", "r1-a"), clock=clock)
+    assert await Persister(plain, stores, ProfileBook(), 1.0).restore() == 60
+    assert (plain.store.window_count, plain.store.rollup_count, _count(plain)) == (2, 2, 240)
+
+    # another instance of the region loads these windows as its peers' straight into
+    # rollup windows (nothing is ingested into them)
+    other = RegionNode(NodeIdentity("r1", "r1-b", region_scope=True), clock=clock)
+    other_persister = Persister(other, stores, ProfileBook(), 1.0)
+    await other_persister.refresh_peers()
+    assert other.peers is not None
+    assert (other.peers.rollup_count, other.peers.window_count) == (2, 2)
+    assert _count(other) == 240
 
 
 async def test_a_restore_reads_the_store_a_slice_of_time_at_a_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    stores: NodeStores, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A day of a node's windows is not read in one answer: that would hold every stored
     row in memory at once, far more than the rolled-up windows they become."""
-    stores = await NodeStores.open(
-        StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}"), "r1"
-    )
-    try:
-        start = (time.time_ns() - 4 * 3600 * S) // (300 * S) * (300 * S)
-        clock = Clock(start)
-        node = RegionNode(NodeIdentity("r1", "r1-a"), clock=clock)
-        persister = Persister(node, stores, ProfileBook(), 1.0)
-        for k in range(36):  # a window every 5 minutes for 3 hours
-            clock.t = start + k * 300 * S
-            node.ingest(IngestBatch(SeriesKey("m", ()), np.ones(3), None, clock.t))
-        assert await persister.flush_windows() == 36
+    node, persister, clock, start = _node_hours_back(stores, 4)
+    for k in range(36):  # a window every 5 minutes for 3 hours
+        clock.t = start + k * 300 * S
+        node.ingest(IngestBatch(SeriesKey("m", ()), np.ones(3), None, clock.t))
+    assert await persister.flush_windows() == 36
 
-        answers: list[int] = []
-        load = stores.timeseries.load_window_summaries
+    answers: list[int] = []
+    load = stores.timeseries.load_window_summaries
 
-        async def counted(*args: object, **kwargs: object) -> list[WindowSummaryRow]:
-            rows = await load(*args, **kwargs)  # type: ignore[arg-type]
-            answers.append(len(rows))
-            return rows
+    async def counted(*args: object, **kwargs: object) -> list[WindowSummaryRow]:
+        rows = await load(*args, **kwargs)  # type: ignore[arg-type]
+        answers.append(len(rows))
+        return rows
 
-        monkeypatch.setattr(stores.timeseries, "load_window_summaries", counted)
-        again = RegionNode(NodeIdentity("r1", "r1-a"), clock=Clock(time.time_ns()))
-        assert await Persister(again, stores, ProfileBook(), 1.0).restore() == 36
-        assert _count(again) == 36 * 3
-        assert max(answers) <= RESTORE_SLICE_NS // (300 * S)  # two windows a slice
-        assert sum(answers) == 36  # each row once (no log, so no marks)
-    finally:
-        await stores.close()
+    monkeypatch.setattr(stores.timeseries, "load_window_summaries", counted)
+    again = RegionNode(NodeIdentity("r1", "r1-a"), clock=Clock(time.time_ns()))
+    assert await Persister(again, stores, ProfileBook(), 1.0).restore() == 36
+    assert _count(again) == 36 * 3
+    assert max(answers) <= RESTORE_SLICE_NS // (300 * S)  # two windows a slice
+    assert sum(answers) == 36  # each row once (no log, so no marks)
