@@ -165,8 +165,7 @@ class Persister:
         # the node's write-ahead log's id (set before start when it keeps one), and the
         # segments the store holds, from its mark (read by restore)
         self.wal_id: str | None = None
-        # whether no write-ahead log batch may still be replayed into the windows (see
-        # restore); the server sets it where it replays the log itself
+        # the write-ahead log was replayed (see restore and replay_log)
         self._log_replayed = False
         self.stored_wal_segment = -1
         # this instance's flushed windows are back in the node: until then no window is
@@ -510,7 +509,7 @@ class Persister:
         goes the same way."""
         if not self.durable_store:
             if replay is not None:
-                self._replay(replay)
+                self.replay_log(replay)
             return 0
         now = time.time_ns()
         ident = self.node.identity
@@ -521,7 +520,7 @@ class Persister:
             if r.metric == WAL_MARK_METRIC and r.labels.get("wal") == self.wal_id:
                 self.stored_wal_segment = max(self.stored_wal_segment, r.count)
         if replay is not None:
-            self._replay(replay)
+            self.replay_log(replay)
         if self.log_replayed:
             self.node.store.roll_up()  # sets the horizon: older windows go into rollups
         restored = 0
@@ -531,9 +530,12 @@ class Persister:
             log.info("restored %d windows flushed before the last stop", restored)
         return restored
 
-    def _replay(self, replay: Callable[[int], object]) -> None:
+    def replay_log(self, replay: Callable[[int], object]) -> None:
+        """Replay the write-ahead log with ``replay``, given the last segment the store
+        holds (as far as it was read); from then on stored windows past the horizon are
+        restored straight into rollup windows."""
         replay(self.stored_wal_segment)
-        self.log_replayed = True
+        self._log_replayed = True
 
     async def refresh_peers(self) -> None:
         """Region scope on a shared store: the other instances' windows, freshly loaded."""
@@ -556,17 +558,18 @@ class Persister:
         cfg = self.node.store.config
         start = self._since_ns(now_ns)
         newest = now_ns + cfg.max_future_ns + cfg.window_ns
-        while start < _WAL_MARK_START_NS:
+        while True:
             # the last slice runs up to the log marks (windows a clock ahead stamped)
-            until = start + RESTORE_SLICE_NS if start + RESTORE_SLICE_NS < newest else None
+            last = start + RESTORE_SLICE_NS >= newest
+            until = _WAL_MARK_START_NS if last else start + RESTORE_SLICE_NS
             rows = await self.stores.timeseries.load_window_summaries(
                 self.node.identity.region_id,
                 since_ns=start,
                 instance_id=instance_id,
-                until_ns=_WAL_MARK_START_NS if until is None else until,
+                until_ns=until,
             )
             yield [r for r in rows if r.window_ns == cfg.window_ns]
-            if until is None:
+            if last:
                 return
             start = until
 
@@ -670,10 +673,6 @@ class Persister:
         """No write-ahead log batch may land in the windows any more: there is no log, or
         it was replayed."""
         return self.wal_id is None or self._log_replayed
-
-    @log_replayed.setter
-    def log_replayed(self, done: bool) -> None:
-        self._log_replayed = done
 
     async def start(self, replay: Callable[[int], object] | None = None) -> None:
         """Restore this instance's windows (and the region's other instances'), then start

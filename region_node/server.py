@@ -140,8 +140,7 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
     except Exception as exc:  # the loop retries it; windows are flushed once it succeeds
         log.warning("restoring persisted windows failed (retried in the background): %s", exc)
     if replay is not None and node.wal is None:  # the store failed before the replay
-        replay(persister.stored_wal_segment)
-        persister.log_replayed = True
+        persister.replay_log(replay)
     node.start_background(config.eviction_interval_s)
     # stop order: background work, then the last writes, then the stores
     mesh.on_drain.append(servicer.end_streams)

@@ -486,12 +486,13 @@ class WindowStore:
     @property
     def window_count(self) -> int:
         """Windows held, rollup windows included."""
-        return sum(len(s.windows) + len(s.rollups) for s in self._series.values())
+        _, windows, rollups = self.held()
+        return windows + rollups
 
     @property
     def rollup_count(self) -> int:
         """Rollup windows held."""
-        return sum(len(s.rollups) for s in self._series.values())
+        return self.held()[2]
 
     def held(self) -> tuple[int, int, int]:
         """(series, full-width windows, rollup windows) held, in one pass."""

@@ -260,26 +260,27 @@ class MeterRecorder(Recorder):
         first = self._windows is None
         self._windows = counts
         if first:
-            self._meter.create_observable_gauge(
+            self._gauge(
                 SERIES_HELD,
-                callbacks=[lambda _options: self._window_counts(series=True)],
+                "Series the node holds windows of",
+                self._series_held,
                 unit="{series}",
-                description="Series the node holds windows of",
             )
-            self._meter.create_observable_gauge(
+            self._gauge(
                 WINDOWS_HELD,
-                callbacks=[lambda _options: self._window_counts(series=False)],
+                "Windows the node holds in memory, by kind: full-width (window) or merged "
+                "past --rollup-after (rollup)",
+                self._windows_held,
                 unit="{window}",
-                description="Windows the node holds in memory, by kind: full-width "
-                "(window) or merged past --rollup-after (rollup)",
             )
 
-    def _window_counts(self, series: bool) -> list[Observation]:
+    def _series_held(self) -> list[Observation]:
+        return [] if self._windows is None else [Observation(self._windows()[0])]
+
+    def _windows_held(self) -> list[Observation]:
         if self._windows is None:
             return []
-        n_series, windows, rollups = self._windows()
-        if series:
-            return [Observation(n_series)]
+        _, windows, rollups = self._windows()
         return [Observation(windows, {"kind": "window"}), Observation(rollups, {"kind": "rollup"})]
 
     def _store_evictions(self) -> list[Observation]:
@@ -287,11 +288,15 @@ class MeterRecorder(Recorder):
         return [Observation(n, {"store": store, "backend": backend}) for store, backend, n in rows]
 
     def _gauge(
-        self, name: str, description: str, read: Callable[[], Iterable[Observation]]
+        self,
+        name: str,
+        description: str,
+        read: Callable[[], Iterable[Observation]],
+        unit: str = "1",
     ) -> None:
-        """A gauge of 0/1 values, ``read`` at each export (scrape)."""
+        """A gauge ``read`` at each export (scrape); 0/1 values unless ``unit`` says."""
         self._meter.create_observable_gauge(
-            name, callbacks=[lambda _options: read()], unit="1", description=description
+            name, callbacks=[lambda _options: read()], unit=unit, description=description
         )
 
     def _instance_flags(self) -> list[Observation]:
