@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -80,6 +80,8 @@ class RegionNode:
         # whole region from a shared store (see region_node.persistence)
         self._peers: WindowStore | None = None
         self.wal: WriteAheadLog | None = None
+        # the last log segment whose batches wait for replay_wal (see hold_wal)
+        self._held_through: int | None = None
         self.privacy: PrivacyConfig | None = None
         self.privacy_releaser: PrivateReleaser | None = None
         self.batch_ids = BatchIds()
@@ -123,30 +125,65 @@ class RegionNode:
         if self.wal is not None:
             await asyncio.to_thread(self.wal.sync)
 
-    def attach_wal(self, wal: WriteAheadLog, stored_through: int = -1) -> int:
-        """Replay ``wal`` into the windows and log from now on; returns batches replayed.
+    def hold_wal(self, wal: WriteAheadLog) -> int:
+        """Log to ``wal`` from now on, knowing the batch ids of the batches it holds (a
+        retry of one is a duplicate); returns how many it holds. Call it before the node
+        takes any batch: one taken before would be neither logged nor checked against
+        the log.
 
-        Segments up to ``stored_through`` are in the windows restored from the store
-        already (a flush committed, and the node stopped before its checkpoint): their
-        batches only count as seen, for retries."""
+        The held batches' data waits for :meth:`replay_wal`, which the restore calls once
+        the store has said which of the log's segments its windows hold already; until
+        then the log is not checkpointed (no flush runs before the restore), so those
+        segments stay as they are."""
+        held = 0
+        for _, batch in self._logged_batches(wal, -1, None, quiet=False):
+            if batch.batch_id:
+                wal.batch_ids.add(batch.batch_id)
+            held += 1
+        self.wal = wal
+        self.batch_ids = wal.batch_ids
+        # batches appended from now on go to the current segment: they are in the windows
+        self._held_through = wal.current_segment - 1
+        return held
+
+    def replay_wal(self, stored_through: int = -1) -> int:
+        """Apply the batches :meth:`hold_wal` held, but those of segments up to
+        ``stored_through``: those are in the windows restored from the store already (a
+        flush committed, and the node stopped before its checkpoint). Returns how many were
+        applied; later calls apply nothing.
+
+        Each held batch is applied, whatever the ids known: the log holds a batch once,
+        and the checkpoint's ids may name batches of the segments after it (taken while
+        the flush that it ends ran)."""
+        through, self._held_through = self._held_through, None
+        if self.wal is None or through is None:
+            return 0
         replayed = 0
-        for segment, time_ns, payload in wal.replay_segments():
+        for _, batch in self._logged_batches(self.wal, stored_through, through, quiet=True):
+            self.store.apply(self._bounded(batch))
+            replayed += 1
+        return replayed
+
+    @property
+    def holds_log(self) -> bool:
+        """Batches of the write-ahead log wait for :meth:`replay_wal`."""
+        return self._held_through is not None
+
+    @staticmethod
+    def _logged_batches(
+        wal: WriteAheadLog, after: int, through: int | None, *, quiet: bool
+    ) -> Iterator[tuple[int, IngestBatch]]:
+        """(segment, batch) of the log's records in segments after ``after`` up to
+        ``through``; a record that no longer parses is skipped (logged unless ``quiet``)."""
+        for segment, time_ns, payload in wal.replay_segments(after, through):
             try:
                 request = region_node_pb2.IngestRequest.FromString(payload)
                 batch = convert.ingest_batch_from_proto(request, time_ns)
             except Exception as exc:  # intact but no longer acceptable (e.g. new limits)
-                log.warning("skipping a logged batch that no longer parses: %s", exc)
+                if not quiet:
+                    log.warning("skipping a logged batch that no longer parses: %s", exc)
                 continue
-            if batch.batch_id and batch.batch_id in wal.batch_ids:
-                continue
-            if segment > stored_through:
-                self.store.apply(self._bounded(batch))
-                replayed += 1
-            if batch.batch_id:
-                wal.batch_ids.add(batch.batch_id)
-        self.wal = wal
-        self.batch_ids = wal.batch_ids
-        return replayed
+            yield segment, batch
 
     @property
     def version(self) -> tuple[int, int]:

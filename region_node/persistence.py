@@ -162,12 +162,12 @@ class Persister:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._retry_windows: list[WindowSummaryRow] = []
-        # the node's write-ahead log's id (set before start when it keeps one), and the
-        # segments the store holds, from its mark (read by restore)
-        self.wal_id: str | None = None
-        # the write-ahead log was replayed (see restore and replay_log)
-        self._log_replayed = False
+        # the last segment of the node's write-ahead log the store holds, from its mark
+        # (read by restore)
         self.stored_wal_segment = -1
+        # where a restore that failed part-way goes on: the windows of the slices before
+        # this time are in the node (a second install would count them twice)
+        self._restored_until_ns: int | None = None
         # this instance's flushed windows are back in the node: until then no window is
         # flushed (a flush would replace the stored windows with what came since the start)
         self.restored = not self.durable_store
@@ -498,18 +498,25 @@ class Persister:
     def _since_ns(self, now_ns: int) -> int:
         return now_ns - self.node.store.config.retention_ns
 
-    async def restore(self, replay: Callable[[int], object] | None = None) -> int:
-        """Load this instance's own flushed windows into the node (at start).
+    @property
+    def wal_id(self) -> str | None:
+        """The id of the node's write-ahead log (None: it keeps none)."""
+        return self.node.wal.id if self.node.wal is not None else None
 
-        ``replay``, given the last log segment the store holds, replays the node's
-        write-ahead log: it runs before the windows are installed, so that those past the
-        rollup horizon can go straight into rollup windows (a batch replayed after them
-        would land in a window already merged; it lands in one held at full width, and
-        the stored part joins it there). Without a log, or once it was replayed, restoring
-        goes the same way."""
+    async def restore(self) -> int:
+        """Load this instance's own flushed windows into the node (at start, and again
+        until it succeeds); returns how many.
+
+        The batches the node's write-ahead log holds (:meth:`RegionNode.hold_wal`) are
+        applied first, but those of the segments the store's mark says its windows hold:
+        before the windows are installed, so that those past the rollup horizon can go
+        straight into rollup windows (a stored window a replayed batch landed in joins it
+        at full width instead, and the next flush writes it whole). A store that fails
+        before its mark is read leaves them held: the node would count a batch twice that
+        the store's windows hold already. One that fails part-way through the windows
+        leaves those installed, and the next call goes on from there."""
         if not self.durable_store:
-            if replay is not None:
-                self.replay_log(replay)
+            self._replay_log()
             return 0
         now = time.time_ns()
         ident = self.node.identity
@@ -519,23 +526,27 @@ class Persister:
         for r in marks:
             if r.metric == WAL_MARK_METRIC and r.labels.get("wal") == self.wal_id:
                 self.stored_wal_segment = max(self.stored_wal_segment, r.count)
-        if replay is not None:
-            self.replay_log(replay)
-        if self.log_replayed:
-            self.node.store.roll_up()  # sets the horizon: older windows go into rollups
+        self._replay_log()
+        self.node.store.roll_up()  # sets the horizon: older windows go into rollups
         restored = 0
-        async for rows in self._stored_windows(now, ident.instance_id):
+        start = max(self._since_ns(now), self._restored_until_ns or 0)
+        async for rows, until in self._stored_windows(now, ident.instance_id, start):
             restored += self._install(self.node.store, rows, now)
+            self._restored_until_ns = until
         if restored:
             log.info("restored %d windows flushed before the last stop", restored)
         return restored
 
-    def replay_log(self, replay: Callable[[int], object]) -> None:
-        """Replay the write-ahead log with ``replay``, given the last segment the store
-        holds (as far as it was read); from then on stored windows past the horizon are
-        restored straight into rollup windows."""
-        replay(self.stored_wal_segment)
-        self._log_replayed = True
+    def _replay_log(self) -> None:
+        if not self.node.holds_log:
+            return
+        replayed = self.node.replay_wal(self.stored_wal_segment)
+        log.info(
+            "write-ahead log: replayed %d batches (segments after %d; those up to it are "
+            "in the stored windows)",
+            replayed,
+            self.stored_wal_segment,
+        )
 
     async def refresh_peers(self) -> None:
         """Region scope on a shared store: the other instances' windows, freshly loaded."""
@@ -545,18 +556,18 @@ class Persister:
         # nothing is ingested into the peers' windows: those past the rollup horizon go
         # straight into rollup windows as they are installed
         peers.roll_up()
-        async for rows in self._stored_windows(now, None):
+        async for rows, _ in self._stored_windows(now, None, self._since_ns(now)):
             self._install(peers, [r for r in rows if r.instance_id != ident.instance_id], now)
         self.node.peers = peers
 
     async def _stored_windows(
-        self, now_ns: int, instance_id: str | None
-    ) -> AsyncIterator[list[WindowSummaryRow]]:
-        """The region's stored windows (of one instance, or all) within the node's
-        retention, :data:`RESTORE_SLICE_NS` of them at a time: a day's rows at once
-        would take far more memory than the (rolled-up) windows they become."""
+        self, now_ns: int, instance_id: str | None, start: int
+    ) -> AsyncIterator[tuple[list[WindowSummaryRow], int]]:
+        """The region's stored windows (of one instance, or all) that start at ``start``
+        or later, :data:`RESTORE_SLICE_NS` of them at a time (a day's rows at once would
+        take far more memory than the rolled-up windows they become), each slice with
+        the time it ends at."""
         cfg = self.node.store.config
-        start = self._since_ns(now_ns)
         newest = now_ns + cfg.max_future_ns + cfg.window_ns
         while True:
             # the last slice runs up to the log marks (windows a clock ahead stamped)
@@ -568,7 +579,7 @@ class Persister:
                 instance_id=instance_id,
                 until_ns=until,
             )
-            yield [r for r in rows if r.window_ns == cfg.window_ns]
+            yield [r for r in rows if r.window_ns == cfg.window_ns], until
             if last:
                 return
             start = until
@@ -668,19 +679,13 @@ class Persister:
             except Exception:
                 log.exception("store round failed")
 
-    @property
-    def log_replayed(self) -> bool:
-        """No write-ahead log batch may land in the windows any more: there is no log, or
-        it was replayed."""
-        return self.wal_id is None or self._log_replayed
-
-    async def start(self, replay: Callable[[int], object] | None = None) -> None:
+    async def start(self) -> None:
         """Restore this instance's windows (and the region's other instances'), then start
-        the loop; ``replay`` as in :meth:`restore`. A store that fails now is retried by
-        the loop: evaluations' records are written meanwhile, windows once the restore
-        succeeded."""
+        the loop. A store that fails now is retried by the loop: evaluations' records are
+        written meanwhile, windows (and the log's held batches, see :meth:`restore`) once
+        the restore succeeded."""
         try:
-            await self.restore(replay)
+            await self.restore()
             self.restored = True
             if self.answers_for_region:
                 await self.refresh_peers()

@@ -85,6 +85,11 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
         telemetry.get_recorder().observe_windows(node.store.held)
     try:
         _check_wal_store(config, stores)
+        if config.wal_dir is not None:
+            # before the server takes a batch: each is logged, and a retry of a logged
+            # one is known (the log's data is applied by the restore)
+            held = node.hold_wal(WriteAheadLog(config.wal_dir))
+            log.info("write-ahead log %s: %d batches to replay", config.wal_dir, held)
         profiles = ProfileBook()
         persister = Persister(node, stores, profiles, config.stores.flush_interval_s)
         workers = default_workers() if config.detect_workers is None else config.detect_workers
@@ -130,17 +135,12 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
         node.identity = NodeIdentity(
             identity.region_id, f"{identity.region_id}-{mesh.port}", identity.region_scope
         )
-    wal = WriteAheadLog(config.wal_dir) if config.wal_dir is not None else None
-    persister.wal_id = wal.id if wal is not None else None
-    replay = _replayer(node, wal, config.wal_dir) if wal is not None else None
     try:
-        # the log is replayed once the store said which segments it holds, before the
-        # stored windows are installed (see Persister.restore)
-        await persister.start(replay)
+        # the log's batches are applied once the store said which segments it holds,
+        # before the stored windows are installed (see Persister.restore)
+        await persister.start()
     except Exception as exc:  # the loop retries it; windows are flushed once it succeeds
         log.warning("restoring persisted windows failed (retried in the background): %s", exc)
-    if replay is not None and node.wal is None:  # the store failed before the replay
-        persister.replay_log(replay)
     node.start_background(config.eviction_interval_s)
     # stop order: background work, then the last writes, then the stores
     mesh.on_drain.append(servicer.end_streams)
@@ -155,18 +155,6 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
         mesh.on_stop.append(_closer(node.wal))
     await mesh.set_serving(True)
     return mesh, node
-
-
-def _replayer(node: RegionNode, wal: WriteAheadLog, wal_dir: Path | None) -> Callable[[int], None]:
-    """Replays ``wal`` into the node, given the last segment the store holds."""
-
-    def replay(stored_through: int) -> None:
-        # segments the store's windows hold already (their flush committed, the
-        # checkpoint did not happen) are not applied again
-        replayed = node.attach_wal(wal, stored_through)
-        log.info("write-ahead log %s: replayed %d batches", wal_dir, replayed)
-
-    return replay
 
 
 def _keep_accounts(releaser: PrivateReleaser, wal_dir: Path | None) -> None:

@@ -16,9 +16,11 @@ Layout: a directory of segment files ``wal-<n>.log`` and a ``checkpoint`` file.
   count those segments twice: on start the node replays only segments after both marks
   (earlier ones give their batch ids only). Segments are deleted only after the
   checkpoint that covers them is durable.
-* On start, :meth:`WriteAheadLog.replay` yields the records of the segments after the
-  checkpoint in order; a torn record at the end of the last segment (a kill mid-write)
-  ends the replay of that segment.
+* On start, :meth:`WriteAheadLog.replay_segments` yields the records of the segments after
+  the checkpoint in order; a torn record at the end of the last segment (a kill mid-write)
+  ends the replay of that segment. The node reads them twice: at once for their batch ids
+  (before it takes any batch), and again, once the store said which segments it holds, to
+  apply those it does not (see :meth:`region_node.node.RegionNode.hold_wal`).
 
 Batch ids (``IngestRequest.batch_id``) make retries exactly-once: the node remembers the
 ids it applied (bounded), across restarts through the log and the checkpoint.
@@ -157,16 +159,24 @@ class WriteAheadLog:
 
     # -- records ------------------------------------------------------------------
 
+    @property
+    def current_segment(self) -> int:
+        """The segment appended to now (the next to be opened, before the first append)."""
+        return self._current
+
     def replay(self) -> Iterator[tuple[int, bytes]]:
         """(receive time ns, IngestRequest bytes) of every record after the checkpoint."""
         for _, time_ns, payload in self.replay_segments():
             yield time_ns, payload
 
-    def replay_segments(self) -> Iterator[tuple[int, int, bytes]]:
+    def replay_segments(
+        self, after: int = -1, through: int | None = None
+    ) -> Iterator[tuple[int, int, bytes]]:
         """(segment, receive time ns, IngestRequest bytes) of every record after the
-        checkpoint."""
+        checkpoint, of the segments after ``after`` and up to ``through`` (if given)."""
+        first = max(after, self._checkpointed)
         for n, path in self._segments():
-            if n <= self._checkpointed:
+            if n <= first or (through is not None and n > through):
                 continue
             for time_ns, payload in self._read_segment(path):
                 yield n, time_ns, payload

@@ -10,12 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nethical_grpc import client
 from nethical_grpc.governance.profiles import ProfileBook
 from nethical_grpc.series import IngestBatch, SeriesKey, SummaryQuery
 from nethical_grpc.storage.timeseries import WindowSummaryRow
 from region_node.node import NodeIdentity, RegionNode
 from region_node.persistence import RESTORE_SLICE_NS, WAL_MARK_METRIC, Persister
 from region_node.stores import NodeStores, StoreConfig
+from region_node.wal import WriteAheadLog
 
 S = 1_000_000_000
 W = 10 * S
@@ -51,7 +53,9 @@ def _node_hours_back(stores: NodeStores, hours: int) -> tuple[RegionNode, Persis
     return node, Persister(node, stores, ProfileBook(), 1.0), clock, start
 
 
-async def test_rolled_windows_stay_whole_in_the_store_and_come_back(stores: NodeStores) -> None:
+async def test_rolled_windows_stay_whole_in_the_store_and_come_back(
+    stores: NodeStores, tmp_path: Path
+) -> None:
     # two hours ago, by the node's clock, a batch in each of 60 windows (10 minutes)
     node, persister, clock, start = _node_hours_back(stores, 2)
     for k in range(60):
@@ -75,30 +79,17 @@ async def test_rolled_windows_stay_whole_in_the_store_and_come_back(stores: Node
     # nothing to flush: rolling up changed no window the store holds
     assert await persister.flush_windows() == 0
 
-    # a restart gets every window back: with a write-ahead log at full width (a
-    # replayed batch may land in one), rolled up by the next pass
-    again = RegionNode(NodeIdentity("r1", "r1-a"), clock=clock)
-    logged = Persister(again, stores, ProfileBook(), 1.0)
-    logged.wal_id = "a-log"
-    assert await logged.restore() == 60
-    assert (again.store.window_count, _count(again)) == (60, 240)
-    await again.maintain_windows()
-    assert (again.store.window_count, _count(again)) == (2, 240)
-    # at start the log is replayed first, then the stored windows go straight into
-    # rollup windows, except one a replayed batch holds at full width: the stored
-    # part joins it there, so the next flush writes that window whole
+    # at a restart the log's batches are applied first, then the stored windows go
+    # straight into rollup windows, except one a replayed batch holds at full width: the
+    # stored part joins it there, so the next flush writes that window whole
+    wal = WriteAheadLog(tmp_path / "wal")
+    late = client.encode_ingest_request("latency_ms", np.full(2, 100.0), batch_id="late")
+    wal.append(late, start)
+    wal.close()
     started = RegionNode(NodeIdentity("r1", "r1-a"), clock=clock)
-    starting = Persister(started, stores, ProfileBook(), 1.0)
-    starting.wal_id = "a-log"
-    calls = []
-
-    def replay(stored_through: int) -> None:
-        calls.append((stored_through, started.store.window_count))
-        late = IngestBatch(SeriesKey("latency_ms", ()), np.full(2, 100.0), None, start)
-        started.store.apply(late)  # as attach_wal applies, with no time check
-
-    assert await starting.restore(replay) == 60
-    assert calls == [(-1, 0)]  # before any stored window was installed
+    assert started.hold_wal(WriteAheadLog(tmp_path / "wal")) == 1
+    assert await Persister(started, stores, ProfileBook(), 1.0).restore() == 60
+    assert not started.holds_log
     assert (started.store.window_count, started.store.rollup_count) == (3, 2)
     assert _count(started) == 242
     [(_, window_id, whole, _)] = started.store.take_dirty()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -191,15 +192,45 @@ def _logged_batch(batch_id: str, values: np.ndarray) -> tuple[IngestBatch, bytes
 async def _start_logged_node(
     tmp_path: Path, stores: NodeStores
 ) -> tuple[RegionNode, Persister, WriteAheadLog]:
-    """A node with a log, started as the server starts one: restore, then replay."""
-    node = RegionNode(NodeIdentity("r1", "r1-a"))
-    wal = WriteAheadLog(tmp_path / "wal")
-    persister = Persister(node, stores, ProfileBook(), 60.0)
-    persister.wal_id = wal.id
+    """A node with a log, started as the server starts one: the log held, then the
+    restore (which applies the held batches the store does not hold)."""
+    node, persister, wal = _logged_node(tmp_path, stores)
     await persister.restore()
     persister.restored = True
-    node.attach_wal(wal, persister.stored_wal_segment)
     return node, persister, wal
+
+
+def _logged_node(tmp_path: Path, stores: NodeStores) -> tuple[RegionNode, Persister, WriteAheadLog]:
+    """A node holding its log (``tmp_path / "wal"``), not restored yet."""
+    node = RegionNode(NodeIdentity("r1", "r1-a"))
+    wal = WriteAheadLog(tmp_path / "wal")
+    node.hold_wal(wal)
+    return node, Persister(node, stores, ProfileBook(), 60.0), wal
+
+
+def _lat_count(node: RegionNode) -> int:
+    return sum(g.summary.count for g in node.summaries(SummaryQuery(metrics=frozenset({"lat"}))))
+
+
+async def _killed_between_flush_and_checkpoint(tmp_path: Path, stores: NodeStores) -> None:
+    """b1 (100 values) flushed and checkpointed; b2 (50) flushed, and the node killed
+    before the checkpoint: the store's windows and mark hold b2, the log does too."""
+    node, persister, wal = await _start_logged_node(tmp_path, stores)
+    batch, raw = _logged_batch("b1", np.arange(100.0))
+    node.ingest(batch, raw)
+    await persister.flush_windows()  # flushed and checkpointed
+    batch, raw = _logged_batch("b2", np.arange(50.0))
+    node.ingest(batch, raw)
+    await node.sync()
+
+    def killed(*_: object) -> None:
+        raise SystemExit("killed before the checkpoint")
+
+    wal.checkpoint = killed  # type: ignore[method-assign]
+    with pytest.raises(SystemExit):
+        await persister.flush_windows()
+    assert await _count(stores) == 150  # the flush did commit
+    wal.close()
 
 
 async def test_a_kill_between_a_flush_and_its_checkpoint_counts_nothing_twice(
@@ -211,34 +242,158 @@ async def test_a_kill_between_a_flush_and_its_checkpoint_counts_nothing_twice(
     config = StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}")
     stores = await NodeStores.open(config, "r1")
     try:
-        node, persister, wal = await _start_logged_node(tmp_path, stores)
-        batch, raw = _logged_batch("b1", np.arange(100.0))
-        node.ingest(batch, raw)
-        await persister.flush_windows()  # flushed and checkpointed
-        batch, raw = _logged_batch("b2", np.arange(50.0))
-        node.ingest(batch, raw)
-        await node.sync()
-
-        def killed(*_: object) -> None:
-            raise SystemExit("killed before the checkpoint")
-
-        wal.checkpoint = killed  # type: ignore[method-assign]
-        with pytest.raises(SystemExit):
-            await persister.flush_windows()
-        assert await _count(stores) == 150  # the flush did commit
-        wal.close()
+        await _killed_between_flush_and_checkpoint(tmp_path, stores)
     finally:
         await stores.close()
 
     stores = await NodeStores.open(config, "r1")
     try:
         node, persister, wal = await _start_logged_node(tmp_path, stores)
-        [summary] = node.store.summaries(SummaryQuery(metrics=frozenset({"lat"})))
-        assert summary.summary.count == 150
+        assert _lat_count(node) == 150
         batch, raw = _logged_batch("b2", np.arange(50.0))
         assert not node.ingest(batch, raw)  # a retry of b2 is still known
         await persister.flush_windows()
         assert await _count(stores) == 150
         wal.close()
+    finally:
+        await stores.close()
+
+
+async def test_a_restart_with_the_store_down_holds_the_log_until_the_store_says_what_it_has(
+    tmp_path: Path,
+) -> None:
+    """As above, but the store fails when the restarted node first asks it for its mark.
+    The node cannot tell whether b2 is in the store's windows: replayed then, b2 was
+    counted a second time once the store came back (200 values for 150). Until the store
+    answers, the node knows the log's batches (a retry is a duplicate) and logs and
+    applies new ones; then it applies what the store does not hold, once."""
+    config = StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}")
+    stores = await NodeStores.open(config, "r1")
+    try:
+        await _killed_between_flush_and_checkpoint(tmp_path, stores)
+    finally:
+        await stores.close()
+
+    stores = await NodeStores.open(config, "r1")
+    try:
+        node, persister, wal = _logged_node(tmp_path, stores)
+        load = stores.timeseries.load_window_summaries
+        stores.timeseries.load_window_summaries = _FailingOnce(load, 2)  # type: ignore[method-assign]
+        with pytest.raises(ConnectionError):
+            await persister.start()
+        try:
+            assert node.holds_log and _lat_count(node) == 0
+            batch, raw = _logged_batch("b2", np.arange(50.0))
+            assert not node.ingest(batch, raw)  # known from the log
+            batch, raw = _logged_batch("b3", np.arange(7.0))
+            assert node.ingest(batch, raw)  # logged and applied at once
+            await node.sync()
+            await persister.round(windows=True)  # the restore fails again: nothing flushed
+            assert await _count(stores) == 150 and node.holds_log
+            await persister.round(windows=True)  # restored, the log's rest applied, flushed
+            assert persister.restored and not node.holds_log
+            assert _lat_count(node) == 157
+            assert await _count(stores) == 157
+        finally:
+            await persister.stop()
+            wal.close()
+    finally:
+        await stores.close()
+
+    # and the log's checkpoint now covers it all: a restart counts each batch once
+    stores = await NodeStores.open(config, "r1")
+    try:
+        node, persister, wal = await _start_logged_node(tmp_path, stores)
+        assert _lat_count(node) == 157
+        wal.close()
+    finally:
+        await stores.close()
+
+
+async def test_a_batch_taken_while_a_flush_runs_survives_a_kill_after_its_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """A batch taken while the flush's write was in flight goes to the segment after the
+    one the flush closed, and its id into the checkpoint the flush then writes (the ids
+    it remembers). Replayed after a kill, that batch was skipped as already seen: an
+    acknowledged batch lost."""
+    config = StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}")
+    stores = await NodeStores.open(config, "r1")
+    try:
+        node, persister, wal = await _start_logged_node(tmp_path, stores)
+        batch, raw = _logged_batch("b1", np.arange(100.0))
+        node.ingest(batch, raw)
+        upsert = stores.timeseries.upsert_window_summaries
+
+        async def upsert_while_a_batch_arrives(rows: list[WindowSummaryRow]) -> None:
+            late, late_raw = _logged_batch("b2", np.arange(50.0))
+            assert node.ingest(late, late_raw)
+            await node.sync()  # acknowledged
+            await upsert(rows)
+
+        stores.timeseries.upsert_window_summaries = upsert_while_a_batch_arrives  # type: ignore[method-assign]
+        await persister.flush_windows()
+        stores.timeseries.upsert_window_summaries = upsert  # type: ignore[method-assign]
+        assert await _count(stores) == 100
+        assert "b2" in json.loads((tmp_path / "wal" / "checkpoint").read_text())["batch_ids"]
+        wal.close()  # killed: b2 is in the log only
+    finally:
+        await stores.close()
+
+    stores = await NodeStores.open(config, "r1")
+    try:
+        node, persister, wal = await _start_logged_node(tmp_path, stores)
+        assert _lat_count(node) == 150
+        batch, raw = _logged_batch("b2", np.arange(50.0))
+        assert not node.ingest(batch, raw)  # and a retry of it is still known
+        await persister.flush_windows()
+        assert await _count(stores) == 150
+        wal.close()
+    finally:
+        await stores.close()
+
+
+async def test_a_restore_that_fails_part_way_goes_on_where_it_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store fails after some slices of stored windows were installed: the retry
+    installed every slice again, and those windows counted twice."""
+    config = StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}")
+    now = time.time_ns()
+    key = SeriesKey("lat", ())
+    stores = await NodeStores.open(config, "r1")
+    try:
+        before = RegionNode(NodeIdentity("r1", "r1-a"))
+        # six windows, ten minutes apart: a slice each
+        before.store.apply(
+            IngestBatch(
+                key, np.arange(6.0), np.array([now - k * 600 * 10**9 for k in range(6)]), now
+            )
+        )
+        assert await Persister(before, stores, ProfileBook(), 1.0).flush_windows() == 6
+    finally:
+        await stores.close()
+
+    stores = await NodeStores.open(config, "r1")
+    try:
+        node = RegionNode(NodeIdentity("r1", "r1-a"))
+        persister = Persister(node, stores, ProfileBook(), 60.0)
+        load = stores.timeseries.load_window_summaries
+        failed = False
+
+        async def failing_once_half_way(*args: object, **kwargs: object) -> object:
+            nonlocal failed
+            since = kwargs.get("since_ns")
+            if not failed and isinstance(since, int) and now - 30 * 60 * 10**9 <= since < now:
+                failed = True  # the slices of the older three windows were read
+                raise ConnectionError("store unreachable")
+            return await load(*args, **kwargs)  # type: ignore[arg-type]
+
+        stores.timeseries.load_window_summaries = failing_once_half_way  # type: ignore[method-assign]
+        with pytest.raises(ConnectionError):
+            await persister.restore()
+        assert _lat_count(node) == 3
+        assert await persister.restore() == 3
+        assert _lat_count(node) == 6
     finally:
         await stores.close()
