@@ -104,8 +104,9 @@ async def _flush_one_and_load(url: str) -> list[WindowSummaryRow]:
 
 
 async def test_an_older_window_summaries_table_gains_count(pg_schema: str) -> None:
-    """A window_summaries table without ``count`` (and ``updated_at``): the columns are
-    added (``count`` 0 on the rows already there) and flushes work."""
+    """A window_summaries table without ``count`` (and ``updated_at``, ``change_seq``):
+    the columns are added (``count`` and ``change_seq`` 0 on the rows already there) and
+    flushes work."""
     _pg(
         f"CREATE SCHEMA {pg_schema}",
         f"CREATE TABLE {pg_schema}.window_summaries (region_id text NOT NULL, "
@@ -116,9 +117,9 @@ async def test_an_older_window_summaries_table_gains_count(pg_schema: str) -> No
         "('r1', 'i0', 'old', '{}', 1000, 10, '\\x01')",
     )
     rows = await _flush_one_and_load(_url(pg_schema))
-    assert [(r.metric, r.count, r.payload) for r in rows] == [
-        ("old", 0, b"\x01"),
-        ("new", 7, b"\x02"),
+    assert [(r.metric, r.count, r.payload, r.change_seq) for r in rows] == [
+        ("old", 0, b"\x01", 0),
+        ("new", 7, b"\x02", 1),
     ]
 
 
@@ -179,7 +180,7 @@ async def test_sqlite_older_window_summaries_gains_count(tmp_path: Path) -> None
         )
         conn.commit()
     rows = await _flush_one_and_load(f"sqlite://{path}")
-    assert [(r.metric, r.count) for r in rows] == [("old", 0), ("new", 7)]
+    assert [(r.metric, r.count, r.change_seq) for r in rows] == [("old", 0, 0), ("new", 7, 1)]
 
 
 # ---------------------------------------------------------------------- the CLI

@@ -574,6 +574,92 @@ async def test_concurrent_opening_of_a_fresh_schema(fresh_pg_schema: str) -> Non
             await s.close()
 
 
+async def test_each_upsert_gets_the_regions_next_change_number(store: TimeSeriesStore) -> None:
+    """A reader that saw changes up to n asks for those after n: it gets the rows the
+    later upserts wrote (each upsert's rows share a number), and nothing it saw."""
+    region, other = store.region_id, _region()
+    w = 10_000_000_000
+    assert await store.last_window_change(region) == 0
+    await store.upsert_window_summaries(
+        [window(region, "i1", 0, b"a", k="1"), window(region, "i2", 0, b"b", k="1")]
+    )
+    await store.upsert_window_summaries([window(other, "i1", 0, b"x", k="1")])
+    seen = await store.last_window_change(region)
+    rows = await store.load_window_summaries(region)
+    assert {r.change_seq for r in rows} == {seen} and seen > 0
+    # the other region's upsert did not take one of this region's numbers
+    assert await store.last_window_change(other) == 1
+    # i1 re-flushes window 0 and adds window w: both rows, and only they, are new
+    await store.upsert_window_summaries(
+        [window(region, "i1", 0, b"aa", k="1"), window(region, "i1", w, b"c", k="1")]
+    )
+    changed = await store.load_window_summaries(region, changed_after=seen)
+    assert [(r.instance_id, r.window_start_ns, r.payload) for r in changed] == [
+        ("i1", 0, b"aa"),
+        ("i1", w, b"c"),
+    ]
+    assert {r.change_seq for r in changed} == {seen + 1}
+    assert await store.last_window_change(region) == seen + 1
+    assert await store.load_window_summaries(region, changed_after=seen + 1) == []
+    # with the other filters
+    assert [
+        r.window_start_ns
+        for r in await store.load_window_summaries(region, since_ns=w, changed_after=seen)
+    ] == [w]
+    with pytest.raises(ValueError, match="changed_after"):
+        await store.load_window_summaries(region, changed_after=2**63)
+
+
+@pytest.mark.parametrize("kind", ["sqlite-file", "postgresql"])
+async def test_a_reader_of_changes_misses_none_while_instances_flush_at_once(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Four instances upsert at once through their own connections while a reader asks
+    for the changes after the largest number it saw: when all is written, what it read
+    (each key's latest row) is what the store holds. A number taken in one order and
+    committed in another would leave a row behind the reader's mark."""
+    if kind == "sqlite-file":
+        url = f"sqlite://{tmp_path}/shared.db"
+    else:
+        url = _pg_url(request.getfixturevalue("pg_schema"))
+    region = _region()
+    writers = [(await open_timeseries(url, region, fallback=False))[0] for _ in range(4)]
+    reader, _ = await open_timeseries(url, region, fallback=False)
+    w = 10_000_000_000
+    try:
+
+        async def flushes(i: int, store: TimeSeriesStore) -> None:
+            for n in range(15):
+                rows = [window(region, f"i{i}", k * w, f"{n}".encode(), k=str(k)) for k in range(8)]
+                await store.upsert_window_summaries(rows)
+
+        writing = asyncio.gather(*(flushes(i, s) for i, s in enumerate(writers)))
+        seen: dict[tuple[str, str, int], bytes] = {}
+        mark = 0
+
+        async def read_changes() -> None:
+            nonlocal mark
+            for r in await reader.load_window_summaries(region, changed_after=mark):
+                seen[(r.instance_id, r.labels["k"], r.window_start_ns)] = r.payload
+                mark = max(mark, r.change_seq)
+
+        while not writing.done():
+            await read_changes()
+            await asyncio.sleep(0)
+        await writing
+        await read_changes()
+        held = {
+            (r.instance_id, r.labels["k"], r.window_start_ns): r.payload
+            for r in await reader.load_window_summaries(region)
+        }
+        assert len(held) == 32 and set(held.values()) == {b"14"}
+        assert seen == held
+        assert mark == await reader.last_window_change(region) == 60
+    finally:
+        for s in [*writers, reader]:
+            await s.close()
+
+
 @pytest.mark.parametrize("kind", ["sqlite-file", "postgresql"])
 async def test_instances_share_and_restart_keeps_windows(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest

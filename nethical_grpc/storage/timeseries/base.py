@@ -39,6 +39,7 @@ from nethical_grpc.storage.timeseries.model import (
     MetricColumns,
     MetricPoint,
     MetricRecord,
+    WindowFilter,
     WindowSummaryRow,
     check_limit,
     check_name,
@@ -383,6 +384,8 @@ class TimeSeriesStore(ABC):
         Keyed by (region, instance, metric, labels, window start): re-flushing a window
         that is still open replaces its payload, count and width. Within one call a later
         row with the same key wins. One bad row refuses the whole call (``ValueError``).
+        The rows get their region's next change number (``WindowSummaryRow.change_seq``):
+        the upserts of one region take turns, so numbers follow the commits.
         """
         checked = check_window_rows(rows)
         if checked:
@@ -395,15 +398,23 @@ class TimeSeriesStore(ABC):
         since_ns: int | None = None,
         instance_id: str | None = None,
         until_ns: int | None = None,
+        changed_after: int | None = None,
     ) -> list[WindowSummaryRow]:
         """A region's window summaries starting at or after ``since_ns`` and before
         ``until_ns`` (no bound when None), of one instance or (``instance_id=None``) of
-        every instance, ordered by window start, instance, metric and labels."""
+        every instance, written by an upsert after change number ``changed_after`` (no
+        bound when None), ordered by window start, instance, metric and labels."""
         region = check_name("region_id", region_id)
         since = None if since_ns is None else check_ns("since_ns", since_ns)
         until = None if until_ns is None else check_ns("until_ns", until_ns)
         instance = None if instance_id is None else check_name("instance_id", instance_id)
-        return await self._load_windows(region, since, instance, until)
+        after = None if changed_after is None else check_ns("changed_after", changed_after)
+        return await self._load_windows(region, WindowFilter(since, until, instance, after))
+
+    async def last_window_change(self, region_id: str) -> int:
+        """The region's latest change number (0 before any upsert): a reader that loads
+        everything next and then asks for ``changed_after`` this number misses nothing."""
+        return await self._last_window_change(check_name("region_id", region_id))
 
     async def delete_window_summaries_before(self, region_id: str, before_ns: int) -> int:
         """Delete a region's windows starting before ``before_ns``; returns how many."""
@@ -501,8 +512,11 @@ class TimeSeriesStore(ABC):
 
     @abstractmethod
     async def _load_windows(
-        self, region_id: str, since_ns: int | None, instance_id: str | None, until_ns: int | None
+        self, region_id: str, where: WindowFilter
     ) -> list[WindowSummaryRow]: ...
+
+    @abstractmethod
+    async def _last_window_change(self, region_id: str) -> int: ...
 
     @abstractmethod
     async def _delete_windows(self, region_id: str, before_ns: int) -> int: ...

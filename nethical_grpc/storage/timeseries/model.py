@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, TypeAlias
@@ -33,6 +33,7 @@ __all__ = [
     "MAX_WRITE_TIME",
     "MIN_WRITE_TIME",
     "US_PER_DAY",
+    "WINDOW_COLUMNS",
     "AggregateRow",
     "AuditRecord",
     "EventRecord",
@@ -40,6 +41,7 @@ __all__ = [
     "MetricColumns",
     "MetricPoint",
     "MetricRecord",
+    "WindowFilter",
     "WindowSummaryRow",
     "canonical_labels",
     "check_limit",
@@ -59,6 +61,7 @@ __all__ = [
     "parse_labels",
     "series_columns",
     "to_us",
+    "window_row",
 ]
 
 JSONValue: TypeAlias = Any
@@ -168,6 +171,11 @@ class WindowSummaryRow:
     ``window_start_ns``); labels are compared as sets of pairs (their order does not
     matter). ``payload`` is opaque to the store; ``count`` is the number of observations it
     summarises (for listings that should not decode payloads). Times are Unix nanoseconds.
+
+    ``change_seq`` is set by the store, not by the writer: each upsert stamps its rows
+    with the region's next change number, in commit order (an upsert that commits later
+    has a larger one), so a reader that saw changes up to ``n`` gets every later one with
+    ``changed_after=n`` (rows written before the column existed have 0).
     """
 
     region_id: str
@@ -178,6 +186,47 @@ class WindowSummaryRow:
     window_ns: int
     payload: bytes
     count: int = 0
+    change_seq: int = 0
+
+
+#: The columns a window-summary load reads, in :func:`window_row`'s order.
+WINDOW_COLUMNS = (
+    "region_id, instance_id, metric, labels, window_start_ns, window_ns, payload, count, change_seq"
+)
+
+
+def window_row(r: Sequence[Any]) -> WindowSummaryRow:
+    """A row of :data:`WINDOW_COLUMNS` as read from a backend."""
+    return WindowSummaryRow(
+        r[0], r[1], r[2], parse_labels(r[3]), r[4], r[5], bytes(r[6]), r[7], r[8]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class WindowFilter:
+    """Which stored window summaries of a region a load returns (checked values; None:
+    no bound): see :meth:`TimeSeriesStore.load_window_summaries`."""
+
+    since_ns: int | None = None
+    until_ns: int | None = None
+    instance_id: str | None = None
+    changed_after: int | None = None
+
+    def conditions(self, param: Callable[[str], str]) -> tuple[list[str], dict[str, Any]]:
+        """The SQL conditions past ``region_id``'s and their named parameters, with
+        ``param(name)`` the backend's placeholder for a parameter."""
+        where: list[str] = []
+        params: dict[str, Any] = {}
+        for name, value, condition in (
+            ("since", self.since_ns, "window_start_ns >= {}"),
+            ("until", self.until_ns, "window_start_ns < {}"),
+            ("instance", self.instance_id, "instance_id = {}"),
+            ("after", self.changed_after, "change_seq > {}"),
+        ):
+            if value is not None:
+                params[name] = value
+                where.append(condition.format(param(name)))
+        return where, params
 
 
 @dataclass(frozen=True, slots=True)

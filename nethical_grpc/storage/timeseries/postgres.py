@@ -56,19 +56,22 @@ from nethical_grpc.storage.timeseries.base import (
 from nethical_grpc.storage.timeseries.model import (
     EPOCH,
     US_PER_DAY,
+    WINDOW_COLUMNS,
     AuditRecord,
     EventRecord,
     MetricColumns,
     MetricRecord,
+    WindowFilter,
     WindowSummaryRow,
     check_name,
     datetime_from_us,
-    parse_labels,
+    window_row,
 )
 from nethical_grpc.storage.timeseries.postgres_schema import (
     create_partitions,
     drop_partitions_before,
     ensure_schema,
+    window_change_lock,
 )
 from nethical_grpc.storage.timeseries.rollup import AggregatePlan, RollupRows, TimeRange
 
@@ -587,52 +590,63 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
     # ------------------------------------------------------------------ window summaries
 
     async def _upsert_windows(self, rows: list[tuple[WindowSummaryRow, str]]) -> None:
+        table = self._table("window_summaries")
         query = sql.SQL(
             "INSERT INTO {} (region_id, instance_id, metric, labels, window_start_ns, "
-            "window_ns, count, payload) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+            "window_ns, count, payload, change_seq) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (region_id, instance_id, metric, labels, window_start_ns) "
             "DO UPDATE SET window_ns = excluded.window_ns, count = excluded.count, "
-            "payload = excluded.payload, updated_at = now()"
-        ).format(self._table("window_summaries"))
-        params = [
-            (
-                r.region_id,
-                r.instance_id,
-                r.metric,
-                labels,
-                r.window_start_ns,
-                r.window_ns,
-                r.count,
-                r.payload,
-            )
-            for r, labels in rows
-        ]
+            "payload = excluded.payload, change_seq = excluded.change_seq, updated_at = now()"
+        ).format(table)
         async with self._connection(self.write_timeout_s, "write") as conn, conn.transaction():
+            seqs: dict[str, int] = {}
+            for region in sorted({r.region_id for r, _ in rows}):
+                # the region's upserts take turns until they commit: numbers follow commits
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(%s)", (window_change_lock(self.schema, region),)
+                )
+                seqs[region] = await self._last_change(conn, region) + 1
+            params = [
+                (
+                    r.region_id,
+                    r.instance_id,
+                    r.metric,
+                    labels,
+                    r.window_start_ns,
+                    r.window_ns,
+                    r.count,
+                    r.payload,
+                    seqs[r.region_id],
+                )
+                for r, labels in rows
+            ]
             await conn.cursor().executemany(query, params)
 
-    async def _load_windows(
-        self, region_id: str, since_ns: int | None, instance_id: str | None, until_ns: int | None
-    ) -> list[WindowSummaryRow]:
-        params: dict[str, Any] = {"region": region_id}
-        where: list[sql.Composable] = [sql.SQL("region_id = %(region)s")]
-        if since_ns is not None:
-            params["since"] = since_ns
-            where.append(sql.SQL("window_start_ns >= %(since)s"))
-        if until_ns is not None:
-            params["until"] = until_ns
-            where.append(sql.SQL("window_start_ns < %(until)s"))
-        if instance_id is not None:
-            params["instance"] = instance_id
-            where.append(sql.SQL("instance_id = %(instance)s"))
+    async def _last_change(self, conn: Conn, region_id: str) -> int:
+        cur = await conn.execute(
+            sql.SQL("SELECT max(change_seq) FROM {} WHERE region_id = %s").format(
+                self._table("window_summaries")
+            ),
+            (region_id,),
+        )
+        found = await cur.fetchone()
+        return 0 if found is None or found[0] is None else int(found[0])
+
+    async def _last_window_change(self, region_id: str) -> int:
+        async with self._connection(self.read_timeout_s, "read") as conn:
+            return await self._last_change(conn, region_id)
+
+    async def _load_windows(self, region_id: str, where: WindowFilter) -> list[WindowSummaryRow]:
+        conditions, params = where.conditions(lambda name: f"%({name})s")
+        params["region"] = region_id
         query = sql.SQL(
-            "SELECT region_id, instance_id, metric, labels, window_start_ns, window_ns, "
-            "payload, count FROM {} WHERE {} ORDER BY window_start_ns, "
+            "SELECT " + WINDOW_COLUMNS + " FROM {} WHERE {} ORDER BY window_start_ns, "
             'instance_id COLLATE "C", metric COLLATE "C", labels COLLATE "C"'
-        ).format(self._table("window_summaries"), sql.SQL(" AND ").join(where))
-        return [
-            WindowSummaryRow(r[0], r[1], r[2], parse_labels(r[3]), r[4], r[5], bytes(r[6]), r[7])
-            for r in await self._fetch(query, params)
-        ]
+        ).format(
+            self._table("window_summaries"),
+            sql.SQL(" AND ".join(["region_id = %(region)s", *conditions])),
+        )
+        return [window_row(r) for r in await self._fetch(query, params)]
 
     async def _delete_windows(self, region_id: str, before_ns: int) -> int:
         return await self._execute(

@@ -47,6 +47,7 @@ __all__ = [
     "drop_partitions_before",
     "ensure_schema",
     "lock_key",
+    "window_change_lock",
 ]
 
 log = logging.getLogger(__name__)
@@ -116,15 +117,19 @@ CREATE TABLE IF NOT EXISTS {schema}.window_summaries (
     count bigint NOT NULL,
     payload bytea NOT NULL,
     updated_at timestamptz NOT NULL DEFAULT now(),
+    change_seq bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (region_id, instance_id, metric, labels, window_start_ns)
 );
 CREATE INDEX IF NOT EXISTS window_summaries_start
-    ON {schema}.window_summaries (region_id, window_start_ns)
+    ON {schema}.window_summaries (region_id, window_start_ns);
+CREATE INDEX IF NOT EXISTS window_summaries_changes
+    ON {schema}.window_summaries (region_id, change_seq)
 """
 
 ADDED_COLUMNS: dict[tuple[str, str], str] = {
     ("window_summaries", "count"): "bigint NOT NULL DEFAULT 0",
     ("window_summaries", "updated_at"): "timestamptz NOT NULL DEFAULT now()",
+    ("window_summaries", "change_seq"): "bigint NOT NULL DEFAULT 0",
 }
 """(table, column) → definition of the columns an older table of ours may lack; they are
 added when the schema is set up (``count`` 0 on older rows: unknown, as in
@@ -154,10 +159,21 @@ class SchemaState:
         self.partition_days = partition_days
 
 
-def lock_key(schema: str) -> int:
-    """The advisory-lock key (signed 64-bit) guarding DDL of ``schema``."""
-    digest = hashlib.blake2b(f"nethical.timeseries:{schema}".encode(), digest_size=8).digest()
+def _advisory_key(name: str) -> int:
+    """A signed 64-bit advisory-lock key for ``name``."""
+    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+def lock_key(schema: str) -> int:
+    """The advisory-lock key guarding DDL of ``schema``."""
+    return _advisory_key(f"nethical.timeseries:{schema}")
+
+
+def window_change_lock(schema: str, region_id: str) -> int:
+    """The advisory-lock key an upsert of ``region_id``'s window summaries in ``schema``
+    holds until it commits (their change numbers follow commits)."""
+    return _advisory_key(f"nethical.window_changes:{schema}:{region_id}")
 
 
 def _qualified(schema: str, table: str) -> sql.Identifier:

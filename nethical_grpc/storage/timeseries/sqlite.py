@@ -47,14 +47,16 @@ from nethical_grpc.storage.timeseries.base import (
     TimeSeriesStore,
 )
 from nethical_grpc.storage.timeseries.model import (
+    WINDOW_COLUMNS,
     AuditRecord,
     EventRecord,
     MetricColumns,
     MetricRecord,
+    WindowFilter,
     WindowSummaryRow,
     datetime_from_us,
     load_json_text,
-    parse_labels,
+    window_row,
 )
 from nethical_grpc.storage.timeseries.rollup import AggregatePlan, RollupRows, TimeRange
 
@@ -119,14 +121,18 @@ CREATE TABLE IF NOT EXISTS window_summaries (
     window_ns INTEGER NOT NULL,
     count INTEGER NOT NULL,
     payload BLOB NOT NULL,
+    change_seq INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (region_id, instance_id, metric, labels, window_start_ns)
 );
 CREATE INDEX IF NOT EXISTS window_summaries_start
     ON window_summaries (region_id, window_start_ns);
+CREATE INDEX IF NOT EXISTS window_summaries_changes
+    ON window_summaries (region_id, change_seq);
 """
 
 _ADDED_COLUMNS: dict[tuple[str, str], str] = {
     ("window_summaries", "count"): "INTEGER NOT NULL DEFAULT 0",
+    ("window_summaries", "change_seq"): "INTEGER NOT NULL DEFAULT 0",
 }
 """(table, column) → definition of the columns an older table of ours may lack (as in
 :data:`~nethical_grpc.storage.timeseries.postgres_schema.ADDED_COLUMNS`)."""
@@ -156,6 +162,14 @@ ON CONFLICT (region_id, metric_name, minute) DO UPDATE SET
 def _max_rowid(conn: sqlite3.Connection, table: str) -> int:
     """The table's largest rowid, 0 when empty (one b-tree seek)."""
     value = conn.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0]
+    return 0 if value is None else int(value)
+
+
+def _last_window_change(conn: sqlite3.Connection, region_id: str) -> int:
+    """The region's latest window change number, 0 before any (one index seek)."""
+    value = conn.execute(
+        "SELECT max(change_seq) FROM window_summaries WHERE region_id = ?", (region_id,)
+    ).fetchone()[0]
     return 0 if value is None else int(value)
 
 
@@ -558,14 +572,19 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
             # write rate) and an update keeps its row's rowid, so the largest rowid moves by
             # exactly the number of rows inserted: two b-tree seeks, no COUNT(*).
             before = _max_rowid(conn, "window_summaries") if capped else 0
+            # each region's next change number: the write lock (BEGIN IMMEDIATE) orders them
+            seqs = {
+                region: _last_window_change(conn, region) + 1
+                for region in {r.region_id for r, _ in rows}
+            }
             execute_rows(
                 conn,
                 "INSERT INTO window_summaries (region_id, instance_id, metric, labels, "
-                "window_start_ns, window_ns, count, payload) VALUES {rows} "
+                "window_start_ns, window_ns, count, payload, change_seq) VALUES {rows} "
                 "ON CONFLICT (region_id, instance_id, metric, labels, window_start_ns) "
                 "DO UPDATE SET window_ns = excluded.window_ns, count = excluded.count, "
-                "payload = excluded.payload",
-                "(?, ?, ?, ?, ?, ?, ?, ?)",
+                "payload = excluded.payload, change_seq = excluded.change_seq",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         r.region_id,
@@ -576,6 +595,7 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
                         r.window_ns,
                         r.count,
                         r.payload,
+                        seqs[r.region_id],
                     )
                     for r, labels in rows
                 ],
@@ -584,30 +604,18 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
 
         self._capped_write("window_summaries", write)
 
-    async def _load_windows(
-        self, region_id: str, since_ns: int | None, instance_id: str | None, until_ns: int | None
-    ) -> list[WindowSummaryRow]:
-        params: dict[str, Any] = {"region": region_id}
-        where = ["region_id = :region"]
-        if since_ns is not None:
-            params["since"] = since_ns
-            where.append("window_start_ns >= :since")
-        if until_ns is not None:
-            params["until"] = until_ns
-            where.append("window_start_ns < :until")
-        if instance_id is not None:
-            params["instance"] = instance_id
-            where.append("instance_id = :instance")
+    async def _load_windows(self, region_id: str, where: WindowFilter) -> list[WindowSummaryRow]:
+        conditions, params = where.conditions(lambda name: f":{name}")
+        params["region"] = region_id
         query = (
-            "SELECT region_id, instance_id, metric, labels, window_start_ns, window_ns, "
-            f"payload, count FROM window_summaries WHERE {' AND '.join(where)} "
+            f"SELECT {WINDOW_COLUMNS} FROM window_summaries WHERE "
+            f"{' AND '.join(['region_id = :region', *conditions])} "
             "ORDER BY window_start_ns, instance_id, metric, labels"
         )
-        rows = await self._run(self._fetch, query, params)
-        return [
-            WindowSummaryRow(r[0], r[1], r[2], parse_labels(r[3]), r[4], r[5], bytes(r[6]), r[7])
-            for r in rows
-        ]
+        return [window_row(r) for r in await self._run(self._fetch, query, params)]
+
+    async def _last_window_change(self, region_id: str) -> int:
+        return await self._run(lambda: _last_window_change(self._db(), region_id))
 
     async def _delete_windows(self, region_id: str, before_ns: int) -> int:
         return await self._run(self._delete_windows_sync, region_id, before_ns)
