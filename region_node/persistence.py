@@ -7,9 +7,10 @@
   flush interval of data.
 * **Region scope over a shared store**: when the node answers for the whole region
   (``--region-scope``) and its time-series store is a server the region's instances share
-  (PostgreSQL), it also loads the other instances' flushed windows on every flush and
-  merges them into its answers. Their data is then at most one flush interval stale
-  (plus the other instance's own flush delay).
+  (PostgreSQL), it also loads the other instances' flushed windows and merges them into
+  its answers: all of them at the start, then on every flush those flushed since (by the
+  store's change numbers). Their data is then at most one flush interval stale (plus the
+  other instance's own flush delay).
 * **Evaluations**: each one becomes a ``risk_score`` row for its agent in the time-series
   store and a record in the audit store, written in batches a fraction of a second later
   (off the request path); agents' profiles are written to a shared (Redis) cache every
@@ -52,6 +53,7 @@ from nethical_grpc.storage.audit import AuditRecord, AuditViolation
 from nethical_grpc.storage.audit.model import MAX_VIOLATIONS, check_storable, to_utc_us
 from nethical_grpc.storage.timeseries import MetricPoint, WindowSummaryRow
 from nethical_grpc.storage.timeseries.model import JSONValue, check_window_rows
+from nethical_grpc.summary import Summary
 from nethical_grpc.v1 import summary_pb2
 from region_node.node import RegionNode
 from region_node.profile_writes import ProfileWriter
@@ -168,6 +170,8 @@ class Persister:
         # where a restore that failed part-way goes on: the windows of the slices before
         # this time are in the node (a second install would count them twice)
         self._restored_until_ns: int | None = None
+        # the store's last change the peers' windows hold (region scope; None: not loaded)
+        self._peers_seen: int | None = None
         # this instance's flushed windows are back in the node: until then no window is
         # flushed (a flush would replace the stored windows with what came since the start)
         self.restored = not self.durable_store
@@ -482,6 +486,16 @@ class Persister:
         return kept
 
     def _install(self, target: WindowStore, rows: Sequence[WindowSummaryRow], now_ns: int) -> int:
+        windows = self._decode(rows, now_ns)
+        target.restore_many(windows)
+        return len(windows)
+
+    @staticmethod
+    def _decode(
+        rows: Sequence[WindowSummaryRow], now_ns: int
+    ) -> list[tuple[SeriesKey, int, Summary, int]]:
+        """Stored windows as (series, window id, summary, newest time), those that do not
+        decode left out (logged)."""
         windows = []
         for row in rows:
             try:
@@ -492,8 +506,7 @@ class Persister:
             key = SeriesKey(row.metric, freeze_labels(row.labels))
             newest = min(row.window_start_ns + row.window_ns - 1, now_ns)
             windows.append((key, row.window_start_ns // row.window_ns, summary, newest))
-        target.restore_many(windows)
-        return len(windows)
+        return windows
 
     def _since_ns(self, now_ns: int) -> int:
         return now_ns - self.node.store.config.retention_ns
@@ -549,16 +562,43 @@ class Persister:
         )
 
     async def refresh_peers(self) -> None:
-        """Region scope on a shared store: the other instances' windows, freshly loaded."""
-        now = time.time_ns()
-        ident = self.node.identity
-        peers = WindowStore(self.node.store.config, clock=self.node.clock)
+        """Region scope on a shared store: the other instances' windows, up to date.
+
+        The first call loads them all; later ones read only the windows flushed since
+        (by the store's change numbers: a flush replaces a stored window whole, and so does
+        this with the one held). One that changed past the rollup horizon, where the
+        version it replaces may be merged into a rollup window already, makes it load them
+        all again."""
+        now = self.node.clock()
+        region = self.node.identity.region_id
+        peers = self.node.peers
+        if peers is not None and self._peers_seen is not None:
+            changed = peers.roll_up(now) + peers.evict_expired(now)
+            rows = await self.stores.timeseries.load_window_summaries(
+                region, changed_after=self._peers_seen
+            )
+            windows = self._decode(self._peer_rows(rows), now)
+            if peers.replace_many(windows):
+                self._peers_seen = max([self._peers_seen, *(r.change_seq for r in rows)])
+                if changed or windows:
+                    self.node.peers = peers  # a new version: cached answers are stale
+                return
+            log.info("a window of another instance changed past the rollup horizon: loading all")
+        # every change up to this one is in what the load reads next
+        seen = await self.stores.timeseries.last_window_change(region)
+        fresh = WindowStore(self.node.store.config, clock=self.node.clock)
         # nothing is ingested into the peers' windows: those past the rollup horizon go
         # straight into rollup windows as they are installed
-        peers.roll_up()
+        fresh.roll_up()
         async for rows, _ in self._stored_windows(now, None, self._since_ns(now)):
-            self._install(peers, [r for r in rows if r.instance_id != ident.instance_id], now)
-        self.node.peers = peers
+            self._install(fresh, self._peer_rows(rows), now)
+        self.node.peers = fresh
+        self._peers_seen = seen
+
+    def _peer_rows(self, rows: Sequence[WindowSummaryRow]) -> list[WindowSummaryRow]:
+        """The other instances' windows of ``rows`` (no log mark)."""
+        own, width = self.node.identity.instance_id, self.node.store.config.window_ns
+        return [r for r in rows if r.instance_id != own and r.window_ns == width]
 
     async def _stored_windows(
         self, now_ns: int, instance_id: str | None, start: int

@@ -13,7 +13,7 @@ are applied atomically (validated and cardinality-checked before any state chang
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -211,11 +211,7 @@ class WindowStore:
         """Apply a batch that passed validation, time and capacity checks."""
         if batch.values.size == 0:
             return
-        series = self._series.get(batch.key)
-        if series is None:
-            series = _Series()
-            self._series[batch.key] = series
-            self._label_sets[batch.key.metric] = self._label_sets.get(batch.key.metric, 0) + 1
+        series = self._series_of(batch.key)
         window_ns = self.config.window_ns
         if batch.timestamps_ns is None:
             window_id = batch.time_ns // window_ns
@@ -298,11 +294,7 @@ class WindowStore:
         into_rollups: dict[tuple[SeriesKey, int], list[Summary]] = {}
         changed: set[str] = set()
         for key, window_id, summary, newest_ns in windows:
-            series = self._series.get(key)
-            if series is None:
-                series = _Series()
-                self._series[key] = series
-                self._label_sets[key.metric] = self._label_sets.get(key.metric, 0) + 1
+            series = self._series_of(key)
             held = series.windows.get(window_id)
             if held is not None:
                 held.merge_from(summary)
@@ -325,6 +317,37 @@ class WindowStore:
                 series.oldest_rollup = rollup_id
         for metric in changed:
             self._changed(metric)
+
+    def replace_many(self, windows: Sequence[tuple[SeriesKey, int, Summary, int]]) -> bool:
+        """Put newer versions of persisted windows in, each replacing the one held whole
+        (another instance flushed it again: the store replaced it whole too), or added
+        when none is; (series, window id, summary, newest time) each, as for
+        :meth:`restore_many`. Returns False, changing nothing, when one of them is past
+        the rollup horizon: the version it replaces may be merged into a rollup window,
+        and only a load from scratch takes it out."""
+        through = self._rolled_through
+        if through is not None and any(window_id <= through for _, window_id, _, _ in windows):
+            return False
+        changed: set[str] = set()
+        for key, window_id, summary, newest_ns in windows:
+            series = self._series_of(key)
+            if window_id not in series.windows:
+                series.window_added(window_id)
+            series.windows[window_id] = summary
+            series.last_time_ns = max(series.last_time_ns, newest_ns)
+            changed.add(key.metric)
+        for metric in changed:
+            self._changed(metric)
+        return True
+
+    def _series_of(self, key: SeriesKey) -> _Series:
+        """The series of ``key``, made if it is new (not subject to the caps)."""
+        series = self._series.get(key)
+        if series is None:
+            series = _Series()
+            self._series[key] = series
+            self._label_sets[key.metric] = self._label_sets.get(key.metric, 0) + 1
+        return series
 
     # -- queries --------------------------------------------------------------------
 

@@ -1,0 +1,194 @@
+"""A region-scope node's copy of the other instances' windows, kept up to date from a
+shared store: the first load reads them all, later ones only what was flushed since."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from nethical_grpc.governance.profiles import ProfileBook
+from nethical_grpc.series import IngestBatch, SeriesKey, SummaryQuery
+from region_node.node import NodeIdentity, RegionNode
+from region_node.persistence import WAL_MARK_METRIC, Persister
+from region_node.stores import NodeStores, StoreConfig
+from region_node.wal import WriteAheadLog
+
+S = 1_000_000_000
+W = 10 * S
+
+
+class Clock:
+    def __init__(self, t: int) -> None:
+        self.t = t
+
+    def __call__(self) -> int:
+        return self.t
+
+
+@pytest.fixture
+async def stores(tmp_path: Path) -> AsyncIterator[NodeStores]:
+    opened = await NodeStores.open(
+        StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}"), "r1"
+    )
+    yield opened
+    await opened.close()
+
+
+class _Loads:
+    """Counts the rows each load of window summaries answered, and how it asked."""
+
+    def __init__(self, stores: NodeStores) -> None:
+        self.calls: list[tuple[dict[str, Any], int]] = []
+        self._load = stores.timeseries.load_window_summaries
+        stores.timeseries.load_window_summaries = self  # type: ignore[method-assign]
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        rows = await self._load(*args, **kwargs)
+        self.calls.append((kwargs, len(rows)))
+        return rows
+
+    def take(self) -> list[tuple[dict[str, Any], int]]:
+        calls, self.calls = self.calls, []
+        return calls
+
+
+def _node(instance: str, clock: Clock, *, region_scope: bool = False) -> RegionNode:
+    return RegionNode(NodeIdentity("r1", instance, region_scope=region_scope), clock=clock)
+
+
+def _counts(store: Any) -> dict[str, int]:
+    return {g.metric: g.summary.count for g in store.summaries(SummaryQuery())}
+
+
+def _put(node: RegionNode, metric: str, t: int, n: int) -> None:
+    node.ingest(IngestBatch(SeriesKey(metric, ()), np.ones(n), None, t))
+
+
+async def test_later_refreshes_read_only_the_windows_flushed_since(stores: NodeStores) -> None:
+    now = time.time_ns() // W * W
+    clock = Clock(now)
+    writer = _node("r1-a", clock)
+    writing = Persister(writer, stores, ProfileBook(), 1.0)
+    for k in range(30):
+        _put(writer, "lat", now - k * W, 2)
+    assert await writing.flush_windows() == 30
+
+    reader = _node("r1-b", clock, region_scope=True)
+    reading = Persister(reader, stores, ProfileBook(), 1.0)
+    _put(reader, "lat", now, 5)  # its own window: flushed, and never read as a peer's
+    await reading.flush_windows()
+    loads = _Loads(stores)
+    await reading.refresh_peers()
+    assert reader.peers is not None
+    assert _counts(reader.peers) == {"lat": 60}
+    assert all("changed_after" not in kwargs for kwargs, _ in loads.take())  # all of them
+    version = reader.version
+
+    # the writer adds to its newest window and opens another: the next refresh reads
+    # those two rows (and the reader's own, not taken), and the newer one replaces the
+    # window held, not adds to it
+    _put(writer, "lat", now, 3)
+    _put(writer, "lat", now + W, 4)
+    assert await writing.flush_windows() == 2
+    await reading.refresh_peers()
+    assert [(kwargs.get("changed_after") is not None, rows) for kwargs, rows in loads.take()] == [
+        (True, 2)
+    ]
+    assert _counts(reader.peers) == {"lat": 60 + 3 + 4}
+    assert _counts(reader) == {"lat": 60 + 3 + 4 + 5}
+    assert reader.version != version
+    version = reader.version
+
+    # nothing flushed since: nothing read, and answers cached for the last version hold
+    await reading.refresh_peers()
+    assert [rows for _, rows in loads.take()] == [0]
+    assert reader.version == version
+
+    # the reader's own flushes are not its peers'
+    _put(reader, "lat", now, 1)
+    await reading.flush_windows()
+    await reading.refresh_peers()
+    assert [rows for _, rows in loads.take()] == [1]
+    assert _counts(reader.peers) == {"lat": 67}
+
+
+async def test_a_change_past_the_rollup_horizon_loads_everything_again(
+    stores: NodeStores,
+) -> None:
+    """The reader holds the writer's old windows merged in rollup windows. A later flush
+    of one of them (the writer's clock behind, or its log replayed after a restart) has
+    no window to replace: the reader loads every window again, and counts each once."""
+    start = (time.time_ns() - 3 * 3600 * S) // (300 * S) * (300 * S)
+    writer = _node("r1-a", Clock(start + 600 * S))  # a clock two hours behind the reader's
+    writing = Persister(writer, stores, ProfileBook(), 1.0)
+    for k in range(60):
+        _put(writer, "lat", start + k * W, 2)
+    await writing.flush_windows()
+
+    clock = Clock(start + 2 * 3600 * S + 600 * S)  # all of it past the reader's horizon
+    reader = _node("r1-b", clock, region_scope=True)
+    reading = Persister(reader, stores, ProfileBook(), 1.0)
+    await reading.refresh_peers()
+    assert reader.peers is not None
+    assert (reader.peers.rollup_count, reader.peers.window_count) == (2, 2)
+    first = reader.peers
+
+    # the writer flushes its first window again, with one more value in it
+    _put(writer, "lat", start, 1)
+    assert await writing.flush_windows() == 1
+    loads = _Loads(stores)
+    await reading.refresh_peers()
+    calls = loads.take()
+    assert calls[0][0].get("changed_after") is not None  # tried in place first
+    assert all("changed_after" not in kwargs for kwargs, _ in calls[1:]) and len(calls) > 1
+    assert reader.peers is not first
+    assert _counts(reader.peers) == {"lat": 121}
+
+
+async def test_the_peers_windows_roll_up_and_expire_as_the_nodes_own(stores: NodeStores) -> None:
+    start = (time.time_ns() - 3 * 3600 * S) // (300 * S) * (300 * S)
+    clock = Clock(start + 600 * S)
+    writer = _node("r1-a", clock)
+    writing = Persister(writer, stores, ProfileBook(), 1.0)
+    for k in range(60):  # ten minutes of windows
+        _put(writer, "lat", start + k * W, 2)
+    await writing.flush_windows()
+    reader = _node("r1-b", clock, region_scope=True)
+    reading = Persister(reader, stores, ProfileBook(), 1.0)
+    await reading.refresh_peers()
+    assert reader.peers is not None
+    assert (reader.peers.rollup_count, reader.peers.window_count) == (0, 60)
+
+    clock.t = start + 75 * 60 * S  # an hour and a quarter on: past the horizon
+    await reading.refresh_peers()
+    assert (reader.peers.rollup_count, reader.peers.window_count) == (2, 2)
+    assert _counts(reader.peers) == {"lat": 120}
+    clock.t = start + 25 * 3600 * S  # past the retention (24 h)
+    await reading.refresh_peers()
+    assert reader.peers.window_count == 0
+
+
+async def test_log_marks_are_not_windows(stores: NodeStores, tmp_path: Path) -> None:
+    """A peer's write-ahead log mark comes with its windows' changes and is left out."""
+    clock = Clock(time.time_ns())
+    reader = _node("r1-b", clock, region_scope=True)
+    reading = Persister(reader, stores, ProfileBook(), 1.0)
+    await reading.refresh_peers()
+    writer = _node("r1-a", clock)
+    writer.hold_wal(WriteAheadLog(tmp_path / "wal"))
+    writing = Persister(writer, stores, ProfileBook(), 1.0)
+    await writing.restore()
+    writing.restored = True
+    writer.record_internal([IngestBatch(SeriesKey("lat", ()), np.ones(4), None, clock.t)])
+    await writing.flush_windows()
+    marks = await stores.timeseries.load_window_summaries("r1", since_ns=2**62)
+    assert [r.metric for r in marks] == [WAL_MARK_METRIC]
+    await reading.refresh_peers()
+    assert reader.peers is not None
+    assert _counts(reader.peers) == {"lat": 4}
+    assert reader.peers.series_count == 1
