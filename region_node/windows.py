@@ -288,7 +288,8 @@ class WindowStore:
         A window past the rollup horizon goes into its rollup window (those bound for one
         rollup window merge in one pass), unless the same window is held at full width
         (its newer data, not yet flushed). Not subject to the caps: what was persisted was
-        admitted once already."""
+        admitted once already. Windows put in whole are compacted (as closed windows
+        are): a decoded sketch's counts are 64-bit."""
         through = self._rolled_through
         factor = self.config.rollup_factor
         into_rollups: dict[tuple[SeriesKey, int], list[Summary]] = {}
@@ -301,6 +302,7 @@ class WindowStore:
             elif through is not None and window_id <= through:
                 into_rollups.setdefault((key, window_id // factor), []).append(summary)
             else:
+                summary.compact()  # a decoded sketch takes about 4.6x the memory
                 series.windows[window_id] = summary
                 series.window_added(window_id)
             series.last_time_ns = max(series.last_time_ns, newest_ns)
@@ -333,6 +335,7 @@ class WindowStore:
             series = self._series_of(key)
             if window_id not in series.windows:
                 series.window_added(window_id)
+            summary.compact()
             series.windows[window_id] = summary
             series.last_time_ns = max(series.last_time_ns, newest_ns)
             changed.add(key.metric)
