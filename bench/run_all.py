@@ -20,6 +20,7 @@ BENCHES = [
     "store_memory",
     "rollup",
     "restore",
+    "peers",
     "evaluate",
     "jit",
     "gpu",
@@ -74,6 +75,12 @@ def table() -> str:
         f"{ru['on']['rss_growth_mb']} / {ru['off']['rss_growth_mb']} MB (×{ru['memory_ratio']}); "
         f"whole-day query {ru['on']['query_whole_day_ms']} / {ru['off']['query_whole_day_ms']} ms "
         f"| |"
+    )
+    pe = load("peers")
+    rows.append(
+        f"| region scope: another instance's {pe['windows_stored']:,} windows on PostgreSQL, "
+        f"a refresh after its flush / a full load | {pe['refresh']['median_ms']} / "
+        f"{pe['full_load']['median_ms']} ms | |"
     )
     m = ing["machine"]
     rows.append("")
