@@ -571,21 +571,31 @@ class Persister:
         all again."""
         now = self.node.clock()
         region = self.node.identity.region_id
-        peers = self.node.peers
-        if peers is not None and self._peers_seen is not None:
+        peers, seen = self.node.peers, self._peers_seen
+        # every change up to this one is in what a load reads next
+        last = await self.stores.timeseries.last_window_change(region)
+        if peers is not None and seen is not None and last >= seen:
             changed = peers.roll_up(now) + peers.evict_expired(now)
-            rows = await self.stores.timeseries.load_window_summaries(
-                region, changed_after=self._peers_seen
-            )
-            windows = self._decode(self._peer_rows(rows), now)
-            if peers.replace_many(windows):
-                self._peers_seen = max([self._peers_seen, *(r.change_seq for r in rows)])
-                if changed or windows:
-                    self.node.peers = peers  # a new version: cached answers are stale
-                return
-            log.info("a window of another instance changed past the rollup horizon: loading all")
-        # every change up to this one is in what the load reads next
-        seen = await self.stores.timeseries.last_window_change(region)
+            windows = []
+            if last > seen:
+                rows = await self.stores.timeseries.load_window_summaries(
+                    region, changed_after=seen
+                )
+                windows = self._decode(self._peer_rows(rows), now)
+                if not peers.replace_many(windows):
+                    log.info("another instance's window changed past the rollup horizon")
+                    return await self._load_peers(now, last)
+                self._peers_seen = max([last, *(r.change_seq for r in rows)])
+            if changed or windows:
+                self.node.peers = peers  # a new version: cached answers are stale
+            return
+        if seen is not None and last < seen:
+            log.warning("the store's window changes start again (its table was replaced?)")
+        await self._load_peers(now, last)
+
+    async def _load_peers(self, now: int, seen: int) -> None:
+        """Load the other instances' windows whole; ``seen``: the store's last change
+        before the load."""
         fresh = WindowStore(self.node.store.config, clock=self.node.clock)
         # nothing is ingested into the peers' windows: those past the rollup horizon go
         # straight into rollup windows as they are installed

@@ -104,9 +104,9 @@ async def test_later_refreshes_read_only_the_windows_flushed_since(stores: NodeS
     assert reader.version != version
     version = reader.version
 
-    # nothing flushed since: nothing read, and answers cached for the last version hold
+    # nothing flushed since: no window read, and answers cached for the last version hold
     await reading.refresh_peers()
-    assert [rows for _, rows in loads.take()] == [0]
+    assert loads.take() == []
     assert reader.version == version
 
     # the reader's own flushes are not its peers'
@@ -192,3 +192,32 @@ async def test_log_marks_are_not_windows(stores: NodeStores, tmp_path: Path) -> 
     assert reader.peers is not None
     assert _counts(reader.peers) == {"lat": 4}
     assert reader.peers.series_count == 1
+
+
+async def test_change_numbers_that_start_again_load_everything_again(stores: NodeStores) -> None:
+    """The store's windows were deleted (a table replaced): its change numbers start again
+    below the reader's mark, which would hide every later flush. The reader loads it all."""
+    clock = Clock(time.time_ns() // W * W)
+    writer = _node("r1-a", clock)
+    writing = Persister(writer, stores, ProfileBook(), 1.0)
+    for k in range(3):
+        _put(writer, "lat", clock.t - k * W, 2)
+    await writing.flush_windows()
+    await writing.flush_windows()  # nothing changed: no upsert, no number taken
+    _put(writer, "lat", clock.t, 1)
+    await writing.flush_windows()
+    reader = _node("r1-b", clock, region_scope=True)
+    reading = Persister(reader, stores, ProfileBook(), 1.0)
+    await reading.refresh_peers()
+    assert reader.peers is not None
+    assert _counts(reader.peers) == {"lat": 7}
+    assert await stores.timeseries.last_window_change("r1") == 2
+
+    assert await stores.timeseries.delete_window_summaries_before("r1", 2**63 - 1) == 3
+    assert await stores.timeseries.last_window_change("r1") == 0
+    fresh = _node("r1-a", clock)
+    _put(fresh, "lat", clock.t + W, 5)
+    await Persister(fresh, stores, ProfileBook(), 1.0).flush_windows()
+    assert await stores.timeseries.last_window_change("r1") == 1
+    await reading.refresh_peers()
+    assert _counts(reader.peers) == {"lat": 5}
