@@ -24,6 +24,23 @@ if str(ROOT) not in sys.path:
 BENCH_REGION = ("region", "--region-id", "bench", "--port", "0", "--log-level", "WARNING")
 
 
+def window_payloads(kinds: int = 97) -> list[bytes]:
+    """Serialised summaries of 64 values each, log-uniform over four decades (fixed seed),
+    as a node's flushes store windows: ``kinds`` of them, for benchmarks to cycle through."""
+    import numpy as np
+
+    from nethical_grpc import convert
+    from nethical_grpc.summary import Summary
+
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(kinds):
+        summary = Summary()
+        summary.update(10 ** rng.uniform(0, 4, 64))
+        out.append(convert.summary_to_proto(summary).SerializeToString())
+    return out
+
+
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or "unknown"
     try:

@@ -28,14 +28,11 @@ import time
 from typing import Any
 
 import common
-import numpy as np
 import psutil
 import psycopg
 
-from nethical_grpc import convert
 from nethical_grpc.governance.profiles import ProfileBook
 from nethical_grpc.storage.timeseries import WindowSummaryRow
-from nethical_grpc.summary import Summary
 from region_node.node import NodeIdentity, RegionNode
 from region_node.persistence import Persister
 from region_node.stores import NodeStores, StoreConfig
@@ -45,16 +42,6 @@ WINDOW_NS = 10 * S
 DEFAULT_URL = os.environ.get(
     "NETHICAL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
-
-
-def _payloads() -> list[bytes]:
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in range(97):
-        summary = Summary()
-        summary.update(10 ** rng.uniform(0, 4, 64))
-        out.append(convert.summary_to_proto(summary).SerializeToString())
-    return out
 
 
 def _rows(series: int, start: int, payloads: list[bytes], salt: int) -> list[WindowSummaryRow]:
@@ -75,7 +62,7 @@ def _rows(series: int, start: int, payloads: list[bytes], salt: int) -> list[Win
 
 
 async def fill(stores: NodeStores, series: int, hours: float, newest: int) -> int:
-    payloads = _payloads()
+    payloads = common.window_payloads()
     steps = int(hours * 3600 * S // WINDOW_NS)
     written = 0
     rows: list[WindowSummaryRow] = []
@@ -137,7 +124,7 @@ async def run(url: str, series: int, hours: float, full_loads: int, refreshes: i
             await reader.refresh_peers()
 
         full_runs = [await timed(full) for _ in range(full_loads)]
-        payloads = _payloads()
+        payloads = common.window_payloads()
         refresh_runs = []
         for n in range(refreshes):
             await writer.timeseries.upsert_window_summaries(_rows(series, newest, payloads, n))

@@ -22,13 +22,10 @@ import time
 from pathlib import Path
 
 import common
-import numpy as np
 import psutil
 
-from nethical_grpc import convert
 from nethical_grpc.governance.profiles import ProfileBook
 from nethical_grpc.storage.timeseries import WindowSummaryRow
-from nethical_grpc.summary import Summary
 from region_node.node import NodeIdentity, RegionNode
 from region_node.persistence import Persister
 from region_node.stores import NodeStores, StoreConfig
@@ -41,12 +38,7 @@ async def fill(path: Path, series: int, hours: float) -> int:
     """A day of windows for ``series`` series, written as flushes write them."""
     stores = await NodeStores.open(StoreConfig(timeseries_url=f"sqlite:///{path}"), "r1")
     try:
-        rng = np.random.default_rng(0)
-        payloads = []
-        for _ in range(97):
-            summary = Summary()
-            summary.update(10 ** rng.uniform(0, 4, 64))
-            payloads.append(convert.summary_to_proto(summary).SerializeToString())
+        payloads = common.window_payloads()
         now = time.time_ns()
         steps = int(hours * 3600 * S // WINDOW_NS)
         first = (now // WINDOW_NS - steps + 1) * WINDOW_NS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from meshutil import Mesh, mesh_fixture
@@ -20,6 +21,17 @@ async def mesh() -> AsyncIterator[Mesh]:
 async def stores() -> AsyncIterator[NodeStores]:
     """A region node's default stores (in memory, region ``r1``)."""
     s = await NodeStores.open(StoreConfig(), "r1")
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+async def sqlite_stores(tmp_path: Path) -> AsyncIterator[NodeStores]:
+    """A region node's stores (region ``r1``) with its time-series store in a SQLite file
+    (``tmp_path / "ts.db"``): durable, so windows are flushed and restored."""
+    s = await NodeStores.open(StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}"), "r1")
     try:
         yield s
     finally:

@@ -158,6 +158,16 @@ def _probes(container: Obj) -> Iterator[tuple[str, Obj]]:
         yield kind, container[kind]
 
 
+def _most_windows_per_series(args: Any) -> int:
+    """The most windows a node started with ``args`` keeps per series."""
+    return WindowConfig(
+        window_ns=args.window,
+        retention_ns=args.retention,
+        rollup_after_ns=args.rollup_after,
+        rollup_window_ns=args.rollup_window,
+    ).most_windows_per_series
+
+
 def _quantity(text: str | int) -> float:
     units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "": 1.0}
     m = re.fullmatch(r"(\d+(?:\.\d+)?)(m|Ki|Mi|Gi|)", str(text))
@@ -346,12 +356,7 @@ def test_region_startup_allows_restoring_every_window_the_node_keeps(
     core it requests), the kubelet kills it mid-restore, again and again."""
     for sts in _of(rendered, "StatefulSet"):
         args = _parsed_args(rendered, sts)
-        windows = WindowConfig(
-            window_ns=args.window,
-            retention_ns=args.retention,
-            rollup_after_ns=args.rollup_after,
-            rollup_window_ns=args.rollup_window,
-        ).most_windows_per_series
+        windows = _most_windows_per_series(args)
         cores = min(1.0, _quantity(_container(sts)["resources"]["requests"]["cpu"]))
         need = COMPILE_S + args.max_series * windows * RESTORE_S_PER_WINDOW / cores
         startup = _container(sts)["startupProbe"]
@@ -517,12 +522,7 @@ def test_region_memory_limit_holds_every_window_the_node_may_keep(rendered: list
     traffic."""
     for sts in _of(rendered, "StatefulSet"):
         args = _parsed_args(rendered, sts)
-        windows = WindowConfig(
-            window_ns=args.window,
-            retention_ns=args.retention,
-            rollup_after_ns=args.rollup_after,
-            rollup_window_ns=args.rollup_window,
-        ).most_windows_per_series
+        windows = _most_windows_per_series(args)
         need = IDLE_BYTES + args.max_series * windows * WINDOW_BYTES
         limit = _quantity(_container(sts)["resources"]["limits"]["memory"])
         assert need <= limit, (sts["metadata"]["name"], need / 2**30, limit / 2**30)

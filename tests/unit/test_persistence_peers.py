@@ -4,39 +4,21 @@ shared store: the first load reads them all, later ones only what was flushed si
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
+from clocks import Clock
 
 from nethical_grpc.governance.profiles import ProfileBook
 from nethical_grpc.series import IngestBatch, SeriesKey, SummaryQuery
 from region_node.node import NodeIdentity, RegionNode
 from region_node.persistence import WAL_MARK_METRIC, Persister
-from region_node.stores import NodeStores, StoreConfig
+from region_node.stores import NodeStores
 from region_node.wal import WriteAheadLog
 
 S = 1_000_000_000
 W = 10 * S
-
-
-class Clock:
-    def __init__(self, t: int) -> None:
-        self.t = t
-
-    def __call__(self) -> int:
-        return self.t
-
-
-@pytest.fixture
-async def stores(tmp_path: Path) -> AsyncIterator[NodeStores]:
-    opened = await NodeStores.open(
-        StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}"), "r1"
-    )
-    yield opened
-    await opened.close()
 
 
 class _Loads:
@@ -69,20 +51,22 @@ def _put(node: RegionNode, metric: str, t: int, n: int) -> None:
     node.ingest(IngestBatch(SeriesKey(metric, ()), np.ones(n), None, t))
 
 
-async def test_later_refreshes_read_only_the_windows_flushed_since(stores: NodeStores) -> None:
+async def test_later_refreshes_read_only_the_windows_flushed_since(
+    sqlite_stores: NodeStores,
+) -> None:
     now = time.time_ns() // W * W
     clock = Clock(now)
     writer = _node("r1-a", clock)
-    writing = Persister(writer, stores, ProfileBook(), 1.0)
+    writing = Persister(writer, sqlite_stores, ProfileBook(), 1.0)
     for k in range(30):
         _put(writer, "lat", now - k * W, 2)
     assert await writing.flush_windows() == 30
 
     reader = _node("r1-b", clock, region_scope=True)
-    reading = Persister(reader, stores, ProfileBook(), 1.0)
+    reading = Persister(reader, sqlite_stores, ProfileBook(), 1.0)
     _put(reader, "lat", now, 5)  # its own window: flushed, and never read as a peer's
     await reading.flush_windows()
-    loads = _Loads(stores)
+    loads = _Loads(sqlite_stores)
     await reading.refresh_peers()
     assert reader.peers is not None
     assert _counts(reader.peers) == {"lat": 60}
@@ -118,21 +102,21 @@ async def test_later_refreshes_read_only_the_windows_flushed_since(stores: NodeS
 
 
 async def test_a_change_past_the_rollup_horizon_loads_everything_again(
-    stores: NodeStores,
+    sqlite_stores: NodeStores,
 ) -> None:
     """The reader holds the writer's old windows merged in rollup windows. A later flush
     of one of them (the writer's clock behind, or its log replayed after a restart) has
     no window to replace: the reader loads every window again, and counts each once."""
     start = (time.time_ns() - 3 * 3600 * S) // (300 * S) * (300 * S)
     writer = _node("r1-a", Clock(start + 600 * S))  # a clock two hours behind the reader's
-    writing = Persister(writer, stores, ProfileBook(), 1.0)
+    writing = Persister(writer, sqlite_stores, ProfileBook(), 1.0)
     for k in range(60):
         _put(writer, "lat", start + k * W, 2)
     await writing.flush_windows()
 
     clock = Clock(start + 2 * 3600 * S + 600 * S)  # all of it past the reader's horizon
     reader = _node("r1-b", clock, region_scope=True)
-    reading = Persister(reader, stores, ProfileBook(), 1.0)
+    reading = Persister(reader, sqlite_stores, ProfileBook(), 1.0)
     await reading.refresh_peers()
     assert reader.peers is not None
     assert (reader.peers.rollup_count, reader.peers.window_count) == (2, 2)
@@ -141,7 +125,7 @@ async def test_a_change_past_the_rollup_horizon_loads_everything_again(
     # the writer flushes its first window again, with one more value in it
     _put(writer, "lat", start, 1)
     assert await writing.flush_windows() == 1
-    loads = _Loads(stores)
+    loads = _Loads(sqlite_stores)
     await reading.refresh_peers()
     calls = loads.take()
     assert calls[0][0].get("changed_after") is not None  # tried in place first
@@ -150,16 +134,18 @@ async def test_a_change_past_the_rollup_horizon_loads_everything_again(
     assert _counts(reader.peers) == {"lat": 121}
 
 
-async def test_the_peers_windows_roll_up_and_expire_as_the_nodes_own(stores: NodeStores) -> None:
+async def test_the_peers_windows_roll_up_and_expire_as_the_nodes_own(
+    sqlite_stores: NodeStores,
+) -> None:
     start = (time.time_ns() - 3 * 3600 * S) // (300 * S) * (300 * S)
     clock = Clock(start + 600 * S)
     writer = _node("r1-a", clock)
-    writing = Persister(writer, stores, ProfileBook(), 1.0)
+    writing = Persister(writer, sqlite_stores, ProfileBook(), 1.0)
     for k in range(60):  # ten minutes of windows
         _put(writer, "lat", start + k * W, 2)
     await writing.flush_windows()
     reader = _node("r1-b", clock, region_scope=True)
-    reading = Persister(reader, stores, ProfileBook(), 1.0)
+    reading = Persister(reader, sqlite_stores, ProfileBook(), 1.0)
     await reading.refresh_peers()
     assert reader.peers is not None
     assert (reader.peers.rollup_count, reader.peers.window_count) == (0, 60)
@@ -173,20 +159,20 @@ async def test_the_peers_windows_roll_up_and_expire_as_the_nodes_own(stores: Nod
     assert reader.peers.window_count == 0
 
 
-async def test_log_marks_are_not_windows(stores: NodeStores, tmp_path: Path) -> None:
+async def test_log_marks_are_not_windows(sqlite_stores: NodeStores, tmp_path: Path) -> None:
     """A peer's write-ahead log mark comes with its windows' changes and is left out."""
     clock = Clock(time.time_ns())
     reader = _node("r1-b", clock, region_scope=True)
-    reading = Persister(reader, stores, ProfileBook(), 1.0)
+    reading = Persister(reader, sqlite_stores, ProfileBook(), 1.0)
     await reading.refresh_peers()
     writer = _node("r1-a", clock)
     writer.hold_wal(WriteAheadLog(tmp_path / "wal"))
-    writing = Persister(writer, stores, ProfileBook(), 1.0)
+    writing = Persister(writer, sqlite_stores, ProfileBook(), 1.0)
     await writing.restore()
     writing.restored = True
     writer.record_internal([IngestBatch(SeriesKey("lat", ()), np.ones(4), None, clock.t)])
     await writing.flush_windows()
-    marks = await stores.timeseries.load_window_summaries("r1", since_ns=2**62)
+    marks = await sqlite_stores.timeseries.load_window_summaries("r1", since_ns=2**62)
     assert [r.metric for r in marks] == [WAL_MARK_METRIC]
     await reading.refresh_peers()
     assert reader.peers is not None
@@ -194,12 +180,14 @@ async def test_log_marks_are_not_windows(stores: NodeStores, tmp_path: Path) -> 
     assert reader.peers.series_count == 1
 
 
-async def test_change_numbers_that_start_again_load_everything_again(stores: NodeStores) -> None:
+async def test_change_numbers_that_start_again_load_everything_again(
+    sqlite_stores: NodeStores,
+) -> None:
     """The store's windows were deleted (a table replaced): its change numbers start again
     below the reader's mark, which would hide every later flush. The reader loads it all."""
     clock = Clock(time.time_ns() // W * W)
     writer = _node("r1-a", clock)
-    writing = Persister(writer, stores, ProfileBook(), 1.0)
+    writing = Persister(writer, sqlite_stores, ProfileBook(), 1.0)
     for k in range(3):
         _put(writer, "lat", clock.t - k * W, 2)
     await writing.flush_windows()
@@ -207,17 +195,17 @@ async def test_change_numbers_that_start_again_load_everything_again(stores: Nod
     _put(writer, "lat", clock.t, 1)
     await writing.flush_windows()
     reader = _node("r1-b", clock, region_scope=True)
-    reading = Persister(reader, stores, ProfileBook(), 1.0)
+    reading = Persister(reader, sqlite_stores, ProfileBook(), 1.0)
     await reading.refresh_peers()
     assert reader.peers is not None
     assert _counts(reader.peers) == {"lat": 7}
-    assert await stores.timeseries.last_window_change("r1") == 2
+    assert await sqlite_stores.timeseries.last_window_change("r1") == 2
 
-    assert await stores.timeseries.delete_window_summaries_before("r1", 2**63 - 1) == 3
-    assert await stores.timeseries.last_window_change("r1") == 0
+    assert await sqlite_stores.timeseries.delete_window_summaries_before("r1", 2**63 - 1) == 3
+    assert await sqlite_stores.timeseries.last_window_change("r1") == 0
     fresh = _node("r1-a", clock)
     _put(fresh, "lat", clock.t + W, 5)
-    await Persister(fresh, stores, ProfileBook(), 1.0).flush_windows()
-    assert await stores.timeseries.last_window_change("r1") == 1
+    await Persister(fresh, sqlite_stores, ProfileBook(), 1.0).flush_windows()
+    assert await sqlite_stores.timeseries.last_window_change("r1") == 1
     await reading.refresh_peers()
     assert _counts(reader.peers) == {"lat": 5}

@@ -4,11 +4,11 @@ width, a restart gets them all back, and another instance's windows arrive rolle
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from clocks import Clock
 
 from nethical_grpc import client
 from nethical_grpc.governance.profiles import ProfileBook
@@ -16,32 +16,15 @@ from nethical_grpc.series import IngestBatch, SeriesKey, SummaryQuery
 from nethical_grpc.storage.timeseries import WindowSummaryRow
 from region_node.node import NodeIdentity, RegionNode
 from region_node.persistence import RESTORE_SLICE_NS, WAL_MARK_METRIC, Persister
-from region_node.stores import NodeStores, StoreConfig
+from region_node.stores import NodeStores
 from region_node.wal import WriteAheadLog
 
 S = 1_000_000_000
 W = 10 * S
 
 
-class Clock:
-    def __init__(self, t: int) -> None:
-        self.t = t
-
-    def __call__(self) -> int:
-        return self.t
-
-
 def _count(node: RegionNode) -> int:
     return sum(g.summary.count for g in node.summaries(SummaryQuery()))
-
-
-@pytest.fixture
-async def stores(tmp_path: Path) -> AsyncIterator[NodeStores]:
-    opened = await NodeStores.open(
-        StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}"), "r1"
-    )
-    yield opened
-    await opened.close()
 
 
 def _node_hours_back(stores: NodeStores, hours: int) -> tuple[RegionNode, Persister, Clock, int]:
@@ -54,10 +37,10 @@ def _node_hours_back(stores: NodeStores, hours: int) -> tuple[RegionNode, Persis
 
 
 async def test_rolled_windows_stay_whole_in_the_store_and_come_back(
-    stores: NodeStores, tmp_path: Path
+    sqlite_stores: NodeStores, tmp_path: Path
 ) -> None:
     # two hours ago, by the node's clock, a batch in each of 60 windows (10 minutes)
-    node, persister, clock, start = _node_hours_back(stores, 2)
+    node, persister, clock, start = _node_hours_back(sqlite_stores, 2)
     for k in range(60):
         clock.t = start + k * W
         batch = IngestBatch(SeriesKey("latency_ms", ()), np.full(4, k + 1.0), None, clock.t)
@@ -71,7 +54,7 @@ async def test_rolled_windows_stay_whole_in_the_store_and_come_back(
     # the store still holds each window at full width, every value in it
     rows = [
         r
-        for r in await stores.timeseries.load_window_summaries("r1")
+        for r in await sqlite_stores.timeseries.load_window_summaries("r1")
         if r.metric != WAL_MARK_METRIC
     ]
     assert len(rows) == 60 and {r.window_ns for r in rows} == {W}
@@ -88,7 +71,7 @@ async def test_rolled_windows_stay_whole_in_the_store_and_come_back(
     wal.close()
     started = RegionNode(NodeIdentity("r1", "r1-a"), clock=clock)
     assert started.hold_wal(WriteAheadLog(tmp_path / "wal")) == 1
-    assert await Persister(started, stores, ProfileBook(), 1.0).restore() == 60
+    assert await Persister(started, sqlite_stores, ProfileBook(), 1.0).restore() == 60
     assert not started.holds_log
     assert (started.store.window_count, started.store.rollup_count) == (3, 2)
     assert _count(started) == 242
@@ -97,13 +80,13 @@ async def test_rolled_windows_stay_whole_in_the_store_and_come_back(
 
     # without a log, straight into rollup windows: no day of windows at full width
     plain = RegionNode(NodeIdentity("r1", "r1-a"), clock=clock)
-    assert await Persister(plain, stores, ProfileBook(), 1.0).restore() == 60
+    assert await Persister(plain, sqlite_stores, ProfileBook(), 1.0).restore() == 60
     assert (plain.store.window_count, plain.store.rollup_count, _count(plain)) == (2, 2, 240)
 
     # another instance of the region loads these windows as its peers' straight into
     # rollup windows (nothing is ingested into them)
     other = RegionNode(NodeIdentity("r1", "r1-b", region_scope=True), clock=clock)
-    other_persister = Persister(other, stores, ProfileBook(), 1.0)
+    other_persister = Persister(other, sqlite_stores, ProfileBook(), 1.0)
     await other_persister.refresh_peers()
     assert other.peers is not None
     assert (other.peers.rollup_count, other.peers.window_count) == (2, 2)
@@ -111,27 +94,27 @@ async def test_rolled_windows_stay_whole_in_the_store_and_come_back(
 
 
 async def test_a_restore_reads_the_store_a_slice_of_time_at_a_time(
-    stores: NodeStores, monkeypatch: pytest.MonkeyPatch
+    sqlite_stores: NodeStores, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A day of a node's windows is not read in one answer: that would hold every stored
     row in memory at once, far more than the rolled-up windows they become."""
-    node, persister, clock, start = _node_hours_back(stores, 4)
+    node, persister, clock, start = _node_hours_back(sqlite_stores, 4)
     for k in range(36):  # a window every 5 minutes for 3 hours
         clock.t = start + k * 300 * S
         node.ingest(IngestBatch(SeriesKey("m", ()), np.ones(3), None, clock.t))
     assert await persister.flush_windows() == 36
 
     answers: list[int] = []
-    load = stores.timeseries.load_window_summaries
+    load = sqlite_stores.timeseries.load_window_summaries
 
     async def counted(*args: object, **kwargs: object) -> list[WindowSummaryRow]:
         rows = await load(*args, **kwargs)  # type: ignore[arg-type]
         answers.append(len(rows))
         return rows
 
-    monkeypatch.setattr(stores.timeseries, "load_window_summaries", counted)
+    monkeypatch.setattr(sqlite_stores.timeseries, "load_window_summaries", counted)
     again = RegionNode(NodeIdentity("r1", "r1-a"), clock=Clock(time.time_ns()))
-    assert await Persister(again, stores, ProfileBook(), 1.0).restore() == 36
+    assert await Persister(again, sqlite_stores, ProfileBook(), 1.0).restore() == 36
     assert _count(again) == 36 * 3
     assert max(answers) <= RESTORE_SLICE_NS // (300 * S)  # two windows a slice
     assert sum(answers) == 36  # each row once (no log, so no marks)

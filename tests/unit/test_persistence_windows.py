@@ -68,6 +68,20 @@ class _FailingOnce:
         return await self.method(*args, **kwargs)
 
 
+async def _flushed_before_a_restart(tmp_path: Path, batch: IngestBatch) -> StoreConfig:
+    """A node "r1-a" took ``batch`` and flushed its windows to a SQLite file, then
+    stopped; returns the store's configuration."""
+    config = StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}")
+    stores = await NodeStores.open(config, "r1")
+    try:
+        before = RegionNode(NodeIdentity("r1", "r1-a"))
+        before.store.apply(batch)
+        assert await Persister(before, stores, ProfileBook(), 1.0).flush_windows() > 0
+    finally:
+        await stores.close()
+    return config
+
+
 async def _count(stores: NodeStores) -> int:
     rows = await stores.timeseries.load_window_summaries("r1")
     return sum(r.count for r in rows if r.metric != WAL_MARK_METRIC)
@@ -79,17 +93,9 @@ async def test_a_failed_restore_is_retried_and_holds_window_flushes_until_it_suc
     """The node started while its store failed: evaluations' records are written as
     usual, windows only once the windows flushed before the restart are back in the
     node (a flush before that would replace them with what came after the start)."""
-    config = StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}")
     now = time.time_ns()
     key = SeriesKey("m", ())
-    stores = await NodeStores.open(config, "r1")
-    try:
-        before = RegionNode(NodeIdentity("r1", "r1-a"))
-        before.record_internal([IngestBatch(key, np.arange(5.0), None, now)])
-        assert await Persister(before, stores, ProfileBook(), 1.0).flush_windows() == 1
-    finally:
-        await stores.close()
-
+    config = await _flushed_before_a_restart(tmp_path, IngestBatch(key, np.arange(5.0), None, now))
     stores = await NodeStores.open(config, "r1")
     try:
         node = RegionNode(NodeIdentity("r1", "r1-a"))
@@ -212,9 +218,20 @@ def _lat_count(node: RegionNode) -> int:
     return sum(g.summary.count for g in node.summaries(SummaryQuery(metrics=frozenset({"lat"}))))
 
 
-async def _killed_between_flush_and_checkpoint(tmp_path: Path, stores: NodeStores) -> None:
+async def _killed_between_flush_and_checkpoint(tmp_path: Path) -> StoreConfig:
     """b1 (100 values) flushed and checkpointed; b2 (50) flushed, and the node killed
-    before the checkpoint: the store's windows and mark hold b2, the log does too."""
+    before the checkpoint: the store's windows and mark hold b2, the log does too.
+    Returns the store's configuration (the node's log is ``tmp_path / "wal"``)."""
+    config = StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}")
+    stores = await NodeStores.open(config, "r1")
+    try:
+        await _kill_between_flush_and_checkpoint(tmp_path, stores)
+    finally:
+        await stores.close()
+    return config
+
+
+async def _kill_between_flush_and_checkpoint(tmp_path: Path, stores: NodeStores) -> None:
     node, persister, wal = await _start_logged_node(tmp_path, stores)
     batch, raw = _logged_batch("b1", np.arange(100.0))
     node.ingest(batch, raw)
@@ -239,13 +256,7 @@ async def test_a_kill_between_a_flush_and_its_checkpoint_counts_nothing_twice(
     """The flush committed (windows hold b2), the node died before its log's checkpoint:
     on restart b2 is in the restored windows and in the log after the checkpoint. It was
     counted twice (200 values for 150), and the double count was flushed for good."""
-    config = StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}")
-    stores = await NodeStores.open(config, "r1")
-    try:
-        await _killed_between_flush_and_checkpoint(tmp_path, stores)
-    finally:
-        await stores.close()
-
+    config = await _killed_between_flush_and_checkpoint(tmp_path)
     stores = await NodeStores.open(config, "r1")
     try:
         node, persister, wal = await _start_logged_node(tmp_path, stores)
@@ -267,13 +278,7 @@ async def test_a_restart_with_the_store_down_holds_the_log_until_the_store_says_
     counted a second time once the store came back (200 values for 150). Until the store
     answers, the node knows the log's batches (a retry is a duplicate) and logs and
     applies new ones; then it applies what the store does not hold, once."""
-    config = StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}")
-    stores = await NodeStores.open(config, "r1")
-    try:
-        await _killed_between_flush_and_checkpoint(tmp_path, stores)
-    finally:
-        await stores.close()
-
+    config = await _killed_between_flush_and_checkpoint(tmp_path)
     stores = await NodeStores.open(config, "r1")
     try:
         node, persister, wal = _logged_node(tmp_path, stores)
@@ -358,22 +363,12 @@ async def test_a_restore_that_fails_part_way_goes_on_where_it_stopped(
 ) -> None:
     """The store fails after some slices of stored windows were installed: the retry
     installed every slice again, and those windows counted twice."""
-    config = StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}")
     now = time.time_ns()
-    key = SeriesKey("lat", ())
-    stores = await NodeStores.open(config, "r1")
-    try:
-        before = RegionNode(NodeIdentity("r1", "r1-a"))
-        # six windows, ten minutes apart: a slice each
-        before.store.apply(
-            IngestBatch(
-                key, np.arange(6.0), np.array([now - k * 600 * 10**9 for k in range(6)]), now
-            )
-        )
-        assert await Persister(before, stores, ProfileBook(), 1.0).flush_windows() == 6
-    finally:
-        await stores.close()
-
+    # six windows, ten minutes apart: a slice each
+    times = np.array([now - k * 600 * 10**9 for k in range(6)])
+    config = await _flushed_before_a_restart(
+        tmp_path, IngestBatch(SeriesKey("lat", ()), np.arange(6.0), times, now)
+    )
     stores = await NodeStores.open(config, "r1")
     try:
         node = RegionNode(NodeIdentity("r1", "r1-a"))

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from clocks import Clock
 
 from nethical_grpc.errors import InvalidArgument, ResourceExhausted
 from nethical_grpc.series import IngestBatch, SeriesKey, SummaryQuery
 from region_node.windows import WindowConfig, WindowStore
 
 S = 1_000_000_000
-
-
-class Clock:
-    def __init__(self, t: int) -> None:
-        self.t = t
-
-    def __call__(self) -> int:
-        return self.t
 
 
 def batch(metric: str, values: np.ndarray, t: int, labels: tuple = ()) -> IngestBatch:  # type: ignore[type-arg]

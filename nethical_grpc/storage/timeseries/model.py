@@ -34,6 +34,7 @@ __all__ = [
     "MIN_WRITE_TIME",
     "US_PER_DAY",
     "WINDOW_COLUMNS",
+    "WINDOW_WRITE_COLUMNS",
     "AggregateRow",
     "AuditRecord",
     "EventRecord",
@@ -61,6 +62,7 @@ __all__ = [
     "parse_labels",
     "series_columns",
     "to_us",
+    "window_params",
     "window_row",
 ]
 
@@ -193,6 +195,33 @@ class WindowSummaryRow:
 WINDOW_COLUMNS = (
     "region_id, instance_id, metric, labels, window_start_ns, window_ns, payload, count, change_seq"
 )
+
+
+#: The columns a window-summary upsert writes, in :func:`window_params`' order.
+WINDOW_WRITE_COLUMNS = (
+    "region_id, instance_id, metric, labels, window_start_ns, window_ns, count, payload, change_seq"
+)
+
+
+def window_params(
+    rows: Sequence[tuple[WindowSummaryRow, str]], seqs: Mapping[str, int]
+) -> list[tuple[Any, ...]]:
+    """The parameters of :data:`WINDOW_WRITE_COLUMNS` for checked rows (each with its
+    canonical labels), each stamped with its region's change number from ``seqs``."""
+    return [
+        (
+            r.region_id,
+            r.instance_id,
+            r.metric,
+            labels,
+            r.window_start_ns,
+            r.window_ns,
+            r.count,
+            r.payload,
+            seqs[r.region_id],
+        )
+        for r, labels in rows
+    ]
 
 
 def window_row(r: Sequence[Any]) -> WindowSummaryRow:

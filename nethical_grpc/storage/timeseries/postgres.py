@@ -57,6 +57,7 @@ from nethical_grpc.storage.timeseries.model import (
     EPOCH,
     US_PER_DAY,
     WINDOW_COLUMNS,
+    WINDOW_WRITE_COLUMNS,
     AuditRecord,
     EventRecord,
     MetricColumns,
@@ -65,6 +66,7 @@ from nethical_grpc.storage.timeseries.model import (
     WindowSummaryRow,
     check_name,
     datetime_from_us,
+    window_params,
     window_row,
 )
 from nethical_grpc.storage.timeseries.postgres_schema import (
@@ -592,8 +594,8 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
     async def _upsert_windows(self, rows: list[tuple[WindowSummaryRow, str]]) -> None:
         table = self._table("window_summaries")
         query = sql.SQL(
-            "INSERT INTO {} (region_id, instance_id, metric, labels, window_start_ns, "
-            "window_ns, count, payload, change_seq) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "INSERT INTO {} (" + WINDOW_WRITE_COLUMNS + ") VALUES "
+            "(%s, %s, %s, %s, %s, %s, %s, %s, %s) "
             "ON CONFLICT (region_id, instance_id, metric, labels, window_start_ns) "
             "DO UPDATE SET window_ns = excluded.window_ns, count = excluded.count, "
             "payload = excluded.payload, change_seq = excluded.change_seq, updated_at = now()"
@@ -606,21 +608,7 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
                     "SELECT pg_advisory_xact_lock(%s)", (window_change_lock(self.schema, region),)
                 )
                 seqs[region] = await self._last_change(conn, region) + 1
-            params = [
-                (
-                    r.region_id,
-                    r.instance_id,
-                    r.metric,
-                    labels,
-                    r.window_start_ns,
-                    r.window_ns,
-                    r.count,
-                    r.payload,
-                    seqs[r.region_id],
-                )
-                for r, labels in rows
-            ]
-            await conn.cursor().executemany(query, params)
+            await conn.cursor().executemany(query, window_params(rows, seqs))
 
     async def _last_change(self, conn: Conn, region_id: str) -> int:
         cur = await conn.execute(

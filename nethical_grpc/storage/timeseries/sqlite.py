@@ -48,6 +48,7 @@ from nethical_grpc.storage.timeseries.base import (
 )
 from nethical_grpc.storage.timeseries.model import (
     WINDOW_COLUMNS,
+    WINDOW_WRITE_COLUMNS,
     AuditRecord,
     EventRecord,
     MetricColumns,
@@ -56,6 +57,7 @@ from nethical_grpc.storage.timeseries.model import (
     WindowSummaryRow,
     datetime_from_us,
     load_json_text,
+    window_params,
     window_row,
 )
 from nethical_grpc.storage.timeseries.rollup import AggregatePlan, RollupRows, TimeRange
@@ -579,26 +581,12 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
             }
             execute_rows(
                 conn,
-                "INSERT INTO window_summaries (region_id, instance_id, metric, labels, "
-                "window_start_ns, window_ns, count, payload, change_seq) VALUES {rows} "
+                f"INSERT INTO window_summaries ({WINDOW_WRITE_COLUMNS}) VALUES {{rows}} "
                 "ON CONFLICT (region_id, instance_id, metric, labels, window_start_ns) "
                 "DO UPDATE SET window_ns = excluded.window_ns, count = excluded.count, "
                 "payload = excluded.payload, change_seq = excluded.change_seq",
                 "(?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        r.region_id,
-                        r.instance_id,
-                        r.metric,
-                        labels,
-                        r.window_start_ns,
-                        r.window_ns,
-                        r.count,
-                        r.payload,
-                        seqs[r.region_id],
-                    )
-                    for r, labels in rows
-                ],
+                window_params(rows, seqs),
             )
             return _max_rowid(conn, "window_summaries") - before if capped else 0
 
