@@ -271,6 +271,18 @@ async def test_any_instance_answers_for_the_region_from_a_shared_store(
 
     await eventually(both_complete)
     assert counts == {"a": 130, "b": 130}
+    # more into the same window of a: b's refresh reads the window a flushed again and
+    # replaces the one it holds (it counted no value twice, nor missed one)
+    await mesh.ingest("eu", "api_latency_ms", np.arange(131.0, 151.0), instance=0)
+
+    async def both_again() -> bool:
+        counts["a"] = await count_of(a, "api_latency_ms")
+        counts["b"] = await count_of(b, "api_latency_ms")
+        return counts["a"] == counts["b"] == 150
+
+    await eventually(both_again)
+    await asyncio.sleep(5 * cfg.flush_interval_s)  # further refreshes change nothing
+    assert await count_of(b, "api_latency_ms") == await count_of(a, "api_latency_ms") == 150
 
 
 async def test_risk_profiles_reach_other_instances_through_redis(
