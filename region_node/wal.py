@@ -23,7 +23,10 @@ Layout: a directory of segment files ``wal-<n>.log`` and a ``checkpoint`` file.
   apply those it does not (see :meth:`region_node.node.RegionNode.hold_wal`).
 
 Batch ids (``IngestRequest.batch_id``) make retries exactly-once: the node remembers the
-ids it applied (bounded), across restarts through the log and the checkpoint.
+ids it applied (bounded), across restarts through the log and the checkpoint. The
+checkpoint's ids are those known when it is written, so they may name batches of the
+segments after it (taken while the flush ran): a replay applies every batch those
+segments hold, whatever ids are known.
 """
 
 from __future__ import annotations
