@@ -91,6 +91,9 @@ WAL_MARK_METRIC: Final = "wal checkpoint"
 _WAL_MARK_START_NS: Final = 2**62
 #: Stored windows are restored (and the peers' loaded) this much time at a time.
 RESTORE_SLICE_NS: Final = 600 * 1_000_000_000
+#: A restore (or a load of the peers' windows) says how far it got at most this often:
+#: a day of windows takes a minute or more, and the node answers NOT_SERVING meanwhile.
+PROGRESS_LOG_S: Final = 10.0
 #: How often the time-series store's retention is applied (first at the loop's start):
 #: rows older than the store's retention go, and window summaries with them.
 RETENTION_INTERVAL_S: Final = 3600.0
@@ -109,6 +112,24 @@ _KNOWN_FINDINGS: Final = 4_096
 
 def _utc(ns: int) -> datetime:
     return datetime.fromtimestamp(ns / 1e9, tz=UTC)
+
+
+class _Progress:
+    """How far a load of stored windows got, logged at most every :data:`PROGRESS_LOG_S`."""
+
+    def __init__(self, what: str, start_ns: int, end_ns: int) -> None:
+        self.what, self.start_ns, self.span_ns = what, start_ns, max(1, end_ns - start_ns)
+        self.windows = 0
+        self._next = time.monotonic() + PROGRESS_LOG_S
+
+    def add(self, windows: int, until_ns: int) -> None:
+        """``windows`` more were read, those of the stored windows starting before
+        ``until_ns``."""
+        self.windows += windows
+        if time.monotonic() >= self._next:
+            self._next = time.monotonic() + PROGRESS_LOG_S
+            done = min(1.0, (until_ns - self.start_ns) / self.span_ns)
+            log.info("%s: %.0f%% of the time read, %d windows", self.what, 100 * done, self.windows)
 
 
 class _RecordQueue:
@@ -543,9 +564,11 @@ class Persister:
         self.node.store.roll_up()  # sets the horizon: older windows go into rollups
         restored = 0
         start = max(self._since_ns(now), self._restored_until_ns or 0)
+        progress = _Progress("restoring stored windows", start, now)
         async for rows, until in self._stored_windows(now, ident.instance_id, start):
             restored += self._install(self.node.store, rows, now)
             self._restored_until_ns = until
+            progress.add(len(rows), until)
         if restored:
             log.info("restored %d windows flushed before the last stop", restored)
         return restored
@@ -600,8 +623,10 @@ class Persister:
         # nothing is ingested into the peers' windows: those past the rollup horizon go
         # straight into rollup windows as they are installed
         fresh.roll_up()
-        async for rows, _ in self._stored_windows(now, None, self._since_ns(now)):
-            self._install(fresh, self._peer_rows(rows), now)
+        start = self._since_ns(now)
+        progress = _Progress("loading the other instances' windows", start, now)
+        async for rows, until in self._stored_windows(now, None, start):
+            progress.add(self._install(fresh, self._peer_rows(rows), now), until)
         self.node.peers = fresh
         self._peers_seen = seen
 

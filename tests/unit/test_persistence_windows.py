@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -20,6 +22,7 @@ from nethical_grpc.governance.requests import EvaluationRequest, Outcome
 from nethical_grpc.series import IngestBatch, SeriesKey, SummaryQuery
 from nethical_grpc.storage.timeseries import MetricPoint, WindowSummaryRow
 from nethical_grpc.v1 import region_node_pb2
+from region_node import persistence
 from region_node.node import NodeIdentity, RegionNode
 from region_node.persistence import WAL_MARK_METRIC, Persister
 from region_node.stores import NodeStores, StoreConfig
@@ -392,3 +395,32 @@ async def test_a_restore_that_fails_part_way_goes_on_where_it_stopped(
         assert _lat_count(node) == 6
     finally:
         await stores.close()
+
+
+async def test_a_restore_says_how_far_it_got(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A day of windows takes a minute or more to restore, with the node NOT_SERVING: the
+    log says how far it got (here at every slice, each read once)."""
+    now = time.time_ns()
+    times = np.array([now - k * 3600 * 10**9 for k in range(6)])  # an hour apart
+    config = await _flushed_before_a_restart(
+        tmp_path, IngestBatch(SeriesKey("lat", ()), np.arange(6.0), times, now)
+    )
+    monkeypatch.setattr(persistence, "PROGRESS_LOG_S", 0.0)
+    stores = await NodeStores.open(config, "r1")
+    try:
+        node = RegionNode(NodeIdentity("r1", "r1-a"))
+        with caplog.at_level(logging.INFO, logger="region_node.persistence"):
+            assert await Persister(node, stores, ProfileBook(), 60.0).restore() == 6
+    finally:
+        await stores.close()
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("restoring stored")]
+    found = [
+        re.fullmatch(r"restoring stored windows: (\d+)% of the time read, (\d+) windows", m)
+        for m in said
+    ]
+    assert all(found) and len(found) >= 144  # a day, ten minutes a slice
+    done = [(int(m[1]), int(m[2])) for m in found if m is not None]
+    assert done == sorted(done) and done[-1] == (100, 6)
+    assert done[len(done) // 2][0] in range(45, 56) and done[len(done) // 2][1] < 6
