@@ -55,7 +55,7 @@ from nethical_grpc.validation import (
     name_violation,
     utf8_length,
 )
-from nethical_grpc.wire import packed_uint64
+from nethical_grpc.wire import packed_field, packed_uint64
 
 NANOS = 1_000_000_000
 
@@ -261,6 +261,33 @@ def summary_from_proto(msg: summary_pb2.Summary, field: str = "summary") -> Summ
     return _checked_summary(
         moments, *_histogram_and_count(msg.histogram, field + ".histogram"), field
     )
+
+
+#: A stored summary stands in an answer's series under this metric (field 1), no labels.
+_STORED_SERIES_HEAD: Final = b"\x0a\x01s"
+#: Stored summaries decoded in one pass at most: the pass holds every bucket count of
+#: them in one uint64 array (about 7 KB a window of 64 values over four decades).
+STORED_BATCH: Final = 1_000
+
+
+def summaries_from_stored(
+    payloads: Sequence[bytes], batch_size: int = STORED_BATCH
+) -> list[Summary] | None:
+    """Encoded ``Summary`` messages (a node's stored windows), decoded and validated as
+    :func:`summary_from_proto` does, ``batch_size`` at a time: each batch is read
+    as the series of one answer, in the compiled pass of
+    :func:`summaries_answer_from_bytes` (about half the cost of one message at a time).
+    None when one of them is refused: the caller decodes them one by one to name it."""
+    out: list[Summary] = []
+    for at in range(0, len(payloads), batch_size):
+        batch = payloads[at : at + batch_size]
+        answer = summaries_answer_from_bytes(
+            b"".join(packed_field(1, _STORED_SERIES_HEAD + packed_field(3, p)) for p in batch)
+        )
+        if answer.invalid is not None or len(answer.groups) != len(batch):
+            return None
+        out.extend(g.summary for g in answer.groups)
+    return out
 
 
 def _checked_summary(

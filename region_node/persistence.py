@@ -114,6 +114,15 @@ def _utc(ns: int) -> datetime:
     return datetime.fromtimestamp(ns / 1e9, tz=UTC)
 
 
+def _decoded(row: WindowSummaryRow) -> Summary | None:
+    """A stored window's summary; None, logged, when it does not decode."""
+    try:
+        return convert.summary_from_proto(summary_pb2.Summary.FromString(row.payload))
+    except Exception as exc:
+        log.warning("skipping an unreadable stored window %s %s: %s", row.metric, row.labels, exc)
+        return None
+
+
 class _Progress:
     """How far a load of stored windows got, logged at most every :data:`PROGRESS_LOG_S`."""
 
@@ -517,12 +526,14 @@ class Persister:
     ) -> list[tuple[SeriesKey, int, Summary, int]]:
         """Stored windows as (series, window id, summary, newest time), those that do not
         decode left out (logged)."""
+        summaries: Sequence[Summary | None] | None = convert.summaries_from_stored(
+            [row.payload for row in rows]
+        )
+        if summaries is None:  # one is refused: each on its own, to say which
+            summaries = [_decoded(row) for row in rows]
         windows = []
-        for row in rows:
-            try:
-                summary = convert.summary_from_proto(summary_pb2.Summary.FromString(row.payload))
-            except Exception as exc:
-                log.warning("skipping an unreadable stored window: %s", exc)
+        for row, summary in zip(rows, summaries, strict=True):
+            if summary is None:
                 continue
             key = SeriesKey(row.metric, freeze_labels(row.labels))
             newest = min(row.window_start_ns + row.window_ns - 1, now_ns)

@@ -424,3 +424,27 @@ async def test_a_restore_says_how_far_it_got(
     done = [(int(m[1]), int(m[2])) for m in found if m is not None]
     assert done == sorted(done) and done[-1] == (100, 6)
     assert done[len(done) // 2][0] in range(45, 56) and done[len(done) // 2][1] < 6
+
+
+async def test_a_stored_window_that_does_not_decode_is_skipped_and_the_rest_restored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stored windows decode many at a time; one that does not (a damaged row) is
+    named in the log and left out, and every other one comes back."""
+    now = time.time_ns()
+    times = np.array([now - k * 10**10 for k in range(5)])
+    config = await _flushed_before_a_restart(
+        tmp_path, IngestBatch(SeriesKey("lat", ()), np.arange(5.0), times, now)
+    )
+    stores = await NodeStores.open(config, "r1")
+    try:
+        damaged = WindowSummaryRow("r1", "r1-a", "lat", {"k": "bad"}, now, 10**10, b"\xff\xff", 1)
+        await stores.timeseries.upsert_window_summaries([damaged])
+        node = RegionNode(NodeIdentity("r1", "r1-a"))
+        with caplog.at_level(logging.WARNING, logger="region_node.persistence"):
+            assert await Persister(node, stores, ProfileBook(), 60.0).restore() == 5
+    finally:
+        await stores.close()
+    assert _lat_count(node) == 5
+    [said] = [r.getMessage() for r in caplog.records]
+    assert said.startswith("skipping an unreadable stored window lat {'k': 'bad'}")

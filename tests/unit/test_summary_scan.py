@@ -514,3 +514,54 @@ def test_metric_names_are_checked_every_time_and_remembered_within_a_bound(
     names = [f"m{i}" for i in range(5)]
     assert [g.metric for g in answer(*names).groups] == names
     assert 0 < len(convert._CHECKED_METRICS) <= 3  # cleared when full, not grown
+
+
+# -- stored windows, decoded many at a time ---------------------------------------------
+
+
+@st.composite
+def stored(draw: st.DrawFn) -> list[bytes]:
+    """Encoded summaries as a node stores its windows, some perhaps broken."""
+    out = []
+    for _ in range(draw(st.integers(0, 6))):
+        summary = Summary.from_values(
+            np.array(draw(values), dtype=np.float64),
+            scale=draw(st.integers(-2, 8)),
+            max_buckets=draw(st.sampled_from([8, 64, 2048])),
+            zero_threshold=draw(st.sampled_from([0.0, 1e-3])),
+        )
+        msg = convert.summary_to_proto(summary)
+        BREAKS[draw(st.sampled_from(sorted(BREAKS)))](msg)
+        out.append(msg.SerializeToString())
+    return out
+
+
+def one_by_one(payloads: list[bytes]) -> list[Summary] | None:
+    try:
+        return [convert.summary_from_proto(summary_pb2.Summary.FromString(p)) for p in payloads]
+    except Exception:
+        return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(payloads=stored(), batch=st.integers(1, 4))
+def test_stored_summaries_decode_together_as_one_by_one(payloads: list[bytes], batch: int) -> None:
+    """The same summaries, or None where decoding them one by one refuses any; in
+    batches of any size."""
+    together = convert.summaries_from_stored(payloads, batch)
+    alone = one_by_one(payloads)
+    if alone is None:
+        assert together is None
+        return
+    assert together is not None and len(together) == len(alone)
+    for x, y in zip(together, alone, strict=True):
+        assert x.moments == y.moments
+        assert x.histogram == y.histogram and x.histogram.scale == y.histogram.scale
+
+
+def test_a_stored_payload_that_is_no_summary_is_refused() -> None:
+    good = convert.summary_to_proto(Summary.from_values(np.arange(1.0, 9.0))).SerializeToString()
+    assert convert.summaries_from_stored([]) == []
+    assert convert.summaries_from_stored([good, b"\xff\xff\xff"]) is None
+    [decoded] = convert.summaries_from_stored([good]) or []
+    assert decoded.count == 8
