@@ -342,7 +342,8 @@ def test_probes_are_native_grpc_on_the_served_port(rendered: list[Obj]) -> None:
 
 
 # bench/restore.py --series 1500 --hours 1 on ✺: 540,000 stored windows restored in 73.0 s
-# on one core; the first Numba compilation at a pod's start takes up to two minutes
+# on one core (35.6 s once they decoded in batches: the slower figure leaves a margin);
+# the first Numba compilation at a pod's start takes up to two minutes
 RESTORE_S_PER_WINDOW = 73.0 / 540_000
 COMPILE_S = 120.0
 
