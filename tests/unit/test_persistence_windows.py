@@ -234,6 +234,22 @@ async def _killed_between_flush_and_checkpoint(tmp_path: Path) -> StoreConfig:
     return config
 
 
+async def _restart_counts_b1_and_b2_once(tmp_path: Path, config: StoreConfig) -> None:
+    """A restart of the logged node on ``config``'s store: 150 values, a retry of b2 known,
+    and a flush leaves the store at 150."""
+    stores = await NodeStores.open(config, "r1")
+    try:
+        node, persister, wal = await _start_logged_node(tmp_path, stores)
+        assert _lat_count(node) == 150
+        batch, raw = _logged_batch("b2", np.arange(50.0))
+        assert not node.ingest(batch, raw)  # a retry of b2 is still known
+        await persister.flush_windows()
+        assert await _count(stores) == 150
+        wal.close()
+    finally:
+        await stores.close()
+
+
 async def _kill_between_flush_and_checkpoint(tmp_path: Path, stores: NodeStores) -> None:
     node, persister, wal = await _start_logged_node(tmp_path, stores)
     batch, raw = _logged_batch("b1", np.arange(100.0))
@@ -260,17 +276,7 @@ async def test_a_kill_between_a_flush_and_its_checkpoint_counts_nothing_twice(
     on restart b2 is in the restored windows and in the log after the checkpoint. It was
     counted twice (200 values for 150), and the double count was flushed for good."""
     config = await _killed_between_flush_and_checkpoint(tmp_path)
-    stores = await NodeStores.open(config, "r1")
-    try:
-        node, persister, wal = await _start_logged_node(tmp_path, stores)
-        assert _lat_count(node) == 150
-        batch, raw = _logged_batch("b2", np.arange(50.0))
-        assert not node.ingest(batch, raw)  # a retry of b2 is still known
-        await persister.flush_windows()
-        assert await _count(stores) == 150
-        wal.close()
-    finally:
-        await stores.close()
+    await _restart_counts_b1_and_b2_once(tmp_path, config)
 
 
 async def test_a_restart_with_the_store_down_holds_the_log_until_the_store_says_what_it_has(
@@ -348,17 +354,7 @@ async def test_a_batch_taken_while_a_flush_runs_survives_a_kill_after_its_checkp
     finally:
         await stores.close()
 
-    stores = await NodeStores.open(config, "r1")
-    try:
-        node, persister, wal = await _start_logged_node(tmp_path, stores)
-        assert _lat_count(node) == 150
-        batch, raw = _logged_batch("b2", np.arange(50.0))
-        assert not node.ingest(batch, raw)  # and a retry of it is still known
-        await persister.flush_windows()
-        assert await _count(stores) == 150
-        wal.close()
-    finally:
-        await stores.close()
+    await _restart_counts_b1_and_b2_once(tmp_path, config)
 
 
 async def test_a_restore_that_fails_part_way_goes_on_where_it_stopped(

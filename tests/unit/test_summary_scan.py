@@ -95,18 +95,24 @@ BREAKS: dict[str, Callable[[summary_pb2.Summary], None]] = {
 }
 
 
+def drawn_summary(draw: st.DrawFn) -> summary_pb2.Summary:
+    """A summary of drawn values and parameters, perhaps broken by one of :data:`BREAKS`."""
+    summary = Summary.from_values(
+        np.array(draw(values), dtype=np.float64),
+        scale=draw(st.integers(-2, 8)),
+        max_buckets=draw(st.sampled_from([8, 64, 2048])),
+        zero_threshold=draw(st.sampled_from([0.0, 1e-3])),
+    )
+    msg = convert.summary_to_proto(summary)
+    BREAKS[draw(st.sampled_from(sorted(BREAKS)))](msg)
+    return msg
+
+
 @st.composite
 def answers(draw: st.DrawFn) -> Response:
     series = []
     for _ in range(draw(st.integers(0, 4))):
-        summary = Summary.from_values(
-            np.array(draw(values), dtype=np.float64),
-            scale=draw(st.integers(-2, 8)),
-            max_buckets=draw(st.sampled_from([8, 64, 2048])),
-            zero_threshold=draw(st.sampled_from([0.0, 1e-3])),
-        )
-        msg = convert.summary_to_proto(summary)
-        BREAKS[draw(st.sampled_from(sorted(BREAKS)))](msg)
+        msg = drawn_summary(draw)
         series.append(
             summary_pb2.SeriesSummary(
                 metric=draw(st.sampled_from(["latency_ms", "risk.score", "", "bad name", "é"])),
@@ -524,15 +530,7 @@ def stored(draw: st.DrawFn) -> list[bytes]:
     """Encoded summaries as a node stores its windows, some perhaps broken."""
     out = []
     for _ in range(draw(st.integers(0, 6))):
-        summary = Summary.from_values(
-            np.array(draw(values), dtype=np.float64),
-            scale=draw(st.integers(-2, 8)),
-            max_buckets=draw(st.sampled_from([8, 64, 2048])),
-            zero_threshold=draw(st.sampled_from([0.0, 1e-3])),
-        )
-        msg = convert.summary_to_proto(summary)
-        BREAKS[draw(st.sampled_from(sorted(BREAKS)))](msg)
-        out.append(msg.SerializeToString())
+        out.append(drawn_summary(draw).SerializeToString())
     return out
 
 
