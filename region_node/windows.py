@@ -110,6 +110,19 @@ class _Series:
         if self.newest is None or window_id > self.newest:
             self.newest = window_id
 
+    def merge_into_rollup(self, rollup_id: int, parts: list[Summary]) -> None:
+        """Merge ``parts`` and the rollup window held, if any, into rollup window
+        ``rollup_id``, compacted. The parts are the caller's no more (a single one may
+        become the rollup window itself)."""
+        held = self.rollups.get(rollup_id)
+        if held is not None:
+            parts.append(held)
+        merged = parts[0] if len(parts) == 1 else Summary.merge_all(parts)
+        merged.compact()
+        self.rollups[rollup_id] = merged
+        if self.oldest_rollup is None or rollup_id < self.oldest_rollup:
+            self.oldest_rollup = rollup_id
+
 
 class WindowStore:
     """Per-series tumbling windows held in memory."""
@@ -308,15 +321,7 @@ class WindowStore:
             series.last_time_ns = max(series.last_time_ns, newest_ns)
             changed.add(key.metric)
         for (key, rollup_id), parts in into_rollups.items():
-            series = self._series[key]
-            held = series.rollups.get(rollup_id)
-            if held is not None:
-                parts.append(held)
-            merged = parts[0] if len(parts) == 1 else Summary.merge_all(parts)
-            merged.compact()
-            series.rollups[rollup_id] = merged
-            if series.oldest_rollup is None or rollup_id < series.oldest_rollup:
-                series.oldest_rollup = rollup_id
+            self._series[key].merge_into_rollup(rollup_id, parts)
         for metric in changed:
             self._changed(metric)
 
@@ -446,15 +451,7 @@ class WindowStore:
                     break
                 if any((key, w) in dirty for w in ids):
                     continue
-                parts = [series.windows.pop(w) for w in ids]
-                held = series.rollups.get(rollup_id)
-                if held is not None:
-                    parts.append(held)
-                summary = Summary.merge_all(parts)
-                summary.compact()
-                series.rollups[rollup_id] = summary
-                if series.oldest_rollup is None or rollup_id < series.oldest_rollup:
-                    series.oldest_rollup = rollup_id
+                series.merge_into_rollup(rollup_id, [series.windows.pop(w) for w in ids])
                 merged += len(ids)
             if merged != before:
                 series.windows_removed()
