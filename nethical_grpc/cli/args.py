@@ -75,6 +75,9 @@ def parse_positive_int(text: str) -> int:
     return value
 
 
+#: The decisions ``nethical-mesh evaluate --fail-at`` takes, least severe first.
+FAIL_AT_CHOICES = ("restrict", "block", "terminate")
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 

@@ -104,7 +104,7 @@ async def run_query(args: argparse.Namespace) -> int:
         include_region_breakdown=args.breakdown,
         region_timeout_s=args.region_timeout / 1e9 if args.region_timeout else None,
     )
-    async with _channel(args) as channel:
+    async with open_channel(args) as channel:
         try:
             response = await client.global_metrics(channel, opts, timeout=args.timeout)
         except grpc.RpcError as err:
@@ -121,7 +121,7 @@ async def run_query(args: argparse.Namespace) -> int:
     return 0
 
 
-def _channel(args: argparse.Namespace) -> grpc.aio.Channel:
+def open_channel(args: argparse.Namespace) -> grpc.aio.Channel:
     """A channel with the TLS and token the flags (or environment) ask for; a file that
     cannot be read or used ends the command with one line and exit status 2."""
     try:
@@ -132,7 +132,7 @@ def _channel(args: argparse.Namespace) -> grpc.aio.Channel:
 
 
 async def run_regions(args: argparse.Namespace) -> int:
-    async with _channel(args) as channel:
+    async with open_channel(args) as channel:
         stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
         try:
             response = await stub.ListRegions(
@@ -164,7 +164,7 @@ async def run_regions(args: argparse.Namespace) -> int:
 
 
 async def run_health(args: argparse.Namespace) -> int:
-    async with _channel(args) as channel:
+    async with open_channel(args) as channel:
         try:
             status = await client.check_health(channel, args.service, timeout=args.timeout)
         except grpc.RpcError as err:

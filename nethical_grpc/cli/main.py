@@ -1,4 +1,4 @@
-"""``nethical-mesh``: run region nodes and coordinators, query, check health, demo."""
+"""``nethical-mesh``: run region nodes and coordinators, query, evaluate, check health, demo."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nethical_grpc.cli.args import (
+    FAIL_AT_CHOICES,
     parse_duration_ns,
     parse_duration_or_zero_ns,
     parse_log_level,
@@ -310,6 +311,44 @@ def build_parser() -> argparse.ArgumentParser:
     add_client_arguments(regions)
     _common(regions)
 
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="judge one agent action on a coordinator's gateway (or a region node)",
+        description="Send one agent action to a coordinator's gateway (CoordinatorService/"
+        "Evaluate, routed to a region node) or, with --node, to a region node itself, and "
+        "print the verdict. Exit status: 0 answered, 1 the call failed, 2 a usage error, "
+        "3 the decision is at or above --fail-at.",
+    )
+    evaluate.add_argument("text", metavar="TEXT", help="the action text; - reads it from stdin")
+    evaluate.add_argument("--agent-id", default="cli", help="who acts (cli)")
+    evaluate.add_argument("--action-type", default="", help="e.g. query, command, message")
+    evaluate.add_argument("--intent", default="", help="what the agent says it is doing")
+    evaluate.add_argument(
+        "--context",
+        action="append",
+        type=parse_pair,
+        default=[],
+        metavar="KEY=VALUE",
+        help="context entry (repeat)",
+    )
+    evaluate.add_argument("--request-id", default="", help="echoed in the answer")
+    evaluate.add_argument(
+        "--region", default="", help="region to evaluate in (coordinator only; default its own)"
+    )
+    evaluate.add_argument("--target", default="127.0.0.1:50050")
+    evaluate.add_argument(
+        "--node", action="store_true", help="the target is a region node, not a coordinator"
+    )
+    evaluate.add_argument(
+        "--fail-at",
+        choices=FAIL_AT_CHOICES,
+        help="exit with status 3 when the decision is this or more severe",
+    )
+    evaluate.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    evaluate.add_argument("--json", action="store_true", help="print the response as JSON")
+    add_client_arguments(evaluate)
+    _common(evaluate)
+
     health = sub.add_parser("health", help="grpc.health.v1 Check: exit 0 only when SERVING")
     health.add_argument("target", help="HOST:PORT")
     health.add_argument("--service", default="", help="service name ('' = the server)")
@@ -389,6 +428,10 @@ def _main(argv: Sequence[str] | None) -> int:
         from nethical_grpc.cli import client_commands
 
         return _run(getattr(client_commands, f"run_{args.command}")(args))
+    if args.command == "evaluate":
+        from nethical_grpc.cli.evaluate_command import run_evaluate
+
+        return _run(run_evaluate(args))
     if args.command == "demo":
         from nethical_grpc.cli.demo import run_demo
 

@@ -277,6 +277,66 @@ async def _start_detection_workers(port: int) -> None:
             await asyncio.sleep(0.2)
 
 
+def test_cli_evaluate_through_the_gateway_and_a_node(cluster: dict) -> None:  # type: ignore[type-arg]
+    """``nethical-mesh evaluate``: a verdict from the region the gateway routed to (or the
+    node asked), its findings, the --fail-at exit status, JSON, stdin, and clear errors."""
+    ports: dict[str, int] = cluster["ports"]  # type: ignore[assignment]
+    gateway = ("--target", f"127.0.0.1:{ports['coordinator']}")
+    harmful = "DROP TABLE customers; -- then mail the dump"
+    out = run_cli("evaluate", harmful, "--region", "eu-west-1", "--request-id", "r-7", *gateway)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split() in (["decision", "BLOCK"], ["decision", "TERMINATE"]), out.stdout
+    assert f"served by   region eu-west-1, instance eu-west-1 (127.0.0.1:{ports['eu-west-1']})" in (
+        lines
+    )
+    assert "request id  r-7" in lines
+    assert any(
+        line.split()[:2] == ["CRITICAL", "destructive_database.drop_object"] for line in lines
+    ), out.stdout
+
+    # the same action gates a script: status 3 at --fail-at block, 0 at a stricter level
+    assert run_cli("evaluate", harmful, "--fail-at", "block", *gateway).returncode == 3
+    as_json = run_cli("evaluate", harmful, "--region", "ap-south-1", "--json", *gateway)
+    assert as_json.returncode == 0, as_json.stderr
+    answer = json.loads(as_json.stdout)
+    assert answer["evaluation"]["regionId"] == "ap-south-1"
+    assert answer["endpoint"] == f"127.0.0.1:{ports['ap-south-1']}"
+    assert answer["evaluation"]["decision"] in ("DECISION_BLOCK", "DECISION_TERMINATE")
+
+    # a region node asked directly; the text from stdin
+    benign = subprocess.run(
+        mesh_command(
+            "evaluate",
+            "-",
+            "--node",
+            "--target",
+            f"127.0.0.1:{ports['us-east-1']}",
+            "--fail-at",
+            "restrict",
+        ),
+        input="list the files in my home folder",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert benign.returncode == 0, (benign.stdout, benign.stderr)
+    assert benign.stdout.splitlines()[0].split() == ["decision", "ALLOW"]
+    assert "findings    none" in benign.stdout
+    assert "region us-east-1" in benign.stdout
+
+    # bad input: the node's field violation, or one line for a usage error; no traceback
+    empty = run_cli("evaluate", "", *gateway)
+    assert empty.returncode == 1
+    assert "INVALID_ARGUMENT" in empty.stderr and "action.action_text" in empty.stderr
+    unknown = run_cli("evaluate", harmful, "--region", "mars", *gateway)
+    assert unknown.returncode == 1 and 'unknown region "mars"' in unknown.stderr
+    both = run_cli("evaluate", harmful, "--node", "--region", "eu-west-1")
+    assert both.returncode == 2 and "--region is for a coordinator" in both.stderr
+    for failed in (empty, unknown, both):
+        assert "Traceback" not in failed.stderr
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 async def test_detection_workers_go_with_their_node(tmp_path: Path, sig: int) -> None:
     node = spawn(
