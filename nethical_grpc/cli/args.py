@@ -75,8 +75,22 @@ def parse_positive_int(text: str) -> int:
     return value
 
 
-#: The decisions ``nethical-mesh evaluate --fail-at`` takes, least severe first.
-FAIL_AT_CHOICES = ("restrict", "block", "terminate")
+#: The decisions, least severe first (``nethical-mesh audit --decision``).
+DECISION_CHOICES = ("allow", "restrict", "block", "terminate")
+#: The decisions ``nethical-mesh evaluate --fail-at`` takes.
+FAIL_AT_CHOICES = DECISION_CHOICES[1:]
+
+
+def parse_unit_interval(text: str) -> float:
+    """A number from 0 to 1 (a risk)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}")
+    return value
+
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 

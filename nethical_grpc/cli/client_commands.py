@@ -159,7 +159,7 @@ async def run_regions(args: argparse.Namespace) -> int:
         for i in r.instances
     ]
     headers = ["region", "instance", "endpoint", "health", "requests", "err%", "ewma ms"]
-    print(render([*headers, "in-flight", "ejected"], rows))
+    print(render([*headers, "in-flight", "ejected"], rows, text_columns=(1, 2, 3, 8)))
     return 0
 
 

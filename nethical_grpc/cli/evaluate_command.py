@@ -10,7 +10,9 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from nethical_grpc import convert
 from nethical_grpc.cli.client_commands import open_channel, report_rpc_error
+from nethical_grpc.cli.table import decision_name, severity_name
 from nethical_grpc.v1 import (
     coordinator_pb2,
     coordinator_pb2_grpc,
@@ -22,14 +24,6 @@ from nethical_grpc.v1 import (
 #: Exit status when the decision is at or above ``--fail-at`` (0: answered below it,
 #: 1: the call failed, 2: a usage error).
 DECISION_EXIT: int = 3
-
-
-def _decision_name(value: int) -> str:
-    return governance_pb2.Decision.Name(value).removeprefix("DECISION_")
-
-
-def _severity_name(value: int) -> str:
-    return governance_pb2.Severity.Name(value).removeprefix("SEVERITY_")
 
 
 def read_action(args: argparse.Namespace) -> governance_pb2.AgentAction:
@@ -52,7 +46,7 @@ def verdict_text(evaluation: governance_pb2.ActionEvaluation, endpoint: str, att
     e = evaluation
     tries = f"; {attempts} attempts" if attempts > 1 else ""
     lines = [
-        f"decision    {_decision_name(e.decision)}",
+        f"decision    {decision_name(e.decision)}",
         f"risk        {e.risk_score:.4f} (rules {e.rule_risk:.4f}, model "
         f"{e.model_probability:.4f})",
         f"confidence  {e.confidence:.4f}",
@@ -65,9 +59,9 @@ def verdict_text(evaluation: governance_pb2.ActionEvaluation, endpoint: str, att
         lines.append("findings    none")
         return "\n".join(lines)
     lines.append(f"findings    {len(e.violations)}")
-    width = max(len(_severity_name(v.severity)) for v in e.violations)
+    width = max(len(severity_name(v.severity)) for v in e.violations)
     lines += [
-        f"  {_severity_name(v.severity):<{width}}  {v.rule_id or v.type} "
+        f"  {severity_name(v.severity):<{width}}  {v.rule_id or v.type} "
         f"(confidence {v.confidence:.2f}): {v.message}"
         for v in e.violations
     ]
@@ -105,8 +99,7 @@ async def run_evaluate(args: argparse.Namespace) -> int:
         print(json_format.MessageToJson(response))
     else:
         print(verdict_text(evaluation, endpoint, attempts))
-    if args.fail_at is not None:
-        threshold = governance_pb2.Decision.Value(f"DECISION_{args.fail_at.upper()}")
-        if evaluation.decision >= threshold:
-            return DECISION_EXIT
-    return 0
+    at_or_above = args.fail_at is not None and evaluation.decision >= convert.decision_to_proto(
+        args.fail_at.upper()
+    )
+    return DECISION_EXIT if at_or_above else 0

@@ -1,4 +1,5 @@
-"""``nethical-mesh``: run region nodes and coordinators, query, evaluate, check health, demo."""
+"""``nethical-mesh``: run region nodes and coordinators; query, evaluate, search audit
+records, read risk profiles, check health; run the demo."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nethical_grpc.cli.args import (
+    DECISION_CHOICES,
     FAIL_AT_CHOICES,
     parse_duration_ns,
     parse_duration_or_zero_ns,
@@ -21,6 +23,7 @@ from nethical_grpc.cli.args import (
     parse_pair,
     parse_port,
     parse_positive_int,
+    parse_unit_interval,
     parse_weight,
 )
 from nethical_grpc.security.flags import add_client_arguments, add_server_arguments
@@ -349,6 +352,37 @@ def build_parser() -> argparse.ArgumentParser:
     add_client_arguments(evaluate)
     _common(evaluate)
 
+    audit = sub.add_parser(
+        "audit",
+        help="search a region node's audit records (in-region data)",
+        description="Search a region node's audit records (SearchAudit): every word of "
+        "QUERY in the action text or stated intent (none: every record), ranked by "
+        "relevance, else newest first; pages are fetched until --limit records.",
+    )
+    audit.add_argument("query", nargs="*", metavar="QUERY", help="words to find")
+    audit.add_argument("--agent-id", default="", help="only this agent")
+    audit.add_argument("--decision", choices=DECISION_CHOICES, help="only this decision")
+    audit.add_argument("--since", type=parse_duration_ns, help="only the last DURATION")
+    audit.add_argument("--min-risk", type=parse_unit_interval, help="only this risk or more")
+    audit.add_argument(
+        "--limit", type=parse_positive_int, default=50, help="most records to print (50)"
+    )
+    audit.add_argument("--target", default="127.0.0.1:50051", help="a region node")
+    audit.add_argument("--timeout", type=float, default=10.0, help="deadline of each page")
+    audit.add_argument("--json", action="store_true", help="print the records as JSON")
+    add_client_arguments(audit)
+    _common(audit)
+
+    profile = sub.add_parser(
+        "profile", help="an agent's risk profile on a region node (in-region data)"
+    )
+    profile.add_argument("agent_id", metavar="AGENT", help="the agent id")
+    profile.add_argument("--target", default="127.0.0.1:50051", help="a region node")
+    profile.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    profile.add_argument("--json", action="store_true", help="print the response as JSON")
+    add_client_arguments(profile)
+    _common(profile)
+
     health = sub.add_parser("health", help="grpc.health.v1 Check: exit 0 only when SERVING")
     health.add_argument("target", help="HOST:PORT")
     health.add_argument("--service", default="", help="service name ('' = the server)")
@@ -432,6 +466,10 @@ def _main(argv: Sequence[str] | None) -> int:
         from nethical_grpc.cli.evaluate_command import run_evaluate
 
         return _run(run_evaluate(args))
+    if args.command in ("audit", "profile"):
+        from nethical_grpc.cli import region_commands
+
+        return _run(getattr(region_commands, f"run_{args.command}")(args))
     if args.command == "demo":
         from nethical_grpc.cli.demo import run_demo
 

@@ -3,7 +3,19 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+
+from nethical_grpc.v1 import governance_pb2
+
+
+def decision_name(value: int) -> str:
+    """``BLOCK`` for ``DECISION_BLOCK``."""
+    return governance_pb2.Decision.Name(value).removeprefix("DECISION_")
+
+
+def severity_name(value: int) -> str:
+    """``HIGH`` for ``SEVERITY_HIGH``."""
+    return governance_pb2.Severity.Name(value).removeprefix("SEVERITY_")
 
 
 def fmt_number(x: float) -> str:
@@ -16,7 +28,11 @@ def fmt_number(x: float) -> str:
     return f"{x:,.4f}".rstrip("0").rstrip(".") if abs(x) < 1000 else f"{x:,.1f}"
 
 
-def render(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def render(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], text_columns: Collection[int] = ()
+) -> str:
+    """Columns padded to their widest cell: the first and ``text_columns`` (indexes)
+    aligned left, the others (numbers) right."""
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
@@ -24,9 +40,9 @@ def render(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     rule = "  ".join("-" * w for w in widths)
     body = [
         "  ".join(
-            c.rjust(w) if i else c.ljust(w)
+            c.ljust(w) if i == 0 or i in text_columns else c.rjust(w)
             for i, (c, w) in enumerate(zip(row, widths, strict=True))
         )
         for row in rows
     ]
-    return "\n".join([line, rule, *body])
+    return "\n".join(text.rstrip() for text in (line, rule, *body))

@@ -19,6 +19,7 @@ import pytest
 
 from nethical_grpc import client
 from nethical_grpc.cli.processes import Child, mesh_command, spawn
+from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
 
 pytestmark = pytest.mark.e2e
 
@@ -131,6 +132,68 @@ def test_cli_table_and_regions(cluster: dict) -> None:  # type: ignore[type-arg]
     bad = run_cli("query", "--target", f"127.0.0.1:{ports['coordinator']}", "--quantile", "2")
     assert bad.returncode == 1
     assert "INVALID_ARGUMENT" in bad.stderr and "quantiles[0]" in bad.stderr
+
+
+async def _evaluate_on(port: int, agent_id: str, texts: list[str]) -> list[str]:
+    """Each text evaluated on the node at ``port``; the decisions' names."""
+    async with client.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = region_node_pb2_grpc.RegionNodeServiceStub(ch)
+        decisions = []
+        for i, text in enumerate(texts):
+            action = governance_pb2.AgentAction(
+                agent_id=agent_id, action_text=text, action_type="command", request_id=f"q{i}"
+            )
+            answer = await stub.Evaluate(region_node_pb2.EvaluateRequest(action=action), timeout=10)
+            decisions.append(governance_pb2.Decision.Name(answer.evaluation.decision))
+        return decisions
+
+
+def test_cli_audit_and_profile_on_a_node(cluster: dict) -> None:  # type: ignore[type-arg]
+    """``nethical-mesh audit`` and ``profile``: a node's audit records and an agent's
+    profile, with their filters, paging up to --limit, JSON, and clear errors."""
+    ports: dict[str, int] = cluster["ports"]  # type: ignore[assignment]
+    node = ("--target", f"127.0.0.1:{ports['us-east-1']}")
+    texts = ["DROP TABLE customers; --", "list the files in the project workspace", "DROP TABLE x"]
+    decisions = asyncio.run(_evaluate_on(ports["us-east-1"], "agent-7", texts))
+    assert decisions[1] == "DECISION_ALLOW" and "DECISION_ALLOW" not in (decisions[0], decisions[2])
+
+    def audit(*args: str) -> list[dict]:  # type: ignore[type-arg]
+        out = run_cli("audit", "--agent-id", "agent-7", "--json", *node, *args)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout).get("records", [])  # type: ignore[no-any-return]
+
+    # the records reach the audit store a moment after the answers
+    deadline = time.monotonic() + 15
+    while len(records := audit()) < 3:
+        assert time.monotonic() < deadline, records
+        time.sleep(0.3)
+    assert [r["actionText"] for r in records] == texts[::-1]  # newest first
+    assert {r["agentId"] for r in records} == {"agent-7"}
+    assert [r["actionText"] for r in audit("drop", "table")] in (texts[::-2], texts[::2])
+    assert [r["actionText"] for r in audit("--decision", "allow")] == [texts[1]]
+    assert len(audit("--min-risk", "0.5")) == 2
+
+    table = run_cli("audit", "--agent-id", "agent-7", "--limit", "2", *node)
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.splitlines()[-1] == "2 records (the first 2; --limit for more)"
+    assert "list the files in the project workspace" in table.stdout
+
+    profile = run_cli("profile", "agent-7", "--json", *node)
+    assert profile.returncode == 0, profile.stderr
+    answer = json.loads(profile.stdout)
+    assert int(answer["evaluations"]) == 3
+    assert sum(int(n) for n in answer["decisionCounts"].values()) == 3
+    assert int(answer["decisionCounts"]["DECISION_ALLOW"]) == 1
+    assert [e["requestId"] for e in answer["recent"]] == ["q2", "q1", "q0"]
+    text = run_cli("profile", "agent-7", *node)
+    assert text.returncode == 0 and "evaluations  3 (ALLOW 1," in text.stdout
+
+    unknown = run_cli("profile", "nobody", *node)
+    assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr
+    out_of_range = run_cli("audit", "--min-risk", "2", *node)
+    assert out_of_range.returncode == 2 and "must be from 0 to 1" in out_of_range.stderr
+    for failed in (unknown, out_of_range):
+        assert "Traceback" not in failed.stderr
 
 
 def test_sigterm_drains_not_serving_first(cluster: dict) -> None:  # type: ignore[type-arg]

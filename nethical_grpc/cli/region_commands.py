@@ -1,0 +1,124 @@
+"""In-region client subcommands, asked of a region node: ``audit`` (its audit search) and
+``profile`` (an agent's risk profile). Their answers hold in-region data (action texts,
+agent ids), which no coordinator RPC returns."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import grpc
+from google.protobuf import json_format, timestamp_pb2
+
+from nethical_grpc import convert
+from nethical_grpc.cli.client_commands import open_channel, report_rpc_error
+from nethical_grpc.cli.table import decision_name, render
+from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
+
+#: Most characters of an action text in the audit table (the whole text is in --json).
+TEXT_COLUMN_CHARS = 60
+
+
+def _when(ts: timestamp_pb2.Timestamp) -> str:
+    return ts.ToDatetime().strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _clipped(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= TEXT_COLUMN_CHARS else line[: TEXT_COLUMN_CHARS - 1] + "…"
+
+
+def audit_request(args: argparse.Namespace) -> region_node_pb2.SearchAuditRequest:
+    request = region_node_pb2.SearchAuditRequest(
+        query=" ".join(args.query),
+        agent_id=args.agent_id,
+        page_size=min(args.limit, 1000),
+    )
+    if args.decision:
+        request.decision = convert.decision_to_proto(args.decision.upper())
+    if args.since:
+        request.start_time.FromNanoseconds(time.time_ns() - args.since)
+    if args.min_risk is not None:
+        request.min_risk = args.min_risk
+    return request
+
+
+async def run_audit(args: argparse.Namespace) -> int:
+    request = audit_request(args)
+    records: list[region_node_pb2.AuditRecord] = []
+    async with open_channel(args) as channel:
+        stub = region_node_pb2_grpc.RegionNodeServiceStub(channel)
+        try:
+            while True:  # page on until --limit records or the last page
+                page = await stub.SearchAudit(request, timeout=args.timeout)
+                records.extend(page.records[: args.limit - len(records)])
+                if not page.next_page_token or len(records) >= args.limit:
+                    break
+                request.page_token = page.next_page_token
+        except grpc.RpcError as err:
+            return report_rpc_error(err)
+    more = bool(page.next_page_token) and len(records) >= args.limit
+    if args.json:
+        answer = region_node_pb2.SearchAuditResponse(records=records)
+        print(json_format.MessageToJson(answer))
+        return 0
+    rows = [
+        [
+            _when(r.time),
+            r.agent_id,
+            decision_name(r.decision),
+            f"{r.risk_score:.3f}",
+            r.action_type or "-",
+            _clipped(r.action_text),
+        ]
+        for r in records
+    ]
+    headers = ["time (UTC)", "agent", "decision", "risk", "type", "action"]
+    print(render(headers, rows, text_columns=(1, 2, 4, 5)))
+    found = f"{len(records)} record" + ("s" if len(records) != 1 else "")
+    print(found + (f" (the first {args.limit}; --limit for more)" if more else ""))
+    return 0
+
+
+async def run_profile(args: argparse.Namespace) -> int:
+    async with open_channel(args) as channel:
+        stub = region_node_pb2_grpc.RegionNodeServiceStub(channel)
+        try:
+            profile = await stub.GetRiskProfile(
+                region_node_pb2.GetRiskProfileRequest(agent_id=args.agent_id),
+                timeout=args.timeout,
+            )
+        except grpc.RpcError as err:
+            return report_rpc_error(err)
+    if args.json:
+        print(json_format.MessageToJson(profile))
+        return 0
+    counts = ", ".join(
+        f"{decision_name(governance_pb2.Decision.Value(name))} {n:,}"
+        for name, n in sorted(
+            profile.decision_counts.items(), key=lambda kv: governance_pb2.Decision.Value(kv[0])
+        )
+    )
+    lines = [
+        f"agent        {profile.agent_id}",
+        f"evaluations  {profile.evaluations:,} ({counts or 'none'})",
+        f"risk         mean {profile.mean_risk:.4f}, max {profile.max_risk:.4f}",
+    ]
+    if profile.HasField("last_seen"):
+        lines.append(f"last seen    {_when(profile.last_seen)}")
+    print("\n".join(lines))
+    if profile.recent:
+        rows = [
+            [
+                _when(e.time),
+                decision_name(e.decision),
+                f"{e.risk_score:.3f}",
+                e.action_type or "-",
+                e.request_id or "-",
+            ]
+            for e in profile.recent
+        ]
+        print()
+        headers = ["time (UTC)", "decision", "risk", "type", "request id"]
+        print(render(headers, rows, text_columns=(1, 3, 4)))
+    return 0
