@@ -67,7 +67,7 @@ from nethical_grpc.storage.timeseries.model import (
     check_name,
     datetime_from_us,
     window_params,
-    window_row,
+    window_rows,
 )
 from nethical_grpc.storage.timeseries.postgres_schema import (
     create_partitions,
@@ -634,7 +634,7 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
             self._table("window_summaries"),
             sql.SQL(" AND ".join(["region_id = %(region)s", *conditions])),
         )
-        return [window_row(r) for r in await self._fetch(query, params)]
+        return window_rows(await self._fetch(query, params))
 
     async def _delete_windows(self, region_id: str, before_ns: int) -> int:
         return await self._execute(

@@ -58,7 +58,7 @@ from nethical_grpc.storage.timeseries.model import (
     datetime_from_us,
     load_json_text,
     window_params,
-    window_row,
+    window_rows,
 )
 from nethical_grpc.storage.timeseries.rollup import AggregatePlan, RollupRows, TimeRange
 
@@ -600,7 +600,7 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
             f"{' AND '.join(['region_id = :region', *conditions])} "
             "ORDER BY window_start_ns, instance_id, metric, labels"
         )
-        return [window_row(r) for r in await self._run(self._fetch, query, params)]
+        return window_rows(await self._run(self._fetch, query, params))
 
     async def _last_window_change(self, region_id: str) -> int:
         return await self._run(lambda: _last_window_change(self._db(), region_id))
