@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -115,12 +117,43 @@ async def test_mtls_and_roles_end_to_end(tmp_path: Path, pki: dict[str, Path]) -
             assert denied.returncode != 0
             assert "UNAUTHENTICATED" in denied.stdout + denied.stderr
             assert client_token.value not in denied.stdout + denied.stderr
+            await _evaluate_and_read_back(tmp_path, cport, rport, user, operator_token.value)
         finally:
             coord.stop()
             logs = coord.log_path.read_text()
             assert client_token.value not in logs and coord_token.value not in logs
     finally:
         region.stop()
+
+
+async def _evaluate_and_read_back(
+    tmp_path: Path, cport: int, rport: int, user: list[str], operator_token: str
+) -> None:
+    """The CLI's evaluate through the gateway with the client's token; its audit record
+    read back from the node with the operator's, and refused with the client's."""
+    client_token = ["--token-file", str(tmp_path / "client.token")]
+    verdict = cli(
+        "evaluate", "DROP TABLE users", "--agent-id", "a9", "--target", f"localhost:{cport}",
+        "--json", *user, *client_token,
+    )  # fmt: skip
+    assert verdict.returncode == 0, verdict.stdout + verdict.stderr
+    assert json.loads(verdict.stdout)["evaluation"]["regionId"] == "sec"
+    node = ["--target", f"localhost:{rport}", *user]
+    refused = cli("audit", *node, *client_token)
+    assert refused.returncode == 1 and "PERMISSION_DENIED" in refused.stderr, refused.stderr
+    (tmp_path / "ops.token").write_text(operator_token)
+    operator = ["--token-file", str(tmp_path / "ops.token")]
+    deadline = time.monotonic() + 15
+    while True:  # the record reaches the audit store a moment after the answer
+        found = cli("audit", "--agent-id", "a9", "--json", *node, *operator)
+        assert found.returncode == 0, found.stderr
+        records = json.loads(found.stdout).get("records", [])
+        if records or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.3)
+    assert [r["actionText"] for r in records] == ["DROP TABLE users"]
+    profile = cli("profile", "a9", "--json", *node, *operator)
+    assert profile.returncode == 0 and int(json.loads(profile.stdout)["evaluations"]) == 1
 
 
 async def _ingest(port: int, pki: dict[str, Path], token: str) -> bool:
