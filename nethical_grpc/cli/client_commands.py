@@ -30,6 +30,9 @@ def report_rpc_error(err: grpc.RpcError) -> int:
     print(f"error: {d.code.name}: {d.message}", file=sys.stderr)
     for v in d.field_violations:
         print(f"  {v.field}: {v.description}", file=sys.stderr)
+    if d.reason:
+        facts = "".join(f", {k}={v}" for k, v in sorted(d.metadata.items()))
+        print(f"  reason: {d.reason}{facts}", file=sys.stderr)
     return 1
 
 
@@ -54,7 +57,7 @@ def results_table(response: coordinator_pb2.GetGlobalMetricsResponse) -> str:
         rows.extend(_rows(r.metric, dict(r.labels), r.statistics, "", len(quantiles)))
         for reg in r.regions:
             rows.extend(_rows(f"  {reg.region_id}", {}, reg.statistics, "", len(quantiles)))
-    return render(headers, rows)
+    return render(headers, rows, text_columns=(1,))
 
 
 def _rows(

@@ -1,5 +1,5 @@
-"""``nethical-mesh``: run region nodes and coordinators; query, evaluate, search audit
-records, read risk profiles, check health; run the demo."""
+"""``nethical-mesh``: run region nodes and coordinators; ingest, query, evaluate, search
+audit records, read risk profiles, check health; run the demo."""
 
 from __future__ import annotations
 
@@ -352,6 +352,38 @@ def build_parser() -> argparse.ArgumentParser:
     add_client_arguments(evaluate)
     _common(evaluate)
 
+    ingest = sub.add_parser(
+        "ingest",
+        help="send observations from a file or stdin to a region node",
+        description="Send the numbers of FILE (or stdin), separated by whitespace or "
+        "commas, to a region node as observations of one series (Ingest, in batches of "
+        "--batch-values). With --batch-id, batch N is PREFIX-N, so running the same "
+        "command again applies only the batches the node has not applied.",
+    )
+    ingest.add_argument("metric", metavar="METRIC", help="the metric name")
+    ingest.add_argument("file", nargs="?", default="-", metavar="FILE", help="- is stdin (-)")
+    ingest.add_argument(
+        "--label",
+        action="append",
+        type=parse_pair,
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label of the series (repeat)",
+    )
+    ingest.add_argument(
+        "--batch-values",
+        type=parse_positive_int,
+        default=10_000,
+        help="values per message (10000; a message is at most the node's limit, 8 MiB: "
+        "about a million values)",
+    )
+    ingest.add_argument("--batch-id", default="", metavar="PREFIX", help="batch id prefix")
+    ingest.add_argument("--target", default="127.0.0.1:50051", help="a region node")
+    ingest.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds")
+    ingest.add_argument("--json", action="store_true", help="print the response as JSON")
+    add_client_arguments(ingest)
+    _common(ingest)
+
     audit = sub.add_parser(
         "audit",
         help="search a region node's audit records (in-region data)",
@@ -466,7 +498,7 @@ def _main(argv: Sequence[str] | None) -> int:
         from nethical_grpc.cli.evaluate_command import run_evaluate
 
         return _run(run_evaluate(args))
-    if args.command in ("audit", "profile"):
+    if args.command in ("ingest", "audit", "profile"):
         from nethical_grpc.cli import region_commands
 
         return _run(getattr(region_commands, f"run_{args.command}")(args))

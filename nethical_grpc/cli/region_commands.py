@@ -1,16 +1,20 @@
-"""In-region client subcommands, asked of a region node: ``audit`` (its audit search) and
-``profile`` (an agent's risk profile). Their answers hold in-region data (action texts,
-agent ids), which no coordinator RPC returns."""
+"""Client subcommands asked of a region node: ``ingest`` (observations from a file or
+stdin), ``audit`` (its audit search) and ``profile`` (an agent's risk profile). The last
+two answer with in-region data (action texts, agent ids), which no coordinator RPC
+returns."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from collections.abc import Iterator
 
 import grpc
+import numpy as np
 from google.protobuf import json_format, timestamp_pb2
 
-from nethical_grpc import convert
+from nethical_grpc import client, convert
 from nethical_grpc.cli.client_commands import open_channel, report_rpc_error
 from nethical_grpc.cli.table import decision_name, render
 from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
@@ -121,4 +125,57 @@ async def run_profile(args: argparse.Namespace) -> int:
         print()
         headers = ["time (UTC)", "decision", "risk", "type", "request id"]
         print(render(headers, rows, text_columns=(1, 3, 4)))
+    return 0
+
+
+def read_values(source: str) -> np.ndarray:
+    """The numbers of ``source`` (a file, or ``-`` for stdin), separated by whitespace or
+    commas. A token that is not a number is a ``ValueError`` naming it."""
+    if source == "-":
+        text = sys.stdin.read()
+    else:
+        with open(source, encoding="utf-8") as f:
+            text = f.read()
+    tokens = text.replace(",", " ").split()
+    try:
+        return np.asarray(tokens, dtype=np.float64)
+    except ValueError as exc:  # "could not convert string to float: 'x'"
+        raise ValueError(f"{source}: {exc}") from None
+
+
+def _batches(args: argparse.Namespace, values: np.ndarray) -> Iterator[bytes]:
+    labels = dict(args.label)
+    for n, at in enumerate(range(0, len(values), args.batch_values)):
+        yield client.encode_ingest_request(
+            args.metric,
+            values[at : at + args.batch_values],
+            labels,
+            batch_id=f"{args.batch_id}-{n}" if args.batch_id else "",
+        )
+
+
+async def run_ingest(args: argparse.Namespace) -> int:
+    try:
+        values = read_values(args.file)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not values.size:
+        print(f"error: no values in {args.file}", file=sys.stderr)
+        return 2
+    async with open_channel(args) as channel:
+        try:
+            answer = await client.ingest(channel, _batches(args, values), timeout=args.timeout)
+        except grpc.RpcError as err:
+            return report_rpc_error(err)
+    if args.json:
+        print(json_format.MessageToJson(answer, always_print_fields_with_no_presence=True))
+        return 0
+    text = (
+        f"applied {answer.accepted_values:,} values in {answer.accepted_batches:,} batches "
+        f"to {args.metric} on {args.target}"
+    )
+    if answer.duplicate_batches:
+        text += f"; {answer.duplicate_batches:,} batches applied before, skipped"
+    print(text)
     return 0

@@ -196,6 +196,52 @@ def test_cli_audit_and_profile_on_a_node(cluster: dict) -> None:  # type: ignore
         assert "Traceback" not in failed.stderr
 
 
+def test_cli_ingest_from_stdin_and_a_file(cluster: dict, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    """``nethical-mesh ingest``: numbers from stdin or a file reach a node in batches; a
+    re-run with the same --batch-id applies nothing twice; bad input is refused whole."""
+    ports: dict[str, int] = cluster["ports"]  # type: ignore[assignment]
+
+    def ingest(
+        region: str, *args: str, data: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        target = ("--target", f"127.0.0.1:{ports[region]}")
+        command = mesh_command("ingest", "queue_depth", *args, *target)
+        return subprocess.run(command, input=data, capture_output=True, text=True, timeout=30)
+
+    numbers = "\n".join(str(v) for v in range(1, 25_001))
+    first = ingest("us-east-1", "--batch-id", "load-1", "--label", "queue=a", data=numbers)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == (
+        f"applied 25,000 values in 3 batches to queue_depth on 127.0.0.1:{ports['us-east-1']}"
+    )
+    again = ingest("us-east-1", "--batch-id", "load-1", "--label", "queue=a", data=numbers)
+    assert again.returncode == 0, again.stderr
+    assert "applied 0 values in 0 batches" in again.stdout
+    assert "3 batches applied before, skipped" in again.stdout
+    values_file = tmp_path / "values.csv"
+    values_file.write_text("0.5, 1.5,2.5\n-4\t1e3\n")
+    from_file = ingest("eu-west-1", str(values_file), "--label", "queue=a", "--json")
+    assert from_file.returncode == 0, from_file.stderr
+    assert json.loads(from_file.stdout)["acceptedValues"] == "5"
+
+    # a bad value refuses its batch whole; a token that is no number stops before sending
+    bad = ingest("eu-west-1", "--batch-values", "2", data="1 2 3 nan 4")
+    assert bad.returncode == 1, bad.stderr
+    assert "values[1]" in bad.stderr and "applied_batches=1, applied_values=2" in bad.stderr
+    garbled = ingest("eu-west-1", data="1 2 three")
+    assert (
+        garbled.returncode == 2 and "could not convert string to float: 'three'" in garbled.stderr
+    )
+    for failed in (bad, garbled):
+        assert "Traceback" not in failed.stderr
+
+    answer = query_json(ports["coordinator"], "--metric", "queue_depth", "--group-by", "queue")
+    by_queue = {r.get("labels", {}).get("queue"): r["statistics"] for r in answer["results"]}
+    assert int(by_queue["a"]["count"]) == 25_005
+    assert float(by_queue["a"]["max"]) == 25_000.0 and float(by_queue["a"]["min"]) == -4.0
+    assert int(by_queue[None]["count"]) == 2  # the bad run's first batch, applied before it
+
+
 def test_sigterm_drains_not_serving_first(cluster: dict) -> None:  # type: ignore[type-arg]
     ports: dict[str, int] = cluster["ports"]  # type: ignore[assignment]
     children: dict[str, Child] = cluster["children"]  # type: ignore[assignment]
