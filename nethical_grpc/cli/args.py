@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 _UNITS = {
     "ns": 1,
@@ -53,12 +57,17 @@ def parse_weight(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"weight must be a number: {text!r}") from None
 
 
+def _number(text: str, convert: Callable[[str], T], what: str) -> T:
+    """``convert(text)``, or the parser's error saying ``text`` is not ``what``."""
+    try:
+        return convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+
+
 def parse_port(text: str) -> int:
     """A TCP port, 0 to 65535 (0: any free port)."""
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    port = _number(text, int, "a port number")
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port must be in 0..65535, got {port}")
     return port
@@ -66,10 +75,7 @@ def parse_port(text: str) -> int:
 
 def parse_positive_int(text: str) -> int:
     """A whole number of at least 1 (a size or a count limit)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    value = _number(text, int, "a whole number")
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -83,10 +89,7 @@ FAIL_AT_CHOICES = DECISION_CHOICES[1:]
 
 def parse_unit_interval(text: str) -> float:
     """A number from 0 to 1 (a risk)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    value = _number(text, float, "a number")
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}")
     return value

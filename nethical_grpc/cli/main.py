@@ -41,6 +41,39 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
+#: Where the client commands call by default: a coordinator's port, a region node's.
+COORDINATOR = "127.0.0.1:50050"
+REGION_NODE = "127.0.0.1:50051"
+
+
+def _client_parser(
+    sub: Any,
+    name: str,
+    help_text: str,
+    *,
+    target: str,
+    timeout: float,
+    description: str | None = None,
+) -> argparse.ArgumentParser:
+    """A client subcommand's parser with what every one takes: --target, --timeout,
+    --json, the TLS and token flags, --log-level."""
+    p: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=description)
+    what = "a coordinator" if target == COORDINATOR else "a region node"
+    p.add_argument("--target", default=target, help=f"{what}, HOST:PORT ({target})")
+    p.add_argument("--timeout", type=float, default=timeout, help=f"deadline in s ({timeout:g})")
+    p.add_argument("--json", action="store_true", help="print the response as JSON")
+    add_client_arguments(p)
+    _common(p)
+    return p
+
+
+def _pairs(p: argparse.ArgumentParser, flag: str, help_text: str) -> None:
+    """A repeatable ``KEY=VALUE`` option, read as a list of pairs."""
+    p.add_argument(
+        flag, action="append", type=parse_pair, default=[], metavar="KEY=VALUE", help=help_text
+    )
+
+
 def _server_args(p: argparse.ArgumentParser, default_port: int) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=parse_port, default=default_port, help="port; 0 picks a free one")
@@ -273,8 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     _server_args(coord, 50050)
     add_client_arguments(coord, prefix="region-")
 
-    query = sub.add_parser("query", help="global metrics from a coordinator")
-    query.add_argument("--target", default="127.0.0.1:50050")
+    query = _client_parser(
+        sub, "query", "global metrics from a coordinator", target=COORDINATOR, timeout=10.0
+    )
     query.add_argument("--metric", action="append", default=[], help="repeat; default all")
     query.add_argument(
         "--quantile", action="append", type=float, default=[], help="repeat; default 0.5 0.9 0.99"
@@ -288,35 +322,28 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="REGION=W",
         help="weights for a weighted mean of region means",
     )
-    query.add_argument(
-        "--label",
-        action="append",
-        type=parse_pair,
-        default=[],
-        metavar="KEY=VALUE",
-        help="only series with this label",
-    )
+    _pairs(query, "--label", "only series with this label")
     query.add_argument("--group-by", action="append", default=[], help="keep a label apart")
     query.add_argument("--since", type=parse_duration_ns, help="only the last DURATION")
     query.add_argument("--breakdown", action="store_true", help="per-region figures too")
     query.add_argument(
         "--region-timeout", type=parse_duration_ns, help="deadline of each region call (2s)"
     )
-    query.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
-    query.add_argument("--json", action="store_true", help="print the response as JSON")
-    add_client_arguments(query)
-    _common(query)
 
-    regions = sub.add_parser("regions", help="regions and instance health from a coordinator")
-    regions.add_argument("--target", default="127.0.0.1:50050")
-    regions.add_argument("--timeout", type=float, default=5.0)
-    regions.add_argument("--json", action="store_true")
-    add_client_arguments(regions)
-    _common(regions)
+    _client_parser(
+        sub,
+        "regions",
+        "regions and instance health from a coordinator",
+        target=COORDINATOR,
+        timeout=5.0,
+    )
 
-    evaluate = sub.add_parser(
+    evaluate = _client_parser(
+        sub,
         "evaluate",
-        help="judge one agent action on a coordinator's gateway (or a region node)",
+        "judge one agent action on a coordinator's gateway (or a region node)",
+        target=COORDINATOR,
+        timeout=10.0,
         description="Send one agent action to a coordinator's gateway (CoordinatorService/"
         "Evaluate, routed to a region node) or, with --node, to a region node itself, and "
         "print the verdict. Exit status: 0 answered, 1 the call failed, 2 a usage error, "
@@ -326,19 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--agent-id", default="cli", help="who acts (cli)")
     evaluate.add_argument("--action-type", default="", help="e.g. query, command, message")
     evaluate.add_argument("--intent", default="", help="what the agent says it is doing")
-    evaluate.add_argument(
-        "--context",
-        action="append",
-        type=parse_pair,
-        default=[],
-        metavar="KEY=VALUE",
-        help="context entry (repeat)",
-    )
+    _pairs(evaluate, "--context", "a context entry (repeat)")
     evaluate.add_argument("--request-id", default="", help="echoed in the answer")
     evaluate.add_argument(
         "--region", default="", help="region to evaluate in (coordinator only; default its own)"
     )
-    evaluate.add_argument("--target", default="127.0.0.1:50050")
     evaluate.add_argument(
         "--node", action="store_true", help="the target is a region node, not a coordinator"
     )
@@ -347,14 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=FAIL_AT_CHOICES,
         help="exit with status 3 when the decision is this or more severe",
     )
-    evaluate.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
-    evaluate.add_argument("--json", action="store_true", help="print the response as JSON")
-    add_client_arguments(evaluate)
-    _common(evaluate)
 
-    ingest = sub.add_parser(
+    ingest = _client_parser(
+        sub,
         "ingest",
-        help="send observations from a file or stdin to a region node",
+        "send observations from a file or stdin to a region node",
+        target=REGION_NODE,
+        timeout=60.0,
         description="Send the numbers of FILE (or stdin), separated by whitespace or "
         "commas, to a region node as observations of one series (Ingest, in batches of "
         "--batch-values). With --batch-id, batch N is PREFIX-N, so running the same "
@@ -362,14 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.add_argument("metric", metavar="METRIC", help="the metric name")
     ingest.add_argument("file", nargs="?", default="-", metavar="FILE", help="- is stdin (-)")
-    ingest.add_argument(
-        "--label",
-        action="append",
-        type=parse_pair,
-        default=[],
-        metavar="KEY=VALUE",
-        help="a label of the series (repeat)",
-    )
+    _pairs(ingest, "--label", "a label of the series (repeat)")
     ingest.add_argument(
         "--batch-values",
         type=parse_positive_int,
@@ -378,15 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
         "about a million values)",
     )
     ingest.add_argument("--batch-id", default="", metavar="PREFIX", help="batch id prefix")
-    ingest.add_argument("--target", default="127.0.0.1:50051", help="a region node")
-    ingest.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds")
-    ingest.add_argument("--json", action="store_true", help="print the response as JSON")
-    add_client_arguments(ingest)
-    _common(ingest)
 
-    audit = sub.add_parser(
+    audit = _client_parser(
+        sub,
         "audit",
-        help="search a region node's audit records (in-region data)",
+        "search a region node's audit records (in-region data)",
+        target=REGION_NODE,
+        timeout=10.0,
         description="Search a region node's audit records (SearchAudit): every word of "
         "QUERY in the action text or stated intent (none: every record), ranked by "
         "relevance, else newest first; pages are fetched until --limit records.",
@@ -399,21 +408,15 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument(
         "--limit", type=parse_positive_int, default=50, help="most records to print (50)"
     )
-    audit.add_argument("--target", default="127.0.0.1:50051", help="a region node")
-    audit.add_argument("--timeout", type=float, default=10.0, help="deadline of each page")
-    audit.add_argument("--json", action="store_true", help="print the records as JSON")
-    add_client_arguments(audit)
-    _common(audit)
 
-    profile = sub.add_parser(
-        "profile", help="an agent's risk profile on a region node (in-region data)"
+    profile = _client_parser(
+        sub,
+        "profile",
+        "an agent's risk profile on a region node (in-region data)",
+        target=REGION_NODE,
+        timeout=10.0,
     )
     profile.add_argument("agent_id", metavar="AGENT", help="the agent id")
-    profile.add_argument("--target", default="127.0.0.1:50051", help="a region node")
-    profile.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
-    profile.add_argument("--json", action="store_true", help="print the response as JSON")
-    add_client_arguments(profile)
-    _common(profile)
 
     health = sub.add_parser("health", help="grpc.health.v1 Check: exit 0 only when SERVING")
     health.add_argument("target", help="HOST:PORT")
