@@ -1,5 +1,5 @@
 """``nethical-mesh``: run region nodes and coordinators; ingest, query, evaluate, search
-audit records, read risk profiles, check health; run the demo."""
+audit records, read risk profiles and node info, check health; run the demo."""
 
 from __future__ import annotations
 
@@ -367,6 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit with status 3 when the decision is this or more severe",
     )
 
+    _client_parser(
+        sub,
+        "info",
+        "what a region node is: identity, windows, model, stores and their backends",
+        target=REGION_NODE,
+        timeout=5.0,
+    )
+
     ingest = _client_parser(
         sub,
         "ingest",
@@ -501,7 +509,7 @@ def _main(argv: Sequence[str] | None) -> int:
         from nethical_grpc.cli.evaluate_command import run_evaluate
 
         return _run(run_evaluate(args))
-    if args.command in ("ingest", "audit", "profile"):
+    if args.command in ("info", "ingest", "audit", "profile"):
         from nethical_grpc.cli import region_commands
 
         return _run(getattr(region_commands, f"run_{args.command}")(args))

@@ -1,7 +1,7 @@
-"""Client subcommands asked of a region node: ``ingest`` (observations from a file or
-stdin), ``audit`` (its audit search) and ``profile`` (an agent's risk profile). The last
-two answer with in-region data (action texts, agent ids), which no coordinator RPC
-returns."""
+"""Client subcommands asked of a region node: ``info`` (what it is and runs on),
+``ingest`` (observations from a file or stdin), ``audit`` (its audit search) and
+``profile`` (an agent's risk profile). The last two answer with in-region data (action
+texts, agent ids), which no coordinator RPC returns."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import grpc
 import numpy as np
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import duration_pb2, json_format, timestamp_pb2
 
 from nethical_grpc import client, convert
 from nethical_grpc.cli.client_commands import open_channel, report_rpc_error
@@ -178,4 +178,63 @@ async def run_ingest(args: argparse.Namespace) -> int:
     if answer.duplicate_batches:
         text += f"; {answer.duplicate_batches:,} batches applied before, skipped"
     print(text)
+    return 0
+
+
+def _duration(d: duration_pb2.Duration) -> str:
+    seconds = d.ToTimedelta().total_seconds()
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def node_info_text(info: region_node_pb2.GetNodeInfoResponse, now_s: float) -> str:
+    """A node's identity, windows, model, stores and components for a terminal."""
+    scope = region_node_pb2.DataScope.Name(info.scope).removeprefix("DATA_SCOPE_").lower()
+    windows = f"{_duration(info.window)} windows kept {_duration(info.retention)}"
+    if info.HasField("rollup_after"):
+        windows += (
+            f", rolled up into {_duration(info.rollup_window)} past {_duration(info.rollup_after)}"
+        )
+    lines = [
+        f"region       {info.region_id}, instance {info.instance_id} (data scope: {scope})",
+        f"version      {info.version}",
+    ]
+    if info.HasField("started_at"):
+        up = max(0.0, now_s - info.started_at.ToNanoseconds() / 1e9)
+        lines.append(f"serving for  {up:,.0f} s (since {_when(info.started_at)})")
+    lines += [
+        f"windows      {windows}; sketch scale {info.histogram_scale}",
+        f"holds        {info.series_count:,} series, {info.window_count:,} windows",
+    ]
+    if info.HasField("model"):
+        m = info.model
+        lines.append(f"model        {m.name}, {m.feature_width} features, {m.engine}")
+    for st in info.stores:
+        line = f"store        {st.store}: {st.backend}"
+        if st.requested and not st.requested.startswith("memory:"):
+            line += f" ({st.requested})"
+        if st.reason:
+            line += f", in its place: {st.reason}"
+        if st.problem:
+            line += f"; failing: {st.problem}"
+        lines.append(line)
+    lines += [f"component    {k}: {v}" for k, v in sorted(info.components.items())]
+    return "\n".join(lines)
+
+
+async def run_info(args: argparse.Namespace) -> int:
+    async with open_channel(args) as channel:
+        stub = region_node_pb2_grpc.RegionNodeServiceStub(channel)
+        try:
+            info = await stub.GetNodeInfo(
+                region_node_pb2.GetNodeInfoRequest(), timeout=args.timeout
+            )
+        except grpc.RpcError as err:
+            return report_rpc_error(err)
+    if args.json:
+        print(json_format.MessageToJson(info))
+    else:
+        print(node_info_text(info, time.time()))
     return 0

@@ -149,8 +149,9 @@ async def _evaluate_on(port: int, agent_id: str, texts: list[str]) -> list[str]:
 
 
 def test_cli_audit_and_profile_on_a_node(cluster: dict) -> None:  # type: ignore[type-arg]
-    """``nethical-mesh audit`` and ``profile``: a node's audit records and an agent's
-    profile, with their filters, paging up to --limit, JSON, and clear errors."""
+    """``nethical-mesh audit``, ``profile`` and ``info``: a node's audit records, an
+    agent's profile and the node itself, with filters, paging up to --limit, JSON, and
+    clear errors."""
     ports: dict[str, int] = cluster["ports"]  # type: ignore[assignment]
     node = ("--target", f"127.0.0.1:{ports['us-east-1']}")
     texts = ["DROP TABLE customers; --", "list the files in the project workspace", "DROP TABLE x"]
@@ -187,6 +188,13 @@ def test_cli_audit_and_profile_on_a_node(cluster: dict) -> None:  # type: ignore
     assert [e["requestId"] for e in answer["recent"]] == ["q2", "q1", "q0"]
     text = run_cli("profile", "agent-7", *node)
     assert text.returncode == 0 and "evaluations  3 (ALLOW 1," in text.stdout
+
+    info = run_cli("info", *node)
+    assert info.returncode == 0, info.stderr
+    assert info.stdout.splitlines()[0] == (
+        "region       us-east-1, instance us-east-1 (data scope: instance)"
+    )
+    assert "store        audit: memory" in info.stdout.splitlines()
 
     unknown = run_cli("profile", "nobody", *node)
     assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr

@@ -1,0 +1,86 @@
+"""The region-node client commands' pure parts: reading values, and a node's info for a
+terminal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from nethical_grpc.cli.region_commands import node_info_text, read_values
+from nethical_grpc.v1 import region_node_pb2
+
+
+def test_values_split_on_whitespace_and_commas(tmp_path: Path) -> None:
+    path = tmp_path / "v.txt"
+    path.write_text("1, 2.5,-3\n\t4e2   5\r\n,\n")
+    np.testing.assert_array_equal(read_values(str(path)), [1.0, 2.5, -3.0, 400.0, 5.0])
+
+
+def test_a_token_that_is_no_number_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "v.txt"
+    path.write_text("1 2 3,x4")
+    with pytest.raises(ValueError, match=r"v.txt: could not convert string to float: 'x4'"):
+        read_values(str(path))
+
+
+def _seconds(s: int) -> duration_pb2.Duration:
+    return duration_pb2.Duration(seconds=s)
+
+
+def test_node_info_names_its_windows_model_stores_and_components() -> None:
+    info = region_node_pb2.GetNodeInfoResponse(
+        region_id="eu-west-1",
+        instance_id="eu-west-1-0",
+        scope=region_node_pb2.DATA_SCOPE_REGION,
+        window=_seconds(10),
+        retention=_seconds(86_400),
+        rollup_after=_seconds(3_600),
+        rollup_window=_seconds(300),
+        series_count=1_500,
+        window_count=541_500,
+        histogram_scale=6,
+        version="0.1.0",
+        components={"jit": "numba", "detection": "1 worker"},
+        stores=[
+            region_node_pb2.StoreStatus(
+                store="cache", backend="redis", requested="redis://r:6379/0"
+            ),
+            region_node_pb2.StoreStatus(
+                store="timeseries",
+                backend="sqlite (memory)",
+                requested="postgresql://pg:5432/nethical",
+                reason="unreachable (connection refused)",
+            ),
+            region_node_pb2.StoreStatus(
+                store="audit", backend="memory", requested="memory://", problem="disk full"
+            ),
+        ],
+        model=region_node_pb2.ModelInfo(name="default-mlp", feature_width=590, engine="numpy"),
+        started_at=timestamp_pb2.Timestamp(seconds=1_000),
+    )
+    assert node_info_text(info, now_s=1_090.4).splitlines() == [
+        "region       eu-west-1, instance eu-west-1-0 (data scope: region)",
+        "version      0.1.0",
+        "serving for  90 s (since 1970-01-01T00:16:40.000Z)",
+        "windows      10s windows kept 1d, rolled up into 5m past 1h; sketch scale 6",
+        "holds        1,500 series, 541,500 windows",
+        "model        default-mlp, 590 features, numpy",
+        "store        cache: redis (redis://r:6379/0)",
+        "store        timeseries: sqlite (memory) (postgresql://pg:5432/nethical), in its "
+        "place: unreachable (connection refused)",
+        "store        audit: memory; failing: disk full",
+        "component    detection: 1 worker",
+        "component    jit: numba",
+    ]
+
+
+def test_node_info_without_rollup_model_or_start() -> None:
+    info = region_node_pb2.GetNodeInfoResponse(
+        region_id="r", instance_id="i", window=_seconds(15), retention=_seconds(5_400)
+    )
+    text = node_info_text(info, now_s=0.0)
+    assert "windows      15s windows kept 90m; sketch scale 0" in text
+    assert "model" not in text and "serving for" not in text and "rolled up" not in text
