@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
+import signal
 import sys
 import time
 
@@ -30,7 +33,7 @@ def report_rpc_error(err: grpc.RpcError) -> int:
     print(f"error: {d.code.name}: {d.message}", file=sys.stderr)
     for v in d.field_violations:
         print(f"  {v.field}: {v.description}", file=sys.stderr)
-    if d.reason:
+    if d.reason and (d.reason != d.code.name or d.metadata):
         facts = "".join(f", {k}={v}" for k, v in sorted(d.metadata.items()))
         print(f"  reason: {d.reason}{facts}", file=sys.stderr)
     return 1
@@ -95,8 +98,10 @@ def coverage_line(c: coordinator_pb2.Coverage) -> str:
     return text
 
 
-async def run_query(args: argparse.Namespace) -> int:
-    opts = client.QueryOptions(
+def _query_options(args: argparse.Namespace) -> client.QueryOptions:
+    """The query the flags ask for; ``--since`` counts back from now (each time, when
+    watching)."""
+    return client.QueryOptions(
         metrics=args.metric,
         quantiles=args.quantile,
         regions=args.region,
@@ -107,20 +112,66 @@ async def run_query(args: argparse.Namespace) -> int:
         include_region_breakdown=args.breakdown,
         region_timeout_s=args.region_timeout / 1e9 if args.region_timeout else None,
     )
+
+
+def _print_answer(
+    args: argparse.Namespace, response: coordinator_pb2.GetGlobalMetricsResponse
+) -> None:
+    if args.json:
+        # watching: one answer per line (JSON Lines)
+        print(json_format.MessageToJson(response, indent=None if args.watch else 2), flush=True)
+        return
+    print(results_table(response))
+    for r in response.results:
+        if r.HasField("weighted_mean"):
+            print(f"weighted mean of {r.metric}: {fmt_number(r.weighted_mean)}")
+    print(coverage_line(response.coverage), flush=True)
+
+
+async def run_query(args: argparse.Namespace) -> int:
     async with open_channel(args) as channel:
+        if args.watch:
+            return await _watch(args, channel)
         try:
-            response = await client.global_metrics(channel, opts, timeout=args.timeout)
+            response = await client.global_metrics(
+                channel, _query_options(args), timeout=args.timeout
+            )
         except grpc.RpcError as err:
             return report_rpc_error(err)
-    if args.json:
-        print(json_format.MessageToJson(response))
-        return 0
-    print(results_table(response))
-    if any(r.HasField("weighted_mean") for r in response.results):
-        for r in response.results:
-            if r.HasField("weighted_mean"):
-                print(f"weighted mean of {r.metric}: {fmt_number(r.weighted_mean)}")
-    print(coverage_line(response.coverage))
+    _print_answer(args, response)
+    return 0
+
+
+async def _watch(args: argparse.Namespace, channel: grpc.aio.Channel) -> int:
+    """The query again every ``--watch`` until Ctrl-C or SIGTERM (exit 0). A failed query
+    is reported and the watch goes on (a coordinator restarting, say), but for bad input,
+    which asking again cannot mend (exit 1)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    interval_s = args.watch / 1e9
+    tty = sys.stdout.isatty() and not args.json
+    while not stop.is_set():
+        began = time.monotonic()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        try:
+            response = await client.global_metrics(
+                channel, _query_options(args), timeout=args.timeout
+            )
+        except grpc.RpcError as err:
+            if details_from_error(err).code == grpc.StatusCode.INVALID_ARGUMENT:
+                return report_rpc_error(err)
+            print(f"{stamp} ", end="", file=sys.stderr)
+            report_rpc_error(err)
+        else:
+            if tty:
+                print("\x1b[H\x1b[2J", end="")
+            if not args.json:
+                print(f"{stamp}, every {interval_s:g}s (Ctrl-C stops)")
+            _print_answer(args, response)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), max(0.0, began + interval_s - time.monotonic()))
     return 0
 
 

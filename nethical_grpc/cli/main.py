@@ -329,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument(
         "--region-timeout", type=parse_duration_ns, help="deadline of each region call (2s)"
     )
+    query.add_argument(
+        "--watch",
+        type=parse_duration_ns,
+        metavar="INTERVAL",
+        help="ask again every INTERVAL (e.g. 2s) until Ctrl-C; with --json, one line an answer",
+    )
 
     _client_parser(
         sub,

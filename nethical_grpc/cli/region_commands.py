@@ -16,7 +16,7 @@ from google.protobuf import duration_pb2, json_format, timestamp_pb2
 
 from nethical_grpc import client, convert
 from nethical_grpc.cli.client_commands import open_channel, report_rpc_error
-from nethical_grpc.cli.table import decision_name, render
+from nethical_grpc.cli.table import counted, decision_name, render
 from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
 
 #: Most characters of an action text in the audit table (the whole text is in --json).
@@ -79,7 +79,7 @@ async def run_audit(args: argparse.Namespace) -> int:
     ]
     headers = ["time (UTC)", "agent", "decision", "risk", "type", "action"]
     print(render(headers, rows, text_columns=(1, 2, 4, 5)))
-    found = f"{len(records)} record" + ("s" if len(records) != 1 else "")
+    found = counted(len(records), "record", "records")
     print(found + (f" (the first {args.limit}; --limit for more)" if more else ""))
     return 0
 
@@ -172,11 +172,12 @@ async def run_ingest(args: argparse.Namespace) -> int:
         print(json_format.MessageToJson(answer, always_print_fields_with_no_presence=True))
         return 0
     text = (
-        f"applied {answer.accepted_values:,} values in {answer.accepted_batches:,} batches "
-        f"to {args.metric} on {args.target}"
+        f"applied {counted(answer.accepted_values, 'value', 'values')} in "
+        f"{counted(answer.accepted_batches, 'batch', 'batches')} to {args.metric} on "
+        f"{args.target}"
     )
     if answer.duplicate_batches:
-        text += f"; {answer.duplicate_batches:,} batches applied before, skipped"
+        text += f"; {counted(answer.duplicate_batches, 'batch', 'batches')} applied before, skipped"
     print(text)
     return 0
 

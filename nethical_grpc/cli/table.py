@@ -18,6 +18,11 @@ def severity_name(value: int) -> str:
     return governance_pb2.Severity.Name(value).removeprefix("SEVERITY_")
 
 
+def counted(n: int, one: str, many: str) -> str:
+    """``1 batch``, ``2,000 batches``."""
+    return f"{n:,} {one if n == 1 else many}"
+
+
 def fmt_number(x: float) -> str:
     if isinstance(x, int):
         return f"{x:,}"

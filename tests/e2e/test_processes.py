@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import time
@@ -248,6 +249,44 @@ def test_cli_ingest_from_stdin_and_a_file(cluster: dict, tmp_path: Path) -> None
     assert int(by_queue["a"]["count"]) == 25_005
     assert float(by_queue["a"]["max"]) == 25_000.0 and float(by_queue["a"]["min"]) == -4.0
     assert int(by_queue[None]["count"]) == 2  # the bad run's first batch, applied before it
+
+
+def test_cli_query_watch_follows_new_data_and_stops_on_ctrl_c(cluster: dict) -> None:  # type: ignore[type-arg]
+    """``query --watch``: each answer is asked afresh (new data shows), one JSON line an
+    answer with --json; Ctrl-C ends it with status 0; bad input ends it at once."""
+    ports: dict[str, int] = cluster["ports"]  # type: ignore[assignment]
+    target = ("--target", f"127.0.0.1:{ports['coordinator']}")
+    asyncio.run(_ingest(ports["us-east-1"], np.arange(1.0, 1001.0)))
+    proc = subprocess.Popen(
+        mesh_command("query", *target, "--metric", "latency_ms", "--watch", "0.2s", "--json"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+
+        def next_count() -> int:
+            ready, _, _ = select.select([proc.stdout], [], [], 15)
+            assert ready, "no answer within 15 s"
+            answer = json.loads(proc.stdout.readline())  # type: ignore[union-attr]
+            return int(answer["results"][0]["statistics"]["count"])
+
+        assert next_count() == 1000
+        assert next_count() == 1000
+        asyncio.run(_ingest(ports["eu-west-1"], np.arange(1.0, 501.0)))
+        deadline = time.monotonic() + 15
+        while next_count() != 1500:
+            assert time.monotonic() < deadline
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0
+        assert "Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    bad = run_cli("query", *target, "--watch", "1s", "--quantile", "2")
+    assert bad.returncode == 1 and "quantiles[0]" in bad.stderr
 
 
 def test_sigterm_drains_not_serving_first(cluster: dict) -> None:  # type: ignore[type-arg]
