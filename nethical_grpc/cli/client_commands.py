@@ -9,9 +9,12 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 
 from nethical_grpc import client
@@ -19,6 +22,8 @@ from nethical_grpc.cli.table import fmt_number, render
 from nethical_grpc.errors import details_from_error
 from nethical_grpc.security.config import client_security_from_args
 from nethical_grpc.v1 import coordinator_pb2, coordinator_pb2_grpc
+
+T = TypeVar("T")
 
 _REASONS = {
     v: k.removeprefix("MISSING_REASON_").lower() for k, v in coordinator_pb2.MissingReason.items()
@@ -119,7 +124,8 @@ def _print_answer(
 ) -> None:
     if args.json:
         # watching: one answer per line (JSON Lines)
-        print(json_format.MessageToJson(response, indent=None if args.watch else 2), flush=True)
+        print_json(response, indent=None if args.watch else 2)
+        sys.stdout.flush()
         return
     print(results_table(response))
     for r in response.results:
@@ -129,15 +135,14 @@ def _print_answer(
 
 
 async def run_query(args: argparse.Namespace) -> int:
-    async with open_channel(args) as channel:
-        if args.watch:
+    if args.watch:
+        async with open_channel(args) as channel:
             return await _watch(args, channel)
-        try:
-            response = await client.global_metrics(
-                channel, _query_options(args), timeout=args.timeout
-            )
-        except grpc.RpcError as err:
-            return report_rpc_error(err)
+    response = await ask(
+        args, lambda ch: client.global_metrics(ch, _query_options(args), timeout=args.timeout)
+    )
+    if response is None:
+        return 1
     _print_answer(args, response)
     return 0
 
@@ -185,18 +190,55 @@ def open_channel(args: argparse.Namespace) -> grpc.aio.Channel:
         raise SystemExit(2) from None
 
 
-async def run_regions(args: argparse.Namespace) -> int:
+async def ask(
+    args: argparse.Namespace, call: Callable[[grpc.aio.Channel], Awaitable[T]]
+) -> T | None:
+    """``call`` on a channel the flags describe: its answer, or None when it failed (the
+    error then said on stderr, as :func:`report_rpc_error` says it)."""
     async with open_channel(args) as channel:
-        stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
         try:
-            response = await stub.ListRegions(
-                coordinator_pb2.ListRegionsRequest(), timeout=args.timeout
-            )
+            return await call(channel)
         except grpc.RpcError as err:
-            return report_rpc_error(err)
+            report_rpc_error(err)
+            return None
+
+
+def print_json(message: Message, **options: Any) -> None:
+    print(json_format.MessageToJson(message, **options))
+
+
+M = TypeVar("M", bound=Message)
+
+
+async def show(
+    args: argparse.Namespace,
+    call: Callable[[grpc.aio.Channel], Awaitable[M]],
+    text_of: Callable[[M], str],
+    **json_options: Any,
+) -> int:
+    """The answer to ``call`` printed as ``--json`` asks (as JSON, else ``text_of`` it):
+    exit status 0, or 1 when the call failed."""
+    answer = await ask(args, call)
+    if answer is None:
+        return 1
     if args.json:
-        print(json_format.MessageToJson(response))
-        return 0
+        print_json(answer, **json_options)
+    else:
+        print(text_of(answer))
+    return 0
+
+
+async def run_regions(args: argparse.Namespace) -> int:
+    return await show(
+        args,
+        lambda ch: coordinator_pb2_grpc.CoordinatorServiceStub(ch).ListRegions(
+            coordinator_pb2.ListRegionsRequest(), timeout=args.timeout
+        ),
+        regions_table,
+    )
+
+
+def regions_table(response: coordinator_pb2.ListRegionsResponse) -> str:
     rows = [
         [
             r.region_id,
@@ -213,8 +255,7 @@ async def run_regions(args: argparse.Namespace) -> int:
         for i in r.instances
     ]
     headers = ["region", "instance", "endpoint", "health", "requests", "err%", "ewma ms"]
-    print(render([*headers, "in-flight", "ejected"], rows, text_columns=(1, 2, 3, 8)))
-    return 0
+    return render([*headers, "in-flight", "ejected"], rows, text_columns=(1, 2, 3, 8))
 
 
 async def run_health(args: argparse.Namespace) -> int:

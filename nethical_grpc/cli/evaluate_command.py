@@ -6,12 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-import grpc
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from nethical_grpc import convert
-from nethical_grpc.cli.client_commands import open_channel, report_rpc_error
+from nethical_grpc.cli.client_commands import ask, print_json
 from nethical_grpc.cli.table import decision_name, severity_name
 from nethical_grpc.v1 import (
     coordinator_pb2,
@@ -76,27 +74,33 @@ async def run_evaluate(args: argparse.Namespace) -> int:
         )
         return 2
     action = read_action(args)
-    async with open_channel(args) as channel:
-        try:
-            if args.node:
-                answer = await region_node_pb2_grpc.RegionNodeServiceStub(channel).Evaluate(
-                    region_node_pb2.EvaluateRequest(action=action), timeout=args.timeout
-                )
-                response: Message = answer
-                evaluation, endpoint, attempts = answer.evaluation, args.target, 1
-            else:
-                routed = await coordinator_pb2_grpc.CoordinatorServiceStub(channel).Evaluate(
-                    coordinator_pb2.CoordinatorServiceEvaluateRequest(
-                        action=action, region_id=args.region
-                    ),
-                    timeout=args.timeout,
-                )
-                response = routed
-                evaluation, endpoint, attempts = routed.evaluation, routed.endpoint, routed.attempts
-        except grpc.RpcError as err:
-            return report_rpc_error(err)
+    response: Message
+    if args.node:
+        answer = await ask(
+            args,
+            lambda ch: region_node_pb2_grpc.RegionNodeServiceStub(ch).Evaluate(
+                region_node_pb2.EvaluateRequest(action=action), timeout=args.timeout
+            ),
+        )
+        if answer is None:
+            return 1
+        response, evaluation, endpoint, attempts = answer, answer.evaluation, args.target, 1
+    else:
+        routed = await ask(
+            args,
+            lambda ch: coordinator_pb2_grpc.CoordinatorServiceStub(ch).Evaluate(
+                coordinator_pb2.CoordinatorServiceEvaluateRequest(
+                    action=action, region_id=args.region
+                ),
+                timeout=args.timeout,
+            ),
+        )
+        if routed is None:
+            return 1
+        response, evaluation = routed, routed.evaluation
+        endpoint, attempts = routed.endpoint, routed.attempts
     if args.json:
-        print(json_format.MessageToJson(response))
+        print_json(response)
     else:
         print(verdict_text(evaluation, endpoint, attempts))
     at_or_above = args.fail_at is not None and evaluation.decision >= convert.decision_to_proto(

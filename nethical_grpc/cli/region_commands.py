@@ -12,10 +12,10 @@ from collections.abc import Iterator
 
 import grpc
 import numpy as np
-from google.protobuf import duration_pb2, json_format, timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from nethical_grpc import client, convert
-from nethical_grpc.cli.client_commands import open_channel, report_rpc_error
+from nethical_grpc.cli.client_commands import ask, print_json, show
 from nethical_grpc.cli.table import counted, decision_name, render
 from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
 
@@ -50,21 +50,27 @@ def audit_request(args: argparse.Namespace) -> region_node_pb2.SearchAuditReques
 async def run_audit(args: argparse.Namespace) -> int:
     request = audit_request(args)
     records: list[region_node_pb2.AuditRecord] = []
-    async with open_channel(args) as channel:
+
+    async def pages(channel: grpc.aio.Channel) -> bool:
+        """Pages until --limit records or the last; whether more were left."""
         stub = region_node_pb2_grpc.RegionNodeServiceStub(channel)
-        try:
-            while True:  # page on until --limit records or the last page
-                page = await stub.SearchAudit(request, timeout=args.timeout)
-                records.extend(page.records[: args.limit - len(records)])
-                if not page.next_page_token or len(records) >= args.limit:
-                    break
-                request.page_token = page.next_page_token
-        except grpc.RpcError as err:
-            return report_rpc_error(err)
-    more = bool(page.next_page_token) and len(records) >= args.limit
+        while True:
+            page = await stub.SearchAudit(request, timeout=args.timeout)
+            room = args.limit - len(records)
+            records.extend(page.records[:room])
+            if len(page.records) > room:
+                return True
+            if not page.next_page_token:
+                return False
+            if len(records) >= args.limit:
+                return True
+            request.page_token = page.next_page_token
+
+    more = await ask(args, pages)
+    if more is None:
+        return 1
     if args.json:
-        answer = region_node_pb2.SearchAuditResponse(records=records)
-        print(json_format.MessageToJson(answer))
+        print_json(region_node_pb2.SearchAuditResponse(records=records))
         return 0
     rows = [
         [
@@ -85,18 +91,17 @@ async def run_audit(args: argparse.Namespace) -> int:
 
 
 async def run_profile(args: argparse.Namespace) -> int:
-    async with open_channel(args) as channel:
-        stub = region_node_pb2_grpc.RegionNodeServiceStub(channel)
-        try:
-            profile = await stub.GetRiskProfile(
-                region_node_pb2.GetRiskProfileRequest(agent_id=args.agent_id),
-                timeout=args.timeout,
-            )
-        except grpc.RpcError as err:
-            return report_rpc_error(err)
-    if args.json:
-        print(json_format.MessageToJson(profile))
-        return 0
+    return await show(
+        args,
+        lambda ch: region_node_pb2_grpc.RegionNodeServiceStub(ch).GetRiskProfile(
+            region_node_pb2.GetRiskProfileRequest(agent_id=args.agent_id), timeout=args.timeout
+        ),
+        profile_text,
+    )
+
+
+def profile_text(profile: region_node_pb2.GetRiskProfileResponse) -> str:
+    """An agent's counts, risk, last time seen and recent decisions for a terminal."""
     counts = ", ".join(
         f"{decision_name(governance_pb2.Decision.Value(name))} {n:,}"
         for name, n in sorted(
@@ -110,7 +115,6 @@ async def run_profile(args: argparse.Namespace) -> int:
     ]
     if profile.HasField("last_seen"):
         lines.append(f"last seen    {_when(profile.last_seen)}")
-    print("\n".join(lines))
     if profile.recent:
         rows = [
             [
@@ -122,10 +126,9 @@ async def run_profile(args: argparse.Namespace) -> int:
             ]
             for e in profile.recent
         ]
-        print()
         headers = ["time (UTC)", "decision", "risk", "type", "request id"]
-        print(render(headers, rows, text_columns=(1, 3, 4)))
-    return 0
+        lines += ["", render(headers, rows, text_columns=(1, 3, 4))]
+    return "\n".join(lines)
 
 
 def read_values(source: str) -> np.ndarray:
@@ -163,23 +166,24 @@ async def run_ingest(args: argparse.Namespace) -> int:
     if not values.size:
         print(f"error: no values in {args.file}", file=sys.stderr)
         return 2
-    async with open_channel(args) as channel:
-        try:
-            answer = await client.ingest(channel, _batches(args, values), timeout=args.timeout)
-        except grpc.RpcError as err:
-            return report_rpc_error(err)
-    if args.json:
-        print(json_format.MessageToJson(answer, always_print_fields_with_no_presence=True))
-        return 0
-    text = (
-        f"applied {counted(answer.accepted_values, 'value', 'values')} in "
-        f"{counted(answer.accepted_batches, 'batch', 'batches')} to {args.metric} on "
-        f"{args.target}"
+
+    def text_of(answer: region_node_pb2.IngestResponse) -> str:
+        text = (
+            f"applied {counted(answer.accepted_values, 'value', 'values')} in "
+            f"{counted(answer.accepted_batches, 'batch', 'batches')} to {args.metric} on "
+            f"{args.target}"
+        )
+        if answer.duplicate_batches:
+            skipped = counted(answer.duplicate_batches, "batch", "batches")
+            text += f"; {skipped} applied before, skipped"
+        return text
+
+    return await show(
+        args,
+        lambda ch: client.ingest(ch, _batches(args, values), timeout=args.timeout),
+        text_of,
+        always_print_fields_with_no_presence=True,
     )
-    if answer.duplicate_batches:
-        text += f"; {counted(answer.duplicate_batches, 'batch', 'batches')} applied before, skipped"
-    print(text)
-    return 0
 
 
 def _duration(d: duration_pb2.Duration) -> str:
@@ -226,16 +230,10 @@ def node_info_text(info: region_node_pb2.GetNodeInfoResponse, now_s: float) -> s
 
 
 async def run_info(args: argparse.Namespace) -> int:
-    async with open_channel(args) as channel:
-        stub = region_node_pb2_grpc.RegionNodeServiceStub(channel)
-        try:
-            info = await stub.GetNodeInfo(
-                region_node_pb2.GetNodeInfoRequest(), timeout=args.timeout
-            )
-        except grpc.RpcError as err:
-            return report_rpc_error(err)
-    if args.json:
-        print(json_format.MessageToJson(info))
-    else:
-        print(node_info_text(info, time.time()))
-    return 0
+    return await show(
+        args,
+        lambda ch: region_node_pb2_grpc.RegionNodeServiceStub(ch).GetNodeInfo(
+            region_node_pb2.GetNodeInfoRequest(), timeout=args.timeout
+        ),
+        lambda info: node_info_text(info, time.time()),
+    )
