@@ -1,4 +1,7 @@
-"""Client subcommands: query, regions, health."""
+"""Client subcommands asked of a coordinator (query, regions) or any server (health),
+and what every client subcommand shares: the channel its flags describe, one call on it
+with its errors said on stderr (:func:`ask`), and its answer printed as JSON or text
+(:func:`show`)."""
 
 from __future__ import annotations
 
@@ -157,13 +160,22 @@ async def _watch(args: argparse.Namespace, channel: grpc.aio.Channel) -> int:
         loop.add_signal_handler(sig, stop.set)
     interval_s = args.watch / 1e9
     tty = sys.stdout.isatty() and not args.json
+    stopped = asyncio.ensure_future(stop.wait())
     while not stop.is_set():
         began = time.monotonic()
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        query = asyncio.ensure_future(
+            client.global_metrics(channel, _query_options(args), timeout=args.timeout)
+        )
+        # Ctrl-C during a slow query stops at once, not at its deadline
+        await asyncio.wait({query, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            query.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.RpcError):
+                await query
+            break
         try:
-            response = await client.global_metrics(
-                channel, _query_options(args), timeout=args.timeout
-            )
+            response = query.result()
         except grpc.RpcError as err:
             if details_from_error(err).code == grpc.StatusCode.INVALID_ARGUMENT:
                 return report_rpc_error(err)
@@ -175,8 +187,8 @@ async def _watch(args: argparse.Namespace, channel: grpc.aio.Channel) -> int:
             if not args.json:
                 print(f"{stamp}, every {interval_s:g}s (Ctrl-C stops)")
             _print_answer(args, response)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), max(0.0, began + interval_s - time.monotonic()))
+        await asyncio.wait({stopped}, timeout=max(0.0, began + interval_s - time.monotonic()))
+    stopped.cancel()
     return 0
 
 
@@ -204,6 +216,7 @@ async def ask(
 
 
 def print_json(message: Message, **options: Any) -> None:
+    """``message`` in protobuf's JSON mapping (``options``: ``MessageToJson``'s)."""
     print(json_format.MessageToJson(message, **options))
 
 

@@ -8,6 +8,7 @@ import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -287,6 +288,38 @@ def test_cli_query_watch_follows_new_data_and_stops_on_ctrl_c(cluster: dict) -> 
             proc.wait()
     bad = run_cli("query", *target, "--watch", "1s", "--quantile", "2")
     assert bad.returncode == 1 and "quantiles[0]" in bad.stderr
+
+
+def test_cli_query_watch_stops_at_once_during_a_query_that_hangs() -> None:
+    """Ctrl-C while a watched query waits on a server that never answers (a listener that
+    accepts and says nothing) ends the watch at once, not at the query's deadline."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        proc = subprocess.Popen(
+            mesh_command(
+                "query", "--target", f"127.0.0.1:{port}", "--watch", "1s", "--timeout", "60"
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            silent.settimeout(30)
+            conn, _ = silent.accept()  # the query is on its way, and will get no answer
+            with conn:
+                time.sleep(0.5)
+                proc.send_signal(signal.SIGINT)
+                started = time.monotonic()
+                assert proc.wait(15) == 0
+                assert time.monotonic() - started < 5
+            _, err = proc.communicate()
+            assert "Traceback" not in err
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def test_sigterm_drains_not_serving_first(cluster: dict) -> None:  # type: ignore[type-arg]
