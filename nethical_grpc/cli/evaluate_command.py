@@ -1,16 +1,20 @@
-"""``nethical-mesh evaluate``: one agent action judged by a coordinator's gateway or a
-region node, printed as a verdict (or JSON), with an exit status a script can gate on."""
+"""``nethical-mesh evaluate``: one agent action (or a file of them, over EvaluateStream)
+judged by a coordinator's gateway or a region node, printed as a verdict (or JSON), with
+an exit status a script can gate on."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 
+import grpc
+from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from nethical_grpc import convert
 from nethical_grpc.cli.client_commands import ask, print_json
-from nethical_grpc.cli.table import decision_name, severity_name
+from nethical_grpc.cli.table import counted, decision_name, render, severity_name
 from nethical_grpc.v1 import (
     coordinator_pb2,
     coordinator_pb2_grpc,
@@ -73,6 +77,22 @@ async def run_evaluate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if (args.text is None) == (args.actions is None):
+        print("error: give TEXT or --actions FILE, not both or neither", file=sys.stderr)
+        return 2
+    if args.actions is not None:
+        if args.batch > convert.MAX_STREAM_BATCH_ACTIONS:
+            print(
+                f"error: --batch must be at most {convert.MAX_STREAM_BATCH_ACTIONS}",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            actions = read_actions(args)
+        except (OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return await _evaluate_many(args, actions)
     action = read_action(args)
     response: Message
     if args.node:
@@ -103,7 +123,133 @@ async def run_evaluate(args: argparse.Namespace) -> int:
         print_json(response)
     else:
         print(verdict_text(evaluation, endpoint, attempts))
-    at_or_above = args.fail_at is not None and evaluation.decision >= convert.decision_to_proto(
-        args.fail_at.upper()
-    )
-    return DECISION_EXIT if at_or_above else 0
+    return DECISION_EXIT if _at_or_above(args, [evaluation]) else 0
+
+
+def _at_or_above(
+    args: argparse.Namespace, evaluations: Sequence[governance_pb2.ActionEvaluation]
+) -> bool:
+    """Whether a decision reached ``--fail-at``."""
+    if args.fail_at is None:
+        return False
+    level = convert.decision_to_proto(args.fail_at.upper())
+    return any(e.decision >= level for e in evaluations)
+
+
+def read_actions(args: argparse.Namespace) -> list[governance_pb2.AgentAction]:
+    """The actions of ``--actions`` (a file, or ``-`` for stdin): one JSON object a line
+    in protobuf's JSON mapping of ``AgentAction`` (``agent_id`` or ``agentId``, ...;
+    blank lines skipped). The action flags fill in what a line leaves empty. A line
+    that does not parse is a ``ValueError`` naming it."""
+    source = args.actions
+    if source == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        with open(source, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    actions = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        action = governance_pb2.AgentAction()
+        try:
+            json_format.Parse(line, action)
+        except json_format.ParseError as exc:
+            raise ValueError(f"{source}, line {number}: {exc}") from None
+        action.agent_id = action.agent_id or args.agent_id
+        action.action_type = action.action_type or args.action_type
+        action.stated_intent = action.stated_intent or args.intent
+        for key, value in args.context:
+            action.context.setdefault(key, value)
+        actions.append(action)
+    if not actions:
+        raise ValueError(f"no actions in {source}")
+    return actions
+
+
+async def _evaluate_many(
+    args: argparse.Namespace, actions: list[governance_pb2.AgentAction]
+) -> int:
+    """The actions over one EvaluateStream, ``--batch`` a message; a line per result (or
+    a JSON line with ``--json``) and the count per decision. Exit 1 when an action got an
+    error, else as for one action."""
+    batches = [actions[i : i + args.batch] for i in range(0, len(actions), args.batch)]
+
+    async def stream(channel: grpc.aio.Channel) -> list[governance_pb2.ActionResult]:
+        if args.node:
+            call = region_node_pb2_grpc.RegionNodeServiceStub(channel).EvaluateStream(
+                (region_node_pb2.EvaluateStreamRequest(actions=b) for b in batches),
+                timeout=args.timeout,
+            )
+        else:
+            call = coordinator_pb2_grpc.CoordinatorServiceStub(channel).EvaluateStream(
+                (
+                    coordinator_pb2.CoordinatorServiceEvaluateStreamRequest(
+                        actions=b, region_id=args.region
+                    )
+                    for b in batches
+                ),
+                timeout=args.timeout,
+            )
+        results: list[governance_pb2.ActionResult] = []
+        answered = 0
+        async for answer in call:  # an answer a batch, in the batches' order
+            if answer.results:
+                results.extend(answer.results)
+            else:  # the whole message refused
+                refused = governance_pb2.ActionResult(error=answer.error)
+                results.extend(refused for _ in batches[answered])
+            answered += 1
+        return results
+
+    results = await ask(args, stream)
+    if results is None:
+        return 1
+    for i, r in enumerate(results):
+        if r.HasField("error"):
+            print(f"error: action {i + 1}: {r.error.message}", file=sys.stderr)
+            for v in r.error.field_errors:
+                print(f"  {v.field}: {v.description}", file=sys.stderr)
+    if args.json:
+        for r in results:
+            print_json(r, indent=None)
+    else:
+        print(results_text(actions, results))
+    evaluations = [r.evaluation for r in results if r.HasField("evaluation")]
+    if len(evaluations) < len(results):
+        return 1
+    return DECISION_EXIT if _at_or_above(args, evaluations) else 0
+
+
+def _error_text(error: governance_pb2.ActionError) -> str:
+    """An action's error in a line: its first field's, named within the action (the
+    stream names it within its message, ``actions[i].``), else the message."""
+    if not error.field_errors:
+        return error.message
+    first = error.field_errors[0]
+    field = first.field.split(".", 1)[1] if first.field.startswith("actions[") else first.field
+    return f"{field}: {first.description}"
+
+
+def results_text(
+    actions: Sequence[governance_pb2.AgentAction], results: Sequence[governance_pb2.ActionResult]
+) -> str:
+    """A line per action (its request id or line, agent, decision, risk, first finding)
+    and the count per decision."""
+    rows = []
+    decisions: dict[str, int] = {}
+    for i, (action, r) in enumerate(zip(actions, results, strict=True)):
+        name = action.request_id or f"#{i + 1}"
+        if r.HasField("error"):
+            rows.append([name, action.agent_id, "ERROR", "-", _error_text(r.error)])
+            decisions["ERROR"] = decisions.get("ERROR", 0) + 1
+            continue
+        e = r.evaluation
+        decision = decision_name(e.decision)
+        decisions[decision] = decisions.get(decision, 0) + 1
+        first = e.violations[0].rule_id if e.violations else "-"
+        rows.append([name, action.agent_id, decision, f"{e.risk_score:.3f}", first])
+    table = render(["action", "agent", "decision", "risk", "first finding"], rows, (1, 2, 4))
+    order = ["ALLOW", "RESTRICT", "BLOCK", "TERMINATE", "ERROR"]
+    summary = ", ".join(f"{d} {decisions[d]:,}" for d in order if d in decisions)
+    return f"{table}\n{counted(len(results), 'action', 'actions')}: {summary}"

@@ -352,10 +352,25 @@ def build_parser() -> argparse.ArgumentParser:
         timeout=10.0,
         description="Send one agent action to a coordinator's gateway (CoordinatorService/"
         "Evaluate, routed to a region node) or, with --node, to a region node itself, and "
-        "print the verdict. Exit status: 0 answered, 1 the call failed, 2 a usage error, "
-        "3 the decision is at or above --fail-at.",
+        "print the verdict; or, with --actions, a file of them over one EvaluateStream. "
+        "Exit status: 0 answered, 1 the call (or an action) failed, 2 a usage error, "
+        "3 a decision at or above --fail-at.",
     )
-    evaluate.add_argument("text", metavar="TEXT", help="the action text; - reads it from stdin")
+    evaluate.add_argument(
+        "text", nargs="?", metavar="TEXT", help="the action text; - reads it from stdin"
+    )
+    evaluate.add_argument(
+        "--actions",
+        metavar="FILE",
+        help="evaluate a file of actions instead (- is stdin): a JSON AgentAction a line, "
+        "sent over one EvaluateStream; the action flags fill in what a line leaves empty",
+    )
+    evaluate.add_argument(
+        "--batch",
+        type=parse_positive_int,
+        default=512,
+        help="actions a stream message with --actions (512; at most 4096)",
+    )
     evaluate.add_argument("--agent-id", default="cli", help="who acts (cli)")
     evaluate.add_argument("--action-type", default="", help="e.g. query, command, message")
     evaluate.add_argument("--intent", default="", help="what the agent says it is doing")
