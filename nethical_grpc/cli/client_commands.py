@@ -192,6 +192,14 @@ async def _watch(args: argparse.Namespace, channel: grpc.aio.Channel) -> int:
     return 0
 
 
+def read_input(source: str) -> str:
+    """The text of the file ``source``, or of stdin for ``-``."""
+    if source == "-":
+        return sys.stdin.read()
+    with open(source, encoding="utf-8") as f:
+        return f.read()
+
+
 def open_channel(args: argparse.Namespace) -> grpc.aio.Channel:
     """A channel with the TLS and token the flags (or environment) ask for; a file that
     cannot be read or used ends the command with one line and exit status 2."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from collections.abc import Sequence
 
 import grpc
@@ -13,7 +14,8 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from nethical_grpc import convert
-from nethical_grpc.cli.client_commands import ask, print_json
+from nethical_grpc.cli.args import DECISION_CHOICES
+from nethical_grpc.cli.client_commands import ask, print_json, read_input
 from nethical_grpc.cli.table import counted, decision_name, render, severity_name
 from nethical_grpc.v1 import (
     coordinator_pb2,
@@ -31,7 +33,7 @@ DECISION_EXIT: int = 3
 def read_action(args: argparse.Namespace) -> governance_pb2.AgentAction:
     """The action the flags describe; ``TEXT`` ``-`` reads the action text from stdin
     (the node checks every field: what it refuses comes back as INVALID_ARGUMENT)."""
-    text = sys.stdin.read() if args.text == "-" else args.text
+    text = read_input("-") if args.text == "-" else args.text
     return governance_pb2.AgentAction(
         agent_id=args.agent_id,
         action_text=text,
@@ -142,13 +144,8 @@ def read_actions(args: argparse.Namespace) -> list[governance_pb2.AgentAction]:
     blank lines skipped). The action flags fill in what a line leaves empty. A line
     that does not parse is a ``ValueError`` naming it."""
     source = args.actions
-    if source == "-":
-        lines = sys.stdin.read().splitlines()
-    else:
-        with open(source, encoding="utf-8") as f:
-            lines = f.read().splitlines()
     actions = []
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(read_input(source).splitlines(), start=1):
         if not line.strip():
             continue
         action = governance_pb2.AgentAction()
@@ -237,19 +234,18 @@ def results_text(
     """A line per action (its request id or line, agent, decision, risk, first finding)
     and the count per decision."""
     rows = []
-    decisions: dict[str, int] = {}
     for i, (action, r) in enumerate(zip(actions, results, strict=True)):
         name = action.request_id or f"#{i + 1}"
         if r.HasField("error"):
             rows.append([name, action.agent_id, "ERROR", "-", _error_text(r.error)])
-            decisions["ERROR"] = decisions.get("ERROR", 0) + 1
             continue
         e = r.evaluation
-        decision = decision_name(e.decision)
-        decisions[decision] = decisions.get(decision, 0) + 1
         first = e.violations[0].rule_id if e.violations else "-"
-        rows.append([name, action.agent_id, decision, f"{e.risk_score:.3f}", first])
+        rows.append(
+            [name, action.agent_id, decision_name(e.decision), f"{e.risk_score:.3f}", first]
+        )
     table = render(["action", "agent", "decision", "risk", "first finding"], rows, (1, 2, 4))
-    order = ["ALLOW", "RESTRICT", "BLOCK", "TERMINATE", "ERROR"]
+    decisions = Counter(row[2] for row in rows)
+    order = [*(d.upper() for d in DECISION_CHOICES), "ERROR"]
     summary = ", ".join(f"{d} {decisions[d]:,}" for d in order if d in decisions)
     return f"{table}\n{counted(len(results), 'action', 'actions')}: {summary}"

@@ -15,7 +15,7 @@ import numpy as np
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from nethical_grpc import client, convert
-from nethical_grpc.cli.client_commands import ask, print_json, show
+from nethical_grpc.cli.client_commands import ask, print_json, read_input, show
 from nethical_grpc.cli.table import counted, decision_name, render
 from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
 
@@ -102,12 +102,10 @@ async def run_profile(args: argparse.Namespace) -> int:
 
 def profile_text(profile: region_node_pb2.GetRiskProfileResponse) -> str:
     """An agent's counts, risk, last time seen and recent decisions for a terminal."""
-    counts = ", ".join(
-        f"{decision_name(governance_pb2.Decision.Value(name))} {n:,}"
-        for name, n in sorted(
-            profile.decision_counts.items(), key=lambda kv: governance_pb2.Decision.Value(kv[0])
-        )
+    by_severity = sorted(
+        profile.decision_counts.items(), key=lambda kv: governance_pb2.Decision.Value(kv[0])
     )
+    counts = ", ".join(f"{name.removeprefix('DECISION_')} {n:,}" for name, n in by_severity)
     lines = [
         f"agent        {profile.agent_id}",
         f"evaluations  {profile.evaluations:,} ({counts or 'none'})",
@@ -134,12 +132,7 @@ def profile_text(profile: region_node_pb2.GetRiskProfileResponse) -> str:
 def read_values(source: str) -> np.ndarray:
     """The numbers of ``source`` (a file, or ``-`` for stdin), separated by whitespace or
     commas. A token that is not a number is a ``ValueError`` naming it."""
-    if source == "-":
-        text = sys.stdin.read()
-    else:
-        with open(source, encoding="utf-8") as f:
-            text = f.read()
-    tokens = text.replace(",", " ").split()
+    tokens = read_input(source).replace(",", " ").split()
     try:
         return np.asarray(tokens, dtype=np.float64)
     except ValueError as exc:  # "could not convert string to float: 'x'"
