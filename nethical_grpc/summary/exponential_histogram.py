@@ -298,8 +298,10 @@ def _own(b: Buckets) -> Buckets:
     """Trimmed, writable, C-contiguous uint64 buckets; returns ``b`` itself when already so."""
     c = b.counts
     n = c.shape[0] if type(c) is np.ndarray and c.ndim == 1 else -1
-    if n == 0 and c.dtype == _U64:
-        return b  # nothing to write into: an update replaces an empty array
+    if n == 0 and c.dtype == _U64 and c.flags.writeable:
+        # nothing to write into: an update replaces an empty array (a read-only one, as
+        # decoding shares, is replaced here: the compiled update takes writable arrays)
+        return b
     if (
         n > 0
         and c.dtype == _U64

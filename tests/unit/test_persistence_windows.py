@@ -444,3 +444,27 @@ async def test_a_stored_window_that_does_not_decode_is_skipped_and_the_rest_rest
     assert _lat_count(node) == 5
     [said] = [r.getMessage() for r in caplog.records]
     assert said.startswith("skipping an unreadable stored window lat {'k': 'bad'}")
+
+
+async def test_the_open_window_restored_after_a_restart_takes_new_batches(
+    tmp_path: Path,
+) -> None:
+    """The node restarted within a window it had flushed: that window comes back from
+    the store (all values positive: an empty negative side), and the batches sent after
+    the restart go into it. Each such batch failed INTERNAL (the compiled update refused
+    the decoded window's read-only empty side)."""
+    now = time.time_ns()
+    key = SeriesKey("lat", ())
+    config = await _flushed_before_a_restart(
+        tmp_path, IngestBatch(key, np.arange(1.0, 6.0), None, now)
+    )
+    stores = await NodeStores.open(config, "r1")
+    try:
+        node = RegionNode(NodeIdentity("r1", "r1-a"))
+        assert await Persister(node, stores, ProfileBook(), 60.0).restore() == 1
+        assert node.ingest(IngestBatch(key, np.array([7.0, -2.0]), None, now))
+        [group] = node.summaries(SummaryQuery(metrics=frozenset({"lat"})))
+        assert group.summary.count == 7
+        assert (group.summary.min, group.summary.max) == (-2.0, 7.0)
+    finally:
+        await stores.close()

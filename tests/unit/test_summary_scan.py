@@ -557,6 +557,31 @@ def test_stored_summaries_decode_together_as_one_by_one(payloads: list[bytes], b
         assert x.histogram == y.histogram and x.histogram.scale == y.histogram.scale
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    payloads=stored(),
+    more=st.lists(st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False), max_size=20),
+)
+def test_stored_summaries_take_new_data_as_any_summary_does(
+    payloads: list[bytes], more: list[float]
+) -> None:
+    """A restored window may be the open one, and new data goes into it. Decoded in a
+    batch (whose empty sides share one read-only array) and compacted as a restore
+    leaves it, a summary takes an update as the same summary decoded alone does (a
+    restored window with an empty side failed every update with Numba's typing error)."""
+    together = convert.summaries_from_stored(payloads)
+    alone = one_by_one(payloads)
+    if together is None or alone is None:
+        return
+    values = np.array(more, dtype=np.float64)
+    for x, y in zip(together, alone, strict=True):
+        x.compact()
+        x.update(values)
+        y.update(values)
+        assert x.moments == y.moments
+        assert x.histogram == y.histogram and x.histogram.scale == y.histogram.scale
+
+
 def test_a_stored_payload_that_is_no_summary_is_refused() -> None:
     good = convert.summary_to_proto(Summary.from_values(np.arange(1.0, 9.0))).SerializeToString()
     assert convert.summaries_from_stored([]) == []
