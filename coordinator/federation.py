@@ -10,6 +10,7 @@ import math
 import time
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 import grpc
 
@@ -24,7 +25,7 @@ from coordinator.summary_stream import SummaryCallError
 from nethical_grpc import convert, telemetry
 from nethical_grpc.errors import FieldViolation, InvalidArgument
 from nethical_grpc.privacy import MergedError, ReleaseInfo, merged_error
-from nethical_grpc.series import GroupSummary, Labels, SummaryQuery
+from nethical_grpc.series import DataGap, GroupSummary, Labels, SummaryQuery
 from nethical_grpc.summary import Summary
 from nethical_grpc.v1 import region_node_pb2
 from nethical_grpc.validation import MAX_NAMES, check_count, keyed_path, quoted
@@ -48,6 +49,8 @@ class Missing(enum.Enum):
     UNAVAILABLE = "unavailable"
     ERROR = "error"
     INVALID_RESPONSE = "invalid_response"
+    # answered, without part of its data (the node named a gap)
+    INCOMPLETE = "incomplete"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +121,8 @@ class _Answer:
     privacy: ReleaseInfo | None = None
     # the node says its summaries cover the whole region (a --region-scope replica)
     region_scope: bool = False
+    # data the node keeps but left out of its answer
+    gaps: tuple[DataGap, ...] = ()
 
 
 def check_region_timeout(timeout_s: float) -> None:
@@ -231,6 +236,13 @@ class Federation:
             if region_answers:
                 per_region[region] = region_answers
                 coverage.regions_answered.append(region)
+            coverage.missing += [
+                MissingPart(
+                    region, a.instance.name, Missing.INCOMPLETE, _gap_text(g.reason, g.message)
+                )
+                for a in region_answers
+                for g in a.gaps
+            ]
         as_of = [a.data_as_of_ns for rs in per_region.values() for a in rs if a.data_as_of_ns]
         coverage.oldest_data_as_of_ns = min(as_of, default=0)
         recorder = telemetry.get_recorder()
@@ -532,7 +544,17 @@ class Federation:
             answer.data_as_of_ns,
             answer.privacy,
             region_scope=answer.scope == region_node_pb2.DATA_SCOPE_REGION,
+            gaps=answer.gaps,
         )
+
+
+#: The most of a node's gap text that a coverage repeats.
+MAX_GAP_TEXT: Final = 1000
+
+
+def _gap_text(reason: str, message: str) -> str:
+    text = f"{reason}: {message}" if message else reason
+    return text if len(text) <= MAX_GAP_TEXT else text[: MAX_GAP_TEXT - 1] + "…"
 
 
 def _missing(inst: RegionInstance, code: grpc.StatusCode, details: str) -> MissingPart:

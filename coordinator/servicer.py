@@ -35,6 +35,7 @@ _MISSING = {
     Missing.UNAVAILABLE: coordinator_pb2.MISSING_REASON_UNAVAILABLE,
     Missing.ERROR: coordinator_pb2.MISSING_REASON_ERROR,
     Missing.INVALID_RESPONSE: coordinator_pb2.MISSING_REASON_INVALID_RESPONSE,
+    Missing.INCOMPLETE: coordinator_pb2.MISSING_REASON_INCOMPLETE,
 }
 
 _HEALTH = {

@@ -27,6 +27,7 @@ from nethical_grpc.governance.requests import EvaluationRequest, Outcome
 from nethical_grpc.model_info import ModelSummary
 from nethical_grpc.privacy import NoiseError, ReleaseInfo
 from nethical_grpc.series import (
+    DataGap,
     GroupSummary,
     IngestBatch,
     Labels,
@@ -432,6 +433,8 @@ class SummariesAnswer:
     privacy: ReleaseInfo | None
     #: why the summaries were refused (then ``groups`` is empty); None when valid
     invalid: str | None = None
+    #: data the node keeps but left out of this answer
+    gaps: tuple[DataGap, ...] = ()
 
 
 def summaries_answer_from_proto(msg: region_node_pb2.GetSummariesResponse) -> SummariesAnswer:
@@ -473,7 +476,8 @@ def _answer_from_message(msg: region_node_pb2.GetSummariesResponse) -> Summaries
         )
     except MeshError as exc:
         return SummariesAnswer(msg.instance_id, msg.scope, as_of, [], None, str(exc))
-    return SummariesAnswer(msg.instance_id, msg.scope, as_of, groups, privacy)
+    gaps = tuple(data_gap_from_proto(g) for g in msg.gaps)
+    return SummariesAnswer(msg.instance_id, msg.scope, as_of, groups, privacy, gaps=gaps)
 
 
 def _answer_from_scan(data: bytes, scanned: summary_scan.ScannedSummaries) -> SummariesAnswer:
@@ -1287,6 +1291,24 @@ def _noise_error_from_proto(msg: summary_pb2.NoiseError, field: str) -> NoiseErr
     if msg.stddev < 0 or msg.expected_abs < 0:
         raise InvalidArgument.single(field, "must not be negative")
     return NoiseError(msg.stddev, msg.expected_abs)
+
+
+def data_gap_to_proto(gap: DataGap) -> region_node_pb2.DataGap:
+    msg = region_node_pb2.DataGap(reason=gap.reason, message=gap.message)
+    if gap.start_ns is not None:
+        msg.start_time.CopyFrom(ns_to_timestamp(gap.start_ns))
+    if gap.end_ns is not None:
+        msg.end_time.CopyFrom(ns_to_timestamp(gap.end_ns))
+    return msg
+
+
+def data_gap_from_proto(msg: region_node_pb2.DataGap) -> DataGap:
+    return DataGap(
+        reason=msg.reason,
+        start_ns=timestamp_to_ns(msg.start_time) if msg.HasField("start_time") else None,
+        end_ns=timestamp_to_ns(msg.end_time) if msg.HasField("end_time") else None,
+        message=msg.message,
+    )
 
 
 def privacy_info_to_proto(info: ReleaseInfo) -> summary_pb2.PrivacyInfo:

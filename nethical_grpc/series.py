@@ -56,3 +56,24 @@ class GroupSummary:
     start_ns: int
     end_ns: int
     data_as_of_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class DataGap:
+    """Data a node keeps but cannot put in its answers for now (see ``DataGap`` in
+    region_node.proto): their summaries of ``[start_ns, end_ns)`` may undercount."""
+
+    #: in capitals: STORED_WINDOWS_NOT_LOADED, STORE_FALLBACK, PEERS_NOT_LOADED
+    reason: str
+    #: None: from the start of the node's retention
+    start_ns: int | None
+    #: None: open-ended
+    end_ns: int | None
+    message: str
+
+    def overlaps(self, start_ns: int | None, end_ns: int | None) -> bool:
+        """Whether the gap and the range ``[start_ns, end_ns)`` (None: unbounded on that
+        side) share a moment."""
+        starts = [t for t in (self.start_ns, start_ns) if t is not None]
+        ends = [t for t in (self.end_ns, end_ns) if t is not None]
+        return not starts or not ends or max(starts) < min(ends)

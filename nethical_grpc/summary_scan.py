@@ -10,7 +10,8 @@ every bucket count in one array.
 
 The scan reads the canonical encoding that protobuf writers produce: each field of a
 message at most once (a repeated field's elements aside), packed bucket counts, no
-groups. Unknown fields are skipped, as protobuf does. For anything else it answers
+groups, no ``gaps`` (an answer that names some is rare, and protobuf reads it). Unknown
+fields are skipped, as protobuf does. For anything else it answers
 ``None`` and the caller parses the message with protobuf instead, so the two paths
 accept the same messages and give the same summaries (a property test holds them
 equal). Without Numba there is no scan: ``None`` again.
@@ -369,7 +370,10 @@ def _series(
             n_labels += 1
             pos = stop
             continue
-        if field < 1 or field > 6:
+        if field == 7:  # gaps: rare, left to protobuf
+            status = _UNSUPPORTED
+            break
+        if field < 1 or field > 7:
             pos = _skip(buf, pos, end, wire)
             if pos < 0:
                 return (_MALFORMED if pos == -1 else _UNSUPPORTED), n_labels, n_counts
@@ -518,7 +522,10 @@ def _scan(
         if pos < 0:
             status = _MALFORMED
             break
-        if field < 1 or field > 6:
+        if field == 7:  # gaps: rare, left to protobuf
+            status = _UNSUPPORTED
+            break
+        if field < 1 or field > 7:
             pos = _skip(buf, pos, end, wire)
             if pos < 0:
                 status = _MALFORMED if pos == -1 else _UNSUPPORTED

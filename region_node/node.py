@@ -15,7 +15,14 @@ import numpy.typing as npt
 
 from nethical_grpc import convert
 from nethical_grpc.privacy import PrivacyConfig, PrivateReleaser, clip_to_bound
-from nethical_grpc.series import GroupSummary, IngestBatch, Labels, SeriesKey, SummaryQuery
+from nethical_grpc.series import (
+    DataGap,
+    GroupSummary,
+    IngestBatch,
+    Labels,
+    SeriesKey,
+    SummaryQuery,
+)
 from nethical_grpc.summary import Summary
 from nethical_grpc.v1 import region_node_pb2
 from region_node.wal import BatchIds, WriteAheadLog
@@ -86,6 +93,10 @@ class RegionNode:
         self.privacy_releaser: PrivateReleaser | None = None
         self.batch_ids = BatchIds()
         self._peers_loaded = 0
+        # data this node keeps but cannot answer from for now, by reason (see gaps_for)
+        self._gaps: dict[str, DataGap] = {}
+        #: changes whenever the gaps do (a cached answer names them)
+        self.gaps_version = 0
         self._evictor: asyncio.Task[None] | None = None
         self.data_as_of_ns = 0
         # the node's own observations (evaluations) not yet in the windows: per series and
@@ -197,6 +208,22 @@ class RegionNode:
         cached answer (and a noised one, which would cost budget again) lasts longer."""
         self.apply_pending()
         return (self.store.version_of(query.metrics), self._peers_loaded)
+
+    def set_gap(self, gap: DataGap) -> None:
+        """From now on answers name ``gap`` (replacing one of the same reason) where the
+        query's range reaches into it."""
+        if self._gaps.get(gap.reason) != gap:
+            self._gaps[gap.reason] = gap
+            self.gaps_version += 1
+
+    def clear_gap(self, reason: str) -> None:
+        """The data of the gap of ``reason`` is back (or was never missing)."""
+        if self._gaps.pop(reason, None) is not None:
+            self.gaps_version += 1
+
+    def gaps_for(self, query: SummaryQuery) -> list[DataGap]:
+        """The gaps an answer to ``query`` has: those reaching into its time range."""
+        return [g for g in self._gaps.values() if g.overlaps(query.start_ns, query.end_ns)]
 
     @property
     def peers(self) -> WindowStore | None:

@@ -48,7 +48,7 @@ from nethical_grpc.event_wait import wait_until
 from nethical_grpc.governance.detectors import Violation
 from nethical_grpc.governance.profiles import ProfileBook
 from nethical_grpc.governance.requests import Outcome
-from nethical_grpc.series import SeriesKey, freeze_labels
+from nethical_grpc.series import DataGap, SeriesKey, freeze_labels
 from nethical_grpc.storage.audit import AuditRecord, AuditViolation
 from nethical_grpc.storage.audit.model import MAX_VIOLATIONS, check_storable, to_utc_us
 from nethical_grpc.storage.timeseries import MetricPoint, WindowSummaryRow
@@ -164,6 +164,16 @@ class _RecordQueue:
         return [pending.popleft() for _ in range(min(_WRITE_BATCH, len(pending)))]
 
 
+#: The reasons of the gaps a node's answers may name (see ``DataGap`` in region_node.proto).
+GAP_WINDOWS_NOT_LOADED: Final = "STORED_WINDOWS_NOT_LOADED"
+GAP_STORE_FALLBACK: Final = "STORE_FALLBACK"
+GAP_PEERS_NOT_LOADED: Final = "PEERS_NOT_LOADED"
+
+
+def _utc_text(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="seconds")
+
+
 class Persister:
     """Background writer and reader of one node's stores (see the module docstring)."""
 
@@ -205,6 +215,22 @@ class Persister:
         # this instance's flushed windows are back in the node: until then no window is
         # flushed (a flush would replace the stored windows with what came since the start)
         self.restored = not self.durable_store
+        # the windows this instance flushed before started_ns are restored, or missing
+        # from its answers (a gap they name) until they are
+        self.started_ns = node.clock()
+        choice = stores.timeseries_choice
+        if choice.fallback:
+            node.set_gap(
+                DataGap(
+                    GAP_STORE_FALLBACK,
+                    None,
+                    self.started_ns,
+                    f"the time-series store {choice.requested} was {choice.reason} when this "
+                    f"instance started ({_utc_text(self.started_ns)}), so it keeps its "
+                    f"windows in {choice.backend}: those it flushed there before are left out "
+                    "until it starts again with that store",
+                )
+            )
         # one metadata mapping per (decision, action type), shared by the metric rows (the
         # store serialises each distinct mapping once per batch); never changed once made
         self._metadata: dict[tuple[str, str], dict[str, JSONValue]] = {}
@@ -563,6 +589,29 @@ class Persister:
         if not self.durable_store:
             self._replay_log()
             return 0
+        try:
+            restored = await self._restore_stored()
+        except Exception as exc:
+            # what is left for the next try: its answers say so meanwhile
+            since = self._restored_until_ns
+            self.node.set_gap(
+                DataGap(
+                    GAP_WINDOWS_NOT_LOADED,
+                    since,
+                    self.started_ns,
+                    f"the windows this instance flushed before it started "
+                    f"({_utc_text(self.started_ns)}) are not back"
+                    + (f" from {_utc_text(since)} on" if since is not None else "")
+                    + f": reading them from its time-series store failed ({exc}); "
+                    "tried again at every flush",
+                )
+            )
+            raise
+        self.node.clear_gap(GAP_WINDOWS_NOT_LOADED)
+        return restored
+
+    async def _restore_stored(self) -> int:
+        """:meth:`restore` from a durable store."""
         now = time.time_ns()
         ident = self.node.identity
         marks = await self.stores.timeseries.load_window_summaries(
@@ -598,11 +647,30 @@ class Persister:
     async def refresh_peers(self) -> None:
         """Region scope on a shared store: the other instances' windows, up to date.
 
-        The first call loads them all; later ones read only the windows flushed since
-        (by the store's change numbers: a flush replaces a stored window whole, and so does
-        this with the one held). One that changed past the rollup horizon, where the
-        version it replaces may be merged into a rollup window already, makes it load them
-        all again."""
+        Until they were loaded once, the node's answers name the gap (PEERS_NOT_LOADED)."""
+        try:
+            await self._refresh_peers()
+        except Exception as exc:
+            if self.node.peers is None:
+                self.node.set_gap(
+                    DataGap(
+                        GAP_PEERS_NOT_LOADED,
+                        None,
+                        None,
+                        "this instance answers for the whole region, but the region's other "
+                        f"instances' windows are not loaded yet: reading the shared store "
+                        f"failed ({exc}); tried again at every flush",
+                    )
+                )
+            raise
+        self.node.clear_gap(GAP_PEERS_NOT_LOADED)
+
+    async def _refresh_peers(self) -> None:
+        """:meth:`refresh_peers`. The first call loads them all; later ones read only the
+        windows flushed since (by the store's change numbers: a flush replaces a stored
+        window whole, and so does this with the one held). One that changed past the
+        rollup horizon, where the version it replaces may be merged into a rollup window
+        already, makes it load them all again."""
         now = self.node.clock()
         region = self.node.identity.region_id
         peers, seen = self.node.peers, self._peers_seen

@@ -56,7 +56,9 @@ class _CachedSummaries:
     __slots__ = ("_streamed", "response", "size", "version")
 
     def __init__(
-        self, version: tuple[object, int], response: region_node_pb2.GetSummariesResponse
+        self,
+        version: tuple[tuple[object, int], int],
+        response: region_node_pb2.GetSummariesResponse,
     ) -> None:
         self.version = version
         self.response = response
@@ -232,7 +234,8 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
     def _summaries(self, request: region_node_pb2.GetSummariesRequest) -> _CachedSummaries:
         """What GetSummaries answers (``MeshError`` for a query it rejects)."""
         query = convert.summary_query_from_proto(request)
-        version = self.node.version_for(query)
+        data_version = self.node.version_for(query)
+        version = (data_version, self.node.gaps_version)
         cached = self._responses.get(query)
         if cached is not None and cached.version == version:
             cached.check_size(self.max_message_bytes)
@@ -252,7 +255,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
             # the query as the windows holding data bound it (public): a range reaching
             # further into empty windows is the same release, not a fresh one to pay for
             pending = self.privacy.prepare(
-                _data_range(query, per_metric), groups, version, charged_as=unfiltered
+                _data_range(query, per_metric), groups, data_version, charged_as=unfiltered
             )
             release = pending.release
             groups = _public_times([r.group for r in release.groups], per_metric)
@@ -266,6 +269,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
             region_id=ident.region_id,
             instance_id=ident.instance_id,
             scope=_scope(self.node),
+            gaps=[convert.data_gap_to_proto(g) for g in self.node.gaps_for(query)],
         )
         if release is not None:
             response.privacy.CopyFrom(convert.privacy_info_to_proto(release.info))

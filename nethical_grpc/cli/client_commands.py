@@ -98,7 +98,10 @@ def coverage_line(c: coordinator_pb2.Coverage) -> str:
         text += ", complete"
     for m in c.missing:
         where = m.region_id + (f"/{m.instance_id}" if m.instance_id else "")
-        text += f"\n  missing {where}: {_REASONS.get(m.reason, '?')} ({m.message})"
+        if m.reason == coordinator_pb2.MISSING_REASON_INCOMPLETE:  # answered, in part
+            text += f"\n  incomplete {where}: {m.message}"
+        else:
+            text += f"\n  missing {where}: {_REASONS.get(m.reason, '?')} ({m.message})"
     if c.HasField("max_staleness"):
         text += (
             f"\n  newest data is at most {c.max_staleness.ToTimedelta().total_seconds():.1f}s old"

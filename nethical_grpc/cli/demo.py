@@ -149,7 +149,16 @@ def _coverage(c: coordinator_pb2.Coverage) -> str:
     text = f"regions covered: {len(c.regions_answered)}/{len(c.regions_requested)}"
     text += f" [{', '.join(c.regions_answered)}]"
     if not c.complete:
-        text += "  (partial: " + ", ".join(m.region_id for m in c.missing) + " missing)"
+        incomplete = coordinator_pb2.MISSING_REASON_INCOMPLETE
+        parts = [
+            f"{how} {', '.join(names)}"
+            for how, names in (
+                ("missing", [m.region_id for m in c.missing if m.reason != incomplete]),
+                ("incomplete", [m.region_id for m in c.missing if m.reason == incomplete]),
+            )
+            if names
+        ]
+        text += "  (partial: " + "; ".join(parts) + ")"
     return text
 
 

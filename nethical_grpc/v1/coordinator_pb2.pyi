@@ -21,6 +21,7 @@ class MissingReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MISSING_REASON_UNAVAILABLE: _ClassVar[MissingReason]
     MISSING_REASON_ERROR: _ClassVar[MissingReason]
     MISSING_REASON_INVALID_RESPONSE: _ClassVar[MissingReason]
+    MISSING_REASON_INCOMPLETE: _ClassVar[MissingReason]
 
 class InstanceHealth(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -43,6 +44,7 @@ MISSING_REASON_DEADLINE_EXCEEDED: MissingReason
 MISSING_REASON_UNAVAILABLE: MissingReason
 MISSING_REASON_ERROR: MissingReason
 MISSING_REASON_INVALID_RESPONSE: MissingReason
+MISSING_REASON_INCOMPLETE: MissingReason
 INSTANCE_HEALTH_UNSPECIFIED: InstanceHealth
 INSTANCE_HEALTH_SERVING: InstanceHealth
 INSTANCE_HEALTH_NOT_SERVING: InstanceHealth

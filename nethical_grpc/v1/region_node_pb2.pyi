@@ -92,20 +92,34 @@ class GetSummariesRequest(_message.Message):
     def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metrics: _Optional[_Iterable[str]] = ..., label_filter: _Optional[_Mapping[str, str]] = ..., group_by_labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetSummariesResponse(_message.Message):
-    __slots__ = ("series", "region_id", "instance_id", "scope", "data_as_of", "privacy")
+    __slots__ = ("series", "region_id", "instance_id", "scope", "data_as_of", "privacy", "gaps")
     SERIES_FIELD_NUMBER: _ClassVar[int]
     REGION_ID_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     DATA_AS_OF_FIELD_NUMBER: _ClassVar[int]
     PRIVACY_FIELD_NUMBER: _ClassVar[int]
+    GAPS_FIELD_NUMBER: _ClassVar[int]
     series: _containers.RepeatedCompositeFieldContainer[_summary_pb2.SeriesSummary]
     region_id: str
     instance_id: str
     scope: DataScope
     data_as_of: _timestamp_pb2.Timestamp
     privacy: _summary_pb2.PrivacyInfo
-    def __init__(self, series: _Optional[_Iterable[_Union[_summary_pb2.SeriesSummary, _Mapping]]] = ..., region_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., scope: _Optional[_Union[DataScope, str]] = ..., data_as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., privacy: _Optional[_Union[_summary_pb2.PrivacyInfo, _Mapping]] = ...) -> None: ...
+    gaps: _containers.RepeatedCompositeFieldContainer[DataGap]
+    def __init__(self, series: _Optional[_Iterable[_Union[_summary_pb2.SeriesSummary, _Mapping]]] = ..., region_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., scope: _Optional[_Union[DataScope, str]] = ..., data_as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., privacy: _Optional[_Union[_summary_pb2.PrivacyInfo, _Mapping]] = ..., gaps: _Optional[_Iterable[_Union[DataGap, _Mapping]]] = ...) -> None: ...
+
+class DataGap(_message.Message):
+    __slots__ = ("reason", "start_time", "end_time", "message")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    message: str
+    def __init__(self, reason: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class StreamSummariesRequest(_message.Message):
     __slots__ = ("query_id", "query")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -39,7 +40,7 @@ from tcpproxy import CuttableProxy
 from test_faults import launch
 
 from nethical_grpc import client, convert
-from nethical_grpc.cli.processes import Child
+from nethical_grpc.cli.processes import Child, mesh_command
 from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
 from region_node.persistence import WRITE_INTERVAL_S
 
@@ -572,3 +573,98 @@ async def test_a_stop_while_postgresql_is_cut_is_bounded_and_says_what_it_lost(
         assert "stopping with" in said and "not written" in said
     finally:
         await proxy.close()
+
+
+async def test_a_node_restarted_while_postgresql_is_cut_off_says_what_it_leaves_out(
+    pg_schema: str, tmp_path: Path
+) -> None:
+    """Restarted while the proxy refuses PostgreSQL (no --wal-dir), the node keeps its
+    windows in memory and answers from what came after its start. Its answers about the
+    time before the start name the gap (the windows flushed there are left out), and a
+    coordinator's coverage names the instance incomplete, in JSON and in the `query`
+    table; a query of the time since the start is complete. Restarted once PostgreSQL
+    answers, the node is whole again."""
+    proxy = CuttableProxy(PG_HOST, PG_PORT)
+    await proxy.start()
+    metric = "gap_pg"
+    url = f"postgresql://postgres@127.0.0.1:{proxy.port}/test?schema={pg_schema}"
+    flags = ["--timeseries-url", url, "--flush-interval", FLUSH, "--instance-id", "gap-pg-0"]
+    windows_sql = (
+        f'SELECT COALESCE(SUM(count), 0) FROM "{pg_schema}".window_summaries WHERE metric = %s'
+    )
+    try:
+        async with region("gap-pg", tmp_path, *flags) as node:
+            await client.ingest(
+                node.channel, [client.encode_ingest_request(metric, np.arange(1_000.0))]
+            )
+
+            async def flushed() -> bool:
+                return await pg_scalar(windows_sql, metric) == 1_000
+
+            await eventually(flushed, "the windows in the schema")
+        proxy.cut()
+        before_start = time.time_ns()
+        async with region("gap-pg-2", tmp_path, *flags, region_id="gap-pg") as node:
+            await client.ingest(node.channel, [client.encode_ingest_request(metric, np.ones(500))])
+            answer = await node.stub.GetSummaries(
+                region_node_pb2.GetSummariesRequest(metrics=[metric]), timeout=10
+            )
+            assert sum(s.summary.moments.count for s in answer.series) == 500
+            [gap] = answer.gaps
+            assert gap.reason == "STORE_FALLBACK"
+            started = convert.timestamp_to_ns(gap.end_time)
+            assert before_start <= started <= time.time_ns()
+            assert f"127.0.0.1:{proxy.port}" in gap.message and "left out" in gap.message
+            port = await node.child.aport()
+            coordinator = launch(
+                "gap-coordinator",
+                ["coordinator", "--port", "0", "--region", f"gap-pg=127.0.0.1:{port}"],
+                tmp_path,
+            )
+            try:
+                target = ["--target", f"127.0.0.1:{await coordinator.aport(120)}"]
+                await eventually(
+                    lambda: _query_says(target, "--json", want="regionsAnswered"),
+                    "the coordinator sees the node",
+                )
+                out = await asyncio.to_thread(_query, *target, "--json", "--metric", metric)
+                coverage = json.loads(out)["coverage"]
+                assert coverage.get("complete", False) is False
+                assert coverage["regionsAnswered"] == ["gap-pg"]
+                [part] = coverage["missing"]
+                assert part["instanceId"] == "gap-pg-0"
+                assert part["reason"] == "MISSING_REASON_INCOMPLETE"
+                assert part["message"].startswith("STORE_FALLBACK: ")
+                table = await asyncio.to_thread(_query, *target, "--metric", metric)
+                assert "incomplete gap-pg/gap-pg-0: STORE_FALLBACK" in table
+                # the time since the start (at most: the query's clock reads later)
+                since = ["--since", f"{(time.time_ns() - started) / 1e9:.3f}s"]
+                recent = json.loads(
+                    await asyncio.to_thread(_query, *target, "--json", *since, "--metric", metric)
+                )
+                assert recent["coverage"]["complete"] is True
+                assert int(recent["results"][0]["statistics"]["count"]) == 500
+            finally:
+                await asyncio.to_thread(coordinator.stop)
+        proxy.restore()
+        async with region("gap-pg-3", tmp_path, *flags, region_id="gap-pg") as again:
+            answer = await again.stub.GetSummaries(
+                region_node_pb2.GetSummariesRequest(metrics=[metric]), timeout=10
+            )
+            assert not answer.gaps
+            assert sum(s.summary.moments.count for s in answer.series) == 1_000
+    finally:
+        await proxy.close()
+
+
+def _query(*args: str) -> str:
+    out = subprocess.run(mesh_command("query", *args), capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+async def _query_says(args: list[str], *more: str, want: str) -> bool:
+    out = await asyncio.to_thread(
+        subprocess.run, mesh_command("query", *args, *more), capture_output=True, text=True
+    )
+    return out.returncode == 0 and want in out.stdout

@@ -14,7 +14,8 @@ from meshutil import Mesh, add_coordinator, add_region, wait_for
 from coordinator.federation import SummaryTransport
 from coordinator.instances import Health
 from coordinator.server import CoordinatorConfig, start_coordinator
-from nethical_grpc import __version__, client
+from nethical_grpc import __version__, client, convert
+from nethical_grpc.cli.client_commands import coverage_line
 from nethical_grpc.errors import details_from_error
 from nethical_grpc.server_runtime import start_server
 from nethical_grpc.v1 import (
@@ -24,6 +25,7 @@ from nethical_grpc.v1 import (
     region_node_pb2_grpc,
     summary_pb2,
 )
+from region_node.stores import StoreConfig
 
 
 async def query(
@@ -397,3 +399,53 @@ async def test_totals_that_cancel_across_regions_stay_exact(
     stats = resp.results[0].statistics
     assert (stats.count, stats.sum) == (3, 1.0)
     assert stats.mean == pytest.approx(1 / 3, rel=1e-15)
+
+
+@pytest.mark.parametrize("transport", [SummaryTransport.STREAM, SummaryTransport.UNARY])
+async def test_a_region_that_answers_without_part_of_its_data_is_named_incomplete(
+    mesh: Mesh, transport: SummaryTransport
+) -> None:
+    """Region "b" started while its PostgreSQL did not answer (nothing listens on port
+    1): it keeps its windows in memory, so what it flushed there before its start is
+    left out. Its answers about that time name the gap; the coordinator merges what it
+    sent, counts the region as answered and the coverage as incomplete, saying why. A
+    query of the time since its start is complete."""
+    await add_region(mesh, "a")
+    await add_region(
+        mesh, "b", stores=StoreConfig(timeseries_url="postgresql://postgres@127.0.0.1:1/test")
+    )
+    started_ns = time.time_ns()
+    await mesh.ingest("a", "m", np.arange(10.0))
+    await mesh.ingest("b", "m", np.arange(5.0))
+    node = region_node_pb2_grpc.RegionNodeServiceStub(mesh.channel(mesh.regions["b"][0][0].address))
+    answer = await node.GetSummaries(region_node_pb2.GetSummariesRequest(), timeout=10)
+    [gap] = answer.gaps
+    assert gap.reason == "STORE_FALLBACK"
+    assert not gap.HasField("start_time")
+    assert convert.timestamp_to_ns(gap.end_time) <= started_ns
+    assert "postgresql://" in gap.message
+    spec = {r: [s.address for s, _ in mesh.regions[r]] for r in ("a", "b")}
+    server, federation = await start_coordinator(
+        CoordinatorConfig(regions=spec, summary_transport=transport)
+    )
+    try:
+        assert await federation.registry.wait_ready(10.0)
+        channel = mesh.channel(server.address)
+        resp = await client.global_metrics(channel, client.QueryOptions(metrics=("m",)), timeout=10)
+        since = await client.global_metrics(
+            channel, client.QueryOptions(metrics=("m",), start_ns=started_ns), timeout=10
+        )
+    finally:
+        await server.drain(announce_s=0, grace_s=0)
+    assert resp.results[0].statistics.count == 15
+    c = resp.coverage
+    assert sorted(c.regions_answered) == ["a", "b"]
+    assert (c.instances_queried, c.instances_answered) == (2, 2)
+    assert not c.complete
+    [part] = c.missing
+    assert (part.region_id, part.instance_id) == ("b", "b-0")
+    assert part.reason == coordinator_pb2.MISSING_REASON_INCOMPLETE
+    assert part.message.startswith("STORE_FALLBACK: the time-series store postgresql://")
+    assert "incomplete b/b-0: STORE_FALLBACK" in coverage_line(c)
+    assert since.results[0].statistics.count == 15
+    assert since.coverage.complete and not since.coverage.missing
