@@ -317,6 +317,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
             started_at=convert.ns_to_timestamp(self.started_ns),
             rollup_after=convert.ns_to_duration(cfg.rollup_after_ns) if rolled else None,
             rollup_window=convert.ns_to_duration(cfg.rollup_window_ns) if rolled else None,
+            gaps=[convert.data_gap_to_proto(g) for g in self.node.gaps_for(SummaryQuery())],
         )
 
     def _components(self) -> dict[str, str]:

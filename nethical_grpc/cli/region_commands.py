@@ -218,8 +218,21 @@ def node_info_text(info: region_node_pb2.GetNodeInfoResponse, now_s: float) -> s
         if st.problem:
             line += f"; failing: {st.problem}"
         lines.append(line)
+    for gap in info.gaps:
+        lines.append(f"left out     {_gap_span(gap)}: {gap.reason}: {gap.message}")
     lines += [f"component    {k}: {v}" for k, v in sorted(info.components.items())]
     return "\n".join(lines)
+
+
+def _gap_span(gap: region_node_pb2.DataGap) -> str:
+    """The time a gap covers, e.g. ``before 2026-11-30T21:20:05.000Z``."""
+    start = _when(gap.start_time) if gap.HasField("start_time") else None
+    end = _when(gap.end_time) if gap.HasField("end_time") else None
+    if start and end:
+        return f"{start} to {end}"
+    if end:
+        return f"before {end}"
+    return f"from {start}" if start else "any time"
 
 
 async def run_info(args: argparse.Namespace) -> int:

@@ -154,7 +154,7 @@ class GetNodeInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetNodeInfoResponse(_message.Message):
-    __slots__ = ("region_id", "instance_id", "scope", "window", "retention", "series_count", "window_count", "histogram_scale", "version", "components", "stores", "model", "started_at", "rollup_after", "rollup_window")
+    __slots__ = ("region_id", "instance_id", "scope", "window", "retention", "series_count", "window_count", "histogram_scale", "version", "components", "stores", "model", "started_at", "rollup_after", "rollup_window", "gaps")
     class ComponentsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +177,7 @@ class GetNodeInfoResponse(_message.Message):
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     ROLLUP_AFTER_FIELD_NUMBER: _ClassVar[int]
     ROLLUP_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    GAPS_FIELD_NUMBER: _ClassVar[int]
     region_id: str
     instance_id: str
     scope: DataScope
@@ -192,7 +193,8 @@ class GetNodeInfoResponse(_message.Message):
     started_at: _timestamp_pb2.Timestamp
     rollup_after: _duration_pb2.Duration
     rollup_window: _duration_pb2.Duration
-    def __init__(self, region_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., scope: _Optional[_Union[DataScope, str]] = ..., window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retention: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., series_count: _Optional[int] = ..., window_count: _Optional[int] = ..., histogram_scale: _Optional[int] = ..., version: _Optional[str] = ..., components: _Optional[_Mapping[str, str]] = ..., stores: _Optional[_Iterable[_Union[StoreStatus, _Mapping]]] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rollup_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., rollup_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    gaps: _containers.RepeatedCompositeFieldContainer[DataGap]
+    def __init__(self, region_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., scope: _Optional[_Union[DataScope, str]] = ..., window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retention: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., series_count: _Optional[int] = ..., window_count: _Optional[int] = ..., histogram_scale: _Optional[int] = ..., version: _Optional[str] = ..., components: _Optional[_Mapping[str, str]] = ..., stores: _Optional[_Iterable[_Union[StoreStatus, _Mapping]]] = ..., model: _Optional[_Union[ModelInfo, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rollup_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., rollup_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., gaps: _Optional[_Iterable[_Union[DataGap, _Mapping]]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "feature_width", "feature_version", "engine")

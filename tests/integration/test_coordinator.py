@@ -424,6 +424,8 @@ async def test_a_region_that_answers_without_part_of_its_data_is_named_incomplet
     assert not gap.HasField("start_time")
     assert convert.timestamp_to_ns(gap.end_time) <= started_ns
     assert "postgresql://" in gap.message
+    info = await node.GetNodeInfo(region_node_pb2.GetNodeInfoRequest(), timeout=10)
+    assert list(info.gaps) == [gap]  # what the node leaves out, whatever the range
     spec = {r: [s.address for s, _ in mesh.regions[r]] for r in ("a", "b")}
     server, federation = await start_coordinator(
         CoordinatorConfig(regions=spec, summary_transport=transport)

@@ -84,3 +84,31 @@ def test_node_info_without_rollup_model_or_start() -> None:
     text = node_info_text(info, now_s=0.0)
     assert "windows      15s windows kept 90m; sketch scale 0" in text
     assert "model" not in text and "serving for" not in text and "rolled up" not in text
+
+
+def test_node_info_names_what_the_node_leaves_out() -> None:
+    info = region_node_pb2.GetNodeInfoResponse(
+        region_id="r1",
+        instance_id="r1-0",
+        gaps=[
+            region_node_pb2.DataGap(
+                reason="STORE_FALLBACK",
+                end_time=timestamp_pb2.Timestamp(seconds=1_000),
+                message="the time-series store did not answer",
+            ),
+            region_node_pb2.DataGap(
+                reason="STORED_WINDOWS_NOT_LOADED",
+                start_time=timestamp_pb2.Timestamp(seconds=400),
+                end_time=timestamp_pb2.Timestamp(seconds=1_000),
+                message="not back yet",
+            ),
+            region_node_pb2.DataGap(reason="PEERS_NOT_LOADED", message="peers"),
+        ],
+    )
+    assert [line for line in node_info_text(info, 0).splitlines() if "left out" in line] == [
+        "left out     before 1970-01-01T00:16:40.000Z: STORE_FALLBACK: the time-series "
+        "store did not answer",
+        "left out     1970-01-01T00:06:40.000Z to 1970-01-01T00:16:40.000Z: "
+        "STORED_WINDOWS_NOT_LOADED: not back yet",
+        "left out     any time: PEERS_NOT_LOADED: peers",
+    ]
