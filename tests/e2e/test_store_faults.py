@@ -616,6 +616,14 @@ async def test_a_node_restarted_while_postgresql_is_cut_off_says_what_it_leaves_
             assert before_start <= started <= time.time_ns()
             assert f"127.0.0.1:{proxy.port}" in gap.message and "left out" in gap.message
             port = await node.child.aport()
+            info = await asyncio.to_thread(
+                subprocess.run,
+                mesh_command("info", "--target", f"127.0.0.1:{port}"),
+                capture_output=True,
+                text=True,
+            )
+            assert info.returncode == 0, info.stderr
+            assert "left out     before " in info.stdout and ": STORE_FALLBACK: " in info.stdout
             coordinator = launch(
                 "gap-coordinator",
                 ["coordinator", "--port", "0", "--region", f"gap-pg=127.0.0.1:{port}"],
