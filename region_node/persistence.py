@@ -202,6 +202,8 @@ class Persister:
         self.flushed_windows = 0
         self.last_flush_ns = 0
         self._task: asyncio.Task[None] | None = None
+        # start() running in the background (start_soon)
+        self._starting: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._retry_windows: list[WindowSummaryRow] = []
         # the last segment of the node's write-ahead log the store holds, from its mark
@@ -612,6 +614,7 @@ class Persister:
 
     async def _restore_stored(self) -> int:
         """:meth:`restore` from a durable store."""
+        self._gap_while_restoring()  # seen when the node serves meanwhile
         now = time.time_ns()
         ident = self.node.identity
         marks = await self.stores.timeseries.load_window_summaries(
@@ -629,9 +632,23 @@ class Persister:
             restored += self._install(self.node.store, rows, now)
             self._restored_until_ns = until
             progress.add(len(rows), until)
+            self._gap_while_restoring()
         if restored:
             log.info("restored %d windows flushed before the last stop", restored)
         return restored
+
+    def _gap_while_restoring(self) -> None:
+        since = self._restored_until_ns
+        self.node.set_gap(
+            DataGap(
+                GAP_WINDOWS_NOT_LOADED,
+                since,
+                self.started_ns,
+                f"the windows this instance flushed before it started "
+                f"({_utc_text(self.started_ns)}) are being read back from its time-series store"
+                + (f"; those before {_utc_text(since)} are back" if since is not None else ""),
+            )
+        )
 
     def _replay_log(self) -> None:
         if not self.node.holds_log:
@@ -648,6 +665,16 @@ class Persister:
         """Region scope on a shared store: the other instances' windows, up to date.
 
         Until they were loaded once, the node's answers name the gap (PEERS_NOT_LOADED)."""
+        if self.node.peers is None:
+            self.node.set_gap(
+                DataGap(
+                    GAP_PEERS_NOT_LOADED,
+                    None,
+                    None,
+                    "this instance answers for the whole region, and the region's other "
+                    "instances' windows are being read from the shared store",
+                )
+            )
         try:
             await self._refresh_peers()
         except Exception as exc:
@@ -847,12 +874,31 @@ class Persister:
             if self._task is None:
                 self._task = asyncio.get_running_loop().create_task(self.run())
 
+    def start_soon(self) -> None:
+        """:meth:`start` in the background (``--serve-while-restoring``): the node serves
+        meanwhile, its answers naming what is not back yet (the gaps)."""
+
+        async def starting() -> None:
+            try:
+                await self.start()
+            except Exception as exc:  # the loop retries it, as for a start that failed
+                log.warning(
+                    "restoring persisted windows failed (retried in the background): %s", exc
+                )
+
+        self._starting = asyncio.get_running_loop().create_task(starting())
+
     async def stop(self) -> None:
         """Stop the loop and write everything still pending: a clean stop loses nothing
         while the stores answer. A store that does not answer within
         :data:`STOP_WRITE_LIMIT_S` (down: each write would wait for its connection pool)
         does not hold the stop past it; what was left unwritten is logged with its size
         (with ``--wal-dir`` the windows' batches stay in the log for the next start)."""
+        if self._starting is not None:  # a restore still running (start_soon): ended here
+            self._starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._starting
+            self._starting = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

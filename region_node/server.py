@@ -54,6 +54,9 @@ class RegionServerConfig:
     # differential privacy for the summaries that leave the region (None: exact)
     privacy: PrivacyConfig | None = None
     security: ServerSecurity = field(default_factory=ServerSecurity)
+    # SERVING at once, the stored windows restored in the background (answers name what
+    # is not back yet); False: NOT_SERVING until they are
+    serve_while_restoring: bool = False
 
 
 async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, RegionNode]:
@@ -135,12 +138,15 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
         node.identity = NodeIdentity(
             identity.region_id, f"{identity.region_id}-{mesh.port}", identity.region_scope
         )
-    try:
-        # the log's batches are applied once the store said which segments it holds,
-        # before the stored windows are installed (see Persister.restore)
-        await persister.start()
-    except Exception as exc:  # the loop retries it; windows are flushed once it succeeds
-        log.warning("restoring persisted windows failed (retried in the background): %s", exc)
+    if config.serve_while_restoring:
+        persister.start_soon()
+    else:
+        try:
+            # the log's batches are applied once the store said which segments it holds,
+            # before the stored windows are installed (see Persister.restore)
+            await persister.start()
+        except Exception as exc:  # the loop retries it; windows are flushed once it succeeds
+            log.warning("restoring persisted windows failed (retried in the background): %s", exc)
     node.start_background(config.eviction_interval_s)
     # stop order: background work, then the last writes, then the stores
     mesh.on_drain.append(servicer.end_streams)

@@ -165,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     region.add_argument("--max-series", type=int, default=100_000)
     region.add_argument(
+        "--serve-while-restoring",
+        action="store_true",
+        help="answer at once after a restart, while the windows flushed before it are "
+        "read back (answers name the time they leave out meanwhile); default: "
+        "NOT_SERVING until they are back",
+    )
+    region.add_argument(
         "--region-scope",
         action="store_true",
         help="this instance's data is the whole region's (shared store or a "

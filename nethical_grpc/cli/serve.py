@@ -198,6 +198,7 @@ async def run_region(args: argparse.Namespace) -> int:
                 port=args.port,
                 windows=windows,
                 region_scope=args.region_scope,
+                serve_while_restoring=args.serve_while_restoring,
                 max_message_bytes=args.max_message_bytes,
                 max_concurrent_rpcs=args.max_concurrent_rpcs,
                 reflection=not args.no_reflection,

@@ -583,7 +583,7 @@ async def test_a_node_restarted_while_postgresql_is_cut_off_says_what_it_leaves_
     time before the start name the gap (the windows flushed there are left out), and a
     coordinator's coverage names the instance incomplete, in JSON and in the `query`
     table; a query of the time since the start is complete. Restarted once PostgreSQL
-    answers, the node is whole again."""
+    answers (with --serve-while-restoring), the node is whole again."""
     proxy = CuttableProxy(PG_HOST, PG_PORT)
     await proxy.start()
     metric = "gap_pg"
@@ -655,12 +655,18 @@ async def test_a_node_restarted_while_postgresql_is_cut_off_says_what_it_leaves_
             finally:
                 await asyncio.to_thread(coordinator.stop)
         proxy.restore()
-        async with region("gap-pg-3", tmp_path, *flags, region_id="gap-pg") as again:
-            answer = await again.stub.GetSummaries(
-                region_node_pb2.GetSummariesRequest(metrics=[metric]), timeout=10
-            )
-            assert not answer.gaps
-            assert sum(s.summary.moments.count for s in answer.series) == 1_000
+        # restarted again, serving while it reads its windows back: whole once it has
+        again_flags = [*flags, "--serve-while-restoring"]
+        async with region("gap-pg-3", tmp_path, *again_flags, region_id="gap-pg") as again:
+
+            async def whole() -> bool:
+                answer = await again.stub.GetSummaries(
+                    region_node_pb2.GetSummariesRequest(metrics=[metric]), timeout=10
+                )
+                count = sum(s.summary.moments.count for s in answer.series)
+                return not answer.gaps and count == 1_000
+
+            await eventually(whole, "the restored windows, and no gap")
     finally:
         await proxy.close()
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import redis
 from google.protobuf import duration_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from meshutil import Mesh, add_region
 from services import PG_URL, REDIS_URL, fresh_redis_region, fresh_schema
 
@@ -249,6 +250,40 @@ async def test_a_restarted_node_keeps_its_flushed_windows(mesh: Mesh, tmp_path: 
     assert b.count == a.count == values.size
     assert b.total == a.total and b.min == a.min and b.max == a.max
     assert b.quantile(0.99) == a.quantile(0.99)
+
+
+async def test_a_node_that_serves_while_it_restores_ends_up_whole(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    """--serve-while-restoring: SERVING from the start, batches taken at once, and once
+    the background restore ended the answers hold the stored windows and the new
+    batches, naming no gap (while it runs, see tests/unit/test_data_gaps.py)."""
+    cfg = StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}", flush_interval_s=0.2)
+    ((server, _node),) = await add_region(mesh, "r1", stores=cfg, evaluate=False)
+    await mesh.ingest("r1", "m", np.arange(2_000.0))
+    await server.drain(announce_s=0, grace_s=0)  # a clean stop flushes what is left
+    mesh.regions.pop("r1")
+    server, node = await start_region_server(
+        RegionServerConfig(
+            region_id="r1",
+            instance_id="r1-0",
+            stores=cfg,
+            model=None,
+            serve_while_restoring=True,
+        )
+    )
+    mesh.regions["r1"] = [(server, node)]
+    health = health_pb2_grpc.HealthStub(mesh.channel(server.address))
+    answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    await mesh.ingest("r1", "m", np.ones(100))
+    s = stub(mesh, "r1")
+
+    async def whole() -> bool:
+        resp = await s.GetSummaries(region_node_pb2.GetSummariesRequest(metrics=["m"]), timeout=5)
+        return not resp.gaps and sum(x.summary.moments.count for x in resp.series) == 2_100
+
+    await eventually(whole)
 
 
 async def test_any_instance_answers_for_the_region_from_a_shared_store(

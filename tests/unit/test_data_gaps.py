@@ -4,6 +4,7 @@ peers not loaded), named in the answers whose time range reaches into them."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -242,3 +243,75 @@ async def test_peers_never_loaded_are_a_gap_until_a_load_succeeds(
     with pytest.raises(ConnectionError):
         await persister.refresh_peers()
     assert node.gaps_for(SummaryQuery()) == []
+
+
+class _Gated:
+    """A store method that waits for ``gate`` (a store slow to answer)."""
+
+    def __init__(self, method: Callable[..., Awaitable[object]]) -> None:
+        self.method, self.gate, self.waiting = method, asyncio.Event(), asyncio.Event()
+
+    async def __call__(self, *args: object, **kwargs: object) -> object:
+        self.waiting.set()
+        await self.gate.wait()
+        return await self.method(*args, **kwargs)
+
+
+async def test_a_node_serving_while_it_restores_names_what_is_not_back_yet(
+    tmp_path: Path,
+) -> None:
+    """--serve-while-restoring: the restore runs in the background while the node takes
+    batches; until it ends, answers about the time before the start name the gap, and
+    then hold the stored windows and the new batches alike."""
+    now = time.time_ns()
+    key = SeriesKey("lat", ())
+    config = StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}")
+    stores = await NodeStores.open(config, "r1")
+    try:
+        before = RegionNode(NodeIdentity("r1", "r1-a"))
+        before.store.apply(IngestBatch(key, np.arange(5.0), None, now - 60 * S))
+        assert await Persister(before, stores, ProfileBook(), 1.0).flush_windows() > 0
+    finally:
+        await stores.close()
+    stores = await NodeStores.open(config, "r1")
+    try:
+        node = RegionNode(NodeIdentity("r1", "r1-a"))
+        persister = Persister(node, stores, ProfileBook(), 60.0)
+        gated = _Gated(stores.timeseries.load_window_summaries)
+        stores.timeseries.load_window_summaries = gated  # type: ignore[method-assign]
+        persister.start_soon()
+        await asyncio.wait_for(gated.waiting.wait(), 10)
+        assert node.ingest(IngestBatch(key, np.ones(3), None, time.time_ns()))
+        [gap] = node.gaps_for(SummaryQuery())
+        assert gap.reason == GAP_WINDOWS_NOT_LOADED and "being read back" in gap.message
+        assert gap.end_ns == persister.started_ns
+        assert sum(g.summary.count for g in node.summaries(SummaryQuery())) == 3
+        gated.gate.set()
+        for _ in range(500):
+            if persister.restored:
+                break
+            await asyncio.sleep(0.01)
+        assert persister.restored
+        assert node.gaps_for(SummaryQuery()) == []
+        assert sum(g.summary.count for g in node.summaries(SummaryQuery())) == 8
+        await persister.stop()
+    finally:
+        await stores.close()
+
+
+async def test_a_stop_during_a_background_restore_ends_it(tmp_path: Path) -> None:
+    stores = await NodeStores.open(
+        StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}"), "r1"
+    )
+    try:
+        node = RegionNode(NodeIdentity("r1", "r1-a"))
+        persister = Persister(node, stores, ProfileBook(), 60.0)
+        gated = _Gated(stores.timeseries.load_window_summaries)
+        stores.timeseries.load_window_summaries = gated  # type: ignore[method-assign]
+        persister.start_soon()
+        await asyncio.wait_for(gated.waiting.wait(), 10)
+        async with asyncio.timeout(10):  # the restore never ends by itself here
+            await persister.stop()
+        assert not persister.restored
+    finally:
+        await stores.close()
