@@ -20,6 +20,7 @@ BENCHES = [
     "store_memory",
     "rollup",
     "restore",
+    "restart",
     "peers",
     "evaluate",
     "jit",
@@ -81,6 +82,14 @@ def table() -> str:
         f"| region scope: another instance's {pe['windows_stored']:,} windows on PostgreSQL, "
         f"a refresh after its flush / a full load | {pe['refresh']['median_ms']} / "
         f"{pe['full_load']['median_ms']} ms | |"
+    )
+    rs = load("restart")
+    rows.append(
+        f"| a restart over a day of {rs['series']} series' stored windows: SERVING / whole "
+        f"answers, by default and with `--serve-while-restoring` | "
+        f"{rs['default']['serving_s']} / {rs['default']['whole_s']} s and "
+        f"{rs['serve_while_restoring']['serving_s']} / "
+        f"{rs['serve_while_restoring']['whole_s']} s | |"
     )
     m = ing["machine"]
     rows.append("")
