@@ -394,7 +394,10 @@ class Federation:
         followed by the next replica too, and the first answer wins: the other try is
         cancelled, never merged. Each try is reported to the balancer; one cancelled past
         its bound counts as a timeout (a failure), so a hung replica is ejected after
-        the balancer's ``ejection_threshold`` of them and no longer asked first.
+        the balancer's ``ejection_threshold`` of them and no longer asked first. An
+        answer that names gaps (a replica still restoring, say) is kept while the next
+        replica is asked at once: a whole answer from it within ``HEDGE_FRACTION`` of the
+        timeout wins, else the kept one is the region's (coverage names its gaps).
         """
         loop = asyncio.get_running_loop()
         balancer = self.registry.balancer
@@ -418,6 +421,8 @@ class Federation:
             return loop.time() + per_try_s
 
         last: MissingPart | None = None
+        # an answer that names gaps, kept while another replica may answer whole
+        partial: _Answer | None = None
         coverage.instances_queried += 1
         hedge_at = ask_next()
         try:
@@ -430,7 +435,14 @@ class Federation:
                     del tries[task]
                     found = task.result()
                     if isinstance(found, _Answer):
-                        return self._whole_region(region, found, coverage, counted=1)
+                        if not found.gaps:
+                            return self._whole_region(region, found, coverage, counted=1)
+                        if partial is None:
+                            partial = found
+                            # a whole answer is waited for this long at most
+                            deadline = min(deadline, loop.time() + per_try_s)
+                            hedge_at = loop.time()  # the next replica, at once
+                        continue
                     last = found
                     if found.reason is not Missing.UNAVAILABLE:
                         waiting.clear()  # the node's answer, not its absence: no more tries
@@ -443,6 +455,8 @@ class Federation:
                 task.cancel()
             if tries:
                 await asyncio.wait(tries)  # reported to the balancer as they end
+        if partial is not None:
+            return self._whole_region(region, partial, coverage, counted=1)
         if tries:  # still running at the region deadline
             last = MissingPart(
                 region,

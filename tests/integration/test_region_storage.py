@@ -17,13 +17,14 @@ import pytest
 import redis
 from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from meshutil import Mesh, add_region
+from meshutil import Mesh, add_coordinator, add_region
 from services import PG_URL, REDIS_URL, fresh_redis_region, fresh_schema
 
-from nethical_grpc import convert
+from nethical_grpc import client, convert
 from nethical_grpc.errors import details_from_error
+from nethical_grpc.series import DataGap
 from nethical_grpc.storage.cache import decode_value
-from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
+from nethical_grpc.v1 import coordinator_pb2, governance_pb2, region_node_pb2, region_node_pb2_grpc
 from region_node.server import RegionServerConfig, start_region_server
 from region_node.stores import StoreConfig
 
@@ -284,6 +285,40 @@ async def test_a_node_that_serves_while_it_restores_ends_up_whole(
         return not resp.gaps and sum(x.summary.moments.count for x in resp.series) == 2_100
 
     await eventually(whole)
+
+
+async def test_the_coordinator_prefers_a_replica_whose_answer_is_whole(
+    pg_schema: str, mesh: Mesh
+) -> None:
+    """Two region-scope replicas; one names a gap (as while it restores, here set on the
+    node itself). The coordinator asks the other at once and takes its whole answer,
+    whichever replica it asked first; with both naming gaps it takes one, and the
+    coverage says so."""
+    cfg = StoreConfig(timeseries_url=f"{PG_URL}?schema={pg_schema}", flush_interval_s=0.2)
+    await add_region(mesh, "eu", instances=2, region_scope=True, stores=cfg, evaluate=False)
+    await mesh.ingest("eu", "m", np.arange(1.0, 101.0), instance=0)
+    await mesh.ingest("eu", "m", np.arange(101.0, 131.0), instance=1)
+    a, b = stub(mesh, "eu", 0), stub(mesh, "eu", 1)
+
+    async def both_complete() -> bool:
+        return await count_of(a, "m") == await count_of(b, "m") == 130
+
+    await eventually(both_complete)
+    await add_coordinator(mesh)
+    nodes = [node for _, node in mesh.regions["eu"]]
+    nodes[0].set_gap(DataGap("STORED_WINDOWS_NOT_LOADED", None, time.time_ns(), "restoring"))
+    channel = mesh.coordinator_channel()
+    for _ in range(4):  # the replica asked first alternates
+        resp = await client.global_metrics(channel, client.QueryOptions(metrics=("m",)))
+        assert resp.coverage.complete, resp.coverage
+        assert resp.results[0].statistics.count == 130
+    nodes[1].set_gap(DataGap("PEERS_NOT_LOADED", None, None, "loading"))
+    resp = await client.global_metrics(channel, client.QueryOptions(metrics=("m",)))
+    assert not resp.coverage.complete
+    [part] = resp.coverage.missing
+    assert part.reason == coordinator_pb2.MISSING_REASON_INCOMPLETE
+    assert part.instance_id in ("eu-0", "eu-1")
+    assert resp.results[0].statistics.count == 130
 
 
 async def test_any_instance_answers_for_the_region_from_a_shared_store(
