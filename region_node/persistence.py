@@ -595,18 +595,9 @@ class Persister:
             restored = await self._restore_stored()
         except Exception as exc:
             # what is left for the next try: its answers say so meanwhile
-            since = self._restored_until_ns
-            self.node.set_gap(
-                DataGap(
-                    GAP_WINDOWS_NOT_LOADED,
-                    since,
-                    self.started_ns,
-                    f"the windows this instance flushed before it started "
-                    f"({_utc_text(self.started_ns)}) are not back"
-                    + (f" from {_utc_text(since)} on" if since is not None else "")
-                    + f": reading them from its time-series store failed ({exc}); "
-                    "tried again at every flush",
-                )
+            self._windows_gap(
+                f"are not back: reading them from its time-series store failed ({exc}); "
+                "tried again at every flush"
             )
             raise
         self.node.clear_gap(GAP_WINDOWS_NOT_LOADED)
@@ -614,7 +605,8 @@ class Persister:
 
     async def _restore_stored(self) -> int:
         """:meth:`restore` from a durable store."""
-        self._gap_while_restoring()  # seen when the node serves meanwhile
+        reading = "are being read back from its time-series store"
+        self._windows_gap(reading)  # seen when the node serves meanwhile
         now = time.time_ns()
         ident = self.node.identity
         marks = await self.stores.timeseries.load_window_summaries(
@@ -632,12 +624,14 @@ class Persister:
             restored += self._install(self.node.store, rows, now)
             self._restored_until_ns = until
             progress.add(len(rows), until)
-            self._gap_while_restoring()
+            self._windows_gap(reading)
         if restored:
             log.info("restored %d windows flushed before the last stop", restored)
         return restored
 
-    def _gap_while_restoring(self) -> None:
+    def _windows_gap(self, state: str) -> None:
+        """Answers name the windows flushed before the start that are not back yet (those
+        from where a restore got to), ``state`` saying why."""
         since = self._restored_until_ns
         self.node.set_gap(
             DataGap(
@@ -645,8 +639,9 @@ class Persister:
                 since,
                 self.started_ns,
                 f"the windows this instance flushed before it started "
-                f"({_utc_text(self.started_ns)}) are being read back from its time-series store"
-                + (f"; those before {_utc_text(since)} are back" if since is not None else ""),
+                f"({_utc_text(self.started_ns)})"
+                + (f" from {_utc_text(since)} on" if since is not None else "")
+                + f" {state}",
             )
         )
 
@@ -666,31 +661,28 @@ class Persister:
 
         Until they were loaded once, the node's answers name the gap (PEERS_NOT_LOADED)."""
         if self.node.peers is None:
-            self.node.set_gap(
-                DataGap(
-                    GAP_PEERS_NOT_LOADED,
-                    None,
-                    None,
-                    "this instance answers for the whole region, and the region's other "
-                    "instances' windows are being read from the shared store",
-                )
-            )
+            self._peers_gap("are being read from the shared store")
         try:
             await self._refresh_peers()
         except Exception as exc:
             if self.node.peers is None:
-                self.node.set_gap(
-                    DataGap(
-                        GAP_PEERS_NOT_LOADED,
-                        None,
-                        None,
-                        "this instance answers for the whole region, but the region's other "
-                        f"instances' windows are not loaded yet: reading the shared store "
-                        f"failed ({exc}); tried again at every flush",
-                    )
+                self._peers_gap(
+                    f"are not loaded yet: reading the shared store failed ({exc}); tried "
+                    "again at every flush"
                 )
             raise
         self.node.clear_gap(GAP_PEERS_NOT_LOADED)
+
+    def _peers_gap(self, state: str) -> None:
+        self.node.set_gap(
+            DataGap(
+                GAP_PEERS_NOT_LOADED,
+                None,
+                None,
+                f"this instance answers for the whole region; the region's other instances' "
+                f"windows {state}",
+            )
+        )
 
     async def _refresh_peers(self) -> None:
         """:meth:`refresh_peers`. The first call loads them all; later ones read only the

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from test_persistence_windows import _FailingOnce, _flushed_before_a_restart
 
 from nethical_grpc import convert, summary_scan
 from nethical_grpc.governance.profiles import ProfileBook
@@ -106,37 +107,19 @@ def test_a_gap_survives_the_wire_on_both_read_paths(gap: DataGap) -> None:
         assert summary_scan.scan(plain.SerializeToString()) is not None
 
 
-class _Failing:
-    """A store method that raises while ``down`` (a store that does not answer)."""
-
-    def __init__(self, method: Callable[..., Awaitable[object]]) -> None:
-        self.method, self.down = method, True
-
-    async def __call__(self, *args: object, **kwargs: object) -> object:
-        if self.down:
-            raise ConnectionError("store unreachable")
-        return await self.method(*args, **kwargs)
-
-
 async def test_windows_not_back_after_a_restart_are_a_gap_until_they_are(tmp_path: Path) -> None:
     """The store failed while the windows flushed before the restart were read: the
     node's answers say which time they leave out until a later try brings them back."""
-    now = time.time_ns()
     key = SeriesKey("lat", ())
-    config = StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}")
-    stores = await NodeStores.open(config, "r1")
-    try:
-        before = RegionNode(NodeIdentity("r1", "r1-a"))
-        before.store.apply(IngestBatch(key, np.arange(5.0), None, now - 60 * S))
-        assert await Persister(before, stores, ProfileBook(), 1.0).flush_windows() > 0
-    finally:
-        await stores.close()
+    config = await _flushed_before_a_restart(
+        tmp_path, IngestBatch(key, np.arange(5.0), None, time.time_ns() - 60 * S)
+    )
 
     stores = await NodeStores.open(config, "r1")
     try:
         node = RegionNode(NodeIdentity("r1", "r1-a"))
         persister = Persister(node, stores, ProfileBook(), 60.0)
-        failing = _Failing(stores.timeseries.load_window_summaries)
+        failing = _FailingOnce(stores.timeseries.load_window_summaries, 10**9)
         stores.timeseries.load_window_summaries = failing  # type: ignore[method-assign]
         with pytest.raises(ConnectionError):
             await persister.restore()
@@ -146,7 +129,7 @@ async def test_windows_not_back_after_a_restart_are_a_gap_until_they_are(tmp_pat
         assert "store unreachable" in gap.message
         # a query of the time since the start holds everything there is
         assert node.gaps_for(SummaryQuery(start_ns=persister.started_ns)) == []
-        failing.down = False
+        failing.left = 0  # the store answers again
         assert await persister.restore() == 1
         assert node.gaps_for(SummaryQuery()) == []
         assert sum(g.summary.count for g in node.summaries(SummaryQuery())) == 5
@@ -157,14 +140,9 @@ async def test_windows_not_back_after_a_restart_are_a_gap_until_they_are(tmp_pat
 async def test_a_restore_that_fails_part_way_names_only_what_is_left(tmp_path: Path) -> None:
     now = time.time_ns()
     times = np.array([now - k * 600 * S for k in range(6)])  # a ten-minute slice each
-    config = StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}")
-    stores = await NodeStores.open(config, "r1")
-    try:
-        before = RegionNode(NodeIdentity("r1", "r1-a"))
-        before.store.apply(IngestBatch(SeriesKey("lat", ()), np.arange(6.0), times, now))
-        assert await Persister(before, stores, ProfileBook(), 1.0).flush_windows() > 0
-    finally:
-        await stores.close()
+    config = await _flushed_before_a_restart(
+        tmp_path, IngestBatch(SeriesKey("lat", ()), np.arange(6.0), times, now)
+    )
     stores = await NodeStores.open(config, "r1")
     try:
         node = RegionNode(NodeIdentity("r1", "r1-a"))
@@ -228,18 +206,18 @@ async def test_peers_never_loaded_are_a_gap_until_a_load_succeeds(
 ) -> None:
     node = RegionNode(NodeIdentity("r1", "r1-b", region_scope=True))
     persister = Persister(node, sqlite_stores, ProfileBook(), 60.0)
-    change = _Failing(sqlite_stores.timeseries.last_window_change)
+    change = _FailingOnce(sqlite_stores.timeseries.last_window_change, 10**9)
     sqlite_stores.timeseries.last_window_change = change  # type: ignore[method-assign]
     with pytest.raises(ConnectionError):
         await persister.refresh_peers()
     [gap] = node.gaps_for(SummaryQuery(start_ns=time.time_ns()))
     assert gap.reason == GAP_PEERS_NOT_LOADED and gap.start_ns is None and gap.end_ns is None
-    change.down = False
+    change.left = 0
     await persister.refresh_peers()
     assert node.peers is not None
     assert node.gaps_for(SummaryQuery()) == []
     # once loaded, a failed refresh leaves the loaded windows (no gap named for it)
-    change.down = True
+    change.left = 1
     with pytest.raises(ConnectionError):
         await persister.refresh_peers()
     assert node.gaps_for(SummaryQuery()) == []
@@ -263,16 +241,10 @@ async def test_a_node_serving_while_it_restores_names_what_is_not_back_yet(
     """--serve-while-restoring: the restore runs in the background while the node takes
     batches; until it ends, answers about the time before the start name the gap, and
     then hold the stored windows and the new batches alike."""
-    now = time.time_ns()
     key = SeriesKey("lat", ())
-    config = StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}")
-    stores = await NodeStores.open(config, "r1")
-    try:
-        before = RegionNode(NodeIdentity("r1", "r1-a"))
-        before.store.apply(IngestBatch(key, np.arange(5.0), None, now - 60 * S))
-        assert await Persister(before, stores, ProfileBook(), 1.0).flush_windows() > 0
-    finally:
-        await stores.close()
+    config = await _flushed_before_a_restart(
+        tmp_path, IngestBatch(key, np.arange(5.0), None, time.time_ns() - 60 * S)
+    )
     stores = await NodeStores.open(config, "r1")
     try:
         node = RegionNode(NodeIdentity("r1", "r1-a"))
