@@ -370,10 +370,7 @@ def _series(
             n_labels += 1
             pos = stop
             continue
-        if field == 7:  # gaps: rare, left to protobuf
-            status = _UNSUPPORTED
-            break
-        if field < 1 or field > 7:
+        if field < 1 or field > 6:
             pos = _skip(buf, pos, end, wire)
             if pos < 0:
                 return (_MALFORMED if pos == -1 else _UNSUPPORTED), n_labels, n_counts

@@ -215,6 +215,20 @@ def test_unknown_fields_are_skipped_at_every_level() -> None:
     assert answer.invalid is None and answer.groups[0].summary.count == 4
 
 
+def test_a_series_field_unknown_here_is_skipped_wherever_it_stands() -> None:
+    """Field 7 of a series (the next one it may get; the answer's own field 7, its gaps,
+    goes to protobuf) before the series' other fields: skipped, the rest read."""
+    msg = one_series()
+    series = tag(7, 0) + wire.varint(3) + msg.series[0].SerializeToString()
+    del msg.series[:]
+    data = wire.packed_field(1, series) + msg.SerializeToString()
+    if is_jit_available():
+        assert summary_scan.scan(data) is not None
+    answer = both_ways(data)
+    assert answer.invalid is None and answer.groups[0].summary.count == 4
+    assert answer.groups[0].metric == "m"
+
+
 def series_bytes(summary: bytes) -> bytes:
     return wire.packed_field(1, wire.packed_field(1, b"m") + summary)
 
