@@ -63,7 +63,7 @@ class DataGap:
     """Data a node keeps but cannot put in its answers for now (see ``DataGap`` in
     region_node.proto): their summaries of ``[start_ns, end_ns)`` may undercount."""
 
-    #: in capitals: STORED_WINDOWS_NOT_LOADED, STORE_FALLBACK, PEERS_NOT_LOADED
+    #: in capitals: STORED_WINDOWS_NOT_LOADED, STORE_FALLBACK, PEERS_NOT_LOADED, PEERS_STALE
     reason: str
     #: None: from the start of the node's retention
     start_ns: int | None

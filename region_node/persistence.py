@@ -168,6 +168,7 @@ class _RecordQueue:
 GAP_WINDOWS_NOT_LOADED: Final = "STORED_WINDOWS_NOT_LOADED"
 GAP_STORE_FALLBACK: Final = "STORE_FALLBACK"
 GAP_PEERS_NOT_LOADED: Final = "PEERS_NOT_LOADED"
+GAP_PEERS_STALE: Final = "PEERS_STALE"
 
 
 def _utc_text(ns: int) -> str:
@@ -214,6 +215,8 @@ class Persister:
         self._restored_until_ns: int | None = None
         # the store's last change the peers' windows hold (region scope; None: not loaded)
         self._peers_seen: int | None = None
+        # when the last refresh of the peers' windows that succeeded began (node clock)
+        self._peers_read_ns: int | None = None
         # this instance's flushed windows are back in the node: until then no window is
         # flushed (a flush would replace the stored windows with what came since the start)
         self.restored = not self.durable_store
@@ -659,25 +662,37 @@ class Persister:
     async def refresh_peers(self) -> None:
         """Region scope on a shared store: the other instances' windows, up to date.
 
-        Until they were loaded once, the node's answers name the gap (PEERS_NOT_LOADED)."""
+        Until they were loaded once, the node's answers name the gap (PEERS_NOT_LOADED);
+        while refreshes fail after that, what the peers may have flushed since the last
+        one that succeeded (PEERS_STALE)."""
+        began = self.node.clock()
         if self.node.peers is None:
-            self._peers_gap("are being read from the shared store")
+            self._peers_gap(GAP_PEERS_NOT_LOADED, None, "are being read from the shared store")
         try:
             await self._refresh_peers()
         except Exception as exc:
+            failed = f"reading the shared store failed ({exc}); tried again at every flush"
             if self.node.peers is None:
+                self._peers_gap(GAP_PEERS_NOT_LOADED, None, f"are not loaded yet: {failed}")
+            elif self._peers_read_ns is not None:
+                # what they held unflushed at the last read is in neither
+                since = self._peers_read_ns - int(self.flush_interval_s * 1e9)
                 self._peers_gap(
-                    f"are not loaded yet: reading the shared store failed ({exc}); tried "
-                    "again at every flush"
+                    GAP_PEERS_STALE,
+                    since,
+                    f"are as of {_utc_text(self._peers_read_ns)}, less what they had not "
+                    f"flushed by then: {failed}",
                 )
             raise
+        self._peers_read_ns = began
         self.node.clear_gap(GAP_PEERS_NOT_LOADED)
+        self.node.clear_gap(GAP_PEERS_STALE)
 
-    def _peers_gap(self, state: str) -> None:
+    def _peers_gap(self, reason: str, since: int | None, state: str) -> None:
         self.node.set_gap(
             DataGap(
-                GAP_PEERS_NOT_LOADED,
-                None,
+                reason,
+                since,
                 None,
                 f"this instance answers for the whole region; the region's other instances' "
                 f"windows {state}",

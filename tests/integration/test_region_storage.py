@@ -19,6 +19,7 @@ from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from meshutil import Mesh, add_coordinator, add_region
 from services import PG_URL, REDIS_URL, fresh_redis_region, fresh_schema
+from tcpproxy import CuttableProxy
 
 from nethical_grpc import client, convert
 from nethical_grpc.errors import details_from_error
@@ -319,6 +320,65 @@ async def test_the_coordinator_prefers_a_replica_whose_answer_is_whole(
     assert part.reason == coordinator_pb2.MISSING_REASON_INCOMPLETE
     assert part.instance_id in ("eu-0", "eu-1")
     assert resp.results[0].statistics.count == 130
+
+
+async def test_a_replica_cut_off_from_the_shared_store_names_its_stale_peers(
+    pg_schema: str, mesh: Mesh
+) -> None:
+    """Two region-scope instances on PostgreSQL through a proxy. Cut off, neither reads
+    the other's windows: each one's answers name the time since its last read
+    (PEERS_STALE), and with both naming it the coordinator's coverage says incomplete;
+    what was read before stays in the answers. Once the store answers again the gap is
+    gone and both hold everything."""
+    proxy = CuttableProxy("127.0.0.1", 5432)
+    await proxy.start()
+    try:
+        url = f"postgresql://postgres@127.0.0.1:{proxy.port}/test?schema={pg_schema}"
+        cfg = StoreConfig(timeseries_url=url, flush_interval_s=0.2)
+        await add_region(mesh, "eu", instances=2, region_scope=True, stores=cfg, evaluate=False)
+        a, b = stub(mesh, "eu", 0), stub(mesh, "eu", 1)
+        await mesh.ingest("eu", "m", np.arange(1.0, 101.0), instance=0)
+
+        async def both_hold(n: int) -> bool:
+            return await count_of(a, "m") == await count_of(b, "m") == n
+
+        async def both_read() -> bool:
+            return await both_hold(100)
+
+        await eventually(both_read)
+        await add_coordinator(mesh)
+        proxy.cut()
+        await mesh.ingest("eu", "m", np.ones(30), instance=0)
+
+        async def both_stale() -> bool:
+            answers = [
+                await s.GetSummaries(region_node_pb2.GetSummariesRequest(), timeout=5)
+                for s in (a, b)
+            ]
+            return all([g.reason for g in r.gaps] == ["PEERS_STALE"] for r in answers)
+
+        await eventually(both_stale)
+        assert await count_of(b, "m") == 100  # what it read before the cut
+        resp = await client.global_metrics(
+            mesh.coordinator_channel(), client.QueryOptions(metrics=("m",))
+        )
+        assert not resp.coverage.complete
+        assert {m.reason for m in resp.coverage.missing} == {
+            coordinator_pb2.MISSING_REASON_INCOMPLETE
+        }
+        assert all("PEERS_STALE" in m.message for m in resp.coverage.missing)
+        proxy.restore()
+
+        async def whole() -> bool:
+            answers = [
+                await s.GetSummaries(region_node_pb2.GetSummariesRequest(), timeout=5)
+                for s in (a, b)
+            ]
+            return not any(r.gaps for r in answers) and await both_hold(130)
+
+        await eventually(whole, timeout_s=60)
+    finally:
+        await proxy.close()
 
 
 async def test_any_instance_answers_for_the_region_from_a_shared_store(

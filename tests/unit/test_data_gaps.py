@@ -24,6 +24,7 @@ from nethical_grpc.v1 import region_node_pb2
 from region_node.node import NodeIdentity, RegionNode
 from region_node.persistence import (
     GAP_PEERS_NOT_LOADED,
+    GAP_PEERS_STALE,
     GAP_STORE_FALLBACK,
     GAP_WINDOWS_NOT_LOADED,
     Persister,
@@ -201,7 +202,7 @@ async def test_a_store_that_did_not_fall_back_is_no_gap(sqlite_stores: NodeStore
         await persister.stop()
 
 
-async def test_peers_never_loaded_are_a_gap_until_a_load_succeeds(
+async def test_peers_not_loaded_or_stale_are_a_gap_until_a_refresh_succeeds(
     sqlite_stores: NodeStores,
 ) -> None:
     node = RegionNode(NodeIdentity("r1", "r1-b", region_scope=True))
@@ -216,10 +217,22 @@ async def test_peers_never_loaded_are_a_gap_until_a_load_succeeds(
     await persister.refresh_peers()
     assert node.peers is not None
     assert node.gaps_for(SummaryQuery()) == []
-    # once loaded, a failed refresh leaves the loaded windows (no gap named for it)
-    change.left = 1
+    # once loaded, a refresh that fails leaves the loaded windows, and the answers name
+    # what the peers may have flushed since the last read (less a flush interval: what
+    # they held unflushed then), until a refresh succeeds
+    read_at = time.time_ns()
+    change.left = 2
     with pytest.raises(ConnectionError):
         await persister.refresh_peers()
+    [stale] = node.gaps_for(SummaryQuery())
+    assert stale.reason == GAP_PEERS_STALE and stale.end_ns is None
+    assert stale.start_ns is not None
+    assert read_at - 60 * S - 5 * S <= stale.start_ns <= read_at - 60 * S
+    assert node.gaps_for(SummaryQuery(end_ns=stale.start_ns)) == []
+    with pytest.raises(ConnectionError):  # failing again: the same gap
+        await persister.refresh_peers()
+    assert node.gaps_for(SummaryQuery()) == [stale]
+    await persister.refresh_peers()
     assert node.gaps_for(SummaryQuery()) == []
 
 
