@@ -221,6 +221,10 @@ class RegionNode:
         if self._gaps.pop(reason, None) is not None:
             self.gaps_version += 1
 
+    def gap_reasons(self) -> list[str]:
+        """The reasons of the gaps the node's answers may name now."""
+        return list(self._gaps)
+
     def gaps_for(self, query: SummaryQuery) -> list[DataGap]:
         """The gaps an answer to ``query`` has: those reaching into its time range."""
         return [g for g in self._gaps.values() if g.overlaps(query.start_ns, query.end_ns)]

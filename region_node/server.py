@@ -86,6 +86,7 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
     telemetry.get_recorder().observe_store_evictions(stores.evictions)
     if config.privacy is None:  # as in GetNodeInfo: exact counts would tell the noised groups
         telemetry.get_recorder().observe_windows(node.store.held)
+    telemetry.get_recorder().observe_gaps(node.gap_reasons)
     try:
         _check_wal_store(config, stores)
         if config.wal_dir is not None:

@@ -8,7 +8,7 @@ only those).
 Metric attributes (Prometheus labels) are bounded by construction: RPC method and
 status code, peer region and region (one per configured region), instance address (one
 per configured or resolved instance), health status, fan-out level and outcome,
-decision (four), store and backend (three stores).
+decision (four), store and backend (three stores), data-gap reason (four).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from opentelemetry.metrics import Meter, Observation
 
 from nethical_grpc.telemetry.recorder import (
     CoverageLevel,
+    GapReasons,
     InstanceStates,
     Recorder,
     StoreEvictions,
@@ -44,6 +45,7 @@ STORE_UP = "nethical.store.up"
 STORE_FALLBACK = "nethical.store.fallback"
 SERIES_HELD = "nethical.series.held"
 WINDOWS_HELD = "nethical.windows.held"
+DATA_GAPS = "nethical.data.gaps"
 
 PROMETHEUS_METRICS: Mapping[str, str] = {
     RPC_SERVER_DURATION: "rpc_server_duration_seconds",
@@ -63,6 +65,7 @@ PROMETHEUS_METRICS: Mapping[str, str] = {
     STORE_FALLBACK: "nethical_store_fallback",
     SERIES_HELD: "nethical_series_held",
     WINDOWS_HELD: "nethical_windows_held",
+    DATA_GAPS: "nethical_data_gaps",
 }
 """OpenTelemetry instrument name → Prometheus family name (histograms add
 ``_bucket``/``_count``/``_sum``)."""
@@ -168,6 +171,7 @@ class MeterRecorder(Recorder):
         self._stores: StoreStates | None = None
         self._evictions: StoreEvictions | None = None
         self._windows: WindowCounts | None = None
+        self._gaps: GapReasons | None = None
 
     def record_ingest(self, batches: int, values: int) -> None:
         """Raises ``ValueError`` for a negative count."""
@@ -273,6 +277,22 @@ class MeterRecorder(Recorder):
                 self._windows_held,
                 unit="{window}",
             )
+
+    def observe_gaps(self, reasons: GapReasons) -> None:
+        first = self._gaps is None
+        self._gaps = reasons
+        if first:
+            self._gauge(
+                DATA_GAPS,
+                "1 for each reason the node's answers leave out data it keeps now "
+                "(STORED_WINDOWS_NOT_LOADED, STORE_FALLBACK, PEERS_NOT_LOADED, PEERS_STALE)",
+                self._gaps_now,
+            )
+
+    def _gaps_now(self) -> list[Observation]:
+        if self._gaps is None:
+            return []
+        return [Observation(1, {"reason": r}) for r in self._gaps()]
 
     def _series_held(self) -> list[Observation]:
         return [] if self._windows is None else [Observation(self._windows()[0])]

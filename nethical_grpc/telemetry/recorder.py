@@ -21,6 +21,8 @@ StoreStates = Callable[[], Iterable[tuple[str, str, bool, bool]]]
 StoreEvictions = Callable[[], Iterable[tuple[str, str, int]]]
 #: (series, full-width windows, rollup windows) a node holds in memory
 WindowCounts = Callable[[], tuple[int, int, int]]
+#: the reasons of the gaps a node's answers may name now (see DataGap)
+GapReasons = Callable[[], Iterable[str]]
 
 
 class Recorder:
@@ -66,6 +68,10 @@ class Recorder:
     def observe_windows(self, counts: WindowCounts) -> None:
         """Export, at each scrape, the series and the windows (full-width and rollup) a
         node holds in memory: what its memory grows with."""
+
+    def observe_gaps(self, reasons: GapReasons) -> None:
+        """Export, at each scrape, 1 for each reason of the data a node keeps but leaves
+        out of its answers now (alertable: its answers undercount)."""
 
 
 NOOP = Recorder()

@@ -148,3 +148,19 @@ async def test_a_node_counts_the_records_its_memory_stores_drop(tmp_path: Path) 
         assert labelled(text, "nethical_windows_held", kind="rollup") == 0
     finally:
         region.stop()
+
+
+async def test_a_node_that_leaves_data_out_says_so_at_each_scrape(tmp_path: Path) -> None:
+    """Its time-series server does not answer at start (nothing listens on port 1): the
+    node keeps its windows in memory, and its metrics carry the gap's reason."""
+    metrics = free_port()
+    args = ["region", "--region-id", "tel", "--port", "0", "--metrics-port", str(metrics)]
+    url = "postgresql://postgres@127.0.0.1:1/test"
+    region = spawn("region", [*args, "--timeseries-url", url], tmp_path)
+    try:
+        await region.aport()
+        text = await asyncio.to_thread(scrape, metrics)
+        assert labelled(text, "nethical_data_gaps", reason="STORE_FALLBACK") == 1
+        assert labelled(text, "nethical_store_fallback", store="timeseries") == 1
+    finally:
+        region.stop()

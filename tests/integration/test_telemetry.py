@@ -626,6 +626,7 @@ async def exercise(r: Rig) -> None:
         lambda: [("timeseries", "sqlite (memory)", 0), ("audit", "memory", 5)]
     )
     rec.observe_windows(lambda: (3, 10, 4))
+    rec.observe_gaps(lambda: ["STORE_FALLBACK", "PEERS_STALE"])
 
 
 async def test_prometheus_endpoint_serves_rpc_and_mesh_metrics(prom: Rig) -> None:
@@ -689,6 +690,9 @@ async def test_prometheus_endpoint_serves_rpc_and_mesh_metrics(prom: Rig) -> Non
     assert pick(found, "nethical_series_held") == 3
     assert pick(found, "nethical_windows_held", kind="window") == 10
     assert pick(found, "nethical_windows_held", kind="rollup") == 4
+    assert pick(found, "nethical_data_gaps", reason="STORE_FALLBACK") == 1
+    assert pick(found, "nethical_data_gaps", reason="PEERS_STALE") == 1
+    assert pick(found, "nethical_data_gaps") == 2  # no other reason
 
 
 async def test_recorder_rejects_impossible_counts(rig: Rig) -> None:
