@@ -257,28 +257,40 @@ async def test_a_restarted_node_keeps_its_flushed_windows(mesh: Mesh, tmp_path: 
 async def test_a_node_that_serves_while_it_restores_ends_up_whole(
     mesh: Mesh, tmp_path: Path
 ) -> None:
-    """--serve-while-restoring: SERVING from the start, batches taken at once, and once
-    the background restore ended the answers hold the stored windows and the new
-    batches, naming no gap (while it runs, see tests/unit/test_data_gaps.py)."""
+    """--serve-while-restoring, with a write-ahead log: SERVING from the start, a retry of
+    a batch sent before the restart known as a duplicate, new batches taken at once; once
+    the background restore ended the answers hold the stored windows and the new batches,
+    naming no gap (while it runs, see tests/unit/test_data_gaps.py)."""
     cfg = StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}", flush_interval_s=0.2)
-    ((server, _node),) = await add_region(mesh, "r1", stores=cfg, evaluate=False)
-    await mesh.ingest("r1", "m", np.arange(2_000.0))
-    await server.drain(announce_s=0, grace_s=0)  # a clean stop flushes what is left
-    mesh.regions.pop("r1")
-    server, node = await start_region_server(
-        RegionServerConfig(
+
+    def config(**more: object) -> RegionServerConfig:
+        return RegionServerConfig(
             region_id="r1",
             instance_id="r1-0",
             stores=cfg,
             model=None,
-            serve_while_restoring=True,
+            wal_dir=tmp_path / "wal",
+            **more,
         )
-    )
+
+    server, _ = await start_region_server(config())
+    before = [
+        client.encode_ingest_request("m", np.arange(1_000.0), batch_id="b1"),
+        client.encode_ingest_request("m", np.arange(1_000.0), batch_id="b2"),
+    ]
+    async with client.insecure_channel(server.address) as ch:
+        assert (await client.ingest(ch, before)).accepted_batches == 2
+    await server.drain(announce_s=0, grace_s=0)  # a clean stop flushes what is left
+    server, node = await start_region_server(config(serve_while_restoring=True))
     mesh.regions["r1"] = [(server, node)]
     health = health_pb2_grpc.HealthStub(mesh.channel(server.address))
     answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
-    await mesh.ingest("r1", "m", np.ones(100))
+    channel = mesh.channel(server.address)
+    again = await client.ingest(channel, before[1:])  # b2 again: a client's retry
+    assert (again.accepted_batches, again.duplicate_batches) == (0, 1)
+    fresh = [client.encode_ingest_request("m", np.ones(100), batch_id="b3")]
+    assert (await client.ingest(channel, fresh)).accepted_batches == 1
     s = stub(mesh, "r1")
 
     async def whole() -> bool:
