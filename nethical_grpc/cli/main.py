@@ -412,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Send the numbers of FILE (or stdin), separated by whitespace or "
         "commas, to a region node as observations of one series (Ingest, in batches of "
         "--batch-values). With --batch-id, batch N is PREFIX-N, so running the same "
-        "command again applies only the batches the node has not applied.",
+        "command again applies only the batches the node has not applied. With --stream, "
+        "values are sent as they arrive (input that stays open, e.g. tail -f).",
     )
     ingest.add_argument("metric", metavar="METRIC", help="the metric name")
     ingest.add_argument("file", nargs="?", default="-", metavar="FILE", help="- is stdin (-)")
@@ -425,6 +426,21 @@ def build_parser() -> argparse.ArgumentParser:
         "about a million values)",
     )
     ingest.add_argument("--batch-id", default="", metavar="PREFIX", help="batch id prefix")
+    ingest.add_argument(
+        "--stream",
+        action="store_true",
+        help="send values as they arrive, a batch (one Ingest call, a line for each) once "
+        "--batch-values wait or --flush-after after the first of them, and at the end of "
+        "the input; a token that is not a number stops it after the values before its "
+        "line; Ctrl-C sends what waits and stops",
+    )
+    ingest.add_argument(
+        "--flush-after",
+        type=parse_duration_ns,
+        default=1_000_000_000,
+        metavar="DURATION",
+        help="with --stream: the longest a value waits to be sent (1s)",
+    )
 
     audit = _client_parser(
         sub,

@@ -151,6 +151,10 @@ def _batches(args: argparse.Namespace, values: np.ndarray) -> Iterator[bytes]:
 
 
 async def run_ingest(args: argparse.Namespace) -> int:
+    if args.stream:
+        from nethical_grpc.cli.ingest_stream import run_ingest_stream
+
+        return await run_ingest_stream(args)
     try:
         values = read_values(args.file)
     except (OSError, ValueError) as exc:

@@ -304,6 +304,85 @@ def test_cli_ingest_from_stdin_and_a_file(cluster: dict, tmp_path: Path) -> None
     assert int(by_queue[None]["count"]) == 2  # the bad run's first batch, applied before it
 
 
+@pytest.fixture
+def one_node(tmp_path: Path) -> Iterator[int]:
+    """One region node process (no model); its port."""
+    node = spawn(
+        "stream-node", ["region", "--region-id", "s1", "--port", "0", "--no-evaluate"], tmp_path
+    )
+    try:
+        yield node.port()
+    finally:
+        node.stop()
+
+
+async def _count(port: int, metric: str) -> int:
+    async with client.insecure_channel(f"127.0.0.1:{port}") as ch:
+        answer = await region_node_pb2_grpc.RegionNodeServiceStub(ch).GetSummaries(
+            region_node_pb2.GetSummariesRequest(metrics=[metric]), timeout=10
+        )
+    return sum(s.summary.moments.count for s in answer.series)
+
+
+def _stream(port: int, metric: str, *flags: str) -> subprocess.Popen[str]:
+    command = mesh_command("ingest", metric, "--stream", "--target", f"127.0.0.1:{port}", *flags)
+    return subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
+
+
+def _line_within(proc: subprocess.Popen[str], timeout_s: float) -> str:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+    assert ready, f"no line within {timeout_s} s"
+    return proc.stdout.readline()
+
+
+async def test_cli_ingest_stream_sends_values_as_they_arrive(one_node: int) -> None:
+    """``ingest --stream``: a batch is acknowledged while the input is still open (once
+    --batch-values wait, or --flush-after after the first), and a line that is no number
+    stops it (exit 2) after the values before it."""
+    proc = _stream(one_node, "live", "--batch-values", "4", "--flush-after", "300ms")
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write("1 2\n3, 4 5\n")  # four: a full batch at once, one waiting
+        proc.stdin.flush()
+        assert _line_within(proc, 20) == "batch 0: 4 values applied\n"
+        assert await _count(one_node, "live") == 4  # the input is still open
+        assert _line_within(proc, 5) == "batch 1: 1 value applied\n"  # --flush-after
+        out, err = proc.communicate("6 7\n8 nine\n10\n", timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 2, err
+    assert out == "batch 2: 2 values applied\n"  # the line before the bad one
+    assert "-, line 4: could not convert string to float: 'nine'" in err
+    assert "before it: applied 7 values in 3 batches" in err
+    assert "Traceback" not in err
+    assert await _count(one_node, "live") == 7
+
+
+async def test_cli_ingest_stream_sends_what_waits_on_ctrl_c(one_node: int) -> None:
+    proc = _stream(one_node, "live2", "--flush-after", "1h", "--json")
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write("1 2 3\n")
+        proc.stdin.flush()
+        await asyncio.sleep(1.5)  # read, and waiting (a batch is 10,000; --flush-after 1h)
+        assert await _count(one_node, "live2") == 0
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert json.loads(out)["acceptedValues"] == "3"
+    assert await _count(one_node, "live2") == 3
+
+
 def test_cli_query_watch_follows_new_data_and_stops_on_ctrl_c(cluster: dict) -> None:  # type: ignore[type-arg]
     """``query --watch``: each answer is asked afresh (new data shows), one JSON line an
     answer with --json; Ctrl-C ends it with status 0; bad input ends it at once."""

@@ -1,0 +1,187 @@
+"""``nethical-mesh ingest --stream``: values sent as they arrive, for input that stays
+open (``tail -f metrics.log | nethical-mesh ingest latency_ms --stream``).
+
+A reader thread hands the input's lines to the event loop. A batch goes once
+``--batch-values`` values wait, ``--flush-after`` after the first of them arrived, and
+at the end of the input; each batch is one Ingest call, acknowledged before the next is
+sent, so what the node applied is known at every moment. A token that is not a number
+stops the command (exit 2) naming its line, after the batches before it; Ctrl-C or
+SIGTERM sends what waits and stops (exit 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from nethical_grpc import client
+from nethical_grpc.cli.client_commands import open_channel, print_json, report_rpc_error
+from nethical_grpc.cli.table import counted
+
+#: the end of the input, as the reader thread hands it on
+_END = None
+
+
+@dataclass
+class _Sent:
+    batches: int = 0
+    values: int = 0
+    duplicates: int = 0
+
+    def text(self) -> str:
+        text = (
+            f"applied {counted(self.values, 'value', 'values')} in "
+            f"{counted(self.batches, 'batch', 'batches')}"
+        )
+        if self.duplicates:
+            text += f"; {counted(self.duplicates, 'batch', 'batches')} applied before, skipped"
+        return text
+
+
+def _read_lines(source: str, loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | None]:
+    """The lines of ``source`` (``-``: stdin), handed on as a thread reads them; ``None``
+    after the last (or when the file cannot be read: the error is said on stderr)."""
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def read() -> None:
+        try:
+            with contextlib.ExitStack() as stack:
+                stream = (
+                    sys.stdin
+                    if source == "-"
+                    else stack.enter_context(open(source, encoding="utf-8"))
+                )
+                for line in stream:
+                    loop.call_soon_threadsafe(lines.put_nowait, line)
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop closed first (a stop)
+                loop.call_soon_threadsafe(lines.put_nowait, _END)
+
+    threading.Thread(target=read, name="ingest-input", daemon=True).start()
+    return lines
+
+
+class _Batcher:
+    """Values waiting to be sent, sent in batches of at most ``--batch-values``."""
+
+    def __init__(self, args: argparse.Namespace, channel: grpc.aio.Channel) -> None:
+        self.args, self.channel = args, channel
+        self.labels = dict(args.label)
+        self.waiting: list[np.ndarray] = []
+        self.count = 0
+        self.first_at: float | None = None  # when the oldest waiting value arrived
+        self.sent = _Sent()
+
+    def add(self, values: np.ndarray) -> None:
+        if values.size:
+            self.waiting.append(values)
+            self.count += values.size
+            if self.first_at is None:
+                self.first_at = time.monotonic()
+
+    async def send_full(self) -> None:
+        """Send every full batch that waits."""
+        size = self.args.batch_values
+        if self.count < size:
+            return
+        values = np.concatenate(self.waiting)
+        whole = values.size - values.size % size
+        for at in range(0, whole, size):
+            await self._send(values[at : at + size])
+        rest = values[whole:]
+        self.waiting, self.count = ([rest], rest.size) if rest.size else ([], 0)
+        self.first_at = time.monotonic() if rest.size else None
+
+    async def send_all(self) -> None:
+        """Send whatever waits (full batches, then the rest)."""
+        await self.send_full()
+        if self.count:
+            values = np.concatenate(self.waiting)
+            self.waiting, self.count, self.first_at = [], 0, None
+            await self._send(values)
+
+    async def _send(self, values: np.ndarray) -> None:
+        n = self.sent.batches + self.sent.duplicates
+        batch_id = f"{self.args.batch_id}-{n}" if self.args.batch_id else ""
+        request = client.encode_ingest_request(
+            self.args.metric, values, self.labels, batch_id=batch_id
+        )
+        answer = await client.ingest(self.channel, [request], timeout=self.args.timeout)
+        self.sent.batches += answer.accepted_batches
+        self.sent.values += answer.accepted_values
+        self.sent.duplicates += answer.duplicate_batches
+        if self.args.json:
+            print_json(answer, indent=None, always_print_fields_with_no_presence=True)
+        else:
+            state = "applied before, skipped" if answer.duplicate_batches else "applied"
+            print(f"batch {n}: {counted(values.size, 'value', 'values')} {state}", flush=True)
+
+
+def _numbers(line: str, number: int, source: str) -> np.ndarray:
+    try:
+        return np.asarray(line.replace(",", " ").split(), dtype=np.float64)
+    except ValueError as exc:  # "could not convert string to float: 'x'"
+        raise ValueError(f"{source}, line {number}: {exc}") from None
+
+
+async def run_ingest_stream(args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    lines = _read_lines(args.file, loop)
+    flush_s = args.flush_after / 1e9
+    status = 0
+    async with open_channel(args) as channel:
+        batcher = _Batcher(args, channel)
+        stopped = asyncio.ensure_future(stop.wait())
+        number = 0
+        try:
+            while True:
+                due = None if batcher.first_at is None else batcher.first_at + flush_s
+                wait = None if due is None else max(0.0, due - time.monotonic())
+                line = asyncio.ensure_future(lines.get())
+                done, _ = await asyncio.wait(
+                    {line, stopped}, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                )
+                if line not in done:
+                    line.cancel()
+                    if stop.is_set():
+                        break
+                    await batcher.send_all()  # --flush-after since the oldest value
+                    continue
+                text = line.result()
+                if text is _END:
+                    break
+                number += 1
+                try:
+                    batcher.add(_numbers(text, number, args.file))
+                except ValueError as exc:
+                    print(f"error: {exc}", file=sys.stderr)
+                    status = 2
+                    break
+                await batcher.send_full()
+            await batcher.send_all()
+        except grpc.RpcError as err:
+            report_rpc_error(err)
+            print(f"  before it: {batcher.sent.text()}", file=sys.stderr)
+            return 1
+        finally:
+            stopped.cancel()
+    if status:
+        print(f"  before it: {batcher.sent.text()}", file=sys.stderr)
+        return status
+    if not args.json:
+        print(f"{batcher.sent.text()} to {args.metric} on {args.target}")
+    return 0
