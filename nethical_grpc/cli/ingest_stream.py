@@ -25,6 +25,7 @@ import numpy as np
 
 from nethical_grpc import client
 from nethical_grpc.cli.client_commands import open_channel, print_json, report_rpc_error
+from nethical_grpc.cli.region_commands import applied_text
 from nethical_grpc.cli.table import counted
 
 #: the end of the input, as the reader thread hands it on
@@ -37,14 +38,8 @@ class _Sent:
     values: int = 0
     duplicates: int = 0
 
-    def text(self) -> str:
-        text = (
-            f"applied {counted(self.values, 'value', 'values')} in "
-            f"{counted(self.batches, 'batch', 'batches')}"
-        )
-        if self.duplicates:
-            text += f"; {counted(self.duplicates, 'batch', 'batches')} applied before, skipped"
-        return text
+    def text(self, where: str = "") -> str:
+        return applied_text(self.values, self.batches, self.duplicates, where)
 
 
 def _read_lines(source: str, loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | None]:
@@ -183,5 +178,5 @@ async def run_ingest_stream(args: argparse.Namespace) -> int:
         print(f"  before it: {batcher.sent.text()}", file=sys.stderr)
         return status
     if not args.json:
-        print(f"{batcher.sent.text()} to {args.metric} on {args.target}")
+        print(batcher.sent.text(f" to {args.metric} on {args.target}"))
     return 0

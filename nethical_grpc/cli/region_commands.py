@@ -150,6 +150,18 @@ def _batches(args: argparse.Namespace, values: np.ndarray) -> Iterator[bytes]:
         )
 
 
+def applied_text(values: int, batches: int, duplicates: int, where: str = "") -> str:
+    """What an ingest applied, e.g. ``applied 3 values in 1 batch to m on HOST:PORT; 1
+    batch applied before, skipped``."""
+    text = (
+        f"applied {counted(values, 'value', 'values')} in "
+        f"{counted(batches, 'batch', 'batches')}{where}"
+    )
+    if duplicates:
+        text += f"; {counted(duplicates, 'batch', 'batches')} applied before, skipped"
+    return text
+
+
 async def run_ingest(args: argparse.Namespace) -> int:
     if args.stream:
         from nethical_grpc.cli.ingest_stream import run_ingest_stream
@@ -165,15 +177,12 @@ async def run_ingest(args: argparse.Namespace) -> int:
         return 2
 
     def text_of(answer: region_node_pb2.IngestResponse) -> str:
-        text = (
-            f"applied {counted(answer.accepted_values, 'value', 'values')} in "
-            f"{counted(answer.accepted_batches, 'batch', 'batches')} to {args.metric} on "
-            f"{args.target}"
+        return applied_text(
+            answer.accepted_values,
+            answer.accepted_batches,
+            answer.duplicate_batches,
+            f" to {args.metric} on {args.target}",
         )
-        if answer.duplicate_batches:
-            skipped = counted(answer.duplicate_batches, "batch", "batches")
-            text += f"; {skipped} applied before, skipped"
-        return text
 
     return await show(
         args,
