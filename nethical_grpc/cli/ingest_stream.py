@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import TextIO
 
 import grpc
 import numpy as np
@@ -42,26 +43,28 @@ class _Sent:
         return applied_text(self.values, self.batches, self.duplicates, where)
 
 
-def _read_lines(source: str, loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | None]:
-    """The lines of ``source`` (``-``: stdin), handed on as a thread reads them; ``None``
-    after the last (or when the file cannot be read: the error is said on stderr)."""
-    lines: asyncio.Queue[str | None] = asyncio.Queue()
+def _open_input(source: str) -> TextIO:
+    """``source`` opened for reading (``-``: stdin); ``OSError`` when it cannot be."""
+    return sys.stdin if source == "-" else open(source, encoding="utf-8")
+
+
+def _read_lines(
+    stream: TextIO, loop: asyncio.AbstractEventLoop
+) -> asyncio.Queue[str | Exception | None]:
+    """The lines of ``stream``, handed on as a thread reads them; ``None`` after the last,
+    or the error that ended the reading (a file that is not text, say)."""
+    lines: asyncio.Queue[str | Exception | None] = asyncio.Queue()
 
     def read() -> None:
+        end: Exception | None = _END
         try:
-            with contextlib.ExitStack() as stack:
-                stream = (
-                    sys.stdin
-                    if source == "-"
-                    else stack.enter_context(open(source, encoding="utf-8"))
-                )
-                for line in stream:
-                    loop.call_soon_threadsafe(lines.put_nowait, line)
+            for line in stream:
+                loop.call_soon_threadsafe(lines.put_nowait, line)
         except (OSError, UnicodeDecodeError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            end = exc
         finally:
             with contextlib.suppress(RuntimeError):  # the loop closed first (a stop)
-                loop.call_soon_threadsafe(lines.put_nowait, _END)
+                loop.call_soon_threadsafe(lines.put_nowait, end)
 
     threading.Thread(target=read, name="ingest-input", daemon=True).start()
     return lines
@@ -135,7 +138,13 @@ async def run_ingest_stream(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    lines = _read_lines(args.file, loop)
+    try:
+        # opened here: a file that cannot be read ends the command before anything is sent
+        stream = _open_input(args.file)
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    lines = _read_lines(stream, loop)
     flush_s = args.flush_after / 1e9
     status = 0
     async with open_channel(args) as channel:
@@ -158,6 +167,10 @@ async def run_ingest_stream(args: argparse.Namespace) -> int:
                     continue
                 text = line.result()
                 if text is _END:
+                    break
+                if isinstance(text, Exception):
+                    print(f"error: {args.file}: {text}", file=sys.stderr)
+                    status = 2
                     break
                 number += 1
                 try:

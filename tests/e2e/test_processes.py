@@ -366,6 +366,27 @@ async def test_cli_ingest_stream_sends_values_as_they_arrive(one_node: int) -> N
     assert await _count(one_node, "live") == 7
 
 
+async def test_cli_ingest_stream_of_a_file_that_cannot_be_read(
+    one_node: int, tmp_path: Path
+) -> None:
+    """A file that is not there: exit 2 before anything is sent. One that stops being
+    text part-way: exit 2 after the values before it, the error named."""
+    target = ("--target", f"127.0.0.1:{one_node}")
+    missing = await asyncio.to_thread(
+        run_cli, "ingest", "read", str(tmp_path / "none.txt"), "--stream", *target
+    )
+    assert missing.returncode == 2 and "No such file" in missing.stderr
+    assert missing.stdout == ""
+    broken = tmp_path / "broken.txt"
+    broken.write_bytes(b"1 2 3\n" * 4000 + b"\xff\xfe 4\n")  # past the reader's first chunk
+    out = await asyncio.to_thread(run_cli, "ingest", "read", str(broken), "--stream", *target)
+    assert out.returncode == 2, out.stderr
+    assert "codec can't decode" in out.stderr and "Traceback" not in out.stderr
+    assert "before it: applied" in out.stderr
+    sent = await _count(one_node, "read")
+    assert sent == int(re.search(r"applied ([\d,]+) values", out.stderr)[1].replace(",", ""))  # type: ignore[index]
+
+
 async def test_cli_ingest_stream_sends_what_waits_on_ctrl_c(one_node: int) -> None:
     proc = _stream(one_node, "live2", "--flush-after", "1h", "--json")
     assert proc.stdin is not None
