@@ -157,10 +157,7 @@ async def _watch(args: argparse.Namespace, channel: grpc.aio.Channel) -> int:
     """The query again every ``--watch`` until Ctrl-C or SIGTERM (exit 0). A failed query
     is reported and the watch goes on (a coordinator restarting, say), but for bad input,
     which asking again cannot mend (exit 1)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     interval_s = args.watch / 1e9
     tty = sys.stdout.isatty() and not args.json
     stopped = asyncio.ensure_future(stop.wait())
@@ -193,6 +190,15 @@ async def _watch(args: argparse.Namespace, channel: grpc.aio.Channel) -> int:
         await asyncio.wait({stopped}, timeout=max(0.0, began + interval_s - time.monotonic()))
     stopped.cancel()
     return 0
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event Ctrl-C or SIGTERM sets (instead of ending the command at once)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
 
 
 def read_input(source: str) -> str:

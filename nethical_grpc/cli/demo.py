@@ -8,7 +8,6 @@ import argparse
 import asyncio
 import contextlib
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -20,6 +19,7 @@ import grpc
 import numpy as np
 
 from nethical_grpc import client
+from nethical_grpc.cli.client_commands import stop_on_signals
 from nethical_grpc.cli.processes import START_TIMEOUT_S, Child, spawn
 from nethical_grpc.cli.table import fmt_number, render
 from nethical_grpc.v1 import coordinator_pb2
@@ -166,10 +166,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     if args.regions < 1 or args.duration <= 0 or args.rate < 1:
         print("demo: --regions, --duration and --rate must be positive", file=sys.stderr)
         return 2
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     workdir = Path(tempfile.mkdtemp(prefix="nethical-demo-"))
     children: list[Child] = []
     tty = sys.stdout.isatty()

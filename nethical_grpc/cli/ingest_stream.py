@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import sys
 import threading
 import time
@@ -25,8 +24,13 @@ import grpc
 import numpy as np
 
 from nethical_grpc import client
-from nethical_grpc.cli.client_commands import open_channel, print_json, report_rpc_error
-from nethical_grpc.cli.region_commands import applied_text
+from nethical_grpc.cli.client_commands import (
+    open_channel,
+    print_json,
+    report_rpc_error,
+    stop_on_signals,
+)
+from nethical_grpc.cli.region_commands import applied_text, ingest_request, parse_values
 from nethical_grpc.cli.table import counted
 
 #: the end of the input, as the reader thread hands it on
@@ -75,16 +79,18 @@ class _Batcher:
 
     def __init__(self, args: argparse.Namespace, channel: grpc.aio.Channel) -> None:
         self.args, self.channel = args, channel
-        self.labels = dict(args.label)
         self.waiting: list[np.ndarray] = []
-        self.count = 0
         self.first_at: float | None = None  # when the oldest waiting value arrived
         self.sent = _Sent()
+
+    @property
+    def count(self) -> int:
+        """Values waiting."""
+        return sum(v.size for v in self.waiting)
 
     def add(self, values: np.ndarray) -> None:
         if values.size:
             self.waiting.append(values)
-            self.count += values.size
             if self.first_at is None:
                 self.first_at = time.monotonic()
 
@@ -98,7 +104,7 @@ class _Batcher:
         for at in range(0, whole, size):
             await self._send(values[at : at + size])
         rest = values[whole:]
-        self.waiting, self.count = ([rest], rest.size) if rest.size else ([], 0)
+        self.waiting = [rest] if rest.size else []
         self.first_at = time.monotonic() if rest.size else None
 
     async def send_all(self) -> None:
@@ -106,15 +112,12 @@ class _Batcher:
         await self.send_full()
         if self.count:
             values = np.concatenate(self.waiting)
-            self.waiting, self.count, self.first_at = [], 0, None
+            self.waiting, self.first_at = [], None
             await self._send(values)
 
     async def _send(self, values: np.ndarray) -> None:
         n = self.sent.batches + self.sent.duplicates
-        batch_id = f"{self.args.batch_id}-{n}" if self.args.batch_id else ""
-        request = client.encode_ingest_request(
-            self.args.metric, values, self.labels, batch_id=batch_id
-        )
+        request = ingest_request(self.args, values, n)
         answer = await client.ingest(self.channel, [request], timeout=self.args.timeout)
         self.sent.batches += answer.accepted_batches
         self.sent.values += answer.accepted_values
@@ -126,25 +129,15 @@ class _Batcher:
             print(f"batch {n}: {counted(values.size, 'value', 'values')} {state}", flush=True)
 
 
-def _numbers(line: str, number: int, source: str) -> np.ndarray:
-    try:
-        return np.asarray(line.replace(",", " ").split(), dtype=np.float64)
-    except ValueError as exc:  # "could not convert string to float: 'x'"
-        raise ValueError(f"{source}, line {number}: {exc}") from None
-
-
 async def run_ingest_stream(args: argparse.Namespace) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     try:
         # opened here: a file that cannot be read ends the command before anything is sent
         stream = _open_input(args.file)
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    lines = _read_lines(stream, loop)
+    lines = _read_lines(stream, asyncio.get_running_loop())
     flush_s = args.flush_after / 1e9
     status = 0
     async with open_channel(args) as channel:
@@ -174,7 +167,7 @@ async def run_ingest_stream(args: argparse.Namespace) -> int:
                     break
                 number += 1
                 try:
-                    batcher.add(_numbers(text, number, args.file))
+                    batcher.add(parse_values(text, f"{args.file}, line {number}"))
                 except ValueError as exc:
                     print(f"error: {exc}", file=sys.stderr)
                     status = 2

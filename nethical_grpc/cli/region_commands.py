@@ -129,25 +129,33 @@ def profile_text(profile: region_node_pb2.GetRiskProfileResponse) -> str:
     return "\n".join(lines)
 
 
-def read_values(source: str) -> np.ndarray:
-    """The numbers of ``source`` (a file, or ``-`` for stdin), separated by whitespace or
-    commas. A token that is not a number is a ``ValueError`` naming it."""
-    tokens = read_input(source).replace(",", " ").split()
+def parse_values(text: str, where: str) -> np.ndarray:
+    """The numbers of ``text``, separated by whitespace or commas. A token that is not a
+    number is a ``ValueError`` naming it, after ``where``."""
     try:
-        return np.asarray(tokens, dtype=np.float64)
+        return np.asarray(text.replace(",", " ").split(), dtype=np.float64)
     except ValueError as exc:  # "could not convert string to float: 'x'"
-        raise ValueError(f"{source}: {exc}") from None
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def read_values(source: str) -> np.ndarray:
+    """The numbers of ``source`` (a file, or ``-`` for stdin): see :func:`parse_values`."""
+    return parse_values(read_input(source), source)
+
+
+def ingest_request(args: argparse.Namespace, values: np.ndarray, n: int) -> bytes:
+    """Batch ``n`` of the command's series (``--batch-id`` names it ``PREFIX-n``)."""
+    return client.encode_ingest_request(
+        args.metric,
+        values,
+        dict(args.label),
+        batch_id=f"{args.batch_id}-{n}" if args.batch_id else "",
+    )
 
 
 def _batches(args: argparse.Namespace, values: np.ndarray) -> Iterator[bytes]:
-    labels = dict(args.label)
     for n, at in enumerate(range(0, len(values), args.batch_values)):
-        yield client.encode_ingest_request(
-            args.metric,
-            values[at : at + args.batch_values],
-            labels,
-            batch_id=f"{args.batch_id}-{n}" if args.batch_id else "",
-        )
+        yield ingest_request(args, values[at : at + args.batch_values], n)
 
 
 def applied_text(values: int, batches: int, duplicates: int, where: str = "") -> str:
