@@ -172,7 +172,7 @@ GAP_PEERS_STALE: Final = "PEERS_STALE"
 
 
 def _utc_text(ns: int) -> str:
-    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="seconds")
+    return _utc(ns).isoformat(timespec="seconds")
 
 
 class Persister:
@@ -665,11 +665,11 @@ class Persister:
         Until they were loaded once, the node's answers name the gap (PEERS_NOT_LOADED);
         while refreshes fail after that, what the peers may have flushed since the last
         one that succeeded (PEERS_STALE)."""
-        began = self.node.clock()
+        now = self.node.clock()
         if self.node.peers is None:
             self._peers_gap(GAP_PEERS_NOT_LOADED, None, "are being read from the shared store")
         try:
-            await self._refresh_peers()
+            await self._refresh_peers(now)
         except Exception as exc:
             failed = f"reading the shared store failed ({exc}); tried again at every flush"
             if self.node.peers is None:
@@ -684,7 +684,7 @@ class Persister:
                     f"flushed by then: {failed}",
                 )
             raise
-        self._peers_read_ns = began
+        self._peers_read_ns = now
         self.node.clear_gap(GAP_PEERS_NOT_LOADED)
         self.node.clear_gap(GAP_PEERS_STALE)
 
@@ -699,13 +699,12 @@ class Persister:
             )
         )
 
-    async def _refresh_peers(self) -> None:
+    async def _refresh_peers(self, now: int) -> None:
         """:meth:`refresh_peers`. The first call loads them all; later ones read only the
         windows flushed since (by the store's change numbers: a flush replaces a stored
         window whole, and so does this with the one held). One that changed past the
         rollup horizon, where the version it replaces may be merged into a rollup window
         already, makes it load them all again."""
-        now = self.node.clock()
         region = self.node.identity.region_id
         peers, seen = self.node.peers, self._peers_seen
         # every change up to this one is in what a load reads next
