@@ -48,6 +48,8 @@ def report_rpc_error(err: grpc.RpcError) -> int:
 
 
 def results_table(response: coordinator_pb2.GetGlobalMetricsResponse) -> str:
+    if not response.results:  # not a table with no rows
+        return "no series matched the query in the regions that answered"
     quantiles = []
     for r in response.results:
         quantiles = [q.quantile for q in r.statistics.quantiles]
@@ -113,7 +115,7 @@ def _query_options(args: argparse.Namespace) -> client.QueryOptions:
     """The query the flags ask for; ``--since`` counts back from now (each time, when
     watching)."""
     return client.QueryOptions(
-        metrics=args.metric,
+        metrics=[*args.metrics, *args.metric],
         quantiles=args.quantile,
         regions=args.region,
         region_weights=dict(args.weight),

@@ -316,6 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     query = _client_parser(
         sub, "query", "global metrics from a coordinator", target=COORDINATOR, timeout=10.0
     )
+    query.add_argument(
+        "metrics",
+        nargs="*",
+        metavar="METRIC",
+        help="metrics to show, as --metric names them; default all",
+    )
     query.add_argument("--metric", action="append", default=[], help="repeat; default all")
     query.add_argument(
         "--quantile", action="append", type=float, default=[], help="repeat; default 0.5 0.9 0.99"
@@ -471,7 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("agent_id", metavar="AGENT", help="the agent id")
 
     health = sub.add_parser("health", help="grpc.health.v1 Check: exit 0 only when SERVING")
-    health.add_argument("target", help="HOST:PORT")
+    health.add_argument("target", nargs="?", help="HOST:PORT (or give it as --target)")
+    health.add_argument("--target", dest="target_flag", metavar="TARGET", help="HOST:PORT")
     health.add_argument("--service", default="", help="service name ('' = the server)")
     health.add_argument("--timeout", type=float, default=3.0)
     add_client_arguments(health)
@@ -532,6 +539,12 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"nethical-mesh: error: {exc}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    if args.command == "health":
+        if args.target and args.target_flag and args.target != args.target_flag:
+            parser.error(f"health: two targets, {args.target} and --target {args.target_flag}")
+        args.target = args.target or args.target_flag
+        if not args.target:
+            parser.error("health: a target is needed: HOST:PORT or --target HOST:PORT")
     if args.command in ("region", "coordinator"):
         from nethical_grpc.cli.processes import die_with_parent
 

@@ -24,13 +24,16 @@ def counted(n: int, one: str, many: str) -> str:
 
 
 def fmt_number(x: float) -> str:
+    """A value for a table: ``1,234`` and ``0.25`` (no trailing zeros, four decimals below
+    1,000 and one above), ``1.5e+07`` past a million or below 0.001, ``-`` for NaN."""
     if isinstance(x, int):
         return f"{x:,}"
     if math.isnan(x):
         return "-"
     if x != 0 and (abs(x) >= 1e6 or abs(x) < 1e-3):
         return f"{x:.4g}"
-    return f"{x:,.4f}".rstrip("0").rstrip(".") if abs(x) < 1000 else f"{x:,.1f}"
+    text = f"{x:,.4f}" if abs(x) < 1000 else f"{x:,.1f}"
+    return text.rstrip("0").rstrip(".")
 
 
 def render(

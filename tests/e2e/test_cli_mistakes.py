@@ -206,6 +206,13 @@ def test_health_of_an_unknown_service_and_the_start_up_line(node: tuple[Child, i
     assert json.loads(out.stdout)["status"] == "SERVICE_UNKNOWN"  # reached, service unknown
     unreachable = run("health", "127.0.0.1:1", "--timeout", "2")
     assert json.loads(unreachable.stdout)["status"] == "UNREACHABLE"
+    # --target, as every other client command takes it
+    flag = run("health", "--target", f"127.0.0.1:{port}")
+    assert flag.returncode == 0 and json.loads(flag.stdout)["status"] == "SERVING"
+    assert_clear_failure(run("health"), "a target is needed")
+    assert_clear_failure(
+        run("health", f"127.0.0.1:{port}", "--target", "127.0.0.1:1"), "two targets"
+    )
     log = child.log_path.read_text()
     assert "(health on)" in log and "reflection on" not in log
 

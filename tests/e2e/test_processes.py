@@ -134,6 +134,15 @@ def test_cli_table_and_regions(cluster: dict) -> None:  # type: ignore[type-arg]
     bad = run_cli("query", "--target", f"127.0.0.1:{ports['coordinator']}", "--quantile", "2")
     assert bad.returncode == 1
     assert "INVALID_ARGUMENT" in bad.stderr and "quantiles[0]" in bad.stderr
+    # metrics named as arguments, as `ingest METRIC` names them, or with --metric
+    named = run_cli(
+        "query", "latency_ms", "--target", f"127.0.0.1:{ports['coordinator']}", "--json"
+    )
+    assert named.returncode == 0, named.stderr
+    assert {m["metric"] for m in json.loads(named.stdout)["results"]} == {"latency_ms"}
+    unknown = run_cli("query", "no_such_metric", "--target", f"127.0.0.1:{ports['coordinator']}")
+    assert unknown.returncode == 0, unknown.stderr
+    assert "no series matched" in unknown.stdout and "latency_ms" not in unknown.stdout
 
 
 def test_cli_evaluate_a_file_of_actions(cluster: dict, tmp_path: Path) -> None:  # type: ignore[type-arg]
