@@ -139,8 +139,15 @@ def parse_values(text: str, where: str) -> np.ndarray:
 
 
 def read_values(source: str) -> np.ndarray:
-    """The numbers of ``source`` (a file, or ``-`` for stdin): see :func:`parse_values`."""
-    return parse_values(read_input(source), source)
+    """The numbers of ``source`` (a file, or ``-`` for stdin): see :func:`parse_values`;
+    a token that is no number is named with its line, as ``ingest --stream`` names it."""
+    text = read_input(source)
+    try:
+        return parse_values(text, source)
+    except ValueError:
+        for number, line in enumerate(text.splitlines(), start=1):
+            parse_values(line, f"{source}, line {number}")
+        raise
 
 
 def ingest_request(args: argparse.Namespace, values: np.ndarray, n: int) -> bytes:

@@ -299,10 +299,9 @@ def test_cli_ingest_from_stdin_and_a_file(cluster: dict, tmp_path: Path) -> None
     bad = ingest("eu-west-1", "--batch-values", "2", data="1 2 3 nan 4")
     assert bad.returncode == 1, bad.stderr
     assert "values[1]" in bad.stderr and "applied_batches=1, applied_values=2" in bad.stderr
-    garbled = ingest("eu-west-1", data="1 2 three")
-    assert (
-        garbled.returncode == 2 and "could not convert string to float: 'three'" in garbled.stderr
-    )
+    garbled = ingest("eu-west-1", data="1 2\n3 three")
+    assert garbled.returncode == 2
+    assert "-, line 2: could not convert string to float: 'three'" in garbled.stderr
     for failed in (bad, garbled):
         assert "Traceback" not in failed.stderr
 

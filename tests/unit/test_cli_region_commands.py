@@ -22,7 +22,12 @@ def test_values_split_on_whitespace_and_commas(tmp_path: Path) -> None:
 def test_a_token_that_is_no_number_is_named(tmp_path: Path) -> None:
     path = tmp_path / "v.txt"
     path.write_text("1 2 3,x4")
-    with pytest.raises(ValueError, match=r"v.txt: could not convert string to float: 'x4'"):
+    with pytest.raises(ValueError, match=r"v.txt, line 1: could not convert string to float: 'x4'"):
+        read_values(str(path))
+    path.write_text("1 2\n\n3, 4\r\n5 six 7\n8 nine\n")  # the first bad line is named
+    with pytest.raises(
+        ValueError, match=r"^\S+v.txt, line 4: could not convert string to float: 'six'$"
+    ):
         read_values(str(path))
 
 
