@@ -43,6 +43,7 @@ from nethical_grpc.balancing import (
     failed_before_send,
     remaining_timeout,
 )
+from nethical_grpc.balancing.balancer import no_instance_text
 from nethical_grpc.balancing.retry import status_code
 from nethical_grpc.errors import InvalidArgument, MeshError, Unavailable, to_status
 from nethical_grpc.v1 import coordinator_pb2
@@ -71,11 +72,14 @@ class EvaluateRetry(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class GatewaySettings:
-    """``local_region``: where calls without a region go first (region aware)."""
+    """``local_region``: where calls without a region go first (region aware).
+    ``stay_in_region``: every call stays in its region (as if each request asked to),
+    instead of going to another region when its own has no usable instance."""
 
     local_region: str = ""
     evaluate_retry: EvaluateRetry = EvaluateRetry.NOT_SENT
     default_timeout_s: float = DEFAULT_EVALUATE_TIMEOUT_S
+    stay_in_region: bool = False
 
     def __post_init__(self) -> None:
         if self.default_timeout_s <= 0:
@@ -236,6 +240,35 @@ class Gateway:
             return region_id
         return self.settings.local_region or None
 
+    def route(
+        self, region_id: str, stay_in_region: bool, field: str = ""
+    ) -> tuple[str | None, bool]:
+        """The region a call goes to (see :meth:`region_for`) and whether it stays there:
+        it asked to, or the coordinator keeps every call in its region. A call that must
+        stay but has no region (none named, no local region) is INVALID_ARGUMENT on
+        ``field`` + ``region_id``: it could go anywhere."""
+        region = self.region_for(region_id)
+        stay = stay_in_region or self.settings.stay_in_region
+        if stay and region is None:
+            raise InvalidArgument.single(
+                f"{field}region_id",
+                "required when the call stays in its region (stay_in_region, or the "
+                "coordinator's --stay-in-region), as the coordinator has no local region",
+            )
+        return region, stay
+
+    def no_instance(self, region: str | None, stay: bool, **metadata: str) -> Unavailable:
+        """UNAVAILABLE ``NO_HEALTHY_INSTANCE``: nothing to send the call to."""
+        return Unavailable(
+            message=no_instance_text(region, stay),
+            reason="NO_HEALTHY_INSTANCE",
+            metadata={
+                "region_id": region or "",
+                **({"stay_in_region": "true"} if stay else {}),
+                **metadata,
+            },
+        )
+
     def timeout_for(self, time_remaining: float | None) -> float:
         """The caller's deadline (less a little for the reply), else the default."""
         default = self.settings.default_timeout_s
@@ -249,8 +282,10 @@ class Gateway:
         Raises :class:`UpstreamError` for a node's own error status, ``MeshError``
         (UNAVAILABLE / DEADLINE_EXCEEDED / INVALID_ARGUMENT) for the gateway's.
         """
-        region = self.region_for(request.region_id)
-        request.ClearField("region_id")  # the rest is the node's EvaluateRequest
+        region, stay = self.route(request.region_id, request.stay_in_region)
+        # the rest is the node's EvaluateRequest
+        request.ClearField("region_id")
+        request.ClearField("stay_in_region")
         attempts = 0
         served: Instance | None = None
 
@@ -262,14 +297,10 @@ class Gateway:
 
         try:
             response: EvaluateResponse = await self.balancer.execute_request_async(
-                attempt, region, timeout_s, retry_if=self._retry_if
+                attempt, region, timeout_s, retry_if=self._retry_if, stay_in_region=stay
             )
-        except NoAvailableInstanceError as exc:
-            raise Unavailable(
-                message=str(exc),
-                reason="NO_HEALTHY_INSTANCE",
-                metadata={"region_id": region or ""},
-            ) from None
+        except NoAvailableInstanceError:
+            raise self.no_instance(region, stay) from None
         except TimeoutError:
             raise DeadlineExceeded(
                 message=f"no answer within {timeout_s:.3f}s", metadata={"attempts": str(attempts)}

@@ -42,6 +42,7 @@ class GatewayConfig:
 
     strategy: str = "region_aware"
     local_region: str = ""
+    stay_in_region: bool = False
     proximity: Mapping[str, Sequence[str]] = field(default_factory=dict)
     evaluate_retry: str = "connection-lost"
     max_retries: int = 2
@@ -85,6 +86,7 @@ class GatewayConfig:
 
         return GatewaySettings(
             local_region=self.local_region,
+            stay_in_region=self.stay_in_region,
             evaluate_retry=EvaluateRetry(self.evaluate_retry),
             default_timeout_s=self.default_timeout_s,
         )
@@ -134,6 +136,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="region that Evaluate calls without a region_id go to first (region_aware)",
     )
     p.add_argument(
+        "--stay-in-region",
+        action="store_true",
+        help="every Evaluate stays in its region (the call's region_id, else "
+        "--local-region): when that region has no usable instance the call fails "
+        "(UNAVAILABLE) instead of going to another region, so actions and their audit "
+        "records stay in their region",
+    )
+    p.add_argument(
         "--region-order",
         action="append",
         default=[],
@@ -173,6 +183,7 @@ def from_arguments(args: Any) -> GatewayConfig:
     return GatewayConfig(
         strategy=args.strategy,
         local_region=args.local_region,
+        stay_in_region=args.stay_in_region,
         proximity=proximity,
         evaluate_retry=args.evaluate_retry,
         max_retries=args.max_retries,

@@ -3,7 +3,8 @@
 The client's stream goes to one instance, picked when the first action arrives (its
 ``region_id`` picks the region; a later message may repeat it or leave it empty, and one
 that names another region ends the stream with INVALID_ARGUMENT, as a message that does
-not parse does). Answers come back in request order, so the relay
+not parse does; ``stay_in_region`` likewise: set by the first message, failovers stay
+in the region). Answers come back in request order, so the relay
 keeps the actions sent upstream and not yet answered in a queue; each answer settles
 the oldest.
 
@@ -85,6 +86,16 @@ def _other_region(index: int, asked: str, region: str) -> InvalidArgument:
     )
 
 
+def _stays_later(index: int) -> InvalidArgument:
+    """A later message asking to stay in the region when the first did not: the stream
+    may already be elsewhere."""
+    return InvalidArgument.single(
+        f"request[{index}].stay_in_region",
+        "set on a later message only: the first message decides whether the whole stream "
+        "stays in its region; set it there (later messages may repeat it)",
+    )
+
+
 class StreamRelay:
     """One client stream relayed to region nodes; see the module docstring."""
 
@@ -114,15 +125,21 @@ class StreamRelay:
         try:
             index = 0
             region = ""  # the stream's: the first message's, else the local one
+            stays = False  # the first message asked to stay in its region
             async for message in self._requests:
                 if index == 0:
                     region = message.region_id or self._gw.settings.local_region
+                    stays = message.stay_in_region
                 else:
                     if message.region_id and message.region_id != region:
                         raise _other_region(index, message.region_id, region)
-                    # only the first message names the region (run() reads and clears
-                    # it); relayed as is, the field would land on the node's field 2
+                    if message.stay_in_region and not stays:
+                        raise _stays_later(index)
+                    # only the first message names the region and whether the stream
+                    # stays there (run() reads and clears them); relayed as is, they
+                    # would land on the node's fields 2 and 4
                     message.ClearField("region_id")
+                    message.ClearField("stay_in_region")
                 index += 1
                 await self._inbox.put(message)
         except MeshError as exc:
@@ -169,17 +186,12 @@ class StreamRelay:
             return None
         return max(0.0, self._deadline - time.monotonic())
 
-    def _pick(self, region: str | None, tried: set[str]) -> Instance:
-        inst = self._lb.get_instance(region, tried) if tried else None
+    def _pick(self, region: str | None, stay: bool, tried: set[str]) -> Instance:
+        inst = self._lb.get_instance(region, tried, stay_in_region=stay) if tried else None
         if inst is None:
-            inst = self._lb.get_instance(region)
+            inst = self._lb.get_instance(region, stay_in_region=stay)
         if inst is None:
-            where = f" (region {quoted(region)})" if region else ""
-            raise Unavailable(
-                message=f"no usable instance{where}",
-                reason="NO_HEALTHY_INSTANCE",
-                metadata={"region_id": region or "", "answered": str(self.answered)},
-            )
+            raise self._gw.no_instance(region, stay, answered=str(self.answered))
         return inst
 
     async def run(self) -> AsyncIterator[StreamResponse]:
@@ -190,12 +202,13 @@ class StreamRelay:
                 self._client_done = True
                 self._raise_client_error()
                 return
-            region = self._gw.region_for(first.region_id)
+            region, stay = self._gw.route(first.region_id, first.stay_in_region, "request[0].")
             first.ClearField("region_id")
+            first.ClearField("stay_in_region")
             self._carry.append(first)
             tried: set[str] = set()
             while True:
-                inst = self._pick(region, tried)
+                inst = self._pick(region, stay, tried)
                 try:
                     async with contextlib.aclosing(self._relay(inst)) as answers:
                         async for answer in answers:

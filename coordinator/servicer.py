@@ -148,6 +148,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         response = coordinator_pb2.ListRegionsResponse(
             strategy=_STRATEGY[balancer.strategy],
             local_region=self.gateway.settings.local_region,
+            stay_in_region=self.gateway.settings.stay_in_region,
         )
         by_region = registry.by_region()
         for region_id in registry.region_ids:

@@ -107,6 +107,14 @@ class _Pool:
         self.picker.reset(members)
 
 
+def no_instance_text(region_id: str | None, stay_in_region: bool = False) -> str:
+    """Why a call found no instance, e.g. ``no usable instance (region "eu-west-1")``."""
+    if not region_id:
+        return "no usable instance"
+    where = f"no usable instance (region {quoted(region_id)})"
+    return f"{where}, and the call stays in its region" if stay_in_region else where
+
+
 class LoadBalancer:
     """Picks instances for calls and runs calls with retries, ejection and statistics.
 
@@ -124,6 +132,9 @@ class LoadBalancer:
     then measured EWMA latency); the other strategies restrict the pick to that region
     when it has a usable instance and use every instance otherwise. Without a
     ``region_id`` every strategy picks among all usable instances (REGION_AWARE rotates).
+    With ``stay_in_region`` a pick (and every retry) stays in ``region_id``, whatever the
+    strategy: a region with no usable instance gives none (data residency: an action
+    for a region is evaluated, and recorded, there or not at all).
     """
 
     def __init__(
@@ -283,25 +294,35 @@ class LoadBalancer:
     # -- picking ---------------------------------------------------------------------
 
     def get_instance(
-        self, region_id: str | None = None, exclude: Iterable[str | Instance] = ()
+        self,
+        region_id: str | None = None,
+        exclude: Iterable[str | Instance] = (),
+        *,
+        stay_in_region: bool = False,
     ) -> Instance | None:
         """A usable instance by the strategy, or None when there is none.
 
         ``exclude`` (instance ids or instances) is skipped when another usable instance
-        exists; retries pass the instances already tried.
+        exists; retries pass the instances already tried. ``stay_in_region``: only
+        ``region_id``'s instances (see the class docstring).
         """
+        stay = stay_in_region and region_id is not None
         with self._lock:
             if self._ejected and self._next_return <= self._clock():
                 self._return_ejected()
             if exclude:
                 excluded = {e.instance_id if isinstance(e, Instance) else e for e in exclude}
-                return self._pick_excluding(region_id, excluded) or self._panic(region_id)
+                return self._pick_excluding(region_id, excluded, stay) or self._panic(
+                    region_id, stay
+                )
             if region_id is None:
                 pool = self._all
             else:
                 region = self._regions.get(region_id)
                 if region is not None and region.members:
                     pool = region
+                elif stay:
+                    return self._panic(region_id, stay)
                 elif self._region_aware:
                     routed = self._route(region_id)
                     if routed is None:
@@ -322,16 +343,18 @@ class LoadBalancer:
                 self._return_ejected()
             return inst.available
 
-    def _panic(self, region_id: str | None) -> Instance | None:
+    def _panic(self, region_id: str | None, stay: bool = False) -> Instance | None:
         """Nothing usable: rather than fail every call, use the healthy ejected instance
-        (preferring ``region_id``) that is due back soonest (Envoy's "panic" routing).
+        (preferring ``region_id``; only its own with ``stay``) that is due back soonest
+        (Envoy's "panic" routing).
         """
         ejected = [i for i in self._ejected if i.health.usable]
-        if not ejected:
-            return None
         home = [i for i in ejected if i.region_id == region_id]
+        candidates = home if stay else home or ejected
+        if not candidates:
+            return None
         self._panic_picks += 1
-        return min(home or ejected, key=lambda i: (i.ejected_until or 0.0, i.instance_id))
+        return min(candidates, key=lambda i: (i.ejected_until or 0.0, i.instance_id))
 
     def _route(self, region_id: str) -> _Pool | None:
         """The pool of the nearest region with usable instances (cached per change)."""
@@ -374,8 +397,11 @@ class LoadBalancer:
             order, _ = self._order(region_id)
             return [region_id, *order]
 
-    def _pick_excluding(self, region_id: str | None, excluded: set[str]) -> Instance | None:
-        """Slow path (retries): a usable instance not in ``excluded`` if one exists."""
+    def _pick_excluding(
+        self, region_id: str | None, excluded: set[str], stay: bool = False
+    ) -> Instance | None:
+        """Slow path (retries): a usable instance not in ``excluded`` if one exists (in
+        ``region_id`` only, with ``stay``)."""
 
         def allowed(pool: _Pool) -> list[Instance]:
             return [m for m in pool.members if m.instance_id not in excluded]
@@ -383,10 +409,11 @@ class LoadBalancer:
         pools: list[_Pool] = []
         if region_id is not None and region_id in self._regions:
             pools.append(self._regions[region_id])
-        if self._region_aware and region_id is not None:
-            order, _ = self._order(region_id)
-            pools.extend(self._regions[r] for r in order)
-        pools.append(self._all)
+        if not stay:
+            if self._region_aware and region_id is not None:
+                order, _ = self._order(region_id)
+                pools.extend(self._regions[r] for r in order)
+            pools.append(self._all)
         for pool in pools:
             candidates = allowed(pool)
             if candidates:
@@ -478,16 +505,17 @@ class LoadBalancer:
 
     # -- calls -----------------------------------------------------------------------
 
-    def _next_instance(self, region_id: str | None, state: RetryState) -> Instance:
-        inst = self.get_instance(region_id, state.tried) if state.tried else None
+    def _next_instance(
+        self, region_id: str | None, state: RetryState, stay_in_region: bool = False
+    ) -> Instance:
+        stay = stay_in_region
+        inst = (
+            self.get_instance(region_id, state.tried, stay_in_region=stay) if state.tried else None
+        )
         if inst is None:
-            inst = self.get_instance(region_id)
+            inst = self.get_instance(region_id, stay_in_region=stay)
         if inst is None:
-            raise NoAvailableInstanceError(
-                f"no usable instance (region {quoted(region_id)})"
-                if region_id
-                else "no usable instance"
-            )
+            raise NoAvailableInstanceError(no_instance_text(region_id, stay))
         return inst
 
     def execute_request(
@@ -499,18 +527,20 @@ class LoadBalancer:
         attempt_timeout: float | None = None,
         idempotent: bool = True,
         retry_if: Callable[[BaseException], bool] | None = None,
+        stay_in_region: bool = False,
     ) -> T:
         """Run ``request_func(instance)`` with retries (sync callers; backoff sleeps the thread).
 
         The attempt's deadline is available to ``request_func`` as ``remaining_timeout()``.
         ``retry_if`` replaces the default classification (:func:`is_retryable` with
         ``idempotent``); retries stay bounded by the policy and the deadline.
+        ``stay_in_region``: every attempt goes to ``region_id``'s instances only.
         """
         state = RetryState(self.retry_policy, self._rng, timeout, idempotent, retry_if)
         with self._lock:
             self._calls += 1
         while True:
-            inst = self._next_instance(region_id, state)
+            inst = self._next_instance(region_id, state, stay_in_region)
             state.attempts += 1
             token = set_attempt_deadline(state.attempt_deadline(attempt_timeout))
             self.begin(inst)
@@ -543,6 +573,7 @@ class LoadBalancer:
         attempt_timeout: float | None = None,
         idempotent: bool = True,
         retry_if: Callable[[BaseException], bool] | None = None,
+        stay_in_region: bool = False,
     ) -> T:
         """``await request_func(instance)`` with retries; each attempt is cut off at its deadline.
 
@@ -553,7 +584,7 @@ class LoadBalancer:
             self._calls += 1
         loop = asyncio.get_running_loop()
         while True:
-            inst = self._next_instance(region_id, state)
+            inst = self._next_instance(region_id, state, stay_in_region)
             state.attempts += 1
             deadline = state.attempt_deadline(attempt_timeout)
             token = set_attempt_deadline(deadline)

@@ -287,7 +287,14 @@ def regions_table(response: coordinator_pb2.ListRegionsResponse) -> str:
         for i in r.instances
     ]
     headers = ["region", "instance", "endpoint", "health", "requests", "err%", "ewma ms"]
-    return render([*headers, "in-flight", "ejected"], rows, text_columns=(1, 2, 3, 8))
+    table = render([*headers, "in-flight", "ejected"], rows, text_columns=(1, 2, 3, 8))
+    strategy = coordinator_pb2.BalancingStrategy.Name(response.strategy)
+    gateway = f"gateway: {strategy.removeprefix('BALANCING_STRATEGY_').lower()}"
+    if response.local_region:
+        gateway += f", local region {response.local_region}"
+    if response.stay_in_region:
+        gateway += ", every call stays in its region"
+    return f"{table}\n{gateway}"
 
 
 async def run_health(args: argparse.Namespace) -> int:

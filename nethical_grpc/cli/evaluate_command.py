@@ -73,9 +73,10 @@ def verdict_text(evaluation: governance_pb2.ActionEvaluation, endpoint: str, att
 
 
 async def run_evaluate(args: argparse.Namespace) -> int:
-    if args.node and args.region:
+    if args.node and (args.region or args.stay_in_region):
+        flag = "--region" if args.region else "--stay-in-region"
         print(
-            "error: --region is for a coordinator; a region node evaluates in its own region",
+            f"error: {flag} is for a coordinator; a region node evaluates in its own region",
             file=sys.stderr,
         )
         return 2
@@ -112,7 +113,7 @@ async def run_evaluate(args: argparse.Namespace) -> int:
             args,
             lambda ch: coordinator_pb2_grpc.CoordinatorServiceStub(ch).Evaluate(
                 coordinator_pb2.CoordinatorServiceEvaluateRequest(
-                    action=action, region_id=args.region
+                    action=action, region_id=args.region, stay_in_region=args.stay_in_region
                 ),
                 timeout=args.timeout,
             ),
@@ -182,7 +183,7 @@ async def _evaluate_many(
             call = coordinator_pb2_grpc.CoordinatorServiceStub(channel).EvaluateStream(
                 (
                     coordinator_pb2.CoordinatorServiceEvaluateStreamRequest(
-                        actions=b, region_id=args.region
+                        actions=b, region_id=args.region, stay_in_region=args.stay_in_region
                     )
                     for b in batches
                 ),

@@ -393,6 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--region", default="", help="region to evaluate in (coordinator only; default its own)"
     )
     evaluate.add_argument(
+        "--stay-in-region",
+        action="store_true",
+        help="evaluate in --region (or the coordinator's local region) or not at all: "
+        "never in another region (coordinator only)",
+    )
+    evaluate.add_argument(
         "--node", action="store_true", help="the target is a region node, not a coordinator"
     )
     evaluate.add_argument(

@@ -268,22 +268,26 @@ class RegionInfo(_message.Message):
     def __init__(self, region_id: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[InstanceInfo, _Mapping]]] = ..., healthy: _Optional[bool] = ...) -> None: ...
 
 class ListRegionsResponse(_message.Message):
-    __slots__ = ("regions", "strategy", "local_region")
+    __slots__ = ("regions", "strategy", "local_region", "stay_in_region")
     REGIONS_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     LOCAL_REGION_FIELD_NUMBER: _ClassVar[int]
+    STAY_IN_REGION_FIELD_NUMBER: _ClassVar[int]
     regions: _containers.RepeatedCompositeFieldContainer[RegionInfo]
     strategy: BalancingStrategy
     local_region: str
-    def __init__(self, regions: _Optional[_Iterable[_Union[RegionInfo, _Mapping]]] = ..., strategy: _Optional[_Union[BalancingStrategy, str]] = ..., local_region: _Optional[str] = ...) -> None: ...
+    stay_in_region: bool
+    def __init__(self, regions: _Optional[_Iterable[_Union[RegionInfo, _Mapping]]] = ..., strategy: _Optional[_Union[BalancingStrategy, str]] = ..., local_region: _Optional[str] = ..., stay_in_region: _Optional[bool] = ...) -> None: ...
 
 class CoordinatorServiceEvaluateRequest(_message.Message):
-    __slots__ = ("action", "region_id")
+    __slots__ = ("action", "region_id", "stay_in_region")
     ACTION_FIELD_NUMBER: _ClassVar[int]
     REGION_ID_FIELD_NUMBER: _ClassVar[int]
+    STAY_IN_REGION_FIELD_NUMBER: _ClassVar[int]
     action: _governance_pb2.AgentAction
     region_id: str
-    def __init__(self, action: _Optional[_Union[_governance_pb2.AgentAction, _Mapping]] = ..., region_id: _Optional[str] = ...) -> None: ...
+    stay_in_region: bool
+    def __init__(self, action: _Optional[_Union[_governance_pb2.AgentAction, _Mapping]] = ..., region_id: _Optional[str] = ..., stay_in_region: _Optional[bool] = ...) -> None: ...
 
 class CoordinatorServiceEvaluateResponse(_message.Message):
     __slots__ = ("evaluation", "endpoint", "attempts")
@@ -296,14 +300,16 @@ class CoordinatorServiceEvaluateResponse(_message.Message):
     def __init__(self, evaluation: _Optional[_Union[_governance_pb2.ActionEvaluation, _Mapping]] = ..., endpoint: _Optional[str] = ..., attempts: _Optional[int] = ...) -> None: ...
 
 class CoordinatorServiceEvaluateStreamRequest(_message.Message):
-    __slots__ = ("action", "region_id", "actions")
+    __slots__ = ("action", "region_id", "actions", "stay_in_region")
     ACTION_FIELD_NUMBER: _ClassVar[int]
     REGION_ID_FIELD_NUMBER: _ClassVar[int]
     ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    STAY_IN_REGION_FIELD_NUMBER: _ClassVar[int]
     action: _governance_pb2.AgentAction
     region_id: str
     actions: _containers.RepeatedCompositeFieldContainer[_governance_pb2.AgentAction]
-    def __init__(self, action: _Optional[_Union[_governance_pb2.AgentAction, _Mapping]] = ..., region_id: _Optional[str] = ..., actions: _Optional[_Iterable[_Union[_governance_pb2.AgentAction, _Mapping]]] = ...) -> None: ...
+    stay_in_region: bool
+    def __init__(self, action: _Optional[_Union[_governance_pb2.AgentAction, _Mapping]] = ..., region_id: _Optional[str] = ..., actions: _Optional[_Iterable[_Union[_governance_pb2.AgentAction, _Mapping]]] = ..., stay_in_region: _Optional[bool] = ...) -> None: ...
 
 class CoordinatorServiceEvaluateStreamResponse(_message.Message):
     __slots__ = ("evaluation", "error", "results")

@@ -131,6 +131,7 @@ def test_cli_table_and_regions(cluster: dict) -> None:  # type: ignore[type-arg]
     regions = run_cli("regions", "--target", f"127.0.0.1:{ports['coordinator']}")
     assert regions.returncode == 0
     assert regions.stdout.count("serving") == 3
+    assert regions.stdout.splitlines()[-1].startswith("gateway: region_aware")
     bad = run_cli("query", "--target", f"127.0.0.1:{ports['coordinator']}", "--quantile", "2")
     assert bad.returncode == 1
     assert "INVALID_ARGUMENT" in bad.stderr and "quantiles[0]" in bad.stderr
@@ -682,8 +683,17 @@ def test_cli_evaluate_through_the_gateway_and_a_node(cluster: dict) -> None:  # 
     assert unknown.returncode == 1 and 'unknown region "mars"' in unknown.stderr
     both = run_cli("evaluate", harmful, "--node", "--region", "eu-west-1")
     assert both.returncode == 2 and "--region is for a coordinator" in both.stderr
-    for failed in (empty, unknown, both):
+    stay_on_node = run_cli("evaluate", harmful, "--node", "--stay-in-region")
+    assert stay_on_node.returncode == 2
+    assert "--stay-in-region is for a coordinator" in stay_on_node.stderr
+    # staying in a region needs one: the coordinator here has no local region
+    nowhere = run_cli("evaluate", harmful, "--stay-in-region", *gateway)
+    assert nowhere.returncode == 1 and "region_id: required when the call stays" in (nowhere.stderr)
+    for failed in (empty, unknown, both, stay_on_node, nowhere):
         assert "Traceback" not in failed.stderr
+    stays = run_cli("evaluate", harmful, "--region", "eu-west-1", "--stay-in-region", *gateway)
+    assert stays.returncode == 0, stays.stderr
+    assert "served by   region eu-west-1" in stays.stdout
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])

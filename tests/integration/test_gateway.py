@@ -191,3 +191,76 @@ async def test_list_regions_shows_the_balancer_figures(mesh: Mesh) -> None:
         assert info.HasField("ewma_latency") and info.ewma_latency.ToNanoseconds() > 0
         assert not info.ejected and not info.HasField("ejected_for")
         assert info.weight == 1 and info.resolved_from == ""
+
+
+async def _down(mesh: Mesh, region: str, instance: int = 0) -> None:
+    """The instance reports NOT_SERVING, and the coordinator knows it."""
+    server, _ = mesh.regions[region][instance]
+    await server.set_serving(False)
+    inst = view(mesh, region, instance)
+    await wait_for(lambda: inst.health is Health.NOT_SERVING)
+
+
+@pytest.mark.parametrize("strategy", ["region_aware", "round_robin"])
+async def test_a_call_that_stays_in_its_region_is_never_evaluated_elsewhere(
+    mesh: Mesh, strategy: str
+) -> None:
+    for region in ("eu-west-1", "us-east-1"):
+        await add_region(mesh, region, instances=2)
+    stub = await start_gateway(mesh, strategy=strategy)
+
+    async def stay(region_id: str) -> coordinator_pb2.CoordinatorServiceEvaluateResponse:
+        return await stub.Evaluate(
+            coordinator_pb2.CoordinatorServiceEvaluateRequest(
+                action=action(), region_id=region_id, stay_in_region=True
+            ),
+            timeout=10,
+        )
+
+    # while the region has an instance, its other one takes the calls
+    await _down(mesh, "eu-west-1", 0)
+    answers = [await stay("eu-west-1") for _ in range(6)]
+    assert {a.evaluation.instance_id for a in answers} == {"eu-west-1-1"}
+    # with none left the call fails, and nothing is evaluated in the other region
+    await _down(mesh, "eu-west-1", 1)
+    before = [await evaluations_recorded(mesh, "us-east-1", i) for i in range(2)]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stay("eu-west-1")
+    details = details_from_error(info.value)
+    assert details.code is grpc.StatusCode.UNAVAILABLE
+    assert details.reason == "NO_HEALTHY_INSTANCE"
+    assert details.metadata == {"region_id": "eu-west-1", "stay_in_region": "true"}
+    assert '"eu-west-1"' in details.message and "stays in its region" in details.message
+    assert [await evaluations_recorded(mesh, "us-east-1", i) for i in range(2)] == before
+    # without it, the same call goes to the other region, as before
+    assert (await evaluate(stub, region_id="eu-west-1")).evaluation.region_id == "us-east-1"
+
+
+async def test_a_coordinator_that_keeps_every_call_in_its_region(mesh: Mesh) -> None:
+    for region in ("eu-west-1", "us-east-1"):
+        await add_region(mesh, region)
+    stub = await start_gateway(mesh, local_region="eu-west-1", stay_in_region=True)
+    regions = await stub.ListRegions(coordinator_pb2.ListRegionsRequest(), timeout=5)
+    assert regions.stay_in_region and regions.local_region == "eu-west-1"
+    assert (await evaluate(stub)).evaluation.region_id == "eu-west-1"
+    await _down(mesh, "eu-west-1")
+    for region_id in ("", "eu-west-1"):  # the local region, or named
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await evaluate(stub, region_id=region_id)
+        assert details_from_error(info.value).reason == "NO_HEALTHY_INSTANCE"
+    assert (await evaluate(stub, region_id="us-east-1")).evaluation.region_id == "us-east-1"
+
+
+async def test_staying_in_a_region_needs_a_region(mesh: Mesh) -> None:
+    await add_region(mesh, "r1")
+    stub = await start_gateway(mesh)  # no local region
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Evaluate(
+            coordinator_pb2.CoordinatorServiceEvaluateRequest(action=action(), stay_in_region=True),
+            timeout=5,
+        )
+    details = details_from_error(info.value)
+    assert details.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in details.field_violations] == ["region_id"]
+    regions = await stub.ListRegions(coordinator_pb2.ListRegionsRequest(), timeout=5)
+    assert not regions.stay_in_region

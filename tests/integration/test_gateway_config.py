@@ -56,6 +56,7 @@ def test_cli_flags_reach_the_balancer() -> None:
             "2s",
             "--ejection-time",
             "500ms",
+            "--stay-in-region",
         ]
     )
     config = from_arguments(args)
@@ -68,12 +69,14 @@ def test_cli_flags_reach_the_balancer() -> None:
     settings = config.gateway_settings()
     assert settings.local_region == "us-east-1"
     assert settings.evaluate_retry is EvaluateRetry.CONNECTION_LOST
+    assert settings.stay_in_region
 
 
 def test_cli_defaults_are_region_aware_and_not_sent() -> None:
     config = from_arguments(build_parser().parse_args(["coordinator", "--region=r=h:1"]))
     assert config.strategy == "region_aware" and config.evaluate_retry == "connection-lost"
     assert config.resolve_interval_s == 10.0 and config.max_retries == 2
+    assert not config.stay_in_region and not config.gateway_settings().stay_in_region
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -220,3 +221,49 @@ async def test_client_cancel_ends_the_upstream_stream(rig: Rig) -> None:
     await wait_for(lambda: rig.registry.balancer.get_statistics()["total"]["in_flight"] == 0)
     assert a.stream_seen == ["req-0"]
     await asyncio.sleep(0)
+
+
+async def test_a_stream_that_stays_in_its_region_does_not_fail_over_to_another(
+    mesh: Mesh,
+) -> None:
+    await add_region(mesh, "r1")
+    await add_region(mesh, "r2")
+    stub = await start_gateway(mesh, strategy="region_aware")
+    call = stub.EvaluateStream(timeout=20)
+    first = Req(action=stream_request(0).action, region_id="r1", stay_in_region=True)
+    await call.write(first)
+    answers = [await call.read()]
+    for i in range(1, 4):  # later messages may repeat it, or leave it out
+        later = stream_request(i)
+        later.stay_in_region = i == 2
+        await call.write(later)
+        answers.append(await call.read())
+    assert {a.evaluation.instance_id for a in answers} == {"r1-0"}
+    server = mesh.regions["r1"][0][0]
+    await server.server.stop(0)  # every action sent was answered: a failover is safe
+    assert mesh.federation is not None
+    [gone] = mesh.federation.registry.instances("r1")
+    await wait_for(lambda: gone.health is Health.UNREACHABLE)
+    # the relay may have ended the call already (no other instance of r1 to move to)
+    with contextlib.suppress(asyncio.InvalidStateError):
+        await call.write(stream_request(4))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call.read()
+    details = details_from_error(info.value)
+    assert details.code is grpc.StatusCode.UNAVAILABLE, details.message
+    assert details.reason == "NO_HEALTHY_INSTANCE"
+    assert details.metadata == {"region_id": "r1", "stay_in_region": "true", "answered": "4"}
+
+
+async def test_a_later_message_cannot_ask_to_stay_when_the_first_did_not(mesh: Mesh) -> None:
+    await add_region(mesh, "r1")
+    stub = await start_gateway(mesh, strategy="region_aware", local_region="r1")
+    late = stream_request(1)
+    late.stay_in_region = True
+    answers, err = await until_error(
+        stub.EvaluateStream(iter([stream_request(0), late, stream_request(2)]), timeout=20)
+    )
+    assert [a.evaluation.request_id for a in answers] == ["req-0"]
+    details = details_from_error(err)
+    assert details.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in details.field_violations] == ["request[1].stay_in_region"]

@@ -627,3 +627,54 @@ async def test_outside_cancellation_is_not_a_timeout() -> None:
         await task
     total = lb.get_statistics()["total"]
     assert total["in_flight"] == 0 and total["failures"] == 0 and total["retries"] == 0
+
+
+@pytest.mark.parametrize("strategy", list(S))
+def test_a_pick_that_stays_in_its_region_never_leaves_it(strategy: S) -> None:
+    lb = balancer(strategy, n=6, regions=3)  # r0: i0,i3  r1: i1,i4  r2: i2,i5
+    stay = {"stay_in_region": True}
+    assert {lb.get_instance("r1", **stay).instance_id for _ in range(10)} == {"i1", "i4"}  # type: ignore[union-attr]
+    lb.set_health("i1", HealthState.NOT_SERVING)
+    assert {lb.get_instance("r1", **stay).instance_id for _ in range(10)} == {"i4"}  # type: ignore[union-attr]
+    # a retry that excludes the region's last instance gets no other region's (the
+    # balancer then retries it in place)
+    assert lb.get_instance("r1", ["i4"], **stay) is None
+    assert lb.get_instance("r1", ["i4"]).region_id != "r1"  # type: ignore[union-attr]
+    lb.set_health("i4", HealthState.NOT_SERVING)
+    assert lb.get_instance("r1", **stay) is None
+    assert lb.get_instance("r1", ["i1"], **stay) is None
+    assert lb.get_instance("r1").region_id != "r1"  # type: ignore[union-attr]  # as before
+    with pytest.raises(NoAvailableInstanceError, match='region "r1"\\), and the call stays'):
+        lb.execute_request(lambda inst: inst.instance_id, "r1", stay_in_region=True)
+    # without a region there is nothing to stay in: any instance
+    assert lb.get_instance(None, **stay) is not None
+
+
+def test_retries_that_stay_in_the_region_go_to_its_other_instances_only() -> None:
+    lb = balancer(S.REGION_AWARE, n=6, regions=3)
+    visits: list[str] = []
+
+    def call(inst: Instance) -> str:
+        visits.append(inst.instance_id)
+        raise UNAVAILABLE
+
+    with pytest.raises(grpc.aio.AioRpcError):
+        lb.execute_request(call, "r2", stay_in_region=True)
+    assert len(visits) == 3 and set(visits) == {"i2", "i5"}
+
+
+def test_panic_routing_that_stays_in_the_region_uses_only_its_ejected_instances() -> None:
+    clock = FakeClock()
+    lb = balancer(S.ROUND_ROBIN, n=4, regions=2, clock=clock)  # r0: i0,i2  r1: i1,i3
+    for name in ("i0", "i2"):
+        inst = lb.instance(name)
+        assert inst is not None
+        for _ in range(3):
+            lb.begin(inst)
+            lb.record_failure(inst, UNAVAILABLE)
+    home = lb.get_instance("r0", stay_in_region=True)
+    assert home is not None and home.region_id == "r0"  # ejected, but the region's own
+    lb.set_health("i0", HealthState.NOT_SERVING)
+    lb.set_health("i2", HealthState.NOT_SERVING)
+    assert lb.get_instance("r0", stay_in_region=True) is None
+    assert lb.get_instance("r0", stay_in_region=False) is not None
