@@ -132,6 +132,11 @@ def grpcurl_session(region_address: str, coordinator_address: str) -> dict[str, 
                 ' "action_text": "SELECT title FROM books WHERE id = 42",'
                 ' "action_type": "query"}}',
             ),
+            "evaluate_staying": coordinator.invoke(
+                f"{COORDINATOR_SERVICE}/Evaluate",
+                '{"region_id": "us-east-1", "stay_in_region": true, "action": {"agent_id":'
+                ' "agent-7", "action_text": "SELECT title FROM books WHERE id = 42"}}',
+            ),
             "global": coordinator.invoke(
                 f"{COORDINATOR_SERVICE}/GetGlobalMetrics",
                 '{"metrics": ["api_latency_ms"], "quantiles": [0.5, 0.99],'
@@ -199,6 +204,9 @@ async def test_readme_grpcurl_session_over_reflection(mesh: Mesh) -> None:
     assert gateway["evaluation"]["decision"] == "DECISION_ALLOW"
     assert gateway["evaluation"]["region_id"] == "us-east-1"
     assert gateway["endpoint"] == region.address
+    staying = out["evaluate_staying"]
+    assert staying["evaluation"]["region_id"] == "us-east-1"
+    assert staying["endpoint"] == region.address
 
     [result] = out["global"]["results"]
     stats = result["statistics"]
