@@ -125,11 +125,11 @@ class StreamRelay:
         try:
             index = 0
             region = ""  # the stream's: the first message's, else the local one
-            stays = False  # the first message asked to stay in its region
+            stays = False  # the stream stays in its region (its first message, or always)
             async for message in self._requests:
                 if index == 0:
                     region = message.region_id or self._gw.settings.local_region
-                    stays = message.stay_in_region
+                    stays = message.stay_in_region or self._gw.settings.stay_in_region
                 else:
                     if message.region_id and message.region_id != region:
                         raise _other_region(index, message.region_id, region)

@@ -508,14 +508,12 @@ class LoadBalancer:
     def _next_instance(
         self, region_id: str | None, state: RetryState, stay_in_region: bool = False
     ) -> Instance:
-        stay = stay_in_region
-        inst = (
-            self.get_instance(region_id, state.tried, stay_in_region=stay) if state.tried else None
-        )
+        stay = {"stay_in_region": stay_in_region}
+        inst = self.get_instance(region_id, state.tried, **stay) if state.tried else None
         if inst is None:
-            inst = self.get_instance(region_id, stay_in_region=stay)
+            inst = self.get_instance(region_id, **stay)
         if inst is None:
-            raise NoAvailableInstanceError(no_instance_text(region_id, stay))
+            raise NoAvailableInstanceError(no_instance_text(region_id, stay_in_region))
         return inst
 
     def execute_request(

@@ -267,3 +267,14 @@ async def test_a_later_message_cannot_ask_to_stay_when_the_first_did_not(mesh: M
     details = details_from_error(err)
     assert details.code is grpc.StatusCode.INVALID_ARGUMENT
     assert [v.field for v in details.field_violations] == ["request[1].stay_in_region"]
+
+
+async def test_later_messages_may_ask_to_stay_on_a_coordinator_that_always_does(
+    mesh: Mesh,
+) -> None:
+    await add_region(mesh, "r1")
+    stub = await start_gateway(mesh, local_region="r1", stay_in_region=True)
+    late = stream_request(1)
+    late.stay_in_region = True
+    answers = [a async for a in stub.EvaluateStream(iter([stream_request(0), late]), timeout=20)]
+    assert [a.evaluation.request_id for a in answers] == ["req-0", "req-1"]
