@@ -508,12 +508,14 @@ class LoadBalancer:
     def _next_instance(
         self, region_id: str | None, state: RetryState, stay_in_region: bool = False
     ) -> Instance:
-        stay = {"stay_in_region": stay_in_region}
-        inst = self.get_instance(region_id, state.tried, **stay) if state.tried else None
+        stay = stay_in_region
+        inst = None
+        if state.tried:
+            inst = self.get_instance(region_id, state.tried, stay_in_region=stay)
         if inst is None:
-            inst = self.get_instance(region_id, **stay)
+            inst = self.get_instance(region_id, stay_in_region=stay)
         if inst is None:
-            raise NoAvailableInstanceError(no_instance_text(region_id, stay_in_region))
+            raise NoAvailableInstanceError(no_instance_text(region_id, stay))
         return inst
 
     def execute_request(
