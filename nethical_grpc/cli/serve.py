@@ -244,6 +244,13 @@ async def run_coordinator(args: argparse.Namespace) -> int:
         log.error("bad configuration: %s", exc)
         return 2
     upstream.log("coordinator -> region nodes", log)
+    if gateway.stay_in_region:
+        log.info(
+            "gateway: every Evaluate stays in its region (%s)",
+            f"its region_id, else {gateway.local_region}"
+            if gateway.local_region
+            else "each call must name its region_id: no --local-region",
+        )
     if upstream.tls is not None or upstream.token is not None:
         # mTLS and the coordinator's token on every call to a region node
         gateway = dataclasses.replace(

@@ -231,3 +231,21 @@ def test_a_privacy_configuration_that_starts_is_announced(tmp_path: Path) -> Non
         node.stop()
     assert "differential privacy on: epsilon 1 per release, 10 per window" in said
     assert "values in [0, 100]" in said and "under a noisy count of 50" in said
+
+
+def test_a_coordinator_that_keeps_calls_in_their_region_says_so(tmp_path: Path) -> None:
+    said = []
+    for extra in ([], ["--local-region", "r1"]):
+        coordinator = spawn(
+            f"coordinator{len(said)}",
+            ["coordinator", "--port", "0", "--region", "r1=127.0.0.1:1", "--stay-in-region",
+             *extra],
+            tmp_path,
+        )  # fmt: skip
+        try:
+            coordinator.port()
+            said.append(coordinator.log_path.read_text())
+        finally:
+            coordinator.stop()
+    assert "every Evaluate stays in its region (each call must name its region_id" in said[0]
+    assert "every Evaluate stays in its region (its region_id, else r1)" in said[1]
