@@ -37,6 +37,7 @@ from typing import Any, Final
 import grpc
 
 from coordinator.instances import CREDENTIAL_CODES, InstanceRegistry, warn_credentials_refused
+from nethical_grpc import telemetry
 from nethical_grpc.balancing import (
     Instance,
     NoAvailableInstanceError,
@@ -295,11 +296,14 @@ class Gateway:
             served = inst
             return self.methods(inst).unary(request, timeout=remaining_timeout())
 
+        outcome = "failed"
         try:
             response: EvaluateResponse = await self.balancer.execute_request_async(
                 attempt, region, timeout_s, retry_if=self._retry_if, stay_in_region=stay
             )
+            outcome = "answered"
         except NoAvailableInstanceError:
+            outcome = "no_instance"
             raise self.no_instance(region, stay) from None
         except TimeoutError:
             raise DeadlineExceeded(
@@ -315,7 +319,12 @@ class Gateway:
                     reason="NO_REACHABLE_INSTANCE",
                     metadata={"endpoint": endpoint, "attempts": str(attempts)},
                 ) from None
+            outcome = "answered"  # the node's own error status
             raise UpstreamError(err) from None
+        finally:
+            telemetry.get_recorder().record_gateway_call(
+                region or "", served.region_id if served is not None else "", outcome
+            )
         assert served is not None
         response.endpoint = served.endpoint
         response.attempts = attempts

@@ -48,6 +48,7 @@ from coordinator.gateway import (
     node_refused,
     stream_broken,
 )
+from nethical_grpc import telemetry
 from nethical_grpc.balancing import Instance, failed_before_send
 from nethical_grpc.errors import InvalidArgument, MeshError, Unavailable
 from nethical_grpc.validation import quoted
@@ -120,6 +121,7 @@ class StreamRelay:
         # what ended the client's stream early (a message that did not parse): raised once
         # every message before it is answered
         self._client_error: MeshError | None = None
+        self._region = ""  # the region the stream asked for (empty: any), for the metrics
 
     async def _read_client(self) -> None:
         try:
@@ -191,6 +193,7 @@ class StreamRelay:
         if inst is None:
             inst = self._lb.get_instance(region, stay_in_region=stay)
         if inst is None:
+            telemetry.get_recorder().record_gateway_call(self._region, "", "no_instance")
             raise self._gw.no_instance(region, stay, answered=str(self.answered))
         return inst
 
@@ -203,6 +206,7 @@ class StreamRelay:
                 self._raise_client_error()
                 return
             region, stay = self._gw.route(first.region_id, first.stay_in_region, "request[0].")
+            self._region = region or ""
             first.ClearField("region_id")
             first.ClearField("stay_in_region")
             self._carry.append(first)
@@ -226,6 +230,7 @@ class StreamRelay:
     async def _relay(self, inst: Instance) -> AsyncGenerator[StreamResponse, None]:
         """Relay to ``inst`` until the stream ends; raises _Interrupted on a failure."""
         call: StreamCall = self._gw.methods(inst).stream(None, timeout=self._timeout())
+        recorder = telemetry.get_recorder()
         self._lb.begin(inst)
         writer = asyncio.ensure_future(self._write(call))
         settled = False
@@ -241,6 +246,7 @@ class StreamRelay:
                     self._pending.popleft()
                     self.answered += 1
                     self._streak = 0
+                    recorder.record_gateway_call(self._region, inst.region_id, "answered")
                     yield answer
             except grpc.aio.AioRpcError as err:
                 settled = True
@@ -279,6 +285,7 @@ class StreamRelay:
             await asyncio.sleep(policy.backoff_s(self._streak - 1, self._rng))
             return
         detail = error.details() if error is not None else "the stream ended early"
+        telemetry.get_recorder().record_gateway_call(self._region, inst.region_id, "failed")
         raise Unavailable(
             message=(
                 f"the stream to {inst.endpoint} broke ({detail}) after {self.answered} "

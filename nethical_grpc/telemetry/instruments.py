@@ -46,6 +46,7 @@ STORE_FALLBACK = "nethical.store.fallback"
 SERIES_HELD = "nethical.series.held"
 WINDOWS_HELD = "nethical.windows.held"
 DATA_GAPS = "nethical.data.gaps"
+GATEWAY_CALLS = "nethical.gateway.calls"
 
 PROMETHEUS_METRICS: Mapping[str, str] = {
     RPC_SERVER_DURATION: "rpc_server_duration_seconds",
@@ -66,6 +67,7 @@ PROMETHEUS_METRICS: Mapping[str, str] = {
     SERIES_HELD: "nethical_series_held",
     WINDOWS_HELD: "nethical_windows_held",
     DATA_GAPS: "nethical_data_gaps",
+    GATEWAY_CALLS: "nethical_gateway_calls_total",
 }
 """OpenTelemetry instrument name → Prometheus family name (histograms add
 ``_bucket``/``_count``/``_sum``)."""
@@ -91,6 +93,14 @@ RPC_DURATION_BUCKETS_S = (
     30.0,
 )
 # fraction answered; `le="1"` holds the complete answers, `le="0"` the empty ones
+#: How a gateway call ended: a node answered it (its verdict or its own error status),
+#: no usable instance was there to send it to, or no answer came (unreachable, in doubt,
+#: deadline).
+GATEWAY_OUTCOMES = ("answered", "no_instance", "failed")
+#: The gateway labels of a call that named no region and had no local one, and of one
+#: that went to no instance.
+ANY_REGION = "any"
+NO_REGION = "none"
 COVERAGE_BUCKETS = (0.0, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
 
 ATTR_PEER_REGION = "nethical.peer.region"
@@ -165,6 +175,12 @@ class MeterRecorder(Recorder):
             description="Records a node dropped instead of storing (evaluations' records "
             "or window summaries the stores refused, or writes fell too far behind)",
         )
+        self._gateway = meter.create_counter(
+            GATEWAY_CALLS,
+            unit="{call}",
+            description="Evaluate calls (and stream messages) the gateway routed, by the "
+            "region asked for, the region they went to and outcome",
+        )
         self._meter = meter
         # observable gauges are made on the first observe_* call (one callback each)
         self._instances: InstanceStates | None = None
@@ -216,6 +232,22 @@ class MeterRecorder(Recorder):
         for decision, n in decisions.items():
             if n:
                 self._evaluations.add(n, {"decision": decision})
+
+    def record_gateway_call(
+        self, region: str, served_region: str, outcome: str, calls: int = 1
+    ) -> None:
+        """Raises ``ValueError`` for an unknown ``outcome`` or a negative count."""
+        if outcome not in GATEWAY_OUTCOMES:
+            raise ValueError(f"outcome must be one of {GATEWAY_OUTCOMES}, got {outcome!r}")
+        if calls < 0:
+            raise ValueError(f"calls must be >= 0, got {calls}")
+        if calls:
+            attrs = {
+                "region": region or ANY_REGION,
+                "served_region": served_region or NO_REGION,
+                "outcome": outcome,
+            }
+            self._gateway.add(calls, attrs)
 
     def record_dropped_records(self, records: int) -> None:
         if records < 0:

@@ -51,6 +51,15 @@ class Recorder:
     def record_evaluations(self, decisions: Mapping[str, int]) -> None:
         """Count evaluations by decision name (e.g. ``{"ALLOW": 7, "BLOCK": 1}``)."""
 
+    def record_gateway_call(
+        self, region: str, served_region: str, outcome: str, calls: int = 1
+    ) -> None:
+        """Count ``calls`` Evaluate calls (or stream messages) the gateway routed for
+        ``region`` (empty: none named, no local region) to an instance of
+        ``served_region`` (the last one tried; empty: none), ending ``outcome``
+        ("answered", "no_instance", "failed"). A call answered in another region than
+        its own moved the action there."""
+
     def record_dropped_records(self, records: int) -> None:
         """Count records (evaluations', window summaries) a node dropped instead of
         storing them."""

@@ -193,7 +193,7 @@ async def test_list_regions_shows_the_balancer_figures(mesh: Mesh) -> None:
         assert info.weight == 1 and info.resolved_from == ""
 
 
-async def _down(mesh: Mesh, region: str, instance: int = 0) -> None:
+async def mark_not_serving(mesh: Mesh, region: str, instance: int = 0) -> None:
     """The instance reports NOT_SERVING, and the coordinator knows it."""
     server, _ = mesh.regions[region][instance]
     await server.set_serving(False)
@@ -218,11 +218,11 @@ async def test_a_call_that_stays_in_its_region_is_never_evaluated_elsewhere(
         )
 
     # while the region has an instance, its other one takes the calls
-    await _down(mesh, "eu-west-1", 0)
+    await mark_not_serving(mesh, "eu-west-1", 0)
     answers = [await stay("eu-west-1") for _ in range(6)]
     assert {a.evaluation.instance_id for a in answers} == {"eu-west-1-1"}
     # with none left the call fails, and nothing is evaluated in the other region
-    await _down(mesh, "eu-west-1", 1)
+    await mark_not_serving(mesh, "eu-west-1", 1)
     before = [await evaluations_recorded(mesh, "us-east-1", i) for i in range(2)]
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stay("eu-west-1")
@@ -243,7 +243,7 @@ async def test_a_coordinator_that_keeps_every_call_in_its_region(mesh: Mesh) -> 
     regions = await stub.ListRegions(coordinator_pb2.ListRegionsRequest(), timeout=5)
     assert regions.stay_in_region and regions.local_region == "eu-west-1"
     assert (await evaluate(stub)).evaluation.region_id == "eu-west-1"
-    await _down(mesh, "eu-west-1")
+    await mark_not_serving(mesh, "eu-west-1")
     for region_id in ("", "eu-west-1"):  # the local region, or named
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await evaluate(stub, region_id=region_id)

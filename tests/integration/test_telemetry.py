@@ -617,6 +617,9 @@ async def exercise(r: Rig) -> None:
     rec.record_region_query("eu-west-1", 2.0, "deadline_exceeded")
     rec.record_evaluations({"ALLOW": 3, "BLOCK": 1, "RESTRICT": 0})
     rec.record_dropped_records(2)
+    rec.record_gateway_call("eu-west-1", "eu-west-1", "answered", 3)
+    rec.record_gateway_call("eu-west-1", "us-east-1", "answered")
+    rec.record_gateway_call("", "", "no_instance")
     up = {"10.0.0.7:50051": True, "10.0.0.8:50051": False}
     rec.observe_instances(lambda: [("eu-west-1", name, ok) for name, ok in up.items()])
     rec.observe_stores(
@@ -693,6 +696,10 @@ async def test_prometheus_endpoint_serves_rpc_and_mesh_metrics(prom: Rig) -> Non
     assert pick(found, "nethical_data_gaps", reason="STORE_FALLBACK") == 1
     assert pick(found, "nethical_data_gaps", reason="PEERS_STALE") == 1
     assert pick(found, "nethical_data_gaps") == 2  # no other reason
+    calls = "nethical_gateway_calls_total"
+    assert pick(found, calls, region="eu-west-1", served_region="eu-west-1") == 3
+    assert pick(found, calls, region="eu-west-1", served_region="us-east-1") == 1
+    assert pick(found, calls, region="any", served_region="none", outcome="no_instance") == 1
 
 
 async def test_recorder_rejects_impossible_counts(rig: Rig) -> None:
@@ -706,6 +713,10 @@ async def test_recorder_rejects_impossible_counts(rig: Rig) -> None:
         rec.record_ingest(-1, 5)
     with pytest.raises(ValueError, match="non-empty"):
         rec.record_health_transition("eu-west-1", "", "serving")
+    with pytest.raises(ValueError, match="outcome must be one of"):
+        rec.record_gateway_call("eu-west-1", "eu-west-1", "ok")
+    with pytest.raises(ValueError, match=">= 0"):
+        rec.record_gateway_call("eu-west-1", "eu-west-1", "answered", -1)
     # a fan-out that asked nobody counts, but has no coverage fraction
     rec.record_coverage(0, 0)
     assert histogram_points(rig.reader, "nethical.fanout.coverage") == []

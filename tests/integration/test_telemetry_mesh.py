@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import grpc
 import pytest
 from meshutil import Mesh, add_coordinator, add_region, mesh_fixture
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from test_gateway import mark_not_serving, start_gateway
 from test_telemetry import by_kind, global_query_trace_problems, span_id, trace_id
 
 from nethical_grpc import client
@@ -60,3 +63,73 @@ async def test_global_query_and_gateway_evaluate_are_traced_end_to_end(
     [served] = by_kind(spans, "nethical_grpc.v1.RegionNodeService/Evaluate", SpanKind.SERVER)
     assert served.parent is not None and served.parent.span_id == span_id(routed[0])
     assert trace_id(served) == trace_id(gateway)
+
+
+@pytest.fixture
+async def metered_mesh() -> AsyncIterator[tuple[Mesh, InMemoryMetricReader]]:
+    reader = InMemoryMetricReader()
+    tel = configure_telemetry("mesh-test", metric_readers=[reader], activate=True)
+    try:
+        async for m in mesh_fixture():
+            yield m, reader
+    finally:
+        tel.shutdown()
+
+
+def gateway_calls(reader: InMemoryMetricReader) -> dict[tuple[str, str, str], int]:
+    """nethical.gateway.calls by (region, served_region, outcome)."""
+    data = reader.get_metrics_data()
+    assert data is not None
+    out: dict[tuple[str, str, str], int] = {}
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name == "nethical.gateway.calls":
+                    for p in metric.data.data_points:
+                        a = dict(p.attributes or {})
+                        key = (str(a["region"]), str(a["served_region"]), str(a["outcome"]))
+                        out[key] = out.get(key, 0) + int(p.value)  # type: ignore[union-attr]
+    return out
+
+
+async def test_the_gateway_counts_where_each_call_went(
+    metered_mesh: tuple[Mesh, InMemoryMetricReader],
+) -> None:
+    """An operator sees how many actions left their region, and how many stayed and
+    found no instance: calls by the region asked for, the region served and outcome."""
+    mesh, reader = metered_mesh
+    await add_region(mesh, "eu-west-1")
+    await add_region(mesh, "us-east-1")
+    stub = await start_gateway(mesh, strategy="region_aware")
+
+    def request(**kw: object) -> coordinator_pb2.CoordinatorServiceEvaluateRequest:
+        action = governance_pb2.AgentAction(agent_id="a", action_text="SELECT 1")
+        return coordinator_pb2.CoordinatorServiceEvaluateRequest(action=action, **kw)  # type: ignore[arg-type]
+
+    for _ in range(2):
+        await stub.Evaluate(request(region_id="eu-west-1"), timeout=10)
+    empty = governance_pb2.AgentAction(agent_id="a", action_text="")
+    with pytest.raises(grpc.aio.AioRpcError):  # the node's own INVALID_ARGUMENT: answered
+        await stub.Evaluate(
+            coordinator_pb2.CoordinatorServiceEvaluateRequest(action=empty, region_id="us-east-1"),
+            timeout=10,
+        )
+    batch = [governance_pb2.AgentAction(agent_id="a", action_text=f"SELECT {i}") for i in range(3)]
+    stream = [
+        coordinator_pb2.CoordinatorServiceEvaluateStreamRequest(
+            actions=batch, region_id="us-east-1"
+        ),
+        coordinator_pb2.CoordinatorServiceEvaluateStreamRequest(action=batch[0]),
+    ]
+    assert len([a async for a in stub.EvaluateStream(iter(stream), timeout=10)]) == 2
+    await mark_not_serving(mesh, "eu-west-1")
+    moved = await stub.Evaluate(request(region_id="eu-west-1"), timeout=10)
+    assert moved.evaluation.region_id == "us-east-1"
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.Evaluate(request(region_id="eu-west-1", stay_in_region=True), timeout=10)
+    assert gateway_calls(reader) == {
+        ("eu-west-1", "eu-west-1", "answered"): 2,
+        ("us-east-1", "us-east-1", "answered"): 3,  # the refused action and two messages
+        ("eu-west-1", "us-east-1", "answered"): 1,  # the action left its region
+        ("eu-west-1", "none", "no_instance"): 1,
+    }
