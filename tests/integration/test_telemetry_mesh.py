@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
@@ -18,15 +19,21 @@ from nethical_grpc.telemetry.setup import configure_telemetry
 from nethical_grpc.v1 import coordinator_pb2, coordinator_pb2_grpc, governance_pb2
 
 
+async def _mesh_with_telemetry(**settings: Any) -> AsyncIterator[Mesh]:
+    """A mesh in a process whose telemetry is on, with ``settings``."""
+    tel = configure_telemetry("mesh-test", activate=True, **settings)
+    try:
+        async for m in mesh_fixture():
+            yield m
+    finally:
+        tel.shutdown()
+
+
 @pytest.fixture
 async def traced_mesh() -> AsyncIterator[tuple[Mesh, InMemorySpanExporter]]:
     spans = InMemorySpanExporter()
-    tel = configure_telemetry("mesh-test", span_exporters=[spans], activate=True)
-    try:
-        async for m in mesh_fixture():
-            yield m, spans
-    finally:
-        tel.shutdown()
+    async for m in _mesh_with_telemetry(span_exporters=[spans]):
+        yield m, spans
 
 
 async def test_global_query_and_gateway_evaluate_are_traced_end_to_end(
@@ -68,12 +75,8 @@ async def test_global_query_and_gateway_evaluate_are_traced_end_to_end(
 @pytest.fixture
 async def metered_mesh() -> AsyncIterator[tuple[Mesh, InMemoryMetricReader]]:
     reader = InMemoryMetricReader()
-    tel = configure_telemetry("mesh-test", metric_readers=[reader], activate=True)
-    try:
-        async for m in mesh_fixture():
-            yield m, reader
-    finally:
-        tel.shutdown()
+    async for m in _mesh_with_telemetry(metric_readers=[reader]):
+        yield m, reader
 
 
 def gateway_calls(reader: InMemoryMetricReader) -> dict[tuple[str, str, str], int]:
