@@ -92,7 +92,6 @@ RPC_DURATION_BUCKETS_S = (
     10.0,
     30.0,
 )
-# fraction answered; `le="1"` holds the complete answers, `le="0"` the empty ones
 #: How a gateway call ended: a node answered it (its verdict or its own error status),
 #: no usable instance was there to send it to, or no answer came (unreachable, in doubt,
 #: deadline).
@@ -101,6 +100,7 @@ GATEWAY_OUTCOMES = ("answered", "no_instance", "failed")
 #: that went to no instance.
 ANY_REGION = "any"
 NO_REGION = "none"
+# fraction answered; `le="1"` holds the complete answers, `le="0"` the empty ones
 COVERAGE_BUCKETS = (0.0, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
 
 ATTR_PEER_REGION = "nethical.peer.region"
