@@ -688,7 +688,8 @@ def test_cli_evaluate_through_the_gateway_and_a_node(cluster: dict) -> None:  # 
     assert "--stay-in-region is for a coordinator" in stay_on_node.stderr
     # staying in a region needs one: the coordinator here has no local region
     nowhere = run_cli("evaluate", harmful, "--stay-in-region", *gateway)
-    assert nowhere.returncode == 1 and "region_id: required when the call stays" in (nowhere.stderr)
+    assert nowhere.returncode == 1
+    assert "region_id: required when the call stays" in nowhere.stderr
     for failed in (empty, unknown, both, stay_on_node, nowhere):
         assert "Traceback" not in failed.stderr
     stays = run_cli("evaluate", harmful, "--region", "eu-west-1", "--stay-in-region", *gateway)
