@@ -95,6 +95,10 @@ class RiskModel(Protocol):
 
     def describe(self) -> str: ...
 
+    def label(self) -> str:
+        """The model and what runs it (a Score answer's ``model``)."""
+        ...
+
     def summary(self) -> ModelSummary:
         """Which model, the rows it takes and its engine (for GetNodeInfo)."""
         ...

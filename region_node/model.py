@@ -103,11 +103,19 @@ class NodeModel:
     def describe(self) -> str:
         return self.engine.describe()
 
+    def label(self) -> str:
+        """The model and what runs it, e.g. ``"default-mlp numpy"`` or ``"risk.pt torch
+        2.13.0 cpu fp32"`` (a Score answer's ``model``)."""
+        return f"{self._name()} {self.engine.label()}"
+
+    def _name(self) -> str:
+        default = self.engine.info()["default_model"]
+        return DEFAULT_MODEL_NAME if default else self.engine.model_path.name
+
     def summary(self) -> ModelSummary:
         """What GetNodeInfo says of the model: which one, the rows it takes, its engine."""
-        info = self.engine.info()
         return ModelSummary(
-            name=DEFAULT_MODEL_NAME if info["default_model"] else self.engine.model_path.name,
+            name=self._name(),
             feature_width=self.feature_width,
             # the node feeds every model the features it computes itself
             feature_version=FEATURE_VERSION,

@@ -469,7 +469,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         probabilities = await evaluator.model.probabilities(rows)
         return region_node_pb2.ScoreResponse(
             probabilities=probabilities.tolist(),
-            model=evaluator.model.describe(),
+            model=evaluator.model.label(),
             latency=convert.ns_to_duration(time.perf_counter_ns() - started),
         )
 

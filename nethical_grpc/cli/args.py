@@ -81,6 +81,24 @@ def parse_positive_int(text: str) -> int:
     return value
 
 
+def bounded_int(most: int) -> Callable[[str], int]:
+    """A parser of whole numbers from 1 to ``most``."""
+
+    def parse(text: str) -> int:
+        value = parse_positive_int(text)
+        if value > most:
+            raise argparse.ArgumentTypeError(f"at most {most:,}, got {value:,}")
+        return value
+
+    return parse
+
+
+#: The most rows a region node's QueryMetrics answers (``convert.MAX_QUERY_LIMIT``).
+QUERY_LIMIT_MAX = 10_000
+
+#: How ``nethical-mesh aggregate --by`` combines a bucket's rows.
+AGGREGATION_CHOICES = ("avg", "sum", "min", "max", "count")
+
 #: The decisions, least severe first (``nethical-mesh audit --decision``).
 DECISION_CHOICES = ("allow", "restrict", "block", "terminate")
 #: The decisions ``nethical-mesh evaluate --fail-at`` takes.

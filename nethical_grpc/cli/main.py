@@ -1,5 +1,6 @@
 """``nethical-mesh``: run region nodes and coordinators; ingest, query, evaluate, search
-audit records, read risk profiles and node info, check health; run the demo."""
+audit records, read risk profiles, stored metric rows and node info, score feature rows,
+check health; run the demo."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from nethical_grpc.cli.args import (
+    AGGREGATION_CHOICES,
     DECISION_CHOICES,
     FAIL_AT_CHOICES,
+    QUERY_LIMIT_MAX,
+    bounded_int,
     parse_duration_ns,
     parse_duration_or_zero_ns,
     parse_log_level,
@@ -482,6 +486,59 @@ def build_parser() -> argparse.ArgumentParser:
     )
     profile.add_argument("agent_id", metavar="AGENT", help="the agent id")
 
+    metrics = _client_parser(
+        sub,
+        "metrics",
+        "a region node's raw metric rows, oldest first (in-region data)",
+        target=REGION_NODE,
+        timeout=10.0,
+        description="Rows of a region node's time-series store (QueryMetrics): each "
+        "evaluation's risk_score, with its agent, decision and action type, oldest first.",
+    )
+    metrics.add_argument("metric", nargs="?", metavar="METRIC", help="only this metric")
+    metrics.add_argument("--agent-id", default="", help="only this agent")
+    metrics.add_argument("--since", type=parse_duration_ns, help="only the last DURATION")
+    metrics.add_argument(
+        "--limit",
+        type=bounded_int(QUERY_LIMIT_MAX),
+        default=100,
+        help=f"most rows to print (100; at most {QUERY_LIMIT_MAX:,})",
+    )
+
+    aggregate = _client_parser(
+        sub,
+        "aggregate",
+        "one metric of a region node's time-series store per time bucket (in-region data)",
+        target=REGION_NODE,
+        timeout=10.0,
+        description="METRIC's rows on a region node combined per time bucket "
+        "(AggregateMetrics), buckets aligned to the Unix epoch; empty buckets are left out.",
+    )
+    aggregate.add_argument("metric", metavar="METRIC", help="the metric, e.g. risk_score")
+    aggregate.add_argument(
+        "--by", choices=AGGREGATION_CHOICES, default="avg", help="how to combine a bucket (avg)"
+    )
+    aggregate.add_argument(
+        "--bucket", type=parse_duration_ns, default=60_000_000_000, help="bucket width (1m)"
+    )
+    aggregate.add_argument(
+        "--since", type=parse_duration_ns, default=3_600_000_000_000, help="the last DURATION (1h)"
+    )
+    aggregate.add_argument("--agent-id", default="", help="only this agent")
+
+    score = _client_parser(
+        sub,
+        "score",
+        "score feature rows from a file or stdin on a region node's model",
+        target=REGION_NODE,
+        timeout=30.0,
+        description="Score the feature rows of FILE (or stdin) with a region node's model "
+        "(Score): a row a line, its numbers separated by whitespace or commas; blank lines "
+        "and # comments are left out. A row's width must be the model's (nethical-mesh "
+        "info names it).",
+    )
+    score.add_argument("file", nargs="?", default="-", metavar="FILE", help="- is stdin (-)")
+
     health = sub.add_parser("health", help="grpc.health.v1 Check: exit 0 only when SERVING")
     health.add_argument("target", nargs="?", help="HOST:PORT (or give it as --target)")
     health.add_argument("--target", dest="target_flag", metavar="TARGET", help="HOST:PORT")
@@ -576,6 +633,14 @@ def _main(argv: Sequence[str] | None) -> int:
         from nethical_grpc.cli import region_commands
 
         return _run(getattr(region_commands, f"run_{args.command}")(args))
+    if args.command in ("metrics", "aggregate"):
+        from nethical_grpc.cli import timeseries_commands
+
+        return _run(getattr(timeseries_commands, f"run_{args.command}")(args))
+    if args.command == "score":
+        from nethical_grpc.cli.score_command import run_score
+
+        return _run(run_score(args))
     if args.command == "demo":
         from nethical_grpc.cli.demo import run_demo
 

@@ -12,19 +12,15 @@ from collections.abc import Iterator
 
 import grpc
 import numpy as np
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2
 
 from nethical_grpc import client, convert
 from nethical_grpc.cli.client_commands import ask, print_json, read_input, show
-from nethical_grpc.cli.table import counted, decision_name, render
+from nethical_grpc.cli.table import counted, decision_name, fmt_time, render
 from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
 
 #: Most characters of an action text in the audit table (the whole text is in --json).
 TEXT_COLUMN_CHARS = 60
-
-
-def _when(ts: timestamp_pb2.Timestamp) -> str:
-    return ts.ToDatetime().strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def _clipped(text: str) -> str:
@@ -74,7 +70,7 @@ async def run_audit(args: argparse.Namespace) -> int:
         return 0
     rows = [
         [
-            _when(r.time),
+            fmt_time(r.time),
             r.agent_id,
             decision_name(r.decision),
             f"{r.risk_score:.3f}",
@@ -112,11 +108,11 @@ def profile_text(profile: region_node_pb2.GetRiskProfileResponse) -> str:
         f"risk         mean {profile.mean_risk:.4f}, max {profile.max_risk:.4f}",
     ]
     if profile.HasField("last_seen"):
-        lines.append(f"last seen    {_when(profile.last_seen)}")
+        lines.append(f"last seen    {fmt_time(profile.last_seen)}")
     if profile.recent:
         rows = [
             [
-                _when(e.time),
+                fmt_time(e.time),
                 decision_name(e.decision),
                 f"{e.risk_score:.3f}",
                 e.action_type or "-",
@@ -229,7 +225,7 @@ def node_info_text(info: region_node_pb2.GetNodeInfoResponse, now_s: float) -> s
     ]
     if info.HasField("started_at"):
         up = max(0.0, now_s - info.started_at.ToNanoseconds() / 1e9)
-        lines.append(f"serving for  {up:,.0f} s (since {_when(info.started_at)})")
+        lines.append(f"serving for  {up:,.0f} s (since {fmt_time(info.started_at)})")
     lines += [
         f"windows      {windows}; sketch scale {info.histogram_scale}",
         f"holds        {info.series_count:,} series, {info.window_count:,} windows",
@@ -254,8 +250,8 @@ def node_info_text(info: region_node_pb2.GetNodeInfoResponse, now_s: float) -> s
 
 def _gap_span(gap: region_node_pb2.DataGap) -> str:
     """The time a gap covers, e.g. ``before 2026-11-30T21:20:05.000Z``."""
-    start = _when(gap.start_time) if gap.HasField("start_time") else None
-    end = _when(gap.end_time) if gap.HasField("end_time") else None
+    start = fmt_time(gap.start_time) if gap.HasField("start_time") else None
+    end = fmt_time(gap.end_time) if gap.HasField("end_time") else None
     if start and end:
         return f"{start} to {end}"
     if end:

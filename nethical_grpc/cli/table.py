@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Sequence
 
+from google.protobuf import timestamp_pb2
+
 from nethical_grpc.v1 import governance_pb2
 
 
@@ -34,6 +36,11 @@ def fmt_number(x: float) -> str:
         return f"{x:.4g}"
     text = f"{x:,.4f}" if abs(x) < 1000 else f"{x:,.1f}"
     return text.rstrip("0").rstrip(".")
+
+
+def fmt_time(ts: timestamp_pb2.Timestamp) -> str:
+    """A time for a table, in UTC to the millisecond: ``2026-12-01T02:10:16.250Z``."""
+    return ts.ToDatetime().strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def render(

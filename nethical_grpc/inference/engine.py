@@ -713,6 +713,13 @@ class InferenceEngine:
         ``"torch 2.13.0 cuda:0 (NVIDIA H200) bf16"`` or ``"numpy (torch not installed)"``."""
         if self.backend == "numpy":
             return f"numpy ({self.fallback_reason})"
+        return self.label()
+
+    def label(self) -> str:
+        """What runs the model, without why: :meth:`describe` less a NumPy fallback's
+        reason (``"numpy"``)."""
+        if self.backend == "numpy":
+            return "numpy"
         where = self.device
         if where.startswith("cuda"):
             where = f"{where} ({self._torch.cuda.get_device_name(self.device)})"

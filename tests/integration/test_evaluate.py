@@ -208,7 +208,10 @@ async def test_node_info_says_which_model_scores_and_the_rows_it_takes(mesh: Mes
         timeout=10,
     )
     assert len(resp.probabilities) == 1
-    assert resp.model == info.engine
+    # the model's name, then what runs it (without why, which GetNodeInfo gives)
+    engine = resp.model.removeprefix(f"{info.name} ")
+    assert engine != resp.model
+    assert info.engine == engine or info.engine.startswith(f"{engine} (")
     # a node that does not evaluate reports no model
     [(plain, _)] = await add_region(mesh, "r2", evaluate=False)
     bare = region_node_pb2_grpc.RegionNodeServiceStub(mesh.channel(plain.address))

@@ -101,6 +101,9 @@ class FailsOnMarker:
     def describe(self) -> str:
         return self.inner.describe()
 
+    def label(self) -> str:
+        return self.inner.label()
+
     def summary(self) -> ModelSummary:
         return self.inner.summary()
 

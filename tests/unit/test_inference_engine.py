@@ -68,6 +68,7 @@ def test_numpy_backend_describes_itself(numpy_engine: InferenceEngine) -> None:
     assert numpy_engine.device == "cpu"
     assert numpy_engine.model_path == DEFAULT_WEIGHTS
     assert numpy_engine.describe() == "numpy (numpy backend requested)"
+    assert numpy_engine.label() == "numpy"  # without why
     mem = numpy_engine.memory_usage()
     assert mem["device"] == "cpu"
     assert mem["rss_bytes"] > 0

@@ -136,6 +136,7 @@ def test_torch_engine_describes_itself(engine: InferenceEngine) -> None:
     assert engine.backend == "torch"
     assert engine.model_path == DEFAULT_TORCHSCRIPT
     assert re.fullmatch(r"torch \d+\.\d+\.\d+ cpu fp32", engine.describe())
+    assert engine.label() == engine.describe()  # nothing to leave out
     assert engine.input_kind == "float"
     assert engine.memory_usage()["model_bytes"] == engine.model_bytes() > 100_000
 
