@@ -10,7 +10,7 @@ import math
 import time
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 import grpc
 
@@ -125,6 +125,63 @@ class _Answer:
     gaps: tuple[DataGap, ...] = ()
 
 
+class _Summaries(Protocol):
+    """What the merge takes of an instance's answer."""
+
+    @property
+    def groups(self) -> Sequence[GroupSummary]: ...
+
+    @property
+    def privacy(self) -> ReleaseInfo | None: ...
+
+    @property
+    def data_as_of_ns(self) -> int: ...
+
+    @property
+    def gaps(self) -> Sequence[DataGap]: ...
+
+
+def _result(
+    per_region: Mapping[str, Sequence[tuple[str, _Summaries]]],
+    coverage: Coverage,
+    weights: Mapping[str, float],
+    include_breakdown: bool,
+) -> GlobalResult:
+    """The merged answer of the regions' instances (named, with what each answered; a
+    region with none missing), and what they cover added to ``coverage``."""
+    answered: dict[str, list[_Summaries]] = {}
+    for region, named in per_region.items():
+        if named:
+            answered[region] = [a for _, a in named]
+            coverage.regions_answered.append(region)
+        coverage.missing += [
+            MissingPart(region, name, Missing.INCOMPLETE, _gap_text(g.reason, g.message))
+            for name, a in named
+            for g in a.gaps
+        ]
+    as_of = [a.data_as_of_ns for rs in answered.values() for a in rs if a.data_as_of_ns]
+    coverage.oldest_data_as_of_ns = min(as_of, default=0)
+    return GlobalResult(
+        groups=_merge(answered, weights, include_breakdown),
+        coverage=coverage,
+        computed_at_ns=time.time_ns(),
+    )
+
+
+def one_node_result(region_id: str, answer: convert.SummariesAnswer) -> GlobalResult:
+    """What a coordinator of this one region node alone would answer: its summaries
+    merged as its region's, with the coverage of its region and instance (``nethical-mesh
+    query --node``).
+
+    Raises ``ValueError`` when the node's summaries are invalid (a coordinator counts such
+    a node missing)."""
+    if answer.invalid is not None:
+        raise ValueError(f"the node's summaries are invalid: {answer.invalid}")
+    coverage = Coverage(regions_requested=[region_id], instances_queried=1, instances_answered=1)
+    named = [(answer.instance_id or region_id, answer)]
+    return _result({region_id: named}, coverage, {}, include_breakdown=False)
+
+
 def check_region_timeout(timeout_s: float) -> None:
     if not (0 < timeout_s <= MAX_REGION_TIMEOUT_S):
         raise InvalidArgument.single(
@@ -231,30 +288,17 @@ class Federation:
             ],
             coverage,
         )
-        per_region: dict[str, list[_Answer]] = {}
-        for region, region_answers in zip(regions, answers, strict=True):
-            if region_answers:
-                per_region[region] = region_answers
-                coverage.regions_answered.append(region)
-            coverage.missing += [
-                MissingPart(
-                    region, a.instance.name, Missing.INCOMPLETE, _gap_text(g.reason, g.message)
-                )
-                for a in region_answers
-                for g in a.gaps
-            ]
-        as_of = [a.data_as_of_ns for rs in per_region.values() for a in rs if a.data_as_of_ns]
-        coverage.oldest_data_as_of_ns = min(as_of, default=0)
+        per_region = {
+            region: [(a.instance.name, a) for a in region_answers]
+            for region, region_answers in zip(regions, answers, strict=True)
+        }
+        result = _result(per_region, coverage, q.region_weights, q.include_breakdown)
         recorder = telemetry.get_recorder()
         recorder.record_coverage(len(coverage.regions_requested), len(coverage.regions_answered))
         recorder.record_coverage(
             coverage.instances_queried, coverage.instances_answered, level="instance"
         )
-        return GlobalResult(
-            groups=_merge(per_region, q.region_weights, q.include_breakdown),
-            coverage=coverage,
-            computed_at_ns=time.time_ns(),
-        )
+        return result
 
     async def _until_stop(
         self,
@@ -586,7 +630,7 @@ def _missing(inst: RegionInstance, code: grpc.StatusCode, details: str) -> Missi
 
 
 def _merge(
-    per_region: Mapping[str, Sequence[_Answer]],
+    per_region: Mapping[str, Sequence[_Summaries]],
     weights: Mapping[str, float],
     include_breakdown: bool,
 ) -> list[GroupResult]:

@@ -14,6 +14,7 @@ from coordinator.federation import (
     Coverage,
     Federation,
     GlobalQuery,
+    GlobalResult,
     Missing,
     check_region_timeout,
 )
@@ -103,38 +104,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 region_timeout_s=timeout_s,
             )
         )
-        response = coordinator_pb2.GetGlobalMetricsResponse(
-            coverage=_coverage_to_proto(result.coverage, result.computed_at_ns),
-            computed_at=convert.ns_to_timestamp(result.computed_at_ns),
-        )
-        for group in result.groups:
-            item = response.results.add(
-                metric=group.metric,
-                labels=dict(group.labels),
-                statistics=_statistics(group.summary, quantiles),
-                regions=[
-                    coordinator_pb2.RegionStatistics(
-                        region_id=r, statistics=_statistics(s, quantiles)
-                    )
-                    for r, s in group.per_region.items()
-                ],
-            )
-            if group.weighted_mean is not None:
-                item.weighted_mean = group.weighted_mean
-            noise = group.privacy()
-            if noise is not None:
-                item.privacy.CopyFrom(
-                    coordinator_pb2.MetricPrivacy(
-                        noised=True,
-                        noised_regions=sorted(group.noised),
-                        count_error=convert.noise_error_to_proto(noise.count_error),
-                        sum_error=convert.noise_error_to_proto(noise.sum_error),
-                        mean_error=noise.mean_error,
-                        max_epsilon=max(i.epsilon for r in group.noised.values() for i in r),
-                    )
-                )
-            if request.include_summary:
-                item.summary.CopyFrom(convert.summary_to_proto(group.summary))
+        response = global_metrics_response(result, quantiles, request.include_summary)
         _check_answer_size(response, self.max_message_bytes)
         return response
 
@@ -213,6 +183,44 @@ def _instance_info(
     if stats["ejected"]:
         info.ejected_for.CopyFrom(convert.ns_to_duration(round(stats["ejected_for_s"] * 1e9)))
     return info
+
+
+def global_metrics_response(
+    result: GlobalResult, quantiles: tuple[float, ...], include_summary: bool = False
+) -> coordinator_pb2.GetGlobalMetricsResponse:
+    """``result`` as GetGlobalMetrics answers it: each group's statistics (and its
+    regions', when broken down) with ``quantiles``, privacy, and the coverage."""
+    response = coordinator_pb2.GetGlobalMetricsResponse(
+        coverage=_coverage_to_proto(result.coverage, result.computed_at_ns),
+        computed_at=convert.ns_to_timestamp(result.computed_at_ns),
+    )
+    for group in result.groups:
+        item = response.results.add(
+            metric=group.metric,
+            labels=dict(group.labels),
+            statistics=_statistics(group.summary, quantiles),
+            regions=[
+                coordinator_pb2.RegionStatistics(region_id=r, statistics=_statistics(s, quantiles))
+                for r, s in group.per_region.items()
+            ],
+        )
+        if group.weighted_mean is not None:
+            item.weighted_mean = group.weighted_mean
+        noise = group.privacy()
+        if noise is not None:
+            item.privacy.CopyFrom(
+                coordinator_pb2.MetricPrivacy(
+                    noised=True,
+                    noised_regions=sorted(group.noised),
+                    count_error=convert.noise_error_to_proto(noise.count_error),
+                    sum_error=convert.noise_error_to_proto(noise.sum_error),
+                    mean_error=noise.mean_error,
+                    max_epsilon=max(i.epsilon for r in group.noised.values() for i in r),
+                )
+            )
+        if include_summary:
+            item.summary.CopyFrom(convert.summary_to_proto(group.summary))
+    return response
 
 
 def _check_answer_size(response: coordinator_pb2.GetGlobalMetricsResponse, limit: int) -> None:

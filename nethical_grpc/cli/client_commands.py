@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2
 
 from nethical_grpc import client
 from nethical_grpc.cli.table import fmt_number, render
-from nethical_grpc.errors import details_from_error
+from nethical_grpc.errors import ErrorDetails, InvalidArgument, MeshError, details_from_error
 from nethical_grpc.security.config import client_security_from_args
 from nethical_grpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 
@@ -36,8 +36,10 @@ _HEALTH = {
 }
 
 
-def report_rpc_error(err: grpc.RpcError) -> int:
-    d = details_from_error(err)
+def report_rpc_error(err: grpc.RpcError | MeshError) -> int:
+    """A failed call (or a refusal on this side, as a server would say it) on stderr:
+    the status, each field violation, the reason; returns exit status 1."""
+    d = details_from_error(err) if isinstance(err, grpc.RpcError) else _details(err)
     print(f"error: {d.code.name}: {d.message}", file=sys.stderr)
     for v in d.field_violations:
         print(f"  {v.field}: {v.description}", file=sys.stderr)
@@ -45,6 +47,12 @@ def report_rpc_error(err: grpc.RpcError) -> int:
         facts = "".join(f", {k}={v}" for k, v in sorted(d.metadata.items()))
         print(f"  reason: {d.reason}{facts}", file=sys.stderr)
     return 1
+
+
+def _details(exc: MeshError) -> ErrorDetails:
+    return ErrorDetails(
+        exc.code, exc.message, tuple(exc.violations()), exc.reason, dict(exc.metadata)
+    )
 
 
 def results_table(response: coordinator_pb2.GetGlobalMetricsResponse) -> str:
@@ -142,13 +150,30 @@ def _print_answer(
     print(coverage_line(response.coverage), flush=True)
 
 
+def _metrics_of(
+    args: argparse.Namespace, channel: grpc.aio.Channel
+) -> Awaitable[coordinator_pb2.GetGlobalMetricsResponse]:
+    """The query the flags ask for: of a coordinator, or with ``--node`` of one region
+    node (its summaries, as a coordinator of it alone would answer)."""
+    if args.node:
+        from nethical_grpc.cli.node_query import node_metrics
+
+        return node_metrics(channel, _query_options(args), timeout=args.timeout)
+    return client.global_metrics(channel, _query_options(args), timeout=args.timeout)
+
+
 async def run_query(args: argparse.Namespace) -> int:
+    if args.node:
+        from nethical_grpc.cli.node_query import coordinator_only_flag
+
+        flag = coordinator_only_flag(args)
+        if flag is not None:
+            print(f"error: {flag} is for a coordinator, not --node", file=sys.stderr)
+            return 2
     if args.watch:
         async with open_channel(args) as channel:
             return await _watch(args, channel)
-    response = await ask(
-        args, lambda ch: client.global_metrics(ch, _query_options(args), timeout=args.timeout)
-    )
+    response = await ask(args, lambda ch: _metrics_of(args, ch))
     if response is None:
         return 1
     _print_answer(args, response)
@@ -166,9 +191,7 @@ async def _watch(args: argparse.Namespace, channel: grpc.aio.Channel) -> int:
     while not stop.is_set():
         began = time.monotonic()
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        query = asyncio.ensure_future(
-            client.global_metrics(channel, _query_options(args), timeout=args.timeout)
-        )
+        query = asyncio.ensure_future(_metrics_of(args, channel))
         # Ctrl-C during a slow query stops at once, not at its deadline
         await asyncio.wait({query, stopped}, return_when=asyncio.FIRST_COMPLETED)
         if stop.is_set():
@@ -178,8 +201,11 @@ async def _watch(args: argparse.Namespace, channel: grpc.aio.Channel) -> int:
             break
         try:
             response = query.result()
-        except grpc.RpcError as err:
-            if details_from_error(err).code == grpc.StatusCode.INVALID_ARGUMENT:
+        except (grpc.RpcError, MeshError) as err:
+            if isinstance(err, InvalidArgument) or (
+                isinstance(err, grpc.RpcError)
+                and details_from_error(err).code == grpc.StatusCode.INVALID_ARGUMENT
+            ):
                 return report_rpc_error(err)
             print(f"{stamp} ", end="", file=sys.stderr)
             report_rpc_error(err)
@@ -224,12 +250,13 @@ def open_channel(args: argparse.Namespace) -> grpc.aio.Channel:
 async def ask(
     args: argparse.Namespace, call: Callable[[grpc.aio.Channel], Awaitable[T]]
 ) -> T | None:
-    """``call`` on a channel the flags describe: its answer, or None when it failed (the
-    error then said on stderr, as :func:`report_rpc_error` says it)."""
+    """``call`` on a channel the flags describe: its answer, or None when it failed or
+    was refused on this side (the error then said on stderr, as :func:`report_rpc_error`
+    says it)."""
     async with open_channel(args) as channel:
         try:
             return await call(channel)
-        except grpc.RpcError as err:
+        except (grpc.RpcError, MeshError) as err:
             report_rpc_error(err)
             return None
 

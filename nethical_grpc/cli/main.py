@@ -318,7 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_client_arguments(coord, prefix="region-")
 
     query = _client_parser(
-        sub, "query", "global metrics from a coordinator", target=COORDINATOR, timeout=10.0
+        sub,
+        "query",
+        "global metrics from a coordinator (or one region node's, with --node)",
+        target=COORDINATOR,
+        timeout=10.0,
     )
     query.add_argument(
         "metrics",
@@ -345,6 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--breakdown", action="store_true", help="per-region figures too")
     query.add_argument(
         "--region-timeout", type=parse_duration_ns, help="deadline of each region call (2s)"
+    )
+    query.add_argument(
+        "--node",
+        action="store_true",
+        help="the target is a region node: its own summaries, as a coordinator of it alone "
+        "would answer (not --region, --weight, --breakdown or --region-timeout)",
     )
     query.add_argument(
         "--watch",

@@ -211,3 +211,29 @@ def test_usage_mistakes_exit_2(args: list[str], message: str) -> None:
     out = run_cli(*args)
     assert out.returncode == 2 and message in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_query_node_shows_what_one_node_holds(node: tuple[int, list[float]]) -> None:
+    port, risks = node
+    answer = cli_json("query", "risk_score", "--node", *_target(port), "--quantile", "1")
+    [result] = answer["results"]
+    stats = result["statistics"]
+    assert int(stats["count"]) == len(ACTIONS)
+    assert stats["max"] == pytest.approx(max(risks))
+    assert stats["mean"] == pytest.approx(sum(risks) / len(risks))
+    coverage = answer["coverage"]
+    assert coverage["regionsAnswered"] == ["r1"] and coverage["complete"]
+
+    table = run_cli("query", "--node", *_target(port))
+    assert table.returncode == 0, table.stderr
+    assert any(line.split()[:3] == ["risk_score", "-", "4"] for line in table.stdout.splitlines())
+    assert "coverage: 1/1 regions (1/1 instances), complete" in table.stdout
+
+    coordinator_only = run_cli("query", "--node", "--breakdown", *_target(port))
+    assert coordinator_only.returncode == 2
+    assert "--breakdown is for a coordinator, not --node" in coordinator_only.stderr
+    bad = run_cli("query", "--node", "--quantile", "2", *_target(port))
+    assert bad.returncode == 1
+    assert "INVALID_ARGUMENT" in bad.stderr and "quantiles[0]: 2.0 is not in [0, 1]" in bad.stderr
+    for failed in (coordinator_only, bad):
+        assert "Traceback" not in failed.stderr
