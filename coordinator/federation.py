@@ -147,8 +147,10 @@ def _result(
     weights: Mapping[str, float],
     include_breakdown: bool,
 ) -> GlobalResult:
-    """The merged answer of the regions' instances (named, with what each answered; a
-    region with none missing), and what they cover added to ``coverage``."""
+    """The merged answer of ``per_region`` (each region's answering instances, by name,
+    with what each answered; an empty list: the region did not answer), with the regions
+    that answered, the gaps they named and the oldest of their data added to
+    ``coverage``."""
     answered: dict[str, list[_Summaries]] = {}
     for region, named in per_region.items():
         if named:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -128,6 +129,13 @@ def require_openssl() -> None:
         if os.environ.get("CI"):
             pytest.fail("the openssl command is required to make test certificates")
         pytest.skip("openssl is not installed")
+
+
+def free_port() -> int:
+    """A loopback port that nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 async def wait_for(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:

@@ -325,6 +325,9 @@ def regions_table(response: coordinator_pb2.ListRegionsResponse) -> str:
 
 
 async def run_health(args: argparse.Namespace) -> int:
+    if args.watch:
+        async with open_channel(args) as channel:
+            return await _watch_health(args, channel)
     async with open_channel(args) as channel:
         try:
             status = await client.check_health(channel, args.service, timeout=args.timeout)
@@ -337,3 +340,45 @@ async def run_health(args: argparse.Namespace) -> int:
     name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
     print(json.dumps({"status": name}))
     return 0 if status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+#: How long ``health --watch`` waits before it asks again a server it could not reach.
+HEALTH_RETRY_S = 1.0
+
+
+async def _watch_health(args: argparse.Namespace, channel: grpc.aio.Channel) -> int:
+    """``health --watch``: the server's status (grpc.health.v1 Watch) as a JSON line
+    with its time whenever it changes, UNREACHABLE while the server cannot be reached
+    (asked again every :data:`HEALTH_RETRY_S`), until Ctrl-C or SIGTERM (exit 0)."""
+    stop = stop_on_signals()
+    stopped = asyncio.ensure_future(stop.wait())
+    last = ""
+
+    def say(status: str, **facts: str) -> None:
+        nonlocal last
+        if status == last:
+            return
+        last = status
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        print(json.dumps({"time": stamp, "status": status, **facts}), flush=True)
+
+    async def follow() -> None:
+        async for status in client.watch_health(channel, args.service):
+            say(health_pb2.HealthCheckResponse.ServingStatus.Name(status))
+
+    while not stop.is_set():
+        watch = asyncio.ensure_future(follow())
+        await asyncio.wait({watch, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.RpcError):
+                await watch
+            break
+        try:
+            watch.result()
+        except grpc.RpcError as err:
+            d = details_from_error(err)
+            say("UNREACHABLE", code=d.code.name, message=d.message)
+        await asyncio.wait({stopped}, timeout=HEALTH_RETRY_S)
+    stopped.cancel()
+    return 0

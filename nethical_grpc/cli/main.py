@@ -554,6 +554,12 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--target", dest="target_flag", metavar="TARGET", help="HOST:PORT")
     health.add_argument("--service", default="", help="service name ('' = the server)")
     health.add_argument("--timeout", type=float, default=3.0)
+    health.add_argument(
+        "--watch",
+        action="store_true",
+        help="follow the status (Watch): a JSON line with its time at each change, "
+        "UNREACHABLE while the server cannot be reached, until Ctrl-C (exit 0)",
+    )
     add_client_arguments(health)
     _common(health)
 

@@ -18,6 +18,7 @@ import grpc
 import numpy as np
 import psutil
 import pytest
+from meshutil import free_port
 
 from nethical_grpc import client
 from nethical_grpc.cli.processes import Child, mesh_command, spawn
@@ -497,6 +498,49 @@ def test_sigterm_drains_not_serving_first(cluster: dict) -> None:  # type: ignor
         second = next(stream)
         assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
     assert node.proc.wait(15) == 0
+
+
+def test_cli_health_watch_follows_a_node_through_a_restart(tmp_path: Path) -> None:
+    """``health --watch``: a line at each change of the node's status, through its drain,
+    its absence and its return on the same port; Ctrl-C ends it with exit 0."""
+    port = free_port()
+    args = ["region", "--region-id", "w1", "--port", str(port), "--no-evaluate"]
+    node = spawn("watched", args, tmp_path)
+    node.port()
+    watcher = subprocess.Popen(
+        mesh_command("health", "--watch", "--target", f"127.0.0.1:{port}"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    again = None
+    try:
+
+        def status() -> dict[str, str]:
+            answer: dict[str, str] = json.loads(_line_within(watcher, 20))
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", answer["time"])
+            return answer
+
+        assert status()["status"] == "SERVING"
+        node.signal(signal.SIGTERM)  # drains: NOT_SERVING first, then stops
+        assert status()["status"] == "NOT_SERVING"
+        assert node.proc.wait(15) == 0
+        gone = status()
+        assert gone["status"] == "UNREACHABLE" and gone["code"] == "UNAVAILABLE"
+        again = spawn("watched-again", args, tmp_path)
+        again.port()
+        assert status()["status"] == "SERVING"
+        watcher.send_signal(signal.SIGINT)
+        assert watcher.wait(10) == 0
+        assert watcher.stdout is not None and watcher.stdout.read() == ""  # no repeats
+        assert watcher.stderr is not None and "Traceback" not in watcher.stderr.read()
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+        for child in (node, again):
+            if child is not None:
+                child.stop()
 
 
 async def test_a_second_signal_stops_at_once(tmp_path: Path) -> None:

@@ -22,7 +22,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import time
@@ -35,6 +34,7 @@ import numpy as np
 import psycopg
 import pytest
 import redis.asyncio as aioredis
+from meshutil import free_port
 from services import PG_URL, fresh_schema
 from tcpproxy import CuttableProxy
 from test_faults import launch
@@ -58,12 +58,6 @@ def _unavailable(what: str, reason: object) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{what} is required under CI: {reason}")
     pytest.skip(f"{what} not available: {reason}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def eventually(

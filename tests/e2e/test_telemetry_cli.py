@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from meshutil import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from nethical_grpc import client
@@ -16,12 +16,6 @@ from nethical_grpc.cli.processes import spawn
 from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
 
 pytestmark = pytest.mark.e2e
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape(port: int) -> str:

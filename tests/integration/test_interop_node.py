@@ -12,14 +12,13 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from meshutil import Mesh, add_coordinator, add_region
+from meshutil import Mesh, add_coordinator, add_region, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 INTEROP = REPO / "tests" / "interop"
@@ -76,14 +75,6 @@ async def run_client(command: list[str], *args: str) -> tuple[int, str, str]:
             await proc.wait()
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
-
-
-def free_port() -> int:
-    """A loopback port that nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 async def test_node_client_ingests_evaluates_and_queries(
