@@ -49,6 +49,24 @@ def report_rpc_error(err: grpc.RpcError | MeshError) -> int:
     return 1
 
 
+async def report_call_error(
+    args: argparse.Namespace, channel: grpc.aio.Channel, err: grpc.RpcError | MeshError
+) -> int:
+    """:func:`report_rpc_error`, and for an UNIMPLEMENTED answer which kind of server the
+    target is instead, when its health service says (a node's port given to a
+    coordinator command, say); returns exit status 1."""
+    report_rpc_error(err)
+    if isinstance(err, grpc.RpcError) and details_from_error(err).code == (
+        grpc.StatusCode.UNIMPLEMENTED
+    ):
+        from nethical_grpc.cli.wrong_server import wrong_server_hint
+
+        hint = await wrong_server_hint(args, channel)
+        if hint is not None:
+            print(f"  {hint}", file=sys.stderr)
+    return 1
+
+
 def _details(exc: MeshError) -> ErrorDetails:
     return ErrorDetails(
         exc.code, exc.message, tuple(exc.violations()), exc.reason, dict(exc.metadata)
@@ -202,11 +220,13 @@ async def _watch(args: argparse.Namespace, channel: grpc.aio.Channel) -> int:
         try:
             response = query.result()
         except (grpc.RpcError, MeshError) as err:
+            # bad input, or a server of the other kind: asking again cannot mend either
             if isinstance(err, InvalidArgument) or (
                 isinstance(err, grpc.RpcError)
-                and details_from_error(err).code == grpc.StatusCode.INVALID_ARGUMENT
+                and details_from_error(err).code
+                in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED)
             ):
-                return report_rpc_error(err)
+                return await report_call_error(args, channel, err)
             print(f"{stamp} ", end="", file=sys.stderr)
             report_rpc_error(err)
         else:
@@ -257,7 +277,7 @@ async def ask(
         try:
             return await call(channel)
         except (grpc.RpcError, MeshError) as err:
-            report_rpc_error(err)
+            await report_call_error(args, channel, err)
             return None
 
 

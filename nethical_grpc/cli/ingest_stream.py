@@ -27,7 +27,7 @@ from nethical_grpc import client
 from nethical_grpc.cli.client_commands import (
     open_channel,
     print_json,
-    report_rpc_error,
+    report_call_error,
     stop_on_signals,
 )
 from nethical_grpc.cli.region_commands import applied_text, ingest_request, parse_values
@@ -177,7 +177,7 @@ async def run_ingest_stream(args: argparse.Namespace) -> int:
                 await batcher.send_full()
             await batcher.send_all()
         except grpc.RpcError as err:
-            report_rpc_error(err)
+            await report_call_error(args, channel, err)
             print(f"  before it: {batcher.sent.text()}", file=sys.stderr)
             return 1
         finally:

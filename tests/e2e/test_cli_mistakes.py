@@ -249,3 +249,38 @@ def test_a_coordinator_that_keeps_calls_in_their_region_says_so(tmp_path: Path) 
             coordinator.stop()
     assert "every Evaluate stays in its region (each call must name its region_id" in said[0]
     assert "every Evaluate stays in its region (its region_id, else r1)" in said[1]
+
+
+def test_a_command_sent_to_the_other_kind_of_server_says_which_it_reached(
+    node: tuple[Child, int], tmp_path: Path
+) -> None:
+    _, port = node
+    coordinator = spawn(
+        "wrong-coordinator",
+        ["coordinator", "--port", "0", "--region", f"r1=127.0.0.1:{port}"],
+        tmp_path,
+    )
+    try:
+        cport = coordinator.port()
+        at_node, at_coordinator = f"127.0.0.1:{port}", f"127.0.0.1:{cport}"
+        for args, reached, advice in [
+            (["query", "--target", at_node], f"{at_node} is a region node", "add --node"),
+            (["evaluate", "x", "--target", at_node], f"{at_node} is a region node", "add --node"),
+            (
+                ["info", "--target", at_coordinator],
+                f"{at_coordinator} is a coordinator",
+                "a region node",
+            ),
+            (
+                ["query", "--node", "--target", at_coordinator],
+                f"{at_coordinator} is a coordinator",
+                "leave out --node",
+            ),
+        ]:
+            out = run(*args)
+            assert out.returncode == 1, out.stderr
+            assert "error: UNIMPLEMENTED" in out.stderr, out.stderr
+            assert f"hint: {reached}" in out.stderr and advice in out.stderr, out.stderr
+            assert "Traceback" not in out.stderr
+    finally:
+        coordinator.stop()
