@@ -89,6 +89,10 @@ _METADATA_KINDS: Final = 1_024
 #: any retention cutoff.
 WAL_MARK_METRIC: Final = "wal checkpoint"
 _WAL_MARK_START_NS: Final = 2**62
+#: On a store that keeps nothing across a restart, the write-ahead log is rotated when its
+#: current segment is this share of the windows' retention old (or a flush interval, if
+#: longer), so that a segment past the retention can be deleted whole: about 64 segments.
+LOG_SEGMENTS_PER_RETENTION: Final = 64
 #: Stored windows are restored (and the peers' loaded) this much time at a time.
 RESTORE_SLICE_NS: Final = 600 * 1_000_000_000
 #: A restore (or a load of the peers' windows) says how far it got at most this often:
@@ -223,6 +227,8 @@ class Persister:
         # the windows this instance flushed before started_ns are restored, or missing
         # from its answers (a gap they name) until they are
         self.started_ns = node.clock()
+        # when the write-ahead log's current segment began (node clock; see _trim_log)
+        self._segment_began_ns = self.started_ns
         choice = stores.timeseries_choice
         if choice.fallback:
             node.set_gap(
@@ -483,6 +489,7 @@ class Persister:
         if not self.durable_store:
             # an in-memory store would only hold a second copy of every window
             self.node.store.take_dirty()
+            self._trim_log()
             return 0
         if not self.restored:
             try:
@@ -519,6 +526,34 @@ class Persister:
         if wal is not None and closed is not None:
             await asyncio.to_thread(wal.checkpoint, closed)
         return len(rows)
+
+    def _trim_log(self) -> None:
+        """The write-ahead log on a store that keeps nothing across a restart: no flush
+        checkpoints it (its batches are in no store), so it holds the windows' data for
+        the retention. It is rotated every :data:`LOG_SEGMENTS_PER_RETENTION`-th of the
+        retention (or flush interval, if longer), and a segment is deleted once every
+        batch in it is past the retention, the newest window it can reach included."""
+        wal, cfg = self.node.wal, self.node.store.config
+        if wal is None or self.node.holds_log:  # its held batches are not applied yet
+            return
+        now = self.node.clock()
+        span = max(cfg.retention_ns // LOG_SEGMENTS_PER_RETENTION, int(self.flush_interval_s * 1e9))
+        if not wal.current_is_empty and now - self._segment_began_ns >= span:
+            wal.rotate()
+            self._segment_began_ns = now
+        elif wal.current_is_empty:
+            self._segment_began_ns = now
+        # a batch of time t holds values up to t + max_future; the windows they land
+        # in (rollup windows past the horizon) end within a window of them
+        widest = cfg.rollup_window_ns if cfg.rollup_factor else cfg.window_ns
+        reach = cfg.max_future_ns + widest
+        dropped = wal.drop_older_than(now - cfg.retention_ns - reach)
+        if dropped:
+            log.info(
+                "write-ahead log: deleted %d segments whose batches are all past the "
+                "windows' retention",
+                dropped,
+            )
 
     def _wal_mark(self, wal_id: str, segment: int) -> WindowSummaryRow:
         ident = self.node.identity

@@ -96,6 +96,15 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
             log.info("write-ahead log %s: %d batches to replay", config.wal_dir, held)
         profiles = ProfileBook()
         persister = Persister(node, stores, profiles, config.stores.flush_interval_s)
+        if config.wal_dir is not None and not persister.durable_store:
+            log.warning(
+                "write-ahead log %s on an in-memory time-series store: the log is the only "
+                "copy of the windows' data, so it keeps the batches of the whole retention "
+                "(%g s) and a restart replays them all; give --timeseries-url a SQLite file "
+                "or PostgreSQL for a log that each flush trims",
+                config.wal_dir,
+                config.windows.retention_ns / 1e9,
+            )
         workers = default_workers() if config.detect_workers is None else config.detect_workers
         pool = DetectionPool(workers) if model is not None and workers > 0 else None
         evaluator = (

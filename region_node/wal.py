@@ -3,10 +3,12 @@
 Layout: a directory of segment files ``wal-<n>.log`` and a ``checkpoint`` file.
 
 * Each accepted Ingest message is appended as one record ``[u32 length][u32 crc32][u64
-  receive time ns][IngestRequest bytes]`` *before* it is applied to the windows. Records are
-  buffered; :meth:`WriteAheadLog.sync` flushes and ``fsync``\\ s, and the node calls it
-  before it acknowledges anything (the end of an Ingest stream, or the error that reports
-  how many of the stream's messages were applied).
+  batch time ns][IngestRequest bytes]`` (the batch time: its ``time``, else when it was
+  received; each of its values is at most the windows' future bound past it) *before*
+  it is applied to the windows. Records are buffered; :meth:`WriteAheadLog.sync`
+  flushes and ``fsync``\\ s, and the node calls it before it acknowledges anything (the
+  end of an Ingest stream, or the error that reports how many of the stream's messages
+  were applied).
 * A checkpoint makes old segments unnecessary: the node rotates to a new segment, flushes
   every window changed so far to its time-series store, and then records "segments up to
   N are in the store" in ``checkpoint`` (written to a temporary file, fsynced and renamed)
@@ -21,6 +23,12 @@ Layout: a directory of segment files ``wal-<n>.log`` and a ``checkpoint`` file.
   ends the replay of that segment. The node reads them twice: at once for their batch ids
   (before it takes any batch), and again, once the store said which segments it holds, to
   apply those it does not (see :meth:`region_node.node.RegionNode.hold_wal`).
+* A node whose time-series store keeps nothing across a restart (the embedded in-memory
+  default) never checkpoints: the log is the only copy of its windows' data. It rotates
+  the log now and then instead, and deletes a closed segment once every batch in it is
+  past the windows' retention (:meth:`WriteAheadLog.drop_older_than`), by the
+  newest batch time of each segment's records (known for the segments appended to or
+  read since the log was opened).
 
 Batch ids (``IngestRequest.batch_id``) make retries exactly-once: the node remembers the
 ids it applied (bounded), across restarts through the log and the checkpoint. The
@@ -117,6 +125,8 @@ class WriteAheadLog:
         self._file: BinaryIO | None = None
         self.appended = 0
         self.synced = 0
+        #: per segment, the newest batch time of its records appended or read so far
+        self._newest: dict[int, int] = {}
 
     # -- files --------------------------------------------------------------------
 
@@ -168,20 +178,21 @@ class WriteAheadLog:
         return self._current
 
     def replay(self) -> Iterator[tuple[int, bytes]]:
-        """(receive time ns, IngestRequest bytes) of every record after the checkpoint."""
+        """(batch time ns, IngestRequest bytes) of every record after the checkpoint."""
         for _, time_ns, payload in self.replay_segments():
             yield time_ns, payload
 
     def replay_segments(
         self, after: int = -1, through: int | None = None
     ) -> Iterator[tuple[int, int, bytes]]:
-        """(segment, receive time ns, IngestRequest bytes) of every record after the
+        """(segment, batch time ns, IngestRequest bytes) of every record after the
         checkpoint, of the segments after ``after`` and up to ``through`` (if given)."""
         first = max(after, self._checkpointed)
         for n, path in self._segments():
             if n <= first or (through is not None and n > through):
                 continue
             for time_ns, payload in self._read_segment(path):
+                self._received(n, time_ns)
                 yield n, time_ns, payload
 
     def _read_segment(self, path: Path) -> Iterator[tuple[int, bytes]]:
@@ -205,6 +216,16 @@ class WriteAheadLog:
         f.write(_HEADER.pack(len(payload), zlib.crc32(payload), time_ns))
         f.write(payload)
         self.appended += 1
+        self._received(self._current, time_ns)
+
+    def _received(self, segment: int, time_ns: int) -> None:
+        if time_ns > self._newest.get(segment, -1):
+            self._newest[segment] = time_ns
+
+    @property
+    def current_is_empty(self) -> bool:
+        """No record was appended to the current segment yet."""
+        return self._file is None
 
     def sync(self) -> None:
         """Make every appended record durable (flush + fsync)."""
@@ -238,6 +259,21 @@ class WriteAheadLog:
         for n, path in self._segments():
             if n <= upto:
                 path.unlink(missing_ok=True)
+                self._newest.pop(n, None)
+                removed += 1
+        return removed
+
+    def drop_older_than(self, cutoff_ns: int) -> int:
+        """Delete the closed segments all of whose records' batch times are before
+        ``cutoff_ns``; returns how many. Only for a log no checkpoint covers (see the
+        module docstring): their batches are then in no store. A segment whose records'
+        times are unknown (neither appended to nor read since the log was opened) stays."""
+        removed = 0
+        for n, path in self._segments():
+            newest = self._newest.get(n)
+            if n < self._current and newest is not None and newest < cutoff_ns:
+                path.unlink(missing_ok=True)
+                del self._newest[n]
                 removed += 1
         return removed
 

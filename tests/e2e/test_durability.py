@@ -137,3 +137,39 @@ async def test_a_retried_batch_is_applied_once_without_a_kill(tmp_path: Path) ->
         assert await count(port) == 4 * VALUES_PER_BATCH
     finally:
         node.stop()
+
+
+async def test_on_the_in_memory_store_the_rotated_log_is_replayed_whole(tmp_path: Path) -> None:
+    """With no durable store the log is the only copy of the windows' data: the node says
+    so at start, rotates the log as it runs, and after SIGKILL replays every segment."""
+
+    def start_in_memory(run: int) -> Child:
+        return spawn(
+            f"memory-{run}",
+            ["region", "--region-id", "mem", "--port", "0", "--wal-dir", str(tmp_path / "wal"),
+             "--flush-interval", "200ms", "--window", "1s", "--retention", "30s",
+             "--rollup-after", "0"],
+            tmp_path,
+        )  # fmt: skip
+
+    rng = np.random.default_rng(4)
+    batches = [(f"m{i}", batch(f"m{i}", rng)) for i in range(3)]
+    node = start_in_memory(0)
+    try:
+        port = await node.aport()
+        for one in batches:  # each in a segment of its own: a flush rotates between them
+            assert (await send(port, [one])).accepted_batches == 1
+            await asyncio.sleep(0.6)
+        assert len(list((tmp_path / "wal").glob("wal-*.log"))) >= 3
+        said = node.log_path.read_text()
+        assert "on an in-memory time-series store: the log is the only copy" in said
+    finally:
+        node.signal(signal.SIGKILL)
+        await asyncio.to_thread(node.proc.wait)
+    node = start_in_memory(1)
+    try:
+        port = await node.aport()
+        assert await count(port) == len(batches) * VALUES_PER_BATCH
+        assert (await send(port, batches)).duplicate_batches == len(batches)
+    finally:
+        node.stop()

@@ -27,6 +27,7 @@ from region_node.node import NodeIdentity, RegionNode
 from region_node.persistence import WAL_MARK_METRIC, Persister
 from region_node.stores import NodeStores, StoreConfig
 from region_node.wal import WriteAheadLog
+from region_node.windows import WindowConfig
 
 
 async def test_rows_the_store_refuses_are_dropped_and_the_rest_written(tmp_path: Path) -> None:
@@ -466,5 +467,61 @@ async def test_the_open_window_restored_after_a_restart_takes_new_batches(
         [group] = node.summaries(SummaryQuery(metrics=frozenset({"lat"})))
         assert group.summary.count == 7
         assert (group.summary.min, group.summary.max) == (-2.0, 7.0)
+    finally:
+        await stores.close()
+
+
+async def test_on_an_in_memory_store_the_log_keeps_the_retention_and_no_more(
+    tmp_path: Path,
+) -> None:
+    """No flush checkpoints the log of a node whose store keeps nothing across a restart:
+    its flushes rotate the log every 64th of the retention (or flush interval) instead,
+    and delete a segment once all its batches are past the retention (plus the future
+    bound and a window). A restart replays what is left."""
+    cfg = WindowConfig(window_ns=10**9, retention_ns=60 * 10**9, rollup_after_ns=0)
+    now = [time.time_ns()]
+    stores = await NodeStores.open(StoreConfig(), "r1")  # the in-memory default
+    wal_dir = tmp_path / "wal"
+    try:
+        node = RegionNode(NodeIdentity("r1", "r1-a"), cfg, clock=lambda: now[0])
+        wal = WriteAheadLog(wal_dir)
+        node.hold_wal(wal)
+        persister = Persister(node, stores, ProfileBook(), 2.0)
+        assert not persister.durable_store
+        await persister.restore()
+
+        def ingest(batch_id: str, n: int) -> None:
+            raw = client.encode_ingest_request("lat", np.ones(n), batch_id=batch_id)
+            request = region_node_pb2.IngestRequest.FromString(raw)
+            assert node.ingest(convert.ingest_batch_from_proto(request, now[0]), raw)
+
+        def segments() -> int:
+            return len(list(wal_dir.glob("wal-*.log")))
+
+        ingest("b1", 100)
+        await persister.flush_windows()
+        assert segments() == 1  # younger than a flush interval (2 s > 60 s / 64): kept open
+        now[0] += 2 * 10**9
+        await persister.flush_windows()
+        assert segments() == 1 and wal.current_is_empty  # rotated: b1's segment closed
+        ingest("b2", 10)
+        now[0] += 2 * 10**9
+        await persister.flush_windows()
+        assert segments() == 2
+        # b1 (taken 4 s ago) exactly 60 s + 5 min (the future bound) + 1 s (a window) old
+        now[0] += (60 + 300 + 1 - 4) * 10**9
+        await persister.flush_windows()
+        assert segments() == 2  # not past it yet
+        now[0] += 2 * 10**9
+        await persister.flush_windows()
+        assert segments() == 1  # b1's segment deleted; b2's (2 s younger) is at the bound
+        wal.close()
+
+        restarted = RegionNode(NodeIdentity("r1", "r1-a"), cfg, clock=lambda: now[0])
+        again = WriteAheadLog(wal_dir)
+        assert restarted.hold_wal(again) == 1
+        assert restarted.replay_wal() == 1
+        assert "b2" in again.batch_ids and "b1" not in again.batch_ids
+        again.close()
     finally:
         await stores.close()

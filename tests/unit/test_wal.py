@@ -62,3 +62,44 @@ def test_batch_ids_forget_the_oldest_past_the_limit() -> None:
     assert "b0" not in ids and "b1" not in ids
     assert all(f"b{i}" in ids for i in (2, 3, 4))
     assert len(ids) == 3
+
+
+def test_segments_whose_batches_are_all_older_than_a_cutoff_are_dropped_whole(
+    tmp_path: Path,
+) -> None:
+    wal = WriteAheadLog(tmp_path)
+    wal.append(b"a", 100)
+    wal.append(b"b", 300)  # segment 0: newest 300
+    wal.rotate()
+    wal.append(b"c", 200)  # segment 1: newest 200
+    wal.rotate()
+    wal.append(b"d", 1_000)  # the current segment
+    wal.sync()
+    assert wal.drop_older_than(250) == 1  # segment 1 only: segment 0 holds 300
+    assert list(wal.replay()) == [(100, b"a"), (300, b"b"), (1_000, b"d")]
+    assert wal.drop_older_than(10_000) == 1  # segment 0; the current one stays
+    assert list(wal.replay()) == [(1_000, b"d")]
+    wal.close()
+
+    reopened = WriteAheadLog(tmp_path)
+    assert reopened.current_is_empty
+    # times not read since the log was opened are unknown: nothing is dropped on a guess
+    assert reopened.drop_older_than(10_000) == 0
+    assert list(reopened.replay()) == [(1_000, b"d")]  # reading them learns them
+    assert reopened.drop_older_than(10_000) == 1
+    assert list(reopened.replay()) == []
+    reopened.close()
+
+
+def test_a_checkpoint_forgets_the_times_of_the_segments_it_deletes(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path)
+    wal.append(b"a", 100)
+    closed = wal.rotate()
+    assert wal.current_is_empty
+    wal.append(b"b", 200)
+    assert not wal.current_is_empty
+    wal.checkpoint(closed)
+    wal.rotate()
+    assert wal.drop_older_than(10_000) == 1  # the segment of b only
+    assert list(wal.replay()) == []
+    wal.close()
