@@ -136,7 +136,7 @@ class RegionNode:
         if self.wal is not None:
             await asyncio.to_thread(self.wal.sync)
 
-    def hold_wal(self, wal: WriteAheadLog) -> int:
+    def hold_wal(self, wal: WriteAheadLog, *, apply: bool = False) -> int:
         """Log to ``wal`` from now on, knowing the batch ids of the batches it holds (a
         retry of one is a duplicate); returns how many it holds. Call it before the node
         takes any batch: one taken before would be neither logged nor checked against
@@ -145,16 +145,19 @@ class RegionNode:
         The held batches' data waits for :meth:`replay_wal`, which the restore calls once
         the store has said which of the log's segments its windows hold already; until
         then the log is not checkpointed (no flush runs before the restore), so those
-        segments stay as they are."""
+        segments stay as they are. With ``apply`` (a store that keeps no windows, so none
+        of the log is in it) they are applied as they are read instead, in one pass."""
         held = 0
         for _, batch in self._logged_batches(wal, -1, None, quiet=False):
             if batch.batch_id:
                 wal.batch_ids.add(batch.batch_id)
+            if apply:
+                self.store.apply(self._bounded(batch))
             held += 1
         self.wal = wal
         self.batch_ids = wal.batch_ids
         # batches appended from now on go to the current segment: they are in the windows
-        self._held_through = wal.current_segment - 1
+        self._held_through = None if apply else wal.current_segment - 1
         return held
 
     def replay_wal(self, stored_through: int = -1) -> int:

@@ -89,22 +89,30 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
     telemetry.get_recorder().observe_gaps(node.gap_reasons)
     try:
         _check_wal_store(config, stores)
-        if config.wal_dir is not None:
-            # before the server takes a batch: each is logged, and a retry of a logged
-            # one is known (the log's data is applied by the restore)
-            held = node.hold_wal(WriteAheadLog(config.wal_dir))
-            log.info("write-ahead log %s: %d batches to replay", config.wal_dir, held)
+        # values are clipped on the way in, the log's included
+        node.privacy = config.privacy
         profiles = ProfileBook()
         persister = Persister(node, stores, profiles, config.stores.flush_interval_s)
-        if config.wal_dir is not None and not persister.durable_store:
-            log.warning(
-                "write-ahead log %s on an in-memory time-series store: the log is the only "
-                "copy of the windows' data, so it keeps the batches of the whole retention "
-                "(%g s) and a restart replays them all; give --timeseries-url a SQLite file "
-                "or PostgreSQL for a log that each flush trims",
-                config.wal_dir,
-                config.windows.retention_ns / 1e9,
-            )
+        if config.wal_dir is not None:
+            # before the server takes a batch: each is logged, and a retry of a logged
+            # one is known
+            wal = WriteAheadLog(config.wal_dir)
+            if persister.durable_store:
+                # the restore applies the log's batches the stored windows lack
+                held = node.hold_wal(wal)
+                log.info("write-ahead log %s: %d batches to replay", config.wal_dir, held)
+            else:
+                replayed = node.hold_wal(wal, apply=True)
+                log.warning(
+                    "write-ahead log %s (%d batches replayed) on an in-memory time-series "
+                    "store: the log is the only copy of the windows' data, so it keeps the "
+                    "batches of the whole retention (%g s) and a restart replays them all; "
+                    "give --timeseries-url a SQLite file or PostgreSQL for a log that each "
+                    "flush trims",
+                    config.wal_dir,
+                    replayed,
+                    config.windows.retention_ns / 1e9,
+                )
         workers = default_workers() if config.detect_workers is None else config.detect_workers
         pool = DetectionPool(workers) if model is not None and workers > 0 else None
         evaluator = (
@@ -122,7 +130,6 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
         )
         releaser = None
         if config.privacy is not None:
-            node.privacy = config.privacy
             releaser = PrivateReleaser(config.privacy, window_ns=config.windows.window_ns)
             _keep_accounts(releaser, config.wal_dir)
             node.privacy_releaser = releaser

@@ -20,9 +20,11 @@ Layout: a directory of segment files ``wal-<n>.log`` and a ``checkpoint`` file.
   checkpoint that covers them is durable.
 * On start, :meth:`WriteAheadLog.replay_segments` yields the records of the segments after
   the checkpoint in order; a torn record at the end of the last segment (a kill mid-write)
-  ends the replay of that segment. The node reads them twice: at once for their batch ids
-  (before it takes any batch), and again, once the store said which segments it holds, to
-  apply those it does not (see :meth:`region_node.node.RegionNode.hold_wal`).
+  ends the replay of that segment. A node on a durable store reads them twice: at once
+  for their batch ids (before it takes any batch), and again, once the store said which
+  segments it holds, to apply those it does not (see
+  :meth:`region_node.node.RegionNode.hold_wal`); on a store that keeps no windows, once,
+  applying each batch as it is read.
 * A node whose time-series store keeps nothing across a restart (the embedded in-memory
   default) never checkpoints: the log is the only copy of its windows' data. It rotates
   the log now and then instead, and deletes a closed segment once every batch in it is

@@ -171,5 +171,6 @@ async def test_on_the_in_memory_store_the_rotated_log_is_replayed_whole(tmp_path
         port = await node.aport()
         assert await count(port) == len(batches) * VALUES_PER_BATCH
         assert (await send(port, batches)).duplicate_batches == len(batches)
+        assert f"({len(batches)} batches replayed)" in node.log_path.read_text()
     finally:
         node.stop()
