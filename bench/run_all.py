@@ -21,6 +21,7 @@ BENCHES = [
     "rollup",
     "restore",
     "restart",
+    "wal_replay",
     "peers",
     "evaluate",
     "jit",
