@@ -208,14 +208,10 @@ async def _watch(args: argparse.Namespace, channel: grpc.aio.Channel) -> int:
     stopped = asyncio.ensure_future(stop.wait())
     while not stop.is_set():
         began = time.monotonic()
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        stamp = utc_now()
         query = asyncio.ensure_future(_metrics_of(args, channel))
         # Ctrl-C during a slow query stops at once, not at its deadline
-        await asyncio.wait({query, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if stop.is_set():
-            query.cancel()
-            with contextlib.suppress(asyncio.CancelledError, grpc.RpcError):
-                await query
+        if not await unless_stopped(query, stop, stopped):
             break
         try:
             response = query.result()
@@ -238,6 +234,26 @@ async def _watch(args: argparse.Namespace, channel: grpc.aio.Channel) -> int:
         await asyncio.wait({stopped}, timeout=max(0.0, began + interval_s - time.monotonic()))
     stopped.cancel()
     return 0
+
+
+def utc_now() -> str:
+    """The time now, in UTC to the second: ``2026-12-01T02:30:00Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+async def unless_stopped(
+    task: asyncio.Future[Any], stop: asyncio.Event, stopped: asyncio.Future[Any]
+) -> bool:
+    """Waits for ``task`` or for ``stop`` (``stopped``: its wait), whichever comes first:
+    True when ``task`` is done; when ``stop`` came first, ``task`` is cancelled (and its
+    end waited for) and the answer is False."""
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if not stop.is_set():
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):  # its outcome is moot now
+        await task
+    return False
 
 
 def stop_on_signals() -> asyncio.Event:
@@ -379,8 +395,7 @@ async def _watch_health(args: argparse.Namespace, channel: grpc.aio.Channel) -> 
         if status == last:
             return
         last = status
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        print(json.dumps({"time": stamp, "status": status, **facts}), flush=True)
+        print(json.dumps({"time": utc_now(), "status": status, **facts}), flush=True)
 
     async def follow() -> None:
         async for status in client.watch_health(channel, args.service):
@@ -388,11 +403,7 @@ async def _watch_health(args: argparse.Namespace, channel: grpc.aio.Channel) -> 
 
     while not stop.is_set():
         watch = asyncio.ensure_future(follow())
-        await asyncio.wait({watch, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if stop.is_set():
-            watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError, grpc.RpcError):
-                await watch
+        if not await unless_stopped(watch, stop, stopped):
             break
         try:
             watch.result()
