@@ -507,7 +507,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     metrics.add_argument("metric", nargs="?", metavar="METRIC", help="only this metric")
     metrics.add_argument("--agent-id", default="", help="only this agent")
-    metrics.add_argument("--since", type=parse_duration_ns, help="only the last DURATION")
+    metrics.add_argument(
+        "--since",
+        type=parse_duration_or_zero_ns,
+        default=3_600_000_000_000,
+        help="only the last DURATION (1h; 0 for all the store keeps)",
+    )
     metrics.add_argument(
         "--limit",
         type=bounded_int(QUERY_LIMIT_MAX),

@@ -48,7 +48,7 @@ def metrics_text(response: region_node_pb2.QueryMetricsResponse, limit: int) -> 
     table = render(headers, rows, text_columns=(1, 2, 4))
     found = counted(len(records), "row", "rows") + ", oldest first"
     if len(response.records) > limit or len(records) == MAX_QUERY_LIMIT:
-        found += f" (the first {limit:,}; --since for later ones)"
+        found += f" (the first {limit:,}; a shorter --since for later ones)"
     return f"{table}\n{found}"
 
 

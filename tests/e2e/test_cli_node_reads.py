@@ -95,7 +95,7 @@ def test_metrics_lists_each_evaluations_row(node: tuple[int, list[float]]) -> No
     table = run_cli("metrics", *_target(port), "--limit", "2")
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
-    assert lines[-1] == "2 rows, oldest first (the first 2; --since for later ones)"
+    assert lines[-1] == "2 rows, oldest first (the first 2; a shorter --since for later ones)"
     assert "agent-a" in lines[2] and "risk_score" in lines[2]
     assert len(lines) == 2 + 2 + 1
     empty = run_cli("metrics", "nothing_here", *_target(port))

@@ -48,7 +48,11 @@ def test_metrics_asks_one_row_more_than_it_prints_and_the_range() -> None:
     assert (request.metric, request.agent_id, request.limit) == ("risk_score", "a", 21)
     assert request.start_time.ToNanoseconds() == NOW_NS - 300_000_000_000
     assert not request.HasField("end_time")
-    whole = metrics_request(_args("metrics", "--limit", str(QUERY_LIMIT_MAX)), NOW_NS)
+    hour = metrics_request(_args("metrics"), NOW_NS)  # the last hour by default
+    assert hour.start_time.ToNanoseconds() == NOW_NS - 3_600 * 10**9 and hour.limit == 101
+    whole = metrics_request(
+        _args("metrics", "--since", "0", "--limit", str(QUERY_LIMIT_MAX)), NOW_NS
+    )
     assert whole.limit == MAX_QUERY_LIMIT  # never more than the node answers
     assert not whole.HasField("start_time") and whole.metric == ""
 
@@ -76,7 +80,10 @@ def test_metrics_table_counts_its_rows_and_says_when_more_are_left() -> None:
     assert lines[-1] == "3 rows, oldest first"
     cut = metrics_text(region_node_pb2.QueryMetricsResponse(records=records), limit=2)
     assert len(cut.splitlines()) == 2 + 2 + 1  # header, rule, two rows, the count
-    assert cut.splitlines()[-1] == "2 rows, oldest first (the first 2; --since for later ones)"
+    assert (
+        cut.splitlines()[-1]
+        == "2 rows, oldest first (the first 2; a shorter --since for later ones)"
+    )
     assert "0.5" not in cut  # the third row is not printed
     none = metrics_text(region_node_pb2.QueryMetricsResponse(), limit=5)
     assert none.startswith("no rows matched")
