@@ -478,7 +478,7 @@ class Persister:
     @property
     def durable_store(self) -> bool:
         """Flushed windows survive a restart (not an in-memory SQLite)."""
-        return "memory" not in self.stores.timeseries_choice.backend
+        return self.stores.keeps_windows
 
     async def flush_windows(self) -> int:
         """Upsert every window changed since the last flush; returns how many.

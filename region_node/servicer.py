@@ -328,6 +328,14 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         if self.evaluator is not None:
             pool = self.evaluator.detection_pool
             found["detection"] = pool.describe() if pool is not None else "in process"
+        wal = self.node.wal
+        if wal is not None:
+            found["write_ahead_log"] = wal.describe() + (
+                "; trimmed by each flush to the time-series store"
+                if self.stores is not None and self.stores.keeps_windows
+                else "; the only copy of the windows' data (an in-memory time-series "
+                "store): kept for the retention"
+            )
         return found
 
     # -- governance -------------------------------------------------------------------

@@ -87,6 +87,12 @@ class NodeStores:
         return stores
 
     @property
+    def keeps_windows(self) -> bool:
+        """Windows flushed to the time-series store survive a restart (not an in-memory
+        SQLite)."""
+        return "memory" not in self.timeseries_choice.backend
+
+    @property
     def cache_choice(self) -> BackendChoice:
         """Current, not only at startup: the cache moves between Redis and memory."""
         if isinstance(self.cache, FailoverCache):

@@ -41,6 +41,7 @@ segments hold, whatever ids are known.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -278,6 +279,15 @@ class WriteAheadLog:
                 del self._newest[n]
                 removed += 1
         return removed
+
+    def describe(self) -> str:
+        """Where the log is and what it holds, e.g. ``/var/lib/wal: 3 segments, 12.5 MiB``."""
+        sizes = []
+        for _, path in self._segments():
+            with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                sizes.append(path.stat().st_size)
+        segments = f"{len(sizes)} segment" + ("" if len(sizes) == 1 else "s")
+        return f"{self.directory}: {segments}, {sum(sizes) / 2**20:.1f} MiB"
 
     def close(self) -> None:
         self.sync()

@@ -10,8 +10,10 @@ exactly what the client sent: nothing acknowledged lost, nothing retried counted
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import signal
+import subprocess
 from pathlib import Path
 
 import grpc
@@ -19,13 +21,17 @@ import numpy as np
 import pytest
 
 from nethical_grpc import client
-from nethical_grpc.cli.processes import Child, spawn
+from nethical_grpc.cli.processes import Child, mesh_command, spawn
 from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
 
 pytestmark = pytest.mark.e2e
 
 VALUES_PER_BATCH = 500
 BATCHES_PER_STREAM = 25
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(mesh_command(*args), capture_output=True, text=True, timeout=60)
 
 
 def start(workdir: Path, run: int) -> Child:
@@ -126,6 +132,11 @@ async def test_a_retried_batch_is_applied_once_without_a_kill(tmp_path: Path) ->
         assert (first.accepted_batches, first.duplicate_batches) == (4, 0)
         assert (again.accepted_batches, again.duplicate_batches) == (0, 2)
         assert await count(port) == 4 * VALUES_PER_BATCH
+        info = run_cli("info", "--target", f"127.0.0.1:{port}")
+        assert info.returncode == 0, info.stderr
+        [logged] = [line for line in info.stdout.splitlines() if "write_ahead_log" in line]
+        assert logged.startswith(f"component    write_ahead_log: {tmp_path / 'wal'}: ")
+        assert logged.endswith("; trimmed by each flush to the time-series store")
     finally:
         node.stop()
     # and after a clean restart the ids are still known
@@ -161,6 +172,14 @@ async def test_on_the_in_memory_store_the_rotated_log_is_replayed_whole(tmp_path
             assert (await send(port, [one])).accepted_batches == 1
             await asyncio.sleep(0.6)
         assert len(list((tmp_path / "wal").glob("wal-*.log"))) >= 3
+        info = run_cli("info", "--target", f"127.0.0.1:{port}", "--json")
+        assert info.returncode == 0, info.stderr
+        logged = json.loads(info.stdout)["components"]["write_ahead_log"]
+        assert logged.startswith(f"{tmp_path / 'wal'}: ") and " segments, " in logged
+        assert logged.endswith(
+            "the only copy of the windows' data (an in-memory time-series store): kept for "
+            "the retention"
+        )
         said = node.log_path.read_text()
         assert "on an in-memory time-series store: the log is the only copy" in said
     finally:

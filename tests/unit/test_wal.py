@@ -103,3 +103,15 @@ def test_a_checkpoint_forgets_the_times_of_the_segments_it_deletes(tmp_path: Pat
     assert wal.drop_older_than(10_000) == 1  # the segment of b only
     assert list(wal.replay()) == []
     wal.close()
+
+
+def test_the_log_describes_where_it_is_and_what_it_holds(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path)
+    assert wal.describe() == f"{tmp_path}: 0 segments, 0.0 MiB"
+    wal.append(b"x" * (3 * 2**20), 1)
+    wal.rotate()
+    assert wal.describe() == f"{tmp_path}: 1 segment, 3.0 MiB"
+    wal.append(b"y" * 2**19, 2)
+    wal.sync()
+    assert wal.describe() == f"{tmp_path}: 2 segments, 3.5 MiB"
+    wal.close()
