@@ -113,6 +113,7 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
                     replayed,
                     config.windows.retention_ns / 1e9,
                 )
+            telemetry.get_recorder().observe_wal(wal.size)
         workers = default_workers() if config.detect_workers is None else config.detect_workers
         pool = DetectionPool(workers) if model is not None and workers > 0 else None
         evaluator = (

@@ -280,14 +280,19 @@ class WriteAheadLog:
                 removed += 1
         return removed
 
-    def describe(self) -> str:
-        """Where the log is and what it holds, e.g. ``/var/lib/wal: 3 segments, 12.5 MiB``."""
+    def size(self) -> tuple[int, int]:
+        """(segments, bytes) of the log on disk."""
         sizes = []
         for _, path in self._segments():
             with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
                 sizes.append(path.stat().st_size)
-        segments = f"{len(sizes)} segment" + ("" if len(sizes) == 1 else "s")
-        return f"{self.directory}: {segments}, {sum(sizes) / 2**20:.1f} MiB"
+        return len(sizes), sum(sizes)
+
+    def describe(self) -> str:
+        """Where the log is and what it holds, e.g. ``/var/lib/wal: 3 segments, 12.5 MiB``."""
+        segments, size = self.size()
+        counted = f"{segments} segment" + ("" if segments == 1 else "s")
+        return f"{self.directory}: {counted}, {size / 2**20:.1f} MiB"
 
     def close(self) -> None:
         self.sync()

@@ -22,6 +22,7 @@ from nethical_grpc.telemetry.recorder import (
     CoverageLevel,
     GapReasons,
     InstanceStates,
+    LogSize,
     Recorder,
     StoreEvictions,
     StoreStates,
@@ -46,6 +47,7 @@ STORE_FALLBACK = "nethical.store.fallback"
 SERIES_HELD = "nethical.series.held"
 WINDOWS_HELD = "nethical.windows.held"
 DATA_GAPS = "nethical.data.gaps"
+WAL_SIZE = "nethical.wal.size"
 GATEWAY_CALLS = "nethical.gateway.calls"
 
 PROMETHEUS_METRICS: Mapping[str, str] = {
@@ -67,6 +69,7 @@ PROMETHEUS_METRICS: Mapping[str, str] = {
     SERIES_HELD: "nethical_series_held",
     WINDOWS_HELD: "nethical_windows_held",
     DATA_GAPS: "nethical_data_gaps",
+    WAL_SIZE: "nethical_wal_size_bytes",
     GATEWAY_CALLS: "nethical_gateway_calls_total",
 }
 """OpenTelemetry instrument name → Prometheus family name (histograms add
@@ -188,6 +191,7 @@ class MeterRecorder(Recorder):
         self._evictions: StoreEvictions | None = None
         self._windows: WindowCounts | None = None
         self._gaps: GapReasons | None = None
+        self._wal: LogSize | None = None
 
     def record_ingest(self, batches: int, values: int) -> None:
         """Raises ``ValueError`` for a negative count."""
@@ -319,6 +323,18 @@ class MeterRecorder(Recorder):
                 "1 for each reason the node's answers leave out data it keeps now "
                 "(STORED_WINDOWS_NOT_LOADED, STORE_FALLBACK, PEERS_NOT_LOADED, PEERS_STALE)",
                 self._gaps_now,
+            )
+
+    def observe_wal(self, size: LogSize) -> None:
+        first = self._wal is None
+        self._wal = size
+        if first:
+            self._gauge(
+                WAL_SIZE,
+                "Bytes the node's write-ahead log takes on disk (--wal-dir): a flush "
+                "interval's batches on a durable store, the retention's on an in-memory one",
+                lambda: [] if self._wal is None else [Observation(self._wal()[1])],
+                unit="By",
             )
 
     def _gaps_now(self) -> list[Observation]:

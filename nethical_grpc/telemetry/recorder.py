@@ -23,6 +23,8 @@ StoreEvictions = Callable[[], Iterable[tuple[str, str, int]]]
 WindowCounts = Callable[[], tuple[int, int, int]]
 #: the reasons of the gaps a node's answers may name now (see DataGap)
 GapReasons = Callable[[], Iterable[str]]
+#: (segments, bytes) of a node's write-ahead log on disk
+LogSize = Callable[[], tuple[int, int]]
 
 
 class Recorder:
@@ -81,6 +83,10 @@ class Recorder:
     def observe_gaps(self, reasons: GapReasons) -> None:
         """Export, at each scrape, 1 for each reason of the data a node keeps but leaves
         out of its answers now (alertable: its answers undercount)."""
+
+    def observe_wal(self, size: LogSize) -> None:
+        """Export, at each scrape, the bytes a node's write-ahead log takes on disk
+        (alertable: on an in-memory store it holds the whole retention's batches)."""
 
 
 NOOP = Recorder()

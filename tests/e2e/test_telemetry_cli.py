@@ -51,9 +51,10 @@ async def test_region_and_coordinator_export_their_metrics(tmp_path: Path) -> No
     region_metrics, coord_metrics = free_port(), free_port()
     region = spawn(
         "region",
-        ["region", "--region-id", "tel", "--port", "0", "--metrics-port", str(region_metrics)],
+        ["region", "--region-id", "tel", "--port", "0", "--metrics-port", str(region_metrics),
+         "--wal-dir", str(tmp_path / "wal")],
         tmp_path,
-    )
+    )  # fmt: skip
     try:
         port = await region.aport()
         coord = spawn(
@@ -84,6 +85,9 @@ async def test_region_and_coordinator_export_their_metrics(tmp_path: Path) -> No
             assert sample(text, "nethical_ingest_observations_total") == 200
             assert sample(text, "nethical_ingest_batches_total") == 2
             assert 'rpc_method="Ingest"' in text
+            # the log holds the two batches (and their records' headers) at least
+            logged = sum(p.stat().st_size for p in (tmp_path / "wal").glob("wal-*.log"))
+            assert sample(text, "nethical_wal_size_bytes") == logged > 2 * 100 * 8
             ctext = await asyncio.to_thread(scrape, coord_metrics)
             assert 'rpc_method="GetGlobalMetrics"' in ctext
             assert sample(ctext, "nethical_fanout_answered_total") >= 1

@@ -630,6 +630,7 @@ async def exercise(r: Rig) -> None:
     )
     rec.observe_windows(lambda: (3, 10, 4))
     rec.observe_gaps(lambda: ["STORE_FALLBACK", "PEERS_STALE"])
+    rec.observe_wal(lambda: (3, 12_345_678))
 
 
 async def test_prometheus_endpoint_serves_rpc_and_mesh_metrics(prom: Rig) -> None:
@@ -696,6 +697,7 @@ async def test_prometheus_endpoint_serves_rpc_and_mesh_metrics(prom: Rig) -> Non
     assert pick(found, "nethical_data_gaps", reason="STORE_FALLBACK") == 1
     assert pick(found, "nethical_data_gaps", reason="PEERS_STALE") == 1
     assert pick(found, "nethical_data_gaps") == 2  # no other reason
+    assert pick(found, "nethical_wal_size_bytes") == 12_345_678
     calls = "nethical_gateway_calls_total"
     assert pick(found, calls, region="eu-west-1", served_region="eu-west-1") == 3
     assert pick(found, calls, region="eu-west-1", served_region="us-east-1") == 1
