@@ -124,10 +124,25 @@ def _server_args(p: argparse.ArgumentParser, default_port: int) -> None:
     _common(p)
 
 
+def _version() -> str:
+    """``nethical-mesh 0.1.0 (Python 3.11.7, grpcio 1.85.3, protobuf 6.33.0)``: what a
+    bug report needs, without importing the mesh's heavier parts."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from nethical_grpc import __version__
+
+    parts = [f"Python {sys.version.split()[0]}"]
+    for package in ("grpcio", "protobuf"):
+        with contextlib.suppress(PackageNotFoundError):
+            parts.append(f"{package} {version(package)}")
+    return f"nethical-mesh {__version__} ({', '.join(parts)})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nethical-mesh", description="Nethical mesh: federated AI-governance metrics."
     )
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
 
     region = sub.add_parser("region", help="run a region node")

@@ -284,3 +284,15 @@ def test_a_command_sent_to_the_other_kind_of_server_says_which_it_reached(
             assert "Traceback" not in out.stderr
     finally:
         coordinator.stop()
+
+
+def test_the_version_is_the_one_a_node_reports(node: tuple[Child, int]) -> None:
+    _, port = node
+    out = run("--version")
+    assert out.returncode == 0, out.stderr
+    m = re.fullmatch(
+        r"nethical-mesh (\S+) \(Python 3\.\d+\.\d+, grpcio [\d.]+, protobuf [\d.]+\)\n", out.stdout
+    )
+    assert m is not None, out.stdout
+    info = json.loads(run("info", "--target", f"127.0.0.1:{port}", "--json").stdout)
+    assert info["version"] == m.group(1)
