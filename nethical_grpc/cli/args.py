@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -40,6 +42,51 @@ def parse_duration_or_zero_ns(text: str) -> int:
     if m and float(m.group(1)) == 0:
         return 0
     return parse_duration_ns(text)
+
+
+@dataclass(frozen=True, slots=True)
+class When:
+    """A time a flag gives: a duration back from now (``ago_ns``) or a moment
+    (``at_ns``, Unix nanoseconds)."""
+
+    ago_ns: int | None = None
+    at_ns: int | None = None
+
+    def ns(self, now_ns: int) -> int:
+        """The time in Unix nanoseconds, a duration counted back from ``now_ns``."""
+        if self.at_ns is not None:
+            return self.at_ns
+        assert self.ago_ns is not None
+        return now_ns - self.ago_ns
+
+
+def parse_when(text: str) -> When:
+    """'15m', '2h' (that long ago) or a time, RFC 3339 ('2026-12-01T02:00:00Z', with an
+    offset, or without one: UTC)."""
+    if _DURATION.match(text):
+        return When(ago_ns=parse_duration_ns(text))
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a duration or a time: {text!r} (e.g. 15m, 2h, 2026-12-01T02:00:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    since_epoch = moment - _EPOCH
+    seconds = since_epoch.days * 86_400 + since_epoch.seconds
+    return When(at_ns=seconds * 1_000_000_000 + since_epoch.microseconds * 1_000)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def parse_when_or_all(text: str) -> When | None:
+    """Like :func:`parse_when`, and '0' (or 'off') for "no bound" → None."""
+    m = _DURATION.match(text)
+    if text.strip().lower() == "off" or (m and float(m.group(1)) == 0):
+        return None
+    return parse_when(text)
 
 
 def parse_pair(text: str) -> tuple[str, str]:

@@ -138,8 +138,9 @@ def coverage_line(c: coordinator_pb2.Coverage) -> str:
 
 
 def _query_options(args: argparse.Namespace) -> client.QueryOptions:
-    """The query the flags ask for; ``--since`` counts back from now (each time, when
-    watching)."""
+    """The query the flags ask for; ``--since`` and ``--until`` count back from now (each
+    time, when watching)."""
+    now = time.time_ns()
     return client.QueryOptions(
         metrics=[*args.metrics, *args.metric],
         quantiles=args.quantile,
@@ -147,7 +148,8 @@ def _query_options(args: argparse.Namespace) -> client.QueryOptions:
         region_weights=dict(args.weight),
         label_filter=dict(args.label),
         group_by_labels=args.group_by,
-        start_ns=time.time_ns() - args.since if args.since else None,
+        start_ns=args.since.ns(now) if args.since else None,
+        end_ns=args.until.ns(now) if args.until else None,
         include_region_breakdown=args.breakdown,
         region_timeout_s=args.region_timeout / 1e9 if args.region_timeout else None,
     )

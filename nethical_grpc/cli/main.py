@@ -20,6 +20,7 @@ from nethical_grpc.cli.args import (
     DECISION_CHOICES,
     FAIL_AT_CHOICES,
     QUERY_LIMIT_MAX,
+    When,
     bounded_int,
     parse_duration_ns,
     parse_duration_or_zero_ns,
@@ -29,6 +30,8 @@ from nethical_grpc.cli.args import (
     parse_positive_int,
     parse_unit_interval,
     parse_weight,
+    parse_when,
+    parse_when_or_all,
 )
 from nethical_grpc.security.flags import add_client_arguments, add_server_arguments
 from nethical_grpc.storage.backend import DEFAULT_AUDIT_RETENTION_DAYS, DEFAULT_MEMORY_BOUND
@@ -69,6 +72,27 @@ def _client_parser(
     add_client_arguments(p)
     _common(p)
     return p
+
+
+def _range(
+    p: argparse.ArgumentParser,
+    since: When | None = None,
+    since_text: str = "",
+    required: bool = False,
+) -> None:
+    """``--since`` and ``--until``: each a duration back from now or a time. ``since``:
+    the default start (``since_text`` says it; "0" then means none unless ``required``)."""
+    parse = parse_when if required or since is None else parse_when_or_all
+    shown = f" ({since_text})" if since_text else ""
+    p.add_argument(
+        "--since",
+        type=parse,
+        default=since,
+        metavar="WHEN",
+        help=f"from WHEN{shown}: a duration back from now (15m, 2h) or a time "
+        "(2026-12-01T02:00:00Z; no offset: UTC)",
+    )
+    p.add_argument("--until", type=parse_when, metavar="WHEN", help="up to WHEN, as --since (now)")
 
 
 def _pairs(p: argparse.ArgumentParser, flag: str, help_text: str) -> None:
@@ -360,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _pairs(query, "--label", "only series with this label")
     query.add_argument("--group-by", action="append", default=[], help="keep a label apart")
-    query.add_argument("--since", type=parse_duration_ns, help="only the last DURATION")
+    _range(query)
     query.add_argument("--breakdown", action="store_true", help="per-region figures too")
     query.add_argument(
         "--region-timeout", type=parse_duration_ns, help="deadline of each region call (2s)"
@@ -496,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("query", nargs="*", metavar="QUERY", help="words to find")
     audit.add_argument("--agent-id", default="", help="only this agent")
     audit.add_argument("--decision", choices=DECISION_CHOICES, help="only this decision")
-    audit.add_argument("--since", type=parse_duration_ns, help="only the last DURATION")
+    _range(audit)
     audit.add_argument("--min-risk", type=parse_unit_interval, help="only this risk or more")
     audit.add_argument(
         "--limit", type=parse_positive_int, default=50, help="most records to print (50)"
@@ -522,12 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     metrics.add_argument("metric", nargs="?", metavar="METRIC", help="only this metric")
     metrics.add_argument("--agent-id", default="", help="only this agent")
-    metrics.add_argument(
-        "--since",
-        type=parse_duration_or_zero_ns,
-        default=3_600_000_000_000,
-        help="only the last DURATION (1h; 0 for all the store keeps)",
-    )
+    _range(metrics, since=When(ago_ns=3_600_000_000_000), since_text="1h; 0 for all")
     metrics.add_argument(
         "--limit",
         type=bounded_int(QUERY_LIMIT_MAX),
@@ -551,9 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     aggregate.add_argument(
         "--bucket", type=parse_duration_ns, default=60_000_000_000, help="bucket width (1m)"
     )
-    aggregate.add_argument(
-        "--since", type=parse_duration_ns, default=3_600_000_000_000, help="the last DURATION (1h)"
-    )
+    _range(aggregate, since=When(ago_ns=3_600_000_000_000), since_text="1h", required=True)
     aggregate.add_argument("--agent-id", default="", help="only this agent")
 
     score = _client_parser(

@@ -36,8 +36,11 @@ def audit_request(args: argparse.Namespace) -> region_node_pb2.SearchAuditReques
     )
     if args.decision:
         request.decision = convert.decision_to_proto(args.decision.upper())
+    now = time.time_ns()
     if args.since:
-        request.start_time.FromNanoseconds(time.time_ns() - args.since)
+        request.start_time.FromNanoseconds(args.since.ns(now))
+    if args.until:
+        request.end_time.FromNanoseconds(args.until.ns(now))
     if args.min_risk is not None:
         request.min_risk = args.min_risk
     return request

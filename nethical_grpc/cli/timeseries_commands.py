@@ -25,7 +25,9 @@ def metrics_request(args: argparse.Namespace, now_ns: int) -> region_node_pb2.Qu
         limit=min(args.limit + 1, MAX_QUERY_LIMIT),
     )
     if args.since:
-        request.start_time.FromNanoseconds(now_ns - args.since)
+        request.start_time.FromNanoseconds(args.since.ns(now_ns))
+    if args.until:
+        request.end_time.FromNanoseconds(args.until.ns(now_ns))
     return request
 
 
@@ -70,13 +72,13 @@ async def run_metrics(args: argparse.Namespace) -> int:
 def aggregate_request(
     args: argparse.Namespace, now_ns: int
 ) -> region_node_pb2.AggregateMetricsRequest:
-    """``--by`` of ``METRIC`` per ``--bucket`` over the last ``--since``."""
+    """``--by`` of ``METRIC`` per ``--bucket`` from ``--since`` up to ``--until`` (now)."""
     request = region_node_pb2.AggregateMetricsRequest(
         metric=args.metric, aggregation=f"AGGREGATION_{args.by.upper()}", agent_id=args.agent_id
     )
     request.bucket.FromNanoseconds(args.bucket)
-    request.start_time.FromNanoseconds(now_ns - args.since)
-    request.end_time.FromNanoseconds(now_ns)
+    request.start_time.FromNanoseconds(args.since.ns(now_ns))
+    request.end_time.FromNanoseconds(args.until.ns(now_ns) if args.until else now_ns)
     return request
 
 

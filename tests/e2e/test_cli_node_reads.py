@@ -229,6 +229,13 @@ def test_query_node_shows_what_one_node_holds(node: tuple[int, list[float]]) -> 
     assert any(line.split()[:3] == ["risk_score", "-", "4"] for line in table.stdout.splitlines())
     assert "coverage: 1/1 regions (1/1 instances), complete" in table.stdout
 
+    # a range of times: the evaluations came after 2020, and within the last ten minutes
+    before = run_cli("query", "risk_score", "--node", *_target(port), "--until", "2020-01-01")
+    assert before.returncode == 0 and "no series matched" in before.stdout, before.stderr
+    recent = cli_json("query", "risk_score", "--node", *_target(port), "--since", "10m")
+    assert int(recent["results"][0]["statistics"]["count"]) == len(ACTIONS)
+    assert _rows(port, "--since", "2020-01-01T00:00:00Z", "--until", "2020-01-02") == []
+
     coordinator_only = run_cli("query", "--node", "--breakdown", *_target(port))
     assert coordinator_only.returncode == 2
     assert "--breakdown is for a coordinator, not --node" in coordinator_only.stderr
