@@ -27,6 +27,7 @@ from nethical_grpc.security.config import client_security_from_args
 from nethical_grpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 
 _REASONS = {
     v: k.removeprefix("MISSING_REASON_").lower() for k, v in coordinator_pb2.MissingReason.items()
@@ -192,7 +193,9 @@ async def run_query(args: argparse.Namespace) -> int:
             return 2
     if args.watch:
         async with open_channel(args) as channel:
-            return await _watch(args, channel)
+            return await watch(
+                args, channel, lambda ch: _metrics_of(args, ch), lambda r: _print_answer(args, r)
+            )
     response = await ask(args, lambda ch: _metrics_of(args, ch))
     if response is None:
         return 1
@@ -200,10 +203,16 @@ async def run_query(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _watch(args: argparse.Namespace, channel: grpc.aio.Channel) -> int:
-    """The query again every ``--watch`` until Ctrl-C or SIGTERM (exit 0). A failed query
-    is reported and the watch goes on (a coordinator restarting, say), but for bad input,
-    which asking again cannot mend (exit 1)."""
+async def watch(
+    args: argparse.Namespace,
+    channel: grpc.aio.Channel,
+    call: Callable[[grpc.aio.Channel], Awaitable[M]],
+    print_answer: Callable[[M], None],
+) -> int:
+    """``call`` again every ``--watch`` until Ctrl-C or SIGTERM (exit 0), each answer
+    printed (the screen cleared first on a terminal; with ``--json`` a line each). A
+    failed call is reported and the watch goes on (a server restarting, say), but for
+    bad input or a server of the other kind, which asking again cannot mend (exit 1)."""
     stop = stop_on_signals()
     interval_s = args.watch / 1e9
     tty = sys.stdout.isatty() and not args.json
@@ -211,14 +220,13 @@ async def _watch(args: argparse.Namespace, channel: grpc.aio.Channel) -> int:
     while not stop.is_set():
         began = time.monotonic()
         stamp = utc_now()
-        query = asyncio.ensure_future(_metrics_of(args, channel))
-        # Ctrl-C during a slow query stops at once, not at its deadline
-        if not await unless_stopped(query, stop, stopped):
+        asked = asyncio.ensure_future(call(channel))
+        # Ctrl-C during a slow call stops at once, not at its deadline
+        if not await unless_stopped(asked, stop, stopped):
             break
         try:
-            response = query.result()
+            response = asked.result()
         except (grpc.RpcError, MeshError) as err:
-            # bad input, or a server of the other kind: asking again cannot mend either
             if isinstance(err, InvalidArgument) or (
                 isinstance(err, grpc.RpcError)
                 and details_from_error(err).code
@@ -232,7 +240,7 @@ async def _watch(args: argparse.Namespace, channel: grpc.aio.Channel) -> int:
                 print("\x1b[H\x1b[2J", end="")
             if not args.json:
                 print(f"{stamp}, every {interval_s:g}s (Ctrl-C stops)")
-            _print_answer(args, response)
+            print_answer(response)
         await asyncio.wait({stopped}, timeout=max(0.0, began + interval_s - time.monotonic()))
     stopped.cancel()
     return 0
@@ -304,9 +312,6 @@ def print_json(message: Message, **options: Any) -> None:
     print(json_format.MessageToJson(message, **options))
 
 
-M = TypeVar("M", bound=Message)
-
-
 async def show(
     args: argparse.Namespace,
     call: Callable[[grpc.aio.Channel], Awaitable[M]],
@@ -326,13 +331,25 @@ async def show(
 
 
 async def run_regions(args: argparse.Namespace) -> int:
-    return await show(
-        args,
-        lambda ch: coordinator_pb2_grpc.CoordinatorServiceStub(ch).ListRegions(
+    def regions(ch: grpc.aio.Channel) -> Awaitable[coordinator_pb2.ListRegionsResponse]:
+        stub = coordinator_pb2_grpc.CoordinatorServiceStub(ch)
+        answer: Awaitable[coordinator_pb2.ListRegionsResponse] = stub.ListRegions(
             coordinator_pb2.ListRegionsRequest(), timeout=args.timeout
-        ),
-        regions_table,
-    )
+        )
+        return answer
+
+    if args.watch:
+
+        def print_answer(answer: coordinator_pb2.ListRegionsResponse) -> None:
+            if args.json:  # a line each
+                print_json(answer, indent=None)
+            else:
+                print(regions_table(answer))
+            sys.stdout.flush()
+
+        async with open_channel(args) as channel:
+            return await watch(args, channel, regions, print_answer)
+    return await show(args, regions, regions_table)
 
 
 def regions_table(response: coordinator_pb2.ListRegionsResponse) -> str:

@@ -402,12 +402,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="ask again every INTERVAL (e.g. 2s) until Ctrl-C; with --json, one line an answer",
     )
 
-    _client_parser(
+    regions = _client_parser(
         sub,
         "regions",
         "regions and instance health from a coordinator",
         target=COORDINATOR,
         timeout=5.0,
+    )
+    regions.add_argument(
+        "--watch",
+        type=parse_duration_ns,
+        metavar="INTERVAL",
+        help="ask again every INTERVAL (e.g. 2s) until Ctrl-C; with --json, one line an answer",
     )
 
     evaluate = _client_parser(

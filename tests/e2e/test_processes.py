@@ -543,6 +543,49 @@ def test_cli_health_watch_follows_a_node_through_a_restart(tmp_path: Path) -> No
                 child.stop()
 
 
+def test_cli_regions_watch_follows_an_instance_going_away(tmp_path: Path) -> None:
+    """``regions --watch``: the coordinator's view again every interval, a JSON line each,
+    until Ctrl-C (exit 0)."""
+    node = spawn("watched-region", ["region", "--region-id", "w1", "--port", "0"], tmp_path)
+    port = node.port()
+    coordinator = spawn(
+        "watching-coordinator",
+        ["coordinator", "--port", "0", "--region", f"w1=127.0.0.1:{port}"],
+        tmp_path,
+    )
+    watcher = None
+    try:
+        cport = coordinator.port()
+        wait_health(cport)
+        watcher = subprocess.Popen(
+            mesh_command("regions", "--watch", "300ms", "--json", "--target", f"127.0.0.1:{cport}"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+        def health() -> str:
+            [region] = json.loads(_line_within(watcher, 20))["regions"]
+            [instance] = region["instances"]
+            return str(instance["health"])
+
+        assert health() == "INSTANCE_HEALTH_SERVING"
+        assert health() == "INSTANCE_HEALTH_SERVING"  # again, an interval later
+        node.stop()
+        deadline = time.monotonic() + 20
+        while health() == "INSTANCE_HEALTH_SERVING":
+            assert time.monotonic() < deadline
+        watcher.send_signal(signal.SIGINT)
+        assert watcher.wait(10) == 0
+        assert watcher.stderr is not None and "Traceback" not in watcher.stderr.read()
+    finally:
+        if watcher is not None and watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+        coordinator.stop()
+        node.stop()
+
+
 async def test_a_second_signal_stops_at_once(tmp_path: Path) -> None:
     """The first SIGTERM drains (a long announcement and grace here); a second one cuts
     it short: the open stream is cancelled and the process exits in moments."""
