@@ -148,8 +148,19 @@ def _server_args(p: argparse.ArgumentParser, default_port: int) -> None:
     _common(p)
 
 
+class _Version(argparse.Action):
+    """``--version``: prints :func:`_version` and exits 0 (worked out only when asked)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(_version())
+        parser.exit()
+
+
 def _version() -> str:
-    """``nethical-mesh 0.1.0 (Python 3.11.7, grpcio 1.85.3, protobuf 6.33.0)``: what a
+    """``nethical-mesh 0.1.0 (Python 3.11.7, grpcio 1.85.3, protobuf 7.36.2)``: what a
     bug report needs, without importing the mesh's heavier parts."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -166,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nethical-mesh", description="Nethical mesh: federated AI-governance metrics."
     )
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True)
 
     region = sub.add_parser("region", help="run a region node")
