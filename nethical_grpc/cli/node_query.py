@@ -15,7 +15,7 @@ from nethical_grpc.errors import MeshError
 from nethical_grpc.v1 import coordinator_pb2, region_node_pb2, region_node_pb2_grpc
 from nethical_grpc.validation import check_quantiles
 
-#: The query flags that only a coordinator answers, and why.
+#: The query flags only a coordinator honours: the argument each sets, and the flag.
 COORDINATOR_ONLY = {
     "region": "--region",
     "weight": "--weight",
