@@ -27,6 +27,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -639,8 +640,11 @@ async def test_a_node_restarted_while_postgresql_is_cut_off_says_what_it_leaves_
                 assert part["message"].startswith("STORE_FALLBACK: ")
                 table = await asyncio.to_thread(_query, *target, "--metric", metric)
                 assert "incomplete gap-pg/gap-pg-0: STORE_FALLBACK" in table
-                # the time since the start (at most: the query's clock reads later)
-                since = ["--since", f"{(time.time_ns() - started) / 1e9:.3f}s"]
+                # the time since the start, from the start itself (to the microsecond, not
+                # before it): a duration would count back from the query's later clock
+                epoch = datetime(1970, 1, 1, tzinfo=UTC)
+                from_start = epoch + timedelta(microseconds=-(-started // 1_000))
+                since = ["--since", from_start.isoformat()]
                 recent = json.loads(
                     await asyncio.to_thread(_query, *target, "--json", *since, "--metric", metric)
                 )
