@@ -421,11 +421,11 @@ async def _watch_health(args: argparse.Namespace, channel: grpc.aio.Channel) -> 
             say(health_pb2.HealthCheckResponse.ServingStatus.Name(status))
 
     while not stop.is_set():
-        watch = asyncio.ensure_future(follow())
-        if not await unless_stopped(watch, stop, stopped):
+        following = asyncio.ensure_future(follow())
+        if not await unless_stopped(following, stop, stopped):
             break
         try:
-            watch.result()
+            following.result()
         except grpc.RpcError as err:
             d = details_from_error(err)
             say("UNREACHABLE", code=d.code.name, message=d.message)
