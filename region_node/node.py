@@ -93,6 +93,10 @@ class RegionNode:
         self.privacy_releaser: PrivateReleaser | None = None
         self.batch_ids = BatchIds()
         self._peers_loaded = 0
+        #: region scope: when the region's other instances' windows were last read from
+        #: the shared store (node clock), None before the first read that succeeded; they
+        #: hold what those instances had flushed by then
+        self.peers_read_ns: int | None = None
         # data this node keeps but cannot answer from for now, by reason (see gaps_for)
         self._gaps: dict[str, DataGap] = {}
         #: changes whenever the gaps do (a cached answer names them)

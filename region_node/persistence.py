@@ -219,8 +219,6 @@ class Persister:
         self._restored_until_ns: int | None = None
         # the store's last change the peers' windows hold (region scope; None: not loaded)
         self._peers_seen: int | None = None
-        # when the last refresh of the peers' windows that succeeded began (node clock)
-        self._peers_read_ns: int | None = None
         # this instance's flushed windows are back in the node: until then no window is
         # flushed (a flush would replace the stored windows with what came since the start)
         self.restored = not self.durable_store
@@ -709,17 +707,17 @@ class Persister:
             failed = f"reading the shared store failed ({exc}); tried again at every flush"
             if self.node.peers is None:
                 self._peers_gap(GAP_PEERS_NOT_LOADED, None, f"are not loaded yet: {failed}")
-            elif self._peers_read_ns is not None:
+            elif self.node.peers_read_ns is not None:
                 # what they held unflushed at the last read is in neither
-                since = self._peers_read_ns - int(self.flush_interval_s * 1e9)
+                since = self.node.peers_read_ns - int(self.flush_interval_s * 1e9)
                 self._peers_gap(
                     GAP_PEERS_STALE,
                     since,
-                    f"are as of {_utc_text(self._peers_read_ns)}, less what they had not "
+                    f"are as of {_utc_text(self.node.peers_read_ns)}, less what they had not "
                     f"flushed by then: {failed}",
                 )
             raise
-        self._peers_read_ns = now
+        self.node.peers_read_ns = now
         self.node.clear_gap(GAP_PEERS_NOT_LOADED)
         self.node.clear_gap(GAP_PEERS_STALE)
 

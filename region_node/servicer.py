@@ -328,6 +328,15 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         if self.evaluator is not None:
             pool = self.evaluator.detection_pool
             found["detection"] = pool.describe() if pool is not None else "in process"
+        if self.node.identity.region_scope:
+            read = self.node.peers_read_ns
+            found["peers"] = (
+                "the region's other instances' windows, as they had flushed them by "
+                f"{convert.ns_to_datetime(read).isoformat(timespec='seconds')} (read after "
+                "each flush of this instance)"
+                if read is not None
+                else "the region's other instances' windows: not read yet"
+            )
         wal = self.node.wal
         if wal is not None:
             found["write_ahead_log"] = wal.describe() + (

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import grpc
@@ -86,6 +87,8 @@ async def test_node_info_says_which_backend_each_store_uses_and_why(mesh: Mesh) 
     assert stores["timeseries"].backend.startswith("sqlite")
     assert stores["timeseries"].reason == ""
     assert stores["audit"].backend in ("memory", "sqlite")
+    # an instance that answers for itself alone reads no peers; no log, no log's line
+    assert "peers" not in info.components and "write_ahead_log" not in info.components
 
 
 async def test_evaluations_reach_the_in_region_stores(mesh: Mesh) -> None:
@@ -427,6 +430,14 @@ async def test_any_instance_answers_for_the_region_from_a_shared_store(
     await eventually(both_again)
     await asyncio.sleep(5 * cfg.flush_interval_s)  # further refreshes change nothing
     assert await count_of(b, "api_latency_ms") == await count_of(a, "api_latency_ms") == 150
+    # its info says how fresh the other instance's windows are: read a flush ago at most
+    before = time.time()
+    peers = (await b.GetNodeInfo(region_node_pb2.GetNodeInfoRequest(), timeout=5)).components[
+        "peers"
+    ]
+    read = datetime.fromisoformat(peers.split(" by ")[1].split(" (")[0]).timestamp()
+    assert before - 2 * cfg.flush_interval_s - 1 <= read <= time.time()
+    assert peers.startswith("the region's other instances' windows, as they had flushed them")
 
 
 async def test_risk_profiles_reach_other_instances_through_redis(
