@@ -24,6 +24,7 @@ from nethical_grpc import convert
 from nethical_grpc.balancing import LoadBalancingStrategy
 from nethical_grpc.errors import ResourceExhausted, rpc_errors, rpc_stream_errors
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
+from nethical_grpc.series import SummaryQuery
 from nethical_grpc.summary import Summary
 from nethical_grpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 from nethical_grpc.validation import check_quantiles
@@ -81,9 +82,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     async def GetGlobalMetrics(  # noqa: N802 (gRPC method name)
         self, request: coordinator_pb2.GetGlobalMetricsRequest, context: Context
     ) -> coordinator_pb2.GetGlobalMetricsResponse:
-        query = convert.summary_query_from_proto(request)
-        quantiles = tuple(request.quantiles) or DEFAULT_QUANTILES
-        check_quantiles("quantiles", quantiles)
+        query, quantiles = global_query_parts(request)
         timeout_s = (
             convert.checked_duration_ns(request.region_timeout, "region_timeout") / 1e9
             if request.HasField("region_timeout")
@@ -183,6 +182,17 @@ def _instance_info(
     if stats["ejected"]:
         info.ejected_for.CopyFrom(convert.ns_to_duration(round(stats["ejected_for_s"] * 1e9)))
     return info
+
+
+def global_query_parts(
+    request: coordinator_pb2.GetGlobalMetricsRequest,
+) -> tuple[SummaryQuery, tuple[float, ...]]:
+    """What a GetGlobalMetrics request asks the regions' nodes, and its quantiles
+    (default 0.5, 0.9, 0.99); INVALID_ARGUMENT when malformed."""
+    query = convert.summary_query_from_proto(request)
+    quantiles = tuple(request.quantiles) or DEFAULT_QUANTILES
+    check_quantiles("quantiles", quantiles)
+    return query, quantiles
 
 
 def global_metrics_response(

@@ -1076,6 +1076,11 @@ def ns_to_datetime(ns: int) -> datetime:
     return datetime.fromtimestamp(ns // NANOS, tz=UTC) + timedelta(microseconds=ns % NANOS // 1000)
 
 
+def utc_text(ns: int) -> str:
+    """A time for a message, in UTC to the second: ``2026-12-01T02:30:00+00:00``."""
+    return ns_to_datetime(ns).isoformat(timespec="seconds")
+
+
 def datetime_to_timestamp(dt: datetime) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
     ts.FromDatetime(dt)

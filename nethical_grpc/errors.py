@@ -242,6 +242,14 @@ class ErrorDetails:
     metadata: Mapping[str, str]
 
 
+def details_of(exc: MeshError) -> ErrorDetails:
+    """What a client would read back had ``exc`` been raised by a server (a refusal on
+    the client's own side, said the same way)."""
+    return ErrorDetails(
+        exc.code, exc.message, tuple(exc.violations()), exc.reason, dict(exc.metadata)
+    )
+
+
 def details_from_error(err: grpc.RpcError) -> ErrorDetails:
     """Client side: decode a failed call's rich status."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN

@@ -109,8 +109,7 @@ class NodeModel:
         return f"{self._name()} {self.engine.label()}"
 
     def _name(self) -> str:
-        default = self.engine.info()["default_model"]
-        return DEFAULT_MODEL_NAME if default else self.engine.model_path.name
+        return DEFAULT_MODEL_NAME if self.engine.default_model else self.engine.model_path.name
 
     def summary(self) -> ModelSummary:
         """What GetNodeInfo says of the model: which one, the rows it takes, its engine."""

@@ -175,10 +175,6 @@ GAP_PEERS_NOT_LOADED: Final = "PEERS_NOT_LOADED"
 GAP_PEERS_STALE: Final = "PEERS_STALE"
 
 
-def _utc_text(ns: int) -> str:
-    return _utc(ns).isoformat(timespec="seconds")
-
-
 class Persister:
     """Background writer and reader of one node's stores (see the module docstring)."""
 
@@ -235,7 +231,7 @@ class Persister:
                     None,
                     self.started_ns,
                     f"the time-series store {choice.requested} was {choice.reason} when this "
-                    f"instance started ({_utc_text(self.started_ns)}), so it keeps its "
+                    f"instance started ({convert.utc_text(self.started_ns)}), so it keeps its "
                     f"windows in {choice.backend}: those it flushed there before are left out "
                     "until it starts again with that store",
                 )
@@ -675,8 +671,8 @@ class Persister:
                 since,
                 self.started_ns,
                 f"the windows this instance flushed before it started "
-                f"({_utc_text(self.started_ns)})"
-                + (f" from {_utc_text(since)} on" if since is not None else "")
+                f"({convert.utc_text(self.started_ns)})"
+                + (f" from {convert.utc_text(since)} on" if since is not None else "")
                 + f" {state}",
             )
         )
@@ -713,8 +709,8 @@ class Persister:
                 self._peers_gap(
                     GAP_PEERS_STALE,
                     since,
-                    f"are as of {_utc_text(self.node.peers_read_ns)}, less what they had not "
-                    f"flushed by then: {failed}",
+                    f"are as of {convert.utc_text(self.node.peers_read_ns)}, less what they had "
+                    f"not flushed by then: {failed}",
                 )
             raise
         self.node.peers_read_ns = now

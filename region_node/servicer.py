@@ -332,7 +332,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
             read = self.node.peers_read_ns
             found["peers"] = (
                 "the region's other instances' windows, as they had flushed them by "
-                f"{convert.ns_to_datetime(read).isoformat(timespec='seconds')} (read after "
+                f"{convert.utc_text(read)} (read after "
                 "each flush of this instance)"
                 if read is not None
                 else "the region's other instances' windows: not read yet"

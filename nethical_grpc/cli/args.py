@@ -83,9 +83,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 def parse_when_or_all(text: str) -> When | None:
     """Like :func:`parse_when`, and '0' (or 'off') for "no bound" → None."""
-    m = _DURATION.match(text)
-    if text.strip().lower() == "off" or (m and float(m.group(1)) == 0):
-        return None
+    if _DURATION.match(text) or text.strip().lower() == "off":
+        ago = parse_duration_or_zero_ns(text)
+        return When(ago_ns=ago) if ago else None
     return parse_when(text)
 
 

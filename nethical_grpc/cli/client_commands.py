@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2
 
 from nethical_grpc import client
 from nethical_grpc.cli.table import fmt_number, render
-from nethical_grpc.errors import ErrorDetails, InvalidArgument, MeshError, details_from_error
+from nethical_grpc.errors import InvalidArgument, MeshError, details_from_error, details_of
 from nethical_grpc.security.config import client_security_from_args
 from nethical_grpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 
@@ -40,7 +40,7 @@ _HEALTH = {
 def report_rpc_error(err: grpc.RpcError | MeshError) -> int:
     """A failed call (or a refusal on this side, as a server would say it) on stderr:
     the status, each field violation, the reason; returns exit status 1."""
-    d = details_from_error(err) if isinstance(err, grpc.RpcError) else _details(err)
+    d = details_from_error(err) if isinstance(err, grpc.RpcError) else details_of(err)
     print(f"error: {d.code.name}: {d.message}", file=sys.stderr)
     for v in d.field_violations:
         print(f"  {v.field}: {v.description}", file=sys.stderr)
@@ -66,12 +66,6 @@ async def report_call_error(
         if hint is not None:
             print(f"  {hint}", file=sys.stderr)
     return 1
-
-
-def _details(exc: MeshError) -> ErrorDetails:
-    return ErrorDetails(
-        exc.code, exc.message, tuple(exc.violations()), exc.reason, dict(exc.metadata)
-    )
 
 
 def results_table(response: coordinator_pb2.GetGlobalMetricsResponse) -> str:
@@ -305,6 +299,19 @@ async def ask(
         except (grpc.RpcError, MeshError) as err:
             await report_call_error(args, channel, err)
             return None
+
+
+def set_time_range(
+    request: Any, args: argparse.Namespace, now_ns: int, *, end_now: bool = False
+) -> None:
+    """``request.start_time`` and ``end_time`` from ``--since`` and ``--until`` (each
+    counted back from ``now_ns`` when a duration); ``end_now``: no ``--until`` is now."""
+    if args.since:
+        request.start_time.FromNanoseconds(args.since.ns(now_ns))
+    if args.until:
+        request.end_time.FromNanoseconds(args.until.ns(now_ns))
+    elif end_now:
+        request.end_time.FromNanoseconds(now_ns)
 
 
 def print_json(message: Message, **options: Any) -> None:

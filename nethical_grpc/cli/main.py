@@ -48,6 +48,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
+#: The default start of the in-region reads' ranges (metrics, aggregate).
+_AN_HOUR_AGO = When(ago_ns=3_600_000_000_000)
+
 #: Where the client commands call by default: a coordinator's port, a region node's.
 COORDINATOR = "127.0.0.1:50050"
 REGION_NODE = "127.0.0.1:50051"
@@ -93,6 +96,16 @@ def _range(
         "(2026-12-01T02:00:00Z; no offset: UTC)",
     )
     p.add_argument("--until", type=parse_when, metavar="WHEN", help="up to WHEN, as --since (now)")
+
+
+def _watch_interval(p: argparse.ArgumentParser) -> None:
+    """``--watch INTERVAL``: the command again every INTERVAL until Ctrl-C."""
+    p.add_argument(
+        "--watch",
+        type=parse_duration_ns,
+        metavar="INTERVAL",
+        help="ask again every INTERVAL (e.g. 2s) until Ctrl-C; with --json, one line an answer",
+    )
 
 
 def _pairs(p: argparse.ArgumentParser, flag: str, help_text: str) -> None:
@@ -406,12 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the target is a region node: its own summaries, as a coordinator of it alone "
         "would answer (not --region, --weight, --breakdown or --region-timeout)",
     )
-    query.add_argument(
-        "--watch",
-        type=parse_duration_ns,
-        metavar="INTERVAL",
-        help="ask again every INTERVAL (e.g. 2s) until Ctrl-C; with --json, one line an answer",
-    )
+    _watch_interval(query)
 
     regions = _client_parser(
         sub,
@@ -420,12 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
         target=COORDINATOR,
         timeout=5.0,
     )
-    regions.add_argument(
-        "--watch",
-        type=parse_duration_ns,
-        metavar="INTERVAL",
-        help="ask again every INTERVAL (e.g. 2s) until Ctrl-C; with --json, one line an answer",
-    )
+    _watch_interval(regions)
 
     evaluate = _client_parser(
         sub,
@@ -563,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     metrics.add_argument("metric", nargs="?", metavar="METRIC", help="only this metric")
     metrics.add_argument("--agent-id", default="", help="only this agent")
-    _range(metrics, since=When(ago_ns=3_600_000_000_000), since_text="1h; 0 for all")
+    _range(metrics, since=_AN_HOUR_AGO, since_text="1h; 0 for all")
     metrics.add_argument(
         "--limit",
         type=bounded_int(QUERY_LIMIT_MAX),
@@ -587,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     aggregate.add_argument(
         "--bucket", type=parse_duration_ns, default=60_000_000_000, help="bucket width (1m)"
     )
-    _range(aggregate, since=When(ago_ns=3_600_000_000_000), since_text="1h", required=True)
+    _range(aggregate, since=_AN_HOUR_AGO, since_text="1h", required=True)
     aggregate.add_argument("--agent-id", default="", help="only this agent")
 
     score = _client_parser(

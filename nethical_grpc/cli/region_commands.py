@@ -15,7 +15,7 @@ import numpy as np
 from google.protobuf import duration_pb2
 
 from nethical_grpc import client, convert
-from nethical_grpc.cli.client_commands import ask, print_json, read_input, show
+from nethical_grpc.cli.client_commands import ask, print_json, read_input, set_time_range, show
 from nethical_grpc.cli.table import counted, decision_name, fmt_time, render
 from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
 
@@ -36,11 +36,7 @@ def audit_request(args: argparse.Namespace) -> region_node_pb2.SearchAuditReques
     )
     if args.decision:
         request.decision = convert.decision_to_proto(args.decision.upper())
-    now = time.time_ns()
-    if args.since:
-        request.start_time.FromNanoseconds(args.since.ns(now))
-    if args.until:
-        request.end_time.FromNanoseconds(args.until.ns(now))
+    set_time_range(request, args, time.time_ns())
     if args.min_risk is not None:
         request.min_risk = args.min_risk
     return request

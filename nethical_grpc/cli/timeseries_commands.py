@@ -10,7 +10,7 @@ import time
 
 import grpc
 
-from nethical_grpc.cli.client_commands import show
+from nethical_grpc.cli.client_commands import set_time_range, show
 from nethical_grpc.cli.table import counted, fmt_number, fmt_time, render
 from nethical_grpc.convert import MAX_QUERY_LIMIT
 from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
@@ -24,10 +24,7 @@ def metrics_request(args: argparse.Namespace, now_ns: int) -> region_node_pb2.Qu
         metric=args.metric or "",
         limit=min(args.limit + 1, MAX_QUERY_LIMIT),
     )
-    if args.since:
-        request.start_time.FromNanoseconds(args.since.ns(now_ns))
-    if args.until:
-        request.end_time.FromNanoseconds(args.until.ns(now_ns))
+    set_time_range(request, args, now_ns)
     return request
 
 
@@ -77,8 +74,7 @@ def aggregate_request(
         metric=args.metric, aggregation=f"AGGREGATION_{args.by.upper()}", agent_id=args.agent_id
     )
     request.bucket.FromNanoseconds(args.bucket)
-    request.start_time.FromNanoseconds(args.since.ns(now_ns))
-    request.end_time.FromNanoseconds(args.until.ns(now_ns) if args.until else now_ns)
+    set_time_range(request, args, now_ns, end_now=True)
     return request
 
 

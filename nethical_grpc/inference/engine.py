@@ -726,6 +726,11 @@ class InferenceEngine:
         lost = f" (moved from {self.device_lost})" if self.device_lost else ""
         return f"torch {torch_version(self._torch)} {where} {self.precision}{lost}"
 
+    @property
+    def default_model(self) -> bool:
+        """It runs the bundled model (TorchScript or its NumPy weights)."""
+        return self.model_path in (DEFAULT_TORCHSCRIPT, DEFAULT_WEIGHTS)
+
     def info(self) -> dict[str, Any]:
         """``backend``, ``device``, ``precision``, ``model_path``, ``default_model``,
         ``input_width``, ``input_kind``, ``id_limit``, ``fallback_reason``, ``device_lost``
@@ -735,7 +740,7 @@ class InferenceEngine:
             "device": self.device,
             "precision": self.precision,
             "model_path": str(self.model_path),
-            "default_model": self.model_path in (DEFAULT_TORCHSCRIPT, DEFAULT_WEIGHTS),
+            "default_model": self.default_model,
             "input_width": self.input_width,
             "input_kind": self.input_kind,
             "id_limit": self.id_limit,
