@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import TextIO
 
 import grpc
-import numpy as np
 
 from nethical_grpc import client
 from nethical_grpc.cli.client_commands import (
@@ -30,7 +29,8 @@ from nethical_grpc.cli.client_commands import (
     report_call_error,
     stop_on_signals,
 )
-from nethical_grpc.cli.region_commands import applied_text, ingest_request, parse_values
+from nethical_grpc.cli.observations import Observations, parse_observations
+from nethical_grpc.cli.region_commands import applied_text, ingest_request
 from nethical_grpc.cli.table import counted
 
 #: the end of the input, as the reader thread hands it on
@@ -75,41 +75,40 @@ def _read_lines(
 
 
 class _Batcher:
-    """Values waiting to be sent, sent in batches of at most ``--batch-values``."""
+    """Observations waiting to be sent, sent in batches of at most ``--batch-values``."""
 
     def __init__(self, args: argparse.Namespace, channel: grpc.aio.Channel) -> None:
         self.args, self.channel = args, channel
-        self.waiting: list[np.ndarray] = []
+        self.waiting: list[Observations] = []
         # values in ``waiting``, kept as they come: summed over the list for each line,
         # a batch of one-value lines cost quadratic time (1.8 s a batch of 10,000)
         self.count = 0
         self.first_at: float | None = None  # when the oldest waiting value arrived
         self.sent = _Sent()
 
-    def add(self, values: np.ndarray) -> None:
-        if values.size:
-            self.waiting.append(values)
-            self.count += values.size
+    def add(self, observations: Observations) -> None:
+        if len(observations):
+            self.waiting.append(observations)
+            self.count += len(observations)
             if self.first_at is None:
                 self.first_at = time.monotonic()
 
-    def _take(self, keep: int = 0) -> np.ndarray:
-        """The waiting values but the last ``keep``, which stay waiting (arrived now)."""
-        values = np.concatenate(self.waiting)
-        cut = values.size - keep
-        rest = values[cut:]
-        self.waiting, self.count = ([rest], keep) if keep else ([], 0)
+    def _take(self, keep: int = 0) -> Observations:
+        """What waits but the last ``keep``, which stay waiting (arrived now)."""
+        waiting = Observations.joined(self.waiting)
+        cut = len(waiting) - keep
+        self.waiting, self.count = ([waiting[cut:]], keep) if keep else ([], 0)
         self.first_at = time.monotonic() if keep else None
-        return values[:cut]
+        return waiting[:cut]
 
     async def send_full(self) -> None:
         """Send every full batch that waits."""
         size = self.args.batch_values
         if self.count < size:
             return
-        values = self._take(keep=self.count % size)
-        for at in range(0, values.size, size):
-            await self._send(values[at : at + size])
+        full = self._take(keep=self.count % size)
+        for at in range(0, len(full), size):
+            await self._send(full[at : at + size])
 
     async def send_all(self) -> None:
         """Send whatever waits (full batches, then the rest)."""
@@ -117,9 +116,9 @@ class _Batcher:
         if self.count:
             await self._send(self._take())
 
-    async def _send(self, values: np.ndarray) -> None:
+    async def _send(self, batch: Observations) -> None:
         n = self.sent.batches + self.sent.duplicates
-        request = ingest_request(self.args, values, n)
+        request = ingest_request(self.args, batch, n)
         answer = await client.ingest(self.channel, [request], timeout=self.args.timeout)
         self.sent.batches += answer.accepted_batches
         self.sent.values += answer.accepted_values
@@ -128,7 +127,7 @@ class _Batcher:
             print_json(answer, indent=None, always_print_fields_with_no_presence=True)
         else:
             state = "applied before, skipped" if answer.duplicate_batches else "applied"
-            print(f"batch {n}: {counted(values.size, 'value', 'values')} {state}", flush=True)
+            print(f"batch {n}: {counted(len(batch), 'value', 'values')} {state}", flush=True)
 
 
 async def run_ingest_stream(args: argparse.Namespace) -> int:
@@ -169,7 +168,8 @@ async def run_ingest_stream(args: argparse.Namespace) -> int:
                     break
                 number += 1
                 try:
-                    batcher.add(parse_values(text, f"{args.file}, line {number}"))
+                    where = f"{args.file}, line {number}"
+                    batcher.add(parse_observations(text, where, args.timed))
                 except ValueError as exc:
                     print(f"error: {exc}", file=sys.stderr)
                     status = 2

@@ -496,7 +496,11 @@ def build_parser() -> argparse.ArgumentParser:
         timeout=60.0,
         description="Send the numbers of FILE (or stdin), separated by whitespace or "
         "commas, to a region node as observations of one series (Ingest, in batches of "
-        "--batch-values). With --batch-id, batch N is PREFIX-N, so running the same "
+        "--batch-values), each at the time the node gets its batch. With --timed, each "
+        "line is one observation with its own time, TIME VALUE or TIME,VALUE: Unix seconds "
+        "(1764561600.25) or RFC 3339 (2026-12-01T04:00:00Z; without an offset, UTC), "
+        "within the node's retention (see info) and at most 5 minutes ahead, to fill in "
+        "past data. With --batch-id, batch N is PREFIX-N, so running the same "
         "command again applies only the batches the node has not applied. With --stream, "
         "values are sent as they arrive (input that stays open, e.g. tail -f).",
     )
@@ -508,7 +512,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_positive_int,
         default=10_000,
         help="values per message (10000; a message is at most the node's limit, 8 MiB: "
-        "about a million values)",
+        "about a million values, half that with --timed)",
+    )
+    ingest.add_argument(
+        "--timed",
+        action="store_true",
+        help="each line is TIME VALUE (Unix seconds or RFC 3339): the observation's own "
+        "time, not the time its batch arrives",
     )
     ingest.add_argument("--batch-id", default="", metavar="PREFIX", help="batch id prefix")
     ingest.add_argument(

@@ -11,11 +11,11 @@ import time
 from collections.abc import Iterator
 
 import grpc
-import numpy as np
 from google.protobuf import duration_pb2
 
 from nethical_grpc import client, convert
-from nethical_grpc.cli.client_commands import ask, print_json, read_input, set_time_range, show
+from nethical_grpc.cli.client_commands import ask, print_json, set_time_range, show
+from nethical_grpc.cli.observations import Observations, read_observations
 from nethical_grpc.cli.table import counted, decision_name, fmt_time, render
 from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
 
@@ -124,40 +124,20 @@ def profile_text(profile: region_node_pb2.GetRiskProfileResponse) -> str:
     return "\n".join(lines)
 
 
-def parse_values(text: str, where: str) -> np.ndarray:
-    """The numbers of ``text``, separated by whitespace or commas. A token that is not a
-    number is a ``ValueError`` naming it, after ``where``."""
-    try:
-        return np.asarray(text.replace(",", " ").split(), dtype=np.float64)
-    except ValueError as exc:  # "could not convert string to float: 'x'"
-        raise ValueError(f"{where}: {exc}") from None
-
-
-def read_values(source: str) -> np.ndarray:
-    """The numbers of ``source`` (a file, or ``-`` for stdin): see :func:`parse_values`;
-    a token that is no number is named with its line, as ``ingest --stream`` names it."""
-    text = read_input(source)
-    try:
-        return parse_values(text, source)
-    except ValueError:
-        for number, line in enumerate(text.splitlines(), start=1):
-            parse_values(line, f"{source}, line {number}")
-        raise
-
-
-def ingest_request(args: argparse.Namespace, values: np.ndarray, n: int) -> bytes:
+def ingest_request(args: argparse.Namespace, batch: Observations, n: int) -> bytes:
     """Batch ``n`` of the command's series (``--batch-id`` names it ``PREFIX-n``)."""
     return client.encode_ingest_request(
         args.metric,
-        values,
+        batch.values,
         dict(args.label),
+        timestamps_unix_nano=batch.times_ns,
         batch_id=f"{args.batch_id}-{n}" if args.batch_id else "",
     )
 
 
-def _batches(args: argparse.Namespace, values: np.ndarray) -> Iterator[bytes]:
-    for n, at in enumerate(range(0, len(values), args.batch_values)):
-        yield ingest_request(args, values[at : at + args.batch_values], n)
+def _batches(args: argparse.Namespace, observations: Observations) -> Iterator[bytes]:
+    for n, at in enumerate(range(0, len(observations), args.batch_values)):
+        yield ingest_request(args, observations[at : at + args.batch_values], n)
 
 
 def applied_text(values: int, batches: int, duplicates: int, where: str = "") -> str:
@@ -178,11 +158,11 @@ async def run_ingest(args: argparse.Namespace) -> int:
 
         return await run_ingest_stream(args)
     try:
-        values = read_values(args.file)
+        observations = read_observations(args.file, args.timed)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if not values.size:
+    if not len(observations):
         print(f"error: no values in {args.file}", file=sys.stderr)
         return 2
 
@@ -196,7 +176,7 @@ async def run_ingest(args: argparse.Namespace) -> int:
 
     return await show(
         args,
-        lambda ch: client.ingest(ch, _batches(args, values), timeout=args.timeout),
+        lambda ch: client.ingest(ch, _batches(args, observations), timeout=args.timeout),
         text_of,
         always_print_fields_with_no_presence=True,
     )

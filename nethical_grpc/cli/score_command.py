@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 
 from nethical_grpc.cli.client_commands import ask, print_json, read_input
-from nethical_grpc.cli.region_commands import parse_values
+from nethical_grpc.cli.observations import parse_values
 from nethical_grpc.cli.table import counted, render
 from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
 

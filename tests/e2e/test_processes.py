@@ -12,6 +12,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import grpc
@@ -31,6 +32,12 @@ REGIONS = ["us-east-1", "eu-west-1", "ap-south-1"]
 
 def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(mesh_command(*args), capture_output=True, text=True, timeout=timeout)
+
+
+def run_cli_input(data: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``run_cli`` with ``data`` on its stdin."""
+    command = mesh_command(*args)
+    return subprocess.run(command, input=data, capture_output=True, text=True, timeout=30)
 
 
 def query_json(port: int, *extra: str) -> dict:  # type: ignore[type-arg]
@@ -412,6 +419,62 @@ async def test_cli_ingest_stream_sends_what_waits_on_ctrl_c(one_node: int) -> No
     assert proc.returncode == 0, err
     assert json.loads(out)["acceptedValues"] == "3"
     assert await _count(one_node, "live2") == 3
+
+
+async def _count_between(port: int, metric: str, start_s: float, end_s: float) -> int:
+    request = region_node_pb2.GetSummariesRequest(metrics=[metric])
+    request.start_time.FromNanoseconds(int(start_s * 1e9))
+    request.end_time.FromNanoseconds(int(end_s * 1e9))
+    async with client.insecure_channel(f"127.0.0.1:{port}") as ch:
+        answer = await region_node_pb2_grpc.RegionNodeServiceStub(ch).GetSummaries(
+            request, timeout=10
+        )
+    return sum(s.summary.moments.count for s in answer.series)
+
+
+async def test_cli_ingest_timed_fills_in_past_windows(one_node: int) -> None:
+    """``ingest --timed``: each line's own time (RFC 3339 with an offset, or Unix
+    seconds) puts its value in that time's window; a time past the node's bounds is
+    refused with the field named and nothing applied; ``--stream`` reads the same lines."""
+    target = ("--target", f"127.0.0.1:{one_node}")
+    now = time.time()
+    half_hour_ago = datetime.fromtimestamp(now - 1800, timezone(timedelta(hours=2)))
+    lines = [f"{half_hour_ago.isoformat()} {v}" for v in (1, 2, 3)]
+    lines += [f"{now - 600:.6f},{v}" for v in (10, 20)]
+    out = await asyncio.to_thread(
+        run_cli_input, "\n".join(lines) + "\n", "ingest", "past", "--timed", *target
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("applied 5 values in 1 batch to past")
+    assert await _count_between(one_node, "past", now - 1860, now - 1740) == 3
+    assert await _count_between(one_node, "past", now - 660, now - 540) == 2
+    assert await _count_between(one_node, "past", now - 300, now + 60) == 0  # not "now"
+
+    # older than the node takes (it rolls windows up after an hour): refused whole
+    stale = f"{now - 600:.3f} 1\n{now - 7200:.3f} 2\n"
+    refused = await asyncio.to_thread(run_cli_input, stale, "ingest", "past", "--timed", *target)
+    assert refused.returncode == 1
+    assert "INVALID_ARGUMENT" in refused.stderr and "timestamps_unix_nano" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    garbled = await asyncio.to_thread(
+        run_cli_input, f"{now:.0f} 1\nyesterday 2\n", "ingest", "past", "--timed", *target
+    )
+    assert garbled.returncode == 2
+    assert "-, line 2: not a time: 'yesterday'" in garbled.stderr
+    assert await _count_between(one_node, "past", now - 7260, now + 60) == 5
+
+    streamed = await asyncio.to_thread(
+        run_cli_input,
+        f"{datetime.fromtimestamp(now - 1200, UTC).isoformat()} 7\n",
+        "ingest",
+        "past",
+        "--timed",
+        "--stream",
+        *target,
+    )
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout.splitlines()[0] == "batch 0: 1 value applied"
+    assert await _count_between(one_node, "past", now - 1260, now - 1140) == 1
 
 
 def test_cli_query_watch_follows_new_data_and_stops_on_ctrl_c(cluster: dict) -> None:  # type: ignore[type-arg]

@@ -1,34 +1,11 @@
-"""The region-node client commands' pure parts: reading values, and a node's info for a
-terminal."""
+"""The region-node client commands' pure parts: a node's info for a terminal."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
-import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from nethical_grpc.cli.region_commands import node_info_text, read_values
+from nethical_grpc.cli.region_commands import node_info_text
 from nethical_grpc.v1 import region_node_pb2
-
-
-def test_values_split_on_whitespace_and_commas(tmp_path: Path) -> None:
-    path = tmp_path / "v.txt"
-    path.write_text("1, 2.5,-3\n\t4e2   5\r\n,\n")
-    np.testing.assert_array_equal(read_values(str(path)), [1.0, 2.5, -3.0, 400.0, 5.0])
-
-
-def test_a_token_that_is_no_number_is_named(tmp_path: Path) -> None:
-    path = tmp_path / "v.txt"
-    path.write_text("1 2 3,x4")
-    with pytest.raises(ValueError, match=r"v.txt, line 1: could not convert string to float: 'x4'"):
-        read_values(str(path))
-    path.write_text("1 2\n\n3, 4\r\n5 six 7\n8 nine\n")  # the first bad line is named
-    with pytest.raises(
-        ValueError, match=r"^\S+v.txt, line 4: could not convert string to float: 'six'$"
-    ):
-        read_values(str(path))
 
 
 def _seconds(s: int) -> duration_pb2.Duration:
