@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import logging
 import os
 import sys
@@ -186,12 +187,36 @@ def _version() -> str:
     return f"nethical-mesh {__version__} ({', '.join(parts)})"
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser that also takes positional arguments after flags:
+    ``ingest latency_ms --label route=/x data.txt``. Python 3.11's argparse ends a
+    command's positional arguments at its first flag, so FILE there was "unrecognized";
+    what plain parsing leaves over is parsed again, intermixed. Not after ``--``, which
+    intermixed parsing does not keep (``evaluate -- "-rf /"``)."""
+
+    _inner = False  # set while argparse's intermixed parsing calls back in
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._inner:
+            return super().parse_known_args(args, namespace)
+        parsed, extras = super().parse_known_args(args, copy.copy(namespace))
+        if not extras or args is None or "--" in args:
+            return parsed, extras
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nethical-mesh", description="Nethical mesh: federated AI-governance metrics."
     )
     parser.add_argument("--version", action=_Version)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
 
     region = sub.add_parser("region", help="run a region node")
     region.add_argument("--region-id", required=True)
