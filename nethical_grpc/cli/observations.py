@@ -72,15 +72,15 @@ def parse_timed(text: str, where: str) -> Observations:
         got = int(per_line[wrong[0]])
         raise ValueError(f"{where}: expected TIME VALUE, got {counted(got, 'token', 'tokens')}")
     pairs = tokens[tokens != _LINE_END].reshape(-1, 2)
+    try:  # the time first: a header line ("time,value") is named by its first word
+        times = times_ns(pairs[:, 0])
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
     try:
         values = np.asarray(pairs[:, 1], dtype=np.float64)
     except ValueError:
         bad = pairs[_first_unreadable(pairs[:, 1], np.float64), 1]
         raise ValueError(f"{where}: could not convert string to float: {str(bad)!r}") from None
-    try:
-        times = times_ns(pairs[:, 0])
-    except ValueError as exc:
-        raise ValueError(f"{where}: {exc}") from None
     return Observations(values, times)
 
 

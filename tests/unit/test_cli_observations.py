@@ -122,6 +122,11 @@ def test_a_mistake_is_named(line: str, message: str) -> None:
         parse_timed(f"1796097600 1\n{line}\n", "where")
 
 
+def test_a_header_line_is_named_by_its_first_word() -> None:
+    with pytest.raises(ValueError, match=r"^-: not a time: 'time'"):
+        parse_timed("time,value\n", "-")
+
+
 def test_a_mistake_is_named_with_its_line(tmp_path: Path) -> None:
     path = tmp_path / "t.csv"
     path.write_text("2026-12-01T04:00:00Z,1\n\n1796097600 2\n2026-12-01T04:00:00Z 3 4\n")
