@@ -46,6 +46,7 @@ import json
 import logging
 import os
 import struct
+import threading
 import uuid
 import zlib
 from collections import OrderedDict
@@ -126,6 +127,9 @@ class WriteAheadLog:
         existing = self._segments()
         self._current = max([n for n, _ in existing] + [self._checkpointed]) + 1
         self._file: BinaryIO | None = None
+        # a sync runs in a worker thread while the event loop may rotate or close the
+        # segment: the file must not be closed under its flush and fsync
+        self._file_lock = threading.RLock()
         self.appended = 0
         self.synced = 0
         #: per segment, the newest batch time of its records appended or read so far
@@ -231,24 +235,28 @@ class WriteAheadLog:
         return self._file is None
 
     def sync(self) -> None:
-        """Make every appended record durable (flush + fsync)."""
-        target = self.appended
-        f = self._file
-        if f is not None and self.synced < target:
-            f.flush()  # BufferedWriter serialises this with concurrent appends
-            os.fsync(f.fileno())
-            self.synced = max(self.synced, target)
+        """Make every appended record durable (flush + fsync). Safe to call from a worker
+        thread while the owner appends, rotates or closes."""
+        with self._file_lock:
+            target = self.appended
+            f = self._file
+            if f is not None and self.synced < target:
+                f.flush()  # BufferedWriter serialises this with concurrent appends
+                os.fsync(f.fileno())
+                self.synced = max(self.synced, target)
 
     # -- checkpoints --------------------------------------------------------------
 
     def rotate(self) -> int:
-        """Start a new segment; returns the number of the last closed one."""
-        self.sync()
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        closed = self._current
-        self._current += 1
+        """Start a new segment; returns the number of the last closed one (after a sync
+        running in another thread has finished with it)."""
+        with self._file_lock:
+            self.sync()
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+            closed = self._current
+            self._current += 1
         return closed
 
     def checkpoint(self, upto: int, batch_ids: Iterable[str] | None = None) -> int:
@@ -295,7 +303,8 @@ class WriteAheadLog:
         return f"{self.directory}: {counted}, {size / 2**20:.1f} MiB"
 
     def close(self) -> None:
-        self.sync()
-        if self._file is not None:
-            self._file.close()
+        with self._file_lock:
+            self.sync()
+            if self._file is not None:
+                self._file.close()
             self._file = None

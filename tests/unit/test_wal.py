@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from region_node import wal as wal_module
 from region_node.wal import BatchIds, WriteAheadLog
 
 
@@ -115,3 +119,45 @@ def test_the_log_describes_where_it_is_and_what_it_holds(tmp_path: Path) -> None
     wal.sync()
     assert wal.describe() == f"{tmp_path}: 2 segments, 3.5 MiB"
     wal.close()
+
+
+def test_a_rotation_waits_for_a_sync_in_another_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node syncs in a worker thread while its event loop may rotate the log: the
+    rotation must not close the segment under the sync's fsync (which then failed, and
+    an Ingest whose batches were applied and durable answered INTERNAL)."""
+    wal = WriteAheadLog(tmp_path)
+    wal.append(b"applied", 1)
+    in_fsync, go_on = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        if threading.current_thread().name == "syncer":
+            in_fsync.set()
+            go_on.wait(10)
+        real_fsync(fd)
+
+    monkeypatch.setattr(wal_module.os, "fsync", slow_fsync)
+    errors: list[BaseException] = []
+
+    def sync() -> None:
+        try:
+            wal.sync()
+        except BaseException as exc:
+            errors.append(exc)
+
+    syncer = threading.Thread(target=sync, name="syncer")
+    syncer.start()
+    assert in_fsync.wait(10)
+    rotator = threading.Thread(target=wal.rotate, name="rotator")
+    rotator.start()
+    rotator.join(0.3)
+    assert rotator.is_alive()  # waiting for the sync, not closing the file under it
+    go_on.set()
+    syncer.join(10)
+    rotator.join(10)
+    assert not errors and wal.synced == wal.appended == 1
+    assert wal.current_segment == 1
+    wal.close()
+    assert list(WriteAheadLog(tmp_path).replay()) == [(1, b"applied")]
