@@ -118,6 +118,22 @@ def _utc(ns: int) -> datetime:
     return datetime.fromtimestamp(ns / 1e9, tz=UTC)
 
 
+def _merged(
+    windows: list[tuple[SeriesKey, int, Summary, int]],
+) -> list[tuple[SeriesKey, int, Summary, int]]:
+    """Decoded windows with the copies of one series' window (several instances')
+    merged into one."""
+    by_window: dict[tuple[SeriesKey, int], tuple[SeriesKey, int, Summary, int]] = {}
+    for key, window_id, summary, newest in windows:
+        held = by_window.get((key, window_id))
+        if held is None:
+            by_window[key, window_id] = (key, window_id, summary, newest)
+        else:
+            held[2].merge_from(summary)
+            by_window[key, window_id] = (key, window_id, held[2], max(held[3], newest))
+    return list(by_window.values())
+
+
 def _decoded(row: WindowSummaryRow) -> Summary | None:
     """A stored window's summary; None, logged, when it does not decode."""
     try:
@@ -745,7 +761,8 @@ class Persister:
                 rows = await self.stores.timeseries.load_window_summaries(
                     region, changed_after=seen
                 )
-                windows = self._decode(self._peer_rows(rows), now)
+                whole = await self._every_copy(self._peer_rows(rows))
+                windows = _merged(self._decode(whole, now))
                 if not peers.replace_many(windows):
                     log.info("another instance's window changed past the rollup horizon")
                     return await self._load_peers(now, last)
@@ -770,6 +787,24 @@ class Persister:
             progress.add(self._install(fresh, self._peer_rows(rows), now), until)
         self.node.peers = fresh
         self._peers_seen = seen
+
+    async def _every_copy(self, changed: list[WindowSummaryRow]) -> list[WindowSummaryRow]:
+        """Every other instance's stored copy of the windows of ``changed``: a window held
+        is the merge of all their copies, so one instance's new copy replaces it only
+        merged with the others' (each instance flushes its own part of a window)."""
+        if not changed:
+            return []
+        wanted = {(r.metric, freeze_labels(r.labels), r.window_start_ns) for r in changed}
+        rows = await self.stores.timeseries.load_window_summaries(
+            self.node.identity.region_id,
+            since_ns=min(r.window_start_ns for r in changed),
+            until_ns=max(r.window_start_ns for r in changed) + 1,
+        )
+        return [
+            r
+            for r in self._peer_rows(rows)
+            if (r.metric, freeze_labels(r.labels), r.window_start_ns) in wanted
+        ]
 
     def _peer_rows(self, rows: Sequence[WindowSummaryRow]) -> list[WindowSummaryRow]:
         """The other instances' windows of ``rows`` (no log mark)."""

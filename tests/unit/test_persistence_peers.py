@@ -74,14 +74,15 @@ async def test_later_refreshes_read_only_the_windows_flushed_since(
     version = reader.version
 
     # the writer adds to its newest window and opens another: the next refresh reads
-    # those two rows (and the reader's own, not taken), and the newer one replaces the
-    # window held, not adds to it
+    # those two rows, then every instance's copy of their windows (the reader's own
+    # among them, not taken), and the newer one replaces the window held, not adds to it
     _put(writer, "lat", now, 3)
     _put(writer, "lat", now + W, 4)
     assert await writing.flush_windows() == 2
     await reading.refresh_peers()
     assert [(kwargs.get("changed_after") is not None, rows) for kwargs, rows in loads.take()] == [
-        (True, 2)
+        (True, 2),
+        (False, 3),
     ]
     assert _counts(reader.peers) == {"lat": 60 + 3 + 4}
     assert _counts(reader) == {"lat": 60 + 3 + 4 + 5}
@@ -99,6 +100,44 @@ async def test_later_refreshes_read_only_the_windows_flushed_since(
     await reading.refresh_peers()
     assert [rows for _, rows in loads.take()] == [1]
     assert _counts(reader.peers) == {"lat": 67}
+
+
+async def test_a_window_two_others_hold_keeps_both_parts_when_one_flushes_again(
+    sqlite_stores: NodeStores,
+) -> None:
+    """Three instances: the reader holds the merge of the other two's copies of a window.
+    When one of them flushes its copy again, the window held becomes the merge of its
+    new copy and the other's, not its copy alone."""
+    now = time.time_ns() // W * W
+    clock = Clock(now)
+    a, c = _node("r1-a", clock), _node("r1-c", clock)
+    writers = [Persister(n, sqlite_stores, ProfileBook(), 1.0) for n in (a, c)]
+    _put(a, "lat", now, 2)
+    _put(c, "lat", now, 5)
+    _put(c, "lat", now - W, 7)  # a window only c holds
+    for writer in writers:
+        await writer.flush_windows()
+    reader = _node("r1-b", clock, region_scope=True)
+    reading = Persister(reader, sqlite_stores, ProfileBook(), 1.0)
+    await reading.refresh_peers()
+    assert _counts(reader.peers) == {"lat": 14}
+
+    _put(a, "lat", now, 1)
+    await writers[0].flush_windows()
+    await reading.refresh_peers()
+    assert _counts(reader.peers) == {"lat": 15}
+    # both flush the shared window again in one refresh's time, and c a new one
+    _put(a, "lat", now, 10)
+    _put(c, "lat", now, 20)
+    _put(c, "lat", now + W, 40)
+    for writer in writers:
+        await writer.flush_windows()
+    await reading.refresh_peers()
+    assert _counts(reader.peers) == {"lat": 85}
+    window = reader.peers.summaries(  # type: ignore[union-attr]
+        SummaryQuery(start_ns=now, end_ns=now + W)
+    )
+    assert [g.summary.count for g in window] == [2 + 5 + 1 + 10 + 20]
 
 
 async def test_a_change_past_the_rollup_horizon_loads_everything_again(
