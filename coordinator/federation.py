@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import itertools
 import logging
@@ -211,7 +212,12 @@ class Federation:
     ) -> None:
         self.registry = registry
         self.transport = transport
-        self._rr = itertools.count()
+        # which replica each region-scope region asks first, in turn (a counter per
+        # region: one shared by all gave a region the same replica every time when the
+        # number of such regions and of its replicas had a common factor)
+        self._rr: collections.defaultdict[str, itertools.count[int]] = collections.defaultdict(
+            itertools.count
+        )
         # the coordinator is draining: queries answer (partially) before this moment
         self._stop_at: float | None = None
         # one future per query waiting for its regions, resolved early by stop_by
@@ -447,7 +453,7 @@ class Federation:
         """
         loop = asyncio.get_running_loop()
         balancer = self.registry.balancer
-        start = next(self._rr) % len(replicas)
+        start = next(self._rr[region]) % len(replicas)
         rotated = replicas[start:] + replicas[:start]
         available = [i for i in rotated if balancer.is_available(i.inst)]
         waiting = available + [i for i in rotated if i not in available]

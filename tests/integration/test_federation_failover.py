@@ -130,6 +130,26 @@ async def test_replicas_not_yet_known_as_region_scope_are_not_counted_twice(mesh
         await registry.close()
 
 
+async def test_each_region_asks_its_replicas_in_turn(mesh: Mesh) -> None:
+    """Two regions of two region-scope replicas each: every replica is asked, about as
+    often as the other of its region (a counter shared by the regions had each region
+    ask one replica every time)."""
+    for region in ("eu", "us"):
+        await add_region(mesh, region, instances=2, region_scope=True, evaluate=False)
+    spec = {r: [s.address for s, _ in mesh.regions[r]] for r in ("eu", "us")}
+    mesh.coordinator, mesh.federation = await start_coordinator(CoordinatorConfig(spec))
+    federation = mesh.federation
+    assert await federation.registry.wait_ready(10.0)
+    assert all(i.region_scope for r in spec for i in federation.registry.instances(r))
+    for _ in range(8):
+        result = await federation.global_metrics(GlobalQuery(SummaryQuery()))
+        assert result.coverage.complete and result.coverage.instances_answered == 2
+    stats = federation.registry.balancer.get_statistics()["instances"]
+    assert {a: stats[a]["requests"] for r in spec for a in spec[r]} == {
+        a: 4 for r in spec for a in spec[r]
+    }
+
+
 class _HungReplica(_BreakingReplica):
     """A region-scope replica that takes summary queries and never answers (a node that
     stopped running: its health stream stays open and says SERVING)."""
