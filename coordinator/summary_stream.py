@@ -207,7 +207,8 @@ class SummaryStream:
             except Exception as exc:  # the call is over: this query never reached the node
                 if self._current is current:
                     self._current = None  # queries from now on open a new call
-                answer.set_exception(_NotSent(grpc.StatusCode.UNAVAILABLE, f"stream: {exc}"))
+                if not answer.done():  # its caller may have given up during the write
+                    answer.set_exception(_NotSent(grpc.StatusCode.UNAVAILABLE, f"stream: {exc}"))
                 current.fail_unsent(f"stream: {exc}")
                 reader = current.reader
                 if reader is not None and not reader.done():
