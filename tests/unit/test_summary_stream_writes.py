@@ -79,9 +79,9 @@ async def test_a_write_that_fails_after_its_query_gave_up_still_fails_over_the_r
     first = asyncio.ensure_future(stream.query(request, 0.1))
     await asyncio.sleep(0)
     second = asyncio.ensure_future(stream.query(request, 5.0))
-    with pytest.raises(SummaryCallError, match="no answer within 0.1 s"):
+    with pytest.raises(SummaryCallError, match=r"no answer within 0\.1 s"):
         await first
-    writer = stream._current.writer if stream._current else None  # noqa: SLF001
+    writer = stream._current.writer if stream._current else None
     assert writer is not None
     channel.calls[0].release.set()  # the held write fails now, its query long gone
     answer = await asyncio.wait_for(second, 2.0)  # not its whole 5 s deadline
