@@ -126,9 +126,11 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
 
         * StreamSummaries calls end with OK. The coordinator stopped sending queries
           when the node went NOT_SERVING; a query still waiting fails over as UNAVAILABLE.
-        * Ingest calls end after the message being applied with UNAVAILABLE (ErrorInfo
-          reason ``NODE_DRAINING``, with ``applied_batches`` and ``applied_values`` as for
-          a rejected message): the client sends the rest to another node.
+        * Ingest calls still reading end after the message being applied with
+          UNAVAILABLE (ErrorInfo reason ``NODE_DRAINING``, with ``applied_batches`` and
+          ``applied_values`` as for a rejected message): the client sends the rest to
+          another node. Those past their last message (making it durable, or reading
+          what follows a rejected one) finish as they would have.
         """
         self._ending_streams = True
         for task in [*self._summary_streams, *self._ingest_streams]:
@@ -157,6 +159,9 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
                     else:
                         duplicates += 1
             except MeshError as exc:
+                # read no more: a drain from now on lets it finish (a cancel in the sync
+                # or the drain below would end it with no word of what it applied)
+                self._ingest_streams.discard(task)
                 exc.metadata = {
                     **exc.metadata,
                     "message_index": str(batches + duplicates),
@@ -185,6 +190,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
                         "applied_values": str(values),
                     },
                 ) from None
+            self._ingest_streams.discard(task)  # all read: a drain lets it finish
             await self.node.sync()  # durable before the acknowledgement
         finally:
             self._ingest_streams.discard(task)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -15,6 +17,7 @@ from meshutil import Mesh, add_region, wait_for
 from nethical_grpc import client, convert
 from nethical_grpc.errors import details_from_error
 from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
+from region_node.server import RegionServerConfig, start_region_server
 from region_node.stores import StoreConfig
 from region_node.windows import WindowConfig
 
@@ -367,3 +370,55 @@ async def test_a_draining_node_ends_open_ingest_streams_saying_what_they_applied
     assert found.code is grpc.StatusCode.UNAVAILABLE
     assert found.reason == "NODE_DRAINING"
     assert (found.metadata["applied_batches"], found.metadata["applied_values"]) == ("3", "30")
+
+
+async def test_a_stream_past_its_last_message_when_the_node_drains_is_answered(
+    mesh: Mesh, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream whose batches are all applied, waiting for its write-ahead log's fsync
+    when the drain begins, gets its acknowledgement, not CANCELLED with no counts (its
+    client would send them again)."""
+    config = RegionServerConfig("r1", instance_id="r1-0", wal_dir=tmp_path, model=None)
+    server, node = await start_region_server(config)
+    mesh.regions["r1"] = [(server, node)]
+    assert node.wal is not None
+    real_sync, syncing = node.wal.sync, threading.Event()
+
+    def slow_sync() -> None:  # a busy disk
+        syncing.set()
+        time.sleep(0.5)
+        real_sync()
+
+    monkeypatch.setattr(node.wal, "sync", slow_sync)
+    batch = client.encode_ingest_request("durable", np.ones(10))
+    call = asyncio.ensure_future(client.ingest(mesh.channel(server.address), [batch], 30))
+    assert await asyncio.to_thread(syncing.wait, 10)
+    await server.drain(announce_s=0, grace_s=5)
+    answer = await call
+    assert (answer.accepted_batches, answer.accepted_values) == (1, 10)
+
+
+async def test_a_rejected_stream_when_the_node_drains_still_says_what_it_applied(
+    mesh: Mesh,
+) -> None:
+    """A stream the node refused, while the node reads what its client still sends: the
+    drain lets it finish with the refusal and its counts, not CANCELLED."""
+    [(server, _)] = await add_region(mesh, "r1", evaluate=False)
+    refused = asyncio.Event()
+
+    async def batches() -> AsyncIterator[bytes]:
+        yield client.encode_ingest_request("kept", np.ones(2))
+        yield client.encode_ingest_request("kept", np.array([np.nan]))
+        for _ in range(10):  # still writing after the refusal
+            await asyncio.sleep(0.05)
+            refused.set()
+            yield client.encode_ingest_request("later", np.ones(1))
+
+    call = asyncio.ensure_future(client.ingest(mesh.channel(server.address), batches(), 30))
+    await refused.wait()  # the node is reading the rest now
+    await server.drain(announce_s=0, grace_s=5)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call
+    found = details_from_error(err.value)
+    assert found.code is grpc.StatusCode.INVALID_ARGUMENT, found
+    assert (found.metadata["applied_batches"], found.metadata["applied_values"]) == ("1", "2")
