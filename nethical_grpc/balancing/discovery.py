@@ -152,6 +152,10 @@ class DnsDiscovery:
         self.resolve_timeout_s = resolve_timeout_s
         self._resolve = resolver or getaddrinfo_resolver
         self._targets: dict[tuple[str, str], TargetState] = {}
+        # the instances discovery added (endpoint -> region): only those are its to move
+        # or remove; one it finds in the balancer already is static (or another
+        # region's), and stays as it is
+        self._added: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
 
     def add_target(self, region_id: str, target: Target) -> None:
@@ -208,10 +212,28 @@ class DnsDiscovery:
         came = now - state.instances
         state.instances = now
         for endpoint in sorted(came):
+            known = self._lb.instance(endpoint)
+            if known is not None and self._added.get(endpoint) != state.region_id:
+                if known.region_id != state.region_id:
+                    log.warning(
+                        "%s (%s): %s is an instance of region %s already; it stays there "
+                        "(a region node serves one region)",
+                        t.text,
+                        state.region_id,
+                        endpoint,
+                        known.region_id,
+                    )
+                continue  # listed statically, or another region's: not this target's
             inst = self._lb.add_instance(endpoint, state.region_id, endpoint, t.weight)
             inst.resolved_from = t.text
-        still_owned = {i for s in self._targets.values() for i in s.instances}
-        for endpoint in sorted(gone - still_owned):
+            self._added[endpoint] = state.region_id
+        for endpoint in sorted(gone):
+            region = self._added.get(endpoint)
+            if region is None or any(
+                endpoint in s.instances for s in self._targets.values() if s.region_id == region
+            ):
+                continue  # not added here, or another target of its region still has it
+            del self._added[endpoint]
             self._lb.remove_instance(endpoint)
         if came or gone:
             log.info(

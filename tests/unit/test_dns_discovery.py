@@ -142,6 +142,45 @@ async def test_an_address_two_targets_resolve_stays_while_one_does() -> None:
     await lb.close()
 
 
+async def test_a_static_instance_a_name_resolves_to_is_never_removed_or_moved() -> None:
+    """An address listed statically that a dns: target also resolves to stays as listed:
+    when the name stops resolving to it, and when a name of another region does."""
+    dns = Answers()
+    lb = LoadBalancer()
+    lb.add_instance("10.0.0.1:1", "eu", "10.0.0.1:1")  # as the registry adds a static one
+    discovery = DnsDiscovery(lb, resolver=dns)
+    discovery.add_target("eu", parse_target("dns:///nodes:1"))
+    discovery.add_target("us", parse_target("dns:///other:1"))
+    dns.names.update({"nodes": ["10.0.0.1", "10.0.0.2"], "other": ["10.0.0.1", "10.0.0.3"]})
+    await discovery.refresh()
+    assert members(lb) == {"10.0.0.1:1": "eu", "10.0.0.2:1": "eu", "10.0.0.3:1": "us"}
+    static = lb.instance("10.0.0.1:1")
+    assert static is not None and static.resolved_from == ""
+    dns.names.update({"nodes": ["10.0.0.2"], "other": []})
+    await discovery.refresh()
+    assert members(lb) == {"10.0.0.1:1": "eu", "10.0.0.2:1": "eu"}
+    await lb.close()
+
+
+async def test_an_address_two_regions_names_resolve_stays_in_the_first() -> None:
+    dns = Answers()
+    lb = LoadBalancer()
+    discovery = DnsDiscovery(lb, resolver=dns)
+    discovery.add_target("eu", parse_target("dns:///a:1"))
+    dns.names.update({"a": ["10.0.0.1"], "b": ["10.0.0.1"]})
+    await discovery.refresh()
+    discovery.add_target("us", parse_target("dns:///b:1"))
+    await discovery.refresh()
+    assert members(lb) == {"10.0.0.1:1": "eu"}
+    dns.names["b"] = []  # the other region's name lets go of it: nothing changes
+    await discovery.refresh()
+    assert members(lb) == {"10.0.0.1:1": "eu"}
+    dns.names["a"] = []  # its own region's does: it goes
+    await discovery.refresh()
+    assert members(lb) == {}
+    await lb.close()
+
+
 async def test_ipv6_addresses_get_one_spelling_in_brackets() -> None:
     dns = Answers()
     lb = LoadBalancer()
