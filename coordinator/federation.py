@@ -464,6 +464,10 @@ class Federation:
         tries: dict[asyncio.Task[_Answer | MissingPart], RegionInstance] = {}
 
         def ask_next() -> float:
+            while waiting and waiting[-1].removed:  # gone from the registry meanwhile
+                waiting.pop()
+            if not waiting:
+                return deadline
             inst = waiting.pop()
             tries[
                 asyncio.ensure_future(
@@ -587,6 +591,10 @@ class Federation:
         timeout_s: float,
         streamed: bool,
     ) -> _Answer | MissingPart:
+        if inst.removed:  # its channel is closed: asking would open one nothing closes
+            return MissingPart(
+                inst.region_id, inst.name, Missing.UNAVAILABLE, "UNAVAILABLE: instance removed"
+            )
         try:
             if streamed:
                 answer = convert.summaries_answer_from_bytes(

@@ -52,6 +52,7 @@ class RegionInstance:
         "inst",
         "instance_id",
         "region_scope",
+        "removed",
         "summary_stream",
         "version",
     )
@@ -62,6 +63,7 @@ class RegionInstance:
         self.instance_id = ""  # as the node reports it
         self.region_scope = False
         self.version = ""  # the node's software version, learned when it turned SERVING
+        self.removed = False  # taken out of the registry: asked no more (no new channel)
         self._stub: region_node_pb2_grpc.RegionNodeServiceStub | None = None
         self._stub_channel: grpc.aio.Channel | None = None
         # summary queries over one long-lived stream (see coordinator.summary_stream)
@@ -185,6 +187,7 @@ class InstanceRegistry:
         view = self._views.get(inst.instance_id)
         if view is not None and view.inst is inst:
             del self._views[inst.instance_id]
+            view.removed = True
             if view.summary_stream.is_open:  # only then is there a loop and a call
                 closing = asyncio.ensure_future(view.summary_stream.close())
                 self._closing.add(closing)

@@ -204,6 +204,36 @@ async def test_a_hung_replica_is_hedged_and_then_ejected(mesh: Mesh) -> None:
         await server.drain(0, 0)
 
 
+async def test_a_replica_removed_during_a_query_is_not_asked(mesh: Mesh) -> None:
+    """Two region-scope replicas, the first hung: while a query waits on it, the second
+    leaves the registry (DNS stopped resolving to it). The query does not turn to it, nor
+    open a channel to it that nothing would close."""
+    hung, other = _HungReplica("eu"), _HungReplica("eu")
+    servers = [await _serve(hung), await _serve(other)]
+    registry = InstanceRegistry({"eu": [s.address for s in servers]})
+    try:
+        views = {v.endpoint: v for v in registry.instances("eu")}
+        for view in views.values():
+            view.region_scope = True
+        federation = Federation(registry)
+        query = asyncio.ensure_future(
+            federation.global_metrics(GlobalQuery(SummaryQuery(), region_timeout_s=1.0))
+        )
+        await wait_for(lambda: hung.queries + other.queries == 1)
+        asked, left = (0, 1) if hung.queries else (1, 0)
+        removed = views[servers[left].address]
+        assert registry.remove(removed.endpoint)
+        result = await query
+        assert [hung, other][left].queries == 0 and not removed.inst.has_channel
+        assert [(m.instance_id, m.reason.value) for m in result.coverage.missing] == [
+            (views[servers[asked].address].name, "deadline_exceeded")
+        ]
+    finally:
+        await registry.close()
+        for server in servers:
+            await server.drain(0, 0)
+
+
 async def test_a_query_in_flight_when_the_coordinator_drains_answers_partially(
     mesh: Mesh,
 ) -> None:
