@@ -409,6 +409,8 @@ def _minmax(a: IndexArray) -> tuple[int, int]:
 
 
 _DBL_MIN_NORMAL: Final = float(np.finfo(np.float64).tiny)
+#: up to here (2 ** 53 steps of 2 ** -1074) the doubles are the multiples of 2 ** -1074
+_GRID_TOP: Final = 2.0 * _DBL_MIN_NORMAL
 _EMPTY_INDEX: Final = np.zeros(0, dtype=np.int64)
 _EMPTY_INDEX.setflags(write=False)
 
@@ -945,22 +947,34 @@ _ONE_COUNT.setflags(write=False)
 
 
 @maybe_njit()
-def _lower_boundary(index: int, scale: int, table: FloatArray) -> float:  # pragma: no cover
+def _lower_boundary(
+    index: int, scale: int, table: FloatArray, shift: int = 0
+) -> float:  # pragma: no cover
     if scale > 0:
-        return math.ldexp(table[index & ((1 << scale) - 1)], index >> scale)
-    return math.ldexp(1.0, index << -scale)
+        return math.ldexp(table[index & ((1 << scale) - 1)], (index >> scale) + shift)
+    return math.ldexp(1.0, (index << -scale) + shift)
 
 
 @maybe_njit()
 def _estimate(
     index: int, scale: int, table: FloatArray, factor: float
 ) -> float:  # pragma: no cover
-    # as exponential_histogram._estimates: L * factor, kept inside the bucket (L, U]
+    # as exponential_histogram._estimates: L * factor; among subnormal numbers, of the
+    # multiples of 2 ** -1074 next to 2ab / (a + b) (a, b: the first and last in the
+    # bucket), the one whose larger relative error to a and b is smaller
     lower = _lower_boundary(index, scale, table)
-    est = lower * factor
-    if est <= lower:
-        est = min(np.nextafter(lower, np.inf), _lower_boundary(index + 1, scale, table))
-    return est
+    if lower >= _DBL_MIN_NORMAL or _lower_boundary(index + 1, scale, table) > _GRID_TOP:
+        return lower * factor  # a bucket reaching past the even grid: its bound is coarse
+    lo = _lower_boundary(index, scale, table, 1074)
+    hi = _lower_boundary(index + 1, scale, table, 1074)
+    a, b = np.floor(lo) + 1.0, np.floor(hi)
+    if a > b:  # no double in the bucket
+        return math.ldexp(np.floor(lo * factor + 0.5), -1074)
+    below = max(np.floor(2.0 * a * b / (a + b)), a)
+    above = min(below + 1.0, b)
+    worst_below = max((below - a) / a, (b - below) / b)
+    worst_above = max((above - a) / a, (b - above) / b)
+    return math.ldexp(above if worst_above < worst_below else below, -1074)
 
 
 @maybe_njit()

@@ -61,6 +61,9 @@ _INT32_MAX: Final = 2**31 - 1
 _COUNT_LIMIT: Final = 2**63 - 1
 _DBL_MAX: Final = float(np.finfo(np.float64).max)
 _DBL_TRUE_MIN: Final = 5e-324
+_DBL_MIN_NORMAL: Final = float(np.finfo(np.float64).tiny)
+#: the subnormal doubles are the multiples of 2 ** -1074
+_SUBNORMAL_SHIFT: Final = 1074
 
 CountArray = npt.NDArray[np.uint64]
 AnyCounts = npt.NDArray[np.unsignedinteger] | npt.NDArray[np.signedinteger]
@@ -91,31 +94,52 @@ def bucket_index(value: float, scale: int) -> int:
     return int(r.positive[0])
 
 
-def bucket_lower_boundary(index: int | npt.NDArray[np.int64], scale: int) -> FloatArray:
-    """``base ** index`` (lower, exclusive boundary), as float64 (may under/overflow to 0/inf)."""
+def bucket_lower_boundary(
+    index: int | npt.NDArray[np.int64], scale: int, shift: int = 0
+) -> FloatArray:
+    """``base ** index`` (lower, exclusive boundary), as float64 (may under/overflow to
+    0/inf); times ``2 ** shift`` when given, rounded once."""
     idx = np.asarray(index, dtype=np.int64)
     out: FloatArray
     with np.errstate(over="ignore", under="ignore"):
         if scale > 0:
             whole = idx >> scale
             frac = (idx & ((1 << scale) - 1)).astype(np.float64) * math.ldexp(1.0, -scale)
-            out = np.ldexp(np.exp2(frac), whole)
+            out = np.ldexp(np.exp2(frac), whole + shift)
         else:
-            out = np.ldexp(np.ones(idx.shape), idx << -scale)
+            out = np.ldexp(np.ones(idx.shape), (idx << -scale) + shift)
     return out
 
 
 def _estimates(index: npt.NDArray[np.int64], scale: int, factor: float) -> FloatArray:
     """The magnitude each bucket ``(L, U]`` of ``index`` stands for in a quantile,
-    ``L * factor`` (``2LU / (L + U)``), kept inside the bucket: among subnormal numbers
-    that product rounds onto the coarse grid, to ``L`` itself or below, outside the
-    bucket and its error bound."""
+    ``L * factor`` (``2LU / (L + U)``, within the relative error bound of every value in
+    the bucket).
+
+    Below the smallest normal number the doubles are the multiples of ``2 ** -1074``, so
+    a bucket holds only those from its first, ``a``, to its last, ``b``, and the estimate
+    must be one of them: the one of the two next to ``2ab / (a + b)`` whose larger
+    relative error to ``a`` and ``b`` is smaller (within the bound, as ``a > L`` and
+    ``b <= U``). Worked out in units of that step; ``_kernels._estimate`` does the same."""
     lower = bucket_lower_boundary(index, scale)
     est = lower * factor
-    coarse = est <= lower
-    if bool(coarse.any()):
-        upper = bucket_lower_boundary(index[coarse] + 1, scale)
-        est[coarse] = np.minimum(np.nextafter(lower[coarse], np.inf), upper)
+    tiny = lower < _DBL_MIN_NORMAL
+    if bool(tiny.any()):
+        # not a bucket reaching past the even grid (coarse scales): its bound is coarse
+        tiny[tiny] = bucket_lower_boundary(index[tiny] + 1, scale) <= 2.0 * _DBL_MIN_NORMAL
+    if bool(tiny.any()):
+        lo = bucket_lower_boundary(index[tiny], scale, _SUBNORMAL_SHIFT)
+        hi = bucket_lower_boundary(index[tiny] + 1, scale, _SUBNORMAL_SHIFT)
+        a, b = np.floor(lo) + 1.0, np.floor(hi)
+        with np.errstate(divide="ignore", invalid="ignore"):  # a bucket with no double
+            mean = 2.0 * a * b / (a + b)
+            below = np.maximum(np.floor(mean), a)
+            above = np.minimum(below + 1.0, b)
+            worst_below = np.maximum((below - a) / a, (b - below) / b)
+            worst_above = np.maximum((above - a) / a, (b - above) / b)
+        units = np.where(worst_above < worst_below, above, below)
+        units = np.where(a <= b, units, np.floor(lo * factor + 0.5))
+        est[tiny] = np.ldexp(units, -_SUBNORMAL_SHIFT)
     return est
 
 
