@@ -104,17 +104,26 @@ def _privacy_config(args: argparse.Namespace) -> PrivacyConfig | None:
     return config
 
 
+def _tune_collector() -> None:
+    """The collector's thresholds for a server, set before it builds anything.
+
+    A global query makes a few thousand short-lived objects; collecting the young ones
+    every 700 allocations cost the coordinator 0.26-0.38 ms of CPU per query at 10
+    regions (two A/B runs of these thresholds against the defaults). Reference counting
+    frees nearly all of them anyway: the collector only looks for cycles. Set before the
+    start-up's restore and first load of the other instances' windows, which build
+    hundreds of thousands of long-lived objects: under the defaults, full collections
+    walking them took about 40% of a region-scope node's first load (``bench/peers.py``).
+    """
+    gc.set_threshold(*GC_THRESHOLD)
+
+
 async def _serve(mesh: MeshServer, args: argparse.Namespace, telemetry_handle: Any) -> int:
     # what start-up built (modules, stubs, models, restored windows) lives as long as the
     # process: out of the collector's sight, full collections stop walking it (measured
     # on a 10-region federation: global-query p99 10.0 -> 8.6 ms, p50 unchanged)
     gc.collect()
     gc.freeze()
-    # a global query makes a few thousand short-lived objects; collecting the young ones
-    # every 700 allocations cost the coordinator 0.26-0.38 ms of CPU per query at 10
-    # regions (two A/B runs of these thresholds against the defaults). Reference counting
-    # frees nearly all of them anyway: the collector only looks for cycles.
-    gc.set_threshold(*GC_THRESHOLD)
     try:
         await serve_until_signalled(mesh, args.drain_announce / 1e9, args.drain_grace / 1e9)
     finally:
@@ -189,6 +198,7 @@ async def run_region(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         log.error("cannot serve metrics: %s", exc)
         return 2
+    _tune_collector()
     try:
         mesh, _node = await start_region_server(
             RegionServerConfig(
@@ -262,6 +272,7 @@ async def run_coordinator(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         log.error("cannot serve metrics: %s", exc)
         return 2
+    _tune_collector()
     try:
         mesh, _fed = await start_coordinator(
             CoordinatorConfig(
