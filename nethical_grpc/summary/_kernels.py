@@ -202,10 +202,12 @@ def _bounds(x: FloatArray, bounds: tuple[float, float] | None) -> tuple[float, f
 def batch_moments_numpy(
     values: npt.ArrayLike, bounds: tuple[float, float] | None = None
 ) -> MomentsTuple:
-    """Moments of finite ``values`` with NumPy (pairwise sums, corrected two-pass variance).
+    """Moments of finite ``values`` with NumPy (a compensated total, corrected two-pass
+    variance).
 
-    The total is ``n*m + sum(x - m)`` with ``m = fl(sum(x)) / n``; the pieces are combined with
-    error-free transformations so the result is accurate to about ``eps * sum|x - m|``.
+    The total keeps each addition's exact error (TwoSum over whole rows of lanes, see
+    :func:`_compensated_total`), the errors summed apart as the compensation, as the
+    compiled kernel's lanes do: a total the doubles hold exactly comes out exact.
     ``bounds`` may pass a precomputed ``(min, max)``.
     """
     x = _as_vector(values)
@@ -213,17 +215,14 @@ def batch_moments_numpy(
     if n == 0:
         return EMPTY_MOMENTS
     lo, hi = _bounds(x, bounds)
-    s = float(np.add.reduce(x))
-    m = _clamp(s / n, lo, hi)
+    total, comp = two_sum(*_compensated_total(x))
+    m = _clamp((total + comp) / n, lo, hi)
     d = x - m
     dsum = float(np.add.reduce(d))
     m2 = max(float(np.dot(d, d)) - dsum * dsum / n, 0.0)
-    p = n * m
-    comp = ((p - s) + two_prod_error(float(n), m, p)) + dsum
-    total, comp = two_sum(s, comp)
     if float(np.add.reduce(np.abs(x))) > _CANCELLATION * abs(total):
-        # values cancel: the pairwise sums above lose what the compiled kernel's TwoSum
-        # keeps (1e100, 1, -1e100, 3 summed to 5.25); sum exactly instead
+        # values cancel: the compensation keeps each addition's error, not the errors of
+        # adding those up, which can then count; sum exactly instead
         total, comp = math.fsum(x.tolist()), 0.0
     mean = _clamp((total + comp) / n, lo, hi)
     return MomentsTuple(n, total, comp, lo, hi, mean, m2)
@@ -231,6 +230,51 @@ def batch_moments_numpy(
 
 #: ``sum |x|`` over ``|sum x|`` beyond which the NumPy path sums exactly (cancellation).
 _CANCELLATION: Final = 4.0
+
+
+#: Lanes of the NumPy path's compensated total: a row of values is added to the lanes
+#: with one set of array operations that stay in the cache (32 KiB a row).
+_NUMPY_LANES: Final = 4096
+
+
+def _compensated_total(x: FloatArray) -> tuple[float, float]:
+    """``(sum, compensation)`` of ``x``, as the compiled kernel's lanes give it: rows of
+    :data:`_NUMPY_LANES` values added into as many running sums, the exact error of each
+    addition (TwoSum) kept apart, then the lanes and the rest summed by
+    :func:`_pairwise_two_sum`."""
+    rows = x.shape[0] // _NUMPY_LANES
+    if rows < 2:
+        return _pairwise_two_sum(x)
+    lanes = x[:_NUMPY_LANES].copy()
+    errors = np.zeros(_NUMPY_LANES)
+    t, z, e = (np.empty(_NUMPY_LANES) for _ in range(3))
+    for r in range(1, rows):
+        row = x[r * _NUMPY_LANES : (r + 1) * _NUMPY_LANES]
+        np.add(lanes, row, out=t)
+        np.subtract(t, lanes, out=z)
+        np.subtract(t, z, out=e)
+        np.subtract(lanes, e, out=e)
+        np.subtract(row, z, out=z)
+        np.add(e, z, out=e)
+        np.add(errors, e, out=errors)
+        lanes, t = t, lanes
+    total, comp = _pairwise_two_sum(np.concatenate([lanes, x[rows * _NUMPY_LANES :]]))
+    return total, comp + float(np.add.reduce(errors))
+
+
+def _pairwise_two_sum(x: FloatArray) -> tuple[float, float]:
+    """``(sum, compensation)`` of ``x``: adjacent pairs added a level at a time, the exact
+    error of every addition (TwoSum, element-wise) summed into the compensation."""
+    level = x
+    errors = 0.0
+    while level.shape[0] > 1:
+        odd = level[-1] if level.shape[0] % 2 else None
+        a, b = level[0:-1:2] if odd is not None else level[0::2], level[1::2]
+        t = a + b
+        z = t - a
+        errors += float(np.add.reduce((a - (t - z)) + (b - z)))
+        level = t if odd is None else np.append(t, odd)
+    return float(level[0]), errors
 
 
 #: Independent accumulator lanes.  The inner ``for j in range(_LANES)`` loops have no
