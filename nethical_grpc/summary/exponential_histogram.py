@@ -55,6 +55,8 @@ MAX_SCALE: Final = 20
 #: At MIN_SCALE all finite doubles (subnormals included) span 3 indices per sign, so any
 #: ``max_buckets >= 3`` can always be satisfied by downscaling; 4 is the enforced minimum.
 MIN_MAX_BUCKETS: Final = 4
+#: the most a summary message can say (``max_buckets`` is a uint32 on the wire)
+MAX_MAX_BUCKETS: Final = 2**32 - 1
 
 _INT32_MIN: Final = -(2**31)
 _INT32_MAX: Final = 2**31 - 1
@@ -903,9 +905,10 @@ def _merged_sides_numpy(
 def _check_params(scale: object, max_buckets: object, zero_threshold: object) -> None:
     if not _is_int(scale) or not (MIN_SCALE <= int(scale) <= MAX_SCALE):
         raise ValueError(f"scale must be an integer in [{MIN_SCALE}, {MAX_SCALE}], got {scale!r}")
-    if not _is_int(max_buckets) or int(max_buckets) < MIN_MAX_BUCKETS:
+    if not _is_int(max_buckets) or not MIN_MAX_BUCKETS <= int(max_buckets) <= MAX_MAX_BUCKETS:
         raise ValueError(
-            f"max_buckets must be an integer >= {MIN_MAX_BUCKETS}, got {max_buckets!r}"
+            f"max_buckets must be an integer in [{MIN_MAX_BUCKETS}, {MAX_MAX_BUCKETS}], "
+            f"got {max_buckets!r}"
         )
     if type(zero_threshold) is float and 0.0 <= zero_threshold < math.inf:
         return

@@ -17,6 +17,7 @@ from nethical_grpc.summary import (
 )
 from nethical_grpc.summary import _kernels as kernels
 from nethical_grpc.summary.exponential_histogram import (
+    MAX_MAX_BUCKETS,
     MIN_MAX_BUCKETS,
     bucket_index,
     index_limits,
@@ -399,6 +400,7 @@ def test_validate_accepts_valid() -> None:
         ("scale", MIN_SCALE - 1, "scale"),
         ("scale", 2.0, "scale"),
         ("max_buckets", MIN_MAX_BUCKETS - 1, "max_buckets"),
+        ("max_buckets", MAX_MAX_BUCKETS + 1, "max_buckets"),  # no summary message holds it
         ("zero_threshold", -1.0, "zero_threshold"),
         ("zero_threshold", math.nan, "zero_threshold"),
         ("zero_count", -1, "zero_count"),
