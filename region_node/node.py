@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -121,7 +122,7 @@ class RegionNode:
         if self.wal is not None and raw is None:
             raise ValueError("a node with a write-ahead log needs the batch's request bytes")
         self.store.check_times(batch, self.clock())
-        self.store.check_capacity((batch.key,))
+        self._check_capacity((batch.key,))
         if self.wal is not None and raw is not None:
             self.wal.append(raw, batch.time_ns)
         self.store.apply(self._bounded(batch))
@@ -254,7 +255,7 @@ class RegionNode:
         :attr:`version`, :meth:`apply_pending`), once ``INTERNAL_PENDING_VALUES`` wait, and
         at most ``INTERNAL_DELAY_S`` after the first of them.
         """
-        self.store.check_capacity(b.key for b in batches)
+        self._check_capacity(b.key for b in batches)
         window_ns = self.store.config.window_ns
         pending = self._pending
         for batch in batches:
@@ -276,6 +277,11 @@ class RegionNode:
                 self.apply_pending()
             else:
                 self._pending_timer = loop.call_later(INTERNAL_DELAY_S, self.apply_pending)
+
+    def _check_capacity(self, keys: Iterable[SeriesKey]) -> None:
+        """The windows' caps, counting the series recorded internally and not applied yet
+        too (each call admitted one more new series while they waited)."""
+        self.store.check_capacity(itertools.chain(keys, (key for key, _ in self._pending)))
 
     def apply_pending(self) -> None:
         """Put the recorded internal observations into the windows (see record_internal)."""

@@ -112,3 +112,24 @@ async def test_a_batch_over_the_label_cap_is_refused_whole() -> None:
         )
     groups = n.summaries(SummaryQuery(group_by=("decision",)))
     assert [(dict(g.labels)["decision"], g.summary.count) for g in groups] == [("allow", 1)]
+
+
+async def test_series_still_waiting_count_against_the_caps() -> None:
+    """Each call, and an Ingest between them, sees the series recorded before and not
+    applied yet: the caps hold (each call admitted one more new series while they
+    waited)."""
+    n = node(max_label_sets_per_metric=2, max_series=3)
+    refused = 0
+    for decision in ("allow", "restrict", "block", "terminate"):
+        try:
+            n.record_internal([IngestBatch(key(decision), np.array([0.5]), None, T0)])
+        except MeshError:
+            refused += 1
+    assert refused == 2
+    with pytest.raises(MeshError):  # risk_score has its two label sets, one still waiting
+        n.ingest(IngestBatch(SeriesKey("risk_score", (("decision", "x"),)), np.ones(1), None, T0))
+    n.ingest(IngestBatch(SeriesKey("other", ()), np.ones(1), None, T0))  # the third series
+    with pytest.raises(MeshError):
+        n.ingest(IngestBatch(SeriesKey("more", ()), np.ones(1), None, T0))
+    n.apply_pending()
+    assert n.store.series_count == 3
