@@ -32,6 +32,7 @@ import psutil
 import psycopg
 
 from nethical_grpc.governance.profiles import ProfileBook
+from nethical_grpc.server_runtime import tune_collector
 from nethical_grpc.storage.timeseries import WindowSummaryRow
 from region_node.node import NodeIdentity, RegionNode
 from region_node.persistence import Persister
@@ -163,6 +164,7 @@ def main() -> None:
     parser.add_argument("--refreshes", type=int, default=10)
     parser.add_argument("--url", default=DEFAULT_URL)
     args = parser.parse_args()
+    tune_collector()  # as a serving node's process has it
     asyncio.run(run(args.url, args.series, args.hours, args.full_loads, args.refreshes))
 
 

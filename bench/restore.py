@@ -25,6 +25,7 @@ import common
 import psutil
 
 from nethical_grpc.governance.profiles import ProfileBook
+from nethical_grpc.server_runtime import tune_collector
 from nethical_grpc.storage.timeseries import WindowSummaryRow
 from region_node.node import NodeIdentity, RegionNode
 from region_node.persistence import Persister
@@ -96,6 +97,7 @@ def main() -> None:
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        tune_collector()  # as a serving node's process has it
         print(json.dumps(asyncio.run(restore(args.child))))
         return
     with tempfile.TemporaryDirectory(prefix="bench-restore-") as tmp:

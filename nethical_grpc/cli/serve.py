@@ -12,15 +12,12 @@ from typing import TYPE_CHECKING, Any
 from nethical_grpc import telemetry
 from nethical_grpc.components import report_once
 from nethical_grpc.security.config import client_security_from_args, server_security_from_args
-from nethical_grpc.server_runtime import MeshServer, serve_until_signalled
+from nethical_grpc.server_runtime import MeshServer, serve_until_signalled, tune_collector
 
 if TYPE_CHECKING:
     from nethical_grpc.privacy import PrivacyConfig
 
 log = logging.getLogger("nethical_mesh")
-
-#: the collector's thresholds while serving (Python's defaults: 700, 10, 10)
-GC_THRESHOLD = (20_000, 20, 20)
 
 
 def _start_telemetry(args: argparse.Namespace, service: str, region: str | None) -> Any:
@@ -104,20 +101,6 @@ def _privacy_config(args: argparse.Namespace) -> PrivacyConfig | None:
     return config
 
 
-def _tune_collector() -> None:
-    """The collector's thresholds for a server, set before it builds anything.
-
-    A global query makes a few thousand short-lived objects; collecting the young ones
-    every 700 allocations cost the coordinator 0.26-0.38 ms of CPU per query at 10
-    regions (two A/B runs of these thresholds against the defaults). Reference counting
-    frees nearly all of them anyway: the collector only looks for cycles. Set before the
-    start-up's restore and first load of the other instances' windows, which build
-    hundreds of thousands of long-lived objects: under the defaults, full collections
-    walking them took about 40% of a region-scope node's first load (``bench/peers.py``).
-    """
-    gc.set_threshold(*GC_THRESHOLD)
-
-
 async def _serve(mesh: MeshServer, args: argparse.Namespace, telemetry_handle: Any) -> int:
     # what start-up built (modules, stubs, models, restored windows) lives as long as the
     # process: out of the collector's sight, full collections stop walking it (measured
@@ -198,7 +181,7 @@ async def run_region(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         log.error("cannot serve metrics: %s", exc)
         return 2
-    _tune_collector()
+    tune_collector()
     try:
         mesh, _node = await start_region_server(
             RegionServerConfig(
@@ -272,7 +255,7 @@ async def run_coordinator(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         log.error("cannot serve metrics: %s", exc)
         return 2
-    _tune_collector()
+    tune_collector()
     try:
         mesh, _fed = await start_coordinator(
             CoordinatorConfig(
