@@ -220,8 +220,13 @@ class WriteAheadLog:
     def append(self, payload: bytes, time_ns: int) -> None:
         """Buffer one record (durable after the next :meth:`sync`)."""
         f = self._open_current()
-        f.write(_HEADER.pack(len(payload), zlib.crc32(payload), time_ns))
-        f.write(payload)
+        try:  # a full buffer is written out here
+            f.write(_HEADER.pack(len(payload), zlib.crc32(payload), time_ns))
+            f.write(payload)
+        except OSError:
+            with self._file_lock:
+                self._abandon_segment(f)
+            raise
         self.appended += 1
         self._received(self._current, time_ns)
 
@@ -241,9 +246,24 @@ class WriteAheadLog:
             target = self.appended
             f = self._file
             if f is not None and self.synced < target:
-                f.flush()  # BufferedWriter serialises this with concurrent appends
-                os.fsync(f.fileno())
+                try:
+                    f.flush()  # BufferedWriter serialises this with concurrent appends
+                    os.fsync(f.fileno())
+                except OSError:
+                    self._abandon_segment(f)
+                    raise
                 self.synced = max(self.synced, target)
+
+    def _abandon_segment(self, f: BinaryIO) -> None:
+        """A write or fsync failed (a full disk, say): the segment may end in part of a
+        record, where a replay stops. Records from now on go to the next segment, so a
+        replay reads them (those that failed were never acknowledged as durable)."""
+        log.error("WAL %s: a write failed; later records go to a new segment", self.directory)
+        with contextlib.suppress(OSError):
+            f.close()  # flushes what it can, then closes
+        if self._file is f:
+            self._file = None
+            self._current += 1
 
     # -- checkpoints --------------------------------------------------------------
 

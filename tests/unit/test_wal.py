@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from pathlib import Path
@@ -161,3 +162,29 @@ def test_a_rotation_waits_for_a_sync_in_another_thread(
     assert wal.current_segment == 1
     wal.close()
     assert list(WriteAheadLog(tmp_path).replay()) == [(1, b"applied")]
+
+
+def test_a_failed_fsync_sends_later_records_to_a_new_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk: the sync fails with part of a record written, where a replay stops.
+    Records appended after it go to the next segment, so a replay still reads them."""
+    wal = WriteAheadLog(tmp_path)
+    wal.append(b"first", 1)
+    wal.sync()
+    wal.append(b"not durable", 2)
+    real_fsync = os.fsync
+
+    def disk_full(fd: int) -> None:
+        size = os.fstat(fd).st_size
+        os.ftruncate(fd, size - 4)  # the record's last bytes never reached the disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(wal_module.os, "fsync", disk_full)
+    with pytest.raises(OSError):
+        wal.sync()
+    monkeypatch.setattr(wal_module.os, "fsync", real_fsync)
+    wal.append(b"after", 3)
+    wal.sync()
+    wal.close()
+    assert list(WriteAheadLog(tmp_path).replay()) == [(1, b"first"), (3, b"after")]
