@@ -1039,7 +1039,7 @@ def _quantile_kernel(
     out = np.empty(qs.shape[0], dtype=np.float64)
     cum_pos = np.cumsum(pos)
     n_neg = neg.shape[0]
-    cum_neg = np.cumsum(neg[::-1])  # from the bucket nearest zero outwards
+    cum_neg = np.cumsum(neg[::-1])  # from the largest magnitude in: ascending values
     neg_total = cum_neg[-1] if n_neg else np.uint64(0)
     below_pos = neg_total + zero_count
     pos_total = cum_pos[-1] if cum_pos.shape[0] else np.uint64(0)
