@@ -125,6 +125,34 @@ async def test_a_failed_restore_is_retried_and_holds_window_flushes_until_it_suc
         await stores.close()
 
 
+async def test_a_flush_cut_short_by_the_stop_is_written_by_the_stop(tmp_path: Path) -> None:
+    """The stop cancels the store loop while its flush waits for the store: the windows
+    that flush had taken are written by the stop's last round, not lost (and a stop that
+    cannot write them counts them in its log line)."""
+    config = StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}", flush_interval_s=0.05)
+    stores = await NodeStores.open(config, "r1")
+    try:
+        node = RegionNode(NodeIdentity("r1", "r1-a"))
+        persister = Persister(node, stores, ProfileBook(), 0.05)
+        upsert = stores.timeseries.upsert_window_summaries
+        waiting, release = asyncio.Event(), asyncio.Event()
+
+        async def slow_once(rows: list[WindowSummaryRow]) -> int:
+            if not waiting.is_set():
+                waiting.set()
+                await release.wait()  # the store answers slowly: the stop comes first
+            return await upsert(rows)
+
+        stores.timeseries.upsert_window_summaries = slow_once  # type: ignore[method-assign]
+        await persister.start()
+        node.ingest(IngestBatch(SeriesKey("m", ()), np.arange(7.0), None, time.time_ns()))
+        await asyncio.wait_for(waiting.wait(), 10)
+        await persister.stop()
+        assert await _count(stores) == 7
+    finally:
+        await stores.close()
+
+
 async def test_an_outage_of_one_store_holds_back_only_its_own_records(tmp_path: Path) -> None:
     stores = await NodeStores.open(
         StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}"), "r1"
