@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import enum
 import itertools
 import logging
@@ -491,6 +492,8 @@ class Federation:
                     del tries[task]
                     found = task.result()
                     if isinstance(found, _Answer):
+                        if not found.region_scope:
+                            found = _own_data_only(found)
                         if not found.gaps:
                             return self._whole_region(region, found, coverage, counted=1)
                         if partial is None:
@@ -620,6 +623,20 @@ class Federation:
             region_scope=answer.scope == region_node_pb2.DATA_SCOPE_REGION,
             gaps=answer.gaps,
         )
+
+
+def _own_data_only(answer: _Answer) -> _Answer:
+    """An answer a replica gave for its own data only (it says so: restarted without
+    ``--region-scope``, say), taken as the region's answer only when no replica gives a
+    whole one, and then named in the coverage."""
+    gap = DataGap(
+        "INSTANCE_SCOPE",
+        None,
+        None,
+        "this instance answered for its own data only, not the region's (started without "
+        "--region-scope?): the other instances' data is left out",
+    )
+    return dataclasses.replace(answer, gaps=(*answer.gaps, gap))
 
 
 #: The most of a node's gap text that a coverage repeats.

@@ -150,6 +150,34 @@ async def test_each_region_asks_its_replicas_in_turn(mesh: Mesh) -> None:
     }
 
 
+async def test_a_replica_that_answers_for_itself_only_is_not_taken_as_the_region(
+    mesh: Mesh,
+) -> None:
+    """The coordinator still takes both instances for replicas of the whole region, but
+    they restarted without --region-scope: each answer says it holds its own data only.
+    The other replica is asked at once; when none answers for the region, the answer is
+    kept and the coverage says it is incomplete, instead of presenting one instance's
+    data as the region's."""
+    await add_region(mesh, "eu", instances=2, evaluate=False)
+    for i in range(2):
+        await mesh.ingest("eu", "m", np.array([1.0, 2.0, 3.0]), instance=i)
+    registry = InstanceRegistry({"eu": [s.address for s, _ in mesh.regions["eu"]]})
+    try:
+        for view in registry.instances("eu"):
+            view.region_scope = True  # as known before the restart
+        federation = Federation(registry)
+        result = await federation.global_metrics(GlobalQuery(SummaryQuery()))
+        assert [g.summary.count for g in result.groups] == [3]  # one instance's answer
+        assert not result.coverage.complete
+        [missing] = result.coverage.missing
+        assert missing.reason.value == "incomplete" and "own data only" in missing.message
+        # learned from the answers: the next query asks both, and merges them
+        again = await federation.global_metrics(GlobalQuery(SummaryQuery()))
+        assert [g.summary.count for g in again.groups] == [6] and again.coverage.complete
+    finally:
+        await registry.close()
+
+
 class _HungReplica(_BreakingReplica):
     """A region-scope replica that takes summary queries and never answers (a node that
     stopped running: its health stream stays open and says SERVING)."""
