@@ -6,6 +6,7 @@ sum, so merging is exact for ``count``/``min``/``max`` and numerically stable fo
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Iterable
@@ -77,8 +78,8 @@ class Moments:
                 out._merge_in_place(item)
             return out
         n = sum(m.count for m in parts)
-        lo = min(m.min for m in parts)
-        hi = max(m.max for m in parts)
+        lo = functools.reduce(_least, (m.min for m in parts))
+        hi = -functools.reduce(_least, (-m.max for m in parts))
         total = math.fsum([*(m.sum for m in parts), *(m.compensation for m in parts)])
         comp = math.fsum([*(m.sum for m in parts), *(m.compensation for m in parts), -total])
         # the mean of the exact total (a count-weighted mean of the parts' means loses
@@ -143,8 +144,8 @@ class Moments:
         t, e = _kernels.two_sum(a.sum, b.sum)
         comp = (a.compensation + b.compensation) + e
         total, comp = _kernels.two_sum(t, comp)
-        lo = min(a.min, b.min)
-        hi = max(a.max, b.max)
+        lo = _least(a.min, b.min)
+        hi = -_least(-a.max, -b.max)
         # the means' difference from double-double means (see merge_all)
         delta = _dd_difference(
             *_mean_parts(b.sum, b.compensation, float(b.count)),
@@ -313,3 +314,11 @@ def check_consistent(
         raise ValueError(
             f"sum ({total}) outside [count*min, count*max] = [{count * lo}, {count * hi}]"
         )
+
+
+def _least(x: float, y: float) -> float:
+    """``min(x, y)``, and -0.0 of -0.0 and 0.0 whichever comes first (``min`` gives the
+    first of two equal values: a merge's min would depend on its order)."""
+    if x == y:
+        return x if math.copysign(1.0, x) < 0 else y
+    return x if x < y else y

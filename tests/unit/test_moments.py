@@ -268,3 +268,16 @@ def test_both_paths_keep_integer_totals_exact_and_merge_them(a: list[int], b: li
         merged = Moments(*ta).merge(Moments(*tb))
         if abs(sum(a) + sum(b)) < 2**53:
             assert merged.total == sum(a) + sum(b)
+
+
+def test_a_signed_zero_min_or_max_does_not_depend_on_the_merge_order() -> None:
+    """-0.0 and 0.0 are equal: the min is -0.0 and the max 0.0 whichever part comes
+    first, in a merge of two and of many."""
+    low = [Moments.from_values(np.array(v)) for v in ([-0.0, 1.0], [0.0, 1.0], [0.0, 2.0])]
+    high = [Moments.from_values(np.array(v)) for v in ([-1.0, -0.0], [-1.0, 0.0], [-2.0, -0.0])]
+    for parts, field, sign in ((low, "min", -1.0), (high, "max", 1.0)):
+        for order in (parts, parts[::-1]):
+            chained = order[0].merge(order[1]).merge(order[2])
+            for merged in (chained, Moments.merge_all(order)):
+                got = getattr(merged, field)
+                assert got == 0.0 and math.copysign(1.0, got) == sign, (field, order)
