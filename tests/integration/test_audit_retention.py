@@ -4,6 +4,7 @@ that only ever held the records it kept."""
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -172,3 +173,43 @@ async def test_a_bad_retention_is_refused(bad: object, tmp_path: Path) -> None:
         await open_audit_store("memory://", REGION, retention_days=bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="retention_days"):
         StoreConfig(audit_retention_days=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("on_file", [False, True])
+async def test_a_store_emptied_by_the_retention_gives_no_number_twice(
+    tmp_path: Path, on_file: bool
+) -> None:
+    """Every record past the retention: the store answers as an empty one (its column
+    mirror held the deleted records), and records stored after that (or after a
+    reopening of the file) are numbered after the deleted ones, so nothing the mirror
+    held of those is taken for theirs (a search failed with IndexError, statistics
+    counted the deleted records' decisions, filters missed the new ones)."""
+    path = str(tmp_path / "r.db") if on_file else None
+    old = aged(dataset(5), [timedelta(days=9)] * 5)
+    new = [replace(r, timestamp=NOW, decision="ALLOW") for r in dataset(8)[5:]]
+    store = await SqliteFtsAuditStore.open(REGION, path, retention_days=3)
+    try:
+        await store.index_audit_logs([replace(r, decision="BLOCK") for r in old])
+        assert (await store.search_audit_logs()).total == 5  # the mirror holds them
+        assert await store.apply_retention(NOW) == 5
+        assert await ids(store) == set()
+        await store.index_audit_logs(new[:2])
+        if on_file:
+            await store.close()
+            store = await SqliteFtsAuditStore.open(REGION, path, retention_days=3)
+        await store.index_audit_logs(new[2:])
+        assert await ids(store) == {r.action_id for r in new}
+        assert (await store.search_audit_logs(decision="ALLOW")).total == 3
+        assert (await store.search_audit_logs(agent_id=new[0].agent_id)).total == sum(
+            r.agent_id == new[0].agent_id for r in new
+        )
+        stats = await store.get_audit_log_statistics()
+        assert (stats.total_actions, stats.decision_counts["BLOCK"]) == (3, 0)
+    finally:
+        await store.close()
+    if path is not None:  # the numbers given before the reopening were kept too
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("SELECT min(seq), max(seq) FROM audit_records").fetchone() == (
+                6,
+                8,
+            )

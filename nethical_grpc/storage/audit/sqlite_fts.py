@@ -7,6 +7,8 @@ Schema (``PRAGMA user_version = 1``)
   in commit order, never reused: records are append-only), ``action_id`` UNIQUE,
   ``ts_us``, ``agent_code``, ``region_code``, ``decision`` (index in
   :data:`~nethical_grpc.storage.audit.model.DECISIONS`), ``risk_score``, ``doc_len``.
+* ``audit_seq_top``: the highest ``seq`` ever given (one row), so that a table emptied
+  by the retention does not give its numbers again.
 * ``audit_agents`` / ``audit_regions``: id ↔ small integer code.
 * ``audit_documents``: the texts and JSON violations, keyed by ``seq``.
 * ``audit_fts``: a contentless FTS5 table (rowid = ``seq``) over ``stated_intent``,
@@ -167,6 +169,11 @@ _SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS audit_terms (
         term TEXT PRIMARY KEY, df INTEGER NOT NULL
     ) WITHOUT ROWID""",
+    # the highest seq ever given: with every record deleted (retention), MAX(seq) would
+    # start again at 1
+    """CREATE TABLE IF NOT EXISTS audit_seq_top (
+        id INTEGER PRIMARY KEY CHECK (id = 1), top INTEGER NOT NULL
+    )""",
     """CREATE VIRTUAL TABLE IF NOT EXISTS audit_fts USING fts5 (
         stated_intent, action_text, tags,
         content = '', tokenize = 'unicode61 remove_diacritics 2'
@@ -217,6 +224,12 @@ def _seq_range(conn: sqlite3.Connection) -> tuple[int, int]:
         "SELECT (SELECT MIN(seq) FROM audit_records), (SELECT MAX(seq) FROM audit_records)"
     ).fetchone()
     return first or 0, top or 0
+
+
+def _last_seq_given(conn: sqlite3.Connection) -> int:
+    """The highest seq ever given, held or deleted since (0 before the first)."""
+    row = conn.execute("SELECT top FROM audit_seq_top WHERE id = 1").fetchone()
+    return max(_seq_range(conn)[1], row[0] if row else 0)
 
 
 # ---------------------------------------------------------------------- connections
@@ -444,7 +457,9 @@ class _Mirror:
         """The mirror as of ``conn``'s current read transaction."""
         first, top = _seq_range(conn)
         with self._lock:
-            if first > self._base + 1:
+            if top == 0 and self._n > self._base:  # every record deleted (retention)
+                self._cut(self._n + 1)
+            elif first > self._base + 1:
                 self._cut(first)
             if top > self._n:
                 self._sync_names(
@@ -903,7 +918,12 @@ class SqliteFtsAuditStore(AuditStore):
             if fresh:
                 agents = self._codes(conn, "a", {r.agent_id for r in fresh}, new_codes)
                 regions = self._codes(conn, "r", {r.region_id for r in fresh}, new_codes)
-                top = _seq_range(conn)[1]
+                top = _last_seq_given(conn)  # never a seq given before: records append
+                conn.execute(
+                    "INSERT INTO audit_seq_top VALUES (1, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET top = excluded.top",
+                    (top + len(fresh),),
+                )
                 record_rows, document_rows, fts_rows, term_rows = [], [], [], []
                 # each record's distinct terms, counted once for the whole batch
                 distinct_terms: list[set[str]] = []
