@@ -545,7 +545,8 @@ class Federation:
             found = await self._call(inst, request, timeout_s, streamed)
         except asyncio.CancelledError:
             if time.monotonic() - started >= bound_s:
-                balancer.record_failure(inst.inst, TimeoutError("no answer within its bound"))
+                no_answer = TimeoutError("no answer within its bound")
+                balancer.record_failure(inst.inst, no_answer, budget_s=bound_s)
             else:
                 balancer.record_cancelled(inst.inst)
             raise
@@ -555,7 +556,7 @@ class Federation:
         if isinstance(found, _Answer):
             balancer.record_success(inst.inst, time.monotonic() - started)
         elif found.code is not None:
-            balancer.record_failure(inst.inst, found.code)
+            balancer.record_failure(inst.inst, found.code, budget_s=timeout_s)
         else:  # an answer the coordinator refused: the node's fault
             balancer.record_failure(inst.inst)
         return found

@@ -229,7 +229,8 @@ class StreamRelay:
 
     async def _relay(self, inst: Instance) -> AsyncGenerator[StreamResponse, None]:
         """Relay to ``inst`` until the stream ends; raises _Interrupted on a failure."""
-        call: StreamCall = self._gw.methods(inst).stream(None, timeout=self._timeout())
+        budget = self._timeout()  # the caller's: a deadline it sets short blames no one
+        call: StreamCall = self._gw.methods(inst).stream(None, timeout=budget)
         recorder = telemetry.get_recorder()
         self._lb.begin(inst)
         writer = asyncio.ensure_future(self._write(call))
@@ -250,7 +251,7 @@ class StreamRelay:
                     yield answer
             except grpc.aio.AioRpcError as err:
                 settled = True
-                self._lb.record_failure(inst, err)
+                self._lb.record_failure(inst, err, budget)
                 if stream_broken(err):
                     raise _Interrupted(err) from None
                 raise UpstreamError(err, {"answered": str(self.answered)}) from None

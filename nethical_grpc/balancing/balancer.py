@@ -16,7 +16,7 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 import grpc
 
@@ -27,6 +27,7 @@ from nethical_grpc.balancing.retry import (
     RetryPolicy,
     RetryState,
     is_backend_fault,
+    is_deadline,
     reset_attempt_deadline,
     set_attempt_deadline,
 )
@@ -115,6 +116,11 @@ def no_instance_text(region_id: str | None, stay_in_region: bool = False) -> str
     return f"{where}, and the call stays in its region" if stay_in_region else where
 
 
+#: The least time an attempt must have had for its missed deadline to count against
+#: the instance (a healthy node answers an Evaluate or a summary query in milliseconds).
+DEFAULT_FAULT_TIMEOUT_S: Final = 0.25
+
+
 class LoadBalancer:
     """Picks instances for calls and runs calls with retries, ejection and statistics.
 
@@ -135,6 +141,11 @@ class LoadBalancer:
     With ``stay_in_region`` a pick (and every retry) stays in ``region_id``, whatever the
     strategy: a region with no usable instance gives none (data residency: an action
     for a region is evaluated, and recorded, there or not at all).
+
+    A deadline an attempt missed counts against the instance only when the attempt had
+    ``fault_timeout_s`` or more: a caller's own short deadline (a few milliseconds) says
+    nothing of the instance, and would otherwise let any caller have healthy instances
+    ejected, and other callers' calls sent to another region.
     """
 
     def __init__(
@@ -150,6 +161,7 @@ class LoadBalancer:
         ejection_max_s: float = 30.0,
         latency_refresh_s: float = 1.0,
         enforce_deadlines: bool = True,
+        fault_timeout_s: float = DEFAULT_FAULT_TIMEOUT_S,
         channel_factory: ChannelFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
         seed: int | None = None,
@@ -169,6 +181,7 @@ class LoadBalancer:
         self.ejection_max_s = ejection_max_s
         self.latency_refresh_s = latency_refresh_s
         self.enforce_deadlines = enforce_deadlines
+        self.fault_timeout_s = fault_timeout_s
         self.channel_factory = channel_factory
         self._clock = clock
         self._rng = random.Random(seed)
@@ -480,14 +493,21 @@ class LoadBalancer:
             inst.ejections = 0
 
     def record_failure(
-        self, inst: Instance, error: BaseException | grpc.StatusCode | None = None
+        self,
+        inst: Instance,
+        error: BaseException | grpc.StatusCode | None = None,
+        budget_s: float | None = None,
     ) -> None:
         """A failed call: a backend fault counts as a failure (and towards ejection); a
         caller's error (``error``, or the status the call ended with, not a backend
-        fault) as ``rejected``, which says nothing of the instance."""
+        fault) as ``rejected``, which says nothing of the instance. So does a deadline
+        missed by a call that had less than ``fault_timeout_s`` (``budget_s``, its time)."""
         with self._lock:
             self._end(inst)
-            if error is not None and not is_backend_fault(error):
+            short = budget_s is not None and budget_s < self.fault_timeout_s
+            if error is not None and (
+                not is_backend_fault(error) or (short and is_deadline(error))
+            ):
                 inst.rejected += 1
                 return
             inst.failures += 1
@@ -542,13 +562,15 @@ class LoadBalancer:
         while True:
             inst = self._next_instance(region_id, state, stay_in_region)
             state.attempts += 1
-            token = set_attempt_deadline(state.attempt_deadline(attempt_timeout))
+            deadline = state.attempt_deadline(attempt_timeout)
+            token = set_attempt_deadline(deadline)
             self.begin(inst)
             started = time.perf_counter()
+            budget = None if deadline is None else deadline - time.monotonic()
             try:
                 result = request_func(inst)
             except Exception as err:
-                self.record_failure(inst, err)
+                self.record_failure(inst, err, budget)
                 delay = state.retry_delay(err)
                 if delay is None:
                     self._count_failed_call()
@@ -590,6 +612,7 @@ class LoadBalancer:
             token = set_attempt_deadline(deadline)
             self.begin(inst)
             started = time.perf_counter()
+            budget = None if deadline is None else deadline - time.monotonic()
             try:
                 pending = request_func(inst)
                 if deadline is None or not self.enforce_deadlines or _bound_by(pending, deadline):
@@ -597,7 +620,7 @@ class LoadBalancer:
                 else:
                     result = await _with_deadline(loop, pending, deadline)
             except Exception as err:
-                self.record_failure(inst, err)
+                self.record_failure(inst, err, budget)
                 delay = state.retry_delay(err)
                 if delay is None:
                     self._count_failed_call()

@@ -99,6 +99,15 @@ def is_backend_fault(error: BaseException | grpc.StatusCode) -> bool:
     return status_code(error) in _BACKEND_FAULT_CODES
 
 
+def is_deadline(error: BaseException | grpc.StatusCode) -> bool:
+    """Whether a failure is a missed deadline (a status, or the balancer's own cut-off)."""
+    if isinstance(error, grpc.StatusCode):
+        return error is grpc.StatusCode.DEADLINE_EXCEEDED
+    if isinstance(error, TimeoutError):
+        return True
+    return status_code(error) is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 def remaining_timeout(default: float | None = None) -> float | None:
     """Seconds left in the current attempt (inside a balanced call), else ``default``."""
     deadline = _ATTEMPT_DEADLINE.get()

@@ -264,3 +264,29 @@ async def test_staying_in_a_region_needs_a_region(mesh: Mesh) -> None:
     assert [v.field for v in details.field_violations] == ["region_id"]
     regions = await stub.ListRegions(coordinator_pb2.ListRegionsRequest(), timeout=5)
     assert not regions.stay_in_region
+
+
+async def test_a_callers_short_deadline_does_not_eject_a_healthy_instance(mesh: Mesh) -> None:
+    """Calls whose own deadline is a few milliseconds miss it; that says nothing of the
+    node, which stays routable (three such misses ejected it, and region_aware then sent
+    every other caller's actions for its region to another region)."""
+    await add_region(mesh, "a")
+    await add_region(mesh, "b")
+    stub = await start_gateway(mesh, strategy="region_aware")
+    slow = governance_pb2.AgentAction(
+        agent_id="agent-1", action_text=f"{BENIGN} " * 1500, action_type="query"
+    )
+    codes = []
+    for _ in range(8):
+        try:
+            await stub.Evaluate(
+                coordinator_pb2.CoordinatorServiceEvaluateRequest(action=slow, region_id="a"),
+                timeout=0.008,
+            )
+        except grpc.aio.AioRpcError as err:
+            codes.append(err.code())
+    assert set(codes) == {grpc.StatusCode.DEADLINE_EXCEEDED} and len(codes) >= 3
+    a = view(mesh, "a", 0)
+    stats = mesh.federation.registry.balancer.get_statistics()["instances"][a.endpoint]  # type: ignore[union-attr]
+    assert (stats["failures"], stats["ejected"]) == (0, False), stats
+    assert (await evaluate(stub, region_id="a")).evaluation.region_id == "a"

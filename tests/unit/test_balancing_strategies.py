@@ -500,7 +500,7 @@ def test_attempt_deadline_is_published_to_the_call() -> None:
 
 
 async def test_async_attempt_is_cut_off_at_its_deadline() -> None:
-    lb = balancer(S.ROUND_ROBIN, n=2)
+    lb = balancer(S.ROUND_ROBIN, n=2, fault_timeout_s=0.01)
 
     async def slow(inst: Instance) -> str:
         await asyncio.sleep(5)
@@ -510,6 +510,34 @@ async def test_async_attempt_is_cut_off_at_its_deadline() -> None:
         await lb.execute_request_async(slow, attempt_timeout=0.05)
     stats = lb.get_statistics()["total"]
     assert stats["requests"] == 1 and stats["failures"] == 1 and stats["in_flight"] == 0
+
+
+@pytest.mark.parametrize("sync", [False, True])
+async def test_a_deadline_too_short_to_be_fair_is_not_the_instances_fault(sync: bool) -> None:
+    """An attempt that had under ``fault_timeout_s`` and missed its deadline is counted
+    as rejected (the caller's doing), not as a failure towards ejection."""
+    lb = balancer(S.ROUND_ROBIN, n=1, fault_timeout_s=0.5)
+
+    async def slow(inst: Instance) -> str:
+        await asyncio.sleep(5)
+        return "late"
+
+    def timed_out(inst: Instance) -> str:
+        raise TimeoutError("deadline")
+
+    async def short_call() -> str:
+        if sync:
+            return lb.execute_request(timed_out, timeout=0.05)
+        return await lb.execute_request_async(slow, attempt_timeout=0.05)
+
+    for _ in range(lb.ejection_threshold + 1):
+        with pytest.raises(TimeoutError):
+            await short_call()
+    [inst] = lb.instances()
+    assert (inst.failures, inst.rejected, inst.ejected) == (0, 4, False)
+    with pytest.raises(TimeoutError):  # with the time it should have been enough
+        lb.execute_request(timed_out, timeout=1.0)
+    assert inst.failures == 1
 
 
 async def test_async_retries_and_concurrency() -> None:
