@@ -16,8 +16,9 @@ evaluation in its metrics and the agent's profile, so a repeat may count twice):
   connection counts the action twice. The decision is the same either way.
 
 Everything else (INVALID_ARGUMENT with its BadRequest, RESOURCE_EXHAUSTED, deadlines)
-reaches the caller unchanged and is never retried. A call that is not retried after a
-broken connection fails with UNAVAILABLE and ``ErrorInfo.reason`` EVALUATION_IN_DOUBT.
+reaches the caller unchanged and is never retried. A call whose connection broke and
+that is not retried, or whose retries' connections broke too, fails with UNAVAILABLE and
+``ErrorInfo.reason`` EVALUATION_IN_DOUBT (``attempts``: how many nodes it reached).
 
 Wire compatibility, used to relay without copying: the coordinator's Evaluate and
 EvaluateStream messages carry the action in field 1 like the node's own, and the
@@ -180,11 +181,22 @@ def evaluate_retryable(error: BaseException, policy: EvaluateRetry) -> bool:
 
 
 def in_doubt_error(endpoint: str, attempts: int) -> Unavailable:
-    return Unavailable(
-        message=(
+    """EVALUATION_IN_DOUBT: the last attempt's connection broke while the node had the
+    action; with ``attempts`` over 1 the earlier ones reached nodes too (each may have
+    recorded it)."""
+    if attempts > 1:
+        text = (
+            f"the connection to {endpoint} broke while it had the action, after "
+            f"{attempts - 1} earlier attempt(s) on other instances whose connections broke "
+            f"too; it may have been evaluated and recorded on any of the {attempts}"
+        )
+    else:
+        text = (
             f"the connection to {endpoint} broke while it had the action; it may have been "
             "evaluated and recorded there, so it was not sent again"
-        ),
+        )
+    return Unavailable(
+        message=text,
         reason="EVALUATION_IN_DOUBT",
         metadata={"endpoint": endpoint, "attempts": str(attempts)},
     )

@@ -231,6 +231,31 @@ async def test_broken_call_moves_on_with_connection_lost_policy(rig: Rig) -> Non
     assert (a.hits, b.hits) == (1, 1)
 
 
+async def test_a_call_whose_every_attempt_broke_says_each_may_have_recorded_it(
+    rig: Rig,
+) -> None:
+    """connection-lost with one retry: both nodes had the action when their connections
+    broke. The call is in doubt on both, and says so (it said "not sent again")."""
+    nodes = [await rig.node("n0"), await rig.node("n1")]
+    for node in nodes:
+        node.hold = asyncio.Event()
+    stub = await rig.gateway(
+        strategy="round_robin", evaluate_retry="connection-lost", max_retries=1
+    )
+    call = asyncio.ensure_future(stub.Evaluate(request(), timeout=10))
+    await wait_for(lambda: sum(n.hits for n in nodes) == 1)
+    first, second = ("n0", "n1") if nodes[0].hits else ("n1", "n0")
+    await rig.kill(first)
+    await wait_for(lambda: sum(n.hits for n in nodes) == 2)
+    await rig.kill(second)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    details = details_from_error(info.value)
+    assert details.reason == "EVALUATION_IN_DOUBT" and details.metadata["attempts"] == "2"
+    assert "not sent again" not in details.message
+    assert "recorded on any of the 2" in details.message
+
+
 async def test_calls_to_a_dead_instance_move_without_failing(rig: Rig) -> None:
     for name in ("n0", "n1", "n2"):
         await rig.node(name)
