@@ -177,6 +177,7 @@ class InferenceEngine:
         self._move_lock = threading.Lock()
         self._torch: Any = None
         self._model: Any = None
+        self._model_f64: Any = None  # a float64 CPU copy, for rows that overflow (made once)
         self._mlp: NumpyMLP | None = None
         self._autocast_dtype: Any = None
         torch, reason = (None, numpy_reason) if backend == "numpy" else torch_or_reason()
@@ -545,7 +546,33 @@ class InferenceEngine:
             if probs[n] != 1.0:
                 self._refuse_non_finite(arr, check_finite)
             probs = probs[:n]
+        overflowed = ~np.isfinite(probs)
+        if overflowed.any() and self.input_kind == "float":
+            probs[overflowed] = self._in_float64(arr[overflowed])
         return _finite_answers(probs, n)
+
+    def _in_float64(self, rows: npt.NDArray[Any]) -> Float64Array:
+        """Rows of huge finite values on which the float32 (or fp16 / bf16) run overflowed
+        to a non-finite answer, run again in float64 on the CPU, as the NumPy path does
+        (the model loaded once more, as float64)."""
+        torch = self._torch
+        try:
+            with self._move_lock:
+                if self._model_f64 is None:
+                    with quiet_torchscript():
+                        model = torch.jit.load(str(self.model_path), map_location="cpu")
+                    self._model_f64 = model.double().eval()
+                model = self._model_f64
+            with torch.inference_mode():
+                out = model(torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float64)))
+                if isinstance(out, tuple | list):
+                    out = out[0]
+                return np.asarray(out.reshape(len(rows)).cpu(), dtype=np.float64)
+        except Exception as exc:
+            raise InferenceError(
+                f"the model's answer overflowed for {len(rows)} row(s), and it could not run "
+                f"them again in float64: {_first_line(exc)}"
+            ) from exc
 
     def _is_device_failure(self, exc: BaseException) -> bool:
         accelerator_error = getattr(self._torch, "AcceleratorError", None)

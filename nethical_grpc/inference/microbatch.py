@@ -8,8 +8,9 @@ batch function ``fn`` (e.g. :meth:`InferenceEngine.predict_batch
   was queued, whichever comes first; a batch never holds more than ``max_batch`` rows;
 * one batch runs at a time, in a worker thread (``executor``, or a one-thread pool the
   batcher owns), so the event loop stays free; rows queued meanwhile form the next batch;
-* each caller gets the entries of ``fn``'s result that belong to its rows; an exception from
-  ``fn`` (or a result of the wrong shape) is raised to the callers of that batch only;
+* each caller gets the entries of ``fn``'s result that belong to its rows; when ``fn``
+  raises (or answers with the wrong shape) for a batch of several callers, each caller's
+  rows run again on their own, so only the callers whose rows fail get the exception;
 * a caller that is cancelled before its batch starts is left out of it;
 * :meth:`MicroBatcher.close` stops accepting rows, finishes every queued row, and then shuts
   down the batcher's own thread pool.
@@ -258,6 +259,10 @@ class MicroBatcher:
             result = result.reshape(n)
         except Exception as exc:
             self.stats.failed_batches += 1
+            if len(batch) > 1:  # each alone: only the caller whose rows fail gets the error
+                for e in batch:
+                    await self._execute([e], loop)
+                return
             for e in batch:
                 if not e.future.done():
                     e.future.set_exception(exc)

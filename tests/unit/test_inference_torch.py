@@ -162,6 +162,25 @@ def test_reduced_precision_stays_close_to_fp32(
         assert not np.array_equal(got, ref)  # autocast really ran in bf16 (8-bit mantissa)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_huge_finite_rows_get_the_numpy_paths_probabilities(
+    batch: np.ndarray, precision: str
+) -> None:
+    """Rows of huge finite values (within the contract) overflow the model's float32 or
+    fp16 / bf16 run to a non-finite answer: they run again in float64, as the NumPy
+    path does, and get its probabilities (the batch failed as a whole before)."""
+    huge = np.array([3e38, -3e38, 1e30, -1e30, 1e5], np.float32)[:, None] * np.ones(FEATURE_WIDTH)
+    mixed = huge.copy()
+    mixed[:, ::2] *= -1
+    rows = np.vstack([batch[:2], huge, mixed]).astype(np.float32)
+    got = InferenceEngine(device="cpu", precision=precision).predict_batch(rows)
+    want = InferenceEngine(backend="numpy").predict_batch(rows)
+    assert np.isfinite(got).all()
+    tolerance = 1e-5 if precision == "fp32" else 0.05
+    np.testing.assert_allclose(got[2:], want[2:], rtol=0, atol=1e-5)  # all run in float64
+    assert np.abs(got[:2] - want[:2]).max() <= tolerance
+
+
 def test_cuda_request_without_gpu_is_a_clear_error() -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
