@@ -606,6 +606,10 @@ async def test_bad_page_tokens_are_rejected(store: AuditStore) -> None:
         forge(n=-1): "bad total",
         encode_page_token(other_backend, query, PageCursor(1, [1.0, 1, "a"])): "another",
         "x" * 20_000: "too long",
+        # numbers no position holds, and JSON nested past Python's recursion limit
+        forge(p=[10**400, 1, "a"]): "bad position",
+        forge(p=[1.0, 10**30, "a"]): "bad position",
+        base64.urlsafe_b64encode(b"[" * 5000 + b"]" * 5000).decode(): "not valid",
     }
     for bad_token, message in bad.items():
         with pytest.raises(ValueError, match=message):

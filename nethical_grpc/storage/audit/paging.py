@@ -73,7 +73,7 @@ def decode_page_token(backend: str, query: SearchQuery) -> PageCursor | None:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         doc = json.loads(raw)
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):  # nested deep
         raise ValueError("page_token is not valid: not a token this service issued") from None
     if not isinstance(doc, dict) or doc.get("v") != _VERSION:
         raise ValueError("page_token is not valid: unknown format")

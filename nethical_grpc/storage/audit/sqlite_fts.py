@@ -709,10 +709,17 @@ def _position(cursor: PageCursor, order: SearchOrder) -> _Key:
     if order is SearchOrder.RELEVANCE:
         if isinstance(score, bool) or not isinstance(score, int | float):
             raise ValueError("page_token is not valid: bad position")
-        score = float(score)
+        try:
+            score = float(score)
+        except OverflowError:  # an integer past any double: not a score this store gave
+            raise ValueError("page_token is not valid: bad position") from None
+        if not math.isfinite(score):
+            raise ValueError("page_token is not valid: bad position")
     elif score is not None:
         raise ValueError("page_token is not valid: bad position")
     if isinstance(ts_us, bool) or not isinstance(ts_us, int) or not isinstance(action_id, str):
+        raise ValueError("page_token is not valid: bad position")
+    if not -(2**63) <= ts_us < 2**63:  # the times it compares are 64-bit
         raise ValueError("page_token is not valid: bad position")
     return score, ts_us, action_id
 
