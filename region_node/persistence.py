@@ -40,7 +40,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Final, Literal
 
 from nethical_grpc import convert, telemetry
@@ -112,10 +112,6 @@ STOP_WRITE_LIMIT_S: Final = 5.0
 
 #: Distinct findings whose stored form is kept for reuse (detectors report a few dozen).
 _KNOWN_FINDINGS: Final = 4_096
-
-
-def _utc(ns: int) -> datetime:
-    return datetime.fromtimestamp(ns / 1e9, tz=UTC)
 
 
 def _merged(
@@ -256,7 +252,7 @@ class Persister:
         # store serialises each distinct mapping once per batch); never changed once made
         self._metadata: dict[tuple[str, str], dict[str, JSONValue]] = {}
         # the outcomes of one batch share their time: its datetime is made once
-        self._last_time: tuple[int, tuple[datetime, int]] = (0, (_utc(0), 0))
+        self._last_time: tuple[int, tuple[datetime, int]] = (0, (convert.ns_to_datetime(0), 0))
         # each finding's stored form, made (and checked) once: rules report fixed findings
         self._findings: dict[Violation, AuditViolation] = {}
         # set after each write of records (evaluations waiting for room look again)
@@ -451,7 +447,7 @@ class Persister:
         a batch's evaluations share one time)."""
         last_ns, last = self._last_time
         if ns != last_ns:
-            at = _utc(ns)
+            at = convert.ns_to_datetime(ns)  # to the microsecond below, as ingest
             last = (at, to_utc_us(at, "timestamp"))
             self._last_time = (ns, last)
         return last

@@ -182,6 +182,27 @@ def _outcome(agent: str) -> Outcome:
     return Outcome(request, evaluate_action(action, 0.1), 0.1, 1_000, time.time_ns())
 
 
+async def test_an_evaluations_time_is_kept_to_the_microsecond_below(tmp_path: Path) -> None:
+    """A record's time is its evaluation's, cut to the microsecond as an ingested time
+    is (rounded through a float, one at 23:59:59.9999996 was stored on the next day)."""
+    stores = await NodeStores.open(
+        StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}"), "r1"
+    )
+    try:
+        persister = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, ProfileBook(), 60.0)
+        day = int(datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp())
+        ns = day * 10**9 - 400  # 400 ns before midnight
+        outcome = _outcome("agent-9")
+        persister.enqueue([Outcome(outcome.request, outcome.evaluation, 0.1, 1_000, ns)])
+        await persister.round(windows=False)
+        [row] = await stores.timeseries.query_metrics(agent_id="agent-9")
+        assert row.timestamp == datetime.fromtimestamp(day, UTC) - timedelta(microseconds=1)
+        [hit] = (await stores.audit.search_audit_logs(agent_id="agent-9")).hits
+        assert hit.record.timestamp == row.timestamp
+    finally:
+        await stores.close()
+
+
 async def test_the_stores_retention_is_applied_to_rows_and_stored_windows(tmp_path: Path) -> None:
     """Rows and stored windows older than the time-series store's retention (30 days by
     default) go at the loop's start; newer ones stay."""
