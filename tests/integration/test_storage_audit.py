@@ -49,7 +49,7 @@ from nethical_grpc.storage.audit import (
     SqliteFtsAuditStore,
     open_audit_store,
 )
-from nethical_grpc.storage.audit.model import AuditFilter
+from nethical_grpc.storage.audit.model import AuditFilter, query_terms, text_tokens
 from nethical_grpc.storage.audit.paging import PageCursor, encode_page_token
 
 ES_URL = os.environ.get("ELASTICSEARCH_URL", "")
@@ -800,3 +800,22 @@ async def test_elasticsearch_nodes_start_together() -> None:
         await _drop_es(stores[0], prefix)
         for s in stores:
             await s.close()
+
+
+async def test_a_word_whose_lower_case_adds_a_mark_is_found_whole(store: AuditStore) -> None:
+    """ "İ" lower-cases to "i" and a combining dot: taken from the lower-cased text, the
+    word split in two ("i", "stanbul") where the full-text index keeps it whole, so a
+    search for it found nothing."""
+    await store.index_audit_logs(
+        [
+            AuditRecord(
+                agent_id="a", decision="ALLOW", risk_score=0.1, action_text=text, action_id=i
+            )
+            for i, text in (("x1", "flight to İstanbul"), ("x2", "İSTANBUL İstanbul again"))
+        ]
+    )
+    for query in ("İstanbul", "istanbul", "ISTANBUL"):
+        page = await store.search_audit_logs(query)
+        assert page.total == 2, query
+    assert text_tokens("İSTANBUL İstanbul") == ["istanbul", "istanbul"]
+    assert query_terms("İstanbul") == ("i\u0307stanbul",)  # folded where it is looked up

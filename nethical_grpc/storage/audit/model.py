@@ -209,8 +209,9 @@ def _terms_in_order(text: str) -> list[str]:
     """The lower-cased runs of letters and digits of ``text``, in order, repeats kept."""
     if text.isascii():
         return text.encode("ascii").translate(_ASCII_TERM_BYTES).decode("ascii").split()
-    found: list[str] = _TERM_RE.findall(text.lower())
-    return found
+    # found first, then lower-cased: lower-casing can add a combining mark ("İ" becomes
+    # "i" and a dot above) that would split the word where the full-text index does not
+    return [term.lower() for term in _TERM_RE.findall(text)]
 
 
 def text_tokens(text: str) -> list[str]:
