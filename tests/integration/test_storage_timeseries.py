@@ -610,6 +610,24 @@ async def test_each_upsert_gets_the_regions_next_change_number(store: TimeSeries
         await store.load_window_summaries(region, changed_after=2**63)
 
 
+async def test_a_change_number_is_not_given_again_after_its_row_is_deleted(
+    store: TimeSeriesStore,
+) -> None:
+    """The retention deletes the window holding the region's latest change number: the
+    next upsert still gets a later number, so a reader that saw that number finds it
+    (numbers came from the largest a row held, and one was given twice)."""
+    region, w = store.region_id, 10_000_000_000
+    await store.upsert_window_summaries([window(region, "i1", w, b"a", k="1")])
+    await store.upsert_window_summaries([window(region, "i1", 0, b"old", k="2")])
+    seen = await store.last_window_change(region)
+    assert seen == 2
+    assert await store.delete_window_summaries_before(region, w) == 1  # it held number 2
+    assert await store.last_window_change(region) == seen
+    await store.upsert_window_summaries([window(region, "i1", 2 * w, b"new", k="1")])
+    changed = await store.load_window_summaries(region, changed_after=seen)
+    assert [(r.payload, r.change_seq) for r in changed] == [(b"new", seen + 1)]
+
+
 @pytest.mark.parametrize("kind", ["sqlite-file", "postgresql"])
 async def test_a_reader_of_changes_misses_none_while_instances_flush_at_once(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest

@@ -608,14 +608,24 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
                     "SELECT pg_advisory_xact_lock(%s)", (window_change_lock(self.schema, region),)
                 )
                 seqs[region] = await self._last_change(conn, region) + 1
+            await conn.cursor().executemany(
+                sql.SQL(
+                    "INSERT INTO {} VALUES (%s, %s) "
+                    "ON CONFLICT (region_id) DO UPDATE SET last_seq = excluded.last_seq"
+                ).format(self._table("window_changes")),
+                list(seqs.items()),
+            )
             await conn.cursor().executemany(query, window_params(rows, seqs))
 
     async def _last_change(self, conn: Conn, region_id: str) -> int:
+        """The number kept in ``window_changes`` (a delete does not take it back), or the
+        largest a row holds (a store written before that table was kept)."""
         cur = await conn.execute(
-            sql.SQL("SELECT max(change_seq) FROM {} WHERE region_id = %s").format(
-                self._table("window_summaries")
-            ),
-            (region_id,),
+            sql.SQL(
+                "SELECT greatest((SELECT last_seq FROM {} WHERE region_id = %s), "
+                "(SELECT max(change_seq) FROM {} WHERE region_id = %s))"
+            ).format(self._table("window_changes"), self._table("window_summaries")),
+            (region_id, region_id),
         )
         found = await cur.fetchone()
         return 0 if found is None or found[0] is None else int(found[0])

@@ -123,7 +123,11 @@ CREATE TABLE IF NOT EXISTS {schema}.window_summaries (
 CREATE INDEX IF NOT EXISTS window_summaries_start
     ON {schema}.window_summaries (region_id, window_start_ns);
 CREATE INDEX IF NOT EXISTS window_summaries_changes
-    ON {schema}.window_summaries (region_id, change_seq)
+    ON {schema}.window_summaries (region_id, change_seq);
+CREATE TABLE IF NOT EXISTS {schema}.window_changes (
+    region_id text PRIMARY KEY,
+    last_seq bigint NOT NULL
+)
 """
 
 ADDED_COLUMNS: dict[tuple[str, str], str] = {

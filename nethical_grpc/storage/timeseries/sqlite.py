@@ -130,6 +130,10 @@ CREATE INDEX IF NOT EXISTS window_summaries_start
     ON window_summaries (region_id, window_start_ns);
 CREATE INDEX IF NOT EXISTS window_summaries_changes
     ON window_summaries (region_id, change_seq);
+CREATE TABLE IF NOT EXISTS window_changes (
+    region_id TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL
+);
 """
 
 _ADDED_COLUMNS: dict[tuple[str, str], str] = {
@@ -168,11 +172,15 @@ def _max_rowid(conn: sqlite3.Connection, table: str) -> int:
 
 
 def _last_window_change(conn: sqlite3.Connection, region_id: str) -> int:
-    """The region's latest window change number, 0 before any (one index seek)."""
+    """The region's latest window change number, 0 before any (two index seeks): the
+    number kept in ``window_changes``, which a delete does not take back, or the largest
+    a row holds (a store written before that table was kept)."""
     value = conn.execute(
-        "SELECT max(change_seq) FROM window_summaries WHERE region_id = ?", (region_id,)
+        "SELECT max(coalesce((SELECT last_seq FROM window_changes WHERE region_id = ?), 0), "
+        "coalesce((SELECT max(change_seq) FROM window_summaries WHERE region_id = ?), 0))",
+        (region_id, region_id),
     ).fetchone()[0]
-    return 0 if value is None else int(value)
+    return int(value)
 
 
 def _bucket_sql(column: str) -> str:
@@ -579,6 +587,11 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
                 region: _last_window_change(conn, region) + 1
                 for region in {r.region_id for r, _ in rows}
             }
+            conn.executemany(
+                "INSERT INTO window_changes VALUES (?, ?) "
+                "ON CONFLICT (region_id) DO UPDATE SET last_seq = excluded.last_seq",
+                list(seqs.items()),
+            )
             execute_rows(
                 conn,
                 f"INSERT INTO window_summaries ({WINDOW_WRITE_COLUMNS}) VALUES {{rows}} "
