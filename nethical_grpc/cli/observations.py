@@ -100,9 +100,9 @@ def _seconds_ns(tokens: np.ndarray) -> np.ndarray:
     """Unix seconds: a decimal is read exactly (to the nanosecond), a number in other
     forms (``1.7964e9``) through a double, to the microsecond."""
     whole, _, fraction = np.strings.partition(tokens, ".")
+    if not np.all(np.strings.isdigit(fraction) | (fraction == "")):
+        return _double_seconds_ns(tokens)
     try:
-        if not np.all(np.strings.isdigit(fraction) | (fraction == "")):
-            raise ValueError("not a decimal")
         seconds = np.asarray(whole, dtype=np.int64)
         nanos = np.asarray(np.strings.ljust(np.strings.slice(fraction, 0, 9), 9, "0"), np.int64)
     except (ValueError, OverflowError):

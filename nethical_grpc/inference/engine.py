@@ -559,9 +559,7 @@ class InferenceEngine:
         try:
             with self._move_lock:
                 if self._model_f64 is None:
-                    with quiet_torchscript():
-                        model = torch.jit.load(str(self.model_path), map_location="cpu")
-                    self._model_f64 = model.double().eval()
+                    self._model_f64 = self._load_on_cpu().double().eval()
                 model = self._model_f64
             with torch.inference_mode():
                 out = model(torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float64)))
@@ -580,6 +578,11 @@ class InferenceEngine:
             return True
         return "CUDA error" in str(exc)
 
+    def _load_on_cpu(self) -> Any:
+        """The model file loaded again, on the CPU."""
+        with quiet_torchscript():
+            return self._torch.jit.load(str(self.model_path), map_location="cpu")
+
     def _move_to_cpu(self, exc: BaseException) -> None:
         """Reload the model on the CPU after a CUDA error (once, whichever thread met it)."""
         with self._move_lock:
@@ -587,8 +590,7 @@ class InferenceEngine:
                 return
             lost = self.device
             try:
-                with quiet_torchscript():
-                    model = self._torch.jit.load(str(self.model_path), map_location="cpu")
+                model = self._load_on_cpu()
             except Exception as reload_error:  # the file changed or went away since start
                 log.error(
                     "inference engine: CUDA error on %s (%s), and reloading %s on the CPU "

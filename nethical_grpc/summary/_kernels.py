@@ -453,8 +453,10 @@ def _minmax(a: IndexArray) -> tuple[int, int]:
 
 
 _DBL_MIN_NORMAL: Final = float(np.finfo(np.float64).tiny)
+#: the subnormal doubles are the multiples of 2 ** -SUBNORMAL_SHIFT
+SUBNORMAL_SHIFT: Final = 1074
 #: up to here (2 ** 53 steps of 2 ** -1074) the doubles are the multiples of 2 ** -1074
-_GRID_TOP: Final = 2.0 * _DBL_MIN_NORMAL
+GRID_TOP: Final = 2.0 * _DBL_MIN_NORMAL
 _EMPTY_INDEX: Final = np.zeros(0, dtype=np.int64)
 _EMPTY_INDEX.setflags(write=False)
 
@@ -1007,18 +1009,18 @@ def _estimate(
     # multiples of 2 ** -1074 next to 2ab / (a + b) (a, b: the first and last in the
     # bucket), the one whose larger relative error to a and b is smaller
     lower = _lower_boundary(index, scale, table)
-    if lower >= _DBL_MIN_NORMAL or _lower_boundary(index + 1, scale, table) > _GRID_TOP:
+    if lower >= _DBL_MIN_NORMAL or _lower_boundary(index + 1, scale, table) > GRID_TOP:
         return lower * factor  # a bucket reaching past the even grid: its bound is coarse
-    lo = _lower_boundary(index, scale, table, 1074)
-    hi = _lower_boundary(index + 1, scale, table, 1074)
+    lo = _lower_boundary(index, scale, table, SUBNORMAL_SHIFT)
+    hi = _lower_boundary(index + 1, scale, table, SUBNORMAL_SHIFT)
     a, b = np.floor(lo) + 1.0, np.floor(hi)
     if a > b:  # no double in the bucket
-        return math.ldexp(np.floor(lo * factor + 0.5), -1074)
+        return math.ldexp(np.floor(lo * factor + 0.5), -SUBNORMAL_SHIFT)
     below = max(np.floor(2.0 * a * b / (a + b)), a)
     above = min(below + 1.0, b)
     worst_below = max((below - a) / a, (b - below) / b)
     worst_above = max((above - a) / a, (b - above) / b)
-    return math.ldexp(above if worst_above < worst_below else below, -1074)
+    return math.ldexp(above if worst_above < worst_below else below, -SUBNORMAL_SHIFT)
 
 
 @maybe_njit()

@@ -63,9 +63,6 @@ _INT32_MAX: Final = 2**31 - 1
 _COUNT_LIMIT: Final = 2**63 - 1
 _DBL_MAX: Final = float(np.finfo(np.float64).max)
 _DBL_TRUE_MIN: Final = 5e-324
-_DBL_MIN_NORMAL: Final = float(np.finfo(np.float64).tiny)
-#: the subnormal doubles are the multiples of 2 ** -1074
-_SUBNORMAL_SHIFT: Final = 1074
 
 CountArray = npt.NDArray[np.uint64]
 AnyCounts = npt.NDArray[np.unsignedinteger] | npt.NDArray[np.signedinteger]
@@ -125,13 +122,14 @@ def _estimates(index: npt.NDArray[np.int64], scale: int, factor: float) -> Float
     ``b <= U``). Worked out in units of that step; ``_kernels._estimate`` does the same."""
     lower = bucket_lower_boundary(index, scale)
     est = lower * factor
-    tiny = lower < _DBL_MIN_NORMAL
+    shift = _kernels.SUBNORMAL_SHIFT
+    tiny = lower < _kernels.GRID_TOP / 2  # below the smallest normal number
     if bool(tiny.any()):
         # not a bucket reaching past the even grid (coarse scales): its bound is coarse
-        tiny[tiny] = bucket_lower_boundary(index[tiny] + 1, scale) <= 2.0 * _DBL_MIN_NORMAL
+        tiny[tiny] = bucket_lower_boundary(index[tiny] + 1, scale) <= _kernels.GRID_TOP
     if bool(tiny.any()):
-        lo = bucket_lower_boundary(index[tiny], scale, _SUBNORMAL_SHIFT)
-        hi = bucket_lower_boundary(index[tiny] + 1, scale, _SUBNORMAL_SHIFT)
+        lo = bucket_lower_boundary(index[tiny], scale, shift)
+        hi = bucket_lower_boundary(index[tiny] + 1, scale, shift)
         a, b = np.floor(lo) + 1.0, np.floor(hi)
         with np.errstate(divide="ignore", invalid="ignore"):  # a bucket with no double
             mean = 2.0 * a * b / (a + b)
@@ -141,7 +139,7 @@ def _estimates(index: npt.NDArray[np.int64], scale: int, factor: float) -> Float
             worst_above = np.maximum((above - a) / a, (b - above) / b)
         units = np.where(worst_above < worst_below, above, below)
         units = np.where(a <= b, units, np.floor(lo * factor + 0.5))
-        est[tiny] = np.ldexp(units, -_SUBNORMAL_SHIFT)
+        est[tiny] = np.ldexp(units, -shift)
     return est
 
 
