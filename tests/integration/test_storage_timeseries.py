@@ -35,6 +35,8 @@ from nethical_grpc.storage.timeseries import (
 )
 from nethical_grpc.storage.timeseries.buckets import US_PER_MINUTE, parse_bucket_us
 from nethical_grpc.storage.timeseries.model import MAX_JSON_BYTES, MAX_NAME_LEN, metric_columns
+from nethical_grpc.storage.timeseries.postgres import PostgresTimeSeriesStore
+from nethical_grpc.storage.timeseries.postgres_schema import JSON_COLUMNS
 from nethical_grpc.storage.timeseries.rollup import plan_aggregate, rollup_rows
 from nethical_grpc.storage.timeseries.sqlite import SQLiteTimeSeriesStore
 
@@ -307,6 +309,82 @@ async def test_audit_logs_retry_is_not_a_duplicate(store: TimeSeriesStore) -> No
     assert logs[1].violations == [] and logs[1].metadata == {"k": 1}
     assert [a.action_id for a in await store.query_audit_logs(decision="ALLOW")] == ["act_124"]
     assert await store.query_audit_logs(end_time=BASE) == []
+
+
+#: JSON documents whose numbers a normalising store would change: a float that is a whole
+#: number past 2^53, a negative zero, a float equal to an integer, an integer past 2^64
+AWKWARD_JSON = {"z": 1e16, "neg": -0.0, "x": [1.5, 2.0, -0.0, 12345678901234567890], "a": 1}
+
+
+def _same_json(got: object, want: object) -> bool:
+    """Equal, with the same types (a float is not an int) and the same zero signs."""
+    if isinstance(want, dict):
+        return (
+            isinstance(got, dict)
+            and set(got) == set(want)
+            and all(_same_json(got[k], v) for k, v in want.items())
+        )
+    if isinstance(want, list):
+        return (
+            isinstance(got, list)
+            and len(got) == len(want)
+            and all(_same_json(g, w) for g, w in zip(got, want, strict=True))
+        )
+    if isinstance(want, float):
+        return (
+            type(got) is float and got == want and math.copysign(1, got) == math.copysign(1, want)
+        )
+    return type(got) is type(want) and got == want
+
+
+async def test_json_documents_come_back_as_written(store: TimeSeriesStore) -> None:
+    await store.insert_metric("agent-j", "risk", 0.5, BASE, metadata=AWKWARD_JSON)
+    await store.insert_metric_values(
+        "latency", [1.0], [0], agent_id="agent-j", metadata=AWKWARD_JSON
+    )
+    await store.insert_event("drift", "agent-j", data=AWKWARD_JSON, timestamp=BASE)
+    await store.insert_audit_log(
+        "act-j", "agent-j", "ALLOW", [AWKWARD_JSON], timestamp=BASE, metadata=AWKWARD_JSON
+    )
+    documents = [r.metadata for r in await store.query_metrics(agent_id="agent-j")]
+    documents.append((await store.query_events(agent_id="agent-j"))[0].data)
+    (audit,) = await store.query_audit_logs(agent_id="agent-j")
+    documents += [audit.metadata, audit.violations[0]]
+    assert len(documents) == 5
+    for got in documents:
+        assert _same_json(got, AWKWARD_JSON), got
+
+
+async def test_a_schema_with_older_jsonb_columns_still_works(
+    fresh_pg_schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = _pg_url(fresh_pg_schema)
+    made, _ = await open_timeseries(url, _region(), fallback=False)
+    assert isinstance(made, PostgresTimeSeriesStore) and made.metadata_type == "json"
+    await made.close()
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        for table, column in JSON_COLUMNS:
+            conn.execute(
+                f'ALTER TABLE "{fresh_pg_schema}".{table} ALTER COLUMN {column} TYPE jsonb'
+            )
+    with caplog.at_level("WARNING"):
+        old, _ = await open_timeseries(url, _region(), fallback=False)
+    try:
+        assert isinstance(old, PostgresTimeSeriesStore) and old.metadata_type == "jsonb"
+        assert any("are jsonb" in r.getMessage() for r in caplog.records)
+        # every write path still works (the binary COPY sends jsonb's format), normalised
+        await old.insert_metric("agent-j", "risk", 0.5, BASE, metadata={"n": 1e16})
+        await old.insert_metric_values("latency", [1.0], [0], agent_id="agent-j", metadata={"k": 1})
+        await old.insert_event("drift", "agent-j", data={"n": -0.0}, timestamp=BASE)
+        await old.insert_audit_log("act", "agent-j", "ALLOW", [{"t": 1}], timestamp=BASE)
+        assert sorted(str(r.metadata) for r in await old.query_metrics(agent_id="agent-j")) == [
+            "{'k': 1}",
+            "{'n': 10000000000000000}",
+        ]
+        assert (await old.query_events())[0].data == {"n": 0.0}
+        assert (await old.query_audit_logs())[0].violations == [{"t": 1}]
+    finally:
+        await old.close()
 
 
 # --------------------------------------------------------------------------- window summaries

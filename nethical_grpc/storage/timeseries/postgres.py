@@ -150,14 +150,29 @@ class _MicrosTimestamptzDumper(Dumper):
         return _INT8.pack(obj - _PG_EPOCH_US)
 
 
+class _JsonTextDumper(Dumper):
+    """Binary ``json`` from already-serialised JSON text (COPY only, by type oid): the
+    text itself, kept as written."""
+
+    format = Format.BINARY
+    oid = psycopg.postgres.types["json"].oid
+
+    def dump(self, obj: Any) -> bytes:
+        return str(obj).encode()
+
+
 class _JsonbTextDumper(Dumper):
-    """Binary ``jsonb`` from already-serialised JSON text (COPY only, by type oid)."""
+    """Binary ``jsonb`` from already-serialised JSON text (COPY only, by type oid), for a
+    schema an older version made (see :func:`.postgres_schema._metadata_type`)."""
 
     format = Format.BINARY
     oid = psycopg.postgres.types["jsonb"].oid
 
     def dump(self, obj: Any) -> bytes:
         return b"\x01" + str(obj).encode()
+
+
+_JSON_DUMPERS: dict[str, type[Dumper]] = {"json": _JsonTextDumper, "jsonb": _JsonbTextDumper}
 
 
 async def _configure(conn: Conn) -> None:
@@ -244,10 +259,13 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
         schema: str,
         timescaledb: bool,
         partition_days: set[int],
+        metadata_type: str = "json",
     ) -> None:
         super().__init__(region_id, retention)
         self.schema = schema
         self.timescaledb = timescaledb
+        self.metadata_type = metadata_type
+        """``metrics.metadata``'s type: ``json``, or ``jsonb`` in an older version's schema."""
         self._pool: AsyncConnectionPool[Conn] | None = pool
         self._partition_days = partition_days
         self.read_timeout_s = READ_TIMEOUT_S
@@ -314,7 +332,9 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
         )
         try:
             await pool.open(wait=True, timeout=connect_timeout)
-            return cls(region_id, retention, pool, schema, state.timescaledb, days)
+            return cls(
+                region_id, retention, pool, schema, state.timescaledb, days, state.metadata_type
+            )
         except BaseException:
             await pool.close()
             raise
@@ -403,9 +423,11 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
         async with self._connection(self.write_timeout_s, "write") as conn, conn.transaction():
             cur = conn.cursor()
             cur.adapters.register_dumper(None, _MicrosTimestamptzDumper)
-            cur.adapters.register_dumper(None, _JsonbTextDumper)
+            cur.adapters.register_dumper(None, _JSON_DUMPERS[self.metadata_type])
             async with cur.copy(copy_sql) as copy:
-                copy.set_types(["text", "timestamptz", "text", "text", "float8", "jsonb"])
+                copy.set_types(
+                    ["text", "timestamptz", "text", "text", "float8", self.metadata_type]
+                )
                 for row in rows:
                     await copy.write_row(row)
             await cur.execute(
@@ -507,7 +529,7 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
         region, event_id, ts_us, event_type, agent, severity, data = row
         query = sql.SQL(
             "INSERT INTO {} (region_id, event_id, ts, event_type, agent_id, severity, data) "
-            "VALUES (%s, %s::uuid, %s, %s, %s, %s, %s::jsonb) ON CONFLICT DO NOTHING"
+            "VALUES (%s, %s::uuid, %s, %s, %s, %s, %s::json) ON CONFLICT DO NOTHING"
         ).format(self._table("events"))
         params = (region, event_id, datetime_from_us(ts_us), event_type, agent, severity, data)
 
@@ -520,7 +542,7 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
         region, audit_id, ts_us, action, agent, decision, violations, metadata = row
         query = sql.SQL(
             "INSERT INTO {} (region_id, audit_id, ts, action_id, agent_id, decision, "
-            "violations, metadata) VALUES (%s, %s::uuid, %s, %s, %s, %s, %s::jsonb, %s::jsonb) "
+            "violations, metadata) VALUES (%s, %s::uuid, %s, %s, %s, %s, %s::json, %s::json) "
             "ON CONFLICT DO NOTHING"
         ).format(self._table("audit_logs"))
         params = (

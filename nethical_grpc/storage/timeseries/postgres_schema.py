@@ -60,6 +60,14 @@ PARTITIONED_TABLES: tuple[tuple[str, str], ...] = (
 )
 """(table, time column) of every time-partitioned table."""
 
+JSON_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("metrics", "metadata"),
+    ("events", "data"),
+    ("audit_logs", "violations"),
+    ("audit_logs", "metadata"),
+)
+"""(table, column) of every JSON column: type ``json``, which keeps a document as written."""
+
 _EPOCH_DATE = date(1970, 1, 1)
 _PARTITION_RE = re.compile(r"^metrics_p(\d{4})(\d{2})(\d{2})$")
 
@@ -70,7 +78,7 @@ CREATE TABLE IF NOT EXISTS {schema}.metrics (
     metric_name text NOT NULL,
     agent_id text NOT NULL,
     metric_value double precision NOT NULL,
-    metadata jsonb
+    metadata json
 ){partition_ts};
 CREATE INDEX IF NOT EXISTS metrics_metric_ts ON {schema}.metrics (region_id, metric_name, ts);
 CREATE INDEX IF NOT EXISTS metrics_agent_ts ON {schema}.metrics (region_id, agent_id, ts);
@@ -91,7 +99,7 @@ CREATE TABLE IF NOT EXISTS {schema}.events (
     event_type text NOT NULL,
     agent_id text NOT NULL,
     severity text NOT NULL,
-    data jsonb,
+    data json,
     PRIMARY KEY (region_id, event_id, ts)
 ){partition_ts};
 CREATE INDEX IF NOT EXISTS events_ts ON {schema}.events (region_id, ts);
@@ -102,8 +110,8 @@ CREATE TABLE IF NOT EXISTS {schema}.audit_logs (
     action_id text NOT NULL,
     agent_id text NOT NULL,
     decision text NOT NULL,
-    violations jsonb NOT NULL,
-    metadata jsonb,
+    violations json NOT NULL,
+    metadata json,
     PRIMARY KEY (region_id, audit_id, ts)
 ){partition_ts};
 CREATE INDEX IF NOT EXISTS audit_logs_ts ON {schema}.audit_logs (region_id, ts);
@@ -155,12 +163,16 @@ _COLUMNS = _declared_columns()
 
 
 class SchemaState:
-    """What :func:`ensure_schema` found or made: the layout and the existing day partitions
-    (Unix day numbers; always empty with TimescaleDB, which makes its own chunks)."""
+    """What :func:`ensure_schema` found or made: the layout, the existing day partitions
+    (Unix day numbers; always empty with TimescaleDB, which makes its own chunks) and the
+    type of ``metrics.metadata`` (``json``; ``jsonb`` in a schema an older version made)."""
 
-    def __init__(self, timescaledb: bool, partition_days: set[int]) -> None:
+    def __init__(
+        self, timescaledb: bool, partition_days: set[int], metadata_type: str = "json"
+    ) -> None:
         self.timescaledb = timescaledb
         self.partition_days = partition_days
+        self.metadata_type = metadata_type
 
 
 def _advisory_key(name: str) -> int:
@@ -318,11 +330,43 @@ async def ensure_schema(
         }
         for statement in _TABLES.split(";"):
             await conn.execute(sql.SQL(statement.strip()).format(**fragments))
+        metadata_type = await _metadata_type(conn, schema)
         if timescaledb:
             await _make_hypertables(conn, schema, retention)
-            return SchemaState(True, set())
+            return SchemaState(True, set(), metadata_type)
         days = await _partition_days(conn, schema)
-    return SchemaState(False, days)
+    return SchemaState(False, days, metadata_type)
+
+
+async def _metadata_type(conn: psycopg.AsyncConnection[tuple[object, ...]], schema: str) -> str:
+    """The type of ``metrics.metadata`` in ``schema``: ``json``, or ``jsonb`` where an older
+    version made the tables (a binary COPY must send that type's format).
+
+    ``json`` keeps each document as written; ``jsonb`` normalises numbers (``1e16`` comes
+    back as an integer, ``-0.0`` as ``0.0``) and key order. Such a schema is used as it is,
+    with a warning: changing the type rewrites the tables, which is the operator's call."""
+    cur = await conn.execute(
+        "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+        "WHERE a.attrelid = %s::regclass AND a.attname = 'metadata' AND NOT a.attisdropped",
+        (f"{_quoted(schema)}.metrics",),
+    )
+    row = await cur.fetchone()
+    found = str(row[0]) if row is not None else "json"
+    if found == "jsonb":
+        log.warning(
+            "the JSON columns of schema %s are jsonb (made by an older version): stored "
+            "metadata comes back with its numbers normalised (1e16 as an integer, -0.0 as "
+            "0.0); ALTER TABLE ... ALTER COLUMN ... TYPE json on %s keeps new documents "
+            "as written",
+            schema,
+            ", ".join(f"{table}.{column}" for table, column in JSON_COLUMNS),
+        )
+    return found
+
+
+def _quoted(name: str) -> str:
+    """``name`` as a quoted SQL identifier (for a ``regclass`` text)."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 async def _make_hypertables(
