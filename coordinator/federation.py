@@ -43,6 +43,13 @@ HEDGE_FRACTION = 0.5
 #: (time to merge and send the partial answer)
 STOP_MARGIN_S = 0.1
 MAX_REGION_TIMEOUT_S = 60.0
+#: A replica's refusals every replica would give too: about the query (INVALID_ARGUMENT,
+#: OUT_OF_RANGE) or the coordinator's credentials. Any other failure is that replica's
+#: own (down, at its call limit, an internal error, an answer the coordinator refused),
+#: so the region's next replica is asked.
+SAME_ON_EVERY_REPLICA: Final = frozenset(
+    {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE, *CREDENTIAL_CODES}
+)
 
 
 class Missing(enum.Enum):
@@ -442,7 +449,8 @@ class Federation:
         """The region's answer from one of ``replicas`` (each holds the whole region).
 
         Round robin over the replicas the balancer has not ejected (ejected ones last).
-        A try that fails UNAVAILABLE is followed by the next replica at once; a try still
+        A try that fails is followed by the next replica at once, unless its status is
+        one every replica would give (:data:`SAME_ON_EVERY_REPLICA`); a try still
         unanswered after ``HEDGE_FRACTION`` of the region timeout (a hung node) is
         followed by the next replica too, and the first answer wins: the other try is
         cancelled, never merged. Each try is reported to the balancer; one cancelled past
@@ -503,8 +511,8 @@ class Federation:
                             hedge_at = loop.time()  # the next replica, at once
                         continue
                     last = found
-                    if found.reason is not Missing.UNAVAILABLE:
-                        waiting.clear()  # the node's answer, not its absence: no more tries
+                    if found.code in SAME_ON_EVERY_REPLICA:
+                        waiting.clear()  # the others would refuse it too: no more tries
                 if loop.time() >= deadline:
                     break
                 if waiting and (not tries or loop.time() >= hedge_at):

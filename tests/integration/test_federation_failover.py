@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from meshutil import Mesh, add_coordinator, add_region, wait_for
 
-from coordinator.federation import Federation, GlobalQuery
+from coordinator.federation import Federation, GlobalQuery, SummaryTransport
 from coordinator.instances import REGION_SERVICE, InstanceRegistry
 from coordinator.server import CoordinatorConfig, start_coordinator
 from coordinator.summary_stream import SummaryCallError, SummaryStream
@@ -295,5 +295,80 @@ async def test_a_query_in_flight_when_the_coordinator_drains_answers_partially(
             1,
         )
         assert [r.statistics.count for r in response.results] == [3]
+    finally:
+        await server.drain(0, 0)
+
+
+class _RefusingReplica(_BreakingReplica):
+    """A region-scope replica that refuses each summary query with ``code``: in its
+    stream (as a node's answer to that query) and on the unary call."""
+
+    def __init__(self, region_id: str, code: grpc.StatusCode) -> None:
+        super().__init__(region_id)
+        self.code = code
+
+    async def GetSummaries(  # noqa: N802
+        self, request: region_node_pb2.GetSummariesRequest, context: Context
+    ) -> region_node_pb2.GetSummariesResponse:
+        self.queries += 1
+        await context.abort(self.code, f"refused with {self.code.name}")
+        raise AssertionError("unreachable")
+
+    async def StreamSummaries(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[region_node_pb2.StreamSummariesRequest],
+        context: Context,
+    ) -> AsyncIterator[region_node_pb2.StreamSummariesResponse]:
+        async for message in request_iterator:
+            self.queries += 1
+            yield region_node_pb2.StreamSummariesResponse(
+                query_id=message.query_id,
+                error=region_node_pb2.SummaryQueryError(
+                    code=self.code.value[0], message=f"refused with {self.code.name}"
+                ),
+            )
+
+
+@pytest.mark.parametrize("transport", [SummaryTransport.STREAM, SummaryTransport.UNARY])
+@pytest.mark.parametrize(
+    ("code", "fails_over"),
+    [
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, True),  # at its call limit
+        (grpc.StatusCode.INTERNAL, True),
+        (grpc.StatusCode.INVALID_ARGUMENT, False),  # the query's fault: every replica's
+        (grpc.StatusCode.PERMISSION_DENIED, False),  # the coordinator's credentials
+    ],
+)
+async def test_a_replica_refusing_a_query_for_its_own_reasons_is_failed_over(
+    mesh: Mesh, transport: SummaryTransport, code: grpc.StatusCode, fails_over: bool
+) -> None:
+    """A replica at its call limit, or failing inside, answers with a status; the region's
+    other replica holds the same data and is asked at once (before, the region went
+    missing after any status but UNAVAILABLE). A refusal every replica would give is
+    not sent to the others."""
+    refusing = _RefusingReplica("eu", code)
+    server = await _serve(refusing)
+    try:
+        await add_region(mesh, "eu", region_scope=True, evaluate=False)
+        await mesh.ingest("eu", "m", np.array([5.0, 5.0, 5.0]))
+        spec = {"eu": [server.address, mesh.regions["eu"][0][0].address]}
+        mesh.coordinator, mesh.federation = await start_coordinator(
+            CoordinatorConfig(spec, summary_transport=transport)
+        )
+        federation = mesh.federation
+        assert await federation.registry.wait_ready(10.0)
+        assert all(i.region_scope for i in federation.registry.instances("eu"))
+        answered = 0
+        for _ in range(4):  # round robin: the refusing replica is asked first twice
+            result = await federation.global_metrics(GlobalQuery(SummaryQuery()))
+            assert result.coverage.instances_queried == 1
+            if result.coverage.complete:
+                assert [g.summary.count for g in result.groups] == [3]
+                answered += 1
+            else:
+                [missing] = result.coverage.missing
+                assert missing.code is code and not result.groups
+        assert refusing.queries == 2  # asked first twice, never after the other answered
+        assert answered == (4 if fails_over else 2)
     finally:
         await server.drain(0, 0)
