@@ -31,8 +31,9 @@ async def read_chunks(source: AsyncIterator[T], max_chunk: int) -> AsyncIterator
                 await queue.put(item)
         except Exception as exc:  # handed to the consumer
             failure.append(exc)
-        finally:
-            await queue.put(_END)
+        # the end, when the source ends or fails; not when cancelled (the consumer left,
+        # and a put into a full queue would wait for it for ever)
+        await queue.put(_END)
 
     reader = asyncio.ensure_future(pump())
     try:
