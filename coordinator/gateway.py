@@ -241,12 +241,13 @@ class Gateway:
             found = self._methods[inst.instance_id] = _Methods(channel)
         return found
 
-    def region_for(self, region_id: str) -> str | None:
-        """The region to route to: the requested one, else the local one, else None."""
+    def region_for(self, region_id: str, field: str = "") -> str | None:
+        """The region to route to: the requested one, else the local one, else None (an
+        unknown one is INVALID_ARGUMENT on ``field`` + ``region_id``)."""
         if region_id:
             if not self.registry.has_region(region_id):
                 raise InvalidArgument.single(
-                    "region_id",
+                    f"{field}region_id",
                     f"unknown region {quoted(region_id)}",
                     metadata={"known_regions": ",".join(self.registry.region_ids)},
                 )
@@ -260,7 +261,7 @@ class Gateway:
         it asked to, or the coordinator keeps every call in its region. A call that must
         stay but has no region (none named, no local region) is INVALID_ARGUMENT on
         ``field`` + ``region_id``: it could go anywhere."""
-        region = self.region_for(region_id)
+        region = self.region_for(region_id, field)
         stay = stay_in_region or self.settings.stay_in_region
         if stay and region is None:
             raise InvalidArgument.single(

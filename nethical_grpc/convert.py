@@ -1087,15 +1087,20 @@ def datetime_to_timestamp(dt: datetime) -> timestamp_pb2.Timestamp:
     return ts
 
 
-def _optional_time(msg: object, field: str) -> datetime | None:
-    ns = optional_timestamp_ns(msg, field)
-    return None if ns is None else ns_to_datetime(ns)
+#: The last nanosecond a ``datetime`` holds to the microsecond (9999-12-31T23:59:59.999999).
+_LAST_US_NS = MAX_TIMESTAMP_SECONDS * NANOS + NANOS - 1000
 
 
 def _checked_range(msg: object) -> tuple[datetime | None, datetime | None]:
-    start, end = _optional_time(msg, "start_time"), _optional_time(msg, "end_time")
-    if start is not None and end is not None and start >= end:
+    """``[start_time, end_time)`` of a store read, to the stores' microsecond: the start
+    cut down, the end rounded up (a range within one microsecond is that microsecond,
+    not an empty or inverted one)."""
+    start_ns = optional_timestamp_ns(msg, "start_time")
+    end_ns = optional_timestamp_ns(msg, "end_time")
+    if start_ns is not None and end_ns is not None and start_ns >= end_ns:
         raise InvalidArgument.single("end_time", "must be after start_time")
+    start = None if start_ns is None else ns_to_datetime(start_ns)
+    end = None if end_ns is None else ns_to_datetime(min(-(-end_ns // 1000) * 1000, _LAST_US_NS))
     return start, end
 
 
@@ -1221,10 +1226,14 @@ def audit_query_from_proto(req: region_node_pb2.SearchAuditRequest) -> SearchQue
     min_risk = req.min_risk if req.HasField("min_risk") else None
     if min_risk is not None and not 0.0 <= min_risk <= 1.0:
         raise InvalidArgument.single("min_risk", "must be in [0, 1]")
+    # empty: any agent; else an agent id (the filter's own check would be reported as
+    # the query's)
+    if req.agent_id and (bad := agent_id_violation("agent_id", req.agent_id)) is not None:
+        raise InvalidArgument.single(bad.field, bad.description)
     try:
         flt = AuditFilter(
             text=req.query or None,
-            agent_id=_short_name("agent_id", req.agent_id),
+            agent_id=req.agent_id or None,
             decision=decision,
             start_time=start,
             end_time=end,

@@ -83,6 +83,14 @@ async def test_a_later_message_naming_another_region_ends_the_stream(mesh: Mesh)
     [violation] = details_from_error(err).field_violations
     assert violation.field == "request[1].region_id"
     assert "the stream has no region" in violation.description
+    # an unknown region in the first message is named as that message's
+    answers, err = await until_error(
+        stub.EvaluateStream(iter([stream_request(0, "nowhere-1")]), timeout=20)
+    )
+    assert answers == []
+    [violation] = details_from_error(err).field_violations
+    assert violation.field == "request[0].region_id"
+    assert violation.description.startswith('unknown region "nowhere-1"')
 
 
 async def test_batches_pass_through_the_gateway_in_order(mesh: Mesh) -> None:

@@ -207,6 +207,9 @@ def aggregate_request(
         (aggregate_request(metric="m" * 10_000), "metric"),
         # below the stores' microsecond
         (aggregate_request(bucket=duration_pb2.Duration(nanos=1)), "bucket"),
+        # an agent filter that is no agent id names agent_id (it had named query)
+        (region_node_pb2.SearchAuditRequest(agent_id="a\x01b"), "agent_id"),
+        (region_node_pb2.SearchAuditRequest(query="files", agent_id="   "), "agent_id"),
     ],
 )
 async def test_bad_in_region_queries_get_invalid_argument(
@@ -224,6 +227,40 @@ async def test_bad_in_region_queries_get_invalid_argument(
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     fields = [v.field for v in details_from_error(err.value).field_violations]
     assert field in fields
+
+
+async def test_a_range_within_one_microsecond_reads_that_microsecond(mesh: Mesh) -> None:
+    """The stores keep microseconds: a range inside one (500 to 900 ns past it) is that
+    microsecond, not an inverted range (it was refused as "end_time must be after
+    start_time")."""
+    await add_region(mesh, "r1", stores=StoreConfig(flush_interval_s=0.2))
+    s = stub(mesh, "r1")
+    await evaluate(s, action("list files in the project folder", agent="alice"))
+
+    async def recorded() -> bool:
+        page = await s.SearchAudit(region_node_pb2.SearchAuditRequest(), timeout=5)
+        metrics = await s.QueryMetrics(region_node_pb2.QueryMetricsRequest(), timeout=5)
+        return len(page.records) == 1 and len(metrics.records) > 0
+
+    await eventually(recorded)
+    (record,) = (await s.SearchAudit(region_node_pb2.SearchAuditRequest(), timeout=5)).records
+    at_ns = convert.timestamp_to_ns(record.time)
+    assert at_ns % 1000 == 0
+    inside = {
+        "start_time": convert.ns_to_timestamp(at_ns + 500),
+        "end_time": convert.ns_to_timestamp(at_ns + 900),
+    }
+    hits = await s.SearchAudit(region_node_pb2.SearchAuditRequest(**inside), timeout=5)
+    assert [r.id for r in hits.records] == [record.id]
+    rows = await s.QueryMetrics(region_node_pb2.QueryMetricsRequest(**inside), timeout=5)
+    assert rows.records and {r.time.ToNanoseconds() for r in rows.records} == {at_ns}
+    # the microsecond after it holds nothing
+    after = {
+        "start_time": convert.ns_to_timestamp(at_ns + 1000),
+        "end_time": convert.ns_to_timestamp(at_ns + 1001),
+    }
+    assert not (await s.SearchAudit(region_node_pb2.SearchAuditRequest(**after))).records
+    assert not (await s.QueryMetrics(region_node_pb2.QueryMetricsRequest(**after))).records
 
 
 async def test_sql_looking_filters_are_just_data(mesh: Mesh) -> None:

@@ -27,9 +27,13 @@ async def test_chunks_hold_every_item_once_in_order() -> None:
 
 async def test_an_error_of_the_source_is_raised_after_what_came_before() -> None:
     got: list[int] = []
-    with pytest.raises(ValueError, match="broken at 7"):
+
+    async def read() -> None:
         async for chunk in read_chunks(_numbers(20, fail_at=7), 3):
-            got += chunk
+            got.extend(chunk)
+
+    with pytest.raises(ValueError, match="broken at 7"):
+        await read()
     assert got == list(range(7))
 
 
