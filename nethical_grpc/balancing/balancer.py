@@ -315,9 +315,11 @@ class LoadBalancer:
     ) -> Instance | None:
         """A usable instance by the strategy, or None when there is none.
 
-        ``exclude`` (instance ids or instances) is skipped when another usable instance
-        exists; retries pass the instances already tried. ``stay_in_region``: only
-        ``region_id``'s instances (see the class docstring).
+        With ``exclude`` (instance ids or instances): a usable instance not in it, or None
+        when every usable one is in it; retries pass the instances already tried, then
+        ask again without them (so a tried instance is asked again before an ejected
+        one). ``stay_in_region``: only ``region_id``'s instances (see the class
+        docstring).
         """
         stay = stay_in_region and region_id is not None
         with self._lock:
@@ -325,9 +327,7 @@ class LoadBalancer:
                 self._return_ejected()
             if exclude:
                 excluded = {e.instance_id if isinstance(e, Instance) else e for e in exclude}
-                return self._pick_excluding(region_id, excluded, stay) or self._panic(
-                    region_id, stay
-                )
+                return self._pick_excluding(region_id, excluded, stay)
             if region_id is None:
                 pool = self._all
             else:
@@ -449,6 +449,9 @@ class LoadBalancer:
         back = [i for i in self._ejected if i.ejected_until is not None and i.ejected_until <= now]
         for inst in back:
             inst.ejected_until = None
+            # failures of calls that were in flight at the ejection, or that ended while
+            # it lasted, are not held against its return (one more would eject it again)
+            inst.consecutive_failures = 0
             self._ejected.discard(inst)
         self._next_return = min(
             (i.ejected_until for i in self._ejected if i.ejected_until is not None),

@@ -319,6 +319,58 @@ def test_ejection_after_consecutive_failures_and_return_after_interval() -> None
     assert "i0" in picks(lb, 3)
 
 
+def test_failures_during_an_ejection_are_not_held_against_the_return() -> None:
+    """Calls in flight when the instance was ejected fail after it; once back, it takes
+    the threshold's failures again to be ejected (one had re-ejected it, for twice as
+    long)."""
+    clock = FakeClock()
+    lb = balancer(S.ROUND_ROBIN, n=2, clock=clock)
+    bad = lb.instance("i0")
+    assert bad is not None
+    for _ in range(8):
+        lb.begin(bad)
+    for _ in range(8):  # the third ejects it; five more end while it is out
+        lb.record_failure(bad, UNAVAILABLE)
+    assert bad.ejected
+    clock.now += 1.01
+    assert "i0" in picks(lb, 2)
+    for _ in range(2):
+        lb.begin(bad)
+        lb.record_failure(bad, UNAVAILABLE)
+        assert not bad.ejected
+    lb.begin(bad)
+    lb.record_failure(bad, UNAVAILABLE)
+    assert bad.ejected and bad.ejected_until == pytest.approx(clock.now + 2.0)
+
+
+def test_a_retry_that_tried_every_usable_instance_does_not_go_to_an_ejected_one() -> None:
+    """With one usable instance left and it already tried, a retry asks it again before
+    an instance ejected for its failures (Envoy's panic routing is for when nothing is
+    usable)."""
+    clock = FakeClock()
+    lb = balancer(S.ROUND_ROBIN, n=2, clock=clock)
+    ejected = lb.instance("i1")
+    assert ejected is not None
+    for _ in range(3):
+        lb.begin(ejected)
+        lb.record_failure(ejected, UNAVAILABLE)
+    assert ejected.ejected
+    assert lb.get_instance(exclude=["i0"]) is None  # nothing usable but i0
+    visits: list[str] = []
+
+    def call(inst: Instance) -> str:
+        visits.append(inst.instance_id)
+        if len(visits) == 1:
+            raise UNAVAILABLE
+        return inst.instance_id
+
+    assert lb.execute_request(call) == "i0" and visits == ["i0", "i0"]
+    assert lb.get_statistics()["total"]["panic_picks"] == 0
+    # with nothing usable, the ejected one is still used rather than nothing
+    lb.set_health("i0", HealthState.NOT_SERVING)
+    assert lb.execute_request(lambda inst: inst.instance_id) == "i1"
+
+
 def test_ejection_interval_is_capped() -> None:
     clock = FakeClock()
     lb = balancer(S.RANDOM, n=2, clock=clock, ejection_max_s=30.0)
