@@ -37,12 +37,15 @@ _BACKEND_FAULT_CODES = frozenset(
 )
 
 # What gRPC core says when no connection could be made (the call was never sent).
-_NOT_SENT_MARKERS = (
-    "failed to connect",
-    "connection refused",
+#: How gRPC's own client begins the details of a call it could not send (no connection,
+#: no address); a server's message may contain these words anywhere, so only the start
+#: of a status the client made itself counts
+_NOT_SENT_PREFIXES = (
+    "failed to connect to all addresses",
     "connections to all backends failing",
     "no connection established",
     "dns resolution failed",
+    "empty address list",
 )
 
 
@@ -71,13 +74,12 @@ def failed_before_send(error: BaseException) -> bool:
         return True
     if status_code(error) is not grpc.StatusCode.UNAVAILABLE:
         return False
+    trailers = getattr(error, "trailing_metadata", None)
+    if callable(trailers) and trailers():
+        return False  # a server sent this status (with its metadata): the call reached it
     details = getattr(error, "details", None)
     text = str(details() if callable(details) else "") or ""
-    debug = getattr(error, "debug_error_string", None)
-    if callable(debug):
-        text += " " + str(debug() or "")
-    text = text.lower()
-    return any(marker in text for marker in _NOT_SENT_MARKERS)
+    return text.lower().startswith(_NOT_SENT_PREFIXES)
 
 
 def is_retryable(error: BaseException, idempotent: bool = True) -> bool:

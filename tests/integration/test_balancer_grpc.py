@@ -33,6 +33,7 @@ class CountingNode(region_node_pb2_grpc.RegionNodeServiceServicer):  # type: ign
         self.hits = 0
         self.reject = False
         self.delay_s = 0.0
+        self.unavailable = ""  # answer UNAVAILABLE with these details, after the work
 
     async def GetNodeInfo(  # noqa: N802 (gRPC method name)
         self,
@@ -44,6 +45,8 @@ class CountingNode(region_node_pb2_grpc.RegionNodeServiceServicer):  # type: ign
             await asyncio.sleep(self.delay_s)
         if self.reject:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "rejected by test")
+        if self.unavailable:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, self.unavailable)
         return region_node_pb2.GetNodeInfoResponse(region_id="test", instance_id=self.instance_id)
 
 
@@ -206,6 +209,27 @@ async def test_non_idempotent_call_is_retried_only_when_never_sent(cluster: Clus
         ]
         assert "n0" not in ids
         assert lb.get_statistics()["instances"]["n0"]["failures"] >= 1
+    finally:
+        await lb.close()
+
+
+async def test_a_non_idempotent_call_a_node_ran_is_not_resent(cluster: Cluster) -> None:
+    """A node that did the work and then answered UNAVAILABLE in words that mention a
+    refused connection (its store's) was taken as never reached, and the call was sent
+    to the other nodes too."""
+    lb = cluster.balancer(LoadBalancingStrategy.ROUND_ROBIN)
+    try:
+        for node in cluster.nodes:
+            node.unavailable = "audit store: failed to connect: Connection refused"
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await lb.execute_request_async(get_node_info, timeout=5.0, idempotent=False)
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert sum(cluster.hits().values()) == 1
+        # an idempotent call is retried elsewhere, as before
+        cluster.reset_hits()
+        with pytest.raises(grpc.aio.AioRpcError):
+            await lb.execute_request_async(get_node_info, timeout=5.0)
+        assert sum(cluster.hits().values()) == 3
     finally:
         await lb.close()
 

@@ -424,6 +424,17 @@ def test_retry_classification() -> None:
     assert is_retryable(NOT_SENT, idempotent=False)
     assert is_retryable(ConnectionRefusedError(), idempotent=False)
     assert failed_before_send(NOT_SENT) and not failed_before_send(UNAVAILABLE)
+    # a server's own words are not the client's: it ran the call, then answered
+    store_down = rpc_error(grpc.StatusCode.UNAVAILABLE, "audit store: Connection refused")
+    assert not failed_before_send(store_down)
+    assert not is_retryable(store_down, idempotent=False)
+    with_trailers = grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(("grpc-status-details-bin", b"x")),
+        details=NOT_SENT.details(),
+    )
+    assert not failed_before_send(with_trailers)
     assert is_backend_fault(UNAVAILABLE) and not is_backend_fault(INVALID)
 
 
