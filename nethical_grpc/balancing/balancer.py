@@ -37,6 +37,9 @@ from nethical_grpc.validation import quoted
 T = TypeVar("T")
 
 _DEADLINE_SLACK_S = 0.005
+#: How long the channel of a removed (or moved) instance stays open for the calls already
+#: on it: they finish with their answers, and only what still runs after it is cancelled
+REMOVED_CHANNEL_GRACE_S: Final = 30.0
 
 
 class InstanceListener(Protocol):
@@ -197,7 +200,10 @@ class LoadBalancer:
         self._next_return = math.inf
         self._listeners: list[InstanceListener] = []
         self._watcher: HealthWatcher | None = None
+        # removed instances' channels, closing once their calls end
         self._closing: set[asyncio.Task[None]] = set()
+        # instances whose old channel waits for their calls: set when the last one ends
+        self._draining: dict[Instance, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
         self._calls = 0
         self._call_failures = 0
         self._retries = 0
@@ -239,7 +245,7 @@ class LoadBalancer:
                     listener.instance_removed(inst)
                 listener.instance_added(inst)
         if old_channel is not None:
-            self._close_later(old_channel)
+            self._close_later(old_channel, inst)
         return inst
 
     def remove_instance(self, instance_id: str) -> bool:
@@ -254,7 +260,7 @@ class LoadBalancer:
             listener.instance_removed(inst)
         channel = inst.take_channel()
         if channel is not None:
-            self._close_later(channel)
+            self._close_later(channel, inst)
         return True
 
     def instances(self) -> list[Instance]:
@@ -482,6 +488,10 @@ class LoadBalancer:
         inst.in_flight = old - 1
         if self._track_load and inst.available:
             self._load_changed(inst, old, old - 1)
+        if old == 1 and self._draining:
+            drained = self._draining.pop(inst, None)
+            if drained is not None:  # (a call may end on another thread)
+                drained[0].call_soon_threadsafe(drained[1].set)
 
     def record_success(self, inst: Instance, latency_s: float | None) -> None:
         """A call to ``inst`` succeeded; ``None`` latency (e.g. a long stream) leaves the
@@ -685,6 +695,11 @@ class LoadBalancer:
             channel = inst.take_channel()
             if channel is not None:
                 await channel.close(None)
+        with self._lock:  # removed instances' channels: their calls end now
+            draining = list(self._draining.values())
+            self._draining.clear()
+        for _, drained in draining:
+            drained.set()
         while self._closing:
             await asyncio.gather(*list(self._closing), return_exceptions=True)
 
@@ -695,12 +710,21 @@ class LoadBalancer:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _close_later(self, channel: grpc.aio.Channel) -> None:
+    def _close_later(self, channel: grpc.aio.Channel, inst: Instance) -> None:
+        """Close the old channel of ``inst`` (removed, or moved to another endpoint) once
+        its calls through the balancer end: at most :data:`REMOVED_CHANNEL_GRACE_S`, or
+        when the balancer closes; what still runs then is cancelled."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # no loop: nothing to schedule on; the channel is dropped
-        task = loop.create_task(channel.close(None))
+        drained = asyncio.Event()
+        with self._lock:
+            if inst.in_flight > 0:
+                self._draining[inst] = (loop, drained)
+            else:
+                drained.set()
+        task = loop.create_task(_close_when_drained(channel, drained))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
@@ -772,3 +796,11 @@ class LoadBalancer:
                 num += s["ewma_latency_ms"] * s["requests"]
                 den += s["requests"]
         return num / den if den else 0.0
+
+
+async def _close_when_drained(channel: grpc.aio.Channel, drained: asyncio.Event) -> None:
+    """Close ``channel`` once ``drained`` is set, or after :data:`REMOVED_CHANNEL_GRACE_S`
+    (cancelling what still runs on it)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(drained.wait(), REMOVED_CHANNEL_GRACE_S)
+    await channel.close(None)

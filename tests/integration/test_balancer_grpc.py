@@ -234,6 +234,41 @@ async def test_a_non_idempotent_call_a_node_ran_is_not_resent(cluster: Cluster) 
         await lb.close()
 
 
+async def test_removing_an_instance_lets_its_calls_finish(cluster: Cluster) -> None:
+    """An instance leaves (DNS stopped naming it) while a call is on it: the call gets its
+    answer (its channel had been closed at once, and the caller got a bare
+    CancelledError, as if its own task were cancelled); new calls go elsewhere, and the
+    balancer's close ends what is left at once."""
+    lb = cluster.balancer(LoadBalancingStrategy.ROUND_ROBIN)
+    try:
+        for node in cluster.nodes:
+            node.delay_s = 0.3
+        call = asyncio.ensure_future(lb.execute_request_async(get_node_info, timeout=5.0))
+        await wait_for(lambda: sum(cluster.hits().values()) == 1)
+        (busy,) = [n.instance_id for n in cluster.nodes if n.hits]
+        assert lb.remove_instance(busy)
+        assert (await call).instance_id == busy
+        ids = await call_many(lb, 4)
+        assert busy not in ids
+        # a call still running on a removed instance when the balancer closes ends then
+        lb.add_instance(busy, "test", cluster.servers[int(busy[1:])].address)
+        for node in cluster.nodes:
+            node.delay_s = 30.0
+
+        def slow_call(inst: Instance) -> Any:
+            stub = region_node_pb2_grpc.RegionNodeServiceStub(inst.channel)
+            return stub.GetNodeInfo(region_node_pb2.GetNodeInfoRequest(), timeout=60.0)
+
+        stuck = asyncio.ensure_future(lb.execute_request_async(slow_call, timeout=60.0))
+        await wait_for(lambda: sum(cluster.hits().values()) == 6)
+        for inst in lb.instances():
+            lb.remove_instance(inst.instance_id)
+    finally:
+        await asyncio.wait_for(lb.close(), 5.0)
+    with pytest.raises((asyncio.CancelledError, grpc.aio.AioRpcError)):
+        await stuck
+
+
 async def test_invalid_argument_is_not_retried(cluster: Cluster) -> None:
     lb = cluster.balancer(LoadBalancingStrategy.ROUND_ROBIN)
     try:
