@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, Final, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from nethical_grpc import __version__, convert, telemetry, wire
 from nethical_grpc.components import components
@@ -71,15 +72,11 @@ class _CachedSummaries:
         the call, and on StreamSummaries the whole stream with every query on it."""
         if self.size + _STREAM_FRAMING_BYTES <= limit:
             return
-        raise ResourceExhausted(
-            message=(
-                f"the answer holds {len(self.response.series)} series, {self.size:,} bytes "
-                f"encoded, over this node's {limit:,}-byte message limit; narrow the query "
-                "(fewer metrics, a label filter, fewer group_by labels) or raise "
-                "--max-message-bytes on the node and on its callers"
-            ),
-            reason="ANSWER_TOO_LARGE",
-            metadata={"answer_bytes": str(self.size), "max_message_bytes": str(limit)},
+        raise answer_too_large(
+            f"{len(self.response.series)} series",
+            self.size,
+            limit,
+            "fewer metrics, a label filter, fewer group_by labels",
         )
 
     def stream_answer(self, query_id: int) -> bytes:
@@ -534,9 +531,10 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
                 limit=q.limit,
             )
         )
-        return region_node_pb2.QueryMetricsResponse(
+        response = region_node_pb2.QueryMetricsResponse(
             records=[convert.metric_record_to_proto(r) for r in rows]
         )
+        return self._fitting(response, f"{len(rows)} rows", "a lower limit, a shorter range")
 
     @rpc_errors
     async def AggregateMetrics(  # noqa: N802
@@ -553,18 +551,53 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
                 agent_id=q.agent_id,
             )
         )
-        return convert.aggregate_rows_to_proto(rows)
+        response = convert.aggregate_rows_to_proto(rows)
+        return self._fitting(response, f"{len(rows)} buckets", "wider buckets, a shorter range")
 
     @rpc_errors
     async def SearchAudit(  # noqa: N802
         self, request: region_node_pb2.SearchAuditRequest, context: Context
     ) -> region_node_pb2.SearchAuditResponse:
         query = convert.audit_query_from_proto(request)
-        page = await store_call(self._stores().audit.search(query), field="page_token")
-        return convert.audit_page_to_proto(page)
+        audit = self._stores().audit
+        while True:
+            page = await store_call(audit.search(query), field="page_token")
+            response = convert.audit_page_to_proto(page)
+            size = response.ByteSize()
+            n = len(page.records)
+            if size + _STREAM_FRAMING_BYTES <= self.max_message_bytes or n <= 1:
+                break
+            # records of long texts: a shorter page, whose token goes on from its last
+            # record (a token does not hold the page size)
+            fits = (self.max_message_bytes - _STREAM_FRAMING_BYTES) * n // size
+            query = dataclasses.replace(query, page_size=max(1, min(n - 1, fits)))
+        return self._fitting(response, "1 record", "a shorter action text or intent")
+
+    def _fitting(self, response: _Message, holds: str, narrower: str) -> _Message:
+        """``response``, or ANSWER_TOO_LARGE when it would not fit in a message."""
+        size = response.ByteSize()
+        if size + _STREAM_FRAMING_BYTES > self.max_message_bytes:
+            raise answer_too_large(holds, size, self.max_message_bytes, narrower)
+        return response
 
 
 T = TypeVar("T")
+_Message = TypeVar("_Message", bound=Message)
+
+
+def answer_too_large(holds: str, size: int, limit: int, narrower: str) -> ResourceExhausted:
+    """The error for an answer of ``size`` bytes (holding ``holds``) that would not fit in
+    this node's ``limit``-byte messages: gRPC would fail the call with no advice."""
+    return ResourceExhausted(
+        message=(
+            f"the answer holds {holds}, {size:,} bytes encoded, over this node's "
+            f"{limit:,}-byte message limit; narrow the query ({narrower}) or raise "
+            "--max-message-bytes on the node and on its callers"
+        ),
+        reason="ANSWER_TOO_LARGE",
+        metadata={"answer_bytes": str(size), "max_message_bytes": str(limit)},
+    )
+
 
 #: How long a rejected Ingest stream keeps reading (and dropping) what the client still
 #: sends before it answers with the error.

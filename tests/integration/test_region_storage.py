@@ -263,6 +263,68 @@ async def test_a_range_within_one_microsecond_reads_that_microsecond(mesh: Mesh)
     assert not (await s.QueryMetrics(region_node_pb2.QueryMetricsRequest(**after))).records
 
 
+async def test_audit_pages_of_long_texts_are_cut_to_fit_a_message(mesh: Mesh) -> None:
+    """Records of long texts that would not fit in one message on a page: the page is
+    cut short and its token goes on from its last record, so paging still returns every
+    record once (the call had failed with gRPC's bare "Sent message larger than max").
+    An answer that cannot be cut (metric rows) is ANSWER_TOO_LARGE with advice."""
+    limit = 256 * 1024
+    await add_region(mesh, "r1", stores=StoreConfig(flush_interval_s=0.1), max_message_bytes=limit)
+    s = stub(mesh, "r1")
+    text = "word " * 12_000  # 60 KB of action text, and as much intent
+    for i in range(6):
+        long = action(f"{text} {i}", agent="big")
+        long.stated_intent = text
+        await evaluate(s, long)
+
+    pages: list[list[str]] = []
+
+    async def paged() -> list[str]:
+        pages.clear()
+        token = ""
+        while True:
+            page = await s.SearchAudit(
+                region_node_pb2.SearchAuditRequest(agent_id="big", page_size=6, page_token=token),
+                timeout=10,
+            )
+            assert page.ByteSize() < limit
+            if not page.records:  # not yet written
+                return []
+            pages.append([r.id for r in page.records])
+            token = page.next_page_token
+            if not token:
+                return [i for ids in pages for i in ids]
+
+    async def recorded() -> bool:
+        return len(await paged()) == 6
+
+    await eventually(recorded)
+    seen = await paged()
+    assert len(set(seen)) == 6 and len(pages) >= 3
+    # metric rows of evaluations, each naming an agent id of 256 characters
+    batch = [action(f"list files {i}", agent="a" * 256) for i in range(1_000)]
+    messages = [
+        region_node_pb2.EvaluateStreamRequest(actions=batch[i : i + 250])
+        for i in range(0, len(batch), 250)
+    ]
+    async for _ in s.EvaluateStream(iter(messages), timeout=30):
+        pass
+
+    async def too_large() -> bool:
+        try:
+            await s.QueryMetrics(region_node_pb2.QueryMetricsRequest(limit=10_000), timeout=10)
+        except grpc.aio.AioRpcError:
+            return True
+        return False
+
+    await eventually(too_large)  # once the rows are written
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await s.QueryMetrics(region_node_pb2.QueryMetricsRequest(limit=10_000), timeout=10)
+    details = details_from_error(err.value)
+    assert details.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert details.reason == "ANSWER_TOO_LARGE" and "--max-message-bytes" in details.message
+
+
 async def test_sql_looking_filters_are_just_data(mesh: Mesh) -> None:
     await add_region(mesh, "r1", stores=StoreConfig(flush_interval_s=0.2))
     s = stub(mesh, "r1")
