@@ -194,7 +194,7 @@ class DnsDiscovery:
         t = state.target
         try:
             resolved = await asyncio.wait_for(self._resolve(t.host, t.port), self.resolve_timeout_s)
-        except (OSError, TimeoutError, ValueError) as exc:
+        except Exception as exc:  # any resolver's failure: the refreshes must go on
             state.failures += 1
             state.last_error = f"{type(exc).__name__}: {exc}"
             log.warning(

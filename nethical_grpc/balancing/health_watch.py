@@ -12,7 +12,6 @@ balancer routes to it (the coordinator asks the node who it is there).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -77,9 +76,9 @@ class HealthWatcher:
         self._tasks.clear()
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # a watch that had already failed (its channel could not be made, say) is not a
+        # failure of the close: the balancer's channels must still be closed after it
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def instance_added(self, inst: Instance) -> None:
         if self._loop is None or inst in self._tasks:

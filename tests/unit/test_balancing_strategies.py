@@ -769,3 +769,28 @@ def test_panic_routing_that_stays_in_the_region_uses_only_its_ejected_instances(
     lb.set_health("i2", HealthState.NOT_SERVING)
     assert lb.get_instance("r0", stay_in_region=True) is None
     assert lb.get_instance("r0", stay_in_region=False) is not None
+
+
+async def test_a_failed_health_watch_does_not_stop_the_balancer_closing() -> None:
+    """One instance's channel cannot be made, so its watch fails; the balancer's close
+    still closes the other instances' channels (it raised the watch's error first)."""
+
+    def channel_for(endpoint: str) -> grpc.aio.Channel:
+        if endpoint.startswith("10.0.0.66"):
+            raise RuntimeError("no channel for this one")
+        return grpc.aio.insecure_channel(endpoint)
+
+    lb = LoadBalancer(channel_factory=channel_for)
+    lb.attach_health_watcher(backoff_initial_s=0.01, backoff_max_s=0.01)
+    lb.add_instance("bad", "r1", "10.0.0.66:1")
+    good = lb.add_instance("good", "r1", "127.0.0.1:9")
+    await lb.start()
+    watcher = lb.health_watcher
+    assert watcher is not None
+    for _ in range(200):
+        if any(t.done() for t in watcher._tasks.values()):
+            break
+        await asyncio.sleep(0.01)
+    assert good.has_channel
+    await lb.close()
+    assert not good.has_channel

@@ -231,6 +231,36 @@ async def test_slow_resolver_is_cut_off_and_counted() -> None:
     assert members(lb) == {}
 
 
+async def test_a_resolver_failing_in_any_way_keeps_the_instances_and_the_refreshes() -> None:
+    """An error that is not a resolution error (a resolver's bug, say) is counted like
+    one; it had ended the periodic refresh task for good, silently."""
+    dns = Answers()
+    lb = LoadBalancer()
+    discovery = DnsDiscovery(lb, interval_s=0.01, resolver=dns)
+    discovery.add_target("r1", parse_target("dns:///n:1"))
+    dns.names["n"] = ["10.0.0.1"]
+    await discovery.refresh()
+    dns.names["n"] = RuntimeError("resolver bug")
+    discovery.start()
+    try:
+        [state] = discovery.targets
+        for _ in range(500):
+            if state.failures >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert state.failures >= 2 and "RuntimeError: resolver bug" in state.last_error
+        assert set(members(lb)) == {"10.0.0.1:1"}
+        dns.names["n"] = ["10.0.0.7"]  # the refreshes went on
+        for _ in range(500):
+            if set(members(lb)) == {"10.0.0.7:1"}:
+                break
+            await asyncio.sleep(0.01)
+        assert set(members(lb)) == {"10.0.0.7:1"}
+    finally:
+        await discovery.close()
+        await lb.close()
+
+
 async def test_system_resolver_resolves_localhost() -> None:
     pairs = await getaddrinfo_resolver("localhost", 50051)
     assert ("127.0.0.1", 50051) in pairs
