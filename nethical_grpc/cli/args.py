@@ -31,6 +31,8 @@ def parse_duration_ns(text: str) -> int:
     value = float(m.group(1)) * _UNITS[m.group(2) or "s"]
     if value <= 0:
         raise argparse.ArgumentTypeError(f"duration must be positive: {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"duration under 1ns, the smallest there is: {text!r}")
     return int(value)
 
 
@@ -87,6 +89,27 @@ def parse_when_or_all(text: str) -> When | None:
         ago = parse_duration_or_zero_ns(text)
         return When(ago_ns=ago) if ago else None
     return parse_when(text)
+
+
+def shown_bytes(text: str) -> str:
+    """``text`` as it can be printed, the bytes that are not UTF-8 (kept by Python as
+    surrogate escapes) shown as ``\\xNN``."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that stands for no byte
+        return text.encode("utf-8", "backslashreplace").decode("ascii")
+
+
+def check_utf8(text: str, where: str) -> str:
+    """``text``, or a ``ValueError`` naming ``where`` and the line when it holds bytes
+    that are not UTF-8 (from stdin or a file Python read with surrogate escapes), which
+    no protobuf string field can carry."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        line = text.count("\n", 0, exc.start) + 1
+        raise ValueError(f"{where}, line {line}: not valid UTF-8") from None
+    return text
 
 
 def parse_pair(text: str) -> tuple[str, str]:

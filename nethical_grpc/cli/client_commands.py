@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import json
 import signal
 import sys
@@ -21,6 +22,7 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 
 from nethical_grpc import client
+from nethical_grpc.cli.args import check_utf8
 from nethical_grpc.cli.table import fmt_number, render
 from nethical_grpc.errors import InvalidArgument, MeshError, details_from_error, details_of
 from nethical_grpc.security.config import client_security_from_args
@@ -112,6 +114,13 @@ def _rows(
     ]
 
 
+def series_name(result: coordinator_pb2.MetricResult) -> str:
+    """A result's metric with its labels, as Prometheus writes a series:
+    ``latency_ms{route=/x}`` (the metric alone when it has none)."""
+    labels = ",".join(f"{k}={v}" for k, v in sorted(result.labels.items()))
+    return f"{result.metric}{{{labels}}}" if labels else result.metric
+
+
 def coverage_line(c: coordinator_pb2.Coverage) -> str:
     text = (
         f"coverage: {len(c.regions_answered)}/{len(c.regions_requested)} regions "
@@ -161,7 +170,7 @@ def _print_answer(
     print(results_table(response))
     for r in response.results:
         if r.HasField("weighted_mean"):
-            print(f"weighted mean of {r.metric}: {fmt_number(r.weighted_mean)}")
+            print(f"weighted mean of {series_name(r)}: {fmt_number(r.weighted_mean)}")
     print(coverage_line(response.coverage), flush=True)
 
 
@@ -270,11 +279,14 @@ def stop_on_signals() -> asyncio.Event:
 
 
 def read_input(source: str) -> str:
-    """The text of the file ``source``, or of stdin for ``-``."""
+    """The text of the file ``source``, or of stdin for ``-``; a ``ValueError`` naming
+    the line when it is not UTF-8."""
     if source == "-":
-        return sys.stdin.read()
-    with open(source, encoding="utf-8") as f:
-        return f.read()
+        if isinstance(sys.stdin, io.TextIOWrapper):  # bytes that are not UTF-8 kept
+            sys.stdin.reconfigure(encoding="utf-8", errors="surrogateescape")
+        return check_utf8(sys.stdin.read(), "stdin")
+    with open(source, encoding="utf-8", errors="surrogateescape") as f:
+        return check_utf8(f.read(), source)
 
 
 def open_channel(args: argparse.Namespace) -> grpc.aio.Channel:

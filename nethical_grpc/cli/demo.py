@@ -38,7 +38,8 @@ REGION_NAMES = [
 ]
 QUANTILES = (0.5, 0.9, 0.99)
 METRICS = ("latency_ms", "risk_score", "score_delta")
-TICK_S = 0.05
+TICKS_PER_S = 20
+TICK_S = 1 / TICKS_PER_S
 
 
 def region_names(n: int) -> list[str]:
@@ -87,15 +88,26 @@ class Sent:
         return np.concatenate(parts) if parts else np.empty(0)
 
 
+def per_tick(rate: int, tick: int) -> int:
+    """How many values of each metric tick ``tick`` (0, 1, ...) sends for ``rate``
+    observations a second per region: after any tick, what was sent is the whole part
+    of what the rate asks by then (the fraction a tick leaves over is carried to the
+    next), so a rate of 1,000 sends 1,000 a second and a rate of 6 sends 6."""
+    per_second = TICKS_PER_S * len(METRICS)
+    return ((tick + 1) * rate) // per_second - (tick * rate) // per_second
+
+
 async def _traffic(
     region_index: int, rate: int, stop: asyncio.Event, sent: Sent, seed: int
 ) -> AsyncIterator[bytes]:
     rng = np.random.default_rng(seed + region_index)
-    per_tick = max(1, int(rate * TICK_S / len(METRICS)))
     next_tick = time.monotonic()
+    tick = 0
     while not stop.is_set():
-        for metric in METRICS:
-            values = generate(metric, region_index, per_tick, rng)
+        n = per_tick(rate, tick)
+        tick += 1
+        for metric in METRICS if n else ():
+            values = generate(metric, region_index, n, rng)
             sent.add(region_index, metric, values)
             yield client.encode_ingest_request(metric, values, {"source": "demo"})
         next_tick += TICK_S
@@ -162,84 +174,141 @@ def _coverage(c: coordinator_pb2.Coverage) -> str:
     return text
 
 
+class DemoFailed(Exception):
+    """What ends the demo early, in a line: a child that did not start, a coordinator
+    that did not answer."""
+
+
+async def _port_of(child: Child) -> int:
+    """``child``'s port once it serves, or :class:`DemoFailed` saying why it did not
+    start (the last line of its log: its own error)."""
+    try:
+        return await child.aport(START_TIMEOUT_S)
+    except (RuntimeError, TimeoutError) as exc:
+        said = str(exc).splitlines()[0].rstrip(":")
+        last = child.tail(1).strip()
+        raise DemoFailed(f"{said}: {last}" if last else said) from None
+
+
+async def _query(
+    channel: grpc.aio.Channel, opts: client.QueryOptions
+) -> coordinator_pb2.GetGlobalMetricsResponse:
+    """The coordinator's answer, or :class:`DemoFailed` when it gave none."""
+    try:
+        return await client.global_metrics(channel, opts, timeout=5.0)
+    except grpc.RpcError as err:
+        code = err.code().name if isinstance(err, grpc.aio.AioRpcError) else "?"
+        details = err.details() if isinstance(err, grpc.aio.AioRpcError) else str(err)
+        raise DemoFailed(f"the coordinator did not answer: {code}: {details}") from None
+
+
+Streams = list[tuple[grpc.aio.Channel, "asyncio.Future[object]"]]
+
+
+async def _drop_streams(streams: Streams) -> None:
+    """Cancel the ingest streams still open and close their channels (their errors,
+    moot now, retrieved)."""
+    for _, task in streams:
+        task.cancel()
+    await asyncio.gather(*(task for _, task in streams), return_exceptions=True)
+    for channel, _ in streams:
+        await channel.close(None)
+    streams.clear()
+
+
 async def run_demo(args: argparse.Namespace) -> int:
     if args.regions < 1 or args.duration <= 0 or args.rate < 1:
         print("demo: --regions, --duration and --rate must be positive", file=sys.stderr)
         return 2
-    stop = stop_on_signals()
     workdir = Path(tempfile.mkdtemp(prefix="nethical-demo-"))
     children: list[Child] = []
-    tty = sys.stdout.isatty()
+    streams: Streams = []
     try:
-        names = region_names(args.regions)
-        for name in names:
-            children.append(spawn(name, ["region", "--region-id", name, "--port", "0"], workdir))
-        # the first start on a machine compiles the JIT kernels (seconds; cached after)
-        ports = [await c.aport(START_TIMEOUT_S) for c in children]
-        specs = [f"--region={n}=127.0.0.1:{p}" for n, p in zip(names, ports, strict=True)]
-        coord = spawn("coordinator", ["coordinator", "--port", "0", *specs], workdir)
-        children.append(coord)
-        coord_port = await coord.aport(START_TIMEOUT_S)
-        print(
-            f"mesh up: {len(names)} region nodes + coordinator on 127.0.0.1:{coord_port} "
-            f"(logs in {workdir})",
-            flush=True,
-        )
-        print(f"try: {_command_path()} query --target 127.0.0.1:{coord_port}", flush=True)
-
-        sent = Sent()
-        started_ns = time.time_ns() - 1
-        streams = []
-        for i, port in enumerate(ports):
-            channel = client.insecure_channel(f"127.0.0.1:{port}")
-            streams.append(
-                (
-                    channel,
-                    asyncio.ensure_future(
-                        client.ingest(
-                            channel, _traffic(i, args.rate, stop, sent, args.seed), timeout=None
-                        )
-                    ),
-                )
-            )
-        # the per-region counts say which of the values sent each region had applied
-        opts = client.QueryOptions(
-            quantiles=QUANTILES,
-            start_ns=started_ns,
-            metrics=list(METRICS),
-            include_region_breakdown=True,
-        )
-        deadline = time.monotonic() + args.duration
-        async with client.insecure_channel(f"127.0.0.1:{coord_port}") as coord_channel:
-            while not stop.is_set() and time.monotonic() < deadline:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), args.refresh)
-                response = await client.global_metrics(coord_channel, opts, timeout=5.0)
-                elapsed = args.duration - max(0.0, deadline - time.monotonic())
-                if tty:
-                    print("\x1b[H\x1b[2J", end="")
-                print(
-                    f"\nNethical mesh demo - {elapsed:4.1f}s of {args.duration:g}s, "
-                    "live (count: applied so far; exact: of the same values)"
-                )
-                print(_table(response, sent, names))
-                print(_coverage(response.coverage), flush=True)
-            interrupted = stop.is_set()
-            stop.set()
-            for channel, task in streams:
-                try:
-                    await task
-                except grpc.RpcError as err:
-                    print(f"ingest stream ended: {err.code().name}", file=sys.stderr)
-                await channel.close(None)
-            response = await client.global_metrics(coord_channel, opts, timeout=5.0)
-        print(
-            f"\nfinal ({'interrupted' if interrupted else 'complete'}; every batch acknowledged)"
-            " - err: relative error against the exact quantile; bound: the sketch's guarantee"
-        )
-        print(_table(response, sent, names))
-        print(_coverage(response.coverage), flush=True)
-        return 0
+        return await _demo(args, workdir, children, streams)
+    except DemoFailed as exc:
+        print(f"demo: {exc} (logs in {workdir})", file=sys.stderr)
+        return 1
     finally:
+        await _drop_streams(streams)
         for child in reversed(children):
             await asyncio.to_thread(child.stop)
+
+
+async def _demo(
+    args: argparse.Namespace, workdir: Path, children: list[Child], streams: Streams
+) -> int:
+    """The demo: ``children`` started (the caller stops them), ``streams`` opened (the
+    caller drops those left open)."""
+    stop = stop_on_signals()
+    tty = sys.stdout.isatty()
+    names = region_names(args.regions)
+    for name in names:
+        children.append(spawn(name, ["region", "--region-id", name, "--port", "0"], workdir))
+    # the first start on a machine compiles the JIT kernels (seconds; cached after)
+    ports = [await _port_of(c) for c in children]
+    specs = [f"--region={n}=127.0.0.1:{p}" for n, p in zip(names, ports, strict=True)]
+    coord = spawn("coordinator", ["coordinator", "--port", "0", *specs], workdir)
+    children.append(coord)
+    coord_port = await _port_of(coord)
+    print(
+        f"mesh up: {len(names)} region nodes + coordinator on 127.0.0.1:{coord_port} "
+        f"(logs in {workdir})",
+        flush=True,
+    )
+    print(f"try: {_command_path()} query --target 127.0.0.1:{coord_port}", flush=True)
+
+    sent = Sent()
+    started_ns = time.time_ns() - 1
+    for i, port in enumerate(ports):
+        channel = client.insecure_channel(f"127.0.0.1:{port}")
+        traffic = _traffic(i, args.rate, stop, sent, args.seed)
+        streams.append(
+            (channel, asyncio.ensure_future(client.ingest(channel, traffic, timeout=None)))
+        )
+    # the per-region counts say which of the values sent each region had applied
+    opts = client.QueryOptions(
+        quantiles=QUANTILES,
+        start_ns=started_ns,
+        metrics=list(METRICS),
+        include_region_breakdown=True,
+    )
+    deadline = time.monotonic() + args.duration
+    async with client.insecure_channel(f"127.0.0.1:{coord_port}") as coord_channel:
+        while not stop.is_set() and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), args.refresh)
+            response = await _query(coord_channel, opts)
+            elapsed = args.duration - max(0.0, deadline - time.monotonic())
+            if tty:
+                print("\x1b[H\x1b[2J", end="")
+            print(
+                f"\nNethical mesh demo - {elapsed:4.1f}s of {args.duration:g}s, "
+                "live (count: applied so far; exact: of the same values)"
+            )
+            print(_table(response, sent, names))
+            print(_coverage(response.coverage), flush=True)
+        interrupted = stop.is_set()
+        stop.set()
+        await _end_streams(streams)
+        response = await _query(coord_channel, opts)
+    print(
+        f"\nfinal ({'interrupted' if interrupted else 'complete'}; every batch acknowledged)"
+        " - err: relative error against the exact quantile; bound: the sketch's guarantee"
+    )
+    print(_table(response, sent, names))
+    print(_coverage(response.coverage), flush=True)
+    return 0
+
+
+async def _end_streams(streams: Streams) -> None:
+    """Wait for each ingest stream to send its last batch (``stop`` is set), and close
+    it; a stream that failed is said on stderr."""
+    while streams:
+        channel, task = streams.pop(0)
+        try:
+            await task
+        except grpc.RpcError as err:
+            code = err.code().name if isinstance(err, grpc.aio.AioRpcError) else "?"
+            print(f"ingest stream ended: {code}", file=sys.stderr)
+        finally:
+            await channel.close(None)

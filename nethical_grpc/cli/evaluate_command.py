@@ -5,6 +5,7 @@ an exit status a script can gate on."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -96,7 +97,11 @@ async def run_evaluate(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         return await _evaluate_many(args, actions)
-    action = read_action(args)
+    try:
+        action = read_action(args)
+    except (OSError, ValueError) as exc:  # stdin that is not UTF-8, say
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     response: Message
     if args.node:
         answer = await ask(
@@ -139,13 +144,17 @@ def _at_or_above(
     return any(e.decision >= level for e in evaluations)
 
 
-def read_actions(args: argparse.Namespace) -> list[governance_pb2.AgentAction]:
-    """The actions of ``--actions`` (a file, or ``-`` for stdin): one JSON object a line
-    in protobuf's JSON mapping of ``AgentAction`` (``agent_id`` or ``agentId``, ...;
-    blank lines skipped). The action flags fill in what a line leaves empty. A line
-    that does not parse is a ``ValueError`` naming it."""
+#: An action of ``--actions`` and the line of the file it is on.
+Numbered = tuple[int, governance_pb2.AgentAction]
+
+
+def read_actions(args: argparse.Namespace) -> list[Numbered]:
+    """The actions of ``--actions`` (a file, or ``-`` for stdin), each with its line:
+    one JSON object a line in protobuf's JSON mapping of ``AgentAction`` (``agent_id``
+    or ``agentId``, ...; blank lines skipped). The action flags fill in what a line
+    leaves empty. A line that does not parse is a ``ValueError`` naming it."""
     source = args.actions
-    actions = []
+    actions: list[Numbered] = []
     for number, line in enumerate(read_input(source).splitlines(), start=1):
         if not line.strip():
             continue
@@ -159,18 +168,17 @@ def read_actions(args: argparse.Namespace) -> list[governance_pb2.AgentAction]:
         action.stated_intent = action.stated_intent or args.intent
         for key, value in args.context:
             action.context.setdefault(key, value)
-        actions.append(action)
+        actions.append((number, action))
     if not actions:
         raise ValueError(f"no actions in {source}")
     return actions
 
 
-async def _evaluate_many(
-    args: argparse.Namespace, actions: list[governance_pb2.AgentAction]
-) -> int:
+async def _evaluate_many(args: argparse.Namespace, numbered: list[Numbered]) -> int:
     """The actions over one EvaluateStream, ``--batch`` a message; a line per result (or
-    a JSON line with ``--json``) and the count per decision. Exit 1 when an action got an
-    error, else as for one action."""
+    a JSON line with ``--json``) and the count per decision, each action named by its
+    line. Exit 1 when an action got an error, else as for one action."""
+    actions = [action for _, action in numbered]
     batches = [actions[i : i + args.batch] for i in range(0, len(actions), args.batch)]
 
     async def stream(channel: grpc.aio.Channel) -> list[governance_pb2.ActionResult]:
@@ -203,40 +211,50 @@ async def _evaluate_many(
     results = await ask(args, stream)
     if results is None:
         return 1
-    for i, r in enumerate(results):
+    for (line, _), r in zip(numbered, results, strict=True):
         if r.HasField("error"):
-            print(f"error: action {i + 1}: {r.error.message}", file=sys.stderr)
+            message = _in_action(r.error.message)
+            print(f"error: {args.actions}, line {line}: {message}", file=sys.stderr)
             for v in r.error.field_errors:
-                print(f"  {v.field}: {v.description}", file=sys.stderr)
+                print(f"  {_in_action(v.field)}: {v.description}", file=sys.stderr)
     if args.json:
         for r in results:
             print_json(r, indent=None)
     else:
-        print(results_text(actions, results))
+        print(results_text(numbered, results))
     evaluations = [r.evaluation for r in results if r.HasField("evaluation")]
     if len(evaluations) < len(results):
         return 1
     return DECISION_EXIT if _at_or_above(args, evaluations) else 0
 
 
+#: How the stream names an action within its message (``actions[3].action_text``,
+#: ``actions[3]: invalid action``): an index that is no line of the file.
+_IN_MESSAGE = re.compile(r"^actions\[\d+\](?:\.|: )")
+
+
+def _in_action(text: str) -> str:
+    """A field or an error named within its action, without its index in the message."""
+    return _IN_MESSAGE.sub("", text)
+
+
 def _error_text(error: governance_pb2.ActionError) -> str:
-    """An action's error in a line: its first field's, named within the action (the
-    stream names it within its message, ``actions[i].``), else the message."""
+    """An action's error in a line: its first field's, named within the action, else
+    the message."""
     if not error.field_errors:
-        return error.message
+        return _in_action(error.message)
     first = error.field_errors[0]
-    field = first.field.split(".", 1)[1] if first.field.startswith("actions[") else first.field
-    return f"{field}: {first.description}"
+    return f"{_in_action(first.field)}: {first.description}"
 
 
 def results_text(
-    actions: Sequence[governance_pb2.AgentAction], results: Sequence[governance_pb2.ActionResult]
+    numbered: Sequence[Numbered], results: Sequence[governance_pb2.ActionResult]
 ) -> str:
-    """A line per action (its request id or line, agent, decision, risk, first finding)
-    and the count per decision."""
+    """A line per action (its request id, else ``#`` and its line in the file; agent,
+    decision, risk, first finding) and the count per decision."""
     rows = []
-    for i, (action, r) in enumerate(zip(actions, results, strict=True)):
-        name = action.request_id or f"#{i + 1}"
+    for (line, action), r in zip(numbered, results, strict=True):
+        name = action.request_id or f"#{line}"
         if r.HasField("error"):
             rows.append([name, action.agent_id, "ERROR", "-", _error_text(r.error)])
             continue

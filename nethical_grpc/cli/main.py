@@ -10,6 +10,7 @@ import contextlib
 import copy
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Coroutine, Sequence
@@ -33,6 +34,7 @@ from nethical_grpc.cli.args import (
     parse_weight,
     parse_when,
     parse_when_or_all,
+    shown_bytes,
 )
 from nethical_grpc.security.flags import add_client_arguments, add_server_arguments
 from nethical_grpc.storage.backend import DEFAULT_AUDIT_RETENTION_DAYS, DEFAULT_MEMORY_BOUND
@@ -191,24 +193,72 @@ class _CommandParser(argparse.ArgumentParser):
     """A command's parser that also takes positional arguments after flags:
     ``ingest latency_ms --label route=/x data.txt``. Python 3.11's argparse ends a
     command's positional arguments at its first flag, so FILE there was "unrecognized";
-    what plain parsing leaves over is parsed again, intermixed. Not after ``--``, which
-    intermixed parsing does not keep (``evaluate -- "-rf /"``)."""
+    what plain parsing leaves over is parsed again, intermixed. Intermixed parsing does
+    not keep ``--``, so the words before the first ``--`` are parsed intermixed and the
+    words after it are positional arguments (``audit drop --decision block -- -rf``).
+    A word that is not UTF-8 is a usage error naming its argument: no protobuf string
+    field could carry it."""
 
     _inner = False  # set while argparse's intermixed parsing calls back in
+    _tail: list[str] | None = None  # the words after "--", for the positional pass
+    _passes = 0  # the intermixed parsing's calls so far: options, then positionals
 
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
         if self._inner:
+            self._passes += 1
+            if self._passes == 2 and self._tail is not None:
+                args = [*(args or []), "--", *self._tail]
             return super().parse_known_args(args, namespace)
         parsed, extras = super().parse_known_args(args, copy.copy(namespace))
-        if not extras or args is None or "--" in args:
-            return parsed, extras
-        self._inner = True
+        if extras and args is not None:
+            parsed, extras = self._intermixed(list(args), namespace)
+        self._refuse_non_utf8(parsed)
+        return parsed, extras
+
+    def _intermixed(
+        self, args: list[str], namespace: argparse.Namespace | None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """``args`` parsed intermixed, up to the first ``--``; the words after it are
+        positional arguments."""
+        head, self._tail = args, None
+        if "--" in args:
+            cut = args.index("--")
+            head, self._tail = args[:cut], args[cut + 1 :]
+        self._inner, self._passes = True, 0
         try:
-            return self.parse_known_intermixed_args(args, namespace)
+            return self.parse_known_intermixed_args(head, namespace)
         finally:
-            self._inner = False
+            self._inner, self._tail = False, None
+
+    def _refuse_non_utf8(self, parsed: argparse.Namespace) -> None:
+        """The usage error for a word that is not UTF-8 (argv keeps such bytes as
+        surrogate escapes); file names are left alone, their content is checked."""
+        for action in self._actions:
+            if action.dest in _FILE_ARGUMENTS:
+                continue
+            value = getattr(parsed, action.dest, None)
+            for word in _words(value):
+                try:
+                    word.encode("utf-8")
+                except UnicodeEncodeError:
+                    name = "/".join(action.option_strings) or action.metavar or action.dest
+                    self.error(f"argument {name}: not valid UTF-8: '{shown_bytes(word)}'")
+
+
+#: Arguments that name files (which may be named in any bytes): what they hold is
+#: checked when read.
+_FILE_ARGUMENTS = frozenset({"file", "actions"})
+
+
+def _words(value: object) -> list[str]:
+    """The strings in an argument's value (a string, a list of them, of pairs ...)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [word for item in value for word in _words(item)]
+    return []
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -696,11 +746,30 @@ def _setup_logging(level: str) -> None:
         logging.getLogger("grpc").setLevel(logging.INFO)
 
 
+#: The exit status of a command whose reader went away (``… | head``): a shell's for a
+#: program SIGPIPE ended, 128 + 13.
+BROKEN_PIPE_EXIT = 128 + signal.SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        return _main(argv)
+        try:
+            return _main(argv)
+        finally:  # what waits in stdout's buffer: a reader gone shows here, not at exit
+            sys.stdout.flush()
     except KeyboardInterrupt:  # Ctrl-C before the event loop runs (e.g. during imports)
         return 130
+    except BrokenPipeError:  # stdout's reader stopped reading: nothing more to say
+        _stdout_to_devnull()
+        return BROKEN_PIPE_EXIT
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush of what waits in its
+    buffer does not fail again at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -22,8 +22,8 @@ VALUES_PER_CALL = 512 * 1024
 def read_rows(source: str) -> np.ndarray:
     """The feature rows of ``source`` (a file, or ``-`` for stdin): a line each, its
     numbers separated by whitespace or commas; blank lines and ``#`` comments are left
-    out. Rows of different widths, or a token that is no number, are a ``ValueError``
-    that names the line."""
+    out. Rows of different widths, a row with no values or a token that is no number
+    are a ``ValueError`` that names the line."""
     rows: list[np.ndarray] = []
     first = 0
     for number, line in enumerate(read_input(source).splitlines(), start=1):
@@ -31,6 +31,8 @@ def read_rows(source: str) -> np.ndarray:
         if not text.strip():
             continue
         row = parse_values(text, f"{source}, line {number}")
+        if not row.size:  # only commas
+            raise ValueError(f"{source}, line {number}: a row with no values")
         if not rows:
             first = number
         elif row.size != rows[0].size:

@@ -119,14 +119,53 @@ def _stop_telemetry(handle: Any) -> None:
         handle.shutdown()
 
 
-def _announce(mesh: MeshServer, role: str, args: argparse.Namespace) -> None:
+def _tmp_of(port_file: Path) -> Path:
+    """Where the port is written first, then renamed to ``port_file`` (whole or not
+    there, for a reader that polls it)."""
+    return port_file.with_suffix(port_file.suffix + ".tmp")
+
+
+def check_port_file(port_file: Path | None) -> None:
+    """``OSError`` saying why, when ``--port-file`` could not be written (its
+    directory missing or read-only, say): checked before anything is served."""
+    if port_file is None:
+        return
+    if port_file.is_dir():
+        raise IsADirectoryError(f"--port-file {port_file} is a directory")
+    tmp = _tmp_of(port_file)
+    try:
+        tmp.write_text("")
+        tmp.unlink()
+    except OSError as exc:
+        raise OSError(f"cannot write --port-file {port_file}: {exc.strerror or exc}") from None
+
+
+async def _announce(mesh: MeshServer, role: str, args: argparse.Namespace) -> bool:
+    """Say that ``mesh`` serves and write ``--port-file``: False, the server stopped and
+    the reason logged, when the port file cannot be written after all."""
     extras = "health" if args.no_reflection else "health + reflection"
     log.info("%s serving on %s:%d (%s on)", role, args.host, mesh.port, extras)
     port_file: Path | None = args.port_file
-    if port_file is not None:
-        tmp = port_file.with_suffix(port_file.suffix + ".tmp")
+    if port_file is None:
+        return True
+    try:
+        tmp = _tmp_of(port_file)
         tmp.write_text(str(mesh.port))
         tmp.replace(port_file)
+    except OSError as exc:
+        log.error("cannot write --port-file %s: %s", port_file, exc.strerror or exc)
+        await mesh.drain(announce_s=0.0, grace_s=0.0)
+        return False
+    return True
+
+
+async def _announce_and_serve(
+    mesh: MeshServer, role: str, args: argparse.Namespace, telemetry_handle: Any
+) -> int:
+    if not await _announce(mesh, role, args):
+        _stop_telemetry(telemetry_handle)
+        return 2
+    return await _serve(mesh, args, telemetry_handle)
 
 
 async def run_region(args: argparse.Namespace) -> int:
@@ -165,6 +204,7 @@ async def run_region(args: argparse.Namespace) -> int:
         )
         privacy = _privacy_config(args)
         security = server_security_from_args(args)
+        check_port_file(args.port_file)
         stores = StoreConfig(
             cache_url=args.cache_url,
             timeseries_url=args.timeseries_url,
@@ -207,8 +247,7 @@ async def run_region(args: argparse.Namespace) -> int:
         log.error("cannot start the region node: %s", exc)
         _stop_telemetry(tel)
         return 2
-    _announce(mesh, f"region node {args.region_id}", args)
-    return await _serve(mesh, args, tel)
+    return await _announce_and_serve(mesh, f"region node {args.region_id}", args, tel)
 
 
 async def run_coordinator(args: argparse.Namespace) -> int:
@@ -233,6 +272,7 @@ async def run_coordinator(args: argparse.Namespace) -> int:
         security = server_security_from_args(args)
         upstream = client_security_from_args(args, "region-", fallback_tls=security.tls)
         gateway = gateway_config.from_arguments(args)
+        check_port_file(args.port_file)
     except (ValueError, OSError) as exc:
         log.error("bad configuration: %s", exc)
         return 2
@@ -274,5 +314,4 @@ async def run_coordinator(args: argparse.Namespace) -> int:
         log.error("cannot start the coordinator: %s", exc)
         _stop_telemetry(tel)
         return 2
-    _announce(mesh, "coordinator", args)
-    return await _serve(mesh, args, tel)
+    return await _announce_and_serve(mesh, "coordinator", args, tel)

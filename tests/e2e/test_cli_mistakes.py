@@ -296,3 +296,69 @@ def test_the_version_is_the_one_a_node_reports(node: tuple[Child, int]) -> None:
     assert m is not None, out.stdout
     info = json.loads(run("info", "--target", f"127.0.0.1:{port}", "--json").stdout)
     assert info["version"] == m.group(1)
+
+
+def run_input(data: bytes, *args: str) -> subprocess.CompletedProcess[str]:
+    """``nethical-mesh ARGS`` with ``data`` on stdin (bytes, as a pipe brings them)."""
+    out = subprocess.run(mesh_command(*args), input=data, capture_output=True, timeout=60)
+    return subprocess.CompletedProcess(
+        out.args, out.returncode, out.stdout.decode(errors="replace"), out.stderr.decode()
+    )
+
+
+@pytest.mark.parametrize("role", ["region", "coordinator"])
+def test_a_port_file_that_cannot_be_written(role: str, tmp_path: Path) -> None:
+    """Before, the server started, then the port file's write was a traceback."""
+    extra = (
+        ["--region-id", "r1", "--no-evaluate"]
+        if role == "region"
+        else ["--region", "r1=127.0.0.1:1"]
+    )
+    port_file = tmp_path / "no-such-dir" / "port"
+    out = run(role, *extra, "--port", "0", "--port-file", str(port_file))
+    assert_clear_failure(out, f"cannot write --port-file {port_file}: No such file")
+    assert "serving on" not in out.stderr  # refused before it served
+    assert_clear_failure(
+        run(role, *extra, "--port", "0", "--port-file", str(tmp_path)), "is a directory"
+    )
+
+
+def test_a_score_row_of_only_commas() -> None:
+    """Before, a ZeroDivisionError traceback."""
+    out = run_input(b"# rows\n,\n", "score", "--target", "127.0.0.1:1")
+    assert_clear_failure(out, "-, line 2: a row with no values")
+
+
+NOT_UTF8 = b"caf\xe9 DROP TABLE x\n"  # Latin-1
+
+
+@pytest.mark.parametrize(
+    ("data", "args", "words"),
+    [
+        (NOT_UTF8, ["evaluate", "-", "--node"], "stdin, line 1: not valid UTF-8"),
+        (b"ok\n" + NOT_UTF8, ["evaluate", "--actions", "-"], "stdin, line 2: not valid UTF-8"),
+        (b"1 2\n3 \xe9\n", ["ingest", "lat"], "stdin, line 2: not valid UTF-8"),
+        (b"1 2\n\xff\n", ["score"], "stdin, line 2: not valid UTF-8"),
+        (b"1\n", ["ingest", "lat", "--label", "k=caf\udce9"], "argument --label: not valid UTF-8"),
+        (b"", ["audit", "caf\udce9"], "argument QUERY: not valid UTF-8: 'caf\\xe9'"),
+        (b"", ["query", "caf\udce9"], "argument METRIC: not valid UTF-8"),
+        (b"", ["metrics", "--agent-id", "\udcff"], "argument --agent-id: not valid UTF-8"),
+    ],
+)
+def test_input_that_is_not_utf8(data: bytes, args: list[str], words: str) -> None:
+    """Bytes that are not UTF-8, from stdin or the command line (where Python keeps them
+    as surrogate escapes): before, a UnicodeEncodeError traceback (or, from --label, a
+    bare CancelledError) once protobuf met them."""
+    out = run_input(data, *args, "--target", "127.0.0.1:1")
+    assert_clear_failure(out, words)
+
+
+def test_a_demo_whose_region_does_not_start() -> None:
+    """Before, the child's RuntimeError was a traceback."""
+    out = run("demo", "--regions", "1", "--duration", "2", env={"NETHICAL_METRICS_PORT": "99999"})
+    assert out.returncode == 1, out.stderr[-2000:]
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1, out.stderr[-2000:]
+    assert lines[0].startswith("demo: us-east-1 exited with 2: "), lines
+    assert "--metrics-port: port must be in 0..65535" in lines[0]
+    assert "(logs in " in lines[0]

@@ -182,7 +182,7 @@ def test_cli_evaluate_a_file_of_actions(cluster: dict, tmp_path: Path) -> None: 
     ]
     assert out.stdout.splitlines()[-1] == "5 actions: ALLOW 2, BLOCK 1, TERMINATE 1, ERROR 1"
     assert "action_text: must not be empty" in out.stdout
-    assert "error: action 4:" in out.stderr and "Traceback" not in out.stderr
+    assert f"error: {path}, line 4: " in out.stderr and "Traceback" not in out.stderr
 
     as_json = run_cli("evaluate", *flags, "--json", "--fail-at", "block", *gateway)
     results = [json.loads(line) for line in as_json.stdout.splitlines()]

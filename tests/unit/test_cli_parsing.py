@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
+from nethical_grpc.cli.args import parse_duration_ns
 from nethical_grpc.cli.main import build_parser
 
 
@@ -53,3 +56,81 @@ def test_what_is_left_over_is_still_an_error(
         build_parser().parse_args(argv)
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "fields"),
+    [
+        # the words before "--" parsed intermixed, those after it positional
+        (["audit", "drop", "--decision", "block", "--", "-rf"], {"query": ["drop", "-rf"]}),
+        (["ingest", "lat", "--label", "a=b", "--", "data.txt"], {"file": "data.txt"}),
+        (["ingest", "--label", "a=b", "lat", "--", "-"], {"metric": "lat", "file": "-"}),
+        (
+            ["query", "m1", "--since", "5m", "--", "--json", "-x"],
+            {"metrics": ["m1", "--json", "-x"], "json": False},
+        ),
+        (
+            ["evaluate", "--context", "a=b", "--node", "--", "--agent-id"],
+            {"text": "--agent-id", "agent_id": "cli", "context": [("a", "b")]},
+        ),
+    ],
+)
+def test_after_a_double_dash_every_word_is_positional(
+    argv: list[str], fields: dict[str, object]
+) -> None:
+    args = build_parser().parse_args(argv)
+    assert {name: getattr(args, name) for name in fields} == fields
+
+
+def test_a_double_dash_does_not_hide_a_word_too_many(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(["evaluate", "x", "--context", "a=b", "--", "y"])
+    assert stop.value.code == 2
+    assert "unrecognized arguments: y" in capsys.readouterr().err
+
+
+LATIN1 = "caf\udce9"  # b"caf\xe9" as Python keeps it from argv: not UTF-8
+
+
+@pytest.mark.parametrize(
+    ("argv", "name"),
+    [
+        (["ingest", "lat", "--label", f"k={LATIN1}"], "argument --label"),
+        (["ingest", LATIN1], "argument METRIC"),
+        (["audit", "drop", LATIN1], "argument QUERY"),
+        (["query", LATIN1, "--since", "5m"], "argument METRIC"),
+        (["query", "--group-by", LATIN1], "argument --group-by"),
+        (["evaluate", LATIN1, "--node"], "argument TEXT"),
+        (["evaluate", "x", "--agent-id", LATIN1], "argument --agent-id"),
+        (["profile", LATIN1], "argument AGENT"),
+    ],
+)
+def test_a_word_that_is_not_utf8_is_a_usage_error(
+    argv: list[str], name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{name}: not valid UTF-8: 'caf\\xe9'" in err, err
+
+
+def test_a_file_name_that_is_not_utf8_is_a_file_name() -> None:
+    args = build_parser().parse_args(["ingest", "lat", f"{LATIN1}.txt"])
+    assert args.file == f"{LATIN1}.txt"
+    assert build_parser().parse_args(["evaluate", "--actions", LATIN1]).actions == LATIN1
+
+
+@pytest.mark.parametrize("text", ["0.5ns", "0.9ns", "0.0000000001", "0.0005us"])
+def test_a_duration_under_a_nanosecond_is_refused(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="under 1ns"):
+        parse_duration_ns(text)
+
+
+def test_durations_of_a_nanosecond_and_more_are_kept() -> None:
+    assert parse_duration_ns("1ns") == 1
+    assert parse_duration_ns("1.5ns") == 1
+    assert parse_duration_ns("0.001us") == 1
+    assert parse_duration_ns("2s") == 2_000_000_000
+    with pytest.raises(argparse.ArgumentTypeError, match="must be positive"):
+        parse_duration_ns("0")

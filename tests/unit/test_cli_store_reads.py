@@ -158,3 +158,13 @@ def test_score_calls_carry_every_row_once_in_order(rows: int, width: int) -> Non
 def test_a_wide_file_takes_several_calls() -> None:
     data = np.ones((3 * VALUES_PER_CALL // 64 + 1, 64))
     assert len(list(score_requests(data))) == 4
+
+
+@pytest.mark.parametrize("content", [",\n", "1 2\n, ,\n", ",,\n1 2\n"])
+def test_a_row_of_only_commas_is_refused_by_its_line(tmp_path: Path, content: str) -> None:
+    """Before, a row of no values was a ZeroDivisionError when the calls were cut."""
+    path = tmp_path / "rows.txt"
+    path.write_text(content)
+    line = next(n for n, text in enumerate(content.splitlines(), 1) if not text.strip(", "))
+    with pytest.raises(ValueError, match=rf"rows.txt, line {line}: a row with no values"):
+        read_rows(str(path))
