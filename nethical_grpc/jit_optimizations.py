@@ -27,8 +27,9 @@ combined left to right and the ``n % 32`` tail added last.  NumPy reproduces thi
 axis-0 reduction of an ``(n // 32, 32)`` view (a sequential element-wise accumulation per
 column) and Numba vectorises the inner 32-lane loop, so both paths give bit-identical
 results.  Quartiles and medians are order statistics combined with NumPy's interpolation
-formula, so they and the outlier masks are bit-identical too.  The similarity and decay
-kernels agree to ``rtol=1e-12``; the moving average to ``1e-9`` of the data's magnitude.
+formula, so they and the outlier masks are bit-identical too.  The moving average is
+bit-identical as well (the same compensated prefix sums, in the same order).  The
+similarity and decay kernels agree to ``rtol=1e-12``.
 """
 
 from __future__ import annotations
@@ -564,41 +565,82 @@ def calculate_statistics_jit(values: npt.ArrayLike) -> StatsTuple:
 # --------------------------------------------------------------------------------------------
 
 
+#: Past this bound on ``n * max|x|`` the prefix sums could overflow: the values are scaled
+#: down by a power of two first (exact), and the means scaled back up.
+_PREFIX_SUM_LIMIT_EXP: Final = 1000
+
+
+def _moving_average_shift_py(biggest: float, n: int) -> int:
+    """The power of two (``k``: values times ``2**-k``) that keeps prefix sums of ``n``
+    values of magnitude at most ``biggest`` below ``2**_PREFIX_SUM_LIMIT_EXP``; 0 when
+    they stay below it unscaled.  The NumPy path calls it as is, the Numba kernel
+    compiled (:data:`_moving_average_shift`)."""
+    if biggest == 0.0:
+        return 0
+    shift = math.frexp(biggest)[1] + math.frexp(float(n))[1] - _PREFIX_SUM_LIMIT_EXP
+    return shift if shift > 0 else 0
+
+
+_moving_average_shift = maybe_njit()(_moving_average_shift_py)
+
+
 @maybe_njit()
 def _moving_average_kernel(x: FloatArray, window: int) -> FloatArray:
     n = x.shape[0]
     out = np.empty(n, dtype=np.float64)
+    if n == 0:
+        return out
+    biggest = 0.0
+    for i in range(n):
+        v = abs(x[i])
+        if v - v == 0.0 and v > biggest:  # finite
+            biggest = v
+    shift = _moving_average_shift(biggest, n)
+    # a mean lies within the values (scaled): rounding may take it one step past, and the
+    # scaling back past the largest double
+    bound = math.ldexp(biggest, -shift)
+    # prefix sums of the finite values (scaled) and their Neumaier compensation, kept
+    # apart; a window is (s - s_then) + (comp - comp_then), "then" its start's prefix
+    # (the last `window` prefixes are kept in a ring)
+    m = min(window, n)
+    ring_s = np.zeros(m, dtype=np.float64)
+    ring_comp = np.zeros(m, dtype=np.float64)
+    ring_count = np.zeros(m, dtype=np.int64)
     s = 0.0
     comp = 0.0
     count = 0
+    j = 0
     for i in range(n):
         v = x[i]
-        if v - v == 0.0:  # finite: add with Neumaier compensation
-            t = s + v
-            if abs(s) >= abs(v):
-                comp += (s - t) + v
-            else:
-                comp += (v - t) + s
-            s = t
+        if v - v == 0.0:  # finite
+            if shift:
+                v = math.ldexp(v, -shift)
             count += 1
+        else:
+            v = 0.0
+        t = v if i == 0 else s + v
+        if abs(s) >= abs(v):  # the exact rounding error of s + v
+            comp += (s - t) + v
+        else:
+            comp += (v - t) + s
+        s = t
         if i >= window:
-            v = x[i - window]
-            if v - v == 0.0:  # finite: subtract with Neumaier compensation
-                v = -v
-                t = s + v
-                if abs(s) >= abs(v):
-                    comp += (s - t) + v
-                else:
-                    comp += (v - t) + s
-                s = t
-                count -= 1
-        if count > 0:
-            out[i] = (s + comp) / count
+            c = count - ring_count[j]
+            total = (s - ring_s[j]) + (comp - ring_comp[j])
+        else:
+            c = count
+            total = s + comp
+        ring_s[j] = s
+        ring_comp[j] = comp
+        ring_count[j] = count
+        j = j + 1 if j + 1 < m else 0
+        if c > 0:
+            mean = total / c
+            if shift:
+                mean = math.ldexp(min(max(mean, -bound), bound), shift)
+            out[i] = mean
         else:
             out[i] = np.nan
-        if count == 0:
-            s = 0.0
-            comp = 0.0
     return out
 
 
@@ -612,21 +654,43 @@ def _moving_average_numpy(values: FloatArray, window: int) -> FloatArray:
     if n == 0:
         return np.empty(0, dtype=np.float64)
     finite = np.isfinite(values)
-    shift = float(np.mean(values, where=finite)) if bool(finite.any()) else 0.0
-    centred = np.where(finite, values - shift, 0.0)
-    csum = np.empty(n + 1, dtype=np.float64)
-    csum[0] = 0.0
-    np.cumsum(centred, out=csum[1:])
-    ccount = np.empty(n + 1, dtype=np.int64)
-    ccount[0] = 0
-    np.cumsum(finite, out=ccount[1:])
-    start = np.maximum(np.arange(1, n + 1) - window, 0)
-    wsum = csum[1:] - csum[start]
-    wcount = ccount[1:] - ccount[start]
+    x = np.where(finite, values, 0.0)
+    biggest = float(np.max(np.abs(x)))
+    shift = _moving_average_shift_py(biggest, n)
+    if shift:
+        np.ldexp(x, -shift, out=x)
+    sums = np.cumsum(x)
+    # the exact rounding error of each prefix addition sums[i - 1] + x[i] (Knuth's
+    # two-sum, element-wise; the same error the Numba loop finds with Neumaier's test):
+    # their cumulative sum is that loop's compensation, summed in the same order
+    prev = np.empty(n, dtype=np.float64)
+    prev[0] = 0.0
+    prev[1:] = sums[:-1]
+    added = sums - prev
+    errors = sums - added
+    np.subtract(prev, errors, out=errors)
+    x -= added
+    errors += x
+    errors[0] = 0.0  # the first prefix is the first value itself
+    comps = np.cumsum(errors, out=errors)
+    counts = np.cumsum(finite, dtype=np.int64)
+    if n > window:
+        total = np.empty(n, dtype=np.float64)
+        np.add(sums[:window], comps[:window], out=total[:window])
+        tail = np.subtract(sums[window:], sums[:-window], out=total[window:])
+        tail += comps[window:] - comps[:-window]
+        wcount = counts.copy()
+        wcount[window:] -= counts[:-window]
+    else:
+        total = sums + comps
+        wcount = counts
     out = np.full(n, np.nan, dtype=np.float64)
     has = wcount > 0
-    np.divide(wsum, wcount, out=out, where=has)
-    np.add(out, shift, out=out, where=has)
+    np.divide(total, wcount, out=out, where=has)
+    if shift:  # as in the Numba kernel: no rounding past the values, then scaled back
+        bound = math.ldexp(biggest, -shift)
+        np.clip(out, -bound, bound, out=out)
+        np.ldexp(out, shift, out=out, where=has)
     return out
 
 
@@ -636,9 +700,13 @@ def calculate_moving_average_jit(values: npt.ArrayLike, window: int) -> FloatArr
     ``out[i]`` is the mean of the finite values among ``values[max(0, i - window + 1) : i + 1]``:
     the first ``window - 1`` entries average what is available so far (an expanding mean),
     and non-finite entries (NaN, +-inf) are treated as missing.  A window without any
-    finite value gives NaN.  O(n): the Numba path keeps a running window sum with Neumaier
-    compensation; the NumPy path differences cumulative sums of the values centred on
-    their mean (which keeps the partial sums, and so the cancellation error, small).
+    finite value gives NaN.  O(n): both paths difference prefix sums carried with Neumaier
+    compensation (sum and compensation kept apart, so a huge value that left the window
+    leaves nothing of itself behind: ``[1e20, 1, 2, 3]`` with a window of 2 ends in
+    ``1.5, 2.5``), the Numba path in a loop, the NumPy path with cumulative sums and
+    element-wise error terms, in the same order, so they agree.  Values so large that the
+    prefix sums could overflow (``n * max|x|`` past ``2**1000``) are scaled down by a
+    power of two first and the means scaled back: finite inputs never give NaN.
     Raises ``ValueError`` unless ``window`` is an integer ``>= 1``.
     """
     if isinstance(window, bool) or not isinstance(window, int | np.integer):

@@ -21,7 +21,10 @@ calls (with it, about eight, at 16 concurrent callers).  That wait sleeps until 
 arrives (the loop is not turned meanwhile).  Lone calls under light load wait for one or
 two idle turns of the loop, and no call waits more than ``COALESCE_MAX_WAIT_NS``; a batch
 cut short by that bound lowers the next batch's wait.  Each outcome's latency runs from
-its own arrival to its batch's end.
+its own arrival to its batch's end.  The batch's rows go to the model in one call; when it
+fails, each action runs again on its own, and only the callers whose actions fail get the
+error.  A caller that goes away (cancelled, past its deadline) while its batch waits for
+the model is left out: nothing of it is evaluated or recorded.
 
 A stream's batches go through :meth:`Evaluator.begin` (a large batch's rule detection
 starts in the node's worker processes, :mod:`nethical_grpc.governance.detect_pool`) and
@@ -112,6 +115,12 @@ class RiskModel(Protocol):
     ) -> npt.NDArray[np.float64]:
         """Probability of harm per row (micro-batched with other callers unless the rows
         are ``batched`` already)."""
+        ...
+
+    async def probabilities_apart(self, rows: npt.NDArray[np.float32]) -> list[float | Exception]:
+        """Probability of harm per row, each row a different caller's: the probability, or
+        the exception the model raised on that row alone (a row the model fails on fails
+        no other)."""
         ...
 
 
@@ -293,17 +302,18 @@ class Evaluator:
                     else COALESCE_QUIET_TURNS
                 )
                 try:
-                    outcomes = await self._evaluate(
-                        [r for r, _, _ in batch], [t for _, t, _ in batch], admit=False
+                    # answers its callers itself, leaving out those gone meanwhile
+                    await self._evaluate(
+                        [r for r, _, _ in batch],
+                        [t for _, t, _ in batch],
+                        admit=False,
+                        callers=[f for _, _, f in batch],
                     )
                 except Exception as exc:  # the batch's callers get the error, and only they
                     for _, _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
                     continue
-                for (_, _, future), outcome in zip(batch, outcomes, strict=True):
-                    if not future.done():
-                        future.set_result(outcome)
         finally:
             self._coalescer = None
             # cancelled (the loop is closing): nobody is left to answer these callers
@@ -357,14 +367,41 @@ class Evaluator:
         batches: Sequence[PendingBatch] = (),
         *,
         admit: bool = True,
+        callers: Sequence[asyncio.Future[Outcome]] | None = None,
     ) -> list[Outcome]:
+        """Evaluate and record ``requests``.  ``callers`` (coalesced unary calls): each
+        request's caller, answered here with its outcome; a caller whose action the model
+        fails on gets that error, and only it; a caller gone (cancelled, past its deadline)
+        while the model ran is left out: nothing of it is evaluated or recorded.  The
+        outcomes returned are those of the callers answered."""
         if admit and self.admission is not None:
             await self.admission()
         actions = [r.action for r in requests]
         rows = self.model.features(actions)
-        probabilities: list[float] = (await self.model.probabilities(rows, batched=True)).tolist()
+        probabilities: list[float]
+        if callers is None:
+            probabilities = (await self.model.probabilities(rows, batched=True)).tolist()
+        else:
+            answers = await self.model.probabilities_apart(rows)
+            probabilities = [0.0 if isinstance(a, Exception) else a for a in answers]
+            for future, answer in zip(callers, answers, strict=True):
+                if isinstance(answer, Exception) and not future.done():
+                    future.set_exception(answer)
         # the workers' findings (they detected while the model ran), if any went to them
         findings = await _findings_of(batches)
+        if callers is not None:
+            # those failed above are done too
+            live = [i for i, future in enumerate(callers) if not future.done()]
+            if len(live) < len(callers):
+                requests = [requests[i] for i in live]
+                arrived_ns = [arrived_ns[i] for i in live]
+                actions = [actions[i] for i in live]
+                probabilities = [probabilities[i] for i in live]
+                callers = [callers[i] for i in live]
+                if findings is not None:
+                    findings = [findings[i] for i in live]
+            if not live:
+                return []
         evaluations: list[Evaluation] = []
         for start in range(0, len(actions), EVALUATE_CHUNK):
             if start:
@@ -389,6 +426,10 @@ class Evaluator:
         ]
         self._record(outcomes, now)
         self.evaluated += len(outcomes)
+        if callers is not None:
+            for future, outcome in zip(callers, outcomes, strict=True):
+                if not future.done():
+                    future.set_result(outcome)
         return outcomes
 
     async def profile(self, agent_id: str) -> Profile | None:

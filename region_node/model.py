@@ -20,7 +20,7 @@ from nethical_grpc.governance.detectors import Action
 from nethical_grpc.inference.engine import InferenceEngine
 from nethical_grpc.inference.errors import ModelLoadError
 from nethical_grpc.inference.features import FEATURE_VERSION, action_features
-from nethical_grpc.inference.microbatch import MicroBatcher
+from nethical_grpc.inference.microbatch import Answer, MicroBatcher, answer_apart
 from nethical_grpc.inference.threads import limit_threads
 from nethical_grpc.model_info import ModelSummary
 
@@ -153,6 +153,29 @@ class NodeModel:
             self.engine.validate_input(rows)
             return await asyncio.to_thread(self.engine.predict_batch, rows)
         return await self._batcher_now().submit_many(rows)
+
+    async def probabilities_apart(self, rows: npt.NDArray[np.float32]) -> list[float | Exception]:
+        """Probability of harm per row, each row a different caller's (the evaluator's
+        coalesced single calls): a row's answer is its probability, or the exception the
+        model raised on that row alone, so a row the model fails on fails no other.
+
+        The rows go to the model in one call, as with ``batched=True`` (straight to the
+        engine on a CPU, through the micro-batcher elsewhere); only when that call fails
+        does each row run again on its own (:func:`answer_apart`, the micro-batcher's own
+        isolation).
+        """
+        n = int(rows.shape[0])
+        answers: list[Answer]
+        if self.engine.device == "cpu":
+            engine = self.engine
+
+            async def call(part: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+                return engine.predict_batch(part)  # validates the rows
+
+            answers = await answer_apart(call, rows, [1] * n)
+        else:
+            answers = await self._batcher_now().submit_apart(rows)
+        return [a if isinstance(a, Exception) else float(a[0]) for a in answers]
 
     async def close(self) -> None:
         if self._batcher is not None:

@@ -5,8 +5,9 @@ a model whose contract is:
 
 * input: an ``(n, FEATURE_WIDTH)`` batch, ``float32`` (or ``int64`` token ids for a model
   that only accepts integers, e.g. one starting with an embedding);
-* output: probabilities of harm in ``[0, 1]``, shape ``(n,)`` or ``(n, 1)``; a tuple or
-  list output is allowed, its first element is used.
+* output: probabilities of harm in ``[0, 1]``, shape ``(n,)`` or ``(n, 1)`` (or ``()``
+  for one row: a model ending in ``.squeeze()``); a tuple or list output is allowed, its
+  first element is used.
 
 Backends, chosen at construction:
 
@@ -88,6 +89,9 @@ MODEL_META_FILE: Final = "nethical_meta.json"
 PRECISIONS: Final = ("fp32", "fp16", "bf16")
 _BACKENDS: Final = ("auto", "torch", "numpy")
 _PROBE_ROWS: Final = 2
+#: How far outside [0, 1] an answer may lie (rounding of a reduced-precision sigmoid) and
+#: still be taken, clipped; farther is an InferenceError.
+_RANGE_TOLERANCE: Final = 1e-6
 _GIB: Final = float(2**30)
 _EMBEDDING_MODULES: Final = ("Embedding", "EmbeddingBag")
 
@@ -330,20 +334,17 @@ class InferenceEngine:
         """One call on ``x``; :class:`ModelLoadError` unless it answers ``(2,)`` probabilities.
 
         The error's ``__cause__`` is the :class:`InferenceError` from :meth:`_run` when the
-        call failed (whose own ``__cause__`` is the model's exception, if it raised).
+        call failed or answered values that are not probabilities in ``[0, 1]`` (whose own
+        ``__cause__`` is the model's exception, if it raised).  Every later call is held to
+        the same contract (a model that answers zeros here and logits later fails there).
         """
         try:
-            out = self._run(x)
+            self._run(x)
         except InferenceError as exc:
             raise ModelLoadError(
                 f"{self.model_path}: the probe call with a {x.shape} {x.dtype} zero batch "
                 f"failed: {exc}"
             ) from exc
-        if not bool(np.all((out >= 0.0) & (out <= 1.0))):
-            raise ModelLoadError(
-                f"{self.model_path}: the probe call returned {out.tolist()}, not probabilities "
-                "in [0, 1] (does the model end with a sigmoid?)"
-            )
 
     def _setup_precision(self) -> None:
         torch = self._torch
@@ -470,7 +471,8 @@ class InferenceEngine:
         ``x`` is validated as by :meth:`validate_input` (``ValueError`` on bad input; on
         CUDA the finiteness check runs on the device).  An empty batch returns an empty
         array without calling the model.  Raises :class:`InferenceError` if the model
-        itself fails or returns a wrong shape or non-finite values.
+        itself fails or returns a wrong shape, non-finite values or values outside
+        ``[0, 1]``.
         """
         out, given = self._coerce(x)
         on_device = self._on_cuda() and self.input_kind == "float"
@@ -501,7 +503,7 @@ class InferenceEngine:
         the finiteness check on the device, fused into the read-back of the results."""
         n = int(arr.shape[0])
         if self._mlp is not None:
-            return _finite_answers(self._mlp.predict(arr), n)
+            return _probability_answers(self._mlp.predict(arr), n)
         torch = self._torch
         device = self.device
         autocast: Any = contextlib.nullcontext()
@@ -520,7 +522,8 @@ class InferenceEngine:
                 if not isinstance(out, torch.Tensor):
                     raise InferenceError(f"the model returned {type(out).__name__}, not a tensor")
                 shape = tuple(out.shape)
-                if shape not in ((n,), (n, 1)):
+                # a model ending in .squeeze() answers one row with a 0-d tensor
+                if shape not in ((n,), (n, 1)) and not (n == 1 and shape == ()):
                     raise InferenceError(
                         f"the model returned shape {shape} for {n} rows; expected ({n},) or "
                         f"({n}, 1)"
@@ -549,7 +552,7 @@ class InferenceEngine:
         overflowed = ~np.isfinite(probs)
         if overflowed.any() and self.input_kind == "float":
             probs[overflowed] = self._in_float64(arr[overflowed])
-        return _finite_answers(probs, n)
+        return _probability_answers(probs, n)
 
     def _in_float64(self, rows: npt.NDArray[Any]) -> Float64Array:
         """Rows of huge finite values on which the float32 (or fp16 / bf16) run overflowed
@@ -779,7 +782,18 @@ class InferenceEngine:
         }
 
 
-def _finite_answers(probs: Float64Array, n: int) -> Float64Array:
+def _probability_answers(probs: Float64Array, n: int) -> Float64Array:
+    """``probs`` if they are probabilities: :class:`InferenceError` for a non-finite value or
+    one outside ``[0, 1]`` by more than ``_RANGE_TOLERANCE`` (a logit, a model without its
+    sigmoid); values within the tolerance are clipped into ``[0, 1]``."""
     if not np.isfinite(probs).all():
         raise InferenceError(f"the model returned non-finite values for a batch of {n}")
+    outside = (probs < -_RANGE_TOLERANCE) | (probs > 1.0 + _RANGE_TOLERANCE)
+    if outside.any():
+        row = int(np.argmax(outside))
+        raise InferenceError(
+            f"the model returned {float(probs[row])!r} at row {row} of a batch of {n}: not "
+            "probabilities in [0, 1] (does the model end with a sigmoid?)"
+        )
+    np.clip(probs, 0.0, 1.0, out=probs)
     return probs

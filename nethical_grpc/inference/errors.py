@@ -7,8 +7,8 @@
 * :class:`UnsupportedPrecisionError`: the requested precision cannot run on the chosen
   device or backend.  A ``ValueError``, since it is a configuration error.
 * :class:`InferenceError`: the model failed while scoring an accepted batch (for instance an
-  embedding index out of range, or non-finite outputs).  Bad input is reported as
-  ``ValueError`` before the model runs, never as this.
+  embedding index out of range, non-finite outputs, or outputs outside [0, 1]).  Bad
+  input is reported as ``ValueError`` before the model runs, never as this.
 """
 
 from __future__ import annotations

@@ -10,8 +10,12 @@ batch function ``fn`` (e.g. :meth:`InferenceEngine.predict_batch
   batcher owns), so the event loop stays free; rows queued meanwhile form the next batch;
 * each caller gets the entries of ``fn``'s result that belong to its rows; when ``fn``
   raises (or answers with the wrong shape) for a batch of several callers, each caller's
-  rows run again on their own, so only the callers whose rows fail get the exception;
-* a caller that is cancelled before its batch starts is left out of it;
+  rows run again on their own, so only the callers whose rows fail get the exception
+  (:func:`answer_apart`, which a caller that stacked several callers' rows itself uses too);
+  :meth:`MicroBatcher.submit_apart` queues such stacked rows one caller (row) at a time and
+  answers each row with its result or its own exception;
+* a caller that is cancelled before its batch starts is left out of it, and its rows no
+  longer count towards a full batch;
 * :meth:`MicroBatcher.close` stops accepting rows, finishes every queued row, and then shuts
   down the batcher's own thread pool.
 
@@ -24,21 +28,49 @@ loop of its first submit.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from nethical_grpc.event_wait import wait_until
 
-__all__ = ["BatchStats", "MicroBatcher"]
+__all__ = ["Answer", "BatchStats", "MicroBatcher", "answer_apart"]
 
 BatchFn = Callable[[npt.NDArray[Any]], npt.ArrayLike]
 Validator = Callable[[npt.NDArray[Any]], object]
+#: One caller's share of a shared call: its results, or the exception its rows met.
+Answer = npt.NDArray[np.float64] | Exception
+
+
+async def answer_apart(
+    call: Callable[[npt.NDArray[Any]], Awaitable[npt.NDArray[np.float64]]],
+    rows: npt.NDArray[Any],
+    sizes: Sequence[int],
+) -> list[Answer]:
+    """Several callers' ``rows`` (stacked, ``sizes[i]`` rows for caller ``i``) in one
+    ``call``, each caller's share of its ``(n,)`` answer; when ``call`` raises (an
+    ``Exception``) for several callers, each caller's rows are called again on their own,
+    so only the callers whose own rows fail get an exception (their entry in the list).
+    Anything else ``call`` raises (a cancellation) propagates."""
+    try:
+        result = await call(rows)
+    except Exception as exc:
+        if len(sizes) == 1:
+            return [exc]
+        answers: list[Answer] = []
+        start = 0
+        for size in sizes:
+            answers += await answer_apart(call, rows[start : start + size], (size,))
+            start += size
+        return answers
+    bounds = np.cumsum([0, *sizes])
+    return [result[bounds[i] : bounds[i + 1]] for i in range(len(sizes))]
 
 
 @dataclass
@@ -63,6 +95,8 @@ class _Entry:
     future: asyncio.Future[npt.NDArray[np.float64]]
     queued_at: float
     size: int
+    # its rows count in MicroBatcher._queued_rows (until taken, or its caller goes away)
+    counted: bool = True
 
 
 class MicroBatcher:
@@ -149,29 +183,57 @@ class MicroBatcher:
         chunks = [arr[i : i + self.max_batch] for i in range(0, arr.shape[0], self.max_batch)]
         return await self._enqueue(chunks)
 
+    async def submit_apart(self, rows: npt.ArrayLike) -> list[Answer]:
+        """Queue a 2-D array whose rows are different callers' (rows a caller stacked
+        itself), each row on its own as if :meth:`submit` had queued it: one answer per
+        row, its results (shape ``(1,)``) or the exception that row met (from ``validate``
+        or ``fn``), so one row's failure is never another's.  Raises ``ValueError`` for an
+        array that is not 2-D, ``RuntimeError`` after :meth:`close`."""
+        arr = np.asarray(rows)
+        if arr.ndim != 2:
+            raise ValueError(f"submit_apart() takes a 2-D array of rows, got shape {arr.shape}")
+        if self._closing:
+            raise RuntimeError("the micro-batcher is closed")
+        n = int(arr.shape[0])
+        answers: list[Answer | None] = [None] * n
+        chunks: list[npt.NDArray[Any]] = []
+        try:  # every row at once (the usual case), then row by row to find the bad ones
+            checked = self._checked(arr)
+            chunks = [checked[i : i + 1] for i in range(n)]
+            queued = list(range(n))
+        except Exception:
+            queued = []
+            for i in range(n):
+                try:
+                    chunks.append(self._checked(arr[i : i + 1]))
+                    queued.append(i)
+                except Exception as exc:
+                    answers[i] = exc
+        if chunks:
+            futures = self._queue_chunks(chunks)
+            try:
+                results = await asyncio.gather(*futures, return_exceptions=True)
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+            for i, result in zip(queued, results, strict=True):
+                if isinstance(result, BaseException) and not isinstance(result, Exception):
+                    raise result  # the batcher stopped (cancelled)
+                answers[i] = result
+        return cast(list[Answer], answers)  # every row has its answer now
+
+    def _checked(self, chunk: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """``chunk`` as ``validate`` checked (and maybe converted) it."""
+        if self._validate is None:
+            return chunk
+        result = self._validate(chunk)
+        return result if isinstance(result, np.ndarray) else chunk
+
     async def _enqueue(self, chunks: list[npt.NDArray[Any]]) -> npt.NDArray[np.float64]:
         if self._closing:
             raise RuntimeError("the micro-batcher is closed")
-        if self._validate is not None:
-            checked = []
-            for chunk in chunks:
-                result = self._validate(chunk)
-                checked.append(result if isinstance(result, np.ndarray) else chunk)
-            chunks = checked
-        loop = asyncio.get_running_loop()
-        self._ensure_worker(loop)
-        assert self._wake is not None
-        futures = []
-        now = loop.time()
-        was_idle = not self._queue
-        for chunk in chunks:
-            fut: asyncio.Future[npt.NDArray[np.float64]] = loop.create_future()
-            size = int(chunk.shape[0])
-            self._queue.append(_Entry(chunk, fut, now, size))
-            self._queued_rows += size
-            futures.append(fut)
-        if was_idle or self._queued_rows >= self.max_batch:
-            self._wake.set()  # the worker waits for a first row or for a full batch
+        futures = self._queue_chunks([self._checked(chunk) for chunk in chunks])
         if len(futures) == 1:
             return await futures[0]
         try:
@@ -181,6 +243,35 @@ class MicroBatcher:
                 f.cancel()
             raise
         return np.concatenate(parts)
+
+    def _queue_chunks(
+        self, chunks: list[npt.NDArray[Any]]
+    ) -> list[asyncio.Future[npt.NDArray[np.float64]]]:
+        """Queue checked chunks, one entry each; their futures."""
+        loop = asyncio.get_running_loop()
+        self._ensure_worker(loop)
+        assert self._wake is not None
+        futures = []
+        now = loop.time()
+        was_idle = not self._queue
+        for chunk in chunks:
+            fut: asyncio.Future[npt.NDArray[np.float64]] = loop.create_future()
+            entry = _Entry(chunk, fut, now, int(chunk.shape[0]))
+            # a caller that goes away no longer counts towards a full batch
+            fut.add_done_callback(functools.partial(self._uncount, entry))
+            self._queue.append(entry)
+            self._queued_rows += entry.size
+            futures.append(fut)
+        if was_idle or self._queued_rows >= self.max_batch:
+            self._wake.set()  # the worker waits for a first row or for a full batch
+        return futures
+
+    def _uncount(self, entry: _Entry, _future: object = None) -> None:
+        """Stop counting ``entry``'s rows as queued (once: taken, or its caller gone; also
+        its future's done-callback, which passes the future)."""
+        if entry.counted:
+            entry.counted = False
+            self._queued_rows -= entry.size
 
     def _ensure_worker(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._loop is None:
@@ -198,12 +289,13 @@ class MicroBatcher:
         loop = self._loop
         try:
             while self._queue or not self._closing:
+                self._drop_gone_at_front()
                 if not self._queue:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
                 await wait_until(
-                    lambda: self._queued_rows >= self.max_batch or self._closing,
+                    lambda: self._full() or self._closing,
                     self._wake,
                     self._queue[0].queued_at + self.max_delay_s,
                 )
@@ -214,6 +306,24 @@ class MicroBatcher:
             self._fail_all(exc)
             raise
 
+    def _drop_gone_at_front(self) -> None:
+        """Pop the entries at the queue's front whose callers went away (the oldest live
+        one's age is what the wait for ``max_delay_s`` goes by)."""
+        queue = self._queue
+        while queue and queue[0].future.done():
+            self._uncount(queue.popleft())
+
+    def _full(self) -> bool:
+        """The queued rows of callers still waiting fill a batch.  A caller cancelled in
+        this turn of the loop is not counted even though its future's done-callback (which
+        uncounts it) has not run yet."""
+        if self._queued_rows < self.max_batch:
+            return False
+        for entry in self._queue:
+            if entry.future.done():
+                self._uncount(entry)
+        return self._queued_rows >= self.max_batch
+
     def _take(self) -> list[_Entry]:
         """Pop entries (skipping cancelled ones) while they fit in ``max_batch`` rows."""
         batch: list[_Entry] = []
@@ -222,64 +332,69 @@ class MicroBatcher:
             entry = self._queue[0]
             if entry.future.done():
                 self._queue.popleft()
-                self._queued_rows -= entry.size
+                self._uncount(entry)
                 continue
             if rows + entry.size > self.max_batch:
                 break
             self._queue.popleft()
-            self._queued_rows -= entry.size
+            self._uncount(entry)
             batch.append(entry)
             rows += entry.size
         return batch
 
     async def _execute(self, batch: list[_Entry], loop: asyncio.AbstractEventLoop) -> None:
         stacked = np.concatenate([e.rows for e in batch]) if len(batch) > 1 else batch[0].rows
-        n = int(stacked.shape[0])
+
+        async def call(rows: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+            return await self._call(rows, loop)
+
+        try:
+            answers = await answer_apart(call, stacked, [e.size for e in batch])
+        except asyncio.CancelledError:
+            stopped = RuntimeError("the micro-batcher was stopped while running a batch")
+            for e in batch:
+                if not e.future.done():
+                    e.future.set_exception(stopped)
+            raise
+        for e, answer in zip(batch, answers, strict=True):
+            if e.future.done():
+                continue
+            if isinstance(answer, Exception):
+                e.future.set_exception(answer)
+            else:
+                e.future.set_result(answer)
+
+    async def _call(
+        self, rows: npt.NDArray[Any], loop: asyncio.AbstractEventLoop
+    ) -> npt.NDArray[np.float64]:
+        """One call of ``fn`` (counted in ``stats``), its answer checked to be ``(n,)``."""
+        n = int(rows.shape[0])
         self.stats.batches += 1
         self.stats.rows += n
         self.stats.max_batch_seen = max(self.stats.max_batch_seen, n)
         try:
-            try:
-                if self._inline:
-                    raw = self._fn(stacked)
-                else:
-                    raw = await loop.run_in_executor(self._executor, self._fn, stacked)
-            except asyncio.CancelledError:
-                stopped = RuntimeError("the micro-batcher was stopped while running a batch")
-                for e in batch:
-                    if not e.future.done():
-                        e.future.set_exception(stopped)
-                raise
+            if self._inline:
+                raw = self._fn(rows)
+            else:
+                raw = await loop.run_in_executor(self._executor, self._fn, rows)
             result = np.asarray(raw, dtype=np.float64)
             if result.shape not in ((n,), (n, 1)):
                 raise RuntimeError(
                     f"the batch function returned shape {result.shape} for {n} rows; "
                     f"expected ({n},)"
                 )
-            result = result.reshape(n)
-        except Exception as exc:
+        except Exception:
             self.stats.failed_batches += 1
-            if len(batch) > 1:  # each alone: only the caller whose rows fail gets the error
-                for e in batch:
-                    await self._execute([e], loop)
-                return
-            for e in batch:
-                if not e.future.done():
-                    e.future.set_exception(exc)
-            return
-        start = 0
-        for e in batch:
-            if not e.future.done():
-                e.future.set_result(result[start : start + e.size])
-            start += e.size
+            raise
+        return result.reshape(n)
 
     def _fail_all(self, exc: BaseException) -> None:
         err = exc if isinstance(exc, Exception) else RuntimeError("the micro-batcher stopped")
         while self._queue:
             entry = self._queue.popleft()
+            self._uncount(entry)
             if not entry.future.done():
                 entry.future.set_exception(err)
-        self._queued_rows = 0
 
     # ------------------------------------------------------------------ shutdown
 

@@ -61,19 +61,26 @@ class NumpyMLP:
     def load(cls, path: str | os.PathLike[str]) -> NumpyMLP:
         """Read and check a weights file.
 
-        Raises :class:`ModelLoadError` when the file is missing, is not an ``.npz`` archive,
-        lacks ``w0``/``b0``, has layers whose shapes do not chain, a last layer with more
-        than one output, or non-finite values.
+        Raises :class:`ModelLoadError` when the file is missing, is not an ``.npz`` archive
+        (a single ``.npy`` array under an ``.npz`` name included), lacks ``w0``/``b0``, has
+        layers that are not numbers (strings, say), whose shapes do not chain, a last layer
+        with more than one output, or non-finite values.
         """
         p = Path(path)
         try:
-            with np.load(p, allow_pickle=False) as data:
+            loaded = np.load(p, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise ModelLoadError(
+                    f"{p} is not a readable .npz weights file: it holds a single "
+                    f"{type(loaded).__name__} (.npy), not an archive of named arrays"
+                )
+            with loaded as data:
                 arrays = {k: np.asarray(data[k]) for k in data.files}
         except FileNotFoundError as exc:
             raise ModelLoadError(f"model weights file {p} does not exist") from exc
         except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
             raise ModelLoadError(f"{p} is not a readable .npz weights file: {exc}") from exc
-        if not isinstance(arrays, dict) or "w0" not in arrays:
+        if "w0" not in arrays:
             raise ModelLoadError(f"{p} is not an MLP weights file (no 'w0' array)")
         weights: list[Float32Array] = []
         biases: list[Float32Array] = []
@@ -82,6 +89,12 @@ class NumpyMLP:
                 break
             if f"b{i}" not in arrays:
                 raise ModelLoadError(f"{p}: layer {i} has weights 'w{i}' but no bias 'b{i}'")
+            for name in (f"w{i}", f"b{i}"):
+                if arrays[name].dtype.kind not in "fiu":
+                    raise ModelLoadError(
+                        f"{p}: '{name}' holds {arrays[name].dtype} values; expected numbers "
+                        "(float32 weights)"
+                    )
             w = arrays[f"w{i}"].astype(np.float32)
             b = arrays[f"b{i}"].astype(np.float32)
             if w.ndim != 2 or b.shape != (w.shape[0],):

@@ -117,6 +117,9 @@ class FailsOnMarker:
     ) -> npt.NDArray[np.float64]:
         return await self.inner.probabilities(rows, batched=batched)
 
+    async def probabilities_apart(self, rows: npt.NDArray[np.float32]) -> list[float | Exception]:
+        return await self.inner.probabilities_apart(rows)
+
 
 async def test_a_failed_batch_fails_its_callers_only(node: RegionNode, model: NodeModel) -> None:
     evaluator = Evaluator(FailsOnMarker(model), node)
@@ -246,3 +249,74 @@ async def test_unary_calls_do_not_wait_for_the_stores_but_bulk_batches_do(
     opened.set()
     assert len(await asyncio.wait_for(bulk, 5.0)) == 8
     assert evaluated_count(node) == 13
+
+
+class HeldModel(FailsOnMarker):
+    """The real model behind a gate: its answer waits until the test opens it, the way a
+    batch waits for the GPU's worker thread (the awaits of the GPU path)."""
+
+    def __init__(self, inner: NodeModel) -> None:
+        super().__init__(inner)
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def _held(self) -> None:
+        self.entered.set()
+        await self.gate.wait()
+
+    async def probabilities(
+        self, rows: npt.NDArray[np.float32], *, batched: bool = False
+    ) -> npt.NDArray[np.float64]:
+        await self._held()
+        return await self.inner.probabilities(rows, batched=batched)
+
+    async def probabilities_apart(self, rows: npt.NDArray[np.float32]) -> list[float | Exception]:
+        await self._held()
+        return await self.inner.probabilities_apart(rows)
+
+
+async def test_a_caller_gone_while_its_batch_waits_for_the_model_is_not_recorded(
+    node: RegionNode, model: NodeModel
+) -> None:
+    held = HeldModel(model)
+    audited: list[str] = []
+    evaluator = Evaluator(
+        held, node, sink=lambda outs: audited.extend(o.request.request_id for o in outs)
+    )
+    tasks = [asyncio.ensure_future(evaluator.evaluate(request(BENIGN, i))) for i in range(3)]
+    await asyncio.wait_for(held.entered.wait(), 5.0)  # one batch, waiting for the model
+    assert evaluator.coalesced_batches == 1
+    tasks[1].cancel()  # its deadline passed, or its client cancelled
+    await asyncio.sleep(0)
+    held.gate.set()
+    done = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5.0)
+    assert isinstance(done[1], asyncio.CancelledError)
+    assert [o.request.request_id for o in done if isinstance(o, Outcome)] == ["req-0", "req-2"]
+    # nothing of the cancelled call is recorded: windows, counter, audit sink, profile
+    assert evaluator.evaluated == 2 == evaluated_count(node)
+    assert audited == ["req-0", "req-2"]
+    assert evaluator.profiles.get("agent-1") is None
+    assert evaluator.profiles.get("agent-0") is not None
+
+
+async def test_a_batch_whose_callers_all_went_away_records_nothing(
+    node: RegionNode, model: NodeModel
+) -> None:
+    held = HeldModel(model)
+    audited: list[str] = []
+    evaluator = Evaluator(
+        held, node, sink=lambda outs: audited.extend(o.request.request_id for o in outs)
+    )
+    tasks = [asyncio.ensure_future(evaluator.evaluate(request(BENIGN, i))) for i in range(2)]
+    await asyncio.wait_for(held.entered.wait(), 5.0)
+    for task in tasks:
+        task.cancel()
+    await asyncio.sleep(0)
+    held.gate.set()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(d, asyncio.CancelledError) for d in done)
+    # the coalescer goes on: a later call is answered, and it alone is recorded
+    later = await asyncio.wait_for(evaluator.evaluate(request(BENIGN, 5)), 5.0)
+    assert later.request.request_id == "req-5"
+    assert evaluator.evaluated == 1 == evaluated_count(node)
+    assert audited == ["req-5"]

@@ -153,6 +153,24 @@ def test_numpy_loader_rejects_bad_weight_files(tmp_path: Path) -> None:
         InferenceEngine(model_path=tmp_path / "model.pt", backend="numpy")
 
 
+def test_numpy_loader_rejects_an_npy_array_and_string_weights(tmp_path: Path) -> None:
+    array = tmp_path / "array.npz"
+    with array.open("wb") as f:  # one .npy array under an .npz name
+        np.save(f, np.zeros((3, 3)))
+    with pytest.raises(ModelLoadError, match=r"array\.npz is not a readable \.npz.*\.npy"):
+        InferenceEngine(model_path=array, backend="numpy")
+    strings = tmp_path / "strings.npz"
+    np.savez(strings, w0=np.array([["a"] * FEATURE_WIDTH]), b0=np.array(["b"]))
+    with pytest.raises(ModelLoadError, match=r"strings\.npz: 'w0' holds <U1 values"):
+        InferenceEngine(model_path=strings, backend="numpy")
+    complex_bias = tmp_path / "complex.npz"
+    np.savez(
+        complex_bias, w0=np.zeros((1, FEATURE_WIDTH), np.float32), b0=np.zeros(1, np.complex64)
+    )
+    with pytest.raises(ModelLoadError, match="'b0' holds complex64 values"):
+        InferenceEngine(model_path=complex_bias, backend="numpy")
+
+
 # ------------------------------------------------------------------ validation (both backends)
 
 

@@ -205,3 +205,63 @@ async def test_inline_batches_run_on_the_loop_and_still_batch_concurrent_rows() 
 def test_inline_with_an_executor_is_refused() -> None:
     with ThreadPoolExecutor(1) as pool, pytest.raises(ValueError, match="inline"):
         MicroBatcher(lambda r: r[:, 0], executor=pool, inline=True)
+
+
+@pytest.mark.parametrize("turns_after_cancel", [0, 3])
+async def test_rows_of_a_cancelled_caller_do_not_count_towards_a_full_batch(
+    turns_after_cancel: int,
+) -> None:
+    fn = Recorder()
+    # a delay far longer than the test: only a full batch (4 live rows) is sent early
+    batcher = MicroBatcher(fn, max_batch=4, max_delay_s=10.0, inline=True)
+    try:
+        rows = distinct_rows(7)
+        first = asyncio.create_task(batcher.submit(rows[0]))
+        gone = asyncio.create_task(batcher.submit_many(rows[1:4]))
+        await asyncio.sleep(0)  # both queued: 4 rows, the worker is woken
+        gone.cancel()  # its caller goes away before the batch starts
+        for _ in range(turns_after_cancel):
+            await asyncio.sleep(0)
+        later = asyncio.create_task(batcher.submit(rows[4]))
+        rest = asyncio.create_task(batcher.submit_many(rows[5:7]))
+        answers = await asyncio.wait_for(asyncio.gather(first, later, rest), 5.0)
+    finally:
+        await batcher.close()
+    assert answers[0] == 2.0 * rows[0, 0] + rows[0, 1]
+    assert answers[1] == 2.0 * rows[4, 0] + rows[4, 1]
+    # one batch of the four live rows: the cancelled caller's rows neither went to the
+    # model nor made the first row go alone before the others came
+    assert [b[:, 0].tolist() for b in fn.batches] == [[0.0, 4.0, 5.0, 6.0]]
+    assert batcher._queued_rows == 0
+
+
+async def test_submit_apart_fails_only_the_rows_that_fail_alone() -> None:
+    engine = InferenceEngine(backend="numpy")
+    rows = np.random.default_rng(5).random((6, FEATURE_WIDTH), dtype=np.float32)
+    expected = engine.predict_batch(rows)
+    calls: list[int] = []
+
+    def fn(x: np.ndarray) -> np.ndarray:  # the model fails on any batch holding row 4
+        calls.append(x.shape[0])
+        if np.any(np.all(x == rows[4], axis=1)):
+            raise RuntimeError("the model failed")
+        return engine.predict_batch(x)
+
+    given = rows.astype(np.float64)
+    given[2, 7] = np.nan  # refused by validation, before the model
+    async with MicroBatcher(
+        fn, max_batch=32, max_delay_s=0.0, validate=engine.validate_input
+    ) as batcher:
+        answers = await batcher.submit_apart(given)
+        assert await batcher.submit_apart(np.zeros((0, FEATURE_WIDTH))) == []
+        with pytest.raises(ValueError, match="2-D"):
+            await batcher.submit_apart(given[0])
+    assert len(answers) == 6
+    assert isinstance(answers[2], ValueError) and "non-finite" in str(answers[2])
+    assert isinstance(answers[4], RuntimeError)
+    for i in (0, 1, 3, 5):
+        answer = answers[i]
+        assert isinstance(answer, np.ndarray) and answer.shape == (1,)
+        assert answer[0] == pytest.approx(expected[i], abs=1e-6)
+    assert calls[0] == 5  # the valid rows shared one call, then each ran alone
+    assert sorted(calls[1:]) == [1] * 5

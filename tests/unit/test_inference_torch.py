@@ -105,6 +105,31 @@ class Logits(nn.Module):
         return x[:, 0] - 3.0
 
 
+class LogitsLater(nn.Module):
+    """0 on the zero probe batch (it loads), a raw logit on other rows (no sigmoid)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x[:, 0] * 8.0 - x[:, 1] * 3.0
+
+
+class JustOverOne(nn.Module):
+    """A probability that rounding pushed a hair past 1 on rows whose column 0 is set."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x[:, 0] * (1.0 + 2e-7)
+
+
+class Squeezed(nn.Module):
+    """Ends in ``.squeeze()``: answers one row with a 0-d tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(FEATURE_WIDTH, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.lin(x)).squeeze()
+
+
 class Half(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return torch.zeros(x.shape[0]) + 0.5
@@ -348,6 +373,43 @@ def test_wrong_contract_models_are_refused(tmp_path: Path) -> None:
         InferenceEngine(model_path=save(TwoOutputs(), tmp_path / "wide.pt"))
     with pytest.raises(ModelLoadError, match=r"not probabilities in \[0, 1\].*sigmoid"):
         InferenceEngine(model_path=save(Logits(), tmp_path / "logits.pt"))
+
+
+def test_answers_outside_zero_one_at_run_time_are_an_inference_error(tmp_path: Path) -> None:
+    engine = InferenceEngine(model_path=save(LogitsLater(), tmp_path / "later.pt"), device="cpu")
+    rows = np.zeros((3, FEATURE_WIDTH), dtype=np.float32)
+    rows[:, 0] = [0.05, 0.1, 0.0]
+    np.testing.assert_allclose(engine.predict_batch(rows), [0.4, 0.8, 0.0], atol=1e-6)
+    rows[1, 0] = 1.0  # a logit of 8
+    with pytest.raises(InferenceError, match=r"8\.0 at row 1 .*not probabilities in \[0, 1\]"):
+        engine.predict_batch(rows)
+    rows[1, :2] = [0.0, 1.0]  # a logit of -3
+    with pytest.raises(InferenceError, match=r"-3\.0 at row 1"):
+        engine.predict_batch(rows)
+    with pytest.raises(InferenceError, match="not probabilities"):
+        engine.predict(rows[1])
+
+
+def test_a_squeezed_models_answer_for_one_row_is_taken(tmp_path: Path) -> None:
+    module = Squeezed()
+    engine = InferenceEngine(model_path=save(module, tmp_path / "squeezed.pt"), device="cpu")
+    rows = features(HARMFUL[:2])
+    with torch.inference_mode():
+        expected = module(torch.from_numpy(rows)).numpy()
+    both = engine.predict_batch(rows)
+    np.testing.assert_allclose(both, expected, atol=1e-6)
+    one = engine.predict_batch(rows[1:])
+    assert one.shape == (1,)
+    assert one[0] == pytest.approx(both[1], abs=1e-6)
+    assert engine.predict(rows[0]) == pytest.approx(both[0], abs=1e-6)
+
+
+def test_answers_a_rounding_error_past_one_are_clipped(tmp_path: Path) -> None:
+    engine = InferenceEngine(model_path=save(JustOverOne(), tmp_path / "over.pt"), device="cpu")
+    rows = np.zeros((2, FEATURE_WIDTH), dtype=np.float32)
+    rows[0, 0] = 1.0
+    out = engine.predict_batch(rows)
+    assert out.tolist() == [1.0, 0.0]
 
 
 def test_model_metadata_is_checked(tmp_path: Path) -> None:

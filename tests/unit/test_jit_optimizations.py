@@ -1,11 +1,11 @@
 """``nethical_grpc.jit_optimizations``: Numba and NumPy paths agree, and both are right.
 
-Parity is exact (bit for bit) for the risk score, statistics, outlier masks and n-gram
-counts, which use the same fixed reduction order / order statistics on both paths; the
-similarity, decay and moving-average kernels agree to ``rtol=1e-12`` (moving average:
-``1e-9`` of the data scale).  When JIT is unavailable (``NETHICAL_DISABLE_JIT=1``) the
-``*_numba`` implementations run as plain Python loops, so the same tests then check the loop
-formulation against NumPy.
+Parity is exact (bit for bit) for the risk score, statistics, outlier masks, n-gram
+counts and moving average, which use the same fixed reduction order / order statistics on
+both paths; the similarity and decay kernels agree to ``rtol=1e-12`` (the older moving
+average tests still allow ``1e-9`` of the data scale; the newer ones check bit parity).
+When JIT is unavailable (``NETHICAL_DISABLE_JIT=1``) the ``*_numba`` implementations run
+as plain Python loops, so the same tests then check the loop formulation against NumPy.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -337,6 +338,65 @@ def test_moving_average_values_and_errors() -> None:
     for bad in (0, -1, 2.5, True, "3"):
         with pytest.raises(ValueError, match="window"):
             jo.calculate_moving_average_jit([1.0], bad)  # type: ignore[arg-type]
+
+
+def exact_moving_average(x: np.ndarray, window: int) -> np.ndarray:
+    """The moving average computed in exact rational arithmetic, rounded once."""
+    out = np.full(x.shape[0], np.nan)
+    for i in range(x.shape[0]):
+        part = [Fraction(float(v)) for v in x[max(0, i - window + 1) : i + 1] if np.isfinite(v)]
+        if part:
+            out[i] = float(sum(part, Fraction(0)) / len(part))
+    return out
+
+
+DBL_MAX = float(np.finfo(np.float64).max)
+
+
+@pytest.mark.parametrize(
+    ("x", "window", "expected"),
+    [
+        ([1e308, 1e308, 1e308], 1, [1e308, 1e308, 1e308]),
+        ([1e308, 1e308, 1e308], 2, [1e308, 1e308, 1e308]),
+        ([DBL_MAX] * 5, 3, [DBL_MAX] * 5),
+        ([-DBL_MAX, DBL_MAX, -DBL_MAX], 2, [-DBL_MAX, 0.0, 0.0]),
+        ([1e20, 1.0, 2.0, 3.0], 2, [1e20, 5e19, 1.5, 2.5]),
+        (
+            [1e20, 1.0, -1e20, 2.0, 4.0, 6.0],
+            3,
+            [1e20, 5e19, 1.0 / 3.0, -1e20 / 3.0, -1e20 / 3.0, 4.0],
+        ),
+        ([1e300, np.nan, 1e-300, 3e-300], 2, [1e300, 1e300, 1e-300, 2e-300]),
+    ],
+)
+def test_moving_average_of_huge_values_is_finite_and_exact_on_both_paths(
+    x: list[float], window: int, expected: list[float]
+) -> None:
+    arr = np.array(x)
+    a, b = both("calculate_moving_average_jit", arr, window)
+    np.testing.assert_array_equal(a, b)  # the same sums in the same order: bit for bit
+    np.testing.assert_allclose(a, expected, rtol=1e-15, atol=0.0)
+    np.testing.assert_array_equal(a, exact_moving_average(arr, window))
+
+
+any_finite_with_gaps = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False, width=64),
+    st.sampled_from([math.nan, math.inf, -math.inf, DBL_MAX, -DBL_MAX, 1e300, 1.0]),
+)
+
+
+@HYP
+@given(
+    hnp.arrays(np.float64, st.integers(0, 60), elements=any_finite_with_gaps), st.integers(1, 20)
+)
+def test_moving_average_paths_are_identical_and_close_to_exact_for_any_doubles(
+    x: np.ndarray, window: int
+) -> None:
+    a, b = both("calculate_moving_average_jit", x, window)
+    np.testing.assert_array_equal(a, b)
+    exact = exact_moving_average(x, window)
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(exact))  # finite data: no NaN
+    np.testing.assert_allclose(a, exact, rtol=1e-12, atol=1e-12 * scale_of(x))
 
 
 # --------------------------------------------------------------------------------------------
