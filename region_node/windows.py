@@ -518,9 +518,12 @@ class WindowStore:
         return self.held()[2]
 
     def held(self) -> tuple[int, int, int]:
-        """(series, full-width windows, rollup windows) held, in one pass."""
+        """(series, full-width windows, rollup windows) held, in one pass.
+
+        Safe from another thread (a metrics scrape runs on its exporter's): it walks a
+        copy of the series, taken in one step, while the event loop adds and evicts."""
         windows = rollups = 0
-        for s in self._series.values():
+        for s in list(self._series.values()):
             windows += len(s.windows)
             rollups += len(s.rollups)
         return len(self._series), windows, rollups

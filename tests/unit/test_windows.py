@@ -124,3 +124,38 @@ def test_closed_windows_are_compacted_without_changing_answers() -> None:
     # late data for a closed window still lands (and widens it again)
     ingest(store, batch("m", np.full(400, 7.0), now - 20 * S), now)
     assert store.summaries(SummaryQuery())[0].summary.count == pooled.size + 400
+
+
+def test_held_counts_can_be_read_from_another_thread_while_series_come_and_go() -> None:
+    """A metrics scrape reads the counts on its exporter's thread while the event loop
+    adds series: the walk over the series had failed with "dictionary changed size
+    during iteration" (and the scrape left both gauges out)."""
+    import threading
+
+    now = 10**12
+    store = WindowStore(
+        WindowConfig(max_series=1_000_000, max_label_sets_per_metric=1_000_000), clock=Clock(now)
+    )
+    failures: list[BaseException] = []
+    done = threading.Event()
+
+    def scrape() -> None:
+        while not done.is_set():
+            try:
+                store.held()
+            except BaseException as exc:  # (what the test looks for)
+                failures.append(exc)
+                return
+
+    reader = threading.Thread(target=scrape)
+    reader.start()
+    try:
+        for i in range(10_000):
+            ingest(store, batch("m", np.array([1.0]), now, (("k", str(i)),)), now)
+            if failures:
+                break
+    finally:
+        done.set()
+        reader.join()
+    assert failures == []
+    assert store.held()[0] == 10_000
