@@ -193,32 +193,45 @@ def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
+class StopSignals:
+    """SIGTERM/SIGINT handlers for a foreground server: the first signal asks for a stop
+    (a drain), a second one while draining for a hurry. Installed as soon as the server
+    serves, before it says so, so that a signal in between drains it instead of killing
+    it without its stop hooks (a SIGTERM's default action)."""
+
+    def __init__(self) -> None:
+        self.stop = asyncio.Event()
+        self.hurry = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if not self.stop.is_set():
+            self.stop.set()
+            return
+        if not self.hurry.is_set():
+            log.warning("%s again: stopping now, cancelling the calls still running", sig.name)
+            self.hurry.set()
+
+
 async def serve_until_signalled(
-    mesh: MeshServer, announce_s: float = 1.0, grace_s: float = 5.0
+    mesh: MeshServer,
+    announce_s: float = 1.0,
+    grace_s: float = 5.0,
+    signals: StopSignals | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT, then drain. For the CLI's foreground servers.
 
     A second signal while draining stops at once: calls still running are cancelled.
+    ``signals``: the handlers installed earlier (a signal since then is acted on now).
     """
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    hurry = asyncio.Event()
-
-    def on_signal(sig: signal.Signals) -> None:
-        if not stop.is_set():
-            stop.set()
-            return
-        if not hurry.is_set():
-            log.warning("%s again: stopping now, cancelling the calls still running", sig.name)
-            hurry.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, on_signal, sig)
+    signals = signals or StopSignals()
     waiter = asyncio.ensure_future(mesh.wait())
-    stopper = asyncio.ensure_future(stop.wait())
+    stopper = asyncio.ensure_future(signals.stop.wait())
     done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
     if stopper in done:
-        await mesh.drain(announce_s, grace_s, hurry)
+        await mesh.drain(announce_s, grace_s, signals.hurry)
     waiter.cancel()
     stopper.cancel()

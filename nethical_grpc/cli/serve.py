@@ -12,7 +12,12 @@ from typing import TYPE_CHECKING, Any
 from nethical_grpc import telemetry
 from nethical_grpc.components import report_once
 from nethical_grpc.security.config import client_security_from_args, server_security_from_args
-from nethical_grpc.server_runtime import MeshServer, serve_until_signalled, tune_collector
+from nethical_grpc.server_runtime import (
+    MeshServer,
+    StopSignals,
+    serve_until_signalled,
+    tune_collector,
+)
 
 if TYPE_CHECKING:
     from nethical_grpc.privacy import PrivacyConfig
@@ -101,14 +106,18 @@ def _privacy_config(args: argparse.Namespace) -> PrivacyConfig | None:
     return config
 
 
-async def _serve(mesh: MeshServer, args: argparse.Namespace, telemetry_handle: Any) -> int:
+async def _serve(
+    mesh: MeshServer, args: argparse.Namespace, telemetry_handle: Any, signals: StopSignals
+) -> int:
     # what start-up built (modules, stubs, models, restored windows) lives as long as the
     # process: out of the collector's sight, full collections stop walking it (measured
     # on a 10-region federation: global-query p99 10.0 -> 8.6 ms, p50 unchanged)
     gc.collect()
     gc.freeze()
     try:
-        await serve_until_signalled(mesh, args.drain_announce / 1e9, args.drain_grace / 1e9)
+        await serve_until_signalled(
+            mesh, args.drain_announce / 1e9, args.drain_grace / 1e9, signals
+        )
     finally:
         _stop_telemetry(telemetry_handle)
     return 0
@@ -162,10 +171,11 @@ async def _announce(mesh: MeshServer, role: str, args: argparse.Namespace) -> bo
 async def _announce_and_serve(
     mesh: MeshServer, role: str, args: argparse.Namespace, telemetry_handle: Any
 ) -> int:
+    signals = StopSignals()  # before the server says it serves: a stop from then on drains
     if not await _announce(mesh, role, args):
         _stop_telemetry(telemetry_handle)
         return 2
-    return await _serve(mesh, args, telemetry_handle)
+    return await _serve(mesh, args, telemetry_handle, signals)
 
 
 async def run_region(args: argparse.Namespace) -> int:

@@ -563,6 +563,28 @@ def test_sigterm_drains_not_serving_first(cluster: dict) -> None:  # type: ignor
     assert node.proc.wait(15) == 0
 
 
+def test_sigterm_as_soon_as_the_port_is_written_drains(tmp_path: Path) -> None:
+    """A stop that comes the moment the server says it serves (the port file written, an
+    orchestrator's quick SIGTERM) drains it, its stop hooks run: the handlers were
+    installed only after that, and the signal's default action killed it (exit 143)."""
+    args = ["region", "--region-id", "quick", "--port", "0", "--no-evaluate"]
+    args += ["--drain-announce", "0.1s", "--drain-grace", "0.1s"]
+    for attempt in range(3):
+        node = spawn(f"quick-{attempt}", args, tmp_path)
+        try:
+            deadline = time.monotonic() + 60
+            while not (node.port_file.exists() and node.port_file.read_text().strip()):
+                assert node.proc.poll() is None and time.monotonic() < deadline, node.tail()
+                time.sleep(0.001)
+            node.signal(signal.SIGTERM)
+            assert node.proc.wait(15) == 0, node.tail()
+            assert "draining" in node.tail() and "stopped" in node.tail()
+        finally:
+            if node.proc.poll() is None:
+                node.proc.kill()
+                node.proc.wait()
+
+
 def test_cli_health_watch_follows_a_node_through_a_restart(tmp_path: Path) -> None:
     """``health --watch``: a line at each change of the node's status, through its drain,
     its absence and its return on the same port; Ctrl-C ends it with exit 0."""
