@@ -16,6 +16,7 @@ services in ``untraced_services``, are passed through untouched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import time
@@ -126,38 +127,58 @@ class TelemetryServerInterceptor(_ServerInterceptor):
         return traced
 
     def _generator(self, behavior: Behavior, info: MethodInfo) -> Behavior:
+        """A streaming handler's steps each run with the SERVER span as the current
+        context, attached and detached around the step: a context attached across a
+        ``yield`` would be detached, when the client cancels during a send, by the loop's
+        finaliser in another context (OpenTelemetry logs that as an error)."""
+
         async def traced(request: Any, context: Context) -> AsyncIterator[Any]:
-            span, token, start = self._begin(info, context)
+            span, current, start = self._start(info, context)
             try:
-                async for response in behavior(request, context):
-                    yield response
+                async with contextlib.aclosing(behavior(request, context)) as responses:
+                    while True:
+                        token = otel_context.attach(current)
+                        try:
+                            response = await anext(responses)
+                        except StopAsyncIteration:
+                            break
+                        finally:
+                            otel_context.detach(token)
+                        yield response
             except BaseException as exc:
-                self._end(info, context, span, token, start, exc)
+                self._end(info, context, span, None, start, exc)
                 raise
-            self._end(info, context, span, token, start, None)
+            self._end(info, context, span, None, start, None)
 
         return traced
 
-    def _begin(self, info: MethodInfo, context: Context) -> tuple[Span, Token, float]:
+    def _start(
+        self, info: MethodInfo, context: Context
+    ) -> tuple[Span, otel_context.Context, float]:
+        """The call's SERVER span (under the caller's context) and the context holding it."""
         parent = extract_context(context.invocation_metadata())
         span = self._tracer.start_span(
             info.span_name, context=parent, kind=SpanKind.SERVER, attributes=info.span_attributes
         )
-        token = otel_context.attach(trace.set_span_in_context(span, parent))
-        return span, token, time.perf_counter()
+        return span, trace.set_span_in_context(span, parent), time.perf_counter()
+
+    def _begin(self, info: MethodInfo, context: Context) -> tuple[Span, Token, float]:
+        span, current, start = self._start(info, context)
+        return span, otel_context.attach(current), start
 
     def _end(
         self,
         info: MethodInfo,
         context: Context,
         span: Span,
-        token: Token,
+        token: Token | None,
         start: float,
         exc: BaseException | None,
     ) -> None:
         elapsed = time.perf_counter() - start
         code = _server_code(context, exc)
-        otel_context.detach(token)
+        if token is not None:
+            otel_context.detach(token)
         end_span(span, code, exc, server_side=True)
         if self._instruments is not None:
             self._instruments.server_duration.record(elapsed, info.metric_attributes(code))

@@ -8,7 +8,9 @@ endpoint scraped over HTTP, or an in-process OTLP collector.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -365,8 +367,16 @@ class Echo:
             await context.write(r)
         self._done("BidiWrite")
 
+    async def flood(
+        self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[bytes]:
+        """Megabyte answers until the client goes: a send waits on flow control."""
+        while True:
+            yield b"x" * (1 << 20)
+
     def register(self, server: grpc.aio.Server) -> None:
         handlers = {
+            "Flood": grpc.unary_stream_rpc_method_handler(self.flood),
             "Unary": grpc.unary_unary_rpc_method_handler(self.unary),
             "ServerStream": grpc.unary_stream_rpc_method_handler(self.server_stream),
             "ClientStream": grpc.stream_unary_rpc_method_handler(self.client_stream),
@@ -408,6 +418,34 @@ async def test_every_arity_is_traced_over_the_whole_handler(rig: Rig, method: st
     # the span covers the handler to its end, not just the interceptor's own call
     assert s.end_time is not None and s.end_time >= echo.finished_ns[method]
     assert c.end_time is not None and c.end_time >= s.end_time
+
+
+async def test_a_stream_cancelled_while_sending_ends_its_span_cleanly(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client cancels a server stream while the server waits to send: the span ends
+    CANCELLED, with no "Failed to detach context" error (the span's context had been
+    attached across the handler's yields, then detached by the loop's finaliser, in
+    another context)."""
+    address = await rig.serve(Echo().register)
+    ch = rig.channel(address)
+    with caplog.at_level(logging.ERROR, logger="opentelemetry.context"):
+        for _ in range(3):
+            call = ch.unary_stream("/test.Echo/Flood", None, None)(b"", timeout=10)
+            await call.read()
+            await asyncio.sleep(0.2)  # the server's next sends wait on the client
+            call.cancel()
+        await wait_for(
+            lambda: (
+                len(by_kind(rig.spans.get_finished_spans(), "test.Echo/Flood", SpanKind.SERVER))
+                == 3
+            )
+        )
+        gc.collect()  # (finalisers of abandoned generators run now, if not before)
+        await asyncio.sleep(0.2)
+    servers = by_kind(rig.spans.get_finished_spans(), "test.Echo/Flood", SpanKind.SERVER)
+    assert [dict(s.attributes or {})["rpc.grpc.status_code"] for s in servers] == [1, 1, 1]
+    assert not [r for r in caplog.records if "detach" in r.getMessage()]
 
 
 @pytest.mark.parametrize("method", ARITIES)
