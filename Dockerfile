@@ -39,13 +39,15 @@ COPY coordinator ./coordinator
 
 RUN python -m pip wheel --no-deps --wheel-dir /dist .
 
-# torch only comes from TORCH_INDEX_URL when the gpu extra is asked for. pip writes the
-# .pyc files here (the runtime root filesystem is read-only); --help proves the CLI loads.
+# torch only comes from TORCH_INDEX_URL when an extra that holds it (gpu, all) is asked
+# for. pip writes the .pyc files here (the runtime root filesystem is read-only); --help
+# proves the CLI loads.
 RUN python -m venv /opt/nethical \
+    && extras="$(echo "${EXTRAS}" | tr -d ' ')" \
     && set -- \
-    && case ",${EXTRAS}," in *,gpu,*) set -- --extra-index-url "${TORCH_INDEX_URL}" ;; esac \
+    && case ",${extras}," in *,gpu,*|*,all,*) set -- --extra-index-url "${TORCH_INDEX_URL}" ;; esac \
     && wheel="$(echo /dist/nethical_mesh-*.whl)" \
-    && /opt/nethical/bin/pip install "$@" "${wheel}[${EXTRAS}]" \
+    && /opt/nethical/bin/pip install "$@" "${wheel}[${extras}]" \
     && /opt/nethical/bin/nethical-mesh --help > /dev/null
 
 # ---- runtime: the venv on a clean slim base, no compilers, no pip cache, non-root ----

@@ -144,15 +144,42 @@ def test_builder_builds_a_wheel_with_the_default_extras(
     builder = next(s for s in dockerfile.stages if s.name == "builder")
     runs = " ".join(builder.args_of("RUN"))
     assert "pip wheel" in runs
-    assert "[${EXTRAS}]" in runs
+    assert "[${extras}]" in runs  # EXTRAS without spaces
     extras = set(_arg_default(builder, "EXTRAS").split(","))
     assert extras == DEFAULT_EXTRAS
     known = set(pyproject["project"]["optional-dependencies"])
     assert extras <= known
     assert "gpu" in known  # the documented build arg adds it
-    # torch's index is used only when the gpu extra is asked for.
+    # torch's index is used when an extra that holds torch is asked for, and only then:
+    # the case line, run by a shell, for each extra and a list with spaces
     assert _arg_default(builder, "TORCH_INDEX_URL").endswith("/whl/cpu")
-    assert re.search(r'case ",\$\{EXTRAS\}," in \*,gpu,\*\)', runs)
+    case = re.search(r"extras=.*? esac", runs)
+    assert case is not None
+    for name in [*sorted(known), "jit, gpu"]:
+        script = case[0].replace("&& ", "; ") + '; echo "$@"'
+        shown = subprocess.run(
+            ["sh", "-c", script],
+            env={"EXTRAS": name, "TORCH_INDEX_URL": "https://index", "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        assert (shown == "--extra-index-url https://index") is _holds_torch(
+            pyproject, name.replace(" ", "")
+        ), name
+
+
+def _holds_torch(pyproject: dict[str, Any], extras: str) -> bool:
+    """Whether installing these comma-separated extras of ours installs torch."""
+    optional = pyproject["project"]["optional-dependencies"]
+    for name in extras.split(","):
+        for requirement in optional.get(name, []):
+            if requirement.startswith("torch"):
+                return True
+            inner = re.fullmatch(r"nethical-mesh\[(.*)\]", requirement)
+            if inner and _holds_torch(pyproject, inner[1]):
+                return True
+    return False
 
 
 def test_builder_copies_every_package_the_wheel_needs(
