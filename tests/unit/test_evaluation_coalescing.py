@@ -275,14 +275,21 @@ class HeldModel(FailsOnMarker):
         return await self.inner.probabilities_apart(rows)
 
 
-async def test_a_caller_gone_while_its_batch_waits_for_the_model_is_not_recorded(
-    node: RegionNode, model: NodeModel
-) -> None:
+def held_evaluator(node: RegionNode, model: NodeModel) -> tuple[HeldModel, Evaluator, list[str]]:
+    """An evaluator whose model waits for the test's gate, and the request ids it sends
+    to its audit sink."""
     held = HeldModel(model)
     audited: list[str] = []
     evaluator = Evaluator(
         held, node, sink=lambda outs: audited.extend(o.request.request_id for o in outs)
     )
+    return held, evaluator, audited
+
+
+async def test_a_caller_gone_while_its_batch_waits_for_the_model_is_not_recorded(
+    node: RegionNode, model: NodeModel
+) -> None:
+    held, evaluator, audited = held_evaluator(node, model)
     tasks = [asyncio.ensure_future(evaluator.evaluate(request(BENIGN, i))) for i in range(3)]
     await asyncio.wait_for(held.entered.wait(), 5.0)  # one batch, waiting for the model
     assert evaluator.coalesced_batches == 1
@@ -302,11 +309,7 @@ async def test_a_caller_gone_while_its_batch_waits_for_the_model_is_not_recorded
 async def test_a_batch_whose_callers_all_went_away_records_nothing(
     node: RegionNode, model: NodeModel
 ) -> None:
-    held = HeldModel(model)
-    audited: list[str] = []
-    evaluator = Evaluator(
-        held, node, sink=lambda outs: audited.extend(o.request.request_id for o in outs)
-    )
+    held, evaluator, audited = held_evaluator(node, model)
     tasks = [asyncio.ensure_future(evaluator.evaluate(request(BENIGN, i))) for i in range(2)]
     await asyncio.wait_for(held.entered.wait(), 5.0)
     for task in tasks:
