@@ -138,15 +138,15 @@ def _server_args(p: argparse.ArgumentParser, default_port: int) -> None:
     p.add_argument("--no-reflection", action="store_true", help="turn server reflection off")
     p.add_argument(
         "--drain-announce",
-        type=parse_duration_ns,
+        type=parse_duration_or_zero_ns,
         default=1_000_000_000,
-        help="how long health says NOT_SERVING before the server stops (1s)",
+        help="how long health says NOT_SERVING before the server stops (1s; 0: at once)",
     )
     p.add_argument(
         "--drain-grace",
-        type=parse_duration_ns,
+        type=parse_duration_or_zero_ns,
         default=5_000_000_000,
-        help="how long in-flight calls get to finish (5s)",
+        help="how long in-flight calls get to finish (5s; 0: cancelled at once)",
     )
     p.add_argument(
         "--metrics-port",

@@ -134,3 +134,13 @@ def test_durations_of_a_nanosecond_and_more_are_kept() -> None:
     assert parse_duration_ns("2s") == 2_000_000_000
     with pytest.raises(argparse.ArgumentTypeError, match="must be positive"):
         parse_duration_ns("0")
+
+
+@pytest.mark.parametrize("role", ["region", "coordinator"])
+def test_a_drain_can_be_at_once(role: str) -> None:
+    """0 turns the announcement or the grace off (they had to be positive, though a drain
+    of 0 and 0 is what a server does when its port file cannot be written)."""
+    extra = ["--region-id", "r1"] if role == "region" else []
+    args = build_parser().parse_args([role, *extra, "--drain-announce", "0s", "--drain-grace", "0"])
+    assert (args.drain_announce, args.drain_grace) == (0, 0)
+    assert build_parser().parse_args([role, *extra]).drain_grace == 5_000_000_000
