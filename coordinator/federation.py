@@ -132,6 +132,8 @@ class _Answer:
     region_scope: bool = False
     # data the node keeps but left out of its answer
     gaps: tuple[DataGap, ...] = ()
+    # the id the node reported ("" when it reports none)
+    node_id: str = ""
 
 
 class _Summaries(Protocol):
@@ -230,6 +232,8 @@ class Federation:
         self._stop_at: float | None = None
         # one future per query waiting for its regions, resolved early by stop_by
         self._stop_waiters: set[asyncio.Future[None]] = set()
+        # (region, node id, address kept, address dropped) already logged as one node
+        self._duplicates_logged: set[tuple[str, str, str, str]] = set()
 
     def stop_by(self, deadline: float) -> None:
         """The server cancels the calls still running at ``deadline`` (time.monotonic):
@@ -396,8 +400,10 @@ class Federation:
                         region, inst.name, Missing.UNHEALTHY, f"instance is {inst.health.value}"
                     )
                 )
+        # the instances skipped as unhealthy count as queried on every path (the field's
+        # meaning: those asked plus those skipped)
+        coverage.instances_queried += len(instances) - len(usable)
         if not usable:
-            coverage.instances_queried += len(instances)
             return []
         shared = [i for i in usable if i.region_scope]
         if shared:
@@ -406,7 +412,7 @@ class Federation:
             )
         # instances hold disjoint data (as far as the coordinator knows): every one of
         # them must answer
-        coverage.instances_queried += len(instances)
+        coverage.instances_queried += len(usable)
         answered: list[_Answer] = []
         failed: list[MissingPart] = []
         calls: list[asyncio.Future[_Answer | MissingPart]] = []
@@ -427,15 +433,51 @@ class Federation:
                     # it holds the whole region (its scope was not known yet, e.g. right
                     # after the coordinator started): the other instances are replicas,
                     # and merging their answers would count the region again
-                    return self._whole_region(region, res, coverage, counted=len(instances))
+                    return self._whole_region(region, res, coverage, counted=len(usable))
                 else:
                     answered.append(res)
         finally:
             for call in calls:
                 call.cancel()
         coverage.missing.extend(failed)
-        coverage.instances_answered += len(answered)
-        return answered
+        distinct = self._distinct(region, answered)
+        # a node that answered at two addresses is one instance queried, and answered
+        coverage.instances_queried -= len(answered) - len(distinct)
+        coverage.instances_answered += len(distinct)
+        return distinct
+
+    def _distinct(self, region: str, answers: list[_Answer]) -> list[_Answer]:
+        """``answers`` with one answer per node (by the id it reports): a node listed at
+        two addresses (a host name resolving to 127.0.0.1 and ::1, say) answers at each,
+        and its data would be merged twice. Sorted by address; the first is kept."""
+        if len(answers) < 2:
+            return answers
+        kept: dict[str, _Answer] = {}
+        distinct: list[_Answer] = []
+        for answer in sorted(answers, key=lambda a: a.instance.endpoint):
+            first = kept.setdefault(answer.node_id, answer) if answer.node_id else answer
+            if first is answer:
+                distinct.append(answer)
+            else:
+                self._warn_duplicate(region, answer.node_id, first, answer)
+        return distinct
+
+    def _warn_duplicate(self, region: str, node_id: str, kept: _Answer, dropped: _Answer) -> None:
+        key = (region, node_id, kept.instance.endpoint, dropped.instance.endpoint)
+        if key in self._duplicates_logged:
+            return
+        if len(self._duplicates_logged) >= 1024:
+            self._duplicates_logged.clear()
+        self._duplicates_logged.add(key)
+        log.warning(
+            "region %s: node %s answered at %s and at %s (one node listed twice): its data "
+            "is merged once, from %s",
+            region,
+            node_id,
+            kept.instance.endpoint,
+            dropped.instance.endpoint,
+            kept.instance.endpoint,
+        )
 
     async def _ask_one_replica(
         self,
@@ -631,6 +673,7 @@ class Federation:
             answer.privacy,
             region_scope=answer.scope == region_node_pb2.DATA_SCOPE_REGION,
             gaps=answer.gaps,
+            node_id=answer.instance_id,
         )
 
 

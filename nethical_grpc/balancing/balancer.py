@@ -37,6 +37,9 @@ from nethical_grpc.validation import quoted
 T = TypeVar("T")
 
 _DEADLINE_SLACK_S = 0.005
+#: The most times an ejection interval doubles: past it, any sane base reached the max
+#: long ago, and 2.0 ** ejections would overflow (OverflowError) after 1024 ejections
+_MAX_EJECTION_DOUBLINGS = 64
 #: How long the channel of a removed (or moved) instance stays open for the calls already
 #: on it: they finish with their answers, and only what still runs after it is cancelled
 REMOVED_CHANNEL_GRACE_S: Final = 30.0
@@ -442,7 +445,8 @@ class LoadBalancer:
     # -- ejection --------------------------------------------------------------------
 
     def _eject(self, inst: Instance) -> None:
-        interval = min(self.ejection_base_s * 2.0**inst.ejections, self.ejection_max_s)
+        doublings = min(inst.ejections, _MAX_EJECTION_DOUBLINGS)
+        interval = min(self.ejection_base_s * 2.0**doublings, self.ejection_max_s)
         inst.ejections += 1
         inst.consecutive_failures = 0
         inst.ejected_until = self._clock() + interval

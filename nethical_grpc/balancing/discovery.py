@@ -11,9 +11,12 @@ A target is written the way gRPC clients write theirs, plus an optional weight::
 
 :class:`DnsDiscovery` resolves each DNS target every ``interval_s`` and adds the
 addresses that appeared to its :class:`~nethical_grpc.balancing.LoadBalancer` and
-removes the ones that left (an address resolved by several targets stays while any of
-them still resolves it). A failed resolution (NXDOMAIN, timeout) changes nothing: the
-instances already known stay, and their health streams keep traffic off dead ones.
+removes the ones that left. An address several targets resolve is the instance of the
+target that added it; when that one lets go of it, another target that still resolves
+it takes it over (its own region's first, else another region's): the instance stays,
+with that target's region and weight. A failed resolution (NXDOMAIN, timeout) changes
+nothing: the instances already known stay, and their health streams keep traffic off
+dead ones.
 The resolver is injectable: any ``async (host, port) -> [(ip, port), ...]``.
 """
 
@@ -128,6 +131,8 @@ class TargetState:
     region_id: str
     target: Target
     instances: set[str] = field(default_factory=set)
+    # the instances this target added to the balancer (or was handed): its to remove
+    added: set[str] = field(default_factory=set)
     resolutions: int = 0
     failures: int = 0
     last_error: str = ""
@@ -152,10 +157,10 @@ class DnsDiscovery:
         self.resolve_timeout_s = resolve_timeout_s
         self._resolve = resolver or getaddrinfo_resolver
         self._targets: dict[tuple[str, str], TargetState] = {}
-        # the instances discovery added (endpoint -> region): only those are its to move
-        # or remove; one it finds in the balancer already is static (or another
-        # region's), and stays as it is
-        self._added: dict[str, str] = {}
+        # the instances discovery added (endpoint -> the target that owns it): only those
+        # are its to hand over or remove; one it finds in the balancer already is static
+        # (or another target's), and stays as it is
+        self._owner: dict[str, TargetState] = {}
         self._task: asyncio.Task[None] | None = None
 
     def add_target(self, region_id: str, target: Target) -> None:
@@ -213,7 +218,7 @@ class DnsDiscovery:
         state.instances = now
         for endpoint in sorted(came):
             known = self._lb.instance(endpoint)
-            if known is not None and self._added.get(endpoint) != state.region_id:
+            if known is not None:
                 if known.region_id != state.region_id:
                     log.warning(
                         "%s (%s): %s is an instance of region %s already; it stays there "
@@ -223,17 +228,19 @@ class DnsDiscovery:
                         endpoint,
                         known.region_id,
                     )
-                continue  # listed statically, or another region's: not this target's
-            inst = self._lb.add_instance(endpoint, state.region_id, endpoint, t.weight)
-            inst.resolved_from = t.text
-            self._added[endpoint] = state.region_id
+                # listed statically, or another target's: handed over when that one
+                # lets go of it
+                continue
+            self._own(state, endpoint)
         for endpoint in sorted(gone):
-            region = self._added.get(endpoint)
-            if region is None or any(
-                endpoint in s.instances for s in self._targets.values() if s.region_id == region
-            ):
-                continue  # not added here, or another target of its region still has it
-            del self._added[endpoint]
+            if self._owner.get(endpoint) is not state:
+                continue  # not added by this target
+            heir = self._heir(state, endpoint)
+            if heir is not None:
+                self._own(heir, endpoint)
+                continue
+            del self._owner[endpoint]
+            state.added.discard(endpoint)
             self._lb.remove_instance(endpoint)
         if came or gone:
             log.info(
@@ -244,6 +251,32 @@ class DnsDiscovery:
                 len(gone),
                 len(now),
             )
+
+    def _heir(self, owner: TargetState, endpoint: str) -> TargetState | None:
+        """Another target that resolved ``endpoint`` last time, its own region's first."""
+        others = [s for s in self._targets.values() if s is not owner and endpoint in s.instances]
+        same = [s for s in others if s.region_id == owner.region_id]
+        return next(iter(same or others), None)
+
+    def _own(self, state: TargetState, endpoint: str) -> None:
+        """Add ``endpoint`` as ``state``'s instance, or hand it over to ``state`` (the
+        instance stays, with its health, and takes that target's region and weight)."""
+        before = self._owner.get(endpoint)
+        if before is not None:
+            before.added.discard(endpoint)
+            log.info(
+                "%s (%s): %s handed over to %s (%s), which still resolves it",
+                before.target.text,
+                before.region_id,
+                endpoint,
+                state.target.text,
+                state.region_id,
+            )
+        t = state.target
+        inst = self._lb.add_instance(endpoint, state.region_id, endpoint, t.weight)
+        inst.resolved_from = t.text
+        self._owner[endpoint] = state
+        state.added.add(endpoint)
 
 
 def _normal_ip(ip: str) -> str:

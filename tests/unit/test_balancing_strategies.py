@@ -386,6 +386,28 @@ def test_ejection_interval_is_capped() -> None:
     assert bad.ejections == 8 and not bad.ejected
 
 
+def test_an_instance_ejected_thousands_of_times_is_still_ejected_for_the_cap() -> None:
+    """The backoff's doublings stop growing: 2.0 ** ejections overflowed (OverflowError
+    in record_failure) from the 1025th ejection on."""
+    clock = FakeClock()
+    lb = balancer(S.RANDOM, n=2, clock=clock, ejection_max_s=30.0)
+    bad = lb.instance("i1")
+    assert bad is not None
+    for _ in range(2000):
+        for _ in range(3):
+            lb.begin(bad)
+            lb.record_failure(bad, NOT_SENT)
+        want = 2.0 ** (bad.ejections - 1) if bad.ejections <= 5 else 30.0  # 1, 2 .. 16, 30
+        assert bad.ejected_until == clock.now + want
+        clock.now += 30.0
+        lb.get_instance()
+    assert bad.ejections == 2000 and not bad.ejected
+    for _ in range(3):
+        lb.begin(bad)
+        lb.record_failure(bad, NOT_SENT)
+    assert bad.ejected_until == clock.now + 30.0
+
+
 def test_caller_errors_do_not_eject() -> None:
     lb = balancer(S.ROUND_ROBIN, n=2)
     inst = lb.instance("i0")

@@ -181,6 +181,40 @@ async def test_an_address_two_regions_names_resolve_stays_in_the_first() -> None
     await lb.close()
 
 
+async def test_an_address_another_target_still_resolves_is_handed_over() -> None:
+    """An address two targets resolve belongs to the one that added it; when that one
+    lets go of it, the other takes it over (its region, weight and name) instead of the
+    instance being removed while a target still resolves it."""
+    dns = Answers()
+    lb = LoadBalancer()
+    discovery = DnsDiscovery(lb, resolver=dns)
+    discovery.add_target("r1", parse_target("dns:///a:1"))
+    dns.names.update({"a": ["10.0.0.1", "10.0.0.2"], "b": ["10.0.0.2"], "c": ["10.0.0.2"]})
+    await discovery.refresh()
+    discovery.add_target("r1", parse_target("dns:///b:1@3"))
+    discovery.add_target("r2", parse_target("dns:///c:1"))
+    await discovery.refresh()
+    shared = lb.instance("10.0.0.2:1")
+    assert shared is not None
+    assert (shared.region_id, shared.weight, shared.resolved_from) == ("r1", 1, "dns:///a:1")
+    a, b, c = discovery.targets
+    assert (a.added, b.added, c.added) == ({"10.0.0.1:1", "10.0.0.2:1"}, set(), set())
+    dns.names["a"] = ["10.0.0.1"]  # its own region's other name has it: that one's now
+    await discovery.refresh()
+    assert lb.instance("10.0.0.2:1") is shared  # kept, not removed and added again
+    assert (shared.region_id, shared.weight, shared.resolved_from) == ("r1", 3, "dns:///b:1")
+    assert (a.added, b.added, c.added) == ({"10.0.0.1:1"}, {"10.0.0.2:1"}, set())
+    dns.names["b"] = []  # only another region's name has it now: it moves there
+    await discovery.refresh()
+    assert members(lb) == {"10.0.0.1:1": "r1", "10.0.0.2:1": "r2"}
+    assert shared.resolved_from == "dns:///c:1"
+    assert (a.added, b.added, c.added) == ({"10.0.0.1:1"}, set(), {"10.0.0.2:1"})
+    dns.names["c"] = []
+    await discovery.refresh()
+    assert members(lb) == {"10.0.0.1:1": "r1"}
+    await lb.close()
+
+
 async def test_ipv6_addresses_get_one_spelling_in_brackets() -> None:
     dns = Answers()
     lb = LoadBalancer()
