@@ -11,6 +11,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from itertools import chain
+from operator import attrgetter
 from typing import Final
 
 import grpc
@@ -21,7 +24,7 @@ from google.protobuf.message import DecodeError
 from nethical_grpc import summary_scan
 from nethical_grpc.errors import FieldViolation, InvalidArgument, MeshError
 from nethical_grpc.governance.decision import MAX_ACTION_TEXT_BYTES, Decision
-from nethical_grpc.governance.detectors import Action, ViolationType
+from nethical_grpc.governance.detectors import FINDINGS, Action, Violation, ViolationType
 from nethical_grpc.governance.profiles import Profile
 from nethical_grpc.governance.requests import EvaluationRequest, Outcome
 from nethical_grpc.model_info import ModelSummary
@@ -56,7 +59,7 @@ from nethical_grpc.validation import (
     name_violation,
     utf8_length,
 )
-from nethical_grpc.wire import packed_field, packed_uint64
+from nethical_grpc.wire import packed_field, packed_uint64, varint
 
 NANOS = 1_000_000_000
 
@@ -933,8 +936,81 @@ def stream_results_to_proto(
     return answer
 
 
+#: Bytes of one evaluation in a batch answer besides its request id's, its region and
+#: instance ids' and its findings', at most: the ``results`` entry's and the ActionResult's
+#: tags and lengths (6 + 6), the request id's tag and length (3: at most 512 bytes), the
+#: decision (2), four doubles (36) and the latency (19).
+_EVALUATION_RESULT_BYTES: Final = 72
+#: Bytes of one ActionError's framing in a batch answer: the ``results`` entry's and the
+#: ActionResult's tags and lengths.
+_ERROR_RESULT_BYTES: Final = 12
+#: Bytes of the ``intent.mismatch`` finding, at most: its message names the claim (an
+#: action type of ``READ_ONLY_ACTION_TYPES`` or a read-only word of the stated intent,
+#: under 32 characters) and a finding type, so it is under 128 bytes; its fields, 24.
+_MISMATCH_FINDING_BYTES: Final = 256
+
+
+@lru_cache(maxsize=4096)
+def _violation_bytes(v: Violation) -> int:
+    """Bytes of ``v`` in an ActionEvaluation's ``violations``, its tag and length included
+    (as :func:`_fill_evaluation` writes it)."""
+    size = governance_pb2.Violation(
+        type=_VIOLATION_TYPE_NAMES[v.type],
+        severity=governance_pb2.Severity.Name(int(v.severity)),
+        confidence=v.confidence,
+        message=v.message,
+        rule_id=v.detector,
+    ).ByteSize()
+    return 1 + len(varint(size)) + size
+
+
+def _worst_findings_bytes() -> int:
+    """Bytes of the most findings one action can get: one per rule (its longest, of the
+    fields it reads), and ``intent.mismatch``."""
+    per_rule: dict[str, int] = {}
+    for v in FINDINGS:
+        per_rule[v.detector] = max(per_rule.get(v.detector, 0), _violation_bytes(v))
+    return sum(per_rule.values()) + _MISMATCH_FINDING_BYTES
+
+
+_WORST_FINDINGS_BYTES: Final = _worst_findings_bytes()
+_request_ids = attrgetter("request_id")
+
+
+def _string_field_bytes(text: str) -> int:
+    n = utf8_length(text)
+    return 1 + len(varint(n)) + n
+
+
+def batch_answer_bound(
+    plan: Sequence[EvaluationRequest | governance_pb2.ActionError],
+    requests: Sequence[EvaluationRequest],
+    findings: Sequence[Sequence[Violation]] | None,
+    region_id: str,
+    instance_id: str,
+) -> int:
+    """The most bytes the answer to a batch message (:func:`stream_results_to_proto`)
+    can take encoded: ``plan`` is the batch as :func:`batch_actions_from_proto` gave it,
+    ``requests`` its actions to evaluate, in order, and ``findings`` their findings
+    (``None``: unknown, the most any action can get)."""
+    n = len(requests)
+    size = n * (
+        _EVALUATION_RESULT_BYTES + _string_field_bytes(region_id) + _string_field_bytes(instance_id)
+    )
+    size += utf8_length("".join(map(_request_ids, requests)))
+    if findings is None:
+        size += n * _WORST_FINDINGS_BYTES
+    else:
+        size += sum(map(_violation_bytes, chain.from_iterable(findings)))
+    if len(plan) > n:  # the actions refused, answered by their ActionError
+        errors = [e for e in plan if isinstance(e, governance_pb2.ActionError)]
+        size += sum(_ERROR_RESULT_BYTES + e.ByteSize() for e in errors)
+    return size
+
+
 def stream_message_error_to_proto(error: MeshError) -> region_node_pb2.EvaluateStreamResponse:
-    """The answer to a malformed EvaluateStream message (none of it was evaluated)."""
+    """The answer to a malformed EvaluateStream message, or to one refused whole (none of
+    it was evaluated)."""
     return region_node_pb2.EvaluateStreamResponse(error=action_error_to_proto("", error))
 
 
@@ -965,9 +1041,24 @@ def _malformed(field: str, description: str) -> InvalidArgument:
     )
 
 
+#: Characters of a refused, too long request_id that its ActionError echoes.
+_ECHOED_REQUEST_ID_CHARS: Final = 64
+
+
+def echoed_request_id(request_id: str) -> str:
+    """``request_id`` as an ActionError echoes it: whole when it is a valid length, else
+    its first :data:`_ECHOED_REQUEST_ID_CHARS` characters, an ellipsis and its length (a
+    bad field never makes the answer larger than the request)."""
+    if len(request_id) <= MAX_REQUEST_ID_CHARS:
+        return request_id
+    return f"{request_id[:_ECHOED_REQUEST_ID_CHARS]}… ({len(request_id):,} characters)"
+
+
 def action_error_to_proto(request_id: str, error: MeshError) -> governance_pb2.ActionError:
+    """Why an action of a stream was not evaluated; ``request_id`` is the action's (clipped
+    when too long, see :func:`echoed_request_id`)."""
     return governance_pb2.ActionError(
-        request_id=request_id,
+        request_id=echoed_request_id(request_id),
         code=error.code.value[0],
         message=error.message,
         field_errors=[

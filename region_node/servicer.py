@@ -24,6 +24,7 @@ from nethical_grpc.errors import (
     rpc_errors,
     rpc_stream_errors,
 )
+from nethical_grpc.governance.detectors import Violation, detect
 from nethical_grpc.governance.requests import EvaluationRequest
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
 from nethical_grpc.privacy import PrivateReleaser
@@ -32,7 +33,7 @@ from nethical_grpc.storage.audit import AuditStoreError
 from nethical_grpc.streams import ReadAhead, read_chunks
 from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
 from nethical_grpc.validation import quoted
-from region_node.evaluation import Evaluator, PendingBatch
+from region_node.evaluation import EVALUATE_CHUNK, Evaluator, PendingBatch
 from region_node.node import RegionNode
 from region_node.stores import NodeStores
 
@@ -421,13 +422,11 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         # per message: its answer when known before evaluating (a malformed message, a
         # bad single action), None for a single action to evaluate, or a batch's parsed
         # actions and action errors
-        plans: list[
-            region_node_pb2.EvaluateStreamResponse
-            | list[EvaluationRequest | governance_pb2.ActionError]
-            | None
-        ] = []
+        plans: list[_StreamPlan] = []
         batches: list[PendingBatch] = []
+        checks: list[tuple[int, int]] = []
         singles: list[EvaluationRequest] = []  # single actions not yet begun
+        ident = self.node.identity
         for message in messages:
             problem = convert.stream_message_problem(message)
             if problem is not None:
@@ -448,26 +447,33 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
                 if singles:  # begun in message order, so outcomes come back in it
                     batches.append(evaluator.begin(singles, in_workers=False))
                     singles = []
-                batches.append(
-                    evaluator.begin([r for r in batch if isinstance(r, EvaluationRequest)])
+                requests = [r for r in batch if isinstance(r, EvaluationRequest)]
+                bound = convert.batch_answer_bound(
+                    batch, requests, None, ident.region_id, ident.instance_id
                 )
+                if bound > self.max_message_bytes:  # may not fit: see _refuse_unfitting
+                    checks.append((len(plans), len(batches)))
+                batches.append(evaluator.begin(requests))
                 plans.append(batch)
         if singles:
             # one action a message: the messages cost more than the detection, and a
             # worker's round trip would only delay the answers
             batches.append(evaluator.begin(singles, in_workers=False))
-        return _StreamGroup(plans, batches, size)
+        return _StreamGroup(plans, batches, size, checks)
 
     async def _finish_stream_group(
         self, evaluator: Evaluator, group: _StreamGroup
     ) -> list[region_node_pb2.EvaluateStreamResponse]:
         """One answer per message of a begun group, in order; all of its valid actions
         are evaluated as one batch (:meth:`Evaluator.finish`)."""
-        outcomes = iter(await evaluator.finish(group.batches))
+        plans, batches = group.plans, group.batches
+        if group.checks:
+            plans, batches = await self._refuse_unfitting(group)
+        outcomes = iter(await evaluator.finish(batches))
         ident = self.node.identity
         region_id, instance_id = ident.region_id, ident.instance_id
         answers = []
-        for plan in group.plans:
+        for plan in plans:
             if plan is None:
                 answers.append(
                     convert.stream_evaluation_to_proto(next(outcomes), region_id, instance_id)
@@ -478,6 +484,39 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
             else:
                 answers.append(plan)
         return answers
+
+    async def _refuse_unfitting(
+        self, group: _StreamGroup
+    ) -> tuple[list[_StreamPlan], list[PendingBatch]]:
+        """The group's plans and batches less its batch messages whose answer would not
+        fit in a message (gRPC would fail the stream, after their evaluations were
+        recorded): each of those is answered by its error, and nothing of it is evaluated.
+
+        The answers' sizes hang on the findings, so the batches to check are detected
+        first (their workers' findings awaited, or detected here), and go on to be
+        evaluated with those findings (not detected again)."""
+        plans, batches = list(group.plans), list(group.batches)
+        ident = self.node.identity
+        refused: set[int] = set()
+        for p, b in group.checks:
+            plan, pending = plans[p], batches[b]
+            assert isinstance(plan, list)
+            findings = await _findings(pending)
+            size = convert.batch_answer_bound(
+                plan, pending.requests, findings, ident.region_id, ident.instance_id
+            )
+            if size > self.max_message_bytes:
+                pending.cancel()
+                refused.add(b)
+                plans[p] = convert.stream_message_error_to_proto(
+                    batch_too_large(len(plan), size, self.max_message_bytes)
+                )
+            else:
+                found: asyncio.Future[list[list[Violation]] | None]
+                found = asyncio.get_running_loop().create_future()
+                found.set_result(findings)
+                batches[b] = PendingBatch(pending.requests, pending.began_ns, found)
+        return plans, [batch for i, batch in enumerate(batches) if i not in refused]
 
     @rpc_errors
     async def Score(  # noqa: N802
@@ -585,6 +624,35 @@ T = TypeVar("T")
 _Message = TypeVar("_Message", bound=Message)
 
 
+def batch_too_large(actions: int, size: int, limit: int) -> ResourceExhausted:
+    """The error answering a batch message whose answer could take ``size`` bytes, over
+    this node's ``limit``-byte messages: gRPC would fail the whole stream."""
+    return ResourceExhausted(
+        message=(
+            f"the answer to this batch of {actions} actions could take {size:,} bytes "
+            f"encoded, over this node's {limit:,}-byte message limit; nothing of it was "
+            "evaluated: send its actions in smaller batches, or raise --max-message-bytes "
+            "on the node and on its callers"
+        ),
+        reason="ANSWER_TOO_LARGE",
+    )
+
+
+async def _findings(batch: PendingBatch) -> list[list[Violation]]:
+    """The findings of a begun batch's requests: the workers', else detected here (a
+    chunk at a time, turning the loop between chunks, as :meth:`Evaluator.finish`)."""
+    found = await batch.detections if batch.detections is not None else None
+    if found is not None:
+        return found
+    actions = [r.action for r in batch.requests]
+    out: list[list[Violation]] = []
+    for start in range(0, len(actions), EVALUATE_CHUNK):
+        if start:
+            await asyncio.sleep(0)
+        out += map(detect, actions[start : start + EVALUATE_CHUNK])
+    return out
+
+
 def answer_too_large(holds: str, size: int, limit: int, narrower: str) -> ResourceExhausted:
     """The error for an answer of ``size`` bytes (holding ``holds``) that would not fit in
     this node's ``limit``-byte messages: gRPC would fail the call with no advice."""
@@ -661,18 +729,25 @@ _STREAM_GROUP_ACTIONS = 1024
 _STREAM_READ_AHEAD_ACTIONS = 4 * convert.MAX_STREAM_BATCH_ACTIONS
 
 
+#: What a stream message is answered with (see ``_begin_stream_group``)
+_StreamPlan = (
+    region_node_pb2.EvaluateStreamResponse
+    | list[EvaluationRequest | governance_pb2.ActionError]
+    | None
+)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _StreamGroup:
     """EvaluateStream messages parsed and begun: per message its plan (see
-    ``_begin_stream_group``), the batches begun, and the actions the group counts for."""
+    ``_begin_stream_group``), the batches begun, the actions the group counts for, and
+    the batch messages whose answer may not fit in a message (their indexes in ``plans``
+    and in ``batches``, see ``_refuse_unfitting``)."""
 
-    plans: list[
-        region_node_pb2.EvaluateStreamResponse
-        | list[EvaluationRequest | governance_pb2.ActionError]
-        | None
-    ]
+    plans: list[_StreamPlan]
     batches: list[PendingBatch]
     size: int
+    checks: list[tuple[int, int]]
 
 
 def stream_weight(message: region_node_pb2.EvaluateStreamRequest) -> int:
