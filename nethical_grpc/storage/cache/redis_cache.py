@@ -1,14 +1,19 @@
 """The Redis cache backend: redis.asyncio over one connection pool, namespaced keys.
 
 Every error that means "the server is not there" (refused or reset connections, timeouts,
-failed authentication) is raised as :class:`CacheUnavailableError` at once: the pool is
-built with no client-side retries, so a dead server costs one connect attempt, and the
-failover cache decides what happens next.
+failed authentication) is raised as :class:`CacheUnavailableError`, and the failover cache
+decides what happens next. A broken connection is tried once more on a fresh one (redis-py
+``Retry`` of one, on connection errors only), so a pooled connection the server dropped
+(idle timeout, ``CLIENT KILL``, a restart) costs a reconnect, not an outage; a dead
+server fails that reconnect too.
 
 Each call runs under ``asyncio.timeout(socket_timeout)`` (cheaper than redis-py's own
-per-write ``wait_for``, which starts a task per command) and under a semaphore of
-``max_connections`` slots, so a burst of calls waits for a pooled connection instead of
-failing with "too many connections".
+per-write ``wait_for``, which starts a task per command), and nothing after a failure
+waits on the server: a transaction's connection is dropped rather than sent ``UNWATCH``.
+Calls first take one of ``max_connections`` slots, so a burst waits for a pooled
+connection instead of failing with "too many connections"; that wait is not under the
+timeout (a busy pool is no outage), but a call that queued before another call found the
+server unreachable fails at once instead of waiting out a timeout of its own.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from nethical_grpc.errors import first_line
 from nethical_grpc.storage.backend import redact_url
@@ -95,6 +100,23 @@ def describe_error(err: BaseException, secret: str | None = None) -> str:
     return reason
 
 
+class _Transaction(Pipeline):
+    """A ``WATCH``/``MULTI``/``EXEC`` pipeline whose cleanup never waits on the server.
+
+    redis-py resets a pipeline that is still watching (the transaction failed, timed out
+    or was abandoned before ``EXEC``) by sending ``UNWATCH`` and reading the answer, with
+    no deadline, reconnecting first if the failure closed the connection: on a server that
+    stopped answering that waits forever. Here the connection is dropped instead, which
+    ends the ``WATCH`` as well; the pool connects afresh for the next call.
+    """
+
+    async def reset(self) -> None:  # type: ignore[override]  # Pipeline.reset's own type
+        if self.watching and self.connection is not None:
+            self.watching = False
+            await self.connection.disconnect(nowait=True)
+        await super().reset()  # type: ignore[no-untyped-call]
+
+
 class RedisCache(Cache):
     """A namespaced cache on Redis (asyncio, pooled connections, no pickle).
 
@@ -148,6 +170,9 @@ class RedisCache(Cache):
         self._hits = 0
         self._misses = 0
         self._errors = 0
+        #: calls that found the server unreachable; ``_down``: the latest call did
+        self._outages = 0
+        self._down = False
         #: update_multiple attempts that another writer's change made Redis refuse
         self._conflicts = 0
         self.last_error = ""
@@ -200,22 +225,40 @@ class RedisCache(Cache):
 
     def _unavailable(self, err: BaseException) -> CacheUnavailableError:
         self._errors += 1
+        self._outages += 1
+        self._down = True
         self.last_error = describe_error(err, self._secret)
         return CacheUnavailableError(f"redis {self.last_error}")
 
+    def _check_not_down_since(self, outages: int) -> None:
+        """Raise if a call found the server unreachable while this one waited for a slot
+        (and no call has reached it since): it would only wait out its own timeout."""
+        if self._down and self._outages != outages:
+            raise CacheUnavailableError(f"redis {self.last_error}")
+
     async def _call(self, *args: Any) -> Any:
-        try:
-            async with asyncio.timeout(self.timeout), self._slots:
-                return await self._execute(*args)
-        except UNAVAILABLE_ERRORS as err:
-            raise self._unavailable(err) from err
+        outages = self._outages
+        async with self._slots:  # waiting here is a busy pool, not an outage
+            self._check_not_down_since(outages)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    result = await self._execute(*args)
+            except UNAVAILABLE_ERRORS as err:
+                raise self._unavailable(err) from err
+        self._down = False
+        return result
 
     async def _run(self, pipe: Pipeline, raise_on_error: bool = True) -> list[Any]:
-        try:
-            async with asyncio.timeout(self.timeout), self._slots:
-                return await pipe.execute(raise_on_error=raise_on_error)
-        except UNAVAILABLE_ERRORS as err:
-            raise self._unavailable(err) from err
+        outages = self._outages
+        async with self._slots:
+            self._check_not_down_since(outages)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    result: list[Any] = await pipe.execute(raise_on_error=raise_on_error)
+            except UNAVAILABLE_ERRORS as err:
+                raise self._unavailable(err) from err
+        self._down = False
+        return result
 
     def _px(self, ttl: float | None) -> tuple[Any, ...]:
         """The ``PX ms`` arguments for ``ttl`` seconds (none for no expiry)."""
@@ -291,9 +334,16 @@ class RedisCache(Cache):
         ns = self.namespace
         names = [ns + k for k in wanted]
         for _ in range(UPDATE_ATTEMPTS):
-            try:
-                async with asyncio.timeout(self.timeout), self._slots:
-                    async with self._client.pipeline(transaction=True) as pipe:
+            outages = self._outages
+            async with self._slots:
+                self._check_not_down_since(outages)
+                try:
+                    async with (
+                        asyncio.timeout(self.timeout),
+                        _Transaction(
+                            self._pool, self._client.response_callbacks, True, None
+                        ) as pipe,
+                    ):
                         await pipe.watch(*names)
                         # immediate mode until multi(): the MGET answers now
                         stored = cast(
@@ -311,11 +361,12 @@ class RedisCache(Cache):
                         for name, data in encoded:
                             pipe.execute_command("SET", name, data, *px)
                         await pipe.execute()
-            except redis_errors.WatchError:
-                self._conflicts += 1
-                continue
-            except UNAVAILABLE_ERRORS as err:
-                raise self._unavailable(err) from err
+                except redis_errors.WatchError:
+                    self._conflicts += 1
+                    continue
+                except UNAVAILABLE_ERRORS as err:
+                    raise self._unavailable(err) from err
+            self._down = False
             self._hits += len(found)
             self._misses += len(wanted) - len(found)
             return values
@@ -411,6 +462,7 @@ def _pool_options(max_connections: int, connect_timeout: float) -> dict[str, Any
         "max_connections": max_connections,
         "socket_timeout": None,  # each call runs under asyncio.timeout instead
         "socket_connect_timeout": _seconds("connect_timeout", connect_timeout),
-        "retry": Retry(NoBackoff(), 0),
+        # one more try on a fresh connection after a broken one (not after a timeout)
+        "retry": Retry(NoBackoff(), 1, (redis_errors.ConnectionError,)),
         "decode_responses": False,
     }
