@@ -13,9 +13,16 @@ from dataclasses import dataclass
 
 import grpc
 import numpy as np
+from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from nethical_grpc.convert import ns_to_duration, ns_to_timestamp
+from nethical_grpc.convert import (
+    MAX_TIMESTAMP_SECONDS,
+    MIN_TIMESTAMP_SECONDS,
+    NANOS,
+    ns_to_duration,
+    ns_to_timestamp,
+)
 from nethical_grpc.grpc_options import channel_options
 from nethical_grpc.v1 import coordinator_pb2, coordinator_pb2_grpc, region_node_pb2
 from nethical_grpc.wire import packed_field
@@ -101,12 +108,22 @@ def global_metrics_request(opts: QueryOptions) -> coordinator_pb2.GetGlobalMetri
         include_summary=opts.include_summary,
     )
     if opts.start_ns is not None:
-        req.start_time.CopyFrom(ns_to_timestamp(opts.start_ns))
+        req.start_time.CopyFrom(_timestamp(opts.start_ns, "start_ns"))
     if opts.end_ns is not None:
-        req.end_time.CopyFrom(ns_to_timestamp(opts.end_ns))
+        req.end_time.CopyFrom(_timestamp(opts.end_ns, "end_ns"))
     if opts.region_timeout_s is not None:
         req.region_timeout.CopyFrom(ns_to_duration(int(opts.region_timeout_s * 1e9)))
     return req
+
+
+def _timestamp(ns: int, name: str) -> timestamp_pb2.Timestamp:
+    """``ns`` (Unix nanoseconds) as a Timestamp; a ``ValueError`` naming ``name`` when
+    it is outside the times a Timestamp holds."""
+    if not MIN_TIMESTAMP_SECONDS * NANOS <= ns < (MAX_TIMESTAMP_SECONDS + 1) * NANOS:
+        raise ValueError(
+            f"{name} {ns} is outside the times a request can carry (0001-01-01 to 9999-12-31, UTC)"
+        )
+    return ns_to_timestamp(ns)
 
 
 async def global_metrics(

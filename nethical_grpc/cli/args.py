@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +27,15 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|ms|s|m|h|d)?\s*$")
 
 def parse_duration_ns(text: str) -> int:
     """'10s', '250ms', '5m', '24h', '1.5' (seconds) → nanoseconds."""
+    value = _duration_ns(text)
+    if math.isinf(value):  # more digits than a float holds
+        raise argparse.ArgumentTypeError(f"duration too long: {text!r}")
+    return int(value)
+
+
+def _duration_ns(text: str) -> float:
+    """The nanoseconds of a duration, at least 1 (infinity for more digits than a float
+    holds)."""
     m = _DURATION.match(text)
     if not m:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 10s, 250ms, 5m, 24h)")
@@ -33,7 +44,22 @@ def parse_duration_ns(text: str) -> int:
         raise argparse.ArgumentTypeError(f"duration must be positive: {text!r}")
     if value < 1:
         raise argparse.ArgumentTypeError(f"duration under 1ns, the smallest there is: {text!r}")
-    return int(value)
+    return value
+
+
+#: The longest a protobuf Duration holds: 10,000 years.
+MAX_PROTO_DURATION_NS = 315_576_000_000 * 1_000_000_000
+
+
+def parse_proto_duration_ns(text: str) -> int:
+    """Like :func:`parse_duration_ns`, at most what a protobuf Duration holds (a
+    duration a request carries)."""
+    value = parse_duration_ns(text)
+    if value > MAX_PROTO_DURATION_NS:
+        raise argparse.ArgumentTypeError(
+            f"duration too long: {text!r} (at most 10,000 years, what a request can carry)"
+        )
+    return value
 
 
 def parse_duration_or_zero_ns(text: str) -> int:
@@ -64,9 +90,14 @@ class When:
 
 def parse_when(text: str) -> When:
     """'15m', '2h' (that long ago) or a time, RFC 3339 ('2026-12-01T02:00:00Z', with an
-    offset, or without one: UTC)."""
+    offset, or without one: UTC); either within the times a protobuf Timestamp holds,
+    0001-01-01 to 9999-12-31 (UTC)."""
     if _DURATION.match(text):
-        return When(ago_ns=parse_duration_ns(text))
+        ago = _duration_ns(text)
+        # counted back from now (later each time a watch asks again: never earlier)
+        if math.isinf(ago) or time.time_ns() - int(ago) < _FIRST_NS:
+            raise _out_of_range(text)
+        return When(ago_ns=int(ago))
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -77,17 +108,30 @@ def parse_when(text: str) -> When:
         moment = moment.replace(tzinfo=UTC)
     since_epoch = moment - _EPOCH
     seconds = since_epoch.days * 86_400 + since_epoch.seconds
-    return When(at_ns=seconds * 1_000_000_000 + since_epoch.microseconds * 1_000)
+    at_ns = seconds * 1_000_000_000 + since_epoch.microseconds * 1_000
+    if not _FIRST_NS <= at_ns <= _LAST_NS:  # an offset can take it past either end
+        raise _out_of_range(text)
+    return When(at_ns=at_ns)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: The first and last nanosecond a protobuf Timestamp holds (0001-01-01T00:00:00Z,
+#: 9999-12-31T23:59:59.999999999Z).
+_FIRST_NS = -62_135_596_800 * 1_000_000_000
+_LAST_NS = 253_402_300_800 * 1_000_000_000 - 1
+
+
+def _out_of_range(text: str) -> argparse.ArgumentTypeError:
+    return argparse.ArgumentTypeError(
+        f"not a time a request can carry (0001-01-01 to 9999-12-31, UTC): {text!r}"
+    )
 
 
 def parse_when_or_all(text: str) -> When | None:
     """Like :func:`parse_when`, and '0' (or 'off') for "no bound" → None."""
-    if _DURATION.match(text) or text.strip().lower() == "off":
-        ago = parse_duration_or_zero_ns(text)
-        return When(ago_ns=ago) if ago else None
+    m = _DURATION.match(text)
+    if text.strip().lower() == "off" or (m and float(m.group(1)) == 0):
+        return None
     return parse_when(text)
 
 
@@ -141,6 +185,56 @@ def parse_port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port must be in 0..65535, got {port}")
     return port
+
+
+#: gRPC's target schemes whose addresses are HOST:PORT (``ipv4:``, ``ipv6:``: a list of
+#: them); other schemes (``unix:``, ``vsock:`` ...) name no TCP port.
+_HOST_PORT_SCHEMES = ("dns", "ipv4", "ipv6")
+_OTHER_SCHEMES = ("unix", "unix-abstract", "vsock")
+
+
+def parse_target(text: str) -> str:
+    """A gRPC target, as given: ``HOST:PORT``, ``[IPV6]:PORT``, ``dns:///NAME:PORT``,
+    ``unix:PATH`` ...; a port it names must be 1 to 65535 (gRPC wraps a larger one
+    around: 70000 is 4464)."""
+    scheme, colon, rest = text.partition(":")
+    if colon and scheme in _OTHER_SCHEMES:
+        return text
+    if colon and scheme in _HOST_PORT_SCHEMES:
+        if rest.startswith("//"):  # dns://AUTHORITY/NAME:PORT
+            rest = rest[2:].partition("/")[2]
+        addresses = rest.split(",")
+    else:
+        addresses = [text]
+    for address in addresses:
+        port = _port_of(address)
+        if port is not None and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise argparse.ArgumentTypeError(f"port must be 1 to 65535, got {port!r} in {text!r}")
+    return text
+
+
+def _port_of(address: str) -> str | None:
+    """The port ``HOST:PORT`` or ``[IPV6]:PORT`` names; None for none (a bare host or
+    IPv6 address: gRPC's default port)."""
+    if address.startswith("["):
+        after = address.partition("]")[2]
+        return after[1:] if after.startswith(":") else None
+    host, colon, port = address.rpartition(":")
+    return port if colon and ":" not in host else None
+
+
+#: The longest ``--timeout``: far more than any call needs, and well within what a
+#: gRPC deadline holds (one of about 8e9 s was already past and failed at once).
+MAX_TIMEOUT_S = 1e9
+
+
+def parse_timeout_s(text: str) -> float:
+    """A call's deadline in seconds: a positive finite number, at most
+    :data:`MAX_TIMEOUT_S`."""
+    value = _number(text, float, "a number of seconds")
+    if not 0 < value <= MAX_TIMEOUT_S:  # NaN is neither
+        raise argparse.ArgumentTypeError(f"must be over 0 s and at most 1e9 s, got {text}")
+    return value
 
 
 def parse_positive_int(text: str) -> int:

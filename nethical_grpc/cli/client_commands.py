@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2
 
 from nethical_grpc import client
 from nethical_grpc.cli.args import check_utf8
-from nethical_grpc.cli.table import fmt_number, render
+from nethical_grpc.cli.table import enum_name, fmt_number, render
 from nethical_grpc.errors import InvalidArgument, MeshError, details_from_error, details_of
 from nethical_grpc.security.config import client_security_from_args
 from nethical_grpc.v1 import coordinator_pb2, coordinator_pb2_grpc
@@ -389,8 +389,10 @@ def regions_table(response: coordinator_pb2.ListRegionsResponse) -> str:
     ]
     headers = ["region", "instance", "endpoint", "health", "requests", "err%", "ewma ms"]
     table = render([*headers, "in-flight", "ejected"], rows, text_columns=(1, 2, 3, 8))
-    strategy = coordinator_pb2.BalancingStrategy.Name(response.strategy)
-    gateway = f"gateway: {strategy.removeprefix('BALANCING_STRATEGY_').lower()}"
+    strategy = enum_name(
+        coordinator_pb2.BalancingStrategy, response.strategy, "BALANCING_STRATEGY_"
+    )
+    gateway = f"gateway: {strategy.lower()}"
     if response.local_region:
         gateway += f", local region {response.local_region}"
     if response.stay_in_region:

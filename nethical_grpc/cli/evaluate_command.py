@@ -8,7 +8,7 @@ import argparse
 import re
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 from google.protobuf import json_format
@@ -18,6 +18,7 @@ from nethical_grpc import convert
 from nethical_grpc.cli.args import DECISION_CHOICES
 from nethical_grpc.cli.client_commands import ask, print_json, read_input
 from nethical_grpc.cli.table import counted, decision_name, render, severity_name
+from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
 from nethical_grpc.v1 import (
     coordinator_pb2,
     coordinator_pb2_grpc,
@@ -85,6 +86,13 @@ async def run_evaluate(args: argparse.Namespace) -> int:
         print("error: give TEXT or --actions FILE, not both or neither", file=sys.stderr)
         return 2
     if args.actions is not None:
+        if args.request_id:
+            print(
+                "error: --request-id is for one action; with --actions, give each line "
+                "its request_id",
+                file=sys.stderr,
+            )
+            return 2
         if args.batch > convert.MAX_STREAM_BATCH_ACTIONS:
             print(
                 f"error: --batch must be at most {convert.MAX_STREAM_BATCH_ACTIONS}",
@@ -93,10 +101,11 @@ async def run_evaluate(args: argparse.Namespace) -> int:
             return 2
         try:
             actions = read_actions(args)
+            batches = stream_batches(actions, args.batch, _stream_request(args), args.actions)
         except (OSError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        return await _evaluate_many(args, actions)
+        return await _evaluate_many(args, actions, batches)
     try:
         action = read_action(args)
     except (OSError, ValueError) as exc:  # stdin that is not UTF-8, say
@@ -174,29 +183,72 @@ def read_actions(args: argparse.Namespace) -> list[Numbered]:
     return actions
 
 
-async def _evaluate_many(args: argparse.Namespace, numbered: list[Numbered]) -> int:
-    """The actions over one EvaluateStream, ``--batch`` a message; a line per result (or
-    a JSON line with ``--json``) and the count per decision, each action named by its
-    line. Exit 1 when an action got an error, else as for one action."""
-    actions = [action for _, action in numbered]
-    batches = [actions[i : i + args.batch] for i in range(0, len(actions), args.batch)]
+#: The stream message of a batch of actions (a region node's or a coordinator's).
+StreamRequest = Callable[[Sequence[governance_pb2.AgentAction]], Message]
+
+#: The most bytes of a stream message ``--actions`` sends: half the client's message
+#: limit, the margin for a server whose own limit is lower.
+STREAM_MESSAGE_BYTES = DEFAULT_MAX_MESSAGE_BYTES // 2
+
+
+def _stream_request(args: argparse.Namespace) -> StreamRequest:
+    """The stream message the flags ask for, of a batch of actions."""
+    if args.node:
+        return lambda actions: region_node_pb2.EvaluateStreamRequest(actions=actions)
+    return lambda actions: coordinator_pb2.CoordinatorServiceEvaluateStreamRequest(
+        actions=actions, region_id=args.region, stay_in_region=args.stay_in_region
+    )
+
+
+def stream_batches(
+    numbered: Sequence[Numbered],
+    most: int,
+    request_of: StreamRequest,
+    source: str,
+    budget: int = STREAM_MESSAGE_BYTES,
+) -> list[list[governance_pb2.AgentAction]]:
+    """The actions cut into the batches of the stream's messages, in order: each of at
+    most ``most`` actions and, encoded by ``request_of``, ``budget`` bytes (an action
+    larger than that alone). An action too large for a message of the client's
+    (:data:`DEFAULT_MAX_MESSAGE_BYTES`) is a ``ValueError`` naming its line in ``source``."""
+    head = request_of([]).ByteSize()
+    batches: list[list[governance_pb2.AgentAction]] = []
+    batch: list[governance_pb2.AgentAction] = []
+    size = head
+    for line, action in numbered:
+        each = request_of([action]).ByteSize() - head
+        if head + each > DEFAULT_MAX_MESSAGE_BYTES:
+            raise ValueError(
+                f"{source}, line {line}: the action takes {each:,} bytes, more than a "
+                f"message carries ({DEFAULT_MAX_MESSAGE_BYTES:,})"
+            )
+        if batch and (len(batch) == most or size + each > budget):
+            batches.append(batch)
+            batch, size = [], head
+        batch.append(action)
+        size += each
+    batches.append(batch)
+    return batches
+
+
+async def _evaluate_many(
+    args: argparse.Namespace,
+    numbered: list[Numbered],
+    batches: list[list[governance_pb2.AgentAction]],
+) -> int:
+    """The actions over one EvaluateStream, a message a batch (:func:`stream_batches`);
+    a line per result (or a JSON line with ``--json``) and the count per decision, each
+    action named by its line. Exit 1 when an action got an error, else as for one
+    action."""
+    request_of = _stream_request(args)
 
     async def stream(channel: grpc.aio.Channel) -> list[governance_pb2.ActionResult]:
-        if args.node:
-            call = region_node_pb2_grpc.RegionNodeServiceStub(channel).EvaluateStream(
-                (region_node_pb2.EvaluateStreamRequest(actions=b) for b in batches),
-                timeout=args.timeout,
-            )
-        else:
-            call = coordinator_pb2_grpc.CoordinatorServiceStub(channel).EvaluateStream(
-                (
-                    coordinator_pb2.CoordinatorServiceEvaluateStreamRequest(
-                        actions=b, region_id=args.region, stay_in_region=args.stay_in_region
-                    )
-                    for b in batches
-                ),
-                timeout=args.timeout,
-            )
+        stub = (
+            region_node_pb2_grpc.RegionNodeServiceStub(channel)
+            if args.node
+            else coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+        )
+        call = stub.EvaluateStream((request_of(b) for b in batches), timeout=args.timeout)
         results: list[governance_pb2.ActionResult] = []
         answered = 0
         async for answer in call:  # an answer a batch, in the batches' order
@@ -265,6 +317,8 @@ def results_text(
         )
     table = render(["action", "agent", "decision", "risk", "first finding"], rows, (1, 2, 4))
     decisions = Counter(row[2] for row in rows)
-    order = [*(d.upper() for d in DECISION_CHOICES), "ERROR"]
+    known = [d.upper() for d in DECISION_CHOICES]
+    unknown = sorted(decisions.keys() - {*known, "ERROR"})  # a newer server's: UNKNOWN(n)
+    order = [*known, *unknown, "ERROR"]
     summary = ", ".join(f"{d} {decisions[d]:,}" for d in order if d in decisions)
     return f"{table}\n{counted(len(results), 'action', 'actions')}: {summary}"

@@ -30,6 +30,9 @@ from nethical_grpc.cli.args import (
     parse_pair,
     parse_port,
     parse_positive_int,
+    parse_proto_duration_ns,
+    parse_target,
+    parse_timeout_s,
     parse_unit_interval,
     parse_weight,
     parse_when,
@@ -72,8 +75,12 @@ def _client_parser(
     --json, the TLS and token flags, --log-level."""
     p: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=description)
     what = "a coordinator" if target == COORDINATOR else "a region node"
-    p.add_argument("--target", default=target, help=f"{what}, HOST:PORT ({target})")
-    p.add_argument("--timeout", type=float, default=timeout, help=f"deadline in s ({timeout:g})")
+    p.add_argument(
+        "--target", type=parse_target, default=target, help=f"{what}, HOST:PORT ({target})"
+    )
+    p.add_argument(
+        "--timeout", type=parse_timeout_s, default=timeout, help=f"deadline in s ({timeout:g})"
+    )
     p.add_argument("--json", action="store_true", help="print the response as JSON")
     add_client_arguments(p)
     _common(p)
@@ -486,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     _range(query)
     query.add_argument("--breakdown", action="store_true", help="per-region figures too")
     query.add_argument(
-        "--region-timeout", type=parse_duration_ns, help="deadline of each region call (2s)"
+        "--region-timeout", type=parse_proto_duration_ns, help="deadline of each region call (2s)"
     )
     query.add_argument(
         "--node",
@@ -530,7 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch",
         type=parse_positive_int,
         default=512,
-        help="actions a stream message with --actions (512; at most 4096)",
+        help="most actions a stream message carries with --actions (512; at most 4096; "
+        "fewer when large: a message is at most 4 MiB)",
     )
     evaluate.add_argument("--agent-id", default="cli", help="who acts (cli)")
     evaluate.add_argument("--action-type", default="", help="e.g. query, command, message")
@@ -673,7 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--by", choices=AGGREGATION_CHOICES, default="avg", help="how to combine a bucket (avg)"
     )
     aggregate.add_argument(
-        "--bucket", type=parse_duration_ns, default=60_000_000_000, help="bucket width (1m)"
+        "--bucket", type=parse_proto_duration_ns, default=60_000_000_000, help="bucket width (1m)"
     )
     _range(aggregate, since=_AN_HOUR_AGO, since_text="1h", required=True)
     aggregate.add_argument("--agent-id", default="", help="only this agent")
@@ -692,10 +700,14 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("file", nargs="?", default="-", metavar="FILE", help="- is stdin (-)")
 
     health = sub.add_parser("health", help="grpc.health.v1 Check: exit 0 only when SERVING")
-    health.add_argument("target", nargs="?", help="HOST:PORT (or give it as --target)")
-    health.add_argument("--target", dest="target_flag", metavar="TARGET", help="HOST:PORT")
+    health.add_argument(
+        "target", nargs="?", type=parse_target, help="HOST:PORT (or give it as --target)"
+    )
+    health.add_argument(
+        "--target", dest="target_flag", type=parse_target, metavar="TARGET", help="HOST:PORT"
+    )
     health.add_argument("--service", default="", help="service name ('' = the server)")
-    health.add_argument("--timeout", type=float, default=3.0)
+    health.add_argument("--timeout", type=parse_timeout_s, default=3.0, help="deadline in s (3)")
     health.add_argument(
         "--watch",
         action="store_true",

@@ -16,7 +16,7 @@ from google.protobuf import duration_pb2
 from nethical_grpc import client, convert
 from nethical_grpc.cli.client_commands import ask, print_json, set_time_range, show
 from nethical_grpc.cli.observations import Observations, read_observations
-from nethical_grpc.cli.table import counted, decision_name, fmt_time, render
+from nethical_grpc.cli.table import counted, decision_name, enum_name, fmt_time, render
 from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
 
 #: Most characters of an action text in the audit table (the whole text is in --json).
@@ -97,8 +97,10 @@ async def run_profile(args: argparse.Namespace) -> int:
 
 def profile_text(profile: region_node_pb2.GetRiskProfileResponse) -> str:
     """An agent's counts, risk, last time seen and recent decisions for a terminal."""
+    # least severe first; a decision this client does not know (a newer server's) last
+    order = dict(governance_pb2.Decision.items())
     by_severity = sorted(
-        profile.decision_counts.items(), key=lambda kv: governance_pb2.Decision.Value(kv[0])
+        profile.decision_counts.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])
     )
     counts = ", ".join(f"{name.removeprefix('DECISION_')} {n:,}" for name, n in by_severity)
     lines = [
@@ -192,7 +194,7 @@ def _duration(d: duration_pb2.Duration) -> str:
 
 def node_info_text(info: region_node_pb2.GetNodeInfoResponse, now_s: float) -> str:
     """A node's identity, windows, model, stores and components for a terminal."""
-    scope = region_node_pb2.DataScope.Name(info.scope).removeprefix("DATA_SCOPE_").lower()
+    scope = enum_name(region_node_pb2.DataScope, info.scope, "DATA_SCOPE_").lower()
     windows = f"{_duration(info.window)} windows kept {_duration(info.retention)}"
     if info.HasField("rollup_after"):
         windows += (

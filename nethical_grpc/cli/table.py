@@ -6,18 +6,29 @@ import math
 from collections.abc import Collection, Sequence
 
 from google.protobuf import timestamp_pb2
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from nethical_grpc.v1 import governance_pb2
 
 
+def enum_name(enum: EnumTypeWrapper, value: int, prefix: str) -> str:
+    """The name of ``enum``'s ``value`` without ``prefix`` (``BLOCK`` for
+    ``DECISION_BLOCK``), or ``UNKNOWN(n)`` for a value this client's stubs do not know
+    (a newer server's)."""
+    try:
+        return enum.Name(value).removeprefix(prefix)
+    except ValueError:
+        return f"UNKNOWN({value})"
+
+
 def decision_name(value: int) -> str:
     """``BLOCK`` for ``DECISION_BLOCK``."""
-    return governance_pb2.Decision.Name(value).removeprefix("DECISION_")
+    return enum_name(governance_pb2.Decision, value, "DECISION_")
 
 
 def severity_name(value: int) -> str:
     """``HIGH`` for ``SEVERITY_HIGH``."""
-    return governance_pb2.Severity.Name(value).removeprefix("SEVERITY_")
+    return enum_name(governance_pb2.Severity, value, "SEVERITY_")
 
 
 def counted(n: int, one: str, many: str) -> str:

@@ -362,3 +362,22 @@ def test_a_demo_whose_region_does_not_start() -> None:
     assert lines[0].startswith("demo: us-east-1 exited with 2: "), lines
     assert "--metrics-port: port must be in 0..65535" in lines[0]
     assert "(logs in " in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("data", "args", "words"),
+    [
+        (b"", ["query", "--since", "800000d"], "argument --since: not a time a request"),
+        (b"", ["audit", "--until", "9999-12-31T23:59:59-05:00"], "0001-01-01 to 9999-12-31"),
+        (b"", ["aggregate", "m", "--bucket", "9" * 30 + "d"], "argument --bucket: duration too"),
+        (b"", ["query", "--timeout", "nan"], "argument --timeout: must be over 0 s"),
+        (b"", ["health", "127.0.0.1:99999"], "argument target: port must be 1 to 65535"),
+        (b'{"action_text": "x"}\n', ["evaluate", "--actions", "-", "--request-id", "r"], "each"),
+    ],
+)
+def test_client_flags_out_of_range(data: bytes, args: list[str], words: str) -> None:
+    """Before: a ValueError or OverflowError traceback (times, durations), a call made
+    with a NaN deadline or a port gRPC wrapped around, --request-id left out unsaid."""
+    target = [] if args[0] == "health" else ["--target", "127.0.0.1:1"]
+    out = run_input(data, *args, *target)
+    assert_clear_failure(out, words)

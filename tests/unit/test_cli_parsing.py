@@ -144,3 +144,86 @@ def test_a_drain_can_be_at_once(role: str) -> None:
     args = build_parser().parse_args([role, *extra, "--drain-announce", "0s", "--drain-grace", "0"])
     assert (args.drain_announce, args.drain_grace) == (0, 0)
     assert build_parser().parse_args([role, *extra]).drain_grace == 5_000_000_000
+
+
+def _usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The usage error ``argv`` gets (exit status 2): its stderr."""
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(argv)
+    assert stop.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["query"], ["evaluate", "x"], ["health", "h:1"], ["info"]])
+@pytest.mark.parametrize("value", ["inf", "nan", "0", "-1", "-inf", "1e300", "soon"])
+def test_a_timeout_is_a_positive_finite_number_of_seconds(
+    command: list[str], value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, inf, nan, 0 and negative timeouts were taken (a call that failed at once
+    with DEADLINE_EXCEEDED, or never ended), and so was 1e300, past what a gRPC deadline
+    holds (DEADLINE_EXCEEDED at once)."""
+    err = _usage_error([*command, f"--timeout={value}"], capsys)
+    assert "argument --timeout: " in err and len(err.strip().splitlines()[-1]) < 120, err
+
+
+def test_a_timeout_in_range_is_kept() -> None:
+    assert build_parser().parse_args(["query", "--timeout", "0.25"]).timeout == 0.25
+    assert build_parser().parse_args(["health", "h:1", "--timeout", "1e6"]).timeout == 1e6
+    assert build_parser().parse_args(["query"]).timeout == 10.0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["query", "--target", "127.0.0.1:99999"],
+        ["evaluate", "x", "--target", "[::1]:70000"],  # gRPC took it as port 4464
+        ["info", "--target", "node:0"],
+        ["metrics", "--target", "node:-1"],
+        ["regions", "--target", "node:http"],
+        ["audit", "--target", "dns:///nodes.ns.svc:65536"],
+        ["health", "127.0.0.1:99999"],
+        ["health", "--target", "127.0.0.1:99999"],
+    ],
+)
+def test_a_target_port_out_of_range_is_a_usage_error(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, such a target went to gRPC: a port past 65535 wrapped around (70000 is
+    4464) or failed later as a name that does not resolve."""
+    err = _usage_error(argv, capsys)
+    assert "argument " in err and "port" in err, err
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "127.0.0.1:50050",
+        "[::1]:65535",
+        "node.ns.svc:1",
+        "dns:///nodes.ns.svc:50051",
+        "dns:nodes:50051",
+        "unix:/tmp/mesh.sock",
+        "unix:///tmp/mesh.sock",
+        "localhost",  # gRPC's default port
+        "::1",
+    ],
+)
+def test_a_target_gRPC_takes_is_kept(target: str) -> None:  # noqa: N802
+    assert build_parser().parse_args(["query", "--target", target]).target == target
+    assert build_parser().parse_args(["health", target]).target == target
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["aggregate", "m", "--bucket", "9" * 30 + "d"],
+        ["query", "--region-timeout", "9" * 30 + "d"],
+        ["query", "--watch", "9" * 400 + "s"],
+    ],
+)
+def test_a_duration_too_long_for_a_request_is_a_usage_error(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, a ValueError ("Value out of range") or OverflowError traceback."""
+    err = _usage_error(argv, capsys)
+    assert f"argument {argv[-2]}: " in err and "too long" in err, err

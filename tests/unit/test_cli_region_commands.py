@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from nethical_grpc.cli.region_commands import node_info_text
-from nethical_grpc.v1 import region_node_pb2
+from nethical_grpc.cli.region_commands import node_info_text, profile_text
+from nethical_grpc.v1 import governance_pb2, region_node_pb2
 
 
 def _seconds(s: int) -> duration_pb2.Duration:
@@ -94,3 +94,27 @@ def test_node_info_names_what_the_node_leaves_out() -> None:
         "STORED_WINDOWS_NOT_LOADED: not back yet",
         "left out     any time: PEERS_NOT_LOADED: peers",
     ]
+
+
+def test_a_scope_this_client_does_not_know_is_named_by_its_number() -> None:
+    """Before, a ValueError traceback from DataScope.Name (a newer server's scope)."""
+    info = region_node_pb2.GetNodeInfoResponse(region_id="r", instance_id="i", scope=7)
+    assert "(data scope: unknown(7))" in node_info_text(info, 0).splitlines()[0]
+
+
+def test_a_profile_with_decisions_this_client_does_not_know() -> None:
+    """A newer server's decision, by name in the counts and by number in the recent
+    evaluations: before, a ValueError traceback (Decision.Value, Decision.Name)."""
+    profile = region_node_pb2.GetRiskProfileResponse(
+        agent_id="a1",
+        evaluations=6,
+        decision_counts={"DECISION_ESCALATE": 1, "DECISION_BLOCK": 2, "DECISION_ALLOW": 3},
+        recent=[
+            governance_pb2.ProfileEntry(
+                time=timestamp_pb2.Timestamp(seconds=60), decision=9, risk_score=0.5
+            )
+        ],
+    )
+    lines = profile_text(profile).splitlines()
+    assert lines[1] == "evaluations  6 (ALLOW 3, BLOCK 2, ESCALATE 1)"
+    assert lines[-1].split()[:2] == ["1970-01-01T00:01:00.000Z", "UNKNOWN(9)"]

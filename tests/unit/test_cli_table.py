@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nethical_grpc.cli.table import fmt_number, render
+from nethical_grpc.cli.table import decision_name, fmt_number, render, severity_name
+from nethical_grpc.v1 import governance_pb2
 
 
 @pytest.mark.parametrize(
@@ -52,3 +53,12 @@ def test_render_pads_columns_and_aligns_numbers_right() -> None:
         "a              1",
         "long name  1,000",
     ]
+
+
+def test_an_enum_value_this_client_does_not_know_is_named_by_its_number() -> None:
+    """A newer server's decision or severity: before, a ValueError from the enum's
+    Name() ended the command with a traceback."""
+    assert decision_name(governance_pb2.DECISION_BLOCK) == "BLOCK"
+    assert severity_name(governance_pb2.SEVERITY_HIGH) == "HIGH"
+    assert decision_name(9) == "UNKNOWN(9)"
+    assert severity_name(42) == "UNKNOWN(42)"

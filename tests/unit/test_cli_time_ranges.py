@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from nethical_grpc import client
 from nethical_grpc.cli.args import When, parse_when, parse_when_or_all
 from nethical_grpc.cli.client_commands import _query_options
 from nethical_grpc.cli.main import build_parser
@@ -86,3 +87,53 @@ def test_audit_metrics_and_aggregate_carry_the_range() -> None:
     # aggregate needs a start: no "0" there
     with pytest.raises(SystemExit):
         _args("aggregate", "risk_score", "--since", "0")
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["query", "--since", "9999-12-31T23:59:59-05:00"], "--since"),  # 10000-01-01 in UTC
+        (["query", "--until", "0001-01-01T00:00:00+05:00"], "--until"),  # year 0 in UTC
+        (["metrics", "--since", "800000d"], "--since"),  # back before the year 1
+        (["audit", "--until", "99999999999999999999d"], "--until"),
+        (["aggregate", "m", "--since", "9" * 400 + "h"], "--since"),  # a float's infinity
+        (["metrics", "--since", "0001-01-01T00:00:00+00:01"], "--since"),
+    ],
+)
+def test_a_time_no_request_can_carry_is_a_usage_error(
+    argv: list[str], flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, a ValueError or OverflowError traceback once the time was put in a
+    Timestamp (or, for --since of a query, a request with a time no Timestamp holds)."""
+    with pytest.raises(SystemExit) as stop:
+        _args(*argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: " in err and "0001-01-01 to 9999-12-31" in err, err
+
+
+def test_the_first_and_last_times_a_timestamp_holds_are_kept() -> None:
+    first, last = "0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z"
+    request = metrics_request(_args("metrics", "--since", first, "--until", last), NOW_NS)
+    assert request.start_time.ToDatetime() == datetime(1, 1, 1)
+    assert request.end_time.ToDatetime() == datetime(9999, 12, 31, 23, 59, 59, 999999)
+    assert parse_when("700000d").ns(NOW_NS) < 0  # a duration back to the 18th century
+
+
+@pytest.mark.parametrize(
+    ("field", "ns"),
+    [
+        ("start", -62_135_596_801 * 10**9),  # a second before 0001-01-01
+        ("end", 253_402_300_800 * 10**9),  # 10000-01-01
+        ("start", -(10**30)),  # past what an int64 holds
+    ],
+)
+def test_the_client_refuses_a_time_no_timestamp_holds(field: str, ns: int) -> None:
+    """Before, a bare "Value out of range" ValueError, or no error at all and a request
+    with a Timestamp no server accepts."""
+    opts = client.QueryOptions(**{f"{field}_ns": ns})
+    with pytest.raises(ValueError, match=rf"^{field}_ns .*\(0001-01-01 to 9999-12-31"):
+        client.global_metrics_request(opts)
+    edge = client.QueryOptions(start_ns=-62_135_596_800 * 10**9, end_ns=253_402_300_800 * 10**9 - 1)
+    request = client.global_metrics_request(edge)
+    assert request.end_time.ToDatetime() == datetime(9999, 12, 31, 23, 59, 59, 999999)
