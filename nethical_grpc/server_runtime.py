@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -49,6 +51,7 @@ def tune_collector() -> None:
 
 
 Registrar = Callable[[grpc.aio.Server], None]
+T = TypeVar("T")
 
 
 @dataclass
@@ -116,7 +119,10 @@ class MeshServer:
             hurried.cancel()
         await stopping
         for hook in self.on_stop:
-            await hook()
+            try:
+                await hook()
+            except Exception:  # the other steps still run: the last writes, the stores
+                log.exception("stopping: %s failed", getattr(hook, "__qualname__", hook))
         log.info("stopped")
 
     async def wait(self) -> None:
@@ -162,22 +168,83 @@ async def start_server(
     names = [*service_full_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
     if reflection_enabled:
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
+    bound = await _listen(server, security, host, port)
+    security.log(f"{', '.join(service_full_names)} on {bracket(host)}:{bound}", log)
     try:
-        bound = security.add_port(server, f"{_bracket(host)}:{port}")
-    except RuntimeError:  # grpc's "Failed to bind to address ..."
-        bound = 0
-    if bound == 0:
-        raise OSError(
-            f"cannot listen on {host}:{port} (the port is in use, or {host} is not an "
-            "address of this machine)"
+        await server.start()
+        mesh = MeshServer(
+            server=server, health=health, port=bound, service_names=service_full_names, gate=gate
         )
-    security.log(f"{', '.join(service_full_names)} on {host}:{bound}", log)
-    await server.start()
-    mesh = MeshServer(
-        server=server, health=health, port=bound, service_names=service_full_names, gate=gate
-    )
-    await mesh.set_serving(serving)
+        await mesh.set_serving(serving)
+    except BaseException:  # cancelled, say: not left listening
+        await server.stop(None)
+        raise
     return mesh
+
+
+async def _listen(server: grpc.aio.Server, security: ServerSecurity, host: str, port: int) -> int:
+    """Bind ``host:port`` (port 0: a free port) on every address of ``host``, the same
+    port on each; returns it. ``OSError`` when one of them cannot be bound: a node that
+    answered ``localhost`` on ::1 only, while another program holds 127.0.0.1 there,
+    would be a trap (gRPC's own bind of a name takes any one of its addresses)."""
+    bound = port
+    for i, address in enumerate(await _addresses(host)):
+        try:
+            got = security.add_port(server, f"{bracket(address)}:{bound}")
+        except RuntimeError:  # grpc's "Failed to bind to address ..."
+            got = 0
+        if got == 0:
+            if i > 0:  # the addresses bound already are released by a stop
+                await server.start()
+                await server.stop(None)
+            if address == unbracket(host):
+                raise OSError(
+                    f"cannot listen on {bracket(host)}:{port} (the port is in use, or "
+                    f"{unbracket(host)} is not an address of this machine)"
+                )
+            raise OSError(
+                f"cannot listen on {host}:{port}: not on {bracket(address)}:{bound}, one of "
+                "its addresses (the port is in use there)"
+            )
+        bound = got
+    return bound
+
+
+async def _addresses(host: str) -> list[str]:
+    """What to bind for ``host``: an IP address as it is; a name, each of its addresses
+    that this machine has (``localhost`` names ::1 too in many a container without
+    IPv6)."""
+    name = unbracket(host)
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        pass
+    else:
+        return [name]
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise OSError(
+            f"cannot listen on {host}: the name does not resolve ({exc.strerror})"
+        ) from None
+    resolved = {str(sockaddr[0]): (family, sockaddr) for family, _, _, _, sockaddr in infos}
+    local = [address for address, found in resolved.items() if _is_local(*found)]
+    if not local:
+        raise OSError(
+            f"cannot listen on {host}: none of its addresses ({', '.join(resolved)}) is an "
+            "address of this machine"
+        )
+    return local
+
+
+def _is_local(family: int, sockaddr: tuple[Any, ...]) -> bool:
+    """This machine has the address (a socket binds to it)."""
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((sockaddr[0], 0, *sockaddr[2:]))
+    except OSError:
+        return False
+    return True
 
 
 async def _sleep_unless(event: asyncio.Event | None, seconds: float) -> None:
@@ -189,15 +256,22 @@ async def _sleep_unless(event: asyncio.Event | None, seconds: float) -> None:
         await asyncio.wait_for(event.wait(), seconds)
 
 
-def _bracket(host: str) -> str:
+def bracket(host: str) -> str:
+    """``host`` as it is written before ``:PORT``: an IPv6 address in brackets."""
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def unbracket(host: str) -> str:
+    """``host`` without the brackets of ``[IPv6]``: as a socket's bind takes it."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
 class StopSignals:
     """SIGTERM/SIGINT handlers for a foreground server: the first signal asks for a stop
-    (a drain), a second one while draining for a hurry. Installed as soon as the server
-    serves, before it says so, so that a signal in between drains it instead of killing
-    it without its stop hooks (a SIGTERM's default action)."""
+    (a drain), a second one while draining for a hurry. Installed before the server
+    starts (a start may restore its state for a while), so that a signal from then on
+    stops it with its stop hooks instead of killing it without them (a SIGTERM's default
+    action), or Ctrl-C interrupting the start wherever it is."""
 
     def __init__(self) -> None:
         self.stop = asyncio.Event()
@@ -206,6 +280,30 @@ class StopSignals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, self._on_signal, sig)
+
+    async def unless_stopped(self, starting: Awaitable[T]) -> T | None:
+        """What ``starting`` returns; None when a stop signal came first: it is cancelled
+        then (a start stops what it started when cancelled). A signal while the start
+        runs code that does not wait (a replay, say) is acted on once it waits."""
+        start = asyncio.ensure_future(starting)
+        stopper = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({start, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            start.cancel()
+            raise
+        finally:
+            stopper.cancel()
+        if start.done():
+            return start.result()
+        start.cancel()
+        try:
+            return await start  # done before the cancel took: the stop drains it
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this wait was cancelled itself
+            return None
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if not self.stop.is_set():

@@ -87,6 +87,7 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
     if config.privacy is None:  # as in GetNodeInfo: exact counts would tell the noised groups
         telemetry.get_recorder().observe_windows(node.store.held)
     telemetry.get_recorder().observe_gaps(node.gap_reasons)
+    pool: DetectionPool | None = None
     try:
         _check_wal_store(config, stores)
         # values are clipped on the way in, the log's included
@@ -149,6 +150,8 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
             security=config.security,
         )
     except BaseException:
+        if pool is not None:
+            await pool.close()
         await stores.close()
         raise
     if not config.instance_id:
@@ -156,17 +159,8 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
         node.identity = NodeIdentity(
             identity.region_id, f"{identity.region_id}-{mesh.port}", identity.region_scope
         )
-    if config.serve_while_restoring:
-        persister.start_soon()
-    else:
-        try:
-            # the log's batches are applied once the store said which segments it holds,
-            # before the stored windows are installed (see Persister.restore)
-            await persister.start()
-        except Exception as exc:  # the loop retries it; windows are flushed once it succeeds
-            log.warning("restoring persisted windows failed (retried in the background): %s", exc)
-    node.start_background(config.eviction_interval_s)
-    # stop order: background work, then the last writes, then the stores
+    # stop order: background work, then the last writes, then the stores (set before the
+    # restore: a start that fails or is cancelled from here on stops it all)
     mesh.on_drain.append(servicer.end_streams)
     mesh.on_stop.append(node.stop_background)
     if model is not None:
@@ -177,7 +171,23 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
     mesh.on_stop.append(stores.close)
     if node.wal is not None:
         mesh.on_stop.append(_closer(node.wal))
-    await mesh.set_serving(True)
+    try:
+        if config.serve_while_restoring:
+            persister.start_soon()
+        else:
+            try:
+                # the log's batches are applied once the store said which segments it
+                # holds, before the stored windows are installed (see Persister.restore)
+                await persister.start()
+            except Exception as exc:  # the loop retries it; windows flushed once it succeeds
+                log.warning(
+                    "restoring persisted windows failed (retried in the background): %s", exc
+                )
+        node.start_background(config.eviction_interval_s)
+        await mesh.set_serving(True)
+    except BaseException:  # cancelled (a stop while restoring), say
+        await mesh.drain(announce_s=0.0, grace_s=0.0)
+        raise
     return mesh, node
 
 

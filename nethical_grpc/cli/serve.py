@@ -15,8 +15,10 @@ from nethical_grpc.security.config import client_security_from_args, server_secu
 from nethical_grpc.server_runtime import (
     MeshServer,
     StopSignals,
+    bracket,
     serve_until_signalled,
     tune_collector,
+    unbracket,
 )
 
 if TYPE_CHECKING:
@@ -36,7 +38,7 @@ def _start_telemetry(args: argparse.Namespace, service: str, region: str | None)
         metrics_port=args.metrics_port,
         # the same address as the gRPC server: a node bound to loopback keeps its
         # metrics on loopback too
-        metrics_host=args.host,
+        metrics_host=unbracket(args.host),
         otlp_endpoint=args.otlp_endpoint,
         resource_attributes={"nethical.region": region} if region else None,
         install_global=True,
@@ -119,6 +121,7 @@ async def _serve(
             mesh, args.drain_announce / 1e9, args.drain_grace / 1e9, signals
         )
     finally:
+        _remove_port_file(args.port_file, mesh.port)
         _stop_telemetry(telemetry_handle)
     return 0
 
@@ -132,6 +135,18 @@ def _tmp_of(port_file: Path) -> Path:
     """Where the port is written first, then renamed to ``port_file`` (whole or not
     there, for a reader that polls it)."""
     return port_file.with_suffix(port_file.suffix + ".tmp")
+
+
+def _remove_port_file(port_file: Path | None, port: int) -> None:
+    """A stopped server's port file goes: nobody should read its port from it. Left as it
+    is when it says another port (another server's by now)."""
+    if port_file is None:
+        return
+    try:
+        if port_file.read_text().strip() == str(port):
+            port_file.unlink()
+    except OSError as exc:
+        log.warning("cannot remove --port-file %s: %s", port_file, exc.strerror or exc)
 
 
 def check_port_file(port_file: Path | None) -> None:
@@ -153,7 +168,7 @@ async def _announce(mesh: MeshServer, role: str, args: argparse.Namespace) -> bo
     """Say that ``mesh`` serves and write ``--port-file``: False, the server stopped and
     the reason logged, when the port file cannot be written after all."""
     extras = "health" if args.no_reflection else "health + reflection"
-    log.info("%s serving on %s:%d (%s on)", role, args.host, mesh.port, extras)
+    log.info("%s serving on %s:%d (%s on)", role, bracket(args.host), mesh.port, extras)
     port_file: Path | None = args.port_file
     if port_file is None:
         return True
@@ -169,9 +184,18 @@ async def _announce(mesh: MeshServer, role: str, args: argparse.Namespace) -> bo
 
 
 async def _announce_and_serve(
-    mesh: MeshServer, role: str, args: argparse.Namespace, telemetry_handle: Any
+    mesh: MeshServer | None,
+    role: str,
+    args: argparse.Namespace,
+    telemetry_handle: Any,
+    signals: StopSignals,
 ) -> int:
-    signals = StopSignals()  # before the server says it serves: a stop from then on drains
+    """Serve ``mesh`` until a stop signal; None: a signal stopped its start (exit 0, as
+    a stop while serving). ``signals``: installed before the start."""
+    if mesh is None:
+        log.info("%s stopped while starting", role)
+        _stop_telemetry(telemetry_handle)
+        return 0
     if not await _announce(mesh, role, args):
         _stop_telemetry(telemetry_handle)
         return 2
@@ -186,6 +210,7 @@ async def run_region(args: argparse.Namespace) -> int:
     from region_node.stores import StoreConfig
     from region_node.windows import WindowConfig
 
+    signals = StopSignals()  # before the start: a stop while it restores stops it cleanly
     report_once()
     try:
         windows = WindowConfig(
@@ -233,31 +258,34 @@ async def run_region(args: argparse.Namespace) -> int:
         return 2
     tune_collector()
     try:
-        mesh, _node = await start_region_server(
-            RegionServerConfig(
-                region_id=args.region_id,
-                instance_id=args.instance_id,
-                host=args.host,
-                port=args.port,
-                windows=windows,
-                region_scope=args.region_scope,
-                serve_while_restoring=args.serve_while_restoring,
-                max_message_bytes=args.max_message_bytes,
-                max_concurrent_rpcs=args.max_concurrent_rpcs,
-                reflection=not args.no_reflection,
-                model=None if args.no_evaluate else model,
-                detect_workers=args.detect_workers,
-                stores=stores,
-                wal_dir=args.wal_dir,
-                privacy=privacy,
-                security=security,
+        started = await signals.unless_stopped(
+            start_region_server(
+                RegionServerConfig(
+                    region_id=args.region_id,
+                    instance_id=args.instance_id,
+                    host=args.host,
+                    port=args.port,
+                    windows=windows,
+                    region_scope=args.region_scope,
+                    serve_while_restoring=args.serve_while_restoring,
+                    max_message_bytes=args.max_message_bytes,
+                    max_concurrent_rpcs=args.max_concurrent_rpcs,
+                    reflection=not args.no_reflection,
+                    model=None if args.no_evaluate else model,
+                    detect_workers=args.detect_workers,
+                    stores=stores,
+                    wal_dir=args.wal_dir,
+                    privacy=privacy,
+                    security=security,
+                )
             )
         )
     except (ModelLoadError, ValueError, OSError, AuditStoreError) as exc:
         log.error("cannot start the region node: %s", exc)
         _stop_telemetry(tel)
         return 2
-    return await _announce_and_serve(mesh, f"region node {args.region_id}", args, tel)
+    mesh = started[0] if started is not None else None
+    return await _announce_and_serve(mesh, f"region node {args.region_id}", args, tel, signals)
 
 
 async def run_coordinator(args: argparse.Namespace) -> int:
@@ -266,6 +294,7 @@ async def run_coordinator(args: argparse.Namespace) -> int:
     from coordinator.instances import parse_region_spec
     from coordinator.server import CoordinatorConfig, start_coordinator
 
+    signals = StopSignals()  # before the start: a stop while it starts stops it cleanly
     report_once()
     regions: dict[str, list[str]] = {}
     for spec in args.region:
@@ -307,21 +336,24 @@ async def run_coordinator(args: argparse.Namespace) -> int:
         return 2
     tune_collector()
     try:
-        mesh, _fed = await start_coordinator(
-            CoordinatorConfig(
-                regions=regions,
-                host=args.host,
-                port=args.port,
-                max_message_bytes=args.max_message_bytes,
-                max_concurrent_rpcs=args.max_concurrent_rpcs,
-                reflection=not args.no_reflection,
-                gateway=gateway,
-                security=security,
-                summary_transport=SummaryTransport(args.summary_transport),
+        started = await signals.unless_stopped(
+            start_coordinator(
+                CoordinatorConfig(
+                    regions=regions,
+                    host=args.host,
+                    port=args.port,
+                    max_message_bytes=args.max_message_bytes,
+                    max_concurrent_rpcs=args.max_concurrent_rpcs,
+                    reflection=not args.no_reflection,
+                    gateway=gateway,
+                    security=security,
+                    summary_transport=SummaryTransport(args.summary_transport),
+                )
             )
         )
     except (ValueError, OSError) as exc:
         log.error("cannot start the coordinator: %s", exc)
         _stop_telemetry(tel)
         return 2
-    return await _announce_and_serve(mesh, "coordinator", args, tel)
+    mesh = started[0] if started is not None else None
+    return await _announce_and_serve(mesh, "coordinator", args, tel, signals)
