@@ -26,7 +26,10 @@
   :data:`AUDIT_RETENTION_STEP` records a round.
 
 Store failures never fail a request: the write is kept and retried on the next round (up
-to a bound, past which the oldest is dropped and counted). Stores that answer but fall
+to a bound, past which the oldest is dropped and counted). A write that failed may have
+been stored all the same (the answer to its commit lost): its retry is stored once, audit
+records by their ids, a batch of metric rows by its number where the store keeps them
+(PostgreSQL; an embedded store has no such doubt). Stores that answer but fall
 behind a sustained load hold new evaluations back instead (:meth:`Persister.room`).
 """
 
@@ -41,7 +44,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Final, Literal
+from typing import Final, Literal, Protocol, runtime_checkable
 
 from nethical_grpc import convert, telemetry
 from nethical_grpc.event_wait import wait_until
@@ -155,6 +158,16 @@ class _Progress:
             self._next = time.monotonic() + PROGRESS_LOG_S
             done = min(1.0, (until_ns - self.start_ns) / self.span_ns)
             log.info("%s: %.0f%% of the time read, %d windows", self.what, 100 * done, self.windows)
+
+
+@runtime_checkable
+class _NumberedMetrics(Protocol):
+    """A time-series store that stores a numbered batch of metric rows once (see
+    :meth:`nethical_grpc.storage.timeseries.postgres.PostgresTimeSeriesStore.insert_metrics_once`)."""
+
+    async def insert_metrics_once(
+        self, points: Sequence[MetricPoint], *, writer: str, batch: int
+    ) -> int: ...
 
 
 class _RecordQueue:
@@ -352,7 +365,14 @@ class Persister:
 
     async def _write_points(self, batch: list[tuple[str, Outcome]]) -> None:
         points = await asyncio.to_thread(lambda: [self._point(o) for _, o in batch])
-        await self.stores.timeseries.insert_metrics(points)
+        store = self.stores.timeseries
+        if isinstance(store, _NumberedMetrics):
+            # numbered by its last record (this process's batches go in record order, a
+            # retried one first, whole): a retry of one stored already is not stored again
+            number = int(batch[-1][0][len(self._id_prefix) :], 16)
+            await store.insert_metrics_once(points, writer=self._id_prefix, batch=number)
+        else:
+            await store.insert_metrics(points)
 
     async def _write_audits(self, batch: list[tuple[str, Outcome]]) -> None:
         records = await asyncio.to_thread(lambda: [self._audit(i, o) for i, o in batch])
@@ -388,8 +408,8 @@ class Persister:
                 )
                 continue
             except Exception as exc:
-                # retried as it is next round (audit records keep their ids, so the store
-                # drops what it already has)
+                # retried as it is next round (audit records keep their ids, and metric
+                # batches their numbers, so the store drops what it already has)
                 self.stores.write_failed(queue.store, exc)
                 queue.retry = batch
                 self._written.set()  # evaluations waiting for room stop waiting

@@ -5,10 +5,21 @@ Layout: a directory of segment files ``wal-<n>.log`` and a ``checkpoint`` file.
 * Each accepted Ingest message is appended as one record ``[u32 length][u32 crc32][u64
   batch time ns][IngestRequest bytes]`` (the batch time: its ``time``, else when it was
   received; each of its values is at most the windows' future bound past it) *before*
-  it is applied to the windows. Records are buffered; :meth:`WriteAheadLog.sync`
-  flushes and ``fsync``\\ s, and the node calls it before it acknowledges anything (the
-  end of an Ingest stream, or the error that reports how many of the stream's messages
-  were applied).
+  it is applied to the windows. Records wait in memory (written out past
+  :data:`WRITE_PAST_BYTES`); :meth:`WriteAheadLog.sync` writes them and ``fsync``\\ s, and
+  the node calls it before it acknowledges anything (the end of an Ingest stream, or the
+  error that reports how many of the stream's messages were applied).
+* A write that fails (a full disk) leaves the segment ending in what was written, and the
+  rest waits; an ``fsync`` that fails cuts the segment back to what the last one made
+  durable, and what was written since waits again (it is kept in memory, up to
+  :data:`KEEP_UNSYNCED_BYTES`). Every sync fails until a write and ``fsync`` of all of it
+  succeed: nothing is acknowledged that is not in the log, and a batch whose id the node
+  knows (a retry is a duplicate) is in the log once a sync succeeds. Where that cannot be
+  (an ``fsync`` failed with more written since the last than is kept, or the segment could
+  not be cut back) the log stays failed: every sync fails until the node restarts.
+* One log uses a directory at a time: it holds an exclusive ``flock`` on the file ``lock``
+  there (with its pid) while open; another process (or another log in this one) that opens
+  it fails with :class:`LogInUseError`. The kernel lets go of a process's lock when it ends.
 * A checkpoint makes old segments unnecessary: the node rotates to a new segment, flushes
   every window changed so far to its time-series store, and then records "segments up to
   N are in the store" in ``checkpoint`` (written to a temporary file, fsynced and renamed)
@@ -19,10 +30,11 @@ Layout: a directory of segment files ``wal-<n>.log`` and a ``checkpoint`` file.
   (earlier ones give their batch ids only). Segments are deleted only after the
   checkpoint that covers them is durable.
 * On start, :meth:`WriteAheadLog.replay_segments` yields the records of the segments after
-  the checkpoint in order; a torn record at the end of the last segment (a kill mid-write)
-  ends the replay of that segment. A node on a durable store reads them twice: at once
-  for their batch ids (before it takes any batch), and again, once the store said which
-  segments it holds, to apply those it does not (see
+  the checkpoint in order; a torn record at the end of the last segment (a kill mid-write),
+  or zero bytes where a record should begin (a preallocated or cut-short tail: no record
+  is empty), ends the replay of that segment. A node on a durable store reads them twice:
+  at once for their batch ids (before it takes any batch), and again, once the store said
+  which segments it holds, to apply those it does not (see
   :meth:`region_node.node.RegionNode.hold_wal`); on a store that keeps no windows, once,
   applying each batch as it is read.
 * A node whose time-series store keeps nothing across a restart (the embedded in-memory
@@ -42,6 +54,8 @@ segments hold, whatever ids are known.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import itertools
 import json
 import logging
 import os
@@ -49,8 +63,9 @@ import struct
 import threading
 import uuid
 import zlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
+from io import FileIO
 from pathlib import Path
 from typing import BinaryIO, Final
 
@@ -59,8 +74,21 @@ log = logging.getLogger(__name__)
 _HEADER: Final = struct.Struct("<IIQ")
 _SEGMENT_PREFIX: Final = "wal-"
 _SEGMENT_SUFFIX: Final = ".log"
+_LOCK_FILE: Final = "lock"
+_IOV_MAX: Final = 1024  # buffers one writev takes (Linux)
 MAX_RECORD_BYTES: Final = 256 * 1024 * 1024
 DEFAULT_REMEMBERED_BATCHES: Final = 1_000_000
+#: Appended records are written out (not fsynced) once this many bytes of them wait.
+WRITE_PAST_BYTES: Final = 1 << 20
+#: What was written since the last fsync is kept, to be written again should the next
+#: fsync fail, up to this many bytes (a longer Ingest stream's log is not all in memory).
+KEEP_UNSYNCED_BYTES: Final = 64 << 20
+#: While writes fail, appends are refused once this many bytes wait to be written.
+MAX_UNWRITTEN_BYTES: Final = 64 << 20
+
+
+class LogInUseError(OSError):
+    """The log's directory is held by another open log."""
 
 
 class BatchIds:
@@ -101,6 +129,31 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _lock_directory(directory: Path) -> BinaryIO:
+    """The open ``lock`` file of ``directory``, exclusively ``flock``\\ ed (until it is
+    closed, or the process ends) and holding this process's pid; :class:`LogInUseError`
+    naming the holder's pid when another open file holds it."""
+    f = open(directory / _LOCK_FILE, "a+b")  # noqa: SIM115
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read(32).decode("ascii", "replace").strip()
+        f.close()
+        pid = holder if holder.isdigit() else "unknown"
+        raise LogInUseError(
+            f"WAL directory {directory} is in use by another process (pid {pid})"
+        ) from None
+    except BaseException:
+        f.close()
+        raise
+    with contextlib.suppress(OSError):  # the pid only names the holder to others
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n".encode())
+        f.flush()
+    return f
+
+
 def _write_durably(path: Path, text: str) -> None:
     """``path`` holds ``text`` after a crash, or its old content: written to a temporary
     file, fsynced, renamed over it, and the directory fsynced."""
@@ -119,17 +172,40 @@ class WriteAheadLog:
     def __init__(self, directory: Path, remembered_batches: int = DEFAULT_REMEMBERED_BATCHES):
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.batch_ids = BatchIds(remembered_batches)
-        #: this log's identity: segment numbers mean something only within one log
-        self.id = self._log_id()
-        self._checkpointed = -1
-        self._load_checkpoint()
-        existing = self._segments()
+        self._lock_file = _lock_directory(directory)
+        try:
+            self.batch_ids = BatchIds(remembered_batches)
+            #: this log's identity: segment numbers mean something only within one log
+            self.id = self._log_id()
+            self._checkpointed = -1
+            self._load_checkpoint()
+            existing = self._segments()
+        except BaseException:
+            self._lock_file.close()
+            raise
         self._current = max([n for n, _ in existing] + [self._checkpointed]) + 1
-        self._file: BinaryIO | None = None
+        self._file: FileIO | None = None
         # a sync runs in a worker thread while the event loop may rotate or close the
-        # segment: the file must not be closed under its flush and fsync
+        # segment: syncs, rotations and closes take turns (the file is not closed under
+        # an fsync)
         self._file_lock = threading.RLock()
+        # the segment's writes and the byte counts and buffers below; never held across
+        # an fsync (the event loop's appends do not wait for one)
+        self._io_lock = threading.Lock()
+        # appended records not yet written: their headers and payloads (not copied)
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        # what was written since the last fsync from segment byte _kept_from (all of it
+        # while _kept_from == _durable: at most KEEP_UNSYNCED_BYTES), by write: (the
+        # segment byte it ends at, its buffers)
+        self._unsynced: deque[tuple[int, list[bytes]]] = deque()
+        self._unsynced_bytes = 0
+        self._kept_from = 0
+        self._written = 0  # bytes written to the current segment
+        self._durable = 0  # of which an fsync made durable
+        # why every sync fails from now on (records taken are lost), once it is so
+        self._broken: str | None = None
+        self._failing = False  # the last write or fsync failed
         self.appended = 0
         self.synced = 0
         #: per segment, the newest batch time of its records appended or read so far
@@ -171,11 +247,21 @@ class WriteAheadLog:
         for batch_id in data.get("batch_ids", []):
             self.batch_ids.add(str(batch_id))
 
-    def _open_current(self) -> BinaryIO:
-        if self._file is None:
-            self._file = open(self._segment_path(self._current), "ab")  # noqa: SIM115
+    def _open_current(self) -> FileIO:
+        """The current segment, opened (for appends) if it is not (holding _io_lock)."""
+        if self._file is not None:
+            return self._file
+        if self._lock_file.closed:
+            raise ValueError(f"the write-ahead log {self.directory} is closed")
+        f = open(self._segment_path(self._current), "ab", buffering=0)  # noqa: SIM115
+        try:
             _fsync_dir(self.directory)
-        return self._file
+        except BaseException:
+            f.close()
+            raise
+        self._file = f
+        self._written = self._durable = self._kept_from = os.fstat(f.fileno()).st_size
+        return f
 
     # -- records ------------------------------------------------------------------
 
@@ -207,6 +293,9 @@ class WriteAheadLog:
         pos = 0
         while pos + _HEADER.size <= len(data):
             length, crc, time_ns = _HEADER.unpack_from(data, pos)
+            if length == 0:  # no record is empty: zeros (a preallocated or cut-short tail)
+                log.warning("WAL %s: zero bytes from byte %d; replay stops", path, pos)
+                return
             start = pos + _HEADER.size
             payload = data[start : start + length]
             if length > MAX_RECORD_BYTES or len(payload) < length or zlib.crc32(payload) != crc:
@@ -218,17 +307,68 @@ class WriteAheadLog:
             log.warning("WAL %s: %d trailing bytes of a torn record", path, len(data) - pos)
 
     def append(self, payload: bytes, time_ns: int) -> None:
-        """Buffer one record (durable after the next :meth:`sync`)."""
-        f = self._open_current()
-        try:  # a full buffer is written out here
-            f.write(_HEADER.pack(len(payload), zlib.crc32(payload), time_ns))
-            f.write(payload)
-        except OSError:
-            with self._file_lock:
-                self._abandon_segment(f)
-            raise
-        self.appended += 1
+        """Take one record (durable after the next :meth:`sync` that succeeds). Raises,
+        taking nothing, when the log failed for good or too much waits for a failing disk;
+        otherwise a failed write is the next sync's to report."""
+        if not payload or len(payload) > MAX_RECORD_BYTES:
+            raise ValueError(
+                f"a write-ahead log record holds 1 to {MAX_RECORD_BYTES} bytes, not {len(payload)}"
+            )
+        with self._io_lock:
+            if self._broken is not None:
+                raise OSError(self._broken)
+            if self._file is None:
+                self._open_current()
+            if self._pending_bytes >= WRITE_PAST_BYTES:
+                try:
+                    self._write_out()
+                except OSError:
+                    if self._pending_bytes >= MAX_UNWRITTEN_BYTES:
+                        raise
+            self._pending += (_HEADER.pack(len(payload), zlib.crc32(payload), time_ns), payload)
+            self._pending_bytes += _HEADER.size + len(payload)
+            self.appended += 1
         self._received(self._current, time_ns)
+
+    def _write_out(self) -> None:
+        """Write the pending records (holding _io_lock). When a write fails the segment
+        ends in what was written (a write that fails writes nothing), the rest waits."""
+        assert self._file is not None  # records wait only in an open segment
+        fd, pending = self._file.fileno(), self._pending
+        while pending:
+            group = pending[:_IOV_MAX]
+            try:
+                done = os.writev(fd, group)
+            except OSError as exc:
+                self._failed(exc)
+                raise
+            if done < sum(map(len, group)):  # cut short: the buffers it wrote, and part of one
+                whole = 0
+                while done >= len(group[whole]):
+                    done -= len(group[whole])
+                    whole += 1
+                if done:
+                    pending[whole] = group[whole][done:]
+                    group = [*group[:whole], group[whole][:done]]
+                else:
+                    group = group[:whole]
+            else:
+                whole = len(group)
+            del pending[:whole]
+            self._wrote(group)
+
+    def _wrote(self, buffers: list[bytes]) -> None:
+        """``buffers`` were written (holding _io_lock): kept until an fsync covers them,
+        while what is kept stays within KEEP_UNSYNCED_BYTES."""
+        size = sum(map(len, buffers))
+        self._pending_bytes -= size
+        self._written += size
+        self._unsynced.append((self._written, buffers))
+        self._unsynced_bytes += size
+        if self._unsynced_bytes > KEEP_UNSYNCED_BYTES:
+            self._unsynced.clear()
+            self._unsynced_bytes = 0
+            self._kept_from = self._written
 
     def _received(self, segment: int, time_ns: int) -> None:
         if time_ns > self._newest.get(segment, -1):
@@ -240,30 +380,84 @@ class WriteAheadLog:
         return self._file is None
 
     def sync(self) -> None:
-        """Make every appended record durable (flush + fsync). Safe to call from a worker
+        """Make every appended record durable (write + fsync), or raise ``OSError``: then
+        they wait for the next sync (see the module docstring). Safe to call from a worker
         thread while the owner appends, rotates or closes."""
         with self._file_lock:
-            target = self.appended
-            f = self._file
-            if f is not None and self.synced < target:
+            with self._io_lock:
+                if self._broken is not None:
+                    raise OSError(self._broken)
+                target = self.appended
+                if self._pending:
+                    self._write_out()
+                f, upto = self._file, self._written
+            if f is not None and upto > self._durable:
                 try:
-                    f.flush()  # BufferedWriter serialises this with concurrent appends
                     os.fsync(f.fileno())
-                except OSError:
-                    self._abandon_segment(f)
+                except OSError as exc:
+                    with self._io_lock:
+                        self._fsync_failed(f, exc)
                     raise
-                self.synced = max(self.synced, target)
+                with self._io_lock:
+                    self._synced_through(upto)
+            self.synced = max(self.synced, target)
+            if self._failing:
+                self._failing = False
+                log.warning("WAL %s: writes succeed again; every record is durable", self.directory)
 
-    def _abandon_segment(self, f: BinaryIO) -> None:
-        """A write or fsync failed (a full disk, say): the segment may end in part of a
-        record, where a replay stops. Records from now on go to the next segment, so a
-        replay reads them (those that failed were never acknowledged as durable)."""
-        log.error("WAL %s: a write failed; later records go to a new segment", self.directory)
-        with contextlib.suppress(OSError):
-            f.close()  # flushes what it can, then closes
-        if self._file is f:
-            self._file = None
-            self._current += 1
+    def _synced_through(self, upto: int) -> None:
+        """An fsync made the segment's bytes up to ``upto`` durable (holding _io_lock): what
+        was kept of them is let go."""
+        self._durable = upto
+        if self._kept_from >= upto:
+            return
+        while self._unsynced and self._unsynced[0][0] <= upto:  # upto ends a write
+            end, _ = self._unsynced.popleft()
+            self._unsynced_bytes -= end - self._kept_from
+            self._kept_from = end
+
+    def _fsync_failed(self, f: FileIO, exc: OSError) -> None:
+        """An fsync failed: what was written since the last may not be on the disk
+        (holding _io_lock). The segment is cut back to what is durable, and what was
+        written since waits to be written again, ahead of what was appended meanwhile;
+        if not all of it is kept, or the cut fails, the log fails for good."""
+        if self._kept_from == self._durable:
+            try:
+                os.ftruncate(f.fileno(), self._durable)
+            except OSError as cut:
+                self._break(
+                    f"an fsync failed ({exc.strerror or exc}) and the segment could not be "
+                    f"cut back ({cut.strerror or cut})"
+                )
+                return
+            self._pending[:0] = itertools.chain.from_iterable(b for _, b in self._unsynced)
+            self._pending_bytes += self._unsynced_bytes
+            self._unsynced.clear()
+            self._unsynced_bytes = 0
+            self._written = self._kept_from = self._durable
+            self._failed(exc)
+        else:
+            self._break(
+                f"an fsync failed ({exc.strerror or exc}) with more written since the last "
+                f"one than the log keeps ({KEEP_UNSYNCED_BYTES} bytes)"
+            )
+
+    def _failed(self, exc: OSError) -> None:
+        if not self._failing:
+            self._failing = True
+            log.error(
+                "WAL %s: writing failed (%s); records wait, and every sync fails until "
+                "they are written",
+                self.directory,
+                exc.strerror or exc,
+            )
+
+    def _break(self, why: str) -> None:
+        self._broken = (
+            f"the write-ahead log {self.directory} lost records it had taken: {why}; "
+            "restart the node"
+        )
+        log.error("%s", self._broken)
 
     # -- checkpoints --------------------------------------------------------------
 
@@ -272,11 +466,12 @@ class WriteAheadLog:
         running in another thread has finished with it)."""
         with self._file_lock:
             self.sync()
-            if self._file is not None:
-                self._file.close()
-                self._file = None
-            closed = self._current
-            self._current += 1
+            with self._io_lock:
+                f, self._file = self._file, None
+                closed = self._current
+                self._current += 1
+            if f is not None:
+                f.close()
         return closed
 
     def checkpoint(self, upto: int, batch_ids: Iterable[str] | None = None) -> int:
@@ -323,8 +518,13 @@ class WriteAheadLog:
         return f"{self.directory}: {counted}, {size / 2**20:.1f} MiB"
 
     def close(self) -> None:
+        """Sync, close, and let go of the directory (for another log to open)."""
         with self._file_lock:
-            self.sync()
-            if self._file is not None:
-                self._file.close()
-            self._file = None
+            try:
+                self.sync()
+            finally:
+                with self._io_lock:
+                    f, self._file = self._file, None
+                if f is not None:
+                    f.close()
+                self._lock_file.close()

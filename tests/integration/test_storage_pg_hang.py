@@ -6,7 +6,9 @@ open and nothing comes back (a hung host, a stalled proxy or partition). The rea
 Every write fails within its bound (shortened here from 30 s to keep the tests short)
 with :class:`TimeSeriesUnavailableError`, the error the persister counts as a failed write
 and retries, and the next write after the server answers again succeeds on a fresh
-connection. Without PostgreSQL these tests skip, or fail when ``CI`` is set.
+connection. A write whose COMMIT the server took but whose answer was lost (the proxy
+forwards it, then cuts the connection) is retried by the persister, and stored once.
+Without PostgreSQL these tests skip, or fail when ``CI`` is set.
 """
 
 from __future__ import annotations
@@ -23,9 +25,16 @@ import pytest
 from services import PG_URL, fresh_schema
 from tcpproxy import CuttableProxy
 
+from nethical_grpc.governance.decision import Decision, Evaluation
+from nethical_grpc.governance.detectors import Action
+from nethical_grpc.governance.profiles import ProfileBook
+from nethical_grpc.governance.requests import EvaluationRequest, Outcome
 from nethical_grpc.storage.timeseries import MetricPoint, WindowSummaryRow
 from nethical_grpc.storage.timeseries.base import TimeSeriesUnavailableError
 from nethical_grpc.storage.timeseries.postgres import PostgresTimeSeriesStore
+from region_node.node import NodeIdentity, RegionNode
+from region_node.persistence import Persister
+from region_node.stores import NodeStores, StoreConfig
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 BOUND_S = 2.0
@@ -162,3 +171,44 @@ async def test_connection_settings(store: PostgresTimeSeriesStore) -> None:
         ).fetchone()
         assert rows == ("30s", "30s")
         assert conn.info.get_parameters()["keepalives_idle"] == "30"
+
+
+async def _count(pg_schema: str, table: str, column: str = "count(*)") -> int:
+    return await _scalar(f'SELECT coalesce({column}, 0) FROM "{pg_schema}".{table}')
+
+
+async def test_a_metric_batch_whose_commit_answer_was_lost_is_stored_once(
+    proxy: CuttableProxy, pg_schema: str
+) -> None:
+    """The server commits the persister's batch of metric rows, the answer is lost with
+    the connection: the persister cannot tell, keeps the batch and writes it again once
+    the server answers. The rows (and their per-minute rollup) are stored once."""
+    url = f"postgresql://postgres@127.0.0.1:{proxy.port}/test?schema={pg_schema}"
+    stores = await NodeStores.open(StoreConfig(timeseries_url=url), "lost")
+    try:
+        assert not stores.timeseries_choice.fallback
+        p = Persister(RegionNode(NodeIdentity("lost", "lost-a")), stores, ProfileBook(), 60.0)
+        request = EvaluationRequest(Action("agent-1", "SELECT 1", "query"), "req", "query")
+        evaluation = Evaluation(Decision.ALLOW, 0.25, 0.9)
+        now_ns = time.time_ns()
+        p.enqueue([Outcome(request, evaluation, 0.5, 1_000, now_ns + i) for i in range(50)])
+        await p.round(windows=False, profiles=False)
+        assert await _count(pg_schema, "metrics") == 50
+        p.enqueue([Outcome(request, evaluation, 0.5, 1_000, now_ns + 50 + i) for i in range(30)])
+        proxy.lose_replies_after(b"COMMIT")
+        await p.round(windows=False, profiles=False)
+        assert await _count(pg_schema, "metrics") == 80  # committed, answer lost
+        assert p.backlog() == 30  # kept: the persister cannot tell
+        proxy.restore()
+        async with asyncio.timeout(60):
+            while p.backlog():  # the pool reconnects
+                await p.round(windows=False, profiles=False)
+                await asyncio.sleep(0.05)
+        assert await _count(pg_schema, "metrics") == 80
+        assert await _count(pg_schema, "metric_rollup", "sum(n)") == 80
+        # a later batch is stored as usual
+        p.enqueue([Outcome(request, evaluation, 0.5, 1_000, now_ns + 80 + i) for i in range(5)])
+        await p.round(windows=False, profiles=False)
+        assert await _count(pg_schema, "metrics") == 85
+    finally:
+        await stores.close()

@@ -35,7 +35,7 @@ from nethical_grpc.storage.timeseries import (
 )
 from nethical_grpc.storage.timeseries.buckets import US_PER_MINUTE, parse_bucket_us
 from nethical_grpc.storage.timeseries.model import MAX_JSON_BYTES, MAX_NAME_LEN, metric_columns
-from nethical_grpc.storage.timeseries.postgres import PostgresTimeSeriesStore
+from nethical_grpc.storage.timeseries.postgres import WRITERS_KEPT, PostgresTimeSeriesStore
 from nethical_grpc.storage.timeseries.postgres_schema import JSON_COLUMNS
 from nethical_grpc.storage.timeseries.rollup import plan_aggregate, rollup_rows
 from nethical_grpc.storage.timeseries.sqlite import SQLiteTimeSeriesStore
@@ -627,6 +627,69 @@ async def test_retention_drops_partitions_postgres(fresh_pg_schema: str) -> None
         today = datetime.now(UTC)
         for ahead in range(3):
             assert f"events_p{(today + timedelta(days=ahead)).strftime('%Y%m%d')}" in names
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_numbered_metric_batch_is_stored_once_postgres(fresh_pg_schema: str) -> None:
+    """A writer's retry of a batch its failed write stored all the same (the answer to
+    the COMMIT lost) is not stored again, however it comes: again alone, from two
+    connections at once, or late (after a later batch). Another writer's numbers are its
+    own; a writer silent for WRITERS_KEPT is forgotten by the retention."""
+    url = _pg_url(fresh_pg_schema)
+    region = _region()
+    a, _ = await open_timeseries(url, region, fallback=False)
+    b, _ = await open_timeseries(url, region, fallback=False)
+    assert isinstance(a, PostgresTimeSeriesStore) and isinstance(b, PostgresTimeSeriesStore)
+
+    def batch(n: int, value: float) -> list[MetricPoint]:
+        return [MetricPoint("agent", "m", value, BASE + timedelta(seconds=i)) for i in range(n)]
+
+    def stored() -> tuple[int, float]:
+        """(rows, sum of their values), the same by the raw rows and by the rollup."""
+        with psycopg.connect(PG_URL) as conn:
+            raw, rollup = (
+                conn.execute(
+                    f'SELECT {totals} FROM "{fresh_pg_schema}".{table} WHERE region_id = %s',
+                    (region,),
+                ).fetchone()
+                for table, totals in [
+                    ("metrics", "count(*), sum(metric_value)"),
+                    ("metric_rollup", "sum(n), sum(sum_value)"),
+                ]
+            )
+        assert raw == rollup
+        assert raw is not None
+        return int(raw[0]), float(raw[1])
+
+    try:
+        assert await a.insert_metrics_once(batch(10, 1.0), writer="w1", batch=1) == 10
+        assert await a.insert_metrics_once(batch(10, 1.0), writer="w1", batch=1) == 10
+        assert stored() == (10, 10.0)
+        await asyncio.gather(
+            a.insert_metrics_once(batch(5, 2.0), writer="w1", batch=2),
+            b.insert_metrics_once(batch(5, 2.0), writer="w1", batch=2),
+        )
+        assert stored() == (15, 20.0)
+        await a.insert_metrics_once(batch(3, 4.0), writer="w1", batch=1)  # a late retry
+        assert stored() == (15, 20.0)
+        await b.insert_metrics_once(batch(3, 4.0), writer="w2", batch=1)
+        await a.insert_metrics(batch(1, 100.0))  # not numbered: stored as it comes
+        assert stored() == (19, 132.0)
+
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(
+                f'UPDATE "{fresh_pg_schema}".metric_writers SET updated_at = now() - %s '
+                "WHERE writer = 'w1'",
+                (WRITERS_KEPT + timedelta(minutes=1),),
+            )
+        await a.apply_retention()
+        with psycopg.connect(PG_URL) as conn:
+            writers = conn.execute(
+                f'SELECT writer FROM "{fresh_pg_schema}".metric_writers'
+            ).fetchall()
+        assert writers == [("w2",)]
     finally:
         await a.close()
         await b.close()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -27,7 +30,7 @@ def test_records_round_trip_in_order(tmp_path: Path) -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.binary(max_size=200), min_size=1, max_size=10), st.integers(1, 40))
+@given(st.lists(st.binary(min_size=1, max_size=200), min_size=1, max_size=10), st.integers(1, 40))
 def test_a_torn_tail_loses_only_the_torn_record(
     tmp_path_factory: object, payloads: list[bytes], cut: int
 ) -> None:
@@ -164,11 +167,12 @@ def test_a_rotation_waits_for_a_sync_in_another_thread(
     assert list(WriteAheadLog(tmp_path).replay()) == [(1, b"applied")]
 
 
-def test_a_failed_fsync_sends_later_records_to_a_new_segment(
+def test_a_failed_fsync_keeps_its_records_for_the_next_sync(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A full disk: the sync fails with part of a record written, where a replay stops.
-    Records appended after it go to the next segment, so a replay still reads them."""
+    """A full disk: the fsync fails with part of a record on the disk. The segment is cut
+    back to what the last fsync made durable, and the records written since wait for the
+    next sync, which writes them ahead of those appended meanwhile."""
     wal = WriteAheadLog(tmp_path)
     wal.append(b"first", 1)
     wal.sync()
@@ -187,4 +191,85 @@ def test_a_failed_fsync_sends_later_records_to_a_new_segment(
     wal.append(b"after", 3)
     wal.sync()
     wal.close()
-    assert list(WriteAheadLog(tmp_path).replay()) == [(1, b"first"), (3, b"after")]
+    again = WriteAheadLog(tmp_path)
+    assert list(again.replay_segments()) == [
+        (0, 1, b"first"),
+        (0, 2, b"not durable"),
+        (0, 3, b"after"),
+    ]
+    again.close()
+
+
+def test_a_zero_filled_tail_ends_the_replay(tmp_path: Path) -> None:
+    """A segment ending in zero bytes (preallocated, or a crash left the file longer than
+    what was written): the zeros are no records, not empty ones."""
+    wal = WriteAheadLog(tmp_path)
+    for i in range(3):
+        wal.append(f"record-{i}".encode(), 10 + i)
+    wal.close()
+    (segment,) = tmp_path.glob("wal-*.log")
+    with open(segment, "ab") as f:
+        f.write(bytes(4096 + 5))
+    assert list(WriteAheadLog(tmp_path).replay()) == [
+        (10 + i, f"record-{i}".encode()) for i in range(3)
+    ]
+
+
+def test_an_empty_record_is_refused(tmp_path: Path) -> None:
+    """A record of no bytes would read as the end of the segment (as zeros do)."""
+    wal = WriteAheadLog(tmp_path)
+    with pytest.raises(ValueError, match=r"holds 1 to .* bytes, not 0$"):
+        wal.append(b"", 1)
+    wal.append(b"kept", 2)
+    wal.close()
+    assert list(WriteAheadLog(tmp_path).replay()) == [(2, b"kept")]
+
+
+def test_a_directory_another_log_holds_is_refused_until_it_closes(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path)
+    wal.append(b"a", 1)
+    in_use = f"WAL directory {tmp_path} is in use by another process (pid {os.getpid()})"
+    with pytest.raises(OSError, match=f"^{re.escape(in_use)}$"):
+        WriteAheadLog(tmp_path)
+    wal.close()
+    again = WriteAheadLog(tmp_path)
+    assert list(again.replay()) == [(1, b"a")]
+    again.close()
+
+
+_HOLD_LOG = """
+import sys
+from pathlib import Path
+from region_node.wal import WriteAheadLog
+wal = WriteAheadLog(Path(sys.argv[1]))
+print("open", flush=True)
+sys.stdin.read()
+wal.close()
+"""
+
+
+@pytest.mark.parametrize("ends", ["closes", "is killed"])
+def test_a_directory_another_process_holds_is_refused_until_it_ends(
+    tmp_path: Path, ends: str
+) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOG, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"open\n"
+        in_use = f"WAL directory {tmp_path} is in use by another process (pid {holder.pid})"
+        with pytest.raises(OSError, match=f"^{re.escape(in_use)}$"):
+            WriteAheadLog(tmp_path)
+        if ends == "closes":
+            holder.communicate(b"", timeout=30)
+        else:  # the kernel lets go of a dead process's lock: nothing stale is left
+            holder.kill()
+            holder.wait(30)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(30)
+    WriteAheadLog(tmp_path).close()

@@ -5,7 +5,10 @@ Tables live in one schema (``?schema=NAME`` in the URL, default ``nethical``); s
 written with binary ``COPY`` (timestamps and JSON go straight from integers and text, with
 no per-row datetime or JSON objects); the per-minute rollup is merged in the same
 transaction with one ``INSERT … ON CONFLICT`` over arrays. Events and audit rows use
-``ON CONFLICT DO NOTHING``, so a retried write is not a duplicate.
+``ON CONFLICT DO NOTHING``, so a retried write is not a duplicate; metric rows have no key,
+so a writer that retries a batch numbers its batches
+(:meth:`PostgresTimeSeriesStore.insert_metrics_once`), and the table ``metric_writers``
+keeps, per writer, the last number stored, in the batch's transaction.
 
 Every session runs with ``TimeZone=UTC`` and ``jit=off`` (JIT compilation costs more than
 these short queries take). Text ordering uses ``COLLATE "C"`` (byte order), the order
@@ -27,11 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import re
 import socket
 import struct
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -61,6 +65,7 @@ from nethical_grpc.storage.timeseries.model import (
     AuditRecord,
     EventRecord,
     MetricColumns,
+    MetricPoint,
     MetricRecord,
     WindowFilter,
     WindowSummaryRow,
@@ -73,6 +78,7 @@ from nethical_grpc.storage.timeseries.postgres_schema import (
     create_partitions,
     drop_partitions_before,
     ensure_schema,
+    lock_key,
     window_change_lock,
 )
 from nethical_grpc.storage.timeseries.rollup import AggregatePlan, RollupRows, TimeRange
@@ -86,6 +92,15 @@ DAYS_AHEAD = 2
 _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")  # whole names: fullmatch
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01, the origin of binary timestamps
 _INT8 = struct.Struct(">q")
+
+#: How long ``metric_writers`` remembers a writer that stored nothing since: a writer is one
+#: node process's persister, and its retry of a batch comes at its next write that reaches
+#: the server (an outage of the node's own connection longer than this may store it twice).
+WRITERS_KEPT: Final = timedelta(days=7)
+# (writer, batch number) of the metric batch being written (insert_metrics_once)
+_WRITER_BATCH: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar(
+    "metric_writer_batch", default=None
+)
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 
@@ -211,6 +226,19 @@ async def _check(conn: Conn) -> None:
         await AsyncConnectionPool.check_connection(conn)
 
 
+async def _ensure_writers_table(conn: Conn, schema: str) -> None:
+    """Create ``metric_writers`` if missing, under the schema's DDL lock (as
+    :func:`.postgres_schema.ensure_schema` creates the other tables)."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(schema),))
+        await conn.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (writer text PRIMARY KEY, "
+                "last_batch bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())"
+            ).format(sql.Identifier(schema, "metric_writers"))
+        )
+
+
 def _with_keepalives(conninfo: str) -> dict[str, Any]:
     """The :data:`KEEPALIVES` that ``conninfo`` does not set itself."""
     given = conninfo_to_dict(conninfo)
@@ -309,6 +337,7 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
             # falls back) instead of holding the node's start for as long as TCP waits
             with _deadline(probe, SCHEMA_TIMEOUT_S):
                 state = await ensure_schema(probe, schema, retention)
+                await _ensure_writers_table(probe, schema)
                 days = state.partition_days
                 if not state.timescaledb:
                     today = _us(datetime.now(UTC)) // US_PER_DAY
@@ -396,6 +425,21 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
 
     # ------------------------------------------------------------------ metrics
 
+    async def insert_metrics_once(
+        self, points: Sequence[MetricPoint], *, writer: str, batch: int
+    ) -> int:
+        """:meth:`insert_metrics` for a writer that retries a batch until it is stored,
+        when a write that failed may have been committed all the same (the server took
+        the COMMIT, its answer was lost with the connection). ``writer`` numbers its
+        batches in the order it writes them (``batch``, increasing): a batch numbered no
+        higher than the writer's last stored one was stored, and is not stored again.
+        Returns the batch's rows (stored now or before)."""
+        token = _WRITER_BATCH.set((writer, batch))
+        try:
+            return await self.insert_metrics(points)
+        finally:
+            _WRITER_BATCH.reset(token)
+
     async def _write_metrics(self, cols: MetricColumns, rollup: RollupRows) -> None:
         days = set(np.unique(cols.ts_us // US_PER_DAY).tolist())
 
@@ -420,7 +464,10 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
             "max_value = greatest(r.max_value, excluded.max_value)"
         ).format(rollup=self._table("metric_rollup"))
         rows = cols.rows()
+        numbered = _WRITER_BATCH.get()
         async with self._connection(self.write_timeout_s, "write") as conn, conn.transaction():
+            if numbered is not None and not await self._next_batch(conn, *numbered):
+                return  # stored by a write whose answer was lost
             cur = conn.cursor()
             cur.adapters.register_dumper(None, _MicrosTimestamptzDumper)
             cur.adapters.register_dumper(None, _JSON_DUMPERS[self.metadata_type])
@@ -442,6 +489,19 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
                     rollup.maxs,
                 ),
             )
+
+    async def _next_batch(self, conn: Conn, writer: str, batch: int) -> bool:
+        """Record ``batch`` as ``writer``'s last stored one, in the open transaction: False
+        when that or a later one is recorded (committed) already."""
+        cur = await conn.execute(
+            sql.SQL(
+                "INSERT INTO {} AS w (writer, last_batch) VALUES (%s, %s) "
+                "ON CONFLICT (writer) DO UPDATE SET last_batch = excluded.last_batch, "
+                "updated_at = now() WHERE w.last_batch < excluded.last_batch"
+            ).format(self._table("metric_writers")),
+            (writer, batch),
+        )
+        return cur.rowcount == 1
 
     async def _fetch(self, query: sql.Composed, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         """One read; ``TimeSeriesUnavailableError`` when PostgreSQL cannot be reached or
@@ -680,6 +740,12 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
 
     async def _apply_retention(self, cutoff_us: int | None, now_us: int) -> None:
         async with self._connection(self.write_timeout_s, "write") as conn:
+            await conn.execute(
+                sql.SQL("DELETE FROM {} WHERE updated_at < now() - %s").format(
+                    self._table("metric_writers")
+                ),
+                (WRITERS_KEPT,),
+            )
             if cutoff_us is not None:
                 remaining = await drop_partitions_before(
                     conn, self.schema, cutoff_us // US_PER_DAY, self.timescaledb
