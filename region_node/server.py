@@ -88,6 +88,7 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
         telemetry.get_recorder().observe_windows(node.store.held)
     telemetry.get_recorder().observe_gaps(node.gap_reasons)
     pool: DetectionPool | None = None
+    wal: WriteAheadLog | None = None
     try:
         _check_wal_store(config, stores)
         # values are clipped on the way in, the log's included
@@ -152,6 +153,8 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
     except BaseException:
         if pool is not None:
             await pool.close()
+        if wal is not None:  # lets go of its directory (a retried start opens it)
+            wal.close()
         await stores.close()
         raise
     if not config.instance_id:

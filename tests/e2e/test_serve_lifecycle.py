@@ -220,3 +220,25 @@ async def test_a_failing_stop_hook_does_not_skip_the_others(
         await mesh.drain(0.0, 0.0)
     assert ran == ["failing", "last"]
     assert "the store went away" in caplog.text
+
+
+async def test_a_start_that_fails_lets_go_of_its_write_ahead_log(tmp_path: Path) -> None:
+    """A node whose server cannot listen (its port taken) after it opened its log: the
+    log's directory is free again at once, for a retried start (not held until the failed
+    start's frames are collected)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = RegionServerConfig(
+            region_id="taken",
+            instance_id="taken-0",
+            host="127.0.0.1",
+            port=taken.getsockname()[1],
+            model=None,
+            wal_dir=tmp_path / "wal",
+            stores=StoreConfig(timeseries_url=f"sqlite:///{tmp_path / 'ts.db'}"),
+        )
+        with pytest.raises(OSError, match="cannot listen") as failed:
+            await start_region_server(config)
+        assert failed.value.__traceback__ is not None  # its frames are still alive here
+        WriteAheadLog(tmp_path / "wal").close()
