@@ -18,6 +18,7 @@ class CuttableProxy:
     new connections without connecting them onwards (a hung server: TCP answers, PostgreSQL
     never does) until :meth:`resume`. :meth:`lose_replies_after` lets a request through and
     loses its answer: the server acts on it, the client sees its connection break.
+    ``reply_delay_s`` holds back every answer that long (a slow link, a busy server).
     """
 
     def __init__(self, host: str, port: int) -> None:
@@ -32,6 +33,7 @@ class CuttableProxy:
         self.connections = 0
         self._lose_after: bytes | None = None
         self._replies_lost = False
+        self.reply_delay_s = 0.0
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -80,6 +82,8 @@ class CuttableProxy:
                 await self._flowing.wait()
                 if self._replies_lost and not to_server:
                     continue
+                if self.reply_delay_s and not to_server:
+                    await asyncio.sleep(self.reply_delay_s)
                 writer.write(data)
                 await writer.drain()
                 marker = self._lose_after

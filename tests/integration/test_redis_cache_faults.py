@@ -2,8 +2,9 @@
 connections the server dropped, and a pool busier than its connections.
 
 Faults are made on the real Redis at 127.0.0.1:6379 without disturbing other users of it:
-a connection is killed by its own id (``CLIENT KILL ID``), and an unresponsive server is a
-:class:`tcpproxy.CuttableProxy` in front of it that stops forwarding. Each test has a
+a connection is killed by its own id (``CLIENT KILL ID``), and an unresponsive (or slow)
+server is a :class:`tcpproxy.CuttableProxy` in front of it that stops forwarding (or holds
+its answers back). Each test has a
 namespace of its own, removed afterwards. Without Redis these tests skip, or fail when
 ``CI`` is set.
 """
@@ -150,12 +151,14 @@ async def test_a_dead_server_still_fails_over_with_one_retry(
 
 
 async def test_a_pool_busier_than_its_connections_is_no_outage(
-    raw: aioredis.Redis, namespace: str
+    proxy: CuttableProxy, raw: aioredis.Redis, namespace: str
 ) -> None:
-    """Far more concurrent calls than pooled connections: together they take much longer
-    than the timeout, but each waits for a connection, and none counts as an outage."""
-    cache = await _open(REDIS_URL, namespace, max_connections=1)
-    calls = 10_000
+    """Far more concurrent calls than pooled connections, on a slow link: each answer comes
+    a small part of the timeout late, so together they take many times the timeout; each
+    call waits for the connection, none counts as an outage, and every write lands once."""
+    cache = await _open(f"redis://127.0.0.1:{proxy.port}/0", namespace, max_connections=1)
+    proxy.reply_delay_s = TIMEOUT_S / 10
+    calls = 60  # about 6 timeouts' worth, one after another
     try:
         results = await asyncio.gather(*(cache.increment("n") for _ in range(calls)))
         assert sorted(results) == list(range(1, calls + 1))
