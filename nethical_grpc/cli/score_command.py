@@ -22,8 +22,8 @@ VALUES_PER_CALL = 512 * 1024
 def read_rows(source: str) -> np.ndarray:
     """The feature rows of ``source`` (a file, or ``-`` for stdin): a line each, its
     numbers separated by whitespace or commas; blank lines and ``#`` comments are left
-    out. Rows of different widths, a row with no values or a token that is no number
-    are a ``ValueError`` that names the line."""
+    out. Rows of different widths, a row with no values, a token that is no number or a
+    value that is not finite (nan, inf) are a ``ValueError`` that names the line."""
     rows: list[np.ndarray] = []
     first = 0
     for number, line in enumerate(read_input(source).splitlines(), start=1):
@@ -33,6 +33,12 @@ def read_rows(source: str) -> np.ndarray:
         row = parse_values(text, f"{source}, line {number}")
         if not row.size:  # only commas
             raise ValueError(f"{source}, line {number}: a row with no values")
+        bad = np.flatnonzero(~np.isfinite(row))
+        if bad.size:  # the node refuses it too, but numbered within its call's rows
+            raise ValueError(
+                f"{source}, line {number}: value {bad[0] + 1} is {row[bad[0]]}, not a finite "
+                "number (features must be)"
+            )
         if not rows:
             first = number
         elif row.size != rows[0].size:

@@ -143,6 +143,16 @@ def test_feature_rows_of_different_widths_or_no_rows_are_refused(tmp_path: Path)
         read_rows(str(path))
 
 
+@pytest.mark.parametrize("bad", ["nan", "inf", "-Infinity", "1e999"])
+def test_a_feature_that_is_not_finite_is_refused_by_its_line(tmp_path: Path, bad: str) -> None:
+    """The node refuses it as well, but would name the row within its call's rows (a file
+    of several calls): here it is named by its line."""
+    path = tmp_path / "rows.txt"
+    path.write_text(f"1 2 3\n# a note\n4 {bad} 6\n")
+    with pytest.raises(ValueError, match=r"rows.txt, line 3: value 2 is (-?inf|nan), not a finite"):
+        read_rows(str(path))
+
+
 @settings(max_examples=40, deadline=None)
 @given(rows=st.integers(1, 1_500), width=st.integers(1, 400))
 def test_score_calls_carry_every_row_once_in_order(rows: int, width: int) -> None:
