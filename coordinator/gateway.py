@@ -108,10 +108,9 @@ class UpstreamError(Exception):
     caller's token, or name the coordinator's principal), and the coordinator's log gets
     them."""
 
-    def __init__(self, error: grpc.aio.AioRpcError, extra: dict[str, str] | None = None) -> None:
+    def __init__(self, error: grpc.aio.AioRpcError) -> None:
         super().__init__(error.details())
         self.error = error
-        self.extra = extra or {}
         self.credentials_refused = error.code() in CREDENTIAL_CODES
         if self.credentials_refused:
             warn_credentials_refused("a region node", error.code(), error.details() or "")

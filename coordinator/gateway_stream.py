@@ -254,7 +254,7 @@ class StreamRelay:
                 self._lb.record_failure(inst, err, budget)
                 if stream_broken(err):
                     raise _Interrupted(err) from None
-                raise UpstreamError(err, {"answered": str(self.answered)}) from None
+                raise UpstreamError(err) from None  # the caller has the answers before it
             # a clean end: the client half-closed and every action it sent was answered
             # (the writer may still be finishing its half-close)
             if not (self._client_done and not self._pending and not self._carry):
