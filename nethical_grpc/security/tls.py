@@ -132,14 +132,36 @@ def _read(path: Path, what: str) -> bytes:
     return data
 
 
+def _check_kinds(cert: bytes, cert_file: Path, key: bytes, key_file: Path) -> None:
+    """Raise ValueError when the certificate file holds no certificate (the two files
+    swapped, say), the key file no private key, or the key is encrypted (gRPC takes no
+    pass phrase)."""
+    if b"-----BEGIN CERTIFICATE-----" not in cert:
+        raise ValueError(f"the TLS certificate {cert_file} holds no certificate")
+    if b"PRIVATE KEY-----" not in key:
+        raise ValueError(f"the TLS key {key_file} holds no private key")
+    if b"ENCRYPTED PRIVATE KEY-----" in key or b"Proc-Type: 4,ENCRYPTED" in key:
+        raise ValueError(
+            f"the TLS key {key_file} is encrypted: gRPC needs it without a pass phrase "
+            "(openssl pkey -in ENCRYPTED.key -out PLAIN.key)"
+        )
+
+
 def _check_pair(cert_file: Path, key_file: Path) -> None:
     """Raise ValueError unless the key belongs to the certificate (OpenSSL checks it)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        ctx.load_cert_chain(cert_file, key_file)
+        # a password, so that OpenSSL never prompts the terminal for one (a start, or a
+        # reload on gRPC's handshake thread, would wait for an answer)
+        ctx.load_cert_chain(cert_file, key_file, password=b"")
     except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise ValueError(
+                f"TLS key {key_file} does not match certificate {cert_file} ({exc.reason})"
+            ) from None
         raise ValueError(
-            f"TLS key {key_file} does not match certificate {cert_file} ({exc.reason})"
+            f"cannot load TLS certificate {cert_file} with key {key_file}: OpenSSL cannot "
+            f"parse them ({exc.reason or exc.strerror})"
         ) from None
     except OSError as exc:
         raise ValueError(f"cannot load TLS certificate {cert_file}: {exc.strerror}") from None
@@ -178,6 +200,7 @@ def load_certificates(tls: TlsConfig) -> LoadedCertificates:
         raise ValueError("TLS needs a certificate and key (--tls-cert, --tls-key)")
     cert = _read(tls.cert_file, "certificate")
     key = _read(tls.key_file, "key")
+    _check_kinds(cert, tls.cert_file, key, tls.key_file)
     _check_pair(tls.cert_file, tls.key_file)
     warn_certificate_dates(cert, tls.cert_file, "certificate")
     ca = None

@@ -297,10 +297,8 @@ class TokenFile(TokenStore):
                 return False
             try:
                 entries = parse_token_lines(_read(self.path), str(self.path))
-            except (OSError, ValueError, UnicodeDecodeError) as exc:
+            except (OSError, ValueError) as exc:
                 reason = exc.strerror if isinstance(exc, OSError) else str(exc)
-                if isinstance(exc, UnicodeDecodeError):
-                    reason = "not UTF-8"
                 log.error(
                     "tokens file %s not reloaded: %s; keeping %d tokens",
                     self.path,
@@ -314,9 +312,16 @@ class TokenFile(TokenStore):
             return True
 
 
-def _read(path: Path) -> str:
-    """The file's text; a UTF-8 byte-order mark (some editors write one) is dropped."""
-    return path.read_text("utf-8-sig")
+def _read(path: Path, what: str = "tokens file") -> str:
+    """The file's text; a UTF-8 byte-order mark (some editors write one) is dropped.
+
+    Raises OSError when it cannot be read, ValueError naming the file (never its bytes:
+    a client's token file holds the secret) when it is not UTF-8.
+    """
+    try:
+        return path.read_text("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} {path}: not UTF-8") from None
 
 
 def _stamp(path: Path) -> tuple[int, int, int, int]:
@@ -362,7 +367,7 @@ def client_token(
     env = os.environ if env is None else env
     path = token_file or env.get(ENV_CLIENT_TOKEN_FILE) or None
     if path:
-        lines = Path(path).read_text("utf-8").splitlines()
+        lines = _read(Path(path), "token file").splitlines()
         text = lines[0].strip() if lines else ""
         try:
             return BearerToken(text)

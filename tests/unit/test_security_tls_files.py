@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import pty
+import re
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -159,3 +164,82 @@ def test_reloader_returns_a_config_only_when_files_change(
     tls.key_file.unlink()
     assert reloader() is None  # a missing file keeps the current certificate
     assert third.key_file.read_text() not in caplog.text
+
+
+def _encrypted_key(leaf: IssuedCert, directory: Path) -> TlsConfig:
+    """``leaf``'s certificate with its key encrypted under a pass phrase."""
+    key = directory / "encrypted.key"
+    args = ["pkey", "-in", str(leaf.key_file), "-aes256", "-passout", "pass:secret"]
+    subprocess.run(["openssl", *args, "-out", str(key)], check=True, capture_output=True)
+    return TlsConfig(leaf.cert_file, key)
+
+
+def _in_a_terminal(code: str) -> tuple[int, str]:
+    """Exit status and output of ``python -c code`` run with a pseudo-terminal as its
+    controlling terminal. A child that asks that terminal for a pass phrase would wait
+    for an answer for ever: it is killed (status -9) once the question shows."""
+    prompt = b"Enter PEM pass phrase"
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: exec at once
+        os.execv(sys.executable, [sys.executable, "-c", code])
+    out = b""
+    try:
+        while prompt not in out:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the child has exited and the terminal closed
+                break
+            if not chunk:
+                break
+            out += chunk
+        if prompt in out:
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+
+
+def test_an_encrypted_key_is_refused_without_asking_a_terminal(
+    pki: tuple[DevCA, Path], tmp_path: Path
+) -> None:
+    ca, _ = pki
+    tls = _encrypted_key(ca.issue(tmp_path, "a"), tmp_path)
+    # a server started from a terminal (or a reload on gRPC's handshake thread) would
+    # hang on OpenSSL's "Enter PEM pass phrase:" prompt
+    code = (
+        "from pathlib import Path\n"
+        "from nethical_grpc.security.tls import TlsConfig, load_certificates\n"
+        "try:\n"
+        f"    load_certificates(TlsConfig(Path({str(tls.cert_file)!r}), "
+        f"Path({str(tls.key_file)!r})))\n"
+        "except ValueError as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    status, out = _in_a_terminal(code)
+    assert "Enter PEM pass phrase" not in out
+    assert status == 0, out
+    assert f"TLS key {tls.key_file} is encrypted" in out
+    with pytest.raises(ValueError, match="is encrypted"):
+        server_credentials(tls)
+    with pytest.raises(ValueError, match="is encrypted"):
+        channel_credentials(tls)
+
+
+def test_swapped_or_unparsable_files_are_named_for_what_they_are(
+    pki: tuple[DevCA, Path], tmp_path: Path
+) -> None:
+    ca, _ = pki
+    a = ca.issue(tmp_path, "a")
+    with pytest.raises(
+        ValueError, match=re.escape(f"TLS certificate {a.key_file} holds no certificate")
+    ):
+        load_certificates(TlsConfig(a.key_file, a.cert_file))
+    with pytest.raises(ValueError, match=re.escape(f"TLS key {a.cert_file} holds no private key")):
+        load_certificates(TlsConfig(a.cert_file, a.cert_file))
+    garbled = tmp_path / "garbled.crt"
+    garbled.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    with pytest.raises(ValueError) as info:
+        load_certificates(TlsConfig(garbled, a.key_file))
+    assert "does not match" not in str(info.value)
+    assert f"cannot load TLS certificate {garbled} with key {a.key_file}" in str(info.value)

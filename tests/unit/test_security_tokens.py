@@ -232,6 +232,26 @@ def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path: Path) -> None
     assert TokenFile(path).authenticate(TOKEN_A) is not None
 
 
+def test_a_client_token_file_with_a_byte_order_mark_and_crlf_gives_the_token(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "token"
+    path.write_bytes(b"\xef\xbb\xbf" + TOKEN_A.encode() + b"\r\n")
+    assert client_token(path, {}) == BearerToken(TOKEN_A)
+
+
+def test_files_that_are_not_utf8_are_named_without_their_bytes(tmp_path: Path) -> None:
+    client = tmp_path / "token"
+    client.write_bytes(b"\xfe" + TOKEN_A.encode())
+    with pytest.raises(ValueError, match=f"token file {client}: not UTF-8") as info:
+        client_token(client, {})
+    assert "0xfe" not in str(info.value)
+    server = tmp_path / "tokens"
+    server.write_bytes(f"client app {hash_token(TOKEN_A)} # \xe9t\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=f"tokens file {server}: not UTF-8"):
+        server_tokens(server, {})
+
+
 def test_files_that_deserve_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     empty = tmp_path / "empty"
     empty.write_text("# nobody yet\n")
