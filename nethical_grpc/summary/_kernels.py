@@ -285,10 +285,14 @@ _LANES: Final = 32
 
 
 @maybe_njit()
-def _moments_kernel(x: FloatArray, lo: float, hi: float) -> tuple[float, float, float, float]:
+def _moments_kernel(
+    x: FloatArray, lo: float, hi: float
+) -> tuple[float, float, float, float, float]:
     n = x.shape[0]
     s = np.zeros(_LANES)
     c = np.zeros(_LANES)
+    # the sum of the errors' magnitudes: what bounds the rounding of adding them up
+    ca = np.zeros(_LANES)
     n_main = n - n % _LANES
     # Pass 1: TwoSum (error-free) accumulation in _LANES independent lanes.
     for base in range(0, n_main, _LANES):
@@ -297,25 +301,33 @@ def _moments_kernel(x: FloatArray, lo: float, hi: float) -> tuple[float, float, 
             sj = s[j]
             t = sj + a
             z = t - sj
-            c[j] += (sj - (t - z)) + (a - z)
+            e = (sj - (t - z)) + (a - z)
+            c[j] += e
+            ca[j] += abs(e)
             s[j] = t
     for i in range(n_main, n):
         a = x[i]
         sj = s[0]
         t = sj + a
         z = t - sj
-        c[0] += (sj - (t - z)) + (a - z)
+        e = (sj - (t - z)) + (a - z)
+        c[0] += e
+        ca[0] += abs(e)
         s[0] = t
     # Combine the lanes exactly, then renormalise so that total == fl(total + comp).
     total = s[0]
     comp = 0.0
+    mass = 0.0
     for j in range(_LANES):
         comp += c[j]
+        mass += ca[j]
     for j in range(1, _LANES):
         a = s[j]
         t = total + a
         z = t - total
-        comp += (total - (t - z)) + (a - z)
+        e = (total - (t - z)) + (a - z)
+        comp += e
+        mass += abs(e)
         total = t
     t = total + comp
     z = t - total
@@ -342,7 +354,7 @@ def _moments_kernel(x: FloatArray, lo: float, hi: float) -> tuple[float, float, 
     m2 = max(qsum - dsum * dsum / n, 0.0)
     # the mean is the compensated total over n: adding dsum / n (uncompensated) only
     # brought its rounding error back where values cancel (1e100, 1, -1e100, 3: 1.5)
-    return total, comp, m, m2
+    return total, comp, m, m2, mass
 
 
 def batch_moments_numba(
@@ -354,8 +366,17 @@ def batch_moments_numba(
     if n == 0:
         return EMPTY_MOMENTS
     lo, hi = _bounds(x, bounds)
-    total, comp, mean, m2 = _moments_kernel(x, lo, hi)
+    total, comp, mean, m2, mass = _moments_kernel(x, lo, hi)
+    # Adding up n errors of total magnitude ``mass`` rounds by at most n * mass * 2**-53:
+    # where that can reach the total (values that cancel after a sum that rounded, as
+    # 3 * 1e100 + 1 - 3 * 1e100 summed to 0.0), sum exactly, as the NumPy path does
+    if n * float(mass) * _UNIT_ROUNDOFF > math.ulp(float(total)) / 4.0:
+        total, comp = math.fsum(x.tolist()), 0.0
+        mean = _clamp(total / n, lo, hi)
     return MomentsTuple(n, float(total), float(comp), lo, hi, float(mean), float(m2))
+
+
+_UNIT_ROUNDOFF: Final = 2.0**-53
 
 
 # --------------------------------------------------------------------------------------------
