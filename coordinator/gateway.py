@@ -17,8 +17,10 @@ evaluation in its metrics and the agent's profile, so a repeat may count twice):
 
 Everything else (INVALID_ARGUMENT with its BadRequest, RESOURCE_EXHAUSTED, deadlines)
 reaches the caller unchanged and is never retried. A call whose connection broke and
-that is not retried, or whose retries' connections broke too, fails with UNAVAILABLE and
-``ErrorInfo.reason`` EVALUATION_IN_DOUBT (``attempts``: how many nodes it reached).
+that is not retried, or whose retries broke too or reached no node (none left, none
+reachable, refused), fails with UNAVAILABLE and ``ErrorInfo.reason``
+EVALUATION_IN_DOUBT (``attempts``: how many it made), never with a reason that says the
+action went nowhere.
 
 Wire compatibility, used to relay without copying: the coordinator's Evaluate and
 EvaluateStream messages carry the action in field 1 like the node's own, and the
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -58,6 +60,11 @@ EVALUATE_STREAM_METHOD = "/nethical_grpc.v1.RegionNodeService/EvaluateStream"
 
 DEFAULT_EVALUATE_TIMEOUT_S = 10.0
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
+#: A last attempt's failures that say it did not do the work (so read as "safe to send
+#: again"), which an earlier attempt whose connection broke makes untrue
+_NOT_DONE_CODES: Final = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+)
 
 EvaluateRequest = coordinator_pb2.CoordinatorServiceEvaluateRequest
 EvaluateResponse = coordinator_pb2.CoordinatorServiceEvaluateResponse
@@ -179,15 +186,23 @@ def evaluate_retryable(error: BaseException, policy: EvaluateRetry) -> bool:
     return policy is EvaluateRetry.CONNECTION_LOST and connection_lost(error)
 
 
-def in_doubt_error(endpoint: str, attempts: int) -> Unavailable:
-    """EVALUATION_IN_DOUBT: the last attempt's connection broke while the node had the
-    action; with ``attempts`` over 1 the earlier ones reached nodes too (each may have
-    recorded it)."""
-    if attempts > 1:
+def in_doubt_error(lost: Sequence[str], attempts: int, retries_failed: str = "") -> Unavailable:
+    """EVALUATION_IN_DOUBT: the connections to the ``lost`` endpoints (one or more, the
+    last the latest) broke while their nodes had the action, each may have recorded it;
+    ``retries_failed``: why the attempts after them reached no node (the call did not end
+    on a broken connection)."""
+    endpoint = lost[-1]
+    if retries_failed:
+        where = endpoint if len(lost) == 1 else f"{len(lost)} instances ({', '.join(lost)})"
+        text = (
+            f"the connection to {where} broke while it had the action, so it may have been "
+            f"evaluated and recorded there; the retries reached no node ({retries_failed})"
+        )
+    elif len(lost) > 1:
         text = (
             f"the connection to {endpoint} broke while it had the action, after "
-            f"{attempts - 1} earlier attempt(s) on other instances whose connections broke "
-            f"too; it may have been evaluated and recorded on any of the {attempts}"
+            f"{len(lost) - 1} earlier attempt(s) on other instances whose connections broke "
+            f"too; it may have been evaluated and recorded on any of the {len(lost)}"
         )
     else:
         text = (
@@ -226,8 +241,6 @@ class Gateway:
         self.balancer = registry.balancer
         self.settings = settings or GatewaySettings()
         self._methods: dict[str, _Methods] = {}
-        policy = self.settings.evaluate_retry
-        self._retry_if = lambda err: evaluate_retryable(err, policy)
 
     def methods(self, inst: Instance) -> _Methods:
         """The instance's Evaluate callables, rebuilt when its channel changes."""
@@ -283,7 +296,8 @@ class Gateway:
         )
 
     def timeout_for(self, time_remaining: float | None) -> float:
-        """The caller's deadline (less a little for the reply), else the default."""
+        """The caller's deadline (less a little for the reply), at most the default: a
+        cap on how long one relayed call may hold a node, whatever the caller allows."""
         default = self.settings.default_timeout_s
         if time_remaining is None:
             return default
@@ -301,6 +315,9 @@ class Gateway:
         request.ClearField("stay_in_region")
         attempts = 0
         served: Instance | None = None
+        # attempt -> endpoint: the node had the action when the connection broke
+        lost: dict[int, str] = {}
+        policy = self.settings.evaluate_retry
 
         def attempt(inst: Instance) -> grpc.aio.UnaryUnaryCall[EvaluateRequest, EvaluateResponse]:
             nonlocal attempts, served
@@ -308,14 +325,22 @@ class Gateway:
             served = inst
             return self.methods(inst).unary(request, timeout=remaining_timeout())
 
+        def retry_if(err: BaseException) -> bool:
+            if served is not None and connection_lost(err):
+                lost[attempts] = served.endpoint
+            return evaluate_retryable(err, policy)
+
         outcome = "failed"
         try:
             response: EvaluateResponse = await self.balancer.execute_request_async(
-                attempt, region, timeout_s, retry_if=self._retry_if, stay_in_region=stay
+                attempt, region, timeout_s, retry_if=retry_if, stay_in_region=stay
             )
             outcome = "answered"
         except NoAvailableInstanceError:
             outcome = "no_instance"
+            if lost:  # an earlier attempt's node may have it: not "never sent"
+                why = no_instance_text(region, stay)
+                raise in_doubt_error(list(lost.values()), attempts, why) from None
             raise self.no_instance(region, stay) from None
         except TimeoutError:
             raise DeadlineExceeded(
@@ -324,7 +349,13 @@ class Gateway:
         except grpc.aio.AioRpcError as err:
             endpoint = served.endpoint if served is not None else ""
             if connection_lost(err):
-                raise in_doubt_error(endpoint, attempts) from None
+                lost[attempts] = endpoint
+                raise in_doubt_error(list(lost.values()), attempts) from None
+            if lost and status_code(err) in _NOT_DONE_CODES:
+                # the last attempt was not done, but an earlier one's node had the action
+                raise in_doubt_error(
+                    list(lost.values()), attempts, f"last: {endpoint}: {err.details()}"
+                ) from None
             if failed_before_send(err):
                 raise Unavailable(
                     message=f"no instance could be reached (last: {endpoint}): {err.details()}",

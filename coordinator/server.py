@@ -36,6 +36,19 @@ class CoordinatorConfig:
     summary_transport: SummaryTransport = SummaryTransport.AUTO
 
 
+def _unknown_regions(gw: GatewayConfig, registry: InstanceRegistry) -> str:
+    """Why the gateway settings name a region no ``--region`` gives ('' when none does):
+    a typo in ``--region-order`` would otherwise leave the region out of the order
+    silently, and the calls it meant to keep near go by measured latency."""
+    if gw.local_region and not registry.has_region(gw.local_region):
+        return f"local region {gw.local_region!r} is not one of the --region's"
+    for home, order in gw.proximity.items():
+        for region in (home, *order):
+            if not registry.has_region(region):
+                return f"--region-order {home}=...: region {region!r} is not one of the --region's"
+    return ""
+
+
 async def start_coordinator(config: CoordinatorConfig) -> tuple[MeshServer, Federation]:
     """Start the coordinator: instances (static and resolved once), health streams,
     the federation and the gateway. Raises ValueError for a bad target or local region.
@@ -47,8 +60,10 @@ async def start_coordinator(config: CoordinatorConfig) -> tuple[MeshServer, Fede
         resolve_interval_s=gw.resolve_interval_s,
         resolver=gw.resolver,
     )
-    if gw.local_region and not registry.has_region(gw.local_region):
-        raise ValueError(f"local region {gw.local_region!r} is not one of the --region's")
+    problem = _unknown_regions(gw, registry)
+    if problem:
+        await registry.close()
+        raise ValueError(problem)
     summary_scan.warmup()  # the compiled reader of region answers, before any query
     _kernels.warmup_merge()  # and the compiled merge and quantiles
     await registry.resolve_now()  # DNS targets have their instances before serving
