@@ -234,8 +234,17 @@ class RegionNode:
         return list(self._gaps)
 
     def gaps_for(self, query: SummaryQuery) -> list[DataGap]:
-        """The gaps an answer to ``query`` has: those reaching into its time range."""
-        return [g for g in self._gaps.values() if g.overlaps(query.start_ns, query.end_ns)]
+        """The gaps an answer to ``query`` has: a gap holds the windows that start in it,
+        and the answer merges every window its range overlaps whole (a rollup window
+        whole), so those windows' starts are what must stay out of it."""
+        if not self._gaps:
+            return []
+        start, end = self.store.window_starts(query.start_ns, query.end_ns)
+        if self._peers is not None:
+            peer_start, peer_end = self._peers.window_starts(query.start_ns, query.end_ns)
+            start = None if start is None or peer_start is None else min(start, peer_start)
+            end = None if end is None or peer_end is None else max(end, peer_end)
+        return [g for g in self._gaps.values() if g.overlaps(start, end)]
 
     @property
     def peers(self) -> WindowStore | None:

@@ -135,7 +135,9 @@ class WindowStore:
         self._series: dict[SeriesKey, _Series] = {}
         self._label_sets: dict[str, int] = {}
         # bumped by every change, so callers can cache answers until it moves; and per
-        # metric, so an answer about some metrics lasts while those stay the same
+        # metric (the version of its last change, never reused: a metric's entry goes
+        # with its last series, 0 meaning "no data"), so an answer about some metrics
+        # lasts while those stay the same
         self.version = 0
         self._metric_versions: dict[str, int] = {}
         # windows changed since the last take_dirty(), for flushing to a store
@@ -253,7 +255,7 @@ class WindowStore:
 
     def _changed(self, metric: str) -> None:
         self.version += 1
-        self._metric_versions[metric] = self._metric_versions.get(metric, 0) + 1
+        self._metric_versions[metric] = self.version
 
     def version_of(self, metrics: frozenset[str]) -> int | tuple[int, ...]:
         """What changes whenever the data of ``metrics`` does (all metrics: empty)."""
@@ -362,9 +364,35 @@ class WindowStore:
     def _window_start(self, t_ns: int) -> int:
         return (t_ns // self.config.window_ns) * self.config.window_ns
 
+    def window_starts(
+        self, start_ns: int | None, end_ns: int | None
+    ) -> tuple[int | None, int | None]:
+        """A range holding the start of every window :meth:`summaries` merges for
+        [start, end): the start widened to its window's (its rollup window's, where the
+        windows there may be rolled up), the end to a rollup window's last window where
+        it reaches one. None stays unbounded."""
+        window_ns = self.config.window_ns
+        factor = self.config.rollup_factor
+        # windows up to this id may be merged into rollup windows
+        through = self._rolled_through if factor else None
+        start = end = None
+        if start_ns is not None:
+            first = start_ns // window_ns
+            if through is not None and first <= through:
+                first = (first // factor) * factor
+            start = first * window_ns
+        if end_ns is not None:
+            last = (end_ns - 1) // window_ns
+            if through is not None and last <= through:
+                last = (last // factor + 1) * factor - 1
+            end = max(end_ns, last * window_ns + 1)
+        return start, end
+
     def summaries(self, query: SummaryQuery) -> list[GroupSummary]:
         """Merge the windows (and rollup windows) overlapping [start, end) per metric and
-        label group; each group's range is that of the windows it merged."""
+        label group; each group's range is that of the windows it merged, and its "data as
+        of" time that of its newest observation, or, where the range leaves a series'
+        newest window out, the end of the last window merged (none later is in them)."""
         window_ns = self.config.window_ns
         factor = self.config.rollup_factor
         first_id = None if query.start_ns is None else query.start_ns // window_ns
@@ -400,7 +428,9 @@ class WindowStore:
             summaries, bounds = parts.setdefault((key.metric, group_labels), ([], []))
             summaries.extend(series.windows[w] for w in ids)
             summaries.extend(series.rollups[r] for r in rollup_ids)
-            bounds.extend((lo, hi, series.last_time_ns))
+            # the series' newest observation, unless the range leaves its window out:
+            # then the end of the last window merged (no newer observation is in it)
+            bounds.extend((lo, hi, min(series.last_time_ns, (hi + 1) * window_ns - 1)))
         out = []
         for (metric, group), (summaries, bounds) in sorted(parts.items(), key=lambda kv: kv[0]):
             out.append(
@@ -498,6 +528,7 @@ class WindowStore:
                 self._label_sets[key.metric] -= 1
                 if self._label_sets[key.metric] == 0:
                     del self._label_sets[key.metric]
+                    self._metric_versions.pop(key.metric, None)
         return dropped
 
     # -- introspection --------------------------------------------------------------

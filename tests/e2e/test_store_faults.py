@@ -577,7 +577,8 @@ async def test_a_node_restarted_while_postgresql_is_cut_off_says_what_it_leaves_
     windows in memory and answers from what came after its start. Its answers about the
     time before the start name the gap (the windows flushed there are left out), and a
     coordinator's coverage names the instance incomplete, in JSON and in the `query`
-    table; a query of the time since the start is complete. Restarted once PostgreSQL
+    table, also for a query from the start (its window holds what was flushed before);
+    one from the first window after the start is complete. Restarted once PostgreSQL
     answers (with --serve-while-restoring), the node is whole again."""
     proxy = CuttableProxy(PG_HOST, PG_PORT)
     await proxy.start()
@@ -648,8 +649,19 @@ async def test_a_node_restarted_while_postgresql_is_cut_off_says_what_it_leaves_
                 recent = json.loads(
                     await asyncio.to_thread(_query, *target, "--json", *since, "--metric", metric)
                 )
-                assert recent["coverage"]["complete"] is True
+                # it merges the start's window whole, which held windows flushed before
+                assert recent["coverage"].get("complete", False) is False
                 assert int(recent["results"][0]["statistics"]["count"]) == 500
+                # from the first window after the start: complete
+                window_us = 10_000_000  # the default --window
+                after = -(-started // 1_000 // window_us) * window_us
+                next_window = ["--since", (epoch + timedelta(microseconds=after)).isoformat()]
+                later = json.loads(
+                    await asyncio.to_thread(
+                        _query, *target, "--json", *next_window, "--metric", metric
+                    )
+                )
+                assert later["coverage"]["complete"] is True
             finally:
                 await asyncio.to_thread(coordinator.stop)
         proxy.restore()

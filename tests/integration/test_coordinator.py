@@ -26,6 +26,7 @@ from nethical_grpc.v1 import (
     summary_pb2,
 )
 from region_node.stores import StoreConfig
+from region_node.windows import WindowConfig
 
 
 async def query(
@@ -409,7 +410,8 @@ async def test_a_region_that_answers_without_part_of_its_data_is_named_incomplet
     1): it keeps its windows in memory, so what it flushed there before its start is
     left out. Its answers about that time name the gap; the coordinator merges what it
     sent, counts the region as answered and the coverage as incomplete, saying why. A
-    query of the time since its start is complete."""
+    query from the first window after its start is complete; one from within the start's
+    window is not (that window holds what was flushed before the start)."""
     await add_region(mesh, "a")
     await add_region(
         mesh, "b", stores=StoreConfig(timeseries_url="postgresql://postgres@127.0.0.1:1/test")
@@ -434,8 +436,13 @@ async def test_a_region_that_answers_without_part_of_its_data_is_named_incomplet
         assert await federation.registry.wait_ready(10.0)
         channel = mesh.channel(server.address)
         resp = await client.global_metrics(channel, client.QueryOptions(metrics=("m",)), timeout=10)
+        window_ns = WindowConfig().window_ns
+        after = -(-started_ns // window_ns) * window_ns
         since = await client.global_metrics(
-            channel, client.QueryOptions(metrics=("m",), start_ns=started_ns), timeout=10
+            channel, client.QueryOptions(metrics=("m",), start_ns=after), timeout=10
+        )
+        within = await client.global_metrics(
+            channel, client.QueryOptions(metrics=("m",), start_ns=after - 1), timeout=10
         )
     finally:
         await server.drain(announce_s=0, grace_s=0)
@@ -449,5 +456,8 @@ async def test_a_region_that_answers_without_part_of_its_data_is_named_incomplet
     assert part.reason == coordinator_pb2.MISSING_REASON_INCOMPLETE
     assert part.message.startswith("STORE_FALLBACK: the time-series store postgresql://")
     assert "incomplete b/b-0: STORE_FALLBACK" in coverage_line(c)
-    assert since.results[0].statistics.count == 15
     assert since.coverage.complete and not since.coverage.missing
+    assert not within.coverage.complete
+    assert [(p.region_id, p.reason) for p in within.coverage.missing] == [
+        ("b", coordinator_pb2.MISSING_REASON_INCOMPLETE)
+    ]

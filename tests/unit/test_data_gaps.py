@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clocks import Clock
 from hypothesis import given
 from hypothesis import strategies as st
 from test_persistence_windows import _FailingOnce, _flushed_before_a_restart
@@ -30,6 +31,7 @@ from region_node.persistence import (
     Persister,
 )
 from region_node.stores import NodeStores, StoreConfig
+from region_node.windows import WindowConfig
 
 S = 1_000_000_000
 bound = st.one_of(st.none(), st.integers(-(10**12), 10**12))
@@ -70,6 +72,40 @@ def test_a_node_names_the_gaps_a_query_reaches_into() -> None:
     node.clear_gap(GAP_WINDOWS_NOT_LOADED)  # already gone: no change
     assert node.gaps_version == before + 3
     assert node.gaps_for(SummaryQuery()) == [everywhere]
+
+
+def test_a_gap_is_named_where_the_windows_an_answer_merges_reach_into_it() -> None:
+    """An answer merges every window its range overlaps whole (a rollup window past the
+    rollup horizon): it names a gap the range itself stops short of, but one of those
+    windows reaches into."""
+    t0 = 1_700_000_000 * S  # a window boundary for 1 s and 4 s windows
+    clock = Clock(t0 + S // 2)
+    node = RegionNode(
+        NodeIdentity("r1", "r1-a"),
+        WindowConfig(window_ns=S, rollup_after_ns=2 * S, rollup_window_ns=4 * S),
+        clock=clock,
+    )
+    gap = DataGap(GAP_STORE_FALLBACK, None, t0 + S // 2, "fell back")
+    node.set_gap(gap)
+    key = SeriesKey("m", ())
+    assert node.ingest(IngestBatch(key, np.ones(2), None, t0 + S // 4))
+    assert node.ingest(IngestBatch(key, np.ones(3), None, t0 + 2 * S + S // 4))
+    # the range starts after the gap, in the window where it ends: that window counts whole
+    inside = SummaryQuery(start_ns=t0 + S // 2 + 1, end_ns=t0 + S)
+    [group] = node.summaries(inside)
+    assert group.start_ns == t0 and group.summary.count == 2
+    assert node.gaps_for(inside) == [gap]
+    assert node.gaps_for(SummaryQuery(start_ns=t0 + S)) == []
+    # past the horizon the windows are rolled up into [t0, t0 + 4 s): a range from the
+    # third second reaches the gap through its rollup window
+    clock.t = t0 + 10 * S
+    node.store.take_dirty()  # flushed
+    assert node.store.roll_up() == 2
+    later = SummaryQuery(start_ns=t0 + 2 * S, end_ns=t0 + 3 * S)
+    [group] = node.summaries(later)
+    assert group.start_ns == t0 and group.summary.count == 5
+    assert node.gaps_for(later) == [gap]
+    assert node.gaps_for(SummaryQuery(start_ns=t0 + 4 * S)) == []
 
 
 @pytest.mark.parametrize(
@@ -128,8 +164,13 @@ async def test_windows_not_back_after_a_restart_are_a_gap_until_they_are(tmp_pat
         assert gap.reason == GAP_WINDOWS_NOT_LOADED
         assert gap.start_ns is None and gap.end_ns == persister.started_ns
         assert "store unreachable" in gap.message
-        # a query of the time since the start holds everything there is
-        assert node.gaps_for(SummaryQuery(start_ns=persister.started_ns)) == []
+        # a query from the window after the start's holds everything there is (the
+        # start's own window holds data flushed before the start)
+        after = (
+            -(-persister.started_ns // node.store.config.window_ns) * node.store.config.window_ns
+        )
+        assert node.gaps_for(SummaryQuery(start_ns=after)) == []
+        assert node.gaps_for(SummaryQuery(start_ns=after - 1)) == [gap]
         failing.left = 0  # the store answers again
         assert await persister.restore() == 1
         assert node.gaps_for(SummaryQuery()) == []
@@ -185,7 +226,13 @@ async def test_a_store_that_fell_back_at_start_is_a_gap_before_the_start() -> No
         assert gap.reason == GAP_STORE_FALLBACK
         assert gap.start_ns is None and gap.end_ns == persister.started_ns
         assert "postgresql://" in gap.message and "unreachable" in gap.message
-        assert node.gaps_for(SummaryQuery(start_ns=persister.started_ns)) == []
+        # answers from the window after the start's have no gap (the start's own window
+        # holds data flushed before the start)
+        after = (
+            -(-persister.started_ns // node.store.config.window_ns) * node.store.config.window_ns
+        )
+        assert node.gaps_for(SummaryQuery(start_ns=after)) == []
+        assert node.gaps_for(SummaryQuery(start_ns=after - 1)) == [gap]
         await persister.restore()  # nothing to restore from memory: the gap stays
         assert len(node.gaps_for(SummaryQuery())) == 1
     finally:
