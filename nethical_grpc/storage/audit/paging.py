@@ -3,8 +3,9 @@
 A token is URL-safe base64 (no padding) of a compact JSON object: format version, the
 backend that issued it, a fingerprint of the query it belongs to (filter + order), the
 total from the first page, and the backend's cursor (the sort key of the last hit
-returned: e.g. ``[score, timestamp_us, action_id]`` for SQLite, the ``search_after``
-values and point-in-time id for Elasticsearch).  Tokens are not secret and not signed:
+returned: e.g. ``[score, timestamp_us, action_id]`` for SQLite, with the BM25 statistics
+of the first page for relevance order, the ``search_after`` values and point-in-time id
+for Elasticsearch).  Tokens are not secret and not signed:
 their values are only ever bound as query parameters, so a forged token can at most move
 the cursor.  :func:`decode_page_token` raises ``ValueError`` for anything malformed, for a
 token from another backend and for one from a different query.

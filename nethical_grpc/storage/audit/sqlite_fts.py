@@ -42,9 +42,10 @@ Ranking (``SearchOrder.RELEVANCE``) is Okapi BM25 over the record's two texts ta
 field: ``sum_t idf(t) * tf * (k1 + 1) / (tf + k1 * (1 - b + b * len / avg_len))`` with
 ``k1 = 1.2``, ``b = 0.75`` and Lucene's ``idf = ln(1 + (N - n + 0.5) / (n + 0.5))``
 (``N`` records, ``n`` of them with the term).  Ties: timestamp descending, then
-``action_id`` descending.  Records added between two pages change ``N`` and ``n``, so
-under concurrent writes a hit near a page boundary may move; on a quiet store paging is
-exact.
+``action_id`` descending.  A page token carries the ``N``, ``n`` and average length its
+first page scored with, and later pages score with them: a record's score is the same on
+every page, so records written or deleted between pages neither end the paging early nor
+serve hits again (a record written since is placed by the same scores).
 
 Concurrency and durability
 --------------------------
@@ -601,17 +602,38 @@ def _candidates(conn: sqlite3.Connection, view: _View, flt: AuditFilter) -> IntA
     return matches[mask[matches - first]]
 
 
+#: What BM25 scores with besides a record's own terms and length: the number of records,
+#: their average length and each distinct (folded) query term's document frequency.
+_Stats = tuple[int, float, tuple[int, ...]]
+
+
+def _ranked_terms(terms: Sequence[str]) -> list[str]:
+    """The distinct folded terms BM25 sums over, in the query's order."""
+    return list(dict.fromkeys(fold_token(t) for t in terms))
+
+
 def _bm25(
-    conn: sqlite3.Connection, view: _View, terms: Sequence[str], cand: IntArray
-) -> FloatArray:
-    """BM25 scores of the candidate records (see the module docstring)."""
-    n_docs = view.n - view.base
-    avg_len = float(view.doc_len[1 : n_docs + 1].sum(dtype=np.int64)) / n_docs
+    conn: sqlite3.Connection,
+    view: _View,
+    terms: Sequence[str],
+    cand: IntArray,
+    stats: _Stats | None = None,
+) -> tuple[FloatArray, _Stats]:
+    """BM25 scores of the candidate records (see the module docstring), and the
+    statistics they were computed with: ``stats`` when given (a later page's, from its
+    token), else the view's."""
+    ranked = _ranked_terms(terms)
+    if stats is None:
+        n = view.n - view.base
+        dfs = []
+        for term in ranked:
+            row = conn.execute("SELECT df FROM audit_terms WHERE term = ?", (term,)).fetchone()
+            dfs.append(min(int(row[0]), n) if row else 0)
+        stats = (n, float(view.doc_len[1 : n + 1].sum(dtype=np.int64)) / n, tuple(dfs))
+    n_docs, avg_len, frozen_dfs = stats
     at = cand - view.base  # the candidates' index in the view's arrays
     score = np.zeros(cand.size, np.float64)
-    for term in dict.fromkeys(fold_token(t) for t in terms):
-        row = conn.execute("SELECT df FROM audit_terms WHERE term = ?", (term,)).fetchone()
-        df = min(int(row[0]), n_docs) if row else 0
+    for term, df in zip(ranked, frozen_dfs, strict=True):
         idf = math.log(1.0 + (n_docs - df + 0.5) / (df + 0.5))
         seq_text, tf_text = conn.execute(
             "SELECT group_concat(seq), group_concat(tf) FROM audit_term_counts "
@@ -624,7 +646,7 @@ def _bm25(
             tf_seqs, tf_values = tf_seqs[order], tf_values[order]
         tf_at = tf_seqs - view.base
         bm25_add(score, at, view.doc_len, avg_len, idf, tf_at, tf_values, BM25_K1, BM25_B)
-    return score
+    return score, stats
 
 
 def _top(primary: npt.NDArray[Any], secondary: IntArray, m: int) -> IntArray:
@@ -701,11 +723,41 @@ def _page_keys(
     return keys[:m]
 
 
-def _position(cursor: PageCursor, order: SearchOrder) -> _Key:
-    pos = cursor.position
-    if len(pos) != 3:
+def _stats(values: list[Any], terms: Sequence[str]) -> _Stats:
+    """The BM25 statistics a relevance page token carries (see :func:`_position`)."""
+    n_docs, avg_len, dfs = values
+    if not _count(n_docs) or n_docs < 1 or not isinstance(dfs, list):
         raise ValueError("page_token is not valid: bad position")
-    score, ts_us, action_id = pos
+    if isinstance(avg_len, bool) or not isinstance(avg_len, int | float):
+        raise ValueError("page_token is not valid: bad position")
+    try:
+        avg_len = float(avg_len)
+    except OverflowError:
+        raise ValueError("page_token is not valid: bad position") from None
+    if not (math.isfinite(avg_len) and avg_len > 0.0):
+        raise ValueError("page_token is not valid: bad position")
+    if len(dfs) != len(_ranked_terms(terms)) or not all(_count(df) and df <= n_docs for df in dfs):
+        raise ValueError("page_token is not valid: bad position")
+    return n_docs, avg_len, tuple(dfs)
+
+
+def _count(value: object) -> bool:
+    """Whether ``value`` is a whole number a record count can be (JSON gives any size)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53
+
+
+def _position(cursor: PageCursor, query: SearchQuery) -> tuple[_Key, _Stats | None]:
+    """The sort key a page token resumes after, and for relevance the BM25 statistics of
+    its first page: ``[score, ts_us, action_id, n_docs, avg_len, [df, ...]]`` (a token
+    of three values, without them, scores with the store's current statistics)."""
+    pos = cursor.position
+    order = query.effective_order
+    stats = None
+    if order is SearchOrder.RELEVANCE and len(pos) == 6:
+        stats = _stats(pos[3:], query.filter.terms)
+    elif len(pos) != 3:
+        raise ValueError("page_token is not valid: bad position")
+    score, ts_us, action_id = pos[:3]
     if order is SearchOrder.RELEVANCE:
         if isinstance(score, bool) or not isinstance(score, int | float):
             raise ValueError("page_token is not valid: bad position")
@@ -721,7 +773,7 @@ def _position(cursor: PageCursor, order: SearchOrder) -> _Key:
         raise ValueError("page_token is not valid: bad position")
     if not -(2**63) <= ts_us < 2**63:  # the times it compares are 64-bit
         raise ValueError("page_token is not valid: bad position")
-    return score, ts_us, action_id
+    return (score, ts_us, action_id), stats
 
 
 def _fetch_records(
@@ -1026,38 +1078,43 @@ class SqliteFtsAuditStore(AuditStore):
 
     async def _search(self, query: SearchQuery) -> SearchPage:
         cursor = decode_page_token(self.backend, query)
-        position = None if cursor is None else _position(cursor, query.effective_order)
-        hits, total, last = await self._readers.run(
-            lambda conn: _read(conn, lambda: self._search_sync(conn, query, position))
+        position, frozen = (None, None) if cursor is None else _position(cursor, query)
+        hits, total, last, stats = await self._readers.run(
+            lambda conn: _read(conn, lambda: self._search_sync(conn, query, position, frozen))
         )
         if cursor is not None:
             total = cursor.total
         token = None
         if last is not None:
-            token = encode_page_token(
-                self.backend, query, PageCursor(total=total, position=list(last))
-            )
+            values: list[Any] = list(last)
+            if stats is not None:  # later pages score as this one did
+                values += [stats[0], stats[1], list(stats[2])]
+            token = encode_page_token(self.backend, query, PageCursor(total=total, position=values))
         return SearchPage(hits=tuple(hits), total=total, next_page_token=token)
 
     def _search_sync(
-        self, conn: sqlite3.Connection, query: SearchQuery, position: _Key | None
-    ) -> tuple[list[AuditHit], int, _Key | None]:
+        self,
+        conn: sqlite3.Connection,
+        query: SearchQuery,
+        position: _Key | None,
+        stats: _Stats | None,
+    ) -> tuple[list[AuditHit], int, _Key | None, _Stats | None]:
         view = self._mirror.view(conn)
         flt = query.filter
         cand = _candidates(conn, view, flt)
         total = int(cand.size)
         if cand.size == 0:
-            return [], 0, None
+            return [], 0, None, None
         score = None
         if query.effective_order is SearchOrder.RELEVANCE:
-            score = _bm25(conn, view, flt.terms, cand)
+            score, stats = _bm25(conn, view, flt.terms, cand, stats)
         ts = view.ts[cand - view.base]
         keys = _page_keys(conn, cand, score, ts, position, query.page_size + 1)
         more = len(keys) > query.page_size
         keys = keys[: query.page_size]
         records = _fetch_records(conn, view, [seq for seq, _ in keys]) if keys else {}
         hits = [AuditHit(record=records[seq], score=key[0]) for seq, key in keys]
-        return hits, total, keys[-1][1] if more else None
+        return hits, total, keys[-1][1] if more else None, stats
 
     async def _statistics(self, flt: AuditFilter) -> AuditStatistics:
         return await self._readers.run(
