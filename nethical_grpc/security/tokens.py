@@ -295,6 +295,14 @@ class TokenFile(TokenStore):
                 return False
             if stamp == self._stamp:
                 return False
+            if stamp[2] == 0:  # a file rewritten in place, caught between truncate and write
+                log.error(
+                    "tokens file %s is empty; keeping %d tokens (to revoke every token, leave "
+                    "a comment line in it)",
+                    self.path,
+                    len(self),
+                )
+                return False
             try:
                 entries = parse_token_lines(_read(self.path), str(self.path))
             except (OSError, ValueError) as exc:

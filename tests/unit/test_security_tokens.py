@@ -183,6 +183,28 @@ def test_token_file_reloads_on_change_and_keeps_tokens_on_a_bad_file(
     assert str(path) in caplog.text  # the path is logged, the content never
 
 
+def test_a_token_file_emptied_in_place_keeps_its_tokens_until_it_is_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``cat new > tokens`` truncates the file before it writes it: a check in between
+    must not revoke every token. A comment-only file does revoke them all."""
+    path = tmp_path / "tokens"
+    path.write_text(f"client app {hash_token(TOKEN_A)}\n")
+    store = TokenFile(path, check_interval_s=0.0)
+    with path.open("r+") as f:
+        f.truncate(0)  # the shell's ">" before the new text arrives
+        assert not store.reload_if_changed()
+        assert store.authenticate(TOKEN_A) is not None
+        assert "is empty; keeping 1 tokens" in caplog.text
+        f.write(f"operator ops {hash_token(TOKEN_B)}\n")
+    assert store.reload_if_changed()
+    assert store.authenticate(TOKEN_A) is None
+    assert store.authenticate(TOKEN_B) is not None
+    _write(path, "# every token revoked\n")
+    assert store.reload_if_changed()
+    assert store.authenticate(TOKEN_B) is None
+
+
 def test_token_file_is_not_restatted_before_the_interval(tmp_path: Path) -> None:
     path = tmp_path / "tokens"
     _write(path, f"client app {hash_token(TOKEN_A)}\n")
