@@ -19,7 +19,9 @@ move to another instance, in order, and the stream goes on — but only when tha
 
 Otherwise the stream ends with UNAVAILABLE, ``ErrorInfo.reason`` STREAM_INTERRUPTED
 and metadata ``answered`` (messages answered on this stream), ``in_doubt`` (sent, not
-answered) and ``endpoint``.
+answered) and ``endpoint``. So does a stream whose resent actions (a broken node had
+them) find no node left, or run out of failovers: ``in_doubt`` counts them still, and
+``endpoint`` names that node (never NO_HEALTHY_INSTANCE, which says nothing was sent).
 
 A message is relayed whole: one action, or a batch (``actions``) that the node answers
 with one message of ``results``; the counts above are of messages, so a batch is sent,
@@ -50,6 +52,7 @@ from coordinator.gateway import (
 )
 from nethical_grpc import telemetry
 from nethical_grpc.balancing import Instance, failed_before_send
+from nethical_grpc.balancing.balancer import no_instance_text
 from nethical_grpc.errors import InvalidArgument, MeshError, Unavailable
 from nethical_grpc.validation import quoted
 
@@ -118,6 +121,10 @@ class StreamRelay:
         self.answered = 0
         self.failovers = 0  # in all
         self._streak = 0  # failovers since the last answer
+        # messages at the front of the queue (pending, then carried) that a node whose
+        # connection broke had: they may have been evaluated there, whatever follows
+        self._doubtful = 0
+        self._broken_at = ""  # the latest such node
         # what ended the client's stream early (a message that did not parse): raised once
         # every message before it is answered
         self._client_error: MeshError | None = None
@@ -194,6 +201,13 @@ class StreamRelay:
             inst = self._lb.get_instance(region, stay_in_region=stay)
         if inst is None:
             telemetry.get_recorder().record_gateway_call(self._region, "", "no_instance")
+            if self._doubtful:  # not "went nowhere": a broken node had some of them
+                why = no_instance_text(region, stay)
+                raise self._interrupted(
+                    self._broken_at,
+                    f"no instance is left to send its actions to ({why})",
+                    self._doubtful,
+                )
             raise self._gw.no_instance(region, stay, answered=str(self.answered))
         return inst
 
@@ -246,6 +260,7 @@ class StreamRelay:
                         )
                     self._pending.popleft()
                     self.answered += 1
+                    self._doubtful = max(0, self._doubtful - 1)
                     self._streak = 0
                     recorder.record_gateway_call(self._region, inst.region_id, "answered")
                     yield answer
@@ -276,6 +291,9 @@ class StreamRelay:
         never_reached = error is not None and (failed_before_send(error) or node_refused(error))
         in_doubt = 0 if never_reached else len(self._pending)
         safe = in_doubt == 0 or self._gw.settings.evaluate_retry is EvaluateRetry.CONNECTION_LOST
+        if in_doubt:
+            self._doubtful = max(self._doubtful, in_doubt)
+            self._broken_at = inst.endpoint
         policy = self._lb.retry_policy
         timeout = self._timeout()
         if safe and self._streak < policy.max_retries and (timeout is None or timeout > 0):
@@ -287,19 +305,32 @@ class StreamRelay:
             return
         detail = error.details() if error is not None else "the stream ended early"
         telemetry.get_recorder().record_gateway_call(self._region, inst.region_id, "failed")
-        raise Unavailable(
-            message=(
+        if not safe:
+            raise self._interrupted(
+                inst.endpoint,
                 f"the stream to {inst.endpoint} broke ({detail}) after {self.answered} "
                 f"answer(s); {in_doubt} action(s) sent there are unanswered and were not "
-                "sent elsewhere"
-                if not safe
-                else f"the stream to {inst.endpoint} broke ({detail}) after {self.answered} "
-                f"answer(s) and {self.failovers} failover(s)"
-            ),
+                "sent elsewhere",
+                in_doubt,
+            )
+        raise self._interrupted(
+            self._broken_at or inst.endpoint,
+            f"the stream to {inst.endpoint} broke ({detail}) after {self.answered} "
+            f"answer(s) and {self.failovers} failover(s)",
+            self._doubtful,
+        )
+
+    def _interrupted(self, endpoint: str, text: str, in_doubt: int) -> Unavailable:
+        """STREAM_INTERRUPTED: ``in_doubt`` messages were sent to ``endpoint`` (a node
+        whose connection broke) and are unanswered: it may have evaluated them."""
+        if in_doubt and endpoint:
+            text += f"; {in_doubt} action(s) {endpoint} had may have been evaluated there"
+        return Unavailable(
+            message=text,
             reason="STREAM_INTERRUPTED",
             metadata={
                 "answered": str(self.answered),
                 "in_doubt": str(in_doubt),
-                "endpoint": inst.endpoint,
+                "endpoint": endpoint,
             },
         )

@@ -199,6 +199,30 @@ async def test_stream_resends_in_doubt_actions_with_connection_lost_policy(rig: 
     assert b.stream_seen == [f"req-{i}" for i in range(3, 8)]
 
 
+async def test_in_doubt_actions_with_no_node_left_to_resend_them_are_counted(rig: Rig) -> None:
+    """connection-lost resends the actions a broken node had; with no node left to take
+    them, the stream ends STREAM_INTERRUPTED counting them in doubt (that node may have
+    evaluated them), not NO_HEALTHY_INSTANCE ("went nowhere")."""
+    a = await rig.node("a", "ra")
+    a.stream_answer_limit = 3
+    stub = await rig.gateway(strategy="round_robin", evaluate_retry="connection-lost")
+    call = stub.EvaluateStream(timeout=20)
+    for i in range(5):
+        await call.write(stream_request(i, "ra"))
+    answers = [await call.read() for _ in range(3)]
+    await wait_for(lambda: len(a.stream_seen) == 4)  # holds the 4th; the 5th is sent
+    await rig.kill("a")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call.read()
+    details = details_from_error(info.value)
+    assert details.code is grpc.StatusCode.UNAVAILABLE
+    assert details.reason == "STREAM_INTERRUPTED"
+    assert (details.metadata["answered"], details.metadata["in_doubt"]) == ("3", "2")
+    assert details.metadata["endpoint"] == rig.servers["a"].address
+    assert "may have been evaluated there" in details.message
+    assert [x.evaluation.request_id for x in answers] == ["req-0", "req-1", "req-2"]
+
+
 async def test_a_stream_that_grpc_itself_ends_fails_over_as_a_broken_one(rig: Rig) -> None:
     # an INTERNAL with no status from the node is gRPC's own (a write that met a
     # connection being torn down ends the call so): the stream goes on elsewhere
