@@ -186,8 +186,8 @@ def test_score_mistakes_are_one_clear_line(node: tuple[int, list[float]], tmp_pa
     assert "INVALID_ARGUMENT" in narrow.stderr
     assert f"columns: the model takes rows of {width} features, got columns=3" in narrow.stderr
     not_finite = score(" ".join(["0.5"] * (width - 1) + ["nan"]) + "\n")
-    assert not_finite.returncode == 1
-    assert f"features[{width - 1}]: must be finite" in not_finite.stderr
+    assert not_finite.returncode == 2  # refused before the call, by its line
+    assert f"rows.txt, line 1: value {width} is nan, not a finite number" in not_finite.stderr
     ragged = score("1 2 3\n4 5\n")
     assert ragged.returncode == 2
     assert "rows.txt, line 2: 2 values, but line 1 has 3" in ragged.stderr
