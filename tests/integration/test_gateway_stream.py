@@ -11,13 +11,14 @@ import grpc
 import pytest
 from meshutil import Mesh, add_region, until_error, wait_for
 from test_gateway import start_gateway
-from test_gateway_failover import Rig
+from test_gateway_failover import Rig, ScriptedNode
 
 from coordinator.instances import Health
-from nethical_grpc.errors import details_from_error
+from nethical_grpc.errors import ErrorDetails, details_from_error
 from nethical_grpc.v1 import coordinator_pb2, governance_pb2
 
 Req = coordinator_pb2.CoordinatorServiceEvaluateStreamRequest
+Resp = coordinator_pb2.CoordinatorServiceEvaluateStreamResponse
 
 
 @pytest.fixture
@@ -157,38 +158,45 @@ async def test_stream_moves_when_nothing_is_in_doubt(mesh: Mesh) -> None:
     assert other != serving
 
 
-async def test_stream_with_actions_in_doubt_ends_and_counts_them(rig: Rig) -> None:
+async def _two_in_doubt(
+    rig: Rig, policy: str, *, other_region: bool = True
+) -> tuple[grpc.aio.StreamStreamCall[Req, Resp], list[Resp], ScriptedNode | None]:
+    """A stream to node "a" (region "ra") that answers 3 of 5 actions and is then killed
+    with 2 unanswered (in doubt); "b" in region "rb" when ``other_region``. The call,
+    the answers read, and "b"."""
     a = await rig.node("a", "ra")
-    b = await rig.node("b", "rb")
+    b = await rig.node("b", "rb") if other_region else None
     a.stream_answer_limit = 3
-    stub = await rig.gateway(strategy="round_robin", evaluate_retry="not-sent")
+    stub = await rig.gateway(strategy="round_robin", evaluate_retry=policy)
     call = stub.EvaluateStream(timeout=20)
     for i in range(5):
         await call.write(stream_request(i, "ra"))
     answers = [await call.read() for _ in range(3)]
     await wait_for(lambda: len(a.stream_seen) == 4)  # holds the 4th; the 5th is sent
     await rig.kill("a")
+    return call, answers, b
+
+
+async def _interrupted(call: grpc.aio.StreamStreamCall[Req, Resp]) -> ErrorDetails:
+    """The stream's end: UNAVAILABLE STREAM_INTERRUPTED, 3 answered and 2 in doubt."""
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call.read()
     details = details_from_error(info.value)
     assert details.code is grpc.StatusCode.UNAVAILABLE
     assert details.reason == "STREAM_INTERRUPTED"
     assert (details.metadata["answered"], details.metadata["in_doubt"]) == ("3", "2")
+    return details
+
+
+async def test_stream_with_actions_in_doubt_ends_and_counts_them(rig: Rig) -> None:
+    call, answers, b = await _two_in_doubt(rig, "not-sent")
+    await _interrupted(call)
     assert [x.evaluation.request_id for x in answers] == ["req-0", "req-1", "req-2"]
-    assert b.stream_seen == []
+    assert b is not None and b.stream_seen == []
 
 
 async def test_stream_resends_in_doubt_actions_with_connection_lost_policy(rig: Rig) -> None:
-    a = await rig.node("a", "ra")
-    b = await rig.node("b", "rb")
-    a.stream_answer_limit = 3
-    stub = await rig.gateway(strategy="round_robin", evaluate_retry="connection-lost")
-    call = stub.EvaluateStream(timeout=20)
-    for i in range(5):
-        await call.write(stream_request(i, "ra"))
-    answers = [await call.read() for _ in range(3)]
-    await wait_for(lambda: len(a.stream_seen) == 4)  # holds the 4th; the 5th is sent
-    await rig.kill("a")
+    call, answers, b = await _two_in_doubt(rig, "connection-lost")
     for i in range(5, 8):
         await call.write(stream_request(i))
     await call.done_writing()
@@ -196,28 +204,15 @@ async def test_stream_resends_in_doubt_actions_with_connection_lost_policy(rig: 
         answers.append(answer)
     assert [x.evaluation.request_id for x in answers] == [f"req-{i}" for i in range(8)]
     assert [x.evaluation.instance_id for x in answers] == ["a"] * 3 + ["b"] * 5
-    assert b.stream_seen == [f"req-{i}" for i in range(3, 8)]
+    assert b is not None and b.stream_seen == [f"req-{i}" for i in range(3, 8)]
 
 
 async def test_in_doubt_actions_with_no_node_left_to_resend_them_are_counted(rig: Rig) -> None:
     """connection-lost resends the actions a broken node had; with no node left to take
     them, the stream ends STREAM_INTERRUPTED counting them in doubt (that node may have
     evaluated them), not NO_HEALTHY_INSTANCE ("went nowhere")."""
-    a = await rig.node("a", "ra")
-    a.stream_answer_limit = 3
-    stub = await rig.gateway(strategy="round_robin", evaluate_retry="connection-lost")
-    call = stub.EvaluateStream(timeout=20)
-    for i in range(5):
-        await call.write(stream_request(i, "ra"))
-    answers = [await call.read() for _ in range(3)]
-    await wait_for(lambda: len(a.stream_seen) == 4)  # holds the 4th; the 5th is sent
-    await rig.kill("a")
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call.read()
-    details = details_from_error(info.value)
-    assert details.code is grpc.StatusCode.UNAVAILABLE
-    assert details.reason == "STREAM_INTERRUPTED"
-    assert (details.metadata["answered"], details.metadata["in_doubt"]) == ("3", "2")
+    call, answers, _ = await _two_in_doubt(rig, "connection-lost", other_region=False)
+    details = await _interrupted(call)
     assert details.metadata["endpoint"] == rig.servers["a"].address
     assert "may have been evaluated there" in details.message
     assert [x.evaluation.request_id for x in answers] == ["req-0", "req-1", "req-2"]
