@@ -153,14 +153,18 @@ class WindowStore:
         cfg = self.config
         oldest = self.oldest_accepted_ns(now_ns)
         newest = now_ns + cfg.max_future_ns
-        if batch.timestamps_ns is None:
+        ts = batch.timestamps_ns
+        if ts is None:
             lo = hi = batch.time_ns
-            path = "time"
+            lo_path = hi_path = "time"
         else:
-            if batch.timestamps_ns.size == 0:
+            if ts.size == 0:
                 return
-            lo, hi = int(batch.timestamps_ns.min()), int(batch.timestamps_ns.max())
-            path = "timestamps_unix_nano"
+            # the earliest and the latest, each named by its index (a large batch's
+            # client can tell which observation it was)
+            i_lo, i_hi = int(ts.argmin()), int(ts.argmax())
+            lo, hi = int(ts[i_lo]), int(ts[i_hi])
+            lo_path, hi_path = f"timestamps_unix_nano[{i_lo}]", f"timestamps_unix_nano[{i_hi}]"
         if lo < oldest:
             if cfg.rollup_factor:
                 horizon = (
@@ -171,15 +175,15 @@ class WindowStore:
             else:
                 horizon = f"retention of {cfg.retention_ns / NANOS:g} s"
             raise InvalidArgument.single(
-                path,
-                f"observation is older than the node's {horizon} (the oldest accepted: "
-                f"Unix {oldest / NANOS:.3f})",
+                lo_path,
+                f"observation at Unix {lo / NANOS:.3f} is older than the node's {horizon} "
+                f"(the oldest accepted: Unix {oldest / NANOS:.3f})",
             )
         if hi > newest:
             raise InvalidArgument.single(
-                path,
-                f"observation is more than {cfg.max_future_ns / NANOS:g} s ahead of the "
-                "node's clock",
+                hi_path,
+                f"observation at Unix {hi / NANOS:.3f} is more than "
+                f"{cfg.max_future_ns / NANOS:g} s ahead of the node's clock",
             )
 
     def oldest_accepted_ns(self, now_ns: int) -> int:

@@ -55,7 +55,15 @@ def test_too_old_and_future_observations_are_rejected() -> None:
     ts = IngestBatch(SeriesKey("m", ()), np.ones(2), np.array([now, now - 3_600 * S]), now)
     with pytest.raises(InvalidArgument) as info:
         store.check_times(ts, now)
-    assert info.value.violations()[0].field == "timestamps_unix_nano"
+    [violation] = info.value.violations()
+    assert violation.field == "timestamps_unix_nano[1]"  # which one, in a large batch
+    assert f"observation at Unix {(now - 3_600 * S) / S:.3f} is older" in violation.description
+    ahead = np.array([now, now, now + 3_600 * S, now])
+    with pytest.raises(InvalidArgument) as info:
+        store.check_times(IngestBatch(SeriesKey("m", ()), np.ones(4), ahead, now), now)
+    [violation] = info.value.violations()
+    assert violation.field == "timestamps_unix_nano[2]"
+    assert f"observation at Unix {(now + 3_600 * S) / S:.3f} is more than" in violation.description
 
 
 def test_per_value_timestamps_split_across_windows() -> None:
