@@ -16,14 +16,9 @@ import numpy as np
 from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from nethical_grpc.convert import (
-    MAX_TIMESTAMP_SECONDS,
-    MIN_TIMESTAMP_SECONDS,
-    NANOS,
-    ns_to_duration,
-    ns_to_timestamp,
-)
+from nethical_grpc.convert import ns_to_duration, ns_to_timestamp
 from nethical_grpc.grpc_options import channel_options
+from nethical_grpc.proto_limits import FIRST_TIMESTAMP_NS, LAST_TIMESTAMP_NS
 from nethical_grpc.v1 import coordinator_pb2, coordinator_pb2_grpc, region_node_pb2
 from nethical_grpc.wire import packed_field
 
@@ -119,7 +114,7 @@ def global_metrics_request(opts: QueryOptions) -> coordinator_pb2.GetGlobalMetri
 def _timestamp(ns: int, name: str) -> timestamp_pb2.Timestamp:
     """``ns`` (Unix nanoseconds) as a Timestamp; a ``ValueError`` naming ``name`` when
     it is outside the times a Timestamp holds."""
-    if not MIN_TIMESTAMP_SECONDS * NANOS <= ns < (MAX_TIMESTAMP_SECONDS + 1) * NANOS:
+    if not FIRST_TIMESTAMP_NS <= ns <= LAST_TIMESTAMP_NS:
         raise ValueError(
             f"{name} {ns} is outside the times a request can carry (0001-01-01 to 9999-12-31, UTC)"
         )

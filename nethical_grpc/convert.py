@@ -29,6 +29,11 @@ from nethical_grpc.governance.profiles import Profile
 from nethical_grpc.governance.requests import EvaluationRequest, Outcome
 from nethical_grpc.model_info import ModelSummary
 from nethical_grpc.privacy import NoiseError, ReleaseInfo
+from nethical_grpc.proto_limits import (
+    MAX_DURATION_SECONDS,
+    MAX_TIMESTAMP_SECONDS,
+    MIN_TIMESTAMP_SECONDS,
+)
 from nethical_grpc.series import (
     DataGap,
     GroupSummary,
@@ -79,11 +84,6 @@ def ns_to_timestamp(ns: int) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
 
 
-# the range google.protobuf.Timestamp defines: 0001-01-01 to 9999-12-31
-MIN_TIMESTAMP_SECONDS = -62_135_596_800
-MAX_TIMESTAMP_SECONDS = 253_402_300_799
-
-
 def optional_timestamp_ns(message: object, field: str) -> int | None:
     """Nanoseconds of a Timestamp field, or None when unset."""
     if not message.HasField(field):  # type: ignore[attr-defined]
@@ -98,10 +98,6 @@ def optional_timestamp_ns(message: object, field: str) -> int | None:
 
 def duration_to_ns(d: duration_pb2.Duration) -> int:
     return int(d.seconds) * NANOS + int(d.nanos)
-
-
-# the range google.protobuf.Duration defines: about +-10,000 years
-MAX_DURATION_SECONDS = 315_576_000_000
 
 
 def checked_duration_ns(d: duration_pb2.Duration, field: str) -> int:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
+from nethical_grpc.proto_limits import FIRST_TIMESTAMP_NS, LAST_TIMESTAMP_NS, MAX_DURATION_SECONDS
+
 T = TypeVar("T")
 
 _UNITS = {
@@ -48,7 +50,7 @@ def _duration_ns(text: str) -> float:
 
 
 #: The longest a protobuf Duration holds: 10,000 years.
-MAX_PROTO_DURATION_NS = 315_576_000_000 * 1_000_000_000
+MAX_PROTO_DURATION_NS = MAX_DURATION_SECONDS * 1_000_000_000
 
 
 def parse_proto_duration_ns(text: str) -> int:
@@ -95,7 +97,7 @@ def parse_when(text: str) -> When:
     if _DURATION.match(text):
         ago = _duration_ns(text)
         # counted back from now (later each time a watch asks again: never earlier)
-        if math.isinf(ago) or time.time_ns() - int(ago) < _FIRST_NS:
+        if math.isinf(ago) or time.time_ns() - int(ago) < FIRST_TIMESTAMP_NS:
             raise _out_of_range(text)
         return When(ago_ns=int(ago))
     try:
@@ -109,16 +111,14 @@ def parse_when(text: str) -> When:
     since_epoch = moment - _EPOCH
     seconds = since_epoch.days * 86_400 + since_epoch.seconds
     at_ns = seconds * 1_000_000_000 + since_epoch.microseconds * 1_000
-    if not _FIRST_NS <= at_ns <= _LAST_NS:  # an offset can take it past either end
+    if (
+        not FIRST_TIMESTAMP_NS <= at_ns <= LAST_TIMESTAMP_NS
+    ):  # an offset can take it past either end
         raise _out_of_range(text)
     return When(at_ns=at_ns)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-#: The first and last nanosecond a protobuf Timestamp holds (0001-01-01T00:00:00Z,
-#: 9999-12-31T23:59:59.999999999Z).
-_FIRST_NS = -62_135_596_800 * 1_000_000_000
-_LAST_NS = 253_402_300_800 * 1_000_000_000 - 1
 
 
 def _out_of_range(text: str) -> argparse.ArgumentTypeError:
