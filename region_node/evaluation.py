@@ -59,7 +59,7 @@ from nethical_grpc.governance.decision import (
     evaluate_actions,
 )
 from nethical_grpc.governance.detect_pool import DetectionPool
-from nethical_grpc.governance.detectors import Action, Violation
+from nethical_grpc.governance.detectors import Action, Violation, detect
 from nethical_grpc.governance.profiles import Profile, ProfileBook
 from nethical_grpc.governance.requests import EvaluationRequest, Outcome
 from nethical_grpc.model_info import ModelSummary
@@ -179,6 +179,23 @@ class PendingBatch:
         """Drop the workers' answer (the batch will not be finished)."""
         if self.detections is not None:
             self.detections.cancel()
+
+    async def detected(self) -> tuple[list[list[Violation]], PendingBatch]:
+        """Its findings now (the workers', else detected here a chunk at a time, turning
+        the loop between chunks as :meth:`Evaluator.finish` does), and the batch holding
+        them: finished, it is not detected again."""
+        found = await self.detections if self.detections is not None else None
+        if found is None:
+            actions = [r.action for r in self.requests]
+            found = []
+            for start in range(0, len(actions), EVALUATE_CHUNK):
+                if start:
+                    await asyncio.sleep(0)
+                found += map(detect, actions[start : start + EVALUATE_CHUNK])
+        done: asyncio.Future[list[list[Violation]] | None]
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(found)
+        return found, PendingBatch(self.requests, self.began_ns, done)
 
 
 async def _findings_of(

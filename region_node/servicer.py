@@ -24,7 +24,6 @@ from nethical_grpc.errors import (
     rpc_errors,
     rpc_stream_errors,
 )
-from nethical_grpc.governance.detectors import Violation, detect
 from nethical_grpc.governance.requests import EvaluationRequest
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
 from nethical_grpc.privacy import PrivateReleaser
@@ -33,7 +32,7 @@ from nethical_grpc.storage.audit import AuditStoreError
 from nethical_grpc.streams import ReadAhead, read_chunks
 from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
 from nethical_grpc.validation import quoted
-from region_node.evaluation import EVALUATE_CHUNK, Evaluator, PendingBatch
+from region_node.evaluation import Evaluator, PendingBatch
 from region_node.node import RegionNode
 from region_node.stores import NodeStores
 
@@ -501,7 +500,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         for p, b in group.checks:
             plan, pending = plans[p], batches[b]
             assert isinstance(plan, list)
-            findings = await _findings(pending)
+            findings, detected = await pending.detected()
             size = convert.batch_answer_bound(
                 plan, pending.requests, findings, ident.region_id, ident.instance_id
             )
@@ -512,10 +511,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
                     batch_too_large(len(plan), size, self.max_message_bytes)
                 )
             else:
-                found: asyncio.Future[list[list[Violation]] | None]
-                found = asyncio.get_running_loop().create_future()
-                found.set_result(findings)
-                batches[b] = PendingBatch(pending.requests, pending.began_ns, found)
+                batches[b] = detected
         return plans, [batch for i, batch in enumerate(batches) if i not in refused]
 
     @rpc_errors
@@ -636,21 +632,6 @@ def batch_too_large(actions: int, size: int, limit: int) -> ResourceExhausted:
         ),
         reason="ANSWER_TOO_LARGE",
     )
-
-
-async def _findings(batch: PendingBatch) -> list[list[Violation]]:
-    """The findings of a begun batch's requests: the workers', else detected here (a
-    chunk at a time, turning the loop between chunks, as :meth:`Evaluator.finish`)."""
-    found = await batch.detections if batch.detections is not None else None
-    if found is not None:
-        return found
-    actions = [r.action for r in batch.requests]
-    out: list[list[Violation]] = []
-    for start in range(0, len(actions), EVALUATE_CHUNK):
-        if start:
-            await asyncio.sleep(0)
-        out += map(detect, actions[start : start + EVALUATE_CHUNK])
-    return out
 
 
 def answer_too_large(holds: str, size: int, limit: int, narrower: str) -> ResourceExhausted:
