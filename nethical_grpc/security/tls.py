@@ -6,7 +6,8 @@ certificate configuration, and it re-reads the certificate, key and CA files whe
 of them changed (device, inode, size or mtime). New connections then get the new
 certificate; established connections keep theirs. A half-written rotation (a key that
 does not match the certificate, an unreadable file) is not applied: the previous
-certificate stays in use, a warning is logged, and the next handshake tries again.
+certificate stays in use, a warning is logged once, and the files are tried again when
+they change next (not on every handshake while they stay as they are).
 
 With ``require_client_cert`` the server demands a client certificate signed by the CA
 (mutual TLS, coordinator ↔ region nodes); a client without one fails the handshake and
@@ -183,6 +184,20 @@ def _stamp(paths: list[Path]) -> Stamp:
     return tuple(out)
 
 
+def _seen(paths: list[Path]) -> Stamp:
+    """:func:`_stamp`, with a file that cannot be looked at stamped by its error number
+    (so that "still missing" compares equal to "missing")."""
+    out = []
+    for p in paths:
+        try:
+            st = p.stat()
+        except OSError as exc:
+            out.append((-1, exc.errno or 0, 0, 0))
+        else:
+            out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
 @dataclass(frozen=True, slots=True)
 class LoadedCertificates:
     """PEM bytes as read, checked: the key matches the certificate, the CA parses."""
@@ -230,7 +245,8 @@ class CertificateReloader:
 
     Calling it returns a new ``ServerCertificateConfiguration`` when the files changed
     and check out, else None (keep the current one). gRPC calls it from its own threads
-    on every new handshake; the check is three ``stat`` calls.
+    on every new handshake; the check is three ``stat`` calls. Files that failed to load
+    are not read again (nor the failure logged again) until they change.
     """
 
     def __init__(self, tls: TlsConfig) -> None:
@@ -241,6 +257,8 @@ class CertificateReloader:
         self._lock = threading.Lock()
         self.reloads = 0
         self._stamp, self.initial = self._load()  # ValueError: refuse to start
+        # the files as they were when a reload last failed: not tried again as they are
+        self._failed: Stamp | None = None
 
     def _load(self) -> tuple[Stamp, grpc.ServerCertificateConfiguration]:
         try:
@@ -261,17 +279,22 @@ class CertificateReloader:
 
     def __call__(self) -> grpc.ServerCertificateConfiguration | None:
         with self._lock:
+            seen: Stamp | None = None
             try:
-                if _stamp(self._paths) == self._stamp:
+                seen = _seen(self._paths)
+                if seen in (self._stamp, self._failed):
                     return None
                 stamp, config = self._load()
             except (OSError, ValueError) as exc:
+                self._failed = seen
                 log.warning("TLS certificates not reloaded, keeping the current ones: %s", exc)
                 return None
             except Exception:  # never let an error escape into gRPC's handshake thread
+                self._failed = seen
                 log.exception("TLS certificate reload failed; keeping the current ones")
                 return None
             self._stamp = stamp
+            self._failed = None
             self.reloads += 1
         log.info("TLS certificates reloaded (%s)", self.tls.describe())
         return config

@@ -243,3 +243,37 @@ def test_swapped_or_unparsable_files_are_named_for_what_they_are(
         load_certificates(TlsConfig(garbled, a.key_file))
     assert "does not match" not in str(info.value)
     assert f"cannot load TLS certificate {garbled} with key {a.key_file}" in str(info.value)
+
+
+def test_reloader_tries_failing_files_again_only_once_they_change(
+    pki: tuple[DevCA, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broken rotation is read and warned about once, not on every handshake."""
+    ca, _ = pki
+    first, second = (ca.issue(tmp_path / n, n) for n in ("one", "two"))
+    tls = _copy(first, tmp_path / "live")
+    assert tls.cert_file is not None
+    assert tls.key_file is not None
+    reloader = CertificateReloader(tls)
+
+    def warnings() -> int:
+        return sum("not reloaded" in r.getMessage() for r in caplog.records)
+
+    shutil.copy(second.cert_file, tls.cert_file)  # the new certificate, the old key
+    with caplog.at_level(logging.WARNING, logger="nethical_grpc.security.tls"):
+        for _ in range(5):
+            assert reloader() is None
+        assert warnings() == 1
+        tls.key_file.unlink()  # a change: tried (and warned about) once more
+        for _ in range(5):
+            assert reloader() is None
+        assert warnings() == 2
+        shutil.copy(second.key_file, tls.key_file)  # the rotation completes
+        assert isinstance(reloader(), grpc.ServerCertificateConfiguration)
+        assert reloader.reloads == 1
+        assert reloader() is None
+        # a failure after a success is warned about again
+        shutil.copy(first.key_file, tls.key_file)
+        assert reloader() is None
+        assert reloader() is None
+        assert warnings() == 3
