@@ -35,7 +35,8 @@ def encode_ingest_request(
 ) -> bytes:
     """Serialise one IngestRequest with its columns copied straight from NumPy.
 
-    ``batch_id`` makes a retry of the batch exactly-once (the node skips ids it applied)."""
+    ``batch_id`` makes a retry of the batch to the same node exactly-once (the node skips ids
+    it applied; another instance of the region does not know them)."""
     head = region_node_pb2.IngestRequest(
         metric=metric, labels=dict(labels or {}), batch_id=batch_id
     )
