@@ -44,7 +44,8 @@ class ModelConfig:
     num_threads: int | None = 1
     # "auto": the bundled fp32 model runs in NumPy (same outputs within 5e-8, measured
     # faster per Evaluate on a CPU and on a GPU host) unless a CUDA device is named; a
-    # --model file, or fp16/bf16, runs in PyTorch (on a GPU when one is usable)
+    # --model TorchScript file, or fp16/bf16, runs in PyTorch (on a GPU when one is
+    # usable), a --model .npz weights file in NumPy
     backend: str = "auto"
 
 

@@ -16,10 +16,10 @@ Backends, chosen at construction:
   every call runs under :func:`torch.inference_mode`, and under :func:`torch.autocast` for
   ``precision="fp16"``/``"bf16"`` (the weights stay fp32, autocast runs the matrix products
   in the reduced type; inputs are given as fp32 and outputs read back as fp32).
-* ``numpy``: when torch is not installed, disabled (``NETHICAL_DISABLE_TORCH=1``) or
-  ``backend="numpy"``: the default MLP (``default_model/weights.npz``, or an ``.npz``
-  ``model_path``) in NumPy, fp32 only, CPU only.  Same outputs as the TorchScript default
-  model within ``1e-5``.
+* ``numpy``: when torch is not installed, disabled (``NETHICAL_DISABLE_TORCH=1``),
+  ``backend="numpy"``, or, with ``backend="auto"``, for an ``.npz`` ``model_path``: the
+  default MLP (``default_model/weights.npz``, or an ``.npz`` ``model_path``) in NumPy, fp32
+  only, CPU only.  Same outputs as the TorchScript default model within ``1e-5``.
 
 On CUDA the input's finiteness is checked on the device, in the same call (the host pass
 over a large batch cost as much as its copy to the device); an array in page-locked
@@ -48,6 +48,7 @@ import resource
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Final, Literal, cast
 
@@ -94,6 +95,8 @@ _PROBE_ROWS: Final = 2
 _RANGE_TOLERANCE: Final = 1e-6
 _GIB: Final = float(2**30)
 _EMBEDDING_MODULES: Final = ("Embedding", "EmbeddingBag")
+#: How a torch.save() file in the legacy (pre-zip) format starts: a pickled magic number.
+_LEGACY_TORCH_SAVE: Final = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +104,35 @@ log = logging.getLogger(__name__)
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _not_torchscript(path: Path) -> str | None:
+    """What a file that ``torch.jit.load`` refused is, when it is a known other kind of
+    model file: NumPy ``.npz`` weights, or a ``torch.save()`` checkpoint (torch's own
+    message calls the latter corrupted)."""
+    checkpoint = (
+        "a torch.save() checkpoint (a pickled state_dict or module), which holds no model "
+        "code: export the model as TorchScript, torch.jit.save(torch.jit.script(model), path)"
+    )
+    with contextlib.suppress(OSError):
+        with path.open("rb") as f:
+            if f.read(len(_LEGACY_TORCH_SAVE)) == _LEGACY_TORCH_SAVE:
+                return checkpoint
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return None
+    if names and all(n.endswith(".npy") and "/" not in n for n in names):
+        return (
+            "a NumPy .npz weights file, which runs on backend 'numpy' (a file named *.npz "
+            "also loads with backend 'auto')"
+        )
+    if any(n.endswith("data.pkl") for n in names) and not any(
+        n.endswith("constants.pkl") for n in names
+    ):
+        return checkpoint
+    return None
 
 
 def _process_rss_bytes() -> tuple[int, str]:
@@ -131,8 +163,8 @@ class InferenceEngine:
         a GPU without bf16, any reduced precision on the NumPy backend, or an autocast
         probe that fails).
     backend:
-        ``"auto"`` (torch when usable, else NumPy), ``"torch"`` (:class:`ModelLoadError`
-        when torch is unavailable) or ``"numpy"``.
+        ``"auto"`` (torch when usable, else NumPy; NumPy for an ``.npz`` ``model_path``),
+        ``"torch"`` (:class:`ModelLoadError` when torch is unavailable) or ``"numpy"``.
     numpy_reason:
         why the NumPy backend is used when ``backend="numpy"``, for :meth:`describe` (a
         caller that chose it itself says why; default ``"numpy backend requested"``).
@@ -185,6 +217,8 @@ class InferenceEngine:
         self._mlp: NumpyMLP | None = None
         self._autocast_dtype: Any = None
         torch, reason = (None, numpy_reason) if backend == "numpy" else torch_or_reason()
+        if backend == "auto" and model_path is not None and Path(model_path).suffix == ".npz":
+            torch, reason = None, "an .npz weights file runs on the NumPy backend"
         if backend == "torch" and torch is None:
             raise ModelLoadError(f"backend 'torch' was requested but {reason}")
         if torch is not None:
@@ -214,7 +248,7 @@ class InferenceEngine:
             return "cpu"
         if device == "cuda" or device.startswith("cuda:"):
             index_text = device.partition(":")[2] or "0"
-            if not index_text.isdigit():
+            if not (index_text.isascii() and index_text.isdigit()):
                 raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N'; got {device!r}")
             info = get_device_info(int(index_text))  # ValueError for a bad index
             if info["backend"] != "cuda":
@@ -271,9 +305,8 @@ class InferenceEngine:
             with quiet_torchscript():
                 model = torch.jit.load(str(path), map_location=self.device, _extra_files=extra)
         except Exception as exc:
-            raise ModelLoadError(
-                f"cannot load {path} as a TorchScript model: {_first_line(exc)}"
-            ) from exc
+            what = _not_torchscript(path) or _first_line(exc)
+            raise ModelLoadError(f"cannot load {path} as a TorchScript model: {what}") from exc
         model.eval()
         self._model = model
         if extra[MODEL_META_FILE]:

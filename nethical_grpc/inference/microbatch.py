@@ -12,6 +12,8 @@ batch function ``fn`` (e.g. :meth:`InferenceEngine.predict_batch
   raises (or answers with the wrong shape) for a batch of several callers, each caller's
   rows run again on their own, so only the callers whose rows fail get the exception
   (:func:`answer_apart`, which a caller that stacked several callers' rows itself uses too);
+  callers' rows that cannot be stacked (widths or dtypes that differ, with no ``validate``
+  to make them alike) run each caller's on their own from the start;
   :meth:`MicroBatcher.submit_apart` queues such stacked rows one caller (row) at a time and
   answers each row with its result or its own exception;
 * a caller that is cancelled before its batch starts is left out of it, and its rows no
@@ -160,8 +162,7 @@ class MicroBatcher:
         """Queue one row (1-D) and wait for its result.
 
         Raises ``ValueError`` if the row is not 1-D or ``validate`` rejects it,
-        ``RuntimeError`` after :meth:`close`, and whatever ``fn`` raised for the batch the
-        row was in.
+        ``RuntimeError`` after :meth:`close`, and whatever ``fn`` raised for the row.
         """
         arr = np.asarray(row)
         if arr.ndim != 1:
@@ -291,6 +292,8 @@ class MicroBatcher:
             while self._queue or not self._closing:
                 self._drop_gone_at_front()
                 if not self._queue:
+                    if self._closing:  # only callers that went away were left
+                        break
                     self._wake.clear()
                     await self._wake.wait()
                     continue
@@ -343,13 +346,21 @@ class MicroBatcher:
         return batch
 
     async def _execute(self, batch: list[_Entry], loop: asyncio.AbstractEventLoop) -> None:
-        stacked = np.concatenate([e.rows for e in batch]) if len(batch) > 1 else batch[0].rows
-
         async def call(rows: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
             return await self._call(rows, loop)
 
         try:
-            answers = await answer_apart(call, stacked, [e.size for e in batch])
+            try:
+                stacked = np.concatenate([e.rows for e in batch]) if len(batch) > 1 else None
+            except (ValueError, TypeError):
+                # widths or dtypes differ (no validate made the rows alike): each caller's
+                # rows go on their own, as after a failed shared call
+                answers: list[Answer] = []
+                for e in batch:
+                    answers += await answer_apart(call, e.rows, (e.size,))
+            else:
+                rows = batch[0].rows if stacked is None else stacked
+                answers = await answer_apart(call, rows, [e.size for e in batch])
         except asyncio.CancelledError:
             stopped = RuntimeError("the micro-batcher was stopped while running a batch")
             for e in batch:
