@@ -406,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         type=Path,
         default=None,
-        help="TorchScript risk model (default: the bundled model)",
+        help="risk model: a TorchScript file, or an .npz of MLP weights (run in NumPy); "
+        "default: the bundled model",
     )
     region.add_argument(
         "--device", default="auto", help="auto, cpu, cuda or cuda:N for the risk model"
