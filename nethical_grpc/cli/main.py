@@ -420,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "torch", "numpy"),
         default="auto",
         help="auto: the bundled fp32 model in NumPy unless --device names a GPU (measured "
-        "faster per Evaluate, GPU host included); PyTorch for --model, fp16 or bf16",
+        "faster per Evaluate, GPU host included); PyTorch for a TorchScript --model, fp16 or bf16",
     )
     region.add_argument(
         "--inference-threads",
