@@ -8,8 +8,9 @@ the ``rpc.client.duration`` sample end when the call ends:
 * unary-unary: the interceptor awaits the response (cancelling the caller cancels the
   call), records the outcome and hands back the finished call, so the caller sees the
   same response or the same :class:`grpc.aio.AioRpcError`;
-* streaming calls: the call is handed back at once and finishes from its done callback,
-  so ``read``/``write``/``async for`` work unchanged.
+* streaming calls: the call is handed back at once and finishes from its done callback
+  (in that callback, so a span is ended before anything else runs), so
+  ``read``/``write``/``async for`` work unchanged.
 
 grpc.aio files each interceptor under one arity only, hence one class per arity over a
 shared :class:`ClientTelemetry`; :meth:`ClientTelemetry.interceptors` returns all four.
@@ -64,6 +65,21 @@ def target_attributes(target: str | None) -> dict[str, AttributeValue]:
     if not sep or not port.isdigit() or not host:
         return {"server.address": rest}
     return {"server.address": host.strip("[]"), "server.port": int(port)}
+
+
+def _final_code(rpc: Any) -> grpc.StatusCode | None:
+    """The status code of a call that is done, read without the event loop (``None`` if
+    it is not in yet): ``code()`` returns on its first step once the status is set, as it
+    is before the call's done callbacks run."""
+    step = rpc.code()
+    try:
+        step.send(None)
+    except StopIteration as done:
+        return cast("grpc.StatusCode", done.value)
+    except asyncio.CancelledError:
+        return grpc.StatusCode.CANCELLED
+    step.close()
+    return None
 
 
 class ClientTelemetry:
@@ -158,8 +174,13 @@ class ClientTelemetry:
 
     def _on_done(self, call: OpenCall, rpc: Any) -> None:
         end = time.perf_counter()
-        # the status is read through a coroutine; it is final by now, so this task
-        # completes on its first step
+        # ended here, not in a task of its own: a task scheduled now would not have run
+        # yet when a draining process closes its channels and shuts telemetry down in
+        # the same step, and the span would be lost
+        code = _final_code(rpc)
+        if code is not None:
+            self.finish(call, code, None, end)
+            return
         task = asyncio.get_running_loop().create_task(self._finish_from(call, rpc, end))
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)

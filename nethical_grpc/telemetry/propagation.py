@@ -34,16 +34,18 @@ class _MetadataSetter(Setter[list[tuple[str, str | bytes]]]):
 _GETTER = _MetadataGetter()
 _SETTER = _MetadataSetter()
 
-# the header names the global propagator owns, computed once per propagator object
-_owned: tuple[object, frozenset[str]] = (None, frozenset())
+# the header names of each propagator in the global one (W3C trace context: traceparent
+# and tracestate; baggage), computed once per propagator object
+_groups: tuple[object, tuple[frozenset[str], ...]] = (None, ())
 
 
-def _owned_fields() -> frozenset[str]:
-    global _owned
+def _field_groups() -> tuple[frozenset[str], ...]:
+    global _groups
     textmap = propagate.get_global_textmap()
-    if _owned[0] is not textmap:
-        _owned = (textmap, frozenset(textmap.fields))
-    return _owned[1]
+    if _groups[0] is not textmap:
+        parts = getattr(textmap, "_propagators", None) or (textmap,)
+        _groups = (textmap, tuple(frozenset(p.fields) for p in parts))
+    return _groups[1]
 
 
 def extract_context(metadata: Iterable[tuple[str, str | bytes]] | None) -> Context:
@@ -61,11 +63,19 @@ def inject_metadata(
 ) -> list[tuple[str, str | bytes]]:
     """``metadata`` plus the trace headers for ``context`` (default: the current one).
 
-    Returns a new list; entries the propagator owns (``traceparent`` and the like) that
-    were already present are replaced, everything else is kept in order. With no
-    recording or remote span in ``context`` nothing is added.
+    Returns a new list: the caller's entries in order, then the headers injected. Headers
+    a propagator writes replace the caller's entries of that propagator (a new
+    ``traceparent`` drops a ``tracestate`` that went with the old one); headers nothing
+    writes are kept (a caller's own ``baggage`` with no baggage in ``context``). With no
+    recording or remote span and no baggage in ``context`` nothing is added or dropped.
     """
-    owned = _owned_fields()
-    out: list[tuple[str, str | bytes]] = [(k, v) for k, v in (metadata or ()) if k not in owned]
-    propagate.inject(out, context=context, setter=_SETTER)
+    added: list[tuple[str, str | bytes]] = []
+    propagate.inject(added, context=context, setter=_SETTER)
+    pairs = list(metadata or ())
+    if not added:
+        return pairs
+    written = {k for k, _ in added}
+    replaced = written.union(*(g for g in _field_groups() if not g.isdisjoint(written)))
+    out = [(k, v) for k, v in pairs if k not in replaced]
+    out.extend(added)
     return out

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -311,7 +311,8 @@ def configure_telemetry(
 
 def checked_otlp_endpoint(endpoint: str) -> str:
     """``endpoint`` with a scheme (plain ``host:port`` is ``http://``); ValueError unless
-    it is an http(s) URL with a host and a valid port."""
+    it is an http(s) URL with a host, a valid port (required for ``http``: gRPC would
+    take 443) and no user info (credentials go in ``OTEL_EXPORTER_OTLP_HEADERS``)."""
     text = endpoint.strip()
     url = text if "://" in text else f"http://{text}"
     try:
@@ -323,7 +324,16 @@ def checked_otlp_endpoint(endpoint: str) -> str:
         raise ValueError(
             f"bad OTLP endpoint {redact_url(url)!r}: give http(s)://HOST:PORT or HOST:PORT"
         )
-    if port is None and parts.scheme == "http" and "://" not in text:
+    if parts.username is not None or parts.password is not None:
+        # the exporter dials the user info as part of the host (no export succeeds) and
+        # names that "host", password and all, in every failed export's log line
+        shown = urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
+        raise ValueError(
+            f"bad OTLP endpoint {shown!r}: OTLP/gRPC sends no credentials from "
+            "the URL; give them as headers in OTEL_EXPORTER_OTLP_HEADERS"
+        )
+    if port is None and parts.scheme == "http":
+        # gRPC's default port is 443: plaintext would go to the TLS port
         raise ValueError(f"bad OTLP endpoint {redact_url(url)!r}: give its port")
     return url
 
