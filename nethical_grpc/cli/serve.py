@@ -31,7 +31,13 @@ def _start_telemetry(args: argparse.Namespace, service: str, region: str | None)
     """Turn telemetry on when --metrics-port or --otlp-endpoint asks for it (else None)."""
     if args.metrics_port is None and not args.otlp_endpoint:
         return None
-    from nethical_grpc.telemetry.setup import configure_telemetry
+    try:
+        from nethical_grpc.telemetry.setup import configure_telemetry
+    except ModuleNotFoundError as exc:
+        raise ValueError(
+            f"--metrics-port and --otlp-endpoint need {exc.name or 'OpenTelemetry'}, which is "
+            "not installed: pip install 'nethical-mesh[telemetry]'"
+        ) from None
 
     handle = configure_telemetry(
         service,

@@ -148,3 +148,25 @@ def test_store_urls_without_their_clients_fall_back_and_say_why(
     )
     assert "timeseries: postgresql: psycopg not installed" in log
     assert re.search(r"audit: http: client not installed \(elasticsearch.*\) → memory", log)
+
+
+@pytest.mark.parametrize("command", ["region", "coordinator"])
+@pytest.mark.parametrize(
+    "flag", [["--metrics-port", "0"], ["--otlp-endpoint", "http://127.0.0.1:4317"]]
+)
+def test_telemetry_flags_without_the_extra_say_what_to_install(
+    core_only_env: dict[str, str], command: str, flag: list[str]
+) -> None:
+    """Asking for telemetry on the core alone is a one-line refusal naming the extra (exit
+    2), not a traceback."""
+    args = ["--region-id", "r1"] if command == "region" else ["--region", "r1=127.0.0.1:1"]
+    done = subprocess.run(
+        mesh_command(command, *args, "--port", "0", *flag),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **core_only_env},
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert "pip install 'nethical-mesh[telemetry]'" in done.stderr
