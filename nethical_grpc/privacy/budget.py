@@ -18,6 +18,8 @@ Not thread-safe: call it from one thread (the server's event loop).
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
@@ -25,11 +27,15 @@ from typing import Final
 from nethical_grpc.errors import ResourceExhausted
 from nethical_grpc.series import SeriesKey
 
-__all__ = ["BudgetKey", "PrivacyAccountant", "PrivacyBudgetExhausted"]
+__all__ = ["AccountRow", "BudgetKey", "PrivacyAccountant", "PrivacyBudgetExhausted"]
 
 #: A budget unit: a series (or, with metric granularity, ``SeriesKey(metric, ())``) and a
 #: window id (``start_ns // window_ns``).
 BudgetKey = tuple[SeriesKey, int]
+
+#: An account as :meth:`PrivacyAccountant.snapshot` writes it: (metric, labels, window
+#: id, spent epsilon).
+AccountRow = tuple[str, list[tuple[str, str]], int, float]
 
 #: Relative slack for rounding when spent epsilons are added up (0.1 * 10 == 1.0 passes).
 _RTOL: Final = 1e-9
@@ -79,6 +85,15 @@ class PrivacyBudgetExhausted(ResourceExhausted):
         )
 
 
+def _positive_finite(name: str, value: object) -> float:
+    """``value`` as a float when it is a real number (not a bool), finite and > 0."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        number = float(value)
+        if math.isfinite(number) and number > 0.0:
+            return number
+    raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
 def _describe(key: BudgetKey, remaining: float) -> str:
     series, window_id = key
     labels = ",".join(f"{k}={v}" for k, v in series.labels)
@@ -94,12 +109,10 @@ class PrivacyAccountant:
     """
 
     def __init__(self, window_budget: float) -> None:
-        if not (
-            isinstance(window_budget, int | float) and 0.0 < float(window_budget) < float("inf")
-        ):
-            raise ValueError(f"window_budget must be a finite number > 0, got {window_budget!r}")
-        self.window_budget = float(window_budget)
+        self.window_budget = _positive_finite("window_budget", window_budget)
         self._spent: dict[BudgetKey, float] = {}
+        # accounts charged or refunded since clear_changes (what a save must write)
+        self._changed: set[BudgetKey] = set()
 
     def spent(self, key: BudgetKey) -> float:
         """Epsilon spent so far by ``key`` (0 for a key never charged)."""
@@ -125,14 +138,33 @@ class PrivacyAccountant:
             ValueError: ``epsilon`` is not a finite number > 0.
             PrivacyBudgetExhausted: some key would exceed the budget; nothing was spent.
         """
-        if not (isinstance(epsilon, int | float) and 0.0 < float(epsilon) < float("inf")):
-            raise ValueError(f"epsilon must be a finite number > 0, got {epsilon!r}")
+        eps = _positive_finite("epsilon", epsilon)
         unique = set(keys)
-        short = self.shortfalls(unique, epsilon)
+        short = self.shortfalls(unique, eps)
         if short:
-            raise PrivacyBudgetExhausted.for_windows(short, float(epsilon), self.window_budget)
+            raise PrivacyBudgetExhausted.for_windows(short, eps, self.window_budget)
         for k in unique:
-            self._spent[k] = self._spent.get(k, 0.0) + float(epsilon)
+            self._spent[k] = self._spent.get(k, 0.0) + eps
+        self._changed |= unique
+
+    def refund(self, keys: Iterable[BudgetKey], epsilon: float) -> None:
+        """Undo a :meth:`charge` of ``epsilon`` on ``keys`` whose release never left (its
+        accounts could not be saved, say). Only for that: a refund of a release that was
+        sent would let its windows be released past their budget. An account the refund
+        empties is dropped, as if never charged.
+
+        Raises:
+            ValueError: ``epsilon`` is not a finite number > 0.
+        """
+        eps = _positive_finite("epsilon", epsilon)
+        unique = set(keys)
+        self._changed |= unique
+        for k in unique:
+            left = self._spent.get(k, 0.0) - eps
+            if left > eps * _RTOL:  # not just rounding left over
+                self._spent[k] = left
+            else:
+                self._spent.pop(k, None)
 
     def forget_windows_before(self, window_id: int) -> int:
         """Drop the accounts of windows with id ``< window_id`` (evicted: their data is gone).
@@ -143,9 +175,10 @@ class PrivacyAccountant:
         old = [k for k in self._spent if k[1] < window_id]
         for k in old:
             del self._spent[k]
+        self._changed.difference_update(old)
         return len(old)
 
-    def snapshot(self) -> list[tuple[str, list[tuple[str, str]], int, float]]:
+    def snapshot(self) -> list[AccountRow]:
         """The accounts as JSON-ready rows ``(metric, labels, window id, spent epsilon)``."""
         return [
             (key.metric, [(k, v) for k, v in key.labels], window_id, spent)
@@ -154,8 +187,24 @@ class PrivacyAccountant:
             )
         ]
 
+    def changed_rows(self) -> list[AccountRow]:
+        """Rows (as :meth:`snapshot` writes them) of the accounts charged or refunded since
+        :meth:`clear_changes`: what a save after a release must add to the saved ones
+        (:meth:`restore` keeps the larger spend, so they may be replayed in any order)."""
+        spent = self._spent
+        return [
+            (key.metric, [(k, v) for k, v in key.labels], window_id, spent[(key, window_id)])
+            for key, window_id in self._changed
+            if (key, window_id) in spent
+        ]
+
+    def clear_changes(self) -> None:
+        """Mark every account saved (see :meth:`changed_rows`)."""
+        self._changed.clear()
+
     def restore(self, rows: Iterable[tuple[str, Iterable[tuple[str, str]], int, float]]) -> None:
-        """Load rows written by :meth:`snapshot`, keeping the larger spend per key."""
+        """Load rows written by :meth:`snapshot`, keeping the larger spend per key (they
+        do not count as changes: see :meth:`changed_rows`)."""
         for metric, labels, window_id, spent in rows:
             key = (
                 SeriesKey(str(metric), tuple((str(k), str(v)) for k, v in labels)),

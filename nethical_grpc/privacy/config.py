@@ -22,6 +22,8 @@ MECHANISMS: Final[tuple[str, ...]] = ("laplace", "geometric")
 #: Smallest epsilon of any part of a release (count, sum, histogram): noise of scale
 #: 1 / epsilon beyond 1e6 counts overflows the integer samplers long before it is useful.
 MIN_EPSILON_PART: Final = 1e-6
+#: Largest min_count: counts are uint64 on the wire, so none reaches a larger one.
+MAX_MIN_COUNT: Final = 2**64 - 1
 #: Smallest positive normal double: the released zero bucket's width must stay above it.
 _MIN_NORMAL: Final = 2.2250738585072014e-308
 
@@ -93,8 +95,11 @@ class PrivacyConfig:
         bound = _positive_finite("value_bound", self.value_bound)
         if bound > MAX_ABS_VALUE:
             raise ValueError(f"value_bound must be at most {MAX_ABS_VALUE:g}, got {bound:g}")
-        if not _is_int(self.min_count) or int(self.min_count) < 0:
-            raise ValueError(f"min_count must be an integer >= 0, got {self.min_count!r}")
+        if not _is_int(self.min_count) or not (0 <= int(self.min_count) <= MAX_MIN_COUNT):
+            raise ValueError(
+                f"min_count must be an integer in [0, {MAX_MIN_COUNT}] (a count's range), "
+                f"got {self.min_count!r}"
+            )
         if self.mechanism not in MECHANISMS:
             raise ValueError(f"mechanism must be one of {MECHANISMS}, got {self.mechanism!r}")
         self._check_split()

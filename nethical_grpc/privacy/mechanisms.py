@@ -5,7 +5,7 @@ Every sampler draws uniforms and transforms them by the inverse CDF, vectorised:
 * ``rng`` given (a seeded ``numpy.random.Generator``): reproducible, for tests and
   simulations. A generator seeded with :func:`secure_generator` is unpredictable but
   PCG64 is not a cryptographic generator.
-* ``rng=None`` (the default everywhere): 53-bit uniforms from ``os.urandom``, the operating
+* ``rng=None`` (the default everywhere): 52-bit uniforms from ``os.urandom``, the operating
   system's cryptographic generator, so the noise cannot be predicted or subtracted.
 
 Floating-point Laplace noise has a known weakness (Mironov, CCS 2012): the low-order bits of
@@ -40,6 +40,7 @@ __all__ = [
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
+_UINT64_MAX: int = 2**64 - 1
 _SQRT2: float = math.sqrt(2.0)
 _SQRT_2_OVER_PI: float = math.sqrt(2.0 / math.pi)
 
@@ -52,14 +53,17 @@ def secure_generator() -> np.random.Generator:
 def uniform_open(size: int, rng: np.random.Generator | None = None) -> FloatArray:
     """``size`` uniforms in the open interval (0, 1), 52 random bits each.
 
-    ``rng=None`` reads ``os.urandom``; otherwise ``rng``'s bit generator supplies the bits.
+    ``rng=None`` reads ``os.urandom``; otherwise ``rng`` supplies 64-bit words (of any bit
+    generator, 32-bit ones such as MT19937 included).
     """
     if size < 0:
         raise ValueError(f"size must be >= 0, got {size}")
     if rng is None:
         bits = np.frombuffer(os.urandom(8 * size), dtype=np.uint64)
     else:
-        bits = np.asarray(rng.bit_generator.random_raw(size), dtype=np.uint64)
+        # 64-bit words whatever the bit generator (MT19937's raw outputs are 32 bits);
+        # for 64-bit generators (PCG64, ...) these are exactly their raw outputs
+        bits = rng.integers(0, _UINT64_MAX, size=size, dtype=np.uint64, endpoint=True)
     # (k + 0.5) / 2^52 for k in [0, 2^52): exact in float64, never 0, never 1
     return ((bits >> np.uint64(12)).astype(np.float64) + 0.5) * (2.0**-52)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
+import operator
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -19,6 +21,7 @@ from typing import Final, Literal
 import numpy as np
 import numpy.typing as npt
 
+from nethical_grpc.errors import Unavailable, first_line
 from nethical_grpc.privacy.budget import BudgetKey, PrivacyAccountant, PrivacyBudgetExhausted
 from nethical_grpc.privacy.config import PrivacyConfig
 from nethical_grpc.privacy.grid import BucketGrid
@@ -82,7 +85,13 @@ MAX_PRESENCE_DELTA: Final = 1e-5
 
 def min_count_for_delta(config: PrivacyConfig, delta: float = MAX_PRESENCE_DELTA) -> int:
     """The smallest ``min_count`` whose :func:`presence_delta` is at most ``delta`` under
-    ``config``'s mechanism and epsilon (the delta falls as the min count grows)."""
+    ``config``'s mechanism and epsilon (the delta falls as the min count grows).
+
+    Raises:
+        ValueError: ``delta`` is not a probability in ``(0, 1]``.
+    """
+    if not (isinstance(delta, numbers.Real) and 0.0 < float(delta) <= 1.0):
+        raise ValueError(f"delta must be a probability in (0, 1], got {delta!r}")
     lo, hi = 1, 1
     while presence_delta(replace(config, min_count=hi)) > delta:
         lo, hi = hi, hi * 2
@@ -373,16 +382,23 @@ class PrivateReleaser:
         granularity: Granularity = "metric",
         accountant: PrivacyAccountant | None = None,
     ) -> None:
-        if not isinstance(window_ns, int) or window_ns <= 0:
+        try:  # any integer type (numpy's too), not a float or a bool
+            width = 0 if isinstance(window_ns, bool) else operator.index(window_ns)
+        except TypeError:
+            width = 0
+        if width <= 0:
             raise ValueError(f"window_ns must be a positive integer, got {window_ns!r}")
         if not isinstance(cache_size, int) or cache_size < 1:
             raise ValueError(f"cache_size must be an integer >= 1, got {cache_size!r}")
         if granularity not in ("metric", "series"):
             raise ValueError(f"granularity must be 'metric' or 'series', got {granularity!r}")
         self.config = config
-        self.window_ns = window_ns
+        self.window_ns = width
         self.granularity: Granularity = granularity
-        self.accountant = accountant or PrivacyAccountant(config.window_budget)
+        # an empty accountant is still the one to share: not ``accountant or ...``
+        self.accountant = (
+            accountant if accountant is not None else PrivacyAccountant(config.window_budget)
+        )
         self.accountant.window_budget = float(config.window_budget)
         #: called after each release that charged the accounts, before it is returned
         #: (e.g. to save them: see region_node.privacy_accounts)
@@ -454,6 +470,7 @@ class PrivateReleaser:
 
         Raises:
             PrivacyBudgetExhausted: some covered window lacks the budget; nothing charged.
+            Unavailable: the accounts could not be saved (``on_charge``); nothing charged.
             ValueError: ``covered`` is missing or mismatched under series granularity.
         """
         return self.commit(self.prepare(query, groups, data_version, covered, charged_as))
@@ -521,13 +538,30 @@ class PrivateReleaser:
         Raises:
             PrivacyBudgetExhausted: some covered window lacks the budget (it was spent
                 since :meth:`prepare`); nothing charged.
+            Unavailable: ``on_charge`` failed (the accounts could not be saved): the
+                charge is undone and the release stays uncommitted, so the caller must not
+                send it; asking again gets the same noise.
         """
         if pending.release.from_cache:
             return pending.release
         if pending.keys:
-            self.accountant.charge(pending.keys, float(self.config.epsilon_per_release))
+            eps = float(self.config.epsilon_per_release)
+            self.accountant.charge(pending.keys, eps)
             if self.on_charge is not None:
-                self.on_charge()
+                try:
+                    self.on_charge()
+                except Exception as exc:
+                    # the answer does not leave: spending its budget would make every
+                    # retry spend it again, for nothing released
+                    self.accountant.refund(pending.keys, eps)
+                    log.error("cannot save the privacy accounts (answer refused): %s", exc)
+                    raise Unavailable(
+                        message=(
+                            f"cannot save the privacy accounts ({first_line(exc)}): nothing "
+                            "was released or charged; retry once the accounts can be saved"
+                        ),
+                        reason="PRIVACY_ACCOUNTS_UNSAVED",
+                    ) from exc
         if self._uncharged.get(pending.query_key) is pending:
             del self._uncharged[pending.query_key]
         self._cache[pending.query_key] = (pending.data_version, pending.release)

@@ -14,7 +14,7 @@ from nethical_grpc import client, convert
 from nethical_grpc.errors import details_from_error
 from nethical_grpc.privacy import PrivacyConfig
 from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc, summary_pb2
-from region_node.privacy_accounts import ACCOUNTS_FILE
+from region_node.privacy_accounts import ACCOUNTS_FILE, JOURNAL_FILE
 from region_node.server import RegionServerConfig, start_region_server
 
 DP = PrivacyConfig(
@@ -206,11 +206,11 @@ async def test_spent_budgets_outlive_a_restart(tmp_path: Path) -> None:
             try:
                 await s.GetSummaries(req, timeout=5)
                 reasons.append("OK")
-            except grpc.aio.AioRpcError as err:
-                reasons.append(details_from_error(err).reason or "")
+            except grpc.aio.AioRpcError as exc:
+                reasons.append(details_from_error(exc).reason or "")
         # window budget 3, epsilon 1 a release
         assert reasons == ["OK", "OK", "OK", "PRIVACY_BUDGET_EXHAUSTED"]
-        await ch.close()
+        await ch.close(None)
     finally:
         await server.drain(announce_s=0, grace_s=0)
     assert (tmp_path / ACCOUNTS_FILE).exists()
@@ -222,13 +222,51 @@ async def test_spent_budgets_outlive_a_restart(tmp_path: Path) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await s.GetSummaries(req, timeout=5)
         assert details_from_error(err.value).reason == "PRIVACY_BUDGET_EXHAUSTED"
-        await ch.close()
+        await ch.close(None)
     finally:
         await again.drain(announce_s=0, grace_s=0)
     # accounts that do not parse stop the start, rather than starting afresh
     (tmp_path / ACCOUNTS_FILE).write_text("{not json")
     with pytest.raises(ValueError, match="privacy accounts"):
         await start_region_server(config)
+
+
+async def test_an_answer_whose_accounts_cannot_be_saved_is_refused_and_spends_nothing(
+    tmp_path: Path,
+) -> None:
+    """A node that cannot save its accounts (disk full, say) refuses the answer with
+    UNAVAILABLE and a reason; each refused retry used to spend the windows' budget in
+    memory (an INTERNAL error each time) until they were spent with nothing released."""
+    config = RegionServerConfig(region_id="dp", privacy=DP, wal_dir=tmp_path, model=None)
+    server, _ = await start_region_server(config)
+    try:
+        ch = client.insecure_channel(server.address)
+        s = region_node_pb2_grpc.RegionNodeServiceStub(ch)
+        req = region_node_pb2.GetSummariesRequest(metrics=["score"])
+        await client.ingest(ch, [client.encode_ingest_request("score", np.full(50, 7.0))])
+        blocker = tmp_path / JOURNAL_FILE
+        blocker.mkdir()  # the accounts cannot be written
+        for _ in range(4):  # more than the budget (3) allows
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await s.GetSummaries(req, timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            details = details_from_error(err.value)
+            assert details.reason == "PRIVACY_ACCOUNTS_UNSAVED"
+            assert "nothing was released or charged" in details.message
+        blocker.rmdir()
+        reasons = []
+        for i in range(4):
+            if i:
+                await client.ingest(ch, [client.encode_ingest_request("score", np.full(5, 1.0))])
+            try:
+                await s.GetSummaries(req, timeout=5)
+                reasons.append("OK")
+            except grpc.aio.AioRpcError as exc:
+                reasons.append(details_from_error(exc).reason or "")
+        assert reasons == ["OK", "OK", "OK", "PRIVACY_BUDGET_EXHAUSTED"]
+        await ch.close(None)
+    finally:
+        await server.drain(announce_s=0, grace_s=0)
 
 
 async def test_a_range_reaching_into_empty_windows_is_the_same_release(mesh: Mesh) -> None:
