@@ -6,17 +6,22 @@ input is one observation a line, ``TIME VALUE`` (or ``TIME,VALUE``), where TIME 
 either seconds since the Unix epoch (``1796097600.25``, to the nanosecond) or an
 RFC 3339 time (``2026-12-01T04:00:00.25Z``, ``2026-12-01T05:00:00+01:00``; without an
 offset: UTC; to the nanosecond). Blank lines are skipped. Both forms are read by NumPy
-over the whole text at once; only a text with a mistake is read again a line at a time,
-to name the first line that has one.
+a piece of text at a time (:data:`PIECE_CHARS`, cut between tokens; a Python string a
+token for a whole file took ten times its size); only a piece with a mistake is read
+again a line at a time, to name the first line that has one.
 """
 
 from __future__ import annotations
 
+import io
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TextIO
 
 import numpy as np
 
-from nethical_grpc.cli.client_commands import read_input
 from nethical_grpc.cli.table import counted
 
 #: what stands for a line's end among the tokens: no whitespace, so ``split`` keeps it
@@ -41,8 +46,11 @@ class Observations:
         return Observations(self.values[part], times)
 
     @staticmethod
-    def joined(parts: list[Observations]) -> Observations:
-        """``parts`` one after the other (all timed, or none)."""
+    def joined(parts: Sequence[Observations], timed: bool = False) -> Observations:
+        """``parts`` one after the other (all timed, or none; ``timed`` says which
+        when there are none)."""
+        if not parts:
+            return Observations(np.empty(0), np.empty(0, np.int64) if timed else None)
         values = np.concatenate([p.values for p in parts])
         if parts[0].times_ns is None:
             return Observations(values)
@@ -166,8 +174,10 @@ def _rfc3339_ns(tokens: np.ndarray) -> np.ndarray:
         raise _not_a_time(tokens[np.argmax(bad)])
     local_text = body.view(f"S{width}").ravel()
     try:
-        moments = local_text.astype("datetime64[ns]").astype(np.int64)
-    except ValueError:
+        with warnings.catch_warnings():  # what NumPy would read as a zone: a mistake
+            warnings.simplefilter("error", UserWarning)
+            moments = local_text.astype("datetime64[ns]").astype(np.int64)
+    except (ValueError, UserWarning):
         raise _not_a_time(tokens[_first_unreadable(local_text, "datetime64[ns]")]) from None
     # NumPy wraps a time outside signed 64-bit nanoseconds (1678 to 2261) round
     years = (body[:, :4].astype(np.int64) - ord("0")) @ np.array([1000, 100, 10, 1])
@@ -190,11 +200,13 @@ def _not_a_time(token: object) -> ValueError:
 def _first_unreadable(tokens: np.ndarray, dtype: object) -> int:
     """Where the first of ``tokens`` is that NumPy cannot read as ``dtype`` (an error
     path: after the whole array failed)."""
-    for at, token in enumerate(tokens):
-        try:
-            np.asarray(token, dtype=dtype)  # type: ignore[call-overload]
-        except (ValueError, OverflowError):
-            return at
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        for at, token in enumerate(tokens):
+            try:
+                np.asarray(token, dtype=dtype)  # type: ignore[call-overload]
+            except (ValueError, OverflowError, UserWarning):
+                return at
     return 0
 
 
@@ -206,13 +218,70 @@ def parse_observations(text: str, where: str, timed: bool) -> Observations:
     return Observations(parse_values(text, where))
 
 
+#: Characters of input read and parsed at a time.
+PIECE_CHARS = 1 << 20
+#: where plain input may be cut: between tokens
+PLAIN_CUTS = (" ", "\t", "\n", ",")
+
+
+def pieces(stream: TextIO, timed: bool) -> Iterator[str]:
+    """The text of ``stream`` in pieces of about :data:`PIECE_CHARS`, each cut after a
+    line's end (``timed``: a line is an observation) or between tokens."""
+    cuts = ("\n",) if timed else PLAIN_CUTS
+    rest = ""
+    while text := stream.read(PIECE_CHARS):
+        text = rest + text
+        end = max(text.rfind(c) for c in cuts) + 1  # 0: no cut in it yet
+        rest = text[end:]
+        if end:
+            yield text[:end]
+    if rest:
+        yield rest
+
+
+def parse_piece(
+    text: str, source: str, first_line: int, timed: bool
+) -> tuple[Observations, ValueError | None]:
+    """The observations of ``text``, a piece of ``source`` that starts on line
+    ``first_line``; with a mistake, those of the lines before the first that has one and
+    a ``ValueError`` naming that line."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # read with surrogate escapes
+        number = first_line + text.count("\n", 0, exc.start)
+        before = text[: exc.start].rpartition("\n")[0]  # the lines before its line
+        good, earlier = parse_piece(before, source, first_line, timed)
+        name = "stdin" if source == "-" else source  # as every command names it here
+        return good, earlier or ValueError(f"{name}, line {number}: not valid UTF-8")
+    try:
+        return parse_observations(text, source, timed), None
+    except ValueError as whole:
+        lines: list[Observations] = []
+        for number, line in enumerate(text.split("\n"), start=first_line):
+            try:
+                lines.append(parse_observations(line, f"{source}, line {number}", timed))
+            except ValueError as exc:
+                return Observations.joined(lines, timed), exc
+        return Observations.joined(lines, timed), whole
+
+
 def read_observations(source: str, timed: bool = False) -> Observations:
     """The observations of ``source`` (a file, or ``-`` for stdin); a mistake is named
     with its line, as ``ingest --stream`` names it."""
-    text = read_input(source)
-    try:
-        return parse_observations(text, source, timed)
-    except ValueError:
-        for number, line in enumerate(text.splitlines(), start=1):
-            parse_observations(line, f"{source}, line {number}", timed)
-        raise
+    if source == "-":
+        if isinstance(sys.stdin, io.TextIOWrapper):  # bytes that are not UTF-8 kept
+            sys.stdin.reconfigure(encoding="utf-8", errors="surrogateescape")
+        return _read(sys.stdin, source, timed)
+    with open(source, encoding="utf-8", errors="surrogateescape") as stream:
+        return _read(stream, source, timed)
+
+
+def _read(stream: TextIO, source: str, timed: bool) -> Observations:
+    parts, line = [], 1
+    for text in pieces(stream, timed):
+        part, mistake = parse_piece(text, source, line, timed)
+        if mistake is not None:
+            raise mistake
+        parts.append(part)
+        line += text.count("\n")
+    return Observations.joined(parts, timed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Collection, Sequence
 
 from google.protobuf import timestamp_pb2
@@ -54,19 +55,55 @@ def fmt_time(ts: timestamp_pb2.Timestamp) -> str:
     return ts.ToDatetime().strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+#: control characters (C0, DEL, C1) and the line and paragraph separators, each as its
+#: escape (``\\x1b``, ``\\n``): sent as they are, a cell's escape sequence would reach the
+#: terminal (colours, a cleared screen) and a line break would split its row
+_ESCAPES = {c: ascii(chr(c))[1:-1] for c in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)}
+#: categories a terminal shows in no column: combining marks and format characters
+_ZERO_WIDTH = ("Mn", "Me", "Cf")
+
+
+def _shown(cell: str) -> str:
+    """``cell`` with its control characters as escapes."""
+    return cell if cell.isprintable() else cell.translate(_ESCAPES)
+
+
+def _width(cell: str) -> int:
+    """The terminal columns ``cell`` takes: two for a wide (East Asian) character, none
+    for a combining or format one."""
+    if cell.isascii():
+        return len(cell)
+    return sum(
+        0
+        if unicodedata.category(c) in _ZERO_WIDTH
+        else 2
+        if unicodedata.east_asian_width(c) in ("W", "F")
+        else 1
+        for c in cell
+    )
+
+
 def render(
     headers: Sequence[str], rows: Sequence[Sequence[str]], text_columns: Collection[int] = ()
 ) -> str:
-    """Columns padded to their widest cell: the first and ``text_columns`` (indexes)
-    aligned left, the others (numbers) right."""
-    widths = [len(h) for h in headers]
+    """Columns padded to their widest cell, in terminal columns (a wide character counts
+    two): the first and ``text_columns`` (indexes) aligned left, the others (numbers)
+    right. Control characters in a cell are shown as escapes (``\\x1b``, ``\\n``)."""
+    headers = [_shown(h) for h in headers]
+    rows = [[_shown(c) for c in row] for row in rows]
+    widths = [_width(h) for h in headers]
     for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+        widths = [max(w, _width(c)) for w, c in zip(widths, row, strict=True)]
+
+    def pad(cell: str, width: int, left: bool) -> str:
+        room = " " * (width - _width(cell))
+        return cell + room if left else room + cell
+
+    line = "  ".join(pad(h, w, True) for h, w in zip(headers, widths, strict=True))
     rule = "  ".join("-" * w for w in widths)
     body = [
         "  ".join(
-            c.ljust(w) if i == 0 or i in text_columns else c.rjust(w)
+            pad(c, w, i == 0 or i in text_columns)
             for i, (c, w) in enumerate(zip(row, widths, strict=True))
         )
         for row in rows
