@@ -585,8 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(1764561600.25) or RFC 3339 (2026-12-01T04:00:00Z; without an offset, UTC), "
         "within the node's retention (see info) and at most 5 minutes ahead, to fill in "
         "past data. With --batch-id, batch N is PREFIX-N, so running the same "
-        "command again applies only the batches the node has not applied. With --stream, "
-        "values are sent as they arrive (input that stays open, e.g. tail -f).",
+        "command again applies only the batches the node has not applied (not with "
+        "--stream). With --stream, values are sent as they arrive (input that stays open, "
+        "e.g. tail -f).",
     )
     ingest.add_argument("metric", metavar="METRIC", help="the metric name")
     ingest.add_argument("file", nargs="?", default="-", metavar="FILE", help="- is stdin (-)")
@@ -798,6 +799,13 @@ def _main(argv: Sequence[str] | None) -> int:
         args.target = args.target or args.target_flag
         if not args.target:
             parser.error("health: a target is needed: HOST:PORT or --target HOST:PORT")
+    if args.command == "ingest" and args.stream and args.batch_id:
+        # a streamed batch ends when --flush-after passes: a run again would cut the input
+        # elsewhere, and a batch PREFIX-N it skips as applied could hold values never sent
+        parser.error(
+            "ingest: --batch-id does not go with --stream (streamed batches end with time, "
+            "so a second run would number other values alike and the node would skip them)"
+        )
     if args.command in ("region", "coordinator"):
         from nethical_grpc.cli.processes import die_with_parent
 

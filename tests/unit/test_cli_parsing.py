@@ -227,3 +227,14 @@ def test_a_duration_too_long_for_a_request_is_a_usage_error(
     """Before, a ValueError ("Value out of range") or OverflowError traceback."""
     err = _usage_error(argv, capsys)
     assert f"argument {argv[-2]}: " in err and "too long" in err, err
+
+
+def test_a_batch_id_with_stream_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """Streamed batches end with time: a second run numbers other values alike, and the
+    node would skip them as applied."""
+    from nethical_grpc.cli.main import _main
+
+    with pytest.raises(SystemExit) as stop:
+        _main(["ingest", "m", "--stream", "--batch-id", "run1", "--target", "127.0.0.1:1"])
+    assert stop.value.code == 2
+    assert "--batch-id does not go with --stream" in capsys.readouterr().err
