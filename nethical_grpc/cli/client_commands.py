@@ -278,15 +278,19 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
+#: A byte-order mark, as spreadsheet programs start a UTF-8 file with: not the input's.
+BOM = "\ufeff"
+
+
 def read_input(source: str) -> str:
-    """The text of the file ``source``, or of stdin for ``-``; a ``ValueError`` naming
-    the line when it is not UTF-8."""
+    """The text of the file ``source``, or of stdin for ``-``, without a leading
+    byte-order mark; a ``ValueError`` naming the line when it is not UTF-8."""
     if source == "-":
         if isinstance(sys.stdin, io.TextIOWrapper):  # bytes that are not UTF-8 kept
             sys.stdin.reconfigure(encoding="utf-8", errors="surrogateescape")
-        return check_utf8(sys.stdin.read(), "stdin")
+        return check_utf8(sys.stdin.read(), "stdin").removeprefix(BOM)
     with open(source, encoding="utf-8", errors="surrogateescape") as f:
-        return check_utf8(f.read(), source)
+        return check_utf8(f.read(), source).removeprefix(BOM)
 
 
 def open_channel(args: argparse.Namespace) -> grpc.aio.Channel:

@@ -27,6 +27,7 @@ import grpc
 from nethical_grpc import client
 from nethical_grpc.cli import observations
 from nethical_grpc.cli.client_commands import (
+    BOM,
     open_channel,
     print_json,
     report_call_error,
@@ -83,8 +84,11 @@ class _Input:
     def _read(self) -> None:
         error: Exception | None = None
         partial = ""  # a line not ended yet (a long one, or the input's last)
+        first = True
         try:
             while piece := self._stream.readline(observations.PIECE_CHARS):
+                if first:  # a byte-order mark is not the input's
+                    piece, first = piece.removeprefix(BOM), False
                 partial += piece
                 if partial.endswith("\n"):
                     piece, partial = partial, ""

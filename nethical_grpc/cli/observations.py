@@ -22,6 +22,7 @@ from typing import TextIO
 
 import numpy as np
 
+from nethical_grpc.cli.client_commands import BOM
 from nethical_grpc.cli.table import counted
 
 #: what stands for a line's end among the tokens: no whitespace, so ``split`` keeps it
@@ -226,10 +227,14 @@ PLAIN_CUTS = (" ", "\t", "\n", ",")
 
 def pieces(stream: TextIO, timed: bool) -> Iterator[str]:
     """The text of ``stream`` in pieces of about :data:`PIECE_CHARS`, each cut after a
-    line's end (``timed``: a line is an observation) or between tokens."""
+    line's end (``timed``: a line is an observation) or between tokens; a leading
+    byte-order mark is left out."""
     cuts = ("\n",) if timed else PLAIN_CUTS
     rest = ""
+    first = True
     while text := stream.read(PIECE_CHARS):
+        if first:
+            text, first = text.removeprefix(BOM), False
         text = rest + text
         end = max(text.rfind(c) for c in cuts) + 1  # 0: no cut in it yet
         rest = text[end:]

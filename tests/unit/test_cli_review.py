@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from meshutil import Mesh, add_region
 
 from nethical_grpc.cli import observations
+from nethical_grpc.cli.client_commands import read_input
 from nethical_grpc.cli.ingest_stream import run_ingest_stream
 from nethical_grpc.cli.main import build_parser
 from nethical_grpc.cli.observations import parse_timed, read_observations
@@ -268,3 +269,31 @@ def test_a_time_numpy_reads_as_a_zone_is_refused_without_a_warning(token: str) -
         warnings.simplefilter("error")
         with pytest.raises(ValueError, match=rf"^-: not a time: '{token}'"):
             parse_timed(f"{token} 1\n", "-")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_byte_order_mark_at_the_start_is_not_a_value(
+    mesh: Mesh, tmp_path: Path, capsys: pytest.CaptureFixture[str], stream: bool
+) -> None:
+    """Spreadsheet programs start a UTF-8 CSV with a byte-order mark; it was read as
+    part of the first number ("could not convert string to float: '\\ufeff1'")."""
+    await add_region(mesh, "r1", evaluate=False)
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbf1,2\n3,4\n")
+    if stream:
+        status, held = await _stream_file(mesh, path, "bom")
+        assert (status, held) == (0, 4)
+    else:
+        assert read_observations(str(path)).values.tolist() == [1.0, 2.0, 3.0, 4.0]
+        now = int(time.time())
+        path.write_bytes(f"\ufeff{now - 60},5\n".encode())
+        timed = read_observations(str(path), timed=True)
+        assert timed.values.tolist() == [5.0]
+        assert timed.times_ns is not None and timed.times_ns.tolist() == [(now - 60) * 10**9]
+    assert "\\ufeff" not in capsys.readouterr().err
+
+
+def test_score_and_evaluate_input_leaves_a_byte_order_mark_out(tmp_path: Path) -> None:
+    path = tmp_path / "rows.txt"
+    path.write_bytes(b"\xef\xbb\xbf0.5 1\n")
+    assert read_input(str(path)) == "0.5 1\n"
