@@ -56,15 +56,35 @@ class OpenCall:
 
 
 def target_attributes(target: str | None) -> dict[str, AttributeValue]:
-    """``server.address``/``server.port`` from a channel target (``host:port``,
-    ``[v6]:port``, ``dns:///host:port``); ``{}`` for ``None``."""
+    """``server.address``/``server.port`` from a channel target: ``host:port``,
+    ``[v6]:port``, ``dns:host:port``, ``dns:///host:port`` or ``dns://resolver/host:port``,
+    ``ipv4:``/``ipv6:`` address lists (the first address), ``unix:``/``unix-abstract:``
+    paths (the path, no port); ``{}`` for ``None``."""
     if not target:
         return {}
-    rest = target.split("///", 1)[-1] if "///" in target else target
-    host, sep, port = rest.rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    scheme, colon, rest = target.partition(":")
+    scheme = scheme.lower() if colon else ""
+    if scheme in ("unix", "unix-abstract"):
+        return {"server.address": rest.removeprefix("//") if scheme == "unix" else rest}
+    if scheme == "dns":
+        if rest.startswith("//"):  # dns://[resolver]/host:port
+            rest = rest[2:].partition("/")[2]
+    elif scheme in ("ipv4", "ipv6"):
+        rest = rest.partition(",")[0]
+    else:
+        rest = target
+    if rest.startswith("["):  # [v6] or [v6]:port
+        host, _, after = rest[1:].partition("]")
+        port = after.removeprefix(":")
+    else:
+        host, sep, port = rest.rpartition(":")
+        if not sep:
+            host, port = rest, ""
+    if not host:
         return {"server.address": rest}
-    return {"server.address": host.strip("[]"), "server.port": int(port)}
+    if not port.isascii() or not port.isdigit():
+        return {"server.address": host}
+    return {"server.address": host, "server.port": int(port)}
 
 
 def _final_code(rpc: Any) -> grpc.StatusCode | None:

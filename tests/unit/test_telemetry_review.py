@@ -15,6 +15,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from nethical_grpc.telemetry.client_interceptor import target_attributes
 from nethical_grpc.telemetry.propagation import inject_metadata
 from nethical_grpc.telemetry.setup import Telemetry, checked_otlp_endpoint, configure_telemetry
 
@@ -183,3 +184,27 @@ async def test_a_finished_streams_span_is_exported_by_a_shutdown_right_after(how
         await server.stop(0)
     [span] = [s for s in spans.get_finished_spans() if s.name == "test.Ticks/Run"]
     assert dict(span.attributes or {})["rpc.grpc.status_code"] == code.value[0]
+
+
+@pytest.mark.parametrize(
+    ("target", "want"),
+    [
+        ("node.mesh:50051", {"server.address": "node.mesh", "server.port": 50051}),
+        ("[::1]:50051", {"server.address": "::1", "server.port": 50051}),
+        ("dns:///node.mesh:443", {"server.address": "node.mesh", "server.port": 443}),
+        ("dns://8.8.8.8/node.mesh:50051", {"server.address": "node.mesh", "server.port": 50051}),
+        ("dns:node.mesh:50051", {"server.address": "node.mesh", "server.port": 50051}),
+        ("ipv4:127.0.0.1:50051", {"server.address": "127.0.0.1", "server.port": 50051}),
+        ("ipv4:10.0.0.1:1,10.0.0.2:2", {"server.address": "10.0.0.1", "server.port": 1}),
+        ("ipv6:[::1]:50051", {"server.address": "::1", "server.port": 50051}),
+        ("unix:/run/node.sock", {"server.address": "/run/node.sock"}),
+        ("unix:///run/node.sock", {"server.address": "/run/node.sock"}),
+        ("unix-abstract:node", {"server.address": "node"}),
+        ("node.mesh", {"server.address": "node.mesh"}),
+    ],
+)
+def test_span_server_attributes_name_the_host_of_any_grpc_target(
+    target: str, want: dict[str, object]
+) -> None:
+    """gRPC's target forms (name syntax): the scheme is not part of the host."""
+    assert target_attributes(target) == want
