@@ -247,7 +247,7 @@ class InferenceEngine:
         if device == "cpu":
             return "cpu"
         if device == "cuda" or device.startswith("cuda:"):
-            index_text = device.partition(":")[2] or "0"
+            index_text = device.partition(":")[2] if ":" in device else "0"  # "cuda:": none
             if not (index_text.isascii() and index_text.isdigit()):
                 raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N'; got {device!r}")
             info = get_device_info(int(index_text))  # ValueError for a bad index

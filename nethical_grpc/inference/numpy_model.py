@@ -15,6 +15,7 @@ the last, whose single output is the logit of the probability of harm.  Computat
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, Final
@@ -28,6 +29,8 @@ __all__ = ["NumpyMLP"]
 
 Float32Array = npt.NDArray[np.float32]
 _MAX_LAYERS: Final = 16
+#: the arrays of a layer: w<i> (weights) and b<i> (bias)
+_LAYER_KEY: Final = re.compile(r"[wb][0-9]+")
 
 
 class NumpyMLP:
@@ -111,6 +114,15 @@ class NumpyMLP:
                 raise ModelLoadError(f"{p}: layer {i} holds non-finite values")
             weights.append(w)
             biases.append(b)
+        stray = sorted(
+            (k for k in arrays if _LAYER_KEY.fullmatch(k) and int(k[1:]) >= len(weights)),
+            key=lambda k: (int(k[1:]), k),
+        )
+        if stray:  # a gap in the numbering, or layers past the most this reads
+            raise ModelLoadError(
+                f"{p}: '{stray[0]}' follows no layer {int(stray[0][1:]) - 1}: layers are "
+                f"w0/b0, w1/b1, ... numbered without gaps, at most {_MAX_LAYERS} of them"
+            )
         if weights[-1].shape[0] != 1:
             raise ModelLoadError(
                 f"{p}: the last layer has {weights[-1].shape[0]} outputs; expected 1 (a logit)"

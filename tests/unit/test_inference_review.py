@@ -19,6 +19,7 @@ from nethical_grpc.inference import (
     ModelLoadError,
     UnsupportedPrecisionError,
 )
+from nethical_grpc.inference.numpy_model import NumpyMLP
 from nethical_grpc.inference.torch_support import torch_or_reason
 from region_node.model import ModelConfig, NodeModel
 
@@ -177,9 +178,43 @@ def test_a_file_that_is_not_a_zip_archive_keeps_a_clear_message(tmp_path: Path) 
 # ------------------------------------------------------------------ devices
 
 
-@pytest.mark.parametrize("device", ["cuda:\u00b2", "cuda:\uff11", "cuda:-1", "cuda:1.0"])
+@pytest.mark.parametrize("device", ["cuda:\u00b2", "cuda:\uff11", "cuda:-1", "cuda:1.0", "cuda:"])
 def test_a_device_index_that_is_not_ascii_digits_is_refused_by_name(device: str) -> None:
     """``str.isdigit`` takes "²" (then ``int`` failed with "invalid literal") and "１"."""
     _torch_or_skip()
     with pytest.raises(ValueError, match=r"device must be 'cpu', 'cuda' or 'cuda:N'"):
         InferenceEngine(device=device, backend="torch")
+
+
+# ------------------------------------------------------------------ numpy weights
+
+
+def _layers(tmp_path: Path, indices: list[int], name: str = "w.npz") -> Path:
+    """An .npz MLP whose layers carry ``indices`` (4 -> 4 -> ... -> 1)."""
+    arrays: dict[str, np.ndarray] = {}
+    for n, i in enumerate(indices):
+        out = 1 if n == len(indices) - 1 else 4
+        arrays[f"w{i}"] = np.ones((out, 4), np.float32)
+        arrays[f"b{i}"] = np.zeros(out, np.float32)
+    path = tmp_path / name
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+    return path
+
+
+@pytest.mark.parametrize(
+    ("indices", "stray"), [([0, 2], "b2"), ([0, 1, 3], "b3"), (list(range(17)), "b16")]
+)
+def test_layers_numbered_with_a_gap_or_past_the_limit_are_named(
+    tmp_path: Path, indices: list[int], stray: str
+) -> None:
+    """Layers after a gap (or past the 16th) were dropped unsaid: the model loaded with
+    the layers before them, or failed on a last layer with 4 outputs."""
+    path = _layers(tmp_path, indices)
+    with pytest.raises(ModelLoadError, match=rf"'{stray}' follows no layer"):
+        NumpyMLP.load(path)
+
+
+def test_sixteen_layers_numbered_without_gaps_load(tmp_path: Path) -> None:
+    model = NumpyMLP.load(_layers(tmp_path, list(range(16))))
+    assert model.layer_sizes == (4, *[4] * 15, 1)
+    assert model.predict(np.ones((2, 4), np.float32)).shape == (2,)
