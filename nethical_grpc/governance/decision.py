@@ -26,6 +26,7 @@ Confidence of an :class:`Evaluation`
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -86,11 +87,15 @@ class Thresholds:
     def __post_init__(self) -> None:
         for name in ("restrict", "block", "terminate", "emergency_confidence"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise ValueError(f"{name} must be a number, got {value!r}")
-            if not math.isfinite(value):
+            try:
+                f = float(value)
+            except OverflowError:  # an integer past the float range
+                f = math.inf
+            if not math.isfinite(f):
                 raise ValueError(f"{name} must be finite, got {value!r}")
-            object.__setattr__(self, name, float(value))
+            object.__setattr__(self, name, f)
         if not 0.0 <= self.restrict < self.block < self.terminate <= 1.0:
             raise ValueError(
                 "thresholds must satisfy 0 <= restrict < block < terminate <= 1, got "
@@ -124,9 +129,13 @@ class Evaluation:
 def _probability(value: float, name: str) -> float:
     if type(value) is float and value == value:  # fast path: a float, not NaN
         return value
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    # a real number of any type (NumPy scalars such as a model's float32 too), not a bool
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a number, got {value!r}")
-    f = float(value)
+    try:
+        f = float(value)
+    except OverflowError:  # an integer past the float range: as far out as a float goes
+        f = math.inf if value > 0 else -math.inf
     if math.isnan(f):
         raise ValueError(f"{name} must not be NaN")
     return f
@@ -188,7 +197,10 @@ def _weight(model_weight: float) -> float:
 def _blend_checked(r: float, model_probability: float, w: float) -> float:
     """:func:`blend` for ``r`` in ``[0, 1]``, a checked weight ``w`` and a probability."""
     p = min(1.0, max(0.0, _probability(model_probability, "model_probability")))
-    return min(1.0, max(0.0, (1.0 - w) * r + w * p))
+    # a weighted average lies between its inputs: kept there against rounding (else r and p
+    # both at a threshold could blend to just below it)
+    lo, hi = (r, p) if r <= p else (p, r)
+    return min(hi, max(lo, (1.0 - w) * r + w * p))
 
 
 def decide(

@@ -25,9 +25,16 @@ Rules look at one of three views of each field:
 * ``raw``: the text as given (credentials, shell commands, exfiltration, personal data);
 * ``sql``: SQL comments (``/* ... */`` and ``-- ...``) replaced by a space and runs of
   whitespace collapsed to one space, so ``DROP/**/TABLE`` or ``DELETE\\n  FROM`` match
-  (destructive statements, PII column selection);
-* ``prose``: Unicode NFKC-normalised (full-width letters folded), zero-width characters
-  removed and whitespace collapsed (prompt injection).
+  (destructive statements, PII column selection).  A comment marker inside a string
+  literal or quoted identifier (``'...'``, ``"..."``, or in backquotes) starts no comment in
+  SQL, but does in a shell-quoted command (``psql -c 'DROP/**/TABLE t'``): when the two
+  readings differ, the view is both, joined by `` ; `` (so ``SELECT '--'; DROP TABLE t``
+  is seen too);
+* ``prose``: what a reader (a language model) reads: combining marks and invisible
+  characters (zero-width, bidirectional controls, variation selectors) removed, then
+  Unicode NFKC-normalised (full-width letters folded), Cyrillic and Greek look-alikes of
+  Latin letters read as those, characters of the invisible Unicode tag block read as the
+  ASCII they tag, and whitespace collapsed (prompt injection).
 
 All keyword patterns are case-insensitive, except token formats whose case is part of the
 format (AWS key ids, private-key armour, GitHub/Google tokens).
@@ -229,7 +236,34 @@ _WS_RE: Final = re.compile(r"\s+")
 _NON_DIGIT_RE: Final = re.compile(r"\D")
 _HOST_SPLIT_RE: Final = re.compile(r"[,\s]+")
 _SQL_LINE_COMMENT_RE: Final = re.compile(r"--[^\n]*")
-_ZERO_WIDTH_RE: Final = re.compile("[\u00ad\u180e\u200b-\u200f\u2060-\u2064\ufeff]")
+#: What a reader does not see in prose: zero-width and other invisible format characters
+#: (bidirectional controls, variation selectors, the combining grapheme joiner, Hangul
+#: fillers, tag-block delimiters), and combining marks (put on a letter, they would make
+#: NFKC compose it into another letter).
+_INVISIBLE_RE: Final = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\U000e0001\U000e007f\U000e0100-\U000e01ef"
+    "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]"
+)
+#: Letters that look like Latin ones (Cyrillic, Greek) as the Latin letter, and the
+#: characters of the Unicode tag block (invisible, read as ASCII by language models) as
+#: the ASCII character they tag.
+_LOOKALIKE_TABLE: Final[dict[int, str]] = {
+    **{
+        ord(a): b
+        for a, b in zip(
+            "аеорсухіјѕһԁԛԝӏкАВЕКМНОРСТХУІЈЅԀԚԜӀαονριεκυχγΑΒΕΖΗΙΚΜΝΟΡΤΥΧ",
+            "aeopcyxijshdqwlkABEKMHOPCTXYIJSDQWIaovpiekuxyABEZHIKMNOPTYX",
+            strict=True,
+        )
+    },
+    **{0xE0000 + c: chr(c) for c in range(0x20, 0x7F)},
+}
+_LOOKALIKE_RE: Final = re.compile(
+    "["
+    + "".join(sorted(re.escape(chr(c)) for c in _LOOKALIKE_TABLE if c < 0x10000))
+    + "\U000e0020-\U000e007e]"
+)
 
 
 def _strip_block_comments(text: str) -> str:
@@ -262,17 +296,36 @@ def _collapse_ws(text: str) -> str:
     return _WS_RE.sub(" ", text).strip()
 
 
+#: In SQL text: a string literal or quoted identifier (group 1), or a comment.
+_SQL_QUOTED_OR_COMMENT_RE: Final = re.compile(
+    r"('[^']*'|\"[^\"]*\"|`[^`]*`)|/\*.*?(?:\*/|\Z)|--[^\n]*", re.DOTALL
+)
+
+
+def _keep_quoted(m: re.Match[str]) -> str:
+    return m.group(1) or " "
+
+
 def _sql_view(text: str) -> str:
-    text = _strip_block_comments(text)
-    if "--" in text:
-        text = _SQL_LINE_COMMENT_RE.sub(" ", text)
-    return _collapse_ws(text)
+    if "/*" not in text and "--" not in text:
+        return _collapse_ws(text)
+    # every comment marker starts a comment (as in a shell-quoted command)...
+    naive = _strip_block_comments(text)
+    if "--" in naive:
+        naive = _SQL_LINE_COMMENT_RE.sub(" ", naive)
+    naive = _collapse_ws(naive)
+    if "'" not in text and '"' not in text and "`" not in text:
+        return naive
+    # ... and none inside quotes (as SQL reads it): both readings when they differ
+    exact = _collapse_ws(_SQL_QUOTED_OR_COMMENT_RE.sub(_keep_quoted, text))
+    return naive if exact == naive else f"{naive} ; {exact}"
 
 
 def _prose_view(text: str) -> str:
-    if not text.isascii():  # ASCII is NFKC-stable and has no zero-width character
-        text = unicodedata.normalize("NFKC", text)
-        text = _ZERO_WIDTH_RE.sub("", text)
+    if not text.isascii():  # ASCII is NFKC-stable and has none of the characters changed
+        text = unicodedata.normalize("NFKC", _INVISIBLE_RE.sub("", text))
+        if _LOOKALIKE_RE.search(text) is not None:  # a scan is cheaper than a translation
+            text = text.translate(_LOOKALIKE_TABLE)
     return _collapse_ws(text)
 
 
@@ -1065,6 +1118,11 @@ _PI_RULES: Final = (
             _c(
                 r"\b(?:ignore|disregard|forget)\s+(?:all|everything)\s+(?:(?:you\s+(?:were|have\s+been)"
                 r"\s+told)|(?:that\s+)?(?:came\s+)?before)\b"
+            ),
+            _c(
+                r"\b(?:ignore|disregard|override|bypass)\s+(?:(?:all|any|every)\s+(?:of\s+)?)?"
+                r"your\s+(?:instructions|rules|guidelines|directives|constraints|programming|"
+                r"guardrails|restrictions)\b"
             ),
         ),
         view=_PROSE,
