@@ -151,7 +151,9 @@ class TimeSeriesStore(ABC):
         metadata: Mapping[str, JSONValue] | None = None,
     ) -> None:
         """Store one observation (``timestamp`` defaults to now). ``ValueError`` for bad
-        input: empty metric name, non-finite value, oversized strings (a naive timestamp is UTC)."""
+        input: empty metric name, a value that is not finite or beyond ±1e100
+        (:data:`~.model.MAX_ABS_VALUE`, so no sum overflows), oversized strings or text
+        that is not valid Unicode (a naive timestamp is UTC)."""
         await self.insert_metrics(
             [MetricPoint(agent_id, metric_name, metric_value, timestamp, region_id, metadata)]
         )
@@ -186,8 +188,9 @@ class TimeSeriesStore(ABC):
     ) -> int:
         """Store one series' observations given as columns (what an ingest batch carries).
 
-        ``values`` is a float array; ``timestamps_ns`` an int array of Unix nanoseconds of
-        the same length, or one int for all (stored to the microsecond, floored).
+        ``values`` is a float array (finite, within ±1e100); ``timestamps_ns`` an int
+        array of Unix nanoseconds of the same length, or one int for all (stored to the
+        microsecond, floored).
         ``metadata`` (e.g. the series' labels) is stored with every row. Validation is
         vectorised; returns the number of rows written.
         """
@@ -222,8 +225,10 @@ class TimeSeriesStore(ABC):
         """Observations matching every given filter, oldest first, at most ``limit``.
 
         The range is ``[start_time, end_time)``. Ties in time are ordered by metric name,
-        agent id and value (byte order); naive times are UTC. ``ValueError`` for an
-        inverted range, a ``limit`` outside 1..100,000 or oversized filter strings.
+        agent id, value and metadata (its JSON text, none first; text in byte order), so
+        both backends list, and cut at ``limit``, the same rows; naive times are UTC.
+        ``ValueError`` for an inverted range, a ``limit`` outside 1..100,000 or oversized
+        filter strings.
         """
         agent = check_optional_name("agent_id", agent_id)
         name = check_optional_name("metric_name", metric_name)

@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 __all__ = [
     "EPOCH",
+    "MAX_ABS_VALUE",
     "MAX_BATCH_DAYS",
     "MAX_JSON_BYTES",
     "MAX_LABELS_BYTES",
@@ -86,6 +87,11 @@ MAX_QUERY_LIMIT = 100_000
 """Most rows one query may return."""
 MAX_BATCH_DAYS = 64
 """Most distinct UTC days one write may touch (each day is a partition on PostgreSQL)."""
+MAX_ABS_VALUE = 1e100
+"""Largest magnitude of a metric value, the bound of every value in the mesh
+(``nethical_grpc.validation.MAX_ABS_VALUE``, which imports this module). No sum of such
+values can overflow: PostgreSQL refuses a float sum that does (so a write's rollup merge,
+or an aggregate, failed) where SQLite makes it infinite."""
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
@@ -317,7 +323,21 @@ def check_text(
         raise ValueError(f"{field_name}: longer than {max_len} characters ({len(value)})")
     if "\x00" in value:
         raise ValueError(f"{field_name}: must not contain NUL characters")
+    if not value.isascii():
+        _check_utf8(field_name, value)
     return value
+
+
+def _check_utf8(field_name: str, text: str) -> bytes:
+    """``text`` in UTF-8; ``ValueError`` naming the field for text that has none (a lone
+    surrogate, e.g. from ``surrogateescape`` decoding), which no database can store."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{field_name}: not valid Unicode (lone surrogate {text[exc.start]!r} at "
+            f"position {exc.start})"
+        ) from None
 
 
 def check_name(field_name: str, value: object) -> str:
@@ -376,12 +396,18 @@ def check_limit(limit: object) -> int:
 
 
 def check_value(field_name: str, value: object) -> float:
-    """``value`` as a finite float (ints accepted, bools refused)."""
+    """``value`` as a finite float of magnitude at most :data:`MAX_ABS_VALUE` (ints
+    accepted, bools refused)."""
     if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
         raise ValueError(f"{field_name}: must be a number, got {type(value).__name__}")
-    out = float(value)
+    try:
+        out = float(value)
+    except OverflowError:  # an int beyond any float
+        raise ValueError(f"{field_name}: must be within ±{MAX_ABS_VALUE:g}") from None
     if not math.isfinite(out):
         raise ValueError(f"{field_name}: must be finite, got {out}")
+    if abs(out) > MAX_ABS_VALUE:
+        raise ValueError(f"{field_name}: must be within ±{MAX_ABS_VALUE:g}, got {out:g}")
     return out
 
 
@@ -426,7 +452,7 @@ def dump_json(field_name: str, value: JSONValue, *, kind: type = dict) -> str:
         )
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{field_name}: not JSON-serialisable ({exc})") from None
-    if len(text.encode()) > MAX_JSON_BYTES:
+    if len(_check_utf8(field_name, text)) > MAX_JSON_BYTES:
         raise ValueError(f"{field_name}: larger than {MAX_JSON_BYTES} bytes as JSON")
     return text
 
@@ -489,7 +515,7 @@ def canonical_labels(field_name: str, labels: object) -> str:
         if "\x00" in key or "\x00" in value:
             raise ValueError(f"{field_name}: must not contain NUL characters")
     text = labels_text(labels)
-    if len(text.encode()) > MAX_LABELS_BYTES:
+    if len(_check_utf8(field_name, text)) > MAX_LABELS_BYTES:
         raise ValueError(f"{field_name}: larger than {MAX_LABELS_BYTES} bytes as JSON")
     return text
 
@@ -530,15 +556,26 @@ def metric_columns(
             if p.region_id is not None:
                 region_ids[i] = check_name("region_id", p.region_id)
             agent = p.agent_id
-            if type(agent) is not str or len(agent) > MAX_NAME_LEN or "\x00" in agent:
+            if (
+                type(agent) is not str
+                or len(agent) > MAX_NAME_LEN
+                or "\x00" in agent
+                or not agent.isascii()
+            ):
                 agent = check_text("agent_id", agent, allow_empty=True)
             agent_ids[i] = agent
             name = p.metric_name
-            if type(name) is not str or not 0 < len(name) <= MAX_NAME_LEN or "\x00" in name:
+            if (
+                type(name) is not str
+                or not 0 < len(name) <= MAX_NAME_LEN
+                or "\x00" in name
+                or not name.isascii()
+            ):
                 name = check_name("metric_name", name)
             names[i] = name
             value = p.metric_value
-            if type(value) is not float or not math.isfinite(value):
+            # NaN fails both comparisons
+            if type(value) is not float or not -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE:
                 value = check_value("metric_value", value)
             values[i] = value
             ts = p.timestamp
@@ -574,13 +611,18 @@ def series_columns(
 ) -> MetricColumns:
     """Validate one series' values (float array) and Unix-ns timestamps (int array or one
     int for all), vectorised, and return it in columns (timestamps floored to µs)."""
-    vals = np.ascontiguousarray(np.asarray(values, dtype=np.float64))
+    try:
+        vals = np.ascontiguousarray(np.asarray(values, dtype=np.float64))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"values: must be numbers within ±{MAX_ABS_VALUE:g} ({exc})") from None
     if vals.ndim != 1:
         raise ValueError("values: must be one-dimensional")
-    finite = np.isfinite(vals)
-    if not finite.all():
-        bad = int(np.argmin(finite))
-        raise ValueError(f"values[{bad}]: must be finite, got {vals[bad]}")
+    in_range = np.abs(vals) <= MAX_ABS_VALUE  # False for NaN too
+    if not in_range.all():
+        bad = int(np.argmin(in_range))
+        if not math.isfinite(vals[bad]):
+            raise ValueError(f"values[{bad}]: must be finite, got {vals[bad]}")
+        raise ValueError(f"values[{bad}]: must be within ±{MAX_ABS_VALUE:g}, got {vals[bad]:g}")
     ts_arr = np.asarray(timestamps_ns)
     if ts_arr.ndim == 0:
         ts_arr = np.full(vals.shape, ts_arr)
@@ -590,6 +632,15 @@ def series_columns(
         )
     if ts_arr.size and not np.issubdtype(ts_arr.dtype, np.integer):
         raise ValueError("timestamps_ns: must be integers (Unix nanoseconds)")
+    if np.issubdtype(ts_arr.dtype, np.unsignedinteger):
+        # NumPy makes ints in [2**63, 2**64) uint64: cast, they would wrap to before 1970
+        beyond = ts_arr > _INT64_MAX
+        if beyond.any():
+            bad = int(np.argmax(beyond))
+            raise ValueError(
+                f"timestamps_ns[{bad}]: {int(ts_arr[bad])} is beyond every writable time "
+                f"(before {MAX_WRITE_TIME.isoformat()})"
+            )
     ts_ns = ts_arr.astype(np.int64, copy=False)
     ts_us = np.floor_divide(ts_ns, 1000)
     check_write_times(ts_us, "timestamps_ns[{}]")

@@ -59,6 +59,7 @@ from nethical_grpc.storage.timeseries.base import (
 )
 from nethical_grpc.storage.timeseries.model import (
     EPOCH,
+    MAX_WRITE_TIME,
     US_PER_DAY,
     WINDOW_COLUMNS,
     WINDOW_WRITE_COLUMNS,
@@ -88,6 +89,9 @@ __all__ = ["DEFAULT_SCHEMA", "PostgresTimeSeriesStore", "check_schema", "split_s
 DEFAULT_SCHEMA = "nethical"
 DAYS_AHEAD = 2
 """Day partitions kept ready beyond today (native layout)."""
+_END_DAY: Final = (MAX_WRITE_TIME - EPOCH) // timedelta(days=1)
+"""The first Unix day no row may lie in: no partition is made for it or later (its name
+and upper bound would be past the year 9999)."""
 
 _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")  # whole names: fullmatch
 _PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01, the origin of binary timestamps
@@ -341,7 +345,7 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
                 days = state.partition_days
                 if not state.timescaledb:
                     today = _us(datetime.now(UTC)) // US_PER_DAY
-                    wanted = set(range(today - 1, today + DAYS_AHEAD + 1))
+                    wanted = set(range(today - 1, min(today + DAYS_AHEAD + 1, _END_DAY)))
                     if not wanted <= days:
                         days = await create_partitions(probe, schema, wanted)
         finally:
@@ -530,7 +534,7 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
         query = sql.SQL(
             "SELECT region_id, agent_id, metric_name, metric_value, ts, metadata FROM {} "
             'WHERE {} ORDER BY ts, metric_name COLLATE "C", agent_id COLLATE "C", '
-            "metric_value LIMIT %(limit)s"
+            'metric_value, metadata::text COLLATE "C" NULLS FIRST LIMIT %(limit)s'
         ).format(self._table("metrics"), sql.SQL(" AND ").join(where))
         return [MetricRecord(*row) for row in await self._fetch(query, params)]
 
@@ -753,7 +757,7 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
                 self._partition_days = remaining
             if not self.timescaledb:
                 today = now_us // US_PER_DAY
-                ahead = set(range(today, today + DAYS_AHEAD + 1))
+                ahead = set(range(today, min(today + DAYS_AHEAD + 1, _END_DAY)))
                 if not ahead <= self._partition_days:
                     self._partition_days = await create_partitions(conn, self.schema, ahead)
 

@@ -439,7 +439,7 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
         query = (
             "SELECT region_id, agent_id, metric_name, metric_value, ts, metadata FROM metrics "
             f"WHERE {' AND '.join(where)} "
-            "ORDER BY ts, metric_name, agent_id, metric_value LIMIT :limit"
+            "ORDER BY ts, metric_name, agent_id, metric_value, metadata LIMIT :limit"
         )
         rows = await self._run(self._fetch, query, params)
         return [
