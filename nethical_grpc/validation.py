@@ -9,6 +9,10 @@ from collections.abc import Collection, Mapping, Sequence, Sized
 import numpy as np
 
 from nethical_grpc.errors import FieldViolation, InvalidArgument
+
+# MAX_ABS_VALUE: larger magnitudes could overflow a window's sum or M2 to infinity (and a
+# store's sums)
+from nethical_grpc.storage.timeseries.model import MAX_ABS_VALUE as MAX_ABS_VALUE
 from nethical_grpc.storage.timeseries.model import MAX_LABELS_BYTES, labels_text
 
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:\-]{0,127}")  # whole names: fullmatch
@@ -93,10 +97,6 @@ def label_violations(field_path: str, labels: Mapping[str, str]) -> list[FieldVi
                 )
             )
     return out
-
-
-# Larger magnitudes could overflow a window's sum or M2 to infinity.
-MAX_ABS_VALUE = 1e100
 
 
 def first_out_of_range(values: np.ndarray) -> int | None:

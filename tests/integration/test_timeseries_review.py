@@ -20,7 +20,6 @@ from nethical_grpc.storage.timeseries import (
     open_timeseries,
 )
 from nethical_grpc.storage.timeseries.model import MAX_ABS_VALUE, MAX_WRITE_TIME
-from nethical_grpc.validation import MAX_ABS_VALUE as MESH_MAX_ABS_VALUE
 
 BASE = datetime(2026, 3, 1, tzinfo=UTC)
 BASE_NS = int(BASE.timestamp()) * 1_000_000_000
@@ -45,10 +44,6 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[TimeSeriesStore
 
 
 # --------------------------------------------------------------------------- huge values
-
-
-def test_the_store_bounds_values_as_the_mesh_does() -> None:
-    assert MAX_ABS_VALUE == MESH_MAX_ABS_VALUE
 
 
 async def test_values_too_large_to_sum_are_refused_by_both_backends(

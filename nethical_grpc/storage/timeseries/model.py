@@ -88,8 +88,8 @@ MAX_QUERY_LIMIT = 100_000
 MAX_BATCH_DAYS = 64
 """Most distinct UTC days one write may touch (each day is a partition on PostgreSQL)."""
 MAX_ABS_VALUE = 1e100
-"""Largest magnitude of a metric value, the bound of every value in the mesh
-(``nethical_grpc.validation.MAX_ABS_VALUE``, which imports this module). No sum of such
+"""Largest magnitude of a metric value, the bound of every value in the mesh (the RPC
+boundary's, ``nethical_grpc.validation``, is this one). No sum of such
 values can overflow: PostgreSQL refuses a float sum that does (so a write's rollup merge,
 or an aggregate, failed) where SQLite makes it infinite."""
 
