@@ -313,6 +313,72 @@ def _order_pair(x: FloatArray, m: int, k: int, lo: float, hi: float) -> tuple[fl
 
 
 # --------------------------------------------------------------------------------------------
+# Rescaling by a power of two (both sides)
+# --------------------------------------------------------------------------------------------
+
+
+#: Sums of squares at least this large (and finite) lost nothing that matters to underflow
+#: (each subnormal square is off by at most ``2**-1075``, a relative ``2**-115``); outside
+#: ``[_SQ_LO, inf)`` the similarity and distance kernels rescale by a power of two.
+_SQ_LO: Final = 2.0**-960
+
+
+@maybe_njit()
+def _abs_max(x: FloatArray) -> float:
+    """The largest ``|x|``, NaN skipped (``0.0`` for an empty ``x``)."""
+    big = 0.0
+    for i in range(x.shape[0]):
+        v = abs(x[i])
+        big = v if v > big else big
+    return big
+
+
+def _exponent_of_py(big: float) -> int:
+    """``frexp`` exponent of ``big >= 0``, so ``ldexp(v, -e)`` of ``|v| <= big`` lies in
+    ``(-1, 1)``; ``0`` (do not rescale) when ``big`` is zero or infinite."""
+    if big == 0.0 or not big < math.inf:
+        return 0
+    return math.frexp(big)[1]
+
+
+_exponent_of = maybe_njit()(_exponent_of_py)
+
+
+@maybe_njit()
+def _scale_exponent(x: FloatArray) -> int:
+    """:func:`_exponent_of` the largest ``|x|`` (NaN skipped)."""
+    return _exponent_of(_abs_max(x))
+
+
+def _scale_max_numpy(x: FloatArray) -> float:
+    """The largest ``|x|``, NaN skipped (``0.0`` for an empty ``x``)."""
+    ax = np.abs(x)
+    big = float(np.max(ax, initial=0.0))  # fast; NaN propagates, so then skip NaN (slower)
+    return big if big == big else float(np.fmax.reduce(ax, initial=0.0))
+
+
+def _scale_exponent_numpy(x: FloatArray) -> int:
+    """:func:`_scale_exponent` vectorised (``fmax`` skips NaN as the loop does)."""
+    return _exponent_of_py(_scale_max_numpy(x))
+
+
+@maybe_njit()
+def _ldexp_array(x: FloatArray, e: int) -> FloatArray:
+    """``np.ldexp(x, e)`` (Numba has no ufunc for it)."""
+    out = np.empty(x.shape[0], dtype=np.float64)
+    for i in range(x.shape[0]):
+        out[i] = math.ldexp(x[i], e)
+    return out
+
+
+def _sq_in_range_py(sq: float) -> bool:
+    return _SQ_LO <= sq < math.inf
+
+
+_sq_in_range = maybe_njit()(_sq_in_range_py)
+
+
+# --------------------------------------------------------------------------------------------
 # Shared fixed-order reductions (NumPy side)
 # --------------------------------------------------------------------------------------------
 
@@ -342,7 +408,8 @@ def _lane_prod_numpy(v: FloatArray) -> float:
 
 
 def _moments_numpy(x: FloatArray) -> tuple[int, float, float]:
-    """``(m, mean, std)`` of the non-NaN values, in the order of :func:`_moments_skipnan`."""
+    """``(m, mean, sum of squared deviations)`` of the non-NaN values, in the order of
+    :func:`_moments_skipnan`."""
     nan = np.isnan(x)
     n_nan = int(np.count_nonzero(nan))
     m = int(x.shape[0]) - n_nan
@@ -355,8 +422,84 @@ def _moments_numpy(x: FloatArray) -> tuple[int, float, float]:
         if n_nan:
             d[nan] = 0.0
         d *= d
-        std = math.sqrt(_lane_sum_numpy(d) / m)
-    return m, mean, std
+        sq = _lane_sum_numpy(d)
+    return m, mean, sq
+
+
+#: Finite values with ``|x| <= 2**_MOMENTS_SAFE_EXP`` (and a largest ``|x|`` of at least
+#: ``2**-_MOMENTS_SAFE_EXP``) neither overflow the moment sums nor lose a deviation to
+#: underflow; others are rescaled (see :func:`_moments_scaled`).
+_MOMENTS_SAFE_EXP: Final = 400
+
+
+def _needs_rescale_py(m: int, mean: float, sq: float) -> bool:
+    """Whether the moments may have overflowed or underflowed (then the values decide).
+
+    A small ``sq`` (constant values, say) underflowed only when the values are all tiny,
+    which a ``|mean|`` of at least ``2**-_MOMENTS_SAFE_EXP`` rules out.
+    """
+    if m == 0 or not (abs(mean) < math.inf and sq < math.inf):
+        return m > 0
+    return sq < _SQ_LO and abs(mean) < _MOMENTS_TINY
+
+
+_MOMENTS_TINY: Final = 2.0**-_MOMENTS_SAFE_EXP
+
+
+_needs_rescale = maybe_njit()(_needs_rescale_py)
+
+
+@maybe_njit()
+def _moments_scaled(x: FloatArray) -> tuple[int, float, float, int, FloatArray]:
+    """``(m, mean, sq, e, y)``: :func:`_moments_skipnan` of ``y = ldexp(x, -e)``.
+
+    ``e == 0`` and ``y is x`` unless the plain sums overflowed (values past about
+    ``1e154``) or underflowed (values below about ``1e-144``) while every value is
+    finite: then ``e`` makes the largest ``|y|`` lie in ``[0.5, 1)``, and ``mean`` and
+    ``sq`` are those of ``y`` (an exact scaling, but for subnormal ``y``).
+    """
+    m, mean, sq = _moments_skipnan(x)
+    if not _needs_rescale(m, mean, sq):
+        return m, mean, sq, 0, x
+    e = _scale_exponent(x)
+    if -_MOMENTS_SAFE_EXP <= e <= _MOMENTS_SAFE_EXP:  # e == 0: an infinity (or all zero)
+        return m, mean, sq, 0, x
+    y = _ldexp_array(x, -e)
+    m, mean, sq = _moments_skipnan(y)
+    return m, mean, sq, e, y
+
+
+def _moments_scaled_numpy(x: FloatArray) -> tuple[int, float, float, int, FloatArray]:
+    """:func:`_moments_scaled` with :func:`_moments_numpy` (the same bits)."""
+    m, mean, sq = _moments_numpy(x)
+    if not _needs_rescale_py(m, mean, sq):
+        return m, mean, sq, 0, x
+    e = _scale_exponent_numpy(x)
+    if -_MOMENTS_SAFE_EXP <= e <= _MOMENTS_SAFE_EXP:
+        return m, mean, sq, 0, x
+    y = np.ldexp(x, -e)
+    m, mean, sq = _moments_numpy(y)
+    return m, mean, sq, e, y
+
+
+def _unscale_py(v: float, big: float, e: int) -> float:
+    """``ldexp(v, e)`` of a scaled mean or deviation ``v``, first clipped to ``[-big, big]``
+    (the scaled largest ``|value|``: rounding must not take it past the values)."""
+    return math.ldexp(min(max(v, -big), big), e)
+
+
+_unscale = maybe_njit()(_unscale_py)
+
+
+def _midpoint_py(a: float, b: float) -> float:
+    """``(a + b) / 2``, without overflowing for finite ``a`` and ``b``."""
+    mid = (a + b) / 2.0
+    if abs(mid) == math.inf and abs(a) < math.inf and abs(b) < math.inf:
+        return a * 0.5 + b * 0.5
+    return mid
+
+
+_midpoint = maybe_njit()(_midpoint_py)
 
 
 # --------------------------------------------------------------------------------------------
@@ -517,16 +660,20 @@ def calculate_temporal_decay_jit(
 
 @maybe_njit()
 def _stats_kernel(x: FloatArray) -> tuple[float, float, float, float, float]:
-    m, mean, sq = _moments_skipnan(x)
+    m, mean, sq, e, y = _moments_scaled(x)
     if m == 0:
         return np.nan, np.nan, np.nan, np.nan, np.nan
     std = math.sqrt(sq / m)
+    if e != 0:
+        big = _abs_max(y)
+        mean = _unscale(mean, big, e)
+        std = _unscale(std, big, e)
     lo, hi = _nan_minmax(x)
     if m % 2 == 1:
         median, _ = _order_pair(x, m, m // 2, lo, hi)
     else:
         a, b = _order_pair(x, m, m // 2 - 1, lo, hi)
-        median = (a + b) / 2.0
+        median = _midpoint(a, b)
     return mean, std, lo, hi, median
 
 
@@ -536,9 +683,14 @@ def _statistics_numba(values: FloatArray) -> StatsTuple:
 
 
 def _statistics_numpy(values: FloatArray) -> StatsTuple:
-    m, mean, std = _moments_numpy(values)
+    m, mean, sq, e, y = _moments_scaled_numpy(values)
     if m == 0:
         return _ALL_NAN
+    std = math.sqrt(sq / m)
+    if e != 0:
+        big = _scale_max_numpy(y)
+        mean = _unscale_py(mean, big, e)
+        std = _unscale_py(std, big, e)
     lo = float(np.fmin.reduce(values))
     hi = float(np.fmax.reduce(values))
     k = m // 2
@@ -546,7 +698,7 @@ def _statistics_numpy(values: FloatArray) -> StatsTuple:
         median = float(np.partition(values, k)[k])  # NaN sorts last, beyond index m - 1
     else:
         part = np.partition(values, (k - 1, k))
-        median = (float(part[k - 1]) + float(part[k])) / 2.0
+        median = _midpoint_py(float(part[k - 1]), float(part[k]))
     return mean, std, lo, hi, median
 
 
@@ -556,6 +708,9 @@ def calculate_statistics_jit(values: npt.ArrayLike) -> StatsTuple:
     NaN entries are ignored (like ``np.nanmean`` / ``np.nanstd`` / ``np.nanmedian``); an empty
     or all-NaN input gives five NaNs.  Infinities are kept (so mean/std may become inf/NaN,
     as with NumPy).  The median of an even count is the mean of the two middle values.
+    Unlike NumPy, finite values of any magnitude give finite, accurate results: when the
+    sums of values or of squared deviations would overflow or underflow, they are taken of
+    the values scaled by a power of two.
     """
     return _LIVE_STATS(_as_1d(values, "values"))
 
@@ -714,7 +869,9 @@ def calculate_moving_average_jit(values: npt.ArrayLike, window: int) -> FloatArr
     w = int(window)
     if w < 1:
         raise ValueError(f"window must be an integer >= 1, got {window!r}")
-    return _LIVE_MOVING_AVERAGE(_as_1d(values, "values"), w)
+    x = _as_1d(values, "values")
+    # a window past the end is the whole array (and must fit the kernels' int64)
+    return _LIVE_MOVING_AVERAGE(x, min(w, max(int(x.shape[0]), 1)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -723,7 +880,7 @@ def calculate_moving_average_jit(values: npt.ArrayLike, window: int) -> FloatArr
 
 
 @maybe_njit(fastmath={"reassoc"})
-def _cosine_kernel(a: FloatArray, b: FloatArray) -> float:
+def _cosine_sums(a: FloatArray, b: FloatArray) -> tuple[float, float, float]:
     ab = 0.0
     aa = 0.0
     bb = 0.0
@@ -733,6 +890,19 @@ def _cosine_kernel(a: FloatArray, b: FloatArray) -> float:
         ab += x * y
         aa += x * x
         bb += y * y
+    return ab, aa, bb
+
+
+@maybe_njit()
+def _cosine_kernel(a: FloatArray, b: FloatArray) -> float:
+    ab, aa, bb = _cosine_sums(a, b)
+    if not (_sq_in_range(aa) and _sq_in_range(bb)):
+        # a squared norm underflowed or overflowed: the cosine does not change when either
+        # vector is scaled, so scale each to a largest |value| in [0.5, 1) and redo
+        ea = _scale_exponent(a)
+        eb = _scale_exponent(b)
+        if ea != 0 or eb != 0:
+            ab, aa, bb = _cosine_sums(_ldexp_array(a, -ea), _ldexp_array(b, -eb))
     if aa == 0.0 or bb == 0.0:
         return 0.0
     c = (ab / math.sqrt(aa)) / math.sqrt(bb)  # no product of norms: it could underflow
@@ -744,31 +914,101 @@ def _cosine_similarity_numba(a: FloatArray, b: FloatArray) -> float:
 
 
 def _cosine_similarity_numpy(a: FloatArray, b: FloatArray) -> float:
-    aa = float(np.dot(a, a))
-    bb = float(np.dot(b, b))
-    if aa == 0.0 or bb == 0.0:
-        return 0.0
-    c = (float(np.dot(a, b)) / math.sqrt(aa)) / math.sqrt(bb)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is redone below
+        aa = float(np.dot(a, a))
+        bb = float(np.dot(b, b))
+        if not (_sq_in_range_py(aa) and _sq_in_range_py(bb)):  # as in the Numba kernel
+            ea = _scale_exponent_numpy(a)
+            eb = _scale_exponent_numpy(b)
+            if ea != 0 or eb != 0:
+                a = np.ldexp(a, -ea)
+                b = np.ldexp(b, -eb)
+                aa = float(np.dot(a, a))
+                bb = float(np.dot(b, b))
+        if aa == 0.0 or bb == 0.0:
+            return 0.0
+        ab = float(np.dot(a, b))
+    c = (ab / math.sqrt(aa)) / math.sqrt(bb)
     return min(max(c, -1.0), 1.0)
 
 
 def cosine_similarity_jit(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
     """``a . b / (|a| |b|)`` clipped to ``[-1, 1]``; ``0.0`` when either norm is zero.
 
-    Both vectors must be 1-D with the same length (``ValueError`` otherwise).  Intended for
-    finite inputs with ``|x| < 1e150`` (squared norms must not overflow).
+    Both vectors must be 1-D with the same length (``ValueError`` otherwise).  Finite
+    vectors of any magnitude work: when a squared norm would overflow or underflow
+    (``|x|`` past about ``1e154`` or below ``1e-144``), each vector is first scaled by a
+    power of two, which does not change the cosine.  NaN gives NaN, an infinity NaN or
+    ``0.0``.
     """
     x, y = _pair(a, b)
     return _LIVE_COSINE(x, y)
 
 
+def _ldexp_or_inf_py(r: float, e: int) -> float:
+    """``ldexp(r, e)`` of ``r >= 0``, ``inf`` past the largest double (``math.ldexp`` would
+    raise)."""
+    if e > 0 and r >= math.ldexp(1.0, 1024 - e):
+        return math.inf
+    return math.ldexp(r, e)
+
+
+_ldexp_or_inf = maybe_njit()(_ldexp_or_inf_py)
+
+
 @maybe_njit(fastmath={"reassoc"})
-def _euclidean_kernel(a: FloatArray, b: FloatArray) -> float:
+def _euclidean_sq(a: FloatArray, b: FloatArray, e: int, each: bool) -> float:
+    """``sum(d * d)`` of the differences scaled by ``2**-e``: ``ldexp(a - b, -e)``, or
+    ``ldexp(a, -e) - ldexp(b, -e)`` when ``each`` (a difference that overflows)."""
     s = 0.0
+    if e == 0:
+        for i in range(a.shape[0]):
+            d = a[i] - b[i]
+            s += d * d
+    elif each:
+        for i in range(a.shape[0]):
+            d = math.ldexp(a[i], -e) - math.ldexp(b[i], -e)
+            s += d * d
+    else:
+        for i in range(a.shape[0]):
+            d = math.ldexp(a[i] - b[i], -e)
+            s += d * d
+    return s
+
+
+@maybe_njit(fastmath={"reassoc"})
+def _abs_diff_sum(a: FloatArray, b: FloatArray) -> float:
+    t = 0.0
     for i in range(a.shape[0]):
-        d = a[i] - b[i]
-        s += d * d
-    return math.sqrt(s)
+        t += abs(a[i] - b[i])
+    return t
+
+
+@maybe_njit()
+def _euclidean_kernel(a: FloatArray, b: FloatArray) -> float:
+    s = _euclidean_sq(a, b, 0, False)
+    if _sq_in_range(s):
+        return math.sqrt(s)
+    if s == 0.0 and _abs_diff_sum(a, b) == 0.0:  # equal vectors (one fast pass)
+        return 0.0
+    # the sum of squares overflowed or underflowed (or holds NaN): rescale by the largest
+    # difference; when a difference itself overflows, scale both operands first
+    dmax = 0.0
+    big = 0.0
+    for i in range(a.shape[0]):
+        x = abs(a[i])
+        y = abs(b[i])
+        d = abs(a[i] - b[i])
+        dmax = d if d > dmax else dmax
+        big = x if x > big else big
+        big = y if y > big else big
+    if dmax == 0.0 or not big < np.inf:  # all equal (or NaN), or a true infinity
+        return math.sqrt(s)
+    if dmax < np.inf:
+        e = math.frexp(dmax)[1]
+        return math.ldexp(math.sqrt(_euclidean_sq(a, b, e, False)), e)
+    e = math.frexp(big)[1] + 1
+    return _ldexp_or_inf(math.sqrt(_euclidean_sq(a, b, e, True)), e)
 
 
 def _euclidean_distance_numba(a: FloatArray, b: FloatArray) -> float:
@@ -776,15 +1016,46 @@ def _euclidean_distance_numba(a: FloatArray, b: FloatArray) -> float:
 
 
 def _euclidean_distance_numpy(a: FloatArray, b: FloatArray) -> float:
-    d = a - b
-    return math.sqrt(float(np.dot(d, d)))
+    with np.errstate(over="ignore", invalid="ignore"):  # overflows are redone below
+        d = a - b
+        s = float(np.dot(d, d))
+        if _sq_in_range_py(s) or (s == 0.0 and not d.any()):
+            return math.sqrt(s)
+        dmax = float(np.fmax.reduce(np.abs(d), initial=0.0))  # as in the Numba kernel
+        big = max(_scale_max_numpy(a), _scale_max_numpy(b))
+        if dmax == 0.0 or not big < math.inf:
+            return math.sqrt(s)
+        if dmax < math.inf:
+            e = math.frexp(dmax)[1]
+            np.ldexp(d, -e, out=d)
+        else:
+            e = math.frexp(big)[1] + 1
+            d = np.ldexp(a, -e)
+            d -= np.ldexp(b, -e)
+        return _ldexp_or_inf_py(math.sqrt(float(np.dot(d, d))), e)
 
 
 def euclidean_distance_jit(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
     """``sqrt(sum((a - b) ** 2))`` of two 1-D vectors of the same length (``ValueError``
-    otherwise); empty vectors are at distance ``0.0``."""
+    otherwise); empty vectors are at distance ``0.0``.
+
+    Finite vectors of any magnitude work: when the sum of squares would overflow or
+    underflow, the differences are scaled by a power of two first (so the result is
+    ``inf`` only when the distance exceeds the largest double).  NaN gives NaN.
+    """
     x, y = _pair(a, b)
     return _LIVE_EUCLIDEAN(x, y)
+
+
+@maybe_njit(fastmath={"reassoc"})
+def _dot_and_sq(row: FloatArray, query: FloatArray) -> tuple[float, float]:
+    dot = 0.0
+    rr = 0.0
+    for j in range(row.shape[0]):
+        r = row[j]
+        dot += r * query[j]
+        rr += r * r
+    return dot, rr
 
 
 @maybe_njit(fastmath={"reassoc"})
@@ -793,17 +1064,23 @@ def _batch_cosine_kernel(query: FloatArray, matrix: FloatArray) -> FloatArray:
     qq = 0.0
     for j in range(d):
         qq += query[j] * query[j]
+    if not _sq_in_range(qq):  # rescaled as in _cosine_kernel
+        eq = _scale_exponent(query)
+        if eq != 0:
+            query = _ldexp_array(query, -eq)
+            qq = 0.0
+            for j in range(d):
+                qq += query[j] * query[j]
     qn = math.sqrt(qq)
     out = np.zeros(n, dtype=np.float64)
     if qn == 0.0:
         return out
     for i in range(n):
-        dot = 0.0
-        rr = 0.0
-        for j in range(d):
-            r = matrix[i, j]
-            dot += r * query[j]
-            rr += r * r
+        dot, rr = _dot_and_sq(matrix[i], query)
+        if not _sq_in_range(rr):
+            er = _scale_exponent(matrix[i])
+            if er != 0:
+                dot, rr = _dot_and_sq(_ldexp_array(matrix[i], -er), query)
         if rr > 0.0:
             c = (dot / qn) / math.sqrt(rr)
             out[i] = min(max(c, -1.0), 1.0)
@@ -818,13 +1095,30 @@ def _batch_cosine_similarity_numba(query: FloatArray, matrix: FloatArray) -> Flo
 def _batch_cosine_similarity_numpy(query: FloatArray, matrix: FloatArray) -> FloatArray:
     n = int(matrix.shape[0])
     out = np.zeros(n, dtype=np.float64)
-    qn = math.sqrt(float(np.dot(query, query)))
-    if qn == 0.0 or n == 0:
-        return out
-    dots = matrix @ query
-    dots /= qn
-    norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix))
-    np.divide(dots, norms, out=out, where=norms > 0.0)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflows are redone below
+        qq = float(np.dot(query, query))
+        if not _sq_in_range_py(qq):  # rescaled as in the Numba kernel
+            eq = _scale_exponent_numpy(query)
+            if eq != 0:
+                query = np.ldexp(query, -eq)
+                qq = float(np.dot(query, query))
+        qn = math.sqrt(qq)
+        if qn == 0.0 or n == 0:
+            return out
+        dots = matrix @ query
+        sq = np.einsum("ij,ij->i", matrix, matrix)
+        redo = ~((sq >= _SQ_LO) & (sq < math.inf))
+        if redo.any():
+            rows = matrix[redo]
+            big = np.fmax.reduce(np.abs(rows), axis=1, initial=0.0)
+            exps = np.frexp(big)[1]  # 0 for a zero row; an infinite one is not rescaled
+            exps[~(big < math.inf)] = 0
+            rows = np.ldexp(rows, -exps[:, None])
+            dots[redo] = rows @ query
+            sq[redo] = np.einsum("ij,ij->i", rows, rows)
+        dots /= qn
+        norms = np.sqrt(sq)
+        np.divide(dots, norms, out=out, where=norms > 0.0)
     np.clip(out, -1.0, 1.0, out=out)
     return out
 
@@ -833,6 +1127,8 @@ def batch_cosine_similarity_jit(query: npt.ArrayLike, matrix: npt.ArrayLike) -> 
     """Cosine similarity of a 1-D ``query`` (dim ``d``) with each row of ``matrix`` ``(n, d)``.
 
     Rows with zero norm (or a zero query) give ``0.0``; results are clipped to ``[-1, 1]``.
+    As in :func:`cosine_similarity_jit`, the query and each row are rescaled by a power of
+    two when their squared norm would overflow or underflow.
     The Numba path makes one fused pass over ``matrix`` (dot product and row norm together)
     on one thread: the kernel is memory-bound, and ``parallel=True`` measured no faster on
     small hosts while fighting BLAS threads for cores (``nogil`` lets callers run several
@@ -940,7 +1236,7 @@ def detect_outliers_iqr_jit(values: npt.ArrayLike, k: float = 1.5) -> BoolArray:
 def _zscore_kernel(x: FloatArray, threshold: float) -> BoolArray:
     n = x.shape[0]
     out = np.zeros(n, dtype=np.bool_)
-    m, mean, sq = _moments_skipnan(x)
+    m, mean, sq, _, y = _moments_scaled(x)  # compared at the scale of y
     if m == 0:
         return out
     std = math.sqrt(sq / m)
@@ -948,7 +1244,7 @@ def _zscore_kernel(x: FloatArray, threshold: float) -> BoolArray:
         return out
     limit = threshold * std
     for i in range(n):
-        out[i] = abs(x[i] - mean) > limit
+        out[i] = abs(y[i] - mean) > limit
     return out
 
 
@@ -958,10 +1254,11 @@ def _outliers_zscore_numba(values: FloatArray, threshold: float) -> BoolArray:
 
 
 def _outliers_zscore_numpy(values: FloatArray, threshold: float) -> BoolArray:
-    m, mean, std = _moments_numpy(values)
-    if m == 0 or std == 0.0:
+    m, mean, sq, _, y = _moments_scaled_numpy(values)
+    std = math.sqrt(sq / m) if m else 0.0
+    if std == 0.0:
         return np.zeros(values.shape[0], dtype=np.bool_)
-    d = values - mean
+    d = y - mean
     np.abs(d, out=d)
     out: BoolArray = d > threshold * std
     return out
@@ -1075,11 +1372,16 @@ def _code_points(tokens: TokensLike, what: str) -> IntArray:
     return cps
 
 
+#: Larger ``n`` are the same (no input is this long); keeps ``n`` an int64 for the kernels.
+_MAX_NGRAM_N: Final = 2**62
+
+
 def _check_ngram_params(n: int, dim: int) -> tuple[int, int]:
     for name, v in (("n", n), ("dim", dim)):
         if isinstance(v, bool) or not isinstance(v, int | np.integer) or int(v) < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-    return int(n), int(dim)
+    # an n past any input's length gives no n-gram; capped so it fits the kernels' int64
+    return min(int(n), _MAX_NGRAM_N), int(dim)
 
 
 def extract_ngram_features_jit(

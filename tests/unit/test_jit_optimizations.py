@@ -238,10 +238,12 @@ def test_decay_length_mismatch() -> None:
 
 
 def reference_stats(x: np.ndarray) -> tuple[float, float, float, float, float]:
+    # the std of the values scaled to a largest |value| near 1 (squares cannot underflow)
+    e = math.frexp(scale_of(x))[1]
     with np.errstate(all="ignore"):
         return (
             float(np.nanmean(x)),
-            float(np.nanstd(x)),
+            math.ldexp(float(np.nanstd(np.ldexp(x, -e))), e),
             float(np.nanmin(x)),
             float(np.nanmax(x)),
             float(np.nanmedian(x)),
@@ -417,12 +419,16 @@ def test_cosine_and_euclidean_parity_random(pair: tuple[np.ndarray, np.ndarray])
     c1, c2 = both("cosine_similarity_jit", a, b)
     assert c1 == pytest.approx(c2, rel=1e-12, abs=1e-12)
     assert -1.0 <= c1 <= 1.0
-    aa, bb = float(np.dot(a, a)), float(np.dot(b, b))
-    direct = 0.0 if aa == 0 or bb == 0 else float(np.dot(a, b)) / math.sqrt(aa) / math.sqrt(bb)
+    # the cosine of the vectors scaled to a largest |value| of 1 (norms cannot underflow)
+    ua = a / np.max(np.abs(a)) if a.any() else a
+    ub = b / np.max(np.abs(b)) if b.any() else b
+    aa, bb = float(np.dot(ua, ua)), float(np.dot(ub, ub))
+    direct = 0.0 if aa == 0 or bb == 0 else float(np.dot(ua, ub)) / math.sqrt(aa) / math.sqrt(bb)
     assert c1 == pytest.approx(max(-1.0, min(1.0, direct)), rel=1e-9, abs=1e-12)
     d1, d2 = both("euclidean_distance_jit", a, b)
     assert d1 == pytest.approx(d2, rel=1e-12, abs=1e-300)
-    assert d1 == pytest.approx(float(np.linalg.norm(a - b)), rel=1e-12, abs=1e-300)
+    # math.dist scales, so unlike np.linalg.norm(a - b) it does not underflow to 0.0
+    assert d1 == pytest.approx(math.dist(a.tolist(), b.tolist()), rel=1e-12, abs=1e-300)
 
 
 def test_cosine_euclidean_values() -> None:
