@@ -1483,6 +1483,8 @@ def matrix_multiply_jit(a: npt.ArrayLike, b: npt.ArrayLike) -> FloatArray:
 
 
 def _as_1d(values: npt.ArrayLike, name: str) -> FloatArray:
+    if values is None:  # NumPy would make it a NaN
+        raise ValueError(f"{name} must be numbers, got None")
     arr = np.ascontiguousarray(values, dtype=np.float64)
     if arr.ndim == 0:
         return arr.reshape(1)

@@ -218,3 +218,18 @@ def test_ngram_n_of_any_integer_size() -> None:
         assert out.shape == (16,) and not out.any()
         batch = jo.extract_ngram_features_batch(["abc", "defg"], n, 8)
         assert batch.shape == (2, 8) and not batch.any()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: jo.calculate_statistics_jit(None),
+        lambda: jo.detect_outliers_zscore_jit(None),
+        lambda: jo.detect_outliers_iqr_jit(None),
+        lambda: jo.calculate_risk_score_jit(None, [1.0]),
+    ],
+)
+def test_none_is_refused_not_read_as_a_nan(call: Callable[[], object]) -> None:
+    """``np.asarray(None, float)`` is ``nan``: statistics of None were five NaNs."""
+    with pytest.raises(ValueError, match="must be numbers, got None"):
+        call()
