@@ -136,6 +136,23 @@ class _Answer:
     node_id: str = ""
 
 
+@dataclass(slots=True)
+class _Progress:
+    """What a region's query has so far: what a drain keeps of a region it stops waiting
+    for (see Federation._until_stop)."""
+
+    # answers of the region's instances of their own data
+    answered: list[_Answer] = field(default_factory=list)
+    # instances of their own data asked and not answered yet
+    waiting: list[RegionInstance] = field(default_factory=list)
+    # a replica's answer naming gaps, kept while another replica may answer whole
+    partial: _Answer | None = None
+
+
+#: Why a region or instance a drain stopped waiting for is missing.
+STOPPING_TEXT: Final = "the coordinator is stopping: no answer before its drain ended"
+
+
 class _Summaries(Protocol):
     """What the merge takes of an instance's answer."""
 
@@ -296,17 +313,19 @@ class Federation:
         request = convert.summary_query_to_proto(q.query)
         streamed = self._streamed()
         by_region = self.registry.by_region()
+        progress = [_Progress() for _ in regions]
         answers = await self._until_stop(
             regions,
             [
                 asyncio.ensure_future(
                     self._query_region(
-                        r, by_region.get(r, []), request, q.region_timeout_s, coverage, streamed
+                        r, by_region.get(r, []), request, q.region_timeout_s, coverage, streamed, p
                     )
                 )
-                for r in regions
+                for r, p in zip(regions, progress, strict=True)
             ],
             coverage,
+            progress,
         )
         per_region = {
             region: [(a.instance.name, a) for a in region_answers]
@@ -325,9 +344,11 @@ class Federation:
         regions: list[str],
         tasks: list[asyncio.Task[list[_Answer]]],
         coverage: Coverage,
+        progress: list[_Progress],
     ) -> list[list[_Answer]]:
         """Every region's answers; during a drain, what answered before the stop (the
-        regions still waiting then are cancelled and reported missing)."""
+        regions still waiting then are cancelled: what their instances answered is kept,
+        and the instances still waiting are reported missing)."""
         pending: set[asyncio.Task[list[_Answer]]] = set(tasks)
         try:
             if pending and self._stop_at is None:
@@ -362,21 +383,41 @@ class Federation:
             if pending:
                 await asyncio.wait(pending)
         answers: list[list[_Answer]] = []
-        for region, task in zip(regions, tasks, strict=True):
+        for region, task, got in zip(regions, tasks, progress, strict=True):
             if task.cancelled():
-                coverage.missing.append(
-                    MissingPart(
-                        region,
-                        "",
-                        Missing.DEADLINE_EXCEEDED,
-                        "the coordinator is stopping: no answer before its drain ended",
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                    )
-                )
-                answers.append([])
+                answers.append(self._stopped(region, got, coverage))
             else:
                 answers.append(task.result())
         return answers
+
+    def _stopped(self, region: str, got: _Progress, coverage: Coverage) -> list[_Answer]:
+        """The answers of a region a drain stopped waiting for: what its instances had
+        answered (a replica's answer naming gaps, or those of the instances of their own
+        data), the instances still waiting reported missing."""
+        if got.partial is not None:
+            return self._whole_region(region, got.partial, coverage, counted=1)
+        coverage.missing += [
+            MissingPart(
+                region,
+                inst.name,
+                Missing.DEADLINE_EXCEEDED,
+                STOPPING_TEXT,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            )
+            for inst in got.waiting
+        ]
+        if not got.waiting and not got.answered:  # a region of replicas, none answered
+            coverage.missing.append(
+                MissingPart(
+                    region,
+                    "",
+                    Missing.DEADLINE_EXCEEDED,
+                    STOPPING_TEXT,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                )
+            )
+        # no time left to ask who started when: answers under one id are one node's
+        return self._count_distinct(region, got.answered, {}, coverage)
 
     async def _query_region(
         self,
@@ -386,6 +427,7 @@ class Federation:
         timeout_s: float,
         coverage: Coverage,
         streamed: bool,
+        progress: _Progress,
     ) -> list[_Answer]:
         if not instances:  # e.g. a DNS name that has not resolved to anything yet
             coverage.missing.append(
@@ -408,59 +450,132 @@ class Federation:
         shared = [i for i in usable if i.region_scope]
         if shared:
             return await self._ask_one_replica(
-                region, shared, request, timeout_s, coverage, streamed
+                region, shared, request, timeout_s, coverage, streamed, progress
             )
         # instances hold disjoint data (as far as the coordinator knows): every one of
         # them must answer
         coverage.instances_queried += len(usable)
-        answered: list[_Answer] = []
-        failed: list[MissingPart] = []
-        calls: list[asyncio.Future[_Answer | MissingPart]] = []
-        results: Iterable[Awaitable[_Answer | MissingPart]]
+        calls: list[asyncio.Future[tuple[RegionInstance, _Answer | MissingPart]]] = []
+        results: Iterable[Awaitable[tuple[RegionInstance, _Answer | MissingPart]]]
+        deadline = time.monotonic() + timeout_s
+        progress.waiting = list(usable)
         if len(usable) == 1:  # the usual region: its one instance asked in this task
-            results = [self._call(usable[0], request, timeout_s, streamed)]
+            results = [self._asked(usable[0], request, timeout_s, streamed)]
         else:
             calls = [
-                asyncio.ensure_future(self._call(i, request, timeout_s, streamed)) for i in usable
+                asyncio.ensure_future(self._asked(i, request, timeout_s, streamed)) for i in usable
             ]
             results = asyncio.as_completed(calls)
         try:
             for next_done in results:
-                res = await next_done
+                inst, res = await next_done
+                progress.waiting.remove(inst)
                 if not isinstance(res, _Answer):
-                    failed.append(res)
+                    coverage.missing.append(res)
                 elif res.region_scope:
                     # it holds the whole region (its scope was not known yet, e.g. right
                     # after the coordinator started): the other instances are replicas,
                     # and merging their answers would count the region again
                     return self._whole_region(region, res, coverage, counted=len(usable))
                 else:
-                    answered.append(res)
+                    progress.answered.append(res)
         finally:
             for call in calls:
                 call.cancel()
-        coverage.missing.extend(failed)
-        distinct = self._distinct(region, answered)
-        # a node that answered at two addresses is one instance queried, and answered
-        coverage.instances_queried -= len(answered) - len(distinct)
-        coverage.instances_answered += len(distinct)
-        return distinct
+        started = await self._started_at(_shared_ids(progress.answered), deadline)
+        return self._count_distinct(region, progress.answered, started, coverage)
 
-    def _distinct(self, region: str, answers: list[_Answer]) -> list[_Answer]:
-        """``answers`` with one answer per node (by the id it reports): a node listed at
+    async def _asked(
+        self,
+        inst: RegionInstance,
+        request: region_node_pb2.GetSummariesRequest,
+        timeout_s: float,
+        streamed: bool,
+    ) -> tuple[RegionInstance, _Answer | MissingPart]:
+        return inst, await self._call(inst, request, timeout_s, streamed)
+
+    def _count_distinct(
+        self,
+        region: str,
+        answers: list[_Answer],
+        started: Mapping[str, int | None],
+        coverage: Coverage,
+    ) -> list[_Answer]:
+        """``answers`` with one answer per node, counted in ``coverage``: a node listed at
         two addresses (a host name resolving to 127.0.0.1 and ::1, say) answers at each,
-        and its data would be merged twice. Sorted by address; the first is kept."""
-        if len(answers) < 2:
-            return answers
-        kept: dict[str, _Answer] = {}
+        and its data would be merged twice. Answers that report the same id are one
+        node's when the node says it started at the same moment at each address
+        (``started``: ``GetNodeInfo.started_at`` by address, see :meth:`_started_at`);
+        two nodes that share an id (the default REGION-PORT, on two hosts) start at
+        different moments, and both are merged. When an address did not say, answers
+        under one id are taken as one node's. Sorted by address; of one node's answers
+        the first is kept."""
+        ordered = sorted(answers, key=lambda a: a.instance.endpoint)
+        by_id: dict[str, list[_Answer]] = {}
+        for answer in ordered:
+            if answer.node_id:
+                by_id.setdefault(answer.node_id, []).append(answer)
+        moment: dict[str, int | None] = {}
+        for node_id, same in by_id.items():
+            moments = [started.get(a.instance.endpoint) for a in same]
+            if len(same) > 1 and None not in moments:
+                if len(set(moments)) > 1:
+                    self._warn_shared_id(region, node_id, same)
+                moment.update(zip((a.instance.endpoint for a in same), moments, strict=True))
+        kept: dict[tuple[str, int | None], _Answer] = {}
         distinct: list[_Answer] = []
-        for answer in sorted(answers, key=lambda a: a.instance.endpoint):
-            first = kept.setdefault(answer.node_id, answer) if answer.node_id else answer
+        for answer in ordered:
+            if not answer.node_id:
+                distinct.append(answer)
+                continue
+            key = (answer.node_id, moment.get(answer.instance.endpoint))
+            first = kept.setdefault(key, answer)
             if first is answer:
                 distinct.append(answer)
             else:
                 self._warn_duplicate(region, answer.node_id, first, answer)
+        # a node that answered at two addresses is one instance queried, and answered
+        coverage.instances_queried -= len(answers) - len(distinct)
+        coverage.instances_answered += len(distinct)
         return distinct
+
+    @staticmethod
+    async def _started_at(answers: list[_Answer], deadline: float) -> dict[str, int | None]:
+        """When the node at each answer's address started (``GetNodeInfo.started_at``,
+        Unix ns), by address; None where it did not say in time or reports another id."""
+
+        async def one(answer: _Answer) -> int | None:
+            left = deadline - time.monotonic()
+            if left <= 0 or answer.instance.removed:  # a removed one's channel is closed
+                return None
+            try:
+                info = await answer.instance.stub.GetNodeInfo(
+                    region_node_pb2.GetNodeInfoRequest(), timeout=left
+                )
+            except grpc.aio.AioRpcError:
+                return None
+            if info.instance_id != answer.node_id or not info.HasField("started_at"):
+                return None
+            return convert.timestamp_to_ns(info.started_at)
+
+        found = await asyncio.gather(*(one(a) for a in answers))
+        return {a.instance.endpoint: t for a, t in zip(answers, found, strict=True)}
+
+    def _warn_shared_id(self, region: str, node_id: str, answers: list[_Answer]) -> None:
+        endpoints = tuple(a.instance.endpoint for a in answers)
+        key = (region, node_id, "shared id", ",".join(endpoints))
+        if key in self._duplicates_logged:
+            return
+        if len(self._duplicates_logged) >= 1024:
+            self._duplicates_logged.clear()
+        self._duplicates_logged.add(key)
+        log.warning(
+            "region %s: the nodes at %s all call themselves %s (started at different "
+            "moments: different nodes): each is merged; give each its own --instance-id",
+            region,
+            ", ".join(endpoints),
+            node_id,
+        )
 
     def _warn_duplicate(self, region: str, node_id: str, kept: _Answer, dropped: _Answer) -> None:
         key = (region, node_id, kept.instance.endpoint, dropped.instance.endpoint)
@@ -487,6 +602,7 @@ class Federation:
         timeout_s: float,
         coverage: Coverage,
         streamed: bool,
+        progress: _Progress,
     ) -> list[_Answer]:
         """The region's answer from one of ``replicas`` (each holds the whole region).
 
@@ -547,7 +663,7 @@ class Federation:
                         if not found.gaps:
                             return self._whole_region(region, found, coverage, counted=1)
                         if partial is None:
-                            partial = found
+                            partial = progress.partial = found
                             # a whole answer is waited for this long at most
                             deadline = min(deadline, loop.time() + per_try_s)
                             hedge_at = loop.time()  # the next replica, at once
@@ -665,7 +781,9 @@ class Federation:
         inst.learn(answer.instance_id, answer.scope)
         if answer.invalid is not None:
             log.warning("invalid summaries from %s: %s", inst.endpoint, answer.invalid)
-            return MissingPart(inst.region_id, inst.name, Missing.INVALID_RESPONSE, answer.invalid)
+            return MissingPart(
+                inst.region_id, inst.name, Missing.INVALID_RESPONSE, _clipped(answer.invalid)
+            )
         return _Answer(
             inst,
             answer.groups,
@@ -675,6 +793,12 @@ class Federation:
             gaps=answer.gaps,
             node_id=answer.instance_id,
         )
+
+
+def _shared_ids(answers: list[_Answer]) -> list[_Answer]:
+    """The answers that report an id another of ``answers`` reports too."""
+    ids = collections.Counter(a.node_id for a in answers if a.node_id)
+    return [a for a in answers if ids[a.node_id] > 1]
 
 
 def _own_data_only(answer: _Answer) -> _Answer:
@@ -691,13 +815,17 @@ def _own_data_only(answer: _Answer) -> _Answer:
     return dataclasses.replace(answer, gaps=(*answer.gaps, gap))
 
 
-#: The most of a node's gap text that a coverage repeats.
+#: The most of a node's text (a gap's, a refusal's) that a coverage repeats: a node's
+#: words, several MB long in a stream's answer, would not make the answer too large to send.
 MAX_GAP_TEXT: Final = 1000
 
 
-def _gap_text(reason: str, message: str) -> str:
-    text = f"{reason}: {message}" if message else reason
+def _clipped(text: str) -> str:
     return text if len(text) <= MAX_GAP_TEXT else text[: MAX_GAP_TEXT - 1] + "…"
+
+
+def _gap_text(reason: str, message: str) -> str:
+    return _clipped(f"{reason}: {message}" if message else reason)
 
 
 def _missing(inst: RegionInstance, code: grpc.StatusCode, details: str) -> MissingPart:
@@ -711,7 +839,7 @@ def _missing(inst: RegionInstance, code: grpc.StatusCode, details: str) -> Missi
         reason = Missing.UNAVAILABLE
     else:
         reason = Missing.ERROR
-    return MissingPart(inst.region_id, inst.name, reason, f"{code.name}: {details}", code)
+    return MissingPart(inst.region_id, inst.name, reason, _clipped(f"{code.name}: {details}"), code)
 
 
 def _merge(

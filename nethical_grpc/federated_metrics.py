@@ -26,13 +26,15 @@ import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Final
+from typing import Any, Final
 
 import grpc
 import numpy as np
+import numpy.typing as npt
 
 from nethical_grpc.client import QueryOptions, encode_ingest_request, global_metrics_request
 from nethical_grpc.grpc_options import channel_options
+from nethical_grpc.proto_limits import FIRST_TIMESTAMP_NS
 from nethical_grpc.v1 import coordinator_pb2, coordinator_pb2_grpc, region_node_pb2
 
 __all__ = ["AGGREGATION_TYPES", "FederatedMetricsAggregator"]
@@ -75,8 +77,9 @@ class FederatedMetricsAggregator:
         timeout: float = 10.0,
         channel: ChannelFactory = _insecure,
     ) -> None:
-        if regions is not None and (isinstance(regions, str) or not all(regions)):
-            raise ValueError("regions must be a sequence of region ids (or None for all)")
+        if regions is not None and (isinstance(regions, str) or not regions or not all(regions)):
+            # an empty list would be sent as no filter: every region's figures
+            raise ValueError("regions must be a non-empty sequence of region ids (or None for all)")
         if not math.isfinite(aggregation_interval) or aggregation_interval < 0:
             raise ValueError(f"aggregation_interval must be >= 0 s, got {aggregation_interval!r}")
         if not math.isfinite(retention_period) or retention_period <= 0:
@@ -149,6 +152,8 @@ class FederatedMetricsAggregator:
         every metric with data); NaN for a metric no region has data for."""
         quantile = _quantile_of(aggregation_type)
         names = _names(metric_names)
+        if metric_names is not None and not names:
+            return {}  # none asked for (an empty list would be sent as "every metric")
         answer = self._ask(names, () if quantile is None else (quantile,), breakdown=False)
         found = {r.metric: _pick(r.statistics, aggregation_type) for r in answer.results}
         return {name: found.get(name, math.nan) for name in names} if names else found
@@ -166,12 +171,24 @@ class FederatedMetricsAggregator:
         return dict(sorted(out.items()))
 
     def compute_percentiles(
-        self, metric_name: str, percentiles: Sequence[float] = (50, 90, 95, 99)
+        self,
+        metric_name: str,
+        percentiles: Sequence[float | np.number[Any]] | npt.NDArray[np.number[Any]] = (
+            50,
+            90,
+            95,
+            99,
+        ),
     ) -> dict[float, float]:
         """``{percentile: value}`` of one metric across the regions (percentiles in
         [0, 100]); each within the sketch's relative-error bound of the exact one."""
         ps = list(percentiles)
-        if not ps or not all(isinstance(p, int | float) and 0 <= p <= 100 for p in ps):
+        if not ps or not all(
+            isinstance(p, int | float | np.integer | np.floating)
+            and not isinstance(p, bool)
+            and 0 <= p <= 100
+            for p in ps
+        ):
             raise ValueError(f"percentiles must be numbers in [0, 100], got {ps!r}")
         answer = self._ask((metric_name,), tuple(p / 100 for p in ps), breakdown=False)
         if not answer.results or not answer.results[0].statistics.count:
@@ -211,12 +228,14 @@ class FederatedMetricsAggregator:
         now = time.monotonic()
         kept = self._answers.get(key)
         if kept is not None and now - kept[0] < self.aggregation_interval:
+            self.last_coverage = kept[1].coverage  # the coverage of the answer given
             return kept[1]
         opts = QueryOptions(
             metrics=metrics,
             quantiles=quantiles,
             regions=self.regions or (),
-            start_ns=time.time_ns() - int(self.retention_period * 1e9),
+            # a period longer than a Timestamp reaches back covers everything
+            start_ns=max(FIRST_TIMESTAMP_NS, time.time_ns() - int(self.retention_period * 1e9)),
             include_region_breakdown=breakdown,
         )
         answer: coordinator_pb2.GetGlobalMetricsResponse = self._coordinator.GetGlobalMetrics(

@@ -131,3 +131,52 @@ def test_mistakes_get_clear_errors(rig: Rig) -> None:
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="retention_period"):
         FederatedMetricsAggregator(retention_period=0)
+
+
+def test_last_coverage_is_the_coverage_of_the_answer_given(rig: Rig) -> None:
+    """An answer reused within the interval comes with its own coverage, not the one of
+    the last question sent (before: a region down for another question made a reused,
+    complete answer look partial, and the reverse)."""
+    with rig.aggregator(aggregation_interval=3600) as agg:
+        for region in REGIONS:
+            agg.submit_regional_metrics(region, {"m": np.ones(4), "n": np.ones(2)})
+        assert agg.aggregate_metrics(["m"], "count") == {"m": 8}
+        assert agg.last_coverage is not None and agg.last_coverage.complete
+        server = rig.mesh.regions["eu-west-1"][0][0]
+        rig.loop.run(server.server.stop(0))
+        assert agg.aggregate_metrics(["n"], "count") == {"n": 2}
+        assert not agg.last_coverage.complete
+        assert [m.region_id for m in agg.last_coverage.missing] == ["eu-west-1"]
+        assert agg.aggregate_metrics(["m"], "count") == {"m": 8}  # reused
+        assert agg.last_coverage.complete
+        assert sorted(agg.last_coverage.regions_answered) == sorted(REGIONS)
+
+
+def test_empty_selections_are_not_taken_for_everything(rig: Rig) -> None:
+    """No metric names: no aggregates (before: every metric's); no regions: refused
+    (before: every region's figures, as for None)."""
+    with rig.aggregator(aggregation_interval=0) as agg:
+        agg.submit_regional_metrics("us-east-1", {"m": np.ones(3)})
+        assert agg.aggregate_metrics([], "count") == {}
+        assert agg.aggregate_metrics(None, "count") == {"m": 3}
+    with pytest.raises(ValueError, match="regions"):
+        rig.aggregator(regions=[])
+
+
+def test_percentiles_may_be_numpy_numbers(rig: Rig) -> None:
+    with rig.aggregator(aggregation_interval=0) as agg:
+        agg.submit_regional_metrics("us-east-1", {"m": np.arange(1.0, 101.0)})
+        got = agg.compute_percentiles("m", np.array([0, 100]))
+        assert got == {0: 1.0, 100: 100.0}
+        assert agg.compute_percentiles("m", [np.float32(50)])[50] == pytest.approx(50, rel=0.01)
+        with pytest.raises(ValueError, match="percentiles must be numbers"):
+            agg.compute_percentiles("m", [True])
+
+
+def test_a_retention_period_longer_than_timestamps_reach_covers_everything(rig: Rig) -> None:
+    """retention_period=1e12 s (longer than a Timestamp reaches back): every observation
+    is covered (before: every aggregate failed with a ValueError about start_ns, which
+    the caller never gave)."""
+    with rig.aggregator(aggregation_interval=0, retention_period=1e12) as agg:
+        agg.submit_regional_metrics("us-east-1", {"m": np.ones(3)})
+        assert agg.aggregate_metrics(["m"], "count") == {"m": 3}
