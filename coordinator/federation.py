@@ -250,7 +250,7 @@ class Federation:
         # one future per query waiting for its regions, resolved early by stop_by
         self._stop_waiters: set[asyncio.Future[None]] = set()
         # (region, node id, address kept, address dropped) already logged as one node
-        self._duplicates_logged: set[tuple[str, str, str, str]] = set()
+        self._duplicates_logged: set[tuple[str, ...]] = set()
 
     def stop_by(self, deadline: float) -> None:
         """The server cancels the calls still running at ``deadline`` (time.monotonic):
@@ -561,38 +561,38 @@ class Federation:
         found = await asyncio.gather(*(one(a) for a in answers))
         return {a.instance.endpoint: t for a, t in zip(answers, found, strict=True)}
 
+    def _first_time(self, key: tuple[str, ...]) -> bool:
+        """Whether ``key`` (a warning about duplicate answers) was not logged yet (the
+        keys remembered are bounded)."""
+        if key in self._duplicates_logged:
+            return False
+        if len(self._duplicates_logged) >= 1024:
+            self._duplicates_logged.clear()
+        self._duplicates_logged.add(key)
+        return True
+
     def _warn_shared_id(self, region: str, node_id: str, answers: list[_Answer]) -> None:
         endpoints = tuple(a.instance.endpoint for a in answers)
-        key = (region, node_id, "shared id", ",".join(endpoints))
-        if key in self._duplicates_logged:
-            return
-        if len(self._duplicates_logged) >= 1024:
-            self._duplicates_logged.clear()
-        self._duplicates_logged.add(key)
-        log.warning(
-            "region %s: the nodes at %s all call themselves %s (started at different "
-            "moments: different nodes): each is merged; give each its own --instance-id",
-            region,
-            ", ".join(endpoints),
-            node_id,
-        )
+        if self._first_time((region, node_id, "shared id", ",".join(endpoints))):
+            log.warning(
+                "region %s: the nodes at %s all call themselves %s (started at different "
+                "moments: different nodes): each is merged; give each its own --instance-id",
+                region,
+                ", ".join(endpoints),
+                node_id,
+            )
 
     def _warn_duplicate(self, region: str, node_id: str, kept: _Answer, dropped: _Answer) -> None:
-        key = (region, node_id, kept.instance.endpoint, dropped.instance.endpoint)
-        if key in self._duplicates_logged:
-            return
-        if len(self._duplicates_logged) >= 1024:
-            self._duplicates_logged.clear()
-        self._duplicates_logged.add(key)
-        log.warning(
-            "region %s: node %s answered at %s and at %s (one node listed twice): its data "
-            "is merged once, from %s",
-            region,
-            node_id,
-            kept.instance.endpoint,
-            dropped.instance.endpoint,
-            kept.instance.endpoint,
-        )
+        if self._first_time((region, node_id, kept.instance.endpoint, dropped.instance.endpoint)):
+            log.warning(
+                "region %s: node %s answered at %s and at %s (one node listed twice): its data "
+                "is merged once, from %s",
+                region,
+                node_id,
+                kept.instance.endpoint,
+                dropped.instance.endpoint,
+                kept.instance.endpoint,
+            )
 
     async def _ask_one_replica(
         self,
