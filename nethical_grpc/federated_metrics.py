@@ -243,6 +243,10 @@ class FederatedMetricsAggregator:
         )
         self.last_coverage = answer.coverage
         if self.aggregation_interval > 0:
+            # answers past the interval are of no more use: dropped, so that the cache
+            # holds only the questions of the last interval, not every one ever asked
+            interval = self.aggregation_interval
+            self._answers = {k: v for k, v in self._answers.items() if now - v[0] < interval}
             self._answers[key] = (now, answer)
         return answer
 

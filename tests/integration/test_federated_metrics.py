@@ -4,6 +4,7 @@ real mesh: two region nodes and a coordinator on a loop in another thread."""
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -180,3 +181,16 @@ def test_a_retention_period_longer_than_timestamps_reach_covers_everything(rig: 
     with rig.aggregator(aggregation_interval=0, retention_period=1e12) as agg:
         agg.submit_regional_metrics("us-east-1", {"m": np.ones(3)})
         assert agg.aggregate_metrics(["m"], "count") == {"m": 3}
+
+
+def test_answers_past_the_interval_are_not_kept(rig: Rig) -> None:
+    """The answer cache held every distinct question ever asked (a process asking for
+    ever-changing percentiles grew without bound)."""
+    with rig.aggregator(aggregation_interval=0.5) as agg:
+        agg.submit_regional_metrics("us-east-1", {"m": np.arange(100.0)})
+        for p in range(1, 21):
+            agg.aggregate_metrics(["m"], f"p{p}")
+        assert len(agg._answers) == 20  # each kept for the interval
+        time.sleep(0.6)
+        assert agg.aggregate_metrics(["m"], "count") == {"m": 100}
+        assert len(agg._answers) == 1
