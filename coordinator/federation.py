@@ -778,6 +778,16 @@ class Federation:
             return _missing(inst, err.code(), err.details() or "")
         except SummaryCallError as err:
             return _missing(inst, err.code, err.details)
+        if answer.region_id and answer.region_id != inst.region_id:
+            # a node listed under the wrong region: its data would count there (and, were
+            # it listed under its own too, twice)
+            text = (
+                f"the node at {inst.endpoint} serves region {answer.region_id!r}, not "
+                f"{inst.region_id!r}: its data is left out (check the coordinator's --region)"
+            )
+            if self._first_time((inst.region_id, answer.region_id, "wrong region", inst.endpoint)):
+                log.warning("%s", text)
+            return MissingPart(inst.region_id, inst.name, Missing.INVALID_RESPONSE, _clipped(text))
         inst.learn(answer.instance_id, answer.scope)
         if answer.invalid is not None:
             log.warning("invalid summaries from %s: %s", inst.endpoint, answer.invalid)

@@ -434,6 +434,8 @@ class SummariesAnswer:
     invalid: str | None = None
     #: data the node keeps but left out of this answer
     gaps: tuple[DataGap, ...] = ()
+    #: the region the node says it serves ("" when it does not say)
+    region_id: str = ""
 
 
 def summaries_answer_from_proto(msg: region_node_pb2.GetSummariesResponse) -> SummariesAnswer:
@@ -474,15 +476,19 @@ def _answer_from_message(msg: region_node_pb2.GetSummariesResponse) -> Summaries
             privacy_info_from_proto(msg.privacy, "privacy") if msg.HasField("privacy") else None
         )
     except MeshError as exc:
-        return SummariesAnswer(msg.instance_id, msg.scope, as_of, [], None, str(exc))
+        return SummariesAnswer(
+            msg.instance_id, msg.scope, as_of, [], None, str(exc), region_id=msg.region_id
+        )
     gaps = tuple(data_gap_from_proto(g) for g in msg.gaps)
-    return SummariesAnswer(msg.instance_id, msg.scope, as_of, groups, privacy, gaps=gaps)
+    return SummariesAnswer(
+        msg.instance_id, msg.scope, as_of, groups, privacy, gaps=gaps, region_id=msg.region_id
+    )
 
 
 def _answer_from_scan(data: bytes, scanned: summary_scan.ScannedSummaries) -> SummariesAnswer:
     sc = summary_scan
     head = scanned.head.tolist()
-    data[head[sc.REGION_START] : head[sc.REGION_END]].decode()  # UTF-8, as protobuf checks
+    region_id = data[head[sc.REGION_START] : head[sc.REGION_END]].decode()  # UTF-8 checked
     instance_id = data[head[sc.INSTANCE_START] : head[sc.INSTANCE_END]].decode()
     as_of = head[sc.AS_OF_S] * NANOS + head[sc.AS_OF_NS] if head[sc.AS_OF_SET] else 0
     try:
@@ -498,8 +504,10 @@ def _answer_from_scan(data: bytes, scanned: summary_scan.ScannedSummaries) -> Su
             else None
         )
     except MeshError as exc:
-        return SummariesAnswer(instance_id, head[sc.SCOPE], as_of, [], None, str(exc))
-    return SummariesAnswer(instance_id, head[sc.SCOPE], as_of, groups, privacy)
+        return SummariesAnswer(
+            instance_id, head[sc.SCOPE], as_of, [], None, str(exc), region_id=region_id
+        )
+    return SummariesAnswer(instance_id, head[sc.SCOPE], as_of, groups, privacy, region_id=region_id)
 
 
 def _scanned_side(counts: CountArray, offset: int, first: int, lead: int, trail: int) -> Buckets:

@@ -197,3 +197,31 @@ async def test_a_drain_keeps_the_instances_that_answered(
         assert {r.region_id: r.statistics.count for r in result.regions} == {"eu": 3, "us": 1}
     finally:
         await server.drain(0, 0)
+
+
+@pytest.mark.parametrize("transport", [SummaryTransport.STREAM, SummaryTransport.UNARY])
+async def test_a_node_listed_under_another_region_is_left_out_and_named(
+    mesh: Mesh, transport: SummaryTransport
+) -> None:
+    """A node of region "us" listed under "eu" (a wrong address in --region): its data
+    counted as eu's; now it is missing from "eu", saying why."""
+    await _node(mesh, "eu", "eu-0")
+    await _node(mesh, "us", "us-0")
+    await mesh.ingest("eu", "m", np.array([1.0, 2.0]), instance=0)
+    await mesh.ingest("us", "m", np.array([10.0, 20.0, 30.0]), instance=0)
+    us = mesh.regions["us"][0][0].address
+    mesh.coordinator, mesh.federation = await start_coordinator(
+        CoordinatorConfig(regions={"eu": [mesh.regions["eu"][0][0].address, us]})
+    )
+    federation = mesh.federation
+    assert await federation.registry.wait_ready(10.0)
+    federation.transport = transport
+    for _ in range(2):
+        result = await federation.global_metrics(GlobalQuery(SummaryQuery()))
+        [group] = result.groups
+        assert (group.summary.count, group.summary.total) == (2, 3.0)  # eu's own data only
+        c = result.coverage
+        assert not c.complete
+        [missing] = c.missing
+        assert missing.region_id == "eu"
+        assert "serves region 'us', not 'eu'" in missing.message
