@@ -544,6 +544,9 @@ class PrivateReleaser:
         """
         if pending.release.from_cache:
             return pending.release
+        cached = self._cache.get(pending.query_key)
+        if cached is not None and cached[1] is pending.release:  # committed already
+            return pending.release
         if pending.keys:
             eps = float(self.config.epsilon_per_release)
             self.accountant.charge(pending.keys, eps)

@@ -310,3 +310,14 @@ def test_a_journal_line_cut_short_at_the_end_is_skipped_and_one_inside_is_refuse
     journal.write_bytes(b'[["risk",[],5,2.\n' + whole)
     with pytest.raises(ValueError, match="privacy accounts"):
         AccountsFile(tmp_path).load(PrivacyAccountant(10.0))
+
+
+def test_a_release_committed_twice_is_charged_once(summary: Summary) -> None:
+    """A second commit of one prepared release charged its windows again."""
+    rel = PrivateReleaser(make(), window_ns=W, rng=np.random.default_rng(5))
+    pending = rel.prepare(SummaryQuery(), [group(summary)], data_version=1)
+    first = rel.commit(pending)
+    spent = rel.accountant.spent(KEY)
+    assert spent > 0
+    assert rel.commit(pending) is first
+    assert rel.accountant.spent(KEY) == spent
