@@ -16,16 +16,15 @@ from google.protobuf import duration_pb2
 from nethical_grpc import client, convert
 from nethical_grpc.cli.client_commands import ask, print_json, set_time_range, show
 from nethical_grpc.cli.observations import Observations, read_observations
-from nethical_grpc.cli.table import counted, decision_name, enum_name, fmt_time, render
+from nethical_grpc.cli.table import clip, counted, decision_name, enum_name, fmt_time, render
 from nethical_grpc.v1 import governance_pb2, region_node_pb2, region_node_pb2_grpc
 
-#: Most characters of an action text in the audit table (the whole text is in --json).
+#: Most terminal columns of an action text in the audit table (the whole text is in --json).
 TEXT_COLUMN_CHARS = 60
 
 
 def _clipped(text: str) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= TEXT_COLUMN_CHARS else line[: TEXT_COLUMN_CHARS - 1] + "…"
+    return clip(" ".join(text.split()), TEXT_COLUMN_CHARS)
 
 
 def audit_request(args: argparse.Namespace) -> region_node_pb2.SearchAuditRequest:

@@ -73,14 +73,26 @@ def _width(cell: str) -> int:
     for a combining or format one."""
     if cell.isascii():
         return len(cell)
-    return sum(
-        0
-        if unicodedata.category(c) in _ZERO_WIDTH
-        else 2
-        if unicodedata.east_asian_width(c) in ("W", "F")
-        else 1
-        for c in cell
-    )
+    return sum(map(_char_width, cell))
+
+
+def _char_width(c: str) -> int:
+    if unicodedata.category(c) in _ZERO_WIDTH:
+        return 0
+    return 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1
+
+
+def clip(text: str, columns: int) -> str:
+    """``text`` cut to at most ``columns`` terminal columns, ending in "…" when cut."""
+    if _width(text) <= columns:
+        return text
+    used, end = 0, 0
+    for end, c in enumerate(text):  # noqa: B007 (end is read after the loop)
+        w = _char_width(c)
+        if used + w > columns - 1:
+            break
+        used += w
+    return text[:end] + "…"
 
 
 def render(

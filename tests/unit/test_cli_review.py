@@ -297,3 +297,21 @@ def test_score_and_evaluate_input_leaves_a_byte_order_mark_out(tmp_path: Path) -
     path = tmp_path / "rows.txt"
     path.write_bytes(b"\xef\xbb\xbf0.5 1\n")
     assert read_input(str(path)) == "0.5 1\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "cut"),
+    [("漢字" * 40, True), ("a" * 100, True), ("e\u0301" * 55, False), ("漢" * 30, False)],
+)
+def test_audit_texts_are_clipped_to_their_columns(text: str, cut: bool) -> None:
+    """The audit table cut action texts at 60 characters: 120 columns of wide ones."""
+    from nethical_grpc.cli.region_commands import TEXT_COLUMN_CHARS, _clipped
+    from nethical_grpc.cli.table import _width
+
+    out = _clipped(text)
+    assert _width(out) <= TEXT_COLUMN_CHARS
+    if cut:
+        assert out.endswith("…") and text.startswith(out[:-1])
+        assert _width(out) >= TEXT_COLUMN_CHARS - 1  # no more cut than needed
+    else:
+        assert out == text
