@@ -117,8 +117,14 @@ OMITTED_VIOLATIONS_KEY: Final = "omitted_field_violations"
 
 def clip(text: str, max_bytes: int) -> str:
     """``text`` if its UTF-8 form fits ``max_bytes``, else its longest prefix that fits
-    with a closing "…" (never a split character)."""
-    data = text.encode("utf-8", "surrogatepass")
+    with a closing "…" (never a split character). Lone surrogates (the undecodable
+    bytes of a ``surrogateescape``'d file name, say), which no status can carry, are
+    written as ``\\udcff`` escapes."""
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+        data = text.encode("utf-8")
     if len(data) <= max_bytes:
         return text
     cut = data[: max(0, max_bytes - 3)].decode("utf-8", "ignore")  # "…" is 3 bytes
@@ -181,9 +187,12 @@ R = TypeVar("R")
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException) -> NoReturn:
     if isinstance(exc, MeshError):
-        await context.abort_with_status(  # type: ignore[attr-defined]
-            to_status(exc)
-        )
+        try:
+            status = to_status(exc)
+        except Exception:  # a malformed error (say, metadata not str): still no traceback
+            log.exception("cannot build the status of %r", exc)
+        else:
+            await context.abort_with_status(status)  # type: ignore[attr-defined]
     log.exception("unhandled error in RPC handler", exc_info=exc)
     await context.abort_with_status(  # type: ignore[attr-defined]
         internal_status()

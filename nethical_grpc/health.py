@@ -1,6 +1,7 @@
 """``grpc.health.v1.Health``: the grpc.aio servicer, and the client that follows it.
 
-Check answers the current status (NOT_FOUND for an unknown service). Watch sends the
+Check answers the current status (NOT_FOUND for an unknown service); List, every known
+service's status (the "" of the whole server included). Watch sends the
 current status, then every change; when the server stops, :meth:`close` sends the final
 status and ends each Watch stream, so long-lived watchers (the coordinator keeps one per
 instance) do not hold the server's shutdown for its whole grace period.
@@ -65,6 +66,16 @@ class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
                 f"unknown service {clip(repr(request.service), MAX_MESSAGE_BYTES)}",
             )
         return health_pb2.HealthCheckResponse(status=status)
+
+    async def List(  # noqa: N802
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> health_pb2.HealthListResponse:
+        return health_pb2.HealthListResponse(
+            statuses={
+                service: health_pb2.HealthCheckResponse(status=status)
+                for service, status in self._status.items()
+            }
+        )
 
     async def Watch(  # noqa: N802
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]

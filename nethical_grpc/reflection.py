@@ -14,7 +14,7 @@ with the contract's comments.
   find a method's full name (grpc/grpc#34743), so ``describe pkg.Service.Method`` failed
   with "Symbol not found". When a symbol is not found, the file of its parent (the
   service that holds the method, the message that holds a field) is the answer, which is
-  what the protocol asks for.
+  what the protocol asks for; a name its parent does not hold is NOT_FOUND.
 """
 
 from __future__ import annotations
@@ -79,13 +79,39 @@ class _ReflectionServicer(reflection.aio.ReflectionServicer):  # type: ignore[mi
         return self._files_response(descriptor, request)
 
     def _file_containing_symbol(self, request: Any, fully_qualified_name: str) -> Any:
-        for name in (fully_qualified_name, fully_qualified_name.rsplit(".", 1)[0]):
-            try:
-                descriptor = self._pool.FindFileContainingSymbol(name)
-            except KeyError:
-                continue
-            return self._files_response(descriptor, request)
-        return super()._file_containing_symbol(request, fully_qualified_name)
+        try:
+            descriptor = self._pool.FindFileContainingSymbol(fully_qualified_name)
+        except KeyError:
+            descriptor = self._file_of_member(fully_qualified_name)
+        if descriptor is None:
+            return super()._file_containing_symbol(request, fully_qualified_name)
+        return self._files_response(descriptor, request)
+
+    def _file_of_member(self, fully_qualified_name: str) -> Any:
+        """The file of the service or message holding ``fully_qualified_name`` as a
+        method, field, oneof, nested type or extension; None when it holds no such
+        member (an unknown name is NOT_FOUND, not its parent's file)."""
+        parent, _, member = fully_qualified_name.rpartition(".")
+        if not parent or not member:
+            return None
+        try:
+            service = self._pool.FindServiceByName(parent)
+        except KeyError:
+            pass
+        else:
+            return service.file if member in service.methods_by_name else None
+        try:
+            message = self._pool.FindMessageTypeByName(parent)
+        except KeyError:
+            return None
+        members = (
+            message.fields_by_name,
+            message.oneofs_by_name,
+            message.nested_types_by_name,
+            message.enum_types_by_name,
+            message.extensions_by_name,
+        )
+        return message.file if any(member in m for m in members) else None
 
     def _files_response(self, descriptor: Any, request: Any) -> Any:
         """The file and every file it imports, the mesh's own with their comments."""

@@ -99,14 +99,22 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
 
 def top_level_fields(data: bytes) -> list[tuple[int, int | bytes]]:
     """The top-level fields of an encoded message, in order: ``(number, value)`` with
-    varints as ``int`` and length-delimited values as ``bytes``; ``ValueError`` for any
-    other wire type or bytes that do not parse."""
+    varints as ``int`` and length-delimited values as ``bytes``. Fixed-width fields
+    (fixed32/fixed64, float/double) are skipped, as protobuf skips a field it does not
+    know: an envelope's readers know none, and a newer writer may add one. ``ValueError``
+    for groups and bytes that do not parse (field number 0, a field cut short)."""
     out: list[tuple[int, int | bytes]] = []
     pos = 0
     while pos < len(data):
         key, pos = _read_varint(data, pos)
         number, wire_type = key >> 3, key & 7
-        if wire_type == 0:
+        if number == 0:
+            raise ValueError("field number 0")
+        if wire_type in (1, 5):
+            pos += 8 if wire_type == 1 else 4
+            if pos > len(data):
+                raise ValueError("truncated fixed-width field")
+        elif wire_type == 0:
             value, pos = _read_varint(data, pos)
             out.append((number, value))
         elif wire_type == 2:
