@@ -17,11 +17,17 @@ operation on a call whose answer is being written, and such a call never got a s
 
 A handler may also answer with ``bytes``: an answer it encoded itself (say, one it
 keeps encoded for many callers), which goes out as it is.
+
+An exception a handler lets out (the mesh's servicers map their own errors; the health
+and reflection services, or a bug, may not) ends the call INTERNAL with no text of it,
+and is logged: gRPC would send UNKNOWN with the exception's class and message. A method
+a servicer leaves out (its generated base raises ``NotImplementedError``) is UNIMPLEMENTED.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn
 
@@ -30,10 +36,15 @@ from google.protobuf.message import DecodeError
 
 from nethical_grpc import interceptor_types
 from nethical_grpc.call_limit import CallGate
-from nethical_grpc.errors import InvalidArgument, to_status
+from nethical_grpc.errors import InvalidArgument, internal_status, to_status
 
 Handler = interceptor_types.Handler
 Context = interceptor_types.Context
+
+log = logging.getLogger(__name__)
+
+#: What ends a call on purpose: an abort (the handler's own status).
+_ENDED = (grpc.aio.AbortError,)
 
 #: Wrapped handlers remembered (far more than a server's methods).
 _MAX_WRAPPED = 1024
@@ -50,6 +61,17 @@ class UnparsableRequest(InvalidArgument):
 async def _reject(context: Context, error: InvalidArgument) -> NoReturn:
     await context.abort_with_status(to_status(error))  # type: ignore[attr-defined]
     raise AssertionError("abort_with_status returned")  # it raises, ending the call
+
+
+async def _internal(context: Context, exc: Exception) -> NoReturn:
+    """End the call INTERNAL for an exception its handler let out (logged, not sent);
+    UNIMPLEMENTED for the ``NotImplementedError`` of a method a servicer leaves out (as
+    generated servicers do)."""
+    if isinstance(exc, NotImplementedError):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not implemented")
+    log.error("unhandled error in an RPC handler", exc_info=exc)
+    await context.abort_with_status(internal_status())  # type: ignore[attr-defined]
+    raise AssertionError("abort_with_status returned")
 
 
 async def _parse_stream(
@@ -154,7 +176,12 @@ def _parsing(handler: Handler) -> Handler:
                 request = parse(raw)
             except (DecodeError, ValueError):
                 await _reject(context, UnparsableRequest.at("request"))
-            return await behavior(request, context)
+            try:
+                return await behavior(request, context)
+            except _ENDED:
+                raise
+            except Exception as exc:
+                await _internal(context, exc)
 
         return grpc.unary_unary_rpc_method_handler(unary_unary, None, out)
     if handler.unary_stream is not None:
@@ -165,8 +192,13 @@ def _parsing(handler: Handler) -> Handler:
                 request = parse(raw)
             except (DecodeError, ValueError):
                 await _reject(context, UnparsableRequest.at("request"))
-            async for item in _respond(stream_behavior(request, context)):
-                yield item
+            try:
+                async for item in _respond(stream_behavior(request, context)):
+                    yield item
+            except _ENDED:
+                raise
+            except Exception as exc:
+                await _internal(context, exc)
 
         return grpc.unary_stream_rpc_method_handler(unary_stream, None, out)
     if handler.stream_unary is not None:
@@ -177,6 +209,10 @@ def _parsing(handler: Handler) -> Handler:
                 return await collect(_parse_stream(parse, raw), context)
             except UnparsableRequest as error:  # a handler that let it through
                 await _reject(context, error)
+            except _ENDED:
+                raise
+            except Exception as exc:
+                await _internal(context, exc)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, None, out)
     if handler.stream_stream is not None:
@@ -188,6 +224,10 @@ def _parsing(handler: Handler) -> Handler:
                     yield item
             except UnparsableRequest as error:  # a handler that let it through
                 await _reject(context, error)
+            except _ENDED:
+                raise
+            except Exception as exc:
+                await _internal(context, exc)
 
         return grpc.stream_stream_rpc_method_handler(stream_stream, None, out)
     return handler

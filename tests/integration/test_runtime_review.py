@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from nethical_grpc.errors import FieldViolation, InvalidArgument, details_from_error, rpc_errors
 from nethical_grpc.server_runtime import MeshServer, start_server
-from nethical_grpc.v1 import region_node_pb2
+from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
 
 REGION_SERVICE = "nethical_grpc.v1.RegionNodeService"
 TEST_SERVICE = "nethical_test.Echo"
@@ -173,3 +173,61 @@ async def test_an_error_whose_status_cannot_be_built_is_internal_without_text() 
         await server.drain(announce_s=0.0, grace_s=0.0)
     assert caught.value.code() is grpc.StatusCode.INTERNAL
     assert caught.value.details() == "internal error; see the server log"
+
+
+class _Broken(region_node_pb2_grpc.RegionNodeServiceServicer):
+    """A servicer whose handlers let an unexpected exception out (a bug)."""
+
+    async def GetNodeInfo(  # noqa: N802
+        self, request: region_node_pb2.GetNodeInfoRequest, context: object
+    ) -> region_node_pb2.GetNodeInfoResponse:
+        raise KeyError("secret-internal-detail")
+
+    async def StreamSummaries(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[region_node_pb2.StreamSummariesRequest],
+        context: object,
+    ) -> AsyncIterator[region_node_pb2.StreamSummariesResponse]:
+        async for _ in request_iterator:
+            raise RuntimeError("secret-internal-detail")
+        yield region_node_pb2.StreamSummariesResponse()
+
+
+async def test_an_exception_a_handler_lets_out_is_internal_without_its_text() -> None:
+    """gRPC answered UNKNOWN "Unexpected <class 'KeyError'>: 'secret-internal-detail'"."""
+    server = await start_server(
+        [lambda s: region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(_Broken(), s)],
+        [REGION_SERVICE],
+    )
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = region_node_pb2_grpc.RegionNodeServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.GetNodeInfo(region_node_pb2.GetNodeInfoRequest(), timeout=5)
+            assert err.value.code() == grpc.StatusCode.INTERNAL
+            assert "secret" not in (err.value.details() or "")
+            assert "Unexpected" not in (err.value.details() or "")
+            call = stub.StreamSummaries(timeout=5)
+            await call.write(region_node_pb2.StreamSummariesRequest())
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call.read()
+            assert err.value.code() == grpc.StatusCode.INTERNAL
+            assert "secret" not in (err.value.details() or "")
+    finally:
+        await server.drain(announce_s=0, grace_s=0)
+
+
+async def test_a_method_a_servicer_leaves_out_is_unimplemented_without_python_text() -> None:
+    server = await start_server(
+        [lambda s: region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(_Broken(), s)],
+        [REGION_SERVICE],
+    )
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = region_node_pb2_grpc.RegionNodeServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.GetSummaries(region_node_pb2.GetSummariesRequest(), timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert "<class" not in (err.value.details() or "")
+    finally:
+        await server.drain(announce_s=0, grace_s=0)
