@@ -39,15 +39,17 @@ COPY coordinator ./coordinator
 
 RUN python -m pip wheel --no-deps --wheel-dir /dist .
 
-# torch only comes from TORCH_INDEX_URL when an extra that holds it (gpu, all) is asked
-# for. pip writes the .pyc files here (the runtime root filesystem is read-only); --help
+# When an extra that holds torch (gpu, all) is asked for, torch is installed first and
+# alone from TORCH_INDEX_URL (never as an extra index beside PyPI: pip would take PyPI's
+# CUDA build whenever its version is higher); the wheel's install then finds it in place.
+# pip writes the .pyc files here (the runtime root filesystem is read-only); --help
 # proves the CLI loads.
 RUN python -m venv /opt/nethical \
     && extras="$(echo "${EXTRAS}" | tr -d ' ')" \
-    && set -- \
-    && case ",${extras}," in *,gpu,*|*,all,*) set -- --extra-index-url "${TORCH_INDEX_URL}" ;; esac \
+    && case ",${extras}," in *,gpu,*|*,all,*) \
+         /opt/nethical/bin/pip install --index-url "${TORCH_INDEX_URL}" "torch>=2.3" ;; esac \
     && wheel="$(echo /dist/nethical_mesh-*.whl)" \
-    && /opt/nethical/bin/pip install "$@" "${wheel}[${extras}]" \
+    && /opt/nethical/bin/pip install "${wheel}[${extras}]" \
     && /opt/nethical/bin/nethical-mesh --help > /dev/null
 
 # ---- runtime: the venv on a clean slim base, no compilers, no pip cache, non-root ----

@@ -9,6 +9,7 @@ region addresses against the StatefulSets and their headless Services.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -569,3 +570,87 @@ def test_every_server_checks_bearer_tokens_from_a_secret(rendered: list[Obj]) ->
         args = _parsed_args(rendered, coordinator)
     assert str(args.auth_tokens_file) == env["NETHICAL_AUTH_TOKENS_FILE"]
     assert str(args.region_token_file) == env["NETHICAL_REGION_TOKEN_FILE"]
+
+
+# --------------------------------------------------------------------------- Grafana dashboard
+# deploy/grafana/nethical-mesh-dashboard.json, as the operator imports it next to this
+# deployment (two coordinator replicas; tests/integration/test_telemetry.py checks that
+# every metric and label it queries is exported).
+
+DASHBOARD = ROOT / "deploy" / "grafana" / "nethical-mesh-dashboard.json"
+# Grafana units that read "per second": on a series that is not a rate they mislabel it
+PER_SECOND_UNITS = {"reqps", "rps", "ops", "wps", "iops", "opm", "Bps", "bps", "KBs", "MBs"}
+BYTE_UNITS = {"bytes", "decbytes"}
+# gauges and counters that every coordinator replica reports about the same region node:
+# summed across replicas, two coordinators show each node (and each change) twice
+PER_COORDINATOR_VIEWS = ("nethical_instance_up", "nethical_health_transitions_total")
+
+
+def _dashboard_panels() -> list[Obj]:
+    doc = json.loads(DASHBOARD.read_text())
+    out: list[Obj] = []
+
+    def walk(panels: list[Obj]) -> None:
+        for panel in panels:
+            if panel.get("type") != "row":
+                out.append(panel)
+            walk(panel.get("panels", []))
+
+    walk(doc["panels"])
+    return out
+
+
+def _target_unit(panel: Obj, ref_id: str) -> str:
+    """The unit Grafana shows a target's series in: a byFrameRefID override, else the
+    panel's default."""
+    config = panel.get("fieldConfig", {})
+    unit: str = config.get("defaults", {}).get("unit", "")
+    for override in config.get("overrides", []):
+        matcher = override.get("matcher", {})
+        if matcher.get("id") == "byFrameRefID" and matcher.get("options") == ref_id:
+            for prop in override.get("properties", []):
+                if prop.get("id") == "unit":
+                    unit = prop["value"]
+    return unit
+
+
+def test_dashboard_units_match_what_each_query_returns() -> None:
+    """A gauge (instances up, 0/1 flags) drawn in ops/s, or a process's resident memory
+    drawn in ops/s beside record rates, tells the operator the wrong thing."""
+    for panel in _dashboard_panels():
+        for target in panel.get("targets", []):
+            expr, unit = target["expr"], _target_unit(panel, target["refId"])
+            where = f"{panel['title']!r} {target['refId']}: {expr} in {unit!r}"
+            is_rate = re.search(r"\b(?:i?rate)\(", expr) is not None
+            if unit in PER_SECOND_UNITS:
+                assert is_rate, f"not a rate, shown per second: {where}"
+                assert "histogram_quantile" not in expr and " / " not in expr, where
+            if re.search(r"[a-z_]+_bytes\b(?!_)", expr) and not is_rate:
+                assert unit in BYTE_UNITS, f"bytes shown as {unit!r}: {where}"
+
+
+def test_dashboard_counts_each_region_node_once_across_coordinator_replicas(
+    rendered: list[Obj],
+) -> None:
+    """Every coordinator replica reports each region node's health: a panel must take
+    one replica's view per node (max/min by the node), not their sum."""
+    replicas = _one(rendered, "Deployment", "coordinator")["spec"]["replicas"]
+    assert replicas > 1, "the check below matters because coordinators are replicated"
+    seen = set()
+    for panel in _dashboard_panels():
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for metric in PER_COORDINATOR_VIEWS:
+                if metric not in expr:
+                    continue
+                seen.add(metric)
+                # the aggregation applied to the metric itself (through rate/increase)
+                inner = re.search(
+                    r"(\w+)\s+by\s*\(([^)]*)\)\s*\(\s*(?:\w+\(\s*)?" + metric + r"\b", expr
+                )
+                where = f"{panel['title']!r}: {expr}"
+                assert inner is not None, f"{metric} not aggregated per node: {where}"
+                op, labels = inner[1], {x.strip() for x in inner[2].split(",")}
+                assert op in ("max", "min"), f"{op} adds up the coordinators' views: {where}"
+                assert {"region", "node_instance"} <= labels, where
+    assert seen == set(PER_COORDINATOR_VIEWS)
