@@ -36,7 +36,6 @@ behind a sustained load hold new evaluations back instead (:meth:`Persister.room
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -44,7 +43,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Final, Literal, Protocol, runtime_checkable
+from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 from nethical_grpc import convert, telemetry
 from nethical_grpc.event_wait import wait_until
@@ -180,6 +179,10 @@ class _RecordQueue:
         self.store: Final = store
         self.pending: deque[tuple[str, Outcome]] = deque()
         self.retry: list[tuple[str, Outcome]] | None = None
+        # the store's write of ``retry`` that a cancelled round left running (a write in
+        # a store's thread goes on): its outcome is awaited before the batch is written
+        # again, so a write that was in fact done is not done twice
+        self.writing: asyncio.Future[object] | None = None
 
     def __len__(self) -> int:
         return len(self.pending) + (len(self.retry) if self.retry is not None else 0)
@@ -231,6 +234,12 @@ class Persister:
         # start() running in the background (start_soon)
         self._starting: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        # profile writes take turns (the stop's may start while a round's still runs: two
+        # at once would both merge the deltas in doubt)
+        self._profile_lock = asyncio.Lock()
+        # set by stop(): the loop ends at its next turn (also when a store's client turned
+        # the loop's cancel into an error of its own), and no loop starts after it
+        self._stopping = False
         self._retry_windows: list[WindowSummaryRow] = []
         # the last segment of the node's write-ahead log the store holds, from its mark
         # (read by restore)
@@ -388,14 +397,25 @@ class Persister:
         budget = len(queue)
         while budget > 0 and (batch := queue.next_batch()) is not None:
             budget -= len(batch)
+            writing = queue.writing
+            if writing is None:
+                writing = asyncio.ensure_future(write(batch))
             try:
-                await write(batch)
+                # shielded: a cancel ends this wait at once, but not the write, which may
+                # go on in the store (in its thread) and whose outcome counts
+                await asyncio.shield(writing)
             except asyncio.CancelledError:
-                # a stop cut the write short (the loop's task, or the stop's own bound):
-                # the batch is kept for the next round, not lost with the task
+                if writing.cancelled():  # the write itself was cancelled: not done
+                    queue.writing = None
+                else:
+                    # a stop cut the wait short (the loop's task, or the stop's own
+                    # bound): the batch is kept, and the next round learns how the
+                    # write that runs on ended before it writes the batch again
+                    queue.writing = writing
                 queue.retry = batch
                 raise
             except ValueError as exc:
+                queue.writing = None
                 # the store refuses this data for good: retrying would block every later
                 # write, so the batch is dropped and counted
                 queue.retry = None
@@ -410,6 +430,7 @@ class Persister:
             except Exception as exc:
                 # retried as it is next round (audit records keep their ids, and metric
                 # batches their numbers, so the store drops what it already has)
+                queue.writing = None
                 self.stores.write_failed(queue.store, exc)
                 queue.retry = batch
                 self._written.set()  # evaluations waiting for room stop waiting
@@ -417,7 +438,7 @@ class Persister:
                     "writing evaluations to the %s store failed (will retry): %s", queue.store, exc
                 )
                 return
-            queue.retry = None
+            queue.retry = queue.writing = None
             self.stores.write_succeeded(queue.store)
             self._written.set()
 
@@ -891,11 +912,15 @@ class Persister:
         except Exception as exc:
             log.warning("applying the time-series store's retention failed: %s", exc)
 
+    async def _write_profiles(self) -> None:
+        async with self._profile_lock:
+            await self.profile_writer.write()
+
     async def round(self, windows: bool, profiles: bool = True) -> None:
         async with self._lock:
             await self._write_outcomes()
             if profiles:
-                await self.profile_writer.write()
+                await self._write_profiles()
             if windows:
                 await self.flush_windows()
                 if self.answers_for_region:
@@ -908,7 +933,7 @@ class Persister:
         next_flush = time.monotonic() + self.flush_interval_s
         next_profiles = time.monotonic() + PROFILE_INTERVAL_S
         next_retention = next_audit_retention = time.monotonic()
-        while True:
+        while not self._stopping:
             if self._behind(_WRITE_BATCH):
                 # at once while more than a batch waits for a store that answers (a round
                 # writes only what waited at its start)
@@ -962,7 +987,7 @@ class Persister:
             if self.answers_for_region:
                 await self.refresh_peers()
         finally:
-            if self._task is None:
+            if self._task is None and not self._stopping:
                 self._task = asyncio.get_running_loop().create_task(self.run())
 
     def start_soon(self) -> None:
@@ -983,24 +1008,45 @@ class Persister:
         """Stop the loop and write everything still pending: a clean stop loses nothing
         while the stores answer. A store that does not answer within
         :data:`STOP_WRITE_LIMIT_S` (down: each write would wait for its connection pool)
-        does not hold the stop past it; what was left unwritten is logged with its size
-        (with ``--wal-dir`` the windows' batches stay in the log for the next start)."""
-        if self._starting is not None:  # a restore still running (start_soon): ended here
-            self._starting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._starting
-            self._starting = None
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        does not hold the stop past it, nor the other stores' writes (the records of each
+        store, the windows and the profiles are written side by side); what was left
+        unwritten is logged with its size (with ``--wal-dir`` the windows' batches stay
+        in the log for the next start)."""
+        self._stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_WRITE_LIMIT_S
+        # a restore still running (start_soon), then the loop: cancelled. A store's client
+        # may turn the cancel into an error of its own and go on (psycopg, while it waits
+        # on a server that does not answer): the loop then ends at its next turn, and the
+        # stop does not wait for it past its bound
+        for attr in ("_starting", "_task"):
+            task: asyncio.Task[None] | None = getattr(self, attr)
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task], timeout=max(0.0, deadline - loop.time()))
+                setattr(self, attr, None)
         self._written.set()  # evaluations waiting for room: no loop writes any more
-        try:
-            async with asyncio.timeout(STOP_WRITE_LIMIT_S):
-                await self.round(windows=True)
-        except TimeoutError:
-            pass
+
+        async def records() -> None:
+            async with self._lock:  # a loop's round that is still running ends first
+                for result in await asyncio.gather(
+                    self._write_outcomes(), self.flush_windows(), return_exceptions=True
+                ):
+                    if isinstance(result, Exception):
+                        log.warning("writing to the stores at the stop failed: %s", result)
+
+        lanes = [loop.create_task(records()), loop.create_task(self._write_profiles())]
+        _, late = await asyncio.wait(lanes, timeout=max(0.0, deadline - loop.time()))
+        for lane in late:
+            lane.cancel()
+        for lane in lanes:
+            lane.add_done_callback(_log_lane_error)
+        for queue in (self._points, self._audits):
+            # a write that did not end in time is given up (its batch counts as unwritten)
+            if queue.writing is not None:
+                queue.writing.cancel()
+                queue.writing.add_done_callback(_log_lane_error)
+                queue.writing = None
         self.stopped = True  # records of later evaluations are counted as dropped
         for store in list(self._unlogged_drops):  # drops not told yet
             self._log_drops(store, 0, now=True)
@@ -1016,3 +1062,9 @@ class Persister:
                 windows,
                 STOP_WRITE_LIMIT_S,
             )
+
+
+def _log_lane_error(task: asyncio.Future[Any]) -> None:
+    """Retrieve (and log) the error of a write the stop gave up on."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning("a store write abandoned at the stop failed: %s", exc)

@@ -20,10 +20,12 @@ reading them back.
   written, for the :data:`MAX_WRITERS` latest writers of the agent). The deltas of a
   failed write are kept *in doubt* with its sequence number; the next write of the agent
   merges them in only if the cached profile does not carry that number (or a later one)
-  for this writer, inside the same atomic update. Limits: an agent's token is forgotten
-  once :data:`MAX_WRITERS` other processes wrote the agent after it, and past
-  :data:`MAX_IN_DOUBT` failed writes of one agent in a row the oldest two are kept as one
-  (with the later number); in either case an applied write may count twice. Nodes of an
+  for this writer, inside the same atomic update. A chunk's update that the cache runs
+  again after a broken connection (which redis-py reports as a conflict) finds its own
+  number when the first run was applied, and adds nothing again. Limits: an agent's
+  token is forgotten once :data:`MAX_WRITERS` other processes wrote the agent after it,
+  and past :data:`MAX_IN_DOUBT` failed writes of one agent in a row the oldest two are
+  kept as one (with the later number); in either case an applied write may count twice. Nodes of an
   earlier version drop the tokens when they write an agent (their writes are merged as
   before; ours after theirs may then count twice).
 * **While Redis is away** the deltas wait (bounded: at most the book's ``max_agents``
@@ -175,12 +177,17 @@ class ProfileWriter:
                 else:
                     writes = writes_of(found)
                 applied = writes.get(writer, 0)
-                for doubt_seq, doubt in in_doubt.get(agent, ()):
-                    if doubt_seq > applied:  # that write did not reach the cache
-                        profile = profile.merge(doubt, recent)
-                delta = deltas.get(agent)
-                if delta is not None:
-                    profile = profile.merge(delta, recent)
+                if applied < seq:
+                    for doubt_seq, doubt in in_doubt.get(agent, ()):
+                        if doubt_seq > applied:  # that write did not reach the cache
+                            profile = profile.merge(doubt, recent)
+                    delta = deltas.get(agent)
+                    if delta is not None:
+                        profile = profile.merge(delta, recent)
+                # else this very write was applied: the transaction ran, its answer was
+                # lost and the cache runs it again (redis-py reports the broken
+                # connection of a watched transaction as a conflict); the cached
+                # profile holds its deltas already
                 writes[writer] = seq
                 value = profile.to_dict()
                 value[WRITES_FIELD] = latest_writes(writes)

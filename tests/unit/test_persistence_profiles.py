@@ -427,3 +427,34 @@ async def test_deltas_in_doubt_wake_the_idle_loop_until_they_are_written(
         assert (await cached_profile(proxied.direct, "frank"))["evaluations"] == 2
     finally:
         await p.stop()
+
+
+async def test_a_transaction_retried_after_its_lost_answer_counts_its_evaluations_once(
+    proxied: ProxiedRedis,
+) -> None:
+    """Redis runs the EXEC, its answer is lost, and the connection breaks: redis-py turns
+    the break of a watched transaction into a WatchError, so the cache runs the update
+    again at once, on a fresh connection that works. The second run finds this write's
+    own token in the cached profile: the write was applied, and its delta is not added
+    again."""
+    proxy, stores, direct = proxied.proxy, proxied.stores, proxied.direct
+    book = ProfileBook()
+    writer = ProfileWriter(stores, book)
+    book.update(outcomes("lee", 3))
+    await writer.write()
+    assert (await cached_profile(direct, "lee"))["evaluations"] == 3
+
+    def cut_then_reconnect() -> None:
+        # the broken connection's answer is gone; a new connection reaches Redis
+        CuttableProxy.cut(proxy)
+        proxy.restore()
+
+    proxy.cut = cut_then_reconnect  # type: ignore[method-assign]
+    proxy.lose_replies_after(b"EXEC")
+    book.update(outcomes("lee", 2, start_ns=10_000))
+    await writer.write()
+    assert not stores.cache_choice.fallback  # the retry succeeded
+    assert writer.in_doubt == {}
+    assert (await cached_profile(direct, "lee"))["evaluations"] == 5
+    local = book.get("lee")
+    assert local is not None and local.evaluations == 5
