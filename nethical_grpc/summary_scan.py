@@ -16,12 +16,17 @@ fields are skipped, as protobuf does. For anything else it answers
 accept the same messages and give the same summaries (a property test holds them
 equal). Without Numba there is no scan: ``None`` again.
 
-The scan checks the encoding only. :func:`values_valid` then tells, in one compiled pass
-over the columns, whether every value passes the checks that
-:mod:`nethical_grpc.convert` applies to a parsed message (the same conditions, by the
-same float arithmetic; a count of 2**53 or more, or a histogram part over 2**62, is left
-to them): when it does, those per-series checks are skipped; when not, they run and name
-what they refuse. A property test holds the two to the same verdict.
+The scan checks the encoding only, all of what protobuf checks: keys and length
+prefixes of at most five bytes, strings in UTF-8, and the privacy field (parsed by
+protobuf here). An answer protobuf would refuse is refused whatever its series hold,
+as protobuf refuses it before any series is looked at.
+
+:func:`values_valid` then tells, in one compiled pass over the columns, whether every
+value passes the checks that :mod:`nethical_grpc.convert` applies to a parsed message
+(the same conditions, by the same float arithmetic; a count of 2**53 or more, or a
+histogram part over 2**62, is left to them): when it does, those per-series checks are
+skipped; when not, they run and name what they refuse. A property test holds the two to
+the same verdict.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
+from google.protobuf.message import DecodeError
 
 from nethical_grpc.jit import bits_float, is_jit_available, maybe_njit
 from nethical_grpc.summary.exponential_histogram import (
@@ -40,6 +46,7 @@ from nethical_grpc.summary.exponential_histogram import (
     index_limits,
 )
 from nethical_grpc.summary.moments import consistency_conditions
+from nethical_grpc.v1 import summary_pb2
 from nethical_grpc.validation import MAX_ABS_VALUE
 
 __all__ = ["ScannedSummaries", "scan", "values_valid", "warmup"]
@@ -143,14 +150,74 @@ def _varint(buf: Buf, pos: int, end: int) -> tuple[int, int]:  # pragma: no cove
     return 0, -1
 
 
+#: The most bytes protobuf reads in a field's key or a length prefix (a 32-bit varint):
+#: it refuses a longer one, however small its value.
+_SHORT_VARINT: Final = 5
+
+
 @maybe_njit(cache=True)
 def _key(buf: Buf, pos: int, end: int) -> tuple[int, int, int]:  # pragma: no cover
     """A field's (number, wire type, position after its key); position -1 if malformed
-    (protobuf also refuses field number 0 and keys beyond 32 bits)."""
+    (protobuf also refuses field number 0, keys beyond 32 bits and keys written in more
+    than five bytes)."""
+    if pos < end and 8 <= buf[pos] < 0x80:  # most keys: one byte, field number > 0
+        b = np.int64(buf[pos])
+        return b >> 3, b & 7, pos + 1  # type: ignore[return-value]  # int64 under Numba
+    start = pos
     key, pos = _varint(buf, pos, end)
-    if pos >= 0 and (key >> 3 == 0 or key > 0xFFFFFFFF or key < 0):
+    if pos >= 0 and (key >> 3 == 0 or key > 0xFFFFFFFF or key < 0 or pos - start > _SHORT_VARINT):
         return 0, 0, -1
     return key >> 3, key & 7, pos
+
+
+@maybe_njit(cache=True)
+def _utf8(buf: Buf, pos: int, end: int) -> bool:  # pragma: no cover
+    """Whether ``buf[pos:end]`` is well-formed UTF-8, as protobuf requires of a string
+    field (no overlong forms, no surrogates, nothing past U+10FFFF)."""
+    while pos < end:  # names are ASCII, as a rule: the rest out of line
+        if buf[pos] >= 0x80:
+            return _utf8_from(buf, pos, end)
+        pos += 1
+    return True
+
+
+@maybe_njit(cache=True)
+def _utf8_from(buf: Buf, pos: int, end: int) -> bool:  # pragma: no cover
+    """:func:`_utf8` from ``pos`` on."""
+    while pos < end:
+        b = buf[pos]
+        if b < 0x80:
+            pos += 1
+            continue
+        lo = 0x80  # the range of the second byte; later ones are 0x80..0xBF
+        hi = 0xBF
+        if 0xC2 <= b <= 0xDF:
+            n = 1
+        elif 0xE0 <= b <= 0xEF:
+            n = 2
+            if b == 0xE0:
+                lo = 0xA0
+            elif b == 0xED:
+                hi = 0x9F
+        elif 0xF0 <= b <= 0xF4:
+            n = 3
+            if b == 0xF0:
+                lo = 0x90
+            elif b == 0xF4:
+                hi = 0x8F
+        else:
+            return False
+        if pos + n >= end:  # the sequence runs past the string
+            return False
+        c = buf[pos + 1]
+        if c < lo or c > hi:
+            return False
+        for k in range(2, n + 1):
+            c = buf[pos + k]
+            if c < 0x80 or c > 0xBF:
+                return False
+        pos += n + 1
+    return True
 
 
 @maybe_njit(cache=True)
@@ -172,10 +239,8 @@ def _skip(buf: Buf, pos: int, end: int, wire: int) -> int:  # pragma: no cover
     if wire == _I32:
         return pos + 4 if pos + 4 <= end else -1
     if wire == _LEN:
-        n, pos = _varint(buf, pos, end)
-        if pos < 0 or n < 0 or n > end - pos:
-            return -1
-        return pos + n
+        start, stop = _len_field(buf, pos, end)
+        return stop if start >= 0 else -1
     return -2
 
 
@@ -249,10 +314,9 @@ def _buckets(
             if wire != _LEN or seen & 4:  # unpacked or split counts: left to protobuf
                 return _UNSUPPORTED, n_counts, total
             seen |= 4
-            n, pos = _varint(buf, pos, end)
-            if pos < 0 or n < 0 or n > end - pos:
+            pos, stop = _len_field(buf, pos, end)
+            if pos < 0:
                 return _MALFORMED, n_counts, total
-            stop = pos + n
             while pos < stop:  # decode first: a loop with nothing else in it
                 b = buf[pos]
                 if b < 0x80:  # most counts fit in one byte
@@ -302,9 +366,11 @@ def _buckets(
 
 @maybe_njit(cache=True)
 def _len_field(buf: Buf, pos: int, end: int) -> tuple[int, int]:  # pragma: no cover
-    """(start, end) of a length-delimited value; start -1 if malformed."""
+    """(start, end) of a length-delimited value; start -1 if malformed: past ``end``,
+    or its length written in more than five bytes (which protobuf refuses)."""
+    start = pos
     n, pos = _varint(buf, pos, end)
-    if pos < 0 or n < 0 or n > end - pos:
+    if pos < 0 or n < 0 or n > end - pos or pos - start > _SHORT_VARINT:
         return -1, -1
     return pos, pos + n
 
@@ -358,7 +424,7 @@ def _series(
                         return _UNSUPPORTED, n_labels, n_counts
                     entry_seen |= 1 << f2
                     s2, e2 = _len_field(buf, p, stop)
-                    if s2 < 0:
+                    if s2 < 0 or not _utf8(buf, s2, e2):
                         return _MALFORMED, n_labels, n_counts
                     labels[n_labels, 2 * (f2 - 1)] = s2
                     labels[n_labels, 2 * (f2 - 1) + 1] = e2
@@ -391,6 +457,8 @@ def _series(
             return _MALFORMED, n_labels, n_counts
         pos = stop
         if field == 1:
+            if not _utf8(buf, start, stop):
+                return _MALFORMED, n_labels, n_counts
             ints[METRIC_START] = start
             ints[METRIC_END] = stop
         elif field == 4 or field == 5:
@@ -583,12 +651,12 @@ def _scan(
             if status != _OK:
                 break
             n_series += 1
-        elif field == 2:
-            head[REGION_START] = start
-            head[REGION_END] = stop
-        elif field == 3:
-            head[INSTANCE_START] = start
-            head[INSTANCE_END] = stop
+        elif field == 2 or field == 3:
+            if not _utf8(buf, start, stop):  # refused by protobuf, whatever else is wrong
+                status = _MALFORMED
+                break
+            head[REGION_START if field == 2 else INSTANCE_START] = start
+            head[REGION_END if field == 2 else INSTANCE_END] = stop
         elif field == 5:
             status, seconds, nanos = _timestamp(buf, start, stop)
             if status != _OK:
@@ -613,6 +681,13 @@ def scan(data: bytes) -> ScannedSummaries | None:
     )
     if status != _OK:
         return None
+    if head[PRIVACY_START] >= 0:
+        # read whole here, as protobuf reads the answer: a privacy field that does not
+        # parse makes the answer one that does not parse, whatever its series hold
+        try:
+            summary_pb2.PrivacyInfo.FromString(data[head[PRIVACY_START] : head[PRIVACY_END]])
+        except DecodeError:
+            return None
     return ScannedSummaries(
         head,
         ints[:n_series],

@@ -1073,6 +1073,10 @@ def _quantile_kernel(
             out[i] = np.nan
         else:
             rank = np.uint64(math.floor(float(n - np.uint64(1)) * qs[i]))
+            # in doubles, above 2**53 counts, the product rounds: past the last rank,
+            # or below it for q = 1 (whose rank is the last one exactly)
+            if rank > n - np.uint64(1) or qs[i] == 1.0:
+                rank = n - np.uint64(1)
             if rank < neg_total:
                 j = int(np.searchsorted(cum_neg, rank, side="right"))
                 out[i] = -_estimate(neg_offset + (n_neg - 1 - j), scale, table, factor)

@@ -786,7 +786,11 @@ class ExponentialHistogram:
         n = below_pos + (int(cum_pos[-1]) if cum_pos.shape[0] else 0)
         if n == 0:
             return np.full(q.shape, np.nan)
-        ranks = np.floor((n - 1) * q).astype(np.uint64)
+        # in doubles, above 2**53 counts, the product rounds: past the last rank, or
+        # below it for q = 1 (whose rank is the last one exactly)
+        last = np.uint64(n - 1)
+        ranks = np.minimum(np.floor((n - 1) * q).astype(np.uint64), last)
+        ranks[q == 1.0] = last
         factor = 1.0 + self.relative_error  # 2LU/(L+U) == L * 2*base/(1+base) == L*(1+err)
         if below_pos == 0:  # only positive values: every rank falls in a positive bucket
             found = np.searchsorted(cum_pos, ranks, side="right")
