@@ -4,6 +4,7 @@ text that is not valid UTF-8 (real servers on port 0, plain grpc.aio clients).""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -193,41 +194,39 @@ class _Broken(region_node_pb2_grpc.RegionNodeServiceServicer):
         yield region_node_pb2.StreamSummariesResponse()
 
 
-async def test_an_exception_a_handler_lets_out_is_internal_without_its_text() -> None:
-    """gRPC answered UNKNOWN "Unexpected <class 'KeyError'>: 'secret-internal-detail'"."""
+@contextlib.asynccontextmanager
+async def _broken_node() -> AsyncIterator[region_node_pb2_grpc.RegionNodeServiceStub]:
+    """A real server of :class:`_Broken`, and a stub on a channel to it."""
     server = await start_server(
         [lambda s: region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(_Broken(), s)],
         [REGION_SERVICE],
     )
     try:
         async with grpc.aio.insecure_channel(server.address) as channel:
-            stub = region_node_pb2_grpc.RegionNodeServiceStub(channel)
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.GetNodeInfo(region_node_pb2.GetNodeInfoRequest(), timeout=5)
-            assert err.value.code() == grpc.StatusCode.INTERNAL
-            assert "secret" not in (err.value.details() or "")
-            assert "Unexpected" not in (err.value.details() or "")
-            call = stub.StreamSummaries(timeout=5)
-            await call.write(region_node_pb2.StreamSummariesRequest())
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await call.read()
-            assert err.value.code() == grpc.StatusCode.INTERNAL
-            assert "secret" not in (err.value.details() or "")
+            yield region_node_pb2_grpc.RegionNodeServiceStub(channel)
     finally:
         await server.drain(announce_s=0, grace_s=0)
+
+
+async def test_an_exception_a_handler_lets_out_is_internal_without_its_text() -> None:
+    """gRPC answered UNKNOWN "Unexpected <class 'KeyError'>: 'secret-internal-detail'"."""
+    async with _broken_node() as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetNodeInfo(region_node_pb2.GetNodeInfoRequest(), timeout=5)
+        assert err.value.code() == grpc.StatusCode.INTERNAL
+        assert "secret" not in (err.value.details() or "")
+        assert "Unexpected" not in (err.value.details() or "")
+        call = stub.StreamSummaries(timeout=5)
+        await call.write(region_node_pb2.StreamSummariesRequest())
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call.read()
+        assert err.value.code() == grpc.StatusCode.INTERNAL
+        assert "secret" not in (err.value.details() or "")
 
 
 async def test_a_method_a_servicer_leaves_out_is_unimplemented_without_python_text() -> None:
-    server = await start_server(
-        [lambda s: region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(_Broken(), s)],
-        [REGION_SERVICE],
-    )
-    try:
-        async with grpc.aio.insecure_channel(server.address) as channel:
-            stub = region_node_pb2_grpc.RegionNodeServiceStub(channel)
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.GetSummaries(region_node_pb2.GetSummariesRequest(), timeout=5)
-            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-            assert "<class" not in (err.value.details() or "")
-    finally:
-        await server.drain(announce_s=0, grace_s=0)
+    async with _broken_node() as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetSummaries(region_node_pb2.GetSummariesRequest(), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "<class" not in (err.value.details() or "")
