@@ -100,17 +100,22 @@ def test_every_line_of_a_table_is_as_wide_as_its_rule(rows: list[tuple[str, str]
     assert [_columns(line) for line in lines[2:]] == [rule] * len(rows)
 
 
+def _read_traced(path: Path) -> tuple[observations.Observations, int]:
+    """The observations of ``path``, and the most memory reading them held at once."""
+    tracemalloc.start()
+    try:
+        read = read_observations(str(path))
+        return read, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_a_large_file_is_read_in_little_more_memory_than_its_values(tmp_path: Path) -> None:
     """A million values (7 MB of text) took 78 MB to read: the whole text, then a Python
     string per number. Read a piece at a time, it takes about the values' 8 MB."""
     path = tmp_path / "big.txt"
     path.write_text("\n".join(map(str, range(1_000_000))) + "\n")
-    tracemalloc.start()
-    try:
-        read = read_observations(str(path))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    read, peak = _read_traced(path)
     assert np.array_equal(read.values, np.arange(1_000_000.0))
     assert peak < 3 * read.values.nbytes, f"{peak / 1e6:.0f} MB"
 
@@ -118,12 +123,7 @@ def test_a_large_file_is_read_in_little_more_memory_than_its_values(tmp_path: Pa
 def test_one_long_line_is_read_in_pieces_too(tmp_path: Path) -> None:
     path = tmp_path / "line.txt"
     path.write_text(" ".join(map(str, range(1_000_000))) + ",7")
-    tracemalloc.start()
-    try:
-        read = read_observations(str(path))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    read, peak = _read_traced(path)
     assert np.array_equal(read.values, np.append(np.arange(1_000_000.0), 7.0))
     assert peak < 3 * read.values.nbytes, f"{peak / 1e6:.0f} MB"
 
