@@ -1051,6 +1051,9 @@ class Persister:
         for store in list(self._unlogged_drops):  # drops not told yet
             self._log_drops(store, 0, now=True)
         unwritten = self.backlog()
+        lost = len(self._points) + len(self._audits)
+        if lost:  # no one writes them now: dropped, like records refused or overflowing
+            self._count_dropped(lost)
         windows = len(self._retry_windows)
         if self.durable_store:
             windows += len(self.node.store.take_dirty())

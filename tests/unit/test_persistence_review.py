@@ -144,3 +144,22 @@ async def test_a_stop_during_a_flush_to_a_hung_store_ends_within_its_bound(
     assert done, "the stop did not end within its bound"
     await stopping
     assert p._task is None
+
+
+async def test_records_a_stop_leaves_unwritten_are_counted_as_dropped(
+    hung_pg: tuple[CuttableProxy, NodeStores, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The metric rows a hung PostgreSQL never took at the stop were only logged: the
+    node's dropped count (and its metric) said nothing was lost."""
+    monkeypatch.setattr(persistence, "STOP_WRITE_LIMIT_S", 1.0)
+    proxy, stores, region = hung_pg
+    p = Persister(RegionNode(NodeIdentity(region, f"{region}-a")), stores, ProfileBook(), 60.0)
+    await p.start()
+    await asyncio.sleep(0.2)
+    proxy.stall()
+    p.enqueue(outcomes("cy", 4, time.time_ns()))
+    await asyncio.sleep(0.5)  # the loop's write waits for PostgreSQL
+    assert p.dropped == 0
+    await p.stop()
+    assert (await stores.audit.get_audit_log_statistics()).total_actions == 4
+    assert p.dropped == 4  # the 4 risk_score rows; the audit records were written
