@@ -45,9 +45,7 @@ class CountingConnection(aioredis.Connection):
 
 def pct(samples_ns: list[int], q: float) -> float:
     """The q-quantile of ``samples_ns`` in ms (nearest rank)."""
-    ordered = sorted(samples_ns)
-    rank = min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))
-    return round(ordered[rank] / 1e6, 4)
+    return round(float(common.nearest_rank(samples_ns, q)) / 1e6, 4)
 
 
 def summary(samples_ns: list[int]) -> dict[str, float]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
+import resource
 import sys
 import time
 from collections.abc import Iterable
@@ -67,6 +69,24 @@ def machine() -> dict[str, Any]:
         "grpcio": grpc.__version__,
         "jit": "numba" if is_jit_available() else "numpy",
     }
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak RSS so far (since it started, or since :func:`reset_peak_rss`)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS: bytes; Linux: KiB
+
+
+def reset_peak_rss() -> bool:
+    """Start this process's peak RSS afresh from what it holds now (Linux's
+    ``/proc/self/clear_refs``), so that :func:`peak_rss_bytes` tells the peak of what
+    follows, not of what came before (a benchmark's setup); whether it could."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
 
 
 def _family(pid: int) -> list[psutil.Process]:
@@ -217,6 +237,18 @@ def cpu_per(before: float, after: float, count: int, unit: float) -> float | Non
     if count <= 0:
         return None
     return round((after - before) / count * unit, 1)
+
+
+def nearest_rank(samples: Iterable[float], q: float) -> float:
+    """The ``q``-quantile (0 to 1) of ``samples`` by nearest rank: the smallest sample
+    with at least a ``q`` share of them at or below it (the ``ceil(q * n)``-th in order;
+    the least for ``q`` 0). ``q * n`` a hair above a whole number by floating point
+    (0.07 * 100) counts as that number. ``ValueError`` without samples."""
+    ordered = sorted(samples)
+    if not ordered:
+        raise ValueError("no samples")
+    rank = math.ceil(q * len(ordered) - 1e-9)
+    return ordered[min(len(ordered), max(rank, 1)) - 1]
 
 
 def emit(name: str, results: dict[str, Any]) -> None:

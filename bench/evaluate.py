@@ -106,6 +106,14 @@ def stream_messages(
     ]
 
 
+def evaluations(answer: region_node_pb2.EvaluateStreamResponse) -> int:
+    """The evaluations in one EvaluateStream answer: its verdict (a one-action message's
+    answer) or its batch's verdicts; an error counts nothing."""
+    if answer.WhichOneof("result") is not None:
+        return int(answer.WhichOneof("result") == "evaluation")
+    return sum(r.WhichOneof("result") == "evaluation" for r in answer.results)
+
+
 async def stream_rate(
     stub: region_node_pb2_grpc.RegionNodeServiceStub,
     batch: list[governance_pb2.AgentAction],
@@ -121,10 +129,7 @@ async def stream_rate(
     t0 = time.perf_counter()
     answered = 0
     async for answer in stub.EvaluateStream(requests(), timeout=600):
-        if per_message == 1:
-            answered += answer.WhichOneof("result") == "evaluation"
-        else:
-            answered += sum(r.WhichOneof("result") == "evaluation" for r in answer.results)
+        answered += evaluations(answer)
     elapsed = time.perf_counter() - t0
     if answered != len(batch):
         raise SystemExit(f"stream answered {answered} of {len(batch)} actions")
@@ -153,7 +158,7 @@ async def sustained_rate(
     t0 = time.perf_counter()
     answered = 0
     async for answer in stub.EvaluateStream(requests(), timeout=seconds + 600):
-        answered += sum(r.WhichOneof("result") == "evaluation" for r in answer.results)
+        answered += evaluations(answer)
     return answered / (time.perf_counter() - t0), answered
 
 

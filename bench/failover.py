@@ -169,7 +169,7 @@ def latency_ms(calls: list[Call]) -> dict[str, float]:
     ms = sorted((c.ended_ns - c.sent_ns) / 1e6 for c in calls)
     return {
         "p50": round(statistics.median(ms), 2),
-        "p99": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 2),
+        "p99": round(common.nearest_rank(ms, 0.99), 2),
         "max": round(ms[-1], 2),
     }
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import resource
 import secrets
 import statistics
 import time
@@ -112,6 +111,8 @@ async def run(url: str, series: int, hours: float, full_loads: int, refreshes: i
         node = RegionNode(NodeIdentity("r1", "r1-b", region_scope=True))
         reader = Persister(node, reader_stores, ProfileBook(), 10.0)
         counted = _Rows(reader_stores)
+        # the peak of the reader's steps, not of the writer's fill in this same process
+        peak_known = common.reset_peak_rss()
         rss_before = psutil.Process().memory_info().rss
 
         async def timed(step: Any) -> tuple[float, int]:
@@ -131,7 +132,7 @@ async def run(url: str, series: int, hours: float, full_loads: int, refreshes: i
             await writer.timeseries.upsert_window_summaries(_rows(series, newest, payloads, n))
             refresh_runs.append(await timed(reader.refresh_peers))
         idle_runs = [await timed(reader.refresh_peers) for _ in range(refreshes)]
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = common.peak_rss_bytes()
         assert node.peers is not None
         common.emit(
             "peers",
@@ -146,7 +147,10 @@ async def run(url: str, series: int, hours: float, full_loads: int, refreshes: i
                 "full_load": _figures(*map(list, zip(*full_runs, strict=True))),
                 "refresh": _figures(*map(list, zip(*refresh_runs, strict=True))),
                 "idle_refresh": _figures(*map(list, zip(*idle_runs, strict=True))),
-                "peak_rss_above_start_mb": round((peak - rss_before) / 2**20, 1),
+                # None: the peak could not be reset after the fill
+                "peak_rss_above_start_mb": (
+                    round((peak - rss_before) / 2**20, 1) if peak_known else None
+                ),
             },
         )
     finally:

@@ -55,19 +55,23 @@ class Kind:
         self.units = 0
 
     def report(self, seconds: float) -> dict[str, object]:
-        lat = np.array(self.latencies) if self.latencies else np.zeros(1)
+        """Over the ``seconds`` measured: operations answered (their latency; None
+        without one), units and errors."""
+        lat = np.array(self.latencies)
         return {
             "operations": len(self.latencies),
             "per_s": round(len(self.latencies) / seconds, 1),
             "units": self.units,
             "units_per_s": round(self.units / seconds),
-            "p50_ms": round(float(np.percentile(lat, 50)), 2),
-            "p99_ms": round(float(np.percentile(lat, 99)), 2),
+            "p50_ms": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
+            "p99_ms": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
             "errors": self.errors,
         }
 
 
 async def loop(kind: Kind, stop: asyncio.Event, op: Callable[[int], Awaitable[int]]) -> None:
+    """Call ``op`` until ``stop``; one that ends after it is not counted (the rates are
+    over the time until ``stop``)."""
     i = 0
     while not stop.is_set():
         i += 1
@@ -75,9 +79,13 @@ async def loop(kind: Kind, stop: asyncio.Event, op: Callable[[int], Awaitable[in
         try:
             done = await op(i)  # awaited first: `+= await` would read `units` stale
         except Exception:
+            if stop.is_set():
+                break
             kind.errors += 1
             await asyncio.sleep(0.05)
             continue
+        if stop.is_set():
+            break
         kind.units += done
         kind.latencies.append((time.perf_counter() - t0) * 1e3)
 
