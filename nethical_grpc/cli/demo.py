@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import shutil
 import sys
 import tempfile
@@ -190,6 +191,26 @@ async def _port_of(child: Child) -> int:
         raise DemoFailed(f"{said}: {last}" if last else said) from None
 
 
+class DemoInterrupted(Exception):
+    """Ctrl-C or SIGTERM while the mesh was starting."""
+
+
+async def _port_unless_stopped(child: Child, stop: asyncio.Event) -> int:
+    """:func:`_port_of`, or :class:`DemoInterrupted` as soon as ``stop`` is set (a start
+    can take many seconds while the JIT kernels compile; Ctrl-C must not wait for it)."""
+    waiting = asyncio.ensure_future(_port_of(child))
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({waiting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if waiting.done():
+        return waiting.result()
+    # the thread that polls the port file ends once the caller has stopped the child
+    waiting.cancel()
+    raise DemoInterrupted
+
+
 async def _query(
     channel: grpc.aio.Channel, opts: client.QueryOptions
 ) -> coordinator_pb2.GetGlobalMetricsResponse:
@@ -217,9 +238,13 @@ async def _drop_streams(streams: Streams) -> None:
 
 
 async def run_demo(args: argparse.Namespace) -> int:
-    if args.regions < 1 or args.duration <= 0 or args.rate < 1:
-        print("demo: --regions, --duration and --rate must be positive", file=sys.stderr)
+    if args.regions < 1 or args.rate < 1:
+        print("demo: --regions and --rate must be positive", file=sys.stderr)
         return 2
+    for flag, seconds in (("--duration", args.duration), ("--refresh", args.refresh)):
+        if not (math.isfinite(seconds) and seconds > 0):  # nan compares false to all
+            print(f"demo: {flag} must be a positive number of seconds", file=sys.stderr)
+            return 2
     workdir = Path(tempfile.mkdtemp(prefix="nethical-demo-"))
     children: list[Child] = []
     streams: Streams = []
@@ -228,6 +253,9 @@ async def run_demo(args: argparse.Namespace) -> int:
     except DemoFailed as exc:
         print(f"demo: {exc} (logs in {workdir})", file=sys.stderr)
         return 1
+    except DemoInterrupted:
+        print("demo: interrupted while the mesh was starting", file=sys.stderr)
+        return 130
     finally:
         await _drop_streams(streams)
         for child in reversed(children):
@@ -245,11 +273,11 @@ async def _demo(
     for name in names:
         children.append(spawn(name, ["region", "--region-id", name, "--port", "0"], workdir))
     # the first start on a machine compiles the JIT kernels (seconds; cached after)
-    ports = [await _port_of(c) for c in children]
+    ports = [await _port_unless_stopped(c, stop) for c in children]
     specs = [f"--region={n}=127.0.0.1:{p}" for n, p in zip(names, ports, strict=True)]
     coord = spawn("coordinator", ["coordinator", "--port", "0", *specs], workdir)
     children.append(coord)
-    coord_port = await _port_of(coord)
+    coord_port = await _port_unless_stopped(coord, stop)
     print(
         f"mesh up: {len(names)} region nodes + coordinator on 127.0.0.1:{coord_port} "
         f"(logs in {workdir})",

@@ -241,15 +241,16 @@ async def _evaluate_many(
     action named by its line. Exit 1 when an action got an error, else as for one
     action."""
     request_of = _stream_request(args)
+    # what was answered before a failure is kept: those actions were evaluated
+    results: list[governance_pb2.ActionResult] = []
 
-    async def stream(channel: grpc.aio.Channel) -> list[governance_pb2.ActionResult]:
+    async def stream(channel: grpc.aio.Channel) -> bool:
         stub = (
             region_node_pb2_grpc.RegionNodeServiceStub(channel)
             if args.node
             else coordinator_pb2_grpc.CoordinatorServiceStub(channel)
         )
         call = stub.EvaluateStream((request_of(b) for b in batches), timeout=args.timeout)
-        results: list[governance_pb2.ActionResult] = []
         answered = 0
         async for answer in call:  # an answer a batch, in the batches' order
             if answer.results:
@@ -258,11 +259,21 @@ async def _evaluate_many(
                 refused = governance_pb2.ActionResult(error=answer.error)
                 results.extend(refused for _ in batches[answered])
             answered += 1
-        return results
+        return True
 
-    results = await ask(args, stream)
-    if results is None:
-        return 1
+    finished = await ask(args, stream)
+    if finished is None:
+        if not results:
+            return 1
+        rest = numbered[len(results) :]
+        numbered = numbered[: len(results)]
+        if rest:  # else every action was answered before the call failed
+            first, last = rest[0][0], rest[-1][0]
+            lines = f"line {first}" if first == last else f"lines {first}-{last}"
+            print(
+                f"error: {args.actions}, {lines}: no result (the stream ended early)",
+                file=sys.stderr,
+            )
     for (line, _), r in zip(numbered, results, strict=True):
         if r.HasField("error"):
             message = _in_action(r.error.message)
@@ -275,7 +286,7 @@ async def _evaluate_many(
     else:
         print(results_text(numbered, results))
     evaluations = [r.evaluation for r in results if r.HasField("evaluation")]
-    if len(evaluations) < len(results):
+    if finished is None or len(evaluations) < len(results):
         return 1
     return DECISION_EXIT if _at_or_above(args, evaluations) else 0
 

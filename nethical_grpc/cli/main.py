@@ -723,7 +723,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--regions", type=int, default=3)
     demo.add_argument("--duration", type=float, default=30.0, help="seconds (30)")
     demo.add_argument(
-        "--rate", type=int, default=200_000, help="observations per second per region (200000)"
+        "--rate",
+        type=int,
+        default=200_000,
+        help="observations per second per region, spread over its 3 metrics (200000)",
     )
     demo.add_argument("--refresh", type=float, default=1.0, help="seconds between tables")
     demo.add_argument("--seed", type=int, default=7)
