@@ -231,6 +231,10 @@ def stream_batches(
     return batches
 
 
+class _WrongAnswer(Exception):
+    """A stream answer that matches no message sent (more answers, or other counts)."""
+
+
 async def _evaluate_many(
     args: argparse.Namespace,
     numbered: list[Numbered],
@@ -253,6 +257,13 @@ async def _evaluate_many(
         call = stub.EvaluateStream((request_of(b) for b in batches), timeout=args.timeout)
         answered = 0
         async for answer in call:  # an answer a batch, in the batches' order
+            if answered >= len(batches) or (
+                answer.results and len(answer.results) != len(batches[answered])
+            ):
+                raise _WrongAnswer(
+                    f"the server's answer #{answered + 1} does not match the "
+                    f"{len(batches)} messages sent (not a mesh server's answer?)"
+                )
             if answer.results:
                 results.extend(answer.results)
             else:  # the whole message refused
@@ -261,7 +272,11 @@ async def _evaluate_many(
             answered += 1
         return True
 
-    finished = await ask(args, stream)
+    try:
+        finished = await ask(args, stream)
+    except _WrongAnswer as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        finished = None
     if finished is None:
         if not results:
             return 1

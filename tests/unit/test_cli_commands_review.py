@@ -179,3 +179,49 @@ def test_ctrl_c_while_the_mesh_starts_ends_the_demo_at_once(tmp_path: Path) -> N
     assert took < 12, took  # each child is given SIGTERM; none waits for its start
     assert demo.returncode == 130, err
     assert "interrupted while the mesh was starting" in err
+
+
+class _AnswersTwice(region_node_pb2_grpc.RegionNodeServiceServicer):
+    """A server whose stream answers every message twice (not a mesh server)."""
+
+    async def EvaluateStream(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[region_node_pb2.EvaluateStreamRequest],
+        context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
+    ) -> AsyncIterator[region_node_pb2.EvaluateStreamResponse]:
+        async for message in request_iterator:
+            answer = region_node_pb2.EvaluateStreamResponse(
+                results=[
+                    governance_pb2.ActionResult(
+                        evaluation=governance_pb2.ActionEvaluation(
+                            decision=governance_pb2.DECISION_ALLOW, region_id="r1"
+                        )
+                    )
+                    for _ in message.actions
+                ]
+            )
+            yield answer
+            yield answer
+
+
+async def test_answers_that_match_no_message_are_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """More answers than messages ended the command with an IndexError traceback."""
+    server = grpc.aio.server()
+    region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(_AnswersTwice(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        path = tmp_path / "actions.jsonl"
+        path.write_text(_action_line("a", "hello") + "\n")
+        argv = ["evaluate", "--target", f"127.0.0.1:{port}", "--node", "--actions", str(path)]
+        status = await run_evaluate(build_parser().parse_args(argv))
+    finally:
+        await server.stop(None)
+    out, err = capsys.readouterr()
+    assert status == 1
+    assert "does not match the 1 messages sent" in err
+    assert "Traceback" not in err
+    assert "answer #2 does not match" in err
+    assert out.splitlines()[-1].startswith("1 action")  # the one answer that fit, counted
