@@ -122,17 +122,8 @@ def _echo_registrar(error: InvalidArgument) -> Callable[[grpc.aio.Server], None]
     return register
 
 
-async def test_an_error_about_an_undecodable_name_keeps_its_status() -> None:
-    """A name read from the file system with undecodable bytes (``surrogateescape``, as
-    ``os.listdir`` gives them) in an error: before, building the status failed on the
-    lone surrogate and the caller got UNKNOWN with "Unexpected <class
-    'UnicodeEncodeError'>" instead of the error's code, message and violations."""
-    name = b"segment-\xff.bin".decode("utf-8", "surrogateescape")
-    error = InvalidArgument(
-        message=f"cannot read {name}",
-        field_violations=(FieldViolation(f"files[{name}]", f"{name} is damaged"),),
-        metadata={"file": name},
-    )
+async def _failed_with(error: InvalidArgument) -> grpc.aio.AioRpcError:
+    """What a client gets from a real server whose handler raises ``error``."""
     server = await start_server([_echo_registrar(error)], [TEST_SERVICE])
     try:
         async with grpc.aio.insecure_channel(server.address) as channel:
@@ -145,7 +136,22 @@ async def test_an_error_about_an_undecodable_name_keeps_its_status() -> None:
                 await fail(region_node_pb2.GetNodeInfoRequest(), timeout=10)
     finally:
         await server.drain(announce_s=0.0, grace_s=0.0)
-    found = details_from_error(caught.value)
+    return caught.value
+
+
+async def test_an_error_about_an_undecodable_name_keeps_its_status() -> None:
+    """A name read from the file system with undecodable bytes (``surrogateescape``, as
+    ``os.listdir`` gives them) in an error: before, building the status failed on the
+    lone surrogate and the caller got UNKNOWN with "Unexpected <class
+    'UnicodeEncodeError'>" instead of the error's code, message and violations."""
+    name = b"segment-\xff.bin".decode("utf-8", "surrogateescape")
+    error = InvalidArgument(
+        message=f"cannot read {name}",
+        field_violations=(FieldViolation(f"files[{name}]", f"{name} is damaged"),),
+        metadata={"file": name},
+    )
+    caught = await _failed_with(error)
+    found = details_from_error(caught)
     assert found.code is grpc.StatusCode.INVALID_ARGUMENT
     assert found.reason == "INVALID_ARGUMENT"
     assert "Unexpected" not in found.message
@@ -160,20 +166,9 @@ async def test_an_error_whose_status_cannot_be_built_is_internal_without_text() 
     """A malformed domain error (metadata that is not text) reaches the caller as the
     bare INTERNAL status rpc_errors promises, not UNKNOWN with Python's exception text."""
     error = InvalidArgument(message="bad", metadata={"limit": 5})  # type: ignore[dict-item]
-    server = await start_server([_echo_registrar(error)], [TEST_SERVICE])
-    try:
-        async with grpc.aio.insecure_channel(server.address) as channel:
-            fail = channel.unary_unary(
-                f"/{TEST_SERVICE}/Fail",
-                request_serializer=region_node_pb2.GetNodeInfoRequest.SerializeToString,
-                response_deserializer=region_node_pb2.GetNodeInfoResponse.FromString,
-            )
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await fail(region_node_pb2.GetNodeInfoRequest(), timeout=10)
-    finally:
-        await server.drain(announce_s=0.0, grace_s=0.0)
-    assert caught.value.code() is grpc.StatusCode.INTERNAL
-    assert caught.value.details() == "internal error; see the server log"
+    caught = await _failed_with(error)
+    assert caught.code() is grpc.StatusCode.INTERNAL
+    assert caught.details() == "internal error; see the server log"
 
 
 class _Broken(region_node_pb2_grpc.RegionNodeServiceServicer):

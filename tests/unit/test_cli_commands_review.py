@@ -28,6 +28,20 @@ def _action_line(agent: str, text: str) -> str:
     return json.dumps({"agentId": agent, "actionText": text})
 
 
+def _answer(
+    message: region_node_pb2.EvaluateStreamRequest, decision: int
+) -> region_node_pb2.EvaluateStreamResponse:
+    """An answer of ``decision`` for every action of ``message``."""
+    return region_node_pb2.EvaluateStreamResponse(
+        results=[
+            governance_pb2.ActionResult(
+                evaluation=governance_pb2.ActionEvaluation(decision=decision, region_id="r1")  # type: ignore[arg-type]
+            )
+            for _ in message.actions
+        ]
+    )
+
+
 class _BreaksAfterOneBatch(region_node_pb2_grpc.RegionNodeServiceServicer):
     """A node whose stream answers its first message and then breaks (a node drained or
     killed part way through a file of actions)."""
@@ -38,16 +52,7 @@ class _BreaksAfterOneBatch(region_node_pb2_grpc.RegionNodeServiceServicer):
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> AsyncIterator[region_node_pb2.EvaluateStreamResponse]:
         async for message in request_iterator:
-            yield region_node_pb2.EvaluateStreamResponse(
-                results=[
-                    governance_pb2.ActionResult(
-                        evaluation=governance_pb2.ActionEvaluation(
-                            decision=governance_pb2.DECISION_BLOCK, region_id="r1"
-                        )
-                    )
-                    for _ in message.actions
-                ]
-            )
+            yield _answer(message, governance_pb2.DECISION_BLOCK)
             await asyncio.sleep(0.2)  # the answer reaches the client first
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the node is going away")
 
@@ -190,16 +195,7 @@ class _AnswersTwice(region_node_pb2_grpc.RegionNodeServiceServicer):
         context: grpc.aio.ServicerContext,  # type: ignore[type-arg]
     ) -> AsyncIterator[region_node_pb2.EvaluateStreamResponse]:
         async for message in request_iterator:
-            answer = region_node_pb2.EvaluateStreamResponse(
-                results=[
-                    governance_pb2.ActionResult(
-                        evaluation=governance_pb2.ActionEvaluation(
-                            decision=governance_pb2.DECISION_ALLOW, region_id="r1"
-                        )
-                    )
-                    for _ in message.actions
-                ]
-            )
+            answer = _answer(message, governance_pb2.DECISION_ALLOW)
             yield answer
             yield answer
 
