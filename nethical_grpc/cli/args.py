@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from nethical_grpc.proto_limits import FIRST_TIMESTAMP_NS, LAST_TIMESTAMP_NS, MAX_DURATION_SECONDS
+from nethical_grpc.target_names import PATH_SCHEMES, addresses_of, host_and_port
 
 T = TypeVar("T")
 
@@ -187,40 +188,18 @@ def parse_port(text: str) -> int:
     return port
 
 
-#: gRPC's target schemes whose addresses are HOST:PORT (``ipv4:``, ``ipv6:``: a list of
-#: them); other schemes (``unix:``, ``vsock:`` ...) name no TCP port.
-_HOST_PORT_SCHEMES = ("dns", "ipv4", "ipv6")
-_OTHER_SCHEMES = ("unix", "unix-abstract", "vsock")
-
-
 def parse_target(text: str) -> str:
     """A gRPC target, as given: ``HOST:PORT``, ``[IPV6]:PORT``, ``dns:///NAME:PORT``,
     ``unix:PATH`` ...; a port it names must be 1 to 65535 (gRPC wraps a larger one
     around: 70000 is 4464)."""
-    scheme, colon, rest = text.partition(":")
-    if colon and scheme in _OTHER_SCHEMES:
+    scheme, addresses = addresses_of(text)
+    if scheme in PATH_SCHEMES:
         return text
-    if colon and scheme in _HOST_PORT_SCHEMES:
-        if rest.startswith("//"):  # dns://AUTHORITY/NAME:PORT
-            rest = rest[2:].partition("/")[2]
-        addresses = rest.split(",")
-    else:
-        addresses = [text]
     for address in addresses:
-        port = _port_of(address)
+        port = host_and_port(address)[1]
         if port is not None and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
             raise argparse.ArgumentTypeError(f"port must be 1 to 65535, got {port!r} in {text!r}")
     return text
-
-
-def _port_of(address: str) -> str | None:
-    """The port ``HOST:PORT`` or ``[IPV6]:PORT`` names; None for none (a bare host or
-    IPv6 address: gRPC's default port)."""
-    if address.startswith("["):
-        after = address.partition("]")[2]
-        return after[1:] if after.startswith(":") else None
-    host, colon, port = address.rpartition(":")
-    return port if colon and ":" not in host else None
 
 
 #: The longest ``--timeout``: far more than any call needs, and well within what a

@@ -31,6 +31,7 @@ from opentelemetry.trace import Span, SpanKind, Tracer
 from opentelemetry.util.types import AttributeValue
 
 from nethical_grpc import interceptor_types
+from nethical_grpc.target_names import PATH_SCHEMES, addresses_of, host_and_port
 from nethical_grpc.telemetry.instruments import ATTR_PEER_REGION, RpcInstruments
 from nethical_grpc.telemetry.propagation import inject_metadata
 from nethical_grpc.telemetry.rpc_attributes import (
@@ -62,27 +63,13 @@ def target_attributes(target: str | None) -> dict[str, AttributeValue]:
     paths (the path, no port); ``{}`` for ``None``."""
     if not target:
         return {}
-    scheme, colon, rest = target.partition(":")
-    scheme = scheme.lower() if colon else ""
-    if scheme in ("unix", "unix-abstract"):
-        return {"server.address": rest.removeprefix("//") if scheme == "unix" else rest}
-    if scheme == "dns":
-        if rest.startswith("//"):  # dns://[resolver]/host:port
-            rest = rest[2:].partition("/")[2]
-    elif scheme in ("ipv4", "ipv6"):
-        rest = rest.partition(",")[0]
-    else:
-        rest = target
-    if rest.startswith("["):  # [v6] or [v6]:port
-        host, _, after = rest[1:].partition("]")
-        port = after.removeprefix(":")
-    else:
-        host, sep, port = rest.rpartition(":")
-        if not sep:
-            host, port = rest, ""
+    scheme, addresses = addresses_of(target)
+    if scheme in PATH_SCHEMES:
+        return {"server.address": addresses[0].removeprefix("//")}
+    host, port = host_and_port(addresses[0])
     if not host:
-        return {"server.address": rest}
-    if not port.isascii() or not port.isdigit():
+        return {"server.address": addresses[0]}
+    if port is None or not (port.isascii() and port.isdigit()):
         return {"server.address": host}
     return {"server.address": host, "server.port": int(port)}
 
