@@ -18,13 +18,12 @@ Not thread-safe: call it from one thread (the server's event loop).
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
 from nethical_grpc.errors import ResourceExhausted
+from nethical_grpc.privacy.config import positive_finite
 from nethical_grpc.series import SeriesKey
 
 __all__ = ["AccountRow", "BudgetKey", "PrivacyAccountant", "PrivacyBudgetExhausted"]
@@ -85,15 +84,6 @@ class PrivacyBudgetExhausted(ResourceExhausted):
         )
 
 
-def _positive_finite(name: str, value: object) -> float:
-    """``value`` as a float when it is a real number (not a bool), finite and > 0."""
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        number = float(value)
-        if math.isfinite(number) and number > 0.0:
-            return number
-    raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-
-
 def _describe(key: BudgetKey, remaining: float) -> str:
     series, window_id = key
     labels = ",".join(f"{k}={v}" for k, v in series.labels)
@@ -109,7 +99,7 @@ class PrivacyAccountant:
     """
 
     def __init__(self, window_budget: float) -> None:
-        self.window_budget = _positive_finite("window_budget", window_budget)
+        self.window_budget = positive_finite("window_budget", window_budget)
         self._spent: dict[BudgetKey, float] = {}
         # accounts charged or refunded since clear_changes (what a save must write)
         self._changed: set[BudgetKey] = set()
@@ -138,7 +128,7 @@ class PrivacyAccountant:
             ValueError: ``epsilon`` is not a finite number > 0.
             PrivacyBudgetExhausted: some key would exceed the budget; nothing was spent.
         """
-        eps = _positive_finite("epsilon", epsilon)
+        eps = positive_finite("epsilon", epsilon)
         unique = set(keys)
         short = self.shortfalls(unique, eps)
         if short:
@@ -156,7 +146,7 @@ class PrivacyAccountant:
         Raises:
             ValueError: ``epsilon`` is not a finite number > 0.
         """
-        eps = _positive_finite("epsilon", epsilon)
+        eps = positive_finite("epsilon", epsilon)
         unique = set(keys)
         self._changed |= unique
         for k in unique:

@@ -36,7 +36,9 @@ def _is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _positive_finite(name: str, value: object) -> float:
+def positive_finite(name: str, value: object) -> float:
+    """``value`` as a float when it is a real number (not a bool), finite and > 0;
+    ``ValueError`` naming ``name`` otherwise."""
     if not _is_real(value) or not math.isfinite(float(value)) or float(value) <= 0.0:  # type: ignore[arg-type]
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)  # type: ignore[arg-type]
@@ -85,14 +87,14 @@ class PrivacyConfig:
     bucket_threshold: float = 3.0
 
     def __post_init__(self) -> None:
-        eps = _positive_finite("epsilon_per_release", self.epsilon_per_release)
-        budget = _positive_finite("window_budget", self.window_budget)
+        eps = positive_finite("epsilon_per_release", self.epsilon_per_release)
+        budget = positive_finite("window_budget", self.window_budget)
         if budget < eps:
             raise ValueError(
                 f"window_budget ({budget:g}) must be at least epsilon_per_release ({eps:g}), "
                 "or no release could ever be made"
             )
-        bound = _positive_finite("value_bound", self.value_bound)
+        bound = positive_finite("value_bound", self.value_bound)
         if bound > MAX_ABS_VALUE:
             raise ValueError(f"value_bound must be at most {MAX_ABS_VALUE:g}, got {bound:g}")
         if not _is_int(self.min_count) or not (0 <= int(self.min_count) <= MAX_MIN_COUNT):
@@ -122,7 +124,7 @@ class PrivacyConfig:
         if not isinstance(split, tuple) or len(split) != 3:
             raise ValueError(f"epsilon_split must be a tuple of 3 fractions, got {split!r}")
         for name, part in zip(("count", "sum", "histogram"), split, strict=True):
-            _positive_finite(f"epsilon_split[{name}]", part)
+            positive_finite(f"epsilon_split[{name}]", part)
         if abs(math.fsum(float(p) for p in split) - 1.0) > 1e-9:
             raise ValueError(f"epsilon_split must sum to 1, got {split!r}")
 
