@@ -13,8 +13,8 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TextIO, TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -282,15 +282,24 @@ def stop_on_signals() -> asyncio.Event:
 BOM = "\ufeff"
 
 
+@contextlib.contextmanager
+def open_input(source: str) -> Iterator[TextIO]:
+    """The file ``source``, or stdin for ``-``, as UTF-8 text whose bytes that are not
+    UTF-8 are kept as surrogate escapes (for a message naming their line)."""
+    if source == "-":
+        if isinstance(sys.stdin, io.TextIOWrapper):
+            sys.stdin.reconfigure(encoding="utf-8", errors="surrogateescape")
+        yield sys.stdin
+        return
+    with open(source, encoding="utf-8", errors="surrogateescape") as f:
+        yield f
+
+
 def read_input(source: str) -> str:
     """The text of the file ``source``, or of stdin for ``-``, without a leading
     byte-order mark; a ``ValueError`` naming the line when it is not UTF-8."""
-    if source == "-":
-        if isinstance(sys.stdin, io.TextIOWrapper):  # bytes that are not UTF-8 kept
-            sys.stdin.reconfigure(encoding="utf-8", errors="surrogateescape")
-        return check_utf8(sys.stdin.read(), "stdin").removeprefix(BOM)
-    with open(source, encoding="utf-8", errors="surrogateescape") as f:
-        return check_utf8(f.read(), source).removeprefix(BOM)
+    with open_input(source) as f:
+        return check_utf8(f.read(), "stdin" if source == "-" else source).removeprefix(BOM)
 
 
 def open_channel(args: argparse.Namespace) -> grpc.aio.Channel:

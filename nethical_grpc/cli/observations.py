@@ -13,8 +13,6 @@ again a line at a time, to name the first line that has one.
 
 from __future__ import annotations
 
-import io
-import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -22,7 +20,7 @@ from typing import TextIO
 
 import numpy as np
 
-from nethical_grpc.cli.client_commands import BOM
+from nethical_grpc.cli.client_commands import BOM, open_input
 from nethical_grpc.cli.table import counted
 
 #: what stands for a line's end among the tokens: no whitespace, so ``split`` keeps it
@@ -273,11 +271,7 @@ def parse_piece(
 def read_observations(source: str, timed: bool = False) -> Observations:
     """The observations of ``source`` (a file, or ``-`` for stdin); a mistake is named
     with its line, as ``ingest --stream`` names it."""
-    if source == "-":
-        if isinstance(sys.stdin, io.TextIOWrapper):  # bytes that are not UTF-8 kept
-            sys.stdin.reconfigure(encoding="utf-8", errors="surrogateescape")
-        return _read(sys.stdin, source, timed)
-    with open(source, encoding="utf-8", errors="surrogateescape") as stream:
+    with open_input(source) as stream:
         return _read(stream, source, timed)
 
 
