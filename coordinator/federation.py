@@ -690,8 +690,14 @@ class Federation:
                 f"DEADLINE_EXCEEDED: no answer within {timeout_s:g} s",
                 grpc.StatusCode.DEADLINE_EXCEEDED,
             )
-        if last is not None:
-            coverage.missing.append(last)
+        if last is None:  # every replica left the registry before one could be asked
+            last = MissingPart(
+                region,
+                "",
+                Missing.UNAVAILABLE,
+                "UNAVAILABLE: every instance of the region was removed before it was asked",
+            )
+        coverage.missing.append(last)
         return []
 
     async def _try(
