@@ -41,6 +41,11 @@ QUANTILES = (0.5, 0.9, 0.99)
 METRICS = ("latency_ms", "risk_score", "score_delta")
 TICKS_PER_S = 20
 TICK_S = 1 / TICKS_PER_S
+#: Each region is a process of its own (a region node holds a few hundred MB).
+MAX_REGIONS = 16
+#: The demo keeps every value it sends, for the exact quantiles it shows beside the
+#: mesh's: this many at most (8 bytes each, 2 GB).
+MAX_KEPT_VALUES = 250_000_000
 
 
 def region_names(n: int) -> list[str]:
@@ -237,14 +242,30 @@ async def _drop_streams(streams: Streams) -> None:
     streams.clear()
 
 
-async def run_demo(args: argparse.Namespace) -> int:
+def _refused(args: argparse.Namespace) -> str:
+    """Why the demo's arguments cannot run ("" when they can)."""
     if args.regions < 1 or args.rate < 1:
-        print("demo: --regions and --rate must be positive", file=sys.stderr)
-        return 2
+        return "--regions and --rate must be positive"
     for flag, seconds in (("--duration", args.duration), ("--refresh", args.refresh)):
         if not (math.isfinite(seconds) and seconds > 0):  # nan compares false to all
-            print(f"demo: {flag} must be a positive number of seconds", file=sys.stderr)
-            return 2
+            return f"{flag} must be a positive number of seconds"
+    if args.regions > MAX_REGIONS:
+        return f"--regions is at most {MAX_REGIONS} (each region node is a process of its own)"
+    kept = args.regions * args.rate * args.duration
+    if kept > MAX_KEPT_VALUES:
+        return (
+            f"--regions × --rate × --duration is {kept:,.0f} values, more than the "
+            f"{MAX_KEPT_VALUES:,} the demo keeps for its exact quantiles: lower --rate or "
+            "--duration"
+        )
+    return ""
+
+
+async def run_demo(args: argparse.Namespace) -> int:
+    refused = _refused(args)
+    if refused:
+        print(f"demo: {refused}", file=sys.stderr)
+        return 2
     workdir = Path(tempfile.mkdtemp(prefix="nethical-demo-"))
     children: list[Child] = []
     streams: Streams = []
