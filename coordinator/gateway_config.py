@@ -66,6 +66,10 @@ class GatewayConfig:
             raise ValueError("the DNS re-resolution interval must be > 0")
         if not 0 < self.ejection_base_s <= self.ejection_max_s:
             raise ValueError("ejection times must satisfy 0 < base <= max")
+        if self.ejection_threshold < 1:
+            raise ValueError("ejection_threshold must be >= 1")
+        if not self.default_timeout_s > 0:
+            raise ValueError("the default Evaluate timeout must be > 0 seconds")
 
     def balancer(self) -> LoadBalancer:
         from nethical_grpc.balancing import LoadBalancer, LoadBalancingStrategy, RetryPolicy
@@ -180,6 +184,8 @@ def from_arguments(args: Any) -> GatewayConfig:
         proximity = parse_region_orders(args.region_order, args.local_region)
     except ValueError as exc:
         raise ValueError(f"--region-order: {exc}") from None
+    if args.max_retries < 0:
+        raise ValueError(f"--max-retries: must be >= 0, not {args.max_retries}")
     return GatewayConfig(
         strategy=args.strategy,
         local_region=args.local_region,

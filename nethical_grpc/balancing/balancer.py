@@ -21,7 +21,7 @@ from typing import Any, Final, Protocol, TypeVar
 import grpc
 
 from nethical_grpc.balancing.health_watch import HealthWatcher, ServingHook
-from nethical_grpc.balancing.instance import ChannelFactory, HealthState, Instance
+from nethical_grpc.balancing.instance import MAX_WEIGHT, ChannelFactory, HealthState, Instance
 from nethical_grpc.balancing.retry import (
     NoAvailableInstanceError,
     RetryPolicy,
@@ -223,6 +223,8 @@ class LoadBalancer:
         """Add an instance; the same id again updates it in place (no duplicate)."""
         if weight < 1:
             raise ValueError("weight must be >= 1")
+        if weight > MAX_WEIGHT:
+            raise ValueError(f"weight must be <= {MAX_WEIGHT}")
         old_channel: grpc.aio.Channel | None = None
         with self._lock:
             inst = self._instances.get(instance_id)

@@ -31,6 +31,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from nethical_grpc.balancing.instance import MAX_WEIGHT
+
 if TYPE_CHECKING:
     from nethical_grpc.balancing.balancer import LoadBalancer
 
@@ -100,6 +102,8 @@ def parse_target(text: str) -> Target:
             raise ValueError(f"{whole!r}: weight {weight_text!r} is not an integer") from None
         if weight < 1:
             raise ValueError(f"{whole!r}: weight must be >= 1")
+        if weight > MAX_WEIGHT:
+            raise ValueError(f"{whole!r}: weight must be <= {MAX_WEIGHT}")
     if body.startswith("dns:"):
         rest = body[len("dns:") :]
         if rest.startswith("//"):

@@ -14,6 +14,10 @@ from nethical_grpc.grpc_options import node_channel_options
 
 ChannelFactory = Callable[[str], grpc.aio.Channel]
 
+#: The largest instance weight (a uint32, as in gRPC and Envoy): the weighted picker sums
+#: weights in int64, which heavier ones would overflow
+MAX_WEIGHT = 2**32 - 1
+
 
 class HealthState(enum.Enum):
     """Health as reported by ``grpc.health.v1.Health/Watch`` (or set by the caller).

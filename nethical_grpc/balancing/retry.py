@@ -134,6 +134,22 @@ class RetryPolicy:
     attempt_timeout_s: float | None = None
     total_timeout_s: float | None = None
 
+    def __post_init__(self) -> None:
+        if self.max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        if not self.backoff_initial_s >= 0:  # NaN too
+            raise ValueError("backoff_initial_s must be >= 0")
+        if not self.backoff_max_s >= self.backoff_initial_s:
+            raise ValueError("backoff_max_s must be >= backoff_initial_s")
+        if not self.backoff_multiplier >= 1.0:
+            raise ValueError("backoff_multiplier must be >= 1")
+        if not 0.0 <= self.jitter <= 1.0:
+            raise ValueError("jitter must be in [0, 1]")
+        for name in ("attempt_timeout_s", "total_timeout_s"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0 seconds (or None: no limit)")
+
     def backoff_s(self, retry: int, rng: random.Random) -> float:
         base = min(self.backoff_max_s, self.backoff_initial_s * self.backoff_multiplier**retry)
         return base * (1.0 - self.jitter * rng.random())

@@ -128,7 +128,7 @@ class SmoothWeightedPicker:
     :data:`WRR_CHUNK` are generated a chunk at a time from the carried state.
     """
 
-    __slots__ = ("_cycle", "_members", "_pos", "_seq", "_state", "_weights")
+    __slots__ = ("_among", "_cycle", "_members", "_pos", "_seq", "_state", "_weights")
 
     def __init__(self) -> None:
         self._members: tuple[Instance, ...] = ()
@@ -137,9 +137,11 @@ class SmoothWeightedPicker:
         self._pos = 0
         self._cycle = 0
         self._state: np.ndarray | None = None
+        self._among: dict[Instance, int] = {}  # pick_among's current values
 
     def reset(self, members: Sequence[Instance]) -> None:
         self._members = tuple(members)
+        self._among = {}
         self._weights = [max(1, int(m.weight)) for m in self._members]
         self._seq = []
         self._pos = 0
@@ -168,13 +170,22 @@ class SmoothWeightedPicker:
         return self._seq[pos]
 
     def pick_among(self, candidates: Sequence[Instance]) -> Instance:
-        allowed = set(candidates)
-        if self._members:
-            for _ in range(max(self._cycle, 1)):
-                inst = self.pick()
-                if inst in allowed:
-                    return inst
-        return max(candidates, key=lambda c: c.weight)
+        """Smooth weighted round robin over ``candidates`` alone, O(len(candidates)),
+        with a state of its own: the sequence first attempts follow is left as it is."""
+        current = self._among
+        total = 0
+        best: Instance | None = None
+        best_value = 0
+        for c in candidates:
+            w = max(1, int(c.weight))
+            value = current.get(c, 0) + w
+            current[c] = value
+            total += w
+            if best is None or value > best_value:
+                best, best_value = c, value
+        assert best is not None  # candidates is never empty
+        current[best] = best_value - total
+        return best
 
     def load_changed(self, inst: Instance, old: int, new: int) -> None:
         pass
