@@ -42,7 +42,7 @@ Layout: a directory of segment files ``wal-<n>.log`` and a ``checkpoint`` file.
   the log now and then instead, and deletes a closed segment once every batch in it is
   past the windows' retention (:meth:`WriteAheadLog.drop_older_than`), by the
   newest batch time of each segment's records (known for the segments appended to or
-  read since the log was opened).
+  read to their end since the log was opened).
 
 Batch ids (``IngestRequest.batch_id``) make retries exactly-once: the node remembers the
 ids it applied (bounded), across restarts through the log and the checkpoint. The
@@ -118,7 +118,7 @@ def _segment_number(path: Path) -> int | None:
     if not (name.startswith(_SEGMENT_PREFIX) and name.endswith(_SEGMENT_SUFFIX)):
         return None
     digits = name[len(_SEGMENT_PREFIX) : -len(_SEGMENT_SUFFIX)]
-    return int(digits) if digits.isdigit() else None
+    return int(digits) if digits.isascii() and digits.isdigit() else None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -284,9 +284,13 @@ class WriteAheadLog:
         for n, path in self._segments():
             if n <= first or (through is not None and n > through):
                 continue
+            newest = -1  # a segment holding no record (a kill before its first write)
             for time_ns, payload in self._read_segment(path):
-                self._received(n, time_ns)
+                newest = max(newest, time_ns)
                 yield n, time_ns, payload
+            # read to its end: the newest of its records is known (not before: a reader
+            # that stops early saw only some of them)
+            self._received(n, newest)
 
     def _read_segment(self, path: Path) -> Iterator[tuple[int, bytes]]:
         data = path.read_bytes()
@@ -371,7 +375,8 @@ class WriteAheadLog:
             self._kept_from = self._written
 
     def _received(self, segment: int, time_ns: int) -> None:
-        if time_ns > self._newest.get(segment, -1):
+        known = self._newest.get(segment)
+        if known is None or time_ns > known:
             self._newest[segment] = time_ns
 
     @property
@@ -493,7 +498,8 @@ class WriteAheadLog:
         """Delete the closed segments all of whose records' batch times are before
         ``cutoff_ns``; returns how many. Only for a log no checkpoint covers (see the
         module docstring): their batches are then in no store. A segment whose records'
-        times are unknown (neither appended to nor read since the log was opened) stays."""
+        times are unknown (neither appended to nor read to its end since the log was
+        opened) stays; one read to its end that holds no record goes."""
         removed = 0
         for n, path in self._segments():
             newest = self._newest.get(n)

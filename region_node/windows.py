@@ -187,12 +187,15 @@ class WindowStore:
             )
 
     def oldest_accepted_ns(self, now_ns: int) -> int:
-        """The start of the oldest window an observation may land in now."""
+        """The start of the oldest window an observation may land in now: the oldest
+        window :meth:`evict_expired` keeps (with rollup, the oldest past the rollup
+        horizon, if newer), all of it, also where the retention or the horizon is not a
+        whole number of windows."""
         cfg = self.config
         start = self._window_start(now_ns)
-        oldest = start - cfg.retention_ns + cfg.window_ns
+        oldest = self._window_start(start - cfg.retention_ns) + cfg.window_ns
         if cfg.rollup_factor:
-            oldest = max(oldest, start - cfg.rollup_after_ns + cfg.window_ns)
+            oldest = max(oldest, self._window_start(start - cfg.rollup_after_ns) + cfg.window_ns)
         if self._rolled_through is not None:
             oldest = max(oldest, (self._rolled_through + 1) * cfg.window_ns)
         return oldest
