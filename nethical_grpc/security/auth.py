@@ -110,7 +110,9 @@ def bearer_token_of(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
     text = value.decode("latin-1") if isinstance(value, bytes) else value
     scheme, _, token = text.strip().partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    # a token holds no whitespace: "Bearer a b" (or two headers folded into one by a
+    # proxy, "Bearer a, Bearer b") is not 'Bearer TOKEN'
+    if scheme.lower() != "bearer" or not token or len(token.split()) != 1:
         raise Unauthenticated(
             "malformed authorization metadata: expected 'Bearer TOKEN'", TOKEN_MALFORMED
         )

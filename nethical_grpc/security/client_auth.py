@@ -7,8 +7,10 @@
   channels built elsewhere (gRPC sends them only over TLS). They cost more per call:
   the plugin runs on a gRPC thread for every call.
 
-Either way the token replaces any ``authorization`` metadata the caller set, and the
-token object's repr stays ``<redacted>``.
+The interceptors replace any ``authorization`` metadata the caller set. Call
+credentials cannot: gRPC appends their metadata to the caller's, so a call that also
+sets its own ``authorization`` carries two and the server refuses it (TOKEN_MALFORMED).
+Either way the token object's repr stays ``<redacted>``.
 """
 
 from __future__ import annotations

@@ -22,7 +22,6 @@ import grpc
 
 from nethical_grpc.security.auth import BearerAuthInterceptor
 from nethical_grpc.security.channels import channel_factory, mesh_channel
-from nethical_grpc.security.flags import ENV_CLIENT_TOKEN, ENV_CLIENT_TOKEN_FILE, env_name
 from nethical_grpc.security.roles import DEFAULT_POLICY, AccessPolicy
 from nethical_grpc.security.tls import TlsConfig, log_transport_security, server_credentials
 from nethical_grpc.security.tokens import BearerToken, TokenStore, client_token, server_tokens
@@ -63,8 +62,9 @@ class ServerSecurity:
         return [BearerAuthInterceptor(self.tokens, self.policy)]
 
     def add_port(self, server: grpc.aio.Server, address: str) -> int:
-        """Bind ``address`` on ``server`` (secure when TLS is set); returns the port,
-        0 when binding failed (as ``add_*_port`` do)."""
+        """Bind ``address`` on ``server`` (secure when TLS is set); returns the port.
+        Raises RuntimeError (gRPC's "Failed to bind to address ...") when the address
+        cannot be bound, as ``add_*_port`` do; older gRPC releases returned 0 instead."""
         creds = self.credentials()
         if creds is None:
             return server.add_insecure_port(address)
@@ -141,6 +141,11 @@ def client_security_from_args(
     key = getattr(args, f"{attr}tls_key")
     server_name = getattr(args, f"{attr}tls_server_name")
     plain_tls = getattr(args, f"{attr}tls")
+    if (cert is None) != (key is None):  # TlsConfig's own message names the unprefixed flags
+        raise ValueError(
+            f"TLS needs both a client certificate and its key (--{prefix}tls-cert, "
+            f"--{prefix}tls-key)"
+        )
     tls: TlsConfig | None
     if ca or cert or key or server_name or plain_tls:
         tls = TlsConfig(cert_file=cert, key_file=key, ca_file=ca, server_name=server_name)
@@ -153,9 +158,5 @@ def client_security_from_args(
         )
     else:
         tls = None
-    token_env = {  # this prefix's variables under the names client_token reads
-        ENV_CLIENT_TOKEN_FILE: env.get(env_name(prefix, "token-file"), ""),
-        ENV_CLIENT_TOKEN: env.get(env_name(prefix, "token"), ""),
-    }
-    token = client_token(getattr(args, f"{attr}token_file"), token_env)
+    token = client_token(getattr(args, f"{attr}token_file"), env, prefix)
     return ClientSecurity(tls, token)

@@ -36,12 +36,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from nethical_grpc.security.flags import (
-    ENV_CLIENT_TOKEN,
-    ENV_CLIENT_TOKEN_FILE,
-    ENV_TOKEN_HASHES,
-    ENV_TOKENS_FILE,
-)
+from nethical_grpc.security.flags import ENV_TOKEN_HASHES, ENV_TOKENS_FILE, env_name
 from nethical_grpc.security.roles import Role
 
 log = logging.getLogger(__name__)
@@ -242,9 +237,11 @@ class TokenFile(TokenStore):
     """A :class:`TokenStore` read from a tokens file and re-read when the file changes.
 
     At most every ``check_interval_s`` seconds a lookup stats the file; when its inode,
-    size or mtime changed, the file is parsed again and replaces the tokens (revoking a
-    token takes effect without a restart). A file that no longer parses keeps the
-    previous tokens and logs an error with the line number (never the content).
+    size, mtime or ctime changed, the file is parsed again and replaces the tokens
+    (revoking a token takes effect without a restart). A file that no longer parses
+    (or is empty, or gone) keeps the previous tokens and logs an error with the line
+    number (never the content), once: the same file is not parsed or reported again
+    until it changes.
     The stat, and the re-read on a change, run on the calling thread (in a server, the
     event loop): a tokens file is a few lines. Construction raises ValueError/OSError
     when the file cannot be read or parsed.
@@ -257,6 +254,8 @@ class TokenFile(TokenStore):
         super().__init__(parse_token_lines(_read(self.path), str(self.path)))
         self._next_check = time.monotonic() + check_interval_s
         self._lock = threading.Lock()
+        # what the last failed reload saw (a stamp, or a stat error): reported once
+        self._failed: object = None
         if len(self):
             log.info("loaded %d tokens from %s", len(self), self.path)
         else:
@@ -286,15 +285,18 @@ class TokenFile(TokenStore):
             try:
                 stamp = _stamp(self.path)
             except OSError as exc:
-                log.error(
-                    "tokens file %s unreadable (%s); keeping %d tokens",
-                    self.path,
-                    exc.strerror,
-                    len(self),
-                )
+                if self._failed != ("stat", exc.errno):
+                    self._failed = ("stat", exc.errno)
+                    log.error(
+                        "tokens file %s unreadable (%s); keeping %d tokens",
+                        self.path,
+                        exc.strerror,
+                        len(self),
+                    )
                 return False
-            if stamp == self._stamp:
+            if stamp == self._stamp or stamp == self._failed:
                 return False
+            self._failed = stamp  # until it parses below
             if stamp[2] == 0:  # a file rewritten in place, caught between truncate and write
                 log.error(
                     "tokens file %s is empty; keeping %d tokens (to revoke every token, leave "
@@ -316,6 +318,7 @@ class TokenFile(TokenStore):
                 return False
             self.replace(entries)
             self._stamp = stamp
+            self._failed = None
             log.info("reloaded %d tokens from %s", len(self), self.path)
             return True
 
@@ -332,9 +335,11 @@ def _read(path: Path, what: str = "tokens file") -> str:
         raise ValueError(f"{what} {path}: not UTF-8") from None
 
 
-def _stamp(path: Path) -> tuple[int, int, int, int]:
+def _stamp(path: Path) -> tuple[int, int, int, int, int]:
+    """Device, inode, size, mtime and ctime (a chmod that makes the file readable again
+    changes the ctime only)."""
     st = path.stat()
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def server_tokens(
@@ -365,15 +370,20 @@ def server_tokens(
 def client_token(
     token_file: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
+    prefix: str = "",
 ) -> BearerToken | None:
     """The client's token: the first line of ``token_file`` (else
     ``$NETHICAL_TOKEN_FILE``), else ``$NETHICAL_TOKEN``; None when none is set.
 
-    Raises ValueError (without the token text) when it is not a usable token, OSError
-    when the file cannot be read.
+    ``prefix`` names the variables of one kind of peer, as the flags do: ``"region-"``
+    reads ``$NETHICAL_REGION_TOKEN_FILE`` and ``$NETHICAL_REGION_TOKEN``.
+
+    Raises ValueError (naming the file or variable, without the token text) when it is
+    not a usable token, OSError when the file cannot be read.
     """
     env = os.environ if env is None else env
-    path = token_file or env.get(ENV_CLIENT_TOKEN_FILE) or None
+    file_var, token_var = env_name(prefix, "token-file"), env_name(prefix, "token")
+    path = token_file or env.get(file_var) or None
     if path:
         lines = _read(Path(path), "token file").splitlines()
         text = lines[0].strip() if lines else ""
@@ -381,10 +391,10 @@ def client_token(
             return BearerToken(text)
         except ValueError as exc:
             raise ValueError(f"token file {path}: {exc}") from None
-    text = env.get(ENV_CLIENT_TOKEN, "").strip()
+    text = env.get(token_var, "").strip()
     if text:
         try:
             return BearerToken(text)
         except ValueError as exc:
-            raise ValueError(f"{ENV_CLIENT_TOKEN}: {exc}") from None
+            raise ValueError(f"{token_var}: {exc}") from None
     return None
