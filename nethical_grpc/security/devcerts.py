@@ -57,7 +57,7 @@ class DevCA:
     key_file: Path
 
     @classmethod
-    def create(cls, directory: Path, name: str = "nethical-dev-ca", days: int = 2) -> DevCA:
+    def create(cls, directory: Path, name: str = "nethical-dev-ca", days: int = 30) -> DevCA:
         """Write ``ca.crt``/``ca.key`` (``NAME.crt``/``.key``) into ``directory``."""
         directory.mkdir(parents=True, exist_ok=True)
         cert, key = directory / f"{name}.crt", directory / f"{name}.key"
@@ -78,7 +78,7 @@ class DevCA:
         name: str,
         hosts: Sequence[str] = ("localhost", "127.0.0.1"),
         serial: int | None = None,
-        days: int = 2,
+        days: int = 30,
     ) -> IssuedCert:
         """Issue ``NAME.crt``/``NAME.key`` in ``directory`` for ``hosts`` (DNS names or IP
         addresses, as subjectAltName). ``serial`` defaults to a random 63-bit number."""
