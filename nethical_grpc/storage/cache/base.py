@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import abc
 import enum
-import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Final, Self, TypeVar
@@ -13,6 +12,7 @@ T = TypeVar("T")
 
 __all__ = [
     "DEFAULT_TTL_S",
+    "MAX_TTL_S",
     "MISSING",
     "Cache",
     "CacheConflictError",
@@ -29,6 +29,11 @@ __all__ = [
 
 DEFAULT_TTL_S: Final = 300.0
 """The TTL ``set`` uses when none is given (the guide's ``default_ttl=300``)."""
+
+MAX_TTL_S: Final = 1e12
+"""The longest TTL, in seconds (about 31,700 years): Redis refuses an expiry time near
+2**63 milliseconds, so a longer one would be taken by the memory cache and refused by Redis
+(use ``0`` for no expiry)."""
 
 
 class Missing(enum.Enum):
@@ -63,10 +68,11 @@ class CacheConflictError(RuntimeError):
 def region_namespace(region: str) -> str:
     """The key namespace for one region's cache: ``"nethical:{region}:"``.
 
-    ``ValueError`` when ``region`` is empty or contains whitespace.
+    ``ValueError`` when ``region`` is empty or contains whitespace or ``:`` (the separator:
+    region ``a``'s namespace would hold every key of region ``a:b``).
     """
-    if not region or any(c.isspace() for c in region):
-        raise ValueError(f"region must be non-empty with no whitespace, got {region!r}")
+    if not region or any(c.isspace() or c == ":" for c in region):
+        raise ValueError(f"region must be non-empty with no whitespace or ':', got {region!r}")
     return f"nethical:{region}:"
 
 
@@ -102,14 +108,16 @@ def check_amount(amount: object) -> int:
 
 
 def check_ttl(ttl: object, name: str = "ttl") -> float:
-    """``ttl`` in seconds as a float: 0 means no expiry; ``ValueError`` if negative or not a
-    finite number."""
+    """``ttl`` in seconds as a float: 0 means no expiry; ``ValueError`` if negative, above
+    :data:`MAX_TTL_S` or not a number."""
     if type(ttl) not in (int, float):
         raise ValueError(f"{name} must be a number of seconds, got {ttl!r}")
-    value = float(ttl)  # type: ignore[arg-type]
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {ttl!r}")
-    return value
+    # compared before float(), which overflows on a huge int; also refuses NaN and infinity
+    if not 0 <= ttl <= MAX_TTL_S:  # type: ignore[operator]
+        raise ValueError(
+            f"{name} must be a number of seconds from 0 to {MAX_TTL_S:.0e}, got {ttl!r}"
+        )
+    return float(ttl)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,9 +162,9 @@ class Cache(abc.ABC):
     Keys are non-empty ``str``; values are str, int, float, bool, None, bytes, or lists and
     dicts of JSON types, and come back with the type they were stored with (see
     :mod:`~nethical_grpc.storage.cache.codec`). ``ttl`` is in seconds (fractions allowed):
-    ``None`` means the cache's ``default_ttl``, ``0`` means no expiry, negative raises
-    ``ValueError``. Every key lives under the cache's namespace, and :meth:`clear` removes
-    only that namespace.
+    ``None`` means the cache's ``default_ttl``, ``0`` means no expiry, negative or above
+    :data:`MAX_TTL_S` raises ``ValueError``. Every key lives under the cache's namespace,
+    and :meth:`clear` removes only that namespace.
     """
 
     namespace: str

@@ -16,7 +16,9 @@ An integer is the only encoding that starts with a digit or ``-``, so the tags n
 collide with it. Lists and dicts may nest str, int, float, bool, None, list and dict (with
 ``str`` keys) to any depth; anything else (tuples, sets, bytes inside a container,
 non-``str`` keys, subclasses such as enums) raises ``ValueError`` at write time rather than
-coming back as a different type. Decoding never executes code: it only parses.
+coming back as a different type, and so do a container inside itself and an ``int`` with
+more digits than Python writes as text (``sys.get_int_max_str_digits()``). Decoding never
+executes code: it only parses.
 """
 
 from __future__ import annotations
@@ -41,12 +43,20 @@ _LOADS = json.JSONDecoder().decode
 
 
 def _is_exact(value: list[Any] | dict[str, Any]) -> bool:
-    """True when every nested item is JSON-exact (see the module doc)."""
+    """True when every nested item is JSON-exact (see the module doc) and no container is
+    met twice; False otherwise (a container held twice may be shared or hold itself:
+    :func:`_problem` tells which), so a circular value ends the walk."""
     stack: list[object] = [value]
     pop, extend = stack.pop, stack.extend
+    seen: set[int] = set()
     while stack:
         item = pop()
         kind = type(item)
+        if kind is list or kind is dict:
+            ident = id(item)
+            if ident in seen:
+                return False
+            seen.add(ident)
         if kind is list:
             assert isinstance(item, list)
             extend(item)
@@ -68,18 +78,40 @@ def _check_container(value: list[Any] | dict[str, Any]) -> None:
     refused value is walked again (:func:`_problem`) to name the offending item.
     """
     if not _is_exact(value):
-        raise ValueError(_problem(value) or "cache value: not JSON-exact")
+        problem = _problem(value)
+        if problem is not None:  # None: a container held more than once, not in itself
+            raise ValueError(problem)
 
 
 def _problem(value: list[Any] | dict[str, Any]) -> str | None:
-    """What makes ``value`` not JSON-exact, naming the item by its path; None if nothing."""
-    stack: list[tuple[object, str]] = [(value, "value")]
+    """What makes ``value`` not JSON-exact (an item of another type, a container inside
+    itself), naming the item by its path; None if nothing.
+
+    A depth-first walk that knows the containers on the current path (``inside``) and
+    walks each container once (``done``), so shared containers cost nothing more.
+    """
+    inside: set[int] = set()
+    done: set[int] = set()
+    # (item, its path, True: the walk of that container's items ends here)
+    stack: list[tuple[object, str, bool]] = [(value, "value", False)]
     while stack:
-        item, path = stack.pop()
+        item, path, leaving = stack.pop()
         kind = type(item)
+        if leaving:
+            inside.discard(id(item))
+            done.add(id(item))
+            continue
+        if kind is list or kind is dict:
+            ident = id(item)
+            if ident in inside:
+                return f"cache value: {path} is a circular reference to a container it is in"
+            if ident in done:
+                continue
+            inside.add(ident)
+            stack.append((item, path, True))
         if kind is list:
             assert isinstance(item, list)
-            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(item))
+            stack.extend((v, f"{path}[{i}]", False) for i, v in enumerate(item))
         elif kind is dict:
             assert isinstance(item, dict)
             for k, v in item.items():
@@ -88,7 +120,7 @@ def _problem(value: list[Any] | dict[str, Any]) -> str | None:
                         f"cache value: dict keys must be str, {path} has key {k!r} "
                         f"of type {type(k).__name__}"
                     )
-                stack.append((v, f"{path}[{k!r}]"))
+                stack.append((v, f"{path}[{k!r}]", False))
         elif kind not in _JSON_SCALARS:
             return (
                 f"cache value: {path} is a {kind.__name__}; containers may hold only "
@@ -111,7 +143,8 @@ def container_to_json(value: list[Any] | dict[str, Any]) -> str:
     try:
         text: str = _DUMPS(value)
         text.encode("utf-8")  # refuse lone surrogates here, not at the server
-    except (RecursionError, UnicodeEncodeError) as err:
+    except (RecursionError, UnicodeEncodeError, ValueError) as err:
+        # ValueError: an int with more digits than Python writes as decimal text
         raise ValueError(f"cache value: cannot encode container ({err})") from None
     return text
 
@@ -125,8 +158,18 @@ def _encode_container(value: Any) -> bytes:
     return b"j" + container_to_json(value).encode("utf-8")
 
 
+def _encode_int(value: int) -> bytes:
+    try:
+        return str(value).encode("ascii")
+    except ValueError:  # past sys.get_int_max_str_digits(); it could not be read back either
+        raise ValueError(
+            f"cache value: an int of {value.bit_length()} bits has more digits than "
+            "Python converts to text"
+        ) from None
+
+
 _ENCODERS: Final[dict[type, Any]] = {
-    int: lambda v: str(v).encode("ascii"),
+    int: _encode_int,
     str: _encode_str,
     bytes: lambda v: b"b" + v,
     float: lambda v: b"f" + repr(v).encode("ascii"),

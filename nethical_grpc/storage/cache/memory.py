@@ -109,6 +109,8 @@ class MemoryCache(Cache):
     def _prepare(value: Any) -> object:
         kind = type(value)
         if kind in _IMMUTABLE:
+            if kind is int and value.bit_length() > 64:
+                encode_value(value)  # ValueError past the digits Python writes, as Redis
             return value
         if kind is list or kind is dict:
             return _Encoded(container_to_json(value))
