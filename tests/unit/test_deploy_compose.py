@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from deploy_sizes import restore_peak_bytes, start_s, steady_bytes
 
 from coordinator.instances import parse_region_spec
 from coordinator.server import SERVICE_NAME as COORDINATOR_SERVICE
@@ -337,6 +338,54 @@ def test_mesh_containers_are_hardened_and_drain_in_time(
         for mapping in service["ports"]:
             assert mapping.startswith("127.0.0.1:"), f"{name} publishes beyond loopback"
             assert int(mapping.rsplit(":", 1)[1]) == args.port
+
+
+def _bytes(text: str | int) -> float:
+    """Compose byte values ('512m', '2g', 1024): binary units, as Docker reads them."""
+    if isinstance(text, int):
+        return float(text)
+    m = re.fullmatch(r"(\d+)([bkmg]?)", text.lower())
+    assert m, f"not a byte value: {text!r}"
+    return float(m.group(1)) * {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30}[m.group(2)]
+
+
+def test_mesh_containers_have_memory_limits_their_nodes_fit(
+    mesh_services: dict[str, dict[str, Any]],
+) -> None:
+    """A region node without --max-series and --retention bounds grows past any limit
+    (and without a limit, past the host's memory); with them, every window it may keep
+    and the peak of restoring them fit its mem_limit."""
+    parser = build_parser()
+    for name, service in mesh_services.items():
+        limit = _bytes(service["mem_limit"])
+        args = parser.parse_args(service["command"])
+        if args.command == "region":
+            assert steady_bytes(args) <= limit, (name, steady_bytes(args) / 2**30)
+            assert restore_peak_bytes(args) <= limit, (name, restore_peak_bytes(args) / 2**30)
+
+
+def test_region_healthchecks_wait_for_a_restart_to_restore(
+    mesh_services: dict[str, dict[str, Any]],
+) -> None:
+    """A node is NOT_SERVING while it compiles and restores its windows: a healthcheck
+    that gives up sooner marks it unhealthy, and the coordinator, which waits for healthy
+    regions, never starts."""
+    parser = build_parser()
+    for name, service in mesh_services.items():
+        args = parser.parse_args(service["command"])
+        if args.command != "region":
+            continue
+        check = service["healthcheck"]
+        allowed = _duration_s(check["start_period"]) + _duration_s(check["interval"]) * int(
+            check["retries"]
+        )
+        assert start_s(args, cores=1.0) <= allowed, (name, start_s(args, cores=1.0), allowed)
+
+
+def test_byte_reading() -> None:
+    assert _bytes("2560m") == 2560 * 2**20
+    assert _bytes("2g") == 2**31
+    assert _bytes(512) == 512.0
 
 
 def test_duration_reading() -> None:

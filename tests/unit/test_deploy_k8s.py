@@ -21,13 +21,13 @@ from unittest.mock import patch
 
 import pytest
 import yaml
+from deploy_sizes import restore_peak_bytes, start_s, steady_bytes
 
 from coordinator.instances import parse_region_spec
 from coordinator.server import SERVICE_NAME as COORDINATOR_SERVICE
 from nethical_grpc.cli.main import build_parser
 from nethical_grpc.grpc_options import channel_options
 from region_node.server import SERVICE_NAME as REGION_SERVICE
-from region_node.windows import WindowConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAY = ROOT / "deploy" / "k8s" / "overlays" / "three-regions"
@@ -157,16 +157,6 @@ def _probes(container: Obj) -> Iterator[tuple[str, Obj]]:
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert kind in container, f"{container['name']} has no {kind}"
         yield kind, container[kind]
-
-
-def _most_windows_per_series(args: Any) -> int:
-    """The most windows a node started with ``args`` keeps per series."""
-    return WindowConfig(
-        window_ns=args.window,
-        retention_ns=args.retention,
-        rollup_after_ns=args.rollup_after,
-        rollup_window_ns=args.rollup_window,
-    ).most_windows_per_series
 
 
 def _quantity(text: str | int) -> float:
@@ -342,13 +332,6 @@ def test_probes_are_native_grpc_on_the_served_port(rendered: list[Obj]) -> None:
                 assert probe["grpc"]["service"] == service, kind
 
 
-# bench/restore.py --series 1500 --hours 1 on ✺: 540,000 stored windows restored in 73.0 s
-# on one core (35.6 s once they decoded in batches: the slower figure leaves a margin);
-# the first Numba compilation at a pod's start takes up to two minutes
-RESTORE_S_PER_WINDOW = 73.0 / 540_000
-COMPILE_S = 120.0
-
-
 def test_region_startup_allows_restoring_every_window_the_node_keeps(
     rendered: list[Obj],
 ) -> None:
@@ -358,9 +341,7 @@ def test_region_startup_allows_restoring_every_window_the_node_keeps(
     core it requests), the kubelet kills it mid-restore, again and again."""
     for sts in _of(rendered, "StatefulSet"):
         args = _parsed_args(rendered, sts)
-        windows = _most_windows_per_series(args)
-        cores = min(1.0, _quantity(_container(sts)["resources"]["requests"]["cpu"]))
-        need = COMPILE_S + args.max_series * windows * RESTORE_S_PER_WINDOW / cores
+        need = start_s(args, _quantity(_container(sts)["resources"]["requests"]["cpu"]))
         startup = _container(sts)["startupProbe"]
         allowed = startup["periodSeconds"] * startup["failureThreshold"]
         assert need <= allowed, (sts["metadata"]["name"], need, allowed)
@@ -511,12 +492,6 @@ def test_quantities() -> None:
     assert _quantity(2) == 2.0
 
 
-# bench/memory.py: 10,000 series x 6 windows (values spanning four decades) took 402 MB
-# against 222 MB idle, about 3 KB a window; an idle node, under 256 MiB
-WINDOW_BYTES = 3 * 1024
-IDLE_BYTES = 256 * 2**20
-
-
 def test_region_memory_limit_holds_every_window_the_node_may_keep(rendered: list[Obj]) -> None:
     """A node keeps one window per --window per live series up to --rollup-after, then
     rollup windows for the rest of --retention: with the defaults (24h, 100,000 series)
@@ -524,17 +499,9 @@ def test_region_memory_limit_holds_every_window_the_node_may_keep(rendered: list
     traffic."""
     for sts in _of(rendered, "StatefulSet"):
         args = _parsed_args(rendered, sts)
-        windows = _most_windows_per_series(args)
-        need = IDLE_BYTES + args.max_series * windows * WINDOW_BYTES
+        need = steady_bytes(args)
         limit = _quantity(_container(sts)["resources"]["limits"]["memory"])
         assert need <= limit, (sts["metadata"]["name"], need / 2**30, limit / 2**30)
-
-
-# bench/restore.py --series 1500 --hours 1 (✺): restoring 540,000 windows peaked at
-# 1,755.0 MB above the process's start, about 3,250 bytes a window
-RESTORE_PEAK_BYTES_PER_WINDOW = 3250
-#: what a pod's limit keeps above that peak (the figure varied 4% between runs)
-RESTORE_MARGIN = 1.10
 
 
 def test_region_memory_limit_holds_the_restore_of_every_window(rendered: list[Obj]) -> None:
@@ -543,10 +510,9 @@ def test_region_memory_limit_holds_the_restore_of_every_window(rendered: list[Ob
     kill the node while it restored, again at every restart."""
     for sts in _of(rendered, "StatefulSet"):
         args = _parsed_args(rendered, sts)
-        windows = _most_windows_per_series(args)
-        peak = args.max_series * windows * RESTORE_PEAK_BYTES_PER_WINDOW * RESTORE_MARGIN
+        peak = restore_peak_bytes(args)
         limit = _quantity(_container(sts)["resources"]["limits"]["memory"])
-        assert IDLE_BYTES + peak <= limit, (sts["metadata"]["name"], peak / 2**30, limit / 2**30)
+        assert peak <= limit, (sts["metadata"]["name"], peak / 2**30, limit / 2**30)
 
 
 def test_a_rollout_waits_for_the_coordinator_to_reach_a_replaced_pod(
