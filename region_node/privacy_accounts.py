@@ -7,13 +7,14 @@ every window's budget, and a window could be released again and again. With
 
 * ``privacy-accounts.json``: every account, as of the last compaction (at start, and
   when the journal has grown past a few times its size). Replaced whole (written aside,
-  then renamed): a process that dies mid-write leaves the previous accounts, never a
-  torn file.
+  fsynced, then renamed): a process that dies mid-write leaves the previous accounts,
+  never a torn file.
 * ``privacy-accounts.journal``: one JSON line per release that charged the accounts
   (before the answer leaves), holding the new totals of the accounts it charged only, so
-  that a release costs what it charged, not a rewrite of every account. Totals only
-  grow, and loading keeps the larger spend of each account, so the lines replay in any
-  order and a line written twice does no harm. A last line cut short (a process that
+  that a release costs what it charged, not a rewrite of every account. Each line is
+  fsynced before the answer leaves, so a charge outlives a crash of the machine too.
+  Totals only grow, and loading keeps the larger spend of each account, so the lines
+  replay in any order and a line written twice does no harm. A last line cut short (a process that
   died while appending it) belongs to an answer that never left, and is skipped.
 """
 
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from nethical_grpc.privacy import PrivacyAccountant
+from region_node.durable_files import fsync_dir, write_durably
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +103,15 @@ class AccountsFile:
             try:
                 f.write(line)
                 f.flush()
+                # on the disk before the answer leaves: a machine that crashed after it
+                # would otherwise come back with the charge forgotten
+                os.fsync(f.fileno())
             except BaseException:
                 with contextlib.suppress(OSError):  # no partial line for the next to follow
                     f.truncate(start)
                 raise
+        if start == 0:  # a new journal: its name too
+            fsync_dir(self.journal.parent)
         accountant.clear_changes()
         if start + len(line) > max(_COMPACT_MIN_BYTES, _COMPACT_RATIO * self._snapshot_bytes):
             try:
@@ -117,9 +124,7 @@ class AccountsFile:
         journal."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(accountant.snapshot(), separators=(",", ":"))
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, self.path)
+        write_durably(self.path, text)
         # a stop here leaves the journal too: replayed, it changes nothing
         self.journal.unlink(missing_ok=True)
         self._snapshot_bytes = len(text)

@@ -69,6 +69,8 @@ from io import FileIO
 from pathlib import Path
 from typing import BinaryIO, Final
 
+from region_node.durable_files import fsync_dir, write_durably
+
 log = logging.getLogger(__name__)
 
 _HEADER: Final = struct.Struct("<IIQ")
@@ -121,14 +123,6 @@ def _segment_number(path: Path) -> int | None:
     return int(digits) if digits.isascii() and digits.isdigit() else None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _lock_directory(directory: Path) -> BinaryIO:
     """The open ``lock`` file of ``directory``, exclusively ``flock``\\ ed (until it is
     closed, or the process ends) and holding this process's pid; :class:`LogInUseError`
@@ -152,18 +146,6 @@ def _lock_directory(directory: Path) -> BinaryIO:
         f.write(f"{os.getpid()}\n".encode())
         f.flush()
     return f
-
-
-def _write_durably(path: Path, text: str) -> None:
-    """``path`` holds ``text`` after a crash, or its old content: written to a temporary
-    file, fsynced, renamed over it, and the directory fsynced."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    _fsync_dir(path.parent)
 
 
 class WriteAheadLog:
@@ -235,7 +217,7 @@ class WriteAheadLog:
         if path.exists():
             return path.read_text().strip()
         made = uuid.uuid4().hex
-        _write_durably(path, made)
+        write_durably(path, made)
         return made
 
     def _load_checkpoint(self) -> None:
@@ -255,7 +237,7 @@ class WriteAheadLog:
             raise ValueError(f"the write-ahead log {self.directory} is closed")
         f = open(self._segment_path(self._current), "ab", buffering=0)  # noqa: SIM115
         try:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         except BaseException:
             f.close()
             raise
@@ -482,7 +464,7 @@ class WriteAheadLog:
     def checkpoint(self, upto: int, batch_ids: Iterable[str] | None = None) -> int:
         """Segments ``<= upto`` are in the store: record it durably, then delete them."""
         ids = list(batch_ids if batch_ids is not None else self.batch_ids.recent())
-        _write_durably(
+        write_durably(
             self.directory / "checkpoint", json.dumps({"segment": upto, "batch_ids": ids})
         )
         self._checkpointed = upto
