@@ -330,7 +330,10 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         )
         if self.evaluator is not None:
             pool = self.evaluator.detection_pool
-            found["detection"] = pool.describe() if pool is not None else "in process"
+            # batch counts grow with the actions evaluated: not told under privacy noise
+            found["detection"] = (
+                pool.describe(counts=self.privacy is None) if pool is not None else "in process"
+            )
         if self.node.identity.region_scope:
             read = self.node.peers_read_ns
             found["peers"] = (
@@ -342,7 +345,10 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
             )
         wal = self.node.wal
         if wal is not None:
-            found["write_ahead_log"] = wal.describe() + (
+            # its segments and size grow with the data ingested: like the series and
+            # window counts, not told by a node that adds privacy noise
+            described = wal.describe() if self.privacy is None else str(wal.directory)
+            found["write_ahead_log"] = described + (
                 "; trimmed by each flush to the time-series store"
                 if self.stores is not None and self.stores.keeps_windows
                 else "; the only copy of the windows' data (an in-memory time-series "

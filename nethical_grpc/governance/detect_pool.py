@@ -171,13 +171,16 @@ class DetectionPool:
             f.done() and not f.cancelled() and f.exception() is None for f in self._warm
         )
 
-    def describe(self) -> str:
-        """For GetNodeInfo: the workers and their state."""
-        return (
+    def describe(self, counts: bool = True) -> str:
+        """For GetNodeInfo: the workers and their state, and (``counts``) how many
+        batches they and the node's own thread detected."""
+        text = (
             f"{self.workers} worker process(es) for batches of {self.min_actions}+ "
-            f"actions: {self._state()}; batches detected there {self.pooled_batches}, "
-            f"here {self.inline_batches}"
+            f"actions: {self._state()}"
         )
+        if counts:
+            text += f"; batches detected there {self.pooled_batches}, here {self.inline_batches}"
+        return text
 
     def _state(self) -> str:
         if self._closed:
