@@ -1115,15 +1115,19 @@ def score_rows_from_proto(req: region_node_pb2.ScoreRequest, width: int) -> np.n
     bad = first_out_of_range(values)
     if bad is not None:
         raise InvalidArgument.single(f"features[{bad}]", "must be finite")
-    beyond = np.abs(values) > _FLOAT32_MAX
-    if beyond.any():  # the model takes float32: such a value would become infinite
+    with np.errstate(over="ignore"):
+        rows = values.reshape(-1, width).astype(np.float32)
+    # the model takes float32: a value past its range (those that round to its largest,
+    # 3.4028235e38 as written, are in it) would become infinite
+    beyond = np.isinf(rows).ravel()
+    if beyond.any():
         i = int(np.argmax(beyond))
         raise InvalidArgument.single(
             f"features[{i}]",
             f"{float(values[i])!r} is beyond the float32 range the model takes "
-            f"(|x| <= {_FLOAT32_MAX:g})",
+            f"(|x| <= {_FLOAT32_MAX:.8g})",
         )
-    return values.reshape(-1, width).astype(np.float32)
+    return rows
 
 
 def profile_to_proto(profile: Profile) -> region_node_pb2.GetRiskProfileResponse:

@@ -293,3 +293,15 @@ def test_features_of_an_action_are_what_the_node_scores() -> None:
     a = Action("x", HARMFUL, "command", "look something up")
     rows = action_features([a.action_text], [a.stated_intent])
     assert rows.shape == (1, FEATURE_WIDTH) and rows.dtype == np.float32
+
+
+async def test_score_takes_the_largest_float32_as_the_proto_writes_it(mesh: Mesh) -> None:
+    """The proto bounds features at |x| <= 3.4028235e38: written so, as a double it is a
+    little above float32's largest, and rounds to it, not to infinity."""
+    await add_region(mesh, "r1")
+    row = [3.4028235e38, -3.4028235e38] + [0.0] * (FEATURE_WIDTH - 2)
+    answer = await stub(mesh).Score(
+        region_node_pb2.ScoreRequest(features=row, columns=FEATURE_WIDTH), timeout=5
+    )
+    assert len(answer.probabilities) == 1
+    assert 0.0 <= answer.probabilities[0] <= 1.0
