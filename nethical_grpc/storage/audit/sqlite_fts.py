@@ -75,7 +75,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
 import numpy as np
@@ -128,6 +128,7 @@ _ID_CHUNK: Final = 500
 #: Most records one transaction of apply_retention deletes.
 _RETENTION_CHUNK: Final = 10_000
 _INITIAL_CAPACITY: Final = 1024
+_US_PER_DAY: Final = 86_400_000_000
 
 _RECORD_ROW: Final = "(?, ?, ?, ?, ?, ?, ?, ?)"
 _DOCUMENT_ROW: Final = "(?, ?, ?, ?, ?)"
@@ -457,9 +458,13 @@ class _Mirror:
     def view(self, conn: sqlite3.Connection) -> _View:
         """The mirror as of ``conn``'s current read transaction."""
         first, top = _seq_range(conn)
+        # An empty table is either emptied (retention: every seq given so far is gone) or
+        # a snapshot older than the first write, which must not cut what newer snapshots
+        # mirrored: only the seqs this snapshot had given are known to be gone.
+        given = _last_seq_given(conn) if top == 0 else 0
         with self._lock:
-            if top == 0 and self._n > self._base:  # every record deleted (retention)
-                self._cut(self._n + 1)
+            if top == 0 and given > self._base:  # every record given so far deleted
+                self._cut(given + 1)
             elif first > self._base + 1:
                 self._cut(first)
             if top > self._n:
@@ -1060,12 +1065,14 @@ class SqliteFtsAuditStore(AuditStore):
             raise ValueError(f"limit must be an int or None, got {type(limit).__name__}")
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
+        at_us = to_utc_us(now if now is not None else datetime.now(UTC), "now")
         if self._retention_days is None:
             return 0
-        at = now if now is not None else datetime.now(UTC)
-        cutoff_us = to_utc_us(at - timedelta(days=self._retention_days), "now")
+        # in microseconds: a datetime near datetime.min would overflow
+        cutoff_us = at_us - self._retention_days * _US_PER_DAY
         deleted = 0
         while limit is None or deleted < limit:
+            self._check_open()  # closed between chunks: its worker threads are gone
             most = _RETENTION_CHUNK if limit is None else min(_RETENTION_CHUNK, limit - deleted)
             delete = functools.partial(_delete_expired, cutoff_us=cutoff_us, most=most)
             chunk = await self._writer.run(delete)

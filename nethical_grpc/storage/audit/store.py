@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from nethical_grpc.storage.audit.model import (
     DEFAULT_PAGE_SIZE,
@@ -36,6 +36,9 @@ from nethical_grpc.storage.audit.model import (
 )
 
 __all__ = ["AuditStore", "AuditStoreError", "PageTokenExpiredError"]
+
+#: ``index_audit_log``'s default ``violations`` (a record with other ones is refused).
+_NO_VIOLATIONS: Final[tuple[AuditViolation, ...]] = ()
 
 
 class AuditStoreError(RuntimeError):
@@ -79,7 +82,7 @@ class AuditStore(ABC):
         agent_id: str | None = None,
         decision: Decision | str | None = None,
         action_data: Mapping[str, str] | None = None,
-        violations: Iterable[Mapping[str, Any] | AuditViolation] = (),
+        violations: Iterable[Mapping[str, Any] | AuditViolation] = _NO_VIOLATIONS,
         region_id: str = "",
         risk_score: float | None = None,
         timestamp: datetime | None = None,
@@ -103,7 +106,12 @@ class AuditStore(ABC):
                 risk_score=risk_score,
                 timestamp=timestamp,
             )
-        elif any(v is not None for v in (action_id, agent_id, decision, action_data, risk_score)):
+        elif (
+            any(v is not None for v in (action_id, agent_id, decision, action_data, risk_score))
+            or violations is not _NO_VIOLATIONS
+            or region_id
+            or timestamp is not None
+        ):
             raise ValueError("give either a record or its fields, not both")
         result = await self.index_audit_logs([record])
         return result.indexed == 1
