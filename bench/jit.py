@@ -3,9 +3,11 @@
 For each kernel, on the same data in one run: a straightforward per-element Python reference,
 the NumPy implementation and the Numba implementation (both called directly with the same
 validated, converted inputs; the Numba one after a warm-up call, so compile time is excluded).
-Each figure is the median over ``--repeats`` repeats of the mean time per call, in µs.
-Where the Python reference is too slow to run at full size it is timed on a slice and scaled
-(``python_scaled_from`` says how); everything else runs at the stated size.
+Each NumPy and Numba figure is the median over ``--repeats`` repeats of the mean time per
+call, in µs; the pure-Python reference, seconds a call at full size, takes the median of 2
+repeats (1 with ``--quick``). Where the Python reference is too slow to run at full size it
+is timed on a slice and scaled (``python_scaled_from`` says how); everything else runs at
+the stated size.
 
     python bench/jit.py [--repeats 5] [--quick]
 """
@@ -374,7 +376,7 @@ def main() -> None:
             "backend": jo.BACKEND,
             "numba_blas": jo.NUMBA_BLAS_AVAILABLE,
             "timing": f"median of {rep} repeats of mean µs/call (each repeat >= 20 ms); "
-            "python reference: see python_scaled_from where scaled",
+            f"python reference: median of {ref_reps}, see python_scaled_from where scaled",
             "kernels": results,
             "targets": targets,
         },
