@@ -762,3 +762,61 @@ async def test_a_failover_cache_in_memory_mode_refuses_updates(namespace: str) -
         assert await cache.get("k") is None
     finally:
         await cache.close()
+
+
+async def test_a_read_only_replica_is_an_outage_and_its_writes_wait_for_the_primary(
+    private_redis: PrivateRedis, namespace: str
+) -> None:
+    """A Redis that became a replica (as after a failover the client has not followed)
+    answers writes READONLY: the cache answers from memory meanwhile, keeps the writes
+    (its pings still succeed, its write-backs are refused, and nothing is dropped), and
+    writes them back once the server takes writes again."""
+    private_redis.start()
+    cache = await _open_fast(private_redis.url, namespace)
+    raw = await private_redis.raw()
+    try:
+        await cache.set("before", 1, ttl=0)
+        with socket.socket() as sock:  # a primary that is not there: never synced from
+            sock.bind(("127.0.0.1", 0))
+            nowhere = sock.getsockname()[1]
+        await raw.replicaof("127.0.0.1", nowhere)
+
+        await cache.set("during", {"kept": True}, ttl=0)  # not an error to the caller
+        assert cache.backend == "memory"
+        assert cache.reason == "unavailable (a read-only replica)"
+        assert await cache.increment("count", 2) == 2
+        assert await cache.get("during") == {"kept": True}
+        await asyncio.sleep(0.3)  # several probes: pings answered, write-backs refused
+        assert cache.backend == "memory"
+        assert (await cache.stats()).pending_writes == 2
+
+        await raw.replicaof("NO", "ONE")
+        await _recovered(cache)
+        assert cache.backend == "redis"
+        assert await raw.get(namespace + "during") == b'j{"kept":true}'
+        assert await raw.get(namespace + "count") == b"2"
+        assert await cache.get("before") == 1
+    finally:
+        await raw.aclose()
+        await cache.close()
+
+
+async def test_a_full_server_is_an_outage_not_an_error(
+    private_redis: PrivateRedis, namespace: str
+) -> None:
+    """maxmemory reached under noeviction: writes answer OOM, which is the server's state,
+    not the value's fault."""
+    private_redis.start("--maxmemory-policy", "noeviction")
+    cache = await _open_fast(private_redis.url, namespace)
+    raw = await private_redis.raw()
+    try:
+        await raw.config_set("maxmemory", 1)
+        await cache.set("k", "v")
+        assert cache.backend == "memory"
+        assert cache.reason == "unavailable (out of memory: maxmemory reached)"
+        await raw.config_set("maxmemory", 0)
+        await _recovered(cache)
+        assert await raw.get(namespace + "k") == b"sv"
+    finally:
+        await raw.aclose()
+        await cache.close()

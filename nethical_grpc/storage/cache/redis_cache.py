@@ -56,11 +56,24 @@ SCAN_BATCH: Final = 500
 UPDATE_ATTEMPTS: Final = 8
 """Tries of one ``update_multiple`` whose keys other writers keep changing."""
 
+#: Answers of a server that is up but cannot take the call now, whatever the call: a
+#: replica (READONLY: writes go to the primary, e.g. right after a failover), a full one
+#: (OOM: maxmemory reached, under ``noeviction``), a cluster in trouble (TRYAGAIN,
+#: CLUSTERDOWN, MASTERDOWN). An outage, as an unreachable server is: a failover cache
+#: answers from memory meanwhile and writes back when the server takes writes again.
+SERVER_STATE_ERRORS: Final = (
+    redis_errors.ReadOnlyError,
+    redis_errors.OutOfMemoryError,
+    redis_errors.TryAgainError,
+    redis_errors.ClusterDownError,  # includes MasterDownError
+)
+
 UNAVAILABLE_ERRORS: Final = (
     redis_errors.ConnectionError,  # includes AuthenticationError, BusyLoadingError
     redis_errors.TimeoutError,
     asyncio.TimeoutError,
     OSError,
+    *SERVER_STATE_ERRORS,
 )
 
 _GLOB_SPECIAL: Final = re.compile(r"([\\*?\[\]])")
@@ -93,6 +106,12 @@ def describe_error(err: BaseException, secret: str | None = None) -> str:
         reason = "unreachable (unknown host)"
     elif isinstance(err, redis_errors.BusyLoadingError):
         reason = "unavailable (loading dataset)"
+    elif isinstance(err, redis_errors.ReadOnlyError):
+        reason = "unavailable (a read-only replica)"
+    elif isinstance(err, redis_errors.OutOfMemoryError):
+        reason = "unavailable (out of memory: maxmemory reached)"
+    elif isinstance(err, SERVER_STATE_ERRORS):
+        reason = f"unavailable ({first_line(err)[:160]})"
     else:
         reason = f"unreachable ({first_line(err)[:160]})"
     if secret:
