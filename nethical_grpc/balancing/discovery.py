@@ -76,10 +76,12 @@ def _split_host_port(text: str, whole: str) -> tuple[str, int]:
             raise ValueError(f"{whole!r}: expected HOST:PORT (a port is required)")
     if not host:
         raise ValueError(f"{whole!r}: empty host")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"{whole!r}: port {port_text!r} is not a number") from None
+    if any(c.isspace() for c in host):
+        raise ValueError(f"{whole!r}: the host {host!r} holds whitespace")
+    # digits only: int() also takes a sign, spaces and underscores ("+50", " 50", "5_0")
+    if not (port_text.isascii() and port_text.isdigit()):
+        raise ValueError(f"{whole!r}: port {port_text!r} is not a number")
+    port = int(port_text)
     if not 0 < port < 65536:
         raise ValueError(f"{whole!r}: port {port} is out of range 1-65535")
     return host, port
@@ -95,11 +97,10 @@ def parse_target(text: str) -> Target:
     if not at:
         body, weight_text = whole, ""
     weight = 1
-    if weight_text:
-        try:
-            weight = int(weight_text)
-        except ValueError:
-            raise ValueError(f"{whole!r}: weight {weight_text!r} is not an integer") from None
+    if at:
+        if not (weight_text.isascii() and weight_text.isdigit()):
+            raise ValueError(f"{whole!r}: weight {weight_text!r} is not an integer")
+        weight = int(weight_text)
         if weight < 1:
             raise ValueError(f"{whole!r}: weight must be >= 1")
         if weight > MAX_WEIGHT:

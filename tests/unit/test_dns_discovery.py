@@ -59,6 +59,14 @@ def test_parse_target(text: str, want: Target) -> None:
         ("ipv4:127.0.0.1:1", "expected HOST:PORT"),
         (":50051", "empty host"),
         ("[::1]50051", "[IPV6]:PORT"),
+        # int() takes these; a target does not
+        ("nodes:+50", "not a number"),
+        ("nodes: 50", "not a number"),
+        ("nodes:5_0", "not a number"),
+        ("nodes:50@", "not an integer"),
+        ("nodes:50@+2", "not an integer"),
+        ("no des:50", "holds whitespace"),
+        ("dns:///no\tdes:50", "holds whitespace"),
     ],
 )
 def test_bad_targets_are_named(text: str, complaint: str) -> None:
