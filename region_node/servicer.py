@@ -141,6 +141,8 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         values = 0
         duplicates = 0
         logged = self.node.wal is not None
+        if self._ending_streams:  # began after the drain ended the others: none taken
+            raise _draining(0, 0, 0)
         task = asyncio.current_task()
         if task is not None:
             self._ingest_streams.add(task)
@@ -174,19 +176,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
                 # ended by end_streams(): say what was applied, so nothing is sent twice
                 await self.node.sync()
                 await _drain(request_iterator)
-                raise Unavailable(
-                    message=(
-                        "the node is stopping; the stream's messages before message_index "
-                        "were taken (applied, or known duplicates): send the rest to "
-                        "another node"
-                    ),
-                    reason="NODE_DRAINING",
-                    metadata={
-                        "message_index": str(batches + duplicates),
-                        "applied_batches": str(batches),
-                        "applied_values": str(values),
-                    },
-                ) from None
+                raise _draining(batches + duplicates, batches, values) from None
             self._ingest_streams.discard(task)  # all read: a drain lets it finish
             await self.node.sync()  # durable before the acknowledgement
         finally:
@@ -208,6 +198,8 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         request_iterator: AsyncIterator[region_node_pb2.StreamSummariesRequest],
         context: Context,
     ) -> AsyncIterator[StreamAnswer]:
+        if self._ending_streams:  # began after the drain ended the others: ends as they did
+            return
         task = asyncio.current_task()
         if task is not None:
             self._summary_streams.add(task)
@@ -681,6 +673,23 @@ def _public_times(
         start, end = ranges.get(g.metric, (g.start_ns, g.end_ns))
         out.append(dataclasses.replace(g, start_ns=start, end_ns=end, data_as_of_ns=0))
     return out
+
+
+def _draining(taken: int, batches: int, values: int) -> Unavailable:
+    """An Ingest stream's end by the node's drain, after ``taken`` messages (``batches``
+    of them applied, holding ``values`` values)."""
+    return Unavailable(
+        message=(
+            "the node is stopping; the stream's messages before message_index were taken "
+            "(applied, or known duplicates): send the rest to another node"
+        ),
+        reason="NODE_DRAINING",
+        metadata={
+            "message_index": str(taken),
+            "applied_batches": str(batches),
+            "applied_values": str(values),
+        },
+    )
 
 
 async def _drain(requests: AsyncIterator[object]) -> None:
