@@ -25,6 +25,7 @@ reads in one compiled pass instead of building a message tree first.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -40,7 +41,9 @@ from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
 log = logging.getLogger(__name__)
 
 ChannelSource = Callable[[], grpc.aio.Channel]
-Pending = dict[int, "asyncio.Future[bytes]"]
+AnswerFuture = asyncio.Future[bytes]
+Pending = dict[int, AnswerFuture]
+_Outgoing = tuple[region_node_pb2.StreamSummariesRequest, AnswerFuture]
 
 _SERVICE = region_node_pb2.DESCRIPTOR.services_by_name["RegionNodeService"]
 _METHOD = f"/{_SERVICE.full_name}/{_SERVICE.methods_by_name['StreamSummaries'].name}"
@@ -48,6 +51,9 @@ _ANSWER = region_node_pb2.StreamSummariesResponse.DESCRIPTOR.fields_by_name
 _QUERY_ID = _ANSWER["query_id"].number
 _SUMMARIES = _ANSWER["summaries"].number
 _ERROR = _ANSWER["error"].number
+#: Entries of queries that gave up, beyond twice the live ones, an outbox may hold
+#: before it is pruned (see _Call.put)
+_OUTBOX_SLACK = 16
 
 
 class SummaryCallError(Exception):
@@ -70,20 +76,41 @@ class _Call:
     call: Any  # grpc.aio.StreamStreamCall
     # queries asked on this call and not yet answered, sent or not (query id -> answer)
     pending: Pending = field(default_factory=dict)
-    # queries waiting for the writer, in order
-    outbox: asyncio.Queue[tuple[region_node_pb2.StreamSummariesRequest, asyncio.Future[bytes]]] = (
-        field(default_factory=asyncio.Queue)
-    )
+    # queries waiting for the writer, in order (with queries that gave up before their
+    # turn, until the writer reaches them or the outbox is pruned: see ``put``)
+    outbox: collections.deque[_Outgoing] = field(default_factory=collections.deque)
+    # set while the outbox holds a query (the writer waits on it when it is empty)
+    queued: asyncio.Event = field(default_factory=asyncio.Event)
     reader: asyncio.Task[None] | None = None
     writer: asyncio.Task[None] | None = None
+
+    def put(self, message: region_node_pb2.StreamSummariesRequest, answer: AnswerFuture) -> None:
+        """Queue ``message`` for the writer. Queries that gave up while the writer was
+        held (a node that stopped reading: its writes wait on flow control) are dropped
+        once they outnumber the live ones, so the outbox holds at most about twice the
+        queries still waiting, not every query asked since the writes stalled."""
+        outbox = self.outbox
+        if len(outbox) >= 2 * len(self.pending) + _OUTBOX_SLACK:
+            live = [entry for entry in outbox if not entry[1].done()]
+            outbox.clear()
+            outbox.extend(live)
+        outbox.append((message, answer))
+        self.queued.set()
+
+    async def next_out(self) -> _Outgoing:
+        """The next query for the writer, in order (waits while there is none)."""
+        while not self.outbox:
+            self.queued.clear()
+            await self.queued.wait()
+        return self.outbox.popleft()
 
     def fail_unsent(self, details: str, *, retry: bool = True) -> None:
         """The queries still in the outbox never reached the node: ``_NotSent`` (asked
         again on a new call), or with ``retry=False`` (the stream was closed on purpose)
         a plain UNAVAILABLE."""
         kind = _NotSent if retry else SummaryCallError
-        while not self.outbox.empty():
-            _, answer = self.outbox.get_nowait()
+        while self.outbox:
+            _, answer = self.outbox.popleft()
             if not answer.done():
                 answer.set_exception(kind(grpc.StatusCode.UNAVAILABLE, details))
 
@@ -171,7 +198,7 @@ class SummaryStream:
         expiry = loop.call_later(timeout_s, _expire, pending, query_id, timeout_s)
         try:
             message = region_node_pb2.StreamSummariesRequest(query_id=query_id, query=request)
-            current.outbox.put_nowait((message, answer))
+            current.put(message, answer)
             return await answer
         finally:
             expiry.cancel()
@@ -199,7 +226,7 @@ class SummaryStream:
 
     async def _write(self, current: _Call) -> None:
         while True:
-            message, answer = await current.outbox.get()
+            message, answer = await current.next_out()
             if answer.done():
                 continue  # its deadline passed before its turn: not sent
             try:
