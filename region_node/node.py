@@ -40,6 +40,9 @@ INTERNAL_DELAY_S: Final = 0.05
 INTERNAL_PENDING_VALUES: Final = 8192
 # windows merged into rollup windows between turns of the event loop (about 25 us each)
 ROLLUP_STEP: Final = 300
+# distinct failures of the window maintenance logged until a turn succeeds (a bound on
+# the texts kept, not on the log: past it, they are logged again)
+_MAX_LOGGED_FAILURES: Final = 64
 
 
 def merge_groups(parts: Sequence[Sequence[GroupSummary]]) -> list[GroupSummary]:
@@ -312,9 +315,25 @@ class RegionNode:
         return merge_groups([own, self.peers.summaries(query)])
 
     async def run_eviction(self, interval_s: float) -> None:
+        """:meth:`maintain_windows` every ``interval_s``. A failure is logged (each distinct
+        one once, until a turn succeeds) and the loop goes on: were it to end, windows
+        would never roll up or expire again, and the node's memory would grow for good."""
+        failures: set[str] = set()
         while True:
             await asyncio.sleep(interval_s)
-            await self.maintain_windows()
+            try:
+                await self.maintain_windows()
+            except Exception as exc:
+                what = f"{type(exc).__name__}: {exc}"
+                if what not in failures:
+                    if len(failures) >= _MAX_LOGGED_FAILURES:
+                        failures.clear()
+                    failures.add(what)
+                    log.exception("window maintenance failed (retried every %g s)", interval_s)
+            else:
+                if failures:
+                    failures.clear()
+                    log.info("window maintenance succeeds again")
 
     async def maintain_windows(self) -> None:
         """Roll windows past the rollup horizon up, drop those past retention, and forget

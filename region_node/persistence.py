@@ -59,7 +59,7 @@ from nethical_grpc.summary import Summary
 from nethical_grpc.v1 import summary_pb2
 from region_node.node import RegionNode
 from region_node.profile_writes import ProfileWriter
-from region_node.stores import NodeStores
+from region_node.stores import NodeStores, reportable_problem
 from region_node.windows import WindowStore
 
 log = logging.getLogger(__name__)
@@ -542,6 +542,8 @@ class Persister:
             try:
                 await self.restore()
                 self.restored = True
+                # the problem its failures reported is gone, also with no window to write
+                self.stores.write_succeeded("timeseries")
             except Exception as exc:
                 self.stores.write_failed("timeseries", exc)
                 log.warning("restoring flushed windows failed (windows wait): %s", exc)
@@ -686,7 +688,8 @@ class Persister:
         except Exception as exc:
             # what is left for the next try: its answers say so meanwhile
             self._windows_gap(
-                f"are not back: reading them from its time-series store failed ({exc}); "
+                "are not back: reading them from its time-series store failed "
+                f"({reportable_problem(exc)}); "
                 "tried again at every flush"
             )
             raise
@@ -758,7 +761,10 @@ class Persister:
         try:
             await self._refresh_peers(now)
         except Exception as exc:
-            failed = f"reading the shared store failed ({exc}); tried again at every flush"
+            failed = (
+                f"reading the shared store failed ({reportable_problem(exc)}); tried again "
+                "at every flush"
+            )
             if self.node.peers is None:
                 self._peers_gap(GAP_PEERS_NOT_LOADED, None, f"are not loaded yet: {failed}")
             elif self.node.peers_read_ns is not None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field, replace
+from typing import Final
 
 from nethical_grpc.errors import first_line
 from nethical_grpc.storage.audit import (
@@ -18,6 +20,32 @@ from nethical_grpc.storage.cache import Cache, FailoverCache, open_cache, region
 from nethical_grpc.storage.timeseries import TimeSeriesStore, open_timeseries
 
 log = logging.getLogger(__name__)
+
+#: A store's problem, as the node reports it, is clipped to this many characters.
+MAX_PROBLEM_CHARS: Final = 200
+# a quoted piece of an error's text: a value (an identifier, at best) in the style of
+# PostgreSQL's and Elasticsearch's messages; an apostrophe inside a word opens none
+_QUOTED: Final = re.compile(r"""(?<!\w)(["'`]).*?\1(?!\w)""")
+# a quote left open: what follows may be a value clipped in the middle
+_OPEN_QUOTE: Final = re.compile(r"""(?<!\w)["'`]""")
+# where a message goes on with the row or key it is about (PostgreSQL's DETAIL, put on
+# the first line by some drivers)
+_ROW_PARTS: Final = re.compile(r"\b(?:DETAIL|HINT|CONTEXT|WHERE):|Failing row contains|\bKey \(")
+
+
+def reportable_problem(exc: BaseException) -> str:
+    """What a store's failure is called beyond the node (GetNodeInfo, answers' gaps): the
+    first line of ``exc``'s message, without quoted pieces (drivers echo the values they
+    refused: PostgreSQL in quotes and in ``DETAIL``'s "Failing row contains (...)",
+    Elasticsearch in quotes), nor what follows a row's details, clipped to
+    :data:`MAX_PROBLEM_CHARS`. The node's log keeps the whole message, in-region."""
+    text = _ROW_PARTS.split(first_line(exc), maxsplit=1)[0]
+    text = _QUOTED.sub("\0", text)
+    text = _OPEN_QUOTE.split(text, maxsplit=1)[0].strip().rstrip(":,;(").strip()
+    text = text.replace("\0", '"…"')
+    if len(text) > MAX_PROBLEM_CHARS:
+        text = text[: MAX_PROBLEM_CHARS - 1] + "…"
+    return text or type(exc).__name__
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +82,8 @@ class NodeStores:
     _cache_choice: BackendChoice
     timeseries_choice: BackendChoice
     audit_choice: BackendChoice
-    #: why the last write to the store failed, while writes fail (set by the persister)
+    #: why the last write to the store failed, while writes fail (set by the persister),
+    #: as :func:`reportable_problem` says it: GetNodeInfo reports it beyond the region
     problems: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -116,7 +145,7 @@ class NodeStores:
         ]
 
     def write_failed(self, store: str, exc: BaseException) -> None:
-        self.problems[store] = first_line(exc)
+        self.problems[store] = reportable_problem(exc)
 
     def write_succeeded(self, store: str) -> None:
         if self.problems.pop(store, None) is not None:
