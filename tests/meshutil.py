@@ -15,11 +15,13 @@ import numpy as np
 import pytest
 
 from coordinator.federation import Federation
+from coordinator.instances import REGION_SERVICE
 from coordinator.server import CoordinatorConfig, start_coordinator
 from nethical_grpc import client
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
 from nethical_grpc.privacy import PrivacyConfig
-from nethical_grpc.server_runtime import MeshServer
+from nethical_grpc.server_runtime import MeshServer, start_server
+from nethical_grpc.v1 import region_node_pb2_grpc
 from region_node.model import ModelConfig
 from region_node.node import RegionNode
 from region_node.server import RegionServerConfig, start_region_server
@@ -177,3 +179,14 @@ async def until_error(answers: Any) -> tuple[list[Any], grpc.aio.AioRpcError]:
     except grpc.aio.AioRpcError as err:
         return got, err
     raise AssertionError(f"the call ended with OK after {len(got)} answers")
+
+
+async def serve_region_servicer(
+    servicer: region_node_pb2_grpc.RegionNodeServiceServicer,
+) -> MeshServer:
+    """A server on port 0 answering the region node service with ``servicer`` (a stand-in
+    node that behaves as a fault does), its health SERVING."""
+    return await start_server(
+        [lambda s: region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(servicer, s)],
+        [REGION_SERVICE],
+    )

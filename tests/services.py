@@ -5,10 +5,15 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+    from tcpproxy import CuttableProxy
 
 PG_URL = os.environ.get("NETHICAL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("NETHICAL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -58,3 +63,34 @@ def fresh_redis_region() -> Iterator[str]:
                 r.delete(key)
     finally:
         r.close()
+
+
+@contextlib.asynccontextmanager
+async def redis_client(namespace: str) -> AsyncIterator[aioredis.Redis]:
+    """A client of its own on the shared Redis; the keys under ``namespace`` are removed
+    afterwards."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        yield client
+    finally:
+        names = [k async for k in client.scan_iter(match=namespace + "*", count=500)]
+        if names:
+            await client.unlink(*names)
+        await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def redis_proxy() -> AsyncIterator[CuttableProxy]:
+    """A proxy in front of the shared Redis whose connections a test can cut."""
+    from tcpproxy import CuttableProxy
+
+    host, port = REDIS_URL.removeprefix("redis://").split("/")[0].split(":")
+    proxy = CuttableProxy(host, int(port))
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        proxy.resume()
+        await proxy.close()

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
-from services import require
+from services import REDIS_URL, redis_client, redis_proxy, require
 from tcpproxy import CuttableProxy
 
 from nethical_grpc.storage.cache import (
@@ -31,8 +31,6 @@ from nethical_grpc.storage.cache import (
 )
 from nethical_grpc.storage.cache.base import MAX_TTL_S
 
-REDIS_DB = 9
-REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 BIG_INT = 10**5000  # more digits than Python turns into decimal text by default
 
 
@@ -48,14 +46,8 @@ def _require_redis() -> None:
 @pytest.fixture
 async def raw(namespace: str) -> AsyncIterator[aioredis.Redis]:
     _require_redis()
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
+    async with redis_client(namespace) as client:
         yield client
-    finally:
-        names = [k async for k in client.scan_iter(match=namespace + "*", count=500)]
-        if names:
-            await client.unlink(*names)
-        await client.aclose()
 
 
 @pytest.fixture(params=["memory", "redis", "failover"])
@@ -78,13 +70,8 @@ async def cache(
 
 @pytest.fixture
 async def proxy() -> AsyncIterator[CuttableProxy]:
-    p = CuttableProxy("127.0.0.1", 6379)
-    await p.start()
-    try:
+    async with redis_proxy() as p:
         yield p
-    finally:
-        p.resume()
-        await p.close()
 
 
 # -- values every backend refuses alike ----------------------------------------------------
@@ -128,7 +115,7 @@ async def test_an_unstorable_outage_write_does_not_keep_the_cache_in_memory_mode
     proxy: CuttableProxy, raw: aioredis.Redis, namespace: str
 ) -> None:
     cache, _ = await open_cache(
-        f"redis://127.0.0.1:{proxy.port}/{REDIS_DB}",
+        f"redis://127.0.0.1:{proxy.port}/0",
         namespace,
         socket_timeout=0.25,
         probe_initial=0.02,

@@ -7,11 +7,10 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
+from meshutil import serve_region_servicer
 
-from coordinator.instances import REGION_SERVICE
 from coordinator.summary_stream import SummaryCallError, SummaryStream
 from nethical_grpc import client
-from nethical_grpc.server_runtime import MeshServer, start_server
 from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
 
 Request = region_node_pb2.GetSummariesRequest
@@ -32,19 +31,12 @@ class _StalledNode(region_node_pb2_grpc.RegionNodeServiceServicer):
             yield region_node_pb2.StreamSummariesResponse()
 
 
-async def _serve(servicer: region_node_pb2_grpc.RegionNodeServiceServicer) -> MeshServer:
-    return await start_server(
-        [lambda s: region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(servicer, s)],
-        [REGION_SERVICE],
-    )
-
-
 async def test_queries_that_gave_up_on_a_stalled_stream_are_not_kept() -> None:
     """A node that stopped reading holds the writer; each query gives up at its deadline.
     Before, every one of them stayed in the outbox (each with its request: 200 kB here)
     until the stream ended, which keepalive never does for a node that still answers
     pings: the coordinator's memory grew with every global query."""
-    server = await _serve(_StalledNode())
+    server = await serve_region_servicer(_StalledNode())
     channel = client.insecure_channel(server.address)
     stream = SummaryStream(lambda: channel)
     big = Request(metrics=["m" * 1000] * 200)  # fills the window in a query or two

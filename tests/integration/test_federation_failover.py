@@ -14,15 +14,15 @@ from collections.abc import AsyncIterator
 import grpc
 import numpy as np
 import pytest
-from meshutil import Mesh, add_coordinator, add_region, wait_for
+from meshutil import Mesh, add_coordinator, add_region, serve_region_servicer, wait_for
 
 from coordinator.federation import Federation, GlobalQuery, SummaryTransport
-from coordinator.instances import REGION_SERVICE, InstanceRegistry
+from coordinator.instances import InstanceRegistry
 from coordinator.server import CoordinatorConfig, start_coordinator
 from coordinator.summary_stream import SummaryCallError, SummaryStream
 from nethical_grpc import client
 from nethical_grpc.series import SummaryQuery
-from nethical_grpc.server_runtime import MeshServer, start_server
+from nethical_grpc.server_runtime import MeshServer
 from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
 
 Request = region_node_pb2.GetSummariesRequest
@@ -58,17 +58,10 @@ class _BreakingReplica(region_node_pb2_grpc.RegionNodeServiceServicer):
             yield region_node_pb2.StreamSummariesResponse()
 
 
-async def _serve(servicer: region_node_pb2_grpc.RegionNodeServiceServicer) -> MeshServer:
-    return await start_server(
-        [lambda s: region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(servicer, s)],
-        [REGION_SERVICE],
-    )
-
-
 @pytest.fixture
 async def breaking(mesh: Mesh) -> AsyncIterator[tuple[MeshServer, _BreakingReplica]]:
     replica = _BreakingReplica("eu")
-    server = await _serve(replica)
+    server = await serve_region_servicer(replica)
     yield server, replica
     await server.drain(0, 0)
 
@@ -198,7 +191,7 @@ async def test_a_hung_replica_is_hedged_and_then_ejected(mesh: Mesh) -> None:
     other replica is asked and its answer wins. The timeouts are reported to the balancer,
     which ejects the hung replica, so it is not asked first any more."""
     hung = _HungReplica("eu")
-    server = await _serve(hung)
+    server = await serve_region_servicer(hung)
     try:
         await add_region(mesh, "eu", region_scope=True, evaluate=False)
         await mesh.ingest("eu", "m", np.array([5.0, 5.0, 5.0]))
@@ -237,7 +230,7 @@ async def test_a_replica_removed_during_a_query_is_not_asked(mesh: Mesh) -> None
     leaves the registry (DNS stopped resolving to it). The query does not turn to it, nor
     open a channel to it that nothing would close."""
     hung, other = _HungReplica("eu"), _HungReplica("eu")
-    servers = [await _serve(hung), await _serve(other)]
+    servers = [await serve_region_servicer(hung), await serve_region_servicer(other)]
     registry = InstanceRegistry({"eu": [s.address for s in servers]})
     try:
         views = {v.endpoint: v for v in registry.instances("eu")}
@@ -269,7 +262,7 @@ async def test_a_query_in_flight_when_the_coordinator_drains_answers_partially(
     hung region just before the server's stop and answers with the region that answered
     (before: the stop cancelled it, UNAVAILABLE "Cancelling all calls")."""
     hung = _HungReplica("hung")
-    server = await _serve(hung)
+    server = await serve_region_servicer(hung)
     try:
         await add_region(mesh, "us", evaluate=False)
         await mesh.ingest("us", "m", np.array([1.0, 2.0, 3.0]))
@@ -347,7 +340,7 @@ async def test_a_replica_refusing_a_query_for_its_own_reasons_is_failed_over(
     missing after any status but UNAVAILABLE). A refusal every replica would give is
     not sent to the others."""
     refusing = _RefusingReplica("eu", code)
-    server = await _serve(refusing)
+    server = await serve_region_servicer(refusing)
     try:
         await add_region(mesh, "eu", region_scope=True, evaluate=False)
         await mesh.ingest("eu", "m", np.array([5.0, 5.0, 5.0]))

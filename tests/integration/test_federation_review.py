@@ -10,25 +10,16 @@ from collections.abc import AsyncIterator
 import grpc
 import numpy as np
 import pytest
-from meshutil import Mesh, add_coordinator, wait_for
+from meshutil import Mesh, add_coordinator, serve_region_servicer, wait_for
 
 from coordinator.federation import MAX_GAP_TEXT, GlobalQuery, SummaryTransport
-from coordinator.instances import REGION_SERVICE
 from coordinator.server import CoordinatorConfig, start_coordinator
 from nethical_grpc import client
 from nethical_grpc.series import SummaryQuery
-from nethical_grpc.server_runtime import MeshServer, start_server
 from nethical_grpc.v1 import coordinator_pb2, region_node_pb2, region_node_pb2_grpc
 from region_node.server import RegionServerConfig, start_region_server
 
 Context = grpc.aio.ServicerContext[object, object]
-
-
-async def _serve(servicer: region_node_pb2_grpc.RegionNodeServiceServicer) -> MeshServer:
-    return await start_server(
-        [lambda s: region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(servicer, s)],
-        [REGION_SERVICE],
-    )
 
 
 async def _node(mesh: Mesh, region: str, instance_id: str) -> None:
@@ -101,7 +92,7 @@ async def test_a_region_s_long_error_text_is_clipped_in_the_coverage(
     with the region that answered and the others' reasons clipped as gap texts are
     (before, in stream mode, their texts made the answer too large to send: the whole
     query failed with RESOURCE_EXHAUSTED)."""
-    servers = [await _serve(_Verbose(f"v{i}", "é" * 1_500_000)) for i in range(3)]
+    servers = [await serve_region_servicer(_Verbose(f"v{i}", "é" * 1_500_000)) for i in range(3)]
     try:
         await _node(mesh, "us", "us-0")
         await mesh.ingest("us", "m", np.array([1.0, 2.0]))
@@ -164,7 +155,7 @@ async def test_a_drain_keeps_the_instances_that_answered(
     the coordinator drains answers with what eu's other instance sent, as the region
     timeout would have (before: the whole region was dropped as missing)."""
     hung = _Hung("eu")
-    server = await _serve(hung)
+    server = await serve_region_servicer(hung)
     try:
         await _node(mesh, "eu", "eu-0")
         await _node(mesh, "us", "us-0")

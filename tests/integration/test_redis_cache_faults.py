@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
-from services import REDIS_URL, require
+from services import REDIS_URL, redis_client, redis_proxy, require
 from tcpproxy import CuttableProxy
 
 from nethical_grpc.storage.cache import MISSING, CacheUnavailableError, FailoverCache, open_cache
@@ -37,26 +37,14 @@ def namespace() -> str:
 @pytest.fixture
 async def raw(namespace: str) -> AsyncIterator[aioredis.Redis]:
     """A separate client on the shared Redis; the test's namespace is removed afterwards."""
-    client = aioredis.Redis.from_url(REDIS_URL)
-    try:
+    async with redis_client(namespace) as client:
         yield client
-    finally:
-        names = [k async for k in client.scan_iter(match=namespace + "*", count=500)]
-        if names:
-            await client.unlink(*names)
-        await client.aclose()
 
 
 @pytest.fixture
 async def proxy() -> AsyncIterator[CuttableProxy]:
-    host, port = REDIS_URL.removeprefix("redis://").split("/")[0].split(":")
-    p = CuttableProxy(host, int(port))
-    await p.start()
-    try:
+    async with redis_proxy() as p:
         yield p
-    finally:
-        p.resume()
-        await p.close()
 
 
 async def _open(url: str, namespace: str, **options: Any) -> FailoverCache:
