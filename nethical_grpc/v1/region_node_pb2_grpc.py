@@ -102,11 +102,13 @@ class RegionNodeServiceServicer:
         """Streams columnar batches of observations. Each message is one batch of one
         series and is applied atomically: a rejected message changes nothing, and the
         stream ends with INVALID_ARGUMENT (or RESOURCE_EXHAUSTED) whose ErrorInfo
-        metadata tells how many earlier messages were applied. Messages after the
-        rejected one are read (for up to a second) and dropped, never applied, so a
-        client still sending gets that error. A node that stops (SIGTERM) ends an open
-        stream the same way, with UNAVAILABLE and ErrorInfo reason NODE_DRAINING: send
-        the messages after applied_batches to another node. With a write-ahead log
+        metadata gives the rejected message's index from 0 ("message_index": the messages
+        before it were taken, applied or skipped as duplicates) and what they applied
+        ("applied_batches", "applied_values"). Messages after the rejected one are read
+        (for up to a second) and dropped, never applied, so a client still sending gets
+        that error. A node that stops (SIGTERM) ends an open stream the same way, with
+        UNAVAILABLE and ErrorInfo reason NODE_DRAINING: send the messages from
+        message_index on to another node. With a write-ahead log
         (--wal-dir), what the response or the error acknowledges is durable first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -166,7 +168,8 @@ class RegionNodeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetRiskProfile(self, request, context):
-        """In-region only: an agent's recent decisions and mean risk.
+        """In-region only: an agent's recent decisions and mean risk. NOT_FOUND (ErrorInfo
+        reason AGENT_NOT_FOUND) when the node knows no evaluation of the agent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
