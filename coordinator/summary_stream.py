@@ -14,8 +14,9 @@ UNIMPLEMENTED and refused credentials, which concern every query alike): the fed
 treats that like a failed call (failover, coverage), and the next query opens a new
 stream. A query whose write finds the stream already over (before its reader noticed)
 never reached the node, so it is asked once more on a new stream, within its deadline.
-A node that does not implement ``StreamSummaries`` is asked with unary calls from then
-on.
+A node that does not implement ``StreamSummaries`` is asked with unary calls for
+:attr:`SummaryStream.UNARY_RETRY_S`, then the stream is tried again (the node may have
+been upgraded in place, at the same address).
 
 Answers stay encoded: the stream reads only each answer's query id and hands over the
 ``GetSummariesResponse`` bytes, which :func:`nethical_grpc.convert.summaries_answer_from_bytes`
@@ -29,9 +30,10 @@ import collections
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 
@@ -128,12 +130,21 @@ class SummaryStream:
     sent at all.
     """
 
+    #: Seconds a node that answered UNIMPLEMENTED is asked with unary calls before the
+    #: stream is tried again.
+    UNARY_RETRY_S: ClassVar[float] = 600.0
+
     def __init__(self, channel: ChannelSource) -> None:
         self._channel = channel
         self._current: _Call | None = None
         self._ids = itertools.count(1)
-        self.unary_only = False
+        self._unary_until: float | None = None  # time.monotonic() of the next stream try
         self.opened = 0  # streams opened so far (a reopen follows each break)
+
+    @property
+    def unary_only(self) -> bool:
+        """Whether queries go as unary calls now (the node lacked the stream method)."""
+        return self._unary_until is not None and time.monotonic() < self._unary_until
 
     @property
     def is_open(self) -> bool:
@@ -156,8 +167,8 @@ class SummaryStream:
         except SummaryCallError as err:
             if err.code is not grpc.StatusCode.UNIMPLEMENTED:
                 raise
-        # an older node: no stream method
-        self.unary_only = True
+        # an older node: no stream method (asked again after a while: it may be upgraded)
+        self._unary_until = time.monotonic() + self.UNARY_RETRY_S
         return await self._unary(request, _remaining(deadline, loop))
 
     async def close(self) -> None:

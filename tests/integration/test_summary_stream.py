@@ -8,14 +8,13 @@ from collections.abc import AsyncIterator
 import grpc
 import numpy as np
 import pytest
-from meshutil import Mesh, add_coordinator, add_region
+from meshutil import Mesh, add_coordinator, add_region, serve_region_servicer
 
 from coordinator.federation import GlobalQuery, SummaryTransport
 from coordinator.server import CoordinatorConfig, start_coordinator
 from coordinator.summary_stream import SummaryCallError, SummaryStream
 from nethical_grpc import client, convert
 from nethical_grpc.series import SummaryQuery
-from nethical_grpc.server_runtime import start_server
 from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
 
 Request = region_node_pb2.GetSummariesRequest
@@ -208,16 +207,9 @@ class _OlderNode(region_node_pb2_grpc.RegionNodeServiceServicer):
         return region_node_pb2.GetSummariesResponse(region_id="old-1", instance_id="old-1-a")
 
 
-async def _serve(servicer: region_node_pb2_grpc.RegionNodeServiceServicer) -> object:
-    return await start_server(
-        [lambda s: region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(servicer, s)],
-        ["nethical_grpc.v1.RegionNodeService"],
-    )
-
-
 async def test_an_unanswered_query_times_out_on_its_own_deadline(mesh: Mesh) -> None:
-    server = await _serve(_SilentNode())
-    stream = stream_to(mesh, server.address)  # type: ignore[attr-defined]
+    server = await serve_region_servicer(_SilentNode())
+    stream = stream_to(mesh, server.address)
     try:
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -228,12 +220,12 @@ async def test_an_unanswered_query_times_out_on_its_own_deadline(mesh: Mesh) -> 
         assert stream.is_open  # the stream itself is fine
     finally:
         await stream.close()
-        await server.drain(0, 0)  # type: ignore[attr-defined]
+        await server.drain(0, 0)
 
 
 async def test_a_node_without_the_stream_is_asked_with_unary_calls(mesh: Mesh) -> None:
-    server = await _serve(_OlderNode())
-    stream = stream_to(mesh, server.address)  # type: ignore[attr-defined]
+    server = await serve_region_servicer(_OlderNode())
+    stream = stream_to(mesh, server.address)
     try:
         before = _OlderNode.calls
         first = parsed(await stream.query(Request(), 5.0))
@@ -243,7 +235,54 @@ async def test_a_node_without_the_stream_is_asked_with_unary_calls(mesh: Mesh) -
         assert _OlderNode.calls - before == 2
     finally:
         await stream.close()
-        await server.drain(0, 0)  # type: ignore[attr-defined]
+        await server.drain(0, 0)
+
+
+class _UpgradedNode(_OlderNode):
+    """A node upgraded in place: no stream method at first, then one."""
+
+    def __init__(self) -> None:
+        self.streaming = False
+        self.streamed = 0
+
+    async def StreamSummaries(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[region_node_pb2.StreamSummariesRequest],
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> AsyncIterator[region_node_pb2.StreamSummariesResponse]:
+        if not self.streaming:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        async for message in request_iterator:
+            self.streamed += 1
+            yield region_node_pb2.StreamSummariesResponse(
+                query_id=message.query_id,
+                summaries=region_node_pb2.GetSummariesResponse(region_id="old-1"),
+            )
+
+
+async def test_a_node_upgraded_in_place_is_streamed_to_again(
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """UNIMPLEMENTED once did not mean unary calls for as long as the coordinator ran:
+    after UNARY_RETRY_S the stream is tried again, and used once the node has it."""
+    monkeypatch.setattr(SummaryStream, "UNARY_RETRY_S", 0.3)
+    node = _UpgradedNode()
+    server = await serve_region_servicer(node)
+    stream = stream_to(mesh, server.address)
+    try:
+        before = _OlderNode.calls
+        await stream.query(Request(), 5.0)
+        assert stream.unary_only and _OlderNode.calls - before == 1
+        node.streaming = True  # upgraded
+        await stream.query(Request(), 5.0)
+        assert _OlderNode.calls - before == 2  # still unary, within the retry time
+        await asyncio.sleep(0.35)
+        assert not stream.unary_only
+        assert parsed(await stream.query(Request(), 5.0)).region_id == "old-1"
+        assert node.streamed == 1 and _OlderNode.calls - before == 2
+    finally:
+        await stream.close()
+        await server.drain(0, 0)
 
 
 async def test_both_transports_give_the_coordinator_the_same_answer(mesh: Mesh) -> None:
