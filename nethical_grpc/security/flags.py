@@ -86,10 +86,10 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--tls-require-client-cert",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=parse_bool(env.get(ENV_TLS_REQUIRE_CLIENT_CERT, ""), ENV_TLS_REQUIRE_CLIENT_CERT),
         help="mutual TLS: refuse clients without a certificate from --tls-ca "
-        f"(env {ENV_TLS_REQUIRE_CLIENT_CERT})",
+        f"(env {ENV_TLS_REQUIRE_CLIENT_CERT}; --no-tls-require-client-cert overrides it)",
     )
     group.add_argument(
         "--auth-tokens-file",

@@ -85,6 +85,17 @@ def test_server_flags_default_from_environment(monkeypatch: pytest.MonkeyPatch) 
     assert security.auth_enabled
 
 
+def test_a_flag_turns_off_client_certificates_the_environment_requires(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The environment sets the default; a flag on the command line wins either way."""
+    parser = _parser(monkeypatch, {"NETHICAL_TLS_REQUIRE_CLIENT_CERT": "true"})
+    assert parser.parse_args([]).tls_require_client_cert is True
+    assert parser.parse_args(["--no-tls-require-client-cert"]).tls_require_client_cert is False
+    parser = _parser(monkeypatch, {})
+    assert parser.parse_args(["--tls-require-client-cert"]).tls_require_client_cert is True
+
+
 def test_server_tls_without_a_certificate_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     args = _parser(monkeypatch, {}).parse_args(["--tls-ca", "/ca.crt"])
     with pytest.raises(ValueError, match="--tls-cert"):
