@@ -311,3 +311,12 @@ def test_search_and_statistics_match_a_brute_force_computation(
             await store.close()
 
     asyncio.run(check())
+
+
+async def test_size_and_a_different_page_size_are_refused(store: SqliteFtsAuditStore) -> None:
+    """``size`` is the guide's name for ``page_size``: given both, one of them was dropped
+    without a word."""
+    with pytest.raises(ValueError, match="not both"):
+        await store.search_audit_logs("hello", size=5, page_size=7)
+    page = await store.search_audit_logs("hello", size=5)
+    assert page.hits == ()

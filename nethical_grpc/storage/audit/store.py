@@ -162,6 +162,10 @@ class AuditStore(ABC):
         the next page; paging is by cursor, so page 200 costs about what page 1 does.
         ``size`` is the guide's name for ``page_size``."""
         if size is not None:
+            if page_size != DEFAULT_PAGE_SIZE and page_size != size:
+                raise ValueError(
+                    f"give size (the guide's name) or page_size, not both: {size} and {page_size}"
+                )
             page_size = size
         flt = AuditFilter(
             text=query,
