@@ -866,14 +866,10 @@ def _request(
     agent: str, text: str, action_type: str, intent: str, context: dict[str, str], request_id: str
 ) -> EvaluationRequest:
     """The request of a checked action (``action_type`` lower-cased)."""
-    action = Action(
-        agent_id=agent,
-        action_text=text,
-        action_type=action_type,
-        stated_intent=intent,
-        context=context,
-    )
-    return EvaluationRequest(action=action, request_id=request_id, action_type=action_type)
+    # positional: a frozen dataclass's keyword call costs about half as much again, and
+    # this runs once per action of every batch
+    action = Action(agent, text, action_type, intent, context)
+    return EvaluationRequest(action, request_id, action_type)
 
 
 _VIOLATION_TYPE_NAMES: dict[ViolationType, str] = {t: t.value.lower() for t in ViolationType}

@@ -53,6 +53,7 @@ import numpy.typing as npt
 from nethical_grpc import telemetry
 from nethical_grpc.errors import MeshError
 from nethical_grpc.governance.decision import (
+    DECISION_VALUES,
     DEFAULT_MODEL_WEIGHT,
     Evaluation,
     Thresholds,
@@ -469,8 +470,9 @@ class Evaluator:
         # risk scores and latencies per (decision, action type label)
         groups: dict[tuple[str, str], tuple[list[float], list[int]]] = {}
         label = self.action_types.label
+        values = DECISION_VALUES
         for o in outcomes:
-            key = (o.evaluation.decision.value, label(o.request.action_type))
+            key = (values[o.evaluation.decision], label(o.request.action_type))
             found = groups.get(key)
             if found is None:
                 found = groups[key] = ([], [])

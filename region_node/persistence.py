@@ -36,7 +36,6 @@ behind a sustained load hold new evaluations back instead (:meth:`Persister.room
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 import uuid
@@ -47,6 +46,7 @@ from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 from nethical_grpc import convert, telemetry
 from nethical_grpc.event_wait import wait_until
+from nethical_grpc.governance.decision import DECISION_VALUES
 from nethical_grpc.governance.detectors import Violation
 from nethical_grpc.governance.profiles import ProfileBook
 from nethical_grpc.governance.requests import Outcome
@@ -226,7 +226,9 @@ class Persister:
         # record ids: 80 random bits per process start, then a counter (32 hex digits, as
         # a uuid4's hex; unique across restarts, without a urandom call per evaluation)
         self._id_prefix = uuid.uuid4().hex[:20]
-        self._ids = itertools.count()
+        # the next record's number, and its id's form (prefix, then 12 hex digits)
+        self._next_id = 0
+        self._id_format = f"{self._id_prefix}%012x"
         self.dropped = 0
         self.flushed_windows = 0
         self.last_flush_ns = 0
@@ -299,8 +301,11 @@ class Persister:
                 len(outcomes),
             )
             return
-        ids = self._ids
-        records = [(f"{self._id_prefix}{next(ids):012x}", o) for o in outcomes]
+        first = self._next_id
+        self._next_id = first + len(outcomes)
+        # ids made by C loops (map, zip), not a Python step per outcome
+        numbers = range(first, self._next_id)
+        records = list(zip(map(self._id_format.__mod__, numbers), outcomes, strict=True))
         self._arrived.set()
         for queue in (self._points, self._audits):
             queue.pending.extend(records)
@@ -443,7 +448,7 @@ class Persister:
             self._written.set()
 
     def _point(self, o: Outcome) -> MetricPoint:
-        key = (o.evaluation.decision.value, o.request.action_type or "unspecified")
+        key = (DECISION_VALUES[o.evaluation.decision], o.request.action_type or "unspecified")
         metadata = self._metadata.get(key)
         if metadata is None:
             if len(self._metadata) >= _METADATA_KINDS:

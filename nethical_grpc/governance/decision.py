@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any, Final
 
 import numpy as np
@@ -40,6 +41,7 @@ from nethical_grpc.jit_optimizations import calculate_risk_score_jit
 from nethical_grpc.validation import utf8_length
 
 __all__ = [
+    "DECISION_VALUES",
     "DEFAULT_MODEL_WEIGHT",
     "MAX_ACTION_TEXT_BYTES",
     "Decision",
@@ -67,6 +69,11 @@ class Decision(StrEnum):
     RESTRICT = "RESTRICT"
     BLOCK = "BLOCK"
     TERMINATE = "TERMINATE"
+
+
+#: Each decision's ``value`` (a plain ``str``), for hot paths: ``Enum.value`` is a
+#: property, a Python call on every read, where this is a dictionary lookup.
+DECISION_VALUES: Final[Mapping[Decision, str]] = MappingProxyType({d: d.value for d in Decision})
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, Final
 
+from nethical_grpc.governance.decision import DECISION_VALUES
 from nethical_grpc.governance.requests import Outcome
 
 DEFAULT_MAX_AGENTS: Final = 100_000
@@ -168,6 +169,7 @@ class ProfileBook:
     def update(self, outcomes: Iterable[Outcome]) -> None:
         profiles = self._profiles
         deltas = self.deltas
+        values = DECISION_VALUES
         for o in outcomes:
             agent = o.request.action.agent_id
             profile = profiles.get(agent)
@@ -181,7 +183,7 @@ class ProfileBook:
             ev = o.evaluation
             entry = ProfileEntry(
                 o.time_ns,
-                ev.decision.value,
+                values[ev.decision],
                 ev.risk_score,
                 o.request.request_id,
                 o.request.action_type,
