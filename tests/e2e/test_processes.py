@@ -404,13 +404,31 @@ async def test_cli_ingest_stream_of_a_file_that_cannot_be_read(
     assert sent == int(re.search(r"applied ([\d,]+) values", out.stderr)[1].replace(",", ""))  # type: ignore[index]
 
 
+async def _settled(pid: int, timeout_s: float = 30.0) -> None:
+    """Return once process ``pid`` has spent no CPU for 0.3 s twice in a row (started,
+    and waiting), after at least a second."""
+    proc = psutil.Process(pid)
+    deadline = time.monotonic() + timeout_s
+    await asyncio.sleep(1.0)
+    last, still = sum(proc.cpu_times()[:2]), 0
+    while still < 2:
+        assert time.monotonic() < deadline, "the process never settled"
+        await asyncio.sleep(0.3)
+        now = sum(proc.cpu_times()[:2])
+        still = still + 1 if now == last else 0
+        last = now
+
+
 async def test_cli_ingest_stream_sends_what_waits_on_ctrl_c(one_node: int) -> None:
     proc = _stream(one_node, "live2", "--flush-after", "1h", "--json")
     assert proc.stdin is not None
     try:
         proc.stdin.write("1 2 3\n")
         proc.stdin.flush()
-        await asyncio.sleep(1.5)  # read, and waiting (a batch is 10,000; --flush-after 1h)
+        # read, and waiting (a batch is 10,000; --flush-after 1h): on a loaded machine
+        # the start alone can take longer than a fixed pause, and a Ctrl-C during it is
+        # an interrupt (130), not "send what waits"
+        await _settled(proc.pid)
         assert await _count(one_node, "live2") == 0
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
