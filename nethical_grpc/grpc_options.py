@@ -29,6 +29,10 @@ def _shared(
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.keepalive_time_ms", keepalive_time_ms),
         ("grpc.keepalive_timeout_ms", keepalive_timeout_ms),
+        # grpc core (1.85) waits this long for a keepalive ping's ack, not
+        # ``keepalive_timeout_ms``: without it a stopped peer is seen 60 s after the ping
+        # (measured: 90 s with the 30 s keepalive), not the 10 s said above
+        ("grpc.http2.ping_timeout_ms", keepalive_timeout_ms),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
 
@@ -69,10 +73,9 @@ def node_channel_options(
     """``channel_options`` for the coordinator's channels to region nodes: the shorter
     keepalive (``NODE_KEEPALIVE_*``), pings that go on while no data flows (the health
     Watch stream is always open and mostly silent; gRPC's default stops pinging after 2
-    pings without data), and the ping timeout: grpc core (1.85) waits
-    ``grpc.http2.ping_timeout_ms`` (default 60 s) for a keepalive ping's ack, not
-    ``keepalive_timeout_ms``; measured, a hung node took 70 s to be seen with the 10 s
-    keepalive alone, 5-12 s with this."""
+    pings without data), and a ping timeout as short as that keepalive's timeout (see
+    ``_shared``); measured, a hung node took 70 s to be seen with the 10 s keepalive
+    alone, 5-12 s with this."""
     return [
         *channel_options(
             max_message_bytes,
@@ -80,5 +83,4 @@ def node_channel_options(
             keepalive_timeout_ms=NODE_KEEPALIVE_TIMEOUT_MS,
         ),
         ("grpc.http2.max_pings_without_data", 0),
-        ("grpc.http2.ping_timeout_ms", NODE_KEEPALIVE_TIMEOUT_MS),
     ]

@@ -82,12 +82,14 @@ class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
     ) -> None:
         last: Status | None = None
         while True:
-            changed = self._changed
+            # read together: a close() while the write below waits is seen on the next
+            # turn (``changed`` is set by then), its final status sent before the end
+            changed, closed = self._changed, self._closed
             status = self._status.get(request.service, SERVICE_UNKNOWN)
             if status != last:
                 await context.write(health_pb2.HealthCheckResponse(status=status))
                 last = status
-            if self._closed:
+            if closed:
                 return
             await changed.wait()
 
