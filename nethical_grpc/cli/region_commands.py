@@ -164,7 +164,8 @@ async def run_ingest(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not len(observations):
-        print(f"error: no values in {args.file}", file=sys.stderr)
+        where = "stdin" if args.file == "-" else args.file  # as read_observations names it
+        print(f"error: no values in {where}", file=sys.stderr)
         return 2
 
     def text_of(answer: region_node_pb2.IngestResponse) -> str:

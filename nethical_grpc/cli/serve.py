@@ -54,6 +54,15 @@ def _start_telemetry(args: argparse.Namespace, service: str, region: str | None)
     return handle
 
 
+def _telemetry_problem(args: argparse.Namespace, exc: ValueError | OSError) -> str:
+    """Why telemetry could not start, naming the address and flag of a metrics port
+    that could not be listened on (taken, say) rather than only the system's words."""
+    if isinstance(exc, OSError) and args.metrics_port is not None:
+        where = f"{bracket(args.host)}:{args.metrics_port}"
+        return f"--metrics-port: cannot listen on {where}: {exc.strerror or exc}"
+    return str(exc)
+
+
 def _privacy_config(args: argparse.Namespace) -> PrivacyConfig | None:
     """The --dp-* flags as a checked configuration (None: privacy off); ValueError for a
     combination that would not protect what the operator meant to protect."""
@@ -151,13 +160,17 @@ def _remove_port_file(port_file: Path | None, port: int) -> None:
     try:
         if port_file.read_text().strip() == str(port):
             port_file.unlink()
+    except FileNotFoundError:  # removed already: nothing left to mislead a reader
+        return
     except OSError as exc:
         log.warning("cannot remove --port-file %s: %s", port_file, exc.strerror or exc)
 
 
 def check_port_file(port_file: Path | None) -> None:
     """``OSError`` saying why, when ``--port-file`` could not be written (its
-    directory missing or read-only, say): checked before anything is served."""
+    directory missing or read-only, say): checked before anything is served. A port
+    file already there (a killed server's) goes: until this server listens, nobody
+    should read a port from it."""
     if port_file is None:
         return
     if port_file.is_dir():
@@ -166,6 +179,7 @@ def check_port_file(port_file: Path | None) -> None:
     try:
         tmp.write_text("")
         tmp.unlink()
+        port_file.unlink(missing_ok=True)
     except OSError as exc:
         raise OSError(f"cannot write --port-file {port_file}: {exc.strerror or exc}") from None
 
@@ -206,6 +220,16 @@ async def _announce_and_serve(
         _stop_telemetry(telemetry_handle)
         return 2
     return await _serve(mesh, args, telemetry_handle, signals)
+
+
+def _start_failed(what: str, exc: Exception, telemetry_handle: Any) -> int:
+    """Exit status 2 for a start that failed in a way not foreseen above (a store's
+    server refusing what its URL asks, say): one line naming the error, its traceback
+    only at DEBUG, as for any other start-up failure."""
+    log.error("cannot start %s: %s: %s", what, type(exc).__name__, exc)
+    log.debug("the failed start", exc_info=exc)
+    _stop_telemetry(telemetry_handle)
+    return 2
 
 
 async def run_region(args: argparse.Namespace) -> int:
@@ -260,7 +284,7 @@ async def run_region(args: argparse.Namespace) -> int:
     try:
         tel = _start_telemetry(args, "nethical-region-node", args.region_id)
     except (ValueError, OSError) as exc:
-        log.error("cannot serve metrics: %s", exc)
+        log.error("cannot serve metrics: %s", _telemetry_problem(args, exc))
         return 2
     tune_collector()
     try:
@@ -290,6 +314,8 @@ async def run_region(args: argparse.Namespace) -> int:
         log.error("cannot start the region node: %s", exc)
         _stop_telemetry(tel)
         return 2
+    except Exception as exc:
+        return _start_failed("the region node", exc, tel)
     mesh = started[0] if started is not None else None
     return await _announce_and_serve(mesh, f"region node {args.region_id}", args, tel, signals)
 
@@ -338,7 +364,7 @@ async def run_coordinator(args: argparse.Namespace) -> int:
     try:
         tel = _start_telemetry(args, "nethical-coordinator", None)
     except (ValueError, OSError) as exc:
-        log.error("cannot serve metrics: %s", exc)
+        log.error("cannot serve metrics: %s", _telemetry_problem(args, exc))
         return 2
     tune_collector()
     try:
@@ -361,5 +387,7 @@ async def run_coordinator(args: argparse.Namespace) -> int:
         log.error("cannot start the coordinator: %s", exc)
         _stop_telemetry(tel)
         return 2
+    except Exception as exc:
+        return _start_failed("the coordinator", exc, tel)
     mesh = started[0] if started is not None else None
     return await _announce_and_serve(mesh, "coordinator", args, tel, signals)
