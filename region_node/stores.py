@@ -112,7 +112,9 @@ class NodeStores:
             raise
         stores = cls(cache, ts, audit, cache_choice, ts_choice, audit_choice)
         for choice in stores.choices():
-            log.info("%s: %s", choice.store, choice.describe())
+            # a fallback is not what the operator asked for: a warning, not news
+            level = logging.WARNING if choice.fallback else logging.INFO
+            log.log(level, "%s: %s", choice.store, choice.describe())
         return stores
 
     @property
