@@ -93,14 +93,31 @@ def _privacy_config(args: argparse.Namespace) -> PrivacyConfig | None:
     if args.dp_value_bound is None:
         raise ValueError("--dp-epsilon needs --dp-value-bound (the public bound B)")
     eps = args.dp_epsilon
-    config = Config(
-        epsilon_per_release=eps,
-        window_budget=10 * eps if args.dp_window_budget is None else args.dp_window_budget,
-        value_bound=args.dp_value_bound,
-        min_count=50 if args.dp_min_count is None else args.dp_min_count,
-        mechanism=args.dp_mechanism or "laplace",
-        nonnegative=args.dp_nonnegative,
-    )
+    budget = args.dp_window_budget
+    flags = {  # the configuration's words for what the operator wrote
+        "epsilon_per_release": "--dp-epsilon",
+        "window_budget": "--dp-window-budget"
+        if budget is not None
+        else "--dp-window-budget (by default 10 × --dp-epsilon)",
+        "value_bound": "--dp-value-bound",
+        "min_count": "--dp-min-count",
+        "mechanism": "--dp-mechanism",
+    }
+    try:
+        config = Config(
+            epsilon_per_release=eps,
+            window_budget=10 * eps if budget is None else budget,
+            value_bound=args.dp_value_bound,
+            min_count=50 if args.dp_min_count is None else args.dp_min_count,
+            mechanism=args.dp_mechanism or "laplace",
+            nonnegative=args.dp_nonnegative,
+        )
+    except ValueError as exc:
+        text = str(exc)
+        field = text.split(" ", 1)[0]
+        if field in flags:
+            text = flags[field] + text[len(field) :]
+        raise ValueError(text) from None
     delta = presence_delta(config)
     if delta > MAX_PRESENCE_DELTA:
         raise ValueError(

@@ -73,7 +73,16 @@ NEEDED = min_count_for_delta(PrivacyConfig(0.1, 1.0, 100.0, min_count=50))
     [
         (["--dp-value-bound", "100"], "--dp-value-bound without --dp-epsilon"),
         (["--dp-min-count", "100", "--dp-nonnegative"], "without --dp-epsilon"),
-        (["--dp-epsilon", "1", "--dp-value-bound", "100", "--dp-window-budget", "0"], "budget"),
+        (
+            ["--dp-epsilon", "1", "--dp-value-bound", "100", "--dp-window-budget", "0"],
+            "--dp-window-budget must be",
+        ),
+        # named by the flags given (the configuration's field names are no flags)
+        (
+            ["--dp-epsilon", "1e308", "--dp-value-bound", "100"],
+            "--dp-window-budget (by default 10 × --dp-epsilon) must be",
+        ),
+        (["--dp-epsilon", "1", "--dp-value-bound", "1e200"], "--dp-value-bound must be"),
         (["--dp-epsilon", "0.1", "--dp-value-bound", "100"], f"use --dp-min-count {NEEDED} or"),
         (["--dp-epsilon", "1", "--dp-value-bound", "100", "--dp-min-count", "0"], "probability 1"),
         (["--dp-epsilon", "1e-19", "--dp-value-bound", "100"], "too large to represent"),
