@@ -287,6 +287,8 @@ async def run_region(args: argparse.Namespace) -> int:
         privacy = _privacy_config(args)
         security = server_security_from_args(args)
         check_port_file(args.port_file)
+        if args.wal_dir is not None and args.wal_dir.exists() and not args.wal_dir.is_dir():
+            raise ValueError(f"--wal-dir {args.wal_dir} is not a directory")
         stores = StoreConfig(
             cache_url=args.cache_url,
             timeseries_url=args.timeseries_url,

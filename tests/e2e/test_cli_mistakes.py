@@ -58,6 +58,15 @@ def test_a_port_in_use(role: str, taken_port: int) -> None:
     assert_clear_failure(out, f"cannot listen on 127.0.0.1:{taken_port}")
 
 
+def test_a_wal_dir_that_is_a_file(tmp_path: Path) -> None:
+    taken = tmp_path / "wal"
+    taken.write_text("not a directory")
+    out = run(
+        "region", "--region-id", "r1", "--port", "0", "--no-evaluate", "--wal-dir", str(taken)
+    )
+    assert_clear_failure(out, "bad configuration", f"--wal-dir {taken} is not a directory")
+
+
 @pytest.mark.parametrize("port", ["70000", "-5", "http"])
 def test_a_port_out_of_range(port: str) -> None:
     out = run("region", "--region-id", "r1", "--port", port)
