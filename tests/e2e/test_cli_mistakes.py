@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,15 +35,6 @@ def assert_clear_failure(out: subprocess.CompletedProcess[str], *expected: str) 
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
     for text in expected:
         assert text in out.stderr, out.stderr[-2000:]
-
-
-@pytest.fixture
-def taken_port() -> Iterator[int]:
-    """A port some other program listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield sock.getsockname()[1]
 
 
 @pytest.mark.parametrize("role", ["region", "coordinator"])

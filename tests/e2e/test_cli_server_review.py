@@ -8,7 +8,6 @@ import re
 import signal
 import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,15 +22,6 @@ NODE = ["region", "--region-id", "r1", "--no-evaluate", "--drain-announce", "0"]
 LOG_LINE = re.compile(
     r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+: "
 )
-
-
-@pytest.fixture
-def taken_port() -> Iterator[int]:
-    """A port some other program listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield sock.getsockname()[1]
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
