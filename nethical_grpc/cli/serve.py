@@ -252,6 +252,7 @@ def _start_failed(what: str, exc: Exception, telemetry_handle: Any) -> int:
 async def run_region(args: argparse.Namespace) -> int:
     from nethical_grpc.inference.errors import ModelLoadError
     from nethical_grpc.storage.audit import AuditStoreError
+    from nethical_grpc.storage.backend import url_scheme
     from region_node.model import ModelConfig
     from region_node.server import RegionServerConfig, start_region_server
     from region_node.stores import StoreConfig
@@ -289,6 +290,16 @@ async def run_region(args: argparse.Namespace) -> int:
         check_port_file(args.port_file)
         if args.wal_dir is not None and args.wal_dir.exists() and not args.wal_dir.is_dir():
             raise ValueError(f"--wal-dir {args.wal_dir} is not a directory")
+        for flag, url in (
+            ("--cache-url", args.cache_url),
+            ("--timeseries-url", args.timeseries_url),
+            ("--audit-url", args.audit_url),
+        ):
+            try:
+                url_scheme(url)
+            except ValueError as exc:  # name the store (an empty NETHICAL_*_URL, say)
+                env = "NETHICAL_" + flag[2:].upper().replace("-", "_")
+                raise ValueError(f"{flag} (env {env}): {exc}") from None
         stores = StoreConfig(
             cache_url=args.cache_url,
             timeseries_url=args.timeseries_url,

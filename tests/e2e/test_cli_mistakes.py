@@ -48,6 +48,13 @@ def test_a_port_in_use(role: str, taken_port: int) -> None:
     assert_clear_failure(out, f"cannot listen on 127.0.0.1:{taken_port}")
 
 
+@pytest.mark.parametrize("store", ["cache", "timeseries", "audit"])
+def test_an_empty_store_url_in_the_environment_names_its_store(store: str) -> None:
+    variable = f"NETHICAL_{store.upper()}_URL"
+    out = run("region", "--region-id", "r1", "--port", "0", "--no-evaluate", env={variable: ""})
+    assert_clear_failure(out, "bad configuration", f"--{store}-url (env {variable}): store URL")
+
+
 def test_a_wal_dir_that_is_a_file(tmp_path: Path) -> None:
     taken = tmp_path / "wal"
     taken.write_text("not a directory")
