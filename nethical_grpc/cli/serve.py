@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from nethical_grpc import telemetry
 from nethical_grpc.components import report_once
 from nethical_grpc.security.config import client_security_from_args, server_security_from_args
+from nethical_grpc.security.flags import env_name
 from nethical_grpc.server_runtime import (
     MeshServer,
     StopSignals,
@@ -291,15 +292,14 @@ async def run_region(args: argparse.Namespace) -> int:
         if args.wal_dir is not None and args.wal_dir.exists() and not args.wal_dir.is_dir():
             raise ValueError(f"--wal-dir {args.wal_dir} is not a directory")
         for flag, url in (
-            ("--cache-url", args.cache_url),
-            ("--timeseries-url", args.timeseries_url),
-            ("--audit-url", args.audit_url),
+            ("cache-url", args.cache_url),
+            ("timeseries-url", args.timeseries_url),
+            ("audit-url", args.audit_url),
         ):
             try:
                 url_scheme(url)
             except ValueError as exc:  # name the store (an empty NETHICAL_*_URL, say)
-                env = "NETHICAL_" + flag[2:].upper().replace("-", "_")
-                raise ValueError(f"{flag} (env {env}): {exc}") from None
+                raise ValueError(f"--{flag} (env {env_name('', flag)}): {exc}") from None
         stores = StoreConfig(
             cache_url=args.cache_url,
             timeseries_url=args.timeseries_url,
