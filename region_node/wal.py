@@ -275,22 +275,28 @@ class WriteAheadLog:
             self._received(n, newest)
 
     def _read_segment(self, path: Path) -> Iterator[tuple[int, bytes]]:
-        data = path.read_bytes()
-        pos = 0
-        while pos + _HEADER.size <= len(data):
-            length, crc, time_ns = _HEADER.unpack_from(data, pos)
-            if length == 0:  # no record is empty: zeros (a preallocated or cut-short tail)
-                log.warning("WAL %s: zero bytes from byte %d; replay stops", path, pos)
-                return
-            start = pos + _HEADER.size
-            payload = data[start : start + length]
-            if length > MAX_RECORD_BYTES or len(payload) < length or zlib.crc32(payload) != crc:
-                log.warning("WAL %s: torn or corrupt record at byte %d; replay stops", path, pos)
-                return
-            yield time_ns, payload
-            pos = start + length
-        if pos != len(data):
-            log.warning("WAL %s: %d trailing bytes of a torn record", path, len(data) - pos)
+        # record by record, not the whole segment at once: a segment may be far larger
+        # than the memory a node should spend on its replay
+        with path.open("rb") as f:
+            pos = 0
+            while True:
+                header = f.read(_HEADER.size)
+                if len(header) < _HEADER.size:
+                    if header:
+                        log.warning("WAL %s: %d trailing bytes of a torn record", path, len(header))
+                    return
+                length, crc, time_ns = _HEADER.unpack(header)
+                if length == 0:  # no record is empty: zeros (a preallocated or cut-short tail)
+                    log.warning("WAL %s: zero bytes from byte %d; replay stops", path, pos)
+                    return
+                payload = f.read(length) if length <= MAX_RECORD_BYTES else b""
+                if len(payload) < length or zlib.crc32(payload) != crc:
+                    log.warning(
+                        "WAL %s: torn or corrupt record at byte %d; replay stops", path, pos
+                    )
+                    return
+                yield time_ns, payload
+                pos += _HEADER.size + length
 
     def append(self, payload: bytes, time_ns: int) -> None:
         """Take one record (durable after the next :meth:`sync` that succeeds). Raises,

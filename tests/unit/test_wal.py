@@ -273,3 +273,30 @@ def test_a_directory_another_process_holds_is_refused_until_it_ends(
             holder.kill()
             holder.wait(30)
     WriteAheadLog(tmp_path).close()
+
+
+def test_a_replay_holds_one_record_at_a_time_not_the_whole_segment(tmp_path: Path) -> None:
+    """A segment can be far larger than memory a node should spend on its replay: it is
+    read record by record, so the peak while replaying is about one record, not the
+    segment."""
+    import tracemalloc
+
+    record = bytes(range(256)) * 4096  # 1 MiB
+    wal = WriteAheadLog(tmp_path)
+    for i in range(24):
+        wal.append(record, i)
+    wal.close()
+    again = WriteAheadLog(tmp_path)
+    tracemalloc.start()
+    try:
+        count = 0
+        for time_ns, payload in again.replay():
+            assert (time_ns, payload) == (count, record)
+            count += 1
+            del payload
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        again.close()
+    assert count == 24
+    assert peak < 4 * len(record), f"replay peaked at {peak} bytes for a 24 MiB segment"
