@@ -650,9 +650,42 @@ def _where_free_check(m: re.Match[str], _av: _ActionView) -> bool:
 
 
 _WHERE_RE: Final = re.compile(r"\bwhere\b", _I)
+_DML_RE: Final = re.compile(r"\b(?:delete|update)\b", _I)
+#: A WHERE clause ending in ``OR <always true>``: it holds for every row, when it is
+#: that of a DELETE / UPDATE (:func:`_tautology_or_check`).
+_TAUTOLOGY_OR_RE: Final = re.compile(
+    r"\bwhere\b[^;]{0,500}?\bor\s+(?:1\s*=\s*1|0\s*=\s*0|true|1|'(\w{0,16})'\s*=\s*'\1')"
+    r"\s*(?:;|$|\)|returning\b|limit\b)",
+    _I,
+)
+
+
+def _tautology_or_check(m: re.Match[str], _av: _ActionView) -> bool:
+    """For a :data:`_TAUTOLOGY_OR_RE` match: the statement its WHERE belongs to (the 2,000
+    characters before it, from the last ``;``) is a DELETE / UPDATE.  Other matches pass."""
+    if m.re is not _TAUTOLOGY_OR_RE:
+        return True
+    head = m.string[max(0, m.start() - 2000) : m.start()]
+    stmt = head[head.rfind(";") + 1 :]
+    low = stmt.lower()  # substring tests first: cheap, and most statements stop there
+    if "delete" not in low and "update" not in low:
+        return False
+    return _DML_RE.search(stmt) is not None
+
 
 _IDENT: Final = r"(?:[\w$]+|`[^`]{1,128}`|\"[^\"]{1,128}\"|\[[^\]]{1,128}\])"
 _QUAL_IDENT: Final = rf"{_IDENT}(?:\.{_IDENT}){{0,2}}"
+#: An optional table alias (``users u``, ``users AS u``): any identifier but a keyword
+#: that may follow the table of a DELETE / UPDATE.
+_ALIAS: Final = (
+    r"(?:\s+(?:as\s+)?(?!(?:where|set|using|returning|limit|order|from|inner|left|join)\b)"
+    rf"{_IDENT})?"
+)
+#: A determiner where a table name would be: prose ("update the config set x = 1",
+#: "update my profile set name = Bob"), not a table with an alias.
+_NOT_PROSE_TABLE: Final = (
+    r"(?!(?:the|an?|my|our|your|their|his|her|its|this|that|these|those)\s+\w)"
+)
 _PII_COLUMNS: Final = (
     r"ssn|social_security\w*|sin_number|national_id\w*|tax_id\w*|tin|password\w*|passwd|"
     r"pass_hash|pwd\w*|dob|date_of_birth|birth_?date|credit_card\w*|card_number|card_no|"
@@ -820,7 +853,11 @@ _DB_RULES: Final = (
         "TRUNCATE statement",
         (
             _c(r"\btruncate\s+table\b"),
-            _c(rf"(?:^|;)\s*truncate\s+{_QUAL_IDENT}\s*(?:;|$|cascade\b|restart\b)"),
+            _c(
+                rf"(?:^|;)\s*truncate\s+(?:only\s+)?{_QUAL_IDENT}(?:\s*\*)?"
+                rf"(?:\s*,\s*(?:only\s+)?{_QUAL_IDENT}(?:\s*\*)?){{0,64}}"
+                r"\s*(?:;|$|cascade\b|restart\b|continue\b)"
+            ),
         ),
         view="sql",
     ),
@@ -830,7 +867,12 @@ _DB_RULES: Final = (
         Severity.CRITICAL,
         0.90,
         "DELETE without a WHERE clause",
-        (_c(rf"\bdelete\s+from\s+{_QUAL_IDENT}(?=\s*(?:;|$|\)|returning\b|limit\b|order\b))"),),
+        (
+            _c(
+                rf"\bdelete\s+from\s+(?:only\s+)?{_NOT_PROSE_TABLE}{_QUAL_IDENT}(?:\s*\*)?{_ALIAS}"
+                r"(?=\s*(?:;|$|\)|returning\b|limit\b|order\b))"
+            ),
+        ),
         view="sql",
         check=_where_free_check,
     ),
@@ -846,8 +888,10 @@ _DB_RULES: Final = (
                 r"1|'(\w{0,16})'\s*=\s*'\1'|\w+\s+is\s+not\s+null\s+or\s+\w+\s+is\s+null)"
                 r"\s*(?:;|$|\)|returning\b|limit\b)"
             ),
+            _TAUTOLOGY_OR_RE,
         ),
         view="sql",
+        check=_tautology_or_check,
     ),
     Rule(
         "destructive_database.update_no_where",
@@ -855,7 +899,12 @@ _DB_RULES: Final = (
         Severity.CRITICAL,
         0.85,
         "UPDATE without a WHERE clause",
-        (_c(rf"\bupdate\s+{_QUAL_IDENT}\s+set\s+{_QUAL_IDENT}\s*="),),
+        (
+            _c(
+                rf"\bupdate\s+(?:only\s+)?{_NOT_PROSE_TABLE}{_QUAL_IDENT}(?:\s*\*)?{_ALIAS}"
+                rf"\s+set\s+{_QUAL_IDENT}\s*="
+            ),
+        ),
         view="sql",
         check=_where_free_check,
     ),
@@ -869,7 +918,7 @@ _DB_RULES: Final = (
             _c(r"\bdb\.[\w$]+\.drop\(\s*\)"),
             _c(r"\bdb\.dropDatabase\(\s*\)"),
             _c(r"\.(?:deleteMany|remove)\(\s*\{\s*\}\s*\)"),
-            _c(r"\bFLUSH(?:ALL|DB)\b", 0),
+            _c(r"\bFLUSH(?:ALL|DB)\b"),
         ),
     ),
     Rule(
@@ -1015,7 +1064,8 @@ _CMD_RULES: Final = (
             _c(
                 r"\brm\s+(?:-[a-z]*r[a-z]*f[a-z]*|-[a-z]*f[a-z]*r[a-z]*|(?:-[rf]\s+){2}|"
                 r"(?:--recursive\s+--force|--force\s+--recursive)\s+)\s*"
-                r"(?:--no-preserve-root\s+)?(?:/\*?|~/?\*?|\*|\$HOME/?\*?|\$\{HOME\}/?)"
+                r"(?:--no-preserve-root\s+)?(?:/\*?|~/?\*?|\*|\$HOME/?\*?|\$\{HOME\}/?|"
+                r"\"/\"|'/'|\"\$HOME/?\"|\"\$\{HOME\}/?\")"
                 r"(?=\s|$|;|&|\|)"
             ),
         ),
