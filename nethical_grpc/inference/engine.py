@@ -15,7 +15,8 @@ Backends, chosen at construction:
   ``model_path``), on ``cuda:N`` when a GPU is usable and ``device="auto"``, else on the CPU;
   every call runs under :func:`torch.inference_mode`, and under :func:`torch.autocast` for
   ``precision="fp16"``/``"bf16"`` (the weights stay fp32, autocast runs the matrix products
-  in the reduced type; inputs are given as fp32 and outputs read back as fp32).
+  in the reduced type; inputs are given as fp32 and outputs read back as fp32).  A model
+  saved with all its floating-point weights in fp16, bf16 or fp64 gets fp32 weights at load.
 * ``numpy``: when torch is not installed, disabled (``NETHICAL_DISABLE_TORCH=1``),
   ``backend="numpy"``, or, with ``backend="auto"``, for an ``.npz`` ``model_path``: the
   default MLP (``default_model/weights.npz``, or an ``.npz`` ``model_path``) in NumPy, fp32
@@ -97,13 +98,31 @@ _GIB: Final = float(2**30)
 _EMBEDDING_MODULES: Final = ("Embedding", "EmbeddingBag")
 #: How a torch.save() file in the legacy (pre-zip) format starts: a pickled magic number.
 _LEGACY_TORCH_SAVE: Final = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+#: How the message of an error raised inside a TorchScript model starts (its last line is
+#: the error).
+_TORCHSCRIPT_FAILED: Final = "The following operation failed in the TorchScript interpreter"
 
 log = logging.getLogger(__name__)
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    """``"Type: first line of the message"``; for an error raised inside a TorchScript model,
+    whose first line only says that one was, the error itself (the message's last line)."""
+    text = [line for line in str(exc).strip().splitlines() if line.strip()]
+    if len(text) > 1 and text[0].startswith(_TORCHSCRIPT_FAILED):
+        return text[-1].strip()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _with_fp32_weights(torch: Any, model: Any) -> Any:
+    """``model`` with float32 weights when all its floating-point parameters were saved in
+    one other type (a model exported after ``.half()``, ``.bfloat16()`` or ``.double()``),
+    which would refuse the contract's float32 input; a model that mixes types on purpose
+    is left as it is."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if len(dtypes) == 1 and torch.float32 not in dtypes:
+        model.float()
+    return model
 
 
 def _not_torchscript(path: Path) -> str | None:
@@ -308,7 +327,7 @@ class InferenceEngine:
             what = _not_torchscript(path) or _first_line(exc)
             raise ModelLoadError(f"cannot load {path} as a TorchScript model: {what}") from exc
         model.eval()
-        self._model = model
+        self._model = _with_fp32_weights(torch, model)
         if extra[MODEL_META_FILE]:
             self._check_meta(extra[MODEL_META_FILE])
         zeros = np.zeros((_PROBE_ROWS, FEATURE_WIDTH), dtype=np.float32)
@@ -617,7 +636,8 @@ class InferenceEngine:
     def _load_on_cpu(self) -> Any:
         """The model file loaded again, on the CPU."""
         with quiet_torchscript():
-            return self._torch.jit.load(str(self.model_path), map_location="cpu")
+            model = self._torch.jit.load(str(self.model_path), map_location="cpu")
+        return _with_fp32_weights(self._torch, model)
 
     def _move_to_cpu(self, exc: BaseException) -> None:
         """Reload the model on the CPU after a CUDA error (once, whichever thread met it)."""

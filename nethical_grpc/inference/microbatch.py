@@ -109,7 +109,8 @@ class MicroBatcher:
     ``0 <= max_delay_s <= 10`` (seconds) or ``ValueError``.  ``executor``: where ``fn`` runs;
     ``None`` creates a one-thread pool owned (and shut down) by the batcher.  ``validate``:
     called on each submitted ``(k, width)`` array before it is queued; whatever it raises
-    goes to that caller; if it returns an array, that array is queued instead (so
+    goes to that caller; if it returns an array, that array is queued instead (its row
+    count must be the caller's, else ``ValueError``; so
     ``InferenceEngine.validate_input`` both checks and converts).  ``inline=True`` runs
     ``fn`` on the event loop itself, for a model that answers a batch faster than a hop to
     a worker thread costs (a small model on a CPU: ~0.05-0.2 ms a call against ~0.3 ms a
@@ -229,7 +230,15 @@ class MicroBatcher:
         if self._validate is None:
             return chunk
         result = self._validate(chunk)
-        return result if isinstance(result, np.ndarray) else chunk
+        if not isinstance(result, np.ndarray):
+            return chunk
+        if result.ndim != 2 or result.shape[0] != chunk.shape[0]:
+            # more rows than max_batch would never fit a batch (the worker would spin)
+            raise ValueError(
+                f"validate returned shape {result.shape} for {chunk.shape[0]} row(s); "
+                f"expected ({chunk.shape[0]}, width)"
+            )
+        return result
 
     async def _enqueue(self, chunks: list[npt.NDArray[Any]]) -> npt.NDArray[np.float64]:
         if self._closing:
