@@ -24,6 +24,7 @@ interceptor and records nothing (:data:`nethical_grpc.telemetry.NOOP`).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 import time
@@ -220,7 +221,8 @@ def configure_telemetry(
     is never activated.
 
     Raises ``ValueError`` for an empty service name, a port outside 0..65535, an empty
-    OTLP endpoint or a non-positive export interval; ``RuntimeError`` when activating
+    OTLP endpoint, a non-positive export interval or an export whose exporter is not
+    installed (naming the package and the extra); ``RuntimeError`` when activating
     while another handle is active; ``OSError`` when the metrics port cannot be bound.
     """
     if not service_name:
@@ -232,6 +234,8 @@ def configure_telemetry(
     if not otlp_export_interval_s > 0:
         raise ValueError(f"otlp_export_interval_s must be > 0, got {otlp_export_interval_s}")
     endpoint = checked_otlp_endpoint(otlp_endpoint) if otlp_endpoint else None
+    # before anything is built: a missing exporter leaves no provider or thread behind
+    _require_exporters(otlp=bool(endpoint), prometheus=metrics_port is not None)
 
     tracing = bool(endpoint or console or span_exporters)
     metering = bool(metrics_port is not None or endpoint or console or metric_readers)
@@ -306,7 +310,45 @@ def configure_telemetry(
     )
     if endpoint:
         quiet_exporter_logs()
+    quiet_propagator_logs()
     return telemetry
+
+
+#: What each export needs beyond opentelemetry-sdk: (module, distribution).
+_OTLP_MODULES: Final = (
+    (
+        "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+        "opentelemetry-exporter-otlp-proto-grpc",
+    ),
+    (
+        "opentelemetry.exporter.otlp.proto.grpc.metric_exporter",
+        "opentelemetry-exporter-otlp-proto-grpc",
+    ),
+)
+_PROMETHEUS_MODULES: Final = (
+    ("prometheus_client", "prometheus-client"),  # first: the exporter imports it
+    ("opentelemetry.exporter.prometheus", "opentelemetry-exporter-prometheus"),
+)
+
+
+def _require_exporters(otlp: bool, prometheus: bool) -> None:
+    """``ValueError`` naming the package to install when an export asked for has no
+    exporter (opentelemetry-sdk alone is installed, say)."""
+    needs = [
+        *(("OTLP export", m, d) for m, d in (_OTLP_MODULES if otlp else ())),
+        *(
+            ("the Prometheus endpoint", m, d)
+            for m, d in (_PROMETHEUS_MODULES if prometheus else ())
+        ),
+    ]
+    for export, module, distribution in needs:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ValueError(
+                f"{export} needs {distribution}, which is not installed ({exc}): "
+                "pip install 'nethical-mesh[telemetry]'"
+            ) from None
 
 
 def checked_otlp_endpoint(endpoint: str) -> str:
@@ -383,6 +425,28 @@ def quiet_exporter_logs(interval_s: float = EXPORTER_LOG_INTERVAL_S) -> None:
 
 
 _NOISY_LOGGERS: Final = ("opentelemetry.exporter", "opentelemetry.sdk")
+
+#: The loggers of the propagators' modules, which log a line for each malformed entry
+#: of an incoming header: a caller's ``baggage`` of 180 bad entries was 180 lines per
+#: call, from any caller (telemetry runs before the token check).
+_PROPAGATOR_LOGGERS: Final = (
+    "opentelemetry.baggage.propagation",
+    "opentelemetry.trace.propagation.tracecontext",
+    "opentelemetry.trace.span",
+)
+_propagators_quieted = False
+
+
+def quiet_propagator_logs(interval_s: float = EXPORTER_LOG_INTERVAL_S) -> None:
+    """Rate-limit what the propagators log about the trace headers of incoming calls,
+    as :func:`quiet_exporter_logs` does the exporters' lines."""
+    global _propagators_quieted
+    if _propagators_quieted:
+        return
+    _propagators_quieted = True
+    gate = _OncePerInterval(interval_s)
+    for name in _PROPAGATOR_LOGGERS:
+        logging.getLogger(name).addFilter(gate)
 
 
 def _tracer_provider(
