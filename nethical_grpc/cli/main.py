@@ -164,8 +164,10 @@ def _server_args(p: argparse.ArgumentParser, default_port: int) -> None:
     )
     p.add_argument(
         "--otlp-endpoint",
-        default=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
-        help="export traces and metrics over OTLP/gRPC to this endpoint (off by default)",
+        # empty, as OpenTelemetry reads it: unset (a manifest's placeholder)
+        default=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
+        help="export traces and metrics over OTLP/gRPC to this endpoint "
+        "(env OTEL_EXPORTER_OTLP_ENDPOINT; off by default)",
     )
     add_server_arguments(p)
     _common(p)
