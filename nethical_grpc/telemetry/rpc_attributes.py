@@ -104,7 +104,10 @@ def end_span(
     """Set the status-code attribute and span status, record a crash, end the span.
 
     Expected outcomes (an abort with a status, a cancellation, an RPC error seen by a
-    client) are not recorded as exceptions; anything else that escaped is.
+    client) are not recorded as exceptions; anything else that escaped is, as an
+    ``exception`` event with its type only: its message and stack could hold a request's
+    values (action text, an agent id), and spans may be exported out of the region. The
+    node's log, which stays in the region, has the whole traceback.
     """
     if span.is_recording():
         span.set_attribute(ATTR_STATUS_CODE, code.value[0])
@@ -113,5 +116,8 @@ def end_span(
         if exc is not None and not isinstance(
             exc, grpc.aio.AbortError | grpc.RpcError | asyncio.CancelledError
         ):
-            span.record_exception(exc)
+            span.add_event(
+                "exception",
+                {"exception.type": f"{type(exc).__module__}.{type(exc).__qualname__}"},
+            )
     span.end()
