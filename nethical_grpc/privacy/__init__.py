@@ -57,7 +57,9 @@ metric charges the metric's windows, which over-charges label-disjoint queries b
 nothing beyond what a :class:`~nethical_grpc.series.GroupSummary` carries.
 :class:`PrivateReleaser` caches each answer per (query normalised to window ids, data
 version): asking the same thing again returns the same noise and spends nothing, so
-repeating a query cannot average the noise away. A release is noised first and charged
+repeating a query cannot average the noise away (the cache is bounded by answers and by
+their estimated memory, ``cache_bytes``; an answer evicted and asked again is noised and
+charged afresh). A release is noised first and charged
 only when the caller sends it (``prepare``, then ``commit``): an answer refused as too
 large spends nothing, and is kept, uncharged, so that asking again gets the same noise.
 

@@ -11,6 +11,7 @@ from nethical_grpc.summary.exponential_histogram import (
     DEFAULT_MAX_BUCKETS,
     MAX_SCALE,
     MIN_SCALE,
+    bucket_index,
 )
 from nethical_grpc.validation import MAX_ABS_VALUE
 
@@ -142,9 +143,30 @@ class PrivacyConfig:
                 f"histogram_octaves * 2^histogram_scale = {math.ldexp(float(octaves), int(s)):g} "
                 f"buckets: must leave the grid within {DEFAULT_MAX_BUCKETS - 2} buckets per sign"
             )
-        if math.ldexp(bound, -int(octaves)) < _MIN_NORMAL:
+        floor = math.ldexp(bound, -int(octaves))
+        if floor < _MIN_NORMAL:
+            # the most octaves n with bound * 2^-n >= 2^-1022 (bound = m * 2^e, m in [0.5, 1))
+            fits = math.frexp(bound)[1] + 1021
+            if fits < 1:  # no octave count fits: it is the bound
+                raise ValueError(
+                    f"value_bound must be at least {2.0 * _MIN_NORMAL:g}, got {bound:g}"
+                )
+            try:
+                least = math.ldexp(_MIN_NORMAL, int(octaves))
+            except OverflowError:
+                least = math.inf
+            instead = f", or a value_bound of at least {least!r}" if least <= MAX_ABS_VALUE else ""
             raise ValueError(
-                f"value_bound * 2^-histogram_octaves underflows; use fewer than {octaves} octaves"
+                f"value_bound {bound:g} * 2^-{octaves} (histogram_octaves) underflows: use at "
+                f"most {fits} octaves{instead}"
+            )
+        # the grid's cells are the buckets of (floor, bound]: at a coarse scale there may be
+        # none, and every value would be released in the zero bucket
+        if bucket_index(bound, int(s)) <= bucket_index(floor, int(s)):
+            raise ValueError(
+                f"histogram_scale {s} is too coarse for {octaves} octaves: the released "
+                "histogram would have no bucket but the zero bucket; raise histogram_scale "
+                "or histogram_octaves"
             )
 
     # ---------------------------------------------------------------- derived values

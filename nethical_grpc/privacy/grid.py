@@ -63,7 +63,8 @@ class BucketGrid:
     def _build(cls, config: PrivacyConfig) -> BucketGrid:
         scale = int(config.histogram_scale)
         bound = float(config.value_bound)
-        floor = bound * 2.0 ** -int(config.histogram_octaves)
+        # not bound * 2.0 ** -octaves: past 1074 octaves the power underflows to 0
+        floor = config.zero_below
         low = bucket_index(floor, scale) + 1
         high = bucket_index(bound, scale)
         threshold = float(bucket_lower_boundary(low, scale))

@@ -62,6 +62,13 @@ IntArray = npt.NDArray[np.int64]
 Granularity = Literal["metric", "series"]
 
 _DEFAULT_CACHE_SIZE: Final = 256
+#: Estimated memory the kept answers may hold (see :meth:`PrivateReleaser._entry_bytes`):
+#: 256 answers of thousands of groups each would otherwise hold gigabytes.
+_DEFAULT_CACHE_BYTES: Final = 64 << 20
+#: Memory of one released group beside its grid cells (its group, summary, moments and
+#: histogram objects and arrays: about 1.3 KiB measured), and of one kept answer.
+_GROUP_BYTES: Final = 1536
+_ANSWER_BYTES: Final = 512
 
 
 def clip_to_bound(values: npt.ArrayLike, config: PrivacyConfig) -> FloatArray:
@@ -362,7 +369,13 @@ class PrivateReleaser:
         rng: a seeded generator for reproducible noise; ``None`` (production) draws from
             the operating system's cryptographic generator.
         cache_size: how many released answers to keep (least recently used go first; an
-            evicted answer asked again is noised afresh and charged again).
+            evicted answer asked again is noised afresh and charged again), and as many
+            prepared answers never committed.
+        cache_bytes: the most memory (estimated: each released group's grid cells, 8
+            bytes each, and about 1.5 KiB of objects) the kept answers may hold, committed
+            and uncommitted together; past it the least recently used go, uncommitted
+            ones first (they never left, so asking again charges nothing more). The
+            newest answer is kept whatever its size.
         granularity: ``"metric"`` (default) charges ``(SeriesKey(metric, ()), window id)``
             for every window in a group's time range, which needs nothing but the
             :class:`GroupSummary` and over-charges label-disjoint queries; ``"series"``
@@ -381,6 +394,7 @@ class PrivateReleaser:
         cache_size: int = _DEFAULT_CACHE_SIZE,
         granularity: Granularity = "metric",
         accountant: PrivacyAccountant | None = None,
+        cache_bytes: int = _DEFAULT_CACHE_BYTES,
     ) -> None:
         try:  # any integer type (numpy's too), not a float or a bool
             width = 0 if isinstance(window_ns, bool) else operator.index(window_ns)
@@ -388,8 +402,10 @@ class PrivateReleaser:
             width = 0
         if width <= 0:
             raise ValueError(f"window_ns must be a positive integer, got {window_ns!r}")
-        if not isinstance(cache_size, int) or cache_size < 1:
+        if not isinstance(cache_size, int) or isinstance(cache_size, bool) or cache_size < 1:
             raise ValueError(f"cache_size must be an integer >= 1, got {cache_size!r}")
+        if not isinstance(cache_bytes, int) or isinstance(cache_bytes, bool) or cache_bytes < 1:
+            raise ValueError(f"cache_bytes must be an integer >= 1, got {cache_bytes!r}")
         if granularity not in ("metric", "series"):
             raise ValueError(f"granularity must be 'metric' or 'series', got {granularity!r}")
         self.config = config
@@ -409,6 +425,9 @@ class PrivateReleaser:
         self.bound_violations = 0
         self._rng = rng
         self._cache_size = cache_size
+        self._cache_bytes = cache_bytes
+        # every released group holds the whole grid's cells at most
+        self._group_bytes = 8 * self.grid.size + _GROUP_BYTES
         self._cache: OrderedDict[_QueryKey, tuple[Hashable, PrivateRelease]] = OrderedDict()
         # prepared, never committed (refused by the caller): kept so that asking again
         # gets the same noise
@@ -528,8 +547,7 @@ class PrivateReleaser:
         pending = PendingRelease(qkey, data_version, frozenset(keys), result)
         self._uncharged[qkey] = pending
         self._uncharged.move_to_end(qkey)
-        while len(self._uncharged) > self._cache_size:
-            self._uncharged.popitem(last=False)
+        self._trim(result)
         return pending
 
     def commit(self, pending: PendingRelease) -> PrivateRelease:
@@ -569,9 +587,31 @@ class PrivateReleaser:
             del self._uncharged[pending.query_key]
         self._cache[pending.query_key] = (pending.data_version, pending.release)
         self._cache.move_to_end(pending.query_key)
+        self._trim(pending.release)
+        return pending.release
+
+    def _entry_bytes(self, release: PrivateRelease) -> int:
+        """Estimated memory a kept answer holds (an upper bound on its cells)."""
+        return _ANSWER_BYTES + len(release.groups) * self._group_bytes
+
+    def _trim(self, newest: PrivateRelease) -> None:
+        """Evict the least recently used answers past ``cache_size`` (of each kind), then
+        while the kept answers pass ``cache_bytes``: uncommitted ones first, then committed
+        ones; never ``newest``, the answer just kept."""
+        while len(self._uncharged) > self._cache_size:
+            self._uncharged.popitem(last=False)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return pending.release
+        held = sum(self._entry_bytes(p.release) for p in self._uncharged.values())
+        held += sum(self._entry_bytes(r) for _, r in self._cache.values())
+        for qkey in [k for k, p in self._uncharged.items() if p.release is not newest]:
+            if held <= self._cache_bytes:
+                return
+            held -= self._entry_bytes(self._uncharged.pop(qkey).release)
+        for qkey in [k for k, (_, r) in self._cache.items() if r is not newest]:
+            if held <= self._cache_bytes:
+                return
+            held -= self._entry_bytes(self._cache.pop(qkey)[1])
 
     def _within_bound(self, group: GroupSummary) -> bool:
         """Whether the group's values keep to the value bound; one that does not (a window
