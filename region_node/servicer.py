@@ -40,6 +40,10 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 _MAX_CACHED_RESPONSES = 64
+#: Encoded bytes the cached GetSummaries answers may hold together (each is kept as a
+#: message and, once streamed, encoded: about twice this in memory). Without it 64
+#: answers near the message limit held over a GiB.
+_MAX_CACHED_RESPONSE_BYTES = 32 << 20
 #: What a StreamSummariesResponse adds around the summaries: the query id and the
 #: summaries field's key and length (17 bytes at most), rounded up.
 _STREAM_FRAMING_BYTES = 64
@@ -111,6 +115,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         self.privacy = privacy
         # identical queries between two changes of the store get the same response
         self._responses: dict[SummaryQuery, _CachedSummaries] = {}
+        self._responses_bytes = 0  # their encoded sizes, summed
         # the running StreamSummaries calls: a coordinator keeps one open per node
         self._summary_streams: set[asyncio.Task[Any]] = set()
         # the running Ingest calls
@@ -277,11 +282,26 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
             # (the releaser keeps its noise, so asking again is refused again)
             entry.check_size(self.max_message_bytes)
             self.privacy.commit(pending)
-        if len(self._responses) >= _MAX_CACHED_RESPONSES:
-            self._responses.clear()
-        self._responses[query] = entry
-        entry.check_size(self.max_message_bytes)
+        entry.check_size(self.max_message_bytes)  # refused: not kept (asked again, the
+        # releaser gives the same noise, and it is refused again)
+        self._keep(query, entry)
         return entry
+
+    def _keep(self, query: SummaryQuery, entry: _CachedSummaries) -> None:
+        """Cache an answer (all are dropped at once past the count or the bytes bound:
+        they all go stale at the next ingest anyway)."""
+        previous = self._responses.pop(query, None)
+        if previous is not None:
+            self._responses_bytes -= previous.size
+        if (
+            len(self._responses) >= _MAX_CACHED_RESPONSES
+            or self._responses_bytes + entry.size > _MAX_CACHED_RESPONSE_BYTES
+        ):
+            self._responses.clear()
+            self._responses_bytes = 0
+        if entry.size <= _MAX_CACHED_RESPONSE_BYTES:
+            self._responses[query] = entry
+            self._responses_bytes += entry.size
 
     @rpc_errors
     async def GetNodeInfo(  # noqa: N802

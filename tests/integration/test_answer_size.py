@@ -8,12 +8,15 @@ import asyncio
 import grpc
 import numpy as np
 import pytest
-from meshutil import Mesh, add_coordinator, add_region
+from meshutil import Mesh, add_coordinator, add_region, serve_region_servicer
 
 from coordinator.summary_stream import SummaryCallError, SummaryStream
 from nethical_grpc import client
 from nethical_grpc.errors import details_from_error
 from nethical_grpc.v1 import coordinator_pb2, region_node_pb2, region_node_pb2_grpc
+from region_node import servicer as servicer_module
+from region_node.node import NodeIdentity, RegionNode
+from region_node.servicer import RegionNodeServicer
 
 LIMIT = 32 * 1024
 SHARDS = 300
@@ -21,6 +24,8 @@ SHARDS = 300
 Request = region_node_pb2.GetSummariesRequest
 WIDE = Request(metrics=["wide"], group_by_labels=["shard"])
 SMALL = Request(metrics=["small"])
+#: every metric of the cache test, grouped by shard: over LIMIT
+WIDE_ALL = Request(metrics=[f"m{k}" for k in range(8)], group_by_labels=["shard"])
 
 
 async def _fill(mesh: Mesh, region: str) -> None:
@@ -121,3 +126,46 @@ async def test_the_coordinator_refuses_an_answer_over_its_own_limit(mesh: Mesh) 
         ch, client.QueryOptions(metrics=("wide",), include_summary=True), timeout=10
     )
     assert fits.coverage.complete and fits.results[0].statistics.count == 50 * SHARDS
+
+
+async def test_the_nodes_cache_of_answers_stays_within_its_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The node caches GetSummaries answers between changes of its data within a bound on
+    their bytes, not only on their count (64 answers near the message limit held over a
+    GiB); an answer over the message limit is refused and not kept."""
+    cap = 3 * 16 * 1024
+    monkeypatch.setattr(servicer_module, "_MAX_CACHED_RESPONSE_BYTES", cap)
+    servicer = RegionNodeServicer(RegionNode(NodeIdentity("r1", "r1-0")), max_message_bytes=LIMIT)
+    server = await serve_region_servicer(servicer)
+    channel = grpc.aio.insecure_channel(server.address)
+    try:
+        rng = np.random.default_rng(3)
+        await client.ingest(
+            channel,
+            [
+                client.encode_ingest_request(
+                    f"m{k % 8}", rng.lognormal(0, 2, 50), {"shard": str(k)}
+                )
+                for k in range(8 * 30)
+            ],
+        )
+        stub = region_node_pb2_grpc.RegionNodeServiceStub(channel)
+        sizes = []
+        for k in range(8):  # eight answers of ~28 KB: more than the cap holds together
+            answer = await stub.GetSummaries(
+                Request(metrics=[f"m{k}"], group_by_labels=["shard"]), timeout=5
+            )
+            sizes.append(answer.ByteSize())
+            held = servicer._responses
+            assert sum(e.size for e in held.values()) == servicer._responses_bytes <= cap
+            assert held, "the answer just given is kept"
+        assert sum(sizes) > cap and max(sizes) < LIMIT
+        # over the message limit: refused, and not kept
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetSummaries(WIDE_ALL, timeout=5)
+        assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert all(e.size <= LIMIT for e in servicer._responses.values())
+    finally:
+        await channel.close()
+        await server.drain(0, 0)
