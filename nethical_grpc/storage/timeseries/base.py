@@ -31,6 +31,7 @@ import numpy.typing as npt
 from nethical_grpc.storage.timeseries.buckets import check_aggregation, parse_bucket_us
 from nethical_grpc.storage.timeseries.model import (
     MAX_SHORT_LEN,
+    MIN_WRITE_TIME,
     US_PER_DAY,
     AggregateRow,
     AuditRecord,
@@ -111,6 +112,9 @@ def check_retention(retention: object) -> timedelta | None:
     return retention
 
 
+_MIN_WRITE_US = to_us("MIN_WRITE_TIME", MIN_WRITE_TIME)  # a UTC midnight
+
+
 def _now_us() -> int:
     return to_us("now", datetime.now(UTC))
 
@@ -153,7 +157,8 @@ class TimeSeriesStore(ABC):
         """Store one observation (``timestamp`` defaults to now). ``ValueError`` for bad
         input: empty metric name, a value that is not finite or beyond ±1e100
         (:data:`~.model.MAX_ABS_VALUE`, so no sum overflows), oversized strings or text
-        that is not valid Unicode (a naive timestamp is UTC)."""
+        that is not valid Unicode (a naive timestamp is UTC; -0.0 is stored as 0.0, as
+        SQLite can keep no other)."""
         await self.insert_metrics(
             [MetricPoint(agent_id, metric_name, metric_value, timestamp, region_id, metadata)]
         )
@@ -205,9 +210,8 @@ class TimeSeriesStore(ABC):
             values=values,
             timestamps_ns=timestamps_ns,
             metadata=meta,
+            max_rows=MAX_BATCH_ROWS,
         )
-        if len(cols) > MAX_BATCH_ROWS:
-            raise ValueError(f"values: at most {MAX_BATCH_ROWS} per call, got {len(cols)}")
         if len(cols) == 0:
             return 0
         await self._write_metrics(cols, build_rollup(cols))
@@ -437,12 +441,14 @@ class TimeSeriesStore(ABC):
         dropped). Also prepares the next days' partitions where the backend has them.
         Returns that cutoff, or ``None`` when the store keeps data forever. Window
         summaries have their own retention: :meth:`delete_window_summaries_before`.
+        A cutoff before :data:`~.model.MIN_WRITE_TIME` (a retention of millennia) is that
+        time: no row lies before it.
         """
         now_us = _now_us() if now is None else to_us("now", now)
         cutoff_us: int | None = None
         if self.retention is not None:
             keep_us = self.retention // timedelta(microseconds=1)
-            cutoff_us = (now_us - keep_us) // US_PER_DAY * US_PER_DAY
+            cutoff_us = max((now_us - keep_us) // US_PER_DAY * US_PER_DAY, _MIN_WRITE_US)
         await self._apply_retention(cutoff_us, now_us)
         return None if cutoff_us is None else datetime_from_us(cutoff_us)
 

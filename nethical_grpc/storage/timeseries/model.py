@@ -595,9 +595,11 @@ def metric_columns(
             raise ValueError(f"points[{i}].{exc}") from None
     ts_us = np.array(stamps, dtype=np.int64)
     check_write_times(ts_us, "points[{}].timestamp")
-    return MetricColumns(
-        region_ids, agent_ids, names, np.array(values, dtype=np.float64), ts_us, metadata
-    )
+    # -0.0 is stored as 0.0: SQLite keeps a whole REAL as an integer, so it returns 0.0
+    # where PostgreSQL kept the sign (a query or a min of the same rows differed)
+    vals = np.array(values, dtype=np.float64)
+    vals += 0.0
+    return MetricColumns(region_ids, agent_ids, names, vals, ts_us, metadata)
 
 
 def series_columns(
@@ -608,15 +610,21 @@ def series_columns(
     values: object,
     timestamps_ns: object,
     metadata: str | None,
+    max_rows: int | None = None,
 ) -> MetricColumns:
     """Validate one series' values (float array) and Unix-ns timestamps (int array or one
-    int for all), vectorised, and return it in columns (timestamps floored to µs)."""
+    int for all), vectorised, and return it in columns (timestamps floored to µs).
+
+    ``max_rows``: most values accepted (``ValueError`` beyond, before any per-row column
+    is built)."""
     try:
         vals = np.ascontiguousarray(np.asarray(values, dtype=np.float64))
     except (TypeError, ValueError, OverflowError) as exc:
         raise ValueError(f"values: must be numbers within ±{MAX_ABS_VALUE:g} ({exc})") from None
     if vals.ndim != 1:
         raise ValueError("values: must be one-dimensional")
+    if max_rows is not None and vals.size > max_rows:
+        raise ValueError(f"values: at most {max_rows} per call, got {vals.size}")
     in_range = np.abs(vals) <= MAX_ABS_VALUE  # False for NaN too
     if not in_range.all():
         bad = int(np.argmin(in_range))
@@ -646,7 +654,12 @@ def series_columns(
     check_write_times(ts_us, "timestamps_ns[{}]")
     n = int(vals.size)
     return MetricColumns(
-        [region_id] * n, [agent_id] * n, [metric_name] * n, vals, ts_us, [metadata] * n
+        [region_id] * n,
+        [agent_id] * n,
+        [metric_name] * n,
+        vals + 0.0,  # a copy, with -0.0 as 0.0 (see metric_columns)
+        ts_us,
+        [metadata] * n,
     )
 
 

@@ -41,6 +41,7 @@ from nethical_grpc.storage.timeseries.model import US_PER_DAY, datetime_from_us
 
 __all__ = [
     "ADDED_COLUMNS",
+    "DROP_DAYS_PER_TRANSACTION",
     "PARTITIONED_TABLES",
     "SchemaState",
     "create_partitions",
@@ -67,6 +68,13 @@ JSON_COLUMNS: tuple[tuple[str, str], ...] = (
     ("audit_logs", "metadata"),
 )
 """(table, column) of every JSON column: type ``json``, which keeps a document as written."""
+
+DROP_DAYS_PER_TRANSACTION = 16
+"""Most days of partitions one retention transaction drops. Each day's four tables, with
+their indexes and TOAST tables, take about 19 locks until the commit, and the server's
+lock table holds ``max_locks_per_transaction × max_connections`` (6,400 by default) for
+every session together: dropping a year of days at once (retention shortened, or a
+backfill of old days) failed with "out of shared memory" at every attempt."""
 
 _EPOCH_DATE = date(1970, 1, 1)
 _PARTITION_RE = re.compile(r"^metrics_p(\d{4})(\d{2})(\d{2})$")
@@ -465,23 +473,34 @@ async def drop_partitions_before(
     """Drop all data of the days before ``cutoff_day`` (whole partitions or chunks).
 
     Returns the days whose partitions remain (native layout; empty with TimescaleDB).
+    Partitions go :data:`DROP_DAYS_PER_TRANSACTION` days at a time, oldest first, each
+    group in a transaction of its own: a call that fails part-way keeps what it dropped,
+    and the next one goes on from there.
     """
-    async with conn.transaction():
-        await _lock(conn, schema)
-        if timescaledb:
+    if timescaledb:
+        async with conn.transaction():
+            await _lock(conn, schema)
             cutoff = datetime_from_us(cutoff_day * US_PER_DAY)
             for table, _ in PARTITIONED_TABLES:
                 await conn.execute(
                     "SELECT drop_chunks(%s::regclass, older_than => %s)",
                     (_qualified(schema, table).as_string(conn), cutoff),
                 )
-            return set()
-        existing = await _partition_days(conn, schema)
-        for day in sorted(d for d in existing if d < cutoff_day):
-            for table, _ in PARTITIONED_TABLES:
-                await conn.execute(
-                    sql.SQL("DROP TABLE IF EXISTS {}").format(
-                        _qualified(schema, f"{table}_p{_day_suffix(day)}")
+        return set()
+    tried: set[int] = set()  # a day is tried once (a partition of another schema stays)
+    while True:
+        async with conn.transaction():
+            await _lock(conn, schema)
+            existing = await _partition_days(conn, schema)
+            old = sorted(d for d in existing - tried if d < cutoff_day)
+            old = old[:DROP_DAYS_PER_TRANSACTION]
+            tried.update(old)
+            for day in old:
+                for table, _ in PARTITIONED_TABLES:
+                    await conn.execute(
+                        sql.SQL("DROP TABLE IF EXISTS {}").format(
+                            _qualified(schema, f"{table}_p{_day_suffix(day)}")
+                        )
                     )
-                )
-        return {d for d in existing if d >= cutoff_day}
+        if len(old) < DROP_DAYS_PER_TRANSACTION:
+            return {d for d in existing if d >= cutoff_day}
