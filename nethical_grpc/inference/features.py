@@ -312,7 +312,33 @@ def _features_compiled(texts: list[str], intents: list[str]) -> Float32Array:
     return out
 
 
+#: Characters (texts and intents) the NumPy path takes at once: it holds about 170 bytes
+#: per character (n-gram codes, class flags and their prefix sums: 172 MB for a batch of
+#: a million), so a batch is done in row chunks of about this many characters (the rows
+#: are independent: the same features).
+NUMPY_CHUNK_CHARS: Final = 1 << 18
+
+
 def _features_numpy(texts: list[str], intents: list[str]) -> Float32Array:
+    sizes = np.fromiter(
+        (len(t) + len(i) for t, i in zip(texts, intents, strict=True)), np.int64, len(texts)
+    )
+    if len(texts) <= 1 or int(sizes.sum()) <= NUMPY_CHUNK_CHARS:
+        return _features_numpy_rows(texts, intents)
+    # each chunk ends at the first row that takes it to the bound (at least one row)
+    reach = np.cumsum(sizes)
+    out = np.empty((len(texts), FEATURE_WIDTH), dtype=np.float32)
+    start = 0
+    while start < len(texts):
+        before = int(reach[start - 1]) if start else 0
+        end = int(np.searchsorted(reach, before + NUMPY_CHUNK_CHARS, side="right"))
+        end = max(end, start + 1)
+        out[start:end] = _features_numpy_rows(texts[start:end], intents[start:end])
+        start = end
+    return out
+
+
+def _features_numpy_rows(texts: list[str], intents: list[str]) -> Float32Array:
     n = len(texts)
     out = np.empty((n, FEATURE_WIDTH), dtype=np.float32)
     text_counts, text_block = _log_ngrams([t.lower() for t in texts], TEXT_NGRAM_DIM)

@@ -199,3 +199,27 @@ def test_compiled_rows_match_the_numpy_path(pairs: list[tuple[str, str]]) -> Non
     # the same counts and formulas; only float rounding of the sums may differ
     np.testing.assert_allclose(compiled, reference, rtol=1e-5, atol=1e-6)
     assert np.array_equal(compiled == 0.0, reference == 0.0)
+
+
+def test_the_numpy_path_takes_a_large_batch_in_row_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The NumPy path holds about 170 bytes per character at once: a large batch is done
+    in row chunks of a bounded number of characters, with the same features as whole."""
+    import tracemalloc
+
+    from nethical_grpc.inference import features as features_module
+
+    rng = np.random.default_rng(5)
+    alphabet = np.array(list("abc DEF 123 ://.;'\"$é"))
+    texts = ["".join(rng.choice(alphabet, 60_000)) for _ in range(16)]
+    intents = ["read the 1.2.3 report", "", *(["x://y"] * 14)]
+    whole = features_module._features_numpy_rows(texts, intents)
+    monkeypatch.setattr(features_module, "NUMPY_CHUNK_CHARS", 1 << 16)
+    tracemalloc.start()
+    try:
+        chunked = features_module._features_numpy(texts, intents)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(chunked, whole)
+    # whole, the ~1M characters took ~170 MB; in chunks of 64 Ki characters far less
+    assert peak < 30 * 2**20, peak
