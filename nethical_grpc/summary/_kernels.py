@@ -223,9 +223,19 @@ def batch_moments_numpy(
     if float(np.add.reduce(np.abs(x))) > _CANCELLATION * abs(total):
         # values cancel: the compensation keeps each addition's error, not the errors of
         # adding those up, which can then count; sum exactly instead
-        total, comp = math.fsum(x.tolist()), 0.0
+        total, comp = _exact_sum(x, total, comp)
     mean = _clamp((total + comp) / n, lo, hi)
     return MomentsTuple(n, total, comp, lo, hi, mean, m2)
+
+
+def _exact_sum(x: FloatArray, total: float, comp: float) -> tuple[float, float]:
+    """``(math.fsum(x), 0.0)``, or ``(total, comp)`` as given where its partial sums pass
+    the largest double (``math.fsum`` raises ``OverflowError`` then, even when the sum
+    itself is finite): a batch of finite values is never refused for its sum."""
+    try:
+        return math.fsum(x.tolist()), 0.0
+    except OverflowError:
+        return total, comp
 
 
 #: ``sum |x|`` over ``|sum x|`` beyond which the NumPy path sums exactly (cancellation).
@@ -371,8 +381,8 @@ def batch_moments_numba(
     # where that can reach the total (values that cancel after a sum that rounded, as
     # 3 * 1e100 + 1 - 3 * 1e100 summed to 0.0), sum exactly, as the NumPy path does
     if n * float(mass) * _UNIT_ROUNDOFF > math.ulp(float(total)) / 4.0:
-        total, comp = math.fsum(x.tolist()), 0.0
-        mean = _clamp(total / n, lo, hi)
+        total, comp = _exact_sum(x, float(total), float(comp))
+        mean = _clamp((total + comp) / n, lo, hi)
     return MomentsTuple(n, float(total), float(comp), lo, hi, float(mean), float(m2))
 
 

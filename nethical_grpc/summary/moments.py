@@ -44,6 +44,11 @@ class Moments:
     ``sum + compensation`` is the compensated total (``sum`` alone is its correctly rounded
     leading part); ``m2`` is the sum of squared deviations from ``mean``.  An empty
     ``Moments()`` is the identity of :meth:`merge`.
+
+    Every field is a double: where the total or ``m2`` passes the largest one (~1.8e308:
+    values near it, or that differ by more than ~1e154) they come out inf or NaN, and so
+    may ``mean``; :meth:`validate` (and the wire) refuse such moments. A region node
+    never makes them: it takes magnitudes up to 1e100 only.
     """
 
     count: int = 0
@@ -73,15 +78,16 @@ class Moments:
         """
         parts = [m for m in items if m.count]
         if len(parts) <= 2:
-            out = cls()
-            for item in parts:
-                out._merge_in_place(item)
-            return out
+            return cls._folded(parts)
         n = sum(m.count for m in parts)
         lo = functools.reduce(_least, (m.min for m in parts))
         hi = -functools.reduce(_least, (-m.max for m in parts))
-        total = math.fsum([*(m.sum for m in parts), *(m.compensation for m in parts)])
-        comp = math.fsum([*(m.sum for m in parts), *(m.compensation for m in parts), -total])
+        try:
+            total = math.fsum([*(m.sum for m in parts), *(m.compensation for m in parts)])
+            comp = math.fsum([*(m.sum for m in parts), *(m.compensation for m in parts), -total])
+            m2_parts = math.fsum(m.m2 for m in parts)
+        except OverflowError:  # partial sums past the largest double: as merge() gives it
+            return cls._folded(parts)
         # the mean of the exact total (a count-weighted mean of the parts' means loses
         # everything where the parts' values cancel)
         mean = (total + comp) / n
@@ -102,8 +108,15 @@ class Moments:
             comps = np.array([m.compensation for m in parts], dtype=np.float64)
             dev = _dd_difference(*_mean_parts(totals, comps, counts), pooled_hi, pooled_lo)
             spread = float(np.dot(counts, dev * dev))
-        m2 = math.fsum(m.m2 for m in parts) + spread
+        m2 = m2_parts + spread
         return cls(n, total, comp, lo, hi, mean, m2)
+
+    @classmethod
+    def _folded(cls, parts: Iterable[Moments]) -> Moments:
+        out = cls()
+        for item in parts:
+            out._merge_in_place(item)
+        return out
 
     def copy(self) -> Moments:
         return Moments(
