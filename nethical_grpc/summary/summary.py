@@ -22,7 +22,10 @@ FloatArray = npt.NDArray[np.float64]
 
 
 def _as_vector(values: npt.ArrayLike) -> FloatArray:
-    arr = np.ascontiguousarray(values, dtype=np.float64)
+    try:
+        arr = np.ascontiguousarray(values, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError) as exc:  # text, objects, ints past a double
+        raise ValueError(f"values must be real numbers: {exc}") from None
     return arr.reshape(-1) if arr.ndim != 1 else arr
 
 
@@ -73,6 +76,9 @@ class Summary:
         parts = list(items)
         if not parts:
             return cls()
+        wrong = next((p for p in parts if not isinstance(p, Summary)), None)
+        if wrong is not None:
+            raise TypeError(f"can only merge Summary objects, got {type(wrong).__name__}")
         if len(parts) == 1:
             return parts[0].copy()
         return cls(

@@ -108,3 +108,16 @@ def test_building_and_merging_finite_values_never_raises(values: list[list[float
         assert Summary.merge_all(summaries).count == len(flat)
         whole = Summary.from_values(flat)
         assert whole.histogram == Summary.merge_all(summaries).histogram
+
+
+def test_values_that_are_no_real_numbers_are_a_value_error_changing_nothing() -> None:
+    s = Summary.from_values([1.0, 2.0])
+    for bad in ([10**400], ["x"], [object()]):
+        with pytest.raises(ValueError, match="values must be real numbers"):
+            s.update(bad)
+    assert s.moments.count == 2
+
+
+def test_merge_all_of_what_is_no_summary_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="can only merge Summary objects, got int"):
+        Summary.merge_all([Summary.from_values([1.0]), 2])  # type: ignore[list-item]
