@@ -114,7 +114,7 @@ def test_values_that_are_no_real_numbers_are_a_value_error_changing_nothing() ->
     s = Summary.from_values([1.0, 2.0])
     for bad in ([10**400], ["x"], [object()]):
         with pytest.raises(ValueError, match="values must be real numbers"):
-            s.update(bad)
+            s.update(bad)  # type: ignore[arg-type]
     assert s.moments.count == 2
 
 
