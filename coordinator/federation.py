@@ -27,6 +27,7 @@ from coordinator.summary_stream import SummaryCallError
 from nethical_grpc import convert, telemetry
 from nethical_grpc.errors import FieldViolation, InvalidArgument
 from nethical_grpc.privacy import MergedError, ReleaseInfo, merged_error
+from nethical_grpc.proto_limits import FIRST_TIMESTAMP_NS, LAST_TIMESTAMP_NS
 from nethical_grpc.series import DataGap, GroupSummary, Labels, SummaryQuery
 from nethical_grpc.summary import Summary
 from nethical_grpc.v1 import region_node_pb2
@@ -207,6 +208,9 @@ def one_node_result(region_id: str, answer: convert.SummariesAnswer) -> GlobalRe
     a node missing)."""
     if answer.invalid is not None:
         raise ValueError(f"the node's summaries are invalid: {answer.invalid}")
+    bad_as_of = _as_of_problem(answer.data_as_of_ns)
+    if bad_as_of:
+        raise ValueError(f"the node's answer is invalid: {bad_as_of}")
     coverage = Coverage(regions_requested=[region_id], instances_queried=1, instances_answered=1)
     named = [(answer.instance_id or region_id, answer)]
     return _result({region_id: named}, coverage, {}, include_breakdown=False)
@@ -795,10 +799,13 @@ class Federation:
                 log.warning("%s", text)
             return MissingPart(inst.region_id, inst.name, Missing.INVALID_RESPONSE, _clipped(text))
         inst.learn(answer.instance_id, answer.scope)
-        if answer.invalid is not None:
-            log.warning("invalid summaries from %s: %s", inst.endpoint, answer.invalid)
+        invalid = answer.invalid
+        if invalid is None:
+            invalid = _as_of_problem(answer.data_as_of_ns) or None
+        if invalid is not None:
+            log.warning("invalid summaries from %s: %s", inst.endpoint, invalid)
             return MissingPart(
-                inst.region_id, inst.name, Missing.INVALID_RESPONSE, _clipped(answer.invalid)
+                inst.region_id, inst.name, Missing.INVALID_RESPONSE, _clipped(invalid)
             )
         return _Answer(
             inst,
@@ -809,6 +816,15 @@ class Federation:
             gaps=answer.gaps,
             node_id=answer.instance_id,
         )
+
+
+def _as_of_problem(as_of_ns: int) -> str:
+    """Why a node's ``data_as_of`` is not a time a Timestamp holds ('' when it is, or
+    when unset): the coverage repeats the oldest one, and its staleness, which were
+    out of range (a Duration past 2**63 s failed the whole query)."""
+    if as_of_ns and not FIRST_TIMESTAMP_NS <= as_of_ns <= LAST_TIMESTAMP_NS:
+        return f"data_as_of {as_of_ns} ns is not between years 0001 and 9999"
+    return ""
 
 
 def _shared_ids(answers: list[_Answer]) -> list[_Answer]:

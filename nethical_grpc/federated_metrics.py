@@ -234,8 +234,7 @@ class FederatedMetricsAggregator:
             metrics=metrics,
             quantiles=quantiles,
             regions=self.regions or (),
-            # a period longer than a Timestamp reaches back covers everything
-            start_ns=max(FIRST_TIMESTAMP_NS, time.time_ns() - int(self.retention_period * 1e9)),
+            start_ns=_start_ns(self.retention_period),
             include_region_breakdown=breakdown,
         )
         answer: coordinator_pb2.GetGlobalMetricsResponse = self._coordinator.GetGlobalMetrics(
@@ -249,6 +248,17 @@ class FederatedMetricsAggregator:
             self._answers = {k: v for k, v in self._answers.items() if now - v[0] < interval}
             self._answers[key] = (now, answer)
         return answer
+
+
+def _start_ns(retention_period: float) -> int:
+    """Where aggregates start: ``retention_period`` seconds ago. A period longer than a
+    Timestamp reaches back covers everything (compared as floats: past 1.8e299 s the
+    period in nanoseconds is infinite, which ``int`` refuses)."""
+    now = time.time_ns()
+    back_ns = retention_period * 1e9
+    if back_ns >= now - FIRST_TIMESTAMP_NS:
+        return FIRST_TIMESTAMP_NS
+    return max(FIRST_TIMESTAMP_NS, now - int(back_ns))
 
 
 def _names(metric_names: Sequence[str] | None) -> tuple[str, ...]:
