@@ -62,7 +62,7 @@ class GatewayConfig:
             raise ValueError(f"evaluate_retry must be one of {', '.join(EVALUATE_RETRY)}")
         if self.max_retries < 0:
             raise ValueError("max_retries must be >= 0")
-        if self.resolve_interval_s <= 0:
+        if not self.resolve_interval_s > 0:  # NaN too
             raise ValueError("the DNS re-resolution interval must be > 0")
         if not 0 < self.ejection_base_s <= self.ejection_max_s:
             raise ValueError("ejection times must satisfy 0 < base <= max")

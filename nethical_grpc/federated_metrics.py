@@ -84,10 +84,17 @@ class FederatedMetricsAggregator:
             raise ValueError(f"aggregation_interval must be >= 0 s, got {aggregation_interval!r}")
         if not math.isfinite(retention_period) or retention_period <= 0:
             raise ValueError(f"retention_period must be > 0 s, got {retention_period!r}")
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not (math.isfinite(timeout) and timeout > 0)
+        ):
+            # None would send calls with no deadline; <= 0 would fail every call
+            raise ValueError(f"timeout must be > 0 s, got {timeout!r}")
         self.regions = list(regions) if regions is not None else None
         self.aggregation_interval = float(aggregation_interval)
         self.retention_period = float(retention_period)
-        self.timeout = timeout
+        self.timeout = float(timeout)
         self._channel_factory = channel
         self._coordinator_channel = channel(coordinator)
         self._coordinator = coordinator_pb2_grpc.CoordinatorServiceStub(self._coordinator_channel)

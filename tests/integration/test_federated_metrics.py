@@ -132,6 +132,10 @@ def test_mistakes_get_clear_errors(rig: Rig) -> None:
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="retention_period"):
         FederatedMetricsAggregator(retention_period=0)
+    # no deadline, or one every call fails at once
+    for timeout in (None, 0, -1.0, math.nan, math.inf, True):
+        with pytest.raises(ValueError, match=r"timeout must be > 0 s"):
+            FederatedMetricsAggregator(timeout=timeout)  # type: ignore[arg-type]
 
 
 def test_last_coverage_is_the_coverage_of_the_answer_given(rig: Rig) -> None:

@@ -86,6 +86,7 @@ def test_cli_defaults_are_region_aware_and_not_sent() -> None:
         ({"evaluate_retry": "always"}, "evaluate_retry must be one of"),
         ({"max_retries": -1}, "max_retries"),
         ({"resolve_interval_s": 0}, "interval"),
+        ({"resolve_interval_s": float("nan")}, "interval"),
         ({"ejection_base_s": 5, "ejection_max_s": 1}, "ejection"),
     ],
 )
