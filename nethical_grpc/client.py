@@ -18,7 +18,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nethical_grpc.convert import ns_to_duration, ns_to_timestamp
 from nethical_grpc.grpc_options import channel_options
-from nethical_grpc.proto_limits import FIRST_TIMESTAMP_NS, LAST_TIMESTAMP_NS
+from nethical_grpc.proto_limits import (
+    FIRST_TIMESTAMP_NS,
+    LAST_TIMESTAMP_NS,
+    MAX_DURATION_SECONDS,
+)
 from nethical_grpc.v1 import coordinator_pb2, coordinator_pb2_grpc, region_node_pb2
 from nethical_grpc.wire import packed_field
 
@@ -41,7 +45,7 @@ def encode_ingest_request(
         metric=metric, labels=dict(labels or {}), batch_id=batch_id
     )
     if time_ns is not None:
-        head.time.CopyFrom(ns_to_timestamp(time_ns))
+        head.time.CopyFrom(_timestamp(time_ns, "time_ns"))
     parts = [head.SerializeToString()]
     if values.size:
         parts.append(packed_field(3, np.ascontiguousarray(values, dtype="<f8").tobytes()))
@@ -108,7 +112,14 @@ def global_metrics_request(opts: QueryOptions) -> coordinator_pb2.GetGlobalMetri
     if opts.end_ns is not None:
         req.end_time.CopyFrom(_timestamp(opts.end_ns, "end_ns"))
     if opts.region_timeout_s is not None:
-        req.region_timeout.CopyFrom(ns_to_duration(int(opts.region_timeout_s * 1e9)))
+        if not abs(opts.region_timeout_s) <= MAX_DURATION_SECONDS:  # NaN too
+            # else int() says "cannot convert float NaN to integer", protobuf "Value out
+            # of range"
+            raise ValueError(
+                "region_timeout_s must be a finite number of seconds a Duration holds, "
+                f"got {opts.region_timeout_s!r}"
+            )
+        req.region_timeout.CopyFrom(ns_to_duration(round(opts.region_timeout_s * 1e9)))
     return req
 
 

@@ -15,6 +15,7 @@ from typing import Any, Final, NoReturn, ParamSpec, Self, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -260,17 +261,23 @@ def details_of(exc: MeshError) -> ErrorDetails:
 
 
 def details_from_error(err: grpc.RpcError) -> ErrorDetails:
-    """Client side: decode a failed call's rich status."""
+    """Client side: decode a failed call's rich status (its code and message alone when
+    the details it carries do not parse or contradict them)."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     message = err.details() if hasattr(err, "details") else str(err)
     violations: list[FieldViolation] = []
     reason: str | None = None
     metadata: dict[str, str] = {}
-    status = rpc_status.from_call(err) if isinstance(err, grpc.Call) else None
-    if status is None and isinstance(err, grpc.aio.AioRpcError):
-        status = _status_from_aio(err)
-    if status is not None:
-        for detail in status.details:
+    try:
+        status = rpc_status.from_call(err) if isinstance(err, grpc.Call) else None
+        if status is None and isinstance(err, grpc.aio.AioRpcError):
+            status = _status_from_aio(err)
+    except (ValueError, DecodeError):
+        # details that do not parse, or that contradict the call's status (a proxy or
+        # another server sent them): the code and message still say what failed
+        status = None
+    for detail in status.details if status is not None else ():
+        try:
             if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
                 bad_request = error_details_pb2.BadRequest()
                 detail.Unpack(bad_request)
@@ -282,6 +289,8 @@ def details_from_error(err: grpc.RpcError) -> ErrorDetails:
                 detail.Unpack(info)
                 reason = info.reason
                 metadata = dict(info.metadata)
+        except DecodeError:  # a detail that does not parse as the type it names
+            continue
     return ErrorDetails(code, message or "", tuple(violations), reason, metadata)
 
 

@@ -11,7 +11,8 @@ authentication still see every call.
 In a request stream, a message that does not parse raises :class:`UnparsableRequest`
 (an ``InvalidArgument``) from the handler's request iterator, so the handler ends the call
 from its own task, like any other error of its input: what it answered before stands, and
-a handler that reports progress with an error (Ingest's applied counts) does so. The call
+a handler that reports progress with an error (Ingest's applied counts) does so. The
+iterator goes on past such a message, so a handler may read and drop the rest. The call
 is never aborted from a task that reads ahead of the handler: gRPC refuses a second
 operation on a call whose answer is being written, and such a call never got a status.
 
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any, NoReturn
 
 import grpc
@@ -74,17 +75,41 @@ async def _internal(context: Context, exc: Exception) -> NoReturn:
     raise AssertionError("abort_with_status returned")
 
 
-async def _parse_stream(
-    parse: Callable[[bytes], Any], raw: AsyncIterator[bytes]
-) -> AsyncIterator[Any]:
-    index = 0
-    async for item in raw:
+class _ParsedStream:
+    """The messages of a request stream, each parsed as it is read. One that does not
+    parse raises :class:`UnparsableRequest` naming it, and the stream goes on past it
+    (an async generator would end there): a handler that reads and drops the rest of a
+    refused stream (Ingest) then reads what the client still sends, so a client still
+    writing gets the handler's error, not grpc's INTERNAL for a write that met the
+    finished call."""
+
+    __slots__ = ("_index", "_parse", "_raw", "_reader")
+
+    def __init__(self, parse: Callable[[bytes], Any], raw: AsyncIterable[bytes]) -> None:
+        self._parse = parse
+        self._raw = raw
+        # made on the first read: grpc's reader is a coroutine that warns, unread, when
+        # a handler never reads its stream
+        self._reader: AsyncIterator[bytes] | None = None
+        self._index = 0
+
+    def __aiter__(self) -> _ParsedStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._reader is None:
+            self._reader = aiter(self._raw)
+        item = await anext(self._reader)
+        index = self._index
+        self._index = index + 1
         try:
-            message = parse(item)
+            return self._parse(item)
         except (DecodeError, ValueError):
             raise UnparsableRequest.at(f"request[{index}]") from None
-        yield message
-        index += 1
+
+
+def _parse_stream(parse: Callable[[bytes], Any], raw: AsyncIterable[bytes]) -> AsyncIterator[Any]:
+    return _ParsedStream(parse, raw)
 
 
 async def _respond(result: Any) -> AsyncIterator[Any]:

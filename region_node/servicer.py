@@ -27,6 +27,7 @@ from nethical_grpc.errors import (
 from nethical_grpc.governance.requests import EvaluationRequest
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
 from nethical_grpc.privacy import PrivateReleaser
+from nethical_grpc.request_parsing import UnparsableRequest
 from nethical_grpc.series import GroupSummary, SummaryQuery
 from nethical_grpc.storage.audit import AuditStoreError
 from nethical_grpc.streams import ReadAhead, read_chunks
@@ -721,10 +722,15 @@ async def _drain(requests: AsyncIterator[object]) -> None:
     about one rejected stream in ten). Once the client has sent everything, its writes
     are over and it reads the error whole. Nothing read here is applied.
     """
-    with contextlib.suppress(Exception):  # a later bad message, the bound: the first error stands
+    with contextlib.suppress(Exception):  # the bound, a broken call: the first error stands
         async with asyncio.timeout(INGEST_DRAIN_S):
-            async for _ in requests:
-                pass
+            while True:
+                try:
+                    async for _ in requests:
+                        pass
+                    return
+                except UnparsableRequest:
+                    continue  # a later bad message: read on past it (the first error stands)
 
 
 async def store_call(call: Awaitable[T], field: str = "request") -> T:
