@@ -86,8 +86,11 @@ EXPOSE 50051 50050 9464
 STOPSIGNAL SIGTERM
 
 # Exit 0 only when the server answers SERVING. A coordinator sets
-# NETHICAL_HEALTH_TARGET=127.0.0.1:50050 (its default port).
-HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
+# NETHICAL_HEALTH_TARGET=127.0.0.1:50050 (its default port). A new container compiles
+# the JIT kernels (its Numba cache is in its own /tmp: up to two minutes) and a region
+# node then restores the windows it flushed before, NOT_SERVING all along: the start
+# period is docker-compose.yml's, so that Swarm does not replace a starting node.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=240s --retries=3 \
     CMD ["sh", "-c", "exec nethical-mesh health \"${NETHICAL_HEALTH_TARGET:-127.0.0.1:50051}\" --timeout 3"]
 
 ENTRYPOINT ["nethical-mesh"]
