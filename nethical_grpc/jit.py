@@ -12,6 +12,7 @@ Modules that have a compiled and a pure-NumPy implementation of a kernel call
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
@@ -29,6 +30,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 DISABLE_ENV_VAR: Final = "NETHICAL_DISABLE_JIT"
 _TRUTHY: Final = frozenset({"1", "true", "yes"})
+
+log = logging.getLogger(__name__)
 
 
 def _probe() -> tuple[Any, str | None]:
@@ -67,13 +70,39 @@ def maybe_njit(**options: Any) -> Callable[[F], F]:
 
     When JIT is unavailable the decorated function stays a plain Python function, so it is
     still callable (slowly) and the pure-Python semantics are identical.
+
+    Numba refuses ``cache=True`` (``RuntimeError`` at decoration, i.e. at import) when it
+    finds no writable cache directory: a read-only install without a writable
+    ``NUMBA_CACHE_DIR`` or home.  The function is then compiled without the on-disk cache
+    (at first call in every process) instead of failing the import.
     """
-    if _NUMBA is None:
+    numba = _NUMBA
+    if numba is None:
         return _identity
     merged: dict[str, Any] = {"nogil": True, "cache": True}
     merged.update(options)
-    decorator: Callable[[F], F] = _NUMBA.njit(**merged)
-    return decorator
+
+    def decorate(fn: F) -> F:
+        try:
+            compiled: F = numba.njit(**merged)(fn)
+        except RuntimeError as exc:
+            if not merged["cache"]:
+                raise
+            _note_no_cache(exc)
+            compiled = numba.njit(**{**merged, "cache": False})(fn)
+        return compiled
+
+    return decorate
+
+
+_cache_warned = False
+
+
+def _note_no_cache(exc: BaseException) -> None:
+    global _cache_warned
+    if not _cache_warned:
+        _cache_warned = True
+        log.warning("numba on-disk cache unavailable, kernels compile in every process: %s", exc)
 
 
 def _bits_helpers() -> tuple[Callable[[float], int], Callable[[int], float]]:

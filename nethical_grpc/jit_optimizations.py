@@ -35,6 +35,7 @@ similarity and decay kernels agree to ``rtol=1e-12``.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Sequence
 from importlib.util import find_spec
 from typing import Any, Final
@@ -76,6 +77,7 @@ if is_jit_available():
     import numba
 
     prange: Any = numba.prange
+    _threading_layer: Callable[[], str] = numba.threading_layer  # type: ignore[attr-defined]
 else:
     prange = range
 
@@ -616,9 +618,9 @@ def _temporal_decay_numba(scores: FloatArray, ages: FloatArray, half_life: float
 
 
 def _temporal_decay_numpy(scores: FloatArray, ages: FloatArray, half_life: float) -> FloatArray:
-    e = np.divide(ages, half_life)
-    np.negative(e, out=e)
     with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN are results here
+        e = np.divide(ages, half_life)
+        np.negative(e, out=e)
         np.exp2(e, out=e)
         e *= scores
     return e
@@ -639,6 +641,8 @@ def calculate_temporal_decay_jit(
     if half_life <= 0.0:
         raise ValueError(f"half_life_seconds must be > 0, got {half_life_seconds!r}")
     s = _as_1d(scores, "scores")
+    if ages_seconds is None:  # NumPy would make it a NaN
+        raise ValueError("ages_seconds must be numbers, got None")
     raw = np.asarray(ages_seconds, dtype=np.float64)
     if raw.ndim == 0:
         raw = np.full(s.shape[0], float(raw), dtype=np.float64)
@@ -1258,7 +1262,8 @@ def _outliers_zscore_numpy(values: FloatArray, threshold: float) -> BoolArray:
     std = math.sqrt(sq / m) if m else 0.0
     if std == 0.0:
         return np.zeros(values.shape[0], dtype=np.bool_)
-    d = y - mean
+    with np.errstate(invalid="ignore"):  # an infinity: inf - inf is NaN, as in the kernel
+        d = y - mean
     np.abs(d, out=d)
     out: BoolArray = d > threshold * std
     return out
@@ -1315,8 +1320,23 @@ def _ngram_numba(cps: IntArray, n: int, dim: int) -> Float32Array:
     return out
 
 
+#: Serialises :func:`_ngram_batch_kernel` until the threading layer is known to be
+#: thread-safe: Numba's ``workqueue`` layer (used when neither TBB nor OpenMP loads, e.g. an
+#: image without libgomp) terminates the process when two threads launch parallel kernels.
+_PARALLEL_LOCK: Final = threading.Lock()
+_parallel_threadsafe = False
+
+
 def _ngram_batch_numba(cps: IntArray, offsets: IntArray, n: int, dim: int) -> Float32Array:
-    out: Float32Array = _ngram_batch_kernel(cps, offsets, n, dim)
+    global _parallel_threadsafe
+    out: Float32Array
+    if _parallel_threadsafe:
+        out = _ngram_batch_kernel(cps, offsets, n, dim)
+        return out
+    with _PARALLEL_LOCK:
+        out = _ngram_batch_kernel(cps, offsets, n, dim)
+        # the layer is known once a parallel kernel has run (plain Python has none)
+        _parallel_threadsafe = not is_jit_available() or _threading_layer() != "workqueue"
     return out
 
 
