@@ -1396,10 +1396,15 @@ def _code_points(tokens: TokensLike, what: str) -> IntArray:
 _MAX_NGRAM_N: Final = 2**62
 
 
+_MAX_NGRAM_DIM: Final = 1 << 32
+
+
 def _check_ngram_params(n: int, dim: int) -> tuple[int, int]:
     for name, v in (("n", n), ("dim", dim)):
         if isinstance(v, bool) or not isinstance(v, int | np.integer) or int(v) < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    if int(dim) > _MAX_NGRAM_DIM:  # the hash has 32 bits: further buckets stay empty
+        raise ValueError(f"dim must be at most 2**32 (the hash's range), got {dim!r}")
     # an n past any input's length gives no n-gram; capped so it fits the kernels' int64
     return min(int(n), _MAX_NGRAM_N), int(dim)
 
@@ -1414,7 +1419,8 @@ def extract_ngram_features_jit(
     hashed with 32-bit FNV-1a over the 4 little-endian bytes of each code point, folded as
     ``h ^= h >> 16``, and counted in bucket ``h % dim``; so the counts sum to
     ``max(len - n + 1, 0)``.  Deterministic (no per-process salt) and identical on both
-    paths.  Raises ``ValueError`` for ``n < 1``, ``dim < 1`` or a non-integer array.
+    paths.  Raises ``ValueError`` for ``n < 1``, ``dim < 1`` or past ``2**32``, or a
+    non-integer array.
     """
     nn, dd = _check_ngram_params(n, dim)
     return _LIVE_NGRAM(_code_points(tokens_or_text, "tokens_or_text"), nn, dd)

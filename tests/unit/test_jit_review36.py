@@ -209,3 +209,16 @@ def test_decay_paths_agree_and_silent(pair: tuple[np.ndarray, np.ndarray], hl: f
     scores, ages = pair
     a, b = _both("calculate_temporal_decay_jit", scores, ages, hl)
     assert np.allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=0.0, equal_nan=True)
+
+
+@pytest.mark.parametrize("dim", [2**32 + 1, 2**70])
+def test_an_ngram_dim_past_the_hash_range_is_a_value_error(dim: int) -> None:
+    from nethical_grpc.jit_optimizations import (
+        extract_ngram_features_batch,
+        extract_ngram_features_jit,
+    )
+
+    with pytest.raises(ValueError, match=r"dim must be at most 2\*\*32"):
+        extract_ngram_features_jit("abc", dim=dim)
+    with pytest.raises(ValueError, match=r"dim must be at most 2\*\*32"):
+        extract_ngram_features_batch(["abc"], dim=dim)
