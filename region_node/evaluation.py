@@ -267,7 +267,8 @@ class Evaluator:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
         self._waiting.append((request, time.perf_counter_ns(), future))
-        if self._coalescer is None:
+        if self._coalescer is None or self._coalescer.done():
+            # (done: cancelled before its first step, its finally never ran to clear it)
             self._coalescer = loop.create_task(self._coalesce(), name="evaluate-coalescer")
         elif self._arrival is not None:
             _resolve(self._arrival)

@@ -224,7 +224,8 @@ class ProfileWriter:
             return None
         try:
             return Profile.from_dict(data, recent=self.profiles.recent)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            # AttributeError: a mapping field that is not one (``decision_counts`` a list)
             log.warning("ignoring a malformed cached profile: %s", exc)
             return None
 
@@ -237,4 +238,12 @@ class ProfileWriter:
         except Exception as exc:
             log.warning("reading a risk profile from the cache failed: %s", exc)
             return None
-        return self._profile_from(data)
+        profile = self._profile_from(data)
+        if profile is not None and profile.agent_id != agent_id:
+            # not this agent's (a malformed entry): answered as its would be, it named
+            # another agent, and merged with this node's it failed the call
+            log.warning(
+                "ignoring a cached profile of %r under %r's key", profile.agent_id, agent_id
+            )
+            return None
+        return profile
