@@ -323,3 +323,21 @@ async def test_a_batch_whose_callers_all_went_away_records_nothing(
     assert later.request.request_id == "req-5"
     assert evaluator.evaluated == 1 == evaluated_count(node)
     assert audited == ["req-5"]
+
+
+async def test_a_coalescer_cancelled_before_its_first_step_is_started_again(
+    node: RegionNode, model: NodeModel
+) -> None:
+    """A coalescer task cancelled before it ever ran never ran its ``finally`` (which
+    clears it): the next call starts a new one instead of waiting on the dead one."""
+    evaluator = Evaluator(model, node)
+    first = asyncio.ensure_future(evaluator.evaluate(request(BENIGN, 0)))
+    await asyncio.sleep(0)  # the call is waiting; its coalescer is created, not yet run
+    coalescer = evaluator._coalescer
+    assert coalescer is not None
+    coalescer.cancel()
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    assert coalescer.done()
+    outcome = await asyncio.wait_for(evaluator.evaluate(request(BENIGN, 1)), 10)
+    assert outcome.request.request_id == "req-1"
