@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import common
 import numpy as np
 
 from nethical_grpc import client
-from nethical_grpc.cli.processes import Child, spawn
+from nethical_grpc.cli.processes import PARENT_PID_ENV, Child, spawn
 
 BATCH = 10_000
 
@@ -63,14 +64,19 @@ async def measure(target: str, batches: list[bytes], seconds: float, streams: in
     return sum(totals) / elapsed
 
 
-def start_sink(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_sink(workdir: Path, timeout_s: float = 30.0) -> tuple[subprocess.Popen[bytes], int]:
+    """The bare sink process (stopped when this process dies) and its port; one that does
+    not say its port within ``timeout_s`` is stopped, and ``RuntimeError``."""
     port_file = workdir / "sink.port"
     proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).parent / "sink.py"), "--port-file", str(port_file)]
+        [sys.executable, str(Path(__file__).parent / "sink.py"), "--port-file", str(port_file)],
+        env={**os.environ, PARENT_PID_ENV: str(os.getpid())},
     )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout_s
     while not port_file.exists() or not port_file.read_text():
         if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            proc.wait()
             raise RuntimeError("sink did not start")
         time.sleep(0.02)
     return proc, int(port_file.read_text())

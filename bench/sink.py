@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
+from nethical_grpc.cli.processes import die_with_parent
 from nethical_grpc.server_runtime import serve_until_signalled, start_server
 from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
 
@@ -30,6 +31,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port-file", type=Path, required=True)
     args = parser.parse_args()
+    die_with_parent()  # no sink left serving when bench/ingest.py is killed
     sink = Sink()
     mesh = await start_server(
         [lambda s: region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(sink, s)],
