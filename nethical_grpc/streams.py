@@ -4,7 +4,6 @@ under a bound on what it has read but not yet answered."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Generic, TypeVar
 
@@ -31,6 +30,13 @@ async def read_chunks(source: AsyncIterator[T], max_chunk: int) -> AsyncIterator
                 await queue.put(item)
         except Exception as exc:  # handed to the consumer
             failure.append(exc)
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # this reader was cancelled: the consumer left
+            # raised by the source itself, not by a cancel of this reader: handed over
+            # like any error, or the consumer would wait for an end that never comes
+            failure.append(exc)
         # the end, when the source ends or fails; not when cancelled (the consumer left,
         # and a put into a full queue would wait for it for ever)
         await queue.put(_END)
@@ -56,8 +62,10 @@ async def read_chunks(source: AsyncIterator[T], max_chunk: int) -> AsyncIterator
             raise failure[0]
     finally:
         reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
+        if not reader.done():
+            # not ``await reader``: its CancelledError, suppressed, would also swallow one
+            # of the consumer's own, sent while the reader stops
+            await asyncio.wait({reader})
 
 
 class ReadAhead(Generic[T]):

@@ -17,8 +17,10 @@ def addresses_of(target: str) -> tuple[str, list[str]]:
     """``(scheme, addresses)`` of ``target``: for ``dns:`` (its authority, in
     ``dns://AUTHORITY/NAME:PORT``, left out), ``ipv4:`` and ``ipv6:``, its HOST:PORT
     addresses; for a path scheme (:data:`PATH_SCHEMES`), the rest as one address; else
-    ``("", [target])``."""
+    ``("", [target])``. The scheme comes in lower case: gRPC reads ``DNS:``, ``IPv4:``
+    or ``Unix:`` as ``dns:``, ``ipv4:`` and ``unix:``."""
     scheme, colon, rest = target.partition(":")
+    scheme = scheme.lower() if scheme.isascii() else scheme  # ASCII only, as gRPC
     if colon and scheme in PATH_SCHEMES:
         return scheme, [rest]
     if colon and scheme in HOST_PORT_SCHEMES:
