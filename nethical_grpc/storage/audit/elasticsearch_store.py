@@ -13,7 +13,8 @@ Layout (created by :meth:`ElasticsearchAuditStore.open`, idempotently)
   backend (``unicode61 remove_diacritics 2``), then cut tokens to 256 characters (so
   terms longer than that match on their first 256 characters here, exactly in SQLite).
 * Data stream ``{prefix}-audit-{region}`` (lower-cased): one per region, shared by every
-  node of the region (``region_scope``).
+  node of the region (``region_scope``).  Regions that differ only in case share a
+  stream, so every search and statistics call also filters on the store's region.
 
 Several nodes may open the store at once: policy and template PUTs are idempotent and
 "resource already exists" on the data stream counts as success.
@@ -73,7 +74,12 @@ from nethical_grpc.storage.audit.model import (
     check_region_id,
     datetime_from_us,
 )
-from nethical_grpc.storage.audit.paging import PageCursor, decode_page_token, encode_page_token
+from nethical_grpc.storage.audit.paging import (
+    MAX_PIT_TOKEN_CHARS,
+    PageCursor,
+    decode_page_token,
+    encode_page_token,
+)
 from nethical_grpc.storage.audit.store import AuditStore, AuditStoreError, PageTokenExpiredError
 from nethical_grpc.storage.backend import (
     DEFAULT_AUDIT_RETENTION_DAYS,
@@ -198,13 +204,18 @@ def _record(source: Mapping[str, Any]) -> AuditRecord:
     )
 
 
-def _query(flt: AuditFilter) -> dict[str, Any]:
-    filters: list[dict[str, Any]] = []
+def _query(flt: AuditFilter, store_region: str) -> dict[str, Any]:
+    """The ``query`` of a search or statistics request of the store of ``store_region``.
+
+    The store's own region is always a filter: the data stream name is lower-cased, so
+    regions ``EU`` and ``eu`` share one stream, and each store must see only its records
+    (as a SQLite store, which holds one region, does)."""
+    filters: list[dict[str, Any]] = [{"term": {"region_id": store_region}}]
     if flt.agent_id is not None:
         filters.append({"term": {"agent_id": flt.agent_id}})
     if flt.decision is not None:
         filters.append({"term": {"decision": flt.decision.value}})
-    if flt.region_id is not None:
+    if flt.region_id is not None and flt.region_id != store_region:
         filters.append({"term": {"region_id": flt.region_id}})
     if flt.start_us is not None or flt.end_us is not None:
         rng: dict[str, Any] = {"format": "strict_date_optional_time_nanos"}
@@ -417,7 +428,7 @@ class ElasticsearchAuditStore(AuditStore):
     # ------------------------------------------------------------------ reads
 
     async def _search(self, query: SearchQuery) -> SearchPage:
-        cursor = decode_page_token(self.backend, query)
+        cursor = decode_page_token(self.backend, query, max_chars=MAX_PIT_TOKEN_CHARS)
         if cursor is not None:
             _check_sort_values(cursor.position)
             if not cursor.context:
@@ -436,7 +447,7 @@ class ElasticsearchAuditStore(AuditStore):
             pit_id = cursor.context
         kwargs: dict[str, Any] = {
             "pit": {"id": pit_id, "keep_alive": self.pit_keep_alive},
-            "query": _query(query.filter),
+            "query": _query(query.filter, self.region_id),
             "sort": _sort(order),
             "size": query.page_size + 1,
             "track_total_hits": cursor is None,
@@ -492,7 +503,7 @@ class ElasticsearchAuditStore(AuditStore):
             lambda: self.client.search(
                 index=self.data_stream,
                 size=0,
-                query=_query(flt),
+                query=_query(flt, self.region_id),
                 track_total_hits=True,
                 aggregations={
                     "agents": {"cardinality": {"field": "agent_id", "precision_threshold": 40000}},

@@ -624,11 +624,17 @@ def record_from_fields(
         if isinstance(v, AuditViolation):
             found.append(v)
             continue
+        if not isinstance(v, Mapping):
+            raise ValueError(
+                f"violations[{i}] must be an AuditViolation or a dict of its fields, got "
+                f"{type(v).__name__}"
+            )
         try:
             found.append(AuditViolation(**v))
-        except TypeError:
+        except TypeError:  # a missing, unknown or non-string key
             raise ValueError(
-                f"violations[{i}] needs type, severity, confidence and message, got {sorted(v)}"
+                f"violations[{i}] needs type, severity, confidence and message, got "
+                f"{sorted(map(str, v))}"
             ) from None
     return AuditRecord(
         agent_id=agent_id,

@@ -22,11 +22,25 @@ from typing import Any, Final
 
 from nethical_grpc.storage.audit.model import SearchQuery
 
-__all__ = ["PageCursor", "decode_page_token", "encode_page_token", "query_fingerprint"]
+__all__ = [
+    "MAX_PIT_TOKEN_CHARS",
+    "MAX_TOKEN_CHARS",
+    "PageCursor",
+    "decode_page_token",
+    "encode_page_token",
+    "query_fingerprint",
+]
 
 _VERSION: Final = 1
-#: Tokens longer than this are rejected before decoding (PIT ids are a few hundred bytes).
+#: Tokens longer than this are rejected before decoding (a SQLite token is at most a few
+#: KiB: the sort key and, in relevance order, 32 document frequencies).
 MAX_TOKEN_CHARS: Final = 16_384
+#: The limit for tokens that carry an Elasticsearch point-in-time id.  The id names every
+#: shard it covers (index name, uuids, context id: about 170 characters a shard), so a
+#: data stream of a year of weekly backing indices with two shards each needs more than
+#: 16,384; 1 MiB (about 4,000 shards) stays well inside the service's 8 MiB messages and
+#: decodes in milliseconds.
+MAX_PIT_TOKEN_CHARS: Final = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,16 +74,19 @@ def encode_page_token(backend: str, query: SearchQuery, cursor: PageCursor) -> s
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-def decode_page_token(backend: str, query: SearchQuery) -> PageCursor | None:
+def decode_page_token(
+    backend: str, query: SearchQuery, *, max_chars: int = MAX_TOKEN_CHARS
+) -> PageCursor | None:
     """The cursor in ``query.page_token`` (``None`` when there is no token).
 
-    ``ValueError`` when the token is malformed, was issued by another backend or for a
-    different filter/order.  The position's element types are the backend's to check.
+    ``ValueError`` when the token is longer than ``max_chars``, is malformed, was issued
+    by another backend or for a different filter/order.  The position's element types
+    are the backend's to check.
     """
     token = query.page_token
     if token is None:
         return None
-    if len(token) > MAX_TOKEN_CHARS:
+    if len(token) > max_chars:
         raise ValueError("page_token is not valid: too long")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
