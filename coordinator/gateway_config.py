@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from nethical_grpc.cli.args import parse_duration_ns
+from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
 
 if TYPE_CHECKING:
     from coordinator.gateway import GatewaySettings
@@ -54,6 +55,8 @@ class GatewayConfig:
     resolver: Resolver | None = None
     channel_factory: ChannelFactory | None = None
     clock: Callable[[], float] | None = None
+    #: the largest answer a default channel to a node takes (the coordinator's own limit)
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -83,6 +86,7 @@ class GatewayConfig:
             ejection_max_s=self.ejection_max_s,
             channel_factory=self.channel_factory,
             clock=self.clock or time.monotonic,
+            max_message_bytes=self.max_message_bytes,
         )
 
     def gateway_settings(self) -> GatewaySettings:

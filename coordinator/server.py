@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from coordinator.federation import Federation, SummaryTransport
 from coordinator.gateway import Gateway
@@ -49,11 +49,19 @@ def _unknown_regions(gw: GatewayConfig, registry: InstanceRegistry) -> str:
     return ""
 
 
+def upstream_message_bytes(max_message_bytes: int) -> int:
+    """The largest node answer the coordinator's channels to the nodes take: its own
+    limit, raised (nodes given the same raised limit answer past gRPC's 8 MiB default),
+    never below that default (a node's answer may exceed a lowered limit and still merge
+    into a global answer within it)."""
+    return max(max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES)
+
+
 async def start_coordinator(config: CoordinatorConfig) -> tuple[MeshServer, Federation]:
     """Start the coordinator: instances (static and resolved once), health streams,
     the federation and the gateway. Raises ValueError for a bad target or local region.
     """
-    gw = config.gateway
+    gw = replace(config.gateway, max_message_bytes=upstream_message_bytes(config.max_message_bytes))
     registry = InstanceRegistry(
         config.regions,
         balancer=gw.balancer(),

@@ -32,6 +32,7 @@ from nethical_grpc.balancing.retry import (
     set_attempt_deadline,
 )
 from nethical_grpc.balancing.strategies import LoadBalancingStrategy, Picker, make_picker
+from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
 from nethical_grpc.validation import quoted
 
 T = TypeVar("T")
@@ -171,6 +172,7 @@ class LoadBalancer:
         channel_factory: ChannelFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
         seed: int | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         if not 0.0 < ewma_alpha <= 1.0:
             raise ValueError("ewma_alpha must be in (0, 1]")
@@ -189,6 +191,7 @@ class LoadBalancer:
         self.enforce_deadlines = enforce_deadlines
         self.fault_timeout_s = fault_timeout_s
         self.channel_factory = channel_factory
+        self.max_message_bytes = max_message_bytes
         self._clock = clock
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -231,7 +234,12 @@ class LoadBalancer:
             created = inst is None
             if inst is None:
                 inst = Instance(
-                    instance_id, region_id, endpoint, weight, channel_factory=self.channel_factory
+                    instance_id,
+                    region_id,
+                    endpoint,
+                    weight,
+                    channel_factory=self.channel_factory,
+                    max_message_bytes=self.max_message_bytes,
                 )
                 self._instances[instance_id] = inst
                 moved_from = None

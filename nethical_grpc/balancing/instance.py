@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from nethical_grpc import telemetry
-from nethical_grpc.grpc_options import node_channel_options
+from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES, node_channel_options
 
 ChannelFactory = Callable[[str], grpc.aio.Channel]
 
@@ -58,6 +58,8 @@ class Instance:
     health_changed_ns: int = field(default_factory=time.time_ns)  # wall clock
     resolved_from: str = ""  # the dns:/// target it came from; "" for a static instance
     channel_factory: ChannelFactory | None = field(default=None, repr=False)
+    #: the largest answer the default channel takes (a channel_factory sets its own)
+    max_message_bytes: int = field(default=DEFAULT_MAX_MESSAGE_BYTES, repr=False)
     _channel: grpc.aio.Channel | None = field(default=None, repr=False)
 
     @property
@@ -80,7 +82,9 @@ class Instance:
             if self.channel_factory is not None:
                 self._channel = self.channel_factory(self.endpoint)
             else:
-                self._channel = default_channel(self.endpoint, self.region_id)
+                self._channel = default_channel(
+                    self.endpoint, self.region_id, self.max_message_bytes
+                )
         return self._channel
 
     @property
@@ -101,10 +105,17 @@ class Instance:
         return channel
 
 
-def default_channel(endpoint: str, region_id: str | None = None) -> grpc.aio.Channel:
-    """A channel to one instance; traced and measured when telemetry is on. A hung
-    instance is noticed by keepalive within ~15 s (``node_channel_options``)."""
+def default_channel(
+    endpoint: str,
+    region_id: str | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> grpc.aio.Channel:
+    """A channel to one instance, taking answers up to ``max_message_bytes``; traced and
+    measured when telemetry is on. A hung instance is noticed by keepalive within ~15 s
+    (``node_channel_options``)."""
     interceptors = telemetry.client_interceptors(endpoint, region_id)
     return grpc.aio.insecure_channel(
-        endpoint, options=node_channel_options(), interceptors=interceptors or None
+        endpoint,
+        options=node_channel_options(max_message_bytes),
+        interceptors=interceptors or None,
     )

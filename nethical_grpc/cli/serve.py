@@ -354,7 +354,7 @@ async def run_coordinator(args: argparse.Namespace) -> int:
     from coordinator import gateway_config
     from coordinator.federation import SummaryTransport
     from coordinator.instances import parse_region_spec
-    from coordinator.server import CoordinatorConfig, start_coordinator
+    from coordinator.server import CoordinatorConfig, start_coordinator, upstream_message_bytes
 
     signals = StopSignals()  # before the start: a stop while it starts stops it cleanly
     report_once()
@@ -389,7 +389,10 @@ async def run_coordinator(args: argparse.Namespace) -> int:
         # mTLS and the coordinator's token on every call to a region node
         gateway = dataclasses.replace(
             gateway,
-            channel_factory=upstream.channel_factory(interceptors=telemetry.client_interceptors),
+            channel_factory=upstream.channel_factory(
+                interceptors=telemetry.client_interceptors,
+                max_message_bytes=upstream_message_bytes(args.max_message_bytes),
+            ),
         )
     try:
         tel = _start_telemetry(args, "nethical-coordinator", None)

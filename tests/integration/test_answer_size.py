@@ -169,3 +169,33 @@ async def test_the_nodes_cache_of_answers_stays_within_its_bytes(
     finally:
         await channel.close()
         await server.drain(0, 0)
+
+
+async def test_a_coordinator_with_a_raised_limit_takes_node_answers_that_large(
+    mesh: Mesh,
+) -> None:
+    """Nodes and the coordinator given the same raised --max-message-bytes: a node's
+    answer past gRPC's default 8 MiB reaches the coordinator (its channels to the nodes
+    took 8 MiB whatever its own limit, and the region was missing)."""
+    raised = 16 * 1024 * 1024
+    [(server, _)] = await add_region(mesh, "us-east-1", max_message_bytes=raised)
+    rng = np.random.default_rng(5)
+    await client.ingest(
+        mesh.channel(server.address),
+        [
+            client.encode_ingest_request(
+                f"m{k % 10}", rng.lognormal(0, 2, 50), {"shard": str(k // 10)}
+            )
+            for k in range(10_000)
+        ],
+    )
+    await add_coordinator(mesh, max_message_bytes=raised)
+    metrics = tuple(f"m{i}" for i in range(10))
+    answer = await client.global_metrics(
+        mesh.coordinator_channel(),
+        client.QueryOptions(metrics=metrics, group_by_labels=("shard",)),
+        timeout=60,
+    )
+    assert answer.coverage.complete, answer.coverage
+    assert len(answer.results) == 10_000
+    assert sum(r.statistics.count for r in answer.results) == 50 * 10_000
