@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2
 
 from nethical_grpc import client
 from nethical_grpc.cli.args import check_utf8
-from nethical_grpc.cli.table import enum_name, fmt_number, render
+from nethical_grpc.cli.table import enum_name, fmt_number, render, shown
 from nethical_grpc.errors import InvalidArgument, MeshError, details_from_error, details_of
 from nethical_grpc.security.config import client_security_from_args
 from nethical_grpc.v1 import coordinator_pb2, coordinator_pb2_grpc
@@ -43,13 +43,46 @@ def report_rpc_error(err: grpc.RpcError | MeshError) -> int:
     """A failed call (or a refusal on this side, as a server would say it) on stderr:
     the status, each field violation, the reason; returns exit status 1."""
     d = details_from_error(err) if isinstance(err, grpc.RpcError) else details_of(err)
-    print(f"error: {d.code.name}: {d.message}", file=sys.stderr)
+    # a line each, whatever the server sent: its control characters (a line break, a
+    # terminal's escape sequence) as escapes
+    print(f"error: {d.code.name}: {shown(d.message)}", file=sys.stderr)
     for v in d.field_violations:
-        print(f"  {v.field}: {v.description}", file=sys.stderr)
+        print(f"  {shown(v.field)}: {shown(v.description)}", file=sys.stderr)
     if d.reason and (d.reason != d.code.name or d.metadata):
         facts = "".join(f", {k}={v}" for k, v in sorted(d.metadata.items()))
-        print(f"  reason: {d.reason}{facts}", file=sys.stderr)
+        print(f"  reason: {shown(d.reason + facts)}", file=sys.stderr)
     return 1
+
+
+def _uses_tls(args: argparse.Namespace) -> bool:
+    """Whether the flags (or their environment variables) ask for TLS."""
+    flags = ("tls", "tls_ca", "tls_cert", "tls_key", "tls_server_name")
+    return any(getattr(args, flag, None) for flag in flags)
+
+
+def transport_hint(args: argparse.Namespace, err: grpc.RpcError | MeshError) -> str | None:
+    """For a connection that failed as one does when the client and the server do not
+    agree on TLS, what to change (gRPC says only "Socket closed", or an OpenSSL code)."""
+    if not isinstance(err, grpc.RpcError):
+        return None
+    d = details_from_error(err)
+    if d.code != grpc.StatusCode.UNAVAILABLE:
+        return None
+    if "WRONG_VERSION_NUMBER" in d.message:  # a TLS hello answered in plaintext
+        return f"hint: {args.target} does not speak TLS: leave out --tls and the --tls-* flags"
+    if not d.message.endswith("Socket closed"):
+        return None
+    if not _uses_tls(args):  # what a TLS server does with a plaintext hello
+        return (
+            f"hint: {args.target} closed the connection at once: if it uses TLS, add --tls "
+            "(system roots) or --tls-ca CA"
+        )
+    if not getattr(args, "tls_cert", None):  # what a server that wants a client's does
+        return (
+            f"hint: {args.target} closed the connection at once: if it wants a client "
+            "certificate, add --tls-cert and --tls-key"
+        )
+    return None
 
 
 async def report_call_error(
@@ -59,6 +92,9 @@ async def report_call_error(
     target is instead, when its health service says (a node's port given to a
     coordinator command, say); returns exit status 1."""
     report_rpc_error(err)
+    hint = transport_hint(args, err)
+    if hint is not None:
+        print(f"  {hint}", file=sys.stderr)
     if isinstance(err, grpc.RpcError) and details_from_error(err).code == (
         grpc.StatusCode.UNIMPLEMENTED
     ):
@@ -269,12 +305,23 @@ async def unless_stopped(
     return False
 
 
-def stop_on_signals() -> asyncio.Event:
-    """An event Ctrl-C or SIGTERM sets (instead of ending the command at once)."""
+def stop_on_signals(on_first: Callable[[], None] | None = None) -> asyncio.Event:
+    """An event Ctrl-C or SIGTERM sets (instead of ending the command at once; then
+    ``on_first`` is called). A second one ends the command at once, as a Ctrl-C does
+    any other (exit 130): a command that still finishes what it began after the first
+    (a call to a server that does not answer) is not left to its deadline."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def signalled() -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        if on_first is not None:
+            on_first()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signalled)
     return stop
 
 
@@ -282,14 +329,23 @@ def stop_on_signals() -> asyncio.Event:
 BOM = "\ufeff"
 
 
+def stdin() -> TextIO:
+    """The command's stdin; an ``OSError`` when it has none (closed: ``<&-``, or a
+    service started without one), which Python gives as None."""
+    if sys.stdin is None:
+        raise OSError("stdin is closed: there is no input to read")
+    return sys.stdin
+
+
 @contextlib.contextmanager
 def open_input(source: str) -> Iterator[TextIO]:
     """The file ``source``, or stdin for ``-``, as UTF-8 text whose bytes that are not
     UTF-8 are kept as surrogate escapes (for a message naming their line)."""
     if source == "-":
-        if isinstance(sys.stdin, io.TextIOWrapper):
-            sys.stdin.reconfigure(encoding="utf-8", errors="surrogateescape")
-        yield sys.stdin
+        stream = stdin()
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(encoding="utf-8", errors="surrogateescape")
+        yield stream
         return
     with open(source, encoding="utf-8", errors="surrogateescape") as f:
         yield f
@@ -340,7 +396,10 @@ def set_time_range(
 
 
 def print_json(message: Message, **options: Any) -> None:
-    """``message`` in protobuf's JSON mapping (``options``: ``MessageToJson``'s)."""
+    """``message`` in protobuf's JSON mapping (``options``: ``MessageToJson``'s), its
+    keys sorted: a map's entries come in an order that changes from run to run (a
+    node's components, a series' labels), and the same answer should print the same."""
+    options.setdefault("sort_keys", True)
     print(json_format.MessageToJson(message, **options))
 
 

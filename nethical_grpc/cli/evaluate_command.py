@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 from nethical_grpc import convert
 from nethical_grpc.cli.args import DECISION_CHOICES
 from nethical_grpc.cli.client_commands import ask, print_json, read_input
-from nethical_grpc.cli.table import counted, decision_name, render, severity_name
+from nethical_grpc.cli.table import counted, decision_name, render, severity_name, shown
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
 from nethical_grpc.v1 import (
     coordinator_pb2,
@@ -167,11 +167,18 @@ def read_actions(args: argparse.Namespace) -> list[Numbered]:
     for number, line in enumerate(read_input(source).splitlines(), start=1):
         if not line.strip():
             continue
+        if not line.lstrip().startswith("{"):  # protobuf's message for what is no object
+            # misleads: [1] was "Failed to parse 1 field", "x" no field "x", null a TypeError
+            raise ValueError(
+                f"{source}, line {number}: not a JSON object (an AgentAction a line, "
+                'e.g. {"agentId": "a1", "actionText": "..."})'
+            )
         action = governance_pb2.AgentAction()
         try:
             json_format.Parse(line, action)
-        except json_format.ParseError as exc:
-            raise ValueError(f"{source}, line {number}: {exc}") from None
+        except json_format.ParseError as exc:  # its message can run over lines: one here
+            said = " ".join(str(exc).split())
+            raise ValueError(f"{source}, line {number}: {said}") from None
         action.agent_id = action.agent_id or args.agent_id
         action.action_type = action.action_type or args.action_type
         action.stated_intent = action.stated_intent or args.intent
@@ -291,10 +298,10 @@ async def _evaluate_many(
             )
     for (line, _), r in zip(numbered, results, strict=True):
         if r.HasField("error"):
-            message = _in_action(r.error.message)
+            message = shown(_in_action(r.error.message))
             print(f"error: {args.actions}, line {line}: {message}", file=sys.stderr)
             for v in r.error.field_errors:
-                print(f"  {_in_action(v.field)}: {v.description}", file=sys.stderr)
+                print(f"  {shown(_in_action(v.field))}: {shown(v.description)}", file=sys.stderr)
     if args.json:
         for r in results:
             print_json(r, indent=None)

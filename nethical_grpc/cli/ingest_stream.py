@@ -8,7 +8,9 @@ batches go). A batch goes once
 at the end of the input; each batch is one Ingest call, acknowledged before the next is
 sent, so what the node applied is known at every moment. A token that is not a number
 stops the command (exit 2) naming its line, after the batches before it; Ctrl-C or
-SIGTERM sends what was read and stops (exit 0).
+SIGTERM sends what was read and stops (exit 0), and a second one stops at once (exit
+130, saying what the node applied: a node that does not answer was waited for until
+``--timeout``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from nethical_grpc.cli.client_commands import (
     open_channel,
     print_json,
     report_call_error,
+    stdin,
     stop_on_signals,
 )
 from nethical_grpc.cli.observations import Observations, parse_piece
@@ -50,7 +53,7 @@ class _Sent:
 
 def _open_input(source: str) -> TextIO:
     """``source`` opened for reading (``-``: stdin); ``OSError`` when it cannot be."""
-    return sys.stdin if source == "-" else open(source, encoding="utf-8")
+    return stdin() if source == "-" else open(source, encoding="utf-8")
 
 
 @dataclass
@@ -103,8 +106,8 @@ class _Input:
                     return
             if partial and not self._put(partial):
                 return
-        except (OSError, UnicodeDecodeError) as exc:
-            error = exc
+        except Exception as exc:  # any: a thread that died unsaid left the command
+            error = exc  # waiting for input forever (a file that is not text, say)
         with self._room:
             self._ended, self._error = True, error
         self._wake()
@@ -159,6 +162,7 @@ class _Batcher:
         self.count = 0
         self.first_at: float | None = None  # when the oldest waiting value arrived
         self.sent = _Sent()
+        self.in_flight = 0  # values of the batch sent and not yet acknowledged
 
     def add(self, observations: Observations) -> None:
         if len(observations):
@@ -193,7 +197,9 @@ class _Batcher:
     async def _send(self, batch: Observations) -> None:
         n = self.sent.batches + self.sent.duplicates
         request = ingest_request(self.args, batch, n)
+        self.in_flight = len(batch)  # still, if the call is cancelled (a second Ctrl-C)
         answer = await client.ingest(self.channel, [request], timeout=self.args.timeout)
+        self.in_flight = 0
         self.sent.batches += answer.accepted_batches
         self.sent.values += answer.accepted_values
         self.sent.duplicates += answer.duplicate_batches
@@ -205,7 +211,20 @@ class _Batcher:
 
 
 async def run_ingest_stream(args: argparse.Namespace) -> int:
-    stop = stop_on_signals()
+    batcher: _Batcher | None = None
+
+    def stopping() -> None:
+        """At the first Ctrl-C while a batch waits for its answer (a node that does not
+        answer: until --timeout), how to stop without waiting."""
+        if batcher is not None and batcher.in_flight:
+            print(
+                "stopping once the batch sent is answered and what was read is sent "
+                "(Ctrl-C again stops at once)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    stop = stop_on_signals(stopping)
     try:
         # opened here: a file that cannot be read ends the command before anything is sent
         stream = _open_input(args.file)
@@ -260,6 +279,12 @@ async def run_ingest_stream(args: argparse.Namespace) -> int:
             await report_call_error(args, channel, err)
             print(f"  before it: {batcher.sent.text()}", file=sys.stderr)
             return 1
+        except asyncio.CancelledError:  # a second Ctrl-C: what the node said it applied
+            print(f"stopped at once: {batcher.sent.text()}", file=sys.stderr)
+            if batcher.in_flight:
+                batch = counted(batcher.in_flight, "value", "values")
+                print(f"  a batch of {batch} got no answer: it may be applied", file=sys.stderr)
+            raise
         finally:
             source.close()
             stopped.cancel()

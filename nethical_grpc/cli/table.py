@@ -63,8 +63,9 @@ _ESCAPES = {c: ascii(chr(c))[1:-1] for c in (*range(0x20), *range(0x7F, 0xA0), 0
 _ZERO_WIDTH = ("Mn", "Me", "Cf")
 
 
-def _shown(cell: str) -> str:
-    """``cell`` with its control characters as escapes."""
+def shown(cell: str) -> str:
+    """``cell`` with its control characters as escapes (text a server sent, before it
+    reaches a terminal)."""
     return cell if cell.isprintable() else cell.translate(_ESCAPES)
 
 
@@ -101,8 +102,8 @@ def render(
     """Columns padded to their widest cell, in terminal columns (a wide character counts
     two): the first and ``text_columns`` (indexes) aligned left, the others (numbers)
     right. Control characters in a cell are shown as escapes (``\\x1b``, ``\\n``)."""
-    headers = [_shown(h) for h in headers]
-    rows = [[_shown(c) for c in row] for row in rows]
+    headers = [shown(h) for h in headers]
+    rows = [[shown(c) for c in row] for row in rows]
     widths = [_width(h) for h in headers]
     for row in rows:
         widths = [max(w, _width(c)) for w, c in zip(widths, row, strict=True)]
