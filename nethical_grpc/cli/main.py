@@ -771,6 +771,9 @@ BROKEN_PIPE_EXIT = 128 + signal.SIGPIPE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # gRPC's own log lines (an INFO "Handshake failed" for a TLS mismatch, on stderr
+    # beside the command's one line) only where asked for: read at gRPC's import
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     try:
         try:
             return _main(argv)
