@@ -68,6 +68,11 @@ async def mesh_fixture() -> AsyncIterator[Mesh]:
     yield m
     for ch in m.channels:
         await ch.close()
+    await stop_mesh(m)
+
+
+async def stop_mesh(m: Mesh) -> None:
+    """Stop the mesh's coordinator, then its region servers, at once."""
     if m.coordinator is not None:
         await m.coordinator.drain(announce_s=0, grace_s=0)
     for servers in m.regions.values():

@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 import pytest
 from google.protobuf import timestamp_pb2
-from meshutil import LoopThread, Mesh, add_coordinator, add_region, serve_region_servicer
+from meshutil import LoopThread, Mesh, add_coordinator, add_region, serve_region_servicer, stop_mesh
 
 from coordinator.federation import SummaryTransport, one_node_result
 from coordinator.server import CoordinatorConfig, start_coordinator
@@ -118,18 +118,11 @@ def served() -> Iterator[tuple[LoopThread, Mesh]]:
         await add_region(mesh, "us", evaluate=False)
         await add_coordinator(mesh)
 
-    async def stop() -> None:
-        if mesh.coordinator is not None:
-            await mesh.coordinator.drain(announce_s=0, grace_s=0)
-        for servers in mesh.regions.values():
-            for server, _ in servers:
-                await server.drain(announce_s=0, grace_s=0)
-
     try:
         loop.run(start())
         yield loop, mesh
     finally:
-        loop.run(stop())
+        loop.run(stop_mesh(mesh))
         loop.close()
 
 

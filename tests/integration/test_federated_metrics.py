@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 import pytest
-from meshutil import LoopThread, Mesh, add_coordinator, add_region
+from meshutil import LoopThread, Mesh, add_coordinator, add_region, stop_mesh
 
 from nethical_grpc.federated_metrics import FederatedMetricsAggregator
 
@@ -42,18 +42,11 @@ def rig() -> Iterator[Rig]:
             await add_region(mesh, region)
         await add_coordinator(mesh)
 
-    async def stop() -> None:
-        if mesh.coordinator is not None:
-            await mesh.coordinator.drain(announce_s=0, grace_s=0)
-        for servers in mesh.regions.values():
-            for server, _ in servers:
-                await server.drain(announce_s=0, grace_s=0)
-
     try:
         loop.run(start())
         yield Rig(loop, mesh)
     finally:
-        loop.run(stop())
+        loop.run(stop_mesh(mesh))
         loop.close()
 
 

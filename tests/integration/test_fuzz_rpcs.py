@@ -42,7 +42,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from meshutil import LoopThread, Mesh, add_coordinator, add_region
+from meshutil import LoopThread, Mesh, add_coordinator, add_region, stop_mesh
 
 from coordinator.server import CoordinatorConfig, start_coordinator
 from nethical_grpc import client, convert
@@ -112,14 +112,6 @@ async def _start(mesh: Mesh) -> None:
     await add_coordinator(mesh)
 
 
-async def _stop(mesh: Mesh) -> None:
-    if mesh.coordinator is not None:
-        await mesh.coordinator.drain(announce_s=0, grace_s=0)
-    for servers in mesh.regions.values():
-        for server, _ in servers:
-            await server.drain(announce_s=0, grace_s=0)
-
-
 @pytest.fixture(scope="module")
 def servers() -> Iterator[Servers]:
     loop = LoopThread()
@@ -140,7 +132,7 @@ def servers() -> Iterator[Servers]:
         node_ch.close()
         coord_ch.close()
     finally:
-        loop.run(_stop(mesh))
+        loop.run(stop_mesh(mesh))
         loop.close()
 
 

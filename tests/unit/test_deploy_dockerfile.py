@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from deploy_sizes import COMPILE_S, start_s
 
 from nethical_grpc.cli.main import build_parser
 
@@ -375,3 +377,43 @@ def test_hadolint_is_clean_when_available() -> None:
         [hadolint, str(DOCKERFILE)], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _duration_s(text: str) -> float:
+    """Docker durations: ``240s``, ``1m30s``, ``10s``."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|m|s)", text)
+    assert parts and "".join(n + u for n, u in parts) == text, f"not a duration: {text!r}"
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+
+
+def _image_healthcheck() -> dict[str, str]:
+    """The Dockerfile's HEALTHCHECK options (``--start-period=240s`` → ``start-period``)."""
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("HEALTHCHECK ")]
+    options = line.partition(" CMD ")[0]
+    return dict(re.findall(r"--([a-z-]+)=(\S+)", options))
+
+
+def test_image_healthcheck_waits_for_a_fresh_container_to_start() -> None:
+    """A new container's Numba cache (in its own /tmp) is empty: it compiles the kernels
+    (up to two minutes) and a region node then restores its windows, NOT_SERVING until
+    then. The image's HEALTHCHECK gave 60s + 3 x 10s: a node still compiling was marked
+    unhealthy, and Swarm replaced it with another fresh container, which compiled again.
+    It must wait as long as docker-compose.yml's region healthcheck does."""
+    options = _image_healthcheck()
+    allowed = _duration_s(options["start-period"]) + _duration_s(options["interval"]) * int(
+        options["retries"]
+    )
+    assert allowed >= COMPILE_S, (allowed, COMPILE_S)
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    regions = {
+        name: service
+        for name, service in compose["services"].items()
+        if service.get("command", [None])[0] == "region"
+    }
+    assert regions
+    for name, service in regions.items():
+        args = build_parser().parse_args(service["command"])
+        assert start_s(args, cores=1.0) <= allowed, (name, start_s(args, cores=1.0), allowed)
+        start_period = _duration_s(service["healthcheck"]["start_period"])
+        assert _duration_s(options["start-period"]) >= start_period, name

@@ -492,27 +492,39 @@ def test_quantities() -> None:
     assert _quantity(2) == 2.0
 
 
-def test_region_memory_limit_holds_every_window_the_node_may_keep(rendered: list[Obj]) -> None:
+def _memory(workload: Obj) -> tuple[float, float]:
+    """The container's memory (request, limit), bytes."""
+    resources = _container(workload)["resources"]
+    return _quantity(resources["requests"]["memory"]), _quantity(resources["limits"]["memory"])
+
+
+def test_region_memory_request_and_limit_hold_every_window_the_node_may_keep(
+    rendered: list[Obj],
+) -> None:
     """A node keeps one window per --window per live series up to --rollup-after, then
     rollup windows for the rest of --retention: with the defaults (24h, 100,000 series)
     no pod limit would do, and the kubelet would kill the pod after hours of steady
-    traffic."""
+    traffic. The request holds them too: the windows are in memory all the time, and a
+    lower request (1Gi, before) let the scheduler place the pod where that memory is not,
+    and made it the first evicted under node memory pressure (each time a restore)."""
     for sts in _of(rendered, "StatefulSet"):
         args = _parsed_args(rendered, sts)
         need = steady_bytes(args)
-        limit = _quantity(_container(sts)["resources"]["limits"]["memory"])
-        assert need <= limit, (sts["metadata"]["name"], need / 2**30, limit / 2**30)
+        request, limit = _memory(sts)
+        assert need <= request <= limit, (sts["metadata"]["name"], need / 2**30, request / 2**30)
 
 
-def test_region_memory_limit_holds_the_restore_of_every_window(rendered: list[Obj]) -> None:
+def test_region_memory_request_and_limit_hold_the_restore_of_every_window(
+    rendered: list[Obj],
+) -> None:
     """A restarted node restores its flushed windows, and the restore's peak is above
     the windows' steady size: a limit that only just held the windows had the kubelet
     kill the node while it restored, again at every restart."""
     for sts in _of(rendered, "StatefulSet"):
         args = _parsed_args(rendered, sts)
         peak = restore_peak_bytes(args)
-        limit = _quantity(_container(sts)["resources"]["limits"]["memory"])
-        assert peak <= limit, (sts["metadata"]["name"], peak / 2**30, limit / 2**30)
+        request, limit = _memory(sts)
+        assert peak <= request <= limit, (sts["metadata"]["name"], peak / 2**30, limit / 2**30)
 
 
 def test_a_rollout_waits_for_the_coordinator_to_reach_a_replaced_pod(
