@@ -76,12 +76,14 @@ class DevCA:
         self,
         directory: Path,
         name: str,
-        hosts: Sequence[str] = ("localhost", "127.0.0.1"),
+        hosts: Sequence[str] = ("localhost", "127.0.0.1", "::1"),
         serial: int | None = None,
         days: int = 30,
     ) -> IssuedCert:
         """Issue ``NAME.crt``/``NAME.key`` in ``directory`` for ``hosts`` (DNS names or IP
-        addresses, as subjectAltName). ``serial`` defaults to a random 63-bit number."""
+        addresses, as subjectAltName; by default every name of this machine's loopback,
+        as a server on ``localhost`` listens on 127.0.0.1 and ::1). ``serial`` defaults to
+        a random 63-bit number."""
         if not hosts:
             raise ValueError("a certificate needs at least one host name or address")
         directory.mkdir(parents=True, exist_ok=True)

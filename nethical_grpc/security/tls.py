@@ -3,11 +3,13 @@
 A server's credentials are :func:`grpc.dynamic_ssl_server_credentials` over a
 :class:`CertificateReloader`: on each new connection's handshake gRPC asks it for the
 certificate configuration, and it re-reads the certificate, key and CA files when any
-of them changed (device, inode, size or mtime). New connections then get the new
-certificate; established connections keep theirs. A half-written rotation (a key that
-does not match the certificate, an unreadable file) is not applied: the previous
-certificate stays in use, a warning is logged once, and the files are tried again when
-they change next (not on every handshake while they stay as they are).
+of them changed (device, inode, size, mtime or ctime: a ``chmod`` or ``chown`` that
+makes a rotated key readable to the server changes the ctime only). New connections
+then get the new certificate; established connections keep theirs. A half-written
+rotation (a key that does not match the certificate, an unreadable file) is not
+applied: the previous certificate stays in use, a warning is logged once, and the
+files are tried again when they change next (not on every handshake while they stay
+as they are).
 
 With ``require_client_cert`` the server demands a client certificate signed by the CA
 (mutual TLS, coordinator ↔ region nodes); a client without one fails the handshake and
@@ -49,7 +51,7 @@ from nethical_grpc.security.flags import (
 
 log = logging.getLogger(__name__)
 
-Stamp = tuple[tuple[int, int, int, int], ...]
+Stamp = tuple[tuple[int, int, int, int, int], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,10 +179,12 @@ def _check_ca(ca_file: Path) -> None:
 
 
 def _stamp(paths: list[Path]) -> Stamp:
+    """Device, inode, size, mtime and ctime of each file (a ``chmod``/``chown`` that
+    makes a file readable again changes its ctime only)."""
     out = []
     for p in paths:
         st = p.stat()
-        out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+        out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     return tuple(out)
 
 
@@ -192,9 +196,9 @@ def _seen(paths: list[Path]) -> Stamp:
         try:
             st = p.stat()
         except OSError as exc:
-            out.append((-1, exc.errno or 0, 0, 0))
+            out.append((-1, exc.errno or 0, 0, 0, 0))
         else:
-            out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+            out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     return tuple(out)
 
 
