@@ -91,7 +91,9 @@ class _Series:
     # r * factor ... r * factor + factor - 1 merged)
     windows: dict[int, Summary] = field(default_factory=dict)
     rollups: dict[int, Summary] = field(default_factory=dict)
-    last_time_ns: int = 0
+    # the newest observation's time (any observation is newer than the start value:
+    # times before 1970 are negative)
+    last_time_ns: int = -(2**63)
     # the oldest id in ``windows`` and in ``rollups`` (None: none), so that passes skip
     # the series with nothing due quickly; and the newest window id
     oldest: int | None = None
@@ -213,7 +215,10 @@ class WindowStore:
         for metric, n in new_per_metric.items():
             if self._label_sets.get(metric, 0) + n > cap:
                 raise ResourceExhausted(
-                    message=f"metric {quoted(metric)} has reached its cap of {cap} label sets",
+                    message=(
+                        f"metric {quoted(metric)} has reached its cap of {cap} label sets "
+                        "(--max-label-sets)"
+                    ),
                     reason="LABEL_CARDINALITY_EXCEEDED",
                     metadata={"metric": metric, "limit": str(cap)},
                     field_violations=(
@@ -224,7 +229,9 @@ class WindowStore:
                 )
         if len(self._series) + new_total > self.config.max_series:
             raise ResourceExhausted(
-                message=f"the node holds its maximum of {self.config.max_series} series",
+                message=(
+                    f"the node holds its maximum of {self.config.max_series} series (--max-series)"
+                ),
                 reason="SERIES_LIMIT_EXCEEDED",
                 metadata={"limit": str(self.config.max_series)},
             )
@@ -237,15 +244,13 @@ class WindowStore:
         window_ns = self.config.window_ns
         if batch.timestamps_ns is None:
             window_id = batch.time_ns // window_ns
-            self._window(series, window_id).update(batch.values)
-            self._dirty.add((batch.key, window_id))
+            self._update(batch.key, series, window_id, batch.values)
             newest = batch.time_ns
         else:
             ids = batch.timestamps_ns // window_ns
             first, last = int(ids.min()), int(ids.max())
             if first == last:
-                self._window(series, first).update(batch.values)
-                self._dirty.add((batch.key, first))
+                self._update(batch.key, series, first, batch.values)
             else:
                 order = np.argsort(ids, kind="stable")
                 sorted_ids = ids[order]
@@ -254,8 +259,7 @@ class WindowStore:
                 ends = np.concatenate((bounds, [sorted_ids.size]))
                 for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
                     window_id = int(sorted_ids[s])
-                    self._window(series, window_id).update(batch.values[order[s:e]])
-                    self._dirty.add((batch.key, window_id))
+                    self._update(batch.key, series, window_id, batch.values[order[s:e]])
             newest = int(batch.timestamps_ns.max())
         series.last_time_ns = max(series.last_time_ns, newest)
         self._changed(batch.key.metric)
@@ -270,6 +274,15 @@ class WindowStore:
             return self.version
         found = self._metric_versions
         return tuple(found.get(m, 0) for m in sorted(metrics))
+
+    def _update(self, key: SeriesKey, series: _Series, window_id: int, values: np.ndarray) -> None:
+        summary = self._window(series, window_id)
+        summary.update(values)
+        self._dirty.add((key, window_id))
+        if series.newest is not None and window_id < series.newest:
+            # late data for a closed window: the update widened its sketch's counts
+            # again (about 8x the memory), and no newer window will shrink it
+            summary.compact()
 
     def _window(self, series: _Series, window_id: int) -> Summary:
         summary = series.windows.get(window_id)
@@ -405,6 +418,15 @@ class WindowStore:
         first_id = None if query.start_ns is None else query.start_ns // window_ns
         # a window [w*W, (w+1)*W) overlaps [start, end) when w*W < end
         last_id = None if query.end_ns is None else (query.end_ns - 1) // window_ns
+        through = self._rolled_through if factor else None
+        if through is not None:
+            # past the rollup horizon a rollup window counts whole, and so do the windows
+            # in it still held at full width (not flushed yet, or put back by a restore or
+            # a log replay): all or none of its data, whatever its resolution now
+            if first_id is not None and first_id <= through:
+                first_id = (first_id // factor) * factor
+            if last_id is not None and last_id <= through:
+                last_id = (last_id // factor + 1) * factor - 1
         wanted = dict(query.label_filter)
         # per group: the windows to merge, and per series the first and last window id
         # covered and the newest observation
