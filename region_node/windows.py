@@ -530,10 +530,18 @@ class WindowStore:
         how many were dropped."""
         now = self._clock() if now_ns is None else now_ns
         cutoff_id = (self._window_start(now) - self.config.retention_ns) // self.config.window_ns
+        current_id = self._window_start(now) // self.config.window_ns
         factor = self.config.rollup_factor
         dropped = 0
         for key in list(self._series):
             series = self._series[key]
+            newest = series.newest
+            if newest is not None and newest < current_id:
+                # a series gone quiet: its newest window is closed, and no newer one
+                # came to shrink it (an update leaves its counts at 64 bits: ~8x)
+                last = series.windows[newest]
+                if not last.histogram.is_compact:
+                    last.compact()
             old = []
             if series.oldest is not None and series.oldest <= cutoff_id:
                 old = [w for w in series.windows if w <= cutoff_id]

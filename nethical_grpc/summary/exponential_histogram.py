@@ -698,6 +698,14 @@ class ExponentialHistogram:
         self.positive = _narrowed(self.positive)
         self.negative = _narrowed(self.negative)
 
+    @property
+    def is_compact(self) -> bool:
+        """Whether no counts are held at 64 bits (what an update leaves and
+        :meth:`compact` narrows), told without reading them."""
+        return all(
+            b.counts.dtype != _U64 or b.counts.shape[0] == 0 for b in (self.positive, self.negative)
+        )
+
     # ---------------------------------------------------------------- merging
 
     def merge(self, other: ExponentialHistogram) -> ExponentialHistogram:

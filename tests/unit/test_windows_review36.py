@@ -137,6 +137,25 @@ def test_late_data_leaves_its_window_compacted() -> None:
     assert first.count == 202  # nothing lost by compacting
 
 
+def test_a_quiet_series_newest_window_is_compacted_by_the_maintenance() -> None:
+    """A series that stops getting data never makes a newer window that would shrink its
+    newest one: that window kept its counts at 64 bits (~8x) until rollup or eviction.
+    The maintenance pass compacts it once it is closed, not while it is open."""
+    store = WindowStore(WindowConfig(window_ns=W, rollup_after_ns=0))
+    put(store, NOW, list(np.random.default_rng(2).lognormal(0, 2, 200)))
+    newest = store._series[KEY].windows[NOW // W]
+    assert not newest.histogram.is_compact
+    store.evict_expired(NOW + 1)  # still the open window: left as it is
+    assert not newest.histogram.is_compact
+    before = store.summaries(SummaryQuery(metrics=frozenset({"m"})))[0].summary
+    store.evict_expired(NOW + W)  # closed
+    assert newest.histogram.is_compact
+    assert newest.histogram.positive.counts.dtype == np.uint8
+    after = store.summaries(SummaryQuery(metrics=frozenset({"m"})))[0].summary
+    assert after.count == before.count == 200
+    assert after.quantile(0.5) == before.quantile(0.5)
+
+
 def test_cap_crossing_batch_changes_nothing() -> None:
     clock = Clock(NOW)
     node = RegionNode(
