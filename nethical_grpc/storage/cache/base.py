@@ -77,9 +77,17 @@ def region_namespace(region: str) -> str:
 
 
 def check_key(key: object) -> str:
-    """``key`` if it is a non-empty ``str``; ``ValueError`` otherwise."""
+    """``key`` if it is a non-empty ``str`` that UTF-8 can encode (no lone surrogates,
+    which Redis cannot be sent); ``ValueError`` otherwise."""
     if type(key) is not str or not key:
         raise ValueError(f"cache key must be a non-empty str, got {key!r}")
+    if not key.isascii():
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(
+                f"cache key must be valid Unicode, got {key!r} ({err.reason})"
+            ) from None
     return key
 
 

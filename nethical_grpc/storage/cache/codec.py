@@ -14,10 +14,11 @@ list / dict    ``b"j"`` + compact JSON
 
 An integer is the only encoding that starts with a digit or ``-``, so the tags never
 collide with it. Lists and dicts may nest str, int, float, bool, None, list and dict (with
-``str`` keys) to any depth; anything else (tuples, sets, bytes inside a container,
-non-``str`` keys, subclasses such as enums) raises ``ValueError`` at write time rather than
-coming back as a different type, and so do a container inside itself and an ``int`` with
-more digits than Python writes as text (``sys.get_int_max_str_digits()``). Decoding never
+``str`` keys); anything else (tuples, sets, bytes inside a container, non-``str`` keys,
+subclasses such as enums) raises ``ValueError`` at write time rather than coming back as a
+different type, and so do a container inside itself, containers nested more than
+:data:`MAX_DEPTH` deep (which might not decode again) and an ``int`` with more digits than
+Python writes as text (``sys.get_int_max_str_digits()``). Decoding never
 executes code: it only parses.
 """
 
@@ -35,6 +36,10 @@ __all__ = [
 
 INT64_MIN: Final = -(2**63)
 INT64_MAX: Final = 2**63 - 1
+MAX_DEPTH: Final = 100
+"""The deepest nesting of lists and dicts a value may have (the value itself is depth 1):
+decoding a deeper one would need more of the interpreter's recursion limit, which the
+caller's own stack also uses."""
 
 _JSON_SCALARS: Final = (str, int, float, bool, type(None))
 _INT_START: Final = frozenset(b"-0123456789")
@@ -44,30 +49,39 @@ _LOADS = json.JSONDecoder().decode
 
 def _is_exact(value: list[Any] | dict[str, Any]) -> bool:
     """True when every nested item is JSON-exact (see the module doc) and no container is
-    met twice; False otherwise (a container held twice may be shared or hold itself:
-    :func:`_problem` tells which), so a circular value ends the walk."""
-    stack: list[object] = [value]
-    pop, extend = stack.pop, stack.extend
-    seen: set[int] = set()
-    while stack:
-        item = pop()
-        kind = type(item)
-        if kind is list or kind is dict:
-            ident = id(item)
-            if ident in seen:
-                return False
-            seen.add(ident)
-        if kind is list:
-            assert isinstance(item, list)
-            extend(item)
-        elif kind is dict:
-            assert isinstance(item, dict)
-            for k in item:
-                if type(k) is not str:
+    more than :data:`MAX_DEPTH` deep; False otherwise (:func:`_check_container` tells why).
+
+    A walk level by level, each container once per level (a container held twice on one
+    level is walked once), so a circular value ends when it grows too deep.
+    """
+    level: list[object] = [value]
+    depth = 0
+    while level:
+        depth += 1
+        below: list[object] = []
+        extend = below.extend
+        seen: set[int] = set()
+        for item in level:
+            kind = type(item)
+            if kind is list or kind is dict:
+                if depth > MAX_DEPTH:
                     return False
-            extend(item.values())
-        elif kind not in _JSON_SCALARS:
-            return False
+                ident = id(item)
+                if ident in seen:
+                    continue
+                seen.add(ident)
+                if kind is list:
+                    assert isinstance(item, list)
+                    extend(item)
+                else:
+                    assert isinstance(item, dict)
+                    for k in item:
+                        if type(k) is not str:
+                            return False
+                    extend(item.values())
+            elif kind not in _JSON_SCALARS:
+                return False
+        level = below
     return True
 
 
@@ -78,9 +92,9 @@ def _check_container(value: list[Any] | dict[str, Any]) -> None:
     refused value is walked again (:func:`_problem`) to name the offending item.
     """
     if not _is_exact(value):
-        problem = _problem(value)
-        if problem is not None:  # None: a container held more than once, not in itself
-            raise ValueError(problem)
+        raise ValueError(
+            _problem(value) or f"cache value: lists and dicts are nested more than {MAX_DEPTH} deep"
+        )
 
 
 def _problem(value: list[Any] | dict[str, Any]) -> str | None:
@@ -213,6 +227,8 @@ def decode_value(data: bytes) -> Any:
             return _LOADS(data[1:].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"cache entry is corrupt: {err}") from None
+    except RecursionError:  # not written by this codec, which refuses such nesting
+        raise ValueError("cache entry is nested too deeply: not written by this cache") from None
     if data == b"T":
         return True
     if data == b"F":

@@ -320,7 +320,8 @@ class FailoverCache(Cache):
         return result
 
     async def get_multiple(self, keys: Iterable[str]) -> dict[str, Any]:
-        keys = list(keys) if not isinstance(keys, str) else keys
+        # a str or bytes goes on as it is: check_keys refuses it as a slip for [key]
+        keys = keys if isinstance(keys, str | bytes) else list(keys)
         if self._healthy:
             try:
                 return await self.primary.get_multiple(keys)

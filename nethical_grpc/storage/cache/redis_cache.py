@@ -289,7 +289,17 @@ class RedisCache(Cache):
     # -- the Cache API -----------------------------------------------------------------------
 
     async def get(self, key: str, default: Any = None) -> Any:
-        data = await self._call("GET", self.namespace + check_key(key))
+        try:
+            data = await self._call("GET", self.namespace + check_key(key))
+        except redis_errors.ResponseError as err:
+            if not str(err).startswith("WRONGTYPE"):
+                raise
+            # a list, hash, set … under the namespace: as foreign as a string the codec
+            # cannot read (get_multiple's MGET reads such a key as missing)
+            raise ValueError(
+                f"cache entry {key!r} is a Redis key of another type than string: "
+                "not written by this cache"
+            ) from None
         if data is None:
             self._misses += 1
             return default
