@@ -249,3 +249,35 @@ async def test_bytes_for_a_key_list_is_refused_as_a_single_string(
             await cache.get_multiple(b"ab")  # type: ignore[arg-type]
     finally:
         await cache.close()
+
+
+# -- an entry another writer left under a key an update merges ------------------------------
+
+
+@pytest.mark.parametrize("kind", ["redis", "failover"])
+async def test_an_update_replaces_an_entry_it_cannot_read(
+    raw: aioredis.Redis, namespace: str, kind: str
+) -> None:
+    """A string this cache did not write under a key of an update_multiple (a region's
+    risk profiles, merged in chunks of 256 agents) failed that update at every try: the
+    chunk's profiles never reached Redis again. It counts as missing and is replaced."""
+    await raw.set(namespace + "foreign", b"\x00not this cache's")
+    cache: Cache
+    if kind == "redis":
+        cache = RedisCache.from_url(REDIS_URL, namespace=namespace)
+    else:
+        cache, _ = await open_cache(REDIS_URL, namespace)
+    try:
+        await cache.set("mine", 1)
+        seen: list[dict[str, Any]] = []
+
+        def update(found: dict[str, Any]) -> dict[str, Any]:
+            seen.append(dict(found))
+            return {k: found.get(k, 0) + 1 for k in ("foreign", "mine")}
+
+        written = await cache.on_primary(lambda c: c.update_multiple(["foreign", "mine"], update))
+        assert seen[-1] == {"mine": 1}
+        assert written == {"foreign": 1, "mine": 2}
+        assert await cache.get_multiple(["foreign", "mine"]) == {"foreign": 1, "mine": 2}
+    finally:
+        await cache.close()

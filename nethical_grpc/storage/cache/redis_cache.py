@@ -19,6 +19,7 @@ server unreachable fails at once instead of waiting out a timeout of its own.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -47,6 +48,8 @@ from nethical_grpc.storage.cache.base import (
     hit_rate,
 )
 from nethical_grpc.storage.cache.codec import decode_value, encode_value
+
+log = logging.getLogger(__name__)
 
 __all__ = ["UNAVAILABLE_ERRORS", "RedisCache", "describe_error", "glob_escape"]
 
@@ -134,6 +137,20 @@ class _Transaction(Pipeline):
             self.watching = False
             await self.connection.disconnect(nowait=True)
         await super().reset()  # type: ignore[no-untyped-call]
+
+
+def _readable(keys: list[str], stored: list[bytes | None]) -> dict[str, Any]:
+    """The decoded values of ``keys`` found in ``stored`` (MGET's answer); an entry that
+    does not decode (another writer's under this namespace) is left out, logged."""
+    found: dict[str, Any] = {}
+    for key, data in zip(keys, stored, strict=True):
+        if data is None:
+            continue
+        try:
+            found[key] = decode_value(data)
+        except ValueError as err:
+            log.warning("cache entry %r is not this cache's (%s): the update replaces it", key, err)
+    return found
 
 
 class RedisCache(Cache):
@@ -355,7 +372,9 @@ class RedisCache(Cache):
         """An optimistic transaction: ``WATCH`` the keys, ``MGET`` them, and ``SET`` what
         ``update`` returns in ``MULTI``/``EXEC``, which Redis refuses when another client
         wrote one of the keys since the ``WATCH``: then again, up to
-        :data:`UPDATE_ATTEMPTS` times (see :meth:`Cache.update_multiple`)."""
+        :data:`UPDATE_ATTEMPTS` times (see :meth:`Cache.update_multiple`). An entry this
+        cache cannot read (another writer's) counts as missing, logged: the update
+        replaces it, rather than failing on it at every try."""
         wanted = check_keys(keys)
         if not wanted:
             return {}
@@ -378,11 +397,7 @@ class RedisCache(Cache):
                         stored = cast(
                             "list[bytes | None]", await pipe.execute_command("MGET", *names)
                         )
-                        found = {
-                            k: decode_value(v)
-                            for k, v in zip(wanted, stored, strict=True)
-                            if v is not None
-                        }
+                        found = _readable(wanted, stored)
                         values = dict(update(found))
                         check_within(values, wanted)
                         encoded = [(ns + k, encode_value(v)) for k, v in values.items()]
