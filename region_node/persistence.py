@@ -132,6 +132,12 @@ def _merged(
     return list(by_window.values())
 
 
+def _newest_versions(rows: list[WindowSummaryRow]) -> list[WindowSummaryRow]:
+    """``rows`` with one row per window (series and start): the last of each."""
+    by_window = {(r.metric, freeze_labels(r.labels), r.window_start_ns): r for r in rows}
+    return list(by_window.values())
+
+
 def _decoded(row: WindowSummaryRow) -> Summary | None:
     """A stored window's summary; None, logged, when it does not decode."""
     try:
@@ -555,7 +561,11 @@ class Persister:
                 return 0
         wal = self.node.wal
         closed = wal.rotate() if wal is not None else None
-        rows = self._retry_windows + self._window_rows()
+        rows = self._window_rows()
+        if self._retry_windows:
+            # a window is upserted whole: its newest version replaces those a failed flush
+            # kept (kept all, a store down for hours held every flush's copy of each)
+            rows = _newest_versions(self._retry_windows + rows)
         self._retry_windows = []
         # with a log, the mark of the segments these windows hold, in the same transaction
         marks = [self._wal_mark(wal.id, closed)] if wal is not None and closed is not None else []
@@ -567,7 +577,13 @@ class Persister:
                     # the store refuses some rows for good (labels it cannot keep, from an
                     # older version's log): the others must not wait behind them forever
                     rows = self._storable_windows(rows)
-                    await self.stores.timeseries.upsert_window_summaries(rows + marks)
+                    refused = await self._upsert_refusing(rows, marks)
+                    if refused:
+                        # refused again, though each passes the checks: retried, they
+                        # held every later window back for good
+                        dropped = {id(r) for r, _ in refused}
+                        rows = [r for r in rows if id(r) not in dropped]
+                        self._log_refused(refused)
             except Exception as exc:
                 # newer versions of the same windows replace these on the next flush
                 self.stores.write_failed("timeseries", exc)
@@ -630,15 +646,47 @@ class Persister:
     def _storable_windows(self, rows: list[WindowSummaryRow]) -> list[WindowSummaryRow]:
         """``rows`` without those the store refuses (each logged, and counted as dropped)."""
         kept = []
+        refused: list[tuple[WindowSummaryRow, ValueError]] = []
         for row in rows:
             try:
                 check_window_rows([row])
             except ValueError as exc:
-                self._count_dropped(1)
-                log.error("store refused window %s %s, dropped: %s", row.metric, row.labels, exc)
+                refused.append((row, exc))
             else:
                 kept.append(row)
+        self._log_refused(refused)
         return kept
+
+    def _log_refused(self, refused: list[tuple[WindowSummaryRow, ValueError]]) -> None:
+        """Count the windows the store refused as dropped, and log them: one line a
+        flush, not one a window (an older log's series are refused at every flush)."""
+        if refused:
+            row, exc = refused[0]
+            self._count_dropped(len(refused))
+            log.error(
+                "store refused %d windows, dropped (the first: %s %s: %s)",
+                len(refused),
+                row.metric,
+                row.labels,
+                exc,
+            )
+
+    async def _upsert_refusing(
+        self, rows: list[WindowSummaryRow], marks: list[WindowSummaryRow]
+    ) -> list[tuple[WindowSummaryRow, ValueError]]:
+        """Upsert ``rows``, halving a part the store refuses (``ValueError``) down to the
+        rows it refuses, which are returned, each with its error. Each part is written
+        with ``marks``, in its transaction: a window in the store never holds a log
+        segment its mark does not cover (a restart would count that segment twice)."""
+        try:
+            await self.stores.timeseries.upsert_window_summaries(rows + marks)
+        except ValueError as exc:
+            if len(rows) <= 1:
+                return [(row, exc) for row in rows]
+            half = len(rows) // 2
+            first = await self._upsert_refusing(rows[:half], marks)
+            return first + await self._upsert_refusing(rows[half:], marks)
+        return []
 
     def _install(self, target: WindowStore, rows: Sequence[WindowSummaryRow], now_ns: int) -> int:
         windows = self._decode(rows, now_ns)

@@ -26,7 +26,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from nethical_grpc.privacy import PrivacyAccountant
 from region_node.durable_files import fsync_dir, write_durably
@@ -55,33 +55,37 @@ class AccountsFile:
         fold the journal into the accounts file, and return the number of rows read.
         ValueError for accounts that do not parse."""
         read = 0
+        where = str(self.path)
         try:
-            for rows in self._saved():
+            for where, text in self._saved():  # noqa: B007 (the error below names it)
+                rows = json.loads(text)
                 if not isinstance(rows, list):
                     raise ValueError(f"expected a list of accounts, got {type(rows).__name__}")
                 accountant.restore(rows)
                 read += len(rows)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
+            # (a window id of 1e999 reads as infinity: OverflowError, not a ValueError)
             raise ValueError(
-                f"cannot read the privacy accounts {self.path}: {exc}; the node will not "
-                "start with budgets it cannot account for (move the file aside to start "
-                "afresh, knowingly)"
+                f"cannot read the privacy accounts {where}: {exc}; the node will not "
+                f"start with budgets it cannot account for (move {self.path.name} and "
+                f"{self.journal.name} aside to start afresh, knowingly)"
             ) from None
         self.compact(accountant)
         return read
 
-    def _saved(self) -> Iterator[Any]:
-        """The accounts file's rows, then each journal line's."""
+    def _saved(self) -> Iterator[tuple[str, str | bytes]]:
+        """The accounts file's text, then each journal line's, each with where it was
+        read (the file, the journal's line), so that an error names it."""
         with contextlib.suppress(FileNotFoundError):
             text = self.path.read_text()
-            yield json.loads(text)
+            yield str(self.path), text
         try:
             data = self.journal.read_bytes()
         except FileNotFoundError:
             return
         lines = data.split(b"\n")
-        for line in lines[:-1]:
-            yield json.loads(line)
+        for number, line in enumerate(lines[:-1], 1):
+            yield f"{self.journal} line {number}", line
         if lines[-1]:  # no newline: cut short while written, its answer never left
             log.warning(
                 "privacy accounts journal %s ends with an unfinished line (a stop while "
