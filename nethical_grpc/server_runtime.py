@@ -70,7 +70,8 @@ class MeshServer:
     gate: CallGate | None = None
     # when a drain cancels the calls still running (time.monotonic), set before on_drain
     stop_deadline: float | None = None
-    _draining: bool = False
+    # the stop the first drain() began: later calls wait for it rather than return at once
+    _drained: asyncio.Future[None] | None = field(default=None, repr=False)
 
     @property
     def address(self) -> str:
@@ -89,11 +90,15 @@ class MeshServer:
         """NOT_SERVING first (so balancers move away), then stop accepting, then finish.
 
         ``hurry`` set (a second signal) cuts the announcement and the grace short: calls
-        still running are cancelled at once.
+        still running are cancelled at once. A second call waits until the first one's
+        stop is done, stop hooks included (its own settings are not used); a caller
+        cancelled meanwhile does not cut the stop short (the stores still close).
         """
-        if self._draining:
-            return
-        self._draining = True
+        if self._drained is None:
+            self._drained = asyncio.ensure_future(self._drain(announce_s, grace_s, hurry))
+        await asyncio.shield(self._drained)
+
+    async def _drain(self, announce_s: float, grace_s: float, hurry: asyncio.Event | None) -> None:
         log.info("draining: health NOT_SERVING, stopping in %.1fs", announce_s)
         await self.set_serving(False)
         if announce_s > 0:
@@ -170,13 +175,18 @@ async def start_server(
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
     bound = await _listen(server, security, host, port)
     security.log(f"{', '.join(service_full_names)} on {bracket(host)}:{bound}", log)
+    # gRPC's start runs to its end even when this one is cancelled: a stop of a start cut
+    # short fails (InvalidStateError, in place of the cancel) and may leave the port bound
+    starting = asyncio.ensure_future(server.start())
     try:
-        await server.start()
+        await asyncio.shield(starting)
         mesh = MeshServer(
             server=server, health=health, port=bound, service_names=service_full_names, gate=gate
         )
         await mesh.set_serving(serving)
     except BaseException:  # cancelled, say: not left listening
+        with contextlib.suppress(Exception):
+            await starting
         await server.stop(None)
         raise
     return mesh

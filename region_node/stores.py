@@ -112,9 +112,12 @@ class NodeStores:
             raise
         stores = cls(cache, ts, audit, cache_choice, ts_choice, audit_choice)
         for choice in stores.choices():
-            # a fallback is not what the operator asked for: a warning, not news
-            level = logging.WARNING if choice.fallback else logging.INFO
-            log.log(level, "%s: %s", choice.store, choice.describe())
+            if choice.fallback:
+                # not what the operator asked for: a warning, naming the URL tried (its
+                # secrets redacted), as a typo or an environment's value would have it
+                log.warning("%s: %s (%s)", choice.store, choice.describe(), choice.requested)
+            else:
+                log.info("%s: %s", choice.store, choice.describe())
         return stores
 
     @property
