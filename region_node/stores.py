@@ -24,8 +24,10 @@ log = logging.getLogger(__name__)
 #: A store's problem, as the node reports it, is clipped to this many characters.
 MAX_PROBLEM_CHARS: Final = 200
 # a quoted piece of an error's text: a value (an identifier, at best) in the style of
-# PostgreSQL's and Elasticsearch's messages; an apostrophe inside a word opens none
-_QUOTED: Final = re.compile(r"""(?<!\w)(["'`]).*?\1(?!\w)""")
+# PostgreSQL's and Elasticsearch's messages; an apostrophe inside a word opens none. From
+# the first quote to the last of its kind: a value may hold that quote itself (an agent
+# id ``a" SECRET "b``), and a piece cut short at one would leave the rest of it out
+_QUOTED: Final = re.compile(r"""(?<!\w)(["'`]).*\1(?!\w)""")
 # a quote left open: what follows may be a value clipped in the middle
 _OPEN_QUOTE: Final = re.compile(r"""(?<!\w)["'`]""")
 # where a message goes on with the row or key it is about (PostgreSQL's DETAIL, put on

@@ -93,9 +93,10 @@ def test_a_reportable_problem_leaves_out_the_values_a_driver_echoes() -> None:
         ),
         f"failed to parse field [amount] of type [long] in document with id 'd-1'. "
         f"Preview of field's value: '{SECRET}'s'": (
-            'failed to parse field [amount] of type [long] in document with id "…". '
-            'Preview of field\'s value: "…"'
+            'failed to parse field [amount] of type [long] in document with id "…"'
         ),
+        # a value that holds its quote and a space: out whole, not in pieces
+        f'agent "a" {SECRET} "b" may not be stored': 'agent "…" may not be stored',
         f'value too long: "{SECRET}': "value too long",  # a quote left open
         "store unreachable": "store unreachable",
     }
