@@ -151,11 +151,16 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
             security=config.security,
         )
     except BaseException:
-        if pool is not None:
-            await pool.close()
-        if wal is not None:  # lets go of its directory (a retried start opens it)
-            wal.close()
-        await stores.close()
+        # each closed whatever another's close raises: the stores' connections too
+        try:
+            if pool is not None:
+                await pool.close()
+        finally:
+            try:
+                if wal is not None:  # lets go of its directory (a retried start opens it)
+                    wal.close()
+            finally:
+                await stores.close()
         raise
     if not config.instance_id:
         # the bound port names an auto instance when none was given
