@@ -9,6 +9,7 @@ Redis the Redis cases skip, or fail when ``CI`` is set.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
+from hypothesis import given
+from hypothesis import strategies as st
 from services import REDIS_URL, redis_client, redis_proxy, require
 from tcpproxy import CuttableProxy
 
@@ -26,10 +29,13 @@ from nethical_grpc.storage.cache import (
     FailoverCache,
     MemoryCache,
     RedisCache,
+    decode_value,
+    encode_value,
     open_cache,
     region_namespace,
 )
 from nethical_grpc.storage.cache.base import MAX_TTL_S
+from nethical_grpc.storage.cache.codec import MAX_DEPTH
 
 BIG_INT = 10**5000  # more digits than Python turns into decimal text by default
 
@@ -181,3 +187,218 @@ def test_region_namespaces_never_hold_one_another() -> None:
     assert region_namespace("us-east-1") == "nethical:us-east-1:"
     with pytest.raises(ValueError, match="region"):
         region_namespace("us:east")
+
+
+# -- round 36: keys Redis cannot be sent, values nested too deeply, keys of another
+# Redis type, byte strings as key lists, entries an update cannot read
+
+SURROGATE_KEYS = ["\ud800", "agent-\udfff", "profile:é\ud83d"]
+
+
+async def _on_redis(kind: str, namespace: str) -> Cache:
+    """A cache on the real Redis: ``RedisCache`` itself, or ``open_cache``'s failover."""
+    if kind == "redis":
+        return RedisCache.from_url(REDIS_URL, namespace=namespace)
+    cache, _ = await open_cache(REDIS_URL, namespace)
+    return cache
+
+
+def _nested(depth: int, leaf: Any = 1) -> Any:
+    """``leaf`` inside ``depth`` lists (``depth`` 0: the leaf itself)."""
+    value = leaf
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+# -- keys that UTF-8 cannot encode --------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", SURROGATE_KEYS)
+async def test_a_key_utf8_cannot_encode_is_a_clear_value_error_on_every_backend(
+    cache: Cache, key: str
+) -> None:
+    """The memory cache took such a key; Redis raised UnicodeEncodeError from inside
+    redis-py (after the call had taken a connection)."""
+    calls = [
+        cache.set(key, 1),
+        cache.get(key),
+        cache.exists(key),
+        cache.delete(key),
+        cache.increment(key),
+        cache.set_multiple({"ok": 1, key: 2}),
+        cache.get_multiple(["ok", key]),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match="cache key must be valid Unicode"):
+            await call
+    assert await cache.get("ok", MISSING) is MISSING  # set_multiple wrote nothing
+    assert cache.backend in ("memory", "redis")
+    if isinstance(cache, FailoverCache):
+        assert cache.healthy  # a bad key is no outage
+
+
+async def test_an_outage_write_to_a_surrogate_key_does_not_strand_memory_mode(
+    proxy: CuttableProxy, raw: aioredis.Redis, namespace: str
+) -> None:
+    """The memory tier took the key, and every write-back attempt then failed on it, so
+    the cache stayed in memory mode for good and no outage write reached Redis."""
+    cache, _ = await open_cache(
+        f"redis://127.0.0.1:{proxy.port}/0",
+        namespace,
+        socket_timeout=0.25,
+        probe_initial=0.02,
+        probe_max=0.05,
+    )
+    assert isinstance(cache, FailoverCache)
+    try:
+        await cache.set("before", 1)
+        proxy.cut()
+        assert await cache.get("before", MISSING) is MISSING  # memory mode now
+        assert cache.backend == "memory"
+        with contextlib.suppress(ValueError):
+            await cache.set("\ud800", "lone surrogate")
+        await cache.set("during", "outage")
+        proxy.restore()
+        async with asyncio.timeout(10):  # a hang guard: recovery takes a few probes
+            await cache.wait_recovered()
+        assert await raw.get(namespace + "during") == b"soutage"
+        assert (await cache.stats()).pending_writes == 0
+    finally:
+        await cache.close()
+
+
+# -- nesting depth ------------------------------------------------------------------------
+
+
+@given(depth=st.integers(min_value=1, max_value=3 * MAX_DEPTH), as_dict=st.booleans())
+def test_values_are_stored_exactly_up_to_the_depth_limit(depth: int, as_dict: bool) -> None:
+    """Property: a value nested ``depth`` deep is encoded iff ``depth <= MAX_DEPTH``, and
+    what is encoded decodes to the same value (from a stack deeper than the caller's)."""
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = {"k": value} if as_dict else [value]
+    if depth > MAX_DEPTH:
+        with pytest.raises(ValueError, match=f"nested more than {MAX_DEPTH} deep"):
+            encode_value(value)
+        return
+
+    def deep(frames: int) -> Any:
+        return decode_value(encode_value(value)) if frames == 0 else deep(frames - 1)
+
+    assert deep(300) == value
+
+
+async def test_a_value_too_deep_to_decode_is_refused_when_written(cache: Cache) -> None:
+    """A list 990 deep was stored by every backend and then every get of it raised
+    RecursionError (json's decoder shares the interpreter's recursion limit)."""
+    for depth in (MAX_DEPTH + 1, 990):
+        with pytest.raises(ValueError, match="nested more than"):
+            await cache.set("deep", _nested(depth))
+        with pytest.raises(ValueError, match="nested more than"):
+            await cache.set_multiple({"ok": 1, "deep": {"d": _nested(depth - 1)}})
+    assert await cache.get_multiple(["deep", "ok"]) == {}
+    await cache.set("deepest", _nested(MAX_DEPTH - 2, {"x": [1.5]}))
+    assert await cache.get("deepest") == _nested(MAX_DEPTH - 2, {"x": [1.5]})
+
+
+async def test_depth_counts_through_shared_containers(cache: Cache) -> None:
+    """A 59-deep piece inside another 59 deep, in a list, is 119 deep, however shared."""
+    inner = _nested(59, "x")
+    outer = _nested(59, inner)
+    with pytest.raises(ValueError, match="nested more than"):
+        await cache.set("shared", [inner, outer])
+    await cache.set("wide", [inner, inner, [inner]])  # shared, yet 61 deep: stored
+    assert await cache.get("wide") == [inner, inner, [inner]]
+
+
+async def test_a_foreign_entry_too_deep_to_decode_is_a_value_error(
+    raw: aioredis.Redis, namespace: str
+) -> None:
+    await raw.set(namespace + "deep", b"j" + b"[" * 5000 + b"]" * 5000)
+    cache = RedisCache.from_url(REDIS_URL, namespace=namespace)
+    try:
+        with pytest.raises(ValueError, match="nested too deeply"):
+            await cache.get("deep")
+        with pytest.raises(ValueError, match="nested too deeply"):
+            await cache.get_multiple(["deep"])
+    finally:
+        await cache.close()
+
+
+# -- a key of another Redis type in the namespace -----------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["redis", "failover"])
+async def test_a_key_of_another_redis_type_reads_as_a_clear_value_error(
+    raw: aioredis.Redis, namespace: str, kind: str
+) -> None:
+    """GET of a list raised redis-py's untyped ResponseError (WRONGTYPE …) through the
+    cache's API; a value error names the key, as for any entry this cache did not write."""
+    await raw.rpush(namespace + "list", "a")
+    await raw.hset(namespace + "hash", "f", "v")
+    cache = await _on_redis(kind, namespace)
+    try:
+        for key in ("list", "hash"):
+            with pytest.raises(ValueError, match=f"'{key}' is a Redis key of another type"):
+                await cache.get(key)
+            with pytest.raises(ValueError, match=f"cannot increment '{key}'"):
+                await cache.increment(key)
+        assert await cache.get_multiple(["list", "hash"]) == {}  # MGET: nil for them
+        assert cache.backend == "redis"  # no outage
+        await cache.set("list", [1, 2])  # SET replaces a key of any type, as memory does
+        assert await cache.get("list") == [1, 2]
+    finally:
+        await cache.close()
+
+
+# -- key lists ----------------------------------------------------------------------------
+
+
+async def test_bytes_for_a_key_list_is_refused_as_a_single_string(
+    proxy: CuttableProxy, raw: aioredis.Redis, namespace: str
+) -> None:
+    """The failover cache turned ``b"ab"`` into ``[97, 98]`` first, so the error named
+    the int 97 instead of the slip."""
+    cache, _ = await open_cache(
+        f"redis://127.0.0.1:{proxy.port}/0", namespace, socket_timeout=0.25, probe_max=5
+    )
+    assert isinstance(cache, FailoverCache)
+    try:
+        with pytest.raises(ValueError, match="not a single string"):
+            await cache.get_multiple(b"ab")  # type: ignore[arg-type]
+        proxy.cut()
+        await cache.get("k")
+        assert cache.backend == "memory"
+        with pytest.raises(ValueError, match="not a single string"):
+            await cache.get_multiple(b"ab")  # type: ignore[arg-type]
+    finally:
+        await cache.close()
+
+
+# -- an entry another writer left under a key an update merges ------------------------------
+
+
+@pytest.mark.parametrize("kind", ["redis", "failover"])
+async def test_an_update_replaces_an_entry_it_cannot_read(
+    raw: aioredis.Redis, namespace: str, kind: str
+) -> None:
+    """A string this cache did not write under a key of an update_multiple (a region's
+    risk profiles, merged in chunks of 256 agents) failed that update at every try: the
+    chunk's profiles never reached Redis again. It counts as missing and is replaced."""
+    await raw.set(namespace + "foreign", b"\x00not this cache's")
+    cache = await _on_redis(kind, namespace)
+    try:
+        await cache.set("mine", 1)
+        seen: list[dict[str, Any]] = []
+
+        def update(found: dict[str, Any]) -> dict[str, Any]:
+            seen.append(dict(found))
+            return {k: found.get(k, 0) + 1 for k in ("foreign", "mine")}
+
+        written = await cache.on_primary(lambda c: c.update_multiple(["foreign", "mine"], update))
+        assert seen[-1] == {"mine": 1}
+        assert written == {"foreign": 1, "mine": 2}
+        assert await cache.get_multiple(["foreign", "mine"]) == {"foreign": 1, "mine": 2}
+    finally:
+        await cache.close()
