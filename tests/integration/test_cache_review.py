@@ -117,9 +117,9 @@ async def test_an_int_too_long_for_decimal_text_is_refused_by_every_backend(
     assert await cache.get("large") == 2**200
 
 
-async def test_an_unstorable_outage_write_does_not_keep_the_cache_in_memory_mode(
-    proxy: CuttableProxy, raw: aioredis.Redis, namespace: str
-) -> None:
+async def _in_memory_mode(proxy: CuttableProxy, namespace: str) -> FailoverCache:
+    """A failover cache through ``proxy`` that wrote a key, then lost Redis: in memory
+    mode now, quick to probe for Redis again."""
     cache, _ = await open_cache(
         f"redis://127.0.0.1:{proxy.port}/0",
         namespace,
@@ -128,11 +128,18 @@ async def test_an_unstorable_outage_write_does_not_keep_the_cache_in_memory_mode
         probe_max=0.05,
     )
     assert isinstance(cache, FailoverCache)
+    await cache.set("before", 1)
+    proxy.cut()
+    assert await cache.get("before", MISSING) is MISSING
+    assert cache.backend == "memory"
+    return cache
+
+
+async def test_an_unstorable_outage_write_does_not_keep_the_cache_in_memory_mode(
+    proxy: CuttableProxy, raw: aioredis.Redis, namespace: str
+) -> None:
+    cache = await _in_memory_mode(proxy, namespace)
     try:
-        await cache.set("before", 1)
-        proxy.cut()
-        assert await cache.get("before", MISSING) is MISSING  # memory mode now
-        assert cache.backend == "memory"
         with pytest.raises(ValueError, match="cache value"):
             await cache.set("big", BIG_INT)
         await cache.set("during", "outage")
@@ -243,19 +250,8 @@ async def test_an_outage_write_to_a_surrogate_key_does_not_strand_memory_mode(
 ) -> None:
     """The memory tier took the key, and every write-back attempt then failed on it, so
     the cache stayed in memory mode for good and no outage write reached Redis."""
-    cache, _ = await open_cache(
-        f"redis://127.0.0.1:{proxy.port}/0",
-        namespace,
-        socket_timeout=0.25,
-        probe_initial=0.02,
-        probe_max=0.05,
-    )
-    assert isinstance(cache, FailoverCache)
+    cache = await _in_memory_mode(proxy, namespace)
     try:
-        await cache.set("before", 1)
-        proxy.cut()
-        assert await cache.get("before", MISSING) is MISSING  # memory mode now
-        assert cache.backend == "memory"
         with contextlib.suppress(ValueError):
             await cache.set("\ud800", "lone surrogate")
         await cache.set("during", "outage")
