@@ -108,10 +108,6 @@ class _ParsedStream:
             raise UnparsableRequest.at(f"request[{index}]") from None
 
 
-def _parse_stream(parse: Callable[[bytes], Any], raw: AsyncIterable[bytes]) -> AsyncIterator[Any]:
-    return _ParsedStream(parse, raw)
-
-
 async def _respond(result: Any) -> AsyncIterator[Any]:
     """Responses of a streaming handler, async generator or ``context.write`` style."""
     if inspect.isasyncgen(result):
@@ -231,7 +227,7 @@ def _parsing(handler: Handler) -> Handler:
 
         async def stream_unary(raw: AsyncIterator[bytes], context: Context) -> Any:
             try:
-                return await collect(_parse_stream(parse, raw), context)
+                return await collect(_ParsedStream(parse, raw), context)
             except UnparsableRequest as error:  # a handler that let it through
                 await _reject(context, error)
             except _ENDED:
@@ -245,7 +241,7 @@ def _parsing(handler: Handler) -> Handler:
 
         async def stream_stream(raw: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
             try:
-                async for item in _respond(both(_parse_stream(parse, raw), context)):
+                async for item in _respond(both(_ParsedStream(parse, raw), context)):
                     yield item
             except UnparsableRequest as error:  # a handler that let it through
                 await _reject(context, error)

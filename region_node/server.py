@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -151,16 +152,13 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
             security=config.security,
         )
     except BaseException:
-        # each closed whatever another's close raises: the stores' connections too
-        try:
+        # closed last first, each whatever another's close raises: the stores' too
+        async with contextlib.AsyncExitStack() as opened:
+            opened.push_async_callback(stores.close)
+            if wal is not None:  # lets go of its directory (a retried start opens it)
+                opened.callback(wal.close)
             if pool is not None:
-                await pool.close()
-        finally:
-            try:
-                if wal is not None:  # lets go of its directory (a retried start opens it)
-                    wal.close()
-            finally:
-                await stores.close()
+                opened.push_async_callback(pool.close)
         raise
     if not config.instance_id:
         # the bound port names an auto instance when none was given

@@ -278,13 +278,12 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         if as_of:
             response.data_as_of.CopyFrom(convert.ns_to_timestamp(as_of))
         entry = _CachedSummaries(version, response)
+        # an answer refused as too large is not kept, and with privacy spends no budget
+        # (charged only when sent; the releaser keeps its noise, so asking again is
+        # refused again)
+        entry.check_size(self.max_message_bytes)
         if pending is not None and self.privacy is not None:
-            # charged only when sent: an answer refused as too large spends no budget
-            # (the releaser keeps its noise, so asking again is refused again)
-            entry.check_size(self.max_message_bytes)
             self.privacy.commit(pending)
-        entry.check_size(self.max_message_bytes)  # refused: not kept (asked again, the
-        # releaser gives the same noise, and it is refused again)
         self._keep(query, entry)
         return entry
 

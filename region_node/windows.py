@@ -384,6 +384,27 @@ class WindowStore:
     def _window_start(self, t_ns: int) -> int:
         return (t_ns // self.config.window_ns) * self.config.window_ns
 
+    def _window_ids(
+        self, start_ns: int | None, end_ns: int | None
+    ) -> tuple[int | None, int | None]:
+        """The first and last window ids :meth:`summaries` merges for [start, end) (None:
+        unbounded). Past the rollup horizon a rollup window counts whole, and so do the
+        windows in it still held at full width (not flushed yet, or put back by a restore
+        or a log replay): all or none of its data, whatever its resolution now."""
+        window_ns = self.config.window_ns
+        factor = self.config.rollup_factor
+        # windows up to this id may be merged into rollup windows
+        through = self._rolled_through if factor else None
+        first = None if start_ns is None else start_ns // window_ns
+        # a window [w*W, (w+1)*W) overlaps [start, end) when w*W < end
+        last = None if end_ns is None else (end_ns - 1) // window_ns
+        if through is not None:
+            if first is not None and first <= through:
+                first = (first // factor) * factor
+            if last is not None and last <= through:
+                last = (last // factor + 1) * factor - 1
+        return first, last
+
     def window_starts(
         self, start_ns: int | None, end_ns: int | None
     ) -> tuple[int | None, int | None]:
@@ -392,20 +413,9 @@ class WindowStore:
         windows there may be rolled up), the end to a rollup window's last window where
         it reaches one. None stays unbounded."""
         window_ns = self.config.window_ns
-        factor = self.config.rollup_factor
-        # windows up to this id may be merged into rollup windows
-        through = self._rolled_through if factor else None
-        start = end = None
-        if start_ns is not None:
-            first = start_ns // window_ns
-            if through is not None and first <= through:
-                first = (first // factor) * factor
-            start = first * window_ns
-        if end_ns is not None:
-            last = (end_ns - 1) // window_ns
-            if through is not None and last <= through:
-                last = (last // factor + 1) * factor - 1
-            end = max(end_ns, last * window_ns + 1)
+        first, last = self._window_ids(start_ns, end_ns)
+        start = None if first is None else first * window_ns
+        end = None if last is None or end_ns is None else max(end_ns, last * window_ns + 1)
         return start, end
 
     def summaries(self, query: SummaryQuery) -> list[GroupSummary]:
@@ -415,18 +425,7 @@ class WindowStore:
         newest window out, the end of the last window merged (none later is in them)."""
         window_ns = self.config.window_ns
         factor = self.config.rollup_factor
-        first_id = None if query.start_ns is None else query.start_ns // window_ns
-        # a window [w*W, (w+1)*W) overlaps [start, end) when w*W < end
-        last_id = None if query.end_ns is None else (query.end_ns - 1) // window_ns
-        through = self._rolled_through if factor else None
-        if through is not None:
-            # past the rollup horizon a rollup window counts whole, and so do the windows
-            # in it still held at full width (not flushed yet, or put back by a restore or
-            # a log replay): all or none of its data, whatever its resolution now
-            if first_id is not None and first_id <= through:
-                first_id = (first_id // factor) * factor
-            if last_id is not None and last_id <= through:
-                last_id = (last_id // factor + 1) * factor - 1
+        first_id, last_id = self._window_ids(query.start_ns, query.end_ns)
         wanted = dict(query.label_filter)
         # per group: the windows to merge, and per series the first and last window id
         # covered and the newest observation

@@ -24,7 +24,13 @@ from grpc_health.v1 import health_pb2
 from nethical_grpc import client
 from nethical_grpc.cli.args import check_utf8
 from nethical_grpc.cli.table import enum_name, fmt_number, render, shown
-from nethical_grpc.errors import InvalidArgument, MeshError, details_from_error, details_of
+from nethical_grpc.errors import (
+    ErrorDetails,
+    InvalidArgument,
+    MeshError,
+    details_from_error,
+    details_of,
+)
 from nethical_grpc.security.config import client_security_from_args
 from nethical_grpc.v1 import coordinator_pb2, coordinator_pb2_grpc
 
@@ -42,7 +48,11 @@ _HEALTH = {
 def report_rpc_error(err: grpc.RpcError | MeshError) -> int:
     """A failed call (or a refusal on this side, as a server would say it) on stderr:
     the status, each field violation, the reason; returns exit status 1."""
-    d = details_from_error(err) if isinstance(err, grpc.RpcError) else details_of(err)
+    _print_details(details_from_error(err) if isinstance(err, grpc.RpcError) else details_of(err))
+    return 1
+
+
+def _print_details(d: ErrorDetails) -> None:
     # a line each, whatever the server sent: its control characters (a line break, a
     # terminal's escape sequence) as escapes
     print(f"error: {d.code.name}: {shown(d.message)}", file=sys.stderr)
@@ -51,7 +61,6 @@ def report_rpc_error(err: grpc.RpcError | MeshError) -> int:
     if d.reason and (d.reason != d.code.name or d.metadata):
         facts = "".join(f", {k}={v}" for k, v in sorted(d.metadata.items()))
         print(f"  reason: {shown(d.reason + facts)}", file=sys.stderr)
-    return 1
 
 
 def _uses_tls(args: argparse.Namespace) -> bool:
@@ -60,12 +69,10 @@ def _uses_tls(args: argparse.Namespace) -> bool:
     return any(getattr(args, flag, None) for flag in flags)
 
 
-def transport_hint(args: argparse.Namespace, err: grpc.RpcError | MeshError) -> str | None:
-    """For a connection that failed as one does when the client and the server do not
-    agree on TLS, what to change (gRPC says only "Socket closed", or an OpenSSL code)."""
-    if not isinstance(err, grpc.RpcError):
-        return None
-    d = details_from_error(err)
+def transport_hint(args: argparse.Namespace, d: ErrorDetails) -> str | None:
+    """For a call that failed as one does when the client and the server do not agree on
+    TLS (``d``, its status), what to change (gRPC says only "Socket closed", or an
+    OpenSSL code)."""
     if d.code != grpc.StatusCode.UNAVAILABLE:
         return None
     if "WRONG_VERSION_NUMBER" in d.message:  # a TLS hello answered in plaintext
@@ -91,18 +98,17 @@ async def report_call_error(
     """:func:`report_rpc_error`, and for an UNIMPLEMENTED answer which kind of server the
     target is instead, when its health service says (a node's port given to a
     coordinator command, say); returns exit status 1."""
-    report_rpc_error(err)
-    hint = transport_hint(args, err)
-    if hint is not None:
-        print(f"  {hint}", file=sys.stderr)
-    if isinstance(err, grpc.RpcError) and details_from_error(err).code == (
-        grpc.StatusCode.UNIMPLEMENTED
-    ):
+    if not isinstance(err, grpc.RpcError):  # refused on this side: no server's answer
+        return report_rpc_error(err)
+    d = details_from_error(err)
+    _print_details(d)
+    hint = transport_hint(args, d)
+    if hint is None and d.code == grpc.StatusCode.UNIMPLEMENTED:
         from nethical_grpc.cli.wrong_server import wrong_server_hint
 
         hint = await wrong_server_hint(args, channel)
-        if hint is not None:
-            print(f"  {hint}", file=sys.stderr)
+    if hint is not None:
+        print(f"  {hint}", file=sys.stderr)
     return 1
 
 

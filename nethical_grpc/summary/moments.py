@@ -82,9 +82,10 @@ class Moments:
         n = sum(m.count for m in parts)
         lo = functools.reduce(_least, (m.min for m in parts))
         hi = -functools.reduce(_least, (-m.max for m in parts))
+        terms = [*(m.sum for m in parts), *(m.compensation for m in parts)]
         try:
-            total = math.fsum([*(m.sum for m in parts), *(m.compensation for m in parts)])
-            comp = math.fsum([*(m.sum for m in parts), *(m.compensation for m in parts), -total])
+            total = math.fsum(terms)
+            comp = math.fsum([*terms, -total])
             m2_parts = math.fsum(m.m2 for m in parts)
         except OverflowError:  # partial sums past the largest double: as merge() gives it
             return cls._folded(parts)

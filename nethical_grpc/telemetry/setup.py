@@ -28,7 +28,7 @@ import importlib
 import logging
 import threading
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -407,21 +407,27 @@ class _OncePerInterval(logging.Filter):
         return True
 
 
-_quieted = False
+#: The kinds of log lines :func:`_rate_limit` limits already (each limited once).
+_limited: set[str] = set()
+
+
+def _rate_limit(kind: str, names: Iterable[str], interval_s: float) -> None:
+    """One :class:`_OncePerInterval` gate on the loggers ``names``, the first time
+    ``kind`` is asked for (later calls add nothing)."""
+    if kind in _limited:
+        return
+    _limited.add(kind)
+    gate = _OncePerInterval(interval_s)
+    for name in names:
+        logging.getLogger(name).addFilter(gate)
 
 
 def quiet_exporter_logs(interval_s: float = EXPORTER_LOG_INTERVAL_S) -> None:
     """Rate-limit the OTLP exporters' log lines (see :data:`EXPORTER_LOG_INTERVAL_S`)."""
-    global _quieted
-    if _quieted:
-        return
-    _quieted = True
-    gate = _OncePerInterval(interval_s)
     # a logger's filters see only its own records, not its children's: the filter goes
     # on every exporter and SDK logger there is (their modules are imported by now)
     names = [n for n in logging.Logger.manager.loggerDict if n.startswith(_NOISY_LOGGERS)]
-    for name in {*names, *_NOISY_LOGGERS}:
-        logging.getLogger(name).addFilter(gate)
+    _rate_limit("exporters", {*names, *_NOISY_LOGGERS}, interval_s)
 
 
 _NOISY_LOGGERS: Final = ("opentelemetry.exporter", "opentelemetry.sdk")
@@ -434,19 +440,12 @@ _PROPAGATOR_LOGGERS: Final = (
     "opentelemetry.trace.propagation.tracecontext",
     "opentelemetry.trace.span",
 )
-_propagators_quieted = False
 
 
 def quiet_propagator_logs(interval_s: float = EXPORTER_LOG_INTERVAL_S) -> None:
     """Rate-limit what the propagators log about the trace headers of incoming calls,
     as :func:`quiet_exporter_logs` does the exporters' lines."""
-    global _propagators_quieted
-    if _propagators_quieted:
-        return
-    _propagators_quieted = True
-    gate = _OncePerInterval(interval_s)
-    for name in _PROPAGATOR_LOGGERS:
-        logging.getLogger(name).addFilter(gate)
+    _rate_limit("propagators", _PROPAGATOR_LOGGERS, interval_s)
 
 
 def _tracer_provider(

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from meshutil import free_port
+from meshutil import free_port, port_is_free
 
 from nethical_grpc import client
 from nethical_grpc.cli.processes import Child, spawn
@@ -58,15 +58,6 @@ def wait_for_line(child: Child, text: str, timeout_s: float = 120) -> None:
         assert child.proc.poll() is None, child.tail()
         assert time.monotonic() < deadline, child.tail()
         time.sleep(0.005)
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 @pytest.mark.e2e

@@ -20,6 +20,7 @@ import numpy as np
 import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from meshutil import free_port, port_is_free
 from services import PG_URL, REDIS_URL, fresh_schema, require
 
 from nethical_grpc import client
@@ -33,22 +34,6 @@ from region_node.wal import WriteAheadLog
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVING = health_pb2.HealthCheckResponse.SERVING
-
-
-def refused_port() -> int:
-    """A port nothing listens on (bound, then let go)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def log_is_free(wal_dir: Path) -> bool:
@@ -148,7 +133,7 @@ async def test_a_start_cancelled_while_grpc_starts_is_cancelled_and_lets_go_of_t
     place of the cancel (the CLI said "cannot start ...: InvalidStateError" and exited
     2) and the port could still be bound when the start had ended."""
     for _ in range(3):
-        port = refused_port()
+        port = free_port()
         starting = asyncio.ensure_future(start_server([], [], port=port, reflection_enabled=False))
         await asyncio.sleep(0)  # its first step: bound, then waiting in gRPC's start
         assert not port_is_free(port) and not starting.done()
@@ -218,7 +203,7 @@ async def test_start_and_stop_again_in_one_process_leave_nothing_behind(tmp_path
     """Threads, descriptors and child processes (the detection workers) counted in this
     process: a second and a third start after the first (which starts what gRPC and
     multiprocessing keep for the process) leave the same counts when stopped."""
-    cache = f"redis://127.0.0.1:{refused_port()}/0"
+    cache = f"redis://127.0.0.1:{free_port()}/0"
     await serve_once(tmp_path, cache)
     await asyncio.sleep(0.5)
     threads, fds, children = resources()
@@ -283,7 +268,7 @@ async def test_stores_on_refused_ports_fall_back_saying_so(
     """Redis and PostgreSQL URLs whose ports refuse (nothing listens there): the node
     starts on the embedded stores, warns once per store naming the URL and the reason,
     and says so in GetNodeInfo; it serves, and stops cleanly."""
-    redis_port, pg_port = refused_port(), refused_port()
+    redis_port, pg_port = free_port(), free_port()
     stores = StoreConfig(
         cache_url=f"redis://127.0.0.1:{redis_port}/0",
         timeseries_url=f"postgresql://postgres@127.0.0.1:{pg_port}/test",
