@@ -17,13 +17,19 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from weakref import WeakKeyDictionary
 
 import grpc
 
 from nethical_grpc.security.auth import BearerAuthInterceptor
 from nethical_grpc.security.channels import channel_factory, mesh_channel
 from nethical_grpc.security.roles import DEFAULT_POLICY, AccessPolicy
-from nethical_grpc.security.tls import TlsConfig, log_transport_security, server_credentials
+from nethical_grpc.security.tls import (
+    ServerTls,
+    TlsConfig,
+    log_transport_security,
+    server_credentials,
+)
 from nethical_grpc.security.tokens import BearerToken, TokenStore, client_token, server_tokens
 
 log = logging.getLogger(__name__)
@@ -41,6 +47,10 @@ class ServerSecurity:
     tls: TlsConfig | None = None
     tokens: TokenStore | None = None
     policy: AccessPolicy = DEFAULT_POLICY
+    # each server's TLS files, loaded once and shared by its ports (see add_port)
+    _loaders: WeakKeyDictionary[grpc.aio.Server, ServerTls] = field(
+        default_factory=WeakKeyDictionary, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if self.tls is not None and not self.tls.has_identity:
@@ -50,10 +60,19 @@ class ServerSecurity:
     def auth_enabled(self) -> bool:
         return self.tokens is not None
 
-    def credentials(self) -> grpc.ServerCredentials | None:
-        """Reloading TLS credentials, or None for plaintext. Raises ValueError for bad
-        files."""
-        return server_credentials(self.tls) if self.tls is not None else None
+    def credentials(self, server: grpc.aio.Server | None = None) -> grpc.ServerCredentials | None:
+        """Reloading TLS credentials for one port, or None for plaintext. With
+        ``server``, all of its ports share one loader of the files (read, checked and
+        warned about once per change); the first port of a server reads them. Raises
+        ValueError for bad files."""
+        if self.tls is None:
+            return None
+        if server is None:
+            return server_credentials(self.tls)
+        loader = self._loaders.get(server)
+        if loader is None:
+            loader = self._loaders[server] = ServerTls(self.tls)
+        return loader.credentials()
 
     def interceptors(self) -> list[ServerInterceptor]:
         """``[BearerAuthInterceptor]`` when tokens are configured, else ``[]``."""
@@ -65,7 +84,7 @@ class ServerSecurity:
         """Bind ``address`` on ``server`` (secure when TLS is set); returns the port.
         Raises RuntimeError (gRPC's "Failed to bind to address ...") when the address
         cannot be bound, as ``add_*_port`` do; older gRPC releases returned 0 instead."""
-        creds = self.credentials()
+        creds = self.credentials(server)
         if creds is None:
             return server.add_insecure_port(address)
         return server.add_secure_port(address, creds)

@@ -1,15 +1,16 @@
 """TLS for servers and channels: certificate, key and CA paths, reloaded without restart.
 
 A server's credentials are :func:`grpc.dynamic_ssl_server_credentials` over a
-:class:`CertificateReloader`: on each new connection's handshake gRPC asks it for the
-certificate configuration, and it re-reads the certificate, key and CA files when any
-of them changed (device, inode, size, mtime or ctime: a ``chmod`` or ``chown`` that
-makes a rotated key readable to the server changes the ctime only). New connections
-then get the new certificate; established connections keep theirs. A half-written
-rotation (a key that does not match the certificate, an unreadable file) is not
-applied: the previous certificate stays in use, a warning is logged once, and the
-files are tried again when they change next (not on every handshake while they stay
-as they are).
+:class:`CertificateReloader` per port, all of a server's ports sharing one
+:class:`ServerTls`: on each new connection's handshake gRPC asks the port's reloader for
+the certificate configuration, and the shared loader re-reads the certificate, key and
+CA files (once for all ports) when any of them changed (device, inode, size, mtime or
+ctime: a ``chmod`` or ``chown`` that makes a rotated key readable to the server changes
+the ctime only). New connections on every port then get the new certificate;
+established connections keep theirs. A half-written rotation (a key that does not
+match the certificate, an unreadable file) is not applied: the previous certificate
+stays in use, a warning is logged once (not once per port), and the files are tried
+again when they change next (not on every handshake while they stay as they are).
 
 With ``require_client_cert`` the server demands a client certificate signed by the CA
 (mutual TLS, coordinator ↔ region nodes); a client without one fails the handshake and
@@ -244,13 +245,19 @@ def warn_certificate_dates(pem: bytes, path: Path, what: str) -> str | None:
     return problem
 
 
-class CertificateReloader:
-    """gRPC's certificate-configuration fetcher for one server's TLS files.
+class ServerTls:
+    """One server's TLS files, loaded and checked once per change, shared by its ports.
 
-    Calling it returns a new ``ServerCertificateConfiguration`` when the files changed
-    and check out, else None (keep the current one). gRPC calls it from its own threads
-    on every new handshake; the check is three ``stat`` calls. Files that failed to load
-    are not read again (nor the failure logged again) until they change.
+    :meth:`refresh` looks at the files (three ``stat`` calls) and re-reads them when
+    any changed; each successful load is a new generation of the configuration. Files
+    that failed to load are not read again (nor the failure logged again) until they
+    change, and the current configuration stays. A server bound to several addresses
+    makes one of these and one :meth:`credentials` per port: gRPC asks each port's
+    fetcher separately, and a port answered None keeps its certificate, so each port's
+    :class:`CertificateReloader` hands out every generation it has not had yet.
+
+    Raises ValueError when the files cannot be read, are not PEM, or the key does not
+    match the certificate.
     """
 
     def __init__(self, tls: TlsConfig) -> None:
@@ -259,8 +266,8 @@ class CertificateReloader:
         self.tls = tls
         self._paths = [p for p in (tls.cert_file, tls.key_file, tls.ca_file) if p is not None]
         self._lock = threading.Lock()
-        self.reloads = 0
-        self._stamp, self.initial = self._load()  # ValueError: refuse to start
+        self.reloads = 0  # the generation: successful reloads since the start
+        self._stamp, self._config = self._load()  # ValueError: refuse to start
         # the files as they were when a reload last failed: not tried again as they are
         self._failed: Stamp | None = None
 
@@ -281,40 +288,86 @@ class CertificateReloader:
             raise ValueError("TLS files changed while being read")
         return after, config
 
-    def __call__(self) -> grpc.ServerCertificateConfiguration | None:
+    def current(self) -> tuple[int, grpc.ServerCertificateConfiguration]:
+        """The generation and configuration loaded last (files not looked at)."""
+        with self._lock:
+            return self.reloads, self._config
+
+    def refresh(self) -> tuple[int, grpc.ServerCertificateConfiguration]:
+        """Reload the files if they changed; the current generation and configuration.
+        Never raises: a failed reload is logged (once per change) and the current
+        configuration kept."""
+        reloaded = False
         with self._lock:
             seen: Stamp | None = None
             try:
                 seen = _seen(self._paths)
-                if seen in (self._stamp, self._failed):
-                    return None
-                stamp, config = self._load()
+                if seen not in (self._stamp, self._failed):
+                    self._stamp, self._config = self._load()
+                    self._failed = None
+                    self.reloads += 1
+                    reloaded = True
             except (OSError, ValueError) as exc:
                 self._failed = seen
                 log.warning("TLS certificates not reloaded, keeping the current ones: %s", exc)
-                return None
             except Exception:  # never let an error escape into gRPC's handshake thread
                 self._failed = seen
                 log.exception("TLS certificate reload failed; keeping the current ones")
-                return None
-            self._stamp = stamp
-            self._failed = None
-            self.reloads += 1
-        log.info("TLS certificates reloaded (%s)", self.tls.describe())
-        return config
+            current = self.reloads, self._config
+        if reloaded:
+            log.info("TLS certificates reloaded (%s)", self.tls.describe())
+        return current
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """Credentials for one port, reloading from this shared loader."""
+        reloader = CertificateReloader(self)
+        fetcher = cast(Callable[[], grpc.ServerCertificateConfiguration], reloader)
+        return grpc.dynamic_ssl_server_credentials(
+            reloader.initial, fetcher, require_client_authentication=self.tls.require_client_cert
+        )
+
+
+class CertificateReloader:
+    """gRPC's certificate-configuration fetcher for one port of a server.
+
+    Calling it refreshes the shared :class:`ServerTls` (given, or made from a
+    :class:`TlsConfig` for a single port) and returns its configuration when that is of
+    a newer generation than the one this port was last handed, else None (keep the
+    current one). gRPC calls it from its own threads on every new handshake.
+    """
+
+    def __init__(self, source: TlsConfig | ServerTls) -> None:
+        self.loader = source if isinstance(source, ServerTls) else ServerTls(source)
+        self.tls = self.loader.tls
+        self._lock = threading.Lock()
+        self._generation, self.initial = self.loader.current()
+
+    @property
+    def reloads(self) -> int:
+        """Successful reloads of the shared loader's files."""
+        return self.loader.reloads
+
+    def __call__(self) -> grpc.ServerCertificateConfiguration | None:
+        try:
+            generation, config = self.loader.refresh()
+            with self._lock:
+                if generation <= self._generation:
+                    return None
+                self._generation = generation
+            return config
+        except Exception:  # never let an error escape into gRPC's handshake thread
+            log.exception("TLS certificate reload failed; keeping the current ones")
+            return None
 
 
 def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
-    """Reloading server credentials for ``tls`` (see :class:`CertificateReloader`).
+    """Reloading server credentials for a single port (see :class:`ServerTls`; a server
+    bound to several addresses shares one :class:`ServerTls` among its ports).
 
     Raises ValueError when the files cannot be read, are not PEM, or the key does not
     match the certificate.
     """
-    reloader = CertificateReloader(tls)
-    fetcher = cast(Callable[[], grpc.ServerCertificateConfiguration], reloader)
-    return grpc.dynamic_ssl_server_credentials(
-        reloader.initial, fetcher, require_client_authentication=tls.require_client_cert
-    )
+    return ServerTls(tls).credentials()
 
 
 def channel_credentials(tls: TlsConfig) -> grpc.ChannelCredentials:
