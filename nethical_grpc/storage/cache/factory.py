@@ -8,7 +8,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from nethical_grpc.storage.backend import BackendChoice, redact_url, url_scheme
 from nethical_grpc.storage.cache.base import DEFAULT_TTL_S, Cache, CacheUnavailableError
-from nethical_grpc.storage.cache.memory import DEFAULT_MAX_ENTRIES, MemoryCache
+from nethical_grpc.storage.cache.memory import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, MemoryCache
 
 __all__ = ["REDIS_SCHEMES", "open_cache"]
 
@@ -23,6 +23,7 @@ async def open_cache(
     *,
     default_ttl: float = DEFAULT_TTL_S,
     max_entries: int = DEFAULT_MAX_ENTRIES,
+    max_bytes: int = DEFAULT_MAX_BYTES,
     max_connections: int = 50,
     socket_timeout: float = 1.0,
     connect_timeout: float = 1.0,
@@ -32,7 +33,8 @@ async def open_cache(
 ) -> tuple[Cache, BackendChoice]:
     """The cache for ``url`` and how it was opened.
 
-    * ``memory://`` (optionally ``memory://?max_entries=N``): a :class:`MemoryCache`.
+    * ``memory://`` (optionally ``memory://?max_entries=N&max_bytes=M``, either or
+      both): a :class:`MemoryCache`.
     * ``redis://[[user]:password@]host[:port][/db]`` or ``rediss://…``: a
       :class:`~nethical_grpc.storage.cache.failover.FailoverCache` over Redis, pinged once
       here. When Redis does not answer, the cache starts in memory mode and the choice says
@@ -43,7 +45,8 @@ async def open_cache(
 
     ``namespace`` prefixes every key (see
     :func:`~nethical_grpc.storage.cache.base.region_namespace`); ``default_ttl`` is the TTL
-    in seconds when ``set`` gets none; ``max_entries`` bounds the memory cache or tier;
+    in seconds when ``set`` gets none; ``max_entries`` and ``max_bytes`` (the URL's,
+    when a ``memory://`` URL gives them) bound the memory cache or tier;
     timeouts and probe waits are seconds. ``redis_options`` go to
     :meth:`RedisCache.from_url` (e.g. ``connection_class``). ``ValueError`` for an unknown
     scheme or a malformed URL or option (passwords are never echoed).
@@ -53,8 +56,10 @@ async def open_cache(
     if not namespace or type(namespace) is not str:
         raise ValueError("cache namespace must be a non-empty str")
     if scheme == "memory":
-        max_entries = _memory_max_entries(url, max_entries)
-        cache = MemoryCache(namespace, max_entries=max_entries, default_ttl=default_ttl)
+        max_entries, max_bytes = _memory_options(url, max_entries, max_bytes)
+        cache = MemoryCache(
+            namespace, max_entries=max_entries, max_bytes=max_bytes, default_ttl=default_ttl
+        )
         return cache, BackendChoice("cache", requested, "memory")
     if scheme not in REDIS_SCHEMES:
         raise ValueError(
@@ -71,7 +76,9 @@ async def open_cache(
             "redis-py not installed (pip install 'nethical-mesh[redis]')",
         )
         log.warning("cache: %s", choice.describe())
-        cache = MemoryCache(namespace, max_entries=max_entries, default_ttl=default_ttl)
+        cache = MemoryCache(
+            namespace, max_entries=max_entries, max_bytes=max_bytes, default_ttl=default_ttl
+        )
         return cache, choice
     primary = RedisCache.from_url(
         url,
@@ -85,6 +92,7 @@ async def open_cache(
     failover = FailoverCache(
         primary,
         max_entries=max_entries,
+        max_bytes=max_bytes,
         probe_initial=probe_initial,
         probe_max=probe_max,
         requested=requested,
@@ -96,16 +104,22 @@ async def open_cache(
     return failover, failover.choice()
 
 
-def _memory_max_entries(url: str, default: int) -> int:
+def _memory_options(url: str, max_entries: int, max_bytes: int) -> tuple[int, int]:
+    """``max_entries`` and ``max_bytes`` as a ``memory://`` URL's query overrides them."""
     query = dict(parse_qsl(urlsplit(url).query))
-    unknown = set(query) - {"max_entries"}
+    unknown = set(query) - {"max_entries", "max_bytes"}
     if unknown:
-        raise ValueError(f"memory:// cache options are max_entries only, got {sorted(unknown)}")
-    if "max_entries" not in query:
+        raise ValueError(
+            f"memory:// cache options are max_entries and max_bytes only, got {sorted(unknown)}"
+        )
+    max_entries = _int_option(query, "max_entries", max_entries)
+    return max_entries, _int_option(query, "max_bytes", max_bytes)
+
+
+def _int_option(query: dict[str, str], name: str, default: int) -> int:
+    if name not in query:
         return default
     try:
-        return int(query["max_entries"])
+        return int(query[name])
     except ValueError:
-        raise ValueError(
-            f"memory:// max_entries must be an integer, got {query['max_entries']!r}"
-        ) from None
+        raise ValueError(f"memory:// {name} must be an integer, got {query[name]!r}") from None

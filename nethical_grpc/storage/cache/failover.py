@@ -45,7 +45,7 @@ from nethical_grpc.storage.cache.base import (
     CacheUnavailableError,
     hit_rate,
 )
-from nethical_grpc.storage.cache.memory import DEFAULT_MAX_ENTRIES, MemoryCache
+from nethical_grpc.storage.cache.memory import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, MemoryCache
 
 if TYPE_CHECKING:  # redis is an extra: imported only where a Redis URL is given
     from nethical_grpc.storage.cache.redis_cache import RedisCache
@@ -65,7 +65,8 @@ _Journal = dict[str, int | None]  # key -> summed increments, or None: memory ti
 class FailoverCache(Cache):
     """A :class:`RedisCache` that falls back to a bounded :class:`MemoryCache` (see module).
 
-    ``max_entries`` bounds the memory tier and the journal; ``probe_initial`` and
+    ``max_entries`` bounds the memory tier and the journal, ``max_bytes`` the memory
+    tier's keys and values (see :class:`MemoryCache`); ``probe_initial`` and
     ``probe_max`` are the first and the longest wait between Redis probes, in seconds.
     ``requested`` is the configured URL with secrets redacted, used by :meth:`choice`.
     """
@@ -75,6 +76,7 @@ class FailoverCache(Cache):
         primary: RedisCache,
         *,
         max_entries: int = DEFAULT_MAX_ENTRIES,
+        max_bytes: int = DEFAULT_MAX_BYTES,
         probe_initial: float = 0.2,
         probe_max: float = 10.0,
         requested: str = "redis://",
@@ -85,7 +87,10 @@ class FailoverCache(Cache):
             )
         self.primary = primary
         self.memory = MemoryCache(
-            primary.namespace, max_entries=max_entries, default_ttl=primary.default_ttl
+            primary.namespace,
+            max_entries=max_entries,
+            max_bytes=max_bytes,
+            default_ttl=primary.default_ttl,
         )
         self.namespace = primary.namespace
         self.default_ttl = primary.default_ttl
