@@ -220,6 +220,20 @@ class RegionNode:
         self.apply_pending()
         return (self.store.version_of(query.metrics), self._peers_loaded)
 
+    def windows_for(self, query: SummaryQuery) -> tuple[object, object]:
+        """What says which windows an answer to ``query`` merges (the node's and the
+        peers'), beyond their data: it changes with no new data when the rollup horizon
+        passes the start or the end of the query's range, which from then on covers its
+        rollup window whole (windows not rolled up yet, and the gaps there). Once per
+        edge of the range, not at every step of the horizon; always the same for a range
+        unbounded on both sides."""
+        start, end = query.start_ns, query.end_ns
+        peers = self._peers
+        return (
+            self.store.window_starts(start, end),
+            None if peers is None else peers.window_starts(start, end),
+        )
+
     def set_gap(self, gap: DataGap) -> None:
         """From now on answers name ``gap`` (replacing one of the same reason) where the
         query's range reaches into it."""

@@ -57,13 +57,14 @@ StreamAnswer = region_node_pb2.StreamSummariesResponse | bytes
 
 
 class _CachedSummaries:
-    """A GetSummaries answer, valid while the node's data version stays the same."""
+    """A GetSummaries answer, valid while its query's data, the node's gaps and the windows
+    its range covers (see ``RegionNode.windows_for``) stay the same."""
 
     __slots__ = ("_streamed", "response", "size", "version")
 
     def __init__(
         self,
-        version: tuple[tuple[object, int], int],
+        version: tuple[tuple[object, int], int, tuple[object, object]],
         response: region_node_pb2.GetSummariesResponse,
     ) -> None:
         self.version = version
@@ -236,7 +237,9 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         """What GetSummaries answers (``MeshError`` for a query it rejects)."""
         query = convert.summary_query_from_proto(request)
         data_version = self.node.version_for(query)
-        version = (data_version, self.node.gaps_version)
+        # the data, the gaps, and the windows the range covers (the rollup horizon moves
+        # with the clock): what the answer says changes with each
+        version = (data_version, self.node.gaps_version, self.node.windows_for(query))
         cached = self._responses.get(query)
         if cached is not None and cached.version == version:
             cached.check_size(self.max_message_bytes)
