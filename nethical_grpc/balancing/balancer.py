@@ -41,6 +41,8 @@ _DEADLINE_SLACK_S = 0.005
 #: The most times an ejection interval doubles: past it, any sane base reached the max
 #: long ago, and 2.0 ** ejections would overflow (OverflowError) after 1024 ejections
 _MAX_EJECTION_DOUBLINGS = 64
+#: The most instances a NoAvailableInstanceError names (the rest are counted)
+_MAX_NAMED_INSTANCES = 8
 #: How long the channel of a removed (or moved) instance stays open for the calls already
 #: on it: they finish with their answers, and only what still runs after it is cancelled
 REMOVED_CHANNEL_GRACE_S: Final = 30.0
@@ -562,8 +564,39 @@ class LoadBalancer:
         if inst is None:
             inst = self.get_instance(region_id, stay_in_region=stay)
         if inst is None:
-            raise NoAvailableInstanceError(no_instance_text(region_id, stay))
+            self._count_failed_call()
+            raise NoAvailableInstanceError(
+                self._no_instance_message(region_id, stay, state), state.tried
+            ) from state.last_error
         return inst
+
+    def _no_instance_message(self, region_id: str | None, stay: bool, state: RetryState) -> str:
+        """Why a call found no instance: where it failed already, else the state of the
+        instances it could have gone to (the first :data:`_MAX_NAMED_INSTANCES`)."""
+        text = no_instance_text(region_id, stay)
+        if state.tried:
+            tried = "; ".join(f"{i} ({why})" for i, why in state.tried.items())
+            return f"{text}; tried {tried}"
+        with self._lock:
+            now = self._clock()
+            candidates = [
+                i
+                for i in self._instances.values()
+                if not stay or region_id is None or i.region_id == region_id
+            ]
+        if not candidates:
+            return f"{text}: no instances"
+        states = [
+            f"{i.instance_id} ({i.endpoint}) "
+            + (
+                f"ejected for {max(i.ejected_until - now, 0.0):.1f}s"
+                if i.ejected_until is not None and i.health.usable
+                else i.health.value
+            )
+            for i in candidates[:_MAX_NAMED_INSTANCES]
+        ]
+        more = len(candidates) - len(states)
+        return f"{text}: " + ", ".join(states) + (f" and {more} more" if more > 0 else "")
 
     def execute_request(
         self,
@@ -602,7 +635,7 @@ class LoadBalancer:
                 if delay is None:
                     self._count_failed_call()
                     raise
-                self._count_retry(state, inst)
+                self._count_retry(state, inst, err)
                 time.sleep(delay)
                 continue
             except BaseException:
@@ -652,7 +685,7 @@ class LoadBalancer:
                 if delay is None:
                     self._count_failed_call()
                     raise
-                self._count_retry(state, inst)
+                self._count_retry(state, inst, err)
                 await asyncio.sleep(delay)
                 continue
             except BaseException:
@@ -667,8 +700,8 @@ class LoadBalancer:
         with self._lock:
             self._call_failures += 1
 
-    def _count_retry(self, state: RetryState, inst: Instance) -> None:
-        state.tried.add(inst.instance_id)
+    def _count_retry(self, state: RetryState, inst: Instance, error: BaseException) -> None:
+        state.failed_on(inst.instance_id, inst.endpoint, error)
         with self._lock:
             self._retries += 1
 

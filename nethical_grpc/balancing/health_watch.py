@@ -3,7 +3,9 @@
 Each update takes effect the moment it arrives: SERVING makes the instance usable,
 anything else (NOT_SERVING, SERVICE_UNKNOWN), a failed stream or a stream the server
 ended makes it unusable at once. Broken streams reconnect with jittered exponential
-backoff; a server without the health service (UNIMPLEMENTED) is assumed SERVING.
+backoff; a server without the health service (UNIMPLEMENTED) is assumed SERVING. A watch
+that fails otherwise (its channel cannot be made) marks the instance UNREACHABLE and is
+restarted with the same backoff.
 
 An optional ``on_serving`` hook is awaited when an instance turns SERVING, before the
 balancer routes to it (the coordinator asks the node who it is there).
@@ -131,11 +133,32 @@ class HealthWatcher:
                     log.exception("on_serving hook failed for %s", inst.instance_id)
             self._report(inst, health)
 
-        await follow_health(
-            inst.channel,
-            self.service,
-            report,
-            *self._backoff,
-            rng=self._rng,
-            name=f"{inst.instance_id} ({inst.endpoint})",
-        )
+        # follow_health reopens broken streams itself; this loop restarts the watch when
+        # anything else fails (the channel cannot be made: a TLS file mid-rotation, say),
+        # which left the instance UNKNOWN, picked, and never watched again
+        delay, backoff_max = self._backoff
+        last_failure = ""
+        while True:
+            try:
+                await follow_health(
+                    inst.channel,
+                    self.service,
+                    report,
+                    *self._backoff,
+                    rng=self._rng,
+                    name=f"{inst.instance_id} ({inst.endpoint})",
+                )
+                return  # no health service: assumed SERVING, nothing more to watch
+            except Exception as exc:
+                failure = f"{type(exc).__name__}: {exc}"
+                if failure != last_failure:
+                    log.warning(
+                        "health watch of %s (%s) failed, retrying: %s",
+                        inst.instance_id,
+                        inst.endpoint,
+                        failure,
+                    )
+                    last_failure = failure
+                self._report(inst, HealthState.UNREACHABLE)
+            await asyncio.sleep(delay * self._rng.uniform(0.5, 1.5))
+            delay = min(delay * 2.0, backoff_max)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextvars
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -54,7 +54,40 @@ class NotSentError(ConnectionError):
 
 
 class NoAvailableInstanceError(RuntimeError):
-    """No healthy, non-ejected instance to send the call to."""
+    """No healthy, non-ejected instance to send the call to: UNAVAILABLE.
+
+    The message says why: each instance the call was already sent to, with how it
+    failed there (``tried``: instance id -> that failure), or else the state of the
+    instances it could have gone to. A retry that found none is raised from the last
+    attempt's error.
+    """
+
+    def __init__(self, message: str, tried: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.tried: dict[str, str] = dict(tried or {})
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return str(self)
+
+
+#: The most characters of one failure kept for a NoAvailableInstanceError's message
+_MAX_FAILURE_CHARS = 200
+
+
+def describe_failure(error: BaseException) -> str:
+    """``UNAVAILABLE: overloaded`` for a gRPC error, ``ValueError: ...`` for another."""
+    code = status_code(error)
+    if code is not None:
+        details = getattr(error, "details", None)
+        text = f"{code.name}: {(details() if callable(details) else '') or 'no details'}"
+    else:
+        text = f"{type(error).__name__}: {error}"
+    if len(text) > _MAX_FAILURE_CHARS:
+        text = text[: _MAX_FAILURE_CHARS - 3] + "..."
+    return text
 
 
 def status_code(error: BaseException) -> grpc.StatusCode | None:
@@ -151,14 +184,26 @@ class RetryPolicy:
                 raise ValueError(f"{name} must be > 0 seconds (or None: no limit)")
 
     def backoff_s(self, retry: int, rng: random.Random) -> float:
-        base = min(self.backoff_max_s, self.backoff_initial_s * self.backoff_multiplier**retry)
-        return base * (1.0 - self.jitter * rng.random())
+        try:
+            grown = self.backoff_initial_s * self.backoff_multiplier**retry
+        except OverflowError:  # multiplier**retry past a float (2.0 ** 1024): long capped
+            grown = self.backoff_max_s
+        return min(self.backoff_max_s, grown) * (1.0 - self.jitter * rng.random())
 
 
 class RetryState:
     """The bookkeeping of one logical call across its attempts."""
 
-    __slots__ = ("_deadline", "_idempotent", "_policy", "_retry_if", "_rng", "attempts", "tried")
+    __slots__ = (
+        "_deadline",
+        "_idempotent",
+        "_policy",
+        "_retry_if",
+        "_rng",
+        "attempts",
+        "last_error",
+        "tried",
+    )
 
     def __init__(
         self,
@@ -175,7 +220,9 @@ class RetryState:
         total = timeout if timeout is not None else policy.total_timeout_s
         self._deadline = None if total is None else time.monotonic() + total
         self.attempts = 0
-        self.tried: set[str] = set()
+        # instance id -> "endpoint: how its last attempt failed" (retried calls only)
+        self.tried: dict[str, str] = {}
+        self.last_error: BaseException | None = None
 
     def attempt_deadline(self, attempt_timeout: float | None) -> float | None:
         """Absolute deadline of the next attempt (the earlier of per-attempt and total)."""
@@ -184,6 +231,11 @@ class RetryState:
             return self._deadline
         end = time.monotonic() + per
         return end if self._deadline is None else min(end, self._deadline)
+
+    def failed_on(self, instance_id: str, endpoint: str, error: BaseException) -> None:
+        """An attempt on ``instance_id`` failed with ``error`` and the call is retried."""
+        self.tried[instance_id] = f"{endpoint}: {describe_failure(error)}"
+        self.last_error = error
 
     def expired(self) -> bool:
         return self._deadline is not None and time.monotonic() >= self._deadline
