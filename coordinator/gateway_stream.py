@@ -131,6 +131,7 @@ class StreamRelay:
         self._region = ""  # the region the stream asked for (empty: any), for the metrics
 
     async def _read_client(self) -> None:
+        cancelled = False
         try:
             index = 0
             region = ""  # the stream's: the first message's, else the local one
@@ -153,8 +154,14 @@ class StreamRelay:
                 await self._inbox.put(message)
         except MeshError as exc:
             self._client_error = exc
+        except asyncio.CancelledError:
+            # run() is over and reads the inbox no more: waiting for room in a full one
+            # to say "done" would never end (and run() waits for this task)
+            cancelled = True
+            raise
         finally:
-            await self._inbox.put(None)
+            if not cancelled:
+                await self._inbox.put(None)
 
     def _raise_client_error(self) -> None:
         if self._client_error is not None:

@@ -794,8 +794,8 @@ def test_panic_routing_that_stays_in_the_region_uses_only_its_ejected_instances(
 
 
 async def test_a_failed_health_watch_does_not_stop_the_balancer_closing() -> None:
-    """One instance's channel cannot be made, so its watch fails; the balancer's close
-    still closes the other instances' channels (it raised the watch's error first)."""
+    """One instance's channel cannot be made, so its watch fails (and is retried); the
+    balancer's close still closes the other instances' channels."""
 
     def channel_for(endpoint: str) -> grpc.aio.Channel:
         if endpoint.startswith("10.0.0.66"):
@@ -809,10 +809,13 @@ async def test_a_failed_health_watch_does_not_stop_the_balancer_closing() -> Non
     await lb.start()
     watcher = lb.health_watcher
     assert watcher is not None
-    for _ in range(200):
-        if any(t.done() for t in watcher._tasks.values()):
+    bad = lb.instance("bad")
+    assert bad is not None
+    for _ in range(200):  # the failed watch marks it unreachable (and is retried)
+        if bad.health is HealthState.UNREACHABLE:
             break
         await asyncio.sleep(0.01)
+    assert bad.health is HealthState.UNREACHABLE
     assert good.has_channel
     await lb.close()
     assert not good.has_channel
