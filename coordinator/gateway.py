@@ -283,10 +283,13 @@ class Gateway:
             )
         return region, stay
 
-    def no_instance(self, region: str | None, stay: bool, **metadata: str) -> Unavailable:
-        """UNAVAILABLE ``NO_HEALTHY_INSTANCE``: nothing to send the call to."""
+    def no_instance(
+        self, region: str | None, stay: bool, why: str | None = None, **metadata: str
+    ) -> Unavailable:
+        """UNAVAILABLE ``NO_HEALTHY_INSTANCE``: nothing to send the call to (``why``: the
+        balancer's account of the instances tried or their states)."""
         return Unavailable(
-            message=no_instance_text(region, stay),
+            message=why or no_instance_text(region, stay),
             reason="NO_HEALTHY_INSTANCE",
             metadata={
                 "region_id": region or "",
@@ -336,12 +339,13 @@ class Gateway:
                 attempt, region, timeout_s, retry_if=retry_if, stay_in_region=stay
             )
             outcome = "answered"
-        except NoAvailableInstanceError:
+        except NoAvailableInstanceError as err:
             outcome = "no_instance"
             if lost:  # an earlier attempt's node may have it: not "never sent"
                 why = no_instance_text(region, stay)
                 raise in_doubt_error(list(lost.values()), attempts, why) from None
-            raise self.no_instance(region, stay) from None
+            tried = {"attempts": str(attempts)} if attempts else {}
+            raise self.no_instance(region, stay, str(err), **tried) from None
         except TimeoutError:
             raise DeadlineExceeded(
                 message=f"no answer within {timeout_s:.3f}s", metadata={"attempts": str(attempts)}

@@ -130,6 +130,11 @@ def no_instance_text(region_id: str | None, stay_in_region: bool = False) -> str
 DEFAULT_FAULT_TIMEOUT_S: Final = 0.25
 
 
+def _instance_name(instance_id: str, endpoint: str) -> str:
+    """``id (endpoint)``, or the endpoint alone where it is the id."""
+    return endpoint if instance_id == endpoint else f"{instance_id} ({endpoint})"
+
+
 class LoadBalancer:
     """Picks instances for calls and runs calls with retries, ejection and statistics.
 
@@ -587,7 +592,8 @@ class LoadBalancer:
         if not candidates:
             return f"{text}: no instances"
         states = [
-            f"{i.instance_id} ({i.endpoint}) "
+            _instance_name(i.instance_id, i.endpoint)
+            + " "
             + (
                 f"ejected for {max(i.ejected_until - now, 0.0):.1f}s"
                 if i.ejected_until is not None and i.health.usable

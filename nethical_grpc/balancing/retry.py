@@ -234,7 +234,8 @@ class RetryState:
 
     def failed_on(self, instance_id: str, endpoint: str, error: BaseException) -> None:
         """An attempt on ``instance_id`` failed with ``error`` and the call is retried."""
-        self.tried[instance_id] = f"{endpoint}: {describe_failure(error)}"
+        where = "" if endpoint == instance_id else f"{endpoint}: "
+        self.tried[instance_id] = f"{where}{describe_failure(error)}"
         self.last_error = error
 
     def expired(self) -> bool:

@@ -315,6 +315,9 @@ async def test_no_healthy_instance_is_unavailable_with_a_reason(rig: Rig) -> Non
     details = details_from_error(unary.value)
     assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "NO_HEALTHY_INSTANCE")
     assert details.metadata["region_id"] == "r1"
+    # the message says why: the instance the call could have gone to, and its state
+    assert f"{rig.servers['n0'].address} not_serving" in details.message
+    assert "attempts" not in details.metadata  # nothing was sent
     call = stub.EvaluateStream(timeout=5)
     await call.write(
         coordinator_pb2.CoordinatorServiceEvaluateStreamRequest(action=request().action)
