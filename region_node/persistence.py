@@ -175,6 +175,27 @@ class _NumberedMetrics(Protocol):
     ) -> int: ...
 
 
+#: Records of one batch a store refuses one by one, none taken, before the rest of the
+#: batch is dropped unwritten (a store refusing everything would take two writes a record)
+_REFUSED_BEFORE_GIVING_UP: Final = 32
+
+#: An evaluation's record waiting for a store: its audit record id, and the outcome.
+_Record = tuple[str, Outcome]
+
+
+class _Split:
+    """A batch's write, split where the store refuses records for good (``ValueError``):
+    the parts not stored yet, in record order (the first is the one being written, each
+    numbered by its own last record), and the records refused so far."""
+
+    __slots__ = ("first_error", "parts", "refused")
+
+    def __init__(self, batch: list[_Record]) -> None:
+        self.parts = [batch]
+        self.refused = 0
+        self.first_error: tuple[str, ValueError] | None = None
+
+
 class _RecordQueue:
     """Evaluations waiting for one store, and the batch whose write failed (retried first).
 
@@ -188,7 +209,9 @@ class _RecordQueue:
         # the store's write of ``retry`` that a cancelled round left running (a write in
         # a store's thread goes on): its outcome is awaited before the batch is written
         # again, so a write that was in fact done is not done twice
-        self.writing: asyncio.Future[object] | None = None
+        self.writing: asyncio.Future[None] | None = None
+        # how far that write got (the parts it has yet to store, the records refused)
+        self.split: _Split | None = None
 
     def __len__(self) -> int:
         return len(self.pending) + (len(self.retry) if self.retry is not None else 0)
@@ -387,8 +410,9 @@ class Persister:
         points = await asyncio.to_thread(lambda: [self._point(o) for _, o in batch])
         store = self.stores.timeseries
         if isinstance(store, _NumberedMetrics):
-            # numbered by its last record (this process's batches go in record order, a
-            # retried one first, whole): a retry of one stored already is not stored again
+            # numbered by its last record (this process's batches, and the parts of one
+            # split around refused records, go in record order, a retried one first,
+            # whole): a retry of one stored already is not stored again
             number = int(batch[-1][0][len(self._id_prefix) :], 16)
             await store.insert_metrics_once(points, writer=self._id_prefix, batch=number)
         else:
@@ -408,50 +432,98 @@ class Persister:
         budget = len(queue)
         while budget > 0 and (batch := queue.next_batch()) is not None:
             budget -= len(batch)
-            writing = queue.writing
-            if writing is None:
-                writing = asyncio.ensure_future(write(batch))
+            writing, split = queue.writing, queue.split
+            if writing is None or split is None:  # (both or neither)
+                split = _Split(batch)
+                writing = asyncio.ensure_future(self._write_parts(split, write))
             try:
                 # shielded: a cancel ends this wait at once, but not the write, which may
                 # go on in the store (in its thread) and whose outcome counts
                 await asyncio.shield(writing)
             except asyncio.CancelledError:
                 if writing.cancelled():  # the write itself was cancelled: not done
-                    queue.writing = None
+                    queue.writing = queue.split = None
+                    self._keep_unstored(queue, split)
                 else:
                     # a stop cut the wait short (the loop's task, or the stop's own
                     # bound): the batch is kept, and the next round learns how the
                     # write that runs on ended before it writes the batch again
-                    queue.writing = writing
-                queue.retry = batch
+                    queue.writing, queue.split = writing, split
+                    queue.retry = batch
                 raise
-            except ValueError as exc:
-                queue.writing = None
-                # the store refuses this data for good: retrying would block every later
-                # write, so the batch is dropped and counted
-                queue.retry = None
-                self._count_dropped(len(batch))
-                log.error(
-                    "%s store refused %d evaluations' records, dropped: %s",
-                    queue.store,
-                    len(batch),
-                    exc,
-                )
-                continue
             except Exception as exc:
-                # retried as it is next round (audit records keep their ids, and metric
-                # batches their numbers, so the store drops what it already has)
-                queue.writing = None
+                # what was not stored is retried next round, the part that failed first
+                # and as it is (audit records keep their ids, and metric batches their
+                # numbers, so the store drops what it already has)
+                queue.writing = queue.split = None
+                self._keep_unstored(queue, split)
                 self.stores.write_failed(queue.store, exc)
-                queue.retry = batch
                 self._written.set()  # evaluations waiting for room stop waiting
                 log.warning(
                     "writing evaluations to the %s store failed (will retry): %s", queue.store, exc
                 )
                 return
-            queue.retry = queue.writing = None
+            queue.retry = queue.writing = queue.split = None
+            self._log_refused_records(queue, split)
             self.stores.write_succeeded(queue.store)
             self._written.set()
+
+    @staticmethod
+    async def _write_parts(
+        split: _Split, write: Callable[[list[_Record]], Awaitable[object]]
+    ) -> None:
+        """Write ``split``'s parts in order, halving a part the store refuses
+        (``ValueError``: nothing of it stored) down to the records it refuses, which are
+        counted in ``split`` and left out. With no refusal, one write. A part is removed
+        from ``split`` once stored: a failure leaves there what was not."""
+        parts = split.parts
+        stored = False
+        while parts:
+            part = parts[0]
+            try:
+                await write(part)
+            except ValueError as exc:
+                if split.first_error is None:
+                    split.first_error = (part[0][0], exc)
+                if not stored and split.refused >= _REFUSED_BEFORE_GIVING_UP:
+                    # refused record after record, nothing taken: the store refuses this
+                    # data whatever it holds; the rest is dropped without a write each
+                    split.refused += sum(map(len, parts))
+                    parts.clear()
+                    return
+                if len(part) > 1:
+                    half = len(part) // 2
+                    parts[0:1] = [part[:half], part[half:]]
+                    continue
+                split.refused += 1
+            else:
+                stored = True
+            del parts[0]
+
+    def _keep_unstored(self, queue: _RecordQueue, split: _Split) -> None:
+        """After a write of ``split`` failed: the part it was writing is retried first, as
+        it is (numbered by its last record: if it was stored all the same, the store
+        drops it), and the parts after it go back to the front of the queue."""
+        self._log_refused_records(queue, split)
+        parts = split.parts
+        queue.retry = parts[0] if parts else None
+        for part in reversed(parts[1:]):
+            queue.pending.extendleft(reversed(part))
+
+    def _log_refused_records(self, queue: _RecordQueue, split: _Split) -> None:
+        """Count the records the store refused in ``split`` (so far) as dropped, and log
+        them: one line a batch."""
+        if split.first_error is not None:
+            record_id, exc = split.first_error
+            self._count_dropped(split.refused)
+            log.error(
+                "%s store refused %d evaluations' records, dropped (the first: %s: %s)",
+                queue.store,
+                split.refused,
+                record_id,
+                exc,
+            )
+            split.refused, split.first_error = 0, None
 
     def _point(self, o: Outcome) -> MetricPoint:
         key = (DECISION_VALUES[o.evaluation.decision], o.request.action_type or "unspecified")
@@ -1105,7 +1177,7 @@ class Persister:
             if queue.writing is not None:
                 queue.writing.cancel()
                 queue.writing.add_done_callback(_log_lane_error)
-                queue.writing = None
+                queue.writing = queue.split = None
         self.stopped = True  # records of later evaluations are counted as dropped
         for store in list(self._unlogged_drops):  # drops not told yet
             self._log_drops(store, 0, now=True)
