@@ -5,10 +5,13 @@ Layout: a directory of segment files ``wal-<n>.log`` and a ``checkpoint`` file.
 * Each accepted Ingest message is appended as one record ``[u32 length][u32 crc32][u64
   batch time ns][IngestRequest bytes]`` (the batch time: its ``time``, else when it was
   received; each of its values is at most the windows' future bound past it) *before*
-  it is applied to the windows. Records wait in memory (written out past
-  :data:`WRITE_PAST_BYTES`); :meth:`WriteAheadLog.sync` writes them and ``fsync``\\ s, and
-  the node calls it before it acknowledges anything (the end of an Ingest stream, or the
-  error that reports how many of the stream's messages were applied).
+  it is applied to the windows. The crc32 covers the length, the batch time and the
+  bytes (:func:`_record_crc`); a record whose crc32 covers its bytes only (as logs
+  written before the header was covered have them) is read too. Records wait in memory
+  (written out past :data:`WRITE_PAST_BYTES`); :meth:`WriteAheadLog.sync` writes them
+  and ``fsync``\\ s, and the node calls it before it acknowledges anything (the end of
+  an Ingest stream, or the error that reports how many of the stream's messages were
+  applied).
 * A write that fails (a full disk) leaves the segment ending in what was written, and the
   rest waits; an ``fsync`` that fails cuts the segment back to what the last one made
   durable, and what was written since waits again (it is kept in memory, up to
@@ -74,6 +77,23 @@ from region_node.durable_files import fsync_dir, write_durably
 log = logging.getLogger(__name__)
 
 _HEADER: Final = struct.Struct("<IIQ")
+#: The header's fields a record's crc32 covers (before its bytes): length, batch time
+_COVERED: Final = struct.Struct("<IQ")
+
+
+def _record_crc(length: int, time_ns: int, payload: bytes) -> int:
+    """A record's crc32: of its length and batch time, then its bytes (a flipped bit in
+    the batch time would otherwise put the batch's values in other windows, or let the
+    log drop its segment too early)."""
+    return zlib.crc32(payload, zlib.crc32(_COVERED.pack(length, time_ns)))
+
+
+def _accepted_crcs(length: int, time_ns: int, payload: bytes) -> tuple[int, int]:
+    """The crc32s a sound record may carry: :func:`_record_crc`, or, as records written
+    before the header was covered carry, that of the bytes alone."""
+    return _record_crc(length, time_ns, payload), zlib.crc32(payload)
+
+
 _SEGMENT_PREFIX: Final = "wal-"
 _SEGMENT_SUFFIX: Final = ".log"
 _LOCK_FILE: Final = "lock"
@@ -290,7 +310,7 @@ class WriteAheadLog:
                     log.warning("WAL %s: zero bytes from byte %d; replay stops", path, pos)
                     return
                 payload = f.read(length) if length <= MAX_RECORD_BYTES else b""
-                if len(payload) < length or zlib.crc32(payload) != crc:
+                if len(payload) < length or crc not in _accepted_crcs(length, time_ns, payload):
                     log.warning(
                         "WAL %s: torn or corrupt record at byte %d; replay stops", path, pos
                     )
@@ -317,7 +337,8 @@ class WriteAheadLog:
                 except OSError:
                     if self._pending_bytes >= MAX_UNWRITTEN_BYTES:
                         raise
-            self._pending += (_HEADER.pack(len(payload), zlib.crc32(payload), time_ns), payload)
+            crc = _record_crc(len(payload), time_ns, payload)
+            self._pending += (_HEADER.pack(len(payload), crc, time_ns), payload)
             self._pending_bytes += _HEADER.size + len(payload)
             self.appended += 1
         self._received(self._current, time_ns)

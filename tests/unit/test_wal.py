@@ -300,3 +300,32 @@ def test_a_replay_holds_one_record_at_a_time_not_the_whole_segment(tmp_path: Pat
         again.close()
     assert count == 24
     assert peak < 4 * len(record), f"replay peaked at {peak} bytes for a 24 MiB segment"
+
+
+def test_a_record_whose_batch_time_was_corrupted_ends_the_replay(tmp_path: Path) -> None:
+    """The crc32 covers the header's batch time: a flipped bit there is a corrupt record
+    (its values would land in other windows), not a record of another time."""
+    wal = WriteAheadLog(tmp_path)
+    wal.append(b"first", 1_000)
+    wal.append(b"second", 2_000)
+    wal.close()
+    (segment,) = tmp_path.glob("wal-*.log")
+    data = bytearray(segment.read_bytes())
+    second = wal_module._HEADER.size + len(b"first")
+    data[second + 8] ^= 0x01  # the lowest byte of the second record's batch time
+    segment.write_bytes(bytes(data))
+    assert list(WriteAheadLog(tmp_path).replay()) == [(1_000, b"first")]
+
+
+def test_records_whose_crc_covers_their_bytes_only_are_still_replayed(tmp_path: Path) -> None:
+    """A log written before the header was covered replays after an upgrade."""
+    import struct
+    import zlib
+
+    records = [(10, b"older"), (20, b"records")]
+    (tmp_path / "wal-1.log").write_bytes(
+        b"".join(struct.pack("<IIQ", len(p), zlib.crc32(p), t) + p for t, p in records)
+    )
+    wal = WriteAheadLog(tmp_path)
+    assert list(wal.replay()) == records
+    wal.close()
