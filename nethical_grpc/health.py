@@ -5,6 +5,10 @@ service's status (the "" of the whole server included). Watch sends the
 current status, then every change; when the server stops, :meth:`close` sends the final
 status and ends each Watch stream, so long-lived watchers (the coordinator keeps one per
 instance) do not hold the server's shutdown for its whole grace period.
+
+Health is public (no token) and exempt from the server's call limit, and each Watch holds a
+stream and a task for as long as the caller likes; so the Watch streams a server holds at
+once are bounded (:data:`MAX_WATCH_STREAMS`), one over it refused RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
@@ -14,12 +18,12 @@ import enum
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from nethical_grpc.errors import MAX_MESSAGE_BYTES, clip
+from nethical_grpc.errors import MAX_MESSAGE_BYTES, ResourceExhausted, clip, to_status
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +33,31 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 
+#: Watch streams one server holds at once; one more is refused RESOURCE_EXHAUSTED (Check
+#: and List still answer). Far above what the mesh opens: one per watching coordinator
+#: or gateway, plus probes.
+MAX_WATCH_STREAMS: Final = 1000
+
 
 class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
-    def __init__(self) -> None:
+    def __init__(self, max_watches: int = MAX_WATCH_STREAMS) -> None:
+        if max_watches < 1:
+            raise ValueError(f"the Watch stream limit must be at least 1, got {max_watches}")
         self._status: dict[str, Status] = {"": SERVING}
         self._changed = asyncio.Event()
         self._closed = False
+        self._watches = 0
+        self._too_many_watches = to_status(
+            ResourceExhausted(
+                message=(
+                    f"the server is at its limit of {max_watches} concurrent health Watch "
+                    "streams; use Check, or retry later"
+                ),
+                reason="TOO_MANY_WATCHES",
+                metadata={"max_watch_streams": str(max_watches)},
+            )
+        )
+        self._max_watches = max_watches
 
     def status(self, service: str = "") -> Status | None:
         return self._status.get(service)
@@ -80,12 +103,21 @@ class HealthService(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
     async def Watch(  # noqa: N802
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
+        if self._watches >= self._max_watches:
+            await context.abort_with_status(self._too_many_watches)  # type: ignore[attr-defined]
+        self._watches += 1
+        try:
+            await self._watch(request.service, context)
+        finally:
+            self._watches -= 1
+
+    async def _watch(self, service: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         last: Status | None = None
         while True:
             # read together: a close() while the write below waits is seen on the next
             # turn (``changed`` is set by then), its final status sent before the end
             changed, closed = self._changed, self._closed
-            status = self._status.get(request.service, SERVICE_UNKNOWN)
+            status = self._status.get(service, SERVICE_UNKNOWN)
             if status != last:
                 await context.write(health_pb2.HealthCheckResponse(status=status))
                 last = status
@@ -115,21 +147,27 @@ async def follow_health(
 
     Each update is reported the moment it arrives; a broken stream, or one the server
     ended (it is stopping), is reported UNREACHABLE at once and reopened with jittered
-    exponential backoff. A server without the health service (UNIMPLEMENTED) is taken
-    as SERVING and no longer watched. Why a stream failed (a name that does not resolve,
-    a refused connection) is logged with ``name`` when it differs from the last failure,
-    so an address that never works says why once, not on every retry. Runs until
-    cancelled.
+    exponential backoff. The backoff starts over only after a stream that stayed up at
+    least ``backoff_max_s``: a server that ends (or breaks) each stream right after its
+    first answer is reopened at the backed-off pace, not every ``backoff_initial_s``,
+    while a long-lived stream that breaks is reopened at once. A server without the health
+    service (UNIMPLEMENTED) is taken as SERVING and no longer watched. Why a stream failed
+    (a name that does not resolve, a refused connection) is logged with ``name`` when it
+    differs from the last failure, so an address that never works says why once, not on
+    every retry. Runs until cancelled.
     """
     uniform = (rng or random.Random()).uniform
+    clock = asyncio.get_running_loop().time
     stub = health_pb2_grpc.HealthStub(channel)
     request = health_pb2.HealthCheckRequest(service=service)
     delay = backoff_initial_s
     last_failure = ""
     while True:
+        up_since: float | None = None  # when the stream's first answer came
         try:
             async for update in stub.Watch(request):
-                delay = backoff_initial_s
+                if up_since is None:
+                    up_since = clock()
                 last_failure = ""
                 await report(Watched.SERVING if update.status == SERVING else Watched.NOT_SERVING)
             await report(Watched.UNREACHABLE)
@@ -144,6 +182,8 @@ async def follow_health(
                 log.warning("health of %s: %s", name or channel, failure)
                 last_failure = failure
             await report(Watched.UNREACHABLE)
+        if up_since is not None and clock() - up_since >= backoff_max_s:
+            delay = backoff_initial_s  # it was up a while: not flapping, back at once
         await asyncio.sleep(delay * uniform(0.5, 1.5))
         delay = min(delay * 2.0, backoff_max_s)
 
