@@ -101,9 +101,22 @@ class CallGate:
         return counted
 
 
+#: Health Watch streams a server with a gate holds at once: exempt from the gate, each
+#: holds a place in gRPC's own bound for as long as the caller likes, so they may take
+#: half the headroom, no more (Checks, reflection and refused calls keep the rest).
+WATCHES_UNDER_A_GATE: Final = EXEMPT_HEADROOM // 2
+
+
 def grpc_limit(limit: int | None) -> int | None:
     """gRPC's own ``maximum_concurrent_rpcs`` behind a gate of ``limit`` (None: none)."""
     return None if limit is None else limit + EXEMPT_HEADROOM
 
 
-__all__ = ["EXEMPT_HEADROOM", "EXEMPT_SERVICES", "CallGate", "grpc_limit", "service_of"]
+__all__ = [
+    "EXEMPT_HEADROOM",
+    "EXEMPT_SERVICES",
+    "WATCHES_UNDER_A_GATE",
+    "CallGate",
+    "grpc_limit",
+    "service_of",
+]

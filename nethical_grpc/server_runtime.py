@@ -23,7 +23,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from nethical_grpc import reflection
-from nethical_grpc.call_limit import CallGate, grpc_limit
+from nethical_grpc.call_limit import WATCHES_UNDER_A_GATE, CallGate, grpc_limit
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES, server_options
 from nethical_grpc.health import NOT_SERVING, SERVING, HealthService
 from nethical_grpc.request_parsing import RequestParsingInterceptor
@@ -168,7 +168,11 @@ async def start_server(
     )
     for register in registrars:
         register(server)
-    health = HealthService()
+    # Watch streams are exempt from the gate, not from gRPC's bound behind it: under a
+    # gate they may fill only part of its headroom, or they would lock out every call
+    health = (
+        HealthService(max_watches=WATCHES_UNDER_A_GATE) if gate is not None else HealthService()
+    )
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     names = [*service_full_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
     if reflection_enabled:

@@ -195,3 +195,41 @@ async def test_watch_streams_over_the_bound_are_refused(
 def test_the_watch_bound_is_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         HealthService(max_watches=0)
+
+
+async def test_under_a_call_limit_watches_leave_room_in_grpcs_own_bound() -> None:
+    """Watch is exempt from a server's call gate, not from gRPC's bound behind it (the
+    gate's limit plus EXEMPT_HEADROOM): there the Watch streams may take only part of
+    the headroom, so that Checks and mesh calls still get in."""
+    from nethical_grpc.call_limit import EXEMPT_HEADROOM, WATCHES_UNDER_A_GATE
+    from nethical_grpc.server_runtime import start_server
+
+    assert WATCHES_UNDER_A_GATE < EXEMPT_HEADROOM
+    server = await start_server([], [], max_concurrent_rpcs=1)
+    channels = [grpc.aio.insecure_channel(server.address) for _ in range(4)]
+    watches = []
+    try:
+        for i in range(WATCHES_UNDER_A_GATE):
+            call = health_pb2_grpc.HealthStub(channels[i % 4]).Watch(
+                health_pb2.HealthCheckRequest(), timeout=30
+            )
+            watches.append(call)
+        for call in watches:  # each one is up: its first answer came
+            assert (await call.read()).status == SERVING
+        extra = health_pb2_grpc.HealthStub(channels[0]).Watch(
+            health_pb2.HealthCheckRequest(), timeout=10
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await extra.read()
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert details_from_error(refused.value).reason == "TOO_MANY_WATCHES"
+        check = await health_pb2_grpc.HealthStub(channels[1]).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+        assert check.status == SERVING
+    finally:
+        for call in watches:
+            call.cancel()
+        for channel in channels:
+            await channel.close()
+        await server.drain(0)
