@@ -249,6 +249,8 @@ def _refused(args: argparse.Namespace) -> str:
     for flag, seconds in (("--duration", args.duration), ("--refresh", args.refresh)):
         if not (math.isfinite(seconds) and seconds > 0):  # nan compares false to all
             return f"{flag} must be a positive number of seconds"
+    if args.seed < 0:  # numpy takes no negative seed: the ingest streams failed on it
+        return "--seed must be 0 or more"
     if args.regions > MAX_REGIONS:
         return f"--regions is at most {MAX_REGIONS} (each region node is a process of its own)"
     kept = args.regions * args.rate * args.duration
@@ -324,8 +326,10 @@ async def _demo(
     deadline = time.monotonic() + args.duration
     async with client.insecure_channel(f"127.0.0.1:{coord_port}") as coord_channel:
         while not stop.is_set() and time.monotonic() < deadline:
+            # a --refresh longer than the time left waits only until --duration is up
+            wait_s = min(args.refresh, max(0.0, deadline - time.monotonic()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), args.refresh)
+                await asyncio.wait_for(stop.wait(), wait_s)
             response = await _query(coord_channel, opts)
             elapsed = args.duration - max(0.0, deadline - time.monotonic())
             if tty:

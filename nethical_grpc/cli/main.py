@@ -713,6 +713,11 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--service", default="", help="service name ('' = the server)")
     health.add_argument("--timeout", type=parse_timeout_s, default=3.0, help="deadline in s (3)")
     health.add_argument(
+        "--json",
+        action="store_true",
+        help="as the other commands take it: health always prints JSON (a line an answer)",
+    )
+    health.add_argument(
         "--watch",
         action="store_true",
         help="follow the status (Watch): a JSON line with its time at each change, "
