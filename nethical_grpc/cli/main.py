@@ -127,7 +127,12 @@ def _pairs(p: argparse.ArgumentParser, flag: str, help_text: str) -> None:
 
 def _server_args(p: argparse.ArgumentParser, default_port: int) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=parse_port, default=default_port, help="port; 0 picks a free one")
+    p.add_argument(
+        "--port",
+        type=parse_port,
+        default=default_port,
+        help=f"port; 0 picks a free one ({default_port})",
+    )
     p.add_argument("--port-file", type=Path, help="write the bound port here once serving")
     p.add_argument(
         "--max-message-bytes",
@@ -727,7 +732,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(health)
 
     demo = sub.add_parser("demo", help="an all-in-one mesh on loopback with live metrics")
-    demo.add_argument("--regions", type=int, default=3)
+    demo.add_argument(
+        "--regions", type=int, default=3, help="region node processes, at most 16 (3)"
+    )
     demo.add_argument("--duration", type=float, default=30.0, help="seconds (30)")
     demo.add_argument(
         "--rate",
@@ -735,8 +742,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=200_000,
         help="observations per second per region, spread over its 3 metrics (200000)",
     )
-    demo.add_argument("--refresh", type=float, default=1.0, help="seconds between tables")
-    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--refresh", type=float, default=1.0, help="seconds between tables (1)")
+    demo.add_argument(
+        "--seed", type=int, default=7, help="seed of the synthetic observations, 0 or more (7)"
+    )
     _common(demo)
     return parser
 

@@ -116,3 +116,17 @@ def test_health_takes_json_as_every_other_client_command_does(node_target: str) 
     )
     assert gone.returncode == 1, gone.stderr[-2000:]
     assert json.loads(gone.stdout)["status"] == "UNREACHABLE"
+
+
+def test_the_demo_help_names_its_real_region_bound_and_the_servers_their_ports() -> None:
+    from nethical_grpc.cli.demo import MAX_REGIONS
+    from nethical_grpc.cli.main import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.choices and "demo" in a.choices)
+    assert subparsers.choices is not None
+    demo = subparsers.choices["demo"].format_help()
+    assert f"at most {MAX_REGIONS} (3)" in " ".join(demo.split())
+    for command, port in (("region", 50051), ("coordinator", 50050)):
+        text = " ".join(subparsers.choices[command].format_help().split())
+        assert f"0 picks a free one ({port})" in text
