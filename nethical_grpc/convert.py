@@ -22,7 +22,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.message import DecodeError
 
 from nethical_grpc import summary_scan
-from nethical_grpc.errors import FieldViolation, InvalidArgument, MeshError
+from nethical_grpc.errors import FieldViolation, InvalidArgument, MeshError, described
 from nethical_grpc.governance.decision import MAX_ACTION_TEXT_BYTES, Decision
 from nethical_grpc.governance.detectors import FINDINGS, Action, Violation, ViolationType
 from nethical_grpc.governance.profiles import Profile
@@ -60,6 +60,7 @@ from nethical_grpc.validation import (
     check_names,
     check_time_range,
     first_out_of_range,
+    keyed_path,
     label_violations,
     name_violation,
     utf8_length,
@@ -796,8 +797,13 @@ def _context_violation(context: dict[str, str], field: str) -> FieldViolation | 
     """Why an action's ``context`` (at ``field``) is refused; None when it is not."""
     if len(context) > MAX_CONTEXT_ENTRIES:
         return FieldViolation(field, f"at most {MAX_CONTEXT_ENTRIES} entries")
-    if any(len(k) > MAX_CONTEXT_KEY_CHARS or not k for k in context):
-        return FieldViolation(field, f"keys must be 1 to {MAX_CONTEXT_KEY_CHARS} characters")
+    # the first bad key in sorted order (a map's order is not the sender's), named as
+    # map entries are: context["k"]
+    bad_key = min((k for k in context if not k or len(k) > MAX_CONTEXT_KEY_CHARS), default=None)
+    if bad_key is not None:
+        return FieldViolation(
+            keyed_path(field, bad_key), f"keys must be 1 to {MAX_CONTEXT_KEY_CHARS} characters"
+        )
     if (n := sum(utf8_length(v) for v in context.values())) > MAX_ACTION_TEXT_BYTES:
         return FieldViolation(
             field, f"values total {n} bytes, more than the {MAX_ACTION_TEXT_BYTES}-byte limit"
@@ -1108,9 +1114,12 @@ def score_rows_from_proto(req: region_node_pb2.ScoreRequest, width: int) -> np.n
         raise InvalidArgument.single(
             "features", f"{values.size} values do not make whole rows of {width}"
         )
-    bad = first_out_of_range(values)
-    if bad is not None:
-        raise InvalidArgument.single(f"features[{bad}]", "must be finite")
+    finite = np.isfinite(values)
+    if not finite.all():  # past the float32 range (finite ones): the check below
+        bad = int(np.argmin(finite))
+        raise InvalidArgument.single(
+            f"features[{bad}]", f"{float(values[bad])!r} is not a finite number"
+        )
     with np.errstate(over="ignore"):
         rows = values.reshape(-1, width).astype(np.float32)
     # the model takes float32: a value past its range (those that round to its largest,
@@ -1207,7 +1216,7 @@ def _short_name(field: str, value: str) -> str | None:
     try:
         check_text(field, value)
     except ValueError as exc:
-        raise InvalidArgument.single(field, str(exc).removeprefix(f"{field}: ")) from None
+        raise InvalidArgument.single(field, described(field, exc)) from None
     return value
 
 
@@ -1276,13 +1285,15 @@ def aggregate_query_from_proto(req: region_node_pb2.AggregateMetricsRequest) -> 
     if aggregation is None:
         bad.append(FieldViolation("aggregation", "one of AVG, SUM, MIN, MAX, COUNT"))
     bucket_ns = 0
-    try:
-        if req.HasField("bucket"):
-            bucket_ns = checked_duration_ns(req.bucket, "bucket")
-    except InvalidArgument as exc:
-        bad.extend(exc.violations())
+    if not req.HasField("bucket"):  # as start_time and end_time below
+        bad.append(FieldViolation("bucket", "required"))
     else:
-        _bucket_problem(bucket_ns, bad)
+        try:
+            bucket_ns = checked_duration_ns(req.bucket, "bucket")
+        except InvalidArgument as exc:
+            bad.extend(exc.violations())
+        else:
+            _bucket_problem(bucket_ns, bad)
     for name in ("start_time", "end_time"):
         if not req.HasField(name):
             bad.append(FieldViolation(name, "required"))
@@ -1340,7 +1351,7 @@ def audit_query_from_proto(req: region_node_pb2.SearchAuditRequest) -> SearchQue
             page_token=req.page_token or None,
         )
     except ValueError as exc:
-        raise InvalidArgument.single("query", str(exc)) from None
+        raise InvalidArgument.single("query", described("query", exc)) from None
 
 
 def audit_page_to_proto(page: SearchPage) -> region_node_pb2.SearchAuditResponse:

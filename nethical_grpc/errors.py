@@ -90,6 +90,17 @@ class Unavailable(MeshError):
     code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
 
 
+def described(field_path: str, exc: BaseException) -> str:
+    """``exc``'s message as the description of a violation at ``field_path``: without a
+    leading field name, which the path already gives ("page_token is not valid: ..." is
+    "is not valid: ..."; "metric: longer than ..." is "longer than ...")."""
+    text = str(exc)
+    for prefix in (f"{field_path}: ", f"{field_path} "):
+        if text.startswith(prefix):
+            return text[len(prefix) :]
+    return text
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of ``exc``'s message (its type's name when it has none): short
     enough for a status, a store's reported problem or a log line."""

@@ -21,6 +21,7 @@ from nethical_grpc.errors import (
     NotFound,
     ResourceExhausted,
     Unavailable,
+    described,
     rpc_errors,
     rpc_stream_errors,
 )
@@ -741,7 +742,7 @@ async def store_call(call: Awaitable[T], field: str = "request") -> T:
     try:
         return await call
     except ValueError as exc:
-        raise InvalidArgument.single(field, str(exc)) from None
+        raise InvalidArgument.single(field, described(field, exc)) from None
     except (ConnectionError, AuditStoreError) as exc:
         raise Unavailable(message=str(exc), reason="STORE_UNAVAILABLE") from None
 

@@ -126,8 +126,9 @@ async def test_risk_profile_of_an_agent_never_evaluated_is_not_found(mesh: Mesh)
         ({"action_text": " \n "}, "action.action_text"),  # blank
         ({"request_id": "r\x00"}, "action.request_id"),
         ({"context": {f"k{i}": "v" for i in range(65)}}, "action.context"),  # 65 entries
-        ({"context": {"": "v"}}, "action.context"),  # an empty key
-        ({"context": {"k" * 257: "v"}}, "action.context"),  # a key over 256 characters
+        ({"context": {"": "v"}}, 'action.context[""]'),  # an empty key, named
+        # a key over 256 characters, named by its first 64
+        ({"context": {"k" * 257: "v"}}, 'action.context["' + "k" * 64 + '…"]'),
     ],
 )
 async def test_evaluate_refuses_actions_as_agent_action_says(
