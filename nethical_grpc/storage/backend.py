@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -74,9 +75,21 @@ def _secret_param(name: str) -> bool:
     return any(word in key for word in _SECRET_PARAMS)
 
 
+#: ``key=value`` pairs of a libpq-style connection string (``host=h password='x y'``),
+#: which is no URL: its secret values are hidden too when one is given where a URL goes
+_KEYWORD_PAIR: Final = re.compile(r"""([A-Za-z_][\w-]*)(\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)""")
+
+
+def _redact_keywords(text: str) -> str:
+    return _KEYWORD_PAIR.sub(lambda m: f"{m[1]}{m[2]}***" if _secret_param(m[1]) else m[0], text)
+
+
 def redact_url(url: str) -> str:
     """``url`` with any password replaced by ``***``, in the user part or in the query
-    string (safe for logs, errors and RPCs)."""
+    string (safe for logs, errors and RPCs); in text that is no ``scheme://`` URL (a
+    libpq connection string, say) the values of secret ``key=value`` pairs."""
+    if "://" not in url:
+        return _redact_keywords(url)
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -99,7 +112,15 @@ def redact_url(url: str) -> str:
             query = urlencode([(k, "***" if _secret_param(k) else v) for k, v in pairs], safe="*")
     if (netloc, query) == (parts.netloc, parts.query):
         return url
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    if not url.startswith(f"{parts.scheme}://"):
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    # put together as written: urlunsplit drops an empty authority's "//" for schemes it
+    # does not know (postgresql:///db) and makes sqlite:////abs/path relative
+    return (
+        f"{parts.scheme}://{netloc}{parts.path}"
+        + (f"?{query}" if query else "")
+        + (f"#{parts.fragment}" if parts.fragment else "")
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,3 +48,36 @@ def test_a_port_that_does_not_parse_raises_nothing_and_hides_the_password(
     url: str, expected: str
 ) -> None:
     assert redact_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        # an empty authority keeps its "//"; an absolute SQLite path stays absolute
+        ("postgresql:///db?password=pw1&user=u", "postgresql:///db?password=***&user=u"),
+        ("sqlite:////var/lib/a.db?password=pw2", "sqlite:////var/lib/a.db?password=***"),
+        ("redis://h/0?password=pw3#f", "redis://h/0?password=***#f"),
+    ],
+)
+def test_a_redacted_url_keeps_its_shape(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("host=db password=pw4 port=5432", "host=db password=*** port=5432"),
+        ("host=db password = 'p w\\' 5' user=u", "host=db password = *** user=u"),
+        ("dbname=metrics sslpassword=pw6", "dbname=metrics sslpassword=***"),
+        ("dbname=metrics", "dbname=metrics"),
+    ],
+)
+def test_a_libpq_connection_string_given_for_a_url_hides_its_secrets(text: str, shown: str) -> None:
+    """Given where a URL goes, it is refused with its text in the error: never its
+    password."""
+    from nethical_grpc.storage.backend import url_scheme
+
+    assert redact_url(text) == shown
+    with pytest.raises(ValueError, match="scheme://") as refused:
+        url_scheme(text)
+    assert "pw" not in str(refused.value) and "p w" not in str(refused.value)
