@@ -127,6 +127,25 @@ async def add_coordinator(
     return m.federation
 
 
+def peer_serial(
+    port: int, cafile: os.PathLike[str] | str, client_chain: tuple[Any, Any] | None = None
+) -> int:
+    """Open a fresh TLS connection to ``127.0.0.1:port`` trusting only ``cafile`` (with
+    ``client_chain``, a (certificate, key) pair: mutual TLS) and return the serial of the
+    certificate served (ssl.SSLCertVerificationError when it is not from that CA)."""
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    if client_chain is not None:
+        ctx.load_cert_chain(*client_chain)
+    ctx.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as conn:
+            cert = conn.getpeercert()
+    assert cert is not None
+    return int(str(cert["serialNumber"]), 16)
+
+
 def require_openssl() -> None:
     """Skip the test without the openssl command (which makes test certificates); under
     CI its absence is a failure."""

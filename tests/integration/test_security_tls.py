@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
-import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from meshutil import require_openssl
+from meshutil import peer_serial, require_openssl
 
 from nethical_grpc.errors import details_from_error
 from nethical_grpc.health import HealthService
@@ -228,15 +226,8 @@ async def test_coordinator_channels_carry_mtls_and_the_coordinator_token(
 
 
 def _peer_serial(port: int, pki: Pki) -> int:
-    """Open a fresh TLS connection and return the serial of the certificate served."""
-    ctx = ssl.create_default_context(cafile=str(pki.ca.cert_file))
-    ctx.load_cert_chain(pki.client.cert_file, pki.client.key_file)
-    ctx.set_alpn_protocols(["h2"])
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with ctx.wrap_socket(raw, server_hostname="localhost") as conn:
-            cert = conn.getpeercert()
-    assert cert is not None
-    return int(str(cert["serialNumber"]), 16)
+    """The serial of the certificate a fresh mutual-TLS connection is served."""
+    return peer_serial(port, pki.ca.cert_file, (pki.client.cert_file, pki.client.key_file))
 
 
 def _install(src: IssuedCert, cert: Path, key: Path, *, parts: str = "both") -> None:

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import os
 import shutil
-import socket
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from meshutil import require_openssl
+from meshutil import peer_serial, require_openssl
 
 from nethical_grpc.health import HealthService
 from nethical_grpc.security.config import ServerSecurity
@@ -54,20 +53,8 @@ def _install(src: IssuedCert, cert: Path, key: Path, *, parts: str = "both") -> 
         os.replace(tmp, d)
 
 
-def _peer_serial(port: int, ca: DevCA) -> int:
-    """A fresh TLS connection trusting only ``ca``: the serial of the certificate
-    served (ssl.SSLCertVerificationError when the server's is not from ``ca``)."""
-    ctx = ssl.create_default_context(cafile=str(ca.cert_file))
-    ctx.set_alpn_protocols(["h2"])
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with ctx.wrap_socket(raw, server_hostname="localhost") as conn:
-            cert = conn.getpeercert()
-    assert cert is not None
-    return int(str(cert["serialNumber"]), 16)
-
-
 async def serial(port: int, ca: DevCA) -> int:
-    return await asyncio.to_thread(_peer_serial, port, ca)
+    return await asyncio.to_thread(peer_serial, port, ca.cert_file)
 
 
 @pytest.fixture
