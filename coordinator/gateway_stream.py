@@ -75,6 +75,23 @@ class _Interrupted(Exception):
         self.error = error
 
 
+async def _end_child(task: asyncio.Future[None]) -> None:
+    """Cancel ``task`` (started by the current task) and wait until it is over.
+
+    How it ends (its cancellation, an error) is absorbed; a cancellation of the current
+    task itself that arrives meanwhile is not: the child is over and it propagates. (While
+    the current task waits on the child, its own cancel is passed on to the child, so the
+    two arrive alike: its cancel count tells them apart.)
+    """
+    me = asyncio.current_task()
+    before = me.cancelling() if me is not None else 0
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    if me is not None and me.cancelling() > before:
+        raise asyncio.CancelledError
+
+
 def _other_region(index: int, asked: str, region: str) -> InvalidArgument:
     """A later message naming a region the stream is not in: the stream ends with it (as
     with a message that does not parse), after the answers to the messages before it."""
@@ -244,9 +261,7 @@ class StreamRelay:
                     tried.add(inst.instance_id)
                     await self._fail_over_or_raise(inst, stop.error)
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+            await _end_child(reader)
 
     async def _relay(self, inst: Instance) -> AsyncGenerator[StreamResponse, None]:
         """Relay to ``inst`` until the stream ends; raises _Interrupted on a failure."""
@@ -286,13 +301,12 @@ class StreamRelay:
             settled = True
             self._lb.record_success(inst, None)
         finally:
-            if not writer.done():
-                writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
-            if not settled:  # the client went away (or we did): stop the upstream too
-                call.cancel()
-                self._lb.record_cancelled(inst)
+            try:
+                await _end_child(writer)
+            finally:
+                if not settled:  # the client went away (or we did): stop the upstream too
+                    call.cancel()
+                    self._lb.record_cancelled(inst)
 
     async def _fail_over_or_raise(self, inst: Instance, error: grpc.aio.AioRpcError | None) -> None:
         never_reached = error is not None and (failed_before_send(error) or node_refused(error))
