@@ -31,6 +31,7 @@ from nethical_grpc.balancing.discovery import (
 from nethical_grpc.balancing.health_watch import HealthWatcher
 from nethical_grpc.balancing.instance import HealthState, Instance
 from nethical_grpc.balancing.retry import (
+    InstanceRemovedError,
     NoAvailableInstanceError,
     NotSentError,
     RetryPolicy,
@@ -46,6 +47,7 @@ __all__ = [
     "HealthState",
     "HealthWatcher",
     "Instance",
+    "InstanceRemovedError",
     "LoadBalancer",
     "LoadBalancingStrategy",
     "NoAvailableInstanceError",

@@ -21,7 +21,13 @@ from typing import Any, Final, Protocol, TypeVar
 import grpc
 
 from nethical_grpc.balancing.health_watch import HealthWatcher, ServingHook
-from nethical_grpc.balancing.instance import MAX_WEIGHT, ChannelFactory, HealthState, Instance
+from nethical_grpc.balancing.instance import (
+    MAX_WEIGHT,
+    ChannelCalls,
+    ChannelFactory,
+    HealthState,
+    Instance,
+)
 from nethical_grpc.balancing.retry import (
     NoAvailableInstanceError,
     RetryPolicy,
@@ -215,8 +221,9 @@ class LoadBalancer:
         self._watcher: HealthWatcher | None = None
         # removed instances' channels, closing once their calls end
         self._closing: set[asyncio.Task[None]] = set()
-        # instances whose old channel waits for their calls: set when the last one ends
-        self._draining: dict[Instance, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
+        # the replaced channels of each instance that wait for their own calls, oldest
+        # first; each is let go once its calls and those of every older one have ended
+        self._draining: dict[Instance, list[ChannelCalls]] = {}
         self._calls = 0
         self._call_failures = 0
         self._retries = 0
@@ -236,6 +243,7 @@ class LoadBalancer:
         if weight > MAX_WEIGHT:
             raise ValueError(f"weight must be <= {MAX_WEIGHT}")
         old_channel: grpc.aio.Channel | None = None
+        old_calls: ChannelCalls | None = None
         with self._lock:
             inst = self._instances.get(instance_id)
             created = inst is None
@@ -253,6 +261,7 @@ class LoadBalancer:
             else:
                 moved_from = inst.region_id if inst.region_id != region_id else None
                 if inst.endpoint != endpoint:
+                    old_calls = inst.calls
                     old_channel = inst.take_channel()
                     inst.health = HealthState.UNKNOWN
                     inst.health_changed_ns = time.time_ns()
@@ -264,8 +273,8 @@ class LoadBalancer:
                 if not created:
                     listener.instance_removed(inst)
                 listener.instance_added(inst)
-        if old_channel is not None:
-            self._close_later(old_channel, inst)
+        if old_channel is not None and old_calls is not None:
+            self._close_later(old_channel, inst, old_calls)
         return inst
 
     def remove_instance(self, instance_id: str) -> bool:
@@ -276,11 +285,13 @@ class LoadBalancer:
             self._ejected.discard(inst)
             self._rebuild(inst.region_id)
             listeners = list(self._listeners)
+            inst.removed = True  # a later access makes no channel that nothing closes
+            calls = inst.calls
+            channel = inst.take_channel()
         for listener in listeners:
             listener.instance_removed(inst)
-        channel = inst.take_channel()
         if channel is not None:
-            self._close_later(channel, inst)
+            self._close_later(channel, inst, calls)
         return True
 
     def instances(self) -> list[Instance]:
@@ -304,10 +315,13 @@ class LoadBalancer:
             inst = self._resolve(instance)
             if inst is None or inst.health is health:
                 return
-            was = inst.available
+            was, was_serving = inst.available, inst.health is HealthState.SERVING
             inst.health = health
             inst.health_changed_ns = time.time_ns()
-            if inst.available != was:
+            # with a watcher, pools prefer SERVING instances (see _preferred)
+            if inst.available != was or (
+                self._watcher is not None and was_serving != (health is HealthState.SERVING)
+            ):
                 self._rebuild(inst.region_id)
 
     def _resolve(self, instance: str | Instance) -> Instance | None:
@@ -318,17 +332,34 @@ class LoadBalancer:
     def _rebuild(self, region_id: str, also: str | None = None) -> None:
         """Recompute the global pool and the named regions' pools (lock held)."""
         usable = [i for i in self._instances.values() if i.available]
-        self._all.reset(usable)
+        self._all.reset(self._preferred(usable))
         for rid in (region_id, also):
             if rid is None:
                 continue
             pool = self._regions.get(rid)
             if pool is None:
                 pool = self._regions[rid] = self._new_pool()
-            pool.reset([i for i in usable if i.region_id == rid])
+            pool.reset(self._preferred([i for i in usable if i.region_id == rid]))
             if not pool.members and not any(i.region_id == rid for i in self._instances.values()):
                 del self._regions[rid]
         self._fallback.clear()
+
+    def _preferred(self, usable: list[Instance]) -> list[Instance]:
+        """A pool's members: with a health watcher, its SERVING instances when it has any
+        (an UNKNOWN one has not reported yet, or its ``on_serving`` hook still runs);
+        else every usable one, so calls do not fail while the first reports are due."""
+        if self._watcher is None:
+            return usable
+        serving = [i for i in usable if i.health is HealthState.SERVING]
+        return serving or usable
+
+    def _rebuild_all(self) -> None:
+        """Recompute every pool (lock held)."""
+        regions = {i.region_id for i in self._instances.values()}
+        if not regions:
+            self._rebuild("")
+        for rid in regions:
+            self._rebuild(rid)
 
     # -- picking ---------------------------------------------------------------------
 
@@ -489,14 +520,22 @@ class LoadBalancer:
 
     # -- accounting ------------------------------------------------------------------
 
-    def begin(self, inst: Instance) -> None:
-        """A call to ``inst`` starts (for callers doing their own calls)."""
+    def begin(self, inst: Instance) -> ChannelCalls:
+        """A call to ``inst`` starts (for callers doing their own calls).
+
+        Returns the calls of the instance's current channel: handed back to ``record_*``
+        as ``calls``, it lets a channel replaced meanwhile (the instance moved, or was
+        removed) close as soon as its own calls end, not only once every later one has.
+        """
         with self._lock:
             inst.requests += 1
             old = inst.in_flight
             inst.in_flight = old + 1
             if self._track_load and inst.available:
                 self._load_changed(inst, old, old + 1)
+            calls = inst.calls
+            calls.count += 1
+            return calls
 
     def _load_changed(self, inst: Instance, old: int, new: int) -> None:
         self._all.picker.load_changed(inst, old, new)
@@ -504,21 +543,45 @@ class LoadBalancer:
         if region is not None:
             region.picker.load_changed(inst, old, new)
 
-    def _end(self, inst: Instance) -> None:
+    def _end(self, inst: Instance, calls: ChannelCalls | None) -> None:
         old = inst.in_flight
         inst.in_flight = old - 1
         if self._track_load and inst.available:
             self._load_changed(inst, old, old - 1)
-        if old == 1 and self._draining:
-            drained = self._draining.pop(inst, None)
-            if drained is not None:  # (a call may end on another thread)
-                drained[0].call_soon_threadsafe(drained[1].set)
+        if calls is None or calls.count <= 0:
+            # not said: put down to the newest channel with calls, so that no older
+            # channel's count drops below its own calls (they are let go in order)
+            calls = inst.calls
+            if calls.count <= 0:
+                calls = next(
+                    (c for c in reversed(self._draining.get(inst, ())) if c.count > 0), None
+                )
+                if calls is None:
+                    return
+        calls.count -= 1
+        if calls.count == 0 and calls.drain is not None:
+            self._let_go(inst)
 
-    def record_success(self, inst: Instance, latency_s: float | None) -> None:
+    def _let_go(self, inst: Instance) -> None:
+        """Let the replaced channels of ``inst`` close whose calls, and those of every
+        older one, have all ended (lock held; a call may end on another thread)."""
+        waiting = self._draining.get(inst)
+        if waiting is None:
+            return
+        while waiting and waiting[0].count <= 0:
+            drain = waiting.pop(0).drain
+            if drain is not None:
+                drain[0].call_soon_threadsafe(drain[1].set)
+        if not waiting:
+            del self._draining[inst]
+
+    def record_success(
+        self, inst: Instance, latency_s: float | None, *, calls: ChannelCalls | None = None
+    ) -> None:
         """A call to ``inst`` succeeded; ``None`` latency (e.g. a long stream) leaves the
-        EWMA alone."""
+        EWMA alone. ``calls``: what :meth:`begin` returned, as for every ``record_*``."""
         with self._lock:
-            self._end(inst)
+            self._end(inst, calls)
             if latency_s is not None:
                 ms = latency_s * 1000.0
                 prev = inst.ewma_latency_ms
@@ -531,13 +594,15 @@ class LoadBalancer:
         inst: Instance,
         error: BaseException | grpc.StatusCode | None = None,
         budget_s: float | None = None,
+        *,
+        calls: ChannelCalls | None = None,
     ) -> None:
         """A failed call: a backend fault counts as a failure (and towards ejection); a
         caller's error (``error``, or the status the call ended with, not a backend
         fault) as ``rejected``, which says nothing of the instance. So does a deadline
         missed by a call that had less than ``fault_timeout_s`` (``budget_s``, its time)."""
         with self._lock:
-            self._end(inst)
+            self._end(inst, calls)
             short = budget_s is not None and budget_s < self.fault_timeout_s
             if error is not None and (
                 not is_backend_fault(error) or (short and is_deadline(error))
@@ -553,9 +618,9 @@ class LoadBalancer:
             ):
                 self._eject(inst)
 
-    def record_cancelled(self, inst: Instance) -> None:
+    def record_cancelled(self, inst: Instance, *, calls: ChannelCalls | None = None) -> None:
         with self._lock:
-            self._end(inst)
+            self._end(inst, calls)
 
     # -- calls -----------------------------------------------------------------------
 
@@ -630,13 +695,13 @@ class LoadBalancer:
             state.attempts += 1
             deadline = state.attempt_deadline(attempt_timeout)
             token = set_attempt_deadline(deadline)
-            self.begin(inst)
+            calls = self.begin(inst)
             started = time.perf_counter()
             budget = None if deadline is None else deadline - time.monotonic()
             try:
                 result = request_func(inst)
             except Exception as err:
-                self.record_failure(inst, err, budget)
+                self.record_failure(inst, err, budget, calls=calls)
                 delay = state.retry_delay(err)
                 if delay is None:
                     self._count_failed_call()
@@ -645,11 +710,11 @@ class LoadBalancer:
                 time.sleep(delay)
                 continue
             except BaseException:
-                self.record_cancelled(inst)
+                self.record_cancelled(inst, calls=calls)
                 raise
             finally:
                 reset_attempt_deadline(token)
-            self.record_success(inst, time.perf_counter() - started)
+            self.record_success(inst, time.perf_counter() - started, calls=calls)
             return result
 
     async def execute_request_async(
@@ -676,7 +741,7 @@ class LoadBalancer:
             state.attempts += 1
             deadline = state.attempt_deadline(attempt_timeout)
             token = set_attempt_deadline(deadline)
-            self.begin(inst)
+            calls = self.begin(inst)
             started = time.perf_counter()
             budget = None if deadline is None else deadline - time.monotonic()
             try:
@@ -686,7 +751,7 @@ class LoadBalancer:
                 else:
                     result = await _with_deadline(loop, pending, deadline)
             except Exception as err:
-                self.record_failure(inst, err, budget)
+                self.record_failure(inst, err, budget, calls=calls)
                 delay = state.retry_delay(err)
                 if delay is None:
                     self._count_failed_call()
@@ -695,11 +760,11 @@ class LoadBalancer:
                 await asyncio.sleep(delay)
                 continue
             except BaseException:
-                self.record_cancelled(inst)
+                self.record_cancelled(inst, calls=calls)
                 raise
             finally:
                 reset_attempt_deadline(token)
-            self.record_success(inst, time.perf_counter() - started)
+            self.record_success(inst, time.perf_counter() - started, calls=calls)
             return result
 
     def _count_failed_call(self) -> None:
@@ -727,9 +792,12 @@ class LoadBalancer:
         A second call returns the watcher already attached, unchanged.
         """
         if self._watcher is None:
-            self._watcher = HealthWatcher(
+            watcher = HealthWatcher(
                 self, service, backoff_initial_s, backoff_max_s, on_serving=on_serving
             )
+            with self._lock:
+                self._watcher = watcher
+                self._rebuild_all()  # pools now prefer SERVING instances
         return self._watcher
 
     @property
@@ -748,11 +816,12 @@ class LoadBalancer:
             channel = inst.take_channel()
             if channel is not None:
                 await channel.close(None)
-        with self._lock:  # removed instances' channels: their calls end now
-            draining = list(self._draining.values())
+        with self._lock:  # replaced channels: their calls end now
+            draining = [c.drain for waiting in self._draining.values() for c in waiting]
             self._draining.clear()
-        for _, drained in draining:
-            drained.set()
+        for drain in draining:
+            if drain is not None:
+                drain[1].set()
         while self._closing:
             await asyncio.gather(*list(self._closing), return_exceptions=True)
 
@@ -763,20 +832,20 @@ class LoadBalancer:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _close_later(self, channel: grpc.aio.Channel, inst: Instance) -> None:
+    def _close_later(self, channel: grpc.aio.Channel, inst: Instance, calls: ChannelCalls) -> None:
         """Close the old channel of ``inst`` (removed, or moved to another endpoint) once
-        its calls through the balancer end: at most :data:`REMOVED_CHANNEL_GRACE_S`, or
-        when the balancer closes; what still runs then is cancelled."""
+        its own calls (``calls``) through the balancer end: at most
+        :data:`REMOVED_CHANNEL_GRACE_S`, or when the balancer closes; what still runs
+        then is cancelled."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # no loop: nothing to schedule on; the channel is dropped
         drained = asyncio.Event()
         with self._lock:
-            if inst.in_flight > 0:
-                self._draining[inst] = (loop, drained)
-            else:
-                drained.set()
+            calls.drain = (loop, drained)
+            self._draining.setdefault(inst, []).append(calls)
+            self._let_go(inst)
         task = loop.create_task(_close_when_drained(channel, drained))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
@@ -827,7 +896,7 @@ class LoadBalancer:
                 "failed_calls": self._call_failures,
                 "retries": self._retries,
                 "instances": len(per),
-                "available_instances": len(self._all.members),
+                "available_instances": sum(1 for s in per.values() if s["available"]),
                 "ejected_instances": len(self._ejected),
                 "panic_picks": self._panic_picks,
             }

@@ -8,7 +8,9 @@ that fails otherwise (its channel cannot be made) marks the instance UNREACHABLE
 restarted with the same backoff.
 
 An optional ``on_serving`` hook is awaited when an instance turns SERVING, before the
-balancer routes to it (the coordinator asks the node who it is there).
+balancer routes to it (the coordinator asks the node who it is there). Meanwhile the
+instance is UNKNOWN, picked only where no SERVING instance could take the call (at a
+start, before any watch reported, calls still go out).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import time
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from nethical_grpc import telemetry
+from nethical_grpc.balancing.retry import InstanceRemovedError
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES, node_channel_options
 
 ChannelFactory = Callable[[str], grpc.aio.Channel]
@@ -24,6 +26,8 @@ class HealthState(enum.Enum):
 
     ``UNKNOWN`` (nothing reported yet, or no health watching) counts as usable: an
     instance added without a watcher is picked; a watcher flips it within one update.
+    With a watcher attached, the balancer picks an UNKNOWN instance only where no
+    SERVING one could take the call (not yet reported, or its ``on_serving`` hook runs).
     """
 
     UNKNOWN = "unknown"
@@ -34,6 +38,17 @@ class HealthState(enum.Enum):
     @property
     def usable(self) -> bool:
         return self is HealthState.SERVING or self is HealthState.UNKNOWN
+
+
+@dataclass(eq=False, slots=True)
+class ChannelCalls:
+    """The calls begun on one channel of an instance that have not ended yet (kept by
+    the balancer under its lock): a replaced channel is closed once its own calls end."""
+
+    count: int = 0
+    #: set once the channel was replaced (or its instance removed): the loop and the
+    #: event that the channel's closing waits for
+    drain: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -61,6 +76,10 @@ class Instance:
     #: the largest answer the default channel takes (a channel_factory sets its own)
     max_message_bytes: int = field(default=DEFAULT_MAX_MESSAGE_BYTES, repr=False)
     _channel: grpc.aio.Channel | None = field(default=None, repr=False)
+    #: the calls on the current channel (``in_flight`` counts those on replaced ones too)
+    calls: ChannelCalls = field(default_factory=ChannelCalls, repr=False)
+    #: removed from its balancer: it makes no new channel (nothing would close it)
+    removed: bool = field(default=False, repr=False)
 
     @property
     def ejected(self) -> bool:
@@ -77,8 +96,18 @@ class Instance:
 
     @property
     def channel(self) -> grpc.aio.Channel:
-        """This instance's grpc.aio channel, created on first use (inside an event loop)."""
+        """This instance's grpc.aio channel, created on first use (inside an event loop).
+
+        :class:`InstanceRemovedError` (UNAVAILABLE) once the instance was removed and its
+        channel taken for closing."""
         if self._channel is None:
+            if self.removed:
+                name = (
+                    self.endpoint
+                    if self.instance_id == self.endpoint
+                    else f"{self.instance_id} ({self.endpoint})"
+                )
+                raise InstanceRemovedError(name)
             if self.channel_factory is not None:
                 self._channel = self.channel_factory(self.endpoint)
             else:
@@ -100,8 +129,12 @@ class Instance:
         return old
 
     def take_channel(self) -> grpc.aio.Channel | None:
-        """Detach the channel (for closing); the next access creates a fresh one."""
+        """Detach the channel (for closing); the next access creates a fresh one (unless
+        the instance is ``removed``). Its calls stay counted in the old ``calls``; with
+        no channel yet, the calls begun go on to the next one, and stay counted."""
         channel, self._channel = self._channel, None
+        if channel is not None:
+            self.calls = ChannelCalls()
         return channel
 
 

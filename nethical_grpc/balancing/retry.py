@@ -53,6 +53,25 @@ class NotSentError(ConnectionError):
     """Raise from a call when it failed before anything was sent (always retryable)."""
 
 
+class InstanceRemovedError(grpc.aio.AioRpcError, NotSentError):
+    """A call asked a removed instance for its channel: UNAVAILABLE, never sent.
+
+    A removed instance makes no new channel (nothing would close it); a call that picked
+    it just before it left is retried elsewhere, like one that found no connection.
+    """
+
+    def __init__(self, name: str) -> None:
+        details = f"instance {name} was removed from the balancer"
+        grpc.aio.AioRpcError.__init__(
+            self,
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(),
+            details,
+            None,
+        )
+
+
 class NoAvailableInstanceError(RuntimeError):
     """No healthy, non-ejected instance to send the call to: UNAVAILABLE.
 
