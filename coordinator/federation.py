@@ -716,25 +716,25 @@ class Federation:
         bound; cancelled past it, the try counts as a timeout)."""
         balancer = self.registry.balancer
         started = time.monotonic()
-        balancer.begin(inst.inst)
+        calls = balancer.begin(inst.inst)
         try:
             found = await self._call(inst, request, timeout_s, streamed)
         except asyncio.CancelledError:
             if time.monotonic() - started >= bound_s:
                 no_answer = TimeoutError("no answer within its bound")
-                balancer.record_failure(inst.inst, no_answer, budget_s=bound_s)
+                balancer.record_failure(inst.inst, no_answer, budget_s=bound_s, calls=calls)
             else:
-                balancer.record_cancelled(inst.inst)
+                balancer.record_cancelled(inst.inst, calls=calls)
             raise
         except BaseException:
-            balancer.record_cancelled(inst.inst)
+            balancer.record_cancelled(inst.inst, calls=calls)
             raise
         if isinstance(found, _Answer):
-            balancer.record_success(inst.inst, time.monotonic() - started)
+            balancer.record_success(inst.inst, time.monotonic() - started, calls=calls)
         elif found.code is not None:
-            balancer.record_failure(inst.inst, found.code, budget_s=timeout_s)
+            balancer.record_failure(inst.inst, found.code, budget_s=timeout_s, calls=calls)
         else:  # an answer the coordinator refused: the node's fault
-            balancer.record_failure(inst.inst)
+            balancer.record_failure(inst.inst, calls=calls)
         return found
 
     @staticmethod

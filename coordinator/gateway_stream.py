@@ -268,7 +268,7 @@ class StreamRelay:
         budget = self._timeout()  # the caller's: a deadline it sets short blames no one
         call: StreamCall = self._gw.methods(inst).stream(None, timeout=budget)
         recorder = telemetry.get_recorder()
-        self._lb.begin(inst)
+        calls = self._lb.begin(inst)
         writer = asyncio.ensure_future(self._write(call))
         settled = False
         try:
@@ -288,7 +288,7 @@ class StreamRelay:
                     yield answer
             except grpc.aio.AioRpcError as err:
                 settled = True
-                self._lb.record_failure(inst, err, budget)
+                self._lb.record_failure(inst, err, budget, calls=calls)
                 if stream_broken(err):
                     raise _Interrupted(err) from None
                 raise UpstreamError(err) from None  # the caller has the answers before it
@@ -296,17 +296,19 @@ class StreamRelay:
             # (the writer may still be finishing its half-close)
             if not (self._client_done and not self._pending and not self._carry):
                 settled = True
-                self._lb.record_failure(inst, ConnectionError("upstream stream ended early"))
+                self._lb.record_failure(
+                    inst, ConnectionError("upstream stream ended early"), calls=calls
+                )
                 raise _Interrupted(None)
             settled = True
-            self._lb.record_success(inst, None)
+            self._lb.record_success(inst, None, calls=calls)
         finally:
             try:
                 await _end_child(writer)
             finally:
                 if not settled:  # the client went away (or we did): stop the upstream too
                     call.cancel()
-                    self._lb.record_cancelled(inst)
+                    self._lb.record_cancelled(inst, calls=calls)
 
     async def _fail_over_or_raise(self, inst: Instance, error: grpc.aio.AioRpcError | None) -> None:
         never_reached = error is not None and (failed_before_send(error) or node_refused(error))
