@@ -589,7 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
         "commas, to a region node as observations of one series (Ingest, in batches of "
         "--batch-values), each at the time the node gets its batch. With --timed, each "
         "line is one observation with its own time, TIME VALUE or TIME,VALUE: Unix seconds "
-        "(1764561600.25) or RFC 3339 (2026-12-01T04:00:00Z; without an offset, UTC), "
+        "(1796097600.25) or RFC 3339 (2026-12-01T04:00:00Z; without an offset, UTC), "
         "within the node's retention (see info) and at most 5 minutes ahead, to fill in "
         "past data. With --batch-id, batch N is PREFIX-N, so running the same "
         "command again applies only the batches the node has not applied (not with "
