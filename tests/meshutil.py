@@ -146,6 +146,18 @@ def peer_serial(
     return int(str(cert["serialNumber"]), 16)
 
 
+def get_node_info(inst: Any, timeout_s: float = 2.0) -> Any:
+    """A balanced call (``execute_request*``'s request function): GetNodeInfo on
+    ``inst``'s channel within the attempt's deadline."""
+    from nethical_grpc.balancing import remaining_timeout
+    from nethical_grpc.v1 import region_node_pb2
+
+    stub = region_node_pb2_grpc.RegionNodeServiceStub(inst.channel)
+    return stub.GetNodeInfo(
+        region_node_pb2.GetNodeInfoRequest(), timeout=remaining_timeout(timeout_s)
+    )
+
+
 def require_openssl() -> None:
     """Skip the test without the openssl command (which makes test certificates); under
     CI its absence is a failure."""

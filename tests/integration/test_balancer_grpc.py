@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
-from meshutil import wait_for
+from meshutil import get_node_info, wait_for
 
 from nethical_grpc.balancing import (
     HealthState,
@@ -17,7 +17,6 @@ from nethical_grpc.balancing import (
     LoadBalancer,
     LoadBalancingStrategy,
     RetryPolicy,
-    remaining_timeout,
 )
 from nethical_grpc.server_runtime import MeshServer, start_server
 from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
@@ -98,11 +97,6 @@ async def cluster() -> AsyncIterator[Cluster]:
     await c.start(3)
     yield c
     await c.close()
-
-
-def get_node_info(inst: Instance) -> Any:
-    stub = region_node_pb2_grpc.RegionNodeServiceStub(inst.channel)
-    return stub.GetNodeInfo(region_node_pb2.GetNodeInfoRequest(), timeout=remaining_timeout(2.0))
 
 
 async def call_many(lb: LoadBalancer, n: int, **kw: Any) -> list[str]:

@@ -13,15 +13,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
-from meshutil import wait_for
+from meshutil import get_node_info, wait_for
 
 from nethical_grpc.balancing import (
     HealthState,
-    Instance,
     LoadBalancer,
     NoAvailableInstanceError,
     RetryPolicy,
-    remaining_timeout,
 )
 from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
 
@@ -83,11 +81,6 @@ async def servers() -> AsyncIterator[Servers]:
     await s.start(2)
     yield s
     await s.close()
-
-
-def get_node_info(inst: Instance) -> Any:
-    stub = region_node_pb2_grpc.RegionNodeServiceStub(inst.channel)
-    return stub.GetNodeInfo(region_node_pb2.GetNodeInfoRequest(), timeout=remaining_timeout(2.0))
 
 
 async def test_a_watch_whose_channel_cannot_be_made_yet_is_restarted(servers: Servers) -> None:
