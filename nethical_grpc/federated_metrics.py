@@ -44,6 +44,10 @@ AGGREGATION_TYPES: Final = ("mean", "sum", "count", "min", "max", "std", "median
 _PERCENTILE = re.compile(r"^p(\d+(?:\.\d+)?)$")
 #: The most copies of one pre-aggregated value a submission may stand for.
 MAX_SUBMITTED_COUNT: Final = 10_000_000
+#: The most values one Ingest message carries (1 MiB of doubles): a metric with more goes in
+#: several messages, as one message may be at most the node's message limit (8 MiB by
+#: default), which a pre-aggregated ``count`` or a large array would otherwise pass.
+VALUES_PER_MESSAGE: Final = 1 << 17
 
 ChannelFactory = Callable[[str], grpc.Channel]
 
@@ -124,29 +128,30 @@ class FederatedMetricsAggregator:
         region's mean over ``count`` observations, as in the guide): counts, sums and
         means aggregate exactly, but quantiles can only see the values they are given,
         so send the observations themselves when percentiles matter. One ``Ingest``
-        stream per call, applied message by message; a rejected metric raises
-        ``grpc.RpcError`` (INVALID_ARGUMENT) after the metrics before it were applied.
+        stream per call, applied message by message (a metric's values in messages of at
+        most :data:`VALUES_PER_MESSAGE`); a rejected message raises ``grpc.RpcError``
+        (INVALID_ARGUMENT) after the messages before it were applied.
         """
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValueError(f"count must be a positive integer, got {count!r}")
         if count > MAX_SUBMITTED_COUNT:
             raise ValueError(f"count must be at most {MAX_SUBMITTED_COUNT}, got {count}")
-        batches = []
+        columns: list[tuple[str, npt.NDArray[np.float64], int]] = []
         for name, value in metrics.items():
             values = np.asarray(value, dtype=np.float64)
-            if values.ndim == 0:
-                values = np.full(count, float(values))
-            elif count != 1:
+            if values.ndim != 0 and count != 1:
                 raise ValueError(
                     f"metrics[{name!r}]: count applies to single values, not to arrays"
                 )
-            batches.append(encode_ingest_request(name, values.reshape(-1), labels))
+            columns.append((name, values.reshape(-1), count if values.ndim == 0 else 1))
         ingest = self._node(region_id).stream_unary(
             "/nethical_grpc.v1.RegionNodeService/Ingest",
             request_serializer=None,
             response_deserializer=region_node_pb2.IngestResponse.FromString,
         )
-        response: region_node_pb2.IngestResponse = ingest(iter(batches), timeout=self.timeout)
+        response: region_node_pb2.IngestResponse = ingest(
+            iter(_messages(columns, labels)), timeout=self.timeout
+        )
         self._answers.clear()  # what this object asks next includes what it just sent
         return int(response.accepted_values)
 
@@ -255,6 +260,32 @@ class FederatedMetricsAggregator:
             self._answers = {k: v for k, v in self._answers.items() if now - v[0] < interval}
             self._answers[key] = (now, answer)
         return answer
+
+
+def _messages(
+    columns: Sequence[tuple[str, npt.NDArray[np.float64], int]],
+    labels: Mapping[str, str] | None,
+) -> list[bytes]:
+    """The Ingest messages of ``(metric, values, copies)`` columns, encoded before the call
+    starts (so a bad label fails here, not mid-stream): each at most
+    :data:`VALUES_PER_MESSAGE` values. A single value standing for ``copies`` observations
+    is one message of a whole chunk, encoded once and sent as often as it fits, and one of
+    the rest: ``copies`` never makes an array of its size."""
+    step = VALUES_PER_MESSAGE
+    out: list[bytes] = []
+    for name, values, copies in columns:
+        if copies == 1:
+            out += [
+                encode_ingest_request(name, values[at : at + step], labels)
+                for at in range(0, max(values.size, 1), step)
+            ]
+            continue
+        full, rest = divmod(copies, step)
+        if full:
+            out += [encode_ingest_request(name, np.full(step, values[0]), labels)] * full
+        if rest:
+            out.append(encode_ingest_request(name, np.full(rest, values[0]), labels))
+    return out
 
 
 def _start_ns(retention_period: float) -> int:
