@@ -94,7 +94,7 @@ def index_tables(path: Path) -> tuple[object, ...]:
             (n,) = conn.execute(
                 "SELECT count(*) FROM audit_fts WHERE audit_fts MATCH ?", (f"a{code}",)
             ).fetchone()
-            if n:  # an agent whose records were all dropped keeps its code
+            if n:  # an agent whose records were all dropped may keep its code a while
                 agents.append((agent, n))
         terms = conn.execute("SELECT term, df FROM audit_terms ORDER BY term").fetchall()
         repeats = sorted(conn.execute("SELECT term, tf FROM audit_term_counts").fetchall())

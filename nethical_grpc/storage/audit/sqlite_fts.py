@@ -9,7 +9,11 @@ Schema (``PRAGMA user_version = 1``)
   :data:`~nethical_grpc.storage.audit.model.DECISIONS`), ``risk_score``, ``doc_len``.
 * ``audit_seq_top``: the highest ``seq`` ever given (one row), so that a table emptied
   by the retention does not give its numbers again.
-* ``audit_agents`` / ``audit_regions``: id ↔ small integer code.
+* ``audit_agents`` / ``audit_regions``: id ↔ integer code.  A code is never given twice:
+  new codes go above the highest held, and the row of the highest is always kept.  Codes
+  no kept record uses are deleted now and then (:func:`_forget_codes`), so a store whose
+  records are bounded holds a bounded number of codes however many agents it has seen;
+  an agent seen again after that gets a new code.
 * ``audit_documents``: the texts and JSON violations, keyed by ``seq``.
 * ``audit_fts``: a contentless FTS5 table (rowid = ``seq``) over ``stated_intent``,
   ``action_text`` and ``tags``, tokenizer ``unicode61 remove_diacritics 2`` (splits on
@@ -129,6 +133,11 @@ _ID_CHUNK: Final = 500
 _RETENTION_CHUNK: Final = 10_000
 _INITIAL_CAPACITY: Final = 1024
 _US_PER_DAY: Final = 86_400_000_000
+#: Codes no kept record uses are deleted (:func:`_forget_codes`) once the records dropped
+#: since the last time reach the number kept, and at least this many: each time reads
+#: every kept record once, so it costs a constant per dropped record, and the codes held
+#: stay under the records kept plus the records dropped since (twice ``max_records``).
+_FORGET_AFTER_DROPS: Final = 64
 
 _RECORD_ROW: Final = "(?, ?, ?, ?, ?, ?, ?, ?)"
 _DOCUMENT_ROW: Final = "(?, ?, ?, ?, ?)"
@@ -358,10 +367,6 @@ class _View:
     agent: npt.NDArray[np.int32]
     region: npt.NDArray[np.int32]
     doc_len: npt.NDArray[np.int32]
-    agent_codes: dict[str, int]
-    region_codes: dict[str, int]
-    agent_names: list[str]
-    region_names: list[str]
 
 
 class _Mirror:
@@ -393,10 +398,6 @@ class _Mirror:
         self._agent = np.zeros(cap, np.int32)
         self._region = np.zeros(cap, np.int32)
         self._doc_len = np.zeros(cap, np.int32)
-        self._agent_codes: dict[str, int] = {}
-        self._region_codes: dict[str, int] = {}
-        self._agent_names: list[str] = [""]
-        self._region_names: list[str] = [""]
 
     _ARRAYS: Final = ("_ts", "_decision", "_risk", "_agent", "_region", "_doc_len")
 
@@ -442,19 +443,6 @@ class _Mirror:
             self._dead += drop
             self._base += drop
 
-    @staticmethod
-    def _sync_names(
-        conn: sqlite3.Connection, table: str, column: str, codes: dict[str, int], names: list[str]
-    ) -> None:
-        rows = conn.execute(
-            f"SELECT code, {column} FROM {table} WHERE code >= ? ORDER BY code", (len(names),)
-        ).fetchall()
-        for code, name in rows:
-            while len(names) < code:
-                names.append("")
-            names.append(name)
-            codes[name] = code
-
     def view(self, conn: sqlite3.Connection) -> _View:
         """The mirror as of ``conn``'s current read transaction."""
         first, top = _seq_range(conn)
@@ -468,12 +456,6 @@ class _Mirror:
             elif first > self._base + 1:
                 self._cut(first)
             if top > self._n:
-                self._sync_names(
-                    conn, "audit_agents", "agent_id", self._agent_codes, self._agent_names
-                )
-                self._sync_names(
-                    conn, "audit_regions", "region_id", self._region_codes, self._region_names
-                )
                 self._grow(top - self._base)
                 cur = conn.execute(
                     "SELECT seq, ts_us, decision, risk_score, agent_code, region_code, doc_len "
@@ -506,12 +488,6 @@ class _Mirror:
                 agent=self._agent[dead:],
                 region=self._region[dead:],
                 doc_len=self._doc_len[dead:],
-                # Shared, not copied: append-only, and a code newer than this snapshot
-                # matches none of its rows.
-                agent_codes=self._agent_codes,
-                region_codes=self._region_codes,
-                agent_names=self._agent_names,
-                region_names=self._region_names,
             )
 
 
@@ -545,7 +521,19 @@ def _fts_rowids(
 _TAG_SELECTIVITY: Final = 0.5
 
 
-def _filter_mask(view: _View, flt: AuditFilter) -> tuple[BoolArray | None, list[list[str]]]:
+def _code(conn: sqlite3.Connection, table: str, column: str, name: str) -> int:
+    """The code of an agent (``table`` audit_agents) or region in ``conn``'s snapshot, the
+    one its records there use; -1 when it has none (no record of it is kept).
+
+    Read from the table, not cached: codes no record uses are deleted (by this process's
+    writer or another's), and a name seen again gets a new code."""
+    row = conn.execute(f"SELECT code FROM {table} WHERE {column} = ?", (name,)).fetchone()
+    return -1 if row is None else int(row[0])
+
+
+def _filter_mask(
+    conn: sqlite3.Connection, view: _View, flt: AuditFilter
+) -> tuple[BoolArray | None, list[list[str]]]:
     """Which of the view's records pass ``flt``'s non-text conditions (index 0 is seq
     ``base + 1``; ``None`` when there are no such conditions), and the tag groups worth adding to a
     full-text query (selective conditions only: FTS5 then intersects doclists instead of
@@ -562,10 +550,10 @@ def _filter_mask(view: _View, flt: AuditFilter) -> tuple[BoolArray | None, list[
             tags.append(group)
 
     if flt.agent_id is not None:
-        code = view.agent_codes.get(flt.agent_id, -1)
+        code = _code(conn, "audit_agents", "agent_id", flt.agent_id)
         both(view.agent[1 : n + 1] == code, [f"a{code}"])
     if flt.region_id is not None:
-        code = view.region_codes.get(flt.region_id, -1)
+        code = _code(conn, "audit_regions", "region_id", flt.region_id)
         both(view.region[1 : n + 1] == code, [f"g{code}"])
     if flt.decision is not None:
         code = _DECISION_CODE[flt.decision]
@@ -591,7 +579,7 @@ def _candidates(conn: sqlite3.Connection, view: _View, flt: AuditFilter) -> IntA
     reads only the seq range the passing records span (tight for time windows, since
     records mostly arrive in time order) and intersects with the tags of selective
     conditions, and the mask makes the result exact."""
-    mask, tags = _filter_mask(view, flt)
+    mask, tags = _filter_mask(conn, view, flt)
     first = view.base + 1
     passing = None if mask is None else np.flatnonzero(mask).astype(np.int64) + first
     if not flt.terms:
@@ -781,14 +769,17 @@ def _position(cursor: PageCursor, query: SearchQuery) -> tuple[_Key, _Stats | No
     return (score, ts_us, action_id), stats
 
 
-def _fetch_records(
-    conn: sqlite3.Connection, view: _View, seqs: Sequence[int]
-) -> dict[int, AuditRecord]:
+def _fetch_records(conn: sqlite3.Connection, seqs: Sequence[int]) -> dict[int, AuditRecord]:
     marks = ",".join("?" * len(seqs))
+    # names from the snapshot's own code tables: a code's row lives as long as a record
+    # uses it
     rows = conn.execute(
-        "SELECT r.seq, r.action_id, r.ts_us, r.agent_code, r.region_code, r.decision, "
+        "SELECT r.seq, r.action_id, r.ts_us, coalesce(a.agent_id, ''), "
+        "coalesce(g.region_id, ''), r.decision, "
         "r.risk_score, d.stated_intent, d.action_text, d.action_type, d.violations "
         "FROM audit_records AS r JOIN audit_documents AS d ON d.seq = r.seq "
+        "LEFT JOIN audit_agents AS a ON a.code = r.agent_code "
+        "LEFT JOIN audit_regions AS g ON g.code = r.region_code "
         f"WHERE r.seq IN ({marks})",
         list(seqs),
     ).fetchall()
@@ -796,8 +787,8 @@ def _fetch_records(
     for seq, action_id, ts_us, agent, region, decision, risk, intent, text, kind, viol in rows:
         out[seq] = AuditRecord(
             action_id=action_id,
-            agent_id=view.agent_names[agent],
-            region_id=view.region_names[region],
+            agent_id=agent,
+            region_id=region,
             decision=DECISIONS[decision],
             risk_score=risk,
             timestamp=datetime_from_us(ts_us),
@@ -846,9 +837,9 @@ class SqliteFtsAuditStore(AuditStore):
         self._writer = writer
         self._readers = readers if readers is not None else writer
         self._mirror = _Mirror()
-        self._writer_codes: dict[tuple[str, str], int] = {}
         self._max_records = max_records  # checked by open
         self._dropped = 0
+        self._dropped_since_forget = 0  # by the bound or the retention (writer thread)
 
     @property
     def max_records(self) -> int | None:
@@ -947,27 +938,53 @@ class SqliteFtsAuditStore(AuditStore):
     async def _index(self, records: Sequence[AuditRecord]) -> int:
         return await self._writer.run(lambda conn: self._index_sync(conn, records))
 
+    @staticmethod
     def _codes(
-        self, conn: sqlite3.Connection, kind: str, names: set[str], new: dict[tuple[str, str], int]
+        conn: sqlite3.Connection, table: str, column: str, names: set[str]
     ) -> dict[str, int]:
-        """Code of each agent (``kind`` "a") or region ("r") name, adding missing ones."""
-        table, column = (
-            ("audit_agents", "agent_id") if kind == "a" else ("audit_regions", "region_id")
-        )
+        """Code of each agent (``table`` audit_agents) or region name, adding missing ones,
+        inside the caller's write transaction.
+
+        Read from the table, not cached: codes no kept record uses are deleted (here or by
+        another process sharing the file).  A new code is one above the highest held, and
+        the highest is never deleted: never a code given before."""
+        wanted = sorted(names)
         out: dict[str, int] = {}
-        for name in names:
-            code = self._writer_codes.get((kind, name))
-            if code is None:
-                conn.execute(f"INSERT OR IGNORE INTO {table} ({column}) VALUES (?)", (name,))
-                (code,) = conn.execute(
-                    f"SELECT code FROM {table} WHERE {column} = ?", (name,)
-                ).fetchone()
-                new[(kind, name)] = int(code)
-            out[name] = int(code)
+
+        def read(part: list[str]) -> None:
+            for i in range(0, len(part), _ID_CHUNK):
+                chunk = part[i : i + _ID_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                out.update(
+                    conn.execute(
+                        f"SELECT {column}, code FROM {table} WHERE {column} IN ({marks})", chunk
+                    ).fetchall()
+                )
+
+        read(wanted)
+        missing = [name for name in wanted if name not in out]
+        if missing:
+            insert = f"INSERT INTO {table} ({column}) VALUES {{rows}}"
+            execute_rows(conn, insert, "(?)", [(name,) for name in missing])
+            read(missing)
         return out
 
+    def _forget_if_due(self, conn: sqlite3.Connection, dropped: int) -> None:
+        """Count ``dropped`` records just dropped, and delete the codes no kept record
+        uses once as many were dropped since the last time as the store keeps (see
+        :data:`_FORGET_AFTER_DROPS`), inside the caller's write transaction."""
+        self._dropped_since_forget += dropped
+        first, top = _seq_range(conn)
+        kept = top - first + 1 if top else 0
+        if self._dropped_since_forget >= max(_FORGET_AFTER_DROPS, kept):
+            _forget_codes(conn)
+            self._dropped_since_forget = 0
+
+    def _forget_if_due_sync(self, conn: sqlite3.Connection, dropped: int) -> None:
+        with write_transaction(conn):
+            self._forget_if_due(conn, dropped)
+
     def _index_sync(self, conn: sqlite3.Connection, records: Sequence[AuditRecord]) -> int:
-        new_codes: dict[tuple[str, str], int] = {}
         with write_transaction(conn):
             existing: set[str] = set()
             ids = [r.action_id for r in records]
@@ -980,8 +997,10 @@ class SqliteFtsAuditStore(AuditStore):
                 existing.update(aid for (aid,) in rows)
             fresh = [r for r in records if r.action_id not in existing]
             if fresh:
-                agents = self._codes(conn, "a", {r.agent_id for r in fresh}, new_codes)
-                regions = self._codes(conn, "r", {r.region_id for r in fresh}, new_codes)
+                agents = self._codes(conn, "audit_agents", "agent_id", {r.agent_id for r in fresh})
+                regions = self._codes(
+                    conn, "audit_regions", "region_id", {r.region_id for r in fresh}
+                )
                 top = _last_seq_given(conn)  # never a seq given before: records append
                 conn.execute(
                     "INSERT INTO audit_seq_top VALUES (1, ?) "
@@ -1037,7 +1056,8 @@ class SqliteFtsAuditStore(AuditStore):
             dropped = 0
             if fresh and self._max_records is not None:
                 dropped = _drop_oldest(conn, self._max_records)
-        self._writer_codes.update(new_codes)
+                if dropped:
+                    self._forget_if_due(conn, dropped)
         if dropped:
             if not self._dropped:
                 log.info(
@@ -1079,6 +1099,10 @@ class SqliteFtsAuditStore(AuditStore):
             deleted += chunk
             if chunk < most:
                 break
+        if deleted:
+            self._check_open()
+            forget = functools.partial(self._forget_if_due_sync, dropped=deleted)
+            await self._writer.run(forget)
         return deleted
 
     # ------------------------------------------------------------------ reads
@@ -1119,7 +1143,7 @@ class SqliteFtsAuditStore(AuditStore):
         keys = _page_keys(conn, cand, score, ts, position, query.page_size + 1)
         more = len(keys) > query.page_size
         keys = keys[: query.page_size]
-        records = _fetch_records(conn, view, [seq for seq, _ in keys]) if keys else {}
+        records = _fetch_records(conn, [seq for seq, _ in keys]) if keys else {}
         hits = [AuditHit(record=records[seq], score=key[0]) for seq, key in keys]
         return hits, total, keys[-1][1] if more else None, stats
 
@@ -1132,7 +1156,14 @@ class SqliteFtsAuditStore(AuditStore):
         view = self._mirror.view(conn)
         at = _candidates(conn, view, flt) - view.base
         decisions = np.bincount(view.decision[at], minlength=len(DECISIONS))
-        agents = np.count_nonzero(np.bincount(view.agent[at])) if at.size else 0
+        codes = view.agent[at]
+        agents = 0
+        if at.size:
+            # codes are never given twice, so they grow past the records kept: bincount
+            # only while its array stays within a few times the records
+            top = int(codes.max())
+            small = top <= 4 * at.size + 4096
+            agents = int(np.count_nonzero(np.bincount(codes)) if small else np.unique(codes).size)
         return AuditStatistics(
             total_actions=int(at.size),
             unique_agents=int(agents),
@@ -1168,7 +1199,8 @@ def _drop_oldest(conn: sqlite3.Connection, keep: int) -> int:
     Seqs are contiguous, so the records are one range at the front.  The full-text index
     is contentless: each record leaves it by an FTS5 ``'delete'`` given the values it was
     indexed with (its texts, and tags remade from its row), and its terms' document
-    frequencies go down by one.  Agent and region codes stay (a few bytes per name)."""
+    frequencies go down by one.  Agent and region codes stay until :func:`_forget_codes`
+    (the caller's, amortised over many drops)."""
     first, top = _seq_range(conn)
     if not top or top - first + 1 <= keep:
         return 0
@@ -1216,6 +1248,24 @@ def _drop_range(conn: sqlite3.Connection, first: int, last: int) -> int:
     conn.execute("DELETE FROM audit_documents WHERE seq BETWEEN ? AND ?", (first, last))
     conn.execute("DELETE FROM audit_records WHERE seq BETWEEN ? AND ?", (first, last))
     return len(rows)
+
+
+def _forget_codes(conn: sqlite3.Connection) -> int:
+    """Delete the agent and region codes no kept record uses, but the highest of each
+    table, inside the caller's write transaction; the number deleted.
+
+    SQLite gives a new row the code one above the highest held: with that one kept, a
+    code is never given twice, so a code that a reader (another connection, thread or
+    process) or a page token saw never comes to mean another name.  Each table costs one
+    pass over ``audit_records`` (its codes, into a temporary index) and one over itself."""
+    deleted = 0
+    for table, column in (("audit_agents", "agent_code"), ("audit_regions", "region_code")):
+        cur = conn.execute(
+            f"DELETE FROM {table} WHERE code < (SELECT max(code) FROM {table}) "
+            f"AND code NOT IN (SELECT {column} FROM audit_records)"
+        )
+        deleted += cur.rowcount
+    return deleted
 
 
 @functools.lru_cache(maxsize=4096)
