@@ -23,6 +23,7 @@ uses :mod:`nethical_grpc.client`.
 from __future__ import annotations
 
 import math
+import numbers
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -132,7 +133,10 @@ class FederatedMetricsAggregator:
         most :data:`VALUES_PER_MESSAGE`); a rejected message raises ``grpc.RpcError``
         (INVALID_ARGUMENT) after the messages before it were applied.
         """
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        if isinstance(count, bool | np.bool_) or not isinstance(count, numbers.Integral):
+            raise ValueError(f"count must be a positive integer, got {count!r}")
+        count = int(count)  # a NumPy integer too
+        if count < 1:
             raise ValueError(f"count must be a positive integer, got {count!r}")
         if count > MAX_SUBMITTED_COUNT:
             raise ValueError(f"count must be at most {MAX_SUBMITTED_COUNT}, got {count}")

@@ -47,6 +47,8 @@ _DEADLINE_SLACK_S = 0.005
 #: The most times an ejection interval doubles: past it, any sane base reached the max
 #: long ago, and 2.0 ** ejections would overflow (OverflowError) after 1024 ejections
 _MAX_EJECTION_DOUBLINGS = 64
+#: Schemes of URLs that are no gRPC target (an endpoint written as for an HTTP client)
+_URL_SCHEMES: Final = frozenset({"http", "https", "grpc", "grpcs"})
 #: The most instances a NoAvailableInstanceError names (the rest are counted)
 _MAX_NAMED_INSTANCES = 8
 #: How long the channel of a removed (or moved) instance stays open for the calls already
@@ -237,7 +239,16 @@ class LoadBalancer:
     def add_instance(
         self, instance_id: str, region_id: str, endpoint: str, weight: int = 1
     ) -> Instance:
-        """Add an instance; the same id again updates it in place (no duplicate)."""
+        """Add an instance; the same id again updates it in place (no duplicate).
+
+        ``endpoint`` is a gRPC target (``HOST:PORT``, ``[IPV6]:PORT``, ``dns:///NAME:PORT``,
+        ``unix:PATH``): a URL such as ``http://HOST:PORT`` is refused (ValueError), as
+        gRPC would only fail its calls later."""
+        scheme, sep, _ = endpoint.partition("://")
+        if sep and scheme.lower() in _URL_SCHEMES:
+            raise ValueError(
+                f"endpoint {endpoint!r} is a URL; a gRPC target is HOST:PORT (or dns:///NAME:PORT)"
+            )
         if weight < 1:
             raise ValueError("weight must be >= 1")
         if weight > MAX_WEIGHT:

@@ -118,6 +118,30 @@ def test_a_count_or_array_larger_than_one_message_is_taken(rig: Rig) -> None:
         assert agg.aggregate_metrics(["throughput"], "count") == {"throughput": odd}
 
 
+def test_a_numpy_integer_count_is_a_count(rig: Rig) -> None:
+    """A count computed with NumPy (``np.int64``) is taken as the int it is; a bool or a
+    float is not a count."""
+    with rig.aggregator(regions=["us-east-1"], aggregation_interval=0) as agg:
+        assert agg.submit_regional_metrics("us-east-1", {"qps": 2.0}, count=np.int64(1000)) == 1000
+        assert agg.aggregate_metrics(["qps"], "count") == {"qps": 1000}
+        for bad in (True, np.bool_(True), 2.0, np.float64(3)):
+            with pytest.raises(ValueError, match="count must be a positive integer"):
+                agg.submit_regional_metrics("us-east-1", {"qps": 2.0}, count=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="count must be a positive integer"):
+            agg.submit_regional_metrics("us-east-1", {"qps": 2.0}, count=np.int64(0))
+
+
+def test_an_endpoint_written_as_a_url_is_refused_at_once() -> None:
+    """The guide's ``http://host:8000`` is no gRPC target: refused when added, naming
+    what a target looks like, instead of every call failing later."""
+    lb = LoadBalancer()
+    for url in ("http://10.0.0.1:8000", "HTTPS://h:443", "grpc://h:50051"):
+        with pytest.raises(ValueError, match="is a URL; a gRPC target is HOST:PORT"):
+            lb.add_instance("a", "r1", url)
+    assert lb.instances() == []
+    assert lb.add_instance("b", "r1", "dns:///nodes.example:50051").endpoint.startswith("dns:")
+
+
 def test_the_guides_load_balancer_example(rig: Rig) -> None:
     """The guide's balancer (no ``health_check_interval``: health comes from Watch
     streams), its weighted instances and its request, on real region nodes; the
