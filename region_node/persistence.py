@@ -827,8 +827,13 @@ class Persister:
         self._windows_gap(reading)  # seen when the node serves meanwhile
         now = time.time_ns()
         ident = self.node.identity
+        # answering for the region, the windows this log's batches went into under another
+        # instance id (a restart under a new one) are in the answers as a peer's: the
+        # segments their mark names must not be replayed into this instance's as well
         marks = await self.stores.timeseries.load_window_summaries(
-            ident.region_id, since_ns=_WAL_MARK_START_NS, instance_id=ident.instance_id
+            ident.region_id,
+            since_ns=_WAL_MARK_START_NS,
+            instance_id=None if self.answers_for_region else ident.instance_id,
         )
         for r in marks:
             if r.metric == WAL_MARK_METRIC and r.labels.get("wal") == self.wal_id:
@@ -905,6 +910,14 @@ class Persister:
         self.node.peers_read_ns = now
         self.node.clear_gap(GAP_PEERS_NOT_LOADED)
         self.node.clear_gap(GAP_PEERS_STALE)
+
+    def _peers_pending(self) -> None:
+        """From the start, answers name the other instances' windows as missing until they
+        are read (after this instance's own restore, which may take long or fail)."""
+        if self.answers_for_region and self.node.peers is None:
+            self._peers_gap(
+                GAP_PEERS_NOT_LOADED, None, "are read once this instance's own are back"
+            )
 
     def _peers_gap(self, reason: str, since: int | None, state: str) -> None:
         self.node.set_gap(
@@ -1112,6 +1125,7 @@ class Persister:
         the loop. A store that fails now is retried by the loop: evaluations' records are
         written meanwhile, windows (and the log's held batches, see :meth:`restore`) once
         the restore succeeded."""
+        self._peers_pending()
         try:
             await self.restore()
             self.restored = True
@@ -1124,6 +1138,7 @@ class Persister:
     def start_soon(self) -> None:
         """:meth:`start` in the background (``--serve-while-restoring``): the node serves
         meanwhile, its answers naming what is not back yet (the gaps)."""
+        self._peers_pending()
 
         async def starting() -> None:
             try:

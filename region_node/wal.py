@@ -491,6 +491,10 @@ class WriteAheadLog:
     def checkpoint(self, upto: int, batch_ids: Iterable[str] | None = None) -> int:
         """Segments ``<= upto`` are in the store: record it durably, then delete them."""
         ids = list(batch_ids if batch_ids is not None else self.batch_ids.recent())
+        # every id it names must be in the log first: one taken since the last sync is in
+        # a record still in memory, which a kill would lose while the checkpoint kept its id
+        # (the batch's retry would then be taken for a duplicate, and the batch lost)
+        self.sync()
         write_durably(
             self.directory / "checkpoint", json.dumps({"segment": upto, "batch_ids": ids})
         )
