@@ -29,6 +29,9 @@ from nethical_grpc.balancing.instance import (
     Instance,
 )
 from nethical_grpc.balancing.retry import (
+    BALANCER_CLOSED,
+    BalancerClosedError,
+    InstanceRemovedError,
     NoAvailableInstanceError,
     RetryPolicy,
     RetryState,
@@ -226,6 +229,8 @@ class LoadBalancer:
         # the replaced channels of each instance that wait for their own calls, oldest
         # first; each is let go once its calls and those of every older one have ended
         self._draining: dict[Instance, list[ChannelCalls]] = {}
+        # set by close(): no pick, no new channel, no watch started again
+        self._closed = False
         self._calls = 0
         self._call_failures = 0
         self._retries = 0
@@ -267,6 +272,8 @@ class LoadBalancer:
                     channel_factory=self.channel_factory,
                     max_message_bytes=self.max_message_bytes,
                 )
+                if self._closed:  # kept for the statistics; it makes no channel
+                    inst.removed = inst.balancer_closed = True
                 self._instances[instance_id] = inst
                 moved_from = None
             else:
@@ -391,6 +398,8 @@ class LoadBalancer:
         """
         stay = stay_in_region and region_id is not None
         with self._lock:
+            if self._closed:
+                return None
             if self._ejected and self._next_return <= self._clock():
                 self._return_ejected()
             if exclude:
@@ -418,8 +427,11 @@ class LoadBalancer:
     def is_available(self, inst: Instance) -> bool:
         """Whether ``inst`` is usable now (healthy, not ejected): for callers that choose
         among instances themselves and report with :meth:`begin` and ``record_*``. An
-        ejection whose time is up ends here, as on a pick."""
+        ejection whose time is up ends here, as on a pick. False once the balancer
+        is closed."""
         with self._lock:
+            if self._closed:
+                return False
             if self._ejected and self._next_return <= self._clock():
                 self._return_ejected()
             return inst.available
@@ -625,6 +637,7 @@ class LoadBalancer:
             if (
                 inst.consecutive_failures >= self.ejection_threshold
                 and not inst.ejected
+                and not self._closed
                 and self._instances.get(inst.instance_id) is inst
             ):
                 self._eject(inst)
@@ -639,6 +652,9 @@ class LoadBalancer:
         self, region_id: str | None, state: RetryState, stay_in_region: bool = False
     ) -> Instance:
         stay = stay_in_region
+        if self._closed:
+            self._count_failed_call()
+            raise BalancerClosedError(state.tried) from state.last_error
         inst = None
         if state.tried:
             inst = self.get_instance(region_id, state.tried, stay_in_region=stay)
@@ -646,6 +662,8 @@ class LoadBalancer:
             inst = self.get_instance(region_id, stay_in_region=stay)
         if inst is None:
             self._count_failed_call()
+            if self._closed:  # closed since the check above
+                raise BalancerClosedError(state.tried) from state.last_error
             raise NoAvailableInstanceError(
                 self._no_instance_message(region_id, stay, state), state.tried
             ) from state.last_error
@@ -717,6 +735,8 @@ class LoadBalancer:
                 if delay is None:
                     self._count_failed_call()
                     raise
+                if self._closed:  # no retry: the next pick would be refused anyway
+                    raise self._closed_error(state, inst, err) from err
                 self._count_retry(state, inst, err)
                 time.sleep(delay)
                 continue
@@ -767,6 +787,8 @@ class LoadBalancer:
                 if delay is None:
                     self._count_failed_call()
                     raise
+                if self._closed:  # no retry: the next pick would be refused anyway
+                    raise self._closed_error(state, inst, err) from err
                 self._count_retry(state, inst, err)
                 await asyncio.sleep(delay)
                 continue
@@ -777,6 +799,17 @@ class LoadBalancer:
                 reset_attempt_deadline(token)
             self.record_success(inst, time.perf_counter() - started, calls=calls)
             return result
+
+    def _closed_error(
+        self, state: RetryState, inst: Instance, error: BaseException
+    ) -> BalancerClosedError:
+        """The error of a call whose retry the balancer's close refused (counted as
+        failed): ``error``, the attempt's own failure, is named in ``tried`` unless it
+        is the closed instance's own refusal."""
+        if not (isinstance(error, InstanceRemovedError) and error.balancer_closed):
+            state.failed_on(inst.instance_id, inst.endpoint, error)
+        self._count_failed_call()
+        return BalancerClosedError(state.tried)
 
     def _count_failed_call(self) -> None:
         with self._lock:
@@ -815,24 +848,50 @@ class LoadBalancer:
     def health_watcher(self) -> HealthWatcher | None:
         return self._watcher
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (calls are refused from then on)."""
+        return self._closed
+
     async def start(self) -> None:
+        """Start health watching (with a watcher attached); RuntimeError once closed."""
+        if self._closed:
+            raise RuntimeError(f"{BALANCER_CLOSED}: it is not started again")
         if self._watcher is not None:
             self._watcher.start()
 
     async def close(self) -> None:
-        """Stop health watching and close every instance's channel."""
+        """Stop health watching and close every instance's channel. Idempotent: a second
+        close waits for the channels that the first still closes.
+
+        From its start every instance is marked ``removed`` and ``balancer_closed``: it
+        makes no new channel (its :attr:`~Instance.channel` raises
+        :class:`InstanceRemovedError`, UNAVAILABLE, saying the balancer is closed), no
+        pick returns it, and calls through the balancer fail fast with
+        :class:`BalancerClosedError` (a :class:`NoAvailableInstanceError`, UNAVAILABLE),
+        not retried, rather than open channels that nothing would close. Calls still
+        on a channel end when it closes, as gRPC ends them (an async call with a bare
+        CancelledError: it was sent, so it is not reported as refused). The instances
+        stay listed, with their statistics.
+        """
+        with self._lock:
+            self._closed = True
+            for inst in self._instances.values():
+                inst.removed = inst.balancer_closed = True
         if self._watcher is not None:
             await self._watcher.close()
-        for inst in self.instances():
-            channel = inst.take_channel()
-            if channel is not None:
-                await channel.close(None)
-        with self._lock:  # replaced channels: their calls end now
+        with self._lock:
+            taken = [inst.take_channel() for inst in self._instances.values()]
+            # replaced channels: their calls end now
             draining = [c.drain for waiting in self._draining.values() for c in waiting]
             self._draining.clear()
         for drain in draining:
             if drain is not None:
                 drain[1].set()
+        loop = asyncio.get_running_loop()
+        for channel in taken:
+            if channel is not None:  # closed concurrently, so that a second close waits
+                self._track_closing(loop.create_task(channel.close(None)))
         while self._closing:
             await asyncio.gather(*list(self._closing), return_exceptions=True)
 
@@ -854,10 +913,16 @@ class LoadBalancer:
             return  # no loop: nothing to schedule on; the channel is dropped
         drained = asyncio.Event()
         with self._lock:
-            calls.drain = (loop, drained)
-            self._draining.setdefault(inst, []).append(calls)
-            self._let_go(inst)
-        task = loop.create_task(_close_when_drained(channel, drained))
+            if self._closed:  # the balancer's close ends every call now
+                drained.set()
+            else:
+                calls.drain = (loop, drained)
+                self._draining.setdefault(inst, []).append(calls)
+                self._let_go(inst)
+        self._track_closing(loop.create_task(_close_when_drained(channel, drained)))
+
+    def _track_closing(self, task: asyncio.Task[None]) -> None:
+        """A channel closing: :meth:`close` waits for it."""
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 

@@ -80,6 +80,8 @@ class Instance:
     calls: ChannelCalls = field(default_factory=ChannelCalls, repr=False)
     #: removed from its balancer: it makes no new channel (nothing would close it)
     removed: bool = field(default=False, repr=False)
+    #: its balancer was closed: it makes no new channel either (set with ``removed``)
+    balancer_closed: bool = field(default=False, repr=False)
 
     @property
     def ejected(self) -> bool:
@@ -98,8 +100,8 @@ class Instance:
     def channel(self) -> grpc.aio.Channel:
         """This instance's grpc.aio channel, created on first use (inside an event loop).
 
-        :class:`InstanceRemovedError` (UNAVAILABLE) once the instance was removed and its
-        channel taken for closing."""
+        :class:`InstanceRemovedError` (UNAVAILABLE) once the instance was removed, or its
+        balancer closed (``balancer_closed``), and its channel taken for closing."""
         if self._channel is None:
             if self.removed:
                 name = (
@@ -107,7 +109,7 @@ class Instance:
                     if self.instance_id == self.endpoint
                     else f"{self.instance_id} ({self.endpoint})"
                 )
-                raise InstanceRemovedError(name)
+                raise InstanceRemovedError(name, balancer_closed=self.balancer_closed)
             if self.channel_factory is not None:
                 self._channel = self.channel_factory(self.endpoint)
             else:

@@ -57,11 +57,19 @@ class InstanceRemovedError(grpc.aio.AioRpcError, NotSentError):
     """A call asked a removed instance for its channel: UNAVAILABLE, never sent.
 
     A removed instance makes no new channel (nothing would close it); a call that picked
-    it just before it left is retried elsewhere, like one that found no connection.
+    it just before it left is retried elsewhere, like one that found no connection. An
+    instance of a closed balancer refuses the same way (``balancer_closed``; the details
+    say the balancer is closed), and the balancer's own retry then ends with
+    :class:`BalancerClosedError`.
     """
 
-    def __init__(self, name: str) -> None:
-        details = f"instance {name} was removed from the balancer"
+    def __init__(self, name: str, *, balancer_closed: bool = False) -> None:
+        details = (
+            f"instance {name}: the balancer is closed"
+            if balancer_closed
+            else f"instance {name} was removed from the balancer"
+        )
+        self.balancer_closed = balancer_closed
         grpc.aio.AioRpcError.__init__(
             self,
             grpc.StatusCode.UNAVAILABLE,
@@ -90,6 +98,26 @@ class NoAvailableInstanceError(RuntimeError):
 
     def details(self) -> str:
         return str(self)
+
+
+#: The details of a call refused by a closed balancer
+BALANCER_CLOSED = "the balancer is closed"
+
+
+class BalancerClosedError(NoAvailableInstanceError):
+    """A call through a balancer that was closed: UNAVAILABLE, never sent, not retried.
+
+    A closed balancer picks no instance and makes no channel; its callers see it as they
+    see a call with no instance to go to (a :class:`NoAvailableInstanceError`), with
+    details saying the balancer is closed (and, for a call retried before the close, the
+    instances it was sent to, as ``tried``).
+    """
+
+    def __init__(self, tried: Mapping[str, str] | None = None) -> None:
+        message = BALANCER_CLOSED
+        if tried:
+            message += "; tried " + "; ".join(f"{i} ({why})" for i, why in tried.items())
+        super().__init__(message, tried)
 
 
 #: The most characters of one failure kept for a NoAvailableInstanceError's message
