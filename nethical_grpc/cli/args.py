@@ -188,6 +188,26 @@ def parse_port(text: str) -> int:
     return port
 
 
+#: Where a server's ``--metrics-port`` default comes from.
+METRICS_PORT_ENV = "NETHICAL_METRICS_PORT"
+#: What ``--metrics-port`` (or :data:`METRICS_PORT_ENV`) takes for "no metrics".
+METRICS_OFF = "off"
+
+
+def parse_metrics_port(text: str) -> int | None:
+    """A port for Prometheus metrics, 0 to 65535 (0: any free port), or ``off`` → None:
+    no metrics (to turn off, for one command, a port the environment sets)."""
+    if text.strip().lower() == METRICS_OFF:
+        return None
+    try:
+        int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a port number (0 to 65535) or {METRICS_OFF!r}: {text!r}"
+        ) from None
+    return parse_port(text)
+
+
 def parse_target(text: str) -> str:
     """A gRPC target, as given: ``HOST:PORT``, ``[IPV6]:PORT``, ``dns:///NAME:PORT``,
     ``unix:PATH`` ...; a port it names must be 1 to 65535 (gRPC wraps a larger one

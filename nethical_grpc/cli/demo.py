@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import contextlib
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -20,6 +21,7 @@ import grpc
 import numpy as np
 
 from nethical_grpc import client
+from nethical_grpc.cli.args import METRICS_OFF, METRICS_PORT_ENV, parse_metrics_port
 from nethical_grpc.cli.client_commands import stop_on_signals
 from nethical_grpc.cli.processes import START_TIMEOUT_S, Child, spawn
 from nethical_grpc.cli.table import fmt_number, render
@@ -180,6 +182,21 @@ def _coverage(c: coordinator_pb2.Coverage) -> str:
     return text
 
 
+def children_env() -> dict[str, str]:
+    """What the demo changes in its children's environment: a metrics port
+    :data:`METRICS_PORT_ENV` sets, which every child would try to listen on (all but
+    one failing), turned off. A value that is no port is left, for the children to
+    refuse as any server does."""
+    value = os.environ.get(METRICS_PORT_ENV)
+    if not value:
+        return {}
+    try:
+        parse_metrics_port(value)
+    except argparse.ArgumentTypeError:
+        return {}
+    return {METRICS_PORT_ENV: METRICS_OFF}
+
+
 class DemoFailed(Exception):
     """What ends the demo early, in a line: a child that did not start, a coordinator
     that did not answer."""
@@ -293,12 +310,14 @@ async def _demo(
     stop = stop_on_signals()
     tty = sys.stdout.isatty()
     names = region_names(args.regions)
+    env = children_env()
     for name in names:
-        children.append(spawn(name, ["region", "--region-id", name, "--port", "0"], workdir))
+        region = ["region", "--region-id", name, "--port", "0"]
+        children.append(spawn(name, region, workdir, env))
     # the first start on a machine compiles the JIT kernels (seconds; cached after)
     ports = [await _port_unless_stopped(c, stop) for c in children]
     specs = [f"--region={n}=127.0.0.1:{p}" for n, p in zip(names, ports, strict=True)]
-    coord = spawn("coordinator", ["coordinator", "--port", "0", *specs], workdir)
+    coord = spawn("coordinator", ["coordinator", "--port", "0", *specs], workdir, env)
     children.append(coord)
     coord_port = await _port_unless_stopped(coord, stop)
     print(

@@ -21,12 +21,15 @@ from nethical_grpc.cli.args import (
     AGGREGATION_CHOICES,
     DECISION_CHOICES,
     FAIL_AT_CHOICES,
+    METRICS_OFF,
+    METRICS_PORT_ENV,
     QUERY_LIMIT_MAX,
     When,
     bounded_int,
     parse_duration_ns,
     parse_duration_or_zero_ns,
     parse_log_level,
+    parse_metrics_port,
     parse_pair,
     parse_port,
     parse_positive_int,
@@ -162,10 +165,12 @@ def _server_args(p: argparse.ArgumentParser, default_port: int) -> None:
     )
     p.add_argument(
         "--metrics-port",
-        type=parse_port,
-        # a string default goes through parse_port too: a bad value is a usage error
-        default=os.environ.get("NETHICAL_METRICS_PORT") or None,
-        help="serve Prometheus metrics on this port (env NETHICAL_METRICS_PORT; off by default)",
+        type=parse_metrics_port,
+        # a string default goes through parse_metrics_port too: a bad value is a usage error
+        default=os.environ.get(METRICS_PORT_ENV) or None,
+        metavar="PORT|off",
+        help=f"serve Prometheus metrics on this port; 0 picks a free one; {METRICS_OFF}: "
+        f"none, whatever {METRICS_PORT_ENV} says (env {METRICS_PORT_ENV}; off by default)",
     )
     p.add_argument(
         "--otlp-endpoint",
@@ -731,7 +736,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_client_arguments(health)
     _common(health)
 
-    demo = sub.add_parser("demo", help="an all-in-one mesh on loopback with live metrics")
+    demo = sub.add_parser(
+        "demo",
+        help="an all-in-one mesh on loopback with live metrics",
+        description="An all-in-one mesh on loopback: region nodes and a coordinator, each "
+        "a process of its own, traffic streamed into every region, and a live table of "
+        "global metrics. Its servers serve no Prometheus metrics: a port "
+        f"{METRICS_PORT_ENV} sets is not passed on to them (one port cannot serve "
+        "several processes); a value of it that is no port is still refused.",
+    )
     demo.add_argument(
         "--regions", type=int, default=3, help="region node processes, at most 16 (3)"
     )
