@@ -63,7 +63,8 @@ class DataGap:
     """Data a node keeps but cannot put in its answers for now (see ``DataGap`` in
     region_node.proto): their summaries of ``[start_ns, end_ns)`` may undercount."""
 
-    #: in capitals: STORED_WINDOWS_NOT_LOADED, STORE_FALLBACK, PEERS_NOT_LOADED, PEERS_STALE
+    #: in capitals: STORED_WINDOWS_NOT_LOADED, STORE_FALLBACK, PEERS_NOT_LOADED, PEERS_STALE,
+    #: PEERS_WINDOW_MISMATCH
     reason: str
     #: None: from the start of the node's retention
     start_ns: int | None

@@ -10,7 +10,9 @@
   (PostgreSQL), it also loads the other instances' flushed windows and merges them into
   its answers: all of them at the start, then on every flush those flushed since (by the
   store's change numbers). Their data is then at most one flush interval stale (plus the
-  other instance's own flush delay).
+  other instance's own flush delay). Windows an instance flushed with another width (its
+  own ``--window``) cannot be merged: they are left out, and the answers name them (a
+  PEERS_WINDOW_MISMATCH gap) while any is within the retention.
 * **Evaluations**: each one becomes a ``risk_score`` row for its agent in the time-series
   store and a record in the audit store, written in batches a fraction of a second later
   (off the request path); agents' profiles are written to a shared (Redis) cache every
@@ -230,6 +232,10 @@ GAP_WINDOWS_NOT_LOADED: Final = "STORED_WINDOWS_NOT_LOADED"
 GAP_STORE_FALLBACK: Final = "STORE_FALLBACK"
 GAP_PEERS_NOT_LOADED: Final = "PEERS_NOT_LOADED"
 GAP_PEERS_STALE: Final = "PEERS_STALE"
+#: Region scope: windows other instances flushed with another width (their ``--window``)
+#: are left out of the answers (not re-bucketed); the gap names those instances and their
+#: widths, over the time their windows span, until none of them is within the retention.
+GAP_PEERS_WINDOW_MISMATCH: Final = "PEERS_WINDOW_MISMATCH"
 
 
 class Persister:
@@ -280,6 +286,11 @@ class Persister:
         self._restored_until_ns: int | None = None
         # the store's last change the peers' windows hold (region scope; None: not loaded)
         self._peers_seen: int | None = None
+        # region scope: the windows of other instances left out for their width, by
+        # instance, then width: (oldest start, newest start) of those seen
+        self._mismatched: dict[str, dict[int, tuple[int, int]]] = {}
+        # those instances whose mismatch was logged (again once it cleared and came back)
+        self._mismatch_logged: set[str] = set()
         # this instance's flushed windows are back in the node: until then no window is
         # flushed (a flush would replace the stored windows with what came since the start)
         self.restored = not self.durable_store
@@ -843,7 +854,9 @@ class Persister:
         restored = 0
         start = max(self._since_ns(now), self._restored_until_ns or 0)
         progress = _Progress("restoring stored windows", start, now)
+        width = self.node.store.config.window_ns
         async for rows, until in self._stored_windows(now, ident.instance_id, start):
+            rows = [r for r in rows if r.window_ns == width]
             restored += self._install(self.node.store, rows, now)
             self._restored_until_ns = until
             progress.add(len(rows), until)
@@ -884,7 +897,9 @@ class Persister:
 
         Until they were loaded once, the node's answers name the gap (PEERS_NOT_LOADED);
         while refreshes fail after that, what the peers may have flushed since the last
-        one that succeeded (PEERS_STALE)."""
+        one that succeeded (PEERS_STALE). Windows an instance flushed with another width
+        (``--window``) are left out, and named (PEERS_WINDOW_MISMATCH) while any of them
+        is within the retention."""
         now = self.node.clock()
         if self.node.peers is None:
             self._peers_gap(GAP_PEERS_NOT_LOADED, None, "are being read from the shared store")
@@ -910,6 +925,7 @@ class Persister:
         self.node.peers_read_ns = now
         self.node.clear_gap(GAP_PEERS_NOT_LOADED)
         self.node.clear_gap(GAP_PEERS_STALE)
+        self._mismatch_gap(now)
 
     def _peers_pending(self) -> None:
         """From the start, answers name the other instances' windows as missing until they
@@ -947,6 +963,7 @@ class Persister:
                 rows = await self.stores.timeseries.load_window_summaries(
                     region, changed_after=seen
                 )
+                self._mismatched = self._note_mismatched(rows, self._mismatched)
                 whole = await self._every_copy(self._peer_rows(rows))
                 windows = _merged(self._decode(whole, now))
                 if not peers.replace_many(windows):
@@ -969,10 +986,13 @@ class Persister:
         fresh.roll_up()
         start = self._since_ns(now)
         progress = _Progress("loading the other instances' windows", start, now)
+        mismatched: dict[str, dict[int, tuple[int, int]]] = {}
         async for rows, until in self._stored_windows(now, None, start):
+            mismatched = self._note_mismatched(rows, mismatched)
             progress.add(self._install(fresh, self._peer_rows(rows), now), until)
         self.node.peers = fresh
         self._peers_seen = seen
+        self._mismatched = mismatched
 
     async def _every_copy(self, changed: list[WindowSummaryRow]) -> list[WindowSummaryRow]:
         """Every other instance's stored copy of the windows of ``changed``: a window held
@@ -997,13 +1017,82 @@ class Persister:
         own, width = self.node.identity.instance_id, self.node.store.config.window_ns
         return [r for r in rows if r.instance_id != own and r.window_ns == width]
 
+    def _note_mismatched(
+        self,
+        rows: Sequence[WindowSummaryRow],
+        into: dict[str, dict[int, tuple[int, int]]],
+    ) -> dict[str, dict[int, tuple[int, int]]]:
+        """``into`` with the other instances' windows of ``rows`` that :meth:`_peer_rows`
+        leaves out for their width (another ``--window``); each instance new to the
+        mismatched ones is logged (once, while it stays one)."""
+        own, width = self.node.identity.instance_id, self.node.store.config.window_ns
+        for r in rows:
+            if (
+                r.window_ns == width
+                or r.instance_id == own
+                or r.metric == WAL_MARK_METRIC
+                or r.window_start_ns >= _WAL_MARK_START_NS
+            ):
+                continue
+            widths = into.setdefault(r.instance_id, {})
+            oldest, newest = widths.get(r.window_ns, (r.window_start_ns, r.window_start_ns))
+            widths[r.window_ns] = (
+                min(oldest, r.window_start_ns),
+                max(newest, r.window_start_ns),
+            )
+            if r.instance_id not in self._mismatch_logged:
+                self._mismatch_logged.add(r.instance_id)
+                log.warning(
+                    "instance %s of the region flushed windows of %s, this instance uses "
+                    "%s (--window): its windows are left out of this instance's answers "
+                    "for the region (a gap they name, %s)",
+                    r.instance_id,
+                    _seconds(r.window_ns),
+                    _seconds(width),
+                    GAP_PEERS_WINDOW_MISMATCH,
+                )
+        return into
+
+    def _mismatch_gap(self, now: int) -> None:
+        """Answers name the other instances' windows left out for their width, from the
+        oldest one's start to the newest one's end, until all are past the retention."""
+        since = self._since_ns(now)
+        width = self.node.store.config.window_ns
+        kept: dict[str, dict[int, tuple[int, int]]] = {}
+        for instance, widths in self._mismatched.items():
+            live = {w: span for w, span in widths.items() if span[1] >= since}
+            if live:
+                kept[instance] = live
+        self._mismatched = kept
+        self._mismatch_logged &= kept.keys()
+        if not kept:
+            self.node.clear_gap(GAP_PEERS_WINDOW_MISMATCH)
+            return
+        spans = [(w, span) for widths in kept.values() for w, span in widths.items()]
+        start = max(since, min(span[0] for _, span in spans)) // width * width
+        end = max(span[1] + w for w, span in spans)
+        named = ", ".join(
+            f"{instance} ({', '.join(_seconds(w) for w in sorted(widths))})"
+            for instance, widths in sorted(kept.items())
+        )
+        self.node.set_gap(
+            DataGap(
+                GAP_PEERS_WINDOW_MISMATCH,
+                start,
+                end,
+                "this instance answers for the whole region; the windows of the region's "
+                f"instances {named} are left out: they were flushed with another width "
+                f"than this instance's {_seconds(width)} (--window), and are not re-bucketed",
+            )
+        )
+
     async def _stored_windows(
         self, now_ns: int, instance_id: str | None, start: int
     ) -> AsyncIterator[tuple[list[WindowSummaryRow], int]]:
-        """The region's stored windows (of one instance, or all) that start at ``start``
-        or later, :data:`RESTORE_SLICE_NS` of them at a time (a day's rows at once would
-        take far more memory than the rolled-up windows they become), each slice with
-        the time it ends at."""
+        """The region's stored windows (of one instance, or all; of every width) that
+        start at ``start`` or later, :data:`RESTORE_SLICE_NS` of them at a time (a day's
+        rows at once would take far more memory than the rolled-up windows they become),
+        each slice with the time it ends at."""
         cfg = self.node.store.config
         newest = now_ns + cfg.max_future_ns + cfg.window_ns
         while True:
@@ -1016,7 +1105,7 @@ class Persister:
                 instance_id=instance_id,
                 until_ns=until,
             )
-            yield [r for r in rows if r.window_ns == cfg.window_ns], until
+            yield list(rows), until
             if last:
                 return
             start = until
@@ -1211,6 +1300,11 @@ class Persister:
                 windows,
                 STOP_WRITE_LIMIT_S,
             )
+
+
+def _seconds(ns: int) -> str:
+    """A window's width, as ``--window`` takes it."""
+    return f"{ns / 1e9:g} s"
 
 
 def _log_lane_error(task: asyncio.Future[Any]) -> None:
