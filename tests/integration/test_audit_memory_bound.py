@@ -253,9 +253,14 @@ async def test_the_factory_refuses_a_bad_record_bound(tmp_path: Path) -> None:
     assert not (tmp_path / "a.db").exists()  # refused before the file is made
 
 
-async def test_dropped_records_leave_the_index_and_the_term_counts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("indexed_every", [1, 2, 3, 0])
+async def test_dropped_records_leave_the_index_and_the_term_counts(
+    tmp_path: Path, indexed_every: int
+) -> None:
     # every record has a word of its own (a dropped record's term must leave
-    # audit_terms), and every other one repeats a word (counted in audit_term_counts)
+    # audit_terms), and every other one repeats a word (counted in audit_term_counts);
+    # the index is brought up to date after every batch, every other or third one (so
+    # drops take indexed and unindexed records, and ranges of both), or only at the end
     records = [
         replace(r, action_text=f"{r.action_text} ref{i}" + (" again and again" if i % 2 else ""))
         for i, r in enumerate(dataset(240))
@@ -263,8 +268,13 @@ async def test_dropped_records_leave_the_index_and_the_term_counts(tmp_path: Pat
     bounded = await SqliteFtsAuditStore.open(REGION, str(tmp_path / "b.db"), max_records=60)
     fresh = await SqliteFtsAuditStore.open(REGION, str(tmp_path / "f.db"))
     try:
-        await load_in_batches(bounded, records, 41)
+        for n, i in enumerate(range(0, len(records), 41), start=1):
+            await bounded.index_audit_logs(records[i : i + 41])
+            if indexed_every and n % indexed_every == 0:
+                await bounded.refresh()
         await load_in_batches(fresh, records[-60:], 60)
+        await bounded.refresh()
+        await fresh.refresh()
     finally:
         await bounded.close()
         await fresh.close()
@@ -295,6 +305,7 @@ async def test_a_drop_searches_its_tables_by_key_and_scans_none(tmp_path: Path) 
     store = await SqliteFtsAuditStore.open(REGION, str(path), max_records=40)
     try:
         await load_in_batches(store, records, 40)
+        await store.refresh()  # the drop's index deletes are what the test is about
     finally:
         await store.close()
     with sqlite3.connect(path, isolation_level=None) as conn:

@@ -1,8 +1,8 @@
 """Embedded audit store: SQLite with an FTS5 full-text index and a NumPy column mirror.
 Needs no server.
 
-Schema (``PRAGMA user_version = 1``)
-------------------------------------
+Schema (``PRAGMA user_version = 2``; a version-1 file is taken as fully indexed)
+--------------------------------------------------------------------------------
 * ``audit_records``: one narrow row per record, ``seq`` INTEGER PRIMARY KEY (1, 2, 3, …
   in commit order, never reused: records are append-only), ``action_id`` UNIQUE,
   ``ts_us``, ``agent_code``, ``region_code``, ``decision`` (index in
@@ -23,6 +23,21 @@ Schema (``PRAGMA user_version = 1``)
 * ``audit_terms``: document frequency per term; ``audit_term_counts``: ``(term, seq, tf)``
   for each term that occurs twice or more in a record (most occur once).  Both use the
   tokens of :func:`~nethical_grpc.storage.audit.model.text_tokens` and feed BM25.
+* ``audit_index_top``: the highest ``seq`` the full-text index and the ranking tables
+  cover (one row): every record at or below it is in them, none above.
+
+When records are indexed
+------------------------
+A write stores a record's row and texts; the full-text index and the ranking tables take
+it later, in chunks, when one of these comes first: a search or a statistics call with
+text (it indexes every record waiting, then reads), :meth:`SqliteFtsAuditStore.refresh`,
+a second with no writes (:data:`_INDEX_IDLE_S`), or more than :data:`_INDEX_LAG` records
+waiting (a write then indexes the oldest past that many).  A record that a bound or the
+retention drops before it was indexed leaves without touching the index, so a busy
+bounded store whose texts nobody searches spends nothing on indexing them (about two
+thirds of a write's cost with the index kept up, measured in ``docs/performance.md``),
+and the first text search after a busy spell first indexes what waits (at most
+:data:`_INDEX_LAG` records).  A search finds what was written before it began.
 
 How a search runs
 -----------------
@@ -67,7 +82,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 import json
 import logging
 import math
@@ -126,7 +140,10 @@ BoolArray = npt.NDArray[np.bool_]
 BM25_K1: Final = 1.2
 BM25_B: Final = 0.75
 
-_SCHEMA_VERSION: Final = 1
+_SCHEMA_VERSION: Final = 2
+#: Versions a store opens: 0 (a new file), 1 (before ``audit_index_top``: every record
+#: indexed as written) and this one.
+_OPENS_VERSIONS: Final = (0, 1, _SCHEMA_VERSION)
 _DECISION_CODE: Final = {d: i for i, d in enumerate(DECISIONS)}
 _ID_CHUNK: Final = 500
 #: Most records one transaction of apply_retention deletes.
@@ -138,6 +155,14 @@ _US_PER_DAY: Final = 86_400_000_000
 #: every kept record once, so it costs a constant per dropped record, and the codes held
 #: stay under the records kept plus the records dropped since (twice ``max_records``).
 _FORGET_AFTER_DROPS: Final = 64
+#: Most records one transaction adds to the full-text index when it catches up.
+_INDEX_CHUNK: Final = 8192
+#: Most records that wait for the full-text index: past it, a write indexes the oldest
+#: (so a text search never has more than this many to index first).  A store bounded at
+#: or below it (the in-memory default) indexes only for searches and idle seconds.
+_INDEX_LAG: Final = 100_000
+#: Seconds without a write after which the records waiting are indexed.
+_INDEX_IDLE_S: Final = 1.0
 
 _RECORD_ROW: Final = "(?, ?, ?, ?, ?, ?, ?, ?)"
 _DOCUMENT_ROW: Final = "(?, ?, ?, ?, ?)"
@@ -184,6 +209,9 @@ _SCHEMA: Final = (
     # start again at 1
     """CREATE TABLE IF NOT EXISTS audit_seq_top (
         id INTEGER PRIMARY KEY CHECK (id = 1), top INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS audit_index_top (
+        id INTEGER PRIMARY KEY CHECK (id = 1), upto INTEGER NOT NULL
     )""",
     """CREATE VIRTUAL TABLE IF NOT EXISTS audit_fts USING fts5 (
         stated_intent, action_text, tags,
@@ -288,7 +316,7 @@ def _schema_columns() -> dict[str, list[str]]:
 
 def _check_version(conn: sqlite3.Connection) -> None:
     (version,) = conn.execute("PRAGMA user_version").fetchone()
-    if version not in (0, _SCHEMA_VERSION):
+    if version not in _OPENS_VERSIONS:
         raise AuditStoreError(
             f"audit database has schema version {version}; this build uses {_SCHEMA_VERSION}"
         )
@@ -313,6 +341,10 @@ def _create_schema(conn: sqlite3.Connection) -> None:
         _check_version(conn)
         for statement in _SCHEMA:
             conn.execute(statement)
+        # a new file starts at 0; a version-1 file indexed every record as it wrote it
+        conn.execute(
+            "INSERT OR IGNORE INTO audit_index_top VALUES (1, ?)", (_last_seq_given(conn),)
+        )
         conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -840,6 +872,8 @@ class SqliteFtsAuditStore(AuditStore):
         self._max_records = max_records  # checked by open
         self._dropped = 0
         self._dropped_since_forget = 0  # by the bound or the retention (writer thread)
+        self._idle_index: asyncio.TimerHandle | None = None
+        self._indexing: asyncio.Task[None] | None = None
 
     @property
     def max_records(self) -> int | None:
@@ -936,7 +970,50 @@ class SqliteFtsAuditStore(AuditStore):
     # ------------------------------------------------------------------ writes
 
     async def _index(self, records: Sequence[AuditRecord]) -> int:
-        return await self._writer.run(lambda conn: self._index_sync(conn, records))
+        try:
+            return await self._writer.run(lambda conn: self._index_sync(conn, records))
+        finally:
+            self._index_when_idle()
+
+    def _index_when_idle(self) -> None:
+        """(Re)start the idle second after which the records waiting are indexed."""
+        if self._idle_index is not None:
+            self._idle_index.cancel()
+            self._idle_index = None
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        self._idle_index = loop.call_later(_INDEX_IDLE_S, self._start_idle_indexing)
+
+    def _start_idle_indexing(self) -> None:
+        self._idle_index = None
+        if self._closed or (self._indexing is not None and not self._indexing.done()):
+            return
+
+        async def catch_up() -> None:
+            try:
+                await self._catch_up()
+            except AuditStoreError as exc:  # closed meanwhile, or SQLite failed
+                if not self._closed:
+                    log.warning(
+                        "audit store (%s): indexing the records waiting: %s", self.backend, exc
+                    )
+
+        self._indexing = asyncio.get_running_loop().create_task(catch_up())
+
+    async def _catch_up(self) -> None:
+        """Index every record waiting, a chunk per write transaction (other writes go
+        between them)."""
+        while True:
+            self._check_open()  # closed between chunks: its worker threads are gone
+            if not await self._writer.run(_index_chunk):
+                return
+
+    async def refresh(self) -> None:
+        """Index every record written so far (searches with text do it themselves; see
+        the module docstring's *When records are indexed*)."""
+        self._check_open()
+        await self._catch_up()
 
     @staticmethod
     def _codes(
@@ -1007,39 +1084,23 @@ class SqliteFtsAuditStore(AuditStore):
                     "ON CONFLICT (id) DO UPDATE SET top = excluded.top",
                     (top + len(fresh),),
                 )
-                record_rows, document_rows, fts_rows, term_rows = [], [], [], []
-                # each record's distinct terms, counted once for the whole batch
-                distinct_terms: list[set[str]] = []
+                record_rows, document_rows = [], []
                 for seq, r in enumerate(fresh, start=top + 1):
                     intent, text = r.stated_intent, r.action_text
-                    doc_len, distinct, repeated = _terms(intent, text)
-                    distinct_terms.append(distinct)
-                    if repeated:
-                        term_rows += [(t, seq, c) for t, c in repeated]
-                    agent, region = agents[r.agent_id], regions[r.region_id]
-                    decision = _DECISION_CODE[r.decision]
                     record_rows.append(
                         (
                             seq,
                             r.action_id,
                             r.timestamp_us,
-                            agent,
-                            region,
-                            decision,
+                            agents[r.agent_id],
+                            regions[r.region_id],
+                            _DECISION_CODE[r.decision],
                             r.risk_score,
-                            doc_len,
+                            len(text_tokens(f"{intent} {text}")),
                         )
                     )
                     document_rows.append(
                         (seq, intent, text, r.action_type, _violations_json(r.violations))
-                    )
-                    fts_rows.append(
-                        (
-                            seq,
-                            intent,
-                            text,
-                            _tags(agent, region, decision, _risk_bucket(r.risk_score)),
-                        )
                     )
                 execute_rows(
                     conn, "INSERT INTO audit_records VALUES {rows}", _RECORD_ROW, record_rows
@@ -1047,17 +1108,13 @@ class SqliteFtsAuditStore(AuditStore):
                 execute_rows(
                     conn, "INSERT INTO audit_documents VALUES {rows}", _DOCUMENT_ROW, document_rows
                 )
-                execute_rows(conn, _FTS_INSERT, "(NULL, ?, ?, ?, ?)", fts_rows)
-                doc_freq = Counter(itertools.chain.from_iterable(distinct_terms))
-                execute_rows(conn, _DF_UPSERT, "(?, ?)", list(doc_freq.items()))
-                execute_rows(
-                    conn, "INSERT INTO audit_term_counts VALUES {rows}", "(?, ?, ?)", term_rows
-                )
             dropped = 0
             if fresh and self._max_records is not None:
                 dropped = _drop_oldest(conn, self._max_records)
                 if dropped:
                     self._forget_if_due(conn, dropped)
+            if fresh:
+                _index_past_lag(conn)
         if dropped:
             if not self._dropped:
                 log.info(
@@ -1110,6 +1167,8 @@ class SqliteFtsAuditStore(AuditStore):
     async def _search(self, query: SearchQuery) -> SearchPage:
         cursor = decode_page_token(self.backend, query)
         position, frozen = (None, None) if cursor is None else _position(cursor, query)
+        if query.filter.terms:
+            await self._catch_up()
         hits, total, last, stats = await self._readers.run(
             lambda conn: _read(conn, lambda: self._search_sync(conn, query, position, frozen))
         )
@@ -1148,6 +1207,8 @@ class SqliteFtsAuditStore(AuditStore):
         return hits, total, keys[-1][1] if more else None, stats
 
     async def _statistics(self, flt: AuditFilter) -> AuditStatistics:
+        if flt.terms:
+            await self._catch_up()
         return await self._readers.run(
             lambda conn: _read(conn, lambda: self._statistics_sync(conn, flt))
         )
@@ -1172,6 +1233,11 @@ class SqliteFtsAuditStore(AuditStore):
         )
 
     async def _close(self) -> None:
+        if self._idle_index is not None:
+            self._idle_index.cancel()
+        if self._indexing is not None:
+            self._indexing.cancel()
+            await asyncio.gather(self._indexing, return_exceptions=True)
         if self._readers is not self._writer:
             await asyncio.to_thread(self._readers.close)
         await asyncio.to_thread(self._writer.close)
@@ -1209,45 +1275,109 @@ def _drop_oldest(conn: sqlite3.Connection, keep: int) -> int:
 
 def _drop_range(conn: sqlite3.Connection, first: int, last: int) -> int:
     """Delete the records ``first..last`` (the oldest the table holds) from every table
-    that holds them, inside the caller's write transaction (see :func:`_drop_oldest`)."""
-    # one row holding them all, as JSON (integers and texts: exact): fetching a row per
-    # record would ask for the interpreter lock once per record (see execute_rows)
+    that holds them, inside the caller's write transaction (see :func:`_drop_oldest`);
+    only those the index covers (``audit_index_top``) leave the index."""
+    indexed_last = min(last, _indexed_upto(conn))
+    if indexed_last >= first:
+        fts_rows, doc_freq, counted = _index_rows(_documents(conn, first, indexed_last))
+        execute_rows(conn, _FTS_INSERT, "('delete', ?, ?, ?, ?)", fts_rows)
+        # the terms' document frequencies go down by the same upsert that raises them
+        execute_rows(conn, _DF_UPSERT, "(?, ?)", [(t, -c) for t, c in doc_freq.items()])
+        execute_rows(
+            conn,
+            "DELETE FROM audit_terms WHERE term IN (VALUES {rows}) AND df <= 0",
+            "(?)",
+            [(t,) for t in doc_freq],
+        )
+        # every row of the range's records, and no other: by term, then seq in the range
+        # (the primary key's order; a ``(term, seq) IN (VALUES …)`` list made SQLite scan
+        # the table)
+        execute_rows(
+            conn,
+            "DELETE FROM audit_term_counts WHERE term IN (VALUES {rows}) AND seq BETWEEN ? AND ?",
+            "(?)",
+            sorted({(t,) for t, _, _ in counted}),
+            (first, indexed_last),
+        )
+    conn.execute("DELETE FROM audit_documents WHERE seq BETWEEN ? AND ?", (first, last))
+    return int(
+        conn.execute("DELETE FROM audit_records WHERE seq BETWEEN ? AND ?", (first, last)).rowcount
+    )
+
+
+def _indexed_upto(conn: sqlite3.Connection) -> int:
+    """The highest seq the full-text index and the ranking tables cover."""
+    row = conn.execute("SELECT upto FROM audit_index_top WHERE id = 1").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _documents(conn: sqlite3.Connection, first: int, last: int) -> list[list[Any]]:
+    """``[seq, agent code, region code, decision, risk decile, intent, text]`` of each
+    record held in ``first..last``, read as one JSON row (integers and texts: exact):
+    fetching a row per record would ask for the interpreter lock once per record (see
+    :func:`~nethical_grpc.storage.sqlite_tx.execute_rows`)."""
     (found,) = conn.execute(
         "SELECT json_group_array(json_array(r.seq, r.agent_code, r.region_code, r.decision, "
         f"{_RISK_BUCKET_SQL}, d.stated_intent, d.action_text)) FROM audit_records AS r "
         "JOIN audit_documents AS d ON d.seq = r.seq WHERE r.seq BETWEEN ? AND ?",
         (first, last),
     ).fetchone()
-    rows = json.loads(found)
+    rows: list[list[Any]] = json.loads(found)
+    return rows
+
+
+def _index_rows(
+    documents: Sequence[Sequence[Any]],
+) -> tuple[list[tuple[int, str, str, str]], Counter[str], list[tuple[str, int, int]]]:
+    """What the records of :func:`_documents` put in the index: their full-text rows
+    (``seq``, texts, tags), their terms' document frequencies, and ``(term, seq, tf)`` for
+    each term a record holds more than once.  Indexing adds them, a drop takes the same
+    values away (a contentless FTS5 table is told the values it indexed)."""
     fts_rows = []
-    repeated: set[str] = set()
     doc_freq: Counter[str] = Counter()
-    for seq, agent, region, decision, bucket, intent, text in rows:
-        _, distinct, counted = _terms(intent, text)
+    counted: list[tuple[str, int, int]] = []
+    for seq, agent, region, decision, bucket, intent, text in documents:
+        _, distinct, repeated = _terms(intent, text)
         doc_freq.update(distinct)
-        repeated.update(t for t, _ in counted)
+        if repeated:
+            counted += [(t, seq, c) for t, c in repeated]
         fts_rows.append((seq, intent, text, _tags(agent, region, decision, bucket)))
-    execute_rows(conn, _FTS_INSERT, "('delete', ?, ?, ?, ?)", fts_rows)
-    # the terms' document frequencies go down by the same upsert that raises them
-    execute_rows(conn, _DF_UPSERT, "(?, ?)", [(t, -c) for t, c in doc_freq.items()])
-    execute_rows(
-        conn,
-        "DELETE FROM audit_terms WHERE term IN (VALUES {rows}) AND df <= 0",
-        "(?)",
-        [(t,) for t in doc_freq],
-    )
-    # every row of the range's records, and no other: by term, then seq in the range (the
-    # primary key's order; a ``(term, seq) IN (VALUES …)`` list made SQLite scan the table)
-    execute_rows(
-        conn,
-        "DELETE FROM audit_term_counts WHERE term IN (VALUES {rows}) AND seq BETWEEN ? AND ?",
-        "(?)",
-        [(t,) for t in sorted(repeated)],
-        (first, last),
-    )
-    conn.execute("DELETE FROM audit_documents WHERE seq BETWEEN ? AND ?", (first, last))
-    conn.execute("DELETE FROM audit_records WHERE seq BETWEEN ? AND ?", (first, last))
-    return len(rows)
+    return fts_rows, doc_freq, counted
+
+
+def _index_range(conn: sqlite3.Connection, last: int) -> None:
+    """Add the records past ``audit_index_top`` up to ``last`` to the full-text index and
+    the ranking tables, inside the caller's write transaction."""
+    upto = _indexed_upto(conn)
+    first = max(upto + 1, _seq_range(conn)[0])  # those dropped unindexed are gone
+    if last >= first:
+        fts_rows, doc_freq, counted = _index_rows(_documents(conn, first, last))
+        execute_rows(conn, _FTS_INSERT, "(NULL, ?, ?, ?, ?)", fts_rows)
+        execute_rows(conn, _DF_UPSERT, "(?, ?)", list(doc_freq.items()))
+        execute_rows(conn, "INSERT INTO audit_term_counts VALUES {rows}", "(?, ?, ?)", counted)
+    if last > upto:
+        conn.execute("UPDATE audit_index_top SET upto = ? WHERE id = 1", (last,))
+
+
+def _index_past_lag(conn: sqlite3.Connection) -> None:
+    """Index the oldest records waiting past the newest :data:`_INDEX_LAG`, inside the
+    caller's write transaction (after a write: as many as it added, in the steady state)."""
+    first, top = _seq_range(conn)
+    if top - max(first - 1, _indexed_upto(conn)) > _INDEX_LAG:
+        _index_range(conn, top - _INDEX_LAG)
+
+
+def _index_chunk(conn: sqlite3.Connection) -> bool:
+    """Index up to :data:`_INDEX_CHUNK` of the records waiting, in one write transaction;
+    whether more wait."""
+    with write_transaction(conn):
+        first, top = _seq_range(conn)
+        start = max(first - 1, _indexed_upto(conn))
+        if top <= start:
+            return False
+        last = min(top, start + _INDEX_CHUNK)
+        _index_range(conn, last)
+        return last < top
 
 
 def _forget_codes(conn: sqlite3.Connection) -> int:

@@ -232,8 +232,9 @@ class AuditStore(ABC):
         return 0
 
     async def refresh(self) -> None:
-        """Make every record indexed so far visible to searches (a no-op for SQLite, where
-        a returned index call is already visible; an index refresh for Elasticsearch)."""
+        """Make every record indexed so far visible to searches (an index refresh for
+        Elasticsearch; for SQLite, the records still waiting go into the full-text index,
+        as a text search does first)."""
         self._check_open()
 
     async def close(self) -> None:
