@@ -64,7 +64,7 @@ class DataGap:
     region_node.proto): their summaries of ``[start_ns, end_ns)`` may undercount."""
 
     #: in capitals: STORED_WINDOWS_NOT_LOADED, STORE_FALLBACK, PEERS_NOT_LOADED, PEERS_STALE,
-    #: PEERS_WINDOW_MISMATCH
+    #: PEERS_WINDOW_MISMATCH, STORED_WINDOWS_OTHER_WIDTH
     reason: str
     #: None: from the start of the node's retention
     start_ns: int | None

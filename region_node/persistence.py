@@ -12,7 +12,9 @@
   store's change numbers). Their data is then at most one flush interval stale (plus the
   other instance's own flush delay). Windows an instance flushed with another width (its
   own ``--window``) cannot be merged: they are left out, and the answers name them (a
-  PEERS_WINDOW_MISMATCH gap) while any is within the retention.
+  PEERS_WINDOW_MISMATCH gap) while any is within the retention. So are this instance's
+  own windows flushed with another width (an earlier ``--window``): not restored, and
+  named (a STORED_WINDOWS_OTHER_WIDTH gap) while any is within the retention.
 * **Evaluations**: each one becomes a ``risk_score`` row for its agent in the time-series
   store and a record in the audit store, written in batches a fraction of a second later
   (off the request path); agents' profiles are written to a shared (Redis) cache every
@@ -42,7 +44,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Final, Literal, Protocol, runtime_checkable
 
@@ -236,6 +238,10 @@ GAP_PEERS_STALE: Final = "PEERS_STALE"
 #: are left out of the answers (not re-bucketed); the gap names those instances and their
 #: widths, over the time their windows span, until none of them is within the retention.
 GAP_PEERS_WINDOW_MISMATCH: Final = "PEERS_WINDOW_MISMATCH"
+#: Windows this instance flushed with another width (it ran with another ``--window``
+#: before a restart) are not restored (not re-bucketed); the gap names their widths and
+#: the node's, over the time they span, until none of them is within the retention.
+GAP_WINDOWS_OTHER_WIDTH: Final = "STORED_WINDOWS_OTHER_WIDTH"
 
 
 class Persister:
@@ -291,6 +297,10 @@ class Persister:
         self._mismatched: dict[str, dict[int, tuple[int, int]]] = {}
         # those instances whose mismatch was logged (again once it cleared and came back)
         self._mismatch_logged: set[str] = set()
+        # this instance's own stored windows a restore left out for their width (another
+        # --window before the restart), by width: (oldest start, newest start)
+        self._other_width: dict[int, tuple[int, int]] = {}
+        self._other_width_logged = False
         # this instance's flushed windows are back in the node: until then no window is
         # flushed (a flush would replace the stored windows with what came since the start)
         self.restored = not self.durable_store
@@ -642,6 +652,8 @@ class Persister:
                 self.stores.write_failed("timeseries", exc)
                 log.warning("restoring flushed windows failed (windows wait): %s", exc)
                 return 0
+        # own windows of another width left out by the restore: named until past retention
+        self._other_width_gap(self.node.clock())
         wal = self.node.wal
         closed = wal.rotate() if wal is not None else None
         rows = self._window_rows()
@@ -856,14 +868,55 @@ class Persister:
         progress = _Progress("restoring stored windows", start, now)
         width = self.node.store.config.window_ns
         async for rows, until in self._stored_windows(now, ident.instance_id, start):
+            self._note_other_width(rows)
             rows = [r for r in rows if r.window_ns == width]
             restored += self._install(self.node.store, rows, now)
             self._restored_until_ns = until
             progress.add(len(rows), until)
+            self._other_width_gap(self.node.clock())
             self._windows_gap(reading)
         if restored:
             log.info("restored %d windows flushed before the last stop", restored)
+        if self._other_width and not self._other_width_logged:
+            self._other_width_logged = True
+            log.warning(
+                "this instance flushed windows of %s before it started, it uses %s now "
+                "(--window): they are not restored, and left out of its answers (a gap "
+                "they name, %s, until they are past the retention)",
+                ", ".join(_seconds(w) for w in sorted(self._other_width)),
+                _seconds(width),
+                GAP_WINDOWS_OTHER_WIDTH,
+            )
         return restored
+
+    def _note_other_width(self, rows: Sequence[WindowSummaryRow]) -> None:
+        """Note this instance's windows of ``rows`` the restore leaves out for their width
+        (flushed with another ``--window``), by width: oldest and newest start."""
+        for r in _of_other_widths(rows, self.node.store.config.window_ns):
+            _add_span(self._other_width, r)
+
+    def _other_width_gap(self, now: int) -> None:
+        """Answers name this instance's own windows the restore left out for their width,
+        from the oldest one's start (no earlier than the retention) to the newest one's
+        end, until all are past the retention."""
+        since = self._since_ns(now)
+        width = self.node.store.config.window_ns
+        self._other_width = _live_spans(self._other_width, since)
+        if not self._other_width:
+            self.node.clear_gap(GAP_WINDOWS_OTHER_WIDTH)
+            return
+        start, end = _spans_range([self._other_width], since, width)
+        self.node.set_gap(
+            DataGap(
+                GAP_WINDOWS_OTHER_WIDTH,
+                start,
+                end,
+                "the windows this instance flushed with a width of "
+                f"{', '.join(_seconds(w) for w in sorted(self._other_width))} before it "
+                f"started ({convert.utc_text(self.started_ns)}) are left out: it uses "
+                f"{_seconds(width)} now (--window), and they are not re-bucketed",
+            )
+        )
 
     def _windows_gap(self, state: str) -> None:
         """Answers name the windows flushed before the start that are not back yet (those
@@ -1026,20 +1079,10 @@ class Persister:
         leaves out for their width (another ``--window``); each instance new to the
         mismatched ones is logged (once, while it stays one)."""
         own, width = self.node.identity.instance_id, self.node.store.config.window_ns
-        for r in rows:
-            if (
-                r.window_ns == width
-                or r.instance_id == own
-                or r.metric == WAL_MARK_METRIC
-                or r.window_start_ns >= _WAL_MARK_START_NS
-            ):
+        for r in _of_other_widths(rows, width):
+            if r.instance_id == own:
                 continue
-            widths = into.setdefault(r.instance_id, {})
-            oldest, newest = widths.get(r.window_ns, (r.window_start_ns, r.window_start_ns))
-            widths[r.window_ns] = (
-                min(oldest, r.window_start_ns),
-                max(newest, r.window_start_ns),
-            )
+            _add_span(into.setdefault(r.instance_id, {}), r)
             if r.instance_id not in self._mismatch_logged:
                 self._mismatch_logged.add(r.instance_id)
                 log.warning(
@@ -1058,19 +1101,13 @@ class Persister:
         oldest one's start to the newest one's end, until all are past the retention."""
         since = self._since_ns(now)
         width = self.node.store.config.window_ns
-        kept: dict[str, dict[int, tuple[int, int]]] = {}
-        for instance, widths in self._mismatched.items():
-            live = {w: span for w, span in widths.items() if span[1] >= since}
-            if live:
-                kept[instance] = live
+        kept = {i: live for i, w in self._mismatched.items() if (live := _live_spans(w, since))}
         self._mismatched = kept
         self._mismatch_logged &= kept.keys()
         if not kept:
             self.node.clear_gap(GAP_PEERS_WINDOW_MISMATCH)
             return
-        spans = [(w, span) for widths in kept.values() for w, span in widths.items()]
-        start = max(since, min(span[0] for _, span in spans)) // width * width
-        end = max(span[1] + w for w, span in spans)
+        start, end = _spans_range(kept.values(), since, width)
         named = ", ".join(
             f"{instance} ({', '.join(_seconds(w) for w in sorted(widths))})"
             for instance, widths in sorted(kept.items())
@@ -1300,6 +1337,40 @@ class Persister:
                 windows,
                 STOP_WRITE_LIMIT_S,
             )
+
+
+#: Windows of one width left out of the answers: width → (oldest start, newest start).
+_Spans = dict[int, tuple[int, int]]
+
+
+def _of_other_widths(rows: Sequence[WindowSummaryRow], width: int) -> Iterator[WindowSummaryRow]:
+    """The windows of ``rows`` flushed with another width than ``width`` (the write-ahead
+    log's marks left out)."""
+    for r in rows:
+        if not (
+            r.window_ns == width
+            or r.metric == WAL_MARK_METRIC
+            or r.window_start_ns >= _WAL_MARK_START_NS
+        ):
+            yield r
+
+
+def _add_span(spans: _Spans, r: WindowSummaryRow) -> None:
+    oldest, newest = spans.get(r.window_ns, (r.window_start_ns, r.window_start_ns))
+    spans[r.window_ns] = (min(oldest, r.window_start_ns), max(newest, r.window_start_ns))
+
+
+def _live_spans(spans: _Spans, since: int) -> _Spans:
+    """Those of ``spans`` with a window still within the retention (from ``since``)."""
+    return {w: span for w, span in spans.items() if span[1] >= since}
+
+
+def _spans_range(spans: Iterable[_Spans], since: int, width: int) -> tuple[int, int]:
+    """A gap's time over ``spans``: from the oldest start (no earlier than ``since``),
+    down to a window of ``width``, to the newest window's end."""
+    pairs = [(w, span) for by_width in spans for w, span in by_width.items()]
+    start = max(since, min(span[0] for _, span in pairs)) // width * width
+    return start, max(span[1] + w for w, span in pairs)
 
 
 def _seconds(ns: int) -> str:
