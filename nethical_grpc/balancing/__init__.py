@@ -31,6 +31,7 @@ from nethical_grpc.balancing.discovery import (
 from nethical_grpc.balancing.health_watch import HealthWatcher
 from nethical_grpc.balancing.instance import HealthState, Instance
 from nethical_grpc.balancing.retry import (
+    BalancerClosedError,
     InstanceRemovedError,
     NoAvailableInstanceError,
     NotSentError,
@@ -43,6 +44,7 @@ from nethical_grpc.balancing.retry import (
 from nethical_grpc.balancing.strategies import LoadBalancingStrategy
 
 __all__ = [
+    "BalancerClosedError",
     "DnsDiscovery",
     "HealthState",
     "HealthWatcher",
