@@ -173,3 +173,29 @@ async def test_a_store_of_another_process_indexes_what_this_one_wrote(tmp_path: 
     finally:
         await writer.close()
         await reader.close()
+
+
+async def test_idle_indexing_stops_when_a_write_begins(
+    open_store: Opener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a write ends the idle time: the indexing it started gives way, after the chunk it
+    # is on, and goes on at the next idle time
+    monkeypatch.setattr(sqlite_fts, "_INDEX_IDLE_S", 0.5)
+    monkeypatch.setattr(sqlite_fts, "_INDEX_CHUNK", 4)
+    store = await open_store()
+    records = dataset(2001)
+    await store.index_audit_logs(records[:2000])
+    for _ in range(400):
+        await asyncio.sleep(0.01)
+        if (await index_state(store))[0] > 0:
+            break
+    await store.index_audit_logs(records[2000:])
+    stopped = (await index_state(store))[0]
+    assert 0 < stopped < 2000
+    await asyncio.sleep(0.3)  # within the next idle time
+    assert (await index_state(store))[0] <= stopped + 4
+    for _ in range(200):
+        await asyncio.sleep(0.05)
+        if (await index_state(store))[0] == 2001:
+            break
+    assert await index_state(store) == (2001, 2001, 2001)

@@ -873,6 +873,7 @@ class SqliteFtsAuditStore(AuditStore):
         self._dropped = 0
         self._dropped_since_forget = 0  # by the bound or the retention (writer thread)
         self._idle_index: asyncio.TimerHandle | None = None
+        self._writes = 0  # writes begun: idle indexing stops at the next one
         self._indexing: asyncio.Task[None] | None = None
 
     @property
@@ -970,6 +971,7 @@ class SqliteFtsAuditStore(AuditStore):
     # ------------------------------------------------------------------ writes
 
     async def _index(self, records: Sequence[AuditRecord]) -> int:
+        self._writes += 1
         try:
             return await self._writer.run(lambda conn: self._index_sync(conn, records))
         finally:
@@ -992,7 +994,7 @@ class SqliteFtsAuditStore(AuditStore):
 
         async def catch_up() -> None:
             try:
-                await self._catch_up()
+                await self._catch_up(until_write=self._writes)
             except AuditStoreError as exc:  # closed meanwhile, or SQLite failed
                 if not self._closed:
                     log.warning(
@@ -1001,10 +1003,11 @@ class SqliteFtsAuditStore(AuditStore):
 
         self._indexing = asyncio.get_running_loop().create_task(catch_up())
 
-    async def _catch_up(self) -> None:
+    async def _catch_up(self, until_write: int | None = None) -> None:
         """Index every record waiting, a chunk per write transaction (other writes go
-        between them)."""
-        while True:
+        between them); with ``until_write`` (the idle indexing), only until a write
+        begins after that many (the next idle second goes on)."""
+        while until_write is None or self._writes == until_write:
             self._check_open()  # closed between chunks: its worker threads are gone
             if not await self._writer.run(_index_chunk):
                 return
