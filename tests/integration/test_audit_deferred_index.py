@@ -7,32 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from test_audit_memory_bound import answers, index_tables, load_in_batches
+from test_audit_memory_bound import (
+    Opener,
+    answers,
+    index_tables,
+    load_in_batches,
+    open_store_fixture,  # noqa: F401 (the open_store fixture: memory and file stores)
+)
 from test_storage_audit import QUERIES, REGION, all_pages, dataset, oracle_ids, page_ids
 
 from nethical_grpc.storage.audit import SqliteFtsAuditStore, sqlite_fts
-
-Opener = Callable[..., Awaitable[SqliteFtsAuditStore]]
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
-    opened: list[SqliteFtsAuditStore] = []
-
-    async def open_one(max_records: int | None = None) -> SqliteFtsAuditStore:
-        path = None if request.param == "memory" else str(tmp_path / f"a{len(opened)}.db")
-        store = await SqliteFtsAuditStore.open(REGION, path, max_records=max_records)
-        opened.append(store)
-        return store
-
-    yield open_one
-    for store in opened:
-        await store.close()
 
 
 async def index_state(store: SqliteFtsAuditStore) -> tuple[int, int, int]:

@@ -37,8 +37,10 @@ from nethical_grpc.storage.audit import (
 Opener = Callable[..., Awaitable[SqliteFtsAuditStore]]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
+@pytest.fixture(name="open_store", params=["memory", "sqlite"])
+async def open_store_fixture(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Opener]:
     """Opens stores of the parametrised kind, each file store in its own file."""
     opened: list[SqliteFtsAuditStore] = []
 
