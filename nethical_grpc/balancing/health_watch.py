@@ -5,7 +5,13 @@ anything else (NOT_SERVING, SERVICE_UNKNOWN), a failed stream or a stream the se
 ended makes it unusable at once. Broken streams reconnect with jittered exponential
 backoff; a server without the health service (UNIMPLEMENTED) is assumed SERVING. A watch
 that fails otherwise (its channel cannot be made) marks the instance UNREACHABLE and is
-restarted with the same backoff.
+restarted with the same backoff. A watch ends (it is not restarted) once its instance
+was removed from the balancer, or the balancer closed: it would only fail again.
+
+A watcher runs once: :meth:`HealthWatcher.start` after its :meth:`~HealthWatcher.close`,
+or after its balancer's close (which closes it), raises RuntimeError saying which was
+closed, as :meth:`LoadBalancer.start` does; a watch started then could never connect
+(the instances make no channel) and would retry until the watcher's next close.
 
 An optional ``on_serving`` hook is awaited when an instance turns SERVING, before the
 balancer routes to it (the coordinator asks the node who it is there). Meanwhile the
@@ -23,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from nethical_grpc import telemetry
 from nethical_grpc.balancing.instance import HealthState, Instance
+from nethical_grpc.balancing.retry import BALANCER_CLOSED
 from nethical_grpc.health import Watched, follow_health
 
 if TYPE_CHECKING:
@@ -58,14 +65,27 @@ class HealthWatcher:
         self._rng = rng or random.Random()
         self._tasks: dict[Instance, asyncio.Task[None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False  # set by close(): not started again
         self.updates = 0  # health updates received, all instances
 
     @property
     def running(self) -> bool:
         return self._loop is not None
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (it is not started again)."""
+        return self._closed
+
     def start(self) -> None:
-        """Start watching every current and future instance (call inside the loop)."""
+        """Start watching every current and future instance (call inside the loop).
+
+        Again while running: nothing more. RuntimeError once this watcher or its
+        balancer was closed (the balancer's close closes its watcher)."""
+        if self._lb.closed:
+            raise RuntimeError(f"{BALANCER_CLOSED}: its health watcher is not started again")
+        if self._closed:
+            raise RuntimeError("the health watcher is closed: it is not started again")
         if self._loop is not None:
             return
         self._loop = asyncio.get_running_loop()
@@ -74,6 +94,8 @@ class HealthWatcher:
             self.instance_added(inst)
 
     async def close(self) -> None:
+        """Stop every watch (idempotent); the watcher is not started again."""
+        self._closed = True
         self._lb.remove_listener(self)
         self._loop = None
         tasks = list(self._tasks.values())
@@ -85,8 +107,8 @@ class HealthWatcher:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def instance_added(self, inst: Instance) -> None:
-        if self._loop is None or inst in self._tasks:
-            return
+        if self._loop is None or inst in self._tasks or inst.removed:
+            return  # a removed instance (or a closed balancer's) makes no channel
         self._tasks[inst] = self._loop.create_task(self._watch(inst))
 
     def instance_removed(self, inst: Instance) -> None:
@@ -140,7 +162,7 @@ class HealthWatcher:
         # which left the instance UNKNOWN, picked, and never watched again
         delay, backoff_max = self._backoff
         last_failure = ""
-        while True:
+        while not inst.removed:
             try:
                 await follow_health(
                     inst.channel,
@@ -152,6 +174,11 @@ class HealthWatcher:
                 )
                 return  # no health service: assumed SERVING, nothing more to watch
             except Exception as exc:
+                if inst.removed:  # removed, or its balancer closed: no channel to watch
+                    log.debug(
+                        "health watch of %s (%s) ends: %s", inst.instance_id, inst.endpoint, exc
+                    )
+                    return
                 failure = f"{type(exc).__name__}: {exc}"
                 if failure != last_failure:
                     log.warning(

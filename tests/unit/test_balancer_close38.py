@@ -204,13 +204,10 @@ async def test_a_health_watcher_started_after_the_close_makes_no_channel(
     with pytest.raises(RuntimeError, match="the balancer is closed"):
         await lb.start()
 
-    watcher.start()
+    with pytest.raises(RuntimeError, match="the balancer is closed"):
+        watcher.start()
     try:
-        await wait_for(
-            lambda: all(i.health is HealthState.UNREACHABLE for i in lb.instances()),
-            timeout_s=5.0,
-        )
-        await asyncio.sleep(0.1)  # a few restarts of each watch
+        await asyncio.sleep(0.1)  # what a started watch would have retried meanwhile
         assert len(made) == 2
         assert not any(i.has_channel for i in lb.instances())
     finally:
