@@ -4,15 +4,13 @@ servers on loopback port 0 with gRPC's own health servicer (grpc_health.v1.healt
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_health.v1 import health_pb2
+from info_servers import InfoServers as Servers
 from meshutil import get_node_info, wait_for
 
 from nethical_grpc.balancing import (
@@ -21,58 +19,9 @@ from nethical_grpc.balancing import (
     NoAvailableInstanceError,
     RetryPolicy,
 )
-from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-class Node(region_node_pb2_grpc.RegionNodeServiceServicer):
-    """GetNodeInfo answers its id, or fails UNAVAILABLE (first going NOT_SERVING)."""
-
-    def __init__(self, instance_id: str, health: health_aio.HealthServicer) -> None:
-        self.instance_id = instance_id
-        self.health = health
-        self.hits = 0
-        self.unavailable = ""  # answer UNAVAILABLE with these details
-        self.stop_serving = False  # turn NOT_SERVING before that answer
-
-    async def GetNodeInfo(  # noqa: N802 (gRPC method name)
-        self,
-        request: region_node_pb2.GetNodeInfoRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> region_node_pb2.GetNodeInfoResponse:
-        self.hits += 1
-        if self.stop_serving:
-            await self.health.set("", NOT_SERVING)
-            await asyncio.sleep(0.2)  # the client's health watch hears it first
-        if self.unavailable:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, self.unavailable)
-        return region_node_pb2.GetNodeInfoResponse(region_id="r1", instance_id=self.instance_id)
-
-
-class Servers:
-    def __init__(self) -> None:
-        self.servers: list[grpc.aio.Server] = []
-        self.nodes: list[Node] = []
-        self.addresses: list[str] = []
-
-    async def start(self, n: int) -> None:
-        for i in range(n):
-            server = grpc.aio.server()
-            health = health_aio.HealthServicer()
-            node = Node(f"n{i}", health)
-            health_pb2_grpc.add_HealthServicer_to_server(health, server)
-            region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(node, server)
-            port = server.add_insecure_port("127.0.0.1:0")
-            await server.start()
-            self.servers.append(server)
-            self.nodes.append(node)
-            self.addresses.append(f"127.0.0.1:{port}")
-
-    async def close(self) -> None:
-        for server in self.servers:
-            await server.stop(0)
 
 
 @pytest.fixture

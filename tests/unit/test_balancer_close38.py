@@ -14,83 +14,19 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from info_servers import InfoServers as Servers
 from meshutil import wait_for
 
 from nethical_grpc.balancing import (
     HealthState,
     Instance,
     InstanceRemovedError,
-    LoadBalancer,
     NoAvailableInstanceError,
     RetryPolicy,
     remaining_timeout,
 )
 from nethical_grpc.balancing.retry import BalancerClosedError
 from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
-
-
-class Node(region_node_pb2_grpc.RegionNodeServiceServicer):
-    """GetNodeInfo answers its id after ``delay_s``, or UNAVAILABLE when ``unavailable``."""
-
-    def __init__(self, instance_id: str) -> None:
-        self.instance_id = instance_id
-        self.hits = 0
-        self.delay_s = 0.0
-        self.unavailable = False
-
-    async def GetNodeInfo(  # noqa: N802 (gRPC method name)
-        self,
-        request: region_node_pb2.GetNodeInfoRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> region_node_pb2.GetNodeInfoResponse:
-        self.hits += 1
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
-        if self.unavailable:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "overloaded (test)")
-        return region_node_pb2.GetNodeInfoResponse(region_id="r1", instance_id=self.instance_id)
-
-
-class Servers:
-    def __init__(self) -> None:
-        self.servers: list[grpc.aio.Server] = []
-        self.nodes: list[Node] = []
-        self.addresses: list[str] = []
-
-    async def start(self, n: int) -> None:
-        for i in range(n):
-            server = grpc.aio.server()
-            node = Node(f"n{i}")
-            health_pb2_grpc.add_HealthServicer_to_server(health_aio.HealthServicer(), server)
-            region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(node, server)
-            port = server.add_insecure_port("127.0.0.1:0")
-            await server.start()
-            self.servers.append(server)
-            self.nodes.append(node)
-            self.addresses.append(f"127.0.0.1:{port}")
-
-    def hits(self) -> list[int]:
-        return [n.hits for n in self.nodes]
-
-    def balancer(self, **kw: Any) -> tuple[LoadBalancer, list[grpc.aio.Channel]]:
-        """A balancer over every server, and the list of each channel it ever made."""
-        made: list[grpc.aio.Channel] = []
-
-        def channel_for(endpoint: str) -> grpc.aio.Channel:
-            channel = grpc.aio.insecure_channel(endpoint)
-            made.append(channel)
-            return channel
-
-        lb = LoadBalancer(channel_factory=channel_for, **kw)
-        for node, address in zip(self.nodes, self.addresses, strict=True):
-            lb.add_instance(node.instance_id, "r1", address)
-        return lb, made
-
-    async def close(self) -> None:
-        for server in self.servers:
-            await server.stop(0)
 
 
 @pytest.fixture
@@ -113,7 +49,7 @@ def shut(channel: grpc.aio.Channel) -> bool:
 async def test_a_closed_balancer_refuses_calls_and_makes_no_channel(servers: Servers) -> None:
     """Before: after close() the next call picked an instance, whose channel access made
     a fresh channel that nothing ever closed (and the call went out)."""
-    lb, made = servers.balancer()
+    lb, made = servers.balancer(), servers.made
     for _ in range(2):  # a channel on each instance
         await lb.execute_request_async(get_node_info, timeout=5.0)
     assert len(made) == 2 and servers.hits() == [1, 1]
@@ -162,10 +98,11 @@ async def test_a_call_retrying_when_the_balancer_closes_is_not_retried(
     """Before: the retry after the backoff picked the other instance and made it a new
     channel after the close (the call then went out on a channel nothing closed). A call
     in flight on the other instance still ends as the close always ended it."""
-    lb, made = servers.balancer(
+    made = servers.made
+    lb = servers.balancer(
         retry_policy=RetryPolicy(max_retries=3, backoff_initial_s=0.5, backoff_max_s=0.5, jitter=0)
     )
-    servers.nodes[0].unavailable = True  # round robin starts with n0
+    servers.nodes[0].unavailable = "overloaded (test)"  # round robin starts with n0
     servers.nodes[1].delay_s = 30.0
     try:
         retrying = asyncio.ensure_future(lb.execute_request_async(get_node_info, timeout=10.0))
@@ -195,7 +132,7 @@ async def test_a_health_watcher_started_after_the_close_makes_no_channel(
 ) -> None:
     """Before: the watcher (started again directly, as the coordinator's registry does)
     asked each instance for its channel and made fresh ones that nothing closed."""
-    lb, made = servers.balancer()
+    lb, made = servers.balancer(), servers.made
     watcher = lb.attach_health_watcher(backoff_initial_s=0.01, backoff_max_s=0.05)
     async with lb:
         assert await watcher.wait_ready(5.0)

@@ -11,67 +11,13 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from info_servers import InfoServers as Servers
 from meshutil import wait_for
 
 from coordinator.instances import InstanceRegistry
 from nethical_grpc.balancing import HealthState, HealthWatcher, Instance, LoadBalancer
 from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
-
-
-class Node(region_node_pb2_grpc.RegionNodeServiceServicer):
-    def __init__(self, instance_id: str) -> None:
-        self.instance_id = instance_id
-        self.hits = 0
-
-    async def GetNodeInfo(  # noqa: N802 (gRPC method name)
-        self,
-        request: region_node_pb2.GetNodeInfoRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> region_node_pb2.GetNodeInfoResponse:
-        self.hits += 1
-        return region_node_pb2.GetNodeInfoResponse(region_id="r1", instance_id=self.instance_id)
-
-
-class Servers:
-    def __init__(self) -> None:
-        self.servers: list[grpc.aio.Server] = []
-        self.nodes: list[Node] = []
-        self.addresses: list[str] = []
-        self.made: list[grpc.aio.Channel] = []  # every channel a balancer made
-        self.rotating = False  # channels cannot be made (a TLS file mid-rotation, say)
-
-    async def start(self, n: int) -> None:
-        for i in range(n):
-            server = grpc.aio.server()
-            node = Node(f"n{i}")
-            health_pb2_grpc.add_HealthServicer_to_server(health_aio.HealthServicer(), server)
-            region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(node, server)
-            port = server.add_insecure_port("127.0.0.1:0")
-            await server.start()
-            self.servers.append(server)
-            self.nodes.append(node)
-            self.addresses.append(f"127.0.0.1:{port}")
-
-    def channel_for(self, endpoint: str) -> grpc.aio.Channel:
-        if self.rotating:
-            raise OSError("TLS key mid-rotation (test)")
-        channel = grpc.aio.insecure_channel(endpoint)
-        self.made.append(channel)
-        return channel
-
-    def balancer(self) -> LoadBalancer:
-        lb = LoadBalancer(channel_factory=self.channel_for)
-        for node, address in zip(self.nodes, self.addresses, strict=True):
-            lb.add_instance(node.instance_id, "r1", address)
-        return lb
-
-    async def close(self) -> None:
-        for server in self.servers:
-            await server.stop(0)
 
 
 @pytest.fixture
