@@ -287,6 +287,9 @@ class Persister:
         # the last segment of the node's write-ahead log the store holds, from its mark
         # (read by restore)
         self.stored_wal_segment = -1
+        # this log's marks under the region's other instance ids (earlier runs of this log
+        # under other ids) are deleted once, after this instance's own mark is stored
+        self._other_marks_dropped = False
         # where a restore that failed part-way goes on: the windows of the slices before
         # this time are in the node (a second install would count them twice)
         self._restored_until_ns: int | None = None
@@ -664,6 +667,7 @@ class Persister:
         self._retry_windows = []
         # with a log, the mark of the segments these windows hold, in the same transaction
         marks = [self._wal_mark(wal.id, closed)] if wal is not None and closed is not None else []
+        wrote_mark = False
         if rows:
             try:
                 try:
@@ -673,12 +677,16 @@ class Persister:
                     # older version's log): the others must not wait behind them forever
                     rows = self._storable_windows(rows)
                     refused = await self._upsert_refusing(rows, marks)
+                    # each part but a refused one was written with the marks
+                    wrote_mark = bool(marks) and len(refused) < max(len(rows), 1)
                     if refused:
                         # refused again, though each passes the checks: retried, they
                         # held every later window back for good
                         dropped = {id(r) for r, _ in refused}
                         rows = [r for r in rows if id(r) not in dropped]
                         self._log_refused(refused)
+                else:
+                    wrote_mark = bool(marks)
             except Exception as exc:
                 # newer versions of the same windows replace these on the next flush
                 self.stores.write_failed("timeseries", exc)
@@ -695,7 +703,49 @@ class Persister:
         self.last_flush_ns = time.time_ns()
         if wal is not None and closed is not None:
             await asyncio.to_thread(wal.checkpoint, closed)
+            if wrote_mark and not self._other_marks_dropped:
+                await self._drop_other_marks(wal.id)
         return len(rows)
+
+    async def _drop_other_marks(self, wal_id: str) -> None:
+        """Delete this log's marks stored under the region's other instance ids: those an
+        earlier run of the log wrote under another id (a pod restarted under a generated
+        name, on the same volume). Each restart left one, kept forever (their start is
+        past any retention), and every restore and peers' load read them again.
+
+        Only once this instance's own mark is in the store (read back) and the log is
+        checkpointed up to it: a mark it covers (a count no larger than its own) names
+        segments the log no longer holds, so no later restore, under any id, replays
+        fewer segments without it. A larger one (a log copied to another volume and run
+        on) stays, and so does every other log's mark. Tried again after the next flush
+        that writes a mark, if the store fails."""
+        ident = self.node.identity
+        store = self.stores.timeseries
+        try:
+            stored = await store.load_window_summaries(ident.region_id, since_ns=_WAL_MARK_START_NS)
+            marks = [
+                r for r in stored if r.metric == WAL_MARK_METRIC and r.labels.get("wal") == wal_id
+            ]
+            own = max((r.count for r in marks if r.instance_id == ident.instance_id), default=None)
+            if own is None:
+                return  # not stored (every window of the flush refused): nothing to rely on
+            others = [r for r in marks if r.instance_id != ident.instance_id and r.count <= own]
+            deleted = await store.delete_window_summaries(others) if others else 0
+        except Exception as exc:
+            log.warning(
+                "deleting the write-ahead log's marks of earlier instance ids failed "
+                "(tried again after the next flush): %s",
+                exc,
+            )
+            return
+        self._other_marks_dropped = True
+        if deleted:
+            log.info(
+                "write-ahead log: deleted its marks of %d earlier instance ids (%s); this "
+                "instance's mark covers them",
+                deleted,
+                ", ".join(sorted({r.instance_id for r in others})),
+            )
 
     def _trim_log(self) -> None:
         """The write-ahead log on a store that keeps nothing across a restart: no flush

@@ -41,6 +41,7 @@ from nethical_grpc.storage.timeseries.model import (
     MetricPoint,
     MetricRecord,
     WindowFilter,
+    WindowKey,
     WindowSummaryRow,
     check_limit,
     check_name,
@@ -56,6 +57,7 @@ from nethical_grpc.storage.timeseries.model import (
     metric_columns,
     series_columns,
     to_us,
+    window_keys,
 )
 from nethical_grpc.storage.timeseries.rollup import AggregatePlan, RollupRows, plan_aggregate
 from nethical_grpc.storage.timeseries.rollup import rollup_rows as build_rollup
@@ -431,6 +433,17 @@ class TimeSeriesStore(ABC):
             check_name("region_id", region_id), check_ns("before_ns", before_ns)
         )
 
+    async def delete_window_summaries(self, rows: Sequence[WindowSummaryRow]) -> int:
+        """Delete the stored window summaries ``rows`` were loaded from, in one
+        transaction; returns how many went.
+
+        A row is found by its key (region, instance, metric, labels, window start) and
+        its change number (``WindowSummaryRow.change_seq``, as loaded): one an upsert has
+        rewritten since the load has another number and stays. Payloads, counts and widths
+        are not compared. One bad row refuses the whole call (``ValueError``)."""
+        keys = window_keys(rows)
+        return await self._delete_window_rows(keys) if keys else 0
+
     # ------------------------------------------------------------------ lifecycle
 
     async def apply_retention(self, now: datetime | None = None) -> datetime | None:
@@ -531,6 +544,9 @@ class TimeSeriesStore(ABC):
 
     @abstractmethod
     async def _delete_windows(self, region_id: str, before_ns: int) -> int: ...
+
+    @abstractmethod
+    async def _delete_window_rows(self, keys: list[WindowKey]) -> int: ...
 
     @abstractmethod
     async def _apply_retention(self, cutoff_us: int | None, now_us: int) -> None: ...

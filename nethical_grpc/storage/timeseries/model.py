@@ -705,6 +705,32 @@ def check_window_rows(rows: Sequence[WindowSummaryRow]) -> list[tuple[WindowSumm
     return list(keyed.values())
 
 
+#: A stored window summary's key and the change number it was loaded with: (region,
+#: instance, metric, canonical label text, window start, change number).
+WindowKey = tuple[str, str, str, str, int, int]
+
+
+def window_keys(rows: Sequence[WindowSummaryRow]) -> list[WindowKey]:
+    """Validate the keys (and change numbers) of loaded rows for a delete; return them
+    without duplicates, in ``rows``' order. Payloads, counts and widths are not looked at.
+    """
+    keys: dict[WindowKey, None] = {}
+    for i, row in enumerate(rows):
+        where = f"rows[{i}]"
+        if not isinstance(row, WindowSummaryRow):
+            raise ValueError(f"{where}: must be a WindowSummaryRow, got {type(row).__name__}")
+        key = (
+            check_name(f"{where}.region_id", row.region_id),
+            check_name(f"{where}.instance_id", row.instance_id),
+            check_name(f"{where}.metric", row.metric),
+            canonical_labels(f"{where}.labels", row.labels),
+            check_ns(f"{where}.window_start_ns", row.window_start_ns),
+            check_ns(f"{where}.change_seq", row.change_seq),
+        )
+        keys[key] = None
+    return list(keys)
+
+
 def check_ns(field_name: str, value: object) -> int:
     """``value`` if it is a 64-bit integer; else ``ValueError``."""
     if isinstance(value, bool) or not isinstance(value, int):

@@ -69,6 +69,7 @@ from nethical_grpc.storage.timeseries.model import (
     MetricPoint,
     MetricRecord,
     WindowFilter,
+    WindowKey,
     WindowSummaryRow,
     check_name,
     datetime_from_us,
@@ -739,6 +740,18 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
             ),
             (region_id, before_ns),
         )
+
+    async def _delete_window_rows(self, keys: list[WindowKey]) -> int:
+        query = sql.SQL(
+            "DELETE FROM {} WHERE region_id = %s AND instance_id = %s AND metric = %s "
+            "AND labels = %s AND window_start_ns = %s AND change_seq = %s"
+        ).format(self._table("window_summaries"))
+        deleted = 0
+        async with self._connection(self.write_timeout_s, "write") as conn, conn.transaction():
+            for key in keys:
+                cur = await conn.execute(query, key)
+                deleted += cur.rowcount
+        return deleted
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -54,6 +54,7 @@ from nethical_grpc.storage.timeseries.model import (
     MetricColumns,
     MetricRecord,
     WindowFilter,
+    WindowKey,
     WindowSummaryRow,
     datetime_from_us,
     load_json_text,
@@ -628,6 +629,23 @@ class SQLiteTimeSeriesStore(TimeSeriesStore):
                 "DELETE FROM window_summaries WHERE region_id = ? AND window_start_ns < ?",
                 (region_id, before_ns),
             ).rowcount
+        self._forget_rows("window_summaries", deleted)
+        return deleted
+
+    async def _delete_window_rows(self, keys: list[WindowKey]) -> int:
+        return await self._run(self._delete_window_rows_sync, keys)
+
+    def _delete_window_rows_sync(self, keys: list[WindowKey]) -> int:
+        conn = self._db()
+        with write_transaction(conn):
+            deleted = sum(
+                conn.execute(
+                    "DELETE FROM window_summaries WHERE region_id = ? AND instance_id = ? "
+                    "AND metric = ? AND labels = ? AND window_start_ns = ? AND change_seq = ?",
+                    key,
+                ).rowcount
+                for key in keys
+            )
         self._forget_rows("window_summaries", deleted)
         return deleted
 
