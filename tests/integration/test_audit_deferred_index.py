@@ -6,6 +6,7 @@ before it was indexed never touches the index."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
@@ -187,3 +188,32 @@ async def test_idle_indexing_stops_when_a_write_begins(
         if (await index_state(store))[0] == 2001:
             break
     assert await index_state(store) == (2001, 2001, 2001)
+
+
+async def test_a_search_under_writes_faster_than_indexing_ends(
+    open_store: Opener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the search indexes what waited when it began; what writes add meanwhile waits for
+    # the next time (chasing them, with 2-record chunks against 50-record writes, the
+    # search never ended)
+    monkeypatch.setattr(sqlite_fts, "_INDEX_CHUNK", 2)
+    monkeypatch.setattr(sqlite_fts, "_INDEX_IDLE_S", 3600.0)
+    store = await open_store()
+    records = dataset(100)
+    await store.index_audit_logs(records)
+
+    async def keep_writing() -> None:  # until cancelled
+        for n in itertools.count():
+            await store.index_audit_logs(
+                [replace(r, action_id=f"w{n}-{i}") for i, r in enumerate(records[:50])]
+            )
+
+    writer = asyncio.ensure_future(keep_writing())
+    try:
+        await asyncio.sleep(0)
+        page = await asyncio.wait_for(store.search_audit_logs("report", page_size=500), 20.0)
+        assert {h.record.action_id for h in page.hits} >= set(oracle_ids(records, "report"))
+        assert not writer.done()  # the writes went on meanwhile
+    finally:
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)

@@ -71,11 +71,11 @@ Concurrency and durability
 File databases use WAL with ``synchronous=NORMAL`` (a committed batch survives a process
 crash; the last batches may be lost on power loss), one writer connection on its own
 thread and ``read_threads`` reader connections on a pool, so searches do not wait for a
-bulk write; each read runs in one read transaction (a consistent snapshot).  An
-in-memory database (``memory://``) is private to one connection on one thread.  Several
-processes may share one file: schema creation runs in an ``IMMEDIATE`` transaction,
-statements wait up to ``busy_timeout_ms``, and each process's mirror tops itself up
-from the table.
+bulk write (a text search does when records wait: it indexes them first); each read runs
+in one read transaction (a consistent snapshot).  An in-memory database (``memory://``)
+is private to one connection on one thread.  Several processes may share one file:
+schema creation runs in an ``IMMEDIATE`` transaction, statements wait up to
+``busy_timeout_ms``, and each process's mirror tops itself up from the table.
 """
 
 from __future__ import annotations
@@ -1004,13 +1004,31 @@ class SqliteFtsAuditStore(AuditStore):
         self._indexing = asyncio.get_running_loop().create_task(catch_up())
 
     async def _catch_up(self, until_write: int | None = None) -> None:
-        """Index every record waiting, a chunk per write transaction (other writes go
-        between them); with ``until_write`` (the idle indexing), only until a write
-        begins after that many (the next idle second goes on)."""
+        """Index every record waiting when it begins, a chunk per write transaction (other
+        writes go between them, and what they add waits for the next time: with writes
+        faster than indexing, a search would otherwise never end); with ``until_write``
+        (the idle indexing), only until a write begins after that many (the next idle
+        second goes on)."""
+        upto: int | None = None
         while until_write is None or self._writes == until_write:
             self._check_open()  # closed between chunks: its worker threads are gone
-            if not await self._writer.run(_index_chunk):
+            more, top = await self._writer.run(functools.partial(_index_chunk, upto=upto))
+            if not more:
                 return
+            upto = top if upto is None else upto
+
+    async def _catch_up_to_read(self) -> None:
+        """Index every record waiting before a text search or text statistics.
+
+        Whether any wait is read first on a reader: :meth:`_catch_up` runs on the writer,
+        where a read would queue behind this store's writes and take the file's write lock
+        (failing as locked past ``busy_timeout_ms`` while another process writes) even
+        with nothing to index."""
+        if self._readers is not self._writer:  # a file: memory has one connection
+            waiting = await self._readers.run(lambda conn: _read(conn, lambda: _waiting(conn)))
+            if not waiting:
+                return
+        await self._catch_up()
 
     async def refresh(self) -> None:
         """Index every record written so far (searches with text do it themselves; see
@@ -1171,7 +1189,7 @@ class SqliteFtsAuditStore(AuditStore):
         cursor = decode_page_token(self.backend, query)
         position, frozen = (None, None) if cursor is None else _position(cursor, query)
         if query.filter.terms:
-            await self._catch_up()
+            await self._catch_up_to_read()
         hits, total, last, stats = await self._readers.run(
             lambda conn: _read(conn, lambda: self._search_sync(conn, query, position, frozen))
         )
@@ -1211,7 +1229,7 @@ class SqliteFtsAuditStore(AuditStore):
 
     async def _statistics(self, flt: AuditFilter) -> AuditStatistics:
         if flt.terms:
-            await self._catch_up()
+            await self._catch_up_to_read()
         return await self._readers.run(
             lambda conn: _read(conn, lambda: self._statistics_sync(conn, flt))
         )
@@ -1370,17 +1388,25 @@ def _index_past_lag(conn: sqlite3.Connection) -> None:
         _index_range(conn, top - _INDEX_LAG)
 
 
-def _index_chunk(conn: sqlite3.Connection) -> bool:
-    """Index up to :data:`_INDEX_CHUNK` of the records waiting, in one write transaction;
-    whether more wait."""
+def _waiting(conn: sqlite3.Connection) -> bool:
+    """Whether records wait for the full-text index (read only)."""
+    first, top = _seq_range(conn)
+    return top > max(first - 1, _indexed_upto(conn))
+
+
+def _index_chunk(conn: sqlite3.Connection, upto: int | None = None) -> tuple[bool, int]:
+    """Index up to :data:`_INDEX_CHUNK` of the records waiting (those up to seq ``upto``,
+    with one), in one write transaction; whether more of those wait, and the newest seq
+    held."""
     with write_transaction(conn):
         first, top = _seq_range(conn)
+        end = top if upto is None else min(top, upto)
         start = max(first - 1, _indexed_upto(conn))
-        if top <= start:
-            return False
-        last = min(top, start + _INDEX_CHUNK)
+        if end <= start:
+            return False, top
+        last = min(end, start + _INDEX_CHUNK)
         _index_range(conn, last)
-        return last < top
+        return last < end, top
 
 
 def _forget_codes(conn: sqlite3.Connection) -> int:
