@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import random
 import threading
@@ -45,6 +46,8 @@ from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
 from nethical_grpc.validation import quoted
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 _DEADLINE_SLACK_S = 0.005
 #: The most times an ejection interval doubles: past it, any sane base reached the max
@@ -873,11 +876,28 @@ class LoadBalancer:
         on a channel end when it closes, as gRPC ends them (an async call with a bare
         CancelledError: it was sent, so it is not reported as refused). The instances
         stay listed, with their statistics.
+
+        The first close then tells every listener that each instance was removed (as
+        :meth:`remove_instance` does), so that a listener of its own (a
+        :class:`HealthWatcher` made directly, say) ends its work on them now; a
+        listener's error is logged, and the close goes on. The attached watcher is
+        closed instead (its watches awaited), as before.
         """
         with self._lock:
+            first = not self._closed
             self._closed = True
             for inst in self._instances.values():
                 inst.removed = inst.balancer_closed = True
+            closed = list(self._instances.values()) if first else []
+            listeners = [x for x in self._listeners if x is not self._watcher]
+        for inst in closed:
+            for listener in listeners:
+                try:
+                    listener.instance_removed(inst)
+                except Exception:  # the channels must still be closed
+                    log.exception(
+                        "listener %r failed on the close of %s", listener, inst.instance_id
+                    )
         if self._watcher is not None:
             await self._watcher.close()
         with self._lock:

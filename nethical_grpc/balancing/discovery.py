@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from nethical_grpc.balancing.instance import MAX_WEIGHT
+from nethical_grpc.balancing.retry import BALANCER_CLOSED
 
 if TYPE_CHECKING:
     from nethical_grpc.balancing.balancer import LoadBalancer
@@ -167,6 +168,7 @@ class DnsDiscovery:
         # (or another target's), and stays as it is
         self._owner: dict[str, TargetState] = {}
         self._task: asyncio.Task[None] | None = None
+        self._closed = False  # set by close(): not started again
 
     def add_target(self, region_id: str, target: Target) -> None:
         """Follow a ``dns:`` target for ``region_id`` (resolved on the next refresh)."""
@@ -178,12 +180,27 @@ class DnsDiscovery:
     def targets(self) -> list[TargetState]:
         return list(self._targets.values())
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (it is not started again)."""
+        return self._closed
+
     def start(self) -> None:
-        """Resolve every target now and then every ``interval_s`` (inside the loop)."""
+        """Resolve every target now and then every ``interval_s`` (inside the loop),
+        until this discovery or its balancer closes.
+
+        Again while running: nothing more. RuntimeError once this discovery or its
+        balancer was closed (what it resolved could only be added closed)."""
+        if self._lb.closed:
+            raise RuntimeError(f"{BALANCER_CLOSED}: its DNS discovery is not started again")
+        if self._closed:
+            raise RuntimeError("the DNS discovery is closed: it is not started again")
         if self._task is None and self._targets:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
+        """Stop re-resolving (idempotent); the discovery is not started again."""
+        self._closed = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -191,12 +208,17 @@ class DnsDiscovery:
                 await task
 
     async def _run(self) -> None:
-        while True:
+        while not self._lb.closed:  # its close ends the re-resolution
             await self.refresh()
             await asyncio.sleep(self.interval_s)
 
     async def refresh(self) -> None:
-        """Resolve every target once, concurrently, and apply the changes."""
+        """Resolve every target once, concurrently, and apply the changes.
+
+        Nothing once the balancer is closed: it keeps its instances listed, with their
+        statistics, and an instance added then would be born closed (no channel)."""
+        if self._lb.closed:
+            return
         states = list(self._targets.values())
         await asyncio.gather(*(self._refresh_one(s) for s in states))
 
@@ -214,6 +236,8 @@ class DnsDiscovery:
                 len(state.instances),
                 state.last_error,
             )
+            return
+        if self._lb.closed:  # closed while resolving: nothing to apply the answer to
             return
         state.resolutions += 1
         state.last_error = ""
