@@ -52,6 +52,16 @@ ids it applied (bounded), across restarts through the log and the checkpoint. Th
 checkpoint's ids are those known when it is written, so they may name batches of the
 segments after it (taken while the flush ran): a replay applies every batch those
 segments hold, whatever ids are known.
+
+A checkpoint writes only the ids added since the last one (its cost does not grow with
+the ids remembered): they are appended to the batch ids journal ``batch-ids-<n>.journal``
+(one JSON string a line) and fsynced before the checkpoint, which names the journal and
+how many of its bytes it covers (and the new ids again). On start the covered bytes are
+read and anything after them (an append whose checkpoint a kill prevented: those batches
+are in the segments it did not delete) is cut off; journals no checkpoint names are
+deleted. Once the journal holds :data:`JOURNAL_COMPACT_FACTOR` times the ids remembered,
+a checkpoint writes a new one holding only those and names it instead. A checkpoint of
+an older version (every remembered id in ``batch_ids``, no journal) is read too.
 """
 
 from __future__ import annotations
@@ -69,6 +79,7 @@ import zlib
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from io import FileIO
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import BinaryIO, Final
 
@@ -107,6 +118,11 @@ WRITE_PAST_BYTES: Final = 1 << 20
 KEEP_UNSYNCED_BYTES: Final = 64 << 20
 #: While writes fail, appends are refused once this many bytes wait to be written.
 MAX_UNWRITTEN_BYTES: Final = 64 << 20
+#: The batch ids journal is rewritten with the remembered ids only once it holds more
+#: than this many times as many ids as are remembered.
+JOURNAL_COMPACT_FACTOR: Final = 2
+_JOURNAL_PREFIX: Final = "batch-ids-"
+_JOURNAL_SUFFIX: Final = ".journal"
 
 
 class LogInUseError(OSError):
@@ -114,11 +130,20 @@ class LogInUseError(OSError):
 
 
 class BatchIds:
-    """The most recent ``limit`` batch ids applied, oldest forgotten first."""
+    """The most recent ``limit`` batch ids applied, oldest forgotten first.
 
-    def __init__(self, limit: int = DEFAULT_REMEMBERED_BATCHES) -> None:
+    With ``track_new`` it also keeps the ids added since :meth:`take_new` last took them
+    (at most ``limit`` of them; past that it only notes that some were missed), for a
+    log's checkpoint to journal only those. Safe to add to from one thread while another
+    takes them."""
+
+    def __init__(self, limit: int = DEFAULT_REMEMBERED_BATCHES, *, track_new: bool = False) -> None:
         self.limit = limit
         self._ids: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+        self._track_new = track_new
+        self._new: list[str] = []
+        self._missed_new = False
 
     def __contains__(self, batch_id: object) -> bool:
         return batch_id in self._ids
@@ -127,12 +152,49 @@ class BatchIds:
         return len(self._ids)
 
     def add(self, batch_id: str) -> None:
-        self._ids[batch_id] = None
-        if len(self._ids) > self.limit:
-            self._ids.popitem(last=False)
+        with self._lock:
+            if batch_id in self._ids:
+                return
+            self._ids[batch_id] = None
+            if len(self._ids) > self.limit:
+                self._ids.popitem(last=False)
+            if self._track_new:
+                self._new.append(batch_id)
+                if len(self._new) > self.limit:
+                    self._new.clear()
+                    self._missed_new = True
+
+    def restore(self, batch_ids: Iterable[str]) -> None:
+        """Remember ``batch_ids`` (read back from a checkpoint) without counting them new."""
+        with self._lock:
+            ids = self._ids
+            for batch_id in batch_ids:
+                if batch_id not in ids:
+                    ids[batch_id] = None
+                    if len(ids) > self.limit:
+                        ids.popitem(last=False)
+
+    def take_new(self) -> tuple[list[str], bool]:
+        """The ids added since the last take (oldest first), and whether some of them were
+        not kept (more than ``limit``): then only :meth:`recent` has them all."""
+        with self._lock:
+            new, missed = self._new, self._missed_new
+            self._new, self._missed_new = [], False
+            return new, missed
+
+    def give_back(self, new: list[str], missed: bool) -> None:
+        """Put back what :meth:`take_new` took (a checkpoint that failed), ahead of the
+        ids added since."""
+        with self._lock:
+            self._new[:0] = new
+            self._missed_new = self._missed_new or missed
+            if len(self._new) > self.limit:
+                self._new.clear()
+                self._missed_new = True
 
     def recent(self) -> list[str]:
-        return list(self._ids)
+        with self._lock:
+            return list(self._ids)
 
 
 def _segment_number(path: Path) -> int | None:
@@ -176,7 +238,12 @@ class WriteAheadLog:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock_file = _lock_directory(directory)
         try:
-            self.batch_ids = BatchIds(remembered_batches)
+            self.batch_ids = BatchIds(remembered_batches, track_new=True)
+            # the batch ids journal the checkpoint names (None: none yet), the bytes of it
+            # the checkpoint covers, and how many ids those hold
+            self._journal: str | None = None
+            self._journal_bytes = 0
+            self._journal_ids = 0
             #: this log's identity: segment numbers mean something only within one log
             self.id = self._log_id()
             self._checkpointed = -1
@@ -242,12 +309,47 @@ class WriteAheadLog:
 
     def _load_checkpoint(self) -> None:
         path = self.directory / "checkpoint"
-        if not path.exists():
-            return
-        data = json.loads(path.read_text())
-        self._checkpointed = int(data["segment"])
-        for batch_id in data.get("batch_ids", []):
-            self.batch_ids.add(str(batch_id))
+        data = json.loads(path.read_text()) if path.exists() else None
+        if data is not None:
+            self._checkpointed = int(data["segment"])
+            journal = data.get("journal")
+            if journal is not None:
+                self._read_journal(str(journal), int(data["journal_bytes"]))
+            # the ids this checkpoint added (in its journal too), or, as checkpoints
+            # written before the journal have them, every id remembered
+            self.batch_ids.restore(str(batch_id) for batch_id in data.get("batch_ids", []))
+        for stale in self.directory.iterdir():  # journals no checkpoint names (a kill)
+            name = stale.name
+            if name.startswith(_JOURNAL_PREFIX) and name != self._journal:
+                stale.unlink(missing_ok=True)
+
+    def _read_journal(self, name: str, covered: int) -> None:
+        """Remember the ids of the first ``covered`` bytes of journal ``name`` (one JSON
+        string a line), and cut off what follows them (a checkpoint that did not happen)."""
+        with open(self.directory / name, "r+b") as f:
+            data = f.read(covered)
+            if len(data) < covered:
+                raise OSError(
+                    f"the batch ids journal {self.directory / name} holds {len(data)} bytes, "
+                    f"its checkpoint covers {covered}"
+                )
+            if f.read(1):
+                f.truncate(covered)
+                os.fsync(f.fileno())
+        lines = data.decode("ascii", "replace").split("\n")
+        if lines.pop():  # cannot be (the checkpoint covers whole lines): skipped
+            log.warning("WAL %s: the batch ids journal ends in a torn line", self.directory)
+        ids = []
+        for line in lines:
+            if "\\" not in line and len(line) >= 2 and line[0] == line[-1] == '"':
+                ids.append(line[1:-1])  # no escapes: the JSON string's characters
+                continue
+            try:
+                ids.append(str(json.loads(line)))
+            except ValueError:
+                log.warning("WAL %s: a corrupt line in the batch ids journal", self.directory)
+        self.batch_ids.restore(ids)
+        self._journal, self._journal_bytes, self._journal_ids = name, covered, len(ids)
 
     def _open_current(self) -> FileIO:
         """The current segment, opened (for appends) if it is not (holding _io_lock)."""
@@ -489,15 +591,50 @@ class WriteAheadLog:
         return closed
 
     def checkpoint(self, upto: int, batch_ids: Iterable[str] | None = None) -> int:
-        """Segments ``<= upto`` are in the store: record it durably, then delete them."""
-        ids = list(batch_ids if batch_ids is not None else self.batch_ids.recent())
-        # every id it names must be in the log first: one taken since the last sync is in
-        # a record still in memory, which a kill would lose while the checkpoint kept its id
-        # (the batch's retry would then be taken for a duplicate, and the batch lost)
-        self.sync()
-        write_durably(
-            self.directory / "checkpoint", json.dumps({"segment": upto, "batch_ids": ids})
-        )
+        """Segments ``<= upto`` are in the store: record it durably, then delete them.
+
+        The batch ids remembered go to the journal the checkpoint names: those added since
+        the last checkpoint are appended to it (and named in the checkpoint too), and once
+        it holds :data:`JOURNAL_COMPACT_FACTOR` times the ids remembered it is replaced by
+        one holding only those. ``batch_ids``, if given, replaces every id the log's
+        checkpoint names."""
+        if batch_ids is not None:
+            new, missed, full = list(batch_ids), False, True
+        else:
+            new, missed = self.batch_ids.take_new()
+            full = (
+                missed
+                or self._journal is None
+                or self._journal_ids + len(new) > JOURNAL_COMPACT_FACTOR * self.batch_ids.limit
+            )
+        try:
+            # taken before the sync (a batch's id is added after its record is appended):
+            # every id it names must be in the log first: one taken since the last sync is
+            # in a record still in memory, which a kill would lose while the checkpoint kept
+            # its id (the batch's retry would then be taken for a duplicate, and the batch lost)
+            journaled = new if batch_ids is not None else self.batch_ids.recent() if full else []
+            self.sync()
+            # the ids are durable in the journal before the checkpoint that covers them
+            if full:
+                journal, size, count = self._write_journal(journaled)
+                named = [] if batch_ids is not None else new
+            else:
+                journal, size, count = self._append_journal(new)
+                named = new
+            write_durably(
+                self.directory / "checkpoint",
+                json.dumps(
+                    {"segment": upto, "journal": journal, "journal_bytes": size, "batch_ids": named}
+                ),
+            )
+        except BaseException:
+            if batch_ids is None:
+                self.batch_ids.give_back(new, missed)
+            raise
+        old, self._journal = self._journal, journal
+        self._journal_bytes, self._journal_ids = size, count
+        if old is not None and old != journal:
+            (self.directory / old).unlink(missing_ok=True)
         self._checkpointed = upto
         removed = 0
         for n, path in self._segments():
@@ -506,6 +643,45 @@ class WriteAheadLog:
                 self._newest.pop(n, None)
                 removed += 1
         return removed
+
+    @staticmethod
+    def _journal_lines(batch_ids: list[str]) -> bytes:
+        if not batch_ids:
+            return b""
+        return ("\n".join(map(encode_basestring_ascii, batch_ids)) + "\n").encode("ascii")
+
+    def _write_journal(self, batch_ids: list[str]) -> tuple[str, int, int]:
+        """A new journal holding ``batch_ids``, durable: (its name, bytes, ids)."""
+        number = 0
+        if self._journal is not None:
+            number = int(self._journal[len(_JOURNAL_PREFIX) : -len(_JOURNAL_SUFFIX)]) + 1
+        name = f"{_JOURNAL_PREFIX}{number:012d}{_JOURNAL_SUFFIX}"
+        data = self._journal_lines(batch_ids)
+        path = self.directory / name
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_dir(self.directory)
+        return name, len(data), len(batch_ids)
+
+    def _append_journal(self, batch_ids: list[str]) -> tuple[str, int, int]:
+        """``batch_ids`` appended to the journal, durable: (its name, bytes, ids). What
+        follows the bytes the checkpoint covers (an append whose checkpoint failed) is
+        cut off first: the journal holds whole lines."""
+        assert self._journal is not None
+        data = self._journal_lines(batch_ids)
+        fd = os.open(self.directory / self._journal, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, self._journal_bytes)
+            view, at = memoryview(data), self._journal_bytes
+            while view:
+                done = os.pwrite(fd, view, at)
+                view, at = view[done:], at + done
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return self._journal, self._journal_bytes + len(data), self._journal_ids + len(batch_ids)
 
     def drop_older_than(self, cutoff_ns: int) -> int:
         """Delete the closed segments all of whose records' batch times are before
