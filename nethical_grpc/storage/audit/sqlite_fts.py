@@ -1366,32 +1366,36 @@ def _index_rows(
     return fts_rows, doc_freq, counted
 
 
-def _index_range(conn: sqlite3.Connection, last: int) -> None:
-    """Add the records past ``audit_index_top`` up to ``last`` to the full-text index and
-    the ranking tables, inside the caller's write transaction."""
-    upto = _indexed_upto(conn)
-    first = max(upto + 1, _seq_range(conn)[0])  # those dropped unindexed are gone
-    if last >= first:
-        fts_rows, doc_freq, counted = _index_rows(_documents(conn, first, last))
-        execute_rows(conn, _FTS_INSERT, "(NULL, ?, ?, ?, ?)", fts_rows)
-        execute_rows(conn, _DF_UPSERT, "(?, ?)", list(doc_freq.items()))
-        execute_rows(conn, "INSERT INTO audit_term_counts VALUES {rows}", "(?, ?, ?)", counted)
-    if last > upto:
-        conn.execute("UPDATE audit_index_top SET upto = ? WHERE id = 1", (last,))
+def _waiting_after(conn: sqlite3.Connection) -> tuple[int, int]:
+    """``(start, top)``: the records ``start + 1 .. top`` wait for the full-text index
+    (none when ``top <= start``); those dropped unindexed are gone, so ``start`` is at
+    least the seq before the oldest held."""
+    first, top = _seq_range(conn)
+    return max(first - 1, _indexed_upto(conn)), top
+
+
+def _index_range(conn: sqlite3.Connection, start: int, last: int) -> None:
+    """Add the records ``start + 1 .. last`` (``start`` from :func:`_waiting_after`) to
+    the full-text index and the ranking tables, inside the caller's write transaction."""
+    fts_rows, doc_freq, counted = _index_rows(_documents(conn, start + 1, last))
+    execute_rows(conn, _FTS_INSERT, "(NULL, ?, ?, ?, ?)", fts_rows)
+    execute_rows(conn, _DF_UPSERT, "(?, ?)", list(doc_freq.items()))
+    execute_rows(conn, "INSERT INTO audit_term_counts VALUES {rows}", "(?, ?, ?)", counted)
+    conn.execute("UPDATE audit_index_top SET upto = ? WHERE id = 1", (last,))
 
 
 def _index_past_lag(conn: sqlite3.Connection) -> None:
     """Index the oldest records waiting past the newest :data:`_INDEX_LAG`, inside the
     caller's write transaction (after a write: as many as it added, in the steady state)."""
-    first, top = _seq_range(conn)
-    if top - max(first - 1, _indexed_upto(conn)) > _INDEX_LAG:
-        _index_range(conn, top - _INDEX_LAG)
+    start, top = _waiting_after(conn)
+    if top - start > _INDEX_LAG:
+        _index_range(conn, start, top - _INDEX_LAG)
 
 
 def _waiting(conn: sqlite3.Connection) -> bool:
     """Whether records wait for the full-text index (read only)."""
-    first, top = _seq_range(conn)
-    return top > max(first - 1, _indexed_upto(conn))
+    start, top = _waiting_after(conn)
+    return top > start
 
 
 def _index_chunk(conn: sqlite3.Connection, upto: int | None = None) -> tuple[bool, int]:
@@ -1399,13 +1403,12 @@ def _index_chunk(conn: sqlite3.Connection, upto: int | None = None) -> tuple[boo
     with one), in one write transaction; whether more of those wait, and the newest seq
     held."""
     with write_transaction(conn):
-        first, top = _seq_range(conn)
+        start, top = _waiting_after(conn)
         end = top if upto is None else min(top, upto)
-        start = max(first - 1, _indexed_upto(conn))
         if end <= start:
             return False, top
         last = min(end, start + _INDEX_CHUNK)
-        _index_range(conn, last)
+        _index_range(conn, start, last)
         return last < end, top
 
 
