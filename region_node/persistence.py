@@ -900,13 +900,15 @@ class Persister:
         self._windows_gap(reading)  # seen when the node serves meanwhile
         now = time.time_ns()
         ident = self.node.identity
-        # answering for the region, the windows this log's batches went into under another
-        # instance id (a restart under a new one) are in the answers as a peer's: the
-        # segments their mark names must not be replayed into this instance's as well
+        # the log's marks under any instance id: a restart under a new id (after a kill
+        # between a flush and its checkpoint) finds the segments an earlier run of this
+        # log flushed under its old id. Those batches are that id's windows in the store
+        # (a peer's in a region-scope answer, and read by every reader of the region):
+        # replayed into this instance's as well, each would count twice. Left out of
+        # this instance's own windows, they are what a clean stop leaves behind too (its
+        # checkpoint drops the segments), whatever the scope.
         marks = await self.stores.timeseries.load_window_summaries(
-            ident.region_id,
-            since_ns=_WAL_MARK_START_NS,
-            instance_id=None if self.answers_for_region else ident.instance_id,
+            ident.region_id, since_ns=_WAL_MARK_START_NS
         )
         for r in marks:
             if r.metric == WAL_MARK_METRIC and r.labels.get("wal") == self.wal_id:
