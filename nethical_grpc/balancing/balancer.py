@@ -251,7 +251,8 @@ class LoadBalancer:
 
         ``endpoint`` is a gRPC target (``HOST:PORT``, ``[IPV6]:PORT``, ``dns:///NAME:PORT``,
         ``unix:PATH``): a URL such as ``http://HOST:PORT`` is refused (ValueError), as
-        gRPC would only fail its calls later."""
+        gRPC would only fail its calls later. RuntimeError once the balancer is closed
+        (its instances take no calls and make no channels: one added then never would)."""
         scheme, sep, _ = endpoint.partition("://")
         if sep and scheme.lower() in _URL_SCHEMES:
             raise ValueError(
@@ -264,6 +265,8 @@ class LoadBalancer:
         old_channel: grpc.aio.Channel | None = None
         old_calls: ChannelCalls | None = None
         with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{BALANCER_CLOSED}: instance {instance_id!r} is not added")
             inst = self._instances.get(instance_id)
             created = inst is None
             if inst is None:
@@ -275,8 +278,6 @@ class LoadBalancer:
                     channel_factory=self.channel_factory,
                     max_message_bytes=self.max_message_bytes,
                 )
-                if self._closed:  # kept for the statistics; it makes no channel
-                    inst.removed = inst.balancer_closed = True
                 self._instances[instance_id] = inst
                 moved_from = None
             else:

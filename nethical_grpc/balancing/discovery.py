@@ -216,7 +216,7 @@ class DnsDiscovery:
         """Resolve every target once, concurrently, and apply the changes.
 
         Nothing once the balancer is closed: it keeps its instances listed, with their
-        statistics, and an instance added then would be born closed (no channel)."""
+        statistics, and adds none."""
         if self._lb.closed:
             return
         states = list(self._targets.values())

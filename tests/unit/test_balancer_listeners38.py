@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import grpc
 import pytest
 from info_servers import InfoServers as Servers
 from meshutil import wait_for
@@ -27,7 +28,6 @@ from nethical_grpc.balancing import (
     LoadBalancer,
     parse_target,
 )
-from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
 
 
 @pytest.fixture
@@ -123,11 +123,9 @@ async def test_a_failing_listener_does_not_stop_the_close(servers: Servers) -> N
     await lb.close()
     assert len(failing.removed) == 2 and len(told.removed) == 2
     assert not any(i.has_channel for i in lb.instances())
-    # the channels were closed: a call on one is refused
-    for channel in made:
-        stub = region_node_pb2_grpc.RegionNodeServiceStub(channel)
-        with pytest.raises(Exception, match=r"^Channel is closed"):  # grpc UsageError
-            await stub.GetNodeInfo(region_node_pb2.GetNodeInfoRequest(), timeout=1.0)
+    # the channels were closed (a stub made on a closed channel could hang in grpc's
+    # registered-method lookup: its state says it instead)
+    assert all(c.get_state() is grpc.ChannelConnectivity.SHUTDOWN for c in made)
 
 
 async def test_a_direct_watchers_retrying_watches_end_at_the_close(servers: Servers) -> None:
