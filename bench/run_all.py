@@ -23,6 +23,7 @@ BENCHES = [
     "restart",
     "wal_replay",
     "peers",
+    "wide_answer",
     "evaluate",
     "jit",
     "gpu",

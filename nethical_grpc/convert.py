@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -400,6 +401,119 @@ def group_summary_to_proto(g: GroupSummary, mean_error: float = 0.0) -> summary_
         end_time=ns_to_timestamp(g.end_ns),
         mean_error=mean_error,
     )
+
+
+#: A double's encoding, little-endian (the wire's fixed64).
+_DOUBLE: Final = struct.Struct("<d")
+_ZERO_DOUBLE: Final = bytes(8)
+
+
+def _wire_double(tag: bytes, value: float) -> bytes:
+    """A double field: nothing for +0.0, which proto3 leaves out (-0.0 is written)."""
+    raw = _DOUBLE.pack(value)
+    return b"" if raw == _ZERO_DOUBLE else tag + raw
+
+
+def _wire_sint(tag: bytes, value: int) -> bytes:
+    """A sint32 field (zigzag): nothing for 0."""
+    return tag + varint((value << 1) ^ (value >> 63)) if value else b""
+
+
+def _wire_int64(tag: bytes, value: int) -> bytes:
+    """An int32/int64 field (a negative one in ten bytes, two's complement): nothing for 0."""
+    return tag + varint(value & 0xFFFF_FFFF_FFFF_FFFF) if value else b""
+
+
+def _wire_uint(tag: bytes, value: int) -> bytes:
+    return tag + varint(value) if value else b""
+
+
+def _wire_text(tag: bytes, text: str) -> bytes:
+    return tag + varint(len(raw := text.encode())) + raw if text else b""
+
+
+def _wire_timestamp(tag: bytes, ns: int) -> bytes:
+    seconds, nanos = divmod(int(ns), NANOS)
+    return packed_field_tagged(tag, _wire_int64(b"\x08", seconds) + _wire_int64(b"\x10", nanos))
+
+
+def packed_field_tagged(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field whose tag is encoded already: tag, length, payload."""
+    return tag + varint(len(payload)) + payload
+
+
+def _wire_moments(m: Moments) -> bytes:
+    if m.count == 0:
+        return b""
+    total, compensation = two_sum(m.sum, m.compensation)
+    return b"".join(
+        (
+            _wire_uint(b"\x08", m.count),
+            _wire_double(b"\x11", total),
+            _wire_double(b"\x19", m.min),
+            _wire_double(b"\x21", m.max),
+            _wire_double(b"\x29", m.mean),
+            _wire_double(b"\x31", m.m2),
+            _wire_double(b"\x39", compensation),
+        )
+    )
+
+
+def _wire_buckets(tag: bytes, b: Buckets) -> bytes:
+    t = b.trimmed()
+    if not t.counts.size:
+        return b""  # (left unset, as histogram_to_proto leaves it)
+    return packed_field_tagged(tag, _wire_sint(b"\x08", t.offset) + packed_uint64(2, t.counts))
+
+
+def _wire_histogram(h: ExponentialHistogram) -> bytes:
+    return b"".join(
+        (
+            _wire_sint(b"\x08", h.scale),
+            _wire_uint(b"\x10", h.zero_count),
+            _wire_double(b"\x19", h.zero_threshold),
+            _wire_buckets(b"\x22", h.positive),
+            _wire_buckets(b"\x2a", h.negative),
+            _wire_uint(b"\x30", h.max_buckets),
+        )
+    )
+
+
+def group_summaries_to_wire(
+    field_number: int, groups: Sequence[GroupSummary], mean_errors: Sequence[float]
+) -> bytes:
+    """``groups`` encoded as the repeated ``SeriesSummary`` field ``field_number`` of the
+    message they go into, each as :func:`group_summary_to_proto` builds it (a test checks
+    that they parse to the same messages): written straight to bytes, about a tenth of
+    the cost of building the messages, which a node answering 10,000 series paid for a
+    second and more."""
+    tag = varint((field_number << 3) | 2)
+    out = []
+    for g, error in zip(groups, mean_errors, strict=True):
+        s = g.summary
+        summary = packed_field_tagged(b"\x0a", _wire_moments(s.moments)) + packed_field_tagged(
+            b"\x12", _wire_histogram(s.histogram)
+        )
+        # a map entry holds its key and value even when empty (as protobuf writes it)
+        labels = b"".join(
+            packed_field_tagged(
+                b"\x12",
+                packed_field_tagged(b"\x0a", k.encode()) + packed_field_tagged(b"\x12", v.encode()),
+            )
+            for k, v in g.labels
+        )
+        series = b"".join(
+            (
+                _wire_text(b"\x0a", g.metric),
+                labels,
+                packed_field_tagged(b"\x1a", summary),
+                _wire_timestamp(b"\x22", g.start_ns),
+                _wire_timestamp(b"\x2a", g.end_ns),
+                _wire_double(b"\x31", error),
+            )
+        )
+        out.append(packed_field_tagged(tag, series))
+    return b"".join(out)
 
 
 def group_summary_from_proto(msg: summary_pb2.SeriesSummary, field: str) -> GroupSummary:

@@ -11,6 +11,8 @@ should stay encoded (the coordinator's summary stream).
 
 from __future__ import annotations
 
+from typing import Final
+
 import numpy as np
 import numpy.typing as npt
 
@@ -56,7 +58,15 @@ def _varints_numpy(values: U64) -> npt.NDArray[np.uint8]:
 encode_varints = _varints_numba if is_jit_available() else _varints_numpy
 
 
+#: The one-byte varints (tags, lengths and small values: most of those a message holds).
+_ONE_BYTE: Final = tuple(bytes((n,)) for n in range(0x80))
+
+
 def varint(n: int) -> bytes:
+    if 0 <= n < 0x80:
+        return _ONE_BYTE[n]
+    if n < 0x4000:
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)

@@ -42,9 +42,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 _MAX_CACHED_RESPONSES = 64
-#: Encoded bytes the cached GetSummaries answers may hold together (each is kept as a
-#: message and, once streamed, encoded: about twice this in memory). Without it 64
-#: answers near the message limit held over a GiB.
+#: Encoded bytes the cached GetSummaries answers may hold together (each is kept
+#: encoded and, once a unary GetSummaries asked for it, parsed too: up to about twice
+#: this in memory). Without it 64 answers near the message limit held over a GiB.
 _MAX_CACHED_RESPONSE_BYTES = 32 << 20
 #: What a StreamSummariesResponse adds around the summaries: the query id and the
 #: summaries field's key and length (17 bytes at most), rounded up.
@@ -52,6 +52,7 @@ _STREAM_FRAMING_BYTES = 64
 _STREAMED = region_node_pb2.StreamSummariesResponse.DESCRIPTOR.fields_by_name
 _STREAMED_QUERY_ID_FIELD = _STREAMED["query_id"].number
 _STREAMED_SUMMARIES_FIELD = _STREAMED["summaries"].number
+_SERIES_FIELD = region_node_pb2.GetSummariesResponse.SERIES_FIELD_NUMBER
 #: A StreamSummaries answer: a message, or one already encoded (see the request-parsing
 #: interceptor, which sends bytes as they are)
 StreamAnswer = region_node_pb2.StreamSummariesResponse | bytes
@@ -59,19 +60,35 @@ StreamAnswer = region_node_pb2.StreamSummariesResponse | bytes
 
 class _CachedSummaries:
     """A GetSummaries answer, valid while its query's data, the node's gaps and the windows
-    its range covers (see ``RegionNode.windows_for``) stay the same."""
+    its range covers (see ``RegionNode.windows_for``) stay the same.
 
-    __slots__ = ("_streamed", "response", "size", "version")
+    Kept encoded (its series written straight to bytes: building their messages cost a
+    node answering 10,000 series over a second): StreamSummaries sends the bytes as they
+    are, and GetSummaries parses them once, when first asked."""
+
+    __slots__ = ("_response", "_summaries_field", "encoded", "series_count", "size", "version")
 
     def __init__(
         self,
         version: tuple[tuple[object, int], int, tuple[object, object]],
-        response: region_node_pb2.GetSummariesResponse,
+        encoded: bytes,
+        series_count: int,
     ) -> None:
         self.version = version
-        self.response = response
-        self.size = response.ByteSize()
-        self._streamed: bytes | None = None
+        self.encoded = encoded
+        self.series_count = series_count
+        self.size = len(encoded)
+        self._response: region_node_pb2.GetSummariesResponse | None = None
+        # the stream answer's summaries field: its key and length
+        self._summaries_field = wire.varint((_STREAMED_SUMMARIES_FIELD << 3) | 2) + wire.varint(
+            len(encoded)
+        )
+
+    @property
+    def response(self) -> region_node_pb2.GetSummariesResponse:
+        if self._response is None:
+            self._response = region_node_pb2.GetSummariesResponse.FromString(self.encoded)
+        return self._response
 
     def check_size(self, limit: int) -> None:
         """Raise ResourceExhausted (``ANSWER_TOO_LARGE``) when this answer, with the
@@ -80,7 +97,7 @@ class _CachedSummaries:
         if self.size + _STREAM_FRAMING_BYTES <= limit:
             return
         raise answer_too_large(
-            f"{len(self.response.series)} series",
+            f"{self.series_count} series",
             self.size,
             limit,
             "fewer metrics, a label filter, fewer group_by labels",
@@ -92,11 +109,13 @@ class _CachedSummaries:
         The summaries are encoded once; each answer is the query id's field before them
         (building a message instead costs a parse of the summaries and a serialisation).
         """
-        if self._streamed is None:
-            self._streamed = wire.packed_field(
-                _STREAMED_SUMMARIES_FIELD, self.response.SerializeToString()
+        return b"".join(
+            (
+                wire.varint_field(_STREAMED_QUERY_ID_FIELD, query_id),
+                self._summaries_field,
+                self.encoded,
             )
-        return wire.varint_field(_STREAMED_QUERY_ID_FIELD, query_id) + self._streamed
+        )
 
 
 class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
@@ -266,22 +285,21 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
             groups = _public_times([r.group for r in release.groups], per_metric)
             mean_errors = [r.mean_error for r in release.groups]
         ident = self.node.identity
-        response = region_node_pb2.GetSummariesResponse(
-            series=[
-                convert.group_summary_to_proto(g, mean_error=e)
-                for g, e in zip(groups, mean_errors, strict=True)
-            ],
+        # everything but the series as a message, the series straight to bytes before it
+        # (field 1 first: the bytes a serialised message would be)
+        head = region_node_pb2.GetSummariesResponse(
             region_id=ident.region_id,
             instance_id=ident.instance_id,
             scope=_scope(self.node),
             gaps=[convert.data_gap_to_proto(g) for g in self.node.gaps_for(query)],
         )
         if release is not None:
-            response.privacy.CopyFrom(convert.privacy_info_to_proto(release.info))
+            head.privacy.CopyFrom(convert.privacy_info_to_proto(release.info))
         as_of = max((g.data_as_of_ns for g in groups), default=0)
         if as_of:
-            response.data_as_of.CopyFrom(convert.ns_to_timestamp(as_of))
-        entry = _CachedSummaries(version, response)
+            head.data_as_of.CopyFrom(convert.ns_to_timestamp(as_of))
+        series = convert.group_summaries_to_wire(_SERIES_FIELD, groups, mean_errors)
+        entry = _CachedSummaries(version, series + head.SerializeToString(), len(groups))
         # an answer refused as too large is not kept, and with privacy spends no budget
         # (charged only when sent; the releaser keeps its noise, so asking again is
         # refused again)
