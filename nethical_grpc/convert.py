@@ -66,7 +66,7 @@ from nethical_grpc.validation import (
     name_violation,
     utf8_length,
 )
-from nethical_grpc.wire import packed_field, packed_uint64, varint
+from nethical_grpc.wire import packed_field, packed_field_tagged, packed_uint64, varint
 
 NANOS = 1_000_000_000
 
@@ -435,11 +435,6 @@ def _wire_text(tag: bytes, text: str) -> bytes:
 def _wire_timestamp(tag: bytes, ns: int) -> bytes:
     seconds, nanos = divmod(int(ns), NANOS)
     return packed_field_tagged(tag, _wire_int64(b"\x08", seconds) + _wire_int64(b"\x10", nanos))
-
-
-def packed_field_tagged(tag: bytes, payload: bytes) -> bytes:
-    """A length-delimited field whose tag is encoded already: tag, length, payload."""
-    return tag + varint(len(payload)) + payload
 
 
 def _wire_moments(m: Moments) -> bytes:

@@ -77,7 +77,12 @@ def varint(n: int) -> bytes:
 
 def packed_field(field_number: int, payload: bytes) -> bytes:
     """A length-delimited field: tag, length, payload."""
-    return varint((field_number << 3) | 2) + varint(len(payload)) + payload
+    return packed_field_tagged(varint((field_number << 3) | 2), payload)
+
+
+def packed_field_tagged(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field whose tag is encoded already: tag, length, payload."""
+    return tag + varint(len(payload)) + payload
 
 
 def varint_field(field_number: int, value: int) -> bytes:
