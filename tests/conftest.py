@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from info_servers import InfoServers
 from meshutil import Mesh, mesh_fixture
 
 from region_node.stores import NodeStores, StoreConfig
@@ -16,6 +17,18 @@ from region_node.stores import NodeStores, StoreConfig
 async def mesh() -> AsyncIterator[Mesh]:
     async for m in mesh_fixture():
         yield m
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[InfoServers]:
+    """Two InfoServers (``n0``, ``n1`` of region ``r1``) on loopback port 0; a test file
+    that needs others defines its own ``servers``."""
+    s = InfoServers()
+    await s.start(2)
+    try:
+        yield s
+    finally:
+        await s.close()
 
 
 @pytest.fixture

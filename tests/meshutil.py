@@ -21,7 +21,7 @@ from nethical_grpc import client
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
 from nethical_grpc.privacy import PrivacyConfig
 from nethical_grpc.server_runtime import MeshServer, start_server
-from nethical_grpc.v1 import region_node_pb2_grpc
+from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
 from region_node.model import ModelConfig
 from region_node.node import RegionNode
 from region_node.server import RegionServerConfig, start_region_server
@@ -236,3 +236,14 @@ async def serve_region_servicer(
         [lambda s: region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(servicer, s)],
         [REGION_SERVICE],
     )
+
+
+async def count_and_gaps(address: str, metric: str) -> tuple[int, list[str]]:
+    """A node's answer for ``metric`` (GetSummaries over a fresh channel): the values it
+    counts, and the reasons of the gaps it names."""
+    async with client.insecure_channel(address) as ch:
+        stub = region_node_pb2_grpc.RegionNodeServiceStub(ch)
+        resp = await stub.GetSummaries(
+            region_node_pb2.GetSummariesRequest(metrics=[metric]), timeout=5
+        )
+    return sum(s.summary.moments.count for s in resp.series), [g.reason for g in resp.gaps]

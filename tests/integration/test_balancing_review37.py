@@ -5,7 +5,6 @@ servers on loopback port 0 with gRPC's own health servicer (grpc_health.v1.healt
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -22,14 +21,6 @@ from nethical_grpc.balancing import (
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-@pytest.fixture
-async def servers() -> AsyncIterator[Servers]:
-    s = Servers()
-    await s.start(2)
-    yield s
-    await s.close()
 
 
 async def test_a_watch_whose_channel_cannot_be_made_yet_is_restarted(servers: Servers) -> None:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from meshutil import count_and_gaps
 from services import PG_URL, fresh_schema
 
 from nethical_grpc import client
-from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
 from region_node.server import RegionServerConfig, start_region_server
 from region_node.stores import StoreConfig
 
@@ -27,16 +27,7 @@ def pg_schema() -> Iterator[str]:
         yield schema
 
 
-async def _count(address: str, metric: str) -> tuple[int, list[str]]:
-    async with client.insecure_channel(address) as ch:
-        stub = region_node_pb2_grpc.RegionNodeServiceStub(ch)
-        resp = await stub.GetSummaries(
-            region_node_pb2.GetSummariesRequest(metrics=[metric]), timeout=5
-        )
-    return sum(s.summary.moments.count for s in resp.series), [g.reason for g in resp.gaps]
-
-
-async def _region_count(cfg: StoreConfig, metric: str) -> int:
+async def _regioncount_and_gaps(cfg: StoreConfig, metric: str) -> int:
     """What a region-scope reader of the store (no log of its own) counts, once its peers
     are read."""
     reader, _ = await start_region_server(
@@ -46,7 +37,7 @@ async def _region_count(cfg: StoreConfig, metric: str) -> int:
     )
     try:
         for _ in range(100):
-            count, gaps = await _count(reader.address, metric)
+            count, gaps = await count_and_gaps(reader.address, metric)
             if not gaps:
                 return count
             await asyncio.sleep(0.05)
@@ -83,14 +74,14 @@ async def test_a_restart_under_a_new_id_in_instance_scope_counts_each_batch_once
 
     server, _ = await start_region_server(config("eu-new"))
     try:
-        assert await _count(server.address, "m") == (0, [])
+        assert await count_and_gaps(server.address, "m") == (0, [])
         async with client.insecure_channel(server.address) as ch:
             # the log still knows the batch: its retry is a duplicate, not applied again
             retry = await client.ingest(ch, sent)
             assert (retry.accepted_batches, retry.duplicate_batches) == (0, 1)
             more = [client.encode_ingest_request("m", np.arange(5.0), batch_id="b2")]
             assert (await client.ingest(ch, more)).accepted_batches == 1
-        assert await _count(server.address, "m") == (5, [])
+        assert await count_and_gaps(server.address, "m") == (5, [])
     finally:
         await server.drain(announce_s=0, grace_s=0)  # flushes the new id's windows
-    assert await _region_count(cfg, "m") == 105
+    assert await _regioncount_and_gaps(cfg, "m") == 105

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
+from meshutil import count_and_gaps
 from services import PG_URL, fresh_schema
 
 from nethical_grpc import client
 from nethical_grpc.governance.profiles import ProfileBook
 from nethical_grpc.series import SummaryQuery
-from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
 from region_node.node import NodeIdentity, RegionNode
 from region_node.persistence import Persister
 from region_node.server import RegionServerConfig, start_region_server
@@ -29,15 +29,6 @@ from region_node.stores import NodeStores, StoreConfig
 def pg_schema() -> Iterator[str]:
     with fresh_schema("scope37") as schema:
         yield schema
-
-
-async def _count(address: str, metric: str) -> tuple[int, list[str]]:
-    async with client.insecure_channel(address) as ch:
-        stub = region_node_pb2_grpc.RegionNodeServiceStub(ch)
-        resp = await stub.GetSummaries(
-            region_node_pb2.GetSummariesRequest(metrics=[metric]), timeout=5
-        )
-    return sum(s.summary.moments.count for s in resp.series), [g.reason for g in resp.gaps]
 
 
 async def test_the_peers_are_a_gap_from_the_start_until_they_are_read(pg_schema: str) -> None:
@@ -116,13 +107,13 @@ async def test_a_restart_under_a_new_instance_id_counts_its_logged_batches_once(
     server, _ = await start_region_server(config("eu-new"))
     try:
         for _ in range(100):
-            count, gaps = await _count(server.address, "m")
+            count, gaps = await count_and_gaps(server.address, "m")
             if not gaps:
                 break
             await asyncio.sleep(0.05)
         assert (count, gaps) == (100, [])
         # and stays so (later refreshes and flushes change nothing)
         await asyncio.sleep(0.3)
-        assert await _count(server.address, "m") == (100, [])
+        assert await count_and_gaps(server.address, "m") == (100, [])
     finally:
         await server.drain(announce_s=0, grace_s=0)

@@ -24,13 +24,14 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
+from meshutil import count_and_gaps
 from services import PG_URL, fresh_schema
 
 from nethical_grpc import client, convert
 from nethical_grpc.governance.profiles import ProfileBook
 from nethical_grpc.series import IngestBatch, SummaryQuery
 from nethical_grpc.storage.timeseries import TimeSeriesStore, WindowSummaryRow, open_timeseries
-from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
+from nethical_grpc.v1 import region_node_pb2
 from region_node.node import NodeIdentity, RegionNode
 from region_node.persistence import _WAL_MARK_START_NS, WAL_MARK_METRIC, Persister
 from region_node.server import RegionServerConfig, start_region_server
@@ -132,15 +133,6 @@ async def test_deleted_rows_make_room_in_a_capped_memory_store() -> None:
 # --------------------------------------------------------------------------- nodes
 
 
-async def _count(address: str, metric: str) -> tuple[int, list[str]]:
-    async with client.insecure_channel(address) as ch:
-        stub = region_node_pb2_grpc.RegionNodeServiceStub(ch)
-        resp = await stub.GetSummaries(
-            region_node_pb2.GetSummariesRequest(metrics=[metric]), timeout=5
-        )
-    return sum(s.summary.moments.count for s in resp.series), [g.reason for g in resp.gaps]
-
-
 async def _marks(url: str, region: str) -> list[tuple[str, str, int]]:
     """The region's stored marks: (instance id, log id, count)."""
     store, _ = await open_timeseries(url, region, fallback=False)
@@ -183,7 +175,7 @@ async def _run(config: RegionServerConfig, values: int, expected: int) -> None:
                 ]
                 assert (await client.ingest(ch, sent)).accepted_batches == 1
         for _ in range(100):
-            count, gaps = await _count(server.address, "m")
+            count, gaps = await count_and_gaps(server.address, "m")
             if not gaps and count == expected:
                 break
             await asyncio.sleep(0.05)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -27,14 +26,6 @@ from nethical_grpc.balancing import (
 )
 from nethical_grpc.balancing.retry import BalancerClosedError
 from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
-
-
-@pytest.fixture
-async def servers() -> AsyncIterator[Servers]:
-    s = Servers()
-    await s.start(2)
-    yield s
-    await s.close()
 
 
 def get_node_info(inst: Instance) -> Any:

@@ -10,21 +10,11 @@ servicer.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from info_servers import InfoServers as Servers
 
 from coordinator.instances import InstanceRegistry
 from nethical_grpc.balancing import Instance, LoadBalancer
-
-
-@pytest.fixture
-async def servers() -> AsyncIterator[Servers]:
-    s = Servers()
-    await s.start(2)
-    yield s
-    await s.close()
 
 
 class Told:

@@ -12,7 +12,7 @@ health servicer; DNS answers come from an injected resolver callable.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -28,14 +28,6 @@ from nethical_grpc.balancing import (
     LoadBalancer,
     parse_target,
 )
-
-
-@pytest.fixture
-async def servers() -> AsyncIterator[Servers]:
-    s = Servers()
-    await s.start(2)
-    yield s
-    await s.close()
 
 
 def watches() -> list[asyncio.Task[Any]]:

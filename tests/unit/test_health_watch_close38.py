@@ -8,7 +8,6 @@ gRPC's own health servicer (grpc_health.v1.health.aio)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,14 +17,6 @@ from meshutil import wait_for
 from coordinator.instances import InstanceRegistry
 from nethical_grpc.balancing import HealthState, HealthWatcher, Instance, LoadBalancer
 from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
-
-
-@pytest.fixture
-async def servers() -> AsyncIterator[Servers]:
-    s = Servers()
-    await s.start(2)
-    yield s
-    await s.close()
 
 
 def watches() -> list[asyncio.Task[Any]]:
