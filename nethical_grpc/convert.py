@@ -479,9 +479,9 @@ def group_summaries_to_wire(
 ) -> bytes:
     """``groups`` encoded as the repeated ``SeriesSummary`` field ``field_number`` of the
     message they go into, each as :func:`group_summary_to_proto` builds it (a test checks
-    that they parse to the same messages): written straight to bytes, about a tenth of
-    the cost of building the messages, which a node answering 10,000 series paid for a
-    second and more."""
+    that they parse to the same messages): written straight to bytes, about a third of
+    the cost of building the messages (`bench/wide_answer.py`), which a node answering
+    10,000 series paid for a second and more."""
     tag = varint((field_number << 3) | 2)
     out = []
     for g, error in zip(groups, mean_errors, strict=True):
