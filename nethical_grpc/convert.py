@@ -429,7 +429,7 @@ def _wire_uint(tag: bytes, value: int) -> bytes:
 
 
 def _wire_text(tag: bytes, text: str) -> bytes:
-    return tag + varint(len(raw := text.encode())) + raw if text else b""
+    return packed_field_tagged(tag, text.encode()) if text else b""
 
 
 def _wire_timestamp(tag: bytes, ns: int) -> bytes:

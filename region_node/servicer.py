@@ -66,7 +66,7 @@ class _CachedSummaries:
     node answering 10,000 series over a second): StreamSummaries sends the bytes as they
     are, and GetSummaries parses them once, when first asked."""
 
-    __slots__ = ("_response", "_summaries_field", "encoded", "series_count", "size", "version")
+    __slots__ = ("_response", "encoded", "series_count", "size", "version")
 
     def __init__(
         self,
@@ -79,10 +79,6 @@ class _CachedSummaries:
         self.series_count = series_count
         self.size = len(encoded)
         self._response: region_node_pb2.GetSummariesResponse | None = None
-        # the stream answer's summaries field: its key and length
-        self._summaries_field = wire.varint((_STREAMED_SUMMARIES_FIELD << 3) | 2) + wire.varint(
-            len(encoded)
-        )
 
     @property
     def response(self) -> region_node_pb2.GetSummariesResponse:
@@ -112,7 +108,9 @@ class _CachedSummaries:
         return b"".join(
             (
                 wire.varint_field(_STREAMED_QUERY_ID_FIELD, query_id),
-                self._summaries_field,
+                # the summaries field's key and length, then the summaries
+                wire.varint((_STREAMED_SUMMARIES_FIELD << 3) | 2),
+                wire.varint(self.size),
                 self.encoded,
             )
         )
