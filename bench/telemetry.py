@@ -43,7 +43,7 @@ from nethical_grpc.health import HealthService
 from nethical_grpc.telemetry.setup import Telemetry, configure_telemetry
 from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
 from region_node.node import NodeIdentity, RegionNode
-from region_node.servicer import RegionNodeServicer
+from region_node.servicer import RegionNodeServicer, add_to_server
 
 MODES = (
     "baseline",
@@ -70,7 +70,7 @@ async def start(interceptors: list[Any] | None) -> tuple[grpc.aio.Server, str]:
     else:
         server = grpc.aio.server(interceptors=interceptors)
     servicer = RegionNodeServicer(RegionNode(NodeIdentity(REGION, "bench-0")))
-    region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(servicer, server)
+    add_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(HealthService(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

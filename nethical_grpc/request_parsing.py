@@ -17,7 +17,8 @@ is never aborted from a task that reads ahead of the handler: gRPC refuses a sec
 operation on a call whose answer is being written, and such a call never got a status.
 
 A handler may also answer with ``bytes``: an answer it encoded itself (say, one it
-keeps encoded for many callers), which goes out as it is.
+keeps encoded for many callers), which goes out as it is (as it does on any server where
+the servicer was registered by :func:`nethical_grpc.registration.add_servicer`).
 
 An exception a handler lets out (the mesh's servicers map their own errors; the health
 and reflection services, or a bug, may not) ends the call INTERNAL with no text of it,
@@ -38,6 +39,7 @@ from google.protobuf.message import DecodeError
 from nethical_grpc import interceptor_types
 from nethical_grpc.call_limit import CallGate
 from nethical_grpc.errors import InvalidArgument, internal_status, to_status
+from nethical_grpc.registration import encoded_or
 
 Handler = interceptor_types.Handler
 Context = interceptor_types.Context
@@ -148,19 +150,6 @@ class RequestParsingInterceptor(interceptor_types.ServerInterceptor):
         return wrapped
 
 
-def _encoded_or(
-    serialize: Callable[[Any], bytes] | None,
-) -> Callable[[Any], bytes] | None:
-    """``serialize``, except that ``bytes`` (an answer already encoded) pass unchanged."""
-    if serialize is None:
-        return None
-
-    def out(answer: Any) -> bytes:
-        return answer if type(answer) is bytes else serialize(answer)
-
-    return out
-
-
 def _wrap(handler: Handler, gate: CallGate | None = None) -> Handler:
     """``handler`` taking raw bytes and parsing them itself (see the module docstring),
     its calls counted by ``gate`` when given."""
@@ -188,7 +177,8 @@ def _wrap(handler: Handler, gate: CallGate | None = None) -> Handler:
 def _parsing(handler: Handler) -> Handler:
     parse = handler.request_deserializer
     assert parse is not None
-    out = _encoded_or(handler.response_serializer)
+    serialize = handler.response_serializer
+    out = encoded_or(serialize) if serialize is not None else None
     if handler.unary_unary is not None:
         behavior: Any = handler.unary_unary
 

@@ -16,13 +16,13 @@ from nethical_grpc.privacy import PrivacyConfig, PrivateReleaser
 from nethical_grpc.security.config import ServerSecurity
 from nethical_grpc.server_runtime import MeshServer, start_server
 from nethical_grpc.summary import _kernels
-from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
+from nethical_grpc.v1 import region_node_pb2
 from region_node.evaluation import Evaluator, warm_up
 from region_node.model import ModelConfig, NodeModel
 from region_node.node import NodeIdentity, RegionNode
 from region_node.persistence import Persister
 from region_node.privacy_accounts import AccountsFile
-from region_node.servicer import RegionNodeServicer
+from region_node.servicer import RegionNodeServicer, add_to_server
 from region_node.stores import NodeStores, StoreConfig
 from region_node.wal import WriteAheadLog
 from region_node.windows import WindowConfig
@@ -141,7 +141,7 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
             node, evaluator, stores, releaser, max_message_bytes=config.max_message_bytes
         )
         mesh = await start_server(
-            [lambda s: region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(servicer, s)],
+            [lambda s: add_to_server(servicer, s)],
             [SERVICE_NAME],
             host=config.host,
             port=config.port,

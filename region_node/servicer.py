@@ -13,7 +13,7 @@ from typing import Any, Final, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from nethical_grpc import __version__, convert, telemetry, wire
+from nethical_grpc import __version__, convert, registration, telemetry, wire
 from nethical_grpc.components import components
 from nethical_grpc.errors import (
     InvalidArgument,
@@ -42,9 +42,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 _MAX_CACHED_RESPONSES = 64
-#: Encoded bytes the cached GetSummaries answers may hold together (each is kept
-#: encoded and, once a unary GetSummaries asked for it, parsed too: up to about twice
-#: this in memory). Without it 64 answers near the message limit held over a GiB.
+#: Encoded bytes the cached GetSummaries answers may hold together (each is kept only
+#: encoded). Without it 64 answers near the message limit held over a GiB.
 _MAX_CACHED_RESPONSE_BYTES = 32 << 20
 #: What a StreamSummariesResponse adds around the summaries: the query id and the
 #: summaries field's key and length (17 bytes at most), rounded up.
@@ -56,17 +55,28 @@ _SERIES_FIELD = region_node_pb2.GetSummariesResponse.SERIES_FIELD_NUMBER
 #: A StreamSummaries answer: a message, or one already encoded (see the request-parsing
 #: interceptor, which sends bytes as they are)
 StreamAnswer = region_node_pb2.StreamSummariesResponse | bytes
+#: A GetSummaries answer, always encoded (a ``GetSummariesResponse`` serialised)
+EncodedSummaries = bytes
+SERVICE = region_node_pb2.DESCRIPTOR.services_by_name["RegionNodeService"]
+
+
+def add_to_server(servicer: RegionNodeServicer, server: grpc.aio.Server) -> None:
+    """Register ``servicer`` on ``server``. Use this, not the generated
+    ``add_RegionNodeServiceServicer_to_server``: GetSummaries and StreamSummaries answer
+    bytes they keep encoded, which the generated serialisers refuse."""
+    registration.add_servicer(server, SERVICE, servicer)
 
 
 class _CachedSummaries:
     """A GetSummaries answer, valid while its query's data, the node's gaps and the windows
     its range covers (see ``RegionNode.windows_for``) stay the same.
 
-    Kept encoded (its series written straight to bytes: building their messages cost a
-    node answering 10,000 series over a second): StreamSummaries sends the bytes as they
-    are, and GetSummaries parses them once, when first asked."""
+    Kept encoded, and only so (its series written straight to bytes: building their
+    messages cost a node answering 10,000 series over a second): GetSummaries answers the
+    bytes as they are, and StreamSummaries puts its query id's field before them; the
+    request-parsing interceptor sends bytes unchanged."""
 
-    __slots__ = ("_response", "encoded", "series_count", "size", "version")
+    __slots__ = ("encoded", "series_count", "size", "version")
 
     def __init__(
         self,
@@ -78,13 +88,6 @@ class _CachedSummaries:
         self.encoded = encoded
         self.series_count = series_count
         self.size = len(encoded)
-        self._response: region_node_pb2.GetSummariesResponse | None = None
-
-    @property
-    def response(self) -> region_node_pb2.GetSummariesResponse:
-        if self._response is None:
-            self._response = region_node_pb2.GetSummariesResponse.FromString(self.encoded)
-        return self._response
 
     def check_size(self, limit: int) -> None:
         """Raise ResourceExhausted (``ANSWER_TOO_LARGE``) when this answer, with the
@@ -214,8 +217,9 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
     @rpc_errors
     async def GetSummaries(  # noqa: N802
         self, request: region_node_pb2.GetSummariesRequest, context: Context
-    ) -> region_node_pb2.GetSummariesResponse:
-        return self._summaries(request).response
+    ) -> EncodedSummaries:
+        # the cached bytes themselves: neither parsed here nor serialised again
+        return self._summaries(request).encoded
 
     @rpc_stream_errors
     async def StreamSummaries(  # noqa: N802

@@ -17,7 +17,7 @@ import pytest
 from coordinator.federation import Federation
 from coordinator.instances import REGION_SERVICE
 from coordinator.server import CoordinatorConfig, start_coordinator
-from nethical_grpc import client
+from nethical_grpc import client, registration
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
 from nethical_grpc.privacy import PrivacyConfig
 from nethical_grpc.server_runtime import MeshServer, start_server
@@ -25,6 +25,7 @@ from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
 from region_node.model import ModelConfig
 from region_node.node import RegionNode
 from region_node.server import RegionServerConfig, start_region_server
+from region_node.servicer import SERVICE
 from region_node.stores import StoreConfig
 from region_node.windows import WindowConfig
 
@@ -233,7 +234,7 @@ async def serve_region_servicer(
     """A server on port 0 answering the region node service with ``servicer`` (a stand-in
     node that behaves as a fault does), its health SERVING."""
     return await start_server(
-        [lambda s: region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(servicer, s)],
+        [lambda s: registration.add_servicer(s, SERVICE, servicer)],
         [REGION_SERVICE],
     )
 

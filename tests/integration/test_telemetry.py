@@ -54,7 +54,7 @@ from nethical_grpc.v1 import (
     region_node_pb2_grpc,
 )
 from region_node.node import NodeIdentity, RegionNode
-from region_node.servicer import RegionNodeServicer
+from region_node.servicer import RegionNodeServicer, add_to_server
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "nethical-mesh-dashboard.json"
@@ -126,7 +126,7 @@ def region_node(region: str, instance: str = "") -> Registrar:
     health.set(REGION_SERVICE, SERVING)
 
     def register(server: grpc.aio.Server) -> None:
-        region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(servicer, server)
+        add_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
 
     return register

@@ -24,7 +24,7 @@ from nethical_grpc.series import SummaryQuery
 from nethical_grpc.server_runtime import MeshServer, start_server
 from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
 from region_node.node import NodeIdentity, RegionNode
-from region_node.servicer import RegionNodeServicer
+from region_node.servicer import RegionNodeServicer, add_to_server
 
 SERVICE = "nethical_grpc.v1.RegionNodeService"
 INGEST = f"/{SERVICE}/Ingest"
@@ -80,7 +80,7 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
     region = RegionNode(NodeIdentity("r1", "r1-0"))
     servicer = RegionNodeServicer(region)
     server = await start_server(
-        [lambda s: region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(servicer, s)],
+        [lambda s: add_to_server(servicer, s)],
         [SERVICE],
         interceptors=[auth],
     )
