@@ -59,17 +59,29 @@ async def _ingest(channel: grpc.aio.Channel) -> None:
     )
 
 
-async def test_a_client_receives_the_cached_bytes_exactly(running: Running) -> None:
-    await _ingest(running.channel)
-    request = region_node_pb2.GetSummariesRequest(metrics=["latency_ms"], group_by_labels=["route"])
-    raw_call = running.channel.unary_unary(
+async def _raw_summaries(
+    channel: grpc.aio.Channel, request: region_node_pb2.GetSummariesRequest
+) -> bytes:
+    """A GetSummaries answer as it came over the wire (not parsed)."""
+    call = channel.unary_unary(
         METHOD, request_serializer=region_node_pb2.GetSummariesRequest.SerializeToString
     )
-    received = await raw_call(request, timeout=5)
+    received: bytes = await call(request, timeout=5)
+    return received
+
+
+async def test_a_client_receives_the_cached_bytes_exactly(running: Running) -> None:
+    """Three labels a series: the bytes as the node wrote them, map entries in its order."""
+    await _ingest(running.channel)
+    request = region_node_pb2.GetSummariesRequest(
+        metrics=["latency_ms"], group_by_labels=["route", "method", "zone"]
+    )
+    received = await _raw_summaries(running.channel, request)
     [entry] = running.servicer._responses.values()
     assert received == entry.encoded
     answer = region_node_pb2.GetSummariesResponse.FromString(received)
     assert len(answer.series) == 5
+    assert all(len(s.labels) == 3 for s in answer.series)
     assert sum(s.summary.moments.count for s in answer.series) == 1000
     assert answer.region_id == "r1"
 
@@ -92,10 +104,7 @@ async def test_a_stream_answer_carries_the_same_summaries(running: Running) -> N
     """StreamSummaries puts its query id before the same bytes."""
     await _ingest(running.channel)
     query = region_node_pb2.GetSummariesRequest(metrics=["latency_ms"], group_by_labels=["route"])
-    raw_call = running.channel.unary_unary(
-        METHOD, request_serializer=region_node_pb2.GetSummariesRequest.SerializeToString
-    )
-    unary = await raw_call(query, timeout=5)
+    unary = await _raw_summaries(running.channel, query)
     call = running.channel.stream_stream(
         "/nethical_grpc.v1.RegionNodeService/StreamSummaries",
         request_serializer=region_node_pb2.StreamSummariesRequest.SerializeToString,
