@@ -52,8 +52,8 @@ _STREAMED = region_node_pb2.StreamSummariesResponse.DESCRIPTOR.fields_by_name
 _STREAMED_QUERY_ID_FIELD = _STREAMED["query_id"].number
 _STREAMED_SUMMARIES_FIELD = _STREAMED["summaries"].number
 _SERIES_FIELD = region_node_pb2.GetSummariesResponse.SERIES_FIELD_NUMBER
-#: A StreamSummaries answer: a message, or one already encoded (see the request-parsing
-#: interceptor, which sends bytes as they are)
+#: A StreamSummaries answer: a message, or one already encoded (sent as it is: see
+#: ``add_to_server``)
 StreamAnswer = region_node_pb2.StreamSummariesResponse | bytes
 #: A GetSummaries answer, always encoded (a ``GetSummariesResponse`` serialised)
 EncodedSummaries = bytes
@@ -73,8 +73,8 @@ class _CachedSummaries:
 
     Kept encoded, and only so (its series written straight to bytes: building their
     messages cost a node answering 10,000 series over a second): GetSummaries answers the
-    bytes as they are, and StreamSummaries puts its query id's field before them; the
-    request-parsing interceptor sends bytes unchanged."""
+    bytes as they are, and StreamSummaries puts its query id's field before them (sent
+    unchanged: see ``add_to_server``)."""
 
     __slots__ = ("encoded", "series_count", "size", "version")
 
