@@ -27,7 +27,7 @@ _FACTORIES: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, Any
 }
 
 
-def encoded_or(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+def _encoded_or(serialize: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
     """``serialize``, except that ``bytes`` (an answer already encoded) pass unchanged."""
 
     def out(answer: Any) -> bytes:
@@ -47,7 +47,7 @@ def add_servicer(server: grpc.aio.Server, service: ServiceDescriptor, servicer: 
         handlers[method.name] = factory(
             getattr(servicer, method.name),
             request_deserializer=request.FromString,
-            response_serializer=encoded_or(response.SerializeToString),
+            response_serializer=_encoded_or(response.SerializeToString),
         )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)

@@ -16,9 +16,9 @@ iterator goes on past such a message, so a handler may read and drop the rest. T
 is never aborted from a task that reads ahead of the handler: gRPC refuses a second
 operation on a call whose answer is being written, and such a call never got a status.
 
-A handler may also answer with ``bytes``: an answer it encoded itself (say, one it
-keeps encoded for many callers), which goes out as it is (as it does on any server where
-the servicer was registered by :func:`nethical_grpc.registration.add_servicer`).
+Answers go out through the handler's own serialiser: one registered by
+:func:`nethical_grpc.registration.add_servicer` also sends ``bytes`` (an answer its
+handler keeps encoded) as they are.
 
 An exception a handler lets out (the mesh's servicers map their own errors; the health
 and reflection services, or a bug, may not) ends the call INTERNAL with no text of it,
@@ -39,7 +39,6 @@ from google.protobuf.message import DecodeError
 from nethical_grpc import interceptor_types
 from nethical_grpc.call_limit import CallGate
 from nethical_grpc.errors import InvalidArgument, internal_status, to_status
-from nethical_grpc.registration import encoded_or
 
 Handler = interceptor_types.Handler
 Context = interceptor_types.Context
@@ -177,8 +176,7 @@ def _wrap(handler: Handler, gate: CallGate | None = None) -> Handler:
 def _parsing(handler: Handler) -> Handler:
     parse = handler.request_deserializer
     assert parse is not None
-    serialize = handler.response_serializer
-    out = encoded_or(serialize) if serialize is not None else None
+    out = handler.response_serializer
     if handler.unary_unary is not None:
         behavior: Any = handler.unary_unary
 

@@ -27,7 +27,7 @@ def pg_schema() -> Iterator[str]:
         yield schema
 
 
-async def _regioncount_and_gaps(cfg: StoreConfig, metric: str) -> int:
+async def _region_count(cfg: StoreConfig, metric: str) -> int:
     """What a region-scope reader of the store (no log of its own) counts, once its peers
     are read."""
     reader, _ = await start_region_server(
@@ -84,4 +84,4 @@ async def test_a_restart_under_a_new_id_in_instance_scope_counts_each_batch_once
         assert await count_and_gaps(server.address, "m") == (5, [])
     finally:
         await server.drain(announce_s=0, grace_s=0)  # flushes the new id's windows
-    assert await _regioncount_and_gaps(cfg, "m") == 105
+    assert await _region_count(cfg, "m") == 105
