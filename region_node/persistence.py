@@ -44,9 +44,21 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from datetime import datetime
+from operator import attrgetter, itemgetter
 from typing import Any, Final, Literal, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
 
 from nethical_grpc import convert, telemetry
 from nethical_grpc.event_wait import wait_until
@@ -57,10 +69,11 @@ from nethical_grpc.governance.requests import Outcome
 from nethical_grpc.series import DataGap, SeriesKey, freeze_labels
 from nethical_grpc.storage.audit import AuditRecord, AuditViolation
 from nethical_grpc.storage.audit.model import MAX_VIOLATIONS, check_storable, to_utc_us
-from nethical_grpc.storage.timeseries import MetricPoint, WindowSummaryRow
+from nethical_grpc.storage.timeseries import WindowSummaryRow
 from nethical_grpc.storage.timeseries.model import JSONValue, check_window_rows
 from nethical_grpc.summary import Summary
 from nethical_grpc.v1 import summary_pb2
+from region_node.evaluation import RISK_METRIC, UNSPECIFIED_ACTION_TYPE
 from region_node.node import RegionNode
 from region_node.profile_writes import ProfileWriter
 from region_node.stores import NodeStores, reportable_problem
@@ -172,10 +185,18 @@ class _Progress:
 @runtime_checkable
 class _NumberedMetrics(Protocol):
     """A time-series store that stores a numbered batch of metric rows once (see
-    :meth:`nethical_grpc.storage.timeseries.postgres.PostgresTimeSeriesStore.insert_metrics_once`)."""
+    :meth:`nethical_grpc.storage.timeseries.postgres.PostgresTimeSeriesStore.insert_metric_columns_once`)."""
 
-    async def insert_metrics_once(
-        self, points: Sequence[MetricPoint], *, writer: str, batch: int
+    async def insert_metric_columns_once(
+        self,
+        metric_name: str,
+        values: npt.ArrayLike,
+        timestamps_ns: npt.ArrayLike,
+        *,
+        agent_ids: Sequence[str],
+        metadata: Sequence[Mapping[str, JSONValue] | None] | None = None,
+        writer: str,
+        batch: int,
     ) -> int: ...
 
 
@@ -185,6 +206,20 @@ _REFUSED_BEFORE_GIVING_UP: Final = 32
 
 #: An evaluation's record waiting for a store: its audit record id, and the outcome.
 _Record = tuple[str, Outcome]
+
+# what the time-series rows of a batch of records are made of (see Persister._points_of)
+_OUTCOME = itemgetter(1)
+_EVALUATION = attrgetter("evaluation")
+_REQUEST = attrgetter("request")
+_DECISION = attrgetter("decision")
+_ACTION_TYPE = attrgetter("action_type")
+_RISK = attrgetter("risk_score")
+_TIME_NS = attrgetter("time_ns")
+_AGENT_ID = attrgetter("action.agent_id")
+# risk scores, times (ns), agent ids and metadata mappings
+_PointColumns = tuple[
+    npt.NDArray[np.float64], npt.NDArray[np.int64], list[str], list[dict[str, JSONValue]]
+]
 
 
 class _Split:
@@ -431,16 +466,26 @@ class Persister:
     # ``_time``'s, which either may replace: a race costs a datetime made twice.)
 
     async def _write_points(self, batch: list[tuple[str, Outcome]]) -> None:
-        points = await asyncio.to_thread(lambda: [self._point(o) for _, o in batch])
+        values, times_ns, agent_ids, metadata = await asyncio.to_thread(self._points_of, batch)
         store = self.stores.timeseries
         if isinstance(store, _NumberedMetrics):
             # numbered by its last record (this process's batches, and the parts of one
             # split around refused records, go in record order, a retried one first,
             # whole): a retry of one stored already is not stored again
             number = int(batch[-1][0][len(self._id_prefix) :], 16)
-            await store.insert_metrics_once(points, writer=self._id_prefix, batch=number)
+            await store.insert_metric_columns_once(
+                RISK_METRIC,
+                values,
+                times_ns,
+                agent_ids=agent_ids,
+                metadata=metadata,
+                writer=self._id_prefix,
+                batch=number,
+            )
         else:
-            await store.insert_metrics(points)
+            await store.insert_metric_columns(
+                RISK_METRIC, values, times_ns, agent_ids=agent_ids, metadata=metadata
+            )
 
     async def _write_audits(self, batch: list[tuple[str, Outcome]]) -> None:
         records = await asyncio.to_thread(lambda: [self._audit(i, o) for i, o in batch])
@@ -549,20 +594,37 @@ class Persister:
             )
             split.refused, split.first_error = 0, None
 
-    def _point(self, o: Outcome) -> MetricPoint:
-        key = (DECISION_VALUES[o.evaluation.decision], o.request.action_type or "unspecified")
-        metadata = self._metadata.get(key)
-        if metadata is None:
-            if len(self._metadata) >= _METADATA_KINDS:
-                self._metadata.clear()
-            metadata = self._metadata[key] = {"decision": key[0], "action_type": key[1]}
-        return MetricPoint(
-            agent_id=o.request.action.agent_id,
-            metric_name="risk_score",
-            metric_value=o.evaluation.risk_score,
-            timestamp=self._time(o.time_ns),
-            metadata=metadata,
+    def _points_of(self, batch: Sequence[_Record]) -> _PointColumns:
+        """The time-series rows of a batch's evaluations, in columns (risk scores, times
+        in ns, agent ids, metadata: one mapping object per decision and action type,
+        which the store serialises once), made by C loops over the batch."""
+        n = len(batch)
+        outcomes = list(map(_OUTCOME, batch))
+        evaluations = list(map(_EVALUATION, outcomes))
+        requests = list(map(_REQUEST, outcomes))
+        kinds = zip(
+            map(DECISION_VALUES.__getitem__, map(_DECISION, evaluations)),
+            map(_ACTION_TYPE, requests),
+            strict=True,
         )
+        known = self._metadata
+        if len(known) >= _METADATA_KINDS:
+            known.clear()
+        metadata = [known.get(kind) or self._metadata_of(kind) for kind in kinds]
+        return (
+            np.fromiter(map(_RISK, evaluations), np.float64, n),
+            np.fromiter(map(_TIME_NS, outcomes), np.int64, n),
+            list(map(_AGENT_ID, requests)),
+            metadata,
+        )
+
+    def _metadata_of(self, kind: tuple[str, str]) -> dict[str, JSONValue]:
+        decision, action_type = kind
+        made = self._metadata[kind] = {
+            "decision": decision,
+            "action_type": action_type or UNSPECIFIED_ACTION_TYPE,
+        }
+        return made
 
     def _audit(self, audit_id: str, o: Outcome) -> AuditRecord:
         ev = o.evaluation
@@ -586,9 +648,6 @@ class Persister:
             timestamp=timestamp,
             timestamp_us=timestamp_us,
         )
-
-    def _time(self, ns: int) -> datetime:
-        return self._time_us(ns)[0]
 
     def _time_us(self, ns: int) -> tuple[datetime, int]:
         """The aware UTC datetime of ``ns`` and its microseconds since the epoch (cached:

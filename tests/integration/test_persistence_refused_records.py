@@ -8,8 +8,10 @@ Real stores: SQLite files, and PostgreSQL at 127.0.0.1:5432. The audit store ref
 record whose time it cannot keep (the node's own check of the store's range); the
 time-series store refuses a batch spanning more UTC days than one write takes. A single
 metric point past the RPC checks has nothing a store refuses, so a real store's
-``insert_metrics`` is wrapped to refuse the points of marked agents, as a store whose own
-rules are stricter would (one bad point refuses the whole call, nothing written)."""
+``insert_metric_columns`` is wrapped to refuse the rows of marked agents, as a store whose own
+rules are stricter would (one bad point refuses the whole call, nothing written).
+The node writes its metric rows in columns: ``insert_metric_columns`` is the wrapped
+call (the PostgreSQL store's numbered write goes through it too)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -28,7 +31,6 @@ from nethical_grpc.governance.decision import evaluate_actions
 from nethical_grpc.governance.profiles import ProfileBook
 from nethical_grpc.governance.requests import EvaluationRequest, Outcome
 from nethical_grpc.storage.audit.model import MAX_TIMESTAMP_US
-from nethical_grpc.storage.timeseries import MetricPoint
 from nethical_grpc.storage.timeseries.base import TimeSeriesStore
 from nethical_grpc.storage.timeseries.model import MAX_BATCH_DAYS
 from nethical_grpc.storage.timeseries.postgres import PostgresTimeSeriesStore
@@ -58,10 +60,10 @@ def _outcomes(times_ns: Sequence[int]) -> list[Outcome]:
 
 
 class _Refusing:
-    """The real store's ``insert_metrics``, refusing (``ValueError``, nothing written) a
-    call holding a point of one of ``agents``; and, once, failing its ``fail_at``-th
-    call that stores (``lost_answer``: after storing it, as a commit whose answer was
-    lost; else before)."""
+    """The real store's ``insert_metric_columns``, refusing (``ValueError``, nothing
+    written) a call holding a row of one of ``agents``; and, once, failing its
+    ``fail_at``-th call that stores (``lost_answer``: after storing it, as a commit whose
+    answer was lost; else before)."""
 
     def __init__(
         self,
@@ -70,20 +72,20 @@ class _Refusing:
         fail_at: int | None = None,
         lost_answer: bool = False,
     ) -> None:
-        self.insert, self.agents = store.insert_metrics, agents
+        self.insert, self.agents = store.insert_metric_columns, agents
         self.fail_at, self.lost_answer = fail_at, lost_answer
         self.stored_calls = self.calls = 0
 
-    async def __call__(self, points: Sequence[MetricPoint]) -> int:
+    async def __call__(self, *args: Any, agent_ids: Sequence[str], **kwargs: Any) -> int:
         self.calls += 1
-        if any(p.agent_id in self.agents for p in points):
-            raise ValueError("points: this store keeps no such agent")
+        if not self.agents.isdisjoint(agent_ids):
+            raise ValueError("agent_ids: this store keeps no such agent")
         self.stored_calls += 1
         if self.stored_calls == self.fail_at:
             if self.lost_answer:
-                await self.insert(points)
+                await self.insert(*args, agent_ids=agent_ids, **kwargs)
             raise ConnectionError("the store went away")
-        return await self.insert(points)
+        return await self.insert(*args, agent_ids=agent_ids, **kwargs)
 
 
 def _sqlite_counts(path: Path, query: str) -> dict[str, int]:
@@ -127,7 +129,7 @@ async def test_only_the_refused_records_of_a_batch_are_dropped(
     stores = await _sqlite_stores(tmp_path)
     try:
         refusing = _Refusing(stores.timeseries, {f"agent-{i}" for i in bad_metrics})
-        stores.timeseries.insert_metrics = refusing  # type: ignore[method-assign]
+        stores.timeseries.insert_metric_columns = refusing  # type: ignore[method-assign]
         persister = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, ProfileBook(), 60.0)
         persister.enqueue(_outcomes(times))
         with caplog.at_level(logging.ERROR, logger="region_node.persistence"):
@@ -196,7 +198,7 @@ async def test_a_failure_between_parts_retries_what_was_not_stored_once(
         refusing = _Refusing(
             stores.timeseries, {f"agent-{i}" for i in bad}, fail_at=3, lost_answer=lost_answer
         )
-        stores.timeseries.insert_metrics = refusing  # type: ignore[method-assign]
+        stores.timeseries.insert_metric_columns = refusing  # type: ignore[method-assign]
         persister = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, ProfileBook(), 60.0)
         persister.enqueue(_outcomes([time.time_ns()] * n))
         await persister._write_outcomes()
@@ -232,7 +234,7 @@ async def test_a_store_refusing_everything_is_not_asked_record_by_record(
     stores = await _sqlite_stores(tmp_path)
     try:
         refusing = _Refusing(stores.timeseries, {f"agent-{i}" for i in range(n)})
-        stores.timeseries.insert_metrics = refusing  # type: ignore[method-assign]
+        stores.timeseries.insert_metric_columns = refusing  # type: ignore[method-assign]
         persister = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, ProfileBook(), 60.0)
         persister.enqueue(_outcomes([time.time_ns()] * n))
         with caplog.at_level(logging.ERROR, logger="region_node.persistence"):

@@ -126,7 +126,10 @@ async def test_a_round_writes_what_waited_at_its_start_not_what_keeps_coming(
         nonlocal calls
         calls += 1
         p.enqueue(outcomes(5_000, 100_000 * calls))  # as many as the store takes
-        await stores.timeseries.insert_metrics([p._point(o) for _, o in batch])
+        values, times_ns, agent_ids, metadata = p._points_of(batch)
+        await stores.timeseries.insert_metric_columns(
+            "risk_score", values, times_ns, agent_ids=agent_ids, metadata=metadata
+        )
 
     await asyncio.wait_for(p._write_queue(p._points, write_while_more_come), 30)
     # batches of 5,000 until the 12,000 that waited are written (three), then it ends
@@ -153,17 +156,17 @@ async def test_records_are_made_off_the_event_loop_and_all_stored(
     # a batch's rows (a few µs per evaluation) would hold the loop that answers requests
     loop_thread = threading.get_ident()
     made_on: set[int] = set()
-    point, audit = Persister._point, Persister._audit
+    points, audit = Persister._points_of, Persister._audit
 
-    def spy_point(self: Persister, o: Outcome) -> object:
+    def spy_points(self: Persister, batch: list[tuple[str, Outcome]]) -> object:
         made_on.add(threading.get_ident())
-        return point(self, o)
+        return points(self, batch)
 
     def spy_audit(self: Persister, audit_id: str, o: Outcome) -> object:
         made_on.add(threading.get_ident())
         return audit(self, audit_id, o)
 
-    monkeypatch.setattr(Persister, "_point", spy_point)
+    monkeypatch.setattr(Persister, "_points_of", spy_points)
     monkeypatch.setattr(Persister, "_audit", spy_audit)
     p = persister(stores)
     p.enqueue(outcomes(300, 1_000))

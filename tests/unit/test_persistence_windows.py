@@ -159,8 +159,8 @@ async def test_an_outage_of_one_store_holds_back_only_its_own_records(tmp_path: 
     )
     try:
         persister = Persister(RegionNode(NodeIdentity("r1", "r1-a")), stores, ProfileBook(), 1.0)
-        insert = stores.timeseries.insert_metrics
-        stores.timeseries.insert_metrics = _FailingOnce(insert, 1)  # type: ignore[method-assign]
+        insert = stores.timeseries.insert_metric_columns
+        stores.timeseries.insert_metric_columns = _FailingOnce(insert, 1)  # type: ignore[method-assign]
         persister.enqueue([_outcome("agent-1"), _outcome("agent-2")])
         await persister.round(windows=False)
         # the audit store took its records while the time-series store was down ...

@@ -55,6 +55,7 @@ from nethical_grpc.storage.timeseries.model import (
     datetime_from_us,
     dump_json,
     metric_columns,
+    metric_rows_columns,
     series_columns,
     to_us,
     window_keys,
@@ -217,6 +218,48 @@ class TimeSeriesStore(ABC):
         if len(cols) == 0:
             return 0
         await self._write_metrics(cols, build_rollup(cols))
+        return len(cols)
+
+    async def insert_metric_columns(
+        self,
+        metric_name: str,
+        values: npt.ArrayLike,
+        timestamps_ns: npt.ArrayLike,
+        *,
+        agent_ids: Sequence[str],
+        metadata: Sequence[Mapping[str, JSONValue] | None] | None = None,
+        region_id: str | None = None,
+    ) -> int:
+        """Store one metric's observations from many agents, given as columns: what
+        :meth:`insert_metrics` stores for the same rows as points, without a point a row
+        (a region node's evaluations: risk scores of many agents, a few label sets).
+
+        ``values`` and ``timestamps_ns`` are as for :meth:`insert_metric_values`;
+        ``agent_ids`` has one string a value, and ``metadata`` (if given) one mapping or
+        ``None`` a value, each distinct mapping object serialised once. The columns are
+        checked as a whole (a large batch off the event loop): one bad entry refuses the
+        batch (``ValueError`` naming it, e.g. ``agent_ids[7]: …``) and nothing is written.
+        """
+        name = check_name("metric_name", metric_name)
+        region = self.region_id if region_id is None else check_name("region_id", region_id)
+
+        def prepare() -> tuple[MetricColumns, RollupRows]:
+            cols = metric_rows_columns(
+                region_id=region,
+                metric_name=name,
+                values=values,
+                timestamps_ns=timestamps_ns,
+                agent_ids=agent_ids,
+                metadata=metadata,
+                max_rows=MAX_BATCH_ROWS,
+            )
+            return cols, build_rollup(cols)
+
+        large = len(agent_ids) > THREAD_VALIDATION_ROWS
+        cols, rollup = await asyncio.to_thread(prepare) if large else prepare()
+        if len(cols) == 0:
+            return 0
+        await self._write_metrics(cols, rollup)
         return len(cols)
 
     async def query_metrics(

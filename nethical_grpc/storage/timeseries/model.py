@@ -14,9 +14,9 @@ import json
 import math
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, NamedTuple, TypeAlias, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -60,6 +60,7 @@ __all__ = [
     "dump_json",
     "load_json_text",
     "metric_columns",
+    "metric_rows_columns",
     "parse_labels",
     "series_columns",
     "to_us",
@@ -661,6 +662,78 @@ def series_columns(
         ts_us,
         [metadata] * n,
     )
+
+
+def metric_rows_columns(
+    *,
+    region_id: str,
+    metric_name: str,
+    values: object,
+    timestamps_ns: object,
+    agent_ids: Sequence[str],
+    metadata: Sequence[Mapping[str, JSONValue] | None] | None,
+    max_rows: int | None = None,
+) -> MetricColumns:
+    """:func:`series_columns` with an agent id and a metadata mapping (or ``None``) a row:
+    one metric's observations from many agents, checked a column at a time. The agent
+    ids pass or fail as :func:`check_text` would pass or fail each (empty allowed), and
+    each distinct mapping object is serialised once (:func:`dump_json`); ``ValueError``
+    naming the first bad entry, e.g. ``agent_ids[3]: must not contain NUL characters``."""
+    cols = series_columns(
+        region_id=region_id,
+        agent_id="",
+        metric_name=metric_name,
+        values=values,
+        timestamps_ns=timestamps_ns,
+        metadata=None,
+        max_rows=max_rows,
+    )
+    n = len(cols)
+    agents = text_column("agent_ids", agent_ids, n)
+    metas = cols.metadata if metadata is None else json_column("metadata", metadata, n)
+    return replace(cols, agent_ids=agents, metadata=metas)
+
+
+def text_column(field_name: str, values: Sequence[object], n: int) -> list[str]:
+    """``values`` as a list of ``n`` strings that :func:`check_text` passes (empty
+    allowed), checked together: their types by a set, the longest by ``max``, NUL and
+    non-ASCII text once over the joined column. Only a column failing that is checked
+    entry by entry, for the precise error (``field_name[i]: …``) or, when its only
+    unusual entries are valid non-ASCII text, to pass it."""
+    column = list(values)
+    if len(column) != n:
+        raise ValueError(f"{field_name}: {len(column)} entries for {n} values (must match)")
+    if not column:
+        return []
+    if set(map(type, column)) == {str}:
+        texts = cast(list[str], column)
+        if max(map(len, texts)) <= MAX_NAME_LEN:
+            joined = "".join(texts)
+            if joined.isascii() and "\x00" not in joined:
+                return texts
+    return [
+        check_text(f"{field_name}[{i}]", value, allow_empty=True) for i, value in enumerate(column)
+    ]
+
+
+def json_column(
+    field_name: str, values: Sequence[Mapping[str, JSONValue] | None], n: int
+) -> list[str | None]:
+    """``values`` (mappings or ``None``) as their JSON texts (:func:`dump_json`), each
+    distinct mapping object serialised once and its text shared by every row holding it;
+    ``ValueError`` naming the first row of a bad one (``field_name[i]: …``)."""
+    column = list(values)
+    if len(column) != n:
+        raise ValueError(f"{field_name}: {len(column)} entries for {n} values (must match)")
+    ids = list(map(id, column))
+    # each distinct object's first row (the column holds every object meanwhile, so no
+    # id is reused for another)
+    first = dict(zip(reversed(ids), range(n - 1, -1, -1), strict=True))
+    texts = {
+        key: None if column[i] is None else dump_json(f"{field_name}[{i}]", column[i])
+        for key, i in sorted(first.items(), key=lambda item: item[1])
+    }
+    return list(map(texts.__getitem__, ids))
 
 
 def check_window_rows(rows: Sequence[WindowSummaryRow]) -> list[tuple[WindowSummaryRow, str]]:

@@ -35,12 +35,13 @@ import os
 import re
 import socket
 import struct
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
+import numpy.typing as npt
 import psycopg
 from psycopg import sql
 from psycopg.adapt import Dumper
@@ -65,6 +66,7 @@ from nethical_grpc.storage.timeseries.model import (
     WINDOW_WRITE_COLUMNS,
     AuditRecord,
     EventRecord,
+    JSONValue,
     MetricColumns,
     MetricPoint,
     MetricRecord,
@@ -106,6 +108,17 @@ WRITERS_KEPT: Final = timedelta(days=7)
 _WRITER_BATCH: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar(
     "metric_writer_batch", default=None
 )
+
+
+@contextlib.contextmanager
+def _numbered(writer: str, batch: int) -> Iterator[None]:
+    """The metric writes of this task within are ``writer``'s batch numbered ``batch``."""
+    token = _WRITER_BATCH.set((writer, batch))
+    try:
+        yield
+    finally:
+        _WRITER_BATCH.reset(token)
+
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 
@@ -439,11 +452,27 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
         batches in the order it writes them (``batch``, increasing): a batch numbered no
         higher than the writer's last stored one was stored, and is not stored again.
         Returns the batch's rows (stored now or before)."""
-        token = _WRITER_BATCH.set((writer, batch))
-        try:
+        with _numbered(writer, batch):
             return await self.insert_metrics(points)
-        finally:
-            _WRITER_BATCH.reset(token)
+
+    async def insert_metric_columns_once(
+        self,
+        metric_name: str,
+        values: npt.ArrayLike,
+        timestamps_ns: npt.ArrayLike,
+        *,
+        agent_ids: Sequence[str],
+        metadata: Sequence[Mapping[str, JSONValue] | None] | None = None,
+        writer: str,
+        batch: int,
+    ) -> int:
+        """:meth:`insert_metric_columns` numbered as :meth:`insert_metrics_once` numbers
+        its points: a batch numbered no higher than ``writer``'s last stored one is not
+        stored again."""
+        with _numbered(writer, batch):
+            return await self.insert_metric_columns(
+                metric_name, values, timestamps_ns, agent_ids=agent_ids, metadata=metadata
+            )
 
     async def _write_metrics(self, cols: MetricColumns, rollup: RollupRows) -> None:
         days = set(np.unique(cols.ts_us // US_PER_DAY).tolist())
