@@ -55,15 +55,18 @@ _SERIES_FIELD = region_node_pb2.GetSummariesResponse.SERIES_FIELD_NUMBER
 #: A StreamSummaries answer: a message, or one already encoded (sent as it is: see
 #: ``add_to_server``)
 StreamAnswer = region_node_pb2.StreamSummariesResponse | bytes
-#: A GetSummaries answer, always encoded (a ``GetSummariesResponse`` serialised)
+#: A GetSummaries answer encoded (a ``GetSummariesResponse`` serialised: see
+#: ``add_to_server``)
 EncodedSummaries = bytes
 SERVICE = region_node_pb2.DESCRIPTOR.services_by_name["RegionNodeService"]
 
 
 def add_to_server(servicer: RegionNodeServicer, server: grpc.aio.Server) -> None:
-    """Register ``servicer`` on ``server``. Use this, not the generated
-    ``add_RegionNodeServiceServicer_to_server``: GetSummaries and StreamSummaries answer
-    bytes they keep encoded, which the generated serialisers refuse."""
+    """Register ``servicer`` on ``server``, its summaries answered as the bytes it keeps
+    encoded. The generated ``add_RegionNodeServiceServicer_to_server`` works too, but
+    its serialisers take messages only: a servicer registered by it alone parses each
+    summaries answer into a message, for gRPC to serialise again."""
+    servicer.encoded_answers = True
     registration.add_servicer(server, SERVICE, servicer)
 
 
@@ -144,6 +147,9 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         # the running Ingest calls
         self._ingest_streams: set[asyncio.Task[Any]] = set()
         self._ending_streams = False
+        #: whether the summaries RPCs answer bytes (set by :func:`add_to_server`, whose
+        #: serialisers pass them through), else messages (any other registration)
+        self.encoded_answers = False
 
     def end_streams(self) -> None:
         """The node is draining; long-lived streams would otherwise hold the stop for
@@ -217,9 +223,12 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
     @rpc_errors
     async def GetSummaries(  # noqa: N802
         self, request: region_node_pb2.GetSummariesRequest, context: Context
-    ) -> EncodedSummaries:
+    ) -> EncodedSummaries | region_node_pb2.GetSummariesResponse:
         # the cached bytes themselves: neither parsed here nor serialised again
-        return self._summaries(request).encoded
+        encoded = self._summaries(request).encoded
+        if self.encoded_answers:
+            return encoded
+        return region_node_pb2.GetSummariesResponse.FromString(encoded)
 
     @rpc_stream_errors
     async def StreamSummaries(  # noqa: N802
@@ -253,7 +262,11 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
                     query_id=message.query_id, error=convert.summary_query_error_to_proto(exc)
                 )
                 continue
-            yield summaries.stream_answer(message.query_id)
+            answer = summaries.stream_answer(message.query_id)
+            if self.encoded_answers:
+                yield answer
+            else:
+                yield region_node_pb2.StreamSummariesResponse.FromString(answer)
 
     def _summaries(self, request: region_node_pb2.GetSummariesRequest) -> _CachedSummaries:
         """What GetSummaries answers (``MeshError`` for a query it rejects)."""

@@ -25,7 +25,7 @@ from nethical_grpc.v1 import region_node_pb2, region_node_pb2_grpc
 from region_node.model import ModelConfig
 from region_node.node import RegionNode
 from region_node.server import RegionServerConfig, start_region_server
-from region_node.servicer import SERVICE
+from region_node.servicer import SERVICE, RegionNodeServicer, add_to_server
 from region_node.stores import StoreConfig
 from region_node.windows import WindowConfig
 
@@ -231,12 +231,16 @@ async def until_error(answers: Any) -> tuple[list[Any], grpc.aio.AioRpcError]:
 async def serve_region_servicer(
     servicer: region_node_pb2_grpc.RegionNodeServiceServicer,
 ) -> MeshServer:
-    """A server on port 0 answering the region node service with ``servicer`` (a stand-in
-    node that behaves as a fault does), its health SERVING."""
-    return await start_server(
-        [lambda s: registration.add_servicer(s, SERVICE, servicer)],
-        [REGION_SERVICE],
-    )
+    """A server on port 0 answering the region node service with ``servicer`` (a node's
+    own, or a stand-in that behaves as a fault does), its health SERVING."""
+
+    def register(server: grpc.aio.Server) -> None:
+        if isinstance(servicer, RegionNodeServicer):
+            add_to_server(servicer, server)
+        else:
+            registration.add_servicer(server, SERVICE, servicer)
+
+    return await start_server([register], [REGION_SERVICE])
 
 
 async def count_and_gaps(address: str, metric: str) -> tuple[int, list[str]]:

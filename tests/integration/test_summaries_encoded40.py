@@ -5,7 +5,7 @@ loopback port, behind the server's whole interceptor chain."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -120,14 +120,24 @@ async def test_a_stream_answer_carries_the_same_summaries(running: Running) -> N
     assert len(parsed.summaries.series) == 5
 
 
-async def test_a_server_without_the_mesh_interceptors_sends_them_too() -> None:
-    """Registered by ``add_to_server`` on a bare gRPC server (no request-parsing
-    interceptor, as an embedding application's might be), both summaries RPCs answer:
-    the generated serialisers would refuse their bytes (INTERNAL/UNKNOWN)."""
+def _generated(servicer: RegionNodeServicer, server: grpc.aio.Server) -> None:
+    region_node_pb2_grpc.add_RegionNodeServiceServicer_to_server(servicer, server)
+
+
+@pytest.mark.parametrize("register", [add_to_server, _generated])
+async def test_a_server_without_the_mesh_interceptors_sends_them_too(
+    register: Callable[[RegionNodeServicer, grpc.aio.Server], None],
+) -> None:
+    """On a bare gRPC server (no request-parsing interceptor, as an embedding
+    application's might be), both summaries RPCs answer, whether the servicer was
+    registered by ``add_to_server`` (bytes sent as they are) or by the generated
+    function, whose serialisers refuse bytes (INTERNAL/UNKNOWN until the servicer
+    answered it messages)."""
     node = RegionNode(NodeIdentity("r2", "r2-0"))
     servicer = RegionNodeServicer(node)
     server = grpc.aio.server()
-    add_to_server(servicer, server)
+    register(servicer, server)
+    assert servicer.encoded_answers is (register is add_to_server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
