@@ -24,7 +24,12 @@ from nethical_grpc.governance.detectors import Action
 from nethical_grpc.governance.profiles import ProfileBook
 from nethical_grpc.governance.requests import EvaluationRequest, Outcome
 from nethical_grpc.storage.timeseries import MetricPoint, TimeSeriesStore, open_timeseries
-from nethical_grpc.storage.timeseries.model import MAX_NAME_LEN, metric_rows_columns
+from nethical_grpc.storage.timeseries.model import (
+    MAX_NAME_LEN,
+    MetricColumns,
+    metric_columns,
+    metric_rows_columns,
+)
 from nethical_grpc.storage.timeseries.postgres import PostgresTimeSeriesStore
 from region_node.node import NodeIdentity, RegionNode
 from region_node.persistence import Persister
@@ -119,35 +124,29 @@ async def test_columns_store_what_points_store(store: TimeSeriesStore) -> None:
 def test_columns_are_the_points_columns(rows: list[tuple[str, float, int, int]]) -> None:
     """Property: the columns made from columns equal those made from the same points,
     or both refuse (a text no database keeps)."""
-    from nethical_grpc.storage.timeseries.model import metric_columns
-
     kinds: list[dict[str, Any] | None] = [ALLOW, BLOCK, None, {"k": "ë"}]
     agents = [r[0] for r in rows]
     values = [r[1] for r in rows]
     times_ns = [BASE_NS + r[2] for r in rows]
     metadata = [kinds[r[3]] for r in rows]
+
+    def columns() -> MetricColumns:
+        return metric_rows_columns(
+            region_id="r1",
+            metric_name="risk_score",
+            values=values,
+            timestamps_ns=np.array(times_ns, np.int64),
+            agent_ids=agents,
+            metadata=metadata,
+        )
+
     try:
         expected = metric_columns(_points(agents, values, times_ns, metadata), "r1", 0)
     except ValueError:
         with pytest.raises(ValueError, match=r"^agent_ids\[\d+\]: "):
-            metric_rows_columns(
-                region_id="r1",
-                metric_name="risk_score",
-                values=values,
-                timestamps_ns=np.array(times_ns, np.int64),
-                agent_ids=agents,
-                metadata=metadata,
-            )
+            columns()
         return
-    got = metric_rows_columns(
-        region_id="r1",
-        metric_name="risk_score",
-        values=values,
-        timestamps_ns=np.array(times_ns, np.int64),
-        agent_ids=agents,
-        metadata=metadata,
-    )
-    assert got.rows() == expected.rows()
+    assert columns().rows() == expected.rows()
 
 
 @pytest.mark.parametrize(

@@ -215,10 +215,7 @@ class TimeSeriesStore(ABC):
             metadata=meta,
             max_rows=MAX_BATCH_ROWS,
         )
-        if len(cols) == 0:
-            return 0
-        await self._write_metrics(cols, build_rollup(cols))
-        return len(cols)
+        return await self._store_columns(cols, build_rollup(cols))
 
     async def insert_metric_columns(
         self,
@@ -257,6 +254,10 @@ class TimeSeriesStore(ABC):
 
         large = len(agent_ids) > THREAD_VALIDATION_ROWS
         cols, rollup = await asyncio.to_thread(prepare) if large else prepare()
+        return await self._store_columns(cols, rollup)
+
+    async def _store_columns(self, cols: MetricColumns, rollup: RollupRows) -> int:
+        """Write checked columns (none: nothing written); the rows written."""
         if len(cols) == 0:
             return 0
         await self._write_metrics(cols, rollup)
