@@ -689,13 +689,15 @@ _BRACKET_SAMPLE: Final = 4096
 def _order_pair_bracketed(
     x: FloatArray, m: int, k: int, lo: float, hi: float, samples: int
 ) -> tuple[float, float]:
-    """:func:`_order_pair` (the same values), in one pass over ``x`` before the
-    selection: a bracket ``[a, b]`` around rank ``k`` is read off ``samples`` values of
-    ``x`` taken at a fixed stride (the sample's ranks three standard deviations of a
-    sampled rank either side of ``k``'s place), then one branch-free pass counts the
-    values below ``a`` and copies those within the bracket, and the radix selection runs
-    on the copies. Should the bracket miss rank ``k`` or ``k + 1`` (data ordered against
-    the stride), the selection runs on all of ``x`` instead: slower, never wrong."""
+    """:func:`_order_pair` (the same values) for a large ``x``, bracketed first.
+
+    A bracket ``[a, b]`` around rank ``k`` is read off ``samples`` values of ``x`` taken
+    at a fixed stride (the sample's ranks three standard deviations of a sampled rank
+    either side of ``k``'s place). A pass counts the values below and inside it, a
+    second copies those inside, both without branches, and the radix selection runs on
+    the copies. Should the bracket miss rank ``k`` or ``k + 1`` (data ordered
+    against the stride), or hold over half the values, the selection runs on all of
+    ``x`` instead: slower, never wrong, and never more than half of ``x`` copied."""
     n = x.shape[0]
     step = max(n // samples, 1)
     picked = np.empty(min(samples, n), dtype=np.float64)
@@ -715,17 +717,25 @@ def _order_pair_bracketed(
     _select(picked, r_lo, c - 1, r_hi)
     a = lo if r_lo == 0 else picked[r_lo]
     b = hi if r_hi == c - 1 else picked[r_hi]
-    inside = np.empty(n, dtype=np.float64)
     below = 0
-    w = 0
+    inside = 0
     for i in range(n):
         v = x[i]
         below += 1 if v < a else 0
-        inside[w] = v  # kept only if within the bracket (no branch to mispredict)
-        w += 1 if (v >= a and v <= b) else 0
-    if below > k or not (k + 1 < below + w or k + 1 >= m):
+        inside += 1 if (v >= a and v <= b) else 0
+    if below > k or not (k + 1 < below + inside or k + 1 >= m) or inside > n // 2:
         return _order_pair(x, m, k, lo, hi)
-    return _order_pair(inside[:w], w, k - below, a, b)
+    if not b > a:  # every value inside is a, ranks k and k + 1 among them
+        return a, a
+    # one spare slot: every value is written, and only one inside moves on past it (no
+    # branch to mispredict where the values inside lie scattered)
+    copies = np.empty(inside + 1, dtype=np.float64)
+    w = 0
+    for i in range(n):
+        v = x[i]
+        copies[w] = v
+        w += 1 if (v >= a and v <= b) else 0
+    return _order_pair(copies[:inside], inside, k - below, a, b)
 
 
 @maybe_njit()

@@ -47,7 +47,14 @@ def test_bracketed_selection_is_the_sorted_order(x: np.ndarray, where: float, sa
 
 @pytest.mark.parametrize(
     "shape",
-    ["sorted", "reversed", "sawtooth against the stride", "few distinct", "heavy tails"],
+    [
+        "sorted",
+        "reversed",
+        "sawtooth against the stride",
+        "few distinct",
+        "mostly one value",
+        "heavy tails",
+    ],
 )
 def test_large_arrays_median_and_quartiles_equal_numpys(shape: str) -> None:
     rng = np.random.default_rng(41)
@@ -62,7 +69,11 @@ def test_large_arrays_median_and_quartiles_equal_numpys(shape: str) -> None:
         step = max(n // jo._BRACKET_SAMPLE, 1)
         x = (np.arange(n) % step).astype(np.float64)[::-1].copy()
     elif shape == "few distinct":
+        # the bracket is one value: the ranks sought are that value, nothing copied
         x = rng.integers(0, 4, n).astype(np.float64)
+    elif shape == "mostly one value":
+        # over half the values inside the bracket: the whole array is selected instead
+        x = np.where(rng.random(n) < 0.7, -0.0, rng.normal(0.0, 1.0, n))
     else:
         x = rng.standard_cauchy(n)
         x[rng.random(n) < 0.2] = np.nan
