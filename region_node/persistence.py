@@ -462,8 +462,8 @@ class Persister:
 
     # A batch's rows are made on a worker thread, not on the event loop: a few µs per
     # evaluation, which under a sustained stream took a fifth of the loop's time from the
-    # requests. (Each cache they use is touched by one of the two builders only, but
-    # ``_time``'s, which either may replace: a race costs a datetime made twice.)
+    # requests. (Each cache they use is touched by one of the two builders only: the
+    # metadata mappings by the time-series one, the findings and times by the audit one.)
 
     async def _write_points(self, batch: list[tuple[str, Outcome]]) -> None:
         values, times_ns, agent_ids, metadata = await asyncio.to_thread(self._points_of, batch)
