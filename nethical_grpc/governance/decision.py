@@ -36,7 +36,6 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from nethical_grpc.frozen_init import quick_init
 from nethical_grpc.governance.detectors import Action, Severity, Violation, detect
 from nethical_grpc.jit_optimizations import calculate_risk_score_jit
 from nethical_grpc.validation import utf8_length
@@ -118,7 +117,6 @@ class Thresholds:
 _DEFAULT_THRESHOLDS: Final = Thresholds()
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class Evaluation:
     """Result of :func:`evaluate_action`.

@@ -127,8 +127,6 @@ from enum import IntEnum, StrEnum
 from types import MappingProxyType
 from typing import Any, Final, Literal, NamedTuple
 
-from nethical_grpc.frozen_init import quick_init
-
 __all__ = [
     "DETECTORS",
     "FINDINGS",
@@ -179,7 +177,6 @@ class ViolationType(StrEnum):
     DATA_EXFILTRATION = "DATA_EXFILTRATION"
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class Violation:
     """One finding: its type, severity, confidence in ``[0, 1]``, a redacted message and
@@ -203,7 +200,6 @@ class Violation:
 _NO_CONTEXT: Final[Mapping[str, str]] = MappingProxyType({})
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class Action:
     """An agent's proposed action.  ``context`` is copied into a read-only mapping."""

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, Final
 
-from nethical_grpc.frozen_init import quick_init
 from nethical_grpc.governance.decision import DECISION_VALUES
 from nethical_grpc.governance.requests import Outcome
 
@@ -27,7 +26,6 @@ DEFAULT_MAX_AGENTS: Final = 100_000
 DEFAULT_RECENT: Final = 20
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class ProfileEntry:
     time_ns: int

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nethical_grpc.frozen_init import quick_init
 from nethical_grpc.governance.decision import Evaluation
 from nethical_grpc.governance.detectors import Action
 
 __all__ = ["EvaluationRequest", "Outcome"]
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class EvaluationRequest:
     """A validated action with the caller's request id and its normalised action type."""
@@ -21,7 +19,6 @@ class EvaluationRequest:
     action_type: str
 
 
-@quick_init
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """The verdict on one action, with what the node measured."""
