@@ -162,6 +162,9 @@ def test_columns_are_the_points_columns(rows: list[tuple[str, float, int, int]])
         (lambda c: c["agent_ids"].pop(), r"agent_ids: 5 entries for 6 values"),
         (lambda c: c["metadata"].pop(), r"metadata: 5 entries for 6 values"),
         (lambda c: c["values"].__setitem__(5, math.nan), r"values\[5\]: must be finite"),
+        # one string or one mapping where a column belongs: refused, not split up
+        (lambda c: c.__setitem__("agent_ids", "agent1"), r"agent_ids: .*not one string"),
+        (lambda c: c.__setitem__("metadata", ALLOW), r"metadata: .*not one mapping"),
     ],
 )
 async def test_a_bad_entry_refuses_the_batch_naming_it(

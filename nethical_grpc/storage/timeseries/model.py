@@ -700,6 +700,8 @@ def text_column(field_name: str, values: Sequence[object], n: int) -> list[str]:
     non-ASCII text once over the joined column. Only a column failing that is checked
     entry by entry, for the precise error (``field_name[i]: …``) or, when its only
     unusual entries are valid non-ASCII text, to pass it."""
+    if isinstance(values, str | bytes):  # a string is a sequence too: of its characters
+        raise ValueError(f"{field_name}: a sequence of strings, one a value, not one string")
     column = list(values)
     if len(column) != n:
         raise ValueError(f"{field_name}: {len(column)} entries for {n} values (must match)")
@@ -722,6 +724,8 @@ def json_column(
     """``values`` (mappings or ``None``) as their JSON texts (:func:`dump_json`), each
     distinct mapping object serialised once and its text shared by every row holding it;
     ``ValueError`` naming the first row of a bad one (``field_name[i]: …``)."""
+    if isinstance(values, Mapping):  # a mapping is iterable too: of its keys
+        raise ValueError(f"{field_name}: a sequence of mappings, one a value, not one mapping")
     column = list(values)
     if len(column) != n:
         raise ValueError(f"{field_name}: {len(column)} entries for {n} values (must match)")
