@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Sized
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Self
@@ -252,7 +252,7 @@ class TimeSeriesStore(ABC):
             )
             return cols, build_rollup(cols)
 
-        large = len(agent_ids) > THREAD_VALIDATION_ROWS
+        large = isinstance(agent_ids, Sized) and len(agent_ids) > THREAD_VALIDATION_ROWS
         cols, rollup = await asyncio.to_thread(prepare) if large else prepare()
         return await self._store_columns(cols, rollup)
 
