@@ -259,3 +259,18 @@ async def test_a_nodes_evaluation_records_keep_their_rows(stores: NodeStores) ->
         for r in rows
     )
     assert got == expected
+
+
+async def test_agent_ids_from_any_iterable(store: TimeSeriesStore) -> None:
+    agents = (f"agent-{i}" for i in range(3))  # no length to ask
+    assert (
+        await store.insert_metric_columns(
+            "risk_score", [0.25, 0.5, 0.75], BASE_NS, agent_ids=agents
+        )
+        == 3
+    )
+    assert [(a, v) for a, v, _, _ in await _rows(store)] == [
+        ("agent-0", 0.25),
+        ("agent-1", 0.5),
+        ("agent-2", 0.75),
+    ]
