@@ -186,7 +186,7 @@ def _select(x: FloatArray, lo: int, hi: int, k: int) -> None:
 
     Hoare/Wirth quickselect with a median-of-three pivot (expected O(n)); afterwards
     ``x[lo:k] <= x[k] <= x[k + 1:hi + 1]``.  ``x`` must not contain NaN.  Used on small
-    candidate sets (see :func:`_order_pair`) and as its fallback.
+    candidate sets (see :func:`_radix_order_pair`) and as its fallback.
     """
     while hi > lo:
         mid = (lo + hi) >> 1
@@ -225,7 +225,7 @@ def _min_of(x: FloatArray, lo: int, hi: int) -> float:
     return best
 
 
-#: Buckets per round of :func:`_order_pair` (11 key bits), and the candidate count below
+#: Buckets per round of :func:`_radix_order_pair` (11 key bits), and the candidate count below
 #: which it switches to quickselect.
 _SELECT_BUCKETS: Final = 2048
 _SELECT_SMALL: Final = 256
@@ -239,7 +239,7 @@ def _half_key(bits: int) -> int:
 
 
 @maybe_njit()
-def _order_pair(x: FloatArray, m: int, k: int, lo: float, hi: float) -> tuple[float, float]:
+def _radix_order_pair(x: FloatArray, m: int, k: int, lo: float, hi: float) -> tuple[float, float]:
     """The ``k``-th and ``(k + 1)``-th smallest non-NaN values of ``x`` (0-based; the second
     is the ``k``-th again when ``k == m - 1``), leaving ``x`` unchanged.
 
@@ -693,7 +693,7 @@ _BRACKET_SAMPLE: Final = 4096
 def _order_pair_bracketed(
     x: FloatArray, m: int, k: int, lo: float, hi: float, samples: int
 ) -> tuple[float, float]:
-    """:func:`_order_pair` (the same values) for a large ``x``, bracketed first.
+    """:func:`_radix_order_pair` (the same values) for a large ``x``, bracketed first.
 
     A bracket ``[a, b]`` around rank ``k`` is read off ``samples`` values of ``x`` taken
     at a fixed stride (the sample's ranks three standard deviations of a sampled rank
@@ -712,7 +712,7 @@ def _order_pair_bracketed(
             picked[c] = v
             c += 1
     if c < 16:
-        return _order_pair(x, m, k, lo, hi)
+        return _radix_order_pair(x, m, k, lo, hi)
     place = int(k * (c / m))
     spread = int(3.0 * math.sqrt(c)) + 1
     r_lo = max(place - spread, 0)
@@ -728,7 +728,7 @@ def _order_pair_bracketed(
         below += 1 if v < a else 0
         inside += 1 if (v >= a and v <= b) else 0
     if below > k or not (k + 1 < below + inside or k + 1 >= m) or inside > n // 2:
-        return _order_pair(x, m, k, lo, hi)
+        return _radix_order_pair(x, m, k, lo, hi)
     if not b > a:  # every value inside is a, ranks k and k + 1 among them
         return a, a
     # one spare slot: every value is written, and only one inside moves on past it (no
@@ -739,15 +739,17 @@ def _order_pair_bracketed(
         v = x[i]
         copies[w] = v
         w += 1 if (v >= a and v <= b) else 0
-    return _order_pair(copies[:inside], inside, k - below, a, b)
+    return _radix_order_pair(copies[:inside], inside, k - below, a, b)
 
 
 @maybe_njit()
-def _order_pair_of(x: FloatArray, m: int, k: int, lo: float, hi: float) -> tuple[float, float]:
-    """:func:`_order_pair`, bracketed first when ``x`` holds many values."""
+def _order_pair(x: FloatArray, m: int, k: int, lo: float, hi: float) -> tuple[float, float]:
+    """The ``k``-th and ``(k + 1)``-th smallest non-NaN values of ``x``, as
+    :func:`_radix_order_pair` gives them: bracketed first (:func:`_order_pair_bracketed`)
+    when ``x`` holds many values."""
     if m >= _BRACKET_MIN:
         return _order_pair_bracketed(x, m, k, lo, hi, _BRACKET_SAMPLE)
-    return _order_pair(x, m, k, lo, hi)
+    return _radix_order_pair(x, m, k, lo, hi)
 
 
 @maybe_njit()
@@ -762,9 +764,9 @@ def _stats_kernel(x: FloatArray) -> tuple[float, float, float, float, float]:
         std = _unscale(std, big, e)
     lo, hi = _nan_minmax(x)
     if m % 2 == 1:
-        median, _ = _order_pair_of(x, m, m // 2, lo, hi)
+        median, _ = _order_pair(x, m, m // 2, lo, hi)
     else:
-        a, b = _order_pair_of(x, m, m // 2 - 1, lo, hi)
+        a, b = _order_pair(x, m, m // 2 - 1, lo, hi)
         median = _midpoint(a, b)
     return mean, std, lo, hi, median
 
@@ -1267,7 +1269,7 @@ def _quantile_linear(x: FloatArray, m: int, q: float, lo: float, hi: float) -> f
     if virtual >= m - 1:
         return _lerp(hi, hi, virtual - (m - 1))
     prev = math.floor(virtual)
-    a, b = _order_pair_of(x, m, prev, lo, hi)
+    a, b = _order_pair(x, m, prev, lo, hi)
     return _lerp(a, b, virtual - prev)
 
 

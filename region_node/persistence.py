@@ -44,15 +44,8 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import (
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Iterable,
-    Iterator,
-    Mapping,
-    Sequence,
-)
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from operator import attrgetter, itemgetter
 from typing import Any, Final, Literal, Protocol, runtime_checkable
@@ -184,20 +177,11 @@ class _Progress:
 
 @runtime_checkable
 class _NumberedMetrics(Protocol):
-    """A time-series store that stores a numbered batch of metric rows once (see
-    :meth:`nethical_grpc.storage.timeseries.postgres.PostgresTimeSeriesStore.insert_metric_columns_once`)."""
+    """A time-series store whose writes can be numbered, so that a retried batch it
+    stored already is not stored again (see
+    :meth:`nethical_grpc.storage.timeseries.postgres.PostgresTimeSeriesStore.numbered`)."""
 
-    async def insert_metric_columns_once(
-        self,
-        metric_name: str,
-        values: npt.ArrayLike,
-        timestamps_ns: npt.ArrayLike,
-        *,
-        agent_ids: Sequence[str],
-        metadata: Sequence[Mapping[str, JSONValue] | None] | None = None,
-        writer: str,
-        batch: int,
-    ) -> int: ...
+    def numbered(self, writer: str, batch: int) -> AbstractContextManager[None]: ...
 
 
 #: Records of one batch a store refuses one by one, none taken, before the rest of the
@@ -468,21 +452,14 @@ class Persister:
     async def _write_points(self, batch: list[tuple[str, Outcome]]) -> None:
         values, times_ns, agent_ids, metadata = await asyncio.to_thread(self._points_of, batch)
         store = self.stores.timeseries
+        numbered: AbstractContextManager[None] = nullcontext()
         if isinstance(store, _NumberedMetrics):
             # numbered by its last record (this process's batches, and the parts of one
             # split around refused records, go in record order, a retried one first,
             # whole): a retry of one stored already is not stored again
             number = int(batch[-1][0][len(self._id_prefix) :], 16)
-            await store.insert_metric_columns_once(
-                RISK_METRIC,
-                values,
-                times_ns,
-                agent_ids=agent_ids,
-                metadata=metadata,
-                writer=self._id_prefix,
-                batch=number,
-            )
-        else:
+            numbered = store.numbered(self._id_prefix, number)
+        with numbered:
             await store.insert_metric_columns(
                 RISK_METRIC, values, times_ns, agent_ids=agent_ids, metadata=metadata
             )

@@ -225,10 +225,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         self, request: region_node_pb2.GetSummariesRequest, context: Context
     ) -> EncodedSummaries | region_node_pb2.GetSummariesResponse:
         # the cached bytes themselves: neither parsed here nor serialised again
-        encoded = self._summaries(request).encoded
-        if self.encoded_answers:
-            return encoded
-        return region_node_pb2.GetSummariesResponse.FromString(encoded)
+        return self._sent(self._summaries(request).encoded, region_node_pb2.GetSummariesResponse)
 
     @rpc_stream_errors
     async def StreamSummaries(  # noqa: N802
@@ -262,11 +259,14 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
                     query_id=message.query_id, error=convert.summary_query_error_to_proto(exc)
                 )
                 continue
-            answer = summaries.stream_answer(message.query_id)
-            if self.encoded_answers:
-                yield answer
-            else:
-                yield region_node_pb2.StreamSummariesResponse.FromString(answer)
+            yield self._sent(
+                summaries.stream_answer(message.query_id), region_node_pb2.StreamSummariesResponse
+            )
+
+    def _sent(self, encoded: bytes, message: type[_Message]) -> bytes | _Message:
+        """An encoded answer as this servicer's registration sends it: the bytes as they
+        are (:func:`add_to_server`), else parsed into ``message``."""
+        return encoded if self.encoded_answers else message.FromString(encoded)
 
     def _summaries(self, request: region_node_pb2.GetSummariesRequest) -> _CachedSummaries:
         """What GetSummaries answers (``MeshError`` for a query it rejects)."""

@@ -207,15 +207,14 @@ async def test_a_numbered_batch_is_stored_once(pg_schema: str) -> None:
     try:
 
         async def write(batch: int, value: float) -> int:
-            return await store.insert_metric_columns_once(
-                "risk_score",
-                [value] * 4,
-                BASE_NS,
-                agent_ids=["a", "b", "c", "d"],
-                metadata=[ALLOW] * 4,
-                writer="w-cols",
-                batch=batch,
-            )
+            with store.numbered("w-cols", batch):
+                return await store.insert_metric_columns(
+                    "risk_score",
+                    [value] * 4,
+                    BASE_NS,
+                    agent_ids=["a", "b", "c", "d"],
+                    metadata=[ALLOW] * 4,
+                )
 
         assert await write(1, 1.0) == 4
         assert await write(1, 1.0) == 4  # a retry: not stored again

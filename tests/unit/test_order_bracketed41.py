@@ -42,7 +42,7 @@ def test_bracketed_selection_is_the_sorted_order(x: np.ndarray, where: float, sa
     lo, hi = jo._nan_minmax(x)
     got = jo._order_pair_bracketed(x, m, k, lo, hi, samples)
     assert got == _expected(x, k)
-    assert got == jo._order_pair(x, m, k, lo, hi)
+    assert got == jo._radix_order_pair(x, m, k, lo, hi)
 
 
 @pytest.mark.parametrize(

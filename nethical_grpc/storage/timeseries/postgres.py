@@ -7,7 +7,7 @@ no per-row datetime or JSON objects); the per-minute rollup is merged in the sam
 transaction with one ``INSERT … ON CONFLICT`` over arrays. Events and audit rows use
 ``ON CONFLICT DO NOTHING``, so a retried write is not a duplicate; metric rows have no key,
 so a writer that retries a batch numbers its batches
-(:meth:`PostgresTimeSeriesStore.insert_metrics_once`), and the table ``metric_writers``
+(:meth:`PostgresTimeSeriesStore.numbered`), and the table ``metric_writers``
 keeps, per writer, the last number stored, in the batch's transaction.
 
 Every session runs with ``TimeZone=UTC`` and ``jit=off`` (JIT compilation costs more than
@@ -35,13 +35,12 @@ import os
 import re
 import socket
 import struct
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
-import numpy.typing as npt
 import psycopg
 from psycopg import sql
 from psycopg.adapt import Dumper
@@ -66,7 +65,6 @@ from nethical_grpc.storage.timeseries.model import (
     WINDOW_WRITE_COLUMNS,
     AuditRecord,
     EventRecord,
-    JSONValue,
     MetricColumns,
     MetricPoint,
     MetricRecord,
@@ -104,20 +102,10 @@ _INT8 = struct.Struct(">q")
 #: node process's persister, and its retry of a batch comes at its next write that reaches
 #: the server (an outage of the node's own connection longer than this may store it twice).
 WRITERS_KEPT: Final = timedelta(days=7)
-# (writer, batch number) of the metric batch being written (insert_metrics_once)
+# (writer, batch number) of the metric batch being written (see PostgresTimeSeriesStore.numbered)
 _WRITER_BATCH: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar(
     "metric_writer_batch", default=None
 )
-
-
-@contextlib.contextmanager
-def _numbered(writer: str, batch: int) -> Iterator[None]:
-    """The metric writes of this task within are ``writer``'s batch numbered ``batch``."""
-    token = _WRITER_BATCH.set((writer, batch))
-    try:
-        yield
-    finally:
-        _WRITER_BATCH.reset(token)
 
 
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
@@ -443,36 +431,30 @@ class PostgresTimeSeriesStore(TimeSeriesStore):
 
     # ------------------------------------------------------------------ metrics
 
+    @contextlib.contextmanager
+    def numbered(self, writer: str, batch: int) -> Iterator[None]:
+        """The metric writes of this task within are ``writer``'s batch numbered
+        ``batch``: for a writer that retries a batch until it is stored, when a write
+        that failed may have been committed all the same (the server took the COMMIT,
+        its answer was lost with the connection). ``writer`` numbers its batches in the
+        order it writes them (``batch``, increasing): a batch numbered no higher than the
+        writer's last stored one was stored, and is not stored again (each insert call
+        within still returns the batch's rows). Any insert of metric rows may go inside:
+        :meth:`insert_metrics`, :meth:`insert_metric_values`,
+        :meth:`insert_metric_columns`."""
+        token = _WRITER_BATCH.set((writer, batch))
+        try:
+            yield
+        finally:
+            _WRITER_BATCH.reset(token)
+
     async def insert_metrics_once(
         self, points: Sequence[MetricPoint], *, writer: str, batch: int
     ) -> int:
-        """:meth:`insert_metrics` for a writer that retries a batch until it is stored,
-        when a write that failed may have been committed all the same (the server took
-        the COMMIT, its answer was lost with the connection). ``writer`` numbers its
-        batches in the order it writes them (``batch``, increasing): a batch numbered no
-        higher than the writer's last stored one was stored, and is not stored again.
-        Returns the batch's rows (stored now or before)."""
-        with _numbered(writer, batch):
+        """:meth:`insert_metrics` as the batch ``batch`` of ``writer`` (see
+        :meth:`numbered`). Returns the batch's rows (stored now or before)."""
+        with self.numbered(writer, batch):
             return await self.insert_metrics(points)
-
-    async def insert_metric_columns_once(
-        self,
-        metric_name: str,
-        values: npt.ArrayLike,
-        timestamps_ns: npt.ArrayLike,
-        *,
-        agent_ids: Sequence[str],
-        metadata: Sequence[Mapping[str, JSONValue] | None] | None = None,
-        writer: str,
-        batch: int,
-    ) -> int:
-        """:meth:`insert_metric_columns` numbered as :meth:`insert_metrics_once` numbers
-        its points: a batch numbered no higher than ``writer``'s last stored one is not
-        stored again."""
-        with _numbered(writer, batch):
-            return await self.insert_metric_columns(
-                metric_name, values, timestamps_ns, agent_ids=agent_ids, metadata=metadata
-            )
 
     async def _write_metrics(self, cols: MetricColumns, rollup: RollupRows) -> None:
         days = set(np.unique(cols.ts_us // US_PER_DAY).tolist())
