@@ -174,14 +174,14 @@ class PendingBatch:
 
     requests: Sequence[EvaluationRequest]
     began_ns: int
-    detections: asyncio.Future[list[list[Violation]] | None] | None
+    detections: asyncio.Future[list[tuple[Violation, ...]] | None] | None
 
     def cancel(self) -> None:
         """Drop the workers' answer (the batch will not be finished)."""
         if self.detections is not None:
             self.detections.cancel()
 
-    async def detected(self) -> tuple[list[list[Violation]], PendingBatch]:
+    async def detected(self) -> tuple[list[tuple[Violation, ...]], PendingBatch]:
         """Its findings now (the workers', else detected here a chunk at a time, turning
         the loop between chunks as :meth:`Evaluator.finish` does), and the batch holding
         them: finished, it is not detected again."""
@@ -192,8 +192,8 @@ class PendingBatch:
             for start in range(0, len(actions), EVALUATE_CHUNK):
                 if start:
                     await asyncio.sleep(0)
-                found += map(detect, actions[start : start + EVALUATE_CHUNK])
-        done: asyncio.Future[list[list[Violation]] | None]
+                found += [tuple(detect(a)) for a in actions[start : start + EVALUATE_CHUNK]]
+        done: asyncio.Future[list[tuple[Violation, ...]] | None]
         done = asyncio.get_running_loop().create_future()
         done.set_result(found)
         return found, PendingBatch(self.requests, self.began_ns, done)

@@ -338,6 +338,10 @@ def evaluate_actions(
     for the first invalid action (as :func:`validate_action`) or invalid probability (as
     :func:`blend`), and for a length mismatch or (in a non-empty batch) an invalid
     ``model_weight``.
+
+    When every probability is a ``float`` (or the column a float array) and none is NaN,
+    or there are none, the batch is scored in columns (:func:`_scored_batch`): each
+    distinct findings object once, the blend and the thresholds over the whole column.
     """
     n = len(actions)
     probabilities: Sequence[float | None]
@@ -360,6 +364,11 @@ def evaluate_actions(
         return []
     t = _DEFAULT_THRESHOLDS if thresholds is None else thresholds
     w = _weight(model_weight)
+    column = _probability_column(model_probabilities, probabilities)
+    if column is not None:
+        return _scored_batch(actions, column, w, t, findings)
+    # a probability that is not a plain finite-or-infinite float (None, NaN, another type
+    # of number): action by action, so the first bad entry raises, naming its index
     out: list[Evaluation] = []
     for i in range(n):
         action = actions[i]
@@ -371,3 +380,102 @@ def evaluate_actions(
         except ValueError as exc:
             raise ValueError(f"actions[{i}]: {exc}") from exc
     return out
+
+
+#: Decisions by their index in :func:`_scored_batch`'s ``levels``, least severe first.
+_DECISION_LEVELS: Final[tuple[Decision, ...]] = tuple(Decision)
+
+
+def _probability_column(
+    given: Sequence[float | None] | npt.NDArray[Any] | None,
+    probabilities: Sequence[float | None],
+) -> npt.NDArray[np.float64] | None:
+    """The batch's probabilities as one float64 column when every one is a float and none
+    is NaN (an empty column for ``given`` None: no model), else ``None``: the batch is
+    then scored action by action, which accepts the other kinds of number and raises for
+    the bad ones, naming them."""
+    if given is None:
+        return np.empty(0)
+    if isinstance(given, np.ndarray):
+        if given.dtype.kind != "f":
+            return None
+        column = given.astype(np.float64, copy=False)  # float32 is widened exactly
+    else:
+        if not set(map(type, probabilities)) <= {float}:
+            return None
+        column = np.array(probabilities, dtype=np.float64)
+    return None if bool(np.isnan(column).any()) else column
+
+
+def _scored_batch(
+    actions: Sequence[Action],
+    p: npt.NDArray[np.float64],
+    w: float,
+    t: Thresholds,
+    findings: Sequence[Sequence[Violation] | None] | None,
+) -> list[Evaluation]:
+    """:func:`_scored` for a batch of actions whose probabilities ``p`` are a float64
+    column without NaN (empty: no model probability), in columns: the same floats, bit
+    for bit.
+
+    Each distinct list of findings (the same object, as a node's detection workers answer
+    for actions that found the same) is scored once: its rule risk, whether it holds an
+    EMERGENCY finding sure enough to terminate, and its highest confidence.  The blend and
+    the thresholds then run over the whole column, in the same operations as
+    :func:`_blend_checked` and :func:`_decide_checked`: ``max(a, b)`` is ``b if b > a
+    else a`` and ``min(a, b)`` is ``b if b < a else a``, so signed zeros and ties come out
+    as they do there."""
+    for i, action in enumerate(actions):
+        try:
+            validate_action(action)
+        except ValueError as exc:
+            raise ValueError(f"actions[{i}]: {exc}") from exc
+    given = findings if findings is not None else [None] * len(actions)
+    found: list[tuple[Violation, ...]] = [
+        tuple(detect(a)) if f is None else f if type(f) is tuple else tuple(f)
+        for a, f in zip(actions, given, strict=True)
+    ]
+    # per distinct findings object: rule risk, terminating EMERGENCY, highest confidence
+    # (-1.0 for none: the confidence is then 1 - risk)
+    scored: dict[int, tuple[float, bool, float]] = {}
+    rows = []
+    urgent = t.emergency_confidence
+    for violations in found:
+        row = scored.get(id(violations))
+        if row is None:
+            row = scored[id(violations)] = (
+                rule_risk(violations),
+                any(
+                    v.severity == Severity.EMERGENCY and v.confidence >= urgent for v in violations
+                ),
+                max([v.confidence for v in violations]) if violations else -1.0,
+            )
+        rows.append(row)
+    table = np.array(rows, dtype=np.float64).reshape(len(rows), 3)
+    base = table[:, 0]
+    if len(p):
+        # _blend_checked: the probability clipped to [0, 1], the weighted average, kept
+        # between its inputs
+        p = np.where(p > 0.0, p, 0.0)
+        p = np.where(p < 1.0, p, 1.0)
+        average = (1.0 - w) * base + w * p
+        low_first = base <= p
+        lo = np.where(low_first, base, p)
+        hi = np.where(low_first, p, base)
+        risk = np.where(average > lo, average, lo)
+        risk = np.where(risk < hi, risk, hi)
+    else:
+        risk = base
+    levels = np.where(
+        (table[:, 1] != 0.0) | (risk >= t.terminate),
+        3,
+        np.where(risk >= t.block, 2, np.where(risk >= t.restrict, 1, 0)),
+    )
+    confidence = np.where(table[:, 2] >= 0.0, table[:, 2], 1.0 - risk)
+    decisions = _DECISION_LEVELS
+    return [
+        Evaluation(decisions[level], r, c, v, b)
+        for level, r, c, v, b in zip(
+            levels.tolist(), risk.tolist(), confidence.tolist(), found, base.tolist(), strict=True
+        )
+    ]

@@ -9,8 +9,9 @@ the next messages, runs the model and answers the previous batch.
 
 * Same answers: a worker sends back each action's findings encoded
   (:func:`~nethical_grpc.governance.detectors.detect_encoded`: indexes into the fixed table
-  of findings and the action's read-only claim), decoded here into exactly the list
-  ``detect`` gives in process.
+  of findings and the action's read-only claim), decoded here into exactly the findings
+  ``detect`` gives in process, as one tuple shared by every action with the same answer
+  (:func:`decoded`).
 * Only batches of at least ``min_actions`` actions go to the workers: for a few actions
   the two process hops cost more than detecting them here.  A batch goes in slices of
   :data:`SLICE_ACTIONS`, so several workers share it.
@@ -115,6 +116,29 @@ def _detect_rows(rows: Sequence[_Row]) -> list[EncodedFindings]:
         detect_encoded(Action("", text, kind, intent, dict(context)))
         for text, kind, intent, context in rows
     ]
+
+
+#: Decoded findings by their encoding (see :func:`decoded`); emptied when it reaches
+#: :data:`_DECODED_SIZE` entries.
+_DECODED: dict[EncodedFindings, tuple[Violation, ...]] = {}
+_DECODED_SIZE: Final = 4096
+_NONE_FOUND: Final[tuple[Violation, ...]] = ()
+
+
+def decoded(encoded: EncodedFindings) -> tuple[Violation, ...]:
+    """:func:`decode_findings` of a worker's answer for one action, as a tuple shared by
+    every action with the same answer: few distinct answers occur (most actions find
+    nothing), so a batch's findings decode at the cost of a lookup each, and
+    :func:`~nethical_grpc.governance.decision.evaluate_actions` scores each distinct one
+    once."""
+    if not encoded[0]:
+        return _NONE_FOUND
+    found = _DECODED.get(encoded)
+    if found is None:
+        if len(_DECODED) >= _DECODED_SIZE:
+            _DECODED.clear()
+        found = _DECODED[encoded] = tuple(decode_findings(*encoded))
+    return found
 
 
 def _row(action: Action) -> _Row:
@@ -222,9 +246,10 @@ class DetectionPool:
 
     def submit(
         self, actions: Sequence[Action]
-    ) -> asyncio.Future[list[list[Violation]] | None] | None:
+    ) -> asyncio.Future[list[tuple[Violation, ...]] | None] | None:
         """Start detecting ``actions`` in the workers: a future of their findings (each
-        list as :func:`detect` gives it), resolved to ``None`` if the workers failed; or
+        as :func:`detect` gives it, as a tuple: actions with the same findings share one,
+        see :func:`decoded`), resolved to ``None`` if the workers failed; or
         ``None`` now when this batch is to be detected here (too small, workers not ready)."""
         if len(actions) < self.min_actions or self._closed:
             return None
@@ -279,7 +304,7 @@ class DetectionPool:
         executor: concurrent.futures.ProcessPoolExecutor,
         parts: list[asyncio.Future[list[EncodedFindings]]],
         timeout_s: float,
-    ) -> list[list[Violation]] | None:
+    ) -> list[tuple[Violation, ...]] | None:
         try:
             _done, pending = await asyncio.wait(parts, timeout=timeout_s)
         except asyncio.CancelledError:  # the caller went away: the answers are dropped
@@ -303,11 +328,7 @@ class DetectionPool:
                 log.error("rule detection in a worker failed (%r); detecting in process", exc)
                 return None
             answers.append(part.result())
-        return [
-            [] if not encoded[0] else decode_findings(*encoded)
-            for answer in answers
-            for encoded in answer
-        ]
+        return [decoded(encoded) for answer in answers for encoded in answer]
 
     def _failed(self, executor: concurrent.futures.ProcessPoolExecutor, exc: BaseException) -> None:
         if self._executor is not executor:

@@ -146,7 +146,7 @@ async def test_workers_find_exactly_what_detect_finds_in_process(pool: Detection
     future = pool.submit(actions)
     assert future is not None
     got = await future
-    assert got == [detect(a) for a in actions]
+    assert got == [tuple(detect(a)) for a in actions]
     assert (pool.pooled_batches, pool.inline_batches) == (1, 1)
     assert "ready" in pool.describe()
 
@@ -172,7 +172,7 @@ async def test_a_killed_worker_means_in_process_detection_then_a_restart(
     while (future := pool.submit(actions)) is None:
         assert time.monotonic() < deadline, pool.describe()
         await asyncio.sleep(0.05)
-    assert await future == [detect(a) for a in actions]
+    assert await future == [tuple(detect(a)) for a in actions]
     assert [p.pid for p in workers()] != [p.pid for p in before]
 
 
@@ -231,7 +231,7 @@ async def test_a_worker_killed_while_starting_is_found_and_restarted(
     while (future := pool.submit(actions)) is None:
         assert time.monotonic() < deadline, pool.describe()
         await asyncio.sleep(0.05)
-    assert await future == [detect(a) for a in actions]
+    assert await future == [tuple(detect(a)) for a in actions]
     assert worker.pid not in [p.pid for p in workers()]
 
 
@@ -273,7 +273,7 @@ async def test_a_caller_that_goes_away_leaves_no_error_in_the_log(
     # and the workers are still in use, with an empty backlog once all is answered
     future = pool.submit(actions[:200])
     assert future is not None
-    assert await future == [detect(a) for a in actions[:200]]
+    assert await future == [tuple(detect(a)) for a in actions[:200]]
     assert pool.ready
 
 
@@ -290,7 +290,7 @@ async def test_large_texts_get_time_in_proportion(
     await wait_ready(pool)
     future = pool.submit(actions)
     assert future is not None
-    assert await future == [detect(a) for a in actions]
+    assert await future == [tuple(detect(a)) for a in actions]
     assert pool.ready  # not killed
 
 
