@@ -19,15 +19,17 @@ from typing import Final
 
 import grpc
 import numpy as np
+import numpy.typing as npt
 from google.protobuf import duration_pb2, timestamp_pb2
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
-from nethical_grpc import summary_scan
+from nethical_grpc import evaluation_wire, summary_scan
 from nethical_grpc.errors import FieldViolation, InvalidArgument, MeshError, described
 from nethical_grpc.governance.decision import MAX_ACTION_TEXT_BYTES, Decision
 from nethical_grpc.governance.detectors import FINDINGS, Action, Violation, ViolationType
 from nethical_grpc.governance.profiles import Profile
 from nethical_grpc.governance.requests import EvaluationRequest, Outcome
+from nethical_grpc.jit import is_jit_available
 from nethical_grpc.model_info import ModelSummary
 from nethical_grpc.privacy import NoiseError, ReleaseInfo
 from nethical_grpc.proto_limits import (
@@ -1049,6 +1051,109 @@ def stream_results_to_proto(
         else:
             add(error=item)
     return answer
+
+
+def stream_results_encoded(
+    results: Sequence[Outcome | governance_pb2.ActionError], region_id: str, instance_id: str
+) -> bytes:
+    """:func:`stream_results_to_proto`'s answer as the bytes its ``SerializeToString``
+    gives, written by the compiled kernel of :mod:`nethical_grpc.evaluation_wire` from
+    the batch's columns (a third or less of the protobuf API's time).  Without Numba, or
+    for a batch holding an action's error, through the protobuf API."""
+    n = len(results)
+    if not _COMPILED_ANSWERS or not set(map(type, results)) <= {Outcome}:
+        return stream_results_to_proto(results, region_id, instance_id).SerializeToString()
+    outcomes: Sequence[Outcome] = results  # type: ignore[assignment]  # all Outcomes
+    latency_ns = np.fromiter(map(_LATENCY_NS, outcomes), np.int64, n)
+    if n and int(latency_ns.min()) < 0:  # (not from a monotonic clock) as protobuf does
+        return stream_results_to_proto(results, region_id, instance_id).SerializeToString()
+    ids = list(map(_REQUEST_ID, outcomes))
+    joined = "".join(ids)
+    if joined.isascii():
+        id_bytes, lengths = joined.encode("ascii"), list(map(len, ids))
+    else:
+        encoded = [i.encode() for i in ids]
+        id_bytes, lengths = b"".join(encoded), list(map(len, encoded))
+    evaluations = list(map(_EVALUATION, outcomes))
+    doubles = np.empty((n, 4), np.float64)
+    doubles[:, 0] = np.fromiter(map(_RISK, evaluations), np.float64, n)
+    doubles[:, 1] = np.fromiter(map(_CONFIDENCE, evaluations), np.float64, n)
+    doubles[:, 2] = np.fromiter(map(_RULE_RISK, evaluations), np.float64, n)
+    doubles[:, 3] = np.fromiter(map(_MODEL_PROBABILITY, outcomes), np.float64, n)
+    decisions = np.fromiter(
+        map(_DECISION_NUMBERS.__getitem__, map(_DECISION, evaluations)), np.int64, n
+    )
+    # the violations' fields, once per findings object (a batch's actions that found the
+    # same share one, see detect_pool.decoded)
+    found_by = list(map(_VIOLATIONS, evaluations))
+    distinct = dict(zip(map(id, found_by), found_by, strict=True))
+    fields = {key: b"".join(map(_violation_field, v)) for key, v in distinct.items()}
+    found = list(map(fields.__getitem__, map(id, found_by)))
+    return evaluation_wire.write_results(
+        np.frombuffer(id_bytes, np.uint8),
+        _offsets(lengths),
+        decisions,
+        doubles,
+        np.frombuffer(b"".join(found), np.uint8),
+        _offsets(list(map(len, found))),
+        latency_ns,
+        np.frombuffer(_ids_fields(region_id, instance_id), np.uint8),
+    ).tobytes()
+
+
+_COMPILED_ANSWERS: Final = is_jit_available()
+_LATENCY_NS: Final = attrgetter("latency_ns")
+_REQUEST_ID: Final = attrgetter("request.request_id")
+_EVALUATION: Final = attrgetter("evaluation")
+_RISK: Final = attrgetter("risk_score")
+_CONFIDENCE: Final = attrgetter("confidence")
+_RULE_RISK: Final = attrgetter("rule_risk")
+_MODEL_PROBABILITY: Final = attrgetter("model_probability")
+_DECISION: Final = attrgetter("decision")
+_VIOLATIONS: Final = attrgetter("violations")
+
+
+def _offsets(lengths: list[int]) -> npt.NDArray[np.int64]:
+    out = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=out[1:])
+    return out
+
+
+#: ActionEvaluation.decision's enum number per decision (none is 0).
+_DECISION_NUMBERS: Final[dict[Decision, int]] = {d: int(v) for d, v in _DECISION_TO_PROTO.items()}
+
+
+def _string_field(tag: bytes, text: str) -> bytes:
+    data = text.encode()
+    return tag + varint(len(data)) + data
+
+
+def _length_delimited(message: Message) -> bytes:
+    data = message.SerializeToString()
+    return varint(len(data)) + data
+
+
+@lru_cache(maxsize=64)
+def _ids_fields(region_id: str, instance_id: str) -> bytes:
+    """ActionEvaluation's region_id and instance_id fields (left out when empty)."""
+    return (_string_field(b"\x4a", region_id) if region_id else b"") + (
+        _string_field(b"\x52", instance_id) if instance_id else b""
+    )
+
+
+@lru_cache(maxsize=4096)
+def _violation_field(v: Violation) -> bytes:
+    """``v`` as an entry of ActionEvaluation.violations (tag, length, message), as
+    :func:`_fill_evaluation` writes it."""
+    return b"\x2a" + _length_delimited(
+        governance_pb2.Violation(
+            type=_VIOLATION_TYPE_NAMES[v.type],
+            severity=governance_pb2.Severity.Name(int(v.severity)),
+            confidence=v.confidence,
+            message=v.message,
+            rule_id=v.detector,
+        )
+    )
 
 
 #: Bytes of one evaluation in a batch answer besides its request id's, its region and

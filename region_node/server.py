@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nethical_grpc import telemetry
+from nethical_grpc import evaluation_wire, telemetry
 from nethical_grpc.governance.detect_pool import DetectionPool, default_workers
 from nethical_grpc.governance.profiles import ProfileBook
 from nethical_grpc.grpc_options import DEFAULT_MAX_MESSAGE_BYTES
@@ -72,6 +72,7 @@ async def start_region_server(config: RegionServerConfig) -> tuple[MeshServer, R
     model = NodeModel.load(config.model) if config.model is not None else None
     if model is not None:
         warm_up(model)  # the evaluation's kernels, before the first call
+        evaluation_wire.warm_up()  # and the stream answers' writer
     stores = await NodeStores.open(config.stores, config.region_id)
     if not config.instance_id and stores.shared_timeseries:
         log.warning(

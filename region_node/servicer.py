@@ -430,7 +430,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         self,
         request_iterator: AsyncIterator[region_node_pb2.EvaluateStreamRequest],
         context: Context,
-    ) -> AsyncIterator[region_node_pb2.EvaluateStreamResponse]:
+    ) -> AsyncIterator[region_node_pb2.EvaluateStreamResponse | bytes]:
         evaluator = self._evaluator()
         read_ahead = ReadAhead(_STREAM_READ_AHEAD_ACTIONS, stream_weight)
         # groups begun (parsed, their detection started in the node's workers) and not
@@ -517,7 +517,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
 
     async def _finish_stream_group(
         self, evaluator: Evaluator, group: _StreamGroup
-    ) -> list[region_node_pb2.EvaluateStreamResponse]:
+    ) -> list[region_node_pb2.EvaluateStreamResponse | bytes]:
         """One answer per message of a begun group, in order; all of its valid actions
         are evaluated as one batch (:meth:`Evaluator.finish`)."""
         plans, batches = group.plans, group.batches
@@ -526,7 +526,7 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
         outcomes = iter(await evaluator.finish(batches))
         ident = self.node.identity
         region_id, instance_id = ident.region_id, ident.instance_id
-        answers = []
+        answers: list[region_node_pb2.EvaluateStreamResponse | bytes] = []
         for plan in plans:
             if plan is None:
                 answers.append(
@@ -534,7 +534,12 @@ class RegionNodeServicer(region_node_pb2_grpc.RegionNodeServiceServicer):
                 )
             elif isinstance(plan, list):
                 results = [next(outcomes) if isinstance(r, EvaluationRequest) else r for r in plan]
-                answers.append(convert.stream_results_to_proto(results, region_id, instance_id))
+                answers.append(
+                    self._sent(
+                        convert.stream_results_encoded(results, region_id, instance_id),
+                        region_node_pb2.EvaluateStreamResponse,
+                    )
+                )
             else:
                 answers.append(plan)
         return answers
