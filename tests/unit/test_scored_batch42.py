@@ -89,7 +89,7 @@ def test_workers_shared_findings_score_as_their_own() -> None:
     one batch: each action's evaluation is that of its own findings."""
     actions = _corpus(400, seed=25)
     rng = random.Random(26)
-    probabilities = [rng.random() for _ in actions]
+    probabilities: list[float | None] = [rng.random() for _ in actions]
     given_: list[tuple[Violation, ...] | list[Violation] | None] = []
     for i, a in enumerate(actions):
         kind = i % 3
@@ -148,7 +148,8 @@ _probability = st.sampled_from(_EDGES) | st.floats(-2.0, 3.0, allow_nan=False)
 @st.composite
 def _thresholds(draw: st.DrawFn) -> Thresholds:
     cuts = sorted(draw(st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3, unique=True)))
-    return Thresholds(*cuts, emergency_confidence=draw(st.floats(0.0, 1.0)))
+    restrict, block, terminate = cuts
+    return Thresholds(restrict, block, terminate, draw(st.floats(0.0, 1.0)))
 
 
 @settings(max_examples=300, deadline=None)
